@@ -1,0 +1,289 @@
+"""The domain schema: lines, parts, inspections, reviews, model versions, training and data.
+
+Times are stored as naive UTC (`utcnow()`), identically on SQLite and PostgreSQL.
+Images are never stored here: a part holds the content hash and the path of its file.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: DateTime()}
+
+
+def _enum(cls: type[enum.Enum]) -> Enum:
+    # Stored as plain strings (no native PG enum type) so new values need no type migration.
+    return Enum(cls, native_enum=False, length=32, values_callable=lambda e: [m.value for m in e])
+
+
+class Verdict(enum.StrEnum):
+    PASS = "pass"
+    FAIL = "fail"
+    ERROR = "error"
+
+
+class ModelKind(enum.StrEnum):
+    DETECTOR = "detector"
+    CLASSIFIER = "classifier"
+
+
+class ModelStage(enum.StrEnum):
+    CANDIDATE = "candidate"
+    PRODUCTION = "production"
+    ARCHIVED = "archived"
+
+
+class ReviewKind(enum.StrEnum):
+    CONFIRMED_DEFECT = "confirmed_defect"
+    FALSE_CALL = "false_call"
+    MISSED_DEFECT = "missed_defect"
+    GOOD_PART = "good_part"
+
+
+class JobStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class PredictionSource(enum.StrEnum):
+    DETECTOR = "detector"
+    CLASSIFIER = "classifier"
+
+
+class ProductionLine(Base):
+    __tablename__ = "production_lines"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    stations: Mapped[list[Station]] = relationship(back_populates="line", order_by="Station.name")
+
+
+class Station(Base):
+    __tablename__ = "stations"
+    __table_args__ = (UniqueConstraint("line_id", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    line_id: Mapped[int] = mapped_column(ForeignKey("production_lines.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(128))
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    line: Mapped[ProductionLine] = relationship(back_populates="stations")
+
+
+class Dataset(Base):
+    __tablename__ = "datasets"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    source: Mapped[str] = mapped_column(
+        Text, doc="Where it came from: a path, a format, a review export."
+    )
+    source_format: Mapped[str] = mapped_column(String(16))
+    root_path: Mapped[str] = mapped_column(Text, doc="Folder of the YOLO-layout copy.")
+    classes: Mapped[list[Any]] = mapped_column(default=list)
+    split_counts: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+    __table_args__ = (Index("ix_model_versions_kind_stage", "kind", "stage"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    kind: Mapped[ModelKind] = mapped_column(_enum(ModelKind))
+    architecture: Mapped[str] = mapped_column(String(128))
+    file_path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    image_size: Mapped[int] = mapped_column(Integer, default=640)
+    classes: Mapped[list[Any]] = mapped_column(default=list)
+    dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"))
+    teacher_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="SET NULL")
+    )
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    thresholds: Mapped[dict[str, Any]] = mapped_column(
+        default=dict, doc="Operating point: per-class confidence thresholds and related settings."
+    )
+    stage: Mapped[ModelStage] = mapped_column(_enum(ModelStage), default=ModelStage.CANDIDATE)
+    notes: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    promoted_at: Mapped[datetime | None] = mapped_column()
+    archived_at: Mapped[datetime | None] = mapped_column()
+
+    dataset: Mapped[Dataset | None] = relationship()
+    teacher: Mapped[ModelVersion | None] = relationship(remote_side=[id])
+
+
+class TrainingJob(Base):
+    __tablename__ = "training_jobs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(
+        String(32), doc="train-detector, train-classifier, distill-..."
+    )
+    status: Mapped[JobStatus] = mapped_column(_enum(JobStatus), default=JobStatus.QUEUED)
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    log: Mapped[str] = mapped_column(Text, default="")
+    error: Mapped[str | None] = mapped_column(Text)
+    pid: Mapped[int | None] = mapped_column(Integer)
+    dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"))
+    result_model_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="SET NULL")
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column()
+    finished_at: Mapped[datetime | None] = mapped_column()
+
+    result_model_version: Mapped[ModelVersion | None] = relationship()
+
+
+class InspectionRun(Base):
+    """One batch from a line and station: who started it, when, with which models."""
+
+    __tablename__ = "inspection_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    line_id: Mapped[int] = mapped_column(ForeignKey("production_lines.id"))
+    station_id: Mapped[int] = mapped_column(ForeignKey("stations.id"))
+    operator: Mapped[str] = mapped_column(String(128), default="")
+    source: Mapped[str] = mapped_column(Text, default="", doc="Folder, zip, upload or hot folder.")
+    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    classifier_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column()
+
+    line: Mapped[ProductionLine] = relationship()
+    station: Mapped[Station] = relationship()
+    model_version: Mapped[ModelVersion | None] = relationship(foreign_keys=[model_version_id])
+
+
+class Part(Base):
+    """One inspected image, identified by the SHA-256 of its bytes."""
+
+    __tablename__ = "parts"
+    __table_args__ = (Index("ix_parts_line_station", "line_id", "station_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    content_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    stored_path: Mapped[str] = mapped_column(Text)
+    original_name: Mapped[str] = mapped_column(Text, default="")
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    captured_at: Mapped[datetime] = mapped_column(default=utcnow)
+    line_id: Mapped[int] = mapped_column(ForeignKey("production_lines.id"))
+    station_id: Mapped[int] = mapped_column(ForeignKey("stations.id"))
+    external_part_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    inspections: Mapped[list[Inspection]] = relationship(back_populates="part")
+    reviews: Mapped[list[Review]] = relationship(back_populates="part")
+
+
+class Inspection(Base):
+    """A part's verdict by one model version: pass/fail with its predictions, or the error."""
+
+    __tablename__ = "inspections"
+    __table_args__ = (
+        UniqueConstraint("part_id", "model_version_id", name="uq_inspection_part_model"),
+        Index("ix_inspections_inspected_at", "inspected_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    part_id: Mapped[int] = mapped_column(ForeignKey("parts.id", ondelete="CASCADE"))
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("inspection_runs.id"))
+    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    classifier_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    verdict: Mapped[Verdict] = mapped_column(_enum(Verdict))
+    defect_probability: Mapped[float | None] = mapped_column(
+        Float, doc="Part classifier's probability that the part is defective."
+    )
+    thresholds: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)
+    inspected_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    part: Mapped[Part] = relationship(back_populates="inspections")
+    run: Mapped[InspectionRun | None] = relationship()
+    predictions: Mapped[list[Prediction]] = relationship(
+        back_populates="inspection", cascade="all, delete-orphan"
+    )
+
+
+class Prediction(Base):
+    __tablename__ = "predictions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    inspection_id: Mapped[int] = mapped_column(
+        ForeignKey("inspections.id", ondelete="CASCADE"), index=True
+    )
+    source: Mapped[PredictionSource] = mapped_column(
+        _enum(PredictionSource), default=PredictionSource.DETECTOR
+    )
+    class_name: Mapped[str] = mapped_column(String(128))
+    confidence: Mapped[float] = mapped_column(Float)
+    x1: Mapped[float | None] = mapped_column(Float)
+    y1: Mapped[float | None] = mapped_column(Float)
+    x2: Mapped[float | None] = mapped_column(Float)
+    y2: Mapped[float | None] = mapped_column(Float)
+    counted: Mapped[bool] = mapped_column(
+        default=True,
+        doc="Whether it passed its threshold (and verification) and so fails the part.",
+    )
+    verification_score: Mapped[float | None] = mapped_column(Float)
+
+    inspection: Mapped[Inspection] = relationship(back_populates="predictions")
+
+
+class Review(Base):
+    """A person's truth about a part, or about one prediction of it."""
+
+    __tablename__ = "reviews"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    part_id: Mapped[int] = mapped_column(ForeignKey("parts.id", ondelete="CASCADE"), index=True)
+    prediction_id: Mapped[int | None] = mapped_column(
+        ForeignKey("predictions.id", ondelete="SET NULL")
+    )
+    kind: Mapped[ReviewKind] = mapped_column(_enum(ReviewKind))
+    class_name: Mapped[str | None] = mapped_column(String(128))
+    x1: Mapped[float | None] = mapped_column(Float)
+    y1: Mapped[float | None] = mapped_column(Float)
+    x2: Mapped[float | None] = mapped_column(Float)
+    y2: Mapped[float | None] = mapped_column(Float)
+    reviewer: Mapped[str] = mapped_column(String(128))
+    note: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    part: Mapped[Part] = relationship(back_populates="reviews")

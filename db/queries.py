@@ -1,0 +1,391 @@
+"""The questions QA asks of the inspection history, answered in SQL on SQLite and PostgreSQL.
+
+Ground truth comes from reviews: a part is *defective* when any review confirms a defect on it or
+adds a missed one, and *good* when it has reviews and none of them says defective (a review
+marking it good, or every flagged defect marked a false call). When reviewers disagree the
+defective reading wins: an escape must never be hidden by a later "good".
+
+Miss rate = defective parts passed / defective parts; false-call rate = good parts failed /
+good parts. Both count inspections (a part inspected by two model versions counts once for
+each); inspections that ended in an error are neither.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Literal
+
+from sqlalchemy import ColumnElement, and_, case, func, literal, select
+from sqlalchemy.orm import Session
+
+from db.models import (
+    Inspection,
+    InspectionRun,
+    ModelVersion,
+    Part,
+    Prediction,
+    ProductionLine,
+    Review,
+    ReviewKind,
+    Station,
+    Verdict,
+)
+
+GroupBy = Literal["day", "line", "station", "model_version", "class", "all"]
+_DEFECT_REVIEWS = (ReviewKind.CONFIRMED_DEFECT, ReviewKind.MISSED_DEFECT)
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Which inspections a query looks at; `end` is exclusive."""
+
+    start: datetime | None = None
+    end: datetime | None = None
+    line_id: int | None = None
+    station_id: int | None = None
+    model_version_id: int | None = None
+    class_name: str | None = None
+
+    def conditions(self) -> list[ColumnElement[bool]]:
+        found: list[ColumnElement[bool]] = []
+        if self.start is not None:
+            found.append(Inspection.inspected_at >= self.start)
+        if self.end is not None:
+            found.append(Inspection.inspected_at < self.end)
+        if self.line_id is not None:
+            found.append(Part.line_id == self.line_id)
+        if self.station_id is not None:
+            found.append(Part.station_id == self.station_id)
+        if self.model_version_id is not None:
+            found.append(Inspection.model_version_id == self.model_version_id)
+        return found
+
+
+@dataclass(frozen=True)
+class RateRow:
+    key: str | date | int | None
+    n_defective: int
+    n_missed: int
+    n_good: int
+    n_false_calls: int
+
+    @property
+    def miss_rate(self) -> float | None:
+        return self.n_missed / self.n_defective if self.n_defective else None
+
+    @property
+    def false_call_rate(self) -> float | None:
+        return self.n_false_calls / self.n_good if self.n_good else None
+
+
+def _as_date(value: str | date | datetime | None) -> date | None:
+    # SQLite's date() gives text, PostgreSQL's gives a date.
+    if value is None or isinstance(value, date) and not isinstance(value, datetime):
+        return value  # type: ignore[return-value]
+    if isinstance(value, datetime):
+        return value.date()
+    return date.fromisoformat(str(value))
+
+
+def _truth_subquery():  # type: ignore[no-untyped-def]
+    defective = func.max(case((Review.kind.in_(_DEFECT_REVIEWS), 1), else_=0))
+    return (
+        select(Review.part_id.label("part_id"), defective.label("defective"))
+        .group_by(Review.part_id)
+        .subquery("truth")
+    )
+
+
+def _day_column() -> ColumnElement[str]:
+    return func.date(Inspection.inspected_at)
+
+
+def _normalise_key(group_by: GroupBy, key: object) -> str | date | int | None:
+    return _as_date(key) if group_by == "day" else key  # type: ignore[return-value,arg-type]
+
+
+def rates(
+    session: Session, filters: Filters = Filters(), group_by: GroupBy = "all"
+) -> list[RateRow]:
+    """Miss and false-call rates over reviewed parts, one row per group, ordered by key."""
+    if group_by == "class":
+        return _rates_by_class(session, filters)
+    truth = _truth_subquery()
+    is_pass = Inspection.verdict == Verdict.PASS
+    is_fail = Inspection.verdict == Verdict.FAIL
+    defective: ColumnElement[bool] = truth.c.defective == 1
+    good = truth.c.defective == 0
+    false_call = and_(good, is_fail)
+    if filters.class_name is not None:
+        # Defective parts of that class; good parts failed by a prediction of that class.
+        defective = and_(defective, _has_defect_review_of(filters.class_name))
+        false_call = and_(false_call, _has_counted_prediction_of(filters.class_name))
+    key_column: ColumnElement[object] = {
+        "all": literal("all"),
+        "day": _day_column(),
+        "line": ProductionLine.name,
+        "station": Station.name,
+        "model_version": Inspection.model_version_id,
+    }[group_by]
+    query = (
+        select(
+            key_column.label("key"),
+            func.sum(case((defective, 1), else_=0)),
+            func.sum(case((and_(defective, is_pass), 1), else_=0)),
+            func.sum(case((good, 1), else_=0)),
+            func.sum(case((false_call, 1), else_=0)),
+        )
+        .select_from(Inspection)
+        .join(Part, Part.id == Inspection.part_id)
+        .join(truth, truth.c.part_id == Part.id)
+        .join(ProductionLine, ProductionLine.id == Part.line_id)
+        .join(Station, Station.id == Part.station_id)
+        .where(Inspection.verdict != Verdict.ERROR, *filters.conditions())
+        .group_by(key_column)
+        .order_by(key_column)
+    )
+    return [
+        RateRow(
+            _normalise_key(group_by, key), int(nd or 0), int(nm or 0), int(ng or 0), int(nf or 0)
+        )
+        for key, nd, nm, ng, nf in session.execute(query)
+    ]
+
+
+def _has_defect_review_of(class_name: str) -> ColumnElement[bool]:
+    return (
+        select(Review.id)
+        .where(
+            Review.part_id == Part.id,
+            Review.kind.in_(_DEFECT_REVIEWS),
+            Review.class_name == class_name,
+        )
+        .exists()
+    )
+
+
+def _has_counted_prediction_of(class_name: str) -> ColumnElement[bool]:
+    return (
+        select(Prediction.id)
+        .where(
+            Prediction.inspection_id == Inspection.id,
+            Prediction.counted.is_(True),
+            Prediction.class_name == class_name,
+        )
+        .exists()
+    )
+
+
+def _rates_by_class(session: Session, filters: Filters) -> list[RateRow]:
+    """Per class: defective parts of that class passed, and good parts failed by that class."""
+    truth = _truth_subquery()
+    base = (
+        select(Inspection.id)
+        .join(Part, Part.id == Inspection.part_id)
+        .where(Inspection.verdict != Verdict.ERROR, *filters.conditions())
+    )
+    # Defective parts by the classes reviewers gave them.
+    defect_rows = session.execute(
+        select(
+            Review.class_name,
+            func.count(func.distinct(Inspection.id)),
+            func.count(func.distinct(case((Inspection.verdict == Verdict.PASS, Inspection.id)))),
+        )
+        .select_from(Inspection)
+        .join(Part, Part.id == Inspection.part_id)
+        .join(Review, Review.part_id == Part.id)
+        .where(
+            Inspection.id.in_(base),
+            Review.kind.in_(_DEFECT_REVIEWS),
+            Review.class_name.is_not(None),
+        )
+        .group_by(Review.class_name)
+    ).all()
+    n_good = session.execute(
+        select(func.count(Inspection.id))
+        .join(truth, truth.c.part_id == Inspection.part_id)
+        .where(Inspection.id.in_(base), truth.c.defective == 0)
+    ).scalar_one()
+    false_call_rows = session.execute(
+        select(Prediction.class_name, func.count(func.distinct(Inspection.id)))
+        .select_from(Inspection)
+        .join(truth, truth.c.part_id == Inspection.part_id)
+        .join(Prediction, Prediction.inspection_id == Inspection.id)
+        .where(
+            Inspection.id.in_(base),
+            truth.c.defective == 0,
+            Inspection.verdict == Verdict.FAIL,
+            Prediction.counted.is_(True),
+        )
+        .group_by(Prediction.class_name)
+    ).all()
+    defects = {name: (int(n), int(missed)) for name, n, missed in defect_rows}
+    false_calls = {name: int(n) for name, n in false_call_rows}
+    names = sorted(set(defects) | set(false_calls))
+    if filters.class_name is not None:
+        names = [n for n in names if n == filters.class_name]
+    return [
+        RateRow(name, *defects.get(name, (0, 0)), int(n_good), false_calls.get(name, 0))
+        for name in names
+    ]
+
+
+@dataclass(frozen=True)
+class ParetoRow:
+    class_name: str
+    failed_parts: int
+    share: float
+    cumulative_share: float
+
+
+def defect_pareto(session: Session, filters: Filters = Filters()) -> list[ParetoRow]:
+    """Failed parts per defect class, most frequent first, with the cumulative share."""
+    rows = session.execute(
+        select(Prediction.class_name, func.count(func.distinct(Inspection.id)).label("n"))
+        .select_from(Inspection)
+        .join(Part, Part.id == Inspection.part_id)
+        .join(Prediction, Prediction.inspection_id == Inspection.id)
+        .where(
+            Inspection.verdict == Verdict.FAIL,
+            Prediction.counted.is_(True),
+            *filters.conditions(),
+        )
+        .group_by(Prediction.class_name)
+        .order_by(func.count(func.distinct(Inspection.id)).desc(), Prediction.class_name)
+    ).all()
+    total = sum(int(n) for _, n in rows)
+    result: list[ParetoRow] = []
+    running = 0
+    for name, n in rows:
+        running += int(n)
+        result.append(ParetoRow(name, int(n), int(n) / total, running / total))
+    return result
+
+
+@dataclass(frozen=True)
+class VolumeRow:
+    day: date
+    inspected: int
+    failed: int
+    errors: int
+
+
+def daily_volume(session: Session, filters: Filters = Filters()) -> list[VolumeRow]:
+    """Parts inspected, failed and in error per day."""
+    day = _day_column()
+    rows = session.execute(
+        select(
+            day,
+            func.count(Inspection.id),
+            func.sum(case((Inspection.verdict == Verdict.FAIL, 1), else_=0)),
+            func.sum(case((Inspection.verdict == Verdict.ERROR, 1), else_=0)),
+        )
+        .join(Part, Part.id == Inspection.part_id)
+        .where(*filters.conditions())
+        .group_by(day)
+        .order_by(day)
+    ).all()
+    return [VolumeRow(_as_date(d), int(n), int(f or 0), int(e or 0)) for d, n, f, e in rows]  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class LatencySummary:
+    count: int
+    mean_ms: float | None
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+    max_ms: float | None
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile (the value a QA engineer can point at in the data)."""
+    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def latencies(session: Session, filters: Filters = Filters()) -> list[float]:
+    return [
+        float(v)
+        for v in session.scalars(
+            select(Inspection.latency_ms)
+            .join(Part, Part.id == Inspection.part_id)
+            .where(Inspection.latency_ms.is_not(None), *filters.conditions())
+            .order_by(Inspection.latency_ms)
+        )
+    ]
+
+
+def latency_summary(session: Session, filters: Filters = Filters()) -> LatencySummary:
+    values = latencies(session, filters)
+    if not values:
+        return LatencySummary(0, None, None, None, None, None)
+    return LatencySummary(
+        count=len(values),
+        mean_ms=sum(values) / len(values),
+        p50_ms=percentile(values, 50),
+        p95_ms=percentile(values, 95),
+        p99_ms=percentile(values, 99),
+        max_ms=values[-1],
+    )
+
+
+@dataclass(frozen=True)
+class RunThroughput:
+    run_id: int
+    parts: int
+    failed: int
+    errors: int
+    seconds: float | None
+
+    @property
+    def parts_per_second(self) -> float | None:
+        return self.parts / self.seconds if self.seconds else None
+
+
+def run_throughput(session: Session, run_id: int) -> RunThroughput:
+    """A run's parts and rate, from its first start to its last recorded inspection."""
+    run = session.get(InspectionRun, run_id)
+    if run is None:
+        raise LookupError(f"no inspection run {run_id}")
+    parts, failed, errors, last = session.execute(
+        select(
+            func.count(Inspection.id),
+            func.sum(case((Inspection.verdict == Verdict.FAIL, 1), else_=0)),
+            func.sum(case((Inspection.verdict == Verdict.ERROR, 1), else_=0)),
+            func.max(Inspection.inspected_at),
+        ).where(Inspection.run_id == run_id)
+    ).one()
+    end = run.finished_at or last
+    seconds = (end - run.started_at).total_seconds() if end else None
+    return RunThroughput(run_id, int(parts), int(failed or 0), int(errors or 0), seconds)
+
+
+@dataclass(frozen=True)
+class ModelUsage:
+    model_version_id: int | None
+    model_name: str | None
+    first_at: datetime
+    last_at: datetime
+    inspections: int
+
+
+def model_usage(session: Session, filters: Filters = Filters()) -> list[ModelUsage]:
+    """Which model version judged the parts, and over which span of time."""
+    rows = session.execute(
+        select(
+            Inspection.model_version_id,
+            ModelVersion.name,
+            func.min(Inspection.inspected_at),
+            func.max(Inspection.inspected_at),
+            func.count(Inspection.id),
+        )
+        .join(Part, Part.id == Inspection.part_id)
+        .outerjoin(ModelVersion, ModelVersion.id == Inspection.model_version_id)
+        .where(*filters.conditions())
+        .group_by(Inspection.model_version_id, ModelVersion.name)
+        .order_by(func.min(Inspection.inspected_at))
+    ).all()
+    return [ModelUsage(mid, name, first, last, int(n)) for mid, name, first, last, n in rows]

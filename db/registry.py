@@ -1,0 +1,87 @@
+"""Model versions, lines and stations: the small write operations the CLI and the app share."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db.models import ModelKind, ModelStage, ModelVersion, ProductionLine, Station, utcnow
+
+
+class NotFoundError(LookupError):
+    """A named thing (model version, line, station) is not in the database."""
+
+
+def get_model_version(session: Session, ref: str | int) -> ModelVersion:
+    """A model version by id or by name."""
+    version: ModelVersion | None = None
+    if isinstance(ref, int) or str(ref).isdigit():
+        version = session.get(ModelVersion, int(ref))
+    if version is None:
+        version = session.scalars(select(ModelVersion).where(ModelVersion.name == str(ref))).first()
+    if version is None:
+        raise NotFoundError(f"no model version {ref!r} (see `defects models list`)")
+    return version
+
+
+def production_model(session: Session, kind: ModelKind) -> ModelVersion | None:
+    return session.scalars(
+        select(ModelVersion)
+        .where(ModelVersion.kind == kind, ModelVersion.stage == ModelStage.PRODUCTION)
+        .order_by(ModelVersion.promoted_at.desc())
+    ).first()
+
+
+def promote(session: Session, version: ModelVersion) -> ModelVersion | None:
+    """Make `version` the production model of its kind; the one it replaces is archived."""
+    previous = production_model(session, version.kind)
+    if previous is not None and previous.id != version.id:
+        previous.stage = ModelStage.ARCHIVED
+        previous.archived_at = utcnow()
+    version.stage = ModelStage.PRODUCTION
+    version.promoted_at = utcnow()
+    version.archived_at = None
+    session.flush()
+    return previous if previous is not None and previous.id != version.id else None
+
+
+def rollback(session: Session, kind: ModelKind) -> ModelVersion:
+    """Put back the production model that the current one replaced."""
+    current = production_model(session, kind)
+    earlier = session.scalars(
+        select(ModelVersion)
+        .where(
+            ModelVersion.kind == kind,
+            ModelVersion.stage == ModelStage.ARCHIVED,
+            ModelVersion.promoted_at.is_not(None),
+        )
+        .order_by(ModelVersion.archived_at.desc(), ModelVersion.id.desc())
+    ).first()
+    if earlier is None:
+        raise NotFoundError(f"no earlier production {kind.value} to roll back to")
+    promote(session, earlier)
+    if current is not None:
+        current.stage = ModelStage.CANDIDATE
+        current.archived_at = None
+    session.flush()
+    return earlier
+
+
+def ensure_station(session: Session, line_name: str, station_name: str) -> Station:
+    """The station of a line, creating either when new: lines are named by the people who run them."""
+    line_name, station_name = line_name.strip(), station_name.strip()
+    if not line_name or not station_name:
+        raise ValueError("line and station names must not be empty")
+    line = session.scalars(select(ProductionLine).where(ProductionLine.name == line_name)).first()
+    if line is None:
+        line = ProductionLine(name=line_name)
+        session.add(line)
+        session.flush()
+    station = session.scalars(
+        select(Station).where(Station.line_id == line.id, Station.name == station_name)
+    ).first()
+    if station is None:
+        station = Station(line_id=line.id, name=station_name)
+        session.add(station)
+        session.flush()
+    return station

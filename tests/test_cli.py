@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from training.cli import app
+
+runner = CliRunner()
+
+
+def test_help_lists_the_commands() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("db", "models"):
+        assert command in result.output
+
+
+def test_db_upgrade_creates_the_default_sqlite_database(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["db", "upgrade"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "data" / "defects.db").exists()
+    assert "revision" in result.output
+
+
+def test_user_mistakes_print_one_line_and_exit_non_zero(tmp_path: Path) -> None:
+    env = {"DEFECTS_DATA_DIR": str(tmp_path / "d"), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from training.cli import main; main()",
+            "models",
+            "promote",
+            "nope",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).parents[1],
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip() == "error: no model version 'nope' (see `defects models list`)"
+    assert "Traceback" not in done.stderr
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "from training.cli import main; main()", "db", "upgrade"],
+        capture_output=True,
+        text=True,
+        env={**env, "DEFECTS_DATABASE_URL": "postgresql+psycopg://u:pw@127.0.0.1:1/x"},
+        cwd=Path(__file__).parents[1],
+    )
+    assert dead.returncode == 1
+    assert (
+        dead.stderr.startswith("error: cannot reach the database")
+        and "Traceback" not in dead.stderr
+    )
+    assert len(dead.stderr.strip().splitlines()) == 1

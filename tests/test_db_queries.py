@@ -1,0 +1,243 @@
+"""Queries checked against answers worked out by hand from a small, known history.
+
+The history (line/station, day, verdict, counted predictions; reviews):
+  p1 A day1 fail  scratch            confirmed scratch         -> defective, caught
+  p2 A day1 pass  -                  missed inclusion          -> defective, missed
+  p3 A day1 fail  scratch            false call                -> good, false call
+  p4 A day2 pass  -                  good part                 -> good
+  p5 B day2 pass  -                  missed scratch            -> defective, missed
+  p6 B day2 fail  inclusion (+ scratch below threshold)        -> defective, caught
+                                     confirmed inclusion
+  p7 B day2 error                    -                         -> not counted
+  p8 B day2 fail  patches            no review                 -> not in rates
+  p9 A day2 fail  scratch (model 2)  good part + confirmed scratch -> defective, caught
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+
+import pytest
+
+from db.models import (
+    Inspection,
+    InspectionRun,
+    ModelKind,
+    ModelVersion,
+    Part,
+    Prediction,
+    ProductionLine,
+    Review,
+    ReviewKind,
+    Station,
+    Verdict,
+)
+from db.queries import (
+    Filters,
+    daily_volume,
+    defect_pareto,
+    latency_summary,
+    model_usage,
+    percentile,
+    rates,
+    run_throughput,
+)
+
+DAY1 = datetime(2026, 1, 5, 8, 0)
+DAY2 = datetime(2026, 1, 6, 8, 0)
+
+
+@pytest.fixture
+def history(session):  # type: ignore[no-untyped-def]
+    line_a, line_b = ProductionLine(name="A"), ProductionLine(name="B")
+    station_a, station_b = Station(line=line_a, name="A1"), Station(line=line_b, name="B1")
+    models = [
+        ModelVersion(
+            name=f"m{i}",
+            kind=ModelKind.DETECTOR,
+            architecture="defect-yolo-n",
+            file_path="x.pt",
+            sha256="0" * 64,
+        )
+        for i in (1, 2)
+    ]
+    session.add_all([line_a, line_b, station_a, station_b, *models])
+    session.flush()
+    run = InspectionRun(line_id=line_a.id, station_id=station_a.id, operator="qa", started_at=DAY1)
+    session.add(run)
+    session.flush()
+
+    def add_part(
+        n: int,
+        station: Station,
+        when: datetime,
+        verdict: Verdict,
+        predictions: list[tuple[str, bool]],
+        reviews: list[tuple[ReviewKind, str | None]],
+        model: ModelVersion = models[0],
+        latency: float | None = None,
+    ) -> None:
+        part = Part(
+            content_hash=f"{n:064d}",
+            stored_path=f"images/{n}.png",
+            size_bytes=100,
+            line_id=station.line_id,
+            station_id=station.id,
+            captured_at=when,
+        )
+        session.add(part)
+        session.flush()
+        inspection = Inspection(
+            part_id=part.id,
+            model_version_id=model.id,
+            verdict=verdict,
+            latency_ms=latency
+            if latency is not None
+            else (None if verdict == Verdict.ERROR else n * 10.0),
+            inspected_at=when,
+            run_id=run.id if n <= 3 else None,
+            error="cannot decode" if verdict == Verdict.ERROR else None,
+        )
+        for class_name, counted in predictions:
+            inspection.predictions.append(
+                Prediction(
+                    class_name=class_name, confidence=0.8 if counted else 0.2, counted=counted
+                )
+            )
+        session.add(inspection)
+        for kind, class_name in reviews:
+            session.add(Review(part=part, kind=kind, class_name=class_name, reviewer="qa"))
+
+    R = ReviewKind
+    add_part(
+        1, station_a, DAY1, Verdict.FAIL, [("scratch", True)], [(R.CONFIRMED_DEFECT, "scratch")]
+    )
+    add_part(
+        2,
+        station_a,
+        DAY1 + timedelta(seconds=10),
+        Verdict.PASS,
+        [],
+        [(R.MISSED_DEFECT, "inclusion")],
+    )
+    add_part(
+        3,
+        station_a,
+        DAY1 + timedelta(seconds=30),
+        Verdict.FAIL,
+        [("scratch", True)],
+        [(R.FALSE_CALL, "scratch")],
+    )
+    add_part(4, station_a, DAY2, Verdict.PASS, [], [(R.GOOD_PART, None)])
+    add_part(5, station_b, DAY2, Verdict.PASS, [], [(R.MISSED_DEFECT, "scratch")])
+    add_part(
+        6,
+        station_b,
+        DAY2,
+        Verdict.FAIL,
+        [("inclusion", True), ("scratch", False)],
+        [(R.CONFIRMED_DEFECT, "inclusion")],
+    )
+    add_part(7, station_b, DAY2, Verdict.ERROR, [], [])
+    add_part(8, station_b, DAY2, Verdict.FAIL, [("patches", True)], [])
+    add_part(
+        9,
+        station_a,
+        DAY2 + timedelta(hours=1),
+        Verdict.FAIL,
+        [("scratch", True)],
+        [(R.GOOD_PART, None), (R.CONFIRMED_DEFECT, "scratch")],
+        model=models[1],
+    )
+    session.commit()
+    return {"line_a": line_a, "line_b": line_b, "models": models, "run": run}
+
+
+def _counts(row) -> tuple[int, int, int, int]:  # type: ignore[no-untyped-def]
+    return (row.n_defective, row.n_missed, row.n_good, row.n_false_calls)
+
+
+def test_overall_rates(session, history) -> None:  # type: ignore[no-untyped-def]
+    [row] = rates(session)
+    assert _counts(row) == (5, 2, 2, 1)
+    assert row.miss_rate == pytest.approx(0.4)
+    assert row.false_call_rate == pytest.approx(0.5)
+
+
+def test_rates_per_day(session, history) -> None:  # type: ignore[no-untyped-def]
+    rows = rates(session, group_by="day")
+    assert [r.key for r in rows] == [date(2026, 1, 5), date(2026, 1, 6)]
+    assert [_counts(r) for r in rows] == [(2, 1, 1, 1), (3, 1, 1, 0)]
+
+
+def test_rates_per_line_and_station(session, history) -> None:  # type: ignore[no-untyped-def]
+    by_line = {r.key: _counts(r) for r in rates(session, group_by="line")}
+    assert by_line == {"A": (3, 1, 2, 1), "B": (2, 1, 0, 0)}
+    by_station = {r.key: _counts(r) for r in rates(session, group_by="station")}
+    assert by_station == {"A1": (3, 1, 2, 1), "B1": (2, 1, 0, 0)}
+    [b_only] = rates(session, Filters(line_id=history["line_b"].id))
+    assert b_only.false_call_rate is None and b_only.miss_rate == pytest.approx(0.5)
+
+
+def test_rates_per_class(session, history) -> None:  # type: ignore[no-untyped-def]
+    by_class = {r.key: _counts(r) for r in rates(session, group_by="class")}
+    assert by_class == {"inclusion": (2, 1, 2, 0), "scratch": (3, 1, 2, 1)}
+    [scratch] = rates(session, Filters(class_name="scratch"))
+    assert _counts(scratch) == (3, 1, 2, 1)
+
+
+def test_rates_per_model_version_and_time_range(session, history) -> None:  # type: ignore[no-untyped-def]
+    m1, m2 = history["models"]
+    by_model = {r.key: _counts(r) for r in rates(session, group_by="model_version")}
+    assert by_model == {m1.id: (4, 2, 2, 1), m2.id: (1, 0, 0, 0)}
+    [day2] = rates(session, Filters(start=datetime(2026, 1, 6)))
+    assert _counts(day2) == (3, 1, 1, 0)
+    assert rates(session, Filters(end=datetime(2026, 1, 5))) == []
+
+
+def test_defect_pareto(session, history) -> None:  # type: ignore[no-untyped-def]
+    rows = defect_pareto(session)
+    assert [(r.class_name, r.failed_parts) for r in rows] == [
+        ("scratch", 3),
+        ("inclusion", 1),
+        ("patches", 1),
+    ]
+    assert [r.cumulative_share for r in rows] == pytest.approx([0.6, 0.8, 1.0])
+
+
+def test_daily_volume(session, history) -> None:  # type: ignore[no-untyped-def]
+    rows = daily_volume(session)
+    assert [(r.day, r.inspected, r.failed, r.errors) for r in rows] == [
+        (date(2026, 1, 5), 3, 2, 0),
+        (date(2026, 1, 6), 6, 3, 1),
+    ]
+
+
+def test_latency_summary(session, history) -> None:  # type: ignore[no-untyped-def]
+    summary = latency_summary(session)
+    assert summary.count == 8
+    assert summary.mean_ms == pytest.approx(47.5)
+    assert (summary.p50_ms, summary.p99_ms, summary.max_ms) == (40.0, 90.0, 90.0)
+    assert latency_summary(session, Filters(start=datetime(2030, 1, 1))).count == 0
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile([7.0], 99) == 7.0
+
+
+def test_run_throughput(session, history) -> None:  # type: ignore[no-untyped-def]
+    result = run_throughput(session, history["run"].id)
+    assert (result.parts, result.failed, result.errors) == (3, 2, 0)
+    assert result.seconds == pytest.approx(30.0)
+    assert result.parts_per_second == pytest.approx(0.1)
+    with pytest.raises(LookupError):
+        run_throughput(session, 999)
+
+
+def test_model_usage(session, history) -> None:  # type: ignore[no-untyped-def]
+    usage = model_usage(session)
+    assert [(u.model_name, u.inspections) for u in usage] == [("m1", 8), ("m2", 1)]
+    assert usage[1].first_at == DAY2 + timedelta(hours=1)

@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import select, text
+from sqlalchemy.exc import IntegrityError
+
+from db.migrate import current_revision, head_revision, upgrade
+from db.models import (
+    Base,
+    Inspection,
+    ModelKind,
+    ModelStage,
+    ModelVersion,
+    Part,
+    Prediction,
+    ProductionLine,
+    Station,
+    Verdict,
+)
+from db.session import DatabaseError, get_engine, session_factory, session_scope
+
+
+def test_migrations_match_the_models(database_url: str) -> None:
+    assert current_revision(database_url) == head_revision()
+    with get_engine(database_url).connect() as connection:
+        diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    assert diff == []
+
+
+def test_upgrade_is_idempotent(database_url: str) -> None:
+    assert upgrade(database_url) == head_revision()
+
+
+def _line_and_station(session) -> tuple[ProductionLine, Station]:  # type: ignore[no-untyped-def]
+    line = ProductionLine(name="L1")
+    station = Station(line=line, name="S1")
+    session.add_all([line, station])
+    session.flush()
+    return line, station
+
+
+def test_part_hash_is_unique_and_predictions_cascade(session) -> None:  # type: ignore[no-untyped-def]
+    line, station = _line_and_station(session)
+    part = Part(
+        content_hash="a" * 64,
+        stored_path="images/aa/aaaa.png",
+        size_bytes=10,
+        line_id=line.id,
+        station_id=station.id,
+    )
+    model = ModelVersion(
+        name="m1",
+        kind=ModelKind.DETECTOR,
+        architecture="defect-yolo-n",
+        file_path="m.pt",
+        sha256="0" * 64,
+    )
+    session.add_all([part, model])
+    session.flush()
+    inspection = Inspection(part_id=part.id, model_version_id=model.id, verdict=Verdict.FAIL)
+    inspection.predictions.append(Prediction(class_name="scratch", confidence=0.9))
+    session.add(inspection)
+    session.commit()
+    assert model.stage is ModelStage.CANDIDATE
+    stored = session.scalars(select(Inspection)).one()
+    assert stored.verdict is Verdict.FAIL and stored.predictions[0].class_name == "scratch"
+
+    session.add(
+        Part(
+            content_hash="a" * 64,
+            stored_path="x",
+            size_bytes=1,
+            line_id=line.id,
+            station_id=station.id,
+        )
+    )
+    with pytest.raises(IntegrityError):
+        session.commit()
+    session.rollback()
+
+    # The same part is not judged twice by the same model version.
+    session.add(Inspection(part_id=part.id, model_version_id=model.id, verdict=Verdict.PASS))
+    with pytest.raises(IntegrityError):
+        session.commit()
+    session.rollback()
+
+    session.delete(session.get(Inspection, stored.id))
+    session.commit()
+    assert session.scalars(select(Prediction)).all() == []
+
+
+def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'wal.db'}"
+    upgrade(url)
+    with get_engine(url).connect() as connection:
+        assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert connection.execute(text("PRAGMA busy_timeout")).scalar() >= 5000
+
+
+def test_two_sqlite_writers_both_succeed(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'writers.db'}"
+    upgrade(url)
+    errors: list[BaseException] = []
+
+    def write(prefix: str) -> None:
+        try:
+            for i in range(30):
+                with session_scope(url) as session:
+                    session.add(ProductionLine(name=f"{prefix}-{i}"))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(p,)) for p in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    with session_factory(url)() as session:
+        assert len(session.scalars(select(ProductionLine)).all()) == 60
+
+
+def test_unreachable_database_gives_a_clear_error() -> None:
+    url = "postgresql+psycopg://nobody:secret@127.0.0.1:1/none?connect_timeout=2"
+    with pytest.raises(DatabaseError) as excinfo:
+        upgrade(url)
+    message = str(excinfo.value)
+    assert "cannot reach the database" in message
+    assert "secret" not in message
+
+
+def test_invalid_database_url_gives_a_clear_error() -> None:
+    with pytest.raises(DatabaseError, match="invalid database URL"):
+        upgrade("not a url")

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import inspection  # noqa: F401 - registers the fallback where needed
+from inspection.runtime import configure_ultralytics, nms_reference
+
+
+def _random_boxes(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=generator) * 200
+    wh = torch.rand(n, 2, generator=generator) * 60 + 1
+    scores = torch.rand(n, generator=generator)
+    return torch.cat([xy, xy + wh], dim=1), scores
+
+
+@pytest.mark.parametrize(
+    ("n", "seed", "iou"), [(0, 0, 0.5), (1, 1, 0.5), (300, 2, 0.45), (3000, 3, 0.7)]
+)
+def test_nms_matches_ultralytics_torch_nms(n: int, seed: int, iou: float) -> None:
+    from ultralytics.utils.nms import TorchNMS
+
+    boxes, scores = _random_boxes(n, seed)
+    expected = TorchNMS.nms(boxes, scores, iou)
+    assert torch.equal(nms_reference(boxes, scores, iou), expected)
+    import torchvision
+
+    assert torch.equal(torchvision.ops.nms(boxes, scores, iou), expected)
+
+
+def test_nms_across_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ultralytics.utils.nms import TorchNMS
+
+    import inspection.runtime as runtime
+
+    monkeypatch.setattr(runtime, "_NMS_BLOCK", 64)
+    boxes, scores = _random_boxes(500, 7)
+    assert torch.equal(runtime.nms_reference(boxes, scores, 0.3), TorchNMS.nms(boxes, scores, 0.3))
+
+
+def test_ultralytics_is_offline_with_a_local_font(tmp_path: Path) -> None:
+    configure_ultralytics(tmp_path / "cfg", tmp_path / "runs")
+    assert os.environ["YOLO_OFFLINE"] == "1" and os.environ["YOLO_AUTOINSTALL"] == "0"
+    settings = json.loads((tmp_path / "cfg" / "Ultralytics" / "settings.json").read_text())
+    assert settings["sync"] is False and settings["mlflow"] is False and settings["comet"] is False
+    assert (tmp_path / "cfg" / "Ultralytics" / "Arial.ttf").stat().st_size > 10_000
+    from ultralytics.utils import ONLINE
+    from ultralytics.utils.checks import check_font
+
+    assert ONLINE is False
+    assert Path(check_font("Arial.ttf")).exists()
