@@ -136,7 +136,6 @@ def configure_ultralytics(config_dir: Path, runs_dir: Path) -> None:
     os.environ["YOLO_CONFIG_DIR"] = str(config_dir.resolve())
     os.environ["YOLO_OFFLINE"] = "1"
     os.environ["YOLO_AUTOINSTALL"] = "0"
-    os.environ.setdefault("YOLO_VERBOSE", "False")
     settings_file = config_dir / "Ultralytics" / "settings.json"
     settings_file.parent.mkdir(parents=True, exist_ok=True)
     current: dict[str, object] = {}

@@ -1,0 +1,146 @@
+"""NEU-DET detector benchmark: n and s scales, with and without attention, on the fixed split.
+
+    python bench/detector_neu.py --phase train --scales n s --epochs 100   # then
+    python bench/detector_neu.py --phase evaluate
+
+Training and evaluation are separate phases so that a long CPU schedule can run in the
+background; both keep their state in a work folder of their own (not the user's database).
+Writes bench/results/detector_neu.json and detector_neu.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "bench" / ".work" / "detector_neu"
+RESULTS = ROOT / "bench" / "results"
+os.environ["DEFECTS_DATA_DIR"] = str(WORK)  # before the product reads its settings
+sys.path.insert(0, str(ROOT))
+
+import inspection  # noqa: E402,F401
+from db.migrate import upgrade  # noqa: E402
+from db.registry import get_model_version  # noqa: E402
+from db.session import session_scope  # noqa: E402
+from inspection.settings import get_settings  # noqa: E402
+from training.datasets import import_dataset  # noqa: E402
+
+
+def hardware() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)}, {os.cpu_count()} CPU cores"
+    return f"CPU only, {os.cpu_count()} cores ({platform.processor() or platform.machine()})"
+
+
+def ensure_dataset(url: str, neu: Path) -> None:
+    with session_scope(url) as session:
+        from sqlalchemy import select
+
+        from db.models import Dataset
+
+        if session.scalars(select(Dataset).where(Dataset.name == "neu-det")).first() is None:
+            report = import_dataset(
+                session, "voc", neu, "neu-det", get_settings().datasets_dir, neu / "splits"
+            )
+            print(f"imported NEU-DET: {report.split_counts}, {len(report.issues)} issues")
+
+
+def train_phase(args: argparse.Namespace, url: str) -> None:
+    from training.train_detector import TrainRequest, train_detector
+
+    state_file = WORK / "trained.json"
+    state = json.loads(state_file.read_text()) if state_file.exists() else {}
+    for scale in args.scales:
+        for variant in args.variants:
+            arch = f"defect-yolo-{scale}" + ("-plain" if variant == "plain" else "")
+            key = f"{arch}@{args.epochs}e{args.imgsz}"
+            if key in state:
+                print(f"{key}: already trained")
+                continue
+            start = time.perf_counter()
+            version_id = train_detector(
+                TrainRequest(
+                    data="neu-det",
+                    architecture=arch,
+                    epochs=args.epochs,
+                    imgsz=args.imgsz,
+                    batch=args.batch,
+                    device=args.device,
+                    seed=args.seed,
+                    patience=args.epochs,
+                ),
+                url=url,
+            )
+            state[key] = {
+                "architecture": arch,
+                "version_id": version_id,
+                "epochs": args.epochs,
+                "imgsz": args.imgsz,
+                "batch": args.batch,
+                "train_wall_s": round(time.perf_counter() - start, 1),
+                "hardware": hardware(),
+            }
+            state_file.write_text(json.dumps(state, indent=2))
+
+
+def evaluate_phase(url: str) -> None:
+    from training.evaluate import evaluate_detector
+
+    state = json.loads((WORK / "trained.json").read_text())
+    rows = []
+    for key, run in state.items():
+        with session_scope(url) as session:
+            version = get_model_version(session, run["version_id"])
+            weights, thresholds = Path(version.file_path), version.thresholds
+        result = evaluate_detector(weights, "neu-det", "test", thresholds=thresholds, url=url)
+        rows.append({"run": key, **run, **result.to_json()})
+        print(key, f"mAP50 {result.map50:.3f}", f"miss rate {result.miss_rate}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "detector_neu.json").write_text(json.dumps({"split": "test", "runs": rows}, indent=2))
+    lines = [
+        "# Detector on NEU-DET (test split, 180 images)",
+        "",
+        "| model | epochs | image size | train wall time | mAP50 | mAP50-95 | part miss rate | hardware |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['architecture']} | {r['epochs']} | {r['imgsz']} | {r['train_wall_s'] / 60:.0f} min "
+            f"| {r['map50']:.3f} | {r['map50_95']:.3f} | {r['miss_rate']:.4f} | {r['hardware']} |"
+        )
+    (RESULTS / "detector_neu.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--neu", type=Path, default=ROOT.parent / "shared" / "datasets" / "neu-det")
+    parser.add_argument("--phase", choices=["train", "evaluate", "all"], default="all")
+    parser.add_argument("--scales", nargs="+", default=["n", "s"])
+    parser.add_argument("--variants", nargs="+", default=["attention", "plain"])
+    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--imgsz", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if not args.neu.is_dir():
+        sys.exit(f"NEU-DET not found at {args.neu} (pass --neu)")
+    url = get_settings().resolved_database_url
+    upgrade(url)
+    ensure_dataset(url, args.neu)
+    if args.phase in {"train", "all"}:
+        train_phase(args, url)
+    if args.phase in {"evaluate", "all"}:
+        evaluate_phase(url)
+
+
+if __name__ == "__main__":
+    main()

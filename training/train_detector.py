@@ -1,0 +1,225 @@
+"""Train or fine-tune a defect detector with ultralytics, offline, and register the result.
+
+Run as `defects train detector`. ultralytics' trainer does the work (multi-GPU included: pass a
+device list); this module chooses augmentation for surface images, keeps everything offline,
+records the job and registers the best weights as a candidate model version.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import inspection  # noqa: F401 - runtime preparation first
+from db.models import JobStatus, ModelKind, TrainingJob, utcnow
+from db.registry import get_model_version
+from db.session import session_scope
+from inspection.detector import architecture_of, build_detector, load_detector
+from inspection.errors import UserError
+from inspection.settings import get_settings
+from training.datasets import dataset_yaml
+from training.versions import register_model_version
+
+# Grayscale surface images: no hue or saturation jitter (there is no colour), brightness jitter
+# for lighting drift, both flips (a scratch has no up or down), mosaic for context and scale.
+SURFACE_AUGMENTATION: dict[str, Any] = {
+    "hsv_h": 0.0,
+    "hsv_s": 0.0,
+    "hsv_v": 0.3,
+    "fliplr": 0.5,
+    "flipud": 0.5,
+    "degrees": 0.0,
+    "translate": 0.1,
+    "scale": 0.5,
+    "mosaic": 1.0,
+    "mixup": 0.0,
+}
+
+
+def offline_amp_check(model: torch.nn.Module) -> bool:
+    """ultralytics' AMP check downloads a reference model; this one compares the model being
+    trained in fp32 and under autocast on one random batch, with nothing fetched."""
+    try:
+        device = next(model.parameters()).device
+    except StopIteration:
+        return False
+    if device.type != "cuda":
+        return False
+    probe = copy.deepcopy(model).eval()
+    image = torch.rand(1, 3, 256, 256, device=device)
+    with torch.no_grad():
+        reference = probe(image)
+        reference = reference[0] if isinstance(reference, tuple | list) else reference
+        with torch.autocast(device_type="cuda"):
+            mixed = probe(image)
+            mixed = mixed[0] if isinstance(mixed, tuple | list) else mixed
+    return bool(torch.isfinite(mixed).all() and torch.allclose(reference, mixed.float(), atol=0.5, rtol=0.05))
+
+
+def _install_offline_amp_check() -> None:
+    from ultralytics.engine import trainer
+
+    trainer.check_amp = offline_amp_check
+
+
+_install_offline_amp_check()
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    data: str
+    architecture: str = "defect-yolo-s"
+    epochs: int = 100
+    imgsz: int = 256
+    batch: int = 16
+    device: str | None = None
+    from_model: str | None = None
+    resume: bool = False
+    name: str | None = None
+    workers: int = 2
+    patience: int = 50
+    seed: int = 0
+    plots: bool = False
+    extra: tuple[tuple[str, Any], ...] = ()
+
+
+def _job_progress_callback(url: str, job_id: int, epochs: int):  # type: ignore[no-untyped-def]
+    """Epoch progress into the job record; plain data only, so DDP can pickle it."""
+
+    def on_fit_epoch_end(trainer) -> None:  # type: ignore[no-untyped-def]
+        with session_scope(url) as session:
+            job = session.get(TrainingJob, job_id)
+            if job is not None:
+                job.progress = min(1.0, (trainer.epoch + 1) / max(epochs, 1))
+                fitness = trainer.metrics.get("metrics/mAP50(B)") if trainer.metrics else None
+                job.log = (job.log or "") + f"epoch {trainer.epoch + 1}/{epochs} mAP50 {fitness}\n"
+
+    return on_fit_epoch_end
+
+
+def _device_argument(device: str | None) -> str:
+    from inspection.settings import resolve_device
+
+    chosen = device or get_settings().device
+    if chosen == "auto":
+        return "0" if resolve_device("auto").startswith("cuda") else "cpu"
+    return chosen.removeprefix("cuda:")  # ultralytics takes "0" or "0,1" for GPUs
+
+
+def _latest_run(runs_dir: Path, prefix: str) -> Path:
+    candidates = sorted(
+        (p for p in runs_dir.glob(f"{prefix}-*") if (p / "weights" / "last.pt").is_file()),
+        key=lambda p: p.stat().st_mtime,
+    )
+    if not candidates:
+        raise UserError(f"no interrupted training of {prefix} to resume in {runs_dir}")
+    return candidates[-1]
+
+
+def train_detector(request: TrainRequest, url: str | None = None) -> int:
+    """Train, register the best weights as a candidate; returns the model version id."""
+    settings = get_settings()
+    url = url or settings.resolved_database_url
+    runs_dir = (settings.runs_dir / "detect").resolve()
+    with session_scope(url) as session:
+        dataset, data_path = dataset_yaml(session, request.data)
+        class_names = list(dataset.classes)
+        teacher_name = None
+        if request.from_model:
+            base = get_model_version(session, request.from_model)
+            if base.kind != ModelKind.DETECTOR:
+                raise UserError(f"{base.name} is a {base.kind.value}, not a detector")
+            base_weights = Path(base.file_path)
+            architecture = base.architecture
+            teacher_name = base.name
+        else:
+            base_weights = None
+            architecture = request.architecture
+        job = TrainingJob(
+            kind="train-detector",
+            status=JobStatus.RUNNING,
+            params={**request.__dict__, "extra": dict(request.extra)},
+            dataset_id=dataset.id,
+            started_at=utcnow(),
+        )
+        session.add(job)
+        session.flush()
+        job_id, dataset_id = job.id, dataset.id
+
+    prefix = f"{request.data}-{architecture}"
+    try:
+        if request.resume:
+            run_dir = _latest_run(runs_dir, prefix)
+            model = load_detector(run_dir / "weights" / "last.pt")
+            model.add_callback("on_fit_epoch_end", _job_progress_callback(url, job_id, request.epochs))
+            model.train(resume=True)
+        else:
+            model = load_detector(base_weights) if base_weights else build_detector(architecture, class_names)
+            model.add_callback("on_fit_epoch_end", _job_progress_callback(url, job_id, request.epochs))
+            run_name = request.name or f"{prefix}-{datetime.now():%Y%m%d-%H%M%S}"
+            model.train(
+                data=str(data_path),
+                epochs=request.epochs,
+                imgsz=request.imgsz,
+                batch=request.batch,
+                device=_device_argument(request.device),
+                workers=request.workers,
+                patience=request.patience,
+                seed=request.seed,
+                deterministic=False,
+                project=str(runs_dir),
+                name=run_name,
+                exist_ok=False,
+                plots=request.plots,
+                pretrained=bool(base_weights),
+                close_mosaic=min(10, max(request.epochs // 5, 0)),
+                **{**SURFACE_AUGMENTATION, **dict(request.extra)},
+            )
+        trainer = model.trainer
+        best = Path(trainer.best)
+        if not best.is_file():
+            raise UserError(f"training ended without weights ({best})")
+        metrics = {
+            "val_map50": float(trainer.metrics.get("metrics/mAP50(B)", 0.0)),
+            "val_map50_95": float(trainer.metrics.get("metrics/mAP50-95(B)", 0.0)),
+            "epochs": int(trainer.epoch + 1),
+            "imgsz": int(trainer.args.imgsz),
+            "run_dir": str(Path(trainer.save_dir)),
+        }
+        with session_scope(url) as session:
+            from db.models import Dataset
+
+            dataset = session.get(Dataset, dataset_id)
+            version = register_model_version(
+                session,
+                best,
+                settings.models_dir,
+                kind=ModelKind.DETECTOR,
+                architecture=architecture_of(load_detector(best)) or architecture,
+                class_names=class_names,
+                image_size=int(trainer.args.imgsz),
+                metrics=metrics,
+                dataset=dataset,
+                notes=f"fine-tuned from {teacher_name}" if teacher_name else "",
+            )
+            job = session.get(TrainingJob, job_id)
+            assert job is not None
+            job.status = JobStatus.SUCCEEDED
+            job.progress = 1.0
+            job.finished_at = utcnow()
+            job.result_model_version_id = version.id
+            return version.id
+    except BaseException as exc:
+        with session_scope(url) as session:
+            job = session.get(TrainingJob, job_id)
+            if job is not None:
+                interrupted = isinstance(exc, KeyboardInterrupt)
+                job.status = JobStatus.CANCELLED if interrupted else JobStatus.FAILED
+                job.error = f"{exc.__class__.__name__}: {exc}"
+                job.finished_at = utcnow()
+        raise

@@ -1,0 +1,84 @@
+"""Registering trained weights as model versions: the file is copied under the data directory
+and hashed, so a version always names exactly the bytes that produced its metrics."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db.models import Dataset, ModelKind, ModelStage, ModelVersion
+from inspection.errors import UserError
+
+DEFAULT_CONFIDENCE = 0.25
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def default_thresholds(class_names: list[str]) -> dict[str, Any]:
+    return {"per_class": dict.fromkeys(class_names, DEFAULT_CONFIDENCE), "iou": 0.45}
+
+
+def unique_version_name(session: Session, base: str) -> str:
+    taken = set(session.scalars(select(ModelVersion.name).where(ModelVersion.name.like(f"{base}%"))))
+    if base not in taken:
+        return base
+    n = 2
+    while f"{base}-{n}" in taken:
+        n += 1
+    return f"{base}-{n}"
+
+
+def register_model_version(
+    session: Session,
+    weights: Path,
+    models_dir: Path,
+    *,
+    kind: ModelKind,
+    architecture: str,
+    class_names: list[str],
+    image_size: int,
+    metrics: dict[str, Any] | None = None,
+    thresholds: dict[str, Any] | None = None,
+    dataset: Dataset | None = None,
+    teacher: ModelVersion | None = None,
+    name: str | None = None,
+    notes: str = "",
+) -> ModelVersion:
+    """Copy `weights` into the model store and record it as a candidate version."""
+    base = name or f"{architecture}-{datetime.now():%Y%m%d-%H%M%S}"
+    version_name = unique_version_name(session, base) if name is None else base
+    if name is not None and session.scalars(select(ModelVersion).where(ModelVersion.name == name)).first():
+        raise UserError(f"a model version named {name!r} already exists")
+    target = models_dir / version_name / weights.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(weights, target)
+    version = ModelVersion(
+        name=version_name,
+        kind=kind,
+        architecture=architecture,
+        file_path=str(target.resolve()),
+        sha256=sha256_of(target),
+        image_size=image_size,
+        classes=class_names,
+        dataset_id=dataset.id if dataset else None,
+        teacher_id=teacher.id if teacher else None,
+        metrics=metrics or {},
+        thresholds=thresholds or default_thresholds(class_names),
+        stage=ModelStage.CANDIDATE,
+        notes=notes,
+    )
+    session.add(version)
+    session.flush()
+    return version
