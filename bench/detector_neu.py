@@ -104,7 +104,9 @@ def evaluate_phase(url: str) -> None:
         rows.append({"run": key, **run, **result.to_json()})
         print(key, f"mAP50 {result.map50:.3f}", f"miss rate {result.miss_rate}")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "detector_neu.json").write_text(json.dumps({"split": "test", "runs": rows}, indent=2))
+    (RESULTS / "detector_neu.json").write_text(
+        json.dumps({"split": "test", "runs": rows}, indent=2)
+    )
     lines = [
         "# Detector on NEU-DET (test split, 180 images)",
         "",

@@ -22,7 +22,10 @@ if TYPE_CHECKING:
     from ultralytics import YOLO
 
 CFG_DIR = Path(__file__).parent / "cfg"
-FAMILIES = {"defect-yolo": CFG_DIR / "defect-yolo.yaml", "defect-yolo-plain": CFG_DIR / "defect-yolo-plain.yaml"}
+FAMILIES = {
+    "defect-yolo": CFG_DIR / "defect-yolo.yaml",
+    "defect-yolo-plain": CFG_DIR / "defect-yolo-plain.yaml",
+}
 _NAME = re.compile(r"^(defect-yolo)-([nsm])(-plain)?$")
 
 register_ultralytics_modules()
@@ -36,7 +39,9 @@ def resolve_architecture(name: str, class_names: list[str], out_dir: Path | None
     """Write the single-scale YAML of `name` for these classes and return its path."""
     match = _NAME.match(name)
     if match is None:
-        raise UserError(f"unknown detector architecture {name!r}; choose one of {', '.join(architectures())}")
+        raise UserError(
+            f"unknown detector architecture {name!r}; choose one of {', '.join(architectures())}"
+        )
     family = match.group(1) + (match.group(3) or "")
     scale = match.group(2)
     spec = yaml.safe_load(FAMILIES[family].read_text())

@@ -7,6 +7,8 @@ It lives in `training` because that is the one package allowed to import both `i
 from __future__ import annotations
 
 import sys
+from enum import StrEnum
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -30,8 +32,10 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="The inspection database.", no_args_is_help=True)
 models_app = typer.Typer(help="Model versions: list, promote, roll back.", no_args_is_help=True)
+train_app = typer.Typer(help="Train models on an imported dataset.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(models_app, name="models")
+app.add_typer(train_app, name="train")
 console = Console()
 
 
@@ -128,6 +132,198 @@ def models_archive(model: Annotated[str, typer.Argument(help="Model version id o
         version.stage = ModelStage.ARCHIVED
         version.archived_at = utcnow()
         console.print(f"{version.name} archived")
+
+
+class SourceFormatChoice(StrEnum):
+    voc = "voc"
+    yolo = "yolo"
+    coco = "coco"
+
+
+@app.command("import")
+def import_command(
+    source_format: Annotated[SourceFormatChoice, typer.Argument(help="Annotation format.")],
+    src: Annotated[Path, typer.Argument(help="Folder (or COCO .json file) of labeled images.")],
+    name: Annotated[str, typer.Option("--name", help="Name to register the dataset under.")],
+    splits: Annotated[
+        Path | None,
+        typer.Option("--splits", help="Folder with train.txt, val.txt, test.txt of file names."),
+    ] = None,
+    classes: Annotated[
+        str | None, typer.Option(help="Comma-separated class names, in index order.")
+    ] = None,
+    replace: Annotated[bool, typer.Option(help="Replace a dataset of the same name.")] = False,
+) -> None:
+    """Import a labeled dataset (defect-free images included) into the product's layout."""
+    from training.datasets import import_dataset
+
+    class_list = [c.strip() for c in classes.split(",")] if classes else None
+    with session_scope(migrated_database_url()) as session:
+        report = import_dataset(
+            session,
+            source_format.value,
+            src,
+            name,
+            get_settings().datasets_dir,
+            splits_dir=splits,
+            classes=class_list,
+            replace=replace,
+        )
+    table = Table("split", "images", "good parts", "boxes")
+    for split, counts in report.split_counts.items():
+        table.add_row(split, str(counts["images"]), str(counts["good"]), str(counts["boxes"]))
+    console.print(f"dataset {report.name}: {len(report.classes)} classes {report.classes}")
+    console.print(table)
+    if report.issues:
+        console.print(f"[yellow]{len(report.issues)} image(s) left out:[/yellow]")
+        for issue in report.issues[:20]:
+            console.print(f"  {issue}", markup=False)
+        if len(report.issues) > 20:
+            console.print(f"  ... see {report.root / 'import_report.txt'}", markup=False)
+
+
+@train_app.command("detector")
+def train_detector_command(
+    data: Annotated[str, typer.Option(help="Imported dataset name.")],
+    model: Annotated[
+        str, typer.Option(help="Architecture: defect-yolo-{n,s,m}[-plain].")
+    ] = "defect-yolo-s",
+    epochs: Annotated[int, typer.Option(min=1)] = 100,
+    imgsz: Annotated[int, typer.Option(min=32, help="Training image size (pixels).")] = 256,
+    batch: Annotated[int, typer.Option(min=1)] = 16,
+    device: Annotated[
+        str | None, typer.Option(help="cpu, 0, 0,1 (GPUs); default from DEFECTS_DEVICE.")
+    ] = None,
+    from_model: Annotated[
+        str | None, typer.Option("--from", help="Fine-tune from this model version.")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Resume the last interrupted run.")] = False,
+    name: Annotated[str | None, typer.Option(help="Run name.")] = None,
+    seed: int = 0,
+    plots: Annotated[bool, typer.Option(help="Save training plots.")] = False,
+) -> None:
+    """Train (or fine-tune) a detector; the result is registered as a candidate model version."""
+    from training.train_detector import TrainRequest, train_detector
+
+    request = TrainRequest(
+        data=data,
+        architecture=model,
+        epochs=epochs,
+        imgsz=imgsz,
+        batch=batch,
+        device=device,
+        from_model=from_model,
+        resume=resume,
+        name=name,
+        seed=seed,
+        plots=plots,
+    )
+    version_id = train_detector(request, url=migrated_database_url())
+    with session_scope(database_url()) as session:
+        version = get_model_version(session, version_id)
+        console.print(
+            f"registered {version.name} (candidate): val mAP50 "
+            f"{version.metrics.get('val_map50', 0):.3f}; evaluate it with "
+            f"`defects evaluate {version.name} --data {data} --split test`"
+        )
+
+
+@app.command("evaluate")
+def evaluate_command(
+    model: Annotated[str, typer.Argument(help="Weights file (.pt) or model version id/name.")],
+    data: Annotated[str, typer.Option(help="Imported dataset name.")],
+    split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write the results here.")
+    ] = None,
+    imgsz: Annotated[int | None, typer.Option(help="Default: the training size.")] = None,
+    device: str = "cpu",
+) -> None:
+    """mAP, per-class AP and recall, part miss rate and false-call rate at the operating point."""
+    import json
+
+    from training.evaluate import evaluate_detector, resolve_model
+
+    url = migrated_database_url()
+    weights, thresholds, version_name = resolve_model(model, url)
+    result = evaluate_detector(
+        weights, data, split, thresholds=thresholds, imgsz=imgsz, device=device, url=url
+    )
+    payload = result.to_json()
+    if version_name is not None:
+        _store_evaluation(url, version_name, data, split, payload)
+    table = Table("class", "AP50", "AP50-95", "recall", "boxes", "threshold")
+    for name, row in result.per_class.items():
+        table.add_row(
+            name,
+            _fmt(row["ap50"]),
+            _fmt(row["ap50_95"]),
+            _fmt(row["recall"]),
+            str(row["n_boxes"]),
+            _fmt(row["threshold"]),
+        )
+    console.print(table)
+    rates = result.rates
+    console.print(
+        f"{data}/{split}: {result.n_images} parts, mAP50 {result.map50:.3f}, "
+        f"mAP50-95 {result.map50_95:.3f}"
+    )
+    console.print(
+        f"miss rate {_fmt(rates.miss_rate)} ({rates.n_missed} of {rates.n_defective} defective parts)"
+    )
+    if rates.n_good:
+        console.print(
+            f"false-call rate {_fmt(rates.false_call_rate)} "
+            f"({rates.n_false_calls} of {rates.n_good} good parts)"
+        )
+    else:
+        console.print("false-call rate: the split has no good parts")
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(payload, indent=2))
+        console.print(f"wrote {json_path}")
+
+
+def _store_evaluation(url: str, version_name: str, data: str, split: str, payload: dict) -> None:
+    with session_scope(url) as session:
+        version = get_model_version(session, version_name)
+        metrics = dict(version.metrics or {})
+        evaluations = dict(metrics.get("evaluations", {}))
+        evaluations[f"{data}:{split}"] = payload
+        metrics["evaluations"] = evaluations
+        if split == "test":
+            metrics.update(
+                {k: payload[k] for k in ("map50", "map50_95", "miss_rate", "false_call_rate")}
+            )
+        version.metrics = metrics
+
+
+@app.command("export")
+def export_command(
+    model: Annotated[str, typer.Argument(help="Weights file (.pt) or model version id/name.")],
+    format: Annotated[str, typer.Option(help="Export format.")] = "onnx",
+    half: Annotated[bool, typer.Option(help="fp16 weights (export on a GPU).")] = False,
+    dynamic: Annotated[bool, typer.Option(help="Dynamic batch and image size.")] = False,
+    imgsz: Annotated[int | None, typer.Option(help="Default: the training size.")] = None,
+    device: str = "cpu",
+) -> None:
+    """Export a detector to ONNX, with class names and thresholds in its metadata."""
+    from training.evaluate import resolve_model
+    from training.export import export_detector
+
+    if format != "onnx":
+        raise UserError(f"export format {format!r} is not supported; use onnx")
+    weights, thresholds, version_name = resolve_model(model, migrated_database_url())
+    path = export_detector(
+        weights,
+        imgsz=imgsz,
+        half=half,
+        dynamic=dynamic,
+        thresholds=thresholds,
+        version_name=version_name,
+        device=device,
+    )
+    console.print(f"wrote {path}")
 
 
 def main() -> None:

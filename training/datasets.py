@@ -120,6 +120,7 @@ def read_voc(
     by_stem = {p.stem: p for p in _images_in(images_dir)}
     issues: list[ImportIssue] = []
     parsed: list[tuple[Path, Path, list[tuple[str, float, float, float, float]]]] = []
+    failed_stems: set[str] = set()  # their images must not pass for good parts
     for xml_path in sorted(annotations.glob("*.xml")):
         try:
             root = ET.parse(xml_path).getroot()
@@ -130,12 +131,15 @@ def read_voc(
                 bndbox = obj.find("bndbox")
                 if bndbox is None or not name:
                     raise ValueError("object without a name or bndbox")
-                coords = [float(bndbox.findtext(k) or "nan") for k in ("xmin", "ymin", "xmax", "ymax")]
+                coords = [
+                    float(bndbox.findtext(k) or "nan") for k in ("xmin", "ymin", "xmax", "ymax")
+                ]
                 if any(c != c for c in coords):  # NaN: a missing coordinate
                     raise ValueError("bndbox with a missing coordinate")
                 objects.append((name, *coords))
         except (ET.ParseError, ValueError) as exc:
             issues.append(ImportIssue(xml_path.name, f"unreadable annotation: {exc}"))
+            failed_stems.add(xml_path.stem)
             continue
         image_path = images_dir / filename if filename else None
         if image_path is None or not image_path.is_file():
@@ -143,7 +147,9 @@ def read_voc(
         if image_path is None:
             image_path = by_stem.get(xml_path.stem)
         if image_path is None:
-            issues.append(ImportIssue(xml_path.name, f"image {filename or xml_path.stem} not found"))
+            issues.append(
+                ImportIssue(xml_path.name, f"image {filename or xml_path.stem} not found")
+            )
             continue
         parsed.append((xml_path, image_path, objects))  # type: ignore[arg-type]
     found_names = sorted({o[0] for _, _, objects in parsed for o in objects})
@@ -159,7 +165,11 @@ def read_voc(
         boxes = [Box(index[n], x1, y1, x2, y2) for n, x1, y1, x2, y2 in objects]
         images.append(LabeledImage(image_path, 0, 0, boxes))
     # Images with no annotation file are good parts.
-    images += [LabeledImage(p, 0, 0, []) for p in by_stem.values() if p not in annotated]
+    images += [
+        LabeledImage(p, 0, 0, [])
+        for stem, p in by_stem.items()
+        if p not in annotated and stem not in failed_stems
+    ]
     return class_names, images, issues
 
 
@@ -172,7 +182,9 @@ def _yolo_class_names(src: Path) -> list[str]:
             if isinstance(names, list):
                 return [str(n) for n in names]
     if (src / "classes.txt").is_file():
-        return [line.strip() for line in (src / "classes.txt").read_text().splitlines() if line.strip()]
+        return [
+            line.strip() for line in (src / "classes.txt").read_text().splitlines() if line.strip()
+        ]
     raise UserError(f"{src} has no data.yaml (with names) or classes.txt")
 
 
@@ -187,7 +199,9 @@ def read_yolo(
     for image_path in _images_in(images_dir):
         relative = image_path.relative_to(images_dir)
         label_path = labels_dir / relative.with_suffix(".txt")
-        split = relative.parts[0] if len(relative.parts) > 1 and relative.parts[0] in SPLITS else None
+        split = (
+            relative.parts[0] if len(relative.parts) > 1 and relative.parts[0] in SPLITS else None
+        )
         boxes: list[Box] = []
         if label_path.is_file():
             try:
@@ -211,7 +225,9 @@ def read_yolo(
                         )
                     )
             except (ValueError, UnicodeDecodeError) as exc:
-                issues.append(ImportIssue(str(label_path.relative_to(src)), f"unreadable label: {exc}"))
+                issues.append(
+                    ImportIssue(str(label_path.relative_to(src)), f"unreadable label: {exc}")
+                )
                 continue
         images.append(LabeledImage(image_path, 0, 0, boxes, split))
     return class_names, images, issues
@@ -224,7 +240,9 @@ def read_coco(
     if json_path is None:
         candidates = sorted(src.glob("*.json")) + sorted(src.glob("annotations/*.json"))
         if len(candidates) != 1:
-            raise UserError(f"{src} must hold exactly one COCO .json file (found {len(candidates)})")
+            raise UserError(
+                f"{src} must hold exactly one COCO .json file (found {len(candidates)})"
+            )
         json_path = candidates[0]
     try:
         coco = json.loads(json_path.read_text())
@@ -235,7 +253,8 @@ def read_coco(
         raise UserError(f"unreadable COCO file {json_path}: {exc}") from exc
     class_names = classes or [str(c["name"]) for c in categories]
     index_of_category = {
-        c["id"]: (class_names.index(c["name"]) if c["name"] in class_names else -1) for c in categories
+        c["id"]: (class_names.index(c["name"]) if c["name"] in class_names else -1)
+        for c in categories
     }
     base = json_path.parent
     roots = [base, base / "images", base.parent / "images", base.parent]
@@ -336,7 +355,11 @@ def import_dataset(
         except ValueError as exc:
             issues.append(ImportIssue(label, str(exc)))
             continue
-        problems = [p for b in image.boxes if (p := _check_box(b, image.width, image.height, len(class_names)))]
+        problems = [
+            p
+            for b in image.boxes
+            if (p := _check_box(b, image.width, image.height, len(class_names)))
+        ]
         if problems:
             issues.append(ImportIssue(label, "; ".join(problems)))
             continue
@@ -363,12 +386,16 @@ def import_dataset(
         _place(image.path, root / "images" / image.split / image.path.name)
         label_file = root / "labels" / image.split / f"{image.path.stem}.txt"
         label_file.parent.mkdir(parents=True, exist_ok=True)
-        label_file.write_text("".join(_yolo_line(b, image.width, image.height) + "\n" for b in image.boxes))
+        label_file.write_text(
+            "".join(_yolo_line(b, image.width, image.height) + "\n" for b in image.boxes)
+        )
         lists[image.split].append(image.path.name)
         counts[image.split].update(images=1, boxes=len(image.boxes), good=int(not image.boxes))
     (root / "splits").mkdir(parents=True, exist_ok=True)
     for split in SPLITS:
-        (root / "splits" / f"{split}.txt").write_text("".join(f"{n}\n" for n in sorted(lists[split])))
+        (root / "splits" / f"{split}.txt").write_text(
+            "".join(f"{n}\n" for n in sorted(lists[split]))
+        )
     data_yaml = {
         "path": str(root.resolve()),
         "train": "images/train",
@@ -397,7 +424,9 @@ def dataset_yaml(session: Session, name: str) -> tuple[Dataset, Path]:
     """The registered dataset and its ultralytics data.yaml."""
     dataset = session.scalars(select(Dataset).where(Dataset.name == name)).first()
     if dataset is None:
-        raise UserError(f"no dataset {name!r}; import one with `defects import voc|yolo|coco SRC --name {name}`")
+        raise UserError(
+            f"no dataset {name!r}; import one with `defects import voc|yolo|coco SRC --name {name}`"
+        )
     path = Path(dataset.root_path) / "data.yaml"
     if not path.is_file():
         raise UserError(f"dataset {name!r} is registered but its files are gone ({path})")

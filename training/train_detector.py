@@ -58,7 +58,10 @@ def offline_amp_check(model: torch.nn.Module) -> bool:
         with torch.autocast(device_type="cuda"):
             mixed = probe(image)
             mixed = mixed[0] if isinstance(mixed, tuple | list) else mixed
-    return bool(torch.isfinite(mixed).all() and torch.allclose(reference, mixed.float(), atol=0.5, rtol=0.05))
+    return bool(
+        torch.isfinite(mixed).all()
+        and torch.allclose(reference, mixed.float(), atol=0.5, rtol=0.05)
+    )
 
 
 def _install_offline_amp_check() -> None:
@@ -156,11 +159,19 @@ def train_detector(request: TrainRequest, url: str | None = None) -> int:
         if request.resume:
             run_dir = _latest_run(runs_dir, prefix)
             model = load_detector(run_dir / "weights" / "last.pt")
-            model.add_callback("on_fit_epoch_end", _job_progress_callback(url, job_id, request.epochs))
+            model.add_callback(
+                "on_fit_epoch_end", _job_progress_callback(url, job_id, request.epochs)
+            )
             model.train(resume=True)
         else:
-            model = load_detector(base_weights) if base_weights else build_detector(architecture, class_names)
-            model.add_callback("on_fit_epoch_end", _job_progress_callback(url, job_id, request.epochs))
+            model = (
+                load_detector(base_weights)
+                if base_weights
+                else build_detector(architecture, class_names)
+            )
+            model.add_callback(
+                "on_fit_epoch_end", _job_progress_callback(url, job_id, request.epochs)
+            )
             run_name = request.name or f"{prefix}-{datetime.now():%Y%m%d-%H%M%S}"
             model.train(
                 data=str(data_path),

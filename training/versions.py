@@ -31,7 +31,9 @@ def default_thresholds(class_names: list[str]) -> dict[str, Any]:
 
 
 def unique_version_name(session: Session, base: str) -> str:
-    taken = set(session.scalars(select(ModelVersion.name).where(ModelVersion.name.like(f"{base}%"))))
+    taken = set(
+        session.scalars(select(ModelVersion.name).where(ModelVersion.name.like(f"{base}%")))
+    )
     if base not in taken:
         return base
     n = 2
@@ -59,7 +61,10 @@ def register_model_version(
     """Copy `weights` into the model store and record it as a candidate version."""
     base = name or f"{architecture}-{datetime.now():%Y%m%d-%H%M%S}"
     version_name = unique_version_name(session, base) if name is None else base
-    if name is not None and session.scalars(select(ModelVersion).where(ModelVersion.name == name)).first():
+    if (
+        name is not None
+        and session.scalars(select(ModelVersion).where(ModelVersion.name == name)).first()
+    ):
         raise UserError(f"a model version named {name!r} already exists")
     target = models_dir / version_name / weights.name
     target.parent.mkdir(parents=True, exist_ok=True)

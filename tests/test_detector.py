@@ -1,0 +1,198 @@
+"""The detector end to end on tiny synthetic data: build, train one epoch, reload, evaluate, export."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from db.migrate import upgrade
+from db.registry import get_model_version
+from db.session import session_scope
+from inspection.attention import ChannelSpatialAttention
+from inspection.detector import architectures, build_detector, resolve_architecture
+from inspection.errors import UserError
+from inspection.settings import get_settings
+from tests.synthetic import CLASSES, write_splits, write_voc
+from training.datasets import import_dataset
+from training.evaluate import part_rates
+
+ROOT = Path(__file__).parents[1]
+
+
+@dataclass
+class Trained:
+    url: str
+    data_dir: Path
+    version_name: str
+    weights: Path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trained]:
+    """One tiny detector trained for one epoch, shared by the tests of this module."""
+    from training.train_detector import TrainRequest, train_detector
+
+    base = tmp_path_factory.mktemp("detector")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DEFECTS_DATA_DIR", str(base / "data"))
+        get_settings.cache_clear()
+        url = get_settings().resolved_database_url
+        upgrade(url)
+        images = write_voc(base / "src", n=24)
+        with session_scope(url) as session:
+            import_dataset(
+                session,
+                "voc",
+                base / "src",
+                "synth",
+                get_settings().datasets_dir,
+                write_splits(base / "splits", images),
+                CLASSES,
+            )
+        version_id = train_detector(
+            TrainRequest(data="synth", architecture="defect-yolo-n", epochs=1, imgsz=64, batch=4),
+            url=url,
+        )
+        with session_scope(url) as session:
+            version = get_model_version(session, version_id)
+            result = Trained(url, base / "data", version.name, Path(version.file_path))
+        yield result
+    get_settings.cache_clear()
+
+
+def test_every_architecture_builds_and_attention_is_where_it_should_be() -> None:
+    for name in architectures():
+        model = build_detector(name, CLASSES).model
+        attention = [m for m in model.modules() if isinstance(m, ChannelSpatialAttention)]
+        assert len(attention) == (0 if name.endswith("-plain") else 3), name
+        out = model.eval()(torch.zeros(1, 3, 64, 64))
+        assert out[0].shape[:2] == (1, 4 + len(CLASSES))
+
+
+def test_scales_differ_in_width_and_depth(tmp_path: Path) -> None:
+    sizes = {
+        s: sum(p.numel() for p in build_detector(f"defect-yolo-{s}", CLASSES).model.parameters())
+        for s in "nsm"
+    }
+    assert sizes["n"] < sizes["s"] < sizes["m"]
+    text = resolve_architecture("defect-yolo-s", CLASSES, tmp_path).read_text()
+    assert "width_multiple: 0.5" in text and "scales" not in text
+
+
+def test_unknown_architecture_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="unknown detector architecture"):
+        build_detector("yolov99", CLASSES)
+
+
+def test_training_registers_a_candidate_with_metrics(trained: Trained) -> None:
+    with session_scope(trained.url) as session:
+        version = get_model_version(session, trained.version_name)
+        assert version.stage.value == "candidate"
+        assert version.classes == CLASSES
+        assert version.sha256 and len(version.sha256) == 64
+        assert "val_map50" in version.metrics
+        assert version.thresholds["per_class"] == dict.fromkeys(CLASSES, 0.25)
+    assert trained.weights.is_file()
+
+
+def test_checkpoint_reloads_in_a_fresh_process_with_no_extra_step(trained: Trained) -> None:
+    code = (
+        "from ultralytics import YOLO; import sys; m = YOLO(sys.argv[1]); "
+        "print(type(m.model).__name__, sorted(m.names.values()))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(trained.weights)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin", "DEFECTS_DATA_DIR": str(trained.data_dir)},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "DetectionModel ['scratch', 'spot']" in done.stdout
+
+
+def test_part_rates_arithmetic_by_hand() -> None:
+    # 5 defective parts, 2 of them not flagged; 4 good parts, 1 flagged.
+    outcomes = [(True, True)] * 3 + [(True, False)] * 2 + [(False, False)] * 3 + [(False, True)]
+    rates = part_rates(outcomes)
+    assert (rates.n_defective, rates.n_missed, rates.n_good, rates.n_false_calls) == (5, 2, 4, 1)
+    assert rates.miss_rate == pytest.approx(0.4)
+    assert rates.false_call_rate == pytest.approx(0.25)
+    assert part_rates([(True, True)]).false_call_rate is None
+
+
+def test_evaluate_cli_writes_the_stable_json_keys(
+    trained: Trained, tmp_path: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from training.cli import app
+
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
+    get_settings.cache_clear()
+    out = tmp_path / "eval.json"
+    result = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            trained.version_name,
+            "--data",
+            "synth",
+            "--split",
+            "test",
+            "--json",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    payload = json.loads(out.read_text())
+    for key in (
+        "map50",
+        "map50_95",
+        "miss_rate",
+        "false_call_rate",
+        "n_defective",
+        "n_good",
+        "per_class",
+    ):
+        assert key in payload
+    # The test split (every 6th image from the 5th) holds parts 4, 10, 16, 22: 4 and 16 are good.
+    assert (payload["n_defective"], payload["n_good"]) == (2, 2)
+    assert set(payload["per_class"]) == set(CLASSES)
+    with session_scope(trained.url) as session:
+        assert (
+            "synth:test" in get_model_version(session, trained.version_name).metrics["evaluations"]
+        )
+
+
+def test_onnx_export_matches_pytorch(trained: Trained) -> None:
+    import onnxruntime as ort
+
+    from inspection.detector import load_detector
+    from training.export import export_detector, read_metadata
+
+    onnx_path = export_detector(
+        trained.weights, thresholds={"per_class": {"scratch": 0.3}}, version_name="v1"
+    )
+    metadata = read_metadata(onnx_path)
+    assert json.loads(metadata["defects.classes"]) == CLASSES
+    assert json.loads(metadata["defects.thresholds"])["per_class"]["scratch"] == 0.3
+    assert metadata["defects.model_version"] == "v1"
+
+    model = load_detector(trained.weights).model.float().eval()
+    image = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(image)[0].numpy()
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    [actual] = session.run(None, {session.get_inputs()[0].name: image.numpy()})
+    assert actual.shape == expected.shape
+    np.testing.assert_allclose(actual, expected, rtol=1e-3, atol=1e-3)

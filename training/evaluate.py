@@ -1,0 +1,256 @@
+"""Evaluation of a detector on a split: box mAP from ultralytics' validator, and the part-level
+figures QA works with at the model's operating thresholds.
+
+A part (image) is *defective* when it has at least one labeled box and *good* when it has none.
+It is *flagged* when at least one prediction reaches its class's threshold.
+miss rate = defective parts not flagged / defective parts;
+false-call rate = good parts flagged / good parts (only where the split has good parts).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import inspection  # noqa: F401 - runtime preparation first
+from db.registry import get_model_version
+from db.session import session_scope
+from inspection.detector import load_detector
+from inspection.errors import UserError
+from inspection.settings import get_settings
+from training.datasets import IMAGE_SUFFIXES, dataset_yaml
+from training.versions import default_thresholds
+
+MATCH_IOU = 0.5
+
+
+@dataclass(frozen=True)
+class PartRates:
+    n_defective: int
+    n_missed: int
+    n_good: int
+    n_false_calls: int
+
+    @property
+    def miss_rate(self) -> float | None:
+        return self.n_missed / self.n_defective if self.n_defective else None
+
+    @property
+    def false_call_rate(self) -> float | None:
+        return self.n_false_calls / self.n_good if self.n_good else None
+
+
+def part_rates(outcomes: list[tuple[bool, bool]]) -> PartRates:
+    """From (defective, flagged) pairs, one per part."""
+    n_defective = sum(1 for defective, _ in outcomes if defective)
+    n_missed = sum(1 for defective, flagged in outcomes if defective and not flagged)
+    n_good = len(outcomes) - n_defective
+    n_false = sum(1 for defective, flagged in outcomes if not defective and flagged)
+    return PartRates(n_defective, n_missed, n_good, n_false)
+
+
+def class_threshold(thresholds: dict[str, Any], class_name: str) -> float:
+    per_class = thresholds.get("per_class", {})
+    return float(per_class.get(class_name, thresholds.get("default", 0.25)))
+
+
+def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    top_left = np.maximum(box[:2], boxes[:, :2])
+    bottom_right = np.minimum(box[2:], boxes[:, 2:])
+    inter = np.clip(bottom_right - top_left, 0, None).prod(axis=1)
+    area = (box[2:] - box[:2]).prod()
+    areas = (boxes[:, 2:] - boxes[:, :2]).prod(axis=1)
+    return inter / np.maximum(area + areas - inter, 1e-9)
+
+
+def matched_boxes(
+    truth: np.ndarray,
+    truth_classes: np.ndarray,
+    pred: np.ndarray,
+    pred_classes: np.ndarray,
+    pred_conf: np.ndarray,
+) -> np.ndarray:
+    """Which labeled boxes are found: greedy one-to-one matching by confidence, same class, IoU >= 0.5."""
+    found = np.zeros(len(truth), dtype=bool)
+    for i in np.argsort(-pred_conf):
+        candidates = np.where(~found & (truth_classes == pred_classes[i]))[0]
+        if len(candidates) == 0:
+            continue
+        ious = _iou(pred[i], truth[candidates])
+        best = int(np.argmax(ious))
+        if ious[best] >= MATCH_IOU:
+            found[candidates[best]] = True
+    return found
+
+
+@dataclass
+class DetectorEvaluation:
+    split: str
+    n_images: int
+    map50: float
+    map50_95: float
+    rates: PartRates
+    per_class: dict[str, dict[str, float | int | None]]
+    thresholds: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def miss_rate(self) -> float | None:
+        return self.rates.miss_rate
+
+    def to_json(self) -> dict[str, Any]:
+        """The stable keys scripts depend on, plus the counts behind each rate."""
+        return {
+            "split": self.split,
+            "n_images": self.n_images,
+            "map50": self.map50,
+            "map50_95": self.map50_95,
+            "miss_rate": self.rates.miss_rate,
+            "false_call_rate": self.rates.false_call_rate,
+            "n_defective": self.rates.n_defective,
+            "n_missed": self.rates.n_missed,
+            "n_good": self.rates.n_good,
+            "n_false_calls": self.rates.n_false_calls,
+            "per_class": self.per_class,
+            "thresholds": self.thresholds,
+            **self.extra,
+        }
+
+
+def _split_images(root: Path, split: str) -> list[Path]:
+    folder = root / "images" / split
+    if not folder.is_dir():
+        raise UserError(f"the dataset has no {split} split ({folder})")
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _labels(
+    root: Path, split: str, image: Path, width: int, height: int
+) -> tuple[np.ndarray, np.ndarray]:
+    label_file = root / "labels" / split / f"{image.stem}.txt"
+    rows = (
+        [line.split() for line in label_file.read_text().splitlines() if line.strip()]
+        if label_file.exists()
+        else []
+    )
+    if not rows:
+        return np.zeros((0, 4)), np.zeros(0, dtype=int)
+    values = np.array(rows, dtype=float)
+    cx, cy, w, h = (
+        values[:, 1] * width,
+        values[:, 2] * height,
+        values[:, 3] * width,
+        values[:, 4] * height,
+    )
+    boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
+    return boxes, values[:, 0].astype(int)
+
+
+def evaluate_detector(
+    weights: Path,
+    data: str,
+    split: str = "test",
+    thresholds: dict[str, Any] | None = None,
+    imgsz: int | None = None,
+    batch: int = 16,
+    device: str = "cpu",
+    url: str | None = None,
+) -> DetectorEvaluation:
+    url = url or get_settings().resolved_database_url
+    with session_scope(url) as session:
+        dataset, data_yaml = dataset_yaml(session, data)
+        class_names = list(dataset.classes)
+        root = Path(dataset.root_path)
+    model = load_detector(weights)
+    model_names = [model.names[i] for i in sorted(model.names)]
+    if model_names != class_names:
+        raise UserError(f"the model's classes {model_names} are not the dataset's {class_names}")
+    thresholds = thresholds or default_thresholds(class_names)
+    if imgsz is None:
+        ckpt = model.ckpt if isinstance(model.ckpt, dict) else {}
+        imgsz = int(ckpt.get("train_args", {}).get("imgsz", 640))
+    images = _split_images(root, split)
+
+    with tempfile.TemporaryDirectory() as scratch:
+        metrics = model.val(
+            data=str(data_yaml),
+            split=split,
+            imgsz=imgsz,
+            batch=batch,
+            device=device,
+            conf=0.001,
+            iou=0.7,
+            plots=False,
+            verbose=False,
+            project=scratch,
+            name="val",
+        )
+    ap50 = dict(zip(metrics.box.ap_class_index, metrics.box.ap50, strict=True))
+    ap = dict(zip(metrics.box.ap_class_index, metrics.box.ap, strict=True))
+
+    lowest = min(class_threshold(thresholds, c) for c in class_names)
+    outcomes: list[tuple[bool, bool]] = []
+    found_per_class = np.zeros(len(class_names), dtype=int)
+    total_per_class = np.zeros(len(class_names), dtype=int)
+    limits = np.array([class_threshold(thresholds, c) for c in class_names])
+    for result in model.predict(
+        source=[str(p) for p in images],
+        imgsz=imgsz,
+        conf=lowest,
+        iou=float(thresholds.get("iou", 0.45)),
+        device=device,
+        stream=True,
+        verbose=False,
+        batch=batch,
+    ):
+        height, width = result.orig_shape
+        truth, truth_classes = _labels(root, split, Path(result.path), width, height)
+        boxes = result.boxes
+        pred = boxes.xyxy.cpu().numpy()
+        pred_classes = boxes.cls.cpu().numpy().astype(int)
+        conf = boxes.conf.cpu().numpy()
+        keep = conf >= limits[pred_classes] if len(conf) else np.zeros(0, dtype=bool)
+        pred, pred_classes, conf = pred[keep], pred_classes[keep], conf[keep]
+        outcomes.append((len(truth) > 0, len(pred) > 0))
+        found = matched_boxes(truth, truth_classes, pred, pred_classes, conf)
+        np.add.at(total_per_class, truth_classes, 1)
+        np.add.at(found_per_class, truth_classes[found], 1)
+
+    per_class = {
+        name: {
+            "ap50": float(ap50[i]) if i in ap50 else None,
+            "ap50_95": float(ap[i]) if i in ap else None,
+            "recall": float(found_per_class[i] / total_per_class[i])
+            if total_per_class[i]
+            else None,
+            "n_boxes": int(total_per_class[i]),
+            "threshold": float(limits[i]),
+        }
+        for i, name in enumerate(class_names)
+    }
+    return DetectorEvaluation(
+        split=split,
+        n_images=len(images),
+        map50=float(metrics.box.map50),
+        map50_95=float(metrics.box.map),
+        rates=part_rates(outcomes),
+        per_class=per_class,
+        thresholds=thresholds,
+        extra={"imgsz": imgsz, "weights": weights.name},
+    )
+
+
+def resolve_model(ref: str, url: str) -> tuple[Path, dict[str, Any] | None, str | None]:
+    """A weights file, or a model version's file and operating thresholds."""
+    path = Path(ref)
+    if path.suffix in {".pt", ".onnx"} and path.exists():
+        return path, None, None
+    if path.suffix in {".pt", ".onnx"}:
+        raise UserError(f"model file not found: {ref}")
+    with session_scope(url) as session:
+        version = get_model_version(session, ref)
+        return Path(version.file_path), dict(version.thresholds), version.name
