@@ -19,8 +19,9 @@ from pathlib import Path
 
 import torch
 
-# Boxes per block in the NMS fallback: bounds the IoU matrix to BLOCK x BLOCK booleans.
-_NMS_BLOCK = 2048
+# Largest block of boxes the NMS fallback resolves at once (bounds its IoU matrix).
+_NMS_BLOCK = 512
+_NMS_FIRST_BLOCK = 128
 _fallback_library: torch.library.Library | None = None
 
 
@@ -34,12 +35,14 @@ def _box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def nms_reference(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
-    """Greedy NMS with torchvision's semantics (indices sorted by falling score).
+    """Greedy NMS with torchvision's semantics (stable sort by falling score).
 
-    Written by hand because it is the fallback for torchvision's own kernel. Exact greedy NMS is
-    sequential; within a block of boxes it is solved as the fixed point of
-    `keep[j] = not any(keep[i] and iou[i, j] > t for i < j)`, which needs one matrix pass per
-    link of the longest suppression chain instead of one Python step per box.
+    Written by hand because it is the fallback for torchvision's own kernel. Boxes are taken in
+    blocks of growing size: a block first loses the boxes that already-kept boxes suppress, and
+    the survivors are resolved as the fixed point of
+    `keep[j] = not any(keep[i] and iou[i, j] > t for i < j)`, one matrix pass per link of the
+    longest suppression chain instead of one Python step per box. Detector output is clustered,
+    so after the first small block most candidates fall to the first step.
     """
     if boxes.numel() == 0:
         return torch.empty(0, dtype=torch.long, device=boxes.device)
@@ -47,21 +50,25 @@ def nms_reference(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: floa
     sorted_boxes = boxes[order].float()
     kept_boxes = sorted_boxes.new_zeros((0, 4))
     kept_indices: list[torch.Tensor] = []
-    for start in range(0, sorted_boxes.shape[0], _NMS_BLOCK):
-        block = sorted_boxes[start : start + _NMS_BLOCK]
-        alive = torch.ones(block.shape[0], dtype=torch.bool, device=block.device)
+    start, size = 0, _NMS_FIRST_BLOCK
+    while start < sorted_boxes.shape[0]:
+        block = sorted_boxes[start : start + size]
+        block_order = order[start : start + size]
+        start, size = start + size, min(size * 2, _NMS_BLOCK)
         if kept_boxes.shape[0]:
-            alive &= ~(_box_iou(kept_boxes, block) > iou_threshold).any(dim=0)
+            survivors = ~(_box_iou(kept_boxes, block) > iou_threshold).any(dim=0)
+            block, block_order = block[survivors], block_order[survivors]
+        if block.shape[0] == 0:
+            continue
         overlaps = torch.triu(_box_iou(block, block) > iou_threshold, diagonal=1)
-        keep = alive.clone()
+        keep = torch.ones(block.shape[0], dtype=torch.bool, device=block.device)
         while True:
-            suppressed = (overlaps & keep[:, None]).any(dim=0)
-            new_keep = alive & ~suppressed
+            new_keep = ~(overlaps & keep[:, None]).any(dim=0)
             if torch.equal(new_keep, keep):
                 break
             keep = new_keep
         kept_boxes = torch.cat([kept_boxes, block[keep]])
-        kept_indices.append(order[start : start + _NMS_BLOCK][keep])
+        kept_indices.append(block_order[keep])
     return torch.cat(kept_indices)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,11 @@ from sqlalchemy import text
 
 import inspection  # noqa: F401 - prepares torchvision and ultralytics before any test imports them
 from db.migrate import upgrade
-from db.session import get_engine, session_factory
+from db.registry import get_model_version
+from db.session import get_engine, session_factory, session_scope
 from inspection.settings import get_settings
+from tests.synthetic import CLASSES, write_splits, write_voc
+from training.datasets import import_dataset
 
 POSTGRES_URL = os.environ.get("DEFECTS_TEST_POSTGRES_URL")
 DATABASE_BACKENDS = ["sqlite"] + (["postgresql"] if POSTGRES_URL else [])
@@ -52,3 +56,44 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def session(database_url: str):  # type: ignore[no-untyped-def]
     with session_factory(database_url)() as session:
         yield session
+
+
+@dataclass
+class Trained:
+    url: str
+    data_dir: Path
+    version_name: str
+    weights: Path
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trained]:
+    """One tiny detector trained for one epoch, shared by the tests that need a real model."""
+    from training.train_detector import TrainRequest, train_detector
+
+    base = tmp_path_factory.mktemp("detector")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DEFECTS_DATA_DIR", str(base / "data"))
+        get_settings.cache_clear()
+        url = get_settings().resolved_database_url
+        upgrade(url)
+        images = write_voc(base / "src", n=24)
+        with session_scope(url) as session:
+            import_dataset(
+                session,
+                "voc",
+                base / "src",
+                "synth",
+                get_settings().datasets_dir,
+                write_splits(base / "splits", images),
+                CLASSES,
+            )
+        version_id = train_detector(
+            TrainRequest(data="synth", architecture="defect-yolo-n", epochs=1, imgsz=64, batch=4),
+            url=url,
+        )
+        with session_scope(url) as session:
+            version = get_model_version(session, version_id)
+            result = Trained(url, base / "data", version.name, Path(version.file_path))
+        yield result
+    get_settings.cache_clear()

@@ -5,67 +5,23 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from db.migrate import upgrade
 from db.registry import get_model_version
 from db.session import session_scope
 from inspection.attention import ChannelSpatialAttention
 from inspection.detector import architectures, build_detector, resolve_architecture
 from inspection.errors import UserError
 from inspection.settings import get_settings
-from tests.synthetic import CLASSES, write_splits, write_voc
-from training.datasets import import_dataset
+from tests.conftest import Trained
+from tests.synthetic import CLASSES
 from training.evaluate import part_rates
 
 ROOT = Path(__file__).parents[1]
-
-
-@dataclass
-class Trained:
-    url: str
-    data_dir: Path
-    version_name: str
-    weights: Path
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trained]:
-    """One tiny detector trained for one epoch, shared by the tests of this module."""
-    from training.train_detector import TrainRequest, train_detector
-
-    base = tmp_path_factory.mktemp("detector")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("DEFECTS_DATA_DIR", str(base / "data"))
-        get_settings.cache_clear()
-        url = get_settings().resolved_database_url
-        upgrade(url)
-        images = write_voc(base / "src", n=24)
-        with session_scope(url) as session:
-            import_dataset(
-                session,
-                "voc",
-                base / "src",
-                "synth",
-                get_settings().datasets_dir,
-                write_splits(base / "splits", images),
-                CLASSES,
-            )
-        version_id = train_detector(
-            TrainRequest(data="synth", architecture="defect-yolo-n", epochs=1, imgsz=64, batch=4),
-            url=url,
-        )
-        with session_scope(url) as session:
-            version = get_model_version(session, version_id)
-            result = Trained(url, base / "data", version.name, Path(version.file_path))
-        yield result
-    get_settings.cache_clear()
 
 
 def test_every_architecture_builds_and_attention_is_where_it_should_be() -> None:

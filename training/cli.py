@@ -326,6 +326,161 @@ def export_command(
     console.print(f"wrote {path}")
 
 
+class BackendOption(StrEnum):
+    auto = "auto"
+    pytorch = "pytorch"
+    onnx = "onnx"
+
+
+def _print_summary(summary) -> None:  # type: ignore[no-untyped-def]
+    from db.queries import percentile
+
+    console.print(
+        f"run {summary.run_id} with {summary.model_name}: {summary.inspected} parts inspected, "
+        f"{summary.failed} failed, {summary.errors} errors, {summary.skipped} already inspected"
+    )
+    if summary.failed_by_class:
+        by_class = ", ".join(f"{k} {v}" for k, v in summary.failed_by_class.most_common())
+        console.print(f"failed by class: {by_class}")
+    if summary.latencies_ms:
+        ordered = sorted(summary.latencies_ms)
+        console.print(
+            f"throughput {summary.parts_per_second:.1f} parts/s; latency p50 "
+            f"{percentile(ordered, 50):.1f} ms, p99 {percentile(ordered, 99):.1f} ms"
+        )
+
+
+@app.command("batch")
+def batch_command(
+    source: Annotated[str, typer.Argument(help="A folder, a glob pattern or a zip of images.")],
+    line: Annotated[str, typer.Option(help="Production line.")],
+    station: Annotated[str, typer.Option(help="Station (camera) on the line.")],
+    model: Annotated[
+        str | None, typer.Option(help="Model version; default: the production detector.")
+    ] = None,
+    watch: Annotated[
+        bool, typer.Option(help="Keep inspecting files that appear in the folder.")
+    ] = False,
+    export: Annotated[str | None, typer.Option(help="Write the run's results: csv.")] = None,
+    output: Annotated[Path | None, typer.Option(help="Where to write the export.")] = None,
+    operator: Annotated[str, typer.Option(help="Who runs the batch.")] = "",
+    backend: BackendOption = BackendOption.auto,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N.")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1)] = None,
+) -> None:
+    """Inspect a batch of parts; run again after an interruption and it resumes."""
+    import threading
+
+    from tqdm import tqdm
+
+    from inspection.batch import BatchInspection, export_run_csv, folder_files, iter_source
+
+    if export not in (None, "csv"):
+        raise UserError(f"export format {export!r} is not supported; use csv")
+    url = migrated_database_url()
+    settings = get_settings()
+    job = BatchInspection(
+        url,
+        settings.images_dir,
+        line,
+        station,
+        model,
+        operator,
+        source,
+        backend.value,
+        device,
+        batch_size,
+    )
+    console.print(f"inspecting with {job.model_name} ({job.inspector.backend.describe()})")
+    source_path = Path(source)
+    total = len(folder_files(source_path)) if source_path.is_dir() else None
+    bar = tqdm(total=total, unit="part", disable=None)
+
+    def on_result(result) -> None:  # type: ignore[no-untyped-def]
+        bar.update(1)
+        if result.latency_ms is not None:
+            bar.set_postfix_str(f"{result.latency_ms:.0f} ms {result.verdict}")
+
+    try:
+        if watch:
+            if not source_path.is_dir():
+                raise UserError("--watch needs a folder")
+            console.print(f"watching {source} (Ctrl-C to stop)")
+            job.run(iter_source(source), on_result)
+            job.watch(source_path, threading.Event(), on_result)
+        else:
+            job.run(iter_source(source), on_result)
+    except KeyboardInterrupt:
+        bar.close()
+        console.print("stopped; what was inspected is saved. Run the same command to resume.")
+    finally:
+        bar.close()
+        job.inspector.close()
+    _print_summary(job.summary)
+    if export == "csv":
+        target = output or Path(f"run-{job.run_id}.csv")
+        rows = export_run_csv(url, job.run_id, target)
+        console.print(f"wrote {rows} rows to {target}")
+
+
+@app.command("inspect")
+def inspect_command(
+    images: Annotated[list[Path], typer.Argument(help="Image files.")],
+    line: Annotated[str, typer.Option(help="Production line.")] = "default",
+    station: Annotated[str, typer.Option(help="Station on the line.")] = "default",
+    model: Annotated[str | None, typer.Option(help="Model version.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    backend: BackendOption = BackendOption.auto,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N.")] = None,
+) -> None:
+    """Inspect a few images, store the results and print each part's verdict."""
+    import json
+
+    from inspection.batch import BatchInspection, SourceItem, read_file
+
+    url = migrated_database_url()
+    job = BatchInspection(
+        url, get_settings().images_dir, line, station, model, "", "cli", backend.value, device
+    )
+    results = []
+    items: list[SourceItem] = [
+        read_file(p, str(p)) if p.is_file() else SourceItem(str(p), None, "file not found")
+        for p in images
+    ]
+    job.run(items, results.append)
+    job.inspector.close()
+    if as_json:
+        payload = [
+            {
+                "part": r.name,
+                "verdict": r.verdict,
+                "latency_ms": r.latency_ms,
+                "error": r.error,
+                "defects": [
+                    {
+                        "class": d.class_name,
+                        "confidence": round(d.confidence, 4),
+                        "box": [round(v, 1) for v in (d.x1, d.y1, d.x2, d.y2)],
+                    }
+                    for d in r.detections
+                    if d.counted
+                ],
+            }
+            for r in results
+        ]
+        print(json.dumps(payload, indent=2))
+        return
+    for r in results:
+        detail = (
+            r.error
+            if r.verdict == "error"
+            else ", ".join(f"{d.class_name} {d.confidence:.2f}" for d in r.detections if d.counted)
+        )
+        console.print(f"{r.name}: {r.verdict.upper()} {detail}", markup=False)
+    if job.summary.skipped:
+        console.print(f"{job.summary.skipped} image(s) were already inspected by {job.model_name}")
+
+
 def main() -> None:
     """Entry point: user mistakes print one line and exit non-zero, never a traceback.
 

@@ -188,8 +188,11 @@ def train_detector(request: TrainRequest, url: str | None = None) -> int:
                 exist_ok=False,
                 plots=request.plots,
                 pretrained=bool(base_weights),
-                close_mosaic=min(10, max(request.epochs // 5, 0)),
-                **{**SURFACE_AUGMENTATION, **dict(request.extra)},
+                **{
+                    "close_mosaic": min(10, max(request.epochs // 5, 0)),
+                    **SURFACE_AUGMENTATION,
+                    **dict(request.extra),
+                },
             )
         trainer = model.trainer
         best = Path(trainer.best)

@@ -1,0 +1,26 @@
+"""What every backend does: raw detector output for a batch of letterboxed images."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+
+class OutOfMemory(RuntimeError):
+    """The accelerator ran out of memory for this batch; the engine splits it and retries."""
+
+
+class Backend(ABC):
+    name: str
+    device: str
+    image_size: int
+    class_names: list[str]
+    max_batch: int = 64
+
+    @abstractmethod
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """(B, 3, S, S) float32 in [0, 1] -> (B, 4 + classes, anchors) float32, boxes as cx, cy, w, h."""
+
+    def describe(self) -> str:
+        return f"{self.name} on {self.device}"

@@ -1,0 +1,79 @@
+"""ONNX Runtime backend: TensorRT, then CUDA, then the CPU execution provider, by availability.
+
+Providers are always passed explicitly: onnxruntime-gpu would otherwise warn and guess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from inspection.backends.base import Backend, OutOfMemory
+from inspection.errors import UserError
+
+
+def choose_providers(
+    device: str, available: list[str] | None = None
+) -> list[str | tuple[str, dict]]:
+    available = available if available is not None else ort.get_available_providers()
+    providers: list[str | tuple[str, dict]] = []
+    if device.startswith("cuda"):
+        device_id = int(device.split(":")[1]) if ":" in device else 0
+        if "TensorrtExecutionProvider" in available:
+            providers.append(
+                ("TensorrtExecutionProvider", {"device_id": device_id, "trt_fp16_enable": True})
+            )
+        if "CUDAExecutionProvider" in available:
+            providers.append(("CUDAExecutionProvider", {"device_id": device_id}))
+    providers.append("CPUExecutionProvider")
+    return providers
+
+
+class OnnxBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(self, onnx_path: Path, device: str = "cpu") -> None:
+        if not Path(onnx_path).is_file():
+            raise UserError(f"ONNX model not found: {onnx_path}")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = os.cpu_count() or 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(
+                str(onnx_path), sess_options=options, providers=choose_providers(device)
+            )
+        except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
+            raise UserError(f"cannot load the ONNX model {onnx_path}: {exc}") from exc
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.class_names = json.loads(meta["defects.classes"]) if "defects.classes" in meta else []
+        if not self.class_names and "names" in meta:
+            import ast
+
+            names = ast.literal_eval(meta["names"])
+            self.class_names = [names[i] for i in sorted(names)]
+        model_input = self.session.get_inputs()[0]
+        self.input_name = model_input.name
+        size = model_input.shape[-1]
+        if isinstance(size, int):
+            self.image_size = size
+        else:  # dynamic axes: the size the model was trained at
+            self.image_size = int(meta.get("defects.imgsz", "640"))
+        batch_dim = model_input.shape[0]
+        self.max_batch = 1 if isinstance(batch_dim, int) and batch_dim == 1 else 32
+        self.half = "float16" in model_input.type
+        active = self.session.get_providers()[0]
+        self.device = {"CPUExecutionProvider": "cpu"}.get(active, f"{device} ({active})")
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        feed = batch.astype(np.float16) if self.half else batch
+        try:
+            [output] = self.session.run(None, {self.input_name: feed})
+        except Exception as exc:
+            if "allocate" in str(exc).lower() or "out of memory" in str(exc).lower():
+                raise OutOfMemory(str(exc)) from exc
+            raise
+        return output.astype(np.float32, copy=False)

@@ -1,0 +1,425 @@
+"""Batch inspection of a production line's images: a folder, a glob, a zip, or a hot folder.
+
+Every part is identified by the SHA-256 of its bytes. Its image is stored once under the data
+directory by that hash, and results are written in bulk transactions of one batch each. Started
+again after a crash, a batch skips the parts this model version already judged: none is lost
+(the image file is written before its row is committed) and none is inspected twice.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import hashlib
+import time
+import zipfile
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from threading import Event
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db.models import (
+    Inspection,
+    InspectionRun,
+    ModelKind,
+    ModelVersion,
+    Part,
+    Prediction,
+    PredictionSource,
+    Verdict,
+    utcnow,
+)
+from db.registry import ensure_station, get_model_version, production_model
+from db.session import session_scope
+from inspection.engine import BackendChoice, Inspector, PartInput, PartResult
+from inspection.errors import UserError
+
+# A zip entry larger than this is refused rather than read into memory (zip bombs, stray videos).
+MAX_FILE_BYTES = 256 * 1024 * 1024
+WRITE_CHUNK = 64
+
+
+@dataclass
+class SourceItem:
+    """One file of a source; `data` is None when it could not be read, with the reason."""
+
+    name: str
+    data: bytes | None
+    error: str | None = None
+
+
+def read_file(path: Path, display: str) -> SourceItem:
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            return SourceItem(display, None, f"file too large ({size / 1e6:.0f} MB)")
+        return SourceItem(display, path.read_bytes())
+    except OSError as exc:
+        return SourceItem(display, None, f"cannot read the file: {exc.strerror or exc}")
+
+
+def _is_hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def folder_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not _is_hidden(p, folder))
+
+
+def iter_source(source: str) -> Iterator[SourceItem]:
+    """Files of a folder (recursively), of a glob pattern, or entries of a zip archive."""
+    path = Path(source)
+    if path.is_dir():
+        for file in folder_files(path):
+            yield read_file(file, str(file.relative_to(path)))
+    elif path.is_file() and zipfile.is_zipfile(path):
+        yield from _iter_zip(path)
+    elif path.is_file():
+        yield read_file(path, path.name)
+    elif any(ch in source for ch in "*?["):
+        matches = sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file())
+        if not matches:
+            raise UserError(f"no files match {source}")
+        for file in matches:
+            yield read_file(file, str(file))
+    else:
+        raise UserError(f"source not found: {source}")
+
+
+def _iter_zip(path: Path) -> Iterator[SourceItem]:
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise UserError(f"cannot open the zip {path.name}: {exc}") from exc
+    with archive:
+        for info in archive.infolist():
+            name = f"{path.name}:{info.filename}"
+            if (
+                info.is_dir()
+                or Path(info.filename).name.startswith(".")
+                or "__MACOSX" in info.filename
+            ):
+                continue
+            if info.flag_bits & 0x1:
+                yield SourceItem(name, None, "encrypted zip entry")
+            elif info.file_size > MAX_FILE_BYTES:
+                yield SourceItem(name, None, f"zip entry too large ({info.file_size / 1e6:.0f} MB)")
+            else:
+                try:
+                    yield SourceItem(name, archive.read(info))
+                except (
+                    zipfile.BadZipFile,
+                    zlib.error,
+                    OSError,
+                    EOFError,
+                    NotImplementedError,
+                ) as exc:
+                    yield SourceItem(name, None, f"bad zip entry: {exc}")
+
+
+def unreadable_key(name: str) -> str:
+    return hashlib.sha256(f"unreadable:{name}".encode()).hexdigest()
+
+
+def store_image(images_dir: Path, content_hash: str, name: str, data: bytes) -> Path:
+    """Write the bytes once under images/<h[:2]>/<hash><suffix>; atomic, so a crash leaves no half file."""
+    suffix = Path(name.split(":")[-1]).suffix.lower()[:8] or ".bin"
+    target = images_dir / content_hash[:2] / f"{content_hash}{suffix}"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".partial")
+        partial.write_bytes(data)
+        partial.replace(target)
+    return target
+
+
+@dataclass
+class BatchSummary:
+    run_id: int
+    model_name: str
+    seen: int = 0
+    inspected: int = 0
+    skipped: int = 0
+    errors: int = 0
+    failed: int = 0
+    failed_by_class: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+
+    @property
+    def parts_per_second(self) -> float:
+        return self.inspected / self.seconds if self.seconds else 0.0
+
+
+def resolve_detector(session: Session, model: str | None) -> ModelVersion:
+    if model is None:
+        version = production_model(session, ModelKind.DETECTOR)
+        if version is None:
+            raise UserError(
+                "no production detector: train one (`defects train detector`) and promote it "
+                "(`defects models promote NAME`), or pass --model"
+            )
+        return version
+    version = get_model_version(session, model)
+    if version.kind != ModelKind.DETECTOR:
+        raise UserError(f"{version.name} is a {version.kind.value}, not a detector")
+    return version
+
+
+class BatchInspection:
+    """One inspection run on a line and station, fed from any number of sources."""
+
+    def __init__(
+        self,
+        url: str,
+        images_dir: Path,
+        line: str,
+        station: str,
+        model: str | None = None,
+        operator: str = "",
+        source: str = "",
+        backend: BackendChoice = "auto",
+        device: str | None = None,
+        batch_size: int | None = None,
+        inspector: Inspector | None = None,
+    ) -> None:
+        self.url = url
+        self.images_dir = images_dir
+        with session_scope(url) as session:
+            version = resolve_detector(session, model)
+            station_row = ensure_station(session, line, station)
+            run = InspectionRun(
+                line_id=station_row.line_id,
+                station_id=station_row.id,
+                operator=operator,
+                source=source,
+                model_version_id=version.id,
+            )
+            session.add(run)
+            session.flush()
+            self.run_id, self.line_id, self.station_id = run.id, station_row.line_id, station_row.id
+            self.model_id, self.model_name = version.id, version.name
+            weights, thresholds = Path(version.file_path), dict(version.thresholds or {})
+        if not weights.is_file():
+            raise UserError(f"the weights of {self.model_name} are missing ({weights})")
+        self.inspector = inspector or Inspector.from_weights(
+            weights, thresholds, backend, device, batch_size
+        )
+        self.summary = BatchSummary(self.run_id, self.model_name)
+
+    def _already_judged(self, session: Session, hashes: list[str]) -> set[str]:
+        rows = session.execute(
+            select(Part.content_hash)
+            .join(Inspection, Inspection.part_id == Part.id)
+            .where(Part.content_hash.in_(hashes), Inspection.model_version_id == self.model_id)
+        )
+        return {h for (h,) in rows}
+
+    def run(
+        self,
+        items: Iterable[SourceItem],
+        on_result: Callable[[PartResult], None] | None = None,
+    ) -> BatchSummary:
+        """Inspect what is new among `items`, writing one transaction per chunk."""
+        started = time.perf_counter()
+        chunk: list[SourceItem] = []
+        for item in items:
+            chunk.append(item)
+            if len(chunk) >= WRITE_CHUNK:
+                self._process(chunk, on_result)
+                chunk = []
+        if chunk:
+            self._process(chunk, on_result)
+        self.summary.seconds += time.perf_counter() - started
+        with session_scope(self.url) as session:
+            run = session.get(InspectionRun, self.run_id)
+            if run is not None:
+                run.finished_at = utcnow()
+        return self.summary
+
+    def _process(
+        self, chunk: list[SourceItem], on_result: Callable[[PartResult], None] | None
+    ) -> None:
+        self.summary.seen += len(chunk)
+        unreadable = [i for i in chunk if i.data is None]
+        readable = [PartInput(i.name, i.data) for i in chunk if i.data is not None]
+        hashes = {p.name: p.content_hash for p in readable}
+        # A file that could not be read has no content; it is known by its name instead.
+        unreadable_hashes = {i.name: unreadable_key(i.name) for i in unreadable}
+        with session_scope(self.url) as session:
+            done = self._already_judged(session, [*hashes.values(), *unreadable_hashes.values()])
+        todo: list[PartInput] = []
+        queued: set[str] = set()
+        for part in readable:
+            digest = hashes[part.name]
+            if digest in done or digest in queued:
+                self.summary.skipped += 1
+                continue
+            queued.add(digest)
+            todo.append(part)
+        results = list(self.inspector.inspect(todo))
+        payload = {p.name: p.data for p in todo}
+        for item in unreadable:
+            # Kept as a record of the failure, with no image; skipped like any other once recorded.
+            digest = unreadable_hashes[item.name]
+            if digest in done or digest in queued:
+                self.summary.skipped += 1
+                continue
+            queued.add(digest)
+            results.append(PartResult(item.name, digest, 0, "error", error=item.error))
+        self._write(results, payload)
+        for result in results:
+            self.summary.inspected += 1
+            if result.latency_ms is not None:
+                self.summary.latencies_ms.append(result.latency_ms)
+            if result.verdict == "error":
+                self.summary.errors += 1
+            elif result.verdict == "fail":
+                self.summary.failed += 1
+                self.summary.failed_by_class.update(result.failed_classes)
+            if on_result:
+                on_result(result)
+
+    def _write(self, results: list[PartResult], payload: dict[str, bytes]) -> None:
+        stored = {
+            r.name: store_image(self.images_dir, r.content_hash, r.name, payload[r.name])
+            for r in results
+            if r.name in payload
+        }
+        with session_scope(self.url) as session:
+            existing = {
+                p.content_hash: p
+                for p in session.scalars(
+                    select(Part).where(
+                        Part.content_hash.in_([r.content_hash for r in results if r.content_hash])
+                    )
+                )
+            }
+            now = utcnow()
+            for result in results:
+                part = existing.get(result.content_hash)
+                if part is None:
+                    part = Part(
+                        content_hash=result.content_hash,
+                        stored_path=str(stored.get(result.name, "")),
+                        original_name=result.name,
+                        size_bytes=result.size_bytes,
+                        width=result.width,
+                        height=result.height,
+                        captured_at=now,
+                        line_id=self.line_id,
+                        station_id=self.station_id,
+                    )
+                    session.add(part)
+                    existing[result.content_hash] = part
+                inspection = Inspection(
+                    part=part,
+                    run_id=self.run_id,
+                    model_version_id=self.model_id,
+                    verdict=Verdict(result.verdict),
+                    thresholds=self.inspector.thresholds.to_dict(),
+                    latency_ms=result.latency_ms,
+                    error=result.error,
+                    inspected_at=now,
+                    predictions=[
+                        Prediction(
+                            source=PredictionSource.DETECTOR,
+                            class_name=d.class_name,
+                            confidence=d.confidence,
+                            x1=d.x1,
+                            y1=d.y1,
+                            x2=d.x2,
+                            y2=d.y2,
+                            counted=d.counted,
+                        )
+                        for d in result.detections
+                    ],
+                )
+                session.add(inspection)
+
+    def watch(
+        self,
+        folder: Path,
+        stop: Event,
+        on_result: Callable[[PartResult], None] | None = None,
+        poll_seconds: float = 1.0,
+        settle_seconds: float = 0.5,
+    ) -> BatchSummary:
+        """Inspect files as they appear in `folder` until `stop` is set.
+
+        A file is taken once its size has not changed for `settle_seconds`, so a camera still
+        writing it is not read half-way.
+        """
+        if not folder.is_dir():
+            raise UserError(f"hot folder not found: {folder}")
+        handled: set[tuple[str, int, float]] = set()
+        sizes: dict[Path, tuple[int, float]] = {}
+        while not stop.is_set():
+            ready: list[SourceItem] = []
+            now = time.monotonic()
+            for file in folder_files(folder):
+                try:
+                    stat = file.stat()
+                except OSError:
+                    continue
+                key = (str(file), stat.st_size, stat.st_mtime)
+                if key in handled:
+                    continue
+                previous = sizes.get(file)
+                if previous is None or previous[0] != stat.st_size:
+                    sizes[file] = (stat.st_size, now)
+                    continue
+                if now - previous[1] >= settle_seconds:
+                    handled.add(key)
+                    sizes.pop(file, None)
+                    ready.append(read_file(file, str(file.relative_to(folder))))
+            if ready:
+                self.run(ready, on_result)
+            stop.wait(poll_seconds)
+        return self.summary
+
+
+def export_run_csv(url: str, run_id: int, path: Path) -> int:
+    """The run's parts, verdicts and defects as CSV; returns the number of rows."""
+    with session_scope(url) as session:
+        rows = session.execute(
+            select(Inspection, Part)
+            .join(Part, Part.id == Inspection.part_id)
+            .where(Inspection.run_id == run_id)
+            .order_by(Inspection.id)
+        ).all()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(
+                [
+                    "part",
+                    "content_hash",
+                    "verdict",
+                    "defects",
+                    "max_confidence",
+                    "latency_ms",
+                    "error",
+                    "inspected_at",
+                ]
+            )
+            for inspection, part in rows:
+                counted = [p for p in inspection.predictions if p.counted]
+                writer.writerow(
+                    [
+                        part.original_name,
+                        part.content_hash,
+                        inspection.verdict.value,
+                        ";".join(sorted({p.class_name for p in counted})),
+                        f"{max((p.confidence for p in counted), default=0):.4f}",
+                        f"{inspection.latency_ms:.2f}" if inspection.latency_ms is not None else "",
+                        inspection.error or "",
+                        inspection.inspected_at.isoformat(timespec="seconds"),
+                    ]
+                )
+        return len(rows)

@@ -1,0 +1,108 @@
+"""Decoding part images from the line: whatever the camera wrote, into 8-bit RGB, or a clear reason.
+
+Pillow decodes (torchvision.io is unavailable beside a CPU-only torch). Handled: grayscale,
+RGB, RGBA and palette images, 16-bit (and 12-bit-in-16) grayscale, EXIF orientation. Refused with
+a reason: empty files, non-images, truncated or corrupt files, images over the pixel limit.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# 64 MP: larger than any line-scan tile we expect; refuses decompression bombs before decoding.
+MAX_PIXELS = 64_000_000
+LETTERBOX_FILL = 114  # the grey ultralytics pads with, so our inputs match its training
+
+
+class ImageDecodeError(ValueError):
+    """The file is not an image we can inspect; the message says why."""
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    pixels: np.ndarray  # H x W x 3, uint8, RGB
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+    """High-bit-depth to 8 bits by the bits actually used (a 12-bit camera in a 16-bit file)."""
+    if array.dtype == np.uint8:
+        return array
+    array = np.clip(array, 0, None).astype(np.uint32)
+    shift = max(int(array.max()).bit_length() - 8, 0)
+    return (array >> shift).astype(np.uint8)
+
+
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> DecodedImage:
+    if not data:
+        raise ImageDecodeError("empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageDecodeError(
+                    f"image too large: {width}x{height} is over the {max_pixels / 1e6:.0f} MP limit"
+                )
+            image = ImageOps.exif_transpose(image)  # also loads: a truncated file fails here
+    except ImageDecodeError:
+        raise
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError("not an image file (unknown or unsupported format)") from exc
+    except (
+        OSError,
+        SyntaxError,
+        ValueError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+    ) as exc:
+        raise ImageDecodeError(f"corrupt or truncated image: {exc}") from exc
+    mode = image.mode
+    if mode in {"I;16", "I;16B", "I;16L", "I", "F"}:
+        gray = _to_uint8(np.asarray(image))
+        pixels = np.repeat(gray[:, :, None], 3, axis=2)
+    elif mode == "L":
+        pixels = np.repeat(np.asarray(image)[:, :, None], 3, axis=2)
+    elif mode == "RGB":
+        pixels = np.asarray(image)
+    else:  # RGBA, LA, P, CMYK, YCbCr, 1...
+        pixels = np.asarray(image.convert("RGB"))
+    if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.size == 0:
+        raise ImageDecodeError(f"unsupported image layout {pixels.shape} (mode {mode})")
+    return DecodedImage(np.ascontiguousarray(pixels))
+
+
+@dataclass(frozen=True)
+class Letterboxed:
+    tensor: np.ndarray  # 3 x S x S float32 in [0, 1]
+    original_shape: tuple[int, int]  # (height, width)
+
+
+def letterbox(image: DecodedImage, size: int) -> Letterboxed:
+    """Resize keeping the aspect ratio and pad to size x size, centred, as ultralytics does."""
+    height, width = image.height, image.width
+    scale = min(size / height, size / width)
+    new_w, new_h = round(width * scale), round(height * scale)
+    resized = image.pixels
+    if (new_w, new_h) != (width, height):
+        resized = cv2.resize(image.pixels, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    canvas = np.full((size, size, 3), LETTERBOX_FILL, dtype=np.uint8)
+    top = round((size - new_h) / 2 - 0.1)
+    left = round((size - new_w) / 2 - 0.1)
+    canvas[top : top + new_h, left : left + new_w] = resized
+    tensor = canvas.transpose(2, 0, 1).astype(np.float32) / 255.0
+    return Letterboxed(tensor, (height, width))

@@ -1,0 +1,233 @@
+"""Batch inspection: sources, bad files, resume after a crash, hot-folder watching, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from typer.testing import CliRunner
+
+import inspection.batch as batch_module
+from db.models import Inspection, ModelKind, Part, Verdict
+from db.registry import promote
+from db.session import session_scope
+from inspection.batch import BatchInspection, iter_source
+from inspection.errors import UserError
+from inspection.settings import get_settings
+from tests.conftest import Trained
+from tests.synthetic import CLASSES, make_images
+from training.versions import register_model_version
+
+ROOT = Path(__file__).parents[1]
+
+
+@pytest.fixture
+def detector(database_url: str, trained: Trained, tmp_path: Path) -> str:
+    """The tiny trained detector, registered as the production model of this test's database."""
+    with session_scope(database_url) as session:
+        version = register_model_version(
+            session,
+            trained.weights,
+            tmp_path / "models",
+            kind=ModelKind.DETECTOR,
+            architecture="defect-yolo-n",
+            class_names=CLASSES,
+            image_size=64,
+            name="tiny",
+        )
+        promote(session, version)
+    return database_url
+
+
+def _counts(url: str) -> tuple[int, int, int]:
+    with session_scope(url) as session:
+        parts = session.scalar(select(func.count(Part.id)))
+        inspections = session.scalar(select(func.count(Inspection.id)))
+        distinct = session.scalar(select(func.count(func.distinct(Inspection.part_id))))
+    return int(parts or 0), int(inspections or 0), int(distinct or 0)
+
+
+def _job(url: str, tmp_path: Path, **kwargs) -> BatchInspection:  # type: ignore[no-untyped-def]
+    return BatchInspection(url, tmp_path / "store", "Line 1", "Cam A", **kwargs)
+
+
+def test_folder_batch_stores_every_part_and_its_image(detector: str, tmp_path: Path) -> None:
+    make_images(tmp_path / "in", n=10)
+    (tmp_path / "in" / "notes.txt").write_text("shift 2")
+    summary = _job(detector, tmp_path).run(iter_source(str(tmp_path / "in")))
+    assert (summary.inspected, summary.errors, summary.skipped) == (11, 1, 0)
+    assert _counts(detector) == (11, 11, 11)
+    with session_scope(detector) as session:
+        error = session.scalars(select(Inspection).where(Inspection.verdict == Verdict.ERROR)).one()
+        assert "not an image file" in (error.error or "")
+        for part in session.scalars(select(Part)):
+            assert Path(part.stored_path).is_file()  # nothing lost, the bad file included
+
+
+def test_zip_with_bad_entries_and_glob_sources(detector: str, tmp_path: Path) -> None:
+    images = make_images(tmp_path / "in", n=3)
+    archive = tmp_path / "parts.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for image in images:
+            zf.write(tmp_path / "in" / image.name, image.name)
+        zf.writestr("broken.png", b"\x89PNG\r\n\x1a\n" + b"0" * 500)
+    data = bytearray(archive.read_bytes())
+    # Corrupt the compressed bytes of the first entry: its CRC check fails on reading.
+    offset = data.index(images[0].name.encode()) + len(images[0].name) + 40
+    data[offset : offset + 20] = b"\x00" * 20
+    archive.write_bytes(bytes(data))
+    summary = _job(detector, tmp_path).run(iter_source(str(archive)))
+    assert summary.inspected == 4 and summary.errors == 2
+    with session_scope(detector) as session:
+        errors = sorted(
+            i.error or ""
+            for i in session.scalars(select(Inspection).where(Inspection.error.is_not(None)))
+        )
+    assert any(e.startswith("bad zip entry") for e in errors)
+    assert any(e.startswith("corrupt or truncated image") for e in errors)
+    globbed = list(iter_source(str(tmp_path / "in" / "*.png")))
+    assert len(globbed) == 3
+    with pytest.raises(UserError, match="no files match"):
+        list(iter_source(str(tmp_path / "in" / "*.bmp")))
+
+
+def test_resume_after_a_crash_loses_and_duplicates_nothing(
+    detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(batch_module, "WRITE_CHUNK", 4)
+    make_images(tmp_path / "in", n=10)
+
+    def crashing_source():  # type: ignore[no-untyped-def]
+        for i, item in enumerate(iter_source(str(tmp_path / "in"))):
+            if i == 6:
+                raise KeyboardInterrupt  # the operator pulls the plug mid-chunk
+            yield item
+
+    with pytest.raises(KeyboardInterrupt):
+        _job(detector, tmp_path).run(crashing_source())
+    assert _counts(detector) == (4, 4, 4)  # the first chunk was committed, the second lost
+    summary = _job(detector, tmp_path).run(iter_source(str(tmp_path / "in")))
+    assert (summary.inspected, summary.skipped) == (6, 4)
+    assert _counts(detector) == (10, 10, 10)
+    again = _job(detector, tmp_path).run(iter_source(str(tmp_path / "in")))
+    assert (again.inspected, again.skipped) == (0, 10)
+
+
+def test_kill_9_then_resume(detector: str, trained: Trained, tmp_path: Path) -> None:
+    if not detector.startswith("sqlite"):
+        pytest.skip("one backend is enough for the process test")
+    make_images(tmp_path / "in", n=300, size=64)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "DEFECTS_DATABASE_URL": detector,
+        "DEFECTS_DATA_DIR": str(tmp_path / "data"),
+        "DEFECTS_DEVICE": "cpu",
+    }
+    command = [
+        sys.executable,
+        "-c",
+        "from training.cli import main; main()",
+        "batch",
+        str(tmp_path / "in"),
+        "--line",
+        "L",
+        "--station",
+        "S",
+        "--batch-size",
+        "4",
+    ]
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and _counts(detector)[1] == 0 and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    parts, inspections, distinct = _counts(detector)
+    assert inspections == distinct == parts
+    assert 0 < inspections < 300  # it was killed part-way
+    finished = subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert _counts(detector) == (300, 300, 300)
+
+
+def test_watch_picks_up_a_file_added_while_it_runs(detector: str, tmp_path: Path) -> None:
+    hot = tmp_path / "hot"
+    hot.mkdir()
+    job = _job(detector, tmp_path)
+    stop = threading.Event()
+    seen: list[str] = []
+    watcher = threading.Thread(
+        target=job.watch,
+        args=(hot, stop),
+        kwargs={
+            "on_result": lambda r: seen.append(r.name),
+            "poll_seconds": 0.1,
+            "settle_seconds": 0.2,
+        },
+    )
+    watcher.start()
+    try:
+        time.sleep(0.3)
+        make_images(tmp_path / "camera", n=1)
+        (tmp_path / "camera" / "part_000.png").rename(hot / "new_part.png")
+        deadline = time.monotonic() + 30
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        watcher.join(timeout=10)
+    assert seen == ["new_part.png"]
+    assert _counts(detector)[0] == 1
+
+
+def test_cli_batch_and_inspect(
+    detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from training.cli import app
+
+    monkeypatch.setenv("DEFECTS_DATABASE_URL", detector)
+    get_settings.cache_clear()
+    images = make_images(tmp_path / "in", n=5)
+    runner = CliRunner()
+    csv_path = tmp_path / "out" / "run.csv"
+    result = runner.invoke(
+        app,
+        [
+            "batch",
+            str(tmp_path / "in"),
+            "--line",
+            "L",
+            "--station",
+            "S",
+            "--export",
+            "csv",
+            "--output",
+            str(csv_path),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "5 parts inspected" in result.output and "parts/s" in result.output
+    assert len(csv_path.read_text().splitlines()) == 6
+    new = make_images(tmp_path / "more", n=2, seed=3)
+    result = runner.invoke(
+        app, ["inspect", *(str(tmp_path / "more" / im.name) for im in new), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)
+    assert [p["verdict"] in {"pass", "fail"} for p in payload] == [True, True]
+    missing = runner.invoke(app, ["inspect", str(tmp_path / "nope.png")])
+    assert "file not found" in missing.output
+    assert images  # the first batch's images stay untouched

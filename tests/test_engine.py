@@ -1,0 +1,168 @@
+"""The inspection engine on the CPU: backends agree, bad inputs give per-part errors."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from inspection.backends.base import Backend, OutOfMemory
+from inspection.backends.onnx_backend import choose_providers
+from inspection.engine import Inspector, PartInput
+from inspection.images import ImageDecodeError, decode_image
+from tests.conftest import Trained
+from tests.synthetic import CLASSES, make_images
+
+
+def _png(image: Image.Image, **params) -> bytes:  # type: ignore[no-untyped-def]
+    buffer = io.BytesIO()
+    image.save(buffer, format=params.pop("format", "PNG"), **params)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def onnx_weights(trained: Trained) -> Path:
+    from training.export import export_detector
+
+    return export_detector(trained.weights, dynamic=True)
+
+
+def test_onnx_and_pytorch_backends_give_the_same_detections(
+    trained: Trained, onnx_weights: Path, tmp_path: Path
+) -> None:
+    # A one-epoch model is barely confident: compare at a threshold its outputs reach.
+    thresholds = {"default": 0.001, "iou": 0.5}
+    parts = [
+        PartInput(p.name, p.read_bytes())
+        for p in sorted((tmp_path / "imgs").glob("*.png"))
+        or [tmp_path / "imgs" / im.name for im in make_images(tmp_path / "imgs", n=8, seed=5)]
+    ]
+    torch_results = list(
+        Inspector.from_weights(trained.weights, thresholds, "pytorch").inspect(parts)
+    )
+    onnx_results = list(Inspector.from_weights(onnx_weights, thresholds, "onnx").inspect(parts))
+    compared = 0
+    for a, b in zip(torch_results, onnx_results, strict=True):
+        assert a.verdict == b.verdict and (a.width, a.height) == (b.width, b.height)
+        for det in a.detections:
+            if det.confidence < 0.0012:  # too close to the threshold to demand both keep it
+                continue
+            twins = [
+                o
+                for o in b.detections
+                if o.class_name == det.class_name
+                and abs(o.confidence - det.confidence) < 1e-4
+                and max(
+                    abs(o.x1 - det.x1), abs(o.y1 - det.y1), abs(o.x2 - det.x2), abs(o.y2 - det.y2)
+                )
+                < 0.5
+            ]
+            assert twins, det
+            compared += 1
+    assert compared > 0
+
+
+def test_the_engine_matches_ultralytics_predict(trained: Trained, tmp_path: Path) -> None:
+    from ultralytics import YOLO
+
+    images = make_images(tmp_path / "imgs", n=4, seed=9)
+    paths = [tmp_path / "imgs" / im.name for im in images]
+    ours = list(
+        Inspector.from_weights(trained.weights, {"default": 0.001, "iou": 0.7}, "pytorch").inspect(
+            PartInput(p.name, p.read_bytes()) for p in paths
+        )
+    )
+    theirs = YOLO(str(trained.weights)).predict(
+        [str(p) for p in paths], imgsz=64, conf=0.001, iou=0.7, verbose=False
+    )
+    for mine, reference in zip(ours, theirs, strict=True):
+        confidences = sorted(round(d.confidence, 4) for d in mine.detections)
+        assert confidences == sorted(round(float(c), 4) for c in reference.boxes.conf)
+        assert confidences
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"", "empty file"),
+        (b"serial,defect\n1,none\n", "not an image file"),
+        (None, "corrupt or truncated image"),
+        ("huge", "image too large"),
+    ],
+)
+def test_bad_inputs_give_a_clear_per_part_error(trained: Trained, payload, reason: str) -> None:  # type: ignore[no-untyped-def]
+    if payload is None:
+        payload = _png(Image.new("L", (64, 64), 128))[:60]
+    elif payload == "huge":
+        payload = _png(Image.new("1", (9000, 9000)))
+    inspector = Inspector.from_weights(trained.weights, None, "pytorch")
+    good = _png(Image.new("RGB", (64, 64), (120, 120, 120)))
+    results = list(inspector.inspect([PartInput("bad", payload), PartInput("good", good)]))
+    assert results[0].verdict == "error" and reason in (results[0].error or "")
+    assert results[1].verdict in {"pass", "fail"}  # the batch goes on
+
+
+def test_image_kinds_decode_to_rgb() -> None:
+    gray16 = Image.fromarray((np.arange(40 * 30).reshape(30, 40) * 3).astype(np.uint16))
+    rgba = Image.new("RGBA", (40, 30), (10, 20, 30, 0))
+    palette = Image.new("P", (40, 30))
+    for image in (gray16, rgba, palette, Image.new("L", (40, 30))):
+        decoded = decode_image(_png(image))
+        assert decoded.pixels.shape == (30, 40, 3) and decoded.pixels.dtype == np.uint8
+    # A 12-bit camera image stored in 16 bits keeps its contrast.
+    twelve_bit = Image.fromarray(np.full((8, 8), 4095, dtype=np.uint16))
+    assert decode_image(_png(twelve_bit)).pixels.max() == 255
+
+
+def test_exif_orientation_is_applied() -> None:
+    image = Image.new("RGB", (40, 20), (200, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view
+    decoded = decode_image(_png(image, format="JPEG", exif=exif.tobytes()))
+    assert (decoded.width, decoded.height) == (20, 40)
+
+
+def test_decode_errors_are_value_errors() -> None:
+    with pytest.raises(ImageDecodeError):
+        decode_image(b"GIF89a broken")
+
+
+class _SmallMemoryBackend(Backend):
+    """A backend whose device holds at most two images: the engine must split bigger batches."""
+
+    name = "small-memory"
+    device = "test"
+    image_size = 32
+    class_names = CLASSES
+    max_batch = 8
+
+    def __init__(self) -> None:
+        self.batch_sizes: list[int] = []
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        if len(batch) > 2:
+            raise OutOfMemory("out of memory")
+        self.batch_sizes.append(len(batch))
+        return np.zeros((len(batch), 4 + len(CLASSES), 21), dtype=np.float32)
+
+
+def test_out_of_memory_splits_the_batch_and_retries() -> None:
+    backend = _SmallMemoryBackend()
+    inspector = Inspector(backend, batch_size=8)
+    image = _png(Image.new("RGB", (32, 32)))
+    results = list(inspector.inspect(PartInput(f"p{i}", image) for i in range(8)))
+    assert [r.verdict for r in results] == ["pass"] * 8
+    assert sum(backend.batch_sizes) == 8 and max(backend.batch_sizes) <= 2
+    assert inspector.batch_size <= 2
+
+
+def test_gpu_providers_are_explicit_and_fall_back_to_cpu() -> None:
+    everything = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    chosen = choose_providers("cuda:1", everything)
+    assert [p[0] if isinstance(p, tuple) else p for p in chosen] == everything
+    assert chosen[1] == ("CUDAExecutionProvider", {"device_id": 1})
+    assert choose_providers("cuda:0", ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    assert choose_providers("cpu", everything) == ["CPUExecutionProvider"]
