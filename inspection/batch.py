@@ -205,10 +205,17 @@ class BatchInspection:
             self.run_id, self.line_id, self.station_id = run.id, station_row.line_id, station_row.id
             self.model_id, self.model_name = version.id, version.name
             weights, thresholds = Path(version.file_path), dict(version.thresholds or {})
+            # A calibrated operating point names the classifier it was calibrated with.
+            classifier_name = (thresholds.get("classifier") or {}).get("version")
+            classifier_weights, self.classifier_id = None, None
+            if classifier_name:
+                classifier = get_model_version(session, classifier_name)
+                classifier_weights, self.classifier_id = Path(classifier.file_path), classifier.id
+                run.classifier_version_id = classifier.id
         if not weights.is_file():
             raise UserError(f"the weights of {self.model_name} are missing ({weights})")
         self.inspector = inspector or Inspector.from_weights(
-            weights, thresholds, backend, device, batch_size
+            weights, thresholds, backend, device, batch_size, classifier_weights
         )
         self.summary = BatchSummary(self.run_id, self.model_name)
 
@@ -321,6 +328,8 @@ class BatchInspection:
                     part=part,
                     run_id=self.run_id,
                     model_version_id=self.model_id,
+                    classifier_version_id=self.classifier_id,
+                    defect_probability=result.defect_probability,
                     verdict=Verdict(result.verdict),
                     thresholds=self.inspector.thresholds.to_dict(),
                     latency_ms=result.latency_ms,
@@ -336,6 +345,7 @@ class BatchInspection:
                             x2=d.x2,
                             y2=d.y2,
                             counted=d.counted,
+                            verification_score=d.verification,
                         )
                         for d in result.detections
                     ],

@@ -20,9 +20,9 @@ import torch
 
 from inspection.backends.base import Backend, OutOfMemory
 from inspection.errors import UserError
-from inspection.images import ImageDecodeError, Letterboxed, decode_image, letterbox
+from inspection.images import DecodedImage, ImageDecodeError, Letterboxed, decode_image, letterbox
 from inspection.settings import resolve_device
-from inspection.verdict import Detection, Thresholds, part_fails
+from inspection.verdict import Detection, Thresholds, part_fails, verify
 
 BackendChoice = Literal["auto", "pytorch", "onnx"]
 MAX_DETECTIONS = 300
@@ -49,6 +49,7 @@ class PartResult:
     height: int | None = None
     latency_ms: float | None = None
     error: str | None = None
+    defect_probability: float | None = None  # from the part classifier, where one is used
 
     @property
     def failed_classes(self) -> list[str]:
@@ -62,6 +63,7 @@ class _Prepared:
     started: float
     image: Letterboxed | None
     error: str | None
+    pixels: DecodedImage | None = None  # kept only when a classifier needs the crops
 
 
 def open_backend(
@@ -119,8 +121,34 @@ def postprocess(
     return results
 
 
+class PartClassifier:
+    """The classifier at inspection time: whole parts and detection crops in one forward pass."""
+
+    def __init__(self, weights: Path, device: str) -> None:
+        from inspection.classifier import load_classifier
+
+        self.device = device
+        self.model, self.image_size = load_classifier(weights, device)
+        self.half = device.startswith("cuda")
+        if self.half:
+            self.model = self.model.half()
+
+    def defect_probabilities(self, crops: list[np.ndarray]) -> np.ndarray:
+        """1 - P(good) for each H x W x 3 uint8 crop."""
+        from inspection.classifier import resize_square
+
+        if not crops:
+            return np.zeros(0, dtype=np.float32)
+        batch = torch.from_numpy(np.stack([resize_square(c, self.image_size) for c in crops])).to(
+            self.device
+        )
+        with torch.inference_mode():
+            logits = self.model(batch.half() if self.half else batch).float()
+        return (1.0 - torch.softmax(logits, dim=1)[:, 0]).cpu().numpy()
+
+
 class Inspector:
-    """Loads a detector once and inspects parts in batches."""
+    """Loads a detector (and optionally the classifier) once and inspects parts in batches."""
 
     def __init__(
         self,
@@ -128,8 +156,10 @@ class Inspector:
         thresholds: Thresholds | None = None,
         batch_size: int | None = None,
         prepare_workers: int = 2,
+        classifier: PartClassifier | None = None,
     ) -> None:
         self.backend = backend
+        self.classifier = classifier
         self.class_names = backend.class_names
         self.thresholds = thresholds or Thresholds.from_dict(None, self.class_names)
         self.batch_size = max(1, min(batch_size or backend.max_batch, backend.max_batch))
@@ -143,9 +173,20 @@ class Inspector:
         backend: BackendChoice = "auto",
         device: str | None = None,
         batch_size: int | None = None,
+        classifier_weights: Path | None = None,
     ) -> Inspector:
         opened = open_backend(weights, backend, device)
-        return cls(opened, Thresholds.from_dict(thresholds, opened.class_names), batch_size)
+        classifier = (
+            PartClassifier(classifier_weights, resolve_device(device))
+            if classifier_weights
+            else None
+        )
+        return cls(
+            opened,
+            Thresholds.from_dict(thresholds, opened.class_names),
+            batch_size,
+            classifier=classifier,
+        )
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -154,8 +195,11 @@ class Inspector:
         started = time.perf_counter()
         content_hash = part.content_hash
         try:
-            image = letterbox(decode_image(part.data), self.backend.image_size)
-            return _Prepared(part, content_hash, started, image, None)
+            decoded = decode_image(part.data)
+            image = letterbox(decoded, self.backend.image_size)
+            return _Prepared(
+                part, content_hash, started, image, None, decoded if self.classifier else None
+            )
         except ImageDecodeError as exc:
             return _Prepared(part, content_hash, started, None, str(exc))
 
@@ -180,6 +224,9 @@ class Inspector:
                 raw, shapes, self.backend.image_size, self.class_names, self.thresholds
             )
             detections = {id(p): d for p, d in zip(good, per_image, strict=True)}
+        probabilities: dict[int, float] = {}
+        if self.classifier is not None and good:
+            probabilities = self._classify(good, detections)
         done = time.perf_counter()
         results = []
         for p in prepared:
@@ -203,14 +250,44 @@ class Inspector:
                     p.part.name,
                     p.content_hash,
                     len(p.part.data),
-                    "fail" if part_fails(found) else "pass",
+                    "fail"
+                    if part_fails(found, probabilities.get(id(p)), self.thresholds)
+                    else "pass",
                     found,
                     width,
                     height,
                     latency,
+                    defect_probability=probabilities.get(id(p)),
                 )
             )
         return results
+
+    def _classify(
+        self, good: list[_Prepared], detections: dict[int, list[Detection]]
+    ) -> dict[int, float]:
+        """Whole-part defect probabilities; counted detections get their crop verified."""
+        from inspection.classifier import crop_with_context
+
+        assert self.classifier is not None
+        crops: list[np.ndarray] = []
+        owners: list[tuple[int, int | None]] = []  # (part, detection index or None for the part)
+        for p in good:
+            pixels = p.pixels.pixels  # type: ignore[union-attr]
+            crops.append(pixels)
+            owners.append((id(p), None))
+            for i, detection in enumerate(detections[id(p)]):
+                if detection.counted and self.thresholds.verify is not None:
+                    box = (detection.x1, detection.y1, detection.x2, detection.y2)
+                    crops.append(crop_with_context(pixels, box))
+                    owners.append((id(p), i))
+        scores = self.classifier.defect_probabilities(crops)
+        probabilities: dict[int, float] = {}
+        for (owner, index), score in zip(owners, scores.tolist(), strict=True):
+            if index is None:
+                probabilities[owner] = score
+            else:
+                detections[owner][index] = verify(detections[owner][index], score, self.thresholds)
+        return probabilities
 
     def inspect(self, parts: Iterable[PartInput]) -> Iterator[PartResult]:
         """Results in input order; the next batch is decoded while this one is inferred."""

@@ -1,8 +1,10 @@
-"""A part's verdict from its detections: fail when any detection reaches its class's threshold."""
+"""A part's verdict: fail when any detection reaches its class's threshold (and, where
+verification is on, the classifier confirms its crop), or when the part classifier's defect
+probability reaches its threshold."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 DEFAULT_THRESHOLD = 0.25
@@ -15,6 +17,9 @@ class Thresholds:
     per_class: dict[str, float]
     default: float = DEFAULT_THRESHOLD
     iou: float = 0.45
+    part: float | None = None  # part classifier's defect probability that fails a part
+    verify: float | None = None  # a detection's crop must reach this defect probability
+    classifier: str | None = None  # the classifier model version these apply to
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, class_names: list[str]) -> Thresholds:
@@ -22,7 +27,15 @@ class Thresholds:
         default = float(data.get("default", DEFAULT_THRESHOLD))
         given = {str(k): float(v) for k, v in (data.get("per_class") or {}).items()}
         per_class = {name: given.get(name, default) for name in class_names}
-        return cls(per_class=per_class, default=default, iou=float(data.get("iou", 0.45)))
+        classifier = data.get("classifier") or {}
+        return cls(
+            per_class=per_class,
+            default=default,
+            iou=float(data.get("iou", 0.45)),
+            part=_optional_float(classifier.get("part")),
+            verify=_optional_float(classifier.get("verify")),
+            classifier=classifier.get("version"),
+        )
 
     def for_class(self, name: str) -> float:
         return self.per_class.get(name, self.default)
@@ -32,7 +45,18 @@ class Thresholds:
         return min([self.default, *self.per_class.values()])
 
     def to_dict(self) -> dict[str, Any]:
-        return {"per_class": dict(self.per_class), "default": self.default, "iou": self.iou}
+        data: dict[str, Any] = {
+            "per_class": dict(self.per_class),
+            "default": self.default,
+            "iou": self.iou,
+        }
+        if self.classifier is not None:
+            data["classifier"] = {
+                "version": self.classifier,
+                "part": self.part,
+                "verify": self.verify,
+            }
+        return data
 
 
 @dataclass(frozen=True)
@@ -43,8 +67,28 @@ class Detection:
     y1: float
     x2: float
     y2: float
-    counted: bool  # reached its class's threshold, so it fails the part
+    counted: bool  # reached its class's threshold (and passed verification): it fails the part
+    verification: float | None = None  # the classifier's defect probability for its crop
 
 
-def part_fails(detections: list[Detection]) -> bool:
-    return any(d.counted for d in detections)
+def _optional_float(value: object) -> float | None:
+    return None if value is None else float(value)  # type: ignore[arg-type]
+
+
+def verify(detection: Detection, defect_probability: float, thresholds: Thresholds) -> Detection:
+    """Record the crop's score; a detection the classifier does not confirm stops counting."""
+    confirmed = thresholds.verify is None or defect_probability >= thresholds.verify
+    return replace(
+        detection, verification=defect_probability, counted=detection.counted and confirmed
+    )
+
+
+def part_fails(
+    detections: list[Detection],
+    defect_probability: float | None = None,
+    thresholds: Thresholds | None = None,
+) -> bool:
+    if any(d.counted for d in detections):
+        return True
+    part = thresholds.part if thresholds is not None else None
+    return part is not None and defect_probability is not None and defect_probability >= part

@@ -97,3 +97,21 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trained]:
             result = Trained(url, base / "data", version.name, Path(version.file_path))
         yield result
     get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def trained_classifier(trained: Trained) -> Iterator[str]:
+    """A tiny classifier trained for two epochs on the same synthetic dataset; its version name."""
+    from training.train_classifier import ClassifierTrainRequest, train_classifier
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
+        get_settings.cache_clear()
+        request = ClassifierTrainRequest(
+            data="synth", backbone="mobilenet_v3_small", epochs=2, imgsz=64, batch=8, device="cpu"
+        )
+        version_id = train_classifier(request, url=trained.url)
+        with session_scope(trained.url) as session:
+            name = get_model_version(session, version_id).name
+        yield name
+    get_settings.cache_clear()

@@ -228,6 +228,136 @@ def train_detector_command(
         )
 
 
+@train_app.command("classifier")
+def train_classifier_command(
+    data: Annotated[str, typer.Option(help="Imported dataset name.")],
+    backbone: Annotated[
+        str, typer.Option(help="resnet18, mobilenet_v3_small or efficientnet_b0.")
+    ] = "resnet18",
+    epochs: Annotated[int, typer.Option(min=1)] = 30,
+    imgsz: Annotated[int, typer.Option(min=32)] = 128,
+    batch: Annotated[int, typer.Option(min=1)] = 32,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N.")] = None,
+    name: Annotated[str | None, typer.Option(help="Model version name.")] = None,
+    seed: int = 0,
+) -> None:
+    """Train the part/crop classifier (good + defect classes) on an imported dataset."""
+    from training.train_classifier import ClassifierTrainRequest, train_classifier
+
+    request = ClassifierTrainRequest(
+        data=data,
+        backbone=backbone,
+        epochs=epochs,
+        imgsz=imgsz,
+        batch=batch,
+        device=device,
+        seed=seed,
+        name=name,
+    )
+    version_id = train_classifier(request, url=migrated_database_url())
+    with session_scope(database_url()) as session:
+        version = get_model_version(session, version_id)
+        console.print(
+            f"registered {version.name} (candidate): val accuracy "
+            f"{version.metrics.get('val_accuracy', 0):.3f}"
+        )
+
+
+@app.command("calibrate")
+def calibrate_command(
+    model: Annotated[str, typer.Argument(help="Detector model version id or name.")],
+    data: Annotated[str, typer.Option(help="Imported dataset name.")],
+    split: Annotated[str, typer.Option(help="Split to calibrate on (not the test split).")] = "val",
+    max_miss_rate: Annotated[
+        float, typer.Option(min=0.0, max=0.99, help="Target part miss rate, e.g. 0.005.")
+    ] = 0.005,
+    classifier: Annotated[
+        str | None, typer.Option(help="Classifier version to use with the detector.")
+    ] = None,
+    verify_threshold: Annotated[
+        float | None,
+        typer.Option(help="Crop defect probability a detection needs (with --classifier)."),
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N.")] = None,
+) -> None:
+    """Pick per-class thresholds that hold a miss-rate target with the fewest false calls."""
+    import math
+
+    from training.calibrate import PART, calibrate, score_split
+    from training.datasets import dataset_yaml
+
+    url = migrated_database_url()
+    with session_scope(url) as session:
+        detector = get_model_version(session, model)
+        if detector.kind != ModelKind.DETECTOR:
+            raise UserError(f"{detector.name} is not a detector")
+        dataset, _ = dataset_yaml(session, data)
+        if list(dataset.classes) != list(detector.classes):
+            raise UserError(f"{detector.name} was trained on other classes than {data!r}")
+        root, class_names = Path(dataset.root_path), list(dataset.classes)
+        detector_weights, iou = (
+            Path(detector.file_path),
+            float(detector.thresholds.get("iou", 0.45)),
+        )
+        classifier_version = get_model_version(session, classifier) if classifier else None
+        classifier_weights = Path(classifier_version.file_path) if classifier_version else None
+    parts = score_split(
+        root,
+        split,
+        detector_weights,
+        class_names,
+        classifier_weights,
+        verify_threshold,
+        iou,
+        device,
+    )
+    dimensions = class_names + ([PART] if classifier_weights else [])
+    result = calibrate(parts, dimensions, max_miss_rate)
+    report = {"data": data, "split": split, **result.report()}
+    per_class = {
+        c: (result.thresholds[c] if math.isfinite(result.thresholds[c]) else 1.01)
+        for c in class_names
+    }
+    operating_point: dict = {
+        "per_class": per_class,
+        "default": 1.01,
+        "iou": iou,
+        "calibration": report,
+    }
+    if classifier_version is not None:
+        part = result.thresholds[PART]
+        operating_point["classifier"] = {
+            "version": classifier_version.name,
+            "part": part if math.isfinite(part) else None,
+            "verify": verify_threshold,
+        }
+    with session_scope(url) as session:
+        get_model_version(session, model).thresholds = operating_point
+    table = Table("class", "threshold")
+    for name in dimensions:
+        value = result.thresholds[name]
+        label = "part classifier" if name == PART else name
+        table.add_row(label, f"{value:.4f}" if math.isfinite(value) else "off")
+    console.print(table)
+    ucb = report["miss_rate_upper_95"]
+    console.print(
+        f"{data}/{split}: miss rate {_fmt(result.miss_rate)} ({result.n_missed} of "
+        f"{result.n_defective} defective parts; 95% upper bound {_fmt(ucb)}), target {max_miss_rate}"
+    )
+    if result.n_good:
+        console.print(
+            f"false-call rate {_fmt(result.false_call_rate)} ({result.n_false_calls} of "
+            f"{result.n_good} good parts; 95% upper bound {_fmt(report['false_call_rate_upper_95'])})"
+        )
+    else:
+        console.print("false-call rate: the split has no good parts")
+    if result.miss_rate is not None and result.miss_rate > max_miss_rate:
+        console.print(
+            "[red]the target cannot be met on this split: some defects are never scored[/red]"
+        )
+    console.print(f"stored as the operating point of {model}")
+
+
 @app.command("evaluate")
 def evaluate_command(
     model: Annotated[str, typer.Argument(help="Weights file (.pt) or model version id/name.")],
@@ -246,6 +376,9 @@ def evaluate_command(
 
     url = migrated_database_url()
     weights, thresholds, version_name = resolve_model(model, url)
+    if _is_classifier(weights):
+        _evaluate_classifier(weights, data, split, thresholds, device, url, version_name, json_path)
+        return
     result = evaluate_detector(
         weights, data, split, thresholds=thresholds, imgsz=imgsz, device=device, url=url
     )
@@ -284,6 +417,52 @@ def evaluate_command(
         console.print(f"wrote {json_path}")
 
 
+def _is_classifier(weights: Path) -> bool:
+    import torch
+
+    try:
+        checkpoint = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception:  # a full ultralytics checkpoint does not load as plain weights
+        return False
+    return isinstance(checkpoint, dict) and checkpoint.get("kind") == "defect-classifier"
+
+
+def _evaluate_classifier(
+    weights: Path,
+    data: str,
+    split: str,
+    thresholds: dict | None,
+    device: str,
+    url: str,
+    version_name: str | None,
+    json_path: Path | None,
+) -> None:
+    import json
+
+    from training.evaluate import evaluate_classifier
+
+    part_threshold = float((thresholds or {}).get("part", 0.5))
+    result = evaluate_classifier(weights, data, split, part_threshold, device, url)
+    payload = result.to_json()
+    if version_name is not None:
+        _store_evaluation(url, version_name, data, split, payload)
+    table = Table("truth \\ predicted", *result.class_names)
+    for name, row in zip(result.class_names, result.confusion, strict=True):
+        table.add_row(name, *(str(v) for v in row))
+    console.print(table)
+    recall = ", ".join(f"{k} {_fmt(v)}" for k, v in result.per_class_recall().items())
+    console.print(f"{data}/{split}: top-1 accuracy {result.accuracy:.3f}; recall {recall}")
+    rates = result.rates
+    console.print(
+        f"at defect probability >= {part_threshold}: miss rate {_fmt(rates.miss_rate)} "
+        f"({rates.n_missed} of {rates.n_defective}), false-call rate "
+        f"{_fmt(rates.false_call_rate)} ({rates.n_false_calls} of {rates.n_good})"
+    )
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(payload, indent=2))
+
+
 def _store_evaluation(url: str, version_name: str, data: str, split: str, payload: dict) -> None:
     with session_scope(url) as session:
         version = get_model_version(session, version_name)
@@ -292,9 +471,8 @@ def _store_evaluation(url: str, version_name: str, data: str, split: str, payloa
         evaluations[f"{data}:{split}"] = payload
         metrics["evaluations"] = evaluations
         if split == "test":
-            metrics.update(
-                {k: payload[k] for k in ("map50", "map50_95", "miss_rate", "false_call_rate")}
-            )
+            keys = ("map50", "map50_95", "top1_accuracy", "miss_rate", "false_call_rate")
+            metrics.update({k: payload[k] for k in keys if k in payload})
         version.metrics = metrics
 
 
@@ -314,6 +492,11 @@ def export_command(
     if format != "onnx":
         raise UserError(f"export format {format!r} is not supported; use onnx")
     weights, thresholds, version_name = resolve_model(model, migrated_database_url())
+    if _is_classifier(weights):
+        from training.export import export_classifier
+
+        console.print(f"wrote {export_classifier(weights, version_name, thresholds)}")
+        return
     path = export_detector(
         weights,
         imgsz=imgsz,

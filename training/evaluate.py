@@ -254,3 +254,82 @@ def resolve_model(ref: str, url: str) -> tuple[Path, dict[str, Any] | None, str 
     with session_scope(url) as session:
         version = get_model_version(session, ref)
         return Path(version.file_path), dict(version.thresholds), version.name
+
+
+@dataclass
+class ClassifierEvaluation:
+    split: str
+    class_names: list[str]
+    confusion: list[list[int]]  # rows: truth, columns: prediction
+    rates: PartRates
+    part_threshold: float
+
+    @property
+    def accuracy(self) -> float:
+        matrix = np.array(self.confusion)
+        return float(np.trace(matrix) / max(matrix.sum(), 1))
+
+    def per_class_recall(self) -> dict[str, float | None]:
+        matrix = np.array(self.confusion)
+        return {
+            name: (float(matrix[i, i] / matrix[i].sum()) if matrix[i].sum() else None)
+            for i, name in enumerate(self.class_names)
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "split": self.split,
+            "top1_accuracy": self.accuracy,
+            "per_class_recall": self.per_class_recall(),
+            "confusion_matrix": {
+                "classes": self.class_names,
+                "rows_truth_columns_prediction": self.confusion,
+            },
+            "part_threshold": self.part_threshold,
+            "miss_rate": self.rates.miss_rate,
+            "false_call_rate": self.rates.false_call_rate,
+            "n_defective": self.rates.n_defective,
+            "n_missed": self.rates.n_missed,
+            "n_good": self.rates.n_good,
+            "n_false_calls": self.rates.n_false_calls,
+        }
+
+
+def evaluate_classifier(
+    weights: Path,
+    data: str,
+    split: str = "test",
+    part_threshold: float = 0.5,
+    device: str = "cpu",
+    url: str | None = None,
+) -> ClassifierEvaluation:
+    """Whole-part classification: top-1 against the part's main defect class, and the part-level
+    miss and false-call rates when a part fails at defect probability >= part_threshold."""
+    import torch
+
+    from inspection.classifier import load_classifier, resize_square
+    from training.train_classifier import part_label, read_split
+
+    url = url or get_settings().resolved_database_url
+    with session_scope(url) as session:
+        dataset, _ = dataset_yaml(session, data)
+        root = Path(dataset.root_path)
+    model, image_size = load_classifier(weights, device)
+    images, boxes = read_split(root, split)
+    n = len(model.class_names)
+    confusion = np.zeros((n, n), dtype=int)
+    outcomes: list[tuple[bool, bool]] = []
+    with torch.no_grad():
+        for start in range(0, len(images), 64):
+            chunk = images[start : start + 64]
+            batch = torch.from_numpy(np.stack([resize_square(p, image_size) for p in chunk])).to(
+                device
+            )
+            probabilities = torch.softmax(model(batch), dim=1).cpu().numpy()
+            for probs, found in zip(probabilities, boxes[start : start + 64], strict=True):
+                truth = part_label(found)
+                confusion[truth, int(probs.argmax())] += 1
+                outcomes.append((truth != 0, 1.0 - float(probs[0]) >= part_threshold))
+    return ClassifierEvaluation(
+        split, model.class_names, confusion.tolist(), part_rates(outcomes), part_threshold
+    )

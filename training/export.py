@@ -64,3 +64,39 @@ def export_detector(
 def read_metadata(onnx_path: Path) -> dict[str, str]:
     proto = onnx.load(str(onnx_path), load_external_data=False)
     return {p.key: p.value for p in proto.metadata_props}
+
+
+def export_classifier(
+    weights: Path, version_name: str | None = None, thresholds: dict[str, Any] | None = None
+) -> Path:
+    """ONNX of the classifier (dynamic batch), its classes and image size in the metadata."""
+    import torch
+
+    from inspection.classifier import load_classifier
+
+    model, image_size = load_classifier(weights)
+    target = weights.with_suffix(".onnx")
+    example = torch.zeros(1, 3, image_size, image_size)
+    torch.onnx.export(
+        model,
+        (example,),
+        str(target),
+        input_names=["images"],
+        output_names=["logits"],
+        dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
+    proto = onnx.load(str(target))
+    for key, value in {
+        "classes": json.dumps(model.class_names),
+        "imgsz": str(image_size),
+        "architecture": f"defect-cls-{model.backbone_name}",
+        "model_version": version_name or "",
+        "thresholds": json.dumps(thresholds or {}),
+    }.items():
+        proto.metadata_props.append(
+            onnx.StringStringEntryProto(key=METADATA_PREFIX + key, value=value)
+        )
+    onnx.save(proto, str(target))
+    return target

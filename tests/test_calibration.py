@@ -1,0 +1,85 @@
+"""Calibration on hand-made scores whose right thresholds are known."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from training.calibrate import PART, PartScores, calibrate, upper_bound
+
+
+def _parts() -> list[PartScores]:
+    return [
+        # Defective parts: scratches at 0.9, 0.8, 0.7; one spot at 0.5.
+        PartScores(True, {"scratch": 0.9}),
+        PartScores(True, {"scratch": 0.8}),
+        PartScores(True, {"scratch": 0.7, "spot": 0.2}),
+        PartScores(True, {"spot": 0.5}),
+        # Good parts: scratch scores 0.6 and 0.3, a spot at 0.4.
+        PartScores(False, {"scratch": 0.6}),
+        PartScores(False, {"scratch": 0.3}),
+        PartScores(False, {"spot": 0.4}),
+        PartScores(False, {}),
+    ]
+
+
+def test_zero_misses_with_no_false_call_when_the_scores_separate() -> None:
+    result = calibrate(_parts(), ["scratch", "spot"], max_miss_rate=0.0)
+    assert result.thresholds == {"scratch": 0.7, "spot": 0.5}
+    assert (result.n_missed, result.n_false_calls) == (0, 0)
+
+
+def test_a_looser_target_trades_a_miss_for_nothing_when_nothing_is_gained() -> None:
+    # Allowing one miss in four: no false call to save, so the most permissive thresholds that
+    # still keep three of four caught are chosen (the spot is let go).
+    result = calibrate(_parts(), ["scratch", "spot"], max_miss_rate=0.25)
+    assert result.n_missed <= 1 and result.n_false_calls == 0
+    assert result.thresholds["scratch"] == 0.7
+
+
+def test_an_unavoidable_false_call_is_taken_to_meet_the_target() -> None:
+    parts = [
+        PartScores(True, {"scratch": 0.55}),
+        PartScores(True, {"scratch": 0.95}),
+        PartScores(False, {"scratch": 0.6}),
+        PartScores(False, {"scratch": 0.1}),
+    ]
+    result = calibrate(parts, ["scratch"], max_miss_rate=0.0)
+    assert result.thresholds == {"scratch": 0.55}
+    assert (result.n_missed, result.n_false_calls) == (0, 1)
+    assert result.false_call_rate == pytest.approx(0.5)
+
+
+def test_part_classifier_dimension_catches_what_the_detector_misses() -> None:
+    parts = [
+        PartScores(True, {"scratch": 0.9, PART: 0.2}),
+        PartScores(True, {PART: 0.8}),  # no box at all
+        PartScores(False, {"scratch": 0.4, PART: 0.1}),
+        PartScores(False, {PART: 0.3}),
+    ]
+    result = calibrate(parts, ["scratch", PART], max_miss_rate=0.0)
+    assert result.n_missed == 0 and result.n_false_calls == 0
+    assert result.thresholds[PART] == 0.8 and result.thresholds["scratch"] > 0.4
+
+
+def test_a_part_without_any_score_cannot_be_caught_and_is_reported() -> None:
+    parts = [PartScores(True, {}), PartScores(True, {"scratch": 0.5}), PartScores(False, {})]
+    result = calibrate(parts, ["scratch"], max_miss_rate=0.0)
+    assert result.n_missed == 1 and result.details["uncatchable_defective_parts"] == 1
+    assert result.report()["miss_rate"] == 0.5
+
+
+def test_upper_bound_of_zero_misses_is_not_zero() -> None:
+    bound = upper_bound(0, 180)
+    assert bound == pytest.approx(1 - 0.05 ** (1 / 180), rel=1e-6)  # about 1.65%
+    assert 0.016 < bound < 0.017
+    assert upper_bound(0, 0) is None and upper_bound(5, 5) == 1.0
+    assert upper_bound(1, 100) == pytest.approx(0.0466, abs=1e-4)  # the published value
+
+
+def test_unused_dimensions_stay_off() -> None:
+    result = calibrate(
+        [PartScores(True, {"scratch": 0.5}), PartScores(False, {})], ["scratch", "spot"], 0.0
+    )
+    assert math.isinf(result.thresholds["spot"])

@@ -1,0 +1,135 @@
+"""Classifier, verdict with classifier and verification, calibration through the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from db.registry import get_model_version
+from db.session import session_scope
+from inspection.classifier import BACKBONES, GOOD, DefectClassifier, load_classifier
+from inspection.engine import Inspector, PartInput
+from inspection.settings import get_settings
+from inspection.verdict import Detection, Thresholds, part_fails, verify
+from tests.conftest import Trained
+from tests.synthetic import CLASSES, make_images
+from training.train_classifier import build_samples, part_label
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+def test_each_backbone_builds_with_fpn_and_attention(backbone: str) -> None:
+    model = DefectClassifier(backbone, [GOOD, *CLASSES]).eval()
+    assert model(torch.zeros(2, 3, 64, 64)).shape == (2, 3)
+    assert len(model.features(torch.zeros(1, 3, 64, 64))) == 3
+
+
+def test_part_labels_and_samples() -> None:
+    assert part_label([]) == 0
+    # The class covering the most area names the part: one big spot beats two small scratches.
+    boxes = [(0, (0.0, 0.0, 2.0, 2.0)), (0, (5.0, 5.0, 7.0, 7.0)), (1, (10.0, 10.0, 20.0, 20.0))]
+    assert part_label(boxes) == 2
+    pixels = [np.zeros((64, 64, 3), dtype=np.uint8)]
+    samples = build_samples(pixels, [[(0, (10.0, 10.0, 20.0, 20.0))]])
+    assert samples[0].box is None and samples[0].label == 1
+    assert samples[1].box == (10.0, 10.0, 20.0, 20.0) and samples[1].label == 1
+    assert all(s.label == 0 for s in samples[2:])
+
+
+def test_verdict_with_classifier_and_verification() -> None:
+    thresholds = Thresholds.from_dict(
+        {"per_class": {"scratch": 0.5}, "classifier": {"version": "c", "part": 0.7, "verify": 0.6}},
+        CLASSES,
+    )
+    detection = Detection("scratch", 0.8, 0, 0, 5, 5, counted=True)
+    rejected = verify(detection, 0.3, thresholds)
+    assert rejected.counted is False and rejected.verification == 0.3
+    assert verify(detection, 0.9, thresholds).counted is True
+    assert part_fails([rejected], 0.2, thresholds) is False  # a false call cut by verification
+    assert part_fails([rejected], 0.75, thresholds) is True  # the part classifier fails it
+    assert part_fails([], None, thresholds) is False
+    assert Thresholds.from_dict(thresholds.to_dict(), CLASSES) == thresholds
+
+
+def test_classifier_checkpoint_is_plain_weights(trained: Trained, trained_classifier: str) -> None:
+    with session_scope(trained.url) as session:
+        weights = Path(get_model_version(session, trained_classifier).file_path)
+    checkpoint = torch.load(weights, weights_only=True)
+    assert checkpoint["class_names"] == [GOOD, *CLASSES]
+    model, size = load_classifier(weights)
+    assert size == 64 and model.class_names == [GOOD, *CLASSES]
+
+
+def test_evaluate_export_and_calibrate_with_the_classifier(
+    trained: Trained, trained_classifier: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from training.cli import app
+
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
+    get_settings.cache_clear()
+    runner = CliRunner()
+    out = tmp_path / "cls.json"
+    result = runner.invoke(
+        app, ["evaluate", trained_classifier, "--data", "synth", "--json", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    payload = json.loads(out.read_text())
+    assert payload["confusion_matrix"]["classes"] == [GOOD, *CLASSES]
+    assert sum(map(sum, payload["confusion_matrix"]["rows_truth_columns_prediction"])) == 4
+    assert 0.0 <= payload["top1_accuracy"] <= 1.0
+
+    result = runner.invoke(app, ["export", trained_classifier])
+    assert result.exit_code == 0, result.output
+    with session_scope(trained.url) as session:
+        weights = Path(get_model_version(session, trained_classifier).file_path)
+    onnx_session = ort.InferenceSession(
+        str(weights.with_suffix(".onnx")), providers=["CPUExecutionProvider"]
+    )
+    model, _ = load_classifier(weights)
+    image = torch.rand(3, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(image).numpy()
+    [actual] = onnx_session.run(None, {"images": image.numpy()})
+    np.testing.assert_allclose(actual, expected, rtol=1e-3, atol=1e-4)
+
+    result = runner.invoke(
+        app,
+        [
+            "calibrate",
+            trained.version_name,
+            "--data",
+            "synth",
+            "--split",
+            "val",
+            "--max-miss-rate",
+            "0",
+            "--classifier",
+            trained_classifier,
+            "--verify-threshold",
+            "0.0",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "95% upper bound" in result.output
+    with session_scope(trained.url) as session:
+        operating_point = get_model_version(session, trained.version_name).thresholds
+    assert operating_point["classifier"]["version"] == trained_classifier
+    assert operating_point["calibration"]["n_defective"] == 4  # val: parts 1, 7, 13 and 19
+    assert operating_point["calibration"]["n_missed"] == 0
+
+    # The calibrated operating point brings its classifier into inspection.
+    inspector = Inspector.from_weights(
+        trained.weights, operating_point, "pytorch", classifier_weights=weights
+    )
+    images = make_images(tmp_path / "imgs", n=3, seed=4)
+    results = list(
+        inspector.inspect(
+            PartInput(i.name, (tmp_path / "imgs" / i.name).read_bytes()) for i in images
+        )
+    )
+    assert all(r.defect_probability is not None and 0 <= r.defect_probability <= 1 for r in results)

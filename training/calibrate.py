@@ -1,0 +1,223 @@
+"""Per-class thresholds calibrated to a target part miss rate, with the fewest false calls.
+
+QA engineers set escape-rate targets, not confidence scores. Given each part's best score per
+defect class (and the part classifier's defect probability), this picks the thresholds that keep
+the miss rate on a labeled split at or under the target while failing the fewest good parts,
+and reports the expected rates with an upper confidence bound: 0 misses in 180 parts is not a
+0% miss rate.
+
+The search is greedy: from "flag nothing", repeatedly lower the one threshold that catches the
+most still-missed defective parts per good part it newly fails, until the target holds; then
+raise each threshold as far as the target allows. Written here because no library offers a
+multi-threshold, part-level escape-rate calibration.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from inspection.errors import UserError
+
+PART = "__part__"  # the dimension of the part classifier's defect probability
+NEVER = math.inf
+
+
+@dataclass(frozen=True)
+class PartScores:
+    defective: bool
+    scores: dict[str, float]  # best confidence per defect class (and PART), absent = none
+
+
+def _binomial_cdf(k: int, n: int, p: float) -> float:
+    if p <= 0:
+        return 1.0
+    if p >= 1:
+        return 0.0 if k < n else 1.0
+    log_p, log_q = math.log(p), math.log1p(-p)
+    terms = [
+        math.lgamma(n + 1)
+        - math.lgamma(i + 1)
+        - math.lgamma(n - i + 1)
+        + i * log_p
+        + (n - i) * log_q
+        for i in range(k + 1)
+    ]
+    peak = max(terms)
+    return math.exp(peak) * sum(math.exp(t - peak) for t in terms)
+
+
+def upper_bound(failures: int, trials: int, confidence: float = 0.95) -> float | None:
+    """One-sided Clopper-Pearson upper bound of a rate seen as failures / trials.
+
+    The p at which seeing `failures` or fewer becomes as unlikely as 1 - confidence, found by
+    bisection on the binomial CDF (the product does not otherwise need SciPy).
+    """
+    if trials == 0:
+        return None
+    if failures >= trials:
+        return 1.0
+    low, high = failures / trials, 1.0
+    for _ in range(100):
+        middle = (low + high) / 2
+        if _binomial_cdf(failures, trials, middle) > 1 - confidence:
+            low = middle
+        else:
+            high = middle
+    return high
+
+
+@dataclass
+class Calibration:
+    thresholds: dict[str, float]  # per dimension; inf = that dimension never fails a part
+    n_defective: int
+    n_missed: int
+    n_good: int
+    n_false_calls: int
+    max_miss_rate: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def miss_rate(self) -> float | None:
+        return self.n_missed / self.n_defective if self.n_defective else None
+
+    @property
+    def false_call_rate(self) -> float | None:
+        return self.n_false_calls / self.n_good if self.n_good else None
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "max_miss_rate": self.max_miss_rate,
+            "miss_rate": self.miss_rate,
+            "miss_rate_upper_95": upper_bound(self.n_missed, self.n_defective),
+            "n_missed": self.n_missed,
+            "n_defective": self.n_defective,
+            "false_call_rate": self.false_call_rate,
+            "false_call_rate_upper_95": upper_bound(self.n_false_calls, self.n_good),
+            "n_false_calls": self.n_false_calls,
+            "n_good": self.n_good,
+            **self.details,
+        }
+
+
+def calibrate(parts: list[PartScores], dimensions: list[str], max_miss_rate: float) -> Calibration:
+    if not 0 <= max_miss_rate < 1:
+        raise UserError("the target miss rate must be at least 0 and below 1")
+    if not parts:
+        raise UserError("no parts to calibrate on")
+    matrix = np.array([[p.scores.get(d, -NEVER) for d in dimensions] for p in parts], dtype=float)
+    defective = np.array([p.defective for p in parts])
+    n_defective = int(defective.sum())
+    allowed = math.floor(max_miss_rate * n_defective + 1e-9)
+    thresholds = np.full(len(dimensions), NEVER)
+
+    def flagged(limits: np.ndarray) -> np.ndarray:
+        return (matrix >= limits).any(axis=1)
+
+    current = flagged(thresholds)
+    while int((defective & ~current).sum()) > allowed:
+        best: tuple[float, int, int, float] | None = None  # (ratio, gain, dimension, threshold)
+        missed = defective & ~current
+        for d in range(len(dimensions)):
+            reachable = matrix[missed, d]
+            reachable = reachable[np.isfinite(reachable)]
+            if len(reachable) == 0:
+                continue
+            candidate = thresholds.copy()
+            candidate[d] = reachable.max()
+            now = flagged(candidate)
+            gain = int((missed & now).sum())
+            cost = int((~defective & now & ~current).sum())
+            ratio = gain / (cost + 1e-6)
+            if best is None or (ratio, gain) > (best[0], best[1]):
+                best = (ratio, gain, d, float(candidate[d]))
+        if best is None:
+            break  # some defective parts have no score at all: they cannot be caught
+        thresholds[best[2]] = best[3]
+        current = flagged(thresholds)
+
+    # Raise each threshold as far as the target allows: fewer false calls, same misses budget.
+    improved = True
+    while improved:
+        improved = False
+        for d in range(len(dimensions)):
+            higher = np.unique(
+                matrix[:, d][np.isfinite(matrix[:, d]) & (matrix[:, d] > thresholds[d])]
+            )
+            for value in [*higher.tolist(), NEVER]:
+                trial = thresholds.copy()
+                trial[d] = value
+                now = flagged(trial)
+                if int((defective & ~now).sum()) > allowed:
+                    break
+                if int((~defective & now).sum()) <= int((~defective & current).sum()):
+                    thresholds, current, improved = trial, now, improved or value != thresholds[d]
+    misses = int((defective & ~current).sum())
+    return Calibration(
+        thresholds={d: float(t) for d, t in zip(dimensions, thresholds, strict=True)},
+        n_defective=n_defective,
+        n_missed=misses,
+        n_good=int((~defective).sum()),
+        n_false_calls=int((~defective & current).sum()),
+        max_miss_rate=max_miss_rate,
+        details={
+            "uncatchable_defective_parts": int((defective & ~np.isfinite(matrix).any(axis=1)).sum())
+        },
+    )
+
+
+# --- scoring a split with the real models -------------------------------------------------------
+
+SCORE_FLOOR = 0.001  # detections below this confidence are not kept for calibration
+
+
+def score_split(
+    root: Path,
+    split: str,
+    detector_weights: Path,
+    class_names: list[str],
+    classifier_weights: Path | None = None,
+    verify_threshold: float | None = None,
+    iou: float = 0.45,
+    device: str | None = None,
+) -> list[PartScores]:
+    """Each part of a split with its best score per class (and part classifier probability)."""
+    from inspection.engine import Inspector, PartInput
+    from training.datasets import IMAGE_SUFFIXES
+
+    thresholds: dict[str, Any] = {"default": SCORE_FLOOR, "iou": iou}
+    if classifier_weights is not None:
+        thresholds["classifier"] = {
+            "version": "calibrating",
+            "part": None,
+            "verify": verify_threshold,
+        }
+    inspector = Inspector.from_weights(
+        detector_weights, thresholds, device=device, classifier_weights=classifier_weights
+    )
+    images = sorted(
+        p for p in (root / "images" / split).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
+    )
+    parts: list[PartScores] = []
+    try:
+        for path, result in zip(
+            images,
+            inspector.inspect(PartInput(p.name, p.read_bytes()) for p in images),
+            strict=True,
+        ):
+            label_file = root / "labels" / split / f"{path.stem}.txt"
+            defective = label_file.exists() and bool(label_file.read_text().strip())
+            scores: dict[str, float] = {}
+            for d in result.detections:
+                if d.counted and d.class_name in class_names:
+                    scores[d.class_name] = max(scores.get(d.class_name, 0.0), d.confidence)
+            if result.defect_probability is not None:
+                scores[PART] = result.defect_probability
+            parts.append(PartScores(defective, scores))
+    finally:
+        inspector.close()
+    return parts

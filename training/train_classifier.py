@@ -1,0 +1,294 @@
+"""Train the defect classifier on an imported dataset, in plain PyTorch.
+
+Samples come from the detection labels, so one labeled dataset trains both models:
+- each whole image: "good" when it has no box, else the class covering the most area;
+- each labeled box with some context around it: its class;
+- background crops that touch no box: "good" (what the verifier must learn to reject).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+import inspection  # noqa: F401 - runtime preparation first
+from db.models import Dataset as DatasetRow
+from db.models import JobStatus, ModelKind, TrainingJob, utcnow
+from db.session import session_scope
+from inspection.classifier import (
+    GOOD,
+    DefectClassifier,
+    crop_with_context,
+    resize_square,
+    save_classifier,
+)
+from inspection.errors import UserError
+from inspection.images import decode_image
+from inspection.settings import get_settings, resolve_device
+from training.datasets import IMAGE_SUFFIXES, dataset_yaml
+from training.versions import register_model_version
+
+
+@dataclass(frozen=True)
+class Sample:
+    image_index: int
+    box: tuple[float, float, float, float] | None  # None: the whole image
+    label: int
+
+
+def read_split(
+    root: Path, split: str
+) -> tuple[list[np.ndarray], list[list[tuple[int, tuple[float, float, float, float]]]]]:
+    """Decoded images of a split and their boxes in pixels."""
+    images, boxes = [], []
+    folder = root / "images" / split
+    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        pixels = decode_image(path.read_bytes()).pixels
+        height, width = pixels.shape[:2]
+        label_file = root / "labels" / split / f"{path.stem}.txt"
+        found = []
+        for line in label_file.read_text().splitlines() if label_file.exists() else []:
+            if line.strip():
+                c, cx, cy, w, h = (float(v) for v in line.split()[:5])
+                found.append(
+                    (
+                        int(c),
+                        (
+                            (cx - w / 2) * width,
+                            (cy - h / 2) * height,
+                            (cx + w / 2) * width,
+                            (cy + h / 2) * height,
+                        ),
+                    )
+                )
+        images.append(pixels)
+        boxes.append(found)
+    return images, boxes
+
+
+def part_label(boxes: list[tuple[int, tuple[float, float, float, float]]]) -> int:
+    """0 (good) without boxes, else 1 + the defect class covering the most area."""
+    if not boxes:
+        return 0
+    area: dict[int, float] = {}
+    for c, (x1, y1, x2, y2) in boxes:
+        area[c] = area.get(c, 0.0) + (x2 - x1) * (y2 - y1)
+    return 1 + max(area, key=lambda c: area[c])
+
+
+def _overlaps(
+    box: tuple[float, float, float, float], others: list[tuple[float, float, float, float]]
+) -> bool:
+    x1, y1, x2, y2 = box
+    return any(x1 < b[2] and b[0] < x2 and y1 < b[3] and b[1] < y2 for b in others)
+
+
+def build_samples(
+    images: list[np.ndarray],
+    boxes: list[list[tuple[int, tuple[float, float, float, float]]]],
+    seed: int = 0,
+) -> list[Sample]:
+    rng = random.Random(seed)
+    samples: list[Sample] = []
+    for index, (pixels, found) in enumerate(zip(images, boxes, strict=True)):
+        samples.append(Sample(index, None, part_label(found)))
+        for c, box in found:
+            samples.append(Sample(index, box, 1 + c))
+        height, width = pixels.shape[:2]
+        for _ in range(max(1, len(found))):  # background crops, as many as there are defects
+            side = rng.uniform(0.15, 0.5) * min(height, width)
+            x1, y1 = rng.uniform(0, width - side), rng.uniform(0, height - side)
+            crop = (x1, y1, x1 + side, y1 + side)
+            if not _overlaps(crop, [b for _, b in found]):
+                samples.append(Sample(index, crop, 0))
+    return samples
+
+
+class CropDataset(Dataset):
+    def __init__(
+        self, images: list[np.ndarray], samples: list[Sample], image_size: int, augment: bool
+    ) -> None:
+        self.images, self.samples, self.image_size, self.augment = (
+            images,
+            samples,
+            image_size,
+            augment,
+        )
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        sample = self.samples[i]
+        pixels = self.images[sample.image_index]
+        if sample.box is not None:
+            context = random.uniform(0.1, 0.4) if self.augment else 0.25
+            pixels = crop_with_context(pixels, sample.box, context)
+        tensor = resize_square(pixels, self.image_size)
+        if self.augment:
+            if random.random() < 0.5:
+                tensor = tensor[:, :, ::-1]
+            if random.random() < 0.5:
+                tensor = tensor[:, ::-1, :]
+            gain, bias = random.uniform(0.8, 1.2), random.uniform(-0.08, 0.08)
+            tensor = np.clip(tensor * gain + bias, 0.0, 1.0)
+        return torch.from_numpy(np.ascontiguousarray(tensor)), sample.label
+
+
+@dataclass(frozen=True)
+class ClassifierTrainRequest:
+    data: str
+    backbone: str = "resnet18"
+    epochs: int = 30
+    imgsz: int = 128
+    batch: int = 32
+    lr: float = 1e-3
+    device: str | None = None
+    seed: int = 0
+    name: str | None = None
+
+
+def _accuracy(model: nn.Module, loader: DataLoader, device: str) -> float:
+    model.eval()
+    correct = total = 0
+    with torch.no_grad():
+        for images, labels in loader:
+            predictions = model(images.to(device)).argmax(dim=1).cpu()
+            correct += int((predictions == labels).sum())
+            total += len(labels)
+    return correct / max(total, 1)
+
+
+def train_classifier(request: ClassifierTrainRequest, url: str | None = None) -> int:
+    """Train, keep the epoch best on val, register it as a candidate; returns the version id."""
+    settings = get_settings()
+    url = url or settings.resolved_database_url
+    device = resolve_device(request.device)
+    torch.manual_seed(request.seed)
+    random.seed(request.seed)
+    with session_scope(url) as session:
+        dataset, _ = dataset_yaml(session, request.data)
+        root, defect_classes, dataset_id = (
+            Path(dataset.root_path),
+            list(dataset.classes),
+            dataset.id,
+        )
+        job = TrainingJob(
+            kind="train-classifier",
+            status=JobStatus.RUNNING,
+            params=request.__dict__,
+            dataset_id=dataset_id,
+            started_at=utcnow(),
+        )
+        session.add(job)
+        session.flush()
+        job_id = job.id
+    try:
+        class_names = [GOOD, *defect_classes]
+        train_images, train_boxes = read_split(root, "train")
+        val_images, val_boxes = read_split(root, "val")
+        if not train_images:
+            raise UserError(f"dataset {request.data!r} has no training images")
+        train_set = CropDataset(
+            train_images,
+            build_samples(train_images, train_boxes, request.seed),
+            request.imgsz,
+            True,
+        )
+        val_set = CropDataset(
+            val_images or train_images,
+            build_samples(val_images or train_images, val_boxes or train_boxes, 1),
+            request.imgsz,
+            False,
+        )
+        train_loader = DataLoader(
+            train_set,
+            batch_size=request.batch,
+            shuffle=True,
+            drop_last=len(train_set) > request.batch,
+        )
+        val_loader = DataLoader(val_set, batch_size=request.batch * 2)
+        model = DefectClassifier(request.backbone, class_names).to(device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=request.lr, weight_decay=0.05)
+        steps = request.epochs * max(len(train_loader), 1)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0)))
+        )
+        criterion = nn.CrossEntropyLoss(label_smoothing=0.05)
+        run_dir = (
+            settings.runs_dir
+            / "classify"
+            / f"{request.data}-{request.backbone}-{time.strftime('%Y%m%d-%H%M%S')}"
+        )
+        best_path, best_accuracy, started = run_dir / "best.pt", -1.0, time.perf_counter()
+        for epoch in range(request.epochs):
+            model.train()
+            losses = []
+            for images, labels in tqdm(
+                train_loader, desc=f"epoch {epoch + 1}/{request.epochs}", leave=False, disable=None
+            ):
+                loss = criterion(model(images.to(device)), labels.to(device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                losses.append(float(loss))
+            accuracy = _accuracy(model, val_loader, device)
+            if accuracy > best_accuracy:
+                best_accuracy = accuracy
+                save_classifier(
+                    model, best_path, request.imgsz, {"val_accuracy": accuracy, "epoch": epoch + 1}
+                )
+            print(
+                f"epoch {epoch + 1}/{request.epochs} loss {np.mean(losses):.4f} val accuracy {accuracy:.4f}"
+            )
+            with session_scope(url) as session:
+                job = session.get(TrainingJob, job_id)
+                assert job is not None
+                job.progress = (epoch + 1) / request.epochs
+                job.log = (
+                    job.log or ""
+                ) + f"epoch {epoch + 1} loss {np.mean(losses):.4f} val accuracy {accuracy:.4f}\n"
+        metrics: dict[str, Any] = {
+            "val_accuracy": best_accuracy,
+            "epochs": request.epochs,
+            "train_wall_s": round(time.perf_counter() - started, 1),
+        }
+        with session_scope(url) as session:
+            version = register_model_version(
+                session,
+                best_path,
+                settings.models_dir,
+                kind=ModelKind.CLASSIFIER,
+                architecture=f"defect-cls-{request.backbone}",
+                class_names=class_names,
+                image_size=request.imgsz,
+                metrics=metrics,
+                thresholds={"part": 0.5, "verify": 0.5},
+                dataset=session.get(DatasetRow, dataset_id),
+                name=request.name,
+            )
+            job = session.get(TrainingJob, job_id)
+            assert job is not None
+            job.status, job.progress, job.finished_at = JobStatus.SUCCEEDED, 1.0, utcnow()
+            job.result_model_version_id = version.id
+            return version.id
+    except BaseException as exc:
+        with session_scope(url) as session:
+            job = session.get(TrainingJob, job_id)
+            if job is not None:
+                job.status = (
+                    JobStatus.CANCELLED if isinstance(exc, KeyboardInterrupt) else JobStatus.FAILED
+                )
+                job.error, job.finished_at = f"{exc.__class__.__name__}: {exc}", utcnow()
+        raise
