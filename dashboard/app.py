@@ -21,7 +21,11 @@ if ready.error:
 VIEWS = Path(__file__).parent / "views"
 navigation = st.navigation(
     [
-        st.Page(VIEWS / "overview.py", title="Overview", icon=":material/factory:", default=True),
+        st.Page(VIEWS / "inspect.py", title="Inspect", icon=":material/search:", default=True),
+        st.Page(VIEWS / "review.py", title="Review", icon=":material/fact_check:"),
+        st.Page(VIEWS / "history.py", title="History", icon=":material/monitoring:"),
+        st.Page(VIEWS / "models.py", title="Models", icon=":material/model_training:"),
+        st.Page(VIEWS / "settings.py", title="Settings", icon=":material/tune:"),
     ]
 )
 navigation.run()

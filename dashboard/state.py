@@ -1,15 +1,24 @@
-"""Process-wide resources of the app, cached across reruns and sessions."""
+"""Process-wide resources of the app, cached across reruns and sessions, and small helpers the
+pages share."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import streamlit as st
+from sqlalchemy import select
 
 import inspection  # noqa: F401 - prepares torch/torchvision/ultralytics
 from db.migrate import upgrade
-from db.session import DatabaseError, redact
+from db.models import ModelKind, ModelVersion, ProductionLine, Station
+from db.registry import production_model
+from db.session import DatabaseError, redact, session_scope
+from inspection.engine import Inspector
 from inspection.settings import get_settings
+
+UPLOAD_LIMIT_MB = 500
 
 
 @dataclass(frozen=True)
@@ -31,3 +40,81 @@ def database_ready() -> DatabaseState:
         return DatabaseState(url, _migrated(url), None)
     except DatabaseError as exc:
         return DatabaseState(url, None, f"The database at {redact(url)} cannot be used: {exc}")
+
+
+@dataclass(frozen=True)
+class DetectorInfo:
+    id: int
+    name: str
+    file_path: str
+    sha256: str
+    classes: list[str]
+    thresholds: dict
+    classifier_path: str | None
+
+
+def detector_info(url: str, version: ModelVersion | None = None) -> DetectorInfo | None:
+    """The production detector (or `version`) with what is needed to load it."""
+    with session_scope(url) as session:
+        version = (
+            session.merge(version) if version else production_model(session, ModelKind.DETECTOR)
+        )
+        if version is None:
+            return None
+        classifier_name = (version.thresholds.get("classifier") or {}).get("version")
+        classifier_path = None
+        if classifier_name:
+            classifier = session.scalars(
+                select(ModelVersion).where(ModelVersion.name == classifier_name)
+            ).first()
+            classifier_path = classifier.file_path if classifier else None
+        return DetectorInfo(
+            version.id,
+            version.name,
+            version.file_path,
+            version.sha256,
+            list(version.classes),
+            dict(version.thresholds),
+            classifier_path,
+        )
+
+
+@st.cache_resource(show_spinner="Loading the model...", max_entries=4)
+def _inspector(
+    file_path: str, sha256: str, thresholds_json: str, classifier_path: str | None
+) -> Inspector:
+    # Keyed by the file's hash and the operating point, so a new threshold or model reloads.
+    return Inspector.from_weights(
+        Path(file_path),
+        json.loads(thresholds_json),
+        classifier_weights=Path(classifier_path) if classifier_path else None,
+    )
+
+
+def inspector_for(info: DetectorInfo) -> Inspector:
+    return _inspector(
+        info.file_path,
+        info.sha256,
+        json.dumps(info.thresholds, sort_keys=True),
+        info.classifier_path,
+    )
+
+
+def lines_and_stations(url: str) -> dict[str, list[str]]:
+    with session_scope(url) as session:
+        result: dict[str, list[str]] = {}
+        for line in session.scalars(select(ProductionLine).order_by(ProductionLine.name)):
+            result[line.name] = []
+        for station, line_name in session.execute(
+            select(Station, ProductionLine.name).join(ProductionLine).order_by(Station.name)
+        ):
+            result[line_name].append(station.name)
+        return result
+
+
+def no_model_message() -> None:
+    st.info(
+        "No production model yet. `make run` installs the demo model when it ships with the "
+        "product; otherwise import labeled defects (`defects import voc DIR --name NAME`), train "
+        "(`defects train detector --data NAME`) and promote the result on the Models page."
+    )

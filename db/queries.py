@@ -389,3 +389,56 @@ def model_usage(session: Session, filters: Filters = Filters()) -> list[ModelUsa
         .order_by(func.min(Inspection.inspected_at))
     ).all()
     return [ModelUsage(mid, name, first, last, int(n)) for mid, name, first, last, n in rows]
+
+
+def part_results(
+    session: Session, content_hashes: list[str], model_version_id: int
+) -> dict[str, Inspection]:
+    """The inspection of each part (by content hash) by one model version, predictions loaded."""
+    from sqlalchemy.orm import contains_eager, selectinload
+
+    rows = session.scalars(
+        select(Inspection)
+        .join(Part, Part.id == Inspection.part_id)
+        .options(contains_eager(Inspection.part), selectinload(Inspection.predictions))
+        .where(
+            Part.content_hash.in_(content_hashes), Inspection.model_version_id == model_version_id
+        )
+    ).all()
+    return {i.part.content_hash: i for i in rows}
+
+
+def inspection_rows(
+    session: Session, filters: Filters = Filters(), limit: int = 100_000
+) -> list[dict[str, object]]:
+    """Flat rows of inspections for CSV download, newest first."""
+    query = (
+        select(Inspection, Part, ProductionLine.name, Station.name, ModelVersion.name)
+        .join(Part, Part.id == Inspection.part_id)
+        .join(ProductionLine, ProductionLine.id == Part.line_id)
+        .join(Station, Station.id == Part.station_id)
+        .outerjoin(ModelVersion, ModelVersion.id == Inspection.model_version_id)
+        .where(*filters.conditions())
+        .order_by(Inspection.inspected_at.desc())
+        .limit(limit)
+    )
+    rows = []
+    for inspection, part, line, station, model in session.execute(query):
+        counted = sorted({p.class_name for p in inspection.predictions if p.counted})
+        if filters.class_name is not None and filters.class_name not in counted:
+            continue
+        rows.append(
+            {
+                "inspected_at": inspection.inspected_at,
+                "line": line,
+                "station": station,
+                "part": part.original_name,
+                "content_hash": part.content_hash,
+                "verdict": inspection.verdict.value,
+                "defects": ";".join(counted),
+                "latency_ms": inspection.latency_ms,
+                "model": model,
+                "error": inspection.error or "",
+            }
+        )
+    return rows

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from threading import Event
+from typing import BinaryIO
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -78,7 +79,7 @@ def iter_source(source: str) -> Iterator[SourceItem]:
         for file in folder_files(path):
             yield read_file(file, str(file.relative_to(path)))
     elif path.is_file() and zipfile.is_zipfile(path):
-        yield from _iter_zip(path)
+        yield from iter_zip(path, path.name)
     elif path.is_file():
         yield read_file(path, path.name)
     elif any(ch in source for ch in "*?["):
@@ -91,14 +92,15 @@ def iter_source(source: str) -> Iterator[SourceItem]:
         raise UserError(f"source not found: {source}")
 
 
-def _iter_zip(path: Path) -> Iterator[SourceItem]:
+def iter_zip(archive_file: Path | BinaryIO, label: str) -> Iterator[SourceItem]:
+    """Entries of a zip (a path or an open file, such as an upload) as source items."""
     try:
-        archive = zipfile.ZipFile(path)
+        archive = zipfile.ZipFile(archive_file)
     except (zipfile.BadZipFile, OSError) as exc:
-        raise UserError(f"cannot open the zip {path.name}: {exc}") from exc
+        raise UserError(f"cannot open the zip {label}: {exc}") from exc
     with archive:
         for info in archive.infolist():
-            name = f"{path.name}:{info.filename}"
+            name = f"{label}:{info.filename}"
             if (
                 info.is_dir()
                 or Path(info.filename).name.startswith(".")

@@ -1,23 +1,158 @@
+"""Every page of the app through Streamlit's AppTest (uploads included), and the chart functions."""
+
 from __future__ import annotations
 
+import io
+import zipfile
+from datetime import date
 from pathlib import Path
 
+import pytest
+from sqlalchemy import func, select
 from streamlit.testing.v1 import AppTest
+
+from dashboard.charts import latency_figure, p_chart, pareto_figure, rates_figure, volume_figure
+from db.migrate import upgrade
+from db.models import Inspection, ModelKind, Review
+from db.queries import ParetoRow, RateRow, VolumeRow
+from db.registry import promote
+from db.session import session_scope
+from inspection.settings import get_settings
+from tests.conftest import Trained
+from tests.synthetic import CLASSES, make_images
+from training.versions import register_model_version
 
 APP = str(Path(__file__).parents[1] / "dashboard" / "app.py")
 
 
-def test_overview_says_how_to_get_a_model_when_there_is_none() -> None:
-    at = AppTest.from_file(APP, default_timeout=60).run()
+def _app() -> AppTest:
+    return AppTest.from_file(APP, default_timeout=120)
+
+
+@pytest.fixture
+def production(trained: Trained) -> str:
+    """This test's database with the tiny detector in production."""
+    url = get_settings().resolved_database_url
+    upgrade(url)
+    with session_scope(url) as session:
+        version = register_model_version(
+            session,
+            trained.weights,
+            get_settings().models_dir,
+            kind=ModelKind.DETECTOR,
+            architecture="defect-yolo-n",
+            class_names=CLASSES,
+            image_size=64,
+            name="tiny",
+        )
+        promote(session, version)
+    return url
+
+
+def _count(url: str, model) -> int:  # type: ignore[no-untyped-def]
+    with session_scope(url) as session:
+        return int(session.scalar(select(func.count(model.id))) or 0)
+
+
+def _png_files(tmp_path: Path, n: int, seed: int) -> list[tuple[str, bytes, str]]:
+    images = make_images(tmp_path / f"up{seed}", n=n, seed=seed)
+    return [(i.name, (tmp_path / f"up{seed}" / i.name).read_bytes(), "image/png") for i in images]
+
+
+def test_inspect_says_how_to_get_a_model_when_there_is_none() -> None:
+    at = _app().run()
     assert not at.exception
-    assert any("No model yet" in info.value for info in at.info)
+    assert any("No production model yet" in info.value for info in at.info)
 
 
-def test_dead_database_is_a_message_not_a_crash(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from inspection.settings import get_settings
-
+def test_dead_database_is_a_message_not_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DEFECTS_DATABASE_URL", "postgresql+psycopg://u:pw@127.0.0.1:1/x")
     get_settings.cache_clear()
-    at = AppTest.from_file(APP, default_timeout=60).run()
+    at = _app().run()
     assert not at.exception
     assert "cannot be used" in at.error[0].value
+
+
+def test_upload_inspects_stores_and_a_rerun_reinspects_nothing(
+    production: str, tmp_path: Path
+) -> None:
+    at = _app().run()
+    assert not at.exception
+    at.file_uploader(key="inspect_files").set_value(_png_files(tmp_path, 3, 1)).run()
+    assert not at.exception, at.exception
+    assert _count(production, Inspection) == 3
+    assert [m.value for m in at.metric][:1] == ["3"]
+    assert len(at.dataframe) == 1 and len(at.dataframe[0].value) == 3
+    at.run()  # a mere rerun
+    assert _count(production, Inspection) == 3
+
+
+def test_zip_upload_with_a_bad_entry(production: str, tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data, _ in _png_files(tmp_path, 2, 2):
+            archive.writestr(name, data)
+        archive.writestr("readme.txt", "not a part")
+    at = _app().run()
+    at.file_uploader(key="inspect_files").set_value(
+        ("lot.zip", buffer.getvalue(), "application/zip")
+    ).run()
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value
+    assert len(table) == 3 and (table["verdict"] == "error").sum() == 1
+    assert "not an image file" in " ".join(table["error"].astype(str))
+
+
+def test_review_page_records_a_review(production: str, tmp_path: Path) -> None:
+    at = _app().run()
+    at.file_uploader(key="inspect_files").set_value(_png_files(tmp_path, 2, 3)).run()
+    at.switch_page("views/review.py").run()
+    assert not at.exception, at.exception
+    at.text_input(key="reviewer").input("Ana").run()
+    at.button(key="mark_good").click().run()
+    assert not at.exception, at.exception
+    assert _count(production, Review) == 1
+
+
+def test_history_models_and_settings_pages(production: str, tmp_path: Path) -> None:
+    at = _app().run()
+    at.file_uploader(key="inspect_files").set_value(_png_files(tmp_path, 2, 4)).run()
+    at.switch_page("views/history.py").run()
+    assert not at.exception, at.exception
+    assert len(at.get("plotly_chart")) >= 3
+    assert at.get("download_button")
+    at.switch_page("views/models.py").run()
+    assert not at.exception, at.exception
+    assert "tiny" in at.dataframe[0].value["name"].tolist()
+    at.switch_page("views/settings.py").run()
+    assert not at.exception, at.exception
+    assert {s.label for s in at.slider} == set(CLASSES)
+
+
+def test_empty_history_says_what_to_do() -> None:
+    at = _app()
+    at.run()
+    at.switch_page("views/history.py").run()
+    assert not at.exception
+    assert any("No inspections" in i.value for i in at.info)
+
+
+def test_p_chart_limits_by_hand() -> None:
+    # p-bar = 6 / 40 = 0.15; n = 10: 3 * sqrt(0.15 * 0.85 / 10) = 0.3387...
+    chart = p_chart([1, 0, 5, 0], [10, 10, 10, 10])
+    assert chart.center == pytest.approx(0.15)
+    assert chart.upper[0] == pytest.approx(0.15 + 3 * (0.15 * 0.85 / 10) ** 0.5)
+    assert chart.lower == [0.0] * 4
+    assert chart.out_of_control == [False, False, True, False]  # 50% is above 48.9%
+    assert p_chart([0], [0]).out_of_control == [False]
+
+
+def test_figures_are_built_from_plain_data() -> None:
+    days = [date(2026, 1, 1), date(2026, 1, 2)]
+    figure = rates_figure([RateRow(days[0], 10, 1, 20, 2), RateRow(days[1], 10, 0, 20, 1)])
+    assert figure.data[0].y == (0.1, 0.0)
+    assert len(volume_figure([VolumeRow(days[0], 5, 2, 1)]).data) == 3
+    assert pareto_figure(
+        [ParetoRow("scratch", 3, 0.75, 0.75), ParetoRow("spot", 1, 0.25, 1.0)]
+    ).data[1].y == (0.75, 1.0)
+    assert latency_figure([5.0, 7.0, 9.0]).layout.shapes

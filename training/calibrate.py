@@ -221,3 +221,75 @@ def score_split(
     finally:
         inspector.close()
     return parts
+
+
+@dataclass
+class StoredCalibration:
+    calibration: Calibration
+    dimensions: list[str]
+    operating_point: dict[str, Any]
+
+
+def calibrate_model(
+    url: str,
+    model: str,
+    data: str,
+    split: str,
+    max_miss_rate: float,
+    classifier: str | None = None,
+    verify_threshold: float | None = None,
+    device: str | None = None,
+) -> StoredCalibration:
+    """Score the split, calibrate, and store the result as the detector's operating point."""
+    from db.models import ModelKind
+    from db.registry import get_model_version
+    from db.session import session_scope
+    from training.datasets import dataset_yaml
+
+    with session_scope(url) as session:
+        detector = get_model_version(session, model)
+        if detector.kind != ModelKind.DETECTOR:
+            raise UserError(f"{detector.name} is not a detector")
+        dataset, _ = dataset_yaml(session, data)
+        if list(dataset.classes) != list(detector.classes):
+            raise UserError(f"{detector.name} was trained on other classes than {data!r}")
+        root, class_names = Path(dataset.root_path), list(dataset.classes)
+        detector_weights, iou = (
+            Path(detector.file_path),
+            float(detector.thresholds.get("iou", 0.45)),
+        )
+        classifier_version = get_model_version(session, classifier) if classifier else None
+        classifier_weights = Path(classifier_version.file_path) if classifier_version else None
+        classifier_name = classifier_version.name if classifier_version else None
+    parts = score_split(
+        root,
+        split,
+        detector_weights,
+        class_names,
+        classifier_weights,
+        verify_threshold,
+        iou,
+        device,
+    )
+    dimensions = class_names + ([PART] if classifier_weights else [])
+    result = calibrate(parts, dimensions, max_miss_rate)
+    never = 1.01  # above any confidence: that class alone never fails a part
+    operating_point: dict[str, Any] = {
+        "per_class": {
+            c: (result.thresholds[c] if math.isfinite(result.thresholds[c]) else never)
+            for c in class_names
+        },
+        "default": never,
+        "iou": iou,
+        "calibration": {"data": data, "split": split, **result.report()},
+    }
+    if classifier_name is not None:
+        part = result.thresholds[PART]
+        operating_point["classifier"] = {
+            "version": classifier_name,
+            "part": part if math.isfinite(part) else None,
+            "verify": verify_threshold,
+        }
+    with session_scope(url) as session:
+        get_model_version(session, model).thresholds = operating_point
+    return StoredCalibration(result, dimensions, operating_point)

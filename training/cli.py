@@ -283,56 +283,20 @@ def calibrate_command(
     """Pick per-class thresholds that hold a miss-rate target with the fewest false calls."""
     import math
 
-    from training.calibrate import PART, calibrate, score_split
-    from training.datasets import dataset_yaml
+    from training.calibrate import PART, calibrate_model
 
-    url = migrated_database_url()
-    with session_scope(url) as session:
-        detector = get_model_version(session, model)
-        if detector.kind != ModelKind.DETECTOR:
-            raise UserError(f"{detector.name} is not a detector")
-        dataset, _ = dataset_yaml(session, data)
-        if list(dataset.classes) != list(detector.classes):
-            raise UserError(f"{detector.name} was trained on other classes than {data!r}")
-        root, class_names = Path(dataset.root_path), list(dataset.classes)
-        detector_weights, iou = (
-            Path(detector.file_path),
-            float(detector.thresholds.get("iou", 0.45)),
-        )
-        classifier_version = get_model_version(session, classifier) if classifier else None
-        classifier_weights = Path(classifier_version.file_path) if classifier_version else None
-    parts = score_split(
-        root,
+    stored = calibrate_model(
+        migrated_database_url(),
+        model,
+        data,
         split,
-        detector_weights,
-        class_names,
-        classifier_weights,
+        max_miss_rate,
+        classifier,
         verify_threshold,
-        iou,
         device,
     )
-    dimensions = class_names + ([PART] if classifier_weights else [])
-    result = calibrate(parts, dimensions, max_miss_rate)
-    report = {"data": data, "split": split, **result.report()}
-    per_class = {
-        c: (result.thresholds[c] if math.isfinite(result.thresholds[c]) else 1.01)
-        for c in class_names
-    }
-    operating_point: dict = {
-        "per_class": per_class,
-        "default": 1.01,
-        "iou": iou,
-        "calibration": report,
-    }
-    if classifier_version is not None:
-        part = result.thresholds[PART]
-        operating_point["classifier"] = {
-            "version": classifier_version.name,
-            "part": part if math.isfinite(part) else None,
-            "verify": verify_threshold,
-        }
-    with session_scope(url) as session:
-        get_model_version(session, model).thresholds = operating_point
+    result, dimensions = stored.calibration, stored.dimensions
+    report = stored.operating_point["calibration"]
     table = Table("class", "threshold")
     for name in dimensions:
         value = result.thresholds[name]

@@ -335,14 +335,41 @@ def import_dataset(
     if not name or not all(c.isalnum() or c in "-_." for c in name):
         raise UserError(f"dataset name {name!r} may hold only letters, digits, '-', '_' and '.'")
     existing = session.scalars(select(Dataset).where(Dataset.name == name)).first()
-    root = datasets_dir / name
     if existing is not None and not replace:
         raise UserError(f"dataset {name!r} already exists (use --replace to import it again)")
     class_names, images, issues = READERS[source_format](src, classes)
+    split_of = _read_split_lists(splits_dir) if splits_dir else None
+    return write_dataset(
+        session,
+        name,
+        str(src),
+        source_format,
+        class_names,
+        images,
+        issues,
+        datasets_dir,
+        split_of,
+        existing,
+    )
+
+
+def write_dataset(
+    session: Session,
+    name: str,
+    source: str,
+    source_format: str,
+    class_names: list[str],
+    images: list[LabeledImage],
+    issues: list[ImportIssue],
+    datasets_dir: Path,
+    split_of: dict[str, str] | None = None,
+    existing: Dataset | None = None,
+) -> ImportReport:
+    """Check labeled images, lay them out for training and register the dataset."""
+    src = source
+    root = datasets_dir / name
     if not class_names:
         raise UserError(f"no classes found in {src}")
-    split_of = _read_split_lists(splits_dir) if splits_dir else None
-
     accepted: list[LabeledImage] = []
     seen: set[str] = set()
     for image in images:
@@ -410,7 +437,7 @@ def import_dataset(
     )
     split_counts = {s: {k: int(counts[s][k]) for k in ("images", "boxes", "good")} for s in SPLITS}
     dataset = existing or Dataset(name=name)
-    dataset.source = str(src)
+    dataset.source = src
     dataset.source_format = source_format
     dataset.root_path = str(root.resolve())
     dataset.classes = class_names

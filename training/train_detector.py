@@ -8,6 +8,7 @@ records the job and registers the best weights as a candidate model version.
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -149,6 +150,7 @@ def train_detector(request: TrainRequest, url: str | None = None) -> int:
             params={**request.__dict__, "extra": dict(request.extra)},
             dataset_id=dataset.id,
             started_at=utcnow(),
+            pid=os.getpid(),
         )
         session.add(job)
         session.flush()

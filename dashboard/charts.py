@@ -1,0 +1,189 @@
+"""Plotly figures for the history page: plain functions, data in, figure out (tested without
+Streamlit)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import date
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from db.queries import ModelUsage, ParetoRow, RateRow, VolumeRow, percentile
+
+
+@dataclass(frozen=True)
+class PChart:
+    center: float
+    upper: list[float]
+    lower: list[float]
+    out_of_control: list[bool]
+
+
+def p_chart(failures: list[int], totals: list[int], sigmas: float = 3.0) -> PChart:
+    """SPC p-chart: centre line p-bar and per-sample limits p-bar +/- 3 sqrt(p-bar (1 - p-bar) / n)."""
+    grand_total = sum(totals)
+    center = sum(failures) / grand_total if grand_total else 0.0
+    upper, lower, flags = [], [], []
+    for failed, n in zip(failures, totals, strict=True):
+        spread = sigmas * math.sqrt(center * (1 - center) / n) if n else 0.0
+        upper.append(min(1.0, center + spread))
+        lower.append(max(0.0, center - spread))
+        rate = failed / n if n else 0.0
+        flags.append(bool(n) and (rate > upper[-1] or rate < lower[-1]))
+    return PChart(center, upper, lower, flags)
+
+
+def _rate_panel(
+    figure: go.Figure, row: int, days: list[date], failures: list[int], totals: list[int], name: str
+) -> None:
+    rates = [f / n if n else None for f, n in zip(failures, totals, strict=True)]
+    chart = p_chart(failures, totals)
+    figure.add_trace(
+        go.Scatter(
+            x=days,
+            y=rates,
+            mode="lines+markers",
+            name=name,
+            marker={"color": ["#d62728" if o else "#1f77b4" for o in chart.out_of_control]},
+            customdata=list(zip(failures, totals, strict=True)),
+            hovertemplate="%{x}: %{y:.2%} (%{customdata[0]} of %{customdata[1]})<extra></extra>",
+        ),
+        row=row,
+        col=1,
+    )
+    figure.add_trace(
+        go.Scatter(
+            x=days,
+            y=[chart.center] * len(days),
+            mode="lines",
+            name=f"{name} p-bar",
+            line={"dash": "dash", "color": "grey"},
+        ),
+        row=row,
+        col=1,
+    )
+    figure.add_trace(
+        go.Scatter(
+            x=days,
+            y=chart.upper,
+            mode="lines",
+            name=f"{name} UCL",
+            line={"dash": "dot", "color": "#d62728", "shape": "hv"},
+        ),
+        row=row,
+        col=1,
+    )
+    figure.add_trace(
+        go.Scatter(
+            x=days,
+            y=chart.lower,
+            mode="lines",
+            name=f"{name} LCL",
+            line={"dash": "dot", "color": "#2ca02c", "shape": "hv"},
+        ),
+        row=row,
+        col=1,
+    )
+
+
+def rates_figure(rows: list[RateRow]) -> go.Figure:
+    """Miss rate and false-call rate per day, each with its p-chart control limits."""
+    figure = make_subplots(
+        rows=2,
+        cols=1,
+        shared_xaxes=True,
+        subplot_titles=("Miss rate (escapes)", "False-call rate (overkill)"),
+    )
+    days = [r.key for r in rows]
+    _rate_panel(
+        figure, 1, days, [r.n_missed for r in rows], [r.n_defective for r in rows], "miss rate"
+    )  # type: ignore[arg-type]
+    _rate_panel(
+        figure,
+        2,
+        days,
+        [r.n_false_calls for r in rows],
+        [r.n_good for r in rows],
+        "false-call rate",
+    )  # type: ignore[arg-type]
+    figure.update_yaxes(tickformat=".1%", rangemode="tozero")
+    figure.update_layout(height=560, legend={"orientation": "h"}, margin={"t": 40})
+    return figure
+
+
+def volume_figure(rows: list[VolumeRow]) -> go.Figure:
+    days = [r.day for r in rows]
+    figure = go.Figure(
+        [
+            go.Bar(
+                x=days,
+                y=[r.inspected - r.failed - r.errors for r in rows],
+                name="passed",
+                marker_color="#2ca02c",
+            ),
+            go.Bar(x=days, y=[r.failed for r in rows], name="failed", marker_color="#d62728"),
+            go.Bar(x=days, y=[r.errors for r in rows], name="errors", marker_color="#7f7f7f"),
+        ]
+    )
+    figure.update_layout(
+        barmode="stack", title="Parts inspected per day", yaxis_title="parts", height=360
+    )
+    return figure
+
+
+def pareto_figure(rows: list[ParetoRow]) -> go.Figure:
+    figure = make_subplots(specs=[[{"secondary_y": True}]])
+    names = [r.class_name for r in rows]
+    figure.add_trace(
+        go.Bar(x=names, y=[r.failed_parts for r in rows], name="failed parts"), secondary_y=False
+    )
+    figure.add_trace(
+        go.Scatter(
+            x=names, y=[r.cumulative_share for r in rows], name="cumulative", mode="lines+markers"
+        ),
+        secondary_y=True,
+    )
+    figure.update_yaxes(title_text="failed parts", secondary_y=False)
+    figure.update_yaxes(
+        title_text="cumulative share", tickformat=".0%", range=[0, 1.05], secondary_y=True
+    )
+    figure.update_layout(title="Defect Pareto", height=360)
+    return figure
+
+
+def latency_figure(latencies_ms: list[float]) -> go.Figure:
+    figure = go.Figure(go.Histogram(x=latencies_ms, nbinsx=50, name="parts"))
+    if latencies_ms:
+        ordered = sorted(latencies_ms)
+        for q, colour in ((50, "#1f77b4"), (99, "#d62728")):
+            value = percentile(ordered, q)
+            figure.add_vline(
+                x=value, line_dash="dash", line_color=colour, annotation_text=f"p{q} {value:.0f} ms"
+            )
+    figure.update_layout(
+        title="Latency per part", xaxis_title="ms", yaxis_title="parts", height=360
+    )
+    return figure
+
+
+def model_timeline_figure(usage: list[ModelUsage]) -> go.Figure:
+    """Which model version judged the parts, when."""
+    figure = go.Figure()
+    for item in usage:
+        name = item.model_name or "unknown"
+        figure.add_trace(
+            go.Scatter(
+                x=[item.first_at, item.last_at],
+                y=[name, name],
+                mode="lines+markers",
+                line={"width": 10},
+                name=name,
+                hovertemplate=f"{name}: {item.inspections} inspections<extra></extra>",
+            )
+        )
+    figure.update_layout(
+        title="Model version in use", height=120 + 40 * max(len(usage), 1), showlegend=False
+    )
+    return figure

@@ -1,0 +1,52 @@
+"""Parts with their defects drawn: boxes, class and confidence."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+COUNTED = (220, 30, 30)
+NOT_COUNTED = (240, 170, 0)
+MISSED = (30, 120, 230)
+
+
+@dataclass(frozen=True)
+class DrawnBox:
+    label: str
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    colour: tuple[int, int, int] = COUNTED
+
+
+def draw_boxes(pixels: np.ndarray, boxes: Iterable[DrawnBox], min_side: int = 320) -> Image.Image:
+    """The image (scaled up when small, so thin defects stay visible) with labelled boxes."""
+    image = Image.fromarray(pixels)
+    scale = max(1.0, min_side / max(min(image.size), 1))
+    if scale > 1:
+        image = image.resize(
+            (round(image.width * scale), round(image.height * scale)), Image.Resampling.NEAREST
+        )
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default()  # bundled with Pillow: nothing to download
+    width = max(2, round(scale))
+    for box in boxes:
+        corners = [box.x1 * scale, box.y1 * scale, box.x2 * scale, box.y2 * scale]
+        draw.rectangle(corners, outline=box.colour, width=width)
+        text_box = draw.textbbox((corners[0], corners[1]), box.label, font=font)
+        top = max(0, corners[1] - (text_box[3] - text_box[1]) - 4)
+        draw.rectangle(
+            [
+                corners[0],
+                top,
+                corners[0] + text_box[2] - text_box[0] + 4,
+                top + text_box[3] - text_box[1] + 4,
+            ],
+            fill=box.colour,
+        )
+        draw.text((corners[0] + 2, top + 1), box.label, fill=(255, 255, 255), font=font)
+    return image

@@ -1,0 +1,199 @@
+"""Inspect: upload parts, see each verdict with its defects drawn; results are stored."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from dashboard.drawing import NOT_COUNTED, DrawnBox, draw_boxes
+from dashboard.state import (
+    UPLOAD_LIMIT_MB,
+    database_ready,
+    detector_info,
+    inspector_for,
+    lines_and_stations,
+    no_model_message,
+)
+from db.queries import part_results
+from db.session import session_scope
+from inspection.batch import BatchInspection, SourceItem, iter_zip
+from inspection.errors import UserError
+from inspection.images import MAX_PIXELS, ImageDecodeError, decode_image
+from inspection.settings import get_settings
+
+IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "webp"]
+SHOWN_PARTS = 60
+
+state = database_ready()
+st.title("Inspect parts")
+info = detector_info(state.url)
+if info is None:
+    no_model_message()
+    st.stop()
+
+known = lines_and_stations(state.url)
+left, right = st.columns(2)
+line = left.selectbox(
+    "Production line", list(known) or ["Line 1"], accept_new_options=True, key="inspect_line"
+)
+station = right.selectbox(
+    "Station",
+    known.get(line or "", []) or ["Station 1"],
+    accept_new_options=True,
+    key="inspect_station",
+)
+st.caption(
+    f"Model {info.name}. Images: {', '.join(IMAGE_TYPES)} or zips of them, up to {UPLOAD_LIMIT_MB} MB per "
+    f"upload and {MAX_PIXELS // 1_000_000} megapixels per image. Files that are not images are recorded as errors."
+)
+files_tab, folder_tab = st.tabs(["Images or a zip", "A folder"])
+uploads = files_tab.file_uploader(
+    "Part images", type=[*IMAGE_TYPES, "zip"], accept_multiple_files=True, key="inspect_files"
+)
+folder = folder_tab.file_uploader(
+    "A folder of part images", accept_multiple_files="directory", key="inspect_folder"
+)
+uploaded = list(uploads or []) + list(folder or [])
+
+
+def source_items(files: list) -> list[SourceItem]:  # type: ignore[type-arg]
+    items: list[SourceItem] = []
+    for file in files:
+        data = file.getvalue()
+        if file.name.lower().endswith(".zip"):
+            try:
+                items.extend(iter_zip(io.BytesIO(data), file.name))
+            except UserError as exc:
+                items.append(SourceItem(file.name, None, str(exc)))
+        else:
+            items.append(SourceItem(file.name, data))
+    return items
+
+
+if not uploaded:
+    st.info("Upload one image, many, a zip or a folder to inspect them.")
+    st.stop()
+
+if not line or not station:
+    st.warning("Choose a line and a station first.")
+    st.stop()
+
+upload_key = (info.id, line, station, tuple(f.file_id for f in uploaded))
+if st.session_state.get("inspected_key") != upload_key:
+    # New uploads: inspect what this model has not judged yet (a rerun re-inspects nothing).
+    items = source_items(uploaded)
+    progress = st.progress(0.0, text=f"Inspecting {len(items)} parts...")
+    job = BatchInspection(
+        state.url,
+        get_settings().images_dir,
+        line,
+        station,
+        model=info.name,
+        source="dashboard upload",
+        inspector=inspector_for(info),
+    )
+    done = [0]
+
+    def advance(_result) -> None:  # type: ignore[no-untyped-def]
+        done[0] += 1
+        progress.progress(
+            min(done[0] / max(len(items), 1), 1.0), text=f"{done[0]} of {len(items)} parts"
+        )
+
+    summary = job.run(items, advance)
+    progress.empty()
+    st.session_state["inspected_key"] = upload_key
+    st.session_state["inspected_parts"] = [
+        (
+            item.name,
+            hashlib.sha256(item.data).hexdigest() if item.data is not None else None,
+            item.error,
+        )
+        for item in items
+    ]
+    st.session_state["inspected_summary"] = (
+        summary.inspected,
+        summary.skipped,
+        summary.parts_per_second,
+    )
+
+parts = st.session_state["inspected_parts"]
+with session_scope(state.url) as session:
+    stored = part_results(session, [h for _, h, _ in parts if h], info.id)
+    rows, views = [], []
+    for name, digest, read_error in parts:
+        inspection = stored.get(digest or "")
+        if inspection is None:
+            rows.append(
+                {
+                    "part": name,
+                    "verdict": "error",
+                    "defects": "",
+                    "latency ms": None,
+                    "error": read_error,
+                }
+            )
+            continue
+        counted = [p for p in inspection.predictions if p.counted]
+        rows.append(
+            {
+                "part": name,
+                "verdict": inspection.verdict.value,
+                "defects": ", ".join(f"{p.class_name} {p.confidence:.2f}" for p in counted),
+                "latency ms": round(inspection.latency_ms, 1) if inspection.latency_ms else None,
+                "error": inspection.error or "",
+            }
+        )
+        if inspection.verdict.value == "error":
+            continue
+        views.append(
+            (
+                name,
+                inspection.verdict.value,
+                inspection.latency_ms,
+                inspection.part.stored_path,
+                [
+                    DrawnBox(
+                        f"{p.class_name} {p.confidence:.2f}",
+                        p.x1,
+                        p.y1,
+                        p.x2,
+                        p.y2,
+                        *(() if p.counted else (NOT_COUNTED,)),
+                    )
+                    for p in inspection.predictions
+                    if p.x1 is not None
+                ],
+            )
+        )
+
+table = pd.DataFrame(rows)
+failed = int((table["verdict"] == "fail").sum())
+errors = int((table["verdict"] == "error").sum())
+inspected, skipped, rate = st.session_state["inspected_summary"]
+cols = st.columns(4)
+cols[0].metric("Parts", len(table))
+cols[1].metric("Failed", failed)
+cols[2].metric("Errors", errors)
+cols[3].metric("Parts / s", f"{rate:.1f}" if inspected else "-")
+if skipped:
+    st.caption(
+        f"{skipped} part(s) had already been inspected by {info.name}: their stored results are shown."
+    )
+st.dataframe(table, hide_index=True, use_container_width=True)
+
+for name, verdict, latency, stored_path, boxes in views[:SHOWN_PARTS]:
+    with st.container(border=True):
+        badge = ":red[**FAIL**]" if verdict == "fail" else ":green[**PASS**]"
+        st.markdown(f"{badge} `{name}` - {latency:.0f} ms" if latency else f"{badge} `{name}`")
+        try:
+            pixels = decode_image(Path(stored_path).read_bytes()).pixels
+            st.image(draw_boxes(pixels, boxes), use_container_width=False)
+        except (OSError, ImageDecodeError) as exc:
+            st.warning(f"cannot show the image: {exc}")
+if len(views) > SHOWN_PARTS:
+    st.caption(f"Showing the first {SHOWN_PARTS} parts; the table lists all {len(views)}.")

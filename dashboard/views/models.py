@@ -1,0 +1,156 @@
+"""Models: versions side by side, retraining in the background, backtests, promote and roll back."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+from sqlalchemy import select
+
+from dashboard.state import database_ready
+from db.models import Dataset, JobStatus, ModelKind, ModelStage, ModelVersion, TrainingJob
+from db.registry import NotFoundError, get_model_version, production_model, promote, rollback
+from db.session import session_scope
+from inspection.errors import UserError
+from training.backtest import backtest, recorded_rates
+from training.jobs import process_alive, start_detector_training
+
+
+def _pct(value: object) -> str:
+    return f"{value:.2%}" if isinstance(value, int | float) else "-"
+
+
+state = database_ready()
+st.title("Models")
+with session_scope(state.url) as session:
+    versions = session.scalars(select(ModelVersion).order_by(ModelVersion.created_at.desc())).all()
+    rows = [
+        {
+            "name": v.name,
+            "kind": v.kind.value,
+            "architecture": v.architecture,
+            "stage": v.stage.value,
+            "mAP50 (test)": (v.metrics or {}).get("map50"),
+            "miss rate (test)": _pct((v.metrics or {}).get("miss_rate")),
+            "false-call rate (test)": _pct((v.metrics or {}).get("false_call_rate")),
+            "val mAP50": (v.metrics or {}).get("val_map50"),
+            "accuracy": (v.metrics or {}).get(
+                "top1_accuracy", (v.metrics or {}).get("val_accuracy")
+            ),
+            "teacher": v.teacher.name if v.teacher else "",
+            "created": v.created_at,
+        }
+        for v in versions
+    ]
+    detectors = [v.name for v in versions if v.kind == ModelKind.DETECTOR]
+    candidates = [v.name for v in versions if v.stage == ModelStage.CANDIDATE]
+    datasets = list(session.scalars(select(Dataset.name).order_by(Dataset.name)))
+    jobs = session.scalars(
+        select(TrainingJob).order_by(TrainingJob.created_at.desc()).limit(10)
+    ).all()
+    job_rows = [
+        (j.id, j.kind, j.status, j.progress, j.pid, j.error, j.result_model_version_id)
+        for j in jobs
+    ]
+    production = production_model(session, ModelKind.DETECTOR)
+    production_name = production.name if production else None
+
+if not rows:
+    st.info(
+        "No model versions yet. Train one: `defects train detector --data NAME`, or start one below."
+    )
+else:
+    st.dataframe(pd.DataFrame(rows), hide_index=True, use_container_width=True)
+
+st.subheader("Promote or roll back")
+if detectors:
+    left, right = st.columns(2)
+    chosen = left.selectbox("Model version", [v.name for v in versions], key="promote_choice")
+    if left.button("Promote to production"):
+        with session_scope(state.url) as session:
+            previous = promote(session, get_model_version(session, chosen))
+        st.success(
+            f"{chosen} is in production" + (f"; {previous.name} archived" if previous else "")
+        )
+        st.rerun()
+    if right.button("Roll back the detector"):
+        try:
+            with session_scope(state.url) as session:
+                restored = rollback(session, ModelKind.DETECTOR)
+            st.success(f"{restored.name} is in production again")
+            st.rerun()
+        except NotFoundError as exc:
+            st.error(str(exc))
+
+st.subheader("Backtest a candidate on every reviewed part")
+if candidates:
+    candidate = st.selectbox("Candidate", candidates, key="backtest_choice")
+    if st.button("Run backtest"):
+        try:
+            with st.spinner("Inspecting the reviewed parts..."):
+                result = backtest(state.url, candidate)
+            with session_scope(state.url) as session:
+                current = recorded_rates(session)
+            table = pd.DataFrame(
+                [
+                    {
+                        "model": f"{candidate} (backtest)",
+                        "miss rate": _pct(result.rates.miss_rate),
+                        "misses": f"{result.rates.n_missed} of {result.rates.n_defective}",
+                        "false-call rate": _pct(result.rates.false_call_rate),
+                        "false calls": f"{result.rates.n_false_calls} of {result.rates.n_good}",
+                    },
+                    {
+                        "model": f"{production_name or 'production'} (recorded)",
+                        "miss rate": _pct(current.miss_rate),
+                        "misses": f"{current.n_missed} of {current.n_defective}",
+                        "false-call rate": _pct(current.false_call_rate),
+                        "false calls": f"{current.n_false_calls} of {current.n_good}",
+                    },
+                ]
+            )
+            st.dataframe(table, hide_index=True)
+        except UserError as exc:
+            st.error(str(exc))
+else:
+    st.caption("No candidate versions to backtest.")
+
+st.subheader("Retrain on labeled defects")
+if not datasets:
+    st.info(
+        "No datasets yet: import one (`defects import ...`) or export reviewed parts on the Review page."
+    )
+else:
+    with st.form("retrain"):
+        data = st.selectbox("Dataset", datasets)
+        epochs = st.number_input("Epochs", min_value=1, value=50)
+        imgsz = st.number_input("Image size", min_value=64, value=256, step=32)
+        fine_tune = st.checkbox(
+            f"Fine-tune from the production model ({production_name})"
+            if production_name
+            else "Fine-tune",
+            value=bool(production_name),
+            disabled=not production_name,
+        )
+        if st.form_submit_button("Start training"):
+            pid, log = start_detector_training(
+                data,
+                int(epochs),
+                int(imgsz),
+                production_name if fine_tune and production_name else None,
+            )
+            st.success(
+                f"Training started (process {pid}); it goes on if you close this page. Log: {log}"
+            )
+
+if job_rows:
+    st.subheader("Training jobs")
+    for job_id, kind, status, progress, pid, error, result_id in job_rows:
+        running = status == JobStatus.RUNNING
+        label = f"job {job_id} {kind}: {status.value}"
+        if running and not process_alive(pid):
+            label += " (its process has ended without finishing)"
+        st.progress(min(max(progress, 0.0), 1.0), text=label)
+        if error:
+            st.caption(error)
+        if result_id:
+            st.caption(f"result: model version {result_id}")

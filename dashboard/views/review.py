@@ -1,0 +1,128 @@
+"""Review: the least certain parts first; confirm defects, mark false calls, add missed ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from dashboard.drawing import NOT_COUNTED, DrawnBox, draw_boxes
+from dashboard.state import database_ready, detector_info
+from db.models import Inspection
+from db.reviews import add_missed_defect, confirm_defect, mark_false_call, mark_good, review_queue
+from db.session import session_scope
+from inspection.errors import UserError
+from inspection.images import ImageDecodeError, decode_image
+from inspection.settings import get_settings
+from training.backtest import export_reviews
+
+state = database_ready()
+st.title("Review parts")
+reviewer = st.text_input("Your name", key="reviewer", help="Every review records who made it.")
+
+with session_scope(state.url) as session:
+    queue = review_queue(session, limit=50)
+if not queue:
+    st.info("Nothing to review: inspected parts appear here, the least certain first.")
+else:
+    st.caption(f"{len(queue)} part(s) waiting, least certain first.")
+    choice = st.selectbox(
+        "Part",
+        range(len(queue)),
+        format_func=lambda i: f"#{i + 1}: part {queue[i].part_id} (margin {queue[i].margin:.2f})",
+        key="review_choice",
+    )
+    item = queue[choice]
+    with session_scope(state.url) as session:
+        inspection = session.get(Inspection, item.inspection_id)
+        assert inspection is not None
+        part = inspection.part
+        predictions = [
+            (p.id, p.class_name, p.confidence, p.counted, (p.x1, p.y1, p.x2, p.y2))
+            for p in inspection.predictions
+        ]
+        verdict, stored_path, size = (
+            inspection.verdict.value,
+            part.stored_path,
+            (part.width, part.height),
+        )
+        name = part.original_name
+    info = detector_info(state.url)
+    classes = info.classes if info else sorted({p[1] for p in predictions})
+    left, right = st.columns([3, 2])
+    with left:
+        st.markdown(f"**{name}**: {verdict.upper()}")
+        try:
+            pixels = decode_image(Path(stored_path).read_bytes()).pixels
+            boxes = [
+                DrawnBox(f"{i + 1}: {c} {conf:.2f}", *box, *(() if counted else (NOT_COUNTED,)))
+                for i, (_, c, conf, counted, box) in enumerate(predictions)
+                if box[0] is not None
+            ]
+            st.image(draw_boxes(pixels, boxes))
+        except (OSError, ImageDecodeError) as exc:
+            st.warning(f"cannot show the image: {exc}")
+    with right:
+        if not reviewer.strip():
+            st.warning("Enter your name to review.")
+        for i, (prediction_id, class_name, confidence, counted, _) in enumerate(predictions):
+            st.markdown(
+                f"{i + 1}. {class_name} {confidence:.2f}"
+                + ("" if counted else " (below threshold)")
+            )
+            a, b = st.columns(2)
+            if a.button(
+                "Confirm defect", key=f"confirm_{prediction_id}", disabled=not reviewer.strip()
+            ):
+                with session_scope(state.url) as session:
+                    confirm_defect(session, prediction_id, reviewer)
+                st.rerun()
+            if b.button("False call", key=f"false_{prediction_id}", disabled=not reviewer.strip()):
+                with session_scope(state.url) as session:
+                    mark_false_call(session, prediction_id, reviewer)
+                st.rerun()
+        if st.button("Mark part good", key="mark_good", disabled=not reviewer.strip()):
+            with session_scope(state.url) as session:
+                mark_good(session, item.part_id, reviewer)
+            st.rerun()
+        with st.form("missed"):
+            st.markdown("Add a missed defect (pixels of the original image)")
+            missed_class = st.selectbox("Class", classes or ["defect"])
+            c1, c2, c3, c4 = st.columns(4)
+            width, height = size
+            x1 = c1.number_input("x1", min_value=0.0, value=0.0)
+            y1 = c2.number_input("y1", min_value=0.0, value=0.0)
+            x2 = c3.number_input("x2", min_value=0.0, value=float(width or 10))
+            y2 = c4.number_input("y2", min_value=0.0, value=float(height or 10))
+            if st.form_submit_button("Add missed defect", disabled=not reviewer.strip()):
+                try:
+                    with session_scope(state.url) as session:
+                        add_missed_defect(
+                            session, item.part_id, missed_class, (x1, y1, x2, y2), reviewer
+                        )
+                    st.rerun()
+                except (ValueError, LookupError) as exc:
+                    st.error(str(exc))
+    st.caption("Boxes: red counts toward the verdict, amber is below its threshold.")
+
+st.divider()
+st.subheader("Reviewed parts as training data")
+with st.form("export"):
+    dataset_name = st.text_input("New dataset name", value="reviews")
+    if st.form_submit_button("Export reviewed parts"):
+        info = detector_info(state.url)
+        if info is None:
+            st.error("No production model: the export needs its class list.")
+        else:
+            try:
+                with session_scope(state.url) as session:
+                    report = export_reviews(
+                        session, dataset_name, info.classes, get_settings().datasets_dir
+                    )
+                st.success(
+                    f"Exported {report.n_images} parts as dataset {report.name}: retrain on the Models page."
+                )
+                for issue in report.issues[:20]:
+                    st.caption(str(issue))
+            except UserError as exc:
+                st.error(str(exc))

@@ -1,0 +1,124 @@
+"""Settings: the production model's per-class thresholds (or calibrate them), lines and stations."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import streamlit as st
+from sqlalchemy import select
+
+from dashboard.state import database_ready, detector_info, lines_and_stations
+from db.models import Dataset, ModelKind, ModelVersion
+from db.registry import ensure_station, get_model_version
+from db.session import session_scope
+from inspection.errors import UserError
+from training.calibrate import calibrate_model
+
+state = database_ready()
+st.title("Settings")
+
+st.subheader("Thresholds of the production model")
+info = detector_info(state.url)
+if info is None:
+    st.info("No production model yet: promote one on the Models page.")
+else:
+    per_class = dict(info.thresholds.get("per_class") or {})
+    with st.form("thresholds"):
+        st.caption(
+            f"{info.name}: a part fails when a defect's confidence reaches its class's threshold. "
+            "Lower catches more defects and fails more good parts."
+        )
+        edited = {
+            name: st.slider(
+                name, 0.01, 1.0, float(min(per_class.get(name, 0.25), 1.0)), 0.01, key=f"t_{name}"
+            )
+            for name in info.classes
+        }
+        if st.form_submit_button("Save thresholds"):
+            with session_scope(state.url) as session:
+                version = get_model_version(session, info.id)
+                thresholds = dict(version.thresholds)
+                thresholds["per_class"] = edited
+                thresholds.pop("calibration", None)  # hand-set: no longer the calibrated point
+                version.thresholds = thresholds
+            st.success("Saved: the next inspection uses them.")
+    calibration = info.thresholds.get("calibration")
+    if calibration:
+        st.caption(
+            f"Calibrated on {calibration.get('data')}/{calibration.get('split')} for a miss rate of at most "
+            f"{calibration.get('max_miss_rate')}: {calibration.get('n_missed')} of {calibration.get('n_defective')} "
+            f"missed (95% upper bound {calibration.get('miss_rate_upper_95', 0):.2%})."
+        )
+
+    st.subheader("Calibrate to a target miss rate")
+    with session_scope(state.url) as session:
+        datasets = list(session.scalars(select(Dataset.name).order_by(Dataset.name)))
+        classifiers = list(
+            session.scalars(
+                select(ModelVersion.name).where(ModelVersion.kind == ModelKind.CLASSIFIER)
+            )
+        )
+    if not datasets:
+        st.caption("Calibration needs a labeled dataset: import one first.")
+    else:
+        with st.form("calibrate"):
+            data = st.selectbox("Labeled dataset", datasets)
+            split = st.selectbox(
+                "Split", ["val", "train"], help="Keep the test split for reporting."
+            )
+            target = st.number_input(
+                "Largest acceptable miss rate", 0.0, 0.5, 0.005, 0.001, format="%.3f"
+            )
+            classifier = st.selectbox("Classifier", ["none", *classifiers])
+            if st.form_submit_button("Calibrate"):
+                try:
+                    with st.spinner("Scoring the split..."):
+                        stored = calibrate_model(
+                            state.url,
+                            info.name,
+                            data,
+                            split,
+                            float(target),
+                            None if classifier == "none" else classifier,
+                        )
+                    result = stored.calibration
+                    st.success(
+                        f"Miss rate {result.n_missed} of {result.n_defective}; false calls "
+                        f"{result.n_false_calls} of {result.n_good}. Stored as the operating point."
+                    )
+                    st.dataframe(
+                        pd.DataFrame(
+                            [
+                                {"dimension": k, "threshold": v if math.isfinite(v) else None}
+                                for k, v in result.thresholds.items()
+                            ]
+                        ),
+                        hide_index=True,
+                    )
+                except UserError as exc:
+                    st.error(str(exc))
+
+st.subheader("Lines and stations")
+known = lines_and_stations(state.url)
+if known:
+    st.dataframe(
+        pd.DataFrame(
+            [{"line": line, "stations": ", ".join(stations)} for line, stations in known.items()]
+        ),
+        hide_index=True,
+    )
+else:
+    st.caption("No lines yet.")
+with st.form("add_station"):
+    left, right = st.columns(2)
+    new_line = left.text_input("Line")
+    new_station = right.text_input("Station")
+    if st.form_submit_button("Add"):
+        try:
+            with session_scope(state.url) as session:
+                ensure_station(session, new_line, new_station)
+            st.success(f"{new_line} / {new_station} added")
+            st.rerun()
+        except ValueError as exc:
+            st.error(str(exc))

@@ -1,0 +1,176 @@
+"""Reviews: a person's truth about parts, the queue of parts to check, and what they say.
+
+The queue puts the least certain parts first: those whose strongest evidence (a detection's
+confidence, or the part classifier's defect probability) lies closest to the threshold that
+decided the verdict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from db.models import Inspection, Part, Prediction, Review, ReviewKind, Verdict
+
+
+@dataclass(frozen=True)
+class QueueItem:
+    inspection_id: int
+    part_id: int
+    margin: float  # distance of the deciding score from its threshold; small = uncertain
+
+
+def _threshold_for(inspection: Inspection, class_name: str) -> float:
+    thresholds = inspection.thresholds or {}
+    per_class = thresholds.get("per_class") or {}
+    return float(per_class.get(class_name, thresholds.get("default", 0.25)))
+
+
+def uncertainty_margin(inspection: Inspection) -> float:
+    margins = [
+        abs(p.confidence - _threshold_for(inspection, p.class_name)) for p in inspection.predictions
+    ]
+    part_threshold = ((inspection.thresholds or {}).get("classifier") or {}).get("part")
+    if inspection.defect_probability is not None and part_threshold is not None:
+        margins.append(abs(inspection.defect_probability - float(part_threshold)))
+    # A pass with nothing found at all is the most certain kind of verdict.
+    return min(margins, default=1.0)
+
+
+def review_queue(
+    session: Session, limit: int = 50, line_id: int | None = None, scan: int = 2000
+) -> list[QueueItem]:
+    """Unreviewed, inspected parts, least certain first (among the `scan` most recent)."""
+    reviewed = select(Review.part_id)
+    query = (
+        select(Inspection)
+        .join(Part, Part.id == Inspection.part_id)
+        .where(Inspection.verdict != Verdict.ERROR, Inspection.part_id.not_in(reviewed))
+        .options(selectinload(Inspection.predictions))
+        .order_by(Inspection.inspected_at.desc())
+        .limit(scan)
+    )
+    if line_id is not None:
+        query = query.where(Part.line_id == line_id)
+    items = [QueueItem(i.id, i.part_id, uncertainty_margin(i)) for i in session.scalars(query)]
+    seen: set[int] = set()
+    unique = []
+    for item in sorted(items, key=lambda i: (i.margin, -i.inspection_id)):
+        if item.part_id not in seen:
+            seen.add(item.part_id)
+            unique.append(item)
+    return unique[:limit]
+
+
+def _prediction(session: Session, prediction_id: int) -> Prediction:
+    prediction = session.get(Prediction, prediction_id)
+    if prediction is None:
+        raise LookupError(f"no prediction {prediction_id}")
+    return prediction
+
+
+def confirm_defect(session: Session, prediction_id: int, reviewer: str) -> Review:
+    prediction = _prediction(session, prediction_id)
+    return _add(
+        session,
+        prediction.inspection.part_id,
+        ReviewKind.CONFIRMED_DEFECT,
+        reviewer,
+        prediction.class_name,
+        (prediction.x1, prediction.y1, prediction.x2, prediction.y2),
+        prediction_id,
+    )
+
+
+def mark_false_call(session: Session, prediction_id: int, reviewer: str) -> Review:
+    prediction = _prediction(session, prediction_id)
+    return _add(
+        session,
+        prediction.inspection.part_id,
+        ReviewKind.FALSE_CALL,
+        reviewer,
+        prediction.class_name,
+        (prediction.x1, prediction.y1, prediction.x2, prediction.y2),
+        prediction_id,
+    )
+
+
+def add_missed_defect(
+    session: Session,
+    part_id: int,
+    class_name: str,
+    box: tuple[float, float, float, float],
+    reviewer: str,
+) -> Review:
+    x1, y1, x2, y2 = box
+    if x2 <= x1 or y2 <= y1:
+        raise ValueError("a defect box needs x2 > x1 and y2 > y1")
+    part = session.get(Part, part_id)
+    if part is None:
+        raise LookupError(f"no part {part_id}")
+    if part.width and part.height and (x1 < 0 or y1 < 0 or x2 > part.width or y2 > part.height):
+        raise ValueError(f"the box lies outside the {part.width}x{part.height} image")
+    return _add(session, part_id, ReviewKind.MISSED_DEFECT, reviewer, class_name, box)
+
+
+def mark_good(session: Session, part_id: int, reviewer: str) -> Review:
+    return _add(session, part_id, ReviewKind.GOOD_PART, reviewer)
+
+
+def _add(
+    session: Session,
+    part_id: int,
+    kind: ReviewKind,
+    reviewer: str,
+    class_name: str | None = None,
+    box: tuple[float | None, float | None, float | None, float | None] | None = None,
+    prediction_id: int | None = None,
+) -> Review:
+    if not reviewer.strip():
+        raise ValueError("a review needs the reviewer's name")
+    x1, y1, x2, y2 = box or (None, None, None, None)
+    review = Review(
+        part_id=part_id,
+        prediction_id=prediction_id,
+        kind=kind,
+        class_name=class_name,
+        x1=x1,
+        y1=y1,
+        x2=x2,
+        y2=y2,
+        reviewer=reviewer.strip(),
+    )
+    session.add(review)
+    session.flush()
+    return review
+
+
+@dataclass(frozen=True)
+class PartTruth:
+    part_id: int
+    stored_path: str
+    defective: bool
+    boxes: list[tuple[str, float, float, float, float]]  # class, x1, y1, x2, y2
+
+
+def reviewed_parts(session: Session) -> list[PartTruth]:
+    """Every reviewed part with its truth, as reviewers gave it (the defective reading wins)."""
+    parts = session.scalars(
+        select(Part).where(Part.id.in_(select(Review.part_id))).options(selectinload(Part.reviews))
+    ).all()
+    truths = []
+    for part in parts:
+        defects = [
+            r
+            for r in part.reviews
+            if r.kind in (ReviewKind.CONFIRMED_DEFECT, ReviewKind.MISSED_DEFECT)
+        ]
+        boxes = [
+            (r.class_name or "defect", r.x1, r.y1, r.x2, r.y2)
+            for r in defects
+            if None not in (r.x1, r.y1, r.x2, r.y2)
+        ]
+        truths.append(PartTruth(part.id, part.stored_path, bool(defects), boxes))  # type: ignore[arg-type]
+    return truths

@@ -1,0 +1,107 @@
+"""Backtest a model version on every reviewed part, and turn reviews into a training dataset.
+
+Reviews are the product's ground truth: before a candidate replaces the production model, QA can
+see the miss and false-call rates it would have had on the parts people have already judged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db.models import Dataset, Inspection, ModelKind, ModelVersion, Verdict
+from db.registry import get_model_version, production_model
+from db.reviews import reviewed_parts
+from db.session import session_scope
+from inspection.engine import Inspector, PartInput
+from inspection.errors import UserError
+from training.datasets import Box, ImportIssue, ImportReport, LabeledImage, write_dataset
+from training.evaluate import PartRates, part_rates
+
+
+@dataclass(frozen=True)
+class Backtest:
+    model_name: str
+    rates: PartRates
+    parts: int
+    unreadable: int
+
+
+def backtest(url: str, model: str) -> Backtest:
+    """The verdicts `model` gives the reviewed parts, scored against the reviews."""
+    with session_scope(url) as session:
+        version = get_model_version(session, model)
+        if version.kind != ModelKind.DETECTOR:
+            raise UserError("backtests run on detectors")
+        truths = reviewed_parts(session)
+        weights, thresholds, name = Path(version.file_path), dict(version.thresholds), version.name
+        classifier_name = (thresholds.get("classifier") or {}).get("version")
+        classifier = (
+            Path(get_model_version(session, classifier_name).file_path) if classifier_name else None
+        )
+    if not truths:
+        raise UserError("no reviewed parts yet: review some parts first")
+    readable = [t for t in truths if t.stored_path and Path(t.stored_path).is_file()]
+    inspector = Inspector.from_weights(weights, thresholds, classifier_weights=classifier)
+    try:
+        results = list(
+            inspector.inspect(
+                PartInput(str(t.part_id), Path(t.stored_path).read_bytes()) for t in readable
+            )
+        )
+    finally:
+        inspector.close()
+    outcomes = [
+        (t.defective, r.verdict == "fail")
+        for t, r in zip(readable, results, strict=True)
+        if r.verdict != "error"
+    ]
+    return Backtest(name, part_rates(outcomes), len(outcomes), len(truths) - len(outcomes))
+
+
+def recorded_rates(session: Session, model: ModelVersion | None = None) -> PartRates:
+    """The rates the recorded verdicts (of the production model by default) had on reviewed parts."""
+    model = model or production_model(session, ModelKind.DETECTOR)
+    truth = {t.part_id: t.defective for t in reviewed_parts(session)}
+    query = select(Inspection.part_id, Inspection.verdict).where(
+        Inspection.part_id.in_(list(truth)), Inspection.verdict != Verdict.ERROR
+    )
+    if model is not None:
+        query = query.where(Inspection.model_version_id == model.id)
+    return part_rates([(truth[p], v == Verdict.FAIL) for p, v in session.execute(query)])
+
+
+def export_reviews(
+    session: Session, name: str, class_names: list[str], datasets_dir: Path
+) -> ImportReport:
+    """Reviewed parts as a labeled dataset (YOLO layout), registered for retraining."""
+    if session.scalars(select(Dataset).where(Dataset.name == name)).first() is not None:
+        raise UserError(f"a dataset named {name!r} already exists")
+    images: list[LabeledImage] = []
+    issues: list[ImportIssue] = []
+    for truth in reviewed_parts(session):
+        path = Path(truth.stored_path) if truth.stored_path else None
+        if path is None or not path.is_file():
+            issues.append(ImportIssue(f"part {truth.part_id}", "its image file is missing"))
+            continue
+        boxes = []
+        for class_name, x1, y1, x2, y2 in truth.boxes:
+            if class_name not in class_names:
+                issues.append(
+                    ImportIssue(path.name, f"class {class_name} is not one of {class_names}")
+                )
+                break
+            boxes.append(Box(class_names.index(class_name), x1, y1, x2, y2))
+        else:
+            if truth.defective and not boxes:
+                issues.append(
+                    ImportIssue(path.name, "reviewed as defective but no defect has a box")
+                )
+                continue
+            images.append(LabeledImage(path, 0, 0, boxes))
+    return write_dataset(
+        session, name, "reviews", "reviews", class_names, images, issues, datasets_dir
+    )

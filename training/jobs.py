@@ -1,0 +1,62 @@
+"""Training started from the app runs as its own process, so it survives the page being closed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from inspection.settings import get_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def start_detector_training(
+    data: str,
+    epochs: int,
+    imgsz: int,
+    from_model: str | None = None,
+    architecture: str = "defect-yolo-s",
+    log_dir: Path | None = None,
+) -> tuple[int, Path]:
+    """Launch `defects train detector` detached; returns its pid and log file."""
+    log_dir = log_dir or get_settings().runs_dir / "jobs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    command = [
+        sys.executable,
+        "-c",
+        "from training.cli import main; main()",
+        "train",
+        "detector",
+        "--data",
+        data,
+        "--epochs",
+        str(epochs),
+        "--imgsz",
+        str(imgsz),
+    ]
+    command += ["--from", from_model] if from_model else ["--model", architecture]
+    log_file = log_dir / f"train-{data}-{os.getpid()}-{len(list(log_dir.iterdir()))}.log"
+    with log_file.open("w") as log:
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # not a child of the app's session: closing the page leaves it running
+        )
+    return process.pid, log_file
+
+
+def process_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
