@@ -54,6 +54,7 @@ class DefectClassifier(nn.Module):
         builder, return_nodes = BACKBONES[backbone]
         self.backbone_name = backbone
         self.class_names = list(class_names)
+        self.fpn_channels = fpn_channels
         self.body = create_feature_extractor(builder(weights=None), return_nodes=return_nodes)
         with torch.no_grad():
             channels = [f.shape[1] for f in self.body(torch.zeros(1, 3, 64, 64)).values()]

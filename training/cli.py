@@ -36,6 +36,10 @@ train_app = typer.Typer(help="Train models on an imported dataset.", no_args_is_
 app.add_typer(db_app, name="db")
 app.add_typer(models_app, name="models")
 app.add_typer(train_app, name="train")
+distill_app = typer.Typer(
+    help="Distill a large teacher into a small, fast student.", no_args_is_help=True
+)
+app.add_typer(distill_app, name="distill")
 console = Console()
 
 
@@ -226,6 +230,80 @@ def train_detector_command(
             f"{version.metrics.get('val_map50', 0):.3f}; evaluate it with "
             f"`defects evaluate {version.name} --data {data} --split test`"
         )
+
+
+@distill_app.command("detector")
+def distill_detector_command(
+    teacher: Annotated[str, typer.Option(help="Teacher detector version (frozen).")],
+    data: Annotated[str, typer.Option(help="Imported dataset name.")],
+    student: Annotated[str, typer.Option(help="Student architecture.")] = "defect-yolo-n",
+    from_model: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            help="Start the student from this version (retraining that keeps old defects).",
+        ),
+    ] = None,
+    epochs: Annotated[int, typer.Option(min=1)] = 100,
+    imgsz: Annotated[int, typer.Option(min=32)] = 256,
+    batch: Annotated[int, typer.Option(min=1)] = 16,
+    weight: Annotated[float, typer.Option(help="Weight of the distillation loss.")] = 6.0,
+    device: Annotated[str | None, typer.Option(help="cpu, 0, 0,1 (GPUs).")] = None,
+    resume: Annotated[bool, typer.Option(help="Resume the last interrupted run.")] = False,
+    seed: int = 0,
+) -> None:
+    """Train a student detector with feature distillation from a teacher (ultralytics' distill_model)."""
+    from training.train_detector import TrainRequest, train_detector
+
+    request = TrainRequest(
+        data=data,
+        architecture=student,
+        epochs=epochs,
+        imgsz=imgsz,
+        batch=batch,
+        device=device,
+        from_model=from_model,
+        resume=resume,
+        seed=seed,
+        teacher=teacher,
+        distill_weight=weight,
+    )
+    version_id = train_detector(request, url=migrated_database_url())
+    with session_scope(database_url()) as session:
+        version = get_model_version(session, version_id)
+        console.print(f"registered {version.name} (candidate), distilled from {teacher}")
+
+
+@distill_app.command("classifier")
+def distill_classifier_command(
+    teacher: Annotated[str, typer.Option(help="Teacher classifier version (frozen).")],
+    data: Annotated[str, typer.Option(help="Imported dataset name.")],
+    student: Annotated[str, typer.Option(help="Student backbone.")] = "mobilenet_v3_small",
+    epochs: Annotated[int, typer.Option(min=1)] = 30,
+    imgsz: Annotated[int, typer.Option(min=32)] = 128,
+    batch: Annotated[int, typer.Option(min=1)] = 32,
+    temperature: Annotated[float, typer.Option(min=1.0)] = 4.0,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N.")] = None,
+    seed: int = 0,
+) -> None:
+    """Train a student classifier on soft targets (Hinton) and the teacher's FPN features."""
+    from training.train_classifier import ClassifierTrainRequest, train_classifier
+
+    request = ClassifierTrainRequest(
+        data=data,
+        backbone=student,
+        epochs=epochs,
+        imgsz=imgsz,
+        batch=batch,
+        device=device,
+        seed=seed,
+        teacher=teacher,
+        temperature=temperature,
+    )
+    version_id = train_classifier(request, url=migrated_database_url())
+    with session_scope(database_url()) as session:
+        version = get_model_version(session, version_id)
+        console.print(f"registered {version.name} (candidate), distilled from {teacher}")
 
 
 @train_app.command("classifier")

@@ -23,12 +23,14 @@ from tqdm import tqdm
 
 import inspection  # noqa: F401 - runtime preparation first
 from db.models import Dataset as DatasetRow
-from db.models import JobStatus, ModelKind, TrainingJob, utcnow
+from db.models import JobStatus, ModelKind, ModelVersion, TrainingJob, utcnow
+from db.registry import get_model_version
 from db.session import session_scope
 from inspection.classifier import (
     GOOD,
     DefectClassifier,
     crop_with_context,
+    load_classifier,
     resize_square,
     save_classifier,
 )
@@ -156,6 +158,67 @@ class ClassifierTrainRequest:
     device: str | None = None
     seed: int = 0
     name: str | None = None
+    teacher: str | None = None  # classifier version to distill from
+    temperature: float = 4.0
+    kd_weight: float = 1.0  # Hinton's soft-target term
+    feature_weight: float = 1.0  # FPN feature term
+
+
+class ClassifierDistillation(nn.Module):
+    """Hinton's temperature-scaled KL on the logits plus MSE between the FPN levels, through
+    1x1 adapters (the student learns them) so that the student's features need not match the
+    teacher's channel for channel. The teacher is frozen and stays in eval mode."""
+
+    def __init__(
+        self,
+        teacher: DefectClassifier,
+        student: DefectClassifier,
+        temperature: float,
+        kd_weight: float,
+        feature_weight: float,
+    ) -> None:
+        super().__init__()
+        self.teacher = teacher.eval()
+        for parameter in self.teacher.parameters():
+            parameter.requires_grad_(False)
+        self.adapters = nn.ModuleList(
+            nn.Conv2d(student.fpn_channels, teacher.fpn_channels, 1) for _ in student.attention
+        )
+        self.temperature, self.kd_weight, self.feature_weight = (
+            temperature,
+            kd_weight,
+            feature_weight,
+        )
+
+    def forward(
+        self, student: DefectClassifier, images: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(student logits, soft-target loss, feature loss)."""
+        with torch.no_grad():
+            teacher_features = self.teacher.features(images)
+            teacher_logits = self.teacher.head(
+                torch.cat([f.mean(dim=(2, 3)) for f in teacher_features], dim=1)
+            )
+        student_features = student.features(images)
+        logits = student.head(torch.cat([f.mean(dim=(2, 3)) for f in student_features], dim=1))
+        t = self.temperature
+        soft = nn.functional.kl_div(
+            nn.functional.log_softmax(logits / t, dim=1),
+            nn.functional.softmax(teacher_logits / t, dim=1),
+            reduction="batchmean",
+        ) * (t * t)
+        feature = sum(
+            nn.functional.mse_loss(adapter(s), tf)
+            for adapter, s, tf in zip(
+                self.adapters, student_features, teacher_features, strict=True
+            )
+        ) / len(student_features)
+        return logits, soft * self.kd_weight, feature * self.feature_weight  # type: ignore[return-value]
+
+    def train(self, mode: bool = True) -> ClassifierDistillation:
+        super().train(mode)
+        self.teacher.eval()
+        return self
 
 
 def _accuracy(model: nn.Module, loader: DataLoader, device: str) -> float:
@@ -183,8 +246,14 @@ def train_classifier(request: ClassifierTrainRequest, url: str | None = None) ->
             list(dataset.classes),
             dataset.id,
         )
+        teacher_id, teacher_path = None, None
+        if request.teacher:
+            teacher_row = get_model_version(session, request.teacher)
+            if teacher_row.kind != ModelKind.CLASSIFIER:
+                raise UserError(f"{teacher_row.name} is not a classifier")
+            teacher_id, teacher_path = teacher_row.id, Path(teacher_row.file_path)
         job = TrainingJob(
-            kind="train-classifier",
+            kind="distill-classifier" if request.teacher else "train-classifier",
             status=JobStatus.RUNNING,
             params=request.__dict__,
             dataset_id=dataset_id,
@@ -219,7 +288,17 @@ def train_classifier(request: ClassifierTrainRequest, url: str | None = None) ->
         )
         val_loader = DataLoader(val_set, batch_size=request.batch * 2)
         model = DefectClassifier(request.backbone, class_names).to(device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=request.lr, weight_decay=0.05)
+        distillation = None
+        parameters = list(model.parameters())
+        if teacher_path is not None:
+            teacher, _ = load_classifier(teacher_path, device)
+            if teacher.class_names != class_names:
+                raise UserError(f"the teacher classifier knows other classes than {request.data!r}")
+            distillation = ClassifierDistillation(
+                teacher, model, request.temperature, request.kd_weight, request.feature_weight
+            ).to(device)
+            parameters += list(distillation.adapters.parameters())
+        optimizer = torch.optim.AdamW(parameters, lr=request.lr, weight_decay=0.05)
         steps = request.epochs * max(len(train_loader), 1)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0)))
@@ -231,13 +310,22 @@ def train_classifier(request: ClassifierTrainRequest, url: str | None = None) ->
             / f"{request.data}-{request.backbone}-{time.strftime('%Y%m%d-%H%M%S')}"
         )
         best_path, best_accuracy, started = run_dir / "best.pt", -1.0, time.perf_counter()
+        distill_log: list[float] = []
         for epoch in range(request.epochs):
             model.train()
+            if distillation is not None:
+                distillation.train()
             losses = []
             for images, labels in tqdm(
                 train_loader, desc=f"epoch {epoch + 1}/{request.epochs}", leave=False, disable=None
             ):
-                loss = criterion(model(images.to(device)), labels.to(device))
+                images, labels = images.to(device), labels.to(device)
+                if distillation is None:
+                    loss = criterion(model(images), labels)
+                else:
+                    logits, soft, feature = distillation(model, images)
+                    loss = criterion(logits, labels) + soft + feature
+                    distill_log.append(float(soft + feature))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -264,6 +352,12 @@ def train_classifier(request: ClassifierTrainRequest, url: str | None = None) ->
             "epochs": request.epochs,
             "train_wall_s": round(time.perf_counter() - started, 1),
         }
+        if distill_log:
+            per_epoch = np.array_split(np.array(distill_log), request.epochs)
+            metrics["distill_loss_per_epoch"] = [float(chunk.mean()) for chunk in per_epoch]
+        if distill_log:
+            per_epoch = np.array_split(np.array(distill_log), request.epochs)
+            metrics["distill_loss_per_epoch"] = [float(chunk.mean()) for chunk in per_epoch]
         with session_scope(url) as session:
             version = register_model_version(
                 session,
@@ -276,6 +370,7 @@ def train_classifier(request: ClassifierTrainRequest, url: str | None = None) ->
                 metrics=metrics,
                 thresholds={"part": 0.5, "verify": 0.5},
                 dataset=session.get(DatasetRow, dataset_id),
+                teacher=session.get(ModelVersion, teacher_id) if teacher_id else None,
                 name=request.name,
             )
             job = session.get(TrainingJob, job_id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -89,6 +90,8 @@ class TrainRequest:
     patience: int = 50
     seed: int = 0
     plots: bool = False
+    teacher: str | None = None  # model version to distill from (ultralytics' distill_model)
+    distill_weight: float = 6.0
     extra: tuple[tuple[str, Any], ...] = ()
 
 
@@ -125,7 +128,17 @@ def _latest_run(runs_dir: Path, prefix: str) -> Path:
     return candidates[-1]
 
 
-def train_detector(request: TrainRequest, url: str | None = None) -> int:
+def _add_callbacks(model, *groups: dict[str, Callable[[Any], None]] | None) -> None:  # type: ignore[no-untyped-def]
+    for group in groups:
+        for event, callback in (group or {}).items():
+            model.add_callback(event, callback)
+
+
+def train_detector(
+    request: TrainRequest,
+    url: str | None = None,
+    callbacks: dict[str, Callable[[Any], None]] | None = None,
+) -> int:
     """Train, register the best weights as a candidate; returns the model version id."""
     settings = get_settings()
     url = url or settings.resolved_database_url
@@ -133,19 +146,29 @@ def train_detector(request: TrainRequest, url: str | None = None) -> int:
     with session_scope(url) as session:
         dataset, data_path = dataset_yaml(session, request.data)
         class_names = list(dataset.classes)
-        teacher_name = None
+        base_name = None
         if request.from_model:
             base = get_model_version(session, request.from_model)
             if base.kind != ModelKind.DETECTOR:
                 raise UserError(f"{base.name} is a {base.kind.value}, not a detector")
             base_weights = Path(base.file_path)
             architecture = base.architecture
-            teacher_name = base.name
+            base_name = base.name
         else:
             base_weights = None
             architecture = request.architecture
+        teacher_id, teacher_weights = None, None
+        if request.teacher:
+            teacher = get_model_version(session, request.teacher)
+            if teacher.kind != ModelKind.DETECTOR:
+                raise UserError(f"{teacher.name} is a {teacher.kind.value}, not a detector")
+            if list(teacher.classes) != class_names:
+                raise UserError(
+                    f"the teacher {teacher.name} knows other classes than {request.data!r}"
+                )
+            teacher_id, teacher_weights = teacher.id, str(Path(teacher.file_path).resolve())
         job = TrainingJob(
-            kind="train-detector",
+            kind="distill-detector" if request.teacher else "train-detector",
             status=JobStatus.RUNNING,
             params={**request.__dict__, "extra": dict(request.extra)},
             dataset_id=dataset.id,
@@ -157,13 +180,12 @@ def train_detector(request: TrainRequest, url: str | None = None) -> int:
         job_id, dataset_id = job.id, dataset.id
 
     prefix = f"{request.data}-{architecture}"
+    events = {"on_fit_epoch_end": _job_progress_callback(url, job_id, request.epochs)}
     try:
         if request.resume:
             run_dir = _latest_run(runs_dir, prefix)
             model = load_detector(run_dir / "weights" / "last.pt")
-            model.add_callback(
-                "on_fit_epoch_end", _job_progress_callback(url, job_id, request.epochs)
-            )
+            _add_callbacks(model, events, callbacks)
             model.train(resume=True)
         else:
             model = (
@@ -171,9 +193,7 @@ def train_detector(request: TrainRequest, url: str | None = None) -> int:
                 if base_weights
                 else build_detector(architecture, class_names)
             )
-            model.add_callback(
-                "on_fit_epoch_end", _job_progress_callback(url, job_id, request.epochs)
-            )
+            _add_callbacks(model, events, callbacks)
             run_name = request.name or f"{prefix}-{datetime.now():%Y%m%d-%H%M%S}"
             model.train(
                 data=str(data_path),
@@ -192,6 +212,11 @@ def train_detector(request: TrainRequest, url: str | None = None) -> int:
                 pretrained=bool(base_weights),
                 **{
                     "close_mosaic": min(10, max(request.epochs // 5, 0)),
+                    **(
+                        {"distill_model": teacher_weights, "dis": request.distill_weight}
+                        if teacher_weights
+                        else {}
+                    ),
                     **SURFACE_AUGMENTATION,
                     **dict(request.extra),
                 },
@@ -208,9 +233,10 @@ def train_detector(request: TrainRequest, url: str | None = None) -> int:
             "run_dir": str(Path(trainer.save_dir)),
         }
         with session_scope(url) as session:
-            from db.models import Dataset
+            from db.models import Dataset, ModelVersion
 
             dataset = session.get(Dataset, dataset_id)
+            teacher_row = session.get(ModelVersion, teacher_id) if teacher_id else None
             version = register_model_version(
                 session,
                 best,
@@ -221,7 +247,8 @@ def train_detector(request: TrainRequest, url: str | None = None) -> int:
                 image_size=int(trainer.args.imgsz),
                 metrics=metrics,
                 dataset=dataset,
-                notes=f"fine-tuned from {teacher_name}" if teacher_name else "",
+                teacher=teacher_row,
+                notes=f"fine-tuned from {base_name}" if base_name else "",
             )
             job = session.get(TrainingJob, job_id)
             assert job is not None

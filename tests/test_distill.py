@@ -1,0 +1,85 @@
+"""Distillation on tiny synthetic data: the term is non-zero and falls, the teacher is untouched,
+only the student is saved, and the teacher is recorded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from db.registry import get_model_version
+from db.session import session_scope
+from inspection.settings import get_settings
+from tests.conftest import Trained
+
+
+def _state(path: Path) -> dict[str, torch.Tensor]:
+    model = torch.load(path, map_location="cpu", weights_only=False)["model"]
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_detector_distillation(trained: Trained, monkeypatch: pytest.MonkeyPatch) -> None:
+    from training.train_detector import TrainRequest, train_detector
+
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
+    get_settings.cache_clear()
+    before = _state(trained.weights)
+    distill_terms: list[float] = []
+
+    def record(trainer) -> None:  # type: ignore[no-untyped-def]
+        distill_terms.append(float(trainer.loss_items["dis_loss"]))
+
+    request = TrainRequest(
+        data="synth",
+        architecture="defect-yolo-n-plain",
+        epochs=2,
+        imgsz=64,
+        batch=4,
+        teacher=trained.version_name,
+        extra=(("warmup_epochs", 0), ("mosaic", 0.0)),
+    )
+    version_id = train_detector(request, url=trained.url, callbacks={"on_train_batch_end": record})
+    assert len(distill_terms) >= 6 and all(t > 0 for t in distill_terms)
+    assert sum(distill_terms[-3:]) < sum(distill_terms[:3])  # the student moves toward the teacher
+    after = _state(trained.weights)
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the teacher did not change
+    with session_scope(trained.url) as session:
+        student = get_model_version(session, version_id)
+        assert student.teacher is not None and student.teacher.name == trained.version_name
+        checkpoint = torch.load(student.file_path, map_location="cpu", weights_only=False)
+        assert type(checkpoint["model"]).__name__ == "DetectionModel"  # only the student is saved
+        assert student.architecture == "defect-yolo-n-plain"
+
+
+def test_classifier_distillation(
+    trained: Trained, trained_classifier: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from inspection.classifier import load_classifier
+    from training.train_classifier import ClassifierTrainRequest, train_classifier
+
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
+    get_settings.cache_clear()
+    with session_scope(trained.url) as session:
+        teacher_path = Path(get_model_version(session, trained_classifier).file_path)
+    teacher_before = {
+        k: v.clone() for k, v in load_classifier(teacher_path)[0].state_dict().items()
+    }
+    request = ClassifierTrainRequest(
+        data="synth",
+        backbone="mobilenet_v3_small",
+        epochs=3,
+        imgsz=64,
+        batch=8,
+        device="cpu",
+        teacher=trained_classifier,
+        lr=3e-3,
+    )
+    version_id = train_classifier(request, url=trained.url)
+    with session_scope(trained.url) as session:
+        student = get_model_version(session, version_id)
+        per_epoch = student.metrics["distill_loss_per_epoch"]
+        assert per_epoch[0] > 0 and per_epoch[-1] < per_epoch[0]
+        assert student.teacher is not None and student.teacher.name == trained_classifier
+    teacher_after = load_classifier(teacher_path)[0].state_dict()
+    assert all(torch.equal(teacher_before[k], teacher_after[k]) for k in teacher_before)
