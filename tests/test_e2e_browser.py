@@ -1,0 +1,129 @@
+"""The real app in headless Chromium: upload an image, wait for its verdict, save a screenshot."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from db.migrate import upgrade
+from db.models import ModelKind
+from db.registry import promote
+from db.session import session_scope
+from tests.conftest import Trained
+from tests.synthetic import CLASSES, make_images
+from training.versions import register_model_version
+
+CHROMIUM = Path("/usr/bin/chromium")
+ROOT = Path(__file__).parents[1]
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="Debian's chromium is not installed (.ci/run installs it)"
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _wait_healthy(url: str, process: subprocess.Popen, timeout: float = 90) -> None:  # type: ignore[type-arg]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"streamlit exited: {process.stderr.read() if process.stderr else ''}"
+            )
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.read() == b"ok":
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError("the app did not become healthy")
+
+
+def test_upload_an_image_and_see_its_verdict(trained: Trained, tmp_path: Path) -> None:
+    playwright = pytest.importorskip("playwright.sync_api")
+    data_dir = tmp_path / "data"
+    url = f"sqlite:///{data_dir / 'defects.db'}"
+    upgrade(url)
+    with session_scope(url) as session:
+        version = register_model_version(
+            session,
+            trained.weights,
+            data_dir / "models",
+            kind=ModelKind.DETECTOR,
+            architecture="defect-yolo-n",
+            class_names=CLASSES,
+            image_size=64,
+            name="tiny",
+        )
+        promote(session, version)
+    image = make_images(tmp_path / "parts", n=2)[1]
+    port = _free_port()
+    env = {**os.environ, "DEFECTS_DATA_DIR": str(data_dir), "DEFECTS_DEVICE": "cpu"}
+    env.pop("DEFECTS_DATABASE_URL", None)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "dashboard/app.py",
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--server.headless",
+            "true",
+            "--browser.gatherUsageStats",
+            "false",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_healthy(base, server)
+        with playwright.sync_playwright() as driver:
+            browser = driver.chromium.launch(
+                executable_path=str(CHROMIUM),
+                args=[
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--no-first-run",
+                ],
+            )
+            page = browser.new_page(viewport={"width": 1280, "height": 1200})
+            page.goto(base, timeout=60_000)
+            upload = page.locator('[data-testid="stFileUploaderDropzoneInput"]').first
+            upload.wait_for(state="attached", timeout=60_000)
+            upload.set_input_files(str(tmp_path / "parts" / image.name))
+            verdict = page.get_by_text("PASS").or_(page.get_by_text("FAIL")).first
+            verdict.wait_for(timeout=120_000)
+            page.wait_for_timeout(500)
+            screenshot = tmp_path / "inspect.png"
+            page.screenshot(path=str(screenshot), full_page=True)
+            browser.close()
+        assert screenshot.stat().st_size > 10_000
+        shots = os.environ.get("DEFECTS_TEST_SCREENSHOTS")
+        if shots:  # CI keeps the picture for people to look at
+            Path(shots).mkdir(parents=True, exist_ok=True)
+            (Path(shots) / "inspect.png").write_bytes(screenshot.read_bytes())
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
