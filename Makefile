@@ -23,6 +23,7 @@ migrate: install
 	$(BIN)/defects db upgrade
 
 run: migrate
+	$(BIN)/defects models install-demo
 	$(BIN)/streamlit run dashboard/app.py --server.address $(HOST) --server.port $(PORT) \
 		--server.headless true --browser.gatherUsageStats false
 

@@ -126,6 +126,16 @@ def models_rollback(
         console.print(f"{restored.name} is the production {kind.value} again")
 
 
+@models_app.command("install-demo")
+def models_install_demo() -> None:
+    """Register the shipped demo model; it becomes production only where there is none."""
+    from training.demo import install_demo
+
+    with session_scope(migrated_database_url()) as session:
+        result = install_demo(session, get_settings().models_dir)
+    console.print(result.message)
+
+
 @models_app.command("archive")
 def models_archive(model: Annotated[str, typer.Argument(help="Model version id or name.")]) -> None:
     """Retire a model version."""

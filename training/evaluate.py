@@ -333,3 +333,62 @@ def evaluate_classifier(
     return ClassifierEvaluation(
         split, model.class_names, confusion.tolist(), part_rates(outcomes), part_threshold
     )
+
+
+def detection_map(
+    predictions: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    truths: list[tuple[np.ndarray, np.ndarray]],
+) -> tuple[float, float]:
+    """(mAP50, mAP50-95) of any detector's output, scored by ultralytics' own matching and AP code
+    so that our engine and ultralytics' predict are measured with the same ruler.
+
+    predictions: per image (boxes xyxy, confidences, classes); truths: per image (boxes, classes).
+    """
+    import torch
+    from ultralytics.models.yolo.detect import DetectionValidator
+    from ultralytics.utils.metrics import ap_per_class, box_iou
+
+    with tempfile.TemporaryDirectory() as scratch:
+        validator = DetectionValidator(save_dir=Path(scratch))
+    correct, confidences, predicted, targets = [], [], [], []
+    for (boxes, conf, classes), (truth_boxes, truth_classes) in zip(
+        predictions, truths, strict=True
+    ):
+        if len(boxes) and len(truth_boxes):
+            iou = box_iou(
+                torch.as_tensor(truth_boxes, dtype=torch.float32),
+                torch.as_tensor(boxes, dtype=torch.float32),
+            )
+            hits = validator.match_predictions(
+                torch.as_tensor(classes, dtype=torch.float32),
+                torch.as_tensor(truth_classes, dtype=torch.float32),
+                iou,
+            ).numpy()
+        else:
+            hits = np.zeros((len(boxes), 10), dtype=bool)
+        correct.append(hits)
+        confidences.append(np.asarray(conf, dtype=float))
+        predicted.append(np.asarray(classes, dtype=float))
+        targets.append(np.asarray(truth_classes, dtype=float))
+    if not any(len(t) for t in targets):
+        return 0.0, 0.0
+    ap = ap_per_class(
+        np.concatenate(correct),
+        np.concatenate(confidences),
+        np.concatenate(predicted),
+        np.concatenate(targets),
+    )[5]
+    return float(ap[:, 0].mean()), float(ap.mean())
+
+
+def split_truths(root: Path, split: str) -> tuple[list[Path], list[tuple[np.ndarray, np.ndarray]]]:
+    """The images of a split and their labeled boxes in pixels."""
+    from PIL import Image
+
+    images = _split_images(root, split)
+    truths = []
+    for image in images:
+        with Image.open(image) as opened:
+            width, height = opened.size
+        truths.append(_labels(root, split, image, width, height))
+    return images, truths

@@ -1,0 +1,351 @@
+"""Inference benchmark: our engine (each backend) against ultralytics' predict, side by side.
+
+Same weights, the NEU-DET test images repeated to a few thousand parts (each copy made unique by
+a trailing byte, as real camera frames are, so no cache or de-duplication flatters anyone):
+- ultralytics `YOLO(weights).predict` image by image, and given the whole list (batched);
+- our engine end to end, decoding through the database write, for PyTorch, ONNX Runtime and
+  ONNX Runtime INT8 (static quantization calibrated on training images);
+- the bare forward rate of each backend and the model's GFLOPs, so the distance to the limit shows;
+- detection agreement: mAP50 / mAP50-95 of each on the 180 test images, scored by one ruler.
+
+    python bench/inference.py --weights models/neu-det-demo/weights.pt --parts 2000
+
+Writes bench/results/inference_<cpu|gpu>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+WORK = Path(tempfile.mkdtemp(prefix="defects-inference-bench-"))
+os.environ["DEFECTS_DATA_DIR"] = str(WORK / "data")  # before the product reads its settings
+
+import inspection  # noqa: E402,F401
+from db.migrate import upgrade  # noqa: E402
+from db.models import ModelKind  # noqa: E402
+from db.queries import percentile  # noqa: E402
+from db.session import session_scope  # noqa: E402
+from inspection.batch import BatchInspection, iter_source  # noqa: E402
+from inspection.engine import Inspector, PartInput  # noqa: E402
+from inspection.images import decode_image, letterbox  # noqa: E402
+from training.evaluate import detection_map  # noqa: E402
+from training.versions import register_model_version  # noqa: E402
+
+OPERATING_CONF = 0.25
+MAP_CONF = 0.001
+
+
+def _summary(latencies_ms: list[float], seconds: float, parts: int) -> dict[str, float]:
+    ordered = sorted(latencies_ms)
+    return {
+        "parts": parts,
+        "seconds": round(seconds, 3),
+        "parts_per_s": round(parts / seconds, 2),
+        "p50_ms": round(percentile(ordered, 50), 2) if ordered else None,
+        "p99_ms": round(percentile(ordered, 99), 2) if ordered else None,
+    }
+
+
+def make_parts(test_images: list[Path], count: int, folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        source = test_images[i % len(test_images)]
+        target = folder / f"{i:05d}_{source.name}"
+        target.write_bytes(source.read_bytes() + i.to_bytes(4, "little"))
+        paths.append(target)
+    return paths
+
+
+def ultralytics_single(weights: Path, paths: list[Path], imgsz: int, device: str) -> dict:
+    from ultralytics import YOLO
+
+    model = YOLO(str(weights))
+    for path in paths[:10]:
+        model.predict(str(path), imgsz=imgsz, conf=OPERATING_CONF, device=device, verbose=False)
+    latencies = []
+    start = time.perf_counter()
+    for path in paths:
+        began = time.perf_counter()
+        model.predict(str(path), imgsz=imgsz, conf=OPERATING_CONF, device=device, verbose=False)
+        latencies.append((time.perf_counter() - began) * 1000)
+    return _summary(latencies, time.perf_counter() - start, len(paths))
+
+
+def ultralytics_list(weights: Path, paths: list[Path], imgsz: int, device: str, batch: int) -> dict:
+    from ultralytics import YOLO
+
+    model = YOLO(str(weights))
+    list(
+        model.predict(
+            [str(p) for p in paths[:batch]],
+            imgsz=imgsz,
+            conf=OPERATING_CONF,
+            device=device,
+            verbose=False,
+            stream=True,
+            batch=batch,
+        )
+    )
+    start = time.perf_counter()
+    count = sum(
+        1
+        for _ in model.predict(
+            [str(p) for p in paths],
+            imgsz=imgsz,
+            conf=OPERATING_CONF,
+            device=device,
+            verbose=False,
+            stream=True,
+            batch=batch,
+        )
+    )
+    seconds = time.perf_counter() - start
+    return {**_summary([], seconds, count), "mean_ms": round(seconds / count * 1000, 2)}
+
+
+def ultralytics_map(
+    weights: Path, images: list[Path], truths: list, imgsz: int, device: str
+) -> tuple[float, float]:
+    from ultralytics import YOLO
+
+    model = YOLO(str(weights))
+    predictions = []
+    for result in model.predict(
+        [str(p) for p in images],
+        imgsz=imgsz,
+        conf=MAP_CONF,
+        iou=0.7,
+        device=device,
+        verbose=False,
+        stream=True,
+        batch=16,
+    ):
+        boxes = result.boxes
+        predictions.append(
+            (boxes.xyxy.cpu().numpy(), boxes.conf.cpu().numpy(), boxes.cls.cpu().numpy())
+        )
+    return detection_map(predictions, truths)
+
+
+def engine_map(inspector: Inspector, images: list[Path], truths: list) -> tuple[float, float]:
+    predictions = []
+    for result in inspector.inspect(PartInput(p.name, p.read_bytes()) for p in images):
+        names = inspector.class_names
+        boxes = np.array([[d.x1, d.y1, d.x2, d.y2] for d in result.detections]).reshape(-1, 4)
+        predictions.append(
+            (
+                boxes,
+                np.array([d.confidence for d in result.detections]),
+                np.array([names.index(d.class_name) for d in result.detections]),
+            )
+        )
+    return detection_map(predictions, truths)
+
+
+def engine_end_to_end(model_name: str, inspector: Inspector, folder: Path, url: str) -> dict:
+    job = BatchInspection(
+        url, WORK / f"store-{model_name}", "bench", "bench", model=model_name, inspector=inspector
+    )
+    warm = WORK / f"warm-{model_name}"
+    make_parts([next(folder.iterdir())], 16, warm)
+    job.run(iter_source(str(warm)))
+    job.summary.latencies_ms.clear()
+    start = time.perf_counter()
+    summary = job.run(iter_source(str(folder)))
+    seconds = time.perf_counter() - start
+    return _summary(summary.latencies_ms, seconds, summary.inspected - 16)
+
+
+def bare_forward(inspector: Inspector, imgsz: int, batch: int, seconds: float = 10.0) -> dict:
+    tensor = np.random.default_rng(0).random((batch, 3, imgsz, imgsz), dtype=np.float32)
+    for _ in range(3):
+        inspector.backend.infer(tensor)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        inspector.backend.infer(tensor)
+        count += batch
+    return {"batch": batch, "images_per_s": round(count / (time.perf_counter() - start), 1)}
+
+
+def quantize_int8(onnx_path: Path, calibration: list[Path], imgsz: int) -> Path:
+    """Static INT8 (QDQ, per-channel weights) calibrated on training images."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter(calibration)
+
+        def get_next(self):  # type: ignore[no-untyped-def]
+            path = next(self.items, None)
+            if path is None:
+                return None
+            tensor = letterbox(decode_image(path.read_bytes()), imgsz).tensor[None]
+            return {"images": tensor}
+
+    prepared = onnx_path.with_name(onnx_path.stem + "-prep.onnx")
+    quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True)
+    target = onnx_path.with_name(onnx_path.stem + "-int8.onnx")
+    quantize_static(
+        str(prepared),
+        str(target),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
+    import onnx
+
+    source_meta = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
+    model = onnx.load(str(target))
+    for key, value in source_meta.items():
+        model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
+    onnx.save(model, str(target))
+    return target
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--weights", type=Path, default=ROOT / "models" / "neu-det-demo" / "weights.pt"
+    )
+    parser.add_argument("--neu", type=Path, default=ROOT.parent / "shared" / "datasets" / "neu-det")
+    parser.add_argument("--parts", type=int, default=2000)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--backends", nargs="+", default=["pytorch", "onnx", "onnx-int8"])
+    parser.add_argument("--skip-ultralytics-single", action="store_true")
+    parser.add_argument(
+        "--engine-threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="torch threads for our engine",
+    )
+    args = parser.parse_args()
+    import torch
+    from ultralytics import YOLO
+    from ultralytics.utils.torch_utils import get_flops
+
+    from training.datasets import import_dataset
+    from training.evaluate import split_truths
+    from training.export import export_detector
+
+    url = f"sqlite:///{WORK / 'bench.db'}"
+    upgrade(url)
+    with session_scope(url) as session:
+        report = import_dataset(
+            session, "voc", args.neu, "neu-det", WORK / "datasets", args.neu / "splits"
+        )
+    yolo = YOLO(str(args.weights))
+    imgsz = int(yolo.ckpt["train_args"]["imgsz"])
+    class_names = [yolo.names[i] for i in sorted(yolo.names)]
+    test_images, truths = split_truths(report.root, "test")
+    train_images = sorted((report.root / "images" / "train").iterdir())[::12]
+    weights = WORK / "weights.pt"
+    shutil.copy(args.weights, weights)
+    onnx_path = export_detector(weights, imgsz=imgsz, dynamic=True)
+    parts_dir = WORK / "parts"
+    parts = make_parts(test_images, args.parts, parts_dir)
+    gpu = args.device.startswith("cuda")
+    result: dict = {
+        "hardware": torch.cuda.get_device_name(0)
+        if gpu
+        else f"CPU, {os.cpu_count()} cores ({platform.machine()})",
+        "weights": args.weights.name,
+        "imgsz": imgsz,
+        "gflops": round(get_flops(yolo.model, imgsz), 3),
+        "parts": args.parts,
+        "operating_conf": OPERATING_CONF,
+        "runs": {},
+    }
+    print(json.dumps({k: v for k, v in result.items() if k != "runs"}))
+    ul_device = "0" if gpu else "cpu"
+    result["runs"]["ultralytics_list"] = ultralytics_list(
+        weights, parts, imgsz, ul_device, args.batch
+    )
+    print("ultralytics list", result["runs"]["ultralytics_list"])
+    if not args.skip_ultralytics_single:
+        result["runs"]["ultralytics_single"] = ultralytics_single(weights, parts, imgsz, ul_device)
+        print("ultralytics single", result["runs"]["ultralytics_single"])
+    map50, map50_95 = ultralytics_map(weights, test_images, truths, imgsz, ul_device)
+    result["runs"]["ultralytics_list"].update(map50=round(map50, 4), map50_95=round(map50_95, 4))
+
+    sources = {"pytorch": weights, "onnx": onnx_path}
+    if "onnx-int8" in args.backends:
+        sources["onnx-int8"] = quantize_int8(onnx_path, train_images, imgsz)
+    ultralytics_threads = torch.get_num_threads()  # what its select_device chose for the CPU
+    result["ultralytics_torch_threads"] = ultralytics_threads
+    torch.set_num_threads(args.engine_threads)
+    result["engine_torch_threads"] = args.engine_threads
+    for backend in args.backends:
+        with session_scope(url) as session:
+            register_model_version(
+                session,
+                weights,
+                WORK / "models",
+                kind=ModelKind.DETECTOR,
+                architecture="bench",
+                class_names=class_names,
+                image_size=imgsz,
+                name=backend,
+                thresholds={"default": OPERATING_CONF, "iou": 0.45},
+            )
+        engine_kind = "pytorch" if backend == "pytorch" else "onnx"
+        device = args.device
+        operating = Inspector.from_weights(
+            sources[backend],
+            {"default": OPERATING_CONF, "iou": 0.45},
+            engine_kind,
+            device,
+            args.batch,
+        )
+        run = engine_end_to_end(backend, operating, parts_dir, url)
+        run["bare_forward"] = bare_forward(operating, imgsz, args.batch)
+        scoring = Inspector.from_weights(
+            sources[backend], {"default": MAP_CONF, "iou": 0.7}, engine_kind, device, args.batch
+        )
+        map50, map50_95 = engine_map(scoring, test_images, truths)
+        run.update(
+            map50=round(map50, 4), map50_95=round(map50_95, 4), backend=operating.backend.describe()
+        )
+        result["runs"][f"engine_{backend}"] = run
+        print(backend, run)
+    reference = result["runs"]["ultralytics_list"]
+    for name, run in result["runs"].items():
+        if name.startswith("engine_"):
+            run["speedup_vs_ultralytics_list"] = round(
+                run["parts_per_s"] / reference["parts_per_s"], 2
+            )
+            if "ultralytics_single" in result["runs"]:
+                run["speedup_vs_ultralytics_single"] = round(
+                    run["parts_per_s"] / result["runs"]["ultralytics_single"]["parts_per_s"], 2
+                )
+            run["map50_difference"] = round(run["map50"] - reference["map50"], 4)
+    out = ROOT / "bench" / "results" / f"inference_{'gpu' if gpu else 'cpu'}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+    shutil.rmtree(WORK, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""The demo model: registered once, production only where there is none; the shipped files agree."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from db.models import ModelKind
+from db.registry import production_model
+from inspection.engine import Inspector, PartInput
+from tests.conftest import Trained
+from tests.synthetic import CLASSES, make_images
+from training.demo import DEMO_DIR, install_demo
+
+
+def test_install_demo_is_idempotent_and_respects_production(
+    session, trained: Trained, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    shutil.copy(trained.weights, demo / "weights.pt")
+    (demo / "model.json").write_text(
+        json.dumps(
+            {
+                "name": "demo-v1",
+                "architecture": "defect-yolo-n",
+                "classes": CLASSES,
+                "imgsz": 64,
+                "thresholds": {"per_class": {"scratch": 0.3, "spot": 0.3}, "iou": 0.45},
+            }
+        )
+    )
+    first = install_demo(session, tmp_path / "models", demo)
+    assert first.promoted and production_model(session, ModelKind.DETECTOR).name == "demo-v1"
+    second = install_demo(session, tmp_path / "models", demo)
+    assert second.version_name == "demo-v1" and not second.promoted
+    assert install_demo(session, tmp_path / "models", tmp_path / "none").version_name is None
+
+
+@pytest.mark.skipif(not (DEMO_DIR / "weights.pt").exists(), reason="no demo model shipped yet")
+def test_shipped_onnx_gives_the_same_detections_as_the_weights(tmp_path: Path) -> None:
+    meta = json.loads((DEMO_DIR / "model.json").read_text())
+    thresholds = meta["thresholds"]
+    torch_inspector = Inspector.from_weights(DEMO_DIR / "weights.pt", thresholds, "pytorch", "cpu")
+    onnx_inspector = Inspector.from_weights(DEMO_DIR / "weights.onnx", thresholds, "onnx", "cpu")
+    images = make_images(tmp_path / "imgs", n=4, size=200, seed=3)
+    parts = [PartInput(i.name, (tmp_path / "imgs" / i.name).read_bytes()) for i in images]
+    for a, b in zip(torch_inspector.inspect(parts), onnx_inspector.inspect(parts), strict=True):
+        assert a.verdict == b.verdict
+        assert len(a.detections) == len(b.detections)
+        for x, y in zip(a.detections, b.detections, strict=True):
+            assert x.class_name == y.class_name
+            assert abs(x.confidence - y.confidence) < 1e-3
+            assert np.allclose([x.x1, x.y1, x.x2, x.y2], [y.x1, y.y1, y.x2, y.y2], atol=0.5)

@@ -1,0 +1,63 @@
+"""The demo model shipped in the repository, registered on first start so a new user sees a real
+inspection at once."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db.models import ModelKind, ModelVersion
+from db.registry import ensure_station, production_model, promote
+from training.versions import register_model_version, sha256_of
+
+DEMO_DIR = Path(__file__).resolve().parents[1] / "models" / "neu-det-demo"
+DEMO_LINE, DEMO_STATION = "Demo line", "Station 1"
+
+
+@dataclass(frozen=True)
+class DemoInstall:
+    version_name: str | None
+    promoted: bool
+    message: str
+
+
+def install_demo(session: Session, models_dir: Path, demo_dir: Path = DEMO_DIR) -> DemoInstall:
+    """Register the demo detector once; make it production only where there is none."""
+    card = demo_dir / "model.json"
+    weights = demo_dir / "weights.pt"
+    if not card.is_file() or not weights.is_file():
+        return DemoInstall(None, False, f"no demo model in {demo_dir}: nothing to install")
+    meta = json.loads(card.read_text())
+    digest = sha256_of(weights)
+    existing = session.scalars(select(ModelVersion).where(ModelVersion.sha256 == digest)).first()
+    version = existing or register_model_version(
+        session,
+        weights,
+        models_dir,
+        kind=ModelKind.DETECTOR,
+        architecture=meta["architecture"],
+        class_names=meta["classes"],
+        image_size=int(meta["imgsz"]),
+        metrics=meta.get("metrics", {}),
+        thresholds=meta.get("thresholds"),
+        name=meta["name"],
+        notes="demo model shipped with the product (steel strip, NEU-DET): retrain on your own parts",
+    )
+    onnx_file = demo_dir / "weights.onnx"
+    if onnx_file.is_file():
+        target = Path(version.file_path).with_suffix(".onnx")
+        if not target.exists():
+            target.write_bytes(onnx_file.read_bytes())
+    if production_model(session, ModelKind.DETECTOR) is None:
+        promote(session, version)
+        ensure_station(session, DEMO_LINE, DEMO_STATION)
+        return DemoInstall(
+            version.name, True, f"demo model {version.name} is the production detector"
+        )
+    return DemoInstall(
+        version.name, False, f"demo model {version.name} registered; production unchanged"
+    )
