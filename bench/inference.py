@@ -180,6 +180,14 @@ def bare_forward(inspector: Inspector, imgsz: int, batch: int, seconds: float = 
     return {"batch": batch, "images_per_s": round(count / (time.perf_counter() - start), 1)}
 
 
+def _head_prefix(graph) -> str:  # type: ignore[no-untyped-def]
+    """Node-name prefix of the last model layer (the Detect head), e.g. '/model.27/'."""
+    layers = [
+        int(n.name.split("/")[1].split(".")[1]) for n in graph.node if n.name.startswith("/model.")
+    ]
+    return f"/model.{max(layers)}/"
+
+
 def quantize_int8(onnx_path: Path, calibration: list[Path], imgsz: int) -> Path:
     """Static INT8 (QDQ, per-channel weights) calibrated on training images."""
     from onnxruntime.quantization import (
@@ -204,6 +212,13 @@ def quantize_int8(onnx_path: Path, calibration: list[Path], imgsz: int) -> Path:
     prepared = onnx_path.with_name(onnx_path.stem + "-prep.onnx")
     quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True)
     target = onnx_path.with_name(onnx_path.stem + "-int8.onnx")
+    # Only the backbone and neck convolutions: the detection head (its box distribution and the
+    # final concat of pixel boxes with 0-1 scores) stays in floating point, where one 8-bit range
+    # cannot hold both.
+    import onnx
+
+    graph = onnx.load(str(prepared)).graph
+    head = _head_prefix(graph)
     quantize_static(
         str(prepared),
         str(target),
@@ -212,6 +227,8 @@ def quantize_int8(onnx_path: Path, calibration: list[Path], imgsz: int) -> Path:
         per_channel=True,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
+        op_types_to_quantize=["Conv"],
+        nodes_to_exclude=[n.name for n in graph.node if n.name.startswith(head)],
     )
     import onnx
 

@@ -293,3 +293,19 @@ def calibrate_model(
     with session_scope(url) as session:
         get_model_version(session, model).thresholds = operating_point
     return StoredCalibration(result, dimensions, operating_point)
+
+
+def apply_thresholds(
+    parts: list[PartScores], thresholds: dict[str, float]
+) -> tuple[int, int, int, int]:
+    """(n_defective, n_missed, n_good, n_false_calls) of these thresholds on scored parts."""
+    n_defective = n_missed = n_good = n_false = 0
+    for part in parts:
+        flagged = any(part.scores.get(d, -NEVER) >= t for d, t in thresholds.items())
+        if part.defective:
+            n_defective += 1
+            n_missed += not flagged
+        else:
+            n_good += 1
+            n_false += flagged
+    return n_defective, n_missed, n_good, n_false

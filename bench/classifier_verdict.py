@@ -1,0 +1,210 @@
+"""Part verdicts on DeepPCB: detector alone, classifier alone, and both, at thresholds calibrated
+to a target miss rate on part of trainval, reported on the authors' test split (500 defective
+`_test` images + their 500 defect-free `_temp` templates).
+
+    python bench/classifier_verdict.py --epochs 100 --imgsz 640 --device 0
+
+Writes bench/results/classifier_verdict.json. Schedules are arguments: a CPU smoke run is
+`--epochs 1 --imgsz 320 --fraction 0.05`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "bench" / ".work" / "classifier_verdict"
+os.environ["DEFECTS_DATA_DIR"] = str(WORK)  # before the product reads its settings
+sys.path.insert(0, str(ROOT))
+
+import inspection  # noqa: E402,F401
+from db.migrate import upgrade  # noqa: E402
+from db.registry import get_model_version  # noqa: E402
+from db.session import session_scope  # noqa: E402
+from inspection.settings import get_settings  # noqa: E402
+from training.calibrate import PART, apply_thresholds, calibrate, score_split, upper_bound  # noqa: E402
+from training.datasets import Box, LabeledImage, write_dataset  # noqa: E402
+
+CLASSES = ["open", "short", "mousebite", "spur", "copper", "pin-hole"]
+
+
+def deeppcb_images(root: Path, list_file: str) -> list[LabeledImage]:
+    """Each listed board: its `_test` image with boxes (defective) and its `_temp` image (good)."""
+    images = []
+    for line in (root / list_file).read_text().split("\n"):
+        if not line.strip():
+            continue
+        image_rel, boxes_rel = line.split()
+        stem = Path(image_rel).stem
+        folder = root / Path(image_rel).parent
+        boxes = []
+        for row in (root / boxes_rel).read_text().split("\n"):
+            if row.strip():
+                x1, y1, x2, y2, c = (int(v) for v in row.replace(",", " ").split()[:5])
+                boxes.append(Box(c - 1, x1, y1, x2, y2))
+        images.append(LabeledImage(folder / f"{stem}_test.jpg", 0, 0, boxes))
+        images.append(LabeledImage(folder / f"{stem}_temp.jpg", 0, 0, []))
+    return images
+
+
+def ensure_dataset(url: str, root: Path) -> None:
+    from sqlalchemy import select
+
+    from db.models import Dataset
+
+    with session_scope(url) as session:
+        if session.scalars(select(Dataset).where(Dataset.name == "deeppcb")).first():
+            return
+        trainval = deeppcb_images(root, "trainval.txt")
+        test = deeppcb_images(root, "test.txt")
+        split_of = {}
+        for i, image in enumerate(trainval):
+            board = i // 2  # keep a board's test and template images in the same split
+            split_of[image.path.name] = "val" if board % 5 == 0 else "train"
+        split_of.update({image.path.name: "test" for image in test})
+        report = write_dataset(
+            session,
+            "deeppcb",
+            str(root),
+            "deeppcb",
+            CLASSES,
+            trainval + test,
+            [],
+            get_settings().datasets_dir,
+            split_of,
+        )
+        print("imported DeepPCB:", report.split_counts, len(report.issues), "issues")
+
+
+def rates(counts: tuple[int, int, int, int]) -> dict:
+    n_defective, n_missed, n_good, n_false = counts
+    return {
+        "n_defective": n_defective,
+        "n_missed": n_missed,
+        "miss_rate": n_missed / n_defective if n_defective else None,
+        "miss_rate_upper_95": upper_bound(n_missed, n_defective),
+        "n_good": n_good,
+        "n_false_calls": n_false,
+        "false_call_rate": n_false / n_good if n_good else None,
+        "false_call_rate_upper_95": upper_bound(n_false, n_good),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--deeppcb", type=Path, default=ROOT.parent / "shared" / "datasets" / "deeppcb" / "PCBData"
+    )
+    parser.add_argument("--detector", default="defect-yolo-s")
+    parser.add_argument("--classifier", default="resnet18")
+    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--classifier-epochs", type=int, default=30)
+    parser.add_argument("--imgsz", type=int, default=640)
+    parser.add_argument("--classifier-imgsz", type=int, default=160)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--fraction", type=float, default=1.0)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--max-miss-rate", type=float, default=0.002)
+    parser.add_argument("--verify-threshold", type=float, default=None)
+    args = parser.parse_args()
+    from training.train_classifier import ClassifierTrainRequest, train_classifier
+    from training.train_detector import TrainRequest, train_detector
+
+    url = get_settings().resolved_database_url
+    upgrade(url)
+    ensure_dataset(url, args.deeppcb)
+    started = time.perf_counter()
+    detector_id = train_detector(
+        TrainRequest(
+            data="deeppcb",
+            architecture=args.detector,
+            epochs=args.epochs,
+            imgsz=args.imgsz,
+            batch=args.batch,
+            device=args.device,
+            extra=(("fraction", args.fraction),),
+        ),
+        url=url,
+    )
+    detector_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    classifier_id = train_classifier(
+        ClassifierTrainRequest(
+            data="deeppcb",
+            backbone=args.classifier,
+            epochs=args.classifier_epochs,
+            imgsz=args.classifier_imgsz,
+            device=args.device,
+        ),
+        url=url,
+    )
+    classifier_seconds = time.perf_counter() - started
+    with session_scope(url) as session:
+        detector = get_model_version(session, detector_id)
+        classifier = get_model_version(session, classifier_id)
+        root = Path(get_settings().datasets_dir / "deeppcb")
+        detector_path, classifier_path = Path(detector.file_path), Path(classifier.file_path)
+    device = (
+        None
+        if args.device in (None, "cpu")
+        else f"cuda:{args.device}"
+        if args.device.isdigit()
+        else args.device
+    )
+    val = score_split(
+        root, "val", detector_path, CLASSES, classifier_path, args.verify_threshold, device=device
+    )
+    test = score_split(
+        root, "test", detector_path, CLASSES, classifier_path, args.verify_threshold, device=device
+    )
+    setups = {
+        "detector alone": CLASSES,
+        "classifier alone": [PART],
+        "detector and classifier": [*CLASSES, PART],
+    }
+    results = {}
+    for name, dimensions in setups.items():
+        calibrated = calibrate(val, dimensions, args.max_miss_rate)
+        results[name] = {
+            "thresholds": {
+                k: (v if v != float("inf") else None) for k, v in calibrated.thresholds.items()
+            },
+            "val": calibrated.report(),
+            "test": rates(apply_thresholds(test, calibrated.thresholds)),
+        }
+        print(name, json.dumps(results[name]["test"]))
+    out = ROOT / "bench" / "results" / "classifier_verdict.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        json.dumps(
+            {
+                "dataset": "DeepPCB (test: 500 defective + 500 good parts)",
+                "target_max_miss_rate": args.max_miss_rate,
+                "schedule": {
+                    "detector": args.detector,
+                    "epochs": args.epochs,
+                    "imgsz": args.imgsz,
+                    "fraction": args.fraction,
+                    "classifier": args.classifier,
+                    "classifier_epochs": args.classifier_epochs,
+                    "classifier_imgsz": args.classifier_imgsz,
+                },
+                "train_wall_s": {
+                    "detector": round(detector_seconds, 1),
+                    "classifier": round(classifier_seconds, 1),
+                },
+                "results": results,
+            },
+            indent=2,
+        )
+    )
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

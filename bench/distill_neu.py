@@ -1,0 +1,174 @@
+"""Distillation on NEU-DET: the n-scale student trained (a) alone and (b) distilled from an
+attention teacher, same data, schedule and seed; test mAP50, mAP50-95, part miss rate,
+parameters, GFLOPs and CPU latency of each (and of the teacher).
+
+    python bench/distill_neu.py --teacher-arch defect-yolo-s --epochs 100 --device 0
+    python bench/distill_neu.py --teacher-weights path/to/teacher.pt --epochs 40   # reuse a teacher
+
+Writes bench/results/distill_neu.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "bench" / ".work" / "distill_neu"
+os.environ["DEFECTS_DATA_DIR"] = str(WORK)  # before the product reads its settings
+sys.path.insert(0, str(ROOT))
+
+import inspection  # noqa: E402,F401
+from db.migrate import upgrade  # noqa: E402
+from db.models import ModelKind  # noqa: E402
+from db.registry import get_model_version  # noqa: E402
+from db.session import session_scope  # noqa: E402
+from inspection.settings import get_settings  # noqa: E402
+from training.datasets import import_dataset  # noqa: E402
+from training.versions import register_model_version  # noqa: E402
+
+
+def cpu_latency_ms(weights: Path, imgsz: int, runs: int = 50) -> float:
+    import numpy as np
+
+    from inspection.engine import Inspector
+
+    inspector = Inspector.from_weights(weights, None, "pytorch", "cpu", 1)
+    tensor = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
+    for _ in range(5):
+        inspector.backend.infer(tensor)
+    start = time.perf_counter()
+    for _ in range(runs):
+        inspector.backend.infer(tensor)
+    return (time.perf_counter() - start) / runs * 1000
+
+
+def describe(weights: Path, imgsz: int, url: str) -> dict:
+    from ultralytics import YOLO
+    from ultralytics.utils.torch_utils import get_flops
+
+    from training.evaluate import evaluate_detector
+
+    model = YOLO(str(weights))
+    result = evaluate_detector(weights, "neu-det", "test", url=url).to_json()
+    return {
+        "map50": result["map50"],
+        "map50_95": result["map50_95"],
+        "miss_rate": result["miss_rate"],
+        "n_missed": result["n_missed"],
+        "parameters": sum(p.numel() for p in model.model.parameters()),
+        "gflops": round(get_flops(model.model, imgsz), 3),
+        "cpu_latency_ms_batch1": round(cpu_latency_ms(weights, imgsz), 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--neu", type=Path, default=ROOT.parent / "shared" / "datasets" / "neu-det")
+    parser.add_argument("--teacher-arch", default="defect-yolo-s")
+    parser.add_argument(
+        "--teacher-weights", type=Path, default=None, help="an already trained teacher"
+    )
+    parser.add_argument("--student", default="defect-yolo-n")
+    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--imgsz", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fraction", type=float, default=1.0)
+    args = parser.parse_args()
+    from training.train_detector import TrainRequest, train_detector
+
+    url = get_settings().resolved_database_url
+    upgrade(url)
+    with session_scope(url) as session:
+        from sqlalchemy import select
+
+        from db.models import Dataset
+
+        if session.scalars(select(Dataset).where(Dataset.name == "neu-det")).first() is None:
+            import_dataset(
+                session,
+                "voc",
+                args.neu,
+                "neu-det",
+                get_settings().datasets_dir,
+                args.neu / "splits",
+            )
+    common = {
+        "data": "neu-det",
+        "epochs": args.epochs,
+        "imgsz": args.imgsz,
+        "batch": args.batch,
+        "device": args.device,
+        "seed": args.seed,
+        "extra": (("fraction", args.fraction),),
+    }
+    timings = {}
+    if args.teacher_weights:
+        with session_scope(url) as session:
+            from ultralytics import YOLO
+
+            names = YOLO(str(args.teacher_weights)).names
+            teacher = register_model_version(
+                session,
+                args.teacher_weights,
+                get_settings().models_dir,
+                kind=ModelKind.DETECTOR,
+                architecture=args.teacher_arch,
+                class_names=[names[i] for i in sorted(names)],
+                image_size=args.imgsz,
+            )
+            teacher_id = teacher.id
+    else:
+        start = time.perf_counter()
+        teacher_id = train_detector(TrainRequest(architecture=args.teacher_arch, **common), url=url)
+        timings["teacher"] = time.perf_counter() - start
+    with session_scope(url) as session:
+        teacher_name = get_model_version(session, teacher_id).name
+    start = time.perf_counter()
+    alone_id = train_detector(TrainRequest(architecture=args.student, **common), url=url)
+    timings["student_alone"] = time.perf_counter() - start
+    start = time.perf_counter()
+    distilled_id = train_detector(
+        TrainRequest(architecture=args.student, teacher=teacher_name, **common), url=url
+    )
+    timings["student_distilled"] = time.perf_counter() - start
+    results = {}
+    for label, version_id in (
+        ("teacher", teacher_id),
+        ("student_alone", alone_id),
+        ("student_distilled", distilled_id),
+    ):
+        with session_scope(url) as session:
+            weights = Path(get_model_version(session, version_id).file_path)
+        results[label] = {
+            **describe(weights, args.imgsz, url),
+            "train_wall_s": round(timings.get(label, 0.0), 1),
+        }
+        print(label, results[label])
+    results["distilled_minus_alone_map50"] = (
+        results["student_distilled"]["map50"] - results["student_alone"]["map50"]
+    )
+    out = ROOT / "bench" / "results" / "distill_neu.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        json.dumps(
+            {
+                "schedule": vars(args)
+                | {"neu": "NEU-DET", "teacher_weights": str(args.teacher_weights)},
+                "results": results,
+            },
+            indent=2,
+            default=str,
+        )
+    )
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
