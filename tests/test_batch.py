@@ -228,6 +228,8 @@ def test_cli_batch_and_inspect(
     assert result.exit_code == 0, result.output
     payload = json.loads(result.output)
     assert [p["verdict"] in {"pass", "fail"} for p in payload] == [True, True]
+    again = runner.invoke(app, ["inspect", *(str(tmp_path / "more" / im.name) for im in new), "--json"])
+    assert json.loads(again.output) == payload  # already inspected: the stored verdicts, unchanged
     missing = runner.invoke(app, ["inspect", str(tmp_path / "nope.png")])
     assert "file not found" in missing.output
     assert images  # the first batch's images stay untouched

@@ -677,43 +677,65 @@ def inspect_command(
     job = BatchInspection(
         url, get_settings().images_dir, line, station, model, "", "cli", backend.value, device
     )
-    results = []
+    results: list = []  # type: ignore[type-arg]
     items: list[SourceItem] = [
         read_file(p, str(p)) if p.is_file() else SourceItem(str(p), None, "file not found")
         for p in images
     ]
     job.run(items, results.append)
     job.inspector.close()
+    rows = _stored_verdicts(url, job.model_id, items)
     if as_json:
-        payload = [
-            {
-                "part": r.name,
-                "verdict": r.verdict,
-                "latency_ms": r.latency_ms,
-                "error": r.error,
-                "defects": [
-                    {
-                        "class": d.class_name,
-                        "confidence": round(d.confidence, 4),
-                        "box": [round(v, 1) for v in (d.x1, d.y1, d.x2, d.y2)],
-                    }
-                    for d in r.detections
-                    if d.counted
-                ],
-            }
-            for r in results
-        ]
-        print(json.dumps(payload, indent=2))
+        print(json.dumps(rows, indent=2))
         return
-    for r in results:
-        detail = (
-            r.error
-            if r.verdict == "error"
-            else ", ".join(f"{d.class_name} {d.confidence:.2f}" for d in r.detections if d.counted)
+    for row in rows:
+        detail = row["error"] or ", ".join(
+            f"{d['class']} {d['confidence']:.2f}" for d in row["defects"]
         )
-        console.print(f"{r.name}: {r.verdict.upper()} {detail}", markup=False)
-    if job.summary.skipped:
-        console.print(f"{job.summary.skipped} image(s) were already inspected by {job.model_name}")
+        console.print(f"{row['part']}: {str(row['verdict']).upper()} {detail}", markup=False)
+
+
+def _stored_verdicts(url: str, model_id: int, items: list) -> list[dict]:  # type: ignore[type-arg]
+    """Each item's verdict as stored (also for parts inspected before), in the order given."""
+    import hashlib
+
+    from db.queries import part_results
+
+    hashes = [hashlib.sha256(i.data).hexdigest() if i.data is not None else None for i in items]
+    with session_scope(url) as session:
+        stored = part_results(session, [h for h in hashes if h], model_id)
+        rows = []
+        for item, digest in zip(items, hashes, strict=True):
+            inspection = stored.get(digest or "")
+            if inspection is None:
+                rows.append(
+                    {
+                        "part": item.name,
+                        "verdict": "error",
+                        "latency_ms": None,
+                        "error": item.error,
+                        "defects": [],
+                    }
+                )
+                continue
+            rows.append(
+                {
+                    "part": item.name,
+                    "verdict": inspection.verdict.value,
+                    "latency_ms": inspection.latency_ms,
+                    "error": inspection.error,
+                    "defects": [
+                        {
+                            "class": p.class_name,
+                            "confidence": round(p.confidence, 4),
+                            "box": [round(v, 1) for v in (p.x1, p.y1, p.x2, p.y2) if v is not None],
+                        }
+                        for p in inspection.predictions
+                        if p.counted
+                    ],
+                }
+            )
+        return rows
 
 
 def main() -> None:
