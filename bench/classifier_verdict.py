@@ -81,8 +81,13 @@ def ensure_dataset(url: str, root: Path) -> None:
         print("imported DeepPCB:", report.split_counts, len(report.issues), "issues")
 
 
-def rates(counts: tuple[int, int, int, int]) -> dict:
-    n_defective, n_missed, n_good, n_false = counts
+def rates(counts) -> dict:  # type: ignore[no-untyped-def]
+    n_defective, n_missed, n_good, n_false = (
+        counts.n_defective,
+        counts.n_missed,
+        counts.n_good,
+        counts.n_false_calls,
+    )
     return {
         "n_defective": n_defective,
         "n_missed": n_missed,

@@ -64,8 +64,9 @@ class Filters:
 
 
 @dataclass(frozen=True)
-class RateRow:
-    key: str | date | int | None
+class PartCounts:
+    """Defective parts and how many were missed; good parts and how many were failed."""
+
     n_defective: int
     n_missed: int
     n_good: int
@@ -78,6 +79,21 @@ class RateRow:
     @property
     def false_call_rate(self) -> float | None:
         return self.n_false_calls / self.n_good if self.n_good else None
+
+    def as_dict(self) -> dict[str, int | float | None]:
+        return {
+            "miss_rate": self.miss_rate,
+            "false_call_rate": self.false_call_rate,
+            "n_defective": self.n_defective,
+            "n_missed": self.n_missed,
+            "n_good": self.n_good,
+            "n_false_calls": self.n_false_calls,
+        }
+
+
+@dataclass(frozen=True)
+class RateRow(PartCounts):
+    key: str | date | int | None = None
 
 
 def _as_date(value: str | date | datetime | None) -> date | None:
@@ -148,7 +164,11 @@ def rates(
     )
     return [
         RateRow(
-            _normalise_key(group_by, key), int(nd or 0), int(nm or 0), int(ng or 0), int(nf or 0)
+            int(nd or 0),
+            int(nm or 0),
+            int(ng or 0),
+            int(nf or 0),
+            key=_normalise_key(group_by, key),
         )
         for key, nd, nm, ng, nf in session.execute(query)
     ]
@@ -227,7 +247,7 @@ def _rates_by_class(session: Session, filters: Filters) -> list[RateRow]:
     if filters.class_name is not None:
         names = [n for n in names if n == filters.class_name]
     return [
-        RateRow(name, *defects.get(name, (0, 0)), int(n_good), false_calls.get(name, 0))
+        RateRow(*defects.get(name, (0, 0)), int(n_good), false_calls.get(name, 0), key=name)
         for name in names
     ]
 

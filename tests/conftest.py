@@ -115,3 +115,25 @@ def trained_classifier(trained: Trained) -> Iterator[str]:
             name = get_model_version(session, version_id).name
         yield name
     get_settings.cache_clear()
+
+
+def register_production_detector(
+    url: str, weights: Path, models_dir: Path, name: str = "tiny"
+) -> None:
+    """The tiny trained detector, registered in `url` and made the production detector."""
+    from db.models import ModelKind
+    from db.registry import promote
+    from training.versions import register_model_version
+
+    with session_scope(url) as session:
+        version = register_model_version(
+            session,
+            weights,
+            models_dir,
+            kind=ModelKind.DETECTOR,
+            architecture="defect-yolo-n",
+            class_names=CLASSES,
+            image_size=64,
+            name=name,
+        )
+        promote(session, version)

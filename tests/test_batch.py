@@ -17,15 +17,13 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 import inspection.batch as batch_module
-from db.models import Inspection, ModelKind, Part, Verdict
-from db.registry import promote
+from db.models import Inspection, Part, Verdict
 from db.session import session_scope
 from inspection.batch import BatchInspection, iter_source
 from inspection.errors import UserError
 from inspection.settings import get_settings
-from tests.conftest import Trained
-from tests.synthetic import CLASSES, make_images
-from training.versions import register_model_version
+from tests.conftest import Trained, register_production_detector
+from tests.synthetic import make_images
 
 ROOT = Path(__file__).parents[1]
 
@@ -33,18 +31,7 @@ ROOT = Path(__file__).parents[1]
 @pytest.fixture
 def detector(database_url: str, trained: Trained, tmp_path: Path) -> str:
     """The tiny trained detector, registered as the production model of this test's database."""
-    with session_scope(database_url) as session:
-        version = register_model_version(
-            session,
-            trained.weights,
-            tmp_path / "models",
-            kind=ModelKind.DETECTOR,
-            architecture="defect-yolo-n",
-            class_names=CLASSES,
-            image_size=64,
-            name="tiny",
-        )
-        promote(session, version)
+    register_production_detector(database_url, trained.weights, tmp_path / "models")
     return database_url
 
 
@@ -228,7 +215,9 @@ def test_cli_batch_and_inspect(
     assert result.exit_code == 0, result.output
     payload = json.loads(result.output)
     assert [p["verdict"] in {"pass", "fail"} for p in payload] == [True, True]
-    again = runner.invoke(app, ["inspect", *(str(tmp_path / "more" / im.name) for im in new), "--json"])
+    again = runner.invoke(
+        app, ["inspect", *(str(tmp_path / "more" / im.name) for im in new), "--json"]
+    )
     assert json.loads(again.output) == payload  # already inspected: the stored verdicts, unchanged
     missing = runner.invoke(app, ["inspect", str(tmp_path / "nope.png")])
     assert "file not found" in missing.output

@@ -13,14 +13,12 @@ from streamlit.testing.v1 import AppTest
 
 from dashboard.charts import latency_figure, p_chart, pareto_figure, rates_figure, volume_figure
 from db.migrate import upgrade
-from db.models import Inspection, ModelKind, Review
+from db.models import Inspection, Review
 from db.queries import ParetoRow, RateRow, VolumeRow
-from db.registry import promote
 from db.session import session_scope
 from inspection.settings import get_settings
-from tests.conftest import Trained
+from tests.conftest import Trained, register_production_detector
 from tests.synthetic import CLASSES, make_images
-from training.versions import register_model_version
 
 APP = str(Path(__file__).parents[1] / "dashboard" / "app.py")
 
@@ -34,18 +32,7 @@ def production(trained: Trained) -> str:
     """This test's database with the tiny detector in production."""
     url = get_settings().resolved_database_url
     upgrade(url)
-    with session_scope(url) as session:
-        version = register_model_version(
-            session,
-            trained.weights,
-            get_settings().models_dir,
-            kind=ModelKind.DETECTOR,
-            architecture="defect-yolo-n",
-            class_names=CLASSES,
-            image_size=64,
-            name="tiny",
-        )
-        promote(session, version)
+    register_production_detector(url, trained.weights, get_settings().models_dir)
     return url
 
 
@@ -149,7 +136,7 @@ def test_p_chart_limits_by_hand() -> None:
 
 def test_figures_are_built_from_plain_data() -> None:
     days = [date(2026, 1, 1), date(2026, 1, 2)]
-    figure = rates_figure([RateRow(days[0], 10, 1, 20, 2), RateRow(days[1], 10, 0, 20, 1)])
+    figure = rates_figure([RateRow(10, 1, 20, 2, key=days[0]), RateRow(10, 0, 20, 1, key=days[1])])
     assert figure.data[0].y == (0.1, 0.0)
     assert len(volume_figure([VolumeRow(days[0], 5, 2, 1)]).data) == 3
     assert pareto_figure(

@@ -13,12 +13,8 @@ from pathlib import Path
 import pytest
 
 from db.migrate import upgrade
-from db.models import ModelKind
-from db.registry import promote
-from db.session import session_scope
-from tests.conftest import Trained
-from tests.synthetic import CLASSES, make_images
-from training.versions import register_model_version
+from tests.conftest import Trained, register_production_detector
+from tests.synthetic import make_images
 
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).parents[1]
@@ -54,18 +50,7 @@ def test_upload_an_image_and_see_its_verdict(trained: Trained, tmp_path: Path) -
     data_dir = tmp_path / "data"
     url = f"sqlite:///{data_dir / 'defects.db'}"
     upgrade(url)
-    with session_scope(url) as session:
-        version = register_model_version(
-            session,
-            trained.weights,
-            data_dir / "models",
-            kind=ModelKind.DETECTOR,
-            architecture="defect-yolo-n",
-            class_names=CLASSES,
-            image_size=64,
-            name="tiny",
-        )
-        promote(session, version)
+    register_production_detector(url, trained.weights, data_dir / "models")
     image = make_images(tmp_path / "parts", n=2)[1]
     port = _free_port()
     env = {**os.environ, "DEFECTS_DATA_DIR": str(data_dir), "DEFECTS_DEVICE": "cpu"}

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from db.queries import PartCounts
 from inspection.errors import UserError
 
 PART = "__part__"  # the dimension of the part classifier's defect probability
@@ -71,23 +72,11 @@ def upper_bound(failures: int, trials: int, confidence: float = 0.95) -> float |
     return high
 
 
-@dataclass
-class Calibration:
-    thresholds: dict[str, float]  # per dimension; inf = that dimension never fails a part
-    n_defective: int
-    n_missed: int
-    n_good: int
-    n_false_calls: int
-    max_miss_rate: float
+@dataclass(frozen=True)
+class Calibration(PartCounts):
+    thresholds: dict[str, float] = field(default_factory=dict)  # inf: never fails a part
+    max_miss_rate: float = 0.0
     details: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def miss_rate(self) -> float | None:
-        return self.n_missed / self.n_defective if self.n_defective else None
-
-    @property
-    def false_call_rate(self) -> float | None:
-        return self.n_false_calls / self.n_good if self.n_good else None
 
     def report(self) -> dict[str, Any]:
         return {
@@ -308,4 +297,4 @@ def apply_thresholds(
         else:
             n_good += 1
             n_false += flagged
-    return n_defective, n_missed, n_good, n_false
+    return PartCounts(n_defective, n_missed, n_good, n_false)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 import inspection  # noqa: F401 - runtime preparation first
+from db.queries import PartCounts
 from db.registry import get_model_version
 from db.session import session_scope
 from inspection.detector import load_detector
@@ -28,20 +29,7 @@ from training.versions import default_thresholds
 MATCH_IOU = 0.5
 
 
-@dataclass(frozen=True)
-class PartRates:
-    n_defective: int
-    n_missed: int
-    n_good: int
-    n_false_calls: int
-
-    @property
-    def miss_rate(self) -> float | None:
-        return self.n_missed / self.n_defective if self.n_defective else None
-
-    @property
-    def false_call_rate(self) -> float | None:
-        return self.n_false_calls / self.n_good if self.n_good else None
+PartRates = PartCounts  # the part-level figures, as the history queries count them
 
 
 def part_rates(outcomes: list[tuple[bool, bool]]) -> PartRates:
@@ -109,12 +97,7 @@ class DetectorEvaluation:
             "n_images": self.n_images,
             "map50": self.map50,
             "map50_95": self.map50_95,
-            "miss_rate": self.rates.miss_rate,
-            "false_call_rate": self.rates.false_call_rate,
-            "n_defective": self.rates.n_defective,
-            "n_missed": self.rates.n_missed,
-            "n_good": self.rates.n_good,
-            "n_false_calls": self.rates.n_false_calls,
+            **self.rates.as_dict(),
             "per_class": self.per_class,
             "thresholds": self.thresholds,
             **self.extra,
@@ -286,12 +269,7 @@ class ClassifierEvaluation:
                 "rows_truth_columns_prediction": self.confusion,
             },
             "part_threshold": self.part_threshold,
-            "miss_rate": self.rates.miss_rate,
-            "false_call_rate": self.rates.false_call_rate,
-            "n_defective": self.rates.n_defective,
-            "n_missed": self.rates.n_missed,
-            "n_good": self.rates.n_good,
-            "n_false_calls": self.rates.n_false_calls,
+            **self.rates.as_dict(),
         }
 
 

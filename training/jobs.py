@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from db.models import JobStatus, TrainingJob, utcnow
+from db.session import session_scope
 from inspection.settings import get_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,3 +62,15 @@ def process_alive(pid: int | None) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def record_job_end(url: str, job_id: int, error: BaseException) -> None:
+    """Mark a training job cancelled (Ctrl-C) or failed, with the reason, before re-raising."""
+    with session_scope(url) as session:
+        job = session.get(TrainingJob, job_id)
+        if job is not None:
+            job.status = (
+                JobStatus.CANCELLED if isinstance(error, KeyboardInterrupt) else JobStatus.FAILED
+            )
+            job.error = f"{error.__class__.__name__}: {error}"
+            job.finished_at = utcnow()

@@ -38,6 +38,7 @@ from inspection.errors import UserError
 from inspection.images import decode_image
 from inspection.settings import get_settings, resolve_device
 from training.datasets import IMAGE_SUFFIXES, dataset_yaml
+from training.jobs import record_job_end
 from training.versions import register_model_version
 
 
@@ -379,11 +380,5 @@ def train_classifier(request: ClassifierTrainRequest, url: str | None = None) ->
             job.result_model_version_id = version.id
             return version.id
     except BaseException as exc:
-        with session_scope(url) as session:
-            job = session.get(TrainingJob, job_id)
-            if job is not None:
-                job.status = (
-                    JobStatus.CANCELLED if isinstance(exc, KeyboardInterrupt) else JobStatus.FAILED
-                )
-                job.error, job.finished_at = f"{exc.__class__.__name__}: {exc}", utcnow()
+        record_job_end(url, job_id, exc)
         raise

@@ -25,6 +25,7 @@ from inspection.detector import architecture_of, build_detector, load_detector
 from inspection.errors import UserError
 from inspection.settings import get_settings
 from training.datasets import dataset_yaml
+from training.jobs import record_job_end
 from training.versions import register_model_version
 
 # Grayscale surface images: no hue or saturation jitter (there is no colour), brightness jitter
@@ -268,11 +269,5 @@ def train_detector(
             job.result_model_version_id = version.id
             return version.id
     except BaseException as exc:
-        with session_scope(url) as session:
-            job = session.get(TrainingJob, job_id)
-            if job is not None:
-                interrupted = isinstance(exc, KeyboardInterrupt)
-                job.status = JobStatus.CANCELLED if interrupted else JobStatus.FAILED
-                job.error = f"{exc.__class__.__name__}: {exc}"
-                job.finished_at = utcnow()
+        record_job_end(url, job_id, exc)
         raise
