@@ -42,7 +42,8 @@ class Thresholds:
 
     @property
     def lowest(self) -> float:
-        return min([self.default, *self.per_class.values()])
+        """The confidence below which no detection can count (at most 1: a class may be off)."""
+        return min([1.0, self.default, *self.per_class.values()])
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {

@@ -83,3 +83,18 @@ def test_unused_dimensions_stay_off() -> None:
         [PartScores(True, {"scratch": 0.5}), PartScores(False, {})], ["scratch", "spot"], 0.0
     )
     assert math.isinf(result.thresholds["spot"])
+
+
+def test_without_good_parts_false_detections_keep_thresholds_sensible() -> None:
+    # Every part defective (as in NEU-DET). "crazing" fires weakly everywhere as a false
+    # detection; each part's real defect scores high in its own class. Lowering crazing to 0.05
+    # would also catch every part, but only the per-class thresholds keep false detections out.
+    parts = [
+        PartScores(True, {"crazing": 0.05, "scratch": 0.9}, {"crazing": 0.05}),
+        PartScores(True, {"crazing": 0.06, "scratch": 0.8}, {"crazing": 0.06}),
+        PartScores(True, {"crazing": 0.7}, {}),
+        PartScores(True, {"crazing": 0.05, "spot": 0.6}, {"crazing": 0.05}),
+    ]
+    result = calibrate(parts, ["crazing", "scratch", "spot"], max_miss_rate=0.0)
+    assert result.n_missed == 0
+    assert result.thresholds == {"crazing": 0.7, "scratch": 0.8, "spot": 0.6}

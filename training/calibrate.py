@@ -32,6 +32,9 @@ NEVER = math.inf
 class PartScores:
     defective: bool
     scores: dict[str, float]  # best confidence per defect class (and PART), absent = none
+    # Best confidence per class among detections that match no labeled defect: on a good part
+    # they would be false calls. They break ties where the split has few or no good parts.
+    background: dict[str, float] = field(default_factory=dict)
 
 
 def _binomial_cdf(k: int, n: int, p: float) -> float:
@@ -99,13 +102,24 @@ def calibrate(parts: list[PartScores], dimensions: list[str], max_miss_rate: flo
     if not parts:
         raise UserError("no parts to calibrate on")
     matrix = np.array([[p.scores.get(d, -NEVER) for d in dimensions] for p in parts], dtype=float)
+    background = np.array(
+        [
+            [(p.scores if not p.defective else p.background).get(d, -NEVER) for d in dimensions]
+            for p in parts
+        ],
+        dtype=float,
+    )
     defective = np.array([p.defective for p in parts])
+    tie_weight = 1.0 / (len(parts) + 1)  # false detections count less than one real false call
     n_defective = int(defective.sum())
     allowed = math.floor(max_miss_rate * n_defective + 1e-9)
     thresholds = np.full(len(dimensions), NEVER)
 
     def flagged(limits: np.ndarray) -> np.ndarray:
         return (matrix >= limits).any(axis=1)
+
+    def falsely_flagged(limits: np.ndarray) -> np.ndarray:
+        return (background >= limits).any(axis=1)
 
     current = flagged(thresholds)
     while int((defective & ~current).sum()) > allowed:
@@ -120,7 +134,8 @@ def calibrate(parts: list[PartScores], dimensions: list[str], max_miss_rate: flo
             candidate[d] = reachable.max()
             now = flagged(candidate)
             gain = int((missed & now).sum())
-            cost = int((~defective & now & ~current).sum())
+            new_false = falsely_flagged(candidate) & ~falsely_flagged(thresholds)
+            cost = int((~defective & now & ~current).sum()) + tie_weight * int(new_false.sum())
             ratio = gain / (cost + 1e-6)
             if best is None or (ratio, gain) > (best[0], best[1]):
                 best = (ratio, gain, d, float(candidate[d]))
@@ -143,7 +158,9 @@ def calibrate(parts: list[PartScores], dimensions: list[str], max_miss_rate: flo
                 now = flagged(trial)
                 if int((defective & ~now).sum()) > allowed:
                     break
-                if int((~defective & now).sum()) <= int((~defective & current).sum()):
+                before = (int((~defective & current).sum()), int(falsely_flagged(thresholds).sum()))
+                after = (int((~defective & now).sum()), int(falsely_flagged(trial).sum()))
+                if after <= before:
                     thresholds, current, improved = trial, now, improved or value != thresholds[d]
     misses = int((defective & ~current).sum())
     return Calibration(
@@ -177,6 +194,7 @@ def score_split(
     """Each part of a split with its best score per class (and part classifier probability)."""
     from inspection.engine import Inspector, PartInput
     from training.datasets import IMAGE_SUFFIXES
+    from training.evaluate import _iou, _labels
 
     thresholds: dict[str, Any] = {"default": SCORE_FLOOR, "iou": iou}
     if classifier_weights is not None:
@@ -198,15 +216,23 @@ def score_split(
             inspector.inspect(PartInput(p.name, p.read_bytes()) for p in images),
             strict=True,
         ):
-            label_file = root / "labels" / split / f"{path.stem}.txt"
-            defective = label_file.exists() and bool(label_file.read_text().strip())
+            truth, truth_classes = _labels(root, split, path, result.width or 1, result.height or 1)
+            defective = len(truth) > 0
             scores: dict[str, float] = {}
+            background: dict[str, float] = {}
             for d in result.detections:
-                if d.counted and d.class_name in class_names:
-                    scores[d.class_name] = max(scores.get(d.class_name, 0.0), d.confidence)
+                if not d.counted or d.class_name not in class_names:
+                    continue
+                scores[d.class_name] = max(scores.get(d.class_name, 0.0), d.confidence)
+                same_class = truth[truth_classes == class_names.index(d.class_name)]
+                if (
+                    not len(same_class)
+                    or _iou(np.array([d.x1, d.y1, d.x2, d.y2]), same_class).max() < 0.5
+                ):
+                    background[d.class_name] = max(background.get(d.class_name, 0.0), d.confidence)
             if result.defect_probability is not None:
                 scores[PART] = result.defect_probability
-            parts.append(PartScores(defective, scores))
+            parts.append(PartScores(defective, scores, background))
     finally:
         inspector.close()
     return parts
