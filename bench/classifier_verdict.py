@@ -114,6 +114,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--fraction", type=float, default=1.0)
     parser.add_argument("--device", default=None)
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "bench" / "results" / "classifier_verdict.json"
+    )
     parser.add_argument("--max-miss-rate", type=float, default=0.002)
     parser.add_argument("--verify-threshold", type=float, default=None)
     args = parser.parse_args()
@@ -183,7 +186,7 @@ def main() -> None:
             "test": rates(apply_thresholds(test, calibrated.thresholds)),
         }
         print(name, json.dumps(results[name]["test"]))
-    out = ROOT / "bench" / "results" / "classifier_verdict.json"
+    out = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         json.dumps(

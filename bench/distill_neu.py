@@ -78,6 +78,7 @@ def main() -> None:
     parser.add_argument("--imgsz", type=int, default=256)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--device", default=None)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "distill_neu.json")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fraction", type=float, default=1.0)
     args = parser.parse_args()
@@ -154,7 +155,7 @@ def main() -> None:
     results["distilled_minus_alone_map50"] = (
         results["student_distilled"]["map50"] - results["student_alone"]["map50"]
     )
-    out = ROOT / "bench" / "results" / "distill_neu.json"
+    out = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         json.dumps(

@@ -21,7 +21,7 @@ class TorchBackend(Backend):
         self.image_size = image_size or int(ckpt.get("train_args", {}).get("imgsz", 640))
         self.device = device
         self.half = device.startswith("cuda")
-        model = detector.model.float().fuse().eval().to(device)
+        model = detector.model.float().fuse(verbose=False).eval().to(device)
         self.model = model.half() if self.half else model
         self.max_batch = 64 if self.half else 16
 
