@@ -39,8 +39,8 @@ from db.queries import percentile  # noqa: E402
 from db.session import session_scope  # noqa: E402
 from inspection.batch import BatchInspection, iter_source  # noqa: E402
 from inspection.engine import Inspector, PartInput  # noqa: E402
-from inspection.images import decode_image, letterbox  # noqa: E402
 from training.evaluate import detection_map  # noqa: E402
+from training.export import quantize_int8  # noqa: E402
 from training.versions import register_model_version  # noqa: E402
 
 OPERATING_CONF = 0.25
@@ -180,66 +180,6 @@ def bare_forward(inspector: Inspector, imgsz: int, batch: int, seconds: float = 
     return {"batch": batch, "images_per_s": round(count / (time.perf_counter() - start), 1)}
 
 
-def _head_prefix(graph) -> str:  # type: ignore[no-untyped-def]
-    """Node-name prefix of the last model layer (the Detect head), e.g. '/model.27/'."""
-    layers = [
-        int(n.name.split("/")[1].split(".")[1]) for n in graph.node if n.name.startswith("/model.")
-    ]
-    return f"/model.{max(layers)}/"
-
-
-def quantize_int8(onnx_path: Path, calibration: list[Path], imgsz: int) -> Path:
-    """Static INT8 (QDQ, per-channel weights) calibrated on training images."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.items = iter(calibration)
-
-        def get_next(self):  # type: ignore[no-untyped-def]
-            path = next(self.items, None)
-            if path is None:
-                return None
-            tensor = letterbox(decode_image(path.read_bytes()), imgsz).tensor[None]
-            return {"images": tensor}
-
-    prepared = onnx_path.with_name(onnx_path.stem + "-prep.onnx")
-    quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True)
-    target = onnx_path.with_name(onnx_path.stem + "-int8.onnx")
-    # Only the backbone and neck convolutions: the detection head (its box distribution and the
-    # final concat of pixel boxes with 0-1 scores) stays in floating point, where one 8-bit range
-    # cannot hold both.
-    import onnx
-
-    graph = onnx.load(str(prepared)).graph
-    head = _head_prefix(graph)
-    quantize_static(
-        str(prepared),
-        str(target),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        op_types_to_quantize=["Conv"],
-        nodes_to_exclude=[n.name for n in graph.node if n.name.startswith(head)],
-    )
-    import onnx
-
-    source_meta = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
-    model = onnx.load(str(target))
-    for key, value in source_meta.items():
-        model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
-    onnx.save(model, str(target))
-    return target
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -308,7 +248,9 @@ def main() -> None:
 
     sources = {"pytorch": weights, "onnx": onnx_path}
     if "onnx-int8" in args.backends:
-        sources["onnx-int8"] = quantize_int8(onnx_path, train_images, imgsz)
+        sources["onnx-int8"] = quantize_int8(
+            onnx_path, train_images, imgsz
+        )  # calibrated on train images
     ultralytics_threads = torch.get_num_threads()  # what its select_device chose for the CPU
     result["ultralytics_torch_threads"] = ultralytics_threads
     torch.set_num_threads(args.engine_threads)

@@ -24,7 +24,7 @@ from inspection.images import DecodedImage, ImageDecodeError, Letterboxed, decod
 from inspection.settings import resolve_device
 from inspection.verdict import Detection, Thresholds, part_fails, verify
 
-BackendChoice = Literal["auto", "pytorch", "onnx"]
+BackendChoice = Literal["auto", "pytorch", "onnx", "onnx-int8"]
 MAX_DETECTIONS = 300
 
 
@@ -74,12 +74,17 @@ def open_backend(
     weights = Path(weights)
     if backend == "auto":
         backend = "onnx" if weights.suffix == ".onnx" else "pytorch"
-    if backend == "onnx":
+    if backend in ("onnx", "onnx-int8"):
         from inspection.backends.onnx_backend import OnnxBackend
 
         onnx_path = weights if weights.suffix == ".onnx" else weights.with_suffix(".onnx")
+        if backend == "onnx-int8" and not onnx_path.name.endswith(".int8.onnx"):
+            onnx_path = onnx_path.with_suffix(".int8.onnx")
         if not onnx_path.is_file():
-            raise UserError(f"no ONNX file for {weights.name}: run `defects export` on it first")
+            flag = " --int8 --data NAME" if backend == "onnx-int8" else ""
+            raise UserError(
+                f"no {onnx_path.name} for {weights.name}: run `defects export{flag}` on it first"
+            )
         return OnnxBackend(onnx_path, device)
     if weights.suffix != ".pt":
         raise UserError(f"the PyTorch backend needs a .pt file, not {weights.name}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -166,3 +167,31 @@ def test_gpu_providers_are_explicit_and_fall_back_to_cpu() -> None:
     assert chosen[1] == ("CUDAExecutionProvider", {"device_id": 1})
     assert choose_providers("cuda:0", ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
     assert choose_providers("cpu", everything) == ["CPUExecutionProvider"]
+
+
+def test_int8_export_for_cpu_stations(
+    trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from inspection.settings import get_settings
+    from training.cli import app
+    from training.export import read_metadata
+
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
+    get_settings.cache_clear()
+    result = CliRunner().invoke(app, ["export", trained.version_name, "--int8", "--data", "synth"])
+    assert result.exit_code == 0, result.output
+    int8 = trained.weights.with_suffix(".int8.onnx")
+    assert read_metadata(int8)["defects.precision"] == "int8"
+    assert json.loads(read_metadata(int8)["defects.classes"]) == CLASSES
+    images = make_images(tmp_path / "imgs", n=3, seed=8)
+    inspector = Inspector.from_weights(trained.weights, {"default": 0.001}, "onnx-int8")
+    results = list(
+        inspector.inspect(
+            PartInput(i.name, (tmp_path / "imgs" / i.name).read_bytes()) for i in images
+        )
+    )
+    assert [r.verdict for r in results] != [] and all(r.error is None for r in results)
+    missing = CliRunner().invoke(app, ["export", trained.version_name, "--int8"])
+    assert missing.exit_code != 0

@@ -536,6 +536,13 @@ def export_command(
     dynamic: Annotated[bool, typer.Option(help="Dynamic batch and image size.")] = False,
     imgsz: Annotated[int | None, typer.Option(help="Default: the training size.")] = None,
     device: str = "cpu",
+    int8: Annotated[
+        bool, typer.Option(help="Also write an INT8 ONNX for CPU stations (needs --data).")
+    ] = False,
+    data: Annotated[
+        str | None, typer.Option(help="Dataset whose training images calibrate INT8.")
+    ] = None,
+    calibration_images: Annotated[int, typer.Option(min=8)] = 120,
 ) -> None:
     """Export a detector to ONNX, with class names and thresholds in its metadata."""
     from training.evaluate import resolve_model
@@ -553,18 +560,37 @@ def export_command(
         weights,
         imgsz=imgsz,
         half=half,
-        dynamic=dynamic,
         thresholds=thresholds,
         version_name=version_name,
         device=device,
+        dynamic=dynamic or int8,
     )
     console.print(f"wrote {path}")
+    if int8:
+        from training.datasets import IMAGE_SUFFIXES, dataset_yaml
+        from training.export import quantize_int8
+
+        if data is None:
+            raise UserError(
+                "--int8 needs --data: INT8 is calibrated on that dataset's training images"
+            )
+        with session_scope(database_url()) as session:
+            dataset, _ = dataset_yaml(session, data)
+            train_dir = Path(dataset.root_path) / "images" / "train"
+        images = sorted(p for p in train_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        step = max(1, len(images) // calibration_images)
+        from inspection.detector import load_detector
+
+        ckpt = load_detector(weights).ckpt
+        size = imgsz or int(ckpt.get("train_args", {}).get("imgsz", 640))
+        console.print(f"wrote {quantize_int8(path, images[::step], size)}")
 
 
 class BackendOption(StrEnum):
     auto = "auto"
     pytorch = "pytorch"
     onnx = "onnx"
+    onnx_int8 = "onnx-int8"
 
 
 def _print_summary(summary) -> None:  # type: ignore[no-untyped-def]

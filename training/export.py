@@ -100,3 +100,70 @@ def export_classifier(
         )
     onnx.save(proto, str(target))
     return target
+
+
+def _head_prefix(graph) -> str:  # type: ignore[no-untyped-def]
+    """Node-name prefix of the last model layer (the Detect head), e.g. '/model.27/'."""
+    layers = [
+        int(n.name.split("/")[1].split(".")[1]) for n in graph.node if n.name.startswith("/model.")
+    ]
+    return f"/model.{max(layers)}/"
+
+
+def quantize_int8(onnx_path: Path, calibration_images: list[Path], imgsz: int) -> Path:
+    """Static INT8 ONNX for CPU stations (QDQ, per-channel weights), calibrated on real images.
+
+    Only the backbone and neck convolutions are quantized: the detection head (its box
+    distribution and the final concat of pixel boxes with 0-1 scores) stays in floating point,
+    where one 8-bit range cannot hold both. Written beside the source as `<stem>.int8.onnx`.
+    """
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from inspection.images import ImageDecodeError, decode_image, letterbox
+
+    if not calibration_images:
+        raise UserError("INT8 calibration needs images")
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter(calibration_images)
+
+        def get_next(self) -> dict[str, Any] | None:
+            for path in self.items:
+                try:
+                    return {
+                        "images": letterbox(decode_image(path.read_bytes()), imgsz).tensor[None]
+                    }
+                except (OSError, ImageDecodeError):
+                    continue  # an unreadable calibration image is skipped, not fatal
+            return None
+
+    prepared = onnx_path.with_name(onnx_path.stem + ".prep.onnx")
+    target = onnx_path.with_name(onnx_path.stem + ".int8.onnx")
+    quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True)
+    graph = onnx.load(str(prepared)).graph
+    head = _head_prefix(graph)
+    quantize_static(
+        str(prepared),
+        str(target),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=["Conv"],
+        nodes_to_exclude=[n.name for n in graph.node if n.name.startswith(head)],
+    )
+    prepared.unlink(missing_ok=True)
+    source_meta = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
+    model = onnx.load(str(target))
+    for key, value in {**source_meta, METADATA_PREFIX + "precision": "int8"}.items():
+        model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
+    onnx.save(model, str(target))
+    return target
