@@ -331,7 +331,7 @@ def train_classifier(request: ClassifierTrainRequest, url: str | None = None) ->
                 loss.backward()
                 optimizer.step()
                 schedule.step()
-                losses.append(float(loss))
+                losses.append(loss.item())
             accuracy = _accuracy(model, val_loader, device)
             if accuracy > best_accuracy:
                 best_accuracy = accuracy

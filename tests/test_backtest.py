@@ -1,0 +1,109 @@
+"""Reviews as ground truth: backtesting a candidate, the recorded rates, the export for retraining,
+and a retraining started from the app as its own process."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from sqlalchemy import select
+
+from db.models import Inspection, JobStatus, Prediction, TrainingJob
+from db.reviews import add_missed_defect, confirm_defect, mark_false_call, mark_good, review_queue
+from db.session import session_scope
+from inspection.batch import BatchInspection, iter_source
+from inspection.errors import UserError
+from inspection.settings import get_settings
+from tests.conftest import Trained, register_production_detector
+from tests.synthetic import CLASSES, make_images
+from training.backtest import backtest, export_reviews, recorded_rates
+from training.jobs import process_alive, start_detector_training
+
+
+@pytest.fixture
+def reviewed(database_url: str, trained: Trained, tmp_path: Path) -> str:
+    """Four inspected parts: one confirmed defect, one false call, one missed defect, one good."""
+    register_production_detector(database_url, trained.weights, tmp_path / "models")
+    make_images(tmp_path / "in", n=4, seed=21)
+    # Low thresholds so that the tiny model flags every part: each review kind gets a prediction.
+    job = BatchInspection(database_url, tmp_path / "store", "L", "S")
+    job.inspector.thresholds = type(job.inspector.thresholds).from_dict({"default": 0.001}, CLASSES)
+    job.run(iter_source(str(tmp_path / "in")))
+    with session_scope(database_url) as session:
+        inspections = session.scalars(select(Inspection).order_by(Inspection.id)).all()
+        first_prediction = [
+            session.scalars(select(Prediction).where(Prediction.inspection_id == i.id)).first()
+            for i in inspections
+        ]
+        assert all(p is not None for p in first_prediction)
+        assert [q.part_id for q in review_queue(session)] != []
+        confirm_defect(session, first_prediction[0].id, "ana")
+        mark_false_call(session, first_prediction[1].id, "ana")
+        add_missed_defect(session, inspections[2].part_id, "spot", (4, 4, 20, 20), "ana")
+        mark_good(session, inspections[3].part_id, "ana")
+        assert review_queue(session) == []  # everything reviewed
+    return database_url
+
+
+def test_recorded_rates_and_backtest_agree_for_the_same_model(reviewed: str) -> None:
+    with session_scope(reviewed) as session:
+        recorded = recorded_rates(session)
+    # Every part failed (thresholds 0.001): 2 defective caught, 2 good parts failed.
+    assert (recorded.n_defective, recorded.n_missed, recorded.n_good, recorded.n_false_calls) == (
+        2,
+        0,
+        2,
+        2,
+    )
+    result = backtest(reviewed, "tiny")  # the production operating point: default thresholds
+    assert result.parts == 4 and result.unreadable == 0
+    assert result.rates.n_defective == 2 and result.rates.n_good == 2
+
+
+def test_reviews_export_as_a_labeled_dataset(reviewed: str, tmp_path: Path) -> None:
+    with session_scope(reviewed) as session:
+        report = export_reviews(session, "from-reviews", CLASSES, tmp_path / "datasets")
+    assert report.n_images == 4 and report.issues == []
+    labels = {p.stem: p.read_text().split("\n")[0] for p in (report.root / "labels").rglob("*.txt")}
+    assert sum(1 for line in labels.values() if line) == 2  # the confirmed and the missed defect
+    assert yaml.safe_load((report.root / "data.yaml").read_text())["names"] == dict(
+        enumerate(CLASSES)
+    )
+    with session_scope(reviewed) as session, pytest.raises(UserError, match="already exists"):
+        export_reviews(session, "from-reviews", CLASSES, tmp_path / "datasets")
+
+
+def test_review_validation(reviewed: str) -> None:
+    with session_scope(reviewed) as session:
+        part_id = session.scalars(select(Inspection.part_id)).first()
+        with pytest.raises(ValueError, match="x2 > x1"):
+            add_missed_defect(session, part_id, "spot", (10, 10, 5, 20), "ana")
+        with pytest.raises(ValueError, match="outside"):
+            add_missed_defect(session, part_id, "spot", (0, 0, 500, 20), "ana")
+        with pytest.raises(ValueError, match="reviewer"):
+            mark_good(session, part_id, " ")
+
+
+def test_retraining_runs_as_its_own_process(
+    trained: Trained, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
+    get_settings.cache_clear()
+    pid, log = start_detector_training(
+        "synth", epochs=1, imgsz=64, from_model=trained.version_name, log_dir=tmp_path
+    )
+    deadline = time.monotonic() + 240
+    while process_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        try:
+            import os
+
+            os.waitpid(pid, os.WNOHANG)  # reap it: a finished child would otherwise look alive
+        except ChildProcessError:
+            break
+    with session_scope(trained.url) as session:
+        job = session.scalars(select(TrainingJob).where(TrainingJob.pid == pid)).one()
+        assert job.status == JobStatus.SUCCEEDED, log.read_text()[-2000:]
+        assert job.result_model_version_id is not None and job.progress == 1.0
