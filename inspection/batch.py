@@ -16,6 +16,7 @@ import zipfile
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from threading import Event
@@ -220,6 +221,15 @@ class BatchInspection:
             weights, thresholds, backend, device, batch_size, classifier_weights
         )
         self.summary = BatchSummary(self.run_id, self.model_name)
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-writer")
+        self._pending_write: Future[None] | None = None
+        self._in_flight: set[str] = set()
+
+    def _wait_for_write(self) -> None:
+        """Let the write in flight finish; its error, if any, is raised here."""
+        if self._pending_write is not None:
+            pending, self._pending_write = self._pending_write, None
+            pending.result()
 
     def _already_judged(self, session: Session, hashes: list[str]) -> set[str]:
         rows = session.execute(
@@ -234,16 +244,23 @@ class BatchInspection:
         items: Iterable[SourceItem],
         on_result: Callable[[PartResult], None] | None = None,
     ) -> BatchSummary:
-        """Inspect what is new among `items`, writing one transaction per chunk."""
+        """Inspect what is new among `items`, writing one transaction per chunk.
+
+        A chunk's write (image files, then one commit) runs in a writer thread while the next
+        chunk is inspected; at most one write is in flight, and `run` returns once it is done.
+        """
         started = time.perf_counter()
         chunk: list[SourceItem] = []
-        for item in items:
-            chunk.append(item)
-            if len(chunk) >= WRITE_CHUNK:
+        try:
+            for item in items:
+                chunk.append(item)
+                if len(chunk) >= WRITE_CHUNK:
+                    self._process(chunk, on_result)
+                    chunk = []
+            if chunk:
                 self._process(chunk, on_result)
-                chunk = []
-        if chunk:
-            self._process(chunk, on_result)
+        finally:
+            self._wait_for_write()
         self.summary.seconds += time.perf_counter() - started
         with session_scope(self.url) as session:
             run = session.get(InspectionRun, self.run_id)
@@ -262,6 +279,7 @@ class BatchInspection:
         unreadable_hashes = {i.name: unreadable_key(i.name) for i in unreadable}
         with session_scope(self.url) as session:
             done = self._already_judged(session, [*hashes.values(), *unreadable_hashes.values()])
+        done |= self._in_flight  # written by the previous chunk, perhaps not committed yet
         todo: list[PartInput] = []
         queued: set[str] = set()
         for part in readable:
@@ -281,7 +299,9 @@ class BatchInspection:
                 continue
             queued.add(digest)
             results.append(PartResult(item.name, digest, 0, "error", error=item.error))
-        self._write(results, payload)
+        self._wait_for_write()
+        self._in_flight = queued
+        self._pending_write = self._writer.submit(self._write, results, payload)
         for result in results:
             self.summary.inspected += 1
             if result.latency_ms is not None:

@@ -60,7 +60,10 @@ def nms_reference(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: floa
             block, block_order = block[survivors], block_order[survivors]
         if block.shape[0] == 0:
             continue
-        overlaps = torch.triu(_box_iou(block, block) > iou_threshold, diagonal=1)
+        index = torch.arange(block.shape[0], device=block.device)
+        # Only earlier (higher-scoring) boxes suppress later ones. An index mask, because
+        # torch.triu on booleans takes a slow path (milliseconds for a 128 x 128 block).
+        overlaps = (_box_iou(block, block) > iou_threshold) & (index[:, None] < index[None, :])
         keep = torch.ones(block.shape[0], dtype=torch.bool, device=block.device)
         while True:
             new_keep = ~(overlaps & keep[:, None]).any(dim=0)
