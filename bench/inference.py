@@ -188,9 +188,17 @@ def main() -> None:
     parser.add_argument("--neu", type=Path, default=ROOT.parent / "shared" / "datasets" / "neu-det")
     parser.add_argument("--parts", type=int, default=2000)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument(
+        "--batch", type=int, default=16, help="ultralytics' batch and the bare-forward batch"
+    )
+    parser.add_argument(
+        "--engine-batches", type=int, nargs="+", default=[4, 16], help="our engine's batch sizes"
+    )
     parser.add_argument("--backends", nargs="+", default=["pytorch", "onnx", "onnx-int8"])
     parser.add_argument("--skip-ultralytics-single", action="store_true")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="default: bench/results/inference_<cpu|gpu>.json"
+    )
     parser.add_argument(
         "--engine-threads",
         type=int,
@@ -256,38 +264,46 @@ def main() -> None:
     torch.set_num_threads(args.engine_threads)
     result["engine_torch_threads"] = args.engine_threads
     for backend in args.backends:
-        with session_scope(url) as session:
-            register_model_version(
-                session,
-                weights,
-                WORK / "models",
-                kind=ModelKind.DETECTOR,
-                architecture="bench",
-                class_names=class_names,
-                image_size=imgsz,
-                name=backend,
-                thresholds={"default": OPERATING_CONF, "iou": 0.45},
-            )
         engine_kind = "pytorch" if backend == "pytorch" else "onnx"
-        device = args.device
-        operating = Inspector.from_weights(
+        for batch in args.engine_batches:
+            name = f"{backend}-b{batch}"
+            with session_scope(url) as session:
+                register_model_version(
+                    session,
+                    weights,
+                    WORK / "models",
+                    kind=ModelKind.DETECTOR,
+                    architecture="bench",
+                    class_names=class_names,
+                    image_size=imgsz,
+                    name=name,
+                    thresholds={"default": OPERATING_CONF, "iou": 0.45},
+                )
+            operating = Inspector.from_weights(
+                sources[backend],
+                {"default": OPERATING_CONF, "iou": 0.45},
+                engine_kind,
+                args.device,
+                batch,
+            )
+            run = engine_end_to_end(name, operating, parts_dir, url)
+            run["batch"] = operating.batch_size
+            run["bare_forward"] = bare_forward(operating, imgsz, args.batch)
+            run["backend"] = operating.backend.describe()
+            result["runs"][f"engine_{name}"] = run
+            print(name, run)
+        scoring = Inspector.from_weights(
             sources[backend],
-            {"default": OPERATING_CONF, "iou": 0.45},
+            {"default": MAP_CONF, "iou": 0.7},
             engine_kind,
-            device,
+            args.device,
             args.batch,
         )
-        run = engine_end_to_end(backend, operating, parts_dir, url)
-        run["bare_forward"] = bare_forward(operating, imgsz, args.batch)
-        scoring = Inspector.from_weights(
-            sources[backend], {"default": MAP_CONF, "iou": 0.7}, engine_kind, device, args.batch
-        )
         map50, map50_95 = engine_map(scoring, test_images, truths)
-        run.update(
-            map50=round(map50, 4), map50_95=round(map50_95, 4), backend=operating.backend.describe()
-        )
-        result["runs"][f"engine_{backend}"] = run
-        print(backend, run)
+        for batch in args.engine_batches:
+            result["runs"][f"engine_{backend}-b{batch}"].update(
+                map50=round(map50, 4), map50_95=round(map50_95, 4)
+            )
     reference = result["runs"]["ultralytics_list"]
     for name, run in result["runs"].items():
         if name.startswith("engine_"):
@@ -299,7 +315,7 @@ def main() -> None:
                     run["parts_per_s"] / result["runs"]["ultralytics_single"]["parts_per_s"], 2
                 )
             run["map50_difference"] = round(run["map50"] - reference["map50"], 4)
-    out = ROOT / "bench" / "results" / f"inference_{'gpu' if gpu else 'cpu'}.json"
+    out = args.out or ROOT / "bench" / "results" / f"inference_{'gpu' if gpu else 'cpu'}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}")
