@@ -187,3 +187,72 @@ def model_timeline_figure(usage: list[ModelUsage]) -> go.Figure:
         title="Model version in use", height=120 + 40 * max(len(usage), 1), showlegend=False
     )
     return figure
+
+
+@dataclass(frozen=True)
+class ShownBox:
+    label: str
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    counted: bool
+
+
+def review_figure(pixels_rgb, boxes: list[ShownBox], grid_step: int = 4) -> go.Figure:  # type: ignore[no-untyped-def]
+    """The part with its predictions, on which a reviewer drags a box around a missed defect.
+
+    Plotly selects data points, not image pixels: an invisible grid of points lets the box
+    selection report its corners in image coordinates.
+    """
+    height, width = pixels_rgb.shape[:2]
+    figure = go.Figure(go.Image(z=pixels_rgb, hoverinfo="skip"))
+    xs = list(range(0, width, grid_step))
+    ys = list(range(0, height, grid_step))
+    figure.add_trace(
+        go.Scatter(
+            x=[x for _ in ys for x in xs],
+            y=[y for y in ys for _ in xs],
+            mode="markers",
+            marker={"opacity": 0, "size": 2},
+            hoverinfo="skip",
+            showlegend=False,
+        )
+    )
+    for box in boxes:
+        colour = "#dc1e1e" if box.counted else "#f0aa00"
+        figure.add_shape(
+            type="rect",
+            x0=box.x1,
+            y0=box.y1,
+            x1=box.x2,
+            y1=box.y2,
+            line={"color": colour, "width": 2},
+        )
+        figure.add_annotation(
+            x=box.x1,
+            y=box.y1,
+            text=box.label,
+            showarrow=False,
+            xanchor="left",
+            yanchor="bottom",
+            font={"color": "white", "size": 11},
+            bgcolor=colour,
+        )
+    figure.update_xaxes(visible=False, range=[0, width])
+    figure.update_yaxes(visible=False, range=[height, 0], scaleanchor="x")
+    figure.update_layout(
+        dragmode="select",
+        margin={"l": 0, "r": 0, "t": 0, "b": 0},
+        height=min(720, max(360, height)),
+    )
+    return figure
+
+
+def selected_box(selection: dict | None) -> tuple[float, float, float, float] | None:  # type: ignore[type-arg]
+    """(x1, y1, x2, y2) of the first box a reviewer dragged, from Streamlit's selection state."""
+    boxes = (selection or {}).get("box") or []
+    if not boxes:
+        return None
+    xs, ys = sorted(boxes[0]["x"]), sorted(boxes[0]["y"])
+    return (round(xs[0], 1), round(ys[0], 1), round(xs[1], 1), round(ys[1], 1))

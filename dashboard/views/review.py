@@ -6,7 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from dashboard.drawing import NOT_COUNTED, DrawnBox, draw_boxes
+from dashboard.charts import ShownBox, review_figure, selected_box
 from dashboard.state import database_ready, detector_info
 from db.models import Inspection
 from db.reviews import add_missed_defect, confirm_defect, mark_false_call, mark_good, review_queue
@@ -50,16 +50,26 @@ else:
     info = detector_info(state.url)
     classes = info.classes if info else sorted({p[1] for p in predictions})
     left, right = st.columns([3, 2])
+    drawn = None
     with left:
-        st.markdown(f"**{name}**: {verdict.upper()}")
+        st.markdown(
+            f"**{name}**: {verdict.upper()}. Drag a box on the image around a missed defect."
+        )
         try:
             pixels = decode_image(Path(stored_path).read_bytes()).pixels
             boxes = [
-                DrawnBox(f"{i + 1}: {c} {conf:.2f}", *box, *(() if counted else (NOT_COUNTED,)))
+                ShownBox(f"{i + 1}: {c} {conf:.2f}", *box, counted)
                 for i, (_, c, conf, counted, box) in enumerate(predictions)
                 if box[0] is not None
             ]
-            st.image(draw_boxes(pixels, boxes))
+            event = st.plotly_chart(
+                review_figure(pixels, boxes),
+                on_select="rerun",
+                selection_mode="box",
+                key=f"draw_{item.part_id}",
+                config={"displaylogo": False},
+            )
+            drawn = selected_box(event.selection if event else None)
         except (OSError, ImageDecodeError) as exc:
             st.warning(f"cannot show the image: {exc}")
     with right:
@@ -86,14 +96,18 @@ else:
                 mark_good(session, item.part_id, reviewer)
             st.rerun()
         with st.form("missed"):
-            st.markdown("Add a missed defect (pixels of the original image)")
+            st.markdown(
+                "Add a missed defect: drag a box on the image, or type its corners (pixels)"
+            )
             missed_class = st.selectbox("Class", classes or ["defect"])
             c1, c2, c3, c4 = st.columns(4)
             width, height = size
-            x1 = c1.number_input("x1", min_value=0.0, value=0.0)
-            y1 = c2.number_input("y1", min_value=0.0, value=0.0)
-            x2 = c3.number_input("x2", min_value=0.0, value=float(width or 10))
-            y2 = c4.number_input("y2", min_value=0.0, value=float(height or 10))
+            start = drawn or (0.0, 0.0, float(width or 10), float(height or 10))
+            suffix = f"{item.part_id}_{start}"  # a new drawn box refills the fields
+            x1 = c1.number_input("x1", min_value=0.0, value=float(start[0]), key=f"x1_{suffix}")
+            y1 = c2.number_input("y1", min_value=0.0, value=float(start[1]), key=f"y1_{suffix}")
+            x2 = c3.number_input("x2", min_value=0.0, value=float(start[2]), key=f"x2_{suffix}")
+            y2 = c4.number_input("y2", min_value=0.0, value=float(start[3]), key=f"y2_{suffix}")
             if st.form_submit_button("Add missed defect", disabled=not reviewer.strip()):
                 try:
                     with session_scope(state.url) as session:
