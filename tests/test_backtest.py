@@ -91,8 +91,15 @@ def test_retraining_runs_as_its_own_process(
 ) -> None:
     monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
     get_settings.cache_clear()
+    # Fine-tuned from the production model and distilled from it: the retraining that keeps old defects.
     pid, log = start_detector_training(
-        "synth", epochs=1, imgsz=64, from_model=trained.version_name, log_dir=tmp_path
+        "synth",
+        epochs=1,
+        imgsz=64,
+        from_model=trained.version_name,
+        architecture="defect-yolo-n",
+        log_dir=tmp_path,
+        teacher=trained.version_name,
     )
     deadline = time.monotonic() + 240
     while process_alive(pid) and time.monotonic() < deadline:
@@ -107,3 +114,4 @@ def test_retraining_runs_as_its_own_process(
         job = session.scalars(select(TrainingJob).where(TrainingJob.pid == pid)).one()
         assert job.status == JobStatus.SUCCEEDED, log.read_text()[-2000:]
         assert job.result_model_version_id is not None and job.progress == 1.0
+        assert job.kind == "distill-detector"

@@ -150,8 +150,17 @@ def test_review_figure_and_drawn_box() -> None:
 
     from dashboard.charts import ShownBox, review_figure, selected_box
 
-    figure = review_figure(np.zeros((40, 60, 3), dtype=np.uint8), [ShownBox("1: scratch 0.80", 5, 5, 20, 10, True)])
+    figure = review_figure(
+        np.zeros((40, 60, 3), dtype=np.uint8), [ShownBox("1: scratch 0.80", 5, 5, 20, 10, True)]
+    )
     assert figure.layout.dragmode == "select" and len(figure.layout.shapes) == 1
-    assert len(figure.data[1].x) == 15 * 10  # the invisible 4-pixel grid that makes box selection work
-    assert selected_box({"box": [{"x": [30.26, 10.0], "y": [4.0, 20.04]}]}) == (10.0, 4.0, 30.3, 20.0)
+    assert (
+        len(figure.data[1].x) == 15 * 10
+    )  # the invisible 4-pixel grid that makes box selection work
+    assert selected_box({"box": [{"x": [30.26, 10.0], "y": [4.0, 20.04]}]}) == (
+        10.0,
+        4.0,
+        30.3,
+        20.0,
+    )
     assert selected_box({"box": []}) is None and selected_box(None) is None

@@ -162,16 +162,25 @@ def test_interrupted_training_resumes(trained: Trained, monkeypatch: pytest.Monk
 
     monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
     get_settings.cache_clear()
-    request = TrainRequest(data="synth", architecture="defect-yolo-n-plain", epochs=2, imgsz=64, batch=4)
+    request = TrainRequest(
+        data="synth", architecture="defect-yolo-n-plain", epochs=2, imgsz=64, batch=4
+    )
 
     def stop_after_first_epoch(trainer) -> None:  # type: ignore[no-untyped-def]
         if trainer.epoch == 0:
             raise KeyboardInterrupt  # the operator presses Ctrl-C
 
     with pytest.raises(KeyboardInterrupt):
-        train_detector(request, url=trained.url, callbacks={"on_model_save": stop_after_first_epoch})
-    version_id = train_detector(TrainRequest(**{**request.__dict__, "resume": True}), url=trained.url)
+        train_detector(
+            request, url=trained.url, callbacks={"on_model_save": stop_after_first_epoch}
+        )
+    version_id = train_detector(
+        TrainRequest(**{**request.__dict__, "resume": True}), url=trained.url
+    )
     with session_scope(trained.url) as session:
-        statuses = [j.status for j in session.scalars(select(TrainingJob).order_by(TrainingJob.id)).all()[-2:]]
+        statuses = [
+            j.status
+            for j in session.scalars(select(TrainingJob).order_by(TrainingJob.id)).all()[-2:]
+        ]
         assert statuses == [JobStatus.CANCELLED, JobStatus.SUCCEEDED]
         assert get_model_version(session, version_id).metrics["epochs"] == 2

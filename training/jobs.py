@@ -21,24 +21,20 @@ def start_detector_training(
     from_model: str | None = None,
     architecture: str = "defect-yolo-s",
     log_dir: Path | None = None,
+    teacher: str | None = None,
 ) -> tuple[int, Path]:
-    """Launch `defects train detector` detached; returns its pid and log file."""
+    """Launch `defects train detector` (or `distill detector` with a teacher) detached; returns
+    its pid and log file."""
     log_dir = log_dir or get_settings().runs_dir / "jobs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    command = [
-        sys.executable,
-        "-c",
-        "from training.cli import main; main()",
-        "train",
-        "detector",
-        "--data",
-        data,
-        "--epochs",
-        str(epochs),
-        "--imgsz",
-        str(imgsz),
-    ]
-    command += ["--from", from_model] if from_model else ["--model", architecture]
+    command = [sys.executable, "-c", "from training.cli import main; main()"]
+    if teacher:
+        command += ["distill", "detector", "--teacher", teacher, "--student", architecture]
+    else:
+        command += ["train", "detector", "--model", architecture]
+    command += ["--data", data, "--epochs", str(epochs), "--imgsz", str(imgsz)]
+    if from_model:
+        command += ["--from", from_model]
     log_file = log_dir / f"train-{data}-{os.getpid()}-{len(list(log_dir.iterdir()))}.log"
     with log_file.open("w") as log:
         process = subprocess.Popen(

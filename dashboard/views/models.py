@@ -131,12 +131,25 @@ else:
             value=bool(production_name),
             disabled=not production_name,
         )
+        distill = st.checkbox(
+            "Distill from the production model too, so retraining does not forget the old defect types",
+            value=False,
+            disabled=not production_name,
+        )
         if st.form_submit_button("Start training"):
+            with session_scope(state.url) as session:
+                architecture = (
+                    get_model_version(session, production_name).architecture
+                    if production_name
+                    else "defect-yolo-s"
+                )
             pid, log = start_detector_training(
                 data,
                 int(epochs),
                 int(imgsz),
                 production_name if fine_tune and production_name else None,
+                architecture=architecture,
+                teacher=production_name if distill and production_name else None,
             )
             st.success(
                 f"Training started (process {pid}); it goes on if you close this page. Log: {log}"
