@@ -164,3 +164,14 @@ def test_review_figure_and_drawn_box() -> None:
         20.0,
     )
     assert selected_box({"box": []}) is None and selected_box(None) is None
+
+
+def test_a_missing_model_file_is_a_message(production: str, tmp_path: Path) -> None:
+    from db.registry import get_model_version
+
+    with session_scope(production) as session:
+        Path(get_model_version(session, "tiny").file_path).unlink()
+    at = _app().run()
+    at.file_uploader(key="inspect_files").set_value(_png_files(tmp_path, 1, 5)).run()
+    assert not at.exception
+    assert "model file not found" in at.error[0].value

@@ -19,7 +19,7 @@ from dashboard.state import (
     no_model_message,
 )
 from db.queries import part_results
-from db.session import session_scope
+from db.session import DatabaseError, session_scope
 from inspection.batch import BatchInspection, SourceItem, iter_zip
 from inspection.errors import UserError
 from inspection.images import MAX_PIXELS, ImageDecodeError, decode_image
@@ -87,15 +87,6 @@ if st.session_state.get("inspected_key") != upload_key:
     # New uploads: inspect what this model has not judged yet (a rerun re-inspects nothing).
     items = source_items(uploaded)
     progress = st.progress(0.0, text=f"Inspecting {len(items)} parts...")
-    job = BatchInspection(
-        state.url,
-        get_settings().images_dir,
-        line,
-        station,
-        model=info.name,
-        source="dashboard upload",
-        inspector=inspector_for(info),
-    )
     done = [0]
 
     def advance(_result) -> None:  # type: ignore[no-untyped-def]
@@ -104,7 +95,22 @@ if st.session_state.get("inspected_key") != upload_key:
             min(done[0] / max(len(items), 1), 1.0), text=f"{done[0]} of {len(items)} parts"
         )
 
-    summary = job.run(items, advance)
+    try:
+        job = BatchInspection(
+            state.url,
+            get_settings().images_dir,
+            line,
+            station,
+            model=info.name,
+            source="dashboard upload",
+            inspector=inspector_for(info),
+        )
+        summary = job.run(items, advance)
+    except (UserError, DatabaseError) as exc:
+        # A deleted model file or a database gone away: say so, keep the uploads for a retry.
+        progress.empty()
+        st.error(f"Inspection could not run: {exc}")
+        st.stop()
     progress.empty()
     st.session_state["inspected_key"] = upload_key
     st.session_state["inspected_parts"] = [
