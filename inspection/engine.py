@@ -100,16 +100,38 @@ def postprocess(
     class_names: list[str],
     thresholds: Thresholds,
 ) -> list[list[Detection]]:
-    """NMS (ultralytics') and boxes back to each original image's pixels."""
-    from ultralytics.utils.nms import non_max_suppression
+    """Candidates above the lowest threshold, per-class NMS, boxes back to original pixels.
+
+    The same rules as ultralytics' non_max_suppression (best class per anchor, conf strictly
+    above the threshold, class-aware NMS, at most MAX_DETECTIONS): reimplemented because the
+    confidence filter in NumPy comes first here, so that NMS sees a few candidates instead of
+    every anchor; with small CPU batches that halves the time spent outside the network.
+    """
+    import torchvision
     from ultralytics.utils.ops import scale_boxes
 
-    kept = non_max_suppression(
-        torch.from_numpy(raw),
-        conf_thres=thresholds.lowest,
-        iou_thres=thresholds.iou,
-        max_det=MAX_DETECTIONS,
-    )
+    scores = raw[:, 4:, :]
+    best = scores.max(axis=1)  # (batch, anchors)
+    kept: list[torch.Tensor] = []
+    for i in range(raw.shape[0]):
+        candidates = np.flatnonzero(best[i] > thresholds.lowest)
+        if len(candidates) == 0:
+            kept.append(torch.zeros((0, 6)))
+            continue
+        image_raw = raw[i]  # (4 + classes, anchors)
+        cx, cy, w, h = image_raw[:4, candidates]
+        boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
+        confidence = best[i, candidates]
+        classes = image_raw[4:, candidates].argmax(axis=0)
+        boxes_t, conf_t = (
+            torch.from_numpy(boxes.astype(np.float32)),
+            torch.from_numpy(confidence.astype(np.float32)),
+        )
+        classes_t = torch.from_numpy(classes.astype(np.float32))
+        order = torchvision.ops.batched_nms(boxes_t, conf_t, classes_t.long(), thresholds.iou)[
+            :MAX_DETECTIONS
+        ]
+        kept.append(torch.cat([boxes_t[order], conf_t[order, None], classes_t[order, None]], dim=1))
     results: list[list[Detection]] = []
     for boxes, shape in zip(kept, shapes, strict=True):
         if len(boxes):
