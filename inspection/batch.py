@@ -22,7 +22,7 @@ from pathlib import Path
 from threading import Event
 from typing import BinaryIO
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from db.models import (
@@ -315,64 +315,88 @@ class BatchInspection:
                 on_result(result)
 
     def _write(self, results: list[PartResult], payload: dict[str, bytes]) -> None:
+        """Image files first, then parts, inspections and predictions in one transaction, as
+        bulk INSERTs (row-by-row ORM objects cost a fifth of a CPU core at line rate)."""
+        if not results:
+            return  # (an INSERT given no rows would insert one row of defaults)
         stored = {
             r.name: store_image(self.images_dir, r.content_hash, r.name, payload[r.name])
             for r in results
             if r.name in payload
         }
+        now = utcnow()
+        thresholds = self.inspector.thresholds.to_dict()
         with session_scope(self.url) as session:
-            existing = {
-                p.content_hash: p
-                for p in session.scalars(
-                    select(Part).where(
-                        Part.content_hash.in_([r.content_hash for r in results if r.content_hash])
+            # (Result objects have .keys(), so dict() would take them for mappings.)
+            part_ids: dict[str, int] = {
+                digest: part_id
+                for digest, part_id in session.execute(
+                    select(Part.content_hash, Part.id).where(
+                        Part.content_hash.in_([r.content_hash for r in results])
                     )
                 )
             }
-            now = utcnow()
-            for result in results:
-                part = existing.get(result.content_hash)
-                if part is None:
-                    part = Part(
-                        content_hash=result.content_hash,
-                        stored_path=str(stored.get(result.name, "")),
-                        original_name=result.name,
-                        size_bytes=result.size_bytes,
-                        width=result.width,
-                        height=result.height,
-                        captured_at=now,
-                        line_id=self.line_id,
-                        station_id=self.station_id,
-                    )
-                    session.add(part)
-                    existing[result.content_hash] = part
-                inspection = Inspection(
-                    part=part,
-                    run_id=self.run_id,
-                    model_version_id=self.model_id,
-                    classifier_version_id=self.classifier_id,
-                    defect_probability=result.defect_probability,
-                    verdict=Verdict(result.verdict),
-                    thresholds=self.inspector.thresholds.to_dict(),
-                    latency_ms=result.latency_ms,
-                    error=result.error,
-                    inspected_at=now,
-                    predictions=[
-                        Prediction(
-                            source=PredictionSource.DETECTOR,
-                            class_name=d.class_name,
-                            confidence=d.confidence,
-                            x1=d.x1,
-                            y1=d.y1,
-                            x2=d.x2,
-                            y2=d.y2,
-                            counted=d.counted,
-                            verification_score=d.verification,
-                        )
-                        for d in result.detections
-                    ],
+            new_parts = {
+                r.content_hash: {
+                    "content_hash": r.content_hash,
+                    "stored_path": str(stored.get(r.name, "")),
+                    "original_name": r.name,
+                    "size_bytes": r.size_bytes,
+                    "width": r.width,
+                    "height": r.height,
+                    "captured_at": now,
+                    "line_id": self.line_id,
+                    "station_id": self.station_id,
+                    "external_part_id": None,
+                    "created_at": now,
+                }
+                for r in results
+                if r.content_hash not in part_ids
+            }
+            if new_parts:
+                inserted = session.execute(
+                    insert(Part).returning(Part.content_hash, Part.id), list(new_parts.values())
                 )
-                session.add(inspection)
+                part_ids.update({digest: part_id for digest, part_id in inserted})
+            inspection_rows = [
+                {
+                    "part_id": part_ids[r.content_hash],
+                    "run_id": self.run_id,
+                    "model_version_id": self.model_id,
+                    "classifier_version_id": self.classifier_id,
+                    "defect_probability": r.defect_probability,
+                    "verdict": Verdict(r.verdict),
+                    "thresholds": thresholds,
+                    "latency_ms": r.latency_ms,
+                    "error": r.error,
+                    "inspected_at": now,
+                }
+                for r in results
+            ]
+            inspection_ids = {
+                part_id: inspection_id
+                for part_id, inspection_id in session.execute(
+                    insert(Inspection).returning(Inspection.part_id, Inspection.id), inspection_rows
+                )
+            }
+            prediction_rows = [
+                {
+                    "inspection_id": inspection_ids[part_ids[r.content_hash]],
+                    "source": PredictionSource.DETECTOR,
+                    "class_name": d.class_name,
+                    "confidence": d.confidence,
+                    "x1": d.x1,
+                    "y1": d.y1,
+                    "x2": d.x2,
+                    "y2": d.y2,
+                    "counted": d.counted,
+                    "verification_score": d.verification,
+                }
+                for r in results
+                for d in r.detections
+            ]
+            if prediction_rows:
+                session.execute(insert(Prediction), prediction_rows)
 
     def watch(
         self,
