@@ -180,6 +180,26 @@ def bare_forward(inspector: Inspector, imgsz: int, batch: int, seconds: float = 
     return {"batch": batch, "images_per_s": round(count / (time.perf_counter() - start), 1)}
 
 
+def markdown_table(result: dict) -> str:
+    lines = [
+        f"# Inference on {result['hardware']}: {result['parts']} NEU-DET parts at {result['imgsz']} px",
+        "",
+        f"Model {result['weights']}, {result['gflops']} GFLOPs; operating confidence {result['operating_conf']}. "
+        "End to end = read, decode, infer, NMS, verdict and the database write.",
+        "",
+        "| run | batch | parts/s | p50 ms | p99 ms | x ultralytics single | x ultralytics list | bare forward img/s | mAP50 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, run in result["runs"].items():
+        bare = run.get("bare_forward", {}).get("images_per_s", "")
+        lines.append(
+            f"| {name} | {run.get('batch', '')} | {run['parts_per_s']} | {run.get('p50_ms') or ''} | "
+            f"{run.get('p99_ms') or ''} | {run.get('speedup_vs_ultralytics_single', '')} | "
+            f"{run.get('speedup_vs_ultralytics_list', '')} | {bare} | {run.get('map50', '')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -318,6 +338,7 @@ def main() -> None:
     out = args.out or ROOT / "bench" / "results" / f"inference_{'gpu' if gpu else 'cpu'}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
+    out.with_suffix(".md").write_text(markdown_table(result))
     print(f"wrote {out}")
     shutil.rmtree(WORK, ignore_errors=True)
 
