@@ -71,30 +71,28 @@ def _prediction(session: Session, prediction_id: int) -> Prediction:
     return prediction
 
 
-def confirm_defect(session: Session, prediction_id: int, reviewer: str) -> Review:
+def _review_prediction(
+    session: Session, prediction_id: int, kind: ReviewKind, reviewer: str
+) -> Review:
     prediction = _prediction(session, prediction_id)
+    box = (prediction.x1, prediction.y1, prediction.x2, prediction.y2)
     return _add(
         session,
         prediction.inspection.part_id,
-        ReviewKind.CONFIRMED_DEFECT,
+        kind,
         reviewer,
         prediction.class_name,
-        (prediction.x1, prediction.y1, prediction.x2, prediction.y2),
+        box,
         prediction_id,
     )
+
+
+def confirm_defect(session: Session, prediction_id: int, reviewer: str) -> Review:
+    return _review_prediction(session, prediction_id, ReviewKind.CONFIRMED_DEFECT, reviewer)
 
 
 def mark_false_call(session: Session, prediction_id: int, reviewer: str) -> Review:
-    prediction = _prediction(session, prediction_id)
-    return _add(
-        session,
-        prediction.inspection.part_id,
-        ReviewKind.FALSE_CALL,
-        reviewer,
-        prediction.class_name,
-        (prediction.x1, prediction.y1, prediction.x2, prediction.y2),
-        prediction_id,
-    )
+    return _review_prediction(session, prediction_id, ReviewKind.FALSE_CALL, reviewer)
 
 
 def add_missed_defect(
