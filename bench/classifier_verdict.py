@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,6 +80,21 @@ def ensure_dataset(url: str, root: Path) -> None:
         print("imported DeepPCB:", report.split_counts, len(report.issues), "issues")
 
 
+def training_seconds(url: str, version_id: int) -> float | None:
+    """Wall time of the training job that made a model version (also when a run reuses it)."""
+    from sqlalchemy import select
+
+    from db.models import TrainingJob
+
+    with session_scope(url) as session:
+        job = session.scalars(
+            select(TrainingJob).where(TrainingJob.result_model_version_id == version_id)
+        ).first()
+        if job is None or job.started_at is None or job.finished_at is None:
+            return None
+        return round((job.finished_at - job.started_at).total_seconds(), 1)
+
+
 def rates(counts) -> dict:  # type: ignore[no-untyped-def]
     n_defective, n_missed, n_good, n_false = (
         counts.n_defective,
@@ -119,6 +133,15 @@ def main() -> None:
     )
     parser.add_argument("--max-miss-rate", type=float, default=0.002)
     parser.add_argument("--verify-threshold", type=float, default=None)
+    parser.add_argument(
+        "--detector-version",
+        type=int,
+        default=None,
+        help="reuse a detector trained by a former run",
+    )
+    parser.add_argument(
+        "--classifier-version", type=int, default=None, help="reuse a former run's classifier"
+    )
     args = parser.parse_args()
     from training.train_classifier import ClassifierTrainRequest, train_classifier
     from training.train_detector import TrainRequest, train_detector
@@ -126,32 +149,31 @@ def main() -> None:
     url = get_settings().resolved_database_url
     upgrade(url)
     ensure_dataset(url, args.deeppcb)
-    started = time.perf_counter()
-    detector_id = train_detector(
-        TrainRequest(
-            data="deeppcb",
-            architecture=args.detector,
-            epochs=args.epochs,
-            imgsz=args.imgsz,
-            batch=args.batch,
-            device=args.device,
-            extra=(("fraction", args.fraction),),
-        ),
-        url=url,
-    )
-    detector_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    classifier_id = train_classifier(
-        ClassifierTrainRequest(
-            data="deeppcb",
-            backbone=args.classifier,
-            epochs=args.classifier_epochs,
-            imgsz=args.classifier_imgsz,
-            device=args.device,
-        ),
-        url=url,
-    )
-    classifier_seconds = time.perf_counter() - started
+    detector_id, classifier_id = args.detector_version, args.classifier_version
+    if detector_id is None:
+        detector_id = train_detector(
+            TrainRequest(
+                data="deeppcb",
+                architecture=args.detector,
+                epochs=args.epochs,
+                imgsz=args.imgsz,
+                batch=args.batch,
+                device=args.device,
+                extra=(("fraction", args.fraction),),
+            ),
+            url=url,
+        )
+    if classifier_id is None:
+        classifier_id = train_classifier(
+            ClassifierTrainRequest(
+                data="deeppcb",
+                backbone=args.classifier,
+                epochs=args.classifier_epochs,
+                imgsz=args.classifier_imgsz,
+                device=args.device,
+            ),
+            url=url,
+        )
     with session_scope(url) as session:
         detector = get_model_version(session, detector_id)
         classifier = get_model_version(session, classifier_id)
@@ -203,8 +225,8 @@ def main() -> None:
                     "classifier_imgsz": args.classifier_imgsz,
                 },
                 "train_wall_s": {
-                    "detector": round(detector_seconds, 1),
-                    "classifier": round(classifier_seconds, 1),
+                    "detector": training_seconds(url, detector_id),
+                    "classifier": training_seconds(url, classifier_id),
                 },
                 "results": results,
             },

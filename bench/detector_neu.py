@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -24,33 +23,13 @@ RESULTS = ROOT / "bench" / "results"
 os.environ["DEFECTS_DATA_DIR"] = str(WORK)  # before the product reads its settings
 sys.path.insert(0, str(ROOT))
 
+from common import ensure_neu, hardware  # noqa: E402
+
 import inspection  # noqa: E402,F401
 from db.migrate import upgrade  # noqa: E402
 from db.registry import get_model_version  # noqa: E402
 from db.session import session_scope  # noqa: E402
 from inspection.settings import get_settings  # noqa: E402
-from training.datasets import import_dataset  # noqa: E402
-
-
-def hardware() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)}, {os.cpu_count()} CPU cores"
-    return f"CPU only, {os.cpu_count()} cores ({platform.processor() or platform.machine()})"
-
-
-def ensure_dataset(url: str, neu: Path) -> None:
-    with session_scope(url) as session:
-        from sqlalchemy import select
-
-        from db.models import Dataset
-
-        if session.scalars(select(Dataset).where(Dataset.name == "neu-det")).first() is None:
-            report = import_dataset(
-                session, "voc", neu, "neu-det", get_settings().datasets_dir, neu / "splits"
-            )
-            print(f"imported NEU-DET: {report.split_counts}, {len(report.issues)} issues")
 
 
 def train_phase(args: argparse.Namespace, url: str) -> None:
@@ -137,7 +116,7 @@ def main() -> None:
         sys.exit(f"NEU-DET not found at {args.neu} (pass --neu)")
     url = get_settings().resolved_database_url
     upgrade(url)
-    ensure_dataset(url, args.neu)
+    ensure_neu(url, args.neu)
     if args.phase in {"train", "all"}:
         train_phase(args, url)
     if args.phase in {"evaluate", "all"}:

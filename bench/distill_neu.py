@@ -22,13 +22,14 @@ WORK = ROOT / "bench" / ".work" / "distill_neu"
 os.environ["DEFECTS_DATA_DIR"] = str(WORK)  # before the product reads its settings
 sys.path.insert(0, str(ROOT))
 
+from common import ensure_neu, hardware  # noqa: E402
+
 import inspection  # noqa: E402,F401
 from db.migrate import upgrade  # noqa: E402
 from db.models import ModelKind  # noqa: E402
 from db.registry import get_model_version  # noqa: E402
 from db.session import session_scope  # noqa: E402
 from inspection.settings import get_settings  # noqa: E402
-from training.datasets import import_dataset  # noqa: E402
 from training.versions import register_model_version  # noqa: E402
 
 
@@ -86,20 +87,7 @@ def main() -> None:
 
     url = get_settings().resolved_database_url
     upgrade(url)
-    with session_scope(url) as session:
-        from sqlalchemy import select
-
-        from db.models import Dataset
-
-        if session.scalars(select(Dataset).where(Dataset.name == "neu-det")).first() is None:
-            import_dataset(
-                session,
-                "voc",
-                args.neu,
-                "neu-det",
-                get_settings().datasets_dir,
-                args.neu / "splits",
-            )
+    ensure_neu(url, args.neu)
     common = {
         "data": "neu-det",
         "epochs": args.epochs,
@@ -162,6 +150,7 @@ def main() -> None:
             {
                 "schedule": vars(args)
                 | {"neu": "NEU-DET", "teacher_weights": str(args.teacher_weights)},
+                "hardware": hardware(),
                 "results": results,
             },
             indent=2,

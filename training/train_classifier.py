@@ -326,7 +326,7 @@ def train_classifier(request: ClassifierTrainRequest, url: str | None = None) ->
                 else:
                     logits, soft, feature = distillation(model, images)
                     loss = criterion(logits, labels) + soft + feature
-                    distill_log.append(float(soft + feature))
+                    distill_log.append((soft + feature).item())
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
