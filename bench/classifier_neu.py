@@ -173,12 +173,14 @@ def main() -> None:
         root, "test", args.detector, defect_classes, weights_of[args.verdict_classifier]
     )
     verdicts = {}
-    for name, dimensions in (
-        ("detector alone", defect_classes),
-        ("classifier alone", [PART]),
-        ("detector and classifier", [*defect_classes, PART]),
+    for name, dimensions, class_thresholds in (
+        ("detector alone, per-class thresholds", defect_classes, "per-class"),
+        ("detector alone, one shared threshold", defect_classes, "shared"),
+        ("classifier alone", [PART], "auto"),
+        ("detector and classifier, per-class thresholds", [*defect_classes, PART], "per-class"),
+        ("detector and classifier, one shared threshold", [*defect_classes, PART], "shared"),
     ):
-        calibrated = calibrate(val, dimensions, args.max_miss_rate)
+        calibrated = calibrate(val, dimensions, args.max_miss_rate, class_thresholds)
         counts = apply_thresholds(test, calibrated.thresholds)
         verdicts[name] = {
             "thresholds": {

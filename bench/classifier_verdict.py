@@ -30,6 +30,13 @@ from training.calibrate import PART, apply_thresholds, calibrate, score_split, u
 from training.datasets import Box, LabeledImage, write_dataset  # noqa: E402
 
 CLASSES = ["open", "short", "mousebite", "spur", "copper", "pin-hole"]
+SETUPS = [  # (name, calibrated dimensions, class thresholds)
+    ("detector alone, per-class thresholds", CLASSES, "per-class"),
+    ("detector alone, one shared threshold", CLASSES, "shared"),
+    ("classifier alone", [PART], "auto"),
+    ("detector and classifier, per-class thresholds", [*CLASSES, PART], "per-class"),
+    ("detector and classifier, one shared threshold", [*CLASSES, PART], "shared"),
+]
 
 
 def deeppcb_images(root: Path, list_file: str) -> list[LabeledImage]:
@@ -192,14 +199,9 @@ def main() -> None:
     test = score_split(
         root, "test", detector_path, CLASSES, classifier_path, args.verify_threshold, device=device
     )
-    setups = {
-        "detector alone": CLASSES,
-        "classifier alone": [PART],
-        "detector and classifier": [*CLASSES, PART],
-    }
     results = {}
-    for name, dimensions in setups.items():
-        calibrated = calibrate(val, dimensions, args.max_miss_rate)
+    for name, dimensions, class_thresholds in SETUPS:
+        calibrated = calibrate(val, dimensions, args.max_miss_rate, class_thresholds)
         results[name] = {
             "thresholds": {
                 k: (v if v != float("inf") else None) for k, v in calibrated.thresholds.items()

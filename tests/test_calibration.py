@@ -6,7 +6,14 @@ import math
 
 import pytest
 
-from training.calibrate import PART, PartScores, calibrate, upper_bound
+from training.calibrate import (
+    PART,
+    PartScores,
+    apply_thresholds,
+    calibrate,
+    shared_is_safer,
+    upper_bound,
+)
 
 
 def _parts() -> list[PartScores]:
@@ -25,7 +32,9 @@ def _parts() -> list[PartScores]:
 
 
 def test_zero_misses_with_no_false_call_when_the_scores_separate() -> None:
-    result = calibrate(_parts(), ["scratch", "spot"], max_miss_rate=0.0)
+    result = calibrate(
+        _parts(), ["scratch", "spot"], max_miss_rate=0.0, class_thresholds="per-class"
+    )
     assert result.thresholds == {"scratch": 0.7, "spot": 0.5}
     assert (result.n_missed, result.n_false_calls) == (0, 0)
 
@@ -33,7 +42,7 @@ def test_zero_misses_with_no_false_call_when_the_scores_separate() -> None:
 def test_a_looser_target_trades_a_miss_for_nothing_when_nothing_is_gained() -> None:
     # Allowing one miss in four: no false call to save, so the most permissive thresholds that
     # still keep three of four caught are chosen (the spot is let go).
-    result = calibrate(_parts(), ["scratch", "spot"], max_miss_rate=0.25)
+    result = calibrate(_parts(), ["scratch", "spot"], 0.25, class_thresholds="per-class")
     assert result.n_missed <= 1 and result.n_false_calls == 0
     assert result.thresholds["scratch"] == 0.7
 
@@ -80,7 +89,10 @@ def test_upper_bound_of_zero_misses_is_not_zero() -> None:
 
 def test_unused_dimensions_stay_off() -> None:
     result = calibrate(
-        [PartScores(True, {"scratch": 0.5}), PartScores(False, {})], ["scratch", "spot"], 0.0
+        [PartScores(True, {"scratch": 0.5}), PartScores(False, {})],
+        ["scratch", "spot"],
+        0.0,
+        class_thresholds="per-class",
     )
     assert math.isinf(result.thresholds["spot"])
 
@@ -95,6 +107,47 @@ def test_without_good_parts_false_detections_keep_thresholds_sensible() -> None:
         PartScores(True, {"crazing": 0.7}, {}),
         PartScores(True, {"crazing": 0.05, "spot": 0.6}, {"crazing": 0.05}),
     ]
-    result = calibrate(parts, ["crazing", "scratch", "spot"], max_miss_rate=0.0)
+    result = calibrate(parts, ["crazing", "scratch", "spot"], 0.0, class_thresholds="per-class")
     assert result.n_missed == 0
     assert result.thresholds == {"crazing": 0.7, "scratch": 0.8, "spot": 0.6}
+
+
+def test_one_shared_threshold_is_the_weakest_defect_of_any_class() -> None:
+    # Best score of any class per part: defective 0.9, 0.8, 0.7, 0.5; good 0.6, 0.3, 0.4, none.
+    # Catching the 0.5 part with one threshold also fails the good part at 0.6.
+    result = calibrate(_parts(), ["scratch", "spot"], 0.0, class_thresholds="shared")
+    assert result.thresholds == {"scratch": 0.5, "spot": 0.5}
+    assert (result.n_missed, result.n_false_calls) == (0, 1)
+    assert result.details["class_thresholds"] == "shared"
+
+
+def test_auto_shares_one_threshold_until_the_split_is_large_enough() -> None:
+    # Four defective parts and two classes: per-class only once 4 * target >= 2.
+    assert calibrate(_parts(), ["scratch", "spot"], 0.0).details["class_thresholds"] == "shared"
+    looser = calibrate(_parts(), ["scratch", "spot"], 0.5)
+    assert looser.details["class_thresholds"] == "per-class"
+    assert shared_is_safer(1199, 6, 0.005) and not shared_is_safer(1200, 6, 0.005)
+    assert not shared_is_safer(10, 1, 0.0)  # one class: nothing to share
+
+
+def test_per_class_thresholds_from_a_small_split_let_more_new_defects_through() -> None:
+    # Six classes, 30 calibration parts each, every defect's score drawn from the same law on
+    # both splits: each per-class threshold sits at the weakest of 30 (about 1 in 31 new defects
+    # below it), the shared one at the weakest of 180 (about 1 in 181).
+    import random
+
+    rng = random.Random(7)
+    classes = [f"class{i}" for i in range(6)]
+
+    def split(n_per_class: int) -> list[PartScores]:
+        return [
+            PartScores(True, {name: rng.random()}) for name in classes for _ in range(n_per_class)
+        ]
+
+    calibration_split, new_parts = split(30), split(2000)
+    per_class = calibrate(calibration_split, classes, 0.0, class_thresholds="per-class")
+    shared = calibrate(calibration_split, classes, 0.0, class_thresholds="shared")
+    assert per_class.n_missed == shared.n_missed == 0
+    missed_per_class = apply_thresholds(new_parts, per_class.thresholds).n_missed
+    missed_shared = apply_thresholds(new_parts, shared.thresholds).n_missed
+    assert missed_shared / 12000 < 0.01 < missed_per_class / 12000

@@ -13,12 +13,13 @@ from streamlit.testing.v1 import AppTest
 
 from dashboard.charts import latency_figure, p_chart, pareto_figure, rates_figure, volume_figure
 from db.migrate import upgrade
-from db.models import Inspection, Review
+from db.models import Inspection, ModelVersion, Review
 from db.queries import ParetoRow, RateRow, VolumeRow
 from db.session import session_scope
 from inspection.settings import get_settings
 from tests.conftest import Trained, register_production_detector
-from tests.synthetic import CLASSES, make_images
+from tests.synthetic import CLASSES, make_images, write_splits, write_voc
+from training.datasets import import_dataset
 
 APP = str(Path(__file__).parents[1] / "dashboard" / "app.py")
 
@@ -114,6 +115,31 @@ def test_history_models_and_settings_pages(production: str, tmp_path: Path) -> N
     at.switch_page("views/settings.py").run()
     assert not at.exception, at.exception
     assert {s.label for s in at.slider} == set(CLASSES)
+
+
+def test_settings_calibrates_one_shared_threshold(production: str, tmp_path: Path) -> None:
+    images = write_voc(tmp_path / "src", n=12)
+    with session_scope(production) as session:
+        import_dataset(
+            session,
+            "voc",
+            tmp_path / "src",
+            "synth",
+            get_settings().datasets_dir,
+            write_splits(tmp_path / "splits", images),
+            CLASSES,
+        )
+    at = _app().run()
+    at.switch_page("views/settings.py").run()
+    next(s for s in at.selectbox if s.label == "Class thresholds").set_value("shared")
+    next(b for b in at.button if b.label == "Calibrate").click().run()
+    assert not at.exception, at.exception
+    assert not at.error, at.error[0].value
+    assert "Stored as the operating point" in at.success[0].value
+    with session_scope(production) as session:
+        thresholds = session.scalars(select(ModelVersion.thresholds)).one()
+    assert thresholds["calibration"]["class_thresholds"] == "shared"
+    assert len(set(thresholds["per_class"].values())) == 1
 
 
 def test_empty_history_says_what_to_do() -> None:

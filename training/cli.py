@@ -367,6 +367,14 @@ def calibrate_command(
         typer.Option(help="Crop defect probability a detection needs (with --classifier)."),
     ] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N.")] = None,
+    class_thresholds: Annotated[
+        str,
+        typer.Option(
+            help="per-class, shared (one threshold for every class) or auto: shared unless the "
+            "split holds at least classes / target defective parts, since per-class thresholds "
+            "learned from few parts miss more on new parts."
+        ),
+    ] = "auto",
 ) -> None:
     """Pick per-class thresholds that hold a miss-rate target with the fewest false calls."""
     import math
@@ -382,6 +390,7 @@ def calibrate_command(
         classifier,
         verify_threshold,
         device,
+        class_thresholds,
     )
     result, dimensions = stored.calibration, stored.dimensions
     report = stored.operating_point["calibration"]
@@ -407,6 +416,8 @@ def calibrate_command(
         console.print(
             "[red]the target cannot be met on this split: some defects are never scored[/red]"
         )
+    if report.get("class_thresholds") == "shared":
+        console.print("one threshold shared by every class (the split is small for per-class ones)")
     console.print(f"stored as the operating point of {model}")
 
 

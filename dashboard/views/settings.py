@@ -13,7 +13,7 @@ from db.models import Dataset, ModelKind, ModelVersion
 from db.registry import ensure_station, get_model_version
 from db.session import session_scope
 from inspection.errors import UserError
-from training.calibrate import calibrate_model
+from training.calibrate import CLASS_THRESHOLD_MODES, calibrate_model
 
 state = database_ready()
 st.title("Settings")
@@ -48,7 +48,12 @@ else:
         st.caption(
             f"Calibrated on {calibration.get('data')}/{calibration.get('split')} for a miss rate of at most "
             f"{calibration.get('max_miss_rate')}: {calibration.get('n_missed')} of {calibration.get('n_defective')} "
-            f"missed (95% upper bound {calibration.get('miss_rate_upper_95', 0):.2%})."
+            f"missed (95% upper bound {calibration.get('miss_rate_upper_95', 0):.2%})"
+            + (
+                "; one threshold shared by every class."
+                if calibration.get("class_thresholds") == "shared"
+                else "."
+            )
         )
 
     st.subheader("Calibrate to a target miss rate")
@@ -71,6 +76,13 @@ else:
                 "Largest acceptable miss rate", 0.0, 0.5, 0.005, 0.001, format="%.3f"
             )
             classifier = st.selectbox("Classifier", ["none", *classifiers])
+            class_thresholds = st.selectbox(
+                "Class thresholds",
+                CLASS_THRESHOLD_MODES,
+                help="Per-class thresholds fail fewer good parts but, learned from few parts, "
+                "let more new defects through. Auto shares one threshold unless the split holds "
+                "at least (classes / target) defective parts.",
+            )
             if st.form_submit_button("Calibrate"):
                 try:
                     with st.spinner("Scoring the split..."):
@@ -81,6 +93,7 @@ else:
                             split,
                             float(target),
                             None if classifier == "none" else classifier,
+                            class_thresholds=class_thresholds,
                         )
                     result = stored.calibration
                     st.success(
