@@ -21,6 +21,8 @@ WORK = ROOT / "bench" / ".work" / "classifier_verdict"
 os.environ["DEFECTS_DATA_DIR"] = str(WORK)  # before the product reads its settings
 sys.path.insert(0, str(ROOT))
 
+from common import hardware  # noqa: E402
+
 import inspection  # noqa: E402,F401
 from db.migrate import upgrade  # noqa: E402
 from db.registry import get_model_version  # noqa: E402
@@ -121,6 +123,30 @@ def rates(counts) -> dict:  # type: ignore[no-untyped-def]
     }
 
 
+def markdown(summary: dict) -> str:
+    """The result file as a short table for people."""
+    schedule, test = summary["schedule"], summary["detector_test"]
+    rows = "\n".join(
+        f"| {name} | {r['test']['n_missed']} ({r['test']['miss_rate']:.3f}, upper "
+        f"{r['test']['miss_rate_upper_95']:.3f}) | {r['test']['n_false_calls']} "
+        f"({r['test']['false_call_rate']:.3f}, upper {r['test']['false_call_rate_upper_95']:.3f}) |"
+        for name, r in summary["results"].items()
+    )
+    wall = summary["train_wall_s"]
+    return f"""# Part verdicts on {summary["dataset"]}
+
+Detector {schedule["detector"]}, {schedule["epochs"]} epochs at {schedule["imgsz"]} px (test mAP50
+{test["map50"]:.3f}, mAP50-95 {test["map50_95"]:.3f}); classifier {schedule["classifier"]},
+{schedule["classifier_epochs"]} epochs at {schedule["classifier_imgsz"]} px; {summary["hardware"]};
+training wall time: detector {wall["detector"]} s, classifier {wall["classifier"]} s. Thresholds calibrated on val (200 defective + 200
+good parts) for a miss rate of at most {summary["target_max_miss_rate"]}, reported on test.
+
+| setup | missed of 500 defective | false calls of 500 good |
+| --- | --- | --- |
+{rows}
+"""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -193,6 +219,12 @@ def main() -> None:
         if args.device.isdigit()
         else args.device
     )
+    from training.evaluate import evaluate_detector
+
+    detection = evaluate_detector(
+        detector_path, "deeppcb", "test", device=device or "cpu", url=url
+    ).to_json()
+    print("detector on test:", {k: detection[k] for k in ("map50", "map50_95")})
     val = score_split(
         root, "val", detector_path, CLASSES, classifier_path, args.verify_threshold, device=device
     )
@@ -210,31 +242,30 @@ def main() -> None:
             "test": rates(apply_thresholds(test, calibrated.thresholds)),
         }
         print(name, json.dumps(results[name]["test"]))
+    summary = {
+        "dataset": "DeepPCB (test: 500 defective + 500 good parts)",
+        "hardware": hardware(),
+        "target_max_miss_rate": args.max_miss_rate,
+        "schedule": {
+            "detector": args.detector,
+            "epochs": args.epochs,
+            "imgsz": args.imgsz,
+            "fraction": args.fraction,
+            "classifier": args.classifier,
+            "classifier_epochs": args.classifier_epochs,
+            "classifier_imgsz": args.classifier_imgsz,
+        },
+        "train_wall_s": {
+            "detector": training_seconds(url, detector_id),
+            "classifier": training_seconds(url, classifier_id),
+        },
+        "detector_test": {k: detection[k] for k in ("map50", "map50_95", "per_class")},
+        "results": results,
+    }
     out = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "dataset": "DeepPCB (test: 500 defective + 500 good parts)",
-                "target_max_miss_rate": args.max_miss_rate,
-                "schedule": {
-                    "detector": args.detector,
-                    "epochs": args.epochs,
-                    "imgsz": args.imgsz,
-                    "fraction": args.fraction,
-                    "classifier": args.classifier,
-                    "classifier_epochs": args.classifier_epochs,
-                    "classifier_imgsz": args.classifier_imgsz,
-                },
-                "train_wall_s": {
-                    "detector": training_seconds(url, detector_id),
-                    "classifier": training_seconds(url, classifier_id),
-                },
-                "results": results,
-            },
-            indent=2,
-        )
-    )
+    out.write_text(json.dumps(summary, indent=2))
+    out.with_suffix(".md").write_text(markdown(summary))
     print(f"wrote {out}")
 
 
