@@ -58,6 +58,21 @@ def session(database_url: str):  # type: ignore[no-untyped-def]
         yield session
 
 
+def import_synthetic(url: str, base: Path, n: int) -> None:
+    """A synthetic VOC dataset of n images with its split files, imported as "synth"."""
+    images = write_voc(base / "src", n=n)
+    with session_scope(url) as session:
+        import_dataset(
+            session,
+            "voc",
+            base / "src",
+            "synth",
+            get_settings().datasets_dir,
+            write_splits(base / "splits", images),
+            CLASSES,
+        )
+
+
 @dataclass
 class Trained:
     url: str
@@ -77,17 +92,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trained]:
         get_settings.cache_clear()
         url = get_settings().resolved_database_url
         upgrade(url)
-        images = write_voc(base / "src", n=24)
-        with session_scope(url) as session:
-            import_dataset(
-                session,
-                "voc",
-                base / "src",
-                "synth",
-                get_settings().datasets_dir,
-                write_splits(base / "splits", images),
-                CLASSES,
-            )
+        import_synthetic(url, base, n=24)
         version_id = train_detector(
             TrainRequest(data="synth", architecture="defect-yolo-n", epochs=1, imgsz=64, batch=4),
             url=url,

@@ -17,9 +17,8 @@ from db.models import Inspection, ModelVersion, Review
 from db.queries import ParetoRow, RateRow, VolumeRow
 from db.session import session_scope
 from inspection.settings import get_settings
-from tests.conftest import Trained, register_production_detector
-from tests.synthetic import CLASSES, make_images, write_splits, write_voc
-from training.datasets import import_dataset
+from tests.conftest import Trained, import_synthetic, register_production_detector
+from tests.synthetic import CLASSES, make_images
 
 APP = str(Path(__file__).parents[1] / "dashboard" / "app.py")
 
@@ -118,17 +117,7 @@ def test_history_models_and_settings_pages(production: str, tmp_path: Path) -> N
 
 
 def test_settings_calibrates_one_shared_threshold(production: str, tmp_path: Path) -> None:
-    images = write_voc(tmp_path / "src", n=12)
-    with session_scope(production) as session:
-        import_dataset(
-            session,
-            "voc",
-            tmp_path / "src",
-            "synth",
-            get_settings().datasets_dir,
-            write_splits(tmp_path / "splits", images),
-            CLASSES,
-        )
+    import_synthetic(production, tmp_path, n=12)
     at = _app().run()
     at.switch_page("views/settings.py").run()
     next(s for s in at.selectbox if s.label == "Class thresholds").set_value("shared")

@@ -417,7 +417,7 @@ def calibrate_command(
             "[red]the target cannot be met on this split: some defects are never scored[/red]"
         )
     if report.get("class_thresholds") == "shared":
-        console.print("one threshold shared by every class (the split is small for per-class ones)")
+        console.print("one threshold shared by every class")
     console.print(f"stored as the operating point of {model}")
 
 
