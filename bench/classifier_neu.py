@@ -24,7 +24,7 @@ WORK = ROOT / "bench" / ".work" / "classifier_neu"
 os.environ["DEFECTS_DATA_DIR"] = str(WORK)  # before the product reads its settings
 sys.path.insert(0, str(ROOT))
 
-from common import ensure_neu, hardware  # noqa: E402
+from common import compare_verdicts, ensure_neu, hardware  # noqa: E402
 
 import inspection  # noqa: E402,F401
 from db.migrate import upgrade  # noqa: E402
@@ -110,7 +110,7 @@ def main() -> None:
         "--out", type=Path, default=ROOT / "bench" / "results" / "classifier_neu.json"
     )
     args = parser.parse_args()
-    from training.calibrate import PART, apply_thresholds, calibrate, score_split, upper_bound
+    from training.calibrate import score_split
     from training.evaluate import evaluate_classifier
     from training.train_classifier import ClassifierTrainRequest, train_classifier
 
@@ -172,29 +172,7 @@ def main() -> None:
     test = score_split(
         root, "test", args.detector, defect_classes, weights_of[args.verdict_classifier]
     )
-    verdicts = {}
-    for name, dimensions, class_thresholds in (
-        ("detector alone, per-class thresholds", defect_classes, "per-class"),
-        ("detector alone, one shared threshold", defect_classes, "shared"),
-        ("classifier alone", [PART], "auto"),
-        ("detector and classifier, per-class thresholds", [*defect_classes, PART], "per-class"),
-        ("detector and classifier, one shared threshold", [*defect_classes, PART], "shared"),
-    ):
-        calibrated = calibrate(val, dimensions, args.max_miss_rate, class_thresholds)
-        counts = apply_thresholds(test, calibrated.thresholds)
-        verdicts[name] = {
-            "thresholds": {
-                k: (v if v != float("inf") else None) for k, v in calibrated.thresholds.items()
-            },
-            "val": calibrated.report(),
-            "test": {
-                "n_defective": counts.n_defective,
-                "n_missed": counts.n_missed,
-                "miss_rate": counts.n_missed / counts.n_defective if counts.n_defective else None,
-                "miss_rate_upper_95": upper_bound(counts.n_missed, counts.n_defective),
-            },
-        }
-        print(name, json.dumps(verdicts[name]["test"]))
+    verdicts = compare_verdicts(val, test, defect_classes, args.max_miss_rate)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(

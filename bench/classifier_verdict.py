@@ -21,24 +21,17 @@ WORK = ROOT / "bench" / ".work" / "classifier_verdict"
 os.environ["DEFECTS_DATA_DIR"] = str(WORK)  # before the product reads its settings
 sys.path.insert(0, str(ROOT))
 
-from common import hardware  # noqa: E402
+from common import compare_verdicts, hardware  # noqa: E402
 
 import inspection  # noqa: E402,F401
 from db.migrate import upgrade  # noqa: E402
 from db.registry import get_model_version  # noqa: E402
 from db.session import session_scope  # noqa: E402
 from inspection.settings import get_settings  # noqa: E402
-from training.calibrate import PART, apply_thresholds, calibrate, score_split, upper_bound  # noqa: E402
+from training.calibrate import score_split  # noqa: E402
 from training.datasets import Box, LabeledImage, write_dataset  # noqa: E402
 
 CLASSES = ["open", "short", "mousebite", "spur", "copper", "pin-hole"]
-SETUPS = [  # (name, calibrated dimensions, class thresholds)
-    ("detector alone, per-class thresholds", CLASSES, "per-class"),
-    ("detector alone, one shared threshold", CLASSES, "shared"),
-    ("classifier alone", [PART], "auto"),
-    ("detector and classifier, per-class thresholds", [*CLASSES, PART], "per-class"),
-    ("detector and classifier, one shared threshold", [*CLASSES, PART], "shared"),
-]
 
 
 def deeppcb_images(root: Path, list_file: str) -> list[LabeledImage]:
@@ -102,25 +95,6 @@ def training_seconds(url: str, version_id: int) -> float | None:
         if job is None or job.started_at is None or job.finished_at is None:
             return None
         return round((job.finished_at - job.started_at).total_seconds(), 1)
-
-
-def rates(counts) -> dict:  # type: ignore[no-untyped-def]
-    n_defective, n_missed, n_good, n_false = (
-        counts.n_defective,
-        counts.n_missed,
-        counts.n_good,
-        counts.n_false_calls,
-    )
-    return {
-        "n_defective": n_defective,
-        "n_missed": n_missed,
-        "miss_rate": n_missed / n_defective if n_defective else None,
-        "miss_rate_upper_95": upper_bound(n_missed, n_defective),
-        "n_good": n_good,
-        "n_false_calls": n_false,
-        "false_call_rate": n_false / n_good if n_good else None,
-        "false_call_rate_upper_95": upper_bound(n_false, n_good),
-    }
 
 
 def markdown(summary: dict) -> str:
@@ -231,17 +205,7 @@ def main() -> None:
     test = score_split(
         root, "test", detector_path, CLASSES, classifier_path, args.verify_threshold, device=device
     )
-    results = {}
-    for name, dimensions, class_thresholds in SETUPS:
-        calibrated = calibrate(val, dimensions, args.max_miss_rate, class_thresholds)
-        results[name] = {
-            "thresholds": {
-                k: (v if v != float("inf") else None) for k, v in calibrated.thresholds.items()
-            },
-            "val": calibrated.report(),
-            "test": rates(apply_thresholds(test, calibrated.thresholds)),
-        }
-        print(name, json.dumps(results[name]["test"]))
+    results = compare_verdicts(val, test, CLASSES, args.max_miss_rate)
     summary = {
         "dataset": "DeepPCB (test: 500 defective + 500 good parts)",
         "hardware": hardware(),

@@ -35,3 +35,37 @@ def ensure_neu(url: str, neu: Path) -> list[str]:
             print(f"imported NEU-DET: {report.split_counts}, {len(report.issues)} issues")
             dataset = session.scalars(select(Dataset).where(Dataset.name == "neu-det")).one()
         return list(dataset.classes)
+
+
+def verdict_setups(classes: list[str]) -> list[tuple[str, list[str], str]]:
+    """(name, calibrated dimensions, class thresholds) of the verdicts the benches compare."""
+    from training.calibrate import PART
+
+    return [
+        ("detector alone, per-class thresholds", classes, "per-class"),
+        ("detector alone, one shared threshold", classes, "shared"),
+        ("classifier alone", [PART], "auto"),
+        ("detector and classifier, per-class thresholds", [*classes, PART], "per-class"),
+        ("detector and classifier, one shared threshold", [*classes, PART], "shared"),
+    ]
+
+
+def compare_verdicts(val: list, test: list, classes: list[str], max_miss_rate: float) -> dict:
+    """Each setup calibrated on val for the target, then its rates on test."""
+    import json
+    import math
+
+    from training.calibrate import apply_thresholds, calibrate, rate_report
+
+    results = {}
+    for name, dimensions, class_thresholds in verdict_setups(classes):
+        calibrated = calibrate(val, dimensions, max_miss_rate, class_thresholds)
+        results[name] = {
+            "thresholds": {
+                k: (v if math.isfinite(v) else None) for k, v in calibrated.thresholds.items()
+            },
+            "val": calibrated.report(),
+            "test": rate_report(apply_thresholds(test, calibrated.thresholds)),
+        }
+        print(name, json.dumps(results[name]["test"]))
+    return results

@@ -84,6 +84,20 @@ def upper_bound(failures: int, trials: int, confidence: float = 0.95) -> float |
     return high
 
 
+def rate_report(counts: PartCounts) -> dict[str, Any]:
+    """Miss and false-call rates with their counts and 95% upper bounds, as stored and reported."""
+    return {
+        "miss_rate": counts.miss_rate,
+        "miss_rate_upper_95": upper_bound(counts.n_missed, counts.n_defective),
+        "n_missed": counts.n_missed,
+        "n_defective": counts.n_defective,
+        "false_call_rate": counts.false_call_rate,
+        "false_call_rate_upper_95": upper_bound(counts.n_false_calls, counts.n_good),
+        "n_false_calls": counts.n_false_calls,
+        "n_good": counts.n_good,
+    }
+
+
 @dataclass(frozen=True)
 class Calibration(PartCounts):
     thresholds: dict[str, float] = field(default_factory=dict)  # inf: never fails a part
@@ -91,18 +105,7 @@ class Calibration(PartCounts):
     details: dict[str, Any] = field(default_factory=dict)
 
     def report(self) -> dict[str, Any]:
-        return {
-            "max_miss_rate": self.max_miss_rate,
-            "miss_rate": self.miss_rate,
-            "miss_rate_upper_95": upper_bound(self.n_missed, self.n_defective),
-            "n_missed": self.n_missed,
-            "n_defective": self.n_defective,
-            "false_call_rate": self.false_call_rate,
-            "false_call_rate_upper_95": upper_bound(self.n_false_calls, self.n_good),
-            "n_false_calls": self.n_false_calls,
-            "n_good": self.n_good,
-            **self.details,
-        }
+        return {"max_miss_rate": self.max_miss_rate, **rate_report(self), **self.details}
 
 
 def shared_is_safer(n_defective: int, n_classes: int, max_miss_rate: float) -> bool:
