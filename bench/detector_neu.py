@@ -55,6 +55,7 @@ def train_phase(args: argparse.Namespace, url: str) -> None:
                     device=args.device,
                     seed=args.seed,
                     patience=args.epochs,
+                    workers=args.workers,
                 ),
                 url=url,
             )
@@ -74,7 +75,11 @@ def evaluate_phase(url: str) -> None:
     from training.evaluate import evaluate_detector
 
     state = json.loads((WORK / "trained.json").read_text())
-    rows = []
+    # Runs trained elsewhere (another machine's work folder) stay in the result file: a GPU
+    # session adds its rows beside the CPU ones instead of replacing them.
+    result_file = RESULTS / "detector_neu.json"
+    earlier = json.loads(result_file.read_text())["runs"] if result_file.exists() else []
+    rows = [row for row in earlier if row["run"] not in state]
     for key, run in state.items():
         with session_scope(url) as session:
             version = get_model_version(session, run["version_id"])
@@ -83,9 +88,7 @@ def evaluate_phase(url: str) -> None:
         rows.append({"run": key, **run, **result.to_json()})
         print(key, f"mAP50 {result.map50:.3f}", f"miss rate {result.miss_rate}")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "detector_neu.json").write_text(
-        json.dumps({"split": "test", "runs": rows}, indent=2)
-    )
+    result_file.write_text(json.dumps({"split": "test", "runs": rows}, indent=2))
     lines = [
         "# Detector on NEU-DET (test split, 180 images)",
         "",
@@ -111,6 +114,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--device", default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=2, help="data-loading processes")
     args = parser.parse_args()
     if not args.neu.is_dir():
         sys.exit(f"NEU-DET not found at {args.neu} (pass --neu)")

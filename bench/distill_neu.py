@@ -57,6 +57,7 @@ def describe(weights: Path, imgsz: int, url: str) -> dict:
     model = YOLO(str(weights))
     result = evaluate_detector(weights, "neu-det", "test", url=url).to_json()
     return {
+        "weights": str(weights.relative_to(ROOT)),
         "map50": result["map50"],
         "map50_95": result["map50_95"],
         "miss_rate": result["miss_rate"],
@@ -82,6 +83,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "distill_neu.json")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fraction", type=float, default=1.0)
+    parser.add_argument("--workers", type=int, default=2, help="data-loading processes")
     args = parser.parse_args()
     from training.train_detector import TrainRequest, train_detector
 
@@ -95,6 +97,7 @@ def main() -> None:
         "batch": args.batch,
         "device": args.device,
         "seed": args.seed,
+        "workers": args.workers,
         "extra": (("fraction", args.fraction),),
     }
     timings = {}

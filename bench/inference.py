@@ -32,6 +32,8 @@ sys.path.insert(0, str(ROOT))
 WORK = Path(tempfile.mkdtemp(prefix="defects-inference-bench-"))
 os.environ["DEFECTS_DATA_DIR"] = str(WORK / "data")  # before the product reads its settings
 
+from common import ensure_neu  # noqa: E402
+
 import inspection  # noqa: E402,F401
 from db.migrate import upgrade  # noqa: E402
 from db.models import ModelKind  # noqa: E402
@@ -226,25 +228,28 @@ def main() -> None:
         help="torch threads for our engine",
     )
     args = parser.parse_args()
+    import onnxruntime
     import torch
+    from sqlalchemy import select
     from ultralytics import YOLO
     from ultralytics.utils.torch_utils import get_flops
 
-    from training.datasets import import_dataset
+    from db.models import Dataset
     from training.evaluate import split_truths
     from training.export import export_detector
 
     url = f"sqlite:///{WORK / 'bench.db'}"
     upgrade(url)
+    ensure_neu(url, args.neu)
     with session_scope(url) as session:
-        report = import_dataset(
-            session, "voc", args.neu, "neu-det", WORK / "datasets", args.neu / "splits"
+        dataset_root = Path(
+            session.scalars(select(Dataset.root_path).where(Dataset.name == "neu-det")).one()
         )
     yolo = YOLO(str(args.weights))
     imgsz = int(yolo.ckpt["train_args"]["imgsz"])
     class_names = [yolo.names[i] for i in sorted(yolo.names)]
-    test_images, truths = split_truths(report.root, "test")
-    train_images = sorted((report.root / "images" / "train").iterdir())[::12]
+    test_images, truths = split_truths(dataset_root, "test")
+    train_images = sorted((dataset_root / "images" / "train").iterdir())[::12]
     weights = WORK / "weights.pt"
     shutil.copy(args.weights, weights)
     onnx_path = export_detector(weights, imgsz=imgsz, dynamic=True)
@@ -260,6 +265,8 @@ def main() -> None:
         "gflops": round(get_flops(yolo.model, imgsz), 3),
         "parts": args.parts,
         "operating_conf": OPERATING_CONF,
+        "backends": args.backends,
+        "onnxruntime_providers": onnxruntime.get_available_providers(),
         "runs": {},
     }
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}))

@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Everything a lent GPU is for, as one background pipeline, so that a session's 30 minutes of GPU
+# time go to training and measuring rather than to starting machines:
+#
+#   1. the s-scale attention teacher on NEU-DET, full schedule (its wall time is issue 8's
+#      "100 epochs of the teacher"), evaluated into detector_neu.json beside the CPU runs;
+#   2. the n-scale student alone and distilled from that teacher (distill_neu_gpu.json);
+#   3. the GPU half of the inference benchmark on the distilled student (inference_gpu.json);
+#   4. everything that must come back (result files, the student's weights) in one folder.
+#
+# A device call may run 10 minutes, but a process started in a session of its own lives until
+# the machine goes back, so:   bash bench/gpu_session.sh start   (returns at once)
+#                              bash bench/gpu_session.sh wait 540  (prints progress; repeat)
+#                              bash bench/gpu_session.sh collect "$OUT"
+# Carried with the call: .whl (the packages the device image lacks, see bench/README.md) and
+# .carry/neu-det.tar.gz (the dataset; ../shared does not travel). Without them it runs on what the
+# machine has and on ../shared/datasets/neu-det, which is how it is tried on a CPU:
+#   EPOCHS=1 IMGSZ=64 DEVICE=cpu PARTS=64 PYTHON=.venv/bin/python bash bench/gpu_session.sh run
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+WORK=$ROOT/bench/.work/gpu_session
+LOG=$WORK/pipeline.log
+PY=${PYTHON:-python3}
+EPOCHS=${EPOCHS:-100}
+IMGSZ=${IMGSZ:-256}
+BATCH=${BATCH:-64}
+WORKERS=${WORKERS:-8}
+DEVICE=${DEVICE:-0}
+PARTS=${PARTS:-20000}
+cd "$ROOT" || exit 1
+mkdir -p "$WORK/out"
+
+prepare() {
+    if compgen -G ".whl/*.whl" >/dev/null; then
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target /tmp/site .whl/*.whl || return 1
+        export PYTHONPATH=/tmp/site
+    fi
+    NEU=$ROOT/../shared/datasets/neu-det
+    if [[ -f .carry/neu-det.tar.gz ]]; then
+        mkdir -p "$WORK/data" && tar -xzf .carry/neu-det.tar.gz -C "$WORK/data" || return 1
+        NEU=$WORK/data/neu-det
+    fi
+    export NEU PYTHONUNBUFFERED=1
+}
+
+step() {  # a failed step is logged and the pipeline goes on to the next one
+    local name=$1
+    shift
+    echo "=== $(date -u +%FT%TZ) $name: $*"
+    local began=$SECONDS
+    "$@"
+    local rc=$?
+    echo "=== $(date -u +%FT%TZ) $name ended rc=$rc after $((SECONDS - began)) s"
+    echo "$name rc=$rc seconds=$((SECONDS - began))" >>"$WORK/out/steps.txt"
+}
+
+teacher_weights() {
+    ls -t bench/.work/detector_neu/models/defect-yolo-s-*/best.pt 2>/dev/null | head -1
+}
+
+student_weights() {
+    "$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['results']['student_distilled']['weights'])" \
+        bench/results/distill_neu_gpu.json
+}
+
+run() {
+    : >"$WORK/out/steps.txt"
+    prepare || { echo "preparation failed"; return 1; }
+    nvidia-smi -L 2>/dev/null
+    "$PY" -c "import torch, onnxruntime as ort; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'ort', ort.get_available_providers())"
+    local device_args=(--device "$DEVICE" --batch "$BATCH" --workers "$WORKERS" --imgsz "$IMGSZ")
+    step teacher "$PY" bench/detector_neu.py --phase train --scales s --variants attention \
+        --epochs "$EPOCHS" --neu "$NEU" "${device_args[@]}"
+    step teacher-evaluate "$PY" bench/detector_neu.py --phase evaluate --neu "$NEU"
+    local teacher
+    teacher=$(teacher_weights)
+    step distill "$PY" bench/distill_neu.py --teacher-weights "$teacher" --epochs "$EPOCHS" \
+        --neu "$NEU" --out bench/results/distill_neu_gpu.json "${device_args[@]}"
+    local student backends=(pytorch) inference_device=cpu
+    student=$(student_weights)
+    if [[ $DEVICE != cpu ]]; then
+        inference_device=cuda:0
+        "$PY" -c "import onnxruntime as o, sys; sys.exit('CUDAExecutionProvider' not in o.get_available_providers())" &&
+            backends+=(onnx)
+    fi
+    step inference "$PY" bench/inference.py --weights "$student" --neu "$NEU" --parts "$PARTS" \
+        --device "$inference_device" --batch "$BATCH" --engine-batches 1 16 "$BATCH" \
+        --backends "${backends[@]}" --out bench/results/inference_gpu.json
+    cp bench/results/detector_neu.json bench/results/detector_neu.md bench/results/distill_neu_gpu.json \
+        bench/results/inference_gpu.json bench/results/inference_gpu.md "$WORK/out/" 2>/dev/null
+    [[ -n $student && -f $student ]] && cp "$student" "$WORK/out/student.pt"
+    echo "=== pipeline done"
+    touch "$WORK/out/DONE"
+}
+
+case ${1:-} in
+start)
+    rm -rf "$WORK/out" && mkdir -p "$WORK/out"
+    setsid nohup bash "$0" run >"$LOG" 2>&1 </dev/null &
+    echo "started; log in $LOG"
+    ;;
+run) run ;;
+wait)  # print progress until the pipeline ends or the given seconds pass
+    deadline=$((SECONDS + ${2:-540}))
+    while [[ ! -f $WORK/out/DONE && $SECONDS -lt $deadline ]]; do sleep 15; done
+    cat "$WORK/out/steps.txt" 2>/dev/null
+    grep -a "^===\|rc=\|Error\|error" "$LOG" | tail -20
+    tail -c 1500 "$LOG" | tr '\r' '\n' | tail -4
+    [[ -f $WORK/out/DONE ]] && echo "DONE"
+    ;;
+collect)  # one archive back: the device returns at most 8 files
+    tar -cf "${2:?collect needs a folder}/gpu_session.tar" -C "$WORK/out" .
+    cp "$LOG" "$2/pipeline.log"
+    ls -la "$2"
+    ;;
+*)
+    echo "usage: $0 start | wait [SECONDS] | collect FOLDER | run" >&2
+    exit 2
+    ;;
+esac
