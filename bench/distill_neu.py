@@ -152,7 +152,11 @@ def main() -> None:
         json.dumps(
             {
                 "schedule": vars(args)
-                | {"neu": "NEU-DET", "teacher_weights": str(args.teacher_weights)},
+                | {
+                    "neu": "NEU-DET",
+                    "teacher_weights": str(args.teacher_weights),
+                    "out": out.name,
+                },
                 "hardware": hardware(),
                 "results": results,
             },
