@@ -15,11 +15,14 @@
 # Carried with the call: .whl (the packages the device image lacks, see bench/README.md) and
 # .carry/neu-det.tar.gz (the dataset; ../shared does not travel). Without them it runs on what the
 # machine has and on ../shared/datasets/neu-det, which is how it is tried on a CPU:
-#   EPOCHS=1 IMGSZ=64 DEVICE=cpu PARTS=64 PYTHON=.venv/bin/python bash bench/gpu_session.sh run
+#   WHEELS=0 EPOCHS=1 IMGSZ=64 DEVICE=cpu PARTS=64 PYTHON=$PWD/.venv/bin/python bash bench/gpu_session.sh start
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-WORK=$ROOT/bench/.work/gpu_session
+# Outside the checkout: each device call copies the working tree over the checkout again, which
+# would overwrite result files the pipeline has written there. The pipeline runs in a copy.
+WORK=${GPU_WORK:-/tmp/gpu_session}
+COPY=$WORK/repo
 LOG=$WORK/pipeline.log
 PY=${PYTHON:-python3}
 EPOCHS=${EPOCHS:-100}
@@ -28,21 +31,32 @@ BATCH=${BATCH:-64}
 WORKERS=${WORKERS:-8}
 DEVICE=${DEVICE:-0}
 PARTS=${PARTS:-20000}
-cd "$ROOT" || exit 1
 mkdir -p "$WORK/out"
 
 prepare() {
-    if compgen -G ".whl/*.whl" >/dev/null; then
+    if [[ ${WHEELS:-1} == 1 ]] && compgen -G ".whl/*.whl" >/dev/null; then
         "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
             --target /tmp/site .whl/*.whl || return 1
         export PYTHONPATH=/tmp/site
     fi
-    NEU=$ROOT/../shared/datasets/neu-det
+    NEU=${NEU:-$ROOT/../shared/datasets/neu-det}
     if [[ -f .carry/neu-det.tar.gz ]]; then
         mkdir -p "$WORK/data" && tar -xzf .carry/neu-det.tar.gz -C "$WORK/data" || return 1
         NEU=$WORK/data/neu-det
     fi
     export NEU PYTHONUNBUFFERED=1
+}
+
+overrides() {  # a watching call may change the schedule of the steps still to come (EPOCHS, PARTS...)
+    [[ -f $WORK/override.sh ]] && source "$WORK/override.sh"
+    device_args=(--device "$DEVICE" --batch "$BATCH" --workers "$WORKERS" --imgsz "$IMGSZ")
+    return 0
+}
+
+gather() {  # what must come back, as far as it exists: collect may be called at any time
+    cp bench/results/detector_neu.json bench/results/detector_neu.md bench/results/distill_neu_gpu.json \
+        bench/results/inference_gpu.json bench/results/inference_gpu.md "$WORK/out/" 2>/dev/null
+    return 0
 }
 
 step() {  # a failed step is logged and the pipeline goes on to the next one
@@ -54,6 +68,7 @@ step() {  # a failed step is logged and the pipeline goes on to the next one
     local rc=$?
     echo "=== $(date -u +%FT%TZ) $name ended rc=$rc after $((SECONDS - began)) s"
     echo "$name rc=$rc seconds=$((SECONDS - began))" >>"$WORK/out/steps.txt"
+    gather
 }
 
 teacher_weights() {
@@ -67,38 +82,41 @@ student_weights() {
 
 run() {
     : >"$WORK/out/steps.txt"
-    prepare || { echo "preparation failed"; return 1; }
+    cd "$ROOT" && prepare || { echo "preparation failed"; return 1; }
+    cd "$COPY" || return 1
     nvidia-smi -L 2>/dev/null
     "$PY" -c "import torch, onnxruntime as ort; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'ort', ort.get_available_providers())"
-    local device_args=(--device "$DEVICE" --batch "$BATCH" --workers "$WORKERS" --imgsz "$IMGSZ")
+    overrides
     step teacher "$PY" bench/detector_neu.py --phase train --scales s --variants attention \
         --epochs "$EPOCHS" --neu "$NEU" "${device_args[@]}"
     step teacher-evaluate "$PY" bench/detector_neu.py --phase evaluate --neu "$NEU"
     local teacher
     teacher=$(teacher_weights)
+    overrides
     step distill "$PY" bench/distill_neu.py --teacher-weights "$teacher" --epochs "$EPOCHS" \
         --neu "$NEU" --out bench/results/distill_neu_gpu.json "${device_args[@]}"
     local student backends=(pytorch) inference_device=cpu
     student=$(student_weights)
+    [[ -n $student && -f $student ]] && cp "$student" "$WORK/out/student.pt"
     if [[ $DEVICE != cpu ]]; then
         inference_device=cuda:0
         "$PY" -c "import onnxruntime as o, sys; sys.exit('CUDAExecutionProvider' not in o.get_available_providers())" &&
             backends+=(onnx)
     fi
+    overrides
     step inference "$PY" bench/inference.py --weights "$student" --neu "$NEU" --parts "$PARTS" \
         --device "$inference_device" --batch "$BATCH" --engine-batches 1 16 "$BATCH" \
         --backends "${backends[@]}" --out bench/results/inference_gpu.json
-    cp bench/results/detector_neu.json bench/results/detector_neu.md bench/results/distill_neu_gpu.json \
-        bench/results/inference_gpu.json bench/results/inference_gpu.md "$WORK/out/" 2>/dev/null
-    [[ -n $student && -f $student ]] && cp "$student" "$WORK/out/student.pt"
+    gather
     echo "=== pipeline done"
     touch "$WORK/out/DONE"
 }
 
 case ${1:-} in
 start)
-    rm -rf "$WORK/out" && mkdir -p "$WORK/out"
-    setsid nohup bash "$0" run >"$LOG" 2>&1 </dev/null &
+    rm -rf "$WORK" && mkdir -p "$WORK/out" "$COPY"
+    tar -C "$ROOT" --exclude=./.git --exclude=./.venv --exclude=./bench/.work -cf - . | tar -C "$COPY" -xf -
+    setsid nohup bash "$COPY/bench/gpu_session.sh" run >"$LOG" 2>&1 </dev/null &
     echo "started; log in $LOG"
     ;;
 run) run ;;
@@ -109,9 +127,10 @@ wait)  # print progress until the pipeline ends or the given seconds pass
     grep -a "^===\|rc=\|Error\|error" "$LOG" | tail -20
     tail -c 1500 "$LOG" | tr '\r' '\n' | tail -4
     [[ -f $WORK/out/DONE ]] && echo "DONE"
+    [[ -n ${3:-} ]] && "$0" collect "$3"
     ;;
 collect)  # one archive back: the device returns at most 8 files
-    tar -cf "${2:?collect needs a folder}/gpu_session.tar" -C "$WORK/out" .
+    mkdir -p "${2:?collect needs a folder}" && tar -cf "$2/gpu_session.tar" -C "$WORK/out" .
     cp "$LOG" "$2/pipeline.log"
     ls -la "$2"
     ;;
