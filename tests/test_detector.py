@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -184,3 +185,21 @@ def test_interrupted_training_resumes(trained: Trained, monkeypatch: pytest.Monk
         ]
         assert statuses == [JobStatus.CANCELLED, JobStatus.SUCCEEDED]
         assert get_model_version(session, version_id).metrics["epochs"] == 2
+
+
+def test_results_csv_is_read_the_same_without_polars(tmp_path: Path) -> None:
+    """GPU images often lack polars; checkpoints must still be saved with the training history."""
+    import polars as pl
+
+    from training.train_detector import read_results_csv_without_polars
+
+    csv_file = tmp_path / "results.csv"
+    csv_file.write_text(
+        "epoch,time,train/box_loss,metrics/mAP50(B),lr/pg0\n"
+        "1,5.2,4.226,0.0012,0.00333\n"
+        "2,9.8,3.9,0.051,0.0065\n"
+    )
+    trainer = SimpleNamespace(csv=csv_file)
+    expected = pl.read_csv(csv_file.read_bytes(), infer_schema_length=None).to_dict(as_series=False)
+    assert read_results_csv_without_polars(trainer) == expected
+    assert read_results_csv_without_polars(SimpleNamespace(csv=tmp_path / "missing.csv")) == {}

@@ -67,13 +67,39 @@ def offline_amp_check(model: torch.nn.Module) -> bool:
     )
 
 
-def _install_offline_amp_check() -> None:
+def read_results_csv_without_polars(trainer: Any) -> dict[str, list[float | str]]:
+    """ultralytics reads its results.csv with polars when it saves each checkpoint, and fails
+    where polars is absent (GPU images often lack it; it is only a plotting dependency there).
+    The file is a plain numeric CSV, which the standard library reads as well."""
+    import csv
+
+    try:
+        with open(trainer.csv, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError:
+        return {}
+    columns: dict[str, list[float | str]] = {}
+    for row in rows:
+        for name, value in row.items():
+            name = (name or "").strip()
+            try:
+                columns.setdefault(name, []).append(float(value))
+            except (TypeError, ValueError):
+                columns.setdefault(name, []).append(value)
+    return columns
+
+
+def _install_offline_trainer_patches() -> None:
+    from importlib.util import find_spec
+
     from ultralytics.engine import trainer
 
     trainer.check_amp = offline_amp_check
+    if find_spec("polars") is None:
+        trainer.BaseTrainer.read_results_csv = read_results_csv_without_polars
 
 
-_install_offline_amp_check()
+_install_offline_trainer_patches()
 
 
 @dataclass(frozen=True)
