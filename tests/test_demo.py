@@ -56,3 +56,14 @@ def test_shipped_onnx_gives_the_same_detections_as_the_weights(tmp_path: Path) -
             assert x.class_name == y.class_name
             assert abs(x.confidence - y.confidence) < 1e-3
             assert np.allclose([x.x1, x.y1, x.x2, x.y2], [y.x1, y.y1, y.x2, y.y2], atol=0.5)
+
+
+def test_shipped_files_carry_no_path_of_the_machine_that_trained_them() -> None:
+    """ultralytics records absolute paths (data file, run folder) in what it saves; the shipped
+    model must not tell users where it was built."""
+    import re
+
+    for name in ("weights.pt", "weights.onnx", "model.json", "MODEL_CARD.md"):
+        blob = (DEMO_DIR / name).read_bytes()
+        found = re.findall(rb"(?:/tmp/|/home/|/root/|/work/|/Users/|[A-Z]:\\\\)[\x21-\x7e]{0,60}", blob)
+        assert not found, f"{name} holds machine paths such as {found[:3]}"
