@@ -8,6 +8,7 @@ An accelerator out-of-memory error splits the batch in two and retries.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -95,6 +96,9 @@ def open_backend(
     return TorchBackend(weights, device)
 
 
+_NO_BOXES = torch.zeros((0, 6))
+
+
 def postprocess(
     raw: np.ndarray,
     shapes: list[tuple[int, int]],
@@ -118,7 +122,7 @@ def postprocess(
     for i in range(raw.shape[0]):
         candidates = np.flatnonzero(best[i] > thresholds.lowest)
         if len(candidates) == 0:
-            kept.append(torch.zeros((0, 6)))
+            kept.append(_NO_BOXES)
             continue
         image_raw = raw[i]  # (4 + classes, anchors)
         cx, cy, w, h = image_raw[:4, candidates]
@@ -184,7 +188,7 @@ class Inspector:
         backend: Backend,
         thresholds: Thresholds | None = None,
         batch_size: int | None = None,
-        prepare_workers: int = 2,
+        prepare_workers: int | None = None,
         classifier: PartClassifier | None = None,
     ) -> None:
         self.backend = backend
@@ -192,7 +196,10 @@ class Inspector:
         self.class_names = backend.class_names
         self.thresholds = thresholds or Thresholds.from_dict(None, self.class_names)
         self.batch_size = max(1, min(batch_size or backend.max_batch, backend.max_batch))
-        self._pool = ThreadPoolExecutor(max_workers=prepare_workers, thread_name_prefix="prepare")
+        # Decoding and resizing release the GIL, so threads scale with the cores a GPU station
+        # has to spare; two at least, so that a small CPU still overlaps them with inference.
+        workers = prepare_workers or max(2, min(8, (os.cpu_count() or 2) // 2))
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prepare")
 
     @classmethod
     def from_weights(
@@ -246,7 +253,7 @@ class Inspector:
         good = [p for p in prepared if p.image is not None]
         detections: dict[int, list[Detection]] = {}
         if good:
-            batch = np.stack([p.image.tensor for p in good])  # type: ignore[union-attr]
+            batch = np.stack([p.image.pixels for p in good])  # type: ignore[union-attr]
             raw = self._infer(batch)
             shapes = [p.image.original_shape for p in good]  # type: ignore[union-attr]
             per_image = postprocess(

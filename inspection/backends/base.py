@@ -20,7 +20,8 @@ class Backend(ABC):
 
     @abstractmethod
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        """(B, 3, S, S) float32 in [0, 1] -> (B, 4 + classes, anchors) float32, boxes as cx, cy, w, h."""
+        """(B, 3, S, S) uint8 pixels, or float32 already in [0, 1] -> (B, 4 + classes, anchors)
+        float32, boxes as cx, cy, w, h."""
 
     def describe(self) -> str:
         return f"{self.name} on {self.device}"

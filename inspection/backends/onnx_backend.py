@@ -14,6 +14,7 @@ import onnxruntime as ort
 
 from inspection.backends.base import Backend, OutOfMemory
 from inspection.errors import UserError
+from inspection.images import to_model_input
 
 
 def choose_providers(
@@ -71,7 +72,8 @@ class OnnxBackend(Backend):
         self.device = {"CPUExecutionProvider": "cpu"}.get(active, f"{device} ({active})")
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        feed = batch.astype(np.float16) if self.half else batch
+        feed = to_model_input(batch)
+        feed = feed.astype(np.float16) if self.half else feed
         try:
             [output] = self.session.run(None, {self.input_name: feed})
         except Exception as exc:

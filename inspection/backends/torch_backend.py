@@ -27,7 +27,10 @@ class TorchBackend(Backend):
         self.max_batch = 64 if self.half else 4
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
+        # Pixels travel as uint8 and are scaled on the device: a quarter of the bytes to copy.
         tensor = torch.from_numpy(batch).to(self.device, non_blocking=True)
+        if tensor.dtype == torch.uint8:
+            tensor = tensor.float().div_(255.0)
         tensor = tensor.half() if self.half else tensor
         try:
             with torch.inference_mode():
