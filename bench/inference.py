@@ -173,13 +173,25 @@ def engine_end_to_end(model_name: str, inspector: Inspector, folder: Path, url: 
 
 
 def ceiling_without_network(
-    weights: Path, backend: str, device: str, batch: int, folder: Path, url: str, images: list[Path]
+    weights: Path,
+    backend: str,
+    device: str,
+    batch: int,
+    processes: int,
+    folder: Path,
+    url: str,
+    images: list[Path],
 ) -> dict:
     """The engine end to end with the network's answer replayed instead of computed: how fast
     the rest (read, hash, decode, letterbox, NMS, verdict, image store, database) can go, so
     that a shortfall against a target is placed on the network or on the code around it."""
     inspector = Inspector.from_weights(
-        weights, {"default": OPERATING_CONF, "iou": 0.45}, backend, device, batch
+        weights,
+        {"default": OPERATING_CONF, "iou": 0.45},
+        backend,
+        device,
+        batch,
+        prepare_processes=processes,
     )
     sample = np.stack(
         [
@@ -202,11 +214,13 @@ def ceiling_without_network(
             architecture="bench",
             class_names=inspector.class_names,
             image_size=inspector.backend.image_size,
-            name="ceiling",
+            name=f"ceiling-p{processes}",
             thresholds={"default": OPERATING_CONF, "iou": 0.45},
         )
-    run = engine_end_to_end("ceiling", inspector, folder, url)
+    run = engine_end_to_end(f"ceiling-p{processes}", inspector, folder, url)
+    inspector.close()
     run["batch"] = inspector.batch_size
+    run["prepare_processes"] = processes
     run["note"] = "network replayed, not computed: the ceiling of everything around it"
     return run
 
@@ -258,6 +272,14 @@ def main() -> None:
     )
     parser.add_argument("--backends", nargs="+", default=["pytorch", "onnx", "onnx-int8"])
     parser.add_argument("--skip-ultralytics-single", action="store_true")
+    parser.add_argument(
+        "--prepare-processes",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="decoding worker processes (0: threads); the engine's largest batch and the "
+        "ceiling run once for each value, the other batches with the first",
+    )
     parser.add_argument(
         "--ceiling",
         action="store_true",
@@ -338,8 +360,10 @@ def main() -> None:
     result["engine_torch_threads"] = args.engine_threads
     for backend in args.backends:
         engine_kind = "pytorch" if backend == "pytorch" else "onnx"
-        for batch in args.engine_batches:
-            name = f"{backend}-b{batch}"
+        variants = [(batch, args.prepare_processes[0]) for batch in args.engine_batches]
+        variants += [(max(args.engine_batches), n) for n in args.prepare_processes[1:]]
+        for batch, processes in variants:
+            name = f"{backend}-b{batch}" + (f"-p{processes}" if processes else "")
             with session_scope(url) as session:
                 register_model_version(
                     session,
@@ -358,9 +382,12 @@ def main() -> None:
                 engine_kind,
                 args.device,
                 batch,
+                prepare_processes=processes,
             )
             run = engine_end_to_end(name, operating, parts_dir, url)
+            operating.close()
             run["batch"] = operating.batch_size
+            run["prepare_processes"] = processes
             run["bare_forward"] = bare_forward(operating, imgsz, args.batch)
             run["backend"] = operating.backend.describe()
             result["runs"][f"engine_{name}"] = run
@@ -373,21 +400,22 @@ def main() -> None:
             args.batch,
         )
         map50, map50_95 = engine_map(scoring, test_images, truths)
-        for batch in args.engine_batches:
-            result["runs"][f"engine_{backend}-b{batch}"].update(
-                map50=round(map50, 4), map50_95=round(map50_95, 4)
-            )
-    if args.ceiling:
-        result["runs"]["ceiling_without_network"] = ceiling_without_network(
+        for name, run in result["runs"].items():
+            if name.startswith(f"engine_{backend}-b"):
+                run.update(map50=round(map50, 4), map50_95=round(map50_95, 4))
+    for processes in args.prepare_processes if args.ceiling else []:
+        name = "ceiling_without_network" + (f"-p{processes}" if processes else "")
+        result["runs"][name] = ceiling_without_network(
             sources[args.backends[0]],
             "pytorch" if args.backends[0] == "pytorch" else "onnx",
             args.device,
             max(args.engine_batches),
+            processes,
             parts_dir,
             url,
             test_images,
         )
-        print("ceiling without network", result["runs"]["ceiling_without_network"])
+        print(name, result["runs"][name])
     reference = result["runs"]["ultralytics_list"]
     for name, run in result["runs"].items():
         if name.startswith("engine_"):

@@ -1,17 +1,30 @@
 """The inspection engine: decode, letterbox, infer, NMS, verdict, for batches of parts.
 
 One `Inspector` per process holds the loaded model. Decoding and letterboxing of the next batch
-run in worker threads while the current batch is inferred (Pillow and OpenCV release the GIL).
+run in worker threads while the current batch is inferred (Pillow and OpenCV release the GIL),
+or, beside a GPU, in worker processes: there the network is so fast that the Python around it
+is the limit, and processes take the decoding's share of it off the interpreter lock.
 An accelerator out-of-memory error splits the batch in two and retries.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import itertools
+import logging
+import multiprocessing
 import os
 import time
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import (
+    CancelledError,
+    Executor,
+    Future,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+)
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -21,8 +34,8 @@ import torch
 
 from inspection.backends.base import Backend, OutOfMemory
 from inspection.errors import UserError
-from inspection.images import DecodedImage, ImageDecodeError, Letterboxed, decode_image, letterbox
-from inspection.settings import resolve_device
+from inspection.images import DecodedImage, Letterboxed, Prepared, prepare_parts
+from inspection.settings import get_settings, resolve_device
 from inspection.verdict import Detection, Thresholds, part_fails, verify
 
 BackendChoice = Literal["auto", "pytorch", "onnx", "onnx-int8"]
@@ -97,6 +110,19 @@ def open_backend(
 
 
 _NO_BOXES = torch.zeros((0, 6))
+logger = logging.getLogger(__name__)
+
+
+@functools.cache
+def _probe_image() -> bytes:
+    """A tiny PNG that a healthy worker process decodes at once."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (4, 4), 128).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def postprocess(
@@ -190,6 +216,7 @@ class Inspector:
         batch_size: int | None = None,
         prepare_workers: int | None = None,
         classifier: PartClassifier | None = None,
+        prepare_processes: int | None = None,
     ) -> None:
         self.backend = backend
         self.classifier = classifier
@@ -198,8 +225,13 @@ class Inspector:
         self.batch_size = max(1, min(batch_size or backend.max_batch, backend.max_batch))
         # Decoding and resizing release the GIL, so threads scale with the cores a GPU station
         # has to spare; two at least, so that a small CPU still overlaps them with inference.
-        workers = prepare_workers or max(2, min(8, (os.cpu_count() or 2) // 2))
+        cores = os.cpu_count() or 2
+        workers = prepare_workers or max(2, min(8, cores // 2))
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prepare")
+        if prepare_processes is None:
+            prepare_processes = get_settings().prepare_processes
+        self.prepare_processes = prepare_processes
+        self._processes: ProcessPoolExecutor | None = None
 
     @classmethod
     def from_weights(
@@ -210,6 +242,7 @@ class Inspector:
         device: str | None = None,
         batch_size: int | None = None,
         classifier_weights: Path | None = None,
+        prepare_processes: int | None = None,
     ) -> Inspector:
         opened = open_backend(weights, backend, device)
         classifier = (
@@ -222,22 +255,94 @@ class Inspector:
             Thresholds.from_dict(thresholds, opened.class_names),
             batch_size,
             classifier=classifier,
+            prepare_processes=prepare_processes,
         )
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.close_processes()
 
-    def _prepare(self, part: PartInput) -> _Prepared:
-        started = time.perf_counter()
-        content_hash = part.content_hash
-        try:
-            decoded = decode_image(part.data)
-            image = letterbox(decoded, self.backend.image_size)
-            return _Prepared(
-                part, content_hash, started, image, None, decoded if self.classifier else None
+    def _executor(self) -> tuple[Executor, int]:
+        """Where a batch is prepared, and in chunks of how many parts."""
+        if not self.prepare_processes:
+            return self._pool, 1
+        if self._processes is None:
+            # A fork server forks clean workers from a process that has imported only the
+            # decoding code: no torch, no CUDA context, no threads copied mid-lock.
+            methods = multiprocessing.get_all_start_methods()
+            context = multiprocessing.get_context(
+                "forkserver" if "forkserver" in methods else "spawn"
             )
-        except ImageDecodeError as exc:
-            return _Prepared(part, content_hash, started, None, str(exc))
+            if "forkserver" in methods:
+                context.set_forkserver_preload(["inspection.images"])
+            pool = ProcessPoolExecutor(self.prepare_processes, mp_context=context)
+            try:  # workers re-import the main script: an unguarded one breaks them at start
+                pool.submit(prepare_parts, [_probe_image()], 32, False).result(timeout=120)
+            except Exception as exc:  # noqa: BLE001 - whatever breaks them, threads still work
+                pool.shutdown(wait=False, cancel_futures=True)
+                logger.warning(
+                    "decoding in worker processes failed (%r); decoding in threads instead. "
+                    'A script that inspects should keep its top level under `if __name__ == "__main__":`.',
+                    exc,
+                )
+                self.prepare_processes = 0
+                return self._pool, 1
+            self._processes = pool
+        chunk = max(1, -(-self.batch_size // self.prepare_processes))
+        return self._processes, chunk
+
+    def _submit(
+        self, parts: list[PartInput]
+    ) -> list[tuple[list[PartInput], Future[list[Prepared]]]]:
+        executor, chunk = self._executor()
+        keep = self.classifier is not None
+        size = self.backend.image_size
+        chunks = [parts[i : i + chunk] for i in range(0, len(parts), chunk)]
+        try:
+            return [
+                (c, executor.submit(prepare_parts, [p.data for p in c], size, keep)) for c in chunks
+            ]
+        except BrokenProcessPool:  # a worker died since the last batch: a fresh pool, once
+            self.close_processes()
+            executor, _ = self._executor()
+            return [
+                (c, executor.submit(prepare_parts, [p.data for p in c], size, keep)) for c in chunks
+            ]
+
+    def _gather(
+        self, submitted: list[tuple[list[PartInput], Future[list[Prepared]]]], started: float
+    ) -> list[_Prepared]:
+        prepared: list[_Prepared] = []
+        for parts, future in submitted:
+            try:
+                results = future.result()
+            except (BrokenProcessPool, CancelledError):
+                # A worker died (a decoder crash on some file), or its pool was replaced after
+                # one did: each part of the chunk again, alone, so that only the file that kills
+                # a worker becomes an error.
+                self.close_processes()
+                results = self._prepare_alone(parts)
+            prepared.extend(
+                _Prepared(part, part.content_hash, started, image, error, pixels)
+                for part, (image, error, pixels) in zip(parts, results, strict=True)
+            )
+        return prepared
+
+    def _prepare_alone(self, parts: list[PartInput]) -> list[Prepared]:
+        results: list[Prepared] = []
+        for part in parts:
+            [(_, future)] = self._submit([part])
+            try:
+                results.extend(future.result())
+            except (BrokenProcessPool, CancelledError):
+                self.close_processes()
+                results.append((None, "the image decoder crashed on this file", None))
+        return results
+
+    def close_processes(self) -> None:
+        if self._processes is not None:
+            self._processes.shutdown(wait=False, cancel_futures=True)
+            self._processes = None
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         try:
@@ -329,18 +434,14 @@ class Inspector:
         """Results in input order; the next batch is decoded while this one is inferred."""
         iterator = iter(parts)
 
-        def submit_next() -> list[Future[_Prepared]]:
-            futures = []
-            for part in iterator:
-                futures.append(self._pool.submit(self._prepare, part))
-                if len(futures) >= self.batch_size:
-                    break
-            return futures
+        def submit_next() -> tuple[list[tuple[list[PartInput], Future[list[Prepared]]]], float]:
+            started = time.perf_counter()
+            return self._submit(list(itertools.islice(iterator, self.batch_size))), started
 
         pending = submit_next()
-        while pending:
+        while pending[0]:
             following = submit_next()
-            yield from self._finish([f.result() for f in pending])
+            yield from self._finish(self._gather(*pending))
             pending = following
 
     def inspect_one(self, name: str, data: bytes) -> PartResult:

@@ -119,3 +119,20 @@ def letterbox(image: DecodedImage, size: int) -> Letterboxed:
     left = round((size - new_w) / 2 - 0.1)
     canvas[top : top + new_h, left : left + new_w] = resized
     return Letterboxed(np.ascontiguousarray(canvas.transpose(2, 0, 1)), (height, width))
+
+
+Prepared = tuple[Letterboxed | None, str | None, DecodedImage | None]
+
+
+def prepare_parts(datas: list[bytes], size: int, keep_pixels: bool) -> list[Prepared]:
+    """Decode and letterbox a chunk of parts: (letterboxed, None, pixels) or (None, reason, None).
+
+    Module level and free of torch, so that worker processes run it without the model."""
+    prepared: list[Prepared] = []
+    for data in datas:
+        try:
+            decoded = decode_image(data)
+            prepared.append((letterbox(decoded, size), None, decoded if keep_pixels else None))
+        except ImageDecodeError as exc:
+            prepared.append((None, str(exc), None))
+    return prepared

@@ -23,6 +23,13 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL; default: a SQLite file inside the data directory.",
     )
     device: str = Field(default="auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    prepare_processes: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="worker processes that decode parts (0: threads). For GPU stations, where "
+        "the code around the network limits throughput; measure with bench/inference.py.",
+    )
 
     @field_validator("device")
     @classmethod

@@ -65,5 +65,7 @@ def test_shipped_files_carry_no_path_of_the_machine_that_trained_them() -> None:
 
     for name in ("weights.pt", "weights.onnx", "model.json", "MODEL_CARD.md"):
         blob = (DEMO_DIR / name).read_bytes()
-        found = re.findall(rb"(?:/tmp/|/home/|/root/|/work/|/Users/|[A-Z]:\\\\)[\x21-\x7e]{0,60}", blob)
+        found = re.findall(
+            rb"(?:/tmp/|/home/|/root/|/work/|/Users/|[A-Z]:\\\\)[\x21-\x7e]{0,60}", blob
+        )
         assert not found, f"{name} holds machine paths such as {found[:3]}"

@@ -195,3 +195,34 @@ def test_int8_export_for_cpu_stations(
     assert [r.verdict for r in results] != [] and all(r.error is None for r in results)
     missing = CliRunner().invoke(app, ["export", trained.version_name, "--int8"])
     assert missing.exit_code != 0
+
+
+def test_preparing_in_worker_processes_gives_the_same_results_and_survives_a_dead_worker(
+    trained: Trained, tmp_path: Path
+) -> None:
+    """Beside a GPU, parts are decoded in processes; a worker that dies (as on a decoder crash)
+    costs no part: its chunk is prepared again in a fresh pool."""
+    import os
+    import signal
+
+    images = make_images(tmp_path / "imgs", n=6, seed=11)
+    parts = [PartInput(i.name, (tmp_path / "imgs" / i.name).read_bytes()) for i in images]
+    parts.insert(2, PartInput("broken.png", b"\x89PNG\r\n\x1a\nnot really"))
+    thresholds = {"default": 0.001, "iou": 0.5}
+    threads = Inspector.from_weights(trained.weights, thresholds, "pytorch", batch_size=4)
+    expected = [(r.verdict, r.error, len(r.detections)) for r in threads.inspect(parts)]
+    assert threads.prepare_processes == 0  # on a CPU the network needs the cores
+
+    processes = Inspector(threads.backend, threads.thresholds, 4, prepare_processes=2)
+    try:
+        got = [(r.verdict, r.error, len(r.detections)) for r in processes.inspect(parts)]
+        assert got == expected and got[2][0] == "error"
+        crashed = processes._processes
+        assert crashed is not None
+        for pid in list(crashed._processes):  # a real crash: SIGKILL the workers
+            os.kill(pid, signal.SIGKILL)
+        again = [(r.verdict, r.error, len(r.detections)) for r in processes.inspect(parts)]
+        assert again == expected
+        assert processes._processes is not crashed  # a fresh pool took over
+    finally:
+        processes.close()
