@@ -4,6 +4,7 @@ parameters, GFLOPs and CPU latency of each (and of the teacher).
 
     python bench/distill_neu.py --teacher-arch defect-yolo-s --epochs 100 --device 0
     python bench/distill_neu.py --teacher-weights path/to/teacher.pt --epochs 40   # reuse a teacher
+    python bench/distill_neu.py ... --methods feature cwd   # ultralytics' feature loss and our CWD
 
 Writes bench/results/distill_neu.json.
 """
@@ -84,6 +85,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fraction", type=float, default=1.0)
     parser.add_argument("--workers", type=int, default=2, help="data-loading processes")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=["feature", "cwd"],
+        default=["feature"],
+        help="distillation losses to train a student with: ultralytics' feature L2, our CWD",
+    )
     args = parser.parse_args()
     from training.train_detector import TrainRequest, train_detector
 
@@ -125,17 +133,20 @@ def main() -> None:
     start = time.perf_counter()
     alone_id = train_detector(TrainRequest(architecture=args.student, **common), url=url)
     timings["student_alone"] = time.perf_counter() - start
-    start = time.perf_counter()
-    distilled_id = train_detector(
-        TrainRequest(architecture=args.student, teacher=teacher_name, **common), url=url
-    )
-    timings["student_distilled"] = time.perf_counter() - start
+    versions = {"teacher": teacher_id, "student_alone": alone_id}
+    for method in args.methods:
+        # "student_distilled" is ultralytics' built-in feature distillation, as in earlier files.
+        label = "student_distilled" + ("" if method == "feature" else f"_{method}")
+        start = time.perf_counter()
+        versions[label] = train_detector(
+            TrainRequest(
+                architecture=args.student, teacher=teacher_name, distill_method=method, **common
+            ),
+            url=url,
+        )
+        timings[label] = time.perf_counter() - start
     results = {}
-    for label, version_id in (
-        ("teacher", teacher_id),
-        ("student_alone", alone_id),
-        ("student_distilled", distilled_id),
-    ):
+    for label, version_id in versions.items():
         with session_scope(url) as session:
             weights = Path(get_model_version(session, version_id).file_path)
         results[label] = {
@@ -143,9 +154,11 @@ def main() -> None:
             "train_wall_s": round(timings.get(label, 0.0), 1),
         }
         print(label, results[label])
-    results["distilled_minus_alone_map50"] = (
-        results["student_distilled"]["map50"] - results["student_alone"]["map50"]
-    )
+    for label in [k for k in versions if k.startswith("student_distilled")]:
+        suffix = label.removeprefix("student_distilled")
+        results[f"distilled{suffix}_minus_alone_map50"] = (
+            results[label]["map50"] - results["student_alone"]["map50"]
+        )
     out = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(

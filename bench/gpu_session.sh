@@ -2,16 +2,18 @@
 # Everything a lent GPU is for, as one background pipeline, so that a session's 30 minutes of GPU
 # time go to training and measuring rather than to starting machines:
 #
-#   1. the s-scale attention teacher on NEU-DET, full schedule (its wall time is issue 8's
+#   1. the GPU half of the inference benchmark on the shipped demo model (inference_gpu.json),
+#      decoding in threads and in worker processes, with the network-free ceiling of each;
+#   2. the s-scale attention teacher on NEU-DET, full schedule (its wall time is issue 8's
 #      "100 epochs of the teacher"), evaluated into detector_neu.json beside the CPU runs;
-#   2. the n-scale student alone and distilled from that teacher (distill_neu_gpu.json);
-#   3. the GPU half of the inference benchmark on the distilled student (inference_gpu.json);
-#   4. everything that must come back (result files, the student's weights) in one folder.
+#   3. the n-scale student alone and distilled from that teacher with each of METHODS
+#      (ultralytics' feature loss, our CWD) into distill_neu_gpu.json;
+#   4. with TWIN=1, the s-scale plain twin of the teacher (attention against none);
+#   5. everything that must come back (result files, the best distilled student) in one folder.
 #
 # A device call may run 10 minutes, but a process started in a session of its own lives until
 # the machine goes back, so:   bash bench/gpu_session.sh start   (returns at once)
-#                              bash bench/gpu_session.sh wait 540  (prints progress; repeat)
-#                              bash bench/gpu_session.sh collect "$OUT"
+#                              bash bench/gpu_session.sh wait 540 "$OUT"  (progress, results; repeat)
 # Carried with the call: .whl (the packages the device image lacks, see bench/README.md) and
 # .carry/neu-det.tar.gz (the dataset; ../shared does not travel). Without them it runs on what the
 # machine has and on ../shared/datasets/neu-det, which is how it is tried on a CPU:
@@ -30,7 +32,9 @@ IMGSZ=${IMGSZ:-256}
 BATCH=${BATCH:-64}
 WORKERS=${WORKERS:-8}
 DEVICE=${DEVICE:-0}
-PARTS=${PARTS:-20000}
+PARTS=${PARTS:-8000}
+METHODS=${METHODS:-cwd feature}
+TWIN=${TWIN:-0}
 mkdir -p "$WORK/out"
 
 prepare() {
@@ -75,9 +79,12 @@ teacher_weights() {
     ls -t bench/.work/detector_neu/models/defect-yolo-s-*/best.pt 2>/dev/null | head -1
 }
 
-student_weights() {
-    "$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['results']['student_distilled']['weights'])" \
-        bench/results/distill_neu_gpu.json
+student_weights() {  # the distilled student with the best test mAP50
+    "$PY" -c "
+import json, sys
+results = json.load(open(sys.argv[1]))['results']
+students = [v for k, v in results.items() if k.startswith('student_distilled') and isinstance(v, dict)]
+print(max(students, key=lambda v: v['map50'])['weights'])" bench/results/distill_neu_gpu.json
 }
 
 run() {
@@ -86,27 +93,35 @@ run() {
     cd "$COPY" || return 1
     nvidia-smi -L 2>/dev/null
     "$PY" -c "import torch, onnxruntime as ort; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'ort', ort.get_available_providers())"
-    overrides
-    step teacher "$PY" bench/detector_neu.py --phase train --scales s --variants attention \
-        --epochs "$EPOCHS" --neu "$NEU" "${device_args[@]}"
-    step teacher-evaluate "$PY" bench/detector_neu.py --phase evaluate --neu "$NEU"
-    local teacher
-    teacher=$(teacher_weights)
-    overrides
-    step distill "$PY" bench/distill_neu.py --teacher-weights "$teacher" --epochs "$EPOCHS" \
-        --neu "$NEU" --out bench/results/distill_neu_gpu.json "${device_args[@]}"
-    local student backends=(pytorch) inference_device=cpu
-    student=$(student_weights)
-    [[ -n $student && -f $student ]] && cp "$student" "$WORK/out/student.pt"
+    local backends=(pytorch) inference_device=cpu
     if [[ $DEVICE != cpu ]]; then
         inference_device=cuda:0
         "$PY" -c "import onnxruntime as o, sys; sys.exit('CUDAExecutionProvider' not in o.get_available_providers())" &&
             backends+=(onnx)
     fi
     overrides
-    step inference "$PY" bench/inference.py --weights "$student" --neu "$NEU" --parts "$PARTS" \
-        --device "$inference_device" --batch "$BATCH" --engine-batches 1 16 "$BATCH" \
-        --backends "${backends[@]}" --out bench/results/inference_gpu.json
+    step inference "$PY" bench/inference.py --weights models/neu-det-demo/weights.pt --neu "$NEU" \
+        --parts "$PARTS" --device "$inference_device" --batch "$BATCH" --engine-batches 1 16 "$BATCH" \
+        --backends "${backends[@]}" --prepare-processes 0 8 --ceiling --skip-ultralytics-single \
+        --out bench/results/inference_gpu.json
+    overrides
+    step teacher "$PY" bench/detector_neu.py --phase train --scales s --variants attention \
+        --epochs "$EPOCHS" --neu "$NEU" "${device_args[@]}"
+    step teacher-evaluate "$PY" bench/detector_neu.py --phase evaluate --neu "$NEU"
+    local teacher student
+    teacher=$(teacher_weights)
+    overrides
+    # shellcheck disable=SC2086  # METHODS is a list of words
+    step distill "$PY" bench/distill_neu.py --teacher-weights "$teacher" --epochs "$EPOCHS" \
+        --neu "$NEU" --out bench/results/distill_neu_gpu.json --methods $METHODS "${device_args[@]}"
+    student=$(student_weights)
+    [[ -n $student && -f $student ]] && cp "$student" "$WORK/out/student.pt"
+    overrides
+    if [[ $TWIN == 1 ]]; then
+        step twin "$PY" bench/detector_neu.py --phase train --scales s --variants plain \
+            --epochs "$EPOCHS" --neu "$NEU" "${device_args[@]}"
+        step twin-evaluate "$PY" bench/detector_neu.py --phase evaluate --neu "$NEU"
+    fi
     gather
     echo "=== pipeline done"
     touch "$WORK/out/DONE"

@@ -242,6 +242,11 @@ def train_detector_command(
         )
 
 
+class DistillMethod(StrEnum):
+    FEATURE = "feature"
+    CWD = "cwd"
+
+
 @distill_app.command("detector")
 def distill_detector_command(
     teacher: Annotated[str, typer.Option(help="Teacher detector version (frozen).")],
@@ -257,12 +262,22 @@ def distill_detector_command(
     epochs: Annotated[int, typer.Option(min=1)] = 100,
     imgsz: Annotated[int, typer.Option(min=32)] = 256,
     batch: Annotated[int, typer.Option(min=1)] = 16,
-    weight: Annotated[float, typer.Option(help="Weight of the distillation loss.")] = 6.0,
+    method: Annotated[
+        DistillMethod,
+        typer.Option(
+            help="feature: ultralytics' score-weighted L2 on the neck; "
+            "cwd: channel-wise distillation (spatial distributions per channel)."
+        ),
+    ] = DistillMethod.FEATURE,
+    weight: Annotated[
+        float | None,
+        typer.Option(help="Weight of the distillation loss (default: 6 for feature, 3 for cwd)."),
+    ] = None,
     device: Annotated[str | None, typer.Option(help="cpu, 0, 0,1 (GPUs).")] = None,
     resume: Annotated[bool, typer.Option(help="Resume the last interrupted run.")] = False,
     seed: int = 0,
 ) -> None:
-    """Train a student detector with feature distillation from a teacher (ultralytics' distill_model)."""
+    """Train a student detector with feature distillation from a frozen teacher."""
     from training.train_detector import TrainRequest, train_detector
 
     request = TrainRequest(
@@ -276,6 +291,7 @@ def distill_detector_command(
         resume=resume,
         seed=seed,
         teacher=teacher,
+        distill_method=method.value,  # type: ignore[arg-type]  # the enum's values are the literals
         distill_weight=weight,
     )
     version_id = train_detector(request, url=migrated_database_url())

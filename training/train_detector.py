@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -118,8 +118,28 @@ class TrainRequest:
     seed: int = 0
     plots: bool = False
     teacher: str | None = None  # model version to distill from (ultralytics' distill_model)
-    distill_weight: float = 6.0
+    # "feature": ultralytics' score-weighted L2 on the neck; "cwd": channel-wise distillation.
+    distill_method: Literal["feature", "cwd"] = "feature"
+    distill_weight: float | None = None  # None: the method's own default
+
     extra: tuple[tuple[str, Any], ...] = ()
+
+
+def _distill_weight(request: TrainRequest) -> float:
+    if request.distill_weight is not None:
+        return request.distill_weight
+    from training.distill_cwd import DEFAULT_WEIGHT
+
+    return DEFAULT_WEIGHT if request.distill_method == "cwd" else 6.0  # 6.0: ultralytics' own
+
+
+def _distill_trainer(request: TrainRequest) -> dict[str, Any]:
+    """`trainer=` for YOLO.train when the distillation is ours rather than ultralytics'."""
+    if not request.teacher or request.distill_method == "feature":
+        return {}
+    from training.distill_cwd import ChannelWiseDistillationTrainer
+
+    return {"trainer": ChannelWiseDistillationTrainer}
 
 
 def _job_progress_callback(url: str, job_id: int, epochs: int):  # type: ignore[no-untyped-def]
@@ -223,7 +243,7 @@ def train_detector(
             run_dir = _latest_run(runs_dir, prefix)
             model = load_detector(run_dir / "weights" / "last.pt")
             _add_callbacks(model, events, callbacks)
-            model.train(resume=True)
+            model.train(resume=True, **_distill_trainer(request))
         else:
             model = (
                 load_detector(base_weights)
@@ -250,10 +270,11 @@ def train_detector(
                 **{
                     "close_mosaic": min(10, max(request.epochs // 5, 0)),
                     **(
-                        {"distill_model": teacher_weights, "dis": request.distill_weight}
+                        {"distill_model": teacher_weights, "dis": _distill_weight(request)}
                         if teacher_weights
                         else {}
                     ),
+                    **_distill_trainer(request),
                     **SURFACE_AUGMENTATION,
                     **dict(request.extra),
                 },
