@@ -86,6 +86,48 @@ def cost(weights: Path) -> dict[str, float]:
     }
 
 
+def earlier_classifiers(url: str, args: argparse.Namespace) -> dict[str, tuple[int, float]]:
+    """The classifiers of this bench's last run (its working database and result file), so that
+    a new detector's verdict is measured without training them again; empty if there are none."""
+    from sqlalchemy import select
+
+    from db.models import ModelKind, ModelVersion
+
+    if not args.out.is_file():
+        return {}
+    earlier = json.loads(args.out.read_text())
+    if earlier.get("schedule", {}).get("teacher") != args.teacher:
+        return {}
+    found: dict[str, tuple[int, float]] = {}
+    with session_scope(url) as session:
+        rows = session.scalars(
+            select(ModelVersion)
+            .where(ModelVersion.kind == ModelKind.CLASSIFIER)
+            .order_by(ModelVersion.id.desc())
+        ).all()
+    for label, architecture, distilled in (
+        ("teacher", args.teacher, False),
+        ("student_alone", args.student, False),
+        ("student_distilled", args.student, True),
+    ):
+        match = next(
+            (
+                v
+                for v in rows
+                if v.architecture in (architecture, f"defect-cls-{architecture}")
+                and (v.teacher_id is not None) == distilled
+            ),
+            None,
+        )
+        if match is None:
+            return {}
+        seconds = earlier["classifiers"].get(label, {}).get("train_wall_s", 0.0)
+        found[label] = (match.id, seconds)
+    args.epochs = earlier["schedule"]["epochs"]  # the schedule they were trained with
+    args.imgsz = earlier["schedule"]["imgsz"]
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--neu", type=Path, default=ROOT.parent / "shared" / "datasets" / "neu-det")
@@ -107,6 +149,11 @@ def main() -> None:
     )
     parser.add_argument("--max-miss-rate", type=float, default=0.0)
     parser.add_argument(
+        "--reuse-trained",
+        action="store_true",
+        help="keep the classifiers of the last run (for a new --detector); train if there are none",
+    )
+    parser.add_argument(
         "--out", type=Path, default=ROOT / "bench" / "results" / "classifier_neu.json"
     )
     args = parser.parse_args()
@@ -126,18 +173,20 @@ def main() -> None:
         "seed": args.seed,
         "device": args.device,
     }
-    trained: dict[str, tuple[int, float]] = {}
-    for label, backbone in (("teacher", args.teacher), ("student_alone", args.student)):
+    trained = earlier_classifiers(url, args) if args.reuse_trained else {}
+    reused = bool(trained)
+    if not trained:
+        for label, backbone in (("teacher", args.teacher), ("student_alone", args.student)):
+            started = time.perf_counter()
+            version = train_classifier(ClassifierTrainRequest(backbone=backbone, **common), url=url)
+            trained[label] = (version, time.perf_counter() - started)
+        with session_scope(url) as session:
+            teacher_name = get_model_version(session, trained["teacher"][0]).name
         started = time.perf_counter()
-        version = train_classifier(ClassifierTrainRequest(backbone=backbone, **common), url=url)
-        trained[label] = (version, time.perf_counter() - started)
-    with session_scope(url) as session:
-        teacher_name = get_model_version(session, trained["teacher"][0]).name
-    started = time.perf_counter()
-    version = train_classifier(
-        ClassifierTrainRequest(backbone=args.student, teacher=teacher_name, **common), url=url
-    )
-    trained["student_distilled"] = (version, time.perf_counter() - started)
+        version = train_classifier(
+            ClassifierTrainRequest(backbone=args.student, teacher=teacher_name, **common), url=url
+        )
+        trained["student_distilled"] = (version, time.perf_counter() - started)
 
     classifiers: dict[str, dict] = {}
     weights_of: dict[str, Path] = {}
@@ -191,6 +240,7 @@ def main() -> None:
                 if args.detector.is_relative_to(ROOT)
                 else args.detector.name,
                 "classifiers": classifiers,
+                "classifiers_from_an_earlier_run": reused,  # their train_wall_s are that run's
                 "verdict_classifier": args.verdict_classifier,
                 "target_max_miss_rate": args.max_miss_rate,
                 "verdicts": verdicts,
