@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import glob
 import hashlib
-import os
 import time
 import zipfile
 import zlib
@@ -41,6 +40,7 @@ from db.registry import ensure_station, get_model_version, production_model
 from db.session import session_scope
 from inspection.engine import BackendChoice, Inspector, PartInput, PartResult
 from inspection.errors import UserError
+from inspection.images import store_image
 
 # A zip entry larger than this is refused rather than read into memory (zip bombs, stray videos).
 MAX_FILE_BYTES = 256 * 1024 * 1024
@@ -130,18 +130,6 @@ def unreadable_key(name: str) -> str:
     return hashlib.sha256(f"unreadable:{name}".encode()).hexdigest()
 
 
-def store_image(images_dir: Path, content_hash: str, name: str, data: bytes) -> Path:
-    """Write the bytes once under images/<h[:2]>/<hash><suffix>; atomic, so a crash leaves no half file."""
-    suffix = Path(name.split(":")[-1]).suffix.lower()[:8] or ".bin"
-    target = images_dir / content_hash[:2] / f"{content_hash}{suffix}"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(target.name + ".partial")
-        partial.write_bytes(data)
-        partial.replace(target)
-    return target
-
-
 @dataclass
 class BatchSummary:
     run_id: int
@@ -223,11 +211,6 @@ class BatchInspection:
         )
         self.summary = BatchSummary(self.run_id, self.model_name)
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-writer")
-        # Storing an image is four system calls that release the GIL (stat, open, write,
-        # rename): from one thread they cost more than the database write of the same part.
-        self._storers = ThreadPoolExecutor(
-            max_workers=max(2, min(8, os.cpu_count() or 2)), thread_name_prefix="image-store"
-        )
         self._pending_write: Future[None] | None = None
         self._in_flight: set[str] = set()
 
@@ -295,7 +278,8 @@ class BatchInspection:
                 continue
             queued.add(digest)
             todo.append(part)
-        results = list(self.inspector.inspect(todo))
+        # Parts are stored as they are prepared, by the workers that decode them.
+        results = list(self.inspector.inspect(todo, store_into=self.images_dir))
         payload = {p.name: p.data for p in todo}
         for item in unreadable:
             # Kept as a record of the failure, with no image; skipped like any other once recorded.
@@ -325,17 +309,13 @@ class BatchInspection:
         bulk INSERTs (row-by-row ORM objects cost a fifth of a CPU core at line rate)."""
         if not results:
             return  # (an INSERT given no rows would insert one row of defaults)
-        to_store = [r for r in results if r.name in payload]
-        stored = dict(
-            zip(
-                [r.name for r in to_store],
-                self._storers.map(
-                    lambda r: store_image(self.images_dir, r.content_hash, r.name, payload[r.name]),
-                    to_store,
-                ),
-                strict=True,
-            )
-        )
+        # Stored while prepared; a part the engine did not prepare is stored here.
+        stored = {
+            r.name: r.stored_path
+            or store_image(self.images_dir, r.content_hash, r.name, payload[r.name])
+            for r in results
+            if r.name in payload
+        }
         now = utcnow()
         thresholds = self.inspector.thresholds.to_dict()
         with session_scope(self.url) as session:

@@ -34,7 +34,14 @@ import torch
 
 from inspection.backends.base import Backend, OutOfMemory
 from inspection.errors import UserError
-from inspection.images import DecodedImage, Letterboxed, Prepared, prepare_parts
+from inspection.images import (
+    DecodedImage,
+    Letterboxed,
+    Prepared,
+    StoreRequest,
+    prepare_parts,
+    store_image,
+)
 from inspection.settings import get_settings, resolve_device
 from inspection.verdict import Detection, Thresholds, part_fails, verify
 
@@ -64,6 +71,7 @@ class PartResult:
     latency_ms: float | None = None
     error: str | None = None
     defect_probability: float | None = None  # from the part classifier, where one is used
+    stored_path: Path | None = None  # where the bytes were kept, when inspect() was asked to
 
     @property
     def failed_classes(self) -> list[str]:
@@ -78,6 +86,7 @@ class _Prepared:
     image: Letterboxed | None
     error: str | None
     pixels: DecodedImage | None = None  # kept only when a classifier needs the crops
+    stored_path: Path | None = None
 
 
 def open_backend(
@@ -292,25 +301,35 @@ class Inspector:
         return self._processes, chunk
 
     def _submit(
-        self, parts: list[PartInput]
+        self, parts: list[PartInput], store_into: Path | None = None
     ) -> list[tuple[list[PartInput], Future[list[Prepared]]]]:
         executor, chunk = self._executor()
         keep = self.classifier is not None
         size = self.backend.image_size
         chunks = [parts[i : i + chunk] for i in range(0, len(parts), chunk)]
-        try:
+
+        def stores(chunk_parts: list[PartInput]) -> list[StoreRequest] | None:
+            if store_into is None:
+                return None
+            return [StoreRequest(store_into, p.content_hash, p.name) for p in chunk_parts]
+
+        def submit_all(executor: Executor) -> list[tuple[list[PartInput], Future[list[Prepared]]]]:
             return [
-                (c, executor.submit(prepare_parts, [p.data for p in c], size, keep)) for c in chunks
-            ]
-        except BrokenProcessPool:  # a worker died since the last batch: a fresh pool, once
-            self.close_processes()
-            executor, _ = self._executor()
-            return [
-                (c, executor.submit(prepare_parts, [p.data for p in c], size, keep)) for c in chunks
+                (c, executor.submit(prepare_parts, [p.data for p in c], size, keep, stores(c)))
+                for c in chunks
             ]
 
+        try:
+            return submit_all(executor)
+        except BrokenProcessPool:  # a worker died since the last batch: a fresh pool, once
+            self.close_processes()
+            return submit_all(self._executor()[0])
+
     def _gather(
-        self, submitted: list[tuple[list[PartInput], Future[list[Prepared]]]], started: float
+        self,
+        submitted: list[tuple[list[PartInput], Future[list[Prepared]]]],
+        started: float,
+        store_into: Path | None,
     ) -> list[_Prepared]:
         prepared: list[_Prepared] = []
         for parts, future in submitted:
@@ -321,22 +340,28 @@ class Inspector:
                 # one did: each part of the chunk again, alone, so that only the file that kills
                 # a worker becomes an error.
                 self.close_processes()
-                results = self._prepare_alone(parts)
+                results = self._prepare_alone(parts, store_into)
             prepared.extend(
-                _Prepared(part, part.content_hash, started, image, error, pixels)
-                for part, (image, error, pixels) in zip(parts, results, strict=True)
+                _Prepared(part, part.content_hash, started, image, error, pixels, stored)
+                for part, (image, error, pixels, stored) in zip(parts, results, strict=True)
             )
         return prepared
 
-    def _prepare_alone(self, parts: list[PartInput]) -> list[Prepared]:
+    def _prepare_alone(self, parts: list[PartInput], store_into: Path | None) -> list[Prepared]:
         results: list[Prepared] = []
         for part in parts:
-            [(_, future)] = self._submit([part])
+            [(_, future)] = self._submit([part], store_into)
             try:
                 results.extend(future.result())
             except (BrokenProcessPool, CancelledError):
                 self.close_processes()
-                results.append((None, "the image decoder crashed on this file", None))
+                # Stored here, in this process: the part is kept with its error, not lost.
+                stored = (
+                    store_image(store_into, part.content_hash, part.name, part.data)
+                    if store_into is not None
+                    else None
+                )
+                results.append((None, "the image decoder crashed on this file", None, stored))
         return results
 
     def close_processes(self) -> None:
@@ -381,6 +406,7 @@ class Inspector:
                         "error",
                         latency_ms=latency,
                         error=p.error,
+                        stored_path=p.stored_path,
                     )
                 )
                 continue
@@ -399,6 +425,7 @@ class Inspector:
                     height,
                     latency,
                     defect_probability=probabilities.get(id(p)),
+                    stored_path=p.stored_path,
                 )
             )
         return results
@@ -430,18 +457,24 @@ class Inspector:
                 detections[owner][index] = verify(detections[owner][index], score, self.thresholds)
         return probabilities
 
-    def inspect(self, parts: Iterable[PartInput]) -> Iterator[PartResult]:
-        """Results in input order; the next batch is decoded while this one is inferred."""
+    def inspect(
+        self, parts: Iterable[PartInput], store_into: Path | None = None
+    ) -> Iterator[PartResult]:
+        """Results in input order; the next batch is decoded while this one is inferred.
+
+        With `store_into`, each part's bytes are also kept in that content-addressed image store
+        as they are prepared (`PartResult.stored_path`)."""
         iterator = iter(parts)
 
         def submit_next() -> tuple[list[tuple[list[PartInput], Future[list[Prepared]]]], float]:
             started = time.perf_counter()
-            return self._submit(list(itertools.islice(iterator, self.batch_size))), started
+            batch = list(itertools.islice(iterator, self.batch_size))
+            return self._submit(batch, store_into), started
 
         pending = submit_next()
         while pending[0]:
             following = submit_next()
-            yield from self._finish(self._gather(*pending))
+            yield from self._finish(self._gather(*pending, store_into))
             pending = following
 
     def inspect_one(self, name: str, data: bytes) -> PartResult:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -121,18 +122,50 @@ def letterbox(image: DecodedImage, size: int) -> Letterboxed:
     return Letterboxed(np.ascontiguousarray(canvas.transpose(2, 0, 1)), (height, width))
 
 
-Prepared = tuple[Letterboxed | None, str | None, DecodedImage | None]
+def store_image(images_dir: Path, content_hash: str, name: str, data: bytes) -> Path:
+    """Write the bytes once under images/<h[:2]>/<hash><suffix>; atomic, so a crash leaves no half file."""
+    suffix = Path(name.split(":")[-1]).suffix.lower()[:8] or ".bin"
+    target = images_dir / content_hash[:2] / f"{content_hash}{suffix}"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".partial")
+        partial.write_bytes(data)
+        partial.replace(target)
+    return target
 
 
-def prepare_parts(datas: list[bytes], size: int, keep_pixels: bool) -> list[Prepared]:
-    """Decode and letterbox a chunk of parts: (letterboxed, None, pixels) or (None, reason, None).
+@dataclass(frozen=True)
+class StoreRequest:
+    """Where a part's bytes are kept: the content-addressed image store, file name for the suffix."""
 
-    Module level and free of torch, so that worker processes run it without the model."""
+    images_dir: Path
+    content_hash: str
+    name: str
+
+
+# (letterboxed, None, pixels kept for a classifier, stored file) or (None, reason, None, stored file)
+Prepared = tuple[Letterboxed | None, str | None, DecodedImage | None, Path | None]
+
+
+def prepare_parts(
+    datas: list[bytes], size: int, keep_pixels: bool, stores: list[StoreRequest] | None = None
+) -> list[Prepared]:
+    """Store (when asked), decode and letterbox a chunk of parts.
+
+    Module level and free of torch, so that worker processes run it without the model; storing
+    here spreads the image store's system calls over the workers that already hold the bytes.
+    An undecodable file is stored all the same: it is kept with its error, never lost."""
     prepared: list[Prepared] = []
-    for data in datas:
+    for i, data in enumerate(datas):
+        stored = None
+        if stores is not None:
+            request = stores[i]
+            stored = store_image(request.images_dir, request.content_hash, request.name, data)
         try:
             decoded = decode_image(data)
-            prepared.append((letterbox(decoded, size), None, decoded if keep_pixels else None))
+            prepared.append(
+                (letterbox(decoded, size), None, decoded if keep_pixels else None, stored)
+            )
         except ImageDecodeError as exc:
-            prepared.append((None, str(exc), None))
+            prepared.append((None, str(exc), None, stored))
     return prepared

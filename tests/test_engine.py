@@ -224,5 +224,9 @@ def test_preparing_in_worker_processes_gives_the_same_results_and_survives_a_dea
         again = [(r.verdict, r.error, len(r.detections)) for r in processes.inspect(parts)]
         assert again == expected
         assert processes._processes is not crashed  # a fresh pool took over
+        stored = list(processes.inspect(parts, store_into=tmp_path / "store"))
+        # Workers keep every part's bytes, the undecodable one too (kept with its error).
+        for part, result in zip(parts, stored, strict=True):
+            assert result.stored_path is not None and result.stored_path.read_bytes() == part.data
     finally:
         processes.close()
