@@ -172,6 +172,24 @@ def engine_end_to_end(model_name: str, inspector: Inspector, folder: Path, url: 
     return _summary(summary.latencies_ms, seconds, summary.inspected - 16)
 
 
+def register_bench_version(
+    url: str, weights: Path, name: str, class_names: list[str], imgsz: int
+) -> None:
+    """Each engine run inspects the parts as a model version of its own, so none is skipped."""
+    with session_scope(url) as session:
+        register_model_version(
+            session,
+            weights,
+            WORK / "models",
+            kind=ModelKind.DETECTOR,
+            architecture="bench",
+            class_names=class_names,
+            image_size=imgsz,
+            name=name,
+            thresholds={"default": OPERATING_CONF, "iou": 0.45},
+        )
+
+
 def ceiling_without_network(
     weights: Path,
     backend: str,
@@ -205,18 +223,9 @@ def ceiling_without_network(
         return np.resize(recorded, (len(batch), *recorded.shape[1:]))
 
     inspector.backend.infer = replay  # type: ignore[method-assign]
-    with session_scope(url) as session:
-        register_model_version(
-            session,
-            weights,
-            WORK / "models",
-            kind=ModelKind.DETECTOR,
-            architecture="bench",
-            class_names=inspector.class_names,
-            image_size=inspector.backend.image_size,
-            name=f"ceiling-p{processes}",
-            thresholds={"default": OPERATING_CONF, "iou": 0.45},
-        )
+    register_bench_version(
+        url, weights, f"ceiling-p{processes}", inspector.class_names, inspector.backend.image_size
+    )
     run = engine_end_to_end(f"ceiling-p{processes}", inspector, folder, url)
     inspector.close()
     run["batch"] = inspector.batch_size
@@ -364,18 +373,7 @@ def main() -> None:
         variants += [(max(args.engine_batches), n) for n in args.prepare_processes[1:]]
         for batch, processes in variants:
             name = f"{backend}-b{batch}" + (f"-p{processes}" if processes else "")
-            with session_scope(url) as session:
-                register_model_version(
-                    session,
-                    weights,
-                    WORK / "models",
-                    kind=ModelKind.DETECTOR,
-                    architecture="bench",
-                    class_names=class_names,
-                    image_size=imgsz,
-                    name=name,
-                    thresholds={"default": OPERATING_CONF, "iou": 0.45},
-                )
+            register_bench_version(url, weights, name, class_names, imgsz)
             operating = Inspector.from_weights(
                 sources[backend],
                 {"default": OPERATING_CONF, "iou": 0.45},
