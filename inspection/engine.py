@@ -16,6 +16,7 @@ import logging
 import multiprocessing
 import os
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import (
     CancelledError,
@@ -54,8 +55,8 @@ class PartInput:
     name: str
     data: bytes
 
-    @property
-    def content_hash(self) -> str:
+    @functools.cached_property
+    def content_hash(self) -> str:  # asked for by the batch, the store and the result: once
         return hashlib.sha256(self.data).hexdigest()
 
 
@@ -237,6 +238,7 @@ class Inspector:
         cores = os.cpu_count() or 2
         workers = prepare_workers or max(2, min(8, cores // 2))
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prepare")
+        self._thread_workers = workers
         if prepare_processes is None:
             prepare_processes = get_settings().prepare_processes
         self.prepare_processes = prepare_processes
@@ -364,6 +366,14 @@ class Inspector:
                 results.append((None, "the image decoder crashed on this file", None, stored))
         return results
 
+    def _prefetch_depth(self) -> int:
+        """Batches prepared ahead of the one being inferred: one, or as many as keep the workers
+        busy when a batch is smaller than the number of workers (batch 1 on a GPU station)."""
+        workers = self.prepare_processes or self._thread_workers
+        chunk = self._executor()[1] if self.prepare_processes else 1
+        chunks_per_batch = -(-self.batch_size // chunk)
+        return max(1, min(8, workers // chunks_per_batch))
+
     def close_processes(self) -> None:
         if self._processes is not None:
             self._processes.shutdown(wait=False, cancel_futures=True)
@@ -465,17 +475,22 @@ class Inspector:
         With `store_into`, each part's bytes are also kept in that content-addressed image store
         as they are prepared (`PartResult.stored_path`)."""
         iterator = iter(parts)
+        pending: deque[tuple[list[tuple[list[PartInput], Future[list[Prepared]]]], float]] = deque()
 
-        def submit_next() -> tuple[list[tuple[list[PartInput], Future[list[Prepared]]]], float]:
-            started = time.perf_counter()
-            batch = list(itertools.islice(iterator, self.batch_size))
-            return self._submit(batch, store_into), started
+        def fill() -> None:
+            # Small batches keep several in flight, so that every worker has a part to decode.
+            while len(pending) < self._prefetch_depth():
+                started = time.perf_counter()
+                batch = list(itertools.islice(iterator, self.batch_size))
+                if not batch:
+                    return
+                pending.append((self._submit(batch, store_into), started))
 
-        pending = submit_next()
-        while pending[0]:
-            following = submit_next()
-            yield from self._finish(self._gather(*pending, store_into))
-            pending = following
+        fill()
+        while pending:
+            current = pending.popleft()
+            fill()
+            yield from self._finish(self._gather(*current, store_into))
 
     def inspect_one(self, name: str, data: bytes) -> PartResult:
         return next(self.inspect([PartInput(name, data)]))

@@ -230,3 +230,19 @@ def test_preparing_in_worker_processes_gives_the_same_results_and_survives_a_dea
             assert result.stored_path is not None and result.stored_path.read_bytes() == part.data
     finally:
         processes.close()
+
+
+def test_batch_one_keeps_every_worker_busy_and_results_in_order(
+    trained: Trained, tmp_path: Path
+) -> None:
+    """At batch 1 (a GPU station inspecting part by part) several parts are decoded ahead."""
+    images = make_images(tmp_path / "imgs", n=9, seed=13)
+    parts = [PartInput(i.name, (tmp_path / "imgs" / i.name).read_bytes()) for i in images]
+    thresholds = {"default": 0.001, "iou": 0.5}
+    loaded = Inspector.from_weights(trained.weights, thresholds, "pytorch")
+    batched = Inspector(loaded.backend, loaded.thresholds, 4, prepare_workers=2)
+    one_by_one = Inspector(loaded.backend, loaded.thresholds, 1, prepare_workers=4)
+    assert batched._prefetch_depth() == 1 and one_by_one._prefetch_depth() == 4
+    expected = [(r.name, r.verdict, len(r.detections)) for r in batched.inspect(parts)]
+    got = [(r.name, r.verdict, len(r.detections)) for r in one_by_one.inspect(parts)]
+    assert got == expected == [(p.name, *e[1:]) for p, e in zip(parts, expected, strict=True)]
