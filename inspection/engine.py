@@ -299,8 +299,13 @@ class Inspector:
                 self.prepare_processes = 0
                 return self._pool, 1
             self._processes = pool
-        chunk = max(1, -(-self.batch_size // self.prepare_processes))
-        return self._processes, chunk
+        return self._processes, self._chunk_size()
+
+    def _chunk_size(self) -> int:
+        """Parts per task: one for threads; a batch shared out among the worker processes."""
+        if not self.prepare_processes:
+            return 1
+        return max(1, -(-self.batch_size // self.prepare_processes))
 
     def _submit(
         self, parts: list[PartInput], store_into: Path | None = None
@@ -370,8 +375,7 @@ class Inspector:
         """Batches prepared ahead of the one being inferred: one, or as many as keep the workers
         busy when a batch is smaller than the number of workers (batch 1 on a GPU station)."""
         workers = self.prepare_processes or self._thread_workers
-        chunk = self._executor()[1] if self.prepare_processes else 1
-        chunks_per_batch = -(-self.batch_size // chunk)
+        chunks_per_batch = -(-self.batch_size // self._chunk_size())
         return max(1, min(8, workers // chunks_per_batch))
 
     def close_processes(self) -> None:
