@@ -278,8 +278,9 @@ class Inspector:
         if not self.prepare_processes:
             return self._pool, 1
         if self._processes is None:
-            # A fork server forks clean workers from a process that has imported only the
-            # decoding code: no torch, no CUDA context, no threads copied mid-lock.
+            # A fork server forks workers from a fresh process that has imported the decoding
+            # code (torch comes along with the package) but holds no CUDA context and runs no
+            # threads, so nothing is copied mid-lock.
             methods = multiprocessing.get_all_start_methods()
             context = multiprocessing.get_context(
                 "forkserver" if "forkserver" in methods else "spawn"

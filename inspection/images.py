@@ -152,7 +152,7 @@ def prepare_parts(
 ) -> list[Prepared]:
     """Store (when asked), decode and letterbox a chunk of parts.
 
-    Module level and free of torch, so that worker processes run it without the model; storing
+    Module level and without the model, so that worker processes can run it; storing
     here spreads the image store's system calls over the workers that already hold the bytes.
     An undecodable file is stored all the same: it is kept with its error, never lost."""
     prepared: list[Prepared] = []
