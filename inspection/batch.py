@@ -40,7 +40,6 @@ from db.registry import ensure_station, get_model_version, production_model
 from db.session import session_scope
 from inspection.engine import BackendChoice, Inspector, PartInput, PartResult
 from inspection.errors import UserError
-from inspection.images import store_image
 
 # A zip entry larger than this is refused rather than read into memory (zip bombs, stray videos).
 MAX_FILE_BYTES = 256 * 1024 * 1024
@@ -280,7 +279,6 @@ class BatchInspection:
             todo.append(part)
         # Parts are stored as they are prepared, by the workers that decode them.
         results = list(self.inspector.inspect(todo, store_into=self.images_dir))
-        payload = {p.name: p.data for p in todo}
         for item in unreadable:
             # Kept as a record of the failure, with no image; skipped like any other once recorded.
             digest = unreadable_hashes[item.name]
@@ -291,7 +289,7 @@ class BatchInspection:
             results.append(PartResult(item.name, digest, 0, "error", error=item.error))
         self._wait_for_write()
         self._in_flight = queued
-        self._pending_write = self._writer.submit(self._write, results, payload)
+        self._pending_write = self._writer.submit(self._write, results)
         for result in results:
             self.summary.inspected += 1
             if result.latency_ms is not None:
@@ -304,18 +302,12 @@ class BatchInspection:
             if on_result:
                 on_result(result)
 
-    def _write(self, results: list[PartResult], payload: dict[str, bytes]) -> None:
-        """Image files first, then parts, inspections and predictions in one transaction, as
-        bulk INSERTs (row-by-row ORM objects cost a fifth of a CPU core at line rate)."""
+    def _write(self, results: list[PartResult]) -> None:
+        """Parts, inspections and predictions in one transaction, as bulk INSERTs (row-by-row
+        ORM objects cost a fifth of a CPU core at line rate). The image files are already in
+        the store: the engine wrote them as it prepared the parts."""
         if not results:
             return  # (an INSERT given no rows would insert one row of defaults)
-        # Stored while prepared; a part the engine did not prepare is stored here.
-        stored = {
-            r.name: r.stored_path
-            or store_image(self.images_dir, r.content_hash, r.name, payload[r.name])
-            for r in results
-            if r.name in payload
-        }
         now = utcnow()
         thresholds = self.inspector.thresholds.to_dict()
         with session_scope(self.url) as session:
@@ -331,7 +323,7 @@ class BatchInspection:
             new_parts = {
                 r.content_hash: {
                     "content_hash": r.content_hash,
-                    "stored_path": str(stored.get(r.name, "")),
+                    "stored_path": str(r.stored_path or ""),  # none for an unreadable file
                     "original_name": r.name,
                     "size_bytes": r.size_bytes,
                     "width": r.width,

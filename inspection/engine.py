@@ -82,7 +82,6 @@ class PartResult:
 @dataclass
 class _Prepared:
     part: PartInput
-    content_hash: str
     started: float
     image: Letterboxed | None
     error: str | None
@@ -350,7 +349,7 @@ class Inspector:
                 self.close_processes()
                 results = self._prepare_alone(parts, store_into)
             prepared.extend(
-                _Prepared(part, part.content_hash, started, image, error, pixels, stored)
+                _Prepared(part, started, image, error, pixels, stored)
                 for part, (image, error, pixels, stored) in zip(parts, results, strict=True)
             )
         return prepared
@@ -416,7 +415,7 @@ class Inspector:
                 results.append(
                     PartResult(
                         p.part.name,
-                        p.content_hash,
+                        p.part.content_hash,
                         len(p.part.data),
                         "error",
                         latency_ms=latency,
@@ -430,7 +429,7 @@ class Inspector:
             results.append(
                 PartResult(
                     p.part.name,
-                    p.content_hash,
+                    p.part.content_hash,
                     len(p.part.data),
                     "fail"
                     if part_fails(found, probabilities.get(id(p)), self.thresholds)

@@ -104,3 +104,51 @@ def test_channel_wise_distillation_is_zero_for_equal_maps_and_blind_to_an_offset
     assert float(channel_wise_distillation(teacher.clone(), teacher)) == pytest.approx(0, abs=1e-6)
     assert float(channel_wise_distillation(teacher + 3.0, teacher)) == pytest.approx(0, abs=1e-5)
     assert float(channel_wise_distillation(torch.randn(2, 8, 5, 5), teacher)) > 0.01
+
+
+def test_interrupted_cwd_distillation_resumes_as_cwd(
+    trained: Trained, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ultralytics rebuilds its own wrapper on resume; ours must come back, projectors kept."""
+    from training.train_detector import TrainRequest, train_detector
+
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
+    get_settings.cache_clear()
+    request = TrainRequest(
+        data="synth",
+        architecture="defect-yolo-n",
+        epochs=2,
+        imgsz=64,
+        batch=4,
+        teacher=trained.version_name,
+        distill_method="cwd",
+        extra=(("warmup_epochs", 0), ("mosaic", 0.0), ("nbs", 4)),
+    )
+    last: list[Path] = []
+
+    def stop_after_first_epoch(trainer) -> None:  # type: ignore[no-untyped-def]
+        if trainer.epoch == 0:
+            last.append(Path(trainer.last))
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_detector(
+            request, url=trained.url, callbacks={"on_model_save": stop_after_first_epoch}
+        )
+    saved = torch.load(last[0], map_location="cpu", weights_only=False)["ema"].projector
+    resumed: list[tuple[str, dict[str, torch.Tensor]]] = []
+
+    def record(trainer) -> None:  # type: ignore[no-untyped-def]
+        if not resumed:
+            state = trainer.model.projector.state_dict()
+            resumed.append((type(trainer.model).__name__, {k: v.clone() for k, v in state.items()}))
+
+    train_detector(
+        TrainRequest(**{**request.__dict__, "resume": True}),
+        url=trained.url,
+        callbacks={"on_train_start": record},
+    )
+    [(wrapper, projector)] = resumed
+    assert wrapper == "ChannelWiseDistillationModel"
+    for name, value in saved.state_dict().items():
+        assert torch.equal(projector[name].float().cpu(), value.float()), name

@@ -45,7 +45,7 @@ def channel_wise_distillation(
 class ChannelWiseDistillationModel(DistillationModel):
     """ultralytics' distillation wrapper with CWD as the per-level feature loss."""
 
-    temperature: float = DEFAULT_TEMPERATURE
+    temperature: float = DEFAULT_TEMPERATURE  # a class constant: DDP re-imports classes by name
 
     def loss_sl2(  # the per-level feature loss that DistillationModel.loss calls
         self,
@@ -64,8 +64,6 @@ class ChannelWiseDistillationTrainer(DetectionTrainer):
     before ultralytics would wrap it with its own loss; a resumed run's wrapper is rebuilt as
     CWD with its trained projectors."""
 
-    temperature: float = DEFAULT_TEMPERATURE  # a class constant: DDP re-imports the class by name
-
     def set_model_attributes(self) -> None:
         super().set_model_attributes()
         if self.args.distill_model is None or isinstance(self.model, ChannelWiseDistillationModel):
@@ -81,7 +79,6 @@ class ChannelWiseDistillationTrainer(DetectionTrainer):
             teacher if teacher is not None else self.args.distill_model
         )
         wrapped = ChannelWiseDistillationModel(student_model=student, teacher_model=teacher_source)
-        wrapped.temperature = self.temperature
         if projector_state is not None:
             wrapped.projector.load_state_dict(projector_state)
         self.model = wrapped

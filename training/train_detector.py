@@ -125,12 +125,16 @@ class TrainRequest:
     extra: tuple[tuple[str, Any], ...] = ()
 
 
-def _distill_weight(request: TrainRequest) -> float:
+def _distill_arguments(request: TrainRequest, teacher_weights: str) -> dict[str, Any]:
+    """The teacher, and the loss weight where ultralytics' own default (for its loss) is not it."""
+    arguments: dict[str, Any] = {"distill_model": teacher_weights}
     if request.distill_weight is not None:
-        return request.distill_weight
-    from training.distill_cwd import DEFAULT_WEIGHT
+        arguments["dis"] = request.distill_weight
+    elif request.distill_method == "cwd":
+        from training.distill_cwd import DEFAULT_WEIGHT
 
-    return DEFAULT_WEIGHT if request.distill_method == "cwd" else 6.0  # 6.0: ultralytics' own
+        arguments["dis"] = DEFAULT_WEIGHT
+    return arguments
 
 
 def _distill_trainer(request: TrainRequest) -> dict[str, Any]:
@@ -269,11 +273,7 @@ def train_detector(
                 pretrained=bool(base_weights),
                 **{
                     "close_mosaic": min(10, max(request.epochs // 5, 0)),
-                    **(
-                        {"distill_model": teacher_weights, "dis": _distill_weight(request)}
-                        if teacher_weights
-                        else {}
-                    ),
+                    **(_distill_arguments(request, teacher_weights) if teacher_weights else {}),
                     **_distill_trainer(request),
                     **SURFACE_AUGMENTATION,
                     **dict(request.extra),
