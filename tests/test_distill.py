@@ -19,6 +19,23 @@ def _state(path: Path) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
+def _distill_request(trained: Trained, student: str, method: str):  # type: ignore[no-untyped-def]
+    """Two epochs of distillation on the synthetic set, from the session's trained teacher."""
+    from training.train_detector import TrainRequest
+
+    return TrainRequest(
+        data="synth",
+        architecture=student,
+        epochs=2,
+        imgsz=64,
+        batch=4,
+        teacher=trained.version_name,
+        distill_method=method,  # type: ignore[arg-type]
+        # nbs = batch: every batch is an optimizer step (else 16 batches accumulate into one).
+        extra=(("warmup_epochs", 0), ("mosaic", 0.0), ("nbs", 4)),
+    )
+
+
 @pytest.mark.parametrize(
     ("method", "wrapper"),
     [("feature", "DistillationModel"), ("cwd", "ChannelWiseDistillationModel")],
@@ -27,7 +44,7 @@ def test_detector_distillation(
     trained: Trained, monkeypatch: pytest.MonkeyPatch, method: str, wrapper: str
 ) -> None:
     """ultralytics' feature loss and our channel-wise distillation, through its trainer."""
-    from training.train_detector import TrainRequest, train_detector
+    from training.train_detector import train_detector
 
     monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
     get_settings.cache_clear()
@@ -39,17 +56,7 @@ def test_detector_distillation(
         distill_terms.append(float(trainer.loss_items["dis_loss"]))
         wrappers.add(type(trainer.model).__name__)
 
-    request = TrainRequest(
-        data="synth",
-        architecture="defect-yolo-n-plain",
-        epochs=2,
-        imgsz=64,
-        batch=4,
-        teacher=trained.version_name,
-        distill_method=method,  # type: ignore[arg-type]
-        # nbs = batch: every batch is an optimizer step (else 16 batches accumulate into one).
-        extra=(("warmup_epochs", 0), ("mosaic", 0.0), ("nbs", 4)),
-    )
+    request = _distill_request(trained, "defect-yolo-n-plain", method)
     version_id = train_detector(request, url=trained.url, callbacks={"on_train_batch_end": record})
     assert wrappers == {wrapper}
     assert len(distill_terms) >= 6 and all(t > 0 for t in distill_terms)
@@ -114,16 +121,7 @@ def test_interrupted_cwd_distillation_resumes_as_cwd(
 
     monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
     get_settings.cache_clear()
-    request = TrainRequest(
-        data="synth",
-        architecture="defect-yolo-n",
-        epochs=2,
-        imgsz=64,
-        batch=4,
-        teacher=trained.version_name,
-        distill_method="cwd",
-        extra=(("warmup_epochs", 0), ("mosaic", 0.0), ("nbs", 4)),
-    )
+    request = _distill_request(trained, "defect-yolo-n", "cwd")
     last: list[Path] = []
 
     def stop_after_first_epoch(trainer) -> None:  # type: ignore[no-untyped-def]
