@@ -21,7 +21,7 @@ WORK = ROOT / "bench" / ".work" / "classifier_verdict"
 os.environ["DEFECTS_DATA_DIR"] = str(WORK)  # before the product reads its settings
 sys.path.insert(0, str(ROOT))
 
-from common import compare_verdicts, hardware  # noqa: E402
+from common import compare_verdicts, describe_stages, hardware, training_stages  # noqa: E402
 
 import inspection  # noqa: E402,F401
 from db.migrate import upgrade  # noqa: E402
@@ -82,19 +82,9 @@ def ensure_dataset(url: str, root: Path) -> None:
         print("imported DeepPCB:", report.split_counts, len(report.issues), "issues")
 
 
-def training_seconds(url: str, version_id: int) -> float | None:
-    """Wall time of the training job that made a model version (also when a run reuses it)."""
-    from sqlalchemy import select
-
-    from db.models import TrainingJob
-
-    with session_scope(url) as session:
-        job = session.scalars(
-            select(TrainingJob).where(TrainingJob.result_model_version_id == version_id)
-        ).first()
-        if job is None or job.started_at is None or job.finished_at is None:
-            return None
-        return round((job.finished_at - job.started_at).total_seconds(), 1)
+def _total_wall(stages: list[dict]) -> float | None:
+    walls = [stage["wall_s"] for stage in stages]
+    return round(sum(walls), 1) if walls and None not in walls else None
 
 
 def markdown(summary: dict) -> str:
@@ -109,11 +99,12 @@ def markdown(summary: dict) -> str:
     wall = summary["train_wall_s"]
     return f"""# Part verdicts on {summary["dataset"]}
 
-Detector {schedule["detector"]}, {schedule["epochs"]} epochs at {schedule["imgsz"]} px (test mAP50
+Detector {schedule["detector"]}, {describe_stages(schedule["detector_stages"])} (test mAP50
 {test["map50"]:.3f}, mAP50-95 {test["map50_95"]:.3f}); classifier {schedule["classifier"]},
-{schedule["classifier_epochs"]} epochs at {schedule["classifier_imgsz"]} px; {summary["hardware"]};
-training wall time: detector {wall["detector"]} s, classifier {wall["classifier"]} s. Thresholds calibrated on val (200 defective + 200
-good parts) for a miss rate of at most {summary["target_max_miss_rate"]}, reported on test.
+{describe_stages(schedule["classifier_stages"])}; {summary["hardware"]};
+training wall time: detector {wall["detector"]} s, classifier {wall["classifier"]} s. Thresholds
+calibrated on val (200 defective + 200 good parts) for a miss rate of at most
+{summary["target_max_miss_rate"]}, reported on test.
 
 | setup | missed of 500 defective | false calls of 500 good |
 | --- | --- | --- |
@@ -206,22 +197,33 @@ def main() -> None:
         root, "test", detector_path, CLASSES, classifier_path, args.verify_threshold, device=device
     )
     results = compare_verdicts(val, test, CLASSES, args.max_miss_rate)
+    detector_stages = training_stages(url, detector_id)
+    classifier_stages = training_stages(url, classifier_id)
     summary = {
         "dataset": "DeepPCB (test: 500 defective + 500 good parts)",
         "hardware": hardware(),
         "target_max_miss_rate": args.max_miss_rate,
+        # Read from the training runs, not the arguments: a reused or fine-tuned model keeps the
+        # schedule it was really trained with.
         "schedule": {
-            "detector": args.detector,
-            "epochs": args.epochs,
-            "imgsz": args.imgsz,
+            "detector": detector_stages[0]["architecture"] if detector_stages else args.detector,
+            "epochs": sum(stage["epochs"] for stage in detector_stages) or args.epochs,
+            "imgsz": detector_stages[-1]["imgsz"] if detector_stages else args.imgsz,
             "fraction": args.fraction,
-            "classifier": args.classifier,
-            "classifier_epochs": args.classifier_epochs,
-            "classifier_imgsz": args.classifier_imgsz,
+            "detector_stages": detector_stages,
+            "classifier": classifier_stages[0]["architecture"]
+            if classifier_stages
+            else args.classifier,
+            "classifier_epochs": sum(s["epochs"] for s in classifier_stages)
+            or args.classifier_epochs,
+            "classifier_imgsz": classifier_stages[-1]["imgsz"]
+            if classifier_stages
+            else args.classifier_imgsz,
+            "classifier_stages": classifier_stages,
         },
         "train_wall_s": {
-            "detector": training_seconds(url, detector_id),
-            "classifier": training_seconds(url, classifier_id),
+            "detector": _total_wall(detector_stages),
+            "classifier": _total_wall(classifier_stages),
         },
         "detector_test": {k: detection[k] for k in ("map50", "map50_95", "per_class")},
         "results": results,

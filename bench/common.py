@@ -69,3 +69,48 @@ def compare_verdicts(val: list, test: list, classes: list[str], max_miss_rate: f
         }
         print(name, json.dumps(results[name]["test"]))
     return results
+
+
+def training_stages(url: str, version_ref: int | str) -> list[dict]:
+    """The training runs behind a model version, oldest first: a fine-tuned model's schedule is
+    its base model's plus its own, so a result file reusing it reports every epoch it had."""
+    from sqlalchemy import select
+
+    from db.models import TrainingJob
+    from db.registry import get_model_version
+    from db.session import session_scope
+
+    stages: list[dict] = []
+    ref: int | str | None = version_ref
+    while ref is not None:
+        with session_scope(url) as session:
+            version = get_model_version(session, ref)
+            job = session.scalars(
+                select(TrainingJob).where(TrainingJob.result_model_version_id == version.id)
+            ).first()
+            if job is None:
+                break
+            params = dict(job.params)
+            wall = (
+                round((job.finished_at - job.started_at).total_seconds(), 1)
+                if job.started_at and job.finished_at
+                else None
+            )
+            stages.append(
+                {
+                    "version": version.name,
+                    "architecture": params.get("architecture") or params.get("backbone"),
+                    "epochs": params.get("epochs"),
+                    "imgsz": params.get("imgsz"),
+                    "wall_s": wall,
+                }
+            )
+            ref = params.get("from_model")
+    return stages[::-1]
+
+
+def describe_stages(stages: list[dict]) -> str:
+    """'25 epochs at 320 px, then 30 more at 320 px' for a model card or result table."""
+    parts = [f"{s['epochs']} epochs at {s['imgsz']} px" for s in stages[:1]]
+    parts += [f"then fine-tuned {s['epochs']} more at {s['imgsz']} px" for s in stages[1:]]
+    return ", ".join(parts) or "schedule unknown"

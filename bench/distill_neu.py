@@ -5,6 +5,8 @@ parameters, GFLOPs and CPU latency of each (and of the teacher).
     python bench/distill_neu.py --teacher-arch defect-yolo-s --epochs 100 --device 0
     python bench/distill_neu.py --teacher-weights path/to/teacher.pt --epochs 40   # reuse a teacher
     python bench/distill_neu.py ... --methods feature cwd   # ultralytics' feature loss and our CWD
+    python bench/distill_neu.py ... --methods cwd --reuse teacher=1 student_alone=2 student_distilled=3
+        # train only the CWD student; the rest are model versions of a former run (same work dir)
 
 Writes bench/results/distill_neu.json.
 """
@@ -23,7 +25,7 @@ WORK = ROOT / "bench" / ".work" / "distill_neu"
 os.environ["DEFECTS_DATA_DIR"] = str(WORK)  # before the product reads its settings
 sys.path.insert(0, str(ROOT))
 
-from common import ensure_neu, hardware  # noqa: E402
+from common import ensure_neu, hardware, training_stages  # noqa: E402
 
 import inspection  # noqa: E402,F401
 from db.migrate import upgrade  # noqa: E402
@@ -92,7 +94,16 @@ def main() -> None:
         default=["feature"],
         help="distillation losses to train a student with: ultralytics' feature L2, our CWD",
     )
+    parser.add_argument(
+        "--reuse",
+        nargs="+",
+        default=[],
+        metavar="LABEL=VERSION",
+        help="take a row (teacher, student_alone, student_distilled, student_distilled_cwd) from a "
+        "model version a former run of this script trained, instead of training it again",
+    )
     args = parser.parse_args()
+    reused = dict(item.split("=", 1) for item in args.reuse)
     from training.train_detector import TrainRequest, train_detector
 
     url = get_settings().resolved_database_url
@@ -109,7 +120,10 @@ def main() -> None:
         "extra": (("fraction", args.fraction),),
     }
     timings = {}
-    if args.teacher_weights:
+    if "teacher" in reused:
+        with session_scope(url) as session:
+            teacher_id = get_model_version(session, reused["teacher"]).id
+    elif args.teacher_weights:
         with session_scope(url) as session:
             from ultralytics import YOLO
 
@@ -130,13 +144,23 @@ def main() -> None:
         timings["teacher"] = time.perf_counter() - start
     with session_scope(url) as session:
         teacher_name = get_model_version(session, teacher_id).name
-    start = time.perf_counter()
-    alone_id = train_detector(TrainRequest(architecture=args.student, **common), url=url)
-    timings["student_alone"] = time.perf_counter() - start
-    versions = {"teacher": teacher_id, "student_alone": alone_id}
+    versions = {"teacher": teacher_id}
+    if "student_alone" not in reused:
+        start = time.perf_counter()
+        versions["student_alone"] = train_detector(
+            TrainRequest(architecture=args.student, **common), url=url
+        )
+        timings["student_alone"] = time.perf_counter() - start
+    for label, ref in reused.items():
+        with session_scope(url) as session:
+            versions[label] = get_model_version(session, ref).id
+        # A reused row's wall time is that of the run that trained it.
+        timings[label] = sum(stage["wall_s"] or 0.0 for stage in training_stages(url, ref))
     for method in args.methods:
         # "student_distilled" is ultralytics' built-in feature distillation, as in earlier files.
         label = "student_distilled" + ("" if method == "feature" else f"_{method}")
+        if label in reused:
+            continue
         start = time.perf_counter()
         versions[label] = train_detector(
             TrainRequest(
@@ -169,6 +193,7 @@ def main() -> None:
                     "neu": "NEU-DET",
                     "teacher_weights": str(args.teacher_weights),
                     "out": out.name,
+                    "reused": {label: versions[label] for label in reused},
                 },
                 "hardware": hardware(),
                 "results": results,
