@@ -155,6 +155,33 @@ def test_onnx_export_matches_pytorch(trained: Trained) -> None:
     np.testing.assert_allclose(actual, expected, rtol=1e-3, atol=1e-3)
 
 
+def test_weights_stored_as_float16_halve_the_file_and_keep_the_outputs(
+    trained: Trained, tmp_path: Path
+) -> None:
+    import shutil
+
+    import onnxruntime as ort
+
+    from training.export import export_detector, read_metadata, store_weights_as_float16
+
+    source = export_detector(trained.weights, version_name="v1")
+    compact = Path(shutil.copy(source, tmp_path / "compact.onnx"))
+    store_weights_as_float16(compact)
+    assert compact.stat().st_size < 0.6 * source.stat().st_size
+    assert read_metadata(compact)["defects.model_version"] == "v1"
+    assert read_metadata(compact)["defects.weights_stored_as"] == "float16"
+    image = np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32)
+    outputs = []
+    for path in (source, compact):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        assert session.get_inputs()[0].type == "tensor(float)"
+        outputs.append(session.run(None, {session.get_inputs()[0].name: image})[0])
+    np.testing.assert_allclose(outputs[1], outputs[0], rtol=5e-3, atol=0.05)
+    size = compact.stat().st_size
+    store_weights_as_float16(compact)  # a second pass finds nothing to halve
+    assert compact.stat().st_size == size
+
+
 def test_interrupted_training_resumes(trained: Trained, monkeypatch: pytest.MonkeyPatch) -> None:
     from sqlalchemy import select
 
