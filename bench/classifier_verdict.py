@@ -97,9 +97,11 @@ def markdown(summary: dict) -> str:
         for name, r in summary["results"].items()
     )
     wall = summary["train_wall_s"]
+    share = schedule.get("fraction", 1.0)
+    fraction = f" on {share:.0%} of the training images" if share < 1 else ""
     return f"""# Part verdicts on {summary["dataset"]}
 
-Detector {schedule["detector"]}, {describe_stages(schedule["detector_stages"])} (test mAP50
+Detector {schedule["detector"]}, {describe_stages(schedule["detector_stages"])}{fraction} (test mAP50
 {test["map50"]:.3f}, mAP50-95 {test["map50_95"]:.3f}); classifier {schedule["classifier"]},
 {describe_stages(schedule["classifier_stages"])}; {summary["hardware"]};
 training wall time: detector {wall["detector"]} s, classifier {wall["classifier"]} s. Thresholds
@@ -126,6 +128,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--fraction", type=float, default=1.0)
     parser.add_argument("--device", default=None)
+    parser.add_argument("--workers", type=int, default=2, help="detector data-loading processes")
     parser.add_argument(
         "--out", type=Path, default=ROOT / "bench" / "results" / "classifier_verdict.json"
     )
@@ -157,6 +160,7 @@ def main() -> None:
                 imgsz=args.imgsz,
                 batch=args.batch,
                 device=args.device,
+                workers=args.workers,
                 extra=(("fraction", args.fraction),),
             ),
             url=url,

@@ -11,6 +11,12 @@
 #   4. with TWIN=1, the s-scale plain twin of the teacher (attention against none);
 #   5. everything that must come back (result files, the best distilled student) in one folder.
 #
+# PLAN picks the steps: "neu" (1 to 4, the default), "deeppcb" (the DeepPCB part verdicts of
+# bench/classifier_verdict.py at full resolution, into classifier_verdict_gpu.json), or both.
+# DeepPCB (125 MB) is more than one call may carry: `pack-deeppcb` cuts it into pieces under
+# .carry-pcb1, .carry-pcb2, ... here, each call carries one of them, and the pipeline's DeepPCB
+# step waits until every piece has come.
+#
 # A device call may run 10 minutes, but a process started in a session of its own lives until
 # the machine goes back, so:   bash bench/gpu_session.sh start   (returns at once)
 #                              bash bench/gpu_session.sh wait 540 "$OUT"  (progress, results; repeat)
@@ -35,6 +41,17 @@ DEVICE=${DEVICE:-0}
 PARTS=${PARTS:-8000}
 METHODS=${METHODS:-cwd feature}
 TWIN=${TWIN:-0}
+PLAN=${PLAN:-neu}
+PCB_DETECTOR=${PCB_DETECTOR:-defect-yolo-s}
+PCB_EPOCHS=${PCB_EPOCHS:-100}
+PCB_IMGSZ=${PCB_IMGSZ:-640}
+PCB_BATCH=${PCB_BATCH:-32}
+PCB_CLASSIFIER=${PCB_CLASSIFIER:-resnet18}
+PCB_CLASSIFIER_EPOCHS=${PCB_CLASSIFIER_EPOCHS:-30}
+PCB_CLASSIFIER_IMGSZ=${PCB_CLASSIFIER_IMGSZ:-320}
+PCB_FRACTION=${PCB_FRACTION:-1.0}  # of the training images; less only to try the plan quickly
+PCB_WAIT=${PCB_WAIT:-900}  # seconds the DeepPCB step waits for its last piece
+PCB_PIECE=${PCB_PIECE:-43m}  # with .whl (10 MiB) under the 64 MiB a call carries
 mkdir -p "$WORK/out"
 
 prepare() {
@@ -59,7 +76,49 @@ overrides() {  # a watching call may change the schedule of the steps still to c
 
 gather() {  # what must come back, as far as it exists: collect may be called at any time
     cp bench/results/detector_neu.json bench/results/detector_neu.md bench/results/distill_neu_gpu.json \
-        bench/results/inference_gpu.json bench/results/inference_gpu.md "$WORK/out/" 2>/dev/null
+        bench/results/inference_gpu.json bench/results/inference_gpu.md \
+        bench/results/classifier_verdict_gpu.json bench/results/classifier_verdict_gpu.md \
+        "$WORK/out/" 2>/dev/null
+    return 0
+}
+
+take_pieces() {  # DeepPCB pieces carried by this call, moved out before the next call replaces them
+    mkdir -p "$WORK/pcb-pieces"
+    local dir
+    for dir in "$ROOT"/.carry-pcb*/; do
+        [[ -f $dir/pieces ]] || continue
+        cp "$dir/pieces" "$WORK/pcb-pieces/pieces"
+        mv "$dir"/deeppcb.tar.* "$WORK/pcb-pieces/" 2>/dev/null
+    done
+    return 0
+}
+
+deeppcb_root() {  # the carried pieces once all have come, else $DEEPPCB
+    local pieces="$WORK/pcb-pieces" waited=0
+    if [[ ! -f $pieces/pieces ]]; then
+        echo "${DEEPPCB:-}"  # PCBData of an unpacked copy, for a try on a CPU
+        return 0
+    fi
+    while (($(compgen -G "$pieces/deeppcb.tar.*" | wc -l) < $(cat "$pieces/pieces"))); do
+        ((waited >= PCB_WAIT)) && { echo "DeepPCB pieces missing after $waited s" >&2; return 1; }
+        sleep 10
+        waited=$((waited + 10))
+    done
+    mkdir -p "$WORK/data" && cat "$pieces"/deeppcb.tar.* | tar -x -C "$WORK/data" || return 1
+    echo "$WORK/data/deeppcb/PCBData"
+}
+
+deeppcb() {
+    local root
+    root=$(deeppcb_root) && [[ -n $root ]] || { echo "no DeepPCB data" >&2; return 1; }
+    "$PY" bench/classifier_verdict.py --deeppcb "$root" --detector "$PCB_DETECTOR" \
+        --epochs "$PCB_EPOCHS" --imgsz "$PCB_IMGSZ" --batch "$PCB_BATCH" --workers "$WORKERS" \
+        --classifier "$PCB_CLASSIFIER" --classifier-epochs "$PCB_CLASSIFIER_EPOCHS" \
+        --classifier-imgsz "$PCB_CLASSIFIER_IMGSZ" --device "$DEVICE" --fraction "$PCB_FRACTION" \
+        --out bench/results/classifier_verdict_gpu.json || return 1
+    local detector
+    detector=$(ls -t bench/.work/classifier_verdict/models/"$PCB_DETECTOR"-*/best.pt 2>/dev/null | head -1)
+    [[ -n $detector ]] && cp "$detector" "$WORK/out/deeppcb_detector.pt"
     return 0
 }
 
@@ -87,18 +146,10 @@ students = [v for k, v in results.items() if k.startswith('student_distilled') a
 print(max(students, key=lambda v: v['map50'])['weights'])" bench/results/distill_neu_gpu.json
 }
 
-run() {
-    : >"$WORK/out/steps.txt"
-    cd "$ROOT" && prepare || { echo "preparation failed"; return 1; }
-    cd "$COPY" || return 1
-    nvidia-smi -L 2>/dev/null
-    "$PY" -c "import torch, onnxruntime as ort; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'ort', ort.get_available_providers())"
-    local backends=(pytorch) inference_device=cpu
-    if [[ $DEVICE != cpu ]]; then
-        inference_device=cuda:0
-        "$PY" -c "import onnxruntime as o, sys; sys.exit('CUDAExecutionProvider' not in o.get_available_providers())" &&
-            backends+=(onnx)
-    fi
+neu_steps() {  # inference bench, teacher, students (and the plain twin): issues 3, 4, 6, 8
+    local inference_device=$1
+    shift
+    local backends=("$@")
     overrides
     step inference "$PY" bench/inference.py --weights models/neu-det-demo/weights.pt --neu "$NEU" \
         --parts "$PARTS" --device "$inference_device" --batch "$BATCH" --engine-batches 1 16 "$BATCH" \
@@ -122,6 +173,27 @@ run() {
             --epochs "$EPOCHS" --neu "$NEU" "${device_args[@]}"
         step twin-evaluate "$PY" bench/detector_neu.py --phase evaluate --neu "$NEU"
     fi
+}
+
+run() {
+    : >"$WORK/out/steps.txt"
+    cd "$ROOT" && prepare || { echo "preparation failed"; return 1; }
+    cd "$COPY" || return 1
+    nvidia-smi -L 2>/dev/null
+    "$PY" -c "import torch, onnxruntime as ort; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'ort', ort.get_available_providers())"
+    local backends=(pytorch) inference_device=cpu
+    if [[ $DEVICE != cpu ]]; then
+        inference_device=cuda:0
+        "$PY" -c "import onnxruntime as o, sys; sys.exit('CUDAExecutionProvider' not in o.get_available_providers())" &&
+            backends+=(onnx)
+    fi
+    if [[ " $PLAN " == *" neu "* ]]; then
+        neu_steps "$inference_device" "${backends[@]}"
+    fi
+    if [[ " $PLAN " == *" deeppcb "* ]]; then
+        overrides
+        step deeppcb deeppcb
+    fi
     gather
     echo "=== pipeline done"
     touch "$WORK/out/DONE"
@@ -130,12 +202,15 @@ run() {
 case ${1:-} in
 start)
     rm -rf "$WORK" && mkdir -p "$WORK/out" "$COPY"
-    tar -C "$ROOT" --exclude=./.git --exclude=./.venv --exclude=./bench/.work -cf - . | tar -C "$COPY" -xf -
+    take_pieces
+    tar -C "$ROOT" --exclude=./.git --exclude=./.venv --exclude=./bench/.work --exclude='./.carry-pcb*' \
+        -cf - . | tar -C "$COPY" -xf -
     setsid nohup bash "$COPY/bench/gpu_session.sh" run >"$LOG" 2>&1 </dev/null &
     echo "started; log in $LOG"
     ;;
 run) run ;;
 wait)  # print progress until the pipeline ends or the given seconds pass
+    take_pieces
     deadline=$((SECONDS + ${2:-540}))
     while [[ ! -f $WORK/out/DONE && $SECONDS -lt $deadline ]]; do sleep 15; done
     cat "$WORK/out/steps.txt" 2>/dev/null
@@ -144,13 +219,25 @@ wait)  # print progress until the pipeline ends or the given seconds pass
     [[ -f $WORK/out/DONE ]] && echo "DONE"
     [[ -n ${3:-} ]] && "$0" collect "$3"
     ;;
+pack-deeppcb)  # here, before the session: DeepPCB in pieces a call can carry, one per folder
+    rm -rf "$ROOT"/.carry-pcb* && mkdir -p "$WORK/pack"
+    tar -C "${2:-$ROOT/../shared/datasets}" -cf - deeppcb | split -b "$PCB_PIECE" -d - "$WORK/pack/deeppcb.tar."
+    count=$(ls "$WORK/pack" | wc -l)
+    i=0
+    for piece in "$WORK"/pack/deeppcb.tar.*; do
+        i=$((i + 1))
+        mkdir -p "$ROOT/.carry-pcb$i" && mv "$piece" "$ROOT/.carry-pcb$i/" && echo "$count" >"$ROOT/.carry-pcb$i/pieces"
+    done
+    rm -rf "$WORK/pack"
+    du -sh "$ROOT"/.carry-pcb*
+    ;;
 collect)  # one archive back: the device returns at most 8 files
     mkdir -p "${2:?collect needs a folder}" && tar -cf "$2/gpu_session.tar" -C "$WORK/out" .
     cp "$LOG" "$2/pipeline.log"
     ls -la "$2"
     ;;
 *)
-    echo "usage: $0 start | wait [SECONDS] | collect FOLDER | run" >&2
+    echo "usage: $0 start | wait [SECONDS] [FOLDER] | collect FOLDER | pack-deeppcb [DATASETS] | run" >&2
     exit 2
     ;;
 esac
