@@ -131,6 +131,38 @@ def test_evaluate_cli_writes_the_stable_json_keys(
         )
 
 
+def test_an_exported_detector_is_evaluated_like_its_checkpoint(trained: Trained) -> None:
+    from training.evaluate import evaluate_detector
+    from training.export import export_detector
+
+    onnx_path = export_detector(trained.weights, dynamic=True)
+    thresholds = {"default": 0.01}
+    figures = [
+        evaluate_detector(path, "synth", "test", thresholds=thresholds, url=trained.url).to_json()
+        for path in (trained.weights, onnx_path)
+    ]
+    assert figures[1]["map50"] == pytest.approx(figures[0]["map50"], abs=0.01)
+    for key in ("n_defective", "n_good", "n_missed", "n_false_calls"):
+        assert figures[1][key] == figures[0][key], key
+    assert figures[1]["weights"] == onnx_path.name
+
+
+def test_a_classifier_or_a_broken_onnx_file_is_a_clear_error(
+    trained: Trained, trained_classifier: str, tmp_path: Path
+) -> None:
+    from training.evaluate import evaluate_detector
+    from training.export import export_classifier
+
+    with session_scope(trained.url) as session:
+        classifier = Path(get_model_version(session, trained_classifier).file_path)
+    with pytest.raises(UserError, match="is a classifier"):
+        evaluate_detector(export_classifier(classifier), "synth", url=trained.url)
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not an onnx model")
+    with pytest.raises(UserError, match="cannot read the ONNX model"):
+        evaluate_detector(broken, "synth", url=trained.url)
+
+
 def test_onnx_export_matches_pytorch(trained: Trained) -> None:
     import onnxruntime as ort
 

@@ -439,7 +439,10 @@ def calibrate_command(
 
 @app.command("evaluate")
 def evaluate_command(
-    model: Annotated[str, typer.Argument(help="Weights file (.pt) or model version id/name.")],
+    model: Annotated[
+        str,
+        typer.Argument(help="Weights file (.pt, or a detector's .onnx) or model version id/name."),
+    ],
     data: Annotated[str, typer.Option(help="Imported dataset name.")],
     split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
     json_path: Annotated[

@@ -148,14 +148,18 @@ def evaluate_detector(
         dataset, data_yaml = dataset_yaml(session, data)
         class_names = list(dataset.classes)
         root = Path(dataset.root_path)
-    model = load_detector(weights)
-    model_names = [model.names[i] for i in sorted(model.names)]
+    if Path(weights).suffix == ".onnx":
+        model, model_names, trained_size, fixed_batch = _onnx_detector(Path(weights))
+        batch = fixed_batch or batch
+    else:
+        model = load_detector(weights)
+        model_names = [model.names[i] for i in sorted(model.names)]
+        ckpt = model.ckpt if isinstance(model.ckpt, dict) else {}
+        trained_size = int(ckpt.get("train_args", {}).get("imgsz", 640))
     if model_names != class_names:
         raise UserError(f"the model's classes {model_names} are not the dataset's {class_names}")
     thresholds = thresholds or default_thresholds(class_names)
-    if imgsz is None:
-        ckpt = model.ckpt if isinstance(model.ckpt, dict) else {}
-        imgsz = int(ckpt.get("train_args", {}).get("imgsz", 640))
+    imgsz = imgsz or trained_size
     images = _split_images(root, split)
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -225,6 +229,39 @@ def evaluate_detector(
         thresholds=thresholds,
         extra={"imgsz": imgsz, "weights": weights.name},
     )
+
+
+def _onnx_detector(weights: Path) -> tuple[Any, list[str], int, int | None]:
+    """An exported detector (fp32, INT8...) run by ultralytics through ONNX Runtime, so that an
+    export's figures are measured exactly as its checkpoint's are. Returns the model, its
+    classes, its image size and its batch size when the file fixes one."""
+    import ast
+    import json
+
+    import onnx
+    from ultralytics import YOLO
+
+    if not weights.is_file():
+        raise UserError(f"model file not found: {weights}")
+    try:
+        proto = onnx.load(str(weights), load_external_data=False)
+    except Exception as exc:  # onnx raises protobuf's own errors for a damaged file
+        raise UserError(f"cannot read the ONNX model {weights.name}: {exc}") from exc
+    meta = {p.key: p.value for p in proto.metadata_props}
+    if meta.get("defects.architecture", "").startswith("defect-cls-"):
+        raise UserError(
+            f"{weights.name} is a classifier: evaluate a classifier from its .pt checkpoint"
+        )
+    if "defects.classes" in meta:
+        names = list(json.loads(meta["defects.classes"]))
+    elif "names" in meta:  # exported by ultralytics itself
+        by_index = ast.literal_eval(meta["names"])
+        names = [by_index[i] for i in sorted(by_index)]
+    else:
+        raise UserError(f"{weights.name} does not say its classes: export it with `defects export`")
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    size = dims[-1].dim_value or int(meta.get("defects.imgsz", "640"))
+    return YOLO(str(weights), task="detect"), names, size, dims[0].dim_value or None
 
 
 def resolve_model(ref: str, url: str) -> tuple[Path, dict[str, Any] | None, str | None]:
