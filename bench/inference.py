@@ -42,6 +42,7 @@ from db.session import session_scope  # noqa: E402
 from inspection.batch import BatchInspection, iter_source  # noqa: E402
 from inspection.engine import Inspector, PartInput  # noqa: E402
 from inspection.images import decode_image, letterbox  # noqa: E402
+from inspection.settings import get_settings  # noqa: E402
 from training.evaluate import detection_map  # noqa: E402
 from training.export import quantize_int8  # noqa: E402
 from training.versions import register_model_version  # noqa: E402
@@ -172,6 +173,21 @@ def engine_end_to_end(model_name: str, inspector: Inspector, folder: Path, url: 
     return _summary(summary.latencies_ms, seconds, summary.inspected - 16)
 
 
+def start_background_load(processes: int) -> None:
+    """Busy processes for the rest of the run: the station's cores shared with other work (a
+    retraining started from the Models page, another program), one core's worth each."""
+    import atexit
+    import subprocess
+
+    code = "import numpy as np\na = np.random.rand(384, 384)\nwhile True:\n    a @ a"
+    single = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    busy = [
+        subprocess.Popen([sys.executable, "-c", code], env={**os.environ, **single})
+        for _ in range(processes)
+    ]
+    atexit.register(lambda: [process.kill() for process in busy])
+
+
 def register_bench_version(
     url: str, weights: Path, name: str, class_names: list[str], imgsz: int
 ) -> None:
@@ -294,6 +310,19 @@ def main() -> None:
         "ceiling run once for each value, the other batches with the first",
     )
     parser.add_argument(
+        "--onnx-no-spinning",
+        action="store_true",
+        help="also run the ONNX engine at its smallest batch with ONNX Runtime's thread "
+        "spinning off (DEFECTS_ONNX_SPINNING=0)",
+    )
+    parser.add_argument(
+        "--background-load",
+        type=int,
+        default=0,
+        help="busy processes on the machine during every run, as a retraining beside the "
+        "inspection would be; compare only with a run under the same load",
+    )
+    parser.add_argument(
         "--ceiling",
         action="store_true",
         help="also run the engine with the network replayed: the ceiling of the code around it",
@@ -348,9 +377,11 @@ def main() -> None:
         "operating_conf": OPERATING_CONF,
         "backends": args.backends,
         "onnxruntime_providers": onnxruntime.get_available_providers(),
+        "background_load_processes": args.background_load,
         "runs": {},
     }
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}))
+    start_background_load(args.background_load)
     ul_device = "0" if gpu else "cpu"
     result["runs"]["ultralytics_list"] = ultralytics_list(
         weights, parts, imgsz, ul_device, args.batch
@@ -373,10 +404,15 @@ def main() -> None:
     result["engine_torch_threads"] = args.engine_threads
     for backend in args.backends:
         engine_kind = "pytorch" if backend == "pytorch" else "onnx"
-        variants = [(batch, args.prepare_processes[0]) for batch in args.engine_batches]
-        variants += [(max(args.engine_batches), n) for n in args.prepare_processes[1:]]
-        measured: set[tuple[int, int]] = set()
-        for batch, processes in variants:
+        first = args.prepare_processes[0]
+        variants = [(batch, first, True) for batch in args.engine_batches]
+        variants += [(max(args.engine_batches), n, True) for n in args.prepare_processes[1:]]
+        if args.onnx_no_spinning and engine_kind == "onnx":
+            variants.append((min(args.engine_batches), first, False))
+        measured: set[tuple[int, int, bool]] = set()
+        for batch, processes, spinning in variants:
+            os.environ["DEFECTS_ONNX_SPINNING"] = str(int(spinning))
+            get_settings.cache_clear()
             operating = Inspector.from_weights(
                 sources[backend],
                 {"default": OPERATING_CONF, "iou": 0.45},
@@ -386,22 +422,29 @@ def main() -> None:
                 prepare_processes=processes,
             )
             # A backend caps the batch (4 on a CPU): a larger request would repeat a run.
-            if (operating.batch_size, processes) in measured:
+            if (operating.batch_size, processes, spinning) in measured:
                 print(f"{backend}: batch {batch} runs as {operating.batch_size}, measured already")
                 operating.close()
                 continue
-            measured.add((operating.batch_size, processes))
+            measured.add((operating.batch_size, processes, spinning))
             batch = operating.batch_size
-            name = f"{backend}-b{batch}" + (f"-p{processes}" if processes else "")
+            name = (
+                f"{backend}-b{batch}"
+                + (f"-p{processes}" if processes else "")
+                + ("" if spinning else "-nospin")
+            )
             register_bench_version(url, weights, name, class_names, imgsz)
             run = engine_end_to_end(name, operating, parts_dir, url)
-            operating.close()
             run["batch"] = operating.batch_size
             run["prepare_processes"] = processes
+            run["onnx_spinning"] = spinning if engine_kind == "onnx" else None
             run["bare_forward"] = bare_forward(operating, imgsz, args.batch)
             run["backend"] = operating.backend.describe()
+            operating.close()
             result["runs"][f"engine_{name}"] = run
             print(name, run)
+        os.environ.pop("DEFECTS_ONNX_SPINNING", None)
+        get_settings.cache_clear()
         scoring = Inspector.from_weights(
             sources[backend],
             {"default": MAP_CONF, "iou": 0.7},

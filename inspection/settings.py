@@ -30,6 +30,12 @@ class Settings(BaseSettings):
         description="worker processes that decode parts (0: threads). For GPU stations, where "
         "the code around the network limits throughput; measure with bench/inference.py.",
     )
+    onnx_spinning: bool = Field(
+        default=True,
+        description="ONNX Runtime's CPU threads spin between operators instead of sleeping: "
+        "faster on a station that runs nothing else, much slower when other programs share its "
+        "cores (measure with bench/inference.py).",
+    )
 
     @field_validator("device")
     @classmethod

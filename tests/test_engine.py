@@ -31,6 +31,23 @@ def onnx_weights(trained: Trained) -> Path:
     return export_detector(trained.weights, dynamic=True)
 
 
+@pytest.mark.parametrize("spinning", ["1", "0"])
+def test_onnx_thread_spinning_follows_the_setting(
+    onnx_weights: Path, spinning: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from inspection.backends.onnx_backend import OnnxBackend
+    from inspection.settings import get_settings
+
+    monkeypatch.setenv("DEFECTS_ONNX_SPINNING", spinning)
+    get_settings.cache_clear()
+    try:
+        backend = OnnxBackend(onnx_weights)
+    finally:
+        get_settings.cache_clear()
+    options = backend.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == spinning
+
+
 def test_onnx_and_pytorch_backends_give_the_same_detections(
     trained: Trained, onnx_weights: Path, tmp_path: Path
 ) -> None:

@@ -15,6 +15,7 @@ import onnxruntime as ort
 from inspection.backends.base import Backend, OutOfMemory
 from inspection.errors import UserError
 from inspection.images import to_model_input
+from inspection.settings import get_settings
 
 
 def choose_providers(
@@ -43,6 +44,9 @@ class OnnxBackend(Backend):
         options = ort.SessionOptions()
         options.intra_op_num_threads = os.cpu_count() or 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.add_session_config_entry(
+            "session.intra_op.allow_spinning", "1" if get_settings().onnx_spinning else "0"
+        )
         try:
             self.session = ort.InferenceSession(
                 str(onnx_path), sess_options=options, providers=choose_providers(device)
