@@ -266,7 +266,12 @@ def markdown_table(result: dict) -> str:
         f"# Inference on {result['hardware']}: {result['parts']} NEU-DET parts at {result['imgsz']} px",
         "",
         f"Model {result['weights']}, {result['gflops']} GFLOPs; operating confidence {result['operating_conf']}. "
-        "End to end = read, decode, infer, NMS, verdict and the database write.",
+        "End to end = read, decode, infer, NMS, verdict and the database write."
+        + (
+            f" Every run beside {result['background_load_processes']} busy processes."
+            if result.get("background_load_processes")
+            else ""
+        ),
         "",
         "| run | batch | parts/s | p50 ms | p99 ms | x ultralytics single | x ultralytics list | bare forward img/s | mAP50 |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
