@@ -214,6 +214,20 @@ def test_weights_stored_as_float16_halve_the_file_and_keep_the_outputs(
     assert compact.stat().st_size == size
 
 
+def test_export_cli_compact(trained: Trained, tmp_path: Path) -> None:
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from training.cli import app
+    from training.export import read_metadata
+
+    weights = Path(shutil.copy(trained.weights, tmp_path / "station.pt"))
+    result = CliRunner().invoke(app, ["export", str(weights), "--compact", "--dynamic"])
+    assert result.exit_code == 0, result.output
+    assert read_metadata(tmp_path / "station.onnx")["defects.weights_stored_as"] == "float16"
+
+
 def test_interrupted_training_resumes(trained: Trained, monkeypatch: pytest.MonkeyPatch) -> None:
     from sqlalchemy import select
 

@@ -573,6 +573,12 @@ def export_command(
         str | None, typer.Option(help="Dataset whose training images calibrate INT8.")
     ] = None,
     calibration_images: Annotated[int, typer.Option(min=8)] = 120,
+    compact: Annotated[
+        bool,
+        typer.Option(
+            help="Store the weights as float16 (half the file), still computed in float32."
+        ),
+    ] = False,
 ) -> None:
     """Export a detector to ONNX, with class names and thresholds in its metadata."""
     from training.evaluate import resolve_model
@@ -614,6 +620,10 @@ def export_command(
         ckpt = load_detector(weights).ckpt
         size = imgsz or int(ckpt.get("train_args", {}).get("imgsz", 640))
         console.print(f"wrote {quantize_int8(path, images[::step], size)}")
+    if compact:  # after INT8, which is quantized from the float32 weights
+        from training.export import store_weights_as_float16
+
+        console.print(f"stored the weights of {store_weights_as_float16(path)} as float16")
 
 
 class BackendOption(StrEnum):
