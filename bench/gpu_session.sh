@@ -154,6 +154,7 @@ neu_steps() {  # inference bench, teacher, students (and the plain twin): issues
     step inference "$PY" bench/inference.py --weights models/neu-det-demo/weights.pt --neu "$NEU" \
         --parts "$PARTS" --device "$inference_device" --batch "$BATCH" --engine-batches 1 16 "$BATCH" \
         --backends "${backends[@]}" --prepare-processes 0 8 --ceiling --skip-ultralytics-single \
+        --one-at-a-time 1000 \
         --out bench/results/inference_gpu.json
     overrides
     step teacher "$PY" bench/detector_neu.py --phase train --scales s --variants attention \

@@ -206,6 +206,29 @@ def register_bench_version(
         )
 
 
+def engine_one_at_a_time(
+    model_name: str, inspector: Inspector, folder: Path, url: str, parts: int
+) -> dict:
+    """Each part handed over alone, once the previous one's verdict is in the database, as a
+    line camera triggered by each part feeds a station slower than the station's limit: the
+    latency is a part's own (read, decode, infer, verdict, database), with no queue in front."""
+    from inspection.batch import read_file
+
+    job = BatchInspection(
+        url, WORK / f"store-{model_name}", "bench", "bench", model=model_name, inspector=inspector
+    )
+    files = sorted(folder.iterdir())
+    for path in files[:8]:  # warm-up parts, not counted
+        job.run([read_file(path, path.name)])
+    latencies = []
+    start = time.perf_counter()
+    for path in files[8 : 8 + parts]:
+        began = time.perf_counter()
+        job.run([read_file(path, path.name)])
+        latencies.append((time.perf_counter() - began) * 1000)
+    return _summary(latencies, time.perf_counter() - start, len(latencies))
+
+
 def ceiling_without_network(
     weights: Path,
     backend: str,
@@ -313,6 +336,14 @@ def main() -> None:
         default=[0],
         help="decoding worker processes (0: threads); the engine's largest batch and the "
         "ceiling run once for each value, the other batches with the first",
+    )
+    parser.add_argument(
+        "--one-at-a-time",
+        type=int,
+        default=0,
+        metavar="PARTS",
+        help="also hand this many parts to each backend's engine one by one, each after the "
+        "previous verdict: a part's own latency at batch 1, with no queue in front of it",
     )
     parser.add_argument(
         "--onnx-no-spinning",
@@ -450,6 +481,22 @@ def main() -> None:
             print(name, run)
         os.environ.pop("DEFECTS_ONNX_SPINNING", None)
         get_settings.cache_clear()
+        if args.one_at_a_time:
+            single = Inspector.from_weights(
+                sources[backend],
+                {"default": OPERATING_CONF, "iou": 0.45},
+                engine_kind,
+                args.device,
+                1,
+            )
+            name = f"{backend}-one-at-a-time"
+            register_bench_version(url, weights, name, class_names, imgsz)
+            run = engine_one_at_a_time(name, single, parts_dir, url, args.one_at_a_time)
+            single.close()
+            run["batch"] = 1
+            run["backend"] = single.backend.describe()
+            result["runs"][f"engine_{name}"] = run
+            print(name, run)
         scoring = Inspector.from_weights(
             sources[backend],
             {"default": MAP_CONF, "iou": 0.7},
@@ -459,7 +506,7 @@ def main() -> None:
         )
         map50, map50_95 = engine_map(scoring, test_images, truths)
         for name, run in result["runs"].items():
-            if name.startswith(f"engine_{backend}-b"):
+            if name.startswith(f"engine_{backend}-b") or name == f"engine_{backend}-one-at-a-time":
                 run.update(map50=round(map50, 4), map50_95=round(map50_95, 4))
     for processes in args.prepare_processes if args.ceiling else []:
         name = "ceiling_without_network" + (f"-p{processes}" if processes else "")
