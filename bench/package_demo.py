@@ -29,7 +29,7 @@ from db.session import session_scope  # noqa: E402
 from inspection.settings import get_settings  # noqa: E402
 from training.calibrate import calibrate_model  # noqa: E402
 from training.evaluate import evaluate_detector  # noqa: E402
-from training.export import export_detector, store_weights_as_float16  # noqa: E402
+from training.export import export_detector  # noqa: E402
 from training.versions import register_model_version  # noqa: E402
 
 DEMO = ROOT / "models" / "neu-det-demo"
@@ -108,7 +108,6 @@ def main() -> None:
     )
     if onnx_path != DEMO / "weights.onnx":
         shutil.move(onnx_path, DEMO / "weights.onnx")
-    store_weights_as_float16(DEMO / "weights.onnx")  # half the bytes; still computes in float32
     metrics = {
         k: evaluation[k]
         for k in ("map50", "map50_95", "miss_rate", "n_missed", "n_defective", "per_class")
@@ -147,8 +146,7 @@ parts before trusting its verdicts on your line** (`defects import`, `defects tr
   test 180 (every image holds at least one defect: there are no good parts).
 - Training: {args.schedule}, on {args.hardware}, from scratch (no pretrained weights).
 - Files: `weights.pt` (ultralytics checkpoint), `weights.onnx` (dynamic batch; class names and
-  thresholds in its metadata; weights stored as float16 and computed in float32; gives the same
-  detections as the weights, checked by the tests).
+  thresholds in its metadata; gives the same detections as the weights, checked by the tests).
 
 ## Test split (180 images)
 
