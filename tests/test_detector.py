@@ -187,7 +187,7 @@ def test_onnx_export_matches_pytorch(trained: Trained) -> None:
     np.testing.assert_allclose(actual, expected, rtol=1e-3, atol=1e-3)
 
 
-def test_weights_stored_as_float16_halve_the_file_and_keep_the_outputs(
+def test_weights_stored_as_float16_halve_the_file_within_float16_rounding(
     trained: Trained, tmp_path: Path
 ) -> None:
     import shutil
