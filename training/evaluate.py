@@ -235,11 +235,10 @@ def _onnx_detector(weights: Path) -> tuple[Any, list[str], int, int | None]:
     """An exported detector (fp32, INT8...) run by ultralytics through ONNX Runtime, so that an
     export's figures are measured exactly as its checkpoint's are. Returns the model, its
     classes, its image size and its batch size when the file fixes one."""
-    import ast
-    import json
-
     import onnx
     from ultralytics import YOLO
+
+    from inspection.backends.onnx_backend import class_names_from_metadata
 
     if not weights.is_file():
         raise UserError(f"model file not found: {weights}")
@@ -252,12 +251,8 @@ def _onnx_detector(weights: Path) -> tuple[Any, list[str], int, int | None]:
         raise UserError(
             f"{weights.name} is a classifier: evaluate a classifier from its .pt checkpoint"
         )
-    if "defects.classes" in meta:
-        names = list(json.loads(meta["defects.classes"]))
-    elif "names" in meta:  # exported by ultralytics itself
-        by_index = ast.literal_eval(meta["names"])
-        names = [by_index[i] for i in sorted(by_index)]
-    else:
+    names = class_names_from_metadata(meta)
+    if not names:
         raise UserError(f"{weights.name} does not say its classes: export it with `defects export`")
     dims = proto.graph.input[0].type.tensor_type.shape.dim
     size = dims[-1].dim_value or int(meta.get("defects.imgsz", "640"))

@@ -35,6 +35,18 @@ def choose_providers(
     return providers
 
 
+def class_names_from_metadata(meta: dict[str, str]) -> list[str]:
+    """A detector's classes from its ONNX metadata: ours, else ultralytics' own `names`."""
+    if "defects.classes" in meta:
+        return list(json.loads(meta["defects.classes"]))
+    if "names" in meta:
+        import ast
+
+        by_index = ast.literal_eval(meta["names"])
+        return [by_index[i] for i in sorted(by_index)]
+    return []
+
+
 class OnnxBackend(Backend):
     name = "onnxruntime"
 
@@ -54,12 +66,7 @@ class OnnxBackend(Backend):
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
             raise UserError(f"cannot load the ONNX model {onnx_path}: {exc}") from exc
         meta = self.session.get_modelmeta().custom_metadata_map
-        self.class_names = json.loads(meta["defects.classes"]) if "defects.classes" in meta else []
-        if not self.class_names and "names" in meta:
-            import ast
-
-            names = ast.literal_eval(meta["names"])
-            self.class_names = [names[i] for i in sorted(names)]
+        self.class_names = class_names_from_metadata(meta)
         model_input = self.session.get_inputs()[0]
         self.input_name = model_input.name
         size = model_input.shape[-1]
