@@ -21,7 +21,13 @@ WORK = ROOT / "bench" / ".work" / "classifier_verdict"
 os.environ["DEFECTS_DATA_DIR"] = str(WORK)  # before the product reads its settings
 sys.path.insert(0, str(ROOT))
 
-from common import compare_verdicts, describe_stages, hardware, training_stages  # noqa: E402
+from common import (  # noqa: E402
+    compare_verdicts,
+    describe_stages,
+    hardware,
+    total_wall_seconds,
+    training_stages,
+)
 
 import inspection  # noqa: E402,F401
 from db.migrate import upgrade  # noqa: E402
@@ -80,11 +86,6 @@ def ensure_dataset(url: str, root: Path) -> None:
             split_of,
         )
         print("imported DeepPCB:", report.split_counts, len(report.issues), "issues")
-
-
-def _total_wall(stages: list[dict]) -> float | None:
-    walls = [stage["wall_s"] for stage in stages]
-    return round(sum(walls), 1) if walls and None not in walls else None
 
 
 def markdown(summary: dict) -> str:
@@ -226,8 +227,8 @@ def main() -> None:
             "classifier_stages": classifier_stages,
         },
         "train_wall_s": {
-            "detector": _total_wall(detector_stages),
-            "classifier": _total_wall(classifier_stages),
+            "detector": total_wall_seconds(detector_stages),
+            "classifier": total_wall_seconds(classifier_stages),
         },
         "detector_test": {k: detection[k] for k in ("map50", "map50_95", "per_class")},
         "results": results,

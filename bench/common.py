@@ -109,6 +109,12 @@ def training_stages(url: str, version_ref: int | str) -> list[dict]:
     return stages[::-1]
 
 
+def total_wall_seconds(stages: list[dict]) -> float | None:
+    """Training wall time over every stage; None when a stage's is unknown, not a short sum."""
+    walls = [stage["wall_s"] for stage in stages]
+    return round(sum(walls), 1) if walls and None not in walls else None
+
+
 def describe_stages(stages: list[dict]) -> str:
     """'25 epochs at 320 px, then 30 more at 320 px' for a model card or result table."""
     parts = [f"{s['epochs']} epochs at {s['imgsz']} px" for s in stages[:1]]

@@ -25,7 +25,7 @@ WORK = ROOT / "bench" / ".work" / "distill_neu"
 os.environ["DEFECTS_DATA_DIR"] = str(WORK)  # before the product reads its settings
 sys.path.insert(0, str(ROOT))
 
-from common import ensure_neu, hardware, training_stages  # noqa: E402
+from common import ensure_neu, hardware, total_wall_seconds, training_stages  # noqa: E402
 
 import inspection  # noqa: E402,F401
 from db.migrate import upgrade  # noqa: E402
@@ -155,7 +155,7 @@ def main() -> None:
         with session_scope(url) as session:
             versions[label] = get_model_version(session, ref).id
         # A reused row's wall time is that of the run that trained it.
-        timings[label] = sum(stage["wall_s"] or 0.0 for stage in training_stages(url, ref))
+        timings[label] = total_wall_seconds(training_stages(url, ref))
     for method in args.methods:
         # "student_distilled" is ultralytics' built-in feature distillation, as in earlier files.
         label = "student_distilled" + ("" if method == "feature" else f"_{method}")
@@ -173,9 +173,10 @@ def main() -> None:
     for label, version_id in versions.items():
         with session_scope(url) as session:
             weights = Path(get_model_version(session, version_id).file_path)
+        wall = timings.get(label, 0.0)  # None: a reused model whose training time is unknown
         results[label] = {
             **describe(weights, args.imgsz, url),
-            "train_wall_s": round(timings.get(label, 0.0), 1),
+            "train_wall_s": None if wall is None else round(wall, 1),
         }
         print(label, results[label])
     for label in [k for k in versions if k.startswith("student_distilled")]:
