@@ -157,7 +157,7 @@ def main() -> None:
         "--out", type=Path, default=ROOT / "bench" / "results" / "classifier_neu.json"
     )
     args = parser.parse_args()
-    from training.calibrate import score_split
+    from training.calibrate import score_parts
     from training.evaluate import evaluate_classifier
     from training.train_classifier import ClassifierTrainRequest, train_classifier
 
@@ -215,10 +215,10 @@ def main() -> None:
         - classifiers["student_alone"]["top1_file_name_class"]
     )
 
-    val = score_split(
+    val = score_parts(
         root, "val", args.detector, defect_classes, weights_of[args.verdict_classifier]
     )
-    test = score_split(
+    test = score_parts(
         root, "test", args.detector, defect_classes, weights_of[args.verdict_classifier]
     )
     verdicts = compare_verdicts(val, test, defect_classes, args.max_miss_rate)

@@ -34,7 +34,7 @@ from db.migrate import upgrade  # noqa: E402
 from db.registry import get_model_version  # noqa: E402
 from db.session import session_scope  # noqa: E402
 from inspection.settings import get_settings  # noqa: E402
-from training.calibrate import score_split  # noqa: E402
+from training.calibrate import score_parts  # noqa: E402
 from training.datasets import Box, LabeledImage, write_dataset  # noqa: E402
 
 CLASSES = ["open", "short", "mousebite", "spur", "copper", "pin-hole"]
@@ -88,11 +88,22 @@ def ensure_dataset(url: str, root: Path) -> None:
         print("imported DeepPCB:", report.split_counts, len(report.issues), "issues")
 
 
+def _verify_note(result: dict) -> str:
+    if "verify" not in result:
+        return ""
+    verify = result["verify"]
+    return (
+        " (verification off: it cut no false call)"
+        if verify is None
+        else f" (crop >= {verify:.3f})"
+    )
+
+
 def markdown(summary: dict) -> str:
     """The result file as a short table for people."""
     schedule, test = summary["schedule"], summary["detector_test"]
     rows = "\n".join(
-        f"| {name} | {r['test']['n_missed']} ({r['test']['miss_rate']:.3f}, upper "
+        f"| {name}{_verify_note(r)} | {r['test']['n_missed']} ({r['test']['miss_rate']:.3f}, upper "
         f"{r['test']['miss_rate_upper_95']:.3f}) | {r['test']['n_false_calls']} "
         f"({r['test']['false_call_rate']:.3f}, upper {r['test']['false_call_rate_upper_95']:.3f}) |"
         for name, r in summary["results"].items()
@@ -134,7 +145,11 @@ def main() -> None:
         "--out", type=Path, default=ROOT / "bench" / "results" / "classifier_verdict.json"
     )
     parser.add_argument("--max-miss-rate", type=float, default=0.002)
-    parser.add_argument("--verify-threshold", type=float, default=None)
+    parser.add_argument(
+        "--hard-negatives",
+        action="store_true",
+        help="train the classifier with the detector's false detections on train as good crops",
+    )
     parser.add_argument(
         "--detector-version",
         type=int,
@@ -174,6 +189,7 @@ def main() -> None:
                 epochs=args.classifier_epochs,
                 imgsz=args.classifier_imgsz,
                 device=args.device,
+                hard_negatives_from=str(detector_id) if args.hard_negatives else None,
             ),
             url=url,
         )
@@ -195,12 +211,8 @@ def main() -> None:
         detector_path, "deeppcb", "test", device=device or "cpu", url=url
     ).to_json()
     print("detector on test:", {k: detection[k] for k in ("map50", "map50_95")})
-    val = score_split(
-        root, "val", detector_path, CLASSES, classifier_path, args.verify_threshold, device=device
-    )
-    test = score_split(
-        root, "test", detector_path, CLASSES, classifier_path, args.verify_threshold, device=device
-    )
+    val = score_parts(root, "val", detector_path, CLASSES, classifier_path, device=device)
+    test = score_parts(root, "test", detector_path, CLASSES, classifier_path, device=device)
     results = compare_verdicts(val, test, CLASSES, args.max_miss_rate)
     detector_stages = training_stages(url, detector_id)
     classifier_stages = training_stages(url, classifier_id)

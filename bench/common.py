@@ -37,36 +37,60 @@ def ensure_neu(url: str, neu: Path) -> list[str]:
         return list(dataset.classes)
 
 
-def verdict_setups(classes: list[str]) -> list[tuple[str, list[str], str]]:
-    """(name, calibrated dimensions, class thresholds) of the verdicts the benches compare."""
+def verdict_setups(classes: list[str]) -> list[tuple[str, list[str], str, bool]]:
+    """(name, calibrated dimensions, class thresholds, crop verification) of the verdicts the
+    benches compare. Verified setups also calibrate the crop threshold (off is one choice)."""
     from training.calibrate import PART
 
     return [
-        ("detector alone, per-class thresholds", classes, "per-class"),
-        ("detector alone, one shared threshold", classes, "shared"),
-        ("classifier alone", [PART], "auto"),
-        ("detector and classifier, per-class thresholds", [*classes, PART], "per-class"),
-        ("detector and classifier, one shared threshold", [*classes, PART], "shared"),
+        ("detector alone, per-class thresholds", classes, "per-class", False),
+        ("detector alone, one shared threshold", classes, "shared", False),
+        ("classifier alone", [PART], "auto", False),
+        ("detector and classifier, per-class thresholds", [*classes, PART], "per-class", False),
+        ("detector and classifier, one shared threshold", [*classes, PART], "shared", False),
+        ("detector, crops verified, per-class thresholds", classes, "per-class", True),
+        ("detector, crops verified, one shared threshold", classes, "shared", True),
     ]
 
 
 def compare_verdicts(val: list, test: list, classes: list[str], max_miss_rate: float) -> dict:
-    """Each setup calibrated on val for the target, then its rates on test."""
+    """Each setup calibrated on val (scored parts, `training.calibrate.score_parts`) for the
+    target, then its rates on test at the same thresholds."""
     import json
     import math
 
-    from training.calibrate import apply_thresholds, calibrate, rate_report
+    from training.calibrate import (
+        apply_thresholds,
+        calibrate,
+        calibrate_with_verification,
+        rate_report,
+    )
 
     results = {}
-    for name, dimensions, class_thresholds in verdict_setups(classes):
-        calibrated = calibrate(val, dimensions, max_miss_rate, class_thresholds)
+    verified = any(d.verification is not None for p in val for d in p.detections)
+    for name, dimensions, class_thresholds, verification in verdict_setups(classes):
+        if verification and not verified:
+            continue
+        verify = None
+        if verification:
+            verify, calibrated = calibrate_with_verification(
+                val, dimensions, max_miss_rate, class_thresholds
+            )
+        else:
+            calibrated = calibrate(
+                [p.scores() for p in val], dimensions, max_miss_rate, class_thresholds
+            )
         results[name] = {
             "thresholds": {
                 k: (v if math.isfinite(v) else None) for k, v in calibrated.thresholds.items()
             },
             "val": calibrated.report(),
-            "test": rate_report(apply_thresholds(test, calibrated.thresholds)),
+            "test": rate_report(
+                apply_thresholds([p.scores(verify) for p in test], calibrated.thresholds)
+            ),
         }
+        if verification:
+            results[name]["verify"] = verify
         print(name, json.dumps(results[name]["test"]))
     return results
 
@@ -105,6 +129,8 @@ def training_stages(url: str, version_ref: int | str) -> list[dict]:
                     "wall_s": wall,
                 }
             )
+            if params.get("hard_negatives_from"):
+                stages[-1]["hard_negatives_from"] = params["hard_negatives_from"]
             ref = params.get("from_model")
     return stages[::-1]
 
@@ -119,4 +145,6 @@ def describe_stages(stages: list[dict]) -> str:
     """'25 epochs at 320 px, then 30 more at 320 px' for a model card or result table."""
     parts = [f"{s['epochs']} epochs at {s['imgsz']} px" for s in stages[:1]]
     parts += [f"then fine-tuned {s['epochs']} more at {s['imgsz']} px" for s in stages[1:]]
+    if any(s.get("hard_negatives_from") for s in stages):
+        parts.append("with the detector's false detections on train as good crops")
     return ", ".join(parts) or "schedule unknown"

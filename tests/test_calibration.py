@@ -9,8 +9,11 @@ import pytest
 from training.calibrate import (
     PART,
     PartScores,
+    ScoredDetection,
+    ScoredPart,
     apply_thresholds,
     calibrate,
+    calibrate_with_verification,
     shared_is_safer,
     upper_bound,
 )
@@ -151,3 +154,46 @@ def test_per_class_thresholds_from_a_small_split_let_more_new_defects_through() 
     missed_per_class = apply_thresholds(new_parts, per_class.thresholds).n_missed
     missed_shared = apply_thresholds(new_parts, shared.thresholds).n_missed
     assert missed_shared / 12000 < 0.01 < missed_per_class / 12000
+
+
+def _scored(defective: bool, *detections: tuple[str, float, float | None]) -> ScoredPart:
+    return ScoredPart(
+        defective,
+        tuple(ScoredDetection(c, conf, crop, defective) for c, conf, crop in detections),
+    )
+
+
+def test_verification_keeps_only_the_confirmed_detections_of_a_part() -> None:
+    part = _scored(False, ("scratch", 0.6, 0.1), ("scratch", 0.4, 0.9), ("spot", 0.8, None))
+    assert part.scores().scores == {"scratch": 0.6, "spot": 0.8}
+    # At 0.5 the 0.6 scratch is rejected; the spot's crop was never scored, so it cannot count.
+    assert part.scores(0.5).scores == {"scratch": 0.4}
+    assert part.scores(0.5).background == {"scratch": 0.4}  # a good part: every detection is false
+
+
+def test_verification_lets_a_low_threshold_catch_a_faint_defect_without_false_calls() -> None:
+    parts = [
+        _scored(True, ("scratch", 0.9, 0.95)),
+        _scored(True, ("scratch", 0.3, 0.8)),  # faint, but its crop is clearly a defect
+        _scored(False, ("scratch", 0.6, 0.1)),  # false detections the crop rejects
+        _scored(False, ("scratch", 0.5, 0.2)),
+        _scored(False),
+    ]
+    unverified = calibrate([p.scores() for p in parts], ["scratch"], 0.0)
+    assert (unverified.n_missed, unverified.n_false_calls) == (0, 2)
+    verify, result = calibrate_with_verification(parts, ["scratch"], 0.0)
+    assert verify is not None and 0.2 < verify <= 0.8
+    assert (result.n_missed, result.n_false_calls) == (0, 0)
+    assert result.thresholds["scratch"] <= 0.3
+    assert result.details["verify"] == verify
+
+
+def test_verification_stays_off_when_it_cuts_no_false_call() -> None:
+    parts = [
+        _scored(True, ("scratch", 0.9, 0.5)),
+        _scored(False, ("scratch", 0.3, 0.9)),  # the crop would confirm this false detection
+    ]
+    verify, result = calibrate_with_verification(parts, ["scratch"], 0.0)
+    assert verify is None
+    assert (result.n_missed, result.n_false_calls) == (0, 0)
+    assert result.thresholds["scratch"] == pytest.approx(0.9)

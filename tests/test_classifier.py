@@ -19,7 +19,13 @@ from inspection.settings import get_settings
 from inspection.verdict import Detection, Thresholds, part_fails, verify
 from tests.conftest import Trained
 from tests.synthetic import CLASSES, make_images
-from training.train_classifier import build_samples, part_label
+from training.train_classifier import (
+    build_samples,
+    mine_hard_negatives,
+    part_label,
+    read_split,
+    split_image_paths,
+)
 
 
 @pytest.mark.parametrize("backbone", sorted(BACKBONES))
@@ -39,6 +45,41 @@ def test_part_labels_and_samples() -> None:
     assert samples[0].box is None and samples[0].label == 1
     assert samples[1].box == (10.0, 10.0, 20.0, 20.0) and samples[1].label == 1
     assert all(s.label == 0 for s in samples[2:])
+
+
+def test_good_crops_include_defect_sized_ones_and_hard_negatives() -> None:
+    pixels = [np.zeros((64, 64, 3), dtype=np.uint8), np.zeros((64, 64, 3), dtype=np.uint8)]
+    boxes: list[list[tuple[int, tuple[float, float, float, float]]]] = [
+        [(0, (10.0, 10.0, 18.0, 14.0))],
+        [],  # a good image: its small crops are shaped like the split's defects too
+    ]
+    samples = build_samples(pixels, boxes, hard_negatives={1: [(40.0, 40.0, 50.0, 50.0)]})
+    good = [s for s in samples if s.label == 0 and s.box is not None]
+    shapes = {(s.image_index, round(s.box[2] - s.box[0]), round(s.box[3] - s.box[1])) for s in good}
+    assert (0, 8, 4) in shapes and (1, 8, 4) in shapes
+    assert any(s.image_index == 1 and s.box == (40.0, 40.0, 50.0, 50.0) for s in good)
+    defect = boxes[0][0][1]
+    assert not any(
+        s.image_index == 0
+        and s.box[0] < defect[2]
+        and defect[0] < s.box[2]
+        and s.box[1] < defect[3]
+        and defect[1] < s.box[3]
+        for s in good
+    )
+
+
+def test_hard_negatives_are_detections_that_touch_no_labeled_defect(trained: Trained) -> None:
+    root = trained.data_dir / "datasets" / "synth"
+    _, boxes = read_split(root, "train")
+    paths = split_image_paths(root, "train")
+    # At a confidence floor of 0 the one-epoch detector finds plenty, most of them false.
+    found = mine_hard_negatives(trained.weights, paths, boxes, min_confidence=0.0, per_image=3)
+    assert found and all(1 <= len(v) <= 3 for v in found.values())
+    for index, negatives in found.items():
+        for x1, y1, x2, y2 in negatives:
+            for _, (a1, b1, a2, b2) in boxes[index]:
+                assert not (x1 < a2 and a1 < x2 and y1 < b2 and b1 < y2)
 
 
 def test_verdict_with_classifier_and_verification() -> None:
@@ -126,6 +167,37 @@ def test_evaluate_export_and_calibrate_with_the_classifier(
     assert operating_point["classifier"]["version"] == trained_classifier
     assert operating_point["calibration"]["n_defective"] == 4  # val: parts 1, 7, 13 and 19
     assert operating_point["calibration"]["n_missed"] == 0
+
+    # The crop threshold calibrated too; a bad value, or verification without a classifier, is
+    # a clear error.
+    calibrate_args = [
+        "calibrate",
+        trained.version_name,
+        "--data",
+        "synth",
+        "--max-miss-rate",
+        "0",
+    ]
+    result = runner.invoke(
+        app,
+        [*calibrate_args, "--classifier", trained_classifier, "--verify-threshold", "auto"],
+    )
+    assert result.exit_code == 0, result.output
+    with session_scope(trained.url) as session:
+        version = get_model_version(session, trained.version_name)
+        auto_point = version.thresholds
+        version.thresholds = default_thresholds(CLASSES)
+    assert auto_point["calibration"]["n_missed"] == 0
+    verify_used = auto_point["classifier"]["verify"]
+    assert verify_used is None or 0.0 <= verify_used <= 1.0
+    assert ("crop's defect probability" in result.output) == (verify_used is not None)
+    result = runner.invoke(
+        app,
+        [*calibrate_args, "--classifier", trained_classifier, "--verify-threshold", "high"],
+    )
+    assert result.exit_code != 0 and "probability or auto" in str(result.exception)
+    result = runner.invoke(app, [*calibrate_args, "--verify-threshold", "auto"])
+    assert result.exit_code != 0 and "needs a classifier" in str(result.exception)
 
     # The calibrated operating point brings its classifier into inspection.
     inspector = Inspector.from_weights(

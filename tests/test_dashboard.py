@@ -131,6 +131,18 @@ def test_settings_calibrates_one_shared_threshold(production: str, tmp_path: Pat
     assert len(set(thresholds["per_class"].values())) == 1
 
 
+def test_settings_verification_without_a_classifier_is_a_message(
+    production: str, tmp_path: Path
+) -> None:
+    import_synthetic(production, tmp_path, n=6)
+    at = _app().run()
+    at.switch_page("views/settings.py").run()
+    next(s for s in at.selectbox if s.label == "Crop verification").set_value("auto")
+    next(b for b in at.button if b.label == "Calibrate").click().run()
+    assert not at.exception, at.exception
+    assert "needs a classifier" in at.error[0].value
+
+
 def test_empty_history_says_what_to_do() -> None:
     at = _app()
     at.run()

@@ -233,9 +233,163 @@ def _calibrate(parts: list[PartScores], dimensions: list[str], max_miss_rate: fl
     )
 
 
+# --- verification: the classifier confirms each detection's crop ---------------------------------
+
+VERIFY_FLOOR = 0.05  # detections below this confidence get no crop scored (never verified)
+
+
+@dataclass(frozen=True)
+class ScoredDetection:
+    class_name: str
+    confidence: float
+    verification: float | None  # the classifier's defect probability for its crop
+    matches_defect: bool  # overlaps a labeled defect of its class (IoU >= 0.5)
+
+
+@dataclass(frozen=True)
+class ScoredPart:
+    """A part with every detection kept, so that any verification threshold can be tried on it
+    without running the models again."""
+
+    defective: bool
+    detections: tuple[ScoredDetection, ...]
+    part_probability: float | None = None
+
+    def scores(self, verify: float | None = None) -> PartScores:
+        """Best score per class of the detections that verification at `verify` would keep."""
+        scores: dict[str, float] = {}
+        background: dict[str, float] = {}
+        for d in self.detections:
+            if verify is not None and (d.verification is None or d.verification < verify):
+                continue
+            scores[d.class_name] = max(scores.get(d.class_name, 0.0), d.confidence)
+            if not d.matches_defect:
+                background[d.class_name] = max(background.get(d.class_name, 0.0), d.confidence)
+        if self.part_probability is not None:
+            scores[PART] = self.part_probability
+        return PartScores(self.defective, scores, background)
+
+
+def verify_candidates(parts: list[ScoredPart], count: int = 24) -> list[float]:
+    """Verification thresholds worth trying: quantiles of the crops' scores on the split."""
+    values = np.array(
+        [d.verification for p in parts for d in p.detections if d.verification is not None]
+    )
+    if len(values) == 0:
+        return []
+    return sorted({float(v) for v in np.quantile(values, np.linspace(0.0, 0.95, count))})
+
+
+def calibrate_with_verification(
+    parts: list[ScoredPart],
+    dimensions: list[str],
+    max_miss_rate: float,
+    class_thresholds: str = "auto",
+) -> tuple[float | None, Calibration]:
+    """The verification threshold, and the thresholds under it, that hold the target with the
+    fewest false calls (no verification is one of the choices).
+
+    A detection threshold and a crop threshold trade against each other: a lower detection
+    threshold catches faint defects, and verification rejects the false detections it lets in.
+    On a tie the lower crop threshold wins: it rejects fewer real defects on new parts."""
+    best: tuple[tuple[int, int], float | None, Calibration] | None = None
+    for verify in [None, *verify_candidates(parts)]:
+        result = calibrate(
+            [p.scores(verify) for p in parts], dimensions, max_miss_rate, class_thresholds
+        )
+        if result.n_missed > math.floor(max_miss_rate * result.n_defective + 1e-9):
+            continue
+        key = (result.n_false_calls, _false_detections(parts, verify, result.thresholds))
+        if best is None or key < best[0]:
+            best = (key, verify, result)
+    if best is None:  # the target cannot be met at any crop threshold: report it unverified
+        return None, calibrate(
+            [p.scores() for p in parts], dimensions, max_miss_rate, class_thresholds
+        )
+    _, verify, result = best
+    return verify, replace(result, details={**result.details, "verify": verify})
+
+
+def _false_detections(
+    parts: list[ScoredPart], verify: float | None, thresholds: dict[str, float]
+) -> int:
+    """Parts with a counted detection that matches no labeled defect: the tie-breaker where the
+    split has few good parts."""
+    return sum(
+        any(p.scores(verify).background.get(d, -NEVER) >= t for d, t in thresholds.items())
+        for p in parts
+    )
+
+
 # --- scoring a split with the real models -------------------------------------------------------
 
 SCORE_FLOOR = 0.001  # detections below this confidence are not kept for calibration
+
+
+def score_parts(
+    root: Path,
+    split: str,
+    detector_weights: Path,
+    class_names: list[str],
+    classifier_weights: Path | None = None,
+    iou: float = 0.45,
+    device: str | None = None,
+    verify_floor: float = VERIFY_FLOOR,
+) -> list[ScoredPart]:
+    """Each part of a split with every detection, its crop's defect probability (detections of
+    at least `verify_floor`, with a classifier) and the part classifier's probability."""
+    from inspection.classifier import crop_with_context
+    from inspection.engine import Inspector, PartInput
+    from inspection.images import decode_image
+    from training.datasets import IMAGE_SUFFIXES
+    from training.evaluate import _iou, _labels
+
+    thresholds: dict[str, Any] = {"default": SCORE_FLOOR, "iou": iou}
+    if classifier_weights is not None:
+        # Crops are scored here rather than by the engine's verification, so that only the
+        # detections above the floor cost a classifier pass; the part probability is the engine's.
+        thresholds["classifier"] = {"version": "calibrating", "part": None, "verify": None}
+    inspector = Inspector.from_weights(
+        detector_weights, thresholds, device=device, classifier_weights=classifier_weights
+    )
+    images = sorted(
+        p for p in (root / "images" / split).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
+    )
+    parts: list[ScoredPart] = []
+    try:
+        for path, result in zip(
+            images,
+            inspector.inspect(PartInput(p.name, p.read_bytes()) for p in images),
+            strict=True,
+        ):
+            truth, truth_classes = _labels(root, split, path, result.width or 1, result.height or 1)
+            kept = [d for d in result.detections if d.counted and d.class_name in class_names]
+            verifications: list[float | None] = [None] * len(kept)
+            if inspector.classifier is not None:
+                to_verify = [i for i, d in enumerate(kept) if d.confidence >= verify_floor]
+                if to_verify:
+                    pixels = decode_image(path.read_bytes()).pixels
+                    crops = [
+                        crop_with_context(pixels, (kept[i].x1, kept[i].y1, kept[i].x2, kept[i].y2))
+                        for i in to_verify
+                    ]
+                    probabilities = inspector.classifier.defect_probabilities(crops).tolist()
+                    for i, probability in zip(to_verify, probabilities, strict=True):
+                        verifications[i] = float(probability)
+            detections = []
+            for d, verification in zip(kept, verifications, strict=True):
+                same_class = truth[truth_classes == class_names.index(d.class_name)]
+                matches = bool(
+                    len(same_class)
+                    and _iou(np.array([d.x1, d.y1, d.x2, d.y2]), same_class).max() >= 0.5
+                )
+                detections.append(
+                    ScoredDetection(d.class_name, d.confidence, verification, matches)
+                )
+            parts.append(ScoredPart(len(truth) > 0, tuple(detections), result.defect_probability))
+    finally:
+        inspector.close()
+    return parts
 
 
 def score_split(
@@ -249,50 +403,11 @@ def score_split(
     device: str | None = None,
 ) -> list[PartScores]:
     """Each part of a split with its best score per class (and part classifier probability)."""
-    from inspection.engine import Inspector, PartInput
-    from training.datasets import IMAGE_SUFFIXES
-    from training.evaluate import _iou, _labels
-
-    thresholds: dict[str, Any] = {"default": SCORE_FLOOR, "iou": iou}
-    if classifier_weights is not None:
-        thresholds["classifier"] = {
-            "version": "calibrating",
-            "part": None,
-            "verify": verify_threshold,
-        }
-    inspector = Inspector.from_weights(
-        detector_weights, thresholds, device=device, classifier_weights=classifier_weights
+    floor = math.inf if verify_threshold is None else SCORE_FLOOR  # no crop is needed without
+    scored = score_parts(
+        root, split, detector_weights, class_names, classifier_weights, iou, device, floor
     )
-    images = sorted(
-        p for p in (root / "images" / split).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
-    )
-    parts: list[PartScores] = []
-    try:
-        for path, result in zip(
-            images,
-            inspector.inspect(PartInput(p.name, p.read_bytes()) for p in images),
-            strict=True,
-        ):
-            truth, truth_classes = _labels(root, split, path, result.width or 1, result.height or 1)
-            defective = len(truth) > 0
-            scores: dict[str, float] = {}
-            background: dict[str, float] = {}
-            for d in result.detections:
-                if not d.counted or d.class_name not in class_names:
-                    continue
-                scores[d.class_name] = max(scores.get(d.class_name, 0.0), d.confidence)
-                same_class = truth[truth_classes == class_names.index(d.class_name)]
-                if (
-                    not len(same_class)
-                    or _iou(np.array([d.x1, d.y1, d.x2, d.y2]), same_class).max() < 0.5
-                ):
-                    background[d.class_name] = max(background.get(d.class_name, 0.0), d.confidence)
-            if result.defect_probability is not None:
-                scores[PART] = result.defect_probability
-            parts.append(PartScores(defective, scores, background))
-    finally:
-        inspector.close()
-    return parts
+    return [p.scores(verify_threshold if classifier_weights is not None else None) for p in scored]
 
 
 @dataclass
@@ -309,11 +424,14 @@ def calibrate_model(
     split: str,
     max_miss_rate: float,
     classifier: str | None = None,
-    verify_threshold: float | None = None,
+    verify_threshold: float | str | None = None,
     device: str | None = None,
     class_thresholds: str = "auto",
 ) -> StoredCalibration:
-    """Score the split, calibrate, and store the result as the detector's operating point."""
+    """Score the split, calibrate, and store the result as the detector's operating point.
+
+    `verify_threshold` "auto" (with a classifier) also picks the crop threshold of verification
+    that meets the target with the fewest false calls, verification off included."""
     from db.models import ModelKind
     from db.registry import get_model_version
     from db.session import session_scope
@@ -334,18 +452,32 @@ def calibrate_model(
         classifier_version = get_model_version(session, classifier) if classifier else None
         classifier_weights = Path(classifier_version.file_path) if classifier_version else None
         classifier_name = classifier_version.name if classifier_version else None
-    parts = score_split(
-        root,
-        split,
-        detector_weights,
-        class_names,
-        classifier_weights,
-        verify_threshold,
-        iou,
-        device,
+    if verify_threshold == "auto" and classifier_weights is None:
+        raise UserError("verification needs a classifier (--classifier)")
+    if isinstance(verify_threshold, str) and verify_threshold != "auto":
+        raise UserError(f"the verify threshold is a probability or auto, not {verify_threshold!r}")
+    if verify_threshold is None:
+        floor = math.inf  # no crop is needed
+    elif verify_threshold == "auto":
+        floor = VERIFY_FLOOR
+    else:
+        floor = SCORE_FLOOR  # a given crop threshold applies to every counted detection
+    scored = score_parts(
+        root, split, detector_weights, class_names, classifier_weights, iou, device, floor
     )
     dimensions = class_names + ([PART] if classifier_weights else [])
-    result = calibrate(parts, dimensions, max_miss_rate, class_thresholds)
+    if verify_threshold == "auto":
+        verify, result = calibrate_with_verification(
+            scored, dimensions, max_miss_rate, class_thresholds
+        )
+    else:
+        verify = None if verify_threshold is None else float(verify_threshold)
+        result = calibrate(
+            [p.scores(verify if classifier_weights else None) for p in scored],
+            dimensions,
+            max_miss_rate,
+            class_thresholds,
+        )
     never = 1.01  # above any confidence: that class alone never fails a part
     operating_point: dict[str, Any] = {
         "per_class": {
@@ -361,7 +493,7 @@ def calibrate_model(
         operating_point["classifier"] = {
             "version": classifier_name,
             "part": part if math.isfinite(part) else None,
-            "verify": verify_threshold,
+            "verify": verify,
         }
     with session_scope(url) as session:
         get_model_version(session, model).thresholds = operating_point

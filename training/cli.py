@@ -344,6 +344,13 @@ def train_classifier_command(
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N.")] = None,
     name: Annotated[str | None, typer.Option(help="Model version name.")] = None,
     seed: int = 0,
+    hard_negatives_from: Annotated[
+        str | None,
+        typer.Option(
+            help="Detector version whose false detections on the training images are learned "
+            "as good crops, so that verification rejects the false calls that detector makes."
+        ),
+    ] = None,
 ) -> None:
     """Train the part/crop classifier (good + defect classes) on an imported dataset."""
     from training.train_classifier import ClassifierTrainRequest, train_classifier
@@ -357,6 +364,7 @@ def train_classifier_command(
         device=device,
         seed=seed,
         name=name,
+        hard_negatives_from=hard_negatives_from,
     )
     version_id = train_classifier(request, url=migrated_database_url())
     with session_scope(database_url()) as session:
@@ -379,8 +387,12 @@ def calibrate_command(
         str | None, typer.Option(help="Classifier version to use with the detector.")
     ] = None,
     verify_threshold: Annotated[
-        float | None,
-        typer.Option(help="Crop defect probability a detection needs (with --classifier)."),
+        str | None,
+        typer.Option(
+            help="Crop defect probability a detection needs (with --classifier), or auto: "
+            "the crop threshold that meets the target with the fewest false calls, "
+            "verification off included."
+        ),
     ] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N.")] = None,
     class_thresholds: Annotated[
@@ -397,6 +409,14 @@ def calibrate_command(
 
     from training.calibrate import PART, calibrate_model
 
+    verify: float | str | None = verify_threshold
+    if verify_threshold is not None and verify_threshold != "auto":
+        try:
+            verify = float(verify_threshold)
+        except ValueError:
+            raise UserError(
+                f"--verify-threshold takes a probability or auto, not {verify_threshold!r}"
+            ) from None
     stored = calibrate_model(
         migrated_database_url(),
         model,
@@ -404,7 +424,7 @@ def calibrate_command(
         split,
         max_miss_rate,
         classifier,
-        verify_threshold,
+        verify,
         device,
         class_thresholds,
     )
@@ -434,6 +454,13 @@ def calibrate_command(
         )
     if report.get("class_thresholds") == "shared":
         console.print("one threshold shared by every class")
+    verify_used = stored.operating_point.get("classifier", {}).get("verify")
+    if verify_used is not None:
+        console.print(
+            f"a detection counts only when its crop's defect probability is >= {verify_used:.4f}"
+        )
+    elif verify_threshold == "auto":
+        console.print("verification off: it did not cut false calls at this target")
     console.print(f"stored as the operating point of {model}")
 
 

@@ -49,13 +49,17 @@ class Sample:
     label: int
 
 
+def split_image_paths(root: Path, split: str) -> list[Path]:
+    folder = root / "images" / split
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
 def read_split(
     root: Path, split: str
 ) -> tuple[list[np.ndarray], list[list[tuple[int, tuple[float, float, float, float]]]]]:
-    """Decoded images of a split and their boxes in pixels."""
+    """Decoded images of a split (in `split_image_paths` order) and their boxes in pixels."""
     images, boxes = [], []
-    folder = root / "images" / split
-    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+    for path in split_image_paths(root, split):
         pixels = decode_image(path.read_bytes()).pixels
         height, width = pixels.shape[:2]
         label_file = root / "labels" / split / f"{path.stem}.txt"
@@ -100,21 +104,74 @@ def build_samples(
     images: list[np.ndarray],
     boxes: list[list[tuple[int, tuple[float, float, float, float]]]],
     seed: int = 0,
+    hard_negatives: dict[int, list[tuple[float, float, float, float]]] | None = None,
 ) -> list[Sample]:
+    """Per image: the whole image, each labeled box, and "good" crops that touch no box.
+
+    Good crops come in two sizes, as many of each as the image has defects: large ones, and
+    ones shaped like the split's defect boxes. Without the second kind the verifier could tell
+    defects from background by the crop's scale alone and confirm every small false detection.
+    `hard_negatives` (image index -> boxes) adds the detector's own false detections as good."""
     rng = random.Random(seed)
+    shapes = [(x2 - x1, y2 - y1) for found in boxes for _, (x1, y1, x2, y2) in found]
     samples: list[Sample] = []
     for index, (pixels, found) in enumerate(zip(images, boxes, strict=True)):
         samples.append(Sample(index, None, part_label(found)))
         for c, box in found:
             samples.append(Sample(index, box, 1 + c))
         height, width = pixels.shape[:2]
-        for _ in range(max(1, len(found))):  # background crops, as many as there are defects
+        defects = [b for _, b in found]
+        for _ in range(max(1, len(found))):
             side = rng.uniform(0.15, 0.5) * min(height, width)
-            x1, y1 = rng.uniform(0, width - side), rng.uniform(0, height - side)
-            crop = (x1, y1, x1 + side, y1 + side)
-            if not _overlaps(crop, [b for _, b in found]):
+            crop = _random_box(rng, side, side, width, height)
+            if not _overlaps(crop, defects):
                 samples.append(Sample(index, crop, 0))
+            if shapes:
+                w, h = rng.choice(shapes)
+                for _attempt in range(5):  # a few tries to land beside the defects
+                    crop = _random_box(rng, min(w, width), min(h, height), width, height)
+                    if not _overlaps(crop, defects):
+                        samples.append(Sample(index, crop, 0))
+                        break
+        for box in (hard_negatives or {}).get(index, []):
+            samples.append(Sample(index, box, 0))
     return samples
+
+
+def _random_box(
+    rng: random.Random, w: float, h: float, width: int, height: int
+) -> tuple[float, float, float, float]:
+    x1, y1 = rng.uniform(0, width - w), rng.uniform(0, height - h)
+    return (x1, y1, x1 + w, y1 + h)
+
+
+def mine_hard_negatives(
+    detector_weights: Path,
+    paths: list[Path],
+    boxes: list[list[tuple[int, tuple[float, float, float, float]]]],
+    min_confidence: float = 0.05,
+    per_image: int = 4,
+    device: str | None = None,
+) -> dict[int, list[tuple[float, float, float, float]]]:
+    """The detector's most confident detections that touch no labeled defect, per image: the
+    false calls a verifier exists to reject, which random background crops rarely resemble."""
+    from inspection.engine import Inspector, PartInput
+
+    inspector = Inspector.from_weights(detector_weights, {"default": min_confidence}, device=device)
+    found: dict[int, list[tuple[float, float, float, float]]] = {}
+    try:
+        results = inspector.inspect(PartInput(p.name, p.read_bytes()) for p in paths)
+        for index, result in enumerate(results):
+            defects = [b for _, b in boxes[index]]
+            false = sorted(
+                (d for d in result.detections if not _overlaps((d.x1, d.y1, d.x2, d.y2), defects)),
+                key=lambda d: -d.confidence,
+            )[:per_image]
+            if false:
+                found[index] = [(d.x1, d.y1, d.x2, d.y2) for d in false]
+    finally:
+        inspector.close()
+    return found
 
 
 class CropDataset(Dataset):
@@ -163,6 +220,7 @@ class ClassifierTrainRequest:
     temperature: float = 4.0
     kd_weight: float = 1.0  # Hinton's soft-target term
     feature_weight: float = 1.0  # FPN feature term
+    hard_negatives_from: str | None = None  # detector version whose false detections are "good"
 
 
 class ClassifierDistillation(nn.Module):
@@ -253,6 +311,14 @@ def train_classifier(request: ClassifierTrainRequest, url: str | None = None) ->
             if teacher_row.kind != ModelKind.CLASSIFIER:
                 raise UserError(f"{teacher_row.name} is not a classifier")
             teacher_id, teacher_path = teacher_row.id, Path(teacher_row.file_path)
+        hard_negative_detector = None
+        if request.hard_negatives_from:
+            detector_row = get_model_version(session, request.hard_negatives_from)
+            if detector_row.kind != ModelKind.DETECTOR:
+                raise UserError(f"{detector_row.name} is not a detector")
+            if list(detector_row.classes) != defect_classes:
+                raise UserError(f"{detector_row.name} knows other classes than {request.data!r}")
+            hard_negative_detector = Path(detector_row.file_path)
         job = TrainingJob(
             kind="distill-classifier" if request.teacher else "train-classifier",
             status=JobStatus.RUNNING,
@@ -269,9 +335,18 @@ def train_classifier(request: ClassifierTrainRequest, url: str | None = None) ->
         val_images, val_boxes = read_split(root, "val")
         if not train_images:
             raise UserError(f"dataset {request.data!r} has no training images")
+        hard_negatives = None
+        if hard_negative_detector is not None:
+            hard_negatives = mine_hard_negatives(
+                hard_negative_detector, split_image_paths(root, "train"), train_boxes, device=device
+            )
+            print(
+                f"hard negatives: {sum(map(len, hard_negatives.values()))} false detections "
+                f"on {len(hard_negatives)} training images"
+            )
         train_set = CropDataset(
             train_images,
-            build_samples(train_images, train_boxes, request.seed),
+            build_samples(train_images, train_boxes, request.seed, hard_negatives),
             request.imgsz,
             True,
         )
@@ -353,9 +428,6 @@ def train_classifier(request: ClassifierTrainRequest, url: str | None = None) ->
             "epochs": request.epochs,
             "train_wall_s": round(time.perf_counter() - started, 1),
         }
-        if distill_log:
-            per_epoch = np.array_split(np.array(distill_log), request.epochs)
-            metrics["distill_loss_per_epoch"] = [float(chunk.mean()) for chunk in per_epoch]
         if distill_log:
             per_epoch = np.array_split(np.array(distill_log), request.epochs)
             metrics["distill_loss_per_epoch"] = [float(chunk.mean()) for chunk in per_epoch]

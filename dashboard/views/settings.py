@@ -55,6 +55,12 @@ else:
                 else "."
             )
         )
+    classifier_point = info.thresholds.get("classifier") or {}
+    if classifier_point.get("verify") is not None:
+        st.caption(
+            f"Classifier {classifier_point.get('version')} verifies each detection: it counts "
+            f"when its crop's defect probability is at least {classifier_point['verify']:.3f}."
+        )
 
     st.subheader("Calibrate to a target miss rate")
     with session_scope(state.url) as session:
@@ -76,6 +82,14 @@ else:
                 "Largest acceptable miss rate", 0.0, 0.5, 0.005, 0.001, format="%.3f"
             )
             classifier = st.selectbox("Classifier", ["none", *classifiers])
+            verification = st.selectbox(
+                "Crop verification",
+                ["off", "auto"],
+                help="With a classifier, auto also picks how sure the classifier must be of a "
+                "detection's crop for it to count: a lower detection threshold catches faint "
+                "defects and verification rejects the false detections it lets in. Off is one "
+                "of the choices auto weighs.",
+            )
             class_thresholds = st.selectbox(
                 "Class thresholds",
                 CLASS_THRESHOLD_MODES,
@@ -93,6 +107,7 @@ else:
                             split,
                             float(target),
                             None if classifier == "none" else classifier,
+                            None if verification == "off" else "auto",
                             class_thresholds=class_thresholds,
                         )
                     result = stored.calibration
