@@ -115,6 +115,7 @@ deeppcb() {
         --epochs "$PCB_EPOCHS" --imgsz "$PCB_IMGSZ" --batch "$PCB_BATCH" --workers "$WORKERS" \
         --classifier "$PCB_CLASSIFIER" --classifier-epochs "$PCB_CLASSIFIER_EPOCHS" \
         --classifier-imgsz "$PCB_CLASSIFIER_IMGSZ" --device "$DEVICE" --fraction "$PCB_FRACTION" \
+        --hard-negatives \
         --out bench/results/classifier_verdict_gpu.json || return 1
     local detector
     detector=$(ls -t bench/.work/classifier_verdict/models/"$PCB_DETECTOR"-*/best.pt 2>/dev/null | head -1)

@@ -16,10 +16,12 @@ Writes bench/results/inference_<cpu|gpu>.json.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import platform
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -30,6 +32,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 WORK = Path(tempfile.mkdtemp(prefix="defects-inference-bench-"))
+# Gone however the run ends: finished, failed, Ctrl-C, or stopped with SIGTERM.
+atexit.register(shutil.rmtree, WORK, ignore_errors=True)
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 os.environ["DEFECTS_DATA_DIR"] = str(WORK / "data")  # before the product reads its settings
 
 from common import ensure_neu  # noqa: E402
@@ -537,7 +542,6 @@ def main() -> None:
     out.write_text(json.dumps(result, indent=2))
     out.with_suffix(".md").write_text(markdown_table(result))
     print(f"wrote {out}")
-    shutil.rmtree(WORK, ignore_errors=True)
 
 
 if __name__ == "__main__":
