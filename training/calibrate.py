@@ -392,24 +392,6 @@ def score_parts(
     return parts
 
 
-def score_split(
-    root: Path,
-    split: str,
-    detector_weights: Path,
-    class_names: list[str],
-    classifier_weights: Path | None = None,
-    verify_threshold: float | None = None,
-    iou: float = 0.45,
-    device: str | None = None,
-) -> list[PartScores]:
-    """Each part of a split with its best score per class (and part classifier probability)."""
-    floor = math.inf if verify_threshold is None else SCORE_FLOOR  # no crop is needed without
-    scored = score_parts(
-        root, split, detector_weights, class_names, classifier_weights, iou, device, floor
-    )
-    return [p.scores(verify_threshold if classifier_weights is not None else None) for p in scored]
-
-
 @dataclass
 class StoredCalibration:
     calibration: Calibration
