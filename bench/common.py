@@ -3,8 +3,11 @@ that its own working database and datasets are used."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 
@@ -56,7 +59,6 @@ def verdict_setups(classes: list[str]) -> list[tuple[str, list[str], str, bool]]
 def compare_verdicts(val: list, test: list, classes: list[str], max_miss_rate: float) -> dict:
     """Each setup calibrated on val (scored parts, `training.calibrate.score_parts`) for the
     target, then its rates on test at the same thresholds."""
-    import json
     import math
 
     from training.calibrate import (
@@ -93,6 +95,42 @@ def compare_verdicts(val: list, test: list, classes: list[str], max_miss_rate: f
             results[name]["verify"] = verify
         print(name, json.dumps(results[name]["test"]))
     return results
+
+
+def cached_scores(path: Path, score: Callable[[], list]) -> list:
+    """Scored parts (`training.calibrate.ScoredPart`) kept in a file: model versions do not
+    change, so scoring a split again for another analysis only costs time."""
+    from training.calibrate import ScoredDetection, ScoredPart
+
+    if path.exists():
+        return [
+            ScoredPart(
+                item["defective"],
+                tuple(ScoredDetection(**d) for d in item["detections"]),
+                item["part_probability"],
+            )
+            for item in json.loads(path.read_text())
+        ]
+    parts = score()
+    path.write_text(json.dumps([asdict(p) for p in parts]))
+    return parts
+
+
+def oracle_on_test(test: list, classes: list[str], max_miss_rate: float) -> dict:
+    """The fewest false calls the scores allow at the target with thresholds chosen on test
+    itself: not a result (nothing is held out) but the distance to the target that better
+    calibration alone could close; what is left needs a better model."""
+    from training.calibrate import calibrate, calibrate_with_verification
+
+    shared = calibrate([p.scores() for p in test], classes, max_miss_rate, "shared")
+    found = {"detector alone, one shared threshold": shared}
+    if any(d.verification is not None for p in test for d in p.detections):
+        _, verified = calibrate_with_verification(test, classes, max_miss_rate, "shared")
+        found["detector, crops verified, one shared threshold"] = verified
+    return {
+        name: {"n_missed": r.n_missed, "n_false_calls": r.n_false_calls, **r.details}
+        for name, r in found.items()
+    }
 
 
 def training_stages(url: str, version_ref: int | str) -> list[dict]:
