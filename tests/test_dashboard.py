@@ -116,13 +116,21 @@ def test_history_models_and_settings_pages(production: str, tmp_path: Path) -> N
     assert {s.label for s in at.slider} == set(CLASSES)
 
 
-def test_settings_calibrates_one_shared_threshold(production: str, tmp_path: Path) -> None:
-    import_synthetic(production, tmp_path, n=12)
+def _calibrate_on_settings_page(
+    url: str, tmp_path: Path, n_images: int, choice: str, value: str
+) -> AppTest:
+    """A synthetic dataset imported, one choice of the calibration form set, Calibrate pressed."""
+    import_synthetic(url, tmp_path, n=n_images)
     at = _app().run()
     at.switch_page("views/settings.py").run()
-    next(s for s in at.selectbox if s.label == "Class thresholds").set_value("shared")
+    next(s for s in at.selectbox if s.label == choice).set_value(value)
     next(b for b in at.button if b.label == "Calibrate").click().run()
     assert not at.exception, at.exception
+    return at
+
+
+def test_settings_calibrates_one_shared_threshold(production: str, tmp_path: Path) -> None:
+    at = _calibrate_on_settings_page(production, tmp_path, 12, "Class thresholds", "shared")
     assert not at.error, at.error[0].value
     assert "Stored as the operating point" in at.success[0].value
     with session_scope(production) as session:
@@ -134,12 +142,7 @@ def test_settings_calibrates_one_shared_threshold(production: str, tmp_path: Pat
 def test_settings_verification_without_a_classifier_is_a_message(
     production: str, tmp_path: Path
 ) -> None:
-    import_synthetic(production, tmp_path, n=6)
-    at = _app().run()
-    at.switch_page("views/settings.py").run()
-    next(s for s in at.selectbox if s.label == "Crop verification").set_value("auto")
-    next(b for b in at.button if b.label == "Calibrate").click().run()
-    assert not at.exception, at.exception
+    at = _calibrate_on_settings_page(production, tmp_path, 6, "Crop verification", "auto")
     assert "needs a classifier" in at.error[0].value
 
 
