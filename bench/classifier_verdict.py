@@ -115,6 +115,14 @@ def markdown(summary: dict) -> str:
         + (f" (crop >= {r['verify']:.3f})" if r.get("verify") is not None else "")
         for name, r in summary.get("oracle_on_test", {}).items()
     )
+    misses = "".join(
+        f"- {name}, the defective parts it passed on test: "
+        f"{r['test_misses']['not_found_by_the_detector']} not found by the detector, "
+        f"{r['test_misses']['found_but_rejected_by_verification']} found but rejected by "
+        f"verification (best crop probabilities {r['test_misses']['best_rejected_crop_probabilities']}).\n"
+        for name, r in summary["results"].items()
+        if "test_misses" in r
+    )
     wall = summary["train_wall_s"]
     share = schedule.get("fraction", 1.0)
     fraction = f" on {share:.0%} of the training images" if share < 1 else ""
@@ -131,6 +139,7 @@ calibrated on val (200 defective + 200 good parts) for a miss rate of at most
 | --- | --- | --- |
 {rows}
 
+{misses}
 With thresholds chosen on test itself (not a result: nothing held out; what calibration on a
 larger split could reach at best, the rest needs a better model): {oracle}.
 """

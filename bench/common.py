@@ -93,8 +93,36 @@ def compare_verdicts(val: list, test: list, classes: list[str], max_miss_rate: f
         }
         if verification:
             results[name]["verify"] = verify
+            results[name]["test_misses"] = why_missed(test, calibrated.thresholds, verify)
         print(name, json.dumps(results[name]["test"]))
     return results
+
+
+def why_missed(parts: list, thresholds: dict[str, float], verify: float | None) -> dict:
+    """The defective parts a verified verdict passes, split by cause: the detector found none
+    of their defects above its threshold, or it did and verification rejected every one (with
+    the best crop probability among those rejected)."""
+    from training.calibrate import NEVER
+
+    not_found, rejected = 0, []
+    for part in parts:
+        scores = part.scores(verify).scores
+        if not part.defective or any(scores.get(d, -NEVER) >= t for d, t in thresholds.items()):
+            continue
+        found = [
+            d
+            for d in part.detections
+            if d.matches_defect and d.confidence >= thresholds.get(d.class_name, NEVER)
+        ]
+        if found:
+            rejected.append(round(max(d.verification or 0.0 for d in found), 4))
+        else:
+            not_found += 1
+    return {
+        "not_found_by_the_detector": not_found,
+        "found_but_rejected_by_verification": len(rejected),
+        "best_rejected_crop_probabilities": sorted(rejected),
+    }
 
 
 def cached_scores(path: Path, score: Callable[[], list]) -> list:

@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from inspection.errors import UserError
 from training.calibrate import (
     PART,
     PartScores,
@@ -14,6 +15,7 @@ from training.calibrate import (
     apply_thresholds,
     calibrate,
     calibrate_with_verification,
+    parse_verify_threshold,
     shared_is_safer,
     upper_bound,
 )
@@ -197,3 +199,12 @@ def test_verification_stays_off_when_it_cuts_no_false_call() -> None:
     assert verify is None
     assert (result.n_missed, result.n_false_calls) == (0, 0)
     assert result.thresholds["scratch"] == pytest.approx(0.9)
+
+
+def test_a_crop_threshold_is_a_probability_or_auto() -> None:
+    assert parse_verify_threshold(None) is None
+    assert parse_verify_threshold("auto") == "auto"
+    assert parse_verify_threshold("0.9") == 0.9
+    for bad in ("high", "1.5", -0.1):
+        with pytest.raises(UserError, match="probability"):
+            parse_verify_threshold(bad)

@@ -291,34 +291,41 @@ def calibrate_with_verification(
 
     A detection threshold and a crop threshold trade against each other: a lower detection
     threshold catches faint defects, and verification rejects the false detections it lets in.
-    On a tie the lower crop threshold wins: it rejects fewer real defects on new parts."""
+    On a tie the lower crop threshold wins: it rejects fewer real defects on new parts; where
+    the split has few good parts, fewer parts with a false detection break the tie first."""
+    unverified: Calibration | None = None
     best: tuple[tuple[int, int], float | None, Calibration] | None = None
     for verify in [None, *verify_candidates(parts)]:
-        result = calibrate(
-            [p.scores(verify) for p in parts], dimensions, max_miss_rate, class_thresholds
-        )
+        scores = [p.scores(verify) for p in parts]
+        result = calibrate(scores, dimensions, max_miss_rate, class_thresholds)
+        unverified = unverified or result
         if result.n_missed > math.floor(max_miss_rate * result.n_defective + 1e-9):
             continue
-        key = (result.n_false_calls, _false_detections(parts, verify, result.thresholds))
+        falsely_flagged = sum(
+            any(s.background.get(d, -NEVER) >= t for d, t in result.thresholds.items())
+            for s in scores
+        )
+        key = (result.n_false_calls, falsely_flagged)
         if best is None or key < best[0]:
             best = (key, verify, result)
     if best is None:  # the target cannot be met at any crop threshold: report it unverified
-        return None, calibrate(
-            [p.scores() for p in parts], dimensions, max_miss_rate, class_thresholds
-        )
+        assert unverified is not None
+        return None, unverified
     _, verify, result = best
     return verify, replace(result, details={**result.details, "verify": verify})
 
 
-def _false_detections(
-    parts: list[ScoredPart], verify: float | None, thresholds: dict[str, float]
-) -> int:
-    """Parts with a counted detection that matches no labeled defect: the tie-breaker where the
-    split has few good parts."""
-    return sum(
-        any(p.scores(verify).background.get(d, -NEVER) >= t for d, t in thresholds.items())
-        for p in parts
-    )
+def parse_verify_threshold(value: float | str | None) -> float | str | None:
+    """A crop threshold as given on the command line or in code: None, "auto" or a probability."""
+    if value is None or value == "auto":
+        return value
+    try:
+        probability = float(value)
+    except ValueError:
+        raise UserError(f"the verify threshold is a probability or auto, not {value!r}") from None
+    if not 0.0 <= probability <= 1.0:
+        raise UserError(f"the verify threshold is a probability (0 to 1), not {probability}")
+    return probability
 
 
 # --- scoring a split with the real models -------------------------------------------------------
@@ -434,10 +441,9 @@ def calibrate_model(
         classifier_version = get_model_version(session, classifier) if classifier else None
         classifier_weights = Path(classifier_version.file_path) if classifier_version else None
         classifier_name = classifier_version.name if classifier_version else None
-    if verify_threshold == "auto" and classifier_weights is None:
+    verify_threshold = parse_verify_threshold(verify_threshold)
+    if verify_threshold is not None and classifier_weights is None:
         raise UserError("verification needs a classifier (--classifier)")
-    if isinstance(verify_threshold, str) and verify_threshold != "auto":
-        raise UserError(f"the verify threshold is a probability or auto, not {verify_threshold!r}")
     if verify_threshold is None:
         floor = math.inf  # no crop is needed
     elif verify_threshold == "auto":
@@ -455,7 +461,7 @@ def calibrate_model(
     else:
         verify = None if verify_threshold is None else float(verify_threshold)
         result = calibrate(
-            [p.scores(verify if classifier_weights else None) for p in scored],
+            [p.scores(verify) for p in scored],
             dimensions,
             max_miss_rate,
             class_thresholds,

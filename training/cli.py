@@ -409,14 +409,6 @@ def calibrate_command(
 
     from training.calibrate import PART, calibrate_model
 
-    verify: float | str | None = verify_threshold
-    if verify_threshold is not None and verify_threshold != "auto":
-        try:
-            verify = float(verify_threshold)
-        except ValueError:
-            raise UserError(
-                f"--verify-threshold takes a probability or auto, not {verify_threshold!r}"
-            ) from None
     stored = calibrate_model(
         migrated_database_url(),
         model,
@@ -424,7 +416,7 @@ def calibrate_command(
         split,
         max_miss_rate,
         classifier,
-        verify,
+        verify_threshold,
         device,
         class_thresholds,
     )

@@ -68,9 +68,9 @@ def store_weights_as_float16(onnx_path: Path, min_elements: int = 64) -> Path:
     float32 by a Cast node. ONNX Runtime folds those casts into float32 constants when it builds
     the session, so the model still computes in float32 at the same speed on a CPU station. The
     weights lose float16 rounding (about 5e-4 of each value) after ultralytics has fused its
-    batch norms into the convolutions, so the outputs are not bit for bit those of the checkpoint:
-    on NEU-DET's 180 test parts the shipped demo's confidences moved by up to 1e-3 and one box of
-    550 by 13 px (mAP50 0.6950 -> 0.6963), which is why the demo ships float32. Written here
+    batch norms into the convolutions, so confidences and boxes move slightly from the
+    checkpoint's (measure a file with `defects evaluate FILE.onnx`); the demo ships float32,
+    which gives the checkpoint's detections exactly. Written here
     because onnxconverter-common's float16 conversion moves the computation to float16 as well,
     which the CPU provider runs slowly or not at all. Running it twice changes nothing.
     """
