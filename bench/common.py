@@ -8,6 +8,7 @@ import os
 import platform
 from collections.abc import Callable
 from dataclasses import asdict
+from itertools import permutations
 from pathlib import Path
 
 
@@ -142,6 +143,53 @@ def cached_scores(path: Path, score: Callable[[], list]) -> list:
     parts = score()
     path.write_text(json.dumps([asdict(p) for p in parts]))
     return parts
+
+
+def calibration_cross_check(
+    val: list, classes: list[str], max_miss_rate: float, repeats: int = 10
+) -> dict:
+    """How a calibration holds on parts it did not see, without touching test: val split into
+    halves (each with half the defective and half the good parts), calibrated on one half and
+    counted on the other, both ways, `repeats` times with different halves."""
+    import random
+
+    from training.calibrate import apply_thresholds, calibrate, calibrate_with_verification
+
+    def halves(seed: int) -> tuple[list, list]:
+        rng = random.Random(seed)
+        first: list = []
+        second: list = []
+        for defective in (True, False):
+            group = [p for p in val if p.defective == defective]
+            rng.shuffle(group)
+            first += group[: len(group) // 2]
+            second += group[len(group) // 2 :]
+        return first, second
+
+    setups = {"detector alone, one shared threshold": False}
+    if any(d.verification is not None for p in val for d in p.detections):
+        setups["detector, crops verified, one shared threshold"] = True
+    found = {}
+    for name, verified in setups.items():
+        totals = {"n_defective": 0, "n_missed": 0, "n_good": 0, "n_false_calls": 0}
+        for seed in range(repeats):
+            for fit, held_out in permutations(halves(seed)):
+                verify = None
+                if verified:
+                    verify, result = calibrate_with_verification(
+                        fit, classes, max_miss_rate, "shared"
+                    )
+                else:
+                    result = calibrate([p.scores() for p in fit], classes, max_miss_rate, "shared")
+                counts = apply_thresholds([p.scores(verify) for p in held_out], result.thresholds)
+                for key in totals:
+                    totals[key] += getattr(counts, key)
+        found[name] = {
+            **totals,
+            "miss_rate": totals["n_missed"] / max(totals["n_defective"], 1),
+            "false_call_rate": totals["n_false_calls"] / max(totals["n_good"], 1),
+        }
+    return {"repeats": repeats, "setups": found}
 
 
 def oracle_on_test(test: list, classes: list[str], max_miss_rate: float) -> dict:

@@ -40,8 +40,25 @@ def test_zero_misses_with_no_false_call_when_the_scores_separate() -> None:
     result = calibrate(
         _parts(), ["scratch", "spot"], max_miss_rate=0.0, class_thresholds="per-class"
     )
-    assert result.thresholds == {"scratch": 0.7, "spot": 0.5}
+    # Each threshold in the middle of its gap: scratch between the 0.7 defect and the 0.6 good
+    # part, spot between the 0.5 defect and the 0.4 good part.
+    assert result.thresholds == pytest.approx({"scratch": 0.65, "spot": 0.45})
     assert (result.n_missed, result.n_false_calls) == (0, 0)
+
+
+def test_a_threshold_sits_in_the_gap_so_a_slightly_fainter_new_defect_is_caught() -> None:
+    parts = [
+        PartScores(True, {"scratch": 0.8}),
+        PartScores(True, {"scratch": 0.6}),
+        PartScores(False, {"scratch": 0.2}),
+        PartScores(False, {"scratch": 0.9}),  # flagged whatever the threshold: the target wins
+    ]
+    result = calibrate(parts, ["scratch"], max_miss_rate=0.0)
+    assert result.thresholds["scratch"] == pytest.approx(0.4)
+    assert (result.n_missed, result.n_false_calls) == (0, 1)
+    new_parts = [PartScores(True, {"scratch": 0.55}), PartScores(False, {"scratch": 0.3})]
+    assert apply_thresholds(new_parts, result.thresholds).n_missed == 0
+    assert apply_thresholds(new_parts, result.thresholds).n_false_calls == 0
 
 
 def test_a_looser_target_trades_a_miss_for_nothing_when_nothing_is_gained() -> None:
@@ -49,7 +66,7 @@ def test_a_looser_target_trades_a_miss_for_nothing_when_nothing_is_gained() -> N
     # still keep three of four caught are chosen (the spot is let go).
     result = calibrate(_parts(), ["scratch", "spot"], 0.25, class_thresholds="per-class")
     assert result.n_missed <= 1 and result.n_false_calls == 0
-    assert result.thresholds["scratch"] == 0.7
+    assert result.thresholds["scratch"] == pytest.approx(0.65)  # between 0.7 and the good 0.6
 
 
 def test_an_unavoidable_false_call_is_taken_to_meet_the_target() -> None:
@@ -60,7 +77,7 @@ def test_an_unavoidable_false_call_is_taken_to_meet_the_target() -> None:
         PartScores(False, {"scratch": 0.1}),
     ]
     result = calibrate(parts, ["scratch"], max_miss_rate=0.0)
-    assert result.thresholds == {"scratch": 0.55}
+    assert result.thresholds == pytest.approx({"scratch": (0.55 + 0.1) / 2})
     assert (result.n_missed, result.n_false_calls) == (0, 1)
     assert result.false_call_rate == pytest.approx(0.5)
 
@@ -74,7 +91,8 @@ def test_part_classifier_dimension_catches_what_the_detector_misses() -> None:
     ]
     result = calibrate(parts, ["scratch", PART], max_miss_rate=0.0)
     assert result.n_missed == 0 and result.n_false_calls == 0
-    assert result.thresholds[PART] == 0.8 and result.thresholds["scratch"] > 0.4
+    assert result.thresholds[PART] == pytest.approx(0.55)  # between 0.8 and the good 0.3
+    assert result.thresholds["scratch"] > 0.4
 
 
 def test_a_part_without_any_score_cannot_be_caught_and_is_reported() -> None:
@@ -119,9 +137,10 @@ def test_without_good_parts_false_detections_keep_thresholds_sensible() -> None:
 
 def test_one_shared_threshold_is_the_weakest_defect_of_any_class() -> None:
     # Best score of any class per part: defective 0.9, 0.8, 0.7, 0.5; good 0.6, 0.3, 0.4, none.
-    # Catching the 0.5 part with one threshold also fails the good part at 0.6.
+    # Catching the 0.5 part with one threshold also fails the good part at 0.6; the threshold
+    # goes down to the middle of the gap to the next good part (0.4).
     result = calibrate(_parts(), ["scratch", "spot"], 0.0, class_thresholds="shared")
-    assert result.thresholds == {"scratch": 0.5, "spot": 0.5}
+    assert result.thresholds == pytest.approx({"scratch": 0.45, "spot": 0.45})
     assert (result.n_missed, result.n_false_calls) == (0, 1)
     assert result.details["class_thresholds"] == "shared"
 
@@ -198,7 +217,7 @@ def test_verification_stays_off_when_it_cuts_no_false_call() -> None:
     verify, result = calibrate_with_verification(parts, ["scratch"], 0.0)
     assert verify is None
     assert (result.n_missed, result.n_false_calls) == (0, 0)
-    assert result.thresholds["scratch"] == pytest.approx(0.9)
+    assert result.thresholds["scratch"] == pytest.approx(0.6)  # between 0.9 and the good 0.3
 
 
 def test_a_crop_threshold_is_a_probability_or_auto() -> None:

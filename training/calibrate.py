@@ -219,6 +219,8 @@ def _calibrate(parts: list[PartScores], dimensions: list[str], max_miss_rate: fl
                 after = (int((~defective & now).sum()), int(falsely_flagged(trial).sum()))
                 if after <= before:
                     thresholds, current, improved = trial, now, improved or value != thresholds[d]
+    thresholds = _centre_in_gaps(matrix, defective, thresholds)
+    current = flagged(thresholds)
     misses = int((defective & ~current).sum())
     return Calibration(
         thresholds={d: float(t) for d, t in zip(dimensions, thresholds, strict=True)},
@@ -231,6 +233,27 @@ def _calibrate(parts: list[PartScores], dimensions: list[str], max_miss_rate: fl
             "uncatchable_defective_parts": int((defective & ~np.isfinite(matrix).any(axis=1)).sum())
         },
     )
+
+
+def _centre_in_gaps(
+    matrix: np.ndarray, defective: np.ndarray, thresholds: np.ndarray
+) -> np.ndarray:
+    """Each threshold lowered to the middle of the gap between it and the best-scoring good part
+    below it that no other dimension flags: the split's false calls stay the same, and a new
+    part a little fainter than the faintest defect of the split is still caught. A threshold
+    left on the faintest caught defect's own score would miss it."""
+    centred = thresholds.copy()
+    for d in range(len(thresholds)):
+        if not np.isfinite(thresholds[d]):
+            continue
+        others = thresholds.copy()
+        others[d] = NEVER
+        free = ~defective & ~(matrix >= others).any(axis=1)
+        column = matrix[free, d]
+        below = column[np.isfinite(column) & (column < thresholds[d])]
+        if len(below):
+            centred[d] = (thresholds[d] + below.max()) / 2
+    return centred
 
 
 # --- verification: the classifier confirms each detection's crop ---------------------------------
