@@ -102,6 +102,10 @@ def _verify_note(result: dict) -> str:
     )
 
 
+def _bracket(other: dict, name: str, key: str) -> str:
+    return str(other.get("setups", {}).get(name, {}).get(key, "-"))
+
+
 def markdown(summary: dict) -> str:
     """The result file as a short table for people."""
     schedule, test = summary["schedule"], summary["detector_test"]
@@ -125,17 +129,21 @@ def markdown(summary: dict) -> str:
         if "test_misses" in r
     )
     check = summary.get("val_cross_check")
+    on_faintest = summary.get("val_cross_check_thresholds_on_the_faintest_defect", {})
     cross_check = (
         ""
         if check is None
         else "Calibrated on one half of val and counted on the other (both ways, "
-        f"{check['repeats']} different halvings; no test part involved): "
-        + "; ".join(
-            f"{name} {r['n_missed']} missed of {r['n_defective']} ({r['miss_rate']:.3f}), "
-            f"{r['n_false_calls']} false calls of {r['n_good']} ({r['false_call_rate']:.3f})"
+        f"{check['repeats']} different halvings; no test part involved), missed of "
+        f"{next(iter(check['setups'].values()))['n_defective']} and false calls of "
+        f"{next(iter(check['setups'].values()))['n_good']}, with each threshold in the middle "
+        "of its gap to the next good part (as calibrated) and, in brackets, left on the "
+        "faintest caught defect:\n\n"
+        + "".join(
+            f"- {name}: {r['n_missed']} missed ({_bracket(on_faintest, name, 'n_missed')}), "
+            f"{r['n_false_calls']} false calls ({_bracket(on_faintest, name, 'n_false_calls')})\n"
             for name, r in check["setups"].items()
         )
-        + ".\n"
     )
     wall = summary["train_wall_s"]
     share = schedule.get("fraction", 1.0)
@@ -292,6 +300,9 @@ def main() -> None:
         "results": results,
         "oracle_on_test": oracle_on_test(test, CLASSES, args.max_miss_rate),
         "val_cross_check": calibration_cross_check(val, CLASSES, args.max_miss_rate),
+        "val_cross_check_thresholds_on_the_faintest_defect": calibration_cross_check(
+            val, CLASSES, args.max_miss_rate, centre=False
+        ),
     }
     out = args.out
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -146,11 +146,12 @@ def cached_scores(path: Path, score: Callable[[], list]) -> list:
 
 
 def calibration_cross_check(
-    val: list, classes: list[str], max_miss_rate: float, repeats: int = 10
+    val: list, classes: list[str], max_miss_rate: float, repeats: int = 10, centre: bool = True
 ) -> dict:
     """How a calibration holds on parts it did not see, without touching test: val split into
     halves (each with half the defective and half the good parts), calibrated on one half and
-    counted on the other, both ways, `repeats` times with different halves."""
+    counted on the other, both ways, `repeats` times with different halves. `centre` False
+    leaves thresholds on the faintest caught defect, to show what centring them in the gap buys."""
     import random
 
     from training.calibrate import apply_thresholds, calibrate, calibrate_with_verification
@@ -166,21 +167,29 @@ def calibration_cross_check(
             second += group[len(group) // 2 :]
         return first, second
 
-    setups = {"detector alone, one shared threshold": False}
-    if any(d.verification is not None for p in val for d in p.detections):
-        setups["detector, crops verified, one shared threshold"] = True
+    from training.calibrate import PART
+
+    scored = any(d.verification is not None for p in val for d in p.detections)
     found = {}
-    for name, verified in setups.items():
+    for name, dimensions, class_thresholds, verified in verdict_setups(classes):
+        if PART in dimensions or (verified and not scored):
+            continue  # about the detection and crop thresholds only
         totals = {"n_defective": 0, "n_missed": 0, "n_good": 0, "n_false_calls": 0}
         for seed in range(repeats):
             for fit, held_out in permutations(halves(seed)):
                 verify = None
                 if verified:
                     verify, result = calibrate_with_verification(
-                        fit, classes, max_miss_rate, "shared"
+                        fit, dimensions, max_miss_rate, class_thresholds, centre
                     )
                 else:
-                    result = calibrate([p.scores() for p in fit], classes, max_miss_rate, "shared")
+                    result = calibrate(
+                        [p.scores() for p in fit],
+                        dimensions,
+                        max_miss_rate,
+                        class_thresholds,
+                        centre,
+                    )
                 counts = apply_thresholds([p.scores(verify) for p in held_out], result.thresholds)
                 for key in totals:
                     totals[key] += getattr(counts, key)

@@ -59,6 +59,9 @@ def test_a_threshold_sits_in_the_gap_so_a_slightly_fainter_new_defect_is_caught(
     new_parts = [PartScores(True, {"scratch": 0.55}), PartScores(False, {"scratch": 0.3})]
     assert apply_thresholds(new_parts, result.thresholds).n_missed == 0
     assert apply_thresholds(new_parts, result.thresholds).n_false_calls == 0
+    on_faintest = calibrate(parts, ["scratch"], max_miss_rate=0.0, centre=False)
+    assert on_faintest.thresholds["scratch"] == pytest.approx(0.6)
+    assert apply_thresholds(new_parts, on_faintest.thresholds).n_missed == 1
 
 
 def test_a_looser_target_trades_a_miss_for_nothing_when_nothing_is_gained() -> None:

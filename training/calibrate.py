@@ -15,7 +15,9 @@ threshold unless the split holds at least classes / target defective parts.
 
 The search is greedy: from "flag nothing", repeatedly lower the one threshold that catches the
 most still-missed defective parts per good part it newly fails, until the target holds; then
-raise each threshold as far as the target allows. Written here because no library offers a
+raise each threshold as far as the target allows, and finally lower it to the middle of the gap
+down to the next good part (the split's verdicts stay the same; new parts a little fainter than
+the split's faintest defect are still caught). Written here because no library offers a
 multi-threshold, part-level escape-rate calibration.
 """
 
@@ -118,9 +120,11 @@ def calibrate(
     dimensions: list[str],
     max_miss_rate: float,
     class_thresholds: str = "auto",
+    centre: bool = True,
 ) -> Calibration:
     """Thresholds per dimension (defect classes, and PART); `class_thresholds` is one of
-    CLASS_THRESHOLD_MODES: per-class, one value shared by the defect classes, or auto."""
+    CLASS_THRESHOLD_MODES: per-class, one value shared by the defect classes, or auto. `centre`
+    False leaves each threshold on the faintest defect it catches (for comparison only)."""
     if not 0 <= max_miss_rate < 1:
         raise UserError("the target miss rate must be at least 0 and below 1")
     if not parts:
@@ -138,7 +142,7 @@ def calibrate(
             for p in parts
         ]
         others = [d for d in dimensions if d == PART]
-        result = _calibrate(merged, [ANY_CLASS, *others], max_miss_rate)
+        result = _calibrate(merged, [ANY_CLASS, *others], max_miss_rate, centre)
         thresholds = {d: result.thresholds[ANY_CLASS] for d in classes}
         thresholds.update({d: result.thresholds[d] for d in others})
         return replace(
@@ -146,7 +150,7 @@ def calibrate(
             thresholds={d: thresholds[d] for d in dimensions},
             details={**result.details, "class_thresholds": "shared"},
         )
-    result = _calibrate(parts, dimensions, max_miss_rate)
+    result = _calibrate(parts, dimensions, max_miss_rate, centre)
     return replace(result, details={**result.details, "class_thresholds": "per-class"})
 
 
@@ -157,7 +161,9 @@ def _merge(scores: dict[str, float], classes: list[str]) -> dict[str, float]:
     return kept if best is None else {**kept, ANY_CLASS: best}
 
 
-def _calibrate(parts: list[PartScores], dimensions: list[str], max_miss_rate: float) -> Calibration:
+def _calibrate(
+    parts: list[PartScores], dimensions: list[str], max_miss_rate: float, centre: bool
+) -> Calibration:
     matrix = np.array([[p.scores.get(d, -NEVER) for d in dimensions] for p in parts], dtype=float)
     background = np.array(
         [
@@ -219,8 +225,9 @@ def _calibrate(parts: list[PartScores], dimensions: list[str], max_miss_rate: fl
                 after = (int((~defective & now).sum()), int(falsely_flagged(trial).sum()))
                 if after <= before:
                     thresholds, current, improved = trial, now, improved or value != thresholds[d]
-    thresholds = _centre_in_gaps(matrix, defective, thresholds)
-    current = flagged(thresholds)
+    if centre:
+        thresholds = _centre_in_gaps(matrix, defective, thresholds)
+        current = flagged(thresholds)
     misses = int((defective & ~current).sum())
     return Calibration(
         thresholds={d: float(t) for d, t in zip(dimensions, thresholds, strict=True)},
@@ -308,6 +315,7 @@ def calibrate_with_verification(
     dimensions: list[str],
     max_miss_rate: float,
     class_thresholds: str = "auto",
+    centre: bool = True,
 ) -> tuple[float | None, Calibration]:
     """The verification threshold, and the thresholds under it, that hold the target with the
     fewest false calls (no verification is one of the choices).
@@ -320,7 +328,7 @@ def calibrate_with_verification(
     best: tuple[tuple[int, int], float | None, Calibration] | None = None
     for verify in [None, *verify_candidates(parts)]:
         scores = [p.scores(verify) for p in parts]
-        result = calibrate(scores, dimensions, max_miss_rate, class_thresholds)
+        result = calibrate(scores, dimensions, max_miss_rate, class_thresholds, centre)
         unverified = unverified or result
         if result.n_missed > math.floor(max_miss_rate * result.n_defective + 1e-9):
             continue
