@@ -130,13 +130,13 @@ def markdown(summary: dict) -> str:
     )
     check = summary.get("val_cross_check")
     on_faintest = summary.get("val_cross_check_thresholds_on_the_faintest_defect", {})
+    counted = next(iter(check["setups"].values())) if check else {}
     cross_check = (
         ""
         if check is None
         else "Calibrated on one half of val and counted on the other (both ways, "
         f"{check['repeats']} different halvings; no test part involved), missed of "
-        f"{next(iter(check['setups'].values()))['n_defective']} and false calls of "
-        f"{next(iter(check['setups'].values()))['n_good']}, with each threshold in the middle "
+        f"{counted['n_defective']} and false calls of {counted['n_good']}, with each threshold in the middle "
         "of its gap to the next good part (as calibrated) and, in brackets, left on the "
         "faintest caught defect:\n\n"
         + "".join(
