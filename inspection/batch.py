@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import glob
 import hashlib
+import json
 import time
 import zipfile
 import zlib
@@ -136,6 +137,7 @@ class BatchSummary:
     seen: int = 0
     inspected: int = 0
     skipped: int = 0
+    judged_at_other_thresholds: int = 0  # among the skipped: stored verdicts of an older point
     errors: int = 0
     failed: int = 0
     failed_by_class: Counter[str] = field(default_factory=Counter)
@@ -220,12 +222,17 @@ class BatchInspection:
             pending.result()
 
     def _already_judged(self, session: Session, hashes: list[str]) -> set[str]:
+        """Parts this model version already judged. A part keeps one verdict per model version
+        (the schema's unique key), so one judged before the thresholds were recalibrated keeps
+        its stored verdict: those are counted, so that the summary can say so."""
+        operating_point = json.loads(json.dumps(self.inspector.thresholds.to_dict()))
         rows = session.execute(
-            select(Part.content_hash)
+            select(Part.content_hash, Inspection.thresholds)
             .join(Inspection, Inspection.part_id == Part.id)
             .where(Part.content_hash.in_(hashes), Inspection.model_version_id == self.model_id)
-        )
-        return {h for (h,) in rows}
+        ).all()
+        self.summary.judged_at_other_thresholds += sum(t != operating_point for _, t in rows)
+        return {h for h, _ in rows}
 
     def run(
         self,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 import inspection.batch as batch_module
-from db.models import Inspection, Part, Verdict
+from db.models import Inspection, ModelVersion, Part, Verdict
 from db.session import session_scope
 from inspection.batch import BatchInspection, iter_source
 from inspection.errors import UserError
@@ -107,6 +108,38 @@ def test_resume_after_a_crash_loses_and_duplicates_nothing(
     assert _counts(detector) == (10, 10, 10)
     again = _job(detector, tmp_path).run(iter_source(str(tmp_path / "in")))
     assert (again.inspected, again.skipped) == (0, 10)
+    assert again.judged_at_other_thresholds == 0
+
+
+def test_parts_judged_before_a_recalibration_are_reported(
+    detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from training.cli import app
+
+    make_images(tmp_path / "in", n=3)
+    assert _job(detector, tmp_path).run(iter_source(str(tmp_path / "in"))).inspected == 3
+    with session_scope(detector) as session:
+        version = session.scalars(select(ModelVersion)).one()
+        version.thresholds = {**version.thresholds, "default": 0.99}  # recalibrated
+    (extra,) = make_images(tmp_path / "more", n=1, seed=5)
+    shutil.copy(tmp_path / "more" / extra.name, tmp_path / "in" / f"new-{extra.name}")
+    again = _job(detector, tmp_path).run(iter_source(str(tmp_path / "in")))
+    assert (again.inspected, again.skipped, again.judged_at_other_thresholds) == (1, 3, 3)
+    monkeypatch.setenv("DEFECTS_DATABASE_URL", detector)
+    get_settings.cache_clear()
+    result = CliRunner().invoke(
+        app, ["batch", str(tmp_path / "in"), "--line", "Line 1", "--station", "Cam A"]
+    )
+    assert result.exit_code == 0, result.output
+    # The part added after the recalibration was judged at the current thresholds.
+    assert "3 of the already inspected parts were judged at other thresholds" in " ".join(
+        result.output.split()
+    )
+    inspected = CliRunner().invoke(app, ["inspect", str(tmp_path / "in" / extra.name)])
+    assert inspected.exit_code == 0, inspected.output
+    assert "1 part(s) were judged earlier at other thresholds" in " ".join(
+        inspected.output.split()
+    )
 
 
 def test_kill_9_then_resume(detector: str, trained: Trained, tmp_path: Path) -> None:

@@ -660,6 +660,12 @@ def _print_summary(summary) -> None:  # type: ignore[no-untyped-def]
         f"run {summary.run_id} with {summary.model_name}: {summary.inspected} parts inspected, "
         f"{summary.failed} failed, {summary.errors} errors, {summary.skipped} already inspected"
     )
+    if summary.judged_at_other_thresholds:
+        console.print(
+            f"[yellow]{summary.judged_at_other_thresholds} of the already inspected parts were "
+            f"judged at other thresholds than {summary.model_name}'s current ones; their stored "
+            "verdicts stand (a part keeps one verdict per model version)[/yellow]"
+        )
     if summary.failed_by_class:
         by_class = ", ".join(f"{k} {v}" for k, v in summary.failed_by_class.most_common())
         console.print(f"failed by class: {by_class}")
@@ -770,6 +776,13 @@ def inspect_command(
     ]
     job.run(items, results.append)
     job.inspector.close()
+    if job.summary.judged_at_other_thresholds:  # on stderr: --json output stays parseable
+        typer.echo(
+            f"{job.summary.judged_at_other_thresholds} part(s) were judged earlier at other "
+            f"thresholds than {job.summary.model_name}'s current ones; their stored verdicts are "
+            "shown (a part keeps one verdict per model version)",
+            err=True,
+        )
     rows = _stored_verdicts(url, job.model_id, items)
     if as_json:
         print(json.dumps(rows, indent=2))

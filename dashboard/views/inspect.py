@@ -126,6 +126,7 @@ if st.session_state.get("inspected_key") != upload_key:
         summary.skipped,
         summary.parts_per_second,
     )
+    st.session_state["judged_at_other_thresholds"] = summary.judged_at_other_thresholds
 
 parts = st.session_state["inspected_parts"]
 with session_scope(state.url) as session:
@@ -189,6 +190,12 @@ cols[3].metric("Parts / s", f"{rate:.1f}" if inspected else "-")
 if skipped:
     st.caption(
         f"{skipped} part(s) had already been inspected by {info.name}: their stored results are shown."
+    )
+stale = st.session_state.get("judged_at_other_thresholds", 0)
+if stale:
+    st.warning(
+        f"{stale} of them were judged at other thresholds than {info.name}'s current ones: "
+        "a part keeps one verdict per model version."
     )
 st.dataframe(table, hide_index=True, use_container_width=True)
 
