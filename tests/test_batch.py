@@ -137,9 +137,7 @@ def test_parts_judged_before_a_recalibration_are_reported(
     )
     inspected = CliRunner().invoke(app, ["inspect", str(tmp_path / "in" / extra.name)])
     assert inspected.exit_code == 0, inspected.output
-    assert "1 part(s) were judged earlier at other thresholds" in " ".join(
-        inspected.output.split()
-    )
+    assert "1 part(s) were judged earlier at other thresholds" in " ".join(inspected.output.split())
 
 
 def test_kill_9_then_resume(detector: str, trained: Trained, tmp_path: Path) -> None:
