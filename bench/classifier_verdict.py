@@ -22,6 +22,7 @@ os.environ["DEFECTS_DATA_DIR"] = str(WORK)  # before the product reads its setti
 sys.path.insert(0, str(ROOT))
 
 from common import (  # noqa: E402
+    cached_json,
     cached_scores,
     calibration_cross_check,
     compare_verdicts,
@@ -249,14 +250,12 @@ def main() -> None:
     )
     from training.evaluate import evaluate_detector
 
-    detection_file = WORK / f"detector-test-{detector_id}.json"
-    if detection_file.exists():  # a model version does not change: measured once
-        detection = json.loads(detection_file.read_text())
-    else:
-        detection = evaluate_detector(
+    detection = cached_json(
+        WORK / f"detector-test-{detector_id}.json",
+        lambda: evaluate_detector(
             detector_path, "deeppcb", "test", device=device or "cpu", url=url
-        ).to_json()
-        detection_file.write_text(json.dumps(detection))
+        ).to_json(),
+    )
     print("detector on test:", {k: detection[k] for k in ("map50", "map50_95")})
     val, test = (
         cached_scores(

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from itertools import permutations
 from pathlib import Path
+from typing import Any
 
 
 def hardware() -> str:
@@ -126,23 +127,28 @@ def why_missed(parts: list, thresholds: dict[str, float], verify: float | None) 
     }
 
 
+def cached_json(path: Path, compute: Callable[[], Any]) -> Any:
+    """A measurement of model versions kept in a file: a model version does not change, so
+    measuring it again for another analysis only costs time."""
+    if path.exists():
+        return json.loads(path.read_text())
+    value = compute()
+    path.write_text(json.dumps(value))
+    return value
+
+
 def cached_scores(path: Path, score: Callable[[], list]) -> list:
-    """Scored parts (`training.calibrate.ScoredPart`) kept in a file: model versions do not
-    change, so scoring a split again for another analysis only costs time."""
+    """Scored parts (`training.calibrate.ScoredPart`) of a pair of model versions, kept."""
     from training.calibrate import ScoredDetection, ScoredPart
 
-    if path.exists():
-        return [
-            ScoredPart(
-                item["defective"],
-                tuple(ScoredDetection(**d) for d in item["detections"]),
-                item["part_probability"],
-            )
-            for item in json.loads(path.read_text())
-        ]
-    parts = score()
-    path.write_text(json.dumps([asdict(p) for p in parts]))
-    return parts
+    return [
+        ScoredPart(
+            item["defective"],
+            tuple(ScoredDetection(**d) for d in item["detections"]),
+            item["part_probability"],
+        )
+        for item in cached_json(path, lambda: [asdict(p) for p in score()])
+    ]
 
 
 def calibration_cross_check(
@@ -154,7 +160,13 @@ def calibration_cross_check(
     leaves thresholds on the faintest caught defect, to show what centring them in the gap buys."""
     import random
 
-    from training.calibrate import apply_thresholds, calibrate, calibrate_with_verification
+    from db.queries import PartCounts
+    from training.calibrate import (
+        PART,
+        apply_thresholds,
+        calibrate,
+        calibrate_with_verification,
+    )
 
     def halves(seed: int) -> tuple[list, list]:
         rng = random.Random(seed)
@@ -166,8 +178,6 @@ def calibration_cross_check(
             first += group[: len(group) // 2]
             second += group[len(group) // 2 :]
         return first, second
-
-    from training.calibrate import PART
 
     scored = any(d.verification is not None for p in val for d in p.detections)
     found = {}
@@ -193,10 +203,12 @@ def calibration_cross_check(
                 counts = apply_thresholds([p.scores(verify) for p in held_out], result.thresholds)
                 for key in totals:
                     totals[key] += getattr(counts, key)
+        counted = PartCounts(**totals)
+        # No upper bounds: the halvings overlap, so the counts are not independent trials.
         found[name] = {
             **totals,
-            "miss_rate": totals["n_missed"] / max(totals["n_defective"], 1),
-            "false_call_rate": totals["n_false_calls"] / max(totals["n_good"], 1),
+            "miss_rate": counted.miss_rate,
+            "false_call_rate": counted.false_call_rate,
         }
     return {"repeats": repeats, "setups": found}
 

@@ -211,6 +211,8 @@ class BatchInspection:
             weights, thresholds, backend, device, batch_size, classifier_weights
         )
         self.summary = BatchSummary(self.run_id, self.model_name)
+        # As stored in an inspection's JSON column, to compare with earlier inspections.
+        self._operating_point = json.loads(json.dumps(self.inspector.thresholds.to_dict()))
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-writer")
         self._pending_write: Future[None] | None = None
         self._in_flight: set[str] = set()
@@ -225,13 +227,12 @@ class BatchInspection:
         """Parts this model version already judged. A part keeps one verdict per model version
         (the schema's unique key), so one judged before the thresholds were recalibrated keeps
         its stored verdict: those are counted, so that the summary can say so."""
-        operating_point = json.loads(json.dumps(self.inspector.thresholds.to_dict()))
         rows = session.execute(
             select(Part.content_hash, Inspection.thresholds)
             .join(Inspection, Inspection.part_id == Part.id)
             .where(Part.content_hash.in_(hashes), Inspection.model_version_id == self.model_id)
         ).all()
-        self.summary.judged_at_other_thresholds += sum(t != operating_point for _, t in rows)
+        self.summary.judged_at_other_thresholds += sum(t != self._operating_point for _, t in rows)
         return {h for h, _ in rows}
 
     def run(
