@@ -12,7 +12,11 @@
 #   5. everything that must come back (result files, the best distilled student) in one folder.
 #
 # PLAN picks the steps: "neu" (1 to 4, the default), "deeppcb" (the DeepPCB part verdicts of
-# bench/classifier_verdict.py at full resolution, into classifier_verdict_gpu.json), or both.
+# bench/classifier_verdict.py at full resolution, into classifier_verdict_gpu.json), or both;
+# "pcb-detector" trains only the DeepPCB detector, inside a copy of the bench's own work database
+# (packed with `pack-pcb-detector`: the imported train and val images, about 85 MB), within
+# PCB_HOURS, and brings back that database, the weights and the run's history, so that a
+# 15-minute GPU loan goes to training alone and the verifier and the scoring run on a CPU.
 # DeepPCB (125 MB) is more than one call may carry: `pack-deeppcb` cuts it into pieces under
 # .carry-pcb1, .carry-pcb2, ... here, each call carries one of them, and the pipeline's DeepPCB
 # step waits until every piece has come.
@@ -50,6 +54,7 @@ PCB_CLASSIFIER=${PCB_CLASSIFIER:-resnet18}
 PCB_CLASSIFIER_EPOCHS=${PCB_CLASSIFIER_EPOCHS:-30}
 PCB_CLASSIFIER_IMGSZ=${PCB_CLASSIFIER_IMGSZ:-320}
 PCB_FRACTION=${PCB_FRACTION:-1.0}  # of the training images; less only to try the plan quickly
+PCB_HOURS=${PCB_HOURS:-}  # a wall-time budget for the pcb-detector plan's training (--hours)
 PCB_WAIT=${PCB_WAIT:-900}  # seconds the DeepPCB step waits for its last piece
 PCB_PIECE=${PCB_PIECE:-43m}  # with .whl (10 MiB) under the 64 MiB a call carries
 mkdir -p "$WORK/out"
@@ -93,18 +98,23 @@ take_pieces() {  # DeepPCB pieces carried by this call, moved out before the nex
     return 0
 }
 
-deeppcb_root() {  # the carried pieces once all have come, else $DEEPPCB
+unpack_pieces() {  # the carried pieces, once all have come, unpacked under $WORK/data
     local pieces="$WORK/pcb-pieces" waited=0
-    if [[ ! -f $pieces/pieces ]]; then
-        echo "${DEEPPCB:-}"  # PCBData of an unpacked copy, for a try on a CPU
-        return 0
-    fi
+    [[ -f $pieces/pieces ]] || return 1
     while (($(compgen -G "$pieces/deeppcb.tar.*" | wc -l) < $(cat "$pieces/pieces"))); do
         ((waited >= PCB_WAIT)) && { echo "DeepPCB pieces missing after $waited s" >&2; return 1; }
         sleep 10
         waited=$((waited + 10))
     done
-    mkdir -p "$WORK/data" && cat "$pieces"/deeppcb.tar.* | tar -x -C "$WORK/data" || return 1
+    mkdir -p "$WORK/data" && cat "$pieces"/deeppcb.tar.* | tar -x -C "$WORK/data"
+}
+
+deeppcb_root() {  # the carried pieces once all have come, else $DEEPPCB
+    if [[ ! -f $WORK/pcb-pieces/pieces ]]; then
+        echo "${DEEPPCB:-}"  # PCBData of an unpacked copy, for a try on a CPU
+        return 0
+    fi
+    unpack_pieces >&2 || return 1
     echo "$WORK/data/deeppcb/PCBData"
 }
 
@@ -121,6 +131,23 @@ deeppcb() {
     detector=$(ls -t bench/.work/classifier_verdict/models/"$PCB_DETECTOR"-*/best.pt 2>/dev/null | head -1)
     [[ -n $detector ]] && cp "$detector" "$WORK/out/deeppcb_detector.pt"
     return 0
+}
+
+pcb_detector() {  # only the detector, into the bench's own database; scored on a CPU afterwards
+    unpack_pieces || { echo "no DeepPCB training data" >&2; return 1; }
+    local work=$WORK/data/classifier_verdict origin run
+    origin=$(cat "$work/.origin")  # where the database's paths point: the packing checkout's
+    [[ -e $origin ]] && { echo "$origin exists here: not replaced" >&2; return 1; }
+    mkdir -p "$(dirname "$origin")" && ln -s "$work" "$origin" || return 1
+    # shellcheck disable=SC2086  # PCB_HOURS: an optional option
+    DEFECTS_DATA_DIR=$origin "$PY" -c 'import sys; from training.cli import main; sys.argv[0] = "defects"; main()' \
+        train detector --data deeppcb --model "$PCB_DETECTOR" --imgsz "$PCB_IMGSZ" \
+        --batch "$PCB_BATCH" --workers "$WORKERS" --device "$DEVICE" --epochs "$PCB_EPOCHS" \
+        ${PCB_HOURS:+--hours $PCB_HOURS} || return 1
+    run=$(ls -td "$work"/runs/detect/deeppcb-* | head -1)
+    mkdir -p "$WORK/out/pcb_detector" && cp "$work/defects.db" "$run/weights/best.pt" \
+        "$run/results.csv" "$run/args.yaml" "$WORK/out/pcb_detector/"
+    basename "$run" >"$WORK/out/pcb_detector/run_name"
 }
 
 step() {  # a failed step is logged and the pipeline goes on to the next one
@@ -196,6 +223,10 @@ run() {
         overrides
         step deeppcb deeppcb
     fi
+    if [[ " $PLAN " == *" pcb-detector "* ]]; then
+        overrides
+        step pcb-detector pcb_detector
+    fi
     gather
     echo "=== pipeline done"
     touch "$WORK/out/DONE"
@@ -233,8 +264,25 @@ pack-deeppcb)  # here, before the session: DeepPCB in pieces a call can carry, o
     rm -rf "$WORK/pack"
     du -sh "$ROOT"/.carry-pcb*
     ;;
+pack-pcb-detector)  # here: the bench's imported DeepPCB (train, val) and database, in pieces
+    src=$ROOT/bench/.work/classifier_verdict
+    rm -rf "$ROOT"/.carry-pcb* && mkdir -p "$WORK/pack"
+    echo "$src" >"$src/.origin"
+    (cd "$src/.." && tar -cf - classifier_verdict/.origin classifier_verdict/defects.db \
+        classifier_verdict/datasets/deeppcb/{data.yaml,splits,labels/train,labels/val,images/train,images/val}) |
+        split -b "$PCB_PIECE" -d - "$WORK/pack/deeppcb.tar."
+    count=$(ls "$WORK/pack" | wc -l)
+    i=0
+    for piece in "$WORK"/pack/deeppcb.tar.*; do
+        i=$((i + 1))
+        mkdir -p "$ROOT/.carry-pcb$i" && mv "$piece" "$ROOT/.carry-pcb$i/" && echo "$count" >"$ROOT/.carry-pcb$i/pieces"
+    done
+    rm -rf "$WORK/pack"
+    du -sh "$ROOT"/.carry-pcb*
+    ;;
 collect)  # one archive back: the device returns at most 8 files
-    mkdir -p "${2:?collect needs a folder}" && tar -cf "$2/gpu_session.tar" -C "$WORK/out" .
+    # in pieces of 15 MB (a file over 16 MB does not come back): cat gpu_session.tar.* | tar -x
+    mkdir -p "${2:?collect needs a folder}" && tar -cf - -C "$WORK/out" . | split -b 15m -d - "$2/gpu_session.tar."
     cp "$LOG" "$2/pipeline.log"
     ls -la "$2"
     ;;

@@ -264,6 +264,26 @@ def test_interrupted_training_resumes(trained: Trained, monkeypatch: pytest.Monk
         assert get_model_version(session, version_id).metrics["epochs"] == 2
 
 
+def test_a_time_budget_replans_the_epochs(trained: Trained, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A GPU lent for minutes: training must end inside the budget, not after --epochs."""
+    from sqlalchemy import select
+
+    from db.models import JobStatus, TrainingJob
+    from training.train_detector import TrainRequest, train_detector
+
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
+    get_settings.cache_clear()
+    request = TrainRequest(
+        data="synth", architecture="defect-yolo-n-plain", epochs=500, imgsz=64, batch=4, hours=0.001
+    )
+    version_id = train_detector(request, url=trained.url)
+    with session_scope(trained.url) as session:
+        trained_epochs = get_model_version(session, version_id).metrics["epochs"]
+        job = session.scalars(select(TrainingJob).order_by(TrainingJob.id.desc())).first()
+        assert job is not None and job.status == JobStatus.SUCCEEDED and job.progress == 1.0
+    assert 1 <= trained_epochs < 500
+
+
 def test_results_csv_is_read_the_same_without_polars(tmp_path: Path) -> None:
     """GPU images often lack polars; checkpoints must still be saved with the training history."""
     import polars as pl

@@ -215,6 +215,17 @@ def train_detector_command(
     name: Annotated[str | None, typer.Option(help="Run name.")] = None,
     seed: int = 0,
     plots: Annotated[bool, typer.Option(help="Save training plots.")] = False,
+    workers: Annotated[
+        int, typer.Option(min=0, help="Data-loading processes (a GPU wants several).")
+    ] = 2,
+    hours: Annotated[
+        float | None,
+        typer.Option(
+            min=0.001,
+            help="Wall-time budget: the epochs are re-planned after the first to end within it "
+            "(--epochs is then ignored).",
+        ),
+    ] = None,
 ) -> None:
     """Train (or fine-tune) a detector; the result is registered as a candidate model version."""
     from training.train_detector import TrainRequest, train_detector
@@ -231,6 +242,8 @@ def train_detector_command(
         name=name,
         seed=seed,
         plots=plots,
+        hours=hours,
+        workers=workers,
     )
     version_id = train_detector(request, url=migrated_database_url())
     with session_scope(database_url()) as session:

@@ -114,6 +114,9 @@ class TrainRequest:
     resume: bool = False
     name: str | None = None
     workers: int = 2
+    # A wall-time budget: ultralytics re-plans the epochs after the first one so that the learning
+    # rate schedule and the last mosaic-free epochs end inside it; `epochs` is then ignored.
+    hours: float | None = None
     patience: int = 50
     seed: int = 0
     plots: bool = False
@@ -146,10 +149,11 @@ def _distill_trainer(request: TrainRequest) -> dict[str, Any]:
     return {"trainer": ChannelWiseDistillationTrainer}
 
 
-def _job_progress_callback(url: str, job_id: int, epochs: int):  # type: ignore[no-untyped-def]
+def _job_progress_callback(url: str, job_id: int):  # type: ignore[no-untyped-def]
     """Epoch progress into the job record; plain data only, so DDP can pickle it."""
 
     def on_fit_epoch_end(trainer) -> None:  # type: ignore[no-untyped-def]
+        epochs = trainer.epochs  # re-planned by ultralytics under a time budget
         with session_scope(url) as session:
             job = session.get(TrainingJob, job_id)
             if job is not None:
@@ -239,7 +243,7 @@ def train_detector(
 
     prefix = f"{request.data}-{architecture}"
     events = {
-        "on_fit_epoch_end": _job_progress_callback(url, job_id, request.epochs),
+        "on_fit_epoch_end": _job_progress_callback(url, job_id),
         "on_pretrain_routine_end": _use_every_cpu_core,
     }
     try:
@@ -271,6 +275,7 @@ def train_detector(
                 exist_ok=False,
                 plots=request.plots,
                 pretrained=bool(base_weights),
+                **({"time": request.hours} if request.hours else {}),
                 **{
                     "close_mosaic": min(10, max(request.epochs // 5, 0)),
                     **(_distill_arguments(request, teacher_weights) if teacher_weights else {}),
