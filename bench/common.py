@@ -259,11 +259,15 @@ def training_stages(url: str, version_ref: int | str) -> list[dict]:
                 {
                     "version": version.name,
                     "architecture": params.get("architecture") or params.get("backbone"),
-                    "epochs": params.get("epochs"),
+                    # trained, not asked for: a time budget (hours) re-plans the epochs
+                    "epochs": version.metrics.get("epochs") or params.get("epochs"),
                     "imgsz": params.get("imgsz"),
+                    "device": params.get("device") or "default",
                     "wall_s": wall,
                 }
             )
+            if params.get("hours"):
+                stages[-1]["hours_budget"] = params["hours"]
             if params.get("hard_negatives_from"):
                 stages[-1]["hard_negatives_from"] = params["hard_negatives_from"]
             ref = params.get("from_model")

@@ -280,6 +280,19 @@ pack-pcb-detector)  # here: the bench's imported DeepPCB (train, val) and databa
     rm -rf "$WORK/pack"
     du -sh "$ROOT"/.carry-pcb*
     ;;
+receive-pcb-detector)  # here, after the session: the pcb-detector plan's result into the bench's work folder
+    src=${2:?receive-pcb-detector needs the folder the device files came to}
+    dst=$ROOT/bench/.work/classifier_verdict
+    mkdir -p "$WORK/received" && cat "$src"/gpu_session.tar.* | tar -x -C "$WORK/received" || exit 1
+    got=$WORK/received/pcb_detector
+    run_name=$(cat "$got/run_name")
+    cp "$dst/defects.db" "$dst/defects.db.before-gpu" && cp "$got/defects.db" "$dst/defects.db" || exit 1
+    mkdir -p "$dst/runs/detect/$run_name/weights"
+    cp "$got/results.csv" "$got/args.yaml" "$dst/runs/detect/$run_name/"
+    cp "$got/best.pt" "$dst/runs/detect/$run_name/weights/best.pt"
+    # The device resolved the work folder's link to where it unpacked it: its paths become ours.
+    python3 bench/receive_work_db.py "$dst" || exit 1
+    ;;
 collect)  # one archive back: the device returns at most 8 files
     # in pieces of 15 MB (a file over 16 MB does not come back): cat gpu_session.tar.* | tar -x
     mkdir -p "${2:?collect needs a folder}" && tar -cf - -C "$WORK/out" . | split -b 15m -d - "$2/gpu_session.tar."
@@ -287,7 +300,8 @@ collect)  # one archive back: the device returns at most 8 files
     ls -la "$2"
     ;;
 *)
-    echo "usage: $0 start | wait [SECONDS] [FOLDER] | collect FOLDER | pack-deeppcb [DATASETS] | run" >&2
+    echo "usage: $0 start | wait [SECONDS] [FOLDER] | collect FOLDER | pack-deeppcb [DATASETS] |" \
+        "pack-pcb-detector | receive-pcb-detector FOLDER | run" >&2
     exit 2
     ;;
 esac

@@ -264,7 +264,9 @@ def test_interrupted_training_resumes(trained: Trained, monkeypatch: pytest.Monk
         assert get_model_version(session, version_id).metrics["epochs"] == 2
 
 
-def test_a_time_budget_replans_the_epochs(trained: Trained, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_time_budget_replans_the_epochs(
+    trained: Trained, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A GPU lent for minutes: training must end inside the budget, not after --epochs."""
     from sqlalchemy import select
 
