@@ -280,10 +280,26 @@ def total_wall_seconds(stages: list[dict]) -> float | None:
     return round(sum(walls), 1) if walls and None not in walls else None
 
 
+def _where(stage: dict) -> str:
+    """A stage trained on a GPU says so (and its time budget): the result file's hardware line
+    is the machine that scored the models, not always the one that trained them."""
+    device = str(stage.get("device", "default"))
+    on = " on a GPU" if device not in ("cpu", "default") else ""
+    budget = f" (a {stage['hours_budget']} h budget)" if stage.get("hours_budget") else ""
+    return on + budget
+
+
 def describe_stages(stages: list[dict]) -> str:
     """'25 epochs at 320 px, then 30 more at 320 px' for a model card or result table."""
-    parts = [f"{s['epochs']} epochs at {s['imgsz']} px" for s in stages[:1]]
-    parts += [f"then fine-tuned {s['epochs']} more at {s['imgsz']} px" for s in stages[1:]]
-    if any(s.get("hard_negatives_from") for s in stages):
-        parts.append("with the detector's false detections on train as good crops")
+    parts = [f"{s['epochs']} epochs at {s['imgsz']} px{_where(s)}" for s in stages[:1]]
+    parts += [
+        f"then fine-tuned {s['epochs']} more at {s['imgsz']} px{_where(s)}" for s in stages[1:]
+    ]
+    sources = sorted(
+        {str(s["hard_negatives_from"]) for s in stages if s.get("hard_negatives_from")}
+    )
+    if sources:
+        parts.append(
+            f"with detector {', '.join(sources)}'s false detections on train as good crops"
+        )
     return ", ".join(parts) or "schedule unknown"
