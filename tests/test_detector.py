@@ -151,6 +151,25 @@ def test_an_exported_detector_is_evaluated_like_its_checkpoint(trained: Trained)
     assert figures[1]["weights"] == onnx_path.name
 
 
+def test_part_figures_do_not_depend_on_the_batch(trained: Trained) -> None:
+    """Parts are predicted one batch of files at a time: every part counted once, whatever the
+    batch, including a last batch that is not full."""
+    from training.evaluate import evaluate_detector
+
+    thresholds = {"default": 0.0001}
+    figures = [
+        evaluate_detector(
+            trained.weights, "synth", "test", thresholds=thresholds, batch=batch, url=trained.url
+        ).to_json()
+        for batch in (16, 3)
+    ]
+    assert figures[0]["n_defective"] + figures[0]["n_good"] > 3  # more than one batch of 3
+    for key in ("n_defective", "n_good", "n_missed", "n_false_calls"):
+        assert figures[1][key] == figures[0][key], key
+    for name, row in figures[0]["per_class"].items():
+        assert figures[1]["per_class"][name]["recall"] == row["recall"], name
+
+
 def test_a_classifier_or_a_broken_onnx_file_is_a_clear_error(
     trained: Trained, trained_classifier: str, tmp_path: Path
 ) -> None:
