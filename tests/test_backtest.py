@@ -100,6 +100,7 @@ def test_retraining_runs_as_its_own_process(
         architecture="defect-yolo-n",
         log_dir=tmp_path,
         teacher=trained.version_name,
+        hours=0.001,  # a budget as the Models page sets it: it reaches the training job
     )
     deadline = time.monotonic() + 240
     while process_alive(pid) and time.monotonic() < deadline:
@@ -115,3 +116,4 @@ def test_retraining_runs_as_its_own_process(
         assert job.status == JobStatus.SUCCEEDED, log.read_text()[-2000:]
         assert job.result_model_version_id is not None and job.progress == 1.0
         assert job.kind == "distill-detector"
+        assert job.params["hours"] == 0.001

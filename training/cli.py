@@ -196,6 +196,16 @@ def import_command(
             console.print(f"  ... see {report.root / 'import_report.txt'}", markup=False)
 
 
+HoursOption = Annotated[
+    float | None,
+    typer.Option(
+        min=0.001,
+        help="Wall-time budget: the epochs are re-planned after the first to end within it "
+        "(--epochs is then ignored).",
+    ),
+]
+
+
 @train_app.command("detector")
 def train_detector_command(
     data: Annotated[str, typer.Option(help="Imported dataset name.")],
@@ -218,14 +228,7 @@ def train_detector_command(
     workers: Annotated[
         int, typer.Option(min=0, help="Data-loading processes (a GPU wants several).")
     ] = 2,
-    hours: Annotated[
-        float | None,
-        typer.Option(
-            min=0.001,
-            help="Wall-time budget: the epochs are re-planned after the first to end within it "
-            "(--epochs is then ignored).",
-        ),
-    ] = None,
+    hours: HoursOption = None,
 ) -> None:
     """Train (or fine-tune) a detector; the result is registered as a candidate model version."""
     from training.train_detector import TrainRequest, train_detector
@@ -289,6 +292,7 @@ def distill_detector_command(
     device: Annotated[str | None, typer.Option(help="cpu, 0, 0,1 (GPUs).")] = None,
     resume: Annotated[bool, typer.Option(help="Resume the last interrupted run.")] = False,
     seed: int = 0,
+    hours: HoursOption = None,
 ) -> None:
     """Train a student detector with feature distillation from a frozen teacher."""
     from training.train_detector import TrainRequest, train_detector
@@ -306,6 +310,7 @@ def distill_detector_command(
         teacher=teacher,
         distill_method=method.value,  # type: ignore[arg-type]  # the enum's values are the literals
         distill_weight=weight,
+        hours=hours,
     )
     version_id = train_detector(request, url=migrated_database_url())
     with session_scope(database_url()) as session:

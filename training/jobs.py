@@ -22,9 +22,10 @@ def start_detector_training(
     architecture: str = "defect-yolo-s",
     log_dir: Path | None = None,
     teacher: str | None = None,
+    hours: float | None = None,
 ) -> tuple[int, Path]:
     """Launch `defects train detector` (or `distill detector` with a teacher) detached; returns
-    its pid and log file."""
+    its pid and log file. With `hours`, training ends within that time whatever `epochs` says."""
     log_dir = log_dir or get_settings().runs_dir / "jobs"
     log_dir.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-c", "from training.cli import main; main()"]
@@ -35,6 +36,8 @@ def start_detector_training(
     command += ["--data", data, "--epochs", str(epochs), "--imgsz", str(imgsz)]
     if from_model:
         command += ["--from", from_model]
+    if hours:
+        command += ["--hours", str(hours)]
     log_file = log_dir / f"train-{data}-{os.getpid()}-{len(list(log_dir.iterdir()))}.log"
     with log_file.open("w") as log:
         process = subprocess.Popen(

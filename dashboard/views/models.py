@@ -124,6 +124,13 @@ else:
         data = st.selectbox("Dataset", datasets)
         epochs = st.number_input("Epochs", min_value=1, value=50)
         imgsz = st.number_input("Image size", min_value=64, value=256, step=32)
+        hours = st.number_input(
+            "Time budget, hours (0: every epoch)",
+            min_value=0.0,
+            value=0.0,
+            step=0.5,
+            help="Training ends within this time, its schedule fitted to it; the epochs are then ignored.",
+        )
         fine_tune = st.checkbox(
             f"Fine-tune from the production model ({production_name})"
             if production_name
@@ -150,6 +157,7 @@ else:
                 production_name if fine_tune and production_name else None,
                 architecture=architecture,
                 teacher=production_name if distill and production_name else None,
+                hours=float(hours) or None,
             )
             st.success(
                 f"Training started (process {pid}); it goes on if you close this page. Log: {log}"
