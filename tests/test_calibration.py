@@ -15,6 +15,7 @@ from training.calibrate import (
     apply_thresholds,
     calibrate,
     calibrate_with_verification,
+    left_off_warning,
     parse_verify_threshold,
     shared_is_safer,
     upper_bound,
@@ -121,6 +122,23 @@ def test_unused_dimensions_stay_off() -> None:
         class_thresholds="per-class",
     )
     assert math.isinf(result.thresholds["spot"])
+    assert result.classes_left_off == ["spot"]
+
+
+def test_a_class_that_only_comes_with_caught_defects_is_switched_off_and_said() -> None:
+    # Every spot sits on a part whose scratch is caught: per-class calibration needs no spot
+    # threshold, so a part with only a spot would pass. Shared keeps spots on.
+    parts = [
+        PartScores(True, {"scratch": 0.9, "spot": 0.3}),
+        PartScores(True, {"scratch": 0.8, "spot": 0.35}),
+        PartScores(False, {"spot": 0.4}),
+    ]
+    per_class = calibrate(parts, ["scratch", "spot"], 0.0, class_thresholds="per-class")
+    assert per_class.classes_left_off == ["spot"]
+    assert "spot: off" in left_off_warning(per_class.classes_left_off)
+    shared = calibrate(parts, ["scratch", "spot"], 0.0, class_thresholds="shared")
+    assert shared.classes_left_off == []
+    assert apply_thresholds([PartScores(True, {"spot": 0.7})], shared.thresholds).n_missed == 0
 
 
 def test_without_good_parts_false_detections_keep_thresholds_sensible() -> None:

@@ -109,6 +109,22 @@ class Calibration(PartCounts):
     def report(self) -> dict[str, Any]:
         return {"max_miss_rate": self.max_miss_rate, **rate_report(self), **self.details}
 
+    @property
+    def classes_left_off(self) -> list[str]:
+        """Defect classes whose detections never fail a part at this operating point. Per-class
+        calibration switches a class off when every defective part of the split was caught
+        without it (its defects always came with others): a new part whose only defects are of
+        that class would then pass, which QA must be told."""
+        return [d for d, t in self.thresholds.items() if d != PART and not math.isfinite(t)]
+
+
+def left_off_warning(classes: list[str]) -> str:
+    return (
+        f"{', '.join(classes)}: off. Every defective part of the split was caught without "
+        "these classes, so a part whose only defects are of these classes would pass; "
+        "one shared threshold (class thresholds: shared) keeps every class on."
+    )
+
 
 def shared_is_safer(n_defective: int, n_classes: int, max_miss_rate: float) -> bool:
     """Whether the split is too small for per-class thresholds to hold the target on new parts."""
