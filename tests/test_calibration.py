@@ -230,6 +230,24 @@ def test_verification_lets_a_low_threshold_catch_a_faint_defect_without_false_ca
     assert result.details["verify"] == verify
 
 
+def test_the_crop_threshold_sits_in_its_gap_too() -> None:
+    parts = [
+        _scored(True, ("scratch", 0.9, 0.95)),
+        _scored(True, ("scratch", 0.3, 0.8)),
+        _scored(False, ("scratch", 0.6, 0.1)),
+        _scored(False, ("scratch", 0.5, 0.2)),  # the most defect-like crop a good part has
+    ]
+    on_crops, plain = calibrate_with_verification(parts, ["scratch"], 0.0, centre=False)
+    centred, result = calibrate_with_verification(parts, ["scratch"], 0.0)
+    assert on_crops is not None and centred is not None
+    assert centred == pytest.approx((on_crops + 0.2) / 2)
+    assert (result.n_missed, result.n_false_calls) == (0, 0)
+    # A new defect whose crop scores a little under every crop of the split is still confirmed.
+    new_defect = _scored(True, ("scratch", 0.95, (on_crops + centred) / 2))
+    assert apply_thresholds([new_defect.scores(centred)], result.thresholds).n_missed == 0
+    assert apply_thresholds([new_defect.scores(on_crops)], plain.thresholds).n_missed == 1
+
+
 def test_verification_stays_off_when_it_cuts_no_false_call() -> None:
     parts = [
         _scored(True, ("scratch", 0.9, 0.5)),

@@ -359,7 +359,37 @@ def calibrate_with_verification(
         assert unverified is not None
         return None, unverified
     _, verify, result = best
+    if centre and verify is not None:
+        verify = _centre_verification(parts, verify, result.thresholds)
+        # The split's false calls are the same by construction; a defect crop in the gap is
+        # now kept, so its misses can only fall.
+        counts = apply_thresholds([p.scores(verify) for p in parts], result.thresholds)
+        result = replace(result, n_missed=counts.n_missed, n_false_calls=counts.n_false_calls)
     return verify, replace(result, details={**result.details, "verify": verify})
+
+
+def _centre_verification(
+    parts: list[ScoredPart], verify: float, thresholds: dict[str, float]
+) -> float:
+    """The crop threshold lowered to the middle of the gap between it and the most defect-like
+    crop below it that would fail a good part (a counted detection on a good part not failed
+    already): as for the detection thresholds, a real defect whose crop scores a little under
+    the split's crops is still confirmed, and the split's false calls stay the same."""
+    harmful: list[float] = []
+    for part in parts:
+        if part.defective:
+            continue
+        scores = part.scores(verify)
+        if any(scores.scores.get(d, -NEVER) >= t for d, t in thresholds.items()):
+            continue  # failed already: its other crops change nothing
+        harmful.extend(
+            d.verification
+            for d in part.detections
+            if d.verification is not None
+            and d.verification < verify
+            and d.confidence >= thresholds.get(d.class_name, NEVER)
+        )
+    return (verify + max(harmful)) / 2 if harmful else verify
 
 
 def parse_verify_threshold(value: float | str | None) -> float | str | None:
