@@ -232,6 +232,19 @@ run() {
     touch "$WORK/out/DONE"
 }
 
+pack_pieces() {  # here: a tar stream on stdin cut into pieces a call can carry, one per folder
+    rm -rf "$ROOT"/.carry-pcb* "$WORK/pack" && mkdir -p "$WORK/pack"
+    split -b "$PCB_PIECE" -d - "$WORK/pack/deeppcb.tar." || return 1
+    local count i=0 piece
+    count=$(ls "$WORK/pack" | wc -l)
+    for piece in "$WORK"/pack/deeppcb.tar.*; do
+        i=$((i + 1))
+        mkdir -p "$ROOT/.carry-pcb$i" && mv "$piece" "$ROOT/.carry-pcb$i/" && echo "$count" >"$ROOT/.carry-pcb$i/pieces"
+    done
+    rm -rf "$WORK/pack"
+    du -sh "$ROOT"/.carry-pcb*
+}
+
 case ${1:-} in
 start)
     rm -rf "$WORK" && mkdir -p "$WORK/out" "$COPY"
@@ -253,32 +266,14 @@ wait)  # print progress until the pipeline ends or the given seconds pass
     [[ -n ${3:-} ]] && "$0" collect "$3"
     ;;
 pack-deeppcb)  # here, before the session: DeepPCB in pieces a call can carry, one per folder
-    rm -rf "$ROOT"/.carry-pcb* && mkdir -p "$WORK/pack"
-    tar -C "${2:-$ROOT/../shared/datasets}" -cf - deeppcb | split -b "$PCB_PIECE" -d - "$WORK/pack/deeppcb.tar."
-    count=$(ls "$WORK/pack" | wc -l)
-    i=0
-    for piece in "$WORK"/pack/deeppcb.tar.*; do
-        i=$((i + 1))
-        mkdir -p "$ROOT/.carry-pcb$i" && mv "$piece" "$ROOT/.carry-pcb$i/" && echo "$count" >"$ROOT/.carry-pcb$i/pieces"
-    done
-    rm -rf "$WORK/pack"
-    du -sh "$ROOT"/.carry-pcb*
+    tar -C "${2:-$ROOT/../shared/datasets}" -cf - deeppcb | pack_pieces
     ;;
 pack-pcb-detector)  # here: the bench's imported DeepPCB (train, val) and database, in pieces
     src=$ROOT/bench/.work/classifier_verdict
-    rm -rf "$ROOT"/.carry-pcb* && mkdir -p "$WORK/pack"
     echo "$src" >"$src/.origin"
     (cd "$src/.." && tar -cf - classifier_verdict/.origin classifier_verdict/defects.db \
         classifier_verdict/datasets/deeppcb/{data.yaml,splits,labels/train,labels/val,images/train,images/val}) |
-        split -b "$PCB_PIECE" -d - "$WORK/pack/deeppcb.tar."
-    count=$(ls "$WORK/pack" | wc -l)
-    i=0
-    for piece in "$WORK"/pack/deeppcb.tar.*; do
-        i=$((i + 1))
-        mkdir -p "$ROOT/.carry-pcb$i" && mv "$piece" "$ROOT/.carry-pcb$i/" && echo "$count" >"$ROOT/.carry-pcb$i/pieces"
-    done
-    rm -rf "$WORK/pack"
-    du -sh "$ROOT"/.carry-pcb*
+        pack_pieces
     ;;
 receive-pcb-detector)  # here, after the session: the pcb-detector plan's result into the bench's work folder
     src=${2:?receive-pcb-detector needs the folder the device files came to}
