@@ -262,7 +262,8 @@ def training_stages(url: str, version_ref: int | str) -> list[dict]:
                     # trained, not asked for: a time budget (hours) re-plans the epochs
                     "epochs": version.metrics.get("epochs") or params.get("epochs"),
                     "imgsz": params.get("imgsz"),
-                    "device": params.get("device") or "default",
+                    # where it ran; older versions only kept the device asked for
+                    "device": version.metrics.get("device") or params.get("device") or "default",
                     "wall_s": wall,
                 }
             )

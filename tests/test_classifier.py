@@ -99,7 +99,9 @@ def test_verdict_with_classifier_and_verification() -> None:
 
 def test_classifier_checkpoint_is_plain_weights(trained: Trained, trained_classifier: str) -> None:
     with session_scope(trained.url) as session:
-        weights = Path(get_model_version(session, trained_classifier).file_path)
+        version = get_model_version(session, trained_classifier)
+        weights = Path(version.file_path)
+        assert version.metrics["device"] == "cpu"
     checkpoint = torch.load(weights, weights_only=True)
     assert checkpoint["class_names"] == [GOOD, *CLASSES]
     model, size = load_classifier(weights)

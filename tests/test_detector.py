@@ -56,6 +56,7 @@ def test_training_registers_a_candidate_with_metrics(trained: Trained) -> None:
         assert version.classes == CLASSES
         assert version.sha256 and len(version.sha256) == 64
         assert "val_map50" in version.metrics
+        assert version.metrics["device"] == "cpu"  # where it ran, for the benches' result tables
         assert version.thresholds["per_class"] == dict.fromkeys(CLASSES, 0.25)
     assert trained.weights.is_file()
 

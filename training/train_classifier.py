@@ -427,6 +427,7 @@ def train_classifier(request: ClassifierTrainRequest, url: str | None = None) ->
             "val_accuracy": best_accuracy,
             "epochs": request.epochs,
             "train_wall_s": round(time.perf_counter() - started, 1),
+            "device": str(device),  # as resolved: "auto" says nothing about where it ran
         }
         if distill_log:
             per_epoch = np.array_split(np.array(distill_log), request.epochs)

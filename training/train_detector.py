@@ -293,6 +293,7 @@ def train_detector(
             "val_map50_95": float(trainer.metrics.get("metrics/mAP50-95(B)", 0.0)),
             "epochs": int(trainer.epoch + 1),
             "imgsz": int(trainer.args.imgsz),
+            "device": str(trainer.device),  # as resolved: "auto" says nothing about where it ran
             "run_dir": str(Path(trainer.save_dir)),
         }
         with session_scope(url) as session:
