@@ -26,6 +26,8 @@ def relink(work: Path) -> None:
             metrics["run_dir"] = str(work / metrics["run_dir"].split(marker, 1)[1])
             local.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(Path(metrics["run_dir"]) / "weights" / "best.pt", local)
+        if not local.is_file():  # a version whose weights did not come back (no run of ours)
+            print(f"model version {version_id}: {local} is missing; copy its weights there")
         db.execute(
             "UPDATE model_versions SET file_path = ?, metrics = ? WHERE id = ?",
             (str(local), json.dumps(metrics), version_id),
