@@ -14,7 +14,7 @@
 # PLAN picks the steps: "neu" (1 to 4, the default), "deeppcb" (the DeepPCB part verdicts of
 # bench/classifier_verdict.py at full resolution, into classifier_verdict_gpu.json), or both;
 # "pcb-detector" trains only the DeepPCB detector, inside a copy of the bench's own work database
-# (packed with `pack-pcb-detector`: the imported train and val images, about 85 MB), within
+# (packed with `pack-pcb-detector`: the imported train and val images, about 83 MB), within
 # PCB_HOURS, and brings back that database, the weights and the run's history, so that a
 # 15-minute GPU loan goes to training alone and the verifier and the scoring run on a CPU.
 # DeepPCB (125 MB) is more than one call may carry: `pack-deeppcb` cuts it into pieces under
@@ -56,7 +56,7 @@ PCB_CLASSIFIER_IMGSZ=${PCB_CLASSIFIER_IMGSZ:-320}
 PCB_FRACTION=${PCB_FRACTION:-1.0}  # of the training images; less only to try the plan quickly
 PCB_HOURS=${PCB_HOURS:-}  # a wall-time budget for the pcb-detector plan's training (--hours)
 PCB_WAIT=${PCB_WAIT:-900}  # seconds the DeepPCB step waits for its last piece
-PCB_PIECE=${PCB_PIECE:-43m}  # with .whl (10 MiB) under the 64 MiB a call carries
+PCB_PIECE=${PCB_PIECE:-35m}  # with .whl (10 MiB) and the checkout (16 MiB) under the 64 MiB a call carries
 mkdir -p "$WORK/out"
 
 prepare() {
@@ -286,7 +286,7 @@ receive-pcb-detector)  # here, after the session: the pcb-detector plan's result
     cp "$got/results.csv" "$got/args.yaml" "$dst/runs/detect/$run_name/"
     cp "$got/best.pt" "$dst/runs/detect/$run_name/weights/best.pt"
     # The device resolved the work folder's link to where it unpacked it: its paths become ours.
-    python3 bench/receive_work_db.py "$dst" || exit 1
+    "$PY" "$ROOT/bench/receive_work_db.py" "$dst" || exit 1
     ;;
 collect)  # one archive back: the device returns at most 8 files
     # in pieces of 15 MB (a file over 16 MB does not come back): cat gpu_session.tar.* | tar -x
