@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -212,11 +213,25 @@ class Part(Base):
 
 
 class Inspection(Base):
-    """A part's verdict by one model version: pass/fail with its predictions, or the error."""
+    """A part's verdict by one model version: pass/fail with its predictions, or the error.
+
+    A part has one current verdict per model version. Judged again at another operating point
+    (the version's thresholds were recalibrated), the earlier verdict is kept, marked
+    superseded, and the history's figures count the current one only.
+    """
 
     __tablename__ = "inspections"
     __table_args__ = (
-        UniqueConstraint("part_id", "model_version_id", name="uq_inspection_part_model"),
+        # Partial unique index (SQLite and PostgreSQL both have them): superseded verdicts
+        # stay beside the current one.
+        Index(
+            "uq_inspection_part_model_current",
+            "part_id",
+            "model_version_id",
+            unique=True,
+            sqlite_where=text("superseded_at IS NULL"),
+            postgresql_where=text("superseded_at IS NULL"),
+        ),
         Index("ix_inspections_inspected_at", "inspected_at"),
     )
 
@@ -233,6 +248,9 @@ class Inspection(Base):
     latency_ms: Mapped[float | None] = mapped_column(Float)
     error: Mapped[str | None] = mapped_column(Text)
     inspected_at: Mapped[datetime] = mapped_column(default=utcnow)
+    superseded_at: Mapped[datetime | None] = mapped_column(
+        doc="When the part was judged again by this model version at another operating point."
+    )
 
     part: Mapped[Part] = relationship(back_populates="inspections")
     run: Mapped[InspectionRun | None] = relationship()

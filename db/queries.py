@@ -7,7 +7,8 @@ defective reading wins: an escape must never be hidden by a later "good".
 
 Miss rate = defective parts passed / defective parts; false-call rate = good parts failed /
 good parts. Both count inspections (a part inspected by two model versions counts once for
-each); inspections that ended in an error are neither.
+each); inspections that ended in an error are neither. A verdict superseded by a later one of
+the same model version (the part judged again after a recalibration) is left out unless asked.
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ GroupBy = Literal["day", "line", "station", "model_version", "class", "all"]
 _DEFECT_REVIEWS = (ReviewKind.CONFIRMED_DEFECT, ReviewKind.MISSED_DEFECT)
 
 
+def current_verdict() -> ColumnElement[bool]:
+    """Inspections not superseded by a later verdict of the same model version."""
+    return Inspection.superseded_at.is_(None)
+
+
 @dataclass(frozen=True)
 class Filters:
     """Which inspections a query looks at; `end` is exclusive."""
@@ -47,9 +53,12 @@ class Filters:
     station_id: int | None = None
     model_version_id: int | None = None
     class_name: str | None = None
+    include_superseded: bool = False
 
     def conditions(self) -> list[ColumnElement[bool]]:
         found: list[ColumnElement[bool]] = []
+        if not self.include_superseded:
+            found.append(current_verdict())
         if self.start is not None:
             found.append(Inspection.inspected_at >= self.start)
         if self.end is not None:
@@ -414,7 +423,8 @@ def model_usage(session: Session, filters: Filters = Filters()) -> list[ModelUsa
 def part_results(
     session: Session, content_hashes: list[str], model_version_id: int
 ) -> dict[str, Inspection]:
-    """The inspection of each part (by content hash) by one model version, predictions loaded."""
+    """The current inspection of each part (by content hash) by one model version, predictions
+    loaded."""
     from sqlalchemy.orm import contains_eager, selectinload
 
     rows = session.scalars(
@@ -422,7 +432,9 @@ def part_results(
         .join(Part, Part.id == Inspection.part_id)
         .options(contains_eager(Inspection.part), selectinload(Inspection.predictions))
         .where(
-            Part.content_hash.in_(content_hashes), Inspection.model_version_id == model_version_id
+            Part.content_hash.in_(content_hashes),
+            Inspection.model_version_id == model_version_id,
+            current_verdict(),
         )
     ).all()
     return {i.part.content_hash: i for i in rows}
@@ -458,6 +470,7 @@ def inspection_rows(
                 "defects": ";".join(counted),
                 "latency_ms": inspection.latency_ms,
                 "model": model,
+                "superseded_at": inspection.superseded_at,
                 "error": inspection.error or "",
             }
         )

@@ -47,7 +47,11 @@ def review_queue(
     query = (
         select(Inspection)
         .join(Part, Part.id == Inspection.part_id)
-        .where(Inspection.verdict != Verdict.ERROR, Inspection.part_id.not_in(reviewed))
+        .where(
+            Inspection.verdict != Verdict.ERROR,
+            Inspection.superseded_at.is_(None),
+            Inspection.part_id.not_in(reviewed),
+        )
         .options(selectinload(Inspection.predictions))
         .order_by(Inspection.inspected_at.desc())
         .limit(scan)

@@ -2,8 +2,10 @@
 
 Every part is identified by the SHA-256 of its bytes. Its image is stored once under the data
 directory by that hash, and results are written in bulk transactions of one batch each. Started
-again after a crash, a batch skips the parts this model version already judged: none is lost
-(the image file is written before its row is committed) and none is inspected twice.
+again after a crash, a batch skips the parts this model version already judged at its current
+operating point: none is lost (the image file is written before its row is committed) and none is
+inspected twice. A part judged before the version's thresholds were recalibrated is judged again;
+its earlier verdict stays in the database, marked superseded.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 from threading import Event
 from typing import BinaryIO
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from db.models import (
@@ -137,7 +139,7 @@ class BatchSummary:
     seen: int = 0
     inspected: int = 0
     skipped: int = 0
-    judged_at_other_thresholds: int = 0  # among the skipped: stored verdicts of an older point
+    rejudged: int = 0  # among the inspected: their stored verdicts were of an older operating point
     errors: int = 0
     failed: int = 0
     failed_by_class: Counter[str] = field(default_factory=Counter)
@@ -223,17 +225,19 @@ class BatchInspection:
             pending, self._pending_write = self._pending_write, None
             pending.result()
 
-    def _already_judged(self, session: Session, hashes: list[str]) -> set[str]:
-        """Parts this model version already judged. A part keeps one verdict per model version
-        (the schema's unique key), so one judged before the thresholds were recalibrated keeps
-        its stored verdict: those are counted, so that the summary can say so."""
+    def _current_points(self, session: Session, hashes: list[str]) -> dict[str, bool]:
+        """Parts this model version has a current verdict for, and whether it was given at the
+        operating point in force now (False: judged before a recalibration)."""
         rows = session.execute(
             select(Part.content_hash, Inspection.thresholds)
             .join(Inspection, Inspection.part_id == Part.id)
-            .where(Part.content_hash.in_(hashes), Inspection.model_version_id == self.model_id)
+            .where(
+                Part.content_hash.in_(hashes),
+                Inspection.model_version_id == self.model_id,
+                Inspection.superseded_at.is_(None),
+            )
         ).all()
-        self.summary.judged_at_other_thresholds += sum(t != self._operating_point for _, t in rows)
-        return {h for h, _ in rows}
+        return {digest: stored == self._operating_point for digest, stored in rows}
 
     def run(
         self,
@@ -274,7 +278,8 @@ class BatchInspection:
         # A file that could not be read has no content; it is known by its name instead.
         unreadable_hashes = {i.name: unreadable_key(i.name) for i in unreadable}
         with session_scope(self.url) as session:
-            done = self._already_judged(session, [*hashes.values(), *unreadable_hashes.values()])
+            current = self._current_points(session, [*hashes.values(), *unreadable_hashes.values()])
+        done = {digest for digest, same_point in current.items() if same_point}
         done |= self._in_flight  # written by the previous chunk, perhaps not committed yet
         todo: list[PartInput] = []
         queued: set[str] = set()
@@ -300,6 +305,7 @@ class BatchInspection:
         self._pending_write = self._writer.submit(self._write, results)
         for result in results:
             self.summary.inspected += 1
+            self.summary.rejudged += result.content_hash in current
             if result.latency_ms is not None:
                 self.summary.latencies_ms.append(result.latency_ms)
             if result.verdict == "error":
@@ -350,6 +356,18 @@ class BatchInspection:
                     insert(Part).returning(Part.content_hash, Part.id), list(new_parts.values())
                 )
                 part_ids.update({digest: part_id for digest, part_id in inserted})
+            known = [part_ids[r.content_hash] for r in results if r.content_hash not in new_parts]
+            if known:
+                # Judged again at a new operating point: the earlier verdict is kept, superseded.
+                session.execute(
+                    update(Inspection)
+                    .where(
+                        Inspection.part_id.in_(known),
+                        Inspection.model_version_id == self.model_id,
+                        Inspection.superseded_at.is_(None),
+                    )
+                    .values(superseded_at=now)
+                )
             inspection_rows = [
                 {
                     "part_id": part_ids[r.content_hash],

@@ -108,10 +108,10 @@ def test_resume_after_a_crash_loses_and_duplicates_nothing(
     assert _counts(detector) == (10, 10, 10)
     again = _job(detector, tmp_path).run(iter_source(str(tmp_path / "in")))
     assert (again.inspected, again.skipped) == (0, 10)
-    assert again.judged_at_other_thresholds == 0
+    assert again.rejudged == 0
 
 
-def test_parts_judged_before_a_recalibration_are_reported(
+def test_parts_judged_before_a_recalibration_are_judged_again(
     detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from training.cli import app
@@ -120,24 +120,47 @@ def test_parts_judged_before_a_recalibration_are_reported(
     assert _job(detector, tmp_path).run(iter_source(str(tmp_path / "in"))).inspected == 3
     with session_scope(detector) as session:
         version = session.scalars(select(ModelVersion)).one()
+        before = dict(version.thresholds)
         version.thresholds = {**version.thresholds, "default": 0.99}  # recalibrated
+        after = dict(version.thresholds)
     (extra,) = make_images(tmp_path / "more", n=1, seed=5)
     shutil.copy(tmp_path / "more" / extra.name, tmp_path / "in" / f"new-{extra.name}")
     again = _job(detector, tmp_path).run(iter_source(str(tmp_path / "in")))
-    assert (again.inspected, again.skipped, again.judged_at_other_thresholds) == (1, 3, 3)
+    assert (again.inspected, again.skipped, again.rejudged) == (4, 0, 3)
+    with session_scope(detector) as session:
+        rows = session.scalars(select(Inspection).order_by(Inspection.id)).all()
+        superseded = [i for i in rows if i.superseded_at is not None]
+        current = [i for i in rows if i.superseded_at is None]
+        # Nothing lost: the first verdicts stay, with the thresholds they were given at.
+        assert len(superseded) == 3
+        assert all(i.thresholds["default"] != 0.99 for i in superseded)
+        assert len(current) == 4 and len({i.part_id for i in current}) == 4
+        assert all(i.thresholds["default"] == 0.99 for i in current)
+        for inspection in current:
+            # Judged at the new point: only a detection at >= 0.99 may count.
+            assert all(p.counted == (p.confidence >= 0.99) for p in inspection.predictions)
+            counted = any(p.counted for p in inspection.predictions)
+            assert inspection.verdict == (Verdict.FAIL if counted else Verdict.PASS)
+    # Started again at the same point, it judges nothing twice.
+    third = _job(detector, tmp_path).run(iter_source(str(tmp_path / "in")))
+    assert (third.inspected, third.skipped, third.rejudged) == (0, 4, 0)
+
     monkeypatch.setenv("DEFECTS_DATABASE_URL", detector)
     get_settings.cache_clear()
+    with session_scope(detector) as session:
+        session.scalars(select(ModelVersion)).one().thresholds = before  # back to the first
     result = CliRunner().invoke(
         app, ["batch", str(tmp_path / "in"), "--line", "Line 1", "--station", "Cam A"]
     )
     assert result.exit_code == 0, result.output
-    # The part added after the recalibration was judged at the current thresholds.
-    assert "3 of the already inspected parts were judged at other thresholds" in " ".join(
-        result.output.split()
-    )
+    assert "4 of the parts inspected had been judged by" in " ".join(result.output.split())
+    with session_scope(detector) as session:
+        version = session.scalars(select(ModelVersion)).one()
+        version.thresholds = after
     inspected = CliRunner().invoke(app, ["inspect", str(tmp_path / "in" / extra.name)])
     assert inspected.exit_code == 0, inspected.output
-    assert "1 part(s) were judged earlier at other thresholds" in " ".join(inspected.output.split())
+    assert "1 part(s) judged earlier at other thresholds" in " ".join(inspected.output.split())
+    assert _counts(detector)[1:] == (4 + 3 + 4 + 1, 4)
 
 
 def test_kill_9_then_resume(detector: str, trained: Trained, tmp_path: Path) -> None:

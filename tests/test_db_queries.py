@@ -18,6 +18,7 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta
 
 import pytest
+from sqlalchemy import select
 
 from db.models import (
     Inspection,
@@ -241,3 +242,28 @@ def test_model_usage(session, history) -> None:  # type: ignore[no-untyped-def]
     usage = model_usage(session)
     assert [(u.model_name, u.inspections) for u in usage] == [("m1", 8), ("m2", 1)]
     assert usage[1].first_at == DAY2 + timedelta(hours=1)
+
+
+def test_a_verdict_given_again_replaces_the_earlier_one_in_the_figures(session, history) -> None:  # type: ignore[no-untyped-def]
+    # p2 (a missed inclusion) judged again by the same model after a recalibration: caught.
+    m1 = history["models"][0]
+    earlier = session.scalars(
+        select(Inspection).join(Part).where(Part.content_hash == f"{2:064d}")
+    ).one()
+    earlier.superseded_at = DAY2
+    again = Inspection(
+        part_id=earlier.part_id, model_version_id=m1.id, verdict=Verdict.FAIL, inspected_at=DAY2
+    )
+    again.predictions.append(Prediction(class_name="inclusion", confidence=0.5, counted=True))
+    session.add(again)
+    session.commit()
+    [row] = rates(session)
+    assert _counts(row) == (5, 1, 2, 1)  # was (5, 2, 2, 1)
+    by_class = {r.key: _counts(r) for r in rates(session, group_by="class")}
+    assert by_class["inclusion"] == (2, 0, 2, 0)
+    [everything] = rates(session, Filters(include_superseded=True))
+    assert _counts(everything) == (6, 2, 2, 1)  # both verdicts of p2, as recorded
+    assert [(v.day, v.inspected) for v in daily_volume(session)] == [
+        (date(2026, 1, 5), 2),
+        (date(2026, 1, 6), 7),
+    ]

@@ -21,6 +21,7 @@ from db.models import (
     ProductionLine,
     Station,
     Verdict,
+    utcnow,
 )
 from db.session import DatabaseError, get_engine, session_factory, session_scope
 
@@ -83,11 +84,16 @@ def test_part_hash_is_unique_and_predictions_cascade(session) -> None:  # type: 
         session.commit()
     session.rollback()
 
-    # The same part is not judged twice by the same model version.
+    # A part has one current verdict per model version...
     session.add(Inspection(part_id=part.id, model_version_id=model.id, verdict=Verdict.PASS))
     with pytest.raises(IntegrityError):
         session.commit()
     session.rollback()
+    # ...and keeps the earlier ones, superseded, when judged again at a new operating point.
+    session.get(Inspection, stored.id).superseded_at = utcnow()
+    session.add(Inspection(part_id=part.id, model_version_id=model.id, verdict=Verdict.PASS))
+    session.commit()
+    assert len(session.scalars(select(Inspection)).all()) == 2
 
     session.delete(session.get(Inspection, stored.id))
     session.commit()
@@ -137,3 +143,28 @@ def test_unreachable_database_gives_a_clear_error() -> None:
 def test_invalid_database_url_gives_a_clear_error() -> None:
     with pytest.raises(DatabaseError, match="invalid database URL"):
         upgrade("not a url")
+
+
+def test_upgrade_keeps_the_verdicts_of_an_older_schema(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    upgrade(url, "0001")
+    with get_engine(url).begin() as connection:
+        connection.execute(text("INSERT INTO production_lines VALUES (1, 'L1', '', '2026-01-01')"))
+        connection.execute(text("INSERT INTO stations VALUES (1, 1, 'S1', '', '2026-01-01')"))
+        connection.execute(
+            text(
+                "INSERT INTO parts (id, content_hash, stored_path, original_name, size_bytes, "
+                "captured_at, line_id, station_id, created_at) "
+                "VALUES (1, 'h', 'p.png', 'p.png', 1, '2026-01-01', 1, 1, '2026-01-01')"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO inspections (id, part_id, verdict, thresholds, inspected_at) "
+                "VALUES (1, 1, 'fail', '{}', '2026-01-01')"
+            )
+        )
+    assert upgrade(url) == head_revision()
+    with session_factory(url)() as session:
+        (kept,) = session.scalars(select(Inspection)).all()
+        assert kept.verdict is Verdict.FAIL and kept.superseded_at is None

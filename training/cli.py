@@ -680,11 +680,11 @@ def _print_summary(summary) -> None:  # type: ignore[no-untyped-def]
         f"run {summary.run_id} with {summary.model_name}: {summary.inspected} parts inspected, "
         f"{summary.failed} failed, {summary.errors} errors, {summary.skipped} already inspected"
     )
-    if summary.judged_at_other_thresholds:
+    if summary.rejudged:
         console.print(
-            f"[yellow]{summary.judged_at_other_thresholds} of the already inspected parts were "
-            f"judged at other thresholds than {summary.model_name}'s current ones; their stored "
-            "verdicts stand (a part keeps one verdict per model version)[/yellow]"
+            f"{summary.rejudged} of the parts inspected had been judged by {summary.model_name} "
+            "at other thresholds (before a recalibration); they were judged again at the current "
+            "ones and their earlier verdicts kept, marked superseded"
         )
     if summary.failed_by_class:
         by_class = ", ".join(f"{k} {v}" for k, v in summary.failed_by_class.most_common())
@@ -796,11 +796,10 @@ def inspect_command(
     ]
     job.run(items, results.append)
     job.inspector.close()
-    if job.summary.judged_at_other_thresholds:  # on stderr: --json output stays parseable
+    if job.summary.rejudged:  # on stderr: --json output stays parseable
         typer.echo(
-            f"{job.summary.judged_at_other_thresholds} part(s) were judged earlier at other "
-            f"thresholds than {job.summary.model_name}'s current ones; their stored verdicts are "
-            "shown (a part keeps one verdict per model version)",
+            f"{job.summary.rejudged} part(s) judged earlier at other thresholds were judged again "
+            f"at {job.summary.model_name}'s current ones (earlier verdicts kept, superseded)",
             err=True,
         )
     rows = _stored_verdicts(url, job.model_id, items)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import date, datetime, time, timedelta
 
 import pandas as pd
@@ -68,7 +69,8 @@ with session_scope(state.url) as session:
     pareto = defect_pareto(session, filters)
     latency = latencies(session, filters)
     usage = model_usage(session, filters)
-    table = inspection_rows(session, filters)
+    # The download keeps every verdict, superseded ones too (marked), as the record of the line.
+    table = inspection_rows(session, replace(filters, include_superseded=True))
 
 if not volume:
     st.info(

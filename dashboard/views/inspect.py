@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -82,9 +83,11 @@ if not line or not station:
     st.warning("Choose a line and a station first.")
     st.stop()
 
-upload_key = (info.id, line, station, tuple(f.file_id for f in uploaded))
+operating_point = json.dumps(info.thresholds, sort_keys=True)
+upload_key = (info.id, operating_point, line, station, tuple(f.file_id for f in uploaded))
 if st.session_state.get("inspected_key") != upload_key:
-    # New uploads: inspect what this model has not judged yet (a rerun re-inspects nothing).
+    # New uploads or new thresholds: inspect what this model has not judged at its current
+    # operating point (a rerun re-inspects nothing).
     items = source_items(uploaded)
     progress = st.progress(0.0, text=f"Inspecting {len(items)} parts...")
     done = [0]
@@ -126,7 +129,7 @@ if st.session_state.get("inspected_key") != upload_key:
         summary.skipped,
         summary.parts_per_second,
     )
-    st.session_state["judged_at_other_thresholds"] = summary.judged_at_other_thresholds
+    st.session_state["rejudged"] = summary.rejudged
 
 parts = st.session_state["inspected_parts"]
 with session_scope(state.url) as session:
@@ -191,11 +194,11 @@ if skipped:
     st.caption(
         f"{skipped} part(s) had already been inspected by {info.name}: their stored results are shown."
     )
-stale = st.session_state.get("judged_at_other_thresholds", 0)
-if stale:
-    st.warning(
-        f"{stale} of them were judged at other thresholds than {info.name}'s current ones: "
-        "a part keeps one verdict per model version."
+rejudged = st.session_state.get("rejudged", 0)
+if rejudged:
+    st.info(
+        f"{rejudged} part(s) had been judged by {info.name} at other thresholds: they were judged "
+        "again at the current ones (the earlier verdicts are kept in the history, superseded)."
     )
 st.dataframe(table, hide_index=True, use_container_width=True)
 
