@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 
 from inspection.errors import UserError
@@ -15,7 +13,7 @@ from training.calibrate import (
     apply_thresholds,
     calibrate,
     calibrate_with_verification,
-    left_off_warning,
+    calibration_notes,
     parse_verify_threshold,
     shared_is_safer,
     upper_bound,
@@ -114,31 +112,48 @@ def test_upper_bound_of_zero_misses_is_not_zero() -> None:
     assert upper_bound(1, 100) == pytest.approx(0.0466, abs=1e-4)  # the published value
 
 
-def test_unused_dimensions_stay_off() -> None:
+def test_a_class_the_split_never_scores_gets_the_shared_threshold() -> None:
     result = calibrate(
         [PartScores(True, {"scratch": 0.5}), PartScores(False, {})],
         ["scratch", "spot"],
         0.0,
         class_thresholds="per-class",
     )
-    assert math.isinf(result.thresholds["spot"])
-    assert result.classes_left_off == ["spot"]
+    assert result.thresholds == {"scratch": 0.5, "spot": 0.5}
+    assert result.classes_left_off == []
+    assert result.details["classes_on_shared_threshold"] == ["spot"]
 
 
-def test_a_class_that_only_comes_with_caught_defects_is_switched_off_and_said() -> None:
-    # Every spot sits on a part whose scratch is caught: per-class calibration needs no spot
-    # threshold, so a part with only a spot would pass. Shared keeps spots on.
+def test_a_class_that_only_comes_with_caught_defects_keeps_a_threshold() -> None:
+    # Every spot sits on a part whose scratch is caught: per-class search needs no spot
+    # threshold, and off would pass a part with only a spot. It gets the shared one instead.
     parts = [
         PartScores(True, {"scratch": 0.9, "spot": 0.3}),
         PartScores(True, {"scratch": 0.8, "spot": 0.35}),
         PartScores(False, {"spot": 0.4}),
+        PartScores(False, {"scratch": 0.2}),
     ]
     per_class = calibrate(parts, ["scratch", "spot"], 0.0, class_thresholds="per-class")
-    assert per_class.classes_left_off == ["spot"]
-    assert "spot: off" in left_off_warning(per_class.classes_left_off)
     shared = calibrate(parts, ["scratch", "spot"], 0.0, class_thresholds="shared")
-    assert shared.classes_left_off == []
-    assert apply_thresholds([PartScores(True, {"spot": 0.7})], shared.thresholds).n_missed == 0
+    # Shared: the weakest defect of any class is 0.8, centred down towards the good 0.4: 0.6.
+    assert shared.thresholds == pytest.approx({"scratch": 0.6, "spot": 0.6})
+    # Per class, scratch centres between 0.8 and the good 0.2 (0.5); spot takes the shared 0.6.
+    assert per_class.thresholds == pytest.approx({"scratch": 0.5, "spot": 0.6})
+    assert per_class.classes_left_off == []
+    assert per_class.details["classes_on_shared_threshold"] == ["spot"]
+    assert (per_class.n_missed, per_class.n_false_calls) == (0, 0)
+    assert apply_thresholds([PartScores(True, {"spot": 0.7})], per_class.thresholds).n_missed == 0
+    notes = calibration_notes(per_class)
+    assert [level for level, _ in notes] == ["info"] and "spot: the shared threshold" in notes[0][1]
+
+
+def test_a_class_is_left_off_only_when_no_threshold_can_be_set_and_that_is_said() -> None:
+    # The detector found nothing on the defective part: no threshold catches it.
+    parts = [PartScores(True, {}), PartScores(False, {"spot": 0.4})]
+    result = calibrate(parts, ["scratch", "spot"], 0.0, class_thresholds="per-class")
+    assert result.classes_left_off == ["scratch", "spot"]
+    [(level, text)] = calibration_notes(result)
+    assert level == "warning" and "scratch, spot: off" in text
 
 
 def test_without_good_parts_false_detections_keep_thresholds_sensible() -> None:

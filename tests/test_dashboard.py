@@ -72,6 +72,26 @@ def test_upload_inspects_stores_and_a_rerun_reinspects_nothing(
     assert len(at.dataframe) == 1 and len(at.dataframe[0].value) == 3
     at.run()  # a mere rerun
     assert _count(production, Inspection) == 3
+    assert not at.info
+
+
+def test_after_a_recalibration_the_same_uploads_are_judged_again(
+    production: str, tmp_path: Path
+) -> None:
+    at = _app().run()
+    at.file_uploader(key="inspect_files").set_value(_png_files(tmp_path, 3, 5)).run()
+    with session_scope(production) as session:
+        version = session.scalars(select(ModelVersion)).one()
+        version.thresholds = {**version.thresholds, "default": 0.99}  # recalibrated elsewhere
+    at.run()
+    assert not at.exception, at.exception
+    assert _count(production, Inspection) == 6  # the first three kept, superseded
+    assert "3 part(s) had been judged" in at.info[0].value
+    with session_scope(production) as session:
+        current = session.scalars(
+            select(Inspection).where(Inspection.superseded_at.is_(None))
+        ).all()
+    assert len(current) == 3 and all(i.thresholds["default"] == 0.99 for i in current)
 
 
 def test_zip_upload_with_a_bad_entry(production: str, tmp_path: Path) -> None:

@@ -111,18 +111,37 @@ class Calibration(PartCounts):
 
     @property
     def classes_left_off(self) -> list[str]:
-        """Defect classes whose detections never fail a part at this operating point. Per-class
-        calibration switches a class off when every defective part of the split was caught
-        without it (its defects always came with others): a new part whose only defects are of
-        that class would then pass, which QA must be told."""
+        """Defect classes whose detections never fail a part at this operating point: a new
+        part whose only defects are of such a class would pass, which QA must be told. Per-class
+        calibration gives a class it would switch off the shared threshold instead, so this
+        happens only where nothing on the split scores at all."""
         return [d for d, t in self.thresholds.items() if d != PART and not math.isfinite(t)]
+
+
+def calibration_notes(result: Calibration) -> list[tuple[str, str]]:
+    """What QA must be told about an operating point beyond its rates, as (level, text):
+    classes left off (warning) and classes given the shared threshold (info)."""
+    notes: list[tuple[str, str]] = []
+    if result.classes_left_off:
+        notes.append(("warning", left_off_warning(result.classes_left_off)))
+    fallback = result.details.get("classes_on_shared_threshold") or []
+    if fallback:
+        notes.append(("info", shared_fallback_note(fallback)))
+    return notes
 
 
 def left_off_warning(classes: list[str]) -> str:
     return (
-        f"{', '.join(classes)}: off. Every defective part of the split was caught without "
-        "these classes, so a part whose only defects are of these classes would pass; "
-        "one shared threshold (class thresholds: shared) keeps every class on."
+        f"{', '.join(classes)}: off (the split set no threshold for them), so a part whose "
+        "only defects are of these classes would pass: calibrate on a split where they occur."
+    )
+
+
+def shared_fallback_note(classes: list[str]) -> str:
+    return (
+        f"{', '.join(classes)}: the shared threshold. Every defective part of the split was "
+        "caught without these classes, so the split cannot set their own thresholds; without "
+        "one, a part whose only defects are of these classes would pass."
     )
 
 
@@ -167,7 +186,39 @@ def calibrate(
             details={**result.details, "class_thresholds": "shared"},
         )
     result = _calibrate(parts, dimensions, max_miss_rate, centre)
-    return replace(result, details={**result.details, "class_thresholds": "per-class"})
+    result = replace(result, details={**result.details, "class_thresholds": "per-class"})
+    return _keep_every_class_on(parts, dimensions, max_miss_rate, centre, result)
+
+
+def _keep_every_class_on(
+    parts: list[PartScores],
+    dimensions: list[str],
+    max_miss_rate: float,
+    centre: bool,
+    result: Calibration,
+) -> Calibration:
+    """Per-class thresholds with no class switched off: a class the search left off gets the
+    shared threshold instead. The search switches a class off when every defective part of the
+    split was caught without it (its defects always came with others): the split then says
+    nothing about that class alone, and off would pass a new part whose only defect is of it.
+    The split's misses can only fall; its false calls may rise, and are counted again."""
+    classes = [d for d in dimensions if d != PART]
+    off = [d for d in classes if not math.isfinite(result.thresholds[d])]
+    if not off or len(classes) < 2:
+        return result
+    shared = calibrate(parts, dimensions, max_miss_rate, "shared", centre)
+    fallback = shared.thresholds[classes[0]]
+    if not math.isfinite(fallback):
+        return result  # nothing scores on this split: reported as left off
+    thresholds = {**result.thresholds, **{d: fallback for d in off}}
+    counts = apply_thresholds(parts, thresholds)
+    return replace(
+        result,
+        thresholds=thresholds,
+        n_missed=counts.n_missed,
+        n_false_calls=counts.n_false_calls,
+        details={**result.details, "classes_on_shared_threshold": off},
+    )
 
 
 def _merge(scores: dict[str, float], classes: list[str]) -> dict[str, float]:

@@ -425,7 +425,7 @@ def calibrate_command(
     """Pick per-class thresholds that hold a miss-rate target with the fewest false calls."""
     import math
 
-    from training.calibrate import PART, calibrate_model, left_off_warning
+    from training.calibrate import PART, calibrate_model, calibration_notes
 
     stored = calibrate_model(
         migrated_database_url(),
@@ -446,8 +446,8 @@ def calibrate_command(
         label = "part classifier" if name == PART else name
         table.add_row(label, f"{value:.4f}" if math.isfinite(value) else "off")
     console.print(table)
-    if result.classes_left_off:
-        console.print(f"[yellow]{left_off_warning(result.classes_left_off)}[/yellow]")
+    for level, note in calibration_notes(result):
+        console.print(f"[yellow]{note}[/yellow]" if level == "warning" else note)
     ucb = report["miss_rate_upper_95"]
     console.print(
         f"{data}/{split}: miss rate {_fmt(result.miss_rate)} ({result.n_missed} of "

@@ -13,7 +13,7 @@ from db.models import Dataset, ModelKind, ModelVersion
 from db.registry import ensure_station, get_model_version
 from db.session import session_scope
 from inspection.errors import UserError
-from training.calibrate import CLASS_THRESHOLD_MODES, calibrate_model, left_off_warning
+from training.calibrate import CLASS_THRESHOLD_MODES, calibrate_model, calibration_notes
 
 state = database_ready()
 st.title("Settings")
@@ -124,8 +124,8 @@ else:
                         ),
                         hide_index=True,
                     )
-                    if result.classes_left_off:
-                        st.warning(left_off_warning(result.classes_left_off))
+                    for level, note in calibration_notes(result):
+                        (st.warning if level == "warning" else st.info)(note)
                 except UserError as exc:
                     st.error(str(exc))
 
