@@ -24,6 +24,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -279,14 +280,29 @@ def ceiling_without_network(
 
 
 def bare_forward(inspector: Inspector, imgsz: int, batch: int, seconds: float = 10.0) -> dict:
+    """The network alone, called from as many threads as the backend takes batches at once."""
     tensor = np.random.default_rng(0).random((batch, 3, imgsz, imgsz), dtype=np.float32)
+    streams = inspector.backend.streams
     for _ in range(3):
         inspector.backend.infer(tensor)
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        inspector.backend.infer(tensor)
-        count += batch
-    return {"batch": batch, "images_per_s": round(count / (time.perf_counter() - start), 1)}
+    counts = [0] * streams
+    start = time.perf_counter()
+
+    def loop(stream: int) -> None:
+        while time.perf_counter() - start < seconds:
+            inspector.backend.infer(tensor)
+            counts[stream] += batch
+
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(streams)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return {
+        "batch": batch,
+        "streams": streams,
+        "images_per_s": round(sum(counts) / (time.perf_counter() - start), 1),
+    }
 
 
 def markdown_table(result: dict) -> str:
@@ -369,6 +385,14 @@ def main() -> None:
         help="also run the engine with the network replayed: the ceiling of the code around it",
     )
     parser.add_argument(
+        "--cpu-streams",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="batches ONNX Runtime infers at once on the CPU (DEFECTS_CPU_STREAMS; 0: one per "
+        "core); each ONNX batch size runs once for each value",
+    )
+    parser.add_argument(
         "--out", type=Path, default=None, help="default: bench/results/inference_<cpu|gpu>.json"
     )
     parser.add_argument(
@@ -446,12 +470,15 @@ def main() -> None:
     for backend in args.backends:
         engine_kind = "pytorch" if backend == "pytorch" else "onnx"
         first = args.prepare_processes[0]
-        variants = [(batch, first, True) for batch in args.engine_batches]
-        variants += [(max(args.engine_batches), n, True) for n in args.prepare_processes[1:]]
+        streams = args.cpu_streams if engine_kind == "onnx" else [1]
+        variants = [(batch, first, True, n) for batch in args.engine_batches for n in streams]
+        variants += [
+            (max(args.engine_batches), n, True, streams[0]) for n in args.prepare_processes[1:]
+        ]
         if args.onnx_no_spinning and engine_kind == "onnx":
-            variants.append((min(args.engine_batches), first, False))
-        measured: set[tuple[int, int, bool]] = set()
-        for batch, processes, spinning in variants:
+            variants.append((min(args.engine_batches), first, False, streams[0]))
+        measured: set[tuple[int, int, bool, int]] = set()
+        for batch, processes, spinning, cpu_streams in variants:
             os.environ["DEFECTS_ONNX_SPINNING"] = str(int(spinning))
             get_settings.cache_clear()
             operating = Inspector.from_weights(
@@ -461,16 +488,19 @@ def main() -> None:
                 args.device,
                 batch,
                 prepare_processes=processes,
+                cpu_streams=cpu_streams,
             )
             # A backend caps the batch (4 on a CPU): a larger request would repeat a run.
-            if (operating.batch_size, processes, spinning) in measured:
+            key = (operating.batch_size, processes, spinning, operating.backend.streams)
+            if key in measured:
                 print(f"{backend}: batch {batch} runs as {operating.batch_size}, measured already")
                 operating.close()
                 continue
-            measured.add((operating.batch_size, processes, spinning))
+            measured.add(key)
             batch = operating.batch_size
             name = (
                 f"{backend}-b{batch}"
+                + (f"-s{operating.backend.streams}" if len(streams) > 1 else "")
                 + (f"-p{processes}" if processes else "")
                 + ("" if spinning else "-nospin")
             )
@@ -479,6 +509,7 @@ def main() -> None:
             run["batch"] = operating.batch_size
             run["prepare_processes"] = processes
             run["onnx_spinning"] = spinning if engine_kind == "onnx" else None
+            run["streams"] = operating.backend.streams
             run["bare_forward"] = bare_forward(operating, imgsz, args.batch)
             run["backend"] = operating.backend.describe()
             operating.close()

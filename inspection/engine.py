@@ -90,7 +90,10 @@ class _Prepared:
 
 
 def open_backend(
-    weights: Path, backend: BackendChoice = "auto", device: str | None = None
+    weights: Path,
+    backend: BackendChoice = "auto",
+    device: str | None = None,
+    cpu_streams: int | None = None,
 ) -> Backend:
     """PyTorch for a .pt file, ONNX Runtime for a .onnx file (or the .onnx beside the weights)."""
     device = resolve_device(device)
@@ -110,7 +113,7 @@ def open_backend(
             raise UserError(
                 f"no {onnx_path.name} for {weights.name}: run `defects export{flag}` on it first"
             )
-        return OnnxBackend(onnx_path, device)
+        return OnnxBackend(onnx_path, device, cpu_streams)
     if weights.suffix != ".pt":
         raise UserError(f"the PyTorch backend needs a .pt file, not {weights.name}")
     from inspection.backends.torch_backend import TorchBackend
@@ -238,6 +241,12 @@ class Inspector:
         workers = prepare_workers or max(2, min(8, cores // 2))
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prepare")
         self._thread_workers = workers
+        self._streams = max(1, backend.streams)
+        self._infer_pool = (
+            ThreadPoolExecutor(max_workers=self._streams, thread_name_prefix="infer")
+            if self._streams > 1
+            else None
+        )
         if prepare_processes is None:
             prepare_processes = get_settings().prepare_processes
         self.prepare_processes = prepare_processes
@@ -253,8 +262,9 @@ class Inspector:
         batch_size: int | None = None,
         classifier_weights: Path | None = None,
         prepare_processes: int | None = None,
+        cpu_streams: int | None = None,
     ) -> Inspector:
-        opened = open_backend(weights, backend, device)
+        opened = open_backend(weights, backend, device, cpu_streams)
         classifier = (
             PartClassifier(classifier_weights, resolve_device(device))
             if classifier_weights
@@ -270,6 +280,8 @@ class Inspector:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._infer_pool is not None:
+            self._infer_pool.shutdown(wait=False, cancel_futures=True)
         self.close_processes()
 
     def _executor(self) -> tuple[Executor, int]:
@@ -491,10 +503,26 @@ class Inspector:
                 pending.append((self._submit(batch, store_into), started))
 
         fill()
-        while pending:
-            current = pending.popleft()
-            fill()
-            yield from self._finish(self._gather(*current, store_into))
+        if self._infer_pool is None:
+            while pending:
+                current = pending.popleft()
+                fill()
+                yield from self._finish(self._gather(*current, store_into))
+            return
+        # Several batches inferred at once (a CPU backend with streams): decoded here, in
+        # order, and finished by the inference threads; results still come in input order.
+        finishing: deque[Future[list[PartResult]]] = deque()
+        try:
+            while pending or finishing:
+                while pending and len(finishing) < self._streams:
+                    current = pending.popleft()
+                    fill()
+                    prepared = self._gather(*current, store_into)
+                    finishing.append(self._infer_pool.submit(self._finish, prepared))
+                yield from finishing.popleft().result()
+        finally:
+            for future in finishing:  # a consumer that stops early leaves nothing running
+                future.cancel()
 
     def inspect_one(self, name: str, data: bytes) -> PartResult:
         return next(self.inspect([PartInput(name, data)]))

@@ -30,6 +30,15 @@ class Settings(BaseSettings):
         description="worker processes that decode parts (0: threads). For GPU stations, where "
         "the code around the network limits throughput; measure with bench/inference.py.",
     )
+    cpu_streams: int = Field(
+        default=0,
+        ge=0,
+        le=256,
+        description="batches ONNX Runtime infers at once on a CPU, each on its share of the "
+        "cores (0: one per core, each single-threaded; 1: one batch on every core). For a small "
+        "network, independent single-threaded batches keep the cores busier than one batch "
+        "split across them (measure with bench/inference.py --cpu-streams 1 0).",
+    )
     onnx_spinning: bool = Field(
         default=True,
         description="ONNX Runtime's CPU threads spin between operators instead of sleeping: "

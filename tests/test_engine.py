@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -263,3 +264,47 @@ def test_batch_one_keeps_every_worker_busy_and_results_in_order(
     expected = [(r.name, r.verdict, len(r.detections)) for r in batched.inspect(parts)]
     got = [(r.name, r.verdict, len(r.detections)) for r in one_by_one.inspect(parts)]
     assert got == expected == [(p.name, *e[1:]) for p, e in zip(parts, expected, strict=True)]
+
+
+def test_onnx_batches_inferred_side_by_side_give_the_same_results_in_order(
+    onnx_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from inspection.backends.onnx_backend import OnnxBackend
+    from inspection.settings import get_settings
+
+    images = make_images(tmp_path / "imgs", n=11, seed=17)
+    parts = [PartInput(i.name, (tmp_path / "imgs" / i.name).read_bytes()) for i in images]
+    parts.insert(5, PartInput("broken.png", b"\x89PNG\r\n\x1a\n" + b"0" * 100))
+    thresholds = {"default": 0.001, "iou": 0.5}
+
+    def outcome(streams: int) -> list[tuple]:  # type: ignore[type-arg]
+        inspector = Inspector.from_weights(
+            onnx_weights, thresholds, "onnx", batch_size=2, cpu_streams=streams
+        )
+        assert inspector.backend.streams == min(streams, os.cpu_count() or 1)
+        try:
+            return [
+                (
+                    r.name,
+                    r.verdict,
+                    r.error,
+                    [(d.class_name, round(d.confidence, 5), round(d.x1, 2)) for d in r.detections],
+                )
+                for r in inspector.inspect(parts)
+            ]
+        finally:
+            inspector.close()
+
+    one_at_a_time = outcome(1)
+    assert [name for name, *_ in one_at_a_time] == [p.name for p in parts]
+    assert one_at_a_time[5][1] == "error"
+    assert outcome(4) == one_at_a_time  # streams are capped at the cores
+    # The setting: 0 (the default) is one stream per core, each on one thread.
+    monkeypatch.setenv("DEFECTS_CPU_STREAMS", "0")
+    get_settings.cache_clear()
+    try:
+        backend = OnnxBackend(onnx_weights)
+    finally:
+        get_settings.cache_clear()
+    assert backend.streams == (os.cpu_count() or 1)
+    assert backend.session.get_session_options().intra_op_num_threads == 1

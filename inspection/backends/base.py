@@ -17,6 +17,9 @@ class Backend(ABC):
     image_size: int
     class_names: list[str]
     max_batch: int = 64
+    # Batches the engine may hand over at once, from as many threads (the backend must take
+    # concurrent calls): more than one where the hardware gains from it.
+    streams: int = 1
 
     @abstractmethod
     def infer(self, batch: np.ndarray) -> np.ndarray:

@@ -50,11 +50,19 @@ def class_names_from_metadata(meta: dict[str, str]) -> list[str]:
 class OnnxBackend(Backend):
     name = "onnxruntime"
 
-    def __init__(self, onnx_path: Path, device: str = "cpu") -> None:
+    def __init__(
+        self, onnx_path: Path, device: str = "cpu", cpu_streams: int | None = None
+    ) -> None:
         if not Path(onnx_path).is_file():
             raise UserError(f"ONNX model not found: {onnx_path}")
+        cores = os.cpu_count() or 1
+        if cpu_streams is None:
+            cpu_streams = get_settings().cpu_streams
+        # On a CPU, batches run side by side (one session takes concurrent calls), each on its
+        # share of the cores: a small network splits poorly across threads at a small batch.
+        streams = max(1, min(cpu_streams or cores, cores)) if device == "cpu" else 1
         options = ort.SessionOptions()
-        options.intra_op_num_threads = os.cpu_count() or 1
+        options.intra_op_num_threads = max(1, cores // streams)
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.add_session_config_entry(
             "session.intra_op.allow_spinning", "1" if get_settings().onnx_spinning else "0"
@@ -81,6 +89,12 @@ class OnnxBackend(Backend):
         self.half = "float16" in model_input.type
         active = self.session.get_providers()[0]
         self.device = {"CPUExecutionProvider": "cpu"}.get(active, f"{device} ({active})")
+        self.streams = streams if on_cpu else 1
+
+    def describe(self) -> str:
+        if self.streams > 1:
+            return f"{self.name} on {self.device}, {self.streams} batches at once"
+        return super().describe()
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         feed = to_model_input(batch)
