@@ -234,7 +234,8 @@ class Inspector:
         self.classifier = classifier
         self.class_names = backend.class_names
         self.thresholds = thresholds or Thresholds.from_dict(None, self.class_names)
-        self.batch_size = max(1, min(batch_size or backend.max_batch, backend.max_batch))
+        requested = batch_size or backend.preferred_batch or backend.max_batch
+        self.batch_size = max(1, min(requested, backend.max_batch))
         # Decoding and resizing release the GIL, so threads scale with the cores a GPU station
         # has to spare; two at least, so that a small CPU still overlaps them with inference.
         cores = os.cpu_count() or 2

@@ -20,6 +20,8 @@ class Backend(ABC):
     # Batches the engine may hand over at once, from as many threads (the backend must take
     # concurrent calls): more than one where the hardware gains from it.
     streams: int = 1
+    # The batch the engine forms when none is asked for (None: max_batch).
+    preferred_batch: int | None = None
 
     @abstractmethod
     def infer(self, batch: np.ndarray) -> np.ndarray:

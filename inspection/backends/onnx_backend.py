@@ -90,6 +90,9 @@ class OnnxBackend(Backend):
         active = self.session.get_providers()[0]
         self.device = {"CPUExecutionProvider": "cpu"}.get(active, f"{device} ({active})")
         self.streams = streams if on_cpu else 1
+        # With a batch per core, one part each keeps the latency down at the same throughput
+        # (bench/results/inference_cpu.json).
+        self.preferred_batch = 1 if self.streams > 1 else None
 
     def describe(self) -> str:
         if self.streams > 1:
