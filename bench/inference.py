@@ -283,14 +283,15 @@ def bare_forward(inspector: Inspector, imgsz: int, batch: int, seconds: float = 
     """The network alone, called from as many threads as the backend takes batches at once."""
     tensor = np.random.default_rng(0).random((batch, 3, imgsz, imgsz), dtype=np.float32)
     streams = inspector.backend.streams
+    infer = inspector.backend.infer_side_by_side if streams > 1 else inspector.backend.infer
     for _ in range(3):
-        inspector.backend.infer(tensor)
+        infer(tensor)
     counts = [0] * streams
     start = time.perf_counter()
 
     def loop(stream: int) -> None:
         while time.perf_counter() - start < seconds:
-            inspector.backend.infer(tensor)
+            infer(tensor)
             counts[stream] += batch
 
     threads = [threading.Thread(target=loop, args=(i,)) for i in range(streams)]
@@ -517,19 +518,23 @@ def main() -> None:
             print(name, run)
         os.environ.pop("DEFECTS_ONNX_SPINNING", None)
         get_settings.cache_clear()
-        if args.one_at_a_time:
+        for cpu_streams in streams if args.one_at_a_time else []:
             single = Inspector.from_weights(
                 sources[backend],
                 {"default": OPERATING_CONF, "iou": 0.45},
                 engine_kind,
                 args.device,
                 1,
+                cpu_streams=cpu_streams,
             )
-            name = f"{backend}-one-at-a-time"
+            name = f"{backend}-one-at-a-time" + (
+                f"-s{single.backend.streams}" if len(streams) > 1 else ""
+            )
             register_bench_version(url, weights, name, class_names, imgsz)
             run = engine_one_at_a_time(name, single, parts_dir, url, args.one_at_a_time)
             single.close()
             run["batch"] = 1
+            run["streams"] = single.backend.streams
             run["backend"] = single.backend.describe()
             result["runs"][f"engine_{name}"] = run
             print(name, run)
@@ -542,7 +547,7 @@ def main() -> None:
         )
         map50, map50_95 = engine_map(scoring, test_images, truths)
         for name, run in result["runs"].items():
-            if name.startswith(f"engine_{backend}-b") or name == f"engine_{backend}-one-at-a-time":
+            if name.startswith((f"engine_{backend}-b", f"engine_{backend}-one-at-a-time")):
                 run.update(map50=round(map50, 4), map50_95=round(map50_95, 4))
     for processes in args.prepare_processes if args.ceiling else []:
         name = "ceiling_without_network" + (f"-p{processes}" if processes else "")

@@ -396,22 +396,29 @@ class Inspector:
             self._processes.shutdown(wait=False, cancel_futures=True)
             self._processes = None
 
-    def _infer(self, batch: np.ndarray) -> np.ndarray:
+    def _infer(self, batch: np.ndarray, side_by_side: bool = False) -> np.ndarray:
         try:
+            if side_by_side:
+                return self.backend.infer_side_by_side(batch)
             return self.backend.infer(batch)
         except OutOfMemory:
             if len(batch) == 1:
                 raise
             middle = len(batch) // 2
             self.batch_size = max(1, middle)  # remember: later batches start smaller
-            return np.concatenate([self._infer(batch[:middle]), self._infer(batch[middle:])])
+            return np.concatenate(
+                [
+                    self._infer(batch[:middle], side_by_side),
+                    self._infer(batch[middle:], side_by_side),
+                ]
+            )
 
-    def _finish(self, prepared: list[_Prepared]) -> list[PartResult]:
+    def _finish(self, prepared: list[_Prepared], side_by_side: bool = False) -> list[PartResult]:
         good = [p for p in prepared if p.image is not None]
         detections: dict[int, list[Detection]] = {}
         if good:
             batch = np.stack([p.image.pixels for p in good])  # type: ignore[union-attr]
-            raw = self._infer(batch)
+            raw = self._infer(batch, side_by_side)
             shapes = [p.image.original_shape for p in good]  # type: ignore[union-attr]
             per_image = postprocess(
                 raw, shapes, self.backend.image_size, self.class_names, self.thresholds
@@ -492,6 +499,10 @@ class Inspector:
         With `store_into`, each part's bytes are also kept in that content-addressed image store
         as they are prepared (`PartResult.stored_path`)."""
         iterator = iter(parts)
+        # Parts that fit in one batch (a part inspected on its own) take the latency path.
+        first = list(itertools.islice(iterator, self.batch_size + 1))
+        lone = len(first) <= self.batch_size
+        iterator = itertools.chain(first, iterator)
         pending: deque[tuple[list[tuple[list[PartInput], Future[list[Prepared]]]], float]] = deque()
 
         def fill() -> None:
@@ -504,7 +515,7 @@ class Inspector:
                 pending.append((self._submit(batch, store_into), started))
 
         fill()
-        if self._infer_pool is None:
+        if self._infer_pool is None or lone:
             while pending:
                 current = pending.popleft()
                 fill()
@@ -519,7 +530,7 @@ class Inspector:
                     current = pending.popleft()
                     fill()
                     prepared = self._gather(*current, store_into)
-                    finishing.append(self._infer_pool.submit(self._finish, prepared))
+                    finishing.append(self._infer_pool.submit(self._finish, prepared, True))
                 yield from finishing.popleft().result()
         finally:
             for future in finishing:  # a consumer that stops early leaves nothing running

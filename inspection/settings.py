@@ -34,10 +34,11 @@ class Settings(BaseSettings):
         default=0,
         ge=0,
         le=256,
-        description="batches ONNX Runtime infers at once on a CPU, each on its share of the "
-        "cores (0: one per core, each single-threaded; 1: one batch on every core). For a small "
-        "network, independent single-threaded batches keep the cores busier than one batch "
-        "split across them (measure with bench/inference.py --cpu-streams 1 0).",
+        description="batches ONNX Runtime infers at once on a CPU when parts queue up, each on "
+        "its share of the cores (0: one per core, each single-threaded; 1: one batch on every "
+        "core). For a small network, independent single-threaded batches keep the cores busier "
+        "than one batch split across them; a part inspected on its own still runs on every "
+        "core (measure with bench/inference.py --cpu-streams 1 0).",
     )
     onnx_spinning: bool = Field(
         default=True,

@@ -306,5 +306,40 @@ def test_onnx_batches_inferred_side_by_side_give_the_same_results_in_order(
         backend = OnnxBackend(onnx_weights)
     finally:
         get_settings.cache_clear()
-    assert backend.streams == (os.cpu_count() or 1)
-    assert backend.session.get_session_options().intra_op_num_threads == 1
+    cores = os.cpu_count() or 1
+    assert backend.streams == cores
+    assert backend.session.get_session_options().intra_op_num_threads == cores
+    if cores > 1:
+        assert backend._side_by_side is not None
+        assert backend._side_by_side.get_session_options().intra_op_num_threads == 1
+
+
+def test_a_part_on_its_own_is_inferred_on_every_core(
+    onnx_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches run side by side only when several are queued: a lone part takes the latency
+    path (the session on every core), a backlog the throughput path."""
+    images = make_images(tmp_path / "imgs", n=6, seed=19)
+    parts = [PartInput(i.name, (tmp_path / "imgs" / i.name).read_bytes()) for i in images]
+    inspector = Inspector.from_weights(onnx_weights, {"default": 0.001}, "onnx", cpu_streams=2)
+    if inspector.backend.streams < 2:
+        pytest.skip("one core: nothing runs side by side")
+    calls: list[str] = []
+    backend = inspector.backend
+    wide, narrow = backend.infer, backend.infer_side_by_side
+    monkeypatch.setattr(backend, "infer", lambda b: calls.append("wide") or wide(b))
+    monkeypatch.setattr(
+        backend, "infer_side_by_side", lambda b: calls.append("narrow") or narrow(b)
+    )
+    try:
+        alone = inspector.inspect_one(parts[0].name, parts[0].data)
+        assert calls == ["wide"]
+        calls.clear()
+        backlog = list(inspector.inspect(parts))
+        assert calls == ["narrow"] * len(parts)  # batches of one, side by side
+    finally:
+        inspector.close()
+    assert (alone.verdict, len(alone.detections)) == (
+        backlog[0].verdict,
+        len(backlog[0].detections),
+    )

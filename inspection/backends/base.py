@@ -28,5 +28,10 @@ class Backend(ABC):
         """(B, 3, S, S) uint8 pixels, or float32 already in [0, 1] -> (B, 4 + classes, anchors)
         float32, boxes as cx, cy, w, h."""
 
+    def infer_side_by_side(self, batch: np.ndarray) -> np.ndarray:
+        """One of `streams` batches in flight at once: backends that run them side by side
+        give each its share of the hardware."""
+        return self.infer(batch)
+
     def describe(self) -> str:
         return f"{self.name} on {self.device}"

@@ -58,21 +58,14 @@ class OnnxBackend(Backend):
         cores = os.cpu_count() or 1
         if cpu_streams is None:
             cpu_streams = get_settings().cpu_streams
-        # On a CPU, batches run side by side (one session takes concurrent calls), each on its
-        # share of the cores: a small network splits poorly across threads at a small batch.
+        # On a CPU, batches that queue up run side by side on a session whose calls each take
+        # their share of the cores (a small network splits poorly across threads at a small
+        # batch); a lone batch (a part inspected on its own) runs on every core, for latency.
         streams = max(1, min(cpu_streams or cores, cores)) if device == "cpu" else 1
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = max(1, cores // streams)
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.add_session_config_entry(
-            "session.intra_op.allow_spinning", "1" if get_settings().onnx_spinning else "0"
+        self.session = self._open(onnx_path, device, cores)
+        self._side_by_side = (
+            self._open(onnx_path, device, max(1, cores // streams)) if streams > 1 else None
         )
-        try:
-            self.session = ort.InferenceSession(
-                str(onnx_path), sess_options=options, providers=choose_providers(device)
-            )
-        except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
-            raise UserError(f"cannot load the ONNX model {onnx_path}: {exc}") from exc
         meta = self.session.get_modelmeta().custom_metadata_map
         self.class_names = class_names_from_metadata(meta)
         model_input = self.session.get_inputs()[0]
@@ -89,10 +82,25 @@ class OnnxBackend(Backend):
         self.half = "float16" in model_input.type
         active = self.session.get_providers()[0]
         self.device = {"CPUExecutionProvider": "cpu"}.get(active, f"{device} ({active})")
-        self.streams = streams if on_cpu else 1
+        self.streams = streams if on_cpu and self._side_by_side is not None else 1
         # With a batch per core, one part each keeps the latency down at the same throughput
         # (bench/results/inference_cpu.json).
         self.preferred_batch = 1 if self.streams > 1 else None
+
+    @staticmethod
+    def _open(onnx_path: Path, device: str, threads: int) -> ort.InferenceSession:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.add_session_config_entry(
+            "session.intra_op.allow_spinning", "1" if get_settings().onnx_spinning else "0"
+        )
+        try:
+            return ort.InferenceSession(
+                str(onnx_path), sess_options=options, providers=choose_providers(device)
+            )
+        except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
+            raise UserError(f"cannot load the ONNX model {onnx_path}: {exc}") from exc
 
     def describe(self) -> str:
         if self.streams > 1:
@@ -100,10 +108,16 @@ class OnnxBackend(Backend):
         return super().describe()
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
+        return self._run(self.session, batch)
+
+    def infer_side_by_side(self, batch: np.ndarray) -> np.ndarray:
+        return self._run(self._side_by_side or self.session, batch)
+
+    def _run(self, session: ort.InferenceSession, batch: np.ndarray) -> np.ndarray:
         feed = to_model_input(batch)
         feed = feed.astype(np.float16) if self.half else feed
         try:
-            [output] = self.session.run(None, {self.input_name: feed})
+            [output] = session.run(None, {self.input_name: feed})
         except Exception as exc:
             if "allocate" in str(exc).lower() or "out of memory" in str(exc).lower():
                 raise OutOfMemory(str(exc)) from exc
