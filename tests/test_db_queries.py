@@ -37,6 +37,7 @@ from db.queries import (
     Filters,
     daily_volume,
     defect_pareto,
+    inspection_rows,
     latency_summary,
     model_usage,
     percentile,
@@ -267,3 +268,8 @@ def test_a_verdict_given_again_replaces_the_earlier_one_in_the_figures(session, 
         (date(2026, 1, 5), 2),
         (date(2026, 1, 6), 7),
     ]
+    # The download keeps both verdicts of p2, the earlier one marked.
+    assert len(inspection_rows(session)) == 9
+    record = inspection_rows(session, Filters(include_superseded=True))
+    assert len(record) == 10
+    assert [r["verdict"] for r in record if r["superseded_at"] is not None] == ["pass"]
