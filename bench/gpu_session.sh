@@ -11,7 +11,10 @@
 #   4. with TWIN=1, the s-scale plain twin of the teacher (attention against none);
 #   5. everything that must come back (result files, the best distilled student) in one folder.
 #
-# PLAN picks the steps: "neu" (1 to 4, the default), "deeppcb" (the DeepPCB part verdicts of
+# PLAN picks the steps: "neu" (1 to 4, the default), "neu-twins" (only the s-scale attention
+# model and its plain twin, same schedule, then their evaluation: issue 3's comparison within a
+# 15-minute loan, about 9.5 minutes of training on an H100 at 100 epochs and 256 px; VARIANTS),
+# "deeppcb" (the DeepPCB part verdicts of
 # bench/classifier_verdict.py at full resolution, into classifier_verdict_gpu.json), or both;
 # "pcb-detector" trains only the DeepPCB detector, inside a copy of the bench's own work database
 # (packed with `pack-pcb-detector`: the imported train and val images, about 83 MB), within
@@ -45,6 +48,7 @@ DEVICE=${DEVICE:-0}
 PARTS=${PARTS:-8000}
 METHODS=${METHODS:-cwd feature}
 TWIN=${TWIN:-0}
+VARIANTS=${VARIANTS:-attention plain}  # neu-twins: "plain" alone where the attention run exists
 PLAN=${PLAN:-neu}
 PCB_DETECTOR=${PCB_DETECTOR:-defect-yolo-s}
 PCB_EPOCHS=${PCB_EPOCHS:-100}
@@ -218,6 +222,13 @@ run() {
     fi
     if [[ " $PLAN " == *" neu "* ]]; then
         neu_steps "$inference_device" "${backends[@]}"
+    fi
+    if [[ " $PLAN " == *" neu-twins "* ]]; then
+        overrides
+        # shellcheck disable=SC2086  # VARIANTS is a list of words
+        step twins "$PY" bench/detector_neu.py --phase train --scales s --variants $VARIANTS \
+            --epochs "$EPOCHS" --neu "$NEU" "${device_args[@]}"
+        step twins-evaluate "$PY" bench/detector_neu.py --phase evaluate --neu "$NEU"
     fi
     if [[ " $PLAN " == *" deeppcb "* ]]; then
         overrides
