@@ -713,7 +713,14 @@ def batch_command(
     operator: Annotated[str, typer.Option(help="Who runs the batch.")] = "",
     backend: BackendOption = BackendOption.auto,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N.")] = None,
-    batch_size: Annotated[int | None, typer.Option(min=1)] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Parts per forward pass (default: 1 per core with ONNX Runtime on a CPU, "
+            "DEFECTS_CPU_STREAMS; the backend's largest otherwise).",
+        ),
+    ] = None,
 ) -> None:
     """Inspect a batch of parts; run again after an interruption and it resumes."""
     import threading
