@@ -52,6 +52,11 @@ class DetectorInfo:
     thresholds: dict
     classifier_path: str | None
 
+    @property
+    def operating_point(self) -> str:
+        """The thresholds as one comparable key: a new one reloads the model and re-judges."""
+        return json.dumps(self.thresholds, sort_keys=True)
+
 
 def detector_info(url: str, version: ModelVersion | None = None) -> DetectorInfo | None:
     """The production detector (or `version`) with what is needed to load it."""
@@ -95,7 +100,7 @@ def inspector_for(info: DetectorInfo) -> Inspector:
     return _inspector(
         info.file_path,
         info.sha256,
-        json.dumps(info.thresholds, sort_keys=True),
+        info.operating_point,
         info.classifier_path,
     )
 

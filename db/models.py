@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    ColumnElement,
     DateTime,
     Enum,
     Float,
@@ -212,6 +213,10 @@ class Part(Base):
     reviews: Mapped[list[Review]] = relationship(back_populates="part")
 
 
+# A verdict not replaced by a later one of the same model version (see Inspection).
+_CURRENT = "superseded_at IS NULL"
+
+
 class Inspection(Base):
     """A part's verdict by one model version: pass/fail with its predictions, or the error.
 
@@ -229,8 +234,8 @@ class Inspection(Base):
             "part_id",
             "model_version_id",
             unique=True,
-            sqlite_where=text("superseded_at IS NULL"),
-            postgresql_where=text("superseded_at IS NULL"),
+            sqlite_where=text(_CURRENT),
+            postgresql_where=text(_CURRENT),
         ),
         Index("ix_inspections_inspected_at", "inspected_at"),
     )
@@ -254,6 +259,13 @@ class Inspection(Base):
 
     part: Mapped[Part] = relationship(back_populates="inspections")
     run: Mapped[InspectionRun | None] = relationship()
+
+    @classmethod
+    def is_current(cls) -> ColumnElement[bool]:
+        """The condition every reader of verdicts applies: not superseded by a later verdict of
+        the same model version (the rows the partial unique index keeps one of per part)."""
+        return cls.superseded_at.is_(None)
+
     predictions: Mapped[list[Prediction]] = relationship(
         back_populates="inspection", cascade="all, delete-orphan"
     )

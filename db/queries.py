@@ -38,11 +38,6 @@ GroupBy = Literal["day", "line", "station", "model_version", "class", "all"]
 _DEFECT_REVIEWS = (ReviewKind.CONFIRMED_DEFECT, ReviewKind.MISSED_DEFECT)
 
 
-def current_verdict() -> ColumnElement[bool]:
-    """Inspections not superseded by a later verdict of the same model version."""
-    return Inspection.superseded_at.is_(None)
-
-
 @dataclass(frozen=True)
 class Filters:
     """Which inspections a query looks at; `end` is exclusive."""
@@ -58,7 +53,7 @@ class Filters:
     def conditions(self) -> list[ColumnElement[bool]]:
         found: list[ColumnElement[bool]] = []
         if not self.include_superseded:
-            found.append(current_verdict())
+            found.append(Inspection.is_current())
         if self.start is not None:
             found.append(Inspection.inspected_at >= self.start)
         if self.end is not None:
@@ -434,7 +429,7 @@ def part_results(
         .where(
             Part.content_hash.in_(content_hashes),
             Inspection.model_version_id == model_version_id,
-            current_verdict(),
+            Inspection.is_current(),
         )
     ).all()
     return {i.part.content_hash: i for i in rows}

@@ -49,7 +49,7 @@ def review_queue(
         .join(Part, Part.id == Inspection.part_id)
         .where(
             Inspection.verdict != Verdict.ERROR,
-            Inspection.superseded_at.is_(None),
+            Inspection.is_current(),
             Inspection.part_id.not_in(reviewed),
         )
         .options(selectinload(Inspection.predictions))

@@ -234,7 +234,7 @@ class BatchInspection:
             .where(
                 Part.content_hash.in_(hashes),
                 Inspection.model_version_id == self.model_id,
-                Inspection.superseded_at.is_(None),
+                Inspection.is_current(),
             )
         ).all()
         return {digest: stored == self._operating_point for digest, stored in rows}
@@ -302,10 +302,12 @@ class BatchInspection:
             results.append(PartResult(item.name, digest, 0, "error", error=item.error))
         self._wait_for_write()
         self._in_flight = queued
-        self._pending_write = self._writer.submit(self._write, results)
+        # Parts with a current verdict at another operating point: judged again, superseding it.
+        rejudged = {r.content_hash for r in results if r.content_hash in current}
+        self._pending_write = self._writer.submit(self._write, results, rejudged)
         for result in results:
             self.summary.inspected += 1
-            self.summary.rejudged += result.content_hash in current
+            self.summary.rejudged += result.content_hash in rejudged
             if result.latency_ms is not None:
                 self.summary.latencies_ms.append(result.latency_ms)
             if result.verdict == "error":
@@ -316,7 +318,7 @@ class BatchInspection:
             if on_result:
                 on_result(result)
 
-    def _write(self, results: list[PartResult]) -> None:
+    def _write(self, results: list[PartResult], rejudged: set[str]) -> None:
         """Parts, inspections and predictions in one transaction, as bulk INSERTs (row-by-row
         ORM objects cost a fifth of a CPU core at line rate). The image files are already in
         the store: the engine wrote them as it prepared the parts."""
@@ -356,15 +358,14 @@ class BatchInspection:
                     insert(Part).returning(Part.content_hash, Part.id), list(new_parts.values())
                 )
                 part_ids.update({digest: part_id for digest, part_id in inserted})
-            known = [part_ids[r.content_hash] for r in results if r.content_hash not in new_parts]
-            if known:
-                # Judged again at a new operating point: the earlier verdict is kept, superseded.
+            if rejudged:
+                # The earlier verdict is kept, superseded by the one written below.
                 session.execute(
                     update(Inspection)
                     .where(
-                        Inspection.part_id.in_(known),
+                        Inspection.part_id.in_([part_ids[digest] for digest in rejudged]),
                         Inspection.model_version_id == self.model_id,
-                        Inspection.superseded_at.is_(None),
+                        Inspection.is_current(),
                     )
                     .values(superseded_at=now)
                 )

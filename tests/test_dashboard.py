@@ -88,9 +88,7 @@ def test_after_a_recalibration_the_same_uploads_are_judged_again(
     assert _count(production, Inspection) == 6  # the first three kept, superseded
     assert "3 part(s) had been judged" in at.info[0].value
     with session_scope(production) as session:
-        current = session.scalars(
-            select(Inspection).where(Inspection.superseded_at.is_(None))
-        ).all()
+        current = session.scalars(select(Inspection).where(Inspection.is_current())).all()
     assert len(current) == 3 and all(i.thresholds["default"] == 0.99 for i in current)
 
 

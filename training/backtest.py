@@ -13,7 +13,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.models import Dataset, Inspection, ModelKind, ModelVersion, Verdict
-from db.queries import current_verdict
 from db.registry import get_model_version, production_model
 from db.reviews import reviewed_parts
 from db.session import session_scope
@@ -70,7 +69,7 @@ def recorded_rates(session: Session, model: ModelVersion | None = None) -> PartR
     query = select(Inspection.part_id, Inspection.verdict).where(
         Inspection.part_id.in_(list(truth)),
         Inspection.verdict != Verdict.ERROR,
-        current_verdict(),
+        Inspection.is_current(),
     )
     if model is not None:
         query = query.where(Inspection.model_version_id == model.id)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -83,8 +82,7 @@ if not line or not station:
     st.warning("Choose a line and a station first.")
     st.stop()
 
-operating_point = json.dumps(info.thresholds, sort_keys=True)
-upload_key = (info.id, operating_point, line, station, tuple(f.file_id for f in uploaded))
+upload_key = (info.id, info.operating_point, line, station, tuple(f.file_id for f in uploaded))
 if st.session_state.get("inspected_key") != upload_key:
     # New uploads or new thresholds: inspect what this model has not judged at its current
     # operating point (a rerun re-inspects nothing).

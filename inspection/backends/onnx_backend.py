@@ -82,7 +82,7 @@ class OnnxBackend(Backend):
         self.half = "float16" in model_input.type
         active = self.session.get_providers()[0]
         self.device = {"CPUExecutionProvider": "cpu"}.get(active, f"{device} ({active})")
-        self.streams = streams if on_cpu and self._side_by_side is not None else 1
+        self.streams = streams  # more than one only on a CPU, where the second session exists
         # With a batch per core, one part each keeps the latency down at the same throughput
         # (bench/results/inference_cpu.json).
         self.preferred_batch = 1 if self.streams > 1 else None
