@@ -212,6 +212,15 @@ def register_bench_version(
         )
 
 
+def set_cuda_graphs(graphs: int | None) -> None:
+    """The engine's CUDA-graph setting for the Inspectors opened next (None: its default)."""
+    if graphs is None:
+        os.environ.pop("DEFECTS_CUDA_GRAPHS", None)
+    else:
+        os.environ["DEFECTS_CUDA_GRAPHS"] = str(graphs)
+    get_settings.cache_clear()
+
+
 def engine_one_at_a_time(
     model_name: str, inspector: Inspector, folder: Path, url: str, parts: int
 ) -> dict:
@@ -394,6 +403,21 @@ def main() -> None:
         "core); each ONNX batch size runs once for each value",
     )
     parser.add_argument(
+        "--bare-seconds",
+        type=float,
+        default=10.0,
+        help="how long each run's bare forward rate is measured",
+    )
+    parser.add_argument(
+        "--cuda-graphs",
+        type=int,
+        nargs="+",
+        choices=[0, 1],
+        default=[1],
+        help="the PyTorch backend on a GPU records its forward passes as CUDA graphs "
+        "(DEFECTS_CUDA_GRAPHS); each of its runs once for each value",
+    )
+    parser.add_argument(
         "--out", type=Path, default=None, help="default: bench/results/inference_<cpu|gpu>.json"
     )
     parser.add_argument(
@@ -472,16 +496,26 @@ def main() -> None:
         engine_kind = "pytorch" if backend == "pytorch" else "onnx"
         first = args.prepare_processes[0]
         streams = args.cpu_streams if engine_kind == "onnx" else [1]
-        variants = [(batch, first, True, n) for batch in args.engine_batches for n in streams]
+        graph_choices = args.cuda_graphs if engine_kind == "pytorch" and gpu else [None]
+        variants = [
+            (batch, first, True, n, g)
+            for g in graph_choices
+            for batch in args.engine_batches
+            for n in streams
+        ]
         variants += [
-            (max(args.engine_batches), n, True, streams[0]) for n in args.prepare_processes[1:]
+            (max(args.engine_batches), n, True, streams[0], g)
+            for g in graph_choices
+            for n in args.prepare_processes[1:]
         ]
         if args.onnx_no_spinning and engine_kind == "onnx":
-            variants.append((min(args.engine_batches), first, False, streams[0]))
-        measured: set[tuple[int, int, bool, int]] = set()
-        for batch, processes, spinning, cpu_streams in variants:
+            variants.append((min(args.engine_batches), first, False, streams[0], None))
+        graphs_named = len(graph_choices) > 1  # runs differ by it: their names say it
+
+        measured: set[tuple[int, int, bool, int, int | None]] = set()
+        for batch, processes, spinning, cpu_streams, graphs in variants:
             os.environ["DEFECTS_ONNX_SPINNING"] = str(int(spinning))
-            get_settings.cache_clear()
+            set_cuda_graphs(graphs)
             operating = Inspector.from_weights(
                 sources[backend],
                 {"default": OPERATING_CONF, "iou": 0.45},
@@ -492,7 +526,7 @@ def main() -> None:
                 cpu_streams=cpu_streams,
             )
             # A backend caps the batch (4 on a CPU): a larger request would repeat a run.
-            key = (operating.batch_size, processes, spinning, operating.backend.streams)
+            key = (operating.batch_size, processes, spinning, operating.backend.streams, graphs)
             if key in measured:
                 print(f"{backend}: batch {batch} runs as {operating.batch_size}, measured already")
                 operating.close()
@@ -504,6 +538,7 @@ def main() -> None:
                 + (f"-s{operating.backend.streams}" if len(streams) > 1 else "")
                 + (f"-p{processes}" if processes else "")
                 + ("" if spinning else "-nospin")
+                + (f"-g{graphs}" if graphs_named else "")
             )
             register_bench_version(url, weights, name, class_names, imgsz)
             run = engine_end_to_end(name, operating, parts_dir, url)
@@ -511,14 +546,15 @@ def main() -> None:
             run["prepare_processes"] = processes
             run["onnx_spinning"] = spinning if engine_kind == "onnx" else None
             run["streams"] = operating.backend.streams
-            run["bare_forward"] = bare_forward(operating, imgsz, args.batch)
+            run["bare_forward"] = bare_forward(operating, imgsz, args.batch, args.bare_seconds)
             run["backend"] = operating.backend.describe()
             operating.close()
             result["runs"][f"engine_{name}"] = run
             print(name, run)
         os.environ.pop("DEFECTS_ONNX_SPINNING", None)
-        get_settings.cache_clear()
-        for cpu_streams in streams if args.one_at_a_time else []:
+        one_at_a_time = [(n, g) for g in graph_choices for n in streams]
+        for cpu_streams, graphs in one_at_a_time if args.one_at_a_time else []:
+            set_cuda_graphs(graphs)
             single = Inspector.from_weights(
                 sources[backend],
                 {"default": OPERATING_CONF, "iou": 0.45},
@@ -527,8 +563,10 @@ def main() -> None:
                 1,
                 cpu_streams=cpu_streams,
             )
-            name = f"{backend}-one-at-a-time" + (
-                f"-s{single.backend.streams}" if len(streams) > 1 else ""
+            name = (
+                f"{backend}-one-at-a-time"
+                + (f"-s{single.backend.streams}" if len(streams) > 1 else "")
+                + (f"-g{graphs}" if graphs_named else "")
             )
             register_bench_version(url, weights, name, class_names, imgsz)
             run = engine_one_at_a_time(name, single, parts_dir, url, args.one_at_a_time)
@@ -538,17 +576,24 @@ def main() -> None:
             run["backend"] = single.backend.describe()
             result["runs"][f"engine_{name}"] = run
             print(name, run)
-        scoring = Inspector.from_weights(
-            sources[backend],
-            {"default": MAP_CONF, "iou": 0.7},
-            engine_kind,
-            args.device,
-            args.batch,
-        )
-        map50, map50_95 = engine_map(scoring, test_images, truths)
-        for name, run in result["runs"].items():
-            if name.startswith((f"engine_{backend}-b", f"engine_{backend}-one-at-a-time")):
-                run.update(map50=round(map50, 4), map50_95=round(map50_95, 4))
+        for graphs in graph_choices:  # scored with each setting: the recording changes nothing
+            set_cuda_graphs(graphs)
+            scoring = Inspector.from_weights(
+                sources[backend],
+                {"default": MAP_CONF, "iou": 0.7},
+                engine_kind,
+                args.device,
+                args.batch,
+            )
+            map50, map50_95 = engine_map(scoring, test_images, truths)
+            scoring.close()
+            suffix = f"-g{graphs}" if graphs_named else ""
+            for name, run in result["runs"].items():
+                if name.startswith(
+                    (f"engine_{backend}-b", f"engine_{backend}-one-at-a-time")
+                ) and name.endswith(suffix):
+                    run.update(map50=round(map50, 4), map50_95=round(map50_95, 4))
+        set_cuda_graphs(None)
     for processes in args.prepare_processes if args.ceiling else []:
         name = "ceiling_without_network" + (f"-p{processes}" if processes else "")
         result["runs"][name] = ceiling_without_network(

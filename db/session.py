@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -70,6 +70,18 @@ def session_scope(url: str) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+@contextmanager
+def connection_scope(url: str) -> Iterator[Connection]:
+    """One transaction on a bare connection, for bulk statements on a hot path: no ORM
+    bookkeeping (a one-part batch write took 1.3 ms instead of 2.3 through a session, a one-off
+    measurement), the same commit-or-roll-back and error as `session_scope`."""
+    try:
+        with get_engine(url).begin() as connection:
+            yield connection
+    except OperationalError as exc:
+        raise DatabaseError(f"database error at {redact(url)}: {exc.orig}") from exc
 
 
 def redact(url: str) -> str:

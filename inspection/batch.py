@@ -25,7 +25,7 @@ from pathlib import Path
 from threading import Event
 from typing import BinaryIO
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.orm import Session
 
 from db.models import (
@@ -40,7 +40,7 @@ from db.models import (
     utcnow,
 )
 from db.registry import ensure_station, get_model_version, production_model
-from db.session import session_scope
+from db.session import connection_scope, session_scope
 from inspection.engine import BackendChoice, Inspector, PartInput, PartResult
 from inspection.errors import UserError
 
@@ -219,16 +219,18 @@ class BatchInspection:
         self._pending_write: Future[None] | None = None
         self._in_flight: set[str] = set()
 
-    def _wait_for_write(self) -> None:
-        """Let the write in flight finish; its error, if any, is raised here."""
-        if self._pending_write is not None:
-            pending, self._pending_write = self._pending_write, None
-            pending.result()
+    def _wait_for_write(self) -> bool:
+        """Let the write in flight finish; its error, if any, is raised here. True when it
+        also marked the run finished."""
+        if self._pending_write is None:
+            return False
+        pending, self._pending_write = self._pending_write, None
+        return pending.result()
 
-    def _current_points(self, session: Session, hashes: list[str]) -> dict[str, bool]:
+    def _current_points(self, connection: Connection, hashes: list[str]) -> dict[str, bool]:
         """Parts this model version has a current verdict for, and whether it was given at the
         operating point in force now (False: judged before a recalibration)."""
-        rows = session.execute(
+        rows = connection.execute(
             select(Part.content_hash, Inspection.thresholds)
             .join(Inspection, Inspection.part_id == Part.id)
             .where(
@@ -251,6 +253,7 @@ class BatchInspection:
         """
         started = time.perf_counter()
         chunk: list[SourceItem] = []
+        marked_finished = False
         try:
             for item in items:
                 chunk.append(item)
@@ -258,18 +261,29 @@ class BatchInspection:
                     self._process(chunk, on_result)
                     chunk = []
             if chunk:
-                self._process(chunk, on_result)
+                # The last write also marks the run finished: a part handed over on its own
+                # (a hot folder's single file) costs one transaction, not two.
+                self._process(chunk, on_result, finishing=True)
         finally:
-            self._wait_for_write()
+            marked_finished = self._wait_for_write()
         self.summary.seconds += time.perf_counter() - started
-        with session_scope(self.url) as session:
-            run = session.get(InspectionRun, self.run_id)
-            if run is not None:
-                run.finished_at = utcnow()
+        if not marked_finished:
+            with connection_scope(self.url) as connection:
+                self._mark_finished(connection)
         return self.summary
 
+    def _mark_finished(self, connection: Connection) -> None:
+        connection.execute(
+            update(InspectionRun)
+            .where(InspectionRun.id == self.run_id)
+            .values(finished_at=utcnow())
+        )
+
     def _process(
-        self, chunk: list[SourceItem], on_result: Callable[[PartResult], None] | None
+        self,
+        chunk: list[SourceItem],
+        on_result: Callable[[PartResult], None] | None,
+        finishing: bool = False,
     ) -> None:
         self.summary.seen += len(chunk)
         unreadable = [i for i in chunk if i.data is None]
@@ -277,8 +291,10 @@ class BatchInspection:
         hashes = {p.name: p.content_hash for p in readable}
         # A file that could not be read has no content; it is known by its name instead.
         unreadable_hashes = {i.name: unreadable_key(i.name) for i in unreadable}
-        with session_scope(self.url) as session:
-            current = self._current_points(session, [*hashes.values(), *unreadable_hashes.values()])
+        with connection_scope(self.url) as connection:
+            current = self._current_points(
+                connection, [*hashes.values(), *unreadable_hashes.values()]
+            )
         done = {digest for digest, same_point in current.items() if same_point}
         done |= self._in_flight  # written by the previous chunk, perhaps not committed yet
         todo: list[PartInput] = []
@@ -304,7 +320,7 @@ class BatchInspection:
         self._in_flight = queued
         # Parts with a current verdict at another operating point: judged again, superseding it.
         rejudged = {r.content_hash for r in results if r.content_hash in current}
-        self._pending_write = self._writer.submit(self._write, results, rejudged)
+        self._pending_write = self._writer.submit(self._write, results, rejudged, finishing)
         for result in results:
             self.summary.inspected += 1
             self.summary.rejudged += result.content_hash in rejudged
@@ -318,19 +334,20 @@ class BatchInspection:
             if on_result:
                 on_result(result)
 
-    def _write(self, results: list[PartResult], rejudged: set[str]) -> None:
+    def _write(self, results: list[PartResult], rejudged: set[str], finishing: bool) -> bool:
         """Parts, inspections and predictions in one transaction, as bulk INSERTs (row-by-row
-        ORM objects cost a fifth of a CPU core at line rate). The image files are already in
-        the store: the engine wrote them as it prepared the parts."""
+        ORM objects cost a fifth of a CPU core at line rate), with the run marked finished when
+        `finishing`; returns whether it was. The image files are already in the store: the
+        engine wrote them as it prepared the parts."""
         if not results:
-            return  # (an INSERT given no rows would insert one row of defaults)
+            return False  # (an INSERT given no rows would insert one row of defaults)
         now = utcnow()
         thresholds = self.inspector.thresholds.to_dict()
-        with session_scope(self.url) as session:
+        with connection_scope(self.url) as connection:
             # (Result objects have .keys(), so dict() would take them for mappings.)
             part_ids: dict[str, int] = {
                 digest: part_id
-                for digest, part_id in session.execute(
+                for digest, part_id in connection.execute(
                     select(Part.content_hash, Part.id).where(
                         Part.content_hash.in_([r.content_hash for r in results])
                     )
@@ -354,13 +371,13 @@ class BatchInspection:
                 if r.content_hash not in part_ids
             }
             if new_parts:
-                inserted = session.execute(
+                inserted = connection.execute(
                     insert(Part).returning(Part.content_hash, Part.id), list(new_parts.values())
                 )
                 part_ids.update({digest: part_id for digest, part_id in inserted})
             if rejudged:
                 # The earlier verdict is kept, superseded by the one written below.
-                session.execute(
+                connection.execute(
                     update(Inspection)
                     .where(
                         Inspection.part_id.in_([part_ids[digest] for digest in rejudged]),
@@ -386,7 +403,7 @@ class BatchInspection:
             ]
             inspection_ids = {
                 part_id: inspection_id
-                for part_id, inspection_id in session.execute(
+                for part_id, inspection_id in connection.execute(
                     insert(Inspection).returning(Inspection.part_id, Inspection.id), inspection_rows
                 )
             }
@@ -407,7 +424,10 @@ class BatchInspection:
                 for d in r.detections
             ]
             if prediction_rows:
-                session.execute(insert(Prediction), prediction_rows)
+                connection.execute(insert(Prediction), prediction_rows)
+            if finishing:
+                self._mark_finished(connection)
+        return finishing
 
     def watch(
         self,

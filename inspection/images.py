@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import cv2
@@ -27,15 +28,24 @@ class ImageDecodeError(ValueError):
 
 @dataclass(frozen=True)
 class DecodedImage:
-    pixels: np.ndarray  # H x W x 3, uint8, RGB
+    # H x W (grayscale) or H x W x 3 (RGB), uint8. A grayscale camera's image stays one channel
+    # until three are asked for: letterboxing one channel is half the work of three.
+    source: np.ndarray
+
+    @cached_property
+    def pixels(self) -> np.ndarray:
+        """H x W x 3, uint8, RGB."""
+        if self.source.ndim == 2:
+            return np.repeat(self.source[:, :, None], 3, axis=2)
+        return self.source
 
     @property
     def height(self) -> int:
-        return int(self.pixels.shape[0])
+        return int(self.source.shape[0])
 
     @property
     def width(self) -> int:
-        return int(self.pixels.shape[1])
+        return int(self.source.shape[1])
 
 
 def _to_uint8(array: np.ndarray) -> np.ndarray:
@@ -74,15 +84,13 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> DecodedImage:
         raise ImageDecodeError(f"corrupt or truncated image: {exc}") from exc
     mode = image.mode
     if mode in {"I;16", "I;16B", "I;16L", "I", "F"}:
-        gray = _to_uint8(np.asarray(image))
-        pixels = np.repeat(gray[:, :, None], 3, axis=2)
-    elif mode == "L":
-        pixels = np.repeat(np.asarray(image)[:, :, None], 3, axis=2)
-    elif mode == "RGB":
+        pixels = _to_uint8(np.asarray(image))
+    elif mode in {"L", "RGB"}:
         pixels = np.asarray(image)
     else:  # RGBA, LA, P, CMYK, YCbCr, 1...
         pixels = np.asarray(image.convert("RGB"))
-    if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.size == 0:
+    channels_ok = pixels.ndim == 2 or (pixels.ndim == 3 and pixels.shape[2] == 3)
+    if not channels_ok or pixels.size == 0:
         raise ImageDecodeError(f"unsupported image layout {pixels.shape} (mode {mode})")
     return DecodedImage(np.ascontiguousarray(pixels))
 
@@ -112,14 +120,16 @@ def letterbox(image: DecodedImage, size: int) -> Letterboxed:
     height, width = image.height, image.width
     scale = min(size / height, size / width)
     new_w, new_h = round(width * scale), round(height * scale)
-    resized = image.pixels
+    resized = image.source
     if (new_w, new_h) != (width, height):
-        resized = cv2.resize(image.pixels, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    canvas = np.full((size, size, 3), LETTERBOX_FILL, dtype=np.uint8)
+        resized = cv2.resize(image.source, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    # Written straight into the channels-first canvas: no full-size transposed copy.
+    canvas = np.full((3, size, size), LETTERBOX_FILL, dtype=np.uint8)
     top = round((size - new_h) / 2 - 0.1)
     left = round((size - new_w) / 2 - 0.1)
-    canvas[top : top + new_h, left : left + new_w] = resized
-    return Letterboxed(np.ascontiguousarray(canvas.transpose(2, 0, 1)), (height, width))
+    channels_first = resized[None] if resized.ndim == 2 else resized.transpose(2, 0, 1)
+    canvas[:, top : top + new_h, left : left + new_w] = channels_first
+    return Letterboxed(canvas, (height, width))
 
 
 def store_image(images_dir: Path, content_hash: str, name: str, data: bytes) -> Path:

@@ -47,6 +47,13 @@ class Settings(BaseSettings):
         "cores (measure with bench/inference.py).",
     )
 
+    cuda_graphs: bool = Field(
+        default=True,
+        description="on a GPU, the PyTorch backend records each batch shape's forward pass as a "
+        "CUDA graph and replays it: a small model at a small batch otherwise spends most of its "
+        "time launching kernels (measure with bench/inference.py --cuda-graphs 0 1).",
+    )
+
     @field_validator("device")
     @classmethod
     def _check_device(cls, value: str) -> str:

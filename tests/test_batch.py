@@ -61,6 +61,24 @@ def test_folder_batch_stores_every_part_and_its_image(detector: str, tmp_path: P
             assert Path(part.stored_path).is_file()  # nothing lost, the bad file included
 
 
+def test_a_run_is_marked_finished_whether_or_not_it_wrote(detector: str, tmp_path: Path) -> None:
+    from db.models import InspectionRun
+
+    images = make_images(tmp_path / "in", n=1)
+    part = tmp_path / "in" / images[0].name
+
+    def finished(run_id: int):  # type: ignore[no-untyped-def]
+        with session_scope(detector) as session:
+            return session.get(InspectionRun, run_id).finished_at  # type: ignore[union-attr]
+
+    first = _job(detector, tmp_path)
+    summary = first.run(iter_source(str(part)))  # one part: its write marks the run finished
+    assert summary.inspected == 1 and finished(summary.run_id) is not None
+    again = _job(detector, tmp_path)
+    summary = again.run(iter_source(str(part)))  # nothing to write: marked all the same
+    assert summary.skipped == 1 and finished(summary.run_id) is not None
+
+
 def test_zip_with_bad_entries_and_glob_sources(detector: str, tmp_path: Path) -> None:
     images = make_images(tmp_path / "in", n=3)
     archive = tmp_path / "parts.zip"

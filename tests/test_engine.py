@@ -178,6 +178,73 @@ def test_out_of_memory_splits_the_batch_and_retries() -> None:
     assert inspector.batch_size <= 2
 
 
+def test_pytorch_on_a_cpu_runs_eagerly_and_cuda_graphs_are_on_by_default(trained: Trained) -> None:
+    from inspection.backends.torch_backend import TorchBackend
+    from inspection.settings import Settings
+
+    assert Settings().cuda_graphs is True
+    backend = TorchBackend(trained.weights, "cpu", cuda_graphs=True)
+    assert backend.cuda_graphs is False  # recording needs a GPU: the CPU path is the eager one
+    batch = np.zeros((2, 3, backend.image_size, backend.image_size), dtype=np.uint8)
+    assert backend.infer(batch).shape[:2] == (2, 4 + len(CLASSES))
+    assert backend._graphs == {}
+
+
+class _RecordedForward:
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.shape = shape
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return np.full((len(batch), 4 + len(CLASSES), 3), 7.0, dtype=np.float32)
+
+
+def test_cuda_graphs_are_recorded_once_per_shape_and_bounded(
+    trained: Trained, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The recording itself needs a GPU (checked on one by bench/inference.py); which shapes are
+    recorded, replayed, refused or left eager is plain logic, checked here with the recording
+    replaced by a stand-in."""
+    import torch
+
+    from inspection.backends import torch_backend
+    from inspection.backends.torch_backend import MAX_GRAPHS, TorchBackend
+
+    backend = TorchBackend(trained.weights, "cpu")
+    backend.cuda_graphs = True
+    recorded: list[tuple[int, ...]] = []
+
+    def capture(shape: tuple[int, ...], dtype: np.dtype) -> _RecordedForward:
+        recorded.append(shape)
+        if shape[0] == 3:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        if shape[0] == 5:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return _RecordedForward(shape)
+
+    monkeypatch.setattr(backend, "_capture", capture)
+    monkeypatch.setattr(torch_backend.torch.cuda, "empty_cache", lambda: None)
+    size = backend.image_size
+
+    def batch(n: int) -> np.ndarray:
+        return np.zeros((n, 3, size, size), dtype=np.uint8)
+
+    assert (backend.infer(batch(1)) == 7.0).all()  # replayed
+    assert (backend.infer(batch(1)) == 7.0).all()
+    assert recorded == [(1, 3, size, size)]  # recorded once
+    eager = backend.infer(batch(3))  # recording failed: eager, and not tried again
+    assert not (eager == 7.0).all()
+    backend.infer(batch(3))
+    assert recorded.count((3, 3, size, size)) == 1
+    backend.infer(batch(5))  # out of memory while recording: eager now, tried again later
+    backend.infer(batch(5))
+    assert recorded.count((5, 3, size, size)) == 2
+    for n in (2, 4, 6, 7):
+        backend.infer(batch(n))
+    replayed = [shape for shape, graph in backend._graphs.items() if graph is not None]
+    assert len(replayed) == MAX_GRAPHS  # 1, 2, 4, 6; batch 7 runs eagerly, unrecorded
+    assert ((7, 3, size, size), "|u1") not in backend._graphs
+
+
 def test_gpu_providers_are_explicit_and_fall_back_to_cpu() -> None:
     everything = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     chosen = choose_providers("cuda:1", everything)
