@@ -222,16 +222,25 @@ def set_cuda_graphs(graphs: int | None) -> None:
 
 
 def engine_one_at_a_time(
-    model_name: str, inspector: Inspector, folder: Path, url: str, parts: int
+    model_name: str,
+    inspector: Inspector,
+    folder: Path,
+    url: str,
+    parts: int,
+    wal_checkpoints: bool = True,
 ) -> dict:
     """Each part handed over alone, once the previous one's verdict is in the database, as a
     line camera triggered by each part feeds a station slower than the station's limit: the
-    latency is a part's own (read, decode, infer, verdict, database), with no queue in front."""
+    latency is a part's own (read, decode, infer, verdict, database), with no queue in front.
+    Without `wal_checkpoints`, SQLite checkpoints inside the commits, as it did before the
+    background checkpoints."""
     from inspection.batch import read_file
 
     job = BatchInspection(
         url, WORK / f"store-{model_name}", "bench", "bench", model=model_name, inspector=inspector
     )
+    if not wal_checkpoints:
+        job.checkpointer.interval_s = float("inf")
     files = sorted(folder.iterdir())
     for path in files[:8]:  # warm-up parts, not counted
         job.run([read_file(path, path.name)])
@@ -403,6 +412,15 @@ def main() -> None:
         "core); each ONNX batch size runs once for each value",
     )
     parser.add_argument(
+        "--wal-checkpoints",
+        type=int,
+        nargs="+",
+        choices=[0, 1],
+        default=[1],
+        help="the one-at-a-time runs with SQLite's log checkpointed in the background (1, the "
+        "engine's way) or inside the commits (0); each runs once for each value",
+    )
+    parser.add_argument(
         "--bare-seconds",
         type=float,
         default=10.0,
@@ -552,8 +570,10 @@ def main() -> None:
             result["runs"][f"engine_{name}"] = run
             print(name, run)
         os.environ.pop("DEFECTS_ONNX_SPINNING", None)
-        one_at_a_time = [(n, g) for g in graph_choices for n in streams]
-        for cpu_streams, graphs in one_at_a_time if args.one_at_a_time else []:
+        one_at_a_time = [
+            (n, g, w) for g in graph_choices for n in streams for w in args.wal_checkpoints
+        ]
+        for cpu_streams, graphs, wal in one_at_a_time if args.one_at_a_time else []:
             set_cuda_graphs(graphs)
             single = Inspector.from_weights(
                 sources[backend],
@@ -566,10 +586,11 @@ def main() -> None:
             name = (
                 f"{backend}-one-at-a-time"
                 + (f"-s{single.backend.streams}" if len(streams) > 1 else "")
-                + (f"-g{graphs}" if graphs_named else "")
+                + (f"-w{wal}" if len(args.wal_checkpoints) > 1 else "")
+                + (f"-g{graphs}" if graphs_named else "")  # last: the mAP is matched by it
             )
             register_bench_version(url, weights, name, class_names, imgsz)
-            run = engine_one_at_a_time(name, single, parts_dir, url, args.one_at_a_time)
+            run = engine_one_at_a_time(name, single, parts_dir, url, args.one_at_a_time, bool(wal))
             single.close()
             run["batch"] = 1
             run["streams"] = single.backend.streams

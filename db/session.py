@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -13,6 +16,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+logger = logging.getLogger(__name__)
 
 
 class DatabaseError(RuntimeError):
@@ -82,6 +86,53 @@ def connection_scope(url: str) -> Iterator[Connection]:
             yield connection
     except OperationalError as exc:
         raise DatabaseError(f"database error at {redact(url)}: {exc.orig}") from exc
+
+
+class WalCheckpointer:
+    """Checkpoints a SQLite database's write-ahead log from a background thread.
+
+    Left to itself, SQLite checkpoints inside the commit that takes the log past 1000 pages:
+    a writer committing part by part (about 7 pages each) then pays for it once in about 140
+    commits, which took 5 to 7 ms instead of 1.3 (a one-off measurement) and made its slowest
+    percent of parts. A passive checkpoint a few times a second, off the hot path, keeps the
+    log under that mark; it waits for no lock and blocks no writer. Nothing to do elsewhere.
+    """
+
+    def __init__(self, url: str, interval_s: float = 0.2) -> None:
+        self.url = url
+        self.interval_s = interval_s
+        self.enabled = make_url(url).get_backend_name() == "sqlite"
+        self._thread = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="wal-checkpoint")
+            if self.enabled
+            else None
+        )
+        self._running: Future[None] | None = None
+        self._last = 0.0
+        self.checkpoints = 0
+
+    def committed(self) -> None:
+        """After a commit: a checkpoint when none runs and the last began long enough ago."""
+        if self._thread is None or (self._running is not None and not self._running.done()):
+            return
+        now = time.monotonic()
+        if now - self._last < self.interval_s:
+            return
+        self._last = now
+        self._running = self._thread.submit(self._checkpoint)
+
+    def _checkpoint(self) -> None:
+        try:
+            with get_engine(self.url).connect() as connection:
+                connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+            self.checkpoints += 1
+        except Exception as exc:  # noqa: BLE001 - nothing is lost: SQLite checkpoints itself later
+            logger.warning("background WAL checkpoint of %s failed: %s", redact(self.url), exc)
+
+    def wait(self) -> None:
+        """Let a checkpoint under way finish (tests, and before closing)."""
+        if self._running is not None:
+            self._running.result()
 
 
 def redact(url: str) -> str:

@@ -40,7 +40,7 @@ from db.models import (
     utcnow,
 )
 from db.registry import ensure_station, get_model_version, production_model
-from db.session import connection_scope, session_scope
+from db.session import WalCheckpointer, connection_scope, session_scope
 from inspection.engine import BackendChoice, Inspector, PartInput, PartResult
 from inspection.errors import UserError
 
@@ -216,7 +216,8 @@ class BatchInspection:
         # As stored in an inspection's JSON column, to compare with earlier inspections.
         self._operating_point = json.loads(json.dumps(self.inspector.thresholds.to_dict()))
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-writer")
-        self._pending_write: Future[None] | None = None
+        self._pending_write: Future[bool] | None = None
+        self.checkpointer = WalCheckpointer(url)
         self._in_flight: set[str] = set()
 
     def _wait_for_write(self) -> bool:
@@ -427,6 +428,7 @@ class BatchInspection:
                 connection.execute(insert(Prediction), prediction_rows)
             if finishing:
                 self._mark_finished(connection)
+        self.checkpointer.committed()
         return finishing
 
     def watch(

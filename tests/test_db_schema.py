@@ -23,7 +23,14 @@ from db.models import (
     Verdict,
     utcnow,
 )
-from db.session import DatabaseError, get_engine, session_factory, session_scope
+from db.session import (
+    DatabaseError,
+    WalCheckpointer,
+    connection_scope,
+    get_engine,
+    session_factory,
+    session_scope,
+)
 
 
 def test_migrations_match_the_models(database_url: str) -> None:
@@ -106,6 +113,24 @@ def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(tmp_path: Path) -> None:
     with get_engine(url).connect() as connection:
         assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert connection.execute(text("PRAGMA busy_timeout")).scalar() >= 5000
+
+
+def test_the_write_ahead_log_is_checkpointed_in_the_background(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'checkpointed.db'}"
+    upgrade(url)
+    checkpointer = WalCheckpointer(url, interval_s=3600)
+    for i in range(20):
+        with connection_scope(url) as connection:
+            connection.execute(ProductionLine.__table__.insert(), {"name": f"line {i}"})
+        checkpointer.committed()  # the first starts one; the rest fall inside the interval
+    checkpointer.wait()
+    assert checkpointer.checkpoints == 1
+    with get_engine(url).connect() as connection:
+        busy, log_frames, checkpointed = connection.execute(
+            text("PRAGMA wal_checkpoint(PASSIVE)")
+        ).one()
+    assert busy == 0 and log_frames == checkpointed  # the log stays short: all copied back
+    assert not WalCheckpointer("postgresql+psycopg://u@h/db").enabled  # SQLite only
 
 
 def test_two_sqlite_writers_both_succeed(tmp_path: Path) -> None:
