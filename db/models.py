@@ -194,7 +194,11 @@ class Part(Base):
     """One inspected image, identified by the SHA-256 of its bytes."""
 
     __tablename__ = "parts"
-    __table_args__ = (Index("ix_parts_line_station", "line_id", "station_id"),)
+    __table_args__ = (
+        Index("ix_parts_line_station", "line_id", "station_id"),
+        # The history's days and date ranges (a part judged again keeps its day).
+        Index("ix_parts_captured_at", "captured_at"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     content_hash: Mapped[str] = mapped_column(String(64), unique=True)

@@ -9,6 +9,10 @@ Miss rate = defective parts passed / defective parts; false-call rate = good par
 good parts. Both count inspections (a part inspected by two model versions counts once for
 each); inspections that ended in an error are neither. A verdict superseded by a later one of
 the same model version (the part judged again after a recalibration) is left out unless asked.
+
+Days and date ranges are those of the parts (when each was captured, that is first seen), not of
+the verdicts: a week of parts judged again on Saturday after a recalibration stays on its days,
+with its new verdicts, instead of piling up on Saturday.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ _DEFECT_REVIEWS = (ReviewKind.CONFIRMED_DEFECT, ReviewKind.MISSED_DEFECT)
 
 @dataclass(frozen=True)
 class Filters:
-    """Which inspections a query looks at; `end` is exclusive."""
+    """Which inspections a query looks at: of parts captured from `start` to `end` (exclusive)."""
 
     start: datetime | None = None
     end: datetime | None = None
@@ -55,9 +59,9 @@ class Filters:
         if not self.include_superseded:
             found.append(Inspection.is_current())
         if self.start is not None:
-            found.append(Inspection.inspected_at >= self.start)
+            found.append(Part.captured_at >= self.start)
         if self.end is not None:
-            found.append(Inspection.inspected_at < self.end)
+            found.append(Part.captured_at < self.end)
         if self.line_id is not None:
             found.append(Part.line_id == self.line_id)
         if self.station_id is not None:
@@ -119,7 +123,7 @@ def _truth_subquery():  # type: ignore[no-untyped-def]
 
 
 def _day_column() -> ColumnElement[str]:
-    return func.date(Inspection.inspected_at)
+    return func.date(Part.captured_at)
 
 
 def _normalise_key(group_by: GroupBy, key: object) -> str | date | int | None:
@@ -297,7 +301,7 @@ class VolumeRow:
 
 
 def daily_volume(session: Session, filters: Filters = Filters()) -> list[VolumeRow]:
-    """Parts inspected, failed and in error per day."""
+    """Verdicts given, failed and in error per day the parts were captured."""
     day = _day_column()
     rows = session.execute(
         select(
@@ -456,6 +460,7 @@ def inspection_rows(
             continue
         rows.append(
             {
+                "captured_at": part.captured_at,
                 "inspected_at": inspection.inspected_at,
                 "line": line,
                 "station": station,

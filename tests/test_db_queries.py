@@ -264,12 +264,20 @@ def test_a_verdict_given_again_replaces_the_earlier_one_in_the_figures(session, 
     assert by_class["inclusion"] == (2, 0, 2, 0)
     [everything] = rates(session, Filters(include_superseded=True))
     assert _counts(everything) == (6, 2, 2, 1)  # both verdicts of p2, as recorded
-    assert [(v.day, v.inspected) for v in daily_volume(session)] == [
-        (date(2026, 1, 5), 2),
-        (date(2026, 1, 6), 7),
+    # p2 keeps its day (it was captured on the 5th): its new verdict counts there, not on the
+    # day it was given.
+    assert [(v.day, v.inspected, v.failed) for v in daily_volume(session)] == [
+        (date(2026, 1, 5), 3, 3),
+        (date(2026, 1, 6), 6, 3),
     ]
+    assert [_counts(r) for r in rates(session, group_by="day")] == [(2, 0, 1, 1), (3, 1, 1, 0)]
+    [day2] = rates(session, Filters(start=datetime(2026, 1, 6)))
+    assert _counts(day2) == (3, 1, 1, 0)  # p2's new verdict is not a part of the 6th
     # The download keeps both verdicts of p2, the earlier one marked.
     assert len(inspection_rows(session)) == 9
     record = inspection_rows(session, Filters(include_superseded=True))
     assert len(record) == 10
     assert [r["verdict"] for r in record if r["superseded_at"] is not None] == ["pass"]
+    assert {r["captured_at"] for r in record if r["content_hash"] == f"{2:064d}"} == {
+        DAY1 + timedelta(seconds=10)
+    }

@@ -46,7 +46,13 @@ with session_scope(state.url) as session:
 
 today = date.today()
 c1, c2, c3, c4 = st.columns(4)
-chosen = c1.date_input("Time range", (today - timedelta(days=30), today), key="history_range")
+chosen = c1.date_input(
+    "Time range",
+    (today - timedelta(days=30), today),
+    key="history_range",
+    help="Parts captured in this range, judged whenever: a part judged again after a "
+    "recalibration stays on the day it was captured, with its new verdict.",
+)
 start_day, end_day = (
     chosen
     if isinstance(chosen, tuple) and len(chosen) == 2
