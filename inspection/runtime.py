@@ -47,7 +47,9 @@ def nms_reference(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: floa
     if boxes.numel() == 0:
         return torch.empty(0, dtype=torch.long, device=boxes.device)
     order = torch.sort(scores, descending=True, stable=True).indices
-    sorted_boxes = boxes[order].float()
+    sorted_boxes = boxes[order]
+    if sorted_boxes.dtype != torch.float64:  # (float64 is kept: batched NMS shifts boxes far)
+        sorted_boxes = sorted_boxes.float()
     kept_boxes = sorted_boxes.new_zeros((0, 4))
     kept_indices: list[torch.Tensor] = []
     start, size = 0, _NMS_FIRST_BLOCK

@@ -245,6 +245,31 @@ def test_cuda_graphs_are_recorded_once_per_shape_and_bounded(
     assert ((7, 3, size, size), "|u1") not in backend._graphs
 
 
+def test_postprocess_keeps_images_and_classes_apart_in_one_batch() -> None:
+    from inspection.engine import postprocess
+    from inspection.verdict import Thresholds
+
+    # Two images, four anchors each (cx, cy, w, h, then one score per class). Image 0: two
+    # overlapping boxes of class 0 (the weaker is suppressed) and the same box as class 1
+    # (kept: NMS is per class). Image 1: the very box image 0 kept, which must survive too.
+    raw = np.zeros((2, 4 + 2, 4), dtype=np.float32)
+    raw[0, :, 0] = [50, 50, 20, 20, 0.9, 0.0]
+    raw[0, :, 1] = [51, 50, 20, 20, 0.8, 0.0]
+    raw[0, :, 2] = [50, 50, 20, 20, 0.0, 0.7]
+    raw[0, :, 3] = [10, 10, 4, 4, 0.1, 0.0]  # under the threshold
+    raw[1, :, 0] = [50, 50, 20, 20, 0.6, 0.0]
+    thresholds = Thresholds.from_dict({"default": 0.5, "iou": 0.45}, ["a", "b"])
+    first, second = postprocess(raw, [(100, 100), (200, 200)], 100, ["a", "b"], thresholds)
+    assert [(d.class_name, round(d.confidence, 2)) for d in first] == [("a", 0.9), ("b", 0.7)]
+    assert [(d.class_name, round(d.confidence, 2)) for d in second] == [("a", 0.6)]
+    assert (first[0].x1, first[0].x2) == pytest.approx((40, 60))
+    assert (second[0].x1, second[0].x2) == pytest.approx((80, 120))  # back to its own pixels
+    assert postprocess(np.zeros_like(raw), [(1, 1), (1, 1)], 100, ["a", "b"], thresholds) == [
+        [],
+        [],
+    ]
+
+
 def test_gpu_providers_are_explicit_and_fall_back_to_cpu() -> None:
     everything = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     chosen = choose_providers("cuda:1", everything)
