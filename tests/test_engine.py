@@ -195,10 +195,11 @@ class _RecordedForward:
         self.shape = shape
 
     def run(self, batch: np.ndarray) -> np.ndarray:
+        assert len(batch) <= self.shape[0]  # padded into the recorded batch
         return np.full((len(batch), 4 + len(CLASSES), 3), 7.0, dtype=np.float32)
 
 
-def test_cuda_graphs_are_recorded_once_per_shape_and_bounded(
+def test_cuda_graphs_are_recorded_per_batch_bucket_and_bounded(
     trained: Trained, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The recording itself needs a GPU (checked on one by bench/inference.py); which shapes are
@@ -207,17 +208,18 @@ def test_cuda_graphs_are_recorded_once_per_shape_and_bounded(
     import torch
 
     from inspection.backends import torch_backend
-    from inspection.backends.torch_backend import MAX_GRAPHS, TorchBackend
+    from inspection.backends.torch_backend import MAX_GRAPHS, TorchBackend, recorded_batch
 
+    assert [recorded_batch(n) for n in (1, 2, 3, 4, 5, 37, 64)] == [1, 2, 4, 4, 8, 64, 64]
     backend = TorchBackend(trained.weights, "cpu")
     backend.cuda_graphs = True
-    recorded: list[tuple[int, ...]] = []
+    recorded: list[int] = []
 
     def capture(shape: tuple[int, ...], dtype: np.dtype) -> _RecordedForward:
-        recorded.append(shape)
-        if shape[0] == 3:
+        recorded.append(shape[0])
+        if shape[0] == 4:
             raise RuntimeError("operation not permitted when stream is capturing")
-        if shape[0] == 5:
+        if shape[0] == 8:
             raise torch.OutOfMemoryError("CUDA out of memory")
         return _RecordedForward(shape)
 
@@ -225,49 +227,29 @@ def test_cuda_graphs_are_recorded_once_per_shape_and_bounded(
     monkeypatch.setattr(torch_backend.torch.cuda, "empty_cache", lambda: None)
     size = backend.image_size
 
-    def batch(n: int) -> np.ndarray:
-        return np.zeros((n, 3, size, size), dtype=np.uint8)
+    def infer(n: int, dtype: type = np.uint8) -> np.ndarray:
+        return backend.infer(np.zeros((n, 3, size, size), dtype=dtype))
 
-    assert (backend.infer(batch(1)) == 7.0).all()  # replayed
-    assert (backend.infer(batch(1)) == 7.0).all()
-    assert recorded == [(1, 3, size, size)]  # recorded once
-    eager = backend.infer(batch(3))  # recording failed: eager, and not tried again
-    assert not (eager == 7.0).all()
-    backend.infer(batch(3))
-    assert recorded.count((3, 3, size, size)) == 1
-    backend.infer(batch(5))  # out of memory while recording: eager now, tried again later
-    backend.infer(batch(5))
-    assert recorded.count((5, 3, size, size)) == 2
-    for n in (2, 4, 6, 7):
-        backend.infer(batch(n))
-    replayed = [shape for shape, graph in backend._graphs.items() if graph is not None]
-    assert len(replayed) == MAX_GRAPHS  # 1, 2, 4, 6; batch 7 runs eagerly, unrecorded
-    assert ((7, 3, size, size), "|u1") not in backend._graphs
-
-
-def test_postprocess_keeps_images_and_classes_apart_in_one_batch() -> None:
-    from inspection.engine import postprocess
-    from inspection.verdict import Thresholds
-
-    # Two images, four anchors each (cx, cy, w, h, then one score per class). Image 0: two
-    # overlapping boxes of class 0 (the weaker is suppressed) and the same box as class 1
-    # (kept: NMS is per class). Image 1: the very box image 0 kept, which must survive too.
-    raw = np.zeros((2, 4 + 2, 4), dtype=np.float32)
-    raw[0, :, 0] = [50, 50, 20, 20, 0.9, 0.0]
-    raw[0, :, 1] = [51, 50, 20, 20, 0.8, 0.0]
-    raw[0, :, 2] = [50, 50, 20, 20, 0.0, 0.7]
-    raw[0, :, 3] = [10, 10, 4, 4, 0.1, 0.0]  # under the threshold
-    raw[1, :, 0] = [50, 50, 20, 20, 0.6, 0.0]
-    thresholds = Thresholds.from_dict({"default": 0.5, "iou": 0.45}, ["a", "b"])
-    first, second = postprocess(raw, [(100, 100), (200, 200)], 100, ["a", "b"], thresholds)
-    assert [(d.class_name, round(d.confidence, 2)) for d in first] == [("a", 0.9), ("b", 0.7)]
-    assert [(d.class_name, round(d.confidence, 2)) for d in second] == [("a", 0.6)]
-    assert (first[0].x1, first[0].x2) == pytest.approx((40, 60))
-    assert (second[0].x1, second[0].x2) == pytest.approx((80, 120))  # back to its own pixels
-    assert postprocess(np.zeros_like(raw), [(1, 1), (1, 1)], 100, ["a", "b"], thresholds) == [
-        [],
-        [],
-    ]
+    assert (infer(1) == 7.0).all() and (infer(1) == 7.0).all()  # replayed
+    assert recorded == [1]  # recorded once
+    assert infer(37).shape[0] == 37 and (infer(50) == 7.0).all()  # both in the batch-64 graph
+    assert recorded == [1, 64]
+    eager = infer(3)  # recording batch 4 failed: eager, and not tried again
+    assert eager.shape[0] == 3 and not (eager == 7.0).all()
+    infer(4)
+    assert recorded.count(4) == 1
+    infer(5)  # out of memory while recording batch 8: eager now, tried again later
+    infer(6)
+    assert recorded.count(8) == 2
+    for n in (2, 16, 32, 128):
+        infer(n)
+    infer(1, np.float32)  # another input type is another shape
+    replayed = [key for key, graph in backend._graphs.items() if graph is not None]
+    assert len(replayed) == MAX_GRAPHS - 1  # 1, 2, 16, 32, 64, 128 of uint8, 1 of float32
+    infer(2, np.float32)
+    assert len([g for g in backend._graphs.values() if g is not None]) == MAX_GRAPHS
+    assert (infer(16, np.float32) != 7.0).any()  # past the bound: eager, unrecorded
+    assert ((16, 3, size, size), "<f4") not in backend._graphs
 
 
 def test_gpu_providers_are_explicit_and_fall_back_to_cpu() -> None:

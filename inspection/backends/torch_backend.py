@@ -22,10 +22,18 @@ from inspection.settings import get_settings
 
 logger = logging.getLogger(__name__)
 
-# Batch shapes recorded at most: the engine's batch, a run's last partial batch, batch 1 of a
-# part on its own... Others run eagerly, so an odd stream of sizes cannot fill the GPU's memory.
-MAX_GRAPHS = 4
+# Input shapes recorded at most (batch sizes 1, 2, 4 ... 128 of one image size); others run
+# eagerly, so that an odd stream of shapes cannot fill the GPU's memory.
+MAX_GRAPHS = 8
 WARMUP_PASSES = 3  # eager passes on a side stream before recording, as PyTorch asks
+
+
+def recorded_batch(size: int) -> int:
+    """The recorded batch a batch of `size` runs in: the next power of two. A run's last partial
+    batch, a batch split after an out-of-memory error or a dashboard upload of any count then
+    replays one of a few graphs, padded, instead of running eagerly or recording a graph each;
+    on a GPU the padding's extra images cost far less than an eager pass's launches."""
+    return 1 << (size - 1).bit_length()
 
 
 class CapturedForward:
@@ -33,6 +41,8 @@ class CapturedForward:
 
     Inputs are copied into a fixed pinned host buffer and a fixed device buffer, the graph is
     replayed, and its fixed output is copied back: one thread at a time (the backend's lock).
+    A smaller batch fills the first rows; the rows after it (left from earlier batches) are
+    computed and dropped, each image's output depending on that image alone.
     """
 
     def __init__(self, forward, shape: tuple[int, ...], dtype: np.dtype, device: str) -> None:  # type: ignore[no-untyped-def]
@@ -50,10 +60,10 @@ class CapturedForward:
             self.output = forward(self.device_input)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        self.host.numpy()[...] = batch
+        self.host.numpy()[: len(batch)] = batch
         self.device_input.copy_(self.host, non_blocking=True)
         self.graph.replay()
-        return self.output.float().cpu().numpy()  # waits for the replay
+        return self.output[: len(batch)].float().cpu().numpy()  # waits for the replay
 
 
 class TorchBackend(Backend):
@@ -110,7 +120,7 @@ class TorchBackend(Backend):
         return captured
 
     def _graph_for(self, batch: np.ndarray) -> CapturedForward | None:
-        key = (tuple(batch.shape), batch.dtype.str)
+        key = ((recorded_batch(len(batch)), *batch.shape[1:]), batch.dtype.str)
         if key in self._graphs:
             return self._graphs[key]
         if sum(graph is not None for graph in self._graphs.values()) >= MAX_GRAPHS:
