@@ -11,7 +11,8 @@
 #   4. with TWIN=1, the s-scale plain twin of the teacher (attention against none);
 #   5. everything that must come back (result files, the best distilled student) in one folder.
 #
-# PLAN picks the steps: "neu" (1 to 4, the default), "neu-twins" (only the s-scale attention
+# PLAN picks the steps: "neu" (1 to 4, the default), "inference" (1 alone, with one and two
+# batches in flight on the GPU: about 4 minutes), "neu-twins" (only the s-scale attention
 # model and its plain twin, same schedule, then their evaluation: issue 3's comparison within a
 # 15-minute loan, about 9.5 minutes of training on an H100 at 100 epochs and 256 px; VARIANTS),
 # "deeppcb" (the DeepPCB part verdicts of
@@ -178,7 +179,7 @@ students = [v for k, v in results.items() if k.startswith('student_distilled') a
 print(max(students, key=lambda v: v['map50'])['weights'])" bench/results/distill_neu_gpu.json
 }
 
-neu_steps() {  # inference bench, teacher, students (and the plain twin): issues 3, 4, 6, 8
+inference_step() {  # the GPU half of the inference bench: issue 4
     local inference_device=$1
     shift
     local backends=("$@")
@@ -186,8 +187,12 @@ neu_steps() {  # inference bench, teacher, students (and the plain twin): issues
     step inference "$PY" bench/inference.py --weights models/neu-det-demo/weights.pt --neu "$NEU" \
         --parts "$PARTS" --device "$inference_device" --batch "$BATCH" --engine-batches 1 16 "$BATCH" \
         --backends "${backends[@]}" --prepare-processes 0 8 --ceiling --skip-ultralytics-single \
-        --one-at-a-time 1000 \
+        --one-at-a-time 1000 --gpu-streams 1 2 --bare-seconds 3 \
         --out bench/results/inference_gpu.json
+}
+
+neu_steps() {  # inference bench, teacher, students (and the plain twin): issues 3, 4, 6, 8
+    inference_step "$@"
     overrides
     step teacher "$PY" bench/detector_neu.py --phase train --scales s --variants attention \
         --epochs "$EPOCHS" --neu "$NEU" "${device_args[@]}"
@@ -222,6 +227,9 @@ run() {
     fi
     if [[ " $PLAN " == *" neu "* ]]; then
         neu_steps "$inference_device" "${backends[@]}"
+    fi
+    if [[ " $PLAN " == *" inference "* ]]; then
+        inference_step "$inference_device" "${backends[@]}"
     fi
     if [[ " $PLAN " == *" neu-twins "* ]]; then
         overrides

@@ -212,13 +212,25 @@ def register_bench_version(
         )
 
 
-def set_cuda_graphs(graphs: int | None) -> None:
-    """The engine's CUDA-graph setting for the Inspectors opened next (None: its default)."""
-    if graphs is None:
-        os.environ.pop("DEFECTS_CUDA_GRAPHS", None)
-    else:
-        os.environ["DEFECTS_CUDA_GRAPHS"] = str(graphs)
+GpuVariant = tuple[int | None, int | None]  # (CUDA graphs, batches in flight); None: default
+
+
+def set_gpu_variant(variant: GpuVariant) -> None:
+    """The engine's GPU settings for the Inspectors opened next."""
+    for name, value in zip(("DEFECTS_CUDA_GRAPHS", "DEFECTS_GPU_STREAMS"), variant, strict=True):
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = str(value)
     get_settings.cache_clear()
+
+
+def gpu_suffix(variant: GpuVariant, graph_choices: list[int], stream_choices: list[int]) -> str:
+    """Last in a run's name, where the mAP of its settings is matched; empty off the GPU."""
+    graphs, in_flight = variant
+    return (f"-t{in_flight}" if in_flight is not None and len(stream_choices) > 1 else "") + (
+        f"-g{graphs}" if graphs is not None and len(graph_choices) > 1 else ""
+    )
 
 
 def engine_one_at_a_time(
@@ -412,6 +424,14 @@ def main() -> None:
         "core); each ONNX batch size runs once for each value",
     )
     parser.add_argument(
+        "--gpu-streams",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="batches the PyTorch backend has in flight at once on a GPU "
+        "(DEFECTS_GPU_STREAMS); each of its runs once for each value",
+    )
+    parser.add_argument(
         "--wal-checkpoints",
         type=int,
         nargs="+",
@@ -514,26 +534,31 @@ def main() -> None:
         engine_kind = "pytorch" if backend == "pytorch" else "onnx"
         first = args.prepare_processes[0]
         streams = args.cpu_streams if engine_kind == "onnx" else [1]
-        graph_choices = args.cuda_graphs if engine_kind == "pytorch" and gpu else [None]
+        on_gpu = engine_kind == "pytorch" and gpu
+        gpu_variants: list[GpuVariant] = (
+            [(g, t) for g in args.cuda_graphs for t in args.gpu_streams]
+            if on_gpu
+            else [(None, None)]
+        )
+
         variants = [
-            (batch, first, True, n, g)
-            for g in graph_choices
+            (batch, first, True, n, v)
+            for v in gpu_variants
             for batch in args.engine_batches
             for n in streams
         ]
         variants += [
-            (max(args.engine_batches), n, True, streams[0], g)
-            for g in graph_choices
+            (max(args.engine_batches), n, True, streams[0], v)
+            for v in gpu_variants
             for n in args.prepare_processes[1:]
         ]
         if args.onnx_no_spinning and engine_kind == "onnx":
-            variants.append((min(args.engine_batches), first, False, streams[0], None))
-        graphs_named = len(graph_choices) > 1  # runs differ by it: their names say it
+            variants.append((min(args.engine_batches), first, False, streams[0], (None, None)))
 
-        measured: set[tuple[int, int, bool, int, int | None]] = set()
-        for batch, processes, spinning, cpu_streams, graphs in variants:
+        measured: set[tuple[int, int, bool, int, GpuVariant]] = set()
+        for batch, processes, spinning, cpu_streams, variant in variants:
             os.environ["DEFECTS_ONNX_SPINNING"] = str(int(spinning))
-            set_cuda_graphs(graphs)
+            set_gpu_variant(variant)
             operating = Inspector.from_weights(
                 sources[backend],
                 {"default": OPERATING_CONF, "iou": 0.45},
@@ -544,7 +569,7 @@ def main() -> None:
                 cpu_streams=cpu_streams,
             )
             # A backend caps the batch (4 on a CPU): a larger request would repeat a run.
-            key = (operating.batch_size, processes, spinning, operating.backend.streams, graphs)
+            key = (operating.batch_size, processes, spinning, operating.backend.streams, variant)
             if key in measured:
                 print(f"{backend}: batch {batch} runs as {operating.batch_size}, measured already")
                 operating.close()
@@ -556,7 +581,7 @@ def main() -> None:
                 + (f"-s{operating.backend.streams}" if len(streams) > 1 else "")
                 + (f"-p{processes}" if processes else "")
                 + ("" if spinning else "-nospin")
-                + (f"-g{graphs}" if graphs_named else "")
+                + gpu_suffix(variant, args.cuda_graphs, args.gpu_streams)
             )
             register_bench_version(url, weights, name, class_names, imgsz)
             run = engine_end_to_end(name, operating, parts_dir, url)
@@ -570,11 +595,13 @@ def main() -> None:
             result["runs"][f"engine_{name}"] = run
             print(name, run)
         os.environ.pop("DEFECTS_ONNX_SPINNING", None)
+        # A part on its own takes the lone-batch path: batches in flight change nothing there.
+        lone_variants = [v for v in gpu_variants if v[1] in (None, args.gpu_streams[0])]
         one_at_a_time = [
-            (n, g, w) for g in graph_choices for n in streams for w in args.wal_checkpoints
+            (n, v, w) for v in lone_variants for n in streams for w in args.wal_checkpoints
         ]
-        for cpu_streams, graphs, wal in one_at_a_time if args.one_at_a_time else []:
-            set_cuda_graphs(graphs)
+        for cpu_streams, variant, wal in one_at_a_time if args.one_at_a_time else []:
+            set_gpu_variant(variant)
             single = Inspector.from_weights(
                 sources[backend],
                 {"default": OPERATING_CONF, "iou": 0.45},
@@ -587,7 +614,7 @@ def main() -> None:
                 f"{backend}-one-at-a-time"
                 + (f"-s{single.backend.streams}" if len(streams) > 1 else "")
                 + (f"-w{wal}" if len(args.wal_checkpoints) > 1 else "")
-                + (f"-g{graphs}" if graphs_named else "")  # last: the mAP is matched by it
+                + gpu_suffix(variant, args.cuda_graphs, args.gpu_streams)
             )
             register_bench_version(url, weights, name, class_names, imgsz)
             run = engine_one_at_a_time(name, single, parts_dir, url, args.one_at_a_time, bool(wal))
@@ -597,8 +624,8 @@ def main() -> None:
             run["backend"] = single.backend.describe()
             result["runs"][f"engine_{name}"] = run
             print(name, run)
-        for graphs in graph_choices:  # scored with each setting: the recording changes nothing
-            set_cuda_graphs(graphs)
+        for variant in gpu_variants:  # scored with each: the settings must change nothing
+            set_gpu_variant(variant)
             scoring = Inspector.from_weights(
                 sources[backend],
                 {"default": MAP_CONF, "iou": 0.7},
@@ -608,13 +635,13 @@ def main() -> None:
             )
             map50, map50_95 = engine_map(scoring, test_images, truths)
             scoring.close()
-            suffix = f"-g{graphs}" if graphs_named else ""
+            suffix = gpu_suffix(variant, args.cuda_graphs, args.gpu_streams)
             for name, run in result["runs"].items():
                 if name.startswith(
                     (f"engine_{backend}-b", f"engine_{backend}-one-at-a-time")
                 ) and name.endswith(suffix):
                     run.update(map50=round(map50, 4), map50_95=round(map50_95, 4))
-        set_cuda_graphs(None)
+        set_gpu_variant((None, None))
     for processes in args.prepare_processes if args.ceiling else []:
         name = "ceiling_without_network" + (f"-p{processes}" if processes else "")
         result["runs"][name] = ceiling_without_network(

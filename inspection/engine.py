@@ -521,7 +521,8 @@ class Inspector:
                 fill()
                 yield from self._finish(self._gather(*current, store_into))
             return
-        # Several batches inferred at once (a CPU backend with streams): decoded here, in
+        # Several batches inferred at once (ONNX Runtime on a CPU, one per core; PyTorch on a
+        # GPU, one on the GPU while another's results are worked out): decoded here, in
         # order, and finished by the inference threads; results still come in input order.
         finishing: deque[Future[list[PartResult]]] = deque()
         try:

@@ -54,6 +54,15 @@ class Settings(BaseSettings):
         "time launching kernels (measure with bench/inference.py --cuda-graphs 0 1).",
     )
 
+    gpu_streams: int = Field(
+        default=1,
+        ge=1,
+        le=8,
+        description="batches the PyTorch backend has in flight at once on a GPU: with 2, one "
+        "batch's results are worked out on the CPU while the next runs on the GPU (measure "
+        "with bench/inference.py --gpu-streams 1 2).",
+    )
+
     @field_validator("device")
     @classmethod
     def _check_device(cls, value: str) -> str:

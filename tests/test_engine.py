@@ -182,9 +182,10 @@ def test_pytorch_on_a_cpu_runs_eagerly_and_cuda_graphs_are_on_by_default(trained
     from inspection.backends.torch_backend import TorchBackend
     from inspection.settings import Settings
 
-    assert Settings().cuda_graphs is True
-    backend = TorchBackend(trained.weights, "cpu", cuda_graphs=True)
+    assert Settings().cuda_graphs is True and Settings().gpu_streams == 1
+    backend = TorchBackend(trained.weights, "cpu", cuda_graphs=True, gpu_streams=2)
     assert backend.cuda_graphs is False  # recording needs a GPU: the CPU path is the eager one
+    assert backend.streams == 1  # torch's CPU threads are the process's: one batch at a time
     batch = np.zeros((2, 3, backend.image_size, backend.image_size), dtype=np.uint8)
     assert backend.infer(batch).shape[:2] == (2, 4 + len(CLASSES))
     assert backend._graphs == {}

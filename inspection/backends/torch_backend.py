@@ -75,6 +75,7 @@ class TorchBackend(Backend):
         device: str = "cpu",
         image_size: int | None = None,
         cuda_graphs: bool | None = None,
+        gpu_streams: int | None = None,
     ) -> None:
         detector = load_detector(weights)
         self.class_names = [detector.names[i] for i in sorted(detector.names)]
@@ -86,19 +87,30 @@ class TorchBackend(Backend):
         self.model = model.half() if self.half else model
         # Small batches on a CPU: the same throughput, a fraction of the latency (bench/results).
         self.max_batch = 64 if self.half else 4
+        settings = get_settings()
         if cuda_graphs is None:
-            cuda_graphs = get_settings().cuda_graphs
+            cuda_graphs = settings.cuda_graphs
+        # On a GPU, batches in flight at once: the engine finishes one (NMS, verdicts) on the
+        # CPU while the next runs. On a CPU, torch's threads are the process's: one at a time.
+        on_gpu = device.startswith("cuda")
+        self.streams = max(1, gpu_streams or settings.gpu_streams) if on_gpu else 1
         self.cuda_graphs = bool(cuda_graphs) and device.startswith("cuda")
         # None: recording that shape failed, it runs eagerly from then on.
         self._graphs: dict[tuple[tuple[int, ...], str], CapturedForward | None] = {}
-        self._lock = threading.Lock()  # a recorded graph has one set of buffers
+        # One forward pass at a time: a recorded graph has one set of buffers, and the model's
+        # head caches its anchors in the module. The GPU runs them one after the other anyway.
+        self._lock = threading.Lock()
         # Tensors the model replaces when the input shape changes (ultralytics' Detect head
         # rebuilds its anchors for a new batch shape): a recorded graph reads them where they
         # were, so the old ones must live as long as the graph.
         self._kept_alive: list[torch.Tensor] = []
 
     def describe(self) -> str:
-        return super().describe() + (", CUDA graphs" if self.cuda_graphs else "")
+        return (
+            super().describe()
+            + (", CUDA graphs" if self.cuda_graphs else "")
+            + (f", {self.streams} batches in flight" if self.streams > 1 else "")
+        )
 
     def _forward(self, tensor: torch.Tensor) -> torch.Tensor:
         """Device tensor (uint8 pixels or floats in [0, 1]) -> raw detector output."""
@@ -140,15 +152,14 @@ class TorchBackend(Backend):
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         try:
-            if self.cuda_graphs:
-                with self._lock:
-                    graph = self._graph_for(batch)
-                    if graph is not None:
-                        return graph.run(batch)
-            tensor = torch.from_numpy(batch).to(self.device, non_blocking=True)
-            with torch.inference_mode():
-                output = self._forward(tensor)
-            return output.float().cpu().numpy()
+            with self._lock:
+                graph = self._graph_for(batch) if self.cuda_graphs else None
+                if graph is not None:
+                    return graph.run(batch)
+                tensor = torch.from_numpy(batch).to(self.device, non_blocking=True)
+                with torch.inference_mode():
+                    output = self._forward(tensor)
+                return output.float().cpu().numpy()
         except torch.OutOfMemoryError as exc:
             torch.cuda.empty_cache()
             raise OutOfMemory(str(exc)) from exc
