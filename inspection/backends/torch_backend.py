@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,13 @@ class CapturedForward:
     computed and dropped, each image's output depending on that image alone.
     """
 
-    def __init__(self, forward, shape: tuple[int, ...], dtype: np.dtype, device: str) -> None:  # type: ignore[no-untyped-def]
+    def __init__(
+        self,
+        forward: Callable[[torch.Tensor], torch.Tensor],
+        shape: tuple[int, ...],
+        dtype: np.dtype,
+        device: str,
+    ) -> None:
         torch_dtype = torch.from_numpy(np.empty(0, dtype=dtype)).dtype
         self.host = torch.empty(shape, dtype=torch_dtype, pin_memory=True)
         self.device_input = torch.zeros(shape, dtype=torch_dtype, device=device)
@@ -94,7 +101,7 @@ class TorchBackend(Backend):
         # CPU while the next runs. On a CPU, torch's threads are the process's: one at a time.
         on_gpu = device.startswith("cuda")
         self.streams = max(1, gpu_streams or settings.gpu_streams) if on_gpu else 1
-        self.cuda_graphs = bool(cuda_graphs) and device.startswith("cuda")
+        self.cuda_graphs = bool(cuda_graphs) and on_gpu
         # None: recording that shape failed, it runs eagerly from then on.
         self._graphs: dict[tuple[tuple[int, ...], str], CapturedForward | None] = {}
         # One forward pass at a time: a recorded graph has one set of buffers, and the model's
