@@ -16,7 +16,7 @@ from db.models import ModelKind, ModelVersion, ProductionLine, Station
 from db.registry import production_model
 from db.session import DatabaseError, redact, session_scope
 from inspection.engine import Inspector
-from inspection.settings import get_settings
+from inspection.settings import SettingsError, get_settings
 
 UPLOAD_LIMIT_MB = 500
 
@@ -34,8 +34,12 @@ def _migrated(url: str) -> str:
 
 
 def database_ready() -> DatabaseState:
-    """Migrate once per process and URL; a dead database is a message (and retried next run)."""
-    url = get_settings().resolved_database_url
+    """Migrate once per process and URL; a dead database or a bad setting is a message (and
+    retried next run)."""
+    try:
+        url = get_settings().resolved_database_url
+    except SettingsError as exc:
+        return DatabaseState("", None, f"The settings cannot be used: {exc}")
     try:
         return DatabaseState(url, _migrated(url), None)
     except DatabaseError as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -100,10 +100,28 @@ class Settings(BaseSettings):
         return self.data_dir / "ultralytics"
 
 
+class SettingsError(ValueError):
+    """A DEFECTS_* variable (or .env entry) holds a value the product cannot use."""
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        variable = "DEFECTS_" + str(error["loc"][0]).upper() if error["loc"] else "a setting"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        problems.append(f"{variable}={error.get('input')!r}: {message}")
+    return "invalid setting " + "; ".join(problems)
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """Settings are read once per process; tests clear the cache after changing the environment."""
-    return Settings()
+    """Settings are read once per process; tests clear the cache after changing the environment.
+    A bad value raises SettingsError naming the variable, for a one-line message (not cached:
+    every caller hears of it)."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
 
 
 def resolve_device(choice: str | None = None) -> str:

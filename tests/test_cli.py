@@ -58,3 +58,24 @@ def test_user_mistakes_print_one_line_and_exit_non_zero(tmp_path: Path) -> None:
         and "Traceback" not in dead.stderr
     )
     assert len(dead.stderr.strip().splitlines()) == 1
+
+
+def test_a_bad_setting_is_one_line_naming_the_variable(tmp_path: Path) -> None:
+    env = {
+        "DEFECTS_DATA_DIR": str(tmp_path / "d"),
+        "DEFECTS_GPU_STREAMS": "0",
+        "DEFECTS_DEVICE": "gpu",
+        "PATH": "/usr/bin:/bin",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", "from training.cli import main; main()", "models", "list"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("error: invalid setting DEFECTS_DEVICE='gpu'")
+    assert "DEFECTS_GPU_STREAMS='0'" in line
+    assert not (tmp_path / "data").exists() and not (tmp_path / "d").exists()  # nothing made

@@ -52,6 +52,14 @@ def test_inspect_says_how_to_get_a_model_when_there_is_none() -> None:
     assert any("No production model yet" in info.value for info in at.info)
 
 
+def test_a_bad_setting_is_a_message_not_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEFECTS_CUDA_GRAPHS", "maybe")
+    get_settings.cache_clear()
+    at = _app().run()
+    assert not at.exception
+    assert "DEFECTS_CUDA_GRAPHS='maybe'" in at.error[0].value
+
+
 def test_dead_database_is_a_message_not_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DEFECTS_DATABASE_URL", "postgresql+psycopg://u:pw@127.0.0.1:1/x")
     get_settings.cache_clear()
