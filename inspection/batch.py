@@ -157,7 +157,8 @@ def resolve_detector(session: Session, model: str | None) -> ModelVersion:
         if version is None:
             raise UserError(
                 "no production detector: train one (`defects train detector`) and promote it "
-                "(`defects models promote NAME`), or pass --model"
+                "(`defects models promote NAME`), or pass --model; to try the product first, "
+                "`defects models install-demo` installs the steel-strip demo model"
             )
         return version
     version = get_model_version(session, model)

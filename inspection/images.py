@@ -72,15 +72,14 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> DecodedImage:
             image = ImageOps.exif_transpose(image)  # also loads: a truncated file fails here
     except ImageDecodeError:
         raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Pillow refuses far larger images at open, before our own limit is checked.
+        raise ImageDecodeError(
+            f"image too large: over the {max_pixels / 1e6:.0f} MP limit ({exc})"
+        ) from exc
     except UnidentifiedImageError as exc:
         raise ImageDecodeError("not an image file (unknown or unsupported format)") from exc
-    except (
-        OSError,
-        SyntaxError,
-        ValueError,
-        Image.DecompressionBombError,
-        Image.DecompressionBombWarning,
-    ) as exc:
+    except (OSError, SyntaxError, ValueError) as exc:
         raise ImageDecodeError(f"corrupt or truncated image: {exc}") from exc
     mode = image.mode
     if mode in {"I;16", "I;16B", "I;16L", "I", "F"}:

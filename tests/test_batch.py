@@ -293,4 +293,6 @@ def test_cli_batch_and_inspect(
     assert json.loads(again.output) == payload  # already inspected: the stored verdicts, unchanged
     missing = runner.invoke(app, ["inspect", str(tmp_path / "nope.png")])
     assert "file not found" in missing.output
+    folder = runner.invoke(app, ["inspect", str(tmp_path / "more")])
+    assert "a folder, not an image: `defects batch FOLDER`" in " ".join(folder.output.split())
     assert images  # the first batch's images stay untouched

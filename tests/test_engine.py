@@ -110,6 +110,7 @@ def test_the_engine_matches_ultralytics_predict(trained: Trained, tmp_path: Path
         (b"serial,defect\n1,none\n", "not an image file"),
         (None, "corrupt or truncated image"),
         ("huge", "image too large"),
+        ("bomb", "image too large: over the 64 MP limit"),  # refused by Pillow at open
     ],
 )
 def test_bad_inputs_give_a_clear_per_part_error(trained: Trained, payload, reason: str) -> None:  # type: ignore[no-untyped-def]
@@ -117,6 +118,8 @@ def test_bad_inputs_give_a_clear_per_part_error(trained: Trained, payload, reaso
         payload = _png(Image.new("L", (64, 64), 128))[:60]
     elif payload == "huge":
         payload = _png(Image.new("1", (9000, 9000)))
+    elif payload == "bomb":
+        payload = _png(Image.new("1", (20000, 20000)))
     inspector = Inspector.from_weights(trained.weights, None, "pytorch")
     good = _png(Image.new("RGB", (64, 64), (120, 120, 120)))
     results = list(inspector.inspect([PartInput("bad", payload), PartInput("good", good)]))

@@ -798,7 +798,15 @@ def inspect_command(
     )
     results: list = []  # type: ignore[type-arg]
     items: list[SourceItem] = [
-        read_file(p, str(p)) if p.is_file() else SourceItem(str(p), None, "file not found")
+        read_file(p, str(p))
+        if p.is_file()
+        else SourceItem(
+            str(p),
+            None,
+            "a folder, not an image: `defects batch FOLDER` inspects folders"
+            if p.is_dir()
+            else "file not found",
+        )
         for p in images
     ]
     job.run(items, results.append)
