@@ -315,10 +315,9 @@ class Inspector:
         return self._processes, self._chunk_size()
 
     def _chunk_size(self) -> int:
-        """Parts per task: one for threads; a batch shared out among the worker processes."""
-        if not self.prepare_processes:
-            return 1
-        return max(1, -(-self.batch_size // self.prepare_processes))
+        """Parts per task: a batch shared out among the workers (threads or processes)."""
+        workers = self.prepare_processes or self._thread_workers
+        return max(1, -(-self.batch_size // workers))
 
     def _submit(
         self, parts: list[PartInput], store_into: Path | None = None
