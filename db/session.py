@@ -130,7 +130,7 @@ class WalCheckpointer:
             logger.warning("background WAL checkpoint of %s failed: %s", redact(self.url), exc)
 
     def wait(self) -> None:
-        """Let a checkpoint under way finish (tests, and before closing)."""
+        """Let a checkpoint under way finish (its count is then final)."""
         if self._running is not None:
             self._running.result()
 

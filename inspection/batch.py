@@ -255,7 +255,6 @@ class BatchInspection:
         """
         started = time.perf_counter()
         chunk: list[SourceItem] = []
-        marked_finished = False
         try:
             for item in items:
                 chunk.append(item)

@@ -149,7 +149,7 @@ def postprocess(
     above the threshold, class-aware NMS, at most MAX_DETECTIONS per image): reimplemented
     because the confidence filter in NumPy comes first here, so that NMS sees a few candidates
     instead of every anchor, and because one NMS call serves the whole batch (each image and
-    class a group of its own), where a call per image cost three times as much at batch 64.
+    class a group of its own), where a call per image cost twice as much at batch 64.
     """
     import torchvision
     from ultralytics.utils.ops import scale_boxes
