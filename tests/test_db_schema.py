@@ -170,6 +170,19 @@ def test_invalid_database_url_gives_a_clear_error() -> None:
         upgrade("not a url")
 
 
+def test_every_migration_downgrades_and_upgrades_again(database_url: str) -> None:
+    from alembic import command
+
+    from db.migrate import alembic_config
+
+    command.downgrade(alembic_config(database_url), "base")
+    assert current_revision(database_url) is None
+    assert upgrade(database_url) == head_revision()
+    with get_engine(database_url).connect() as connection:
+        context = MigrationContext.configure(connection)
+        assert compare_metadata(context, Base.metadata) == []
+
+
 def test_upgrade_keeps_the_verdicts_of_an_older_schema(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'old.db'}"
     upgrade(url, "0001")
