@@ -31,6 +31,9 @@ from db.registry import get_model_version  # noqa: E402
 from db.session import session_scope  # noqa: E402
 from inspection.settings import get_settings  # noqa: E402
 
+# The attention model, its twin without, and attention with identity-at-start gates.
+VARIANT_SUFFIX = {"attention": "", "plain": "-plain", "gated": "-gated"}
+
 
 def train_phase(args: argparse.Namespace, url: str) -> None:
     from training.train_detector import TrainRequest, train_detector
@@ -39,7 +42,7 @@ def train_phase(args: argparse.Namespace, url: str) -> None:
     state = json.loads(state_file.read_text()) if state_file.exists() else {}
     for scale in args.scales:
         for variant in args.variants:
-            arch = f"defect-yolo-{scale}" + ("-plain" if variant == "plain" else "")
+            arch = f"defect-yolo-{scale}" + VARIANT_SUFFIX[variant]
             key = f"{arch}@{args.epochs}e{args.imgsz}"
             if key in state:
                 print(f"{key}: already trained")
@@ -108,7 +111,9 @@ def main() -> None:
     parser.add_argument("--neu", type=Path, default=ROOT.parent / "shared" / "datasets" / "neu-det")
     parser.add_argument("--phase", choices=["train", "evaluate", "all"], default="all")
     parser.add_argument("--scales", nargs="+", default=["n", "s"])
-    parser.add_argument("--variants", nargs="+", default=["attention", "plain"])
+    parser.add_argument(
+        "--variants", nargs="+", choices=list(VARIANT_SUFFIX), default=["attention", "plain"]
+    )
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--imgsz", type=int, default=256)
     parser.add_argument("--batch", type=int, default=16)

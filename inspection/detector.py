@@ -1,7 +1,7 @@
 """The defect detector family: building from our YAML, loading checkpoints.
 
-Architecture names are `defect-yolo-{n,s,m}` (with attention) and `defect-yolo-{n,s,m}-plain`
-(the twin without). ultralytics reads a model's scale from the YAML file name only for its own
+Architecture names are `defect-yolo-{n,s,m}` (with attention), `defect-yolo-{n,s,m}-plain`
+(the twin without) and `defect-yolo-{n,s,m}-gated` (attention whose gates start as the identity). ultralytics reads a model's scale from the YAML file name only for its own
 naming scheme, so each requested scale is resolved into a small YAML with explicit depth and width
 multiples; the checkpoint keeps that dict, so it reloads with no extra step.
 """
@@ -22,17 +22,21 @@ if TYPE_CHECKING:
     from ultralytics import YOLO
 
 CFG_DIR = Path(__file__).parent / "cfg"
-FAMILIES = {
-    "defect-yolo": CFG_DIR / "defect-yolo.yaml",
-    "defect-yolo-plain": CFG_DIR / "defect-yolo-plain.yaml",
+# Family -> (YAML, attention layer swapped in for ChannelSpatialAttention, if any): the gated
+# family is the attention YAML with other gates, so the two cannot drift apart.
+FAMILIES: dict[str, tuple[Path, str | None]] = {
+    "defect-yolo": (CFG_DIR / "defect-yolo.yaml", None),
+    "defect-yolo-plain": (CFG_DIR / "defect-yolo-plain.yaml", None),
+    "defect-yolo-gated": (CFG_DIR / "defect-yolo.yaml", "GatedChannelSpatialAttention"),
 }
-_NAME = re.compile(r"^(defect-yolo)-([nsm])(-plain)?$")
+_SUFFIXES = ("", "-plain", "-gated")
+_NAME = re.compile(r"^(defect-yolo)-([nsm])(-plain|-gated)?$")
 
 register_ultralytics_modules()
 
 
 def architectures() -> list[str]:
-    return [f"defect-yolo-{scale}{suffix}" for suffix in ("", "-plain") for scale in "nsm"]
+    return [f"defect-yolo-{scale}{suffix}" for suffix in _SUFFIXES for scale in "nsm"]
 
 
 def resolve_architecture(name: str, class_names: list[str], out_dir: Path | None = None) -> Path:
@@ -44,7 +48,12 @@ def resolve_architecture(name: str, class_names: list[str], out_dir: Path | None
         )
     family = match.group(1) + (match.group(3) or "")
     scale = match.group(2)
-    spec = yaml.safe_load(FAMILIES[family].read_text())
+    source, attention = FAMILIES[family]
+    spec = yaml.safe_load(source.read_text())
+    if attention is not None:
+        for layer in [*spec["backbone"], *spec["head"]]:
+            if layer[2] == "ChannelSpatialAttention":
+                layer[2] = attention
     depth, width, max_channels = spec.pop("scales")[scale]
     spec.update(
         nc=len(class_names),

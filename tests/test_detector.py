@@ -14,7 +14,7 @@ import torch
 
 from db.registry import get_model_version
 from db.session import session_scope
-from inspection.attention import ChannelSpatialAttention
+from inspection.attention import ChannelSpatialAttention, GatedChannelSpatialAttention
 from inspection.detector import architectures, build_detector, resolve_architecture
 from inspection.errors import UserError
 from inspection.settings import get_settings
@@ -30,8 +30,18 @@ def test_every_architecture_builds_and_attention_is_where_it_should_be() -> None
         model = build_detector(name, CLASSES).model
         attention = [m for m in model.modules() if isinstance(m, ChannelSpatialAttention)]
         assert len(attention) == (0 if name.endswith("-plain") else 3), name
+        gated = [m for m in attention if isinstance(m, GatedChannelSpatialAttention)]
+        assert len(gated) == (3 if name.endswith("-gated") else 0), name
         out = model.eval()(torch.zeros(1, 3, 64, 64))
         assert out[0].shape[:2] == (1, 4 + len(CLASSES))
+
+
+def test_gated_attention_starts_as_the_identity_and_the_plain_gate_halves() -> None:
+    features = torch.randn(2, 8, 6, 6)
+    for layer, factor in ((GatedChannelSpatialAttention(), 1.0), (ChannelSpatialAttention(), 0.25)):
+        for conv in (layer.channel_conv, layer.spatial_conv):
+            torch.nn.init.zeros_(conv.weight)  # logits 0: every gate at sigmoid(0) = 0.5
+        assert torch.allclose(layer(features), features * factor)
 
 
 def test_scales_differ_in_width_and_depth(tmp_path: Path) -> None:
