@@ -79,8 +79,7 @@ def session_scope(url: str) -> Iterator[Session]:
 @contextmanager
 def connection_scope(url: str) -> Iterator[Connection]:
     """One transaction on a bare connection, for bulk statements on a hot path: no ORM
-    bookkeeping (a one-part batch write took 1.3 ms instead of 2.3 through a session, a one-off
-    measurement), the same commit-or-roll-back and error as `session_scope`."""
+    bookkeeping, the same commit-or-roll-back and error as `session_scope`."""
     try:
         with get_engine(url).begin() as connection:
             yield connection
@@ -91,25 +90,29 @@ def connection_scope(url: str) -> Iterator[Connection]:
 class WalCheckpointer:
     """Checkpoints a SQLite database's write-ahead log from a background thread.
 
-    Left to itself, SQLite checkpoints inside the commit that takes the log past 1000 pages:
-    a writer committing part by part (about 7 pages each) then pays for it once in about 140
-    commits, which took 5 to 7 ms instead of 1.3 (a one-off measurement) and made its slowest
-    percent of parts. A passive checkpoint a few times a second, off the hot path, keeps the
-    log under that mark; it waits for no lock and blocks no writer. Nothing to do elsewhere.
+    Left to itself, SQLite checkpoints inside the commit that takes the log past 1000 pages: a
+    writer committing part by part pays for it in one commit of every few hundred parts, which
+    made its slowest percent of parts (bench/results/inference_gpu_one_at_a_time.json: p99 6.96
+    ms with the checkpoints in the commits, 5.44 ms with them here). A passive checkpoint a few
+    times a second, off the hot path, keeps the log under that mark; it waits for no lock and
+    blocks no writer. Nothing to do elsewhere.
     """
 
     def __init__(self, url: str, interval_s: float = 0.2) -> None:
         self.url = url
         self.interval_s = interval_s
-        self.enabled = make_url(url).get_backend_name() == "sqlite"
         self._thread = (
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="wal-checkpoint")
-            if self.enabled
+            if make_url(url).get_backend_name() == "sqlite"
             else None
         )
         self._running: Future[None] | None = None
         self._last = 0.0
         self.checkpoints = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self._thread is not None
 
     def committed(self) -> None:
         """After a commit: a checkpoint when none runs and the last began long enough ago."""

@@ -149,7 +149,7 @@ def postprocess(
     above the threshold, class-aware NMS, at most MAX_DETECTIONS per image): reimplemented
     because the confidence filter in NumPy comes first here, so that NMS sees a few candidates
     instead of every anchor, and because one NMS call serves the whole batch (each image and
-    class a group of its own), where a call per image cost twice as much at batch 64.
+    class a group of its own) instead of one call per image.
     """
     import torchvision
     from ultralytics.utils.ops import scale_boxes
@@ -315,9 +315,10 @@ class Inspector:
         return self._processes, self._chunk_size()
 
     def _chunk_size(self) -> int:
-        """Parts per task: a batch shared out among the workers (threads or processes)."""
-        workers = self.prepare_processes or self._thread_workers
-        return max(1, -(-self.batch_size // workers))
+        """Parts per task: one for threads; a batch shared out among the worker processes."""
+        if not self.prepare_processes:
+            return 1
+        return max(1, -(-self.batch_size // self.prepare_processes))
 
     def _submit(
         self, parts: list[PartInput], store_into: Path | None = None

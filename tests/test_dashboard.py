@@ -52,20 +52,22 @@ def test_inspect_says_how_to_get_a_model_when_there_is_none() -> None:
     assert any("No production model yet" in info.value for info in at.info)
 
 
-def test_a_bad_setting_is_a_message_not_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DEFECTS_CUDA_GRAPHS", "maybe")
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("DEFECTS_DATABASE_URL", "postgresql+psycopg://u:pw@127.0.0.1:1/x", "cannot be used"),
+        ("DEFECTS_CUDA_GRAPHS", "maybe", "DEFECTS_CUDA_GRAPHS='maybe'"),
+    ],
+    ids=["dead database", "bad setting"],
+)
+def test_a_dead_database_or_a_bad_setting_is_a_message_not_a_crash(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv(variable, value)
     get_settings.cache_clear()
     at = _app().run()
     assert not at.exception
-    assert "DEFECTS_CUDA_GRAPHS='maybe'" in at.error[0].value
-
-
-def test_dead_database_is_a_message_not_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DEFECTS_DATABASE_URL", "postgresql+psycopg://u:pw@127.0.0.1:1/x")
-    get_settings.cache_clear()
-    at = _app().run()
-    assert not at.exception
-    assert "cannot be used" in at.error[0].value
+    assert message in at.error[0].value
 
 
 def test_upload_inspects_stores_and_a_rerun_reinspects_nothing(

@@ -36,7 +36,7 @@ def test_every_architecture_builds_and_attention_is_where_it_should_be() -> None
         assert out[0].shape[:2] == (1, 4 + len(CLASSES))
 
 
-def test_gated_attention_starts_as_the_identity_and_the_plain_gate_halves() -> None:
+def test_gated_attention_starts_as_the_identity_and_the_plain_gates_quarter() -> None:
     features = torch.randn(2, 8, 6, 6)
     for layer, factor in ((GatedChannelSpatialAttention(), 1.0), (ChannelSpatialAttention(), 0.25)):
         for conv in (layer.channel_conv, layer.spatial_conv):
