@@ -79,6 +79,23 @@ def test_a_run_is_marked_finished_whether_or_not_it_wrote(detector: str, tmp_pat
     assert summary.skipped == 1 and finished(summary.run_id) is not None
 
 
+def test_copies_across_chunks_in_flight_are_judged_once(
+    detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunk is planned while the one before it is still being written: a copy of a part (or a
+    second failed read of a file) in a later chunk is still judged only once."""
+    from inspection.batch import SourceItem
+
+    monkeypatch.setattr(batch_module, "WRITE_CHUNK", 2)
+    images = make_images(tmp_path / "in", n=3)
+    datas = [(tmp_path / "in" / image.name).read_bytes() for image in images]
+    items = [SourceItem(f"copy{i}-{j}.png", datas[j]) for i in range(4) for j in range(3)]
+    items += [SourceItem("lost.png", None, "cannot read the file")] * 2
+    summary = _job(detector, tmp_path).run(items)
+    assert (summary.seen, summary.inspected, summary.skipped, summary.errors) == (14, 4, 10, 1)
+    assert _counts(detector) == (4, 4, 4)
+
+
 def test_zip_with_bad_entries_and_glob_sources(detector: str, tmp_path: Path) -> None:
     images = make_images(tmp_path / "in", n=3)
     archive = tmp_path / "parts.zip"
