@@ -179,6 +179,48 @@ def engine_end_to_end(model_name: str, inspector: Inspector, folder: Path, url: 
     return _summary(summary.latencies_ms, seconds, summary.inspected - 16)
 
 
+def engine_parallel(
+    model_name: str, backend: str, source: Path, device: str, workers: int, folder: Path, url: str
+) -> dict:
+    """`defects batch --workers N` as a user runs it: worker processes that each load the
+    model version and judge their share, at the product's default batch. Their first batches
+    (model load, warm-up) are left out of the rate: it is taken from the arrival of result
+    64 x workers (or a quarter of the parts, if fewer) to the last."""
+    from sqlalchemy import select
+
+    from db.models import ModelVersion
+    from inspection.parallel import ParallelInspection
+
+    with session_scope(url) as session:
+        registered = Path(
+            session.scalars(
+                select(ModelVersion.file_path).where(ModelVersion.name == model_name)
+            ).one()
+        )
+    if backend != "pytorch":  # the ONNX file the workers' backend looks for beside the weights
+        suffix = ".int8.onnx" if backend == "onnx-int8" else ".onnx"
+        shutil.copy(source, registered.with_suffix(suffix))
+    job = ParallelInspection(
+        url,
+        WORK / f"store-{model_name}",
+        "bench",
+        "bench",
+        workers,
+        model_name,
+        backend=backend,
+        device=device,  # type: ignore[arg-type]
+    )
+    arrivals: list[float] = []
+    job.run(iter_source(str(folder)), lambda _: arrivals.append(time.perf_counter()))
+    warm = min(64 * workers, len(arrivals) // 4)
+    steady_seconds = arrivals[-1] - arrivals[warm]
+    run = _summary(job.summary.latencies_ms, steady_seconds, len(arrivals) - 1 - warm)
+    run["parts_per_s_with_warm_up"] = round(job.summary.parts_per_second, 2)
+    run["workers"] = workers
+    run["batch"] = "default"
+    return run
+
+
 def start_background_load(processes: int) -> None:
     """Busy processes for the rest of the run: the station's cores shared with other work (a
     retraining started from the Models page, another program), one core's worth each."""
@@ -460,6 +502,14 @@ def main() -> None:
         help="how long each run's bare forward rate is measured",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="also run each backend as `defects batch --workers N` for each N above 1: worker "
+        "processes each with the model and its share of the cores, at the default batch",
+    )
+    parser.add_argument(
         "--cuda-graphs",
         type=int,
         nargs="+",
@@ -608,6 +658,17 @@ def main() -> None:
             result["runs"][f"engine_{name}"] = run
             print(name, run)
         os.environ.pop("DEFECTS_ONNX_SPINNING", None)
+        set_gpu_variant(gpu_variants[0])
+        for workers in [n for n in args.workers if n > 1]:
+            name = f"{backend}-bdefault-w{workers}" + gpu_suffix(
+                gpu_variants[0], args.cuda_graphs, args.gpu_streams
+            )
+            register_bench_version(url, weights, name, class_names, imgsz)
+            run = engine_parallel(
+                name, backend, sources[backend], args.device, workers, parts_dir, url
+            )
+            result["runs"][f"engine_{name}"] = run
+            print(name, run)
         # A part on its own takes the lone-batch path: batches in flight change nothing there.
         lone_variants = [v for v in gpu_variants if v[1] in (None, args.gpu_streams[0])]
         one_at_a_time = [

@@ -183,21 +183,28 @@ class BatchInspection:
         device: str | None = None,
         batch_size: int | None = None,
         inspector: Inspector | None = None,
+        run_id: int | None = None,
     ) -> None:
+        """With `run_id`, this job writes into a run opened elsewhere (one shard of a run
+        spread over several processes) and leaves marking it finished to whoever opened it."""
         self.url = url
         self.images_dir = images_dir
+        self.owns_run = run_id is None
         with session_scope(url) as session:
             version = resolve_detector(session, model)
             station_row = ensure_station(session, line, station)
-            run = InspectionRun(
-                line_id=station_row.line_id,
-                station_id=station_row.id,
-                operator=operator,
-                source=source,
-                model_version_id=version.id,
-            )
-            session.add(run)
-            session.flush()
+            if run_id is None:
+                run = InspectionRun(
+                    line_id=station_row.line_id,
+                    station_id=station_row.id,
+                    operator=operator,
+                    source=source,
+                    model_version_id=version.id,
+                )
+                session.add(run)
+                session.flush()
+            else:
+                run = session.get_one(InspectionRun, run_id)
             self.run_id, self.line_id, self.station_id = run.id, station_row.line_id, station_row.id
             self.model_id, self.model_name = version.id, version.name
             weights, thresholds = Path(version.file_path), dict(version.thresholds or {})
@@ -264,11 +271,11 @@ class BatchInspection:
             if chunk:
                 # The last write also marks the run finished: a part handed over on its own
                 # (a hot folder's single file) costs one transaction, not two.
-                self._process(chunk, on_result, finishing=True)
+                self._process(chunk, on_result, finishing=self.owns_run)
         finally:
             marked_finished = self._wait_for_write()
         self.summary.seconds += time.perf_counter() - started
-        if not marked_finished:
+        if self.owns_run and not marked_finished:
             with connection_scope(self.url) as connection:
                 self._mark_finished(connection)
         return self.summary

@@ -14,7 +14,6 @@ import hashlib
 import itertools
 import logging
 import multiprocessing
-import os
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -43,7 +42,7 @@ from inspection.images import (
     prepare_parts,
     store_image,
 )
-from inspection.settings import get_settings, resolve_device
+from inspection.settings import get_settings, resolve_device, usable_cores
 from inspection.verdict import Detection, Thresholds, part_fails, verify
 
 BackendChoice = Literal["auto", "pytorch", "onnx", "onnx-int8"]
@@ -238,7 +237,7 @@ class Inspector:
         self.batch_size = max(1, min(requested, backend.max_batch))
         # Decoding and resizing release the GIL, so threads scale with the cores a GPU station
         # has to spare; two at least, so that a small CPU still overlaps them with inference.
-        cores = os.cpu_count() or 2
+        cores = len(usable_cores())
         workers = prepare_workers or max(2, min(8, cores // 2))
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prepare")
         self._thread_workers = workers

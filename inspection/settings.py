@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -122,6 +123,14 @@ def get_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         raise SettingsError(_describe(exc)) from None
+
+
+def usable_cores() -> list[int]:
+    """The cores this process may run on: a container's or `taskset`'s limit, or the share a
+    parallel run's worker keeps to, not every core of the machine."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
 
 
 def resolve_device(choice: str | None = None) -> str:

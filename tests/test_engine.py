@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ from inspection.backends.base import Backend, OutOfMemory
 from inspection.backends.onnx_backend import choose_providers
 from inspection.engine import Inspector, PartInput
 from inspection.images import ImageDecodeError, decode_image
+from inspection.settings import usable_cores
 from tests.conftest import Trained
 from tests.synthetic import CLASSES, make_images
 
@@ -359,7 +359,7 @@ def test_onnx_batches_inferred_side_by_side_give_the_same_results_in_order(
         inspector = Inspector.from_weights(
             onnx_weights, thresholds, "onnx", batch_size=2, cpu_streams=streams
         )
-        assert inspector.backend.streams == min(streams, os.cpu_count() or 1)
+        assert inspector.backend.streams == min(streams, len(usable_cores()))
         try:
             return [
                 (
@@ -384,7 +384,7 @@ def test_onnx_batches_inferred_side_by_side_give_the_same_results_in_order(
         backend = OnnxBackend(onnx_weights)
     finally:
         get_settings.cache_clear()
-    cores = os.cpu_count() or 1
+    cores = len(usable_cores())
     assert backend.streams == cores
     assert backend.session.get_session_options().intra_op_num_threads == cores
     if cores > 1:

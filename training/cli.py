@@ -721,6 +721,17 @@ def batch_command(
             "DEFECTS_CPU_STREAMS; the backend's largest otherwise).",
         ),
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Processes that inspect the source side by side, each with the model loaded "
+            "and its share of the cores: for a GPU station with cores to spare, where one "
+            "process is the limit (measure with bench/inference.py --workers 1 4). Not with "
+            "--watch.",
+        ),
+    ] = 1,
 ) -> None:
     """Inspect a batch of parts; run again after an interruption and it resumes."""
     import threading
@@ -728,24 +739,46 @@ def batch_command(
     from tqdm import tqdm
 
     from inspection.batch import BatchInspection, export_run_csv, folder_files, iter_source
+    from inspection.parallel import ParallelInspection
 
     if export not in (None, "csv"):
         raise UserError(f"export format {export!r} is not supported; use csv")
+    if watch and workers > 1:
+        raise UserError(
+            "--watch inspects files as a camera drops them, in one process: leave out --workers"
+        )
     url = migrated_database_url()
     settings = get_settings()
-    job = BatchInspection(
-        url,
-        settings.images_dir,
-        line,
-        station,
-        model,
-        operator,
-        source,
-        backend.value,
-        device,
-        batch_size,
-    )
-    console.print(f"inspecting with {job.model_name} ({job.inspector.backend.describe()})")
+    job: BatchInspection | ParallelInspection
+    if workers > 1:
+        job = ParallelInspection(
+            url,
+            settings.images_dir,
+            line,
+            station,
+            workers,
+            model,
+            operator,
+            source,
+            backend.value,
+            device,
+            batch_size,
+        )
+        console.print(f"inspecting with {job.model_name} in {workers} worker processes")
+    else:
+        job = BatchInspection(
+            url,
+            settings.images_dir,
+            line,
+            station,
+            model,
+            operator,
+            source,
+            backend.value,
+            device,
+            batch_size,
+        )
+        console.print(f"inspecting with {job.model_name} ({job.inspector.backend.describe()})")
     source_path = Path(source)
     total = len(folder_files(source_path)) if source_path.is_dir() else None
     bar = tqdm(total=total, unit="part", disable=None)
@@ -756,7 +789,7 @@ def batch_command(
             bar.set_postfix_str(f"{result.latency_ms:.0f} ms {result.verdict}")
 
     try:
-        if watch:
+        if watch and isinstance(job, BatchInspection):
             if not source_path.is_dir():
                 raise UserError("--watch needs a folder")
             console.print(f"watching {source} (Ctrl-C to stop)")
@@ -769,7 +802,8 @@ def batch_command(
         console.print("stopped; what was inspected is saved. Run the same command to resume.")
     finally:
         bar.close()
-        job.inspector.close()
+        if isinstance(job, BatchInspection):
+            job.inspector.close()
     _print_summary(job.summary)
     if export == "csv":
         target = output or Path(f"run-{job.run_id}.csv")

@@ -6,7 +6,6 @@ Providers are always passed explicitly: onnxruntime-gpu would otherwise warn and
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ import onnxruntime as ort
 from inspection.backends.base import Backend, OutOfMemory
 from inspection.errors import UserError
 from inspection.images import to_model_input
-from inspection.settings import get_settings
+from inspection.settings import get_settings, usable_cores
 
 
 def choose_providers(
@@ -55,7 +54,7 @@ class OnnxBackend(Backend):
     ) -> None:
         if not Path(onnx_path).is_file():
             raise UserError(f"ONNX model not found: {onnx_path}")
-        cores = os.cpu_count() or 1
+        cores = len(usable_cores())
         if cpu_streams is None:
             cpu_streams = get_settings().cpu_streams
         # On a CPU, batches that queue up run side by side on a session whose calls each take
@@ -84,8 +83,8 @@ class OnnxBackend(Backend):
         self.device = {"CPUExecutionProvider": "cpu"}.get(active, f"{device} ({active})")
         self.streams = streams  # more than one only on a CPU, where the second session exists
         # With a batch per core, one part each keeps the latency down at the same throughput
-        # (bench/results/inference_cpu.json).
-        self.preferred_batch = 1 if self.streams > 1 else None
+        # (bench/results/inference_cpu.json); so on a single core (a parallel run's worker).
+        self.preferred_batch = 1 if self.streams > 1 or (on_cpu and cores == 1) else None
 
     @staticmethod
     def _open(onnx_path: Path, device: str, threads: int) -> ort.InferenceSession:

@@ -1,0 +1,358 @@
+"""One inspection run spread over several processes, each a whole pipeline on its share of parts.
+
+A single process is held back by Python's interpreter lock long before a GPU is: decoding,
+NMS, verdicts and database rows of every part take turns on it (bench/results/inference_gpu.json:
+the engine with the network replayed, not computed, made 658 parts/s on 16 cores). Here this
+process only reads the source and deals the parts out; each worker process loads the model and
+runs `BatchInspection` on its share, writing its own transactions into the one run.
+
+Parts are dealt by content hash, so copies of a part always reach the same worker, whose own
+bookkeeping judges them once; resuming after a crash is what it is for one process (each worker
+commits whole chunks). Ctrl-C stops every worker after the chunk it is writing; a worker whose
+dealer dies (kill -9) finishes the parts it holds and stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import multiprocessing
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+
+from sqlalchemy import update
+
+from db.models import InspectionRun, utcnow
+from db.registry import ensure_station
+from db.session import connection_scope, session_scope
+from inspection.batch import (
+    BatchInspection,
+    BatchSummary,
+    SourceItem,
+    resolve_detector,
+    unreadable_key,
+)
+from inspection.engine import BackendChoice, PartResult
+from inspection.errors import UserError
+from inspection.settings import usable_cores
+
+logger = logging.getLogger(__name__)
+QUEUE_PER_WORKER = 256  # parts dealt ahead to each worker: a few batches, bounded memory
+RESULTS_PER_MESSAGE = 32  # results a worker sends back at once (one message each is slower)
+
+
+@dataclass(frozen=True)
+class WorkerJob:
+    """What a worker needs to open its share of the run (plain values: it crosses processes)."""
+
+    url: str
+    images_dir: Path
+    line: str
+    station: str
+    model: str
+    run_id: int
+    backend: BackendChoice
+    device: str | None
+    batch_size: int | None
+    dealer_pid: int
+    cores: tuple[int, ...] | None  # the cores this worker keeps to; None: no pinning
+
+
+def share_cores(cores: list[int], workers: int) -> list[tuple[int, ...] | None]:
+    """Each worker its own slice of the cores, so that their decoding threads (and on a CPU
+    their network) do not fight over the same ones; with fewer cores than workers, no pinning."""
+    if workers > len(cores) or not hasattr(os, "sched_setaffinity"):
+        return [None] * workers
+    size, extra = divmod(len(cores), workers)
+    slices: list[tuple[int, ...] | None] = []
+    start = 0
+    for i in range(workers):
+        end = start + size + (i < extra)
+        slices.append(tuple(cores[start:end]))
+        start = end
+    return slices
+
+
+def shard_of(item: SourceItem, workers: int) -> int:
+    """The worker a part goes to: by its content, so copies meet in one worker."""
+    digest = (
+        hashlib.sha256(item.data).hexdigest()
+        if item.data is not None
+        else unreadable_key(item.name)
+    )
+    return int(digest[:12], 16) % workers
+
+
+def _reason(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+
+
+def _dealer_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's (cannot happen for our parent, but harmless)
+        return True
+    return True
+
+
+def _worker(job: WorkerJob, parts: multiprocessing.Queue, channel: Connection) -> None:
+    """A worker's whole life: open its share, inspect what it is dealt, report, stop."""
+    dealer_gone = threading.Event()
+
+    def tell(kind: str, payload: object) -> None:
+        """To the dealer; if it is gone (killed), the rows still matter, the messages do not."""
+        if dealer_gone.is_set():
+            return
+        try:
+            channel.send((kind, payload))
+        except OSError:  # BrokenPipeError and kin
+            dealer_gone.set()
+
+    if job.cores is not None:
+        os.sched_setaffinity(0, job.cores)
+        import torch
+
+        torch.set_num_threads(len(job.cores))
+    try:
+        share = BatchInspection(
+            job.url,
+            job.images_dir,
+            job.line,
+            job.station,
+            job.model,
+            backend=job.backend,
+            device=job.device,
+            batch_size=job.batch_size,
+            run_id=job.run_id,
+        )
+    except Exception as exc:  # noqa: BLE001 - reported to the dealer, which stops the run
+        tell("failed", _reason(exc))
+        return
+    tell("ready", None)
+    pending: list[PartResult] = []
+
+    def dealt() -> Iterator[SourceItem]:
+        while True:
+            try:
+                item = parts.get(timeout=1.0)
+            except queue.Empty:
+                if dealer_gone.is_set() or not _dealer_alive(job.dealer_pid):
+                    return  # the dealer is gone: write what was judged, stop
+                continue
+            if item is None:
+                return
+            yield item
+
+    def on_result(result: PartResult) -> None:
+        pending.append(result)
+        if len(pending) >= RESULTS_PER_MESSAGE:
+            tell("results", list(pending))
+            pending.clear()
+
+    try:
+        summary = share.run(dealt(), on_result)
+    except KeyboardInterrupt:
+        tell("results", pending)
+        tell("stopped", share.summary)
+        return
+    except Exception as exc:  # noqa: BLE001 - reported to the dealer, which stops the run
+        tell("results", pending)
+        tell("failed", _reason(exc))
+        return
+    finally:
+        share.inspector.close()
+    tell("results", pending)
+    tell("done", summary)
+
+
+class ParallelInspection:
+    """An inspection run on a line and station whose parts are judged by `workers` processes.
+
+    The same results as `BatchInspection` (the same rows, one run), for sources large enough
+    that one process is the limit; `run` takes a source once."""
+
+    def __init__(
+        self,
+        url: str,
+        images_dir: Path,
+        line: str,
+        station: str,
+        workers: int,
+        model: str | None = None,
+        operator: str = "",
+        source: str = "",
+        backend: BackendChoice = "auto",
+        device: str | None = None,
+        batch_size: int | None = None,
+    ) -> None:
+        if workers < 2:
+            raise UserError("a parallel run needs at least 2 worker processes")
+        with session_scope(url) as session:
+            version = resolve_detector(session, model)
+            station_row = ensure_station(session, line, station)
+            run = InspectionRun(
+                line_id=station_row.line_id,
+                station_id=station_row.id,
+                operator=operator,
+                source=source,
+                model_version_id=version.id,
+            )
+            session.add(run)
+            session.flush()
+            self.run_id, self.model_name = run.id, version.name
+            weights = Path(version.file_path)
+        if not weights.is_file():
+            raise UserError(f"the weights of {self.model_name} are missing ({weights})")
+        self.url = url
+        self.workers = workers
+        cores = share_cores(usable_cores(), workers)
+        self._jobs = [
+            WorkerJob(
+                url,
+                images_dir,
+                line,
+                station,
+                self.model_name,
+                self.run_id,
+                backend,
+                device,
+                batch_size,
+                os.getpid(),
+                cores[i],
+            )
+            for i in range(workers)
+        ]
+        self.summary = BatchSummary(self.run_id, self.model_name)
+        self.processes: list[multiprocessing.process.BaseProcess] = []  # while `run` runs
+
+    def run(
+        self, items: Iterable[SourceItem], on_result: Callable[[PartResult], None] | None = None
+    ) -> BatchSummary:
+        """Deal `items` out to the workers and gather their results; returns once every worker
+        has written its last chunk. A worker that fails stops the run with its reason."""
+        # Workers start as fresh interpreters: CUDA cannot be used in a forked child, and a
+        # fork server would hand them the environment (DEFECTS_* settings) of its own start.
+        context = multiprocessing.get_context("spawn")
+        parts = [context.Queue(maxsize=QUEUE_PER_WORKER) for _ in range(self.workers)]
+        # A channel back from each worker: one killed while sending spoils only its own.
+        channels = [context.Pipe(duplex=False) for _ in range(self.workers)]
+        # Not daemons: a worker may decode in processes of its own (DEFECTS_PREPARE_PROCESSES);
+        # `run` joins them, or stops them, however it ends.
+        self.processes = [
+            context.Process(target=_worker, args=(job, parts[i], channels[i][1]))
+            for i, job in enumerate(self._jobs)
+        ]
+        started = time.perf_counter()  # until a worker is ready
+        for process, (_, sending) in zip(self.processes, channels, strict=True):
+            process.start()
+            sending.close()  # the worker's end only: its exit then reads as the end of input
+        stop = threading.Event()
+        dealing_error: list[BaseException] = []
+
+        def deal() -> None:
+            try:
+                for item in items:
+                    target = parts[shard_of(item, self.workers)]
+                    while not stop.is_set():
+                        try:
+                            target.put(item, timeout=0.5)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+            except BaseException as exc:  # noqa: BLE001 - a bad source: raised in run()
+                dealing_error.append(exc)
+            finally:
+                for target in parts:  # each worker stops once it has what it was dealt
+                    # (full: a stopped or dead worker, which is not waited for)
+                    with contextlib.suppress(queue.Full):
+                        target.put(None, timeout=5.0)
+
+        dealer = threading.Thread(target=deal, name="dealer", daemon=True)
+        dealer.start()
+        listening = {receiving: i for i, (receiving, _) in enumerate(channels)}
+        ready = False
+        failure: str | None = None
+        stopped = False
+        try:
+            while listening:
+                for channel in wait(list(listening)):
+                    try:
+                        kind, payload = channel.recv()  # type: ignore[union-attr]
+                    except EOFError:  # the worker is gone: after its last word, or killed
+                        worker = self.processes[listening.pop(channel)]  # type: ignore[call-overload]
+                        worker.join(timeout=30)
+                        if worker.exitcode != 0 and failure is None:
+                            failure = f"a worker process died (exit code {worker.exitcode})"
+                            stop.set()  # the others write what they hold and stop
+                        continue
+                    if kind == "ready":
+                        if not ready:  # the clock starts with the first model loaded, as for one
+                            started, ready = time.perf_counter(), True
+                    elif kind == "results":
+                        for result in payload:
+                            self._count(result)
+                            if on_result:
+                                on_result(result)
+                    elif kind in ("done", "stopped"):
+                        stopped |= kind == "stopped"
+                        self._merge(payload)
+                    else:  # failed
+                        failure = failure or payload
+                        stop.set()
+        except KeyboardInterrupt:
+            # The workers got the same Ctrl-C: each writes the chunk it holds and stops.
+            stop.set()
+            for process in self.processes:
+                process.join(timeout=30)
+            raise
+        finally:
+            stop.set()
+            dealer.join(timeout=10)
+            for target in parts:  # parts dealt to a stopped worker are left, not flushed at exit
+                target.cancel_join_thread()
+            for process in self.processes:
+                process.join(timeout=30)
+                if process.is_alive():
+                    process.terminate()
+                    process.join(timeout=5)
+            self.summary.seconds += time.perf_counter() - started
+            with connection_scope(self.url) as connection:
+                connection.execute(
+                    update(InspectionRun)
+                    .where(InspectionRun.id == self.run_id)
+                    .values(finished_at=utcnow())
+                )
+        if stopped:
+            raise KeyboardInterrupt
+        if failure is not None:
+            raise UserError(
+                f"the run stopped: {failure}; what was written is kept, run it again to resume"
+            )
+        if dealing_error:
+            raise dealing_error[0]
+        return self.summary
+
+    def _count(self, result: PartResult) -> None:
+        """Per-part figures as results arrive (the progress a user watches)."""
+        if result.latency_ms is not None:
+            self.summary.latencies_ms.append(result.latency_ms)
+
+    def _merge(self, share: BatchSummary) -> None:
+        self.summary.seen += share.seen
+        self.summary.inspected += share.inspected
+        self.summary.skipped += share.skipped
+        self.summary.rejudged += share.rejudged
+        self.summary.errors += share.errors
+        self.summary.failed += share.failed
+        self.summary.failed_by_class.update(share.failed_by_class)

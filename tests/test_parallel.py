@@ -1,0 +1,193 @@
+"""One run spread over worker processes: the same rows as one process, resume, a dead worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from typer.testing import CliRunner
+
+from db.models import Inspection, InspectionRun, Part, Prediction
+from db.session import session_scope
+from inspection.batch import BatchInspection, SourceItem, iter_source
+from inspection.errors import UserError
+from inspection.parallel import ParallelInspection, shard_of, share_cores
+from tests.conftest import Trained, register_production_detector
+from tests.synthetic import make_images
+
+ROOT = Path(__file__).parents[1]
+
+
+@pytest.fixture
+def detector(database_url: str, trained: Trained, tmp_path: Path) -> str:
+    if not database_url.startswith("sqlite"):
+        pytest.skip("worker processes are slow to start: one backend is enough")
+    register_production_detector(database_url, trained.weights, tmp_path / "models")
+    return database_url
+
+
+def _source(tmp_path: Path, n: int) -> list[SourceItem]:
+    """n parts, a copy of the first under another name, a non-image, an unreadable file."""
+    make_images(tmp_path / "in", n=n, size=64)
+    items = list(iter_source(str(tmp_path / "in")))
+    first = items[0]
+    assert first.data is not None
+    return [
+        *items,
+        SourceItem("copy-of-first.png", first.data),
+        SourceItem("notes.txt", b"shift 2"),
+        SourceItem("gone.png", None, "cannot read the file"),
+    ]
+
+
+def _rows(url: str, run_id: int | None = None) -> dict[str, tuple[str, int]]:
+    """Each judged part's verdict and number of detections, by content hash."""
+    with session_scope(url) as session:
+        query = (
+            select(Part.content_hash, Inspection.verdict, func.count(Prediction.id))
+            .join(Inspection, Inspection.part_id == Part.id)
+            .outerjoin(Prediction, Prediction.inspection_id == Inspection.id)
+            .group_by(Part.content_hash, Inspection.verdict)
+        )
+        if run_id is not None:
+            query = query.where(Inspection.run_id == run_id)
+        return {digest: (verdict.value, count) for digest, verdict, count in session.execute(query)}
+
+
+def test_workers_write_what_one_process_writes_into_one_run(detector: str, tmp_path: Path) -> None:
+    items = _source(tmp_path, 12)
+    job = ParallelInspection(detector, tmp_path / "store", "Line 1", "Cam A", workers=2)
+    seen: list[str] = []
+    summary = job.run(items, lambda result: seen.append(result.name))
+    # 12 parts + the non-image + the unreadable file judged; the copy skipped, in its shard.
+    assert (summary.seen, summary.inspected, summary.skipped, summary.errors) == (15, 14, 1, 2)
+    assert len(seen) == 14 and len(summary.latencies_ms) == 13  # the unread file has none
+    assert {job.processes[0].exitcode, job.processes[1].exitcode} == {0}
+    parallel_rows = _rows(detector, job.run_id)
+    with session_scope(detector) as session:
+        run = session.get_one(InspectionRun, job.run_id)
+        assert run.finished_at is not None
+        assert session.scalar(select(func.count(InspectionRun.id))) == 1
+        assert session.scalar(select(func.count(Inspection.id))) == 14
+    # The same parts in one process, as another model version's run: the same verdicts.
+    register_production_detector(detector, Path(_weights(detector)), tmp_path / "m2", "tiny-2")
+    single = BatchInspection(detector, tmp_path / "store", "Line 1", "Cam A", model="tiny-2")
+    single.run(items)
+    single.inspector.close()
+    assert _rows(detector, single.run_id) == parallel_rows
+    # Started again: everything is judged already.
+    again = ParallelInspection(detector, tmp_path / "store", "Line 1", "Cam A", workers=2)
+    repeat = again.run(items)
+    assert (repeat.inspected, repeat.skipped) == (0, 15)
+
+
+def _weights(url: str) -> str:
+    from db.models import ModelVersion
+
+    with session_scope(url) as session:
+        return session.scalars(select(ModelVersion.file_path)).first()  # type: ignore[return-value]
+
+
+def test_a_dead_worker_stops_the_run_and_a_second_run_finishes_it(
+    detector: str, tmp_path: Path
+) -> None:
+    items = _source(tmp_path, 300)  # enough that the first results come in mid-run
+    job = ParallelInspection(detector, tmp_path / "store", "L", "S", workers=2)
+    killed: list[int] = []
+
+    def kill_a_worker(_result: object) -> None:
+        if not killed:  # the first result in: one worker is killed as by the OOM killer
+            pid = job.processes[0].pid
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    with pytest.raises(UserError, match="a worker process died"):
+        job.run(items, kill_a_worker)
+    with session_scope(detector) as session:
+        parts = session.scalar(select(func.count(Part.id)))
+        inspections = session.scalar(select(func.count(Inspection.id)))
+        distinct = session.scalar(select(func.count(func.distinct(Inspection.part_id))))
+    assert parts == inspections == distinct  # whole chunks, nothing half-written
+    summary = ParallelInspection(detector, tmp_path / "store", "L", "S", workers=2).run(items)
+    assert summary.inspected + summary.skipped == 303
+    assert 0 < summary.skipped < 303  # the first run had written part of them
+    assert len(_rows(detector)) == 302  # every distinct part judged once in all
+
+
+def test_a_worker_that_cannot_start_stops_the_run_with_its_reason(
+    detector: str, tmp_path: Path
+) -> None:
+    make_images(tmp_path / "in", n=3, size=64)
+    job = ParallelInspection(detector, tmp_path / "store", "L", "S", workers=2, backend="onnx")
+    with pytest.raises(UserError, match=r"the run stopped: no .*\.onnx .*defects export"):
+        job.run(iter_source(str(tmp_path / "in")))
+
+
+def test_cores_are_shared_out_and_copies_meet_in_one_shard() -> None:
+    slices = share_cores(list(range(16)), 3)
+    assert [len(s or ()) for s in slices] == [6, 5, 5]
+    assert sorted(c for s in slices for c in s or ()) == list(range(16))
+    assert share_cores([0, 1], 4) == [None] * 4  # fewer cores than workers: no pinning
+    part = SourceItem("a.png", b"same bytes")
+    assert shard_of(part, 7) == shard_of(SourceItem("copy/b.png", b"same bytes"), 7)
+
+
+def test_cli_refuses_workers_with_watch(tmp_path: Path) -> None:
+    from training.cli import app
+
+    (tmp_path / "hot").mkdir()
+    result = CliRunner().invoke(
+        app,
+        ["batch", str(tmp_path / "hot"), "--line", "L", "--station", "S"]
+        + ["--watch", "--workers", "2"],
+    )
+    assert isinstance(result.exception, UserError)
+    assert "--watch inspects files as a camera drops them" in str(result.exception)
+
+
+def test_kill_9_of_the_dealer_leaves_no_worker_behind_and_resumes(
+    detector: str, tmp_path: Path
+) -> None:
+    """`defects batch --workers 2` killed with kill -9: its workers write what they hold and
+    stop by themselves (none left running, holding a GPU); the same command then finishes."""
+    psutil = pytest.importorskip("psutil")
+    make_images(tmp_path / "in", n=300, size=64)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "DEFECTS_DATABASE_URL": detector,
+        "DEFECTS_DATA_DIR": str(tmp_path / "data"),
+        "DEFECTS_DEVICE": "cpu",
+    }
+    command = [sys.executable, "-c", "from training.cli import main; main()", "batch"]
+    command += [str(tmp_path / "in"), "--line", "L", "--station", "S", "--workers", "2"]
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and _count_inspections(detector) == 0:
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+        time.sleep(0.05)
+    workers = psutil.Process(process.pid).children(recursive=True)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    _, still_running = psutil.wait_procs(workers, timeout=120)
+    assert not still_running
+    with session_scope(detector) as session:
+        parts = session.scalar(select(func.count(Part.id)))
+        distinct = session.scalar(select(func.count(func.distinct(Inspection.part_id))))
+    assert 0 < parts == distinct == _count_inspections(detector)
+    finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert len(_rows(detector)) == 300
+
+
+def _count_inspections(url: str) -> int:
+    with session_scope(url) as session:
+        return int(session.scalar(select(func.count(Inspection.id))) or 0)
