@@ -12,10 +12,10 @@
 #   5. everything that must come back (result files, the best distilled student) in one folder.
 #
 # PLAN picks the steps: "neu" (1 to 4, the default), "inference" (1 alone, with one and two
-# batches in flight on the GPU: about 4 minutes), "neu-twins" (only the s-scale attention
-# model and its plain twin, same schedule, then their evaluation: issue 3's comparison within a
-# 15-minute loan, about 9.5 minutes of training on an H100 at 100 epochs and 256 px; VARIANTS),
-# "deeppcb" (the DeepPCB part verdicts of
+# batches in flight on the GPU and with 4 and 8 worker processes: about 5 minutes),
+# "neu-twins" (only the s-scale attention model and its plain twin, same schedule, then their
+# evaluation: issue 3's comparison within a 15-minute loan, about 9.5 minutes of training on an
+# H100 at 100 epochs and 256 px; VARIANTS), "deeppcb" (the DeepPCB part verdicts of
 # bench/classifier_verdict.py at full resolution, into classifier_verdict_gpu.json), or both;
 # "pcb-detector" trains only the DeepPCB detector, inside a copy of the bench's own work database
 # (packed with `pack-pcb-detector`: the imported train and val images, about 83 MB), within
@@ -187,7 +187,7 @@ inference_step() {  # the GPU half of the inference bench: issue 4
     step inference "$PY" bench/inference.py --weights models/neu-det-demo/weights.pt --neu "$NEU" \
         --parts "$PARTS" --device "$inference_device" --batch "$BATCH" --engine-batches 1 16 "$BATCH" \
         --backends "${backends[@]}" --prepare-processes 0 8 --ceiling --skip-ultralytics-single \
-        --one-at-a-time 1000 --gpu-streams 1 2 --bare-seconds 3 \
+        --one-at-a-time 1000 --gpu-streams 1 2 --workers 1 4 8 --bare-seconds 3 \
         --out bench/results/inference_gpu.json
 }
 

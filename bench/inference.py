@@ -180,7 +180,14 @@ def engine_end_to_end(model_name: str, inspector: Inspector, folder: Path, url: 
 
 
 def engine_parallel(
-    model_name: str, backend: str, source: Path, device: str, workers: int, folder: Path, url: str
+    model_name: str,
+    backend: str,
+    source: Path,
+    device: str,
+    workers: int,
+    folder: Path,
+    url: str,
+    batch: int | None = None,
 ) -> dict:
     """`defects batch --workers N` as a user runs it: worker processes that each load the
     model version and judge their share, at the product's default batch. Their first batches
@@ -207,8 +214,9 @@ def engine_parallel(
         "bench",
         workers,
         model_name,
-        backend=backend,
-        device=device,  # type: ignore[arg-type]
+        backend=backend,  # type: ignore[arg-type]
+        device=device,
+        batch_size=batch,
     )
     arrivals: list[float] = []
     job.run(iter_source(str(folder)), lambda _: arrivals.append(time.perf_counter()))
@@ -217,7 +225,7 @@ def engine_parallel(
     run = _summary(job.summary.latencies_ms, steady_seconds, len(arrivals) - 1 - warm)
     run["parts_per_s_with_warm_up"] = round(job.summary.parts_per_second, 2)
     run["workers"] = workers
-    run["batch"] = "default"
+    run["batch"] = batch or "default"
     return run
 
 
@@ -356,6 +364,41 @@ def ceiling_without_network(
     run["prepare_processes"] = processes
     run["note"] = "network replayed, not computed: the ceiling of everything around it"
     return run
+
+
+def replay_onnx(source: Path, images: list[Path], imgsz: int, target: Path) -> Path:
+    """An ONNX model that answers a batch of up to 64 with the real model's outputs for 64 real
+    images, recorded once: the network replayed, as a model file that worker processes load like
+    any other (the in-process replay cannot reach them)."""
+    import onnx
+    import onnxruntime
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(source))
+    input_name = model.graph.input[0].name
+    session = onnxruntime.InferenceSession(str(source), providers=["CPUExecutionProvider"])
+    tensors = [letterbox(decode_image(p.read_bytes()), imgsz).tensor for p in images[:64]]
+    recorded = session.run(None, {input_name: np.stack((tensors * 64)[:64])})[0]
+    constants = [
+        numpy_helper.from_array(recorded, "recorded"),
+        numpy_helper.from_array(np.array([0], dtype=np.int64), "zero"),
+    ]
+    graph = helper.make_graph(
+        [
+            helper.make_node("Shape", [input_name], ["batch"], start=0, end=1),
+            helper.make_node("Slice", ["recorded", "zero", "batch", "zero"], ["answer"]),
+            helper.make_node("Identity", ["answer"], [model.graph.output[0].name]),
+        ],
+        "replay",
+        [model.graph.input[0]],
+        [model.graph.output[0]],
+        initializer=constants,
+    )
+    replay = helper.make_model(graph, opset_imports=model.opset_import)
+    replay.ir_version = model.ir_version
+    replay.metadata_props.extend(model.metadata_props)
+    onnx.save(replay, str(target))
+    return target
 
 
 def bare_forward(inspector: Inspector, imgsz: int, batch: int, seconds: float = 10.0) -> dict:
@@ -738,6 +781,25 @@ def main() -> None:
             test_images,
         )
         print(name, result["runs"][name])
+    if args.ceiling and len(args.workers) > 1:
+        # The code around the network in one process and spread over worker processes, the
+        # network replayed by an ONNX model on the CPU (the CPU backend's largest batch, 4).
+        replay = replay_onnx(onnx_path, test_images, imgsz, WORK / "replay.onnx")
+        for workers in args.workers:
+            name = f"ceiling_onnx_replay-b4-w{workers}"
+            register_bench_version(url, weights, name, class_names, imgsz)
+            if workers > 1:
+                run = engine_parallel(name, "onnx", replay, "cpu", workers, parts_dir, url, 4)
+            else:
+                alone = Inspector.from_weights(
+                    replay, {"default": OPERATING_CONF, "iou": 0.45}, "onnx", "cpu", 4
+                )
+                run = engine_end_to_end(name, alone, parts_dir, url)
+                run["batch"] = alone.batch_size
+                alone.close()
+            run["note"] = "network replayed by an ONNX model: the ceiling of the code around it"
+            result["runs"][name] = run
+            print(name, run)
     reference = result["runs"]["ultralytics_list"]
     for name, run in result["runs"].items():
         if name.startswith("engine_") and "note" not in run:
