@@ -167,6 +167,24 @@ def resolve_detector(session: Session, model: str | None) -> ModelVersion:
     return version
 
 
+def open_run(
+    session: Session, line: str, station: str, model: str | None, operator: str, source: str
+) -> tuple[InspectionRun, ModelVersion]:
+    """A new inspection run on a line's station, by the detector `model` (None: production)."""
+    version = resolve_detector(session, model)
+    station_row = ensure_station(session, line, station)
+    run = InspectionRun(
+        line_id=station_row.line_id,
+        station_id=station_row.id,
+        operator=operator,
+        source=source,
+        model_version_id=version.id,
+    )
+    session.add(run)
+    session.flush()
+    return run, version
+
+
 class BatchInspection:
     """One inspection run on a line and station, fed from any number of sources."""
 
@@ -185,27 +203,19 @@ class BatchInspection:
         inspector: Inspector | None = None,
         run_id: int | None = None,
     ) -> None:
-        """With `run_id`, this job writes into a run opened elsewhere (one shard of a run
-        spread over several processes) and leaves marking it finished to whoever opened it."""
+        """With `run_id`, this job writes into a run opened elsewhere (one worker's share of a
+        run spread over several processes), on that run's line, station and model version, and
+        leaves marking it finished to whoever opened it."""
         self.url = url
         self.images_dir = images_dir
         self.owns_run = run_id is None
         with session_scope(url) as session:
-            version = resolve_detector(session, model)
-            station_row = ensure_station(session, line, station)
             if run_id is None:
-                run = InspectionRun(
-                    line_id=station_row.line_id,
-                    station_id=station_row.id,
-                    operator=operator,
-                    source=source,
-                    model_version_id=version.id,
-                )
-                session.add(run)
-                session.flush()
+                run, version = open_run(session, line, station, model, operator, source)
             else:
                 run = session.get_one(InspectionRun, run_id)
-            self.run_id, self.line_id, self.station_id = run.id, station_row.line_id, station_row.id
+                version = session.get_one(ModelVersion, run.model_version_id)
+            self.run_id, self.line_id, self.station_id = run.id, run.line_id, run.station_id
             self.model_id, self.model_name = version.id, version.name
             weights, thresholds = Path(version.file_path), dict(version.thresholds or {})
             # A calibrated operating point names the classifier it was calibrated with.
