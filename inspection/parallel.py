@@ -166,6 +166,16 @@ def _worker(job: WorkerJob, parts: multiprocessing.Queue, channel: Connection) -
     tell("done", summary)
 
 
+@dataclass
+class _Heard:
+    """What the workers have said so far, beyond their results."""
+
+    started: float  # the clock of the summary's throughput
+    ready: bool = False
+    stopped: bool = False
+    failure: str | None = None
+
+
 class ParallelInspection:
     """An inspection run on a line and station whose parts are judged by `workers` processes.
 
@@ -260,40 +270,15 @@ class ParallelInspection:
         dealer = threading.Thread(target=deal, name="dealer", daemon=True)
         dealer.start()
         listening = {receiving: i for i, (receiving, _) in enumerate(channels)}
-        ready = False
-        failure: str | None = None
-        stopped = False
+        heard = _Heard(started)
         try:
-            while listening:
-                for channel in wait(list(listening)):
-                    try:
-                        kind, payload = channel.recv()  # type: ignore[union-attr]
-                    except EOFError:  # the worker is gone: after its last word, or killed
-                        worker = self.processes[listening.pop(channel)]  # type: ignore[call-overload]
-                        worker.join(timeout=30)
-                        if worker.exitcode != 0 and failure is None:
-                            failure = f"a worker process died (exit code {worker.exitcode})"
-                            stop.set()  # the others write what they hold and stop
-                        continue
-                    if kind == "ready":
-                        if not ready:  # the clock starts with the first model loaded, as for one
-                            started, ready = time.perf_counter(), True
-                    elif kind == "results":
-                        for result in payload:
-                            self._count(result)
-                            if on_result:
-                                on_result(result)
-                    elif kind in ("done", "stopped"):
-                        stopped |= kind == "stopped"
-                        self._merge(payload)
-                    else:  # failed
-                        failure = failure or payload
-                        stop.set()
+            self._listen(listening, stop, on_result, heard)
         except KeyboardInterrupt:
-            # The workers got the same Ctrl-C: each writes the chunk it holds and stops.
+            # The workers got the same Ctrl-C: each writes what it holds and says so, heard
+            # here for the summary; a second Ctrl-C leaves at once.
             stop.set()
-            for process in self.processes:
-                process.join(timeout=30)
+            heard.stopped = True
+            self._listen(listening, stop, on_result, heard, deadline=time.monotonic() + 30)
             raise
         finally:
             stop.set()
@@ -305,22 +290,60 @@ class ParallelInspection:
                 if process.is_alive():
                     process.terminate()
                     process.join(timeout=5)
-            self.summary.seconds += time.perf_counter() - started
+            self.summary.seconds += time.perf_counter() - heard.started
             with connection_scope(self.url) as connection:
                 connection.execute(
                     update(InspectionRun)
                     .where(InspectionRun.id == self.run_id)
                     .values(finished_at=utcnow())
                 )
-        if stopped:
+        if heard.stopped:
             raise KeyboardInterrupt
-        if failure is not None:
+        if heard.failure is not None:
             raise UserError(
-                f"the run stopped: {failure}; what was written is kept, run it again to resume"
+                f"the run stopped: {heard.failure}; what was written is kept, run it again to resume"
             )
         if dealing_error:
             raise dealing_error[0]
         return self.summary
+
+    def _listen(
+        self,
+        listening: dict[Connection, int],
+        stop: threading.Event,
+        on_result: Callable[[PartResult], None] | None,
+        heard: _Heard,
+        deadline: float | None = None,
+    ) -> None:
+        """Take in what the workers say until each has gone (or the deadline passes)."""
+        while listening:
+            timeout = None if deadline is None else deadline - time.monotonic()
+            if timeout is not None and timeout <= 0:
+                return
+            for channel in wait(list(listening), timeout):
+                try:
+                    kind, payload = channel.recv()  # type: ignore[union-attr]
+                except EOFError:  # the worker is gone: after its last word, or killed
+                    worker = self.processes[listening.pop(channel)]  # type: ignore[call-overload]
+                    worker.join(timeout=30)
+                    if worker.exitcode != 0 and heard.failure is None:
+                        heard.failure = f"a worker process died (exit code {worker.exitcode})"
+                        stop.set()  # the others write what they hold and stop
+                    continue
+                if kind == "ready":
+                    if not heard.ready:  # the clock starts with the first model loaded
+                        heard.started, heard.ready = time.perf_counter(), True
+                elif kind == "results":
+                    for result in payload:
+                        self._count(result)
+                        if on_result:
+                            on_result(result)
+                elif kind in ("done", "stopped"):
+                    heard.stopped |= kind == "stopped"
+                    self._merge(payload)
+                else:  # failed
+                    heard.failure = heard.failure or payload
+                    stop.set()
 
     def _count(self, result: PartResult) -> None:
         """Per-part figures as results arrive (the progress a user watches)."""

@@ -191,3 +191,43 @@ def test_kill_9_of_the_dealer_leaves_no_worker_behind_and_resumes(
 def _count_inspections(url: str) -> int:
     with session_scope(url) as session:
         return int(session.scalar(select(func.count(Inspection.id))) or 0)
+
+
+def test_ctrl_c_stops_every_worker_and_the_summary_counts_what_was_written(
+    detector: str, tmp_path: Path
+) -> None:
+    psutil = pytest.importorskip("psutil")
+    make_images(tmp_path / "in", n=300, size=64)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "DEFECTS_DATABASE_URL": detector,
+        "DEFECTS_DATA_DIR": str(tmp_path / "data"),
+        "DEFECTS_DEVICE": "cpu",
+    }
+    command = [sys.executable, "-c", "from training.cli import main; main()", "batch"]
+    command += [str(tmp_path / "in"), "--line", "L", "--station", "S", "--workers", "2"]
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # a process group of its own, as a terminal's foreground job
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and _count_inspections(detector) == 0:
+        assert process.poll() is None
+        time.sleep(0.05)
+    workers = psutil.Process(process.pid).children(recursive=True)
+    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground group
+    output, _ = process.communicate(timeout=120)
+    _, still_running = psutil.wait_procs(workers, timeout=30)
+    assert not still_running
+    assert "stopped; what was inspected is saved" in output
+    written = _count_inspections(detector)
+    assert f"{written} parts inspected" in " ".join(output.split())
+    finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert len(_rows(detector)) == 300
