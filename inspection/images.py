@@ -2,7 +2,8 @@
 
 Pillow decodes (torchvision.io is unavailable beside a CPU-only torch). Handled: grayscale,
 RGB, RGBA and palette images, 16-bit (and 12-bit-in-16) grayscale, EXIF orientation. Refused with
-a reason: empty files, non-images, truncated or corrupt files, images over the pixel limit.
+a reason: empty files, non-images, truncated or corrupt files, images over the pixel limit, and
+(by the engine) blank frames, which would otherwise pass as good parts.
 """
 
 from __future__ import annotations
@@ -94,6 +95,26 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> DecodedImage:
     return DecodedImage(np.ascontiguousarray(pixels))
 
 
+# A frame whose pixels all lie within this many gray levels of each other shows nothing.
+BLANK_LEVELS = 2
+
+
+def blank_frame_reason(image: DecodedImage) -> str | None:
+    """Why a frame cannot be judged, if it is blank: a lens cap, dead lighting or a camera
+    sending a fill colour gives an image with no defect in it, which would pass as a good part
+    (an escape). Sensor noise alone spans more levels than this in any real exposure."""
+    source = image.source
+    step = max(1, max(image.height, image.width) // 256)
+    sample = source[::step, ::step]
+    if int(sample.max()) - int(sample.min()) > BLANK_LEVELS:
+        return None  # the common case, decided on a sample
+    low, high = int(source.min()), int(source.max())
+    if high - low > BLANK_LEVELS:
+        return None
+    level = f"gray level {low}" if low == high else f"gray levels {low} to {high}"
+    return f"blank image (every pixel at {level}): check the camera and its lighting"
+
+
 @dataclass(frozen=True)
 class Letterboxed:
     # 3 x S x S uint8: a quarter of the bytes of the float input, so batches stack and travel
@@ -172,9 +193,12 @@ def prepare_parts(
             stored = store_image(request.images_dir, request.content_hash, request.name, data)
         try:
             decoded = decode_image(data)
-            prepared.append(
-                (letterbox(decoded, size), None, decoded if keep_pixels else None, stored)
-            )
         except ImageDecodeError as exc:
             prepared.append((None, str(exc), None, stored))
+            continue
+        blank = blank_frame_reason(decoded)
+        if blank is not None:  # kept as an error: neither passed nor failed
+            prepared.append((None, blank, None, stored))
+            continue
+        prepared.append((letterbox(decoded, size), None, decoded if keep_pixels else None, stored))
     return prepared

@@ -111,6 +111,8 @@ def test_the_engine_matches_ultralytics_predict(trained: Trained, tmp_path: Path
         (None, "corrupt or truncated image"),
         ("huge", "image too large"),
         ("bomb", "image too large: over the 64 MP limit"),  # refused by Pillow at open
+        ("black", "blank image (every pixel at gray level 0): check the camera"),
+        ("flat", "blank image (every pixel at gray levels 119 to 121)"),
     ],
 )
 def test_bad_inputs_give_a_clear_per_part_error(trained: Trained, payload, reason: str) -> None:  # type: ignore[no-untyped-def]
@@ -120,11 +122,36 @@ def test_bad_inputs_give_a_clear_per_part_error(trained: Trained, payload, reaso
         payload = _png(Image.new("1", (9000, 9000)))
     elif payload == "bomb":
         payload = _png(Image.new("1", (20000, 20000)))
+    elif payload == "black":  # a lens cap, dead lighting
+        payload = _png(Image.new("L", (640, 480)))
+    elif payload == "flat":  # a camera sending a fill colour, a trace of noise on it
+        flat = np.full((300, 400, 3), 120, dtype=np.uint8)
+        flat[::7, ::5] = 121
+        flat[3::11, 2::13] = 119
+        payload = _png(Image.fromarray(flat))
     inspector = Inspector.from_weights(trained.weights, None, "pytorch")
-    good = _png(Image.new("RGB", (64, 64), (120, 120, 120)))
+    good = _png(_textured(64, 64))
     results = list(inspector.inspect([PartInput("bad", payload), PartInput("good", good)]))
     assert results[0].verdict == "error" and reason in (results[0].error or "")
     assert results[1].verdict in {"pass", "fail"}  # the batch goes on
+
+
+def _textured(width: int, height: int) -> Image.Image:
+    """A plain surface as a camera sees it: a little sensor noise, no defect."""
+    noise = np.random.default_rng(0).normal(120, 4, (height, width, 3))
+    return Image.fromarray(noise.clip(0, 255).astype(np.uint8))
+
+
+def test_a_faint_mark_on_a_plain_surface_is_not_blank() -> None:
+    """The sample decides most frames; one it calls blank is checked whole, so a mark the
+    sample stepped over still makes the frame a part to judge."""
+    from inspection.images import blank_frame_reason
+
+    surface = np.full((2000, 3000), 90, dtype=np.uint8)
+    surface[1001:1004, 1501:1504] = 97  # a 3-pixel mark between the sample's rows and columns
+    assert blank_frame_reason(decode_image(_png(Image.fromarray(surface)))) is None
+    surface[1001:1004, 1501:1504] = 90
+    assert "blank image" in (blank_frame_reason(decode_image(_png(Image.fromarray(surface)))) or "")
 
 
 def test_image_kinds_decode_to_rgb() -> None:
@@ -174,7 +201,7 @@ class _SmallMemoryBackend(Backend):
 def test_out_of_memory_splits_the_batch_and_retries() -> None:
     backend = _SmallMemoryBackend()
     inspector = Inspector(backend, batch_size=8)
-    image = _png(Image.new("RGB", (32, 32)))
+    image = _png(_textured(32, 32))
     results = list(inspector.inspect(PartInput(f"p{i}", image) for i in range(8)))
     assert [r.verdict for r in results] == ["pass"] * 8
     assert sum(backend.batch_sizes) == 8 and max(backend.batch_sizes) <= 2
