@@ -13,6 +13,8 @@
 #
 # PLAN picks the steps: "neu" (1 to 4, the default), "inference" (1 alone, with one and two
 # batches in flight on the GPU and with 4 and 8 worker processes: about 5 minutes),
+# "inference-workers" (only the largest batch in one process against 4 and 8 worker processes,
+# with and without the network, into inference_gpu_workers.json: about 3 minutes),
 # "neu-twins" (only the s-scale attention model and its plain twin, same schedule, then their
 # evaluation: issue 3's comparison within a 15-minute loan, about 9.5 minutes of training on an
 # H100 at 100 epochs and 256 px; VARIANTS), "deeppcb" (the DeepPCB part verdicts of
@@ -87,6 +89,7 @@ overrides() {  # a watching call may change the schedule of the steps still to c
 gather() {  # what must come back, as far as it exists: collect may be called at any time
     cp bench/results/detector_neu.json bench/results/detector_neu.md bench/results/distill_neu_gpu.json \
         bench/results/inference_gpu.json bench/results/inference_gpu.md \
+        bench/results/inference_gpu_workers.json bench/results/inference_gpu_workers.md \
         bench/results/classifier_verdict_gpu.json bench/results/classifier_verdict_gpu.md \
         "$WORK/out/" 2>/dev/null
     return 0
@@ -191,6 +194,15 @@ inference_step() {  # the GPU half of the inference bench: issue 4
         --out bench/results/inference_gpu.json
 }
 
+workers_step() {  # issue 4's throughput target alone: one process against 4 and 8 workers
+    local inference_device=$1
+    overrides
+    step inference-workers "$PY" bench/inference.py --weights models/neu-det-demo/weights.pt \
+        --neu "$NEU" --parts "$PARTS" --device "$inference_device" --batch "$BATCH" \
+        --engine-batches "$BATCH" --backends pytorch --workers 1 4 8 --ceiling \
+        --skip-ultralytics-single --bare-seconds 3 --out bench/results/inference_gpu_workers.json
+}
+
 neu_steps() {  # inference bench, teacher, students (and the plain twin): issues 3, 4, 6, 8
     inference_step "$@"
     overrides
@@ -230,6 +242,9 @@ run() {
     fi
     if [[ " $PLAN " == *" inference "* ]]; then
         inference_step "$inference_device" "${backends[@]}"
+    fi
+    if [[ " $PLAN " == *" inference-workers "* ]]; then
+        workers_step "$inference_device"
     fi
     if [[ " $PLAN " == *" neu-twins "* ]]; then
         overrides
