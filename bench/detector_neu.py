@@ -35,43 +35,86 @@ from inspection.settings import get_settings  # noqa: E402
 VARIANT_SUFFIX = {"attention": "", "plain": "-plain", "gated": "-gated"}
 
 
+def record_trained(key: str, entry: dict) -> None:
+    """Add one trained model to the work folder's state; runs side by side each add their own,
+    so the file is read and written again under a lock, never from a copy read at start."""
+    import fcntl
+
+    state_file = WORK / "trained.json"
+    with (WORK / "trained.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        state = json.loads(state_file.read_text()) if state_file.exists() else {}
+        state[key] = entry
+        state_file.write_text(json.dumps(state, indent=2))
+
+
+def train_side_by_side(args: argparse.Namespace, pending: list[tuple[str, str]]) -> None:
+    """Each (scale, variant) in a process of its own, all at once: a small model at 256 px
+    leaves a large GPU mostly idle between its steps (data loading, validation, logging)."""
+    import subprocess
+
+    common = ["--phase", "train", "--neu", str(args.neu), "--epochs", str(args.epochs)]
+    common += ["--imgsz", str(args.imgsz), "--batch", str(args.batch), "--seed", str(args.seed)]
+    common += ["--workers", str(args.workers), "--beside", str(len(pending) - 1)]
+    common += ["--device", args.device] if args.device is not None else []
+    children = [
+        subprocess.Popen(
+            [sys.executable, __file__, *common, "--scales", scale, "--variants", variant]
+        )
+        for scale, variant in pending
+    ]
+    failed = [f"{s}/{v}" for (s, v), child in zip(pending, children, strict=True) if child.wait()]
+    if failed:
+        sys.exit(f"side-by-side training failed for {', '.join(failed)}")
+
+
 def train_phase(args: argparse.Namespace, url: str) -> None:
     from training.train_detector import TrainRequest, train_detector
 
     state_file = WORK / "trained.json"
     state = json.loads(state_file.read_text()) if state_file.exists() else {}
+    pending = []
     for scale in args.scales:
         for variant in args.variants:
-            arch = f"defect-yolo-{scale}" + VARIANT_SUFFIX[variant]
-            key = f"{arch}@{args.epochs}e{args.imgsz}"
+            key = f"defect-yolo-{scale}{VARIANT_SUFFIX[variant]}@{args.epochs}e{args.imgsz}"
             if key in state:
                 print(f"{key}: already trained")
-                continue
-            start = time.perf_counter()
-            version_id = train_detector(
-                TrainRequest(
-                    data="neu-det",
-                    architecture=arch,
-                    epochs=args.epochs,
-                    imgsz=args.imgsz,
-                    batch=args.batch,
-                    device=args.device,
-                    seed=args.seed,
-                    patience=args.epochs,
-                    workers=args.workers,
-                ),
-                url=url,
-            )
-            state[key] = {
+            else:
+                pending.append((scale, variant))
+    if args.parallel and len(pending) > 1:
+        train_side_by_side(args, pending)
+        return
+    for scale, variant in pending:
+        arch = f"defect-yolo-{scale}" + VARIANT_SUFFIX[variant]
+        start = time.perf_counter()
+        version_id = train_detector(
+            TrainRequest(
+                data="neu-det",
+                architecture=arch,
+                epochs=args.epochs,
+                imgsz=args.imgsz,
+                batch=args.batch,
+                device=args.device,
+                seed=args.seed,
+                patience=args.epochs,
+                workers=args.workers,
+            ),
+            url=url,
+        )
+        record_trained(
+            f"{arch}@{args.epochs}e{args.imgsz}",
+            {
                 "architecture": arch,
                 "version_id": version_id,
                 "epochs": args.epochs,
                 "imgsz": args.imgsz,
                 "batch": args.batch,
                 "train_wall_s": round(time.perf_counter() - start, 1),
+                # Wall time of a run trained beside others is not its time alone.
+                "trained_beside": args.beside,
                 "hardware": hardware(),
-            }
-            state_file.write_text(json.dumps(state, indent=2))
+            },
+        )
 
 
 def evaluate_phase(url: str) -> None:
@@ -100,7 +143,9 @@ def evaluate_phase(url: str) -> None:
     ]
     for r in rows:
         lines.append(
-            f"| {r['architecture']} | {r['epochs']} | {r['imgsz']} | {r['train_wall_s'] / 60:.0f} min "
+            f"| {r['architecture']} | {r['epochs']} | {r['imgsz']} | {r['train_wall_s'] / 60:.0f} min"
+            + (f" (beside {r['trained_beside']} other runs)" if r.get("trained_beside") else "")
+            + " "
             f"| {r['map50']:.3f} | {r['map50_95']:.3f} | {r['miss_rate']:.4f} | {r['hardware']} |"
         )
     (RESULTS / "detector_neu.md").write_text("\n".join(lines) + "\n")
@@ -120,6 +165,14 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2, help="data-loading processes")
+    parser.add_argument(
+        "--parallel",
+        action="store_true",
+        help="train the scales and variants side by side, each in a process of its own (for a "
+        "GPU that one small model leaves idle); each wall time is recorded with how many "
+        "models trained beside it",
+    )
+    parser.add_argument("--beside", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not args.neu.is_dir():
         sys.exit(f"NEU-DET not found at {args.neu} (pass --neu)")

@@ -17,7 +17,8 @@
 # with and without the network, into inference_gpu_workers.json: about 3 minutes),
 # "neu-twins" (only the s-scale attention model and its plain twin, same schedule, then their
 # evaluation: issue 3's comparison within a 15-minute loan, about 9.5 minutes of training on an
-# H100 at 100 epochs and 256 px; VARIANTS), "deeppcb" (the DeepPCB part verdicts of
+# H100 at 100 epochs and 256 px; VARIANTS; PARALLEL=1 trains them side by side, untried on a
+# GPU), "deeppcb" (the DeepPCB part verdicts of
 # bench/classifier_verdict.py at full resolution, into classifier_verdict_gpu.json), or both;
 # "pcb-detector" trains only the DeepPCB detector, inside a copy of the bench's own work database
 # (packed with `pack-pcb-detector`: the imported train and val images, about 83 MB), within
@@ -52,6 +53,7 @@ PARTS=${PARTS:-8000}
 METHODS=${METHODS:-cwd feature}
 TWIN=${TWIN:-0}
 VARIANTS=${VARIANTS:-attention plain}  # neu-twins: any of attention, plain, gated
+PARALLEL=${PARALLEL:-0}  # neu-twins: 1 trains the variants side by side on the one GPU
 PLAN=${PLAN:-neu}
 PCB_DETECTOR=${PCB_DETECTOR:-defect-yolo-s}
 PCB_EPOCHS=${PCB_EPOCHS:-100}
@@ -83,6 +85,8 @@ prepare() {
 overrides() {  # a watching call may change the schedule of the steps still to come (EPOCHS, PARTS...)
     [[ -f $WORK/override.sh ]] && source "$WORK/override.sh"
     device_args=(--device "$DEVICE" --batch "$BATCH" --workers "$WORKERS" --imgsz "$IMGSZ")
+    parallel_args=()
+    [[ $PARALLEL == 1 ]] && parallel_args=(--parallel)
     return 0
 }
 
@@ -250,7 +254,7 @@ run() {
         overrides
         # shellcheck disable=SC2086  # VARIANTS is a list of words
         step twins "$PY" bench/detector_neu.py --phase train --scales s --variants $VARIANTS \
-            --epochs "$EPOCHS" --neu "$NEU" "${device_args[@]}"
+            --epochs "$EPOCHS" --neu "$NEU" "${device_args[@]}" "${parallel_args[@]}"
         step twins-evaluate "$PY" bench/detector_neu.py --phase evaluate --neu "$NEU"
     fi
     if [[ " $PLAN " == *" deeppcb "* ]]; then
