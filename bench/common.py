@@ -58,9 +58,16 @@ def verdict_setups(classes: list[str]) -> list[tuple[str, list[str], str, bool]]
     ]
 
 
-def compare_verdicts(val: list, test: list, classes: list[str], max_miss_rate: float) -> dict:
+def compare_verdicts(
+    val: list,
+    test: list,
+    classes: list[str],
+    max_miss_rate: float,
+    test_subsets: dict[str, list[bool]] | None = None,
+) -> dict:
     """Each setup calibrated on val (scored parts, `training.calibrate.score_parts`) for the
-    target, then its rates on test at the same thresholds."""
+    target, then its rates on test at the same thresholds; and on each of `test_subsets` (a
+    name and, per test part, whether it belongs), where given."""
     import math
 
     from training.calibrate import (
@@ -93,6 +100,11 @@ def compare_verdicts(val: list, test: list, classes: list[str], max_miss_rate: f
                 apply_thresholds([p.scores(verify) for p in test], calibrated.thresholds)
             ),
         }
+        for subset, members in (test_subsets or {}).items():
+            chosen = [p for p, member in zip(test, members, strict=True) if member]
+            results[name].setdefault("test_subsets", {})[subset] = rate_report(
+                apply_thresholds([p.scores(verify) for p in chosen], calibrated.thresholds)
+            )
         if verification:
             results[name]["verify"] = verify
             results[name]["test_misses"] = why_missed(test, calibrated.thresholds, verify)
