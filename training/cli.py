@@ -749,35 +749,20 @@ def batch_command(
         )
     url = migrated_database_url()
     settings = get_settings()
+    options = {
+        "model": model,
+        "operator": operator,
+        "source": source,
+        "backend": backend.value,
+        "device": device,
+        "batch_size": batch_size,
+    }
     job: BatchInspection | ParallelInspection
     if workers > 1:
-        job = ParallelInspection(
-            url,
-            settings.images_dir,
-            line,
-            station,
-            workers,
-            model,
-            operator,
-            source,
-            backend.value,
-            device,
-            batch_size,
-        )
+        job = ParallelInspection(url, settings.images_dir, line, station, workers, **options)
         console.print(f"inspecting with {job.model_name} in {workers} worker processes")
     else:
-        job = BatchInspection(
-            url,
-            settings.images_dir,
-            line,
-            station,
-            model,
-            operator,
-            source,
-            backend.value,
-            device,
-            batch_size,
-        )
+        job = BatchInspection(url, settings.images_dir, line, station, **options)
         console.print(f"inspecting with {job.model_name} ({job.inspector.backend.describe()})")
     source_path = Path(source)
     total = len(folder_files(source_path)) if source_path.is_dir() else None
