@@ -158,15 +158,7 @@ def test_kill_9_of_the_dealer_leaves_no_worker_behind_and_resumes(
     """`defects batch --workers 2` killed with kill -9: its workers write what they hold and
     stop by themselves (none left running, holding a GPU); the same command then finishes."""
     psutil = pytest.importorskip("psutil")
-    make_images(tmp_path / "in", n=300, size=64)
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "DEFECTS_DATABASE_URL": detector,
-        "DEFECTS_DATA_DIR": str(tmp_path / "data"),
-        "DEFECTS_DEVICE": "cpu",
-    }
-    command = [sys.executable, "-c", "from training.cli import main; main()", "batch"]
-    command += [str(tmp_path / "in"), "--line", "L", "--station", "S", "--workers", "2"]
+    command, env = _two_worker_batch(detector, tmp_path, parts=300)
     process = subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
@@ -197,15 +189,7 @@ def test_ctrl_c_stops_every_worker_and_the_summary_counts_what_was_written(
     detector: str, tmp_path: Path
 ) -> None:
     psutil = pytest.importorskip("psutil")
-    make_images(tmp_path / "in", n=300, size=64)
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "DEFECTS_DATABASE_URL": detector,
-        "DEFECTS_DATA_DIR": str(tmp_path / "data"),
-        "DEFECTS_DEVICE": "cpu",
-    }
-    command = [sys.executable, "-c", "from training.cli import main; main()", "batch"]
-    command += [str(tmp_path / "in"), "--line", "L", "--station", "S", "--workers", "2"]
+    command, env = _two_worker_batch(detector, tmp_path, parts=300)
     process = subprocess.Popen(
         command,
         cwd=ROOT,
@@ -231,3 +215,18 @@ def test_ctrl_c_stops_every_worker_and_the_summary_counts_what_was_written(
     finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert len(_rows(detector)) == 300
+
+
+def _two_worker_batch(url: str, tmp_path: Path, parts: int) -> tuple[list[str], dict[str, str]]:
+    """`defects batch --workers 2` over `parts` new images, as a user runs it: its command line
+    and environment."""
+    make_images(tmp_path / "in", n=parts, size=64)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "DEFECTS_DATABASE_URL": url,
+        "DEFECTS_DATA_DIR": str(tmp_path / "data"),
+        "DEFECTS_DEVICE": "cpu",
+    }
+    command = [sys.executable, "-c", "from training.cli import main; main()", "batch"]
+    command += [str(tmp_path / "in"), "--line", "L", "--station", "S", "--workers", "2"]
+    return command, env
