@@ -25,11 +25,17 @@ ROOT = Path(__file__).parents[1]
 
 
 @pytest.fixture
-def detector(database_url: str, trained: Trained, tmp_path: Path) -> str:
-    if not database_url.startswith("sqlite"):
-        pytest.skip("worker processes are slow to start: one backend is enough")
+def any_detector(database_url: str, trained: Trained, tmp_path: Path) -> str:
+    """The tiny detector in production, on each database backend: workers write side by side."""
     register_production_detector(database_url, trained.weights, tmp_path / "models")
     return database_url
+
+
+@pytest.fixture
+def detector(any_detector: str) -> str:
+    if not any_detector.startswith("sqlite"):
+        pytest.skip("worker processes are slow to start: one backend is enough")
+    return any_detector
 
 
 def _source(tmp_path: Path, n: int) -> list[SourceItem]:
@@ -60,7 +66,10 @@ def _rows(url: str, run_id: int | None = None) -> dict[str, tuple[str, int]]:
         return {digest: (verdict.value, count) for digest, verdict, count in session.execute(query)}
 
 
-def test_workers_write_what_one_process_writes_into_one_run(detector: str, tmp_path: Path) -> None:
+def test_workers_write_what_one_process_writes_into_one_run(
+    any_detector: str, tmp_path: Path
+) -> None:
+    detector = any_detector
     items = _source(tmp_path, 12)
     job = ParallelInspection(detector, tmp_path / "store", "Line 1", "Cam A", workers=2)
     seen: list[str] = []
