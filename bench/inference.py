@@ -219,11 +219,15 @@ def engine_parallel(
         batch_size=batch,
     )
     arrivals: list[float] = []
+    dealer_cpu = time.process_time()  # this process: reading, hashing, dealing, results back
     job.run(iter_source(str(folder)), lambda _: arrivals.append(time.perf_counter()))
+    dealer_cpu = time.process_time() - dealer_cpu
     warm = min(64 * workers, len(arrivals) // 4)
     steady_seconds = arrivals[-1] - arrivals[warm]
     run = _summary(job.summary.latencies_ms, steady_seconds, len(arrivals) - 1 - warm)
     run["parts_per_s_with_warm_up"] = round(job.summary.parts_per_second, 2)
+    # The dealer is one process for every worker: its CPU per part bounds what they can reach.
+    run["dealer_cpu_ms_per_part"] = round(dealer_cpu / len(arrivals) * 1000, 3)
     run["workers"] = workers
     run["batch"] = batch or "default"
     return run
