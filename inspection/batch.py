@@ -128,6 +128,12 @@ def iter_zip(archive_file: Path | BinaryIO, label: str) -> Iterator[SourceItem]:
                     yield SourceItem(name, None, f"bad zip entry: {exc}")
 
 
+def error_kind(error: str | None) -> str:
+    """An error's kind without its particulars ("blank image", "not an image file"), so that a
+    camera that sends blank frames stands out in a summary from a few corrupt files."""
+    return (error or "unknown error").split(":")[0].split(" (")[0].strip()
+
+
 def unreadable_key(name: str) -> str:
     return hashlib.sha256(f"unreadable:{name}".encode()).hexdigest()
 
@@ -143,6 +149,7 @@ class BatchSummary:
     errors: int = 0
     failed: int = 0
     failed_by_class: Counter[str] = field(default_factory=Counter)
+    errors_by_reason: Counter[str] = field(default_factory=Counter)  # "blank image": 12, ...
     seconds: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
 
@@ -346,6 +353,7 @@ class BatchInspection:
                 self.summary.latencies_ms.append(result.latency_ms)
             if result.verdict == "error":
                 self.summary.errors += 1
+                self.summary.errors_by_reason[error_kind(result.error)] += 1
             elif result.verdict == "fail":
                 self.summary.failed += 1
                 self.summary.failed_by_class.update(result.failed_classes)

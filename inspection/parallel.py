@@ -358,3 +358,4 @@ class ParallelInspection:
         self.summary.errors += share.errors
         self.summary.failed += share.failed
         self.summary.failed_by_class.update(share.failed_by_class)
+        self.summary.errors_by_reason.update(share.errors_by_reason)

@@ -269,6 +269,27 @@ def test_watch_picks_up_a_file_added_while_it_runs(detector: str, tmp_path: Path
     assert _counts(detector)[0] == 1
 
 
+def test_the_summary_counts_errors_by_kind(
+    detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A camera sending blank frames stands out from a stray file in the batch summary."""
+    from PIL import Image
+
+    from training.cli import app
+
+    monkeypatch.setenv("DEFECTS_DATABASE_URL", detector)
+    get_settings.cache_clear()
+    make_images(tmp_path / "in", n=2)
+    (tmp_path / "in" / "notes.txt").write_text("shift 2")
+    for size in ((64, 64), (64, 48)):  # two frames, two contents, both black
+        Image.new("L", size).save(tmp_path / "in" / f"black-{size[1]}.png")
+    result = CliRunner().invoke(
+        app, ["batch", str(tmp_path / "in"), "--line", "L"] + ["--station", "S"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "errors by kind: blank image 2, not an image file 1" in " ".join(result.output.split())
+
+
 def test_cli_batch_and_inspect(
     detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -102,6 +102,19 @@ def test_after_a_recalibration_the_same_uploads_are_judged_again(
     assert len(current) == 3 and all(i.thresholds["default"] == 0.99 for i in current)
 
 
+def test_blank_frames_are_called_out_as_a_camera_fault(production: str, tmp_path: Path) -> None:
+    from PIL import Image
+
+    black = io.BytesIO()
+    Image.new("L", (64, 64)).save(black, format="PNG")
+    at = _app().run()
+    files = [*_png_files(tmp_path, 1, 6), ("cap-on.png", black.getvalue(), "image/png")]
+    at.file_uploader(key="inspect_files").set_value(files).run()
+    assert not at.exception, at.exception
+    assert any("1 blank frame(s): check the camera" in w.value for w in at.warning)
+    assert any("Errors by kind: blank image 1" in c.value for c in at.caption)
+
+
 def test_zip_upload_with_a_bad_entry(production: str, tmp_path: Path) -> None:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:

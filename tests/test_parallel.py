@@ -76,6 +76,7 @@ def test_workers_write_what_one_process_writes_into_one_run(
     summary = job.run(items, lambda result: seen.append(result.name))
     # 12 parts + the non-image + the unreadable file judged; the copy skipped, in its shard.
     assert (summary.seen, summary.inspected, summary.skipped, summary.errors) == (15, 14, 1, 2)
+    assert summary.errors_by_reason == {"not an image file": 1, "cannot read the file": 1}
     assert len(seen) == 14 and len(summary.latencies_ms) == 13  # the unread file has none
     assert {job.processes[0].exitcode, job.processes[1].exitcode} == {0}
     parallel_rows = _rows(detector, job.run_id)

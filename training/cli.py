@@ -689,6 +689,9 @@ def _print_summary(summary) -> None:  # type: ignore[no-untyped-def]
     if summary.failed_by_class:
         by_class = ", ".join(f"{k} {v}" for k, v in summary.failed_by_class.most_common())
         console.print(f"failed by class: {by_class}")
+    if summary.errors_by_reason:
+        by_reason = ", ".join(f"{k} {v}" for k, v in summary.errors_by_reason.most_common())
+        console.print(f"errors by kind: {by_reason}", markup=False)
     if summary.latencies_ms:
         ordered = sorted(summary.latencies_ms)
         console.print(

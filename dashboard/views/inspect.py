@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -20,7 +21,7 @@ from dashboard.state import (
 )
 from db.queries import part_results
 from db.session import DatabaseError, session_scope
-from inspection.batch import BatchInspection, SourceItem, iter_zip
+from inspection.batch import BatchInspection, SourceItem, error_kind, iter_zip
 from inspection.errors import UserError
 from inspection.images import MAX_PIXELS, ImageDecodeError, decode_image
 from inspection.settings import get_settings
@@ -188,6 +189,14 @@ cols[0].metric("Parts", len(table))
 cols[1].metric("Failed", failed)
 cols[2].metric("Errors", errors)
 cols[3].metric("Parts / s", f"{rate:.1f}" if inspected else "-")
+error_kinds = Counter(error_kind(e) for e in table.loc[table["verdict"] == "error", "error"])
+if error_kinds["blank image"]:
+    st.warning(
+        f"{error_kinds['blank image']} blank frame(s): check the camera and its lighting. "
+        "Blank frames are not judged (they would pass as good parts)."
+    )
+if error_kinds:
+    st.caption("Errors by kind: " + ", ".join(f"{k} {n}" for k, n in error_kinds.most_common()))
 if skipped:
     st.caption(
         f"{skipped} part(s) had already been inspected by {info.name}: their stored results are shown."
