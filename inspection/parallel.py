@@ -20,8 +20,10 @@ import hashlib
 import multiprocessing
 import os
 import queue
+import sys
 import threading
 import time
+import types
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
@@ -83,6 +85,20 @@ def shard_of(item: SourceItem, workers: int) -> int:
         else unreadable_key(item.name)
     )
     return int(digest[:12], 16) % workers
+
+
+@contextlib.contextmanager
+def _main_script_left_out() -> Iterator[None]:
+    """While workers start: spawn would run the parent's main script again in each, to find
+    objects pickled from it; a worker needs none, and a script without a `__main__` guard (or a
+    Streamlit app, which takes the place of `__main__`) would run its whole top level there."""
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if main is not None:
+            sys.modules["__main__"] = main
 
 
 def _reason(exc: Exception) -> str:
@@ -241,9 +257,10 @@ class ParallelInspection:
             for i, job in enumerate(self._jobs)
         ]
         started = time.perf_counter()  # until a worker is ready
-        for process, (_, sending) in zip(self.processes, channels, strict=True):
-            process.start()
-            sending.close()  # the worker's end only: its exit then reads as the end of input
+        with _main_script_left_out():
+            for process, (_, sending) in zip(self.processes, channels, strict=True):
+                process.start()
+                sending.close()  # the worker's end only: its exit then reads as end of input
         stop = threading.Event()
         dealing_error: list[BaseException] = []
 

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -67,9 +68,16 @@ def _rows(url: str, run_id: int | None = None) -> dict[str, tuple[str, int]]:
 
 
 def test_workers_write_what_one_process_writes_into_one_run(
-    any_detector: str, tmp_path: Path
+    any_detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     detector = any_detector
+    # The main script of the process that deals (here a stand-in that must not run again in
+    # the workers, as a script without a __main__ guard or a Streamlit app would).
+    script = tmp_path / "main_script.py"
+    script.write_text("raise SystemExit('the main script ran again in a worker')\n")
+    main = types.ModuleType("__main__")
+    main.__file__ = str(script)
+    monkeypatch.setitem(sys.modules, "__main__", main)
     items = _source(tmp_path, 12)
     job = ParallelInspection(detector, tmp_path / "store", "Line 1", "Cam A", workers=2)
     seen: list[str] = []
