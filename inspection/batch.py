@@ -56,6 +56,17 @@ class SourceItem:
     name: str
     data: bytes | None
     error: str | None = None
+    content_hash: str | None = None  # once hashed (`content_key`), travels with the item
+
+
+def content_key(item: SourceItem) -> str:
+    """What a source item is known by: the SHA-256 of its bytes (computed once, kept on the
+    item, so a parallel run's dealer hashes for the worker too), or its name when unread."""
+    if item.data is None:
+        return unreadable_key(item.name)
+    if item.content_hash is None:
+        item.content_hash = hashlib.sha256(item.data).hexdigest()
+    return item.content_hash
 
 
 def read_file(path: Path, display: str) -> SourceItem:
@@ -312,7 +323,7 @@ class BatchInspection:
     ) -> None:
         self.summary.seen += len(chunk)
         unreadable = [i for i in chunk if i.data is None]
-        readable = [PartInput(i.name, i.data) for i in chunk if i.data is not None]
+        readable = [PartInput(i.name, i.data, content_key(i)) for i in chunk if i.data is not None]
         hashes = {p.name: p.content_hash for p in readable}
         # A file that could not be read has no content; it is known by its name instead.
         unreadable_hashes = {i.name: unreadable_key(i.name) for i in unreadable}

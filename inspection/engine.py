@@ -53,10 +53,11 @@ MAX_DETECTIONS = 300
 class PartInput:
     name: str
     data: bytes
+    known_hash: str | None = field(default=None, repr=False, compare=False)  # hashed already
 
     @functools.cached_property
     def content_hash(self) -> str:  # asked for by the batch, the store and the result: once
-        return hashlib.sha256(self.data).hexdigest()
+        return self.known_hash or hashlib.sha256(self.data).hexdigest()
 
 
 @dataclass

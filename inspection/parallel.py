@@ -16,7 +16,6 @@ dealer dies (kill -9) finishes the parts it holds and stops.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import multiprocessing
 import os
 import queue
@@ -37,8 +36,8 @@ from inspection.batch import (
     BatchInspection,
     BatchSummary,
     SourceItem,
+    content_key,
     open_run,
-    unreadable_key,
 )
 from inspection.engine import BackendChoice, PartResult
 from inspection.errors import UserError
@@ -58,7 +57,6 @@ class WorkerJob:
     backend: BackendChoice
     device: str | None
     batch_size: int | None
-    dealer_pid: int
     cores: tuple[int, ...] | None  # the cores this worker keeps to; None: no pinning
 
 
@@ -78,13 +76,9 @@ def share_cores(cores: list[int], workers: int) -> list[tuple[int, ...] | None]:
 
 
 def shard_of(item: SourceItem, workers: int) -> int:
-    """The worker a part goes to: by its content, so copies meet in one worker."""
-    digest = (
-        hashlib.sha256(item.data).hexdigest()
-        if item.data is not None
-        else unreadable_key(item.name)
-    )
-    return int(digest[:12], 16) % workers
+    """The worker a part goes to: by its content, so copies meet in one worker (which then
+    finds the hash on the item instead of hashing the bytes again)."""
+    return int(content_key(item)[:12], 16) % workers
 
 
 @contextlib.contextmanager
@@ -103,14 +97,6 @@ def _main_script_left_out() -> Iterator[None]:
 
 def _reason(exc: Exception) -> str:
     return str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
-
-
-def _dealer_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: no signal, only whether the process exists
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def _worker(job: WorkerJob, parts: multiprocessing.Queue, channel: Connection) -> None:
@@ -153,7 +139,8 @@ def _worker(job: WorkerJob, parts: multiprocessing.Queue, channel: Connection) -
             try:
                 item = parts.get(timeout=1.0)
             except queue.Empty:
-                if dealer_gone.is_set() or not _dealer_alive(job.dealer_pid):
+                dealer = multiprocessing.parent_process()
+                if dealer_gone.is_set() or dealer is None or not dealer.is_alive():
                     return  # the dealer is gone: write what was judged, stop
                 continue
             if item is None:
@@ -231,7 +218,6 @@ class ParallelInspection:
                 backend,
                 device,
                 batch_size,
-                os.getpid(),
                 cores[i],
             )
             for i in range(workers)
@@ -352,7 +338,8 @@ class ParallelInspection:
                         heard.started, heard.ready = time.perf_counter(), True
                 elif kind == "results":
                     for result in payload:
-                        self._count(result)
+                        if result.latency_ms is not None:
+                            self.summary.latencies_ms.append(result.latency_ms)
                         if on_result:
                             on_result(result)
                 elif kind in ("done", "stopped"):
@@ -361,11 +348,6 @@ class ParallelInspection:
                 else:  # failed
                     heard.failure = heard.failure or payload
                     stop.set()
-
-    def _count(self, result: PartResult) -> None:
-        """Per-part figures as results arrive (the progress a user watches)."""
-        if result.latency_ms is not None:
-            self.summary.latencies_ms.append(result.latency_ms)
 
     def _merge(self, share: BatchSummary) -> None:
         self.summary.seen += share.seen

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -155,6 +156,8 @@ def test_cores_are_shared_out_and_copies_meet_in_one_shard() -> None:
     assert share_cores([0, 1], 4) == [None] * 4  # fewer cores than workers: no pinning
     part = SourceItem("a.png", b"same bytes")
     assert shard_of(part, 7) == shard_of(SourceItem("copy/b.png", b"same bytes"), 7)
+    # Hashed once, by the dealer: the hash travels to the worker with the item.
+    assert part.content_hash == hashlib.sha256(b"same bytes").hexdigest()
 
 
 def test_cli_refuses_workers_with_watch(tmp_path: Path) -> None:
