@@ -235,6 +235,7 @@ def engine_parallel(
     # The dealer is one process for every worker: its CPU per part bounds what they can reach.
     run["dealer_cpu_ms_per_part"] = round(dealer_cpu / len(arrivals) * 1000, 3)
     run["workers"] = workers
+    run["workers_ready_after_s"] = [min(job.ready_after_s), max(job.ready_after_s)]
     run["batch"] = batch or "default"
     return run
 

@@ -173,6 +173,7 @@ def _worker(job: WorkerJob, parts: multiprocessing.Queue, channel: Connection) -
 class _Heard:
     """What the workers have said so far, beyond their results."""
 
+    launched: float  # when the workers were started
     started: float  # the clock of the summary's throughput
     ready: bool = False
     stopped: bool = False
@@ -224,6 +225,9 @@ class ParallelInspection:
         ]
         self.summary = BatchSummary(self.run_id, self.model_name)
         self.processes: list[multiprocessing.process.BaseProcess] = []  # while `run` runs
+        # Seconds from the workers' start to each one's model loaded: the price of a fresh
+        # interpreter per worker, paid once per run, shown so that it is not mistaken for a slow line.
+        self.ready_after_s: list[float] = []
 
     def run(
         self, items: Iterable[SourceItem], on_result: Callable[[PartResult], None] | None = None
@@ -273,7 +277,7 @@ class ParallelInspection:
         dealer = threading.Thread(target=deal, name="dealer", daemon=True)
         dealer.start()
         listening = {receiving: i for i, (receiving, _) in enumerate(channels)}
-        heard = _Heard(started)
+        heard = _Heard(started, started)
         try:
             self._listen(listening, stop, on_result, heard)
         except KeyboardInterrupt:
@@ -334,6 +338,7 @@ class ParallelInspection:
                         stop.set()  # the others write what they hold and stop
                     continue
                 if kind == "ready":
+                    self.ready_after_s.append(round(time.perf_counter() - heard.launched, 2))
                     if not heard.ready:  # the clock starts with the first model loaded
                         heard.started, heard.ready = time.perf_counter(), True
                 elif kind == "results":

@@ -88,6 +88,7 @@ def test_workers_write_what_one_process_writes_into_one_run(
     assert summary.errors_by_reason == {"not an image file": 1, "cannot read the file": 1}
     assert len(seen) == 14 and len(summary.latencies_ms) == 13  # the unread file has none
     assert {job.processes[0].exitcode, job.processes[1].exitcode} == {0}
+    assert len(job.ready_after_s) == 2 and all(s > 0 for s in job.ready_after_s)
     parallel_rows = _rows(detector, job.run_id)
     with session_scope(detector) as session:
         run = session.get_one(InspectionRun, job.run_id)
@@ -199,6 +200,7 @@ def test_kill_9_of_the_dealer_leaves_no_worker_behind_and_resumes(
     finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert len(_rows(detector)) == 300
+    assert "2 of 2 workers ready after" in " ".join(finished.stdout.split())
 
 
 def _count_inspections(url: str) -> int:
@@ -236,6 +238,7 @@ def test_ctrl_c_stops_every_worker_and_the_summary_counts_what_was_written(
     finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert len(_rows(detector)) == 300
+    assert "2 of 2 workers ready after" in " ".join(finished.stdout.split())
 
 
 def _two_worker_batch(url: str, tmp_path: Path, parts: int) -> tuple[list[str], dict[str, str]]:

@@ -792,6 +792,12 @@ def batch_command(
         bar.close()
         if isinstance(job, BatchInspection):
             job.inspector.close()
+    if isinstance(job, ParallelInspection) and job.ready_after_s:
+        console.print(
+            f"{len(job.ready_after_s)} of {workers} workers ready after "
+            f"{min(job.ready_after_s):.1f} to {max(job.ready_after_s):.1f} s (each starts an "
+            "interpreter and loads the model once per run; throughput counts from the first)"
+        )
     _print_summary(job.summary)
     if export == "csv":
         target = output or Path(f"run-{job.run_id}.csv")

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# `defects batch --workers N` on a lent GPU, as a user runs it: a fresh database, the demo model
+# installed, PARTS unique copies of the NEU-DET test images in a folder, then the command with
+# WORKERS worker processes, and the same command again (a resumed run must skip every part).
+# The log is what a user sees; it lands in $1 (default bench/results) as batch_cli_gpu.txt.
+#
+#   bash bench/gpu_batch_cli.sh "$OUT"          (carry .whl and .carry, as gpu_session.sh)
+# Tried on a CPU with: WHEELS=0 DEVICE=cpu PARTS=200 WORKERS=2 bash bench/gpu_batch_cli.sh /tmp/x
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+OUT_DIR=${1:-$ROOT/bench/results}
+PY=${PYTHON:-python3}
+PARTS=${PARTS:-40000}
+WORKERS=${WORKERS:-8}
+DEVICE=${DEVICE:-cuda:0}
+WORK=${GPU_WORK:-/tmp/gpu_batch_cli}
+cd "$ROOT" || exit 1
+rm -rf "$WORK" && mkdir -p "$WORK" "$OUT_DIR"
+
+if [[ ${WHEELS:-1} == 1 ]] && compgen -G ".whl/*.whl" >/dev/null; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site
+fi
+NEU=${NEU:-$ROOT/../shared/datasets/neu-det}
+if [[ -f .carry/neu-det.tar.gz ]]; then
+    tar -xzf .carry/neu-det.tar.gz -C "$WORK" && NEU=$WORK/neu-det
+fi
+export DEFECTS_DATA_DIR=$WORK/data PYTHONUNBUFFERED=1 COLUMNS=200
+
+defects() {  # the installed `defects` command, where the project is not pip-installed
+    "$PY" -c 'import sys; from training.cli import main; sys.argv[0] = "defects"; main()' "$@"
+}
+
+{
+    echo "# defects batch --workers $WORKERS on $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null || echo "$DEVICE"), $(nproc) cores, $(date -u +%F)"
+    defects db upgrade >/dev/null && defects models install-demo || exit 1
+    "$PY" - "$NEU" "$PARTS" "$WORK/parts" <<'EOF'
+import sys
+from pathlib import Path
+
+sys.path.insert(0, "bench")
+from inference import make_parts  # the benchmark's unique copies of the test images
+
+neu, count, folder = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
+names = (neu / "splits" / "test.txt").read_text().split()
+images = [neu / "images" / name for name in names]
+make_parts(images, count, folder)
+print(f"{count} parts in a folder, copies of the {len(images)} NEU-DET test images")
+EOF
+    for pass in first again; do
+        echo "## $pass: defects batch PARTS --line demo --station gpu --workers $WORKERS --device $DEVICE"
+        began=$(date +%s%N)
+        defects batch "$WORK/parts" --line demo --station gpu --workers "$WORKERS" \
+            --device "$DEVICE" 2>&1 | tr '\r' '\n' | grep -v "part/s\]$" | grep -v "^\s*$"
+        echo "wall time of the command, interpreter start included: $((($(date +%s%N) - began) / 1000000)) ms"
+    done
+} 2>&1 | tee "$OUT_DIR/batch_cli_gpu.txt"
