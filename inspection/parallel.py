@@ -44,6 +44,11 @@ from inspection.errors import UserError
 from inspection.settings import usable_cores
 
 QUEUE_PER_WORKER = 256  # parts dealt ahead to each worker: a few batches, bounded memory
+# Parts per message to a worker. One message per part costs the dealer more than reading and
+# hashing the part (a pipe write and a feeder-thread hand-over each): on 16 cores the dealer,
+# one process for every worker, became the limit of a run skipping parts it had judged.
+DEAL_BATCH = 16
+DEAL_WAIT_S = 0.1  # a part is held back for a fuller message at most this long
 RESULTS_PER_MESSAGE = 32  # results a worker sends back at once (one message each is slower)
 
 
@@ -134,18 +139,30 @@ def _worker(job: WorkerJob, parts: multiprocessing.Queue, channel: Connection) -
     tell("ready", None)
     pending: list[PartResult] = []
 
+    # The dealer's messages are taken off the pipe by a thread of their own: a dealer killed
+    # half-way through writing one (a message larger than the pipe holds) would leave a reader
+    # waiting for the rest forever, and this worker's own parts unwritten.
+    inbox: queue.Queue[list[SourceItem] | None] = queue.Queue(maxsize=2)
+
+    def take_in() -> None:
+        while (message := parts.get()) is not None:
+            inbox.put(message)
+        inbox.put(None)
+
+    threading.Thread(target=take_in, name="inbox", daemon=True).start()
+
     def dealt() -> Iterator[SourceItem]:
         while True:
             try:
-                item = parts.get(timeout=1.0)
+                dealt_items = inbox.get(timeout=1.0)
             except queue.Empty:
                 dealer = multiprocessing.parent_process()
                 if dealer_gone.is_set() or dealer is None or not dealer.is_alive():
                     return  # the dealer is gone: write what was judged, stop
                 continue
-            if item is None:
+            if dealt_items is None:
                 return
-            yield item
+            yield from dealt_items
 
     def on_result(result: PartResult) -> None:
         pending.append(result)
@@ -237,7 +254,7 @@ class ParallelInspection:
         # Workers start as fresh interpreters: CUDA cannot be used in a forked child, and a
         # fork server would hand them the environment (DEFECTS_* settings) of its own start.
         context = multiprocessing.get_context("spawn")
-        parts = [context.Queue(maxsize=QUEUE_PER_WORKER) for _ in range(self.workers)]
+        parts = [context.Queue(maxsize=QUEUE_PER_WORKER // DEAL_BATCH) for _ in range(self.workers)]
         # A channel back from each worker: one killed while sending spoils only its own.
         channels = [context.Pipe(duplex=False) for _ in range(self.workers)]
         # Not daemons: a worker may decode in processes of its own (DEFECTS_PREPARE_PROCESSES);
@@ -254,17 +271,35 @@ class ParallelInspection:
         stop = threading.Event()
         dealing_error: list[BaseException] = []
 
+        def send(shard: int, message: list[SourceItem] | None) -> bool:
+            """Into the shard's queue unless the run is stopping; False when it is."""
+            while not stop.is_set():
+                try:
+                    parts[shard].put(message, timeout=0.5)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
         def deal() -> None:
+            held: list[list[SourceItem]] = [[] for _ in range(self.workers)]
+            held_since = [0.0] * self.workers
             try:
                 for item in items:
-                    target = parts[shard_of(item, self.workers)]
-                    while not stop.is_set():
-                        try:
-                            target.put(item, timeout=0.5)
-                            break
-                        except queue.Full:
-                            continue
-                    if stop.is_set():
+                    shard = shard_of(item, self.workers)
+                    if not held[shard]:
+                        held_since[shard] = time.monotonic()
+                    held[shard].append(item)
+                    now = time.monotonic()
+                    for i, message in enumerate(held):
+                        if message and (
+                            len(message) >= DEAL_BATCH or now - held_since[i] > DEAL_WAIT_S
+                        ):
+                            held[i] = []
+                            if not send(i, message):
+                                return
+                for i, message in enumerate(held):
+                    if message and not send(i, message):
                         return
             except BaseException as exc:  # noqa: BLE001 - a bad source: raised in run()
                 dealing_error.append(exc)
