@@ -70,10 +70,11 @@ def main() -> None:
     names = (neu / "splits" / "test.txt").read_text().split()
     folder = inference.WORK / "parts"
     inference.make_parts([neu / "images" / name for name in names], args.parts, folder)
-    url = f"sqlite:///{inference.WORK / 'bench.db'}"
-    upgrade(url)
+    setup = f"sqlite:///{inference.WORK / 'bench.db'}"
+    upgrade(setup)
+    inference.keep_template(setup)
     card = json.loads((args.weights.parent / "model.json").read_text())
-    inference.register_bench_version(url, args.weights, "dealing", card["classes"], card["imgsz"])
+    url = inference.register_bench_version(args.weights, "dealing", card["classes"], card["imgsz"])
     # Judged once, so that every timed run only deals and looks up.
     first = parallel.ParallelInspection(
         url,

@@ -255,10 +255,28 @@ def start_background_load(processes: int) -> None:
     atexit.register(lambda: [process.kill() for process in busy])
 
 
-def register_bench_version(
-    url: str, weights: Path, name: str, class_names: list[str], imgsz: int
-) -> None:
-    """Each engine run inspects the parts as a model version of its own, so none is skipped."""
+TEMPLATE_DB = WORK / "template.db"
+
+
+def keep_template(url: str) -> None:
+    """The bench's database before any engine run (migrated, NEU-DET imported), copied for each
+    run by `register_bench_version`."""
+    import sqlite3
+
+    source = sqlite3.connect(url.removeprefix("sqlite:///"))
+    target = sqlite3.connect(TEMPLATE_DB)
+    source.backup(target)  # consistent, the write-ahead log included
+    source.close()
+    target.close()
+
+
+def register_bench_version(weights: Path, name: str, class_names: list[str], imgsz: int) -> str:
+    """A database of the run's own, with the run's model version: every run writes its parts as
+    new rows, as a line's first run does. (In one shared database, the runs after the first
+    found the parts' rows there already and wrote fewer.) Returns its URL."""
+    run_db = WORK / f"run-{name}.db"
+    shutil.copy(TEMPLATE_DB, run_db)
+    url = f"sqlite:///{run_db}"
     with session_scope(url) as session:
         register_model_version(
             session,
@@ -271,6 +289,7 @@ def register_bench_version(
             name=name,
             thresholds={"default": OPERATING_CONF, "iou": 0.45},
         )
+    return url
 
 
 GpuVariant = tuple[int | None, int | None]  # (CUDA graphs, batches in flight); None: default
@@ -351,7 +370,6 @@ def ceiling_without_network(
     batch: int,
     processes: int,
     folder: Path,
-    url: str,
     images: list[Path],
 ) -> dict:
     """The engine end to end with the network's answer replayed instead of computed: how fast
@@ -366,10 +384,10 @@ def ceiling_without_network(
         prepare_processes=processes,
     )
     replay_network(inspector, images)
-    register_bench_version(
-        url, weights, f"ceiling-p{processes}", inspector.class_names, inspector.backend.image_size
+    run_url = register_bench_version(
+        weights, f"ceiling-p{processes}", inspector.class_names, inspector.backend.image_size
     )
-    run = engine_end_to_end(f"ceiling-p{processes}", inspector, folder, url)
+    run = engine_end_to_end(f"ceiling-p{processes}", inspector, folder, run_url)
     inspector.close()
     run["batch"] = inspector.batch_size
     run["prepare_processes"] = processes
@@ -606,6 +624,7 @@ def main() -> None:
     url = f"sqlite:///{WORK / 'bench.db'}"
     upgrade(url)
     ensure_neu(url, args.neu)
+    keep_template(url)
     with session_scope(url) as session:
         dataset_root = Path(
             session.scalars(select(Dataset.root_path).where(Dataset.name == "neu-det")).one()
@@ -710,8 +729,8 @@ def main() -> None:
                 + ("" if spinning else "-nospin")
                 + gpu_suffix(variant, args.cuda_graphs, args.gpu_streams)
             )
-            register_bench_version(url, weights, name, class_names, imgsz)
-            run = engine_end_to_end(name, operating, parts_dir, url)
+            run_url = register_bench_version(weights, name, class_names, imgsz)
+            run = engine_end_to_end(name, operating, parts_dir, run_url)
             run["batch"] = operating.batch_size
             run["prepare_processes"] = processes
             run["onnx_spinning"] = spinning if engine_kind == "onnx" else None
@@ -727,9 +746,9 @@ def main() -> None:
             name = f"{backend}-bdefault-w{workers}" + gpu_suffix(
                 gpu_variants[0], args.cuda_graphs, args.gpu_streams
             )
-            register_bench_version(url, weights, name, class_names, imgsz)
+            run_url = register_bench_version(weights, name, class_names, imgsz)
             run = engine_parallel(
-                name, backend, sources[backend], args.device, workers, parts_dir, url
+                name, backend, sources[backend], args.device, workers, parts_dir, run_url
             )
             result["runs"][f"engine_{name}"] = run
             print(name, run)
@@ -759,8 +778,10 @@ def main() -> None:
             )
             if replayed:
                 replay_network(single, test_images)
-            register_bench_version(url, weights, name, class_names, imgsz)
-            run = engine_one_at_a_time(name, single, parts_dir, url, args.one_at_a_time, bool(wal))
+            run_url = register_bench_version(weights, name, class_names, imgsz)
+            run = engine_one_at_a_time(
+                name, single, parts_dir, run_url, args.one_at_a_time, bool(wal)
+            )
             single.close()
             run["batch"] = 1
             run["streams"] = single.backend.streams
@@ -798,7 +819,6 @@ def main() -> None:
             max(args.engine_batches),
             processes,
             parts_dir,
-            url,
             test_images,
         )
         print(name, result["runs"][name])
@@ -808,14 +828,14 @@ def main() -> None:
         replay = replay_onnx(onnx_path, test_images, imgsz, WORK / "replay.onnx")
         for workers in args.workers:
             name = f"ceiling_onnx_replay-b4-w{workers}"
-            register_bench_version(url, weights, name, class_names, imgsz)
+            run_url = register_bench_version(weights, name, class_names, imgsz)
             if workers > 1:
-                run = engine_parallel(name, "onnx", replay, "cpu", workers, parts_dir, url, 4)
+                run = engine_parallel(name, "onnx", replay, "cpu", workers, parts_dir, run_url, 4)
             else:
                 alone = Inspector.from_weights(
                     replay, {"default": OPERATING_CONF, "iou": 0.45}, "onnx", "cpu", 4
                 )
-                run = engine_end_to_end(name, alone, parts_dir, url)
+                run = engine_end_to_end(name, alone, parts_dir, run_url)
                 run["batch"] = alone.batch_size
                 alone.close()
             run["note"] = "network replayed by an ONNX model: the ceiling of the code around it"
