@@ -14,7 +14,8 @@
 # PLAN picks the steps: "neu" (1 to 4, the default), "inference" (1 alone, with one and two
 # batches in flight on the GPU and with 4 and 8 worker processes: about 5 minutes),
 # "inference-workers" (only the largest batch in one process against 4 and 8 worker processes,
-# with and without the network, into inference_gpu_workers.json: about 3 minutes),
+# with and without the network, into inference_gpu_workers.json: WORKERS_PARTS parts, 40000 by
+# default, since 8000 leave the workers' start-up most of the run; about 4 minutes),
 # "neu-twins" (only the s-scale attention model and its plain twin, same schedule, then their
 # evaluation: issue 3's comparison within a 15-minute loan, about 9.5 minutes of training on an
 # H100 at 100 epochs and 256 px; VARIANTS; PARALLEL=1 trains them side by side, untried on a
@@ -202,7 +203,7 @@ workers_step() {  # issue 4's throughput target alone: one process against 4 and
     local inference_device=$1
     overrides
     step inference-workers "$PY" bench/inference.py --weights models/neu-det-demo/weights.pt \
-        --neu "$NEU" --parts "$PARTS" --device "$inference_device" --batch "$BATCH" \
+        --neu "$NEU" --parts "${WORKERS_PARTS:-40000}" --device "$inference_device" --batch "$BATCH" \
         --engine-batches "$BATCH" --backends pytorch --workers 1 4 8 --ceiling \
         --skip-ultralytics-single --bare-seconds 3 --out bench/results/inference_gpu_workers.json
 }
