@@ -70,6 +70,8 @@ def content_key(item: SourceItem) -> str:
 
 
 def read_file(path: Path, display: str) -> SourceItem:
+    if path.is_symlink() and not path.exists():
+        return SourceItem(display, None, "cannot read the file: a link whose target is missing")
     try:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
@@ -84,7 +86,13 @@ def _is_hidden(path: Path, root: Path) -> bool:
 
 
 def folder_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not _is_hidden(p, folder))
+    """Every file under `folder`, and every link whose target is missing (a camera share gone),
+    so that it is reported rather than passed over in silence."""
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if (p.is_file() or (p.is_symlink() and not p.exists())) and not _is_hidden(p, folder)
+    )
 
 
 def iter_source(source: str) -> Iterator[SourceItem]:

@@ -123,6 +123,17 @@ def test_zip_with_bad_entries_and_glob_sources(detector: str, tmp_path: Path) ->
         list(iter_source(str(tmp_path / "in" / "*.bmp")))
 
 
+def test_a_broken_link_in_a_folder_is_reported_not_passed_over(tmp_path: Path) -> None:
+    make_images(tmp_path / "in", n=1, size=32)
+    (tmp_path / "in" / "gone.png").symlink_to(tmp_path / "unmounted" / "frame.png")
+    (tmp_path / "in" / ".hidden.png").symlink_to(tmp_path / "unmounted" / "other.png")
+    items = {item.name: item for item in iter_source(str(tmp_path / "in"))}
+    assert set(items) == {"part_000.png", "gone.png"}  # hidden files stay out, as before
+    assert items["part_000.png"].data
+    assert items["gone.png"].data is None
+    assert items["gone.png"].error == "cannot read the file: a link whose target is missing"
+
+
 def test_resume_after_a_crash_loses_and_duplicates_nothing(
     detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
