@@ -95,12 +95,25 @@ def folder_files(folder: Path) -> list[Path]:
     )
 
 
+def file_items(path: Path, display: str) -> Iterator[SourceItem]:
+    """A file of a folder, glob or hot folder as parts: itself, or each entry of a zip archive
+    (as the dashboard takes a zip among uploaded files)."""
+    if path.suffix.lower() == ".zip" and zipfile.is_zipfile(path):
+        try:
+            yield from iter_zip(path, display)
+        except UserError as exc:  # (raised on opening it, before any entry)
+            yield SourceItem(display, None, str(exc))
+        return
+    yield read_file(path, display)
+
+
 def iter_source(source: str) -> Iterator[SourceItem]:
-    """Files of a folder (recursively), of a glob pattern, or entries of a zip archive."""
+    """Files of a folder (recursively), of a glob pattern, or entries of a zip archive; a zip
+    inside a folder or among the glob's files gives its entries."""
     path = Path(source)
     if path.is_dir():
         for file in folder_files(path):
-            yield read_file(file, str(file.relative_to(path)))
+            yield from file_items(file, str(file.relative_to(path)))
     elif path.is_file() and zipfile.is_zipfile(path):
         yield from iter_zip(path, path.name)
     elif path.is_file():
@@ -110,7 +123,7 @@ def iter_source(source: str) -> Iterator[SourceItem]:
         if not matches:
             raise UserError(f"no files match {source}")
         for file in matches:
-            yield read_file(file, str(file))
+            yield from file_items(file, str(file))
     else:
         raise UserError(f"source not found: {source}")
 
@@ -510,7 +523,7 @@ class BatchInspection:
                 if now - previous[1] >= settle_seconds:
                     handled.add(key)
                     sizes.pop(file, None)
-                    ready.append(read_file(file, str(file.relative_to(folder))))
+                    ready.extend(file_items(file, str(file.relative_to(folder))))
             if ready:
                 self.run(ready, on_result)
             stop.wait(poll_seconds)

@@ -134,6 +134,25 @@ def test_a_broken_link_in_a_folder_is_reported_not_passed_over(tmp_path: Path) -
     assert items["gone.png"].error == "cannot read the file: a link whose target is missing"
 
 
+def test_a_zip_inside_a_folder_gives_its_entries(tmp_path: Path) -> None:
+    images = make_images(tmp_path / "loose", n=2, size=32)
+    day = tmp_path / "in" / "monday"
+    day.mkdir(parents=True)
+    with zipfile.ZipFile(day / "shift1.zip", "w") as zf:
+        for image in images:
+            zf.write(tmp_path / "loose" / image.name, image.name)
+    (day / "fake.zip").write_bytes(b"not a zip at all")
+    items = {item.name: item for item in iter_source(str(tmp_path / "in"))}
+    names = [f"monday/shift1.zip:{image.name}" for image in images]
+    assert set(items) == {*names, "monday/fake.zip"}
+    assert all(items[name].data for name in names)
+    assert items["monday/fake.zip"].data is not None  # judged as a file: not an image
+    globbed = {item.name for item in iter_source(str(day / "*.zip"))}
+    assert globbed == {f"{day / 'shift1.zip'}:{image.name}" for image in images} | {
+        str(day / "fake.zip")
+    }
+
+
 def test_resume_after_a_crash_loses_and_duplicates_nothing(
     detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

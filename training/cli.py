@@ -768,7 +768,9 @@ def batch_command(
         job = BatchInspection(url, settings.images_dir, line, station, **options)
         console.print(f"inspecting with {job.model_name} ({job.inspector.backend.describe()})")
     source_path = Path(source)
-    total = len(folder_files(source_path)) if source_path.is_dir() else None
+    files = folder_files(source_path) if source_path.is_dir() else []
+    # (A zip inside the folder gives its entries: their number is known only as they come.)
+    total = len(files) if files and not any(f.suffix.lower() == ".zip" for f in files) else None
     bar = tqdm(total=total, unit="part", disable=None)
 
     def on_result(result) -> None:  # type: ignore[no-untyped-def]
