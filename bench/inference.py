@@ -236,6 +236,8 @@ def engine_parallel(
     run["dealer_cpu_ms_per_part"] = round(dealer_cpu / len(arrivals) * 1000, 3)
     run["workers"] = workers
     run["workers_ready_after_s"] = [min(job.ready_after_s), max(job.ready_after_s)]
+    parts, seconds = job.after_all_ready
+    run["parts_per_s_once_all_ready"] = round(parts / seconds, 2) if seconds else None
     run["batch"] = batch or "default"
     return run
 

@@ -193,6 +193,7 @@ class _Heard:
     launched: float  # when the workers were started
     started: float  # the clock of the summary's throughput
     ready: bool = False
+    all_ready: float | None = None  # when the last worker became ready
     stopped: bool = False
     failure: str | None = None
 
@@ -245,6 +246,9 @@ class ParallelInspection:
         # Seconds from the workers' start to each one's model loaded: the price of a fresh
         # interpreter per worker, paid once per run, shown so that it is not mistaken for a slow line.
         self.ready_after_s: list[float] = []
+        # Results that came once every worker was ready, and the seconds from then to the last:
+        # the rate of a long run, which a short one's start-up hides.
+        self.after_all_ready: tuple[int, float] = (0, 0.0)
 
     def run(
         self, items: Iterable[SourceItem], on_result: Callable[[PartResult], None] | None = None
@@ -376,7 +380,12 @@ class ParallelInspection:
                     self.ready_after_s.append(round(time.perf_counter() - heard.launched, 2))
                     if not heard.ready:  # the clock starts with the first model loaded
                         heard.started, heard.ready = time.perf_counter(), True
+                    if len(self.ready_after_s) == self.workers:
+                        heard.all_ready = time.perf_counter()
                 elif kind == "results":
+                    if heard.all_ready is not None and payload:
+                        parts = self.after_all_ready[0] + len(payload)
+                        self.after_all_ready = (parts, time.perf_counter() - heard.all_ready)
                     for result in payload:
                         if result.latency_ms is not None:
                             self.summary.latencies_ms.append(result.latency_ms)

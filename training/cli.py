@@ -800,6 +800,11 @@ def batch_command(
             f"{min(job.ready_after_s):.1f} to {max(job.ready_after_s):.1f} s (each starts an "
             "interpreter and loads the model once per run; throughput counts from the first)"
         )
+        parts, seconds = job.after_all_ready
+        if parts >= 100 * workers and seconds > 0:  # (too few: a rate of the last batches)
+            console.print(
+                f"{parts / seconds:.1f} parts/s once every worker was ready ({parts} parts)"
+            )
     _print_summary(job.summary)
     if export == "csv":
         target = output or Path(f"run-{job.run_id}.csv")
