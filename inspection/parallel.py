@@ -175,15 +175,18 @@ def _worker(job: WorkerJob, parts: multiprocessing.Queue, channel: Connection) -
     except KeyboardInterrupt:
         tell("results", pending)
         tell("stopped", share.summary)
+        share.inspector.close()
         return
     except Exception as exc:  # noqa: BLE001 - reported to the dealer, which stops the run
         tell("results", pending)
         tell("failed", _reason(exc))
-        return
-    finally:
         share.inspector.close()
+        return
+    # Everything is written: said before the model is let go, so that the run's clock stops
+    # with the work, not with the processes' exit.
     tell("results", pending)
     tell("done", summary)
+    share.inspector.close()
 
 
 @dataclass
@@ -194,6 +197,7 @@ class _Heard:
     started: float  # the clock of the summary's throughput
     ready: bool = False
     all_ready: float | None = None  # when the last worker became ready
+    last_done: float | None = None  # when the last worker said it had written everything
     stopped: bool = False
     failure: str | None = None
 
@@ -336,7 +340,10 @@ class ParallelInspection:
                 if process.is_alive():
                     process.terminate()
                     process.join(timeout=5)
-            self.summary.seconds += time.perf_counter() - heard.started
+            # Until the last worker's everything-written, not its exit (a GPU's context and
+            # the interpreter take a while to go); until now where the run broke off.
+            ended = heard.last_done if heard.failure is None and not heard.stopped else None
+            self.summary.seconds += (ended or time.perf_counter()) - heard.started
             with connection_scope(self.url) as connection:
                 connection.execute(
                     update(InspectionRun)
@@ -393,6 +400,7 @@ class ParallelInspection:
                             on_result(result)
                 elif kind in ("done", "stopped"):
                     heard.stopped |= kind == "stopped"
+                    heard.last_done = time.perf_counter()
                     self._merge(payload)
                 else:  # failed
                     heard.failure = heard.failure or payload
