@@ -59,6 +59,11 @@ class SourceItem:
     content_hash: str | None = None  # once hashed (`content_key`), travels with the item
 
 
+# In a stream of source items: the source has gone quiet (a hot folder between camera frames),
+# so what is held for a fuller chunk is judged and written now. Known by identity.
+WRITE_NOW = SourceItem("", None, "the source is quiet: write what is held")
+
+
 def content_key(item: SourceItem) -> str:
     """What a source item is known by: the SHA-256 of its bytes (computed once, kept on the
     item, so a parallel run's dealer hashes for the worker too), or its name when unread."""
@@ -313,6 +318,11 @@ class BatchInspection:
         chunk: list[SourceItem] = []
         try:
             for item in items:
+                if item is WRITE_NOW:
+                    if chunk:
+                        self._process(chunk, on_result)
+                        chunk = []
+                    continue
                 chunk.append(item)
                 if len(chunk) >= WRITE_CHUNK:
                     self._process(chunk, on_result)
@@ -495,39 +505,58 @@ class BatchInspection:
         on_result: Callable[[PartResult], None] | None = None,
         poll_seconds: float = 1.0,
         settle_seconds: float = 0.5,
+        known: set[tuple[str, int, float]] | None = None,
     ) -> BatchSummary:
-        """Inspect files as they appear in `folder` until `stop` is set.
-
-        A file is taken once its size has not changed for `settle_seconds`, so a camera still
-        writing it is not read half-way.
-        """
-        if not folder.is_dir():
-            raise UserError(f"hot folder not found: {folder}")
-        handled: set[tuple[str, int, float]] = set()
-        sizes: dict[Path, tuple[int, float]] = {}
-        while not stop.is_set():
-            ready: list[SourceItem] = []
-            now = time.monotonic()
-            for file in folder_files(folder):
-                try:
-                    stat = file.stat()
-                except OSError:
-                    continue
-                key = (str(file), stat.st_size, stat.st_mtime)
-                if key in handled:
-                    continue
-                previous = sizes.get(file)
-                if previous is None or previous[0] != stat.st_size:
-                    sizes[file] = (stat.st_size, now)
-                    continue
-                if now - previous[1] >= settle_seconds:
-                    handled.add(key)
-                    sizes.pop(file, None)
-                    ready.extend(file_items(file, str(file.relative_to(folder))))
-            if ready:
-                self.run(ready, on_result)
-            stop.wait(poll_seconds)
+        """Inspect files as they appear in `folder` until `stop` is set (`known`: files already
+        read, by `file_key`, which are left alone unless they change)."""
+        for ready in hot_folder_batches(folder, stop, poll_seconds, settle_seconds, known):
+            self.run(ready, on_result)
         return self.summary
+
+
+def file_key(file: Path) -> tuple[str, int, float] | None:
+    """A file as a hot folder knows it: a file written again is a new one. None: gone."""
+    try:
+        stat = file.stat()
+    except OSError:
+        return None
+    return (str(file), stat.st_size, stat.st_mtime)
+
+
+def hot_folder_batches(
+    folder: Path,
+    stop: Event,
+    poll_seconds: float = 1.0,
+    settle_seconds: float = 0.5,
+    known: set[tuple[str, int, float]] | None = None,
+) -> Iterator[list[SourceItem]]:
+    """The files that appear in `folder`, one list per look, until `stop` is set.
+
+    A file is taken once its size has not changed for `settle_seconds`, so a camera still
+    writing it is not read half-way.
+    """
+    if not folder.is_dir():
+        raise UserError(f"hot folder not found: {folder}")
+    handled: set[tuple[str, int, float]] = set(known or ())
+    sizes: dict[Path, tuple[int, float]] = {}
+    while not stop.is_set():
+        ready: list[SourceItem] = []
+        now = time.monotonic()
+        for file in folder_files(folder):
+            key = file_key(file)
+            if key is None or key in handled:
+                continue
+            previous = sizes.get(file)
+            if previous is None or previous[0] != key[1]:
+                sizes[file] = (key[1], now)
+                continue
+            if now - previous[1] >= settle_seconds:
+                handled.add(key)
+                sizes.pop(file, None)
+                ready.extend(file_items(file, str(file.relative_to(folder))))
+        if ready:
+            yield ready
+        stop.wait(poll_seconds)
 
 
 def export_run_csv(url: str, run_id: int, path: Path) -> int:

@@ -10,7 +10,9 @@ runs `BatchInspection` on its share, writing its own transactions into the one r
 Parts are dealt by content hash, so copies of a part always reach the same worker, whose own
 bookkeeping judges them once; resuming after a crash is what it is for one process (each worker
 commits whole chunks). Ctrl-C stops every worker after the chunk it is writing; a worker whose
-dealer dies (kill -9) finishes the parts it holds and stops.
+dealer dies (kill -9) finishes the parts it holds and stops. A hot folder (`watch`) is one long
+run: when the folder goes quiet the dealer passes WRITE_NOW on, and each worker writes the
+frames it holds instead of waiting for a fuller chunk.
 """
 
 from __future__ import annotations
@@ -33,10 +35,12 @@ from sqlalchemy import update
 from db.models import InspectionRun, utcnow
 from db.session import connection_scope, session_scope
 from inspection.batch import (
+    WRITE_NOW,
     BatchInspection,
     BatchSummary,
     SourceItem,
     content_key,
+    hot_folder_batches,
     open_run,
 )
 from inspection.engine import BackendChoice, PartResult
@@ -142,7 +146,7 @@ def _worker(job: WorkerJob, parts: multiprocessing.Queue, channel: Connection) -
     # The dealer's messages are taken off the pipe by a thread of their own: a dealer killed
     # half-way through writing one (a message larger than the pipe holds) would leave a reader
     # waiting for the rest forever, and this worker's own parts unwritten.
-    inbox: queue.Queue[list[SourceItem] | None] = queue.Queue(maxsize=2)
+    inbox: queue.Queue[list[SourceItem | None] | None] = queue.Queue(maxsize=2)
 
     def take_in() -> None:
         while (message := parts.get()) is not None:
@@ -152,6 +156,8 @@ def _worker(job: WorkerJob, parts: multiprocessing.Queue, channel: Connection) -
     threading.Thread(target=take_in, name="inbox", daemon=True).start()
 
     def dealt() -> Iterator[SourceItem]:
+        """The dealt parts; WRITE_NOW where the source went quiet (None in a message, since
+        the marker is known by identity, which pickling does not keep)."""
         while True:
             try:
                 dealt_items = inbox.get(timeout=1.0)
@@ -162,13 +168,22 @@ def _worker(job: WorkerJob, parts: multiprocessing.Queue, channel: Connection) -
                 continue
             if dealt_items is None:
                 return
-            yield from dealt_items
+            for entry in dealt_items:
+                if entry is None:
+                    yield WRITE_NOW
+                    send_results()  # judged just now: shown at once, not with the next 32
+                else:
+                    yield entry
+
+    def send_results() -> None:
+        if pending:
+            tell("results", list(pending))
+            pending.clear()
 
     def on_result(result: PartResult) -> None:
         pending.append(result)
         if len(pending) >= RESULTS_PER_MESSAGE:
-            tell("results", list(pending))
-            pending.clear()
+            send_results()
 
     try:
         summary = share.run(dealt(), on_result)
@@ -255,10 +270,14 @@ class ParallelInspection:
         self.after_all_ready: tuple[int, float] = (0, 0.0)
 
     def run(
-        self, items: Iterable[SourceItem], on_result: Callable[[PartResult], None] | None = None
+        self,
+        items: Iterable[SourceItem],
+        on_result: Callable[[PartResult], None] | None = None,
+        stop: threading.Event | None = None,
     ) -> BatchSummary:
         """Deal `items` out to the workers and gather their results; returns once every worker
-        has written its last chunk. A worker that fails stops the run with its reason."""
+        has written its last chunk. A worker that fails stops the run with its reason. `stop`,
+        set when the run stops, is also the one a hot folder's `items` wait on."""
         # Workers start as fresh interpreters: CUDA cannot be used in a forked child, and a
         # fork server would hand them the environment (DEFECTS_* settings) of its own start.
         context = multiprocessing.get_context("spawn")
@@ -276,10 +295,10 @@ class ParallelInspection:
             for process, (_, sending) in zip(self.processes, channels, strict=True):
                 process.start()
                 sending.close()  # the worker's end only: its exit then reads as end of input
-        stop = threading.Event()
+        stop = stop or threading.Event()
         dealing_error: list[BaseException] = []
 
-        def send(shard: int, message: list[SourceItem] | None) -> bool:
+        def send(shard: int, message: list[SourceItem | None] | None) -> bool:
             """Into the shard's queue unless the run is stopping; False when it is."""
             while not stop.is_set():
                 try:
@@ -290,10 +309,18 @@ class ParallelInspection:
             return False
 
         def deal() -> None:
-            held: list[list[SourceItem]] = [[] for _ in range(self.workers)]
+            held: list[list[SourceItem | None]] = [[] for _ in range(self.workers)]
             held_since = [0.0] * self.workers
+            dealt_since_quiet = [False] * self.workers  # (to whom WRITE_NOW is passed on)
             try:
                 for item in items:
+                    if item is WRITE_NOW:  # the source is quiet: nothing waits for a fuller message
+                        for i in range(self.workers):
+                            if dealt_since_quiet[i] or held[i]:
+                                message, held[i], dealt_since_quiet[i] = [*held[i], None], [], False
+                                if not send(i, message):
+                                    return
+                        continue
                     shard = shard_of(item, self.workers)
                     if not held[shard]:
                         held_since[shard] = time.monotonic()
@@ -303,7 +330,7 @@ class ParallelInspection:
                         if message and (
                             len(message) >= DEAL_BATCH or now - held_since[i] > DEAL_WAIT_S
                         ):
-                            held[i] = []
+                            held[i], dealt_since_quiet[i] = [], True
                             if not send(i, message):
                                 return
                 for i, message in enumerate(held):
@@ -359,6 +386,30 @@ class ParallelInspection:
         if dealing_error:
             raise dealing_error[0]
         return self.summary
+
+    def watch(
+        self,
+        folder: Path,
+        stop: threading.Event,
+        on_result: Callable[[PartResult], None] | None = None,
+        first: Iterable[SourceItem] = (),
+        known: set[tuple[str, int, float]] | None = None,
+        poll_seconds: float = 1.0,
+        settle_seconds: float = 0.5,
+    ) -> BatchSummary:
+        """`first` (the folder as it was), then the files that appear in `folder` until `stop`
+        is set (or Ctrl-C), in one run over the workers, whose model is loaded once."""
+
+        def items() -> Iterator[SourceItem]:
+            yield from first
+            yield WRITE_NOW
+            for ready in hot_folder_batches(folder, stop, poll_seconds, settle_seconds, known):
+                yield from ready
+                yield WRITE_NOW
+
+        if not folder.is_dir():  # (said before any worker starts)
+            raise UserError(f"hot folder not found: {folder}")
+        return self.run(items(), on_result, stop)
 
     def _listen(
         self,

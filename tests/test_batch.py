@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from typer.testing import CliRunner
 import inspection.batch as batch_module
 from db.models import Inspection, ModelVersion, Part, Verdict
 from db.session import session_scope
-from inspection.batch import BatchInspection, iter_source
+from inspection.batch import WRITE_NOW, BatchInspection, SourceItem, iter_source
 from inspection.errors import UserError
 from inspection.settings import get_settings
 from tests.conftest import Trained, register_production_detector
@@ -267,6 +268,27 @@ def test_kill_9_then_resume(detector: str, trained: Trained, tmp_path: Path) -> 
     )
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert _counts(detector) == (300, 300, 300)
+
+
+def test_write_now_writes_what_is_held_before_the_source_goes_on(
+    detector: str, tmp_path: Path
+) -> None:
+    """A hot folder's quiet moment (WRITE_NOW in the stream): the parts held for a fuller chunk
+    are judged and written then, not when the next frame comes."""
+    make_images(tmp_path / "in", n=2)
+    first, second = iter_source(str(tmp_path / "in"))
+    written_at_quiet: list[int] = []
+
+    def camera() -> Iterator[SourceItem]:
+        yield first
+        yield WRITE_NOW
+        time.sleep(0.5)  # the writer thread commits the chunk meanwhile
+        written_at_quiet.append(_counts(detector)[1])
+        yield second
+
+    summary = _job(detector, tmp_path).run(camera())
+    assert written_at_quiet == [1]
+    assert summary.inspected == 2 and _counts(detector)[1] == 2
 
 
 def test_watch_picks_up_a_file_added_while_it_runs(detector: str, tmp_path: Path) -> None:

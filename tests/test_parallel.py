@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
-from typer.testing import CliRunner
 
 from db.models import Inspection, InspectionRun, Part, Prediction
 from db.session import session_scope
@@ -163,17 +162,48 @@ def test_cores_are_shared_out_and_copies_meet_in_one_shard() -> None:
     assert part.content_hash == hashlib.sha256(b"same bytes").hexdigest()
 
 
-def test_cli_refuses_workers_with_watch(tmp_path: Path) -> None:
-    from training.cli import app
-
-    (tmp_path / "hot").mkdir()
-    result = CliRunner().invoke(
-        app,
-        ["batch", str(tmp_path / "hot"), "--line", "L", "--station", "S"]
-        + ["--watch", "--workers", "2"],
+def test_watch_with_workers_judges_the_folder_then_each_new_file_as_it_comes(
+    detector: str, tmp_path: Path
+) -> None:
+    """`defects batch HOT --watch --workers 2`: the files there at the start, then each file a
+    camera drops, written while the folder is quiet (not held for a fuller chunk); Ctrl-C ends
+    the watch with every worker gone."""
+    psutil = pytest.importorskip("psutil")
+    command, env = _two_worker_batch(detector, tmp_path, parts=6)
+    process = subprocess.Popen(
+        [*command, "--watch"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
     )
-    assert isinstance(result.exception, UserError)
-    assert "--watch inspects files as a camera drops them" in str(result.exception)
+
+    def wait_for(count: int) -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and _count_inspections(detector) < count:
+            assert process.poll() is None, process.stdout.read()[-2000:]  # type: ignore[union-attr]
+            time.sleep(0.1)
+        assert _count_inspections(detector) == count
+
+    wait_for(6)
+    make_images(tmp_path / "camera", n=2, size=64, seed=7)
+    for i, frame in enumerate(sorted((tmp_path / "camera").iterdir())):
+        frame.rename(tmp_path / "in" / f"new_{i}.png")  # as a camera drops its frames
+        wait_for(7 + i)  # each on its own: a lone frame is not held back
+    workers = psutil.Process(process.pid).children(recursive=True)
+    assert len(workers) >= 2
+    os.killpg(process.pid, signal.SIGINT)
+    output, _ = process.communicate(timeout=120)
+    _, still_running = psutil.wait_procs(workers, timeout=30)
+    assert not still_running
+    summary = " ".join(output.split())
+    assert "watching" in summary and "stopped; what was inspected is saved" in summary
+    # The folder's first files were not dealt again by the watch (none counted as judged already).
+    assert "8 parts inspected" in summary and "0 already inspected" in summary
+    assert len(_rows(detector)) == 8
 
 
 def test_kill_9_of_the_dealer_leaves_no_worker_behind_and_resumes(

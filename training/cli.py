@@ -673,7 +673,8 @@ class BackendOption(StrEnum):
     onnx_int8 = "onnx-int8"
 
 
-def _print_summary(summary) -> None:  # type: ignore[no-untyped-def]
+def _print_summary(summary, rate: bool = True) -> None:  # type: ignore[no-untyped-def]
+    """`rate`: False where the run's clock also counted the waits for a camera."""
     from db.queries import percentile
 
     console.print(
@@ -695,8 +696,8 @@ def _print_summary(summary) -> None:  # type: ignore[no-untyped-def]
     if summary.latencies_ms:
         ordered = sorted(summary.latencies_ms)
         console.print(
-            f"throughput {summary.parts_per_second:.1f} parts/s; latency p50 "
-            f"{percentile(ordered, 50):.1f} ms, p99 {percentile(ordered, 99):.1f} ms"
+            (f"throughput {summary.parts_per_second:.1f} parts/s; " if rate else "")
+            + f"latency p50 {percentile(ordered, 50):.1f} ms, p99 {percentile(ordered, 99):.1f} ms"
         )
 
 
@@ -731,8 +732,8 @@ def batch_command(
             max=64,
             help="Processes that inspect the source side by side, each with the model loaded "
             "and its share of the cores: for a GPU station with cores to spare, where one "
-            "process is the limit (measure with bench/inference.py --workers 1 4). Not with "
-            "--watch.",
+            "process is the limit (measure with bench/inference.py --workers 1 4); with --watch, "
+            "the model is loaded once for the whole watch.",
         ),
     ] = 1,
 ) -> None:
@@ -741,15 +742,20 @@ def batch_command(
 
     from tqdm import tqdm
 
-    from inspection.batch import BatchInspection, export_run_csv, folder_files, iter_source
+    from inspection.batch import (
+        BatchInspection,
+        export_run_csv,
+        file_key,
+        folder_files,
+        iter_source,
+    )
     from inspection.parallel import ParallelInspection
 
     if export not in (None, "csv"):
         raise UserError(f"export format {export!r} is not supported; use csv")
-    if watch and workers > 1:
-        raise UserError(
-            "--watch inspects files as a camera drops them, in one process: leave out --workers"
-        )
+    source_path = Path(source)
+    if watch and not source_path.is_dir():
+        raise UserError("--watch needs a folder")
     url = migrated_database_url()
     settings = get_settings()
     options = {
@@ -767,7 +773,6 @@ def batch_command(
     else:
         job = BatchInspection(url, settings.images_dir, line, station, **options)
         console.print(f"inspecting with {job.model_name} ({job.inspector.backend.describe()})")
-    source_path = Path(source)
     files = folder_files(source_path) if source_path.is_dir() else []
     # (A zip inside the folder gives its entries: their number is known only as they come.)
     total = len(files) if files and not any(f.suffix.lower() == ".zip" for f in files) else None
@@ -778,13 +783,16 @@ def batch_command(
         if result.latency_ms is not None:
             bar.set_postfix_str(f"{result.latency_ms:.0f} ms {result.verdict}")
 
+    # The folder's files as they are now: read below, then left alone unless they change.
+    known = {key for key in map(file_key, files) if key is not None} if watch else set()
     try:
-        if watch and isinstance(job, BatchInspection):
-            if not source_path.is_dir():
-                raise UserError("--watch needs a folder")
+        if watch:
             console.print(f"watching {source} (Ctrl-C to stop)")
+        if watch and isinstance(job, ParallelInspection):
+            job.watch(source_path, threading.Event(), on_result, iter_source(source), known)
+        elif watch:
             job.run(iter_source(source), on_result)
-            job.watch(source_path, threading.Event(), on_result)
+            job.watch(source_path, threading.Event(), on_result, known=known)
         else:
             job.run(iter_source(source), on_result)
     except KeyboardInterrupt:
@@ -801,11 +809,13 @@ def batch_command(
             "interpreter and loads the model once per run; throughput counts from the first)"
         )
         parts, seconds = job.after_all_ready
-        if parts >= 100 * workers and seconds > 0:  # (too few: a rate of the last batches)
+        # (Too few parts: a rate of the last batches; a watch: of the camera too.)
+        if parts >= 100 * workers and seconds > 0 and not watch:
             console.print(
                 f"{parts / seconds:.1f} parts/s once every worker was ready ({parts} parts)"
             )
-    _print_summary(job.summary)
+    # (One process counts only its time at work; workers run one clock for the whole watch.)
+    _print_summary(job.summary, rate=not (watch and isinstance(job, ParallelInspection)))
     if export == "csv":
         target = output or Path(f"run-{job.run_id}.csv")
         rows = export_run_csv(url, job.run_id, target)
