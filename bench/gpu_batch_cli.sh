@@ -5,6 +5,7 @@
 # The log is what a user sees; it lands in $1 (default bench/results) as batch_cli_gpu.txt.
 #
 #   bash bench/gpu_batch_cli.sh "$OUT"          (carry .whl and .carry, as gpu_session.sh)
+#   PARTS=100000 DEALING=1 bash bench/gpu_batch_cli.sh "$OUT"   (also the dealer alone: ~5 min)
 # Tried on a CPU with: WHEELS=0 DEVICE=cpu PARTS=200 WORKERS=2 bash bench/gpu_batch_cli.sh /tmp/x
 set -uo pipefail
 
@@ -57,3 +58,12 @@ EOF
         echo "wall time of the command, interpreter start included: $((($(date +%s%N) - began) / 1000000)) ms"
     done
 } 2>&1 | tee "$OUT_DIR/batch_cli_gpu.txt"
+
+# With DEALING=1, then the dealer alone (bench/dealing.py: one message per part against 16) with
+# the same workers, into dealing_gpu.json (dealing_cpu.json where DEVICE is cpu).
+if [[ ${DEALING:-0} == 1 ]]; then
+    kind=gpu
+    [[ $DEVICE == cpu ]] && kind=cpu
+    "$PY" bench/dealing.py --neu "$NEU" --workers "$WORKERS" --parts "${DEALING_PARTS:-40000}" \
+        --device "$DEVICE" --out "$OUT_DIR/dealing_$kind.json" 2>&1 | grep -v Warning | tail -8
+fi
