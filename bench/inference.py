@@ -236,6 +236,10 @@ def engine_parallel(
     run["dealer_cpu_ms_per_part"] = round(dealer_cpu / len(arrivals) * 1000, 3)
     run["workers"] = workers
     run["workers_ready_after_s"] = [min(job.ready_after_s), max(job.ready_after_s)]
+    run["workers_start_phases_s"] = {  # the slowest worker's of each phase
+        "interpreter_and_imports": round(max(p[0] for p in job.start_phases_s), 2),
+        "model_load": round(max(p[1] - p[0] for p in job.start_phases_s), 2),
+    }
     parts, seconds = job.after_all_ready
     run["parts_per_s_once_all_ready"] = round(parts / seconds, 2) if seconds else None
     run["batch"] = batch or "default"

@@ -18,6 +18,7 @@ frames it holds instead of waiting for a fuller chunk.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import multiprocessing
 import os
 import queue
@@ -67,6 +68,7 @@ class WorkerJob:
     device: str | None
     batch_size: int | None
     cores: tuple[int, ...] | None  # the cores this worker keeps to; None: no pinning
+    launched_at: float = 0.0  # time.time() as the dealer started it (a clock both processes read)
 
 
 def share_cores(cores: list[int], workers: int) -> list[tuple[int, ...] | None]:
@@ -121,6 +123,8 @@ def _worker(job: WorkerJob, parts: multiprocessing.Queue, channel: Connection) -
         except OSError:  # BrokenPipeError and kin
             dealer_gone.set()
 
+    # Here the interpreter has started and imported the product (torch, ultralytics...).
+    imported_s = time.time() - job.launched_at
     if job.cores is not None:
         os.sched_setaffinity(0, job.cores)
         import torch
@@ -140,7 +144,7 @@ def _worker(job: WorkerJob, parts: multiprocessing.Queue, channel: Connection) -
     except Exception as exc:  # noqa: BLE001 - reported to the dealer, which stops the run
         tell("failed", _reason(exc))
         return
-    tell("ready", None)
+    tell("ready", (imported_s, time.time() - job.launched_at))
     pending: list[PartResult] = []
 
     # The dealer's messages are taken off the pipe by a thread of their own: a dealer killed
@@ -265,6 +269,9 @@ class ParallelInspection:
         # Seconds from the workers' start to each one's model loaded: the price of a fresh
         # interpreter per worker, paid once per run, shown so that it is not mistaken for a slow line.
         self.ready_after_s: list[float] = []
+        # Of each worker: (seconds to its interpreter started and the product imported, to its
+        # model loaded), as the worker measured them: where a slow start goes.
+        self.start_phases_s: list[tuple[float, float]] = []
         # Results that came once every worker was ready, and the seconds from then to the last:
         # the rate of a long run, which a short one's start-up hides.
         self.after_all_ready: tuple[int, float] = (0, 0.0)
@@ -286,8 +293,12 @@ class ParallelInspection:
         channels = [context.Pipe(duplex=False) for _ in range(self.workers)]
         # Not daemons: a worker may decode in processes of its own (DEFECTS_PREPARE_PROCESSES);
         # `run` joins them, or stops them, however it ends.
+        launched_at = time.time()
         self.processes = [
-            context.Process(target=_worker, args=(job, parts[i], channels[i][1]))
+            context.Process(
+                target=_worker,
+                args=(dataclasses.replace(job, launched_at=launched_at), parts[i], channels[i][1]),
+            )
             for i, job in enumerate(self._jobs)
         ]
         started = time.perf_counter()  # until a worker is ready
@@ -436,6 +447,7 @@ class ParallelInspection:
                     continue
                 if kind == "ready":
                     self.ready_after_s.append(round(time.perf_counter() - heard.launched, 2))
+                    self.start_phases_s.append(payload)
                     if not heard.ready:  # the clock starts with the first model loaded
                         heard.started, heard.ready = time.perf_counter(), True
                     if len(self.ready_after_s) == self.workers:

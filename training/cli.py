@@ -803,10 +803,14 @@ def batch_command(
         if isinstance(job, BatchInspection):
             job.inspector.close()
     if isinstance(job, ParallelInspection) and job.ready_after_s:
+        imported = max(phases[0] for phases in job.start_phases_s)
+        loaded = max(phases[1] - phases[0] for phases in job.start_phases_s)
         console.print(
             f"{len(job.ready_after_s)} of {workers} workers ready after "
             f"{min(job.ready_after_s):.1f} to {max(job.ready_after_s):.1f} s (each starts an "
-            "interpreter and loads the model once per run; throughput counts from the first)"
+            "interpreter and loads the model once per run: at most "
+            f"{imported:.1f} s to start and import, {loaded:.1f} s to load the model; "
+            "throughput counts from the first)"
         )
         parts, seconds = job.after_all_ready
         # (Too few parts: a rate of the last batches; a watch: of the camera too.)
