@@ -22,6 +22,7 @@ VIEWS = Path(__file__).parent / "views"
 navigation = st.navigation(
     [
         st.Page(VIEWS / "inspect.py", title="Inspect", icon=":material/search:", default=True),
+        st.Page(VIEWS / "live.py", title="Live", icon=":material/sensors:"),
         st.Page(VIEWS / "review.py", title="Review", icon=":material/fact_check:"),
         st.Page(VIEWS / "history.py", title="History", icon=":material/monitoring:"),
         st.Page(VIEWS / "models.py", title="Models", icon=":material/model_training:"),

@@ -10,7 +10,7 @@ from datetime import date
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from db.queries import ModelUsage, ParetoRow, RateRow, VolumeRow, percentile
+from db.queries import MinuteVolume, ModelUsage, ParetoRow, RateRow, VolumeRow, percentile
 
 
 @dataclass(frozen=True)
@@ -129,6 +129,31 @@ def volume_figure(rows: list[VolumeRow]) -> go.Figure:
     )
     figure.update_layout(
         barmode="stack", title="Parts inspected per day", yaxis_title="parts", height=360
+    )
+    return figure
+
+
+def minute_volume_figure(rows: list[MinuteVolume]) -> go.Figure:
+    """The last hour of a line, minute by minute: what a supervisor glances at."""
+    minutes = [r.minute for r in rows]
+    figure = go.Figure(
+        [
+            go.Bar(
+                x=minutes,
+                y=[r.inspected - r.failed - r.errors for r in rows],
+                name="passed",
+                marker_color="#2ca02c",
+            ),
+            go.Bar(x=minutes, y=[r.failed for r in rows], name="failed", marker_color="#d62728"),
+            go.Bar(x=minutes, y=[r.errors for r in rows], name="errors", marker_color="#7f7f7f"),
+        ]
+    )
+    figure.update_layout(
+        barmode="stack",
+        title="Parts per minute (UTC)",
+        yaxis_title="parts",
+        height=300,
+        margin={"t": 40},
     )
     return figure
 

@@ -475,3 +475,120 @@ def inspection_rows(
             }
         )
     return rows
+
+
+@dataclass(frozen=True)
+class StationActivity:
+    """A station as the floor sees it now: its latest run and its parts since a moment."""
+
+    line: str
+    station: str
+    station_id: int
+    run_id: int | None  # its latest run
+    run_source: str
+    running: bool  # the latest run is not marked finished (a hot folder being watched)
+    last_inspected_at: datetime | None
+    inspected: int  # since the moment asked for
+    failed: int
+    errors: int
+    blank_frames: int  # among the errors: frames a camera sent blank
+
+    @property
+    def fail_rate(self) -> float | None:
+        judged = self.inspected - self.errors
+        return self.failed / judged if judged else None
+
+
+def station_activity(session: Session, since: datetime) -> list[StationActivity]:
+    """Every station, its latest run, and what it judged from `since` on (current verdicts)."""
+    counts = {
+        station_id: (int(n), int(f or 0), int(e or 0), int(b or 0), last)
+        for station_id, n, f, e, b, last in session.execute(
+            select(
+                Part.station_id,
+                func.count(Inspection.id),
+                func.sum(case((Inspection.verdict == Verdict.FAIL, 1), else_=0)),
+                func.sum(case((Inspection.verdict == Verdict.ERROR, 1), else_=0)),
+                func.sum(case((Inspection.error.like("blank image%"), 1), else_=0)),
+                func.max(Inspection.inspected_at),
+            )
+            .join(Part, Part.id == Inspection.part_id)
+            .where(Inspection.inspected_at >= since, Inspection.is_current())
+            .group_by(Part.station_id)
+        )
+    }
+    latest_run = (
+        select(InspectionRun.station_id, func.max(InspectionRun.id).label("run_id"))
+        .group_by(InspectionRun.station_id)
+        .subquery("latest_run")
+    )
+    found = []
+    for station, line, run in session.execute(
+        select(Station, ProductionLine.name, InspectionRun)
+        .join(ProductionLine, ProductionLine.id == Station.line_id)
+        .outerjoin(latest_run, latest_run.c.station_id == Station.id)
+        .outerjoin(InspectionRun, InspectionRun.id == latest_run.c.run_id)
+        .order_by(ProductionLine.name, Station.name)
+    ):
+        n, failed, errors, blank, last = counts.get(station.id, (0, 0, 0, 0, None))
+        if last is None:  # nothing since: the station's last verdict, however old
+            last = session.scalar(
+                select(func.max(Inspection.inspected_at))
+                .join(Part, Part.id == Inspection.part_id)
+                .where(Part.station_id == station.id)
+            )
+        found.append(
+            StationActivity(
+                line,
+                station.name,
+                station.id,
+                run.id if run else None,
+                run.source if run else "",
+                run is not None and run.finished_at is None,
+                last,
+                n,
+                failed,
+                errors,
+                blank,
+            )
+        )
+    return found
+
+
+@dataclass(frozen=True)
+class MinuteVolume:
+    minute: str  # "YYYY-MM-DD HH:MM" (UTC, as stored)
+    inspected: int
+    failed: int
+    errors: int
+
+
+def _minute_column(session: Session) -> ColumnElement[str]:
+    # Neither SQLite nor PostgreSQL truncates to the minute in the other's words.
+    if session.get_bind().dialect.name == "sqlite":
+        return func.strftime("%Y-%m-%d %H:%M", Inspection.inspected_at)
+    return func.to_char(func.date_trunc("minute", Inspection.inspected_at), "YYYY-MM-DD HH24:MI")
+
+
+def minute_volume(
+    session: Session, since: datetime, station_id: int | None = None
+) -> list[MinuteVolume]:
+    """Verdicts given per minute from `since` on (current ones), oldest first."""
+    minute = _minute_column(session)
+    query = (
+        select(
+            minute,
+            func.count(Inspection.id),
+            func.sum(case((Inspection.verdict == Verdict.FAIL, 1), else_=0)),
+            func.sum(case((Inspection.verdict == Verdict.ERROR, 1), else_=0)),
+        )
+        .where(Inspection.inspected_at >= since, Inspection.is_current())
+        .group_by(minute)
+        .order_by(minute)
+    )
+    if station_id is not None:
+        query = query.join(Part, Part.id == Inspection.part_id).where(Part.station_id == station_id)
+    return [
+        MinuteVolume(str(m), int(n), int(f or 0), int(e or 0))
+        for m, n, f, e in session.execute(query)
+    ]

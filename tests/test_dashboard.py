@@ -11,10 +11,17 @@ import pytest
 from sqlalchemy import func, select
 from streamlit.testing.v1 import AppTest
 
-from dashboard.charts import latency_figure, p_chart, pareto_figure, rates_figure, volume_figure
+from dashboard.charts import (
+    latency_figure,
+    minute_volume_figure,
+    p_chart,
+    pareto_figure,
+    rates_figure,
+    volume_figure,
+)
 from db.migrate import upgrade
-from db.models import Inspection, ModelVersion, Review
-from db.queries import ParetoRow, RateRow, VolumeRow
+from db.models import Inspection, ModelVersion, Prediction, Review, Verdict
+from db.queries import MinuteVolume, ParetoRow, RateRow, VolumeRow
 from db.session import session_scope
 from inspection.settings import get_settings
 from tests.conftest import Trained, import_synthetic, register_production_detector
@@ -187,6 +194,40 @@ def test_settings_verification_without_a_classifier_is_a_message(
     assert "needs a classifier" in at.error[0].value
 
 
+def test_live_page_shows_each_station_and_the_last_failed_part(
+    production: str, tmp_path: Path
+) -> None:
+    at = _app().run()
+    at.file_uploader(key="inspect_files").set_value(_png_files(tmp_path, 4, 9)).run()
+    at.switch_page("views/live.py").run()
+    assert not at.exception, at.exception
+    stations = at.dataframe[0].value
+    assert stations["parts"].sum() == 4
+    assert stations["status"].str.contains("last part").all()
+    assert len(at.dataframe[1].value) == 4  # the latest parts
+    assert at.get("plotly_chart")  # parts per minute
+    assert any("No failed part yet" in c.value for c in at.caption)  # (the tiny model failed none)
+    with session_scope(production) as session:  # a defect found in one of them, as a model would
+        inspection = session.scalars(select(Inspection)).first()
+        assert inspection is not None
+        inspection.verdict = Verdict.FAIL
+        inspection.predictions.append(
+            Prediction(class_name=CLASSES[0], confidence=0.9, x1=2, y1=2, x2=20, y2=20)
+        )
+    at.run()
+    assert not at.exception, at.exception
+    assert at.dataframe[0].value["failed"].sum() == 1
+    assert len(at.get("image")) == 1, "the last failed part is shown with its defect"
+
+
+def test_empty_live_page_says_what_to_do() -> None:
+    at = _app()
+    at.run()
+    at.switch_page("views/live.py").run()
+    assert not at.exception
+    assert any("--watch" in i.value for i in at.info)
+
+
 def test_empty_history_says_what_to_do() -> None:
     at = _app()
     at.run()
@@ -214,6 +255,8 @@ def test_figures_are_built_from_plain_data() -> None:
         [ParetoRow("scratch", 3, 0.75, 0.75), ParetoRow("spot", 1, 0.25, 1.0)]
     ).data[1].y == (0.75, 1.0)
     assert latency_figure([5.0, 7.0, 9.0]).layout.shapes
+    minutes = minute_volume_figure([MinuteVolume("2026-01-01 08:00", 10, 3, 1)])
+    assert [trace.y for trace in minutes.data] == [(6,), (3,), (1,)]  # passed, failed, errors
 
 
 def test_review_figure_and_drawn_box() -> None:

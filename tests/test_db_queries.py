@@ -39,10 +39,12 @@ from db.queries import (
     defect_pareto,
     inspection_rows,
     latency_summary,
+    minute_volume,
     model_usage,
     percentile,
     rates,
     run_throughput,
+    station_activity,
 )
 
 DAY1 = datetime(2026, 1, 5, 8, 0)
@@ -281,3 +283,54 @@ def test_a_verdict_given_again_replaces_the_earlier_one_in_the_figures(session, 
     assert {r["captured_at"] for r in record if r["content_hash"] == f"{2:064d}"} == {
         DAY1 + timedelta(seconds=10)
     }
+
+
+def test_station_activity_since_a_moment(session, history) -> None:  # type: ignore[no-untyped-def]
+    b1 = session.scalars(select(Station).where(Station.name == "B1")).one()
+    blank = Part(
+        content_hash="b" * 64,
+        stored_path="",
+        size_bytes=100,
+        line_id=b1.line_id,
+        station_id=b1.id,
+        captured_at=DAY2,
+    )
+    session.add(blank)
+    session.flush()
+    session.add(
+        Inspection(
+            part_id=blank.id,
+            verdict=Verdict.ERROR,
+            inspected_at=DAY2,
+            error="blank image (every pixel at gray level 0): check the camera and its lighting",
+        )
+    )
+    session.commit()
+    a1, b1_now = station_activity(session, since=DAY2 - timedelta(minutes=1))
+    # A1: p4 pass and p9 fail since DAY2; its run (the only one) is not marked finished.
+    assert (a1.line, a1.station, a1.run_id, a1.running) == ("A", "A1", history["run"].id, True)
+    assert (a1.inspected, a1.failed, a1.errors, a1.blank_frames) == (2, 1, 0, 0)
+    assert a1.last_inspected_at == DAY2 + timedelta(hours=1) and a1.fail_rate == 0.5
+    # B1: p5 pass, p6 and p8 fail, p7 and the blank frame errors; no run recorded for it.
+    assert (b1_now.station, b1_now.run_id, b1_now.running) == ("B1", None, False)
+    assert (b1_now.inspected, b1_now.failed, b1_now.errors, b1_now.blank_frames) == (5, 2, 2, 1)
+    assert b1_now.fail_rate == pytest.approx(2 / 3)
+    # Nothing since: counts of zero, the last verdict however old.
+    later = station_activity(session, since=DAY2 + timedelta(days=1))
+    assert [(a.inspected, a.last_inspected_at) for a in later] == [
+        (0, DAY2 + timedelta(hours=1)),
+        (0, DAY2),
+    ]
+
+
+def test_minute_volume(session, history) -> None:  # type: ignore[no-untyped-def]
+    rows = minute_volume(session, since=DAY2 - timedelta(minutes=1))
+    assert [(r.minute, r.inspected, r.failed, r.errors) for r in rows] == [
+        ("2026-01-06 08:00", 5, 2, 1),  # p4 to p8
+        ("2026-01-06 09:00", 1, 1, 0),  # p9
+    ]
+    a1 = session.scalars(select(Station).where(Station.name == "A1")).one()
+    assert [(r.inspected, r.failed) for r in minute_volume(session, DAY2, a1.id)] == [
+        (1, 0),
+        (1, 1),
+    ]
