@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from db.models import Prediction
+
 COUNTED = (220, 30, 30)
 NOT_COUNTED = (240, 170, 0)
 MISSED = (30, 120, 230)
@@ -21,6 +23,22 @@ class DrawnBox:
     x2: float
     y2: float
     colour: tuple[int, int, int] = COUNTED
+
+
+def prediction_boxes(predictions: Iterable[Prediction]) -> list[DrawnBox]:
+    """A verdict's boxes as drawn: those below their class threshold in another colour."""
+    return [
+        DrawnBox(
+            f"{p.class_name} {p.confidence:.2f}",
+            p.x1,
+            p.y1,
+            p.x2,
+            p.y2,
+            *(() if p.counted else (NOT_COUNTED,)),
+        )
+        for p in predictions
+        if p.x1 is not None and p.y1 is not None and p.x2 is not None and p.y2 is not None
+    ]
 
 
 def draw_boxes(pixels: np.ndarray, boxes: Iterable[DrawnBox], min_side: int = 320) -> Image.Image:

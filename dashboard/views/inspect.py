@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from dashboard.drawing import NOT_COUNTED, DrawnBox, draw_boxes
+from dashboard.drawing import draw_boxes, prediction_boxes
 from dashboard.state import (
     UPLOAD_LIMIT_MB,
     database_ready,
@@ -165,18 +165,7 @@ with session_scope(state.url) as session:
                 inspection.verdict.value,
                 inspection.latency_ms,
                 inspection.part.stored_path,
-                [
-                    DrawnBox(
-                        f"{p.class_name} {p.confidence:.2f}",
-                        p.x1,
-                        p.y1,
-                        p.x2,
-                        p.y2,
-                        *(() if p.counted else (NOT_COUNTED,)),
-                    )
-                    for p in inspection.predictions
-                    if p.x1 is not None
-                ],
+                prediction_boxes(inspection.predictions),
             )
         )
 

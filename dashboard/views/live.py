@@ -16,7 +16,7 @@ from PIL.Image import Image
 from sqlalchemy import select
 
 from dashboard.charts import minute_volume_figure
-from dashboard.drawing import NOT_COUNTED, DrawnBox, draw_boxes
+from dashboard.drawing import draw_boxes, prediction_boxes
 from dashboard.state import database_ready
 from db.models import Inspection, Verdict, utcnow
 from db.queries import Filters, StationActivity, inspection_rows, minute_volume, station_activity
@@ -59,18 +59,7 @@ def _last_failed_part(url: str) -> tuple[str, Image | None, str] | None:
         ).first()
         if inspection is None:
             return None
-        boxes = [
-            DrawnBox(
-                f"{p.class_name} {p.confidence:.2f}",
-                p.x1,
-                p.y1,
-                p.x2,
-                p.y2,
-                *(() if p.counted else (NOT_COUNTED,)),
-            )
-            for p in inspection.predictions
-            if p.x1 is not None and p.y1 is not None and p.x2 is not None and p.y2 is not None
-        ]
+        boxes = prediction_boxes(inspection.predictions)
         name, path = inspection.part.original_name, inspection.part.stored_path
         when = inspection.inspected_at
     try:
