@@ -16,7 +16,7 @@ from PIL.Image import Image
 from sqlalchemy import select
 
 from dashboard.charts import minute_volume_figure
-from dashboard.drawing import draw_boxes, prediction_boxes
+from dashboard.drawing import DrawnBox, draw_boxes, prediction_boxes
 from dashboard.state import database_ready
 from db.models import Inspection, Verdict, utcnow
 from db.queries import Filters, StationActivity, inspection_rows, minute_volume, station_activity
@@ -59,14 +59,21 @@ def _last_failed_part(url: str) -> tuple[str, Image | None, str] | None:
         ).first()
         if inspection is None:
             return None
-        boxes = prediction_boxes(inspection.predictions)
+        boxes = tuple(prediction_boxes(inspection.predictions))
         name, path = inspection.part.original_name, inspection.part.stored_path
-        when = inspection.inspected_at
+        inspection_id, when = inspection.id, inspection.inspected_at
     try:
-        pixels = decode_image(Path(path).read_bytes()).pixels
+        image = _drawn(inspection_id, path, boxes)
     except (OSError, ImageDecodeError) as exc:
         return name, None, f"its image cannot be shown: {exc}"
-    return name, draw_boxes(pixels, boxes), f"judged {when:%Y-%m-%d %H:%M:%S} UTC"
+    return name, image, f"judged {when:%Y-%m-%d %H:%M:%S} UTC"
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def _drawn(inspection_id: int, path: str, boxes: tuple[DrawnBox, ...]) -> Image:
+    """Decoded and drawn once per failed part, not at every refresh (a camera frame can be
+    tens of megapixels). `inspection_id` is the cache's key."""
+    return draw_boxes(decode_image(Path(path).read_bytes()).pixels, boxes)
 
 
 @st.fragment(run_every=REFRESH_SECONDS)
