@@ -383,6 +383,14 @@ def test_cli_batch_and_inspect(
     assert json.loads(again.output) == payload  # already inspected: the stored verdicts, unchanged
     missing = runner.invoke(app, ["inspect", str(tmp_path / "nope.png")])
     assert "file not found" in missing.output
+    # What each station judged lately: the batch's 5 on L/S, the inspected 2 and 1 on default.
+    status = runner.invoke(app, ["status", "--json"])
+    assert status.exit_code == 0, status.output
+    stations = {(s["line"], s["station"]): s for s in json.loads(status.output)["stations"]}
+    assert stations[("L", "S")]["inspected"] == 5
+    assert stations[("default", "default")]["inspected"] == 3
+    assert stations[("L", "S")]["run_open"] is False  # the batch's run is finished
+    assert "the last 60 minutes" in runner.invoke(app, ["status"]).output
     folder = runner.invoke(app, ["inspect", str(tmp_path / "more")])
     assert "a folder, not an image: `defects batch FOLDER`" in " ".join(folder.output.split())
     assert images  # the first batch's images stay untouched

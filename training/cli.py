@@ -826,6 +826,72 @@ def batch_command(
         console.print(f"wrote {rows} rows to {target}")
 
 
+@app.command("status")
+def status_command(
+    minutes: Annotated[
+        int, typer.Option(min=1, help="How far back the counts go, in minutes.")
+    ] = 60,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Each station's latest run and what it judged lately: the dashboard's Live page, for a
+    station without a screen or a monitoring script."""
+    import json
+    from datetime import timedelta
+
+    from db.models import utcnow
+    from db.queries import station_activity
+
+    with session_scope(migrated_database_url()) as session:
+        activity = station_activity(session, utcnow() - timedelta(minutes=minutes))
+    if as_json:
+        rows = [
+            {
+                "line": a.line,
+                "station": a.station,
+                "run_id": a.run_id,
+                "run_open": a.running,
+                "source": a.run_source,
+                "last_inspected_at": a.last_inspected_at.isoformat(timespec="seconds") + "Z"
+                if a.last_inspected_at
+                else None,
+                "inspected": a.inspected,
+                "failed": a.failed,
+                "fail_rate": a.fail_rate,
+                "errors": a.errors,
+                "blank_frames": a.blank_frames,
+            }
+            for a in activity
+        ]
+        print(json.dumps({"minutes": minutes, "stations": rows}, indent=2))
+        return
+    if not activity:
+        console.print("no station yet: `defects batch FOLDER --line L --station S` makes one")
+        return
+    table = Table(
+        "line",
+        "station",
+        "run",
+        "last part (UTC)",
+        "parts",
+        "failed",
+        "fail rate",
+        "errors",
+        title=f"the last {minutes} minutes",
+    )
+    for a in activity:
+        table.add_row(
+            a.line,
+            a.station,
+            f"{a.run_id}{' open' if a.running else ''}" if a.run_id else "-",
+            a.last_inspected_at.strftime("%m-%d %H:%M:%S") if a.last_inspected_at else "-",
+            str(a.inspected),
+            str(a.failed),
+            f"{a.fail_rate:.1%}" if a.fail_rate is not None else "-",
+            f"{a.errors} ({a.blank_frames} blank)" if a.blank_frames else str(a.errors),
+        )
+    console.print(table)
+
+
 @app.command("inspect")
 def inspect_command(
     images: Annotated[list[Path], typer.Argument(help="Image files.")],
