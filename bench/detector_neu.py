@@ -68,6 +68,12 @@ def train_side_by_side(args: argparse.Namespace, pending: list[tuple[str, str]])
         sys.exit(f"side-by-side training failed for {', '.join(failed)}")
 
 
+def run_key(architecture: str, args: argparse.Namespace) -> str:
+    """A training run's name in the results; another seed is another run (seed 0 unnamed, as
+    the runs before seeds were told apart)."""
+    return f"{architecture}@{args.epochs}e{args.imgsz}" + (f"-seed{args.seed}" if args.seed else "")
+
+
 def train_phase(args: argparse.Namespace, url: str) -> None:
     from training.train_detector import TrainRequest, train_detector
 
@@ -76,7 +82,7 @@ def train_phase(args: argparse.Namespace, url: str) -> None:
     pending = []
     for scale in args.scales:
         for variant in args.variants:
-            key = f"defect-yolo-{scale}{VARIANT_SUFFIX[variant]}@{args.epochs}e{args.imgsz}"
+            key = run_key(f"defect-yolo-{scale}{VARIANT_SUFFIX[variant]}", args)
             if key in state:
                 print(f"{key}: already trained")
             else:
@@ -102,9 +108,10 @@ def train_phase(args: argparse.Namespace, url: str) -> None:
             url=url,
         )
         record_trained(
-            f"{arch}@{args.epochs}e{args.imgsz}",
+            run_key(arch, args),
             {
                 "architecture": arch,
+                "seed": args.seed,
                 "version_id": version_id,
                 "epochs": args.epochs,
                 "imgsz": args.imgsz,
