@@ -112,12 +112,13 @@ def file_items(path: Path, display: str) -> Iterator[SourceItem]:
     yield read_file(path, display)
 
 
-def iter_source(source: str) -> Iterator[SourceItem]:
+def iter_source(source: str, listed: list[Path] | None = None) -> Iterator[SourceItem]:
     """Files of a folder (recursively), of a glob pattern, or entries of a zip archive; a zip
-    inside a folder or among the glob's files gives its entries."""
+    inside a folder or among the glob's files gives its entries. `listed`: the folder's
+    `folder_files`, where the caller has them already (a large folder is slow to list)."""
     path = Path(source)
     if path.is_dir():
-        for file in folder_files(path):
+        for file in folder_files(path) if listed is None else listed:
             yield from file_items(file, str(file.relative_to(path)))
     elif path.is_file() and zipfile.is_zipfile(path):
         yield from iter_zip(path, path.name)

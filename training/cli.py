@@ -789,12 +789,14 @@ def batch_command(
         if watch:
             console.print(f"watching {source} (Ctrl-C to stop)")
         if watch and isinstance(job, ParallelInspection):
-            job.watch(source_path, threading.Event(), on_result, iter_source(source), known)
+            job.watch(
+                source_path, threading.Event(), on_result, iter_source(source, files or None), known
+            )
         elif watch:
-            job.run(iter_source(source), on_result)
+            job.run(iter_source(source, files or None), on_result)
             job.watch(source_path, threading.Event(), on_result, known=known)
         else:
-            job.run(iter_source(source), on_result)
+            job.run(iter_source(source, files or None), on_result)
     except KeyboardInterrupt:
         bar.close()
         console.print("stopped; what was inspected is saved. Run the same command to resume.")
