@@ -388,7 +388,20 @@ class BatchInspection:
         self._in_flight = queued
         # Parts with a current verdict at another operating point: judged again, superseding it.
         rejudged = {r.content_hash for r in results if r.content_hash in current}
-        self._pending_write = self._writer.submit(self._write, results, rejudged, finishing)
+        self._pending_write = self._writer.submit(
+            self._write_and_count, results, rejudged, finishing
+        )
+        for result in results:
+            if on_result:
+                on_result(result)
+
+    def _write_and_count(
+        self, results: list[PartResult], rejudged: set[str], finishing: bool
+    ) -> bool:
+        """The chunk's write, then its counts in the summary: in the writer thread, which
+        Ctrl-C does not interrupt, so the summary never lacks (nor adds) a part the database
+        holds, wherever the interrupt lands in the main thread."""
+        marked_finished = self._write(results, rejudged, finishing)
         for result in results:
             self.summary.inspected += 1
             self.summary.rejudged += result.content_hash in rejudged
@@ -400,8 +413,7 @@ class BatchInspection:
             elif result.verdict == "fail":
                 self.summary.failed += 1
                 self.summary.failed_by_class.update(result.failed_classes)
-            if on_result:
-                on_result(result)
+        return marked_finished
 
     def _write(self, results: list[PartResult], rejudged: set[str], finishing: bool) -> bool:
         """Parts, inspections and predictions in one transaction, as bulk INSERTs (row-by-row

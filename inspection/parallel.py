@@ -378,6 +378,10 @@ class ParallelInspection:
                 if process.is_alive():
                     process.terminate()
                     process.join(timeout=5)
+            # What a worker said after the listening above gave up (a slow machine's last
+            # chunk after Ctrl-C): its pipe holds it until the end, read now, so the summary
+            # counts every part written. (Every worker has exited: each pipe ends at once.)
+            self._listen(listening, stop, on_result, heard, deadline=time.monotonic() + 10)
             # Until the last worker's everything-written, not its exit (a GPU's context and
             # the interpreter take a while to go); until now where the run broke off.
             ended = heard.last_done if heard.failure is None and not heard.stopped else None

@@ -270,6 +270,23 @@ def test_kill_9_then_resume(detector: str, trained: Trained, tmp_path: Path) -> 
     assert _counts(detector) == (300, 300, 300)
 
 
+def test_an_interrupt_after_a_chunk_went_to_the_writer_is_counted_as_written(
+    detector: str, tmp_path: Path
+) -> None:
+    """Ctrl-C landing just after a chunk was handed to the writer (here: in the progress
+    callback of its first part): the chunk is still written, and the summary counts it, so
+    that "N parts inspected" matches the database."""
+    make_images(tmp_path / "in", n=5)
+
+    def interrupt(_result: object) -> None:
+        raise KeyboardInterrupt
+
+    job = _job(detector, tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        job.run(iter_source(str(tmp_path / "in")), interrupt)
+    assert job.summary.inspected == _counts(detector)[1] == 5
+
+
 def test_write_now_writes_what_is_held_before_the_source_goes_on(
     detector: str, tmp_path: Path
 ) -> None:
