@@ -113,49 +113,35 @@ def rates_figure(rows: list[RateRow]) -> go.Figure:
     return figure
 
 
-def volume_figure(rows: list[VolumeRow]) -> go.Figure:
-    days = [r.day for r in rows]
+def _verdict_bars(
+    x: list[object], rows: list[VolumeRow] | list[MinuteVolume], title: str, height: int
+) -> go.Figure:
+    """Parts passed, failed and in error, stacked, one bar per day or minute."""
     figure = go.Figure(
         [
             go.Bar(
-                x=days,
+                x=x,
                 y=[r.inspected - r.failed - r.errors for r in rows],
                 name="passed",
                 marker_color="#2ca02c",
             ),
-            go.Bar(x=days, y=[r.failed for r in rows], name="failed", marker_color="#d62728"),
-            go.Bar(x=days, y=[r.errors for r in rows], name="errors", marker_color="#7f7f7f"),
+            go.Bar(x=x, y=[r.failed for r in rows], name="failed", marker_color="#d62728"),
+            go.Bar(x=x, y=[r.errors for r in rows], name="errors", marker_color="#7f7f7f"),
         ]
     )
     figure.update_layout(
-        barmode="stack", title="Parts inspected per day", yaxis_title="parts", height=360
+        barmode="stack", title=title, yaxis_title="parts", height=height, margin={"t": 40}
     )
     return figure
+
+
+def volume_figure(rows: list[VolumeRow]) -> go.Figure:
+    return _verdict_bars([r.day for r in rows], rows, "Parts inspected per day", 360)
 
 
 def minute_volume_figure(rows: list[MinuteVolume]) -> go.Figure:
     """The last hour of a line, minute by minute: what a supervisor glances at."""
-    minutes = [r.minute for r in rows]
-    figure = go.Figure(
-        [
-            go.Bar(
-                x=minutes,
-                y=[r.inspected - r.failed - r.errors for r in rows],
-                name="passed",
-                marker_color="#2ca02c",
-            ),
-            go.Bar(x=minutes, y=[r.failed for r in rows], name="failed", marker_color="#d62728"),
-            go.Bar(x=minutes, y=[r.errors for r in rows], name="errors", marker_color="#7f7f7f"),
-        ]
-    )
-    figure.update_layout(
-        barmode="stack",
-        title="Parts per minute (UTC)",
-        yaxis_title="parts",
-        height=300,
-        margin={"t": 40},
-    )
-    return figure
+    return _verdict_bars([r.minute for r in rows], rows, "Parts per minute (UTC)", 300)
 
 
 def pareto_figure(rows: list[ParetoRow]) -> go.Figure:
