@@ -55,6 +55,7 @@ METHODS=${METHODS:-cwd feature}
 TWIN=${TWIN:-0}
 VARIANTS=${VARIANTS:-attention plain}  # neu-twins: any of attention, plain, gated
 PARALLEL=${PARALLEL:-0}  # neu-twins: 1 trains the variants side by side on the one GPU
+SEED=${SEED:-0}  # neu-twins: another seed is another run (-seedN): the spread between seeds
 PLAN=${PLAN:-neu}
 PCB_DETECTOR=${PCB_DETECTOR:-defect-yolo-s}
 PCB_EPOCHS=${PCB_EPOCHS:-100}
@@ -255,7 +256,7 @@ run() {
         overrides
         # shellcheck disable=SC2086  # VARIANTS is a list of words
         step twins "$PY" bench/detector_neu.py --phase train --scales s --variants $VARIANTS \
-            --epochs "$EPOCHS" --neu "$NEU" "${device_args[@]}" "${parallel_args[@]}"
+            --epochs "$EPOCHS" --seed "$SEED" --neu "$NEU" "${device_args[@]}" "${parallel_args[@]}"
         step twins-evaluate "$PY" bench/detector_neu.py --phase evaluate --neu "$NEU"
     fi
     if [[ " $PLAN " == *" deeppcb "* ]]; then
