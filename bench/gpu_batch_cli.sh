@@ -2,7 +2,8 @@
 # `defects batch --workers N` on a lent GPU, as a user runs it: a fresh database, the demo model
 # installed, PARTS unique copies of the NEU-DET test images in a folder, then the command with
 # WORKERS worker processes, and the same command again (a resumed run must skip every part).
-# The log is what a user sees; it lands in $1 (default bench/results) as batch_cli_gpu.txt.
+# The log is what a user sees; it lands in $1 (default bench/results) as batch_cli_gpu.txt
+# (batch_cli_cpu.txt where DEVICE is cpu).
 #
 #   bash bench/gpu_batch_cli.sh "$OUT"          (carry .whl and .carry, as gpu_session.sh)
 #   PARTS=100000 DEALING=1 bash bench/gpu_batch_cli.sh "$OUT"   (also the dealer alone: ~5 min)
@@ -28,6 +29,8 @@ NEU=${NEU:-$ROOT/../shared/datasets/neu-det}
 if [[ -f .carry/neu-det.tar.gz ]]; then
     tar -xzf .carry/neu-det.tar.gz -C "$WORK" && NEU=$WORK/neu-det
 fi
+kind=gpu
+[[ $DEVICE == cpu ]] && kind=cpu  # batch_cli_<kind>.txt, dealing_<kind>.json
 export DEFECTS_DATA_DIR=$WORK/data PYTHONUNBUFFERED=1 COLUMNS=200
 
 defects() {  # the installed `defects` command, where the project is not pip-installed
@@ -57,13 +60,11 @@ EOF
             --device "$DEVICE" 2>&1 | tr '\r' '\n' | grep -v "part/s\]$" | grep -v "^\s*$"
         echo "wall time of the command, interpreter start included: $((($(date +%s%N) - began) / 1000000)) ms"
     done
-} 2>&1 | tee "$OUT_DIR/batch_cli_gpu.txt"
+} 2>&1 | tee "$OUT_DIR/batch_cli_$kind.txt"
 
 # With DEALING=1, then the dealer alone (bench/dealing.py: one message per part against 16) with
 # the same workers, into dealing_gpu.json (dealing_cpu.json where DEVICE is cpu).
 if [[ ${DEALING:-0} == 1 ]]; then
-    kind=gpu
-    [[ $DEVICE == cpu ]] && kind=cpu
     "$PY" bench/dealing.py --neu "$NEU" --workers "$WORKERS" --parts "${DEALING_PARTS:-40000}" \
         --device "$DEVICE" --out "$OUT_DIR/dealing_$kind.json" 2>&1 | grep -v Warning | tail -8
 fi

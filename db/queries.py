@@ -486,7 +486,7 @@ class StationActivity:
     station_id: int
     run_id: int | None  # its latest run
     run_source: str
-    running: bool  # the latest run is not marked finished (a hot folder being watched)
+    run_open: bool  # the latest run is not marked finished: at work, watching, or killed
     last_inspected_at: datetime | None
     inspected: int  # since the moment asked for
     failed: int

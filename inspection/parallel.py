@@ -213,8 +213,7 @@ class _Heard:
     """What the workers have said so far, beyond their results."""
 
     launched: float  # when the workers were started
-    started: float  # the clock of the summary's throughput
-    ready: bool = False
+    started: float  # the clock of the summary's throughput, from the first worker ready
     all_ready: float | None = None  # when the last worker became ready
     last_done: float | None = None  # when the last worker said it had written everything
     stopped: bool = False
@@ -452,8 +451,8 @@ class ParallelInspection:
                 if kind == "ready":
                     self.ready_after_s.append(round(time.perf_counter() - heard.launched, 2))
                     self.start_phases_s.append(payload)
-                    if not heard.ready:  # the clock starts with the first model loaded
-                        heard.started, heard.ready = time.perf_counter(), True
+                    if len(self.ready_after_s) == 1:  # the clock starts with the first model
+                        heard.started = time.perf_counter()
                     if len(self.ready_after_s) == self.workers:
                         heard.all_ready = time.perf_counter()
                 elif kind == "results":

@@ -308,11 +308,11 @@ def test_station_activity_since_a_moment(session, history) -> None:  # type: ign
     session.commit()
     a1, b1_now = station_activity(session, since=DAY2 - timedelta(minutes=1))
     # A1: p4 pass and p9 fail since DAY2; its run (the only one) is not marked finished.
-    assert (a1.line, a1.station, a1.run_id, a1.running) == ("A", "A1", history["run"].id, True)
+    assert (a1.line, a1.station, a1.run_id, a1.run_open) == ("A", "A1", history["run"].id, True)
     assert (a1.inspected, a1.failed, a1.errors, a1.blank_frames) == (2, 1, 0, 0)
     assert a1.last_inspected_at == DAY2 + timedelta(hours=1) and a1.fail_rate == 0.5
     # B1: p5 pass, p6 and p8 fail, p7 and the blank frame errors; no run recorded for it.
-    assert (b1_now.station, b1_now.run_id, b1_now.running) == ("B1", None, False)
+    assert (b1_now.station, b1_now.run_id, b1_now.run_open) == ("B1", None, False)
     assert (b1_now.inspected, b1_now.failed, b1_now.errors, b1_now.blank_frames) == (5, 2, 2, 1)
     assert b1_now.fail_rate == pytest.approx(2 / 3)
     # Nothing since: counts of zero, the last verdict however old.

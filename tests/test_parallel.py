@@ -88,8 +88,6 @@ def test_workers_write_what_one_process_writes_into_one_run(
     assert len(seen) == 14 and len(summary.latencies_ms) == 13  # the unread file has none
     assert {job.processes[0].exitcode, job.processes[1].exitcode} == {0}
     assert len(job.ready_after_s) == 2 and all(s > 0 for s in job.ready_after_s)
-    after_parts, after_seconds = job.after_all_ready  # results once both were ready
-    assert after_parts <= 14 and (after_parts == 0 or after_seconds > 0)
     parallel_rows = _rows(detector, job.run_id)
     with session_scope(detector) as session:
         run = session.get_one(InspectionRun, job.run_id)

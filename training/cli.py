@@ -851,7 +851,7 @@ def status_command(
                 "line": a.line,
                 "station": a.station,
                 "run_id": a.run_id,
-                "run_open": a.running,
+                "run_open": a.run_open,
                 "source": a.run_source,
                 "last_inspected_at": a.last_inspected_at.isoformat(timespec="seconds") + "Z"
                 if a.last_inspected_at
@@ -884,7 +884,7 @@ def status_command(
         table.add_row(
             a.line,
             a.station,
-            f"{a.run_id}{' open' if a.running else ''}" if a.run_id else "-",
+            f"{a.run_id}{' open' if a.run_open else ''}" if a.run_id else "-",
             a.last_inspected_at.strftime("%m-%d %H:%M:%S") if a.last_inspected_at else "-",
             str(a.inspected),
             str(a.failed),

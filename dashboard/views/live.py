@@ -42,7 +42,7 @@ def _status(activity: StationActivity, now: datetime) -> str:
         return "no part yet"
     idle = (now - activity.last_inspected_at).total_seconds()
     since = f"{idle:.0f} s ago" if idle < 120 else f"{idle / 60:.0f} min ago"
-    if not activity.running:
+    if not activity.run_open:
         return f"run finished, last part {since}"
     # An open run is a watch or a batch at work, or one that was killed: the idle time tells.
     return f"{'judging' if idle < IDLE_MINUTES * 60 else 'run open, idle'}, last part {since}"
@@ -102,7 +102,7 @@ def live_view() -> None:
             if found.last_inspected_at
             else None
         )
-        if found.running and idle is not None and idle >= IDLE_MINUTES:
+        if found.run_open and idle is not None and idle >= IDLE_MINUTES:
             st.info(
                 f"{where}: its run {found.run_id} is open but has judged no part for "
                 f"{idle:.0f} minutes (a quiet camera, or an inspection that was stopped)."
