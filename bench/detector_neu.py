@@ -145,12 +145,13 @@ def evaluate_phase(url: str) -> None:
     lines = [
         "# Detector on NEU-DET (test split, 180 images)",
         "",
-        "| model | epochs | image size | train wall time | mAP50 | mAP50-95 | part miss rate | hardware |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| model | seed | epochs | image size | train wall time | mAP50 | mAP50-95 | part miss rate "
+        "| hardware |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         lines.append(
-            f"| {r['architecture']} | {r['epochs']} | {r['imgsz']} | {r['train_wall_s'] / 60:.0f} min"
+            f"| {r['architecture']} | {r.get('seed', 0)} | {r['epochs']} | {r['imgsz']} | {r['train_wall_s'] / 60:.0f} min"
             + (f" (beside {r['trained_beside']} other runs)" if r.get("trained_beside") else "")
             + " "
             f"| {r['map50']:.3f} | {r['map50_95']:.3f} | {r['miss_rate']:.4f} | {r['hardware']} |"
