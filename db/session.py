@@ -107,7 +107,9 @@ class WalCheckpointer:
             else None
         )
         self._running: Future[None] | None = None
-        self._last = 0.0
+        # (None, not 0.0: the monotonic clock starts near zero at boot, which would put a fresh
+        # machine's first checkpoint off by the interval.)
+        self._last: float | None = None
         self.checkpoints = 0
 
     @property
@@ -119,7 +121,7 @@ class WalCheckpointer:
         if self._thread is None or (self._running is not None and not self._running.done()):
             return
         now = time.monotonic()
-        if now - self._last < self.interval_s:
+        if self._last is not None and now - self._last < self.interval_s:
             return
         self._last = now
         self._running = self._thread.submit(self._checkpoint)
