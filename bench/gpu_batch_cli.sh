@@ -7,6 +7,7 @@
 #
 #   bash bench/gpu_batch_cli.sh "$OUT"          (carry .whl and .carry, as gpu_session.sh)
 #   PARTS=100000 DEALING=1 bash bench/gpu_batch_cli.sh "$OUT"   (also the dealer alone: ~5 min)
+#   PARTS=40000 CHUNKS="1 4 1 4" bash bench/gpu_batch_cli.sh "$OUT"  (also batches per chunk)
 # Tried on a CPU with: WHEELS=0 DEVICE=cpu PARTS=200 WORKERS=2 bash bench/gpu_batch_cli.sh /tmp/x
 set -uo pipefail
 
@@ -61,6 +62,57 @@ EOF
         echo "wall time of the command, interpreter start included: $((($(date +%s%N) - began) / 1000000)) ms"
     done
 } 2>&1 | tee "$OUT_DIR/batch_cli_$kind.txt"
+
+# With CHUNKS (say "1 4 1 4"), then the same command on CHUNK_PARTS other parts with each
+# DEFECTS_CHUNK_BATCHES in turn, in one process and in WORKERS workers, each on a fresh database
+# (the engine's batches per transaction: on a GPU, one batch of 64 is a whole chunk unless more
+# are asked for), into batch_chunks_<kind>.txt and .json.
+if [[ -n ${CHUNKS:-} ]]; then
+    {
+        echo "# defects batch by DEFECTS_CHUNK_BATCHES, $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null || echo "$DEVICE"), $(nproc) cores, $(date -u +%F)"
+        "$PY" - "$NEU" "${CHUNK_PARTS:-20000}" "$WORK/chunk-parts" <<'EOF2'
+import sys
+from pathlib import Path
+
+sys.path.insert(0, "bench")
+from inference import make_parts
+
+neu, count, folder = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
+names = (neu / "splits" / "test.txt").read_text().split()
+make_parts([neu / "images" / name for name in names], count, folder)
+EOF2
+        for chunk in $CHUNKS; do
+            for workers in 1 "$WORKERS"; do
+                export DEFECTS_DATA_DIR=$WORK/chunks-$chunk-$workers DEFECTS_CHUNK_BATCHES=$chunk
+                rm -rf "$DEFECTS_DATA_DIR"
+                defects db upgrade >/dev/null && defects models install-demo >/dev/null || exit 1
+                echo "## chunk_batches $chunk, workers $workers"
+                defects batch "$WORK/chunk-parts" --line demo --station gpu --workers "$workers" \
+                    --device "$DEVICE" 2>&1 | tr '\r' '\n' | grep -v "part/s\]$" | grep -v "^\s*$"
+            done
+        done
+    } 2>&1 | tee "$OUT_DIR/batch_chunks_$kind.txt"
+    "$PY" - "$OUT_DIR/batch_chunks_$kind.txt" <<'EOF2'
+import json
+import re
+import sys
+from pathlib import Path
+
+log = Path(sys.argv[1])
+rates: dict[str, dict[str, list[float]]] = {}
+key = None
+for line in log.read_text().splitlines():
+    if match := re.match(r"## chunk_batches (\d+), workers (\d+)", line):
+        key = match.groups()
+    elif key and (match := re.match(r"throughput ([\d.]+) parts/s", line)):
+        rates.setdefault(key[0], {}).setdefault(key[1], []).append(float(match.group(1)))
+result = {"what": "defects batch throughput (parts/s) by DEFECTS_CHUNK_BATCHES, then by workers"
+          " (1: one process), as printed by the command", "log": log.name,
+          "parts_per_s": rates, "header": log.read_text().splitlines()[0]}
+log.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+print(json.dumps(rates))
+EOF2
+fi
 
 # With DEALING=1, then the dealer alone (bench/dealing.py: one message per part against 16) with
 # the same workers, into dealing_gpu.json (dealing_cpu.json where DEVICE is cpu).

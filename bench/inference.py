@@ -242,6 +242,8 @@ def engine_parallel(
     }
     parts, seconds = job.after_all_ready
     run["parts_per_s_once_all_ready"] = round(parts / seconds, 2) if seconds else None
+    run["who_waited"] = job.who_waited()  # the dealer or the workers: which is the limit
+    run["workers_exit_s"] = round(job.moments["exited"] - job.moments["last_done"], 2)
     run["batch"] = batch or "default"
     return run
 

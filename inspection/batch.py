@@ -43,6 +43,7 @@ from db.registry import ensure_station, get_model_version, production_model
 from db.session import WalCheckpointer, connection_scope, session_scope
 from inspection.engine import BackendChoice, Inspector, PartInput, PartResult
 from inspection.errors import UserError
+from inspection.settings import get_settings
 
 # A zip entry larger than this is refused rather than read into memory (zip bombs, stray videos).
 MAX_FILE_BYTES = 256 * 1024 * 1024
@@ -62,6 +63,14 @@ class SourceItem:
 # In a stream of source items: the source has gone quiet (a hot folder between camera frames),
 # so what is held for a fuller chunk is judged and written now. Known by identity.
 WRITE_NOW = SourceItem("", None, "the source is quiet: write what is held")
+
+
+def chunk_parts(batch_size: int, chunk_batches: int) -> int:
+    """Parts per transaction: WRITE_CHUNK, unless that is less than two of the engine's
+    batches, the fewest in which decoding one overlaps inferring another."""
+    if 2 * batch_size <= WRITE_CHUNK:
+        return WRITE_CHUNK
+    return max(WRITE_CHUNK, chunk_batches * batch_size)
 
 
 def content_key(item: SourceItem) -> str:
@@ -282,6 +291,7 @@ class BatchInspection:
         self._pending_write: Future[bool] | None = None
         self.checkpointer = WalCheckpointer(url)
         self._in_flight: set[str] = set()
+        self.chunk_parts = chunk_parts(self.inspector.batch_size, get_settings().chunk_batches)
 
     def _wait_for_write(self) -> bool:
         """Let the write in flight finish; its error, if any, is raised here. True when it
@@ -325,7 +335,7 @@ class BatchInspection:
                         chunk = []
                     continue
                 chunk.append(item)
-                if len(chunk) >= WRITE_CHUNK:
+                if len(chunk) >= self.chunk_parts:
                     self._process(chunk, on_result)
                     chunk = []
             if chunk:

@@ -279,11 +279,13 @@ class Inspector:
             prepare_processes=prepare_processes,
         )
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+    def close(self, wait: bool = False) -> None:
+        """Let the threads and decoding processes go; `wait`: until they have (a process about
+        to end without its interpreter's teardown must not leave its decoders behind)."""
+        self._pool.shutdown(wait=wait, cancel_futures=True)
         if self._infer_pool is not None:
-            self._infer_pool.shutdown(wait=False, cancel_futures=True)
-        self.close_processes()
+            self._infer_pool.shutdown(wait=wait, cancel_futures=True)
+        self.close_processes(wait)
 
     def _executor(self) -> tuple[Executor, int]:
         """Where a batch is prepared, and in chunks of how many parts."""
@@ -391,9 +393,9 @@ class Inspector:
         chunks_per_batch = -(-self.batch_size // self._chunk_size())
         return max(1, min(8, workers // chunks_per_batch))
 
-    def close_processes(self) -> None:
+    def close_processes(self, wait: bool = False) -> None:
         if self._processes is not None:
-            self._processes.shutdown(wait=False, cancel_futures=True)
+            self._processes.shutdown(wait=wait, cancel_futures=True)
             self._processes = None
 
     def _infer(self, batch: np.ndarray, side_by_side: bool = False) -> np.ndarray:

@@ -159,17 +159,29 @@ def _worker(job: WorkerJob, parts: multiprocessing.Queue, channel: Connection) -
 
     threading.Thread(target=take_in, name="inbox", daemon=True).start()
 
+    # From the first part dealt to the last: seconds spent waiting for the dealer. A worker
+    # that waits much is fed too slowly (the dealer is the limit), one that never waits is the
+    # limit itself: told to the dealer with the summary, for the run's report.
+    waiting = {"first_part": 0.0, "waited": 0.0}
+
     def dealt() -> Iterator[SourceItem]:
         """The dealt parts; WRITE_NOW where the source went quiet (None in a message, since
         the marker is known by identity, which pickling does not keep)."""
         while True:
+            asked = time.perf_counter()
             try:
                 dealt_items = inbox.get(timeout=1.0)
             except queue.Empty:
+                if waiting["first_part"]:
+                    waiting["waited"] += time.perf_counter() - asked
                 dealer = multiprocessing.parent_process()
                 if dealer_gone.is_set() or dealer is None or not dealer.is_alive():
                     return  # the dealer is gone: write what was judged, stop
                 continue
+            if waiting["first_part"]:
+                waiting["waited"] += time.perf_counter() - asked
+            else:
+                waiting["first_part"] = time.perf_counter()
             if dealt_items is None:
                 return
             for entry in dealt_items:
@@ -204,8 +216,17 @@ def _worker(job: WorkerJob, parts: multiprocessing.Queue, channel: Connection) -
     # Everything is written: said before the model is let go, so that the run's clock stops
     # with the work, not with the processes' exit.
     tell("results", pending)
+    if waiting["first_part"]:
+        tell("waited", (waiting["waited"], time.perf_counter() - waiting["first_part"]))
     tell("done", summary)
-    share.inspector.close()
+    share.inspector.close(wait=True)
+    # Everything is written and said. The interpreter's own teardown (torch's, a GPU context's)
+    # would hold the command a second or more (1.1 s for two workers on 2 cores) for nothing:
+    # the process ends here.
+    channel.close()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 @dataclass
@@ -274,6 +295,16 @@ class ParallelInspection:
         # Results that came once every worker was ready, and the seconds from then to the last:
         # the rate of a long run, which a short one's start-up hides.
         self.after_all_ready: tuple[int, float] = (0, 0.0)
+        # Who holds the run back. Of each worker that finished: (seconds it waited for parts,
+        # seconds from its first part to its last written: in a short run, mostly the others'
+        # start); of the dealer: seconds it waited for room in a worker's queue, and from every
+        # worker ready to its last part dealt.
+        self.worker_waits: list[tuple[float, float]] = []
+        # time.perf_counter() when the workers were started ("launched"), the first and the
+        # last was ready, the last had written everything ("last_done") and all had exited:
+        # where the wall time of a run goes, beyond its throughput.
+        self.moments: dict[str, float] = {}
+        self.dealer_wait: tuple[float, float] | None = None  # (None: dealing broke off)
 
     def run(
         self,
@@ -301,6 +332,7 @@ class ParallelInspection:
             for i, job in enumerate(self._jobs)
         ]
         started = time.perf_counter()  # until a worker is ready
+        self.moments = {"launched": started}
         with _main_script_left_out():
             for process, (_, sending) in zip(self.processes, channels, strict=True):
                 process.start()
@@ -308,15 +340,29 @@ class ParallelInspection:
         stop = stop or threading.Event()
         dealing_error: list[BaseException] = []
 
+        # Seconds the dealer waited for room in a queue once every worker was ready (before,
+        # it waits for their start).
+        blocked = [0.0]
+        heard = _Heard(started, started)
+
         def send(shard: int, message: list[SourceItem | None] | None) -> bool:
             """Into the shard's queue unless the run is stopping; False when it is."""
-            while not stop.is_set():
-                try:
-                    parts[shard].put(message, timeout=0.5)
-                    return True
-                except queue.Full:
-                    continue
-            return False
+            with contextlib.suppress(queue.Full):
+                parts[shard].put_nowait(message)
+                return True
+            asked = time.perf_counter()
+            counted = heard.all_ready is not None
+            try:
+                while not stop.is_set():
+                    try:
+                        parts[shard].put(message, timeout=0.5)
+                        return True
+                    except queue.Full:
+                        continue
+                return False
+            finally:
+                if counted:
+                    blocked[0] += time.perf_counter() - asked
 
         def deal() -> None:
             held: list[list[SourceItem | None]] = [[] for _ in range(self.workers)]
@@ -346,6 +392,10 @@ class ParallelInspection:
                 for i, message in enumerate(held):
                     if message and not send(i, message):
                         return
+                if heard.all_ready is not None:
+                    self.dealer_wait = (blocked[0], time.perf_counter() - heard.all_ready)
+                else:  # every part was dealt before the last worker was ready: never waited
+                    self.dealer_wait = (0.0, 0.0)
             except BaseException as exc:  # noqa: BLE001 - a bad source: raised in run()
                 dealing_error.append(exc)
             finally:
@@ -357,7 +407,6 @@ class ParallelInspection:
         dealer = threading.Thread(target=deal, name="dealer", daemon=True)
         dealer.start()
         listening = {receiving: i for i, (receiving, _) in enumerate(channels)}
-        heard = _Heard(started, started)
         try:
             self._listen(listening, stop, on_result, heard)
         except KeyboardInterrupt:
@@ -377,6 +426,7 @@ class ParallelInspection:
                 if process.is_alive():
                     process.terminate()
                     process.join(timeout=5)
+            self.moments["exited"] = time.perf_counter()
             # What a worker said after the listening above gave up (a slow machine's last
             # chunk after Ctrl-C): its pipe holds it until the end, read now, so the summary
             # counts every part written. (Every worker has exited: each pipe ends at once.)
@@ -425,6 +475,33 @@ class ParallelInspection:
             raise UserError(f"hot folder not found: {folder}")
         return self.run(items(), on_result, stop)
 
+    def who_waited(self) -> str | None:
+        """Whether the dealer or the workers held the run back, from what each waited for;
+        None before a run with a finished worker."""
+        spans = [(waited, span) for waited, span in self.worker_waits if span > 0]
+        if not spans or self.dealer_wait is None:
+            return None
+        workers = sum(w for w, _ in spans) / sum(s for _, s in spans)
+        dealer_waited, dealer_span = self.dealer_wait
+        if dealer_span <= 0:
+            return (
+                f"the workers waited for parts {workers:.0%} of their time; the dealer had dealt "
+                "every part before the last worker was ready: the workers are the limit"
+            )
+        dealer = dealer_waited / dealer_span
+        if workers > 0.2 and dealer < 0.2:
+            verdict = (
+                "the dealer (one process reading, hashing and dealing every part) is the limit"
+            )
+        elif dealer > 0.5 and workers < 0.2:
+            verdict = "the workers are the limit"
+        else:
+            verdict = "neither is clearly the limit"
+        return (
+            f"the workers waited for parts {workers:.0%} of their time, the dealer for room in "
+            f"their queues {dealer:.0%} of its: {verdict}"
+        )
+
     def _listen(
         self,
         listening: dict[Connection, int],
@@ -452,9 +529,9 @@ class ParallelInspection:
                     self.ready_after_s.append(round(time.perf_counter() - heard.launched, 2))
                     self.start_phases_s.append(payload)
                     if len(self.ready_after_s) == 1:  # the clock starts with the first model
-                        heard.started = time.perf_counter()
+                        heard.started = self.moments["first_ready"] = time.perf_counter()
                     if len(self.ready_after_s) == self.workers:
-                        heard.all_ready = time.perf_counter()
+                        heard.all_ready = self.moments["all_ready"] = time.perf_counter()
                 elif kind == "results":
                     if heard.all_ready is not None and payload:
                         parts = self.after_all_ready[0] + len(payload)
@@ -464,9 +541,11 @@ class ParallelInspection:
                             self.summary.latencies_ms.append(result.latency_ms)
                         if on_result:
                             on_result(result)
+                elif kind == "waited":
+                    self.worker_waits.append(payload)
                 elif kind in ("done", "stopped"):
                     heard.stopped |= kind == "stopped"
-                    heard.last_done = time.perf_counter()
+                    heard.last_done = self.moments["last_done"] = time.perf_counter()
                     self._merge(payload)
                 else:  # failed
                     heard.failure = heard.failure or payload

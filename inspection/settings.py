@@ -64,6 +64,17 @@ class Settings(BaseSettings):
         "with bench/inference.py --gpu-streams 1 2).",
     )
 
+    chunk_batches: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="a batch run writes one transaction per chunk of parts: 64 parts, or this "
+        "many of the engine's batches where a batch is as large (a GPU's batch of 64). A chunk "
+        "of one batch is decoded, then inferred, then worked out, with the GPU idle between; "
+        "in a chunk of several, the next batch is decoded while one is inferred (measure with "
+        'CHUNKS="1 4 1 4" bash bench/gpu_batch_cli.sh; not yet measured on a GPU).',
+    )
+
     @field_validator("device")
     @classmethod
     def _check_device(cls, value: str) -> str:

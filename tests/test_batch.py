@@ -18,7 +18,6 @@ import pytest
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
-import inspection.batch as batch_module
 from db.models import Inspection, ModelVersion, Part, Verdict
 from db.session import session_scope
 from inspection.batch import WRITE_NOW, BatchInspection, SourceItem, iter_source
@@ -80,19 +79,28 @@ def test_a_run_is_marked_finished_whether_or_not_it_wrote(detector: str, tmp_pat
     assert summary.skipped == 1 and finished(summary.run_id) is not None
 
 
-def test_copies_across_chunks_in_flight_are_judged_once(
-    detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_chunk_holds_several_batches_where_one_batch_would_fill_it() -> None:
+    from inspection.batch import WRITE_CHUNK, chunk_parts
+
+    assert WRITE_CHUNK == 64
+    assert chunk_parts(batch_size=4, chunk_batches=4) == 64  # a CPU's batches: 16 a chunk
+    assert chunk_parts(batch_size=32, chunk_batches=4) == 64  # two: decoding overlaps already
+    assert chunk_parts(batch_size=64, chunk_batches=4) == 256  # a GPU's batch: four
+    assert chunk_parts(batch_size=48, chunk_batches=1) == 64  # as it was: one batch a chunk
+
+
+def test_copies_across_chunks_in_flight_are_judged_once(detector: str, tmp_path: Path) -> None:
     """A chunk is planned while the one before it is still being written: a copy of a part (or a
     second failed read of a file) in a later chunk is still judged only once."""
     from inspection.batch import SourceItem
 
-    monkeypatch.setattr(batch_module, "WRITE_CHUNK", 2)
     images = make_images(tmp_path / "in", n=3)
     datas = [(tmp_path / "in" / image.name).read_bytes() for image in images]
     items = [SourceItem(f"copy{i}-{j}.png", datas[j]) for i in range(4) for j in range(3)]
     items += [SourceItem("lost.png", None, "cannot read the file")] * 2
-    summary = _job(detector, tmp_path).run(items)
+    job = _job(detector, tmp_path)
+    job.chunk_parts = 2
+    summary = job.run(items)
     assert (summary.seen, summary.inspected, summary.skipped, summary.errors) == (14, 4, 10, 1)
     assert _counts(detector) == (4, 4, 4)
 
@@ -154,10 +162,7 @@ def test_a_zip_inside_a_folder_gives_its_entries(tmp_path: Path) -> None:
     }
 
 
-def test_resume_after_a_crash_loses_and_duplicates_nothing(
-    detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(batch_module, "WRITE_CHUNK", 4)
+def test_resume_after_a_crash_loses_and_duplicates_nothing(detector: str, tmp_path: Path) -> None:
     make_images(tmp_path / "in", n=10)
 
     def crashing_source():  # type: ignore[no-untyped-def]
@@ -166,8 +171,10 @@ def test_resume_after_a_crash_loses_and_duplicates_nothing(
                 raise KeyboardInterrupt  # the operator pulls the plug mid-chunk
             yield item
 
+    crashing = _job(detector, tmp_path)
+    crashing.chunk_parts = 4
     with pytest.raises(KeyboardInterrupt):
-        _job(detector, tmp_path).run(crashing_source())
+        crashing.run(crashing_source())
     assert _counts(detector) == (4, 4, 4)  # the first chunk was committed, the second lost
     summary = _job(detector, tmp_path).run(iter_source(str(tmp_path / "in")))
     assert (summary.inspected, summary.skipped) == (6, 4)

@@ -233,6 +233,45 @@ def test_kill_9_of_the_dealer_leaves_no_worker_behind_and_resumes(
     assert "2 of 2 workers ready after" in " ".join(finished.stdout.split())
 
 
+def test_a_long_run_reports_its_rate_once_every_worker_was_ready_and_who_waited(
+    detector: str, tmp_path: Path
+) -> None:
+    """The lines that tell a slow line from a slow start (100 parts a worker at least)."""
+    command, env = _two_worker_batch(detector, tmp_path, parts=200)
+    finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    said = " ".join(finished.stdout.split())
+    assert "parts/s once every worker was ready (200 parts)" in said or (
+        # (a worker ready late, after some of the parts were judged: fewer counted)
+        "parts/s once every worker was ready (1" in said
+    )
+    # (200 parts fit in the workers' queues: all dealt within the first second, long before
+    # the last worker is ready.)
+    assert "the dealer had dealt every part before the last worker was ready: the workers" in said
+    assert "s judging, " in said and "s for the workers to exit" in said  # where the time went
+
+
+def test_who_waited_names_the_side_that_held_the_run_back(detector: str, tmp_path: Path) -> None:
+    job = ParallelInspection(detector, tmp_path / "store", "Line 1", "Cam A", workers=2)
+    assert job.who_waited() is None  # before a run
+    job.worker_waits, job.dealer_wait = [(0.1, 10.0), (0.3, 10.0)], (9.0, 10.0)
+    assert job.who_waited() == (
+        "the workers waited for parts 2% of their time, the dealer for room in their queues "
+        "90% of its: the workers are the limit"
+    )
+    job.worker_waits, job.dealer_wait = [(6.0, 10.0), (4.0, 10.0)], (0.5, 10.0)
+    assert job.who_waited().endswith("is the limit") and "50%" in job.who_waited()  # type: ignore[union-attr]
+    assert "the dealer (one process" in job.who_waited()  # type: ignore[operator]
+    job.dealer_wait = (4.0, 10.0)
+    assert job.who_waited().endswith("neither is clearly the limit")  # type: ignore[union-attr]
+    # Every part dealt before the last worker was ready: the dealer never waited.
+    job.worker_waits, job.dealer_wait = [(0.0, 3.0), (0.1, 3.0)], (0.0, 0.0)
+    assert job.who_waited() == (
+        "the workers waited for parts 2% of their time; the dealer had dealt every part before "
+        "the last worker was ready: the workers are the limit"
+    )
+
+
 def _count_inspections(url: str) -> int:
     with session_scope(url) as session:
         return int(session.scalar(select(func.count(Inspection.id))) or 0)

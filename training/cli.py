@@ -701,6 +701,27 @@ def _print_summary(summary, rate: bool = True) -> None:  # type: ignore[no-untyp
         )
 
 
+def _wall_time_went(moments: dict[str, float], entered: float, listing_s: float) -> str | None:
+    """Where a parallel run's wall time went, start-up and exit included: the throughput
+    counts only from the first worker ready to the last part written."""
+    from training import LOADING_SINCE
+
+    if not {"launched", "first_ready", "last_done", "exited"} <= moments.keys():
+        return None  # (stopped, or no worker ever ready)
+    spans = [
+        ("starting Python and loading the product", entered - LOADING_SINCE),
+        ("listing the folder", listing_s),
+        ("opening the run", moments["launched"] - entered - listing_s),
+        ("until the first worker was ready", moments["first_ready"] - moments["launched"]),
+        ("judging", moments["last_done"] - moments["first_ready"]),
+        ("for the workers to exit", moments["exited"] - moments["last_done"]),
+    ]
+    total = moments["exited"] - LOADING_SINCE
+    return f"the command's {total:.1f} s until the workers had exited: " + ", ".join(
+        f"{seconds:.1f} s {what}" for what, seconds in spans
+    )
+
+
 @app.command("batch")
 def batch_command(
     source: Annotated[str, typer.Argument(help="A folder, a glob pattern or a zip of images.")],
@@ -739,8 +760,11 @@ def batch_command(
 ) -> None:
     """Inspect a batch of parts; run again after an interruption and it resumes."""
     import threading
+    import time
 
     from tqdm import tqdm
+
+    entered = time.perf_counter()
 
     from inspection.batch import (
         BatchInspection,
@@ -773,7 +797,9 @@ def batch_command(
     else:
         job = BatchInspection(url, settings.images_dir, line, station, **options)
         console.print(f"inspecting with {job.model_name} ({job.inspector.backend.describe()})")
+    listing = time.perf_counter()
     files = folder_files(source_path) if source_path.is_dir() else []
+    listing = time.perf_counter() - listing
     # (A zip inside the folder gives its entries: their number is known only as they come.)
     total = len(files) if files and not any(f.suffix.lower() == ".zip" for f in files) else None
     bar = tqdm(total=total, unit="part", disable=None)
@@ -820,6 +846,11 @@ def batch_command(
             console.print(
                 f"{parts / seconds:.1f} parts/s once every worker was ready ({parts} parts)"
             )
+            # (Of a short run, what each waited for is mostly the others' start.)
+            if (waits := job.who_waited()) is not None:
+                console.print(waits)
+        if not watch and (went := _wall_time_went(job.moments, entered, listing)) is not None:
+            console.print(went)  # (a watch's wall time is the camera's)
     # (One process counts only its time at work; workers run one clock for the whole watch.)
     _print_summary(job.summary, rate=not (watch and isinstance(job, ParallelInspection)))
     if export == "csv":
