@@ -79,3 +79,33 @@ def test_a_bad_setting_is_one_line_naming_the_variable(tmp_path: Path) -> None:
     assert line.startswith("error: invalid setting DEFECTS_DEVICE='gpu'")
     assert "DEFECTS_GPU_STREAMS='0'" in line
     assert not (tmp_path / "data").exists() and not (tmp_path / "d").exists()  # nothing made
+
+
+def test_a_command_ends_without_teardown_but_with_its_output_and_exit_code(
+    tmp_path: Path,
+) -> None:
+    """The process ends by os._exit: what was printed but still buffered (stdout to a pipe)
+    must arrive, and each way of ending keeps its exit code."""
+    root = Path(__file__).parents[1]
+    cases = {
+        "print('written', end=''); _end_process(0)": (0, "written", ""),
+        "print('half', end=''); _end_process(3)": (3, "half", ""),
+        "_end_process('a library gave up')": (1, "", "a library gave up"),
+        "_end_process(None)": (0, "", ""),
+    }
+    for code, (returncode, stdout, stderr) in cases.items():
+        done = subprocess.run(
+            [sys.executable, "-c", f"from training.cli import _end_process\n{code}"],
+            capture_output=True,
+            text=True,
+            env={"DEFECTS_DATA_DIR": str(tmp_path / "d"), "PATH": "/usr/bin:/bin"},
+            cwd=root,
+        )
+        assert (done.returncode, done.stdout, done.stderr.strip()) == (returncode, stdout, stderr)
+    help_text = subprocess.run(
+        [sys.executable, "-c", "from training.cli import main; main()", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=root,
+    )
+    assert help_text.returncode == 0 and "Commands" in help_text.stdout
