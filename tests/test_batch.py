@@ -405,8 +405,15 @@ def test_cli_batch_and_inspect(
         app, ["inspect", *(str(tmp_path / "more" / im.name) for im in new), "--json"]
     )
     assert json.loads(again.output) == payload  # already inspected: the stored verdicts, unchanged
-    missing = runner.invoke(app, ["inspect", str(tmp_path / "nope.png")])
-    assert "file not found" in missing.output
+    # A path that names no image: the others are judged and shown, and the status is an error.
+    known = str(tmp_path / "more" / new[0].name)
+    missing = runner.invoke(app, ["inspect", known, str(tmp_path / "nope.png"), "--json"])
+    assert [row["verdict"] for row in json.loads(missing.output)] == [
+        payload[0]["verdict"],
+        "error",
+    ]
+    assert missing.exit_code == 1 and isinstance(missing.exception, UserError)
+    assert str(missing.exception) == f"1 of 2 paths name no image file: {tmp_path / 'nope.png'}"
     # What each station judged lately: the batch's 5 on L/S, the inspected 2 and 1 on default.
     status = runner.invoke(app, ["status", "--json"])
     assert status.exit_code == 0, status.output
@@ -417,4 +424,5 @@ def test_cli_batch_and_inspect(
     assert "the last 60 minutes" in runner.invoke(app, ["status"]).output
     folder = runner.invoke(app, ["inspect", str(tmp_path / "more")])
     assert "a folder, not an image: `defects batch FOLDER`" in " ".join(folder.output.split())
+    assert folder.exit_code == 1
     assert images  # the first batch's images stay untouched

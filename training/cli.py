@@ -969,12 +969,19 @@ def inspect_command(
     rows = _stored_verdicts(url, job.model_id, items)
     if as_json:
         print(json.dumps(rows, indent=2))
-        return
-    for row in rows:
-        detail = row["error"] or ", ".join(
-            f"{d['class']} {d['confidence']:.2f}" for d in row["defects"]
+    else:
+        for row in rows:
+            detail = row["error"] or ", ".join(
+                f"{d['class']} {d['confidence']:.2f}" for d in row["defects"]
+            )
+            console.print(f"{row['part']}: {str(row['verdict']).upper()} {detail}", markup=False)
+    # A path that names no image is the caller's mistake, not a part's: the others are judged
+    # and shown, and the exit status says so (an unreadable image is a part's error, recorded).
+    mistaken = [str(p) for p in images if not p.is_file()]
+    if mistaken:
+        raise UserError(
+            f"{len(mistaken)} of {len(images)} paths name no image file: {', '.join(mistaken)}"
         )
-        console.print(f"{row['part']}: {str(row['verdict']).upper()} {detail}", markup=False)
 
 
 def _stored_verdicts(url: str, model_id: int, items: list) -> list[dict]:  # type: ignore[type-arg]
