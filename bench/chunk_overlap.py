@@ -32,7 +32,6 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import inference  # noqa: E402 - sets up the bench's own data folder before the product loads
 
-from db.migrate import upgrade  # noqa: E402
 from inspection.batch import BatchInspection, chunk_parts, iter_source  # noqa: E402
 from inspection.engine import Inspector  # noqa: E402
 
@@ -84,11 +83,7 @@ def one_run(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--weights", type=Path, default=ROOT / "models" / "neu-det-demo" / "weights.pt"
-    )
-    parser.add_argument("--neu", type=Path, default=ROOT.parent / "shared" / "datasets" / "neu-det")
-    parser.add_argument("--parts", type=int, default=2000)
+    inference.add_demo_arguments(parser, parts=3000)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--forward-ms", type=float, default=5.0)
     parser.add_argument("--chunk-batches", type=int, nargs="+", default=[1, 4])
@@ -98,14 +93,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    names = (args.neu / "splits" / "test.txt").read_text().split()
-    images = [args.neu / "images" / name for name in names]
-    folder = inference.WORK / "parts"
-    inference.make_parts(images, args.parts, folder)
-    setup = f"sqlite:///{inference.WORK / 'bench.db'}"
-    upgrade(setup)
-    inference.keep_template(setup)
-    card = json.loads((args.weights.parent / "model.json").read_text())
+    images, folder, card = inference.prepare_demo_parts(args)
     runs: dict[int, list[dict]] = {n: [] for n in args.chunk_batches}
     for repeat in range(args.repeats):
         for n in args.chunk_batches:

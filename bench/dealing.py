@@ -27,7 +27,6 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import inference  # noqa: E402 - sets up the bench's own data folder before the product loads
 
-from db.migrate import upgrade  # noqa: E402
 from inspection import parallel  # noqa: E402
 from inspection.batch import iter_source  # noqa: E402
 from inspection.settings import get_settings, usable_cores  # noqa: E402
@@ -54,11 +53,7 @@ def skip_run(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--weights", type=Path, default=ROOT / "models" / "neu-det-demo" / "weights.pt"
-    )
-    parser.add_argument("--neu", type=Path, default=ROOT.parent / "shared" / "datasets" / "neu-det")
-    parser.add_argument("--parts", type=int, default=3000)
+    inference.add_demo_arguments(parser, parts=3000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--deal-batches", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--repeats", type=int, default=3)
@@ -66,14 +61,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
-    neu = args.neu
-    names = (neu / "splits" / "test.txt").read_text().split()
-    folder = inference.WORK / "parts"
-    inference.make_parts([neu / "images" / name for name in names], args.parts, folder)
-    setup = f"sqlite:///{inference.WORK / 'bench.db'}"
-    upgrade(setup)
-    inference.keep_template(setup)
-    card = json.loads((args.weights.parent / "model.json").read_text())
+    _, folder, card = inference.prepare_demo_parts(args)
     url = inference.register_bench_version(args.weights, "dealing", card["classes"], card["imgsz"])
     # Judged once, so that every timed run only deals and looks up.
     first = parallel.ParallelInspection(

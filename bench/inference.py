@@ -500,6 +500,29 @@ def markdown_table(result: dict) -> str:
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
+def add_demo_arguments(parser: argparse.ArgumentParser, parts: int) -> None:
+    """--weights (the demo model), --neu and --parts, for the benches that time the product's
+    runs on copies of the NEU-DET test images."""
+    parser.add_argument(
+        "--weights", type=Path, default=ROOT / "models" / "neu-det-demo" / "weights.pt"
+    )
+    parser.add_argument("--neu", type=Path, default=ROOT.parent / "shared" / "datasets" / "neu-det")
+    parser.add_argument("--parts", type=int, default=parts)
+
+
+def prepare_demo_parts(args: argparse.Namespace) -> tuple[list[Path], Path, dict]:
+    """The NEU-DET test images, `args.parts` unique copies of them in the bench's folder, the
+    migrated template database (`register_bench_version` copies it) and the weights' model card."""
+    names = (args.neu / "splits" / "test.txt").read_text().split()
+    images = [args.neu / "images" / name for name in names]
+    folder = WORK / "parts"
+    make_parts(images, args.parts, folder)
+    setup = f"sqlite:///{WORK / 'bench.db'}"
+    upgrade(setup)
+    keep_template(setup)
+    return images, folder, json.loads((args.weights.parent / "model.json").read_text())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
