@@ -242,6 +242,8 @@ class Inspection(Base):
             postgresql_where=text(_CURRENT),
         ),
         Index("ix_inspections_inspected_at", "inspected_at"),
+        # A station's last verdict: the latest of each of its runs, one index seek a run.
+        Index("ix_inspections_run_inspected_at", "run_id", "inspected_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

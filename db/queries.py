@@ -209,11 +209,11 @@ def _has_counted_prediction_of(class_name: str) -> ColumnElement[bool]:
 def _rates_by_class(session: Session, filters: Filters) -> list[RateRow]:
     """Per class: defective parts of that class passed, and good parts failed by that class."""
     truth = _truth_subquery()
-    base = (
-        select(Inspection.id)
-        .join(Part, Part.id == Inspection.part_id)
-        .where(Inspection.verdict != Verdict.ERROR, *filters.conditions())
-    )
+    # The inspections looked at, as conditions on a join of inspections and their parts (an
+    # `Inspection.id IN (subquery)` here made SQLite, without the planner's statistics, look
+    # every id of the list up again for each reviewed part: a million parts took minutes,
+    # bench/results/history_scale_sqlite.json).
+    looked_at = (Inspection.verdict != Verdict.ERROR, *filters.conditions())
     # Defective parts by the classes reviewers gave them.
     defect_rows = session.execute(
         select(
@@ -225,7 +225,7 @@ def _rates_by_class(session: Session, filters: Filters) -> list[RateRow]:
         .join(Part, Part.id == Inspection.part_id)
         .join(Review, Review.part_id == Part.id)
         .where(
-            Inspection.id.in_(base),
+            *looked_at,
             Review.kind.in_(_DEFECT_REVIEWS),
             Review.class_name.is_not(None),
         )
@@ -233,16 +233,18 @@ def _rates_by_class(session: Session, filters: Filters) -> list[RateRow]:
     ).all()
     n_good = session.execute(
         select(func.count(Inspection.id))
+        .join(Part, Part.id == Inspection.part_id)
         .join(truth, truth.c.part_id == Inspection.part_id)
-        .where(Inspection.id.in_(base), truth.c.defective == 0)
+        .where(*looked_at, truth.c.defective == 0)
     ).scalar_one()
     false_call_rows = session.execute(
         select(Prediction.class_name, func.count(func.distinct(Inspection.id)))
         .select_from(Inspection)
+        .join(Part, Part.id == Inspection.part_id)
         .join(truth, truth.c.part_id == Inspection.part_id)
         .join(Prediction, Prediction.inspection_id == Inspection.id)
         .where(
-            Inspection.id.in_(base),
+            *looked_at,
             truth.c.defective == 0,
             Inspection.verdict == Verdict.FAIL,
             Prediction.counted.is_(True),
@@ -531,12 +533,25 @@ def station_activity(session: Session, since: datetime) -> list[StationActivity]
         .order_by(ProductionLine.name, Station.name)
     ):
         n, failed, errors, blank, last = counts.get(station.id, (0, 0, 0, 0, None))
-        if last is None:  # nothing since: the station's last verdict, however old
-            last = session.scalar(
+        if last is None:  # nothing since: the station's last verdict, however old, as the
+            # latest of its runs' last verdicts, one index seek a run (looked up through its
+            # parts, a quiet station cost a scan of all of them: 0.8 s on PostgreSQL for a year
+            # of four stations, every 5 s refresh, bench/results/history_scale_postgresql.json)
+            last_of_run = (
+                select(func.max(Inspection.inspected_at))
+                .where(Inspection.run_id == InspectionRun.id)
+                .scalar_subquery()
+            )
+            in_runs = session.scalar(
+                select(func.max(last_of_run)).where(InspectionRun.station_id == station.id)
+            )
+            # (Verdicts recorded with no run, as none of the product's are: by their parts.)
+            outside_runs = session.scalar(
                 select(func.max(Inspection.inspected_at))
                 .join(Part, Part.id == Inspection.part_id)
-                .where(Part.station_id == station.id)
+                .where(Inspection.run_id.is_(None), Part.station_id == station.id)
             )
+            last = max((t for t in (in_runs, outside_runs) if t is not None), default=None)
         found.append(
             StationActivity(
                 line,

@@ -1,0 +1,251 @@
+"""The dashboard's history and Live queries on a long history: do they stay fast?
+
+Builds a synthetic history (PARTS parts and their current verdicts spread over DAYS days on
+STATIONS stations of two lines, a tenth failed with one counted prediction each, a twentieth
+reviewed, the last
+quarter-hour quiet so that the Live page looks each station's last verdict up), then times each
+query the pages run, REPEATS times (median):
+
+    python bench/history_scale.py --parts 1000000 --days 365
+    python bench/history_scale.py --url postgresql+psycopg://... (an empty database)
+
+Writes bench/results/history_scale_<sqlite|postgresql>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import insert  # noqa: E402
+
+from db.migrate import upgrade  # noqa: E402
+from db.models import (  # noqa: E402
+    Inspection,
+    InspectionRun,
+    ModelKind,
+    ModelVersion,
+    Part,
+    Prediction,
+    PredictionSource,
+    Review,
+    ReviewKind,
+    Verdict,
+)
+from db.queries import (  # noqa: E402
+    Filters,
+    daily_volume,
+    defect_pareto,
+    latency_summary,
+    minute_volume,
+    rates,
+    station_activity,
+)
+from db.registry import ensure_station  # noqa: E402
+from db.session import connection_scope, get_engine, session_scope  # noqa: E402
+
+CLASSES = ["crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches"]
+ROWS_PER_INSERT = 20000
+
+
+def build(url: str, parts: int, days: int, stations: int, now: datetime) -> None:
+    """The synthetic history, written in large INSERTs (a station writes the same rows)."""
+    random.seed(0)
+    with session_scope(url) as session:
+        ids = [
+            (s.line_id, s.id)
+            for s in (
+                ensure_station(session, f"Line {i % 2 + 1}", f"Cam {i}") for i in range(stations)
+            )
+        ]
+        version = ModelVersion(
+            name="history",
+            kind=ModelKind.DETECTOR,
+            architecture="defect-yolo-n",
+            file_path="history.pt",
+            sha256="0" * 64,
+            classes=CLASSES,
+        )
+        session.add(version)
+        session.flush()
+        runs = []
+        for line_id, station_id in ids:
+            run = InspectionRun(
+                line_id=line_id,
+                station_id=station_id,
+                model_version_id=version.id,
+                source="history",
+                started_at=now - timedelta(days=days),
+                finished_at=now - timedelta(minutes=20),
+            )
+            session.add(run)
+            runs.append(run)
+        session.flush()
+        run_ids, version_id = [r.id for r in runs], version.id
+    span_s = days * 86400 - 20 * 60  # nothing in the last 20 minutes
+    start = now - timedelta(days=days)
+    for first in range(0, parts, ROWS_PER_INSERT):
+        count = min(ROWS_PER_INSERT, parts - first)
+        part_rows, inspection_rows, prediction_rows, review_rows = [], [], [], []
+        for k in range(count):
+            i = first + k
+            which = i % stations
+            line_id, station_id = ids[which]
+            at = start + timedelta(seconds=span_s * i / parts)
+            part_rows.append(
+                {
+                    "id": i + 1,
+                    "content_hash": f"{i:064x}",
+                    "stored_path": "",
+                    "size_bytes": 1,
+                    "captured_at": at,
+                    "line_id": line_id,
+                    "station_id": station_id,
+                    "created_at": at,
+                }
+            )
+            failed = random.random() < 0.1
+            inspection_rows.append(
+                {
+                    "id": i + 1,
+                    "part_id": i + 1,
+                    "run_id": run_ids[which],
+                    "model_version_id": version_id,
+                    "verdict": Verdict.FAIL if failed else Verdict.PASS,
+                    "thresholds": {},
+                    "latency_ms": random.uniform(5, 30),
+                    "inspected_at": at,
+                }
+            )
+            if random.random() < 0.05:  # a twentieth reviewed: the rates' denominators
+                truly_defective = failed != (random.random() < 0.05)  # a few wrong verdicts
+                if truly_defective:
+                    kind = ReviewKind.CONFIRMED_DEFECT if failed else ReviewKind.MISSED_DEFECT
+                else:
+                    kind = ReviewKind.FALSE_CALL if failed else ReviewKind.GOOD_PART
+                review_rows.append(
+                    {
+                        "part_id": i + 1,
+                        "kind": kind,
+                        "class_name": random.choice(CLASSES) if truly_defective else None,
+                        "reviewer": "qa",
+                        "created_at": at,
+                    }
+                )
+            if failed:
+                prediction_rows.append(
+                    {
+                        "inspection_id": i + 1,
+                        "source": PredictionSource.DETECTOR,
+                        "class_name": random.choice(CLASSES),
+                        "confidence": 0.8,
+                        "x1": 1.0,
+                        "y1": 1.0,
+                        "x2": 9.0,
+                        "y2": 9.0,
+                        "counted": True,
+                    }
+                )
+        with connection_scope(url) as connection:
+            connection.execute(insert(Part), part_rows)
+            connection.execute(insert(Inspection), inspection_rows)
+            connection.execute(insert(Prediction), prediction_rows)
+            if review_rows:
+                connection.execute(insert(Review), review_rows)
+
+
+def timed(call: Callable[[], object], repeats: int) -> float:
+    seconds = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        call()
+        seconds.append(time.perf_counter() - began)
+    return round(statistics.median(seconds) * 1000, 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", help="an empty database (default: a new SQLite file)")
+    parser.add_argument("--parts", type=int, default=1_000_000)
+    parser.add_argument("--days", type=int, default=365)
+    parser.add_argument("--stations", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--analyze",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="gather the planner's statistics first (a SQLite file never has them unless asked)",
+    )
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    scratch = tempfile.TemporaryDirectory()
+    url = args.url or f"sqlite:///{Path(scratch.name) / 'history.db'}"
+    upgrade(url)
+    now = datetime.now().replace(microsecond=0)  # (stored naive, as utcnow() stores)
+    began = time.perf_counter()
+    build(url, args.parts, args.days, args.stations, now)
+    build_s = time.perf_counter() - began
+    if args.analyze:  # fresh statistics, as a maintained database has
+        with connection_scope(url) as connection:
+            connection.exec_driver_sql("ANALYZE")
+    last_week = Filters(start=now - timedelta(days=7))
+    station_one = Filters(start=now - timedelta(days=30), station_id=1)
+
+    def query(run: Callable[..., object], *arguments: object) -> Callable[[], object]:
+        def call() -> object:
+            with session_scope(url) as session:
+                return run(session, *arguments)
+
+        return call
+
+    queries = {
+        "live: station_activity (last 15 min, every station quiet)": query(
+            station_activity, now - timedelta(minutes=15)
+        ),
+        "live: minute_volume (last 60 min)": query(minute_volume, now - timedelta(minutes=60)),
+        "history: rates by day, last 7 days": query(rates, last_week, "day"),
+        "history: rates by day, whole history": query(rates, Filters(), "day"),
+        "history: rates by class, one station, 30 days": query(rates, station_one, "class"),
+        "history: defect_pareto, last 7 days": query(defect_pareto, last_week),
+        "history: daily_volume, whole history": query(daily_volume, Filters()),
+        "history: latency_summary, last 7 days": query(latency_summary, last_week),
+    }
+    timings = {name: timed(call, args.repeats) for name, call in queries.items()}
+    dialect = get_engine(url).dialect.name
+    commit = subprocess.run(
+        ["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    result = {
+        "database": dialect,
+        "code": commit,  # (the queries' code: a before-and-after pair names two)
+        "hardware": f"CPU, {len(os.sched_getaffinity(0))} cores ({platform.machine()})",
+        "parts": args.parts,
+        "days": args.days,
+        "stations": args.stations,
+        "build_s": round(build_s, 1),
+        "analyzed": args.analyze,
+        "what": "median milliseconds per query, a session opened for each, as a page does",
+        "median_ms": timings,
+    }
+    suffix = "_analyzed" if args.analyze else ""
+    out = args.out or ROOT / "bench" / "results" / f"history_scale_{dialect}{suffix}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(timings, indent=2))
+
+
+if __name__ == "__main__":
+    main()
