@@ -231,12 +231,8 @@ def _worker(job: WorkerJob, parts: multiprocessing.Queue, channel: Connection) -
 
 @dataclass
 class _Heard:
-    """What the workers have said so far, beyond their results."""
+    """What the workers have said so far, beyond their results and the run's `moments`."""
 
-    launched: float  # when the workers were started
-    started: float  # the clock of the summary's throughput, from the first worker ready
-    all_ready: float | None = None  # when the last worker became ready
-    last_done: float | None = None  # when the last worker said it had written everything
     stopped: bool = False
     failure: str | None = None
 
@@ -343,7 +339,7 @@ class ParallelInspection:
         # Seconds the dealer waited for room in a queue once every worker was ready (before,
         # it waits for their start).
         blocked = [0.0]
-        heard = _Heard(started, started)
+        heard = _Heard()
 
         def send(shard: int, message: list[SourceItem | None] | None) -> bool:
             """Into the shard's queue unless the run is stopping; False when it is."""
@@ -351,7 +347,7 @@ class ParallelInspection:
                 parts[shard].put_nowait(message)
                 return True
             asked = time.perf_counter()
-            counted = heard.all_ready is not None
+            counted = "all_ready" in self.moments
             try:
                 while not stop.is_set():
                     try:
@@ -392,8 +388,8 @@ class ParallelInspection:
                 for i, message in enumerate(held):
                     if message and not send(i, message):
                         return
-                if heard.all_ready is not None:
-                    self.dealer_wait = (blocked[0], time.perf_counter() - heard.all_ready)
+                if "all_ready" in self.moments:
+                    self.dealer_wait = (blocked[0], time.perf_counter() - self.moments["all_ready"])
                 else:  # every part was dealt before the last worker was ready: never waited
                     self.dealer_wait = (0.0, 0.0)
             except BaseException as exc:  # noqa: BLE001 - a bad source: raised in run()
@@ -433,8 +429,11 @@ class ParallelInspection:
             self._listen(listening, stop, on_result, heard, deadline=time.monotonic() + 10)
             # Until the last worker's everything-written, not its exit (a GPU's context and
             # the interpreter take a while to go); until now where the run broke off.
-            ended = heard.last_done if heard.failure is None and not heard.stopped else None
-            self.summary.seconds += (ended or time.perf_counter()) - heard.started
+            # (The throughput's clock runs from the first worker ready.)
+            ended = self.moments.get("last_done") if heard.failure is None else None
+            ended = None if heard.stopped else ended
+            began = self.moments.get("first_ready", started)
+            self.summary.seconds += (ended or time.perf_counter()) - began
             with connection_scope(self.url) as connection:
                 connection.execute(
                     update(InspectionRun)
@@ -526,16 +525,18 @@ class ParallelInspection:
                         stop.set()  # the others write what they hold and stop
                     continue
                 if kind == "ready":
-                    self.ready_after_s.append(round(time.perf_counter() - heard.launched, 2))
+                    launched = self.moments["launched"]
+                    self.ready_after_s.append(round(time.perf_counter() - launched, 2))
                     self.start_phases_s.append(payload)
                     if len(self.ready_after_s) == 1:  # the clock starts with the first model
-                        heard.started = self.moments["first_ready"] = time.perf_counter()
+                        self.moments["first_ready"] = time.perf_counter()
                     if len(self.ready_after_s) == self.workers:
-                        heard.all_ready = self.moments["all_ready"] = time.perf_counter()
+                        self.moments["all_ready"] = time.perf_counter()
                 elif kind == "results":
-                    if heard.all_ready is not None and payload:
+                    if "all_ready" in self.moments and payload:
                         parts = self.after_all_ready[0] + len(payload)
-                        self.after_all_ready = (parts, time.perf_counter() - heard.all_ready)
+                        since = time.perf_counter() - self.moments["all_ready"]
+                        self.after_all_ready = (parts, since)
                     for result in payload:
                         if result.latency_ms is not None:
                             self.summary.latencies_ms.append(result.latency_ms)
@@ -545,7 +546,7 @@ class ParallelInspection:
                     self.worker_waits.append(payload)
                 elif kind in ("done", "stopped"):
                     heard.stopped |= kind == "stopped"
-                    heard.last_done = self.moments["last_done"] = time.perf_counter()
+                    self.moments["last_done"] = time.perf_counter()
                     self._merge(payload)
                 else:  # failed
                     heard.failure = heard.failure or payload

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -241,10 +242,8 @@ def test_a_long_run_reports_its_rate_once_every_worker_was_ready_and_who_waited(
     finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     assert finished.returncode == 0, finished.stderr[-2000:]
     said = " ".join(finished.stdout.split())
-    assert "parts/s once every worker was ready (200 parts)" in said or (
-        # (a worker ready late, after some of the parts were judged: fewer counted)
-        "parts/s once every worker was ready (1" in said
-    )
+    # (Of the parts judged once both were ready: the first may have judged some alone.)
+    assert re.search(r"[\d.]+ parts/s once every worker was ready \((\d+) parts\)", said)
     # (200 parts fit in the workers' queues: all dealt within the first second, long before
     # the last worker is ready.)
     assert "the dealer had dealt every part before the last worker was ready: the workers" in said

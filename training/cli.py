@@ -842,8 +842,9 @@ def batch_command(
             "throughput counts from the first)"
         )
         parts, seconds = job.after_all_ready
-        # (Too few parts: a rate of the last batches; a watch: of the camera too.)
-        if parts >= 100 * workers and seconds > 0 and not watch:
+        # (A short run: a rate of its last batches; a watch: of the camera too.)
+        long_run = job.summary.inspected >= 100 * workers
+        if long_run and parts > 0 and seconds > 0 and not watch:
             console.print(
                 f"{parts / seconds:.1f} parts/s once every worker was ready ({parts} parts)"
             )
