@@ -21,15 +21,8 @@ WORK=${GPU_WORK:-/tmp/gpu_batch_cli}
 cd "$ROOT" || exit 1
 rm -rf "$WORK" && mkdir -p "$WORK" "$OUT_DIR"
 
-if [[ ${WHEELS:-1} == 1 ]] && compgen -G ".whl/*.whl" >/dev/null; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site
-fi
-NEU=${NEU:-$ROOT/../shared/datasets/neu-det}
-if [[ -f .carry/neu-det.tar.gz ]]; then
-    tar -xzf .carry/neu-det.tar.gz -C "$WORK" && NEU=$WORK/neu-det
-fi
+source "$ROOT/bench/gpu_common.sh"
+prepare_device "$WORK" || exit 1
 kind=gpu
 [[ $DEVICE == cpu ]] && kind=cpu  # batch_cli_<kind>.txt, dealing_<kind>.json
 export DEFECTS_DATA_DIR=$WORK/data PYTHONUNBUFFERED=1 COLUMNS=200

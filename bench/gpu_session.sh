@@ -70,18 +70,10 @@ PCB_WAIT=${PCB_WAIT:-900}  # seconds the DeepPCB step waits for its last piece
 PCB_PIECE=${PCB_PIECE:-35m}  # with .whl (10 MiB) and the checkout (16 MiB) under the 64 MiB a call carries
 mkdir -p "$WORK/out"
 
+source "$ROOT/bench/gpu_common.sh"
+
 prepare() {
-    if [[ ${WHEELS:-1} == 1 ]] && compgen -G ".whl/*.whl" >/dev/null; then
-        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-            --target /tmp/site .whl/*.whl || return 1
-        export PYTHONPATH=/tmp/site
-    fi
-    NEU=${NEU:-$ROOT/../shared/datasets/neu-det}
-    if [[ -f .carry/neu-det.tar.gz ]]; then
-        mkdir -p "$WORK/data" && tar -xzf .carry/neu-det.tar.gz -C "$WORK/data" || return 1
-        NEU=$WORK/data/neu-det
-    fi
-    export NEU PYTHONUNBUFFERED=1
+    prepare_device "$WORK/data"
 }
 
 overrides() {  # a watching call may change the schedule of the steps still to come (EPOCHS, PARTS...)

@@ -1,0 +1,20 @@
+# Sourced by the scripts that run on a lent GPU (gpu_session.sh, gpu_batch_cli.sh), from the
+# repository root, with PY and ROOT set.
+
+# What the call carried: .whl (the packages the device image lacks, installed into /tmp/site
+# with WHEELS=1, the default) and .carry/neu-det.tar.gz (NEU-DET, unpacked into $1; without it,
+# ../shared/datasets/neu-det, as on a CPU). Exports NEU, PYTHONPATH where wheels were installed,
+# and PYTHONUNBUFFERED, so that logs come back as they are written.
+prepare_device() {
+    if [[ ${WHEELS:-1} == 1 ]] && compgen -G ".whl/*.whl" >/dev/null; then
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target /tmp/site .whl/*.whl || return 1
+        export PYTHONPATH=/tmp/site
+    fi
+    NEU=${NEU:-$ROOT/../shared/datasets/neu-det}
+    if [[ -f .carry/neu-det.tar.gz ]]; then
+        mkdir -p "$1" && tar -xzf .carry/neu-det.tar.gz -C "$1" || return 1
+        NEU=$1/neu-det
+    fi
+    export NEU PYTHONUNBUFFERED=1
+}
