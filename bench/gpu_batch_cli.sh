@@ -8,6 +8,7 @@
 #   bash bench/gpu_batch_cli.sh "$OUT"          (carry .whl and .carry, as gpu_session.sh)
 #   PARTS=100000 DEALING=1 bash bench/gpu_batch_cli.sh "$OUT"   (also the dealer alone: ~5 min)
 #   PARTS=40000 CHUNKS="1 4 1 4" bash bench/gpu_batch_cli.sh "$OUT"  (also batches per chunk)
+#   PROFILE=1 ... (also the first pass again, every process sampled by py-spy)
 # Tried on a CPU with: WHEELS=0 DEVICE=cpu PARTS=200 WORKERS=2 bash bench/gpu_batch_cli.sh /tmp/x
 set -uo pipefail
 
@@ -55,6 +56,21 @@ EOF
         echo "wall time of the command, interpreter start included: $((($(date +%s%N) - began) / 1000000)) ms"
     done
 } 2>&1 | tee "$OUT_DIR/batch_cli_$kind.txt"
+
+# With PROFILE=1, then the first pass again on a fresh database under py-spy (carried in .whl),
+# every process sampled: the log and a summary by process into profile_<kind>.txt and .md
+# (bench/profile_summary.py; the raw samples, tens of MB, stay on the machine).
+if [[ ${PROFILE:-0} == 1 ]]; then
+    spy=$(command -v py-spy || echo /tmp/site/bin/py-spy)
+    export DEFECTS_DATA_DIR=$WORK/profiled
+    defects db upgrade >/dev/null && defects models install-demo >/dev/null || exit 1
+    "$spy" record --subprocesses --rate 100 --format raw --output "$WORK/profile.raw" -- \
+        "$PY" -c 'import sys; from training.cli import main; sys.argv[0] = "defects"; main()' \
+        batch "$WORK/parts" --line demo --station gpu --workers "$WORKERS" --device "$DEVICE" \
+        2>&1 | tr '\r' '\n' | grep -v "part/s\]$" | grep -v "^\s*$" >"$OUT_DIR/profile_$kind.txt"
+    tail -4 "$OUT_DIR/profile_$kind.txt"
+    "$PY" bench/profile_summary.py "$WORK/profile.raw" --out "$OUT_DIR/profile_$kind.md" >/dev/null
+fi
 
 # With CHUNKS (say "1 4 1 4"), then the same command on CHUNK_PARTS other parts with each
 # DEFECTS_CHUNK_BATCHES in turn, in one process and in WORKERS workers, each on a fresh database
