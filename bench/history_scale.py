@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -50,6 +51,7 @@ from db.queries import (  # noqa: E402
     Filters,
     daily_volume,
     defect_pareto,
+    inspection_rows,
     latency_summary,
     minute_volume,
     rates,
@@ -223,6 +225,12 @@ def main() -> None:
         "history: defect_pareto, last 7 days": query(defect_pareto, last_week),
         "history: daily_volume, whole history": query(daily_volume, Filters()),
         "history: latency_summary, last 7 days": query(latency_summary, last_week),
+        # (The History page builds its CSV download at every render.)
+        "history: inspection_rows (the CSV download), last 30 days": query(
+            inspection_rows,
+            replace(Filters(start=now - timedelta(days=30)), include_superseded=True),
+        ),
+        "live: inspection_rows, latest 20": query(inspection_rows, Filters(), 20),
     }
     timings = {name: timed(call, args.repeats) for name, call in queries.items()}
     dialect = get_engine(url).dialect.name

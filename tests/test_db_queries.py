@@ -285,6 +285,33 @@ def test_a_verdict_given_again_replaces_the_earlier_one_in_the_figures(session, 
     }
 
 
+def test_inspection_rows_name_each_parts_counted_classes(
+    session, history, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    import db.queries as queries
+
+    monkeypatch.setattr(queries, "_IN_LIST", 2)  # the classes looked up over several IN lists
+    rows = inspection_rows(session)
+    by_part = {int(r["content_hash"]): r["defects"] for r in rows}
+    # p6's scratch was not counted; p7 is an error; the passed parts have none.
+    assert by_part == {
+        1: "scratch",
+        2: "",
+        3: "scratch",
+        4: "",
+        5: "",
+        6: "inclusion",
+        7: "",
+        8: "patches",
+        9: "scratch",
+    }
+    assert int(rows[0]["content_hash"]) == 9 and rows[0]["model"] == "m2"  # newest first
+    assert rows[0]["line"] == "A" and rows[0]["station"] == "A1"
+    scratched = inspection_rows(session, Filters(class_name="scratch"))
+    assert sorted(int(r["content_hash"]) for r in scratched) == [1, 3, 9]
+    assert [int(r["content_hash"]) for r in inspection_rows(session, limit=1)] == [9]
+
+
 def test_station_activity_since_a_moment(session, history) -> None:  # type: ignore[no-untyped-def]
     b1 = session.scalars(select(Station).where(Station.name == "B1")).one()
     blank = Part(
