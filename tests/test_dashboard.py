@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import zipfile
 from datetime import date
@@ -19,9 +20,10 @@ from dashboard.charts import (
     rates_figure,
     volume_figure,
 )
+from dashboard.downloads import filtered_results_csv
 from db.migrate import upgrade
 from db.models import Inspection, ModelVersion, Prediction, Review, Verdict
-from db.queries import MinuteVolume, ParetoRow, RateRow, VolumeRow
+from db.queries import Filters, MinuteVolume, ParetoRow, RateRow, VolumeRow
 from db.session import session_scope
 from inspection.settings import get_settings
 from tests.conftest import Trained, import_synthetic, register_production_detector
@@ -156,6 +158,10 @@ def test_history_models_and_settings_pages(production: str, tmp_path: Path) -> N
     assert not at.exception, at.exception
     assert len(at.get("plotly_chart")) >= 3
     assert at.get("download_button")
+    # The download's rows, built only when its button is pressed: the 2 parts just judged.
+    rows = list(csv.DictReader(io.StringIO(filtered_results_csv(production, Filters()).decode())))
+    assert len(rows) == _count(production, Inspection) == 2
+    assert {r["verdict"] for r in rows} <= {"pass", "fail"} and rows[0]["content_hash"]
     at.switch_page("views/models.py").run()
     assert not at.exception, at.exception
     assert "tiny" in at.dataframe[0].value["name"].tolist()

@@ -103,7 +103,16 @@ def test_upload_an_image_and_see_its_verdict(trained: Trained, tmp_path: Path) -
             page.wait_for_timeout(500)
             screenshot = tmp_path / "inspect.png"
             page.screenshot(path=str(screenshot), full_page=True)
+            # The History page's download, built when its button is pressed: the part is in it.
+            page.goto(f"{base}/history", timeout=120_000)
+            button = page.locator('[data-testid="stDownloadButton"] button').first
+            button.wait_for(timeout=120_000)
+            with page.expect_download(timeout=120_000) as download:
+                button.click()
+            downloaded = Path(download.value.path()).read_text()
             browser.close()
+        assert downloaded.startswith("captured_at,inspected_at,line,station,part,")
+        assert image.name in downloaded
         assert screenshot.stat().st_size > 10_000
         shots = os.environ.get("DEFECTS_TEST_SCREENSHOTS")
         if shots:  # CI keeps the picture for people to look at

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+import functools
 from datetime import date, datetime, time, timedelta
 
-import pandas as pd
 import streamlit as st
 from sqlalchemy import select
 
@@ -16,13 +15,13 @@ from dashboard.charts import (
     rates_figure,
     volume_figure,
 )
+from dashboard.downloads import filtered_results_csv
 from dashboard.state import database_ready
 from db.models import Prediction, ProductionLine, Station
 from db.queries import (
     Filters,
     daily_volume,
     defect_pareto,
-    inspection_rows,
     latencies,
     model_usage,
     rates,
@@ -75,8 +74,6 @@ with session_scope(state.url) as session:
     pareto = defect_pareto(session, filters)
     latency = latencies(session, filters)
     usage = model_usage(session, filters)
-    # The download keeps every verdict, superseded ones too (marked), as the record of the line.
-    table = inspection_rows(session, replace(filters, include_superseded=True))
 
 if not volume:
     st.info(
@@ -95,10 +92,9 @@ right.plotly_chart(pareto_figure(pareto), use_container_width=True)
 left, right = st.columns(2)
 left.plotly_chart(latency_figure(latency), use_container_width=True)
 right.plotly_chart(model_timeline_figure(usage), use_container_width=True)
-frame = pd.DataFrame(table)
 st.download_button(
     "Download the filtered results (CSV)",
-    frame.to_csv(index=False).encode(),
+    functools.partial(filtered_results_csv, state.url, filters),  # built when pressed
     file_name=f"inspections-{start_day}-{end_day}.csv",
     mime="text/csv",
 )
