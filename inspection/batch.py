@@ -26,7 +26,7 @@ from threading import Event
 from typing import BinaryIO
 
 from sqlalchemy import Connection, insert, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from db.models import (
     Inspection,
@@ -587,6 +587,8 @@ def export_run_csv(url: str, run_id: int, path: Path) -> int:
     with session_scope(url) as session:
         rows = session.execute(
             select(Inspection, Part)
+            # The predictions of every row in a few IN queries, not one query a row.
+            .options(selectinload(Inspection.predictions))
             .join(Part, Part.id == Inspection.part_id)
             .where(Inspection.run_id == run_id)
             .order_by(Inspection.id)
