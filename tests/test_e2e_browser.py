@@ -29,12 +29,17 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _wait_healthy(url: str, process: subprocess.Popen, timeout: float = 90) -> None:  # type: ignore[type-arg]
+def _wait_healthy(
+    url: str,
+    process: subprocess.Popen,  # type: ignore[type-arg]
+    log: Path | None = None,
+    timeout: float = 90,
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(
-                f"streamlit exited: {process.stderr.read() if process.stderr else ''}"
+                f"streamlit exited (its log: {log.read_text()[-2000:] if log else ''})"
             )
         try:
             with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
@@ -53,6 +58,7 @@ def test_upload_an_image_and_see_its_verdict(trained: Trained, tmp_path: Path) -
     register_production_detector(url, trained.weights, data_dir / "models")
     image = make_images(tmp_path / "parts", n=2)[1]
     port = _free_port()
+    server_log = tmp_path / "server.log"
     env = {**os.environ, "DEFECTS_DATA_DIR": str(data_dir), "DEFECTS_DEVICE": "cpu"}
     env.pop("DEFECTS_DATABASE_URL", None)
     server = subprocess.Popen(
@@ -74,12 +80,14 @@ def test_upload_an_image_and_see_its_verdict(trained: Trained, tmp_path: Path) -
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        # To a file, not a pipe nobody reads while the app runs: a full pipe would stop the
+        # server mid-page at its next warning.
+        stderr=server_log.open("w"),
         text=True,
     )
     try:
         base = f"http://127.0.0.1:{port}"
-        _wait_healthy(base, server)
+        _wait_healthy(base, server, server_log)
         with playwright.sync_playwright() as driver:
             browser = driver.chromium.launch(
                 executable_path=str(CHROMIUM),
@@ -107,6 +115,7 @@ def test_upload_an_image_and_see_its_verdict(trained: Trained, tmp_path: Path) -
             page.goto(f"{base}/history", timeout=120_000)
             button = page.locator('[data-testid="stDownloadButton"] button').first
             button.wait_for(timeout=120_000)
+            page.wait_for_timeout(1000)  # (the page's run ends with the button: let it end)
             with page.expect_download(timeout=120_000) as download:
                 button.click()
             downloaded = Path(download.value.path()).read_text()
@@ -118,6 +127,9 @@ def test_upload_an_image_and_see_its_verdict(trained: Trained, tmp_path: Path) -
         if shots:  # CI keeps the picture for people to look at
             Path(shots).mkdir(parents=True, exist_ok=True)
             (Path(shots) / "inspect.png").write_bytes(screenshot.read_bytes())
+    except Exception:
+        print("the app's log:", server_log.read_text()[-4000:])  # shown with the failure
+        raise
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -95,6 +95,8 @@ right.plotly_chart(model_timeline_figure(usage), use_container_width=True)
 st.download_button(
     "Download the filtered results (CSV)",
     functools.partial(filtered_results_csv, state.url, filters),  # built when pressed
+    # (No rerun on the press: a rerun could drop the file being built before it is fetched.)
+    on_click="ignore",
     file_name=f"inspections-{start_day}-{end_day}.csv",
     mime="text/csv",
 )
