@@ -81,17 +81,17 @@ if not volume:
     )
     st.stop()
 if rate_rows:
-    st.plotly_chart(rates_figure(rate_rows), use_container_width=True)
+    st.plotly_chart(rates_figure(rate_rows))
 else:
     st.info(
         "No reviewed parts in this range: miss and false-call rates come from reviews (Review page)."
     )
 left, right = st.columns(2)
-left.plotly_chart(volume_figure(volume), use_container_width=True)
-right.plotly_chart(pareto_figure(pareto), use_container_width=True)
+left.plotly_chart(volume_figure(volume))
+right.plotly_chart(pareto_figure(pareto))
 left, right = st.columns(2)
-left.plotly_chart(latency_figure(latency), use_container_width=True)
-right.plotly_chart(model_timeline_figure(usage), use_container_width=True)
+left.plotly_chart(latency_figure(latency))
+right.plotly_chart(model_timeline_figure(usage))
 st.download_button(
     "Download the filtered results (CSV)",
     functools.partial(filtered_results_csv, state.url, filters),  # built when pressed

@@ -196,7 +196,7 @@ if rejudged:
         f"{rejudged} part(s) had been judged by {info.name} at other thresholds: they were judged "
         "again at the current ones (the earlier verdicts are kept in the history, superseded)."
     )
-st.dataframe(table, hide_index=True, use_container_width=True)
+st.dataframe(table, hide_index=True)
 
 for name, verdict, latency, stored_path, boxes in views[:SHOWN_PARTS]:
     with st.container(border=True):
@@ -204,7 +204,7 @@ for name, verdict, latency, stored_path, boxes in views[:SHOWN_PARTS]:
         st.markdown(f"{badge} `{name}` - {latency:.0f} ms" if latency else f"{badge} `{name}`")
         try:
             pixels = decode_image(Path(stored_path).read_bytes()).pixels
-            st.image(draw_boxes(pixels, boxes), use_container_width=False)
+            st.image(draw_boxes(pixels, boxes))
         except (OSError, ImageDecodeError) as exc:
             st.warning(f"cannot show the image: {exc}")
 if len(views) > SHOWN_PARTS:

@@ -125,20 +125,18 @@ def live_view() -> None:
             ]
         ),
         hide_index=True,
-        use_container_width=True,
     )
     st.caption(f"Parts judged in the last {window} minutes; refreshed every {REFRESH_SECONDS} s.")
     left, right = st.columns([3, 2])
     with left:
         if volume:
-            st.plotly_chart(minute_volume_figure(volume), use_container_width=True)
+            st.plotly_chart(minute_volume_figure(volume))
         st.markdown("**Latest parts**")
         st.dataframe(
             pd.DataFrame(recent)[
                 ["inspected_at", "line", "station", "part", "verdict", "defects", "error"]
             ],
             hide_index=True,
-            use_container_width=True,
         )
     with right:
         shown = _last_failed_part(state.url)

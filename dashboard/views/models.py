@@ -59,7 +59,7 @@ if not rows:
         "No model versions yet. Train one: `defects train detector --data NAME`, or start one below."
     )
 else:
-    st.dataframe(pd.DataFrame(rows), hide_index=True, use_container_width=True)
+    st.dataframe(pd.DataFrame(rows), hide_index=True)
 
 st.subheader("Promote or roll back")
 if detectors:
