@@ -215,8 +215,8 @@ def _rates_by_class(session: Session, filters: Filters) -> list[RateRow]:
     truth = _truth_subquery()
     # The inspections looked at, as conditions on a join of inspections and their parts (an
     # `Inspection.id IN (subquery)` here made SQLite, without the planner's statistics, look
-    # every id of the list up again for each reviewed part: a million parts took minutes,
-    # bench/results/history_scale_sqlite.json).
+    # every id of the list up again for each reviewed part: 5.9 s for 200000 parts,
+    # bench/results/history_scale_sqlite_200k_before.json).
     looked_at = (Inspection.verdict != Verdict.ERROR, *filters.conditions())
     # Defective parts by the classes reviewers gave them.
     defect_rows = session.execute(
@@ -450,8 +450,8 @@ def inspection_rows(
 ) -> list[dict[str, object]]:
     """Flat rows of inspections for CSV download, newest first."""
     # Columns, not ORM objects, and each row's counted classes in a few IN queries, not one
-    # query a row: a month of a line (16431 rows) took 2.5 s so, and the History page builds
-    # it at every change of a filter (bench/results/history_scale_sqlite.json).
+    # query a row: a month of 16431 rows took 2.5 s so, 0.2 s now
+    # (bench/results/history_scale_sqlite_200k_rows_before.json, history_scale_sqlite_200k.json).
     query = (
         select(
             Inspection.id,
@@ -579,8 +579,8 @@ def station_activity(session: Session, since: datetime) -> list[StationActivity]
         n, failed, errors, blank, last = counts.get(station.id, (0, 0, 0, 0, None))
         if last is None:  # nothing since: the station's last verdict, however old, as the
             # latest of its runs' last verdicts, one index seek a run (looked up through its
-            # parts, a quiet station cost a scan of all of them: 0.8 s on PostgreSQL for a year
-            # of four stations, every 5 s refresh, bench/results/history_scale_postgresql.json)
+            # parts, a quiet station cost a scan of all of them: 1.0 s on PostgreSQL for a year
+            # of four stations, every 5 s refresh, bench/results/history_scale_postgresql_before.json)
             last_of_run = (
                 select(func.max(Inspection.inspected_at))
                 .where(Inspection.run_id == InspectionRun.id)

@@ -46,6 +46,7 @@ from inspection.batch import (
 )
 from inspection.engine import BackendChoice, PartResult
 from inspection.errors import UserError
+from inspection.runtime import end_process
 from inspection.settings import usable_cores
 
 QUEUE_PER_WORKER = 256  # parts dealt ahead to each worker: a few batches, bounded memory
@@ -220,13 +221,8 @@ def _worker(job: WorkerJob, parts: multiprocessing.Queue, channel: Connection) -
         tell("waited", (waiting["waited"], time.perf_counter() - waiting["first_part"]))
     tell("done", summary)
     share.inspector.close(wait=True)
-    # Everything is written and said. The interpreter's own teardown (torch's, a GPU context's)
-    # would hold the command a second or more (1.1 s for two workers on 2 cores) for nothing:
-    # the process ends here.
     channel.close()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    end_process(0)  # everything is written and said: no teardown (a GPU context's too)
 
 
 @dataclass

@@ -88,14 +88,14 @@ def test_a_command_ends_without_teardown_but_with_its_output_and_exit_code(
     must arrive, and each way of ending keeps its exit code."""
     root = Path(__file__).parents[1]
     cases = {
-        "print('written', end=''); _end_process(0)": (0, "written", ""),
-        "print('half', end=''); _end_process(3)": (3, "half", ""),
-        "_end_process('a library gave up')": (1, "", "a library gave up"),
-        "_end_process(None)": (0, "", ""),
+        "print('written', end=''); end_process(0)": (0, "written", ""),
+        "print('half', end=''); end_process(3)": (3, "half", ""),
+        "end_process('a library gave up')": (1, "", "a library gave up"),
+        "end_process(None)": (0, "", ""),
     }
     for code, (returncode, stdout, stderr) in cases.items():
         done = subprocess.run(
-            [sys.executable, "-c", f"from training.cli import _end_process\n{code}"],
+            [sys.executable, "-c", f"from inspection.runtime import end_process\n{code}"],
             capture_output=True,
             text=True,
             env={"DEFECTS_DATA_DIR": str(tmp_path / "d"), "PATH": "/usr/bin:/bin"},

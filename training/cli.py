@@ -6,11 +6,10 @@ It lives in `training` because that is the one package allowed to import both `i
 
 from __future__ import annotations
 
-import os
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -23,6 +22,7 @@ from db.registry import NotFoundError, get_model_version, rollback
 from db.registry import promote as promote_version
 from db.session import DatabaseError, redact, session_scope
 from inspection.errors import UserError
+from inspection.runtime import end_process
 from inspection.settings import get_settings
 
 app = typer.Typer(
@@ -947,9 +947,12 @@ def inspect_command(
         url, get_settings().images_dir, line, station, model, "", "cli", backend.value, device
     )
     results: list = []  # type: ignore[type-arg]
+    # A path that names no image is the caller's mistake, not a part's: the others are judged
+    # and shown, and the exit status says so (an unreadable image is a part's error, recorded).
+    mistaken = [p for p in images if not p.is_file()]
     items: list[SourceItem] = [
         read_file(p, str(p))
-        if p.is_file()
+        if p not in mistaken
         else SourceItem(
             str(p),
             None,
@@ -976,13 +979,9 @@ def inspect_command(
                 f"{d['class']} {d['confidence']:.2f}" for d in row["defects"]
             )
             console.print(f"{row['part']}: {str(row['verdict']).upper()} {detail}", markup=False)
-    # A path that names no image is the caller's mistake, not a part's: the others are judged
-    # and shown, and the exit status says so (an unreadable image is a part's error, recorded).
-    mistaken = [str(p) for p in images if not p.is_file()]
     if mistaken:
-        raise UserError(
-            f"{len(mistaken)} of {len(images)} paths name no image file: {', '.join(mistaken)}"
-        )
+        named = ", ".join(map(str, mistaken))
+        raise UserError(f"{len(mistaken)} of {len(images)} paths name no image file: {named}")
 
 
 def _stored_verdicts(url: str, model_id: int, items: list) -> list[dict]:  # type: ignore[type-arg]
@@ -1044,21 +1043,4 @@ def main() -> None:
     except (UserError, DatabaseError, NotFoundError, FileNotFoundError, ValueError) as exc:
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)
         code = 1
-    _end_process(code)
-
-
-def _end_process(code: int | str | None) -> NoReturn:
-    """End here, without the interpreter's teardown: torch's and the other libraries' take
-    about a second after every command (2.7 s against 3.8 s to import the product and leave,
-    on 2 cores) and keep nothing. By now a command has written and committed its work, joined
-    the threads that write and the processes it started; what is left (a background WAL
-    checkpoint, which SQLite finishes itself later; daemon threads) may stop anywhere."""
-    import logging
-
-    logging.shutdown()  # (handlers flushed, as at a normal exit)
-    if isinstance(code, str):  # sys.exit("message"), as a library may end
-        print(code, file=sys.stderr)
-        code = 1
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code or 0)
+    end_process(code)
