@@ -93,11 +93,13 @@ def _inspector(
     file_path: str, sha256: str, thresholds_json: str, classifier_path: str | None
 ) -> Inspector:
     # Keyed by the file's hash and the operating point, so a new threshold or model reloads.
-    return Inspector.from_weights(
+    inspector = Inspector.from_weights(
         Path(file_path),
         json.loads(thresholds_json),
         classifier_weights=Path(classifier_path) if classifier_path else None,
     )
+    inspector.warm_up()  # under the loading spinner, not in the first upload's time
+    return inspector
 
 
 def inspector_for(info: DetectorInfo) -> Inspector:

@@ -277,7 +277,10 @@ class ParallelInspection:
             for i in range(workers)
         ]
         self.summary = BatchSummary(self.run_id, self.model_name)
-        self.processes: list[multiprocessing.process.BaseProcess] = []  # while `run` runs
+        self.processes: list[multiprocessing.process.BaseProcess] = []  # once started
+        self._parts: list[multiprocessing.Queue] = []  # to each worker, from the dealer
+        self._channels: list[tuple[Connection, Connection]] = []  # from each worker
+        self._ran = False
         # Seconds from the workers' start to each one's model loaded: the price of a fresh
         # interpreter per worker, paid once per run, shown so that it is not mistaken for a slow line.
         self.ready_after_s: list[float] = []
@@ -298,6 +301,65 @@ class ParallelInspection:
         self.moments: dict[str, float] = {}
         self.dealer_wait: tuple[float, float] | None = None  # (None: dealing broke off)
 
+    def start(self) -> None:
+        """Start the worker processes, which then import and load the model (seconds each):
+        a caller with work of its own before `run` (listing a large folder) does it meanwhile,
+        and calls `close` however it ends. `run` starts them if this has not."""
+        if self.processes:
+            return
+        # Workers start as fresh interpreters: CUDA cannot be used in a forked child, and a
+        # fork server would hand them the environment (DEFECTS_* settings) of its own start.
+        context = multiprocessing.get_context("spawn")
+        self._parts = [
+            context.Queue(maxsize=QUEUE_PER_WORKER // DEAL_BATCH) for _ in range(self.workers)
+        ]
+        # A channel back from each worker: one killed while sending spoils only its own.
+        self._channels = [context.Pipe(duplex=False) for _ in range(self.workers)]
+        # Not daemons: a worker may decode in processes of its own (DEFECTS_PREPARE_PROCESSES);
+        # `run` (or `close`) joins them, or stops them, however it ends.
+        launched_at = time.time()
+        self.moments = {"launched": time.perf_counter()}
+        self.processes = [
+            context.Process(
+                target=_worker,
+                args=(
+                    dataclasses.replace(job, launched_at=launched_at),
+                    self._parts[i],
+                    self._channels[i][1],
+                ),
+            )
+            for i, job in enumerate(self._jobs)
+        ]
+        with _main_script_left_out():
+            for process, (_, sending) in zip(self.processes, self._channels, strict=True):
+                process.start()
+                sending.close()  # the worker's end only: its exit then reads as end of input
+
+    def close(self) -> None:
+        """Stop workers that `start` started and no `run` took over (the caller failed, or was
+        interrupted, before it): each is told there is nothing to do, then waited for."""
+        if not self.processes or self._ran:
+            return
+        for target in self._parts:
+            with contextlib.suppress(queue.Full, ValueError, OSError):
+                target.put(None, timeout=1.0)
+            target.cancel_join_thread()
+        for process in self.processes:
+            process.join(timeout=30)
+            if process.is_alive():
+                process.terminate()
+                process.join(timeout=5)
+        for target in self._parts:
+            target.close()
+        self._ran = True  # (nothing left to close)
+        self._parts, self._channels = [], []  # (released as in `run`)
+        with connection_scope(self.url) as connection:  # a run that judged nothing, ended
+            connection.execute(
+                update(InspectionRun)
+                .where(InspectionRun.id == self.run_id)
+                .values(finished_at=utcnow())
+            )
+
     def run(
         self,
         items: Iterable[SourceItem],
@@ -307,28 +369,15 @@ class ParallelInspection:
         """Deal `items` out to the workers and gather their results; returns once every worker
         has written its last chunk. A worker that fails stops the run with its reason. `stop`,
         set when the run stops, is also the one a hot folder's `items` wait on."""
-        # Workers start as fresh interpreters: CUDA cannot be used in a forked child, and a
-        # fork server would hand them the environment (DEFECTS_* settings) of its own start.
-        context = multiprocessing.get_context("spawn")
-        parts = [context.Queue(maxsize=QUEUE_PER_WORKER // DEAL_BATCH) for _ in range(self.workers)]
-        # A channel back from each worker: one killed while sending spoils only its own.
-        channels = [context.Pipe(duplex=False) for _ in range(self.workers)]
-        # Not daemons: a worker may decode in processes of its own (DEFECTS_PREPARE_PROCESSES);
-        # `run` joins them, or stops them, however it ends.
-        launched_at = time.time()
-        self.processes = [
-            context.Process(
-                target=_worker,
-                args=(dataclasses.replace(job, launched_at=launched_at), parts[i], channels[i][1]),
-            )
-            for i, job in enumerate(self._jobs)
-        ]
-        started = time.perf_counter()  # until a worker is ready
-        self.moments = {"launched": started}
-        with _main_script_left_out():
-            for process, (_, sending) in zip(self.processes, channels, strict=True):
-                process.start()
-                sending.close()  # the worker's end only: its exit then reads as end of input
+        if self._ran:
+            raise RuntimeError("a ParallelInspection runs once")
+        self.start()
+        self._ran = True
+        parts, channels = self._parts, self._channels
+        started = self.moments["launched"]
+        # The dealing starts here: the throughput's clock runs from then or the first worker
+        # ready, whichever is later.
+        self.moments["dealing"] = time.perf_counter()
         stop = stop or threading.Event()
         dealing_error: list[BaseException] = []
 
@@ -419,6 +468,12 @@ class ParallelInspection:
                     process.terminate()
                     process.join(timeout=5)
             self.moments["exited"] = time.perf_counter()
+            # Let the queues go with `run`: their feeder threads end now, not at a teardown
+            # that a command skips (end_process), so that their semaphores are released when
+            # `run` returns instead of reported as leaked when the command ends.
+            for target in parts:
+                target.close()
+            self._parts, self._channels = [], []
             # What a worker said after the listening above gave up (a slow machine's last
             # chunk after Ctrl-C): its pipe holds it until the end, read now, so the summary
             # counts every part written. (Every worker has exited: each pipe ends at once.)
@@ -428,7 +483,7 @@ class ParallelInspection:
             # (The throughput's clock runs from the first worker ready.)
             ended = self.moments.get("last_done") if heard.failure is None else None
             ended = None if heard.stopped else ended
-            began = self.moments.get("first_ready", started)
+            began = max(self.moments.get("first_ready", started), self.moments["dealing"])
             self.summary.seconds += (ended or time.perf_counter()) - began
             with connection_scope(self.url) as connection:
                 connection.execute(
@@ -521,13 +576,17 @@ class ParallelInspection:
                         stop.set()  # the others write what they hold and stop
                     continue
                 if kind == "ready":
-                    launched = self.moments["launched"]
-                    self.ready_after_s.append(round(time.perf_counter() - launched, 2))
+                    # As the worker timed it: its word may wait in the pipe until the dealing
+                    # starts (the folder listed meanwhile).
+                    ready_after = payload[1]
+                    ready_at = self.moments["launched"] + ready_after
+                    self.ready_after_s.append(round(ready_after, 2))
                     self.start_phases_s.append(payload)
-                    if len(self.ready_after_s) == 1:  # the clock starts with the first model
-                        self.moments["first_ready"] = time.perf_counter()
+                    # The clock starts with the first model (words may come out of order).
+                    first = self.moments.get("first_ready", ready_at)
+                    self.moments["first_ready"] = min(first, ready_at)
                     if len(self.ready_after_s) == self.workers:
-                        self.moments["all_ready"] = time.perf_counter()
+                        self.moments["all_ready"] = max(ready_at, self.moments["dealing"])
                 elif kind == "results":
                     if "all_ready" in self.moments and payload:
                         parts = self.after_all_ready[0] + len(payload)

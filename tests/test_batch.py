@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from db.models import Inspection, ModelVersion, Part, Verdict
 from db.session import session_scope
-from inspection.batch import WRITE_NOW, BatchInspection, SourceItem, iter_source
+from inspection.batch import WRITE_NOW, BatchInspection, SourceItem, folder_files, iter_source
 from inspection.errors import UserError
 from inspection.settings import get_settings
 from tests.conftest import Trained, register_production_detector
@@ -141,6 +141,31 @@ def test_a_broken_link_in_a_folder_is_reported_not_passed_over(tmp_path: Path) -
     assert items["part_000.png"].data
     assert items["gone.png"].data is None
     assert items["gone.png"].error == "cannot read the file: a link whose target is missing"
+
+
+def test_a_folder_lists_its_files_in_path_order_without_hidden_or_linked_folders(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "in"
+    for name in ("a/x.png", "a-b/x.png", "a/b/c.png", "b.png", ".cache/t.png", "a/.tmp/y.png"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"x")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "far.png").write_bytes(b"x")
+    (root / "linked").symlink_to(tmp_path / "elsewhere")  # a link to a folder: not followed
+    (root / "gone.png").symlink_to(tmp_path / "unmounted.png")  # kept, to be reported
+    os.mkfifo(root / "pipe")  # not a file: left out
+    listed = folder_files(root)
+    assert [p.relative_to(root).as_posix() for p in listed] == [
+        "a/b/c.png",
+        "a/x.png",
+        "a-b/x.png",
+        "b.png",
+        "gone.png",
+    ]
+    assert listed == sorted(listed)  # as Path objects sort (by parts, not by string)
+    with pytest.raises(FileNotFoundError):
+        folder_files(tmp_path / "missing")
 
 
 def test_a_zip_inside_a_folder_gives_its_entries(tmp_path: Path) -> None:

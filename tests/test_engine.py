@@ -12,9 +12,10 @@ from PIL import Image
 
 from inspection.backends.base import Backend, OutOfMemory
 from inspection.backends.onnx_backend import choose_providers
-from inspection.engine import Inspector, PartInput
+from inspection.engine import Inspector, PartInput, postprocess
 from inspection.images import ImageDecodeError, decode_image
 from inspection.settings import usable_cores
+from inspection.verdict import Thresholds
 from tests.conftest import Trained
 from tests.synthetic import CLASSES, make_images
 
@@ -179,6 +180,42 @@ def test_decode_errors_are_value_errors() -> None:
         decode_image(b"GIF89a broken")
 
 
+def test_postprocess_suppresses_within_an_image_and_class_only() -> None:
+    """NMS and rescaling by hand-made outputs of a 32 px letterbox. Overlapping boxes of one
+    image and class keep the best; those of another class or image stay, even a box past the
+    image's corner whose group, shifted by the largest coordinate alone (torchvision's
+    batched_nms), would land on the box of the group before it."""
+    names = ["scratch", "pit"]
+
+    def anchor(cx: float, cy: float, w: float, h: float, scratch: float, pit: float) -> list[float]:
+        return [cx, cy, w, h, scratch, pit]
+
+    image_0 = [  # 32 x 32: gain 1, no padding
+        anchor(10, 16, 8, 8, 0.9, 0.0),  # kept
+        anchor(10.5, 16, 8, 8, 0.8, 0.0),  # suppressed by the first
+        anchor(10.5, 16, 8, 8, 0.0, 0.7),  # another class: kept
+        anchor(28, 28, 8, 8, 0.6, 0.0),  # in the bottom right corner: (24, 24, 32, 32)
+        anchor(-4, -4, 10, 10, 0.0, 0.5),  # past the top left corner, class pit: kept
+        anchor(20, 16, 8, 8, 0.1, 0.0),  # under the threshold
+    ]
+    image_1 = [anchor(10, 16, 8, 8, 0.4, 0.0), *[anchor(0, 0, 1, 1, 0, 0)] * 5]  # 64 x 32
+    raw = np.array([image_0, image_1], dtype=np.float32).transpose(0, 2, 1)  # (2, 6, anchors)
+    thresholds = Thresholds.from_dict({"default": 0.3, "iou": 0.45}, names)
+    found = postprocess(raw, [(32, 32), (32, 64)], 32, names, thresholds)
+    assert [(d.class_name, round(d.confidence, 2)) for d in found[0]] == [
+        ("scratch", 0.9),
+        ("pit", 0.7),
+        ("scratch", 0.6),
+        ("pit", 0.5),
+    ]
+    first, past_corner = found[0][0], found[0][3]
+    assert (first.x1, first.y1, first.x2, first.y2) == (6.0, 12.0, 14.0, 20.0)
+    assert (past_corner.x1, past_corner.y1, past_corner.x2, past_corner.y2) == (0, 0, 1, 1)
+    [other] = found[1]  # gain 0.5 and 8 px of padding above and below: x * 2, (y - 8) * 2
+    assert (other.class_name, other.counted) == ("scratch", True)
+    assert (other.x1, other.y1, other.x2, other.y2) == (12.0, 8.0, 28.0, 24.0)
+
+
 class _SmallMemoryBackend(Backend):
     """A backend whose device holds at most two images: the engine must split bigger batches."""
 
@@ -281,6 +318,32 @@ def test_cuda_graphs_are_recorded_per_batch_bucket_and_bounded(
     assert len([g for g in backend._graphs.values() if g is not None]) == MAX_GRAPHS
     assert (infer(16, np.float32) != 7.0).any()  # past the bound: eager, unrecorded
     assert ((16, 3, size, size), "<f4") not in backend._graphs
+
+
+def test_warm_up_records_the_shapes_a_run_then_uses(
+    trained: Trained, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Warmed up, a run's batches and a lone part replay what the warm-up recorded: the first
+    parts do not wait for a recording (the stand-in of the last test, as a GPU's is needed)."""
+    from inspection.backends.torch_backend import TorchBackend
+
+    backend = TorchBackend(trained.weights, "cpu")
+    backend.cuda_graphs = True
+    recorded: list[int] = []
+
+    def capture(shape: tuple[int, ...], dtype: np.dtype) -> _RecordedForward:
+        recorded.append(shape[0])
+        return _RecordedForward(shape)
+
+    monkeypatch.setattr(backend, "_capture", capture)
+    inspector = Inspector(backend, batch_size=4)
+    inspector.warm_up()
+    assert recorded == [4, 1]
+    image = _png(_textured(48, 40))
+    results = list(inspector.inspect(PartInput(f"p{i}", image) for i in range(7)))
+    results.append(inspector.inspect_one("alone", image))
+    assert len(results) == 8 and all(r.verdict != "error" for r in results)
+    assert recorded == [4, 1]  # nothing recorded while parts waited
 
 
 def test_gpu_providers_are_explicit_and_fall_back_to_cpu() -> None:

@@ -68,6 +68,24 @@ def _rows(url: str, run_id: int | None = None) -> dict[str, tuple[str, int]]:
         return {digest: (verdict.value, count) for digest, verdict, count in session.execute(query)}
 
 
+def test_workers_started_before_a_run_that_never_comes_are_stopped(
+    detector: str, tmp_path: Path
+) -> None:
+    """`defects batch` starts the workers, then lists the folder: a listing that fails (or
+    Ctrl-C) leaves no worker behind and no run open."""
+    job = ParallelInspection(detector, tmp_path / "store", "Line 1", "Cam A", workers=2)
+    job.start()
+    assert all(process.is_alive() for process in job.processes)
+    job.close()
+    assert [process.exitcode for process in job.processes] == [0, 0]
+    with session_scope(detector) as session:
+        run = session.get_one(InspectionRun, job.run_id)
+        assert run.finished_at is not None
+        assert session.scalar(select(func.count(Inspection.id))) == 0
+    with pytest.raises(RuntimeError, match="runs once"):
+        job.run([])
+
+
 def test_workers_write_what_one_process_writes_into_one_run(
     any_detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

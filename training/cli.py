@@ -707,14 +707,18 @@ def _wall_time_went(moments: dict[str, float], entered: float, listing_s: float)
     counts only from the first worker ready to the last part written."""
     from training import LOADING_SINCE
 
-    if not {"launched", "first_ready", "last_done", "exited"} <= moments.keys():
+    if not {"launched", "dealing", "first_ready", "last_done", "exited"} <= moments.keys():
         return None  # (stopped, or no worker ever ready)
+    # The workers start before the folder is listed: the listing is within their start.
+    judging_from = max(moments["first_ready"], moments["dealing"])
     spans = [
         ("starting Python and loading the product", entered - LOADING_SINCE),
-        ("listing the folder", listing_s),
-        ("opening the run", moments["launched"] - entered - listing_s),
-        ("until the first worker was ready", moments["first_ready"] - moments["launched"]),
-        ("judging", moments["last_done"] - moments["first_ready"]),
+        ("opening the run", moments["launched"] - entered),
+        (
+            f"starting the workers ({listing_s:.1f} s of it listing the folder)",
+            judging_from - moments["launched"],
+        ),
+        ("judging", moments["last_done"] - judging_from),
         ("for the workers to exit", moments["exited"] - moments["last_done"]),
     ]
     total = moments["exited"] - LOADING_SINCE
@@ -795,42 +799,51 @@ def batch_command(
     if workers > 1:
         job = ParallelInspection(url, settings.images_dir, line, station, workers, **options)
         console.print(f"inspecting with {job.model_name} in {workers} worker processes")
+        job.start()  # their seconds of start-up pass while the folder is listed
     else:
         job = BatchInspection(url, settings.images_dir, line, station, **options)
         console.print(f"inspecting with {job.model_name} ({job.inspector.backend.describe()})")
-    listing = time.perf_counter()
-    files = folder_files(source_path) if source_path.is_dir() else []
-    listing = time.perf_counter() - listing
-    # (A zip inside the folder gives its entries: their number is known only as they come.)
-    total = len(files) if files and not any(f.suffix.lower() == ".zip" for f in files) else None
-    bar = tqdm(total=total, unit="part", disable=None)
-
-    def on_result(result) -> None:  # type: ignore[no-untyped-def]
-        bar.update(1)
-        if result.latency_ms is not None:
-            bar.set_postfix_str(f"{result.latency_ms:.0f} ms {result.verdict}")
-
-    # The folder's files as they are now: read below, then left alone unless they change.
-    known = {key for key in map(file_key, files) if key is not None} if watch else set()
     try:
-        if watch:
-            console.print(f"watching {source} (Ctrl-C to stop)")
-        if watch and isinstance(job, ParallelInspection):
-            job.watch(
-                source_path, threading.Event(), on_result, iter_source(source, files or None), known
-            )
-        elif watch:
-            job.run(iter_source(source, files or None), on_result)
-            job.watch(source_path, threading.Event(), on_result, known=known)
-        else:
-            job.run(iter_source(source, files or None), on_result)
-    except KeyboardInterrupt:
-        bar.close()
-        console.print("stopped; what was inspected is saved. Run the same command to resume.")
+        listing = time.perf_counter()
+        files = folder_files(source_path) if source_path.is_dir() else []
+        listing = time.perf_counter() - listing
+        # (A zip inside the folder gives its entries: their number is known only as they come.)
+        total = len(files) if files and not any(f.suffix.lower() == ".zip" for f in files) else None
+        bar = tqdm(total=total, unit="part", disable=None)
+
+        def on_result(result) -> None:  # type: ignore[no-untyped-def]
+            bar.update(1)
+            if result.latency_ms is not None:
+                bar.set_postfix_str(f"{result.latency_ms:.0f} ms {result.verdict}")
+
+        # The folder's files as they are now: read below, then left alone unless they change.
+        known = {key for key in map(file_key, files) if key is not None} if watch else set()
+        try:
+            if watch:
+                console.print(f"watching {source} (Ctrl-C to stop)")
+            if watch and isinstance(job, ParallelInspection):
+                job.watch(
+                    source_path,
+                    threading.Event(),
+                    on_result,
+                    iter_source(source, files or None),
+                    known,
+                )
+            elif watch:
+                job.run(iter_source(source, files or None), on_result)
+                job.watch(source_path, threading.Event(), on_result, known=known)
+            else:
+                job.run(iter_source(source, files or None), on_result)
+        except KeyboardInterrupt:
+            bar.close()
+            console.print("stopped; what was inspected is saved. Run the same command to resume.")
+        finally:
+            bar.close()
+            if isinstance(job, BatchInspection):
+                job.inspector.close()
     finally:
-        bar.close()
-        if isinstance(job, BatchInspection):
-            job.inspector.close()
+        if isinstance(job, ParallelInspection):
+            job.close()  # workers no run took over (the listing failed or was interrupted)
     if isinstance(job, ParallelInspection) and job.ready_after_s:
         imported = max(phases[0] for phases in job.start_phases_s)
         loaded = max(phases[1] - phases[0] for phases in job.start_phases_s)
