@@ -9,6 +9,7 @@ a reason: empty files, non-images, truncated or corrupt files, images over the p
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 from functools import cached_property
@@ -74,9 +75,12 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> DecodedImage:
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        # Pillow refuses far larger images at open, before our own limit is checked.
+        # Pillow refuses far larger images at open, before our own limit is checked; its
+        # message names its own limit, not ours, so only the image's size is taken from it.
+        size = re.search(r"Image size \((\d+) pixels\)", str(exc))
+        found = f"{int(size.group(1)) / 1e6:.0f} MP is " if size else ""
         raise ImageDecodeError(
-            f"image too large: over the {max_pixels / 1e6:.0f} MP limit ({exc})"
+            f"image too large: {found}over the {max_pixels / 1e6:.0f} MP limit"
         ) from exc
     except UnidentifiedImageError as exc:
         raise ImageDecodeError("not an image file (unknown or unsupported format)") from exc

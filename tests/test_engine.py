@@ -111,7 +111,7 @@ def test_the_engine_matches_ultralytics_predict(trained: Trained, tmp_path: Path
         (b"serial,defect\n1,none\n", "not an image file"),
         (None, "corrupt or truncated image"),
         ("huge", "image too large"),
-        ("bomb", "image too large: over the 64 MP limit"),  # refused by Pillow at open
+        ("bomb", "image too large: 400 MP is over the 64 MP limit"),  # refused by Pillow at open
         ("black", "blank image (every pixel at gray level 0): check the camera"),
         ("flat", "blank image (every pixel at gray levels 119 to 121)"),
     ],
