@@ -147,9 +147,9 @@ def main() -> None:
 
 
 def _fallback_nms() -> bool:
-    from inspection import runtime
+    from inspection import nms_fallback
 
-    return runtime._fallback_library is not None
+    return nms_fallback.in_use()
 
 
 if __name__ == "__main__":

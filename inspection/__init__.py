@@ -1,7 +1,8 @@
 """Inspection core: detector, classifier, engine, verdict and batch inspection.
 
 Importing the package prepares torch, torchvision and ultralytics for this machine (see
-`inspection.runtime`), so every module of the product imports it before those libraries.
+`inspection.runtime`), so every module of the product imports it before those libraries. It
+imports none of them itself: torch comes with the first module that needs a model.
 """
 
 import tempfile as _tempfile

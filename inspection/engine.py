@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import torch
 
 from inspection.backends.base import Backend, OutOfMemory
 from inspection.errors import UserError
@@ -153,6 +152,7 @@ def postprocess(
     call and one rescaling serve the whole batch instead of a call (and a loop) per image.
     On a GPU station this runs on the CPU for every part, beside decoding.
     """
+    import torch  # (here, not at the top: a parallel run's dealing process never needs it)
     import torchvision
 
     n_classes = raw.shape[1] - 4
@@ -227,6 +227,8 @@ class PartClassifier:
 
     def defect_probabilities(self, crops: list[np.ndarray]) -> np.ndarray:
         """1 - P(good) for each H x W x 3 uint8 crop."""
+        import torch
+
         from inspection.classifier import resize_square
 
         if not crops:
@@ -333,7 +335,7 @@ class Inspector:
             return self._pool, 1
         if self._processes is None:
             # A fork server forks workers from a fresh process that has imported the decoding
-            # code (torch comes along with the package) but holds no CUDA context and runs no
+            # code (not torch: decoding needs none) and holds no CUDA context and runs no
             # threads, so nothing is copied mid-lock.
             methods = multiprocessing.get_all_start_methods()
             context = multiprocessing.get_context(

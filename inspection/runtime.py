@@ -4,126 +4,98 @@ Two facts of the field drive this module:
 - PyPI's torchvision wheel is built against CUDA torch; beside a CPU-only torch its compiled ops
   do not load and `import torchvision` dies with "operator torchvision::nms does not exist".
   Only NMS is needed by the product, so a pure-torch `torchvision::nms` (and its quantized twin,
-  which torchvision's import also references) is registered then, and only then.
+  which torchvision's import also references) is registered then, and only then, when
+  torchvision is first imported (`inspection.nms_fallback`).
 - ultralytics reaches for the network (settings sync, fonts, weights, pip). Factory stations are
   offline, so it gets a config dir of our own, every integration off and a local font.
 """
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
 import importlib.util
 import json
 import os
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import NoReturn
 
-import torch
 
-# Largest block of boxes the NMS fallback resolves at once (bounds its IoU matrix).
-_NMS_BLOCK = 512
-_NMS_FIRST_BLOCK = 128
-_fallback_library: torch.library.Library | None = None
+class _TorchvisionImportHook(importlib.abc.MetaPathFinder):
+    """Readies torch for torchvision when torchvision is first imported, from wherever
+    (ultralytics imports it too): the NMS fallback needs torch, a second or more to import,
+    which a command that never touches a model (`defects status`, `db`, `models`) and a
+    parallel run's dealing process do without."""
 
+    def __init__(self) -> None:
+        self._busy = False
 
-def _box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    area_a = (a[:, 2] - a[:, 0]).clamp(min=0) * (a[:, 3] - a[:, 1]).clamp(min=0)
-    area_b = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
-    top_left = torch.maximum(a[:, None, :2], b[None, :, :2])
-    bottom_right = torch.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = (bottom_right - top_left).clamp(min=0).prod(dim=2)
-    return inter / (area_a[:, None] + area_b[None, :] - inter)
-
-
-def nms_reference(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
-    """Greedy NMS with torchvision's semantics (stable sort by falling score).
-
-    Written by hand because it is the fallback for torchvision's own kernel. Boxes are taken in
-    blocks of growing size: a block first loses the boxes that already-kept boxes suppress, and
-    the survivors are resolved as the fixed point of
-    `keep[j] = not any(keep[i] and iou[i, j] > t for i < j)`, one matrix pass per link of the
-    longest suppression chain instead of one Python step per box. Detector output is clustered,
-    so after the first small block most candidates fall to the first step.
-    """
-    if boxes.numel() == 0:
-        return torch.empty(0, dtype=torch.long, device=boxes.device)
-    order = torch.sort(scores, descending=True, stable=True).indices
-    sorted_boxes = boxes[order]
-    if sorted_boxes.dtype != torch.float64:  # (float64 is kept: batched NMS shifts boxes far)
-        sorted_boxes = sorted_boxes.float()
-    kept_boxes = sorted_boxes.new_zeros((0, 4))
-    kept_indices: list[torch.Tensor] = []
-    start, size = 0, _NMS_FIRST_BLOCK
-    while start < sorted_boxes.shape[0]:
-        block = sorted_boxes[start : start + size]
-        block_order = order[start : start + size]
-        start, size = start + size, min(size * 2, _NMS_BLOCK)
-        if kept_boxes.shape[0]:
-            survivors = ~(_box_iou(kept_boxes, block) > iou_threshold).any(dim=0)
-            block, block_order = block[survivors], block_order[survivors]
-        if block.shape[0] == 0:
-            continue
-        index = torch.arange(block.shape[0], device=block.device)
-        # Only earlier (higher-scoring) boxes suppress later ones. An index mask, because
-        # torch.triu on booleans takes a slow path (milliseconds for a 128 x 128 block).
-        overlaps = (_box_iou(block, block) > iou_threshold) & (index[:, None] < index[None, :])
-        keep = torch.ones(block.shape[0], dtype=torch.bool, device=block.device)
-        while True:
-            new_keep = ~(overlaps & keep[:, None]).any(dim=0)
-            if torch.equal(new_keep, keep):
-                break
-            keep = new_keep
-        kept_boxes = torch.cat([kept_boxes, block[keep]])
-        kept_indices.append(block_order[keep])
-    return torch.cat(kept_indices)
-
-
-def _torchvision_ops_load() -> bool:
-    """Try to load torchvision's compiled ops without importing torchvision."""
-    spec = importlib.util.find_spec("torchvision")
-    if spec is None or spec.origin is None:
-        return True  # torchvision absent: nothing to repair
-    package_dir = Path(spec.origin).parent
-    for library in sorted(package_dir.glob("_C*.so")) + sorted(package_dir.glob("_C*.pyd")):
+    def find_spec(
+        self,
+        name: str,
+        path: Sequence[str] | None = None,
+        target: ModuleType | None = None,
+    ) -> importlib.machinery.ModuleSpec | None:
+        if name != "torchvision" or self._busy:  # (the probe below looks for it too)
+            return None
+        self._busy = True
         try:
-            torch.ops.load_library(str(library))
-            break
-        except (OSError, ImportError, RuntimeError):
-            return False
-    try:
-        torch.ops.torchvision.nms  # noqa: B018 - attribute lookup is the probe
-    except (AttributeError, RuntimeError):
-        return False
-    return True
+            from inspection import nms_fallback
+
+            if not nms_fallback.define_ops():
+                _remove_hook()  # torchvision's own ops load: the usual finders do the rest
+                return None
+            # The spec the other finders give, its loader followed by the fallback's last
+            # step; the hook stays until that step has run (a find_spec alone imports nothing).
+            for finder in sys.meta_path:
+                find = getattr(finder, "find_spec", None)
+                if finder is self or find is None:
+                    continue
+                spec = find(name, path, target)
+                if spec is not None:
+                    if spec.loader is not None:
+                        spec.loader = _ThenLetDispatch(spec.loader)
+                    return spec
+            return None
+        finally:
+            self._busy = False
 
 
-def ensure_torchvision_ops() -> bool:
-    """Register the pure-torch NMS when torchvision's compiled ops cannot load.
+class _ThenLetDispatch(importlib.abc.Loader):
+    """torchvision's own loader, then the fallback's last step once the package is loaded."""
 
-    Returns True when the fallback is in use. Must run before torchvision is imported.
-    """
-    global _fallback_library
-    if _fallback_library is not None:
-        return True
-    if _torchvision_ops_load():
-        return False
-    library = torch.library.Library("torchvision", "DEF")
-    library.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    library.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    library.impl("nms", nms_reference, "CompositeExplicitAutograd")
-    library.impl(
-        "qnms",
-        lambda dets, scores, iou: nms_reference(dets.dequantize(), scores.dequantize(), iou),
-        "CompositeExplicitAutograd",
-    )
-    _fallback_library = library
-    # torchvision.ops.nms asserts that the compiled ops loaded before it dispatches; the op now
-    # exists, so let that one assertion pass (roi_align and the others stay unavailable).
-    import torchvision.ops.boxes as tv_boxes
+    def __init__(self, loader: importlib.abc.Loader) -> None:
+        self._loader = loader
 
-    tv_boxes._assert_has_ops = lambda: None
-    return True
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        self._loader.exec_module(module)
+        from inspection import nms_fallback
+
+        nms_fallback.let_torchvision_dispatch()
+        _remove_hook()
+
+    def __getattr__(self, name: str) -> object:  # resources, source, code: the loader's own
+        return getattr(self._loader, name)
+
+
+def _remove_hook() -> None:
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _TorchvisionImportHook)]
+
+
+def ensure_torchvision_ops() -> None:
+    """See that torchvision imports on this machine: at its first import, or now where it is
+    imported already (it then loaded, its ops or the fallback's)."""
+    if "torchvision" in sys.modules:
+        return
+    if not any(isinstance(finder, _TorchvisionImportHook) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _TorchvisionImportHook())
 
 
 # Every integration ultralytics could phone home through, all off.

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import inspection  # noqa: F401 - registers the fallback where needed
-from inspection.runtime import configure_ultralytics, nms_reference
+from inspection.nms_fallback import nms_reference
+from inspection.runtime import configure_ultralytics
 
 
 def _random_boxes(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,7 +58,7 @@ def test_nms_on_clustered_detections() -> None:
 def test_nms_across_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     from ultralytics.utils.nms import TorchNMS
 
-    import inspection.runtime as runtime
+    import inspection.nms_fallback as runtime
 
     monkeypatch.setattr(runtime, "_NMS_BLOCK", 64)
     monkeypatch.setattr(runtime, "_NMS_FIRST_BLOCK", 16)
@@ -77,3 +78,32 @@ def test_ultralytics_is_offline_with_a_local_font(tmp_path: Path) -> None:
 
     assert ONLINE is False
     assert Path(check_font("Arial.ttf")).exists()
+
+
+def test_torch_is_imported_only_when_a_model_is_needed() -> None:
+    """`defects status` and a parallel run's dealing process never import torch; torchvision,
+    imported later from wherever, still works (on a CPU torch: through the NMS fallback), also
+    after a find_spec that imported nothing."""
+    import subprocess
+    import sys
+
+    script = """
+import importlib.util, sys
+import training.cli, inspection.parallel
+assert "torch" not in sys.modules, "torch imported at start"
+assert importlib.util.find_spec("torchvision") is not None
+import ultralytics  # imports torchvision
+import torch, torchvision
+boxes = torch.tensor([[0.0, 0, 10, 10], [1, 1, 10, 10], [50, 50, 60, 60]])
+kept = torchvision.ops.nms(boxes, torch.tensor([0.9, 0.8, 0.7]), 0.5)
+assert kept.tolist() == [0, 2], kept
+print("ok")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=Path(__file__).parents[1],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]

@@ -1,0 +1,82 @@
+"""How long a `defects` command that needs no model takes, this checkout against another one
+(an earlier commit, checked out with `git worktree add`), alternating, each in a fresh process
+on the same fresh database.
+
+    git worktree add /tmp/before <commit>
+    python bench/cli_start.py --before /tmp/before --repeats 7
+
+Writes bench/results/cli_start_cpu.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMAND = "import sys; from training.cli import main; sys.argv[0] = 'defects'; main()"
+
+
+def _commit(tree: Path) -> str:
+    return subprocess.run(
+        ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--before", type=Path, required=True, help="the other checkout")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--command", nargs="+", default=["status"])
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "bench" / "results" / "cli_start_cpu.json"
+    )
+    args = parser.parse_args()
+    trees = {"before": args.before.resolve(), "after": ROOT}
+    seconds: dict[str, list[float]] = {name: [] for name in trees}
+    with tempfile.TemporaryDirectory() as data:
+        env = {**os.environ, "DEFECTS_DATA_DIR": data}
+        for tree in trees.values():  # the database migrated once by each, before timing
+            subprocess.run(
+                [sys.executable, "-c", COMMAND, "db", "upgrade"],
+                cwd=tree,
+                env=env,
+                check=True,
+                capture_output=True,
+            )
+        for _ in range(args.repeats):
+            for name, tree in trees.items():
+                began = time.perf_counter()
+                done = subprocess.run(
+                    [sys.executable, "-c", COMMAND, *args.command],
+                    cwd=tree,
+                    env={**env, "PYTHONPATH": str(tree)},
+                    capture_output=True,
+                )
+                seconds[name].append(round(time.perf_counter() - began, 3))
+                if done.returncode != 0:
+                    raise SystemExit(done.stderr.decode()[-2000:])
+    result = {
+        "what": f"wall seconds of `defects {' '.join(args.command)}` in a fresh process, "
+        "alternating, medians",
+        "commits": {name: _commit(tree) for name, tree in trees.items()},
+        "seconds": seconds,
+        "median_seconds": {name: statistics.median(s) for name, s in seconds.items()},
+        "cores": len(os.sched_getaffinity(0)),
+        "python": platform.python_version(),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result["median_seconds"]))
+
+
+if __name__ == "__main__":
+    main()
