@@ -317,14 +317,16 @@ class Inspector:
         processes share the GPU, and the first parts' latency would carry them. (Eight workers on
         an H100, 100000 parts: p99 0.27 s with one batch a transaction, 6.0 s with four, whose
         first chunk holds twice as many parts started before the first pass ended,
-        bench/results/batch_chunks_gpu_100k.txt; measured before this warm-up.) Decoding
-        processes, where asked for, start here too."""
+        bench/results/batch_chunks_gpu_100k.txt; measured before this warm-up.) The
+        post-processing runs once too (torchvision is imported there), and decoding processes,
+        where asked for, start here."""
         size = self.backend.image_size
         for count in sorted({self.batch_size, 1}, reverse=True):
             blank = np.full((count, 3, size, size), LETTERBOX_FILL, dtype=np.uint8)
-            self._infer(blank)
+            raw = self._infer(blank)
             if self._infer_pool is not None:
                 self._infer(blank, side_by_side=True)
+            postprocess(raw, [(size, size)] * count, size, self.class_names, self.thresholds)
         if self.classifier is not None:
             self.classifier.defect_probabilities([np.zeros((size, size, 3), dtype=np.uint8)])
         self._executor()
