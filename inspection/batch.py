@@ -99,35 +99,84 @@ def read_file(path: Path, display: str) -> SourceItem:
         return SourceItem(display, None, f"cannot read the file: {exc.strerror or exc}")
 
 
-def folder_files(folder: Path) -> list[Path]:
-    """Every file under `folder`, and every link whose target is missing (a camera share gone),
-    so that it is reported rather than passed over in silence. Hidden files and folders (a
-    leading dot) stay out; links to folders are not followed.
+# A sub-folder whose modification time is this recent is listed again at every look, however
+# it compares with the last one: a file added within the same tick of a coarse clock (a
+# network share's) would not change it. And every folder is listed again this often anyway.
+RECENT_FOLDER_S = 3.0
+FULL_LISTING_S = 30.0
+
+
+class FolderListing:
+    """The files under a folder, and every link whose target is missing (a camera share gone,
+    reported rather than passed over in silence); hidden files and folders (a leading dot)
+    stay out, links to folders are not followed.
 
     Walked with os.scandir rather than Path.rglob: a directory entry knows whether it is a
-    file without a stat call, hidden folders are never entered, and names are compared as
-    strings, not as Path objects (100000 files: bench/results/listing_cpu.json).
+    file without a stat call, hidden folders are never entered, and paths stay strings
+    (100000 files: bench/results/listing_cpu.json). Listed again (`files`), a sub-folder whose
+    modification time has not changed since is not read again: a hot folder that fills up
+    over a shift is looked at every second (bench/results/hot_folder_cpu.json).
     """
-    found: list[tuple[list[str], str]] = []
-    pending: list[tuple[str, list[str]]] = [(str(folder), [])]  # a folder and its parts
-    while pending:
-        directory, parts = pending.pop()
-        try:
-            with os.scandir(directory) as entries:
-                for entry in entries:
-                    if entry.name.startswith("."):
-                        continue
-                    if entry.is_dir(follow_symlinks=False):
-                        pending.append((entry.path, [*parts, entry.name]))
-                    elif entry.is_file() or (entry.is_symlink() and not os.path.exists(entry.path)):
-                        found.append(([*parts, entry.name], entry.path))
-        except OSError:
-            if not parts:
-                raise
-            # A sub-folder that vanished or cannot be read while listing: the rest still counts.
-            logger.warning("cannot list %s", directory)
-    found.sort()  # by path parts, as Path objects sort
-    return [Path(path) for _, path in found]
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        # Of each folder read: its modification time, its files (parts, path), its sub-folders.
+        self._read: dict[str, tuple[int, list[tuple[list[str], str]], list[str]]] = {}
+        self._full_at = float("-inf")
+
+    def files(self) -> list[tuple[list[str], str]]:
+        """(path parts under the folder, path) of each file, in no particular order."""
+        now = time.time()
+        full = now - self._full_at >= FULL_LISTING_S
+        if full:
+            self._full_at = now
+        found: list[tuple[list[str], str]] = []
+        seen: dict[str, tuple[int, list[tuple[list[str], str]], list[str]]] = {}
+        pending: list[tuple[str, list[str]]] = [(str(self.folder), [])]  # a folder, its parts
+        while pending:
+            directory, parts = pending.pop()
+            try:
+                modified = os.stat(directory).st_mtime_ns
+                known = self._read.get(directory)
+                if (
+                    full
+                    or known is None
+                    or known[0] != modified
+                    or (now - modified / 1e9 < RECENT_FOLDER_S)
+                ):
+                    known = (modified, *self._read_folder(directory, parts))
+            except OSError:
+                if not parts:
+                    raise
+                # A sub-folder that vanished or cannot be read while listing: the rest counts.
+                logger.warning("cannot list %s", directory)
+                continue
+            seen[directory] = known
+            found.extend(known[1])
+            pending.extend((sub, [*parts, os.path.basename(sub)]) for sub in known[2])
+        self._read = seen  # (folders gone are forgotten)
+        return found
+
+    @staticmethod
+    def _read_folder(
+        directory: str, parts: list[str]
+    ) -> tuple[list[tuple[list[str], str]], list[str]]:
+        files: list[tuple[list[str], str]] = []
+        folders: list[str] = []
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    folders.append(entry.path)
+                elif entry.is_file() or (entry.is_symlink() and not os.path.exists(entry.path)):
+                    files.append(([*parts, entry.name], entry.path))
+        return files, folders
+
+
+def folder_files(folder: Path) -> list[Path]:
+    """Every file under `folder` (as `FolderListing` finds them), sorted as Path objects sort."""
+    return [Path(path) for _, path in sorted(FolderListing(folder).files())]
 
 
 def file_items(path: Path, display: str) -> Iterator[SourceItem]:
@@ -561,10 +610,10 @@ class BatchInspection:
         return self.summary
 
 
-def file_key(file: Path) -> tuple[str, int, float] | None:
+def file_key(file: Path | str) -> tuple[str, int, float] | None:
     """A file as a hot folder knows it: a file written again is a new one. None: gone."""
     try:
-        stat = file.stat()
+        stat = os.stat(file)
     except OSError:
         return None
     return (str(file), stat.st_size, stat.st_mtime)
@@ -580,29 +629,35 @@ def hot_folder_batches(
     """The files that appear in `folder`, one list per look, until `stop` is set.
 
     A file is taken once its size has not changed for `settle_seconds`, so a camera still
-    writing it is not read half-way.
+    writing it is not read half-way. Every file is looked at each time (a file written again
+    under its old name is a new part); only the sub-folders that changed are listed again.
     """
     if not folder.is_dir():
         raise UserError(f"hot folder not found: {folder}")
     handled: set[tuple[str, int, float]] = set(known or ())
-    sizes: dict[Path, tuple[int, float]] = {}
+    sizes: dict[str, tuple[int, float]] = {}
+    listing = FolderListing(folder)
     while not stop.is_set():
-        ready: list[SourceItem] = []
+        ready: list[tuple[list[str], str]] = []
         now = time.monotonic()
-        for file in folder_files(folder):
-            key = file_key(file)
+        for parts, path in listing.files():
+            key = file_key(path)
             if key is None or key in handled:
                 continue
-            previous = sizes.get(file)
+            previous = sizes.get(path)
             if previous is None or previous[0] != key[1]:
-                sizes[file] = (key[1], now)
+                sizes[path] = (key[1], now)
                 continue
             if now - previous[1] >= settle_seconds:
                 handled.add(key)
-                sizes.pop(file, None)
-                ready.extend(file_items(file, str(file.relative_to(folder))))
+                sizes.pop(path, None)
+                ready.append((parts, path))
         if ready:
-            yield ready
+            yield [
+                item
+                for parts, path in sorted(ready)
+                for item in file_items(Path(path), os.sep.join(parts))
+            ]
         stop.wait(poll_seconds)
 
 

@@ -168,6 +168,38 @@ def test_a_folder_lists_its_files_in_path_order_without_hidden_or_linked_folders
         folder_files(tmp_path / "missing")
 
 
+def test_a_listing_again_reads_only_changed_folders_and_all_of_them_now_and_then(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from inspection import batch
+    from inspection.batch import FolderListing
+
+    shift = tmp_path / "in" / "shift1"
+    shift.mkdir(parents=True)
+    (shift / "a.png").write_bytes(b"x")
+    an_hour_ago = time.time() - 3600
+    os.utime(shift, (an_hour_ago, an_hour_ago))  # a quiet folder
+    listing = FolderListing(tmp_path / "in")
+    assert [parts for parts, _ in listing.files()] == [["shift1", "a.png"]]
+    (shift / "b.png").write_bytes(b"x")  # the folder changes: read again
+    (tmp_path / "in" / "shift2").mkdir()
+    (tmp_path / "in" / "shift2" / "c.png").write_bytes(b"x")
+    assert sorted(p for p, _ in listing.files()) == [
+        ["shift1", "a.png"],
+        ["shift1", "b.png"],
+        ["shift2", "c.png"],
+    ]
+    os.utime(shift, (an_hour_ago, an_hour_ago))
+    listing.files()  # (cached with the old time)
+    (shift / "d.png").write_bytes(b"x")
+    os.utime(shift, (an_hour_ago, an_hour_ago))  # a coarse clock's tick: the time unchanged
+    assert ["shift1", "d.png"] not in [p for p, _ in listing.files()]
+    monkeypatch.setattr(batch, "FULL_LISTING_S", 0.0)  # the listing of every folder, now and then
+    assert ["shift1", "d.png"] in [p for p, _ in listing.files()]
+    shutil.rmtree(shift)  # a folder gone is forgotten, not an error
+    assert [p for p, _ in listing.files()] == [["shift2", "c.png"]]
+
+
 def test_a_zip_inside_a_folder_gives_its_entries(tmp_path: Path) -> None:
     images = make_images(tmp_path / "loose", n=2, size=32)
     day = tmp_path / "in" / "monday"
