@@ -11,15 +11,14 @@ Writes bench/results/cli_start_cpu.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import write_timings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND = "import sys; from training.cli import main; sys.argv[0] = 'defects'; main()"
@@ -64,18 +63,13 @@ def main() -> None:
                 seconds[name].append(round(time.perf_counter() - began, 3))
                 if done.returncode != 0:
                     raise SystemExit(done.stderr.decode()[-2000:])
-    result = {
-        "what": f"wall seconds of `defects {' '.join(args.command)}` in a fresh process, "
-        "alternating, medians",
-        "commits": {name: _commit(tree) for name, tree in trees.items()},
-        "seconds": seconds,
-        "median_seconds": {name: statistics.median(s) for name, s in seconds.items()},
-        "cores": len(os.sched_getaffinity(0)),
-        "python": platform.python_version(),
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result["median_seconds"]))
+    write_timings(
+        args.out,
+        f"wall seconds of `defects {' '.join(args.command)}` in a fresh process, alternating,"
+        " medians",
+        seconds,
+        commits={name: _commit(tree) for name, tree in trees.items()},
+    )
 
 
 if __name__ == "__main__":

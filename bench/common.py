@@ -22,6 +22,25 @@ def hardware() -> str:
     return f"CPU only, {os.cpu_count()} cores ({platform.processor() or platform.machine()})"
 
 
+def write_timings(out: Path, what: str, timings: dict[str, list[float]], **facts: Any) -> None:
+    """A side-by-side timing's result file: each way's figures, their medians, the machine.
+    Prints the medians."""
+    import statistics
+
+    medians = {name: statistics.median(values) for name, values in timings.items()}
+    result = {
+        "what": what,
+        **facts,
+        "timings": timings,
+        "medians": medians,
+        "cores": len(os.sched_getaffinity(0)),
+        "python": platform.python_version(),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(medians))
+
+
 def ensure_neu(url: str, neu: Path) -> list[str]:
     """NEU-DET imported once with its fixed split; returns its defect classes."""
     from sqlalchemy import select

@@ -12,15 +12,13 @@ Each look also checks every file's size and time, as the hot folder does.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from common import write_timings
 from listing import folder_files_before, make_folder
 
 from inspection.batch import FolderListing, file_key, folder_files
@@ -56,19 +54,14 @@ def main() -> None:
                 seconds[name].append(round(time.perf_counter() - began, 3))
                 if new or len(paths) != args.files:
                     raise SystemExit(f"{name}: {len(paths)} files, {len(new)} new")
-    result = {
-        "what": "seconds of one hot-folder look that finds nothing new (listing, then every "
-        "file's size and time), medians of alternating looks",
-        "files": args.files,
-        "files_per_sub_folder": args.per_folder,
-        "seconds": seconds,
-        "median_seconds": {name: statistics.median(s) for name, s in seconds.items()},
-        "cores": len(os.sched_getaffinity(0)),
-        "python": platform.python_version(),
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result["median_seconds"]))
+    write_timings(
+        args.out,
+        "seconds of one hot-folder look that finds nothing new (listing, then every file's size"
+        " and time), medians of alternating looks",
+        seconds,
+        files=args.files,
+        files_per_sub_folder=args.per_folder,
+    )
 
 
 if __name__ == "__main__":

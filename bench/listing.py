@@ -10,13 +10,11 @@ GPU machine, bench/results/batch_cli_gpu.txt), and a hot folder is listed at eve
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
+
+from common import write_timings
 
 from inspection.batch import folder_files
 
@@ -67,20 +65,15 @@ def main() -> None:
                 timings[name].append(round(time.perf_counter() - began, 3))
             if results[0] != results[1] or len(results[0]) != args.files:
                 raise SystemExit("the two listings differ")
-    result = {
-        "what": "seconds to list a folder of small files (every file a part), medians of"
-        " alternating rounds; the same sorted list from both",
-        "files": args.files,
-        "files_per_sub_folder": args.per_folder,
-        "rounds": args.rounds,
-        "seconds": timings,
-        "median_seconds": {name: statistics.median(t) for name, t in timings.items()},
-        "cores": len(os.sched_getaffinity(0)),
-        "python": platform.python_version(),
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result["median_seconds"]))
+    write_timings(
+        args.out,
+        "seconds to list a folder of small files (every file a part), medians of alternating"
+        " rounds; the same sorted list from both",
+        timings,
+        files=args.files,
+        files_per_sub_folder=args.per_folder,
+        rounds=args.rounds,
+    )
 
 
 if __name__ == "__main__":

@@ -12,15 +12,12 @@ each worker's samples. The outputs are the shipped demo model's on the NEU-DET t
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import write_timings
 
 from inspection.engine import MAX_DETECTIONS, Inspector, postprocess
 from inspection.images import prepare_parts
@@ -121,29 +118,24 @@ def main() -> None:
             per_part_ms[name].append(round((time.perf_counter() - began) * 1000 / parts, 4))
     import torchvision
 
-    result = {
-        "what": "milliseconds of post-processing per part (NMS, boxes back to pixels, "
-        f"detections), batches of {args.batch} outputs of the demo model on the NEU-DET test "
-        "images, medians of alternating rounds; the same detections from both",
-        "batches": len(batches),
-        "rounds": args.rounds,
-        "per_part_ms": per_part_ms,
-        "median_per_part_ms": {name: statistics.median(t) for name, t in per_part_ms.items()},
-        "candidates_per_batch": [
+    write_timings(
+        args.out,
+        "milliseconds of post-processing per part (NMS, boxes back to pixels, detections), "
+        f"batches of {args.batch} outputs of the demo model on the NEU-DET test images, medians "
+        "of alternating rounds; the same detections from both",
+        per_part_ms,
+        batches=len(batches),
+        rounds=args.rounds,
+        candidates_per_batch=[
             int((raw[:, 4:, :].max(axis=1) > inspector.thresholds.lowest).sum())
             for raw, _ in batches
         ],
-        "nms": "the product's fallback (torchvision's kernel does not load beside this torch)"
+        nms="the product's fallback (torchvision's kernel does not load beside this torch)"
         if _fallback_nms()
         else "torchvision's compiled kernel",
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "cores": len(os.sched_getaffinity(0)),
-        "python": platform.python_version(),
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result["median_per_part_ms"]))
+        torch=torch.__version__,
+        torchvision=torchvision.__version__,
+    )
 
 
 def _fallback_nms() -> bool:

@@ -344,16 +344,28 @@ class ParallelInspection:
             with contextlib.suppress(queue.Full, ValueError, OSError):
                 target.put(None, timeout=1.0)
             target.cancel_join_thread()
+        self._join_workers()
+        self._release_queues()
+        self._ran = True  # (nothing left to close)
+        self._mark_finished()  # a run that judged nothing, ended
+
+    def _join_workers(self) -> None:
         for process in self.processes:
             process.join(timeout=30)
             if process.is_alive():
                 process.terminate()
                 process.join(timeout=5)
+
+    def _release_queues(self) -> None:
+        """Let the queues go: their feeder threads end now, not at a teardown that a command
+        skips (end_process), so that their semaphores are released with the queues instead of
+        reported as leaked when the command ends."""
         for target in self._parts:
             target.close()
-        self._ran = True  # (nothing left to close)
-        self._parts, self._channels = [], []  # (released as in `run`)
-        with connection_scope(self.url) as connection:  # a run that judged nothing, ended
+        self._parts, self._channels = [], []
+
+    def _mark_finished(self) -> None:
+        with connection_scope(self.url) as connection:
             connection.execute(
                 update(InspectionRun)
                 .where(InspectionRun.id == self.run_id)
@@ -462,18 +474,9 @@ class ParallelInspection:
             dealer.join(timeout=10)
             for target in parts:  # parts dealt to a stopped worker are left, not flushed at exit
                 target.cancel_join_thread()
-            for process in self.processes:
-                process.join(timeout=30)
-                if process.is_alive():
-                    process.terminate()
-                    process.join(timeout=5)
+            self._join_workers()
             self.moments["exited"] = time.perf_counter()
-            # Let the queues go with `run`: their feeder threads end now, not at a teardown
-            # that a command skips (end_process), so that their semaphores are released when
-            # `run` returns instead of reported as leaked when the command ends.
-            for target in parts:
-                target.close()
-            self._parts, self._channels = [], []
+            self._release_queues()
             # What a worker said after the listening above gave up (a slow machine's last
             # chunk after Ctrl-C): its pipe holds it until the end, read now, so the summary
             # counts every part written. (Every worker has exited: each pipe ends at once.)
@@ -485,12 +488,7 @@ class ParallelInspection:
             ended = None if heard.stopped else ended
             began = max(self.moments.get("first_ready", started), self.moments["dealing"])
             self.summary.seconds += (ended or time.perf_counter()) - began
-            with connection_scope(self.url) as connection:
-                connection.execute(
-                    update(InspectionRun)
-                    .where(InspectionRun.id == self.run_id)
-                    .values(finished_at=utcnow())
-                )
+            self._mark_finished()
         if heard.stopped:
             raise KeyboardInterrupt
         if heard.failure is not None:
