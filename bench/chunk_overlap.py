@@ -66,6 +66,7 @@ def one_run(
     )
     inspector.batch_size = batch  # (a CPU backend's own cap is 4: a GPU's batch, by hand)
     with_forward_pause(inspector, images, forward_ms)
+    inspector.warm_up()  # as a batch run's own engine is, before its first part
     job = BatchInspection(
         url, inference.WORK / f"store-{tag}", "bench", "bench", model=tag, inspector=inspector
     )
