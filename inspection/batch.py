@@ -640,9 +640,13 @@ def hot_folder_batches(
     while not stop.is_set():
         ready: list[tuple[list[str], str]] = []
         now = time.monotonic()
+        present: set[tuple[str, int, float]] = set()
         for parts, path in listing.files():
             key = file_key(path)
-            if key is None or key in handled:
+            if key is None:
+                continue
+            present.add(key)
+            if key in handled:
                 continue
             previous = sizes.get(path)
             if previous is None or previous[0] != key[1]:
@@ -652,6 +656,12 @@ def hot_folder_batches(
                 handled.add(key)
                 sizes.pop(path, None)
                 ready.append((parts, path))
+        # Only files still there are remembered: a watch that runs for weeks over a folder that
+        # is emptied as it goes keeps no memory of every file it ever saw.
+        handled &= present
+        if sizes:  # (files still being written: a few)
+            there = {key[0] for key in present}
+            sizes = {path: size for path, size in sizes.items() if path in there}
         if ready:
             yield [
                 item

@@ -372,6 +372,33 @@ def test_write_now_writes_what_is_held_before_the_source_goes_on(
     assert summary.inspected == 2 and _counts(detector)[1] == 2
 
 
+def test_a_hot_folder_forgets_files_that_are_gone(tmp_path: Path) -> None:
+    """A file taken is not taken again while it stays; once gone, it is forgotten (a watch of
+    weeks keeps no memory of every file it saw), so the same file put back is taken again (the
+    batch then skips it by its content)."""
+    from inspection.batch import hot_folder_batches
+
+    folder = tmp_path / "hot"
+    folder.mkdir()
+    frame = folder / "frame.png"
+    frame.write_bytes(b"not really a png")
+    stamp = time.time() - 60
+    os.utime(frame, (stamp, stamp))
+    stop = threading.Event()
+    deadline = threading.Timer(20, stop.set)  # a look that never comes ends the test, failed
+    deadline.start()
+    looks = hot_folder_batches(folder, stop, poll_seconds=0.0, settle_seconds=0.0)
+    assert [item.name for item in next(looks)] == ["frame.png"]
+    frame.unlink()
+    (folder / "other.png").write_bytes(b"another")  # a look happens while frame.png is gone
+    assert [item.name for item in next(looks)] == ["other.png"]
+    frame.write_bytes(b"not really a png")
+    os.utime(frame, (stamp, stamp))  # the same name, size and time as before
+    assert [item.name for item in next(looks, None) or []] == ["frame.png"]
+    stop.set()
+    deadline.cancel()
+
+
 def test_watch_picks_up_a_file_added_while_it_runs(detector: str, tmp_path: Path) -> None:
     hot = tmp_path / "hot"
     hot.mkdir()
