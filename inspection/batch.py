@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import time
 import zipfile
 import zlib
@@ -52,6 +53,9 @@ logger = logging.getLogger(__name__)
 # A zip entry larger than this is refused rather than read into memory (zip bombs, stray videos).
 MAX_FILE_BYTES = 256 * 1024 * 1024
 WRITE_CHUNK = 64
+# Latencies a run's summary keeps (about 6 MB), beyond which it keeps a sample.
+LATENCIES_KEPT = 200_000
+_sampling = random.Random()
 
 
 @dataclass
@@ -268,11 +272,24 @@ class BatchSummary:
     failed_by_class: Counter[str] = field(default_factory=Counter)
     errors_by_reason: Counter[str] = field(default_factory=Counter)  # "blank image": 12, ...
     seconds: float = 0.0
+    # Every part's latency up to LATENCIES_KEPT, then a uniform sample of that many.
     latencies_ms: list[float] = field(default_factory=list)
+    latencies_seen: int = 0
 
     @property
     def parts_per_second(self) -> float:
         return self.inspected / self.seconds if self.seconds else 0.0
+
+    def add_latency(self, latency_ms: float) -> None:
+        """Kept by reservoir sampling past LATENCIES_KEPT: the percentiles stay unbiased and
+        a watch that runs for weeks keeps a bounded memory."""
+        self.latencies_seen += 1
+        if len(self.latencies_ms) < LATENCIES_KEPT:
+            self.latencies_ms.append(latency_ms)
+            return
+        slot = _sampling.randrange(self.latencies_seen)
+        if slot < LATENCIES_KEPT:
+            self.latencies_ms[slot] = latency_ms
 
 
 def resolve_detector(session: Session, model: str | None) -> ModelVersion:
@@ -489,7 +506,7 @@ class BatchInspection:
             self.summary.inspected += 1
             self.summary.rejudged += result.content_hash in rejudged
             if result.latency_ms is not None:
-                self.summary.latencies_ms.append(result.latency_ms)
+                self.summary.add_latency(result.latency_ms)
             if result.verdict == "error":
                 self.summary.errors += 1
                 self.summary.errors_by_reason[error_kind(result.error)] += 1

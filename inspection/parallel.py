@@ -592,7 +592,7 @@ class ParallelInspection:
                         self.after_all_ready = (parts, since)
                     for result in payload:
                         if result.latency_ms is not None:
-                            self.summary.latencies_ms.append(result.latency_ms)
+                            self.summary.add_latency(result.latency_ms)
                         if on_result:
                             on_result(result)
                 elif kind == "waited":

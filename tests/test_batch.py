@@ -372,6 +372,25 @@ def test_write_now_writes_what_is_held_before_the_source_goes_on(
     assert summary.inspected == 2 and _counts(detector)[1] == 2
 
 
+def test_a_summary_keeps_a_bounded_sample_of_latencies(monkeypatch: pytest.MonkeyPatch) -> None:
+    import random
+    import statistics
+
+    from inspection import batch
+    from inspection.batch import BatchSummary
+
+    monkeypatch.setattr(batch, "LATENCIES_KEPT", 100)
+    monkeypatch.setattr(batch, "_sampling", random.Random(0))
+    summary = BatchSummary(run_id=1, model_name="m")
+    for latency in range(100):
+        summary.add_latency(float(latency))
+    assert summary.latencies_ms == [float(n) for n in range(100)]  # all of them, up to the cap
+    for latency in range(100, 10_000):
+        summary.add_latency(float(latency))
+    assert len(summary.latencies_ms) == 100 and summary.latencies_seen == 10_000
+    assert 3500 < statistics.median(summary.latencies_ms) < 6500  # a sample of all, not the first
+
+
 def test_a_hot_folder_forgets_files_that_are_gone(tmp_path: Path) -> None:
     """A file taken is not taken again while it stays; once gone, it is forgotten (a watch of
     weeks keeps no memory of every file it saw), so the same file put back is taken again (the
