@@ -75,7 +75,7 @@ fi
 # With CHUNKS (say "1 4 1 4"), then the same command on CHUNK_PARTS other parts with each
 # DEFECTS_CHUNK_BATCHES in turn, in one process and in WORKERS workers, each on a fresh database
 # (the engine's batches per transaction: on a GPU, one batch of 64 is a whole chunk unless more
-# are asked for), into batch_chunks_<kind>.txt and .json.
+# are asked for), into batch_chunks_<kind>.txt and .json (bench/chunk_log.py, after every run).
 if [[ -n ${CHUNKS:-} ]]; then
     {
         echo "# defects batch by DEFECTS_CHUNK_BATCHES, $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null || echo "$DEVICE"), $(nproc) cores, $(date -u +%F)"
@@ -98,29 +98,12 @@ EOF2
                 echo "## chunk_batches $chunk, workers $workers"
                 defects batch "$WORK/chunk-parts" --line demo --station gpu --workers "$workers" \
                     --device "$DEVICE" 2>&1 | tr '\r' '\n' | grep -v "part/s\]$" | grep -v "^\s*$"
+                sleep 1  # (tee has written the run's lines)
+                "$PY" bench/chunk_log.py "$OUT_DIR/batch_chunks_$kind.txt" >/dev/null
             done
         done
     } 2>&1 | tee "$OUT_DIR/batch_chunks_$kind.txt"
-    "$PY" - "$OUT_DIR/batch_chunks_$kind.txt" <<'EOF2'
-import json
-import re
-import sys
-from pathlib import Path
-
-log = Path(sys.argv[1])
-rates: dict[str, dict[str, list[float]]] = {}
-key = None
-for line in log.read_text().splitlines():
-    if match := re.match(r"## chunk_batches (\d+), workers (\d+)", line):
-        key = match.groups()
-    elif key and (match := re.match(r"throughput ([\d.]+) parts/s", line)):
-        rates.setdefault(key[0], {}).setdefault(key[1], []).append(float(match.group(1)))
-result = {"what": "defects batch throughput (parts/s) by DEFECTS_CHUNK_BATCHES, then by workers"
-          " (1: one process), as printed by the command", "log": log.name,
-          "parts_per_s": rates, "header": log.read_text().splitlines()[0]}
-log.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-print(json.dumps(rates))
-EOF2
+    "$PY" bench/chunk_log.py "$OUT_DIR/batch_chunks_$kind.txt"
 fi
 
 # With DEALING=1, then the dealer alone (bench/dealing.py: one message per part against 16) with
