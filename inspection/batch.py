@@ -26,7 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from threading import Event
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.orm import Session, selectinload
@@ -43,12 +43,13 @@ from db.models import (
     utcnow,
 )
 from db.registry import ensure_station, get_model_version, production_model
-from db.session import WalCheckpointer, connection_scope, session_scope
+from db.session import DatabaseError, WalCheckpointer, connection_scope, session_scope
 from inspection.engine import BackendChoice, Inspector, PartInput, PartResult
 from inspection.errors import UserError
 from inspection.settings import get_settings
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # A zip entry larger than this is refused rather than read into memory (zip bombs, stray videos).
 MAX_FILE_BYTES = 256 * 1024 * 1024
@@ -79,6 +80,25 @@ def chunk_parts(batch_size: int, chunk_batches: int) -> int:
     if 2 * batch_size <= WRITE_CHUNK:
         return WRITE_CHUNK
     return max(WRITE_CHUNK, chunk_batches * batch_size)
+
+
+def through_outages(action: Callable[[], T], limit_s: float, giving_up: Event) -> T:
+    """`action` (one transaction), again while the database is away, for up to `limit_s`
+    seconds: the run pauses with its results held instead of stopping, and nothing is written
+    twice (a failed transaction was rolled back). `giving_up` (Ctrl-C) ends the wait at once."""
+    waited, delay = 0.0, 0.5
+    while True:
+        try:
+            return action()
+        except DatabaseError as exc:
+            if waited >= limit_s or giving_up.is_set():
+                raise
+            logger.warning(
+                "%s; trying again in %.1f s (the run waits, its results held)", exc, delay
+            )
+            giving_up.wait(delay)
+            waited += delay
+            delay = min(delay * 2, 5.0)  # (back soon after the database is)
 
 
 def content_key(item: SourceItem) -> str:
@@ -382,6 +402,8 @@ class BatchInspection:
         self.checkpointer = WalCheckpointer(url)
         self._in_flight: set[str] = set()
         self.chunk_parts = chunk_parts(self.inspector.batch_size, get_settings().chunk_batches)
+        self.outage_seconds = get_settings().db_outage_seconds
+        self._giving_up = Event()  # set by Ctrl-C: no more waiting for the database
 
     def _wait_for_write(self) -> bool:
         """Let the write in flight finish; its error, if any, is raised here. True when it
@@ -391,18 +413,19 @@ class BatchInspection:
         pending, self._pending_write = self._pending_write, None
         return pending.result()
 
-    def _current_points(self, connection: Connection, hashes: list[str]) -> dict[str, bool]:
+    def _current_points(self, hashes: list[str]) -> dict[str, bool]:
         """Parts this model version has a current verdict for, and whether it was given at the
         operating point in force now (False: judged before a recalibration)."""
-        rows = connection.execute(
-            select(Part.content_hash, Inspection.thresholds)
-            .join(Inspection, Inspection.part_id == Part.id)
-            .where(
-                Part.content_hash.in_(hashes),
-                Inspection.model_version_id == self.model_id,
-                Inspection.is_current(),
-            )
-        ).all()
+        with connection_scope(self.url) as connection:
+            rows = connection.execute(
+                select(Part.content_hash, Inspection.thresholds)
+                .join(Inspection, Inspection.part_id == Part.id)
+                .where(
+                    Part.content_hash.in_(hashes),
+                    Inspection.model_version_id == self.model_id,
+                    Inspection.is_current(),
+                )
+            ).all()
         return {digest: stored == self._operating_point for digest, stored in rows}
 
     def run(
@@ -432,13 +455,22 @@ class BatchInspection:
                 # The last write also marks the run finished: a part handed over on its own
                 # (a hot folder's single file) costs one transaction, not two.
                 self._process(chunk, on_result, finishing=self.owns_run)
+        except KeyboardInterrupt:
+            self._giving_up.set()
+            raise
         finally:
             marked_finished = self._wait_for_write()
         self.summary.seconds += time.perf_counter() - started
         if self.owns_run and not marked_finished:
-            with connection_scope(self.url) as connection:
-                self._mark_finished(connection)
+            self._through_outages(self._finish_run)
         return self.summary
+
+    def _through_outages(self, action: Callable[[], T]) -> T:
+        return through_outages(action, self.outage_seconds, self._giving_up)
+
+    def _finish_run(self) -> None:
+        with connection_scope(self.url) as connection:
+            self._mark_finished(connection)
 
     def _mark_finished(self, connection: Connection) -> None:
         connection.execute(
@@ -459,10 +491,9 @@ class BatchInspection:
         hashes = {p.name: p.content_hash for p in readable}
         # A file that could not be read has no content; it is known by its name instead.
         unreadable_hashes = {i.name: unreadable_key(i.name) for i in unreadable}
-        with connection_scope(self.url) as connection:
-            current = self._current_points(
-                connection, [*hashes.values(), *unreadable_hashes.values()]
-            )
+        current = self._through_outages(
+            lambda: self._current_points([*hashes.values(), *unreadable_hashes.values()])
+        )
         done = {digest for digest, same_point in current.items() if same_point}
         done |= self._in_flight  # written by the previous chunk, perhaps not committed yet
         todo: list[PartInput] = []
@@ -501,7 +532,7 @@ class BatchInspection:
         """The chunk's write, then its counts in the summary: in the writer thread, which
         Ctrl-C does not interrupt, so the summary never lacks (nor adds) a part the database
         holds, wherever the interrupt lands in the main thread."""
-        marked_finished = self._write(results, rejudged, finishing)
+        marked_finished = self._through_outages(lambda: self._write(results, rejudged, finishing))
         for result in results:
             self.summary.inspected += 1
             self.summary.rejudged += result.content_hash in rejudged

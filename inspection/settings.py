@@ -72,7 +72,17 @@ class Settings(BaseSettings):
         "many of the engine's batches where a batch is as large (a GPU's batch of 64). A chunk "
         "of one batch is decoded, then inferred, then worked out, with the GPU idle between; "
         "in a chunk of several, the next batch is decoded while one is inferred (measure with "
-        'CHUNKS="1 4 1 4" bash bench/gpu_batch_cli.sh; not yet measured on a GPU).',
+        'CHUNKS="1 4 1 4" bash bench/gpu_batch_cli.sh; on an H100, 8 workers, 100000 parts: '
+        "3222 parts/s with 4 against 2894 with 1, bench/results/batch_chunks_gpu_100k.txt).",
+    )
+
+    db_outage_seconds: float = Field(
+        default=120.0,
+        ge=0,
+        description="how long a batch run or a watch waits for a database that went away "
+        "mid-run (a PostgreSQL restart or failover, a SQLite file locked past its busy "
+        "timeout), trying again with its results held, before it stops with the error (0: "
+        "stop at once). The database must answer when the run starts.",
     )
 
     @field_validator("device")

@@ -219,6 +219,76 @@ def test_a_zip_inside_a_folder_gives_its_entries(tmp_path: Path) -> None:
     }
 
 
+def test_a_database_away_mid_run_is_waited_for_and_nothing_is_lost(
+    detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PostgreSQL restart or a SQLite file locked too long, stood in for by reads and writes
+    that fail a few times: the run waits and goes on; past its patience it stops with the
+    error, and the same command resumes with nothing lost or written twice."""
+    from db.session import DatabaseError
+    from inspection import batch
+
+    monkeypatch.setattr(batch.Event, "wait", lambda self, timeout=None: self.is_set())  # no sleep
+    make_images(tmp_path / "in", n=10)
+    job = _job(detector, tmp_path)
+    job.chunk_parts = 4
+    failures = {"read": 2, "write": 3}
+    read, write = job._current_points, job._write
+
+    def flaky(kind, action):  # type: ignore[no-untyped-def]
+        def call(*args):  # type: ignore[no-untyped-def]
+            if failures[kind]:
+                failures[kind] -= 1
+                raise DatabaseError("database error at sqlite:///x: database is locked")
+            return action(*args)
+
+        return call
+
+    monkeypatch.setattr(job, "_current_points", flaky("read", read))
+    monkeypatch.setattr(job, "_write", flaky("write", write))
+    summary = job.run(iter_source(str(tmp_path / "in")))
+    assert failures == {"read": 0, "write": 0}
+    assert (summary.inspected, summary.errors) == (10, 0) and _counts(detector) == (10, 10, 10)
+
+    make_images(tmp_path / "more", n=6, seed=1)  # other parts
+    stopping = _job(detector, tmp_path)
+    stopping.chunk_parts = 4
+    stopping.outage_seconds = 2.0
+    original = stopping._write
+    calls = [0]
+
+    def down_after_first(*args):  # type: ignore[no-untyped-def]
+        calls[0] += 1
+        if calls[0] > 1:
+            raise DatabaseError("database error at postgresql://db: connection refused")
+        return original(*args)
+
+    monkeypatch.setattr(stopping, "_write", down_after_first)
+    with pytest.raises(DatabaseError, match="connection refused"):
+        stopping.run(iter_source(str(tmp_path / "more")))
+    assert calls[0] > 3  # tried again before giving up
+    assert _counts(detector)[0] == 14  # the first chunk of 4 written, the rest not
+    resumed = _job(detector, tmp_path).run(iter_source(str(tmp_path / "more")))
+    assert (resumed.inspected, resumed.skipped) == (2, 4) and _counts(detector)[0] == 16
+
+
+def test_ctrl_c_ends_the_wait_for_the_database_at_once() -> None:
+    from db.session import DatabaseError
+    from inspection.batch import through_outages
+
+    def away() -> None:
+        raise DatabaseError("database error at postgresql://db: connection refused")
+
+    giving_up = threading.Event()
+    giving_up.set()
+    began = time.monotonic()
+    with pytest.raises(DatabaseError):
+        through_outages(away, limit_s=600.0, giving_up=giving_up)
+    assert time.monotonic() - began < 1.0
+    with pytest.raises(DatabaseError):  # and no patience at all: stops at the first error
+        through_outages(away, limit_s=0.0, giving_up=threading.Event())
+
+
 def test_resume_after_a_crash_loses_and_duplicates_nothing(detector: str, tmp_path: Path) -> None:
     make_images(tmp_path / "in", n=10)
 
