@@ -43,11 +43,12 @@ from inspection.batch import (
     content_key,
     hot_folder_batches,
     open_run,
+    through_outages,
 )
 from inspection.engine import BackendChoice, PartResult
 from inspection.errors import UserError
 from inspection.runtime import end_process
-from inspection.settings import usable_cores
+from inspection.settings import get_settings, usable_cores
 
 QUEUE_PER_WORKER = 256  # parts dealt ahead to each worker: a few batches, bounded memory
 # Parts per message to a worker. One message per part costs the dealer more than reading and
@@ -365,12 +366,16 @@ class ParallelInspection:
         self._parts, self._channels = [], []
 
     def _mark_finished(self) -> None:
-        with connection_scope(self.url) as connection:
-            connection.execute(
-                update(InspectionRun)
-                .where(InspectionRun.id == self.run_id)
-                .values(finished_at=utcnow())
-            )
+        def mark() -> None:
+            with connection_scope(self.url) as connection:
+                connection.execute(
+                    update(InspectionRun)
+                    .where(InspectionRun.id == self.run_id)
+                    .values(finished_at=utcnow())
+                )
+
+        # (As the workers' writes do, through a database that is away for a while.)
+        through_outages(mark, get_settings().db_outage_seconds, threading.Event())
 
     def run(
         self,
