@@ -678,18 +678,32 @@ def hot_folder_batches(
 
     A file is taken once its size has not changed for `settle_seconds`, so a camera still
     writing it is not read half-way. Every file is looked at each time (a file written again
-    under its old name is a new part); only the sub-folders that changed are listed again.
+    under its old name is a new part); only the sub-folders that changed are listed again. A
+    folder that cannot be read any more (a share unmounted) is waited for, not given up on.
     """
     if not folder.is_dir():
         raise UserError(f"hot folder not found: {folder}")
     handled: set[tuple[str, int, float]] = set(known or ())
     sizes: dict[str, tuple[int, float]] = {}
     listing = FolderListing(folder)
+    away = False
     while not stop.is_set():
         ready: list[tuple[list[str], str]] = []
         now = time.monotonic()
         present: set[tuple[str, int, float]] = set()
-        for parts, path in listing.files():
+        try:
+            listed = listing.files()
+        except OSError as exc:
+            # A camera share unmounted, a folder moved away: waited for, as the line runs on.
+            if not away:
+                logger.warning("the hot folder %s cannot be read (%s): waiting for it", folder, exc)
+            away = True
+            stop.wait(poll_seconds)
+            continue
+        if away:
+            logger.warning("the hot folder %s is back", folder)
+            away = False
+        for parts, path in listed:
             key = file_key(path)
             if key is None:
                 continue

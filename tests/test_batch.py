@@ -488,6 +488,32 @@ def test_a_hot_folder_forgets_files_that_are_gone(tmp_path: Path) -> None:
     deadline.cancel()
 
 
+def test_a_hot_folder_that_goes_away_is_waited_for(tmp_path: Path) -> None:
+    """A camera share unmounted mid-shift: the watch waits and takes the files once it is
+    back, instead of stopping the station."""
+    from inspection.batch import hot_folder_batches
+
+    folder = tmp_path / "share"
+    folder.mkdir()
+    (folder / "before.png").write_bytes(b"frame 1")
+    stop = threading.Event()
+    deadline = threading.Timer(20, stop.set)
+    deadline.start()
+    looks = hot_folder_batches(folder, stop, poll_seconds=0.05, settle_seconds=0.0)
+    assert [item.name for item in next(looks)] == ["before.png"]
+
+    def remount() -> None:
+        time.sleep(0.5)
+        folder.mkdir()
+        (folder / "after.png").write_bytes(b"frame 2")
+
+    shutil.rmtree(folder)
+    threading.Thread(target=remount).start()
+    assert [item.name for item in next(looks, None) or []] == ["after.png"]
+    stop.set()
+    deadline.cancel()
+
+
 def test_watch_picks_up_a_file_added_while_it_runs(detector: str, tmp_path: Path) -> None:
     hot = tmp_path / "hot"
     hot.mkdir()
