@@ -19,6 +19,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from inspection.errors import StorageError
+
 # 64 MP: larger than any line-scan tile we expect; refuses decompression bombs before decoding.
 MAX_PIXELS = 64_000_000
 LETTERBOX_FILL = 114  # the grey ultralytics pads with, so our inputs match its training
@@ -161,10 +163,18 @@ def store_image(images_dir: Path, content_hash: str, name: str, data: bytes) -> 
     suffix = Path(name.split(":")[-1]).suffix.lower()[:8] or ".bin"
     target = images_dir / content_hash[:2] / f"{content_hash}{suffix}"
     if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(target.name + ".partial")
-        partial.write_bytes(data)
-        partial.replace(target)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial.write_bytes(data)
+            partial.replace(target)
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            raise StorageError(
+                f"cannot keep the parts' images in the image store {images_dir}: "
+                f"{exc.strerror or exc}; free space there (or set DEFECTS_DATA_DIR) and run the "
+                "same command again to resume"
+            ) from exc
     return target
 
 

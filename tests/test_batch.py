@@ -289,6 +289,41 @@ def test_ctrl_c_ends_the_wait_for_the_database_at_once() -> None:
         through_outages(away, limit_s=0.0, giving_up=threading.Event())
 
 
+def test_a_full_image_store_stops_the_run_with_a_clear_error_and_loses_nothing(
+    detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from inspection.errors import StorageError
+
+    make_images(tmp_path / "in", n=10)
+    job = _job(detector, tmp_path)
+    job.chunk_parts = 4
+    write_bytes = Path.write_bytes
+    stored = [0]
+
+    def disk_fills_up(self: Path, data: bytes) -> int:
+        if self.name.endswith(".partial"):
+            stored[0] += 1
+            if stored[0] > 5:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return write_bytes(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", disk_fills_up)
+    with pytest.raises(StorageError, match="No space left on device; free space there"):
+        job.run(iter_source(str(tmp_path / "in")))
+    job.inspector.close(wait=True)  # (parts decoded ahead may still be storing)
+    assert not list((tmp_path / "store").rglob("*.partial"))  # no half file left
+    written = _counts(detector)[0]
+    assert written < 10
+    monkeypatch.setattr(Path, "write_bytes", write_bytes)  # space freed
+    resumed = _job(detector, tmp_path).run(iter_source(str(tmp_path / "in")))
+    assert resumed.inspected == 10 - written and _counts(detector) == (10, 10, 10)
+    with session_scope(detector) as session:  # every part's image kept
+        stored_paths = session.scalars(select(Part.stored_path)).all()
+    assert all(Path(path).is_file() for path in stored_paths)
+
+
 def test_resume_after_a_crash_loses_and_duplicates_nothing(detector: str, tmp_path: Path) -> None:
     make_images(tmp_path / "in", n=10)
 

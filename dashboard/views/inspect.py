@@ -107,6 +107,9 @@ if st.session_state.get("inspected_key") != upload_key:
             source="dashboard upload",
             inspector=inspector_for(info),
         )
+        # Someone is watching the page: a database gone away is waited for briefly, not for
+        # the minutes a line's batch run waits.
+        job.outage_seconds = min(job.outage_seconds, 15.0)
         summary = job.run(items, advance)
     except (UserError, DatabaseError) as exc:
         # A deleted model file or a database gone away: say so, keep the uploads for a retry.
