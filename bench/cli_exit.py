@@ -19,8 +19,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from common import time_processes
 
 ROOT = Path(__file__).resolve().parents[1]
 WAYS = {
@@ -46,19 +47,13 @@ def main() -> None:
             check=True,
             capture_output=True,
         )
-        seconds: dict[str, list[float]] = {way: [] for way in WAYS}
-        for _ in range(args.repeats):
-            for way, code in WAYS.items():
-                began = time.perf_counter()
-                done = subprocess.run(
-                    [sys.executable, "-c", code, *args.command],
-                    env=env,
-                    cwd=ROOT,
-                    capture_output=True,
-                )
-                seconds[way].append(round(time.perf_counter() - began, 3))
-                if done.returncode != 0:
-                    raise SystemExit(f"{way}: exit code {done.returncode}: {done.stderr[-500:]!r}")
+        seconds = time_processes(
+            {
+                way: ([sys.executable, "-c", code, *args.command], ROOT, env)
+                for way, code in WAYS.items()
+            },
+            args.repeats,
+        )
     result = {
         "hardware": f"CPU, {len(os.sched_getaffinity(0))} cores ({platform.machine()})",
         "command": "defects " + " ".join(args.command),

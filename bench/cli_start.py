@@ -15,10 +15,9 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from common import write_timings
+from common import time_processes, write_timings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND = "import sys; from training.cli import main; sys.argv[0] = 'defects'; main()"
@@ -40,7 +39,6 @@ def main() -> None:
     )
     args = parser.parse_args()
     trees = {"before": args.before.resolve(), "after": ROOT}
-    seconds: dict[str, list[float]] = {name: [] for name in trees}
     with tempfile.TemporaryDirectory() as data:
         env = {**os.environ, "DEFECTS_DATA_DIR": data}
         for tree in trees.values():  # the database migrated once by each, before timing
@@ -51,18 +49,17 @@ def main() -> None:
                 check=True,
                 capture_output=True,
             )
-        for _ in range(args.repeats):
-            for name, tree in trees.items():
-                began = time.perf_counter()
-                done = subprocess.run(
+        seconds = time_processes(
+            {
+                name: (
                     [sys.executable, "-c", COMMAND, *args.command],
-                    cwd=tree,
-                    env={**env, "PYTHONPATH": str(tree)},
-                    capture_output=True,
+                    tree,
+                    {**env, "PYTHONPATH": str(tree)},
                 )
-                seconds[name].append(round(time.perf_counter() - began, 3))
-                if done.returncode != 0:
-                    raise SystemExit(done.stderr.decode()[-2000:])
+                for name, tree in trees.items()
+            },
+            args.repeats,
+        )
     write_timings(
         args.out,
         f"wall seconds of `defects {' '.join(args.command)}` in a fresh process, alternating,"

@@ -41,6 +41,26 @@ def write_timings(out: Path, what: str, timings: dict[str, list[float]], **facts
     print(json.dumps(medians))
 
 
+def time_processes(
+    ways: dict[str, tuple[list[str], Path, dict[str, str]]], repeats: int
+) -> dict[str, list[float]]:
+    """Wall seconds of each way's whole process (argv, working directory, environment), run
+    in turn `repeats` times, alternating: the same machine state for each. A process that
+    fails stops the timing with its error."""
+    import subprocess
+    import time
+
+    seconds: dict[str, list[float]] = {name: [] for name in ways}
+    for _ in range(repeats):
+        for name, (argv, cwd, env) in ways.items():
+            began = time.perf_counter()
+            done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True)
+            seconds[name].append(round(time.perf_counter() - began, 3))
+            if done.returncode != 0:
+                raise SystemExit(f"{name}: exit code {done.returncode}: {done.stderr[-2000:]!r}")
+    return seconds
+
+
 def ensure_neu(url: str, neu: Path) -> list[str]:
     """NEU-DET imported once with its fixed split; returns its defect classes."""
     from sqlalchemy import select
