@@ -546,12 +546,18 @@ class StationActivity:
 
 
 def station_activity(session: Session, since: datetime) -> list[StationActivity]:
-    """Every station, its latest run, and what it judged from `since` on (current verdicts)."""
+    """Every station, its latest run, and what it judged from `since` on (current verdicts).
+
+    A verdict counts at the station whose run gave it, where the part was judged, not where
+    the part was first seen: the same image judged again at another station (a part passed
+    along the line, a frame uploaded from the dashboard) is that station's work now, as its
+    latest run and last verdict below already are."""
+    judged_at = func.coalesce(InspectionRun.station_id, Part.station_id)
     counts = {
         station_id: (int(n), int(f or 0), int(e or 0), int(b or 0), last)
         for station_id, n, f, e, b, last in session.execute(
             select(
-                Part.station_id,
+                judged_at,
                 func.count(Inspection.id),
                 func.sum(case((Inspection.verdict == Verdict.FAIL, 1), else_=0)),
                 func.sum(case((Inspection.verdict == Verdict.ERROR, 1), else_=0)),
@@ -559,8 +565,9 @@ def station_activity(session: Session, since: datetime) -> list[StationActivity]
                 func.max(Inspection.inspected_at),
             )
             .join(Part, Part.id == Inspection.part_id)
+            .outerjoin(InspectionRun, InspectionRun.id == Inspection.run_id)
             .where(Inspection.inspected_at >= since, Inspection.is_current())
-            .group_by(Part.station_id)
+            .group_by(judged_at)
         )
     }
     latest_run = (
@@ -645,8 +652,12 @@ def minute_volume(
         .group_by(minute)
         .order_by(minute)
     )
-    if station_id is not None:
-        query = query.join(Part, Part.id == Inspection.part_id).where(Part.station_id == station_id)
+    if station_id is not None:  # judged there, as station_activity counts
+        query = (
+            query.join(Part, Part.id == Inspection.part_id)
+            .outerjoin(InspectionRun, InspectionRun.id == Inspection.run_id)
+            .where(func.coalesce(InspectionRun.station_id, Part.station_id) == station_id)
+        )
     return [
         MinuteVolume(str(m), int(n), int(f or 0), int(e or 0))
         for m, n, f, e in session.execute(query)

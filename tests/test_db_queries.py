@@ -350,6 +350,28 @@ def test_station_activity_since_a_moment(session, history) -> None:  # type: ign
     ]
 
 
+def test_station_activity_counts_a_part_where_it_was_judged(session, history) -> None:  # type: ignore[no-untyped-def]
+    """A part first seen at B1, judged again in A1's run: A1's work now, in its counts as in
+    its last verdict (before, the counts went to B1 while A1's last verdict moved)."""
+    a1 = session.scalars(select(Station).where(Station.name == "A1")).one()
+    since = DAY2 + timedelta(days=1)
+    p5 = session.scalars(select(Part).where(Part.content_hash == f"{5:064d}")).one()
+    assert p5.station_id != a1.id
+    for earlier in p5.inspections:
+        earlier.superseded_at = since
+    session.add(
+        Inspection(
+            part_id=p5.id, run_id=history["run"].id, verdict=Verdict.FAIL, inspected_at=since
+        )
+    )
+    session.commit()
+    a1_now, b1_now = station_activity(session, since=since)
+    assert (a1_now.inspected, a1_now.failed, a1_now.last_inspected_at) == (1, 1, since)
+    assert (b1_now.inspected, b1_now.failed) == (0, 0)
+    assert [(r.inspected, r.failed) for r in minute_volume(session, since, a1.id)] == [(1, 1)]
+    assert minute_volume(session, since, b1_now.station_id) == []
+
+
 def test_minute_volume(session, history) -> None:  # type: ignore[no-untyped-def]
     rows = minute_volume(session, since=DAY2 - timedelta(minutes=1))
     assert [(r.minute, r.inspected, r.failed, r.errors) for r in rows] == [
