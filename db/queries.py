@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Literal
@@ -521,6 +522,74 @@ def inspection_rows(
             }
         )
     return rows
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """One part a run judged, as its CSV export lists it."""
+
+    part: str
+    content_hash: str
+    verdict: str
+    defects: str  # the counted classes, ";"-joined
+    max_confidence: float  # of the counted detections; 0 with none
+    latency_ms: float | None
+    error: str
+    inspected_at: datetime
+
+
+RUN_PAGE = 5000
+
+
+def run_rows(session: Session, run_id: int, page: int = RUN_PAGE) -> Iterator[RunRow]:
+    """Every part a run judged, in the order written, `page` inspections a query.
+
+    Paged by id, as columns, so a run of any length (a watch of weeks) is exported in constant
+    memory and without one transaction held open across it: loaded whole as ORM objects, a
+    run of 100000 parts took 7.8 s and 516 MB (bench/results/run_export_cpu.json)."""
+    after = 0
+    while True:
+        found = session.execute(
+            select(
+                Inspection.id,
+                Part.original_name,
+                Part.content_hash,
+                Inspection.verdict,
+                Inspection.latency_ms,
+                Inspection.error,
+                Inspection.inspected_at,
+            )
+            .join(Part, Part.id == Inspection.part_id)
+            .where(Inspection.run_id == run_id, Inspection.id > after)
+            .order_by(Inspection.id)
+            .limit(page)
+        ).all()
+        if not found:
+            return
+        counted: dict[int, list[tuple[str, float]]] = defaultdict(list)
+        for inspection_id, class_name, confidence in session.execute(
+            select(Prediction.inspection_id, Prediction.class_name, Prediction.confidence)
+            .join(Inspection, Inspection.id == Prediction.inspection_id)
+            .where(
+                Inspection.run_id == run_id,
+                Prediction.inspection_id.between(found[0][0], found[-1][0]),
+                Prediction.counted.is_(True),
+            )
+        ):
+            counted[inspection_id].append((class_name, confidence))
+        for inspection_id, name, digest, verdict, latency_ms, error, inspected_at in found:
+            defects = counted.get(inspection_id, [])
+            yield RunRow(
+                name,
+                digest,
+                verdict.value,
+                ";".join(sorted({c for c, _ in defects})),
+                max((confidence for _, confidence in defects), default=0.0),
+                latency_ms,
+                error or "",
+                inspected_at,
+            )
+        after = found[-1][0]
 
 
 @dataclass(frozen=True)

@@ -23,13 +23,13 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from threading import Event
 from typing import BinaryIO, TypeVar
 
 from sqlalchemy import Connection, insert, select, update
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
 from db.models import (
     Inspection,
@@ -42,6 +42,7 @@ from db.models import (
     Verdict,
     utcnow,
 )
+from db.queries import RunRow, run_rows
 from db.registry import ensure_station, get_model_version, production_model
 from db.session import DatabaseError, WalCheckpointer, connection_scope, session_scope
 from inspection.engine import BackendChoice, Inspector, PartInput, PartResult
@@ -735,42 +736,23 @@ def hot_folder_batches(
 
 def export_run_csv(url: str, run_id: int, path: Path) -> int:
     """The run's parts, verdicts and defects as CSV; returns the number of rows."""
-    with session_scope(url) as session:
-        rows = session.execute(
-            select(Inspection, Part)
-            # The predictions of every row in a few IN queries, not one query a row.
-            .options(selectinload(Inspection.predictions))
-            .join(Part, Part.id == Inspection.part_id)
-            .where(Inspection.run_id == run_id)
-            .order_by(Inspection.id)
-        ).all()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="") as handle:
-            writer = csv.writer(handle)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with session_scope(url) as session, path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([f.name for f in fields(RunRow)])
+        for row in run_rows(session, run_id):
             writer.writerow(
                 [
-                    "part",
-                    "content_hash",
-                    "verdict",
-                    "defects",
-                    "max_confidence",
-                    "latency_ms",
-                    "error",
-                    "inspected_at",
+                    row.part,
+                    row.content_hash,
+                    row.verdict,
+                    row.defects,
+                    f"{row.max_confidence:.4f}",
+                    f"{row.latency_ms:.2f}" if row.latency_ms is not None else "",
+                    row.error,
+                    row.inspected_at.isoformat(timespec="seconds"),
                 ]
             )
-            for inspection, part in rows:
-                counted = [p for p in inspection.predictions if p.counted]
-                writer.writerow(
-                    [
-                        part.original_name,
-                        part.content_hash,
-                        inspection.verdict.value,
-                        ";".join(sorted({p.class_name for p in counted})),
-                        f"{max((p.confidence for p in counted), default=0):.4f}",
-                        f"{inspection.latency_ms:.2f}" if inspection.latency_ms is not None else "",
-                        inspection.error or "",
-                        inspection.inspected_at.isoformat(timespec="seconds"),
-                    ]
-                )
-        return len(rows)
+            written += 1
+    return written

@@ -43,6 +43,7 @@ from db.queries import (
     model_usage,
     percentile,
     rates,
+    run_rows,
     run_throughput,
     station_activity,
 )
@@ -370,6 +371,27 @@ def test_station_activity_counts_a_part_where_it_was_judged(session, history) ->
     assert (b1_now.inspected, b1_now.failed) == (0, 0)
     assert [(r.inspected, r.failed) for r in minute_volume(session, since, a1.id)] == [(1, 1)]
     assert minute_volume(session, since, b1_now.station_id) == []
+
+
+def test_run_rows_page_by_page(session, history) -> None:  # type: ignore[no-untyped-def]
+    """A run's export read a page at a time lists every part it judged once, in the order
+    written, with only its counted defects, whatever the page size; another run's or no
+    run's verdicts in between are not its own."""
+    run = history["run"]
+    for inspection in session.scalars(select(Inspection)):
+        if int(inspection.part.content_hash) in (6, 8):  # p4, p5 and p7 stay outside the run
+            inspection.run_id = run.id
+    session.commit()
+    rows = list(run_rows(session, run.id, page=2))
+    assert [(int(r.content_hash), r.verdict, r.defects, r.max_confidence) for r in rows] == [
+        (1, "fail", "scratch", 0.8),
+        (2, "pass", "", 0.0),
+        (3, "fail", "scratch", 0.8),
+        (6, "fail", "inclusion", 0.8),  # its scratch was not counted
+        (8, "fail", "patches", 0.8),
+    ]
+    assert rows == list(run_rows(session, run.id, page=1)) == list(run_rows(session, run.id))
+    assert list(run_rows(session, run.id + 1)) == []
 
 
 def test_minute_volume(session, history) -> None:  # type: ignore[no-untyped-def]
