@@ -8,7 +8,7 @@ import yaml
 from db.models import Dataset
 from inspection.errors import UserError
 from tests.synthetic import CLASSES, write_coco, write_splits, write_voc, write_yolo
-from training.datasets import import_dataset
+from training.datasets import import_dataset, write_dataset
 
 
 def _label_lines(root: Path) -> dict[str, list[str]]:
@@ -83,3 +83,21 @@ def test_existing_name_and_missing_source_are_user_errors(session, tmp_path: Pat
         import_dataset(session, "voc", tmp_path / "src", "once", tmp_path / "ds", classes=CLASSES)
     with pytest.raises(UserError, match="source not found"):
         import_dataset(session, "voc", tmp_path / "nope", "x", tmp_path / "ds")
+
+
+@pytest.mark.parametrize("name", ["..", ".", "", "../evil", "a/b", ".hidden", "x" * 101])
+def test_a_name_that_is_not_one_plain_folder_is_refused_and_nothing_is_touched(
+    session, tmp_path: Path, name: str
+) -> None:  # type: ignore[no-untyped-def]
+    """A dataset's name becomes its folder, which an import replaces: ".." once named the data
+    folder itself, and importing under it deleted the database, images and models."""
+    write_voc(tmp_path / "src", n=2)
+    store = tmp_path / "data" / "datasets"
+    store.mkdir(parents=True)
+    keep = tmp_path / "data" / "defects.db"
+    keep.write_bytes(b"the database")
+    with pytest.raises(UserError, match="dataset name"):
+        import_dataset(session, "voc", tmp_path / "src", name, store, classes=CLASSES)
+    with pytest.raises(UserError, match="dataset name"):
+        write_dataset(session, name, "src", "voc", CLASSES, [], [], store)
+    assert keep.read_bytes() == b"the database" and list(store.iterdir()) == []

@@ -332,8 +332,7 @@ def import_dataset(
         raise UserError(f"unknown format {source_format!r}; choose voc, yolo or coco")
     if not src.exists():
         raise UserError(f"source not found: {src}")
-    if not name or not all(c.isalnum() or c in "-_." for c in name):
-        raise UserError(f"dataset name {name!r} may hold only letters, digits, '-', '_' and '.'")
+    check_dataset_name(name)
     existing = session.scalars(select(Dataset).where(Dataset.name == name)).first()
     if existing is not None and not replace:
         raise UserError(f"dataset {name!r} already exists (use --replace to import it again)")
@@ -353,6 +352,21 @@ def import_dataset(
     )
 
 
+MAX_NAME = 100
+
+
+def check_dataset_name(name: str) -> None:
+    """A dataset's name is its folder in the store: one plain folder name, so that no name can
+    reach outside the store or stand for the store itself. (".." once passed the old check of
+    its characters alone, and importing under it deleted the whole data folder.)"""
+    if not name or not all(c.isalnum() or c in "-_." for c in name):
+        raise UserError(f"dataset name {name!r} may hold only letters, digits, '-', '_' and '.'")
+    if name.startswith("."):
+        raise UserError(f"dataset name {name!r} may not start with '.'")
+    if len(name) > MAX_NAME:
+        raise UserError(f"dataset name is {len(name)} characters long; at most {MAX_NAME}")
+
+
 def write_dataset(
     session: Session,
     name: str,
@@ -367,6 +381,7 @@ def write_dataset(
 ) -> ImportReport:
     """Check labeled images, lay them out for training and register the dataset."""
     src = source
+    check_dataset_name(name)
     root = datasets_dir / name
     if not class_names:
         raise UserError(f"no classes found in {src}")
@@ -405,6 +420,9 @@ def write_dataset(
         raise UserError(f"no usable images in {src} ({len(issues)} problems, e.g. {issues[:1]})")
 
     if root.exists():
+        # Only ever a dataset's own folder, inside the store (the name is checked above).
+        if root.resolve().parent != datasets_dir.resolve():
+            raise UserError(f"dataset name {name!r} does not name a folder of the dataset store")
         shutil.rmtree(root)
     counts: dict[str, Counter[str]] = {s: Counter() for s in SPLITS}
     lists: dict[str, list[str]] = {s: [] for s in SPLITS}
