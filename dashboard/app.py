@@ -10,7 +10,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import streamlit as st  # noqa: E402
 
-from dashboard.state import database_ready  # noqa: E402
+from dashboard.state import database_ready, show_flashes  # noqa: E402
+from db.session import DatabaseError  # noqa: E402
 
 st.set_page_config(page_title="Defect inspection", layout="wide")
 ready = database_ready()
@@ -29,4 +30,14 @@ navigation = st.navigation(
         st.Page(VIEWS / "settings.py", title="Settings", icon=":material/tune:"),
     ]
 )
-navigation.run()
+show_flashes()
+try:
+    navigation.run()
+except DatabaseError as exc:
+    # The database went away or broke after the app started (a PostgreSQL restart, a disk
+    # full, a damaged SQLite file): one message on any page, nothing half done is kept (the
+    # session rolled back), and the next action tries again.
+    st.error(
+        f"The database cannot be used right now: {exc}. Nothing was changed; try again, or "
+        "ask whoever runs the database."
+    )

@@ -3,6 +3,8 @@ Streamlit)."""
 
 from __future__ import annotations
 
+import base64
+import io
 import math
 from dataclasses import dataclass
 from datetime import date
@@ -210,16 +212,44 @@ class ShownBox:
     counted: bool
 
 
-def review_figure(pixels_rgb, boxes: list[ShownBox], grid_step: int = 4) -> go.Figure:  # type: ignore[no-untyped-def]
+SHOWN_SIDE = 1024  # pixels of the longer side sent to the browser for review
+GRID_POINTS = 160  # invisible points along the longer side, for the box selection
+
+
+def review_figure(pixels_rgb, boxes: list[ShownBox]) -> go.Figure:  # type: ignore[no-untyped-def]
     """The part with its predictions, on which a reviewer drags a box around a missed defect.
 
     Plotly selects data points, not image pixels: an invisible grid of points lets the box
-    selection report its corners in image coordinates.
+    selection report its corners in image coordinates. The axes stay in the image's own pixels
+    while the browser gets the image scaled to SHOWN_SIDE, as a PNG, with a grid of fixed
+    size: a 9 MP camera frame sent whole as a JSON array, with a point every 4 pixels, took
+    tens of seconds to draw and gigabytes of the server's memory (bench/review_figure.py).
     """
+    from PIL import Image
+
     height, width = pixels_rgb.shape[:2]
-    figure = go.Figure(go.Image(z=pixels_rgb, hoverinfo="skip"))
-    xs = list(range(0, width, grid_step))
-    ys = list(range(0, height, grid_step))
+    scale = max(1.0, max(width, height) / SHOWN_SIDE)
+    shown = Image.fromarray(pixels_rgb)
+    if scale > 1:
+        shown = shown.resize((round(width / scale), round(height / scale)), Image.Resampling.BOX)
+    png = io.BytesIO()
+    shown.save(png, format="PNG", compress_level=1)
+    source = "data:image/png;base64," + base64.b64encode(png.getvalue()).decode("ascii")
+    scale_x, scale_y = width / shown.width, height / shown.height
+    figure = go.Figure(
+        go.Image(
+            source=source,
+            # A shown pixel covers scale_x x scale_y image pixels; its centre is theirs.
+            x0=(scale_x - 1) / 2,
+            y0=(scale_y - 1) / 2,
+            dx=scale_x,
+            dy=scale_y,
+            hoverinfo="skip",
+        )
+    )
+    step = max(4, math.ceil(max(width, height) / GRID_POINTS))
+    xs = list(range(0, width, step))
+    ys = list(range(0, height, step))
     figure.add_trace(
         go.Scatter(
             x=[x for _ in ys for x in xs],

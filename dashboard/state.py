@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import streamlit as st
 from sqlalchemy import select
@@ -129,3 +130,18 @@ def no_model_message() -> None:
         "product; otherwise import labeled defects (`defects import voc DIR --name NAME`), train "
         "(`defects train detector --data NAME`) and promote the result on the Models page."
     )
+
+
+FlashLevel = Literal["success", "info", "warning", "error"]
+
+
+def flash(message: str, level: FlashLevel = "success") -> None:
+    """A message for the next run of the page: an action that changes the database reruns the
+    page to show the change, and a message shown before `st.rerun` is gone with that run."""
+    st.session_state.setdefault("_flashes", []).append((level, message))
+
+
+def show_flashes() -> None:
+    """The messages `flash` left for this run, once."""
+    for level, message in st.session_state.pop("_flashes", []):
+        getattr(st, level)(message)

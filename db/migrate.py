@@ -8,9 +8,9 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DatabaseError as DriverDatabaseError
 
-from db.session import DatabaseError, get_engine, redact
+from db.session import DatabaseError, get_engine, redact, unusable
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -33,7 +33,9 @@ def current_revision(url: str) -> str | None:
     try:
         with get_engine(url).connect() as connection:
             return MigrationContext.configure(connection).get_current_revision()
-    except OperationalError as exc:
+    except DriverDatabaseError as exc:
+        if not unusable(exc):
+            raise
         raise DatabaseError(f"cannot reach the database at {redact(url)}: {exc.orig}") from exc
 
 
@@ -44,6 +46,8 @@ def upgrade(url: str, revision: str = "head") -> str:
         return head
     try:
         command.upgrade(alembic_config(url), revision)
-    except OperationalError as exc:
+    except DriverDatabaseError as exc:
+        if not unusable(exc):
+            raise
         raise DatabaseError(f"migration failed at {redact(url)}: {exc.orig}") from exc
     return current_revision(url) or ""

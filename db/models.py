@@ -310,7 +310,7 @@ class Review(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     part_id: Mapped[int] = mapped_column(ForeignKey("parts.id", ondelete="CASCADE"), index=True)
     prediction_id: Mapped[int | None] = mapped_column(
-        ForeignKey("predictions.id", ondelete="SET NULL")
+        ForeignKey("predictions.id", ondelete="SET NULL"), index=True
     )
     kind: Mapped[ReviewKind] = mapped_column(_enum(ReviewKind))
     class_name: Mapped[str | None] = mapped_column(String(128))

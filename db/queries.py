@@ -347,7 +347,11 @@ def latencies(session: Session, filters: Filters = Filters()) -> list[float]:
         for v in session.scalars(
             select(Inspection.latency_ms)
             .join(Part, Part.id == Inspection.part_id)
-            .where(Inspection.latency_ms.is_not(None), *filters.conditions())
+            .where(
+                Inspection.latency_ms.is_not(None),
+                Inspection.verdict != Verdict.ERROR,  # an error's time is not a verdict's
+                *filters.conditions(),
+            )
             .order_by(Inspection.latency_ms)
         )
     ]

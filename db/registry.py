@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.orm import Session
 
 from db.models import ModelKind, ModelStage, ModelVersion, ProductionLine, Station, utcnow
@@ -67,18 +67,37 @@ def rollback(session: Session, kind: ModelKind) -> ModelVersion:
     return earlier
 
 
+NAME_LENGTH = 128  # of the name columns
+
+
+def _same_name(column: ColumnElement[str], name: str) -> ColumnElement[bool]:
+    # (SQLite's lower() folds ASCII letters only: the exact name always matches as well.)
+    return or_(column == name, func.lower(column) == name.lower())
+
+
 def ensure_station(session: Session, line_name: str, station_name: str) -> Station:
     """The station of a line, creating either when new: lines are named by the people who run them."""
     line_name, station_name = line_name.strip(), station_name.strip()
     if not line_name or not station_name:
         raise ValueError("line and station names must not be empty")
-    line = session.scalars(select(ProductionLine).where(ProductionLine.name == line_name)).first()
+    for name in (line_name, station_name):
+        if len(name) > NAME_LENGTH:
+            raise ValueError(f"a line or station name has at most {NAME_LENGTH} characters")
+    # Matched whatever the case: "line 2" typed at a station is the "Line 2" already there,
+    # not a second line that splits its history in two.
+    line = session.scalars(
+        select(ProductionLine)
+        .where(_same_name(ProductionLine.name, line_name))
+        .order_by(ProductionLine.name != line_name)  # the exact name first, where both exist
+    ).first()
     if line is None:
         line = ProductionLine(name=line_name)
         session.add(line)
         session.flush()
     station = session.scalars(
-        select(Station).where(Station.line_id == line.id, Station.name == station_name)
+        select(Station)
+        .where(Station.line_id == line.id, _same_name(Station.name, station_name))
+        .order_by(Station.name != station_name)
     ).first()
     if station is None:
         station = Station(line_id=line.id, name=station_name)

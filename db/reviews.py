@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session, selectinload
 
 from db.models import Inspection, Part, Prediction, Review, ReviewKind, Verdict
@@ -42,15 +42,34 @@ def uncertainty_margin(inspection: Inspection) -> float:
 def review_queue(
     session: Session, limit: int = 50, line_id: int | None = None, scan: int = 2000
 ) -> list[QueueItem]:
-    """Unreviewed, inspected parts, least certain first (among the `scan` most recent)."""
-    reviewed = select(Review.part_id)
+    """Inspected parts not yet reviewed in full, least certain first (among the `scan` most
+    recent).
+
+    A part stays until each detection of its verdict is decided (confirmed or a false call)
+    or it is marked good: leaving at its first review (as it once did) left its other
+    detections undecided for good, so an export labelled them background. A part reviewed
+    against an earlier verdict (judged again since, after a recalibration) is not asked again."""
+    of_part = Review.part_id == Inspection.part_id
+    undecided = (
+        select(Prediction.id)
+        .where(
+            Prediction.inspection_id == Inspection.id,
+            ~select(Review.id).where(Review.prediction_id == Prediction.id).exists(),
+        )
+        .exists()
+    )
+    reviewed_in_full = or_(
+        select(Review.id).where(of_part, Review.kind == ReviewKind.GOOD_PART).exists(),
+        select(Review.id).where(of_part, Review.created_at < Inspection.inspected_at).exists(),
+        and_(select(Review.id).where(of_part).exists(), ~undecided),
+    )
     query = (
         select(Inspection)
         .join(Part, Part.id == Inspection.part_id)
         .where(
             Inspection.verdict != Verdict.ERROR,
             Inspection.is_current(),
-            Inspection.part_id.not_in(reviewed),
+            ~reviewed_in_full,
         )
         .options(selectinload(Inspection.predictions))
         .order_by(Inspection.inspected_at.desc())
@@ -97,6 +116,34 @@ def confirm_defect(session: Session, prediction_id: int, reviewer: str) -> Revie
 
 def mark_false_call(session: Session, prediction_id: int, reviewer: str) -> Review:
     return _review_prediction(session, prediction_id, ReviewKind.FALSE_CALL, reviewer)
+
+
+def decisions(session: Session, inspection_id: int) -> dict[int, str]:
+    """The detections of a verdict a person has decided: prediction id to "confirmed defect"
+    or "false call" (the latest word, where two were given)."""
+    return {
+        prediction_id: kind.replace("_", " ")
+        for prediction_id, kind in session.execute(
+            select(Review.prediction_id, Review.kind)
+            .join(Prediction, Prediction.id == Review.prediction_id)
+            .where(Prediction.inspection_id == inspection_id)
+            .order_by(Review.id)
+        )
+    }
+
+
+def decide_the_rest(session: Session, inspection_id: int, reviewer: str) -> int:
+    """Every detection of a verdict not yet decided marked a false call, once the real defects
+    are confirmed (a part can hold dozens of faint detections); returns how many."""
+    undecided = session.scalars(
+        select(Prediction.id).where(
+            Prediction.inspection_id == inspection_id,
+            ~select(Review.id).where(Review.prediction_id == Prediction.id).exists(),
+        )
+    ).all()
+    for prediction_id in undecided:
+        mark_false_call(session, prediction_id, reviewer)
+    return len(undecided)
 
 
 def add_missed_defect(

@@ -12,7 +12,13 @@ from pathlib import Path
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DataError,
+    IntegrityError,
+    ProgrammingError,
+)
+from sqlalchemy.exc import DatabaseError as DriverDatabaseError
 from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -25,8 +31,21 @@ class DatabaseError(RuntimeError):
 
 def _prepare_sqlite(url: str) -> None:
     database = make_url(url).database
-    if database and database != ":memory:":
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    if database and database != ":memory:" and not database.startswith("file:"):
+        folder = Path(database).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DatabaseError(
+                f"cannot make the folder of the SQLite database {database}: {exc.strerror or exc}"
+            ) from exc
+
+
+def unusable(exc: DriverDatabaseError) -> bool:
+    """Whether a driver's error says the database cannot be used now (gone, locked, full,
+    damaged, read-only), as opposed to a statement the product got wrong, which must surface
+    as the bug it is."""
+    return not isinstance(exc, IntegrityError | ProgrammingError | DataError)
 
 
 @lru_cache(maxsize=8)
@@ -66,8 +85,10 @@ def session_scope(url: str) -> Iterator[Session]:
     try:
         yield session
         session.commit()
-    except OperationalError as exc:
+    except DriverDatabaseError as exc:
         session.rollback()
+        if not unusable(exc):
+            raise
         raise DatabaseError(f"database error at {redact(url)}: {exc.orig}") from exc
     except BaseException:
         session.rollback()
@@ -83,7 +104,9 @@ def connection_scope(url: str) -> Iterator[Connection]:
     try:
         with get_engine(url).begin() as connection:
             yield connection
-    except OperationalError as exc:
+    except DriverDatabaseError as exc:
+        if not unusable(exc):
+            raise
         raise DatabaseError(f"database error at {redact(url)}: {exc.orig}") from exc
 
 

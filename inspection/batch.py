@@ -537,7 +537,9 @@ class BatchInspection:
         for result in results:
             self.summary.inspected += 1
             self.summary.rejudged += result.content_hash in rejudged
-            if result.latency_ms is not None:
+            # (An error's time is not a verdict's: a file that is not an image would pull the
+            # latencies a station is judged by toward whatever its batch took.)
+            if result.latency_ms is not None and result.verdict != "error":
                 self.summary.add_latency(result.latency_ms)
             if result.verdict == "error":
                 self.summary.errors += 1

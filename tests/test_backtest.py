@@ -11,7 +11,14 @@ import yaml
 from sqlalchemy import select
 
 from db.models import Inspection, JobStatus, Prediction, TrainingJob
-from db.reviews import add_missed_defect, confirm_defect, mark_false_call, mark_good, review_queue
+from db.reviews import (
+    add_missed_defect,
+    confirm_defect,
+    decide_the_rest,
+    mark_false_call,
+    mark_good,
+    review_queue,
+)
 from db.session import session_scope
 from inspection.batch import BatchInspection, iter_source
 from inspection.errors import UserError
@@ -43,6 +50,10 @@ def reviewed(database_url: str, trained: Trained, tmp_path: Path) -> str:
         mark_false_call(session, first_prediction[1].id, "ana")
         add_missed_defect(session, inspections[2].part_id, "spot", (4, 4, 20, 20), "ana")
         mark_good(session, inspections[3].part_id, "ana")
+        # Each part's other detections are still undecided: the first three wait for them.
+        assert {q.part_id for q in review_queue(session)} <= {i.part_id for i in inspections[:3]}
+        for inspection in inspections[:3]:
+            decide_the_rest(session, inspection.id, "ana")
         assert review_queue(session) == []  # everything reviewed
     return database_url
 

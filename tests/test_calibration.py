@@ -144,7 +144,9 @@ def test_a_class_that_only_comes_with_caught_defects_keeps_a_threshold() -> None
     assert (per_class.n_missed, per_class.n_false_calls) == (0, 0)
     assert apply_thresholds([PartScores(True, {"spot": 0.7})], per_class.thresholds).n_missed == 0
     notes = calibration_notes(per_class)
-    assert [level for level, _ in notes] == ["info"] and "spot: the shared threshold" in notes[0][1]
+    assert [level for level, _ in notes] == ["warning", "info"]
+    assert "no split can show a miss rate of 0" in notes[0][1]
+    assert "spot: the shared threshold" in notes[1][1]
 
 
 def test_a_class_is_left_off_only_when_no_threshold_can_be_set_and_that_is_said() -> None:
@@ -152,7 +154,8 @@ def test_a_class_is_left_off_only_when_no_threshold_can_be_set_and_that_is_said(
     parts = [PartScores(True, {}), PartScores(False, {"spot": 0.4})]
     result = calibrate(parts, ["scratch", "spot"], 0.0, class_thresholds="per-class")
     assert result.classes_left_off == ["scratch", "spot"]
-    [(level, text)] = calibration_notes(result)
+    [(not_met, missed), (level, text)] = calibration_notes(result)
+    assert not_met == "warning" and "1 of 1 defective parts are missed" in missed
     assert level == "warning" and "scratch, spot: off" in text
 
 
@@ -281,3 +284,27 @@ def test_a_crop_threshold_is_a_probability_or_auto() -> None:
     for bad in ("high", "1.5", -0.1):
         with pytest.raises(UserError, match="probability"):
             parse_verify_threshold(bad)
+
+
+@pytest.mark.parametrize(
+    ("n_defective", "target", "said"),
+    [
+        (1, 0.05, "the rate on new parts may be up to 95.0%"),
+        (100, 0.005, "at least 598 defective parts with none missed are needed"),
+        (600, 0.005, None),  # 0 of 600: upper bound 0.4992%, under the target
+    ],
+)
+def test_a_split_too_small_for_its_target_is_said(
+    n_defective: int, target: float, said: str | None
+) -> None:
+    """Calibrating for 0.5% on 100 defective parts promises what 100 parts cannot show."""
+    parts = [PartScores(True, {"scratch": 0.9})] * n_defective + [PartScores(False, {})]
+    warnings = [
+        text
+        for level, text in calibration_notes(calibrate(parts, ["scratch"], target))
+        if level == "warning"
+    ]
+    if said is None:
+        assert warnings == []
+    else:
+        assert len(warnings) == 1 and said in warnings[0]

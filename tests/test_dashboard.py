@@ -151,6 +151,65 @@ def test_review_page_records_a_review(production: str, tmp_path: Path) -> None:
     assert _count(production, Review) == 1
 
 
+def test_review_keeps_a_part_until_each_detection_is_decided(
+    production: str, tmp_path: Path
+) -> None:
+    at = _app().run()
+    at.file_uploader(key="inspect_files").set_value(_png_files(tmp_path, 2, 3)).run()
+    with session_scope(production) as session:  # two detections on each part, as a model would
+        for inspection in session.scalars(select(Inspection)):
+            inspection.verdict = Verdict.FAIL
+            for confidence in (0.9, 0.4):
+                inspection.predictions.append(
+                    Prediction(
+                        class_name=CLASSES[0], confidence=confidence, x1=2, y1=2, x2=20, y2=20
+                    )
+                )
+    at.switch_page("views/review.py").run()
+    at.text_input(key="reviewer").input("Ana").run()
+    first = at.selectbox(key="review_part").value
+    next(b for b in at.button if b.label == "Confirm defect").click().run()
+    assert not at.exception, at.exception
+    # Still the same part (its other detection is undecided), with one decision shown.
+    assert at.selectbox(key="review_part").value == first
+    assert any("confirmed defect" in m.value for m in at.markdown)
+    at.button(key="decide_rest").click().run()
+    assert not at.exception, at.exception
+    assert f"Part {first} reviewed." in at.success[0].value
+    assert at.selectbox(key="review_part").value != first  # on to the other part
+    assert len(at.selectbox(key="review_part").options) == 1
+
+
+def test_the_station_choice_follows_the_line(production: str) -> None:
+    from db.registry import ensure_station
+
+    with session_scope(production) as session:
+        ensure_station(session, "Line 1", "Station 1")
+        ensure_station(session, "Line 2", "Cam A")
+    at = _app().run()
+    assert at.selectbox(key="inspect_station_Line 1").value == "Station 1"
+    at.selectbox(key="inspect_line").set_value("Line 2").run()
+    assert at.selectbox(key="inspect_station_Line 2").value == "Cam A"
+
+
+def test_a_database_broken_after_the_start_is_a_message_on_any_page(
+    production: str, tmp_path: Path
+) -> None:
+    at = _app().run()
+    at.switch_page("views/history.py").run()
+    assert not at.exception, at.exception
+    from db.session import get_engine
+
+    get_engine(production).dispose()  # the app's connections are opened again
+    database = Path(production.removeprefix("sqlite:///"))
+    for gone in database.parent.glob(database.name + "*"):  # the file, its WAL and index
+        gone.unlink()
+    database.mkdir()  # a file that cannot be opened any more (a volume gone, say)
+    at.run()
+    assert not at.exception, at.exception
+    assert "The database cannot be used right now" in at.error[0].value
+
+
 def test_history_models_and_settings_pages(production: str, tmp_path: Path) -> None:
     at = _app().run()
     at.file_uploader(key="inspect_files").set_value(_png_files(tmp_path, 2, 4)).run()
@@ -184,13 +243,30 @@ def _calibrate_on_settings_page(
 
 
 def test_settings_calibrates_one_shared_threshold(production: str, tmp_path: Path) -> None:
+    with session_scope(production) as session:
+        before = session.scalars(select(ModelVersion.thresholds)).one()
     at = _calibrate_on_settings_page(production, tmp_path, 12, "Class thresholds", "shared")
     assert not at.error, at.error[0].value
+    # Shown, with what the split cannot show, before it replaces the production thresholds.
+    assert any("cannot show a miss rate" in w.value for w in at.warning)
+    with session_scope(production) as session:
+        assert session.scalars(select(ModelVersion.thresholds)).one() == before
+    next(b for b in at.button if b.label.startswith("Use these thresholds")).click().run()
+    assert not at.exception, at.exception
     assert "Stored as the operating point" in at.success[0].value
     with session_scope(production) as session:
         thresholds = session.scalars(select(ModelVersion.thresholds)).one()
     assert thresholds["calibration"]["class_thresholds"] == "shared"
     assert len(set(thresholds["per_class"].values())) == 1
+    # The sliders now show the calibrated thresholds, so a save keeps them (it once stored
+    # back the values from before the calibration).
+    shared = round(next(iter(thresholds["per_class"].values())), 2)
+    assert [round(s.value, 2) for s in at.slider] == [shared] * len(at.slider)
+    next(b for b in at.button if b.label == "Save thresholds").click().run()
+    assert "Saved" in at.success[0].value
+    with session_scope(production) as session:
+        saved = session.scalars(select(ModelVersion.thresholds)).one()["per_class"]
+    assert {round(v, 2) for v in saved.values()} == {shared}
 
 
 def test_settings_verification_without_a_classifier_is_a_message(
@@ -284,6 +360,16 @@ def test_review_figure_and_drawn_box() -> None:
         20.0,
     )
     assert selected_box({"box": []}) is None and selected_box(None) is None
+    # A camera frame: sent scaled to 1024 px with a grid of fixed size, the axes still in its
+    # own pixels (a box drawn at 2900 px lands at 2900 px).
+    big = review_figure(
+        np.zeros((2000, 3000, 3), dtype=np.uint8), [ShownBox("1", 2800, 1900, 2900, 1990, True)]
+    )
+    image = big.data[0]
+    assert image.source.startswith("data:image/png;base64,") and image.z is None
+    assert image.dx == pytest.approx(3000 / 1024) and image.dy == pytest.approx(2000 / 683)
+    assert len(big.data[1].x) <= 160 * 107 and max(big.data[1].x) > 2900
+    assert list(big.layout.xaxis.range) == [0, 3000] and big.layout.shapes[0].x1 == 2900
 
 
 def test_a_missing_model_file_is_a_message(production: str, tmp_path: Path) -> None:

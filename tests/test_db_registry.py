@@ -49,3 +49,10 @@ def test_ensure_station_creates_once(session) -> None:  # type: ignore[no-untype
     assert ensure_station(session, "Line 1", "Cam B").line_id == station.line_id
     with pytest.raises(ValueError):
         ensure_station(session, "", "x")
+    # Typed in another case at a station: the same line and station, not new ones.
+    assert ensure_station(session, "line 1", "cam a").id == station.id
+    # Letters SQLite's lower() does not fold: the exact name is still found.
+    umlaut = ensure_station(session, "Ölwerk", "Prüfung")
+    assert ensure_station(session, "Ölwerk", "Prüfung").id == umlaut.id
+    with pytest.raises(ValueError, match="at most 128 characters"):
+        ensure_station(session, "Line 1", "x" * 129)

@@ -209,3 +209,19 @@ def test_upgrade_keeps_the_verdicts_of_an_older_schema(tmp_path: Path) -> None:
     with session_factory(url)() as session:
         (kept,) = session.scalars(select(Inspection)).all()
         assert kept.verdict is Verdict.FAIL and kept.superseded_at is None
+
+
+def test_a_damaged_or_unplaceable_sqlite_file_is_a_database_error(tmp_path: Path) -> None:
+    """Not a driver's traceback: the app and the CLI say the database cannot be used."""
+    from db.session import DatabaseError, session_scope
+
+    damaged = tmp_path / "damaged.db"
+    damaged.write_bytes(b"not a database" * 1000)
+    with (
+        pytest.raises(DatabaseError, match="file is not a database"),
+        session_scope(f"sqlite:///{damaged}") as session,
+    ):
+        session.execute(text("select 1 from parts"))
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(DatabaseError, match="cannot make the folder"):
+        upgrade(f"sqlite:///{tmp_path / 'a-file' / 'defects.db'}")

@@ -120,14 +120,54 @@ class Calibration(PartCounts):
 
 def calibration_notes(result: Calibration) -> list[tuple[str, str]]:
     """What QA must be told about an operating point beyond its rates, as (level, text):
-    classes left off (warning) and classes given the shared threshold (info)."""
+    a split too small to show the target, a split with no good parts and classes left off
+    (warnings), classes given the shared threshold (info)."""
     notes: list[tuple[str, str]] = []
+    too_small = too_small_warning(result)
+    if too_small:
+        notes.append(("warning", too_small))
+    if result.n_good == 0:
+        notes.append(
+            (
+                "warning",
+                "The split has no good parts: the false calls these thresholds will make are "
+                "unknown. Calibrate on a split with good parts to weigh them.",
+            )
+        )
     if result.classes_left_off:
         notes.append(("warning", left_off_warning(result.classes_left_off)))
     fallback = result.details.get("classes_on_shared_threshold") or []
     if fallback:
         notes.append(("info", shared_fallback_note(fallback)))
     return notes
+
+
+def too_small_warning(result: Calibration) -> str | None:
+    """A split cannot show a miss rate below what its size allows: with none of 100 defective
+    parts missed, the rate may still be 3% (its 95% upper bound). Calibrating for 0.5% on it
+    promises what the split cannot show, which QA must know before relying on the target."""
+    bound = upper_bound(result.n_missed, result.n_defective)
+    if bound is None:
+        return "The split has no defective parts: it cannot show any miss rate."
+    if result.miss_rate is not None and result.miss_rate > result.max_miss_rate:
+        return (
+            f"The target is not met even on this split: {result.n_missed} of "
+            f"{result.n_defective} defective parts are missed at any threshold (the model "
+            "finds none of their defects)."
+        )
+    if bound <= result.max_miss_rate:
+        return None
+    if result.max_miss_rate <= 0:
+        needed = "no split can show a miss rate of 0"
+    else:
+        # (With none missed the bound is 1 - 0.05 ** (1 / n): the n that brings it down.)
+        parts = math.ceil(math.log(0.05) / math.log(1 - result.max_miss_rate))
+        needed = f"at least {parts} defective parts with none missed are needed to show it"
+    return (
+        f"{result.n_defective} defective parts cannot show a miss rate of at most "
+        f"{result.max_miss_rate:g}: with {result.n_missed} missed, the rate on new parts may be "
+        f"up to {bound:.1%} (95% upper bound); {needed}."
+    )
 
 
 def left_off_warning(classes: list[str]) -> str:
@@ -544,8 +584,10 @@ def calibrate_model(
     verify_threshold: float | str | None = None,
     device: str | None = None,
     class_thresholds: str = "auto",
+    store: bool = True,
 ) -> StoredCalibration:
-    """Score the split, calibrate, and store the result as the detector's operating point.
+    """Score the split, calibrate, and store the result as the detector's operating point
+    (with `store` False, only return it: the dashboard shows it before QA accepts it).
 
     `verify_threshold` "auto" (with a classifier) also picks the crop threshold of verification
     that meets the target with the fewest false calls, verification off included."""
@@ -611,9 +653,18 @@ def calibrate_model(
             "part": part if math.isfinite(part) else None,
             "verify": verify,
         }
+    if store:
+        store_operating_point(url, model, operating_point)
+    return StoredCalibration(result, dimensions, operating_point)
+
+
+def store_operating_point(url: str, model: str, operating_point: dict[str, Any]) -> None:
+    """The thresholds every later verdict of `model` uses (and records)."""
+    from db.registry import get_model_version
+    from db.session import session_scope
+
     with session_scope(url) as session:
         get_model_version(session, model).thresholds = operating_point
-    return StoredCalibration(result, dimensions, operating_point)
 
 
 def apply_thresholds(

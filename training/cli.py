@@ -459,8 +459,6 @@ def calibrate_command(
             f"false-call rate {_fmt(result.false_call_rate)} ({result.n_false_calls} of "
             f"{result.n_good} good parts; 95% upper bound {_fmt(report['false_call_rate_upper_95'])})"
         )
-    else:
-        console.print("false-call rate: the split has no good parts")
     if result.miss_rate is not None and result.miss_rate > max_miss_rate:
         console.print(
             "[red]the target cannot be met on this split: some defects are never scored[/red]"

@@ -45,7 +45,9 @@ station = right.selectbox(
     "Station",
     known.get(line or "", []) or ["Station 1"],
     accept_new_options=True,
-    key="inspect_station",
+    # One choice per line: a station chosen on another line must not carry over (it would be
+    # created on this one and the parts filed under it).
+    key=f"inspect_station_{line}",
 )
 st.caption(
     f"Model {info.name}. Images: {', '.join(IMAGE_TYPES)} or zips of them, up to {UPLOAD_LIMIT_MB} MB per "
@@ -132,6 +134,7 @@ if st.session_state.get("inspected_key") != upload_key:
         summary.parts_per_second,
     )
     st.session_state["rejudged"] = summary.rejudged
+    st.session_state["inspected_errors"] = summary.errors
 
 parts = st.session_state["inspected_parts"]
 with session_scope(state.url) as session:
@@ -180,7 +183,9 @@ cols = st.columns(4)
 cols[0].metric("Parts", len(table))
 cols[1].metric("Failed", failed)
 cols[2].metric("Errors", errors)
-cols[3].metric("Parts / s", f"{rate:.1f}" if inspected else "-")
+# (A rate only of parts judged in this upload: not of errors alone, nor of skipped parts.)
+judged_now = inspected - st.session_state.get("inspected_errors", 0)
+cols[3].metric("Parts / s", f"{rate:.1f}" if judged_now > 0 else "-")
 error_kinds = Counter(error_kind(e) for e in table.loc[table["verdict"] == "error", "error"])
 if error_kinds["blank image"]:
     st.warning(

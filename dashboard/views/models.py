@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 from sqlalchemy import select
 
-from dashboard.state import database_ready
+from dashboard.state import database_ready, flash
 from db.models import Dataset, JobStatus, ModelKind, ModelStage, ModelVersion, TrainingJob
 from db.registry import NotFoundError, get_model_version, production_model, promote, rollback
 from db.session import session_scope
@@ -68,15 +68,13 @@ if detectors:
     if left.button("Promote to production"):
         with session_scope(state.url) as session:
             previous = promote(session, get_model_version(session, chosen))
-        st.success(
-            f"{chosen} is in production" + (f"; {previous.name} archived" if previous else "")
-        )
+        flash(f"{chosen} is in production" + (f"; {previous.name} archived" if previous else ""))
         st.rerun()
     if right.button("Roll back the detector"):
         try:
             with session_scope(state.url) as session:
                 restored = rollback(session, ModelKind.DETECTOR)
-            st.success(f"{restored.name} is in production again")
+            flash(f"{restored.name} is in production again")
             st.rerun()
         except NotFoundError as exc:
             st.error(str(exc))

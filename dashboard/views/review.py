@@ -7,9 +7,17 @@ from pathlib import Path
 import streamlit as st
 
 from dashboard.charts import ShownBox, review_figure, selected_box
-from dashboard.state import database_ready, detector_info
+from dashboard.state import database_ready, detector_info, flash
 from db.models import Inspection
-from db.reviews import add_missed_defect, confirm_defect, mark_false_call, mark_good, review_queue
+from db.reviews import (
+    add_missed_defect,
+    confirm_defect,
+    decide_the_rest,
+    decisions,
+    mark_false_call,
+    mark_good,
+    review_queue,
+)
 from db.session import session_scope
 from inspection.errors import UserError
 from inspection.images import ImageDecodeError, decode_image
@@ -25,18 +33,28 @@ with session_scope(state.url) as session:
 if not queue:
     st.info("Nothing to review: inspected parts appear here, the least certain first.")
 else:
-    st.caption(f"{len(queue)} part(s) waiting, least certain first.")
+    st.caption(
+        f"{len(queue)} part(s) waiting, least certain first. A part stays until each of its "
+        "detections is confirmed or marked a false call, or it is marked good."
+    )
+    by_part = {q.part_id: q for q in queue}
+    # The selection is the part itself, not its place in the list: when a part is done and
+    # leaves the queue, the next least certain one is shown (a place would now name another
+    # part, and the next click would review it unseen).
+    if st.session_state.get("review_part") not in by_part:
+        st.session_state["review_part"] = queue[0].part_id
     choice = st.selectbox(
         "Part",
-        range(len(queue)),
-        format_func=lambda i: f"#{i + 1}: part {queue[i].part_id} (margin {queue[i].margin:.2f})",
-        key="review_choice",
+        list(by_part),
+        format_func=lambda part_id: f"part {part_id} (margin {by_part[part_id].margin:.2f})",
+        key="review_part",
     )
-    item = queue[choice]
+    item = by_part[choice]
     with session_scope(state.url) as session:
         inspection = session.get(Inspection, item.inspection_id)
         assert inspection is not None
         part = inspection.part
+        decided = decisions(session, item.inspection_id)
         predictions = [
             (p.id, p.class_name, p.confidence, p.counted, (p.x1, p.y1, p.x2, p.y2))
             for p in inspection.predictions
@@ -79,7 +97,10 @@ else:
             st.markdown(
                 f"{i + 1}. {class_name} {confidence:.2f}"
                 + ("" if counted else " (below threshold)")
+                + (f": **{decided[prediction_id]}**" if prediction_id in decided else "")
             )
+            if prediction_id in decided:
+                continue
             a, b = st.columns(2)
             if a.button(
                 "Confirm defect", key=f"confirm_{prediction_id}", disabled=not reviewer.strip()
@@ -91,9 +112,24 @@ else:
                 with session_scope(state.url) as session:
                     mark_false_call(session, prediction_id, reviewer)
                 st.rerun()
+        undecided = [p for p in predictions if p[0] not in decided]
+        if (
+            decided
+            and undecided
+            and st.button(
+                f"The other {len(undecided)} are false calls",
+                key="decide_rest",
+                disabled=not reviewer.strip(),
+            )
+        ):
+            with session_scope(state.url) as session:
+                decide_the_rest(session, item.inspection_id, reviewer)
+            flash(f"Part {item.part_id} reviewed.")
+            st.rerun()
         if st.button("Mark part good", key="mark_good", disabled=not reviewer.strip()):
             with session_scope(state.url) as session:
                 mark_good(session, item.part_id, reviewer)
+            flash(f"Part {item.part_id} marked good.")
             st.rerun()
         with st.form("missed"):
             st.markdown(

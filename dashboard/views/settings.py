@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import pandas as pd
 import streamlit as st
 from sqlalchemy import select
 
-from dashboard.state import database_ready, detector_info, lines_and_stations
+from dashboard.state import database_ready, detector_info, flash, lines_and_stations
 from db.models import Dataset, ModelKind, ModelVersion
 from db.registry import ensure_station, get_model_version
 from db.session import session_scope
 from inspection.errors import UserError
-from training.calibrate import CLASS_THRESHOLD_MODES, calibrate_model, calibration_notes
+from training.calibrate import (
+    CLASS_THRESHOLD_MODES,
+    StoredCalibration,
+    calibrate_model,
+    calibration_notes,
+    store_operating_point,
+)
 
 state = database_ready()
 st.title("Settings")
@@ -24,6 +31,9 @@ if info is None:
     st.info("No production model yet: promote one on the Models page.")
 else:
     per_class = dict(info.thresholds.get("per_class") or {})
+    # The sliders' keys change with the stored thresholds: a slider keeps its own value across
+    # runs, so after a calibration it would show (and a save would store back) the old ones.
+    stamp = hashlib.sha256(info.operating_point.encode()).hexdigest()[:12]
     with st.form("thresholds"):
         st.caption(
             f"{info.name}: a part fails when a defect's confidence reaches its class's threshold. "
@@ -31,7 +41,12 @@ else:
         )
         edited = {
             name: st.slider(
-                name, 0.01, 1.0, float(min(per_class.get(name, 0.25), 1.0)), 0.01, key=f"t_{name}"
+                name,
+                0.01,
+                1.0,
+                float(min(per_class.get(name, 0.25), 1.0)),
+                0.01,
+                key=f"t_{info.id}_{stamp}_{name}",
             )
             for name in info.classes
         }
@@ -42,7 +57,8 @@ else:
                 thresholds["per_class"] = edited
                 thresholds.pop("calibration", None)  # hand-set: no longer the calibrated point
                 version.thresholds = thresholds
-            st.success("Saved: the next inspection uses them.")
+            flash("Saved: the next inspection uses them.")
+            st.rerun()
     calibration = info.thresholds.get("calibration")
     if calibration:
         st.caption(
@@ -100,34 +116,56 @@ else:
             if st.form_submit_button("Calibrate"):
                 try:
                     with st.spinner("Scoring the split..."):
-                        stored = calibrate_model(
-                            state.url,
-                            info.name,
-                            data,
-                            split,
-                            float(target),
-                            None if classifier == "none" else classifier,
-                            None if verification == "off" else "auto",
-                            class_thresholds=class_thresholds,
+                        st.session_state["pending_calibration"] = (
+                            info.id,
+                            calibrate_model(
+                                state.url,
+                                info.name,
+                                data,
+                                split,
+                                float(target),
+                                None if classifier == "none" else classifier,
+                                None if verification == "off" else "auto",
+                                class_thresholds=class_thresholds,
+                                store=False,
+                            ),
                         )
-                    result = stored.calibration
-                    st.success(
-                        f"Miss rate {result.n_missed} of {result.n_defective}; false calls "
-                        f"{result.n_false_calls} of {result.n_good}. Stored as the operating point."
-                    )
-                    st.dataframe(
-                        pd.DataFrame(
-                            [
-                                {"dimension": k, "threshold": v if math.isfinite(v) else None}
-                                for k, v in result.thresholds.items()
-                            ]
-                        ),
-                        hide_index=True,
-                    )
-                    for level, note in calibration_notes(result):
-                        (st.warning if level == "warning" else st.info)(note)
                 except UserError as exc:
                     st.error(str(exc))
+        pending: tuple[int, StoredCalibration] | None = st.session_state.get("pending_calibration")
+        if pending is not None and pending[0] == info.id:
+            # Shown before it replaces the production thresholds: a split too small for the
+            # target, or without good parts, is a warning QA reads before accepting.
+            stored = pending[1]
+            result = stored.calibration
+            report = stored.operating_point["calibration"]
+            st.markdown(
+                f"**Calibrated on {report['data']}/{report['split']}**: {result.n_missed} of "
+                f"{result.n_defective} defective parts missed; {result.n_false_calls} false "
+                f"calls of {result.n_good} good parts."
+            )
+            st.dataframe(
+                pd.DataFrame(
+                    [
+                        {"dimension": k, "threshold": v if math.isfinite(v) else None}
+                        for k, v in result.thresholds.items()
+                    ]
+                ),
+                hide_index=True,
+            )
+            for level, note in calibration_notes(result):
+                (st.warning if level == "warning" else st.info)(note)
+            accept, discard = st.columns(2)
+            if accept.button(
+                f"Use these thresholds for {info.name}", type="primary", key="accept_calibration"
+            ):
+                store_operating_point(state.url, info.name, stored.operating_point)
+                del st.session_state["pending_calibration"]
+                flash(f"Stored as the operating point of {info.name}: the next inspection uses it.")
+                st.rerun()
+            if discard.button("Discard", key="discard_calibration"):
+                del st.session_state["pending_calibration"]
+                st.rerun()
 
 st.subheader("Lines and stations")
 known = lines_and_stations(state.url)
@@ -147,8 +185,17 @@ with st.form("add_station"):
     if st.form_submit_button("Add"):
         try:
             with session_scope(state.url) as session:
-                ensure_station(session, new_line, new_station)
-            st.success(f"{new_line} / {new_station} added")
+                known_before = {
+                    (line.lower(), station.lower())
+                    for line, stations in known.items()
+                    for station in stations
+                }
+                added = ensure_station(session, new_line, new_station)
+                where = f"{added.line.name} / {added.name}"
+            if (new_line.strip().lower(), new_station.strip().lower()) in known_before:
+                flash(f"{where} is there already.", "info")
+            else:
+                flash(f"{where} added.")
             st.rerun()
         except ValueError as exc:
             st.error(str(exc))

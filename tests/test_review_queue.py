@@ -1,0 +1,94 @@
+"""The review queue: a part stays until each detection of its verdict is decided."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy.orm import Session
+
+from db.models import Inspection, Part, Prediction, Verdict, utcnow
+from db.registry import ensure_station
+from db.reviews import (
+    add_missed_defect,
+    confirm_defect,
+    decide_the_rest,
+    decisions,
+    mark_false_call,
+    mark_good,
+    review_queue,
+)
+
+
+def _part(session: Session, n: int, confidences: list[float]) -> Inspection:
+    station = ensure_station(session, "L", "S")
+    part = Part(
+        content_hash=f"{n:064d}",
+        stored_path="",
+        size_bytes=1,
+        width=100,
+        height=100,
+        line_id=station.line_id,
+        station_id=station.id,
+    )
+    session.add(part)
+    session.flush()
+    inspection = Inspection(
+        part_id=part.id,
+        verdict=Verdict.FAIL if confidences else Verdict.PASS,
+        thresholds={"default": 0.5},
+        inspected_at=utcnow() - timedelta(minutes=1),
+    )
+    for confidence in confidences:
+        inspection.predictions.append(
+            Prediction(
+                class_name="scratch",
+                confidence=confidence,
+                counted=confidence >= 0.5,
+                x1=1.0,
+                y1=1.0,
+                x2=9.0,
+                y2=9.0,
+            )
+        )
+    session.add(inspection)
+    session.flush()
+    return inspection
+
+
+def _queued(session: Session) -> set[int]:
+    return {item.part_id for item in review_queue(session)}
+
+
+def test_a_part_stays_queued_until_each_detection_is_decided(session: Session) -> None:
+    two = _part(session, 1, [0.9, 0.6])
+    passed = _part(session, 2, [])
+    three = _part(session, 3, [0.7, 0.3, 0.2])
+    good = _part(session, 4, [0.8])
+    assert _queued(session) == {two.part_id, passed.part_id, three.part_id, good.part_id}
+    first, second = two.predictions
+    confirm_defect(session, first.id, "ana")
+    assert decisions(session, two.id) == {first.id: "confirmed defect"}
+    assert two.part_id in _queued(session)  # its second detection is not decided yet
+    mark_false_call(session, second.id, "ana")
+    assert two.part_id not in _queued(session)
+    # A pass with nothing found: one review decides it (a missed defect, or good).
+    add_missed_defect(session, passed.part_id, "scratch", (10, 10, 20, 20), "ana")
+    assert passed.part_id not in _queued(session)
+    confirm_defect(session, three.predictions[0].id, "ana")
+    assert three.part_id in _queued(session)
+    assert decide_the_rest(session, three.id, "ana") == 2
+    assert decide_the_rest(session, three.id, "ana") == 0
+    mark_good(session, good.part_id, "ana")  # good: its detection is a false call by that
+    assert _queued(session) == set()
+
+
+def test_a_part_reviewed_before_it_was_judged_again_is_not_asked_again(session: Session) -> None:
+    earlier = _part(session, 1, [0.9])
+    confirm_defect(session, earlier.predictions[0].id, "ana")
+    # Judged again after a recalibration: a new verdict with new detection rows.
+    earlier.superseded_at = utcnow()
+    again = Inspection(part_id=earlier.part_id, verdict=Verdict.FAIL, inspected_at=utcnow())
+    again.predictions.append(Prediction(class_name="scratch", confidence=0.9, counted=True))
+    session.add(again)
+    session.flush()
+    assert _queued(session) == set()
