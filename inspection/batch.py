@@ -433,12 +433,15 @@ class BatchInspection:
         self,
         items: Iterable[SourceItem],
         on_result: Callable[[PartResult], None] | None = None,
+        finish: bool = True,
     ) -> BatchSummary:
-        """Inspect what is new among `items`, writing one transaction per chunk.
+        """Inspect what is new among `items`, writing one transaction per chunk, and mark the
+        run finished at the end unless `finish` is False (a watch, whose run goes on).
 
         A chunk's write (image files, then one commit) runs in a writer thread while the next
         chunk is inspected; at most one write is in flight, and `run` returns once it is done.
         """
+        finish = finish and self.owns_run
         started = time.perf_counter()
         chunk: list[SourceItem] = []
         try:
@@ -455,14 +458,14 @@ class BatchInspection:
             if chunk:
                 # The last write also marks the run finished: a part handed over on its own
                 # (a hot folder's single file) costs one transaction, not two.
-                self._process(chunk, on_result, finishing=self.owns_run)
+                self._process(chunk, on_result, finishing=finish)
         except KeyboardInterrupt:
             self._giving_up.set()
             raise
         finally:
             marked_finished = self._wait_for_write()
         self.summary.seconds += time.perf_counter() - started
-        if self.owns_run and not marked_finished:
+        if finish and not marked_finished:
             self._through_outages(self._finish_run)
         return self.summary
 
@@ -655,9 +658,17 @@ class BatchInspection:
         known: set[tuple[str, int, float]] | None = None,
     ) -> BatchSummary:
         """Inspect files as they appear in `folder` until `stop` is set (`known`: files already
-        read, by `file_key`, which are left alone unless they change)."""
-        for ready in hot_folder_batches(folder, stop, poll_seconds, settle_seconds, known):
-            self.run(ready, on_result)
+        read, by `file_key`, which are left alone unless they change).
+
+        The run stays open while the watch goes on (the Live page and `defects status` show
+        it at work) and is marked finished when it stops, by `stop` or Ctrl-C: a watch killed
+        outright leaves it open, which tells the two apart."""
+        try:
+            for ready in hot_folder_batches(folder, stop, poll_seconds, settle_seconds, known):
+                self.run(ready, on_result, finish=False)
+        finally:
+            if self.owns_run:
+                self._through_outages(self._finish_run)
         return self.summary
 
 

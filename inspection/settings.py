@@ -9,6 +9,8 @@ from pathlib import Path
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from inspection.errors import UserError
+
 
 class Settings(BaseSettings):
     """Configuration from `DEFECTS_*` environment variables (or a `.env` file)."""
@@ -162,5 +164,16 @@ def resolve_device(choice: str | None = None) -> str:
     if choice == "auto":
         return "cuda:0" if torch.cuda.is_available() else "cpu"
     if choice.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {choice!r} was asked for but no CUDA GPU is visible")
+        raise UserError(
+            f"device {choice!r} was asked for but no CUDA GPU is visible: use --device cpu "
+            "(or auto)"
+        )
+    if choice.startswith("cuda:"):
+        index = choice.removeprefix("cuda:")
+        if not index.isdigit() or int(index) >= torch.cuda.device_count():
+            raise UserError(
+                f"device {choice!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)"
+            )
+    elif choice not in ("cpu", "cuda"):
+        raise UserError(f"unknown device {choice!r}: cpu, cuda, cuda:N or auto")
     return choice

@@ -572,11 +572,23 @@ def test_watch_picks_up_a_file_added_while_it_runs(detector: str, tmp_path: Path
         deadline = time.monotonic() + 30
         while not seen and time.monotonic() < deadline:
             time.sleep(0.05)
+        time.sleep(0.3)  # its write done
+        # At work: the run is open while the watch goes on (it was marked finished after
+        # each look, so a watch at work looked like one that had stopped).
+        assert _run_finished_at(detector, job.run_id) is None
     finally:
         stop.set()
         watcher.join(timeout=10)
     assert seen == ["new_part.png"]
     assert _counts(detector)[0] == 1
+    assert _run_finished_at(detector, job.run_id) is not None  # stopped: finished
+
+
+def _run_finished_at(url: str, run_id: int):  # type: ignore[no-untyped-def]
+    from db.models import InspectionRun
+
+    with session_scope(url) as session:
+        return session.get_one(InspectionRun, run_id).finished_at
 
 
 def test_the_summary_counts_errors_by_kind(

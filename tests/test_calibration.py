@@ -119,7 +119,9 @@ def test_a_class_the_split_never_scores_gets_the_shared_threshold() -> None:
         0.0,
         class_thresholds="per-class",
     )
-    assert result.thresholds == {"scratch": 0.5, "spot": 0.5}
+    # No good part below the defect at 0.5: 1% under it, so that a strict comparison (the
+    # engine's and ultralytics') still catches it.
+    assert result.thresholds == pytest.approx({"scratch": 0.495, "spot": 0.495})
     assert result.classes_left_off == []
     assert result.details["classes_on_shared_threshold"] == ["spot"]
 
@@ -171,7 +173,7 @@ def test_without_good_parts_false_detections_keep_thresholds_sensible() -> None:
     ]
     result = calibrate(parts, ["crazing", "scratch", "spot"], 0.0, class_thresholds="per-class")
     assert result.n_missed == 0
-    assert result.thresholds == {"crazing": 0.7, "scratch": 0.8, "spot": 0.6}
+    assert result.thresholds == pytest.approx({"crazing": 0.693, "scratch": 0.792, "spot": 0.594})
 
 
 def test_one_shared_threshold_is_the_weakest_defect_of_any_class() -> None:

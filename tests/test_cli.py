@@ -109,3 +109,57 @@ def test_a_command_ends_without_teardown_but_with_its_output_and_exit_code(
         cwd=root,
     )
     assert help_text.returncode == 0 and "Commands" in help_text.stdout
+
+
+def test_archiving_leaves_production_and_the_rollback_order_alone(tmp_path: Path) -> None:
+    """Archiving an archived version once stamped it again, and a rollback then put it back
+    instead of the version the production one replaced."""
+    from db.migrate import upgrade
+    from db.models import ModelKind, ModelStage, ModelVersion
+    from db.registry import production_model, promote
+    from db.session import session_scope
+    from inspection.errors import UserError
+    from inspection.settings import get_settings
+
+    url = get_settings().resolved_database_url
+    upgrade(url)
+    with session_scope(url) as session:
+        versions = [
+            ModelVersion(
+                name=f"v{i}",
+                kind=ModelKind.DETECTOR,
+                architecture="defect-yolo-n",
+                file_path="x.pt",
+                sha256="0" * 64,
+            )
+            for i in (1, 2, 3)
+        ]
+        session.add_all(versions)
+        session.flush()
+        for version in versions:
+            promote(session, version)  # v1, then v2, then v3 in production
+    assert (
+        runner.invoke(app, ["models", "archive", "v1"]).output.strip() == "v1 is archived already"
+    )
+    refused = runner.invoke(app, ["models", "archive", "v3"])
+    assert refused.exit_code == 1 and isinstance(refused.exception, UserError)
+    assert "in production" in str(refused.exception)
+    assert runner.invoke(app, ["models", "rollback"]).exit_code == 0
+    with session_scope(url) as session:
+        restored = production_model(session, ModelKind.DETECTOR)
+        assert restored is not None and restored.name == "v2"
+        assert session.get(ModelVersion, versions[2].id).stage == ModelStage.CANDIDATE
+
+
+def test_an_unknown_or_absent_device_is_one_line(tmp_path: Path) -> None:
+    from inspection.errors import UserError
+    from inspection.settings import resolve_device
+
+    for device, said in [("foo", "unknown device"), ("cuda:x", "CUDA")]:
+        try:
+            resolve_device(device)
+        except UserError as exc:
+            assert said in str(exc)
+        else:
+            raise AssertionError(f"{device} was accepted")
+    assert resolve_device("cpu") == "cpu"

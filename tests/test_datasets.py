@@ -101,3 +101,47 @@ def test_a_name_that_is_not_one_plain_folder_is_refused_and_nothing_is_touched(
     with pytest.raises(UserError, match="dataset name"):
         write_dataset(session, name, "src", "voc", CLASSES, [], [], store)
     assert keep.read_bytes() == b"the database" and list(store.iterdir()) == []
+
+
+def test_coco_images_with_unreadable_annotations_are_left_out_not_made_good(
+    session, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Imported without their boxes, they would be good parts whose defects are background."""
+    import json
+
+    write_coco(tmp_path / "src", n=8)
+    path = tmp_path / "src" / "annotations.json"
+    coco = json.loads(path.read_text())
+    by_image = {a["image_id"]: a for a in coco["annotations"]}
+    ids = [image["id"] for image in coco["images"] if image["id"] in by_image][:3]
+    by_image[ids[0]]["bbox"] = [1, 2, "x"]
+    del by_image[ids[1]]["bbox"]
+    coco["annotations"].append({**by_image[ids[2]], "id": 999, "image_id": 12345})
+    coco["annotations"].append(7)
+    path.write_text(json.dumps(coco))
+    report = import_dataset(session, "coco", tmp_path / "src", "c", tmp_path / "ds")
+    reasons = [issue.reason for issue in report.issues]
+    assert sum("annotation" in r and "missing 'bbox'" in r for r in reasons) == 1
+    assert any("could not convert" in r or "values" in r for r in reasons)
+    assert any("annotations of image 12345, which is not listed" in r for r in reasons)
+    assert any("not an object" in r for r in reasons)
+    assert report.n_images == 8 - 2
+    # The categories without a name: one line, not a KeyError.
+    for category in coco["categories"]:
+        del category["name"]
+    path.write_text(json.dumps(coco))
+    with pytest.raises(UserError, match="unreadable COCO categories"):
+        import_dataset(session, "coco", tmp_path / "src", "d", tmp_path / "ds")
+
+
+def test_replacing_a_dataset_from_its_own_folder_keeps_its_images(session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The old folder once went before the new one was written: importing it again from
+    itself found nothing left, and the dataset was gone."""
+    write_yolo(tmp_path / "src", n=6)
+    first = import_dataset(session, "yolo", tmp_path / "src", "y", tmp_path / "ds", classes=CLASSES)
+    again = import_dataset(
+        session, "yolo", first.root, "y", tmp_path / "ds", classes=CLASSES, replace=True
+    )
+    assert again.n_images == first.n_images == 6 and again.issues == []
+    assert len(list((tmp_path / "ds" / "y" / "images").rglob("*.png"))) == 6
+    assert sorted(p.name for p in (tmp_path / "ds").iterdir()) == ["y"]  # nothing left beside

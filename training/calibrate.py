@@ -355,7 +355,10 @@ def _centre_in_gaps(
     """Each threshold lowered to the middle of the gap between it and the best-scoring good part
     below it that no other dimension flags: the split's false calls stay the same, and a new
     part a little fainter than the faintest defect of the split is still caught. A threshold
-    left on the faintest caught defect's own score would miss it."""
+    left on the faintest caught defect's own score would miss it: the engine, like
+    ultralytics' predict, keeps a detection only above its threshold, and a score read back
+    from float32 can land a hair under it. With no good part below, the threshold still goes
+    down by UNDER_FAINTEST (it stood on the defect's score and `evaluate` missed that part)."""
     centred = thresholds.copy()
     for d in range(len(thresholds)):
         if not np.isfinite(thresholds[d]):
@@ -367,7 +370,12 @@ def _centre_in_gaps(
         below = column[np.isfinite(column) & (column < thresholds[d])]
         if len(below):
             centred[d] = (thresholds[d] + below.max()) / 2
+        else:
+            centred[d] = thresholds[d] - max(UNDER_FAINTEST * thresholds[d], 1e-4)
     return centred
+
+
+UNDER_FAINTEST = 0.01  # of the threshold: under the faintest defect when no good part is below
 
 
 # --- verification: the classifier confirms each detection's crop ---------------------------------

@@ -144,6 +144,15 @@ def models_archive(model: Annotated[str, typer.Argument(help="Model version id o
 
     with session_scope(migrated_database_url()) as session:
         version = get_model_version(session, model)
+        if version.stage == ModelStage.ARCHIVED:
+            # Stamped again, it would become the version a rollback puts back.
+            console.print(f"{version.name} is archived already")
+            return
+        if version.stage == ModelStage.PRODUCTION:
+            raise UserError(
+                f"{version.name} is in production: promote another version or roll back first "
+                "(archived, it would leave the stations without a model)"
+            )
         version.stage = ModelStage.ARCHIVED
         version.archived_at = utcnow()
         console.print(f"{version.name} archived")
@@ -828,7 +837,7 @@ def batch_command(
                     known,
                 )
             elif watch:
-                job.run(iter_source(source, files or None), on_result)
+                job.run(iter_source(source, files or None), on_result, finish=False)
                 job.watch(source_path, threading.Event(), on_result, known=known)
             else:
                 job.run(iter_source(source, files or None), on_result)
@@ -1051,7 +1060,8 @@ def main() -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         code = 130
-    except (UserError, DatabaseError, NotFoundError, FileNotFoundError, ValueError) as exc:
+    except (UserError, DatabaseError, NotFoundError, OSError, ValueError) as exc:
+        # (OSError: a read-only or full data folder, a path that is a folder, a missing file.)
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)
         code = 1
     end_process(code)

@@ -251,30 +251,61 @@ def read_coco(
         annotations = coco.get("annotations", [])
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
         raise UserError(f"unreadable COCO file {json_path}: {exc}") from exc
-    class_names = classes or [str(c["name"]) for c in categories]
-    index_of_category = {
-        c["id"]: (class_names.index(c["name"]) if c["name"] in class_names else -1)
-        for c in categories
-    }
+    try:
+        class_names = classes or [str(c["name"]) for c in categories]
+        index_of_category = {
+            c["id"]: (class_names.index(c["name"]) if c["name"] in class_names else -1)
+            for c in categories
+        }
+    except (KeyError, TypeError) as exc:
+        raise UserError(f"unreadable COCO categories in {json_path}: missing {exc}") from exc
     base = json_path.parent
     roots = [base, base / "images", base.parent / "images", base.parent]
-    by_image: dict[int, list[Box]] = {}
+    by_image: dict[object, list[Box]] = {}
+    # An image whose annotation cannot be read is left out, never imported without that box:
+    # it would count as a good part and teach the model that its defect is background.
+    unreadable: dict[object, str] = {}
     issues: list[ImportIssue] = []
     for ann in annotations:
+        image_id = ann.get("image_id") if isinstance(ann, dict) else None
         try:
+            if not isinstance(ann, dict):
+                raise TypeError(f"not an object: {ann!r}"[:80])
+            if "bbox" not in ann:
+                raise KeyError("bbox")
             x, y, w, h = (float(v) for v in ann["bbox"])
             category = index_of_category.get(ann["category_id"], -1)
-            by_image.setdefault(ann["image_id"], []).append(Box(category, x, y, x + w, y + h))
+            by_image.setdefault(image_id, []).append(Box(category, x, y, x + w, y + h))
         except (KeyError, TypeError, ValueError) as exc:
-            issues.append(ImportIssue(json_path.name, f"annotation {ann.get('id', '?')}: {exc}"))
+            reason = f"annotation {ann.get('id', '?') if isinstance(ann, dict) else '?'}: " + (
+                f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
+            )
+            if image_id is None:
+                issues.append(ImportIssue(json_path.name, reason))
+            else:
+                unreadable.setdefault(image_id, reason)
     images: list[LabeledImage] = []
+    known_ids = set()
     for record in records:
+        if not isinstance(record, dict) or "id" not in record:
+            issues.append(
+                ImportIssue(json_path.name, f"image record without an id: {record!r}"[:120])
+            )
+            continue
+        known_ids.add(record["id"])
         file_name = str(record.get("file_name", ""))
+        if record["id"] in unreadable:
+            issues.append(ImportIssue(file_name or str(record["id"]), unreadable[record["id"]]))
+            continue
         path = next((r / file_name for r in roots if (r / file_name).is_file()), None)
         if path is None:
             issues.append(ImportIssue(file_name or str(record.get("id")), "image file not found"))
             continue
         images.append(LabeledImage(path, 0, 0, by_image.get(record["id"], [])))
+    for image_id in sorted(set(by_image) - known_ids, key=str):
+        issues.append(
+            ImportIssue(json_path.name, f"annotations of image {image_id}, which is not listed")
+        )
     return class_names, images, issues
 
 
@@ -419,26 +450,30 @@ def write_dataset(
     if not accepted:
         raise UserError(f"no usable images in {src} ({len(issues)} problems, e.g. {issues[:1]})")
 
-    if root.exists():
-        # Only ever a dataset's own folder, inside the store (the name is checked above).
-        if root.resolve().parent != datasets_dir.resolve():
-            raise UserError(f"dataset name {name!r} does not name a folder of the dataset store")
-        shutil.rmtree(root)
+    if root.resolve().parent != datasets_dir.resolve():
+        raise UserError(f"dataset name {name!r} does not name a folder of the dataset store")
+    # Written beside the store's folder first, then put in its place: an import that fails
+    # half way (a full disk, a bad file) leaves the dataset as it was, and one that replaces a
+    # dataset from that dataset's own folder still finds its images (deleting the old folder
+    # first once lost them both).
+    stage = datasets_dir / f".{name}.importing"
+    if stage.exists():
+        shutil.rmtree(stage)
     counts: dict[str, Counter[str]] = {s: Counter() for s in SPLITS}
     lists: dict[str, list[str]] = {s: [] for s in SPLITS}
     for image in accepted:
         assert image.split is not None
-        _place(image.path, root / "images" / image.split / image.path.name)
-        label_file = root / "labels" / image.split / f"{image.path.stem}.txt"
+        _place(image.path, stage / "images" / image.split / image.path.name)
+        label_file = stage / "labels" / image.split / f"{image.path.stem}.txt"
         label_file.parent.mkdir(parents=True, exist_ok=True)
         label_file.write_text(
             "".join(_yolo_line(b, image.width, image.height) + "\n" for b in image.boxes)
         )
         lists[image.split].append(image.path.name)
         counts[image.split].update(images=1, boxes=len(image.boxes), good=int(not image.boxes))
-    (root / "splits").mkdir(parents=True, exist_ok=True)
+    (stage / "splits").mkdir(parents=True, exist_ok=True)
     for split in SPLITS:
-        (root / "splits" / f"{split}.txt").write_text(
+        (stage / "splits" / f"{split}.txt").write_text(
             "".join(f"{n}\n" for n in sorted(lists[split]))
         )
     data_yaml = {
@@ -448,11 +483,20 @@ def write_dataset(
         "test": "images/test",
         "names": dict(enumerate(class_names)),
     }
-    (root / "data.yaml").write_text(yaml.safe_dump(data_yaml, sort_keys=False))
-    (root / "import_report.txt").write_text(
+    (stage / "data.yaml").write_text(yaml.safe_dump(data_yaml, sort_keys=False))
+    (stage / "import_report.txt").write_text(
         f"source: {src}\nformat: {source_format}\nimported: {len(accepted)} images\n"
         f"left out: {len(issues)}\n" + "".join(f"{issue}\n" for issue in issues)
     )
+    if root.exists():
+        replaced = datasets_dir / f".{name}.replaced"
+        if replaced.exists():
+            shutil.rmtree(replaced)
+        root.rename(replaced)
+        stage.rename(root)
+        shutil.rmtree(replaced)
+    else:
+        stage.rename(root)
     split_counts = {s: {k: int(counts[s][k]) for k in ("images", "boxes", "good")} for s in SPLITS}
     dataset = existing or Dataset(name=name)
     dataset.source = src
