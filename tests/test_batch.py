@@ -640,6 +640,20 @@ def test_cli_batch_and_inspect(
     assert result.exit_code == 0, result.output
     assert "5 parts inspected" in result.output and "parts/s" in result.output
     assert len(csv_path.read_text().splitlines()) == 6
+    again = runner.invoke(
+        app,
+        ["batch", str(tmp_path / "in"), "--line", "L", "--station", "S", "--export", "csv"]
+        + ["--output", str(csv_path)],
+    )
+    assert "wrote 0 rows" in again.output and "the 5 judged before are not in" in " ".join(
+        again.output.split()
+    )
+    to_folder = runner.invoke(
+        app,
+        ["batch", str(tmp_path / "in"), "--line", "L", "--station", "S", "--export", "csv"]
+        + ["--output", str(tmp_path)],
+    )
+    assert to_folder.exit_code == 1 and "is a folder" in str(to_folder.exception)
     new = make_images(tmp_path / "more", n=2, seed=3)
     result = runner.invoke(
         app, ["inspect", *(str(tmp_path / "more" / im.name) for im in new), "--json"]

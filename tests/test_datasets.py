@@ -145,3 +145,15 @@ def test_replacing_a_dataset_from_its_own_folder_keeps_its_images(session, tmp_p
     assert again.n_images == first.n_images == 6 and again.issues == []
     assert len(list((tmp_path / "ds" / "y" / "images").rglob("*.png"))) == 6
     assert sorted(p.name for p in (tmp_path / "ds").iterdir()) == ["y"]  # nothing left beside
+
+
+def test_a_dataset_without_train_or_val_images_is_refused_before_training() -> None:
+    """Split lists that name none of the images imported fine, and training then failed
+    inside ultralytics with a traceback."""
+    from db.models import Dataset
+    from training.datasets import check_trainable
+
+    counts = {"train": {"images": 0}, "val": {"images": 4}, "test": {"images": 4}}
+    with pytest.raises(UserError, match=r"no train images to train on \(train 0, val 4, test 4\)"):
+        check_trainable(Dataset(name="calibration-only", split_counts=counts))
+    check_trainable(Dataset(name="fine", split_counts={**counts, "train": {"images": 8}}))

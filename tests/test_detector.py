@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -162,6 +163,24 @@ def test_an_exported_detector_is_evaluated_like_its_checkpoint(trained: Trained)
     assert figures[1]["weights"] == onnx_path.name
 
 
+def test_a_model_file_is_evaluated_at_its_own_thresholds(trained: Trained, tmp_path: Path) -> None:
+    """`defects evaluate FILE` measured an export at default thresholds, not at those in its
+    metadata, so its miss rate was not the model's (30 of 180 against 1 of 180)."""
+    from training.evaluate import resolve_model
+    from training.export import export_detector
+
+    operating_point = {"default": 0.0123, "per_class": {CLASSES[0]: 0.0456}}
+    weights = Path(shutil.copy(trained.weights, tmp_path / "exported.pt"))
+    onnx_path = export_detector(weights, thresholds=operating_point)
+    assert resolve_model(str(onnx_path), trained.url)[1] == operating_point
+    with session_scope(trained.url) as session:  # the registered version's own weights
+        version = get_model_version(session, trained.version_name)
+        file_path, stored = version.file_path, dict(version.thresholds)
+    assert resolve_model(file_path, trained.url)[1] == stored
+    (tmp_path / "unknown.pt").write_bytes(Path(file_path).read_bytes() + b"x")
+    assert resolve_model(str(tmp_path / "unknown.pt"), trained.url)[1] is None
+
+
 def test_part_figures_do_not_depend_on_the_batch(trained: Trained) -> None:
     """Parts are predicted one batch of files at a time: every part counted once, whatever the
     batch, including a last batch that is not full."""
@@ -292,6 +311,10 @@ def test_interrupted_training_resumes(trained: Trained, monkeypatch: pytest.Monk
         ]
         assert statuses == [JobStatus.CANCELLED, JobStatus.SUCCEEDED]
         assert get_model_version(session, version_id).metrics["epochs"] == 2
+    # Finished now: nothing to resume, said in one line (ultralytics, asked to resume a
+    # finished run, fell back to its own example dataset and tried to download it).
+    with pytest.raises(UserError, match="no interrupted training .* finished"):
+        train_detector(TrainRequest(**{**request.__dict__, "resume": True}), url=trained.url)
 
 
 def test_a_time_budget_replans_the_epochs(

@@ -789,6 +789,9 @@ def batch_command(
 
     if export not in (None, "csv"):
         raise UserError(f"export format {export!r} is not supported; use csv")
+    if export == "csv" and output is not None and output.is_dir():
+        # (Said now, not after the whole batch has run.)
+        raise UserError(f"--output {output} is a folder: give the CSV file's name")
     source_path = Path(source)
     if watch and not source_path.is_dir():
         raise UserError("--watch needs a folder")
@@ -879,6 +882,11 @@ def batch_command(
         target = output or Path(f"run-{job.run_id}.csv")
         rows = export_run_csv(url, job.run_id, target)
         console.print(f"wrote {rows} rows to {target}")
+        if job.summary.skipped:
+            console.print(
+                f"(the parts this run judged; the {job.summary.skipped} judged before are not in "
+                "it: their verdicts are in the run that judged them and the History page's CSV)"
+            )
 
 
 @app.command("status")

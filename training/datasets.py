@@ -509,6 +509,19 @@ def write_dataset(
     return ImportReport(name, root, class_names, split_counts, issues)
 
 
+def check_trainable(dataset: Dataset) -> None:
+    """Training needs images in train and val: said before a model is built, not as an
+    ultralytics traceback after (a dataset for calibration or evaluation alone is fine)."""
+    images = {s: int(((dataset.split_counts or {}).get(s) or {}).get("images", 0)) for s in SPLITS}
+    empty = [s for s in ("train", "val") if not images[s]]
+    if empty:
+        found = ", ".join(f"{s} {n}" for s, n in images.items())
+        raise UserError(
+            f"dataset {dataset.name!r} has no {' and no '.join(empty)} images to train on "
+            f"({found}): import it again with split lists that name its images"
+        )
+
+
 def dataset_yaml(session: Session, name: str) -> tuple[Dataset, Path]:
     """The registered dataset and its ultralytics data.yaml."""
     dataset = session.scalars(select(Dataset).where(Dataset.name == name)).first()

@@ -272,12 +272,36 @@ def resolve_model(ref: str, url: str) -> tuple[Path, dict[str, Any] | None, str 
     """A weights file, or a model version's file and operating thresholds."""
     path = Path(ref)
     if path.suffix in {".pt", ".onnx"} and path.exists():
-        return path, None, None
+        # A file is measured at its model's own operating point, not at default thresholds:
+        # an export's are in its metadata, a version's weights are known by their hash.
+        return path, _file_thresholds(path, url), None
     if path.suffix in {".pt", ".onnx"}:
         raise UserError(f"model file not found: {ref}")
     with session_scope(url) as session:
         version = get_model_version(session, ref)
         return Path(version.file_path), dict(version.thresholds), version.name
+
+
+def _file_thresholds(path: Path, url: str) -> dict[str, Any] | None:
+    """The thresholds a model file carries: an export's metadata, or those of the registered
+    version whose weights it is; None where neither says (default thresholds then)."""
+    import json
+
+    from sqlalchemy import select
+
+    from db.models import ModelVersion
+    from training.export import METADATA_PREFIX, read_metadata
+    from training.versions import sha256_of
+
+    if path.suffix == ".onnx":
+        stored = json.loads(read_metadata(path).get(METADATA_PREFIX + "thresholds") or "{}")
+        return stored or None
+    digest = sha256_of(path)
+    with session_scope(url) as session:
+        version = session.scalars(
+            select(ModelVersion).where(ModelVersion.sha256 == digest).order_by(ModelVersion.id)
+        ).first()
+        return dict(version.thresholds) if version is not None else None
 
 
 @dataclass

@@ -37,7 +37,7 @@ from inspection.classifier import (
 from inspection.errors import UserError
 from inspection.images import decode_image
 from inspection.settings import get_settings, resolve_device
-from training.datasets import IMAGE_SUFFIXES, dataset_yaml
+from training.datasets import IMAGE_SUFFIXES, check_trainable, dataset_yaml
 from training.jobs import record_job_end
 from training.versions import register_model_version
 
@@ -300,6 +300,7 @@ def train_classifier(request: ClassifierTrainRequest, url: str | None = None) ->
     random.seed(request.seed)
     with session_scope(url) as session:
         dataset, _ = dataset_yaml(session, request.data)
+        check_trainable(dataset)
         root, defect_classes, dataset_id = (
             Path(dataset.root_path),
             list(dataset.classes),

@@ -24,7 +24,7 @@ from db.session import session_scope
 from inspection.detector import architecture_of, build_detector, load_detector
 from inspection.errors import UserError
 from inspection.settings import get_settings
-from training.datasets import dataset_yaml
+from training.datasets import check_trainable, dataset_yaml
 from training.jobs import record_job_end
 from training.versions import register_model_version
 
@@ -178,9 +178,20 @@ def _latest_run(runs_dir: Path, prefix: str) -> Path:
         (p for p in runs_dir.glob(f"{prefix}-*") if (p / "weights" / "last.pt").is_file()),
         key=lambda p: p.stat().st_mtime,
     )
-    if not candidates:
-        raise UserError(f"no interrupted training of {prefix} to resume in {runs_dir}")
+    if not candidates or not _interrupted(candidates[-1] / "weights" / "last.pt"):
+        raise UserError(
+            f"no interrupted training of {prefix} to resume in {runs_dir}"
+            + (f" (the latest, {candidates[-1].name}, finished)" if candidates else "")
+        )
     return candidates[-1]
+
+
+def _interrupted(last: Path) -> bool:
+    """Whether a run's last checkpoint can be resumed: ultralytics marks a finished run's
+    (epoch -1, no optimizer). Resumed anyway, ultralytics fell back to its own example
+    dataset and tried to download it."""
+    checkpoint = torch.load(last, map_location="cpu", weights_only=False)
+    return checkpoint.get("epoch", -1) >= 0 and checkpoint.get("optimizer") is not None
 
 
 def _use_every_cpu_core(trainer) -> None:  # type: ignore[no-untyped-def]
@@ -207,6 +218,7 @@ def train_detector(
     runs_dir = (settings.runs_dir / "detect").resolve()
     with session_scope(url) as session:
         dataset, data_path = dataset_yaml(session, request.data)
+        check_trainable(dataset)
         class_names = list(dataset.classes)
         base_name = None
         if request.from_model:
