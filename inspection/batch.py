@@ -28,7 +28,7 @@ from pathlib import Path
 from threading import Event
 from typing import BinaryIO, TypeVar
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from db.models import (
@@ -207,7 +207,9 @@ def folder_files(folder: Path) -> list[Path]:
 def file_items(path: Path, display: str) -> Iterator[SourceItem]:
     """A file of a folder, glob or hot folder as parts: itself, or each entry of a zip archive
     (as the dashboard takes a zip among uploaded files)."""
-    if path.suffix.lower() == ".zip" and zipfile.is_zipfile(path):
+    if path.suffix.lower() == ".zip" or zipfile.is_zipfile(path):
+        # (A damaged zip, one cut short in the copy say, is an error of the zip, not "not an
+        # image file": its entries were never read, which the message must tell.)
         try:
             yield from iter_zip(path, display)
         except UserError as exc:  # (raised on opening it, before any entry)
@@ -224,8 +226,8 @@ def iter_source(source: str, listed: list[Path] | None = None) -> Iterator[Sourc
     if path.is_dir():
         for file in folder_files(path) if listed is None else listed:
             yield from file_items(file, str(file.relative_to(path)))
-    elif path.is_file() and zipfile.is_zipfile(path):
-        yield from iter_zip(path, path.name)
+    elif path.is_file() and (path.suffix.lower() == ".zip" or zipfile.is_zipfile(path)):
+        yield from iter_zip(path, path.name)  # (a damaged zip given alone stops the command)
     elif path.is_file():
         yield read_file(path, path.name)
     elif any(ch in source for ch in "*?["):
@@ -243,7 +245,10 @@ def iter_zip(archive_file: Path | BinaryIO, label: str) -> Iterator[SourceItem]:
     try:
         archive = zipfile.ZipFile(archive_file)
     except (zipfile.BadZipFile, OSError) as exc:
-        raise UserError(f"cannot open the zip {label}: {exc}") from exc
+        raise UserError(
+            f"cannot open the zip {label}: {exc} (damaged or cut short? none of its entries "
+            "was read)"
+        ) from exc
     with archive:
         for info in archive.infolist():
             name = f"{label}:{info.filename}"
@@ -347,6 +352,16 @@ def open_run(
     return run, version
 
 
+def discard_empty_run(url: str, run_id: int) -> None:
+    """A run that could not start (its model would not load) and judged nothing: removed, so
+    that it does not stand open for ever on the Live page and in `defects status`. A run that
+    holds parts is never removed."""
+    with connection_scope(url) as connection:
+        if connection.scalar(select(Inspection.id).where(Inspection.run_id == run_id).limit(1)):
+            return
+        connection.execute(delete(InspectionRun).where(InspectionRun.id == run_id))
+
+
 class BatchInspection:
     """One inspection run on a line and station, fed from any number of sources."""
 
@@ -387,13 +402,18 @@ class BatchInspection:
                 classifier = get_model_version(session, classifier_name)
                 classifier_weights, self.classifier_id = Path(classifier.file_path), classifier.id
                 run.classifier_version_id = classifier.id
-        if not weights.is_file():
-            raise UserError(f"the weights of {self.model_name} are missing ({weights})")
-        if inspector is None:
-            inspector = Inspector.from_weights(
-                weights, thresholds, backend, device, batch_size, classifier_weights
-            )
-            inspector.warm_up()  # before the first part, not in its latency
+        try:
+            if not weights.is_file():
+                raise UserError(f"the weights of {self.model_name} are missing ({weights})")
+            if inspector is None:
+                inspector = Inspector.from_weights(
+                    weights, thresholds, backend, device, batch_size, classifier_weights
+                )
+                inspector.warm_up()  # before the first part, not in its latency
+        except BaseException:
+            if self.owns_run:  # no part was judged: no run to show as open on the Live page
+                discard_empty_run(url, self.run_id)
+            raise
         self.inspector = inspector
         self.summary = BatchSummary(self.run_id, self.model_name)
         # As stored in an inspection's JSON column, to compare with earlier inspections.

@@ -48,6 +48,21 @@ def _job(url: str, tmp_path: Path, **kwargs) -> BatchInspection:  # type: ignore
     return BatchInspection(url, tmp_path / "store", "Line 1", "Cam A", **kwargs)
 
 
+def test_a_run_whose_model_cannot_load_is_not_left_open(detector: str, tmp_path: Path) -> None:
+    """It stood open for ever on the Live page and in `defects status`, with no part."""
+    from db.models import InspectionRun, ModelVersion
+
+    make_images(tmp_path / "in", n=1)
+    _job(detector, tmp_path).run(iter_source(str(tmp_path / "in")))
+    with session_scope(detector) as session:
+        Path(session.scalars(select(ModelVersion.file_path)).one()).unlink()
+    with pytest.raises(UserError, match="weights of tiny are missing"):
+        _job(detector, tmp_path)
+    with session_scope(detector) as session:
+        runs = session.scalars(select(InspectionRun)).all()
+        assert len(runs) == 1 and runs[0].finished_at is not None  # the first, with its part
+
+
 def test_folder_batch_stores_every_part_and_its_image(detector: str, tmp_path: Path) -> None:
     make_images(tmp_path / "in", n=10)
     (tmp_path / "in" / "notes.txt").write_text("shift 2")
@@ -208,15 +223,23 @@ def test_a_zip_inside_a_folder_gives_its_entries(tmp_path: Path) -> None:
         for image in images:
             zf.write(tmp_path / "loose" / image.name, image.name)
     (day / "fake.zip").write_bytes(b"not a zip at all")
+    # Cut short in the copy: its table of contents is gone, so are its entries.
+    (day / "cut.zip").write_bytes((day / "shift1.zip").read_bytes()[:-40])
     items = {item.name: item for item in iter_source(str(tmp_path / "in"))}
     names = [f"monday/shift1.zip:{image.name}" for image in images]
-    assert set(items) == {*names, "monday/fake.zip"}
+    assert set(items) == {*names, "monday/fake.zip", "monday/cut.zip"}
     assert all(items[name].data for name in names)
-    assert items["monday/fake.zip"].data is not None  # judged as a file: not an image
+    for damaged in ("monday/fake.zip", "monday/cut.zip"):  # an error of the zip, said so
+        assert items[damaged].data is None
+        assert "cannot open the zip" in (items[damaged].error or "")
+        assert "none of its entries was read" in (items[damaged].error or "")
     globbed = {item.name for item in iter_source(str(day / "*.zip"))}
     assert globbed == {f"{day / 'shift1.zip'}:{image.name}" for image in images} | {
-        str(day / "fake.zip")
+        str(day / "fake.zip"),
+        str(day / "cut.zip"),
     }
+    with pytest.raises(UserError, match="cannot open the zip cut.zip"):  # given alone
+        list(iter_source(str(day / "cut.zip")))
 
 
 def test_a_database_away_mid_run_is_waited_for_and_nothing_is_lost(
@@ -437,6 +460,38 @@ def test_kill_9_then_resume(detector: str, trained: Trained, tmp_path: Path) -> 
     )
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert _counts(detector) == (300, 300, 300)
+
+
+def test_a_watch_stopped_by_sigterm_ends_as_ctrl_c_does(detector: str, tmp_path: Path) -> None:
+    """A service manager stops a station with SIGTERM: the watch ended silently with 143, its
+    run looking killed; now it stops as Ctrl-C stops it, the run marked finished."""
+    if not detector.startswith("sqlite"):
+        pytest.skip("one backend is enough for the process test")
+    from db.models import InspectionRun
+
+    make_images(tmp_path / "hot", n=2)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "DEFECTS_DATABASE_URL": detector,
+        "DEFECTS_DATA_DIR": str(tmp_path / "data"),
+        "DEFECTS_DEVICE": "cpu",
+    }
+    command = [sys.executable, "-c", "from training.cli import main; main()", "batch"]
+    command += [str(tmp_path / "hot"), "--line", "L", "--station", "S", "--watch"]
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and _counts(detector)[1] < 2 and process.poll() is None:
+        time.sleep(0.05)
+    with session_scope(detector) as session:
+        assert session.scalars(select(InspectionRun)).one().finished_at is None  # watching
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output[-2000:]
+    assert "stopped; what was inspected is saved" in output
+    with session_scope(detector) as session:
+        assert session.scalars(select(InspectionRun)).one().finished_at is not None
 
 
 def test_an_interrupt_after_a_chunk_went_to_the_writer_is_counted_as_written(

@@ -212,3 +212,17 @@ def test_evaluate_export_and_calibrate_with_the_classifier(
         )
     )
     assert all(r.defect_probability is not None and 0 <= r.defect_probability <= 1 for r in results)
+
+
+def test_a_taken_name_is_refused_before_training(
+    trained: Trained, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It was refused only when the trained model was registered, the training thrown away."""
+    from inspection.errors import UserError
+    from training.train_classifier import ClassifierTrainRequest, train_classifier
+
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
+    get_settings.cache_clear()
+    request = ClassifierTrainRequest(data="synth", epochs=50, imgsz=64, name=trained.version_name)
+    with pytest.raises(UserError, match="already exists"):
+        train_classifier(request, url=trained.url)

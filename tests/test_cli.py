@@ -163,3 +163,8 @@ def test_an_unknown_or_absent_device_is_one_line(tmp_path: Path) -> None:
         else:
             raise AssertionError(f"{device} was accepted")
     assert resolve_device("cpu") == "cpu"
+
+
+def test_int8_without_data_is_refused_before_any_export(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["export", str(tmp_path / "none.pt"), "--int8"])
+    assert result.exit_code == 1 and "--int8 needs --data" in str(result.exception)

@@ -157,3 +157,24 @@ def test_a_dataset_without_train_or_val_images_is_refused_before_training() -> N
     with pytest.raises(UserError, match=r"no train images to train on \(train 0, val 4, test 4\)"):
         check_trainable(Dataset(name="calibration-only", split_counts=counts))
     check_trainable(Dataset(name="fine", split_counts={**counts, "train": {"images": 8}}))
+
+
+def test_voc_images_of_one_name_and_an_image_in_two_splits_are_said(
+    session, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    images = write_voc(tmp_path / "src", n=6)
+    folder = tmp_path / "src" / "images"
+    (folder / "sub").mkdir()
+    shutil.copy(folder / images[0].name, folder / "sub" / images[0].name)
+    report = import_dataset(session, "voc", tmp_path / "src", "v", tmp_path / "ds", classes=CLASSES)
+    [issue] = report.issues
+    assert issue.file == f"sub/{images[0].name}" and "which is used instead" in issue.reason
+    splits = write_splits(tmp_path / "splits", images)
+    with (splits / "test.txt").open("a") as handle:
+        handle.write(images[0].name + "\n")  # train's first image, in test as well
+    with pytest.raises(UserError, match=f"{images[0].name} is listed in both train.txt and test"):
+        import_dataset(
+            session, "voc", tmp_path / "src", "w", tmp_path / "ds", tmp_path / "splits", CLASSES
+        )

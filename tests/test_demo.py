@@ -38,6 +38,7 @@ def test_install_demo_is_idempotent_and_respects_production(
     assert first.promoted and production_model(session, ModelKind.DETECTOR).name == "demo-v1"
     second = install_demo(session, tmp_path / "models", demo)
     assert second.version_name == "demo-v1" and not second.promoted
+    assert second.message == "demo model demo-v1 is registered already; production unchanged"
     assert install_demo(session, tmp_path / "models", tmp_path / "none").version_name is None
 
 

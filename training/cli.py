@@ -6,6 +6,7 @@ It lives in `training` because that is the one package allowed to import both `i
 
 from __future__ import annotations
 
+import signal
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -88,6 +89,8 @@ def models_list(
         table = Table(
             "id", "name", "kind", "architecture", "stage", "mAP50", "miss rate", "created"
         )
+        for column in table.columns[1:4:2]:  # names are copied into promote: never cut short
+            column.overflow = "fold"
         for v in versions:
             metrics = v.metrics or {}
             table.add_row(
@@ -634,6 +637,8 @@ def export_command(
 
     if format != "onnx":
         raise UserError(f"export format {format!r} is not supported; use onnx")
+    if int8 and data is None:  # (said before the float32 export, not after)
+        raise UserError("--int8 needs --data: INT8 is calibrated on that dataset's training images")
     weights, thresholds, version_name = resolve_model(model, migrated_database_url())
     if _is_classifier(weights):
         from training.export import export_classifier
@@ -654,10 +659,7 @@ def export_command(
         from training.datasets import IMAGE_SUFFIXES, dataset_yaml
         from training.export import quantize_int8
 
-        if data is None:
-            raise UserError(
-                "--int8 needs --data: INT8 is calibrated on that dataset's training images"
-            )
+        assert data is not None
         with session_scope(database_url()) as session:
             dataset, _ = dataset_yaml(session, data)
             train_dir = Path(dataset.root_path) / "images" / "train"
@@ -1055,12 +1057,20 @@ def _stored_verdicts(url: str, model_id: int, items: list) -> list[dict]:  # typ
         return rows
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Entry point: user mistakes print one line and exit non-zero, never a traceback.
 
     typer's standalone mode already turns usage errors into a message and exit code 2.
     """
     code: int | str | None = 0
+    # A service manager stops a station's watch with SIGTERM: handled as Ctrl-C is (what was
+    # judged is written, the run marked finished, "stopped" said), not a silent exit 143 that
+    # leaves the run looking killed.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         app()
     except SystemExit as exc:  # how typer ends every command, done or refused

@@ -117,8 +117,17 @@ def read_voc(
 ) -> tuple[list[str], list[LabeledImage], list[ImportIssue]]:
     annotations = _find_dir(src, "annotations", "Annotations")
     images_dir = _find_dir(src, "images", "JPEGImages")
-    by_stem = {p.stem: p for p in _images_in(images_dir)}
+    by_stem: dict[str, Path] = {}
     issues: list[ImportIssue] = []
+    for path in _images_in(images_dir):
+        kept = by_stem.setdefault(path.stem, path)
+        if kept != path:  # (an annotation names its image by stem: only one can be meant)
+            issues.append(
+                ImportIssue(
+                    str(path.relative_to(images_dir)),
+                    f"same name as {kept.relative_to(images_dir)}, which is used instead",
+                )
+            )
     parsed: list[tuple[Path, Path, list[tuple[str, float, float, float, float]]]] = []
     failed_stems: set[str] = set()  # their images must not pass for good parts
     for xml_path in sorted(annotations.glob("*.xml")):
@@ -323,8 +332,12 @@ def _read_split_lists(splits_dir: Path) -> dict[str, str]:
             raise UserError(f"split list {path} not found (need train.txt, val.txt and test.txt)")
         for line in path.read_text().splitlines():
             name = Path(line.strip()).name
-            if name:
-                split_of[name] = split
+            if name and split_of.setdefault(name, split) != split:
+                # A part in two splits leaks what the model learned into what measures it.
+                raise UserError(
+                    f"{name} is listed in both {split_of[name]}.txt and {split}.txt: "
+                    "each image belongs to one split"
+                )
     return split_of
 
 

@@ -58,6 +58,7 @@ def install_demo(session: Session, models_dir: Path, demo_dir: Path = DEMO_DIR) 
         return DemoInstall(
             version.name, True, f"demo model {version.name} is the production detector"
         )
+    said = "is registered already" if existing else "registered"
     return DemoInstall(
-        version.name, False, f"demo model {version.name} registered; production unchanged"
+        version.name, False, f"demo model {version.name} {said}; production unchanged"
     )

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from sqlalchemy import select
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -301,6 +302,13 @@ def train_classifier(request: ClassifierTrainRequest, url: str | None = None) ->
     with session_scope(url) as session:
         dataset, _ = dataset_yaml(session, request.data)
         check_trainable(dataset)
+        if (
+            request.name
+            and session.scalars(
+                select(ModelVersion.id).where(ModelVersion.name == request.name)
+            ).first()
+        ):  # (said now, not after the training it would throw away)
+            raise UserError(f"a model version named {request.name!r} already exists")
         root, defect_classes, dataset_id = (
             Path(dataset.root_path),
             list(dataset.classes),
