@@ -627,20 +627,23 @@ def station_activity(session: Session, since: datetime) -> list[StationActivity]
     along the line, a frame uploaded from the dashboard) is that station's work now, as its
     latest run and last verdict below already are."""
     judged_at = func.coalesce(InspectionRun.station_id, Part.station_id)
+    current = Inspection.is_current()
     counts = {
         station_id: (int(n), int(f or 0), int(e or 0), int(b or 0), last)
         for station_id, n, f, e, b, last in session.execute(
             select(
                 judged_at,
-                func.count(Inspection.id),
-                func.sum(case((Inspection.verdict == Verdict.FAIL, 1), else_=0)),
-                func.sum(case((Inspection.verdict == Verdict.ERROR, 1), else_=0)),
+                func.sum(case((current, 1), else_=0)),
+                func.sum(case((and_(current, Inspection.verdict == Verdict.FAIL), 1), else_=0)),
+                func.sum(case((and_(current, Inspection.verdict == Verdict.ERROR), 1), else_=0)),
+                # Every blank frame that came, superseded or not: the same black frame sent
+                # again is recorded again, superseding the one before, and each is the fault.
                 func.sum(case((Inspection.error.like("blank image%"), 1), else_=0)),
                 func.max(Inspection.inspected_at),
             )
             .join(Part, Part.id == Inspection.part_id)
             .outerjoin(InspectionRun, InspectionRun.id == Inspection.run_id)
-            .where(Inspection.inspected_at >= since, Inspection.is_current())
+            .where(Inspection.inspected_at >= since)
             .group_by(judged_at)
         )
     }

@@ -47,6 +47,7 @@ from db.registry import ensure_station, get_model_version, production_model
 from db.session import DatabaseError, WalCheckpointer, connection_scope, session_scope
 from inspection.engine import BackendChoice, Inspector, PartInput, PartResult
 from inspection.errors import UserError
+from inspection.images import BLANK_ERROR
 from inspection.settings import get_settings
 
 logger = logging.getLogger(__name__)
@@ -436,10 +437,14 @@ class BatchInspection:
 
     def _current_points(self, hashes: list[str]) -> dict[str, bool]:
         """Parts this model version has a current verdict for, and whether it was given at the
-        operating point in force now (False: judged before a recalibration)."""
+        operating point in force now (False: judged before a recalibration, or a blank frame).
+
+        A blank frame is recorded every time it comes: a camera with its lens capped sends the
+        same black frame over and over, byte for byte, and skipped as judged already it showed
+        on the Live page once and then nowhere while the camera stayed dead."""
         with connection_scope(self.url) as connection:
             rows = connection.execute(
-                select(Part.content_hash, Inspection.thresholds)
+                select(Part.content_hash, Inspection.thresholds, Inspection.error)
                 .join(Inspection, Inspection.part_id == Part.id)
                 .where(
                     Part.content_hash.in_(hashes),
@@ -447,7 +452,10 @@ class BatchInspection:
                     Inspection.is_current(),
                 )
             ).all()
-        return {digest: stored == self._operating_point for digest, stored in rows}
+        return {
+            digest: stored == self._operating_point and not (error or "").startswith(BLANK_ERROR)
+            for digest, stored, error in rows
+        }
 
     def run(
         self,
@@ -559,7 +567,8 @@ class BatchInspection:
         marked_finished = self._through_outages(lambda: self._write(results, rejudged, finishing))
         for result in results:
             self.summary.inspected += 1
-            self.summary.rejudged += result.content_hash in rejudged
+            # (A blank frame come again is not a part judged again at new thresholds.)
+            self.summary.rejudged += result.content_hash in rejudged and result.verdict != "error"
             # (An error's time is not a verdict's: a file that is not an image would pull the
             # latencies a station is judged by toward whatever its batch took.)
             if result.latency_ms is not None and result.verdict != "error":

@@ -103,6 +103,7 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> DecodedImage:
 
 # A frame whose pixels all lie within this many gray levels of each other shows nothing.
 BLANK_LEVELS = 2
+BLANK_ERROR = "blank image"  # how a blank frame's error begins, which the history counts by
 
 
 def blank_frame_reason(image: DecodedImage) -> str | None:
@@ -118,7 +119,7 @@ def blank_frame_reason(image: DecodedImage) -> str | None:
     if high - low > BLANK_LEVELS:
         return None
     level = f"gray level {low}" if low == high else f"gray levels {low} to {high}"
-    return f"blank image (every pixel at {level}): check the camera and its lighting"
+    return f"{BLANK_ERROR} (every pixel at {level}): check the camera and its lighting"
 
 
 @dataclass(frozen=True)

@@ -646,6 +646,32 @@ def _run_finished_at(url: str, run_id: int):  # type: ignore[no-untyped-def]
         return session.get_one(InspectionRun, run_id).finished_at
 
 
+def test_the_same_blank_frame_again_is_recorded_again(detector: str, tmp_path: Path) -> None:
+    """A capped camera sends one black frame over and over, byte for byte: skipped as judged
+    already, it showed once and then nowhere while the camera stayed dead."""
+    from datetime import datetime
+
+    from PIL import Image
+
+    from db.queries import station_activity
+
+    (tmp_path / "in").mkdir()
+    Image.new("L", (64, 64)).save(tmp_path / "in" / "frame.png")
+    make_images(tmp_path / "in", n=1)
+    first = _job(detector, tmp_path).run(iter_source(str(tmp_path / "in")))
+    again = _job(detector, tmp_path).run(iter_source(str(tmp_path / "in")))
+    assert (first.errors, first.skipped) == (1, 0)
+    assert (again.errors, again.skipped, again.rejudged) == (1, 1, 0)  # the real part: skipped
+    with session_scope(detector) as session:
+        blank = session.scalars(
+            select(Inspection).where(Inspection.error.like("blank image%"))
+        ).all()
+    assert len(blank) == 2 and sum(i.superseded_at is None for i in blank) == 1
+    with session_scope(detector) as session:  # the Live page and `defects status`: both frames
+        [station] = station_activity(session, since=datetime(2000, 1, 1))
+    assert (station.blank_frames, station.inspected, station.errors) == (2, 2, 1)
+
+
 def test_the_summary_counts_errors_by_kind(
     detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
