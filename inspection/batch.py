@@ -685,14 +685,17 @@ class BatchInspection:
         poll_seconds: float = 1.0,
         settle_seconds: float = 0.5,
         known: set[tuple[str, int, float]] | None = None,
+        first: Iterable[SourceItem] = (),
     ) -> BatchSummary:
-        """Inspect files as they appear in `folder` until `stop` is set (`known`: files already
-        read, by `file_key`, which are left alone unless they change).
+        """`first` (the folder as it was), then the files that appear in `folder` until `stop`
+        is set (`known`: files already read, by `file_key`, which are left alone unless they
+        change).
 
         The run stays open while the watch goes on (the Live page and `defects status` show
         it at work) and is marked finished when it stops, by `stop` or Ctrl-C: a watch killed
         outright leaves it open, which tells the two apart."""
         try:
+            self.run(first, on_result, finish=False)
             for ready in hot_folder_batches(folder, stop, poll_seconds, settle_seconds, known):
                 self.run(ready, on_result, finish=False)
         finally:

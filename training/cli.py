@@ -842,8 +842,13 @@ def batch_command(
                     known,
                 )
             elif watch:
-                job.run(iter_source(source, files or None), on_result, finish=False)
-                job.watch(source_path, threading.Event(), on_result, known=known)
+                job.watch(
+                    source_path,
+                    threading.Event(),
+                    on_result,
+                    known=known,
+                    first=iter_source(source, files or None),
+                )
             else:
                 job.run(iter_source(source, files or None), on_result)
         except KeyboardInterrupt:
