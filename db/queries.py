@@ -597,6 +597,62 @@ def run_rows(session: Session, run_id: int, page: int = RUN_PAGE) -> Iterator[Ru
         after = found[-1][0]
 
 
+def source_rows(
+    session: Session, run_id: int, named_keys: list[tuple[str, str]]
+) -> Iterator[RunRow]:
+    """The current verdict, by the run's model version, of each file a command read (its name
+    and content key), in the order read: what the run judged and what it skipped as judged
+    before, so that a resumed batch's CSV still lists the whole batch. A file whose part has
+    no verdict (the command was stopped before it was written) is left out."""
+    model_version_id = session.scalar(
+        select(InspectionRun.model_version_id).where(InspectionRun.id == run_id)
+    )
+    for first in range(0, len(named_keys), _IN_LIST):
+        chunk = named_keys[first : first + _IN_LIST]
+        found = {
+            digest: (inspection_id, verdict, latency_ms, error, inspected_at)
+            for digest, inspection_id, verdict, latency_ms, error, inspected_at in session.execute(
+                select(
+                    Part.content_hash,
+                    Inspection.id,
+                    Inspection.verdict,
+                    Inspection.latency_ms,
+                    Inspection.error,
+                    Inspection.inspected_at,
+                )
+                .join(Part, Part.id == Inspection.part_id)
+                .where(
+                    Part.content_hash.in_({digest for _, digest in chunk}),
+                    Inspection.model_version_id == model_version_id,
+                    Inspection.is_current(),
+                )
+            )
+        }
+        counted: dict[int, list[tuple[str, float]]] = defaultdict(list)
+        for inspection_id, class_name, confidence in session.execute(
+            select(Prediction.inspection_id, Prediction.class_name, Prediction.confidence).where(
+                Prediction.inspection_id.in_([row[0] for row in found.values()]),
+                Prediction.counted.is_(True),
+            )
+        ):
+            counted[inspection_id].append((class_name, confidence))
+        for name, digest in chunk:
+            if digest not in found:
+                continue
+            inspection_id, verdict, latency_ms, error, inspected_at = found[digest]
+            defects = counted.get(inspection_id, [])
+            yield RunRow(
+                name,
+                digest,
+                verdict.value,
+                ";".join(sorted({c for c, _ in defects})),
+                max((confidence for _, confidence in defects), default=0.0),
+                latency_ms,
+                error or "",
+                inspected_at,
+            )
+
+
 @dataclass(frozen=True)
 class StationActivity:
     """A station as the floor sees it now: its latest run and its parts since a moment."""

@@ -42,7 +42,7 @@ from db.models import (
     Verdict,
     utcnow,
 )
-from db.queries import RunRow, run_rows
+from db.queries import RunRow, run_rows, source_rows
 from db.registry import ensure_station, get_model_version, production_model
 from db.session import DatabaseError, WalCheckpointer, connection_scope, session_scope
 from inspection.engine import BackendChoice, Inspector, PartInput, PartResult
@@ -779,14 +779,24 @@ def hot_folder_batches(
         stop.wait(poll_seconds)
 
 
-def export_run_csv(url: str, run_id: int, path: Path) -> int:
-    """The run's parts, verdicts and defects as CSV; returns the number of rows."""
+def export_run_csv(
+    url: str, run_id: int, path: Path, named_keys: list[tuple[str, str]] | None = None
+) -> int:
+    """A run's parts, verdicts and defects as CSV; returns the number of rows. With
+    `named_keys` (each file the command read: its name and `content_key`), the current
+    verdict of each of those files, judged by this run or before it; without, the parts the
+    run judged."""
     path.parent.mkdir(parents=True, exist_ok=True)
     written = 0
     with session_scope(url) as session, path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow([f.name for f in fields(RunRow)])
-        for row in run_rows(session, run_id):
+        rows = (
+            run_rows(session, run_id)
+            if named_keys is None
+            else source_rows(session, run_id, named_keys)
+        )
+        for row in rows:
             writer.writerow(
                 [
                     row.part,
@@ -801,3 +811,14 @@ def export_run_csv(url: str, run_id: int, path: Path) -> int:
             )
             written += 1
     return written
+
+
+def noting_keys(
+    items: Iterable[SourceItem], named_keys: list[tuple[str, str]]
+) -> Iterator[SourceItem]:
+    """`items`, each one's name and content key noted as it passes (for the batch's CSV). The
+    key is kept on the item, so neither the dealer nor a worker hashes it a second time."""
+    for item in items:
+        if item is not WRITE_NOW:
+            named_keys.append((item.name, content_key(item)))
+        yield item

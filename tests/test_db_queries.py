@@ -45,6 +45,7 @@ from db.queries import (
     rates,
     run_rows,
     run_throughput,
+    source_rows,
     station_activity,
 )
 
@@ -392,6 +393,27 @@ def test_run_rows_page_by_page(session, history) -> None:  # type: ignore[no-unt
     ]
     assert rows == list(run_rows(session, run.id, page=1)) == list(run_rows(session, run.id))
     assert list(run_rows(session, run.id + 1)) == []
+
+
+def test_source_rows_list_each_file_read_at_its_current_verdict(session, history) -> None:  # type: ignore[no-untyped-def]
+    """A batch's CSV: every file the command read, judged by its run or before it, in the
+    order read; a copy of a file is its own row; a file with no verdict yet is left out."""
+    run = history["run"]
+    run.model_version_id = history["models"][0].id
+    session.commit()
+    keys = [
+        ("b/p8.png", f"{8:064d}"),  # judged outside this run, by the run's model
+        ("a/p1.png", f"{1:064d}"),
+        ("copy-of-p1.png", f"{1:064d}"),
+        ("p9.png", f"{9:064d}"),  # judged by another model version only
+        ("never-written.png", "f" * 64),
+    ]
+    rows = list(source_rows(session, run.id, keys))
+    assert [(r.part, r.verdict, r.defects) for r in rows] == [
+        ("b/p8.png", "fail", "patches"),
+        ("a/p1.png", "fail", "scratch"),
+        ("copy-of-p1.png", "fail", "scratch"),
+    ]
 
 
 def test_minute_volume(session, history) -> None:  # type: ignore[no-untyped-def]

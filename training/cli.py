@@ -786,11 +786,13 @@ def batch_command(
         file_key,
         folder_files,
         iter_source,
+        noting_keys,
     )
     from inspection.parallel import ParallelInspection
 
     if export not in (None, "csv"):
         raise UserError(f"export format {export!r} is not supported; use csv")
+    named_keys: list[tuple[str, str]] = []  # each file read, for the CSV
     if export == "csv" and output is not None and output.is_dir():
         # (Said now, not after the whole batch has run.)
         raise UserError(f"--output {output} is a folder: give the CSV file's name")
@@ -850,7 +852,10 @@ def batch_command(
                     first=iter_source(source, files or None),
                 )
             else:
-                job.run(iter_source(source, files or None), on_result)
+                items = iter_source(source, files or None)
+                if export == "csv":  # the CSV lists every file read, judged now or before
+                    items = noting_keys(items, named_keys)
+                job.run(items, on_result)
         except KeyboardInterrupt:
             bar.close()
             console.print("stopped; what was inspected is saved. Run the same command to resume.")
@@ -887,12 +892,13 @@ def batch_command(
     _print_summary(job.summary, rate=not (watch and isinstance(job, ParallelInspection)))
     if export == "csv":
         target = output or Path(f"run-{job.run_id}.csv")
-        rows = export_run_csv(url, job.run_id, target)
+        # (A watch's CSV: the parts its run judged, as the files it read are without end.)
+        rows = export_run_csv(url, job.run_id, target, None if watch else named_keys)
         console.print(f"wrote {rows} rows to {target}")
-        if job.summary.skipped:
+        if watch and job.summary.skipped:
             console.print(
-                f"(the parts this run judged; the {job.summary.skipped} judged before are not in "
-                "it: their verdicts are in the run that judged them and the History page's CSV)"
+                f"(the parts this watch judged; the {job.summary.skipped} judged before are not "
+                "in it: their verdicts are in the run that judged them and the History page's CSV)"
             )
 
 
