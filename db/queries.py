@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Literal
 
-from sqlalchemy import ColumnElement, and_, case, func, literal, select
+from sqlalchemy import ColumnElement, and_, case, func, literal, or_, select
 from sqlalchemy.orm import Session
 
 from db.models import (
@@ -684,17 +684,20 @@ def station_activity(session: Session, since: datetime) -> list[StationActivity]
     latest run and last verdict below already are."""
     judged_at = func.coalesce(InspectionRun.station_id, Part.station_id)
     current = Inspection.is_current()
+    # Every blank frame that came counts, superseded or not: the same black frame sent again is
+    # recorded again, superseding the one before, and each is the camera's fault (and a frame
+    # the station did not judge), in its parts and errors as in its blank frames.
+    blank = Inspection.error.like("blank image%")
+    counted = or_(current, blank)
     counts = {
         station_id: (int(n), int(f or 0), int(e or 0), int(b or 0), last)
         for station_id, n, f, e, b, last in session.execute(
             select(
                 judged_at,
-                func.sum(case((current, 1), else_=0)),
+                func.sum(case((counted, 1), else_=0)),
                 func.sum(case((and_(current, Inspection.verdict == Verdict.FAIL), 1), else_=0)),
-                func.sum(case((and_(current, Inspection.verdict == Verdict.ERROR), 1), else_=0)),
-                # Every blank frame that came, superseded or not: the same black frame sent
-                # again is recorded again, superseding the one before, and each is the fault.
-                func.sum(case((Inspection.error.like("blank image%"), 1), else_=0)),
+                func.sum(case((and_(counted, Inspection.verdict == Verdict.ERROR), 1), else_=0)),
+                func.sum(case((blank, 1), else_=0)),
                 func.max(Inspection.inspected_at),
             )
             .join(Part, Part.id == Inspection.part_id)

@@ -487,12 +487,21 @@ class BatchInspection:
                 # The last write also marks the run finished: a part handed over on its own
                 # (a hot folder's single file) costs one transaction, not two.
                 self._process(chunk, on_result, finishing=finish)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, UserError):
+            # Stopped (Ctrl-C, SIGTERM, a full image store): what was judged is written and the
+            # run marked finished, as it is no longer at work (left open, the Live page showed
+            # it open and idle until the next run); the same command resumes in a new one.
             self._giving_up.set()
+            if finish:
+                self._wait_for_write()
+                try:
+                    self._finish_run()
+                except DatabaseError as exc:  # (the stop is what is reported)
+                    logger.warning("could not mark run %s finished: %s", self.run_id, exc)
             raise
         finally:
+            self.summary.seconds += time.perf_counter() - started
             marked_finished = self._wait_for_write()
-        self.summary.seconds += time.perf_counter() - started
         if finish and not marked_finished:
             self._through_outages(self._finish_run)
         return self.summary
@@ -548,7 +557,11 @@ class BatchInspection:
             queued.add(digest)
             results.append(PartResult(item.name, digest, 0, "error", error=item.error))
         self._wait_for_write()
-        self._in_flight = queued
+        # (A blank frame is not "judged" for the next chunk either: the same black frame sent
+        # again a moment later is the fault again, recorded again.)
+        self._in_flight = queued - {
+            r.content_hash for r in results if (r.error or "").startswith(BLANK_ERROR)
+        }
         # Parts with a current verdict at another operating point: judged again, superseding it.
         rejudged = {r.content_hash for r in results if r.content_hash in current}
         self._pending_write = self._writer.submit(

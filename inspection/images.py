@@ -112,13 +112,27 @@ def blank_frame_reason(image: DecodedImage) -> str | None:
     (an escape). Sensor noise alone spans more levels than this in any real exposure."""
     source = image.source
     step = max(1, max(image.height, image.width) // 256)
-    sample = source[::step, ::step]
-    if int(sample.max()) - int(sample.min()) > BLANK_LEVELS:
+
+    def spread(pixels: np.ndarray) -> int:
+        # Each channel on its own: a flat colour (a camera's fill, blue say) spans all 255
+        # levels across its channels yet shows nothing, as a flat gray does.
+        if pixels.ndim == 2:
+            return int(pixels.max()) - int(pixels.min())
+        flat = pixels.reshape(-1, pixels.shape[2])
+        return int((flat.max(axis=0).astype(int) - flat.min(axis=0)).max())
+
+    if spread(source[::step, ::step]) > BLANK_LEVELS:
         return None  # the common case, decided on a sample
-    low, high = int(source.min()), int(source.max())
-    if high - low > BLANK_LEVELS:
+    if spread(source) > BLANK_LEVELS:
         return None
-    level = f"gray level {low}" if low == high else f"gray levels {low} to {high}"
+    flat = source.reshape(-1, 1 if source.ndim == 2 else source.shape[2])
+    lows = tuple(int(v) for v in flat.min(axis=0))
+    highs = tuple(int(v) for v in flat.max(axis=0))
+    if len(set(lows)) == 1 and len(set(highs)) == 1:  # gray
+        low, high = lows[0], highs[0]
+        level = f"gray level {low}" if low == high else f"gray levels {low} to {high}"
+    else:
+        level = f"the colour {lows}" if lows == highs else f"colours {lows} to {highs}"
     return f"{BLANK_ERROR} (every pixel at {level}): check the camera and its lighting"
 
 

@@ -509,6 +509,10 @@ def test_an_interrupt_after_a_chunk_went_to_the_writer_is_counted_as_written(
     with pytest.raises(KeyboardInterrupt):
         job.run(iter_source(str(tmp_path / "in")), interrupt)
     assert job.summary.inspected == _counts(detector)[1] == 5
+    # Stopped, the run is finished (it stood open and idle on the Live page), and its time
+    # counted (the summary said 0.0 parts/s).
+    assert _run_finished_at(detector, job.run_id) is not None
+    assert job.summary.seconds > 0
 
 
 def test_write_now_writes_what_is_held_before_the_source_goes_on(
@@ -667,9 +671,16 @@ def test_the_same_blank_frame_again_is_recorded_again(detector: str, tmp_path: P
             select(Inspection).where(Inspection.error.like("blank image%"))
         ).all()
     assert len(blank) == 2 and sum(i.superseded_at is None for i in blank) == 1
-    with session_scope(detector) as session:  # the Live page and `defects status`: both frames
+    # Within one watch: the frame again in the next look (the chunk before still in flight).
+    frame = (tmp_path / "in" / "frame.png").read_bytes()
+    watched = _job(detector, tmp_path).run(
+        [SourceItem("cam/1.png", frame), WRITE_NOW, SourceItem("cam/2.png", frame)]
+    )
+    assert (watched.errors, watched.skipped) == (2, 0)
+    with session_scope(detector) as session:  # the Live page and `defects status`: every frame
         [station] = station_activity(session, since=datetime(2000, 1, 1))
-    assert (station.blank_frames, station.inspected, station.errors) == (2, 2, 1)
+    assert (station.blank_frames, station.errors) == (4, 4)
+    assert station.inspected == 5  # the real part once, the four frames
 
 
 def test_the_summary_counts_errors_by_kind(

@@ -308,6 +308,15 @@ def test_empty_live_page_says_what_to_do() -> None:
     at.switch_page("views/live.py").run()
     assert not at.exception
     assert any("--watch" in i.value for i in at.info)
+    # A station with no part yet (the demo line a fresh install makes): it crashed the page.
+    from db.registry import ensure_station
+
+    with session_scope(get_settings().resolved_database_url) as session:
+        ensure_station(session, "Demo line", "Station 1")
+    at.run()
+    assert not at.exception, at.exception
+    assert at.dataframe[0].value["status"].tolist() == ["no part yet"]
+    assert any("No part judged yet" in c.value for c in at.caption)
 
 
 def test_empty_history_says_what_to_do() -> None:

@@ -355,3 +355,22 @@ def test_results_csv_is_read_the_same_without_polars(tmp_path: Path) -> None:
     expected = pl.read_csv(csv_file.read_bytes(), infer_schema_length=None).to_dict(as_series=False)
     assert read_results_csv_without_polars(trainer) == expected
     assert read_results_csv_without_polars(SimpleNamespace(csv=tmp_path / "missing.csv")) == {}
+
+
+def test_fine_tuning_refuses_another_architecture(
+    trained: Trained, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--model beside --from was dropped without a word and the base's architecture trained."""
+    from training.train_detector import TrainRequest, train_detector
+
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
+    get_settings.cache_clear()
+    request = TrainRequest(
+        data="synth",
+        architecture="defect-yolo-n-gated",
+        from_model=trained.version_name,
+        epochs=1,
+        imgsz=64,
+    )
+    with pytest.raises(UserError, match="fine-tunes its own architecture, defect-yolo-n"):
+        train_detector(request, url=trained.url)

@@ -114,6 +114,7 @@ def test_the_engine_matches_ultralytics_predict(trained: Trained, tmp_path: Path
         ("bomb", "image too large: 400 MP is over the 64 MP limit"),  # refused by Pillow at open
         ("black", "blank image (every pixel at gray level 0): check the camera"),
         ("flat", "blank image (every pixel at gray levels 119 to 121)"),
+        ("blue", "blank image (every pixel at the colour (20, 60, 200))"),
     ],
 )
 def test_bad_inputs_give_a_clear_per_part_error(trained: Trained, payload, reason: str) -> None:  # type: ignore[no-untyped-def]
@@ -130,6 +131,8 @@ def test_bad_inputs_give_a_clear_per_part_error(trained: Trained, payload, reaso
         flat[::7, ::5] = 121
         flat[3::11, 2::13] = 119
         payload = _png(Image.fromarray(flat))
+    elif payload == "blue":  # a camera's fill colour: flat in each channel, not across them
+        payload = _png(Image.new("RGB", (320, 240), (20, 60, 200)))
     inspector = Inspector.from_weights(trained.weights, None, "pytorch")
     good = _png(_textured(64, 64))
     results = list(inspector.inspect([PartInput("bad", payload), PartInput("good", good)]))

@@ -223,8 +223,13 @@ HoursOption = Annotated[
 def train_detector_command(
     data: Annotated[str, typer.Option(help="Imported dataset name.")],
     model: Annotated[
-        str, typer.Option(help="Architecture: defect-yolo-{n,s,m}[-plain].")
-    ] = "defect-yolo-s",
+        str | None,
+        typer.Option(
+            help="Architecture: defect-yolo-{n,s,m}, -plain without attention, -gated with "
+            "attention gates that start as the identity (default defect-yolo-s; with --from, "
+            "that version's own)."
+        ),
+    ] = None,
     epochs: Annotated[int, typer.Option(min=1)] = 100,
     imgsz: Annotated[int, typer.Option(min=32, help="Training image size (pixels).")] = 256,
     batch: Annotated[int, typer.Option(min=1)] = 16,
@@ -440,6 +445,11 @@ def calibrate_command(
 
     from training.calibrate import PART, calibrate_model, calibration_notes
 
+    if split == "test":
+        console.print(
+            "[yellow]calibrating on the test split: its figures are then no longer held out, "
+            "and rates reported on it will look better than new parts will show[/yellow]"
+        )
     stored = calibrate_model(
         migrated_database_url(),
         model,

@@ -102,10 +102,13 @@ def _install_offline_trainer_patches() -> None:
 _install_offline_trainer_patches()
 
 
+DEFAULT_ARCHITECTURE = "defect-yolo-s"
+
+
 @dataclass(frozen=True)
 class TrainRequest:
     data: str
-    architecture: str = "defect-yolo-s"
+    architecture: str | None = None  # DEFAULT_ARCHITECTURE; with from_model, that one's
     epochs: int = 100
     imgsz: int = 256
     batch: int = 16
@@ -225,12 +228,18 @@ def train_detector(
             base = get_model_version(session, request.from_model)
             if base.kind != ModelKind.DETECTOR:
                 raise UserError(f"{base.name} is a {base.kind.value}, not a detector")
+            if request.architecture not in (None, base.architecture):
+                # (It was dropped without a word: the base's own architecture was trained.)
+                raise UserError(
+                    f"--from {base.name} fine-tunes its own architecture, {base.architecture}: "
+                    f"leave --model out, or train {request.architecture} from scratch"
+                )
             base_weights = Path(base.file_path)
             architecture = base.architecture
             base_name = base.name
         else:
             base_weights = None
-            architecture = request.architecture
+            architecture = request.architecture or DEFAULT_ARCHITECTURE
         teacher_id, teacher_weights = None, None
         if request.teacher:
             teacher = get_model_version(session, request.teacher)

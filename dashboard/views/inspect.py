@@ -51,7 +51,7 @@ station = right.selectbox(
 )
 st.caption(
     f"Model {info.name}. Images: {', '.join(IMAGE_TYPES)} or zips of them, up to {UPLOAD_LIMIT_MB} MB per "
-    f"upload and {MAX_PIXELS // 1_000_000} megapixels per image. Files that are not images are recorded as errors."
+    f"upload and {MAX_PIXELS // 1_000_000} megapixels per image. Files in a zip or a folder that are not images are recorded as errors."
 )
 files_tab, folder_tab = st.tabs(["Images or a zip", "A folder"])
 uploads = files_tab.file_uploader(

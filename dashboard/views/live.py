@@ -132,12 +132,15 @@ def live_view() -> None:
         if volume:
             st.plotly_chart(minute_volume_figure(volume))
         st.markdown("**Latest parts**")
-        st.dataframe(
-            pd.DataFrame(recent)[
-                ["inspected_at", "line", "station", "part", "verdict", "defects", "error"]
-            ],
-            hide_index=True,
-        )
+        if recent:
+            st.dataframe(
+                pd.DataFrame(recent)[
+                    ["inspected_at", "line", "station", "part", "verdict", "defects", "error"]
+                ],
+                hide_index=True,
+            )
+        else:  # stations, none of them with a part yet (the demo line of a fresh install)
+            st.caption("No part judged yet.")
     with right:
         shown = _last_failed_part(state.url)
         if shown is None:
