@@ -114,17 +114,35 @@ def test_retraining_runs_as_its_own_process(
         hours=0.001,  # a budget as the Models page sets it: it reaches the training job
     )
     deadline = time.monotonic() + 240
-    while process_alive(pid) and time.monotonic() < deadline:
+    while process_alive(pid) and time.monotonic() < deadline:  # (it reaps its own child)
         time.sleep(0.5)
-        try:
-            import os
-
-            os.waitpid(pid, os.WNOHANG)  # reap it: a finished child would otherwise look alive
-        except ChildProcessError:
-            break
     with session_scope(trained.url) as session:
         job = session.scalars(select(TrainingJob).where(TrainingJob.pid == pid)).one()
         assert job.status == JobStatus.SUCCEEDED, log.read_text()[-2000:]
         assert job.result_model_version_id is not None and job.progress == 1.0
         assert job.kind == "distill-detector"
         assert job.params["hours"] == 0.001
+
+
+def test_a_job_killed_outright_is_not_taken_for_running(database_url: str) -> None:
+    """An ended child stays a zombie until reaped, which a signal check took for alive: a job
+    killed outright showed as running for good."""
+    import subprocess
+
+    from training.jobs import mark_ended
+
+    child = subprocess.Popen(["sleep", "30"])
+    assert process_alive(child.pid)
+    child.kill()
+    time.sleep(0.3)  # ended, not reaped: a zombie
+    assert not process_alive(child.pid)
+    with session_scope(database_url) as session:
+        job = TrainingJob(kind="train-detector", status=JobStatus.RUNNING, pid=child.pid)
+        session.add(job)
+        session.flush()
+        job_id = job.id
+    mark_ended(database_url, job_id)
+    with session_scope(database_url) as session:
+        ended = session.get(TrainingJob, job_id)
+        assert ended is not None and ended.status == JobStatus.FAILED
+        assert "ended without finishing" in (ended.error or "")

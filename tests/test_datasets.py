@@ -156,7 +156,11 @@ def test_a_dataset_without_train_or_val_images_is_refused_before_training() -> N
     counts = {"train": {"images": 0}, "val": {"images": 4}, "test": {"images": 4}}
     with pytest.raises(UserError, match=r"no train images to train on \(train 0, val 4, test 4\)"):
         check_trainable(Dataset(name="calibration-only", split_counts=counts))
-    check_trainable(Dataset(name="fine", split_counts={**counts, "train": {"images": 8}}))
+    with pytest.raises(UserError, match="no labeled defect in its train split"):
+        check_trainable(Dataset(name="good-only", split_counts={**counts, "train": {"images": 8}}))
+    check_trainable(
+        Dataset(name="fine", split_counts={**counts, "train": {"images": 8, "boxes": 3}})
+    )
 
 
 def test_voc_images_of_one_name_and_an_image_in_two_splits_are_said(

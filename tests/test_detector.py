@@ -374,3 +374,52 @@ def test_fine_tuning_refuses_another_architecture(
     )
     with pytest.raises(UserError, match="fine-tunes its own architecture, defect-yolo-n"):
         train_detector(request, url=trained.url)
+
+
+def test_calibrating_on_good_parts_alone_stores_nothing(
+    trained: Trained, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A split with no defective part once stored every class off (1.01): nothing could fail
+    a part any more, at once on a production model's stations."""
+    from training import calibrate
+    from training.calibrate import ScoredDetection, ScoredPart
+
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
+    get_settings.cache_clear()
+    good = [ScoredPart(False, (ScoredDetection(CLASSES[0], 0.3, None, False),))] * 5
+    monkeypatch.setattr(calibrate, "score_parts", lambda *args, **kwargs: good)
+    with session_scope(trained.url) as session:
+        before = dict(get_model_version(session, trained.version_name).thresholds)
+    with pytest.raises(
+        UserError, match="no defective part the detector finds .*nothing was stored"
+    ):
+        calibrate.calibrate_model(trained.url, trained.version_name, "synth", "val", 0.005)
+    with session_scope(trained.url) as session:
+        assert get_model_version(session, trained.version_name).thresholds == before
+
+
+def test_resume_takes_the_newest_interrupted_run_of_its_own_architecture(tmp_path: Path) -> None:
+    """defect-yolo-n's resume took defect-yolo-n-plain's run (PREFIX-* matched it), and a
+    finished run hid an interrupted one before it."""
+    import os
+    import time as clock
+
+    from training.train_detector import _latest_run
+
+    def run(name: str, interrupted: bool, age: int) -> Path:
+        last = tmp_path / name / "weights" / "last.pt"
+        last.parent.mkdir(parents=True)
+        torch.save(
+            {"epoch": 3 if interrupted else -1, "optimizer": {} if interrupted else None}, last
+        )
+        os.utime(tmp_path / name, (clock.time() - age, clock.time() - age))
+        return tmp_path / name
+
+    wanted = run("d-defect-yolo-n-20261126-100000", True, 300)
+    run("d-defect-yolo-n-20261126-110000", False, 200)  # newer, finished
+    run("d-defect-yolo-n-plain-20261126-120000", True, 100)  # newer, another architecture
+    named = run("myrun", True, 50)
+    assert _latest_run(tmp_path, "d-defect-yolo-n") == wanted
+    assert _latest_run(tmp_path, "d-defect-yolo-n", name="myrun") == named
+    with pytest.raises(UserError, match="no interrupted training of d-defect-yolo-s"):
+        _latest_run(tmp_path, "d-defect-yolo-s")

@@ -661,6 +661,14 @@ def calibrate_model(
             "part": part if math.isfinite(part) else None,
             "verify": verify,
         }
+    if result.n_defective == 0 or not any(math.isfinite(t) for t in result.thresholds.values()):
+        # Stored, every class would be off and no defect would ever fail a part, at once on a
+        # production model's stations.
+        raise UserError(
+            f"{data}/{split} has no defective part the detector finds ({result.n_defective} "
+            "defective parts): every class would be off and nothing would ever fail. Calibrate "
+            "on a split with defective parts; nothing was stored"
+        )
     if store:
         store_operating_point(url, model, operating_point)
     return StoredCalibration(result, dimensions, operating_point)

@@ -533,6 +533,11 @@ def check_trainable(dataset: Dataset) -> None:
             f"dataset {dataset.name!r} has no {' and no '.join(empty)} images to train on "
             f"({found}): import it again with split lists that name its images"
         )
+    if not int(((dataset.split_counts or {}).get("train") or {}).get("boxes", 0)):
+        raise UserError(
+            f"dataset {dataset.name!r} has no labeled defect in its train split: a model has "
+            "nothing to learn from good parts alone (they serve calibration and evaluation)"
+        )
 
 
 def dataset_yaml(session: Session, name: str) -> tuple[Dataset, Path]:

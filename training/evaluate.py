@@ -198,7 +198,7 @@ def evaluate_detector(
         model,
         images,
         imgsz=imgsz,
-        conf=lowest,
+        conf=min(lowest, 1.0),  # (1.01 stands for off: ultralytics refuses it; 1.0 finds none)
         iou=float(thresholds.get("iou", 0.45)),
         device=device,
         batch=batch,
@@ -356,8 +356,13 @@ def evaluate_classifier(
     url = url or get_settings().resolved_database_url
     with session_scope(url) as session:
         dataset, _ = dataset_yaml(session, data)
-        root = Path(dataset.root_path)
+        root, dataset_classes = Path(dataset.root_path), list(dataset.classes)
     model, image_size = load_classifier(weights, device)
+    if list(model.class_names[1:]) != dataset_classes:  # (its first class is "good")
+        raise UserError(
+            f"the classifier knows {model.class_names[1:]}, {data!r} labels "
+            f"{dataset_classes}: evaluate it on a dataset of its own classes"
+        )
     images, boxes = read_split(root, split)
     n = len(model.class_names)
     confusion = np.zeros((n, n), dtype=int)

@@ -52,15 +52,45 @@ def start_detector_training(
 
 
 def process_alive(pid: int | None) -> bool:
+    """Whether a training's process still runs. One the app started and that ended stays a
+    zombie until the app reaps it, which a bare signal check took for alive: a job killed
+    outright showed as running for good."""
     if not pid:
         return False
+    try:
+        reaped, _ = os.waitpid(pid, os.WNOHANG)
+        if reaped == pid:
+            return False  # the app's own child, ended (reaped now)
+    except ChildProcessError:
+        pass  # not the app's child: a `defects train` started elsewhere
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # (the state field follows the command's name in brackets, which may hold spaces)
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"
+
+
+def mark_ended(url: str, job_id: int) -> None:
+    """A job whose process is gone without recording its end (killed outright): failed."""
+    with session_scope(url) as session:
+        job = session.get(TrainingJob, job_id)
+        if job is not None and job.status == JobStatus.RUNNING:
+            job.status = JobStatus.FAILED
+            job.error = "its process ended without finishing (killed, or the machine stopped)"
+            job.finished_at = utcnow()
+
+
+def log_tail(log: Path, lines: int = 8) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
 
 
 def record_job_end(url: str, job_id: int, error: BaseException) -> None:
@@ -68,8 +98,9 @@ def record_job_end(url: str, job_id: int, error: BaseException) -> None:
     with session_scope(url) as session:
         job = session.get(TrainingJob, job_id)
         if job is not None:
-            job.status = (
-                JobStatus.CANCELLED if isinstance(error, KeyboardInterrupt) else JobStatus.FAILED
+            stopped = isinstance(error, KeyboardInterrupt)
+            job.status = JobStatus.CANCELLED if stopped else JobStatus.FAILED
+            job.error = (
+                "stopped (Ctrl-C or SIGTERM)" if stopped else f"{error.__class__.__name__}: {error}"
             )
-            job.error = f"{error.__class__.__name__}: {error}"
             job.finished_at = utcnow()

@@ -9,6 +9,7 @@ Samples come from the detection labels, so one labeled dataset trains both model
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -334,6 +335,7 @@ def train_classifier(request: ClassifierTrainRequest, url: str | None = None) ->
             params=request.__dict__,
             dataset_id=dataset_id,
             started_at=utcnow(),
+            pid=os.getpid(),  # (without it the Models page took a running job for ended)
         )
         session.add(job)
         session.flush()

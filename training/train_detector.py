@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -176,17 +177,27 @@ def _device_argument(device: str | None) -> str:
     return chosen.removeprefix("cuda:")  # ultralytics takes "0" or "0,1" for GPUs
 
 
-def _latest_run(runs_dir: Path, prefix: str) -> Path:
+def _latest_run(runs_dir: Path, prefix: str, name: str | None = None) -> Path:
+    """The newest interrupted run of this dataset and architecture (or the run named `name`).
+
+    Runs are named PREFIX-YYYYMMDD-HHMMSS (ultralytics adds a number to a name taken): a
+    pattern of PREFIX-* also took defect-yolo-n-plain's runs for defect-yolo-n's."""
+    own = re.compile(re.escape(name) + r"\d*" if name else re.escape(prefix) + r"-\d{8}-\d{6}\d*")
     candidates = sorted(
-        (p for p in runs_dir.glob(f"{prefix}-*") if (p / "weights" / "last.pt").is_file()),
+        (
+            p
+            for p in runs_dir.glob("*")
+            if own.fullmatch(p.name) and (p / "weights" / "last.pt").is_file()
+        ),
         key=lambda p: p.stat().st_mtime,
     )
-    if not candidates or not _interrupted(candidates[-1] / "weights" / "last.pt"):
+    interrupted = [p for p in candidates if _interrupted(p / "weights" / "last.pt")]
+    if not interrupted:
         raise UserError(
-            f"no interrupted training of {prefix} to resume in {runs_dir}"
+            f"no interrupted training of {name or prefix} to resume in {runs_dir}"
             + (f" (the latest, {candidates[-1].name}, finished)" if candidates else "")
         )
-    return candidates[-1]
+    return interrupted[-1]
 
 
 def _interrupted(last: Path) -> bool:
@@ -234,6 +245,12 @@ def train_detector(
                     f"--from {base.name} fine-tunes its own architecture, {base.architecture}: "
                     f"leave --model out, or train {request.architecture} from scratch"
                 )
+            if list(base.classes) != class_names:
+                # (ultralytics carried the old class heads over under the new names.)
+                raise UserError(
+                    f"{base.name} knows {list(base.classes)}, {request.data!r} labels "
+                    f"{class_names}: fine-tuning keeps the classes; train from scratch instead"
+                )
             base_weights = Path(base.file_path)
             architecture = base.architecture
             base_name = base.name
@@ -269,7 +286,7 @@ def train_detector(
     }
     try:
         if request.resume:
-            run_dir = _latest_run(runs_dir, prefix)
+            run_dir = _latest_run(runs_dir, prefix, request.name)
             model = load_detector(run_dir / "weights" / "last.pt")
             _add_callbacks(model, events, callbacks)
             model.train(resume=True, **_distill_trainer(request))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pandas as pd
 import streamlit as st
 from sqlalchemy import select
@@ -12,7 +14,7 @@ from db.registry import NotFoundError, get_model_version, production_model, prom
 from db.session import session_scope
 from inspection.errors import UserError
 from training.backtest import backtest, recorded_rates
-from training.jobs import process_alive, start_detector_training
+from training.jobs import log_tail, mark_ended, process_alive, start_detector_training
 
 
 def _pct(value: object) -> str:
@@ -157,9 +159,15 @@ else:
                 teacher=production_name if distill and production_name else None,
                 hours=float(hours) or None,
             )
-            st.success(
-                f"Training started (process {pid}); it goes on if you close this page. Log: {log}"
-            )
+            time.sleep(2)  # a mistake (a dataset whose files are gone) ends it at once
+            if process_alive(pid):
+                st.success(
+                    f"Training started (process {pid}); it goes on if you close this page. "
+                    f"Log: {log}"
+                )
+            else:
+                st.error(f"The training ended at once. The end of its log ({log}):")
+                st.code(log_tail(log))
 
 if job_rows:
     st.subheader("Training jobs")
@@ -167,7 +175,8 @@ if job_rows:
         running = status == JobStatus.RUNNING
         label = f"job {job_id} {kind}: {status.value}"
         if running and not process_alive(pid):
-            label += " (its process has ended without finishing)"
+            mark_ended(state.url, job_id)
+            label = f"job {job_id} {kind}: failed (its process ended without finishing)"
         st.progress(min(max(progress, 0.0), 1.0), text=label)
         if error:
             st.caption(error)
