@@ -159,6 +159,17 @@ def test_evaluate_export_and_calibrate_with_the_classifier(
     )
     assert result.exit_code == 0, result.output
     assert "95% upper bound" in result.output
+    # evaluate at that operating point counts as calibrate did: with the classifier (it
+    # counted the detector alone, and the two disagreed on the same split).
+    figures = tmp_path / "val.json"
+    evaluated = runner.invoke(
+        app,
+        ["evaluate", trained.version_name, "--data", "synth", "--split", "val"]
+        + ["--json", str(figures)],
+    )
+    assert evaluated.exit_code == 0, evaluated.output
+    payload = json.loads(figures.read_text())
+    assert payload["part_figures_with_classifier"] == trained_classifier
     with session_scope(trained.url) as session:
         version = get_model_version(session, trained.version_name)
         operating_point = version.thresholds
@@ -169,6 +180,13 @@ def test_evaluate_export_and_calibrate_with_the_classifier(
     assert operating_point["classifier"]["version"] == trained_classifier
     assert operating_point["calibration"]["n_defective"] == 4  # val: parts 1, 7, 13 and 19
     assert operating_point["calibration"]["n_missed"] == 0
+    calibrated = operating_point["calibration"]
+    assert (payload["n_defective"], payload["n_missed"], payload["n_good"]) == (
+        calibrated["n_defective"],
+        calibrated["n_missed"],
+        calibrated["n_good"],
+    )
+    assert payload["n_false_calls"] == calibrated["n_false_calls"]
 
     # The crop threshold calibrated too; a bad value, or verification without a classifier, is
     # a clear error.

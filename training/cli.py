@@ -553,6 +553,11 @@ def evaluate_command(
         )
     else:
         console.print("false-call rate: the split has no good parts")
+    if result.extra.get("part_figures_with_classifier"):
+        console.print(
+            "part figures of the whole verdict, with classifier "
+            f"{result.extra['part_figures_with_classifier']} as the operating point names it"
+        )
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(payload, indent=2))

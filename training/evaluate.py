@@ -216,6 +216,19 @@ def evaluate_detector(
         np.add.at(total_per_class, truth_classes, 1)
         np.add.at(found_per_class, truth_classes[found], 1)
 
+    rates = part_rates(outcomes)
+    classifier_point = thresholds.get("classifier") or {}
+    extra: dict[str, Any] = {"imgsz": imgsz, "weights": weights.name}
+    if classifier_point.get("version"):
+        # The operating point names a classifier (calibrated with one): the part figures are
+        # those of the whole verdict, the classifier's part probability and crop verification
+        # included, as calibrate counted them (they were the detector's alone, so the two
+        # commands disagreed on the same split). mAP and per-class recall stay the detector's.
+        rates = _rates_with_classifier(
+            weights, root, split, class_names, thresholds, classifier_point, device, url
+        )
+        extra["part_figures_with_classifier"] = classifier_point["version"]
+
     per_class = {
         name: {
             "ap50": float(ap50[i]) if i in ap50 else None,
@@ -233,11 +246,46 @@ def evaluate_detector(
         n_images=len(images),
         map50=float(metrics.box.map50),
         map50_95=float(metrics.box.map),
-        rates=part_rates(outcomes),
+        rates=rates,
         per_class=per_class,
         thresholds=thresholds,
-        extra={"imgsz": imgsz, "weights": weights.name},
+        extra=extra,
     )
+
+
+def _rates_with_classifier(
+    weights: Path,
+    root: Path,
+    split: str,
+    class_names: list[str],
+    thresholds: dict[str, Any],
+    classifier_point: dict[str, Any],
+    device: str,
+    url: str,
+) -> PartRates:
+    """Part figures of a verdict with its classifier, scored as calibration scores them."""
+    import math
+
+    from training.calibrate import PART, SCORE_FLOOR, apply_thresholds, score_parts
+
+    with session_scope(url) as session:
+        classifier_weights = Path(get_model_version(session, classifier_point["version"]).file_path)
+    verify = classifier_point.get("verify")
+    scored = score_parts(
+        root,
+        split,
+        weights,
+        class_names,
+        classifier_weights,
+        float(thresholds.get("iou", 0.45)),
+        device,
+        SCORE_FLOOR if verify is not None else math.inf,
+    )
+    part = classifier_point.get("part")
+    limits = {c: class_threshold(thresholds, c) for c in class_names}
+    limits[PART] = float(part) if part is not None else math.inf
+    counts = apply_thresholds([p.scores(verify) for p in scored], limits)
+    return PartRates(counts.n_defective, counts.n_missed, counts.n_good, counts.n_false_calls)
 
 
 def _onnx_detector(weights: Path) -> tuple[Any, list[str], int, int | None]:
