@@ -264,9 +264,14 @@ def test_a_long_run_reports_its_rate_once_every_worker_was_ready_and_who_waited(
     said = " ".join(finished.stdout.split())
     # (Of the parts judged once both were ready: the first may have judged some alone.)
     assert re.search(r"[\d.]+ parts/s once every worker was ready \((\d+) parts\)", said)
-    # (200 parts fit in the workers' queues: all dealt within the first second, long before
-    # the last worker is ready.)
-    assert "the dealer had dealt every part before the last worker was ready: the workers" in said
+    # Who held it back, in one of its forms: 200 parts fit in the workers' queues, so they are
+    # mostly all dealt before the last worker is ready, but on a loaded machine the dealer
+    # may still be reading when it is (the assertion of the first form alone failed so).
+    assert re.search(
+        r"the workers waited for parts \d+% of their time[;,] .*(is|are) the limit"
+        r"|neither is clearly the limit",
+        said,
+    ), said
     assert "s judging, " in said and "s for the workers to exit" in said  # where the time went
 
 
