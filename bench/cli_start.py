@@ -17,16 +17,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import time_processes, write_timings
+from common import commit_of, time_processes, write_timings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND = "import sys; from training.cli import main; sys.argv[0] = 'defects'; main()"
-
-
-def _commit(tree: Path) -> str:
-    return subprocess.run(
-        ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
 
 
 def main() -> None:
@@ -65,7 +59,7 @@ def main() -> None:
         f"wall seconds of `defects {' '.join(args.command)}` in a fresh process, alternating,"
         " medians",
         seconds,
-        commits={name: _commit(tree) for name, tree in trees.items()},
+        commits={name: commit_of(tree) for name, tree in trees.items()},
     )
 
 

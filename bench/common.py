@@ -22,6 +22,16 @@ def hardware() -> str:
     return f"CPU only, {os.cpu_count()} cores ({platform.processor() or platform.machine()})"
 
 
+def commit_of(tree: Path) -> str:
+    """The commit a checkout is at, "-dirty" when it has changes: what a side-by-side timing
+    compared."""
+    import subprocess
+
+    return subprocess.run(
+        ["git", "-C", str(tree), "describe", "--always", "--dirty"], capture_output=True, text=True
+    ).stdout.strip()
+
+
 def write_timings(out: Path, what: str, timings: dict[str, list[float]], **facts: Any) -> None:
     """A side-by-side timing's result file: each way's figures, their medians, the machine.
     Prints the medians."""

@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import write_timings
+from common import commit_of, write_timings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,12 +32,6 @@ sent = review_figure(pixels, [ShownBox("1: scratch 0.80", 10, 10, 200, 120, True
 print(json.dumps({"s": time.perf_counter() - began, "json_mb": len(sent) / 1e6,
                   "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
-
-
-def _commit(tree: Path) -> str:
-    return subprocess.run(
-        ["git", "-C", str(tree), "describe", "--always", "--dirty"], capture_output=True, text=True
-    ).stdout.strip()
 
 
 def main() -> None:
@@ -75,7 +69,7 @@ def main() -> None:
         seconds,
         json_mb=json_mb,
         peak_mb=peak_mb,
-        commits={name: _commit(tree) for name, tree in trees.items()},
+        commits={name: commit_of(tree) for name, tree in trees.items()},
     )
 
 

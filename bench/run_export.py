@@ -20,7 +20,7 @@ import tempfile
 from datetime import datetime
 from pathlib import Path
 
-from common import write_timings
+from common import commit_of, write_timings
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -38,12 +38,6 @@ rows = export_run_csv(sys.argv[1], 1, Path(sys.argv[2]))
 print(json.dumps({"rows": rows, "s": time.perf_counter() - began,
                   "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
-
-
-def _commit(tree: Path) -> str:
-    return subprocess.run(
-        ["git", "-C", str(tree), "describe", "--always", "--dirty"], capture_output=True, text=True
-    ).stdout.strip()
 
 
 def main() -> None:
@@ -87,7 +81,7 @@ def main() -> None:
         rows=rows,
         parts_in_database=args.parts,
         same_csv=same,
-        commits={name: _commit(tree) for name, tree in trees.items()},
+        commits={name: commit_of(tree) for name, tree in trees.items()},
     )
 
 

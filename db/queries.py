@@ -541,6 +541,28 @@ class RunRow:
     error: str
     inspected_at: datetime
 
+    @classmethod
+    def of(
+        cls,
+        name: str,
+        digest: str,
+        verdict: Verdict,
+        counted: list[tuple[str, float]],  # (class, confidence) of its counted detections
+        latency_ms: float | None,
+        error: str | None,
+        inspected_at: datetime,
+    ) -> RunRow:
+        return cls(
+            name,
+            digest,
+            verdict.value,
+            ";".join(sorted({c for c, _ in counted})),
+            max((confidence for _, confidence in counted), default=0.0),
+            latency_ms,
+            error or "",
+            inspected_at,
+        )
+
 
 RUN_PAGE = 5000
 
@@ -583,15 +605,13 @@ def run_rows(session: Session, run_id: int, page: int = RUN_PAGE) -> Iterator[Ru
         ):
             counted[inspection_id].append((class_name, confidence))
         for inspection_id, name, digest, verdict, latency_ms, error, inspected_at in found:
-            defects = counted.get(inspection_id, [])
-            yield RunRow(
+            yield RunRow.of(
                 name,
                 digest,
-                verdict.value,
-                ";".join(sorted({c for c, _ in defects})),
-                max((confidence for _, confidence in defects), default=0.0),
+                verdict,
+                counted.get(inspection_id, []),
                 latency_ms,
-                error or "",
+                error,
                 inspected_at,
             )
         after = found[-1][0]
@@ -640,15 +660,13 @@ def source_rows(
             if digest not in found:
                 continue
             inspection_id, verdict, latency_ms, error, inspected_at = found[digest]
-            defects = counted.get(inspection_id, [])
-            yield RunRow(
+            yield RunRow.of(
                 name,
                 digest,
-                verdict.value,
-                ";".join(sorted({c for c, _ in defects})),
-                max((confidence for _, confidence in defects), default=0.0),
+                verdict,
+                counted.get(inspection_id, []),
                 latency_ms,
-                error or "",
+                error,
                 inspected_at,
             )
 
