@@ -32,6 +32,34 @@ def commit_of(tree: Path) -> str:
     ).stdout.strip()
 
 
+def measure_in_trees(
+    trees: dict[str, Path],
+    snippet: str,
+    argv_of: Callable[[str], list[str]],
+    repeats: int,
+    env: dict[str, str] | None = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """What a Python snippet measures of itself (a JSON object on its last line of output),
+    run in a fresh process in each checkout (`trees`, by name) in turn, `repeats` times,
+    alternating: the side-by-side of this checkout against an earlier commit."""
+    import subprocess
+    import sys
+
+    measured: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
+    for _ in range(repeats):
+        for name, tree in trees.items():
+            done = subprocess.run(
+                [sys.executable, "-c", snippet, *argv_of(name)],
+                cwd=tree,
+                env={**os.environ, **(env or {}), "PYTHONPATH": str(tree)},
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            measured[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return measured
+
+
 def write_timings(out: Path, what: str, timings: dict[str, list[float]], **facts: Any) -> None:
     """A side-by-side timing's result file: each way's figures, their medians, the machine.
     Prints the medians."""

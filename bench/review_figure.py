@@ -11,13 +11,9 @@ Writes bench/results/review_figure_cpu.json.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-from common import commit_of, write_timings
+from common import commit_of, measure_in_trees, write_timings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,23 +40,10 @@ def main() -> None:
     )
     args = parser.parse_args()
     trees = {"before": args.before.resolve(), "after": ROOT}
-    seconds: dict[str, list[float]] = {name: [] for name in trees}
-    json_mb: dict[str, float] = {}
-    peak_mb: dict[str, list[float]] = {name: [] for name in trees}
-    for _ in range(args.repeats):
-        for name, tree in trees.items():
-            done = subprocess.run(
-                [sys.executable, "-c", BUILD, str(args.side)],
-                cwd=tree,
-                env={**os.environ, "PYTHONPATH": str(tree)},
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            measured = json.loads(done.stdout.strip().splitlines()[-1])
-            seconds[name].append(round(measured["s"], 3))
-            peak_mb[name].append(round(measured["peak_mb"], 1))
-            json_mb[name] = round(measured["json_mb"], 2)
+    measured = measure_in_trees(trees, BUILD, lambda _: [str(args.side)], args.repeats)
+    seconds = {name: [round(m["s"], 3) for m in runs] for name, runs in measured.items()}
+    json_mb = {name: round(runs[-1]["json_mb"], 2) for name, runs in measured.items()}
+    peak_mb = {name: [round(m["peak_mb"], 1) for m in runs] for name, runs in measured.items()}
     write_timings(
         args.out,
         f"seconds to build the Review figure of a {args.side}x{args.side} RGB part and turn it "

@@ -12,15 +12,12 @@ writing at once do); the export is of the first run. Writes bench/results/run_ex
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
 import tempfile
 from datetime import datetime
 from pathlib import Path
 
-from common import commit_of, write_timings
+from common import commit_of, measure_in_trees, write_timings
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -50,27 +47,21 @@ def main() -> None:
     )
     args = parser.parse_args()
     trees = {"before": args.before.resolve(), "after": ROOT}
-    seconds: dict[str, list[float]] = {name: [] for name in trees}
-    peak_mb: dict[str, list[float]] = {name: [] for name in trees}
     with tempfile.TemporaryDirectory() as work:
         url = f"sqlite:///{work}/history.db"
         upgrade(url)
         build(url, args.parts, days=7, stations=2, now=datetime(2026, 11, 1))
         csv_of = {name: Path(work) / f"{name}.csv" for name in trees}
-        for _ in range(args.repeats):
-            for name, tree in trees.items():
-                done = subprocess.run(
-                    [sys.executable, "-c", EXPORT, url, str(csv_of[name])],
-                    cwd=tree,
-                    env={**os.environ, "PYTHONPATH": str(tree), "DEFECTS_DATA_DIR": work},
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                )
-                measured = json.loads(done.stdout.strip().splitlines()[-1])
-                seconds[name].append(round(measured["s"], 3))
-                peak_mb[name].append(round(measured["peak_mb"], 1))
-                rows = measured["rows"]
+        measured = measure_in_trees(
+            trees,
+            EXPORT,
+            lambda name: [url, str(csv_of[name])],
+            args.repeats,
+            {"DEFECTS_DATA_DIR": work},
+        )
+        seconds = {name: [round(m["s"], 3) for m in runs] for name, runs in measured.items()}
+        peak_mb = {name: [round(m["peak_mb"], 1) for m in runs] for name, runs in measured.items()}
+        rows = measured["after"][-1]["rows"]
         same = csv_of["before"].read_bytes() == csv_of["after"].read_bytes()
     write_timings(
         args.out,
