@@ -301,6 +301,11 @@ def test_interrupted_training_resumes(trained: Trained, monkeypatch: pytest.Monk
         train_detector(
             request, url=trained.url, callbacks={"on_model_save": stop_after_first_epoch}
         )
+    # The run said, as it started, that it learns from no teacher (for its resume).
+    [lineage] = (trained.data_dir / "runs" / "detect").glob(
+        "synth-defect-yolo-n-plain-*/defects_lineage.json"
+    )
+    assert json.loads(lineage.read_text()) == {"teacher": None, "method": None}
     version_id = train_detector(
         TrainRequest(**{**request.__dict__, "resume": True}), url=trained.url
     )
@@ -423,3 +428,14 @@ def test_resume_takes_the_newest_interrupted_run_of_its_own_architecture(tmp_pat
     assert _latest_run(tmp_path, "d-defect-yolo-n", name="myrun") == named
     with pytest.raises(UserError, match="no interrupted training of d-defect-yolo-s"):
         _latest_run(tmp_path, "d-defect-yolo-s")
+    # A distillation is resumed as one, from its teacher; a plain run is not taken for one.
+    distilled = run("d-defect-yolo-n-20261126-130000", True, 10)
+    (distilled / "defects_lineage.json").write_text(json.dumps({"teacher": "T", "method": "cwd"}))
+    assert _latest_run(tmp_path, "d-defect-yolo-n") == wanted
+    assert _latest_run(tmp_path, "d-defect-yolo-n", teacher="T") == distilled
+    (wanted / "defects_lineage.json").write_text(json.dumps({"teacher": None, "method": None}))
+    with pytest.raises(UserError, match="run d-defect-yolo-n-20261126-100000 has no teacher"):
+        _latest_run(tmp_path, "d-defect-yolo-n", teacher="U")
+    (wanted / "weights" / "last.pt").unlink()
+    with pytest.raises(UserError, match="learns from T: resume it with `defects distill detector "):
+        _latest_run(tmp_path, "d-defect-yolo-n")

@@ -8,6 +8,7 @@ records the job and registers the best weights as a candidate model version.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 from collections.abc import Callable
@@ -177,11 +178,39 @@ def _device_argument(device: str | None) -> str:
     return chosen.removeprefix("cuda:")  # ultralytics takes "0" or "0,1" for GPUs
 
 
-def _latest_run(runs_dir: Path, prefix: str, name: str | None = None) -> Path:
-    """The newest interrupted run of this dataset and architecture (or the run named `name`).
+LINEAGE_FILE = "defects_lineage.json"  # in a run's folder: its teacher, for a resume
+
+
+def _lineage_callback(teacher: str | None, method: str | None):  # type: ignore[no-untyped-def]
+    """Writes, as a run starts, which teacher (if any) it learns from; plain data, as DDP
+    pickles callbacks."""
+
+    def on_pretrain_routine_start(trainer) -> None:  # type: ignore[no-untyped-def]
+        path = Path(trainer.save_dir) / LINEAGE_FILE
+        if not path.exists():  # (a resume keeps the run's own)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"teacher": teacher, "method": method}))
+
+    return on_pretrain_routine_start
+
+
+def _lineage(run: Path) -> dict[str, Any] | None:
+    try:
+        return dict(json.loads((run / LINEAGE_FILE).read_text()))
+    except (OSError, ValueError):
+        return None  # a run from before the file (its lineage unknown)
+
+
+def _latest_run(
+    runs_dir: Path, prefix: str, name: str | None = None, teacher: str | None = None
+) -> Path:
+    """The newest interrupted run of this dataset and architecture (or the run named `name`)
+    with this teacher (None: trained alone).
 
     Runs are named PREFIX-YYYYMMDD-HHMMSS (ultralytics adds a number to a name taken): a
-    pattern of PREFIX-* also took defect-yolo-n-plain's runs for defect-yolo-n's."""
+    pattern of PREFIX-* also took defect-yolo-n-plain's runs for defect-yolo-n's. And a
+    distillation resumed by `train detector --resume` went on without its teacher on record,
+    a plain run resumed by `distill detector --resume` was recorded as distilled."""
     own = re.compile(re.escape(name) + r"\d*" if name else re.escape(prefix) + r"-\d{8}-\d{6}\d*")
     candidates = sorted(
         (
@@ -192,6 +221,23 @@ def _latest_run(runs_dir: Path, prefix: str, name: str | None = None) -> Path:
         key=lambda p: p.stat().st_mtime,
     )
     interrupted = [p for p in candidates if _interrupted(p / "weights" / "last.pt")]
+    other_teacher = [
+        p for p in interrupted if (_lineage(p) or {"teacher": teacher})["teacher"] != teacher
+    ]
+    interrupted = [p for p in interrupted if p not in other_teacher]
+    if not interrupted and other_teacher:
+        run, lineage = other_teacher[-1], _lineage(other_teacher[-1]) or {}
+        how = (
+            f"`defects distill detector --teacher {lineage['teacher']} --method "
+            f"{lineage.get('method') or 'feature'} ... --resume`"
+            if lineage.get("teacher")
+            else "`defects train detector ... --resume`"
+        )
+        raise UserError(
+            f"the interrupted run {run.name} "
+            + (f"learns from {lineage['teacher']}" if lineage.get("teacher") else "has no teacher")
+            + f": resume it with {how}"
+        )
     if not interrupted:
         raise UserError(
             f"no interrupted training of {name or prefix} to resume in {runs_dir}"
@@ -283,10 +329,13 @@ def train_detector(
     events = {
         "on_fit_epoch_end": _job_progress_callback(url, job_id),
         "on_pretrain_routine_end": _use_every_cpu_core,
+        "on_pretrain_routine_start": _lineage_callback(
+            request.teacher, request.distill_method if request.teacher else None
+        ),
     }
     try:
         if request.resume:
-            run_dir = _latest_run(runs_dir, prefix, request.name)
+            run_dir = _latest_run(runs_dir, prefix, request.name, request.teacher)
             model = load_detector(run_dir / "weights" / "last.pt")
             _add_callbacks(model, events, callbacks)
             model.train(resume=True, **_distill_trainer(request))
