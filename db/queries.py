@@ -450,6 +450,23 @@ def part_results(
     return {i.part.content_hash: i for i in rows}
 
 
+def counted_detections(
+    session: Session, inspection_ids: list[int]
+) -> dict[int, list[tuple[str, float]]]:
+    """(class, confidence) of each inspection's counted detections, in a few IN queries, not
+    one query an inspection."""
+    counted: dict[int, list[tuple[str, float]]] = defaultdict(list)
+    for first in range(0, len(inspection_ids), _IN_LIST):
+        for inspection_id, class_name, confidence in session.execute(
+            select(Prediction.inspection_id, Prediction.class_name, Prediction.confidence).where(
+                Prediction.inspection_id.in_(inspection_ids[first : first + _IN_LIST]),
+                Prediction.counted.is_(True),
+            )
+        ):
+            counted[inspection_id].append((class_name, confidence))
+    return counted
+
+
 def inspection_rows(
     session: Session, filters: Filters = Filters(), limit: int = 100_000
 ) -> list[dict[str, object]]:
@@ -481,16 +498,12 @@ def inspection_rows(
         .limit(limit)
     )
     found = session.execute(query).all()
-    counted: dict[int, set[str]] = defaultdict(set)
-    ids = [row[0] for row in found]
-    for first in range(0, len(ids), _IN_LIST):
-        for inspection_id, class_name in session.execute(
-            select(Prediction.inspection_id, Prediction.class_name).where(
-                Prediction.inspection_id.in_(ids[first : first + _IN_LIST]),
-                Prediction.counted.is_(True),
-            )
-        ):
-            counted[inspection_id].add(class_name)
+    counted = {
+        inspection_id: {c for c, _ in detections}
+        for inspection_id, detections in counted_detections(
+            session, [row[0] for row in found]
+        ).items()
+    }
     rows = []
     for (
         inspection_id,
@@ -593,17 +606,7 @@ def run_rows(session: Session, run_id: int, page: int = RUN_PAGE) -> Iterator[Ru
         ).all()
         if not found:
             return
-        counted: dict[int, list[tuple[str, float]]] = defaultdict(list)
-        for inspection_id, class_name, confidence in session.execute(
-            select(Prediction.inspection_id, Prediction.class_name, Prediction.confidence)
-            .join(Inspection, Inspection.id == Prediction.inspection_id)
-            .where(
-                Inspection.run_id == run_id,
-                Prediction.inspection_id.between(found[0][0], found[-1][0]),
-                Prediction.counted.is_(True),
-            )
-        ):
-            counted[inspection_id].append((class_name, confidence))
+        counted = counted_detections(session, [row[0] for row in found])
         for inspection_id, name, digest, verdict, latency_ms, error, inspected_at in found:
             yield RunRow.of(
                 name,
@@ -648,14 +651,7 @@ def source_rows(
                 )
             )
         }
-        counted: dict[int, list[tuple[str, float]]] = defaultdict(list)
-        for inspection_id, class_name, confidence in session.execute(
-            select(Prediction.inspection_id, Prediction.class_name, Prediction.confidence).where(
-                Prediction.inspection_id.in_([row[0] for row in found.values()]),
-                Prediction.counted.is_(True),
-            )
-        ):
-            counted[inspection_id].append((class_name, confidence))
+        counted = counted_detections(session, [row[0] for row in found.values()])
         for name, digest in chunk:
             if digest not in found:
                 continue
@@ -693,6 +689,23 @@ class StationActivity:
         return self.failed / judged if judged else None
 
 
+def _judged_at() -> ColumnElement[int]:
+    """The station a verdict was given at: its run's, or its part's for a verdict with no run
+    (the query joins runs with an outer join)."""
+    return func.coalesce(InspectionRun.station_id, Part.station_id)
+
+
+# As blank_frame_reason words a blank frame's error (db imports nothing of inspection).
+_BLANK_FRAME = Inspection.error.like("blank image%")
+
+
+def _live_counted() -> ColumnElement[bool]:
+    """The verdicts the floor's figures count: the current ones, and every blank frame that
+    came, superseded or not (the same black frame sent again is recorded again, superseding
+    the one before, and each is the camera's fault and a frame the station did not judge)."""
+    return or_(Inspection.is_current(), _BLANK_FRAME)
+
+
 def station_activity(session: Session, since: datetime) -> list[StationActivity]:
     """Every station, its latest run, and what it judged from `since` on (current verdicts).
 
@@ -700,13 +713,9 @@ def station_activity(session: Session, since: datetime) -> list[StationActivity]
     the part was first seen: the same image judged again at another station (a part passed
     along the line, a frame uploaded from the dashboard) is that station's work now, as its
     latest run and last verdict below already are."""
-    judged_at = func.coalesce(InspectionRun.station_id, Part.station_id)
+    judged_at = _judged_at()
     current = Inspection.is_current()
-    # Every blank frame that came counts, superseded or not: the same black frame sent again is
-    # recorded again, superseding the one before, and each is the camera's fault (and a frame
-    # the station did not judge), in its parts and errors as in its blank frames.
-    blank = Inspection.error.like("blank image%")
-    counted = or_(current, blank)
+    counted = _live_counted()
     counts = {
         station_id: (int(n), int(f or 0), int(e or 0), int(b or 0), last)
         for station_id, n, f, e, b, last in session.execute(
@@ -715,7 +724,7 @@ def station_activity(session: Session, since: datetime) -> list[StationActivity]
                 func.sum(case((counted, 1), else_=0)),
                 func.sum(case((and_(current, Inspection.verdict == Verdict.FAIL), 1), else_=0)),
                 func.sum(case((and_(counted, Inspection.verdict == Verdict.ERROR), 1), else_=0)),
-                func.sum(case((blank, 1), else_=0)),
+                func.sum(case((_BLANK_FRAME, 1), else_=0)),
                 func.max(Inspection.inspected_at),
             )
             .join(Part, Part.id == Inspection.part_id)
@@ -793,7 +802,8 @@ def _minute_column(session: Session) -> ColumnElement[str]:
 def minute_volume(
     session: Session, since: datetime, station_id: int | None = None
 ) -> list[MinuteVolume]:
-    """Verdicts given per minute from `since` on (current ones), oldest first."""
+    """Verdicts given per minute from `since` on, oldest first, counted as station_activity
+    counts them (`_live_counted`)."""
     minute = _minute_column(session)
     query = (
         select(
@@ -802,7 +812,7 @@ def minute_volume(
             func.sum(case((Inspection.verdict == Verdict.FAIL, 1), else_=0)),
             func.sum(case((Inspection.verdict == Verdict.ERROR, 1), else_=0)),
         )
-        .where(Inspection.inspected_at >= since, Inspection.is_current())
+        .where(Inspection.inspected_at >= since, _live_counted())
         .group_by(minute)
         .order_by(minute)
     )
@@ -810,7 +820,7 @@ def minute_volume(
         query = (
             query.join(Part, Part.id == Inspection.part_id)
             .outerjoin(InspectionRun, InspectionRun.id == Inspection.run_id)
-            .where(func.coalesce(InspectionRun.station_id, Part.station_id) == station_id)
+            .where(_judged_at() == station_id)
         )
     return [
         MinuteVolume(str(m), int(n), int(f or 0), int(e or 0))

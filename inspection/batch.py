@@ -47,7 +47,7 @@ from db.registry import ensure_station, get_model_version, production_model
 from db.session import DatabaseError, WalCheckpointer, connection_scope, session_scope
 from inspection.engine import BackendChoice, Inspector, PartInput, PartResult
 from inspection.errors import UserError
-from inspection.images import BLANK_ERROR
+from inspection.images import is_blank_frame
 from inspection.settings import get_settings
 
 logger = logging.getLogger(__name__)
@@ -453,7 +453,7 @@ class BatchInspection:
                 )
             ).all()
         return {
-            digest: stored == self._operating_point and not (error or "").startswith(BLANK_ERROR)
+            digest: stored == self._operating_point and not is_blank_frame(error)
             for digest, stored, error in rows
         }
 
@@ -559,9 +559,7 @@ class BatchInspection:
         self._wait_for_write()
         # (A blank frame is not "judged" for the next chunk either: the same black frame sent
         # again a moment later is the fault again, recorded again.)
-        self._in_flight = queued - {
-            r.content_hash for r in results if (r.error or "").startswith(BLANK_ERROR)
-        }
+        self._in_flight = queued - {r.content_hash for r in results if is_blank_frame(r.error)}
         # Parts with a current verdict at another operating point: judged again, superseding it.
         rejudged = {r.content_hash for r in results if r.content_hash in current}
         self._pending_write = self._writer.submit(
@@ -581,7 +579,9 @@ class BatchInspection:
         for result in results:
             self.summary.inspected += 1
             # (A blank frame come again is not a part judged again at new thresholds.)
-            self.summary.rejudged += result.content_hash in rejudged and result.verdict != "error"
+            self.summary.rejudged += result.content_hash in rejudged and not is_blank_frame(
+                result.error
+            )
             # (An error's time is not a verdict's: a file that is not an image would pull the
             # latencies a station is judged by toward whatever its batch took.)
             if result.latency_ms is not None and result.verdict != "error":

@@ -106,6 +106,11 @@ BLANK_LEVELS = 2
 BLANK_ERROR = "blank image"  # how a blank frame's error begins, which the history counts by
 
 
+def is_blank_frame(error: str | None) -> bool:
+    """Whether a part's error says it was a blank frame (`blank_frame_reason`)."""
+    return (error or "").startswith(BLANK_ERROR)
+
+
 def blank_frame_reason(image: DecodedImage) -> str | None:
     """Why a frame cannot be judged, if it is blank: a lens cap, dead lighting or a camera
     sending a fill colour gives an image with no defect in it, which would pass as a good part
@@ -113,26 +118,28 @@ def blank_frame_reason(image: DecodedImage) -> str | None:
     source = image.source
     step = max(1, max(image.height, image.width) // 256)
 
-    def spread(pixels: np.ndarray) -> int:
+    def channel_ranges(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # Each channel on its own: a flat colour (a camera's fill, blue say) spans all 255
         # levels across its channels yet shows nothing, as a flat gray does.
-        if pixels.ndim == 2:
-            return int(pixels.max()) - int(pixels.min())
-        flat = pixels.reshape(-1, pixels.shape[2])
-        return int((flat.max(axis=0).astype(int) - flat.min(axis=0)).max())
+        flat = pixels.reshape(-1, 1 if pixels.ndim == 2 else pixels.shape[2])
+        return flat.min(axis=0).astype(int), flat.max(axis=0).astype(int)
 
-    if spread(source[::step, ::step]) > BLANK_LEVELS:
+    lows, highs = channel_ranges(source[::step, ::step])
+    if (highs - lows).max() > BLANK_LEVELS:
         return None  # the common case, decided on a sample
-    if spread(source) > BLANK_LEVELS:
+    lows, highs = channel_ranges(source)
+    if (highs - lows).max() > BLANK_LEVELS:
         return None
-    flat = source.reshape(-1, 1 if source.ndim == 2 else source.shape[2])
-    lows = tuple(int(v) for v in flat.min(axis=0))
-    highs = tuple(int(v) for v in flat.max(axis=0))
     if len(set(lows)) == 1 and len(set(highs)) == 1:  # gray
-        low, high = lows[0], highs[0]
+        low, high = int(lows[0]), int(highs[0])
         level = f"gray level {low}" if low == high else f"gray levels {low} to {high}"
     else:
-        level = f"the colour {lows}" if lows == highs else f"colours {lows} to {highs}"
+        low_colour, high_colour = tuple(map(int, lows)), tuple(map(int, highs))
+        level = (
+            f"the colour {low_colour}"
+            if low_colour == high_colour
+            else f"colours {low_colour} to {high_colour}"
+        )
     return f"{BLANK_ERROR} (every pixel at {level}): check the camera and its lighting"
 
 

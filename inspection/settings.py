@@ -160,7 +160,10 @@ def resolve_device(choice: str | None = None) -> str:
     """Turn 'auto' into 'cuda:0' where a GPU is visible and 'cpu' otherwise."""
     import torch
 
-    choice = (choice or get_settings().device).lower()
+    try:  # (the rule the DEFECTS_DEVICE setting is checked by, for --device too)
+        choice = Settings._check_device(choice or get_settings().device)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
     if choice == "auto":
         return "cuda:0" if torch.cuda.is_available() else "cpu"
     if choice.startswith("cuda") and not torch.cuda.is_available():
@@ -168,12 +171,9 @@ def resolve_device(choice: str | None = None) -> str:
             f"device {choice!r} was asked for but no CUDA GPU is visible: use --device cpu "
             "(or auto)"
         )
-    if choice.startswith("cuda:"):
-        index = choice.removeprefix("cuda:")
-        if not index.isdigit() or int(index) >= torch.cuda.device_count():
-            raise UserError(
-                f"device {choice!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)"
-            )
-    elif choice not in ("cpu", "cuda"):
-        raise UserError(f"unknown device {choice!r}: cpu, cuda, cuda:N or auto")
+    indices = choice.removeprefix("cuda:").split(",") if choice.startswith("cuda:") else []
+    if any(int(i) >= torch.cuda.device_count() for i in indices if i):
+        raise UserError(
+            f"device {choice!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)"
+        )
     return choice

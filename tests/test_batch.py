@@ -657,7 +657,7 @@ def test_the_same_blank_frame_again_is_recorded_again(detector: str, tmp_path: P
 
     from PIL import Image
 
-    from db.queries import station_activity
+    from db.queries import minute_volume, station_activity
 
     (tmp_path / "in").mkdir()
     Image.new("L", (64, 64)).save(tmp_path / "in" / "frame.png")
@@ -681,6 +681,9 @@ def test_the_same_blank_frame_again_is_recorded_again(detector: str, tmp_path: P
         [station] = station_activity(session, since=datetime(2000, 1, 1))
     assert (station.blank_frames, station.errors) == (4, 4)
     assert station.inspected == 5  # the real part once, the four frames
+    with session_scope(detector) as session:  # its parts per minute count them as it does
+        minutes = minute_volume(session, since=datetime(2000, 1, 1))
+    assert (sum(m.inspected for m in minutes), sum(m.errors for m in minutes)) == (5, 4)
 
 
 def test_the_summary_counts_errors_by_kind(

@@ -155,7 +155,11 @@ def test_an_unknown_or_absent_device_is_one_line(tmp_path: Path) -> None:
     from inspection.errors import UserError
     from inspection.settings import resolve_device
 
-    for device, said in [("foo", "unknown device"), ("cuda:x", "CUDA")]:
+    for device, said in [
+        ("foo", "device must be"),
+        ("cuda:x", "device must be"),
+        ("cuda:0", "CUDA"),
+    ]:
         try:
             resolve_device(device)
         except UserError as exc:
