@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import ColumnElement, and_, or_, select
 from sqlalchemy.orm import Session, selectinload
 
 from db.models import Inspection, Part, Prediction, Review, ReviewKind, Verdict
@@ -39,6 +39,11 @@ def uncertainty_margin(inspection: Inspection) -> float:
     return min(margins, default=1.0)
 
 
+def _undecided() -> ColumnElement[bool]:
+    """A detection (Prediction, correlated) no review has decided yet."""
+    return ~select(Review.id).where(Review.prediction_id == Prediction.id).exists()
+
+
 def review_queue(
     session: Session, limit: int = 50, line_id: int | None = None, scan: int = 2000
 ) -> list[QueueItem]:
@@ -52,10 +57,7 @@ def review_queue(
     of_part = Review.part_id == Inspection.part_id
     undecided = (
         select(Prediction.id)
-        .where(
-            Prediction.inspection_id == Inspection.id,
-            ~select(Review.id).where(Review.prediction_id == Prediction.id).exists(),
-        )
+        .where(Prediction.inspection_id == Inspection.id, _undecided())
         .exists()
     )
     reviewed_in_full = or_(
@@ -136,10 +138,7 @@ def decide_the_rest(session: Session, inspection_id: int, reviewer: str) -> int:
     """Every detection of a verdict not yet decided marked a false call, once the real defects
     are confirmed (a part can hold dozens of faint detections); returns how many."""
     undecided = session.scalars(
-        select(Prediction.id).where(
-            Prediction.inspection_id == inspection_id,
-            ~select(Review.id).where(Review.prediction_id == Prediction.id).exists(),
-        )
+        select(Prediction.id).where(Prediction.inspection_id == inspection_id, _undecided())
     ).all()
     for prediction_id in undecided:
         mark_false_call(session, prediction_id, reviewer)

@@ -212,21 +212,28 @@ def _latest_run(
     distillation resumed by `train detector --resume` went on without its teacher on record,
     a plain run resumed by `distill detector --resume` was recorded as distilled."""
     own = re.compile(re.escape(name) + r"\d*" if name else re.escape(prefix) + r"-\d{8}-\d{6}\d*")
-    candidates = sorted(
+    newest_first = sorted(
         (
             p
             for p in runs_dir.glob("*")
             if own.fullmatch(p.name) and (p / "weights" / "last.pt").is_file()
         ),
         key=lambda p: p.stat().st_mtime,
+        reverse=True,
     )
-    interrupted = [p for p in candidates if _interrupted(p / "weights" / "last.pt")]
-    other_teacher = [
-        p for p in interrupted if (_lineage(p) or {"teacher": teacher})["teacher"] != teacher
-    ]
-    interrupted = [p for p in interrupted if p not in other_teacher]
-    if not interrupted and other_teacher:
-        run, lineage = other_teacher[-1], _lineage(other_teacher[-1]) or {}
+    # (Each checkpoint is loaded to learn whether it finished: newest first, until one does.)
+    of_others: Path | None = None  # the newest interrupted run with another teacher
+    for run in newest_first:
+        lineage = _lineage(run)
+        same_teacher = lineage is None or lineage["teacher"] == teacher  # (None: from before)
+        if not (same_teacher or of_others is None):
+            continue
+        if _interrupted(run / "weights" / "last.pt"):
+            if same_teacher:
+                return run
+            of_others = run
+    if of_others is not None:
+        lineage = _lineage(of_others) or {}
         how = (
             f"`defects distill detector --teacher {lineage['teacher']} --method "
             f"{lineage.get('method') or 'feature'} ... --resume`"
@@ -234,16 +241,14 @@ def _latest_run(
             else "`defects train detector ... --resume`"
         )
         raise UserError(
-            f"the interrupted run {run.name} "
+            f"the interrupted run {of_others.name} "
             + (f"learns from {lineage['teacher']}" if lineage.get("teacher") else "has no teacher")
             + f": resume it with {how}"
         )
-    if not interrupted:
-        raise UserError(
-            f"no interrupted training of {name or prefix} to resume in {runs_dir}"
-            + (f" (the latest, {candidates[-1].name}, finished)" if candidates else "")
-        )
-    return interrupted[-1]
+    raise UserError(
+        f"no interrupted training of {name or prefix} to resume in {runs_dir}"
+        + (f" (the latest, {newest_first[0].name}, finished)" if newest_first else "")
+    )
 
 
 def _interrupted(last: Path) -> bool:
