@@ -90,6 +90,10 @@ gather() {  # what must come back, as far as it exists: collect may be called at
         bench/results/inference_gpu_workers.json bench/results/inference_gpu_workers.md \
         bench/results/classifier_verdict_gpu.json bench/results/classifier_verdict_gpu.md \
         "$WORK/out/" 2>/dev/null
+    local best  # neu-twins: each run's best weights, named by its run folder (a later teacher)
+    for best in bench/.work/detector_neu/runs/detect/*/weights/best.pt; do
+        [[ -f $best ]] && cp "$best" "$WORK/out/$(basename "$(dirname "$(dirname "$best")")").pt"
+    done
     return 0
 }
 
