@@ -439,3 +439,24 @@ def test_resume_takes_the_newest_interrupted_run_of_its_own_architecture(tmp_pat
     (wanted / "weights" / "last.pt").unlink()
     with pytest.raises(UserError, match="learns from T: resume it with `defects distill detector "):
         _latest_run(tmp_path, "d-defect-yolo-n")
+
+
+def test_an_export_for_another_size_leaves_the_stations_onnx_file_alone(
+    trained: Trained, tmp_path: Path
+) -> None:
+    """The engine runs `<weights>.onnx` on a CPU, at the size in its metadata: an export at
+    another size overwrote it, and the stations judged at that size, not the calibrated one."""
+    from inspection.detector import load_detector
+    from training.export import export_detector, onnx_target, read_metadata
+
+    weights = Path(shutil.copy(trained.weights, tmp_path / "station.pt"))
+    trained_size = int(load_detector(weights).ckpt["train_args"]["imgsz"])
+    station = export_detector(weights)
+    assert station == tmp_path / "station.onnx"
+    before = station.read_bytes()
+    other = export_detector(weights, imgsz=trained_size * 2)
+    assert other == tmp_path / f"station.{trained_size * 2}.onnx"
+    assert read_metadata(other)["defects.imgsz"] == str(trained_size * 2)
+    assert station.read_bytes() == before
+    assert onnx_target(weights, 64, 64, half=True).name == "station.fp16.onnx"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".export-")]

@@ -654,6 +654,8 @@ def export_command(
         raise UserError(f"export format {format!r} is not supported; use onnx")
     if int8 and data is None:  # (said before the float32 export, not after)
         raise UserError("--int8 needs --data: INT8 is calibrated on that dataset's training images")
+    if int8 and half:
+        raise UserError("--int8 is quantized from the float32 export: leave out --half")
     weights, thresholds, version_name = resolve_model(model, migrated_database_url())
     if _is_classifier(weights):
         from training.export import export_classifier
@@ -670,6 +672,12 @@ def export_command(
         dynamic=dynamic or int8,
     )
     console.print(f"wrote {path}")
+    if path.name != weights.with_suffix(".onnx").name:
+        console.print(
+            f"{weights.with_suffix('.onnx').name}, the file stations here run, is unchanged: "
+            "this export is named for its precision and size",
+            markup=False,
+        )
     if int8:
         from training.datasets import IMAGE_SUFFIXES, dataset_yaml
         from training.export import quantize_int8

@@ -15,6 +15,23 @@ from inspection.errors import UserError
 METADATA_PREFIX = "defects."
 
 
+def onnx_target(weights: Path, imgsz: int, trained_imgsz: int, half: bool) -> Path:
+    """Where an export goes. `<stem>.onnx` beside the weights is the file stations run (the
+    engine takes it on a CPU): only an export that gives the checkpoint's detections, float32
+    at the training size, may be that file. An fp16 or other-size export is named for what it
+    is, so that exporting for another machine does not change what the stations here judge at
+    their calibrated thresholds."""
+    tags = ([str(imgsz)] if imgsz != trained_imgsz else []) + (["fp16"] if half else [])
+    return weights.with_name(".".join([weights.stem, *tags, "onnx"]))
+
+
+def _replace_atomically(written: Path, target: Path) -> None:
+    """A station may be opening `target` as it is replaced: it sees the old file or the new."""
+    import os
+
+    os.replace(written, target)
+
+
 def export_detector(
     weights: Path,
     imgsz: int | None = None,
@@ -24,41 +41,51 @@ def export_detector(
     version_name: str | None = None,
     device: str = "cpu",
 ) -> Path:
-    """Write `<weights>.onnx` beside the weights and return its path."""
+    """Write the ONNX file beside the weights (see `onnx_target`) and return its path."""
+    import shutil
+    import tempfile
+
     model = load_detector(weights)
     if half and device == "cpu":
         raise UserError("--half needs a GPU to export on (pass --device cuda:0)")
     ckpt = model.ckpt if isinstance(model.ckpt, dict) else {}
-    imgsz = imgsz or int(ckpt.get("train_args", {}).get("imgsz", 640))
-    exported = Path(
-        model.export(
-            format="onnx",
-            imgsz=imgsz,
-            half=half,
-            dynamic=dynamic,
-            simplify=True,
-            device=device.removeprefix("cuda:") if device.startswith("cuda") else "cpu",
-            verbose=False,
+    trained_imgsz = int(ckpt.get("train_args", {}).get("imgsz", 640))
+    imgsz = imgsz or trained_imgsz
+    target = onnx_target(weights, imgsz, trained_imgsz, half)
+    # ultralytics writes `<weights>.onnx` beside the file it exports, which may be the stations'
+    # file: it exports a copy in a folder of its own, and the result takes the target's place.
+    with tempfile.TemporaryDirectory(dir=weights.parent, prefix=".export-") as scratch:
+        copy = Path(shutil.copy2(weights, Path(scratch) / weights.name))
+        exported = Path(
+            load_detector(copy).export(
+                format="onnx",
+                imgsz=imgsz,
+                half=half,
+                dynamic=dynamic,
+                simplify=True,
+                device=device.removeprefix("cuda:") if device.startswith("cuda") else "cpu",
+                verbose=False,
+            )
         )
-    )
-    proto = onnx.load(str(exported))
-    names = [model.names[i] for i in sorted(model.names)]
-    extra = {
-        "classes": json.dumps(names),
-        "thresholds": json.dumps(thresholds or {}),
-        "architecture": architecture_of(model),
-        "imgsz": str(imgsz),
-        "model_version": version_name or "",
-    }
-    existing = {p.key: p for p in proto.metadata_props}
-    for key, value in extra.items():
-        full = METADATA_PREFIX + key
-        if full in existing:
-            existing[full].value = value
-        else:
-            proto.metadata_props.append(onnx.StringStringEntryProto(key=full, value=value))
-    onnx.save(proto, str(exported))
-    return exported
+        proto = onnx.load(str(exported))
+        names = [model.names[i] for i in sorted(model.names)]
+        extra = {
+            "classes": json.dumps(names),
+            "thresholds": json.dumps(thresholds or {}),
+            "architecture": architecture_of(model),
+            "imgsz": str(imgsz),
+            "model_version": version_name or "",
+        }
+        existing = {p.key: p for p in proto.metadata_props}
+        for key, value in extra.items():
+            full = METADATA_PREFIX + key
+            if full in existing:
+                existing[full].value = value
+            else:
+                proto.metadata_props.append(onnx.StringStringEntryProto(key=full, value=value))
+        onnx.save(proto, str(exported))
+        _replace_atomically(exported, target)
+    return target
 
 
 def store_weights_as_float16(onnx_path: Path, min_elements: int = 64) -> Path:
@@ -117,35 +144,39 @@ def export_classifier(
     weights: Path, version_name: str | None = None, thresholds: dict[str, Any] | None = None
 ) -> Path:
     """ONNX of the classifier (dynamic batch), its classes and image size in the metadata."""
+    import tempfile
+
     import torch
 
     from inspection.classifier import load_classifier
 
     model, image_size = load_classifier(weights)
     target = weights.with_suffix(".onnx")
-    example = torch.zeros(1, 3, image_size, image_size)
-    torch.onnx.export(
-        model,
-        (example,),
-        str(target),
-        input_names=["images"],
-        output_names=["logits"],
-        dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-        opset_version=17,
-        dynamo=False,
-    )
-    proto = onnx.load(str(target))
-    for key, value in {
-        "classes": json.dumps(model.class_names),
-        "imgsz": str(image_size),
-        "architecture": f"defect-cls-{model.backbone_name}",
-        "model_version": version_name or "",
-        "thresholds": json.dumps(thresholds or {}),
-    }.items():
-        proto.metadata_props.append(
-            onnx.StringStringEntryProto(key=METADATA_PREFIX + key, value=value)
+    with tempfile.TemporaryDirectory(dir=weights.parent, prefix=".export-") as scratch:
+        written = Path(scratch) / target.name
+        torch.onnx.export(
+            model,
+            (torch.zeros(1, 3, image_size, image_size),),
+            str(written),
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
         )
-    onnx.save(proto, str(target))
+        proto = onnx.load(str(written))
+        for key, value in {
+            "classes": json.dumps(model.class_names),
+            "imgsz": str(image_size),
+            "architecture": f"defect-cls-{model.backbone_name}",
+            "model_version": version_name or "",
+            "thresholds": json.dumps(thresholds or {}),
+        }.items():
+            proto.metadata_props.append(
+                onnx.StringStringEntryProto(key=METADATA_PREFIX + key, value=value)
+            )
+        onnx.save(proto, str(written))
+        _replace_atomically(written, target)
     return target
 
 
