@@ -131,7 +131,9 @@ def store_weights_as_float16(onnx_path: Path, min_elements: int = 64) -> Path:
         onnx.StringStringEntryProto(key=METADATA_PREFIX + "weights_stored_as", value="float16")
     )
     onnx.checker.check_model(model)
-    onnx.save(model, str(onnx_path))
+    written = onnx_path.with_name(f".{onnx_path.name}.writing")
+    onnx.save(model, str(written))
+    _replace_atomically(written, onnx_path)  # the stations' file, perhaps being opened
     return onnx_path
 
 
