@@ -244,7 +244,12 @@ def train_detector_command(
     seed: int = 0,
     plots: Annotated[bool, typer.Option(help="Save training plots.")] = False,
     workers: Annotated[
-        int, typer.Option(min=0, help="Data-loading processes (a GPU wants several).")
+        int,
+        typer.Option(
+            min=0,
+            help="Data-loading processes on a GPU (a GPU wants several); on a CPU, "
+            "ultralytics loads in the training process and this has no effect.",
+        ),
     ] = 2,
     hours: HoursOption = None,
 ) -> None:
