@@ -205,10 +205,30 @@ def test_upgrade_keeps_the_verdicts_of_an_older_schema(tmp_path: Path) -> None:
                 "VALUES (1, 1, 'fail', '{}', '2026-01-01')"
             )
         )
+        connection.execute(
+            text(
+                "INSERT INTO predictions (id, inspection_id, source, class_name, confidence, "
+                "counted) VALUES (1, 1, 'detector', 'scratch', 0.9, 1)"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO reviews (id, part_id, prediction_id, kind, reviewer, note, "
+                "created_at) VALUES (1, 1, 1, 'confirmed_defect', 'qa', '', '2026-01-02')"
+            )
+        )
     assert upgrade(url) == head_revision()
     with session_factory(url)() as session:
         (kept,) = session.scalars(select(Inspection)).all()
         assert kept.verdict is Verdict.FAIL and kept.superseded_at is None
+        # Rebuilding `inspections` on SQLite with foreign keys on deleted its predictions and
+        # unlinked their reviews: every command on an old database lost every detection.
+        assert [p.class_name for p in kept.predictions] == ["scratch"]
+        from db.models import Review
+
+        assert session.scalars(select(Review.prediction_id)).all() == [1]
+    with get_engine(url).connect() as connection:  # and the pool's connections enforce again
+        assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
 
 
 def test_a_damaged_or_unplaceable_sqlite_file_is_a_database_error(tmp_path: Path) -> None:
