@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import re
+import uuid
 import warnings
 from dataclasses import dataclass
 from functools import cached_property
@@ -185,7 +186,9 @@ def store_image(images_dir: Path, content_hash: str, name: str, data: bytes) -> 
     suffix = Path(name.split(":")[-1]).suffix.lower()[:8] or ".bin"
     target = images_dir / content_hash[:2] / f"{content_hash}{suffix}"
     if not target.exists():
-        partial = target.with_name(target.name + ".partial")
+        # A name of its own: two stations sharing the store (or two threads of one batch)
+        # may write the same part at once, and one's rename took the other's file away.
+        partial = target.with_name(f"{target.name}.{uuid.uuid4().hex[:12]}.partial")
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             partial.write_bytes(data)

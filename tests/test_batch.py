@@ -784,3 +784,39 @@ def test_cli_batch_and_inspect(
     assert "a folder, not an image: `defects batch FOLDER`" in " ".join(folder.output.split())
     assert folder.exit_code == 1
     assert images  # the first batch's images stay untouched
+
+
+def test_two_writers_of_the_same_part_both_keep_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two stations sharing an image store wrote one `<hash>.partial`: the first rename took
+    it away and the second stopped its run with a false 'free space' error."""
+    import threading
+
+    from inspection.images import store_image
+
+    write_bytes = Path.write_bytes
+    both_writing = threading.Barrier(2, timeout=10)
+
+    def write_together(self: Path, data: bytes) -> int:
+        written = write_bytes(self, data)
+        both_writing.wait()  # neither renames before the other has written
+        return written
+
+    monkeypatch.setattr(Path, "write_bytes", write_together)
+    errors: list[BaseException] = []
+
+    def store() -> None:
+        try:
+            store_image(tmp_path, "ab" * 32, "part.png", b"the same bytes")
+        except BaseException as exc:  # noqa: BLE001 - the test reports it
+            errors.append(exc)
+
+    writers = [threading.Thread(target=store) for _ in range(2)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join()
+    assert errors == []
+    assert (tmp_path / "ab" / f"{'ab' * 32}.png").read_bytes() == b"the same bytes"
+    assert not list(tmp_path.rglob("*.partial"))
