@@ -116,9 +116,22 @@ class Dataset(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+_ONE_PRODUCTION = "stage = 'production'"
+
+
 class ModelVersion(Base):
     __tablename__ = "model_versions"
-    __table_args__ = (Index("ix_model_versions_kind_stage", "kind", "stage"),)
+    __table_args__ = (
+        Index("ix_model_versions_kind_stage", "kind", "stage"),
+        # One production model of a kind, also when two promotions race.
+        Index(
+            "uq_model_versions_one_production",
+            "kind",
+            unique=True,
+            sqlite_where=text(_ONE_PRODUCTION),
+            postgresql_where=text(_ONE_PRODUCTION),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)

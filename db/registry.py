@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.orm import Session
 
 from db.models import ModelKind, ModelStage, ModelVersion, ProductionLine, Station, utcnow
+from db.session import retrying_races, session_scope
 
 
 class NotFoundError(LookupError):
@@ -38,6 +41,9 @@ def promote(session: Session, version: ModelVersion) -> ModelVersion | None:
     if previous is not None and previous.id != version.id:
         previous.stage = ModelStage.ARCHIVED
         previous.archived_at = utcnow()
+        # Written first: one production model of a kind is a unique index, and the unit of
+        # work would otherwise update the rows in id order.
+        session.flush()
     version.stage = ModelStage.PRODUCTION
     version.promoted_at = utcnow()
     version.archived_at = None
@@ -104,3 +110,34 @@ def ensure_station(session: Session, line_name: str, station_name: str) -> Stati
         session.add(station)
         session.flush()
     return station
+
+
+@dataclass(frozen=True)
+class Promotion:
+    name: str
+    kind: ModelKind
+    replaced: str | None
+
+
+def promote_version(url: str, ref: str | int) -> Promotion:
+    """Promote in a transaction of its own, again if another promotion of the same kind won
+    the race (the unique index of production models refused this one): this one then
+    replaces that one, as if they had come one after the other."""
+
+    def attempt() -> Promotion:
+        with session_scope(url) as session:
+            version = get_model_version(session, ref)
+            previous = promote(session, version)
+            return Promotion(version.name, version.kind, previous.name if previous else None)
+
+    return retrying_races(attempt)
+
+
+def roll_back(url: str, kind: ModelKind) -> str:
+    """`rollback` in a transaction of its own, again after a race; the name restored."""
+
+    def attempt() -> str:
+        with session_scope(url) as session:
+            return rollback(session, kind).name
+
+    return retrying_races(attempt)

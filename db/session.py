@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -22,6 +23,7 @@ from sqlalchemy.exc import DatabaseError as DriverDatabaseError
 from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 
@@ -46,6 +48,20 @@ def unusable(exc: DriverDatabaseError) -> bool:
     damaged, read-only), as opposed to a statement the product got wrong, which must surface
     as the bug it is."""
     return not isinstance(exc, IntegrityError | ProgrammingError | DataError)
+
+
+def retrying_races(action: Callable[[], T], attempts: int = 3) -> T:
+    """`action`, one whole transaction, again when it lost a race with another station: a
+    unique index refused a row that the transaction had read as absent a moment before (a line
+    two stations started at once, a part both judged, two promotions). It was rolled back;
+    the next try reads what the winner wrote."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return action()
+        except IntegrityError:
+            if attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
 
 
 @lru_cache(maxsize=8)

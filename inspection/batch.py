@@ -26,9 +26,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from threading import Event
-from typing import BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.models import (
@@ -44,7 +45,13 @@ from db.models import (
 )
 from db.queries import RunRow, run_rows, source_rows
 from db.registry import ensure_station, get_model_version, production_model
-from db.session import DatabaseError, WalCheckpointer, connection_scope, session_scope
+from db.session import (
+    DatabaseError,
+    WalCheckpointer,
+    connection_scope,
+    retrying_races,
+    session_scope,
+)
 from inspection.engine import BackendChoice, Inspector, PartInput, PartResult
 from inspection.errors import UserError
 from inspection.images import is_blank_frame
@@ -56,6 +63,8 @@ T = TypeVar("T")
 # A zip entry larger than this is refused rather than read into memory (zip bombs, stray videos).
 MAX_FILE_BYTES = 256 * 1024 * 1024
 WRITE_CHUNK = 64
+# Tries of a chunk's write that other stations writing the same parts keep refusing.
+WRITE_RACE_ATTEMPTS = 3
 # Latencies a run's summary keeps (about 6 MB), beyond which it keeps a sample.
 LATENCIES_KEPT = 200_000
 _sampling = random.Random()
@@ -387,22 +396,32 @@ class BatchInspection:
         self.url = url
         self.images_dir = images_dir
         self.owns_run = run_id is None
-        with session_scope(url) as session:
-            if run_id is None:
-                run, version = open_run(session, line, station, model, operator, source)
-            else:
-                run = session.get_one(InspectionRun, run_id)
-                version = session.get_one(ModelVersion, run.model_version_id)
-            self.run_id, self.line_id, self.station_id = run.id, run.line_id, run.station_id
-            self.model_id, self.model_name = version.id, version.name
-            weights, thresholds = Path(version.file_path), dict(version.thresholds or {})
-            # A calibrated operating point names the classifier it was calibrated with.
-            classifier_name = (thresholds.get("classifier") or {}).get("version")
-            classifier_weights, self.classifier_id = None, None
-            if classifier_name:
-                classifier = get_model_version(session, classifier_name)
-                classifier_weights, self.classifier_id = Path(classifier.file_path), classifier.id
-                run.classifier_version_id = classifier.id
+
+        def opened() -> tuple[Path, dict[str, Any], Path | None]:
+            """The run opened (or taken over) and its models looked up, in one transaction:
+            tried again where two stations created the same new line at once."""
+            with session_scope(url) as session:
+                if run_id is None:
+                    run, version = open_run(session, line, station, model, operator, source)
+                else:
+                    run = session.get_one(InspectionRun, run_id)
+                    version = session.get_one(ModelVersion, run.model_version_id)
+                self.run_id, self.line_id, self.station_id = run.id, run.line_id, run.station_id
+                self.model_id, self.model_name = version.id, version.name
+                weights, thresholds = Path(version.file_path), dict(version.thresholds or {})
+                # A calibrated operating point names the classifier it was calibrated with.
+                classifier_name = (thresholds.get("classifier") or {}).get("version")
+                classifier_weights, self.classifier_id = None, None
+                if classifier_name:
+                    classifier = get_model_version(session, classifier_name)
+                    classifier_weights, self.classifier_id = (
+                        Path(classifier.file_path),
+                        classifier.id,
+                    )
+                    run.classifier_version_id = classifier.id
+            return weights, thresholds, classifier_weights
+
+        weights, thresholds, classifier_weights = retrying_races(opened)
         try:
             if not weights.is_file():
                 raise UserError(f"the weights of {self.model_name} are missing ({weights})")
@@ -575,7 +594,18 @@ class BatchInspection:
         """The chunk's write, then its counts in the summary: in the writer thread, which
         Ctrl-C does not interrupt, so the summary never lacks (nor adds) a part the database
         holds, wherever the interrupt lands in the main thread."""
-        marked_finished = self._through_outages(lambda: self._write(results, rejudged, finishing))
+        for attempt in range(1, WRITE_RACE_ATTEMPTS + 1):
+            try:
+                marked_finished = self._through_outages(
+                    lambda chunk=results, again=rejudged: self._write(chunk, again, finishing)
+                )
+                break
+            except IntegrityError:
+                # Another station wrote some of these parts (the same folder, the same frame)
+                # between the chunk's look-up and this write, which was rolled back.
+                if attempt == WRITE_RACE_ATTEMPTS:
+                    raise
+                results, rejudged = self._after_a_race(results)
         for result in results:
             self.summary.inspected += 1
             # (A blank frame come again is not a part judged again at new thresholds.)
@@ -593,6 +623,18 @@ class BatchInspection:
                 self.summary.failed += 1
                 self.summary.failed_by_class.update(result.failed_classes)
         return marked_finished
+
+    def _after_a_race(self, results: list[PartResult]) -> tuple[list[PartResult], set[str]]:
+        """A chunk's results against what the database holds now: a part another station has
+        judged meanwhile at this operating point is left to that verdict (counted as already
+        inspected, as the look-up would have said a moment later); one judged at another point,
+        or a blank frame, supersedes it as usual."""
+        current = self._through_outages(
+            lambda: self._current_points([r.content_hash for r in results])
+        )
+        kept = [r for r in results if not current.get(r.content_hash) or is_blank_frame(r.error)]
+        self.summary.skipped += len(results) - len(kept)
+        return kept, {r.content_hash for r in kept if r.content_hash in current}
 
     def _write(self, results: list[PartResult], rejudged: set[str], finishing: bool) -> bool:
         """Parts, inspections and predictions in one transaction, as bulk INSERTs (row-by-row

@@ -34,7 +34,7 @@ from pathlib import Path
 from sqlalchemy import update
 
 from db.models import InspectionRun, utcnow
-from db.session import connection_scope, session_scope
+from db.session import connection_scope, retrying_races, session_scope
 from inspection.batch import (
     WRITE_NOW,
     BatchInspection,
@@ -256,10 +256,14 @@ class ParallelInspection:
     ) -> None:
         if workers < 2:
             raise UserError("a parallel run needs at least 2 worker processes")
-        with session_scope(url) as session:
-            run, version = open_run(session, line, station, model, operator, source)
-            self.run_id, self.model_name = run.id, version.name
-            weights = Path(version.file_path)
+
+        def opened() -> Path:
+            with session_scope(url) as session:  # (again where a new line was raced for)
+                run, version = open_run(session, line, station, model, operator, source)
+                self.run_id, self.model_name = run.id, version.name
+                return Path(version.file_path)
+
+        weights = retrying_races(opened)
         if not weights.is_file():
             raise UserError(f"the weights of {self.model_name} are missing ({weights})")
         self.url = url

@@ -820,3 +820,60 @@ def test_two_writers_of_the_same_part_both_keep_it(
     assert errors == []
     assert (tmp_path / "ab" / f"{'ab' * 32}.png").read_bytes() == b"the same bytes"
     assert not list(tmp_path.rglob("*.partial"))
+
+
+def test_parts_another_station_judged_meanwhile_are_left_to_its_verdict(
+    detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two stations on the same folder (or the same frames): each looked the chunk up, found
+    it new and wrote it; the second's write broke on a unique index with a traceback, and its
+    run stayed open. The loser now leaves those parts to the winner's verdict and goes on."""
+    from db.models import InspectionRun
+
+    make_images(tmp_path / "in", n=6)
+    # (Stations opened first: the slower station's look-up happens after both have started.)
+    first = BatchInspection(detector, tmp_path / "store", "Line 1", "Cam A")
+    second = BatchInspection(detector, tmp_path / "store", "Line 1", "Cam B")
+    looked_up = second._current_points
+
+    def looked_up_before_the_first_wrote(hashes: list[str]) -> dict[str, bool]:
+        monkeypatch.setattr(second, "_current_points", looked_up)
+        first.run(iter_source(str(tmp_path / "in")))  # the other station writes now
+        return {}  # as seen a moment before
+
+    monkeypatch.setattr(second, "_current_points", looked_up_before_the_first_wrote)
+    summary = second.run(iter_source(str(tmp_path / "in")))
+    assert (summary.inspected, summary.skipped) == (0, 6)
+    assert _counts(detector) == (6, 6, 6)  # every part once, judged once
+    with session_scope(detector) as session:
+        runs = session.scalars(select(InspectionRun)).all()
+        assert all(run.finished_at is not None for run in runs)
+
+
+def test_two_stations_starting_a_new_line_at_once_both_run(
+    detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each looked the new line up, found none and created it: the second broke on the
+    unique name with a traceback. It now finds the line the first created, and runs."""
+    from sqlalchemy import false
+
+    import db.registry as registry
+    from db.models import InspectionRun, ProductionLine
+
+    same_name = registry._same_name
+    calls = []
+
+    def looked_up_before_the_other_created_it(column, name):  # type: ignore[no-untyped-def]
+        calls.append(name)
+        if len(calls) == 1:
+            with session_scope(detector) as other:  # the other station commits the line now
+                other.add(ProductionLine(name=name))
+            return false()  # as this station's look-up saw it a moment before
+        return same_name(column, name)
+
+    monkeypatch.setattr(registry, "_same_name", looked_up_before_the_other_created_it)
+    job = BatchInspection(detector, tmp_path / "store", "New line", "Cam A")
+    with session_scope(detector) as session:
+        lines = session.scalars(select(ProductionLine.name)).all()
+        assert lines.count("New line") == 1
+        assert session.get_one(InspectionRun, job.run_id).line.name == "New line"

@@ -56,3 +56,71 @@ def test_ensure_station_creates_once(session) -> None:  # type: ignore[no-untype
     assert ensure_station(session, "Ölwerk", "Prüfung").id == umlaut.id
     with pytest.raises(ValueError, match="at most 128 characters"):
         ensure_station(session, "Line 1", "x" * 129)
+
+
+def test_two_promotions_at_once_leave_one_production_model(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Promotions that raced each read the old production model, archived it and left their
+    own in production: two production detectors. The second now loses to a unique index and
+    tries again, replacing the first."""
+    import db.registry as registry
+    from db.session import session_scope
+
+    with session_scope(database_url) as session:
+        promote(session, _version(session, "old"))
+        _version(session, "mine")
+    with session_scope(database_url) as session:  # another station's promotion wins
+        promote(session, _version(session, "theirs"))
+    reads = []
+    real_production_model = registry.production_model
+
+    def read_before_theirs(session, kind):  # type: ignore[no-untyped-def]
+        reads.append(kind)  # the first read saw no production model yet (as a race reads it)
+        return None if len(reads) == 1 else real_production_model(session, kind)
+
+    monkeypatch.setattr(registry, "production_model", read_before_theirs)
+    promoted = registry.promote_version(database_url, "mine")
+    assert len(reads) == 2 and promoted.replaced == "theirs"
+    with session_scope(database_url) as session:
+        stages = {v.name: v.stage for v in session.query(ModelVersion)}
+    assert stages == {
+        "old": ModelStage.ARCHIVED,
+        "theirs": ModelStage.ARCHIVED,
+        "mine": ModelStage.PRODUCTION,
+    }
+
+
+def test_a_database_with_two_production_models_keeps_the_last_promoted(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import text
+
+    from db.migrate import head_revision, upgrade
+    from db.session import get_engine, session_factory
+
+    url = f"sqlite:///{tmp_path / 'raced.db'}"
+    upgrade(url, "0005")
+    with get_engine(url).begin() as connection:
+        for version_id, promoted_at in ((1, "2026-01-01"), (2, "2026-01-03"), (3, "2026-01-02")):
+            connection.execute(
+                text(
+                    "INSERT INTO model_versions (id, name, kind, architecture, file_path, sha256, "
+                    "classes, image_size, metrics, thresholds, stage, notes, created_at, "
+                    "promoted_at) VALUES (:id, :name, 'detector', 'a', 'f', :sha, '[]', 640, "
+                    "'{}', '{}', 'production', '', '2026-01-01', :promoted)"
+                ),
+                {
+                    "id": version_id,
+                    "name": f"v{version_id}",
+                    "sha": str(version_id) * 64,
+                    "promoted": promoted_at,
+                },
+            )
+    assert upgrade(url) == head_revision()
+    with session_factory(url)() as session:
+        assert production_model(session, ModelKind.DETECTOR).name == "v2"
+        stages = {v.name: v.stage for v in session.query(ModelVersion)}
+    assert stages == {
+        "v1": ModelStage.ARCHIVED,
+        "v2": ModelStage.PRODUCTION,
+        "v3": ModelStage.ARCHIVED,
+    }

@@ -19,8 +19,7 @@ from rich.table import Table
 import inspection  # noqa: F401 - prepares torch/torchvision/ultralytics before anything else
 from db.migrate import current_revision, head_revision, upgrade
 from db.models import ModelKind, ModelStage, ModelVersion
-from db.registry import NotFoundError, get_model_version, rollback
-from db.registry import promote as promote_version
+from db.registry import NotFoundError, get_model_version, promote_version, roll_back
 from db.session import DatabaseError, redact, session_scope
 from inspection.errors import UserError
 from inspection.runtime import end_process
@@ -113,11 +112,9 @@ def _fmt(value: object) -> str:
 @models_app.command("promote")
 def models_promote(model: Annotated[str, typer.Argument(help="Model version id or name.")]) -> None:
     """Make a model version the production model of its kind (the current one is archived)."""
-    with session_scope(migrated_database_url()) as session:
-        version = get_model_version(session, model)
-        previous = promote_version(session, version)
-        replaced = f", replacing {previous.name}" if previous else ""
-        console.print(f"{version.name} is now the production {version.kind.value}{replaced}")
+    promoted = promote_version(migrated_database_url(), model)
+    replaced = f", replacing {promoted.replaced}" if promoted.replaced else ""
+    console.print(f"{promoted.name} is now the production {promoted.kind.value}{replaced}")
 
 
 @models_app.command("rollback")
@@ -125,9 +122,9 @@ def models_rollback(
     kind: Annotated[ModelKind, typer.Option(help="Which kind of model.")] = ModelKind.DETECTOR,
 ) -> None:
     """Put back the production model that the current one replaced."""
-    with session_scope(migrated_database_url()) as session:
-        restored = rollback(session, kind)
-        console.print(f"{restored.name} is the production {kind.value} again")
+    console.print(
+        f"{roll_back(migrated_database_url(), kind)} is the production {kind.value} again"
+    )
 
 
 @models_app.command("install-demo")

@@ -10,7 +10,13 @@ from sqlalchemy import select
 
 from dashboard.state import database_ready, flash
 from db.models import Dataset, JobStatus, ModelKind, ModelStage, ModelVersion, TrainingJob
-from db.registry import NotFoundError, get_model_version, production_model, promote, rollback
+from db.registry import (
+    NotFoundError,
+    get_model_version,
+    production_model,
+    promote_version,
+    roll_back,
+)
 from db.session import session_scope
 from inspection.errors import UserError
 from training.backtest import backtest, recorded_rates
@@ -68,15 +74,13 @@ if detectors:
     left, right = st.columns(2)
     chosen = left.selectbox("Model version", [v.name for v in versions], key="promote_choice")
     if left.button("Promote to production"):
-        with session_scope(state.url) as session:
-            previous = promote(session, get_model_version(session, chosen))
-        flash(f"{chosen} is in production" + (f"; {previous.name} archived" if previous else ""))
+        promoted = promote_version(state.url, chosen)
+        replaced = f"; {promoted.replaced} archived" if promoted.replaced else ""
+        flash(f"{chosen} is in production{replaced}")
         st.rerun()
     if right.button("Roll back the detector"):
         try:
-            with session_scope(state.url) as session:
-                restored = rollback(session, ModelKind.DETECTOR)
-            flash(f"{restored.name} is in production again")
+            flash(f"{roll_back(state.url, ModelKind.DETECTOR)} is in production again")
             st.rerun()
         except NotFoundError as exc:
             st.error(str(exc))
