@@ -127,6 +127,14 @@ def promote_version(url: str, ref: str | int) -> Promotion:
     def attempt() -> Promotion:
         with session_scope(url) as session:
             version = get_model_version(session, ref)
+            if version.kind == ModelKind.CLASSIFIER:
+                # Stations judge with the classifier their detector's operating point names,
+                # not with a "production classifier": promoted, it would change nothing.
+                raise ValueError(
+                    f"{version.name} is a classifier: stations use the classifier that the "
+                    "production detector's operating point names; calibrate the detector with "
+                    f"--classifier {version.name} (or on the Settings page) to put it to work"
+                )
             previous = promote(session, version)
             return Promotion(version.name, version.kind, previous.name if previous else None)
 
@@ -141,3 +149,18 @@ def roll_back(url: str, kind: ModelKind) -> str:
             return rollback(session, kind).name
 
     return retrying_races(attempt)
+
+
+def classifier_in_use(session: Session, classifier: ModelVersion) -> list[str]:
+    """The detectors whose operating point names this classifier: archiving it would leave
+    their stations judging with an archived model."""
+    detectors = session.scalars(
+        select(ModelVersion).where(
+            ModelVersion.kind == ModelKind.DETECTOR, ModelVersion.stage != ModelStage.ARCHIVED
+        )
+    ).all()
+    return [
+        d.name
+        for d in detectors
+        if ((d.thresholds or {}).get("classifier") or {}).get("version") == classifier.name
+    ]

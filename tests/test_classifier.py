@@ -19,12 +19,12 @@ from inspection.settings import get_settings
 from inspection.verdict import Detection, Thresholds, part_fails, verify
 from tests.conftest import Trained
 from tests.synthetic import CLASSES, make_images
+from training.datasets import split_image_paths
 from training.train_classifier import (
     build_samples,
     mine_hard_negatives,
     part_label,
     read_split,
-    split_image_paths,
 )
 
 
@@ -244,3 +244,51 @@ def test_a_taken_name_is_refused_before_training(
     request = ClassifierTrainRequest(data="synth", epochs=50, imgsz=64, name=trained.version_name)
     with pytest.raises(UserError, match="already exists"):
         train_classifier(request, url=trained.url)
+
+
+def test_a_classifier_is_checked_where_it_would_go_to_work(
+    trained: Trained, trained_classifier: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A classifier of other classes (or a detector) was stored as the operating point's, and
+    every station judged with it; export options a classifier ignores passed in silence; an
+    archived classifier went on verifying; a promoted one was called production and did
+    nothing; a missing split was an errno message."""
+    from training.cli import app
+
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
+    get_settings.cache_clear()
+    runner = CliRunner()
+    with session_scope(trained.url) as session:
+        classifier = get_model_version(session, trained_classifier)
+        right_classes, point = (
+            list(classifier.classes),
+            dict(get_model_version(session, trained.version_name).thresholds),
+        )
+        classifier.classes = [GOOD, *CLASSES[:-1]]  # as if trained on another dataset
+    calibrate = ["calibrate", trained.version_name, "--data", "synth", "--max-miss-rate", "0"]
+    result = runner.invoke(app, [*calibrate, "--classifier", trained_classifier])
+    assert result.exit_code != 0 and "knows other classes" in str(result.exception)
+    result = runner.invoke(app, [*calibrate, "--classifier", trained.version_name])
+    assert result.exit_code != 0 and "is not a classifier" in str(result.exception)
+    with session_scope(trained.url) as session:
+        assert get_model_version(session, trained.version_name).thresholds == point  # unchanged
+        get_model_version(session, trained_classifier).classes = right_classes
+
+    result = runner.invoke(app, ["export", trained_classifier, "--int8", "--data", "synth"])
+    assert result.exit_code != 0 and "for detectors only" in str(result.exception)
+    result = runner.invoke(
+        app, ["evaluate", trained_classifier, "--data", "synth", "--split", "tset"]
+    )
+    assert result.exit_code != 0 and "has no tset split" in str(result.exception)
+    result = runner.invoke(app, ["models", "promote", trained_classifier])
+    assert result.exit_code != 0 and "is a classifier" in str(result.exception)
+
+    with session_scope(trained.url) as session:
+        detector = get_model_version(session, trained.version_name)
+        detector.thresholds = {**point, "classifier": {"version": trained_classifier}}
+    try:
+        result = runner.invoke(app, ["models", "archive", trained_classifier])
+        assert result.exit_code != 0 and "verifies the verdicts of" in str(result.exception)
+    finally:
+        with session_scope(trained.url) as session:
+            get_model_version(session, trained.version_name).thresholds = point

@@ -524,7 +524,7 @@ def score_parts(
     from inspection.classifier import crop_with_context
     from inspection.engine import Inspector, PartInput
     from inspection.images import decode_image
-    from training.datasets import IMAGE_SUFFIXES
+    from training.datasets import split_image_paths
     from training.evaluate import _iou, _labels
 
     thresholds: dict[str, Any] = {"default": SCORE_FLOOR, "iou": iou}
@@ -535,9 +535,7 @@ def score_parts(
     inspector = Inspector.from_weights(
         detector_weights, thresholds, device=device, classifier_weights=classifier_weights
     )
-    images = sorted(
-        p for p in (root / "images" / split).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
-    )
+    images = split_image_paths(root, split)
     parts: list[ScoredPart] = []
     try:
         for path, result in zip(
@@ -617,6 +615,17 @@ def calibrate_model(
             float(detector.thresholds.get("iou", 0.45)),
         )
         classifier_version = get_model_version(session, classifier) if classifier else None
+        if classifier_version is not None:  # (stored with the operating point: every station
+            # would judge with it)
+            if classifier_version.kind != ModelKind.CLASSIFIER:
+                raise UserError(f"{classifier_version.name} is not a classifier")
+            from inspection.classifier import GOOD
+
+            if list(classifier_version.classes) != [GOOD, *class_names]:
+                raise UserError(
+                    f"{classifier_version.name} knows other classes than {data!r}: "
+                    f"{list(classifier_version.classes)[1:]} against {class_names}"
+                )
         classifier_weights = Path(classifier_version.file_path) if classifier_version else None
         classifier_name = classifier_version.name if classifier_version else None
     verify_threshold = parse_verify_threshold(verify_threshold)

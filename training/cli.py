@@ -19,7 +19,13 @@ from rich.table import Table
 import inspection  # noqa: F401 - prepares torch/torchvision/ultralytics before anything else
 from db.migrate import current_revision, head_revision, upgrade
 from db.models import ModelKind, ModelStage, ModelVersion
-from db.registry import NotFoundError, get_model_version, promote_version, roll_back
+from db.registry import (
+    NotFoundError,
+    classifier_in_use,
+    get_model_version,
+    promote_version,
+    roll_back,
+)
 from db.session import DatabaseError, redact, session_scope
 from inspection.errors import UserError
 from inspection.runtime import end_process
@@ -152,6 +158,12 @@ def models_archive(model: Annotated[str, typer.Argument(help="Model version id o
             raise UserError(
                 f"{version.name} is in production: promote another version or roll back first "
                 "(archived, it would leave the stations without a model)"
+            )
+        users = classifier_in_use(session, version) if version.kind == ModelKind.CLASSIFIER else []
+        if users:
+            raise UserError(
+                f"{version.name} verifies the verdicts of {', '.join(users)} (named by its "
+                "operating point): calibrate those without it first"
             )
         version.stage = ModelStage.ARCHIVED
         version.archived_at = utcnow()
@@ -345,7 +357,9 @@ def distill_classifier_command(
     student: Annotated[str, typer.Option(help="Student backbone.")] = "mobilenet_v3_small",
     epochs: Annotated[int, typer.Option(min=1)] = 30,
     imgsz: Annotated[int, typer.Option(min=32)] = 128,
-    batch: Annotated[int, typer.Option(min=1)] = 32,
+    batch: Annotated[
+        int, typer.Option(min=2, help="At least 2: batch norm learns nothing from one image.")
+    ] = 32,
     temperature: Annotated[float, typer.Option(min=1.0)] = 4.0,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N.")] = None,
     seed: int = 0,
@@ -378,7 +392,9 @@ def train_classifier_command(
     ] = "resnet18",
     epochs: Annotated[int, typer.Option(min=1)] = 30,
     imgsz: Annotated[int, typer.Option(min=32)] = 128,
-    batch: Annotated[int, typer.Option(min=1)] = 32,
+    batch: Annotated[
+        int, typer.Option(min=2, help="At least 2: batch norm learns nothing from one image.")
+    ] = 32,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N.")] = None,
     name: Annotated[str | None, typer.Option(help="Model version name.")] = None,
     seed: int = 0,
@@ -408,7 +424,7 @@ def train_classifier_command(
     with session_scope(database_url()) as session:
         version = get_model_version(session, version_id)
         console.print(
-            f"registered {version.name} (candidate): val accuracy "
+            f"registered {version.name} (candidate): val accuracy over parts and crops "
             f"{version.metrics.get('val_accuracy', 0):.3f}"
         )
 
@@ -662,6 +678,23 @@ def export_command(
     if _is_classifier(weights):
         from training.export import export_classifier
 
+        ignored = [
+            flag
+            for flag, given in (
+                ("--half", half),
+                ("--dynamic", dynamic),  # (a classifier's ONNX has a dynamic batch anyway)
+                ("--imgsz", imgsz is not None),
+                ("--int8", int8),
+                ("--compact", compact),
+            )
+            if given
+        ]
+        if ignored:
+            raise UserError(
+                f"{' '.join(ignored)}: for detectors only; a classifier is exported in float32 "
+                "at its training size, with a dynamic batch"
+            )
+
         console.print(f"wrote {export_classifier(weights, version_name, thresholds)}")
         return
     path = export_detector(
@@ -681,14 +714,14 @@ def export_command(
             markup=False,
         )
     if int8:
-        from training.datasets import IMAGE_SUFFIXES, dataset_yaml
+        from training.datasets import dataset_yaml, split_image_paths
         from training.export import quantize_int8
 
         assert data is not None
         with session_scope(database_url()) as session:
             dataset, _ = dataset_yaml(session, data)
-            train_dir = Path(dataset.root_path) / "images" / "train"
-        images = sorted(p for p in train_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            root = Path(dataset.root_path)
+        images = split_image_paths(root, "train")
         step = max(1, len(images) // calibration_images)
         from inspection.detector import load_detector
 

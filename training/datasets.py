@@ -551,3 +551,11 @@ def dataset_yaml(session: Session, name: str) -> tuple[Dataset, Path]:
     if not path.is_file():
         raise UserError(f"dataset {name!r} is registered but its files are gone ({path})")
     return dataset, path
+
+
+def split_image_paths(root: Path, split: str) -> list[Path]:
+    """The images of one split of an imported dataset, in a stable order."""
+    folder = root / "images" / split
+    if not folder.is_dir():
+        raise UserError(f"the dataset has no {split} split ({folder})")
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)

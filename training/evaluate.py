@@ -24,7 +24,7 @@ from db.session import session_scope
 from inspection.detector import load_detector
 from inspection.errors import UserError
 from inspection.settings import get_settings
-from training.datasets import IMAGE_SUFFIXES, dataset_yaml
+from training.datasets import dataset_yaml, split_image_paths
 from training.versions import default_thresholds
 
 MATCH_IOU = 0.5
@@ -105,13 +105,6 @@ class DetectorEvaluation:
         }
 
 
-def _split_images(root: Path, split: str) -> list[Path]:
-    folder = root / "images" / split
-    if not folder.is_dir():
-        raise UserError(f"the dataset has no {split} split ({folder})")
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-
-
 def _labels(
     root: Path, split: str, image: Path, width: int, height: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -170,7 +163,7 @@ def evaluate_detector(
         raise UserError(f"the model's classes {model_names} are not the dataset's {class_names}")
     thresholds = thresholds or default_thresholds(class_names)
     imgsz = imgsz or trained_size
-    images = _split_images(root, split)
+    images = split_image_paths(root, split)
 
     with tempfile.TemporaryDirectory() as scratch:
         metrics = model.val(
@@ -481,7 +474,7 @@ def split_truths(root: Path, split: str) -> tuple[list[Path], list[tuple[np.ndar
     """The images of a split and their labeled boxes in pixels."""
     from PIL import Image
 
-    images = _split_images(root, split)
+    images = split_image_paths(root, split)
     truths = []
     for image in images:
         with Image.open(image) as opened:

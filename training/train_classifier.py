@@ -39,7 +39,7 @@ from inspection.classifier import (
 from inspection.errors import UserError
 from inspection.images import decode_image
 from inspection.settings import get_settings, resolve_device
-from training.datasets import IMAGE_SUFFIXES, check_trainable, dataset_yaml
+from training.datasets import check_trainable, dataset_yaml, split_image_paths
 from training.jobs import record_job_end
 from training.versions import register_model_version
 
@@ -49,11 +49,6 @@ class Sample:
     image_index: int
     box: tuple[float, float, float, float] | None  # None: the whole image
     label: int
-
-
-def split_image_paths(root: Path, split: str) -> list[Path]:
-    folder = root / "images" / split
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def read_split(
@@ -425,15 +420,17 @@ def train_classifier(request: ClassifierTrainRequest, url: str | None = None) ->
                     model, best_path, request.imgsz, {"val_accuracy": accuracy, "epoch": epoch + 1}
                 )
             print(
-                f"epoch {epoch + 1}/{request.epochs} loss {np.mean(losses):.4f} val accuracy {accuracy:.4f}"
+                f"epoch {epoch + 1}/{request.epochs} loss {np.mean(losses):.4f} "
+                f"val accuracy (parts and crops) {accuracy:.4f}"
             )
             with session_scope(url) as session:
                 job = session.get(TrainingJob, job_id)
                 assert job is not None
                 job.progress = (epoch + 1) / request.epochs
                 job.log = (
-                    job.log or ""
-                ) + f"epoch {epoch + 1} loss {np.mean(losses):.4f} val accuracy {accuracy:.4f}\n"
+                    (job.log or "")
+                    + f"epoch {epoch + 1} loss {np.mean(losses):.4f} val accuracy (parts and crops) {accuracy:.4f}\n"
+                )
         metrics: dict[str, Any] = {
             "val_accuracy": best_accuracy,
             "epochs": request.epochs,

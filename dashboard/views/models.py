@@ -72,12 +72,16 @@ else:
 st.subheader("Promote or roll back")
 if detectors:
     left, right = st.columns(2)
-    chosen = left.selectbox("Model version", [v.name for v in versions], key="promote_choice")
+    chosen = left.selectbox("Detector version", detectors, key="promote_choice")
     if left.button("Promote to production"):
-        promoted = promote_version(state.url, chosen)
-        replaced = f"; {promoted.replaced} archived" if promoted.replaced else ""
-        flash(f"{chosen} is in production{replaced}")
-        st.rerun()
+        try:
+            promoted = promote_version(state.url, chosen)
+        except ValueError as exc:  # a classifier: it is put to work by a calibration
+            st.error(str(exc))
+        else:
+            replaced = f"; {promoted.replaced} archived" if promoted.replaced else ""
+            flash(f"{chosen} is in production{replaced}")
+            st.rerun()
     if right.button("Roll back the detector"):
         try:
             flash(f"{roll_back(state.url, ModelKind.DETECTOR)} is in production again")
