@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DatabaseError as DriverDatabaseError
 
 from db.session import DatabaseError, get_engine, redact, unusable
@@ -39,13 +43,48 @@ def current_revision(url: str) -> str | None:
         raise DatabaseError(f"cannot reach the database at {redact(url)}: {exc.orig}") from exc
 
 
+# Key of the PostgreSQL advisory lock that one migration at a time holds (any constant).
+MIGRATION_LOCK_KEY = 0x64656665  # "defe"
+
+
+@contextmanager
+def _one_migration_at_a_time(url: str) -> Iterator[None]:
+    """Stations started together on a new database each ran the migrations: on PostgreSQL the
+    losers stopped with a traceback (alembic_version created twice); on SQLite, whose schema
+    changes are not one transaction, they read a half-migrated schema and stopped ("table
+    already exists", "no such constraint"). PostgreSQL holds them on an advisory lock, a
+    SQLite file on a lock file beside it (filelock: also on Windows)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql":
+        with get_engine(url).connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            try:
+                yield
+            finally:
+                connection.execute(
+                    text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY}
+                )
+                connection.commit()
+        return
+    database = parsed.database if parsed.get_backend_name() == "sqlite" else None
+    if not database or database == ":memory:" or database.startswith("file:"):
+        yield
+        return
+    from filelock import FileLock
+
+    with FileLock(f"{database}.migrating"):
+        yield
+
+
 def upgrade(url: str, revision: str = "head") -> str:
     """Bring the schema to `revision`; returns the revision now in place."""
     head = head_revision()
     if revision == "head" and current_revision(url) == head:
         return head
     try:
-        command.upgrade(alembic_config(url), revision)
+        with _one_migration_at_a_time(url):
+            if revision != "head" or current_revision(url) != head:  # (not migrated meanwhile)
+                command.upgrade(alembic_config(url), revision)
     except DriverDatabaseError as exc:
         if not unusable(exc):
             raise

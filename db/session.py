@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import (
     ArgumentError,
     DataError,
@@ -87,7 +87,29 @@ def get_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, connect_args=_postgres_connect_args(parsed))
+
+
+# libpq's defaults wait for ever: a station whose network to the server is cut, or whose
+# connection attempt goes unanswered, hung without a word past DEFECTS_DB_OUTAGE_SECONDS.
+# These make a dead connection an error that the outage handling waits through and reports.
+# (A server that is up but stopped answering is not detected: that needs a statement timeout,
+# which would also cut legitimate long statements.)
+LIBPQ_TIMEOUTS = {
+    "connect_timeout": 10,  # seconds
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 60_000,  # milliseconds: data unacknowledged that long ends the connection
+}
+
+
+def _postgres_connect_args(parsed: URL) -> dict[str, int]:
+    """LIBPQ_TIMEOUTS for a libpq driver, each unless the URL sets it."""
+    if parsed.get_driver_name() not in ("psycopg", "psycopg2"):
+        return {}
+    return {key: value for key, value in LIBPQ_TIMEOUTS.items() if key not in parsed.query}
 
 
 def session_factory(url: str) -> sessionmaker[Session]:

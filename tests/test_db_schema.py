@@ -245,3 +245,47 @@ def test_a_damaged_or_unplaceable_sqlite_file_is_a_database_error(tmp_path: Path
     (tmp_path / "a-file").write_text("")
     with pytest.raises(DatabaseError, match="cannot make the folder"):
         upgrade(f"sqlite:///{tmp_path / 'a-file' / 'defects.db'}")
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_stations_started_together_on_a_new_database_all_start(
+    backend: str, tmp_path: Path
+) -> None:
+    """Each migrated on start: on PostgreSQL all but one stopped with a traceback
+    (alembic_version created twice), on SQLite with "table already exists"."""
+    import subprocess
+    import sys
+
+    from tests.conftest import POSTGRES_URL, _reset_postgres
+
+    if backend == "postgresql":
+        if POSTGRES_URL is None:
+            pytest.skip("no PostgreSQL (DEFECTS_TEST_POSTGRES_URL)")
+        _reset_postgres(POSTGRES_URL)
+        url = POSTGRES_URL
+    else:
+        url = f"sqlite:///{tmp_path / 'new.db'}"
+    root = Path(__file__).resolve().parents[1]
+    script = f"from db.migrate import upgrade; print(upgrade({url!r}))"
+    starts = [
+        subprocess.Popen(
+            [sys.executable, "-c", script], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for _ in range(3)
+    ]
+    outcomes = [(p.wait(timeout=120), *p.communicate()) for p in starts]
+    assert [code for code, _, _ in outcomes] == [0, 0, 0], outcomes
+    assert {out.decode().strip() for _, out, _ in outcomes} == {head_revision()}
+
+
+def test_a_postgresql_connection_gives_up_instead_of_hanging() -> None:
+    """libpq waits for ever by default: a cut network hung every station without a word."""
+    from sqlalchemy.engine import make_url
+
+    from db.session import LIBPQ_TIMEOUTS, _postgres_connect_args
+
+    assert _postgres_connect_args(make_url("postgresql+psycopg://u@db/x")) == LIBPQ_TIMEOUTS
+    assert _postgres_connect_args(
+        make_url("postgresql+psycopg://u@db/x?connect_timeout=3")
+    ).keys() == (LIBPQ_TIMEOUTS.keys() - {"connect_timeout"})
+    assert _postgres_connect_args(make_url("postgresql+pg8000://u@db/x")) == {}
