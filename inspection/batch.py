@@ -10,6 +10,7 @@ its earlier verdict stays in the database, marked superseded.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import glob
 import hashlib
@@ -749,12 +750,20 @@ class BatchInspection:
         The run stays open while the watch goes on (the Live page and `defects status` show
         it at work) and is marked finished when it stops, by `stop` or Ctrl-C: a watch killed
         outright leaves it open, which tells the two apart."""
+        database_gone = False
         try:
             self.run(first, on_result, finish=False)
             for ready in hot_folder_batches(folder, stop, poll_seconds, settle_seconds, known):
                 self.run(ready, on_result, finish=False)
+        except DatabaseError:
+            database_gone = True
+            raise
         finally:
-            if self.owns_run:
+            if self.owns_run and database_gone:
+                # The outage has outlasted its limit already: one try, not a second wait.
+                with contextlib.suppress(DatabaseError):
+                    self._finish_run()
+            elif self.owns_run:
                 self._through_outages(self._finish_run)
         return self.summary
 

@@ -877,3 +877,27 @@ def test_two_stations_starting_a_new_line_at_once_both_run(
         lines = session.scalars(select(ProductionLine.name)).all()
         assert lines.count("New line") == 1
         assert session.get_one(InspectionRun, job.run_id).line.name == "New line"
+
+
+def test_a_watch_that_gave_up_on_the_database_does_not_wait_a_second_time(
+    detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It waited the whole outage limit again to mark its run finished, then stopped."""
+    import threading
+
+    from db.session import DatabaseError
+
+    job = _job(detector, tmp_path)
+    job.outage_seconds = 60.0
+    tries = []
+
+    def database_gone(*args, **kwargs):  # type: ignore[no-untyped-def]
+        tries.append(1)
+        raise DatabaseError("the database is gone")
+
+    monkeypatch.setattr(job, "run", database_gone)
+    monkeypatch.setattr(job, "_finish_run", database_gone)
+    started = time.monotonic()
+    with pytest.raises(DatabaseError):
+        job.watch(tmp_path, threading.Event())
+    assert time.monotonic() - started < 5 and len(tries) == 2  # the run, one finishing try
