@@ -310,3 +310,22 @@ def test_a_split_too_small_for_its_target_is_said(
         assert warnings == []
     else:
         assert len(warnings) == 1 and said in warnings[0]
+
+
+def test_classes_stay_on_where_the_part_classifier_alone_meets_the_target() -> None:
+    """With the part classifier catching every defective part, per-class calibration left
+    every class off (and said the split set no threshold for them, though they scored): a new
+    part whose defect the classifier missed then passed whatever the detector found."""
+    parts = [
+        PartScores(True, {"scratch": 0.9, "spot": 0.7, PART: 0.9}),
+        PartScores(True, {"scratch": 0.6, PART: 0.8}),
+        PartScores(True, {"spot": 0.5, "scratch": 0.4, PART: 0.85}),
+        PartScores(False, {"scratch": 0.3, PART: 0.1}),
+        PartScores(False, {"spot": 0.2, PART: 0.2}),
+    ]
+    result = calibrate(
+        parts, ["scratch", "spot", PART], max_miss_rate=0.0, class_thresholds="per-class"
+    )
+    assert result.n_missed == 0
+    assert result.classes_left_off == []
+    assert 0.3 < result.thresholds["scratch"] <= 0.4 and 0.2 < result.thresholds["spot"] <= 0.5

@@ -248,6 +248,10 @@ def _keep_every_class_on(
         return result
     shared = calibrate(parts, dimensions, max_miss_rate, "shared", centre)
     fallback = shared.thresholds[classes[0]]
+    if not math.isfinite(fallback) and PART in dimensions:
+        # The part classifier met the target alone, so the shared calibration left every
+        # class off as well: the classes get the detector's own shared threshold instead.
+        fallback = calibrate(parts, classes, max_miss_rate, "shared", centre).thresholds[classes[0]]
     if not math.isfinite(fallback):
         return result  # nothing scores on this split: reported as left off
     thresholds = {**result.thresholds, **{d: fallback for d in off}}
