@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from db.models import ModelKind, ModelStage, ModelVersion
@@ -124,3 +126,19 @@ def test_a_database_with_two_production_models_keeps_the_last_promoted(tmp_path)
         "v2": ModelStage.PRODUCTION,
         "v3": ModelStage.ARCHIVED,
     }
+
+
+def test_two_registrations_in_the_same_second_keep_their_own_weights(
+    session, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Both took the same name from the same look-up and copied into one folder: the version
+    with one training's metrics served the other's weights. The folder is now claimed as the
+    name is chosen: another process's claim, not yet in the database, moves this one on."""
+    from training.versions import _claim_version_folder
+
+    models = tmp_path / "models"
+    assert _claim_version_folder(session, models, "race")[0] == "race"  # the other process
+    name, folder = _claim_version_folder(session, models, "race")  # its row not committed yet
+    assert name == "race-2" and folder == models / "race-2" and folder.is_dir()
+    _version(session, "race-3")  # a name taken in the database is skipped as well
+    assert _claim_version_folder(session, models, "race")[0] == "race-4"

@@ -30,16 +30,26 @@ def default_thresholds(class_names: list[str]) -> dict[str, Any]:
     return {"per_class": dict.fromkeys(class_names, DEFAULT_CONFIDENCE), "iou": 0.45}
 
 
-def unique_version_name(session: Session, base: str) -> str:
+def _claim_version_folder(session: Session, models_dir: Path, base: str) -> tuple[str, Path]:
+    """The first of `base`, `base-2`, ... that no version is named and whose folder this
+    process creates itself: two trainings registered in the same second (two stations' jobs)
+    took the same name and copied their weights into the same folder, so one version served
+    the other's weights."""
     taken = set(
         session.scalars(select(ModelVersion.name).where(ModelVersion.name.like(f"{base}%")))
     )
-    if base not in taken:
-        return base
-    n = 2
-    while f"{base}-{n}" in taken:
+    models_dir.mkdir(parents=True, exist_ok=True)
+    n = 1
+    while True:
+        candidate = base if n == 1 else f"{base}-{n}"
         n += 1
-    return f"{base}-{n}"
+        if candidate in taken:
+            continue
+        try:
+            (models_dir / candidate).mkdir()  # (atomic: one process gets it)
+        except FileExistsError:
+            continue
+        return candidate, models_dir / candidate
 
 
 def register_model_version(
@@ -59,15 +69,16 @@ def register_model_version(
     notes: str = "",
 ) -> ModelVersion:
     """Copy `weights` into the model store and record it as a candidate version."""
-    base = name or f"{architecture}-{datetime.now():%Y%m%d-%H%M%S}"
-    version_name = unique_version_name(session, base) if name is None else base
-    if (
-        name is not None
-        and session.scalars(select(ModelVersion).where(ModelVersion.name == name)).first()
-    ):
-        raise UserError(f"a model version named {name!r} already exists")
-    target = models_dir / version_name / weights.name
-    target.parent.mkdir(parents=True, exist_ok=True)
+    if name is None:
+        version_name, folder = _claim_version_folder(
+            session, models_dir, f"{architecture}-{datetime.now():%Y%m%d-%H%M%S}"
+        )
+    else:
+        if session.scalars(select(ModelVersion).where(ModelVersion.name == name)).first():
+            raise UserError(f"a model version named {name!r} already exists")
+        version_name, folder = name, models_dir / name
+        folder.mkdir(parents=True, exist_ok=True)
+    target = folder / weights.name
     shutil.copy2(weights, target)
     version = ModelVersion(
         name=version_name,
