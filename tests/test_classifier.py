@@ -121,6 +121,7 @@ def test_evaluate_export_and_calibrate_with_the_classifier(
         app, ["evaluate", trained_classifier, "--data", "synth", "--json", str(out)]
     )
     assert result.exit_code == 0, result.output
+    assert f"wrote {out}" in result.output.replace("\n", "")
     payload = json.loads(out.read_text())
     assert payload["confusion_matrix"]["classes"] == [GOOD, *CLASSES]
     assert sum(map(sum, payload["confusion_matrix"]["rows_truth_columns_prediction"])) == 4
@@ -286,9 +287,17 @@ def test_a_classifier_is_checked_where_it_would_go_to_work(
     with session_scope(trained.url) as session:
         detector = get_model_version(session, trained.version_name)
         detector.thresholds = {**point, "classifier": {"version": trained_classifier}}
+    with session_scope(trained.url) as session:
+        classifier_file = Path(get_model_version(session, trained_classifier).file_path)
+    hidden = classifier_file.with_name("hidden.pt")
     try:
         result = runner.invoke(app, ["models", "archive", trained_classifier])
         assert result.exit_code != 0 and "verifies the verdicts of" in str(result.exception)
+        classifier_file.rename(hidden)  # said before the detector's validation, not after
+        result = runner.invoke(app, ["evaluate", trained.version_name, "--data", "synth"])
+        assert result.exit_code != 0 and "whose weights are missing" in str(result.exception)
     finally:
+        if hidden.exists():
+            hidden.rename(classifier_file)
         with session_scope(trained.url) as session:
             get_model_version(session, trained.version_name).thresholds = point

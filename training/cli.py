@@ -530,13 +530,16 @@ def evaluate_command(
     device: str = "cpu",
 ) -> None:
     """mAP, per-class AP and recall, part miss rate and false-call rate at the operating point."""
-    import json
 
     from training.evaluate import evaluate_detector, resolve_model
 
     url = migrated_database_url()
     weights, thresholds, version_name = resolve_model(model, url)
     if _is_classifier(weights):
+        if imgsz is not None:
+            raise UserError(
+                "--imgsz is for detectors: a classifier is evaluated at its training size"
+            )
         _evaluate_classifier(weights, data, split, thresholds, device, url, version_name, json_path)
         return
     result = evaluate_detector(
@@ -576,6 +579,12 @@ def evaluate_command(
             "part figures of the whole verdict, with classifier "
             f"{result.extra['part_figures_with_classifier']} as the operating point names it"
         )
+    _write_json(json_path, payload)
+
+
+def _write_json(json_path: Path | None, payload: dict) -> None:
+    import json
+
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(payload, indent=2))
@@ -602,7 +611,6 @@ def _evaluate_classifier(
     version_name: str | None,
     json_path: Path | None,
 ) -> None:
-    import json
 
     from training.evaluate import evaluate_classifier
 
@@ -623,9 +631,7 @@ def _evaluate_classifier(
         f"({rates.n_missed} of {rates.n_defective}), false-call rate "
         f"{_fmt(rates.false_call_rate)} ({rates.n_false_calls} of {rates.n_good})"
     )
-    if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(payload, indent=2))
+    _write_json(json_path, payload)
 
 
 def _store_evaluation(url: str, version_name: str, data: str, split: str, payload: dict) -> None:

@@ -164,6 +164,17 @@ def evaluate_detector(
     thresholds = thresholds or default_thresholds(class_names)
     imgsz = imgsz or trained_size
     images = split_image_paths(root, split)
+    classifier_point = thresholds.get("classifier") or {}
+    classifier_weights = None
+    if classifier_point.get("version"):  # (looked up before the validation, not after it)
+        with session_scope(url) as session:
+            classifier = get_model_version(session, classifier_point["version"])
+            classifier_weights = Path(classifier.file_path)
+        if not classifier_weights.is_file():
+            raise UserError(
+                f"the operating point names classifier {classifier.name}, whose weights are "
+                f"missing ({classifier_weights})"
+            )
 
     with tempfile.TemporaryDirectory() as scratch:
         metrics = model.val(
@@ -210,15 +221,14 @@ def evaluate_detector(
         np.add.at(found_per_class, truth_classes[found], 1)
 
     rates = part_rates(outcomes)
-    classifier_point = thresholds.get("classifier") or {}
     extra: dict[str, Any] = {"imgsz": imgsz, "weights": weights.name}
-    if classifier_point.get("version"):
+    if classifier_weights is not None:
         # The operating point names a classifier (calibrated with one): the part figures are
         # those of the whole verdict, the classifier's part probability and crop verification
         # included, as calibrate counted them (they were the detector's alone, so the two
         # commands disagreed on the same split). mAP and per-class recall stay the detector's.
         rates = _rates_with_classifier(
-            weights, root, split, class_names, thresholds, classifier_point, device, url
+            weights, root, split, class_names, thresholds, classifier_weights, device
         )
         extra["part_figures_with_classifier"] = classifier_point["version"]
 
@@ -252,17 +262,15 @@ def _rates_with_classifier(
     split: str,
     class_names: list[str],
     thresholds: dict[str, Any],
-    classifier_point: dict[str, Any],
+    classifier_weights: Path,
     device: str,
-    url: str,
 ) -> PartRates:
     """Part figures of a verdict with its classifier, scored as calibration scores them."""
     import math
 
     from training.calibrate import PART, SCORE_FLOOR, apply_thresholds, score_parts
 
-    with session_scope(url) as session:
-        classifier_weights = Path(get_model_version(session, classifier_point["version"]).file_path)
+    classifier_point = thresholds["classifier"]
     verify = classifier_point.get("verify")
     scored = score_parts(
         root,
