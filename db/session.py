@@ -86,6 +86,21 @@ def get_engine(url: str) -> Engine:
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
 
+        database = parsed.database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            path = Path(database)
+
+            @event.listens_for(engine, "begin")
+            def _still_there(_connection) -> None:  # type: ignore[no-untyped-def]
+                # A pooled connection writes on into a deleted (or moved) file, whose rows are
+                # gone once it closes: a run went on, said "600 parts inspected" and exited 0
+                # with nothing kept. One stat per transaction stops it at the first write.
+                if not path.exists():
+                    raise DatabaseError(
+                        f"the SQLite database {database} is gone (deleted or moved while in "
+                        "use): put it back, or start again on a new one"
+                    )
+
         return engine
     return create_engine(url, pool_pre_ping=True, connect_args=_postgres_connect_args(parsed))
 

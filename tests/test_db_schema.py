@@ -289,3 +289,16 @@ def test_a_postgresql_connection_gives_up_instead_of_hanging() -> None:
         make_url("postgresql+psycopg://u@db/x?connect_timeout=3")
     ).keys() == (LIBPQ_TIMEOUTS.keys() - {"connect_timeout"})
     assert _postgres_connect_args(make_url("postgresql+pg8000://u@db/x")) == {}
+
+
+def test_a_sqlite_file_deleted_while_in_use_stops_the_next_transaction(tmp_path: Path) -> None:
+    """Pooled connections wrote on into the deleted file: a batch reported every part kept
+    and exited 0, and nothing was."""
+    url = f"sqlite:///{tmp_path / 'gone.db'}"
+    upgrade(url)
+    with session_scope(url) as session:
+        session.add(ProductionLine(name="L1"))
+    for suffix in ("", "-wal", "-shm"):
+        (tmp_path / f"gone.db{suffix}").unlink(missing_ok=True)
+    with pytest.raises(DatabaseError, match="is gone"), session_scope(url) as session:
+        session.add(ProductionLine(name="L2"))
