@@ -362,6 +362,7 @@ def distill_classifier_command(
     ] = 32,
     temperature: Annotated[float, typer.Option(min=1.0)] = 4.0,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N.")] = None,
+    name: Annotated[str | None, typer.Option(help="Model version name.")] = None,
     seed: int = 0,
 ) -> None:
     """Train a student classifier on soft targets (Hinton) and the teacher's FPN features."""
@@ -377,6 +378,7 @@ def distill_classifier_command(
         seed=seed,
         teacher=teacher,
         temperature=temperature,
+        name=name,
     )
     version_id = train_classifier(request, url=migrated_database_url())
     with session_scope(database_url()) as session:

@@ -315,6 +315,8 @@ def train_classifier(request: ClassifierTrainRequest, url: str | None = None) ->
             teacher_row = get_model_version(session, request.teacher)
             if teacher_row.kind != ModelKind.CLASSIFIER:
                 raise UserError(f"{teacher_row.name} is not a classifier")
+            if list(teacher_row.classes) != [GOOD, *dataset.classes]:  # (before the job)
+                raise UserError(f"the teacher classifier knows other classes than {request.data!r}")
             teacher_id, teacher_path = teacher_row.id, Path(teacher_row.file_path)
         hard_negative_detector = None
         if request.hard_negatives_from:
