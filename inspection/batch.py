@@ -80,6 +80,16 @@ class SourceItem:
     error: str | None = None
     content_hash: str | None = None  # once hashed (`content_key`), travels with the item
 
+    def __post_init__(self) -> None:
+        # A file name that is not UTF-8 (a Latin-1 camera or share: b"bad\xffname.jpg") comes
+        # from the file system with a surrogate in it, which no database or CSV can store: the
+        # batch stopped on it, every time. Kept readable, its odd bytes written out (\xff).
+        try:
+            raw = self.name.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # (a surrogate that no file system decoding made)
+            raw = self.name.encode("utf-8", "surrogatepass")
+        self.name = raw.decode("utf-8", "backslashreplace")
+
 
 # In a stream of source items: the source has gone quiet (a hot folder between camera frames),
 # so what is held for a fuller chunk is judged and written now. Known by identity.
@@ -215,10 +225,22 @@ def folder_files(folder: Path) -> list[Path]:
     return [Path(path) for _, path in sorted(FolderListing(folder).files())]
 
 
+# Suffixes of images: such a file is an image even where a zip follows its data (a zip appended
+# to a JPEG opens as both), and was judged as the zip's entries, the image itself never.
+IMAGE_FILE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".heic", ".heif"}
+)
+
+
+def is_zip_archive(path: Path) -> bool:
+    suffix = path.suffix.lower()
+    return suffix == ".zip" or (suffix not in IMAGE_FILE_SUFFIXES and zipfile.is_zipfile(path))
+
+
 def file_items(path: Path, display: str) -> Iterator[SourceItem]:
     """A file of a folder, glob or hot folder as parts: itself, or each entry of a zip archive
     (as the dashboard takes a zip among uploaded files)."""
-    if path.suffix.lower() == ".zip" or zipfile.is_zipfile(path):
+    if is_zip_archive(path):
         # (A damaged zip, one cut short in the copy say, is an error of the zip, not "not an
         # image file": its entries were never read, which the message must tell.)
         try:
@@ -237,7 +259,7 @@ def iter_source(source: str, listed: list[Path] | None = None) -> Iterator[Sourc
     if path.is_dir():
         for file in folder_files(path) if listed is None else listed:
             yield from file_items(file, str(file.relative_to(path)))
-    elif path.is_file() and (path.suffix.lower() == ".zip" or zipfile.is_zipfile(path)):
+    elif path.is_file() and is_zip_archive(path):
         yield from iter_zip(path, path.name)  # (a damaged zip given alone stops the command)
     elif path.is_file():
         yield read_file(path, path.name)
@@ -549,18 +571,20 @@ class BatchInspection:
         self.summary.seen += len(chunk)
         unreadable = [i for i in chunk if i.data is None]
         readable = [PartInput(i.name, i.data, content_key(i)) for i in chunk if i.data is not None]
-        hashes = {p.name: p.content_hash for p in readable}
+        # (By content, not by name: two entries of one zip may share a name, and the second,
+        # another part, was skipped as the first.)
+        hashes = [p.content_hash for p in readable]
         # A file that could not be read has no content; it is known by its name instead.
         unreadable_hashes = {i.name: unreadable_key(i.name) for i in unreadable}
         current = self._through_outages(
-            lambda: self._current_points([*hashes.values(), *unreadable_hashes.values()])
+            lambda: self._current_points([*hashes, *unreadable_hashes.values()])
         )
         done = {digest for digest, same_point in current.items() if same_point}
         done |= self._in_flight  # written by the previous chunk, perhaps not committed yet
         todo: list[PartInput] = []
         queued: set[str] = set()
         for part in readable:
-            digest = hashes[part.name]
+            digest = part.content_hash
             if digest in done or digest in queued:
                 self.summary.skipped += 1
                 continue
@@ -740,7 +764,7 @@ class BatchInspection:
         on_result: Callable[[PartResult], None] | None = None,
         poll_seconds: float = 1.0,
         settle_seconds: float = 0.5,
-        known: set[tuple[str, int, float]] | None = None,
+        known: set[FileKey] | None = None,
         first: Iterable[SourceItem] = (),
     ) -> BatchSummary:
         """`first` (the folder as it was), then the files that appear in `folder` until `stop`
@@ -768,13 +792,19 @@ class BatchInspection:
         return self.summary
 
 
-def file_key(file: Path | str) -> tuple[str, int, float] | None:
-    """A file as a hot folder knows it: a file written again is a new one. None: gone."""
+# A file as a hot folder knows it: path, size, modification and change times, inode.
+FileKey = tuple[str, int, int, int, int]
+
+
+def file_key(file: Path | str) -> FileKey | None:
+    """A file written again is a new one. None: gone. (The change time and the inode tell a
+    file copied over another of the same size apart where the modification time cannot: a
+    share's or a FAT disk's coarse clock, or a copy that keeps the time.)"""
     try:
         stat = os.stat(file)
     except OSError:
         return None
-    return (str(file), stat.st_size, stat.st_mtime)
+    return (str(file), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
 
 
 def hot_folder_batches(
@@ -782,7 +812,7 @@ def hot_folder_batches(
     stop: Event,
     poll_seconds: float = 1.0,
     settle_seconds: float = 0.5,
-    known: set[tuple[str, int, float]] | None = None,
+    known: set[FileKey] | None = None,
 ) -> Iterator[list[SourceItem]]:
     """The files that appear in `folder`, one list per look, until `stop` is set.
 
@@ -793,14 +823,14 @@ def hot_folder_batches(
     """
     if not folder.is_dir():
         raise UserError(f"hot folder not found: {folder}")
-    handled: set[tuple[str, int, float]] = set(known or ())
+    handled: set[FileKey] = set(known or ())
     sizes: dict[str, tuple[int, float]] = {}
     listing = FolderListing(folder)
     away = False
     while not stop.is_set():
         ready: list[tuple[list[str], str]] = []
         now = time.monotonic()
-        present: set[tuple[str, int, float]] = set()
+        present: set[FileKey] = set()
         try:
             listed = listing.files()
         except OSError as exc:

@@ -9,6 +9,7 @@ a reason: empty files, non-images, truncated or corrupt files, images over the p
 from __future__ import annotations
 
 import io
+import logging
 import re
 import uuid
 import warnings
@@ -24,6 +25,7 @@ from inspection.errors import StorageError
 
 # 64 MP: larger than any line-scan tile we expect; refuses decompression bombs before decoding.
 MAX_PIXELS = 64_000_000
+logger = logging.getLogger(__name__)
 LETTERBOX_FILL = 114  # the grey ultralytics pads with, so our inputs match its training
 
 
@@ -54,12 +56,27 @@ class DecodedImage:
 
 
 def _to_uint8(array: np.ndarray) -> np.ndarray:
-    """High-bit-depth to 8 bits by the bits actually used (a 12-bit camera in a 16-bit file)."""
+    """High-bit-depth to 8 bits by the bits actually used (a 12-bit camera in a 16-bit file);
+    a floating-point image stored 0 to 1 is scaled to 0 to 255 (truncated, it read as blank)."""
     if array.dtype == np.uint8:
         return array
+    if np.issubdtype(array.dtype, np.floating):
+        finite = np.nan_to_num(array, nan=0.0, posinf=0.0, neginf=0.0)
+        scale = 255.0 if finite.size and float(finite.max()) <= 1.0 else 1.0
+        return np.clip(finite * scale, 0, 255).astype(np.uint8)
     array = np.clip(array, 0, None).astype(np.uint32)
     shift = max(int(array.max()).bit_length() - 8, 0)
     return (array >> shift).astype(np.uint8)
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """The image turned as its EXIF orientation says; as stored where that cannot be read. A
+    damaged EXIF block (a tag of the wrong type) made Pillow's transpose raise struct and type
+    errors that stopped the whole batch over one file, whose pixels were fine."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # noqa: BLE001 - any failure of the EXIF block: the pixels are kept
+        return image
 
 
 def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> DecodedImage:
@@ -74,7 +91,15 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> DecodedImage:
                 raise ImageDecodeError(
                     f"image too large: {width}x{height} is over the {max_pixels / 1e6:.0f} MP limit"
                 )
-            image = ImageOps.exif_transpose(image)  # also loads: a truncated file fails here
+            frames = getattr(image, "n_frames", 1)
+            # (Judged on its first page, a defect on another passed unseen. A camera's MPO
+            # JPEG holds its picture first and a preview or depth map after: not two parts.)
+            if frames > 1 and image.format != "MPO":
+                raise ImageDecodeError(
+                    f"{frames} pages or frames in one file: save one image per part"
+                )
+            image.load()  # a truncated file fails here
+            image = _upright(image)
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -168,7 +193,9 @@ def letterbox(image: DecodedImage, size: int) -> Letterboxed:
     """Resize keeping the aspect ratio and pad to size x size, centred, as ultralytics does."""
     height, width = image.height, image.width
     scale = min(size / height, size / width)
-    new_w, new_h = round(width * scale), round(height * scale)
+    # (At least one pixel: a line-scan strip 20000 x 20 rounded its height to 0, and the resize
+    # failed and stopped the batch.)
+    new_w, new_h = max(round(width * scale), 1), max(round(height * scale), 1)
     resized = image.source
     if (new_w, new_h) != (width, height):
         resized = cv2.resize(image.source, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
@@ -232,12 +259,21 @@ def prepare_parts(
             stored = store_image(request.images_dir, request.content_hash, request.name, data)
         try:
             decoded = decode_image(data)
+            blank = blank_frame_reason(decoded)
+            if blank is not None:  # kept as an error: neither passed nor failed
+                prepared.append((None, blank, None, stored))
+                continue
+            boxed = letterbox(decoded, size)
         except ImageDecodeError as exc:
             prepared.append((None, str(exc), None, stored))
             continue
-        blank = blank_frame_reason(decoded)
-        if blank is not None:  # kept as an error: neither passed nor failed
-            prepared.append((None, blank, None, stored))
+        except Exception as exc:  # noqa: BLE001 - one file's surprise is that file's error
+            # Whatever an image library raises on one odd file is recorded against that file;
+            # it stopped the whole batch, and every rerun, on it.
+            logger.exception("preparing an image failed")
+            prepared.append(
+                (None, f"cannot read the image: {type(exc).__name__}: {exc}", None, stored)
+            )
             continue
-        prepared.append((letterbox(decoded, size), None, decoded if keep_pixels else None, stored))
+        prepared.append((boxed, None, decoded if keep_pixels else None, stored))
     return prepared

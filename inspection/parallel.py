@@ -39,6 +39,7 @@ from inspection.batch import (
     WRITE_NOW,
     BatchInspection,
     BatchSummary,
+    FileKey,
     SourceItem,
     content_key,
     hot_folder_batches,
@@ -514,7 +515,7 @@ class ParallelInspection:
         stop: threading.Event,
         on_result: Callable[[PartResult], None] | None = None,
         first: Iterable[SourceItem] = (),
-        known: set[tuple[str, int, float]] | None = None,
+        known: set[FileKey] | None = None,
         poll_seconds: float = 1.0,
         settle_seconds: float = 0.5,
     ) -> BatchSummary:

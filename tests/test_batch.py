@@ -901,3 +901,98 @@ def test_a_watch_that_gave_up_on_the_database_does_not_wait_a_second_time(
     with pytest.raises(DatabaseError):
         job.watch(tmp_path, threading.Event())
     assert time.monotonic() - started < 5 and len(tries) == 2  # the run, one finishing try
+
+
+def test_odd_files_are_judged_or_recorded_one_by_one_and_the_batch_goes_on(
+    detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each of these stopped the whole batch (and every rerun), judged a part wrongly or
+    dropped one: a line-scan strip whose letterboxed height rounded to 0; a file name that is
+    not UTF-8; two zip entries of one name; a zip appended to a JPEG (judged as the zip); a
+    TIFF of two pages (judged on the first); a float image stored 0 to 1 (taken for blank)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+
+    def png(width: int, height: int) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (height, width), dtype=np.uint8)).save(buffer, "PNG")
+        return buffer.getvalue()
+
+    (folder / "strip.png").write_bytes(png(20000, 20))
+    (folder / os.fsdecode(b"latin\xff1.png")).write_bytes(png(64, 64))
+    with (
+        zipfile.ZipFile(folder / "twice.zip", "w") as archive,
+        pytest.warns(UserWarning, match="Duplicate name"),
+    ):
+        archive.writestr("same.png", png(64, 64))
+        archive.writestr("same.png", png(64, 64))
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("inside.png", png(64, 64))
+    (folder / "trailer.jpg").write_bytes(png(64, 64) + buffer.getvalue())
+    pages = [Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8)) for _ in range(2)]
+    pages[0].save(folder / "pages.tif", save_all=True, append_images=pages[1:])
+    gradient = np.tile(np.linspace(0.0, 1.0, 64, dtype=np.float32), (64, 1))
+    Image.fromarray(gradient, mode="F").save(folder / "float.tif")
+
+    summary = _job(detector, tmp_path).run(iter_source(str(folder)))
+    assert summary.skipped == 0 and summary.inspected == 7
+    with session_scope(detector) as session:
+        listed = session.execute(
+            select(Part.original_name, Inspection.error).join(
+                Inspection, Inspection.part_id == Part.id
+            )
+        ).all()
+    rows = dict(listed)
+    assert rows["strip.png"] is None
+    assert rows["latin\\xff1.png"] is None
+    assert [n for n, _ in listed].count("twice.zip:same.png") == 2  # two parts, one name
+    assert rows["trailer.jpg"] is None  # the image, not the zip after it
+    assert "2 pages or frames" in rows["pages.tif"]
+    assert rows["float.tif"] is None  # a gradient, not a blank frame
+
+
+def test_a_damaged_exif_block_leaves_the_image_as_stored(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Pillow's transpose raised struct.error on a tag of the wrong type, and the batch
+    stopped over a file whose pixels were fine."""
+    import io
+    import struct
+
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    from inspection.images import decode_image
+
+    def damaged(image):  # type: ignore[no-untyped-def]
+        raise struct.error("required argument is not an integer")
+
+    monkeypatch.setattr(ImageOps, "exif_transpose", damaged)
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((8, 12), 90, dtype=np.uint8)).save(buffer, "PNG")
+    assert decode_image(buffer.getvalue()).source.shape == (8, 12)
+
+
+def test_a_hot_folder_file_replaced_by_one_of_the_same_size_and_time_is_new(
+    tmp_path: Path,
+) -> None:
+    """A share's coarse clock, or a copy that keeps the time: same size, same modification
+    time, another part; it was never judged."""
+    from inspection.batch import file_key
+
+    frame = tmp_path / "current.bmp"
+    frame.write_bytes(b"A" * 100)
+    os.utime(frame, ns=(10**18, 10**18))
+    before = file_key(frame)
+    replacement = tmp_path / "incoming.bmp"
+    replacement.write_bytes(b"B" * 100)
+    os.utime(replacement, ns=(10**18, 10**18))
+    replacement.replace(frame)
+    assert file_key(frame) != before
