@@ -807,6 +807,22 @@ def file_key(file: Path | str) -> FileKey | None:
     return (str(file), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
 
 
+def settled_files(files: list[Path], settle_seconds: float = 2.0) -> list[Path]:
+    """The files last written at least `settle_seconds` ago. A watch reads the folder as it
+    finds it at once; a file a camera was still writing then was judged half-written (an
+    error), then again once complete. The others are left to the watch, which waits for
+    their size to settle."""
+    now = time.time()
+    settled = []
+    for path in files:
+        try:
+            if now - path.stat().st_mtime >= settle_seconds:
+                settled.append(path)
+        except OSError:  # (gone, or unreadable: read, and recorded as such)
+            settled.append(path)
+    return settled
+
+
 def hot_folder_batches(
     folder: Path,
     stop: Event,

@@ -996,3 +996,16 @@ def test_a_hot_folder_file_replaced_by_one_of_the_same_size_and_time_is_new(
     os.utime(replacement, ns=(10**18, 10**18))
     replacement.replace(frame)
     assert file_key(frame) != before
+
+
+def test_a_watch_leaves_a_file_written_just_now_to_settle(tmp_path: Path) -> None:
+    """A watch read the folder as it found it at once: a file a camera was still writing was
+    judged half-written (an error), then again once complete."""
+    from inspection.batch import settled_files
+
+    old, fresh = tmp_path / "old.png", tmp_path / "fresh.png"
+    old.write_bytes(b"done")
+    os.utime(old, (time.time() - 60, time.time() - 60))
+    fresh.write_bytes(b"half")
+    assert settled_files([old, fresh]) == [old]
+    assert settled_files([tmp_path / "gone.png"]) == [tmp_path / "gone.png"]  # read, and said

@@ -853,6 +853,7 @@ def batch_command(
         folder_files,
         iter_source,
         noting_keys,
+        settled_files,
     )
     from inspection.parallel import ParallelInspection
 
@@ -896,6 +897,8 @@ def batch_command(
             if result.latency_ms is not None:
                 bar.set_postfix_str(f"{result.latency_ms:.0f} ms {result.verdict}")
 
+        if watch:  # a file written just now may be half-written: the watch settles it first
+            files = settled_files(files)
         # The folder's files as they are now: read below, then left alone unless they change.
         known = {key for key in map(file_key, files) if key is not None} if watch else set()
         try:
@@ -906,7 +909,7 @@ def batch_command(
                     source_path,
                     threading.Event(),
                     on_result,
-                    iter_source(source, files or None),
+                    iter_source(source, files) if files else iter(()),
                     known,
                 )
             elif watch:
@@ -915,7 +918,7 @@ def batch_command(
                     threading.Event(),
                     on_result,
                     known=known,
-                    first=iter_source(source, files or None),
+                    first=iter_source(source, files) if files else (),
                 )
             else:
                 items = iter_source(source, files or None)
