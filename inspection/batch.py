@@ -63,6 +63,8 @@ T = TypeVar("T")
 
 # A zip entry larger than this is refused rather than read into memory (zip bombs, stray videos).
 MAX_FILE_BYTES = 256 * 1024 * 1024
+# A chunk is written once it holds this many bytes, however few parts: memory stays bounded.
+CHUNK_BYTES = 512 * 1024 * 1024
 WRITE_CHUNK = 64
 # Tries of a chunk's write that other stations writing the same parts keep refusing.
 WRITE_RACE_ATTEMPTS = 3
@@ -273,6 +275,18 @@ def iter_source(source: str, listed: list[Path] | None = None) -> Iterator[Sourc
         raise UserError(f"source not found: {source}")
 
 
+def _read_at_most(entry: BinaryIO, limit: int, piece: int = 4 * 1024 * 1024) -> bytes:
+    """Up to `limit` bytes in pieces: one read of `limit` has zlib unpack that much at once."""
+    pieces, total = [], 0
+    while total < limit:
+        data = entry.read(min(piece, limit - total))
+        if not data:
+            break
+        pieces.append(data)
+        total += len(data)
+    return b"".join(pieces)
+
+
 def iter_zip(archive_file: Path | BinaryIO, label: str) -> Iterator[SourceItem]:
     """Entries of a zip (a path or an open file, such as an upload) as source items."""
     try:
@@ -297,7 +311,16 @@ def iter_zip(archive_file: Path | BinaryIO, label: str) -> Iterator[SourceItem]:
                 yield SourceItem(name, None, f"zip entry too large ({info.file_size / 1e6:.0f} MB)")
             else:
                 try:
-                    yield SourceItem(name, archive.read(info))
+                    # Read no further than the limit: an entry whose header declares less than
+                    # it holds (a zip bomb) was unpacked whole first, gigabytes in memory.
+                    with archive.open(info) as entry:
+                        data = _read_at_most(entry, MAX_FILE_BYTES + 1)
+                    if len(data) > MAX_FILE_BYTES:
+                        yield SourceItem(
+                            name, None, f"zip entry too large (over {MAX_FILE_BYTES / 1e6:.0f} MB)"
+                        )
+                        continue
+                    yield SourceItem(name, data)
                 except (
                     zipfile.BadZipFile,
                     zlib.error,
@@ -514,17 +537,20 @@ class BatchInspection:
         finish = finish and self.owns_run
         started = time.perf_counter()
         chunk: list[SourceItem] = []
+        chunk_bytes = 0
         try:
             for item in items:
                 if item is WRITE_NOW:
                     if chunk:
                         self._process(chunk, on_result)
-                        chunk = []
+                        chunk, chunk_bytes = [], 0
                     continue
                 chunk.append(item)
-                if len(chunk) >= self.chunk_parts:
+                chunk_bytes += len(item.data or b"")
+                # (Bytes too: 64 entries of a zip at 200 MB each held 13 GB at once.)
+                if len(chunk) >= self.chunk_parts or chunk_bytes >= CHUNK_BYTES:
                     self._process(chunk, on_result)
-                    chunk = []
+                    chunk, chunk_bytes = [], 0
             if chunk:
                 # The last write also marks the run finished: a part handed over on its own
                 # (a hot folder's single file) costs one transaction, not two.
