@@ -275,6 +275,18 @@ def iter_source(source: str, listed: list[Path] | None = None) -> Iterator[Sourc
         raise UserError(f"source not found: {source}")
 
 
+def _entry_name(info: zipfile.ZipInfo) -> str:
+    """An entry's name as its maker wrote it. Without the zip's UTF-8 flag Python reads names
+    as code page 437, but many tools write UTF-8 without setting it: "teil_ä.jpg" came out as
+    "teil_├ñ.jpg" in the history and the CSV. Bytes that read as UTF-8 are taken as UTF-8."""
+    if info.flag_bits & 0x800:
+        return info.filename
+    try:
+        return info.filename.encode("cp437").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return info.filename
+
+
 def _read_at_most(entry: BinaryIO, limit: int, piece: int = 4 * 1024 * 1024) -> bytes:
     """Up to `limit` bytes in pieces: one read of `limit` has zlib unpack that much at once."""
     pieces, total = [], 0
@@ -298,7 +310,7 @@ def iter_zip(archive_file: Path | BinaryIO, label: str) -> Iterator[SourceItem]:
         ) from exc
     with archive:
         for info in archive.infolist():
-            name = f"{label}:{info.filename}"
+            name = f"{label}:{_entry_name(info)}"
             if (
                 info.is_dir()
                 or Path(info.filename).name.startswith(".")
@@ -307,6 +319,8 @@ def iter_zip(archive_file: Path | BinaryIO, label: str) -> Iterator[SourceItem]:
                 continue
             if info.flag_bits & 0x1:
                 yield SourceItem(name, None, "encrypted zip entry")
+            elif info.filename.lower().endswith(".zip"):  # (was "not an image file")
+                yield SourceItem(name, None, "a zip inside a zip: its entries are not read")
             elif info.file_size > MAX_FILE_BYTES:
                 yield SourceItem(name, None, f"zip entry too large ({info.file_size / 1e6:.0f} MB)")
             else:

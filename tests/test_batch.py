@@ -1009,3 +1009,25 @@ def test_a_watch_leaves_a_file_written_just_now_to_settle(tmp_path: Path) -> Non
     fresh.write_bytes(b"half")
     assert settled_files([old, fresh]) == [old]
     assert settled_files([tmp_path / "gone.png"]) == [tmp_path / "gone.png"]  # read, and said
+
+
+def test_zip_entry_names_in_utf8_without_the_flag_and_a_zip_inside_a_zip(tmp_path: Path) -> None:
+    """Names written in UTF-8 by tools that do not set the zip's UTF-8 flag came out as code
+    page 437 ("teil_├ñ.jpg"); a zip inside a zip was "not an image file", its entries unread
+    without a word."""
+    import io
+
+    from inspection.batch import iter_zip
+
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w") as archive:
+        archive.writestr("a.png", b"x")
+    outer = tmp_path / "outer.zip"
+    with zipfile.ZipFile(outer, "w") as archive:
+        archive.writestr("teil_XX.jpg", b"not really an image")
+        archive.writestr("nested.zip", inner.getvalue())
+    # The placeholder's bytes become UTF-8 ones, the flag left unset (as such tools write it).
+    outer.write_bytes(outer.read_bytes().replace(b"teil_XX.jpg", "teil_ä.jpg".encode()))
+    items = {item.name: item for item in iter_zip(outer, "outer.zip")}
+    assert items["outer.zip:teil_ä.jpg"].data == b"not really an image"
+    assert items["outer.zip:nested.zip"].error == "a zip inside a zip: its entries are not read"
