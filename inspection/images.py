@@ -243,37 +243,46 @@ class StoreRequest:
 Prepared = tuple[Letterboxed | None, str | None, DecodedImage | None, Path | None]
 
 
+# A file that is not an image is kept in the store with its error up to this size; beyond it
+# only its error is: a zip of 200 MB blobs filled the store with 1.6 GB of bytes no one looks
+# at, and a full store stops the run. (The file itself stays where it came from.)
+KEEP_NON_IMAGE_BYTES = 16 * 1024 * 1024
+NOT_AN_IMAGE = ("not an image file", "corrupt or truncated image", "cannot read the image")
+
+
 def prepare_parts(
     datas: list[bytes], size: int, keep_pixels: bool, stores: list[StoreRequest] | None = None
 ) -> list[Prepared]:
-    """Store (when asked), decode and letterbox a chunk of parts.
+    """Decode, letterbox and store (when asked) a chunk of parts.
 
     Module level and without the model, so that worker processes can run it; storing
     here spreads the image store's system calls over the workers that already hold the bytes.
-    An undecodable file is stored all the same: it is kept with its error, never lost."""
+    An undecodable file is stored all the same, kept with its error, up to
+    KEEP_NON_IMAGE_BYTES."""
     prepared: list[Prepared] = []
     for i, data in enumerate(datas):
-        stored = None
-        if stores is not None:
-            request = stores[i]
-            stored = store_image(request.images_dir, request.content_hash, request.name, data)
+        boxed, decoded, error = None, None, None
         try:
             decoded = decode_image(data)
-            blank = blank_frame_reason(decoded)
-            if blank is not None:  # kept as an error: neither passed nor failed
-                prepared.append((None, blank, None, stored))
-                continue
-            boxed = letterbox(decoded, size)
+            error = blank_frame_reason(decoded)  # a blank frame: neither passed nor failed
+            if error is None:
+                boxed = letterbox(decoded, size)
         except ImageDecodeError as exc:
-            prepared.append((None, str(exc), None, stored))
-            continue
+            error = str(exc)
         except Exception as exc:  # noqa: BLE001 - one file's surprise is that file's error
             # Whatever an image library raises on one odd file is recorded against that file;
             # it stopped the whole batch, and every rerun, on it.
             logger.exception("preparing an image failed")
-            prepared.append(
-                (None, f"cannot read the image: {type(exc).__name__}: {exc}", None, stored)
-            )
-            continue
-        prepared.append((boxed, None, decoded if keep_pixels else None, stored))
+            error = f"cannot read the image: {type(exc).__name__}: {exc}"
+        stored = None
+        if stores is not None:
+            if error and error.startswith(NOT_AN_IMAGE) and len(data) > KEEP_NON_IMAGE_BYTES:
+                error += f" (not kept: {len(data) / 1e6:.0f} MB that is not an image)"
+            else:
+                request = stores[i]
+                stored = store_image(request.images_dir, request.content_hash, request.name, data)
+        if error is not None:
+            prepared.append((None, error, None, stored))
+        else:
+            prepared.append((boxed, None, decoded if keep_pixels else None, stored))
     return prepared

@@ -1031,3 +1031,33 @@ def test_zip_entry_names_in_utf8_without_the_flag_and_a_zip_inside_a_zip(tmp_pat
     items = {item.name: item for item in iter_zip(outer, "outer.zip")}
     assert items["outer.zip:teil_ä.jpg"].data == b"not really an image"
     assert items["outer.zip:nested.zip"].error == "a zip inside a zip: its entries are not read"
+
+
+def test_a_large_file_that_is_not_an_image_is_recorded_but_not_kept(
+    detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A zip of 200 MB blobs filled the image store with bytes no one looks at."""
+    import inspection.images as images
+
+    monkeypatch.setattr(images, "KEEP_NON_IMAGE_BYTES", 1000)
+    folder = tmp_path / "in"
+    make_images(folder, n=1)
+    (folder / "small.bin").write_bytes(b"junk" * 10)
+    (folder / "large.bin").write_bytes(b"junk" * 1000)
+    _job(detector, tmp_path).run(iter_source(str(folder)))
+    with session_scope(detector) as session:
+        rows = dict(
+            session.execute(
+                select(Part.original_name, Part.stored_path).where(Part.original_name.like("%.bin"))
+            ).all()
+        )
+        errors = dict(
+            session.execute(
+                select(Part.original_name, Inspection.error).join(
+                    Inspection, Inspection.part_id == Part.id
+                )
+            ).all()
+        )
+    assert rows["small.bin"] and Path(rows["small.bin"]).is_file()  # kept with its error
+    assert rows["large.bin"] == ""
+    assert errors["large.bin"].startswith("not an image file") and "not kept" in errors["large.bin"]
