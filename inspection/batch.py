@@ -16,6 +16,7 @@ import glob
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import time
@@ -26,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from threading import Event
+from threading import Event, Lock
 from typing import Any, BinaryIO, TypeVar
 
 from sqlalchemy import Connection, delete, insert, select, update
@@ -106,6 +107,24 @@ def chunk_parts(batch_size: int, chunk_batches: int) -> int:
     return max(WRITE_CHUNK, chunk_batches * batch_size)
 
 
+_said: dict[str, float] = {}
+_said_lock = Lock()
+
+
+def _say_once(message: str, within_s: float = 1.0) -> None:
+    """A warning not said already in the last second: the main thread's look-ups and the
+    writer thread wait through the same outage, and every retry line came twice."""
+    now = time.monotonic()
+    with _said_lock:
+        if now - _said.get(message, -math.inf) < within_s:
+            return
+        _said[message] = now
+        if len(_said) > 100:  # (a long outage says many lines; none is needed for long)
+            for old in [m for m, t in _said.items() if now - t >= within_s]:
+                del _said[old]
+    logger.warning("%s", message)
+
+
 def through_outages(action: Callable[[], T], limit_s: float, giving_up: Event) -> T:
     """`action` (one transaction), again while the database is away, for up to `limit_s`
     seconds: the run pauses with its results held instead of stopping, and nothing is written
@@ -117,9 +136,7 @@ def through_outages(action: Callable[[], T], limit_s: float, giving_up: Event) -
         except DatabaseError as exc:
             if waited >= limit_s or giving_up.is_set():
                 raise
-            logger.warning(
-                "%s; trying again in %.1f s (the run waits, its results held)", exc, delay
-            )
+            _say_once(f"{exc}; trying again in {delay:.1f} s (the run waits, its results held)")
             giving_up.wait(delay)
             waited += delay
             delay = min(delay * 2, 5.0)  # (back soon after the database is)

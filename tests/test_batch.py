@@ -1061,3 +1061,18 @@ def test_a_large_file_that_is_not_an_image_is_recorded_but_not_kept(
     assert rows["small.bin"] and Path(rows["small.bin"]).is_file()  # kept with its error
     assert rows["large.bin"] == ""
     assert errors["large.bin"].startswith("not an image file") and "not kept" in errors["large.bin"]
+
+
+def test_an_outage_line_is_said_once_by_the_threads_that_wait_through_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from inspection.batch import _say_once
+
+    with caplog.at_level("WARNING", logger="inspection.batch"):
+        for _ in range(2):  # the main thread's look-up and the writer thread
+            _say_once("database gone; trying again in 0.5 s")
+        _say_once("database gone; trying again in 1.0 s")
+    assert [r.getMessage() for r in caplog.records] == [
+        "database gone; trying again in 0.5 s",
+        "database gone; trying again in 1.0 s",
+    ]
