@@ -72,3 +72,40 @@ def test_shipped_files_carry_no_path_of_the_machine_that_trained_them() -> None:
             rb"(?:/tmp/|/home/|/root/|/work/|/Users/|[A-Z]:\\\\)[\x21-\x7e]{0,60}", blob
         )
         assert not found, f"{name} holds machine paths such as {found[:3]}"
+
+
+def test_a_newer_demo_replaces_an_earlier_demo_in_production_not_a_users_model(
+    session, trained: Trained, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A pull that brings a better demo left every existing install on the older one."""
+    from db.registry import promote
+    from training.versions import register_model_version
+
+    def shipped(name: str, extra: bytes) -> Path:
+        demo = tmp_path / name
+        demo.mkdir()
+        (demo / "weights.pt").write_bytes(trained.weights.read_bytes() + extra)
+        (demo / "model.json").write_text(
+            json.dumps(
+                {"name": name, "architecture": "defect-yolo-n", "classes": CLASSES, "imgsz": 64}
+            )
+        )
+        return demo
+
+    install_demo(session, tmp_path / "models", shipped("demo-v1", b""))
+    newer = install_demo(session, tmp_path / "models", shipped("demo-v2", b"\0"))
+    assert newer.promoted and "replaces the earlier demo demo-v1" in newer.message
+    assert production_model(session, ModelKind.DETECTOR).name == "demo-v2"
+    own = register_model_version(
+        session,
+        trained.weights,
+        tmp_path / "models",
+        kind=ModelKind.DETECTOR,
+        architecture="defect-yolo-n",
+        class_names=CLASSES,
+        image_size=64,
+        name="ours",
+    )
+    promote(session, own)
+    newest = install_demo(session, tmp_path / "models", shipped("demo-v3", b"\0\0"))
+    assert not newest.promoted and production_model(session, ModelKind.DETECTOR).name == "ours"

@@ -16,6 +16,8 @@ from training.versions import register_model_version, sha256_of
 
 DEMO_DIR = Path(__file__).resolve().parents[1] / "models" / "neu-det-demo"
 DEMO_LINE, DEMO_STATION = "Demo line", "Station 1"
+# How a shipped demo's version is told apart from the user's own models.
+DEMO_NOTES = "demo model shipped with the product (steel strip, NEU-DET): retrain on your own parts"
 
 
 @dataclass(frozen=True)
@@ -45,18 +47,29 @@ def install_demo(session: Session, models_dir: Path, demo_dir: Path = DEMO_DIR) 
         metrics=meta.get("metrics", {}),
         thresholds=meta.get("thresholds"),
         name=meta["name"],
-        notes="demo model shipped with the product (steel strip, NEU-DET): retrain on your own parts",
+        notes=DEMO_NOTES,
     )
     onnx_file = demo_dir / "weights.onnx"
     if onnx_file.is_file():
         target = Path(version.file_path).with_suffix(".onnx")
         if not target.exists():
             target.write_bytes(onnx_file.read_bytes())
-    if production_model(session, ModelKind.DETECTOR) is None:
+    current = production_model(session, ModelKind.DETECTOR)
+    if current is None:
         promote(session, version)
         ensure_station(session, DEMO_LINE, DEMO_STATION)
         return DemoInstall(
             version.name, True, f"demo model {version.name} is the production detector"
+        )
+    if current.id != version.id and current.notes == DEMO_NOTES:
+        # Production is an earlier shipped demo, which nobody replaced with a model of their
+        # own: the newer demo takes its place, as a pull of the repository means it to.
+        promote(session, version)
+        return DemoInstall(
+            version.name,
+            True,
+            f"demo model {version.name} replaces the earlier demo {current.name} in production "
+            "(`defects models rollback` puts it back)",
         )
     said = "is registered already" if existing else "registered"
     return DemoInstall(
