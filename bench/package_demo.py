@@ -56,8 +56,9 @@ def ship_weights(source: Path, target: Path) -> None:
         if key in checkpoint:
             checkpoint[key] = without_machine_paths(checkpoint[key])
     for model in (checkpoint.get("model"), checkpoint.get("ema")):
-        for attribute in ("args", "yaml"):
-            if model is not None and isinstance(getattr(model, attribute, None), dict):
+        # (pt_path: the file a fine-tuned model was loaded from, kept on the module)
+        for attribute in ("args", "yaml", "pt_path"):
+            if model is not None and isinstance(getattr(model, attribute, None), dict | str):
                 setattr(model, attribute, without_machine_paths(getattr(model, attribute)))
     checkpoint.pop("optimizer", None)
     torch.save(checkpoint, target)
@@ -70,6 +71,11 @@ def main() -> None:
     parser.add_argument("--name", default="neu-det-demo-v2")
     parser.add_argument("--schedule", required=True, help="how it was trained, for the model card")
     parser.add_argument("--hardware", required=True)
+    parser.add_argument(
+        "--origin",
+        default="from scratch (no pretrained weights)",
+        help="for the model card: where training started",
+    )
     parser.add_argument("--max-miss-rate", type=float, default=0.0)
     args = parser.parse_args()
     from ultralytics import YOLO
@@ -144,7 +150,7 @@ parts before trusting its verdicts on your line** (`defects import`, `defects tr
 - Data: NEU-DET (Northeastern University surface defect database; research use), 1800 grayscale
   200x200 images of hot-rolled steel strip, 6 classes, the fixed split: train 1440, val 180,
   test 180 (every image holds at least one defect: there are no good parts).
-- Training: {args.schedule}, on {args.hardware}, from scratch (no pretrained weights).
+- Training: {args.schedule}, on {args.hardware}, {args.origin}.
 - Files: `weights.pt` (ultralytics checkpoint), `weights.onnx` (dynamic batch; class names and
   thresholds in its metadata; gives the same detections as the weights, checked by the tests).
 
