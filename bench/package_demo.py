@@ -68,7 +68,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", type=Path, required=True)
     parser.add_argument("--neu", type=Path, default=ROOT.parent / "shared" / "datasets" / "neu-det")
-    parser.add_argument("--name", default="neu-det-demo-v2")
+    parser.add_argument("--name", default="neu-det-demo-v3")
     parser.add_argument("--schedule", required=True, help="how it was trained, for the model card")
     parser.add_argument("--hardware", required=True)
     parser.add_argument(
