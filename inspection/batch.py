@@ -56,7 +56,7 @@ from db.session import (
 )
 from inspection.engine import BackendChoice, Inspector, PartInput, PartResult
 from inspection.errors import UserError
-from inspection.images import is_blank_frame
+from inspection.images import IMAGE_SUFFIXES, is_blank_frame
 from inspection.settings import get_settings
 
 logger = logging.getLogger(__name__)
@@ -244,16 +244,11 @@ def folder_files(folder: Path) -> list[Path]:
     return [Path(path) for _, path in sorted(FolderListing(folder).files())]
 
 
-# Suffixes of images: such a file is an image even where a zip follows its data (a zip appended
-# to a JPEG opens as both), and was judged as the zip's entries, the image itself never.
-IMAGE_FILE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".heic", ".heif"}
-)
-
-
 def is_zip_archive(path: Path) -> bool:
+    """A file with an image's suffix is an image even where a zip follows its data: it was
+    judged as the zip's entries, the image itself never."""
     suffix = path.suffix.lower()
-    return suffix == ".zip" or (suffix not in IMAGE_FILE_SUFFIXES and zipfile.is_zipfile(path))
+    return suffix == ".zip" or (suffix not in IMAGE_SUFFIXES and zipfile.is_zipfile(path))
 
 
 def file_items(path: Path, display: str) -> Iterator[SourceItem]:

@@ -25,6 +25,9 @@ from inspection.errors import StorageError
 
 # 64 MP: larger than any line-scan tile we expect; refuses decompression bombs before decoding.
 MAX_PIXELS = 64_000_000
+# The image files the product takes: uploads, dataset imports, and the files of a folder that
+# are never opened as zips (a zip appended to a JPEG opens as both).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 logger = logging.getLogger(__name__)
 LETTERBOX_FILL = 114  # the grey ultralytics pads with, so our inputs match its training
 

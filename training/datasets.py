@@ -27,10 +27,10 @@ from sqlalchemy.orm import Session
 
 from db.models import Dataset
 from inspection.errors import UserError
+from inspection.images import IMAGE_SUFFIXES
 
 SourceFormat = Literal["voc", "yolo", "coco"]
 SPLITS = ("train", "val", "test")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,10 @@ from db.queries import part_results
 from db.session import DatabaseError, session_scope
 from inspection.batch import BatchInspection, SourceItem, error_kind, iter_zip
 from inspection.errors import UserError
-from inspection.images import MAX_PIXELS, ImageDecodeError, decode_image
+from inspection.images import IMAGE_SUFFIXES, MAX_PIXELS, ImageDecodeError, decode_image
 from inspection.settings import get_settings
 
-IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "webp"]
+IMAGE_TYPES = sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES)
 SHOWN_PARTS = 60
 
 state = database_ready()
