@@ -173,7 +173,8 @@ def main() -> None:
     for label, version_id in versions.items():
         with session_scope(url) as session:
             weights = Path(get_model_version(session, version_id).file_path)
-        wall = timings.get(label, 0.0)  # None: a reused model whose training time is unknown
+        # None: a teacher given as weights, or a reused model whose training time is unknown.
+        wall = timings.get(label)
         results[label] = {
             **describe(weights, args.imgsz, url),
             "train_wall_s": None if wall is None else round(wall, 1),

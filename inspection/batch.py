@@ -564,6 +564,7 @@ class BatchInspection:
         started = time.perf_counter()
         chunk: list[SourceItem] = []
         chunk_bytes = 0
+        marked_finished = False
         try:
             for item in items:
                 if item is WRITE_NOW:
@@ -581,6 +582,7 @@ class BatchInspection:
                 # The last write also marks the run finished: a part handed over on its own
                 # (a hot folder's single file) costs one transaction, not two.
                 self._process(chunk, on_result, finishing=finish)
+            marked_finished = self._wait_for_write()  # (its error is one of the run's)
         except (KeyboardInterrupt, UserError):
             # Stopped (Ctrl-C, SIGTERM, a full image store): what was judged is written and the
             # run marked finished, as it is no longer at work (left open, the Live page showed
@@ -593,9 +595,19 @@ class BatchInspection:
                 except DatabaseError as exc:  # (the stop is what is reported)
                     logger.warning("could not mark run %s finished: %s", self.run_id, exc)
             raise
+        except DatabaseError:
+            # The outage outlasted its limit: one try to mark the run finished (the database
+            # may be back already), no second wait. Left open, the run showed at work for ever.
+            self._giving_up.set()  # (a write in flight stops waiting too)
+            if finish:
+                with contextlib.suppress(DatabaseError):
+                    self._wait_for_write()
+                with contextlib.suppress(DatabaseError):
+                    self._finish_run()
+            raise
         finally:
             self.summary.seconds += time.perf_counter() - started
-            marked_finished = self._wait_for_write()
+            marked_finished = self._wait_for_write() or marked_finished
         if finish and not marked_finished:
             self._through_outages(self._finish_run)
         return self.summary

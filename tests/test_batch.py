@@ -291,6 +291,8 @@ def test_a_database_away_mid_run_is_waited_for_and_nothing_is_lost(
         stopping.run(iter_source(str(tmp_path / "more")))
     assert calls[0] > 3  # tried again before giving up
     assert _counts(detector)[0] == 14  # the first chunk of 4 written, the rest not
+    # The database came back as it gave up: the run is not left open (at work for ever).
+    assert _run_finished_at(detector, stopping.run_id) is not None
     resumed = _job(detector, tmp_path).run(iter_source(str(tmp_path / "more")))
     assert (resumed.inspected, resumed.skipped) == (2, 4) and _counts(detector)[0] == 16
 
