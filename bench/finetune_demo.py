@@ -2,12 +2,15 @@
 
     python bench/finetune_demo.py --teacher-weights bench/results/weights/defect-yolo-s-200e256.pt \
         --hours 2 --method feature
+    python bench/finetune_demo.py --method none --start-weights demo_v2.pt --epochs 66 \
+        --out bench/results/finetune_demo_no_teacher.json   # the same retraining, no teacher
 
 The demo (n-scale, distilled from a 100-epoch teacher) is the start (`--from`), the teacher a
 larger model trained longer; both are registered in a work folder of this bench's own, the
 student is trained as `defects distill detector --from` trains it, and the demo and the result
 are evaluated on the NEU-DET test split side by side. A gain here mixes more training with a
-better teacher: it answers "is there a better demo to ship", not "how much does the teacher add".
+better teacher: it answers "is there a better demo to ship"; `--method none` (the same
+retraining with no teacher, from the same start) answers "how much does the teacher add".
 Writes bench/results/finetune_demo.json.
 """
 
@@ -26,10 +29,12 @@ os.environ["DEFECTS_DATA_DIR"] = str(WORK)  # before the product reads its setti
 sys.path.insert(0, str(ROOT))
 
 from common import ensure_neu, hardware  # noqa: E402
+from sqlalchemy import select  # noqa: E402
+from sqlalchemy.orm import Session  # noqa: E402
 
 import inspection  # noqa: E402,F401
 from db.migrate import upgrade  # noqa: E402
-from db.models import ModelKind  # noqa: E402
+from db.models import ModelKind, ModelVersion  # noqa: E402
 from db.registry import get_model_version  # noqa: E402
 from db.session import session_scope  # noqa: E402
 from inspection.settings import get_settings  # noqa: E402
@@ -47,12 +52,42 @@ def evaluated(weights: Path, url: str) -> dict:
     }
 
 
+def registered(session: Session, weights: Path, architecture: str, imgsz: int) -> ModelVersion:
+    """The model version of a weights file, registered in this bench's folder when new."""
+    from ultralytics import YOLO
+
+    from training.versions import sha256_of
+
+    digest = sha256_of(weights)
+    known = session.scalars(select(ModelVersion).where(ModelVersion.sha256 == digest)).first()
+    if known is not None:
+        return known
+    names = YOLO(str(weights)).names
+    return register_model_version(
+        session,
+        weights,
+        get_settings().models_dir,
+        kind=ModelKind.DETECTOR,
+        architecture=architecture,
+        class_names=[names[i] for i in sorted(names)],
+        image_size=imgsz,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--neu", type=Path, default=ROOT.parent / "shared" / "datasets" / "neu-det")
-    parser.add_argument("--teacher-weights", type=Path, required=True)
+    parser.add_argument("--teacher-weights", type=Path, default=None, help="not with --method none")
+    parser.add_argument(
+        "--start-weights",
+        type=Path,
+        default=None,
+        help="the model to retrain (default: the shipped demo), e.g. an earlier demo's weights",
+    )
     parser.add_argument("--teacher-arch", default="defect-yolo-s")
-    parser.add_argument("--method", choices=["feature", "cwd"], default="feature")
+    parser.add_argument(
+        "--method", choices=["feature", "cwd", "none"], default="feature", help="none: no teacher"
+    )
     parser.add_argument("--hours", type=float, default=None, help="wall-time budget of training")
     parser.add_argument("--epochs", type=int, default=60, help="without --hours")
     parser.add_argument("--imgsz", type=int, default=256)
@@ -71,6 +106,8 @@ def main() -> None:
         "--out", type=Path, default=ROOT / "bench" / "results" / "finetune_demo.json"
     )
     args = parser.parse_args()
+    if (args.method == "none") != (args.teacher_weights is None):
+        parser.error("--teacher-weights is needed with a teacher's method, and not with none")
     from training.demo import install_demo
     from training.train_detector import TrainRequest, train_detector
 
@@ -79,36 +116,23 @@ def main() -> None:
     upgrade(url)
     ensure_neu(url, args.neu)
     with session_scope(url) as session:
-        demo = install_demo(session, settings.models_dir)
-        demo_version = get_model_version(session, demo.version_name)
-        demo_name, demo_weights = demo_version.name, Path(demo_version.file_path)
-        from ultralytics import YOLO
-
-        names = YOLO(str(args.teacher_weights)).names
-        from sqlalchemy import select
-
-        from db.models import ModelVersion
-        from training.versions import sha256_of
-
-        digest = sha256_of(args.teacher_weights)
-        registered = select(ModelVersion).where(ModelVersion.sha256 == digest)
-        teacher = session.scalars(registered).first() or register_model_version(
-            session,
-            args.teacher_weights,
-            settings.models_dir,
-            kind=ModelKind.DETECTOR,
-            architecture=args.teacher_arch,
-            class_names=[names[i] for i in sorted(names)],
-            image_size=args.imgsz,
-        )
-        teacher_name, teacher_weights = teacher.name, Path(teacher.file_path)
+        if args.start_weights is None:
+            demo = install_demo(session, settings.models_dir)
+            start_version = get_model_version(session, demo.version_name)
+        else:
+            start_version = registered(session, args.start_weights, "defect-yolo-n", args.imgsz)
+        demo_name, demo_weights = start_version.name, Path(start_version.file_path)
+        teacher_name = teacher_weights = None
+        if args.teacher_weights is not None:
+            teacher = registered(session, args.teacher_weights, args.teacher_arch, args.imgsz)
+            teacher_name, teacher_weights = teacher.name, Path(teacher.file_path)
     start = time.perf_counter()
     version_id = args.retrained or train_detector(
         TrainRequest(
             data="neu-det",
             from_model=demo_name,
             teacher=teacher_name,
-            distill_method=args.method,
+            distill_method="feature" if args.method == "none" else args.method,
             epochs=args.epochs,
             hours=args.hours,
             imgsz=args.imgsz,
@@ -123,7 +147,7 @@ def main() -> None:
         version = get_model_version(session, version_id)
         student_weights, trained = Path(version.file_path), dict(version.metrics or {})
     results = {
-        "teacher": evaluated(teacher_weights, url),
+        **({"teacher": evaluated(teacher_weights, url)} if teacher_weights else {}),
         "demo": evaluated(demo_weights, url),
         "retrained": evaluated(student_weights, url)
         | {"epochs": trained.get("epochs"), "train_wall_s": round(wall, 1)},
