@@ -90,8 +90,9 @@ def _rate_panel(
     )
 
 
-def rates_figure(rows: list[RateRow]) -> go.Figure:
-    """Miss rate and false-call rate per day, each with its p-chart control limits."""
+def rates_figure(rows: list[RateRow], zone: str = "UTC") -> go.Figure:
+    """Miss rate and false-call rate per day (of the time `zone` names), each with its p-chart
+    control limits."""
     figure = make_subplots(
         rows=2,
         cols=1,
@@ -111,6 +112,7 @@ def rates_figure(rows: list[RateRow]) -> go.Figure:
         "false-call rate",
     )  # type: ignore[arg-type]
     figure.update_yaxes(tickformat=".1%", rangemode="tozero")
+    figure.update_xaxes(title_text=f"day captured ({zone})", row=2, col=1)
     figure.update_layout(height=560, legend={"orientation": "h"}, margin={"t": 40})
     return figure
 
@@ -137,8 +139,11 @@ def _verdict_bars(
     return figure
 
 
-def volume_figure(rows: list[VolumeRow]) -> go.Figure:
-    return _verdict_bars([r.day for r in rows], rows, "Parts inspected per day", 360)
+def volume_figure(rows: list[VolumeRow], zone: str = "UTC") -> go.Figure:
+    """Parts per day they were captured, a day of the time `zone` names."""
+    figure = _verdict_bars([r.day for r in rows], rows, "Parts inspected per day", 360)
+    figure.update_xaxes(title_text=f"day captured ({zone})")
+    return figure
 
 
 def minute_volume_figure(rows: list[MinuteVolume]) -> go.Figure:
@@ -146,11 +151,23 @@ def minute_volume_figure(rows: list[MinuteVolume]) -> go.Figure:
     return _verdict_bars([r.minute for r in rows], rows, "Parts per minute (UTC)", 300)
 
 
-def pareto_figure(rows: list[ParetoRow]) -> go.Figure:
+_PLAIN, _HIGHLIGHTED = "#1f77b4", "#d62728"
+
+
+def pareto_figure(rows: list[ParetoRow], highlight: str | None = None) -> go.Figure:
+    """Failed parts per class, most first; the class `highlight` names in red (a Pareto compares
+    the classes, so a class chosen is shown among them)."""
     figure = make_subplots(specs=[[{"secondary_y": True}]])
     names = [r.class_name for r in rows]
+    colours = [_HIGHLIGHTED if name == highlight else _PLAIN for name in names]
     figure.add_trace(
-        go.Bar(x=names, y=[r.failed_parts for r in rows], name="failed parts"), secondary_y=False
+        go.Bar(
+            x=names,
+            y=[r.failed_parts for r in rows],
+            name="failed parts",
+            marker_color=colours if highlight is not None else None,
+        ),
+        secondary_y=False,
     )
     figure.add_trace(
         go.Scatter(
@@ -181,8 +198,8 @@ def latency_figure(latencies_ms: list[float]) -> go.Figure:
     return figure
 
 
-def model_timeline_figure(usage: list[ModelUsage]) -> go.Figure:
-    """Which model version judged the parts, when."""
+def model_timeline_figure(usage: list[ModelUsage], zone: str = "UTC") -> go.Figure:
+    """Which model version judged the parts, when: times of the time `zone` names."""
     figure = go.Figure()
     for item in usage:
         name = item.model_name or "unknown"
@@ -196,8 +213,9 @@ def model_timeline_figure(usage: list[ModelUsage]) -> go.Figure:
                 hovertemplate=f"{name}: {item.inspections} inspections<extra></extra>",
             )
         )
+    figure.update_xaxes(title_text=f"inspected ({zone})")
     figure.update_layout(
-        title="Model version in use", height=120 + 40 * max(len(usage), 1), showlegend=False
+        title="Model version in use", height=160 + 40 * max(len(usage), 1), showlegend=False
     )
     return figure
 
@@ -290,10 +308,21 @@ def review_figure(pixels_rgb, boxes: list[ShownBox]) -> go.Figure:  # type: igno
     return figure
 
 
-def selected_box(selection: dict | None) -> tuple[float, float, float, float] | None:  # type: ignore[type-arg]
-    """(x1, y1, x2, y2) of the first box a reviewer dragged, from Streamlit's selection state."""
+def selected_box(
+    selection: dict | None,  # type: ignore[type-arg]
+    image_size: tuple[int | None, int | None] = (None, None),
+) -> tuple[float, float, float, float] | None:
+    """(x1, y1, x2, y2) of the first box a reviewer dragged, from Streamlit's selection state,
+    clipped to the image (`image_size`: width, height): a drag may start in the margin beside
+    it, and its negative corner stopped the page. None where nothing of it lies on the image."""
     boxes = (selection or {}).get("box") or []
     if not boxes:
         return None
     xs, ys = sorted(boxes[0]["x"]), sorted(boxes[0]["y"])
-    return (round(xs[0], 1), round(ys[0], 1), round(xs[1], 1), round(ys[1], 1))
+    width, height = image_size
+    x_max, y_max = float(width or math.inf), float(height or math.inf)
+    x1, x2 = (min(max(x, 0.0), x_max) for x in (xs[0], xs[-1]))
+    y1, y2 = (min(max(y, 0.0), y_max) for y in (ys[0], ys[-1]))
+    if x2 <= x1 or y2 <= y1:
+        return None
+    return (round(x1, 1), round(y1, 1), round(x2, 1), round(y2, 1))

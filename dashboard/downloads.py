@@ -3,11 +3,27 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import UTC, datetime
 
 import pandas as pd
 
-from db.queries import Filters, inspection_rows
+from db.queries import INSPECTION_COLUMNS, Filters, inspection_rows
 from db.session import session_scope
+
+# A cell a spreadsheet would take for a formula begins so (OWASP, "CSV Injection").
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_cell(value: object) -> object:
+    """A value as the CSV holds it: a stored (naive UTC) time as this server's local time with
+    its offset, ISO 8601 (the zone the History page counts days in, stated in each cell); a
+    text a spreadsheet would run as a formula behind a single quote, as OWASP advises (part
+    names are the uploaded files', line, station, model and class names are people's words)."""
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=UTC).astimezone().isoformat()
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 def filtered_results_csv(url: str, filters: Filters) -> bytes:
@@ -17,4 +33,10 @@ def filtered_results_csv(url: str, filters: Filters) -> bytes:
     every change of a filter, so the page hands this over as the button's data."""
     with session_scope(url) as session:
         rows = inspection_rows(session, replace(filters, include_superseded=True))
-    return pd.DataFrame(rows).to_csv(index=False).encode()
+    table = pd.DataFrame(
+        [[_csv_cell(row[name]) for name in INSPECTION_COLUMNS] for row in rows],
+        columns=list(INSPECTION_COLUMNS),  # the header, also over no rows
+    )
+    # Lines end in CRLF (RFC 4180): the csv writer then quotes a CR in a name too; a bare one
+    # ended the row there, the rest of the name a row of its own (a formula, maybe).
+    return table.to_csv(index=False, lineterminator="\r\n").encode()

@@ -1,8 +1,9 @@
 """The questions QA asks of the inspection history, answered in SQL on SQLite and PostgreSQL.
 
-Ground truth comes from reviews: a part is *defective* when any review confirms a defect on it or
-adds a missed one, and *good* when it has reviews and none of them says defective (a review
-marking it good, or every flagged defect marked a false call). When reviewers disagree the
+Ground truth comes from reviews (`db.reviews.truth_subquery`): a part is *defective* when any
+review confirms a defect on it or adds a missed one, and *good* when reviewed in full with none
+of them saying defective (a review marking it good, or every detection of a verdict marked a
+false call); a part part-way through its review is neither. When reviewers disagree the
 defective reading wins: an escape must never be hidden by a later "good".
 
 Miss rate = defective parts passed / defective parts; false-call rate = good parts failed /
@@ -21,11 +22,13 @@ import math
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date, datetime
-from typing import Literal
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, and_, case, func, literal, or_, select
+from sqlalchemy import ColumnElement, and_, case, func, literal, literal_column, or_, select
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.functions import FunctionElement
 
 from db.models import (
     Inspection,
@@ -35,21 +38,22 @@ from db.models import (
     Prediction,
     ProductionLine,
     Review,
-    ReviewKind,
     Station,
     Verdict,
 )
+from db.reviews import DEFECT_REVIEWS, truth_subquery
 
 # Ids in one IN list: well under the bound parameters SQLite allows in one statement.
 _IN_LIST = 900
 
 GroupBy = Literal["day", "line", "station", "model_version", "class", "all"]
-_DEFECT_REVIEWS = (ReviewKind.CONFIRMED_DEFECT, ReviewKind.MISSED_DEFECT)
 
 
 @dataclass(frozen=True)
 class Filters:
-    """Which inspections a query looks at: of parts captured from `start` to `end` (exclusive)."""
+    """Which inspections a query looks at: of parts captured from `start` to `end` (exclusive;
+    naive UTC, as stored), of one class (see `class_conditions`), with days that begin
+    `utc_offset_minutes` from UTC's midnight."""
 
     start: datetime | None = None
     end: datetime | None = None
@@ -58,6 +62,44 @@ class Filters:
     model_version_id: int | None = None
     class_name: str | None = None
     include_superseded: bool = False
+    utc_offset_minutes: int = 0  # of the days the figures count by (0: days of UTC)
+
+    @classmethod
+    def local_days(cls, first: date, last: date, **others: Any) -> Filters:
+        """The parts captured on the days `first` to `last` (both included) of this machine's
+        time zone, counted by its days: what a person picking dates means.
+
+        The bounds are each day's own local midnight, right across a change of daylight
+        saving time. The days are counted at one offset, the one in force on `last` (the
+        current one for a range up to today): SQLite knows no time zones, so in a range
+        across a change, the days on its other side have an hour next to midnight counted on
+        the neighbouring day."""
+
+        def utc_midnight(day: date) -> datetime:
+            # A naive datetime's astimezone() reads it as local time, at that day's offset.
+            return datetime.combine(day, time.min).astimezone(UTC).replace(tzinfo=None)
+
+        offset = datetime.combine(last, time(12)).astimezone().utcoffset() or timedelta(0)
+        return cls(
+            start=utc_midnight(first),
+            end=utc_midnight(last + timedelta(days=1)),
+            utc_offset_minutes=round(offset.total_seconds() / 60),
+            **others,
+        )
+
+    def class_conditions(self) -> list[ColumnElement[bool]]:
+        """With a class chosen, the inspections that concern it in the volume, latency, model
+        and download figures: the model counted a detection of it, or a reviewer found it on
+        the part (its escapes too). The rates count a class their own way (see `rates`); a
+        query joins inspections and their parts."""
+        if self.class_name is None:
+            return []
+        return [
+            or_(
+                _has_counted_prediction_of(self.class_name),
+                _has_defect_review_of(self.class_name),
+            )
+        ]
 
     def conditions(self) -> list[ColumnElement[bool]]:
         found: list[ColumnElement[bool]] = []
@@ -118,17 +160,31 @@ def _as_date(value: str | date | datetime | None) -> date | None:
     return date.fromisoformat(str(value))
 
 
-def _truth_subquery():  # type: ignore[no-untyped-def]
-    defective = func.max(case((Review.kind.in_(_DEFECT_REVIEWS), 1), else_=0))
-    return (
-        select(Review.part_id.label("part_id"), defective.label("defective"))
-        .group_by(Review.part_id)
-        .subquery("truth")
-    )
+class _ShiftedDate(FunctionElement[Any]):
+    """The calendar date of a naive-UTC timestamp shifted by a whole number of minutes (a
+    literal column): SQLite and PostgreSQL each shift a time in words the other lacks."""
+
+    name = "shifted_date"
+    inherit_cache = True  # the minutes are a clause, so a part of the cache key
 
 
-def _day_column() -> ColumnElement[str]:
-    return func.date(Part.captured_at)
+@compiles(_ShiftedDate)
+def _shifted_date_sqlite(element: _ShiftedDate, compiler: Any, **kw: Any) -> str:
+    timestamp, minutes = (compiler.process(clause, **kw) for clause in element.clauses)
+    return f"date({timestamp}, '{minutes} minutes')"
+
+
+@compiles(_ShiftedDate, "postgresql")
+def _shifted_date_postgresql(element: _ShiftedDate, compiler: Any, **kw: Any) -> str:
+    timestamp, minutes = (compiler.process(clause, **kw) for clause in element.clauses)
+    return f"date({timestamp} + interval '{minutes} minutes')"
+
+
+def _day_column(utc_offset_minutes: int = 0) -> ColumnElement[Any]:
+    """The day a part was captured, in a time zone `utc_offset_minutes` from UTC."""
+    # The minutes are written into the SQL, not bound: PostgreSQL takes the select's
+    # `date(t + $1)` and the GROUP BY's `date(t + $2)` for different expressions.
+    return _ShiftedDate(Part.captured_at, literal_column(f"{int(utc_offset_minutes):+d}"))
 
 
 def _normalise_key(group_by: GroupBy, key: object) -> str | date | int | None:
@@ -141,7 +197,7 @@ def rates(
     """Miss and false-call rates over reviewed parts, one row per group, ordered by key."""
     if group_by == "class":
         return _rates_by_class(session, filters)
-    truth = _truth_subquery()
+    truth = truth_subquery()
     is_pass = Inspection.verdict == Verdict.PASS
     is_fail = Inspection.verdict == Verdict.FAIL
     defective: ColumnElement[bool] = truth.c.defective == 1
@@ -153,7 +209,7 @@ def rates(
         false_call = and_(false_call, _has_counted_prediction_of(filters.class_name))
     key_column: ColumnElement[object] = {
         "all": literal("all"),
-        "day": _day_column(),
+        "day": _day_column(filters.utc_offset_minutes),
         "line": ProductionLine.name,
         "station": Station.name,
         "model_version": Inspection.model_version_id,
@@ -192,7 +248,7 @@ def _has_defect_review_of(class_name: str) -> ColumnElement[bool]:
         select(Review.id)
         .where(
             Review.part_id == Part.id,
-            Review.kind.in_(_DEFECT_REVIEWS),
+            Review.kind.in_(DEFECT_REVIEWS),
             Review.class_name == class_name,
         )
         .exists()
@@ -213,7 +269,7 @@ def _has_counted_prediction_of(class_name: str) -> ColumnElement[bool]:
 
 def _rates_by_class(session: Session, filters: Filters) -> list[RateRow]:
     """Per class: defective parts of that class passed, and good parts failed by that class."""
-    truth = _truth_subquery()
+    truth = truth_subquery()
     # The inspections looked at, as conditions on a join of inspections and their parts (an
     # `Inspection.id IN (subquery)` here made SQLite, without the planner's statistics, look
     # every id of the list up again for each reviewed part: 5.9 s for 200000 parts,
@@ -231,7 +287,7 @@ def _rates_by_class(session: Session, filters: Filters) -> list[RateRow]:
         .join(Review, Review.part_id == Part.id)
         .where(
             *looked_at,
-            Review.kind.in_(_DEFECT_REVIEWS),
+            Review.kind.in_(DEFECT_REVIEWS),
             Review.class_name.is_not(None),
         )
         .group_by(Review.class_name)
@@ -276,7 +332,9 @@ class ParetoRow:
 
 
 def defect_pareto(session: Session, filters: Filters = Filters()) -> list[ParetoRow]:
-    """Failed parts per defect class, most frequent first, with the cumulative share."""
+    """Failed parts per defect class, most frequent first, with the cumulative share; with a
+    class chosen, its row alone, its shares still of every failed part (its place in the
+    Pareto)."""
     rows = session.execute(
         select(Prediction.class_name, func.count(func.distinct(Inspection.id)).label("n"))
         .select_from(Inspection)
@@ -296,6 +354,8 @@ def defect_pareto(session: Session, filters: Filters = Filters()) -> list[Pareto
     for name, n in rows:
         running += int(n)
         result.append(ParetoRow(name, int(n), int(n) / total, running / total))
+    if filters.class_name is not None:
+        result = [row for row in result if row.class_name == filters.class_name]
     return result
 
 
@@ -308,8 +368,9 @@ class VolumeRow:
 
 
 def daily_volume(session: Session, filters: Filters = Filters()) -> list[VolumeRow]:
-    """Verdicts given, failed and in error per day the parts were captured."""
-    day = _day_column()
+    """Verdicts given, failed and in error per day the parts were captured (a day of the
+    filters' offset from UTC)."""
+    day = _day_column(filters.utc_offset_minutes)
     rows = session.execute(
         select(
             day,
@@ -318,7 +379,7 @@ def daily_volume(session: Session, filters: Filters = Filters()) -> list[VolumeR
             func.sum(case((Inspection.verdict == Verdict.ERROR, 1), else_=0)),
         )
         .join(Part, Part.id == Inspection.part_id)
-        .where(*filters.conditions())
+        .where(*filters.conditions(), *filters.class_conditions())
         .group_by(day)
         .order_by(day)
     ).all()
@@ -351,6 +412,7 @@ def latencies(session: Session, filters: Filters = Filters()) -> list[float]:
                 Inspection.latency_ms.is_not(None),
                 Inspection.verdict != Verdict.ERROR,  # an error's time is not a verdict's
                 *filters.conditions(),
+                *filters.class_conditions(),
             )
             .order_by(Inspection.latency_ms)
         )
@@ -423,7 +485,7 @@ def model_usage(session: Session, filters: Filters = Filters()) -> list[ModelUsa
         )
         .join(Part, Part.id == Inspection.part_id)
         .outerjoin(ModelVersion, ModelVersion.id == Inspection.model_version_id)
-        .where(*filters.conditions())
+        .where(*filters.conditions(), *filters.class_conditions())
         .group_by(Inspection.model_version_id, ModelVersion.name)
         .order_by(func.min(Inspection.inspected_at))
     ).all()
@@ -467,10 +529,27 @@ def counted_detections(
     return counted
 
 
+# The keys of inspection_rows' rows, in order: the CSV's header, rows or none.
+INSPECTION_COLUMNS = (
+    "captured_at",
+    "inspected_at",
+    "line",
+    "station",
+    "part",
+    "content_hash",
+    "verdict",
+    "defects",
+    "latency_ms",
+    "model",
+    "superseded_at",
+    "error",
+)
+
+
 def inspection_rows(
     session: Session, filters: Filters = Filters(), limit: int = 100_000
 ) -> list[dict[str, object]]:
-    """Flat rows of inspections for CSV download, newest first."""
+    """Flat rows of inspections for CSV download, newest first; times naive UTC, as stored."""
     # Columns, not ORM objects, and each row's counted classes in a few IN queries, not one
     # query a row: a month of 16431 rows took 2.5 s so, 0.2 s now
     # (bench/results/history_scale_sqlite_200k_rows_before.json, history_scale_sqlite_200k.json).
@@ -493,7 +572,8 @@ def inspection_rows(
         .join(ProductionLine, ProductionLine.id == Part.line_id)
         .join(Station, Station.id == Part.station_id)
         .outerjoin(ModelVersion, ModelVersion.id == Inspection.model_version_id)
-        .where(*filters.conditions())
+        # The class in SQL, before the limit (a limit taken first left fewer rows).
+        .where(*filters.conditions(), *filters.class_conditions())
         .order_by(Inspection.inspected_at.desc())
         .limit(limit)
     )
@@ -520,24 +600,21 @@ def inspection_rows(
         error,
     ) in found:
         classes = sorted(counted.get(inspection_id, ()))
-        if filters.class_name is not None and filters.class_name not in classes:
-            continue
-        rows.append(
-            {
-                "captured_at": captured_at,
-                "inspected_at": inspected_at,
-                "line": line,
-                "station": station,
-                "part": original_name,
-                "content_hash": content_hash,
-                "verdict": verdict.value,
-                "defects": ";".join(classes),
-                "latency_ms": latency_ms,
-                "model": model,
-                "superseded_at": superseded_at,
-                "error": error or "",
-            }
+        values = (
+            captured_at,
+            inspected_at,
+            line,
+            station,
+            original_name,
+            content_hash,
+            verdict.value,
+            ";".join(classes),
+            latency_ms,
+            model,
+            superseded_at,
+            error or "",
         )
+        rows.append(dict(zip(INSPECTION_COLUMNS, values, strict=True)))
     return rows
 
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, and_, or_, select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy import ColumnElement, Subquery, and_, case, func, or_, select
+from sqlalchemy.orm import Session, aliased, selectinload
 
 from db.models import Inspection, Part, Prediction, Review, ReviewKind, Verdict
+
+DEFECT_REVIEWS = (ReviewKind.CONFIRMED_DEFECT, ReviewKind.MISSED_DEFECT)
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,72 @@ def uncertainty_margin(inspection: Inspection) -> float:
 
 def _undecided() -> ColumnElement[bool]:
     """A detection (Prediction, correlated) no review has decided yet."""
-    return ~select(Review.id).where(Review.prediction_id == Prediction.id).exists()
+    # (Its own alias: inside a query of reviews, it would otherwise be taken for that review.)
+    decision = aliased(Review)
+    return ~select(decision.id).where(decision.prediction_id == Prediction.id).exists()
+
+
+def _decided_in_full(part_id: ColumnElement[int]) -> ColumnElement[bool]:
+    """A verdict of the part with detections, every one of them decided by a reviewer."""
+    detections = select(Prediction.id).where(Prediction.inspection_id == Inspection.id)
+    return (
+        select(Inspection.id)
+        .where(
+            Inspection.part_id == part_id,
+            detections.exists(),
+            ~detections.where(_undecided()).exists(),
+        )
+        .exists()
+    )
+
+
+def _judged_with_nothing_found(part_id: ColumnElement[int]) -> ColumnElement[bool]:
+    """A verdict of the part with no detection at all: a reviewer who added a missed defect
+    to it has said all there is to say."""
+    return (
+        select(Inspection.id)
+        .where(
+            Inspection.part_id == part_id,
+            Inspection.verdict != Verdict.ERROR,
+            ~select(Prediction.id).where(Prediction.inspection_id == Inspection.id).exists(),
+        )
+        .exists()
+    )
+
+
+def truth_subquery() -> Subquery:
+    """Parts whose truth reviewers have given: `part_id`, `defective` (1 or 0) and `complete`
+    (1 where every detection of a verdict is decided, or the part is marked good: its boxes
+    are then all its defects).
+
+    A part is defective once any review confirms a defect or adds a missed one, complete or
+    not. It is good only when complete with no such review: marked good, or every detection of
+    a verdict marked a false call. A part with some detections marked false calls and others
+    not yet decided is neither (it was counted good, a false call, while still in the queue)."""
+    defective = func.max(case((Review.kind.in_(DEFECT_REVIEWS), 1), else_=0))
+    marked_good = func.max(case((Review.kind == ReviewKind.GOOD_PART, 1), else_=0))
+    about_detections = func.max(case((Review.prediction_id.is_not(None), 1), else_=0))
+    complete = case(
+        (
+            or_(
+                marked_good == 1,
+                _decided_in_full(Review.part_id),
+                and_(about_detections == 0, _judged_with_nothing_found(Review.part_id)),
+            ),
+            1,
+        ),
+        else_=0,
+    )
+    return (
+        select(
+            Review.part_id.label("part_id"),
+            defective.label("defective"),
+            complete.label("complete"),
+        )
+        .group_by(Review.part_id)
+        .having(or_(defective == 1, complete == 1))
+        .subquery("truth")
+    )
 
 
 def review_queue(
@@ -151,20 +218,74 @@ def add_missed_defect(
     class_name: str,
     box: tuple[float, float, float, float],
     reviewer: str,
+    classes: list[str] | None = None,
 ) -> Review:
+    """`classes`: the model's, where known; a defect of another class could not be trained on
+    (an export would leave the whole part out)."""
     x1, y1, x2, y2 = box
     if x2 <= x1 or y2 <= y1:
         raise ValueError("a defect box needs x2 > x1 and y2 > y1")
+    if classes is not None and class_name not in classes:
+        raise ValueError(f"class {class_name!r} is not one of the model's: {', '.join(classes)}")
     part = session.get(Part, part_id)
     if part is None:
         raise LookupError(f"no part {part_id}")
     if part.width and part.height and (x1 < 0 or y1 < 0 or x2 > part.width or y2 > part.height):
         raise ValueError(f"the box lies outside the {part.width}x{part.height} image")
+    same = session.scalars(
+        select(Review).where(
+            Review.part_id == part_id,
+            Review.kind == ReviewKind.MISSED_DEFECT,
+            Review.class_name == class_name,
+            Review.x1 == x1,
+            Review.y1 == y1,
+            Review.x2 == x2,
+            Review.y2 == y2,
+        )
+    ).first()
+    if same is not None:  # (a second press of Add wrote the same label twice)
+        raise ValueError(f"this {class_name} box is recorded already (by {same.reviewer})")
     return _add(session, part_id, ReviewKind.MISSED_DEFECT, reviewer, class_name, box)
 
 
 def mark_good(session: Session, part_id: int, reviewer: str) -> Review:
+    """Refused where a review says the part is defective: the defective reading would win, and
+    "marked good" would have been said for nothing. That review is undone first."""
+    _check_reviewer(reviewer)
+    defect = session.scalars(
+        select(Review).where(Review.part_id == part_id, Review.kind.in_(DEFECT_REVIEWS))
+    ).first()
+    if defect is not None:
+        said = (
+            "a confirmed defect"
+            if defect.kind == ReviewKind.CONFIRMED_DEFECT
+            else "a missed defect"
+        )
+        raise ValueError(
+            f"part {part_id} has {said} ({defect.class_name}, by {defect.reviewer}): undo that "
+            "review first if the part is good"
+        )
     return _add(session, part_id, ReviewKind.GOOD_PART, reviewer)
+
+
+def undo_last_review(session: Session, part_id: int, reviewer: str) -> Review:
+    """The reviewer's latest review of the part, deleted (a mis-click is otherwise for ever:
+    a wrong "confirm" made the part defective for good); returned as it was."""
+    review = session.scalars(
+        select(Review)
+        .where(Review.part_id == part_id, Review.reviewer == reviewer.strip())
+        .order_by(Review.id.desc())
+    ).first()
+    if review is None:
+        raise LookupError(f"{reviewer.strip() or 'nobody'} has no review of part {part_id} to undo")
+    session.delete(review)
+    session.flush()
+    return review
+
+
+def _check_reviewer(reviewer: str) -> None:
+    if not reviewer.strip():
+        raise ValueError("a review needs the reviewer's name")
 
 
 def _add(
@@ -176,8 +297,7 @@ def _add(
     box: tuple[float | None, float | None, float | None, float | None] | None = None,
     prediction_id: int | None = None,
 ) -> Review:
-    if not reviewer.strip():
-        raise ValueError("a review needs the reviewer's name")
+    _check_reviewer(reviewer)
     x1, y1, x2, y2 = box or (None, None, None, None)
     review = Review(
         part_id=part_id,
@@ -200,25 +320,30 @@ class PartTruth:
     part_id: int
     stored_path: str
     defective: bool
+    # Every detection decided (or the part marked good): `boxes` are all its defects. A part
+    # known defective by one confirmed defect, its other detections not yet decided, is not.
+    complete: bool
     boxes: list[tuple[str, float, float, float, float]]  # class, x1, y1, x2, y2
 
 
 def reviewed_parts(session: Session) -> list[PartTruth]:
-    """Every reviewed part with its truth, as reviewers gave it (the defective reading wins)."""
-    parts = session.scalars(
-        select(Part).where(Part.id.in_(select(Review.part_id))).options(selectinload(Part.reviews))
+    """Every part whose truth reviewers have given (`truth_subquery`), with its defects' boxes
+    (the defective reading wins; a box given twice is one box)."""
+    truth = truth_subquery()
+    rows = session.execute(
+        select(Part, truth.c.defective, truth.c.complete)
+        .join(truth, truth.c.part_id == Part.id)
+        .options(selectinload(Part.reviews))
+        .order_by(Part.id)
     ).all()
     truths = []
-    for part in parts:
-        defects = [
-            r
+    for part, defective, complete in rows:
+        boxes = {
+            (r.class_name or "defect", r.x1, r.y1, r.x2, r.y2): None
             for r in part.reviews
-            if r.kind in (ReviewKind.CONFIRMED_DEFECT, ReviewKind.MISSED_DEFECT)
-        ]
-        boxes = [
-            (r.class_name or "defect", r.x1, r.y1, r.x2, r.y2)
-            for r in defects
-            if None not in (r.x1, r.y1, r.x2, r.y2)
-        ]
-        truths.append(PartTruth(part.id, part.stored_path, bool(defects), boxes))  # type: ignore[arg-type]
+            if r.kind in DEFECT_REVIEWS and None not in (r.x1, r.y1, r.x2, r.y2)
+        }
+        truths.append(
+            PartTruth(part.id, part.stored_path, bool(defective), bool(complete), list(boxes))  # type: ignore[arg-type]
+        )
     return truths

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import zipfile
-from datetime import date
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
 import pytest
@@ -22,12 +23,13 @@ from dashboard.charts import (
 )
 from dashboard.downloads import filtered_results_csv
 from db.migrate import upgrade
-from db.models import Inspection, ModelVersion, Prediction, Review, Verdict
+from db.models import Inspection, ModelVersion, Part, Prediction, Review, Verdict, utcnow
 from db.queries import Filters, MinuteVolume, ParetoRow, RateRow, VolumeRow
 from db.session import session_scope
 from inspection.settings import get_settings
 from tests.conftest import Trained, import_synthetic, register_production_detector
 from tests.synthetic import CLASSES, make_images
+from tests.test_db_queries import local_zone
 
 APP = str(Path(__file__).parents[1] / "dashboard" / "app.py")
 
@@ -146,7 +148,7 @@ def test_review_page_records_a_review(production: str, tmp_path: Path) -> None:
     at.switch_page("views/review.py").run()
     assert not at.exception, at.exception
     at.text_input(key="reviewer").input("Ana").run()
-    at.button(key="mark_good").click().run()
+    next(b for b in at.button if b.label == "Mark part good").click().run()
     assert not at.exception, at.exception
     assert _count(production, Review) == 1
 
@@ -173,11 +175,56 @@ def test_review_keeps_a_part_until_each_detection_is_decided(
     # Still the same part (its other detection is undecided), with one decision shown.
     assert at.selectbox(key="review_part").value == first
     assert any("confirmed defect" in m.value for m in at.markdown)
-    at.button(key="decide_rest").click().run()
+    next(b for b in at.button if b.label.startswith("The other")).click().run()
     assert not at.exception, at.exception
     assert f"Part {first} reviewed." in at.success[0].value
     assert at.selectbox(key="review_part").value != first  # on to the other part
     assert len(at.selectbox(key="review_part").options) == 1
+
+
+def test_a_click_meant_for_a_part_done_elsewhere_lands_on_no_other_part(
+    production: str, tmp_path: Path
+) -> None:
+    """Ana and Bob on one part; Ana marks it good, then Bob's "Mark part good" (or an Add)
+    was recorded on the next part of the queue, which Bob never saw."""
+    first = _app().run()
+    first.file_uploader(key="inspect_files").set_value(_png_files(tmp_path, 3, 7)).run()
+    ana, bob = _app().run(), _app().run()
+    for at, name in ((ana, "Ana"), (bob, "Bob")):
+        at.switch_page("views/review.py").run()
+        at.text_input(key="reviewer").input(name).run()
+    shown = bob.selectbox(key="review_part").value
+    assert ana.selectbox(key="review_part").value == shown
+    next(b for b in ana.button if b.label == "Mark part good").click().run()
+    next(b for b in bob.button if b.label == "Mark part good").click().run()
+    assert not bob.exception, bob.exception
+    with session_scope(production) as session:
+        reviews = [(r.reviewer, r.part_id) for r in session.scalars(select(Review))]
+    assert reviews == [("Ana", shown)]  # Bob's click is dropped, not put on another part
+    assert any(f"Part {shown} is no longer waiting" in i.value for i in bob.info)
+    assert bob.selectbox(key="review_part").value != shown
+    # An Add pressed with no box drawn or typed: no whole-image defect.
+    next(b for b in bob.button if b.label == "Add missed defect").click().run()
+    assert not bob.exception, bob.exception
+    assert any("drag a box" in e.value for e in bob.error) and _count(production, Review) == 1
+    # Ana's mistake is undone: the part she marked good is waiting again.
+    next(b for b in ana.button if b.label.startswith("Undo my last review")).click().run()
+    assert not ana.exception, ana.exception
+    assert _count(production, Review) == 0
+    waiting = ana.selectbox(key="review_part").options
+    assert any(o.startswith(f"part {shown} ") for o in waiting)
+
+
+def test_an_empty_zip_upload_says_so(production: str) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("folder/", "")
+    at = _app().run()
+    at.file_uploader(key="inspect_files").set_value(
+        ("empty.zip", buffer.getvalue(), "application/zip")
+    ).run()
+    assert not at.exception, at.exception  # was a KeyError traceback
+    assert any("holds no image" in w.value for w in at.warning)
 
 
 def test_the_station_choice_follows_the_line(production: str) -> None:
@@ -369,6 +416,17 @@ def test_review_figure_and_drawn_box() -> None:
         20.0,
     )
     assert selected_box({"box": []}) is None and selected_box(None) is None
+    # A drag begun in the margin beside the image: clipped to it (a negative corner stopped
+    # the page), or nothing where none of it lies on the image.
+    below = {"box": [{"x": [-12.3, 30.0], "y": [50.0, 70.0]}]}
+    assert selected_box(below, (60, 40)) is None
+    assert selected_box({"box": [{"x": [-12.3, 30.0], "y": [5.0, 70.0]}]}, (60, 40)) == (
+        0.0,
+        5.0,
+        30.0,
+        40.0,
+    )
+    assert selected_box({"box": [{"x": [-20.0, -5.0], "y": [5.0, 10.0]}]}, (60, 40)) is None
     # A camera frame: sent scaled to 1024 px with a grid of fixed size, the axes still in its
     # own pixels (a box drawn at 2900 px lands at 2900 px).
     big = review_figure(
@@ -390,3 +448,139 @@ def test_a_missing_model_file_is_a_message(production: str, tmp_path: Path) -> N
     at.file_uploader(key="inspect_files").set_value(_png_files(tmp_path, 1, 5)).run()
     assert not at.exception
     assert "model file not found" in at.error[0].value
+
+
+def _judged_parts(
+    url: str,
+    parts: list[tuple[str, datetime, list[str]]],
+    line: str = "Line 1",
+    station: str = "Station 1",
+) -> None:
+    """Parts (name, naive-UTC time captured and judged, counted classes: failed with any), as
+    a model would have written them: the History page needs none."""
+    from db.registry import ensure_station
+
+    upgrade(url)
+    with session_scope(url) as session:
+        where = ensure_station(session, line, station)
+        for n, (name, when, classes) in enumerate(parts):
+            part = Part(
+                content_hash=f"{n:064d}",
+                stored_path=f"{n}.png",
+                original_name=name,
+                size_bytes=1,
+                line_id=where.line_id,
+                station_id=where.id,
+                captured_at=when,
+            )
+            session.add(part)
+            session.flush()
+            inspection = Inspection(
+                part_id=part.id,
+                verdict=Verdict.FAIL if classes else Verdict.PASS,
+                latency_ms=5.0 + n,
+                inspected_at=when,
+            )
+            inspection.predictions.extend(Prediction(class_name=c, confidence=0.9) for c in classes)
+            session.add(inspection)
+
+
+def _history(at: AppTest | None = None) -> AppTest:
+    at = at or _app().run()
+    at.switch_page("views/history.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _figures(at: AppTest) -> dict[str, dict]:  # type: ignore[type-arg]
+    """The page's Plotly figures as their JSON, by title."""
+    found = {}
+    for chart in at.get("plotly_chart"):
+        figure = json.loads(chart.proto.spec)
+        found[figure["layout"].get("title", {}).get("text", "")] = figure
+    return found
+
+
+def _volume_days(at: AppTest) -> list[str]:
+    return _figures(at)["Parts inspected per day"]["data"][0]["x"]
+
+
+def test_history_counts_todays_parts_on_the_servers_day() -> None:
+    """West of UTC in the evening, today's parts were after the range's end (a local midnight
+    taken for UTC's); east of it in the morning, on tomorrow's UTC day."""
+    now = utcnow()
+    # A zone whose date is not UTC's now (POSIX names: Etc/GMT+12 is 12 hours west).
+    zone, label = ("Etc/GMT+12", "UTC-12:00") if now.hour < 12 else ("Etc/GMT-14", "UTC+14:00")
+    with local_zone(zone):
+        _judged_parts(get_settings().resolved_database_url, [("a.png", now, [])])
+        at = _history()
+        assert not any("No inspections" in i.value for i in at.info)
+        volume = _figures(at)["Parts inspected per day"]
+        assert volume["data"][0]["x"] == [date.today().isoformat()]
+        assert volume["layout"]["xaxis"]["title"]["text"] == f"day captured (local time, {label})"
+
+
+def test_history_shows_one_date_picked_as_that_day() -> None:
+    with local_zone("America/New_York"):
+        today = date.today()
+        earlier = today - timedelta(days=10)
+
+        def noon(day: date) -> datetime:
+            return datetime.combine(day, time(12)).astimezone(UTC).replace(tzinfo=None)
+
+        parts = [("a.png", noon(earlier), []), ("b.png", noon(today), [])]
+        _judged_parts(get_settings().resolved_database_url, parts)
+        at = _history()
+        assert _volume_days(at) == [earlier.isoformat(), today.isoformat()]
+        at.date_input(key="history_range").set_value((earlier,)).run()  # was the last 30 days
+        assert not at.exception, at.exception
+        assert _volume_days(at) == [earlier.isoformat()]
+
+
+def test_every_history_chart_follows_the_defect_class_or_says_it_does_not() -> None:
+    now = utcnow()
+    parts = [("a.png", now, ["scratch"]), ("b.png", now, ["spot"]), ("c.png", now, [])]
+    _judged_parts(get_settings().resolved_database_url, parts)
+    at = _history()
+    at.selectbox(key="history_class").set_value("scratch").run()
+    assert not at.exception, at.exception
+    figures = _figures(at)
+    volume = figures["Parts inspected per day"]["data"]
+    assert [trace["y"] for trace in volume] == [[0], [1], [0]]  # passed, failed, errors
+    assert figures["Latency per part"]["data"][0]["x"] == [5.0]
+    [model] = figures["Model version in use"]["data"]
+    assert "1 inspections" in model["hovertemplate"]
+    # The Pareto compares the classes: both, scratch in red, as the caption says.
+    pareto = figures["Defect Pareto"]["data"][0]
+    assert pareto["x"] == ["scratch", "spot"] and pareto["marker"]["color"][0] == "#d62728"
+    assert any("Defect class scratch" in c.value and "in red" in c.value for c in at.caption)
+
+
+def test_download_of_an_empty_range_has_its_header(database_url: str) -> None:
+    empty = filtered_results_csv(database_url, Filters(start=datetime(2030, 1, 1)))
+    assert empty.decode().splitlines() == [
+        "captured_at,inspected_at,line,station,part,content_hash,verdict,defects,latency_ms,"
+        "model,superseded_at,error"
+    ]
+
+
+def test_download_defuses_formulas_and_gives_local_times_with_their_offset(
+    database_url: str,
+) -> None:
+    winter, summer = datetime(2026, 1, 5, 8), datetime(2026, 7, 5, 8)
+    names = ['=HYPERLINK("http://x","y")', "+1.png", "-2.png", "@SUM(A1)", "\tt.png", "\rr.png"]
+    parts = [(name, winter, []) for name in names] + [("plain.png", summer, ["scratch"])]
+    parts.append(("a\r=1+1.png", winter, []))  # a CR: quoted, or the rest is a row of its own
+    _judged_parts(database_url, parts, line="=Line", station="-Cam")
+    with local_zone("America/New_York"):
+        rows = list(
+            csv.DictReader(io.StringIO(filtered_results_csv(database_url, Filters()).decode()))
+        )
+    by_part = {r["part"]: r for r in rows}
+    assert set(by_part) == {"'" + name for name in names} | {"plain.png", "a\r=1+1.png"}
+    assert {(r["line"], r["station"]) for r in rows} == {("'=Line", "'-Cam")}
+    first = by_part["'" + names[0]]
+    assert (first["captured_at"], first["inspected_at"]) == ("2026-01-05T03:00:00-05:00",) * 2
+    plain = by_part["plain.png"]
+    assert (plain["captured_at"], plain["defects"]) == ("2026-07-05T04:00:00-04:00", "scratch")
+    assert plain["superseded_at"] == ""

@@ -15,6 +15,10 @@ The history (line/station, day, verdict, counted predictions; reviews):
 
 from __future__ import annotations
 
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date, datetime, timedelta
 
 import pytest
@@ -35,9 +39,11 @@ from db.models import (
 )
 from db.queries import (
     Filters,
+    ParetoRow,
     daily_volume,
     defect_pareto,
     inspection_rows,
+    latencies,
     latency_summary,
     minute_volume,
     model_usage,
@@ -111,8 +117,27 @@ def history(session):  # type: ignore[no-untyped-def]
                 )
             )
         session.add(inspection)
+        session.flush()
         for kind, class_name in reviews:
-            session.add(Review(part=part, kind=kind, class_name=class_name, reviewer="qa"))
+            # (A verdict's detection is reviewed as itself, as the Review page does it.)
+            about = next(
+                (
+                    p
+                    for p in inspection.predictions
+                    if kind in (ReviewKind.CONFIRMED_DEFECT, ReviewKind.FALSE_CALL)
+                    and p.class_name == class_name
+                ),
+                None,
+            )
+            session.add(
+                Review(
+                    part=part,
+                    prediction_id=about.id if about else None,
+                    kind=kind,
+                    class_name=class_name,
+                    reviewer="qa",
+                )
+            )
 
     R = ReviewKind
     add_part(
@@ -310,7 +335,7 @@ def test_inspection_rows_name_each_parts_counted_classes(
     assert int(rows[0]["content_hash"]) == 9 and rows[0]["model"] == "m2"  # newest first
     assert rows[0]["line"] == "A" and rows[0]["station"] == "A1"
     scratched = inspection_rows(session, Filters(class_name="scratch"))
-    assert sorted(int(r["content_hash"]) for r in scratched) == [1, 3, 9]
+    assert sorted(int(r["content_hash"]) for r in scratched) == [1, 3, 5, 9]  # p5: its escape
     assert [int(r["content_hash"]) for r in inspection_rows(session, limit=1)] == [9]
 
 
@@ -427,3 +452,86 @@ def test_minute_volume(session, history) -> None:  # type: ignore[no-untyped-def
         (1, 0),
         (1, 1),
     ]
+
+
+@contextmanager
+def local_zone(name: str) -> Iterator[None]:
+    """This process in the time zone `name`, as a dashboard server started with TZ=name."""
+    before = os.environ.get("TZ")
+    os.environ["TZ"] = name
+    time.tzset()
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = before
+        time.tzset()
+
+
+def test_local_days_run_from_local_midnight_to_local_midnight() -> None:
+    with local_zone("America/New_York"):
+        winter = Filters.local_days(date(2026, 1, 5), date(2026, 1, 6), line_id=3)
+        assert (winter.start, winter.end, winter.utc_offset_minutes, winter.line_id) == (
+            datetime(2026, 1, 5, 5),
+            datetime(2026, 1, 7, 5),
+            -300,
+            3,
+        )
+        # 8 March 2026: the clocks go forward at 2:00, a day of 23 hours.
+        spring = Filters.local_days(date(2026, 3, 8), date(2026, 3, 8))
+        assert (spring.start, spring.end, spring.utc_offset_minutes) == (
+            datetime(2026, 3, 8, 5),
+            datetime(2026, 3, 9, 4),
+            -240,
+        )
+    with local_zone("Asia/Kolkata"):  # east of UTC, and not by whole hours
+        one_day = Filters.local_days(date(2026, 1, 5), date(2026, 1, 5))
+        assert (one_day.start, one_day.end, one_day.utc_offset_minutes) == (
+            datetime(2026, 1, 4, 18, 30),
+            datetime(2026, 1, 5, 18, 30),
+            330,
+        )
+
+
+def test_days_are_counted_at_the_filters_offset_from_utc(session, history) -> None:  # type: ignore[no-untyped-def]
+    # 9 hours west of UTC, DAY1's parts were captured the day before, DAY2's at 23:00 the
+    # day before and p9 (an hour later) at midnight.
+    west = daily_volume(session, Filters(utc_offset_minutes=-9 * 60))
+    assert [(r.day, r.inspected, r.failed, r.errors) for r in west] == [
+        (date(2026, 1, 4), 3, 2, 0),
+        (date(2026, 1, 5), 5, 2, 1),
+        (date(2026, 1, 6), 1, 1, 0),
+    ]
+    east = daily_volume(session, Filters(utc_offset_minutes=16 * 60))  # 08:00 UTC: midnight
+    assert [(r.day, r.inspected) for r in east] == [(date(2026, 1, 6), 3), (date(2026, 1, 7), 6)]
+
+
+def test_rates_count_days_at_the_filters_offset_from_utc(session, history) -> None:  # type: ignore[no-untyped-def]
+    rows = rates(session, Filters(utc_offset_minutes=-9 * 60), group_by="day")
+    assert [r.key for r in rows] == [date(2026, 1, 4), date(2026, 1, 5), date(2026, 1, 6)]
+
+
+def test_every_history_figure_follows_the_class_filter(session, history) -> None:  # type: ignore[no-untyped-def]
+    scratch = Filters(class_name="scratch")
+    # Called scratch by the model (p1, p3, p9) or found scratched by a reviewer (p1, p9, and
+    # p5, missed); p6's scratch was below its threshold and not found by its reviewer.
+    assert [(r.day, r.inspected, r.failed, r.errors) for r in daily_volume(session, scratch)] == [
+        (date(2026, 1, 5), 2, 2, 0),
+        (date(2026, 1, 6), 2, 1, 0),
+    ]
+    assert latencies(session, scratch) == [10.0, 30.0, 50.0, 90.0]
+    assert latency_summary(session, scratch).count == 4
+    assert [(u.model_name, u.inspections) for u in model_usage(session, scratch)] == [
+        ("m1", 3),
+        ("m2", 1),
+    ]
+    # The download: the newest of the class up to the limit, not those of the class among
+    # the newest rows.
+    assert [int(r["content_hash"]) for r in inspection_rows(session, scratch, limit=2)] == [9, 5]
+    # The Pareto: the class's row, its shares still of every failed part.
+    assert defect_pareto(session, scratch) == [ParetoRow("scratch", 3, 0.6, 0.6)]
+    patches = Filters(class_name="patches")
+    assert [(r.inspected, r.failed) for r in daily_volume(session, patches)] == [(1, 1)]
+    assert [(u.model_name, u.inspections) for u in model_usage(session, patches)] == [("m1", 1)]

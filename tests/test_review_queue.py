@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from sqlalchemy.orm import Session
 
 from db.models import Inspection, Part, Prediction, Verdict, utcnow
@@ -92,3 +93,60 @@ def test_a_part_reviewed_before_it_was_judged_again_is_not_asked_again(session: 
     session.add(again)
     session.flush()
     assert _queued(session) == set()
+
+
+def test_a_part_part_way_through_its_review_is_neither_good_nor_trained_on(
+    session: Session, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """It counted as a good part (a false call) while still waiting in the queue, and an
+    export taught its undecided detections as background."""
+    from db.queries import rates
+    from db.reviews import reviewed_parts
+    from inspection.errors import UserError
+    from training.backtest import export_reviews
+
+    three = _part(session, 1, [0.9, 0.8, 0.7])
+    image = tmp_path / "part.png"
+    from PIL import Image
+
+    Image.new("L", (100, 100), 90).save(image)
+    three.part.stored_path = str(image)
+    mark_false_call(session, three.predictions[2].id, "ana")
+    assert three.part_id in _queued(session)
+    assert rates(session) == []  # not known yet: neither good nor defective
+    assert reviewed_parts(session) == []
+    confirm_defect(session, three.predictions[0].id, "ana")
+    [row] = rates(session)  # defective from its first confirmed defect on
+    assert (row.n_defective, row.n_good) == (1, 0)
+    [truth] = reviewed_parts(session)
+    assert truth.defective and not truth.complete
+    with pytest.raises(UserError, match="not decided yet"):
+        export_reviews(session, "partial", ["scratch"], tmp_path / "datasets")
+    mark_false_call(session, three.predictions[1].id, "ana")
+    [truth] = reviewed_parts(session)
+    assert truth.complete and truth.boxes == [("scratch", 1.0, 1.0, 9.0, 9.0)]
+
+
+def test_a_mistaken_review_is_undone_and_good_cannot_overrule_a_defect(session: Session) -> None:
+    from db.reviews import undo_last_review
+
+    one = _part(session, 1, [0.9])
+    confirm_defect(session, one.predictions[0].id, "ana")
+    with pytest.raises(ValueError, match="confirmed defect .*undo that review first"):
+        mark_good(session, one.part_id, "ana")  # was recorded, and said for nothing
+    with pytest.raises(LookupError, match="bob has no review of part"):
+        undo_last_review(session, one.part_id, "bob")
+    assert undo_last_review(session, one.part_id, "ana").kind.value == "confirmed_defect"
+    assert one.part_id in _queued(session)
+    mark_good(session, one.part_id, "ana")
+    assert _queued(session) == set()
+
+
+def test_a_missed_defect_is_recorded_once_and_of_a_known_class(session: Session) -> None:
+    passed = _part(session, 1, [])
+    box = (10.0, 10.0, 20.0, 20.0)
+    add_missed_defect(session, passed.part_id, "scratch", box, "ana", classes=["scratch"])
+    with pytest.raises(ValueError, match="recorded already"):  # a second press of Add
+        add_missed_defect(session, passed.part_id, "scratch", box, "bob", classes=["scratch"])
+    with pytest.raises(ValueError, match="not one of the model's"):
+        add_missed_defect(session, passed.part_id, "dent", (1, 1, 5, 5), "ana", classes=["scratch"])

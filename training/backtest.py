@@ -85,6 +85,14 @@ def export_reviews(
     images: list[LabeledImage] = []
     issues: list[ImportIssue] = []
     for truth in reviewed_parts(session):
+        if not truth.complete:
+            # (Its undecided detections would be background in the labels: taught as no defect.)
+            issues.append(
+                ImportIssue(
+                    f"part {truth.part_id}", "left out: some of its detections are not decided yet"
+                )
+            )
+            continue
         path = Path(truth.stored_path) if truth.stored_path else None
         if path is None or not path.is_file():
             issues.append(ImportIssue(f"part {truth.part_id}", "its image file is missing"))

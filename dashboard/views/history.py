@@ -1,9 +1,14 @@
-"""History: miss and false-call rates with SPC limits, volume, Pareto, latency, model in use."""
+"""History: miss and false-call rates with SPC limits, volume, Pareto, latency, model in use.
+
+Days are those of the dashboard server's time zone, as the dates picked are: the range runs
+from local midnight to local midnight (stored times are UTC), and the charts and the download
+give local times, saying so."""
 
 from __future__ import annotations
 
 import functools
-from datetime import date, datetime, time, timedelta
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
 
 import streamlit as st
 from sqlalchemy import select
@@ -28,6 +33,31 @@ from db.queries import (
 )
 from db.session import session_scope
 
+DEFAULT_DAYS = 30
+
+
+def _picked_days(chosen: object, today: date) -> tuple[date, date]:
+    """The first and last day of the range picked: one date (the range half picked, or one
+    day wanted) is that day; none, the last DEFAULT_DAYS days."""
+    picked = chosen if isinstance(chosen, tuple) else (chosen,)
+    days = [day for day in picked if isinstance(day, date)]
+    if not days:
+        return today - timedelta(days=DEFAULT_DAYS), today
+    return days[0], days[-1]
+
+
+def _zone_label(utc_offset_minutes: int) -> str:
+    """'local time, UTC-05:00': what the axes and the download say their times are."""
+    sign = "+" if utc_offset_minutes >= 0 else "-"
+    hours, minutes = divmod(abs(utc_offset_minutes), 60)
+    return f"local time, UTC{sign}{hours:02d}:{minutes:02d}"
+
+
+def _local(moment: datetime) -> datetime:
+    """A stored naive-UTC time as the server's local time (naive: Plotly draws no zones)."""
+    return moment.replace(tzinfo=UTC).astimezone().replace(tzinfo=None)
+
+
 state = database_ready()
 st.title("History")
 with session_scope(state.url) as session:
@@ -43,55 +73,77 @@ with session_scope(state.url) as session:
     }
     classes = sorted(set(session.scalars(select(Prediction.class_name).distinct())))
 
-today = date.today()
+today = date.today()  # the server's local day, as the days below
 c1, c2, c3, c4 = st.columns(4)
 chosen = c1.date_input(
     "Time range",
-    (today - timedelta(days=30), today),
+    (today - timedelta(days=DEFAULT_DAYS), today),
     key="history_range",
-    help="Parts captured in this range, judged whenever: a part judged again after a "
-    "recalibration stays on the day it was captured, with its new verdict.",
+    help="Parts captured on these days (of the dashboard server's time zone; one date picked: "
+    "that day), judged whenever: a part judged again after a recalibration stays on the day it "
+    "was captured, with its new verdict.",
 )
-start_day, end_day = (
-    chosen
-    if isinstance(chosen, tuple) and len(chosen) == 2
-    else (today - timedelta(days=30), today)
-)
+start_day, end_day = _picked_days(chosen, today)
 line = c2.selectbox("Line", ["All lines", *lines], key="history_line")
 station = c3.selectbox("Station", ["All stations", *stations], key="history_station")
-class_name = c4.selectbox("Defect class", ["All classes", *classes], key="history_class")
-filters = Filters(
-    start=datetime.combine(start_day, time.min),
-    end=datetime.combine(end_day + timedelta(days=1), time.min),
+class_name = c4.selectbox(
+    "Defect class",
+    ["All classes", *classes],
+    key="history_class",
+    help="Miss rate: over the parts reviewers found this defect on; false-call rate: the good "
+    "parts failed for it. Volume, latency, models and the download: the parts the model called "
+    "this class or a reviewer found it on. The Pareto shows every class, this one in red.",
+)
+filters = Filters.local_days(
+    start_day,
+    end_day,
     line_id=lines.get(line),
     station_id=stations.get(station),
     class_name=None if class_name == "All classes" else class_name,
 )
+zone = _zone_label(filters.utc_offset_minutes)
 
 with session_scope(state.url) as session:
     rate_rows = rates(session, filters, group_by="day")
     volume = daily_volume(session, filters)
-    pareto = defect_pareto(session, filters)
+    pareto = defect_pareto(session, replace(filters, class_name=None))  # compares the classes
     latency = latencies(session, filters)
     usage = model_usage(session, filters)
 
 if not volume:
-    st.info(
-        "No inspections in this range yet: inspect parts on the Inspect page or with `defects batch`."
-    )
+    if filters.class_name is not None:
+        st.info(
+            f"No part in this range was called {filters.class_name} by the model or a reviewer."
+        )
+    else:
+        st.info(
+            "No inspections in this range yet: inspect parts on the Inspect page or with "
+            "`defects batch`."
+        )
     st.stop()
+if filters.class_name is not None:
+    st.caption(
+        f"Defect class {filters.class_name}: the miss rate is over the parts reviewers found it "
+        "on, the false-call rate counts the good parts failed for it; volume, latency, models "
+        "and the download count the parts the model called it or a reviewer found it on; the "
+        "Pareto compares every class, this one in red."
+    )
 if rate_rows:
-    st.plotly_chart(rates_figure(rate_rows))
+    st.plotly_chart(rates_figure(rate_rows, zone))
 else:
     st.info(
         "No reviewed parts in this range: miss and false-call rates come from reviews (Review page)."
     )
 left, right = st.columns(2)
-left.plotly_chart(volume_figure(volume))
-right.plotly_chart(pareto_figure(pareto))
+left.plotly_chart(volume_figure(volume, zone))
+right.plotly_chart(pareto_figure(pareto, highlight=filters.class_name))
 left, right = st.columns(2)
 left.plotly_chart(latency_figure(latency))
-right.plotly_chart(model_timeline_figure(usage))
+right.plotly_chart(
+    model_timeline_figure(
+        [replace(u, first_at=_local(u.first_at), last_at=_local(u.last_at)) for u in usage], zone
+    )
+)
 st.download_button(
     "Download the filtered results (CSV)",
     functools.partial(filtered_results_csv, state.url, filters),  # built when pressed
@@ -99,4 +151,6 @@ st.download_button(
     on_click="ignore",
     file_name=f"inspections-{start_day}-{end_day}.csv",
     mime="text/csv",
+    help="Times in the server's local time with their UTC offset (ISO 8601). A name a "
+    "spreadsheet would run as a formula (beginning with = + - @) begins with a ' instead.",
 )

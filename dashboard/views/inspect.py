@@ -137,6 +137,10 @@ if st.session_state.get("inspected_key") != upload_key:
     st.session_state["inspected_errors"] = summary.errors
 
 parts = st.session_state["inspected_parts"]
+if not parts:
+    # (An empty zip, or one of folders only: the table below had no column to count.)
+    st.warning("The upload holds no image: nothing was inspected.")
+    st.stop()
 with session_scope(state.url) as session:
     stored = part_results(session, [h for _, h, _ in parts if h], info.id)
     rows, views = [], []

@@ -17,6 +17,7 @@ from db.reviews import (
     mark_false_call,
     mark_good,
     review_queue,
+    undo_last_review,
 )
 from db.session import session_scope
 from inspection.errors import UserError
@@ -27,6 +28,21 @@ from training.backtest import export_reviews
 state = database_ready()
 st.title("Review parts")
 reviewer = st.text_input("Your name", key="reviewer", help="Every review records who made it.")
+
+last = st.session_state.get("review_last_part")  # the part this session reviewed last
+if (
+    last is not None
+    and reviewer.strip()
+    and st.button(f"Undo my last review of part {last}", key=f"undo_{last}")
+):
+    try:
+        with session_scope(state.url) as session:
+            undone = undo_last_review(session, last, reviewer)
+            flash(f"Undone: {undone.kind.value.replace('_', ' ')} on part {last}.")
+    except LookupError as exc:
+        flash(str(exc), "warning")
+        st.session_state.pop("review_last_part", None)
+    st.rerun()
 
 with session_scope(state.url) as session:
     queue = review_queue(session, limit=50)
@@ -41,8 +57,15 @@ else:
     # The selection is the part itself, not its place in the list: when a part is done and
     # leaves the queue, the next least certain one is shown (a place would now name another
     # part, and the next click would review it unseen).
-    if st.session_state.get("review_part") not in by_part:
+    shown = st.session_state.get("review_part")
+    if shown not in by_part:
         st.session_state["review_part"] = queue[0].part_id
+        if shown is not None and shown != st.session_state.get("review_last_part"):
+            # Not done here: another reviewer finished it, or it was judged again.
+            st.info(
+                f"Part {shown} is no longer waiting (reviewed elsewhere, or judged again): "
+                f"showing part {queue[0].part_id}."
+            )
     choice = st.selectbox(
         "Part",
         list(by_part),
@@ -67,6 +90,18 @@ else:
         name = part.original_name
     info = detector_info(state.url)
     classes = info.classes if info else sorted({p[1] for p in predictions})
+
+    def reviewed(message: str) -> None:
+        """After a review of the part shown: said on the next run, which may show another."""
+        st.session_state["review_last_part"] = item.part_id
+        if message:
+            flash(message)
+        st.rerun()
+
+    # Every action's key names the part (or the detection) it was shown for: a click still on
+    # its way when the page moved to another part (done elsewhere meanwhile) is then dropped,
+    # instead of landing on a part nobody looked at.
+    added = st.session_state.get(f"review_added_{item.part_id}", 0)
     left, right = st.columns([3, 2])
     drawn = None
     with left:
@@ -84,10 +119,11 @@ else:
                 review_figure(pixels, boxes),
                 on_select="rerun",
                 selection_mode="box",
-                key=f"draw_{item.part_id}",
+                # (A new key once a box is added: the added box is no longer selected.)
+                key=f"draw_{item.part_id}_{added}",
                 config={"displaylogo": False},
             )
-            drawn = selected_box(event.selection if event else None)
+            drawn = selected_box(event.selection if event else None, size)
         except (OSError, ImageDecodeError) as exc:
             st.warning(f"cannot show the image: {exc}")
     with right:
@@ -107,50 +143,68 @@ else:
             ):
                 with session_scope(state.url) as session:
                     confirm_defect(session, prediction_id, reviewer)
-                st.rerun()
+                reviewed("")
             if b.button("False call", key=f"false_{prediction_id}", disabled=not reviewer.strip()):
                 with session_scope(state.url) as session:
                     mark_false_call(session, prediction_id, reviewer)
-                st.rerun()
+                reviewed("")
         undecided = [p for p in predictions if p[0] not in decided]
         if (
             decided
             and undecided
             and st.button(
                 f"The other {len(undecided)} are false calls",
-                key="decide_rest",
+                key=f"decide_rest_{item.inspection_id}",
                 disabled=not reviewer.strip(),
             )
         ):
             with session_scope(state.url) as session:
                 decide_the_rest(session, item.inspection_id, reviewer)
-            flash(f"Part {item.part_id} reviewed.")
-            st.rerun()
-        if st.button("Mark part good", key="mark_good", disabled=not reviewer.strip()):
-            with session_scope(state.url) as session:
-                mark_good(session, item.part_id, reviewer)
-            flash(f"Part {item.part_id} marked good.")
-            st.rerun()
-        with st.form("missed"):
+            reviewed(f"Part {item.part_id} reviewed.")
+        if st.button(
+            "Mark part good", key=f"mark_good_{item.part_id}", disabled=not reviewer.strip()
+        ):
+            try:
+                with session_scope(state.url) as session:
+                    mark_good(session, item.part_id, reviewer)
+                reviewed(f"Part {item.part_id} marked good.")
+            except ValueError as exc:
+                st.error(str(exc))
+        with st.form(f"missed_{item.part_id}_{added}"):
             st.markdown(
                 "Add a missed defect: drag a box on the image, or type its corners (pixels)"
             )
-            missed_class = st.selectbox("Class", classes or ["defect"])
+            if not classes:
+                st.warning("No production model: its classes are unknown, so none can be added.")
+            missed_class = st.selectbox("Class", classes)
             c1, c2, c3, c4 = st.columns(4)
-            width, height = size
-            start = drawn or (0.0, 0.0, float(width or 10), float(height or 10))
-            suffix = f"{item.part_id}_{start}"  # a new drawn box refills the fields
-            x1 = c1.number_input("x1", min_value=0.0, value=float(start[0]), key=f"x1_{suffix}")
-            y1 = c2.number_input("y1", min_value=0.0, value=float(start[1]), key=f"y1_{suffix}")
-            x2 = c3.number_input("x2", min_value=0.0, value=float(start[2]), key=f"x2_{suffix}")
-            y2 = c4.number_input("y2", min_value=0.0, value=float(start[3]), key=f"y2_{suffix}")
-            if st.form_submit_button("Add missed defect", disabled=not reviewer.strip()):
+            # Empty until a box is drawn or typed: a whole-image default, added by a press
+            # of the button, taught the model that the whole part is one defect.
+            start = drawn or (None, None, None, None)
+            suffix = f"{item.part_id}_{added}_{drawn}"  # a new drawn box refills the fields
+            corners = [
+                column.number_input(label, min_value=0.0, value=value, key=f"{label}_{suffix}")
+                for column, label, value in zip(
+                    (c1, c2, c3, c4), ("x1", "y1", "x2", "y2"), start, strict=True
+                )
+            ]
+            if st.form_submit_button(
+                "Add missed defect", disabled=not reviewer.strip() or not classes
+            ):
                 try:
+                    if None in corners:
+                        raise ValueError("drag a box on the image, or type all four corners")
                     with session_scope(state.url) as session:
                         add_missed_defect(
-                            session, item.part_id, missed_class, (x1, y1, x2, y2), reviewer
+                            session,
+                            item.part_id,
+                            str(missed_class),
+                            tuple(float(c) for c in corners),  # type: ignore[arg-type]
+                            reviewer,
+                            classes=classes,
                         )
-                    st.rerun()
+                    st.session_state[f"review_added_{item.part_id}"] = added + 1
+                    reviewed(f"Missed {missed_class} added to part {item.part_id}.")
                 except (ValueError, LookupError) as exc:
                     st.error(str(exc))
     st.caption("Boxes: red counts toward the verdict, amber is below its threshold.")
