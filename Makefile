@@ -13,7 +13,15 @@ $(BIN)/python:
 		{ echo "Python 3.11 or newer is needed (found $$($(PYTHON) --version))"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 
+# PyPI's torch for Linux is the CUDA build, with gigabytes of nvidia packages: a machine with no
+# NVIDIA driver takes torch and torchvision first, from PyTorch's CPU index as well (its
+# "2.13.0+cpu" ranks above PyPI's "2.13.0"; where that index is out of reach, pip goes on with
+# the others). TORCH_INDEX= (empty) turns this off.
+TORCH_INDEX ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,https://download.pytorch.org/whl/cpu)
+
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
+	$(if $(TORCH_INDEX),$(BIN)/python -m pip install --quiet --quiet --retries 1 --no-deps \
+		-c constraints.txt --extra-index-url $(TORCH_INDEX) torch torchvision)
 	$(BIN)/python -m pip install --quiet --quiet -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)
 
