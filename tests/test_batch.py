@@ -44,6 +44,11 @@ def _counts(url: str) -> tuple[int, int, int]:
     return int(parts or 0), int(inspections or 0), int(distinct or 0)
 
 
+def _count_of(url: str, model) -> int:  # type: ignore[no-untyped-def]
+    with session_scope(url) as session:
+        return int(session.scalar(select(func.count(model.id))) or 0)
+
+
 def _job(url: str, tmp_path: Path, **kwargs) -> BatchInspection:  # type: ignore[no-untyped-def]
     return BatchInspection(url, tmp_path / "store", "Line 1", "Cam A", **kwargs)
 
@@ -779,12 +784,16 @@ def test_cli_batch_and_inspect(
     assert status.exit_code == 0, status.output
     stations = {(s["line"], s["station"]): s for s in json.loads(status.output)["stations"]}
     assert stations[("L", "S")]["inspected"] == 5
-    assert stations[("default", "default")]["inspected"] == 3
+    assert stations[("default", "default")]["inspected"] == 2  # the missing path is no part
     assert stations[("L", "S")]["run_open"] is False  # the batch's run is finished
     assert "the last 60 minutes" in runner.invoke(app, ["status"]).output
+    from db.models import InspectionRun
+
+    runs_before = _count_of(detector, InspectionRun)
     folder = runner.invoke(app, ["inspect", str(tmp_path / "more")])
-    assert "a folder, not an image: `defects batch FOLDER`" in " ".join(folder.output.split())
+    assert "a folder, not an image: `defects batch FOLDER`" in str(folder.exception)
     assert folder.exit_code == 1
+    assert _count_of(detector, InspectionRun) == runs_before  # no run opened for no part
     assert images  # the first batch's images stay untouched
 
 

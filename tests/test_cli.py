@@ -172,3 +172,92 @@ def test_an_unknown_or_absent_device_is_one_line(tmp_path: Path) -> None:
 def test_int8_without_data_is_refused_before_any_export(tmp_path: Path) -> None:
     result = runner.invoke(app, ["export", str(tmp_path / "none.pt"), "--int8"])
     assert result.exit_code == 1 and "--int8 needs --data" in str(result.exception)
+
+
+def test_options_a_resume_ignores_are_said(tmp_path: Path) -> None:
+    """--epochs and --imgsz beside --resume were dropped without a word."""
+    given = ["train", "detector", "--data", "none", "--resume"]
+    result = runner.invoke(app, [*given, "--epochs", "5", "--imgsz", "320"])
+    assert "--epochs, --imgsz ignored with --resume" in result.output
+    assert "ignored" not in runner.invoke(app, given).output
+
+
+def test_only_the_training_datasets_test_figures_are_the_headline(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A test-split evaluation on any dataset replaced the version's headline figures, and a
+    split with no labeled defect stored null figures over measured ones."""
+    from db.models import Dataset, ModelKind
+    from db.registry import get_model_version
+    from db.session import session_scope
+    from training.cli import _store_evaluation
+    from training.versions import register_model_version
+
+    weights = tmp_path / "best.pt"
+    weights.write_bytes(b"weights")
+    with session_scope(database_url) as session:
+        own = Dataset(
+            name="line1", source="s", source_format="voc", root_path=str(tmp_path), classes=["a"]
+        )
+        session.add(own)
+        session.flush()
+        for name, dataset in (("m", own), ("demo", None)):
+            register_model_version(
+                session,
+                weights,
+                tmp_path / "models",
+                kind=ModelKind.DETECTOR,
+                architecture="x",
+                class_names=["a"],
+                image_size=64,
+                dataset=dataset,
+                name=name,
+            )
+    measured = {"map50": 0.8, "map50_95": 0.5, "miss_rate": 0.1, "false_call_rate": 0.2}
+    _store_evaluation(database_url, "m", "line1", "test", measured)
+    _store_evaluation(database_url, "m", "line2", "test", {**measured, "map50": 0.1})
+    nothing_labeled = {"map50": None, "map50_95": None, "miss_rate": None, "false_call_rate": 0.3}
+    _store_evaluation(database_url, "m", "line1", "test", nothing_labeled)
+    _store_evaluation(database_url, "demo", "line1", "test", measured)  # trained on no dataset here
+    with session_scope(database_url) as session:
+        metrics = get_model_version(session, "m").metrics
+        demo = get_model_version(session, "demo").metrics
+    assert {k: metrics[k] for k in measured} == {**measured, "false_call_rate": 0.3}
+    assert metrics["evaluations"]["line2:test"]["map50"] == 0.1
+    assert metrics["evaluations"]["line1:test"] == nothing_labeled
+    assert "map50" not in demo and "line1:test" in demo["evaluations"]
+
+
+def test_a_promotion_the_figures_argue_against_is_warned_about(tmp_path: Path) -> None:
+    """A detector with mAP50 0.000 and miss rate 1.000 went into production without a word."""
+    from db.migrate import upgrade
+    from db.models import ModelKind, ModelVersion
+    from db.session import session_scope
+    from inspection.settings import get_settings
+
+    url = get_settings().resolved_database_url
+    upgrade(url)
+    with session_scope(url) as session:
+        for name, metrics in (
+            ("good", {"map50": 0.70, "miss_rate": 0.01}),
+            ("broken", {"map50": 0.0, "miss_rate": 1.0}),
+            ("unevaluated", {}),
+        ):
+            session.add(
+                ModelVersion(
+                    name=name,
+                    kind=ModelKind.DETECTOR,
+                    architecture="defect-yolo-n",
+                    file_path=str(tmp_path / f"{name}.pt"),
+                    sha256=name.ljust(64, "0"),
+                    metrics=metrics,
+                )
+            )
+    assert "warning" not in runner.invoke(app, ["models", "promote", "good"]).output
+    broken = " ".join(runner.invoke(app, ["models", "promote", "broken"]).output.split())
+    assert "broken is now the production detector, replacing good" in broken
+    assert "broken has mAP50 0.000: it finds almost nothing" in broken
+    assert "missed every defective part" in broken
+    assert "mAP50 0.000 on the data good scored 0.700 on" in broken
+    unevaluated = " ".join(runner.invoke(app, ["models", "promote", "unevaluated"]).output.split())
+    assert "unevaluated has no evaluation" in unevaluated

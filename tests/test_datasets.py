@@ -1,13 +1,24 @@
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 from db.models import Dataset
 from inspection.errors import UserError
-from tests.synthetic import CLASSES, write_coco, write_splits, write_voc, write_yolo
+from tests.synthetic import (
+    CLASSES,
+    SyntheticImage,
+    write_coco,
+    write_splits,
+    write_voc,
+    write_yolo,
+)
 from training.datasets import import_dataset, write_dataset
 
 
@@ -182,3 +193,222 @@ def test_voc_images_of_one_name_and_an_image_in_two_splits_are_said(
         import_dataset(
             session, "voc", tmp_path / "src", "w", tmp_path / "ds", tmp_path / "splits", CLASSES
         )
+
+
+def _yolo_lines(image: SyntheticImage) -> list[str]:
+    """The label lines an import writes for a synthetic image's boxes."""
+    return [
+        f"{CLASSES.index(c)} {(x1 + x2) / 2 / image.size:.6f} {(y1 + y2) / 2 / image.size:.6f} "
+        f"{(x2 - x1) / image.size:.6f} {(y2 - y1) / image.size:.6f}"
+        for c, x1, y1, x2, y2 in image.boxes
+    ]
+
+
+@pytest.mark.parametrize("fmt", ["voc", "yolo", "coco"])
+def test_two_images_of_one_stem_do_not_share_a_label_file(
+    session, tmp_path: Path, fmt: str
+) -> None:  # type: ignore[no-untyped-def]
+    """Labels are written as <stem>.txt, and ultralytics finds an image's label by its stem:
+    part_001.png and part_001.jpg shared one, and a good part was trained as defective."""
+    writer = {"voc": write_voc, "yolo": write_yolo, "coco": write_coco}[fmt]
+    src = tmp_path / "src"
+    images = writer(src, n=8)
+    folder = src / "images" / ("train" if fmt == "yolo" else "")
+    Image.open(folder / images[0].name).save(folder / "part_001.jpg")  # a good part's pixels
+    if fmt == "coco":
+        coco = json.loads((src / "annotations.json").read_text())
+        coco["images"].append({"id": 100, "file_name": "part_001.jpg", "width": 64, "height": 64})
+        (src / "annotations.json").write_text(json.dumps(coco))
+    report = import_dataset(session, fmt, src, "d", tmp_path / "ds", classes=CLASSES)
+    # VOC's annotation names its image; otherwise the first (in the source's order) is kept.
+    kept, reported = (
+        ("part_001.jpg", "part_001.png") if fmt == "yolo" else ("part_001.png", "part_001.jpg")
+    )
+    assert [p.name for p in (report.root / "images").rglob("part_001.*")] == [kept]
+    [issue] = report.issues
+    assert issue.file == reported
+    assert issue.reason.startswith(
+        f"same name as {kept} apart from its extension: its label file would be shared"
+    )
+    assert report.n_images == 8
+    assert _label_lines(report.root)["part_001"] == _yolo_lines(images[1])
+
+
+def test_a_voc_filename_left_stale_by_a_rename_moves_no_boxes(session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """part_001.xml naming part_002.png once gave part_002 part_001's box, dropped part_002.xml's
+    own and imported the defective part_001 as a good part: said only as "duplicate file name"."""
+    src = tmp_path / "src"
+    images = write_voc(src, n=8)
+    xml = src / "annotations" / "part_001.xml"
+    text = xml.read_text()
+    xml.write_text(text.replace("part_001.png", "part_002.png"))
+    # No image of its own name, and it names an image that has an annotation file of its own.
+    (src / "annotations" / "moved.xml").write_text(text.replace("part_001.png", "part_003.png"))
+    report = import_dataset(session, "voc", src, "v", tmp_path / "ds", classes=CLASSES)
+    labels = _label_lines(report.root)
+    for image in images[1:4]:
+        assert labels[Path(image.name).stem] == _yolo_lines(image) != []
+    assert report.n_images == 8
+    warning, left_out = report.issues
+    assert warning.file == "part_001.xml" and not warning.left_out
+    assert "<filename> part_002.png names another image" in warning.reason
+    assert "taken for part_001.png" in warning.reason
+    assert str(left_out) == (
+        "moved.xml: no image of its own name, and its <filename> part_003.png names the image "
+        "of part_003.xml"
+    )
+
+
+@pytest.mark.parametrize("fmt", ["voc", "yolo", "coco"])
+def test_a_nan_coordinate_is_refused(session, tmp_path: Path, fmt: str) -> None:  # type: ignore[no-untyped-def]
+    """Every comparison with NaN is false: a NaN box passed every check of the box."""
+    import re
+
+    src = tmp_path / "src"
+    {"voc": write_voc, "yolo": write_yolo, "coco": write_coco}[fmt](src, n=4)
+    if fmt == "voc":
+        xml = src / "annotations" / "part_001.xml"
+        xml.write_text(re.sub(r"<xmin>\d+</xmin>", "<xmin>nan</xmin>", xml.read_text()))
+    elif fmt == "yolo":
+        (src / "labels" / "train" / "part_001.txt").write_text("0 nan 0.5 0.2 0.2\n")
+    else:
+        coco = json.loads((src / "annotations.json").read_text())
+        coco["annotations"][0]["bbox"][0] = float("nan")  # written as NaN, read back as nan
+        (src / "annotations.json").write_text(json.dumps(coco))
+    report = import_dataset(session, fmt, src, "n", tmp_path / "ds", classes=CLASSES)
+    assert {i.file: i.reason for i in report.issues} == {
+        "part_001.png": "unreadable label: NaN coordinate"
+    }
+    assert report.n_images == 3 and not list(report.root.rglob("part_001.*"))
+
+
+def test_a_yolo_segmentation_polygon_is_refused_not_read_as_a_box(session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    src = tmp_path / "src"
+    write_yolo(src, n=4)
+    # Its first five values make a fine box: they were taken for one.
+    (src / "labels" / "train" / "part_001.txt").write_text("0 0.5 0.5 0.25 0.25 0.75 0.75\n")
+    report = import_dataset(session, "yolo", src, "p", tmp_path / "ds", classes=CLASSES)
+    [issue] = report.issues
+    assert issue.file == "labels/train/part_001.txt"
+    assert issue.reason == (
+        "unreadable label: line 1 has 7 values: a segmentation polygon, not a box: export boxes"
+    )
+    assert report.n_images == 3
+
+
+def test_a_box_past_the_edge_by_a_rounding_error_is_clipped(session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """x2 = 64.00003 on a 64 px image rejected the image as "(48, 24, 64, 40) outside"."""
+    src = tmp_path / "src"
+    write_yolo(src, n=4)
+    (src / "labels" / "train" / "part_001.txt").write_text("1 0.875000 0.5 0.250001 0.25\n")
+    (src / "labels" / "train" / "part_002.txt").write_text("1 0.9 0.5 0.2500003 0.25\n")
+    report = import_dataset(session, "yolo", src, "r", tmp_path / "ds", classes=CLASSES)
+    assert _label_lines(report.root)["part_001"] == ["1 0.875000 0.500000 0.250000 0.250000"]
+    [issue] = report.issues  # 1.6 px past the edge: refused, with its real coordinates
+    assert issue.file == "part_002.png"
+    assert issue.reason == "box (49.59999, 24, 65.60001, 40) outside the 64x64 image"
+
+
+def test_label_files_without_images_and_unlisted_coco_images_are_reported(
+    session, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    write_yolo(tmp_path / "yolo", n=4)
+    (tmp_path / "yolo" / "labels" / "train" / "orphan.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (tmp_path / "yolo" / "labels" / "classes.txt").write_text("scratch\nspot\n")  # not a label
+    report = import_dataset(session, "yolo", tmp_path / "yolo", "y", tmp_path / "ds")
+    assert [str(i) for i in report.issues] == [
+        "labels/train/orphan.txt: label file with no image: no images/train/orphan.* found"
+    ]
+    images = write_coco(tmp_path / "coco", n=4)
+    folder = tmp_path / "coco" / "images"
+    shutil.copy(folder / images[1].name, folder / "unlisted.png")
+    report = import_dataset(session, "coco", tmp_path / "coco", "c", tmp_path / "ds")
+    [issue] = report.issues
+    assert issue.file == "images/unlisted.png" and "not listed in annotations.json" in issue.reason
+    assert report.n_images == 4
+
+
+def test_voc_class_names_that_look_alike_are_warned_about(session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """'Scratch' in one file and 'spott' in another silently made four classes of two."""
+    src = tmp_path / "src"
+    write_voc(src, n=12)  # scratch in part_002, 006 and 010; spot in 001, 003, 005, ...
+    for stem, old, new in [("part_002", "scratch", "Scratch"), ("part_003", "spot", "spott")]:
+        xml = src / "annotations" / f"{stem}.xml"
+        xml.write_text(xml.read_text().replace(f">{old}<", f">{new}<"))
+    report = import_dataset(session, "voc", src, "t", tmp_path / "ds")
+    assert report.classes == ["Scratch", "scratch", "spot", "spott"]
+    assert report.n_images == 12  # warned about, not left out
+    warned = {i.file: i.reason for i in report.issues if "--classes scratch,spot" in i.reason}
+    assert set(warned) == {"part_002.xml", "part_003.xml"}
+    assert (
+        "class 'Scratch' (1 file) differs only in case, spacing or '_'/'-' from 'scratch' (2 files)"
+        in warned["part_002.xml"]
+    )
+    assert (
+        "class 'spott' (1 file) looks like a misspelling of 'spot' (5 files)"
+        in warned["part_003.xml"]
+    )
+    assert len(report.issues) == 2
+    given = import_dataset(session, "voc", src, "t2", tmp_path / "ds", classes=CLASSES)
+    assert not any("--classes" in i.reason for i in given.issues)  # the classes were given
+
+
+def test_an_image_of_more_than_8_bits_is_stored_as_stations_decode_it(
+    session, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A 12-bit camera's image in a 16-bit PNG: ultralytics reads its top 8 bits (nearly black,
+    mean 7), stations scale it by the bits used (mean 124). Training must see what stations do."""
+    from inspection.images import decode_image
+
+    src = tmp_path / "src"
+    images = write_yolo(src, n=4)
+    path = src / "images" / "train" / images[1].name
+    twelve_bit = np.asarray(Image.open(path).convert("L")).astype(np.uint16) * 16
+    Image.fromarray(twelve_bit).save(path)
+    assert Image.open(path).mode.startswith("I")
+    report = import_dataset(session, "yolo", src, "b", tmp_path / "ds", classes=CLASSES)
+    with Image.open(report.root / "images" / "train" / images[1].name) as stored:
+        assert stored.mode in ("L", "RGB")
+        pixels = np.asarray(stored)
+    assert np.array_equal(pixels, decode_image(path.read_bytes()).source)
+    assert pixels.mean() > 100
+    assert report.converted == 1 and report.n_images == 4
+    [issue] = report.issues
+    assert issue.file == images[1].name and not issue.left_out
+    assert issue.reason.startswith("1 image(s) of more than 8 bits")
+    assert _label_lines(report.root)[Path(images[1].name).stem] == _yolo_lines(images[1])
+
+
+def test_replacing_a_dataset_that_a_model_was_trained_on_keeps_it_for_that_model(
+    session, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """--replace deleted the old data while model versions trained on it kept pointing at the
+    dataset, which then described the new data."""
+    from db.models import ModelKind, ModelVersion
+
+    write_yolo(tmp_path / "old", n=6)
+    first = import_dataset(session, "yolo", tmp_path / "old", "y", tmp_path / "ds", classes=CLASSES)
+    old_row = session.query(Dataset).filter_by(name="y").one()
+    version = ModelVersion(
+        name="v1", kind=ModelKind.DETECTOR, architecture="yolo", file_path="v1.pt", sha256="0" * 64
+    )
+    version.dataset_id = old_row.id
+    session.add(version)
+    session.flush()
+    write_yolo(tmp_path / "new", n=4, seed=1)
+    again = import_dataset(
+        session, "yolo", tmp_path / "new", "y", tmp_path / "ds", classes=CLASSES, replace=True
+    )
+    session.refresh(version)
+    kept = version.dataset
+    assert kept is not None and kept.name.startswith("y-before-")
+    assert kept.split_counts == first.split_counts
+    kept_root = Path(kept.root_path)
+    assert kept_root == (tmp_path / "ds" / kept.name).resolve()
+    assert len(list((kept_root / "images").rglob("*.png"))) == 6
+    assert yaml.safe_load((kept_root / "data.yaml").read_text())["path"] == kept.root_path
+    new = session.query(Dataset).filter_by(name="y").one()
+    assert new.id != kept.id and again.n_images == 4
+    assert len(list((tmp_path / "ds" / "y" / "images").rglob("*.png"))) == 4
+    [issue] = again.issues
+    assert "v1" in issue.reason and f"kept as dataset {kept.name}" in issue.reason

@@ -181,6 +181,87 @@ def test_a_model_file_is_evaluated_at_its_own_thresholds(trained: Trained, tmp_p
     assert resolve_model(str(tmp_path / "unknown.pt"), trained.url)[1] is None
 
 
+def test_an_export_of_a_version_is_evaluated_at_its_current_thresholds(
+    trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An .onnx was measured at the thresholds in its metadata, stale after a recalibration:
+    the version, its .pt and its .onnx gave three different miss and false-call figures."""
+    from typer.testing import CliRunner
+
+    from training.cli import app
+    from training.evaluate import resolve_model
+    from training.export import export_detector
+
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
+    get_settings.cache_clear()
+    with session_scope(trained.url) as session:
+        current = dict(get_model_version(session, trained.version_name).thresholds)
+    stale = {"default": 0.0123, "per_class": {CLASSES[0]: 0.0456}, "iou": 0.45}
+    # A station's copy, its metadata naming the version.
+    station = export_detector(
+        Path(shutil.copy(trained.weights, tmp_path / "station.pt")),
+        thresholds=stale,
+        version_name=trained.version_name,
+    )
+    assert resolve_model(str(station), trained.url)[1] == current
+    note = resolve_model(str(station), trained.url).note
+    assert note is not None and "export is stale" in note
+    # Exported beside the version's weights with no name in its metadata: known by its folder.
+    beside = export_detector(trained.weights, imgsz=96, thresholds=stale)
+    try:
+        assert resolve_model(str(beside), trained.url)[1] == current
+    finally:
+        beside.unlink()
+    out = tmp_path / "eval.json"
+    result = CliRunner().invoke(
+        app, ["evaluate", str(station), "--data", "synth", "--json", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "export is stale" in " ".join(result.output.split())
+    assert json.loads(out.read_text())["thresholds"] == current
+
+
+def test_a_split_without_labeled_defects_has_no_map_and_leaves_the_headline(
+    trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """mAP was 0.0 on a split with no labeled box, and any dataset's test figures became the
+    version's headline ones."""
+    from typer.testing import CliRunner
+
+    from tests.synthetic import write_splits, write_voc
+    from training.cli import app
+    from training.datasets import import_dataset
+
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
+    get_settings.cache_clear()
+    images = write_voc(tmp_path / "src", n=12, good_every=1)  # good parts only
+    with session_scope(trained.url) as session:
+        import_dataset(
+            session,
+            "voc",
+            tmp_path / "src",
+            "synth-good",
+            get_settings().datasets_dir,
+            write_splits(tmp_path / "splits", images),
+            CLASSES,
+        )
+        before = dict(get_model_version(session, trained.version_name).metrics)
+    out = tmp_path / "eval.json"
+    result = CliRunner().invoke(
+        app,
+        ["evaluate", trained.version_name, "--data", "synth-good", "--json", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    payload = json.loads(out.read_text())
+    assert (payload["map50"], payload["map50_95"], payload["miss_rate"]) == (None, None, None)
+    assert "mAP50 -, mAP50-95 -" in result.output
+    with session_scope(trained.url) as session:
+        after = dict(get_model_version(session, trained.version_name).metrics)
+    assert after["evaluations"]["synth-good:test"]["map50"] is None
+    headline = ("map50", "map50_95", "miss_rate", "false_call_rate")
+    assert {k: after.get(k) for k in headline} == {k: before.get(k) for k in headline}
+
+
 def test_part_figures_do_not_depend_on_the_batch(trained: Trained) -> None:
     """Parts are predicted one batch of files at a time: every part counted once, whatever the
     batch, including a last batch that is not full."""
@@ -281,7 +362,59 @@ def test_export_cli_compact(trained: Trained, tmp_path: Path) -> None:
     assert read_metadata(tmp_path / "station.onnx")["defects.weights_stored_as"] == "float16"
 
 
-def test_interrupted_training_resumes(trained: Trained, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_job_log_has_one_line_per_epoch_trained(trained: Trained) -> None:
+    """ultralytics' final validation also fires on_fit_epoch_end: the log ended "epoch 2/1"."""
+    from sqlalchemy import select
+
+    from db.models import TrainingJob
+
+    with session_scope(trained.url) as session:
+        version = get_model_version(session, trained.version_name)
+        job = session.scalars(
+            select(TrainingJob).where(TrainingJob.result_model_version_id == version.id)
+        ).one()
+        lines = job.log.splitlines()
+    assert [line.split(" mAP50")[0] for line in lines] == ["epoch 1/1"]
+
+
+def test_resume_refuses_a_run_of_other_classes(
+    trained: Trained, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run resumed after its dataset was imported again with other classes was registered
+    under the new names, though its first epochs learned other indices."""
+    from sqlalchemy import func, select
+
+    from db.models import TrainingJob
+    from training.train_detector import TrainRequest, train_detector
+
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
+    get_settings.cache_clear()
+    checkpoint = torch.load(trained.weights, map_location="cpu", weights_only=False)
+    checkpoint["model"].names = {0: "dent", 1: "spot"}
+    checkpoint.update(epoch=0, optimizer={})  # as if stopped after its first epoch
+    run = trained.data_dir / "runs" / "detect" / "before-reimport"
+    (run / "weights").mkdir(parents=True)
+    torch.save(checkpoint, run / "weights" / "last.pt")
+    with session_scope(trained.url) as session:
+        jobs = session.scalar(select(func.count()).select_from(TrainingJob))
+    try:
+        with pytest.raises(
+            UserError, match=r"knows \['dent', 'spot'\], 'synth' labels \['scratch', 'spot'\]"
+        ):
+            train_detector(
+                TrainRequest(data="synth", resume=True, name="before-reimport"), url=trained.url
+            )
+    finally:
+        shutil.rmtree(run)
+    with session_scope(trained.url) as session:  # refused before a job was recorded
+        assert session.scalar(select(func.count()).select_from(TrainingJob)) == jobs
+
+
+def test_interrupted_training_resumes(
+    trained: Trained, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import re
+
     from sqlalchemy import select
 
     from db.models import JobStatus, TrainingJob
@@ -306,15 +439,19 @@ def test_interrupted_training_resumes(trained: Trained, monkeypatch: pytest.Monk
         "synth-defect-yolo-n-plain-*/defects_lineage.json"
     )
     assert json.loads(lineage.read_text()) == {"teacher": None, "method": None}
+    # The stop says how to go on (it said nothing); the run is resumed as it says.
+    hint = re.search(
+        r"resume with `defects train detector --data synth --resume --name (\S+)`",
+        capsys.readouterr().err,
+    )
+    assert hint is not None and hint[1] == lineage.parent.name
     version_id = train_detector(
-        TrainRequest(**{**request.__dict__, "resume": True}), url=trained.url
+        TrainRequest(**{**request.__dict__, "resume": True, "name": hint[1]}), url=trained.url
     )
     with session_scope(trained.url) as session:
-        statuses = [
-            j.status
-            for j in session.scalars(select(TrainingJob).order_by(TrainingJob.id)).all()[-2:]
-        ]
-        assert statuses == [JobStatus.CANCELLED, JobStatus.SUCCEEDED]
+        jobs = session.scalars(select(TrainingJob).order_by(TrainingJob.id)).all()[-2:]
+        assert [j.status for j in jobs] == [JobStatus.CANCELLED, JobStatus.SUCCEEDED]
+        assert jobs[1].log.splitlines()[-1].startswith("epoch 2/2 ")  # (not "epoch 3/2")
         assert get_model_version(session, version_id).metrics["epochs"] == 2
     # Finished now: nothing to resume, said in one line (ultralytics, asked to resume a
     # finished run, fell back to its own example dataset and tried to download it).

@@ -83,13 +83,18 @@ def models_list(
     """Model versions, newest first, with their stage and key metrics."""
     from sqlalchemy import select
 
-    with session_scope(migrated_database_url()) as session:
+    url = migrated_database_url()
+    with session_scope(url) as session:
         query = select(ModelVersion).order_by(ModelVersion.created_at.desc())
         if kind is not None:
             query = query.where(ModelVersion.kind == kind)
         versions = session.scalars(query).all()
         if not versions:
-            console.print("no model versions yet: train one with `defects train detector`")
+            console.print(
+                f"no model versions yet in {redact(url)}: train one with "
+                "`defects train detector`, or `defects models install-demo`",
+                markup=False,
+            )
             return
         table = Table(
             "id", "name", "kind", "architecture", "stage", "mAP50", "miss rate", "created"
@@ -118,9 +123,49 @@ def _fmt(value: object) -> str:
 @models_app.command("promote")
 def models_promote(model: Annotated[str, typer.Argument(help="Model version id or name.")]) -> None:
     """Make a model version the production model of its kind (the current one is archived)."""
-    promoted = promote_version(migrated_database_url(), model)
+    url = migrated_database_url()
+    promoted = promote_version(url, model)
     replaced = f", replacing {promoted.replaced}" if promoted.replaced else ""
     console.print(f"{promoted.name} is now the production {promoted.kind.value}{replaced}")
+    for warning in _promotion_warnings(url, promoted.name, promoted.replaced):
+        console.print(f"warning: {warning}", markup=False)
+
+
+def _promotion_warnings(url: str, name: str, replaced: str | None) -> list[str]:
+    """What the figures say against a promotion just made: a model that finds nothing went
+    into production without a word. (Said, not refused: the figures may be of other data.)"""
+    from db.registry import get_model_version
+
+    with session_scope(url) as session:
+        new = get_model_version(session, name)
+        metrics = dict(new.metrics or {})
+        old = get_model_version(session, replaced) if replaced else None
+        old_metrics = dict(old.metrics or {}) if old else {}
+        same_data = old is not None and old.dataset_id == new.dataset_id
+    map50 = metrics.get("map50", metrics.get("val_map50"))
+    warnings = []
+    if map50 is None and "miss_rate" not in metrics:
+        warnings.append(
+            f"{name} has no evaluation: `defects evaluate {name} --data NAME --split test` "
+            "gives its miss and false-call rates"
+        )
+    if map50 is not None and map50 < 0.05:
+        warnings.append(f"{name} has mAP50 {map50:.3f}: it finds almost nothing")
+    if metrics.get("miss_rate") == 1.0:
+        warnings.append(f"{name} missed every defective part of its evaluation")
+    # (Test figures of both, on the same data: a val figure against a test one says nothing.)
+    test_map50, old_map50 = metrics.get("map50"), old_metrics.get("map50")
+    if (
+        same_data
+        and test_map50 is not None
+        and old_map50 is not None
+        and test_map50 < old_map50 - 0.01
+    ):
+        warnings.append(
+            f"{name} has mAP50 {test_map50:.3f} on the data {replaced} scored {old_map50:.3f} on: "
+            f"`defects models rollback` puts {replaced} back"
+        )
+    return warnings
 
 
 @models_app.command("rollback")
@@ -135,7 +180,8 @@ def models_rollback(
 
 @models_app.command("install-demo")
 def models_install_demo() -> None:
-    """Register the shipped demo model; it becomes production only where there is none."""
+    """Register the shipped demo model; it becomes production where there is none, or in
+    place of an older demo (never of a model of your own)."""
     from training.demo import install_demo
 
     with session_scope(migrated_database_url()) as session:
@@ -210,11 +256,19 @@ def import_command(
         table.add_row(split, str(counts["images"]), str(counts["good"]), str(counts["boxes"]))
     console.print(f"dataset {report.name}: {len(report.classes)} classes {report.classes}")
     console.print(table)
-    if report.issues:
-        console.print(f"[yellow]{len(report.issues)} image(s) left out:[/yellow]")
-        for issue in report.issues[:20]:
+    if report.converted:
+        console.print(f"{report.converted} image(s) of more than 8 bits stored as 8-bit PNG")
+    # (Warnings apart: two of them once printed as "2 image(s) left out" with none left out.)
+    for heading, listed in (
+        ("warning(s)", report.warnings),
+        ("image(s) left out", report.left_out),
+    ):
+        if not listed:
+            continue
+        console.print(f"[yellow]{len(listed)} {heading}:[/yellow]")
+        for issue in listed[:20]:
             console.print(f"  {issue}", markup=False)
-        if len(report.issues) > 20:
+        if len(listed) > 20:
             console.print(f"  ... see {report.root / 'import_report.txt'}", markup=False)
 
 
@@ -228,8 +282,28 @@ HoursOption = Annotated[
 ]
 
 
+def _warn_ignored_on_resume(ctx: typer.Context, resume: bool, names: tuple[str, ...]) -> None:
+    """ultralytics goes on with the settings a run was started with: options given beside
+    --resume were dropped without a word."""
+    # (By the source's name: typer vendors its own click, whose enum is not click's.)
+    sources = {name: ctx.get_parameter_source(name) for name in names}
+    given = [
+        f"--{name}"
+        for name, source in sources.items()
+        if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+    ]
+    if resume and given:
+        console.print(
+            f"{', '.join(given)} ignored with --resume: the run goes on with the settings it "
+            "was started with",
+            style="yellow",
+            markup=False,
+        )
+
+
 @train_app.command("detector")
 def train_detector_command(
+    ctx: typer.Context,
     data: Annotated[str, typer.Option(help="Imported dataset name.")],
     model: Annotated[
         str | None,
@@ -265,6 +339,9 @@ def train_detector_command(
     """Train (or fine-tune) a detector; the result is registered as a candidate model version."""
     from training.train_detector import TrainRequest, train_detector
 
+    _warn_ignored_on_resume(
+        ctx, resume, ("epochs", "imgsz", "batch", "device", "seed", "plots", "workers", "hours")
+    )
     request = TrainRequest(
         data=data,
         architecture=model,
@@ -297,6 +374,7 @@ class DistillMethod(StrEnum):
 
 @distill_app.command("detector")
 def distill_detector_command(
+    ctx: typer.Context,
     teacher: Annotated[str, typer.Option(help="Teacher detector version (frozen).")],
     data: Annotated[str, typer.Option(help="Imported dataset name.")],
     student: Annotated[str, typer.Option(help="Student architecture.")] = "defect-yolo-n",
@@ -329,6 +407,9 @@ def distill_detector_command(
     """Train a student detector with feature distillation from a frozen teacher."""
     from training.train_detector import TrainRequest, train_detector
 
+    _warn_ignored_on_resume(
+        ctx, resume, ("epochs", "imgsz", "batch", "weight", "device", "seed", "hours")
+    )
     request = TrainRequest(
         data=data,
         architecture=student,
@@ -536,7 +617,9 @@ def evaluate_command(
     from training.evaluate import evaluate_detector, resolve_model
 
     url = migrated_database_url()
-    weights, thresholds, version_name = resolve_model(model, url)
+    weights, thresholds, version_name, note = resolve_model(model, url)
+    if note:
+        console.print(note, style="yellow", markup=False)
     if _is_classifier(weights):
         if imgsz is not None:
             raise UserError(
@@ -563,8 +646,9 @@ def evaluate_command(
     console.print(table)
     rates = result.rates
     console.print(
-        f"{data}/{split}: {result.n_images} parts, mAP50 {result.map50:.3f}, "
-        f"mAP50-95 {result.map50_95:.3f}"
+        f"{data}/{split}: {result.n_images} parts, mAP50 {_fmt(result.map50)}, "
+        f"mAP50-95 {_fmt(result.map50_95)}"
+        + ("" if result.map50 is not None else " (no labeled defect to measure them on)")
     )
     console.print(
         f"miss rate {_fmt(rates.miss_rate)} ({rates.n_missed} of {rates.n_defective} defective parts)"
@@ -636,16 +720,29 @@ def _evaluate_classifier(
     _write_json(json_path, payload)
 
 
+HEADLINE_KEYS = ("map50", "map50_95", "top1_accuracy", "miss_rate", "false_call_rate")
+
+
 def _store_evaluation(url: str, version_name: str, data: str, split: str, payload: dict) -> None:
+    """Every evaluation under `evaluations["DATA:SPLIT"]`. The headline figures (the model
+    list's, the dashboard's) come from the test split of the dataset the version was trained
+    on only: any dataset's test figures replaced them, whichever was evaluated last. A figure
+    the split cannot give (null: no labeled defect) never replaces a measured one."""
     with session_scope(url) as session:
         version = get_model_version(session, version_name)
         metrics = dict(version.metrics or {})
         evaluations = dict(metrics.get("evaluations", {}))
         evaluations[f"{data}:{split}"] = payload
         metrics["evaluations"] = evaluations
-        if split == "test":
-            keys = ("map50", "map50_95", "top1_accuracy", "miss_rate", "false_call_rate")
-            metrics.update({k: payload[k] for k in keys if k in payload})
+        trained_on = version.dataset.name if version.dataset is not None else None
+        if split == "test" and data == trained_on:
+            metrics.update(
+                {
+                    k: payload[k]
+                    for k in HEADLINE_KEYS
+                    if k in payload and (payload[k] is not None or metrics.get(k) is None)
+                }
+            )
         version.metrics = metrics
 
 
@@ -682,7 +779,7 @@ def export_command(
         raise UserError("--int8 needs --data: INT8 is calibrated on that dataset's training images")
     if int8 and half:
         raise UserError("--int8 is quantized from the float32 export: leave out --half")
-    weights, thresholds, version_name = resolve_model(model, migrated_database_url())
+    weights, thresholds, version_name, _ = resolve_model(model, migrated_database_url())
     if _is_classifier(weights):
         from training.export import export_classifier
 
@@ -986,7 +1083,8 @@ def status_command(
     from db.models import utcnow
     from db.queries import station_activity
 
-    with session_scope(migrated_database_url()) as session:
+    url = migrated_database_url()
+    with session_scope(url) as session:
         activity = station_activity(session, utcnow() - timedelta(minutes=minutes))
     if as_json:
         rows = [
@@ -1010,7 +1108,13 @@ def status_command(
         print(json.dumps({"minutes": minutes, "stations": rows}, indent=2))
         return
     if not activity:
-        console.print("no station yet: `defects batch FOLDER --line L --station S` makes one")
+        # (Which database: a mistyped DEFECTS_DATABASE_URL, or a command run from another
+        # folder, makes a new empty one, and "no station yet" alone hid that.)
+        console.print(
+            f"no station yet in {redact(url)}: `defects batch FOLDER --line L --station S` "
+            "makes one",
+            markup=False,
+        )
         return
     table = Table(
         "line",
@@ -1052,27 +1156,29 @@ def inspect_command(
 
     from inspection.batch import BatchInspection, SourceItem, read_file
 
+    # A path that names no image is the caller's mistake, not a part's: the others are judged
+    # and shown, and the exit status says so (an unreadable image is a part's error, recorded).
+    # The mistake itself is shown, not recorded: a typo was stored as a part in error, and one
+    # with no image at all opened a run on the station.
+    mistaken = [p for p in images if not p.is_file()]
+
+    def mistake(path: Path) -> str:
+        if path.is_dir():
+            return "a folder, not an image: `defects batch FOLDER` inspects folders"
+        return "file not found"
+
+    if len(mistaken) == len(images):
+        raise UserError("; ".join(f"{p}: {mistake(p)}" for p in mistaken))
     url = migrated_database_url()
     job = BatchInspection(
         url, get_settings().images_dir, line, station, model, "", "cli", backend.value, device
     )
     results: list = []  # type: ignore[type-arg]
-    # A path that names no image is the caller's mistake, not a part's: the others are judged
-    # and shown, and the exit status says so (an unreadable image is a part's error, recorded).
-    mistaken = [p for p in images if not p.is_file()]
     items: list[SourceItem] = [
-        read_file(p, str(p))
-        if p not in mistaken
-        else SourceItem(
-            str(p),
-            None,
-            "a folder, not an image: `defects batch FOLDER` inspects folders"
-            if p.is_dir()
-            else "file not found",
-        )
+        read_file(p, str(p)) if p not in mistaken else SourceItem(str(p), None, mistake(p))
         for p in images
     ]
-    job.run(items, results.append)
+    job.run([i for i, p in zip(items, images, strict=True) if p not in mistaken], results.append)
     job.inspector.close()
     if job.summary.rejudged:  # on stderr: --json output stays parseable
         typer.echo(

@@ -1,7 +1,8 @@
 """Bring labeled defect images (Pascal VOC, YOLO or COCO) into the product's YOLO layout.
 
 Layout of an imported dataset `<data>/datasets/<name>/`:
-  images/{train,val,test}/<file>, labels/{train,val,test}/<stem>.txt (empty for a good part),
+  images/{train,val,test}/<file> (one of more than 8 bits as the 8-bit <stem>.png stations
+  decode), labels/{train,val,test}/<stem>.txt (empty for a good part),
   splits/{train,val,test}.txt, data.yaml (for ultralytics), import_report.txt.
 Parts with no defect are first class: an image without boxes is a good part, kept with an empty
 label file. An image whose annotation is wrong is left out and listed in the report with the
@@ -12,11 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 import shutil
 import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
@@ -25,9 +29,9 @@ from PIL import Image, UnidentifiedImageError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.models import Dataset
+from db.models import Dataset, ModelVersion
 from inspection.errors import UserError
-from inspection.images import IMAGE_SUFFIXES
+from inspection.images import IMAGE_SUFFIXES, decode_image
 
 SourceFormat = Literal["voc", "yolo", "coco"]
 SPLITS = ("train", "val", "test")
@@ -55,9 +59,16 @@ class LabeledImage:
 class ImportIssue:
     file: str
     reason: str
+    # False for a warning about a file that was imported all the same (a class name that looks
+    # like a typo of another, an image converted to 8 bits).
+    left_out: bool = True
 
     def __str__(self) -> str:
-        return f"{self.file}: {self.reason}"
+        return (
+            f"{self.file}: {self.reason}"
+            if self.left_out
+            else f"{self.file}: warning: {self.reason}"
+        )
 
 
 @dataclass
@@ -67,34 +78,122 @@ class ImportReport:
     classes: list[str]
     split_counts: dict[str, dict[str, int]]
     issues: list[ImportIssue] = field(default_factory=list)
+    converted: int = 0  # images stored as 8-bit PNG, decoded as stations decode them
 
     @property
     def n_images(self) -> int:
         return sum(c["images"] for c in self.split_counts.values())
 
+    @property
+    def left_out(self) -> list[ImportIssue]:
+        return [issue for issue in self.issues if issue.left_out]
 
-def _image_size(path: Path) -> tuple[int, int]:
-    """Width and height of a readable image; raises ValueError with the reason otherwise."""
+    @property
+    def warnings(self) -> list[ImportIssue]:
+        return [issue for issue in self.issues if not issue.left_out]
+
+
+def _image_info(path: Path) -> tuple[int, int, str]:
+    """Width, height and Pillow mode of a readable image; raises ValueError with the reason
+    otherwise."""
     try:
         with Image.open(path) as image:
-            size = image.size
+            width, height = image.size
+            mode = image.mode
             image.verify()
-        return size
+        return width, height, mode
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise ValueError(f"unreadable image ({exc.__class__.__name__}: {exc})") from exc
 
 
+def _image_size(path: Path) -> tuple[int, int]:
+    """Width and height of a readable image; raises ValueError with the reason otherwise."""
+    width, height, _ = _image_info(path)
+    return width, height
+
+
+# The modes `inspection.images.decode_image` scales to 8 bits (16-bit, 32-bit int, float).
+# ultralytics reads such files with OpenCV, which keeps the top 8 of 16 bits: a 12-bit camera's
+# image trained nearly black while stations saw it at full contrast.
+HIGH_BIT_DEPTH_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
+
+
+def _write_8_bit(source: Path, target: Path, width: int, height: int) -> None:
+    """The image as stations decode it, saved as an 8-bit PNG; ValueError where it cannot be."""
+    decoded = decode_image(source.read_bytes())
+    if (decoded.width, decoded.height) != (width, height):
+        # (The decoder turns an image as its EXIF orientation says: its boxes would not fit.)
+        raise ValueError(
+            f"decoded as {decoded.width}x{decoded.height}, stored as {width}x{height} "
+            "(an EXIF orientation): cannot convert it with its boxes in place"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(decoded.source).save(target, format="PNG")
+
+
+def _coordinate(value: float) -> str:
+    """A box coordinate to a millionth of a pixel (`:g` showed 64.00003 as 64)."""
+    return f"{value:.6f}".rstrip("0").rstrip(".")
+
+
+def _box_text(box: Box) -> str:
+    return f"({', '.join(_coordinate(v) for v in (box.x1, box.y1, box.x2, box.y2))})"
+
+
+# Pixels: a box past the image's edge by no more than this is a rounding error (of a label's six
+# decimals, say) and is clipped; it rejected the whole image.
+CLIP_TOLERANCE = 0.5
+
+
+def _clip_rounding(box: Box, width: int, height: int) -> Box:
+    def clip(value: float, limit: int) -> float:
+        if -CLIP_TOLERANCE <= value < 0:
+            return 0.0
+        if limit < value <= limit + CLIP_TOLERANCE:
+            return float(limit)
+        return value  # (NaN compares false: left for _check_box to refuse)
+
+    return Box(
+        box.class_index,
+        clip(box.x1, width),
+        clip(box.y1, height),
+        clip(box.x2, width),
+        clip(box.y2, height),
+    )
+
+
 def _check_box(box: Box, width: int, height: int, n_classes: int) -> str | None:
+    coordinates = (box.x1, box.y1, box.x2, box.y2)
+    # Checked first: every comparison with NaN is false, so a NaN box passed the checks below.
+    if any(math.isnan(v) for v in coordinates):
+        return "unreadable label: NaN coordinate"
+    if any(math.isinf(v) for v in coordinates):
+        return "unreadable label: infinite coordinate"
     if not 0 <= box.class_index < n_classes:
         return f"unknown class index {box.class_index}"
     if box.x2 <= box.x1 or box.y2 <= box.y1:
-        return f"empty box ({box.x1:g}, {box.y1:g}, {box.x2:g}, {box.y2:g})"
+        return f"empty box {_box_text(box)}"
     if box.x1 < 0 or box.y1 < 0 or box.x2 > width or box.y2 > height:
-        return (
-            f"box ({box.x1:g}, {box.y1:g}, {box.x2:g}, {box.y2:g}) outside the "
-            f"{width}x{height} image"
-        )
+        return f"box {_box_text(box)} outside the {width}x{height} image"
     return None
+
+
+def _same_stem_reason(path: Path, kept: Path, kept_shown: str) -> str:
+    """Why an image is left out for another of its stem: labels are written as <stem>.txt, and
+    ultralytics finds an image's label by its stem, so the two would share one label file."""
+    if path.name != kept.name:
+        return (
+            f"same name as {kept_shown} apart from its extension: its label file would be "
+            f"shared; only {kept_shown} is imported"
+        )
+    return f"same name as {kept_shown}, which is used instead"
+
+
+def _some_files(names: list[str], shown: int = 3) -> str:
+    """A few file names for a report line, and how many more there are."""
+    if len(names) <= shown:
+        return ", ".join(names)
+    return f"{', '.join(names[:shown])} and {len(names) - shown} more"
 
 
 def _find_dir(src: Path, *names: str) -> Path:
@@ -112,60 +211,206 @@ def _images_in(folder: Path) -> list[Path]:
 # --- readers: each returns (class names, labeled images, issues) --------------------------------
 
 
+VocObject = tuple[str, float, float, float, float]  # class name, x1, y1, x2, y2
+
+
+def _parse_voc(xml_path: Path) -> tuple[str, list[VocObject]]:
+    """The <filename> and objects of a VOC annotation; ValueError or ParseError with the reason."""
+    root = ET.parse(xml_path).getroot()
+    filename = (root.findtext("filename") or "").strip()
+    objects: list[VocObject] = []
+    for obj in root.iter("object"):
+        name = (obj.findtext("name") or "").strip()
+        bndbox = obj.find("bndbox")
+        if bndbox is None or not name:
+            raise ValueError("object without a name or bndbox")
+        texts = [(bndbox.findtext(k) or "").strip() for k in ("xmin", "ymin", "xmax", "ymax")]
+        if not all(texts):
+            raise ValueError("bndbox with a missing coordinate")
+        x1, y1, x2, y2 = (float(t) for t in texts)  # (a NaN is refused with the boxes' checks)
+        objects.append((name, x1, y1, x2, y2))
+    return filename, objects
+
+
+def _voc_image(
+    xml_path: Path,
+    filename: str,
+    images_dir: Path,
+    images_of_stem: dict[str, list[Path]],
+    image_at: dict[str, Path],
+    xml_stems: set[str],
+) -> tuple[Path | None, str]:
+    """The image an annotation file is for (None where there is none), and why: a warning where
+    its <filename> names another image, or the reason none was found.
+
+    The image of the annotation file's own stem comes first: a <filename> left stale by a
+    rename once gave part_009.jpg the boxes of part_008.xml, dropped part_009.xml's own, and
+    imported the defective part_008.jpg as a good part."""
+    named = Path(filename).name if filename else ""
+    own = images_of_stem.get(xml_path.stem, [])
+    if own:
+        image = next((p for p in own if p.name == named), own[0])
+        if named and named != image.name:
+            shown = image.relative_to(images_dir).as_posix()
+            return image, (
+                f"its <filename> {filename} names another image (left stale by a rename?): "
+                f"its boxes are taken for {shown}, the image of its own name"
+            )
+        return image, ""
+    if not named:
+        return None, f"image {xml_path.stem} not found"
+    # The image at that path, else one of that name, else one of that stem.
+    of_stem = images_of_stem.get(Path(named).stem, [])
+    image = image_at.get(filename) or next((p for p in of_stem if p.name == named), None)
+    image = image or (of_stem[0] if of_stem else None)
+    if image is None:
+        return None, f"image {filename} not found"
+    if image.stem in xml_stems:  # that image has an annotation file of its own
+        return None, (
+            f"no image of its own name, and its <filename> {filename} names the image of "
+            f"{image.stem}.xml"
+        )
+    return image, ""
+
+
+def _class_key(name: str) -> str:
+    """A class name without the differences of case, spacing and '_' or '-'."""
+    return re.sub(r"[\s_-]+", "_", name.strip().casefold())
+
+
+def _one_edit_apart(first: str, second: str) -> bool:
+    """Whether one letter added, dropped, changed or two swapped turn one name into the other."""
+    if abs(len(first) - len(second)) > 1 or first == second:
+        return False
+    if len(first) == len(second):
+        differ = [i for i, (a, b) in enumerate(zip(first, second, strict=True)) if a != b]
+        return len(differ) == 1 or (
+            len(differ) == 2
+            and differ[1] == differ[0] + 1
+            and first[differ[0]] == second[differ[1]]
+            and first[differ[1]] == second[differ[0]]
+        )
+    shorter, longer = sorted((first, second), key=len)
+    return any(longer[:i] + longer[i + 1 :] == shorter for i in range(len(longer)))
+
+
+def _look_alike_classes(files_of_class: dict[str, list[str]]) -> list[ImportIssue]:
+    """Warnings about class names that look like one class spelled two ways ('Scratch' and
+    'scratch', 'spot' and 'spott'): each became a class of its own."""
+    names = sorted(files_of_class)
+    group_of = {name: name for name in names}
+
+    def group(name: str) -> str:
+        while group_of[name] != name:
+            name = group_of[name]
+        return name
+
+    for i, first in enumerate(names):
+        for second in names[i + 1 :]:
+            first_key, second_key = _class_key(first), _class_key(second)
+            # A typo: one edit apart in names of four letters or more, and not numbered
+            # variants (dent_1, dent_2).
+            typo = (
+                min(len(first_key), len(second_key)) >= 4
+                and _one_edit_apart(first_key, second_key)
+                and re.sub(r"\d", "", first_key) != re.sub(r"\d", "", second_key)
+            )
+            if first_key == second_key or typo:
+                group_of[group(second)] = group(first)
+    members: dict[str, list[str]] = {}
+    for name in names:
+        members.setdefault(group(name), []).append(name)
+    if all(len(m) == 1 for m in members.values()):
+        return []
+    # The most used spelling of each group stands for it in the suggested class list.
+    chosen = {
+        root: max(m, key=lambda n: (len(files_of_class[n]), -names.index(n)))
+        for root, m in members.items()
+    }
+    suggestion = ",".join(sorted(set(chosen.values())))
+
+    def in_files(class_name: str) -> str:
+        n = len(files_of_class[class_name])
+        return f"{class_name!r} ({n} file{'' if n == 1 else 's'})"
+
+    warnings = []
+    for root, group_names in members.items():
+        for name in group_names:
+            if name == chosen[root]:
+                continue
+            main = chosen[root]
+            how = (
+                "differs only in case, spacing or '_'/'-' from"
+                if _class_key(name) == _class_key(main)
+                else "looks like a misspelling of"
+            )
+            warnings.append(
+                ImportIssue(
+                    _some_files(files_of_class[name]),
+                    f"class {in_files(name)} {how} {in_files(main)}: each became a class of its "
+                    "own; if they are one, correct the annotation files, or import with "
+                    f"--classes {suggestion} (which leaves out the files of the other names)",
+                    left_out=False,
+                )
+            )
+    return warnings
+
+
 def read_voc(
     src: Path, classes: list[str] | None
 ) -> tuple[list[str], list[LabeledImage], list[ImportIssue]]:
     annotations = _find_dir(src, "annotations", "Annotations")
     images_dir = _find_dir(src, "images", "JPEGImages")
-    by_stem: dict[str, Path] = {}
     issues: list[ImportIssue] = []
+    images_of_stem: dict[str, list[Path]] = {}
     for path in _images_in(images_dir):
-        kept = by_stem.setdefault(path.stem, path)
-        if kept != path:  # (an annotation names its image by stem: only one can be meant)
+        images_of_stem.setdefault(path.stem, []).append(path)
+    image_at = {
+        p.relative_to(images_dir).as_posix(): p for paths in images_of_stem.values() for p in paths
+    }
+    xml_paths = sorted(annotations.glob("*.xml"))
+    xml_stems = {p.stem for p in xml_paths}
+    parsed: list[tuple[Path, Path, list[VocObject]]] = []
+    annotation_of: dict[Path, Path] = {}  # image: the annotation file taken for it
+    annotated_twice: set[Path] = set()
+    for xml_path in xml_paths:
+        try:
+            filename, objects = _parse_voc(xml_path)
+        except (ET.ParseError, ValueError) as exc:
+            # Its image is left out below: without its boxes it would pass for a good part.
+            issues.append(ImportIssue(xml_path.name, f"unreadable annotation: {exc}"))
+            continue
+        image_path, why = _voc_image(
+            xml_path, filename, images_dir, images_of_stem, image_at, xml_stems
+        )
+        if image_path is None:
+            issues.append(ImportIssue(xml_path.name, why))
+            continue
+        if why:
+            issues.append(ImportIssue(xml_path.name, why, left_out=False))
+        if image_path in annotation_of:
+            # Two annotation files for one image: which boxes are right is not known.
             issues.append(
                 ImportIssue(
-                    str(path.relative_to(images_dir)),
-                    f"same name as {kept.relative_to(images_dir)}, which is used instead",
+                    xml_path.name,
+                    f"names the image {image_path.relative_to(images_dir).as_posix()}, which "
+                    f"{annotation_of[image_path].name} annotates too: the image is left out",
                 )
             )
-    parsed: list[tuple[Path, Path, list[tuple[str, float, float, float, float]]]] = []
-    failed_stems: set[str] = set()  # their images must not pass for good parts
-    for xml_path in sorted(annotations.glob("*.xml")):
-        try:
-            root = ET.parse(xml_path).getroot()
-            filename = (root.findtext("filename") or "").strip()
-            objects = []
-            for obj in root.iter("object"):
-                name = (obj.findtext("name") or "").strip()
-                bndbox = obj.find("bndbox")
-                if bndbox is None or not name:
-                    raise ValueError("object without a name or bndbox")
-                coords = [
-                    float(bndbox.findtext(k) or "nan") for k in ("xmin", "ymin", "xmax", "ymax")
-                ]
-                if any(c != c for c in coords):  # NaN: a missing coordinate
-                    raise ValueError("bndbox with a missing coordinate")
-                objects.append((name, *coords))
-        except (ET.ParseError, ValueError) as exc:
-            issues.append(ImportIssue(xml_path.name, f"unreadable annotation: {exc}"))
-            failed_stems.add(xml_path.stem)
+            annotated_twice.add(image_path)
             continue
-        image_path = images_dir / filename if filename else None
-        if image_path is None or not image_path.is_file():
-            image_path = by_stem.get(Path(filename).stem if filename else xml_path.stem)
-        if image_path is None:
-            image_path = by_stem.get(xml_path.stem)
-        if image_path is None:
-            issues.append(
-                ImportIssue(xml_path.name, f"image {filename or xml_path.stem} not found")
-            )
-            continue
-        parsed.append((xml_path, image_path, objects))  # type: ignore[arg-type]
-    found_names = sorted({o[0] for _, _, objects in parsed for o in objects})
-    class_names = classes or found_names
+        annotation_of[image_path] = xml_path
+        parsed.append((xml_path, image_path, objects))
+    parsed = [entry for entry in parsed if entry[1] not in annotated_twice]
+    files_of_class: dict[str, list[str]] = {}
+    for xml_path, _, objects in parsed:
+        for class_name in sorted({o[0] for o in objects}):
+            files_of_class.setdefault(class_name, []).append(xml_path.name)
+    class_names = classes or sorted(files_of_class)
+    if not classes:
+        issues += _look_alike_classes(files_of_class)
     index = {name: i for i, name in enumerate(class_names)}
     images: list[LabeledImage] = []
-    annotated = {image_path for _, image_path, _ in parsed}
     for xml_path, image_path, objects in parsed:
         unknown = sorted({o[0] for o in objects if o[0] not in index})
         if unknown:
@@ -173,12 +418,22 @@ def read_voc(
             continue
         boxes = [Box(index[n], x1, y1, x2, y2) for n, x1, y1, x2, y2 in objects]
         images.append(LabeledImage(image_path, 0, 0, boxes))
-    # Images with no annotation file are good parts.
-    images += [
-        LabeledImage(p, 0, 0, [])
-        for stem, p in by_stem.items()
-        if p not in annotated and stem not in failed_stems
-    ]
+    for stem, paths in images_of_stem.items():
+        # One image per stem: the annotated one where there is one, else the first.
+        kept = next((p for p in paths if p in annotation_of), paths[0])
+        for path in paths:
+            if path != kept:
+                shown = kept.relative_to(images_dir).as_posix()
+                issues.append(
+                    ImportIssue(
+                        path.relative_to(images_dir).as_posix(),
+                        _same_stem_reason(path, kept, shown),
+                    )
+                )
+        # An image with no annotation file is a good part. One whose annotation file was not
+        # taken (unreadable: said above) must not pass for one.
+        if kept not in annotation_of and stem not in xml_stems:
+            images.append(LabeledImage(kept, 0, 0, []))
     return class_names, images, issues
 
 
@@ -205,9 +460,11 @@ def read_yolo(
     labels_dir = _find_dir(src, "labels")
     issues: list[ImportIssue] = []
     images: list[LabeledImage] = []
+    label_paths_used: set[Path] = set()
     for image_path in _images_in(images_dir):
         relative = image_path.relative_to(images_dir)
         label_path = labels_dir / relative.with_suffix(".txt")
+        label_paths_used.add(label_path)
         split = (
             relative.parts[0] if len(relative.parts) > 1 and relative.parts[0] in SPLITS else None
         )
@@ -219,10 +476,22 @@ def read_yolo(
                 issues.append(ImportIssue(str(relative), str(exc)))
                 continue
             try:
-                for line in label_path.read_text().splitlines():
-                    if not line.strip():
+                for number, line in enumerate(label_path.read_text().splitlines(), 1):
+                    values = line.split()
+                    if not values:
                         continue
-                    c, xc, yc, w, h = line.split()[:5]
+                    # (Its first five values once made a box of a segmentation polygon.)
+                    if len(values) > 5:
+                        raise ValueError(
+                            f"line {number} has {len(values)} values: a segmentation polygon, "
+                            "not a box: export boxes"
+                        )
+                    if len(values) < 5:
+                        raise ValueError(
+                            f"line {number} has {len(values)} values, not 5 "
+                            "(class x_center y_center width height)"
+                        )
+                    c, xc, yc, w, h = values
                     cx, cy, bw, bh = (float(v) for v in (xc, yc, w, h))
                     boxes.append(
                         Box(
@@ -239,6 +508,16 @@ def read_yolo(
                 )
                 continue
         images.append(LabeledImage(image_path, 0, 0, boxes, split))
+    for label_path in sorted(labels_dir.rglob("*.txt")):
+        # (classes.txt: the class list some labelling tools keep beside the labels)
+        if label_path not in label_paths_used and label_path.name != "classes.txt":
+            image_stem = (images_dir / label_path.relative_to(labels_dir)).with_suffix("")
+            issues.append(
+                ImportIssue(
+                    str(label_path.relative_to(src)),
+                    f"label file with no image: no {image_stem.relative_to(src)}.* found",
+                )
+            )
     return class_names, images, issues
 
 
@@ -315,6 +594,32 @@ def read_coco(
         issues.append(
             ImportIssue(json_path.name, f"annotations of image {image_id}, which is not listed")
         )
+    # An image beside the listed ones but not listed itself: said, not passed over unseen (a
+    # good part is listed with no annotations; this one may be a part whose labels were lost).
+    listed_paths = [
+        root / str(record["file_name"])
+        for record in records
+        if isinstance(record, dict) and record.get("file_name")
+        for root in roots
+        if (root / str(record["file_name"])).is_file()
+    ]
+    # (Folders resolved, files not: an image may be a link to a file kept elsewhere.)
+    listed = {path.parent.resolve() / path.name for path in listed_paths}
+    shown_from = base.resolve()
+    for folder in sorted({path.parent for path in listed}):
+        for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+            if path.is_file() and path not in listed:
+                issues.append(
+                    ImportIssue(
+                        str(
+                            path.relative_to(shown_from)
+                            if path.is_relative_to(shown_from)
+                            else path
+                        ),
+                        f"image not listed in {json_path.name}: not imported (list it, with no "
+                        "annotations for a good part)",
+                    )
+                )
     return class_names, images, issues
 
 
@@ -430,17 +735,29 @@ def write_dataset(
     if not class_names:
         raise UserError(f"no classes found in {src}")
     accepted: list[LabeledImage] = []
-    seen: set[str] = set()
+    # By stem, not file name: labels are written as <stem>.txt, so dup.png and dup.jpg would
+    # share one (a good part trained as defective, or a defect as background).
+    accepted_of_stem: dict[str, Path] = {}
+    high_bit_depth: set[Path] = set()
     for image in images:
         label = image.path.name
-        if label in seen:
-            issues.append(ImportIssue(label, "duplicate file name; only the first is kept"))
+        kept = accepted_of_stem.get(image.path.stem)
+        if kept is not None:
+            issues.append(
+                ImportIssue(
+                    label,
+                    "duplicate file name; only the first is kept"
+                    if kept.name == label
+                    else _same_stem_reason(image.path, kept, kept.name),
+                )
+            )
             continue
         try:
-            image.width, image.height = _image_size(image.path)
+            image.width, image.height, mode = _image_info(image.path)
         except ValueError as exc:
             issues.append(ImportIssue(label, str(exc)))
             continue
+        image.boxes = [_clip_rounding(b, image.width, image.height) for b in image.boxes]
         problems = [
             p
             for b in image.boxes
@@ -455,7 +772,9 @@ def write_dataset(
                 issues.append(ImportIssue(label, "not listed in any split file"))
                 continue
         image.split = image.split or _hash_split(label)
-        seen.add(label)
+        accepted_of_stem[image.path.stem] = image.path
+        if mode in HIGH_BIT_DEPTH_MODES:
+            high_bit_depth.add(image.path)
         accepted.append(image)
     if split_of is not None:
         missing = sorted(set(split_of) - {i.path.name for i in images})
@@ -474,16 +793,45 @@ def write_dataset(
         shutil.rmtree(stage)
     counts: dict[str, Counter[str]] = {s: Counter() for s in SPLITS}
     lists: dict[str, list[str]] = {s: [] for s in SPLITS}
+    converted: list[str] = []
     for image in accepted:
         assert image.split is not None
-        _place(image.path, stage / "images" / image.split / image.path.name)
+        target = stage / "images" / image.split / image.path.name
+        if image.path in high_bit_depth:
+            # Stored as stations decode it: training saw a 12-bit camera's image nearly black.
+            target = target.with_suffix(".png")
+            try:
+                _write_8_bit(image.path, target, image.width, image.height)
+            except ValueError as exc:
+                issues.append(ImportIssue(image.path.name, f"cannot convert to 8 bits: {exc}"))
+                continue
+            converted.append(image.path.name)
+        else:
+            _place(image.path, target)
         label_file = stage / "labels" / image.split / f"{image.path.stem}.txt"
         label_file.parent.mkdir(parents=True, exist_ok=True)
         label_file.write_text(
             "".join(_yolo_line(b, image.width, image.height) + "\n" for b in image.boxes)
         )
-        lists[image.split].append(image.path.name)
+        lists[image.split].append(target.name)
         counts[image.split].update(images=1, boxes=len(image.boxes), good=int(not image.boxes))
+    n_imported = sum(len(names) for names in lists.values())
+    if not n_imported:
+        shutil.rmtree(stage)
+        raise UserError(f"no usable images in {src} ({len(issues)} problems, e.g. {issues[:1]})")
+    if converted:
+        issues.append(
+            ImportIssue(
+                _some_files(converted),
+                f"{len(converted)} image(s) of more than 8 bits (16-bit or floating point) "
+                "stored as 8-bit PNG, scaled as stations decode them, so that training sees "
+                "what stations see",
+                left_out=False,
+            )
+        )
+    kept_as = _name_to_keep(session, existing, datasets_dir, name)
+    if kept_as is not None:
+        issues.append(ImportIssue(name, kept_as[1], left_out=False))
     (stage / "splits").mkdir(parents=True, exist_ok=True)
     for split in SPLITS:
         (stage / "splits" / f"{split}.txt").write_text(
@@ -497,10 +845,19 @@ def write_dataset(
         "names": dict(enumerate(class_names)),
     }
     (stage / "data.yaml").write_text(yaml.safe_dump(data_yaml, sort_keys=False))
+    left_out = [issue for issue in issues if issue.left_out]
+    warnings = [issue for issue in issues if not issue.left_out]
     (stage / "import_report.txt").write_text(
-        f"source: {src}\nformat: {source_format}\nimported: {len(accepted)} images\n"
-        f"left out: {len(issues)}\n" + "".join(f"{issue}\n" for issue in issues)
+        f"source: {src}\nformat: {source_format}\nimported: {n_imported} images"
+        f" ({len(converted)} converted to 8-bit PNG)\n"
+        f"left out: {len(left_out)}\n"
+        + "".join(f"{issue}\n" for issue in left_out)
+        + f"warnings: {len(warnings)}\n"
+        + "".join(f"{issue}\n" for issue in warnings)
     )
+    if kept_as is not None and existing is not None:
+        _keep_old_dataset(session, existing, kept_as[0], root, datasets_dir)
+        existing = None  # the new data is a dataset of its own
     if root.exists():
         replaced = datasets_dir / f".{name}.replaced"
         if replaced.exists():
@@ -519,7 +876,61 @@ def write_dataset(
     dataset.split_counts = split_counts
     session.add(dataset)
     session.flush()
-    return ImportReport(name, root, class_names, split_counts, issues)
+    # Warnings first: a listing cut short (the CLI shows 20) keeps them in view.
+    return ImportReport(name, root, class_names, split_counts, warnings + left_out, len(converted))
+
+
+def _name_to_keep(
+    session: Session, existing: Dataset | None, datasets_dir: Path, name: str
+) -> tuple[str, str] | None:
+    """The name to keep a replaced dataset under, and the line that says so, where model versions
+    were trained on it: replaced in place, they pointed at data they never saw."""
+    if existing is None or existing.id is None:
+        return None
+    trained = session.scalars(
+        select(ModelVersion.name).where(ModelVersion.dataset_id == existing.id)
+    ).all()
+    if not trained:
+        return None
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    kept_name = f"{name}-before-{stamp}"
+    taken = set(session.scalars(select(Dataset.name).where(Dataset.name.like(f"{kept_name}%"))))
+    n = 1
+    while kept_name in taken or (datasets_dir / kept_name).exists():
+        n += 1
+        kept_name = f"{name}-before-{stamp}-{n}"
+    old_root = Path(existing.root_path)
+    kept_root = (
+        datasets_dir / kept_name
+        if old_root.resolve() == (datasets_dir / name).resolve()
+        else old_root
+    )
+    return kept_name, (
+        f"model version(s) {_some_files(sorted(trained))} were trained on the data this import "
+        f"replaces: it is kept as dataset {kept_name} (folder {kept_root}), which they name "
+        f"now; the new data is dataset {name}"
+    )
+
+
+def _keep_old_dataset(
+    session: Session, existing: Dataset, kept_name: str, root: Path, datasets_dir: Path
+) -> None:
+    """Rename a replaced dataset and move its folder aside, so that its model versions keep it."""
+    existing.name = kept_name
+    session.flush()  # (before the new dataset takes its name: the name is unique)
+    if Path(existing.root_path).resolve() != root.resolve():
+        return  # its files are elsewhere: the import does not touch them
+    kept_root = datasets_dir / kept_name
+    if root.is_dir():
+        root.rename(kept_root)
+    # (Also where its folder is gone: it must not name the new data's folder.)
+    existing.root_path = str(kept_root.resolve())
+    data_yaml = kept_root / "data.yaml"
+    if data_yaml.is_file():  # ultralytics reads the images from its `path`
+        data = yaml.safe_load(data_yaml.read_text()) or {}
+        data["path"] = existing.root_path
+        data_yaml.write_text(yaml.safe_dump(data, sort_keys=False))
+    session.flush()
 
 
 def check_trainable(dataset: Dataset) -> None:

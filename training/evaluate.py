@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -26,6 +26,11 @@ from inspection.errors import UserError
 from inspection.settings import get_settings
 from training.datasets import dataset_yaml, split_image_paths
 from training.versions import default_thresholds
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from db.models import ModelVersion
 
 MATCH_IOU = 0.5
 
@@ -80,8 +85,8 @@ def matched_boxes(
 class DetectorEvaluation:
     split: str
     n_images: int
-    map50: float
-    map50_95: float
+    map50: float | None  # None where the split has no labeled box: no AP to measure
+    map50_95: float | None
     rates: PartRates
     per_class: dict[str, dict[str, float | int | None]]
     thresholds: dict[str, Any]
@@ -221,6 +226,8 @@ def evaluate_detector(
         np.add.at(found_per_class, truth_classes[found], 1)
 
     rates = part_rates(outcomes)
+    # ultralytics reports mAP 0.0 for a split without a labeled box: no figure, not a bad one.
+    labeled = bool(total_per_class.sum())
     extra: dict[str, Any] = {"imgsz": imgsz, "weights": weights.name}
     if classifier_weights is not None:
         # The operating point names a classifier (calibrated with one): the part figures are
@@ -247,8 +254,8 @@ def evaluate_detector(
     return DetectorEvaluation(
         split=split,
         n_images=len(images),
-        map50=float(metrics.box.map50),
-        map50_95=float(metrics.box.map),
+        map50=float(metrics.box.map50) if labeled else None,
+        map50_95=float(metrics.box.map) if labeled else None,
         rates=rates,
         per_class=per_class,
         thresholds=thresholds,
@@ -317,23 +324,33 @@ def _onnx_detector(weights: Path) -> tuple[Any, list[str], int, int | None]:
     return YOLO(str(weights), task="detect"), names, size, dims[0].dim_value or None
 
 
-def resolve_model(ref: str, url: str) -> tuple[Path, dict[str, Any] | None, str | None]:
+class ResolvedModel(NamedTuple):
+    weights: Path
+    thresholds: dict[str, Any] | None
+    version_name: str | None  # where the reference named a version (its figures are stored)
+    note: str | None = None  # a line to show, e.g. that an export's thresholds are stale
+
+
+def resolve_model(ref: str, url: str) -> ResolvedModel:
     """A weights file, or a model version's file and operating thresholds."""
     path = Path(ref)
     if path.suffix in {".pt", ".onnx"} and path.exists():
         # A file is measured at its model's own operating point, not at default thresholds:
-        # an export's are in its metadata, a version's weights are known by their hash.
-        return path, _file_thresholds(path, url), None
+        # a version's weights and exports are known by their hash, name or folder.
+        thresholds, note = _file_thresholds(path, url)
+        return ResolvedModel(path, thresholds, None, note)  # (a file's figures are not stored)
     if path.suffix in {".pt", ".onnx"}:
         raise UserError(f"model file not found: {ref}")
     with session_scope(url) as session:
         version = get_model_version(session, ref)
-        return Path(version.file_path), dict(version.thresholds), version.name
+        return ResolvedModel(Path(version.file_path), dict(version.thresholds), version.name)
 
 
-def _file_thresholds(path: Path, url: str) -> dict[str, Any] | None:
-    """The thresholds a model file carries: an export's metadata, or those of the registered
-    version whose weights it is; None where neither says (default thresholds then)."""
+def _file_thresholds(path: Path, url: str) -> tuple[dict[str, Any] | None, str | None]:
+    """The thresholds a model file is judged at: those of the registered version it is the
+    weights or an export of (as they are now: `calibrate` and the Settings page change them
+    after an export), else an export's metadata; None where neither says (default thresholds
+    then); and a line to show where the export's own thresholds are not the version's."""
     import json
 
     from sqlalchemy import select
@@ -343,14 +360,52 @@ def _file_thresholds(path: Path, url: str) -> dict[str, Any] | None:
     from training.versions import sha256_of
 
     if path.suffix == ".onnx":
-        stored = json.loads(read_metadata(path).get(METADATA_PREFIX + "thresholds") or "{}")
-        return stored or None
+        meta = read_metadata(path)
+        stored = json.loads(meta.get(METADATA_PREFIX + "thresholds") or "{}")
+        with session_scope(url) as session:
+            version = _version_of_export(session, path, meta.get(METADATA_PREFIX + "model_version"))
+            if version is None:
+                return stored or None, None
+            name, current = version.name, dict(version.thresholds)
+        if stored == json.loads(json.dumps(current)):
+            return current, None
+        return (
+            current,
+            f"{path.name} holds other thresholds than {name}'s current ones: evaluated at the "
+            f"current ones; the export is stale: export it again (`defects export {name}`) so "
+            "that stations running that file judge at the new thresholds",
+        )
     digest = sha256_of(path)
     with session_scope(url) as session:
         version = session.scalars(
             select(ModelVersion).where(ModelVersion.sha256 == digest).order_by(ModelVersion.id)
         ).first()
-        return dict(version.thresholds) if version is not None else None
+        return (dict(version.thresholds) if version is not None else None), None
+
+
+def _version_of_export(session: Session, path: Path, named: str | None) -> ModelVersion | None:
+    """The registered detector an ONNX file belongs to: the version its metadata names, else
+    the one it is the file of (by hash), else the one whose weights it was exported beside
+    (`defects export` writes `<weights stem>[.size][.fp16|.int8].onnx` there)."""
+    from sqlalchemy import select
+
+    from db.models import ModelKind, ModelVersion
+    from training.versions import sha256_of
+
+    detectors = select(ModelVersion).where(ModelVersion.kind == ModelKind.DETECTOR)
+    if named:
+        found = session.scalars(detectors.where(ModelVersion.name == named)).first()
+        if found is not None:
+            return found
+    by_hash = detectors.where(ModelVersion.sha256 == sha256_of(path))
+    found = session.scalars(by_hash.order_by(ModelVersion.id)).first()
+    if found is not None:
+        return found
+    parts = path.name.split(".")
+    folder = path.resolve().parent
+    beside = [str(folder / (".".join(parts[:n]) + ".pt")) for n in range(1, len(parts))]
+    in_folder = detectors.where(ModelVersion.file_path.in_(beside))
+    return session.scalars(in_folder.order_by(ModelVersion.id)).first()
 
 
 @dataclass

@@ -11,6 +11,7 @@ import copy
 import json
 import os
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -154,10 +155,20 @@ def _distill_trainer(request: TrainRequest) -> dict[str, Any]:
     return {"trainer": ChannelWiseDistillationTrainer}
 
 
-def _job_progress_callback(url: str, job_id: int):  # type: ignore[no-untyped-def]
-    """Epoch progress into the job record; plain data only, so DDP can pickle it."""
+def _job_progress_callbacks(url: str, job_id: int) -> dict[str, Callable[[Any], None]]:
+    """Epoch progress into the job record; plain data only, so DDP can pickle it.
+
+    ultralytics also fires on_fit_epoch_end for its final validation of best.pt, its epoch
+    counter one past the last epoch (the log ended "epoch 26/25"): only an epoch that trained,
+    as on_train_epoch_end saw it, is logged."""
+    trained: list[int] = []  # the epoch on_train_epoch_end saw last
+
+    def on_train_epoch_end(trainer) -> None:  # type: ignore[no-untyped-def]
+        trained[:] = [trainer.epoch]
 
     def on_fit_epoch_end(trainer) -> None:  # type: ignore[no-untyped-def]
+        if trained != [trainer.epoch]:
+            return  # the final validation, not an epoch
         epochs = trainer.epochs  # re-planned by ultralytics under a time budget
         with session_scope(url) as session:
             job = session.get(TrainingJob, job_id)
@@ -166,7 +177,7 @@ def _job_progress_callback(url: str, job_id: int):  # type: ignore[no-untyped-de
                 fitness = trainer.metrics.get("metrics/mAP50(B)") if trainer.metrics else None
                 job.log = (job.log or "") + f"epoch {trainer.epoch + 1}/{epochs} mAP50 {fitness}\n"
 
-    return on_fit_epoch_end
+    return {"on_train_epoch_end": on_train_epoch_end, "on_fit_epoch_end": on_fit_epoch_end}
 
 
 def _device_argument(device: str | None) -> str:
@@ -251,6 +262,39 @@ def _latest_run(
     )
 
 
+def _resumable(runs_dir: Path, prefix: str, request: TrainRequest, class_names: list[str]) -> Any:
+    """The interrupted run's last checkpoint, loaded; refused where the dataset was imported
+    again with other classes since (the run was registered under the new names, though its
+    first epochs learned other indices)."""
+    run_dir = _latest_run(runs_dir, prefix, request.name, request.teacher)
+    model = load_detector(run_dir / "weights" / "last.pt")
+    known = [model.names[i] for i in sorted(model.names)]
+    if known != class_names:
+        raise UserError(
+            f"the interrupted run {run_dir.name} knows {known}, {request.data!r} labels "
+            f"{class_names}: resuming keeps the classes; train from scratch instead"
+        )
+    return model
+
+
+def _resume_hint(request: TrainRequest, architecture: str, model: Any) -> str:
+    """What to run to go on with a stopped training (one line), or why there is nothing to."""
+    trainer = getattr(model, "trainer", None)
+    if trainer is None or not (Path(trainer.save_dir) / "weights" / "last.pt").is_file():
+        return "stopped before its first checkpoint: there is nothing to resume"
+    if request.teacher:  # (`distill detector` takes the newest interrupted run of its teacher)
+        command = (
+            f"defects distill detector --teacher {request.teacher} --student {architecture} "
+            f"--method {request.distill_method} --data {request.data} --resume"
+        )
+    else:
+        command = (
+            f"defects train detector --data {request.data} --resume "
+            f"--name {Path(trainer.save_dir).name}"
+        )
+    return f"stopped; resume with `{command}`"
+
+
 def _interrupted(last: Path) -> bool:
     """Whether a run's last checkpoint can be resumed: ultralytics marks a finished run's
     (epoch -1, no optimizer). Resumed anyway, ultralytics fell back to its own example
@@ -318,6 +362,13 @@ def train_detector(
                     f"the teacher {teacher.name} knows other classes than {request.data!r}"
                 )
             teacher_id, teacher_weights = teacher.id, str(Path(teacher.file_path).resolve())
+        # Looked up before the job is recorded: a refused resume, as a refused --from, leaves
+        # no job behind.
+        resumed = (
+            _resumable(runs_dir, f"{request.data}-{architecture}", request, class_names)
+            if request.resume
+            else None
+        )
         job = TrainingJob(
             kind="distill-detector" if request.teacher else "train-detector",
             status=JobStatus.RUNNING,
@@ -332,16 +383,15 @@ def train_detector(
 
     prefix = f"{request.data}-{architecture}"
     events = {
-        "on_fit_epoch_end": _job_progress_callback(url, job_id),
+        **_job_progress_callbacks(url, job_id),
         "on_pretrain_routine_end": _use_every_cpu_core,
         "on_pretrain_routine_start": _lineage_callback(
             request.teacher, request.distill_method if request.teacher else None
         ),
     }
+    model = resumed
     try:
-        if request.resume:
-            run_dir = _latest_run(runs_dir, prefix, request.name, request.teacher)
-            model = load_detector(run_dir / "weights" / "last.pt")
+        if resumed is not None:
             _add_callbacks(model, events, callbacks)
             model.train(resume=True, **_distill_trainer(request))
         else:
@@ -415,4 +465,6 @@ def train_detector(
             return version.id
     except BaseException as exc:
         record_job_end(url, job_id, exc)
+        if isinstance(exc, KeyboardInterrupt):  # (SIGTERM too: the CLI raises it for one)
+            print(_resume_hint(request, architecture, model), file=sys.stderr)
         raise
