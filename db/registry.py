@@ -141,11 +141,22 @@ def promote_version(url: str, ref: str | int) -> Promotion:
     return retrying_races(attempt)
 
 
-def roll_back(url: str, kind: ModelKind) -> str:
-    """`rollback` in a transaction of its own, again after a race; the name restored."""
+def roll_back(url: str, kind: ModelKind, replacing: str | None = None) -> str:
+    """`rollback` in a transaction of its own, again after a race; the name restored.
+
+    `replacing`: the production model the caller saw; refused where another is in production
+    now. A second click (or a second user) rolled back one version more: two versions down."""
 
     def attempt() -> str:
         with session_scope(url) as session:
+            if replacing is not None:
+                current = production_model(session, kind)
+                if current is None or current.name != replacing:
+                    now = current.name if current else "no model"
+                    raise ValueError(
+                        f"{now} is the production {kind.value} now, not {replacing}: "
+                        "nothing rolled back"
+                    )
             return rollback(session, kind).name
 
     return retrying_races(attempt)

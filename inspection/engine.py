@@ -109,9 +109,10 @@ def open_backend(
         if backend == "onnx-int8" and not onnx_path.name.endswith(".int8.onnx"):
             onnx_path = onnx_path.with_suffix(".int8.onnx")
         if not onnx_path.is_file():
+            # (The hint names the weights: `defects export` alone is missing its argument.)
             flag = " --int8 --data NAME" if backend == "onnx-int8" else ""
             raise UserError(
-                f"no {onnx_path.name} for {weights.name}: run `defects export{flag}` on it first"
+                f"no {onnx_path.name} beside {weights}: run `defects export {weights}{flag}` first"
             )
         return OnnxBackend(onnx_path, device, cpu_streams)
     if weights.suffix != ".pt":

@@ -160,6 +160,8 @@ def resolve_device(choice: str | None = None) -> str:
     """Turn 'auto' into 'cuda:0' where a GPU is visible and 'cpu' otherwise."""
     import torch
 
+    # (Named where it came from: "use --device cpu" named a flag the user had not passed.)
+    remedy = "use --device cpu (or auto)" if choice else "set DEFECTS_DEVICE=cpu (or --device cpu)"
     try:  # (the rule the DEFECTS_DEVICE setting is checked by, for --device too)
         choice = Settings._check_device(choice or get_settings().device)
     except ValueError as exc:
@@ -167,10 +169,7 @@ def resolve_device(choice: str | None = None) -> str:
     if choice == "auto":
         return "cuda:0" if torch.cuda.is_available() else "cpu"
     if choice.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(
-            f"device {choice!r} was asked for but no CUDA GPU is visible: use --device cpu "
-            "(or auto)"
-        )
+        raise UserError(f"device {choice!r} was asked for but no CUDA GPU is visible: {remedy}")
     indices = choice.removeprefix("cuda:").split(",") if choice.startswith("cuda:") else []
     if any(int(i) >= torch.cuda.device_count() for i in indices if i):
         raise UserError(

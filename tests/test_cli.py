@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from training.cli import app
@@ -261,3 +262,140 @@ def test_a_promotion_the_figures_argue_against_is_warned_about(tmp_path: Path) -
     assert "mAP50 0.000 on the data good scored 0.700 on" in broken
     unevaluated = " ".join(runner.invoke(app, ["models", "promote", "unevaluated"]).output.split())
     assert "unevaluated has no evaluation" in unevaluated
+
+
+def _cli(args: list[str], data_dir: Path) -> subprocess.CompletedProcess[str]:
+    """`defects ARGS` as a user runs it with its output piped: rich at 80 columns."""
+    return subprocess.run(
+        [sys.executable, "-c", "from training.cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,  # (a terminal there would give rich its width)
+        env={"DEFECTS_DATA_DIR": str(data_dir), "PATH": "/usr/bin:/bin", "COLUMNS": "80"},
+        cwd=Path(__file__).parents[1],
+    )
+
+
+def test_model_names_are_listed_whole_at_80_columns_and_as_json(tmp_path: Path) -> None:
+    """At 80 columns, or piped, the list folded names ("defect-y/olo-n-20/261127-0/04820")
+    and cut stages ("product…"): a name could not be copied into `promote`."""
+    import json
+
+    from db.migrate import upgrade
+    from db.models import ModelKind, ModelVersion
+    from db.registry import promote
+    from db.session import session_scope
+    from inspection.settings import get_settings
+
+    names = ["defect-yolo-n-20261127-004820", "defect-yolo-s-gated-20261127-113005-finetuned"]
+    url = get_settings().resolved_database_url
+    upgrade(url)
+    with session_scope(url) as session:
+        for i, name in enumerate(names):
+            version = ModelVersion(
+                name=name,
+                kind=ModelKind.DETECTOR,
+                architecture="defect-yolo-s-gated",
+                file_path="x.pt",
+                sha256=str(i).ljust(64, "0"),
+                metrics={"map50": 0.5, "miss_rate": 0.01},
+            )
+            session.add(version)
+            session.flush()
+        promote(session, version)
+    listed = _cli(["models", "list"], tmp_path / "data")
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    for whole in [*names, "defect-yolo-s-gated", "production", "candidate", "0.500", "0.010"]:
+        assert any(whole in line for line in lines), (whole, listed.stdout)
+    assert "…" not in listed.stdout
+    as_json = _cli(["models", "list", "--json"], tmp_path / "data")
+    rows = json.loads(as_json.stdout)
+    assert [row["name"] for row in rows] == names[::-1]  # newest first
+    assert rows[0]["stage"] == "production" and rows[0]["map50"] == 0.5
+    assert rows[0]["created_at"].endswith("Z")
+
+
+def test_models_help_names_every_subcommand() -> None:
+    result = runner.invoke(app, ["models", "--help"])
+    assert "list, promote, roll back, archive; install the demo model" in " ".join(
+        result.output.split()
+    )
+    for command in ("list", "promote", "rollback", "archive", "install-demo"):
+        assert command in result.output
+
+
+def test_batch_output_missing_folders_empty_folders_and_one_part(tmp_path: Path) -> None:
+    """--output foo.csv without --export csv wrote nothing; --watch of a missing folder said
+    "--watch needs a folder"; an empty folder gave "0 parts inspected" without a word; one
+    part was "1 parts inspected"."""
+    import numpy as np
+    from PIL import Image
+
+    refused = runner.invoke(
+        app, ["batch", str(tmp_path), "--line", "L", "--station", "S", "--output", "x.txt"]
+    )
+    assert refused.exit_code == 1 and "add --export csv" in str(refused.exception)
+    for watch in ([], ["--watch"]):
+        missing = runner.invoke(
+            app, ["batch", str(tmp_path / "gone"), "--line", "L", "--station", "S", *watch]
+        )
+        said = "folder to watch not found" if watch else "source not found"
+        assert f"{said}: {tmp_path / 'gone'}" in str(missing.exception)
+    assert runner.invoke(app, ["models", "install-demo"]).exit_code == 0
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = runner.invoke(app, ["batch", str(empty), "--line", "L", "--station", "S"])
+    assert result.exit_code == 0, result.output
+    assert f"warning: no file to inspect in {empty}" in " ".join(result.output.split())
+    one = tmp_path / "one"
+    one.mkdir()
+    Image.fromarray(np.full((64, 64), 90, np.uint8) + np.eye(64, dtype=np.uint8) * 60).save(
+        one / "part.png"
+    )
+    target = tmp_path / "out.csv"
+    result = runner.invoke(
+        app, ["batch", str(one), "--line", "L", "--station", "S", "--output", str(target)]
+    )
+    assert result.exit_code == 0, result.output
+    summary = " ".join(result.output.split())
+    assert "1 part inspected" in summary and "0 errors" in summary
+    assert "warning" not in summary
+    assert target.read_text().splitlines()[1].startswith("part.png,")
+
+
+def test_hard_negative_mining_is_counted_over_the_training_images() -> None:
+    """Of 33 training images, "0 false detections on 0 training images" was printed: the
+    count was of the images that had a false detection."""
+    from training.train_classifier import hard_negatives_note
+
+    none = hard_negatives_note({}, 33, "det-v1")
+    assert none == (
+        "hard negatives: det-v1 made no false detection on the 33 training images, "
+        "so none are learned"
+    )
+    box = (0.0, 0.0, 1.0, 1.0)
+    some = hard_negatives_note({0: [box, box], 5: [box]}, 33, "det-v1")
+    assert some == "hard negatives: 3 false detections of det-v1, on 2 of the 33 training images"
+
+
+def test_an_onnx_export_says_nothing_of_ultralytics_scratch_folder(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """ultralytics printed "Results saved to .../.export-XXXX/best.onnx" and `yolo predict`
+    commands naming the scratch folder, deleted by the time they were read."""
+    import logging
+    import shutil
+
+    from training.demo import DEMO_DIR
+    from training.export import export_detector
+
+    weights = Path(shutil.copy2(DEMO_DIR / "weights.pt", tmp_path / "best.pt"))
+    level = logging.getLogger("ultralytics").level
+    capfd.readouterr()
+    assert export_detector(weights) == tmp_path / "best.onnx"
+    out, err = capfd.readouterr()
+    assert ".export-" not in out + err and "Results saved" not in out + err, out + err
+    assert "deprecated" not in out + err  # (its `half` argument)
+    assert (tmp_path / "best.onnx").is_file()
+    assert logging.getLogger("ultralytics").level == level

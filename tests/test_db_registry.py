@@ -142,3 +142,19 @@ def test_two_registrations_in_the_same_second_keep_their_own_weights(
     assert name == "race-2" and folder == models / "race-2" and folder.is_dir()
     _version(session, "race-3")  # a name taken in the database is skipped as well
     assert _claim_version_folder(session, models, "race")[0] == "race-4"
+
+
+def test_a_roll_back_of_a_model_no_longer_in_production_is_refused(database_url: str) -> None:
+    """Two clicks (or two users) each rolled back one version: two versions down."""
+    from db.registry import roll_back
+    from db.session import session_scope
+
+    with session_scope(database_url) as session:
+        promote(session, _version(session, "A"))
+        promote(session, _version(session, "B"))
+    assert roll_back(database_url, ModelKind.DETECTOR, replacing="B") == "A"
+    with pytest.raises(ValueError, match="A is the production detector now, not B"):
+        roll_back(database_url, ModelKind.DETECTOR, replacing="B")
+    with session_scope(database_url) as session:
+        stages = {v.name: v.stage for v in session.query(ModelVersion)}
+    assert stages["A"] == ModelStage.PRODUCTION

@@ -327,7 +327,8 @@ def test_ctrl_c_stops_every_worker_and_the_summary_counts_what_was_written(
     assert not still_running
     assert "stopped; what was inspected is saved" in output
     written = _count_inspections(detector)
-    assert f"{written} parts inspected" in " ".join(output.split())
+    said = f"{written} part{'' if written == 1 else 's'} inspected"
+    assert said in " ".join(output.split())
     finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert len(_rows(detector)) == 300

@@ -38,7 +38,10 @@ app = typer.Typer(
     add_completion=False,
 )
 db_app = typer.Typer(help="The inspection database.", no_args_is_help=True)
-models_app = typer.Typer(help="Model versions: list, promote, roll back.", no_args_is_help=True)
+models_app = typer.Typer(
+    help="Model versions: list, promote, roll back, archive; install the demo model.",
+    no_args_is_help=True,
+)
 train_app = typer.Typer(help="Train models on an imported dataset.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(models_app, name="models")
@@ -79,8 +82,11 @@ def db_current() -> None:
 @models_app.command("list")
 def models_list(
     kind: Annotated[ModelKind | None, typer.Option(help="Only this kind.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Model versions, newest first, with their stage and key metrics."""
+    import json
+
     from sqlalchemy import select
 
     url = migrated_database_url()
@@ -89,6 +95,23 @@ def models_list(
         if kind is not None:
             query = query.where(ModelVersion.kind == kind)
         versions = session.scalars(query).all()
+        if as_json:  # (an empty list too: a script reads no sentence)
+            rows = [
+                {
+                    "id": v.id,
+                    "name": v.name,
+                    "kind": v.kind.value,
+                    "architecture": v.architecture,
+                    "stage": v.stage.value,
+                    "map50": (v.metrics or {}).get("map50"),
+                    "miss_rate": (v.metrics or {}).get("miss_rate"),
+                    "false_call_rate": (v.metrics or {}).get("false_call_rate"),
+                    "created_at": v.created_at.isoformat(timespec="seconds") + "Z",
+                }
+                for v in versions
+            ]
+            print(json.dumps(rows, indent=2))
+            return
         if not versions:
             console.print(
                 f"no model versions yet in {redact(url)}: train one with "
@@ -96,24 +119,46 @@ def models_list(
                 markup=False,
             )
             return
-        table = Table(
-            "id", "name", "kind", "architecture", "stage", "mAP50", "miss rate", "created"
-        )
-        for column in table.columns[1:4:2]:  # names are copied into promote: never cut short
-            column.overflow = "fold"
-        for v in versions:
-            metrics = v.metrics or {}
-            table.add_row(
+        headers = ("id", "name", "kind", "architecture", "stage", "mAP50", "miss rate", "created")
+        rows_shown = [
+            (
                 str(v.id),
                 v.name,
                 v.kind.value,
                 v.architecture,
                 v.stage.value,
-                _fmt(metrics.get("map50")),
-                _fmt(metrics.get("miss_rate")),
+                _fmt((v.metrics or {}).get("map50")),
+                _fmt((v.metrics or {}).get("miss_rate")),
                 v.created_at.strftime("%Y-%m-%d %H:%M"),
             )
-        console.print(table)
+            for v in versions
+        ]
+    _print_unbroken(Table(*headers), rows_shown, whole=(1, 3))
+
+
+def _print_unbroken(table: Table, rows: list[tuple[str, ...]], whole: tuple[int, ...]) -> None:
+    """Print `table` with `rows`, breaking no word and the columns `whole` not at all.
+
+    Short of room (80 columns, or any pipe), rich folded names mid-word ("defect-y/olo-n") and
+    cut others short ("product…"), and a name is copied into `promote` and `--model`. Each
+    column keeps at least its longest word (`whole` ones their longest cell, on one line); where
+    even that is wider than the terminal the table is printed wider, not cropped."""
+    from rich.measure import Measurement
+
+    for index, column in enumerate(table.columns):
+        cells = [column.header, *(row[index] for row in rows)]
+        if index in whole:
+            column.no_wrap = True
+            column.min_width = max(len(str(cell)) for cell in cells[1:])
+        else:
+            column.min_width = max(len(word) for cell in cells for word in str(cell).split())
+    for row in rows:
+        table.add_row(*row)
+    # (A table given a width expands to it: set only where the terminal is too narrow.)
+    needed = Measurement.get(console, console.options.update_width(10**6), table).minimum
+    if needed > console.width:
+        table.width = needed
+    console.print(table, crop=False)
 
 
 def _fmt(value: object) -> str:
@@ -127,45 +172,10 @@ def models_promote(model: Annotated[str, typer.Argument(help="Model version id o
     promoted = promote_version(url, model)
     replaced = f", replacing {promoted.replaced}" if promoted.replaced else ""
     console.print(f"{promoted.name} is now the production {promoted.kind.value}{replaced}")
-    for warning in _promotion_warnings(url, promoted.name, promoted.replaced):
+    from training.versions import promotion_warnings
+
+    for warning in promotion_warnings(url, promoted.name, promoted.replaced):
         console.print(f"warning: {warning}", markup=False)
-
-
-def _promotion_warnings(url: str, name: str, replaced: str | None) -> list[str]:
-    """What the figures say against a promotion just made: a model that finds nothing went
-    into production without a word. (Said, not refused: the figures may be of other data.)"""
-    from db.registry import get_model_version
-
-    with session_scope(url) as session:
-        new = get_model_version(session, name)
-        metrics = dict(new.metrics or {})
-        old = get_model_version(session, replaced) if replaced else None
-        old_metrics = dict(old.metrics or {}) if old else {}
-        same_data = old is not None and old.dataset_id == new.dataset_id
-    map50 = metrics.get("map50", metrics.get("val_map50"))
-    warnings = []
-    if map50 is None and "miss_rate" not in metrics:
-        warnings.append(
-            f"{name} has no evaluation: `defects evaluate {name} --data NAME --split test` "
-            "gives its miss and false-call rates"
-        )
-    if map50 is not None and map50 < 0.05:
-        warnings.append(f"{name} has mAP50 {map50:.3f}: it finds almost nothing")
-    if metrics.get("miss_rate") == 1.0:
-        warnings.append(f"{name} missed every defective part of its evaluation")
-    # (Test figures of both, on the same data: a val figure against a test one says nothing.)
-    test_map50, old_map50 = metrics.get("map50"), old_metrics.get("map50")
-    if (
-        same_data
-        and test_map50 is not None
-        and old_map50 is not None
-        and test_map50 < old_map50 - 0.01
-    ):
-        warnings.append(
-            f"{name} has mAP50 {test_map50:.3f} on the data {replaced} scored {old_map50:.3f} on: "
-            f"`defects models rollback` puts {replaced} back"
-        )
-    return warnings
 
 
 @models_app.command("rollback")
@@ -317,7 +327,8 @@ def train_detector_command(
     imgsz: Annotated[int, typer.Option(min=32, help="Training image size (pixels).")] = 256,
     batch: Annotated[int, typer.Option(min=1)] = 16,
     device: Annotated[
-        str | None, typer.Option(help="cpu, 0, 0,1 (GPUs); default from DEFECTS_DEVICE.")
+        str | None,
+        typer.Option(help="cpu, cuda, cuda:N (or N); several GPUs: 0,1. Default: DEFECTS_DEVICE."),
     ] = None,
     from_model: Annotated[
         str | None, typer.Option("--from", help="Fine-tune from this model version.")
@@ -399,7 +410,10 @@ def distill_detector_command(
         float | None,
         typer.Option(help="Weight of the distillation loss (default: 6 for feature, 3 for cwd)."),
     ] = None,
-    device: Annotated[str | None, typer.Option(help="cpu, 0, 0,1 (GPUs).")] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(help="cpu, cuda, cuda:N (or N); several GPUs: 0,1. Default: DEFECTS_DEVICE."),
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Resume the last interrupted run.")] = False,
     seed: int = 0,
     hours: HoursOption = None,
@@ -846,13 +860,19 @@ class BackendOption(StrEnum):
     onnx_int8 = "onnx-int8"
 
 
+def _counted(n: int, noun: str) -> str:
+    """`n` and its noun, plural unless 1: the summary said "1 parts inspected"."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _print_summary(summary, rate: bool = True) -> None:  # type: ignore[no-untyped-def]
     """`rate`: False where the run's clock also counted the waits for a camera."""
     from db.queries import percentile
 
     console.print(
-        f"run {summary.run_id} with {summary.model_name}: {summary.inspected} parts inspected, "
-        f"{summary.failed} failed, {summary.errors} errors, {summary.skipped} already inspected"
+        f"run {summary.run_id} with {summary.model_name}: "
+        f"{_counted(summary.inspected, 'part')} inspected, {summary.failed} failed, "
+        f"{_counted(summary.errors, 'error')}, {summary.skipped} already inspected"
     )
     if summary.rejudged:
         console.print(
@@ -911,7 +931,12 @@ def batch_command(
         bool, typer.Option(help="Keep inspecting files that appear in the folder.")
     ] = False,
     export: Annotated[str | None, typer.Option(help="Write the run's results: csv.")] = None,
-    output: Annotated[Path | None, typer.Option(help="Where to write the export.")] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            help="The export's file (default run-N.csv); a .csv name implies --export csv."
+        ),
+    ] = None,
     operator: Annotated[str, typer.Option(help="Who runs the batch.")] = "",
     backend: BackendOption = BackendOption.auto,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N.")] = None,
@@ -956,13 +981,21 @@ def batch_command(
 
     if export not in (None, "csv"):
         raise UserError(f"export format {export!r} is not supported; use csv")
+    if export is None and output is not None:
+        # (--output alone wrote nothing, without a word: a .csv name says what is wanted.)
+        if output.suffix.lower() != ".csv":
+            raise UserError(f"--output {output}: add --export csv (or name a .csv file)")
+        export = "csv"
     named_keys: list[tuple[str, str]] = []  # each file read, for the CSV
     if export == "csv" and output is not None and output.is_dir():
         # (Said now, not after the whole batch has run.)
         raise UserError(f"--output {output} is a folder: give the CSV file's name")
     source_path = Path(source)
+    # (Said before the model loads; a glob that matches nothing is said by iter_source.)
+    if not source_path.exists() and (watch or not any(ch in source for ch in "*?[")):
+        raise UserError(f"{'folder to watch' if watch else 'source'} not found: {source}")
     if watch and not source_path.is_dir():
-        raise UserError("--watch needs a folder")
+        raise UserError(f"--watch needs a folder: {source} is a file")
     url = migrated_database_url()
     settings = get_settings()
     options = {
@@ -985,6 +1018,14 @@ def batch_command(
         listing = time.perf_counter()
         files = folder_files(source_path) if source_path.is_dir() else []
         listing = time.perf_counter() - listing
+        if source_path.is_dir() and not files:  # ("0 parts inspected", exit 0, said nothing)
+            console.print(
+                f"warning: no file to inspect in {source} (hidden files are never read)"
+                + ("; watching for new ones" if watch else ""),
+                style="yellow",
+                markup=False,
+                soft_wrap=True,
+            )
         # (A zip inside the folder gives its entries: their number is known only as they come.)
         total = len(files) if files and not any(f.suffix.lower() == ".zip" for f in files) else None
         bar = tqdm(total=total, unit="part", disable=None)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,22 @@ def _replace_atomically(written: Path, target: Path) -> None:
     os.replace(written, target)
 
 
+@contextmanager
+def _ultralytics_quiet() -> Iterator[None]:
+    """ultralytics logs its export at INFO whatever `verbose` says, ending with "Results saved
+    to" and `yolo predict` commands that name the scratch folder, deleted by the time they are
+    read: only its warnings and errors are let through; the caller says where the file went."""
+    import logging
+
+    logger = logging.getLogger("ultralytics")
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def export_detector(
     weights: Path,
     imgsz: int | None = None,
@@ -56,17 +74,18 @@ def export_detector(
     # file: it exports a copy in a folder of its own, and the result takes the target's place.
     with tempfile.TemporaryDirectory(dir=weights.parent, prefix=".export-") as scratch:
         copy = Path(shutil.copy2(weights, Path(scratch) / weights.name))
-        exported = Path(
-            load_detector(copy).export(
-                format="onnx",
-                imgsz=imgsz,
-                half=half,
-                dynamic=dynamic,
-                simplify=True,
-                device=device.removeprefix("cuda:") if device.startswith("cuda") else "cpu",
-                verbose=False,
+        with _ultralytics_quiet():
+            exported = Path(
+                load_detector(copy).export(
+                    format="onnx",
+                    imgsz=imgsz,
+                    quantize=16 if half else None,  # (its `half` is deprecated: a warning)
+                    dynamic=dynamic,
+                    simplify=True,
+                    device=device.removeprefix("cuda:") if device.startswith("cuda") else "cpu",
+                    verbose=False,
+                )
             )
-        )
         proto = onnx.load(str(exported))
         names = [model.names[i] for i in sorted(model.names)]
         extra = {

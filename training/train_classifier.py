@@ -171,6 +171,23 @@ def mine_hard_negatives(
     return found
 
 
+def hard_negatives_note(
+    found: dict[int, list[tuple[float, float, float, float]]], n_images: int, detector: str
+) -> str:
+    """What mining found. `found` holds only the images with a false detection: its size was
+    printed as the training images ("0 false detections on 0 training images" of 33)."""
+    detections = sum(map(len, found.values()))
+    if not detections:
+        return (
+            f"hard negatives: {detector} made no false detection on the {n_images} training "
+            "images, so none are learned"
+        )
+    return (
+        f"hard negatives: {detections} false detection{'s' if detections != 1 else ''} of "
+        f"{detector}, on {len(found)} of the {n_images} training images"
+    )
+
+
 class CropDataset(Dataset):
     def __init__(
         self, images: list[np.ndarray], samples: list[Sample], image_size: int, augment: bool
@@ -349,8 +366,9 @@ def train_classifier(request: ClassifierTrainRequest, url: str | None = None) ->
                 hard_negative_detector, split_image_paths(root, "train"), train_boxes, device=device
             )
             print(
-                f"hard negatives: {sum(map(len, hard_negatives.values()))} false detections "
-                f"on {len(hard_negatives)} training images"
+                hard_negatives_note(
+                    hard_negatives, len(train_images), request.hard_negatives_from or ""
+                )
             )
         train_set = CropDataset(
             train_images,

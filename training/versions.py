@@ -13,6 +13,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.models import Dataset, ModelKind, ModelStage, ModelVersion
+from db.registry import get_model_version
+from db.session import session_scope
 from inspection.errors import UserError
 
 DEFAULT_CONFIDENCE = 0.25
@@ -98,3 +100,38 @@ def register_model_version(
     session.add(version)
     session.flush()
     return version
+
+
+def promotion_warnings(url: str, name: str, replaced: str | None) -> list[str]:
+    """What the figures say against a promotion just made: a model that finds nothing went
+    into production without a word. (Said, not refused: the figures may be of other data.)"""
+    with session_scope(url) as session:
+        new = get_model_version(session, name)
+        metrics = dict(new.metrics or {})
+        old = get_model_version(session, replaced) if replaced else None
+        old_metrics = dict(old.metrics or {}) if old else {}
+        same_data = old is not None and old.dataset_id == new.dataset_id
+    map50 = metrics.get("map50", metrics.get("val_map50"))
+    warnings = []
+    if map50 is None and "miss_rate" not in metrics:
+        warnings.append(
+            f"{name} has no evaluation: `defects evaluate {name} --data NAME --split test` "
+            "gives its miss and false-call rates"
+        )
+    if map50 is not None and map50 < 0.05:
+        warnings.append(f"{name} has mAP50 {map50:.3f}: it finds almost nothing")
+    if metrics.get("miss_rate") == 1.0:
+        warnings.append(f"{name} missed every defective part of its evaluation")
+    # (Test figures of both, on the same data: a val figure against a test one says nothing.)
+    test_map50, old_map50 = metrics.get("map50"), old_metrics.get("map50")
+    if (
+        same_data
+        and test_map50 is not None
+        and old_map50 is not None
+        and test_map50 < old_map50 - 0.01
+    ):
+        warnings.append(
+            f"{name} has mAP50 {test_map50:.3f} on the data {replaced} scored {old_map50:.3f} on: "
+            f"`defects models rollback` puts {replaced} back"
+        )
+    return warnings

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
@@ -21,6 +22,7 @@ from db.session import session_scope
 from inspection.errors import UserError
 from training.backtest import backtest, recorded_rates
 from training.jobs import log_tail, mark_ended, process_alive, start_detector_training
+from training.versions import promotion_warnings
 
 
 def _pct(value: object) -> str:
@@ -73,7 +75,7 @@ st.subheader("Promote or roll back")
 if detectors:
     left, right = st.columns(2)
     chosen = left.selectbox("Detector version", detectors, key="promote_choice")
-    if left.button("Promote to production"):
+    if left.button("Promote to production", disabled=chosen == production_name):
         try:
             promoted = promote_version(state.url, chosen)
         except ValueError as exc:  # a classifier: it is put to work by a calibration
@@ -81,12 +83,19 @@ if detectors:
         else:
             replaced = f"; {promoted.replaced} archived" if promoted.replaced else ""
             flash(f"{chosen} is in production{replaced}")
+            for warning in promotion_warnings(state.url, promoted.name, promoted.replaced):
+                flash(warning, "warning")  # (the command line says them; the page did not)
             st.rerun()
-    if right.button("Roll back the detector"):
+    # The button names the model it rolls back, and its key too: a second click on its way
+    # after the first had rolled back is dropped, and another user's is refused.
+    if production_name and right.button(
+        f"Roll back {production_name}", key=f"rollback_{production_name}"
+    ):
         try:
-            flash(f"{roll_back(state.url, ModelKind.DETECTOR)} is in production again")
+            restored = roll_back(state.url, ModelKind.DETECTOR, replacing=production_name)
+            flash(f"{restored} is in production again")
             st.rerun()
-        except NotFoundError as exc:
+        except (NotFoundError, ValueError) as exc:
             st.error(str(exc))
 
 st.subheader("Backtest a candidate on every reviewed part")
@@ -151,7 +160,15 @@ else:
             value=False,
             disabled=not production_name,
         )
-        if st.form_submit_button("Start training"):
+        submitted = st.form_submit_button("Start training")
+    asked = (data, int(epochs), int(imgsz), fine_tune, distill, float(hours))
+    earlier = st.session_state.get("training_started")
+    if submitted:
+        if earlier is not None and earlier[0] == asked and process_alive(earlier[1]):
+            # (A second press while the first's page was still waiting started a second,
+            # identical training: two processes, two candidates.)
+            st.warning(f"This training is running already (process {earlier[1]}).")
+        else:
             with session_scope(state.url) as session:
                 architecture = (
                     get_model_version(session, production_name).architecture
@@ -167,6 +184,7 @@ else:
                 teacher=production_name if distill and production_name else None,
                 hours=float(hours) or None,
             )
+            st.session_state["training_started"] = (asked, pid, str(log))
             time.sleep(2)  # a mistake (a dataset whose files are gone) ends it at once
             if process_alive(pid):
                 st.success(
@@ -176,6 +194,20 @@ else:
             else:
                 st.error(f"The training ended at once. The end of its log ({log}):")
                 st.code(log_tail(log))
+
+started = st.session_state.get("training_started")
+if (
+    started is not None
+    and not process_alive(started[1])
+    and all(pid != started[1] for _, _, _, _, pid, _, _ in job_rows)
+):
+    # Ended after the first seconds' look, before recording its job (a check that refused
+    # it, e.g. a dataset of other classes): said here once, or it vanished without a word.
+    st.session_state.pop("training_started")
+    st.error(
+        f"The training started from this page ended without a job. The end of its log ({started[2]}):"
+    )
+    st.code(log_tail(Path(started[2])))
 
 if job_rows:
     st.subheader("Training jobs")
