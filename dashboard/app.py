@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import streamlit as st  # noqa: E402
 
-from dashboard.state import database_ready, show_flashes  # noqa: E402
+from dashboard.state import database_message, database_ready, show_flashes  # noqa: E402
 from db.session import DatabaseError  # noqa: E402
 
 st.set_page_config(page_title="Defect inspection", layout="wide")
@@ -37,7 +37,4 @@ except DatabaseError as exc:
     # The database went away or broke after the app started (a PostgreSQL restart, a disk
     # full, a damaged SQLite file): one message on any page, nothing half done is kept (the
     # session rolled back), and the next action tries again.
-    st.error(
-        f"The database cannot be used right now: {exc}. Nothing was changed; try again, or "
-        "ask whoever runs the database."
-    )
+    st.error(database_message(exc))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -145,3 +146,28 @@ def show_flashes() -> None:
     """The messages `flash` left for this run, once."""
     for level, message in st.session_state.pop("_flashes", []):
         getattr(st, level)(message)
+
+
+def database_message(exc: Exception) -> str:
+    """What any page says when the database fails under it (one wording for every page)."""
+    return (
+        f"The database cannot be used right now: {exc}. Nothing was changed; try again, or "
+        "ask whoever runs the database."
+    )
+
+
+def zone_label(utc_offset_minutes: int | None = None) -> str:
+    """'local time, UTC-05:00': what the pages' times are (stored times are naive UTC); by
+    default today's offset, so a time from before a change of daylight saving time is still
+    its own local time, an hour off the label."""
+    if utc_offset_minutes is None:
+        offset = datetime.now().astimezone().utcoffset() or timedelta(0)
+        utc_offset_minutes = round(offset.total_seconds() / 60)
+    sign = "+" if utc_offset_minutes >= 0 else "-"
+    hours, minutes = divmod(abs(utc_offset_minutes), 60)
+    return f"local time, UTC{sign}{hours:02d}:{minutes:02d}"
+
+
+def local_time(moment: datetime) -> datetime:
+    """A stored naive-UTC time as the server's local time (naive: Plotly draws no zones)."""
+    return moment.replace(tzinfo=UTC).astimezone().replace(tzinfo=None)

@@ -172,6 +172,9 @@ class TrainingJob(Base):
     log: Mapped[str] = mapped_column(Text, default="")
     error: Mapped[str | None] = mapped_column(Text)
     pid: Mapped[int | None] = mapped_column(Integer)
+    # The machine `pid` is of: stations sharing PostgreSQL train on one machine and look at
+    # the job from another, where that pid names nothing (or another process).
+    host: Mapped[str | None] = mapped_column(String(255))
     dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"))
     result_model_version_id: Mapped[int | None] = mapped_column(
         ForeignKey("model_versions.id", ondelete="SET NULL")

@@ -815,34 +815,47 @@ def station_activity(session: Session, since: datetime) -> list[StationActivity]
         .group_by(InspectionRun.station_id)
         .subquery("latest_run")
     )
-    found = []
-    for station, line, run in session.execute(
+    stations = session.execute(
         select(Station, ProductionLine.name, InspectionRun)
         .join(ProductionLine, ProductionLine.id == Station.line_id)
         .outerjoin(latest_run, latest_run.c.station_id == Station.id)
         .outerjoin(InspectionRun, InspectionRun.id == latest_run.c.run_id)
         .order_by(ProductionLine.name, Station.name)
-    ):
-        n, failed, errors, blank, last = counts.get(station.id, (0, 0, 0, 0, None))
-        if last is None:  # nothing since: the station's last verdict, however old, as the
-            # latest of its runs' last verdicts, one index seek a run (looked up through its
-            # parts, a quiet station cost a scan of all of them: 1.0 s on PostgreSQL for a year
-            # of four stations, every 5 s refresh, bench/results/history_scale_postgresql_before.json)
-            last_of_run = (
-                select(func.max(Inspection.inspected_at))
-                .where(Inspection.run_id == InspectionRun.id)
-                .scalar_subquery()
-            )
-            in_runs = session.scalar(
-                select(func.max(last_of_run)).where(InspectionRun.station_id == station.id)
-            )
-            # (Verdicts recorded with no run, as none of the product's are: by their parts.)
-            outside_runs = session.scalar(
-                select(func.max(Inspection.inspected_at))
-                .join(Part, Part.id == Inspection.part_id)
-                .where(Inspection.run_id.is_(None), Part.station_id == station.id)
-            )
-            last = max((t for t in (in_runs, outside_runs) if t is not None), default=None)
+    ).all()
+    # Nothing since: a quiet station's last verdict, however old, as the latest of its runs'
+    # last verdicts, one index seek a run (looked up through its parts, a quiet station cost a
+    # scan of all of them: 1.0 s on PostgreSQL for a year of four stations, every 5 s refresh,
+    # bench/results/history_scale_postgresql_before.json). Grouped, a few queries in all, not
+    # two a quiet station (a plant of thousands of idle stations, every refresh).
+    quiet = [station.id for station, _, _ in stations if station.id not in counts]
+    last_of_run = (
+        select(func.max(Inspection.inspected_at))
+        .where(Inspection.run_id == InspectionRun.id)
+        .scalar_subquery()
+    )
+    quiet_last: dict[int, datetime] = {}
+    for first in range(0, len(quiet), _IN_LIST):
+        ids = quiet[first : first + _IN_LIST]
+        in_runs = session.execute(
+            select(InspectionRun.station_id, func.max(last_of_run))
+            .where(InspectionRun.station_id.in_(ids))
+            .group_by(InspectionRun.station_id)
+        )
+        # (Verdicts recorded with no run, as none of the product's are: by their parts.)
+        outside_runs = session.execute(
+            select(Part.station_id, func.max(Inspection.inspected_at))
+            .join(Part, Part.id == Inspection.part_id)
+            .where(Inspection.run_id.is_(None), Part.station_id.in_(ids))
+            .group_by(Part.station_id)
+        )
+        for station_id, last in [*in_runs, *outside_runs]:
+            if last is not None and (station_id not in quiet_last or last > quiet_last[station_id]):
+                quiet_last[station_id] = last
+    found = []
+    for station, line, run in stations:
+        n, failed, errors, blank, last = counts.get(
+            station.id, (0, 0, 0, 0, quiet_last.get(station.id))
+        )
         found.append(
             StationActivity(
                 line,

@@ -584,3 +584,316 @@ def test_download_defuses_formulas_and_gives_local_times_with_their_offset(
     plain = by_part["plain.png"]
     assert (plain["captured_at"], plain["defects"]) == ("2026-07-05T04:00:00-04:00", "scratch")
     assert plain["superseded_at"] == ""
+
+
+def test_roll_back_pressed_twice_rolls_back_once(production: str, tmp_path: Path) -> None:
+    """A double click (or two users) rolled back two versions: B, then A, went out of
+    production, and the demo the users had replaced came back."""
+    from db.registry import promote_version
+
+    with session_scope(production) as session:
+        tiny = session.scalars(select(ModelVersion)).one()
+        for name, metrics in (("A", {"map50": 0.6}), ("B", {"map50": 0.0})):
+            session.add(
+                ModelVersion(
+                    name=name,
+                    kind=tiny.kind,
+                    architecture=tiny.architecture,
+                    file_path=tiny.file_path,
+                    sha256=name * 64,
+                    classes=tiny.classes,
+                    metrics=metrics,
+                )
+            )
+    promote_version(production, "A")
+    ana, bob = _app().run(), _app().run()
+    for at in (ana, bob):
+        at.switch_page("views/models.py").run()
+    next(s for s in ana.selectbox if s.label == "Detector version").set_value("B").run()
+    next(b for b in ana.button if b.label == "Promote to production").click().run()
+    assert not ana.exception, ana.exception
+    assert any("B has mAP50 0.000: it finds almost nothing" in w.value for w in ana.warning)
+    bob.run()
+    ana.run()
+    next(b for b in ana.button if b.label == "Roll back B").click().run()
+    next(b for b in bob.button if b.label == "Roll back B").click().run()
+    assert not bob.exception, bob.exception
+    with session_scope(production) as session:
+        from db.models import ModelKind
+        from db.registry import production_model
+
+        assert production_model(session, ModelKind.DETECTOR).name == "A"  # type: ignore[union-attr]
+
+
+def _thresholds(url: str, name: str = "tiny") -> dict:  # type: ignore[type-arg]
+    with session_scope(url) as session:
+        return dict(
+            session.scalars(select(ModelVersion.thresholds).where(ModelVersion.name == name)).one()
+        )
+
+
+# Thresholds stored by someone else while a page is open (`defects calibrate`, another user).
+_CALIBRATED_ELSEWHERE = {
+    "per_class": dict.fromkeys(CLASSES, 0.5),
+    "default": 1.01,
+    "calibration": {
+        "data": "synth",
+        "split": "val",
+        "max_miss_rate": 0.01,
+        "n_missed": 0,
+        "n_defective": 9,
+        "miss_rate_upper_95": 0.28,
+    },
+}
+
+
+def test_a_threshold_save_after_a_calibration_elsewhere_is_refused_not_lost(
+    production: str,
+) -> None:
+    """Save stored the new thresholds' values (the sliders drawn anew), not the user's edit,
+    dropped the calibration record and said "Saved"."""
+    from training.calibrate import store_operating_point
+
+    at = _app().run()
+    at.switch_page("views/settings.py").run()
+    store_operating_point(production, "tiny", _CALIBRATED_ELSEWHERE)
+    next(s for s in at.slider if s.label == CLASSES[0]).set_value(0.3)
+    next(b for b in at.button if b.label == "Save thresholds").click().run()
+    assert not at.exception, at.exception
+    assert not at.success
+    assert "changed since you opened this page" in at.error[0].value
+    assert _thresholds(production) == _CALIBRATED_ELSEWHERE
+    assert [s.value for s in at.slider] == [0.5] * len(CLASSES)  # what is stored now
+    # The change made again is saved.
+    next(s for s in at.slider if s.label == CLASSES[0]).set_value(0.3)
+    next(b for b in at.button if b.label == "Save thresholds").click().run()
+    assert "Saved" in at.success[0].value
+    saved = _thresholds(production)
+    assert saved["per_class"][CLASSES[0]] == 0.3 and "calibration" not in saved
+
+
+def test_a_threshold_save_is_not_written_onto_a_model_promoted_meanwhile(
+    production: str,
+) -> None:
+    from db.registry import promote_version
+
+    with session_scope(production) as session:
+        tiny = session.scalars(select(ModelVersion)).one()
+        session.add(
+            ModelVersion(
+                name="other",
+                kind=tiny.kind,
+                architecture=tiny.architecture,
+                file_path=tiny.file_path,
+                sha256="o" * 64,
+                classes=tiny.classes,
+                thresholds=_CALIBRATED_ELSEWHERE,
+            )
+        )
+    at = _app().run()
+    at.switch_page("views/settings.py").run()
+    tiny_before = _thresholds(production)
+    promote_version(production, "other")
+    next(s for s in at.slider if s.label == CLASSES[0]).set_value(0.3)
+    next(b for b in at.button if b.label == "Save thresholds").click().run()
+    assert not at.exception, at.exception
+    assert not at.success
+    assert "other was promoted to production since you opened this page" in at.error[0].value
+    assert _thresholds(production, "other") == _CALIBRATED_ELSEWHERE
+    assert _thresholds(production) == tiny_before
+
+
+def test_a_calibration_preview_is_not_used_over_thresholds_changed_since(
+    production: str, tmp_path: Path
+) -> None:
+    from training.calibrate import store_operating_point
+
+    at = _calibrate_on_settings_page(production, tmp_path, 12, "Class thresholds", "shared")
+    store_operating_point(production, "tiny", _CALIBRATED_ELSEWHERE)
+    next(b for b in at.button if b.label.startswith("Use these thresholds")).click().run()
+    assert not at.exception, at.exception
+    assert not at.success
+    assert "changed since this calibration was computed" in at.error[0].value
+    assert _thresholds(production) == _CALIBRATED_ELSEWHERE
+    assert not any(b.label.startswith("Use these thresholds") for b in at.button)
+    assert [s.value for s in at.slider] == [0.5] * len(CLASSES)
+
+
+def _judged_in_run(
+    url: str,
+    where: tuple[str, str],
+    name: str,
+    when: datetime,
+    first_seen: tuple[str, str] | None = None,
+    classes: tuple[str, ...] = (),
+) -> None:
+    """A part judged at `when` (naive UTC) in an open run at `where` (line, station), as a
+    `--watch` batch records it; first seen at `first_seen` (another station), or there."""
+    import hashlib
+
+    from db.models import InspectionRun
+    from db.registry import ensure_station
+
+    upgrade(url)
+    with session_scope(url) as session:
+        station = ensure_station(session, *where)
+        seen = ensure_station(session, *first_seen) if first_seen else station
+        run = InspectionRun(line_id=station.line_id, station_id=station.id, source="hot/")
+        part = Part(
+            content_hash=hashlib.sha256(name.encode()).hexdigest(),
+            stored_path=f"{name}.png",
+            original_name=name,
+            size_bytes=1,
+            line_id=seen.line_id,
+            station_id=seen.id,
+            captured_at=when,
+        )
+        session.add_all([run, part])
+        session.flush()
+        inspection = Inspection(
+            part_id=part.id,
+            run_id=run.id,
+            verdict=Verdict.FAIL if classes else Verdict.PASS,
+            inspected_at=when,
+        )
+        inspection.predictions.extend(Prediction(class_name=c, confidence=0.9) for c in classes)
+        session.add(inspection)
+
+
+def _live(at: AppTest | None = None) -> AppTest:
+    at = at or _app().run()
+    at.switch_page("views/live.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _refreshed(at: AppTest) -> AppTest:
+    """The page as its timer refreshes it: the fragment run alone, not the whole script (so
+    outside app.py's handler). AppTest has no call for it: its rerun request is given the
+    fragments' ids, as the browser's timer sends them."""
+    import functools
+
+    from streamlit.testing.v1 import local_script_runner
+
+    fragments = list(at._fragment_storage._fragments)
+    assert fragments, "the page has its auto-refreshed fragment"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            local_script_runner,
+            "RerunData",
+            functools.partial(
+                local_script_runner.RerunData, fragment_id_queue=fragments, is_auto_rerun=True
+            ),
+        )
+        return at.run()
+
+
+def test_live_page_refreshed_with_the_database_gone_says_so(tmp_path: Path) -> None:
+    """The refresh every 5 s showed a DatabaseError traceback, not the other pages' message."""
+    from db.session import get_engine
+
+    url = get_settings().resolved_database_url
+    _judged_in_run(url, ("Line 1", "Station 1"), "a", utcnow())
+    at = _live()
+    assert not at.error
+    get_engine(url).dispose()
+    database = Path(url.removeprefix("sqlite:///"))
+    for gone in database.parent.glob(database.name + "*"):
+        gone.unlink()
+    database.mkdir()  # a file that cannot be opened any more
+    _refreshed(at)
+    assert not at.exception, at.exception
+    assert "The database cannot be used right now" in at.error[0].value
+
+
+def test_live_page_sums_up_many_idle_stations_in_one_line() -> None:
+    """2000 stations with an open run idle for 2 hours were 2000 banners (and 4000 queries)
+    at every refresh."""
+    from sqlalchemy import event
+
+    from db.queries import station_activity
+    from db.session import get_engine
+
+    url = get_settings().resolved_database_url
+    two_hours_ago = utcnow() - timedelta(hours=2)
+    for n in range(30):
+        _judged_in_run(url, ("Line 1", f"Cam {n:02d}"), f"p{n}", two_hours_ago)
+    at = _live()
+    [idle] = at.info
+    assert idle.value.startswith("30 station(s) have an open run but no part for over 5 minutes")
+    assert "Line 1 / Cam 00 (run 1, 120 min)" in idle.value and "and 25 more" in idle.value
+    assert len(at.dataframe[0].value) == 30
+    statements: list[str] = []
+
+    def count(*args: object) -> None:
+        statements.append(str(args[2]))
+
+    engine = get_engine(url)
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        with session_scope(url) as session:
+            found = station_activity(session, utcnow() - timedelta(hours=1))
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert {a.last_inspected_at for a in found} == {two_hours_ago}
+    assert len(statements) <= 5, statements  # not two a quiet station
+
+
+def test_live_page_lists_a_part_at_the_station_that_judged_it() -> None:
+    """A part first seen at Cam A, judged by Cam B's run: the table counted it at Cam B while
+    "Latest parts" listed it at Cam A."""
+    url = get_settings().resolved_database_url
+    _judged_in_run(url, ("Line 2", "Cam B"), "moved.png", utcnow(), first_seen=("Line 1", "Cam A"))
+    at = _live()
+    stations = at.dataframe[0].value.set_index("station")
+    assert (stations.loc["Cam B", "parts"], stations.loc["Cam A", "parts"]) == (1, 0)
+    latest = at.dataframe[1].value
+    assert latest[["line", "station", "part"]].values.tolist() == [["Line 2", "Cam B", "moved.png"]]
+
+
+def test_live_page_gives_local_times_to_the_second_and_says_so(tmp_path: Path) -> None:
+    from PIL import Image
+
+    url = get_settings().resolved_database_url
+    judged = utcnow().replace(microsecond=123456) - timedelta(minutes=3)
+    _judged_in_run(url, ("Line 1", "Cam A"), "bad.png", judged, classes=(CLASSES[0],))
+    image = tmp_path / "bad.png"
+    Image.new("RGB", (32, 32)).save(image)
+    with session_scope(url) as session:
+        session.scalars(select(Part)).one().stored_path = str(image)
+    with local_zone("Etc/GMT+5"):  # POSIX names: 5 hours west, no daylight saving time
+        at = _live()
+        local = judged - timedelta(hours=5)
+        zone = "local time, UTC-05:00"
+        latest = at.dataframe[1].value
+        assert latest[f"judged ({zone})"].tolist() == [f"{local:%Y-%m-%d %H:%M:%S}"]
+        assert any(f"times in {zone}" in c.value for c in at.caption)
+        assert (
+            at.get("image")[0].proto.imgs[0].caption == f"judged {local:%Y-%m-%d %H:%M:%S} ({zone})"
+        )
+        minutes = _figures(at)[f"Parts per minute ({zone})"]
+        assert minutes["data"][0]["x"] == [f"{local:%Y-%m-%d %H:%M}"]
+
+
+def test_a_job_running_on_another_machine_is_not_written_off(production: str) -> None:
+    """A training on another machine sharing the database: its pid, looked up here, named
+    nothing, and the Models page wrote the job off as failed while it trained on."""
+    from db.models import JobStatus, TrainingJob
+    from training.jobs import this_host
+
+    with session_scope(production) as session:
+        elsewhere = TrainingJob(
+            kind="train-detector", status=JobStatus.RUNNING, pid=4_000_000, host="trainer-9"
+        )
+        here = TrainingJob(
+            kind="train-detector", status=JobStatus.RUNNING, pid=4_000_001, host=this_host()
+        )
+        session.add_all([elsewhere, here])
+    at = _app().run()
+    at.switch_page("views/models.py").run()
+    assert not at.exception, at.exception
+    with session_scope(production) as session:
+        statuses = {j.host: j.status for j in session.scalars(select(TrainingJob))}
+    assert statuses == {"trainer-9": JobStatus.RUNNING, this_host(): JobStatus.FAILED}
+    labels = [p.proto.text for p in at.get("progress")]
+    assert any(label.endswith("running on trainer-9") for label in labels), labels

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -74,6 +75,18 @@ def process_alive(pid: int | None) -> bool:
     except (OSError, IndexError):
         return True
     return state != "Z"
+
+
+def this_host() -> str:
+    return socket.gethostname()
+
+
+def job_alive(pid: int | None, host: str | None) -> bool | None:
+    """Whether a job's process runs; None where it runs on another machine, which alone can
+    tell (a job with no host is from before hosts were kept: taken for this machine's)."""
+    if host is not None and host != this_host():
+        return None
+    return process_alive(pid)
 
 
 def mark_ended(url: str, job_id: int) -> None:

@@ -40,7 +40,7 @@ from inspection.errors import UserError
 from inspection.images import decode_image
 from inspection.settings import get_settings, resolve_device
 from training.datasets import check_trainable, dataset_yaml, split_image_paths
-from training.jobs import record_job_end
+from training.jobs import record_job_end, this_host
 from training.versions import register_model_version
 
 
@@ -350,6 +350,7 @@ def train_classifier(request: ClassifierTrainRequest, url: str | None = None) ->
             dataset_id=dataset_id,
             started_at=utcnow(),
             pid=os.getpid(),  # (without it the Models page took a running job for ended)
+            host=this_host(),
         )
         session.add(job)
         session.flush()
@@ -478,6 +479,7 @@ def train_classifier(request: ClassifierTrainRequest, url: str | None = None) ->
             job = session.get(TrainingJob, job_id)
             assert job is not None
             job.status, job.progress, job.finished_at = JobStatus.SUCCEEDED, 1.0, utcnow()
+            job.error = None
             job.result_model_version_id = version.id
             return version.id
     except BaseException as exc:

@@ -28,7 +28,7 @@ from inspection.detector import architecture_of, build_detector, load_detector
 from inspection.errors import UserError
 from inspection.settings import get_settings
 from training.datasets import check_trainable, dataset_yaml
-from training.jobs import record_job_end
+from training.jobs import record_job_end, this_host
 from training.versions import register_model_version
 
 # Grayscale surface images: no hue or saturation jitter (there is no colour), brightness jitter
@@ -376,6 +376,7 @@ def train_detector(
             dataset_id=dataset.id,
             started_at=utcnow(),
             pid=os.getpid(),
+            host=this_host(),
         )
         session.add(job)
         session.flush()
@@ -459,6 +460,7 @@ def train_detector(
             job = session.get(TrainingJob, job_id)
             assert job is not None
             job.status = JobStatus.SUCCEEDED
+            job.error = None  # (a look from elsewhere may have called it ended)
             job.progress = 1.0
             job.finished_at = utcnow()
             job.result_model_version_id = version.id

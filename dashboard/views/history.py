@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import replace
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 
 import streamlit as st
 from sqlalchemy import select
@@ -21,7 +21,7 @@ from dashboard.charts import (
     volume_figure,
 )
 from dashboard.downloads import filtered_results_csv
-from dashboard.state import database_ready
+from dashboard.state import database_ready, local_time, zone_label
 from db.models import Prediction, ProductionLine, Station
 from db.queries import (
     Filters,
@@ -44,18 +44,6 @@ def _picked_days(chosen: object, today: date) -> tuple[date, date]:
     if not days:
         return today - timedelta(days=DEFAULT_DAYS), today
     return days[0], days[-1]
-
-
-def _zone_label(utc_offset_minutes: int) -> str:
-    """'local time, UTC-05:00': what the axes and the download say their times are."""
-    sign = "+" if utc_offset_minutes >= 0 else "-"
-    hours, minutes = divmod(abs(utc_offset_minutes), 60)
-    return f"local time, UTC{sign}{hours:02d}:{minutes:02d}"
-
-
-def _local(moment: datetime) -> datetime:
-    """A stored naive-UTC time as the server's local time (naive: Plotly draws no zones)."""
-    return moment.replace(tzinfo=UTC).astimezone().replace(tzinfo=None)
 
 
 state = database_ready()
@@ -101,7 +89,7 @@ filters = Filters.local_days(
     station_id=stations.get(station),
     class_name=None if class_name == "All classes" else class_name,
 )
-zone = _zone_label(filters.utc_offset_minutes)
+zone = zone_label(filters.utc_offset_minutes)
 
 with session_scope(state.url) as session:
     rate_rows = rates(session, filters, group_by="day")
@@ -141,7 +129,8 @@ left, right = st.columns(2)
 left.plotly_chart(latency_figure(latency))
 right.plotly_chart(
     model_timeline_figure(
-        [replace(u, first_at=_local(u.first_at), last_at=_local(u.last_at)) for u in usage], zone
+        [replace(u, first_at=local_time(u.first_at), last_at=local_time(u.last_at)) for u in usage],
+        zone,
     )
 )
 st.download_button(

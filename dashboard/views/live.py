@@ -7,24 +7,42 @@ failed part with its defects drawn, without anyone pressing a button.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 from PIL.Image import Image
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from dashboard.charts import minute_volume_figure
 from dashboard.drawing import DrawnBox, draw_boxes, prediction_boxes
-from dashboard.state import database_ready
-from db.models import Inspection, Verdict, utcnow
-from db.queries import Filters, StationActivity, inspection_rows, minute_volume, station_activity
-from db.session import session_scope
+from dashboard.state import database_message, database_ready, local_time, zone_label
+from db.models import (
+    Inspection,
+    InspectionRun,
+    Part,
+    ProductionLine,
+    Station,
+    Verdict,
+    utcnow,
+)
+from db.queries import (
+    MinuteVolume,
+    StationActivity,
+    counted_detections,
+    minute_volume,
+    station_activity,
+)
+from db.session import DatabaseError, session_scope
 from inspection.images import ImageDecodeError, decode_image
 
 REFRESH_SECONDS = 5
 IDLE_MINUTES = 5  # a watched station without a part for this long is called out
+LATEST_PARTS = 20
+NAMED = 5  # stations a call-out names; a plant of thousands gets one line, not a banner each
 
 state = database_ready()
 st.title("Live")
@@ -35,6 +53,60 @@ window = st.selectbox(
     format_func=lambda minutes: f"last {minutes} minutes",
     key="live_window",
 )
+
+
+def _local(moment: datetime, to: str = "%Y-%m-%d %H:%M:%S") -> str:
+    """A stored naive-UTC time as this server's local time, to the second (or as `to` says)."""
+    return f"{local_time(moment):{to}}"
+
+
+def _local_minutes(volume: list[MinuteVolume]) -> list[MinuteVolume]:
+    minute = "%Y-%m-%d %H:%M"
+    return [replace(v, minute=_local(datetime.strptime(v.minute, minute), minute)) for v in volume]
+
+
+def _named(stations: list[str]) -> str:
+    """The first NAMED of `stations`, and how many more."""
+    more = len(stations) - NAMED
+    return ", ".join(stations[:NAMED]) + (f" and {more} more" if more > 0 else "")
+
+
+def _latest_parts(session: Session, zone: str) -> list[dict[str, object]]:
+    """The newest current verdicts, each at the station that judged it (its run's; its part's
+    for a verdict with no run), as `station_activity` counts them: `inspection_rows` gives a
+    part's first-seen station, so a part judged again elsewhere showed at two stations."""
+    judged_at = func.coalesce(InspectionRun.station_id, Part.station_id)
+    found = session.execute(
+        select(
+            Inspection.id,
+            Inspection.inspected_at,
+            ProductionLine.name,
+            Station.name,
+            Part.original_name,
+            Inspection.verdict,
+            Inspection.error,
+        )
+        .join(Part, Part.id == Inspection.part_id)
+        .outerjoin(InspectionRun, InspectionRun.id == Inspection.run_id)
+        .join(Station, Station.id == judged_at)
+        .join(ProductionLine, ProductionLine.id == Station.line_id)
+        .where(Inspection.is_current())
+        .order_by(Inspection.inspected_at.desc())
+        .limit(LATEST_PARTS)
+    ).all()
+    counted = counted_detections(session, [row[0] for row in found])
+    return [
+        {
+            f"judged ({zone})": _local(inspected_at),
+            "line": line,
+            "station": station,
+            "part": part,
+            "verdict": verdict.value,
+            "defects": ";".join(sorted({c for c, _ in counted.get(inspection_id, [])})),
+            "error": error or "",
+        }
+        for inspection_id, inspected_at, line, station, part, verdict, error in found
+    ]
 
 
 def _status(activity: StationActivity, now: datetime) -> str:
@@ -48,7 +120,7 @@ def _status(activity: StationActivity, now: datetime) -> str:
     return f"{'judging' if idle < IDLE_MINUTES * 60 else 'run open, idle'}, last part {since}"
 
 
-def _last_failed_part(url: str) -> tuple[str, Image | None, str] | None:
+def _last_failed_part(url: str, zone: str) -> tuple[str, Image | None, str] | None:
     """The newest failed part drawn with its defects, or None."""
     with session_scope(url) as session:
         inspection = session.scalars(
@@ -66,7 +138,7 @@ def _last_failed_part(url: str) -> tuple[str, Image | None, str] | None:
         image = _drawn(inspection_id, path, boxes)
     except (OSError, ImageDecodeError) as exc:
         return name, None, f"its image cannot be shown: {exc}"
-    return name, image, f"judged {when:%Y-%m-%d %H:%M:%S} UTC"
+    return name, image, f"judged {_local(when)} ({zone})"
 
 
 @st.cache_data(max_entries=4, show_spinner=False)
@@ -78,35 +150,46 @@ def _drawn(inspection_id: int, path: str, boxes: tuple[DrawnBox, ...]) -> Image:
 
 @st.fragment(run_every=REFRESH_SECONDS)
 def live_view() -> None:
+    try:
+        _live_view()
+    except DatabaseError as exc:
+        # A refresh runs this fragment alone, outside app.py's handler of the other pages:
+        # its words here, not a traceback every REFRESH_SECONDS (the next refresh tries again).
+        st.error(database_message(exc))
+
+
+def _live_view() -> None:
     now = utcnow()
     since = now - timedelta(minutes=window)
+    zone = zone_label()
     with session_scope(state.url) as session:
         activity = station_activity(session, since)
         volume = minute_volume(session, since)
-        recent = inspection_rows(session, Filters(), limit=20)
+        recent = _latest_parts(session, zone)
     if not activity:
         st.info(
             "No station has inspected anything yet. On a station, `defects batch FOLDER --line L "
             "--station S --watch` judges the images a camera drops into FOLDER; they show here."
         )
         return
-    for found in activity:
-        where = f"{found.line} / {found.station}"
-        if found.blank_frames:
-            st.warning(
-                f"{where}: {found.blank_frames} blank frame(s) in the last {window} minutes: "
-                "check the camera and its lighting."
-            )
-        idle = (
-            (now - found.last_inspected_at).total_seconds() / 60
-            if found.last_inspected_at
-            else None
+    blank = [f"{a.line} / {a.station} ({a.blank_frames})" for a in activity if a.blank_frames]
+    if blank:
+        st.warning(
+            f"{len(blank)} station(s) sent blank frames in the last {window} minutes: "
+            f"{_named(blank)}. Check their cameras and lighting."
         )
-        if found.run_open and idle is not None and idle >= IDLE_MINUTES:
-            st.info(
-                f"{where}: its run {found.run_id} is open but has judged no part for "
-                f"{idle:.0f} minutes (a quiet camera, or an inspection that was stopped)."
-            )
+    idle = [
+        f"{a.line} / {a.station} (run {a.run_id}, {minutes:.0f} min)"
+        for a in activity
+        if a.run_open
+        and a.last_inspected_at is not None
+        and (minutes := (now - a.last_inspected_at).total_seconds() / 60) >= IDLE_MINUTES
+    ]
+    if idle:
+        st.info(
+            f"{len(idle)} station(s) have an open run but no part for over {IDLE_MINUTES} "
+            f"minutes (a quiet camera, or an inspection that was stopped): {_named(idle)}."
+        )
     st.dataframe(
         pd.DataFrame(
             [
@@ -126,23 +209,22 @@ def live_view() -> None:
         ),
         hide_index=True,
     )
-    st.caption(f"Parts judged in the last {window} minutes; refreshed every {REFRESH_SECONDS} s.")
+    st.caption(
+        f"Parts judged in the last {window} minutes; refreshed every {REFRESH_SECONDS} s; "
+        f"times in {zone}."
+    )
     left, right = st.columns([3, 2])
     with left:
         if volume:
-            st.plotly_chart(minute_volume_figure(volume))
-        st.markdown("**Latest parts**")
+            figure = minute_volume_figure(_local_minutes(volume))
+            st.plotly_chart(figure.update_layout(title_text=f"Parts per minute ({zone})"))
+        st.markdown("**Latest parts** (at the station that judged each)")
         if recent:
-            st.dataframe(
-                pd.DataFrame(recent)[
-                    ["inspected_at", "line", "station", "part", "verdict", "defects", "error"]
-                ],
-                hide_index=True,
-            )
+            st.dataframe(pd.DataFrame(recent), hide_index=True)
         else:  # stations, none of them with a part yet (the demo line of a fresh install)
             st.caption("No part judged yet.")
     with right:
-        shown = _last_failed_part(state.url)
+        shown = _last_failed_part(state.url, zone)
         if shown is None:
             st.caption("No failed part yet.")
         else:

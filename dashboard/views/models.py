@@ -21,7 +21,13 @@ from db.registry import (
 from db.session import session_scope
 from inspection.errors import UserError
 from training.backtest import backtest, recorded_rates
-from training.jobs import log_tail, mark_ended, process_alive, start_detector_training
+from training.jobs import (
+    job_alive,
+    log_tail,
+    mark_ended,
+    process_alive,
+    start_detector_training,
+)
 from training.versions import promotion_warnings
 
 
@@ -58,7 +64,7 @@ with session_scope(state.url) as session:
         select(TrainingJob).order_by(TrainingJob.created_at.desc()).limit(10)
     ).all()
     job_rows = [
-        (j.id, j.kind, j.status, j.progress, j.pid, j.error, j.result_model_version_id)
+        (j.id, j.kind, j.status, j.progress, j.pid, j.host, j.error, j.result_model_version_id)
         for j in jobs
     ]
     production = production_model(session, ModelKind.DETECTOR)
@@ -199,7 +205,7 @@ started = st.session_state.get("training_started")
 if (
     started is not None
     and not process_alive(started[1])
-    and all(pid != started[1] for _, _, _, _, pid, _, _ in job_rows)
+    and all(pid != started[1] for _, _, _, _, pid, _, _, _ in job_rows)
 ):
     # Ended after the first seconds' look, before recording its job (a check that refused
     # it, e.g. a dataset of other classes): said here once, or it vanished without a word.
@@ -211,12 +217,18 @@ if (
 
 if job_rows:
     st.subheader("Training jobs")
-    for job_id, kind, status, progress, pid, error, result_id in job_rows:
+    for job_id, kind, status, progress, pid, host, error, result_id in job_rows:
         running = status == JobStatus.RUNNING
         label = f"job {job_id} {kind}: {status.value}"
-        if running and not process_alive(pid):
+        alive = job_alive(pid, host) if running else None
+        if running and alive is None:
+            # (Its process is on another machine: a pid looked up here named nothing, and
+            # the job was written off as failed while it trained on.)
+            label += f" on {host}"
+        elif running and not alive:
             mark_ended(state.url, job_id)
             label = f"job {job_id} {kind}: failed (its process ended without finishing)"
+            error = "its process ended without finishing (killed, or the machine stopped)"
         st.progress(min(max(progress, 0.0), 1.0), text=label)
         if error:
             st.caption(error)

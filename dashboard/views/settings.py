@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+from typing import Any
 
 import pandas as pd
 import streamlit as st
@@ -11,7 +13,7 @@ from sqlalchemy import select
 
 from dashboard.state import database_ready, detector_info, flash, lines_and_stations
 from db.models import Dataset, ModelKind, ModelVersion
-from db.registry import ensure_station, get_model_version
+from db.registry import ensure_station
 from db.session import session_scope
 from inspection.errors import UserError
 from training.calibrate import (
@@ -19,8 +21,42 @@ from training.calibrate import (
     StoredCalibration,
     calibrate_model,
     calibration_notes,
-    store_operating_point,
 )
+
+# The production model and the stamp of its thresholds that this session's sliders were drawn
+# with, in the run before: a submit is judged against what the user saw, not what is stored now.
+RENDERED = "settings_thresholds_rendered"
+
+
+def _stamp(thresholds: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(thresholds, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _store_if_unchanged(url: str, model_id: int, stamp: str, thresholds: dict[str, Any]) -> bool:
+    """Store `thresholds` as the operating point of `model_id` only if its stored ones are still
+    those `stamp` names (checked in the writing transaction, the row locked where the database
+    can: a calibration or another user between the page's read and this write is not undone)."""
+    with session_scope(url) as session:
+        version = session.scalars(
+            select(ModelVersion).where(ModelVersion.id == model_id).with_for_update()
+        ).one()
+        if _stamp(version.thresholds) != stamp:
+            return False
+        version.thresholds = thresholds
+        return True
+
+
+def _changed_message(name: str, promoted: bool) -> str:
+    if promoted:
+        return (
+            f"{name} was promoted to production since you opened this page: here are its "
+            "thresholds; make your change again (nothing was stored)."
+        )
+    return (
+        f"The thresholds of {name} changed since you opened this page (by a calibration or "
+        "another user): here they are now; make your change again (nothing was stored)."
+    )
+
 
 state = database_ready()
 st.title("Settings")
@@ -33,7 +69,11 @@ else:
     per_class = dict(info.thresholds.get("per_class") or {})
     # The sliders' keys change with the stored thresholds: a slider keeps its own value across
     # runs, so after a calibration it would show (and a save would store back) the old ones.
-    stamp = hashlib.sha256(info.operating_point.encode()).hexdigest()[:12]
+    # That also leaves a submit after such a change with the new keys' stored values, not the
+    # user's: the stamp the form was drawn with tells (RENDERED).
+    stamp = _stamp(info.thresholds)
+    rendered: tuple[int, str] | None = st.session_state.get(RENDERED)
+    st.session_state[RENDERED] = (info.id, stamp)
     with st.form("thresholds"):
         st.caption(
             f"{info.name}: a part fails when a defect's confidence reaches its class's threshold. "
@@ -51,14 +91,18 @@ else:
             for name in info.classes
         }
         if st.form_submit_button("Save thresholds"):
-            with session_scope(state.url) as session:
-                version = get_model_version(session, info.id)
-                thresholds = dict(version.thresholds)
-                thresholds["per_class"] = edited
-                thresholds.pop("calibration", None)  # hand-set: no longer the calibrated point
-                version.thresholds = thresholds
-            flash("Saved: the next inspection uses them.")
-            st.rerun()
+            thresholds = {**info.thresholds, "per_class": edited}
+            thresholds.pop("calibration", None)  # hand-set: no longer the calibrated point
+            if rendered != (info.id, stamp) or not _store_if_unchanged(
+                state.url, info.id, stamp, thresholds
+            ):
+                # Shown with the sliders at what is stored now (drawn above, new keys).
+                st.error(
+                    _changed_message(info.name, rendered is not None and rendered[0] != info.id)
+                )
+            else:
+                flash("Saved: the next inspection uses them.")
+                st.rerun()
     calibration = info.thresholds.get("calibration")
     if calibration:
         st.caption(
@@ -118,6 +162,7 @@ else:
                     with st.spinner("Scoring the split..."):
                         st.session_state["pending_calibration"] = (
                             info.id,
+                            stamp,  # accepted only over the thresholds it was computed beside
                             calibrate_model(
                                 state.url,
                                 info.name,
@@ -132,11 +177,20 @@ else:
                         )
                 except UserError as exc:
                     st.error(str(exc))
-        pending: tuple[int, StoredCalibration] | None = st.session_state.get("pending_calibration")
-        if pending is not None and pending[0] == info.id:
+        pending: tuple[int, str, StoredCalibration] | None = st.session_state.get(
+            "pending_calibration"
+        )
+        if pending is not None and pending[0] != info.id:
+            # Computed for a model no longer in production: never offered for this one.
+            del st.session_state["pending_calibration"]
+            st.warning(
+                f"The calibration you computed was dropped: {info.name} was promoted to "
+                "production since. Calibrate again to change its thresholds."
+            )
+        elif pending is not None:
             # Shown before it replaces the production thresholds: a split too small for the
             # target, or without good parts, is a warning QA reads before accepting.
-            stored = pending[1]
+            _, computed_beside, stored = pending
             result = stored.calibration
             report = stored.operating_point["calibration"]
             st.markdown(
@@ -159,9 +213,20 @@ else:
             if accept.button(
                 f"Use these thresholds for {info.name}", type="primary", key="accept_calibration"
             ):
-                store_operating_point(state.url, info.name, stored.operating_point)
                 del st.session_state["pending_calibration"]
-                flash(f"Stored as the operating point of {info.name}: the next inspection uses it.")
+                if computed_beside == stamp and _store_if_unchanged(
+                    state.url, info.id, stamp, stored.operating_point
+                ):
+                    flash(
+                        f"Stored as the operating point of {info.name}: the next inspection uses it."
+                    )
+                else:
+                    flash(
+                        f"The thresholds of {info.name} changed since this calibration was "
+                        "computed (by another calibration or another user): the sliders show "
+                        "them now. Nothing was stored; calibrate again to replace them.",
+                        "error",
+                    )
                 st.rerun()
             if discard.button("Discard", key="discard_calibration"):
                 del st.session_state["pending_calibration"]
