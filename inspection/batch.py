@@ -30,7 +30,7 @@ from pathlib import Path
 from threading import Event, Lock
 from typing import Any, BinaryIO, TypeVar
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -535,8 +535,14 @@ class BatchInspection:
         on the Live page once and then nowhere while the camera stayed dead."""
         with connection_scope(self.url) as connection:
             rows = connection.execute(
-                select(Part.content_hash, Inspection.thresholds, Inspection.error)
+                select(
+                    Part.content_hash,
+                    Inspection.thresholds,
+                    Inspection.error,
+                    func.coalesce(InspectionRun.station_id, Part.station_id),
+                )
                 .join(Inspection, Inspection.part_id == Part.id)
+                .outerjoin(InspectionRun, InspectionRun.id == Inspection.run_id)
                 .where(
                     Part.content_hash.in_(hashes),
                     Inspection.model_version_id == self.model_id,
@@ -544,8 +550,13 @@ class BatchInspection:
                 )
             ).all()
         return {
-            digest: stored == self._operating_point and not is_blank_frame(error)
-            for digest, stored, error in rows
+            digest: stored == self._operating_point
+            and not is_blank_frame(error)
+            # An error is this station's fault to record: the same bytes (an empty file, a
+            # camera's garbage) recorded at another station left this one's camera fault
+            # counted as "already inspected", invisible on its station.
+            and (error is None or station_id == self.station_id)
+            for digest, stored, error, station_id in rows
         }
 
     def run(
@@ -697,10 +708,9 @@ class BatchInspection:
                 results, rejudged = self._after_a_race(results)
         for result in results:
             self.summary.inspected += 1
-            # (A blank frame come again is not a part judged again at new thresholds.)
-            self.summary.rejudged += result.content_hash in rejudged and not is_blank_frame(
-                result.error
-            )
+            # (A blank frame come again, or an error recorded at this station after another's,
+            # is not a part judged again at new thresholds.)
+            self.summary.rejudged += result.content_hash in rejudged and result.verdict != "error"
             # (An error's time is not a verdict's: a file that is not an image would pull the
             # latencies a station is judged by toward whatever its batch took.)
             if result.latency_ms is not None and result.verdict != "error":

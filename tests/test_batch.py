@@ -1087,3 +1087,20 @@ def test_an_outage_line_is_said_once_by_the_threads_that_wait_through_it(
         "database gone; trying again in 0.5 s",
         "database gone; trying again in 1.0 s",
     ]
+
+
+def test_a_fault_of_the_same_bytes_is_recorded_at_each_station(
+    detector: str, tmp_path: Path
+) -> None:
+    """Two cameras writing empty (or the same garbage) files: the second station's came out as
+    "already inspected", 0 errors, its camera fault invisible on its station."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "garbage.png").write_bytes(b"\x00garbage" * 10)
+    first = BatchInspection(detector, tmp_path / "store", "L3", "A").run(iter_source(str(folder)))
+    assert (first.errors, first.skipped) == (2, 0)
+    other = BatchInspection(detector, tmp_path / "store", "L3", "B").run(iter_source(str(folder)))
+    assert (other.errors, other.skipped, other.rejudged) == (2, 0, 0)
+    again = BatchInspection(detector, tmp_path / "store", "L3", "B").run(iter_source(str(folder)))
+    assert (again.errors, again.skipped) == (0, 2)  # this station's fault, recorded once
