@@ -142,6 +142,9 @@ def build(url: str, parts: int, days: int, stations: int, now: datetime) -> None
                 review_rows.append(
                     {
                         "part_id": i + 1,
+                        # (A failed part's detection is reviewed as itself, as the Review
+                        # page does: the truth of a part needs each detection decided.)
+                        "prediction_id": i + 1 if failed else None,
                         "kind": kind,
                         "class_name": random.choice(CLASSES) if truly_defective else None,
                         "reviewer": "qa",
@@ -151,6 +154,7 @@ def build(url: str, parts: int, days: int, stations: int, now: datetime) -> None
             if failed:
                 prediction_rows.append(
                     {
+                        "id": i + 1,  # (the review above names it)
                         "inspection_id": i + 1,
                         "source": PredictionSource.DETECTOR,
                         "class_name": random.choice(CLASSES),

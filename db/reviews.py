@@ -41,34 +41,41 @@ def uncertainty_margin(inspection: Inspection) -> float:
     return min(margins, default=1.0)
 
 
-def _undecided() -> ColumnElement[bool]:
-    """A detection (Prediction, correlated) no review has decided yet."""
+def _undecided(detection: type[Prediction] = Prediction) -> ColumnElement[bool]:
+    """A detection (`detection`, correlated) no review has decided yet."""
     # (Its own alias: inside a query of reviews, it would otherwise be taken for that review.)
     decision = aliased(Review)
-    return ~select(decision.id).where(decision.prediction_id == Prediction.id).exists()
+    return ~select(decision.id).where(decision.prediction_id == detection.id).exists()
 
 
 def _decided_in_full(part_id: ColumnElement[int]) -> ColumnElement[bool]:
-    """A verdict of the part with detections, every one of them decided by a reviewer."""
-    detections = select(Prediction.id).where(Prediction.inspection_id == Inspection.id)
+    """A verdict of the part with detections, every one of them decided by a reviewer.
+
+    Found from the part's reviews of detections, then that verdict's other detections, all by
+    index: by the part's inspections it was a scan of every inspection for each reviewed part
+    (no index has inspections by part alone), 7.5 s for the rates of 200000 parts."""
+    reviewed, detection, sibling = aliased(Review), aliased(Prediction), aliased(Prediction)
     return (
-        select(Inspection.id)
+        select(reviewed.id)
+        .join(detection, detection.id == reviewed.prediction_id)
         .where(
-            Inspection.part_id == part_id,
-            detections.exists(),
-            ~detections.where(_undecided()).exists(),
+            reviewed.part_id == part_id,
+            ~select(sibling.id)
+            .where(sibling.inspection_id == detection.inspection_id, _undecided(sibling))
+            .exists(),
         )
         .exists()
     )
 
 
 def _judged_with_nothing_found(part_id: ColumnElement[int]) -> ColumnElement[bool]:
-    """A verdict of the part with no detection at all: a reviewer who added a missed defect
-    to it has said all there is to say."""
+    """The part's current verdict has no detection at all: a reviewer who added a missed
+    defect to it has said all there is to say. (Current: by the index of current verdicts.)"""
     return (
         select(Inspection.id)
         .where(
             Inspection.part_id == part_id,
+            Inspection.is_current(),
             Inspection.verdict != Verdict.ERROR,
             ~select(Prediction.id).where(Prediction.inspection_id == Inspection.id).exists(),
         )
