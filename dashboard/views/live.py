@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 from PIL.Image import Image
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dashboard.charts import minute_volume_figure
@@ -22,17 +22,14 @@ from dashboard.drawing import DrawnBox, draw_boxes, prediction_boxes
 from dashboard.state import database_message, database_ready, local_time, zone_label
 from db.models import (
     Inspection,
-    InspectionRun,
-    Part,
-    ProductionLine,
-    Station,
     Verdict,
     utcnow,
 )
 from db.queries import (
+    Filters,
     MinuteVolume,
     StationActivity,
-    counted_detections,
+    inspection_rows,
     minute_volume,
     station_activity,
 )
@@ -72,40 +69,19 @@ def _named(stations: list[str]) -> str:
 
 
 def _latest_parts(session: Session, zone: str) -> list[dict[str, object]]:
-    """The newest current verdicts, each at the station that judged it (its run's; its part's
-    for a verdict with no run), as `station_activity` counts them: `inspection_rows` gives a
-    part's first-seen station, so a part judged again elsewhere showed at two stations."""
-    judged_at = func.coalesce(InspectionRun.station_id, Part.station_id)
-    found = session.execute(
-        select(
-            Inspection.id,
-            Inspection.inspected_at,
-            ProductionLine.name,
-            Station.name,
-            Part.original_name,
-            Inspection.verdict,
-            Inspection.error,
-        )
-        .join(Part, Part.id == Inspection.part_id)
-        .outerjoin(InspectionRun, InspectionRun.id == Inspection.run_id)
-        .join(Station, Station.id == judged_at)
-        .join(ProductionLine, ProductionLine.id == Station.line_id)
-        .where(Inspection.is_current())
-        .order_by(Inspection.inspected_at.desc())
-        .limit(LATEST_PARTS)
-    ).all()
-    counted = counted_detections(session, [row[0] for row in found])
+    """The newest current verdicts, each at the station that judged it, as the station table
+    counts them (a part's first-seen station showed a part judged elsewhere at two)."""
     return [
         {
-            f"judged ({zone})": _local(inspected_at),
-            "line": line,
-            "station": station,
-            "part": part,
-            "verdict": verdict.value,
-            "defects": ";".join(sorted({c for c, _ in counted.get(inspection_id, [])})),
-            "error": error or "",
+            f"judged ({zone})": _local(row["inspected_at"]),  # type: ignore[arg-type]
+            "line": row["line"],
+            "station": row["station"],
+            "part": row["part"],
+            "verdict": row["verdict"],
+            "defects": row["defects"],
+            "error": row["error"],
         }
-        for inspection_id, inspected_at, line, station, part, verdict, error in found
+        for row in inspection_rows(session, Filters(), LATEST_PARTS, judging_station=True)
     ]
 
 
