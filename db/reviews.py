@@ -53,7 +53,7 @@ def _decided_in_full(part_id: ColumnElement[int]) -> ColumnElement[bool]:
 
     Found from the part's reviews of detections, then that verdict's other detections, all by
     index: by the part's inspections it was a scan of every inspection for each reviewed part
-    (no index has inspections by part alone), 7.5 s for the rates of 200000 parts."""
+    (no index has inspections by part alone), seconds for the rates of 200000 parts."""
     reviewed, detection, sibling = aliased(Review), aliased(Prediction), aliased(Prediction)
     return (
         select(reviewed.id)
