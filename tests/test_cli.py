@@ -399,3 +399,27 @@ def test_an_onnx_export_says_nothing_of_ultralytics_scratch_folder(
     assert "deprecated" not in out + err  # (its `half` argument)
     assert (tmp_path / "best.onnx").is_file()
     assert logging.getLogger("ultralytics").level == level
+
+
+def test_an_import_whose_val_split_has_no_good_part_says_so(tmp_path: Path) -> None:
+    """A split by hash put none of a dataset's good parts in val; calibration on val then said
+    "false calls unknown" with no hint why."""
+    from tests.synthetic import write_voc
+
+    images = write_voc(tmp_path / "src", n=12)
+    good = sorted(i.name for i in images if not i.boxes)
+    defective = sorted(i.name for i in images if i.boxes)
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    (splits / "train.txt").write_text("\n".join(good + defective[:6]))
+    (splits / "val.txt").write_text("\n".join(defective[6:8]))
+    (splits / "test.txt").write_text("\n".join(defective[8:]))
+    args = ["import", "voc", str(tmp_path / "src"), "--splits", str(splits)]
+    result = runner.invoke(app, [*args, "--name", "nogood"])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert f"val holds none of the {len(good)} good parts" in said
+    (splits / "val.txt").write_text("\n".join([good[0], *defective[6:8]]))
+    (splits / "train.txt").write_text("\n".join(good[1:] + defective[:6]))
+    again = runner.invoke(app, [*args, "--name", "somegood"])
+    assert again.exit_code == 0 and "val holds none" not in again.output

@@ -897,3 +897,28 @@ def test_a_job_running_on_another_machine_is_not_written_off(production: str) ->
     assert statuses == {"trainer-9": JobStatus.RUNNING, this_host(): JobStatus.FAILED}
     labels = [p.proto.text for p in at.get("progress")]
     assert any(label.endswith("running on trainer-9") for label in labels), labels
+
+
+def test_a_save_keeps_a_class_switched_off_and_thresholds_to_the_thousandth(
+    production: str,
+) -> None:
+    """A class a calibration switched off (1.01) showed capped at 1.0 and a save of another
+    slider put it back on at 1.0; a calibrated 0.0793 was saved as 0.08."""
+    from training.calibrate import CLASS_OFF, store_operating_point
+
+    off, kept = CLASSES[0], CLASSES[1]
+    store_operating_point(
+        production,
+        "tiny",
+        {"default": CLASS_OFF, "per_class": {off: CLASS_OFF, kept: 0.0793}},
+    )
+    at = _app().run()
+    at.switch_page("views/settings.py").run()
+    assert next(s for s in at.slider if s.label == off).value == CLASS_OFF
+    others = [s for s in at.slider if s.label not in (off, kept)]
+    for slider in others:
+        slider.set_value(0.3)
+    next(b for b in at.button if b.label == "Save thresholds").click().run()
+    assert not at.exception, at.exception
+    saved = _thresholds(production)["per_class"]
+    assert saved[off] == CLASS_OFF and saved[kept] == pytest.approx(0.0793, abs=1e-9)

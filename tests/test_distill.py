@@ -66,6 +66,7 @@ def test_detector_distillation(
     with session_scope(trained.url) as session:
         student = get_model_version(session, version_id)
         assert student.teacher is not None and student.teacher.name == trained.version_name
+        assert f"distilled with {method}" in student.notes  # the loss, as well as the teacher
         checkpoint = torch.load(student.file_path, map_location="cpu", weights_only=False)
         assert type(checkpoint["model"]).__name__ == "DetectionModel"  # only the student is saved
         assert student.architecture == "defect-yolo-n-plain"

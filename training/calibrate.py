@@ -384,6 +384,7 @@ UNDER_FAINTEST = 0.01  # of the threshold: under the faintest defect when no goo
 
 # --- verification: the classifier confirms each detection's crop ---------------------------------
 
+CLASS_OFF = 1.01  # a threshold above any confidence: that class alone never fails a part
 VERIFY_FLOOR = 0.05  # detections below this confidence get no crop scored (never verified)
 
 
@@ -657,13 +658,12 @@ def calibrate_model(
             max_miss_rate,
             class_thresholds,
         )
-    never = 1.01  # above any confidence: that class alone never fails a part
     operating_point: dict[str, Any] = {
         "per_class": {
-            c: (result.thresholds[c] if math.isfinite(result.thresholds[c]) else never)
+            c: (result.thresholds[c] if math.isfinite(result.thresholds[c]) else CLASS_OFF)
             for c in class_names
         },
-        "default": never,
+        "default": CLASS_OFF,
         "iou": iou,
         "calibration": {"data": data, "split": split, **result.report()},
     }

@@ -268,6 +268,14 @@ def import_command(
     console.print(table)
     if report.converted:
         console.print(f"{report.converted} image(s) of more than 8 bits stored as 8-bit PNG")
+    n_good = sum(counts["good"] for counts in report.split_counts.values())
+    if n_good and not report.split_counts["val"]["good"]:
+        # (A split by hash can put none there: calibration on val then cannot count a false call.)
+        console.print(
+            f"warning: val holds none of the {n_good} good parts: calibrating on val cannot "
+            "count false calls; give --splits with good parts in val",
+            markup=False,
+        )
     # (Warnings apart: two of them once printed as "2 image(s) left out" with none left out.)
     for heading, listed in (
         ("warning(s)", report.warnings),

@@ -455,7 +455,15 @@ def train_detector(
                 metrics=metrics,
                 dataset=dataset,
                 teacher=teacher_row,
-                notes=f"fine-tuned from {base_name}" if base_name else "",
+                notes="; ".join(
+                    note
+                    for note in (
+                        f"fine-tuned from {base_name}" if base_name else "",
+                        # (The teacher is recorded; the loss it taught with was only in the job.)
+                        f"distilled with {request.distill_method}" if teacher_row else "",
+                    )
+                    if note
+                ),
             )
             job = session.get(TrainingJob, job_id)
             assert job is not None

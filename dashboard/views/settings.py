@@ -17,6 +17,7 @@ from db.registry import ensure_station
 from db.session import session_scope
 from inspection.errors import UserError
 from training.calibrate import (
+    CLASS_OFF,
     CLASS_THRESHOLD_MODES,
     StoredCalibration,
     calibrate_model,
@@ -79,14 +80,18 @@ else:
             f"{info.name}: a part fails when a defect's confidence reaches its class's threshold. "
             "Lower catches more defects and fails more good parts."
         )
+        # Up to CLASS_OFF (a class switched off by a calibration: shown capped at 1.0, a save
+        # put it back on at 1.0), and to the thousandth (a calibrated 0.0793 became 0.08).
         edited = {
             name: st.slider(
                 name,
-                0.01,
-                1.0,
-                float(min(per_class.get(name, 0.25), 1.0)),
-                0.01,
+                0.0,
+                CLASS_OFF,
+                float(min(max(per_class.get(name, 0.25), 0.0), CLASS_OFF)),
+                0.001,
+                format="%.3f",
                 key=f"t_{info.id}_{stamp}_{name}",
+                help=f"{CLASS_OFF}: off (this class alone never fails a part)",
             )
             for name in info.classes
         }
