@@ -903,7 +903,7 @@ def test_a_save_keeps_a_class_switched_off_and_thresholds_to_the_thousandth(
     production: str,
 ) -> None:
     """A class a calibration switched off (1.01) showed capped at 1.0 and a save of another
-    slider put it back on at 1.0; a calibrated 0.0793 was saved as 0.08."""
+    slider put it back on at 1.0; a calibrated 0.0793 is kept as it is."""
     from training.calibrate import CLASS_OFF, store_operating_point
 
     off, kept = CLASSES[0], CLASSES[1]

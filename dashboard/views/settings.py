@@ -81,7 +81,7 @@ else:
             "Lower catches more defects and fails more good parts."
         )
         # Up to CLASS_OFF (a class switched off by a calibration: shown capped at 1.0, a save
-        # put it back on at 1.0), and to the thousandth (a calibrated 0.0793 became 0.08).
+        # put it back on at 1.0), and to the thousandth (calibrated thresholds are finer than 0.01).
         edited = {
             name: st.slider(
                 name,
