@@ -329,3 +329,18 @@ def test_classes_stay_on_where_the_part_classifier_alone_meets_the_target() -> N
     )
     assert result.n_missed == 0
     assert result.classes_left_off == []
+
+
+def test_classes_off_for_the_detector_are_not_said_to_pass_when_the_part_classifier_judges() -> (
+    None
+):
+    """With the part classifier deciding, the notes said a part with only these defects
+    "would pass", against the table beside them: the classifier fails it."""
+    from training.calibrate import PART
+
+    parts = [PartScores(True, {PART: 0.9}), PartScores(False, {"spot": 0.4, PART: 0.1})]
+    result = calibrate(parts, ["scratch", "spot", PART], 0.0, class_thresholds="per-class")
+    assert result.n_missed == 0 and result.classes_left_off == ["scratch", "spot"]
+    said = " ".join(text for _, text in calibration_notes(result))
+    assert "would pass" not in said
+    assert "scratch, spot: off for the detector; the part classifier alone fails" in said

@@ -134,7 +134,17 @@ def calibration_notes(result: Calibration) -> list[tuple[str, str]]:
                 "unknown. Calibrate on a split with good parts to weigh them.",
             )
         )
-    if result.classes_left_off:
+    part_threshold = result.thresholds.get(PART)
+    if result.classes_left_off and part_threshold is not None and math.isfinite(part_threshold):
+        # (Said as a pass, it contradicted the table: the part classifier fails such parts.)
+        notes.append(
+            (
+                "info",
+                f"{', '.join(result.classes_left_off)}: off for the detector; the part "
+                f"classifier alone fails a part with only these defects (above {part_threshold:.3f}).",
+            )
+        )
+    elif result.classes_left_off:
         notes.append(("warning", left_off_warning(result.classes_left_off)))
     fallback = result.details.get("classes_on_shared_threshold") or []
     if fallback:
