@@ -344,3 +344,37 @@ def test_classes_off_for_the_detector_are_not_said_to_pass_when_the_part_classif
     said = " ".join(text for _, text in calibration_notes(result))
     assert "would pass" not in said
     assert "scratch, spot: off for the detector; the part classifier alone fails" in said
+
+
+def test_an_operating_point_is_stored_only_over_the_one_it_was_read_beside(
+    database_url: str,
+) -> None:
+    """The Settings page's save and a calibration's use: a change made between the page's
+    read and its write (a calibration, another user) was overwritten."""
+    from db.models import ModelKind, ModelVersion
+    from db.session import session_scope
+    from training.calibrate import store_operating_point, thresholds_stamp
+
+    read = {"default": 0.25, "per_class": {"spot": 0.25}}
+    with session_scope(database_url) as session:
+        session.add(
+            ModelVersion(
+                name="m",
+                kind=ModelKind.DETECTOR,
+                architecture="defect-yolo-n",
+                file_path="m.pt",
+                sha256="0" * 64,
+                thresholds=read,
+            )
+        )
+    elsewhere = {"default": 0.5, "per_class": {"spot": 0.5}}
+    assert store_operating_point(database_url, "m", elsewhere)  # another user, meanwhile
+    mine = {"default": 0.3, "per_class": {"spot": 0.3}}
+    assert not store_operating_point(
+        database_url, "m", mine, unless_changed_from=thresholds_stamp(read)
+    )
+    with session_scope(database_url) as session:
+        assert session.query(ModelVersion).one().thresholds == elsewhere
+    assert store_operating_point(
+        database_url, "m", mine, unless_changed_from=thresholds_stamp(elsewhere)
+    )

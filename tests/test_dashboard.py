@@ -485,9 +485,10 @@ def _judged_parts(
             session.add(inspection)
 
 
-def _history(at: AppTest | None = None) -> AppTest:
-    at = at or _app().run()
-    at.switch_page("views/history.py").run()
+def _opened(page: str) -> AppTest:
+    """The app on `page` (e.g. "history"), rendered without an exception."""
+    at = _app().run()
+    at.switch_page(f"views/{page}.py").run()
     assert not at.exception, at.exception
     return at
 
@@ -513,7 +514,7 @@ def test_history_counts_todays_parts_on_the_servers_day() -> None:
     zone, label = ("Etc/GMT+12", "UTC-12:00") if now.hour < 12 else ("Etc/GMT-14", "UTC+14:00")
     with local_zone(zone):
         _judged_parts(get_settings().resolved_database_url, [("a.png", now, [])])
-        at = _history()
+        at = _opened("history")
         assert not any("No inspections" in i.value for i in at.info)
         volume = _figures(at)["Parts inspected per day"]
         assert volume["data"][0]["x"] == [date.today().isoformat()]
@@ -530,7 +531,7 @@ def test_history_shows_one_date_picked_as_that_day() -> None:
 
         parts = [("a.png", noon(earlier), []), ("b.png", noon(today), [])]
         _judged_parts(get_settings().resolved_database_url, parts)
-        at = _history()
+        at = _opened("history")
         assert _volume_days(at) == [earlier.isoformat(), today.isoformat()]
         at.date_input(key="history_range").set_value((earlier,)).run()  # was the last 30 days
         assert not at.exception, at.exception
@@ -541,7 +542,7 @@ def test_every_history_chart_follows_the_defect_class_or_says_it_does_not() -> N
     now = utcnow()
     parts = [("a.png", now, ["scratch"]), ("b.png", now, ["spot"]), ("c.png", now, [])]
     _judged_parts(get_settings().resolved_database_url, parts)
-    at = _history()
+    at = _opened("history")
     at.selectbox(key="history_class").set_value("scratch").run()
     assert not at.exception, at.exception
     figures = _figures(at)
@@ -760,13 +761,6 @@ def _judged_in_run(
         session.add(inspection)
 
 
-def _live(at: AppTest | None = None) -> AppTest:
-    at = at or _app().run()
-    at.switch_page("views/live.py").run()
-    assert not at.exception, at.exception
-    return at
-
-
 def _refreshed(at: AppTest) -> AppTest:
     """The page as its timer refreshes it: the fragment run alone, not the whole script (so
     outside app.py's handler). AppTest has no call for it: its rerun request is given the
@@ -794,7 +788,7 @@ def test_live_page_refreshed_with_the_database_gone_says_so(tmp_path: Path) -> N
 
     url = get_settings().resolved_database_url
     _judged_in_run(url, ("Line 1", "Station 1"), "a", utcnow())
-    at = _live()
+    at = _opened("live")
     assert not at.error
     get_engine(url).dispose()
     database = Path(url.removeprefix("sqlite:///"))
@@ -818,7 +812,7 @@ def test_live_page_sums_up_many_idle_stations_in_one_line() -> None:
     two_hours_ago = utcnow() - timedelta(hours=2)
     for n in range(30):
         _judged_in_run(url, ("Line 1", f"Cam {n:02d}"), f"p{n}", two_hours_ago)
-    at = _live()
+    at = _opened("live")
     [idle] = at.info
     assert idle.value.startswith("30 station(s) have an open run but no part for over 5 minutes")
     assert "Line 1 / Cam 00 (run 1, 120 min)" in idle.value and "and 25 more" in idle.value
@@ -844,7 +838,7 @@ def test_live_page_lists_a_part_at_the_station_that_judged_it() -> None:
     "Latest parts" listed it at Cam A."""
     url = get_settings().resolved_database_url
     _judged_in_run(url, ("Line 2", "Cam B"), "moved.png", utcnow(), first_seen=("Line 1", "Cam A"))
-    at = _live()
+    at = _opened("live")
     stations = at.dataframe[0].value.set_index("station")
     assert (stations.loc["Cam B", "parts"], stations.loc["Cam A", "parts"]) == (1, 0)
     latest = at.dataframe[1].value
@@ -862,7 +856,7 @@ def test_live_page_gives_local_times_to_the_second_and_says_so(tmp_path: Path) -
     with session_scope(url) as session:
         session.scalars(select(Part)).one().stored_path = str(image)
     with local_zone("Etc/GMT+5"):  # POSIX names: 5 hours west, no daylight saving time
-        at = _live()
+        at = _opened("live")
         local = judged - timedelta(hours=5)
         zone = "local time, UTC-05:00"
         latest = at.dataframe[1].value

@@ -23,6 +23,8 @@ multi-threshold, part-level escape-rate calibration.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -697,13 +699,34 @@ def calibrate_model(
     return StoredCalibration(result, dimensions, operating_point)
 
 
-def store_operating_point(url: str, model: str, operating_point: dict[str, Any]) -> None:
-    """The thresholds every later verdict of `model` uses (and records)."""
+def thresholds_stamp(thresholds: dict[str, Any]) -> str:
+    """A short name of an operating point, to tell whether it changed since it was read."""
+    return hashlib.sha256(json.dumps(thresholds, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def store_operating_point(
+    url: str, model: str | int, operating_point: dict[str, Any], unless_changed_from: str = ""
+) -> bool:
+    """The thresholds every later verdict of `model` uses (and records). With
+    `unless_changed_from` (the `thresholds_stamp` of what the caller read), stored only if the
+    stored ones are still those, checked in the writing transaction with the row locked where
+    the database can: a calibration or another user between the read and this write is not
+    undone. False where they changed (nothing stored)."""
+    from sqlalchemy import select
+
+    from db.models import ModelVersion
     from db.registry import get_model_version
     from db.session import session_scope
 
     with session_scope(url) as session:
-        get_model_version(session, model).thresholds = operating_point
+        version_id = get_model_version(session, model).id
+        version = session.scalars(
+            select(ModelVersion).where(ModelVersion.id == version_id).with_for_update()
+        ).one()
+        if unless_changed_from and thresholds_stamp(version.thresholds) != unless_changed_from:
+            return False
+        version.thresholds = operating_point
+        return True
 
 
 def apply_thresholds(

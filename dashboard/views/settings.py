@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-from typing import Any
 
 import pandas as pd
 import streamlit as st
@@ -22,29 +19,13 @@ from training.calibrate import (
     StoredCalibration,
     calibrate_model,
     calibration_notes,
+    store_operating_point,
+    thresholds_stamp,
 )
 
 # The production model and the stamp of its thresholds that this session's sliders were drawn
 # with, in the run before: a submit is judged against what the user saw, not what is stored now.
 RENDERED = "settings_thresholds_rendered"
-
-
-def _stamp(thresholds: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(thresholds, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def _store_if_unchanged(url: str, model_id: int, stamp: str, thresholds: dict[str, Any]) -> bool:
-    """Store `thresholds` as the operating point of `model_id` only if its stored ones are still
-    those `stamp` names (checked in the writing transaction, the row locked where the database
-    can: a calibration or another user between the page's read and this write is not undone)."""
-    with session_scope(url) as session:
-        version = session.scalars(
-            select(ModelVersion).where(ModelVersion.id == model_id).with_for_update()
-        ).one()
-        if _stamp(version.thresholds) != stamp:
-            return False
-        version.thresholds = thresholds
-        return True
 
 
 def _changed_message(name: str, promoted: bool) -> str:
@@ -72,7 +53,7 @@ else:
     # runs, so after a calibration it would show (and a save would store back) the old ones.
     # That also leaves a submit after such a change with the new keys' stored values, not the
     # user's: the stamp the form was drawn with tells (RENDERED).
-    stamp = _stamp(info.thresholds)
+    stamp = thresholds_stamp(info.thresholds)
     rendered: tuple[int, str] | None = st.session_state.get(RENDERED)
     st.session_state[RENDERED] = (info.id, stamp)
     with st.form("thresholds"):
@@ -98,8 +79,8 @@ else:
         if st.form_submit_button("Save thresholds"):
             thresholds = {**info.thresholds, "per_class": edited}
             thresholds.pop("calibration", None)  # hand-set: no longer the calibrated point
-            if rendered != (info.id, stamp) or not _store_if_unchanged(
-                state.url, info.id, stamp, thresholds
+            if rendered != (info.id, stamp) or not store_operating_point(
+                state.url, info.id, thresholds, unless_changed_from=stamp
             ):
                 # Shown with the sliders at what is stored now (drawn above, new keys).
                 st.error(
@@ -219,8 +200,8 @@ else:
                 f"Use these thresholds for {info.name}", type="primary", key="accept_calibration"
             ):
                 del st.session_state["pending_calibration"]
-                if computed_beside == stamp and _store_if_unchanged(
-                    state.url, info.id, stamp, stored.operating_point
+                if computed_beside == stamp and store_operating_point(
+                    state.url, info.id, stored.operating_point, unless_changed_from=stamp
                 ):
                     flash(
                         f"Stored as the operating point of {info.name}: the next inspection uses it."
