@@ -146,3 +146,23 @@ def test_a_job_killed_outright_is_not_taken_for_running(database_url: str) -> No
         ended = session.get(TrainingJob, job_id)
         assert ended is not None and ended.status == JobStatus.FAILED
         assert "ended without finishing" in (ended.error or "")
+
+
+def test_a_later_process_given_a_dead_jobs_pid_is_not_the_job() -> None:
+    """After the machine restarts, a killed job's pid can name another process: the job showed
+    as running for good. A process that began after the job was recorded is not the job's."""
+    import subprocess
+    from datetime import timedelta
+
+    from db.models import utcnow
+    from training.jobs import job_alive, this_host
+
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        time.sleep(0.2)
+        assert job_alive(child.pid, this_host(), utcnow() - timedelta(hours=1)) is False
+        assert job_alive(child.pid, this_host(), utcnow()) is True
+        assert job_alive(child.pid, None, None) is True  # (a job from before hosts were kept)
+    finally:
+        child.kill()
+        child.wait()

@@ -833,6 +833,16 @@ def test_live_page_sums_up_many_idle_stations_in_one_line() -> None:
     assert len(statements) <= 5, statements  # not two a quiet station
 
 
+def test_live_page_with_a_station_clock_ahead_says_just_now() -> None:
+    """A station's clock 30 s ahead of the dashboard's showed its last part "-30 s ago"."""
+    url = get_settings().resolved_database_url
+    _judged_in_run(url, ("Line 1", "Cam A"), "p1", utcnow() + timedelta(seconds=30))
+    at = _opened("live")
+    assert not at.exception, at.exception
+    [status] = at.dataframe[0].value["status"].tolist()
+    assert status.endswith("last part just now"), status
+
+
 def test_live_page_lists_a_part_at_the_station_that_judged_it() -> None:
     """A part first seen at Cam A, judged by Cam B's run: the table counted it at Cam B while
     "Latest parts" listed it at Cam A."""

@@ -6,7 +6,10 @@ import os
 import socket
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
+
+import psutil
 
 from db.models import JobStatus, TrainingJob, utcnow
 from db.session import session_scope
@@ -81,12 +84,27 @@ def this_host() -> str:
     return socket.gethostname()
 
 
-def job_alive(pid: int | None, host: str | None) -> bool | None:
+# A job's row is written by its process once it has loaded its data and model: a process that
+# began after the row did cannot be the job's own.
+_START_SLACK_S = 5.0
+
+
+def job_alive(pid: int | None, host: str | None, recorded_at: datetime | None = None) -> bool | None:
     """Whether a job's process runs; None where it runs on another machine, which alone can
-    tell (a job with no host is from before hosts were kept: taken for this machine's)."""
+    tell (a job with no host is from before hosts were kept: taken for this machine's).
+    `recorded_at` (the job row's UTC time) tells the job's process from a later one given
+    the same pid: after a restart of the machine a killed job showed as running for good."""
     if host is not None and host != this_host():
         return None
-    return process_alive(pid)
+    if not process_alive(pid):
+        return False
+    if recorded_at is None or pid is None:
+        return True
+    try:
+        began = datetime.fromtimestamp(psutil.Process(pid).create_time(), UTC).replace(tzinfo=None)
+    except psutil.Error:
+        return True  # (not ours to read: taken for alive, as process_alive does)
+    return (began - recorded_at).total_seconds() <= _START_SLACK_S
 
 
 def mark_ended(url: str, job_id: int) -> None:

@@ -88,8 +88,13 @@ def _latest_parts(session: Session, zone: str) -> list[dict[str, object]]:
 def _status(activity: StationActivity, now: datetime) -> str:
     if activity.last_inspected_at is None:
         return "no part yet"
-    idle = (now - activity.last_inspected_at).total_seconds()
-    since = f"{idle:.0f} s ago" if idle < 120 else f"{idle / 60:.0f} min ago"
+    # (A station whose clock runs ahead of this one's stamps its parts in the future: "-30 s
+    # ago" read as a fault of the page.)
+    idle = max(0.0, (now - activity.last_inspected_at).total_seconds())
+    if idle < 1:
+        since = "just now"
+    else:
+        since = f"{idle:.0f} s ago" if idle < 120 else f"{idle / 60:.0f} min ago"
     if not activity.run_open:
         return f"run finished, last part {since}"
     # An open run is a watch or a batch at work, or one that was killed: the idle time tells.

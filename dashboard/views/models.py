@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 import streamlit as st
@@ -29,6 +31,20 @@ from training.jobs import (
     start_detector_training,
 )
 from training.versions import promotion_warnings
+
+
+class JobRow(NamedTuple):
+    """A training job as read inside the session, used after it has closed."""
+
+    id: int
+    kind: str
+    status: JobStatus
+    progress: float
+    pid: int | None
+    host: str | None
+    error: str | None
+    result_id: int | None
+    recorded_at: datetime
 
 
 def _pct(value: object) -> str:
@@ -64,7 +80,17 @@ with session_scope(state.url) as session:
         select(TrainingJob).order_by(TrainingJob.created_at.desc()).limit(10)
     ).all()
     job_rows = [
-        (j.id, j.kind, j.status, j.progress, j.pid, j.host, j.error, j.result_model_version_id)
+        JobRow(
+            j.id,
+            j.kind,
+            j.status,
+            j.progress,
+            j.pid,
+            j.host,
+            j.error,
+            j.result_model_version_id,
+            j.created_at,
+        )
         for j in jobs
     ]
     production = production_model(session, ModelKind.DETECTOR)
@@ -205,7 +231,7 @@ started = st.session_state.get("training_started")
 if (
     started is not None
     and not process_alive(started[1])
-    and all(pid != started[1] for _, _, _, _, pid, _, _, _ in job_rows)
+    and all(row.pid != started[1] for row in job_rows)
 ):
     # Ended after the first seconds' look, before recording its job (a check that refused
     # it, e.g. a dataset of other classes): said here once, or it vanished without a word.
@@ -217,10 +243,10 @@ if (
 
 if job_rows:
     st.subheader("Training jobs")
-    for job_id, kind, status, progress, pid, host, error, result_id in job_rows:
+    for job_id, kind, status, progress, pid, host, error, result_id, recorded_at in job_rows:
         running = status == JobStatus.RUNNING
         label = f"job {job_id} {kind}: {status.value}"
-        alive = job_alive(pid, host) if running else None
+        alive = job_alive(pid, host, recorded_at) if running else None
         if running and alive is None:
             # (Its process is on another machine: a pid looked up here named nothing, and
             # the job was written off as failed while it trained on.)
