@@ -89,7 +89,9 @@ def this_host() -> str:
 _START_SLACK_S = 5.0
 
 
-def job_alive(pid: int | None, host: str | None, recorded_at: datetime | None = None) -> bool | None:
+def job_alive(
+    pid: int | None, host: str | None, recorded_at: datetime | None = None
+) -> bool | None:
     """Whether a job's process runs; None where it runs on another machine, which alone can
     tell (a job with no host is from before hosts were kept: taken for this machine's).
     `recorded_at` (the job row's UTC time) tells the job's process from a later one given
