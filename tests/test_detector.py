@@ -438,7 +438,7 @@ def test_interrupted_training_resumes(
     [lineage] = (trained.data_dir / "runs" / "detect").glob(
         "synth-defect-yolo-n-plain-*/defects_lineage.json"
     )
-    assert json.loads(lineage.read_text()) == {"teacher": None, "method": None}
+    assert json.loads(lineage.read_text()) == {"teacher": None, "method": None, "from": None}
     # The stop says how to go on (it said nothing); the run is resumed as it says.
     hint = re.search(
         r"resume with `defects train detector --data synth --resume --name (\S+)`",
@@ -540,6 +540,38 @@ def test_calibrating_on_good_parts_alone_stores_nothing(
         assert get_model_version(session, trained.version_name).thresholds == before
 
 
+def test_a_fine_tuning_resumed_by_resume_alone_keeps_its_base_in_the_notes(
+    trained: Trained, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`defects train detector --data D --resume` looked only for the default architecture's
+    runs (an interrupted n-scale run was "not there"), and a resumed fine-tuning, with no
+    --from, registered a version whose notes no longer said what it was fine-tuned from."""
+    from training.train_detector import TrainRequest, train_detector
+
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
+    get_settings.cache_clear()
+
+    def stop_after_first_epoch(trainer) -> None:  # type: ignore[no-untyped-def]
+        if trainer.epoch == 0:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_detector(
+            TrainRequest(
+                data="synth", from_model=trained.version_name, epochs=2, imgsz=64, batch=4
+            ),
+            url=trained.url,
+            callbacks={"on_model_save": stop_after_first_epoch},
+        )
+    version_id = train_detector(
+        TrainRequest(data="synth", resume=True, epochs=2, imgsz=64, batch=4), url=trained.url
+    )
+    with session_scope(trained.url) as session:
+        version = get_model_version(session, version_id)
+        assert version.architecture == "defect-yolo-n"
+        assert f"fine-tuned from {trained.version_name}" in version.notes
+
+
 def test_resume_takes_the_newest_interrupted_run_of_its_own_architecture(tmp_path: Path) -> None:
     """defect-yolo-n's resume took defect-yolo-n-plain's run (PREFIX-* matched it), and a
     finished run hid an interrupted one before it."""
@@ -561,21 +593,23 @@ def test_resume_takes_the_newest_interrupted_run_of_its_own_architecture(tmp_pat
     run("d-defect-yolo-n-20261126-110000", False, 200)  # newer, finished
     run("d-defect-yolo-n-plain-20261126-120000", True, 100)  # newer, another architecture
     named = run("myrun", True, 50)
-    assert _latest_run(tmp_path, "d-defect-yolo-n") == wanted
-    assert _latest_run(tmp_path, "d-defect-yolo-n", name="myrun") == named
+    assert _latest_run(tmp_path, ["d-defect-yolo-n"]) == wanted
+    assert _latest_run(tmp_path, ["d-defect-yolo-n"], name="myrun") == named
     with pytest.raises(UserError, match="no interrupted training of d-defect-yolo-s"):
-        _latest_run(tmp_path, "d-defect-yolo-s")
+        _latest_run(tmp_path, ["d-defect-yolo-s"])
+    # `--resume` with no architecture looks at every one's runs (it looked at the default's).
+    assert _latest_run(tmp_path, ["d-defect-yolo-s", "d-defect-yolo-n"]) == wanted
     # A distillation is resumed as one, from its teacher; a plain run is not taken for one.
     distilled = run("d-defect-yolo-n-20261126-130000", True, 10)
     (distilled / "defects_lineage.json").write_text(json.dumps({"teacher": "T", "method": "cwd"}))
-    assert _latest_run(tmp_path, "d-defect-yolo-n") == wanted
-    assert _latest_run(tmp_path, "d-defect-yolo-n", teacher="T") == distilled
+    assert _latest_run(tmp_path, ["d-defect-yolo-n"]) == wanted
+    assert _latest_run(tmp_path, ["d-defect-yolo-n"], teacher="T") == distilled
     (wanted / "defects_lineage.json").write_text(json.dumps({"teacher": None, "method": None}))
     with pytest.raises(UserError, match="run d-defect-yolo-n-20261126-100000 has no teacher"):
-        _latest_run(tmp_path, "d-defect-yolo-n", teacher="U")
+        _latest_run(tmp_path, ["d-defect-yolo-n"], teacher="U")
     (wanted / "weights" / "last.pt").unlink()
     with pytest.raises(UserError, match="learns from T: resume it with `defects distill detector "):
-        _latest_run(tmp_path, "d-defect-yolo-n")
+        _latest_run(tmp_path, ["d-defect-yolo-n"])
 
 
 def test_an_export_for_another_size_leaves_the_stations_onnx_file_alone(

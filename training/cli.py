@@ -341,7 +341,13 @@ def train_detector_command(
     from_model: Annotated[
         str | None, typer.Option("--from", help="Fine-tune from this model version.")
     ] = None,
-    resume: Annotated[bool, typer.Option(help="Resume the last interrupted run.")] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            help="Resume the last interrupted run of this dataset (of --model's architecture "
+            "where given, else of any)."
+        ),
+    ] = False,
     name: Annotated[str | None, typer.Option(help="Run name.")] = None,
     seed: int = 0,
     plots: Annotated[bool, typer.Option(help="Save training plots.")] = False,

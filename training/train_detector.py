@@ -24,7 +24,7 @@ import inspection  # noqa: F401 - runtime preparation first
 from db.models import JobStatus, ModelKind, TrainingJob, utcnow
 from db.registry import get_model_version
 from db.session import session_scope
-from inspection.detector import architecture_of, build_detector, load_detector
+from inspection.detector import architecture_of, architectures, build_detector, load_detector
 from inspection.errors import UserError
 from inspection.settings import get_settings
 from training.datasets import check_trainable, dataset_yaml
@@ -192,15 +192,18 @@ def _device_argument(device: str | None) -> str:
 LINEAGE_FILE = "defects_lineage.json"  # in a run's folder: its teacher, for a resume
 
 
-def _lineage_callback(teacher: str | None, method: str | None):  # type: ignore[no-untyped-def]
-    """Writes, as a run starts, which teacher (if any) it learns from; plain data, as DDP
-    pickles callbacks."""
+def _lineage_callback(  # type: ignore[no-untyped-def]
+    teacher: str | None, method: str | None, base: str | None = None
+):
+    """Writes, as a run starts, which teacher (if any) it learns from and which version it
+    fine-tunes (a resume has no --from: its version's notes lost where it came from); plain
+    data, as DDP pickles callbacks."""
 
     def on_pretrain_routine_start(trainer) -> None:  # type: ignore[no-untyped-def]
         path = Path(trainer.save_dir) / LINEAGE_FILE
         if not path.exists():  # (a resume keeps the run's own)
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"teacher": teacher, "method": method}))
+            path.write_text(json.dumps({"teacher": teacher, "method": method, "from": base}))
 
     return on_pretrain_routine_start
 
@@ -213,16 +216,20 @@ def _lineage(run: Path) -> dict[str, Any] | None:
 
 
 def _latest_run(
-    runs_dir: Path, prefix: str, name: str | None = None, teacher: str | None = None
+    runs_dir: Path,
+    prefixes: list[str],
+    name: str | None = None,
+    teacher: str | None = None,
 ) -> Path:
-    """The newest interrupted run of this dataset and architecture (or the run named `name`)
-    with this teacher (None: trained alone).
+    """The newest interrupted run of this dataset and one of these architectures (or the run
+    named `name`) with this teacher (None: trained alone).
 
     Runs are named PREFIX-YYYYMMDD-HHMMSS (ultralytics adds a number to a name taken): a
     pattern of PREFIX-* also took defect-yolo-n-plain's runs for defect-yolo-n's. And a
     distillation resumed by `train detector --resume` went on without its teacher on record,
     a plain run resumed by `distill detector --resume` was recorded as distilled."""
-    own = re.compile(re.escape(name) + r"\d*" if name else re.escape(prefix) + r"-\d{8}-\d{6}\d*")
+    any_prefix = "|".join(re.escape(prefix) for prefix in prefixes)
+    own = re.compile(re.escape(name) + r"\d*" if name else f"(?:{any_prefix})" + r"-\d{8}-\d{6}\d*")
     newest_first = sorted(
         (
             p
@@ -257,16 +264,18 @@ def _latest_run(
             + f": resume it with {how}"
         )
     raise UserError(
-        f"no interrupted training of {name or prefix} to resume in {runs_dir}"
+        f"no interrupted training of {name or ' or '.join(prefixes)} to resume in {runs_dir}"
         + (f" (the latest, {newest_first[0].name}, finished)" if newest_first else "")
     )
 
 
-def _resumable(runs_dir: Path, prefix: str, request: TrainRequest, class_names: list[str]) -> Any:
-    """The interrupted run's last checkpoint, loaded; refused where the dataset was imported
-    again with other classes since (the run was registered under the new names, though its
-    first epochs learned other indices)."""
-    run_dir = _latest_run(runs_dir, prefix, request.name, request.teacher)
+def _resumable(
+    runs_dir: Path, prefixes: list[str], request: TrainRequest, class_names: list[str]
+) -> tuple[Any, dict[str, Any]]:
+    """The interrupted run's last checkpoint, loaded, and its lineage; refused where the
+    dataset was imported again with other classes since (the run was registered under the new
+    names, though its first epochs learned other indices)."""
+    run_dir = _latest_run(runs_dir, prefixes, request.name, request.teacher)
     model = load_detector(run_dir / "weights" / "last.pt")
     known = [model.names[i] for i in sorted(model.names)]
     if known != class_names:
@@ -274,7 +283,7 @@ def _resumable(runs_dir: Path, prefix: str, request: TrainRequest, class_names: 
             f"the interrupted run {run_dir.name} knows {known}, {request.data!r} labels "
             f"{class_names}: resuming keeps the classes; train from scratch instead"
         )
-    return model
+    return model, _lineage(run_dir) or {}
 
 
 def _resume_hint(request: TrainRequest, architecture: str, model: Any) -> str:
@@ -364,11 +373,23 @@ def train_detector(
             teacher_id, teacher_weights = teacher.id, str(Path(teacher.file_path).resolve())
         # Looked up before the job is recorded: a refused resume, as a refused --from, leaves
         # no job behind.
-        resumed = (
-            _resumable(runs_dir, f"{request.data}-{architecture}", request, class_names)
-            if request.resume
-            else None
-        )
+        resumed, lineage = None, {}
+        if request.resume:
+            # (Without --model or --from, any architecture's run: `--resume` alone looked for
+            # the default's, and said an interrupted n-scale run was not there.)
+            resumed_architectures = (
+                [architecture]
+                if request.architecture or request.from_model
+                else sorted(architectures(), key=lambda a: a != architecture)
+            )
+            resumed, lineage = _resumable(
+                runs_dir,
+                [f"{request.data}-{a}" for a in resumed_architectures],
+                request,
+                class_names,
+            )
+            architecture = architecture_of(resumed) or architecture
+            base_name = base_name or lineage.get("from")
         job = TrainingJob(
             kind="distill-detector" if request.teacher else "train-detector",
             status=JobStatus.RUNNING,
@@ -387,7 +408,7 @@ def train_detector(
         **_job_progress_callbacks(url, job_id),
         "on_pretrain_routine_end": _use_every_cpu_core,
         "on_pretrain_routine_start": _lineage_callback(
-            request.teacher, request.distill_method if request.teacher else None
+            request.teacher, request.distill_method if request.teacher else None, base_name
         ),
     }
     model = resumed
