@@ -86,6 +86,28 @@ def test_reviews_export_as_a_labeled_dataset(reviewed: str, tmp_path: Path) -> N
         export_reviews(session, "from-reviews", CLASSES, tmp_path / "datasets")
 
 
+def test_reviews_export_from_the_command_line(
+    reviewed: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The export to retrain on was only a button of the Review page: a retraining that runs
+    from a script, or over SSH on the training machine, had no way to it."""
+    from typer.testing import CliRunner
+
+    from training.cli import app
+
+    monkeypatch.setenv("DEFECTS_DATABASE_URL", reviewed)
+    get_settings.cache_clear()
+    runner = CliRunner()
+    result = runner.invoke(app, ["export-reviews", "--name", "week-48"])
+    assert result.exit_code == 0, result.output
+    assert "dataset week-48: 2 classes" in result.output
+    assert "--data week-48 --from tiny" in result.output
+    labels = list((get_settings().datasets_dir / "week-48" / "labels").rglob("*.txt"))
+    assert len(labels) == 4
+    again = runner.invoke(app, ["export-reviews", "--name", "week-48"])
+    assert again.exit_code != 0 and "already exists" in str(again.exception)
+
+
 def test_review_validation(reviewed: str) -> None:
     with session_scope(reviewed) as session:
         part_id = session.scalars(select(Inspection.part_id)).first()

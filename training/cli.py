@@ -10,7 +10,7 @@ import signal
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -30,6 +30,9 @@ from db.session import DatabaseError, redact, session_scope
 from inspection.errors import UserError
 from inspection.runtime import end_process
 from inspection.settings import get_settings
+
+if TYPE_CHECKING:
+    from training.datasets import ImportReport
 
 app = typer.Typer(
     help="Surface-defect inspection: import data, train, evaluate, export, inspect, track.",
@@ -261,6 +264,11 @@ def import_command(
             classes=class_list,
             replace=replace,
         )
+    _print_dataset_report(report)
+
+
+def _print_dataset_report(report: ImportReport) -> None:
+    """Splits, warnings and left-out images of a dataset just written (import or export)."""
     table = Table("split", "images", "good parts", "boxes")
     for split, counts in report.split_counts.items():
         table.add_row(split, str(counts["images"]), str(counts["good"]), str(counts["boxes"]))
@@ -288,6 +296,30 @@ def import_command(
             console.print(f"  {issue}", markup=False)
         if len(listed) > 20:
             console.print(f"  ... see {report.root / 'import_report.txt'}", markup=False)
+
+
+@app.command("export-reviews")
+def export_reviews_command(
+    name: Annotated[str, typer.Option("--name", help="Name of the new dataset.")] = "reviews",
+) -> None:
+    """Reviewed parts as a labeled dataset for retraining, with the production detector's
+    classes (as the Review page's export): confirmed and added defects are boxes, parts
+    marked good are good parts; parts not fully decided are left out."""
+    from db.registry import production_model
+    from training.backtest import export_reviews
+
+    with session_scope(migrated_database_url()) as session:
+        detector = production_model(session, ModelKind.DETECTOR)
+        if detector is None:
+            raise UserError(
+                "no production detector: the export takes its class list; promote one first"
+            )
+        report = export_reviews(session, name, list(detector.classes), get_settings().datasets_dir)
+    _print_dataset_report(report)
+    console.print(
+        f"retrain on it: `defects train detector --data {report.name} --from {detector.name}`",
+        markup=False,
+    )
 
 
 HoursOption = Annotated[
