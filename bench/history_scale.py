@@ -51,6 +51,7 @@ from db.queries import (  # noqa: E402
     Filters,
     daily_volume,
     defect_pareto,
+    inspection_count,
     inspection_rows,
     latency_summary,
     minute_volume,
@@ -229,7 +230,15 @@ def main() -> None:
         "history: defect_pareto, last 7 days": query(defect_pareto, last_week),
         "history: daily_volume, whole history": query(daily_volume, Filters()),
         "history: latency_summary, last 7 days": query(latency_summary, last_week),
-        # (The History page builds its CSV download at every render.)
+        # (The History page counts what its download would leave out at every render.)
+        "history: inspection_count (the download's cap), last 30 days": query(
+            inspection_count,
+            replace(Filters(start=now - timedelta(days=30)), include_superseded=True),
+        ),
+        "history: inspection_count (the download's cap), whole history": query(
+            inspection_count, replace(Filters(), include_superseded=True)
+        ),
+        # (The CSV download, built when its button is pressed.)
         "history: inspection_rows (the CSV download), last 30 days": query(
             inspection_rows,
             replace(Filters(start=now - timedelta(days=30)), include_superseded=True),

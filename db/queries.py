@@ -25,7 +25,17 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, and_, case, func, literal, literal_column, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    case,
+    func,
+    literal,
+    literal_column,
+    or_,
+    select,
+)
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.functions import FunctionElement
@@ -546,34 +556,10 @@ INSPECTION_COLUMNS = (
 )
 
 
-def inspection_rows(
-    session: Session,
-    filters: Filters = Filters(),
-    limit: int = 100_000,
-    judging_station: bool = False,
-) -> list[dict[str, object]]:
-    """Flat rows of inspections for CSV download, newest first; times naive UTC, as stored.
-
-    Line and station are where each part was first seen, or with `judging_station` where the
-    verdict was given (its run's; the Live page's station table counts parts so)."""
-    # Columns, not ORM objects, and each row's counted classes in a few IN queries, not one
-    # query a row: a month of 16431 rows took 2.5 s so, 0.2 s now
-    # (bench/results/history_scale_sqlite_200k_rows_before.json, history_scale_sqlite_200k.json).
-    query = (
-        select(
-            Inspection.id,
-            Part.captured_at,
-            Inspection.inspected_at,
-            ProductionLine.name,
-            Station.name,
-            Part.original_name,
-            Part.content_hash,
-            Inspection.verdict,
-            Inspection.latency_ms,
-            ModelVersion.name,
-            Inspection.superseded_at,
-            Inspection.error,
-        )
+def _selected_inspections(filters: Filters, judging_station: bool, *columns: Any) -> Select[Any]:
+    """The inspections `filters` select, with their part, station, line and model joined."""
+    return (
+        select(*columns)
         .join(Part, Part.id == Inspection.part_id)
         .outerjoin(InspectionRun, InspectionRun.id == Inspection.run_id)
         .join(
@@ -589,6 +575,46 @@ def inspection_rows(
         .outerjoin(ModelVersion, ModelVersion.id == Inspection.model_version_id)
         # The class in SQL, before the limit (a limit taken first left fewer rows).
         .where(*filters.conditions(), *filters.class_conditions())
+    )
+
+
+def inspection_count(session: Session, filters: Filters = Filters()) -> int:
+    """How many rows `inspection_rows` would give with no limit: a download capped at its
+    limit has to say what it left out."""
+    selected = _selected_inspections(filters, False, Inspection.id).subquery()
+    return int(session.scalar(select(func.count()).select_from(selected)) or 0)
+
+
+def inspection_rows(
+    session: Session,
+    filters: Filters = Filters(),
+    limit: int = 100_000,
+    judging_station: bool = False,
+) -> list[dict[str, object]]:
+    """Flat rows of inspections for CSV download, newest first; times naive UTC, as stored.
+
+    Line and station are where each part was first seen, or with `judging_station` where the
+    verdict was given (its run's; the Live page's station table counts parts so)."""
+    # Columns, not ORM objects, and each row's counted classes in a few IN queries, not one
+    # query a row: a month of 16431 rows took 2.5 s so, 0.2 s now
+    # (bench/results/history_scale_sqlite_200k_rows_before.json, history_scale_sqlite_200k.json).
+    query = (
+        _selected_inspections(
+            filters,
+            judging_station,
+            Inspection.id,
+            Part.captured_at,
+            Inspection.inspected_at,
+            ProductionLine.name,
+            Station.name,
+            Part.original_name,
+            Part.content_hash,
+            Inspection.verdict,
+            Inspection.latency_ms,
+            ModelVersion.name,
+            Inspection.superseded_at,
+            Inspection.error,
+        )
         .order_by(Inspection.inspected_at.desc())
         .limit(limit)
     )

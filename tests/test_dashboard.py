@@ -21,7 +21,7 @@ from dashboard.charts import (
     rates_figure,
     volume_figure,
 )
-from dashboard.downloads import filtered_results_csv
+from dashboard.downloads import filtered_results_csv, rows_left_out_of_csv
 from db.migrate import upgrade
 from db.models import Inspection, ModelVersion, Part, Prediction, Review, Verdict, utcnow
 from db.queries import Filters, MinuteVolume, ParetoRow, RateRow, VolumeRow
@@ -274,6 +274,26 @@ def test_history_models_and_settings_pages(production: str, tmp_path: Path) -> N
     at.switch_page("views/settings.py").run()
     assert not at.exception, at.exception
     assert {s.label for s in at.slider} == set(CLASSES)
+
+
+def test_history_says_what_a_capped_download_leaves_out(
+    production: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The download held the newest 100000 verdicts of the selection without a word: a month of
+    a busy line looked complete with most of it missing."""
+    import dashboard.downloads
+
+    at = _app().run()
+    at.file_uploader(key="inspect_files").set_value(_png_files(tmp_path, 3, 4)).run()
+    monkeypatch.setattr(dashboard.downloads, "CSV_ROW_LIMIT", 2)
+    at.switch_page("views/history.py").run()
+    assert not at.exception, at.exception
+    assert any("newest 2 verdicts" in w.value and "1 older" in w.value for w in at.warning)
+    rows = list(
+        csv.DictReader(io.StringIO(filtered_results_csv(production, Filters(), 2).decode()))
+    )
+    assert len(rows) == 2
+    assert rows_left_out_of_csv(production, Filters(), 3) == 0
 
 
 def _calibrate_on_settings_page(

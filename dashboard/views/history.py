@@ -20,7 +20,7 @@ from dashboard.charts import (
     rates_figure,
     volume_figure,
 )
-from dashboard.downloads import filtered_results_csv
+from dashboard.downloads import CSV_ROW_LIMIT, filtered_results_csv, rows_left_out_of_csv
 from dashboard.state import database_ready, local_time, zone_label
 from db.models import Prediction, ProductionLine, Station
 from db.queries import (
@@ -133,9 +133,16 @@ right.plotly_chart(
         zone,
     )
 )
+left_out = rows_left_out_of_csv(state.url, filters, CSV_ROW_LIMIT)
+if left_out:
+    st.warning(
+        f"The download holds the newest {CSV_ROW_LIMIT:,} verdicts of this selection; the "
+        f"{left_out:,} older ones are left out. Narrow the dates (or the line, station, class) "
+        "and download the rest in parts."
+    )
 st.download_button(
     "Download the filtered results (CSV)",
-    functools.partial(filtered_results_csv, state.url, filters),  # built when pressed
+    functools.partial(filtered_results_csv, state.url, filters, CSV_ROW_LIMIT),  # when pressed
     # (No rerun on the press: a rerun could drop the file being built before it is fetched.)
     on_click="ignore",
     file_name=f"inspections-{start_day}-{end_day}.csv",
