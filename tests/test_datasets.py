@@ -412,3 +412,39 @@ def test_replacing_a_dataset_that_a_model_was_trained_on_keeps_it_for_that_model
     assert len(list((tmp_path / "ds" / "y" / "images").rglob("*.png"))) == 4
     [issue] = again.issues
     assert "v1" in issue.reason and f"kept as dataset {kept.name}" in issue.reason
+
+
+def test_coco_crowd_regions_and_unknown_categories_are_said_and_left_out(
+    session, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A crowd region (iscrowd 1) is many defects under one box, not one: it was imported as
+    an ordinary box. An unknown category id was reported as "unknown class index -1"."""
+    images = write_coco(tmp_path / "src", n=8)
+    path = tmp_path / "src" / "annotations.json"
+    coco = json.loads(path.read_text())
+    name_of = {i: image["file_name"] for i, image in enumerate(coco["images"])}
+    crowd, not_given, unknown = coco["annotations"][:3]  # images 1, 2 (scratch), 3
+    crowd["iscrowd"] = 1
+    unknown["category_id"] = 7
+    coco["annotations"][3]["iscrowd"] = 0  # an ordinary box, said so
+    path.write_text(json.dumps(coco))
+    report = import_dataset(session, "coco", tmp_path / "src", "c", tmp_path / "ds")
+    reasons = {issue.file: issue.reason for issue in report.issues}
+    assert set(reasons) == {name_of[crowd["image_id"]], name_of[unknown["image_id"]]}
+    assert "crowd region (iscrowd 1)" in reasons[name_of[crowd["image_id"]]]
+    assert reasons[name_of[unknown["image_id"]]] == (
+        f"annotation {unknown['id']}: category id 7 is not among the categories of annotations.json"
+    )
+    assert all(issue.left_out for issue in report.issues)
+    assert report.n_images == 8 - 2
+    assert not list(report.root.rglob(name_of[crowd["image_id"]]))
+    # A category left out of --classes: named, not "-1".
+    report = import_dataset(
+        session, "coco", tmp_path / "src", "d", tmp_path / "ds", classes=["spot"]
+    )
+    reason = next(i.reason for i in report.issues if i.file == name_of[not_given["image_id"]])
+    category = images[not_given["image_id"]].boxes[0][0]
+    assert reason == (
+        f"annotation {not_given['id']}: category {category!r} (id {not_given['category_id']}) "
+        "is not among the classes given"
+    )

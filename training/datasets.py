@@ -541,10 +541,7 @@ def read_coco(
         raise UserError(f"unreadable COCO file {json_path}: {exc}") from exc
     try:
         class_names = classes or [str(c["name"]) for c in categories]
-        index_of_category = {
-            c["id"]: (class_names.index(c["name"]) if c["name"] in class_names else -1)
-            for c in categories
-        }
+        name_of_category = {c["id"]: str(c["name"]) for c in categories}
     except (KeyError, TypeError) as exc:
         raise UserError(f"unreadable COCO categories in {json_path}: missing {exc}") from exc
     base = json_path.parent
@@ -562,8 +559,25 @@ def read_coco(
             if "bbox" not in ann:
                 raise KeyError("bbox")
             x, y, w, h = (float(v) for v in ann["bbox"])
-            category = index_of_category.get(ann["category_id"], -1)
-            by_image.setdefault(image_id, []).append(Box(category, x, y, x + w, y + h))
+            category = ann["category_id"]
+            if ann.get("iscrowd"):
+                # One box over many defects (or an area of them): not an object a detector
+                # learns to find, and dropping the box alone would make its defects background.
+                raise ValueError(
+                    "a crowd region (iscrowd 1), not a single defect: label its defects one "
+                    "by one to import the image"
+                )
+            if category not in name_of_category:
+                raise ValueError(
+                    f"category id {category} is not among the categories of {json_path.name}"
+                )
+            if name_of_category[category] not in class_names:
+                raise ValueError(
+                    f"category {name_of_category[category]!r} (id {category}) is not among "
+                    "the classes given"
+                )
+            index = class_names.index(name_of_category[category])
+            by_image.setdefault(image_id, []).append(Box(index, x, y, x + w, y + h))
         except (KeyError, TypeError, ValueError) as exc:
             reason = f"annotation {ann.get('id', '?') if isinstance(ann, dict) else '?'}: " + (
                 f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
