@@ -14,7 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DatabaseError as DriverDatabaseError
 
-from db.session import DatabaseError, get_engine, redact, unusable
+from db.session import failure, get_engine, unusable
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -40,7 +40,7 @@ def current_revision(url: str) -> str | None:
     except DriverDatabaseError as exc:
         if not unusable(exc):
             raise
-        raise DatabaseError(f"cannot reach the database at {redact(url)}: {exc.orig}") from exc
+        raise failure("cannot reach the database", url, exc) from exc
 
 
 # Key of the PostgreSQL advisory lock that one migration at a time holds (any constant).
@@ -88,5 +88,5 @@ def upgrade(url: str, revision: str = "head") -> str:
     except DriverDatabaseError as exc:
         if not unusable(exc):
             raise
-        raise DatabaseError(f"migration failed at {redact(url)}: {exc.orig}") from exc
+        raise failure("migration failed", url, exc) from exc
     return current_revision(url) or ""

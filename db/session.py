@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,16 +32,69 @@ class DatabaseError(RuntimeError):
     """The database cannot be reached or used; the message says which and why."""
 
 
-def _prepare_sqlite(url: str) -> None:
-    database = make_url(url).database
-    if database and database != ":memory:" and not database.startswith("file:"):
-        folder = Path(database).parent
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise DatabaseError(
-                f"cannot make the folder of the SQLite database {database}: {exc.strerror or exc}"
-            ) from exc
+def _sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL; None for an in-memory database or a `file:` URI."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    database = parsed.database if parsed.get_backend_name() == "sqlite" else None
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def _check_sqlite_folder(url: str) -> None:
+    """The folder of a SQLite file must be there: it is not made here. A mistyped folder in a
+    URL once made a new, empty database, and the product said "no model versions yet" instead
+    of naming the mistake. (The product's own data folder is made by the settings.)"""
+    path = _sqlite_file(url)
+    if path is None:
+        return
+    folder = path.absolute().parent
+    if folder.is_dir():
+        return
+    if folder.exists():
+        raise DatabaseError(
+            f"the folder {folder} of the SQLite database {path} is a file, not a folder: "
+            "correct the database URL"
+        )
+    raise DatabaseError(
+        f"the folder {folder} of the SQLite database {path} does not exist: correct the "
+        f"database URL, or create the folder (mkdir -p {folder}) for a new database there"
+    )
+
+
+def _read_only_parts(path: Path) -> list[str]:
+    """What of a SQLite database this process cannot write: the file, its -wal and -shm files,
+    or its folder where SQLite must create them."""
+    path = path.absolute()
+    companions = [path.with_name(path.name + suffix) for suffix in ("-wal", "-shm")]
+    blocked = [
+        f"the file {p}" for p in (path, *companions) if p.exists() and not os.access(p, os.W_OK)
+    ]
+    if not os.access(path.parent, os.W_OK) and not all(p.exists() for p in companions):
+        blocked.append(f"its folder {path.parent}")
+    return blocked
+
+
+def failure(what: str, url: str, exc: DriverDatabaseError) -> DatabaseError:
+    """The error a driver's failure is told as: `what` (e.g. "database error") at the URL with
+    the driver's reason, or, for a SQLite database this process cannot write, which file or
+    folder is read-only ("attempt to write a readonly database" named neither, and "unable to
+    open database file" read as a missing file)."""
+    name = getattr(exc.orig, "sqlite_errorname", "")
+    path = _sqlite_file(url)
+    if path is not None and name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN")):
+        blocked = _read_only_parts(path)
+        if blocked:
+            return DatabaseError(
+                f"the SQLite database {path.absolute()} cannot be written: "
+                f"{' and '.join(blocked)} {'is' if len(blocked) == 1 else 'are'} read-only for "
+                "this user (SQLite writes its -wal and -shm files beside the database): give "
+                f"this user write access to the folder and those files ({exc.orig})"
+            )
+    return DatabaseError(f"{what} at {redact(url)}: {exc.orig}")
 
 
 def unusable(exc: DriverDatabaseError) -> bool:
@@ -72,7 +126,7 @@ def get_engine(url: str) -> Engine:
     except ArgumentError as exc:
         raise DatabaseError(f"invalid database URL {url!r}: {exc}") from exc
     if parsed.get_backend_name() == "sqlite":
-        _prepare_sqlite(url)
+        _check_sqlite_folder(url)
         engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
 
         @event.listens_for(engine, "connect")
@@ -142,7 +196,7 @@ def session_scope(url: str) -> Iterator[Session]:
         session.rollback()
         if not unusable(exc):
             raise
-        raise DatabaseError(f"database error at {redact(url)}: {exc.orig}") from exc
+        raise failure("database error", url, exc) from exc
     except BaseException:
         session.rollback()
         raise
@@ -160,7 +214,7 @@ def connection_scope(url: str) -> Iterator[Connection]:
     except DriverDatabaseError as exc:
         if not unusable(exc):
             raise
-        raise DatabaseError(f"database error at {redact(url)}: {exc.orig}") from exc
+        raise failure("database error", url, exc) from exc
 
 
 class WalCheckpointer:

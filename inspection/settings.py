@@ -99,9 +99,20 @@ class Settings(BaseSettings):
 
     @property
     def resolved_database_url(self) -> str:
+        """DEFECTS_DATABASE_URL, or the SQLite file in the data folder, which is made here where
+        missing (a first start): the product's own folder. A folder named in a URL the user
+        gave is not made (a mistyped one gave a new, empty database); the engine says so."""
         if self.database_url:
             return self.database_url
-        return f"sqlite:///{(self.data_dir / 'defects.db').resolve()}"
+        path = (self.data_dir / "defects.db").resolve()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SettingsError(
+                f"cannot make the data folder {path.parent} (DEFECTS_DATA_DIR): "
+                f"{exc.strerror or exc}"
+            ) from exc
+        return f"sqlite:///{path}"
 
     @property
     def images_dir(self) -> Path:

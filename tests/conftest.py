@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +33,30 @@ def _isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Itera
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()
+
+
+@contextmanager
+def read_only(*paths: Path) -> Iterator[None]:
+    """Files or folders this process really cannot write: their write bits off, or for root,
+    who writes past those, the immutable attribute (`chattr +i`); skips where neither holds."""
+    undo: list[tuple[Path, int | None]] = []  # (path, mode to put back; None: chattr -i)
+    try:
+        for path in paths:
+            if os.geteuid() != 0:
+                mode = path.stat().st_mode
+                path.chmod(mode & ~0o222)
+                undo.append((path, mode))
+            elif subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode == 0:
+                undo.append((path, None))
+        if any(os.access(path, os.W_OK) for path in paths):
+            pytest.skip("cannot make a file read-only here (root without chattr)")
+        yield
+    finally:
+        for path, mode in reversed(undo):
+            if mode is None:
+                subprocess.run(["chattr", "-i", str(path)], check=True)
+            else:
+                path.chmod(mode)
 
 
 def _reset_postgres(url: str) -> None:

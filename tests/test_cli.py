@@ -423,3 +423,65 @@ def test_an_import_whose_val_split_has_no_good_part_says_so(tmp_path: Path) -> N
     (splits / "train.txt").write_text("\n".join(good[1:] + defective[:6]))
     again = runner.invoke(app, [*args, "--name", "somegood"])
     assert again.exit_code == 0 and "val holds none" not in again.output
+
+
+def test_a_mistyped_or_read_only_sqlite_database_is_one_line(tmp_path: Path) -> None:
+    """A mistyped folder in DEFECTS_DATABASE_URL made a new empty database ("no model versions
+    yet"); a read-only one said "attempt to write a readonly database" or "unable to open
+    database file", naming neither the file nor its folder."""
+    import numpy as np
+    from PIL import Image
+
+    from tests.conftest import read_only
+
+    def defects(*args: str, url: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", "from training.cli import main; main()", *args],
+            capture_output=True,
+            text=True,
+            env={
+                "DEFECTS_DATA_DIR": str(tmp_path / "data"),
+                "DEFECTS_DATABASE_URL": url,
+                "PATH": "/usr/bin:/bin",
+            },
+            cwd=Path(__file__).parents[1],
+        )
+
+    typo = tmp_path / "typo" / "dir"
+    done = defects("models", "list", url=f"sqlite:///{typo / 'defects.db'}")
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.startswith(f"error: the folder {typo} of the SQLite database ")
+    assert done.stderr.count("\n") == 1 and not (tmp_path / "typo").exists()
+
+    folder = tmp_path / "db"
+    folder.mkdir()
+    url = f"sqlite:///{folder / 'defects.db'}"
+    assert defects("models", "install-demo", url=url).returncode == 0
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    Image.fromarray(np.full((64, 64), 90, np.uint8)).save(parts / "part.png")
+    database = folder / "defects.db"
+    import sqlite3
+
+    with sqlite3.connect(database) as connection:  # closed cleanly: no -wal or -shm file left
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    connection.close()
+    batch = ["batch", str(parts), "--line", "L", "--station", "S"]
+    with read_only(folder):  # SQLite cannot make its -wal and -shm files
+        for command in (["status"], batch):
+            done = defects(*command, url=url)
+            assert done.returncode == 1, done
+            assert done.stderr.startswith(
+                f"error: the SQLite database {database} cannot be written: its folder {folder} "
+                "is read-only for this user"
+            ), done.stderr
+            assert done.stderr.count("\n") == 1
+    with read_only(database):  # read, not written: the status is shown, a batch refused
+        assert defects("status", url=url).returncode == 0
+        done = defects(*batch, url=url)
+        assert done.returncode == 1, done
+        assert done.stderr.startswith(
+            f"error: the SQLite database {database} cannot be written: the file {database} is "
+            "read-only for this user"
+        ), done.stderr
+        assert done.stderr.count("\n") == 1

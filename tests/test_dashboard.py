@@ -946,3 +946,29 @@ def test_a_save_keeps_a_class_switched_off_and_thresholds_to_the_thousandth(
     assert not at.exception, at.exception
     saved = _thresholds(production)["per_class"]
     assert saved[off] == CLASS_OFF and saved[kept] == pytest.approx(0.0793, abs=1e-9)
+
+
+def test_a_mistyped_or_read_only_sqlite_database_is_a_message_naming_it(
+    production: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mistyped folder in the URL gave a new empty database ("No production model yet");
+    a read-only database failed its first write with "attempt to write a readonly database"."""
+    from db.session import get_engine
+    from tests.conftest import read_only
+
+    at = _app().run()
+    assert not at.exception, at.exception
+    get_engine(production).dispose()  # (its pooled connections opened the file writable)
+    database = Path(production.removeprefix("sqlite:///"))
+    with read_only(database):
+        at.file_uploader(key="inspect_files").set_value(_png_files(tmp_path, 1, 1)).run()
+    assert not at.exception, at.exception
+    assert f"the file {database} is read-only for this user" in " ".join(e.value for e in at.error)
+
+    typo = tmp_path / "typo" / "dir"
+    monkeypatch.setenv("DEFECTS_DATABASE_URL", f"sqlite:///{typo / 'defects.db'}")
+    get_settings.cache_clear()
+    at = _app().run()
+    assert not at.exception, at.exception
+    assert f"the folder {typo} of the SQLite database" in at.error[0].value
+    assert not (tmp_path / "typo").exists()

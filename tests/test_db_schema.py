@@ -243,7 +243,7 @@ def test_a_damaged_or_unplaceable_sqlite_file_is_a_database_error(tmp_path: Path
     ):
         session.execute(text("select 1 from parts"))
     (tmp_path / "a-file").write_text("")
-    with pytest.raises(DatabaseError, match="cannot make the folder"):
+    with pytest.raises(DatabaseError, match="is a file, not a folder"):
         upgrade(f"sqlite:///{tmp_path / 'a-file' / 'defects.db'}")
 
 
@@ -302,3 +302,60 @@ def test_a_sqlite_file_deleted_while_in_use_stops_the_next_transaction(tmp_path:
         (tmp_path / f"gone.db{suffix}").unlink(missing_ok=True)
     with pytest.raises(DatabaseError, match="is gone"), session_scope(url) as session:
         session.add(ProductionLine(name="L2"))
+
+
+def test_a_sqlite_url_whose_folder_is_missing_is_an_error_that_makes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mistyped folder in DEFECTS_DATABASE_URL was made, with a new empty database in it:
+    the user saw "no model versions yet" instead of the mistake."""
+    from inspection.settings import get_settings
+
+    typo = tmp_path / "typo" / "dir"
+    with pytest.raises(DatabaseError) as raised:
+        upgrade(f"sqlite:///{typo / 'defects.db'}")
+    assert str(raised.value) == (
+        f"the folder {typo} of the SQLite database {typo / 'defects.db'} does not exist: "
+        f"correct the database URL, or create the folder (mkdir -p {typo}) for a new "
+        "database there"
+    )
+    assert not (tmp_path / "typo").exists()
+    # The product's own data folder is made on a first start.
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(tmp_path / "new" / "data"))
+    get_settings.cache_clear()
+    assert upgrade(get_settings().resolved_database_url) == head_revision()
+    assert (tmp_path / "new" / "data" / "defects.db").is_file()
+
+
+@pytest.mark.parametrize("journal", ["wal", "delete"])
+@pytest.mark.parametrize("blocked", ["file", "folder"])
+def test_a_read_only_sqlite_database_says_what_is_read_only(
+    tmp_path: Path, blocked: str, journal: str
+) -> None:
+    """SQLite's "attempt to write a readonly database" or "unable to open database file" named
+    neither the file nor its folder."""
+    from tests.conftest import read_only
+
+    folder = tmp_path / "db"
+    folder.mkdir()
+    path = folder / "defects.db"
+    url = f"sqlite:///{path}"
+    upgrade(url)
+    with session_scope(url) as session:
+        session.add(ProductionLine(name="L1"))
+    get_engine(url).dispose()  # (pooled connections opened it writable)
+    get_engine.cache_clear()
+    if journal == "delete":  # as a copy of the database would be
+        import sqlite3
+
+        with sqlite3.connect(path) as connection:
+            connection.execute("PRAGMA journal_mode=DELETE")
+        connection.close()
+    with read_only(path if blocked == "file" else folder), pytest.raises(DatabaseError) as raised:
+        upgrade(url)
+        with session_scope(url) as session:
+            session.add(ProductionLine(name="L2"))
+    get_engine.cache_clear()
+    message = str(raised.value)
+    assert message.startswith(f"the SQLite database {path} cannot be written: ")
+    assert (f"the file {path} is" if blocked == "file" else f"its folder {folder} is") in message

@@ -53,6 +53,7 @@ def _wait_healthy(
 def test_upload_an_image_and_see_its_verdict(trained: Trained, tmp_path: Path) -> None:
     playwright = pytest.importorskip("playwright.sync_api")
     data_dir = tmp_path / "data"
+    data_dir.mkdir(exist_ok=True)  # (a SQLite URL's folder is not made for it)
     url = f"sqlite:///{data_dir / 'defects.db'}"
     upgrade(url)
     register_production_detector(url, trained.weights, data_dir / "models")
