@@ -39,31 +39,13 @@ from db.registry import get_model_version  # noqa: E402
 from db.session import session_scope  # noqa: E402
 from inspection.settings import get_settings  # noqa: E402
 from training.calibrate import score_parts  # noqa: E402
-from training.datasets import Box, LabeledImage, write_dataset  # noqa: E402
-
-CLASSES = ["open", "short", "mousebite", "spur", "copper", "pin-hole"]
-
-
-def deeppcb_images(root: Path, list_file: str) -> list[LabeledImage]:
-    """Each listed board: its `_test` image with boxes (defective) and its `_temp` image (good)."""
-    images = []
-    for line in (root / list_file).read_text().split("\n"):
-        if not line.strip():
-            continue
-        image_rel, boxes_rel = line.split()
-        stem = Path(image_rel).stem
-        folder = root / Path(image_rel).parent
-        boxes = []
-        for row in (root / boxes_rel).read_text().split("\n"):
-            if row.strip():
-                x1, y1, x2, y2, c = (int(v) for v in row.replace(",", " ").split()[:5])
-                boxes.append(Box(c - 1, x1, y1, x2, y2))
-        images.append(LabeledImage(folder / f"{stem}_test.jpg", 0, 0, boxes))
-        images.append(LabeledImage(folder / f"{stem}_temp.jpg", 0, 0, []))
-    return images
+from training.datasets import DEEPPCB_CLASSES as CLASSES  # noqa: E402
+from training.datasets import import_dataset  # noqa: E402
 
 
 def ensure_dataset(url: str, root: Path) -> None:
+    """DeepPCB imported as `defects import deeppcb` does (the authors' test split as test,
+    every fifth trainval board as val), once."""
     from sqlalchemy import select
 
     from db.models import Dataset
@@ -71,24 +53,7 @@ def ensure_dataset(url: str, root: Path) -> None:
     with session_scope(url) as session:
         if session.scalars(select(Dataset).where(Dataset.name == "deeppcb")).first():
             return
-        trainval = deeppcb_images(root, "trainval.txt")
-        test = deeppcb_images(root, "test.txt")
-        split_of = {}
-        for i, image in enumerate(trainval):
-            board = i // 2  # keep a board's test and template images in the same split
-            split_of[image.path.name] = "val" if board % 5 == 0 else "train"
-        split_of.update({image.path.name: "test" for image in test})
-        report = write_dataset(
-            session,
-            "deeppcb",
-            str(root),
-            "deeppcb",
-            CLASSES,
-            trainval + test,
-            [],
-            get_settings().datasets_dir,
-            split_of,
-        )
+        report = import_dataset(session, "deeppcb", root, "deeppcb", get_settings().datasets_dir)
         print("imported DeepPCB:", report.split_counts, len(report.issues), "issues")
 
 

@@ -118,3 +118,27 @@ def write_splits(folder: Path, images: list[SyntheticImage]) -> Path:
     for split, names in splits.items():
         (folder / f"{split}.txt").write_text("\n".join(names) + "\n")
     return folder
+
+
+def write_deeppcb(root: Path, boards: int = 8, test: int = 2, seed: int = 0) -> Path:
+    """DeepPCB's layout: PCBData/group1/1/<N>_test.jpg (a board with one defect, its box in
+    group1/1_not/<N>.txt, `x1 y1 x2 y2 type`, types from 1) and <N>_temp.jpg (the same board
+    defect-free); trainval.txt lists all but the last `test` boards, test.txt those."""
+    rng = np.random.default_rng(seed)
+    data = root / "PCBData"
+    images, boxes = data / "group1" / "1", data / "group1" / "1_not"
+    images.mkdir(parents=True, exist_ok=True)
+    boxes.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for n in range(boards):
+        board = np.full((64, 64), 255, np.uint8)
+        board[8:56:8, :] = 0  # traces
+        Image.fromarray(board).save(images / f"{100 + n}_temp.jpg")
+        x1, y1 = int(rng.integers(4, 40)), int(rng.integers(4, 40))
+        board[y1 : y1 + 12, x1 : x1 + 12] = 0 if n % 2 else 255
+        Image.fromarray(board).save(images / f"{100 + n}_test.jpg")
+        (boxes / f"{100 + n}.txt").write_text(f"{x1} {y1} {x1 + 12} {y1 + 12} {n % 6 + 1}\n")
+        lines.append(f"group1/1/{100 + n}.jpg group1/1_not/{100 + n}.txt\n")
+    (data / "trainval.txt").write_text("".join(lines[: boards - test]))
+    (data / "test.txt").write_text("".join(lines[boards - test :]))
+    return data

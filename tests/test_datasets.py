@@ -15,11 +15,12 @@ from tests.synthetic import (
     CLASSES,
     SyntheticImage,
     write_coco,
+    write_deeppcb,
     write_splits,
     write_voc,
     write_yolo,
 )
-from training.datasets import import_dataset, write_dataset
+from training.datasets import SPLITS, import_dataset, write_dataset
 
 
 def _label_lines(root: Path) -> dict[str, list[str]]:
@@ -448,3 +449,84 @@ def test_coco_crowd_regions_and_unknown_categories_are_said_and_left_out(
         f"annotation {not_given['id']}: category {category!r} (id {not_given['category_id']}) "
         "is not among the classes given"
     )
+
+
+def test_deeppcb_imports_defective_boards_and_their_templates_as_good_parts(
+    session, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """DeepPCB's layout could not be imported at all: its test images are the defective parts,
+    their templates the good ones, and the authors' split is kept (every fifth trainval board
+    to val, as the bench's figures were measured)."""
+    from training.datasets import DEEPPCB_CLASSES
+
+    data = write_deeppcb(tmp_path / "deeppcb", boards=13, test=2)  # boards 100 to 112
+    (data / "group1" / "1_not" / "101.txt").write_text("3,4,15,16,2\n")  # commas, as published
+    (data / "group1" / "1_not" / "102.txt").write_text("3 4 15 16 7\n")
+    (data / "group1" / "1_not" / "103.txt").unlink()
+    (data / "group1" / "1" / "104_temp.jpg").unlink()
+    shutil.copy(data / "group1" / "1" / "100_temp.jpg", data / "group1" / "1" / "999_temp.jpg")
+    report = import_dataset(session, "deeppcb", tmp_path / "deeppcb", "pcb", tmp_path / "ds")
+    assert report.classes == DEEPPCB_CLASSES
+    assert {str(issue) for issue in report.issues} == {
+        "group1/1/102_test.jpg: unreadable box file group1/1_not/102.txt: line 1: defect type 7 "
+        "is not one of 1 to 6",
+        "group1/1/103_test.jpg: box file group1/1_not/103.txt not found",
+        "group1/1/104_temp.jpg: warning: template not found: the board has no good part",
+        "group1/1/999_temp.jpg: not listed in trainval.txt or test.txt: not imported",
+    }
+    # trainval boards 100 to 110: 100 and 105 (and 110) to val; 111 and 112 to test.
+    splits = {s: (report.root / "splits" / f"{s}.txt").read_text().split() for s in SPLITS}
+    assert splits["val"] == [
+        f"{n}_{kind}.jpg" for n in (100, 105, 110) for kind in ("temp", "test")
+    ]
+    assert splits["test"] == [f"{n}_{kind}.jpg" for n in (111, 112) for kind in ("temp", "test")]
+    # train: 8 boards, less the test images of 102 and 103 and the template of 104
+    assert report.split_counts["train"] == {"images": 13, "boxes": 6, "good": 7}
+    labels = _label_lines(report.root)
+    assert labels["100_temp"] == [] and labels["101_temp"] == []
+    assert labels["101_test"] == [f"1 {9 / 64:.6f} {10 / 64:.6f} {12 / 64:.6f} {12 / 64:.6f}"]
+    assert not list(report.root.rglob("102_test.jpg")) and not list(
+        report.root.rglob("103_test.jpg")
+    )
+    assert list(report.root.rglob("102_temp.jpg"))  # its board's good image is still good
+
+
+def test_deeppcb_is_a_format_of_the_import_command(tmp_path: Path) -> None:
+    """`defects import deeppcb` refused the format; the PCBData folder or the one above it
+    both name the dataset."""
+    from typer.testing import CliRunner
+
+    from training.cli import app
+
+    data = write_deeppcb(tmp_path / "deeppcb", boards=8, test=2)
+    for src, name in ((tmp_path / "deeppcb", "pcb"), (data, "pcb2")):
+        result = CliRunner().invoke(app, ["import", "deeppcb", str(src), "--name", name])
+        assert result.exit_code == 0, result.output
+        assert f"dataset {name}: 6 classes" in result.output
+        cells = [line.replace("│", " ").split() for line in result.output.splitlines()]
+        rows = {row[0]: row[1:] for row in cells if row[:1] in (["train"], ["val"], ["test"])}
+        assert rows == {"train": ["8", "4", "4"], "val": ["4", "2", "2"], "test": ["4", "2", "2"]}
+
+
+def test_deeppcb_layout_without_split_lists_keeps_each_board_in_one_split(
+    session, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A user's own boards in DeepPCB's layout, without the authors' lists: every `_test`
+    image is a board, and its template goes to the same split (a board in train and its good
+    image in test would leak what the model saw into what measures it)."""
+    data = write_deeppcb(tmp_path / "pcb", boards=20)
+    (data / "trainval.txt").unlink()
+    (data / "test.txt").unlink()
+    shutil.copy(data / "group1" / "1" / "100_temp.jpg", data / "group1" / "1" / "999_temp.jpg")
+    report = import_dataset(session, "deeppcb", data, "own", tmp_path / "ds")
+    assert [str(issue) for issue in report.issues] == [
+        "group1/1/999_temp.jpg: a template without its test image: not imported"
+    ]
+    split_of = {
+        name: split
+        for split in SPLITS
+        for name in (report.root / "splits" / f"{split}.txt").read_text().split()
+    }
+    assert len(split_of) == 40
+    assert all(split_of[f"{n}_test.jpg"] == split_of[f"{n}_temp.jpg"] for n in range(100, 120))
+    assert sum(c["good"] for c in report.split_counts.values()) == 20

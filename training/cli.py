@@ -233,12 +233,19 @@ class SourceFormatChoice(StrEnum):
     voc = "voc"
     yolo = "yolo"
     coco = "coco"
+    deeppcb = "deeppcb"
 
 
 @app.command("import")
 def import_command(
     source_format: Annotated[SourceFormatChoice, typer.Argument(help="Annotation format.")],
-    src: Annotated[Path, typer.Argument(help="Folder (or COCO .json file) of labeled images.")],
+    src: Annotated[
+        Path,
+        typer.Argument(
+            help="Folder (or COCO .json file) of labeled images; deeppcb: the folder with "
+            "trainval.txt and test.txt (or PCBData/ in it)."
+        ),
+    ],
     name: Annotated[str, typer.Option("--name", help="Name to register the dataset under.")],
     splits: Annotated[
         Path | None,

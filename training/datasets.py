@@ -1,4 +1,4 @@
-"""Bring labeled defect images (Pascal VOC, YOLO or COCO) into the product's YOLO layout.
+"""Bring labeled defect images (Pascal VOC, YOLO, COCO or DeepPCB's layout) into the product's YOLO layout.
 
 Layout of an imported dataset `<data>/datasets/<name>/`:
   images/{train,val,test}/<file> (one of more than 8 bits as the 8-bit <stem>.png stations
@@ -33,7 +33,7 @@ from db.models import Dataset, ModelVersion
 from inspection.errors import UserError
 from inspection.images import IMAGE_SUFFIXES, decode_image
 
-SourceFormat = Literal["voc", "yolo", "coco"]
+SourceFormat = Literal["voc", "yolo", "coco", "deeppcb"]
 SPLITS = ("train", "val", "test")
 
 
@@ -637,7 +637,139 @@ def read_coco(
     return class_names, images, issues
 
 
-READERS = {"voc": read_voc, "yolo": read_yolo, "coco": read_coco}
+# DeepPCB (Tang et al. 2019): pairs of aligned board images, `N_test.jpg` with defects and
+# `N_temp.jpg` the same board defect-free, boxes of each test image in `<folder>_not/N.txt`
+# (`x1 y1 x2 y2 type` in pixels, by spaces or commas, types 1 to 6), and the authors' split in
+# trainval.txt and test.txt (lines `group/G/N.jpg group/G_not/N.txt`).
+DEEPPCB_CLASSES = ["open", "short", "mousebite", "spur", "copper", "pin-hole"]
+# Every fifth trainval board (the first, sixth, ...) goes to val, the rest to train; the test
+# list is test. (The split bench/classifier_verdict.py's published figures were measured on.)
+DEEPPCB_VAL_EVERY = 5
+
+
+def _deeppcb_boxes(box_file: Path, n_classes: int) -> list[Box]:
+    """The boxes of one test image; ValueError with the line and reason otherwise."""
+    boxes = []
+    for number, line in enumerate(box_file.read_text().splitlines(), 1):
+        values = line.replace(",", " ").split()
+        if not values:
+            continue
+        if len(values) != 5:
+            raise ValueError(f"line {number} has {len(values)} values, not 5 (x1 y1 x2 y2 type)")
+        x1, y1, x2, y2 = (float(v) for v in values[:4])
+        kind = int(values[4])
+        if not 1 <= kind <= n_classes:
+            raise ValueError(f"line {number}: defect type {kind} is not one of 1 to {n_classes}")
+        boxes.append(Box(kind - 1, x1, y1, x2, y2))
+    return boxes
+
+
+def _deeppcb_boards(root: Path) -> tuple[list[tuple[Path, Path, str]], list[ImportIssue]]:
+    """Each board's test image, box file and split: from the authors' lists where they are,
+    else every `*_test` image, split by board number."""
+    issues: list[ImportIssue] = []
+    lists = [root / "trainval.txt", root / "test.txt"]
+    if not any(path.is_file() for path in lists):
+        return [
+            (
+                path,
+                path.parent.with_name(f"{path.parent.name}_not") / f"{path.stem[:-5]}.txt",
+                _hash_split(path.stem[:-5]),
+            )
+            for path in _images_in(root)
+            if path.stem.endswith("_test")
+        ], issues
+    absent = [path.name for path in lists if not path.is_file()]
+    if absent:
+        present = next(path.name for path in lists if path.is_file())
+        raise UserError(f"{root} has {present} but no {absent[0]}: DeepPCB's split needs both")
+    boards: list[tuple[Path, Path, str]] = []
+    trainval_boards = 0
+    for list_path in lists:
+        for number, line in enumerate(list_path.read_text().splitlines(), 1):
+            values = line.split()
+            if not values:
+                continue
+            if len(values) != 2:
+                issues.append(
+                    ImportIssue(list_path.name, f"line {number} is not 'IMAGE BOX_FILE': {line}")
+                )
+                continue
+            if list_path.name == "test.txt":
+                split = "test"
+            else:
+                split = "val" if trainval_boards % DEEPPCB_VAL_EVERY == 0 else "train"
+                trainval_boards += 1
+            listed = root / values[0]  # N.jpg: on disk N_test.jpg and its template N_temp.jpg
+            boards.append(
+                (listed.with_name(f"{listed.stem}_test{listed.suffix}"), root / values[1], split)
+            )
+    return boards, issues
+
+
+def read_deeppcb(
+    src: Path, classes: list[str] | None
+) -> tuple[list[str], list[LabeledImage], list[ImportIssue]]:
+    """Each board's test image with its boxes (a defective part) and its template (a good part
+    of the same split: the false calls calibration and evaluation count)."""
+    class_names = classes or DEEPPCB_CLASSES
+    root = src / "PCBData" if (src / "PCBData").is_dir() else src
+    boards, issues = _deeppcb_boards(root)
+    if not boards:
+        raise UserError(
+            f"{src} has no DeepPCB boards (N_test.jpg images, or trainval.txt and test.txt)"
+        )
+
+    def shown(path: Path) -> str:
+        return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+
+    images: list[LabeledImage] = []
+    taken: set[Path] = set()
+    for test_image, box_file, split in boards:
+        template = test_image.with_name(f"{test_image.stem[:-5]}_temp{test_image.suffix}")
+        taken.update((test_image, template))
+        if not test_image.is_file():
+            issues.append(ImportIssue(shown(test_image), "image not found"))
+        elif not box_file.is_file():
+            # Without its boxes it would pass for a good part.
+            issues.append(ImportIssue(shown(test_image), f"box file {shown(box_file)} not found"))
+        else:
+            try:
+                boxes = _deeppcb_boxes(box_file, len(class_names))
+            except (ValueError, UnicodeDecodeError) as exc:
+                issues.append(
+                    ImportIssue(shown(test_image), f"unreadable box file {shown(box_file)}: {exc}")
+                )
+            else:
+                images.append(LabeledImage(test_image, 0, 0, boxes, split))
+        if template.is_file():
+            images.append(LabeledImage(template, 0, 0, [], split))
+        else:
+            issues.append(
+                ImportIssue(
+                    shown(template),
+                    "template not found: the board has no good part",
+                    left_out=False,
+                )
+            )
+    # Boards beside the listed ones but not listed: said, not passed over unseen.
+    unlisted = (
+        "not listed in trainval.txt or test.txt: not imported"
+        if (root / "test.txt").is_file()
+        else "a template without its test image: not imported"
+    )
+    for folder in sorted({path.parent for path in taken if path.parent.is_dir()}):
+        for path in _images_in(folder):
+            if (
+                path.parent == folder
+                and path not in taken
+                and path.stem.endswith(("_test", "_temp"))
+            ):
+                issues.append(ImportIssue(shown(path), unlisted))
+    return class_names, images, issues
+
+
+READERS = {"voc": read_voc, "yolo": read_yolo, "coco": read_coco, "deeppcb": read_deeppcb}
 
 
 # --- import -------------------------------------------------------------------------------------
@@ -692,7 +824,7 @@ def import_dataset(
 ) -> ImportReport:
     """Convert, check and register a labeled dataset; returns what was imported and what was not."""
     if source_format not in READERS:
-        raise UserError(f"unknown format {source_format!r}; choose voc, yolo or coco")
+        raise UserError(f"unknown format {source_format!r}; choose voc, yolo, coco or deeppcb")
     if not src.exists():
         raise UserError(f"source not found: {src}")
     check_dataset_name(name)
@@ -970,7 +1102,7 @@ def dataset_yaml(session: Session, name: str) -> tuple[Dataset, Path]:
     dataset = session.scalars(select(Dataset).where(Dataset.name == name)).first()
     if dataset is None:
         raise UserError(
-            f"no dataset {name!r}; import one with `defects import voc|yolo|coco SRC --name {name}`"
+            f"no dataset {name!r}; import one with `defects import voc|yolo|coco|deeppcb SRC --name {name}`"
         )
     path = Path(dataset.root_path) / "data.yaml"
     if not path.is_file():
