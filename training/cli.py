@@ -1363,3 +1363,7 @@ def main() -> None:
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)
         code = 1
     end_process(code)
+
+
+if __name__ == "__main__":
+    main()
