@@ -378,3 +378,47 @@ def test_an_operating_point_is_stored_only_over_the_one_it_was_read_beside(
     assert store_operating_point(
         database_url, "m", mine, unless_changed_from=thresholds_stamp(elsewhere)
     )
+
+
+def test_the_summary_says_what_was_stored_not_what_was_asked() -> None:
+    """With the part classifier alone judging, `calibrate --class-thresholds shared
+    --verify-threshold auto` printed "one threshold shared by every class" under a table of
+    classes all off, and "verification off: it did not cut false calls" where no detection
+    was left to verify or the target was not met at any crop threshold."""
+    from training.calibrate import build_operating_point, choice_lines
+
+    classes = ["scratch", "spot"]
+    detection = ScoredDetection
+    parts = [
+        ScoredPart(True, (detection("scratch", 0.9, 0.9, True),), part_probability=0.9),
+        ScoredPart(True, (detection("spot", 0.5, 0.9, True),), part_probability=0.8),
+        # A good part the detector flags above the faint spot: the classifier alone is cheaper.
+        ScoredPart(False, (detection("scratch", 0.95, 0.95, False),), part_probability=0.1),
+    ]
+    verify, result = calibrate_with_verification(parts, [*classes, PART], 0.0, "shared")
+    point = build_operating_point(result, classes, 0.45, "d", "val", "cls", verify)
+    assert result.classes_left_off == classes and point["classifier"]["part"] is not None
+    lines = choice_lines(point, verify_auto=True)
+    assert not any("shared by every class" in line for line in lines)
+    assert lines == [
+        "verification off: every class is off for the detector, so no detection is left to verify"
+    ]
+
+    # A defective part nothing scores: the target is met at no crop threshold.
+    unmet = [*parts, ScoredPart(True, ())]
+    verify, result = calibrate_with_verification(unmet, [*classes, PART], 0.0, "shared")
+    point = build_operating_point(result, classes, 0.45, "d", "val", "cls", verify)
+    assert verify is None and result.n_missed == 1
+    assert any(
+        "target is not met at any crop threshold" in line for line in choice_lines(point, True)
+    )
+
+    # Classes on, one shared threshold: said with its value, and a classifier doing nothing too.
+    shared = [PartScores(True, {"scratch": 0.9, PART: 0.2}), PartScores(False, {PART: 0.9})]
+    result = calibrate(shared, [*classes, PART], 0.0, "shared")
+    point = build_operating_point(result, classes, 0.45, "d", "val", "cls", None)
+    lines = choice_lines(point, verify_auto=True)
+    value = point["per_class"]["scratch"]
+    assert lines[0] == f"one threshold shared by every class ({value:.4f})"
+    assert "verification off: no crop threshold cut a false call at this target" in lines
+    assert "classifier cls fails no part" in lines[-1]

@@ -670,6 +670,33 @@ def calibrate_model(
             max_miss_rate,
             class_thresholds,
         )
+    operating_point = build_operating_point(
+        result, class_names, iou, data, split, classifier_name, verify
+    )
+    if result.n_defective == 0 or not any(math.isfinite(t) for t in result.thresholds.values()):
+        # Stored, every class would be off and no defect would ever fail a part, at once on a
+        # production model's stations.
+        raise UserError(
+            f"{data}/{split} has no defective part the detector finds ({result.n_defective} "
+            "defective parts): every class would be off and nothing would ever fail. Calibrate "
+            "on a split with defective parts; nothing was stored"
+        )
+    if store:
+        store_operating_point(url, model, operating_point)
+    return StoredCalibration(result, dimensions, operating_point)
+
+
+def build_operating_point(
+    result: Calibration,
+    class_names: list[str],
+    iou: float,
+    data: str,
+    split: str,
+    classifier_name: str | None = None,
+    verify: float | None = None,
+) -> dict[str, Any]:
+    """The operating point a calibration stores: a class left off as CLASS_OFF, the part
+    classifier's threshold None where it is off."""
     operating_point: dict[str, Any] = {
         "per_class": {
             c: (result.thresholds[c] if math.isfinite(result.thresholds[c]) else CLASS_OFF)
@@ -686,17 +713,49 @@ def calibrate_model(
             "part": part if math.isfinite(part) else None,
             "verify": verify,
         }
-    if result.n_defective == 0 or not any(math.isfinite(t) for t in result.thresholds.values()):
-        # Stored, every class would be off and no defect would ever fail a part, at once on a
-        # production model's stations.
-        raise UserError(
-            f"{data}/{split} has no defective part the detector finds ({result.n_defective} "
-            "defective parts): every class would be off and nothing would ever fail. Calibrate "
-            "on a split with defective parts; nothing was stored"
+    return operating_point
+
+
+def choice_lines(operating_point: dict[str, Any], verify_auto: bool = False) -> list[str]:
+    """What a calibration chose, said from the operating point it stored. Said from the
+    request instead, `calibrate` printed "one threshold shared by every class" over a table of
+    classes all off (the part classifier alone judged) and "verification off: it did not cut
+    false calls" where the target was not met at any crop threshold, or no class was on."""
+    report = operating_point.get("calibration") or {}
+    per_class = operating_point.get("per_class") or {}
+    on = {c: float(t) for c, t in per_class.items() if float(t) < CLASS_OFF}
+    lines: list[str] = []
+    if report.get("class_thresholds") == "shared" and len(per_class) > 1 and on:
+        lines.append(f"one threshold shared by every class ({next(iter(on.values())):.4f})")
+    classifier = operating_point.get("classifier")
+    if not classifier:
+        return lines
+    part, verify = classifier.get("part"), classifier.get("verify")
+    if verify is not None and on:
+        lines.append(
+            f"a detection counts only when its crop's defect probability is >= {verify:.4f}"
         )
-    if store:
-        store_operating_point(url, model, operating_point)
-    return StoredCalibration(result, dimensions, operating_point)
+    elif verify is not None:
+        lines.append(
+            f"crop verification at {verify:.4f} has no detection to confirm: every class is off "
+            "for the detector"
+        )
+    elif verify_auto:
+        n_defective, n_missed = report.get("n_defective") or 0, report.get("n_missed") or 0
+        allowed = math.floor(float(report.get("max_miss_rate") or 0.0) * n_defective + 1e-9)
+        if n_missed > allowed:
+            reason = "the target is not met at any crop threshold (thresholds without it)"
+        elif not on:
+            reason = "every class is off for the detector, so no detection is left to verify"
+        else:
+            reason = "no crop threshold cut a false call at this target"
+        lines.append(f"verification off: {reason}")
+    if part is None and verify is None:
+        lines.append(
+            f"classifier {classifier.get('version')} fails no part: its part threshold and "
+            "crop verification are both off"
+        )
+    return lines
 
 
 def thresholds_stamp(thresholds: dict[str, Any]) -> str:

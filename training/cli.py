@@ -611,7 +611,7 @@ def calibrate_command(
     """Pick per-class thresholds that hold a miss-rate target with the fewest false calls."""
     import math
 
-    from training.calibrate import PART, calibrate_model, calibration_notes
+    from training.calibrate import PART, calibrate_model, calibration_notes, choice_lines
 
     if split == "test":
         console.print(
@@ -653,15 +653,8 @@ def calibrate_command(
         console.print(
             "[red]the target cannot be met on this split: some defects are never scored[/red]"
         )
-    if report.get("class_thresholds") == "shared":
-        console.print("one threshold shared by every class")
-    verify_used = stored.operating_point.get("classifier", {}).get("verify")
-    if verify_used is not None:
-        console.print(
-            f"a detection counts only when its crop's defect probability is >= {verify_used:.4f}"
-        )
-    elif verify_threshold == "auto":
-        console.print("verification off: it did not cut false calls at this target")
+    for line in choice_lines(stored.operating_point, verify_auto=verify_threshold == "auto"):
+        console.print(line, markup=False)
     console.print(f"stored as the operating point of {model}")
 
 
