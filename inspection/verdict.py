@@ -93,3 +93,15 @@ def part_fails(
         return True
     part = thresholds.part if thresholds is not None else None
     return part is not None and defect_probability is not None and defect_probability >= part
+
+
+def part_classifier_note(
+    defect_probability: float | None, operating_point: dict[str, Any] | None
+) -> str | None:
+    """ "part classifier 0.87" where the part classifier's defect probability reached the part
+    threshold of the operating point a verdict was given at: a part it failed with no counted
+    defect was listed as a failure with no reason."""
+    part = Thresholds.from_dict(operating_point, []).part
+    if part is None or defect_probability is None or defect_probability < part:
+        return None
+    return f"part classifier {defect_probability:.2f}"

@@ -301,3 +301,70 @@ def test_a_classifier_is_checked_where_it_would_go_to_work(
             hidden.rename(classifier_file)
         with session_scope(trained.url) as session:
             get_model_version(session, trained.version_name).thresholds = point
+
+
+def _classifier_alone_in_production(trained: Trained, classifier: str) -> str:
+    """This test's database with the tiny detector in production, every class off and the part
+    classifier failing every part (part threshold 0): a verdict only the classifier gives."""
+    from db.migrate import upgrade
+    from db.models import ModelKind
+    from tests.conftest import register_production_detector
+    from training.versions import register_model_version
+
+    url = get_settings().resolved_database_url
+    upgrade(url)
+    register_production_detector(url, trained.weights, get_settings().models_dir)
+    with session_scope(trained.url) as session:
+        weights = Path(get_model_version(session, classifier).file_path)
+    with session_scope(url) as session:
+        register_model_version(
+            session,
+            weights,
+            get_settings().models_dir,
+            kind=ModelKind.CLASSIFIER,
+            architecture="defect-cls-mobilenet_v3_small",
+            class_names=[GOOD, *CLASSES],
+            image_size=64,
+            name="verifier",
+        )
+        get_model_version(session, "tiny").thresholds = {
+            "per_class": dict.fromkeys(CLASSES, 1.01),
+            "default": 1.01,
+            "iou": 0.45,
+            "classifier": {"version": "verifier", "part": 0.0, "verify": None},
+        }
+    return url
+
+
+def test_a_part_the_part_classifier_fails_says_so(
+    trained: Trained, trained_classifier: str, tmp_path: Path
+) -> None:
+    """`defects inspect` and the Inspect page listed such a part as FAIL with no reason: no
+    defect counted, and the classifier's probability not shown."""
+    from streamlit.testing.v1 import AppTest
+
+    from training.cli import app
+
+    _classifier_alone_in_production(trained, trained_classifier)
+    images = make_images(tmp_path / "parts", n=2, seed=7)
+    paths = [str(tmp_path / "parts" / i.name) for i in images]
+    result = CliRunner().invoke(app, ["inspect", *paths])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if ": FAIL" in line]
+    assert len(lines) == 2 and all(": FAIL part classifier 0." in line for line in lines)
+    as_json = CliRunner().invoke(app, ["inspect", "--json", *paths])
+    rows = json.loads(as_json.stdout)
+    assert all(
+        r["defects"] == [] and r["part_classifier"].startswith("part classifier") for r in rows
+    )
+    assert all(0.0 <= r["defect_probability"] <= 1.0 for r in rows)
+
+    at = AppTest.from_file(
+        str(Path(__file__).parents[1] / "dashboard" / "app.py"), default_timeout=120
+    ).run()
+    uploads = [(i.name, (tmp_path / "parts" / i.name).read_bytes(), "image/png") for i in images]
+    at.file_uploader(key="inspect_files").set_value(uploads).run()
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value
+    assert table["verdict"].tolist() == ["fail", "fail"]
+    assert all(d.startswith("part classifier 0.") for d in table["defects"])

@@ -1279,7 +1279,8 @@ def inspect_command(
     else:
         for row in rows:
             detail = row["error"] or ", ".join(
-                f"{d['class']} {d['confidence']:.2f}" for d in row["defects"]
+                [f"{d['class']} {d['confidence']:.2f}" for d in row["defects"]]
+                + ([row["part_classifier"]] if row["part_classifier"] else [])
             )
             console.print(f"{row['part']}: {str(row['verdict']).upper()} {detail}", markup=False)
     if mistaken:
@@ -1292,6 +1293,7 @@ def _stored_verdicts(url: str, model_id: int, items: list) -> list[dict]:  # typ
     import hashlib
 
     from db.queries import part_results
+    from inspection.verdict import part_classifier_note
 
     hashes = [hashlib.sha256(i.data).hexdigest() if i.data is not None else None for i in items]
     with session_scope(url) as session:
@@ -1306,6 +1308,8 @@ def _stored_verdicts(url: str, model_id: int, items: list) -> list[dict]:  # typ
                         "verdict": "error",
                         "latency_ms": None,
                         "error": item.error,
+                        "defect_probability": None,
+                        "part_classifier": None,
                         "defects": [],
                     }
                 )
@@ -1316,6 +1320,11 @@ def _stored_verdicts(url: str, model_id: int, items: list) -> list[dict]:  # typ
                     "verdict": inspection.verdict.value,
                     "latency_ms": inspection.latency_ms,
                     "error": inspection.error,
+                    # (A part the part classifier failed was listed with no reason at all.)
+                    "defect_probability": inspection.defect_probability,
+                    "part_classifier": part_classifier_note(
+                        inspection.defect_probability, inspection.thresholds
+                    ),
                     "defects": [
                         {
                             "class": p.class_name,

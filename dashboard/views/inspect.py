@@ -25,6 +25,7 @@ from inspection.batch import BatchInspection, SourceItem, error_kind, iter_zip
 from inspection.errors import UserError
 from inspection.images import IMAGE_SUFFIXES, MAX_PIXELS, ImageDecodeError, decode_image
 from inspection.settings import get_settings
+from inspection.verdict import part_classifier_note
 
 IMAGE_TYPES = sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES)
 SHOWN_PARTS = 60
@@ -158,11 +159,15 @@ with session_scope(state.url) as session:
             )
             continue
         counted = [p for p in inspection.predictions if p.counted]
+        found = [f"{p.class_name} {p.confidence:.2f}" for p in counted]
+        # (A part the part classifier failed was a FAIL with no reason given.)
+        note = part_classifier_note(inspection.defect_probability, inspection.thresholds)
+        found += [note] if note else []
         rows.append(
             {
                 "part": name,
                 "verdict": inspection.verdict.value,
-                "defects": ", ".join(f"{p.class_name} {p.confidence:.2f}" for p in counted),
+                "defects": ", ".join(found),
                 "latency ms": round(inspection.latency_ms, 1) if inspection.latency_ms else None,
                 "error": inspection.error or "",
             }
