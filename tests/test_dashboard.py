@@ -972,3 +972,32 @@ def test_a_mistyped_or_read_only_sqlite_database_is_a_message_naming_it(
     assert not at.exception, at.exception
     assert f"the folder {typo} of the SQLite database" in at.error[0].value
     assert not (tmp_path / "typo").exists()
+
+
+def test_the_backtest_offers_no_classifier(
+    production: str, trained: Trained, trained_classifier: str
+) -> None:
+    """A classifier candidate was offered for a backtest, and refused once chosen."""
+    from db.models import ModelKind
+    from db.registry import get_model_version
+    from training.versions import register_model_version
+
+    with session_scope(trained.url) as session:
+        weights = Path(get_model_version(session, trained_classifier).file_path)
+    with session_scope(production) as session:
+        register_model_version(
+            session,
+            weights,
+            get_settings().models_dir,
+            kind=ModelKind.CLASSIFIER,
+            architecture="defect-cls-mobilenet_v3_small",
+            class_names=["good", *CLASSES],
+            image_size=64,
+            name="verifier",
+        )
+    at = _app().switch_page("views/models.py").run()
+    assert not at.exception, at.exception
+    assert "verifier" in at.dataframe[0].value["name"].tolist()
+    offered = [s.options for s in at.selectbox if s.key == "backtest_choice"]
+    assert not any("verifier" in options for options in offered)
+    assert any("No candidate detectors to backtest" in c.value for c in at.caption)

@@ -74,7 +74,11 @@ with session_scope(state.url) as session:
         for v in versions
     ]
     detectors = [v.name for v in versions if v.kind == ModelKind.DETECTOR]
-    candidates = [v.name for v in versions if v.stage == ModelStage.CANDIDATE]
+    # Detectors only: a classifier was offered here, and refused once chosen ("backtests run
+    # on detectors").
+    candidates = [
+        v.name for v in versions if v.stage == ModelStage.CANDIDATE and v.kind == ModelKind.DETECTOR
+    ]
     datasets = list(session.scalars(select(Dataset.name).order_by(Dataset.name)))
     jobs = session.scalars(
         select(TrainingJob).order_by(TrainingJob.created_at.desc()).limit(10)
@@ -161,7 +165,7 @@ if candidates:
         except UserError as exc:
             st.error(str(exc))
 else:
-    st.caption("No candidate versions to backtest.")
+    st.caption("No candidate detectors to backtest.")
 
 st.subheader("Retrain on labeled defects")
 if not datasets:
