@@ -368,3 +368,25 @@ def test_a_part_the_part_classifier_fails_says_so(
     table = at.dataframe[0].value
     assert table["verdict"].tolist() == ["fail", "fail"]
     assert all(d.startswith("part classifier 0.") for d in table["defects"])
+
+
+def test_an_unknown_backbone_is_refused_before_a_job_is_recorded(
+    trained: Trained, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mistyped --backbone was said only after the images were read, and left a failed
+    training job on the Models page."""
+    from sqlalchemy import func, select
+
+    from db.models import TrainingJob
+    from inspection.errors import UserError
+    from training.train_classifier import ClassifierTrainRequest, train_classifier
+
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
+    get_settings.cache_clear()
+    with session_scope(trained.url) as session:
+        jobs = session.scalar(select(func.count(TrainingJob.id)))
+    request = ClassifierTrainRequest(data="synth", backbone="resnet81", epochs=1, imgsz=64)
+    with pytest.raises(UserError, match="unknown classifier backbone 'resnet81'"):
+        train_classifier(request, url=trained.url)
+    with session_scope(trained.url) as session:
+        assert session.scalar(select(func.count(TrainingJob.id))) == jobs

@@ -29,6 +29,7 @@ from db.models import JobStatus, ModelKind, ModelVersion, TrainingJob, utcnow
 from db.registry import get_model_version
 from db.session import session_scope
 from inspection.classifier import (
+    BACKBONES,
     GOOD,
     DefectClassifier,
     crop_with_context,
@@ -312,6 +313,11 @@ def train_classifier(request: ClassifierTrainRequest, url: str | None = None) ->
     device = resolve_device(request.device)
     torch.manual_seed(request.seed)
     random.seed(request.seed)
+    if request.backbone not in BACKBONES:  # (said before a job is recorded as failed)
+        raise UserError(
+            f"unknown classifier backbone {request.backbone!r}; choose one of "
+            f"{', '.join(BACKBONES)}"
+        )
     with session_scope(url) as session:
         dataset, _ = dataset_yaml(session, request.data)
         check_trainable(dataset)
