@@ -1001,3 +1001,56 @@ def test_the_backtest_offers_no_classifier(
     offered = [s.options for s in at.selectbox if s.key == "backtest_choice"]
     assert not any("verifier" in options for options in offered)
     assert any("No candidate detectors to backtest" in c.value for c in at.caption)
+
+
+def test_a_calibration_with_a_classifier_is_shown_as_it_will_be_stored(
+    production: str, trained: Trained, trained_classifier: str, tmp_path: Path
+) -> None:
+    """The preview listed the part classifier as "__part__" and an off class as an empty cell,
+    and did not show the crop threshold auto chose (nor that it chose none) before it was
+    used; once stored, "one threshold shared by every class" was said whatever it stored."""
+    from db.models import ModelKind
+    from db.registry import get_model_version
+    from training.calibrate import choice_lines
+    from training.versions import register_model_version
+
+    with session_scope(trained.url) as session:
+        weights = Path(get_model_version(session, trained_classifier).file_path)
+    with session_scope(production) as session:
+        register_model_version(
+            session,
+            weights,
+            get_settings().models_dir,
+            kind=ModelKind.CLASSIFIER,
+            architecture="defect-cls-mobilenet_v3_small",
+            class_names=["good", *CLASSES],
+            image_size=64,
+            name="verifier",
+        )
+    import_synthetic(production, tmp_path, n=24)
+    at = _app().run()
+    at.switch_page("views/settings.py").run()
+    next(s for s in at.selectbox if s.label == "Classifier").set_value("verifier")
+    next(s for s in at.selectbox if s.label == "Crop verification").set_value("auto")
+    next(b for b in at.button if b.label == "Calibrate").click().run()
+    assert not at.exception, at.exception
+    assert not at.error, at.error[0].value
+    preview = at.dataframe[0].value
+    assert preview["dimension"].tolist() == [*CLASSES, "part classifier"]
+    assert all(t == "off" or 0.0 <= float(t) <= 1.0 for t in preview["threshold"])
+    captions = [c.value for c in at.caption]
+    assert any(
+        c.startswith(("A detection counts only when", "Verification off:", "Crop verification"))
+        for c in captions
+    ), captions
+    next(b for b in at.button if b.label.startswith("Use these thresholds")).click().run()
+    assert not at.exception, at.exception
+    with session_scope(production) as session:
+        stored = session.scalars(
+            select(ModelVersion.thresholds).where(ModelVersion.name == "tiny")
+        ).one()
+    said = [c.value for c in at.caption]
+    for line in choice_lines(stored):
+        assert line[0].upper() + line[1:] + "." in said
+    if all(v >= 1.01 for v in stored["per_class"].values()):  # every class off
+        assert not any("shared by every class" in c for c in said)

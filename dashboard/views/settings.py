@@ -16,9 +16,11 @@ from inspection.errors import UserError
 from training.calibrate import (
     CLASS_OFF,
     CLASS_THRESHOLD_MODES,
+    PART,
     StoredCalibration,
     calibrate_model,
     calibration_notes,
+    choice_lines,
     store_operating_point,
     thresholds_stamp,
 )
@@ -94,19 +96,12 @@ else:
         st.caption(
             f"Calibrated on {calibration.get('data')}/{calibration.get('split')} for a miss rate of at most "
             f"{calibration.get('max_miss_rate')}: {calibration.get('n_missed')} of {calibration.get('n_defective')} "
-            f"missed (95% upper bound {calibration.get('miss_rate_upper_95', 0):.2%})"
-            + (
-                "; one threshold shared by every class."
-                if calibration.get("class_thresholds") == "shared"
-                else "."
-            )
+            f"missed (95% upper bound {calibration.get('miss_rate_upper_95', 0):.2%})" + "."
         )
-    classifier_point = info.thresholds.get("classifier") or {}
-    if classifier_point.get("verify") is not None:
-        st.caption(
-            f"Classifier {classifier_point.get('version')} verifies each detection: it counts "
-            f"when its crop's defect probability is at least {classifier_point['verify']:.3f}."
-        )
+    # Said from the stored thresholds: "one threshold shared by every class" was said of
+    # classes all off, where the part classifier alone judges.
+    for line in choice_lines(info.thresholds):
+        st.caption(line[0].upper() + line[1:] + ".")
 
     st.subheader("Calibrate to a target miss rate")
     with session_scope(state.url) as session:
@@ -184,10 +179,15 @@ else:
                 f"{result.n_defective} defective parts missed; {result.n_false_calls} false "
                 f"calls of {result.n_good} good parts."
             )
+            # (The part classifier was listed as "__part__", an off class as an empty cell,
+            # and the crop threshold chosen was not shown before it was used.)
             st.dataframe(
                 pd.DataFrame(
                     [
-                        {"dimension": k, "threshold": v if math.isfinite(v) else None}
+                        {
+                            "dimension": "part classifier" if k == PART else k,
+                            "threshold": f"{v:.4f}" if math.isfinite(v) else "off",
+                        }
                         for k, v in result.thresholds.items()
                     ]
                 ),
@@ -195,6 +195,8 @@ else:
             )
             for level, note in calibration_notes(result):
                 (st.warning if level == "warning" else st.info)(note)
+            for line in choice_lines(stored.operating_point, verify_auto="verify" in report):
+                st.caption(line[0].upper() + line[1:] + ".")
             accept, discard = st.columns(2)
             if accept.button(
                 f"Use these thresholds for {info.name}", type="primary", key="accept_calibration"
