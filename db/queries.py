@@ -654,6 +654,8 @@ class RunRow:
     latency_ms: float | None
     error: str
     inspected_at: datetime
+    # The part classifier's, where one judged: a part it failed had no other trace in the CSV.
+    defect_probability: float | None = None
 
     @classmethod
     def of(
@@ -665,6 +667,7 @@ class RunRow:
         latency_ms: float | None,
         error: str | None,
         inspected_at: datetime,
+        defect_probability: float | None = None,
     ) -> RunRow:
         return cls(
             name,
@@ -675,6 +678,7 @@ class RunRow:
             latency_ms,
             error or "",
             inspected_at,
+            defect_probability,
         )
 
 
@@ -699,6 +703,7 @@ def run_rows(session: Session, run_id: int, page: int = RUN_PAGE) -> Iterator[Ru
                 Inspection.latency_ms,
                 Inspection.error,
                 Inspection.inspected_at,
+                Inspection.defect_probability,
             )
             .join(Part, Part.id == Inspection.part_id)
             .where(Inspection.run_id == run_id, Inspection.id > after)
@@ -708,7 +713,7 @@ def run_rows(session: Session, run_id: int, page: int = RUN_PAGE) -> Iterator[Ru
         if not found:
             return
         counted = counted_detections(session, [row[0] for row in found])
-        for inspection_id, name, digest, verdict, latency_ms, error, inspected_at in found:
+        for inspection_id, name, digest, verdict, latency_ms, error, inspected_at, p in found:
             yield RunRow.of(
                 name,
                 digest,
@@ -717,6 +722,7 @@ def run_rows(session: Session, run_id: int, page: int = RUN_PAGE) -> Iterator[Ru
                 latency_ms,
                 error,
                 inspected_at,
+                p,
             )
         after = found[-1][0]
 
@@ -734,21 +740,24 @@ def source_rows(
     for first in range(0, len(named_keys), _IN_LIST):
         chunk = named_keys[first : first + _IN_LIST]
         found = {
-            digest: (inspection_id, verdict, latency_ms, error, inspected_at)
-            for digest, inspection_id, verdict, latency_ms, error, inspected_at in session.execute(
-                select(
-                    Part.content_hash,
-                    Inspection.id,
-                    Inspection.verdict,
-                    Inspection.latency_ms,
-                    Inspection.error,
-                    Inspection.inspected_at,
-                )
-                .join(Part, Part.id == Inspection.part_id)
-                .where(
-                    Part.content_hash.in_({digest for _, digest in chunk}),
-                    Inspection.model_version_id == model_version_id,
-                    Inspection.is_current(),
+            digest: (inspection_id, verdict, latency_ms, error, inspected_at, p)
+            for digest, inspection_id, verdict, latency_ms, error, inspected_at, p in (
+                session.execute(
+                    select(
+                        Part.content_hash,
+                        Inspection.id,
+                        Inspection.verdict,
+                        Inspection.latency_ms,
+                        Inspection.error,
+                        Inspection.inspected_at,
+                        Inspection.defect_probability,
+                    )
+                    .join(Part, Part.id == Inspection.part_id)
+                    .where(
+                        Part.content_hash.in_({digest for _, digest in chunk}),
+                        Inspection.model_version_id == model_version_id,
+                        Inspection.is_current(),
+                    )
                 )
             )
         }
@@ -756,7 +765,7 @@ def source_rows(
         for name, digest in chunk:
             if digest not in found:
                 continue
-            inspection_id, verdict, latency_ms, error, inspected_at = found[digest]
+            inspection_id, verdict, latency_ms, error, inspected_at, p = found[digest]
             yield RunRow.of(
                 name,
                 digest,
@@ -765,6 +774,7 @@ def source_rows(
                 latency_ms,
                 error,
                 inspected_at,
+                p,
             )
 
 

@@ -991,6 +991,7 @@ def export_run_csv(
                     f"{row.latency_ms:.2f}" if row.latency_ms is not None else "",
                     row.error,
                     row.inspected_at.isoformat(timespec="seconds"),
+                    f"{row.defect_probability:.4f}" if row.defect_probability is not None else "",
                 ]
             )
             written += 1

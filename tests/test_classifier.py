@@ -390,3 +390,23 @@ def test_an_unknown_backbone_is_refused_before_a_job_is_recorded(
         train_classifier(request, url=trained.url)
     with session_scope(trained.url) as session:
         assert session.scalar(select(func.count(TrainingJob.id))) == jobs
+
+
+def test_a_batch_csv_keeps_the_part_classifiers_probability(
+    trained: Trained, trained_classifier: str, tmp_path: Path
+) -> None:
+    """A part the part classifier failed was a CSV row "fail" with no defect and confidence 0:
+    nothing said why it failed."""
+    import csv
+
+    from training.cli import app
+
+    _classifier_alone_in_production(trained, trained_classifier)
+    make_images(tmp_path / "parts", n=3, seed=8)
+    target = tmp_path / "run.csv"
+    args = ["batch", str(tmp_path / "parts"), "--line", "L", "--station", "S"]
+    result = CliRunner().invoke(app, [*args, "--output", str(target)])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(target.open()))
+    assert len(rows) == 3 and {r["verdict"] for r in rows} == {"fail"}
+    assert all(r["defects"] == "" and 0.0 <= float(r["defect_probability"]) <= 1.0 for r in rows)
