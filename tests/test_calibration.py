@@ -422,3 +422,23 @@ def test_the_summary_says_what_was_stored_not_what_was_asked() -> None:
     assert lines[0] == f"one threshold shared by every class ({value:.4f})"
     assert "verification off: no crop threshold cut a false call at this target" in lines
     assert "classifier cls fails no part" in lines[-1]
+
+
+def test_with_no_good_part_the_part_classifier_judges_only_what_the_detector_cannot() -> None:
+    """On a split of defective parts only, the classifier's false calls weigh nothing and the
+    detector's false detections weigh a little: the classifier judged alone, every class off,
+    and failed every good part it later met. It now stays off where the detector meets the
+    target, and catches only what the detector cannot."""
+    parts = [
+        PartScores(True, {"scratch": 0.9, PART: 0.9}, background={"scratch": 0.3}),
+        PartScores(True, {"scratch": 0.6, PART: 0.8}),
+        PartScores(True, {"scratch": 0.5, PART: 0.85}, background={"scratch": 0.2}),
+    ]
+    result = calibrate(parts, ["scratch", PART], max_miss_rate=0.0)
+    assert result.thresholds[PART] == float("inf")
+    assert result.thresholds["scratch"] <= 0.5 and result.n_missed == 0
+    assert any("part classifier is left off" in text for _, text in calibration_notes(result))
+    # A defective part with no detection at all: the classifier is needed for it.
+    with_unseen = [*parts, PartScores(True, {PART: 0.7})]
+    needed = calibrate(with_unseen, ["scratch", PART], max_miss_rate=0.0)
+    assert needed.n_missed == 0 and needed.thresholds[PART] <= 0.7

@@ -148,6 +148,15 @@ def calibration_notes(result: Calibration) -> list[tuple[str, str]]:
         )
     elif result.classes_left_off:
         notes.append(("warning", left_off_warning(result.classes_left_off)))
+    if result.details.get("part_classifier_off"):
+        notes.append(
+            (
+                "info",
+                "The part classifier is left off: the split has no good parts to weigh its "
+                "false calls against, and the detector meets the target alone. Calibrate on a "
+                "split with good parts to use it.",
+            )
+        )
     fallback = result.details.get("classes_on_shared_threshold") or []
     if fallback:
         notes.append(("info", shared_fallback_note(fallback)))
@@ -219,6 +228,20 @@ def calibrate(
     if class_thresholds not in CLASS_THRESHOLD_MODES:
         raise UserError(f"class thresholds must be one of {', '.join(CLASS_THRESHOLD_MODES)}")
     classes = [d for d in dimensions if d != PART]
+    if PART in dimensions and classes and all(p.defective for p in parts):
+        # No good part: the part classifier's false calls cannot be weighed at all, while the
+        # detector's show as its false detections on the defective parts. Weighed against
+        # nothing, the classifier won every time and judged alone, every class off (on a
+        # synthetic split it then failed 4 of 4 good test parts). It is used only for what
+        # the detector cannot meet alone.
+        alone = calibrate(parts, classes, max_miss_rate, class_thresholds, centre)
+        if alone.n_missed <= math.floor(max_miss_rate * alone.n_defective + 1e-9):
+            thresholds = {**alone.thresholds, PART: NEVER}
+            return replace(
+                alone,
+                thresholds={d: thresholds[d] for d in dimensions},
+                details={**alone.details, "part_classifier_off": "no good parts"},
+            )
     if class_thresholds == "auto":
         n_defective = sum(p.defective for p in parts)
         shared = shared_is_safer(n_defective, len(classes), max_miss_rate)
