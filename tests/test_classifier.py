@@ -410,3 +410,37 @@ def test_a_batch_csv_keeps_the_part_classifiers_probability(
     rows = list(csv.DictReader(target.open()))
     assert len(rows) == 3 and {r["verdict"] for r in rows} == {"fail"}
     assert all(r["defects"] == "" and 0.0 <= float(r["defect_probability"]) <= 1.0 for r in rows)
+
+
+def test_a_classifier_is_evaluated_at_the_part_threshold_stations_use(
+    trained: Trained, trained_classifier: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its part rates were counted at 0.5, the classifier's placeholder, while stations fail
+    parts at the threshold the production detector's calibration stored for it."""
+    from db.models import ModelKind, ModelStage
+    from db.registry import production_model
+    from training.cli import app
+
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
+    get_settings.cache_clear()
+    with session_scope(trained.url) as session:
+        detector = production_model(session, ModelKind.DETECTOR) or get_model_version(
+            session, trained.version_name
+        )
+        name, saved = detector.name, (detector.thresholds, detector.stage)
+        detector.stage = ModelStage.PRODUCTION
+        detector.thresholds = {
+            **detector.thresholds,
+            "classifier": {"version": trained_classifier, "part": 0.123, "verify": None},
+        }
+    try:
+        result = CliRunner().invoke(app, ["evaluate", trained_classifier, "--data", "synth"])
+    finally:
+        with session_scope(trained.url) as session:
+            detector = get_model_version(session, name)
+            detector.thresholds, detector.stage = saved
+    assert result.exit_code == 0, result.output
+    assert (
+        f"at defect probability >= 0.123 (the part threshold of {name}'s operating point)"
+        in " ".join(result.output.split())
+    )

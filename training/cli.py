@@ -761,6 +761,19 @@ def _evaluate_classifier(
     from training.evaluate import evaluate_classifier
 
     part_threshold = float((thresholds or {}).get("part", 0.5))
+    where = "its own default"
+    if version_name is not None:
+        # (A classifier's own thresholds are a placeholder: stations fail parts at the part
+        # threshold the production detector's calibration stored for it. At 0.5, the rates
+        # printed here were not the ones the line ran at.)
+        from db.registry import production_model
+
+        with session_scope(url) as session:
+            detector = production_model(session, ModelKind.DETECTOR)
+            used = ((detector.thresholds or {}).get("classifier") or {}) if detector else {}
+            if used.get("version") == version_name and used.get("part") is not None:
+                part_threshold = float(used["part"])
+                where = f"the part threshold of {detector.name}'s operating point"  # type: ignore[union-attr]
     result = evaluate_classifier(weights, data, split, part_threshold, device, url)
     payload = result.to_json()
     if version_name is not None:
@@ -773,7 +786,8 @@ def _evaluate_classifier(
     console.print(f"{data}/{split}: top-1 accuracy {result.accuracy:.3f}; recall {recall}")
     rates = result.rates
     console.print(
-        f"at defect probability >= {part_threshold}: miss rate {_fmt(rates.miss_rate)} "
+        f"at defect probability >= {part_threshold:.4g} ({where}): miss rate "
+        f"{_fmt(rates.miss_rate)} "
         f"({rates.n_missed} of {rates.n_defective}), false-call rate "
         f"{_fmt(rates.false_call_rate)} ({rates.n_false_calls} of {rates.n_good})"
     )
