@@ -131,6 +131,12 @@ def test_evaluate_export_and_calibrate_with_the_classifier(
     assert result.exit_code == 0, result.output
     with session_scope(trained.url) as session:
         weights = Path(get_model_version(session, trained_classifier).file_path)
+    from training.export import read_metadata
+
+    metadata = read_metadata(weights.with_suffix(".onnx"))
+    assert json.loads(metadata["defects.classes"]) == [GOOD, *CLASSES]
+    # (Its own placeholder thresholds read as the ones stations judge at: left out.)
+    assert not any(key.endswith("thresholds") for key in metadata)
     onnx_session = ort.InferenceSession(
         str(weights.with_suffix(".onnx")), providers=["CPUExecutionProvider"]
     )

@@ -874,7 +874,7 @@ def export_command(
                 "at its training size, with a dynamic batch"
             )
 
-        console.print(f"wrote {export_classifier(weights, version_name, thresholds)}")
+        console.print(f"wrote {export_classifier(weights, version_name)}")
         return
     path = export_detector(
         weights,

@@ -161,10 +161,10 @@ def read_metadata(onnx_path: Path) -> dict[str, str]:
     return {p.key: p.value for p in proto.metadata_props}
 
 
-def export_classifier(
-    weights: Path, version_name: str | None = None, thresholds: dict[str, Any] | None = None
-) -> Path:
-    """ONNX of the classifier (dynamic batch), its classes and image size in the metadata."""
+def export_classifier(weights: Path, version_name: str | None = None) -> Path:
+    """ONNX of the classifier (dynamic batch), its classes and image size in the metadata.
+    No thresholds: a classifier judges at those the detector's calibration stores for it, and
+    its own placeholders (0.5), written here, read as the ones stations use."""
     import tempfile
 
     import torch
@@ -191,7 +191,6 @@ def export_classifier(
             "imgsz": str(image_size),
             "architecture": f"defect-cls-{model.backbone_name}",
             "model_version": version_name or "",
-            "thresholds": json.dumps(thresholds or {}),
         }.items():
             proto.metadata_props.append(
                 onnx.StringStringEntryProto(key=METADATA_PREFIX + key, value=value)
