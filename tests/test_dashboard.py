@@ -994,10 +994,16 @@ def test_the_backtest_offers_no_classifier(
             class_names=["good", *CLASSES],
             image_size=64,
             name="verifier",
+            metrics={"val_accuracy": 0.75},
         )
     at = _app().switch_page("views/models.py").run()
     assert not at.exception, at.exception
-    assert "verifier" in at.dataframe[0].value["name"].tolist()
+    versions = at.dataframe[0].value
+    assert "verifier" in versions["name"].tolist()
+    # Its val accuracy over parts and crops is not shown as a test top-1 over parts.
+    verifier = versions[versions["name"] == "verifier"].iloc[0]
+    assert verifier["val accuracy (parts and crops)"] == 0.75
+    assert verifier["top-1 (test)"] is None or verifier["top-1 (test)"] != verifier["top-1 (test)"]
     offered = [s.options for s in at.selectbox if s.key == "backtest_choice"]
     assert not any("verifier" in options for options in offered)
     assert any("No candidate detectors to backtest" in c.value for c in at.caption)

@@ -65,9 +65,10 @@ with session_scope(state.url) as session:
             "miss rate (test)": _pct((v.metrics or {}).get("miss_rate")),
             "false-call rate (test)": _pct((v.metrics or {}).get("false_call_rate")),
             "val mAP50": (v.metrics or {}).get("val_map50"),
-            "accuracy": (v.metrics or {}).get(
-                "top1_accuracy", (v.metrics or {}).get("val_accuracy")
-            ),
+            # (One "accuracy" column showed test top-1 over parts or, failing it, val
+            # accuracy over parts and crops, without saying which.)
+            "top-1 (test)": (v.metrics or {}).get("top1_accuracy"),
+            "val accuracy (parts and crops)": (v.metrics or {}).get("val_accuracy"),
             "teacher": v.teacher.name if v.teacher else "",
             "created": v.created_at,
         }
