@@ -22,6 +22,7 @@ import dataclasses
 import multiprocessing
 import os
 import queue
+import signal
 import sys
 import threading
 import time
@@ -29,6 +30,7 @@ import types
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
+from multiprocessing.synchronize import Event as ProcessEvent
 from pathlib import Path
 
 from sqlalchemy import update
@@ -113,8 +115,34 @@ def _reason(exc: Exception) -> str:
     return str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
 
 
-def _worker(job: WorkerJob, parts: multiprocessing.Queue, channel: Connection) -> None:
-    """A worker's whole life: open its share, inspect what it is dealt, report, stop."""
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _stop_signals_held_off() -> Iterator[None]:
+    """While workers start: each inherits SIGINT and SIGTERM ignored, through its interpreter's
+    start and imports (a Ctrl-C there printed each worker's traceback), until `_worker` takes
+    them as Ctrl-C. (Signal handlers can be changed from the main thread only.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {number: signal.signal(number, signal.SIG_IGN) for number in _STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for number, handler in held.items():
+            signal.signal(number, handler)
+
+
+def _worker(
+    job: WorkerJob, parts: multiprocessing.Queue, channel: Connection, stopping: ProcessEvent
+) -> None:
+    """A worker's whole life: open its share, inspect what it is dealt, report, stop.
+    `stopping`, set by the dealer as the run stops, leaves the parts still dealt to it."""
     dealer_gone = threading.Event()
 
     def tell(kind: str, payload: object) -> None:
@@ -126,14 +154,20 @@ def _worker(job: WorkerJob, parts: multiprocessing.Queue, channel: Connection) -
         except OSError:  # BrokenPipeError and kin
             dealer_gone.set()
 
+    # A service manager stops a station with SIGTERM to all its processes (systemd's
+    # default): taken as Ctrl-C, so that the worker writes what it judged and says what it
+    # wrote. Killed by it, the worker's parts were missing from the summary ("0 parts
+    # inspected" over hundreds written).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
     # Here the interpreter has started and imported the product (torch, ultralytics...).
     imported_s = time.time() - job.launched_at
-    if job.cores is not None:
-        os.sched_setaffinity(0, job.cores)
-        import torch
-
-        torch.set_num_threads(len(job.cores))
     try:
+        if job.cores is not None:
+            os.sched_setaffinity(0, job.cores)
+            import torch
+
+            torch.set_num_threads(len(job.cores))
         share = BatchInspection(
             job.url,
             job.images_dir,
@@ -144,6 +178,9 @@ def _worker(job: WorkerJob, parts: multiprocessing.Queue, channel: Connection) -
             batch_size=job.batch_size,
             run_id=job.run_id,
         )
+    except KeyboardInterrupt:  # stopped while loading the model: nothing judged
+        tell("stopped", BatchSummary(job.run_id, ""))
+        return
     except Exception as exc:  # noqa: BLE001 - reported to the dealer, which stops the run
         tell("failed", _reason(exc))
         return
@@ -171,6 +208,8 @@ def _worker(job: WorkerJob, parts: multiprocessing.Queue, channel: Connection) -
         """The dealt parts; WRITE_NOW where the source went quiet (None in a message, since
         the marker is known by identity, which pickling does not keep)."""
         while True:
+            if stopping.is_set():
+                return
             asked = time.perf_counter()
             try:
                 dealt_items = inbox.get(timeout=1.0)
@@ -188,6 +227,8 @@ def _worker(job: WorkerJob, parts: multiprocessing.Queue, channel: Connection) -
             if dealt_items is None:
                 return
             for entry in dealt_items:
+                if stopping.is_set():  # (the chunk it holds is judged and written)
+                    return
                 if entry is None:
                     yield WRITE_NOW
                     send_results()  # judged just now: shown at once, not with the next 32
@@ -286,6 +327,11 @@ class ParallelInspection:
         self.processes: list[multiprocessing.process.BaseProcess] = []  # once started
         self._parts: list[multiprocessing.Queue] = []  # to each worker, from the dealer
         self._channels: list[tuple[Connection, Connection]] = []  # from each worker
+        # Set as the run stops (Ctrl-C, a failed worker): every worker leaves the parts still
+        # queued for it, judged when the same command resumes. A worker that missed the
+        # Ctrl-C (still loading its model, or the dealer alone was stopped) judged its whole
+        # queue first, up to QUEUE_PER_WORKER parts, for a minute on a slow CPU.
+        self._stopping: ProcessEvent | None = None
         self._ran = False
         # Seconds from the workers' start to each one's model loaded: the price of a fresh
         # interpreter per worker, paid once per run, shown so that it is not mistaken for a slow line.
@@ -321,6 +367,7 @@ class ParallelInspection:
         ]
         # A channel back from each worker: one killed while sending spoils only its own.
         self._channels = [context.Pipe(duplex=False) for _ in range(self.workers)]
+        self._stopping = context.Event()
         # Not daemons: a worker may decode in processes of its own (DEFECTS_PREPARE_PROCESSES);
         # `run` (or `close`) joins them, or stops them, however it ends.
         launched_at = time.time()
@@ -332,11 +379,12 @@ class ParallelInspection:
                     dataclasses.replace(job, launched_at=launched_at),
                     self._parts[i],
                     self._channels[i][1],
+                    self._stopping,
                 ),
             )
             for i, job in enumerate(self._jobs)
         ]
-        with _main_script_left_out():
+        with _main_script_left_out(), _stop_signals_held_off():
             for process, (_, sending) in zip(self.processes, self._channels, strict=True):
                 process.start()
                 sending.close()  # the worker's end only: its exit then reads as end of input
@@ -410,6 +458,8 @@ class ParallelInspection:
 
         def send(shard: int, message: list[SourceItem | None] | None) -> bool:
             """Into the shard's queue unless the run is stopping; False when it is."""
+            if stop.is_set():  # (a queue with room took parts dealt after Ctrl-C)
+                return False
             with contextlib.suppress(queue.Full):
                 parts[shard].put_nowait(message)
                 return True
@@ -473,9 +523,9 @@ class ParallelInspection:
         try:
             self._listen(listening, stop, on_result, heard)
         except KeyboardInterrupt:
-            # The workers got the same Ctrl-C: each writes what it holds and says so, heard
-            # here for the summary; a second Ctrl-C leaves at once.
-            stop.set()
+            # The workers got the same Ctrl-C, or are told here: each writes what it holds
+            # and says so, heard here for the summary; a second Ctrl-C leaves at once.
+            self._stop_workers(stop)
             heard.stopped = True
             self._listen(listening, stop, on_result, heard, deadline=time.monotonic() + 30)
             raise
@@ -581,7 +631,7 @@ class ParallelInspection:
                     worker.join(timeout=30)
                     if worker.exitcode != 0 and heard.failure is None:
                         heard.failure = f"a worker process died (exit code {worker.exitcode})"
-                        stop.set()  # the others write what they hold and stop
+                        self._stop_workers(stop)  # the others write what they hold and stop
                     continue
                 if kind == "ready":
                     # As the worker timed it: its word may wait in the pipe until the dealing
@@ -613,7 +663,13 @@ class ParallelInspection:
                     self._merge(payload)
                 else:  # failed
                     heard.failure = heard.failure or payload
-                    stop.set()
+                    self._stop_workers(stop)
+
+    def _stop_workers(self, stop: threading.Event) -> None:
+        """The dealer stops dealing, and the workers taking what was dealt."""
+        stop.set()
+        if self._stopping is not None:
+            self._stopping.set()
 
     def _merge(self, share: BatchSummary) -> None:
         self.summary.seen += share.seen

@@ -19,7 +19,7 @@ from db.models import Inspection, InspectionRun, Part, Prediction
 from db.session import session_scope
 from inspection.batch import BatchInspection, SourceItem, iter_source
 from inspection.errors import UserError
-from inspection.parallel import ParallelInspection, shard_of, share_cores
+from inspection.parallel import QUEUE_PER_WORKER, ParallelInspection, shard_of, share_cores
 from tests.conftest import Trained, register_production_detector
 from tests.synthetic import make_images
 
@@ -301,9 +301,13 @@ def _count_inspections(url: str) -> int:
         return int(session.scalar(select(func.count(Inspection.id))) or 0)
 
 
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_stops_every_worker_and_the_summary_counts_what_was_written(
-    detector: str, tmp_path: Path
+    detector: str, tmp_path: Path, stop_signal: signal.Signals
 ) -> None:
+    """Ctrl-C in a terminal, or SIGTERM from a service manager stopping the station (systemd
+    sends it to every process of the service): the workers write what they judged and the
+    summary counts it. SIGTERM killed the workers: "0 parts inspected" over hundreds written."""
     psutil = pytest.importorskip("psutil")
     command, env = _two_worker_batch(detector, tmp_path, parts=300)
     process = subprocess.Popen(
@@ -321,7 +325,7 @@ def test_ctrl_c_stops_every_worker_and_the_summary_counts_what_was_written(
         assert process.poll() is None
         time.sleep(0.05)
     workers = psutil.Process(process.pid).children(recursive=True)
-    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground group
+    os.killpg(process.pid, stop_signal)  # Ctrl-C reaches the whole foreground group
     output, _ = process.communicate(timeout=120)
     _, still_running = psutil.wait_procs(workers, timeout=30)
     assert not still_running
@@ -333,6 +337,33 @@ def test_ctrl_c_stops_every_worker_and_the_summary_counts_what_was_written(
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert len(_rows(detector)) == 300
     assert "2 of 2 workers ready after" in " ".join(finished.stdout.split())
+
+
+def test_a_stop_the_workers_did_not_hear_leaves_the_parts_still_dealt_to_them(
+    detector: str, tmp_path: Path
+) -> None:
+    """Ctrl-C that reaches the dealer alone (a worker still loading its model ignores it, a
+    SIGTERM sent to the command's process only): the workers stop after the chunk they hold,
+    instead of judging every part queued for them first (up to 256 each)."""
+    make_images(tmp_path / "in", n=600, size=64)
+    items = list(iter_source(str(tmp_path / "in")))
+    job = ParallelInspection(detector, tmp_path / "store", "L", "S", workers=2)
+
+    heard: list[object] = []
+
+    def interrupted(result: object) -> None:
+        heard.append(result)
+        if len(heard) == 1:
+            raise KeyboardInterrupt  # in the dealer's main thread, as its own Ctrl-C
+
+    with pytest.raises(KeyboardInterrupt):
+        job.run(items, interrupted)
+    written = _count_inspections(detector)
+    assert job.summary.inspected == written
+    assert [process.exitcode for process in job.processes] == [0, 0]
+    # The dealer had filled both queues before the first result came: judging them all
+    # wrote at least as many.
+    assert 0 < written < 2 * QUEUE_PER_WORKER
 
 
 def _two_worker_batch(url: str, tmp_path: Path, parts: int) -> tuple[list[str], dict[str, str]]:
