@@ -163,6 +163,31 @@ def test_an_exported_detector_is_evaluated_like_its_checkpoint(trained: Trained)
     assert figures[1]["weights"] == onnx_path.name
 
 
+def test_an_export_loads_the_checkpoint_once_and_names_its_classes(
+    trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`defects export` loaded the checkpoint twice (once for its classes, once to export)."""
+    from training import export
+    from training.export import METADATA_PREFIX, export_detector, read_metadata
+
+    loaded: list[Path] = []
+    load = export.load_detector
+
+    def counted(weights: Path):  # type: ignore[no-untyped-def]
+        loaded.append(weights)
+        return load(weights)
+
+    monkeypatch.setattr(export, "load_detector", counted)
+    weights = Path(shutil.copy(trained.weights, tmp_path / "best.pt"))
+    onnx_path = export_detector(weights, version_name="v1")
+    assert len(loaded) == 1
+    meta = read_metadata(onnx_path)
+    assert json.loads(meta[METADATA_PREFIX + "classes"]) == CLASSES
+    assert meta[METADATA_PREFIX + "imgsz"] == "64"
+    assert meta[METADATA_PREFIX + "architecture"] == "defect-yolo-n"
+    assert meta[METADATA_PREFIX + "model_version"] == "v1"
+
+
 def test_a_model_file_is_evaluated_at_its_own_thresholds(trained: Trained, tmp_path: Path) -> None:
     """`defects evaluate FILE` measured an export at default thresholds, not at those in its
     metadata, so its miss rate was not the model's (30 of 180 against 1 of 180)."""

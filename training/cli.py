@@ -902,10 +902,10 @@ def export_command(
             root = Path(dataset.root_path)
         images = split_image_paths(root, "train")
         step = max(1, len(images) // calibration_images)
-        from inspection.detector import load_detector
+        from training.export import METADATA_PREFIX, read_metadata
 
-        ckpt = load_detector(weights).ckpt
-        size = imgsz or int(ckpt.get("train_args", {}).get("imgsz", 640))
+        # The size the file was exported at (the checkpoint was loaded a third time for it).
+        size = int(read_metadata(path)[METADATA_PREFIX + "imgsz"])
         console.print(f"wrote {quantize_int8(path, images[::step], size)}")
     if compact:  # after INT8, which is quantized from the float32 weights
         from training.export import store_weights_as_float16

@@ -63,20 +63,23 @@ def export_detector(
     import shutil
     import tempfile
 
-    model = load_detector(weights)
     if half and device == "cpu":
         raise UserError("--half needs a GPU to export on (pass --device cuda:0)")
-    ckpt = model.ckpt if isinstance(model.ckpt, dict) else {}
-    trained_imgsz = int(ckpt.get("train_args", {}).get("imgsz", 640))
-    imgsz = imgsz or trained_imgsz
-    target = onnx_target(weights, imgsz, trained_imgsz, half)
     # ultralytics writes `<weights>.onnx` beside the file it exports, which may be the stations'
     # file: it exports a copy in a folder of its own, and the result takes the target's place.
+    # The copy is the one checkpoint loaded (it was loaded twice, once for its classes).
     with tempfile.TemporaryDirectory(dir=weights.parent, prefix=".export-") as scratch:
         copy = Path(shutil.copy2(weights, Path(scratch) / weights.name))
+        model = load_detector(copy)
+        ckpt = model.ckpt if isinstance(model.ckpt, dict) else {}
+        trained_imgsz = int(ckpt.get("train_args", {}).get("imgsz", 640))
+        imgsz = imgsz or trained_imgsz
+        target = onnx_target(weights, imgsz, trained_imgsz, half)
+        names = [model.names[i] for i in sorted(model.names)]
+        architecture = architecture_of(model)  # (read before the export fuses the model)
         with _ultralytics_quiet():
             exported = Path(
-                load_detector(copy).export(
+                model.export(
                     format="onnx",
                     imgsz=imgsz,
                     quantize=16 if half else None,  # (its `half` is deprecated: a warning)
@@ -87,11 +90,10 @@ def export_detector(
                 )
             )
         proto = onnx.load(str(exported))
-        names = [model.names[i] for i in sorted(model.names)]
         extra = {
             "classes": json.dumps(names),
             "thresholds": json.dumps(thresholds or {}),
-            "architecture": architecture_of(model),
+            "architecture": architecture,
             "imgsz": str(imgsz),
             "model_version": version_name or "",
         }
