@@ -400,7 +400,75 @@ class BatchSummary:
             self.latencies_ms[slot] = latency_ms
 
 
+MODEL_FILE_SUFFIXES = (".pt", ".onnx")
+
+
+def model_file(model: str | None) -> Path | None:
+    """The file a `--model` reference names (`runs/best.onnx`, `weights.pt`), or None where it
+    names a model version."""
+    if model is None or Path(model).suffix.lower() not in MODEL_FILE_SUFFIXES:
+        return None
+    return Path(model)
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def detector_of_file(session: Session, path: Path, named: str | None = None) -> ModelVersion | None:
+    """The registered detector a model file belongs to: the version its ONNX metadata names
+    (`named`), else the one it is the file of (by hash), else the one whose weights it was
+    exported beside (`defects export` writes `<weights stem>[.size][.fp16|.int8].onnx`)."""
+    detectors = select(ModelVersion).where(ModelVersion.kind == ModelKind.DETECTOR)
+    if named:
+        found = session.scalars(detectors.where(ModelVersion.name == named)).first()
+        if found is not None:
+            return found
+    by_hash = detectors.where(ModelVersion.sha256 == _file_digest(path))
+    found = session.scalars(by_hash.order_by(ModelVersion.id)).first()
+    if found is not None or path.suffix.lower() != ".onnx":
+        return found
+    parts = path.name.split(".")
+    folder = path.resolve().parent
+    beside = [str(folder / (".".join(parts[:n]) + ".pt")) for n in range(1, len(parts))]
+    in_folder = detectors.where(ModelVersion.file_path.in_(beside))
+    return session.scalars(in_folder.order_by(ModelVersion.id)).first()
+
+
+def _detector_of_model_file(session: Session, path: Path) -> ModelVersion:
+    """`--model FILE`: the version whose weights or export it is. Every verdict is stored
+    against a model version and judged at its operating point, which a file alone does not
+    hold (an unregistered .pt has no thresholds; an export's are those of its export day)."""
+    if not path.is_file():
+        raise UserError(f"model file not found: {path}")
+    named = None
+    if path.suffix.lower() == ".onnx":
+        import onnx
+
+        try:
+            proto = onnx.load(str(path), load_external_data=False)
+        except Exception as exc:  # onnx raises protobuf's own errors for a damaged file
+            raise UserError(f"cannot read the ONNX model {path}: {exc}") from exc
+        named = {p.key: p.value for p in proto.metadata_props}.get("defects.model_version")
+    version = detector_of_file(session, path, named)
+    if version is None:
+        raise UserError(
+            f"{path} is not the weights or an export of a registered detector: verdicts are "
+            "stored against a model version and judged at its calibrated thresholds. Pass a "
+            "version's name (`defects models list`), or export one (`defects export VERSION`)"
+        )
+    return version
+
+
 def resolve_detector(session: Session, model: str | None) -> ModelVersion:
+    """The detector `model` names: a version's id or name, a file of one (its weights or an
+    export), or None for the production detector."""
+    if (path := model_file(model)) is not None:
+        return _detector_of_model_file(session, path)
     if model is None:
         version = production_model(session, ModelKind.DETECTOR)
         if version is None:
@@ -464,7 +532,8 @@ class BatchInspection:
     ) -> None:
         """With `run_id`, this job writes into a run opened elsewhere (one worker's share of a
         run spread over several processes), on that run's line, station and model version, and
-        leaves marking it finished to whoever opened it."""
+        leaves marking it finished to whoever opened it. A `model` that names a file (a
+        version's weights or export) is the file that judges, for its version."""
         self.url = url
         self.images_dir = images_dir
         self.owns_run = run_id is None
@@ -480,7 +549,9 @@ class BatchInspection:
                     version = session.get_one(ModelVersion, run.model_version_id)
                 self.run_id, self.line_id, self.station_id = run.id, run.line_id, run.station_id
                 self.model_id, self.model_name = version.id, version.name
-                weights, thresholds = Path(version.file_path), dict(version.thresholds or {})
+                self.model_classes = list(version.classes or [])
+                weights = model_file(model) or Path(version.file_path)
+                thresholds = dict(version.thresholds or {})
                 # A calibrated operating point names the classifier it was calibrated with.
                 classifier_name = (thresholds.get("classifier") or {}).get("version")
                 classifier_weights, self.classifier_id = None, None
@@ -501,6 +572,7 @@ class BatchInspection:
                 inspector = Inspector.from_weights(
                     weights, thresholds, backend, device, batch_size, classifier_weights
                 )
+                self._check_classes(inspector)
                 inspector.warm_up()  # before the first part, not in its latency
         except BaseException:
             if self.owns_run:  # no part was judged: no run to show as open on the Live page
@@ -517,6 +589,18 @@ class BatchInspection:
         self.chunk_parts = chunk_parts(self.inspector.batch_size, get_settings().chunk_batches)
         self.outage_seconds = get_settings().db_outage_seconds
         self._giving_up = Event()  # set by Ctrl-C: no more waiting for the database
+
+    def _check_classes(self, inspector: Inspector) -> None:
+        """The model that judges must name the version's classes: a stale or foreign .onnx
+        (beside the weights, or passed as --model) stored its own class names, or another
+        model's verdicts, under this version."""
+        if self.model_classes and inspector.class_names != self.model_classes:
+            inspector.close()
+            raise UserError(
+                f"{inspector.backend.model_path} has the classes {inspector.class_names}, not "
+                f"those of {self.model_name} {self.model_classes}: a stale or foreign export; "
+                f"export it again (`defects export {self.model_name}`) or pass --backend pytorch"
+            )
 
     def _wait_for_write(self) -> bool:
         """Let the write in flight finish; its error, if any, is raised here. True when it

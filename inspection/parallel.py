@@ -45,6 +45,7 @@ from inspection.batch import (
     SourceItem,
     content_key,
     hot_folder_batches,
+    model_file,
     open_run,
     through_outages,
 )
@@ -73,6 +74,7 @@ class WorkerJob:
     device: str | None
     batch_size: int | None
     cores: tuple[int, ...] | None  # the cores this worker keeps to; None: no pinning
+    model: str | None = None  # a model file (--model FILE) that judges for the run's version
     launched_at: float = 0.0  # time.time() as the dealer started it (a clock both processes read)
 
 
@@ -177,6 +179,7 @@ def _worker(
             device=job.device,
             batch_size=job.batch_size,
             run_id=job.run_id,
+            model=job.model,
         )
     except KeyboardInterrupt:  # stopped while loading the model: nothing judged
         tell("stopped", BatchSummary(job.run_id, ""))
@@ -303,7 +306,7 @@ class ParallelInspection:
             with session_scope(url) as session:  # (again where a new line was raced for)
                 run, version = open_run(session, line, station, model, operator, source)
                 self.run_id, self.model_name = run.id, version.name
-                return Path(version.file_path)
+                return model_file(model) or Path(version.file_path)
 
         weights = retrying_races(opened)
         if not weights.is_file():
@@ -311,6 +314,7 @@ class ParallelInspection:
         self.url = url
         self.workers = workers
         cores = share_cores(usable_cores(), workers)
+        named_file = model_file(model)
         self._jobs = [
             WorkerJob(
                 url,
@@ -320,6 +324,7 @@ class ParallelInspection:
                 device,
                 batch_size,
                 cores[i],
+                str(named_file.resolve()) if named_file else None,
             )
             for i in range(workers)
         ]

@@ -1104,3 +1104,62 @@ def test_a_fault_of_the_same_bytes_is_recorded_at_each_station(
     assert (other.errors, other.skipped, other.rejudged) == (2, 0, 0)
     again = BatchInspection(detector, tmp_path / "store", "L3", "B").run(iter_source(str(folder)))
     assert (again.errors, again.skipped) == (0, 2)  # this station's fault, recorded once
+
+
+def test_a_model_file_is_accepted_where_a_version_name_is(
+    detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`defects inspect --model best.onnx` (or a .pt): a user who has just exported a model
+    passes its file. It judges for the version it is the weights or an export of, at that
+    version's thresholds; "no model version 'best.onnx'" was all it said."""
+    from training.cli import app
+    from training.demo import DEMO_DIR
+    from training.export import export_detector
+
+    weights = Path(_weights(detector))
+    exported = export_detector(weights, version_name="tiny")
+    moved = Path(shutil.copy2(exported, tmp_path / "best.onnx"))  # known by its metadata
+    (tmp_path / "copy").mkdir()
+    copied = Path(shutil.copy2(weights, tmp_path / "copy" / "best.pt"))  # known by its hash
+    make_images(tmp_path / "in", n=3)
+    for file, engine in ((moved, "onnxruntime"), (copied, "pytorch")):
+        job = _job(detector, tmp_path, model=str(file))
+        assert (job.model_name, job.inspector.backend.name) == ("tiny", engine)
+        assert job.inspector.backend.model_path == file
+        job.run(iter_source(str(tmp_path / "in")))
+        job.inspector.close()
+    assert _counts(detector) == (3, 3, 3)  # the same version's verdicts: judged once
+    # Through the command line, and a file that belongs to no registered version.
+    monkeypatch.setenv("DEFECTS_DATABASE_URL", detector)
+    get_settings.cache_clear()
+    image = str(tmp_path / "in" / "part_000.png")
+    result = CliRunner().invoke(app, ["inspect", image, "--model", str(moved), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)[0]["verdict"] in {"pass", "fail"}
+    foreign = shutil.copy2(DEMO_DIR / "weights.onnx", tmp_path / "other.onnx")
+    refused = CliRunner().invoke(app, ["inspect", image, "--model", str(foreign)])
+    assert isinstance(refused.exception, UserError)
+    assert "not the weights or an export of a registered detector" in str(refused.exception)
+    missing = CliRunner().invoke(app, ["inspect", image, "--model", str(tmp_path / "no.pt")])
+    assert str(missing.exception) == f"model file not found: {tmp_path / 'no.pt'}"
+
+
+def test_an_export_of_other_classes_beside_the_weights_is_refused(
+    detector: str, tmp_path: Path
+) -> None:
+    """A stale or foreign .onnx beside a version's weights (which a CPU station runs in their
+    place) stored its own class names, another model's verdicts, under the version."""
+    from training.demo import DEMO_DIR
+
+    weights = Path(_weights(detector))
+    shutil.copy2(DEMO_DIR / "weights.onnx", weights.with_suffix(".onnx"))
+    with pytest.raises(UserError, match=r"has the classes .*crazing.*not those of tiny"):
+        _job(detector, tmp_path)
+    job = _job(detector, tmp_path, backend="pytorch")  # the weights themselves still judge
+    assert job.inspector.class_names == ["scratch", "spot"]
+    job.inspector.close()
+
+
+def _weights(url: str) -> str:
+    with session_scope(url) as session:
+        return session.scalars(select(ModelVersion.file_path)).one()

@@ -168,6 +168,24 @@ def test_a_worker_that_cannot_start_stops_the_run_with_its_reason(
         job.run(iter_source(str(tmp_path / "in")))
 
 
+def test_workers_judge_with_the_model_file_named(detector: str, tmp_path: Path) -> None:
+    """`defects batch --workers 2 --model best.onnx`: each worker runs that file, for the
+    version it is an export of."""
+    from training.export import export_detector
+
+    exported = export_detector(Path(_weights(detector)), version_name="tiny")
+    moved = exported.rename(tmp_path / "best.onnx")  # the version's folder has none now
+    make_images(tmp_path / "in", n=4, size=64)
+    # (ONNX Runtime asked for: a worker that ran the version's weights stops the run, as
+    # there is no .onnx beside them.)
+    job = ParallelInspection(
+        detector, tmp_path / "store", "L", "S", workers=2, backend="onnx", model=str(moved)
+    )
+    summary = job.run(iter_source(str(tmp_path / "in")))
+    assert (job.model_name, summary.inspected) == ("tiny", 4)
+    assert len(_rows(detector, job.run_id)) == 4
+
+
 def test_cores_are_shared_out_and_copies_meet_in_one_shard() -> None:
     slices = share_cores(list(range(16)), 3)
     assert [len(s or ()) for s in slices] == [6, 5, 5]

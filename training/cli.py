@@ -985,7 +985,11 @@ def batch_command(
     line: Annotated[str, typer.Option(help="Production line.")],
     station: Annotated[str, typer.Option(help="Station (camera) on the line.")],
     model: Annotated[
-        str | None, typer.Option(help="Model version; default: the production detector.")
+        str | None,
+        typer.Option(
+            help="Model version, or a file of one (its .pt or an exported .onnx); "
+            "default: the production detector."
+        ),
     ] = None,
     watch: Annotated[
         bool, typer.Option(help="Keep inspecting files that appear in the folder.")
@@ -1034,6 +1038,7 @@ def batch_command(
         file_key,
         folder_files,
         iter_source,
+        model_file,
         noting_keys,
         settled_files,
     )
@@ -1069,11 +1074,18 @@ def batch_command(
     job: BatchInspection | ParallelInspection
     if workers > 1:
         job = ParallelInspection(url, settings.images_dir, line, station, workers, **options)
-        console.print(f"inspecting with {job.model_name} in {workers} worker processes")
+        named = f" ({Path(model).name})" if model_file(model) else ""
+        console.print(
+            f"inspecting with {job.model_name}{named} in {workers} worker processes", markup=False
+        )
         job.start()  # their seconds of start-up pass while the folder is listed
     else:
         job = BatchInspection(url, settings.images_dir, line, station, **options)
-        console.print(f"inspecting with {job.model_name} ({job.inspector.backend.describe()})")
+        console.print(
+            f"inspecting with {job.model_name} ({job.inspector.backend.describe()}, "
+            f"{job.inspector.backend.model_path.name})",
+            markup=False,
+        )
     try:
         listing = time.perf_counter()
         files = folder_files(source_path) if source_path.is_dir() else []
@@ -1247,7 +1259,13 @@ def inspect_command(
     images: Annotated[list[Path], typer.Argument(help="Image files.")],
     line: Annotated[str, typer.Option(help="Production line.")] = "default",
     station: Annotated[str, typer.Option(help="Station on the line.")] = "default",
-    model: Annotated[str | None, typer.Option(help="Model version.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Model version, or a file of one (its .pt or an exported .onnx); "
+            "default: the production detector."
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     backend: BackendOption = BackendOption.auto,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N.")] = None,

@@ -384,28 +384,10 @@ def _file_thresholds(path: Path, url: str) -> tuple[dict[str, Any] | None, str |
 
 
 def _version_of_export(session: Session, path: Path, named: str | None) -> ModelVersion | None:
-    """The registered detector an ONNX file belongs to: the version its metadata names, else
-    the one it is the file of (by hash), else the one whose weights it was exported beside
-    (`defects export` writes `<weights stem>[.size][.fp16|.int8].onnx` there)."""
-    from sqlalchemy import select
+    """The registered detector an ONNX file belongs to (as inspection finds it for --model)."""
+    from inspection.batch import detector_of_file
 
-    from db.models import ModelKind, ModelVersion
-    from training.versions import sha256_of
-
-    detectors = select(ModelVersion).where(ModelVersion.kind == ModelKind.DETECTOR)
-    if named:
-        found = session.scalars(detectors.where(ModelVersion.name == named)).first()
-        if found is not None:
-            return found
-    by_hash = detectors.where(ModelVersion.sha256 == sha256_of(path))
-    found = session.scalars(by_hash.order_by(ModelVersion.id)).first()
-    if found is not None:
-        return found
-    parts = path.name.split(".")
-    folder = path.resolve().parent
-    beside = [str(folder / (".".join(parts[:n]) + ".pt")) for n in range(1, len(parts))]
-    in_folder = detectors.where(ModelVersion.file_path.in_(beside))
-    return session.scalars(in_folder.order_by(ModelVersion.id)).first()
+    return detector_of_file(session, path, named)
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from pathlib import Path
 
 import numpy as np
 
@@ -16,6 +17,7 @@ class Backend(ABC):
     device: str
     image_size: int
     class_names: list[str]
+    model_path: Path  # the file that runs (the weights, or the .onnx chosen for them)
     max_batch: int = 64
     # Batches the engine may hand over at once, from as many threads (the backend must take
     # concurrent calls): more than one where the hardware gains from it.

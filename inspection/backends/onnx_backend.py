@@ -54,6 +54,7 @@ class OnnxBackend(Backend):
     ) -> None:
         if not Path(onnx_path).is_file():
             raise UserError(f"ONNX model not found: {onnx_path}")
+        self.model_path = Path(onnx_path)
         cores = len(usable_cores())
         if cpu_streams is None:
             cpu_streams = get_settings().cpu_streams

@@ -85,6 +85,7 @@ class TorchBackend(Backend):
         gpu_streams: int | None = None,
     ) -> None:
         detector = load_detector(weights)
+        self.model_path = Path(weights)
         self.class_names = [detector.names[i] for i in sorted(detector.names)]
         ckpt = detector.ckpt if isinstance(detector.ckpt, dict) else {}
         self.image_size = image_size or int(ckpt.get("train_args", {}).get("imgsz", 640))
