@@ -1163,3 +1163,14 @@ def test_an_export_of_other_classes_beside_the_weights_is_refused(
 def _weights(url: str) -> str:
     with session_scope(url) as session:
         return session.scalars(select(ModelVersion.file_path)).one()
+
+
+def test_a_damaged_export_beside_the_weights_says_how_to_go_on(
+    detector: str, tmp_path: Path
+) -> None:
+    """A CPU station runs the .onnx beside the weights: a damaged one stopped it with ONNX
+    Runtime's protobuf error alone, no way out said."""
+    weights = Path(_weights(detector))
+    weights.with_suffix(".onnx").write_bytes(b"half an export")
+    with pytest.raises(UserError, match=r"export it again .* \(--backend pytorch\)"):
+        _job(detector, tmp_path)

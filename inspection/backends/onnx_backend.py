@@ -100,7 +100,12 @@ class OnnxBackend(Backend):
                 str(onnx_path), sess_options=options, providers=choose_providers(device)
             )
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
-            raise UserError(f"cannot load the ONNX model {onnx_path}: {exc}") from exc
+            # (A damaged export beside the weights stopped the station with no way out said.)
+            raise UserError(
+                f"cannot load the ONNX model {onnx_path}: {exc}. A damaged or partly written "
+                "export: export it again (`defects export VERSION`), or judge with the "
+                "weights themselves (--backend pytorch)"
+            ) from exc
 
     def describe(self) -> str:
         if self.streams > 1:
