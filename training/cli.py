@@ -1111,6 +1111,7 @@ def batch_command(
             files = settled_files(files)
         # The folder's files as they are now: read below, then left alone unless they change.
         known = {key for key in map(file_key, files) if key is not None} if watch else set()
+        stopped = False
         try:
             if watch:
                 console.print(f"watching {source} (Ctrl-C to stop)")
@@ -1137,6 +1138,7 @@ def batch_command(
                 job.run(items, on_result)
         except KeyboardInterrupt:
             bar.close()
+            stopped = True
             console.print("stopped; what was inspected is saved. Run the same command to resume.")
         finally:
             bar.close()
@@ -1158,14 +1160,19 @@ def batch_command(
         parts, seconds = job.after_all_ready
         # (A short run: a rate of its last batches; a watch: of the camera too.)
         long_run = job.summary.inspected >= 100 * workers
-        if long_run and parts > 0 and seconds > 0 and not watch:
+        # (Of a stopped run, rates and where its time went mean nothing.)
+        if long_run and parts > 0 and seconds > 0 and not watch and not stopped:
             console.print(
                 f"{parts / seconds:.1f} parts/s once every worker was ready ({parts} parts)"
             )
             # (Of a short run, what each waited for is mostly the others' start.)
             if (waits := job.who_waited()) is not None:
                 console.print(waits)
-        if not watch and (went := _wall_time_went(job.moments, entered, listing)) is not None:
+        if (
+            not watch
+            and not stopped
+            and (went := _wall_time_went(job.moments, entered, listing)) is not None
+        ):
             console.print(went)  # (a watch's wall time is the camera's)
     # (One process counts only its time at work; workers run one clock for the whole watch.)
     _print_summary(job.summary, rate=not (watch and isinstance(job, ParallelInspection)))
@@ -1179,6 +1186,10 @@ def batch_command(
                 f"(the parts this watch judged; the {job.summary.skipped} judged before are not "
                 "in it: their verdicts are in the run that judged them and the History page's CSV)"
             )
+    if stopped and not watch:
+        # A batch stopped part-way is not done: a script (or a service manager) that runs it
+        # read exit 0 as every file judged. A watch has no end but its stop: 0.
+        raise typer.Exit(130)
 
 
 @app.command("status")
