@@ -10,8 +10,9 @@ import pytest
 import yaml
 from sqlalchemy import select
 
-from db.models import Inspection, JobStatus, Prediction, TrainingJob
+from db.models import Dataset, Inspection, JobStatus, Prediction, Review, TrainingJob
 from db.reviews import (
+    DEFECT_REVIEWS,
     add_missed_defect,
     confirm_defect,
     decide_the_rest,
@@ -26,6 +27,7 @@ from inspection.settings import get_settings
 from tests.conftest import Trained, register_production_detector
 from tests.synthetic import CLASSES, make_images
 from training.backtest import backtest, export_reviews, recorded_rates
+from training.datasets import check_trainable
 from training.jobs import process_alive, start_detector_training
 
 
@@ -84,6 +86,33 @@ def test_reviews_export_as_a_labeled_dataset(reviewed: str, tmp_path: Path) -> N
     )
     with session_scope(reviewed) as session, pytest.raises(UserError, match="already exists"):
         export_reviews(session, "from-reviews", CLASSES, tmp_path / "datasets")
+
+
+def test_a_few_reviewed_parts_export_as_a_dataset_to_retrain_on(
+    reviewed: str, tmp_path: Path
+) -> None:
+    """Split by file-name hash alone, a few reviewed parts left val empty (here train 3, test 1)
+    and `defects train detector` refused the export it had just been told to retrain on, saying
+    to import it again with split lists, which an export cannot take."""
+    with session_scope(reviewed) as session:
+        report = export_reviews(session, "few", CLASSES, tmp_path / "datasets")
+        check_trainable(session.scalars(select(Dataset).where(Dataset.name == "few")).one())
+    counts = report.split_counts
+    assert counts["train"]["boxes"] and counts["val"]["boxes"] and counts["val"]["good"]
+    assert sum(c["images"] for c in counts.values()) == 4
+    # One reviewed part: nothing to validate on, and the message says what to do.
+    with session_scope(reviewed) as session:
+        kept = session.scalars(
+            select(Review.part_id).where(Review.kind.in_(DEFECT_REVIEWS))
+        ).first()
+        for review in session.scalars(select(Review).where(Review.part_id != kept)):
+            session.delete(review)
+        session.flush()
+        export_reviews(session, "fewer", CLASSES, tmp_path / "datasets")
+        fewer = session.scalars(select(Dataset).where(Dataset.name == "fewer")).one()
+        with pytest.raises(UserError, match="review more parts") as refused:
+            check_trainable(fewer)
+    assert "split lists" not in str(refused.value)
 
 
 def test_reviews_export_from_the_command_line(

@@ -18,7 +18,14 @@ from db.reviews import reviewed_parts
 from db.session import session_scope
 from inspection.engine import Inspector, PartInput
 from inspection.errors import UserError
-from training.datasets import Box, ImportIssue, ImportReport, LabeledImage, write_dataset
+from training.datasets import (
+    Box,
+    ImportIssue,
+    ImportReport,
+    LabeledImage,
+    fill_splits,
+    write_dataset,
+)
 from training.evaluate import PartRates, part_rates
 
 
@@ -112,6 +119,16 @@ def export_reviews(
                 )
                 continue
             images.append(LabeledImage(path, 0, 0, boxes))
+    # Split so that a few dozen reviewed parts can be retrained on: val and train each get a
+    # defect (and val a good part where there is one).
     return write_dataset(
-        session, name, "reviews", "reviews", class_names, images, issues, datasets_dir
+        session,
+        name,
+        "reviews",
+        "reviews",
+        class_names,
+        images,
+        issues,
+        datasets_dir,
+        fill_splits(images),
     )

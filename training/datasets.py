@@ -798,6 +798,33 @@ def _hash_split(name: str) -> str:
     return "test" if bucket == 0 else "val" if bucket == 1 else "train"
 
 
+def fill_splits(images: list[LabeledImage]) -> dict[str, str]:
+    """Each image's split by its name's hash (an image keeps its split from one export to the
+    next), then one image moved where a split lacks what retraining needs: a defect to learn
+    from in train, a defect to validate on and a good part to count false calls on in val.
+    (By hash alone, a few dozen reviewed parts often left val empty, and training refused the
+    export of reviews it had just been told to retrain on.)"""
+    split = {i.path.name: _hash_split(i.path.name) for i in images}
+    defective = sorted(i.path.name for i in images if i.boxes)
+    good = sorted(i.path.name for i in images if not i.boxes)
+
+    def give(target: str, pool: list[str], donors: tuple[str, ...]) -> None:
+        if any(split[n] == target for n in pool):
+            return
+        for donor in donors:
+            held = [n for n in pool if split[n] == donor]
+            if donor == "train" and pool is defective and len(held) < 2:
+                continue  # train keeps a defect to learn from
+            if held:
+                split[held[0]] = target
+                return
+
+    give("train", defective, ("test", "val"))
+    give("val", defective, ("test", "train"))
+    give("val", good, ("test", "train"))
+    return split
+
+
 def _place(source: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -1084,16 +1111,23 @@ def check_trainable(dataset: Dataset) -> None:
     ultralytics traceback after (a dataset for calibration or evaluation alone is fine)."""
     images = {s: int(((dataset.split_counts or {}).get(s) or {}).get("images", 0)) for s in SPLITS}
     empty = [s for s in ("train", "val") if not images[s]]
+    # (An export of reviews has no split lists to give: more reviewed parts are its remedy.)
+    remedy = (
+        "review more parts (at least two defective) and export them again"
+        if dataset.source_format == "reviews"
+        else "import it again with split lists that name its images"
+    )
     if empty:
         found = ", ".join(f"{s} {n}" for s, n in images.items())
         raise UserError(
             f"dataset {dataset.name!r} has no {' and no '.join(empty)} images to train on "
-            f"({found}): import it again with split lists that name its images"
+            f"({found}): {remedy}"
         )
     if not int(((dataset.split_counts or {}).get("train") or {}).get("boxes", 0)):
         raise UserError(
             f"dataset {dataset.name!r} has no labeled defect in its train split: a model has "
             "nothing to learn from good parts alone (they serve calibration and evaluation)"
+            + (f"; {remedy}" if dataset.source_format == "reviews" else "")
         )
 
 
