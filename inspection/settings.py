@@ -87,6 +87,15 @@ class Settings(BaseSettings):
         "stop at once). The database must answer when the run starts.",
     )
 
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute_data_dir(cls, value: Path) -> Path:
+        """Made absolute here, as the database's path is: a part's image is recorded by its
+        path, and one stored under a relative DEFECTS_DATA_DIR was recorded relative to the
+        folder the batch ran in, so the Review page, the export of reviews and the backtest
+        run from another folder found it missing (the same database, found by absolute path)."""
+        return value.absolute()
+
     @field_validator("device")
     @classmethod
     def _check_device(cls, value: str) -> str:

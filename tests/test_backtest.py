@@ -10,6 +10,7 @@ import pytest
 import yaml
 from sqlalchemy import select
 
+from db.migrate import upgrade
 from db.models import Dataset, Inspection, JobStatus, Prediction, Review, TrainingJob
 from db.reviews import (
     DEFECT_REVIEWS,
@@ -113,6 +114,31 @@ def test_a_few_reviewed_parts_export_as_a_dataset_to_retrain_on(
         with pytest.raises(UserError, match="review more parts") as refused:
             check_trainable(fewer)
     assert "split lists" not in str(refused.value)
+
+
+def test_a_part_inspected_under_a_relative_data_dir_is_found_from_another_folder(
+    trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DEFECTS_DATA_DIR=data: the database was found by absolute path, but each part's image
+    was recorded relative to the folder the batch ran in; run from another folder, the Review
+    page could not show it and the export of reviews left it out as missing."""
+    station = tmp_path / "station"
+    station.mkdir()
+    monkeypatch.chdir(station)
+    monkeypatch.setenv("DEFECTS_DATA_DIR", "data")
+    get_settings.cache_clear()
+    url = get_settings().resolved_database_url
+    upgrade(url)
+    register_production_detector(url, trained.weights, get_settings().models_dir)
+    make_images(tmp_path / "in", n=2, seed=5)
+    BatchInspection(url, get_settings().images_dir, "L", "S").run(iter_source(str(tmp_path / "in")))
+    with session_scope(url) as session:
+        for part_id in session.scalars(select(Inspection.part_id)):
+            mark_good(session, part_id, "ana")
+    monkeypatch.chdir(tmp_path)  # the dashboard, or the training machine's shell, elsewhere
+    with session_scope(url) as session:
+        report = export_reviews(session, "elsewhere", CLASSES, get_settings().datasets_dir)
+    assert report.issues == [] and report.n_images == 2
 
 
 def test_reviews_export_from_the_command_line(
