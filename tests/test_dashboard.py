@@ -1009,6 +1009,40 @@ def test_the_backtest_offers_no_classifier(
     assert any("No candidate detectors to backtest" in c.value for c in at.caption)
 
 
+def test_a_backtest_says_which_reviewed_parts_it_could_not_read(
+    production: str, trained: Trained, tmp_path: Path
+) -> None:
+    """A reviewed part whose image is gone from the store was left out of the backtest without
+    a word: its row counted one part fewer than the recorded row and the History page."""
+    from db.models import ModelKind
+    from db.reviews import mark_good
+    from training.versions import register_model_version
+
+    at = _app().run()
+    at.file_uploader(key="inspect_files").set_value(_png_files(tmp_path, 2, 3)).run()
+    with session_scope(production) as session:
+        parts = session.scalars(select(Part).order_by(Part.id)).all()
+        for part in parts:
+            mark_good(session, part.id, "ana")
+        Path(parts[0].stored_path).unlink()  # the store cleaned by hand, or another machine's
+        register_model_version(
+            session,
+            trained.weights,
+            get_settings().models_dir,
+            kind=ModelKind.DETECTOR,
+            architecture="defect-yolo-n",
+            class_names=CLASSES,
+            image_size=64,
+            name="retrained",
+        )
+    at.switch_page("views/models.py").run()
+    at.selectbox(key="backtest_choice").set_value("retrained").run()
+    next(b for b in at.button if b.label == "Run backtest").click().run()
+    assert not at.exception, at.exception
+    assert at.dataframe[1].value["false calls"].str.endswith(" of 1").tolist() == [True, False]
+    assert "1 of 2 reviewed parts are not in the backtest" in at.warning[0].value
+
+
 def test_a_calibration_with_a_classifier_is_shown_as_it_will_be_stored(
     production: str, trained: Trained, trained_classifier: str, tmp_path: Path
 ) -> None:

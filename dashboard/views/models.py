@@ -163,6 +163,14 @@ if candidates:
                 ]
             )
             st.dataframe(table, hide_index=True)
+            if result.unreadable:
+                # (Counted silently, the two rows were over different parts: "1 of 25" beside
+                # the History page's "1 of 26", and nothing said why.)
+                st.warning(
+                    f"{result.unreadable} of {result.parts + result.unreadable} reviewed parts "
+                    "are not in the backtest: their image is missing from the image store or "
+                    "cannot be read. The recorded figures count them."
+                )
         except UserError as exc:
             st.error(str(exc))
 else:
