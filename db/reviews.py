@@ -163,6 +163,26 @@ def review_queue(
     return unique[:limit]
 
 
+def part_item(session: Session, part_id: int) -> QueueItem | None:
+    """The part's latest current verdict as a queue item, waiting or not: the part a reviewer
+    has just finished stays within reach. (It left the queue at its last decision, and a
+    missed defect, added below the detections, was often still to come: it was then lost, and
+    the export taught that defect as background.)"""
+    inspection = session.scalars(
+        select(Inspection)
+        .where(
+            Inspection.part_id == part_id,
+            Inspection.verdict != Verdict.ERROR,
+            Inspection.is_current(),
+        )
+        .options(selectinload(Inspection.predictions))
+        .order_by(Inspection.inspected_at.desc(), Inspection.id.desc())
+    ).first()
+    if inspection is None:
+        return None
+    return QueueItem(inspection.id, part_id, uncertainty_margin(inspection))
+
+
 def _prediction(session: Session, prediction_id: int) -> Prediction:
     prediction = session.get(Prediction, prediction_id)
     if prediction is None:

@@ -25,6 +25,7 @@ from dashboard.downloads import filtered_results_csv, rows_left_out_of_csv
 from db.migrate import upgrade
 from db.models import Inspection, ModelVersion, Part, Prediction, Review, Verdict, utcnow
 from db.queries import Filters, MinuteVolume, ParetoRow, RateRow, VolumeRow
+from db.reviews import reviewed_parts
 from db.session import session_scope
 from inspection.settings import get_settings
 from tests.conftest import Trained, import_synthetic, register_production_detector
@@ -179,7 +180,40 @@ def test_review_keeps_a_part_until_each_detection_is_decided(
     assert not at.exception, at.exception
     assert f"Part {first} reviewed." in at.success[0].value
     assert at.selectbox(key="review_part").value != first  # on to the other part
-    assert len(at.selectbox(key="review_part").options) == 1
+    assert at.selectbox(key="review_part").options[1:] == [f"part {first} (just reviewed)"]
+
+
+def test_a_defect_missed_on_a_part_just_finished_can_still_be_added(
+    production: str, tmp_path: Path
+) -> None:
+    """The missed-defect form sits below the detections: a reviewer who decided them first
+    saw the part leave at the last decision, with no way back to add the defect it missed;
+    the export then taught that defect as background."""
+    at = _app().run()
+    at.file_uploader(key="inspect_files").set_value(_png_files(tmp_path, 2, 3)).run()
+    with session_scope(production) as session:  # one detection on each part
+        for inspection in session.scalars(select(Inspection)):
+            inspection.verdict = Verdict.FAIL
+            inspection.predictions.append(
+                Prediction(class_name=CLASSES[0], confidence=0.9, x1=2, y1=2, x2=20, y2=20)
+            )
+    at.switch_page("views/review.py").run()
+    at.text_input(key="reviewer").input("Ana").run()
+    first = at.selectbox(key="review_part").value
+    next(b for b in at.button if b.label == "Confirm defect").click().run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="review_part").value != first  # on to the next part, as before
+    assert any(f'"part {first} (just reviewed)"' in i.value for i in at.info)
+    at.selectbox(key="review_part").set_value(first).run()
+    suffix = f"{first}_0_None"
+    for corner, value in zip(("x1", "y1", "x2", "y2"), (30, 30, 40, 44), strict=True):
+        at.number_input(key=f"{corner}_{suffix}").set_value(value)
+    next(b for b in at.button if b.label == "Add missed defect").click().run()
+    assert not at.exception, at.exception
+    assert f"Missed {CLASSES[0]} added to part {first}." in at.success[0].value
+    with session_scope(production) as session:
+        truth = {t.part_id: t for t in reviewed_parts(session)}
+    assert truth[first].complete and len(truth[first].boxes) == 2
 
 
 def test_a_click_meant_for_a_part_done_elsewhere_lands_on_no_other_part(

@@ -16,6 +16,7 @@ from db.reviews import (
     decisions,
     mark_false_call,
     mark_good,
+    part_item,
     review_queue,
     undo_last_review,
 )
@@ -44,9 +45,17 @@ if (
         st.session_state.pop("review_last_part", None)
     st.rerun()
 
+acted = st.session_state.pop("review_acted", False)  # this run follows a review made here
 with session_scope(state.url) as session:
     queue = review_queue(session, limit=50)
-if not queue:
+    # The part this session reviewed last, once done, stays on offer: a missed defect is
+    # often added after its detections are decided, and the part left at the last decision.
+    done = (
+        part_item(session, last)
+        if last is not None and all(q.part_id != last for q in queue)
+        else None
+    )
+if not queue and done is None:
     st.info("Nothing to review: inspected parts appear here, the least certain first.")
 else:
     st.caption(
@@ -54,24 +63,32 @@ else:
         "detections is confirmed or marked a false call, or it is marked good."
     )
     by_part = {q.part_id: q for q in queue}
+    if done is not None:
+        by_part[done.part_id] = done
     # The selection is the part itself, not its place in the list: when a part is done and
     # leaves the queue, the next least certain one is shown (a place would now name another
     # part, and the next click would review it unseen).
     shown = st.session_state.get("review_part")
-    if shown not in by_part:
-        st.session_state["review_part"] = queue[0].part_id
-        if shown is not None and shown != st.session_state.get("review_last_part"):
+    if shown not in by_part or (acted and done is not None and shown == done.part_id and queue):
+        st.session_state["review_part"] = queue[0].part_id if queue else done.part_id  # type: ignore[union-attr]
+        if shown is not None and shown != last:
             # Not done here: another reviewer finished it, or it was judged again.
             st.info(
                 f"Part {shown} is no longer waiting (reviewed elsewhere, or judged again): "
-                f"showing part {queue[0].part_id}."
+                f"showing part {st.session_state['review_part']}."
             )
-    choice = st.selectbox(
-        "Part",
-        list(by_part),
-        format_func=lambda part_id: f"part {part_id} (margin {by_part[part_id].margin:.2f})",
-        key="review_part",
-    )
+        elif shown is not None and done is not None and shown == done.part_id:
+            st.info(
+                f"Part {shown} is done. To add a defect missed on it, pick "
+                f'"part {shown} (just reviewed)" in the list.'
+            )
+
+    def label(part_id: int) -> str:
+        if done is not None and part_id == done.part_id:
+            return f"part {part_id} (just reviewed)"
+        return f"part {part_id} (margin {by_part[part_id].margin:.2f})"
+
+    choice = st.selectbox("Part", list(by_part), format_func=label, key="review_part")
     item = by_part[choice]
     with session_scope(state.url) as session:
         inspection = session.get(Inspection, item.inspection_id)
@@ -94,6 +111,7 @@ else:
     def reviewed(message: str) -> None:
         """After a review of the part shown: said on the next run, which may show another."""
         st.session_state["review_last_part"] = item.part_id
+        st.session_state["review_acted"] = True
         if message:
             flash(message)
         st.rerun()
