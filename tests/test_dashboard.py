@@ -1077,6 +1077,29 @@ def test_a_backtest_says_which_reviewed_parts_it_could_not_read(
     assert "1 of 2 reviewed parts are not in the backtest" in at.warning[0].value
 
 
+def test_a_dataset_training_would_refuse_is_refused_before_it_is_started(
+    production: str, tmp_path: Path
+) -> None:
+    """The training process refused it after the page's 2-second look, so the page said
+    "Training started ... it goes on if you close this page" of a training that had ended."""
+    from db.reviews import add_missed_defect
+    from training.backtest import export_reviews
+
+    at = _app().run()
+    at.file_uploader(key="inspect_files").set_value(_png_files(tmp_path, 1, 3)).run()
+    with session_scope(production) as session:
+        part_id = session.scalars(select(Part.id)).one()
+        add_missed_defect(session, part_id, CLASSES[0], (4, 4, 20, 20), "ana")
+        export_reviews(session, "one-part", CLASSES, get_settings().datasets_dir)
+    at.switch_page("views/models.py").run()
+    next(s for s in at.selectbox if s.label == "Dataset").set_value("one-part")
+    next(n for n in at.number_input if n.label == "Epochs").set_value(1)
+    next(b for b in at.button if b.label == "Start training").click().run()
+    assert not at.exception, at.exception
+    assert "no val images to train on" in at.error[0].value
+    assert not at.success and "training_started" not in at.session_state
+
+
 def test_a_calibration_with_a_classifier_is_shown_as_it_will_be_stored(
     production: str, trained: Trained, trained_classifier: str, tmp_path: Path
 ) -> None:

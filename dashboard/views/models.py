@@ -23,6 +23,7 @@ from db.registry import (
 from db.session import session_scope
 from inspection.errors import UserError
 from training.backtest import backtest, recorded_rates
+from training.datasets import check_trainable, dataset_yaml
 from training.jobs import (
     job_alive,
     log_tail,
@@ -214,31 +215,42 @@ else:
             # identical training: two processes, two candidates.)
             st.warning(f"This training is running already (process {earlier[1]}).")
         else:
-            with session_scope(state.url) as session:
-                architecture = (
-                    get_model_version(session, production_name).architecture
-                    if production_name
-                    else "defect-yolo-s"
-                )
-            pid, log = start_detector_training(
-                data,
-                int(epochs),
-                int(imgsz),
-                production_name if fine_tune and production_name else None,
-                architecture=architecture,
-                teacher=production_name if distill and production_name else None,
-                hours=float(hours) or None,
-            )
-            st.session_state["training_started"] = (asked, pid, str(log))
-            time.sleep(2)  # a mistake (a dataset whose files are gone) ends it at once
-            if process_alive(pid):
-                st.success(
-                    f"Training started (process {pid}); it goes on if you close this page. "
-                    f"Log: {log}"
-                )
+            refused = None
+            try:
+                with session_scope(state.url) as session:
+                    # Checked here, at once: the training process refused it after the page's
+                    # 2-second look (its start, torch's import included, takes longer), so the
+                    # page said "Training started" and the refusal showed on a later visit.
+                    check_trainable(dataset_yaml(session, data)[0])
+                    architecture = (
+                        get_model_version(session, production_name).architecture
+                        if production_name
+                        else "defect-yolo-s"
+                    )
+            except UserError as exc:
+                refused = str(exc)
+            if refused is not None:
+                st.error(refused)
             else:
-                st.error(f"The training ended at once. The end of its log ({log}):")
-                st.code(log_tail(log))
+                pid, log = start_detector_training(
+                    data,
+                    int(epochs),
+                    int(imgsz),
+                    production_name if fine_tune and production_name else None,
+                    architecture=architecture,
+                    teacher=production_name if distill and production_name else None,
+                    hours=float(hours) or None,
+                )
+                st.session_state["training_started"] = (asked, pid, str(log))
+                time.sleep(2)  # a mistake (a dataset whose files are gone) ends it at once
+                if process_alive(pid):
+                    st.success(
+                        f"Training started (process {pid}); it goes on if you close this page. "
+                        f"Log: {log}"
+                    )
+                else:
+                    st.error(f"The training ended at once. The end of its log ({log}):")
+                    st.code(log_tail(log))
 
 started = st.session_state.get("training_started")
 if (
