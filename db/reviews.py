@@ -228,14 +228,20 @@ def decisions(session: Session, inspection_id: int) -> dict[int, str]:
     }
 
 
+# The note of the reviews one "the others are false calls" writes: one action, undone as one.
+THE_REST_NOTE = "the rest of verdict"
+
+
 def decide_the_rest(session: Session, inspection_id: int, reviewer: str) -> int:
     """Every detection of a verdict not yet decided marked a false call, once the real defects
     are confirmed (a part can hold dozens of faint detections); returns how many."""
     undecided = session.scalars(
         select(Prediction.id).where(Prediction.inspection_id == inspection_id, _undecided())
     ).all()
+    note = f"{THE_REST_NOTE} {inspection_id}"
     for prediction_id in undecided:
-        mark_false_call(session, prediction_id, reviewer)
+        mark_false_call(session, prediction_id, reviewer).note = note
+    session.flush()
     return len(undecided)
 
 
@@ -295,19 +301,22 @@ def mark_good(session: Session, part_id: int, reviewer: str) -> Review:
     return _add(session, part_id, ReviewKind.GOOD_PART, reviewer)
 
 
-def undo_last_review(session: Session, part_id: int, reviewer: str) -> Review:
-    """The reviewer's latest review of the part, deleted (a mis-click is otherwise for ever:
-    a wrong "confirm" made the part defective for good); returned as it was."""
-    review = session.scalars(
-        select(Review)
-        .where(Review.part_id == part_id, Review.reviewer == reviewer.strip())
-        .order_by(Review.id.desc())
-    ).first()
+def undo_last_review(session: Session, part_id: int, reviewer: str) -> list[Review]:
+    """The reviewer's latest review action on the part, deleted (a mis-click is otherwise for
+    ever: a wrong "confirm" made the part defective for good); returned as it was. "The others
+    are false calls" is one action of many reviews, undone together: undo took back one of
+    them and left the rest decided."""
+    mine = (Review.part_id == part_id, Review.reviewer == reviewer.strip())
+    review = session.scalars(select(Review).where(*mine).order_by(Review.id.desc())).first()
     if review is None:
         raise LookupError(f"{reviewer.strip() or 'nobody'} has no review of part {part_id} to undo")
-    session.delete(review)
+    undone = [review]
+    if review.note.startswith(THE_REST_NOTE):
+        undone = list(session.scalars(select(Review).where(*mine, Review.note == review.note)))
+    for each in undone:
+        session.delete(each)
     session.flush()
-    return review
+    return undone
 
 
 def _check_reviewer(reviewer: str) -> None:

@@ -136,10 +136,27 @@ def test_a_mistaken_review_is_undone_and_good_cannot_overrule_a_defect(session: 
         mark_good(session, one.part_id, "ana")  # was recorded, and said for nothing
     with pytest.raises(LookupError, match="bob has no review of part"):
         undo_last_review(session, one.part_id, "bob")
-    assert undo_last_review(session, one.part_id, "ana").kind.value == "confirmed_defect"
+    [undone] = undo_last_review(session, one.part_id, "ana")
+    assert undone.kind.value == "confirmed_defect"
     assert one.part_id in _queued(session)
     mark_good(session, one.part_id, "ana")
     assert _queued(session) == set()
+
+
+def test_the_others_are_false_calls_is_undone_as_one_action(session: Session) -> None:
+    """Undo after "the other N are false calls" took back one of them: the part stayed
+    decided, the other N-1 false calls kept, with no undo left that reached them."""
+    from db.reviews import decide_the_rest, undo_last_review
+
+    part = _part(session, 1, [0.9, 0.5, 0.4, 0.3])
+    confirm_defect(session, part.predictions[0].id, "ana")
+    assert decide_the_rest(session, part.id, "ana") == 3
+    assert part.part_id not in _queued(session)
+    undone = undo_last_review(session, part.part_id, "ana")
+    assert [r.kind.value for r in undone] == ["false_call"] * 3
+    assert part.part_id in _queued(session)  # its 3 detections are undecided again
+    [confirmed] = undo_last_review(session, part.part_id, "ana")  # then the confirm
+    assert confirmed.kind.value == "confirmed_defect"
 
 
 def test_a_missed_defect_is_recorded_once_and_of_a_known_class(session: Session) -> None:

@@ -39,7 +39,12 @@ if (
     try:
         with session_scope(state.url) as session:
             undone = undo_last_review(session, last, reviewer)
-            flash(f"Undone: {undone.kind.value.replace('_', ' ')} on part {last}.")
+            kind = undone[0].kind.value.replace("_", " ")
+            flash(
+                f"Undone: {kind} on part {last}."
+                if len(undone) == 1
+                else f"Undone: {len(undone)} {kind}s on part {last}."
+            )
     except LookupError as exc:
         flash(str(exc), "warning")
         st.session_state.pop("review_last_part", None)
