@@ -178,6 +178,13 @@ def end_process(code: int | str | None = 0) -> NoReturn:
     import logging
 
     logging.shutdown()  # (handlers flushed, as at a normal exit)
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None:
+        # Semaphores of multiprocessing queues and events are unlinked by finalizers of
+        # priority 0 that a normal exit runs: skipped, a run stopped with workers ended with
+        # "resource_tracker: There appear to be 4 leaked semaphore objects". (Those of
+        # negative priority, which join queue threads, may block: still skipped.)
+        util._run_finalizers(0)
     if isinstance(code, str):  # sys.exit("message"), as a library may end
         print(code, file=sys.stderr)
         code = 1
