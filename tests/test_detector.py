@@ -346,6 +346,28 @@ def test_onnx_export_matches_pytorch(trained: Trained) -> None:
     np.testing.assert_allclose(actual, expected, rtol=1e-3, atol=1e-3)
 
 
+def test_a_half_export_is_made_on_a_cpu_and_agrees_within_float16_rounding(
+    trained: Trained,
+) -> None:
+    """`--half` was refused without a GPU ("needs a GPU to export on"), though ultralytics
+    converts to float16 on a CPU: a GPU station's fp16 file can be made on any machine."""
+    import onnxruntime as ort
+
+    from training.export import export_detector
+
+    full = export_detector(trained.weights, version_name="v1")
+    half = export_detector(trained.weights, half=True, version_name="v1", device="cpu")
+    assert half.name.endswith(".fp16.onnx") and half != full
+    assert half.stat().st_size < 0.7 * full.stat().st_size
+    image = np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32)
+    outputs = []
+    for path in (full, half):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        assert session.get_inputs()[0].type == "tensor(float)"  # (float32 in and out)
+        outputs.append(session.run(None, {session.get_inputs()[0].name: image})[0])
+    np.testing.assert_allclose(outputs[1], outputs[0], rtol=5e-3, atol=0.05)
+
+
 def test_weights_stored_as_float16_halve_the_file_within_float16_rounding(
     trained: Trained, tmp_path: Path
 ) -> None:

@@ -824,7 +824,12 @@ def _store_evaluation(url: str, version_name: str, data: str, split: str, payloa
 def export_command(
     model: Annotated[str, typer.Argument(help="Weights file (.pt) or model version id/name.")],
     format: Annotated[str, typer.Option(help="Export format.")] = "onnx",
-    half: Annotated[bool, typer.Option(help="fp16 weights (export on a GPU).")] = False,
+    half: Annotated[
+        bool,
+        typer.Option(
+            help="Computed in float16, for GPU stations (made on a CPU too; float32 in and out)."
+        ),
+    ] = False,
     dynamic: Annotated[bool, typer.Option(help="Dynamic batch and image size.")] = False,
     imgsz: Annotated[int | None, typer.Option(help="Default: the training size.")] = None,
     device: str = "cpu",

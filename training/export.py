@@ -63,8 +63,6 @@ def export_detector(
     import shutil
     import tempfile
 
-    if half and device == "cpu":
-        raise UserError("--half needs a GPU to export on (pass --device cuda:0)")
     # ultralytics writes `<weights>.onnx` beside the file it exports, which may be the stations'
     # file: it exports a copy in a folder of its own, and the result takes the target's place.
     # The copy is the one checkpoint loaded (it was loaded twice, once for its classes).
