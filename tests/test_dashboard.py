@@ -1100,6 +1100,34 @@ def test_a_dataset_training_would_refuse_is_refused_before_it_is_started(
     assert not at.success and "training_started" not in at.session_state
 
 
+def test_a_fine_tuning_on_a_dataset_of_other_classes_is_refused_at_once(
+    production: str, tmp_path: Path
+) -> None:
+    """Refused by the training process only, it showed as "ended without a job" on a later
+    visit, after "Training started" had been said."""
+    from tests.synthetic import write_splits, write_voc
+    from training.datasets import import_dataset
+
+    images = write_voc(tmp_path / "src", n=12)
+    with session_scope(production) as session:
+        import_dataset(
+            session,
+            "voc",
+            tmp_path / "src",
+            "reordered",
+            get_settings().datasets_dir,
+            write_splits(tmp_path / "splits", images),
+            list(reversed(CLASSES)),
+        )
+    at = _app().switch_page("views/models.py").run()
+    next(s for s in at.selectbox if s.label == "Dataset").set_value("reordered")
+    next(n for n in at.number_input if n.label == "Epochs").set_value(1)
+    next(b for b in at.button if b.label == "Start training").click().run()
+    assert not at.exception, at.exception
+    assert "fine-tuning and distilling keep the classes" in at.error[0].value
+    assert not at.success and "training_started" not in at.session_state
+
+
 def test_a_calibration_with_a_classifier_is_shown_as_it_will_be_stored(
     production: str, trained: Trained, trained_classifier: str, tmp_path: Path
 ) -> None:

@@ -221,12 +221,25 @@ else:
                     # Checked here, at once: the training process refused it after the page's
                     # 2-second look (its start, torch's import included, takes longer), so the
                     # page said "Training started" and the refusal showed on a later visit.
-                    check_trainable(dataset_yaml(session, data)[0])
-                    architecture = (
-                        get_model_version(session, production_name).architecture
-                        if production_name
-                        else "defect-yolo-s"
+                    dataset = dataset_yaml(session, data)[0]
+                    check_trainable(dataset)
+                    production_version = (
+                        get_model_version(session, production_name) if production_name else None
                     )
+                    architecture = (
+                        production_version.architecture if production_version else "defect-yolo-s"
+                    )
+                    if (
+                        production_version is not None
+                        and (fine_tune or distill)
+                        and list(production_version.classes) != list(dataset.classes)
+                    ):
+                        # (The process refused it: "ended without a job", on a later visit.)
+                        raise UserError(
+                            f"{production_version.name} knows {list(production_version.classes)}, "
+                            f"{data!r} labels {list(dataset.classes)}: fine-tuning and "
+                            "distilling keep the classes; untick both to train from scratch"
+                        )
             except UserError as exc:
                 refused = str(exc)
             if refused is not None:
