@@ -56,7 +56,7 @@ def registered(session: Session, weights: Path, architecture: str, imgsz: int) -
     """The model version of a weights file, registered in this bench's folder when new."""
     from ultralytics import YOLO
 
-    from training.versions import sha256_of
+    from inspection.batch import sha256_of
 
     digest = sha256_of(weights)
     known = session.scalars(select(ModelVersion).where(ModelVersion.sha256 == digest)).first()

@@ -411,7 +411,8 @@ def model_file(model: str | None) -> Path | None:
     return Path(model)
 
 
-def _file_digest(path: Path) -> str:
+def sha256_of(path: Path) -> str:
+    """A file's SHA-256, read in blocks: model versions are known by their weights' digest."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -428,7 +429,7 @@ def detector_of_file(session: Session, path: Path, named: str | None = None) -> 
         found = session.scalars(detectors.where(ModelVersion.name == named)).first()
         if found is not None:
             return found
-    by_hash = detectors.where(ModelVersion.sha256 == _file_digest(path))
+    by_hash = detectors.where(ModelVersion.sha256 == sha256_of(path))
     found = session.scalars(by_hash.order_by(ModelVersion.id)).first()
     if found is not None or path.suffix.lower() != ".onnx":
         return found

@@ -12,7 +12,8 @@ from sqlalchemy.orm import Session
 
 from db.models import ModelKind, ModelVersion
 from db.registry import ensure_station, production_model, promote
-from training.versions import register_model_version, sha256_of
+from inspection.batch import sha256_of
+from training.versions import register_model_version
 
 DEMO_DIR = Path(__file__).resolve().parents[1] / "models" / "neu-det-demo"
 DEMO_LINE, DEMO_STATION = "Demo line", "Station 1"

@@ -356,8 +356,8 @@ def _file_thresholds(path: Path, url: str) -> tuple[dict[str, Any] | None, str |
     from sqlalchemy import select
 
     from db.models import ModelVersion
+    from inspection.batch import sha256_of
     from training.export import METADATA_PREFIX, read_metadata
-    from training.versions import sha256_of
 
     if path.suffix == ".onnx":
         meta = read_metadata(path)

@@ -3,7 +3,6 @@ and hashed, so a version always names exactly the bytes that produced its metric
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from datetime import datetime
 from pathlib import Path
@@ -15,17 +14,10 @@ from sqlalchemy.orm import Session
 from db.models import Dataset, ModelKind, ModelStage, ModelVersion
 from db.registry import get_model_version
 from db.session import session_scope
+from inspection.batch import sha256_of
 from inspection.errors import UserError
 
 DEFAULT_CONFIDENCE = 0.25
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def default_thresholds(class_names: list[str]) -> dict[str, Any]:
