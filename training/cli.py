@@ -329,6 +329,16 @@ def export_reviews_command(
     )
 
 
+# The detector `inspect` and `batch` judge with.
+ModelOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Model version, or a file of one (its .pt or an exported .onnx); "
+        "default: the production detector."
+    ),
+]
+
+
 HoursOption = Annotated[
     float | None,
     typer.Option(
@@ -989,13 +999,7 @@ def batch_command(
     source: Annotated[str, typer.Argument(help="A folder, a glob pattern or a zip of images.")],
     line: Annotated[str, typer.Option(help="Production line.")],
     station: Annotated[str, typer.Option(help="Station (camera) on the line.")],
-    model: Annotated[
-        str | None,
-        typer.Option(
-            help="Model version, or a file of one (its .pt or an exported .onnx); "
-            "default: the production detector."
-        ),
-    ] = None,
+    model: ModelOption = None,
     watch: Annotated[
         bool, typer.Option(help="Keep inspecting files that appear in the folder.")
     ] = False,
@@ -1275,13 +1279,7 @@ def inspect_command(
     images: Annotated[list[Path], typer.Argument(help="Image files.")],
     line: Annotated[str, typer.Option(help="Production line.")] = "default",
     station: Annotated[str, typer.Option(help="Station on the line.")] = "default",
-    model: Annotated[
-        str | None,
-        typer.Option(
-            help="Model version, or a file of one (its .pt or an exported .onnx); "
-            "default: the production detector."
-        ),
-    ] = None,
+    model: ModelOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     backend: BackendOption = BackendOption.auto,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N.")] = None,
