@@ -148,6 +148,36 @@ def trained_classifier(trained: Trained) -> Iterator[str]:
     get_settings.cache_clear()
 
 
+def register_classifier_copy(
+    source_url: str,
+    classifier: str,
+    url: str,
+    name: str = "verifier",
+    metrics: dict[str, float] | None = None,
+) -> None:
+    """The tiny trained classifier `classifier` of `source_url`, registered in `url` as `name`."""
+    from db.models import ModelKind
+    from db.registry import get_model_version
+    from inspection.classifier import GOOD
+    from tests.synthetic import CLASSES
+    from training.versions import register_model_version
+
+    with session_scope(source_url) as session:
+        weights = Path(get_model_version(session, classifier).file_path)
+    with session_scope(url) as session:
+        register_model_version(
+            session,
+            weights,
+            get_settings().models_dir,
+            kind=ModelKind.CLASSIFIER,
+            architecture="defect-cls-mobilenet_v3_small",
+            class_names=[GOOD, *CLASSES],
+            image_size=64,
+            name=name,
+            metrics=metrics,
+        )
+
+
 def register_production_detector(
     url: str, weights: Path, models_dir: Path, name: str = "tiny"
 ) -> None:

@@ -313,26 +313,13 @@ def _classifier_alone_in_production(trained: Trained, classifier: str) -> str:
     """This test's database with the tiny detector in production, every class off and the part
     classifier failing every part (part threshold 0): a verdict only the classifier gives."""
     from db.migrate import upgrade
-    from db.models import ModelKind
-    from tests.conftest import register_production_detector
-    from training.versions import register_model_version
+    from tests.conftest import register_classifier_copy, register_production_detector
 
     url = get_settings().resolved_database_url
     upgrade(url)
     register_production_detector(url, trained.weights, get_settings().models_dir)
-    with session_scope(trained.url) as session:
-        weights = Path(get_model_version(session, classifier).file_path)
+    register_classifier_copy(trained.url, classifier, url)
     with session_scope(url) as session:
-        register_model_version(
-            session,
-            weights,
-            get_settings().models_dir,
-            kind=ModelKind.CLASSIFIER,
-            architecture="defect-cls-mobilenet_v3_small",
-            class_names=[GOOD, *CLASSES],
-            image_size=64,
-            name="verifier",
-        )
         get_model_version(session, "tiny").thresholds = {
             "per_class": dict.fromkeys(CLASSES, 1.01),
             "default": 1.01,

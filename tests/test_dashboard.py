@@ -28,7 +28,12 @@ from db.queries import Filters, MinuteVolume, ParetoRow, RateRow, VolumeRow
 from db.reviews import reviewed_parts
 from db.session import session_scope
 from inspection.settings import get_settings
-from tests.conftest import Trained, import_synthetic, register_production_detector
+from tests.conftest import (
+    Trained,
+    import_synthetic,
+    register_classifier_copy,
+    register_production_detector,
+)
 from tests.synthetic import CLASSES, make_images
 from tests.test_db_queries import local_zone
 
@@ -1012,24 +1017,10 @@ def test_the_backtest_offers_no_classifier(
     production: str, trained: Trained, trained_classifier: str
 ) -> None:
     """A classifier candidate was offered for a backtest, and refused once chosen."""
-    from db.models import ModelKind
-    from db.registry import get_model_version
-    from training.versions import register_model_version
 
-    with session_scope(trained.url) as session:
-        weights = Path(get_model_version(session, trained_classifier).file_path)
-    with session_scope(production) as session:
-        register_model_version(
-            session,
-            weights,
-            get_settings().models_dir,
-            kind=ModelKind.CLASSIFIER,
-            architecture="defect-cls-mobilenet_v3_small",
-            class_names=["good", *CLASSES],
-            image_size=64,
-            name="verifier",
-            metrics={"val_accuracy": 0.75},
-        )
+    register_classifier_copy(
+        trained.url, trained_classifier, production, metrics={"val_accuracy": 0.75}
+    )
     at = _app().switch_page("views/models.py").run()
     assert not at.exception, at.exception
     versions = at.dataframe[0].value
@@ -1134,24 +1125,9 @@ def test_a_calibration_with_a_classifier_is_shown_as_it_will_be_stored(
     """The preview listed the part classifier as "__part__" and an off class as an empty cell,
     and did not show the crop threshold auto chose (nor that it chose none) before it was
     used; once stored, "one threshold shared by every class" was said whatever it stored."""
-    from db.models import ModelKind
-    from db.registry import get_model_version
     from training.calibrate import choice_lines
-    from training.versions import register_model_version
 
-    with session_scope(trained.url) as session:
-        weights = Path(get_model_version(session, trained_classifier).file_path)
-    with session_scope(production) as session:
-        register_model_version(
-            session,
-            weights,
-            get_settings().models_dir,
-            kind=ModelKind.CLASSIFIER,
-            architecture="defect-cls-mobilenet_v3_small",
-            class_names=["good", *CLASSES],
-            image_size=64,
-            name="verifier",
-        )
+    register_classifier_copy(trained.url, trained_classifier, production)
     import_synthetic(production, tmp_path, n=24)
     at = _app().run()
     at.switch_page("views/settings.py").run()
