@@ -367,6 +367,9 @@ def unreadable_key(name: str) -> str:
     return hashlib.sha256(f"unreadable:{name}".encode()).hexdigest()
 
 
+PART_CLASSIFIER_ALONE = "part classifier alone"  # a fail with no counted defect
+
+
 @dataclass
 class BatchSummary:
     run_id: int
@@ -377,6 +380,7 @@ class BatchSummary:
     rejudged: int = 0  # among the inspected: their stored verdicts were of an older operating point
     errors: int = 0
     failed: int = 0
+    # Failed parts per counted defect class; PART_CLASSIFIER_ALONE: failed with no counted defect.
     failed_by_class: Counter[str] = field(default_factory=Counter)
     errors_by_reason: Counter[str] = field(default_factory=Counter)  # "blank image": 12, ...
     seconds: float = 0.0
@@ -805,7 +809,11 @@ class BatchInspection:
                 self.summary.errors_by_reason[error_kind(result.error)] += 1
             elif result.verdict == "fail":
                 self.summary.failed += 1
-                self.summary.failed_by_class.update(result.failed_classes)
+                # (A part the part classifier failed with no counted defect was in no class:
+                # the summary's classes left those failures unexplained.)
+                self.summary.failed_by_class.update(
+                    result.failed_classes or [PART_CLASSIFIER_ALONE]
+                )
         return marked_finished
 
     def _after_a_race(self, results: list[PartResult]) -> tuple[list[PartResult], set[str]]:

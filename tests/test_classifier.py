@@ -437,3 +437,20 @@ def test_a_classifier_is_evaluated_at_the_part_threshold_stations_use(
         f"at defect probability >= 0.123 (the part threshold of {name}'s operating point)"
         in " ".join(result.output.split())
     )
+
+
+def test_a_batch_summary_counts_the_parts_the_part_classifier_failed_alone(
+    trained: Trained, trained_classifier: str, tmp_path: Path
+) -> None:
+    """The summary's "failed by class" left out the parts the part classifier failed with no
+    counted defect: on DeepPCB, 59 of 197 failed boards were in no class, and nothing said so."""
+    from training.cli import app
+
+    _classifier_alone_in_production(trained, trained_classifier)
+    make_images(tmp_path / "parts", n=3, seed=9)
+    args = ["batch", str(tmp_path / "parts"), "--line", "L", "--station", "S"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "3 failed" in result.output
+    assert "failed by the part classifier alone (no defect found): 3" in result.output
+    assert "failed by class:" not in result.output

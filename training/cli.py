@@ -955,9 +955,18 @@ def _print_summary(summary, rate: bool = True) -> None:  # type: ignore[no-untyp
             "at other thresholds (before a recalibration); they were judged again at the current "
             "ones and their earlier verdicts kept, marked superseded"
         )
-    if summary.failed_by_class:
-        by_class = ", ".join(f"{k} {v}" for k, v in summary.failed_by_class.most_common())
-        console.print(f"failed by class: {by_class}")
+    from inspection.batch import PART_CLASSIFIER_ALONE
+
+    by_class = [
+        (k, v) for k, v in summary.failed_by_class.most_common() if k != PART_CLASSIFIER_ALONE
+    ]
+    if by_class:
+        console.print("failed by class: " + ", ".join(f"{k} {v}" for k, v in by_class))
+    if summary.failed_by_class[PART_CLASSIFIER_ALONE]:
+        console.print(
+            f"failed by the part classifier alone (no defect found): "
+            f"{summary.failed_by_class[PART_CLASSIFIER_ALONE]}"
+        )
     if summary.errors_by_reason:
         by_reason = ", ".join(f"{k} {v}" for k, v in summary.errors_by_reason.most_common())
         console.print(f"errors by kind: {by_reason}", markup=False)
