@@ -30,6 +30,7 @@ from sqlalchemy import (
     Select,
     and_,
     case,
+    exists,
     func,
     literal,
     literal_column,
@@ -333,6 +334,9 @@ def _rates_by_class(session: Session, filters: Filters) -> list[RateRow]:
     ]
 
 
+PART_CLASSIFIER_ALONE = "part classifier alone"  # a failed part with no counted defect
+
+
 @dataclass(frozen=True)
 class ParetoRow:
     class_name: str
@@ -344,7 +348,8 @@ class ParetoRow:
 def defect_pareto(session: Session, filters: Filters = Filters()) -> list[ParetoRow]:
     """Failed parts per defect class, most frequent first, with the cumulative share; with a
     class chosen, its row alone, its shares still of every failed part (its place in the
-    Pareto)."""
+    Pareto). Parts the part classifier failed with no counted defect are a row of their own,
+    PART_CLASSIFIER_ALONE: in no class, they were missing from the chart."""
     rows = session.execute(
         select(Prediction.class_name, func.count(func.distinct(Inspection.id)).label("n"))
         .select_from(Inspection)
@@ -358,6 +363,20 @@ def defect_pareto(session: Session, filters: Filters = Filters()) -> list[Pareto
         .group_by(Prediction.class_name)
         .order_by(func.count(func.distinct(Inspection.id)).desc(), Prediction.class_name)
     ).all()
+    alone = session.scalar(
+        select(func.count(Inspection.id))
+        .select_from(Inspection)
+        .join(Part, Part.id == Inspection.part_id)
+        .where(
+            Inspection.verdict == Verdict.FAIL,
+            ~exists().where(
+                Prediction.inspection_id == Inspection.id, Prediction.counted.is_(True)
+            ),
+            *filters.conditions(),
+        )
+    )
+    if alone:
+        rows = sorted([*rows, (PART_CLASSIFIER_ALONE, alone)], key=lambda row: (-row[1], row[0]))
     total = sum(int(n) for _, n in rows)
     result: list[ParetoRow] = []
     running = 0

@@ -45,7 +45,7 @@ from db.models import (
     Verdict,
     utcnow,
 )
-from db.queries import RunRow, run_rows, source_rows
+from db.queries import PART_CLASSIFIER_ALONE, RunRow, run_rows, source_rows
 from db.registry import ensure_station, get_model_version, production_model
 from db.session import (
     DatabaseError,
@@ -365,9 +365,6 @@ def error_kind(error: str | None) -> str:
 
 def unreadable_key(name: str) -> str:
     return hashlib.sha256(f"unreadable:{name}".encode()).hexdigest()
-
-
-PART_CLASSIFIER_ALONE = "part classifier alone"  # a fail with no counted defect
 
 
 @dataclass

@@ -454,3 +454,23 @@ def test_a_batch_summary_counts_the_parts_the_part_classifier_failed_alone(
     assert "3 failed" in result.output
     assert "failed by the part classifier alone (no defect found): 3" in result.output
     assert "failed by class:" not in result.output
+
+
+def test_the_pareto_shows_the_parts_the_part_classifier_failed_alone(
+    trained: Trained, trained_classifier: str, tmp_path: Path
+) -> None:
+    """The History page's Pareto counted failed parts per counted defect class only: the parts
+    the part classifier failed with no defect (59 of 197 failed DeepPCB boards) were not in it."""
+    from db.queries import PART_CLASSIFIER_ALONE, defect_pareto
+    from training.cli import app
+
+    url = _classifier_alone_in_production(trained, trained_classifier)
+    make_images(tmp_path / "parts", n=3, seed=10)
+    args = ["batch", str(tmp_path / "parts"), "--line", "L", "--station", "S"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    with session_scope(url) as session:
+        rows = defect_pareto(session)
+    assert [(r.class_name, r.failed_parts, r.cumulative_share) for r in rows] == [
+        (PART_CLASSIFIER_ALONE, 3, 1.0)
+    ]

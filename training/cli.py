@@ -955,7 +955,7 @@ def _print_summary(summary, rate: bool = True) -> None:  # type: ignore[no-untyp
             "at other thresholds (before a recalibration); they were judged again at the current "
             "ones and their earlier verdicts kept, marked superseded"
         )
-    from inspection.batch import PART_CLASSIFIER_ALONE
+    from db.queries import PART_CLASSIFIER_ALONE
 
     by_class = [
         (k, v) for k, v in summary.failed_by_class.most_common() if k != PART_CLASSIFIER_ALONE
