@@ -159,6 +159,28 @@ def test_review_page_records_a_review(production: str, tmp_path: Path) -> None:
     assert _count(production, Review) == 1
 
 
+def test_review_counts_every_part_waiting_not_only_those_listed(
+    production: str, tmp_path: Path
+) -> None:
+    """The caption said "50 part(s) waiting" (the parts listed) when a PCB batch had left 240
+    parts to review."""
+    from typer.testing import CliRunner
+
+    from training.cli import app
+
+    make_images(tmp_path / "parts", n=55, seed=11)
+    args = ["batch", str(tmp_path / "parts"), "--line", "L", "--station", "S"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    at = _app().run()
+    at.switch_page("views/review.py").run()
+    assert not at.exception, at.exception
+    captions = " ".join(c.value for c in at.caption)
+    assert "55 part(s) waiting" in captions
+    assert "the 50 least certain are listed" in captions
+    assert len(at.selectbox(key="review_part").options) == 50
+
+
 def test_review_keeps_a_part_until_each_detection_is_decided(
     production: str, tmp_path: Path
 ) -> None:

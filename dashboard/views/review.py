@@ -26,6 +26,9 @@ from inspection.images import ImageDecodeError, decode_image
 from inspection.settings import get_settings
 from training.backtest import export_reviews
 
+LISTED = 50  # parts offered in the picker
+REVIEW_SCAN = 2000  # the most recent verdicts the queue looks among
+
 state = database_ready()
 st.title("Review parts")
 reviewer = st.text_input("Your name", key="reviewer", help="Every review records who made it.")
@@ -52,7 +55,10 @@ if (
 
 acted = st.session_state.pop("review_acted", False)  # this run follows a review made here
 with session_scope(state.url) as session:
-    queue = review_queue(session, limit=50)
+    # Every part waiting (among the recent ones the queue looks at), so that the caption counts
+    # them all: it said "50 part(s) waiting" of the 50 listed when hundreds were.
+    waiting = review_queue(session, limit=REVIEW_SCAN, scan=REVIEW_SCAN)
+    queue = waiting[:LISTED]
     # The part this session reviewed last, once done, stays on offer: a missed defect is
     # often added after its detections are decided, and the part left at the last decision.
     done = (
@@ -63,8 +69,10 @@ with session_scope(state.url) as session:
 if not queue and done is None:
     st.info("Nothing to review: inspected parts appear here, the least certain first.")
 else:
+    count = f"{len(waiting)}+" if len(waiting) >= REVIEW_SCAN else str(len(waiting))
+    listed = f"; the {len(queue)} least certain are listed" if len(waiting) > len(queue) else ""
     st.caption(
-        f"{len(queue)} part(s) waiting, least certain first. A part stays until each of its "
+        f"{count} part(s) waiting, least certain first{listed}. A part stays until each of its "
         "detections is confirmed or marked a false call, or it is marked good."
     )
     by_part = {q.part_id: q for q in queue}
