@@ -119,7 +119,9 @@ def load_classifier(path: Path, device: str = "cpu") -> tuple[DefectClassifier, 
 
 
 def resize_square(pixels: np.ndarray, size: int) -> np.ndarray:
-    """H x W x 3 uint8 to 3 x size x size float32 in [0, 1] (stretched: textures, not shapes)."""
+    """H x W x 3 (or H x W grayscale) uint8 to 3 x size x size float32 in [0, 1] (stretched:
+    textures, not shapes). Grayscale is made three channels after resizing, the same values
+    at a third of the work, so that training can keep grayscale images one channel."""
     import cv2
 
     resized = cv2.resize(
@@ -127,6 +129,8 @@ def resize_square(pixels: np.ndarray, size: int) -> np.ndarray:
         (size, size),
         interpolation=cv2.INTER_AREA if pixels.shape[0] > size else cv2.INTER_LINEAR,
     )
+    if resized.ndim == 2:
+        resized = np.repeat(resized[:, :, None], 3, axis=2)
     return resized.transpose(2, 0, 1).astype(np.float32) / 255.0
 
 

@@ -474,3 +474,39 @@ def test_the_pareto_shows_the_parts_the_part_classifier_failed_alone(
     assert [(r.class_name, r.failed_parts, r.cumulative_share) for r in rows] == [
         (PART_CLASSIFIER_ALONE, 3, 1.0)
     ]
+
+
+def test_grayscale_boards_stay_one_channel_in_memory_for_training(tmp_path: Path) -> None:
+    """DeepPCB's boards are one-channel JPEGs; the classifier's training held every image of
+    the split as RGB (2 GB of memory for DeepPCB's 1600 training boards, 3 GB in all). Kept one
+    channel, its crops are the same three-channel tensors, and a classifier trains on them."""
+    from db.migrate import upgrade
+    from tests.synthetic import write_deeppcb
+    from training.cli import app
+    from training.evaluate import evaluate_classifier
+    from training.train_classifier import ClassifierTrainRequest, CropDataset, train_classifier
+
+    write_deeppcb(tmp_path / "deeppcb", boards=8, test=2)
+    url = get_settings().resolved_database_url
+    upgrade(url)
+    result = CliRunner().invoke(
+        app, ["import", "deeppcb", str(tmp_path / "deeppcb"), "--name", "pcb"]
+    )
+    assert result.exit_code == 0, result.output
+    root = get_settings().datasets_dir / "pcb"
+    images, boxes = read_split(root, "train")
+    assert images and all(image.ndim == 2 for image in images)
+    samples = build_samples(images, boxes)
+    as_rgb = [np.repeat(image[:, :, None], 3, axis=2) for image in images]
+    kept, rgb = CropDataset(images, samples, 32, False), CropDataset(as_rgb, samples, 32, False)
+    for i in range(len(samples)):
+        assert kept[i][0].shape == (3, 32, 32)
+        assert torch.equal(kept[i][0], rgb[i][0]) and kept[i][1] == rgb[i][1]
+    request = ClassifierTrainRequest(
+        data="pcb", backbone="mobilenet_v3_small", epochs=1, imgsz=32, batch=4, device="cpu"
+    )
+    version_id = train_classifier(request, url=url)
+    with session_scope(url) as session:
+        weights = Path(get_model_version(session, version_id).file_path)
+    evaluation = evaluate_classifier(weights, "pcb", "test", url=url)
+    assert (evaluation.rates.n_defective, evaluation.rates.n_good) == (2, 2)
