@@ -133,6 +133,7 @@ def write_deeppcb(root: Path, boards: int = 8, test: int = 2, seed: int = 0) -> 
     for n in range(boards):
         board = np.full((64, 64), 255, np.uint8)
         board[8:56:8, :] = 0  # traces
+        board[60, n % 64] = 0  # each board its own (real templates differ)
         Image.fromarray(board).save(images / f"{100 + n}_temp.jpg")
         x1, y1 = int(rng.integers(4, 40)), int(rng.integers(4, 40))
         board[y1 : y1 + 12, x1 : x1 + 12] = 0 if n % 2 else 255

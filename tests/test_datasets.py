@@ -530,3 +530,22 @@ def test_deeppcb_layout_without_split_lists_keeps_each_board_in_one_split(
     assert len(split_of) == 40
     assert all(split_of[f"{n}_test.jpg"] == split_of[f"{n}_temp.jpg"] for n in range(100, 120))
     assert sum(c["good"] for c in report.split_counts.values()) == 20
+
+
+def test_images_of_the_same_bytes_are_warned_about_and_imported(session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """DeepPCB holds three byte-identical templates under three names: a copy across splits
+    measures the model on an image it learned from, and stations judge copies as one part."""
+    images = write_voc(tmp_path / "src", n=12)
+    folder = tmp_path / "src" / "images"
+    shutil.copyfile(folder / images[0].name, folder / images[1].name)  # train and val
+    shutil.copyfile(folder / images[2].name, folder / images[3].name)  # both in train
+    splits = write_splits(tmp_path / "splits", images)
+    report = import_dataset(session, "voc", tmp_path / "src", "s", tmp_path / "ds", splits, CLASSES)
+    assert sum(v["images"] for v in report.split_counts.values()) == 12  # all imported
+    said = sorted(str(w) for w in report.warnings)
+    assert len(said) == 2, said
+    across, within = said if images[0].name in said[0] else said[::-1]
+    assert images[0].name in across and images[1].name in across
+    assert "the model is measured on an image it learned from" in across
+    assert images[2].name in within and images[3].name in within
+    assert within.endswith("(both in train)")

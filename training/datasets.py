@@ -889,6 +889,31 @@ def check_dataset_name(name: str) -> None:
         raise UserError(f"dataset name is {len(name)} characters long; at most {MAX_NAME}")
 
 
+def _same_bytes_warnings(images: list[LabeledImage]) -> list[ImportIssue]:
+    """Images whose bytes are another's: one in two splits measures the model on what it
+    learned, and stations judge all copies as one part (they are known by content). Warned
+    about, all imported (DeepPCB holds three identical templates under three names)."""
+    first_of: dict[str, LabeledImage] = {}
+    warnings = []
+    for image in images:
+        digest = hashlib.sha256(image.path.read_bytes()).hexdigest()
+        first = first_of.setdefault(digest, image)
+        if first is image:
+            continue
+        where = (
+            f"in {first.split}, this one in {image.split}: the model is measured on an image "
+            "it learned from"
+            if first.split != image.split
+            else f"both in {image.split}"
+        )
+        warnings.append(
+            ImportIssue(
+                image.path.name, f"the same bytes as {first.path.name} ({where})", left_out=False
+            )
+        )
+    return warnings
+
+
 def write_dataset(
     session: Session,
     name: str,
@@ -952,6 +977,7 @@ def write_dataset(
     if split_of is not None:
         missing = sorted(set(split_of) - {i.path.name for i in images})
         issues += [ImportIssue(m, "listed in a split file but not in the source") for m in missing]
+    issues += _same_bytes_warnings(accepted)
     if not accepted:
         raise UserError(f"no usable images in {src} ({len(issues)} problems, e.g. {issues[:1]})")
 
