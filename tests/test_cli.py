@@ -298,7 +298,7 @@ def test_model_names_are_listed_whole_at_80_columns_and_as_json(tmp_path: Path) 
                 architecture="defect-yolo-s-gated",
                 file_path="x.pt",
                 sha256=str(i).ljust(64, "0"),
-                metrics={"map50": 0.5, "miss_rate": 0.01},
+                metrics={"map50": 0.5, "miss_rate": 0.01, "val_map50": 0.625},
             )
             session.add(version)
             session.flush()
@@ -308,11 +308,14 @@ def test_model_names_are_listed_whole_at_80_columns_and_as_json(tmp_path: Path) 
     lines = listed.stdout.splitlines()
     for whole in [*names, "defect-yolo-s-gated", "production", "candidate", "0.500", "0.010"]:
         assert any(whole in line for line in lines), (whole, listed.stdout)
+    for whole in ["val", "0.625"]:  # (known from training, before any evaluate)
+        assert any(whole in line for line in lines), (whole, listed.stdout)
     assert "…" not in listed.stdout
     as_json = _cli(["models", "list", "--json"], tmp_path / "data")
     rows = json.loads(as_json.stdout)
     assert [row["name"] for row in rows] == names[::-1]  # newest first
     assert rows[0]["stage"] == "production" and rows[0]["map50"] == 0.5
+    assert rows[0]["val_map50"] == 0.625
     assert rows[0]["created_at"].endswith("Z")
 
 

@@ -107,6 +107,7 @@ def models_list(
                     "architecture": v.architecture,
                     "stage": v.stage.value,
                     "map50": (v.metrics or {}).get("map50"),
+                    "val_map50": (v.metrics or {}).get("val_map50"),
                     "miss_rate": (v.metrics or {}).get("miss_rate"),
                     "false_call_rate": (v.metrics or {}).get("false_call_rate"),
                     "created_at": v.created_at.isoformat(timespec="seconds") + "Z",
@@ -122,7 +123,19 @@ def models_list(
                 markup=False,
             )
             return
-        headers = ("id", "name", "kind", "architecture", "stage", "mAP50", "miss rate", "created")
+        # (Test figures come from `evaluate`; until then only training's val mAP50 is known,
+        # and the list showed "-" after a training that had just printed it.)
+        headers = (
+            "id",
+            "name",
+            "kind",
+            "architecture",
+            "stage",
+            "mAP50",
+            "val mAP50",
+            "miss rate",
+            "created",
+        )
         rows_shown = [
             (
                 str(v.id),
@@ -131,6 +144,7 @@ def models_list(
                 v.architecture,
                 v.stage.value,
                 _fmt((v.metrics or {}).get("map50")),
+                _fmt((v.metrics or {}).get("val_map50")),
                 _fmt((v.metrics or {}).get("miss_rate")),
                 v.created_at.strftime("%Y-%m-%d %H:%M"),
             )
