@@ -549,3 +549,16 @@ def test_images_of_the_same_bytes_are_warned_about_and_imported(session, tmp_pat
     assert "the model is measured on an image it learned from" in across
     assert images[2].name in within and images[3].name in within
     assert within.endswith("(both in train)")
+
+
+def test_a_voc_filename_without_its_extension_names_its_own_image(session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Labelling tools (and NEU-DET, 174 of its files) write <filename>part_001</filename>: that
+    is the image of the file's own name, not another one left stale by a rename."""
+    src = tmp_path / "src"
+    images = write_voc(src, n=8)
+    xml = src / "annotations" / "part_001.xml"
+    xml.write_text(xml.read_text().replace("part_001.png", "part_001"))
+    report = import_dataset(session, "voc", src, "v", tmp_path / "ds", classes=CLASSES)
+    assert report.issues == []
+    assert report.n_images == 8
+    assert _label_lines(report.root)["part_001"] == _yolo_lines(images[1]) != []

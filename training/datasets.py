@@ -250,7 +250,9 @@ def _voc_image(
     own = images_of_stem.get(xml_path.stem, [])
     if own:
         image = next((p for p in own if p.name == named), own[0])
-        if named and named != image.name:
+        # A <filename> without its extension (as some labelling tools and NEU-DET write it)
+        # names the image of that stem.
+        if named and named not in (image.name, image.stem):
             shown = image.relative_to(images_dir).as_posix()
             return image, (
                 f"its <filename> {filename} names another image (left stale by a rename?): "
