@@ -243,3 +243,13 @@ def test_a_later_process_given_a_dead_jobs_pid_is_not_the_job() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_an_export_with_no_reviewed_part_says_so(session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """With nothing reviewed yet, `defects export-reviews` said "no usable images in reviews
+    (0 problems, e.g. [])"."""
+    with pytest.raises(UserError) as refused:
+        export_reviews(session, "reviews", CLASSES, tmp_path / "datasets")
+    assert str(refused.value).startswith("no reviewed part to export: ")
+    assert "e.g. []" not in str(refused.value)
+    assert not (tmp_path / "datasets" / "reviews").exists()

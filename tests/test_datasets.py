@@ -562,3 +562,19 @@ def test_a_voc_filename_without_its_extension_names_its_own_image(session, tmp_p
     assert report.issues == []
     assert report.n_images == 8
     assert _label_lines(report.root)["part_001"] == _yolo_lines(images[1]) != []
+
+
+def test_an_import_that_keeps_no_image_names_its_first_problem_as_the_report_does(
+    session, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """The error showed the problem as Python's repr of a list: "e.g. [ImportIssue(file=...)]"."""
+    src = tmp_path / "src"
+    write_voc(src, n=4)
+    for image in (src / "images").iterdir():
+        image.write_bytes(b"not an image")
+    with pytest.raises(UserError) as refused:
+        import_dataset(session, "voc", src, "v", tmp_path / "ds", classes=CLASSES)
+    message = str(refused.value)
+    assert message.startswith(f"no usable images in {src} (")
+    assert "ImportIssue(" not in message and "[" not in message
+    assert "e.g. part_00" in message

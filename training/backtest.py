@@ -119,6 +119,12 @@ def export_reviews(
                 )
                 continue
             images.append(LabeledImage(path, 0, 0, boxes))
+    if not images:
+        left_out = f"; {len(issues)} left out, e.g. {issues[0]}" if issues else ""
+        raise UserError(
+            "no reviewed part to export: a part is exported once each of its detections is "
+            f"decided or it is marked good (Review page){left_out}"
+        )
     # Split so that a few dozen reviewed parts can be retrained on: val and train each get a
     # defect (and val a good part where there is one).
     return write_dataset(

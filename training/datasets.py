@@ -879,6 +879,14 @@ def import_dataset(
 MAX_NAME = 100
 
 
+def _no_usable_images(src: Path | str, issues: list[ImportIssue]) -> str:
+    """The error of an import that kept no image, with its first problem as written in the
+    report (it was shown as the issue's repr, or as "e.g. []" where there was none)."""
+    if not issues:
+        return f"no usable images in {src}"
+    return f"no usable images in {src} ({len(issues)} problems, e.g. {issues[0]})"
+
+
 def check_dataset_name(name: str) -> None:
     """A dataset's name is its folder in the store: one plain folder name, so that no name can
     reach outside the store or stand for the store itself. (".." once passed the old check of
@@ -981,7 +989,7 @@ def write_dataset(
         issues += [ImportIssue(m, "listed in a split file but not in the source") for m in missing]
     issues += _same_bytes_warnings(accepted)
     if not accepted:
-        raise UserError(f"no usable images in {src} ({len(issues)} problems, e.g. {issues[:1]})")
+        raise UserError(_no_usable_images(src, issues))
 
     if root.resolve().parent != datasets_dir.resolve():
         raise UserError(f"dataset name {name!r} does not name a folder of the dataset store")
@@ -1019,7 +1027,7 @@ def write_dataset(
     n_imported = sum(len(names) for names in lists.values())
     if not n_imported:
         shutil.rmtree(stage)
-        raise UserError(f"no usable images in {src} ({len(issues)} problems, e.g. {issues[:1]})")
+        raise UserError(_no_usable_images(src, issues))
     if converted:
         issues.append(
             ImportIssue(
