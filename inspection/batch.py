@@ -1080,7 +1080,9 @@ def export_run_csv(
                     f"{row.max_confidence:.4f}",
                     f"{row.latency_ms:.2f}" if row.latency_ms is not None else "",
                     row.error,
-                    row.inspected_at.isoformat(timespec="seconds"),
+                    # Stored in UTC: said so, as `defects status --json` does (a station
+                    # on local time read it as its own).
+                    row.inspected_at.isoformat(timespec="seconds") + "Z",
                     f"{row.defect_probability:.4f}" if row.defect_probability is not None else "",
                 ]
             )

@@ -1174,3 +1174,22 @@ def test_a_damaged_export_beside_the_weights_says_how_to_go_on(
     weights.with_suffix(".onnx").write_bytes(b"half an export")
     with pytest.raises(UserError, match=r"export it again .* \(--backend pytorch\)"):
         _job(detector, tmp_path)
+
+
+def test_a_runs_csv_says_its_times_are_utc(detector: str, tmp_path: Path) -> None:
+    """The times are stored in UTC and were written without a zone: a station on local time
+    read them as its own, hours off."""
+    import csv
+    from datetime import UTC, datetime, timedelta
+
+    from inspection.batch import export_run_csv
+
+    make_images(tmp_path / "in", n=2)
+    job = BatchInspection(detector, tmp_path / "store", "L", "S")
+    job.run(iter_source(str(tmp_path / "in")))
+    path = tmp_path / "run.csv"
+    assert export_run_csv(detector, job.run_id, path) == 2
+    for row in csv.DictReader(path.open()):
+        written = datetime.fromisoformat(row["inspected_at"])
+        assert written.utcoffset() == timedelta(0)
+        assert abs(datetime.now(UTC) - written) < timedelta(minutes=10)
