@@ -578,3 +578,20 @@ def test_an_import_that_keeps_no_image_names_its_first_problem_as_the_report_doe
     assert message.startswith(f"no usable images in {src} (")
     assert "ImportIssue(" not in message and "[" not in message
     assert "e.g. part_00" in message
+
+
+def test_a_box_given_twice_is_kept_once_and_said(session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """NEU-DET's crazing_120 lists one box twice: the import counted it twice, ultralytics once."""
+    images = write_voc(tmp_path / "src", n=6)
+    annotated = next(i for i in images if i.boxes)
+    xml = tmp_path / "src" / "annotations" / f"{Path(annotated.name).stem}.xml"
+    text = xml.read_text()
+    start, end = text.index("<object>"), text.index("</object>") + len("</object>")
+    xml.write_text(text[:end] + text[start:end] + text[end:])  # its first box again
+    report = import_dataset(session, "voc", tmp_path / "src", "s", tmp_path / "ds", None, CLASSES)
+    assert sum(v["boxes"] for v in report.split_counts.values()) == sum(
+        len(i.boxes) for i in images
+    )
+    assert [str(w) for w in report.warnings] == [
+        f"{annotated.name}: warning: 1 box(es) given twice: kept once"
+    ]

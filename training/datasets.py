@@ -965,7 +965,17 @@ def write_dataset(
         except ValueError as exc:
             issues.append(ImportIssue(label, str(exc)))
             continue
-        image.boxes = [_clip_rounding(b, image.width, image.height) for b in image.boxes]
+        clipped = [_clip_rounding(b, image.width, image.height) for b in image.boxes]
+        image.boxes = list(dict.fromkeys(clipped))
+        if len(image.boxes) < len(clipped):
+            # (ultralytics drops them too, so its counts and the import's disagreed silently.)
+            issues.append(
+                ImportIssue(
+                    label,
+                    f"{len(clipped) - len(image.boxes)} box(es) given twice: kept once",
+                    left_out=False,
+                )
+            )
         problems = [
             p
             for b in image.boxes
