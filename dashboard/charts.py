@@ -230,6 +230,12 @@ class ShownBox:
     counted: bool
 
 
+# Box colours of the Review page, as the Inspect page draws them (dashboard.drawing).
+_COUNTED_BOX, _BELOW_BOX = "#dc1e1e", "#f0aa00"
+LABEL_PX = 24  # screen pixels a box's label needs above the box
+NARROWEST_PX = 600  # the narrowest the Review page's image column is drawn (3/5 of the page)
+
+
 SHOWN_SIDE = 1024  # pixels of the longer side sent to the browser for review
 GRID_POINTS = 160  # invisible points along the longer side, for the box selection
 
@@ -278,8 +284,13 @@ def review_figure(pixels_rgb, boxes: list[ShownBox]) -> go.Figure:  # type: igno
             showlegend=False,
         )
     )
+    figure_height = min(720, max(360, height))
+    # Image pixels a label takes on the screen (the image fits the figure's height or the
+    # column's width): a box at the image's top edge (defects often touch it) had its label
+    # drawn above the figure, cut off, and the boxes could not be told apart.
+    label_height = LABEL_PX / min(figure_height / height, NARROWEST_PX / width)
     for box in boxes:
-        colour = "#dc1e1e" if box.counted else "#f0aa00"
+        colour = _COUNTED_BOX if box.counted else _BELOW_BOX
         figure.add_shape(
             type="rect",
             x0=box.x1,
@@ -294,7 +305,7 @@ def review_figure(pixels_rgb, boxes: list[ShownBox]) -> go.Figure:  # type: igno
             text=box.label,
             showarrow=False,
             xanchor="left",
-            yanchor="bottom",
+            yanchor="bottom" if box.y1 >= label_height else "top",  # inside the box at the top
             font={"color": "white", "size": 11},
             bgcolor=colour,
         )
@@ -303,7 +314,7 @@ def review_figure(pixels_rgb, boxes: list[ShownBox]) -> go.Figure:  # type: igno
     figure.update_layout(
         dragmode="select",
         margin={"l": 0, "r": 0, "t": 0, "b": 0},
-        height=min(720, max(360, height)),
+        height=figure_height,
     )
     return figure
 

@@ -520,6 +520,25 @@ def test_review_figure_and_drawn_box() -> None:
     assert list(big.layout.xaxis.range) == [0, 3000] and big.layout.shapes[0].x1 == 2900
 
 
+def test_review_figure_labels_a_box_at_the_top_edge_inside_it() -> None:
+    """NEU-DET defects often touch the image's top edge: their labels were drawn above the
+    figure, cut off, and a reviewer could not tell box 1 from box 2."""
+    import numpy as np
+
+    from dashboard.charts import ShownBox, review_figure
+
+    figure = review_figure(
+        np.zeros((200, 200, 3), dtype=np.uint8),
+        [
+            ShownBox("1: crazing 0.50", 137, 0.2, 199, 78, True),
+            ShownBox("2", 10, 120, 50, 190, True),
+        ],
+    )
+    top, lower = figure.layout.annotations
+    assert top.yanchor == "top" and top.y == 0.2  # inside its box, on the image
+    assert lower.yanchor == "bottom" and lower.y == 120  # above its box, as before
+
+
 def test_a_missing_model_file_is_a_message(production: str, tmp_path: Path) -> None:
     from db.registry import get_model_version
 
