@@ -228,10 +228,11 @@ class ShownBox:
     x2: float
     y2: float
     counted: bool
+    missed: bool = False  # added by a reviewer, not found by the model
 
 
 # Box colours of the Review page, as the Inspect page draws them (dashboard.drawing).
-_COUNTED_BOX, _BELOW_BOX = "#dc1e1e", "#f0aa00"
+_COUNTED_BOX, _BELOW_BOX, _MISSED_BOX = "#dc1e1e", "#f0aa00", "#1e78e6"
 LABEL_PX = 24  # screen pixels a box's label needs above the box
 NARROWEST_PX = 600  # the narrowest the Review page's image column is drawn (3/5 of the page)
 
@@ -290,7 +291,7 @@ def review_figure(pixels_rgb, boxes: list[ShownBox]) -> go.Figure:  # type: igno
     # drawn above the figure, cut off, and the boxes could not be told apart.
     label_height = LABEL_PX / min(figure_height / height, NARROWEST_PX / width)
     for box in boxes:
-        colour = _COUNTED_BOX if box.counted else _BELOW_BOX
+        colour = _MISSED_BOX if box.missed else _COUNTED_BOX if box.counted else _BELOW_BOX
         figure.add_shape(
             type="rect",
             x0=box.x1,

@@ -281,6 +281,18 @@ def add_missed_defect(
     return _add(session, part_id, ReviewKind.MISSED_DEFECT, reviewer, class_name, box)
 
 
+def missed_defects(session: Session, part_id: int) -> list[Review]:
+    """The defects reviewers added to the part, oldest first: the Review page draws them, so
+    whoever adds one sees where it landed and the next reviewer sees it is there already."""
+    return list(
+        session.scalars(
+            select(Review)
+            .where(Review.part_id == part_id, Review.kind == ReviewKind.MISSED_DEFECT)
+            .order_by(Review.id)
+        )
+    )
+
+
 def mark_good(session: Session, part_id: int, reviewer: str) -> Review:
     """Refused where a review says the part is defective: the defective reading would win, and
     "marked good" would have been said for nothing. That review is undone first."""

@@ -276,6 +276,36 @@ def test_a_click_meant_for_a_part_done_elsewhere_lands_on_no_other_part(
     assert any(o.startswith(f"part {shown} ") for o in waiting)
 
 
+def test_a_missed_defect_added_is_drawn_and_listed_on_the_part(
+    production: str, tmp_path: Path
+) -> None:
+    """The Review page drew the model's boxes only: a reviewer who added a missed defect saw no
+    box where it landed, and the next reviewer could not tell it was there already."""
+    at = _app().run()
+    at.file_uploader(key="inspect_files").set_value(_png_files(tmp_path, 1, 3)).run()
+    with session_scope(production) as session:  # one detection, left undecided
+        inspection = session.scalars(select(Inspection)).one()
+        inspection.verdict = Verdict.FAIL
+        inspection.predictions.append(
+            Prediction(class_name=CLASSES[0], confidence=0.9, x1=2, y1=2, x2=20, y2=20)
+        )
+    at.switch_page("views/review.py").run()
+    at.text_input(key="reviewer").input("Ana").run()
+    part = at.selectbox(key="review_part").value
+    suffix = f"{part}_0_None"
+    for corner, value in zip(("x1", "y1", "x2", "y2"), (30, 31, 40, 44), strict=True):
+        at.number_input(key=f"{corner}_{suffix}").set_value(value)
+    next(b for b in at.button if b.label == "Add missed defect").click().run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="review_part").value == part  # its detection is still undecided
+    figure = json.loads(at.get("plotly_chart")[0].proto.spec)
+    drawn = [(s["x0"], s["y0"], s["x1"], s["y1"]) for s in figure["layout"]["shapes"]]
+    assert drawn == [(2, 2, 20, 20), (30, 31, 40, 44)]
+    labels = [a["text"] for a in figure["layout"]["annotations"]]
+    assert labels[1] == f"missed: {CLASSES[0]}"
+    assert any(f"missed {CLASSES[0]}, added by Ana" in m.value for m in at.markdown)
+
+
 def test_an_empty_zip_upload_says_so(production: str) -> None:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:

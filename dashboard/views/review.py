@@ -16,6 +16,7 @@ from db.reviews import (
     decisions,
     mark_false_call,
     mark_good,
+    missed_defects,
     part_item,
     review_queue,
     undo_last_review,
@@ -112,6 +113,10 @@ else:
             (p.id, p.class_name, p.confidence, p.counted, (p.x1, p.y1, p.x2, p.y2))
             for p in inspection.predictions
         ]
+        added_boxes = [
+            (r.class_name or "defect", r.reviewer, (r.x1, r.y1, r.x2, r.y2))
+            for r in missed_defects(session, part.id)
+        ]
         verdict, stored_path, size = (
             inspection.verdict.value,
             part.stored_path,
@@ -145,6 +150,10 @@ else:
                 ShownBox(f"{i + 1}: {c} {conf:.2f}", *box, counted)
                 for i, (_, c, conf, counted, box) in enumerate(predictions)
                 if box[0] is not None
+            ] + [
+                ShownBox(f"missed: {c}", *box, counted=True, missed=True)
+                for c, _, box in added_boxes
+                if None not in box
             ]
             event = st.plotly_chart(
                 review_figure(pixels, boxes),
@@ -179,6 +188,8 @@ else:
                 with session_scope(state.url) as session:
                     mark_false_call(session, prediction_id, reviewer)
                 reviewed("")
+        for class_name, who, _ in added_boxes:
+            st.markdown(f"- missed {class_name}, added by {who}")
         undecided = [p for p in predictions if p[0] not in decided]
         if (
             decided
@@ -238,7 +249,10 @@ else:
                     reviewed(f"Missed {missed_class} added to part {item.part_id}.")
                 except (ValueError, LookupError) as exc:
                     st.error(str(exc))
-    st.caption("Boxes: red counts toward the verdict, amber is below its threshold.")
+    st.caption(
+        "Boxes: red counts toward the verdict, amber is below its threshold, blue is a missed "
+        "defect a reviewer added."
+    )
 
 st.divider()
 st.subheader("Reviewed parts as training data")
