@@ -306,6 +306,23 @@ def test_a_missed_defect_added_is_drawn_and_listed_on_the_part(
     assert any(f"missed {CLASSES[0]}, added by Ana" in m.value for m in at.markdown)
 
 
+def test_an_undone_review_shows_its_part_again(production: str, tmp_path: Path) -> None:
+    """A part marked good by mistake: the page moved on to the next part, and after the undo
+    it stayed there, the part to decide again somewhere down the list."""
+    at = _app().run()
+    at.file_uploader(key="inspect_files").set_value(_png_files(tmp_path, 3, 7)).run()
+    at.switch_page("views/review.py").run()
+    at.text_input(key="reviewer").input("Ana").run()
+    first = at.selectbox(key="review_part").value
+    next(b for b in at.button if b.label == "Mark part good").click().run()
+    assert at.selectbox(key="review_part").value != first  # on to the next part
+    next(b for b in at.button if b.label.startswith("Undo my last review")).click().run()
+    assert not at.exception, at.exception
+    assert _count(production, Review) == 0
+    assert at.selectbox(key="review_part").value == first
+    assert any(b.label == "Mark part good" for b in at.button)
+
+
 def test_an_empty_zip_upload_says_so(production: str) -> None:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:

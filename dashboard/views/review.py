@@ -49,6 +49,9 @@ if (
                 if len(undone) == 1
                 else f"Undone: {len(undone)} {kind}s on part {last}."
             )
+        # Back to the part undone: the page had moved on to the next part at the review, and
+        # the reviewer, who undid a mistake to decide it again, was left on another one.
+        st.session_state["review_part"] = last
     except LookupError as exc:
         flash(str(exc), "warning")
         st.session_state.pop("review_last_part", None)
