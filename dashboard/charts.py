@@ -7,7 +7,7 @@ import base64
 import io
 import math
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime, time, timedelta
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -90,6 +90,30 @@ def _rate_panel(
     )
 
 
+_DAY_MS = 86_400_000
+_MOST_DAY_TICKS = 10
+
+
+def _day_axis(figure: go.Figure, days: list[date]) -> None:
+    """An x axis of whole days: each tick a date, the range half a day beyond the first and
+    last. Left to Plotly, one day's points had ticks a fraction of a millisecond apart
+    ("23:59:59.9995") and a few days' bars were labelled with midnight's time."""
+    if not days:
+        return
+    first, last = min(days), max(days)
+    step = max(1, math.ceil(((last - first).days + 1) / _MOST_DAY_TICKS))
+    figure.update_xaxes(
+        type="date",
+        range=[
+            datetime.combine(first, time()) - timedelta(hours=12),
+            datetime.combine(last, time()) + timedelta(hours=12),
+        ],
+        tick0=first.isoformat(),
+        dtick=step * _DAY_MS,
+        tickformat="%b %-d, %Y",
+    )
+
+
 def rates_figure(rows: list[RateRow], zone: str = "UTC") -> go.Figure:
     """Miss rate and false-call rate per day (of the time `zone` names), each with its p-chart
     control limits."""
@@ -113,7 +137,13 @@ def rates_figure(rows: list[RateRow], zone: str = "UTC") -> go.Figure:
     )  # type: ignore[arg-type]
     figure.update_yaxes(tickformat=".1%", rangemode="tozero")
     figure.update_xaxes(title_text=f"day captured ({zone})", row=2, col=1)
-    figure.update_layout(height=560, legend={"orientation": "h"}, margin={"t": 40})
+    _day_axis(figure, [day for day in days if isinstance(day, date)])
+    # The legend above the charts: below them it lay over the axis title.
+    figure.update_layout(
+        height=600,
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.08, "x": 0},
+        margin={"t": 90},
+    )
     return figure
 
 
@@ -143,6 +173,8 @@ def volume_figure(rows: list[VolumeRow], zone: str = "UTC") -> go.Figure:
     """Parts per day they were captured, a day of the time `zone` names."""
     figure = _verdict_bars([r.day for r in rows], rows, "Parts inspected per day", 360)
     figure.update_xaxes(title_text=f"day captured ({zone})")
+    _day_axis(figure, [r.day for r in rows])
+    figure.update_traces(width=0.8 * _DAY_MS)  # (a lone day's bar was a hairline on a date axis)
     return figure
 
 

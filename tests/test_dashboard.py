@@ -525,6 +525,24 @@ def test_figures_are_built_from_plain_data() -> None:
     assert [trace.y for trace in minutes.data] == [(6,), (3,), (1,)]  # passed, failed, errors
 
 
+def test_history_day_axes_tick_whole_days_also_for_one_day() -> None:
+    """One day of reviews drew the rates' axis in fractions of a millisecond ("23:59:59.9995"),
+    its legend over the axis title, and the volume's bar at midnight's clock time."""
+    day = date(2026, 11, 27)
+    rates = rates_figure([RateRow(10, 1, 20, 2, key=day)])
+    around = [datetime(2026, 11, 26, 12), datetime(2026, 11, 27, 12)]
+    for axis in (rates.layout.xaxis, rates.layout.xaxis2):
+        assert list(axis.range) == around and axis.dtick == 86_400_000
+        assert axis.tickformat == "%b %-d, %Y"
+    assert rates.layout.legend.y > 1  # above the charts, clear of the axis title below
+    volume = volume_figure([VolumeRow(day, 5, 2, 1)])
+    assert list(volume.layout.xaxis.range) == around and volume.layout.xaxis.dtick == 86_400_000
+    assert volume.data[0].width == pytest.approx(0.8 * 86_400_000)  # a bar, not a hairline
+    # Sixty days: a tick every six days, still at midnights.
+    two_months = [VolumeRow(day - timedelta(days=n), 1, 0, 0) for n in range(60)]
+    assert volume_figure(two_months).layout.xaxis.dtick == 6 * 86_400_000
+
+
 def test_review_figure_and_drawn_box() -> None:
     import numpy as np
 
