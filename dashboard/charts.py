@@ -211,7 +211,13 @@ def pareto_figure(rows: list[ParetoRow], highlight: str | None = None) -> go.Fig
     figure.update_yaxes(
         title_text="cumulative share", tickformat=".0%", range=[0, 1.05], secondary_y=True
     )
-    figure.update_layout(title="Defect Pareto", height=360)
+    # The legend above the bars: at the right, Plotly's default, it lay over the share axis
+    # (its 100% read "10").
+    figure.update_layout(
+        title="Defect Pareto",
+        height=360,
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0},
+    )
     return figure
 
 

@@ -543,6 +543,12 @@ def test_history_day_axes_tick_whole_days_also_for_one_day() -> None:
     assert volume_figure(two_months).layout.xaxis.dtick == 6 * 86_400_000
 
 
+def test_pareto_legend_leaves_the_share_axis_readable() -> None:
+    """At the right, the legend lay over the cumulative-share axis: its 100% read "10"."""
+    figure = pareto_figure([ParetoRow("scratch", 3, 0.75, 0.75), ParetoRow("spot", 1, 0.25, 1.0)])
+    assert figure.layout.legend.orientation == "h" and figure.layout.legend.y > 1
+
+
 def test_review_figure_and_drawn_box() -> None:
     import numpy as np
 
