@@ -323,6 +323,29 @@ def test_an_undone_review_shows_its_part_again(production: str, tmp_path: Path) 
     assert any(b.label == "Mark part good" for b in at.button)
 
 
+def test_a_second_export_of_reviews_is_offered_a_free_name(production: str, tmp_path: Path) -> None:
+    """The name offered was always "reviews": every export after the first one was refused,
+    "a dataset named 'reviews' already exists", with nothing said of what to do."""
+    from db.models import Dataset
+    from db.reviews import add_missed_defect
+
+    at = _app().run()
+    at.file_uploader(key="inspect_files").set_value(_png_files(tmp_path, 1, 3)).run()
+    with session_scope(production) as session:
+        part_id = session.scalars(select(Part.id)).one()
+        add_missed_defect(session, part_id, CLASSES[0], (4, 4, 20, 20), "Ana")
+    at.switch_page("views/review.py").run()
+    for expected in ("reviews", "reviews-2"):
+        field = next(t for t in at.text_input if t.label == "New dataset name")
+        assert field.value == expected
+        next(b for b in at.button if b.label == "Export reviewed parts").click().run()
+        assert not at.exception and not at.error, at.error
+        assert f"as dataset {expected}:" in at.success[0].value
+        at.run()
+    with session_scope(production) as session:
+        assert set(session.scalars(select(Dataset.name))) == {"reviews", "reviews-2"}
+
+
 def test_an_empty_zip_upload_says_so(production: str) -> None:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:

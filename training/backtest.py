@@ -83,12 +83,23 @@ def recorded_rates(session: Session, model: ModelVersion | None = None) -> PartR
     return part_rates([(truth[p], v == Verdict.FAIL) for p, v in session.execute(query)])
 
 
+def unused_dataset_name(session: Session, stem: str = "reviews") -> str:
+    """`stem`, or the first of stem-2, stem-3, ... no dataset has: the Review page offers it,
+    where a fixed "reviews" made every export after the first one fail."""
+    taken = set(session.scalars(select(Dataset.name).where(Dataset.name.startswith(stem))))
+    name, n = stem, 1
+    while name in taken:
+        n += 1
+        name = f"{stem}-{n}"
+    return name
+
+
 def export_reviews(
     session: Session, name: str, class_names: list[str], datasets_dir: Path
 ) -> ImportReport:
     """Reviewed parts as a labeled dataset (YOLO layout), registered for retraining."""
     if session.scalars(select(Dataset).where(Dataset.name == name)).first() is not None:
-        raise UserError(f"a dataset named {name!r} already exists")
+        raise UserError(f"a dataset named {name!r} already exists: export under another name")
     images: list[LabeledImage] = []
     issues: list[ImportIssue] = []
     for truth in reviewed_parts(session):

@@ -25,7 +25,7 @@ from db.session import session_scope
 from inspection.errors import UserError
 from inspection.images import ImageDecodeError, decode_image
 from inspection.settings import get_settings
-from training.backtest import export_reviews
+from training.backtest import export_reviews, unused_dataset_name
 
 LISTED = 50  # parts offered in the picker
 REVIEW_SCAN = 2000  # the most recent verdicts the queue looks among
@@ -259,8 +259,10 @@ else:
 
 st.divider()
 st.subheader("Reviewed parts as training data")
+with session_scope(state.url) as session:
+    free_name = unused_dataset_name(session)
 with st.form("export"):
-    dataset_name = st.text_input("New dataset name", value="reviews")
+    dataset_name = st.text_input("New dataset name", value=free_name)
     if st.form_submit_button("Export reviewed parts"):
         info = detector_info(state.url)
         if info is None:
