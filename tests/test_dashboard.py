@@ -197,6 +197,8 @@ def test_review_keeps_a_part_until_each_detection_is_decided(
                 )
     at.switch_page("views/review.py").run()
     at.text_input(key="reviewer").input("Ana").run()
+    # Three decimals: near a threshold, a counted detection and one below it read alike.
+    assert any(m.value.startswith(f"2. {CLASSES[0]} 0.400") for m in at.markdown)
     first = at.selectbox(key="review_part").value
     next(b for b in at.button if b.label == "Confirm defect").click().run()
     assert not at.exception, at.exception

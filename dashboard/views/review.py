@@ -150,7 +150,7 @@ else:
         try:
             pixels = decode_image(Path(stored_path).read_bytes()).pixels
             boxes = [
-                ShownBox(f"{i + 1}: {c} {conf:.2f}", *box, counted)
+                ShownBox(f"{i + 1}: {c} {conf:.3f}", *box, counted)
                 for i, (_, c, conf, counted, box) in enumerate(predictions)
                 if box[0] is not None
             ] + [
@@ -174,7 +174,9 @@ else:
             st.warning("Enter your name to review.")
         for i, (prediction_id, class_name, confidence, counted, _) in enumerate(predictions):
             st.markdown(
-                f"{i + 1}. {class_name} {confidence:.2f}"
+                # (Three decimals: at a threshold of 0.111, a counted 0.112 and a 0.109 below
+                # it both read "0.11".)
+                f"{i + 1}. {class_name} {confidence:.3f}"
                 + ("" if counted else " (below threshold)")
                 + (f": **{decided[prediction_id]}**" if prediction_id in decided else "")
             )
@@ -274,7 +276,8 @@ with st.form("export"):
                         session, dataset_name, info.classes, get_settings().datasets_dir
                     )
                 st.success(
-                    f"Exported {report.n_images} parts as dataset {report.name}: retrain on the Models page."
+                    f"Exported {report.n_images} part{'' if report.n_images == 1 else 's'} as "
+                    f"dataset {report.name}: retrain on the Models page."
                 )
                 for issue in report.issues[:20]:
                     st.caption(str(issue))
