@@ -38,9 +38,27 @@ def p_chart(failures: list[int], totals: list[int], sigmas: float = 3.0) -> PCha
 
 
 def _rate_panel(
-    figure: go.Figure, row: int, days: list[date], failures: list[int], totals: list[int], name: str
+    figure: go.Figure,
+    row: int,
+    days: list[date],
+    failures: list[int],
+    totals: list[int],
+    name: str,
+    counted: str,
 ) -> None:
     rates = [f / n if n else None for f, n in zip(failures, totals, strict=True)]
+    if not any(totals):
+        # (An empty panel with no word: with a class chosen and no reviewed good part, the
+        # false-call chart was blank and read as broken.)
+        axis = "" if row == 1 else str(row)
+        figure.add_annotation(
+            text=f"no reviewed {counted} in this selection: no {name} to show",
+            xref=f"x{axis} domain",
+            yref=f"y{axis} domain",
+            x=0.5,
+            y=0.5,
+            showarrow=False,
+        )
     chart = p_chart(failures, totals)
     figure.add_trace(
         go.Scatter(
@@ -125,8 +143,14 @@ def rates_figure(rows: list[RateRow], zone: str = "UTC") -> go.Figure:
     )
     days = [r.key for r in rows]
     _rate_panel(
-        figure, 1, days, [r.n_missed for r in rows], [r.n_defective for r in rows], "miss rate"
-    )  # type: ignore[arg-type]
+        figure,
+        1,
+        days,  # type: ignore[arg-type]
+        [r.n_missed for r in rows],
+        [r.n_defective for r in rows],
+        "miss rate",
+        "defective parts",
+    )
     _rate_panel(
         figure,
         2,
@@ -134,6 +158,7 @@ def rates_figure(rows: list[RateRow], zone: str = "UTC") -> go.Figure:
         [r.n_false_calls for r in rows],
         [r.n_good for r in rows],
         "false-call rate",
+        "good parts",
     )  # type: ignore[arg-type]
     figure.update_yaxes(tickformat=".1%", rangemode="tozero")
     figure.update_xaxes(title_text=f"day captured ({zone})", row=2, col=1)

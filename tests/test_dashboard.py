@@ -550,6 +550,18 @@ def test_figures_are_built_from_plain_data() -> None:
     assert [trace.y for trace in minutes.data] == [(6,), (3,), (1,)]  # passed, failed, errors
 
 
+def test_a_rate_panel_with_nothing_to_count_says_so() -> None:
+    """With a class chosen and no reviewed good part, the false-call chart was drawn blank,
+    with no word: it read as broken."""
+    figure = rates_figure([RateRow(10, 1, 0, 0, key=date(2026, 11, 27))])
+    [note] = figure.layout.annotations[2:]  # (after the two panels' titles)
+    assert note.text == "no reviewed good parts in this selection: no false-call rate to show"
+    assert note.xref == "x2 domain" and note.yref == "y2 domain"
+    assert (
+        len(rates_figure([RateRow(10, 1, 20, 2, key=date(2026, 11, 27))]).layout.annotations) == 2
+    )
+
+
 def test_history_day_axes_tick_whole_days_also_for_one_day() -> None:
     """One day of reviews drew the rates' axis in fractions of a millisecond ("23:59:59.9995"),
     its legend over the axis title, and the volume's bar at midnight's clock time."""
