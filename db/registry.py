@@ -51,10 +51,9 @@ def promote(session: Session, version: ModelVersion) -> ModelVersion | None:
     return previous if previous is not None and previous.id != version.id else None
 
 
-def rollback(session: Session, kind: ModelKind) -> ModelVersion:
-    """Put back the production model that the current one replaced."""
-    current = production_model(session, kind)
-    earlier = session.scalars(
+def rollback_target(session: Session, kind: ModelKind) -> ModelVersion | None:
+    """The production model the current one replaced: what a rollback would put back."""
+    return session.scalars(
         select(ModelVersion)
         .where(
             ModelVersion.kind == kind,
@@ -63,6 +62,12 @@ def rollback(session: Session, kind: ModelKind) -> ModelVersion:
         )
         .order_by(ModelVersion.archived_at.desc(), ModelVersion.id.desc())
     ).first()
+
+
+def rollback(session: Session, kind: ModelKind) -> ModelVersion:
+    """Put back the production model that the current one replaced."""
+    current = production_model(session, kind)
+    earlier = rollback_target(session, kind)
     if earlier is None:
         raise NotFoundError(f"no earlier production {kind.value} to roll back to")
     promote(session, earlier)

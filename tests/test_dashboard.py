@@ -404,6 +404,10 @@ def test_history_models_and_settings_pages(production: str, tmp_path: Path) -> N
     at.switch_page("views/models.py").run()
     assert not at.exception, at.exception
     assert "tiny" in at.dataframe[0].value["name"].tolist()
+    # The first production detector: nothing to roll back to, said on the button (it was
+    # offered, and pressed to learn it).
+    [button] = [b for b in at.button if b.label.startswith("Roll back")]
+    assert button.label == "Roll back tiny" and button.disabled
     at.switch_page("views/settings.py").run()
     assert not at.exception, at.exception
     assert {s.label for s in at.slider} == set(CLASSES)
@@ -824,14 +828,17 @@ def test_roll_back_pressed_twice_rolls_back_once(production: str, tmp_path: Path
     assert any("B has mAP50 0.000: it finds almost nothing" in w.value for w in ana.warning)
     bob.run()
     ana.run()
-    next(b for b in ana.button if b.label == "Roll back B").click().run()
-    next(b for b in bob.button if b.label == "Roll back B").click().run()
+    next(b for b in ana.button if b.label == "Roll back B to A").click().run()
+    next(b for b in bob.button if b.label == "Roll back B to A").click().run()
     assert not bob.exception, bob.exception
     with session_scope(production) as session:
         from db.models import ModelKind
         from db.registry import production_model
 
         assert production_model(session, ModelKind.DETECTOR).name == "A"  # type: ignore[union-attr]
+    ana.run()
+    [button] = [b for b in ana.button if b.label.startswith("Roll back")]
+    assert button.label == "Roll back A to tiny" and not button.disabled
 
 
 def _thresholds(url: str, name: str = "tiny") -> dict:  # type: ignore[type-arg]

@@ -19,6 +19,7 @@ from db.registry import (
     production_model,
     promote_version,
     roll_back,
+    rollback_target,
 )
 from db.session import session_scope
 from inspection.errors import UserError
@@ -101,6 +102,8 @@ with session_scope(state.url) as session:
     ]
     production = production_model(session, ModelKind.DETECTOR)
     production_name = production.name if production else None
+    earlier = rollback_target(session, ModelKind.DETECTOR)
+    rollback_to = earlier.name if earlier else None
 
 if not rows:
     st.info(
@@ -126,8 +129,14 @@ if detectors:
             st.rerun()
     # The button names the model it rolls back, and its key too: a second click on its way
     # after the first had rolled back is dropped, and another user's is refused.
+    # (Offered with nothing to go back to, it was pressed to learn so.)
     if production_name and right.button(
-        f"Roll back {production_name}", key=f"rollback_{production_name}"
+        f"Roll back {production_name} to {rollback_to}"
+        if rollback_to
+        else f"Roll back {production_name}",
+        key=f"rollback_{production_name}",
+        disabled=rollback_to is None,
+        help=None if rollback_to else "No earlier production detector to go back to.",
     ):
         try:
             restored = roll_back(state.url, ModelKind.DETECTOR, replacing=production_name)
