@@ -678,3 +678,27 @@ def test_an_export_for_another_size_leaves_the_stations_onnx_file_alone(
     assert station.read_bytes() == before
     assert onnx_target(weights, 64, 64, half=True).name == "station.fp16.onnx"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".export-")]
+
+
+def test_evaluate_follows_the_device_setting(
+    trained: Trained, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`evaluate` ran on the CPU whatever DEFECTS_DEVICE said (a GPU machine's test split,
+    slowly); it follows the setting now, as inspect and train do."""
+    from typer.testing import CliRunner
+
+    from training.cli import app
+
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
+    monkeypatch.setenv("DEFECTS_DEVICE", "cuda")
+    get_settings.cache_clear()
+    result = CliRunner().invoke(app, ["evaluate", trained.version_name, "--data", "synth"])
+    if torch.cuda.is_available():
+        assert result.exit_code == 0, result.output
+    else:
+        assert result.exit_code != 0
+        assert "no CUDA GPU is visible: set DEFECTS_DEVICE=cpu" in str(result.exception)
+    ran = CliRunner().invoke(
+        app, ["evaluate", trained.version_name, "--data", "synth", "--device", "cpu"]
+    )
+    assert ran.exit_code == 0, ran.output

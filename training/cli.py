@@ -694,9 +694,15 @@ def evaluate_command(
         Path | None, typer.Option("--json", help="Write the results here.")
     ] = None,
     imgsz: Annotated[int | None, typer.Option(help="Default: the training size.")] = None,
-    device: str = "cpu",
+    device: Annotated[
+        str | None, typer.Option(help="cpu, cuda, cuda:N. Default: DEFECTS_DEVICE.")
+    ] = None,
 ) -> None:
     """mAP, per-class AP and recall, part miss rate and false-call rate at the operating point."""
+    from inspection.settings import resolve_device
+
+    # (It ran on the CPU whatever DEFECTS_DEVICE said: a GPU machine's test split, slowly.)
+    device = resolve_device(device)
 
     from training.evaluate import evaluate_detector, resolve_model
 
