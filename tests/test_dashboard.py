@@ -146,6 +146,7 @@ def test_zip_upload_with_a_bad_entry(production: str, tmp_path: Path) -> None:
     table = at.dataframe[0].value
     assert len(table) == 3 and (table["verdict"] == "error").sum() == 1
     assert "not an image file" in " ".join(table["error"].astype(str))
+    assert table.loc[table["verdict"] == "error", "latency ms"].isna().all()  # never judged
 
 
 def test_review_page_records_a_review(production: str, tmp_path: Path) -> None:

@@ -168,7 +168,10 @@ with session_scope(state.url) as session:
                 "part": name,
                 "verdict": inspection.verdict.value,
                 "defects": ", ".join(found),
-                "latency ms": round(inspection.latency_ms, 1) if inspection.latency_ms else None,
+                # (An error was never judged: a latency beside it read as a judging time.)
+                "latency ms": round(inspection.latency_ms, 1)
+                if inspection.latency_ms and inspection.verdict.value != "error"
+                else None,
                 "error": inspection.error or "",
             }
         )
