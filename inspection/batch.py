@@ -38,6 +38,7 @@ from db.models import (
     Inspection,
     InspectionRun,
     ModelKind,
+    ModelStage,
     ModelVersion,
     Part,
     Prediction,
@@ -58,6 +59,7 @@ from inspection.engine import BackendChoice, Inspector, PartInput, PartResult
 from inspection.errors import UserError
 from inspection.images import IMAGE_SUFFIXES, is_blank_frame
 from inspection.settings import get_settings
+from inspection.verdict import Thresholds
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -539,6 +541,11 @@ class BatchInspection:
         self.url = url
         self.images_dir = images_dir
         self.owns_run = run_id is None
+        # A station given no model judges with the production one: told when another is
+        # promoted while it runs (a watch runs for weeks).
+        self.follows_production = model is None
+        self._production_said: int | None = None
+        self._point_said: str | None = None
 
         def opened() -> tuple[Path, dict[str, Any], Path | None]:
             """The run opened (or taken over) and its models looked up, in one transaction:
@@ -584,6 +591,7 @@ class BatchInspection:
         self.summary = BatchSummary(self.run_id, self.model_name)
         # As stored in an inspection's JSON column, to compare with earlier inspections.
         self._operating_point = json.loads(json.dumps(self.inspector.thresholds.to_dict()))
+        self._production_said = self.model_id
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-writer")
         self._pending_write: Future[bool] | None = None
         self.checkpointer = WalCheckpointer(url)
@@ -611,6 +619,61 @@ class BatchInspection:
             return False
         pending, self._pending_write = self._pending_write, None
         return pending.result()
+
+    def _follow_stored_point(self) -> None:
+        """Take up the operating point stored for this model version now: a recalibration
+        (`defects calibrate`, the Settings page) made while a watch ran was never used by it,
+        which went on judging, for weeks, at the thresholds it had started with. A point that
+        names a classifier this station has not loaded, or another model promoted, cannot be
+        taken up without loading it: said once, and the station judges on as it was."""
+        with connection_scope(self.url) as connection:
+            stored = connection.scalar(
+                select(ModelVersion.thresholds).where(ModelVersion.id == self.model_id)
+            )
+            production = (
+                connection.execute(
+                    select(ModelVersion.id, ModelVersion.name)
+                    .where(
+                        ModelVersion.kind == ModelKind.DETECTOR,
+                        ModelVersion.stage == ModelStage.PRODUCTION,
+                    )
+                    .order_by(ModelVersion.promoted_at.desc())
+                    .limit(1)
+                ).first()
+                if self.follows_production
+                else None
+            )
+        if production is not None and production.id != self._production_said:
+            self._production_said = production.id
+            if production.id != self.model_id:
+                logger.warning(
+                    "%s is now the production detector; this station goes on judging with %s "
+                    "until it is started again",
+                    production.name,
+                    self.model_name,
+                )
+        point = Thresholds.from_dict(stored, self.inspector.class_names)
+        as_stored = json.loads(json.dumps(point.to_dict()))
+        if as_stored == self._operating_point:
+            return
+        loaded = self.inspector.thresholds.classifier
+        if point.classifier != loaded:
+            said = json.dumps(as_stored, sort_keys=True)
+            if said != self._point_said:
+                self._point_said = said
+                logger.warning(
+                    "the operating point of %s now uses the classifier %s, which this station "
+                    "has not loaded: it judges on at its earlier point until it is started again",
+                    self.model_name,
+                    point.classifier or "none",
+                )
+            return
+        self.inspector.thresholds = point
+        self._operating_point = as_stored
+        logger.warning(
+            "%s was recalibrated: the next parts are judged at its new operating point",
+            self.model_name,
+        )
 
     def _current_points(self, hashes: list[str]) -> dict[str, bool]:
         """Parts this model version has a current verdict for, and whether it was given at the
@@ -737,9 +800,12 @@ class BatchInspection:
         hashes = [p.content_hash for p in readable]
         # A file that could not be read has no content; it is known by its name instead.
         unreadable_hashes = {i.name: unreadable_key(i.name) for i in unreadable}
-        current = self._through_outages(
-            lambda: self._current_points([*hashes, *unreadable_hashes.values()])
-        )
+
+        def look_up() -> dict[str, bool]:
+            self._follow_stored_point()
+            return self._current_points([*hashes, *unreadable_hashes.values()])
+
+        current = self._through_outages(look_up)
         done = {digest for digest, same_point in current.items() if same_point}
         done |= self._in_flight  # written by the previous chunk, perhaps not committed yet
         todo: list[PartInput] = []
@@ -767,15 +833,22 @@ class BatchInspection:
         self._in_flight = queued - {r.content_hash for r in results if is_blank_frame(r.error)}
         # Parts with a current verdict at another operating point: judged again, superseding it.
         rejudged = {r.content_hash for r in results if r.content_hash in current}
+        # (The point these parts were judged at: the next chunk may take up a new one before
+        # this write runs.)
+        point = self.inspector.thresholds.to_dict()
         self._pending_write = self._writer.submit(
-            self._write_and_count, results, rejudged, finishing
+            self._write_and_count, results, rejudged, finishing, point
         )
         for result in results:
             if on_result:
                 on_result(result)
 
     def _write_and_count(
-        self, results: list[PartResult], rejudged: set[str], finishing: bool
+        self,
+        results: list[PartResult],
+        rejudged: set[str],
+        finishing: bool,
+        point: dict[str, Any],
     ) -> bool:
         """The chunk's write, then its counts in the summary: in the writer thread, which
         Ctrl-C does not interrupt, so the summary never lacks (nor adds) a part the database
@@ -783,7 +856,9 @@ class BatchInspection:
         for attempt in range(1, WRITE_RACE_ATTEMPTS + 1):
             try:
                 marked_finished = self._through_outages(
-                    lambda chunk=results, again=rejudged: self._write(chunk, again, finishing)
+                    lambda chunk=results, again=rejudged: self._write(
+                        chunk, again, finishing, point
+                    )
                 )
                 break
             except IntegrityError:
@@ -825,7 +900,13 @@ class BatchInspection:
         self.summary.skipped += len(results) - len(kept)
         return kept, {r.content_hash for r in kept if r.content_hash in current}
 
-    def _write(self, results: list[PartResult], rejudged: set[str], finishing: bool) -> bool:
+    def _write(
+        self,
+        results: list[PartResult],
+        rejudged: set[str],
+        finishing: bool,
+        point: dict[str, Any],
+    ) -> bool:
         """Parts, inspections and predictions in one transaction, as bulk INSERTs (row-by-row
         ORM objects cost a fifth of a CPU core at line rate), with the run marked finished when
         `finishing`; returns whether it was. The image files are already in the store: the
@@ -833,7 +914,7 @@ class BatchInspection:
         if not results:
             return False  # (an INSERT given no rows would insert one row of defaults)
         now = utcnow()
-        thresholds = self.inspector.thresholds.to_dict()
+        thresholds = point
         with connection_scope(self.url) as connection:
             # (Result objects have .keys(), so dict() would take them for mappings.)
             part_ids: dict[str, int] = {

@@ -650,6 +650,86 @@ def test_watch_picks_up_a_file_added_while_it_runs(detector: str, tmp_path: Path
     assert _run_finished_at(detector, job.run_id) is not None  # stopped: finished
 
 
+def test_a_watch_judges_at_a_recalibration_made_while_it_runs(
+    detector: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`calibrate` (or the Settings page) while stations watch their hot folders: the watches
+    judged on at the thresholds they had started with, without a word, where the README says
+    stations use a new calibration from their next part."""
+    hot = tmp_path / "hot"
+    hot.mkdir()
+    make_images(tmp_path / "camera", n=2)
+    job = _job(detector, tmp_path)
+    stop = threading.Event()
+    seen: list[str] = []
+    watcher = threading.Thread(
+        target=job.watch,
+        args=(hot, stop),
+        kwargs={"on_result": lambda r: seen.append(r.name), "poll_seconds": 0.1},
+    )
+
+    def dropped(name: str, count: int) -> None:
+        (tmp_path / "camera" / name).rename(hot / name)
+        deadline = time.monotonic() + 30
+        while len(seen) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    watcher.start()
+    try:
+        dropped("part_000.png", 1)
+        with session_scope(detector) as session:
+            version = session.scalars(select(ModelVersion)).one()
+            names = list(version.thresholds["per_class"])
+            version.thresholds = {**version.thresholds, "per_class": dict.fromkeys(names, 0.99)}
+        dropped("part_001.png", 2)
+    finally:
+        stop.set()
+        watcher.join(timeout=10)
+    assert seen == ["part_000.png", "part_001.png"]
+    with session_scope(detector) as session:
+        first, second = session.scalars(select(Inspection).order_by(Inspection.id)).all()
+        assert set(first.thresholds["per_class"].values()) != {0.99}
+        assert set(second.thresholds["per_class"].values()) == {0.99}  # the new point
+        # Judged at it, not only stamped with it: only a detection at >= 0.99 counts.
+        assert all(p.counted == (p.confidence >= 0.99) for p in second.predictions)
+    assert "was recalibrated" in caplog.text
+
+
+def test_a_watch_says_so_when_another_model_is_promoted_while_it_runs(
+    detector: str, trained: Trained, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A promotion made from another machine while stations watched: they judged on with the
+    archived model, every verdict of the line under it, and nothing on the station said so."""
+    hot = tmp_path / "hot"
+    hot.mkdir()
+    make_images(tmp_path / "camera", n=2)
+    job = _job(detector, tmp_path)
+    stop = threading.Event()
+    seen: list[str] = []
+    watcher = threading.Thread(
+        target=job.watch,
+        args=(hot, stop),
+        kwargs={"on_result": lambda r: seen.append(r.name), "poll_seconds": 0.1},
+    )
+    watcher.start()
+    try:
+        register_production_detector(detector, trained.weights, tmp_path / "models", "tiny-2")
+        for count, name in enumerate(["part_000.png", "part_001.png"], start=1):
+            (tmp_path / "camera" / name).rename(hot / name)
+            deadline = time.monotonic() + 30
+            while len(seen) < count and time.monotonic() < deadline:
+                time.sleep(0.05)
+    finally:
+        stop.set()
+        watcher.join(timeout=10)
+    assert seen == ["part_000.png", "part_001.png"]
+    said = [r.getMessage() for r in caplog.records if "production detector" in r.getMessage()]
+    assert said == [
+        "tiny-2 is now the production detector; this station goes on judging with tiny until "
+        "it is started again"
+    ]  # once, not at every part
+
+
 def _run_finished_at(url: str, run_id: int):  # type: ignore[no-untyped-def]
     from db.models import InspectionRun
 
