@@ -713,9 +713,14 @@ class BatchInspection:
         items: Iterable[SourceItem],
         on_result: Callable[[PartResult], None] | None = None,
         finish: bool = True,
+        on_skipped: Callable[[int], None] | None = None,
     ) -> BatchSummary:
         """Inspect what is new among `items`, writing one transaction per chunk, and mark the
         run finished at the end unless `finish` is False (a watch, whose run goes on).
+
+        `on_result` hears of each part judged now, `on_skipped` of how many in a chunk were
+        judged already: together they count every item, so a progress bar of a resumed run
+        reaches its end (with `on_result` alone it stopped at the share judged now).
 
         A chunk's write (image files, then one commit) runs in a writer thread while the next
         chunk is inspected; at most one write is in flight, and `run` returns once it is done.
@@ -729,19 +734,19 @@ class BatchInspection:
             for item in items:
                 if item is WRITE_NOW:
                     if chunk:
-                        self._process(chunk, on_result)
+                        self._process(chunk, on_result, on_skipped=on_skipped)
                         chunk, chunk_bytes = [], 0
                     continue
                 chunk.append(item)
                 chunk_bytes += len(item.data or b"")
                 # (Bytes too: 64 entries of a zip at 200 MB each held 13 GB at once.)
                 if len(chunk) >= self.chunk_parts or chunk_bytes >= CHUNK_BYTES:
-                    self._process(chunk, on_result)
+                    self._process(chunk, on_result, on_skipped=on_skipped)
                     chunk, chunk_bytes = [], 0
             if chunk:
                 # The last write also marks the run finished: a part handed over on its own
                 # (a hot folder's single file) costs one transaction, not two.
-                self._process(chunk, on_result, finishing=finish)
+                self._process(chunk, on_result, finishing=finish, on_skipped=on_skipped)
             marked_finished = self._wait_for_write()  # (its error is one of the run's)
         except (KeyboardInterrupt, UserError):
             # Stopped (Ctrl-C, SIGTERM, a full image store): what was judged is written and the
@@ -791,8 +796,10 @@ class BatchInspection:
         chunk: list[SourceItem],
         on_result: Callable[[PartResult], None] | None,
         finishing: bool = False,
+        on_skipped: Callable[[int], None] | None = None,
     ) -> None:
         self.summary.seen += len(chunk)
+        skipped = 0  # (of this chunk: the writer thread adds a race's skips to the summary)
         unreadable = [i for i in chunk if i.data is None]
         readable = [PartInput(i.name, i.data, content_key(i)) for i in chunk if i.data is not None]
         # (By content, not by name: two entries of one zip may share a name, and the second,
@@ -814,6 +821,7 @@ class BatchInspection:
             digest = part.content_hash
             if digest in done or digest in queued:
                 self.summary.skipped += 1
+                skipped += 1
                 continue
             queued.add(digest)
             todo.append(part)
@@ -824,6 +832,7 @@ class BatchInspection:
             digest = unreadable_hashes[item.name]
             if digest in done or digest in queued:
                 self.summary.skipped += 1
+                skipped += 1
                 continue
             queued.add(digest)
             results.append(PartResult(item.name, digest, 0, "error", error=item.error))
@@ -842,6 +851,8 @@ class BatchInspection:
         for result in results:
             if on_result:
                 on_result(result)
+        if on_skipped and skipped:
+            on_skipped(skipped)
 
     def _write_and_count(
         self,

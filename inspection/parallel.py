@@ -249,7 +249,8 @@ def _worker(
             send_results()
 
     try:
-        summary = share.run(dealt(), on_result)
+        # (Parts judged before are told at once, a count a chunk: the dealer's progress.)
+        summary = share.run(dealt(), on_result, on_skipped=lambda n: tell("skipped", n))
     except KeyboardInterrupt:
         tell("results", pending)
         tell("stopped", share.summary)
@@ -440,10 +441,12 @@ class ParallelInspection:
         items: Iterable[SourceItem],
         on_result: Callable[[PartResult], None] | None = None,
         stop: threading.Event | None = None,
+        on_skipped: Callable[[int], None] | None = None,
     ) -> BatchSummary:
         """Deal `items` out to the workers and gather their results; returns once every worker
         has written its last chunk. A worker that fails stops the run with its reason. `stop`,
-        set when the run stops, is also the one a hot folder's `items` wait on."""
+        set when the run stops, is also the one a hot folder's `items` wait on. `on_skipped`
+        hears how many parts a worker found judged already, as `BatchInspection.run`'s does."""
         if self._ran:
             raise RuntimeError("a ParallelInspection runs once")
         self.start()
@@ -526,13 +529,13 @@ class ParallelInspection:
         dealer.start()
         listening = {receiving: i for i, (receiving, _) in enumerate(channels)}
         try:
-            self._listen(listening, stop, on_result, heard)
+            self._listen(listening, stop, on_result, heard, on_skipped=on_skipped)
         except KeyboardInterrupt:
             # The workers got the same Ctrl-C, or are told here: each writes what it holds
             # and says so, heard here for the summary; a second Ctrl-C leaves at once.
             self._stop_workers(stop)
             heard.stopped = True
-            self._listen(listening, stop, on_result, heard, deadline=time.monotonic() + 30)
+            self._listen(listening, stop, on_result, heard, time.monotonic() + 30, on_skipped)
             raise
         finally:
             stop.set()
@@ -545,7 +548,7 @@ class ParallelInspection:
             # What a worker said after the listening above gave up (a slow machine's last
             # chunk after Ctrl-C): its pipe holds it until the end, read now, so the summary
             # counts every part written. (Every worker has exited: each pipe ends at once.)
-            self._listen(listening, stop, on_result, heard, deadline=time.monotonic() + 10)
+            self._listen(listening, stop, on_result, heard, time.monotonic() + 10, on_skipped)
             # Until the last worker's everything-written, not its exit (a GPU's context and
             # the interpreter take a while to go); until now where the run broke off.
             # (The throughput's clock runs from the first worker ready.)
@@ -622,6 +625,7 @@ class ParallelInspection:
         on_result: Callable[[PartResult], None] | None,
         heard: _Heard,
         deadline: float | None = None,
+        on_skipped: Callable[[int], None] | None = None,
     ) -> None:
         """Take in what the workers say until each has gone (or the deadline passes)."""
         while listening:
@@ -660,6 +664,9 @@ class ParallelInspection:
                             self.summary.add_latency(result.latency_ms)
                         if on_result:
                             on_result(result)
+                elif kind == "skipped":
+                    if on_skipped:
+                        on_skipped(payload)
                 elif kind == "waited":
                     self.worker_waits.append(payload)
                 elif kind in ("done", "stopped"):

@@ -376,6 +376,28 @@ def test_resume_after_a_crash_loses_and_duplicates_nothing(detector: str, tmp_pa
     assert again.rejudged == 0
 
 
+def test_progress_of_a_resumed_run_counts_every_part_judged_now_or_before(
+    detector: str, tmp_path: Path
+) -> None:
+    """A progress bar fed by each verdict alone stopped at the share judged now: resuming a
+    run of 10 parts with 6 done, it ended at 4 of 10; run again, at 0 of 10."""
+    make_images(tmp_path / "in", n=10)
+    items = list(iter_source(str(tmp_path / "in")))
+    items.append(SourceItem("lost.png", None, "cannot read the file"))
+    first = _job(detector, tmp_path)
+    first.chunk_parts = 4
+    first.run(items[:6])
+    for expected_judged in (5, 0):  # the rest (the unreadable file recorded), then nothing
+        judged: list[object] = []
+        skipped: list[int] = []
+        job = _job(detector, tmp_path)
+        job.chunk_parts = 4
+        summary = job.run(items, judged.append, on_skipped=skipped.append)
+        assert len(judged) == summary.inspected == expected_judged
+        assert sum(skipped) == summary.skipped == len(items) - expected_judged
+        assert all(n > 0 for n in skipped)  # (only chunks that skipped something tell)
+
+
 def test_parts_judged_before_a_recalibration_are_judged_again(
     detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

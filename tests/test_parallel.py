@@ -121,8 +121,10 @@ def test_workers_write_what_one_process_writes_into_one_run(
     assert _rows(detector, single.run_id) == parallel_rows
     # Started again: everything is judged already.
     again = ParallelInspection(detector, tmp_path / "store", "Line 1", "Cam A", workers=2)
-    repeat = again.run(items)
+    told: list[int] = []  # (a progress bar's count of parts judged before)
+    repeat = again.run(items, on_skipped=told.append)
     assert (repeat.inspected, repeat.skipped) == (0, 15)
+    assert sum(told) == 15
 
 
 def _weights(url: str) -> str:

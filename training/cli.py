@@ -1173,7 +1173,9 @@ def batch_command(
                 items = iter_source(source, files or None)
                 if export == "csv":  # the CSV lists every file read, judged now or before
                     items = noting_keys(items, named_keys)
-                job.run(items, on_result)
+                # (Parts judged before move the bar too: a resumed run's stopped at the share
+                # left to judge, "1000/10000" at the end, and a finished one's stayed at 0.)
+                job.run(items, on_result, on_skipped=bar.update)
         except KeyboardInterrupt:
             bar.close()
             stopped = True

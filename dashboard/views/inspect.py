@@ -94,8 +94,8 @@ if st.session_state.get("inspected_key") != upload_key:
     progress = st.progress(0.0, text=f"Inspecting {len(items)} parts...")
     done = [0]
 
-    def advance(_result) -> None:  # type: ignore[no-untyped-def]
-        done[0] += 1
+    def advance(_result=None, parts: int = 1) -> None:  # type: ignore[no-untyped-def]
+        done[0] += parts
         progress.progress(
             min(done[0] / max(len(items), 1), 1.0), text=f"{done[0]} of {len(items)} parts"
         )
@@ -113,7 +113,8 @@ if st.session_state.get("inspected_key") != upload_key:
         # Someone is watching the page: a database gone away is waited for briefly, not for
         # the minutes a line's batch run waits.
         job.outage_seconds = min(job.outage_seconds, 15.0)
-        summary = job.run(items, advance)
+        # (Parts judged before count too: a re-upload's bar stopped short of its end.)
+        summary = job.run(items, advance, on_skipped=lambda n: advance(parts=n))
     except (UserError, DatabaseError) as exc:
         # A deleted model file or a database gone away: say so, keep the uploads for a retry.
         progress.empty()
