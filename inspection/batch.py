@@ -313,23 +313,35 @@ def _read_at_most(entry: BinaryIO, limit: int, piece: int = 4 * 1024 * 1024) -> 
     return b"".join(pieces)
 
 
-def iter_zip(archive_file: Path | BinaryIO, label: str) -> Iterator[SourceItem]:
-    """Entries of a zip (a path or an open file, such as an upload) as source items."""
+def _open_zip(archive_file: Path | BinaryIO, label: str) -> zipfile.ZipFile:
     try:
-        archive = zipfile.ZipFile(archive_file)
+        return zipfile.ZipFile(archive_file)
     except (zipfile.BadZipFile, OSError) as exc:
         raise UserError(
             f"cannot open the zip {label}: {exc} (damaged or cut short? none of its entries "
             "was read)"
         ) from exc
+
+
+def _is_left_out(info: zipfile.ZipInfo) -> bool:
+    """A folder, a hidden file or a macOS resource fork: no part, no item."""
+    return info.is_dir() or Path(info.filename).name.startswith(".") or "__MACOSX" in info.filename
+
+
+def zip_item_count(archive_file: Path | BinaryIO, label: str) -> int:
+    """How many items `iter_zip` gives, from the zip's directory alone (nothing unpacked): a
+    progress bar's total before the entries are read one at a time."""
+    with _open_zip(archive_file, label) as archive:
+        return sum(not _is_left_out(info) for info in archive.infolist())
+
+
+def iter_zip(archive_file: Path | BinaryIO, label: str) -> Iterator[SourceItem]:
+    """Entries of a zip (a path or an open file, such as an upload) as source items."""
+    archive = _open_zip(archive_file, label)
     with archive:
         for info in archive.infolist():
             name = f"{label}:{_entry_name(info)}"
-            if (
-                info.is_dir()
-                or Path(info.filename).name.startswith(".")
-                or "__MACOSX" in info.filename
-            ):
+            if _is_left_out(info):
                 continue
             if info.flag_bits & 0x1:
                 yield SourceItem(name, None, "encrypted zip entry")

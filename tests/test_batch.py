@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -245,6 +246,26 @@ def test_a_zip_inside_a_folder_gives_its_entries(tmp_path: Path) -> None:
     }
     with pytest.raises(UserError, match="cannot open the zip cut.zip"):  # given alone
         list(iter_source(str(day / "cut.zip")))
+
+
+def test_a_zips_item_count_from_its_directory_is_what_reading_it_gives(tmp_path: Path) -> None:
+    """The Inspect page reads a zip upload's entries as the run takes them, and counts them
+    first for its progress bar from the zip's directory alone: the count must be the items."""
+    from inspection.batch import iter_zip, zip_item_count
+
+    images = make_images(tmp_path / "loose", n=3, size=32)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for image in images:
+            zf.write(tmp_path / "loose" / image.name, f"lot/{image.name}")
+        zf.writestr("lot/", "")  # a folder
+        zf.writestr("lot/.DS_Store", "x")  # hidden
+        zf.writestr("__MACOSX/lot/._a.png", "x")  # a resource fork
+        zf.writestr("lot/inner.zip", "x")  # an error item
+        zf.writestr("lot/notes.txt", "shift 2")  # an error item
+    assert zip_item_count(buffer, "lot.zip") == len(list(iter_zip(buffer, "lot.zip"))) == 5
+    with pytest.raises(UserError, match="cannot open the zip cut.zip"):
+        zip_item_count(io.BytesIO(buffer.getvalue()[:-40]), "cut.zip")
 
 
 def test_a_database_away_mid_run_is_waited_for_and_nothing_is_lost(

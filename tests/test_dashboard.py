@@ -149,6 +149,23 @@ def test_zip_upload_with_a_bad_entry(production: str, tmp_path: Path) -> None:
     assert table.loc[table["verdict"] == "error", "latency ms"].isna().all()  # never judged
 
 
+def test_a_damaged_zip_beside_images_is_one_error_row_and_the_images_are_judged(
+    production: str, tmp_path: Path
+) -> None:
+    """Zip uploads are read entry by entry as the run takes them (not unpacked first): one
+    that cannot be opened is still an error row of its own, and the count stays whole."""
+    images = _png_files(tmp_path, 2, 6)
+    at = _app().run()
+    at.file_uploader(key="inspect_files").set_value(
+        [("cut.zip", b"PK not a zip", "application/zip"), *images]
+    ).run()
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value
+    assert list(table["part"]) == ["cut.zip", *(name for name, _, _ in images)]
+    assert list(table["verdict"] == "error") == [True, False, False]
+    assert "cannot open the zip cut.zip" in table["error"].iloc[0]
+
+
 def test_review_page_records_a_review(production: str, tmp_path: Path) -> None:
     at = _app().run()
     at.file_uploader(key="inspect_files").set_value(_png_files(tmp_path, 2, 3)).run()

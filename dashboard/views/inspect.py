@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import io
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
+from streamlit.runtime.uploaded_file_manager import UploadedFile
 
 from dashboard.drawing import draw_boxes, prediction_boxes
 from dashboard.state import (
@@ -21,7 +21,14 @@ from dashboard.state import (
 )
 from db.queries import part_results
 from db.session import DatabaseError, session_scope
-from inspection.batch import BatchInspection, SourceItem, error_kind, iter_zip
+from inspection.batch import (
+    BatchInspection,
+    SourceItem,
+    content_key,
+    error_kind,
+    iter_zip,
+    zip_item_count,
+)
 from inspection.errors import UserError
 from inspection.images import IMAGE_SUFFIXES, MAX_PIXELS, ImageDecodeError, decode_image
 from inspection.settings import get_settings
@@ -64,18 +71,44 @@ folder = folder_tab.file_uploader(
 uploaded = list(uploads or []) + list(folder or [])
 
 
-def source_items(files: list) -> list[SourceItem]:  # type: ignore[type-arg]
-    items: list[SourceItem] = []
+Seen = list[tuple[str, str | None, str | None]]  # (name, content hash, read error) of each item
+
+
+def is_zip(file: UploadedFile) -> bool:
+    return file.name.lower().endswith(".zip")
+
+
+def item_count(files: list[UploadedFile]) -> int:
+    """The items `source_items` gives, with nothing unpacked: the progress bar's total."""
+    count = 0
     for file in files:
-        data = file.getvalue()
-        if file.name.lower().endswith(".zip"):
-            try:
-                items.extend(iter_zip(io.BytesIO(data), file.name))
-            except UserError as exc:
-                items.append(SourceItem(file.name, None, str(exc)))
-        else:
-            items.append(SourceItem(file.name, data))
-    return items
+        try:
+            count += zip_item_count(file, file.name) if is_zip(file) else 1
+        except UserError:
+            count += 1  # (a zip that cannot be opened: one error item)
+    return count
+
+
+def zip_entries(file: UploadedFile) -> Iterator[SourceItem]:
+    """A zip upload's entries, read from the upload as they are taken; one error item for a
+    zip that cannot be opened (the only error iter_zip raises, before any entry)."""
+    file.seek(0)  # (read once already, to be counted)
+    try:
+        yield from iter_zip(file, file.name)
+    except UserError as exc:
+        yield SourceItem(file.name, None, str(exc))
+
+
+def source_items(files: list[UploadedFile], seen: Seen) -> Iterator[SourceItem]:
+    """The uploads' items one at a time, each noted in `seen` as it goes by. Unpacked into a
+    list first, beside a copy of the upload, a zip of 10000 images was held three times over
+    while the run went through it."""
+    for file in files:
+        items = zip_entries(file) if is_zip(file) else [SourceItem(file.name, file.getvalue())]
+        for item in items:
+            digest = content_key(item) if item.data is not None else None
+            seen.append((item.name, digest, item.error))
+            yield item
 
 
 if not uploaded:
@@ -90,15 +123,14 @@ upload_key = (info.id, info.operating_point, line, station, tuple(f.file_id for 
 if st.session_state.get("inspected_key") != upload_key:
     # New uploads or new thresholds: inspect what this model has not judged at its current
     # operating point (a rerun re-inspects nothing).
-    items = source_items(uploaded)
-    progress = st.progress(0.0, text=f"Inspecting {len(items)} parts...")
+    total = item_count(uploaded)
+    seen: Seen = []
+    progress = st.progress(0.0, text=f"Inspecting {total} parts...")
     done = [0]
 
     def advance(_result=None, parts: int = 1) -> None:  # type: ignore[no-untyped-def]
         done[0] += parts
-        progress.progress(
-            min(done[0] / max(len(items), 1), 1.0), text=f"{done[0]} of {len(items)} parts"
-        )
+        progress.progress(min(done[0] / max(total, 1), 1.0), text=f"{done[0]} of {total} parts")
 
     try:
         job = BatchInspection(
@@ -114,7 +146,9 @@ if st.session_state.get("inspected_key") != upload_key:
         # the minutes a line's batch run waits.
         job.outage_seconds = min(job.outage_seconds, 15.0)
         # (Parts judged before count too: a re-upload's bar stopped short of its end.)
-        summary = job.run(items, advance, on_skipped=lambda n: advance(parts=n))
+        summary = job.run(
+            source_items(uploaded, seen), advance, on_skipped=lambda n: advance(parts=n)
+        )
     except (UserError, DatabaseError) as exc:
         # A deleted model file or a database gone away: say so, keep the uploads for a retry.
         progress.empty()
@@ -122,14 +156,7 @@ if st.session_state.get("inspected_key") != upload_key:
         st.stop()
     progress.empty()
     st.session_state["inspected_key"] = upload_key
-    st.session_state["inspected_parts"] = [
-        (
-            item.name,
-            hashlib.sha256(item.data).hexdigest() if item.data is not None else None,
-            item.error,
-        )
-        for item in items
-    ]
+    st.session_state["inspected_parts"] = seen
     st.session_state["inspected_summary"] = (
         summary.inspected,
         summary.skipped,
