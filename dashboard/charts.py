@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 
+import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
@@ -246,9 +247,26 @@ def pareto_figure(rows: list[ParetoRow], highlight: str | None = None) -> go.Fig
     return figure
 
 
+LATENCY_BINS = 50
+
+
 def latency_figure(latencies_ms: list[float]) -> go.Figure:
-    figure = go.Figure(go.Histogram(x=latencies_ms, nbinsx=50, name="parts"))
+    """Parts per latency bin, counted here: a histogram binned in the browser is sent every
+    part's value, 9 MB of JSON at each render of a month of 500000 parts."""
+    figure = go.Figure()
     if latencies_ms:
+        counts, edges = np.histogram(np.asarray(latencies_ms, dtype=float), bins=LATENCY_BINS)
+        figure.add_trace(
+            go.Bar(
+                x=((edges[:-1] + edges[1:]) / 2).tolist(),
+                y=counts.tolist(),
+                width=np.diff(edges).tolist(),
+                customdata=np.column_stack((edges[:-1], edges[1:])).tolist(),
+                hovertemplate="%{customdata[0]:.1f} to %{customdata[1]:.1f} ms: %{y} parts"
+                "<extra></extra>",
+                name="parts",
+            )
+        )
         ordered = sorted(latencies_ms)
         for q, colour in ((50, "#1f77b4"), (99, "#d62728")):
             value = percentile(ordered, q)
@@ -256,7 +274,7 @@ def latency_figure(latencies_ms: list[float]) -> go.Figure:
                 x=value, line_dash="dash", line_color=colour, annotation_text=f"p{q} {value:.0f} ms"
             )
     figure.update_layout(
-        title="Latency per part", xaxis_title="ms", yaxis_title="parts", height=360
+        title="Latency per part", xaxis_title="ms", yaxis_title="parts", height=360, bargap=0
     )
     return figure
 
