@@ -134,7 +134,12 @@ def through_outages(action: Callable[[], T], limit_s: float, giving_up: Event) -
     waited, delay = 0.0, 0.5
     while True:
         try:
-            return action()
+            result = action()
+            if waited:
+                # (The station said it waited, then nothing: an operator watching its console
+                # could not tell a run going on from one still stuck.)
+                _say_once("the database answers again: the run goes on")
+            return result
         except DatabaseError as exc:
             if waited >= limit_s or giving_up.is_set():
                 raise

@@ -340,6 +340,31 @@ def test_ctrl_c_ends_the_wait_for_the_database_at_once() -> None:
         through_outages(away, limit_s=0.0, giving_up=threading.Event())
 
 
+def test_the_end_of_an_outage_is_said(caplog: pytest.LogCaptureFixture) -> None:
+    """A station said it waited for the database, then nothing when it came back: an operator
+    could not tell a run going on from one still stuck."""
+    from db.session import DatabaseError
+    from inspection.batch import through_outages
+
+    tries = iter([DatabaseError("database error at postgresql://db: connection refused")])
+
+    def back_at_the_second_try() -> str:
+        failure = next(tries, None)
+        if failure is not None:
+            raise failure
+        return "written"
+
+    with caplog.at_level("WARNING", logger="inspection.batch"):
+        assert through_outages(back_at_the_second_try, 60.0, threading.Event()) == "written"
+    said = [r.getMessage() for r in caplog.records]
+    assert any("trying again in 0.5 s" in m for m in said)
+    assert said[-1] == "the database answers again: the run goes on"
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="inspection.batch"):
+        through_outages(lambda: None, 60.0, threading.Event())
+    assert caplog.records == []  # (no outage: nothing said)
+
+
 def test_a_full_image_store_stops_the_run_with_a_clear_error_and_loses_nothing(
     detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
