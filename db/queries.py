@@ -812,6 +812,9 @@ class StationActivity:
     failed: int
     errors: int
     blank_frames: int  # among the errors: frames a camera sent blank
+    # The model its latest run judges with: after a promotion, stations that were not started
+    # again judge on with the earlier one, which nothing on the floor showed.
+    run_model: str = ""
 
     @property
     def fail_rate(self) -> float | None:
@@ -869,10 +872,11 @@ def station_activity(session: Session, since: datetime) -> list[StationActivity]
         .subquery("latest_run")
     )
     stations = session.execute(
-        select(Station, ProductionLine.name, InspectionRun)
+        select(Station, ProductionLine.name, InspectionRun, ModelVersion.name)
         .join(ProductionLine, ProductionLine.id == Station.line_id)
         .outerjoin(latest_run, latest_run.c.station_id == Station.id)
         .outerjoin(InspectionRun, InspectionRun.id == latest_run.c.run_id)
+        .outerjoin(ModelVersion, ModelVersion.id == InspectionRun.model_version_id)
         .order_by(ProductionLine.name, Station.name)
     ).all()
     # Nothing since: a quiet station's last verdict, however old, as the latest of its runs'
@@ -880,7 +884,7 @@ def station_activity(session: Session, since: datetime) -> list[StationActivity]
     # scan of all of them: 1.0 s on PostgreSQL for a year of four stations, every 5 s refresh,
     # bench/results/history_scale_postgresql_before.json). Grouped, a few queries in all, not
     # two a quiet station (a plant of thousands of idle stations, every refresh).
-    quiet = [station.id for station, _, _ in stations if station.id not in counts]
+    quiet = [station.id for station, _, _, _ in stations if station.id not in counts]
     last_of_run = (
         select(func.max(Inspection.inspected_at))
         .where(Inspection.run_id == InspectionRun.id)
@@ -905,7 +909,7 @@ def station_activity(session: Session, since: datetime) -> list[StationActivity]
             if last is not None and (station_id not in quiet_last or last > quiet_last[station_id]):
                 quiet_last[station_id] = last
     found = []
-    for station, line, run in stations:
+    for station, line, run, model in stations:
         n, failed, errors, blank, last = counts.get(
             station.id, (0, 0, 0, 0, quiet_last.get(station.id))
         )
@@ -922,6 +926,7 @@ def station_activity(session: Session, since: datetime) -> list[StationActivity]
                 failed,
                 errors,
                 blank,
+                model or "",
             )
         )
     return found

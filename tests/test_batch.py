@@ -935,6 +935,7 @@ def test_cli_batch_and_inspect(
     assert stations[("L", "S")]["inspected"] == 5
     assert stations[("default", "default")]["inspected"] == 2  # the missing path is no part
     assert stations[("L", "S")]["run_open"] is False  # the batch's run is finished
+    assert stations[("L", "S")]["model"] == "tiny"  # what it judges with
     assert "the last 60 minutes" in runner.invoke(app, ["status"]).output
     from db.models import InspectionRun
 

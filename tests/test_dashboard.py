@@ -508,6 +508,9 @@ def test_live_page_shows_each_station_and_the_last_failed_part(
     stations = at.dataframe[0].value
     assert stations["parts"].sum() == 4
     assert stations["status"].str.contains("last part").all()
+    # The model each station judges with: after a promotion, one not started again judges on
+    # with the earlier model, which nothing on the floor showed.
+    assert (stations["model"] == "tiny").all()
     assert len(at.dataframe[1].value) == 4  # the latest parts
     assert at.get("plotly_chart")  # parts per minute
     assert any("No failed part yet" in c.value for c in at.caption)  # (the tiny model failed none)

@@ -1257,6 +1257,7 @@ def status_command(
                 "station": a.station,
                 "run_id": a.run_id,
                 "run_open": a.run_open,
+                "model": a.run_model,
                 "source": a.run_source,
                 "last_inspected_at": a.last_inspected_at.isoformat(timespec="seconds") + "Z"
                 if a.last_inspected_at

@@ -183,6 +183,7 @@ def _live_view() -> None:
                     "fail rate": f"{a.fail_rate:.1%}" if a.fail_rate is not None else "",
                     "errors": a.errors,
                     "run": a.run_id,
+                    "model": a.run_model,
                     "source": a.run_source,
                 }
                 for a in activity
