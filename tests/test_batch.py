@@ -936,7 +936,8 @@ def test_cli_batch_and_inspect(
     assert stations[("default", "default")]["inspected"] == 2  # the missing path is no part
     assert stations[("L", "S")]["run_open"] is False  # the batch's run is finished
     assert stations[("L", "S")]["model"] == "tiny"  # what it judges with
-    assert "the last 60 minutes" in runner.invoke(app, ["status"]).output
+    table = runner.invoke(app, ["status"]).output
+    assert "the last 60 minutes" in table and "tiny" in table
     from db.models import InspectionRun
 
     runs_before = _count_of(detector, InspectionRun)
