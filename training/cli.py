@@ -1293,8 +1293,8 @@ def status_command(
         "errors",
         title=f"the last {minutes} minutes",
     )
-    for a in activity:
-        table.add_row(
+    rows = [
+        (
             a.line,
             a.station,
             f"{a.run_id}{' open' if a.run_open else ''}" if a.run_id else "-",
@@ -1305,7 +1305,9 @@ def status_command(
             f"{a.fail_rate:.1%}" if a.fail_rate is not None else "-",
             f"{a.errors} ({a.blank_frames} blank)" if a.blank_frames else str(a.errors),
         )
-    console.print(table)
+        for a in activity
+    ]
+    _print_unbroken(table, rows, whole=(3,))  # (a model name is copied into commands)
 
 
 @app.command("inspect")
