@@ -170,51 +170,64 @@ if not parts:
     # (An empty zip, or one of folders only: the table below had no column to count.)
     st.warning("The upload holds no image: nothing was inspected.")
     st.stop()
-with session_scope(state.url) as session:
-    stored = part_results(session, [h for _, h, _ in parts if h], info.id)
-    rows, views = [], []
-    for name, digest, read_error in parts:
-        inspection = stored.get(digest or "")
-        if inspection is None:
+
+
+def part_views(parts: Seen) -> tuple[list[dict[str, object]], list[tuple]]:  # type: ignore[type-arg]
+    """The table's rows and the drawn parts of an upload, from its stored verdicts."""
+    with session_scope(state.url) as session:
+        stored = part_results(session, [h for _, h, _ in parts if h], info.id)
+        rows, views = [], []
+        for name, digest, read_error in parts:
+            inspection = stored.get(digest or "")
+            if inspection is None:
+                rows.append(
+                    {
+                        "part": name,
+                        "verdict": "error",
+                        "defects": "",
+                        "latency ms": None,
+                        "error": read_error,
+                    }
+                )
+                continue
+            counted = [p for p in inspection.predictions if p.counted]
+            found = [f"{p.class_name} {p.confidence:.2f}" for p in counted]
+            # (A part the part classifier failed was a FAIL with no reason given.)
+            note = part_classifier_note(inspection.defect_probability, inspection.thresholds)
+            found += [note] if note else []
             rows.append(
                 {
                     "part": name,
-                    "verdict": "error",
-                    "defects": "",
-                    "latency ms": None,
-                    "error": read_error,
+                    "verdict": inspection.verdict.value,
+                    "defects": ", ".join(found),
+                    # (An error was never judged: a latency beside it read as a judging time.)
+                    "latency ms": round(inspection.latency_ms, 1)
+                    if inspection.latency_ms and inspection.verdict.value != "error"
+                    else None,
+                    "error": inspection.error or "",
                 }
             )
-            continue
-        counted = [p for p in inspection.predictions if p.counted]
-        found = [f"{p.class_name} {p.confidence:.2f}" for p in counted]
-        # (A part the part classifier failed was a FAIL with no reason given.)
-        note = part_classifier_note(inspection.defect_probability, inspection.thresholds)
-        found += [note] if note else []
-        rows.append(
-            {
-                "part": name,
-                "verdict": inspection.verdict.value,
-                "defects": ", ".join(found),
-                # (An error was never judged: a latency beside it read as a judging time.)
-                "latency ms": round(inspection.latency_ms, 1)
-                if inspection.latency_ms and inspection.verdict.value != "error"
-                else None,
-                "error": inspection.error or "",
-            }
-        )
-        if inspection.verdict.value == "error":
-            continue
-        views.append(
-            (
-                name,
-                inspection.verdict.value,
-                inspection.latency_ms,
-                inspection.part.stored_path,
-                prediction_boxes(inspection.predictions),
+            if inspection.verdict.value == "error":
+                continue
+            views.append(
+                (
+                    name,
+                    inspection.verdict.value,
+                    inspection.latency_ms,
+                    inspection.part.stored_path,
+                    prediction_boxes(inspection.predictions),
+                )
             )
-        )
+    return rows, views
 
+
+# Built once an upload is judged, not at every rerun: each widget touched after a zip of 10000
+# reloaded every verdict and its detections (about 3 s on 2 cores).
+cached = st.session_state.get("inspected_view")
+if cached is None or cached[0] != st.session_state["inspected_key"]:
+    cached = (st.session_state["inspected_key"], *part_views(parts))
+    st.session_state["inspected_view"] = cached
+_, rows, views = cached
 table = pd.DataFrame(rows)
 failed = int((table["verdict"] == "fail").sum())
 errors = int((table["verdict"] == "error").sum())
