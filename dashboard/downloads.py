@@ -26,7 +26,7 @@ def _csv_cell(value: object) -> object:
     return value
 
 
-# Rows of one download: about 15 MB of CSV, built in a few seconds. A month of a busy line holds
+# Rows of one download. A month of a busy line holds
 # millions; the page says when the filters select more (`rows_left_out_of_csv`).
 CSV_ROW_LIMIT = 100_000
 

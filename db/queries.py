@@ -702,6 +702,15 @@ class RunRow:
 
 
 RUN_PAGE = 5000
+# A run row's verdict columns, in `RunRow.of`'s order after name, digest and detections: one
+# list for both exports (a column added to one of two copies was missing from the other).
+_RUN_ROW_VERDICT = (
+    Inspection.verdict,
+    Inspection.latency_ms,
+    Inspection.error,
+    Inspection.inspected_at,
+    Inspection.defect_probability,
+)
 
 
 def run_rows(session: Session, run_id: int, page: int = RUN_PAGE) -> Iterator[RunRow]:
@@ -714,16 +723,7 @@ def run_rows(session: Session, run_id: int, page: int = RUN_PAGE) -> Iterator[Ru
     after = 0
     while True:
         found = session.execute(
-            select(
-                Inspection.id,
-                Part.original_name,
-                Part.content_hash,
-                Inspection.verdict,
-                Inspection.latency_ms,
-                Inspection.error,
-                Inspection.inspected_at,
-                Inspection.defect_probability,
-            )
+            select(Inspection.id, Part.original_name, Part.content_hash, *_RUN_ROW_VERDICT)
             .join(Part, Part.id == Inspection.part_id)
             .where(Inspection.run_id == run_id, Inspection.id > after)
             .order_by(Inspection.id)
@@ -762,15 +762,7 @@ def source_rows(
             digest: (inspection_id, verdict, latency_ms, error, inspected_at, p)
             for digest, inspection_id, verdict, latency_ms, error, inspected_at, p in (
                 session.execute(
-                    select(
-                        Part.content_hash,
-                        Inspection.id,
-                        Inspection.verdict,
-                        Inspection.latency_ms,
-                        Inspection.error,
-                        Inspection.inspected_at,
-                        Inspection.defect_probability,
-                    )
+                    select(Part.content_hash, Inspection.id, *_RUN_ROW_VERDICT)
                     .join(Part, Part.id == Inspection.part_id)
                     .where(
                         Part.content_hash.in_({digest for _, digest in chunk}),

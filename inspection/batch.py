@@ -942,7 +942,6 @@ class BatchInspection:
         if not results:
             return False  # (an INSERT given no rows would insert one row of defaults)
         now = utcnow()
-        thresholds = point
         with connection_scope(self.url) as connection:
             # (Result objects have .keys(), so dict() would take them for mappings.)
             part_ids: dict[str, int] = {
@@ -994,7 +993,7 @@ class BatchInspection:
                     "classifier_version_id": self.classifier_id,
                     "defect_probability": r.defect_probability,
                     "verdict": Verdict(r.verdict),
-                    "thresholds": thresholds,
+                    "thresholds": point,  # (the point these parts were judged at)
                     "latency_ms": r.latency_ms,
                     "error": r.error,
                     "inspected_at": now,

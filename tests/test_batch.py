@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -12,7 +13,7 @@ import sys
 import threading
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -719,42 +720,49 @@ def test_watch_picks_up_a_file_added_while_it_runs(detector: str, tmp_path: Path
     assert _run_finished_at(detector, job.run_id) is not None  # stopped: finished
 
 
-def test_a_watch_judges_at_a_recalibration_made_while_it_runs(
-    detector: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """`calibrate` (or the Settings page) while stations watch their hot folders: the watches
-    judged on at the thresholds they had started with, without a word, where the README says
-    stations use a new calibration from their next part."""
+@contextlib.contextmanager
+def _watching(job: BatchInspection, tmp_path: Path) -> Iterator[Callable[[str], None]]:
+    """`job` watching tmp_path/hot in a thread; yields `drop(name)`, which moves a frame of
+    tmp_path/camera into the folder and waits until the watch has judged it."""
     hot = tmp_path / "hot"
     hot.mkdir()
-    make_images(tmp_path / "camera", n=2)
-    job = _job(detector, tmp_path)
-    stop = threading.Event()
     seen: list[str] = []
+    stop = threading.Event()
     watcher = threading.Thread(
         target=job.watch,
         args=(hot, stop),
         kwargs={"on_result": lambda r: seen.append(r.name), "poll_seconds": 0.1},
     )
 
-    def dropped(name: str, count: int) -> None:
+    def drop(name: str) -> None:
         (tmp_path / "camera" / name).rename(hot / name)
         deadline = time.monotonic() + 30
-        while len(seen) < count and time.monotonic() < deadline:
+        while name not in seen and time.monotonic() < deadline:
             time.sleep(0.05)
+        assert name in seen, f"{name} was not judged"
 
     watcher.start()
     try:
-        dropped("part_000.png", 1)
+        yield drop
+    finally:
+        stop.set()
+        watcher.join(timeout=10)
+
+
+def test_a_watch_judges_at_a_recalibration_made_while_it_runs(
+    detector: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`calibrate` (or the Settings page) while stations watch their hot folders: the watches
+    judged on at the thresholds they had started with, without a word, where the README says
+    stations use a new calibration from their next part."""
+    make_images(tmp_path / "camera", n=2)
+    with _watching(_job(detector, tmp_path), tmp_path) as drop:
+        drop("part_000.png")
         with session_scope(detector) as session:
             version = session.scalars(select(ModelVersion)).one()
             names = list(version.thresholds["per_class"])
             version.thresholds = {**version.thresholds, "per_class": dict.fromkeys(names, 0.99)}
-        dropped("part_001.png", 2)
-    finally:
-        stop.set()
-        watcher.join(timeout=10)
-    assert seen == ["part_000.png", "part_001.png"]
+        drop("part_001.png")
     with session_scope(detector) as session:
         first, second = session.scalars(select(Inspection).order_by(Inspection.id)).all()
         assert set(first.thresholds["per_class"].values()) != {0.99}
@@ -769,29 +777,11 @@ def test_a_watch_says_so_when_another_model_is_promoted_while_it_runs(
 ) -> None:
     """A promotion made from another machine while stations watched: they judged on with the
     archived model, every verdict of the line under it, and nothing on the station said so."""
-    hot = tmp_path / "hot"
-    hot.mkdir()
     make_images(tmp_path / "camera", n=2)
-    job = _job(detector, tmp_path)
-    stop = threading.Event()
-    seen: list[str] = []
-    watcher = threading.Thread(
-        target=job.watch,
-        args=(hot, stop),
-        kwargs={"on_result": lambda r: seen.append(r.name), "poll_seconds": 0.1},
-    )
-    watcher.start()
-    try:
+    with _watching(_job(detector, tmp_path), tmp_path) as drop:
         register_production_detector(detector, trained.weights, tmp_path / "models", "tiny-2")
-        for count, name in enumerate(["part_000.png", "part_001.png"], start=1):
-            (tmp_path / "camera" / name).rename(hot / name)
-            deadline = time.monotonic() + 30
-            while len(seen) < count and time.monotonic() < deadline:
-                time.sleep(0.05)
-    finally:
-        stop.set()
-        watcher.join(timeout=10)
-    assert seen == ["part_000.png", "part_001.png"]
+        drop("part_000.png")
+        drop("part_001.png")
     said = [r.getMessage() for r in caplog.records if "production detector" in r.getMessage()]
     assert said == [
         "tiny-2 is now the production detector; this station goes on judging with tiny until "

@@ -232,7 +232,7 @@ def calibrate(
         # No good part: the part classifier's false calls cannot be weighed at all, while the
         # detector's show as its false detections on the defective parts. Weighed against
         # nothing, the classifier won every time and judged alone, every class off (on a
-        # synthetic split it then failed 4 of 4 good test parts). It is used only for what
+        # synthetic split it then failed the good test parts). It is used only for what
         # the detector cannot meet alone.
         alone = calibrate(parts, classes, max_miss_rate, class_thresholds, centre)
         if alone.n_missed <= math.floor(max_miss_rate * alone.n_defective + 1e-9):

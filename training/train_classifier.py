@@ -58,7 +58,7 @@ def read_split(
     """Decoded images of a split (in `split_image_paths` order) and their boxes in pixels.
 
     A grayscale image stays one channel (H x W): the whole split is held in memory, and
-    DeepPCB's 1600 training boards took 2 GB as RGB, a third of it as they are. Crops are
+    one-channel boards (DeepPCB's) took three times the memory as RGB. Crops are
     made three channels by `resize_square`."""
     images, boxes = [], []
     for path in split_image_paths(root, split):

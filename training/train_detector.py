@@ -21,7 +21,7 @@ from typing import Any, Literal
 import torch
 
 import inspection  # noqa: F401 - runtime preparation first
-from db.models import JobStatus, ModelKind, TrainingJob, utcnow
+from db.models import JobStatus, ModelKind, ModelVersion, TrainingJob, utcnow
 from db.registry import get_model_version
 from db.session import session_scope
 from inspection.detector import architecture_of, architectures, build_detector, load_detector
@@ -178,6 +178,18 @@ def _job_progress_callbacks(url: str, job_id: int) -> dict[str, Callable[[Any], 
                 job.log = (job.log or "") + f"epoch {trainer.epoch + 1}/{epochs} mAP50 {fitness}\n"
 
     return {"on_train_epoch_end": on_train_epoch_end, "on_fit_epoch_end": on_fit_epoch_end}
+
+
+def refuse_other_classes(
+    version: ModelVersion, data: str, class_names: list[str], use: str
+) -> None:
+    """A detector fine-tuned from, or distilled from, must know the dataset's classes in its
+    order: checked by training and, before it starts a training, by the Models page."""
+    if list(version.classes) != class_names:
+        raise UserError(
+            f"{version.name} knows {list(version.classes)}, {data!r} labels {class_names}: "
+            f"{use} keeps the classes; train from scratch instead"
+        )
 
 
 def _device_argument(device: str | None) -> str:
@@ -349,12 +361,8 @@ def train_detector(
                     f"--from {base.name} fine-tunes its own architecture, {base.architecture}: "
                     f"leave --model out, or train {request.architecture} from scratch"
                 )
-            if list(base.classes) != class_names:
-                # (ultralytics carried the old class heads over under the new names.)
-                raise UserError(
-                    f"{base.name} knows {list(base.classes)}, {request.data!r} labels "
-                    f"{class_names}: fine-tuning keeps the classes; train from scratch instead"
-                )
+            # (ultralytics carried the old class heads over under the new names.)
+            refuse_other_classes(base, request.data, class_names, "fine-tuning")
             base_weights = Path(base.file_path)
             architecture = base.architecture
             base_name = base.name
@@ -366,10 +374,7 @@ def train_detector(
             teacher = get_model_version(session, request.teacher)
             if teacher.kind != ModelKind.DETECTOR:
                 raise UserError(f"{teacher.name} is a {teacher.kind.value}, not a detector")
-            if list(teacher.classes) != class_names:
-                raise UserError(
-                    f"the teacher {teacher.name} knows other classes than {request.data!r}"
-                )
+            refuse_other_classes(teacher, request.data, class_names, "distilling")
             teacher_id, teacher_weights = teacher.id, str(Path(teacher.file_path).resolve())
         # Looked up before the job is recorded: a refused resume, as a refused --from, leaves
         # no job behind.

@@ -222,7 +222,7 @@ def part_views(parts: Seen) -> tuple[list[dict[str, object]], list[tuple]]:  # t
 
 
 # Built once an upload is judged, not at every rerun: each widget touched after a zip of 10000
-# reloaded every verdict and its detections (about 3 s on 2 cores).
+# reloaded every verdict and its detections.
 cached = st.session_state.get("inspected_view")
 if cached is None or cached[0] != st.session_state["inspected_key"]:
     cached = (st.session_state["inspected_key"], *part_views(parts))

@@ -32,6 +32,7 @@ from training.jobs import (
     process_alive,
     start_detector_training,
 )
+from training.train_detector import refuse_other_classes
 from training.versions import promotion_warnings
 
 
@@ -238,16 +239,13 @@ else:
                     architecture = (
                         production_version.architecture if production_version else "defect-yolo-s"
                     )
-                    if (
-                        production_version is not None
-                        and (fine_tune or distill)
-                        and list(production_version.classes) != list(dataset.classes)
-                    ):
+                    if production_version is not None and (fine_tune or distill):
                         # (The process refused it: "ended without a job", on a later visit.)
-                        raise UserError(
-                            f"{production_version.name} knows {list(production_version.classes)}, "
-                            f"{data!r} labels {list(dataset.classes)}: fine-tuning and "
-                            "distilling keep the classes; untick both to train from scratch"
+                        refuse_other_classes(
+                            production_version,
+                            data,
+                            list(dataset.classes),
+                            "fine-tuning" if fine_tune else "distilling",
                         )
             except UserError as exc:
                 refused = str(exc)
