@@ -511,3 +511,27 @@ def test_grayscale_boards_stay_one_channel_in_memory_for_training(tmp_path: Path
         weights = Path(get_model_version(session, version_id).file_path)
     evaluation = evaluate_classifier(weights, "pcb", "test", url=url)
     assert (evaluation.rates.n_defective, evaluation.rates.n_good) == (2, 2)
+
+
+def test_an_epoch_says_where_it_stands_while_it_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    """Off a terminal (tqdm off) an epoch said nothing until it ended, and the Models page's
+    bar moved only between epochs."""
+    from training.train_classifier import EpochProgress
+
+    now = [0.0]
+    stored: list[float] = []
+    progress = EpochProgress(1, 4, 10, stored.append, echo=True, clock=lambda: now[0], every_s=30.0)
+    losses: list[float] = []
+    for seconds, loss in zip(range(0, 100, 10), [1.0] * 10, strict=True):
+        now[0] = float(seconds)
+        losses.append(loss)
+        progress.batch_done(losses)
+    # At 30 s (4 batches) and 60 s (7); at 90 s the epoch's last batch, its own line follows.
+    assert stored == [pytest.approx((1 + 0.4) / 4), pytest.approx((1 + 0.7) / 4)]
+    assert capsys.readouterr().out.splitlines() == [
+        "epoch 2/4: batch 4/10, loss 1.0000",
+        "epoch 2/4: batch 7/10, loss 1.0000",
+    ]
+    quiet = EpochProgress(0, 1, 3, stored.append, echo=False, clock=lambda: now[0], every_s=0.0)
+    quiet.batch_done([1.0])
+    assert capsys.readouterr().out == "" and stored[-1] == pytest.approx(1 / 3)

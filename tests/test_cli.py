@@ -488,3 +488,21 @@ def test_a_mistyped_or_read_only_sqlite_database_is_one_line(tmp_path: Path) -> 
             "read-only for this user"
         ), done.stderr
         assert done.stderr.count("\n") == 1
+
+
+def test_the_command_line_writes_whole_lines_into_a_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Into a file, a pipe or a service's journal, stdout went out in blocks of 8 KB: a
+    training's epoch lines reached its log many epochs late."""
+    import io
+
+    import training.cli as cli
+
+    into_log = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")  # as Python opens a pipe
+    assert not into_log.line_buffering
+    ended: list[object] = []
+    monkeypatch.setattr(sys, "stdout", into_log)
+    monkeypatch.setattr(cli, "app", lambda: print("epoch 1/10"))
+    monkeypatch.setattr(cli, "end_process", ended.append)
+    cli.main()
+    assert into_log.line_buffering and ended == [0]
+    assert into_log.buffer.getvalue() == b"epoch 1/10\n"  # out before the command ended

@@ -6,6 +6,7 @@ It lives in `training` because that is the one package allowed to import both `i
 
 from __future__ import annotations
 
+import io
 import signal
 import sys
 from enum import StrEnum
@@ -1431,6 +1432,10 @@ def main() -> None:
     typer's standalone mode already turns usage errors into a message and exit code 2.
     """
     code: int | str | None = 0
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        # Into a file, a pipe or a service's journal, Python writes stdout in blocks of 8 KB:
+        # training's epoch lines reached a log only many epochs late, or at the end.
+        sys.stdout.reconfigure(line_buffering=True)
     # A service manager stops a station's watch with SIGTERM: handled as Ctrl-C is (what was
     # judged is written, the run marked finished, "stopped" said), not a silent exit 143 that
     # leaves the run looking killed.

@@ -11,7 +11,9 @@ from __future__ import annotations
 import math
 import os
 import random
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,50 @@ from inspection.settings import get_settings, resolve_device
 from training.datasets import check_trainable, dataset_yaml, split_image_paths
 from training.jobs import record_job_end, this_host
 from training.versions import register_model_version
+
+PROGRESS_EVERY_S = 30.0
+
+
+class EpochProgress:
+    """Where an epoch stands, every PROGRESS_EVERY_S: off a terminal tqdm is off (a log file or a
+    service's journal would get its carriage returns), so an epoch over a large dataset printed
+    nothing until it ended, and the Models page's bar moved only between epochs."""
+
+    def __init__(
+        self,
+        epoch: int,
+        epochs: int,
+        batches: int,
+        store: Callable[[float], None],
+        echo: bool | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        every_s: float | None = None,
+    ) -> None:
+        self.epoch, self.epochs, self.batches = epoch, epochs, max(batches, 1)
+        self.store, self.clock = store, clock
+        self.echo = not sys.stderr.isatty() if echo is None else echo  # (where tqdm is off)
+        self.every_s = PROGRESS_EVERY_S if every_s is None else every_s
+        self.last = clock()
+
+    def batch_done(self, losses: list[float]) -> None:
+        now = self.clock()
+        if now - self.last < self.every_s or len(losses) >= self.batches:
+            return  # (the epoch's own line follows its last batch)
+        self.last = now
+        self.store((self.epoch + len(losses) / self.batches) / self.epochs)
+        if self.echo:
+            print(
+                f"epoch {self.epoch + 1}/{self.epochs}: batch {len(losses)}/{self.batches}, "
+                f"loss {np.mean(losses):.4f}",
+                flush=True,
+            )
+
+
+def _store_progress(url: str, job_id: int, done: float) -> None:
+    with session_scope(url) as session:
+        job = session.get(TrainingJob, job_id)
+        if job is not None:
+            job.progress = done
 
 
 @dataclass(frozen=True)
@@ -429,6 +475,12 @@ def train_classifier(request: ClassifierTrainRequest, url: str | None = None) ->
             if distillation is not None:
                 distillation.train()
             losses = []
+            progress = EpochProgress(
+                epoch,
+                request.epochs,
+                len(train_loader),
+                lambda done: _store_progress(url, job_id, done),
+            )
             for images, labels in tqdm(
                 train_loader, desc=f"epoch {epoch + 1}/{request.epochs}", leave=False, disable=None
             ):
@@ -444,6 +496,7 @@ def train_classifier(request: ClassifierTrainRequest, url: str | None = None) ->
                 optimizer.step()
                 schedule.step()
                 losses.append(loss.item())
+                progress.batch_done(losses)
             accuracy = _accuracy(model, val_loader, device)
             if accuracy > best_accuracy:
                 best_accuracy = accuracy
@@ -452,7 +505,8 @@ def train_classifier(request: ClassifierTrainRequest, url: str | None = None) ->
                 )
             print(
                 f"epoch {epoch + 1}/{request.epochs} loss {np.mean(losses):.4f} "
-                f"val accuracy (parts and crops) {accuracy:.4f}"
+                f"val accuracy (parts and crops) {accuracy:.4f}",
+                flush=True,
             )
             with session_scope(url) as session:
                 job = session.get(TrainingJob, job_id)
