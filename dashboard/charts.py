@@ -13,7 +13,14 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from db.queries import MinuteVolume, ModelUsage, ParetoRow, RateRow, VolumeRow, percentile
+from db.queries import (
+    LatencyHistogram,
+    MinuteVolume,
+    ModelUsage,
+    ParetoRow,
+    RateRow,
+    VolumeRow,
+)
 
 
 @dataclass(frozen=True)
@@ -247,20 +254,17 @@ def pareto_figure(rows: list[ParetoRow], highlight: str | None = None) -> go.Fig
     return figure
 
 
-LATENCY_BINS = 50
-
-
-def latency_figure(latencies_ms: list[float]) -> go.Figure:
-    """Parts per latency bin, counted here: a histogram binned in the browser is sent every
-    part's value, 9.26 MB of JSON at each render of a month of 500000 parts
-    (bench/results/history_page_cpu.json)."""
+def latency_figure(histogram: LatencyHistogram) -> go.Figure:
+    """Parts per latency bin, binned in the database (`db.queries.latency_histogram`): a
+    histogram binned in the browser is sent every part's value, 9.26 MB of JSON at each render
+    of a month of 500000 parts (bench/results/history_page_cpu.json)."""
     figure = go.Figure()
-    if latencies_ms:
-        counts, edges = np.histogram(np.asarray(latencies_ms, dtype=float), bins=LATENCY_BINS)
+    if histogram.counts:
+        edges = np.asarray(histogram.edges, dtype=float)
         figure.add_trace(
             go.Bar(
                 x=((edges[:-1] + edges[1:]) / 2).tolist(),
-                y=counts.tolist(),
+                y=list(histogram.counts),
                 width=np.diff(edges).tolist(),
                 customdata=np.column_stack((edges[:-1], edges[1:])).tolist(),
                 hovertemplate="%{customdata[0]:.1f} to %{customdata[1]:.1f} ms: %{y} parts"
@@ -268,9 +272,10 @@ def latency_figure(latencies_ms: list[float]) -> go.Figure:
                 name="parts",
             )
         )
-        ordered = sorted(latencies_ms)
-        for q, colour in ((50, "#1f77b4"), (99, "#d62728")):
-            value = percentile(ordered, q)
+        for q, value, colour in (
+            (50, histogram.summary.p50_ms, "#1f77b4"),
+            (99, histogram.summary.p99_ms, "#d62728"),
+        ):
             figure.add_vline(
                 x=value, line_dash="dash", line_color=colour, annotation_text=f"p{q} {value:.0f} ms"
             )

@@ -27,9 +27,11 @@ from typing import Any, Literal
 
 from sqlalchemy import (
     ColumnElement,
+    Integer,
     Select,
     and_,
     case,
+    cast,
     exists,
     func,
     literal,
@@ -431,35 +433,111 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[rank - 1]
 
 
+def _latency_conditions(filters: Filters) -> list[ColumnElement[bool]]:
+    return [
+        Inspection.latency_ms.is_not(None),
+        Inspection.verdict != Verdict.ERROR,  # an error's time is not a verdict's
+        *filters.conditions(),
+        *filters.class_conditions(),
+    ]
+
+
 def latencies(session: Session, filters: Filters = Filters()) -> list[float]:
     return [
         float(v)
         for v in session.scalars(
             select(Inspection.latency_ms)
             .join(Part, Part.id == Inspection.part_id)
-            .where(
-                Inspection.latency_ms.is_not(None),
-                Inspection.verdict != Verdict.ERROR,  # an error's time is not a verdict's
-                *filters.conditions(),
-                *filters.class_conditions(),
-            )
+            .where(*_latency_conditions(filters))
             .order_by(Inspection.latency_ms)
         )
     ]
 
 
 def latency_summary(session: Session, filters: Filters = Filters()) -> LatencySummary:
-    values = latencies(session, filters)
-    if not values:
+    """Counted, averaged and ranked in the database: read here, a month of a line's parts was
+    every part's latency brought over to be sorted at each render of the History page."""
+    count, mean, largest = session.execute(
+        select(
+            func.count(Inspection.latency_ms),
+            func.avg(Inspection.latency_ms),
+            func.max(Inspection.latency_ms),
+        )
+        .join(Part, Part.id == Inspection.part_id)
+        .where(*_latency_conditions(filters))
+    ).one()
+    if not count:
         return LatencySummary(0, None, None, None, None, None)
-    return LatencySummary(
-        count=len(values),
-        mean_ms=sum(values) / len(values),
-        p50_ms=percentile(values, 50),
-        p95_ms=percentile(values, 95),
-        p99_ms=percentile(values, 99),
-        max_ms=values[-1],
+    quantiles = (50, 95, 99)
+    ranks = {q: max(1, math.ceil(q / 100 * count)) for q in quantiles}  # nearest rank
+    ranked = (
+        select(
+            Inspection.latency_ms.label("ms"),
+            func.row_number().over(order_by=Inspection.latency_ms).label("rank"),
+        )
+        .join(Part, Part.id == Inspection.part_id)
+        .where(*_latency_conditions(filters))
+        .subquery()
     )
+    at_rank = dict(
+        session.execute(
+            select(ranked.c.rank, ranked.c.ms).where(ranked.c.rank.in_(set(ranks.values())))
+        ).all()
+    )
+    return LatencySummary(
+        count=int(count),
+        mean_ms=float(mean),
+        p50_ms=float(at_rank[ranks[50]]),
+        p95_ms=float(at_rank[ranks[95]]),
+        p99_ms=float(at_rank[ranks[99]]),
+        max_ms=float(largest),
+    )
+
+
+LATENCY_BINS = 50
+
+
+@dataclass(frozen=True)
+class LatencyHistogram:
+    """Parts per latency bin, equal bins from the fastest to the slowest part (numpy's
+    histogram's), with the summary the chart marks."""
+
+    edges: list[float]  # bins + 1
+    counts: list[int]
+    summary: LatencySummary
+
+
+def latency_histogram(
+    session: Session, filters: Filters = Filters(), bins: int = LATENCY_BINS
+) -> LatencyHistogram:
+    """Binned in the database: the History page read every part's latency to bin it here."""
+    summary = latency_summary(session, filters)
+    if not summary.count:
+        return LatencyHistogram([], [], summary)
+    lowest = session.scalar(
+        select(func.min(Inspection.latency_ms))
+        .join(Part, Part.id == Inspection.part_id)
+        .where(*_latency_conditions(filters))
+    )
+    low, high = float(lowest), float(summary.max_ms or 0.0)
+    if high <= low:  # (one value: numpy centres a bin of width 1/bins on it)
+        low, high = low - 0.5, high + 0.5
+    offset = (Inspection.latency_ms - low) * (bins / (high - low))  # >= 0: truncation floors
+    index = (
+        func.floor(offset)
+        if session.get_bind().dialect.name == "postgresql"  # (its integer cast rounds)
+        else cast(offset, Integer)
+    )
+    counts = [0] * bins
+    for bin_index, parts in session.execute(
+        select(index.label("bin"), func.count())
+        .join(Part, Part.id == Inspection.part_id)
+        .where(*_latency_conditions(filters))
+        .group_by("bin")
+    ):
+        counts[min(int(bin_index), bins - 1)] += int(parts)  # (the slowest part: the last bin)
+    edges = [low + (high - low) * i / bins for i in range(bins)] + [high]
+    return LatencyHistogram(edges, counts, summary)
 
 
 @dataclass(frozen=True)

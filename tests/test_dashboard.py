@@ -24,7 +24,15 @@ from dashboard.charts import (
 from dashboard.downloads import filtered_results_csv, rows_left_out_of_csv
 from db.migrate import upgrade
 from db.models import Inspection, ModelVersion, Part, Prediction, Review, Verdict, utcnow
-from db.queries import Filters, MinuteVolume, ParetoRow, RateRow, VolumeRow, percentile
+from db.queries import (
+    Filters,
+    LatencyHistogram,
+    LatencySummary,
+    MinuteVolume,
+    ParetoRow,
+    RateRow,
+    VolumeRow,
+)
 from db.reviews import reviewed_parts
 from db.session import session_scope
 from inspection.settings import get_settings
@@ -599,7 +607,9 @@ def test_figures_are_built_from_plain_data() -> None:
     assert pareto_figure(
         [ParetoRow("scratch", 3, 0.75, 0.75), ParetoRow("spot", 1, 0.25, 1.0)]
     ).data[1].y == (0.75, 1.0)
-    assert latency_figure([5.0, 7.0, 9.0]).layout.shapes
+    assert latency_figure(
+        LatencyHistogram([5.0, 7.0, 9.0], [1, 2], LatencySummary(3, 7.0, 7.0, 9.0, 9.0, 9.0))
+    ).layout.shapes
     minutes = minute_volume_figure([MinuteVolume("2026-01-01 08:00", 10, 3, 1)])
     assert [trace.y for trace in minutes.data] == [(6,), (3,), (1,)]  # passed, failed, errors
 
@@ -607,17 +617,16 @@ def test_figures_are_built_from_plain_data() -> None:
 def test_the_latency_chart_sends_its_bins_not_every_parts_latency() -> None:
     """The browser was sent every part's latency to bin (9.26 MB of JSON, bench/results/history_page_cpu.json, at each render of the
     History page over a month of 500000 parts): now the bins' counts, whatever the parts."""
-    values = sorted(5.0 + (i % 997) / 10 for i in range(20_000))
-    figure = latency_figure(values)
+    edges = [5.0 + 2.0 * i for i in range(51)]
+    counts = [400] * 50
+    summary = LatencySummary(20_000, 55.0, 55.0, 99.0, 103.0, 105.0)
+    figure = latency_figure(LatencyHistogram(edges, counts, summary))
     [bars] = figure.data
-    assert len(bars.x) == 50 and int(sum(bars.y)) == len(values)
-    assert bars.customdata[0][0] == 5.0 and bars.customdata[-1][1] == values[-1]
-    assert [shape.x0 for shape in figure.layout.shapes] == [
-        percentile(values, 50),
-        percentile(values, 99),
-    ]
+    assert len(bars.x) == 50 and int(sum(bars.y)) == 20_000
+    assert bars.customdata[0][0] == 5.0 and bars.customdata[-1][1] == 105.0
+    assert [shape.x0 for shape in figure.layout.shapes] == [55.0, 103.0]  # p50, p99
     assert len(figure.to_json()) < 20_000
-    assert not latency_figure([]).data
+    assert not latency_figure(LatencyHistogram([], [], LatencySummary(0, *[None] * 5))).data
 
 
 def test_a_rate_panel_with_nothing_to_count_says_so() -> None:

@@ -44,6 +44,7 @@ from db.queries import (
     defect_pareto,
     inspection_rows,
     latencies,
+    latency_histogram,
     latency_summary,
     minute_volume,
     model_usage,
@@ -523,6 +524,7 @@ def test_every_history_figure_follows_the_class_filter(session, history) -> None
     ]
     assert latencies(session, scratch) == [10.0, 30.0, 50.0, 90.0]
     assert latency_summary(session, scratch).count == 4
+    assert sum(latency_histogram(session, scratch).counts) == 4
     assert [(u.model_name, u.inspections) for u in model_usage(session, scratch)] == [
         ("m1", 3),
         ("m2", 1),
@@ -535,3 +537,57 @@ def test_every_history_figure_follows_the_class_filter(session, history) -> None
     patches = Filters(class_name="patches")
     assert [(r.inspected, r.failed) for r in daily_volume(session, patches)] == [(1, 1)]
     assert [(u.model_name, u.inspections) for u in model_usage(session, patches)] == [("m1", 1)]
+
+
+def test_latencies_are_binned_and_ranked_in_the_database(session) -> None:  # type: ignore[no-untyped-def]
+    """The History page read every part's latency to bin and rank it (a month of a line's
+    parts at each render): the database's bins and nearest ranks are numpy's and ours."""
+    import numpy as np
+
+    line = ProductionLine(name="L")
+    station = Station(line=line, name="S")
+    model = ModelVersion(
+        name="m",
+        kind=ModelKind.DETECTOR,
+        architecture="defect-yolo-n",
+        file_path="x.pt",
+        sha256="0" * 64,
+    )
+    session.add_all([line, station, model])
+    session.flush()
+    rng = np.random.default_rng(0)
+    values = [float(v) for v in rng.gamma(4.0, 6.0, size=997)]
+    for n, latency in enumerate([*values, None]):
+        part = Part(
+            content_hash=f"{n:064d}",
+            stored_path=f"images/{n}.png",
+            size_bytes=1,
+            line_id=line.id,
+            station_id=station.id,
+            captured_at=DAY1,
+        )
+        session.add(part)
+        session.flush()
+        session.add(
+            Inspection(
+                part_id=part.id,
+                model_version_id=model.id,
+                inspected_at=DAY1,
+                verdict=Verdict.ERROR if latency is None else Verdict.PASS,
+                latency_ms=5000.0 if latency is None else latency,  # (an error's: left out)
+                error="cannot decode" if latency is None else None,
+            )
+        )
+    session.flush()
+    histogram = latency_histogram(session, bins=20)
+    counts, edges = np.histogram(np.asarray(values), bins=20)
+    assert histogram.counts == counts.tolist()
+    assert histogram.edges == pytest.approx(edges.tolist())
+    ordered = sorted(values)
+    summary = histogram.summary
+    assert summary.count == 997 and summary.mean_ms == pytest.approx(np.mean(values))
+    assert (summary.p50_ms, summary.p95_ms, summary.p99_ms, summary.max_ms) == pytest.approx(
+        [percentile(ordered, q) for q in (50, 95, 99, 100)]
+    )
+    later = latency_histogram(session, Filters(start=datetime(2030, 1, 1)))
+    assert later.counts == [] and later.summary.count == 0

@@ -27,7 +27,7 @@ from db.queries import (
     Filters,
     daily_volume,
     defect_pareto,
-    latencies,
+    latency_histogram,
     model_usage,
     rates,
 )
@@ -95,7 +95,7 @@ with session_scope(state.url) as session:
     rate_rows = rates(session, filters, group_by="day")
     volume = daily_volume(session, filters)
     pareto = defect_pareto(session, replace(filters, class_name=None))  # compares the classes
-    latency = latencies(session, filters)
+    latency = latency_histogram(session, filters)
     usage = model_usage(session, filters)
 
 if not volume:
