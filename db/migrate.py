@@ -10,11 +10,12 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DatabaseError as DriverDatabaseError
 
-from db.session import failure, get_engine, unusable
+from db.session import DatabaseError, failure, get_engine, redact, unusable
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -27,10 +28,31 @@ def alembic_config(url: str) -> Config:
     return config
 
 
+def _scripts() -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config("sqlite://"))
+
+
 def head_revision() -> str:
-    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    head = _scripts().get_current_head()
     assert head is not None
     return head
+
+
+def _check_known(url: str, revision: str | None) -> None:
+    """A database that a newer release migrated (another station upgraded first) is at a
+    revision this release has never heard of: Alembic stopped every command with a traceback
+    ("Can't locate revision"). Running on would read and write a schema this code does not
+    know, so it is refused with the way out."""
+    if revision is None:
+        return
+    try:
+        _scripts().get_revision(revision)
+    except CommandError:
+        raise DatabaseError(
+            f"the database at {redact(url)} is at schema revision {revision}, newer than this "
+            f"release knows (its latest is {head_revision()}): another station with a newer "
+            "release upgraded it; install that release here too"
+        ) from None
 
 
 def current_revision(url: str) -> str | None:
@@ -79,11 +101,15 @@ def _one_migration_at_a_time(url: str) -> Iterator[None]:
 def upgrade(url: str, revision: str = "head") -> str:
     """Bring the schema to `revision`; returns the revision now in place."""
     head = head_revision()
-    if revision == "head" and current_revision(url) == head:
+    found = current_revision(url)
+    if revision == "head" and found == head:
         return head
+    _check_known(url, found)
     try:
         with _one_migration_at_a_time(url):
-            if revision != "head" or current_revision(url) != head:  # (not migrated meanwhile)
+            found = current_revision(url)  # (migrated meanwhile, perhaps by a newer release)
+            _check_known(url, found)
+            if revision != "head" or found != head:
                 command.upgrade(alembic_config(url), revision)
     except DriverDatabaseError as exc:
         if not unusable(exc):

@@ -60,6 +60,23 @@ def test_user_mistakes_print_one_line_and_exit_non_zero(tmp_path: Path) -> None:
     )
     assert len(dead.stderr.strip().splitlines()) == 1
 
+    from sqlalchemy import text
+
+    from db.session import get_engine
+
+    with get_engine(f"sqlite:///{tmp_path / 'd' / 'defects.db'}").begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = 'f00d'"))
+    newer = subprocess.run(
+        [sys.executable, "-c", "from training.cli import main; main()", "models", "list"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).parents[1],
+    )
+    assert newer.returncode == 1 and "Traceback" not in newer.stderr
+    [line] = newer.stderr.strip().splitlines()
+    assert line.startswith("error: the database at sqlite:") and "revision f00d, newer" in line
+
 
 def test_a_bad_setting_is_one_line_naming_the_variable(tmp_path: Path) -> None:
     env = {

@@ -231,6 +231,22 @@ def test_upgrade_keeps_the_verdicts_of_an_older_schema(tmp_path: Path) -> None:
         assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
 
 
+def test_a_database_a_newer_release_migrated_is_refused_untouched(tmp_path: Path) -> None:
+    """A station on an older release, pointed at a database another station upgraded: Alembic
+    stopped every command and the app with a traceback ("Can't locate revision")."""
+    url = f"sqlite:///{tmp_path / 'newer.db'}"
+    upgrade(url)
+    with session_scope(url) as session:
+        session.add(ProductionLine(name="L1"))
+    with get_engine(url).begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = 'f00d'"))
+    with pytest.raises(DatabaseError, match=r"revision f00d, newer than this release knows"):
+        upgrade(url)
+    assert current_revision(url) == "f00d"
+    with session_scope(url) as session:
+        assert session.scalars(select(ProductionLine.name)).all() == ["L1"]
+
+
 def test_a_damaged_or_unplaceable_sqlite_file_is_a_database_error(tmp_path: Path) -> None:
     """Not a driver's traceback: the app and the CLI say the database cannot be used."""
     from db.session import DatabaseError, session_scope
