@@ -186,6 +186,47 @@ def test_every_migration_downgrades_and_upgrades_again(database_url: str) -> Non
         assert compare_metadata(context, Base.metadata) == []
 
 
+def test_a_downgrade_unlinks_the_reviews_of_the_superseded_verdicts_it_drops(
+    database_url: str,
+) -> None:
+    """Going below 0002 drops superseded verdicts and their detections: on SQLite, migrated with
+    foreign keys off, a review of such a detection went on naming a detection that was gone."""
+    from alembic import command
+
+    from db.migrate import alembic_config
+    from db.models import Review, ReviewKind
+
+    with session_scope(database_url) as session:
+        _line, station = _line_and_station(session)
+        part = Part(
+            content_hash="b" * 64,
+            stored_path="images/bb/bbbb.png",
+            size_bytes=10,
+            line_id=station.line_id,
+            station_id=station.id,
+        )
+        earlier = Inspection(part=part, verdict=Verdict.FAIL, thresholds={}, superseded_at=utcnow())
+        earlier.predictions.append(Prediction(class_name="scratch", confidence=0.4, counted=True))
+        current = Inspection(part=part, verdict=Verdict.PASS, thresholds={})
+        session.add_all([earlier, current])
+        session.flush()
+        session.add(
+            Review(
+                part_id=part.id,
+                prediction_id=earlier.predictions[0].id,
+                kind=ReviewKind.FALSE_CALL,
+                reviewer="qa",
+            )
+        )
+    command.downgrade(alembic_config(database_url), "0001")
+    with get_engine(database_url).connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM predictions")).scalar() == 0
+        assert connection.execute(text("SELECT prediction_id FROM reviews")).all() == [(None,)]
+        if connection.dialect.name == "sqlite":
+            assert connection.exec_driver_sql("PRAGMA foreign_key_check").all() == []
+    assert upgrade(database_url) == head_revision()
+
+
 def test_upgrade_keeps_the_verdicts_of_an_older_schema(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'old.db'}"
     upgrade(url, "0001")

@@ -33,7 +33,14 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    # Superseded verdicts cannot live under the old one-per-version key: they go.
+    # Superseded verdicts cannot live under the old one-per-version key: they go. A review of
+    # one of their detections stays, unlinked, as ON DELETE SET NULL would leave it: SQLite
+    # migrates with foreign keys off, and left it naming a detection that no longer exists.
+    op.execute(
+        "UPDATE reviews SET prediction_id = NULL WHERE prediction_id IN (SELECT p.id FROM "
+        "predictions p JOIN inspections i ON i.id = p.inspection_id "
+        "WHERE i.superseded_at IS NOT NULL)"
+    )
     op.execute(
         "DELETE FROM predictions WHERE inspection_id IN "
         "(SELECT id FROM inspections WHERE superseded_at IS NOT NULL)"
