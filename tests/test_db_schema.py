@@ -227,9 +227,21 @@ def test_a_downgrade_unlinks_the_reviews_of_the_superseded_verdicts_it_drops(
     assert upgrade(database_url) == head_revision()
 
 
-def test_upgrade_keeps_the_verdicts_of_an_older_schema(tmp_path: Path) -> None:
+def _older_revisions() -> list[str]:
+    from alembic.script import ScriptDirectory
+
+    from db.migrate import alembic_config
+
+    scripts = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    return [s.revision for s in scripts.walk_revisions() if s.revision != head_revision()]
+
+
+@pytest.mark.parametrize("revision", _older_revisions())
+def test_upgrade_keeps_the_verdicts_of_an_older_schema(tmp_path: Path, revision: str) -> None:
+    """A plant's database at each earlier revision, upgraded to this one, keeps every verdict,
+    detection and review."""
     url = f"sqlite:///{tmp_path / 'old.db'}"
-    upgrade(url, "0001")
+    upgrade(url, revision)
     with get_engine(url).begin() as connection:
         connection.execute(text("INSERT INTO production_lines VALUES (1, 'L1', '', '2026-01-01')"))
         connection.execute(text("INSERT INTO stations VALUES (1, 1, 'S1', '', '2026-01-01')"))
