@@ -300,6 +300,38 @@ def test_a_database_a_newer_release_migrated_is_refused_untouched(tmp_path: Path
         assert session.scalars(select(ProductionLine.name)).all() == ["L1"]
 
 
+def test_a_migration_stopped_part_way_leaves_the_database_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite wrote each CREATE, DROP and ALTER of a migration at once, outside its transaction:
+    an upgrade stopped part-way (a power cut) left a rebuilt table at the old revision, and
+    every later start failed ("duplicate column name", "table _alembic_tmp_... exists")."""
+    from alembic.operations import Operations
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    upgrade(url, "0001")
+    with get_engine(url).begin() as connection:
+        connection.execute(text("INSERT INTO production_lines VALUES (1, 'L1', '', '2026-01-01')"))
+    stop = RuntimeError("stopped part-way")
+
+    def stopped(*args: object, **kwargs: object) -> None:
+        raise stop  # 0002's index, after its rebuild of `inspections`
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Operations, "create_index", stopped)
+        with pytest.raises(RuntimeError, match="stopped part-way"):
+            upgrade(url)
+    assert current_revision(url) == "0001"
+    with get_engine(url).connect() as connection:
+        tables = connection.exec_driver_sql("SELECT name FROM sqlite_master").scalars().all()
+        assert not [t for t in tables if t.startswith("_alembic_tmp")]
+        columns = [c[1] for c in connection.exec_driver_sql("PRAGMA table_info(inspections)")]
+        assert "superseded_at" not in columns
+    assert upgrade(url) == head_revision()
+    with session_scope(url) as session:
+        assert session.scalars(select(ProductionLine.name)).all() == ["L1"]
+
+
 def test_a_damaged_or_unplaceable_sqlite_file_is_a_database_error(tmp_path: Path) -> None:
     """Not a driver's traceback: the app and the CLI say the database cannot be used."""
     from db.session import DatabaseError, session_scope
