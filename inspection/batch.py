@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import glob
 import hashlib
 import json
@@ -161,7 +162,13 @@ def content_key(item: SourceItem) -> str:
 
 def read_file(path: Path, display: str) -> SourceItem:
     if path.is_symlink() and not path.exists():
-        return SourceItem(display, None, "cannot read the file: a link whose target is missing")
+        try:
+            os.stat(path)
+            looped = False
+        except OSError as exc:
+            looped = exc.errno == errno.ELOOP
+        why = "a link that leads to itself" if looped else "a link whose target is missing"
+        return SourceItem(display, None, f"cannot read the file: {why}")
     try:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
@@ -179,9 +186,9 @@ FULL_LISTING_S = 30.0
 
 
 class FolderListing:
-    """The files under a folder, and every link whose target is missing (a camera share gone,
-    reported rather than passed over in silence); hidden files and folders (a leading dot)
-    stay out, links to folders are not followed.
+    """The files under a folder, and every link that leads to no file (a camera share gone, a
+    loop of links), reported rather than passed over in silence; hidden files and folders (a
+    leading dot) stay out, links to folders are not followed.
 
     Walked with os.scandir rather than Path.rglob: a directory entry knows whether it is a
     file without a stat call, hidden folders are never entered, and paths stay strings
@@ -241,9 +248,21 @@ class FolderListing:
                     continue
                 if entry.is_dir(follow_symlinks=False):
                     folders.append(entry.path)
-                elif entry.is_file() or (entry.is_symlink() and not os.path.exists(entry.path)):
+                elif _is_file_or_dead_link(entry):
                     files.append(([*parts, entry.name], entry.path))
         return files, folders
+
+
+def _is_file_or_dead_link(entry: os.DirEntry[str]) -> bool:
+    """A file, or a link that leads to no file (its target missing, or a loop of links): one
+    is a part to judge, the other a camera fault to report. A loop of links made `is_file`
+    raise, and the listing, so the whole batch, stopped on it."""
+    try:
+        if entry.is_file():
+            return True
+    except OSError:  # (a loop of links: "too many levels of symbolic links")
+        return True
+    return entry.is_symlink() and not os.path.exists(entry.path)
 
 
 def folder_files(folder: Path) -> list[Path]:

@@ -165,6 +165,20 @@ def test_a_broken_link_in_a_folder_is_reported_not_passed_over(tmp_path: Path) -
     assert items["gone.png"].error == "cannot read the file: a link whose target is missing"
 
 
+def test_a_loop_of_links_in_a_folder_is_reported_and_the_rest_judged(tmp_path: Path) -> None:
+    """A loop of links (a -> b -> a) stopped the listing, so the whole batch, with "too many
+    levels of symbolic links"; it is a file that cannot be read, as a dead link is."""
+    make_images(tmp_path / "in", n=1, size=32)
+    (tmp_path / "in" / "a.png").symlink_to(tmp_path / "in" / "b.png")
+    (tmp_path / "in" / "b.png").symlink_to(tmp_path / "in" / "a.png")
+    items = {item.name: item for item in iter_source(str(tmp_path / "in"))}
+    assert set(items) == {"part_000.png", "a.png", "b.png"}
+    assert items["part_000.png"].data
+    for name in ("a.png", "b.png"):
+        assert items[name].data is None
+        assert items[name].error == "cannot read the file: a link that leads to itself"
+
+
 def test_a_folder_lists_its_files_in_path_order_without_hidden_or_linked_folders(
     tmp_path: Path,
 ) -> None:
