@@ -161,6 +161,15 @@ def content_key(item: SourceItem) -> str:
 
 
 def read_file(path: Path, display: str) -> SourceItem:
+    if path.is_dir():  # (listed because it could not be read: `FolderListing`)
+        try:
+            with os.scandir(path):
+                reason = "it could not be listed"
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+        return SourceItem(
+            display, None, f"cannot read the folder: {reason} (its files were not inspected)"
+        )
     if path.is_symlink() and not path.exists():
         try:
             os.stat(path)
@@ -186,9 +195,10 @@ FULL_LISTING_S = 30.0
 
 
 class FolderListing:
-    """The files under a folder, and every link that leads to no file (a camera share gone, a
-    loop of links), reported rather than passed over in silence; hidden files and folders (a
-    leading dot) stay out, links to folders are not followed.
+    """The files under a folder, every link that leads to no file (a camera share gone, a loop
+    of links) and every sub-folder that cannot be read, reported rather than passed over in
+    silence; hidden files and folders (a leading dot) stay out, links to folders are not
+    followed.
 
     Walked with os.scandir rather than Path.rglob: a directory entry knows whether it is a
     file without a stat call, hidden folders are never entered, and paths stay strings
@@ -224,11 +234,17 @@ class FolderListing:
                     or (now - modified / 1e9 < RECENT_FOLDER_S)
                 ):
                     known = (modified, *self._read_folder(directory, parts))
+            except (FileNotFoundError, NotADirectoryError):
+                if not parts:
+                    raise
+                continue  # a sub-folder that vanished while listing: the rest counts
             except OSError:
                 if not parts:
                     raise
-                # A sub-folder that vanished or cannot be read while listing: the rest counts.
-                logger.warning("cannot list %s", directory)
+                # A sub-folder that cannot be read (a camera writing as another user): listed
+                # as a file that cannot be read, so that it shows as an error in the summary,
+                # the CSV and the history. Its files were passed over with one line on stderr.
+                found.append((parts, directory))
                 continue
             seen[directory] = known
             found.extend(known[1])
@@ -280,7 +296,7 @@ def is_zip_archive(path: Path) -> bool:
 def file_items(path: Path, display: str) -> Iterator[SourceItem]:
     """A file of a folder, glob or hot folder as parts: itself, or each entry of a zip archive
     (as the dashboard takes a zip among uploaded files)."""
-    if is_zip_archive(path):
+    if is_zip_archive(path) and not path.is_dir():
         # (A damaged zip, one cut short in the copy say, is an error of the zip, not "not an
         # image file": its entries were never read, which the message must tell.)
         try:

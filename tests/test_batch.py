@@ -179,6 +179,41 @@ def test_a_loop_of_links_in_a_folder_is_reported_and_the_rest_judged(tmp_path: P
         assert items[name].error == "cannot read the file: a link that leads to itself"
 
 
+def test_a_sub_folder_that_cannot_be_read_is_an_error_not_passed_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sub-folder the station's user cannot read (a camera writing as another user) was left
+    out with one line on stderr: its parts were neither judged nor counted nor in the CSV. It
+    is now an error of its own, in a batch and in a watch."""
+    from inspection import batch
+
+    make_images(tmp_path / "in", n=1, size=32)
+    make_images(tmp_path / "in" / "locked", n=1, size=32)
+    locked = tmp_path / "in" / "locked"
+    locked.chmod(0)
+    scandir = os.scandir
+
+    def refusing(path):  # type: ignore[no-untyped-def]
+        if os.geteuid() == 0 and Path(path) == locked:  # (root reads it all the same)
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(batch.os, "scandir", refusing)
+    try:
+        reason = "cannot read the folder: Permission denied (its files were not inspected)"
+        items = {item.name: item for item in iter_source(str(tmp_path / "in"))}
+        assert set(items) == {"part_000.png", "locked"}
+        assert items["part_000.png"].data and items["locked"].data is None
+        assert items["locked"].error == reason
+        stop = threading.Event()
+        looks = batch.hot_folder_batches(tmp_path / "in", stop, 0.01, 0.0)
+        watched = {item.name: item.error for item in next(looks)}
+        stop.set()
+        assert watched == {"part_000.png": None, "locked": reason}
+    finally:
+        locked.chmod(0o755)
+
+
 def test_a_folder_lists_its_files_in_path_order_without_hidden_or_linked_folders(
     tmp_path: Path,
 ) -> None:
