@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from inspection.errors import UserError
 from training.cli import app
 
 runner = CliRunner()
@@ -382,6 +383,46 @@ def test_batch_output_missing_folders_empty_folders_and_one_part(tmp_path: Path)
     assert "1 part inspected" in summary and "0 errors" in summary
     assert "warning" not in summary
     assert target.read_text().splitlines()[1].startswith("part.png,")
+
+
+def test_a_damaged_zip_or_unreadable_folder_is_refused_before_a_run_opens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Either stopped the command only after the model had loaded and a run had been opened
+    on the station, which then showed as its latest run, with no part."""
+    import os
+
+    from sqlalchemy import func, select
+
+    from db.models import InspectionRun
+    from db.session import session_scope
+    from inspection.settings import get_settings
+
+    assert runner.invoke(app, ["models", "install-demo"]).exit_code == 0
+    (tmp_path / "cut.zip").write_bytes(b"PK\x03\x04 cut short in the copy")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0)
+    scandir = os.scandir
+
+    def refusing(path):  # type: ignore[no-untyped-def]
+        if os.geteuid() == 0 and Path(path) == locked:  # (root reads it all the same)
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    try:
+        for source, said in [
+            (tmp_path / "cut.zip", "cannot open the zip cut.zip"),
+            (locked, f"cannot read the folder {locked}: Permission denied"),
+        ]:
+            result = runner.invoke(app, ["batch", str(source), "--line", "L", "--station", "S"])
+            assert result.exit_code == 1 and isinstance(result.exception, UserError)
+            assert str(result.exception).startswith(said), result.exception
+    finally:
+        locked.chmod(0o755)
+    with session_scope(get_settings().resolved_database_url) as session:
+        assert session.scalar(select(func.count()).select_from(InspectionRun)) == 0
 
 
 def test_hard_negative_mining_is_counted_over_the_training_images() -> None:

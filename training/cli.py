@@ -7,6 +7,7 @@ It lives in `training` because that is the one package allowed to import both `i
 from __future__ import annotations
 
 import io
+import os
 import signal
 import sys
 from enum import StrEnum
@@ -1024,6 +1025,22 @@ def _wall_time_went(moments: dict[str, float], entered: float, listing_s: float)
     )
 
 
+def _refuse_unreadable_source(source: Path) -> None:
+    """A folder this user cannot list, or a zip given alone that cannot be opened, refused
+    before the model loads: either stopped the command only after a run had been opened on
+    the station, which then showed as its latest run with no part."""
+    from inspection.batch import is_zip_archive, zip_item_count
+
+    if source.is_dir():
+        try:
+            with os.scandir(source):
+                pass
+        except OSError as exc:
+            raise UserError(f"cannot read the folder {source}: {exc.strerror or exc}") from exc
+    elif source.is_file() and is_zip_archive(source):
+        zip_item_count(source, source.name)  # (its directory only: nothing is unpacked)
+
+
 @app.command("batch")
 def batch_command(
     source: Annotated[str, typer.Argument(help="A folder, a glob pattern or a zip of images.")],
@@ -1100,6 +1117,7 @@ def batch_command(
         raise UserError(f"{'folder to watch' if watch else 'source'} not found: {source}")
     if watch and not source_path.is_dir():
         raise UserError(f"--watch needs a folder: {source} is a file")
+    _refuse_unreadable_source(source_path)
     url = migrated_database_url()
     settings = get_settings()
     options = {
