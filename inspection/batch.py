@@ -301,8 +301,8 @@ def file_items(path: Path, display: str) -> Iterator[SourceItem]:
         # image file": its entries were never read, which the message must tell.)
         try:
             yield from iter_zip(path, display)
-        except UserError as exc:  # (raised on opening it, before any entry)
-            yield SourceItem(display, None, str(exc))
+        except DamagedZipError as exc:  # (raised on opening it, before any entry)
+            yield SourceItem(display, None, exc.item_error)
         return
     yield read_file(path, display)
 
@@ -353,14 +353,26 @@ def _read_at_most(entry: BinaryIO, limit: int, piece: int = 4 * 1024 * 1024) -> 
     return b"".join(pieces)
 
 
+class DamagedZipError(UserError):
+    """A zip that cannot be opened: none of its entries was read."""
+
+    def __init__(self, label: str, exc: Exception) -> None:
+        self.reason = f"{exc} (damaged or cut short? none of its entries was read)"
+        super().__init__(f"cannot open the zip {label}: {self.reason}")
+
+    @property
+    def item_error(self) -> str:
+        """The error of the zip's item, which is known by the zip's name already. With the
+        name in it, every damaged zip of a folder was an error kind of its own in the
+        summary's and the Inspect page's count by kind."""
+        return f"cannot open the zip: {self.reason}"
+
+
 def _open_zip(archive_file: Path | BinaryIO, label: str) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(archive_file)
     except (zipfile.BadZipFile, OSError) as exc:
-        raise UserError(
-            f"cannot open the zip {label}: {exc} (damaged or cut short? none of its entries "
-            "was read)"
-        ) from exc
+        raise DamagedZipError(label, exc) from exc
 
 
 def _is_left_out(info: zipfile.ZipInfo) -> bool:

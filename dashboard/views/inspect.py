@@ -23,6 +23,7 @@ from db.queries import part_results
 from db.session import DatabaseError, session_scope
 from inspection.batch import (
     BatchInspection,
+    DamagedZipError,
     SourceItem,
     content_key,
     error_kind,
@@ -84,7 +85,7 @@ def item_count(files: list[UploadedFile]) -> int:
     for file in files:
         try:
             count += zip_item_count(file, file.name) if is_zip(file) else 1
-        except UserError:
+        except DamagedZipError:
             count += 1  # (a zip that cannot be opened: one error item)
     return count
 
@@ -95,8 +96,8 @@ def zip_entries(file: UploadedFile) -> Iterator[SourceItem]:
     file.seek(0)  # (read once already, to be counted)
     try:
         yield from iter_zip(file, file.name)
-    except UserError as exc:
-        yield SourceItem(file.name, None, str(exc))
+    except DamagedZipError as exc:
+        yield SourceItem(file.name, None, exc.item_error)
 
 
 def source_items(files: list[UploadedFile], seen: Seen) -> Iterator[SourceItem]:
