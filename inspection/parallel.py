@@ -44,6 +44,7 @@ from inspection.batch import (
     FileKey,
     SourceItem,
     content_key,
+    discard_empty_run,
     hot_folder_batches,
     model_file,
     open_run,
@@ -311,6 +312,9 @@ class ParallelInspection:
 
         weights = retrying_races(opened)
         if not weights.is_file():
+            # (The run was left open with no part, the station's latest on the Live page and
+            # in `defects status` for good, as one process's run is not.)
+            discard_empty_run(url, self.run_id)
             raise UserError(f"the weights of {self.model_name} are missing ({weights})")
         self.url = url
         self.workers = workers

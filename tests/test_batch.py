@@ -58,6 +58,7 @@ def _job(url: str, tmp_path: Path, **kwargs) -> BatchInspection:  # type: ignore
 def test_a_run_whose_model_cannot_load_is_not_left_open(detector: str, tmp_path: Path) -> None:
     """It stood open for ever on the Live page and in `defects status`, with no part."""
     from db.models import InspectionRun, ModelVersion
+    from inspection.parallel import ParallelInspection
 
     make_images(tmp_path / "in", n=1)
     _job(detector, tmp_path).run(iter_source(str(tmp_path / "in")))
@@ -65,6 +66,8 @@ def test_a_run_whose_model_cannot_load_is_not_left_open(detector: str, tmp_path:
         Path(session.scalars(select(ModelVersion.file_path)).one()).unlink()
     with pytest.raises(UserError, match="weights of tiny are missing"):
         _job(detector, tmp_path)
+    with pytest.raises(UserError, match="weights of tiny are missing"):  # (`--workers 2`)
+        ParallelInspection(detector, tmp_path / "store", "Line 1", "Cam A", 2)
     with session_scope(detector) as session:
         runs = session.scalars(select(InspectionRun)).all()
         assert len(runs) == 1 and runs[0].finished_at is not None  # the first, with its part
