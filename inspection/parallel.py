@@ -564,6 +564,8 @@ class ParallelInspection:
         if heard.stopped:
             raise KeyboardInterrupt
         if heard.failure is not None:
+            if not self.summary.inspected:  # (no part written: no run to show, as one process)
+                discard_empty_run(self.url, self.run_id)
             raise UserError(
                 f"the run stopped: {heard.failure}; what was written is kept, run it again to resume"
             )

@@ -168,6 +168,10 @@ def test_a_worker_that_cannot_start_stops_the_run_with_its_reason(
     job = ParallelInspection(detector, tmp_path / "store", "L", "S", workers=2, backend="onnx")
     with pytest.raises(UserError, match=r"the run stopped: no .*\.onnx .*defects export"):
         job.run(iter_source(str(tmp_path / "in")))
+    # (Its run, with no part, stayed the station's latest in `defects status`, as one
+    # process's does not.)
+    with session_scope(detector) as session:
+        assert session.scalar(select(func.count(InspectionRun.id))) == 0
 
 
 def test_workers_judge_with_the_model_file_named(detector: str, tmp_path: Path) -> None:
