@@ -354,6 +354,29 @@ def test_voc_class_names_that_look_alike_are_warned_about(session, tmp_path: Pat
     assert not any("--classes" in i.reason for i in given.issues)  # the classes were given
 
 
+@pytest.mark.parametrize("fmt", ["voc", "yolo", "coco"])
+def test_an_image_over_the_pixel_limit_is_left_out_with_its_size(
+    session, tmp_path: Path, fmt: str
+) -> None:  # type: ignore[no-untyped-def]
+    """A 20000x20000 image (a decompression bomb's size) stopped the whole import with Pillow's
+    traceback; one of 72 MP, under Pillow's limit, was taken to train on, though stations
+    refuse any image over theirs."""
+    src = tmp_path / "src"
+    images = {"voc": write_voc, "yolo": write_yolo, "coco": write_coco}[fmt](src, n=8)
+    paths = {p.name: p for p in src.rglob("*.png")}
+    Image.new("1", (20000, 20000)).save(paths[images[1].name])
+    Image.new("1", (9000, 8000)).save(paths[images[2].name])
+    report = import_dataset(session, fmt, src, "big", tmp_path / "ds", classes=CLASSES)
+    reasons = {Path(issue.file).name: issue.reason for issue in report.issues}
+    assert reasons[images[1].name] == (
+        "image too large: 400 MP is over the 64 MP limit stations inspect"
+    )
+    assert reasons[images[2].name] == (
+        "image too large: 9000x8000 is over the 64 MP limit stations inspect"
+    )
+    assert report.n_images == 6
+
+
 def test_an_image_of_more_than_8_bits_is_stored_as_stations_decode_it(
     session, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]

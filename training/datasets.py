@@ -17,6 +17,7 @@ import math
 import os
 import re
 import shutil
+import warnings
 import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from sqlalchemy.orm import Session
 
 from db.models import Dataset, ModelVersion
 from inspection.errors import UserError
-from inspection.images import IMAGE_SUFFIXES, decode_image
+from inspection.images import IMAGE_SUFFIXES, MAX_PIXELS, decode_image
 
 SourceFormat = Literal["voc", "yolo", "coco", "deeppcb"]
 SPLITS = ("train", "val", "test")
@@ -95,13 +96,24 @@ class ImportReport:
 
 def _image_info(path: Path) -> tuple[int, int, str]:
     """Width, height and Pillow mode of a readable image; raises ValueError with the reason
-    otherwise."""
+    otherwise. An image over the stations' pixel limit is refused as they refuse it: Pillow's
+    own refusal of a far larger one (a decompression bomb) stopped the whole import with a
+    traceback, and one under Pillow's limit was taken to train on, gigabytes a decode."""
+    limit = f"over the {MAX_PIXELS / 1e6:.0f} MP limit stations inspect"
     try:
-        with Image.open(path) as image:
-            width, height = image.size
-            mode = image.mode
-            image.verify()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > MAX_PIXELS:
+                    raise ValueError(f"image too large: {width}x{height} is {limit}")
+                mode = image.mode
+                image.verify()
         return width, height, mode
+    except Image.DecompressionBombError as exc:
+        size = re.search(r"Image size \((\d+) pixels\)", str(exc))
+        found = f"{int(size.group(1)) / 1e6:.0f} MP is " if size else ""
+        raise ValueError(f"image too large: {found}{limit}") from exc
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise ValueError(f"unreadable image ({exc.__class__.__name__}: {exc})") from exc
 
