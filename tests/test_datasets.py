@@ -377,6 +377,28 @@ def test_an_image_over_the_pixel_limit_is_left_out_with_its_size(
     assert report.n_images == 6
 
 
+def test_a_jpeg_cut_short_is_left_out_as_stations_refuse_it(session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Pillow's verify reads no JPEG data: a half-copied JPEG was imported, to be trained on
+    grey below the cut, while stations refuse it as truncated."""
+    src = tmp_path / "src"
+    images = write_yolo(src, n=4)
+    for i, image in enumerate(images[:2]):
+        png = next(src.rglob(image.name))
+        jpeg = png.with_suffix(".jpg")
+        Image.open(png).save(jpeg, quality=95)
+        png.unlink()
+        if i == 0:
+            jpeg.write_bytes(jpeg.read_bytes()[: jpeg.stat().st_size // 2])
+        else:  # whole, with padding after its end marker: kept
+            jpeg.write_bytes(jpeg.read_bytes() + b"\x00" * 16)
+    report = import_dataset(session, "yolo", src, "cut", tmp_path / "ds", classes=CLASSES)
+    reasons = {Path(issue.file).stem: issue.reason for issue in report.issues}
+    stem = Path(images[0].name).stem
+    assert reasons[stem].startswith("corrupt or truncated image"), reasons
+    assert Path(images[1].name).stem not in reasons
+    assert report.n_images == 3
+
+
 def test_an_image_of_more_than_8_bits_is_stored_as_stations_decode_it(
     session, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]

@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 
 from db.models import Dataset, ModelVersion
 from inspection.errors import UserError
-from inspection.images import IMAGE_SUFFIXES, MAX_PIXELS, decode_image
+from inspection.images import IMAGE_SUFFIXES, MAX_PIXELS, ImageDecodeError, decode_image
 
 SourceFormat = Literal["voc", "yolo", "coco", "deeppcb"]
 SPLITS = ("train", "val", "test")
@@ -108,7 +108,10 @@ def _image_info(path: Path) -> tuple[int, int, str]:
                 if width * height > MAX_PIXELS:
                     raise ValueError(f"image too large: {width}x{height} is {limit}")
                 mode = image.mode
+                is_jpeg = image.format == "JPEG"
                 image.verify()
+        if is_jpeg:
+            _check_jpeg_whole(path)
         return width, height, mode
     except Image.DecompressionBombError as exc:
         size = re.search(r"Image size \((\d+) pixels\)", str(exc))
@@ -116,6 +119,22 @@ def _image_info(path: Path) -> tuple[int, int, str]:
         raise ValueError(f"image too large: {found}{limit}") from exc
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise ValueError(f"unreadable image ({exc.__class__.__name__}: {exc})") from exc
+
+
+def _check_jpeg_whole(path: Path) -> None:
+    """ValueError for a JPEG cut short, as stations refuse it. Pillow's verify reads no JPEG
+    data: a half-copied image was imported, and ultralytics "restores" such a file by saving
+    its decoded half over it, grey below the cut, boxes and all. Only a file that does not end
+    with the end-of-image marker is decoded to be sure, so a good dataset costs no decoding."""
+    with path.open("rb") as handle:
+        handle.seek(max(path.stat().st_size - 1024, 0))
+        tail = handle.read().rstrip(b"\x00")  # (some cameras pad after the marker)
+    if tail.endswith(b"\xff\xd9"):
+        return
+    try:
+        decode_image(path.read_bytes())
+    except ImageDecodeError as exc:
+        raise ValueError(str(exc)) from exc
 
 
 def _image_size(path: Path) -> tuple[int, int]:
