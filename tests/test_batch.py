@@ -1390,3 +1390,21 @@ def test_a_runs_csv_says_its_times_are_utc(detector: str, tmp_path: Path) -> Non
         written = datetime.fromisoformat(row["inspected_at"])
         assert written.utcoffset() == timedelta(0)
         assert abs(datetime.now(UTC) - written) < timedelta(minutes=10)
+
+
+def test_a_parts_line_is_one_line_in_a_log(
+    detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Off a terminal rich wrapped at 80 columns: a camera's long file name split a part's
+    line in two, in a log and for a script reading the output line by line."""
+    from training.cli import app
+
+    monkeypatch.setenv("DEFECTS_DATABASE_URL", detector)
+    get_settings.cache_clear()
+    [image] = make_images(tmp_path / "in", n=1)
+    long_name = tmp_path / "in" / f"station-7-camera-2_{'2026-11-27T05-16-00.123456' * 3}.png"
+    (tmp_path / "in" / image.name).rename(long_name)
+    result = CliRunner().invoke(app, ["inspect", str(long_name)])
+    assert result.exit_code == 0, result.output
+    [line] = result.output.splitlines()
+    assert line.startswith(f"{long_name}: ")

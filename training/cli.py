@@ -55,7 +55,9 @@ distill_app = typer.Typer(
     help="Distill a large teacher into a small, fast student.", no_args_is_help=True
 )
 app.add_typer(distill_app, name="distill")
-console = Console()
+# Lines are never wrapped at the 80 columns rich assumes off a terminal: a part's line split in
+# two in a log, or for a script reading it line by line.
+console = Console(soft_wrap=True)
 
 
 def database_url() -> str:
