@@ -199,6 +199,11 @@ def test_options_a_resume_ignores_are_said(tmp_path: Path) -> None:
     result = runner.invoke(app, [*given, "--epochs", "5", "--imgsz", "320"])
     assert "--epochs, --imgsz ignored with --resume" in result.output
     assert "ignored" not in runner.invoke(app, given).output
+    # A distillation goes on with the loss it was started with.
+    distill = ["distill", "detector", "--teacher", "t", "--data", "none", "--resume"]
+    assert (
+        "--method ignored with --resume" in runner.invoke(app, [*distill, "--method", "cwd"]).output
+    )
 
 
 def test_only_the_training_datasets_test_figures_are_the_headline(

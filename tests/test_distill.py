@@ -139,11 +139,14 @@ def test_interrupted_cwd_distillation_resumes_as_cwd(
 
     def record(trainer) -> None:  # type: ignore[no-untyped-def]
         if not resumed:
-            state = trainer.model.projector.state_dict()
+            projector = getattr(trainer.model, "projector", None)
+            state = projector.state_dict() if projector is not None else {}
             resumed.append((type(trainer.model).__name__, {k: v.clone() for k, v in state.items()}))
 
-    train_detector(
-        TrainRequest(**{**request.__dict__, "resume": True}),
+    # As `defects distill detector --teacher T --data D --resume` asks, without --method: the
+    # run goes on with the loss it was started with, not the option's default.
+    version_id = train_detector(
+        TrainRequest(**{**request.__dict__, "resume": True, "distill_method": "feature"}),
         url=trained.url,
         callbacks={"on_train_start": record},
     )
@@ -151,3 +154,5 @@ def test_interrupted_cwd_distillation_resumes_as_cwd(
     assert wrapper == "ChannelWiseDistillationModel"
     for name, value in saved.state_dict().items():
         assert torch.equal(projector[name].float().cpu(), value.float()), name
+    with session_scope(trained.url) as session:
+        assert "distilled with cwd" in get_model_version(session, version_id).notes

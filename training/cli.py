@@ -495,7 +495,12 @@ def distill_detector_command(
         str | None,
         typer.Option(help="cpu, cuda, cuda:N (or N); several GPUs: 0,1. Default: DEFECTS_DEVICE."),
     ] = None,
-    resume: Annotated[bool, typer.Option(help="Resume the last interrupted run.")] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            help="Resume the last interrupted run of this teacher, with the loss it was started with."
+        ),
+    ] = False,
     seed: int = 0,
     hours: HoursOption = None,
 ) -> None:
@@ -503,7 +508,7 @@ def distill_detector_command(
     from training.train_detector import TrainRequest, train_detector
 
     _warn_ignored_on_resume(
-        ctx, resume, ("epochs", "imgsz", "batch", "weight", "device", "seed", "hours")
+        ctx, resume, ("epochs", "imgsz", "batch", "method", "weight", "device", "seed", "hours")
     )
     request = TrainRequest(
         data=data,

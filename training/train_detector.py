@@ -13,7 +13,7 @@ import os
 import re
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -395,6 +395,11 @@ def train_detector(
             )
             architecture = architecture_of(resumed) or architecture
             base_name = base_name or lineage.get("from")
+            if request.teacher and lineage.get("method"):
+                # The run goes on with the loss it was started with: `--resume` without
+                # `--method` (so "feature") went on with ultralytics' loss on a cwd run, its
+                # projectors dropped, and registered the student as distilled with feature.
+                request = replace(request, distill_method=lineage["method"])
         job = TrainingJob(
             kind="distill-detector" if request.teacher else "train-detector",
             status=JobStatus.RUNNING,
