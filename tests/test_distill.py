@@ -156,3 +156,50 @@ def test_interrupted_cwd_distillation_resumes_as_cwd(
         assert torch.equal(projector[name].float().cpu(), value.float()), name
     with session_scope(trained.url) as session:
         assert "distilled with cwd" in get_model_version(session, version_id).notes
+
+
+def test_distill_from_a_version_keeps_its_architecture(
+    trained: Trained, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Retraining a model with itself as teacher (`distill detector --teacher P --from P`): the
+    student's default, defect-yolo-n, refused any other scale, and the error said to leave out
+    --model, an option distill does not have."""
+    from typer.testing import CliRunner
+
+    from db.models import ModelKind
+    from inspection.detector import build_detector
+    from tests.synthetic import CLASSES
+    from training.cli import app
+    from training.versions import register_model_version
+
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
+    get_settings.cache_clear()
+    weights = tmp_path / "s.pt"
+    build_detector("defect-yolo-s", CLASSES).save(str(weights))
+    with session_scope(trained.url) as session:
+        register_model_version(
+            session,
+            weights,
+            get_settings().models_dir,
+            kind=ModelKind.DETECTOR,
+            architecture="defect-yolo-s",
+            class_names=CLASSES,
+            image_size=32,
+            name="s-scale",
+        )
+    given = ["distill", "detector", "--teacher", "s-scale", "--from", "s-scale", "--data", "synth"]
+    refused = CliRunner().invoke(app, [*given, "--student", "defect-yolo-n"])
+    assert "leave --student out" in str(refused.exception)
+    result = CliRunner().invoke(app, [*given, "--epochs", "1", "--imgsz", "32", "--batch", "8"])
+    assert result.exit_code == 0, result.output
+    with session_scope(trained.url) as session:
+        from sqlalchemy import select
+
+        from db.models import ModelVersion
+
+        student = session.scalars(
+            select(ModelVersion).order_by(ModelVersion.id.desc()).limit(1)
+        ).one()
+        assert student.architecture == "defect-yolo-s"
+        assert student.teacher is not None and student.teacher.name == "s-scale"
+        assert "fine-tuned from s-scale" in student.notes

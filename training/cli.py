@@ -459,6 +459,9 @@ def train_detector_command(
         )
 
 
+DISTILL_STUDENT = "defect-yolo-n"  # a distillation's student when neither --student nor --from
+
+
 class DistillMethod(StrEnum):
     FEATURE = "feature"
     CWD = "cwd"
@@ -469,7 +472,12 @@ def distill_detector_command(
     ctx: typer.Context,
     teacher: Annotated[str, typer.Option(help="Teacher detector version (frozen).")],
     data: Annotated[str, typer.Option(help="Imported dataset name.")],
-    student: Annotated[str, typer.Option(help="Student architecture.")] = "defect-yolo-n",
+    student: Annotated[
+        str | None,
+        typer.Option(
+            help="Student architecture (default defect-yolo-n; with --from, that version's own)."
+        ),
+    ] = None,
     from_model: Annotated[
         str | None,
         typer.Option(
@@ -512,7 +520,9 @@ def distill_detector_command(
     )
     request = TrainRequest(
         data=data,
-        architecture=student,
+        # (With --from, the version's own: a default of defect-yolo-n refused to retrain an
+        # s-scale production model with itself as teacher unless --student named its scale.)
+        architecture=student or (None if from_model else DISTILL_STUDENT),
         epochs=epochs,
         imgsz=imgsz,
         batch=batch,

@@ -357,9 +357,10 @@ def train_detector(
                 raise UserError(f"{base.name} is a {base.kind.value}, not a detector")
             if request.architecture not in (None, base.architecture):
                 # (It was dropped without a word: the base's own architecture was trained.)
+                option = "--student" if request.teacher else "--model"
                 raise UserError(
                     f"--from {base.name} fine-tunes its own architecture, {base.architecture}: "
-                    f"leave --model out, or train {request.architecture} from scratch"
+                    f"leave {option} out, or train {request.architecture} from scratch"
                 )
             # (ultralytics carried the old class heads over under the new names.)
             refuse_other_classes(base, request.data, class_names, "fine-tuning")
