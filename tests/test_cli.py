@@ -314,6 +314,7 @@ def test_model_names_are_listed_whole_at_80_columns_and_as_json(tmp_path: Path) 
     url = get_settings().resolved_database_url
     upgrade(url)
     with session_scope(url) as session:
+        teacher = None  # the second version is distilled from the first
         for i, name in enumerate(names):
             version = ModelVersion(
                 name=name,
@@ -322,9 +323,12 @@ def test_model_names_are_listed_whole_at_80_columns_and_as_json(tmp_path: Path) 
                 file_path="x.pt",
                 sha256=str(i).ljust(64, "0"),
                 metrics={"map50": 0.5, "miss_rate": 0.01, "val_map50": 0.625},
+                teacher=teacher,
+                notes="distilled with cwd" if teacher else "",
             )
             session.add(version)
             session.flush()
+            teacher = version
         promote(session, version)
     listed = _cli(["models", "list"], tmp_path / "data")
     assert listed.returncode == 0, listed.stderr
@@ -340,6 +344,8 @@ def test_model_names_are_listed_whole_at_80_columns_and_as_json(tmp_path: Path) 
     assert rows[0]["stage"] == "production" and rows[0]["map50"] == 0.5
     assert rows[0]["val_map50"] == 0.625
     assert rows[0]["created_at"].endswith("Z")
+    assert rows[0]["teacher"] == names[0] and rows[1]["teacher"] is None
+    assert rows[0]["notes"] == "distilled with cwd" and rows[0]["dataset"] is None
 
 
 def test_models_help_names_every_subcommand() -> None:

@@ -114,6 +114,11 @@ def models_list(
                     "val_map50": (v.metrics or {}).get("val_map50"),
                     "miss_rate": (v.metrics or {}).get("miss_rate"),
                     "false_call_rate": (v.metrics or {}).get("false_call_rate"),
+                    # (A distilled student's teacher was recorded but shown nowhere outside
+                    # the dashboard: a script could not tell a distilled version from another.)
+                    "teacher": v.teacher.name if v.teacher else None,
+                    "dataset": v.dataset.name if v.dataset else None,
+                    "notes": v.notes or "",
                     "created_at": v.created_at.isoformat(timespec="seconds") + "Z",
                 }
                 for v in versions
