@@ -1,7 +1,9 @@
 """Package a trained NEU-DET detector as the demo model shipped in `models/neu-det-demo/`:
 weights, ONNX, operating thresholds calibrated on the val split, test metrics, model card.
+The card's figures are also written to `bench/results/package_demo.json`.
 
     python bench/package_demo.py --weights PATH/best.pt --schedule "40 epochs at 256 px" --hardware "2 CPU cores"
+    python bench/package_demo.py --check   # the shipped weights measured again: results file only
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = Path(tempfile.mkdtemp(prefix="defects-demo-"))
@@ -64,13 +67,66 @@ def ship_weights(source: Path, target: Path) -> None:
     torch.save(checkpoint, target)
 
 
+RESULTS = ROOT / "bench" / "results" / "package_demo.json"
+
+
+def card_figures(
+    name: str, parameters: int, thresholds: dict[str, Any], evaluation: dict[str, Any]
+) -> dict[str, Any]:
+    """Every figure the model card prints, as the card rounds it: what the results file holds
+    for the card to cite."""
+    calibration = thresholds["calibration"]
+    return {
+        "name": name,
+        "parameters_millions": round(parameters / 1e6, 2),
+        "test": {
+            "map50": round(evaluation["map50"], 3),
+            "map50_95": round(evaluation["map50_95"], 3),
+            "n_missed": evaluation["n_missed"],
+            "n_defective": evaluation["n_defective"],
+            "miss_rate": round(evaluation["miss_rate"], 4),
+            "per_class": {
+                cls: {key: round(row[key], 3) for key in ("ap50", "recall", "threshold")}
+                for cls, row in evaluation["per_class"].items()
+            },
+        },
+        "val_calibration": {
+            "max_miss_rate": calibration["max_miss_rate"],
+            "n_missed": calibration["n_missed"],
+            "n_defective": calibration["n_defective"],
+            "miss_rate_upper_95": round(calibration["miss_rate_upper_95"], 3),
+            "class_thresholds": calibration.get("class_thresholds"),
+        },
+    }
+
+
+def write_results(figures: dict[str, Any], shipped: dict[str, Any] | None = None) -> None:
+    """The card's figures into bench/results; with `shipped`, those the card was built with
+    beside them, and whether they agree."""
+    from common import hardware
+
+    result: dict[str, Any] = {"measured": figures, "hardware": hardware()}
+    if shipped is not None:
+        result["shipped_card"] = shipped
+        result["same_as_shipped_card"] = figures == shipped
+        print("same as the shipped card:", figures == shipped)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", type=Path, required=True)
+    parser.add_argument("--weights", type=Path, help="default with --check: the shipped weights")
     parser.add_argument("--neu", type=Path, default=ROOT.parent / "shared" / "datasets" / "neu-det")
     parser.add_argument("--name", default="neu-det-demo-v3")
-    parser.add_argument("--schedule", required=True, help="how it was trained, for the model card")
-    parser.add_argument("--hardware", required=True)
+    parser.add_argument("--schedule", help="how it was trained, for the model card")
+    parser.add_argument("--hardware")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="measure the shipped demo again (calibration on val, test figures) and write only "
+        "the results file, each figure beside the one the card shipped with",
+    )
     parser.add_argument(
         "--origin",
         default="from scratch (no pretrained weights)",
@@ -78,6 +134,13 @@ def main() -> None:
     )
     parser.add_argument("--max-miss-rate", type=float, default=0.0)
     args = parser.parse_args()
+    if args.check:
+        shipped = json.loads((DEMO / "model.json").read_text())
+        args.weights = args.weights or DEMO / "weights.pt"
+        args.name = shipped["name"]
+        args.max_miss_rate = shipped["thresholds"]["calibration"]["max_miss_rate"]
+    elif args.weights is None or args.schedule is None or args.hardware is None:
+        parser.error("--weights, --schedule and --hardware are needed to package a demo")
     from ultralytics import YOLO
 
     url = get_settings().resolved_database_url
@@ -103,6 +166,16 @@ def main() -> None:
     evaluation = evaluate_detector(
         args.weights, "neu-det", "test", thresholds=thresholds, url=url
     ).to_json()
+    parameters = sum(p.numel() for p in model.model.parameters())
+    figures = card_figures(args.name, parameters, thresholds, evaluation)
+    if args.check:
+        shipped_figures = card_figures(
+            shipped["name"], parameters, shipped["thresholds"], shipped["metrics"]
+        )
+        write_results(figures, shipped=shipped_figures)
+        shutil.rmtree(WORK, ignore_errors=True)
+        return
+    write_results(figures)
     DEMO.mkdir(parents=True, exist_ok=True)
     ship_weights(args.weights, DEMO / "weights.pt")
     onnx_path = export_detector(
@@ -146,7 +219,7 @@ parts before trusting its verdicts on your line** (`defects import`, `defects tr
 --from {args.name}`, `defects calibrate`).
 
 - Architecture: `{architecture}` (YOLOv5-style CSP backbone, PAN-FPN neck, channel + spatial
-  attention at the P3/P4 levels), {sum(p.numel() for p in model.model.parameters()) / 1e6:.2f} M parameters, input {imgsz} px.
+  attention at the P3/P4 levels), {parameters / 1e6:.2f} M parameters, input {imgsz} px.
 - Data: NEU-DET (Northeastern University surface defect database; research use), 1800 grayscale
   200x200 images of hot-rolled steel strip, 6 classes, the fixed split: train 1440, val 180,
   test 180 (every image holds at least one defect: there are no good parts).
