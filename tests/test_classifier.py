@@ -535,3 +535,32 @@ def test_an_epoch_says_where_it_stands_while_it_runs(capsys: pytest.CaptureFixtu
     quiet = EpochProgress(0, 1, 3, stored.append, echo=False, clock=lambda: now[0], every_s=0.0)
     quiet.batch_done([1.0])
     assert capsys.readouterr().out == "" and stored[-1] == pytest.approx(1 / 3)
+
+
+def test_a_classifier_training_stopped_says_what_became_of_it(
+    trained: Trained, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C (or a service's SIGTERM) ended it on a bare "interrupted": that nothing was
+    registered and that it does not resume went unsaid."""
+    from sqlalchemy import select
+
+    from db.models import JobStatus, TrainingJob
+    from training.train_classifier import ClassifierTrainRequest, EpochProgress, train_classifier
+
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
+    get_settings.cache_clear()
+
+    def pressed(self: EpochProgress, losses: list[float]) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(EpochProgress, "batch_done", pressed)
+    request = ClassifierTrainRequest(
+        data="synth", backbone="mobilenet_v3_small", epochs=1, imgsz=32, batch=8, device="cpu"
+    )
+    with pytest.raises(KeyboardInterrupt):
+        train_classifier(request, url=trained.url)
+    said = capsys.readouterr().err
+    assert "no classifier was registered" in said and "does not resume" in said
+    with session_scope(trained.url) as session:
+        job = session.scalars(select(TrainingJob).order_by(TrainingJob.id.desc())).first()
+        assert job is not None and job.status == JobStatus.CANCELLED

@@ -548,4 +548,12 @@ def train_classifier(request: ClassifierTrainRequest, url: str | None = None) ->
             return version.id
     except BaseException as exc:
         record_job_end(url, job_id, exc)
+        if isinstance(exc, KeyboardInterrupt):  # (SIGTERM too: the CLI raises it for one)
+            # (It ended on a bare "interrupted": whether anything was kept, or could be
+            # resumed as a detector's training can, went unsaid.)
+            print(
+                "stopped: no classifier was registered; a classifier's training does not "
+                "resume, the same command trains it again from the start",
+                file=sys.stderr,
+            )
         raise
