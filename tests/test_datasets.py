@@ -316,9 +316,14 @@ def test_label_files_without_images_and_unlisted_coco_images_are_reported(
     write_yolo(tmp_path / "yolo", n=4)
     (tmp_path / "yolo" / "labels" / "train" / "orphan.txt").write_text("0 0.5 0.5 0.2 0.2\n")
     (tmp_path / "yolo" / "labels" / "classes.txt").write_text("scratch\nspot\n")  # not a label
+    # An image of a type not taken was reported as no image at all.
+    (tmp_path / "yolo" / "labels" / "train" / "moving.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (tmp_path / "yolo" / "images" / "train" / "moving.gif").write_bytes(b"GIF89a")
     report = import_dataset(session, "yolo", tmp_path / "yolo", "y", tmp_path / "ds")
     assert [str(i) for i in report.issues] == [
-        "labels/train/orphan.txt: label file with no image: no images/train/orphan.* found"
+        "labels/train/moving.txt: label file with no image: its image moving.gif is of a type "
+        "not taken (.bmp, .jpeg, .jpg, .png, .tif, .tiff, .webp)",
+        "labels/train/orphan.txt: label file with no image: no images/train/orphan.* found",
     ]
     images = write_coco(tmp_path / "coco", n=4)
     folder = tmp_path / "coco" / "images"

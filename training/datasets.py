@@ -11,6 +11,7 @@ reason; training on it would teach the model that its defect is background.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import math
@@ -545,11 +546,20 @@ def read_yolo(
         # (classes.txt: the class list some labelling tools keep beside the labels)
         if label_path not in label_paths_used and label_path.name != "classes.txt":
             image_stem = (images_dir / label_path.relative_to(labels_dir)).with_suffix("")
+            # (An image of a type not taken, a .gif say, was reported as no image at all.)
+            other_types = sorted(
+                p.name
+                for p in image_stem.parent.glob(f"{glob.escape(image_stem.name)}.*")
+                if p.is_file()
+            )
+            reason = (
+                f"its image {other_types[0]} is of a type not taken "
+                f"({', '.join(sorted(IMAGE_SUFFIXES))})"
+                if other_types
+                else f"no {image_stem.relative_to(src)}.* found"
+            )
             issues.append(
-                ImportIssue(
-                    str(label_path.relative_to(src)),
-                    f"label file with no image: no {image_stem.relative_to(src)}.* found",
-                )
+                ImportIssue(str(label_path.relative_to(src)), f"label file with no image: {reason}")
             )
     return class_names, images, issues
 
