@@ -575,3 +575,45 @@ def test_the_command_line_writes_whole_lines_into_a_log(monkeypatch: pytest.Monk
     cli.main()
     assert into_log.line_buffering and ended == [0]
     assert into_log.buffer.getvalue() == b"epoch 1/10\n"  # out before the command ended
+
+
+def test_a_version_whose_weights_are_gone_is_named_by_every_command(tmp_path: Path) -> None:
+    """Deleted weights (or a data folder moved) gave inspect and batch one clear line, but
+    export, evaluate, calibrate, training from it and distilling with it the system's
+    "[Errno 2] No such file or directory"."""
+    from db.migrate import upgrade
+    from db.models import ModelKind
+    from db.session import session_scope
+    from inspection.settings import get_settings
+    from tests.conftest import import_synthetic
+    from tests.synthetic import CLASSES
+    from training.versions import register_model_version
+
+    url = get_settings().resolved_database_url
+    upgrade(url)
+    import_synthetic(url, tmp_path, n=6)
+    weights = tmp_path / "gone.pt"
+    weights.write_bytes(b"weights")
+    with session_scope(url) as session:
+        version = register_model_version(
+            session,
+            weights,
+            tmp_path / "models",
+            kind=ModelKind.DETECTOR,
+            architecture="defect-yolo-n",
+            class_names=CLASSES,
+            image_size=64,
+            name="gone",
+        )
+        Path(version.file_path).unlink()
+    for command in (
+        ["export", "gone"],
+        ["evaluate", "gone", "--data", "synth"],
+        ["calibrate", "gone", "--data", "synth", "--max-miss-rate", "0"],
+        ["train", "detector", "--data", "synth", "--from", "gone", "--epochs", "1"],
+        ["distill", "detector", "--teacher", "gone", "--data", "synth", "--epochs", "1"],
+    ):
+        result = CliRunner().invoke(app, command)
+        assert result.exit_code == 1, (command, result.output)
+        assert isinstance(result.exception, UserError), (command, result.exception)
+        assert str(result.exception).startswith("the weights of gone are missing"), command

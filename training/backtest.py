@@ -27,6 +27,7 @@ from training.datasets import (
     write_dataset,
 )
 from training.evaluate import PartRates, part_rates
+from training.versions import weights_file
 
 
 @dataclass(frozen=True)
@@ -44,10 +45,10 @@ def backtest(url: str, model: str) -> Backtest:
         if version.kind != ModelKind.DETECTOR:
             raise UserError("backtests run on detectors")
         truths = reviewed_parts(session)
-        weights, thresholds, name = Path(version.file_path), dict(version.thresholds), version.name
+        weights, thresholds, name = weights_file(version), dict(version.thresholds), version.name
         classifier_name = (thresholds.get("classifier") or {}).get("version")
         classifier = (
-            Path(get_model_version(session, classifier_name).file_path) if classifier_name else None
+            weights_file(get_model_version(session, classifier_name)) if classifier_name else None
         )
     if not truths:
         raise UserError("no reviewed parts yet: review some parts first")

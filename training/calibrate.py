@@ -641,6 +641,7 @@ def calibrate_model(
     from db.registry import get_model_version
     from db.session import session_scope
     from training.datasets import dataset_yaml
+    from training.versions import weights_file
 
     with session_scope(url) as session:
         detector = get_model_version(session, model)
@@ -651,7 +652,7 @@ def calibrate_model(
             raise UserError(f"{detector.name} was trained on other classes than {data!r}")
         root, class_names = Path(dataset.root_path), list(dataset.classes)
         detector_weights, iou = (
-            Path(detector.file_path),
+            weights_file(detector),
             float(detector.thresholds.get("iou", 0.45)),
         )
         classifier_version = get_model_version(session, classifier) if classifier else None
@@ -666,7 +667,7 @@ def calibrate_model(
                     f"{classifier_version.name} knows other classes than {data!r}: "
                     f"{list(classifier_version.classes)[1:]} against {class_names}"
                 )
-        classifier_weights = Path(classifier_version.file_path) if classifier_version else None
+        classifier_weights = weights_file(classifier_version) if classifier_version else None
         classifier_name = classifier_version.name if classifier_version else None
     verify_threshold = parse_verify_threshold(verify_threshold)
     if verify_threshold is not None and classifier_weights is None:

@@ -25,7 +25,7 @@ from inspection.detector import load_detector
 from inspection.errors import UserError
 from inspection.settings import get_settings
 from training.datasets import dataset_yaml, split_image_paths
-from training.versions import default_thresholds
+from training.versions import default_thresholds, weights_file
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -343,7 +343,7 @@ def resolve_model(ref: str, url: str) -> ResolvedModel:
         raise UserError(f"model file not found: {ref}")
     with session_scope(url) as session:
         version = get_model_version(session, ref)
-        return ResolvedModel(Path(version.file_path), dict(version.thresholds), version.name)
+        return ResolvedModel(weights_file(version), dict(version.thresholds), version.name)
 
 
 def _file_thresholds(path: Path, url: str) -> tuple[dict[str, Any] | None, str | None]:

@@ -44,7 +44,7 @@ from inspection.images import decode_image
 from inspection.settings import get_settings, resolve_device
 from training.datasets import check_trainable, dataset_yaml, split_image_paths
 from training.jobs import record_job_end, this_host
-from training.versions import register_model_version
+from training.versions import register_model_version, weights_file
 
 PROGRESS_EVERY_S = 30.0
 
@@ -390,7 +390,7 @@ def train_classifier(request: ClassifierTrainRequest, url: str | None = None) ->
                 raise UserError(f"{teacher_row.name} is not a classifier")
             if list(teacher_row.classes) != [GOOD, *dataset.classes]:  # (before the job)
                 raise UserError(f"the teacher classifier knows other classes than {request.data!r}")
-            teacher_id, teacher_path = teacher_row.id, Path(teacher_row.file_path)
+            teacher_id, teacher_path = teacher_row.id, weights_file(teacher_row)
         hard_negative_detector = None
         if request.hard_negatives_from:
             detector_row = get_model_version(session, request.hard_negatives_from)
@@ -398,7 +398,7 @@ def train_classifier(request: ClassifierTrainRequest, url: str | None = None) ->
                 raise UserError(f"{detector_row.name} is not a detector")
             if list(detector_row.classes) != defect_classes:
                 raise UserError(f"{detector_row.name} knows other classes than {request.data!r}")
-            hard_negative_detector = Path(detector_row.file_path)
+            hard_negative_detector = weights_file(detector_row)
         job = TrainingJob(
             kind="distill-classifier" if request.teacher else "train-classifier",
             status=JobStatus.RUNNING,

@@ -29,7 +29,7 @@ from inspection.errors import UserError
 from inspection.settings import get_settings
 from training.datasets import check_trainable, dataset_yaml
 from training.jobs import record_job_end, this_host
-from training.versions import register_model_version
+from training.versions import register_model_version, weights_file
 
 # Grayscale surface images: no hue or saturation jitter (there is no colour), brightness jitter
 # for lighting drift, both flips (a scratch has no up or down), mosaic for context and scale.
@@ -364,7 +364,7 @@ def train_detector(
                 )
             # (ultralytics carried the old class heads over under the new names.)
             refuse_other_classes(base, request.data, class_names, "fine-tuning")
-            base_weights = Path(base.file_path)
+            base_weights = weights_file(base)
             architecture = base.architecture
             base_name = base.name
         else:
@@ -376,7 +376,7 @@ def train_detector(
             if teacher.kind != ModelKind.DETECTOR:
                 raise UserError(f"{teacher.name} is a {teacher.kind.value}, not a detector")
             refuse_other_classes(teacher, request.data, class_names, "distilling")
-            teacher_id, teacher_weights = teacher.id, str(Path(teacher.file_path).resolve())
+            teacher_id, teacher_weights = teacher.id, str(weights_file(teacher).resolve())
         # Looked up before the job is recorded: a refused resume, as a refused --from, leaves
         # no job behind.
         resumed, lineage = None, {}

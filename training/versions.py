@@ -20,6 +20,16 @@ from inspection.errors import UserError
 DEFAULT_CONFIDENCE = 0.25
 
 
+def weights_file(version: ModelVersion) -> Path:
+    """A version's weights, refused in one line where the file is gone (deleted, a data
+    folder moved): export, evaluate, calibrate, training from it and backtests printed the
+    system's "[Errno 2] No such file or directory", inspect and batch this line."""
+    path = Path(version.file_path)
+    if not path.is_file():
+        raise UserError(f"the weights of {version.name} are missing ({path})")
+    return path
+
+
 def default_thresholds(class_names: list[str]) -> dict[str, Any]:
     return {"per_class": dict.fromkeys(class_names, DEFAULT_CONFIDENCE), "iou": 0.45}
 
