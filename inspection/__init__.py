@@ -14,9 +14,10 @@ from inspection.settings import get_settings as _get_settings
 
 try:
     _prepare_runtime(_get_settings().ultralytics_config_dir, _get_settings().runs_dir)
-except _SettingsError:
-    # A bad DEFECTS_* value is reported by whoever asks for the settings next (the command line
-    # in one line, the dashboard on its page), not by a traceback at import. Until then the
-    # libraries are still prepared, offline, in a scratch folder outside the data directory.
+except (_SettingsError, OSError):
+    # A bad DEFECTS_* value, or a data folder that cannot be made, is reported by whoever asks
+    # for the settings or the database next (the command line in one line, the dashboard on its
+    # page), not by a traceback at import. Until then the libraries are still prepared,
+    # offline, in a scratch folder outside the data directory.
     _scratch = _Path(_tempfile.gettempdir()) / "defects-unconfigured"
     _prepare_runtime(_scratch / "ultralytics", _scratch / "runs")

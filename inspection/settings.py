@@ -93,8 +93,12 @@ class Settings(BaseSettings):
         """Made absolute here, as the database's path is: a part's image is recorded by its
         path, and one stored under a relative DEFECTS_DATA_DIR was recorded relative to the
         folder the batch ran in, so the Review page, the export of reviews and the backtest
-        run from another folder found it missing (the same database, found by absolute path)."""
-        return value.absolute()
+        run from another folder found it missing (the same database, found by absolute path).
+        A file there is refused by name: it ended every command in a traceback at start-up."""
+        value = value.absolute()
+        if value.exists() and not value.is_dir():
+            raise ValueError(f"{value} is a file, not a folder")
+        return value
 
     @field_validator("device")
     @classmethod

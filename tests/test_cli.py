@@ -100,6 +100,43 @@ def test_a_bad_setting_is_one_line_naming_the_variable(tmp_path: Path) -> None:
     assert not (tmp_path / "data").exists() and not (tmp_path / "d").exists()  # nothing made
 
 
+def _defects_with(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`defects models list` with these variables only (and PATH)."""
+    return subprocess.run(
+        [sys.executable, "-c", "from training.cli import main; main()", "models", "list"],
+        capture_output=True,
+        text=True,
+        env={**env, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).parents[1])},
+        cwd=cwd,
+    )
+
+
+def test_a_data_folder_that_is_a_file_or_cannot_be_made_is_one_line(tmp_path: Path) -> None:
+    """Both ended every command in a traceback at start-up (NotADirectoryError,
+    PermissionError), before any command could say which setting was wrong."""
+    from tests.conftest import read_only
+
+    a_file = tmp_path / "data.txt"
+    a_file.write_text("not a folder")
+    done = _defects_with({"DEFECTS_DATA_DIR": str(a_file)}, tmp_path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line == (
+        f"error: invalid setting DEFECTS_DATA_DIR={str(a_file)!r}: {a_file} is a file, not a folder"
+    )
+    assert a_file.read_text() == "not a folder"
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    with read_only(locked):
+        done = _defects_with({"DEFECTS_DATA_DIR": str(locked / "data")}, tmp_path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith(
+        f"error: cannot make the data folder {locked / 'data'} (DEFECTS_DATA_DIR)"
+    )
+
+
 def test_a_command_ends_without_teardown_but_with_its_output_and_exit_code(
     tmp_path: Path,
 ) -> None:
