@@ -18,6 +18,7 @@ from sqlalchemy.exc import (
     ArgumentError,
     DataError,
     IntegrityError,
+    NoSuchModuleError,
     ProgrammingError,
 )
 from sqlalchemy.exc import DatabaseError as DriverDatabaseError
@@ -125,6 +126,20 @@ def get_engine(url: str) -> Engine:
         parsed = make_url(url)
     except ArgumentError as exc:
         raise DatabaseError(f"invalid database URL {url!r}: {exc}") from exc
+    try:
+        return _engine(url, parsed)
+    except (NoSuchModuleError, ImportError) as exc:
+        # A database kind SQLAlchemy does not know (a typo, "postgres://") or whose driver is
+        # not installed ("mysql://"): SQLAlchemy's own exception ended the command in a
+        # traceback and the dashboard in a crash.
+        raise DatabaseError(
+            f"the database URL {redact(url)} names {parsed.drivername!r}, which this "
+            "installation cannot use (no such database kind, or its driver is not installed): "
+            "use sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST:PORT/NAME"
+        ) from exc
+
+
+def _engine(url: str, parsed: URL) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         _check_sqlite_folder(url)
         engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})

@@ -137,6 +137,26 @@ def test_a_data_folder_that_is_a_file_or_cannot_be_made_is_one_line(tmp_path: Pa
     )
 
 
+@pytest.mark.parametrize(
+    ("url", "named"),
+    [
+        ("mysql://u:secret@db.example/defects", "'mysql'"),  # its driver is not installed
+        ("postgres://u:secret@db.example/defects", "'postgres'"),  # no such kind in SQLAlchemy
+    ],
+)
+def test_a_database_url_this_installation_cannot_use_is_one_line(
+    tmp_path: Path, url: str, named: str
+) -> None:
+    """SQLAlchemy's ModuleNotFoundError or NoSuchModuleError ended the command in a traceback."""
+    done = _defects_with(
+        {"DEFECTS_DATA_DIR": str(tmp_path / "d"), "DEFECTS_DATABASE_URL": url}, tmp_path
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("error: the database URL ") and named in line
+    assert "secret" not in line and "postgresql+psycopg://" in line
+
+
 def test_a_command_ends_without_teardown_but_with_its_output_and_exit_code(
     tmp_path: Path,
 ) -> None:

@@ -83,8 +83,9 @@ def test_inspect_says_how_to_get_a_model_when_there_is_none() -> None:
         ("DEFECTS_DATABASE_URL", "postgresql+psycopg://u:pw@127.0.0.1:1/x", "cannot be used"),
         ("DEFECTS_CUDA_GRAPHS", "maybe", "DEFECTS_CUDA_GRAPHS='maybe'"),
         ("DEFECTS_DATA_DIR", "{tmp}/a-file", "a-file is a file, not a folder"),
+        ("DEFECTS_DATABASE_URL", "mysql://u:pw@db.example/x", "names 'mysql', which this"),
     ],
-    ids=["dead database", "bad setting", "data folder a file"],
+    ids=["dead database", "bad setting", "data folder a file", "no driver"],
 )
 def test_a_dead_database_or_a_bad_setting_is_a_message_not_a_crash(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, variable: str, value: str, message: str
