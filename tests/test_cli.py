@@ -3,6 +3,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -674,3 +675,37 @@ def test_a_version_whose_weights_are_gone_is_named_by_every_command(tmp_path: Pa
         assert result.exit_code == 1, (command, result.output)
         assert isinstance(result.exception, UserError), (command, result.exception)
         assert str(result.exception).startswith("the weights of gone are missing"), command
+
+
+def _commands(group: Any, path: tuple[str, ...] = ()) -> list[tuple[str, Any]]:
+    """Every command and group under `group`, by its words on the command line. (typer
+    carries its own copy of click: its classes are not click's.)"""
+    found: list[tuple[str, Any]] = []
+    for name, command in group.commands.items():
+        found.append((" ".join((*path, name)), command))
+        if hasattr(command, "commands"):
+            found += _commands(command, (*path, name))
+    return found
+
+
+def test_every_command_lists_in_one_line_and_every_option_says_what_it_is() -> None:
+    """A docstring's first paragraph was listed with its line breaks (`defects --help` showed
+    "production detector's" and "classes" on two lines), and options such as --epochs,
+    --seed, --backend and export's --device had no help at all."""
+    import typer.main
+
+    commands = _commands(typer.main.get_command(app))
+    assert {"export", "models install-demo", "distill classifier"} <= {n for n, _ in commands}
+    for name, command in commands:
+        first = (command.help or "").strip().split("\n\n")[0]
+        assert first and "\n" not in first, f"{name}: {first!r}"
+        for parameter in command.params:
+            if parameter.name != "help":
+                assert getattr(parameter, "help", None), f"{name} {parameter.name}: no help"
+
+
+def test_export_refuses_a_device_it_would_not_use() -> None:
+    """Any --device but cuda... was exported on the CPU without a word (--device gpu)."""
+    result = runner.invoke(app, ["export", "nope", "--device", "gpu"])
+    assert isinstance(result.exception, UserError)
+    assert "device must be 'auto', 'cpu', 'cuda' or 'cuda:N', not 'gpu'" in str(result.exception)

@@ -216,8 +216,11 @@ def models_rollback(
 
 @models_app.command("install-demo")
 def models_install_demo() -> None:
-    """Register the shipped demo model; it becomes production where there is none, or in
-    place of an older demo (never of a model of your own)."""
+    """Register the shipped demo model and put it in production.
+
+    It becomes production where there is none, or in place of an older demo, never of a model
+    of your own.
+    """
     from training.demo import install_demo
 
     with session_scope(migrated_database_url()) as session:
@@ -332,9 +335,11 @@ def _print_dataset_report(report: ImportReport) -> None:
 def export_reviews_command(
     name: Annotated[str, typer.Option("--name", help="Name of the new dataset.")] = "reviews",
 ) -> None:
-    """Reviewed parts as a labeled dataset for retraining, with the production detector's
-    classes (as the Review page's export): confirmed and added defects are boxes, parts
-    marked good are good parts; parts not fully decided are left out."""
+    """Export the reviewed parts as a labeled dataset to retrain on.
+
+    With the production detector's classes, as the Review page's export: confirmed and added
+    defects are boxes, parts marked good are good parts; parts not fully decided are left out.
+    """
     from db.registry import production_model
     from training.backtest import export_reviews
 
@@ -351,6 +356,17 @@ def export_reviews_command(
         markup=False,
     )
 
+
+# One wording per option across the commands (the same option was described two ways).
+DEVICE_HELP = "cpu, cuda or cuda:N; default: DEFECTS_DEVICE."
+TRAIN_DEVICE_HELP = "cpu, cuda or cuda:N (or N); several GPUs: 0,1; default: DEFECTS_DEVICE."
+EPOCHS_HELP = "Passes over the training images."
+TRAIN_IMGSZ_HELP = "Training image size (pixels)."
+BATCH_HELP = "Images per training step."
+CLASSIFIER_BATCH_HELP = "Images per training step, at least 2: batch norm learns nothing from one."
+SEED_HELP = "Random seed, for a run that can be repeated."
+DATA_HELP = "Imported dataset name."
+VERSION_NAME_HELP = "Name of the new model version (default: the architecture and the time)."
 
 # The detector `inspect` and `batch` judge with.
 ModelOption = Annotated[
@@ -394,7 +410,7 @@ def _warn_ignored_on_resume(ctx: typer.Context, resume: bool, names: tuple[str, 
 @train_app.command("detector")
 def train_detector_command(
     ctx: typer.Context,
-    data: Annotated[str, typer.Option(help="Imported dataset name.")],
+    data: Annotated[str, typer.Option(help=DATA_HELP)],
     model: Annotated[
         str | None,
         typer.Option(
@@ -403,12 +419,12 @@ def train_detector_command(
             "that version's own)."
         ),
     ] = None,
-    epochs: Annotated[int, typer.Option(min=1)] = 100,
-    imgsz: Annotated[int, typer.Option(min=32, help="Training image size (pixels).")] = 256,
-    batch: Annotated[int, typer.Option(min=1)] = 16,
+    epochs: Annotated[int, typer.Option(min=1, help=EPOCHS_HELP)] = 100,
+    imgsz: Annotated[int, typer.Option(min=32, help=TRAIN_IMGSZ_HELP)] = 256,
+    batch: Annotated[int, typer.Option(min=1, help=BATCH_HELP)] = 16,
     device: Annotated[
         str | None,
-        typer.Option(help="cpu, cuda, cuda:N (or N); several GPUs: 0,1. Default: DEFECTS_DEVICE."),
+        typer.Option(help=TRAIN_DEVICE_HELP),
     ] = None,
     from_model: Annotated[
         str | None, typer.Option("--from", help="Fine-tune from this model version.")
@@ -420,8 +436,14 @@ def train_detector_command(
             "where given, else of any)."
         ),
     ] = False,
-    name: Annotated[str | None, typer.Option(help="Run name.")] = None,
-    seed: int = 0,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="Name of the training run, its folder under runs/ (default: the dataset, "
+            "the architecture and the time); --resume looks for it."
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(help=SEED_HELP)] = 0,
     plots: Annotated[bool, typer.Option(help="Save training plots.")] = False,
     workers: Annotated[
         int,
@@ -476,7 +498,7 @@ class DistillMethod(StrEnum):
 def distill_detector_command(
     ctx: typer.Context,
     teacher: Annotated[str, typer.Option(help="Teacher detector version (frozen).")],
-    data: Annotated[str, typer.Option(help="Imported dataset name.")],
+    data: Annotated[str, typer.Option(help=DATA_HELP)],
     student: Annotated[
         str | None,
         typer.Option(
@@ -490,9 +512,9 @@ def distill_detector_command(
             help="Start the student from this version (retraining that keeps old defects).",
         ),
     ] = None,
-    epochs: Annotated[int, typer.Option(min=1)] = 100,
-    imgsz: Annotated[int, typer.Option(min=32)] = 256,
-    batch: Annotated[int, typer.Option(min=1)] = 16,
+    epochs: Annotated[int, typer.Option(min=1, help=EPOCHS_HELP)] = 100,
+    imgsz: Annotated[int, typer.Option(min=32, help=TRAIN_IMGSZ_HELP)] = 256,
+    batch: Annotated[int, typer.Option(min=1, help=BATCH_HELP)] = 16,
     method: Annotated[
         DistillMethod,
         typer.Option(
@@ -506,7 +528,7 @@ def distill_detector_command(
     ] = None,
     device: Annotated[
         str | None,
-        typer.Option(help="cpu, cuda, cuda:N (or N); several GPUs: 0,1. Default: DEFECTS_DEVICE."),
+        typer.Option(help=TRAIN_DEVICE_HELP),
     ] = None,
     resume: Annotated[
         bool,
@@ -514,7 +536,7 @@ def distill_detector_command(
             help="Resume the last interrupted run of this teacher, with the loss it was started with."
         ),
     ] = False,
-    seed: int = 0,
+    seed: Annotated[int, typer.Option(help=SEED_HELP)] = 0,
     hours: HoursOption = None,
 ) -> None:
     """Train a student detector with feature distillation from a frozen teacher."""
@@ -549,17 +571,18 @@ def distill_detector_command(
 @distill_app.command("classifier")
 def distill_classifier_command(
     teacher: Annotated[str, typer.Option(help="Teacher classifier version (frozen).")],
-    data: Annotated[str, typer.Option(help="Imported dataset name.")],
+    data: Annotated[str, typer.Option(help=DATA_HELP)],
     student: Annotated[str, typer.Option(help="Student backbone.")] = "mobilenet_v3_small",
-    epochs: Annotated[int, typer.Option(min=1)] = 30,
-    imgsz: Annotated[int, typer.Option(min=32)] = 128,
-    batch: Annotated[
-        int, typer.Option(min=2, help="At least 2: batch norm learns nothing from one image.")
-    ] = 32,
-    temperature: Annotated[float, typer.Option(min=1.0)] = 4.0,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N.")] = None,
-    name: Annotated[str | None, typer.Option(help="Model version name.")] = None,
-    seed: int = 0,
+    epochs: Annotated[int, typer.Option(min=1, help=EPOCHS_HELP)] = 30,
+    imgsz: Annotated[int, typer.Option(min=32, help=TRAIN_IMGSZ_HELP)] = 128,
+    batch: Annotated[int, typer.Option(min=2, help=CLASSIFIER_BATCH_HELP)] = 32,
+    temperature: Annotated[
+        float,
+        typer.Option(min=1.0, help="Softens the teacher's class probabilities the student learns."),
+    ] = 4.0,
+    device: Annotated[str | None, typer.Option(help=DEVICE_HELP)] = None,
+    name: Annotated[str | None, typer.Option(help=VERSION_NAME_HELP)] = None,
+    seed: Annotated[int, typer.Option(help=SEED_HELP)] = 0,
 ) -> None:
     """Train a student classifier on soft targets (Hinton) and the teacher's FPN features."""
     from training.train_classifier import ClassifierTrainRequest, train_classifier
@@ -584,18 +607,16 @@ def distill_classifier_command(
 
 @train_app.command("classifier")
 def train_classifier_command(
-    data: Annotated[str, typer.Option(help="Imported dataset name.")],
+    data: Annotated[str, typer.Option(help=DATA_HELP)],
     backbone: Annotated[
         str, typer.Option(help="resnet18, mobilenet_v3_small or efficientnet_b0.")
     ] = "resnet18",
-    epochs: Annotated[int, typer.Option(min=1)] = 30,
-    imgsz: Annotated[int, typer.Option(min=32)] = 128,
-    batch: Annotated[
-        int, typer.Option(min=2, help="At least 2: batch norm learns nothing from one image.")
-    ] = 32,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N.")] = None,
-    name: Annotated[str | None, typer.Option(help="Model version name.")] = None,
-    seed: int = 0,
+    epochs: Annotated[int, typer.Option(min=1, help=EPOCHS_HELP)] = 30,
+    imgsz: Annotated[int, typer.Option(min=32, help=TRAIN_IMGSZ_HELP)] = 128,
+    batch: Annotated[int, typer.Option(min=2, help=CLASSIFIER_BATCH_HELP)] = 32,
+    device: Annotated[str | None, typer.Option(help=DEVICE_HELP)] = None,
+    name: Annotated[str | None, typer.Option(help=VERSION_NAME_HELP)] = None,
+    seed: Annotated[int, typer.Option(help=SEED_HELP)] = 0,
     hard_negatives_from: Annotated[
         str | None,
         typer.Option(
@@ -630,7 +651,7 @@ def train_classifier_command(
 @app.command("calibrate")
 def calibrate_command(
     model: Annotated[str, typer.Argument(help="Detector model version id or name.")],
-    data: Annotated[str, typer.Option(help="Imported dataset name.")],
+    data: Annotated[str, typer.Option(help=DATA_HELP)],
     split: Annotated[str, typer.Option(help="Split to calibrate on (not the test split).")] = "val",
     max_miss_rate: Annotated[
         float, typer.Option(min=0.0, max=0.99, help="Target part miss rate, e.g. 0.005.")
@@ -646,7 +667,7 @@ def calibrate_command(
             "verification off included."
         ),
     ] = None,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N.")] = None,
+    device: Annotated[str | None, typer.Option(help=DEVICE_HELP)] = None,
     class_thresholds: Annotated[
         str,
         typer.Option(
@@ -656,7 +677,7 @@ def calibrate_command(
         ),
     ] = "auto",
 ) -> None:
-    """Pick per-class thresholds that hold a miss-rate target with the fewest false calls."""
+    """Pick the thresholds that hold a miss-rate target with the fewest false calls."""
     import math
 
     from training.calibrate import PART, calibrate_model, calibration_notes, choice_lines
@@ -712,15 +733,15 @@ def evaluate_command(
         str,
         typer.Argument(help="Weights file (.pt, or a detector's .onnx) or model version id/name."),
     ],
-    data: Annotated[str, typer.Option(help="Imported dataset name.")],
+    data: Annotated[str, typer.Option(help=DATA_HELP)],
     split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write the results here.")
     ] = None,
-    imgsz: Annotated[int | None, typer.Option(help="Default: the training size.")] = None,
-    device: Annotated[
-        str | None, typer.Option(help="cpu, cuda, cuda:N. Default: DEFECTS_DEVICE.")
+    imgsz: Annotated[
+        int | None, typer.Option(help="Input size (pixels); default: the training size.")
     ] = None,
+    device: Annotated[str | None, typer.Option(help=DEVICE_HELP)] = None,
 ) -> None:
     """mAP, per-class AP and recall, part miss rate and false-call rate at the operating point."""
     from inspection.settings import resolve_device
@@ -877,7 +898,7 @@ def _store_evaluation(url: str, version_name: str, data: str, split: str, payloa
 @app.command("export")
 def export_command(
     model: Annotated[str, typer.Argument(help="Weights file (.pt) or model version id/name.")],
-    format: Annotated[str, typer.Option(help="Export format.")] = "onnx",
+    format: Annotated[str, typer.Option(help="Export format: onnx, the only one.")] = "onnx",
     half: Annotated[
         bool,
         typer.Option(
@@ -885,15 +906,26 @@ def export_command(
         ),
     ] = False,
     dynamic: Annotated[bool, typer.Option(help="Dynamic batch and image size.")] = False,
-    imgsz: Annotated[int | None, typer.Option(help="Default: the training size.")] = None,
-    device: str = "cpu",
+    imgsz: Annotated[
+        int | None, typer.Option(help="Input size (pixels); default: the training size.")
+    ] = None,
+    device: Annotated[
+        str,
+        typer.Option(
+            help="cpu, cuda or cuda:N: where the model is traced for the export (not "
+            "DEFECTS_DEVICE: an export made on a CPU runs on a GPU too)."
+        ),
+    ] = "cpu",
     int8: Annotated[
         bool, typer.Option(help="Also write an INT8 ONNX for CPU stations (needs --data).")
     ] = False,
     data: Annotated[
         str | None, typer.Option(help="Dataset whose training images calibrate INT8.")
     ] = None,
-    calibration_images: Annotated[int, typer.Option(min=8)] = 120,
+    calibration_images: Annotated[
+        int,
+        typer.Option(min=8, help="Training images INT8 is calibrated on, spread over the split."),
+    ] = 120,
     compact: Annotated[
         bool,
         typer.Option(
@@ -903,11 +935,14 @@ def export_command(
     ] = False,
 ) -> None:
     """Export a detector to ONNX, with class names and thresholds in its metadata."""
+    from inspection.settings import resolve_device
     from training.evaluate import resolve_model
     from training.export import export_detector
 
     if format != "onnx":
         raise UserError(f"export format {format!r} is not supported; use onnx")
+    # (Anything but cuda... was exported on the CPU without a word: --device gpu, --device 0.)
+    device = resolve_device(device)
     if int8 and data is None:  # (said before the float32 export, not after)
         raise UserError("--int8 needs --data: INT8 is calibrated on that dataset's training images")
     if int8 and half:
@@ -977,6 +1012,15 @@ class BackendOption(StrEnum):
     pytorch = "pytorch"
     onnx = "onnx"
     onnx_int8 = "onnx-int8"
+
+
+BackendArgument = Annotated[
+    BackendOption,
+    typer.Option(
+        help="auto: ONNX Runtime for a .onnx model, and on a CPU for a .pt model with its "
+        "exported .onnx beside it; PyTorch otherwise."
+    ),
+]
 
 
 def _counted(n: int, noun: str) -> str:
@@ -1080,8 +1124,8 @@ def batch_command(
         ),
     ] = None,
     operator: Annotated[str, typer.Option(help="Who runs the batch.")] = "",
-    backend: BackendOption = BackendOption.auto,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N.")] = None,
+    backend: BackendArgument = BackendOption.auto,
+    device: Annotated[str | None, typer.Option(help=DEVICE_HELP)] = None,
     batch_size: Annotated[
         int | None,
         typer.Option(
@@ -1280,8 +1324,10 @@ def status_command(
     ] = 60,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Each station's latest run and what it judged lately: the dashboard's Live page, for a
-    station without a screen or a monitoring script."""
+    """Each station's latest run and what it judged in the last minutes.
+
+    The dashboard's Live page, for a station without a screen or a monitoring script.
+    """
     import json
     from datetime import timedelta
 
@@ -1355,11 +1401,11 @@ def status_command(
 def inspect_command(
     images: Annotated[list[Path], typer.Argument(help="Image files.")],
     line: Annotated[str, typer.Option(help="Production line.")] = "default",
-    station: Annotated[str, typer.Option(help="Station on the line.")] = "default",
+    station: Annotated[str, typer.Option(help="Station (camera) on the line.")] = "default",
     model: ModelOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    backend: BackendOption = BackendOption.auto,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N.")] = None,
+    backend: BackendArgument = BackendOption.auto,
+    device: Annotated[str | None, typer.Option(help=DEVICE_HELP)] = None,
 ) -> None:
     """Inspect a few images, store the results and print each part's verdict."""
     import json
