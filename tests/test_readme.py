@@ -1,0 +1,91 @@
+"""README is the user's manual: the settings and command-line options it names must exist, with
+the defaults it gives, and every setting and command must be in it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import typer.main
+
+from inspection.settings import Settings
+from training.cli import app
+
+README = (Path(__file__).parents[1] / "README.md").read_text()
+
+
+def _section(title: str) -> str:
+    """The text of README's `## title` section, up to the next `## ` heading."""
+    start = README.index(f"\n## {title}\n")
+    end = README.find("\n## ", start + 1)
+    return README[start : end if end != -1 else None]
+
+
+def _first_cells(section: str) -> list[str]:
+    """The first cell of each row of the section's table, `|` escapes undone."""
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    return [re.split(r"(?<!\\)\|", row)[1].strip().strip("`").replace("\\|", "|") for row in rows]
+
+
+def test_readme_documents_every_setting_with_the_codes_default() -> None:
+    """A setting added to the code and not to README's table, or one README still lists after
+    it was removed, or a default the two give differently."""
+    rows = {
+        match[1]: match[2]
+        for match in re.finditer(
+            r"^\| `(DEFECTS_[A-Z_]+)` \| (.+?) \|", _section("Configuration"), re.M
+        )
+    }
+    fields = {f"DEFECTS_{name.upper()}": field for name, field in Settings.model_fields.items()}
+    assert set(rows) == set(fields)
+    assert len(rows) >= 10
+    for variable, field in fields.items():
+        written = rows[variable]
+        if not re.fullmatch(r"`[^`]+`", written):
+            assert field.default is None, variable  # (a default said in words: none in code)
+            continue
+        literal = written.strip("`")
+        default = field.default
+        if isinstance(default, Path):
+            assert Path(literal) == default, variable
+        elif isinstance(default, bool):
+            assert literal == str(default).lower(), variable
+        else:
+            assert type(default)(literal) == default, variable
+
+
+def _leaves(group: Any, path: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Every command that runs (not a group), by its words on the command line."""
+    found: dict[str, Any] = {}
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):
+            found |= _leaves(command, (*path, name))
+        else:
+            found[" ".join((*path, name))] = command
+    return found
+
+
+def test_readme_command_table_names_only_real_options_and_every_command() -> None:
+    """An option README's table shows must be one its command takes; each command must be in
+    the section (a sub-command of a row may be listed after a `/`, as `models list / promote`)."""
+    leaves = _leaves(typer.main.get_command(app))
+    section = _section("Command line")
+    cells = [cell.removeprefix("defects ") for cell in _first_cells(section)]
+    assert len(cells) >= 12
+    checked = 0
+    for cell in cells:
+        words = cell.split()
+        path = next(
+            " ".join(words[:n]) for n in (2, 1) if " ".join(words[:n]) in leaves
+        )  # (StopIteration: a row of no command)
+        options = {opt for p in leaves[path].params for opt in p.opts}
+        for option in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", cell):
+            assert option in options, f"`defects {path}` has no {option}"
+            checked += 1
+    assert checked >= 30
+    for path in leaves:
+        group, _, name = path.rpartition(" ")
+        listed = f"`defects {path}" in section or f"`{path}`" in section
+        in_group_row = any(c.startswith(f"{group} ") and f"/ {name}" in c for c in cells)
+        assert listed or in_group_row, f"`defects {path}` is not in README's Command line"
