@@ -156,16 +156,21 @@ def database_message(exc: Exception) -> str:
     )
 
 
-def zone_label(utc_offset_minutes: int | None = None) -> str:
+def zone_label(utc_offset_minutes: int | None = None, earlier: tuple[int, ...] = ()) -> str:
     """'local time, UTC-05:00': what the pages' times are (stored times are naive UTC); by
     default today's offset, so a time from before a change of daylight saving time is still
-    its own local time, an hour off the label."""
+    its own local time, an hour off the label. With the `earlier` offsets of a range that
+    spans such a change, each: 'local time, UTC+02:00, then UTC+01:00'."""
     if utc_offset_minutes is None:
         offset = datetime.now().astimezone().utcoffset() or timedelta(0)
         utc_offset_minutes = round(offset.total_seconds() / 60)
-    sign = "+" if utc_offset_minutes >= 0 else "-"
-    hours, minutes = divmod(abs(utc_offset_minutes), 60)
-    return f"local time, UTC{sign}{hours:02d}:{minutes:02d}"
+
+    def utc(minutes: int) -> str:
+        sign = "+" if minutes >= 0 else "-"
+        hours, rest = divmod(abs(minutes), 60)
+        return f"UTC{sign}{hours:02d}:{rest:02d}"
+
+    return "local time, " + ", then ".join(utc(m) for m in (*earlier, utc_offset_minutes))
 
 
 def local_time(moment: datetime) -> datetime:

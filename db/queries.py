@@ -68,7 +68,8 @@ GroupBy = Literal["day", "line", "station", "model_version", "class", "all"]
 class Filters:
     """Which inspections a query looks at: of parts captured from `start` to `end` (exclusive;
     naive UTC, as stored), of one class (see `class_conditions`), with days that begin
-    `utc_offset_minutes` from UTC's midnight."""
+    `utc_offset_minutes` from UTC's midnight; before each of `offset_changes` (a UTC moment,
+    and the offset in force until it), at that earlier offset."""
 
     start: datetime | None = None
     end: datetime | None = None
@@ -78,6 +79,7 @@ class Filters:
     class_name: str | None = None
     include_superseded: bool = False
     utc_offset_minutes: int = 0  # of the days the figures count by (0: days of UTC)
+    offset_changes: tuple[tuple[datetime, int], ...] = ()  # oldest first
 
     @classmethod
     def local_days(cls, first: date, last: date, **others: Any) -> Filters:
@@ -85,20 +87,22 @@ class Filters:
         time zone, counted by its days: what a person picking dates means.
 
         The bounds are each day's own local midnight, right across a change of daylight
-        saving time. The days are counted at one offset, the one in force on `last` (the
-        current one for a range up to today): SQLite knows no time zones, so in a range
-        across a change, the days on its other side have an hour next to midnight counted on
-        the neighbouring day."""
+        saving time, and each part is counted on its own local day: before a change in the
+        range at the offset then in force (counted at the last day's offset alone, the hour
+        next to midnight of every day on the other side of the change went to the day before,
+        and the range's first day lent parts to a day before the range)."""
 
         def utc_midnight(day: date) -> datetime:
             # A naive datetime's astimezone() reads it as local time, at that day's offset.
             return datetime.combine(day, time.min).astimezone(UTC).replace(tzinfo=None)
 
-        offset = datetime.combine(last, time(12)).astimezone().utcoffset() or timedelta(0)
+        start, end = utc_midnight(first), utc_midnight(last + timedelta(days=1))
+        changes = _offset_changes(start, end)
         return cls(
-            start=utc_midnight(first),
-            end=utc_midnight(last + timedelta(days=1)),
-            utc_offset_minutes=round(offset.total_seconds() / 60),
+            start=start,
+            end=end,
+            utc_offset_minutes=_local_offset_minutes(end - timedelta(seconds=1)),
+            offset_changes=changes,
             **others,
         )
 
@@ -195,11 +199,81 @@ def _shifted_date_postgresql(element: _ShiftedDate, compiler: Any, **kw: Any) ->
     return f"date({timestamp} + interval '{minutes} minutes')"
 
 
-def _day_column(utc_offset_minutes: int = 0) -> ColumnElement[Any]:
-    """The day a part was captured, in a time zone `utc_offset_minutes` from UTC."""
-    # The minutes are written into the SQL, not bound: PostgreSQL takes the select's
-    # `date(t + $1)` and the GROUP BY's `date(t + $2)` for different expressions.
-    return _ShiftedDate(Part.captured_at, literal_column(f"{int(utc_offset_minutes):+d}"))
+class _UtcMoment(FunctionElement[Any]):
+    """A naive-UTC moment written into the SQL (a literal column holding its text), compared
+    with stored times: SQLite holds them as text of this form, PostgreSQL as timestamps."""
+
+    name = "utc_moment"
+    inherit_cache = True
+
+
+@compiles(_UtcMoment)
+def _utc_moment_sqlite(element: _UtcMoment, compiler: Any, **kw: Any) -> str:
+    (moment,) = (compiler.process(clause, **kw) for clause in element.clauses)
+    return f"'{moment}'"
+
+
+@compiles(_UtcMoment, "postgresql")
+def _utc_moment_postgresql(element: _UtcMoment, compiler: Any, **kw: Any) -> str:
+    (moment,) = (compiler.process(clause, **kw) for clause in element.clauses)
+    return f"TIMESTAMP '{moment}'"
+
+
+def _local_offset_minutes(moment: datetime) -> int:
+    """This machine's offset from UTC at the naive-UTC `moment`, in minutes."""
+    offset = moment.replace(tzinfo=UTC).astimezone().utcoffset() or timedelta(0)
+    return round(offset.total_seconds() / 60)
+
+
+def _offset_changes(start: datetime, end: datetime) -> tuple[tuple[datetime, int], ...]:
+    """Each change of this machine's offset from UTC between the naive-UTC `start` and `end`:
+    the first moment of the new offset, to the second, and the offset before it. Looked for
+    at each day's end (a zone changes at most once a day), then narrowed down."""
+    changes = []
+    before, offset = start, _local_offset_minutes(start)
+    while before < end:
+        after = min(before + timedelta(days=1), end)
+        later = _local_offset_minutes(after)
+        if later != offset:
+            low, high = before, after  # the offset is `offset` at low, `later` at high
+            while high - low > timedelta(seconds=1):
+                middle = low + (high - low) / 2
+                middle = middle.replace(microsecond=0)
+                if middle <= low:
+                    break
+                if _local_offset_minutes(middle) == offset:
+                    low = middle
+                else:
+                    high = middle
+            changes.append((high, offset))
+            offset = later
+        before = after
+    return tuple(changes)
+
+
+def _day_column(
+    utc_offset_minutes: int = 0, offset_changes: tuple[tuple[datetime, int], ...] = ()
+) -> ColumnElement[Any]:
+    """The day a part was captured, in a time zone `utc_offset_minutes` from UTC, or before
+    each of `offset_changes`, at the offset in force until it."""
+
+    # The minutes and moments are written into the SQL, not bound: PostgreSQL takes the
+    # select's `date(t + $1)` and the GROUP BY's `date(t + $2)` for different expressions.
+    def shifted(minutes: int) -> ColumnElement[Any]:
+        return _ShiftedDate(Part.captured_at, literal_column(f"{int(minutes):+d}"))
+
+    if not offset_changes:
+        return shifted(utc_offset_minutes)
+    return case(
+        *(
+            (
+                Part.captured_at < _UtcMoment(literal_column(f"{moment:%Y-%m-%d %H:%M:%S}")),
+                shifted(minutes),
+            )
+            for moment, minutes in offset_changes
+        ),
+        else_=shifted(utc_offset_minutes),
+    )
 
 
 def _normalise_key(group_by: GroupBy, key: object) -> str | date | int | None:
@@ -224,7 +298,7 @@ def rates(
         false_call = and_(false_call, _has_counted_prediction_of(filters.class_name))
     key_column: ColumnElement[object] = {
         "all": literal("all"),
-        "day": _day_column(filters.utc_offset_minutes),
+        "day": _day_column(filters.utc_offset_minutes, filters.offset_changes),
         "line": ProductionLine.name,
         "station": Station.name,
         "model_version": Inspection.model_version_id,
@@ -403,7 +477,7 @@ class VolumeRow:
 def daily_volume(session: Session, filters: Filters = Filters()) -> list[VolumeRow]:
     """Verdicts given, failed and in error per day the parts were captured (a day of the
     filters' offset from UTC)."""
-    day = _day_column(filters.utc_offset_minutes)
+    day = _day_column(filters.utc_offset_minutes, filters.offset_changes)
     rows = session.execute(
         select(
             day,

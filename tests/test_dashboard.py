@@ -1394,3 +1394,17 @@ def test_a_calibration_with_a_classifier_is_shown_as_it_will_be_stored(
         assert line[0].upper() + line[1:] + "." in said
     if all(v >= 1.01 for v in stored["per_class"].values()):  # every class off
         assert not any("shared by every class" in c for c in said)
+
+
+def test_a_range_across_a_change_of_daylight_saving_time_names_both_offsets() -> None:
+    from dashboard.state import zone_label
+
+    with local_zone("Europe/Berlin"):
+        filters = Filters.local_days(date(2026, 10, 20), date(2026, 10, 30))
+        single = Filters.local_days(date(2026, 1, 5), date(2026, 1, 6))
+    earlier = tuple(m for _, m in filters.offset_changes)
+    assert (
+        zone_label(filters.utc_offset_minutes, earlier) == "local time, UTC+02:00, then UTC+01:00"
+    )
+    assert zone_label(single.utc_offset_minutes) == "local time, UTC+01:00"
+    assert zone_label(-330) == "local time, UTC-05:30"

@@ -19,7 +19,9 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dtime
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import select
@@ -590,3 +592,46 @@ def test_latencies_are_binned_and_ranked_in_the_database(session) -> None:  # ty
     )
     later = latency_histogram(session, Filters(start=datetime(2030, 1, 1)))
     assert later.counts == [] and later.summary.count == 0
+
+
+def test_days_across_a_change_of_daylight_saving_time_are_each_parts_own_local_day(
+    session,  # type: ignore[no-untyped-def]
+) -> None:
+    # Berlin leaves summer time on 25 October 2026 (03:00 CEST is 02:00 CET, a day of 25
+    # hours). A part at 00:30, 12:30 and 23:30 local time on each day of the range: every day
+    # counts its three, none goes to the day before, and no day outside the range shows.
+    line = ProductionLine(name="L")
+    station = Station(line=line, name="S")
+    session.add_all([line, station])
+    session.flush()
+    berlin = ZoneInfo("Europe/Berlin")
+    days = [date(2026, 10, 20) + timedelta(days=n) for n in range(11)]
+    for n, moment in enumerate(
+        datetime.combine(day, dtime(hour, 30), tzinfo=berlin)
+        for day in days
+        for hour in (0, 12, 23)
+    ):
+        at = moment.astimezone(UTC).replace(tzinfo=None)
+        part = Part(
+            content_hash=f"{n:064d}",
+            stored_path="",
+            size_bytes=1,
+            captured_at=at,
+            line_id=line.id,
+            station_id=station.id,
+        )
+        session.add(part)
+        session.flush()
+        session.add(Inspection(part_id=part.id, verdict=Verdict.PASS, inspected_at=at))
+    session.commit()
+    with local_zone("Europe/Berlin"):
+        filters = Filters.local_days(days[0], days[-1])
+    assert [(r.day, r.inspected) for r in daily_volume(session, filters)] == [
+        (day, 3) for day in days
+    ]
+    with local_zone("America/New_York"):  # the range holds no change there: one offset
+        assert Filters.local_days(days[0], days[-1]).offset_changes == ()
+        # 8 March 2026, 2:00 EST: the first moment of EDT, to the second.
+        spring = Filters.local_days(date(2026, 3, 1), date(2026, 3, 31))
+        assert spring.offset_changes == ((datetime(2026, 3, 8, 7), -300),)
+        assert spring.utc_offset_minutes == -240

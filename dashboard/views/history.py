@@ -89,7 +89,7 @@ filters = Filters.local_days(
     station_id=stations.get(station),
     class_name=None if class_name == "All classes" else class_name,
 )
-zone = zone_label(filters.utc_offset_minutes)
+zone = zone_label(filters.utc_offset_minutes, tuple(m for _, m in filters.offset_changes))
 
 with session_scope(state.url) as session:
     rate_rows = rates(session, filters, group_by="day")
