@@ -396,6 +396,8 @@ def test_model_names_are_listed_whole_at_80_columns_and_as_json(tmp_path: Path) 
     for whole in ["val", "0.625"]:  # (known from training, before any evaluate)
         assert any(whole in line for line in lines), (whole, listed.stdout)
     assert "…" not in listed.stdout
+    # Times are stored in UTC, and the list says so (a reader on local time took them for his).
+    assert "(UTC)" in listed.stdout
     as_json = _cli(["models", "list", "--json"], tmp_path / "data")
     rows = json.loads(as_json.stdout)
     assert [row["name"] for row in rows] == names[::-1]  # newest first

@@ -22,6 +22,7 @@ from dashboard.charts import (
     volume_figure,
 )
 from dashboard.downloads import filtered_results_csv, rows_left_out_of_csv
+from dashboard.state import local_time, zone_label
 from db.migrate import upgrade
 from db.models import Inspection, ModelVersion, Part, Prediction, Review, Verdict, utcnow
 from db.queries import (
@@ -462,6 +463,12 @@ def test_history_models_and_settings_pages(production: str, tmp_path: Path) -> N
     at.switch_page("views/models.py").run()
     assert not at.exception, at.exception
     assert "tiny" in at.dataframe[0].value["name"].tolist()
+    # Stored in UTC, shown in the server's local time and said so, as the other pages' times.
+    [created] = [c for c in at.dataframe[0].value.columns if c.startswith("created")]
+    assert created == f"created ({zone_label()})"
+    with session_scope(production) as session:
+        stored = session.scalars(select(ModelVersion.created_at)).first()
+    assert local_time(stored) in at.dataframe[0].value[created].tolist()  # type: ignore[arg-type]
     # The first production detector: nothing to roll back to, said on the button (it was
     # offered, and pressed to learn it).
     [button] = [b for b in at.button if b.label.startswith("Roll back")]
@@ -1397,8 +1404,6 @@ def test_a_calibration_with_a_classifier_is_shown_as_it_will_be_stored(
 
 
 def test_a_range_across_a_change_of_daylight_saving_time_names_both_offsets() -> None:
-    from dashboard.state import zone_label
-
     with local_zone("Europe/Berlin"):
         filters = Filters.local_days(date(2026, 10, 20), date(2026, 10, 30))
         single = Filters.local_days(date(2026, 1, 5), date(2026, 1, 6))

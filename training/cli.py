@@ -143,7 +143,7 @@ def models_list(
             "mAP50",
             "val mAP50",
             "miss rate",
-            "created",
+            "created (UTC)",  # (stored in UTC; a station on local time read it as its own)
         )
         rows_shown = [
             (

@@ -11,7 +11,7 @@ import pandas as pd
 import streamlit as st
 from sqlalchemy import select
 
-from dashboard.state import database_ready, flash
+from dashboard.state import database_ready, flash, local_time, zone_label
 from db.models import Dataset, JobStatus, ModelKind, ModelStage, ModelVersion, TrainingJob
 from db.registry import (
     NotFoundError,
@@ -73,7 +73,8 @@ with session_scope(state.url) as session:
             "top-1 (test)": (v.metrics or {}).get("top1_accuracy"),
             "val accuracy (parts and crops)": (v.metrics or {}).get("val_accuracy"),
             "teacher": v.teacher.name if v.teacher else "",
-            "created": v.created_at,
+            # Stored in UTC: shown in the server's local time, as the other pages, and said.
+            f"created ({zone_label()})": local_time(v.created_at),
         }
         for v in versions
     ]
