@@ -24,11 +24,30 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+def database_utcnow(bind: Connection | Session) -> datetime:
+    """The database's clock now, naive UTC: the one clock every station writing to a shared
+    database and every page reading it agree on. A station whose own clock ran minutes
+    behind stamped its verdicts so: the Live page called it idle while it judged, left its
+    parts out of the last minutes, and the history put them on another day near midnight.
+    (SQLite's is the clock of the machine that writes, as before.)"""
+    dialect = bind.get_bind().dialect.name if isinstance(bind, Session) else bind.dialect.name
+    if dialect == "postgresql":
+        found = bind.scalar(text("SELECT timezone('UTC', now())"))
+    elif dialect == "sqlite":
+        found = bind.scalar(text("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')"))
+    else:
+        return utcnow()
+    if isinstance(found, str):
+        found = datetime.fromisoformat(found)
+    return found.replace(tzinfo=None)  # type: ignore[no-any-return]
 
 
 class Base(DeclarativeBase):

@@ -45,7 +45,7 @@ from db.models import (
     Prediction,
     PredictionSource,
     Verdict,
-    utcnow,
+    database_utcnow,
 )
 from db.queries import PART_CLASSIFIER_ALONE, RunRow, run_rows, source_rows
 from db.registry import ensure_station, get_model_version, production_model
@@ -564,6 +564,7 @@ def open_run(
         operator=operator,
         source=source,
         model_version_id=version.id,
+        started_at=database_utcnow(session),  # (as its verdicts and its end are stamped)
     )
     session.add(run)
     session.flush()
@@ -852,7 +853,7 @@ class BatchInspection:
         connection.execute(
             update(InspectionRun)
             .where(InspectionRun.id == self.run_id)
-            .values(finished_at=utcnow())
+            .values(finished_at=database_utcnow(connection))
         )
 
     def _process(
@@ -988,8 +989,9 @@ class BatchInspection:
         engine wrote them as it prepared the parts."""
         if not results:
             return False  # (an INSERT given no rows would insert one row of defaults)
-        now = utcnow()
         with connection_scope(self.url) as connection:
+            # The database's clock, not this station's: see database_utcnow.
+            now = database_utcnow(connection)
             # (Result objects have .keys(), so dict() would take them for mappings.)
             part_ids: dict[str, int] = {
                 digest: part_id

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from sqlalchemy import update
 
-from db.models import InspectionRun, utcnow
+from db.models import InspectionRun, database_utcnow
 from db.session import connection_scope, retrying_races, session_scope
 from inspection.batch import (
     WRITE_NOW,
@@ -434,7 +434,7 @@ class ParallelInspection:
                 connection.execute(
                     update(InspectionRun)
                     .where(InspectionRun.id == self.run_id)
-                    .values(finished_at=utcnow())
+                    .values(finished_at=database_utcnow(connection))
                 )
 
         # (As the workers' writes do, through a database that is away for a while.)

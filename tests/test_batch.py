@@ -1408,3 +1408,40 @@ def test_a_parts_line_is_one_line_in_a_log(
     assert result.exit_code == 0, result.output
     [line] = result.output.splitlines()
     assert line.startswith(f"{long_name}: ")
+
+
+def test_verdicts_are_stamped_by_the_databases_clock_not_the_stations(
+    detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A station whose clock ran 10 minutes behind (no NTP, or an NTP correction to come)
+    stamped its parts so: the Live page and `defects status` left them out of the last
+    minutes and called the station idle while it judged. The database's clock stamps them."""
+    from datetime import UTC, datetime, timedelta
+
+    import db.models
+    import inspection.batch
+    from db.models import InspectionRun
+    from db.queries import station_activity
+
+    def behind() -> datetime:
+        return datetime.now(UTC).replace(tzinfo=None) - timedelta(minutes=10)
+
+    # Every clock this station's Python reads for a stored time.
+    monkeypatch.setattr(db.models, "utcnow", behind)
+    monkeypatch.setattr(inspection.batch, "utcnow", behind, raising=False)
+    make_images(tmp_path / "in", n=2)
+    summary = _job(detector, tmp_path).run(iter_source(str(tmp_path / "in")))
+    assert summary.inspected == 2
+    with session_scope(detector) as session:
+        now = datetime.now(UTC).replace(tzinfo=None)  # (the database's clock, here)
+        stamps = [
+            *session.scalars(select(Inspection.inspected_at)),
+            *session.scalars(select(Part.captured_at)),
+            *session.scalars(select(InspectionRun.started_at)),
+            *session.scalars(select(InspectionRun.finished_at)),
+        ]
+        assert all(abs(now - stamp) < timedelta(minutes=1) for stamp in stamps), stamps
+        [cam] = station_activity(session, now - timedelta(minutes=5))
+        assert cam.inspected == 2
+        assert cam.last_inspected_at is not None
+        assert now - cam.last_inspected_at < timedelta(minutes=1)

@@ -1331,12 +1331,14 @@ def status_command(
     import json
     from datetime import timedelta
 
-    from db.models import utcnow
+    from db.models import database_utcnow
     from db.queries import station_activity
 
     url = migrated_database_url()
     with session_scope(url) as session:
-        activity = station_activity(session, utcnow() - timedelta(minutes=minutes))
+        # By the database's clock, as the stations stamp their verdicts (see database_utcnow).
+        since = database_utcnow(session) - timedelta(minutes=minutes)
+        activity = station_activity(session, since)
     if as_json:
         rows = [
             {

@@ -23,7 +23,7 @@ from dashboard.state import database_message, database_ready, local_time, zone_l
 from db.models import (
     Inspection,
     Verdict,
-    utcnow,
+    database_utcnow,
 )
 from db.queries import (
     Filters,
@@ -140,10 +140,12 @@ def live_view() -> None:
 
 
 def _live_view() -> None:
-    now = utcnow()
-    since = now - timedelta(minutes=window)
     zone = zone_label()
     with session_scope(state.url) as session:
+        # The database's clock, as the stations stamp their verdicts by (this server's may
+        # differ from it by minutes, and every station was then idle, or none ever was).
+        now = database_utcnow(session)
+        since = now - timedelta(minutes=window)
         activity = station_activity(session, since)
         volume = minute_volume(session, since)
         recent = _latest_parts(session, zone)
