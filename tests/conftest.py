@@ -59,6 +59,25 @@ def read_only(*paths: Path) -> Iterator[None]:
                 path.chmod(mode)
 
 
+@contextmanager
+def unlistable(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """`folder` as a user who may not list it meets it: its mode 0, and for root, who lists it
+    all the same, os.scandir refusing it."""
+    folder.chmod(0)
+    scandir = os.scandir
+
+    def refusing(path):  # type: ignore[no-untyped-def]
+        if os.geteuid() == 0 and Path(path) == folder:
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    try:
+        yield
+    finally:
+        folder.chmod(0o755)
+
+
 def _reset_postgres(url: str) -> None:
     with get_engine(url).begin() as connection:
         connection.execute(text("DROP SCHEMA public CASCADE"))

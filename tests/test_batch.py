@@ -25,7 +25,7 @@ from db.session import session_scope
 from inspection.batch import WRITE_NOW, BatchInspection, SourceItem, folder_files, iter_source
 from inspection.errors import UserError
 from inspection.settings import get_settings
-from tests.conftest import Trained, register_production_detector
+from tests.conftest import Trained, register_production_detector, unlistable
 from tests.synthetic import make_images
 
 ROOT = Path(__file__).parents[1]
@@ -193,16 +193,7 @@ def test_a_sub_folder_that_cannot_be_read_is_an_error_not_passed_over(
     make_images(tmp_path / "in", n=1, size=32)
     make_images(tmp_path / "in" / "locked", n=1, size=32)
     locked = tmp_path / "in" / "locked"
-    locked.chmod(0)
-    scandir = os.scandir
-
-    def refusing(path):  # type: ignore[no-untyped-def]
-        if os.geteuid() == 0 and Path(path) == locked:  # (root reads it all the same)
-            raise PermissionError(13, "Permission denied", str(path))
-        return scandir(path)
-
-    monkeypatch.setattr(batch.os, "scandir", refusing)
-    try:
+    with unlistable(locked, monkeypatch):
         reason = "cannot read the folder: Permission denied (its files were not inspected)"
         items = {item.name: item for item in iter_source(str(tmp_path / "in"))}
         assert set(items) == {"part_000.png", "locked"}
@@ -213,8 +204,6 @@ def test_a_sub_folder_that_cannot_be_read_is_an_error_not_passed_over(
         watched = {item.name: item.error for item in next(looks)}
         stop.set()
         assert watched == {"part_000.png": None, "locked": reason}
-    finally:
-        locked.chmod(0o755)
 
 
 def test_a_folder_lists_its_files_in_path_order_without_hidden_or_linked_folders(

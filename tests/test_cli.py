@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from inspection.errors import UserError
+from tests.conftest import unlistable
 from training.cli import app
 
 runner = CliRunner()
@@ -461,7 +462,6 @@ def test_a_damaged_zip_or_unreadable_folder_is_refused_before_a_run_opens(
 ) -> None:
     """Either stopped the command only after the model had loaded and a run had been opened
     on the station, which then showed as its latest run, with no part."""
-    import os
 
     from sqlalchemy import func, select
 
@@ -473,16 +473,7 @@ def test_a_damaged_zip_or_unreadable_folder_is_refused_before_a_run_opens(
     (tmp_path / "cut.zip").write_bytes(b"PK\x03\x04 cut short in the copy")
     locked = tmp_path / "locked"
     locked.mkdir()
-    locked.chmod(0)
-    scandir = os.scandir
-
-    def refusing(path):  # type: ignore[no-untyped-def]
-        if os.geteuid() == 0 and Path(path) == locked:  # (root reads it all the same)
-            raise PermissionError(13, "Permission denied", str(path))
-        return scandir(path)
-
-    monkeypatch.setattr(os, "scandir", refusing)
-    try:
+    with unlistable(locked, monkeypatch):
         for source, said in [
             (tmp_path / "cut.zip", "cannot open the zip cut.zip"),
             (locked, f"cannot read the folder {locked}: Permission denied"),
@@ -490,8 +481,6 @@ def test_a_damaged_zip_or_unreadable_folder_is_refused_before_a_run_opens(
             result = runner.invoke(app, ["batch", str(source), "--line", "L", "--station", "S"])
             assert result.exit_code == 1 and isinstance(result.exception, UserError)
             assert str(result.exception).startswith(said), result.exception
-    finally:
-        locked.chmod(0o755)
     with session_scope(get_settings().resolved_database_url) as session:
         assert session.scalar(select(func.count()).select_from(InspectionRun)) == 0
 
