@@ -26,22 +26,31 @@ from db.queries import (
 @dataclass(frozen=True)
 class PChart:
     center: float
-    upper: list[float]
-    lower: list[float]
+    upper: list[float | None]  # None on a day with no part to count: no limit, a gap
+    lower: list[float | None]
     out_of_control: list[bool]
 
 
 def p_chart(failures: list[int], totals: list[int], sigmas: float = 3.0) -> PChart:
-    """SPC p-chart: centre line p-bar and per-sample limits p-bar +/- 3 sqrt(p-bar (1 - p-bar) / n)."""
+    """SPC p-chart: centre line p-bar (all failures over all parts) and per-sample limits
+    p-bar +/- 3 sqrt(p-bar (1 - p-bar) / n), clipped to [0, 1]. A sample of no parts has no
+    limits: drawn on p-bar, they read as a limit of zero width that the day sat on."""
     grand_total = sum(totals)
     center = sum(failures) / grand_total if grand_total else 0.0
-    upper, lower, flags = [], [], []
+    upper: list[float | None] = []
+    lower: list[float | None] = []
+    flags: list[bool] = []
     for failed, n in zip(failures, totals, strict=True):
-        spread = sigmas * math.sqrt(center * (1 - center) / n) if n else 0.0
-        upper.append(min(1.0, center + spread))
-        lower.append(max(0.0, center - spread))
-        rate = failed / n if n else 0.0
-        flags.append(bool(n) and (rate > upper[-1] or rate < lower[-1]))
+        if not n:
+            upper.append(None)
+            lower.append(None)
+            flags.append(False)
+            continue
+        spread = sigmas * math.sqrt(center * (1 - center) / n)
+        high, low = min(1.0, center + spread), max(0.0, center - spread)
+        upper.append(high)
+        lower.append(low)
+        flags.append(failed / n > high or failed / n < low)
     return PChart(center, upper, lower, flags)
 
 

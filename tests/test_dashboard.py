@@ -609,6 +609,27 @@ def test_p_chart_limits_by_hand() -> None:
     assert p_chart([0], [0]).out_of_control == [False]
 
 
+def test_a_day_with_no_part_to_count_has_no_control_limits() -> None:
+    """Days of 10, 0 and 10 good parts with 2, 0 and 1 false calls: p-bar = 3 / 20 = 0.15;
+    a day of 10: 0.15 +/- 3 sqrt(0.15 * 0.85 / 10) = 0.15 +/- 0.33875, so UCL 0.48875 and
+    LCL 0 (clipped). The empty day has no limits (they were drawn on p-bar, a band of zero
+    width, as if the day had been measured exactly)."""
+    chart = p_chart([2, 0, 1], [10, 0, 10])
+    assert chart.center == pytest.approx(0.15)
+    assert chart.upper[0] == pytest.approx(0.48875, abs=1e-5) == chart.upper[2]
+    assert chart.lower == [0.0, None, 0.0]
+    assert chart.upper[1] is None and chart.out_of_control == [False, False, False]
+    days = [date(2026, 1, 1), date(2026, 1, 2), date(2026, 1, 3)]
+    figure = rates_figure(
+        [
+            RateRow(5, 1, n, f, key=day)
+            for day, n, f in zip(days, [10, 0, 10], [2, 0, 1], strict=True)
+        ]
+    )
+    ucl = next(trace for trace in figure.data if trace.name == "false-call rate UCL")
+    assert ucl.y[1] is None and ucl.y[0] == pytest.approx(0.48875, abs=1e-5)
+
+
 def test_figures_are_built_from_plain_data() -> None:
     days = [date(2026, 1, 1), date(2026, 1, 2)]
     figure = rates_figure([RateRow(10, 1, 20, 2, key=days[0]), RateRow(10, 0, 20, 1, key=days[1])])
