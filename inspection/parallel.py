@@ -666,7 +666,9 @@ class ParallelInspection:
                         since = time.perf_counter() - self.moments["all_ready"]
                         self.after_all_ready = (parts, since)
                     for result in payload:
-                        if result.latency_ms is not None:
+                        # (An error's time is not a verdict's, as in one process: a file
+                        # that is not an image pulled the run's percentiles its way.)
+                        if result.latency_ms is not None and result.verdict != "error":
                             self.summary.add_latency(result.latency_ms)
                         if on_result:
                             on_result(result)

@@ -104,7 +104,9 @@ def test_workers_write_what_one_process_writes_into_one_run(
     # 12 parts + the non-image + the unreadable file judged; the copy skipped, in its shard.
     assert (summary.seen, summary.inspected, summary.skipped, summary.errors) == (15, 14, 1, 2)
     assert summary.errors_by_reason == {"not an image file": 1, "cannot read the file": 1}
-    assert len(seen) == 14 and len(summary.latencies_ms) == 13  # the unread file has none
+    # Latencies of the 12 parts judged: an error's time is not a verdict's (the non-image's
+    # was counted), as one process counts them below.
+    assert len(seen) == 14 and len(summary.latencies_ms) == 12
     assert {job.processes[0].exitcode, job.processes[1].exitcode} == {0}
     assert len(job.ready_after_s) == 2 and all(s > 0 for s in job.ready_after_s)
     parallel_rows = _rows(detector, job.run_id)
@@ -116,7 +118,7 @@ def test_workers_write_what_one_process_writes_into_one_run(
     # The same parts in one process, as another model version's run: the same verdicts.
     register_production_detector(detector, Path(_weights(detector)), tmp_path / "m2", "tiny-2")
     single = BatchInspection(detector, tmp_path / "store", "Line 1", "Cam A", model="tiny-2")
-    single.run(items)
+    assert len(single.run(items).latencies_ms) == 12
     single.inspector.close()
     assert _rows(detector, single.run_id) == parallel_rows
     # Started again: everything is judged already.
