@@ -112,6 +112,16 @@ def test_upper_bound_of_zero_misses_is_not_zero() -> None:
     assert upper_bound(1, 100) == pytest.approx(0.0466, abs=1e-4)  # the published value
 
 
+def test_upper_bounds_are_one_sided_clopper_pearson() -> None:
+    """The bound the output calls one-sided: p with P(X <= k | n, p) = 0.05. By hand, for 1 of
+    2: 1 - p^2 = 0.05, p = sqrt(0.95) = 0.974679; for 0 of 180: 1 - 0.05^(1/180) = 0.016505
+    (the two-sided 95% interval's upper end would be 1 - 0.025^(1/180) = 0.020285); for 3 of
+    180, 0.042510 (the beta distribution's 0.95 quantile, Beta(4, 177))."""
+    assert upper_bound(1, 2) == pytest.approx(0.95**0.5, abs=1e-9)
+    assert upper_bound(0, 180) == pytest.approx(0.016505, abs=1e-6)
+    assert upper_bound(3, 180) == pytest.approx(0.042510, abs=1e-6)
+
+
 def test_a_class_the_split_never_scores_gets_the_shared_threshold() -> None:
     result = calibrate(
         [PartScores(True, {"scratch": 0.5}), PartScores(False, {})],

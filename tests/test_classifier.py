@@ -166,6 +166,7 @@ def test_evaluate_export_and_calibrate_with_the_classifier(
     )
     assert result.exit_code == 0, result.output
     assert "95% upper bound" in result.output
+    assert "one-sided, Clopper-Pearson exact" in result.output  # which bound it is
     # evaluate at that operating point counts as calibrate did: with the classifier (it
     # counted the detector alone, and the two disagreed on the same split).
     figures = tmp_path / "val.json"

@@ -718,6 +718,7 @@ def calibrate_command(
             f"false-call rate {_fmt(result.false_call_rate)} ({result.n_false_calls} of "
             f"{result.n_good} good parts; 95% upper bound {_fmt(report['false_call_rate_upper_95'])})"
         )
+    console.print("(95% upper bounds: one-sided, Clopper-Pearson exact)")
     if result.miss_rate is not None and result.miss_rate > max_miss_rate:
         console.print(
             "[red]the target cannot be met on this split: some defects are never scored[/red]"
@@ -768,7 +769,7 @@ def evaluate_command(
     payload = result.to_json()
     if version_name is not None:
         _store_evaluation(url, version_name, data, split, payload)
-    table = Table("class", "AP50", "AP50-95", "recall", "boxes", "threshold")
+    table = Table("class", "AP50", "AP50-95", "recall at threshold", "boxes", "threshold")
     for name, row in result.per_class.items():
         table.add_row(
             name,
