@@ -99,6 +99,27 @@ def test_part_rates_arithmetic_by_hand() -> None:
     assert part_rates([(True, True)]).false_call_rate is None
 
 
+def test_recall_matching_by_hand() -> None:
+    """Per-class recall counts a labeled box found by one detection of its class at IoU >= 0.5,
+    each detection finding at most one box, the most confident first.
+
+    Class 0 boxes A (0,0,10,10) and B (20,0,30,10), class 1 box C (0,20,10,30). Detections:
+    0.9 class 0 on A (IoU 1: A found); 0.8 class 0 at (1,0,11,10), IoU 90/110 with A, found
+    already, and 0 with B: finds nothing; 0.7 class 1 on A: another class, nothing; 0.6 class
+    0 at (20,0,30,20): IoU 100/200 = 0.5 with B, exactly the bound: B found. C is not found.
+    Recall: class 0 2 of 2, class 1 0 of 1."""
+    import numpy as np
+
+    from training.evaluate import matched_boxes
+
+    truth = np.array([[0, 0, 10, 10], [20, 0, 30, 10], [0, 20, 10, 30]], dtype=float)
+    pred = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [0, 0, 10, 10], [20, 0, 30, 20]], float)
+    found = matched_boxes(
+        truth, np.array([0, 0, 1]), pred, np.array([0, 0, 1, 0]), np.array([0.9, 0.8, 0.7, 0.6])
+    )
+    assert found.tolist() == [True, True, False]
+
+
 def test_evaluate_cli_writes_the_stable_json_keys(
     trained: Trained, tmp_path: Path, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
