@@ -424,9 +424,10 @@ class ParetoRow:
 
 
 def defect_pareto(session: Session, filters: Filters = Filters()) -> list[ParetoRow]:
-    """Failed parts per defect class, most frequent first, with the cumulative share; with a
-    class chosen, its row alone, its shares still of every failed part (its place in the
-    Pareto). Parts the part classifier failed with no counted defect are a row of their own,
+    """Failed parts per defect class, most frequent first, with the cumulative share of the
+    class counts (a part failed for two classes counts in both bars, as a Pareto of causes
+    does); with a class chosen, its row alone, its shares still of every class's count (its
+    place in the Pareto). Parts the part classifier failed with no counted defect are a row of their own,
     PART_CLASSIFIER_ALONE: in no class, they were missing from the chart."""
     rows = session.execute(
         select(Prediction.class_name, func.count(func.distinct(Inspection.id)).label("n"))
