@@ -185,11 +185,21 @@ def resolve_device(choice: str | None = None) -> str:
     import torch
 
     # (Named where it came from: "use --device cpu" named a flag the user had not passed.)
-    remedy = "use --device cpu (or auto)" if choice else "set DEFECTS_DEVICE=cpu (or --device cpu)"
+    given = bool(choice)
+    remedy = "use --device cpu (or auto)" if given else "set DEFECTS_DEVICE=cpu (or --device cpu)"
     try:  # (the rule the DEFECTS_DEVICE setting is checked by, for --device too)
         choice = Settings._check_device(choice or get_settings().device)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
+    if "," in choice:
+        # (Only a detector's training takes several GPUs, through ultralytics, which reads the
+        # list itself; here torch failed on it in a traceback.)
+        named = f"--device {choice}" if given else f"DEFECTS_DEVICE={choice}"
+        raise UserError(
+            f"{named} lists several GPUs: only `defects train detector` (and distill detector) "
+            "uses several; inspection, evaluation, export and a classifier's training run on "
+            "one, cuda:N (`batch --workers N` spreads a batch over processes)"
+        )
     if choice == "auto":
         return "cuda:0" if torch.cuda.is_available() else "cpu"
     if choice.startswith("cuda") and not torch.cuda.is_available():

@@ -247,6 +247,23 @@ def test_an_unknown_or_absent_device_is_one_line(tmp_path: Path) -> None:
     assert resolve_device("cpu") == "cpu"
 
 
+def test_a_list_of_gpus_is_refused_where_one_device_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """DEFECTS_DEVICE=cuda:0,1 (set for a detector's training on two GPUs) or --device
+    cuda:0,1 passed validation for inspection, evaluation and export, and failed in torch with
+    a traceback."""
+    from inspection.errors import UserError
+    from inspection.settings import get_settings, resolve_device
+
+    with pytest.raises(UserError, match=r"^--device cuda:0,1 lists several GPUs"):
+        resolve_device("cuda:0,1")
+    monkeypatch.setenv("DEFECTS_DEVICE", "cuda:0,1")
+    get_settings.cache_clear()
+    with pytest.raises(UserError, match=r"^DEFECTS_DEVICE=cuda:0,1 lists several GPUs"):
+        resolve_device()
+
+
 def test_int8_without_data_is_refused_before_any_export(tmp_path: Path) -> None:
     result = runner.invoke(app, ["export", str(tmp_path / "none.pt"), "--int8"])
     assert result.exit_code == 1 and "--int8 needs --data" in str(result.exception)
