@@ -9,9 +9,7 @@ import pandas as pd
 
 from db.queries import INSPECTION_COLUMNS, Filters, inspection_count, inspection_rows
 from db.session import session_scope
-
-# A cell a spreadsheet would take for a formula begins so (OWASP, "CSV Injection").
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+from inspection.batch import spreadsheet_text
 
 
 def _csv_cell(value: object) -> object:
@@ -21,8 +19,8 @@ def _csv_cell(value: object) -> object:
     names are the uploaded files', line, station, model and class names are people's words)."""
     if isinstance(value, datetime):
         return value.replace(tzinfo=UTC).astimezone().isoformat()
-    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
-        return "'" + value
+    if isinstance(value, str):
+        return spreadsheet_text(value)
     return value
 
 

@@ -1210,6 +1210,18 @@ def hot_folder_batches(
         stop.wait(poll_seconds)
 
 
+# A cell a spreadsheet takes for a formula begins so (OWASP, "CSV Injection"; ASVS adds NUL).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\0")
+
+
+def spreadsheet_text(value: str) -> str:
+    """`value` as a CSV cell a spreadsheet shows and never runs: behind a single quote where it
+    would start a formula, as OWASP advises. Part names are a camera's or an upload's, class,
+    line and station names people's words: a QA engineer opening the CSV in Excel ran a file
+    named `=HYPERLINK(...)`. The quote is the only change, so the name stays readable."""
+    return "'" + value if value.startswith(FORMULA_STARTS) else value
+
+
 def export_run_csv(
     url: str, run_id: int, path: Path, named_keys: list[tuple[str, str]] | None = None
 ) -> int:
@@ -1230,13 +1242,13 @@ def export_run_csv(
         for row in rows:
             writer.writerow(
                 [
-                    row.part,
+                    spreadsheet_text(row.part),
                     row.content_hash,
                     row.verdict,
-                    row.defects,
+                    spreadsheet_text(row.defects),
                     f"{row.max_confidence:.4f}",
                     f"{row.latency_ms:.2f}" if row.latency_ms is not None else "",
-                    row.error,
+                    spreadsheet_text(row.error),
                     # Stored in UTC: said so, as `defects status --json` does (a station
                     # on local time read it as its own).
                     row.inspected_at.isoformat(timespec="seconds") + "Z",

@@ -1381,6 +1381,27 @@ def test_a_runs_csv_says_its_times_are_utc(detector: str, tmp_path: Path) -> Non
         assert abs(datetime.now(UTC) - written) < timedelta(minutes=10)
 
 
+def test_a_runs_csv_runs_no_formula_in_a_spreadsheet(detector: str, tmp_path: Path) -> None:
+    """A camera's or an upload's file name went into the CSV as it was: a QA engineer opening
+    it in Excel ran `=HYPERLINK(...)`. Such a cell now starts with a single quote, the name
+    otherwise intact; a plain name is left alone."""
+    import csv
+
+    from inspection.batch import export_run_csv
+
+    names = ['=HYPERLINK("x","y").png', "+1.png", "-2.png", "@SUM(A1).png", "ok.png"]
+    for made, name in zip(make_images(tmp_path / "in", n=5), names, strict=True):
+        (tmp_path / "in" / made.name).rename(tmp_path / "in" / name)
+    # (A non-image file named as a formula: its row is an error, still defused.)
+    (tmp_path / "in" / "=cmd|' calc'!A0.png").write_bytes(b"not an image")
+    job = BatchInspection(detector, tmp_path / "store", "L", "S")
+    job.run(iter_source(str(tmp_path / "in")))
+    path = tmp_path / "run.csv"
+    assert export_run_csv(detector, job.run_id, path) == 6
+    parts = {row["part"] for row in csv.DictReader(path.open(newline=""))}
+    assert parts == {"'" + n for n in [*names[:4], "=cmd|' calc'!A0.png"]} | {"ok.png"}
+
+
 def test_a_parts_line_is_one_line_in_a_log(
     detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
