@@ -1420,6 +1420,34 @@ def test_a_parts_line_is_one_line_in_a_log(
     assert line.startswith(f"{long_name}: ")
 
 
+def test_names_print_as_they_are_not_as_rich_markup_or_emoji(
+    detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The command line read names as rich markup: a file "[red]7.png" printed as "7.png",
+    ":thumbs_up:" as an emoji, and a line named "[/]L1" stopped `defects status` with rich's
+    MarkupError. Every name now prints as it was given."""
+    from training.cli import app
+
+    monkeypatch.setenv("DEFECTS_DATABASE_URL", detector)
+    get_settings.cache_clear()
+    made = make_images(tmp_path / "in", n=2)
+    names = [tmp_path / "in" / "[red]7.png", tmp_path / "in" / ":thumbs_up: [b]x[-].png"]
+    for image, name in zip(made, names, strict=True):
+        (tmp_path / "in" / image.name).rename(name)
+    line, station = "[/]L1", "[bold]:cat:"
+    runner = CliRunner()
+    result = runner.invoke(app, ["inspect", *map(str, names), "--line", line, "--station", station])
+    assert result.exit_code == 0, result.output
+    assert [row.split(": ")[0] for row in result.output.splitlines()] == [
+        f"{tmp_path / 'in'}/[red]7.png",
+        f"{tmp_path / 'in'}/:thumbs_up",  # (the name's own ": " ends the split)
+    ]
+    assert f"{names[1]}: " in result.output
+    status = runner.invoke(app, ["status"])
+    assert status.exit_code == 0, status.output
+    assert line in status.output and station in status.output
+
+
 def test_verdicts_are_stamped_by_the_databases_clock_not_the_stations(
     detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

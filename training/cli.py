@@ -56,8 +56,11 @@ distill_app = typer.Typer(
 )
 app.add_typer(distill_app, name="distill")
 # Lines are never wrapped at the 80 columns rich assumes off a terminal: a part's line split in
-# two in a log, or for a script reading it line by line.
-console = Console(soft_wrap=True)
+# two in a log, or for a script reading it line by line. Neither markup nor emoji codes are
+# read: what is printed holds names a camera or a person chose (files, lines, stations,
+# classes, datasets), and "[red]" in one vanished, "[/]" stopped the command with rich's
+# MarkupError, ":thumbs_up:" printed as an emoji. Colour is given by `style=` instead.
+console = Console(soft_wrap=True, markup=False, emoji=False)
 
 
 def database_url() -> str:
@@ -324,7 +327,7 @@ def _print_dataset_report(report: ImportReport) -> None:
     ):
         if not listed:
             continue
-        console.print(f"[yellow]{len(listed)} {heading}:[/yellow]")
+        console.print(f"{len(listed)} {heading}:", style="yellow")
         for issue in listed[:20]:
             console.print(f"  {issue}", markup=False)
         if len(listed) > 20:
@@ -684,8 +687,9 @@ def calibrate_command(
 
     if split == "test":
         console.print(
-            "[yellow]calibrating on the test split: its figures are then no longer held out, "
-            "and rates reported on it will look better than new parts will show[/yellow]"
+            "calibrating on the test split: its figures are then no longer held out, "
+            "and rates reported on it will look better than new parts will show",
+            style="yellow",
         )
     stored = calibrate_model(
         migrated_database_url(),
@@ -707,7 +711,7 @@ def calibrate_command(
         table.add_row(label, f"{value:.4f}" if math.isfinite(value) else "off")
     console.print(table)
     for level, note in calibration_notes(result):
-        console.print(f"[yellow]{note}[/yellow]" if level == "warning" else note)
+        console.print(note, style="yellow" if level == "warning" else None)
     ucb = report["miss_rate_upper_95"]
     console.print(
         f"{data}/{split}: miss rate {_fmt(result.miss_rate)} ({result.n_missed} of "
@@ -721,7 +725,7 @@ def calibrate_command(
     console.print("(95% upper bounds: one-sided, Clopper-Pearson exact)")
     if result.miss_rate is not None and result.miss_rate > max_miss_rate:
         console.print(
-            "[red]the target cannot be met on this split: some defects are never scored[/red]"
+            "the target cannot be met on this split: some defects are never scored", style="red"
         )
     for line in choice_lines(stored.operating_point, verify_auto=verify_threshold == "auto"):
         console.print(line, markup=False)
