@@ -254,6 +254,41 @@ def test_a_taken_name_is_refused_before_training(
         train_classifier(request, url=trained.url)
 
 
+@pytest.mark.parametrize("name", ["../../outside", "a/b", "..", ".hidden", "", "x" * 1000])
+def test_a_version_name_that_is_not_one_plain_folder_is_refused_before_training(
+    trained: Trained, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str
+) -> None:
+    """A model version's name is its folder in the model store: `--name ../../outside` copied
+    the weights outside the data folder (and "a/b" into a folder of another version's)."""
+    from db.models import ModelKind
+    from inspection.errors import UserError
+    from training.train_classifier import ClassifierTrainRequest, train_classifier
+    from training.train_detector import TrainRequest, train_detector
+    from training.versions import register_model_version
+
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
+    get_settings.cache_clear()
+    request = ClassifierTrainRequest(data="synth", epochs=50, imgsz=64, name=name)
+    with pytest.raises(UserError, match="model version name"):
+        train_classifier(request, url=trained.url)
+    store = tmp_path / "store" / "models"
+    with session_scope(trained.url) as session, pytest.raises(UserError, match="version name"):
+        register_model_version(
+            session,
+            trained.weights,
+            store,
+            kind=ModelKind.DETECTOR,
+            architecture="x",
+            class_names=list(CLASSES),
+            image_size=64,
+            name=name,
+        )
+    assert not (tmp_path / "store").exists() and not (tmp_path / "outside").exists()
+    # A detector's --name is its training run's folder under runs/.
+    with pytest.raises(UserError, match="training run name"):
+        train_detector(TrainRequest(data="synth", epochs=1, name=name), url=trained.url)
+
+
 def test_a_classifier_is_checked_where_it_would_go_to_work(
     trained: Trained, trained_classifier: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

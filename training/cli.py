@@ -369,7 +369,10 @@ BATCH_HELP = "Images per training step."
 CLASSIFIER_BATCH_HELP = "Images per training step, at least 2: batch norm learns nothing from one."
 SEED_HELP = "Random seed, for a run that can be repeated."
 DATA_HELP = "Imported dataset name."
-VERSION_NAME_HELP = "Name of the new model version (default: the architecture and the time)."
+VERSION_NAME_HELP = (
+    "Name of the new model version, its folder: letters, digits, '-', '_', '.' "
+    "(default: the architecture and the time)."
+)
 
 # The detector `inspect` and `batch` judge with.
 ModelOption = Annotated[
@@ -442,8 +445,8 @@ def train_detector_command(
     name: Annotated[
         str | None,
         typer.Option(
-            help="Name of the training run, its folder under runs/ (default: the dataset, "
-            "the architecture and the time); --resume looks for it."
+            help="Name of the training run, its folder under runs/: letters, digits, '-', '_', "
+            "'.' (default: the dataset, the architecture and the time); --resume looks for it."
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help=SEED_HELP)] = 0,

@@ -928,16 +928,21 @@ def _no_usable_images(src: Path | str, issues: list[ImportIssue]) -> str:
     return f"no usable images in {src} ({len(issues)} problems, e.g. {issues[0]})"
 
 
-def check_dataset_name(name: str) -> None:
-    """A dataset's name is its folder in the store: one plain folder name, so that no name can
-    reach outside the store or stand for the store itself. (".." once passed the old check of
-    its characters alone, and importing under it deleted the whole data folder.)"""
-    if not name or not all(c.isalnum() or c in "-_." for c in name):
-        raise UserError(f"dataset name {name!r} may hold only letters, digits, '-', '_' and '.'")
-    if name.startswith("."):
-        raise UserError(f"dataset name {name!r} may not start with '.'")
+def check_folder_name(name: str, what: str) -> None:
+    """A dataset's, a model version's or a training run's name is its folder in the store: one
+    plain folder name, so that no name can reach outside the store or stand for the store
+    itself. (".." once passed the old check of a dataset name's characters alone, and
+    importing under it deleted the whole data folder.)"""
     if len(name) > MAX_NAME:
-        raise UserError(f"dataset name is {len(name)} characters long; at most {MAX_NAME}")
+        raise UserError(f"{what} name is {len(name)} characters long; at most {MAX_NAME}")
+    if not name or not all(c.isalnum() or c in "-_." for c in name):
+        raise UserError(f"{what} name {name!r} may hold only letters, digits, '-', '_' and '.'")
+    if name.startswith("."):
+        raise UserError(f"{what} name {name!r} may not start with '.'")
+
+
+def check_dataset_name(name: str) -> None:
+    check_folder_name(name, "dataset")
 
 
 def _same_bytes_warnings(images: list[LabeledImage]) -> list[ImportIssue]:

@@ -42,7 +42,7 @@ from inspection.classifier import (
 from inspection.errors import UserError
 from inspection.images import decode_image
 from inspection.settings import get_settings, resolve_device
-from training.datasets import check_trainable, dataset_yaml, split_image_paths
+from training.datasets import check_folder_name, check_trainable, dataset_yaml, split_image_paths
 from training.jobs import record_job_end, this_host
 from training.versions import register_model_version, weights_file
 
@@ -368,6 +368,8 @@ def train_classifier(request: ClassifierTrainRequest, url: str | None = None) ->
             f"unknown classifier backbone {request.backbone!r}; choose one of "
             f"{', '.join(BACKBONES)}"
         )
+    if request.name is not None:  # (its folder in the model store: said before training)
+        check_folder_name(request.name, "model version")
     with session_scope(url) as session:
         dataset, _ = dataset_yaml(session, request.data)
         check_trainable(dataset)

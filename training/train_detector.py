@@ -27,7 +27,7 @@ from db.session import session_scope
 from inspection.detector import architecture_of, architectures, build_detector, load_detector
 from inspection.errors import UserError
 from inspection.settings import get_settings
-from training.datasets import check_trainable, dataset_yaml
+from training.datasets import check_folder_name, check_trainable, dataset_yaml
 from training.jobs import record_job_end, this_host
 from training.versions import register_model_version, weights_file
 
@@ -346,6 +346,8 @@ def train_detector(
     settings = get_settings()
     url = url or settings.resolved_database_url
     runs_dir = (settings.runs_dir / "detect").resolve()
+    if request.name is not None:  # (its folder under runs/: "../x" trained outside it)
+        check_folder_name(request.name, "training run")
     with session_scope(url) as session:
         dataset, data_path = dataset_yaml(session, request.data)
         check_trainable(dataset)

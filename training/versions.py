@@ -16,6 +16,7 @@ from db.registry import get_model_version
 from db.session import session_scope
 from inspection.batch import sha256_of
 from inspection.errors import UserError
+from training.datasets import check_folder_name
 
 DEFAULT_CONFIDENCE = 0.25
 
@@ -78,6 +79,7 @@ def register_model_version(
             session, models_dir, f"{architecture}-{datetime.now():%Y%m%d-%H%M%S}"
         )
     else:
+        check_folder_name(name, "model version")
         if session.scalars(select(ModelVersion).where(ModelVersion.name == name)).first():
             raise UserError(f"a model version named {name!r} already exists")
         version_name, folder = name, models_dir / name
