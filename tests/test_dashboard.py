@@ -23,6 +23,7 @@ from dashboard.charts import (
 )
 from dashboard.downloads import filtered_results_csv, rows_left_out_of_csv
 from dashboard.state import local_time, zone_label
+from dashboard.text import code, plain
 from db.migrate import upgrade
 from db.models import Inspection, ModelVersion, Part, Prediction, Review, Verdict, utcnow
 from db.queries import (
@@ -367,6 +368,86 @@ def test_a_missed_defect_added_is_drawn_and_listed_on_the_part(
     assert any(f"missed {CLASSES[0]}, added by Ana" in m.value for m in at.markdown)
 
 
+HOSTILE_NAMES = [
+    "**bold** _it_ ~~s~~",
+    "[manual](http://example.com) <b>x</b> <script>alert(1)</script>",
+    ":fire: :red[alarm] $x^2$ :material/home:",
+    "`tick` ``two`` # not a heading",
+    "1. not a list\n- nor this\t| a | b |",
+    "=HYPERLINK(1) &amp; \\* www.example.com",
+]
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_a_name_shown_in_markdown_reads_as_it_is(name: str) -> None:
+    """Streamlit reads messages, captions and labels as Markdown (with emoji codes, colours and
+    formulas): a part named `**x**` showed bold, a link a link, `:fire:` an emoji. `plain` and
+    `code` show the name itself (its newlines and tabs as spaces)."""
+    import html
+    import re
+
+    from markdown_it import MarkdownIt
+
+    from dashboard.text import WORD_JOINER
+
+    parse = MarkdownIt("commonmark").enable(["table", "strikethrough"])
+    one_line = " ".join(name.replace("\t", " ").split("\n"))
+    for shown, tags in ((plain(name), ["p"]), (code(name), ["p", "code"])):
+        rendered = parse.render(f"part {shown} judged").strip()
+        inner = rendered.removeprefix("<p>").removesuffix("</p>")
+        if tags == ["p", "code"]:
+            assert inner.count("<code>") == 1
+            inner = inner.replace("<code>", "").replace("</code>", "")
+        assert sorted(re.findall(r"</?(\w+)", rendered)) == sorted(tags * 2), rendered
+        text = html.unescape(inner).replace(WORD_JOINER, "")
+        assert text == f"part {one_line} judged"
+        # Streamlit's emoji codes, colours and icons start with a colon before a word, and
+        # its formulas with an unescaped dollar.
+        assert not re.search(r":[\w+-]", html.unescape(inner))
+        assert "\n" not in shown and (tags != ["p"] or not re.search(r"(?<!\\)\$", shown))
+
+
+def test_hostile_names_read_as_they_are_on_the_pages(production: str, tmp_path: Path) -> None:
+    """A part's file name, a line's, a station's and a reviewer's showed as Markdown on the
+    Inspect, Review, Live and Settings pages."""
+    name = "**x** [a](http://e) :fire:.png"
+    [(_, data, kind)] = _png_files(tmp_path, 1, 3)
+    from db.registry import ensure_station
+
+    with session_scope(production) as session:
+        ensure_station(session, "[L](http://x)", ":red[S]")
+    at = _app().run()
+    at.selectbox(key="inspect_line").set_value("[L](http://x)").run()
+    at.selectbox(key="inspect_station_[L](http://x)").set_value(":red[S]").run()
+    at.file_uploader(key="inspect_files").set_value([(name, data, kind)]).run()
+    assert not at.exception, at.exception
+    assert any(code(name) in m.value for m in at.markdown)
+    with session_scope(production) as session:  # one detection, so that the part fails
+        inspection = session.scalars(select(Inspection)).one()
+        inspection.verdict = Verdict.FAIL
+        inspection.predictions.append(
+            Prediction(class_name=CLASSES[0], confidence=0.9, x1=2, y1=2, x2=20, y2=20)
+        )
+    at.switch_page("views/review.py").run()
+    assert any(f"**{plain(name)}**" in m.value for m in at.markdown)
+    who = "*Ana* :fire:"
+    at.text_input(key="reviewer").input(who).run()
+    suffix = f"{at.selectbox(key='review_part').value}_0_None"
+    for corner, value in zip(("x1", "y1", "x2", "y2"), (30, 31, 40, 44), strict=True):
+        at.number_input(key=f"{corner}_{suffix}").set_value(value)
+    next(b for b in at.button if b.label == "Add missed defect").click().run()
+    assert not at.exception, at.exception
+    assert any(f"added by {plain(who)}" in m.value for m in at.markdown)
+    at.switch_page("views/live.py").run()
+    assert any(f"**Last failed part**: {code(name)}" == m.value for m in at.markdown)
+    at.switch_page("views/settings.py").run()
+    inputs = {t.label: t for t in at.text_input}
+    inputs["Line"].input("**L2**")
+    inputs["Station"].input("$S$")
+    next(b for b in at.button if b.label == "Add").click().run()
+    assert any(f"{plain('**L2**')} / {plain('$S$')} added." == m.value for m in at.success)
+
+
 def test_an_undone_review_shows_its_part_again(production: str, tmp_path: Path) -> None:
     """A part marked good by mistake: the page moved on to the next part, and after the undo
     it stayed there, the part to decide again somewhere down the list."""
@@ -401,7 +482,7 @@ def test_a_second_export_of_reviews_is_offered_a_free_name(production: str, tmp_
         assert field.value == expected
         next(b for b in at.button if b.label == "Export reviewed parts").click().run()
         assert not at.exception and not at.error, at.error
-        assert f"as dataset {expected}:" in at.success[0].value
+        assert f"as dataset {plain(expected)}:" in at.success[0].value
         at.run()
     with session_scope(production) as session:
         assert set(session.scalars(select(Dataset.name))) == {"reviews", "reviews-2"}
@@ -935,7 +1016,7 @@ def test_roll_back_pressed_twice_rolls_back_once(production: str, tmp_path: Path
     next(s for s in ana.selectbox if s.label == "Detector version").set_value("B").run()
     next(b for b in ana.button if b.label == "Promote to production").click().run()
     assert not ana.exception, ana.exception
-    assert any("B has mAP50 0.000: it finds almost nothing" in w.value for w in ana.warning)
+    assert any(plain("B has mAP50 0.000: it finds almost nothing") in w.value for w in ana.warning)
     bob.run()
     ana.run()
     next(b for b in ana.button if b.label == "Roll back B to A").click().run()
@@ -1140,7 +1221,7 @@ def test_live_page_sums_up_many_idle_stations_in_one_line() -> None:
     at = _opened("live")
     [idle] = at.info
     assert idle.value.startswith("30 station(s) have an open run but no part for over 5 minutes")
-    assert "Line 1 / Cam 00 (run 1, 120 min)" in idle.value and "and 25 more" in idle.value
+    assert plain("Line 1 / Cam 00 (run 1, 120 min)") in idle.value and "and 25 more" in idle.value
     assert len(at.dataframe[0].value) == 30
     statements: list[str] = []
 
@@ -1268,7 +1349,9 @@ def test_a_mistyped_or_read_only_sqlite_database_is_a_message_naming_it(
     with read_only(database):
         at.file_uploader(key="inspect_files").set_value(_png_files(tmp_path, 1, 1)).run()
     assert not at.exception, at.exception
-    assert f"the file {database} is read-only for this user" in " ".join(e.value for e in at.error)
+    assert plain(f"the file {database} is read-only for this user") in " ".join(
+        e.value for e in at.error
+    )
 
     typo = tmp_path / "typo" / "dir"
     monkeypatch.setenv("DEFECTS_DATABASE_URL", f"sqlite:///{typo / 'defects.db'}")
@@ -1383,7 +1466,7 @@ def test_a_fine_tuning_on_a_dataset_of_other_classes_is_refused_at_once(
             list(reversed(CLASSES)),
         )
     refused = _training_refused(_app().run(), "reordered")
-    assert "fine-tuning keeps the classes; train from scratch instead" in refused
+    assert plain("fine-tuning keeps the classes; train from scratch instead") in refused
 
 
 def test_a_calibration_with_a_classifier_is_shown_as_it_will_be_stored(

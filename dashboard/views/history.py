@@ -22,6 +22,7 @@ from dashboard.charts import (
 )
 from dashboard.downloads import CSV_ROW_LIMIT, filtered_results_csv, rows_left_out_of_csv
 from dashboard.state import database_ready, local_time, zone_label
+from dashboard.text import plain
 from db.models import Prediction, ProductionLine, Station
 from db.queries import (
     Filters,
@@ -101,7 +102,7 @@ with session_scope(state.url) as session:
 if not volume:
     if filters.class_name is not None:
         st.info(
-            f"No part in this range was called {filters.class_name} by the model or a reviewer."
+            f"No part in this range was called {plain(filters.class_name)} by the model or a reviewer."
         )
     else:
         st.info(
@@ -111,7 +112,7 @@ if not volume:
     st.stop()
 if filters.class_name is not None:
     st.caption(
-        f"Defect class {filters.class_name}: the miss rate is over the parts reviewers found it "
+        f"Defect class {plain(filters.class_name)}: the miss rate is over the parts reviewers found it "
         "on, the false-call rate counts the good parts failed for it; volume, latency, models "
         "and the download count the parts the model called it or a reviewer found it on; the "
         "Pareto compares every class, this one in red."

@@ -19,6 +19,7 @@ from dashboard.state import (
     lines_and_stations,
     no_model_message,
 )
+from dashboard.text import code, plain
 from db.queries import part_results
 from db.session import DatabaseError, session_scope
 from inspection.batch import (
@@ -59,7 +60,7 @@ station = right.selectbox(
     key=f"inspect_station_{line}",
 )
 st.caption(
-    f"Model {info.name}. Images: {', '.join(IMAGE_TYPES)} or zips of them, up to {UPLOAD_LIMIT_MB} MB per "
+    f"Model {plain(info.name)}. Images: {', '.join(IMAGE_TYPES)} or zips of them, up to {UPLOAD_LIMIT_MB} MB per "
     f"upload and {MAX_PIXELS // 1_000_000} megapixels per image. Files in a zip or a folder that are not images are recorded as errors."
 )
 files_tab, folder_tab = st.tabs(["Images or a zip", "A folder"])
@@ -153,7 +154,7 @@ if st.session_state.get("inspected_key") != upload_key:
     except (UserError, DatabaseError) as exc:
         # A deleted model file or a database gone away: say so, keep the uploads for a retry.
         progress.empty()
-        st.error(f"Inspection could not run: {exc}")
+        st.error(f"Inspection could not run: {plain(exc)}")
         st.stop()
     progress.empty()
     st.session_state["inspected_key"] = upload_key
@@ -250,12 +251,12 @@ if error_kinds:
     st.caption("Errors by kind: " + ", ".join(f"{k} {n}" for k, n in error_kinds.most_common()))
 if skipped:
     st.caption(
-        f"{skipped} part(s) had already been inspected by {info.name}: their stored results are shown."
+        f"{skipped} part(s) had already been inspected by {plain(info.name)}: their stored results are shown."
     )
 rejudged = st.session_state.get("rejudged", 0)
 if rejudged:
     st.info(
-        f"{rejudged} part(s) had been judged by {info.name} at other thresholds: they were judged "
+        f"{rejudged} part(s) had been judged by {plain(info.name)} at other thresholds: they were judged "
         "again at the current ones (the earlier verdicts are kept in the history, superseded)."
     )
 st.dataframe(table, hide_index=True)
@@ -263,7 +264,9 @@ st.dataframe(table, hide_index=True)
 for name, verdict, latency, stored_path, boxes in views[:SHOWN_PARTS]:
     with st.container(border=True):
         badge = ":red[**FAIL**]" if verdict == "fail" else ":green[**PASS**]"
-        st.markdown(f"{badge} `{name}` - {latency:.0f} ms" if latency else f"{badge} `{name}`")
+        st.markdown(
+            f"{badge} {code(name)} - {latency:.0f} ms" if latency else f"{badge} {code(name)}"
+        )
         try:
             pixels = decode_image(Path(stored_path).read_bytes()).pixels
             st.image(draw_boxes(pixels, boxes))

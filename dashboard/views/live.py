@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from dashboard.charts import minute_volume_figure
 from dashboard.drawing import DrawnBox, draw_boxes, prediction_boxes
 from dashboard.state import database_message, database_ready, local_time, zone_label
+from dashboard.text import code, plain
 from db.models import (
     Inspection,
     Verdict,
@@ -65,7 +66,7 @@ def _local_minutes(volume: list[MinuteVolume]) -> list[MinuteVolume]:
 def _named(stations: list[str]) -> str:
     """The first NAMED of `stations`, and how many more."""
     more = len(stations) - NAMED
-    return ", ".join(stations[:NAMED]) + (f" and {more} more" if more > 0 else "")
+    return ", ".join(plain(s) for s in stations[:NAMED]) + (f" and {more} more" if more > 0 else "")
 
 
 def _latest_parts(session: Session, zone: str) -> list[dict[str, object]]:
@@ -213,9 +214,9 @@ def _live_view() -> None:
             st.caption("No failed part yet.")
         else:
             name, image, caption = shown
-            st.markdown(f"**Last failed part**: {name}")
+            st.markdown(f"**Last failed part**: {code(name)}")
             if image is None:
-                st.caption(caption)
+                st.caption(plain(caption))
             else:
                 st.image(image, caption=caption)
 

@@ -12,6 +12,7 @@ import streamlit as st
 from sqlalchemy import select
 
 from dashboard.state import database_ready, flash, local_time, zone_label
+from dashboard.text import plain
 from db.models import Dataset, JobStatus, ModelKind, ModelStage, ModelVersion, TrainingJob
 from db.registry import (
     NotFoundError,
@@ -122,30 +123,30 @@ if detectors:
         try:
             promoted = promote_version(state.url, chosen)
         except ValueError as exc:  # a classifier: it is put to work by a calibration
-            st.error(str(exc))
+            st.error(plain(exc))
         else:
-            replaced = f"; {promoted.replaced} archived" if promoted.replaced else ""
-            flash(f"{chosen} is in production{replaced}")
+            replaced = f"; {plain(promoted.replaced)} archived" if promoted.replaced else ""
+            flash(f"{plain(chosen)} is in production{replaced}")
             for warning in promotion_warnings(state.url, promoted.name, promoted.replaced):
-                flash(warning, "warning")  # (the command line says them; the page did not)
+                flash(plain(warning), "warning")  # (the command line says them; the page did not)
             st.rerun()
     # The button names the model it rolls back, and its key too: a second click on its way
     # after the first had rolled back is dropped, and another user's is refused.
     # (Offered with nothing to go back to, it was pressed to learn so.)
     if production_name and right.button(
-        f"Roll back {production_name} to {rollback_to}"
+        f"Roll back {plain(production_name)} to {plain(rollback_to)}"
         if rollback_to
-        else f"Roll back {production_name}",
+        else f"Roll back {plain(production_name)}",
         key=f"rollback_{production_name}",
         disabled=rollback_to is None,
         help=None if rollback_to else "No earlier production detector to go back to.",
     ):
         try:
             restored = roll_back(state.url, ModelKind.DETECTOR, replacing=production_name)
-            flash(f"{restored} is in production again")
+            flash(f"{plain(restored)} is in production again")
             st.rerun()
         except (NotFoundError, ValueError) as exc:
-            st.error(str(exc))
+            st.error(plain(exc))
 
 st.subheader("Backtest a candidate on every reviewed part")
 if candidates:
@@ -184,7 +185,7 @@ if candidates:
                     "cannot be read. The recorded figures count them."
                 )
         except UserError as exc:
-            st.error(str(exc))
+            st.error(plain(exc))
 else:
     st.caption("No candidate detectors to backtest.")
 
@@ -206,7 +207,7 @@ else:
             help="Training ends within this time, its schedule fitted to it; the epochs are then ignored.",
         )
         fine_tune = st.checkbox(
-            f"Fine-tune from the production model ({production_name})"
+            f"Fine-tune from the production model ({plain(production_name)})"
             if production_name
             else "Fine-tune",
             value=bool(production_name),
@@ -251,7 +252,7 @@ else:
             except UserError as exc:
                 refused = str(exc)
             if refused is not None:
-                st.error(refused)
+                st.error(plain(refused))
             else:
                 pid, log = start_detector_training(
                     data,
@@ -303,6 +304,6 @@ if job_rows:
             error = "its process ended without finishing (killed, or the machine stopped)"
         st.progress(min(max(progress, 0.0), 1.0), text=label)
         if error:
-            st.caption(error)
+            st.caption(plain(error))
         if result_id:
             st.caption(f"result: model version {result_id}")

@@ -8,6 +8,7 @@ import streamlit as st
 
 from dashboard.charts import ShownBox, review_figure, selected_box
 from dashboard.state import database_ready, detector_info, flash
+from dashboard.text import plain
 from db.models import Inspection
 from db.reviews import (
     add_missed_defect,
@@ -145,7 +146,7 @@ else:
     drawn = None
     with left:
         st.markdown(
-            f"**{name}**: {verdict.upper()}. Drag a box on the image around a missed defect."
+            f"**{plain(name)}**: {verdict.upper()}. Drag a box on the image around a missed defect."
         )
         try:
             pixels = decode_image(Path(stored_path).read_bytes()).pixels
@@ -176,7 +177,7 @@ else:
             st.markdown(
                 # (Three decimals: at a threshold of 0.111, a counted 0.112 and a 0.109 below
                 # it both read "0.11".)
-                f"{i + 1}. {class_name} {confidence:.3f}"
+                f"{i + 1}. {plain(class_name)} {confidence:.3f}"
                 + ("" if counted else " (below threshold)")
                 + (f": **{decided[prediction_id]}**" if prediction_id in decided else "")
             )
@@ -194,7 +195,7 @@ else:
                     mark_false_call(session, prediction_id, reviewer)
                 reviewed("")
         for class_name, who, _ in added_boxes:
-            st.markdown(f"- missed {class_name}, added by {who}")
+            st.markdown(f"- missed {plain(class_name)}, added by {plain(who)}")
         undecided = [p for p in predictions if p[0] not in decided]
         if (
             decided
@@ -216,7 +217,7 @@ else:
                     mark_good(session, item.part_id, reviewer)
                 reviewed(f"Part {item.part_id} marked good.")
             except ValueError as exc:
-                st.error(str(exc))
+                st.error(plain(exc))
         with st.form(f"missed_{item.part_id}_{added}"):
             st.markdown(
                 "Add a missed defect: drag a box on the image, or type its corners (pixels)"
@@ -251,9 +252,9 @@ else:
                             classes=classes,
                         )
                     st.session_state[f"review_added_{item.part_id}"] = added + 1
-                    reviewed(f"Missed {missed_class} added to part {item.part_id}.")
+                    reviewed(f"Missed {plain(missed_class)} added to part {item.part_id}.")
                 except (ValueError, LookupError) as exc:
-                    st.error(str(exc))
+                    st.error(plain(exc))
     st.caption(
         "Boxes: red counts toward the verdict, amber is below its threshold, blue is a missed "
         "defect a reviewer added."
@@ -277,9 +278,9 @@ with st.form("export"):
                     )
                 st.success(
                     f"Exported {report.n_images} part{'' if report.n_images == 1 else 's'} as "
-                    f"dataset {report.name}: retrain on the Models page."
+                    f"dataset {plain(report.name)}: retrain on the Models page."
                 )
                 for issue in report.issues[:20]:
-                    st.caption(str(issue))
+                    st.caption(plain(issue))
             except UserError as exc:
-                st.error(str(exc))
+                st.error(plain(exc))

@@ -9,6 +9,7 @@ import streamlit as st
 from sqlalchemy import select
 
 from dashboard.state import database_ready, detector_info, flash, lines_and_stations
+from dashboard.text import plain
 from db.models import Dataset, ModelKind, ModelVersion
 from db.registry import ensure_station
 from db.session import session_scope
@@ -33,11 +34,11 @@ RENDERED = "settings_thresholds_rendered"
 def _changed_message(name: str, promoted: bool) -> str:
     if promoted:
         return (
-            f"{name} was promoted to production since you opened this page: here are its "
+            f"{plain(name)} was promoted to production since you opened this page: here are its "
             "thresholds; make your change again (nothing was stored)."
         )
     return (
-        f"The thresholds of {name} changed since you opened this page (by a calibration or "
+        f"The thresholds of {plain(name)} changed since you opened this page (by a calibration or "
         "another user): here they are now; make your change again (nothing was stored)."
     )
 
@@ -60,14 +61,14 @@ else:
     st.session_state[RENDERED] = (info.id, stamp)
     with st.form("thresholds"):
         st.caption(
-            f"{info.name}: a part fails when a defect's confidence reaches its class's threshold. "
+            f"{plain(info.name)}: a part fails when a defect's confidence reaches its class's threshold. "
             "Lower catches more defects and fails more good parts."
         )
         # Up to CLASS_OFF (a class switched off by a calibration: shown capped at 1.0, a save
         # put it back on at 1.0), and to the thousandth (calibrated thresholds are finer than 0.01).
         edited = {
             name: st.slider(
-                name,
+                plain(name),
                 0.0,
                 CLASS_OFF,
                 float(min(max(per_class.get(name, 0.25), 0.0), CLASS_OFF)),
@@ -94,7 +95,7 @@ else:
     calibration = info.thresholds.get("calibration")
     if calibration:
         st.caption(
-            f"Calibrated on {calibration.get('data')}/{calibration.get('split')} for a miss rate of at most "
+            f"Calibrated on {plain(calibration.get('data'))}/{calibration.get('split')} for a miss rate of at most "
             f"{calibration.get('max_miss_rate')}: {calibration.get('n_missed')} of {calibration.get('n_defective')} "
             f"missed (95% upper bound {calibration.get('miss_rate_upper_95', 0):.2%})" + "."
         )
@@ -157,7 +158,7 @@ else:
                             ),
                         )
                 except UserError as exc:
-                    st.error(str(exc))
+                    st.error(plain(exc))
         pending: tuple[int, str, StoredCalibration] | None = st.session_state.get(
             "pending_calibration"
         )
@@ -165,7 +166,7 @@ else:
             # Computed for a model no longer in production: never offered for this one.
             del st.session_state["pending_calibration"]
             st.warning(
-                f"The calibration you computed was dropped: {info.name} was promoted to "
+                f"The calibration you computed was dropped: {plain(info.name)} was promoted to "
                 "production since. Calibrate again to change its thresholds."
             )
         elif pending is not None:
@@ -175,7 +176,7 @@ else:
             result = stored.calibration
             report = stored.operating_point["calibration"]
             st.markdown(
-                f"**Calibrated on {report['data']}/{report['split']}**: {result.n_missed} of "
+                f"**Calibrated on {plain(report['data'])}/{report['split']}**: {result.n_missed} of "
                 f"{result.n_defective} defective parts missed; {result.n_false_calls} false "
                 f"calls of {result.n_good} good parts."
             )
@@ -199,18 +200,20 @@ else:
                 st.caption(line[0].upper() + line[1:] + ".")
             accept, discard = st.columns(2)
             if accept.button(
-                f"Use these thresholds for {info.name}", type="primary", key="accept_calibration"
+                f"Use these thresholds for {plain(info.name)}",
+                type="primary",
+                key="accept_calibration",
             ):
                 del st.session_state["pending_calibration"]
                 if computed_beside == stamp and store_operating_point(
                     state.url, info.id, stored.operating_point, unless_changed_from=stamp
                 ):
                     flash(
-                        f"Stored as the operating point of {info.name}: the next inspection uses it."
+                        f"Stored as the operating point of {plain(info.name)}: the next inspection uses it."
                     )
                 else:
                     flash(
-                        f"The thresholds of {info.name} changed since this calibration was "
+                        f"The thresholds of {plain(info.name)} changed since this calibration was "
                         "computed (by another calibration or another user): the sliders show "
                         "them now. Nothing was stored; calibrate again to replace them.",
                         "error",
@@ -244,11 +247,11 @@ with st.form("add_station"):
                     for station in stations
                 }
                 added = ensure_station(session, new_line, new_station)
-                where = f"{added.line.name} / {added.name}"
+                where = f"{plain(added.line.name)} / {plain(added.name)}"
             if (new_line.strip().lower(), new_station.strip().lower()) in known_before:
                 flash(f"{where} is there already.", "info")
             else:
                 flash(f"{where} added.")
             st.rerun()
         except ValueError as exc:
-            st.error(str(exc))
+            st.error(plain(exc))
