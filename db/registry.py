@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from dataclasses import dataclass
 
 from sqlalchemy import ColumnElement, func, or_, select
@@ -81,24 +83,47 @@ def rollback(session: Session, kind: ModelKind) -> ModelVersion:
 NAME_LENGTH = 128  # of the name columns
 
 
-def _same_name(column: ColumnElement[str], name: str) -> ColumnElement[bool]:
+# Characters no one types into a name on purpose and no one sees: line breaks, tabs and other
+# controls (a name's line in `defects status` broke in two), zero-width spaces and byte-order
+# marks (two lines that read the same), and the bidirectional overrides and isolates that show
+# a name's letters in another order than they are stored.
+_UNSEEN = re.compile("[\x00-\x1f\x7f-\x9f\u200b\u2028\u2029\u202a-\u202e\u2066-\u2069\ufeff]")
+
+
+def _same_name(column: ColumnElement[str], *names: str) -> ColumnElement[bool]:
     # (SQLite's lower() folds ASCII letters only: the exact name always matches as well.)
-    return or_(column == name, func.lower(column) == name.lower())
+    return or_(
+        *(column == name for name in names), *(func.lower(column) == n.lower() for n in names)
+    )
+
+
+def _station_name(typed: str) -> str:
+    """A line's or station's name as stored: in Unicode's composed form (NFC), so that "Línea 1"
+    typed on a Mac keyboard (decomposed, NFD) is the "Línea 1" another station typed, not a
+    second line that reads the same."""
+    name = unicodedata.normalize("NFC", typed.strip())
+    if not name:
+        raise ValueError("line and station names must not be empty")
+    if len(name) > NAME_LENGTH:
+        raise ValueError(f"a line or station name has at most {NAME_LENGTH} characters")
+    if _UNSEEN.search(name):
+        raise ValueError(
+            f"a line or station name may not hold line breaks, tabs or invisible characters: "
+            f"{name!r}"
+        )
+    return name
 
 
 def ensure_station(session: Session, line_name: str, station_name: str) -> Station:
     """The station of a line, creating either when new: lines are named by the people who run them."""
-    line_name, station_name = line_name.strip(), station_name.strip()
-    if not line_name or not station_name:
-        raise ValueError("line and station names must not be empty")
-    for name in (line_name, station_name):
-        if len(name) > NAME_LENGTH:
-            raise ValueError(f"a line or station name has at most {NAME_LENGTH} characters")
+    typed_line, typed_station = line_name.strip(), station_name.strip()
+    line_name, station_name = _station_name(line_name), _station_name(station_name)
     # Matched whatever the case: "line 2" typed at a station is the "Line 2" already there,
     # not a second line that splits its history in two.
     line = session.scalars(
         select(ProductionLine)
-        .where(_same_name(ProductionLine.name, line_name))
+        # (A name stored before names were composed is found as it was typed.)
+        .where(_same_name(ProductionLine.name, line_name, typed_line))
         .order_by(ProductionLine.name != line_name)  # the exact name first, where both exist
     ).first()
     if line is None:
@@ -107,7 +132,7 @@ def ensure_station(session: Session, line_name: str, station_name: str) -> Stati
         session.flush()
     station = session.scalars(
         select(Station)
-        .where(Station.line_id == line.id, _same_name(Station.name, station_name))
+        .where(Station.line_id == line.id, _same_name(Station.name, station_name, typed_station))
         .order_by(Station.name != station_name)
     ).first()
     if station is None:

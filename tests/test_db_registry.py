@@ -60,6 +60,32 @@ def test_ensure_station_creates_once(session) -> None:  # type: ignore[no-untype
         ensure_station(session, "Line 1", "x" * 129)
 
 
+@pytest.mark.parametrize(
+    "name", ["L1\nfail", "L1\tx", "L1\u200b", "\ufeffL1", "L\u202e1", "L\u2066x\u2069"]
+)
+def test_a_line_or_station_name_with_unseen_characters_is_refused(session, name: str) -> None:  # type: ignore[no-untyped-def]
+    """A line break or tab split a station's line in `defects status`; a zero-width space or
+    a bidirectional override made a second line that reads as the first."""
+    ensure_station(session, "L1", "S1")
+    with pytest.raises(ValueError, match="invisible characters"):
+        ensure_station(session, name, "S1")
+    with pytest.raises(ValueError, match="invisible characters"):
+        ensure_station(session, "L1", name.replace("L", "S"))
+
+
+def test_a_name_typed_decomposed_is_the_same_line(session) -> None:  # type: ignore[no-untyped-def]
+    """ "Línea 1" typed on a Mac (decomposed, NFD) made a second line beside the composed one."""
+    import unicodedata
+
+    composed = ensure_station(session, unicodedata.normalize("NFC", "Línea 1"), "Cámara")
+    decomposed = ensure_station(
+        session, unicodedata.normalize("NFD", "Línea 1"), unicodedata.normalize("NFD", "Cámara")
+    )
+    assert decomposed.id == composed.id
+    # Right-to-left names, emoji and marks people do type are names like any other.
+    assert ensure_station(session, "خط ۱", "👩\u200d🔧 S").name == "👩\u200d🔧 S"
+
+
 def test_two_promotions_at_once_leave_one_production_model(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
