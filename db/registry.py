@@ -97,7 +97,7 @@ def _same_name(column: ColumnElement[str], *names: str) -> ColumnElement[bool]:
     )
 
 
-def _station_name(typed: str) -> str:
+def station_name_as_stored(typed: str) -> str:
     """A line's or station's name as stored: in Unicode's composed form (NFC), so that "Línea 1"
     typed on a Mac keyboard (decomposed, NFD) is the "Línea 1" another station typed, not a
     second line that reads the same."""
@@ -117,7 +117,7 @@ def _station_name(typed: str) -> str:
 def ensure_station(session: Session, line_name: str, station_name: str) -> Station:
     """The station of a line, creating either when new: lines are named by the people who run them."""
     typed_line, typed_station = line_name.strip(), station_name.strip()
-    line_name, station_name = _station_name(line_name), _station_name(station_name)
+    line_name, station_name = station_name_as_stored(line_name), station_name_as_stored(station_name)
     # Matched whatever the case: "line 2" typed at a station is the "Line 2" already there,
     # not a second line that splits its history in two.
     line = session.scalars(

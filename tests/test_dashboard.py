@@ -1517,3 +1517,23 @@ def test_a_range_across_a_change_of_daylight_saving_time_names_both_offsets() ->
     )
     assert zone_label(single.utc_offset_minutes) == "local time, UTC+01:00"
     assert zone_label(-330) == "local time, UTC-05:30"
+
+
+def test_a_station_name_no_station_may_bear_is_said_on_the_inspect_page(
+    production: str, tmp_path: Path
+) -> None:
+    """A station named with a tab in it (typed so, or stored before such names were refused)
+    stopped the page in a traceback when the upload was judged."""
+    from db.models import ProductionLine, Station
+
+    [(name, data, kind)] = _png_files(tmp_path, 1, 3)
+    with session_scope(production) as session:
+        session.add(Station(line=ProductionLine(name="Old line"), name="Cam\t2"))
+    at = _app().run()
+    at.selectbox(key="inspect_line").set_value("Old line").run()
+    at.selectbox(key="inspect_station_Old line").set_value("Cam\t2").run()
+    at.file_uploader(key="inspect_files").set_value([(name, data, kind)]).run()
+    assert not at.exception, at.exception
+    assert any("invisible characters" in e.value for e in at.error)
+    with session_scope(production) as session:
+        assert session.scalar(select(func.count()).select_from(Inspection)) == 0

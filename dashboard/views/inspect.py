@@ -21,6 +21,7 @@ from dashboard.state import (
 )
 from dashboard.text import code, plain
 from db.queries import part_results
+from db.registry import station_name_as_stored
 from db.session import DatabaseError, session_scope
 from inspection.batch import (
     BatchInspection,
@@ -119,6 +120,12 @@ if not uploaded:
 
 if not line or not station:
     st.warning("Choose a line and a station first.")
+    st.stop()
+try:  # (a name typed here that no station may bear stopped the page in a traceback)
+    for typed in (line, station):
+        station_name_as_stored(typed)
+except ValueError as exc:
+    st.error(plain(exc))
     st.stop()
 
 upload_key = (info.id, info.operating_point, line, station, tuple(f.file_id for f in uploaded))
