@@ -117,7 +117,10 @@ def station_name_as_stored(typed: str) -> str:
 def ensure_station(session: Session, line_name: str, station_name: str) -> Station:
     """The station of a line, creating either when new: lines are named by the people who run them."""
     typed_line, typed_station = line_name.strip(), station_name.strip()
-    line_name, station_name = station_name_as_stored(line_name), station_name_as_stored(station_name)
+    line_name, station_name = (
+        station_name_as_stored(line_name),
+        station_name_as_stored(station_name),
+    )
     # Matched whatever the case: "line 2" typed at a station is the "Line 2" already there,
     # not a second line that splits its history in two.
     line = session.scalars(
