@@ -1144,6 +1144,12 @@ def settled_files(files: list[Path], settle_seconds: float = 2.0) -> list[Path]:
     return settled
 
 
+# A hot folder that keeps every frame it is sent: each look reads every file in it again and
+# the watch holds a record of each, so a look's time and the station's memory grow with the
+# parts judged until the files are moved away. Said at this many files, then at each doubling.
+CROWDED_FOLDER_FILES = 100_000
+
+
 def hot_folder_batches(
     folder: Path,
     stop: Event,
@@ -1164,6 +1170,7 @@ def hot_folder_batches(
     sizes: dict[str, tuple[int, float]] = {}
     listing = FolderListing(folder)
     away = False
+    crowded_at = CROWDED_FOLDER_FILES  # (the count at which a crowded folder is said next)
     while not stop.is_set():
         ready: list[tuple[list[str], str]] = []
         now = time.monotonic()
@@ -1198,6 +1205,18 @@ def hot_folder_batches(
         # Only files still there are remembered: a watch that runs for weeks over a folder that
         # is emptied as it goes keeps no memory of every file it ever saw.
         handled &= present
+        if len(present) >= crowded_at:
+            logger.warning(
+                "the hot folder %s holds %d files: each look reads them all again and the watch "
+                "keeps a record of each, so looks slow down and memory grows as parts are "
+                "judged; move judged files out of it (their images and verdicts are kept)",
+                folder,
+                len(present),
+            )
+            while crowded_at <= len(present):
+                crowded_at *= 2
+        elif len(present) < CROWDED_FOLDER_FILES:  # (emptied: said again if it fills again)
+            crowded_at = CROWDED_FOLDER_FILES
         if sizes:  # (files still being written: a few)
             there = {key[0] for key in present}
             sizes = {path: size for path, size in sizes.items() if path in there}

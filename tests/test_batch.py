@@ -704,6 +704,44 @@ def test_a_hot_folder_forgets_files_that_are_gone(tmp_path: Path) -> None:
     deadline.cancel()
 
 
+def test_a_hot_folder_that_keeps_every_frame_is_said_to_be_crowded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A station running for days on a folder nobody empties: every look reads every file and
+    the watch holds a record of each, so it slowed and grew with the parts judged without a
+    word. Said once the folder is crowded, again at each doubling, and again if it fills up
+    again after being emptied; not at every look."""
+    from inspection import batch
+
+    monkeypatch.setattr(batch, "CROWDED_FOLDER_FILES", 3)
+    folder = tmp_path / "hot"
+    folder.mkdir()
+    stop = threading.Event()
+    deadline = threading.Timer(20, stop.set)
+    deadline.start()
+    looks = batch.hot_folder_batches(folder, stop, poll_seconds=0.0, settle_seconds=0.0)
+
+    def dropped(*names: str) -> list[str]:
+        for name in names:
+            (folder / name).write_bytes(name.encode())
+        with caplog.at_level("WARNING", logger="inspection.batch"):
+            next(looks)
+        said = [r.getMessage() for r in caplog.records if "files: each look" in r.getMessage()]
+        caplog.clear()
+        return said
+
+    assert dropped("1.png", "2.png") == []
+    assert [m.split(" holds ")[1][:7] for m in dropped("3.png")] == ["3 files"]
+    assert dropped("4.png") == dropped("5.png") == []  # not at every look
+    assert len(dropped("6.png")) == 1  # twice as many
+    for frame in folder.iterdir():
+        frame.unlink()  # emptied by whoever keeps the camera's folder
+    assert dropped("a.png") == dropped("b.png") == []
+    assert len(dropped("c.png")) == 1
+    stop.set()
+    deadline.cancel()
+
+
 def test_a_hot_folder_that_goes_away_is_waited_for(tmp_path: Path) -> None:
     """A camera share unmounted mid-shift: the watch waits and takes the files once it is
     back, instead of stopping the station."""
