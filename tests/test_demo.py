@@ -144,3 +144,30 @@ def test_every_figure_of_the_model_card_is_in_a_results_file() -> None:
     assert len(figures) > 20  # (the card's table and its text, not an empty match)
     missing = sorted({figure for figure in figures if figure not in held})
     assert not missing, f"figures of MODEL_CARD.md in no results file: {missing}"
+
+
+def _demo(tmp_path: Path, trained: Trained, name: str, extra: bytes) -> Path:
+    """A shipped demo's folder, calibrated as the shipped demos are (on the demo data's val)."""
+    demo = tmp_path / name
+    demo.mkdir()
+    (demo / "weights.pt").write_bytes(trained.weights.read_bytes() + extra)
+    calibration = {"data": "neu-det", "split": "val", "max_miss_rate": 0.0}
+    thresholds = {"per_class": dict.fromkeys(CLASSES, 0.2), "calibration": calibration}
+    card = {"name": name, "architecture": "defect-yolo-n", "classes": CLASSES, "imgsz": 64}
+    (demo / "model.json").write_text(json.dumps({**card, "thresholds": thresholds}))
+    return demo
+
+
+def test_a_rollback_to_the_earlier_demo_stays_at_the_next_start(
+    session, trained: Trained, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """`make run` installs the demo at every start: the newer demo was promoted again over the
+    earlier one a user had rolled back to, as its message told them they could."""
+    from db.registry import get_model_version, promote
+
+    install_demo(session, tmp_path / "models", _demo(tmp_path, trained, "demo-v1", b""))
+    newer = _demo(tmp_path, trained, "demo-v2", b"\0")
+    assert install_demo(session, tmp_path / "models", newer).promoted
+    promote(session, get_model_version(session, "demo-v1"))  # what a rollback does
+    again = install_demo(session, tmp_path / "models", newer)
+    assert not again.promoted and production_model(session, ModelKind.DETECTOR).name == "demo-v1"

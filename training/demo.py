@@ -29,7 +29,8 @@ class DemoInstall:
 
 
 def install_demo(session: Session, models_dir: Path, demo_dir: Path = DEMO_DIR) -> DemoInstall:
-    """Register the demo detector once; make it production only where there is none."""
+    """Register the demo detector once; make it production only where there is none, or where
+    an earlier demo is, at the first install of the newer one."""
     card = demo_dir / "model.json"
     weights = demo_dir / "weights.pt"
     if not card.is_file() or not weights.is_file():
@@ -62,7 +63,9 @@ def install_demo(session: Session, models_dir: Path, demo_dir: Path = DEMO_DIR) 
         return DemoInstall(
             version.name, True, f"demo model {version.name} is the production detector"
         )
-    if current.id != version.id and current.notes == DEMO_NOTES:
+    # Only when the newer demo is first registered: `make run` installs the demo at every
+    # start, and a rollback to the earlier demo was undone by the next one.
+    if existing is None and current.id != version.id and current.notes == DEMO_NOTES:
         # Production is an earlier shipped demo, which nobody replaced with a model of their
         # own: the newer demo takes its place, as a pull of the repository means it to.
         promote(session, version)
