@@ -171,3 +171,29 @@ def test_a_rollback_to_the_earlier_demo_stays_at_the_next_start(
     promote(session, get_model_version(session, "demo-v1"))  # what a rollback does
     again = install_demo(session, tmp_path / "models", newer)
     assert not again.promoted and production_model(session, ModelKind.DETECTOR).name == "demo-v1"
+
+
+@pytest.mark.parametrize(
+    ("operating_point", "said"),
+    [
+        ({"calibration": {"data": "my-parts", "split": "val"}}, "calibrated on my-parts/val"),
+        ({}, "thresholds set by hand"),
+    ],
+    ids=["calibrated on own parts", "set on the Settings page"],
+)
+def test_an_earlier_demo_at_the_users_operating_point_stays_in_production(
+    session, trained: Trained, tmp_path: Path, operating_point: dict, said: str
+) -> None:  # type: ignore[no-untyped-def]
+    """A user who calibrated the demo on their own parts lost that operating point at the next
+    `make run`: the newer demo replaced it at the thresholds it ships with."""
+    install_demo(session, tmp_path / "models", _demo(tmp_path, trained, "demo-v1", b""))
+    current = production_model(session, ModelKind.DETECTOR)
+    mine = {"per_class": dict.fromkeys(CLASSES, 0.05), **operating_point}
+    current.thresholds = mine
+    newer = install_demo(session, tmp_path / "models", _demo(tmp_path, trained, "demo-v2", b"\0"))
+    assert not newer.promoted and newer.version_name == "demo-v2"
+    assert f"production stays demo-v1 at the operating point you gave it ({said})" in (
+        newer.message
+    )
+    kept = production_model(session, ModelKind.DETECTOR)
+    assert kept.name == "demo-v1" and kept.thresholds == mine

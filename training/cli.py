@@ -221,8 +221,8 @@ def models_rollback(
 def models_install_demo() -> None:
     """Register the shipped demo model and put it in production.
 
-    It becomes production where there is none, or in place of an older demo, never of a model
-    of your own.
+    It becomes production where there is none, or in place of an earlier demo still at its
+    shipped thresholds, never of a model of your own.
     """
     from training.demo import install_demo
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -28,9 +29,25 @@ class DemoInstall:
     message: str
 
 
+def _users_operating_point(thresholds: dict[str, Any], card: dict[str, Any]) -> str | None:
+    """How the user set an earlier demo's thresholds, or None where they are as shipped.
+
+    Every shipped demo is calibrated on the same split; thresholds calibrated on another one (the
+    user's own parts) or set by hand (a save on the Settings page drops the calibration) are
+    the user's operating point, which a newer demo at its shipped thresholds would undo."""
+    calibration = thresholds.get("calibration") or {}
+    shipped = (card.get("thresholds") or {}).get("calibration") or {}
+    where = (calibration.get("data"), calibration.get("split"))
+    if where == (shipped.get("data"), shipped.get("split")):
+        return None
+    if calibration:
+        return f"calibrated on {where[0]}/{where[1]}"
+    return "thresholds set by hand"
+
+
 def install_demo(session: Session, models_dir: Path, demo_dir: Path = DEMO_DIR) -> DemoInstall:
     """Register the demo detector once; make it production only where there is none, or where
-    an earlier demo is, at the first install of the newer one."""
+    an earlier demo is, at its shipped thresholds, at the first install of the newer one."""
     card = demo_dir / "model.json"
     weights = demo_dir / "weights.pt"
     if not card.is_file() or not weights.is_file():
@@ -66,6 +83,15 @@ def install_demo(session: Session, models_dir: Path, demo_dir: Path = DEMO_DIR) 
     # Only when the newer demo is first registered: `make run` installs the demo at every
     # start, and a rollback to the earlier demo was undone by the next one.
     if existing is None and current.id != version.id and current.notes == DEMO_NOTES:
+        users = _users_operating_point(current.thresholds or {}, meta)
+        if users is not None:
+            return DemoInstall(
+                version.name,
+                False,
+                f"demo model {version.name} registered; production stays {current.name} at the "
+                f"operating point you gave it ({users}): to use {version.name}, calibrate it on "
+                f"your parts and promote it (`defects models promote {version.name}`)",
+            )
         # Production is an earlier shipped demo, which nobody replaced with a model of their
         # own: the newer demo takes its place, as a pull of the repository means it to.
         promote(session, version)
