@@ -114,32 +114,40 @@ def station_name_as_stored(typed: str) -> str:
     return name
 
 
+def _composed(typed: str) -> str:
+    return unicodedata.normalize("NFC", typed.strip())
+
+
 def ensure_station(session: Session, line_name: str, station_name: str) -> Station:
-    """The station of a line, creating either when new: lines are named by the people who run them."""
+    """The station of a line, creating either when new: lines are named by the people who run
+    them. A name is checked (`station_name_as_stored`) only where a line or station is made:
+    one stored before the check, a tab in it say, still names its station (refused, that
+    station's watch could not start again)."""
     typed_line, typed_station = line_name.strip(), station_name.strip()
-    line_name, station_name = (
-        station_name_as_stored(line_name),
-        station_name_as_stored(station_name),
-    )
+    composed_line, composed_station = _composed(line_name), _composed(station_name)
+    if not composed_line or not composed_station:
+        raise ValueError("line and station names must not be empty")
     # Matched whatever the case: "line 2" typed at a station is the "Line 2" already there,
     # not a second line that splits its history in two.
     line = session.scalars(
         select(ProductionLine)
         # (A name stored before names were composed is found as it was typed.)
-        .where(_same_name(ProductionLine.name, line_name, typed_line))
-        .order_by(ProductionLine.name != line_name)  # the exact name first, where both exist
+        .where(_same_name(ProductionLine.name, composed_line, typed_line))
+        .order_by(ProductionLine.name != composed_line)  # the exact name first, where both exist
     ).first()
     if line is None:
-        line = ProductionLine(name=line_name)
+        line = ProductionLine(name=station_name_as_stored(line_name))
         session.add(line)
         session.flush()
     station = session.scalars(
         select(Station)
-        .where(Station.line_id == line.id, _same_name(Station.name, station_name, typed_station))
-        .order_by(Station.name != station_name)
+        .where(
+            Station.line_id == line.id, _same_name(Station.name, composed_station, typed_station)
+        )
+        .order_by(Station.name != composed_station)
     ).first()
     if station is None:
-        station = Station(line_id=line.id, name=station_name)
+        station = Station(line_id=line.id, name=station_name_as_stored(station_name))
         session.add(station)
         session.flush()
     return station

@@ -73,6 +73,19 @@ def test_a_line_or_station_name_with_unseen_characters_is_refused(session, name:
         ensure_station(session, "L1", name.replace("L", "S"))
 
 
+def test_a_station_stored_before_names_were_checked_still_names_it(session) -> None:  # type: ignore[no-untyped-def]
+    """Checked before the look-up, a station stored with a tab in its name was refused at
+    every run: its watch could not start again."""
+    from db.models import ProductionLine, Station
+
+    stored = Station(line=ProductionLine(name="Old\tline"), name="Cam\t2")
+    session.add(stored)
+    session.flush()
+    assert ensure_station(session, "Old\tline", "Cam\t2").id == stored.id
+    with pytest.raises(ValueError, match="invisible characters"):
+        ensure_station(session, "Old\tline", "Cam\t3")  # (a new one is refused)
+
+
 def test_a_name_typed_decomposed_is_the_same_line(session) -> None:  # type: ignore[no-untyped-def]
     """ "Línea 1" typed on a Mac (decomposed, NFD) made a second line beside the composed one."""
     import unicodedata

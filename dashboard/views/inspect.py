@@ -21,7 +21,6 @@ from dashboard.state import (
 )
 from dashboard.text import code, plain
 from db.queries import part_results
-from db.registry import station_name_as_stored
 from db.session import DatabaseError, session_scope
 from inspection.batch import (
     BatchInspection,
@@ -121,12 +120,6 @@ if not uploaded:
 if not line or not station:
     st.warning("Choose a line and a station first.")
     st.stop()
-try:  # (a name typed here that no station may bear stopped the page in a traceback)
-    for typed in (line, station):
-        station_name_as_stored(typed)
-except ValueError as exc:
-    st.error(plain(exc))
-    st.stop()
 
 upload_key = (info.id, info.operating_point, line, station, tuple(f.file_id for f in uploaded))
 if st.session_state.get("inspected_key") != upload_key:
@@ -158,8 +151,10 @@ if st.session_state.get("inspected_key") != upload_key:
         summary = job.run(
             source_items(uploaded, seen), advance, on_skipped=lambda n: advance(parts=n)
         )
-    except (UserError, DatabaseError) as exc:
-        # A deleted model file or a database gone away: say so, keep the uploads for a retry.
+    except (UserError, DatabaseError, ValueError) as exc:
+        # A deleted model file, a database gone away, a new line or station name no station
+        # may bear (a tab in it; it stopped the page in a traceback): say so, keep the uploads
+        # for a retry.
         progress.empty()
         st.error(f"Inspection could not run: {plain(exc)}")
         st.stop()

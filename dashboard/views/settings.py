@@ -248,7 +248,9 @@ with st.form("add_station"):
                 }
                 added = ensure_station(session, new_line, new_station)
                 where = f"{plain(added.line.name)} / {plain(added.name)}"
-            if (new_line.strip().lower(), new_station.strip().lower()) in known_before:
+                # (As stored, not as typed: a name typed decomposed found the station there.)
+                found = (added.line.name.lower(), added.name.lower())
+            if found in known_before:
                 flash(f"{where} is there already.", "info")
             else:
                 flash(f"{where} added.")
