@@ -537,9 +537,12 @@ class ParallelInspection:
         except KeyboardInterrupt:
             # The workers got the same Ctrl-C, or are told here: each writes what it holds
             # and says so, heard here for the summary; a second Ctrl-C leaves at once.
+            loading = "all_ready" not in self.moments  # (stopped before it could start)
             self._stop_workers(stop)
             heard.stopped = True
             self._listen(listening, stop, on_result, heard, time.monotonic() + 30, on_skipped)
+            if loading:  # (see below: a run that could not start)
+                discard_empty_run(self.url, self.run_id)
             raise
         finally:
             stop.set()
@@ -561,11 +564,15 @@ class ParallelInspection:
             began = max(self.moments.get("first_ready", started), self.moments["dealing"])
             self.summary.seconds += (ended or time.perf_counter()) - began
             self._mark_finished()
+        # A run that could not start, as one process's whose model would not load, is removed
+        # where it holds no part (`discard_empty_run` looks): it stood open on the Live page
+        # and in `defects status`. So is one stopped (Ctrl-C) while its workers loaded, above;
+        # a watch stopped after hours of an empty folder keeps its run.
+        if heard.failure is not None or dealing_error:
+            discard_empty_run(self.url, self.run_id)
         if heard.stopped:
             raise KeyboardInterrupt
         if heard.failure is not None:
-            if not self.summary.inspected:  # (no part written: no run to show, as one process)
-                discard_empty_run(self.url, self.run_id)
             raise UserError(
                 f"the run stopped: {heard.failure}; what was written is kept, run it again to resume"
             )

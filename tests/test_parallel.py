@@ -176,6 +176,29 @@ def test_a_worker_that_cannot_start_stops_the_run_with_its_reason(
         assert session.scalar(select(func.count(InspectionRun.id))) == 0
 
 
+def test_a_run_stopped_before_its_workers_were_ready_leaves_no_run(
+    detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while the workers loaded the model left a run with no part, the station's
+    latest in `defects status` and on the Live page; one process removes it."""
+    make_images(tmp_path / "in", n=3, size=64)
+    job = ParallelInspection(detector, tmp_path / "store", "L", "S", workers=2)
+    listen = ParallelInspection._listen
+    calls = [0]
+
+    def interrupted(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls[0] += 1
+        if calls[0] == 1:  # (Ctrl-C as the run begins; then the workers are heard stop)
+            raise KeyboardInterrupt
+        return listen(self, *args, **kwargs)
+
+    monkeypatch.setattr(ParallelInspection, "_listen", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        job.run(iter_source(str(tmp_path / "in")))
+    with session_scope(detector) as session:
+        assert session.scalar(select(func.count(InspectionRun.id))) == 0
+
+
 def test_workers_judge_with_the_model_file_named(detector: str, tmp_path: Path) -> None:
     """`defects batch --workers 2 --model best.onnx`: each worker runs that file, for the
     version it is an export of."""
