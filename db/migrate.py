@@ -72,10 +72,10 @@ MIGRATION_LOCK_KEY = 0x64656665  # "defe"
 @contextmanager
 def _one_migration_at_a_time(url: str) -> Iterator[None]:
     """Stations started together on a new database each ran the migrations: on PostgreSQL the
-    losers stopped with a traceback (alembic_version created twice); on SQLite, whose schema
-    changes are not one transaction, they read a half-migrated schema and stopped ("table
-    already exists", "no such constraint"). PostgreSQL holds them on an advisory lock, a
-    SQLite file on a lock file beside it (filelock: also on Windows)."""
+    losers stopped with a traceback (alembic_version created twice); on SQLite, before an
+    upgrade was one transaction (`migrations/env.py`), they read a half-migrated schema and
+    stopped ("table already exists", "no such constraint"). PostgreSQL holds them on an
+    advisory lock, a SQLite file on a lock file beside it (filelock: also on Windows)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "postgresql":
         with get_engine(url).connect() as connection:

@@ -1,6 +1,7 @@
 """The domain schema: lines, parts, inspections, reviews, model versions, training and data.
 
-Times are stored as naive UTC (`utcnow()`), identically on SQLite and PostgreSQL.
+Times are stored as naive UTC, identically on SQLite and PostgreSQL: a part's, a verdict's and a
+run's by the database's clock (`database_utcnow()`), the rest by this machine's (`utcnow()`).
 Images are never stored here: a part holds the content hash and the path of its file.
 """
 

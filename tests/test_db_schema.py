@@ -460,3 +460,16 @@ def test_a_read_only_sqlite_database_says_what_is_read_only(
     message = str(raised.value)
     assert message.startswith(f"the SQLite database {path} cannot be written: ")
     assert (f"the file {path} is" if blocked == "file" else f"its folder {folder} is") in message
+
+
+def test_a_database_in_memory_is_migrated_where_it_lives() -> None:
+    """The migrations' own SQLite connection (one transaction for the whole upgrade) opened a
+    fresh, empty database in memory: the one the engine holds stayed unmigrated."""
+    from sqlalchemy import inspect
+
+    from db.migrate import upgrade
+    from db.session import get_engine
+
+    url = "sqlite://"
+    upgrade(url)
+    assert "inspections" in inspect(get_engine(url)).get_table_names()

@@ -1,7 +1,7 @@
 """Alembic environment: the URL comes from the config that `db.migrate` builds."""
 
 from alembic import context
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, make_url
 from sqlalchemy.pool import NullPool
 
 from db.models import Base
@@ -62,7 +62,10 @@ def run_migrations_online() -> None:
     url = config.get_main_option("sqlalchemy.url")
     assert url is not None
     engine = get_engine(url)  # (checks a SQLite file's folder, as every other use does)
-    if engine.dialect.name == "sqlite":
+    in_memory = make_url(url).database in (None, "", ":memory:")
+    if engine.dialect.name == "sqlite" and not in_memory:
+        # (A database in memory lives in its one pooled connection: a connection of this
+        # engine's own would migrate a fresh, empty one.)
         engine = _sqlite_migration_engine(url)
     try:
         with engine.connect() as connection:
