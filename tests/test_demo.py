@@ -176,10 +176,17 @@ def test_a_rollback_to_the_earlier_demo_stays_at_the_next_start(
 @pytest.mark.parametrize(
     ("operating_point", "said"),
     [
-        ({"calibration": {"data": "my-parts", "split": "val"}}, "calibrated on my-parts/val"),
+        (
+            {"calibration": {"data": "my-parts", "split": "val", "max_miss_rate": 0.0}},
+            "calibrated on my-parts/val for a miss rate of at most 0.0",
+        ),
+        (
+            {"calibration": {"data": "neu-det", "split": "val", "max_miss_rate": 0.01}},
+            "calibrated on neu-det/val for a miss rate of at most 0.01",
+        ),
         ({}, "thresholds set by hand"),
     ],
-    ids=["calibrated on own parts", "set on the Settings page"],
+    ids=["calibrated on own parts", "calibrated on NEU-DET at another target", "set by hand"],
 )
 def test_an_earlier_demo_at_the_users_operating_point_stays_in_production(
     session, trained: Trained, tmp_path: Path, operating_point: dict, said: str
