@@ -571,6 +571,14 @@ def open_run(
     return run, version
 
 
+def weights_there(name: str, weights: Path) -> Path:
+    """A model version's weights file, refused in one line where it is gone (deleted, a data
+    folder moved); every command that opens one says it so."""
+    if not weights.is_file():
+        raise UserError(f"the weights of {name} are missing ({weights})")
+    return weights
+
+
 def discard_empty_run(url: str, run_id: int) -> None:
     """A run that could not start (its model would not load) and judged nothing: removed, so
     that it does not stand open for ever on the Live page and in `defects status`. A run that
@@ -640,8 +648,7 @@ class BatchInspection:
 
         weights, thresholds, classifier_weights = retrying_races(opened)
         try:
-            if not weights.is_file():
-                raise UserError(f"the weights of {self.model_name} are missing ({weights})")
+            weights_there(self.model_name, weights)
             if inspector is None:
                 inspector = Inspector.from_weights(
                     weights, thresholds, backend, device, batch_size, classifier_weights

@@ -49,6 +49,7 @@ from inspection.batch import (
     model_file,
     open_run,
     through_outages,
+    weights_there,
 )
 from inspection.engine import BackendChoice, PartResult
 from inspection.errors import UserError
@@ -315,7 +316,7 @@ class ParallelInspection:
             # (The run was left open with no part, the station's latest on the Live page and
             # in `defects status` for good, as one process's run is not.)
             discard_empty_run(url, self.run_id)
-            raise UserError(f"the weights of {self.model_name} are missing ({weights})")
+            weights_there(self.model_name, weights)
         self.url = url
         self.workers = workers
         cores = share_cores(usable_cores(), workers)
