@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import random
+import stat
 import time
 import zipfile
 import zlib
@@ -161,7 +162,18 @@ def content_key(item: SourceItem) -> str:
 
 
 def read_file(path: Path, display: str) -> SourceItem:
-    if path.is_dir():  # (listed because it could not be read: `FolderListing`)
+    """A file of a folder as a part, or the reason it cannot be one. One stat in the common
+    case: the checks for a dead link and for a folder listed because it could not be read
+    (`FolderListing`) are made where that stat fails or names a folder."""
+    try:
+        info = path.stat()
+    except OSError as exc:
+        if path.is_symlink():
+            looped = exc.errno == errno.ELOOP
+            why = "a link that leads to itself" if looped else "a link whose target is missing"
+            return SourceItem(display, None, f"cannot read the file: {why}")
+        return SourceItem(display, None, f"cannot read the file: {exc.strerror or exc}")
+    if stat.S_ISDIR(info.st_mode):
         try:
             with os.scandir(path):
                 reason = "it could not be listed"
@@ -170,18 +182,9 @@ def read_file(path: Path, display: str) -> SourceItem:
         return SourceItem(
             display, None, f"cannot read the folder: {reason} (its files were not inspected)"
         )
-    if path.is_symlink() and not path.exists():
-        try:
-            os.stat(path)
-            looped = False
-        except OSError as exc:
-            looped = exc.errno == errno.ELOOP
-        why = "a link that leads to itself" if looped else "a link whose target is missing"
-        return SourceItem(display, None, f"cannot read the file: {why}")
+    if info.st_size > MAX_FILE_BYTES:
+        return SourceItem(display, None, f"file too large ({info.st_size / 1e6:.0f} MB)")
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            return SourceItem(display, None, f"file too large ({size / 1e6:.0f} MB)")
         return SourceItem(display, path.read_bytes())
     except OSError as exc:
         return SourceItem(display, None, f"cannot read the file: {exc.strerror or exc}")
