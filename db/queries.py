@@ -251,11 +251,10 @@ def _offset_changes(start: datetime, end: datetime) -> tuple[tuple[datetime, int
     return tuple(changes)
 
 
-def _day_column(
-    utc_offset_minutes: int = 0, offset_changes: tuple[tuple[datetime, int], ...] = ()
-) -> ColumnElement[Any]:
-    """The day a part was captured, in a time zone `utc_offset_minutes` from UTC, or before
-    each of `offset_changes`, at the offset in force until it."""
+def _day_column(filters: Filters) -> ColumnElement[Any]:
+    """The day a part was captured, in a time zone the filters' `utc_offset_minutes` from UTC,
+    or before each of their `offset_changes`, at the offset in force until it."""
+    utc_offset_minutes, offset_changes = filters.utc_offset_minutes, filters.offset_changes
 
     # The minutes and moments are written into the SQL, not bound: PostgreSQL takes the
     # select's `date(t + $1)` and the GROUP BY's `date(t + $2)` for different expressions.
@@ -298,7 +297,7 @@ def rates(
         false_call = and_(false_call, _has_counted_prediction_of(filters.class_name))
     key_column: ColumnElement[object] = {
         "all": literal("all"),
-        "day": _day_column(filters.utc_offset_minutes, filters.offset_changes),
+        "day": _day_column(filters),
         "line": ProductionLine.name,
         "station": Station.name,
         "model_version": Inspection.model_version_id,
@@ -478,7 +477,7 @@ class VolumeRow:
 def daily_volume(session: Session, filters: Filters = Filters()) -> list[VolumeRow]:
     """Verdicts given, failed and in error per day the parts were captured (a day of the
     filters' offset from UTC)."""
-    day = _day_column(filters.utc_offset_minutes, filters.offset_changes)
+    day = _day_column(filters)
     rows = session.execute(
         select(
             day,
