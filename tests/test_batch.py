@@ -649,7 +649,11 @@ def test_write_now_writes_what_is_held_before_the_source_goes_on(
     def camera() -> Iterator[SourceItem]:
         yield first
         yield WRITE_NOW
-        time.sleep(0.5)  # the writer thread commits the chunk meanwhile
+        # The writer thread commits the chunk meanwhile: waited for (a fixed half second was
+        # too short on loaded cores), never past the next frame, which is held back until then.
+        deadline = time.monotonic() + 20
+        while _counts(detector)[1] < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
         written_at_quiet.append(_counts(detector)[1])
         yield second
 
