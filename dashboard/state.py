@@ -17,6 +17,7 @@ from db.migrate import upgrade
 from db.models import ModelKind, ModelVersion, ProductionLine, Station
 from db.registry import production_model
 from db.session import DatabaseError, redact, session_scope
+from inspection.batch import found_weights
 from inspection.engine import Inspector
 from inspection.settings import SettingsError, get_settings
 
@@ -78,11 +79,13 @@ def detector_info(url: str, version: ModelVersion | None = None) -> DetectorInfo
             classifier = session.scalars(
                 select(ModelVersion).where(ModelVersion.name == classifier_name)
             ).first()
-            classifier_path = classifier.file_path if classifier else None
+            classifier_path = (
+                str(found_weights(classifier.file_path, classifier.sha256)) if classifier else None
+            )
         return DetectorInfo(
             version.id,
             version.name,
-            version.file_path,
+            str(found_weights(version.file_path, version.sha256)),
             version.sha256,
             list(version.classes),
             dict(version.thresholds),

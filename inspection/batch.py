@@ -574,11 +574,29 @@ def open_run(
     return run, version
 
 
+def found_weights(file_path: str, sha256: str) -> Path:
+    """A version's weights on this machine: the path it was registered at, else the same
+    `models/VERSION/FILE` under this machine's data folder where that file holds the version's
+    exact bytes (same SHA-256). Stations sharing one database keep their own data folders at
+    their own paths; a registered path is the registering machine's."""
+    recorded = Path(file_path)
+    if recorded.is_file():
+        return recorded
+    here = get_settings().models_dir / recorded.parent.name / recorded.name
+    if here != recorded and here.is_file() and sha256_of(here) == sha256:
+        return here
+    return recorded
+
+
 def weights_there(name: str, weights: Path) -> Path:
     """A model version's weights file, refused in one line where it is gone (deleted, a data
-    folder moved); every command that opens one says it so."""
+    folder moved, registered on another machine); every command that opens one says it so."""
     if not weights.is_file():
-        raise UserError(f"the weights of {name} are missing ({weights})")
+        raise UserError(
+            f"the weights of {name} are missing ({weights}): copy that version's folder into "
+            f"this data folder's models/ (models/{weights.parent.name}/{weights.name}) or mount "
+            "the data folder at that path; the demo: `defects models install-demo`"
+        )
     return weights
 
 
@@ -635,7 +653,7 @@ class BatchInspection:
                 self.run_id, self.line_id, self.station_id = run.id, run.line_id, run.station_id
                 self.model_id, self.model_name = version.id, version.name
                 self.model_classes = list(version.classes or [])
-                weights = model_file(model) or Path(version.file_path)
+                weights = model_file(model) or found_weights(version.file_path, version.sha256)
                 thresholds = dict(version.thresholds or {})
                 # A calibrated operating point names the classifier it was calibrated with.
                 classifier_name = (thresholds.get("classifier") or {}).get("version")
@@ -643,7 +661,7 @@ class BatchInspection:
                 if classifier_name:
                     classifier = get_model_version(session, classifier_name)
                     classifier_weights, self.classifier_id = (
-                        Path(classifier.file_path),
+                        found_weights(classifier.file_path, classifier.sha256),
                         classifier.id,
                     )
                     run.classifier_version_id = classifier.id

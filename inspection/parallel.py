@@ -45,6 +45,7 @@ from inspection.batch import (
     SourceItem,
     content_key,
     discard_empty_run,
+    found_weights,
     hot_folder_batches,
     model_file,
     open_run,
@@ -309,7 +310,7 @@ class ParallelInspection:
             with session_scope(url) as session:  # (again where a new line was raced for)
                 run, version = open_run(session, line, station, model, operator, source)
                 self.run_id, self.model_name = run.id, version.name
-                return model_file(model) or Path(version.file_path)
+                return model_file(model) or found_weights(version.file_path, version.sha256)
 
         weights = retrying_races(opened)
         if not weights.is_file():

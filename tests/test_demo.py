@@ -204,3 +204,49 @@ def test_an_earlier_demo_at_the_users_operating_point_stays_in_production(
     )
     kept = production_model(session, ModelKind.DETECTOR)
     assert kept.name == "demo-v1" and kept.thresholds == mine
+
+
+@pytest.mark.skipif(not (DEMO_DIR / "weights.pt").exists(), reason="no demo model shipped yet")
+def test_second_machine_with_its_own_data_folder_judges_with_the_demo(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stations sharing one database with data folders at their own paths: the demo version
+    named the first machine's weights, so on the second `install-demo` stopped with "[Errno 2]"
+    (it wrote the ONNX beside the first machine's file) and every inspection with "the weights
+    are missing". Now install-demo puts the shipped file, the version's exact bytes, in this
+    machine's store, where the version's weights are looked for; other bytes there are not
+    taken for the version's."""
+    from typer.testing import CliRunner
+
+    from db.session import session_scope
+    from inspection.errors import UserError
+    from inspection.settings import get_settings
+    from training.cli import app
+    from training.versions import weights_file
+
+    runner = CliRunner()
+    monkeypatch.setenv("DEFECTS_DATABASE_URL", f"sqlite:///{tmp_path / 'shared.db'}")
+
+    def machine(name: str) -> None:
+        monkeypatch.setenv("DEFECTS_DATA_DIR", str(tmp_path / name))
+        get_settings.cache_clear()
+
+    machine("machine1")
+    assert runner.invoke(app, ["models", "install-demo"]).exit_code == 0
+    (tmp_path / "machine1").rename(tmp_path / "elsewhere")  # the first machine's own disk
+    machine("machine2")
+    part = make_images(tmp_path / "parts", n=1, size=200, seed=5)[0].name
+    installed = runner.invoke(app, ["models", "install-demo"])
+    assert installed.exit_code == 0, installed.exception
+    judged = runner.invoke(app, ["inspect", str(tmp_path / "parts" / part), "--station", "m2"])
+    assert judged.exit_code == 0, judged.exception
+    assert part in judged.output
+    url = get_settings().resolved_database_url
+    with session_scope(url) as session:
+        version = production_model(session, ModelKind.DETECTOR)
+        assert str(tmp_path / "machine1") in version.file_path  # the registration is kept
+        here = weights_file(version)
+        assert here == get_settings().models_dir / version.name / "weights.pt"
+        here.write_bytes(here.read_bytes() + b"\0")  # not the version's bytes any more
+        with pytest.raises(UserError, match="weights of neu-det-demo-v.* are missing"):
+            weights_file(version)

@@ -4,6 +4,7 @@ inspection at once."""
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from db.models import ModelKind, ModelVersion
 from db.registry import ensure_station, production_model, promote
-from inspection.batch import sha256_of
+from inspection.batch import found_weights, sha256_of
 from training.versions import register_model_version
 
 DEMO_DIR = Path(__file__).resolve().parents[1] / "models" / "neu-det-demo"
@@ -75,9 +76,16 @@ def install_demo(session: Session, models_dir: Path, demo_dir: Path = DEMO_DIR) 
         name=meta["name"],
         notes=DEMO_NOTES,
     )
+    local = found_weights(version.file_path, version.sha256)
+    if not local.is_file():
+        # Registered by another station sharing this database, from its own data folder: the
+        # shipped file, the version's exact bytes, goes where this machine looks for it.
+        local = models_dir / local.parent.name / local.name
+        local.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(weights, local)
     onnx_file = demo_dir / "weights.onnx"
     if onnx_file.is_file():
-        target = Path(version.file_path).with_suffix(".onnx")
+        target = local.with_suffix(".onnx")
         if not target.exists():
             target.write_bytes(onnx_file.read_bytes())
     current = production_model(session, ModelKind.DETECTOR)

@@ -21,6 +21,7 @@ import inspection  # noqa: F401 - runtime preparation first
 from db.queries import PartCounts
 from db.registry import get_model_version
 from db.session import session_scope
+from inspection.batch import found_weights
 from inspection.detector import load_detector
 from inspection.errors import UserError
 from inspection.settings import get_settings
@@ -174,7 +175,7 @@ def evaluate_detector(
     if classifier_point.get("version"):  # (looked up before the validation, not after it)
         with session_scope(url) as session:
             classifier = get_model_version(session, classifier_point["version"])
-            classifier_weights = Path(classifier.file_path)
+            classifier_weights = found_weights(classifier.file_path, classifier.sha256)
         if not classifier_weights.is_file():
             raise UserError(
                 f"the operating point names classifier {classifier.name}, whose weights are "

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from db.models import Dataset, ModelKind, ModelStage, ModelVersion
 from db.registry import get_model_version
 from db.session import session_scope
-from inspection.batch import sha256_of, weights_there
+from inspection.batch import found_weights, sha256_of, weights_there
 from inspection.errors import UserError
 from training.datasets import check_folder_name
 
@@ -25,7 +25,7 @@ def weights_file(version: ModelVersion) -> Path:
     """A version's weights, refused in one line where the file is gone (deleted, a data
     folder moved): export, evaluate, calibrate, training from it and backtests printed the
     system's "[Errno 2] No such file or directory", inspect and batch this line."""
-    return weights_there(version.name, Path(version.file_path))
+    return weights_there(version.name, found_weights(version.file_path, version.sha256))
 
 
 def default_thresholds(class_names: list[str]) -> dict[str, Any]:
