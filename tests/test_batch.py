@@ -1102,13 +1102,13 @@ def test_two_stations_starting_a_new_line_at_once_both_run(
     same_name = registry._same_name
     calls = []
 
-    def looked_up_before_the_other_created_it(column, name):  # type: ignore[no-untyped-def]
-        calls.append(name)
+    def looked_up_before_the_other_created_it(column, *names):  # type: ignore[no-untyped-def]
+        calls.append(names[0])
         if len(calls) == 1:
             with session_scope(detector) as other:  # the other station commits the line now
-                other.add(ProductionLine(name=name))
+                other.add(ProductionLine(name=names[0]))
             return false()  # as this station's look-up saw it a moment before
-        return same_name(column, name)
+        return same_name(column, *names)
 
     monkeypatch.setattr(registry, "_same_name", looked_up_before_the_other_created_it)
     job = BatchInspection(detector, tmp_path / "store", "New line", "Cam A")
