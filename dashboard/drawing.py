@@ -68,3 +68,17 @@ def draw_boxes(pixels: np.ndarray, boxes: Iterable[DrawnBox], min_side: int = 32
         )
         draw.text((corners[0] + 2, top + 1), box.label, fill=(255, 255, 255), font=font)
     return image
+
+
+def unshown_image(path: str, exc: Exception) -> str:
+    """Why a part's stored image cannot be shown, in plain words (the OS error's "[Errno 2]"
+    told a reviewer nothing): a missing file was pruned, or is on another station's disk."""
+    if isinstance(exc, FileNotFoundError) or not path:
+        where = f" (expected at {path})" if path else ""
+        return (
+            f"The image is not on this machine{where}: it was deleted since, or is kept on "
+            "another station's disk."
+        )
+    if isinstance(exc, OSError):
+        return f"The image at {path} cannot be read: {exc.strerror or exc}."
+    return f"The image at {path} is not one that can be shown: {exc}."

@@ -1549,3 +1549,39 @@ def test_a_station_stored_with_a_name_now_refused_still_judges(
     with session_scope(production) as session:
         judged = session.scalars(select(Inspection)).one()
         assert session.get(Station, judged.part.station_id).name == "Cam\t2"
+
+
+def test_review_of_a_part_whose_image_is_gone_says_so_and_decides_nothing(
+    production: str, tmp_path: Path
+) -> None:
+    """A pruned image (or one on another station's disk) showed the raw "[Errno 2]" and left
+    every decision on: a reviewer could mark good a part they could not see."""
+    at = _app().run()
+    at.file_uploader(key="inspect_files").set_value(_png_files(tmp_path, 2, 3)).run()
+    with session_scope(production) as session:
+        for inspection in session.scalars(select(Inspection)):
+            inspection.verdict = Verdict.FAIL
+            inspection.predictions.append(
+                Prediction(class_name=CLASSES[0], confidence=0.9, x1=2, y1=2, x2=20, y2=20)
+            )
+    at.switch_page("views/review.py").run()
+    at.text_input(key="reviewer").input("Ana").run()
+    first = at.selectbox(key="review_part").value
+    with session_scope(production) as session:
+        gone = Path(session.get(Part, first).stored_path)  # type: ignore[union-attr]
+    gone.unlink()
+    at.run()
+    assert not at.exception, at.exception
+    warning = " ".join(w.value for w in at.warning)
+    assert "not on this machine" in warning and "Errno" not in warning
+    decisions = ("Confirm defect", "False call", "Mark part good", "Add missed defect")
+    shown = [b for b in at.button if b.label in decisions]
+    assert len(shown) == 4 and all(b.disabled and b.help for b in shown)
+    # Passed over: the other part, whose image is there, is decided as before.
+    with session_scope(production) as session:
+        other = next(i for i in session.scalars(select(Part.id)) if i != first)
+    at.selectbox(key="review_part").set_value(other).run()
+    assert not any("not on this machine" in w.value for w in at.warning)
+    next(b for b in at.button if b.label == "Mark part good").click().run()
+    assert not at.exception, at.exception
+    assert _count(production, Review) == 1

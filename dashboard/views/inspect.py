@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 from streamlit.runtime.uploaded_file_manager import UploadedFile
 
-from dashboard.drawing import draw_boxes, prediction_boxes
+from dashboard.drawing import draw_boxes, prediction_boxes, unshown_image
 from dashboard.state import (
     UPLOAD_LIMIT_MB,
     database_ready,
@@ -273,6 +273,6 @@ for name, verdict, latency, stored_path, boxes in views[:SHOWN_PARTS]:
             pixels = decode_image(Path(stored_path).read_bytes()).pixels
             st.image(draw_boxes(pixels, boxes))
         except (OSError, ImageDecodeError) as exc:
-            st.warning(f"cannot show the image: {exc}")
+            st.warning(plain(unshown_image(stored_path, exc)))
 if len(views) > SHOWN_PARTS:
     st.caption(f"Showing the first {SHOWN_PARTS} parts; the table lists all {len(views)}.")

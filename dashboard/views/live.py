@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dashboard.charts import minute_volume_figure
-from dashboard.drawing import DrawnBox, draw_boxes, prediction_boxes
+from dashboard.drawing import DrawnBox, draw_boxes, prediction_boxes, unshown_image
 from dashboard.state import database_message, database_ready, local_time, zone_label
 from dashboard.text import code, plain
 from db.models import (
@@ -119,7 +119,7 @@ def _last_failed_part(url: str, zone: str) -> tuple[str, Image | None, str] | No
     try:
         image = _drawn(inspection_id, path, boxes)
     except (OSError, ImageDecodeError) as exc:
-        return name, None, f"its image cannot be shown: {exc}"
+        return name, None, unshown_image(path, exc)
     return name, image, f"judged {_local(when)} ({zone})"
 
 

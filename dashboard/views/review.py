@@ -7,6 +7,7 @@ from pathlib import Path
 import streamlit as st
 
 from dashboard.charts import ShownBox, review_figure, selected_box
+from dashboard.drawing import unshown_image
 from dashboard.state import database_ready, detector_info, flash
 from dashboard.text import plain
 from db.models import Inspection
@@ -144,6 +145,7 @@ else:
     added = st.session_state.get(f"review_added_{item.part_id}", 0)
     left, right = st.columns([3, 2])
     drawn = None
+    unseen = ""  # why the part's image cannot be shown; its decisions then wait
     with left:
         st.markdown(
             f"**{plain(name)}**: {verdict.upper()}. Drag a box on the image around a missed defect."
@@ -169,10 +171,15 @@ else:
             )
             drawn = selected_box(event.selection if event else None, size)
         except (OSError, ImageDecodeError) as exc:
-            st.warning(f"cannot show the image: {exc}")
+            unseen = unshown_image(stored_path, exc)
+            st.warning(plain(f"{unseen} Its decisions are off; pick another part."))
     with right:
         if not reviewer.strip():
             st.warning("Enter your name to review.")
+        # Nobody approves what they cannot see: without its image the part's decisions are
+        # off (another part can still be picked), and each button says why.
+        blocked = not reviewer.strip() or bool(unseen)
+        why = "Decided only by looking at the part, and its image is not shown." if unseen else None
         for i, (prediction_id, class_name, confidence, counted, _) in enumerate(predictions):
             st.markdown(
                 # (Three decimals: at a threshold of 0.111, a counted 0.112 and a 0.109 below
@@ -185,12 +192,12 @@ else:
                 continue
             a, b = st.columns(2)
             if a.button(
-                "Confirm defect", key=f"confirm_{prediction_id}", disabled=not reviewer.strip()
+                "Confirm defect", key=f"confirm_{prediction_id}", disabled=blocked, help=why
             ):
                 with session_scope(state.url) as session:
                     confirm_defect(session, prediction_id, reviewer)
                 reviewed("")
-            if b.button("False call", key=f"false_{prediction_id}", disabled=not reviewer.strip()):
+            if b.button("False call", key=f"false_{prediction_id}", disabled=blocked, help=why):
                 with session_scope(state.url) as session:
                     mark_false_call(session, prediction_id, reviewer)
                 reviewed("")
@@ -203,15 +210,14 @@ else:
             and st.button(
                 f"The other {len(undecided)} are false calls",
                 key=f"decide_rest_{item.inspection_id}",
-                disabled=not reviewer.strip(),
+                disabled=blocked,
+                help=why,
             )
         ):
             with session_scope(state.url) as session:
                 decide_the_rest(session, item.inspection_id, reviewer)
             reviewed(f"Part {item.part_id} reviewed.")
-        if st.button(
-            "Mark part good", key=f"mark_good_{item.part_id}", disabled=not reviewer.strip()
-        ):
+        if st.button("Mark part good", key=f"mark_good_{item.part_id}", disabled=blocked, help=why):
             try:
                 with session_scope(state.url) as session:
                     mark_good(session, item.part_id, reviewer)
@@ -237,7 +243,7 @@ else:
                 )
             ]
             if st.form_submit_button(
-                "Add missed defect", disabled=not reviewer.strip() or not classes
+                "Add missed defect", disabled=blocked or not classes, help=why
             ):
                 try:
                     if None in corners:
