@@ -1525,3 +1525,30 @@ def test_verdicts_are_stamped_by_the_databases_clock_not_the_stations(
         assert cam.inspected == 2
         assert cam.last_inspected_at is not None
         assert now - cam.last_inspected_at < timedelta(minutes=1)
+
+
+def test_cli_inspect_prints_a_name_with_a_newline_on_one_line(
+    detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file named "a\\nb.png" split its part's line in two (the second half read as another
+    part); the human output shows it escaped, `--json` the real name."""
+    from training.cli import app
+
+    monkeypatch.setenv("DEFECTS_DATABASE_URL", detector)
+    get_settings.cache_clear()
+    made = make_images(tmp_path / "in", n=2)
+    odd = tmp_path / "in" / "bad\nname.png"
+    (tmp_path / "in" / made[0].name).rename(odd)
+    plain_name = str(tmp_path / "in" / made[1].name)
+    runner = CliRunner()
+    result = runner.invoke(app, ["inspect", str(odd), plain_name])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].startswith(repr(str(odd)) + ": ")
+    assert lines[1].startswith(plain_name + ": ")  # an ordinary name as it is
+    as_json = runner.invoke(app, ["inspect", str(odd), "--json"])
+    assert json.loads(as_json.output)[0]["part"] == str(odd)
+    missing = runner.invoke(app, ["inspect", plain_name, str(tmp_path / "no\npe.png")])
+    assert missing.exit_code == 1
+    assert repr(str(tmp_path / "no\npe.png")) in str(missing.exception)

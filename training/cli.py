@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import signal
 import sys
 from enum import StrEnum
@@ -1434,7 +1435,7 @@ def inspect_command(
         return "file not found"
 
     if len(mistaken) == len(images):
-        raise UserError("; ".join(f"{p}: {mistake(p)}" for p in mistaken))
+        raise UserError("; ".join(f"{shown_name(str(p))}: {mistake(p)}" for p in mistaken))
     url = migrated_database_url()
     job = BatchInspection(
         url, get_settings().images_dir, line, station, model, "", "cli", backend.value, device
@@ -1461,10 +1462,21 @@ def inspect_command(
                 [f"{d['class']} {d['confidence']:.2f}" for d in row["defects"]]
                 + ([row["part_classifier"]] if row["part_classifier"] else [])
             )
-            console.print(f"{row['part']}: {str(row['verdict']).upper()} {detail}", markup=False)
+            line = f"{shown_name(row['part'])}: {str(row['verdict']).upper()} {detail}"
+            console.print(line, markup=False)
     if mistaken:
-        named = ", ".join(map(str, mistaken))
+        named = ", ".join(shown_name(str(p)) for p in mistaken)
         raise UserError(f"{len(mistaken)} of {len(images)} paths name no image file: {named}")
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def shown_name(name: str) -> str:
+    """A file's name for a line of output: as given, or as Python's repr writes it (quoted,
+    `\\n` for a newline) when it holds a control character, which split a part's line in
+    two, or made it look like another part's. `--json` keeps the real name."""
+    return repr(name) if _CONTROL.search(name) else name
 
 
 def _stored_verdicts(url: str, model_id: int, items: list) -> list[dict]:  # type: ignore[type-arg]
