@@ -97,11 +97,15 @@ def _same_name(column: ColumnElement[str], *names: str) -> ColumnElement[bool]:
     )
 
 
+def _composed(typed: str) -> str:
+    return unicodedata.normalize("NFC", typed.strip())
+
+
 def station_name_as_stored(typed: str) -> str:
     """A line's or station's name as stored: in Unicode's composed form (NFC), so that "Línea 1"
     typed on a Mac keyboard (decomposed, NFD) is the "Línea 1" another station typed, not a
     second line that reads the same."""
-    name = unicodedata.normalize("NFC", typed.strip())
+    name = _composed(typed)
     if not name:
         raise ValueError("line and station names must not be empty")
     if len(name) > NAME_LENGTH:
@@ -112,10 +116,6 @@ def station_name_as_stored(typed: str) -> str:
             f"{name!r}"
         )
     return name
-
-
-def _composed(typed: str) -> str:
-    return unicodedata.normalize("NFC", typed.strip())
 
 
 def ensure_station(session: Session, line_name: str, station_name: str) -> Station:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import functools
 import glob
 import hashlib
 import json
@@ -28,7 +29,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from threading import Event, Lock
 from typing import Any, BinaryIO, TypeVar
 
@@ -582,10 +583,23 @@ def found_weights(file_path: str, sha256: str) -> Path:
     recorded = Path(file_path)
     if recorded.is_file():
         return recorded
-    here = get_settings().models_dir / recorded.parent.name / recorded.name
-    if here != recorded and here.is_file() and sha256_of(here) == sha256:
+    # (A path registered on Windows: its parts by Windows' separators.)
+    written = PureWindowsPath(file_path) if "\\" in file_path else recorded
+    here = get_settings().models_dir / written.parent.name / written.name
+    try:
+        info = here.stat()
+    except OSError:
+        return recorded
+    if here != recorded and _same_bytes(str(here), info.st_size, info.st_mtime_ns, sha256):
         return here
     return recorded
+
+
+@functools.lru_cache(maxsize=64)
+def _same_bytes(path: str, size: int, mtime_ns: int, sha256: str) -> bool:
+    """Hashed once per file as it is (its size and time in the key): the pages look a version's
+    weights up at every rerun, and a run at its start, in each worker."""
+    return sha256_of(Path(path)) == sha256
 
 
 def weights_there(name: str, weights: Path) -> Path:

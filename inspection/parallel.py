@@ -36,7 +36,7 @@ from pathlib import Path
 from sqlalchemy import update
 
 from db.models import InspectionRun, database_utcnow
-from db.session import connection_scope, retrying_races, session_scope
+from db.session import DatabaseError, connection_scope, retrying_races, session_scope
 from inspection.batch import (
     WRITE_NOW,
     BatchInspection,
@@ -313,11 +313,13 @@ class ParallelInspection:
                 return model_file(model) or found_weights(version.file_path, version.sha256)
 
         weights = retrying_races(opened)
-        if not weights.is_file():
+        try:
+            weights_there(self.model_name, weights)
+        except UserError:
             # (The run was left open with no part, the station's latest on the Live page and
             # in `defects status` for good, as one process's run is not.)
             discard_empty_run(url, self.run_id)
-            weights_there(self.model_name, weights)
+            raise
         self.url = url
         self.workers = workers
         cores = share_cores(usable_cores(), workers)
@@ -534,17 +536,16 @@ class ParallelInspection:
         dealer = threading.Thread(target=deal, name="dealer", daemon=True)
         dealer.start()
         listening = {receiving: i for i, (receiving, _) in enumerate(channels)}
+        stopped_loading = False  # Ctrl-C before every worker was ready: a run that never began
         try:
             self._listen(listening, stop, on_result, heard, on_skipped=on_skipped)
         except KeyboardInterrupt:
             # The workers got the same Ctrl-C, or are told here: each writes what it holds
             # and says so, heard here for the summary; a second Ctrl-C leaves at once.
-            loading = "all_ready" not in self.moments  # (stopped before it could start)
+            stopped_loading = "all_ready" not in self.moments
             self._stop_workers(stop)
             heard.stopped = True
             self._listen(listening, stop, on_result, heard, time.monotonic() + 30, on_skipped)
-            if loading:  # (see below: a run that could not start)
-                discard_empty_run(self.url, self.run_id)
             raise
         finally:
             stop.set()
@@ -566,12 +567,16 @@ class ParallelInspection:
             began = max(self.moments.get("first_ready", started), self.moments["dealing"])
             self.summary.seconds += (ended or time.perf_counter()) - began
             self._mark_finished()
-        # A run that could not start, as one process's whose model would not load, is removed
-        # where it holds no part (`discard_empty_run` looks): it stood open on the Live page
-        # and in `defects status`. So is one stopped (Ctrl-C) while its workers loaded, above;
-        # a watch stopped after hours of an empty folder keeps its run.
-        if heard.failure is not None or dealing_error:
-            discard_empty_run(self.url, self.run_id)
+            # A run that could not start, as one process's whose model would not load, is
+            # removed where no part was written (`discard_empty_run` counts them again, once
+            # every worker has exited): it stood open on the Live page and in `defects status`.
+            # So is one stopped (Ctrl-C) while its workers loaded; a watch stopped after hours
+            # of an empty folder keeps its run. (A database gone away keeps it too, and the
+            # run's own reason is what is said.)
+            never_began = heard.failure is not None or dealing_error or stopped_loading
+            if never_began and not self.summary.inspected:
+                with contextlib.suppress(DatabaseError):
+                    discard_empty_run(self.url, self.run_id)
         if heard.stopped:
             raise KeyboardInterrupt
         if heard.failure is not None:

@@ -1552,3 +1552,37 @@ def test_cli_inspect_prints_a_name_with_a_newline_on_one_line(
     missing = runner.invoke(app, ["inspect", plain_name, str(tmp_path / "no\npe.png")])
     assert missing.exit_code == 1
     assert repr(str(tmp_path / "no\npe.png")) in str(missing.exception)
+
+
+def test_weights_found_by_their_hash_are_hashed_once_while_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a machine whose weights are found by hash (registered elsewhere), every page rerun
+    and every run's start read and hashed the whole file again."""
+    import hashlib
+    import os
+
+    from inspection import batch
+
+    models = get_settings().models_dir / "v1"
+    models.mkdir(parents=True)
+    weights = models / "weights.pt"
+    weights.write_bytes(b"the version's bytes")
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    elsewhere = r"C:\plant\data\models\v1\weights.pt"  # (registered on a Windows machine)
+    hashed: list[Path] = []
+    real = batch.sha256_of
+
+    def counting(path: Path) -> str:
+        hashed.append(path)
+        return real(path)
+
+    monkeypatch.setattr(batch, "sha256_of", counting)
+    batch._same_bytes.cache_clear()
+    for _ in range(3):
+        assert batch.found_weights(elsewhere, digest) == weights
+    assert len(hashed) == 1
+    weights.write_bytes(b"other bytes, same name")
+    os.utime(weights, ns=(1, 1))
+    assert batch.found_weights(elsewhere, digest) == Path(elsewhere)  # not the version's bytes
+    assert len(hashed) == 2

@@ -4,6 +4,7 @@ inspection at once."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,14 @@ def _users_operating_point(thresholds: dict[str, Any], card: dict[str, Any]) -> 
     return "thresholds set by hand"
 
 
+def _copy_whole(source: Path, target: Path) -> None:
+    """Copied under another name and renamed: a copy cut short (a station stopped, two
+    `make run`s at once) is never taken for the file."""
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    shutil.copyfile(source, partial)
+    os.replace(partial, target)
+
+
 def install_demo(session: Session, models_dir: Path, demo_dir: Path = DEMO_DIR) -> DemoInstall:
     """Register the demo detector once; make it production only where there is none, or where
     an earlier demo is, at its shipped thresholds, at the first install of the newer one."""
@@ -82,12 +91,13 @@ def install_demo(session: Session, models_dir: Path, demo_dir: Path = DEMO_DIR) 
         # shipped file, the version's exact bytes, goes where this machine looks for it.
         local = models_dir / local.parent.name / local.name
         local.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(weights, local)
+        _copy_whole(weights, local)
     onnx_file = demo_dir / "weights.onnx"
     if onnx_file.is_file():
         target = local.with_suffix(".onnx")
-        if not target.exists():
-            target.write_bytes(onnx_file.read_bytes())
+        # (Written again where one was cut short: CPU stations judge with it, not the .pt.)
+        if not target.exists() or target.stat().st_size != onnx_file.stat().st_size:
+            _copy_whole(onnx_file, target)
     current = production_model(session, ModelKind.DETECTOR)
     if current is None:
         promote(session, version)

@@ -21,6 +21,7 @@ from dashboard.state import (
 )
 from dashboard.text import code, plain
 from db.queries import part_results
+from db.registry import station_name_as_stored
 from db.session import DatabaseError, session_scope
 from inspection.batch import (
     BatchInspection,
@@ -120,6 +121,16 @@ if not uploaded:
 if not line or not station:
     st.warning("Choose a line and a station first.")
     st.stop()
+# A new line or station typed here that no station may bear (a tab in it) stopped the page in
+# a traceback; one stored before names were checked still names its station.
+try:
+    if line not in known:
+        station_name_as_stored(line)
+    if station not in known.get(line, []):
+        station_name_as_stored(station)
+except ValueError as exc:
+    st.error(plain(exc))
+    st.stop()
 
 upload_key = (info.id, info.operating_point, line, station, tuple(f.file_id for f in uploaded))
 if st.session_state.get("inspected_key") != upload_key:
@@ -151,10 +162,8 @@ if st.session_state.get("inspected_key") != upload_key:
         summary = job.run(
             source_items(uploaded, seen), advance, on_skipped=lambda n: advance(parts=n)
         )
-    except (UserError, DatabaseError, ValueError) as exc:
-        # A deleted model file, a database gone away, a new line or station name no station
-        # may bear (a tab in it; it stopped the page in a traceback): say so, keep the uploads
-        # for a retry.
+    except (UserError, DatabaseError) as exc:
+        # A deleted model file or a database gone away: say so, keep the uploads for a retry.
         progress.empty()
         st.error(f"Inspection could not run: {plain(exc)}")
         st.stop()
