@@ -241,15 +241,17 @@ def test_review_counts_every_part_waiting_not_only_those_listed(
     assert len(at.selectbox(key="review_part").options) == 50
 
 
-def test_review_keeps_a_part_until_each_detection_is_decided(
-    production: str, tmp_path: Path
-) -> None:
+def _two_failed_parts_on_review(
+    production: str, tmp_path: Path, confidences: tuple[float, ...] = (0.9,)
+) -> AppTest:
+    """Two uploaded parts, each failed with a detection of each confidence (as a model would
+    give), on the Review page with a reviewer named."""
     at = _app().run()
     at.file_uploader(key="inspect_files").set_value(_png_files(tmp_path, 2, 3)).run()
-    with session_scope(production) as session:  # two detections on each part, as a model would
+    with session_scope(production) as session:
         for inspection in session.scalars(select(Inspection)):
             inspection.verdict = Verdict.FAIL
-            for confidence in (0.9, 0.4):
+            for confidence in confidences:
                 inspection.predictions.append(
                     Prediction(
                         class_name=CLASSES[0], confidence=confidence, x1=2, y1=2, x2=20, y2=20
@@ -257,6 +259,13 @@ def test_review_keeps_a_part_until_each_detection_is_decided(
                 )
     at.switch_page("views/review.py").run()
     at.text_input(key="reviewer").input("Ana").run()
+    return at
+
+
+def test_review_keeps_a_part_until_each_detection_is_decided(
+    production: str, tmp_path: Path
+) -> None:
+    at = _two_failed_parts_on_review(production, tmp_path, (0.9, 0.4))
     # Three decimals: near a threshold, a counted detection and one below it read alike.
     assert any(m.value.startswith(f"2. {CLASSES[0]} 0.400") for m in at.markdown)
     first = at.selectbox(key="review_part").value
@@ -278,16 +287,7 @@ def test_a_defect_missed_on_a_part_just_finished_can_still_be_added(
     """The missed-defect form sits below the detections: a reviewer who decided them first
     saw the part leave at the last decision, with no way back to add the defect it missed;
     the export then taught that defect as background."""
-    at = _app().run()
-    at.file_uploader(key="inspect_files").set_value(_png_files(tmp_path, 2, 3)).run()
-    with session_scope(production) as session:  # one detection on each part
-        for inspection in session.scalars(select(Inspection)):
-            inspection.verdict = Verdict.FAIL
-            inspection.predictions.append(
-                Prediction(class_name=CLASSES[0], confidence=0.9, x1=2, y1=2, x2=20, y2=20)
-            )
-    at.switch_page("views/review.py").run()
-    at.text_input(key="reviewer").input("Ana").run()
+    at = _two_failed_parts_on_review(production, tmp_path)
     first = at.selectbox(key="review_part").value
     next(b for b in at.button if b.label == "Confirm defect").click().run()
     assert not at.exception, at.exception
@@ -1556,16 +1556,7 @@ def test_review_of_a_part_whose_image_is_gone_says_so_and_decides_nothing(
 ) -> None:
     """A pruned image (or one on another station's disk) showed the raw "[Errno 2]" and left
     every decision on: a reviewer could mark good a part they could not see."""
-    at = _app().run()
-    at.file_uploader(key="inspect_files").set_value(_png_files(tmp_path, 2, 3)).run()
-    with session_scope(production) as session:
-        for inspection in session.scalars(select(Inspection)):
-            inspection.verdict = Verdict.FAIL
-            inspection.predictions.append(
-                Prediction(class_name=CLASSES[0], confidence=0.9, x1=2, y1=2, x2=20, y2=20)
-            )
-    at.switch_page("views/review.py").run()
-    at.text_input(key="reviewer").input("Ana").run()
+    at = _two_failed_parts_on_review(production, tmp_path)
     first = at.selectbox(key="review_part").value
     with session_scope(production) as session:
         gone = Path(session.get(Part, first).stored_path)  # type: ignore[union-attr]
