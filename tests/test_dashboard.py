@@ -6,6 +6,8 @@ import csv
 import io
 import json
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
@@ -66,6 +68,26 @@ def production(trained: Trained) -> str:
 def _count(url: str, model) -> int:  # type: ignore[no-untyped-def]
     with session_scope(url) as session:
         return int(session.scalar(select(func.count(model.id))) or 0)
+
+
+@contextmanager
+def _statements(url: str) -> Iterator[list[str]]:
+    """The SQL statements sent to `url`'s database meanwhile."""
+    from sqlalchemy import event
+
+    from db.session import get_engine
+
+    statements: list[str] = []
+
+    def count(*args: object) -> None:
+        statements.append(str(args[2]))
+
+    engine = get_engine(url)
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        yield statements
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
 
 
 def _png_files(tmp_path: Path, n: int, seed: int) -> list[tuple[str, bytes, str]]:
@@ -150,25 +172,13 @@ def test_a_rerun_of_the_inspect_page_does_not_reload_every_verdict(
 ) -> None:
     """Each widget touched after an upload reloaded every verdict and its detections: about
     seconds after a zip of thousands of parts."""
-    from sqlalchemy import event
-
-    from db.session import get_engine
 
     at = _app().run()
     at.file_uploader(key="inspect_files").set_value(_png_files(tmp_path, 3, 4)).run()
     assert not at.exception, at.exception
     shown = at.dataframe[0].value
-    statements: list[str] = []
-
-    def count(*args: object) -> None:
-        statements.append(str(args[2]))
-
-    engine = get_engine(production)
-    event.listen(engine, "before_cursor_execute", count)
-    try:
+    with _statements(production) as statements:
         at.run()
-    finally:
-        event.remove(engine, "before_cursor_execute", count)
     assert not at.exception, at.exception
     assert at.dataframe[0].value.equals(shown)
     assert not [q for q in statements if "FROM predictions" in q], statements
@@ -1219,10 +1229,8 @@ def test_live_page_refreshed_with_the_database_gone_says_so(tmp_path: Path) -> N
 def test_live_page_sums_up_many_idle_stations_in_one_line() -> None:
     """2000 stations with an open run idle for 2 hours were 2000 banners (and 4000 queries)
     at every refresh."""
-    from sqlalchemy import event
 
     from db.queries import station_activity
-    from db.session import get_engine
 
     url = get_settings().resolved_database_url
     two_hours_ago = utcnow() - timedelta(hours=2)
@@ -1233,18 +1241,8 @@ def test_live_page_sums_up_many_idle_stations_in_one_line() -> None:
     assert idle.value.startswith("30 station(s) have an open run but no part for over 5 minutes")
     assert plain("Line 1 / Cam 00 (run 1, 120 min)") in idle.value and "and 25 more" in idle.value
     assert len(at.dataframe[0].value) == 30
-    statements: list[str] = []
-
-    def count(*args: object) -> None:
-        statements.append(str(args[2]))
-
-    engine = get_engine(url)
-    event.listen(engine, "before_cursor_execute", count)
-    try:
-        with session_scope(url) as session:
-            found = station_activity(session, utcnow() - timedelta(hours=1))
-    finally:
-        event.remove(engine, "before_cursor_execute", count)
+    with _statements(url) as statements, session_scope(url) as session:
+        found = station_activity(session, utcnow() - timedelta(hours=1))
     assert {a.last_inspected_at for a in found} == {two_hours_ago}
     assert len(statements) <= 5, statements  # not two a quiet station
 
