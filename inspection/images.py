@@ -15,13 +15,14 @@ import uuid
 import warnings
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from inspection.errors import StorageError
+from inspection.settings import get_settings
 
 # 64 MP: larger than any line-scan tile we expect; refuses decompression bombs before decoding.
 MAX_PIXELS = 64_000_000
@@ -231,6 +232,23 @@ def store_image(images_dir: Path, content_hash: str, name: str, data: bytes) -> 
                 "same command again to resume"
             ) from exc
     return target
+
+
+def located_image(stored_path: str, images_dir: Path | None = None) -> Path:
+    """A part's stored image on this machine: the path it was recorded at, else the same file
+    of this machine's image store. The store names each file by its content, so a file of that
+    name there holds the part's bytes; a data folder moved to another disk, or a store that
+    stations sharing one database mount at their own paths, is then still found. Where neither
+    is there, the recorded path, so that a message names where the image was expected."""
+    recorded = Path(stored_path)
+    if not stored_path or recorded.is_file():
+        return recorded
+    if images_dir is None:
+        images_dir = get_settings().images_dir
+    # (A path recorded on Windows: its parts by Windows' separators.)
+    written = PureWindowsPath(stored_path) if "\\" in stored_path else recorded
+    here = images_dir / written.parent.name / written.name
+    return here if here.is_file() else recorded
 
 
 @dataclass(frozen=True)

@@ -253,3 +253,60 @@ def test_an_export_with_no_reviewed_part_says_so(session, tmp_path: Path) -> Non
     assert str(refused.value).startswith("no reviewed part to export: ")
     assert "e.g. []" not in str(refused.value)
     assert not (tmp_path / "datasets" / "reviews").exists()
+
+
+def test_a_data_folder_moved_to_another_disk_is_still_whole(
+    trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database names images, datasets and weights by the absolute paths they had: after
+    the data folder moved (a bigger disk), the backtest and the export of reviews left every
+    part out as missing, and evaluation and training said the dataset's files were gone (its
+    data.yaml also named the old folder, where ultralytics would read the images)."""
+    from typer.testing import CliRunner
+
+    from tests.conftest import import_synthetic
+    from training.cli import app
+    from training.datasets import dataset_yaml
+
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(tmp_path / "old" / "data"))
+    get_settings.cache_clear()
+    url = get_settings().resolved_database_url
+    upgrade(url)
+    register_production_detector(url, trained.weights, get_settings().models_dir)
+    import_synthetic(url, tmp_path / "src", n=12)
+    make_images(tmp_path / "in", n=2, seed=5)
+    BatchInspection(url, get_settings().images_dir, "L", "S").run(iter_source(str(tmp_path / "in")))
+    with session_scope(url) as session:
+        for part_id in session.scalars(select(Inspection.part_id)):
+            mark_good(session, part_id, "ana")
+
+    (tmp_path / "new").mkdir()
+    (tmp_path / "old" / "data").rename(tmp_path / "new" / "data")
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(tmp_path / "new" / "data"))
+    get_settings.cache_clear()
+    url = get_settings().resolved_database_url
+    result = backtest(url, "tiny")
+    assert (result.parts, result.unreadable) == (2, 0)
+    with session_scope(url) as session:
+        report = export_reviews(session, "moved", CLASSES, get_settings().datasets_dir)
+        _, data_yaml = dataset_yaml(session, "synth")
+    assert report.issues == [] and report.n_images == 2
+    assert data_yaml == get_settings().datasets_dir / "synth" / "data.yaml"
+    assert yaml.safe_load(data_yaml.read_text())["path"] == str(data_yaml.parent.resolve())
+    evaluated = CliRunner().invoke(app, ["evaluate", "tiny", "--data", "synth", "--split", "val"])
+    assert evaluated.exit_code == 0, evaluated.output
+
+
+def test_a_part_image_recorded_elsewhere_is_found_in_this_store_by_its_name(
+    tmp_path: Path,
+) -> None:
+    """Stations sharing a database keep their stores at their own paths (one on Windows)."""
+    from inspection.images import located_image
+
+    store = tmp_path / "images"
+    (store / "ab").mkdir(parents=True)
+    (store / "ab" / "abcd.png").write_bytes(b"the part's bytes")
+    for recorded in ("/plant/data/images/ab/abcd.png", r"D:\plant\data\images\ab\abcd.png"):
+        assert located_image(recorded, store) == store / "ab" / "abcd.png"
+    gone = "/plant/data/images/ab/ef01.png"
+    assert located_image(gone, store) == Path(gone)  # named where it was expected

@@ -645,3 +645,33 @@ def test_a_box_given_twice_is_kept_once_and_said(session, tmp_path: Path) -> Non
     assert [str(w) for w in report.warnings] == [
         f"{annotated.name}: warning: 1 box(es) given twice: kept once"
     ]
+
+
+def test_replacing_a_dataset_of_a_moved_data_folder_keeps_the_old_one_for_its_model(
+    session, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """After the data folder moved, the replaced dataset's recorded folder was gone, so the
+    import took its files to be elsewhere and deleted them with the folder it replaced: the
+    model version trained on them then named a dataset whose files were nowhere."""
+    from db.models import ModelKind, ModelVersion
+
+    write_yolo(tmp_path / "old", n=6)
+    import_dataset(
+        session, "yolo", tmp_path / "old", "y", tmp_path / "before" / "ds", classes=CLASSES
+    )
+    version = ModelVersion(
+        name="v1", kind=ModelKind.DETECTOR, architecture="yolo", file_path="v1.pt", sha256="0" * 64
+    )
+    version.dataset_id = session.query(Dataset).filter_by(name="y").one().id
+    session.add(version)
+    session.flush()
+    (tmp_path / "before" / "ds").rename(tmp_path / "ds")  # the data folder on another disk
+    write_yolo(tmp_path / "new", n=4, seed=1)
+    import_dataset(
+        session, "yolo", tmp_path / "new", "y", tmp_path / "ds", classes=CLASSES, replace=True
+    )
+    session.refresh(version)
+    kept_root = tmp_path / "ds" / version.dataset.name
+    assert Path(version.dataset.root_path) == kept_root.resolve()
+    assert len(list((kept_root / "images").rglob("*.png"))) == 6
+    assert len(list((tmp_path / "ds" / "y" / "images").rglob("*.png"))) == 4

@@ -527,6 +527,42 @@ def test_interrupted_training_resumes(
         train_detector(TrainRequest(**{**request.__dict__, "resume": True}), url=trained.url)
 
 
+def test_a_training_interrupted_before_the_data_folder_moved_resumes_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checkpoint names the dataset and the run's folder as they were when the run began:
+    after the data folder moved, a resume read the images from, and wrote its epochs to, the
+    old folder, or failed there."""
+    from db.migrate import upgrade
+    from tests.conftest import import_synthetic
+    from training.train_detector import TrainRequest, train_detector
+
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(tmp_path / "old" / "data"))
+    get_settings.cache_clear()
+    upgrade(get_settings().resolved_database_url)
+    import_synthetic(get_settings().resolved_database_url, tmp_path / "src", n=12)
+    request = TrainRequest(
+        data="synth", architecture="defect-yolo-n-plain", epochs=2, imgsz=64, batch=4
+    )
+
+    def stop_after_first_epoch(trainer) -> None:  # type: ignore[no-untyped-def]
+        if trainer.epoch == 0:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_detector(request, callbacks={"on_model_save": stop_after_first_epoch})
+    (tmp_path / "new").mkdir()
+    (tmp_path / "old" / "data").rename(tmp_path / "new" / "data")
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(tmp_path / "new" / "data"))
+    get_settings.cache_clear()
+    version_id = train_detector(TrainRequest(**{**request.__dict__, "resume": True}))
+    assert not (tmp_path / "old" / "data").exists()  # nothing written where it was
+    with session_scope(get_settings().resolved_database_url) as session:
+        version = get_model_version(session, version_id)
+        assert version.metrics["epochs"] == 2
+        assert Path(version.file_path).is_relative_to(tmp_path / "new")
+
+
 def test_a_time_budget_replans_the_epochs(
     trained: Trained, monkeypatch: pytest.MonkeyPatch
 ) -> None:

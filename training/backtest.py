@@ -18,6 +18,7 @@ from db.reviews import reviewed_parts
 from db.session import session_scope
 from inspection.engine import Inspector, PartInput
 from inspection.errors import UserError
+from inspection.images import located_image
 from training.datasets import (
     Box,
     ImportIssue,
@@ -52,12 +53,13 @@ def backtest(url: str, model: str) -> Backtest:
         )
     if not truths:
         raise UserError("no reviewed parts yet: review some parts first")
-    readable = [t for t in truths if t.stored_path and Path(t.stored_path).is_file()]
+    located = {t.part_id: located_image(t.stored_path) for t in truths}
+    readable = [t for t in truths if t.stored_path and located[t.part_id].is_file()]
     inspector = Inspector.from_weights(weights, thresholds, classifier_weights=classifier)
     try:
         results = list(
             inspector.inspect(
-                PartInput(str(t.part_id), Path(t.stored_path).read_bytes()) for t in readable
+                PartInput(str(t.part_id), located[t.part_id].read_bytes()) for t in readable
             )
         )
     finally:
@@ -112,7 +114,7 @@ def export_reviews(
                 )
             )
             continue
-        path = Path(truth.stored_path) if truth.stored_path else None
+        path = located_image(truth.stored_path) if truth.stored_path else None
         if path is None or not path.is_file():
             issues.append(ImportIssue(f"part {truth.part_id}", "its image file is missing"))
             continue

@@ -647,10 +647,10 @@ def calibrate_model(
         detector = get_model_version(session, model)
         if detector.kind != ModelKind.DETECTOR:
             raise UserError(f"{detector.name} is not a detector")
-        dataset, _ = dataset_yaml(session, data)
+        dataset, data_yaml = dataset_yaml(session, data)
         if list(dataset.classes) != list(detector.classes):
             raise UserError(f"{detector.name} was trained on other classes than {data!r}")
-        root, class_names = Path(dataset.root_path), list(dataset.classes)
+        root, class_names = data_yaml.parent, list(dataset.classes)
         detector_weights, iou = (
             weights_file(detector),
             float(detector.thresholds.get("iou", 0.45)),

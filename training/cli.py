@@ -1001,8 +1001,7 @@ def export_command(
 
         assert data is not None
         with session_scope(database_url()) as session:
-            dataset, _ = dataset_yaml(session, data)
-            root = Path(dataset.root_path)
+            root = dataset_yaml(session, data)[1].parent
         images = split_image_paths(root, "train")
         step = max(1, len(images) // calibration_images)
         from training.export import METADATA_PREFIX, read_metadata

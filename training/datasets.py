@@ -23,7 +23,7 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Literal
 
 import yaml
@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session
 from db.models import Dataset, ModelVersion
 from inspection.errors import UserError
 from inspection.images import IMAGE_SUFFIXES, MAX_PIXELS, ImageDecodeError, decode_image
+from inspection.settings import get_settings
 
 SourceFormat = Literal["voc", "yolo", "coco", "deeppcb"]
 SPLITS = ("train", "val", "test")
@@ -1164,7 +1165,7 @@ def _name_to_keep(
     while kept_name in taken or (datasets_dir / kept_name).exists():
         n += 1
         kept_name = f"{name}-before-{stamp}-{n}"
-    old_root = Path(existing.root_path)
+    old_root = located_dataset(existing.root_path, datasets_dir)
     kept_root = (
         datasets_dir / kept_name
         if old_root.resolve() == (datasets_dir / name).resolve()
@@ -1183,7 +1184,8 @@ def _keep_old_dataset(
     """Rename a replaced dataset and move its folder aside, so that its model versions keep it."""
     existing.name = kept_name
     session.flush()  # (before the new dataset takes its name: the name is unique)
-    if Path(existing.root_path).resolve() != root.resolve():
+    # (Where it is on this machine: a data folder moved since still holds it under `root`.)
+    if located_dataset(existing.root_path, datasets_dir).resolve() != root.resolve():
         return  # its files are elsewhere: the import does not touch them
     kept_root = datasets_dir / kept_name
     if root.is_dir():
@@ -1230,10 +1232,34 @@ def dataset_yaml(session: Session, name: str) -> tuple[Dataset, Path]:
         raise UserError(
             f"no dataset {name!r}; import one with `defects import voc|yolo|coco|deeppcb SRC --name {name}`"
         )
-    path = Path(dataset.root_path) / "data.yaml"
+    path = located_dataset(dataset.root_path) / "data.yaml"
     if not path.is_file():
         raise UserError(f"dataset {name!r} is registered but its files are gone ({path})")
     return dataset, path
+
+
+def located_dataset(root_path: str, datasets_dir: Path | None = None) -> Path:
+    """A dataset's folder on this machine: where it was registered, else the folder of that
+    name in this machine's datasets/ (a data folder moved to another disk, or copied to a
+    training machine). There, its data.yaml is made to name that folder: ultralytics reads the
+    images from its `path`, which still named the old one. Where neither holds a data.yaml, the
+    recorded folder, so that a message names it."""
+    recorded = Path(root_path)
+    if (recorded / "data.yaml").is_file():
+        return recorded
+    datasets_dir = datasets_dir or get_settings().datasets_dir
+    # (A folder recorded on Windows: its name by Windows' separators.)
+    here = datasets_dir / (PureWindowsPath(root_path) if "\\" in root_path else recorded).name
+    data_yaml = here / "data.yaml"
+    if here == recorded or not data_yaml.is_file():
+        return recorded
+    data = yaml.safe_load(data_yaml.read_text()) or {}
+    if data.get("path") != str(here.resolve()):
+        data["path"] = str(here.resolve())
+        written = data_yaml.with_name(f".data.yaml.{os.getpid()}.partial")
+        written.write_text(yaml.safe_dump(data, sort_keys=False))
+        written.replace(data_yaml)  # (whole or not at all: a training may be reading it)
+    return here
 
 
 def split_image_paths(root: Path, split: str) -> list[Path]:

@@ -156,7 +156,7 @@ def evaluate_detector(
     with session_scope(url) as session:
         dataset, data_yaml = dataset_yaml(session, data)
         class_names = list(dataset.classes)
-        root = Path(dataset.root_path)
+        root = data_yaml.parent
     if Path(weights).suffix == ".onnx":
         model, model_names, trained_size, fixed_batch = _onnx_detector(Path(weights))
         batch = fixed_batch or batch
@@ -442,8 +442,8 @@ def evaluate_classifier(
 
     url = url or get_settings().resolved_database_url
     with session_scope(url) as session:
-        dataset, _ = dataset_yaml(session, data)
-        root, dataset_classes = Path(dataset.root_path), list(dataset.classes)
+        dataset, data_yaml = dataset_yaml(session, data)
+        root, dataset_classes = data_yaml.parent, list(dataset.classes)
     model, image_size = load_classifier(weights, device)
     if list(model.class_names[1:]) != dataset_classes:  # (its first class is "good")
         raise UserError(

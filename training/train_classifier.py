@@ -371,7 +371,7 @@ def train_classifier(request: ClassifierTrainRequest, url: str | None = None) ->
     if request.name is not None:  # (its folder in the model store: said before training)
         check_folder_name(request.name, "model version")
     with session_scope(url) as session:
-        dataset, _ = dataset_yaml(session, request.data)
+        dataset, data_yaml = dataset_yaml(session, request.data)
         check_trainable(dataset)
         if (
             request.name
@@ -381,7 +381,7 @@ def train_classifier(request: ClassifierTrainRequest, url: str | None = None) ->
         ):  # (said now, not after the training it would throw away)
             raise UserError(f"a model version named {request.name!r} already exists")
         root, defect_classes, dataset_id = (
-            Path(dataset.root_path),
+            data_yaml.parent,
             list(dataset.classes),
             dataset.id,
         )

@@ -283,8 +283,8 @@ def _latest_run(
 
 def _resumable(
     runs_dir: Path, prefixes: list[str], request: TrainRequest, class_names: list[str]
-) -> tuple[Any, dict[str, Any]]:
-    """The interrupted run's last checkpoint, loaded, and its lineage; refused where the
+) -> tuple[Any, dict[str, Any], Path]:
+    """The interrupted run's last checkpoint, loaded, its lineage and its folder; refused where the
     dataset was imported again with other classes since (the run was registered under the new
     names, though its first epochs learned other indices)."""
     run_dir = _latest_run(runs_dir, prefixes, request.name, request.teacher)
@@ -295,7 +295,7 @@ def _resumable(
             f"the interrupted run {run_dir.name} knows {known}, {request.data!r} labels "
             f"{class_names}: resuming keeps the classes; train from scratch instead"
         )
-    return model, _lineage(run_dir) or {}
+    return model, _lineage(run_dir) or {}, run_dir
 
 
 def _resume_hint(request: TrainRequest, architecture: str, model: Any) -> str:
@@ -381,7 +381,7 @@ def train_detector(
             teacher_id, teacher_weights = teacher.id, str(weights_file(teacher).resolve())
         # Looked up before the job is recorded: a refused resume, as a refused --from, leaves
         # no job behind.
-        resumed, lineage = None, {}
+        resumed, lineage, resumed_dir = None, {}, runs_dir
         if request.resume:
             # (Without --model or --from, any architecture's run: `--resume` alone looked for
             # the default's, and said an interrupted n-scale run was not there.)
@@ -390,7 +390,7 @@ def train_detector(
                 if request.architecture or request.from_model
                 else sorted(architectures(), key=lambda a: a != architecture)
             )
-            resumed, lineage = _resumable(
+            resumed, lineage, resumed_dir = _resumable(
                 runs_dir,
                 [f"{request.data}-{a}" for a in resumed_architectures],
                 request,
@@ -428,7 +428,12 @@ def train_detector(
     try:
         if resumed is not None:
             _add_callbacks(model, events, callbacks)
-            model.train(resume=True, **_distill_trainer(request))
+            # Where the run, its dataset and its teacher are on this machine now: the checkpoint
+            # names the folders it had when it started, gone where the data folder moved since.
+            here = {"data": str(data_path), "save_dir": str(resumed_dir)}
+            if teacher_weights:
+                here["distill_model"] = teacher_weights
+            model.train(resume=True, **here, **_distill_trainer(request))
         else:
             model = (
                 load_detector(base_weights)

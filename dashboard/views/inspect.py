@@ -33,7 +33,13 @@ from inspection.batch import (
     zip_item_count,
 )
 from inspection.errors import UserError
-from inspection.images import IMAGE_SUFFIXES, MAX_PIXELS, ImageDecodeError, decode_image
+from inspection.images import (
+    IMAGE_SUFFIXES,
+    MAX_PIXELS,
+    ImageDecodeError,
+    decode_image,
+    located_image,
+)
 from inspection.settings import get_settings
 from inspection.verdict import part_classifier_note
 
@@ -227,7 +233,7 @@ def part_views(parts: Seen) -> tuple[list[dict[str, object]], list[tuple]]:  # t
                     name,
                     inspection.verdict.value,
                     inspection.latency_ms,
-                    inspection.part.stored_path,
+                    str(located_image(inspection.part.stored_path)),
                     prediction_boxes(inspection.predictions),
                 )
             )

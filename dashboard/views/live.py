@@ -35,7 +35,7 @@ from db.queries import (
     station_activity,
 )
 from db.session import DatabaseError, session_scope
-from inspection.images import ImageDecodeError, decode_image
+from inspection.images import ImageDecodeError, decode_image, located_image
 
 REFRESH_SECONDS = 5
 IDLE_MINUTES = 5  # a watched station without a part for this long is called out
@@ -114,7 +114,7 @@ def _last_failed_part(url: str, zone: str) -> tuple[str, Image | None, str] | No
         if inspection is None:
             return None
         boxes = tuple(prediction_boxes(inspection.predictions))
-        name, path = inspection.part.original_name, inspection.part.stored_path
+        name, path = inspection.part.original_name, str(located_image(inspection.part.stored_path))
         inspection_id, when = inspection.id, inspection.inspected_at
     try:
         image = _drawn(inspection_id, path, boxes)

@@ -25,7 +25,7 @@ from db.reviews import (
 )
 from db.session import session_scope
 from inspection.errors import UserError
-from inspection.images import ImageDecodeError, decode_image
+from inspection.images import ImageDecodeError, decode_image, located_image
 from inspection.settings import get_settings
 from training.backtest import export_reviews, unused_dataset_name
 
@@ -124,7 +124,7 @@ else:
         ]
         verdict, stored_path, size = (
             inspection.verdict.value,
-            part.stored_path,
+            str(located_image(part.stored_path)),
             (part.width, part.height),
         )
         name = part.original_name
