@@ -9,7 +9,14 @@ from dataclasses import dataclass
 from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.orm import Session
 
-from db.models import ModelKind, ModelStage, ModelVersion, ProductionLine, Station, utcnow
+from db.models import (
+    ModelKind,
+    ModelStage,
+    ModelVersion,
+    ProductionLine,
+    Station,
+    database_utcnow,
+)
 from db.session import retrying_races, session_scope
 
 
@@ -38,16 +45,20 @@ def production_model(session: Session, kind: ModelKind) -> ModelVersion | None:
 
 
 def promote(session: Session, version: ModelVersion) -> ModelVersion | None:
-    """Make `version` the production model of its kind; the one it replaces is archived."""
+    """Make `version` the production model of its kind; the one it replaces is archived.
+
+    Stamped by the database's clock: a rollback puts back the version archived last, and
+    promotions made from machines whose clocks disagree put back another one."""
+    now = database_utcnow(session)
     previous = production_model(session, version.kind)
     if previous is not None and previous.id != version.id:
         previous.stage = ModelStage.ARCHIVED
-        previous.archived_at = utcnow()
+        previous.archived_at = now
         # Written first: one production model of a kind is a unique index, and the unit of
         # work would otherwise update the rows in id order.
         session.flush()
     version.stage = ModelStage.PRODUCTION
-    version.promoted_at = utcnow()
+    version.promoted_at = now
     version.archived_at = None
     session.flush()
     return previous if previous is not None and previous.id != version.id else None

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from sqlalchemy import ColumnElement, Subquery, and_, case, func, or_, select
 from sqlalchemy.orm import Session, aliased, selectinload
 
-from db.models import Inspection, Part, Prediction, Review, ReviewKind, Verdict
+from db.models import Inspection, Part, Prediction, Review, ReviewKind, Verdict, database_utcnow
 
 DEFECT_REVIEWS = (ReviewKind.CONFIRMED_DEFECT, ReviewKind.MISSED_DEFECT)
 
@@ -357,6 +357,8 @@ def _add(
         x2=x2,
         y2=y2,
         reviewer=reviewer.strip(),
+        # (By the database's clock, as verdicts are: the queue compares the two.)
+        created_at=database_utcnow(session),
     )
     session.add(review)
     session.flush()

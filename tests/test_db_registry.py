@@ -197,3 +197,26 @@ def test_a_roll_back_of_a_model_no_longer_in_production_is_refused(database_url:
     with session_scope(database_url) as session:
         stages = {v.name: v.stage for v in session.query(ModelVersion)}
     assert stages["A"] == ModelStage.PRODUCTION
+
+
+def test_a_rollback_puts_back_the_version_replaced_last_whatever_the_machines_clocks(
+    session, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Promotions were stamped by the clock of the machine that made them, and a rollback puts
+    back the version archived last: after a promotion from a machine 10 minutes ahead, a later
+    one from another machine rolled back to the version before both."""
+    from datetime import UTC, datetime, timedelta
+
+    import db.registry
+
+    first, second, third = (_version(session, n) for n in ("first", "second", "third"))
+    promote(session, first)
+
+    def ahead() -> datetime:
+        return datetime.now(UTC).replace(tzinfo=None) + timedelta(minutes=10)
+
+    with monkeypatch.context() as machine_a:
+        machine_a.setattr(db.registry, "utcnow", ahead, raising=False)
+        promote(session, second)  # first archived, by machine A
+    promote(session, third)  # second archived, by machine B: the latest replaced
+    assert rollback(session, ModelKind.DETECTOR) == second

@@ -167,3 +167,25 @@ def test_a_missed_defect_is_recorded_once_and_of_a_known_class(session: Session)
         add_missed_defect(session, passed.part_id, "scratch", box, "bob", classes=["scratch"])
     with pytest.raises(ValueError, match="not one of the model's"):
         add_missed_defect(session, passed.part_id, "dent", (1, 1, 5, 5), "ana", classes=["scratch"])
+
+
+def test_a_reviewer_whose_clock_is_behind_keeps_a_part_in_the_queue_until_it_is_decided(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review was stamped by the reviewing machine's clock and the verdict by the database's:
+    a reviewer 10 minutes behind confirmed one of two detections, and the part left the queue
+    as if reviewed against an earlier verdict, its other detection undecided for good."""
+    from datetime import datetime, tzinfo
+
+    import db.models
+
+    inspection = _part(session, 1, [0.9, 0.8])
+
+    class Behind(datetime):
+        @classmethod
+        def now(cls, tz: tzinfo | None = None) -> Behind:
+            return super().now(tz) - timedelta(minutes=10)
+
+    monkeypatch.setattr(db.models, "datetime", Behind)  # the reviewing machine's clock
+    confirm_defect(session, inspection.predictions[0].id, "ana")
+    assert _queued(session) == {inspection.part_id}

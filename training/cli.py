@@ -235,7 +235,7 @@ def models_install_demo() -> None:
 @models_app.command("archive")
 def models_archive(model: Annotated[str, typer.Argument(help="Model version id or name.")]) -> None:
     """Retire a model version."""
-    from db.models import utcnow
+    from db.models import database_utcnow
 
     with session_scope(migrated_database_url()) as session:
         version = get_model_version(session, model)
@@ -255,7 +255,7 @@ def models_archive(model: Annotated[str, typer.Argument(help="Model version id o
                 "operating point): calibrate those without it first"
             )
         version.stage = ModelStage.ARCHIVED
-        version.archived_at = utcnow()
+        version.archived_at = database_utcnow(session)
         console.print(f"{version.name} archived")
 
 
