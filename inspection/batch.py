@@ -29,7 +29,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
-from pathlib import Path, PureWindowsPath
+from pathlib import Path
 from threading import Event, Lock
 from typing import Any, BinaryIO, TypeVar
 
@@ -61,7 +61,7 @@ from db.session import (
 from inspection.engine import BackendChoice, Inspector, PartInput, PartResult
 from inspection.errors import UserError
 from inspection.images import IMAGE_SUFFIXES, is_blank_frame
-from inspection.settings import get_settings
+from inspection.settings import get_settings, same_place_under
 from inspection.verdict import Thresholds
 
 logger = logging.getLogger(__name__)
@@ -583,9 +583,7 @@ def found_weights(file_path: str, sha256: str) -> Path:
     recorded = Path(file_path)
     if recorded.is_file():
         return recorded
-    # (A path registered on Windows: its parts by Windows' separators.)
-    written = PureWindowsPath(file_path) if "\\" in file_path else recorded
-    here = get_settings().models_dir / written.parent.name / written.name
+    here = same_place_under(file_path, get_settings().models_dir, depth=2)
     try:
         info = here.stat()
     except OSError:

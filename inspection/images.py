@@ -15,14 +15,14 @@ import uuid
 import warnings
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path, PureWindowsPath
+from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from inspection.errors import StorageError
-from inspection.settings import get_settings
+from inspection.settings import get_settings, same_place_under
 
 # 64 MP: larger than any line-scan tile we expect; refuses decompression bombs before decoding.
 MAX_PIXELS = 64_000_000
@@ -243,11 +243,7 @@ def located_image(stored_path: str, images_dir: Path | None = None) -> Path:
     recorded = Path(stored_path)
     if not stored_path or recorded.is_file():
         return recorded
-    if images_dir is None:
-        images_dir = get_settings().images_dir
-    # (A path recorded on Windows: its parts by Windows' separators.)
-    written = PureWindowsPath(stored_path) if "\\" in stored_path else recorded
-    here = images_dir / written.parent.name / written.name
+    here = same_place_under(stored_path, images_dir or get_settings().images_dir, depth=2)
     return here if here.is_file() else recorded
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -210,3 +210,11 @@ def resolve_device(choice: str | None = None) -> str:
             f"device {choice!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)"
         )
     return choice
+
+
+def same_place_under(recorded: str, folder: Path, depth: int) -> Path:
+    """The last `depth` parts of a path recorded on another machine (or before the data folder
+    moved), under this machine's `folder`: where the product keeps the same file here. A path
+    recorded on Windows is split by Windows' separators."""
+    written = PureWindowsPath(recorded) if "\\" in recorded else Path(recorded)
+    return folder.joinpath(*written.parts[-depth:])

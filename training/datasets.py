@@ -23,7 +23,7 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path, PureWindowsPath
+from pathlib import Path
 from typing import Literal
 
 import yaml
@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 from db.models import Dataset, ModelVersion
 from inspection.errors import UserError
 from inspection.images import IMAGE_SUFFIXES, MAX_PIXELS, ImageDecodeError, decode_image
-from inspection.settings import get_settings
+from inspection.settings import get_settings, same_place_under
 
 SourceFormat = Literal["voc", "yolo", "coco", "deeppcb"]
 SPLITS = ("train", "val", "test")
@@ -1247,9 +1247,7 @@ def located_dataset(root_path: str, datasets_dir: Path | None = None) -> Path:
     recorded = Path(root_path)
     if (recorded / "data.yaml").is_file():
         return recorded
-    datasets_dir = datasets_dir or get_settings().datasets_dir
-    # (A folder recorded on Windows: its name by Windows' separators.)
-    here = datasets_dir / (PureWindowsPath(root_path) if "\\" in root_path else recorded).name
+    here = same_place_under(root_path, datasets_dir or get_settings().datasets_dir, depth=1)
     data_yaml = here / "data.yaml"
     if here == recorded or not data_yaml.is_file():
         return recorded
