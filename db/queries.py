@@ -355,6 +355,21 @@ def _has_counted_prediction_of(class_name: str) -> ColumnElement[bool]:
     )
 
 
+def defect_classes(session: Session) -> list[str]:
+    """Every class a model called or a reviewer found, sorted: the History page's class choice.
+
+    Reviewers' classes too: a class every model misses (one new to the line, which only the
+    production model learned and still never finds) had no detection, so it could not be
+    chosen, and its misses, the figures that matter most, could not be looked at."""
+    called = select(Prediction.class_name).distinct()
+    found = (
+        select(Review.class_name)
+        .where(Review.kind.in_(DEFECT_REVIEWS), Review.class_name.is_not(None))
+        .distinct()
+    )
+    return sorted(set(session.scalars(called)) | set(session.scalars(found)))
+
+
 def _rates_by_class(session: Session, filters: Filters) -> list[RateRow]:
     """Per class: defective parts of that class passed, and good parts failed by that class."""
     truth = truth_subquery()

@@ -1574,3 +1574,23 @@ def test_review_of_a_part_whose_image_is_gone_says_so_and_decides_nothing(
     next(b for b in at.button if b.label == "Mark part good").click().run()
     assert not at.exception, at.exception
     assert _count(production, Review) == 1
+
+
+def test_history_offers_a_class_reviewers_found_that_no_model_ever_called() -> None:
+    """A class new to the line, which the model misses every time, has no detection: it was
+    not offered, and its misses could not be looked at."""
+    from db.reviews import add_missed_defect
+
+    url = get_settings().resolved_database_url
+    now = utcnow()
+    _judged_parts(url, [("a.png", now, []), ("b.png", now, ["scratch"])])
+    with session_scope(url) as session:
+        passed = session.scalars(select(Part).where(Part.original_name == "a.png")).one()
+        add_missed_defect(session, passed.id, "crack", (1.0, 1.0, 9.0, 9.0), "qa")
+    at = _opened("history")
+    assert "crack" in at.selectbox(key="history_class").options
+    at.selectbox(key="history_class").set_value("crack").run()
+    assert not at.exception, at.exception
+    rates = next(f for f in _figures(at).values() if "miss rate" in json.dumps(f))
+    misses = next(trace for trace in rates["data"] if trace["name"] == "miss rate")
+    assert misses["customdata"] == [[1, 1]]  # part a, missed

@@ -23,10 +23,11 @@ from dashboard.charts import (
 from dashboard.downloads import CSV_ROW_LIMIT, filtered_results_csv, rows_left_out_of_csv
 from dashboard.state import database_ready, local_time, zone_label
 from dashboard.text import plain
-from db.models import Prediction, ProductionLine, Station
+from db.models import ProductionLine, Station
 from db.queries import (
     Filters,
     daily_volume,
+    defect_classes,
     defect_pareto,
     latency_histogram,
     model_usage,
@@ -60,7 +61,7 @@ with session_scope(state.url) as session:
             select(Station, ProductionLine.name).join(ProductionLine)
         )
     }
-    classes = sorted(set(session.scalars(select(Prediction.class_name).distinct())))
+    classes = defect_classes(session)
 
 today = date.today()  # the server's local day, as the days below
 c1, c2, c3, c4 = st.columns(4)
