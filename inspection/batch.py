@@ -688,6 +688,10 @@ class BatchInspection:
                 )
                 self._check_classes(inspector)
                 inspector.warm_up()  # before the first part, not in its latency
+            else:
+                # (One handed over, the Inspect page's loaded model, was never checked: a stale
+                # export beside the weights stored its verdicts under this version there.)
+                self._check_classes(inspector, close=False)
         except BaseException:
             if self.owns_run:  # no part was judged: no run to show as open on the Live page
                 discard_empty_run(url, self.run_id)
@@ -705,12 +709,14 @@ class BatchInspection:
         self.outage_seconds = get_settings().db_outage_seconds
         self._giving_up = Event()  # set by Ctrl-C: no more waiting for the database
 
-    def _check_classes(self, inspector: Inspector) -> None:
+    def _check_classes(self, inspector: Inspector, close: bool = True) -> None:
         """The model that judges must name the version's classes: a stale or foreign .onnx
         (beside the weights, or passed as --model) stored its own class names, or another
-        model's verdicts, under this version."""
+        model's verdicts, under this version. `close`: the inspector is this job's own (one
+        handed over stays its owner's)."""
         if self.model_classes and inspector.class_names != self.model_classes:
-            inspector.close()
+            if close:
+                inspector.close()
             raise UserError(
                 f"{inspector.backend.model_path} has the classes {inspector.class_names}, not "
                 f"those of {self.model_name} {self.model_classes}: a stale or foreign export; "

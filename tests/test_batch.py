@@ -1388,6 +1388,28 @@ def test_an_export_of_other_classes_beside_the_weights_is_refused(
     job.inspector.close()
 
 
+def test_a_loaded_model_handed_over_is_checked_for_its_classes_too(
+    detector: str, tmp_path: Path
+) -> None:
+    """The Inspect page hands its loaded model over: a stale export of other classes beside
+    the weights, refused at a station, judged there and stored its verdicts under the version."""
+    from db.models import InspectionRun
+    from inspection.engine import Inspector
+    from training.demo import DEMO_DIR
+
+    weights = Path(_weights(detector))
+    shutil.copy2(DEMO_DIR / "weights.onnx", weights.with_suffix(".onnx"))
+    loaded = Inspector.from_weights(weights, backend="onnx")
+    try:
+        with pytest.raises(UserError, match=r"has the classes .*crazing.*not those of tiny"):
+            _job(detector, tmp_path, inspector=loaded)
+        assert not loaded._pool._shutdown  # (still its owner's to use and close)
+    finally:
+        loaded.close()
+    with session_scope(detector) as session:
+        assert session.scalar(select(func.count(InspectionRun.id))) == 0  # no run left open
+
+
 def _weights(url: str) -> str:
     with session_scope(url) as session:
         return session.scalars(select(ModelVersion.file_path)).one()
