@@ -363,6 +363,40 @@ def test_a_promotion_the_figures_argue_against_is_warned_about(tmp_path: Path) -
     assert "unevaluated has no evaluation" in unevaluated
 
 
+def test_a_promotion_that_drops_classes_says_which(tmp_path: Path) -> None:
+    """A detector that no longer knows a class (retired, or renamed) went into production
+    without a word: parts whose only defect is of that class pass from then on."""
+    from db.migrate import upgrade
+    from db.models import ModelKind, ModelVersion
+    from db.session import session_scope
+    from inspection.settings import get_settings
+
+    url = get_settings().resolved_database_url
+    upgrade(url)
+    with session_scope(url) as session:
+        for name, classes in (
+            ("first", ["scratch", "spot"]),
+            ("more", ["crack", "scratch", "spot"]),
+            ("renamed", ["crack", "pit", "scratch"]),
+        ):
+            session.add(
+                ModelVersion(
+                    name=name,
+                    kind=ModelKind.DETECTOR,
+                    architecture="defect-yolo-n",
+                    file_path=str(tmp_path / f"{name}.pt"),
+                    sha256=name.ljust(64, "0"),
+                    classes=classes,
+                    metrics={"map50": 0.7, "miss_rate": 0.01},
+                )
+            )
+    assert "warning" not in runner.invoke(app, ["models", "promote", "first"]).output
+    assert "warning" not in runner.invoke(app, ["models", "promote", "more"]).output  # one more
+    renamed = " ".join(runner.invoke(app, ["models", "promote", "renamed"]).output.split())
+    assert "warning: renamed does not know spot, which more detected" in renamed
+    assert "only defects are of these classes now passes" in renamed
+
+
 def _cli(args: list[str], data_dir: Path) -> subprocess.CompletedProcess[str]:
     """`defects ARGS` as a user runs it with its output piped: rich at 80 columns."""
     return subprocess.run(

@@ -112,6 +112,8 @@ def promotion_warnings(url: str, name: str, replaced: str | None) -> list[str]:
         old = get_model_version(session, replaced) if replaced else None
         old_metrics = dict(old.metrics or {}) if old else {}
         same_data = old is not None and old.dataset_id == new.dataset_id
+        # Classes the replaced detector found that this one does not know (retired, renamed).
+        dropped = [c for c in (old.classes if old else []) if c not in (new.classes or [])]
     map50 = metrics.get("map50", metrics.get("val_map50"))
     warnings = []
     if map50 is None and "miss_rate" not in metrics:
@@ -134,5 +136,12 @@ def promotion_warnings(url: str, name: str, replaced: str | None) -> list[str]:
         warnings.append(
             f"{name} has mAP50 {test_map50:.3f} on the data {replaced} scored {old_map50:.3f} on: "
             f"`defects models rollback` puts {replaced} back"
+        )
+    if dropped:
+        # (Said nowhere: a part whose only defect was of a retired class passed from then on.)
+        warnings.append(
+            f"{name} does not know {', '.join(dropped)}, which {replaced} detected: a part whose "
+            "only defects are of these classes now passes, and reviewed parts with them are left "
+            "out of an export of reviews (it takes the production detector's classes)"
         )
     return warnings
