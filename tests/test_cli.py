@@ -328,8 +328,9 @@ def test_only_the_training_datasets_test_figures_are_the_headline(
     assert "map50" not in demo and "line1:test" in demo["evaluations"]
 
 
-def test_a_promotion_the_figures_argue_against_is_warned_about(tmp_path: Path) -> None:
-    """A detector with mAP50 0.000 and miss rate 1.000 went into production without a word."""
+def _detectors(tmp_path: Path, versions: dict[str, dict[str, Any]]) -> None:
+    """Detector versions registered by name with the given fields (metrics, classes), in a
+    migrated database: what promotion warnings read."""
     from db.migrate import upgrade
     from db.models import ModelKind, ModelVersion
     from db.session import session_scope
@@ -338,11 +339,7 @@ def test_a_promotion_the_figures_argue_against_is_warned_about(tmp_path: Path) -
     url = get_settings().resolved_database_url
     upgrade(url)
     with session_scope(url) as session:
-        for name, metrics in (
-            ("good", {"map50": 0.70, "miss_rate": 0.01}),
-            ("broken", {"map50": 0.0, "miss_rate": 1.0}),
-            ("unevaluated", {}),
-        ):
+        for name, fields in versions.items():
             session.add(
                 ModelVersion(
                     name=name,
@@ -350,9 +347,21 @@ def test_a_promotion_the_figures_argue_against_is_warned_about(tmp_path: Path) -
                     architecture="defect-yolo-n",
                     file_path=str(tmp_path / f"{name}.pt"),
                     sha256=name.ljust(64, "0"),
-                    metrics=metrics,
+                    **fields,
                 )
             )
+
+
+def test_a_promotion_the_figures_argue_against_is_warned_about(tmp_path: Path) -> None:
+    """A detector with mAP50 0.000 and miss rate 1.000 went into production without a word."""
+    _detectors(
+        tmp_path,
+        {
+            "good": {"metrics": {"map50": 0.70, "miss_rate": 0.01}},
+            "broken": {"metrics": {"map50": 0.0, "miss_rate": 1.0}},
+            "unevaluated": {"metrics": {}},
+        },
+    )
     assert "warning" not in runner.invoke(app, ["models", "promote", "good"]).output
     broken = " ".join(runner.invoke(app, ["models", "promote", "broken"]).output.split())
     assert "broken is now the production detector, replacing good" in broken
@@ -366,30 +375,15 @@ def test_a_promotion_the_figures_argue_against_is_warned_about(tmp_path: Path) -
 def test_a_promotion_that_drops_classes_says_which(tmp_path: Path) -> None:
     """A detector that no longer knows a class (retired, or renamed) went into production
     without a word: parts whose only defect is of that class pass from then on."""
-    from db.migrate import upgrade
-    from db.models import ModelKind, ModelVersion
-    from db.session import session_scope
-    from inspection.settings import get_settings
-
-    url = get_settings().resolved_database_url
-    upgrade(url)
-    with session_scope(url) as session:
-        for name, classes in (
-            ("first", ["scratch", "spot"]),
-            ("more", ["crack", "scratch", "spot"]),
-            ("renamed", ["crack", "pit", "scratch"]),
-        ):
-            session.add(
-                ModelVersion(
-                    name=name,
-                    kind=ModelKind.DETECTOR,
-                    architecture="defect-yolo-n",
-                    file_path=str(tmp_path / f"{name}.pt"),
-                    sha256=name.ljust(64, "0"),
-                    classes=classes,
-                    metrics={"map50": 0.7, "miss_rate": 0.01},
-                )
-            )
+    evaluated = {"map50": 0.7, "miss_rate": 0.01}
+    _detectors(
+        tmp_path,
+        {
+            "first": {"classes": ["scratch", "spot"], "metrics": evaluated},
+            "more": {"classes": ["crack", "scratch", "spot"], "metrics": evaluated},
+            "renamed": {"classes": ["crack", "pit", "scratch"], "metrics": evaluated},
+        },
+    )
     assert "warning" not in runner.invoke(app, ["models", "promote", "first"]).output
     assert "warning" not in runner.invoke(app, ["models", "promote", "more"]).output  # one more
     renamed = " ".join(runner.invoke(app, ["models", "promote", "renamed"]).output.split())
