@@ -11,7 +11,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DatabaseError as DriverDatabaseError
 
@@ -53,6 +53,12 @@ def _check_known(url: str, revision: str | None) -> None:
             f"release knows (its latest is {head_revision()}): another station with a newer "
             "release upgraded it; install that release here too"
         ) from None
+
+
+def schema_revision(connection: Connection) -> str | None:
+    """The revision a database is at, read on a connection already open (a station's look
+    at its model's operating point, every chunk): one small query."""
+    return connection.scalar(text("SELECT version_num FROM alembic_version"))
 
 
 def current_revision(url: str) -> str | None:

@@ -37,6 +37,7 @@ from sqlalchemy import Connection, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from db.migrate import head_revision, schema_revision
 from db.models import (
     Inspection,
     InspectionRun,
@@ -652,6 +653,7 @@ class BatchInspection:
         self.follows_production = model is None
         self._production_said: int | None = None
         self._point_said: str | None = None
+        self._schema_said = head_revision()  # the revision this code reads and writes
 
         def opened() -> tuple[Path, dict[str, Any], Path | None]:
             """The run opened (or taken over) and its models looked up, in one transaction:
@@ -754,6 +756,19 @@ class BatchInspection:
                 if self.follows_production
                 else None
             )
+            revision = schema_revision(connection)
+        if revision is not None and revision != self._schema_said:
+            # (A station runs for weeks: another one started with a newer release migrated the
+            # database under it, and nothing said why its writes might then fail.)
+            logger.warning(
+                "the database's schema is now at revision %s, not %s that this station's release "
+                "reads and writes: a station or dashboard of another release migrated it. This "
+                "station goes on with the code it started with; stop it and start it again on "
+                "the release that migrated the database (it resumes)",
+                revision,
+                self._schema_said,
+            )
+            self._schema_said = revision
         if production is not None and production.id != self._production_said:
             self._production_said = production.id
             if production.id != self.model_id:

@@ -876,6 +876,27 @@ def test_a_watch_says_so_when_another_model_is_promoted_while_it_runs(
     ]  # once, not at every part
 
 
+def test_a_watch_says_so_when_another_release_migrates_the_database_under_it(
+    detector: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A station of the earlier release watched on while a station of a newer one migrated
+    the shared database: nothing said why its writes might fail from then on."""
+    from sqlalchemy import text
+
+    from db.session import get_engine
+
+    make_images(tmp_path / "camera", n=2)
+    with _watching(_job(detector, tmp_path), tmp_path) as drop:
+        drop("part_000.png")
+        with get_engine(detector).begin() as connection:  # a newer release's migration
+            connection.execute(text("UPDATE alembic_version SET version_num = '9999_newer'"))
+        drop("part_001.png")
+    said = [r.getMessage() for r in caplog.records if "schema is now" in r.getMessage()]
+    assert len(said) == 1  # once, not at every chunk
+    assert said[0].startswith("the database's schema is now at revision 9999_newer")
+    assert "stop it and start it again on the release that migrated" in said[0]
+
+
 def _run_finished_at(url: str, run_id: int):  # type: ignore[no-untyped-def]
     from db.models import InspectionRun
 
