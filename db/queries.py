@@ -1128,3 +1128,47 @@ def minute_volume(
         MinuteVolume(str(m), int(n), int(f or 0), int(e or 0))
         for m, n, f, e in session.execute(query)
     ]
+
+
+def _judged_since(since: datetime) -> ColumnElement[bool]:
+    """A part with a verdict given at or after `since`: the newest verdict of a part is a
+    current one (a superseded verdict has a later one beside it), so only current verdicts
+    are looked at, which the partial index on (part, model) serves."""
+    return exists().where(
+        Inspection.part_id == Part.id, Inspection.is_current(), Inspection.inspected_at >= since
+    )
+
+
+def _failed_now() -> ColumnElement[bool]:
+    return exists().where(
+        Inspection.part_id == Part.id, Inspection.is_current(), Inspection.verdict == Verdict.FAIL
+    )
+
+
+def _reviewed() -> ColumnElement[bool]:
+    return exists().where(Review.part_id == Part.id)
+
+
+def prunable_images(
+    session: Session, before: datetime, keep_failed: bool, keep_reviewed: bool
+) -> Iterator[tuple[int, str]]:
+    """(part id, recorded image path) of the parts last judged before `before` whose image
+    may go: failed parts (the evidence a reviewer looks at) and reviewed ones (the parts a
+    plant retrains on) are left out unless asked. Streamed: a station's year is millions."""
+    conditions = [Part.captured_at < before, Part.stored_path != "", ~_judged_since(before)]
+    if keep_failed:
+        conditions.append(~_failed_now())
+    if keep_reviewed:
+        conditions.append(~_reviewed())
+    query = select(Part.id, Part.stored_path).where(*conditions).order_by(Part.id)
+    for part_id, stored_path in session.execute(query.execution_options(yield_per=2000)):
+        yield int(part_id), str(stored_path)
+
+
+def kept_old_parts(session: Session, before: datetime) -> tuple[int, int]:
+    """Of the parts last judged before `before`: how many failed, and how many more were
+    reviewed (those whose images a prune keeps by default)."""
+    old = [Part.captured_at < before, Part.stored_path != "", ~_judged_since(before)]
+    failed = session.scalar(select(func.count(Part.id)).where(*old, _failed_now()))
+    reviewed = session.scalar(select(func.count(Part.id)).where(*old, ~_failed_now(), _reviewed()))
+    return int(failed or 0), int(reviewed or 0)

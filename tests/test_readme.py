@@ -79,7 +79,7 @@ def test_readme_command_table_names_only_real_options_and_every_command() -> Non
         path = next(
             " ".join(words[:n]) for n in (2, 1) if " ".join(words[:n]) in leaves
         )  # (StopIteration: a row of no command)
-        options = {opt for p in leaves[path].params for opt in p.opts}
+        options = {opt for p in leaves[path].params for opt in (*p.opts, *p.secondary_opts)}
         for option in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", cell):
             assert option in options, f"`defects {path}` has no {option}"
             checked += 1

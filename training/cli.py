@@ -1407,6 +1407,66 @@ def status_command(
     _print_unbroken(table, rows, whole=(3,))  # (a model name is copied into commands)
 
 
+@app.command("prune-images")
+def prune_images_command(
+    older_than: Annotated[
+        float,
+        typer.Option(
+            min=1, help="Days since a part was last judged before its image may be deleted."
+        ),
+    ],
+    keep_failed: Annotated[
+        bool, typer.Option(help="Keep the images of parts whose current verdict is fail.")
+    ] = True,
+    keep_reviewed: Annotated[bool, typer.Option(help="Keep the images of reviewed parts.")] = True,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Say what would be deleted; delete nothing.")
+    ] = False,
+) -> None:
+    """Delete old parts' images from this machine's store; verdicts and reviews stay."""
+    from tqdm import tqdm
+
+    from inspection.store import prune_images
+
+    settings = get_settings()
+    with tqdm(unit="part", disable=None, desc="looking at old parts") as bar:
+        report = prune_images(
+            migrated_database_url(),
+            settings.images_dir,
+            older_than,
+            keep_failed=keep_failed,
+            keep_reviewed=keep_reviewed,
+            dry_run=dry_run,
+            on_progress=lambda seen: bar.update(seen - bar.n),
+        )
+    verb = "would delete" if dry_run else "deleted"
+    console.print(
+        f"{verb} {report.deleted} image(s), {report.freed_bytes / 1e6:.1f} MB, of parts last "
+        f"judged over {older_than:g} days ago; their verdicts, detections and reviews stay",
+        markup=False,
+    )
+    kept = [
+        f"{n} {what}"
+        for n, what in ((report.kept_failed, "failed"), (report.kept_reviewed, "reviewed"))
+        if n
+    ]
+    if kept:
+        console.print(f"kept the images of {' and '.join(kept)} part(s) that old", markup=False)
+    if report.already_gone:
+        console.print(f"{report.already_gone} image(s) were gone already", markup=False)
+    if report.elsewhere:
+        console.print(
+            f"{report.elsewhere} image(s) are recorded outside this machine's store "
+            f"({settings.images_dir}): not touched; prune them on the machine that keeps them",
+            markup=False,
+        )
+    if report.partials:
+        console.print(
+            f"{verb} {report.partials} half-written file(s) left by a station stopped mid-write",
+            markup=False,
+        )
+
+
 @app.command("inspect")
 def inspect_command(
     images: Annotated[list[Path], typer.Argument(help="Image files.")],

@@ -1,0 +1,106 @@
+"""Pruning the image store: old parts' images go, failed and reviewed ones stay, the database
+keeps every verdict."""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import func, select, update
+from typer.testing import CliRunner
+
+from db.migrate import upgrade
+from db.models import Inspection, Part, Verdict, database_utcnow
+from db.reviews import mark_good
+from db.session import session_scope
+from inspection.batch import BatchInspection, iter_source
+from inspection.settings import get_settings
+from inspection.store import prune_images
+from tests.conftest import Trained, register_production_detector
+from tests.synthetic import make_images
+from training.cli import app
+
+
+def _five_parts(url: str, trained: Trained, tmp_path: Path, store: Path) -> dict[str, Path]:
+    """Five judged parts by role: four judged 40 days ago (one plain, one failed, one
+    reviewed, one whose image is recorded outside the store) and one judged today."""
+    register_production_detector(url, trained.weights, tmp_path / "models")
+    make_images(tmp_path / "in", n=5)
+    BatchInspection(url, store, "L", "S").run(iter_source(str(tmp_path / "in")))
+    roles = ("plain", "failed", "reviewed", "elsewhere", "recent")
+    outside = tmp_path / "elsewhere.png"
+    with session_scope(url) as session:
+        parts = session.scalars(select(Part).order_by(Part.id)).all()
+        by_role = dict(zip(roles, parts, strict=True))
+        long_ago = database_utcnow(session) - timedelta(days=40)
+        old_ids = [by_role[r].id for r in roles[:4]]
+        session.execute(update(Part).where(Part.id.in_(old_ids)).values(captured_at=long_ago))
+        session.execute(
+            update(Inspection).where(Inspection.part_id.in_(old_ids)).values(inspected_at=long_ago)
+        )
+        session.execute(
+            update(Inspection)
+            .where(Inspection.part_id == by_role["failed"].id)
+            .values(verdict=Verdict.FAIL)
+        )
+        session.execute(
+            update(Inspection)
+            .where(Inspection.part_id != by_role["failed"].id)
+            .values(verdict=Verdict.PASS)
+        )
+        mark_good(session, by_role["reviewed"].id, "ana")
+        outside.write_bytes(Path(by_role["elsewhere"].stored_path).read_bytes())
+        by_role["elsewhere"].stored_path = str(outside)
+        return {role: Path(part.stored_path) for role, part in by_role.items()}
+
+
+def test_a_prune_deletes_old_images_and_keeps_failed_reviewed_and_recent_ones(
+    database_url: str, trained: Trained, tmp_path: Path
+) -> None:
+    store = tmp_path / "store"
+    images = _five_parts(database_url, trained, tmp_path, store)
+    killed = store / "ab" / f"{'ab' * 32}.png.0123456789ab.partial"  # a station killed mid-write
+    killed.parent.mkdir(exist_ok=True)
+    killed.write_bytes(b"half")
+    os.utime(killed, (time.time() - 7200, time.time() - 7200))
+    writing = store / "ab" / f"{'ab' * 32}.png.ba9876543210.partial"  # being written now
+    writing.write_bytes(b"half")
+
+    dry = prune_images(database_url, store, 30, dry_run=True)
+    assert (dry.deleted, dry.kept_failed, dry.kept_reviewed, dry.elsewhere) == (1, 1, 1, 1)
+    assert dry.freed_bytes == images["plain"].stat().st_size and dry.partials == 1
+    assert all(path.is_file() for path in images.values()) and killed.is_file()
+
+    report = prune_images(database_url, store, 30)
+    assert (report.deleted, report.partials, report.already_gone) == (1, 1, 0)
+    assert not images["plain"].exists() and not killed.exists() and writing.exists()
+    assert all(images[r].is_file() for r in ("failed", "reviewed", "recent", "elsewhere"))
+    with session_scope(database_url) as session:  # the history is whole
+        assert session.scalar(select(func.count(Inspection.id))) == 5
+
+    again = prune_images(database_url, store, 30, keep_failed=False, keep_reviewed=False)
+    assert again.deleted == 2 and again.already_gone == 1 and again.elsewhere == 1
+    assert not images["failed"].exists() and not images["reviewed"].exists()
+    assert images["recent"].is_file() and images["elsewhere"].is_file()
+
+
+def test_prune_images_from_the_command_line(trained: Trained, tmp_path: Path) -> None:
+    settings = get_settings()
+    url = settings.resolved_database_url
+    upgrade(url)
+    images = _five_parts(url, trained, tmp_path, settings.images_dir)
+    runner = CliRunner()
+    dry = runner.invoke(app, ["prune-images", "--older-than", "30", "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    said = " ".join(dry.output.split())
+    assert "would delete 1 image(s)" in said
+    assert "kept the images of 1 failed and 1 reviewed part(s) that old" in said
+    assert "1 image(s) are recorded outside this machine's store" in said
+    assert images["plain"].is_file()
+    done = runner.invoke(app, ["prune-images", "--older-than", "30"])
+    assert done.exit_code == 0 and "deleted 1 image(s)" in done.output
+    assert not images["plain"].exists()
+    refused = runner.invoke(app, ["prune-images", "--older-than", "0"])
+    assert refused.exit_code != 0
