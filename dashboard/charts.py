@@ -13,6 +13,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from dashboard.text import chart
 from db.queries import (
     LatencyHistogram,
     MinuteVolume,
@@ -234,9 +235,10 @@ def pareto_figure(rows: list[ParetoRow], highlight: str | None = None) -> go.Fig
     figure = make_subplots(specs=[[{"secondary_y": True}]])
     names = [r.class_name for r in rows]
     colours = [_HIGHLIGHTED if name == highlight else _PLAIN for name in names]
+    shown = [chart(name) for name in names]  # (class names are people's: shown as typed)
     figure.add_trace(
         go.Bar(
-            x=names,
+            x=shown,
             y=[r.failed_parts for r in rows],
             name="failed parts",
             marker_color=colours if highlight is not None else None,
@@ -245,7 +247,7 @@ def pareto_figure(rows: list[ParetoRow], highlight: str | None = None) -> go.Fig
     )
     figure.add_trace(
         go.Scatter(
-            x=names, y=[r.cumulative_share for r in rows], name="cumulative", mode="lines+markers"
+            x=shown, y=[r.cumulative_share for r in rows], name="cumulative", mode="lines+markers"
         ),
         secondary_y=True,
     )
@@ -298,7 +300,7 @@ def model_timeline_figure(usage: list[ModelUsage], zone: str = "UTC") -> go.Figu
     """Which model version judged the parts, when: times of the time `zone` names."""
     figure = go.Figure()
     for item in usage:
-        name = item.model_name or "unknown"
+        name = chart(item.model_name or "unknown")
         figure.add_trace(
             go.Scatter(
                 x=[item.first_at, item.last_at],
@@ -306,7 +308,8 @@ def model_timeline_figure(usage: list[ModelUsage], zone: str = "UTC") -> go.Figu
                 mode="lines+markers",
                 line={"width": 10},
                 name=name,
-                hovertemplate=f"{name}: {item.inspections} inspections<extra></extra>",
+                # (The name by reference, not in the template: "%{...}" in it would be read.)
+                hovertemplate=f"%{{y}}: {item.inspections} inspections<extra></extra>",
             )
         )
     figure.update_xaxes(title_text=f"inspected ({zone})")
@@ -399,7 +402,7 @@ def review_figure(pixels_rgb, boxes: list[ShownBox]) -> go.Figure:  # type: igno
         figure.add_annotation(
             x=box.x1,
             y=box.y1,
-            text=box.label,
+            text=chart(box.label),  # (a class name, as typed)
             showarrow=False,
             xanchor="left",
             yanchor="bottom" if box.y1 >= label_height else "top",  # inside the box at the top

@@ -1,4 +1,5 @@
-"""Names shown in the pages' Markdown as they were given, never read as Markdown.
+"""Names shown in the pages' Markdown and charts as they were given, never read as Markdown
+or as Plotly's HTML.
 
 Streamlit reads every message, caption and widget label as Markdown with its own additions
 (emoji codes such as `:cat:`, `:red[...]` colours, `$...$` formulas), and most of what the
@@ -39,3 +40,13 @@ def code(text: object) -> str:
     # (One space inside each fence, which Markdown takes off again: a name may start or end
     # with a backtick.)
     return f"{fence} {one_line} {fence}"
+
+
+def chart(text: object) -> str:
+    """`text` as a Plotly label (an axis tick, a legend, a hover text, an annotation) shows it.
+
+    Plotly reads such text as a subset of HTML (`<b>`, `<br>`, `<a href>`, `<span style>`) and
+    decodes its entities (`&lt;`, `&#60;`): a class named `a<br>b` showed on two lines and one
+    named `<a href=...>x</a>` as a link. Its three characters are written as entities, which
+    Plotly decodes back to the name as typed."""
+    return _one_line(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ from streamlit.testing.v1 import AppTest
 from dashboard.charts import (
     latency_figure,
     minute_volume_figure,
+    model_timeline_figure,
     p_chart,
     pareto_figure,
     rates_figure,
@@ -33,6 +35,7 @@ from db.queries import (
     LatencyHistogram,
     LatencySummary,
     MinuteVolume,
+    ModelUsage,
     ParetoRow,
     RateRow,
     VolumeRow,
@@ -795,6 +798,62 @@ def test_pareto_legend_leaves_the_share_axis_readable() -> None:
     """At the right, the legend lay over the cumulative-share axis: its 100% read "10"."""
     figure = pareto_figure([ParetoRow("scratch", 3, 0.75, 0.75), ParetoRow("spot", 1, 0.25, 1.0)])
     assert figure.layout.legend.orientation == "h" and figure.layout.legend.y > 1
+
+
+# Names people and cameras choose, each of which Plotly would read as HTML or an entity.
+HTML_NAMES = [
+    '<a href="javascript:alert(1)">scratch</a>',
+    "a<br>b",
+    "<b>dent</b>",
+    "&lt;pit&gt; & co",
+]
+_PLOTLY_ENTITIES = {"mu": "\u03bc", "amp": "&", "lt": "<", "gt": ">", "nbsp": "\xa0"}
+
+
+def _as_plotly_shows(text: str) -> str:
+    """What Plotly's labels show of `text` (plotly.js svg_text_utils): its tags are read as
+    markup, so none may be left; then its entities are decoded."""
+    assert not re.search(r"<[^<>]*>", text), f"read as HTML by Plotly: {text!r}"
+
+    def entity(match: re.Match[str]) -> str:
+        code = match.group(1)
+        if code.startswith("#x"):
+            return chr(int(code[2:], 16))
+        if code.startswith("#"):
+            return chr(int(code[1:]))
+        return _PLOTLY_ENTITIES.get(code, match.group(0))
+
+    return re.sub(r"&(#\d+|#x[\da-fA-F]+|[a-z]+);", entity, text)
+
+
+def test_chart_labels_show_class_names_as_typed() -> None:
+    """A class named `a<br>b` showed on two lines in the Pareto's ticks and hover, and one
+    named `<a href=...>scratch</a>` as a link; the Review image's box labels likewise."""
+    import numpy as np
+
+    from dashboard.charts import ShownBox, review_figure
+
+    rows = [ParetoRow(name, 4 - i, 0.25, 0.25 * (i + 1)) for i, name in enumerate(HTML_NAMES)]
+    figure = pareto_figure(rows, highlight=HTML_NAMES[1])
+    for trace in figure.data:
+        assert [_as_plotly_shows(x) for x in trace.x] == HTML_NAMES
+    assert list(figure.data[0].marker.color).count("#d62728") == 1  # the chosen class in red
+    review = review_figure(
+        np.zeros((40, 60, 3), dtype=np.uint8),
+        [
+            ShownBox(f"{i + 1}: {name} 0.800", 5, 5, 20, 10, True)
+            for i, name in enumerate(HTML_NAMES)
+        ],
+    )
+    shown = [_as_plotly_shows(a.text) for a in review.layout.annotations]
+    assert shown == [f"{i + 1}: {name} 0.800" for i, name in enumerate(HTML_NAMES)]
+    usage = [
+        ModelUsage(1, name, datetime(2026, 1, 1), datetime(2026, 1, 2), 3) for name in HTML_NAMES
+    ]
+    timeline = model_timeline_figure(usage)
+    for trace, name in zip(timeline.data, HTML_NAMES, strict=True):
+        assert [_as_plotly_shows(y) for y in trace.y] == [name, name]
+        assert _as_plotly_shows(trace.name) == name and name not in trace.hovertemplate
 
 
 def test_review_figure_and_drawn_box() -> None:
