@@ -675,3 +675,56 @@ def test_replacing_a_dataset_of_a_moved_data_folder_keeps_the_old_one_for_its_mo
     assert Path(version.dataset.root_path) == kept_root.resolve()
     assert len(list((kept_root / "images").rglob("*.png"))) == 6
     assert len(list((tmp_path / "ds" / "y" / "images").rglob("*.png"))) == 4
+
+
+def test_coco_and_deeppcb_lists_cannot_reach_images_outside_the_dataset(
+    session, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A COCO `file_name` of `../x.png`, `/abs/x.png` or `C:\\x.png`, or a DeepPCB list line
+    with such paths, brought a file from anywhere this user can read into the dataset; so did
+    an image beside SRC (in its parent folder) that SRC's json named."""
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    src = tmp_path / "coco" / "src"
+    images = write_coco(src, n=6)
+    for image in images[:3]:  # the defective or good parts a stranger's list would take
+        shutil.copy(src / "images" / image.name, outside / image.name)
+        shutil.copy(src / "images" / image.name, tmp_path / "coco" / f"beside_{image.name}")
+    coco = json.loads((src / "annotations.json").read_text())
+    escaping = [
+        f"../../elsewhere/{images[0].name}",
+        str(outside / images[1].name),
+        f"C:\\elsewhere\\{images[2].name}",
+        f"beside_{images[0].name}",  # in SRC's parent folder, outside SRC
+    ]
+    for record, name in zip(coco["images"], escaping, strict=False):
+        record["file_name"] = name
+    (src / "annotations.json").write_text(json.dumps(coco))
+    report = import_dataset(session, "coco", src, "c", tmp_path / "ds")
+    assert report.n_images == 2
+    reasons = {issue.file: issue.reason for issue in report.left_out}
+    assert (
+        reasons[escaping[0]]
+        == f"file_name is a path through '..': images are read only inside {src}"
+    )
+    assert reasons[escaping[1]].startswith("file_name is an absolute path")
+    assert reasons[escaping[2]].startswith("file_name is a path on a drive or a network share")
+    assert reasons[escaping[3]] == "image file not found"
+    imported = {p.name for p in (tmp_path / "ds" / "c" / "images").rglob("*") if p.is_file()}
+    assert imported == {image.name for image in images[4:]}
+
+    data = write_deeppcb(tmp_path / "deeppcb", boards=6, test=2)
+    stolen = tmp_path / "stolen"
+    shutil.copytree(data / "group1", stolen)
+    trainval = (data / "trainval.txt").read_text().splitlines()
+    trainval[0] = "../../stolen/1/100.jpg ../../stolen/1_not/100.txt"
+    trainval[1] = f"{stolen}/1/101.jpg {stolen}/1_not/101.txt"
+    (data / "trainval.txt").write_text("\n".join(trainval) + "\n")
+    report = import_dataset(session, "deeppcb", data, "p", tmp_path / "ds")
+    left_out = [str(issue) for issue in report.left_out]
+    assert (
+        f"trainval.txt: line 1: ../../stolen/1/100.jpg is a path through '..': images are read only inside {data}"
+        in left_out
+    )
+    assert any(line.startswith("trainval.txt: line 2: /") for line in left_out)
+    assert report.n_images == 8  # boards 102 to 105, each with its template

@@ -23,7 +23,7 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Literal
 
 import yaml
@@ -235,6 +235,23 @@ def _find_dir(src: Path, *names: str) -> Path:
             if candidate.is_dir():
                 return candidate
     raise UserError(f"{src} has no {' or '.join(names)} folder")
+
+
+def _outside_reason(listed: str, folder: Path) -> str | None:
+    """Why a path a list names (a COCO `file_name`, a path in DeepPCB's lists) would be read
+    from outside `folder`, the dataset given, as "is ..."; None where it stays inside. Judged
+    as written, on either system's separators, before any file is opened: `../other/x.jpg`,
+    `/home/x.jpg` or `C:\\x.jpg` took a file from anywhere this user can read into the dataset."""
+    written = PureWindowsPath(listed)  # (reads both "/" and "\\" as separators)
+    if written.drive:
+        what = "a path on a drive or a network share"
+    elif written.root:
+        what = "an absolute path"
+    elif ".." in written.parts:
+        what = "a path through '..'"
+    else:
+        return None
+    return f"is {what}: images are read only inside {folder}"
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -589,7 +606,14 @@ def read_coco(
     except (KeyError, TypeError) as exc:
         raise UserError(f"unreadable COCO categories in {json_path}: missing {exc}") from exc
     base = json_path.parent
-    roots = [base, base / "images", base.parent / "images", base.parent]
+    # The dataset's folder: SRC, or where SRC is the .json itself, its folder (the one above
+    # where that is COCO's `annotations/`). Images are looked for there only.
+    top = src if src.is_dir() else base.parent if base.name.lower() == "annotations" else base
+    roots = [
+        root
+        for root in (base, base / "images", base.parent / "images", base.parent)
+        if root.is_relative_to(top)
+    ]
     by_image: dict[object, list[Box]] = {}
     # An image whose annotation cannot be read is left out, never imported without that box:
     # it would count as a good part and teach the model that its defect is background.
@@ -643,6 +667,10 @@ def read_coco(
         if record["id"] in unreadable:
             issues.append(ImportIssue(file_name or str(record["id"]), unreadable[record["id"]]))
             continue
+        outside = _outside_reason(file_name, top)
+        if outside is not None:
+            issues.append(ImportIssue(file_name, f"file_name {outside}"))
+            continue
         path = next((r / file_name for r in roots if (r / file_name).is_file()), None)
         if path is None:
             issues.append(ImportIssue(file_name or str(record.get("id")), "image file not found"))
@@ -657,7 +685,9 @@ def read_coco(
     listed_paths = [
         root / str(record["file_name"])
         for record in records
-        if isinstance(record, dict) and record.get("file_name")
+        if isinstance(record, dict)
+        and record.get("file_name")
+        and _outside_reason(str(record["file_name"]), top) is None
         for root in roots
         if (root / str(record["file_name"])).is_file()
     ]
@@ -738,6 +768,17 @@ def _deeppcb_boards(root: Path) -> tuple[list[tuple[Path, Path, str]], list[Impo
                 issues.append(
                     ImportIssue(list_path.name, f"line {number} is not 'IMAGE BOX_FILE': {line}")
                 )
+                continue
+            outside = next(
+                (
+                    f"{value} {why}"
+                    for value in values
+                    if (why := _outside_reason(value, root)) is not None
+                ),
+                None,
+            )
+            if outside is not None:
+                issues.append(ImportIssue(list_path.name, f"line {number}: {outside}"))
                 continue
             if list_path.name == "test.txt":
                 split = "test"
