@@ -83,6 +83,17 @@ def _upright(image: Image.Image) -> Image.Image:
         return image
 
 
+def several_frames_reason(image: Image.Image) -> str | None:
+    """Why a file of several pages or frames (a camera's multi-page TIFF stack, an animated
+    WebP) is not one part, or None. Judged on its first page, a defect on another passed
+    unseen. A camera's MPO JPEG holds its picture first and a preview or depth map after: not
+    two parts."""
+    frames = getattr(image, "n_frames", 1)
+    if frames > 1 and image.format != "MPO":
+        return f"{frames} pages or frames in one file: save one image per part"
+    return None
+
+
 def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> DecodedImage:
     if not data:
         raise ImageDecodeError("empty file")
@@ -95,13 +106,9 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> DecodedImage:
                 raise ImageDecodeError(
                     f"image too large: {width}x{height} is over the {max_pixels / 1e6:.0f} MP limit"
                 )
-            frames = getattr(image, "n_frames", 1)
-            # (Judged on its first page, a defect on another passed unseen. A camera's MPO
-            # JPEG holds its picture first and a preview or depth map after: not two parts.)
-            if frames > 1 and image.format != "MPO":
-                raise ImageDecodeError(
-                    f"{frames} pages or frames in one file: save one image per part"
-                )
+            several = several_frames_reason(image)
+            if several is not None:
+                raise ImageDecodeError(several)
             image.load()  # a truncated file fails here
             image = _upright(image)
     except ImageDecodeError:

@@ -728,3 +728,25 @@ def test_coco_and_deeppcb_lists_cannot_reach_images_outside_the_dataset(
     )
     assert any(line.startswith("trainval.txt: line 2: /") for line in left_out)
     assert report.n_images == 8  # boards 102 to 105, each with its template
+
+
+@pytest.mark.parametrize("fmt", ["voc", "yolo"])
+def test_a_multi_page_tiff_is_left_out_as_stations_refuse_it(
+    session, tmp_path: Path, fmt: str
+) -> None:  # type: ignore[no-untyped-def]
+    """A camera's stack saved as one TIFF was imported on its first page: a defect on another
+    page was trained as background, while stations refuse the same file with a reason."""
+    src = tmp_path / "src"
+    images = {"voc": write_voc, "yolo": write_yolo}[fmt](src, n=4)
+    folder = src / "images" / ("train" if fmt == "yolo" else "")
+    stack = folder / images[1].name  # a defective part, its label kept
+    pages = [Image.open(stack).convert("RGB"), Image.new("RGB", (64, 64), (200, 40, 40))]
+    stack.unlink()
+    pages[0].save(stack.with_suffix(".tif"), save_all=True, append_images=pages[1:])
+    report = import_dataset(session, fmt, src, "d", tmp_path / "ds")
+    [issue] = report.left_out
+    assert issue.file.endswith("part_001.tif")
+    assert issue.reason == (
+        "2 pages or frames in one file: save one image per part; stations refuse it too"
+    )
+    assert report.n_images == 3

@@ -33,7 +33,13 @@ from sqlalchemy.orm import Session
 
 from db.models import Dataset, ModelVersion
 from inspection.errors import UserError
-from inspection.images import IMAGE_SUFFIXES, MAX_PIXELS, ImageDecodeError, decode_image
+from inspection.images import (
+    IMAGE_SUFFIXES,
+    MAX_PIXELS,
+    ImageDecodeError,
+    decode_image,
+    several_frames_reason,
+)
 from inspection.settings import get_settings, same_place_under
 
 SourceFormat = Literal["voc", "yolo", "coco", "deeppcb"]
@@ -109,6 +115,11 @@ def _image_info(path: Path) -> tuple[int, int, str]:
                 width, height = image.size
                 if width * height > MAX_PIXELS:
                     raise ValueError(f"image too large: {width}x{height} is {limit}")
+                # (Stations refuse it: trained on its first page, a defect on another page
+                # was taught as background.)
+                several = several_frames_reason(image)
+                if several is not None:
+                    raise ValueError(f"{several}; stations refuse it too")
                 mode = image.mode
                 is_jpeg = image.format == "JPEG"
                 image.verify()
