@@ -61,7 +61,7 @@ from db.session import (
 )
 from inspection.engine import BackendChoice, Inspector, PartInput, PartResult
 from inspection.errors import UserError
-from inspection.images import IMAGE_SUFFIXES, is_blank_frame
+from inspection.images import IMAGE_SUFFIXES, is_blank_frame, not_a_file_reason
 from inspection.settings import get_settings, same_place_under
 from inspection.verdict import Thresholds
 
@@ -184,6 +184,11 @@ def read_file(path: Path, display: str) -> SourceItem:
         return SourceItem(
             display, None, f"cannot read the folder: {reason} (its files were not inspected)"
         )
+    # (Listings pass such entries over; one that became a pipe after it was listed, or a link
+    # to a device given by name, is not opened: the read would wait for ever.)
+    special = not_a_file_reason(info.st_mode)
+    if special is not None:
+        return SourceItem(display, None, f"cannot read the file: {special}")
     if info.st_size > MAX_FILE_BYTES:
         return SourceItem(display, None, f"file too large ({info.st_size / 1e6:.0f} MB)")
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -57,6 +58,26 @@ def read_only(*paths: Path) -> Iterator[None]:
                 subprocess.run(["chattr", "-i", str(path)], check=True)
             else:
                 path.chmod(mode)
+
+
+@contextmanager
+def within(seconds: float) -> Iterator[None]:
+    """Fails the test, rather than hanging it, where the code inside waits longer than
+    `seconds` (a read of a named pipe that no one writes): the alarm's exception ends the
+    blocked system call (PEP 475)."""
+
+    def expired(signum: int, frame: object) -> None:
+        # (pytest's Failed, a BaseException: the code under test, which turns an OSError
+        # into its own error, cannot take it for one and wait on.)
+        pytest.fail(f"still waiting after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 @contextmanager

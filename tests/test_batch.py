@@ -25,7 +25,7 @@ from db.session import session_scope
 from inspection.batch import WRITE_NOW, BatchInspection, SourceItem, folder_files, iter_source
 from inspection.errors import UserError
 from inspection.settings import get_settings
-from tests.conftest import Trained, register_production_detector, unlistable
+from tests.conftest import Trained, register_production_detector, unlistable, within
 from tests.synthetic import make_images
 
 ROOT = Path(__file__).parents[1]
@@ -229,6 +229,25 @@ def test_a_folder_lists_its_files_in_path_order_without_hidden_or_linked_folders
     assert listed == sorted(listed)  # as Path objects sort (by parts, not by string)
     with pytest.raises(FileNotFoundError):
         folder_files(tmp_path / "missing")
+
+
+def test_a_named_pipe_is_not_opened_where_a_part_is_read(tmp_path: Path) -> None:
+    """Listings leave pipes out, but one named (`defects inspect pipe.png`, a link to it) or
+    one that replaced a listed file was read, and the read waited for a writer for ever."""
+    from inspection.batch import read_file
+    from training.cli import app
+
+    pipe = tmp_path / "pipe.png"
+    os.mkfifo(pipe)
+    (tmp_path / "link.png").symlink_to(pipe)
+    reason = "cannot read the file: not a regular file but a named pipe: not read"
+    with within(5):
+        for name in ("pipe.png", "link.png"):
+            item = read_file(tmp_path / name, name)
+            assert (item.data, item.error) == (None, reason)
+        said = CliRunner().invoke(app, ["inspect", str(pipe)])
+    assert said.exit_code == 1 and isinstance(said.exception, UserError)
+    assert str(said.exception) == f"{pipe}: not a regular file but a named pipe: not read"
 
 
 def test_a_listing_again_reads_only_changed_folders_and_all_of_them_now_and_then(

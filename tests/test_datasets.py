@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from PIL import Image
 
 from db.models import Dataset
 from inspection.errors import UserError
+from tests.conftest import within
 from tests.synthetic import (
     CLASSES,
     SyntheticImage,
@@ -750,3 +752,40 @@ def test_a_multi_page_tiff_is_left_out_as_stations_refuse_it(
         "2 pages or frames in one file: save one image per part; stations refuse it too"
     )
     assert report.n_images == 3
+
+
+def test_named_pipes_among_the_files_of_an_import_are_listed_not_read(
+    session, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """An image, a label or an annotation file that is a named pipe was opened, and the import
+    waited for ever for a writer; a label that is one was taken for no label (a good part)."""
+    pipe = "not a regular file but a named pipe: not read"
+    yolo = tmp_path / "yolo"
+    images = write_yolo(yolo, n=4)
+    os.mkfifo(yolo / "images" / "train" / "piped.png")
+    (yolo / "labels" / "train" / "piped.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    label = yolo / "labels" / "train" / f"{Path(images[1].name).stem}.txt"
+    label.unlink()
+    os.mkfifo(label)
+    voc = tmp_path / "voc"
+    write_voc(voc, n=4)
+    os.mkfifo(voc / "images" / "piped.png")  # no annotation: it would be a good part
+    os.mkfifo(voc / "annotations" / "part_005.xml")
+    coco = tmp_path / "coco"
+    write_coco(coco, n=4)
+    os.mkfifo(coco / "other.json")
+    with within(10):
+        yolo_report = import_dataset(session, "yolo", yolo, "y", tmp_path / "ds")
+        voc_report = import_dataset(session, "voc", voc, "v", tmp_path / "ds")
+        coco_report = import_dataset(session, "coco", coco, "c", tmp_path / "ds")
+    assert sorted(str(issue) for issue in yolo_report.left_out) == [
+        f"labels/train/part_001.txt: unreadable label: {pipe}",
+        f"train/piped.png: {pipe}",
+    ]
+    assert yolo_report.n_images == 3
+    assert sorted(str(issue) for issue in voc_report.left_out) == [
+        f"part_005.xml: unreadable annotation: {pipe}",
+        f"piped.png: {pipe}",
+    ]
+    assert voc_report.n_images == 4
+    assert coco_report.n_images == 4 and not coco_report.issues

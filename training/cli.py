@@ -1481,6 +1481,7 @@ def inspect_command(
     import json
 
     from inspection.batch import BatchInspection, SourceItem, read_file
+    from inspection.images import not_a_file_reason
 
     # A path that names no image is the caller's mistake, not a part's: the others are judged
     # and shown, and the exit status says so (an unreadable image is a part's error, recorded).
@@ -1491,7 +1492,10 @@ def inspect_command(
     def mistake(path: Path) -> str:
         if path.is_dir():
             return "a folder, not an image: `defects batch FOLDER` inspects folders"
-        return "file not found"
+        try:  # (a named pipe or a device is there, and is not read: "not found" misled)
+            return not_a_file_reason(path.stat().st_mode) or "file not found"
+        except OSError:
+            return "file not found"
 
     if len(mistaken) == len(images):
         raise UserError("; ".join(f"{shown_name(str(p))}: {mistake(p)}" for p in mistaken))

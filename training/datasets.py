@@ -18,6 +18,7 @@ import math
 import os
 import re
 import shutil
+import stat
 import warnings
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -38,6 +39,7 @@ from inspection.images import (
     MAX_PIXELS,
     ImageDecodeError,
     decode_image,
+    not_a_file_reason,
     several_frames_reason,
 )
 from inspection.settings import get_settings, same_place_under
@@ -109,6 +111,11 @@ def _image_info(path: Path) -> tuple[int, int, str]:
     traceback, and one under Pillow's limit was taken to train on, gigabytes a decode."""
     limit = f"over the {MAX_PIXELS / 1e6:.0f} MP limit stations inspect"
     try:
+        # Not opened where it is no regular file: an image's name on a named pipe held the
+        # import for ever.
+        special = not_a_file_reason(path.stat().st_mode)
+        if special is not None:
+            raise ValueError(special)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as image:
@@ -263,6 +270,16 @@ def _outside_reason(listed: str, folder: Path) -> str | None:
     else:
         return None
     return f"is {what}: images are read only inside {folder}"
+
+
+def _special_file(path: Path) -> str | None:
+    """Why an annotation or label file that is there is not read (a named pipe, a device), or
+    None: a regular file, a folder (said where it is read) or nothing at all."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    return None if stat.S_ISDIR(mode) else not_a_file_reason(mode)
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -437,6 +454,10 @@ def read_voc(
     annotation_of: dict[Path, Path] = {}  # image: the annotation file taken for it
     annotated_twice: set[Path] = set()
     for xml_path in xml_paths:
+        special = _special_file(xml_path)
+        if special is not None:
+            issues.append(ImportIssue(xml_path.name, f"unreadable annotation: {special}"))
+            continue
         try:
             filename, objects = _parse_voc(xml_path)
         except (ET.ParseError, ValueError) as exc:
@@ -532,6 +553,12 @@ def read_yolo(
             relative.parts[0] if len(relative.parts) > 1 and relative.parts[0] in SPLITS else None
         )
         boxes: list[Box] = []
+        special = _special_file(label_path)
+        if special is not None:  # (taken for no label, its image passed for a good part)
+            issues.append(
+                ImportIssue(str(label_path.relative_to(src)), f"unreadable label: {special}")
+            )
+            continue
         if label_path.is_file():
             try:
                 width, height = _image_size(image_path)
@@ -598,7 +625,11 @@ def read_coco(
 ) -> tuple[list[str], list[LabeledImage], list[ImportIssue]]:
     json_path = src if src.is_file() else None
     if json_path is None:
-        candidates = sorted(src.glob("*.json")) + sorted(src.glob("annotations/*.json"))
+        candidates = [
+            path
+            for path in sorted(src.glob("*.json")) + sorted(src.glob("annotations/*.json"))
+            if _special_file(path) is None  # (a named pipe is not read: it would wait)
+        ]
         if len(candidates) != 1:
             raise UserError(
                 f"{src} must hold exactly one COCO .json file (found {len(candidates)})"
