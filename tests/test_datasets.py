@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -789,3 +790,24 @@ def test_named_pipes_among_the_files_of_an_import_are_listed_not_read(
     ]
     assert voc_report.n_images == 4
     assert coco_report.n_images == 4 and not coco_report.issues
+
+
+def test_a_yolo_import_reads_each_image_header_once(
+    session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """A labeled image's header was read (and verified) to scale its boxes, then again to
+    check it: two opens of every defective part of a large dataset."""
+    from training import datasets
+
+    write_yolo(tmp_path / "src", n=8)
+    reads: Counter[str] = Counter()
+    image_info = datasets._image_info
+
+    def counted(path: Path) -> tuple[int, int, str]:
+        reads[path.name] += 1
+        return image_info(path)
+
+    monkeypatch.setattr(datasets, "_image_info", counted)
+    report = import_dataset(session, "yolo", tmp_path / "src", "y", tmp_path / "ds")
+    assert report.n_images == 8 and not report.issues
+    assert sorted(reads.values()) == [1] * 8

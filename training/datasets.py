@@ -64,6 +64,9 @@ class LabeledImage:
     height: int
     boxes: list[Box]
     split: str | None = None
+    # Pillow's mode, where the reader read the image's header already (with width and height):
+    # the import checks each image once.
+    mode: str | None = None
 
 
 @dataclass(frozen=True)
@@ -155,12 +158,6 @@ def _check_jpeg_whole(path: Path) -> None:
         decode_image(path.read_bytes())
     except ImageDecodeError as exc:
         raise ValueError(str(exc)) from exc
-
-
-def _image_size(path: Path) -> tuple[int, int]:
-    """Width and height of a readable image; raises ValueError with the reason otherwise."""
-    width, height, _ = _image_info(path)
-    return width, height
 
 
 # The modes `inspection.images.decode_image` scales to 8 bits (16-bit, 32-bit int, float).
@@ -553,6 +550,8 @@ def read_yolo(
             relative.parts[0] if len(relative.parts) > 1 and relative.parts[0] in SPLITS else None
         )
         boxes: list[Box] = []
+        width, height = 0, 0
+        mode: str | None = None  # (read below with the boxes, kept for the import's checks)
         special = _special_file(label_path)
         if special is not None:  # (taken for no label, its image passed for a good part)
             issues.append(
@@ -561,7 +560,7 @@ def read_yolo(
             continue
         if label_path.is_file():
             try:
-                width, height = _image_size(image_path)
+                width, height, mode = _image_info(image_path)
             except ValueError as exc:
                 issues.append(ImportIssue(str(relative), str(exc)))
                 continue
@@ -597,7 +596,7 @@ def read_yolo(
                     ImportIssue(str(label_path.relative_to(src)), f"unreadable label: {exc}")
                 )
                 continue
-        images.append(LabeledImage(image_path, 0, 0, boxes, split))
+        images.append(LabeledImage(image_path, width, height, boxes, split, mode))
     for label_path in sorted(labels_dir.rglob("*.txt")):
         # (classes.txt: the class list some labelling tools keep beside the labels)
         if label_path not in label_paths_used and label_path.name != "classes.txt":
@@ -1090,11 +1089,13 @@ def write_dataset(
                 )
             )
             continue
-        try:
-            image.width, image.height, mode = _image_info(image.path)
-        except ValueError as exc:
-            issues.append(ImportIssue(label, str(exc)))
-            continue
+        mode = image.mode
+        if mode is None:
+            try:
+                image.width, image.height, mode = _image_info(image.path)
+            except ValueError as exc:
+                issues.append(ImportIssue(label, str(exc)))
+                continue
         clipped = [_clip_rounding(b, image.width, image.height) for b in image.boxes]
         image.boxes = list(dict.fromkeys(clipped))
         if len(image.boxes) < len(clipped):
