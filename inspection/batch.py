@@ -62,6 +62,7 @@ from db.session import (
 from inspection.engine import BackendChoice, Inspector, PartInput, PartResult
 from inspection.errors import UserError
 from inspection.images import IMAGE_SUFFIXES, is_blank_frame, not_a_file_reason
+from inspection.judged import JudgedMover, Move, Stamp, stamp_of
 from inspection.settings import get_settings, same_place_under
 from inspection.verdict import Thresholds
 
@@ -88,6 +89,10 @@ class SourceItem:
     data: bytes | None
     error: str | None = None
     content_hash: str | None = None  # once hashed (`content_key`), travels with the item
+    # The file it was read from (a file of a folder, not a zip's entry) and that file as it was
+    # then: where `--move-judged` takes it from once its part is recorded.
+    path: str | None = None
+    stamp: Stamp | None = None
 
     def __post_init__(self) -> None:
         # A file name that is not UTF-8 (a Latin-1 camera or share: b"bad\xffname.jpg") comes
@@ -167,14 +172,16 @@ def read_file(path: Path, display: str) -> SourceItem:
     """A file of a folder as a part, or the reason it cannot be one. One stat in the common
     case: the checks for a dead link and for a folder listed because it could not be read
     (`FolderListing`) are made where that stat fails or names a folder."""
+    where = str(path)
     try:
         info = path.stat()
     except OSError as exc:
         if path.is_symlink():
             looped = exc.errno == errno.ELOOP
             why = "a link that leads to itself" if looped else "a link whose target is missing"
-            return SourceItem(display, None, f"cannot read the file: {why}")
-        return SourceItem(display, None, f"cannot read the file: {exc.strerror or exc}")
+            return SourceItem(display, None, f"cannot read the file: {why}", path=where)
+        reason = f"cannot read the file: {exc.strerror or exc}"
+        return SourceItem(display, None, reason, path=where)
     if stat.S_ISDIR(info.st_mode):
         try:
             with os.scandir(path):
@@ -185,16 +192,19 @@ def read_file(path: Path, display: str) -> SourceItem:
             display, None, f"cannot read the folder: {reason} (its files were not inspected)"
         )
     # (Listings pass such entries over; one that became a pipe after it was listed, or a link
-    # to a device given by name, is not opened: the read would wait for ever.)
+    # to a device given by name, is not opened: the read would wait for ever. Nor moved.)
     special = not_a_file_reason(info.st_mode)
     if special is not None:
         return SourceItem(display, None, f"cannot read the file: {special}")
+    stamp = stamp_of(info)
     if info.st_size > MAX_FILE_BYTES:
-        return SourceItem(display, None, f"file too large ({info.st_size / 1e6:.0f} MB)")
+        reason = f"file too large ({info.st_size / 1e6:.0f} MB)"
+        return SourceItem(display, None, reason, path=where, stamp=stamp)
     try:
-        return SourceItem(display, path.read_bytes())
+        return SourceItem(display, path.read_bytes(), path=where, stamp=stamp)
     except OSError as exc:
-        return SourceItem(display, None, f"cannot read the file: {exc.strerror or exc}")
+        reason = f"cannot read the file: {exc.strerror or exc}"
+        return SourceItem(display, None, reason, path=where, stamp=stamp)
 
 
 # A sub-folder whose modification time is this recent is listed again at every look, however
@@ -460,6 +470,11 @@ class BatchSummary:
     # Every part's latency up to LATENCIES_KEPT, then a uniform sample of that many.
     latencies_ms: list[float] = field(default_factory=list)
     latencies_seen: int = 0
+    # With --move-judged: files moved out of the source (those recorded as errors among them,
+    # into DIR/errors), and those that could not be (left where they were, verdicts kept).
+    moved: int = 0
+    moved_errors: int = 0
+    not_moved: int = 0
 
     @property
     def parts_per_second(self) -> float:
@@ -645,12 +660,15 @@ class BatchInspection:
         batch_size: int | None = None,
         inspector: Inspector | None = None,
         run_id: int | None = None,
+        mover: JudgedMover | None = None,
     ) -> None:
         """With `run_id`, this job writes into a run opened elsewhere (one worker's share of a
         run spread over several processes), on that run's line, station and model version, and
         leaves marking it finished to whoever opened it. A `model` that names a file (a
-        version's weights or export) is the file that judges, for its version."""
+        version's weights or export) is the file that judges, for its version. With `mover`,
+        each source file is moved out once its chunk is written (`--move-judged`)."""
         self.url = url
+        self.mover = mover
         self.images_dir = images_dir
         self.owns_run = run_id is None
         # A station given no model judges with the production one: told when another is
@@ -712,6 +730,7 @@ class BatchInspection:
         self._pending_write: Future[bool] | None = None
         self.checkpointer = WalCheckpointer(url)
         self._in_flight: set[str] = set()
+        self._in_flight_errors: set[str] = set()  # of those, the parts recorded as errors
         self.chunk_parts = chunk_parts(self.inspector.batch_size, get_settings().chunk_batches)
         self.outage_seconds = get_settings().db_outage_seconds
         self._giving_up = Event()  # set by Ctrl-C: no more waiting for the database
@@ -808,7 +827,12 @@ class BatchInspection:
 
     def _current_points(self, hashes: list[str]) -> dict[str, bool]:
         """Parts this model version has a current verdict for, and whether it was given at the
-        operating point in force now (False: judged before a recalibration, or a blank frame).
+        operating point in force now (False: judged before a recalibration, or a blank frame)."""
+        return self._current_records(hashes)[0]
+
+    def _current_records(self, hashes: list[str]) -> tuple[dict[str, bool], set[str]]:
+        """`_current_points`, and those of the parts whose current record is an error (where
+        `--move-judged` puts a file recorded before).
 
         A blank frame is recorded every time it comes: a camera with its lens capped sends the
         same black frame over and over, byte for byte, and skipped as judged already it showed
@@ -829,7 +853,7 @@ class BatchInspection:
                     Inspection.is_current(),
                 )
             ).all()
-        return {
+        points = {
             digest: stored == self._operating_point
             and not is_blank_frame(error)
             # An error is this station's fault to record: the same bytes (an empty file, a
@@ -838,6 +862,7 @@ class BatchInspection:
             and (error is None or station_id == self.station_id)
             for digest, stored, error, station_id in rows
         }
+        return points, {digest for digest, _, error, _ in rows if error is not None}
 
     def run(
         self,
@@ -856,6 +881,7 @@ class BatchInspection:
         A chunk's write (image files, then one commit) runs in a writer thread while the next
         chunk is inspected; at most one write is in flight, and `run` returns once it is done.
         """
+        whole = finish  # (a run of its own, not one look of a watch)
         finish = finish and self.owns_run
         started = time.perf_counter()
         chunk: list[SourceItem] = []
@@ -904,6 +930,8 @@ class BatchInspection:
         finally:
             self.summary.seconds += time.perf_counter() - started
             marked_finished = self._wait_for_write() or marked_finished
+            if whole and self.mover is not None:
+                self.mover.flush_warnings()
         if finish and not marked_finished:
             self._through_outages(self._finish_run)
         return self.summary
@@ -939,9 +967,17 @@ class BatchInspection:
         # A file that could not be read has no content; it is known by its name instead.
         unreadable_hashes = {i.name: unreadable_key(i.name) for i in unreadable}
 
+        recorded_errors: set[str] = set()
+
         def look_up() -> dict[str, bool]:
             self._follow_stored_point()
-            return self._current_points([*hashes, *unreadable_hashes.values()])
+            looked_up = [*hashes, *unreadable_hashes.values()]
+            if self.mover is None:
+                return self._current_points(looked_up)
+            points, errors = self._current_records(looked_up)
+            recorded_errors.clear()
+            recorded_errors.update(errors)
+            return points
 
         current = self._through_outages(look_up)
         done = {digest for digest, same_point in current.items() if same_point}
@@ -968,16 +1004,18 @@ class BatchInspection:
             queued.add(digest)
             results.append(PartResult(item.name, digest, 0, "error", error=item.error))
         self._wait_for_write()
+        moves = self._moves(chunk, results, recorded_errors)
         # (A blank frame is not "judged" for the next chunk either: the same black frame sent
         # again a moment later is the fault again, recorded again.)
         self._in_flight = queued - {r.content_hash for r in results if is_blank_frame(r.error)}
+        self._in_flight_errors = {r.content_hash for r in results if r.verdict == "error"}
         # Parts with a current verdict at another operating point: judged again, superseding it.
         rejudged = {r.content_hash for r in results if r.content_hash in current}
         # (The point these parts were judged at: the next chunk may take up a new one before
         # this write runs.)
         point = self.inspector.thresholds.to_dict()
         self._pending_write = self._writer.submit(
-            self._write_and_count, results, rejudged, finishing, point
+            self._write_and_count, results, rejudged, finishing, point, moves
         )
         for result in results:
             if on_result:
@@ -985,16 +1023,57 @@ class BatchInspection:
         if on_skipped and skipped:
             on_skipped(skipped)
 
+    def _moves(
+        self, chunk: list[SourceItem], results: list[PartResult], recorded_errors: set[str]
+    ) -> list[Move]:
+        """The chunk's files to move once its write is committed (`--move-judged`): every file
+        read from the source folder, judged now or recorded before (this run's earlier chunk,
+        or an earlier run: a resumed watch, a copy), each with whether its record is an error."""
+        if self.mover is None:
+            return []
+        verdicts = {r.content_hash: r.verdict for r in results}
+        moves = []
+        for item in chunk:
+            if item.path is None:
+                continue
+            digest = content_key(item)
+            if digest in verdicts:
+                error = verdicts[digest] == "error"
+            else:  # recorded before this chunk: in the database, or in the write before it
+                error = (
+                    item.data is None
+                    or digest in recorded_errors
+                    or digest in self._in_flight_errors
+                )
+            moves.append(Move(item.path, item.stamp, error))
+        return moves
+
+    def _move_judged(self, moves: list[Move]) -> None:
+        """Each file of a written chunk out of the source: its part is recorded (image in the
+        store, verdict committed), so a crash from here on loses nothing. A file that cannot
+        be moved stays, with a warning; the run goes on."""
+        if self.mover is None:
+            return
+        for move in moves:
+            moved = self.mover.move(move)
+            if moved:
+                self.summary.moved += 1
+                self.summary.moved_errors += move.error
+            elif moved is False:
+                self.summary.not_moved += 1
+
     def _write_and_count(
         self,
         results: list[PartResult],
         rejudged: set[str],
         finishing: bool,
         point: dict[str, Any],
+        moves: list[Move] | None = None,
     ) -> bool:
-        """The chunk's write, then its counts in the summary: in the writer thread, which
-        Ctrl-C does not interrupt, so the summary never lacks (nor adds) a part the database
-        holds, wherever the interrupt lands in the main thread."""
+        """The chunk's write, then its counts in the summary, then its files moved out where
+        asked: in the writer thread, which Ctrl-C does not interrupt, so the summary never
+        lacks (nor adds) a part the database holds, wherever the interrupt lands in the main
+        thread."""
         for attempt in range(1, WRITE_RACE_ATTEMPTS + 1):
             try:
                 marked_finished = self._through_outages(
@@ -1028,6 +1107,7 @@ class BatchInspection:
                 self.summary.failed_by_class.update(
                     result.failed_classes or [PART_CLASSIFIER_ALONE]
                 )
+        self._move_judged(moves or [])
         return marked_finished
 
     def _after_a_race(self, results: list[PartResult]) -> tuple[list[PartResult], set[str]]:
@@ -1170,6 +1250,8 @@ class BatchInspection:
             database_gone = True
             raise
         finally:
+            if self.mover is not None:
+                self.mover.flush_warnings()
             if self.owns_run and database_gone:
                 # The outage has outlasted its limit already: one try, not a second wait.
                 with contextlib.suppress(DatabaseError):
@@ -1275,7 +1357,7 @@ def hot_folder_batches(
             logger.warning(
                 "the hot folder %s holds %d files: each look reads them all again and the watch "
                 "keeps a record of each, so looks slow down and memory grows as parts are "
-                "judged; move judged files out of it (their images and verdicts are kept)",
+                "judged; move judged files out of it as they are recorded (--move-judged DIR)",
                 folder,
                 len(present),
             )

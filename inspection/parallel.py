@@ -54,6 +54,7 @@ from inspection.batch import (
 )
 from inspection.engine import BackendChoice, PartResult
 from inspection.errors import UserError
+from inspection.judged import JudgedMover
 from inspection.runtime import end_process
 from inspection.settings import get_settings, usable_cores
 
@@ -79,6 +80,9 @@ class WorkerJob:
     cores: tuple[int, ...] | None  # the cores this worker keeps to; None: no pinning
     model: str | None = None  # a model file (--model FILE) that judges for the run's version
     launched_at: float = 0.0  # time.time() as the dealer started it (a clock both processes read)
+    # --move-judged: (the source folder, DIR); each worker moves the files of the parts it
+    # wrote, once written.
+    move_judged: tuple[str, str] | None = None
 
 
 def share_cores(cores: list[int], workers: int) -> list[tuple[int, ...] | None]:
@@ -183,6 +187,9 @@ def _worker(
             batch_size=job.batch_size,
             run_id=job.run_id,
             model=job.model,
+            mover=JudgedMover(Path(job.move_judged[0]), Path(job.move_judged[1]))
+            if job.move_judged
+            else None,
         )
     except KeyboardInterrupt:  # stopped while loading the model: nothing judged
         tell("stopped", BatchSummary(job.run_id, ""))
@@ -302,7 +309,9 @@ class ParallelInspection:
         backend: BackendChoice = "auto",
         device: str | None = None,
         batch_size: int | None = None,
+        move_judged: tuple[Path, Path] | None = None,
     ) -> None:
+        """`move_judged`: (the source folder, DIR) of `--move-judged`."""
         if workers < 2:
             raise UserError("a parallel run needs at least 2 worker processes")
 
@@ -334,6 +343,7 @@ class ParallelInspection:
                 batch_size,
                 cores[i],
                 str(named_file.resolve()) if named_file else None,
+                move_judged=(str(move_judged[0]), str(move_judged[1])) if move_judged else None,
             )
             for i in range(workers)
         ]
@@ -712,5 +722,8 @@ class ParallelInspection:
         self.summary.rejudged += share.rejudged
         self.summary.errors += share.errors
         self.summary.failed += share.failed
+        self.summary.moved += share.moved
+        self.summary.moved_errors += share.moved_errors
+        self.summary.not_moved += share.not_moved
         self.summary.failed_by_class.update(share.failed_by_class)
         self.summary.errors_by_reason.update(share.errors_by_reason)

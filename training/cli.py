@@ -1074,6 +1074,25 @@ def _print_summary(summary, rate: bool = True) -> None:  # type: ignore[no-untyp
         )
 
 
+def _print_moved(summary, source: str, destination: Path) -> None:  # type: ignore[no-untyped-def]
+    """What `--move-judged` did: the files moved, and those left in the source."""
+    errors = f" ({summary.moved_errors} recorded as errors, in {destination / 'errors'})"
+    console.print(
+        f"{_counted(summary.moved, 'file')} moved to {destination}"
+        + (errors if summary.moved_errors else ""),
+        markup=False,
+        soft_wrap=True,
+    )
+    if summary.not_moved:
+        console.print(
+            f"warning: {_counted(summary.not_moved, 'file')} could not be moved and stay in "
+            f"{source}, their verdicts kept; the same command started again moves them",
+            style="yellow",
+            markup=False,
+            soft_wrap=True,
+        )
+
+
 def _wall_time_went(moments: dict[str, float], entered: float, listing_s: float) -> str | None:
     """Where a parallel run's wall time went, start-up and exit included: the throughput
     counts only from the first worker ready to the last part written."""
@@ -1153,6 +1172,16 @@ def batch_command(
             "the model is loaded once for the whole watch.",
         ),
     ] = 1,
+    move_judged: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="DIR",
+            help="Move each file out of the folder into DIR once its part is recorded (image "
+            "stored, verdict committed), at its path under the folder; files recorded as errors "
+            "go to DIR/errors. A name taken in DIR gets a suffix; a file that cannot be moved "
+            "stays, its verdict kept. Zips are left where they are.",
+        ),
+    ] = None,
 ) -> None:
     """Inspect a batch of parts; run again after an interruption and it resumes."""
     import threading
@@ -1192,6 +1221,11 @@ def batch_command(
     if watch and not source_path.is_dir():
         raise UserError(f"--watch needs a folder: {source} is a file")
     _refuse_unreadable_source(source_path)
+    mover = None
+    if move_judged is not None:
+        from inspection.judged import JudgedMover, judged_folder
+
+        mover = JudgedMover(source_path, judged_folder(source_path, move_judged))
     url = migrated_database_url()
     settings = get_settings()
     options = {
@@ -1204,14 +1238,17 @@ def batch_command(
     }
     job: BatchInspection | ParallelInspection
     if workers > 1:
-        job = ParallelInspection(url, settings.images_dir, line, station, workers, **options)
+        moving = (source_path.resolve(), move_judged.resolve()) if move_judged else None
+        job = ParallelInspection(
+            url, settings.images_dir, line, station, workers, move_judged=moving, **options
+        )
         named = f" ({Path(model).name})" if model_file(model) else ""
         console.print(
             f"inspecting with {job.model_name}{named} in {workers} worker processes", markup=False
         )
         job.start()  # their seconds of start-up pass while the folder is listed
     else:
-        job = BatchInspection(url, settings.images_dir, line, station, **options)
+        job = BatchInspection(url, settings.images_dir, line, station, mover=mover, **options)
         console.print(
             f"inspecting with {job.model_name} ({job.inspector.backend.describe()}, "
             f"{job.inspector.backend.model_path.name})",
@@ -1309,6 +1346,8 @@ def batch_command(
             console.print(went)  # (a watch's wall time is the camera's)
     # (One process counts only its time at work; workers run one clock for the whole watch.)
     _print_summary(job.summary, rate=not (watch and isinstance(job, ParallelInspection)))
+    if move_judged is not None:
+        _print_moved(job.summary, source, move_judged)
     if export == "csv":
         target = output or Path(f"run-{job.run_id}.csv")
         # (A watch's CSV: the parts its run judged, as the files it read are without end.)
