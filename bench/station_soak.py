@@ -13,6 +13,12 @@ LIVE_EVERY samples the dashboard's Live page is rendered through Streamlit's App
     python bench/station_soak.py --minutes 30 --rate 3 --out bench/results/station_soak_cpu.json
     python bench/station_soak.py --minutes 8 --rate 3 --workers 2 --label workers-2 \
         --out bench/results/station_soak_cpu.json   (adds its runs to the same file)
+    python bench/station_soak.py --minutes 8 --rate 5 --move-judged --label moved \
+        --out bench/results/station_soak_moved_cpu.json
+
+With --move-judged the station moves each frame out of the hot folder once it is recorded
+(`defects batch HOT --watch --move-judged DIR`), as a station should; each sample then also
+counts the files left in the hot folder and those moved.
 
 Each run gets a fresh work folder under bench/.work/station_soak/ (removed at the end unless
 --keep). The slopes are least-squares lines through the samples after the first WARM_UP
@@ -191,6 +197,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
     work = WORK / args.label
     shutil.rmtree(work, ignore_errors=True)
     hot, data, tmp = work / "hot", work / "data", work / "tmp"
+    judged = work / "judged"  # (--move-judged: made by the station)
     for folder in (hot, data, tmp):
         folder.mkdir(parents=True)
     database = data / "defects.db"
@@ -205,6 +212,8 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
     subprocess.run([*cli, "models", "install-demo"], env=env, cwd=ROOT, check=True)
     command = [*cli, "batch", str(hot), "--line", "Soak line", "--station", "Station 1"]
     command += ["--watch", "--workers", str(args.workers)] if args.workers > 1 else ["--watch"]
+    if args.move_judged:
+        command += ["--move-judged", str(judged)]
     log = (work / "station.log").open("w")
     station = subprocess.Popen(
         ["nice", "-n", str(args.nice), *command],
@@ -252,6 +261,8 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
                 "wal_kb": round(wal.stat().st_size / 1024, 1) if wal.exists() else 0.0,
                 "database_kb": round(database.stat().st_size / 1024, 1),
                 "temp_files": sum(len(files) for _, _, files in os.walk(tmp)),
+                "files_in_hot_folder": sum(len(files) for _, _, files in os.walk(hot)),
+                "files_moved": sum(len(files) for _, _, files in os.walk(judged)),
                 "processes": processes,
             }
             if args.live_every and len(samples) % args.live_every == 0:
@@ -283,7 +294,15 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
         parts = sample["parts_recorded"] - samples[i - 1]["parts_recorded"]
         cpu = sample["cpu_s"] - samples[i - 1]["cpu_s"]
         sample["cpu_ms_per_part"] = round(1000 * cpu / parts, 2) if parts else None
-    keys = ("rss_mb", "fds", "database_fds", "threads", "wal_kb", "temp_files")
+    keys = (
+        "rss_mb",
+        "fds",
+        "database_fds",
+        "threads",
+        "wal_kb",
+        "temp_files",
+        "files_in_hot_folder",
+    )
     per_part = [s for s in samples[1 + args.warm_up :] if s.get("cpu_ms_per_part") is not None]
     result = {
         "label": args.label,
@@ -292,6 +311,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
         "minutes": args.minutes,
         "rate_frames_per_s": args.rate,
         "nice": args.nice,
+        "move_judged": args.move_judged,
         "frames_written": dict(camera.written, total=camera.index),
         "inspections_recorded_at_end": dict(final, total=sum(final.values())),
         "station_exit_code": exit_code,
@@ -367,6 +387,11 @@ def main() -> None:
     parser.add_argument("--start-wait", type=float, default=3.0)
     parser.add_argument("--label", default="one-process")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument(
+        "--move-judged",
+        action="store_true",
+        help="the station moves each frame out of the hot folder once recorded",
+    )
     parser.add_argument(
         "--out", type=Path, default=ROOT / "bench" / "results" / "station_soak_cpu.json"
     )
