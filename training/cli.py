@@ -1182,6 +1182,15 @@ def batch_command(
             "stays, its verdict kept. Zips are left where they are.",
         ),
     ] = None,
+    results: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FILE",
+            help="Append each part's verdict to FILE as a line of JSON the moment it is known "
+            "(JSON Lines, flushed per part: for a reject gate, PLC bridge or MES to follow); "
+            "parts judged before are not written again.",
+        ),
+    ] = None,
 ) -> None:
     """Inspect a batch of parts; run again after an interruption and it resumes."""
     import threading
@@ -1226,6 +1235,11 @@ def batch_command(
         from inspection.judged import JudgedMover, judged_folder
 
         mover = JudgedMover(source_path, judged_folder(source_path, move_judged))
+    feed = None
+    if results is not None:
+        from inspection.results import ResultsFeed
+
+        feed = ResultsFeed(results)  # (refused now, not after the model has loaded)
     url = migrated_database_url()
     settings = get_settings()
     options = {
@@ -1274,6 +1288,8 @@ def batch_command(
             bar.update(1)
             if result.latency_ms is not None:
                 bar.set_postfix_str(f"{result.latency_ms:.0f} ms {result.verdict}")
+            if feed is not None:
+                feed.write(result, line, station, job.run_id)
 
         if watch:  # a file written just now may be half-written: the watch settles it first
             files = settled_files(files)
@@ -1317,6 +1333,8 @@ def batch_command(
     finally:
         if isinstance(job, ParallelInspection):
             job.close()  # workers no run took over (the listing failed or was interrupted)
+        if feed is not None:
+            feed.close()
     if isinstance(job, ParallelInspection) and job.ready_after_s:
         imported = max(phases[0] for phases in job.start_phases_s)
         loaded = max(phases[1] - phases[0] for phases in job.start_phases_s)

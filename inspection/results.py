@@ -1,0 +1,80 @@
+"""Each part's verdict as a line of JSON the moment it is known (`defects batch --results FILE`):
+what a line's reject gate, PLC bridge or MES reads, one part at a time, without querying the
+database. The database stays the record; this is the feed.
+
+One object per line, appended and flushed as each part is judged, so a reader following the
+file (`tail -F`, a named pipe) sees it at once. Parts a run finds judged already are not written
+again; a part judged again (another operating point) is. After a crash, the parts of the last
+chunk may have a line but no record: the next run judges them again and writes them again, with
+the same `sha256`, by which a reader tells a part it has seen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from inspection.engine import PartResult
+from inspection.errors import UserError
+
+
+def result_line(result: PartResult, line: str, station: str, run_id: int) -> dict[str, Any]:
+    """A part's verdict as the feed writes it: the fields of `defects inspect --json`, with
+    where and when it was judged."""
+    failed = result.failed_classes
+    return {
+        "part": result.name,
+        "sha256": result.content_hash,
+        "verdict": result.verdict,
+        "failed_classes": failed,
+        # (A fail with no detection counted: the part classifier alone failed it.)
+        "part_classifier": result.verdict == "fail" and not failed,
+        "defect_probability": result.defect_probability,
+        "defects": [
+            {
+                "class": d.class_name,
+                "confidence": round(d.confidence, 4),
+                "box": [round(v, 1) for v in (d.x1, d.y1, d.x2, d.y2)],
+            }
+            for d in result.detections
+            if d.counted
+        ],
+        "latency_ms": None if result.latency_ms is None else round(result.latency_ms, 1),
+        "error": result.error,
+        "line": line,
+        "station": station,
+        "run": run_id,
+        "judged_at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+    }
+
+
+class ResultsFeed:
+    """The JSON Lines file a batch appends each verdict to."""
+
+    def __init__(self, path: Path) -> None:
+        if path.is_dir():
+            raise UserError(f"--results {path} is a folder: give the file's name")
+        try:
+            # Line-buffered: each verdict reaches the file (or pipe) as it is written.
+            self._file: IO[str] = path.open("a", encoding="utf-8", buffering=1)
+        except OSError as exc:
+            raise UserError(f"--results {path}: cannot open it: {exc.strerror or exc}") from exc
+        self.path = path
+
+    def write(self, result: PartResult, line: str, station: str, run_id: int) -> None:
+        text = json.dumps(result_line(result, line, station, run_id), ensure_ascii=False)
+        try:
+            self._file.write(text + "\n")
+        except OSError as exc:
+            raise UserError(
+                f"cannot write the results feed {self.path}: {exc.strerror or exc}; the verdicts "
+                "so far are recorded in the database: free space there and run the same command "
+                "again to resume"
+            ) from exc
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):  # (a full disk at the last flush was said by write)
+            self._file.close()

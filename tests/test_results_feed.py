@@ -1,0 +1,97 @@
+"""`defects batch --results FILE`: each part's verdict as a line of JSON as it is known, for a
+reject gate or an MES to follow."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from db.models import Inspection, Part
+from db.session import session_scope
+from inspection.settings import get_settings
+from tests.conftest import Trained, register_production_detector
+from tests.synthetic import make_images
+from training.cli import app
+
+
+@pytest.fixture
+def station(database_url: str, trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    register_production_detector(database_url, trained.weights, tmp_path / "models")
+    monkeypatch.setenv("DEFECTS_DATABASE_URL", database_url)
+    get_settings.cache_clear()
+    return database_url
+
+
+def _batch(source: Path, *options: str):  # type: ignore[no-untyped-def]
+    return CliRunner().invoke(
+        app, ["batch", str(source), "--line", "Line 1", "--station", "Cam A", *options]
+    )
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_each_part_judged_is_a_line_of_json_as_recorded(
+    station: str, tmp_path: Path, workers: str
+) -> None:
+    make_images(tmp_path / "in", n=4)
+    (tmp_path / "in" / "notes.txt").write_text("not a part")
+    feed = tmp_path / "feed.jsonl"
+    result = _batch(tmp_path / "in", "--results", str(feed), "--workers", workers)
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(text) for text in feed.read_text().splitlines()]
+    assert sorted(line["part"] for line in lines) == sorted(
+        p.name for p in (tmp_path / "in").iterdir()
+    )
+    with session_scope(station) as session:
+        recorded = {
+            part.content_hash: (part.original_name, verdict.value)
+            for part, verdict in session.execute(
+                select(Part, Inspection.verdict).join(Inspection, Inspection.part_id == Part.id)
+            )
+        }
+    judged = [line for line in lines if line["verdict"] != "error"]
+    assert {line["sha256"]: (line["part"], line["verdict"]) for line in judged} == {
+        digest: row for digest, row in recorded.items() if row[0] != "notes.txt"
+    }
+    [stray] = [line for line in lines if line["verdict"] == "error"]
+    assert stray["part"] == "notes.txt" and stray["error"]
+    for line in judged:
+        assert (line["line"], line["station"]) == ("Line 1", "Cam A")
+        assert line["judged_at"].endswith("Z") and line["latency_ms"] is not None
+        assert line["failed_classes"] == sorted({d["class"] for d in line["defects"]})
+        assert line["part_classifier"] == (line["verdict"] == "fail" and not line["defects"])
+
+    # Run again: nothing is judged, nothing is written twice; a new part is appended.
+    make_images(tmp_path / "in", n=5)  # (the same four, and one more)
+    again = _batch(tmp_path / "in", "--results", str(feed), "--workers", workers)
+    assert again.exit_code == 0, again.output
+    appended = feed.read_text().splitlines()[len(lines) :]
+    assert [json.loads(text)["part"] for text in appended] == ["part_004.png"]
+
+
+def test_a_results_feed_that_cannot_be_written_stops_the_run_in_one_line(
+    station: str, tmp_path: Path
+) -> None:
+    make_images(tmp_path / "in", n=2)
+    folder = _batch(tmp_path / "in", "--results", str(tmp_path))
+    assert folder.exit_code == 1 and "is a folder" in str(folder.exception)
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full here")
+    full = _batch(tmp_path / "in", "--results", "/dev/full")
+    assert full.exit_code == 1
+    assert "cannot write the results feed /dev/full" in str(full.exception)
+    assert "recorded in the database" in str(full.exception)
+
+
+def test_a_results_feed_that_fails_stops_a_run_over_workers_too(
+    station: str, tmp_path: Path
+) -> None:
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full here")
+    make_images(tmp_path / "in", n=4)
+    full = _batch(tmp_path / "in", "--results", "/dev/full", "--workers", "2")
+    assert full.exit_code == 1
+    assert "cannot write the results feed /dev/full" in str(full.exception)
