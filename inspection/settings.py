@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from functools import lru_cache
 from pathlib import Path, PureWindowsPath
@@ -81,11 +82,29 @@ class Settings(BaseSettings):
     db_outage_seconds: float = Field(
         default=120.0,
         ge=0,
+        allow_inf_nan=False,
         description="how long a batch run or a watch waits for a database that went away "
         "mid-run (a PostgreSQL restart or failover, a SQLite file locked past its busy "
         "timeout), trying again with its results held, before it stops with the error (0: "
         "stop at once). The database must answer when the run starts.",
     )
+
+    @field_validator("db_outage_seconds", mode="before")
+    @classmethod
+    def _finite_outage(cls, value: object) -> object:
+        """A number of seconds: `inf` (or `1e400`, read as inf) was taken for one, and a run
+        then waited for ever, never stopping with the error the setting promises; `nan` was
+        refused as "less than 0"."""
+        try:
+            number = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return value  # (pydantic's own message: not a number)
+        if not math.isfinite(number):
+            raise ValueError(
+                "a finite number of seconds is needed (0: stop at once; a long wait: "
+                "a large number, 86400 for a day)"
+            )
+        return value
 
     @field_validator("data_dir")
     @classmethod

@@ -102,6 +102,25 @@ def test_a_bad_setting_is_one_line_naming_the_variable(tmp_path: Path) -> None:
     assert not (tmp_path / "data").exists() and not (tmp_path / "d").exists()  # nothing made
 
 
+@pytest.mark.parametrize("value", ["inf", "nan", "1e400", "-inf"])
+def test_a_database_outage_limit_must_be_finite(
+    value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`inf` and `1e400` were taken, and a run waited for a database gone away for ever
+    instead of stopping with the error; `nan` was refused as "less than 0"."""
+    from inspection.settings import SettingsError, get_settings
+
+    monkeypatch.setenv("DEFECTS_DB_OUTAGE_SECONDS", value)
+    get_settings.cache_clear()
+    with pytest.raises(SettingsError) as refused:
+        get_settings()
+    [line] = str(refused.value).splitlines()
+    assert line.startswith(f"invalid setting DEFECTS_DB_OUTAGE_SECONDS={value!r}: a finite")
+    monkeypatch.setenv("DEFECTS_DB_OUTAGE_SECONDS", "86400")
+    get_settings.cache_clear()
+    assert get_settings().db_outage_seconds == 86400.0
+
+
 def _defects_with(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     """`defects models list` with these variables only (and PATH)."""
     return subprocess.run(
