@@ -6,6 +6,7 @@ import pytest
 
 from inspection.errors import UserError
 from training.calibrate import (
+    MAX_MISS_RATE_TARGET,
     PART,
     PartScores,
     ScoredDetection,
@@ -296,6 +297,26 @@ def test_a_crop_threshold_is_a_probability_or_auto() -> None:
     for bad in ("high", "1.5", -0.1):
         with pytest.raises(UserError, match="probability"):
             parse_verify_threshold(bad)
+
+
+def test_one_rule_for_the_miss_rate_target_on_the_command_line_too() -> None:
+    """`defects calibrate --max-miss-rate` took up to 0.99 while the Settings page stopped at
+    0.5: one rule now, checked before any model is looked up or any part scored."""
+    from typer.testing import CliRunner
+
+    from training.cli import app
+
+    assert calibrate(_parts(), ["scratch", "spot"], MAX_MISS_RATE_TARGET).n_defective == 4
+    for bad in (MAX_MISS_RATE_TARGET + 0.01, -0.01, float("nan")):
+        with pytest.raises(UserError, match="must be from 0 to"):
+            calibrate(_parts(), ["scratch", "spot"], bad)
+    for bad in ("0.9", "nan"):
+        command = ["calibrate", "nope", "--data", "none", "--max-miss-rate", bad]
+        result = CliRunner().invoke(app, command)
+        assert result.exit_code == 1, result.output
+        assert str(result.exception).startswith(
+            f"the target miss rate must be from 0 to {MAX_MISS_RATE_TARGET}, not {bad}"
+        )
 
 
 @pytest.mark.parametrize(

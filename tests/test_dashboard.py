@@ -647,6 +647,11 @@ def test_settings_verification_without_a_classifier_is_a_message(
 ) -> None:
     at = _calibrate_on_settings_page(production, tmp_path, 6, "Crop verification", "auto")
     assert "needs a classifier" in at.error[0].value
+    # (The page's limit of the target is the command line's: 0.5 here, 0.99 there.)
+    from training.calibrate import MAX_MISS_RATE_TARGET
+
+    target = next(n for n in at.number_input if n.label == "Largest acceptable miss rate")
+    assert target.max == MAX_MISS_RATE_TARGET
 
 
 def test_live_page_shows_each_station_and_the_last_failed_part(

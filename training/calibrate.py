@@ -40,6 +40,20 @@ ANY_CLASS = "__any_class__"  # the best detection of any class, for one shared t
 NEVER = math.inf
 CLASS_THRESHOLD_MODES = ("auto", "per-class", "shared")
 
+# The largest miss-rate target a calibration takes, on the command line and the Settings page
+# alike (they allowed 0.99 and 0.5): thresholds tuned to miss more than half of the defective
+# parts would not be inspection.
+MAX_MISS_RATE_TARGET = 0.5
+
+
+def check_miss_rate_target(max_miss_rate: float) -> None:
+    """The one rule for a miss-rate target, checked before the split is scored (minutes)."""
+    if not 0 <= max_miss_rate <= MAX_MISS_RATE_TARGET:  # (also refuses nan)
+        raise UserError(
+            f"the target miss rate must be from 0 to {MAX_MISS_RATE_TARGET}, "
+            f"not {max_miss_rate:g} (0.005: at most 1 part in 200 missed)"
+        )
+
 
 @dataclass(frozen=True)
 class PartScores:
@@ -221,8 +235,7 @@ def calibrate(
     """Thresholds per dimension (defect classes, and PART); `class_thresholds` is one of
     CLASS_THRESHOLD_MODES: per-class, one value shared by the defect classes, or auto. `centre`
     False leaves each threshold on the faintest defect it catches (for comparison only)."""
-    if not 0 <= max_miss_rate < 1:
-        raise UserError("the target miss rate must be at least 0 and below 1")
+    check_miss_rate_target(max_miss_rate)
     if not parts:
         raise UserError("no parts to calibrate on")
     if class_thresholds not in CLASS_THRESHOLD_MODES:
@@ -643,6 +656,7 @@ def calibrate_model(
     from training.datasets import dataset_yaml
     from training.versions import weights_file
 
+    check_miss_rate_target(max_miss_rate)
     with session_scope(url) as session:
         detector = get_model_version(session, model)
         if detector.kind != ModelKind.DETECTOR:

@@ -17,6 +17,7 @@ from inspection.errors import UserError
 from training.calibrate import (
     CLASS_OFF,
     CLASS_THRESHOLD_MODES,
+    MAX_MISS_RATE_TARGET,
     PART,
     StoredCalibration,
     calibrate_model,
@@ -121,7 +122,12 @@ else:
                 "Split", ["val", "train"], help="Keep the test split for reporting."
             )
             target = st.number_input(
-                "Largest acceptable miss rate", 0.0, 0.5, 0.005, 0.001, format="%.3f"
+                "Largest acceptable miss rate",
+                0.0,
+                MAX_MISS_RATE_TARGET,
+                0.005,
+                0.001,
+                format="%.3f",
             )
             classifier = st.selectbox("Classifier", ["none", *classifiers])
             verification = st.selectbox(
