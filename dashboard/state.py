@@ -17,7 +17,7 @@ from db.migrate import upgrade
 from db.models import ModelKind, ModelVersion, ProductionLine, Station
 from db.registry import production_model
 from db.session import DatabaseError, redact, session_scope
-from inspection.batch import found_weights
+from inspection.batch import found_weights, weights_there
 from inspection.engine import Inspector
 from inspection.settings import SettingsError, get_settings
 
@@ -58,6 +58,7 @@ class DetectorInfo:
     classes: list[str]
     thresholds: dict
     classifier_path: str | None
+    classifier_name: str | None = None
 
     @property
     def operating_point(self) -> str:
@@ -90,6 +91,7 @@ def detector_info(url: str, version: ModelVersion | None = None) -> DetectorInfo
             list(version.classes),
             dict(version.thresholds),
             classifier_path,
+            classifier_name,
         )
 
 
@@ -108,6 +110,11 @@ def _inspector(
 
 
 def inspector_for(info: DetectorInfo) -> Inspector:
+    """The model that judges uploads; a version's weights gone are said as the command line
+    says them (the page said "model file not found" or "classifier file not found")."""
+    weights_there(info.name, Path(info.file_path))
+    if info.classifier_path and info.classifier_name:
+        weights_there(info.classifier_name, Path(info.classifier_path))
     return _inspector(
         info.file_path,
         info.sha256,

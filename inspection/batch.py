@@ -678,7 +678,7 @@ class BatchInspection:
         self._point_said: str | None = None
         self._schema_said = head_revision()  # the revision this code reads and writes
 
-        def opened() -> tuple[Path, dict[str, Any], Path | None]:
+        def opened() -> tuple[Path, dict[str, Any], Path | None, str]:
             """The run opened (or taken over) and its models looked up, in one transaction:
             tried again where two stations created the same new line at once."""
             with session_scope(url) as session:
@@ -701,12 +701,15 @@ class BatchInspection:
                         found_weights(classifier.file_path, classifier.sha256),
                         classifier.id,
                     )
+                    classifier_name = classifier.name
                     run.classifier_version_id = classifier.id
-            return weights, thresholds, classifier_weights
+            return weights, thresholds, classifier_weights, classifier_name
 
-        weights, thresholds, classifier_weights = retrying_races(opened)
+        weights, thresholds, classifier_weights, classifier_name = retrying_races(opened)
         try:
             weights_there(self.model_name, weights)
+            if classifier_weights is not None:  # (was "classifier file not found: PATH")
+                weights_there(classifier_name, classifier_weights)
             if inspector is None:
                 inspector = Inspector.from_weights(
                     weights, thresholds, backend, device, batch_size, classifier_weights

@@ -26,7 +26,7 @@ from inspection.batch import WRITE_NOW, BatchInspection, SourceItem, folder_file
 from inspection.errors import UserError
 from inspection.settings import get_settings
 from tests.conftest import Trained, register_production_detector, unlistable, within
-from tests.synthetic import make_images
+from tests.synthetic import CLASSES, make_images
 
 ROOT = Path(__file__).parents[1]
 
@@ -71,6 +71,52 @@ def test_a_run_whose_model_cannot_load_is_not_left_open(detector: str, tmp_path:
     with session_scope(detector) as session:
         runs = session.scalars(select(InspectionRun)).all()
         assert len(runs) == 1 and runs[0].finished_at is not None  # the first, with its part
+
+
+def test_a_verifying_classifier_whose_weights_are_gone_is_said_as_a_detector_is(
+    detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The classifier an operating point names, its weights deleted: `inspect` and `batch`
+    said "classifier file not found: PATH", `evaluate` "...whose weights are missing (PATH)",
+    the dashboard "model file not found"; a detector's or a classifier version's own weights
+    gone, "the weights of NAME are missing (PATH): copy ..." with what to copy where."""
+    from db.models import ModelKind
+    from db.registry import get_model_version
+    from tests.conftest import import_synthetic
+    from training.versions import register_model_version
+
+    (tmp_path / "clf.pt").write_bytes(b"a classifier's weights")
+    with session_scope(detector) as session:
+        classifier = register_model_version(
+            session,
+            tmp_path / "clf.pt",
+            tmp_path / "models",
+            kind=ModelKind.CLASSIFIER,
+            architecture="mobilenet_v3_small",
+            class_names=["good", *CLASSES],
+            image_size=64,
+            name="clf",
+        )
+        Path(classifier.file_path).unlink()
+        tiny = get_model_version(session, "tiny")
+        tiny.thresholds = {**tiny.thresholds, "classifier": {"version": "clf"}}
+    said = r"^the weights of clf are missing \(.*clf\.pt\): copy that version's folder"
+    with pytest.raises(UserError, match=said):
+        _job(detector, tmp_path)
+
+    from dashboard.state import detector_info, inspector_for
+
+    info = detector_info(detector)
+    assert info is not None
+    with pytest.raises(UserError, match=said):
+        inspector_for(info)
+
+    from training.evaluate import evaluate_detector, resolve_model
+
+    import_synthetic(detector, tmp_path, n=4)
+    weights, thresholds, _, _ = resolve_model("tiny", detector)  # (`defects evaluate tiny`)
+    with pytest.raises(UserError, match=said):
+        evaluate_detector(weights, "synth", "val", thresholds=thresholds, url=detector)
 
 
 def test_folder_batch_stores_every_part_and_its_image(detector: str, tmp_path: Path) -> None:

@@ -21,7 +21,6 @@ import inspection  # noqa: F401 - runtime preparation first
 from db.queries import PartCounts
 from db.registry import get_model_version
 from db.session import session_scope
-from inspection.batch import found_weights
 from inspection.detector import load_detector
 from inspection.errors import UserError
 from inspection.settings import get_settings
@@ -174,12 +173,10 @@ def evaluate_detector(
     classifier_weights = None
     if classifier_point.get("version"):  # (looked up before the validation, not after it)
         with session_scope(url) as session:
-            classifier = get_model_version(session, classifier_point["version"])
-            classifier_weights = found_weights(classifier.file_path, classifier.sha256)
-        if not classifier_weights.is_file():
-            raise UserError(
-                f"the operating point names classifier {classifier.name}, whose weights are "
-                f"missing ({classifier_weights})"
+            # (Said as every command says a version's missing weights, with what to copy
+            # where: this one named the path alone.)
+            classifier_weights = weights_file(
+                get_model_version(session, classifier_point["version"])
             )
 
     with tempfile.TemporaryDirectory() as scratch:
