@@ -678,9 +678,12 @@ class BatchInspection:
         self._point_said: str | None = None
         self._schema_said = head_revision()  # the revision this code reads and writes
 
-        def opened() -> tuple[Path, dict[str, Any], Path | None, str]:
+        def opened() -> tuple[tuple[str, str], dict[str, Any], tuple[str, str] | None, str]:
             """The run opened (or taken over) and its models looked up, in one transaction:
-            tried again where two stations created the same new line at once."""
+            tried again where two stations created the same new line at once. Their weights
+            are found after it: a version's file found by hash is hashed (a large file, the
+            first time in a process), and that held SQLite's write lock of the new run, every
+            other station's writes waiting behind it."""
             with session_scope(url) as session:
                 if run_id is None:
                     run, version = open_run(session, line, station, model, operator, source)
@@ -690,23 +693,25 @@ class BatchInspection:
                 self.run_id, self.line_id, self.station_id = run.id, run.line_id, run.station_id
                 self.model_id, self.model_name = version.id, version.name
                 self.model_classes = list(version.classes or [])
-                weights = model_file(model) or found_weights(version.file_path, version.sha256)
+                registered = (version.file_path, version.sha256)
                 thresholds = dict(version.thresholds or {})
                 # A calibrated operating point names the classifier it was calibrated with.
                 classifier_name = (thresholds.get("classifier") or {}).get("version")
-                classifier_weights, self.classifier_id = None, None
+                classifier_file, self.classifier_id = None, None
                 if classifier_name:
                     classifier = get_model_version(session, classifier_name)
-                    classifier_weights, self.classifier_id = (
-                        found_weights(classifier.file_path, classifier.sha256),
+                    classifier_file, self.classifier_id = (
+                        (classifier.file_path, classifier.sha256),
                         classifier.id,
                     )
                     classifier_name = classifier.name
                     run.classifier_version_id = classifier.id
-            return weights, thresholds, classifier_weights, classifier_name
+            return registered, thresholds, classifier_file, classifier_name
 
-        weights, thresholds, classifier_weights, classifier_name = retrying_races(opened)
+        registered, thresholds, classifier_file, classifier_name = retrying_races(opened)
         try:
+            weights = model_file(model) or found_weights(*registered)
+            classifier_weights = found_weights(*classifier_file) if classifier_file else None
             weights_there(self.model_name, weights)
             if classifier_weights is not None:  # (was "classifier file not found: PATH")
                 weights_there(classifier_name, classifier_weights)

@@ -315,16 +315,18 @@ class ParallelInspection:
         if workers < 2:
             raise UserError("a parallel run needs at least 2 worker processes")
 
-        def opened() -> Path:
+        def opened() -> tuple[str, str]:
             with session_scope(url) as session:  # (again where a new line was raced for)
                 run, version = open_run(session, line, station, model, operator, source)
                 self.run_id, self.model_name = run.id, version.name
-                return model_file(model) or found_weights(version.file_path, version.sha256)
+                return version.file_path, version.sha256
 
-        weights = retrying_races(opened)
+        registered = retrying_races(opened)
         try:
-            weights_there(self.model_name, weights)
-        except UserError:
+            # (Found after the run's transaction: a file found by hash is hashed, which held
+            # SQLite's write lock of the new run.)
+            weights_there(self.model_name, model_file(model) or found_weights(*registered))
+        except (UserError, OSError):
             # (The run was left open with no part, the station's latest on the Live page and
             # in `defects status` for good, as one process's run is not.)
             discard_empty_run(url, self.run_id)

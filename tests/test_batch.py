@@ -119,6 +119,51 @@ def test_a_verifying_classifier_whose_weights_are_gone_is_said_as_a_detector_is(
         evaluate_detector(weights, "synth", "val", thresholds=thresholds, url=detector)
 
 
+def test_weights_found_by_hash_are_hashed_after_the_run_is_opened(
+    detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A version's weights not at their registered path are taken from this machine's
+    models/VERSION/ where their SHA-256 is the version's: that hash (a large file) was taken
+    inside the transaction that opened the run, holding SQLite's write lock, so every other
+    station's writes waited for it."""
+    if not detector.startswith("sqlite"):
+        pytest.skip("SQLite's write lock")
+    import sqlite3
+
+    import inspection.batch as batch
+    from inspection.parallel import ParallelInspection
+
+    with session_scope(detector) as session:
+        recorded = Path(session.scalars(select(ModelVersion.file_path)).one())
+    here = get_settings().models_dir / recorded.parent.name / recorded.name
+    here.parent.mkdir(parents=True)
+    recorded.rename(here)  # (registered on another machine; copied here)
+    hashed_while_locked: list[bool] = []
+    real_hash = batch.sha256_of
+
+    def hashing(path: Path) -> str:
+        probe = sqlite3.connect(detector.removeprefix("sqlite:///"), timeout=0)
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+            probe.rollback()
+            hashed_while_locked.append(False)
+        except sqlite3.OperationalError:  # "database is locked": a write is open
+            hashed_while_locked.append(True)
+        finally:
+            probe.close()
+        return real_hash(path)
+
+    monkeypatch.setattr(batch, "sha256_of", hashing)
+    for opening in (
+        lambda: _job(detector, tmp_path),
+        lambda: ParallelInspection(detector, tmp_path / "store", "Line 2", "Cam B", 2),
+    ):
+        batch._same_bytes.cache_clear()  # (hashed once per file and process)
+        hashed_while_locked.clear()
+        opening()
+        assert hashed_while_locked == [False]
+
+
 def test_folder_batch_stores_every_part_and_its_image(detector: str, tmp_path: Path) -> None:
     make_images(tmp_path / "in", n=10)
     (tmp_path / "in" / "notes.txt").write_text("shift 2")
