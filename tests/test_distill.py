@@ -3,6 +3,8 @@ only the student is saved, and the teacher is recorded."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -203,3 +205,35 @@ def test_distill_from_a_version_keeps_its_architecture(
         assert student.architecture == "defect-yolo-s"
         assert student.teacher is not None and student.teacher.name == "s-scale"
         assert "fine-tuned from s-scale" in student.notes
+
+
+def test_resume_without_student_finds_a_run_of_any_scale(
+    trained: Trained, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`distill detector --resume` without --student looked for n-scale runs only (the
+    default student's): an interrupted s-scale student was "no interrupted training"."""
+    from typer.testing import CliRunner
+
+    from training.cli import app
+
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
+    get_settings.cache_clear()
+    checkpoint = torch.load(trained.weights, map_location="cpu", weights_only=False)
+    # Other class names: found, it is refused at once (nothing trains), naming the run.
+    checkpoint["model"].names = {0: "dent", 1: "spot"}
+    checkpoint.update(epoch=0, optimizer={})  # as if stopped after its first epoch
+    run = trained.data_dir / "runs" / "detect" / "synth-defect-yolo-s-20260101-000000"
+    (run / "weights").mkdir(parents=True)
+    torch.save(checkpoint, run / "weights" / "last.pt")
+    lineage = {"teacher": trained.version_name, "method": "feature", "from": None}
+    (run / "defects_lineage.json").write_text(json.dumps(lineage))
+    command = ["distill", "detector", "--teacher", trained.version_name, "--data", "synth"]
+    try:
+        result = CliRunner().invoke(app, [*command, "--resume"])
+        assert result.exit_code == 1, result.output
+        assert str(result.exception).startswith(f"the interrupted run {run.name} knows")
+        # --student still narrows the search to its scale.
+        result = CliRunner().invoke(app, [*command, "--resume", "--student", "defect-yolo-m"])
+        assert "no interrupted training of synth-defect-yolo-m" in str(result.exception)
+    finally:
+        shutil.rmtree(run)

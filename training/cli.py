@@ -509,7 +509,8 @@ def distill_detector_command(
     student: Annotated[
         str | None,
         typer.Option(
-            help="Student architecture (default defect-yolo-n; with --from, that version's own)."
+            help="Student architecture (default defect-yolo-n; with --from, that version's "
+            "own; with --resume, the interrupted run's, of any scale)."
         ),
     ] = None,
     from_model: Annotated[
@@ -555,8 +556,10 @@ def distill_detector_command(
     request = TrainRequest(
         data=data,
         # (With --from, the version's own: a default of defect-yolo-n refused to retrain an
-        # s-scale production model with itself as teacher unless --student named its scale.)
-        architecture=student or (None if from_model else DISTILL_STUDENT),
+        # s-scale production model with itself as teacher unless --student named its scale.
+        # With --resume, the interrupted run's: an s- or m-scale student's run was not looked
+        # for, and "no interrupted training of DATA-defect-yolo-n" said.)
+        architecture=student or (None if from_model or resume else DISTILL_STUDENT),
         epochs=epochs,
         imgsz=imgsz,
         batch=batch,
