@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,18 @@ from sqlalchemy.exc import DatabaseError as DriverDatabaseError
 from db.session import DatabaseError, failure, get_engine, redact, unusable
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+logger = logging.getLogger(__name__)
+
+# SQLite's upgrades rebuild a table in batch mode: a copy named _alembic_tmp_TABLE, the rows
+# copied, the table dropped, the copy renamed. An earlier release did not upgrade in one
+# transaction, and one stopped part-way left the copy behind at the revision before, so every
+# later upgrade failed ("table _alembic_tmp_inspections already exists"). Here, per table an
+# upgrade rebuilds: the revision stored before that upgrade and the columns the copy adds.
+TMP_PREFIX = "_alembic_tmp_"
+SQLITE_REBUILDS: dict[str, tuple[str, frozenset[str]]] = {
+    "inspections": ("0001", frozenset({"superseded_at"})),  # 0002 (its unique key dropped)
+}
 
 
 def alembic_config(url: str) -> Config:
@@ -71,6 +84,63 @@ def current_revision(url: str) -> str | None:
         raise failure("cannot reach the database", url, exc) from exc
 
 
+def _columns(connection: Connection, table: str) -> set[str]:
+    rows = connection.exec_driver_sql(f'PRAGMA table_info("{table}")').all()
+    return {str(row[1]) for row in rows}
+
+
+def _copy_left_safe_to_drop(connection: Connection, copy: str, revision: str | None) -> bool:
+    """Whether `copy` is provably the half-made copy of the rebuild that follows `revision`,
+    beside its table intact: its columns are the table's and those the rebuild adds, and
+    every row in it is still in the table (none would be lost with it)."""
+    table = copy.removeprefix(TMP_PREFIX)
+    if table not in SQLITE_REBUILDS or SQLITE_REBUILDS[table][0] != revision:
+        return False
+    columns = _columns(connection, table)
+    if not columns or _columns(connection, copy) != columns | SQLITE_REBUILDS[table][1]:
+        return False
+    only_in_copy = connection.exec_driver_sql(
+        f'SELECT count(*) FROM "{copy}" WHERE id NOT IN (SELECT id FROM "{table}")'
+    ).scalar()
+    return only_in_copy == 0
+
+
+def _clear_copies_left(url: str, revision: str | None) -> None:
+    """A copy left by an earlier release's upgrade stopped part-way: dropped, and said so,
+    where it is provably that (`_copy_left_safe_to_drop`); otherwise the upgrade stops in one
+    line saying what is there and what to do, touching nothing."""
+    if make_url(url).get_backend_name() != "sqlite":
+        return
+    with get_engine(url).begin() as connection:
+        copies = connection.exec_driver_sql(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND substr(name, 1, ?) = ?",
+            (len(TMP_PREFIX), TMP_PREFIX),
+        ).scalars()
+        copies_left = list(copies)
+        for copy in copies_left:  # (each checked before any is dropped)
+            table = copy.removeprefix(TMP_PREFIX)
+            if not _copy_left_safe_to_drop(connection, copy, revision):
+                raise DatabaseError(
+                    f"the database at {redact(url)} holds {copy}, a copy of the table {table} "
+                    "that an upgrade by an earlier release left when it was stopped part-way, "
+                    f"and it is not provably safe to drop (schema revision {revision}): "
+                    "restore the database from the backup taken before that upgrade, or, if "
+                    f"{table} holds all its rows, drop the copy (DROP TABLE {copy}) and start "
+                    "again"
+                )
+        for copy in copies_left:
+            table = copy.removeprefix(TMP_PREFIX)
+            connection.exec_driver_sql(f'DROP TABLE "{copy}"')
+            logger.warning(
+                "dropped %s from the database at %s: an empty or duplicate copy of %s, left by "
+                "an earlier release's upgrade stopped part-way (%s itself is intact)",
+                copy,
+                redact(url),
+                table,
+                table,
+            )
+
+
 # Key of the PostgreSQL advisory lock that one migration at a time holds (any constant).
 MIGRATION_LOCK_KEY = 0x64656665  # "defe"
 
@@ -116,6 +186,7 @@ def upgrade(url: str, revision: str = "head") -> str:
             found = current_revision(url)  # (migrated meanwhile, perhaps by a newer release)
             _check_known(url, found)
             if revision != "head" or found != head:
+                _clear_copies_left(url, found)
                 command.upgrade(alembic_config(url), revision)
     except DriverDatabaseError as exc:
         if not unusable(exc):

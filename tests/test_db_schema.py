@@ -332,6 +332,69 @@ def test_a_migration_stopped_part_way_leaves_the_database_as_it_was(
         assert session.scalars(select(ProductionLine.name)).all() == ["L1"]
 
 
+def _left_by_an_earlier_release(path: Path, copy_rows: list[int], copy: str = "inspections") -> str:
+    """A SQLite database at 0001 holding one verdict (id 1), and the copy of `copy` that an
+    earlier release's 0002 rebuilt in batch mode (`_alembic_tmp_...`, the new column added),
+    left with these rows when that upgrade, not yet one transaction, was stopped part-way."""
+    import sqlite3
+
+    url = f"sqlite:///{path}"
+    upgrade(url, "0001")
+    connection = sqlite3.connect(path)  # (foreign keys off, as that upgrade had them)
+    row = (
+        "(id, part_id, verdict, thresholds, inspected_at) VALUES (?, 1, 'pass', '{}', '2026-01-01')"
+    )
+    connection.execute(f"INSERT INTO inspections {row}", (1,))
+    [ddl] = connection.execute("SELECT sql FROM sqlite_master WHERE name = ?", (copy,)).fetchone()
+    connection.execute(
+        ddl.replace(f"CREATE TABLE {copy} (", f"CREATE TABLE _alembic_tmp_{copy} (", 1).replace(
+            "PRIMARY KEY (id)", "superseded_at DATETIME, PRIMARY KEY (id)", 1
+        )
+    )
+    for row_id in copy_rows:
+        connection.execute(f"INSERT INTO _alembic_tmp_{copy} {row}", (row_id,))
+    connection.commit()
+    connection.close()
+    return url
+
+
+def _tables(url: str) -> list[str]:
+    with get_engine(url).connect() as connection:
+        return list(connection.exec_driver_sql("SELECT name FROM sqlite_master").scalars())
+
+
+def test_a_copy_an_earlier_release_left_mid_upgrade_is_dropped_where_provably_safe(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An earlier release's upgrade, stopped part-way, left `_alembic_tmp_inspections`, and
+    every later upgrade failed on it ("table ... already exists") without a word of what to
+    do. At the revision before that rebuild, with its table intact and every row of the copy
+    still in it, the copy is dropped and that is said; otherwise the upgrade stops in one line
+    saying what is there and what to do, touching nothing."""
+    from db.session import DatabaseError
+
+    url = _left_by_an_earlier_release(tmp_path / "safe.db", copy_rows=[1])
+    with caplog.at_level("WARNING", logger="db.migrate"):
+        assert upgrade(url) == head_revision()
+    assert "dropped _alembic_tmp_inspections" in caplog.text
+    assert "_alembic_tmp_inspections" not in _tables(url)
+    with get_engine(url).connect() as connection:
+        assert connection.exec_driver_sql("SELECT id FROM inspections").scalars().all() == [1]
+
+    for name, url in (
+        # A row of the copy that the table lacks: dropping the copy would lose it.
+        ("lost.db", _left_by_an_earlier_release(tmp_path / "lost.db", copy_rows=[1, 2])),
+        # A copy of a table no upgrade of this release rebuilds.
+        ("other.db", _left_by_an_earlier_release(tmp_path / "other.db", [], copy="parts")),
+    ):
+        copy = "_alembic_tmp_parts" if name == "other.db" else "_alembic_tmp_inspections"
+        with pytest.raises(DatabaseError) as refused:
+            upgrade(url)
+        [line] = str(refused.value).splitlines()
+        assert f"holds {copy}, a copy of the table" in line and "restore the database" in line
+        assert current_revision(url) == "0001" and copy in _tables(url)  # touched nothing
+
+
 def test_a_damaged_or_unplaceable_sqlite_file_is_a_database_error(tmp_path: Path) -> None:
     """Not a driver's traceback: the app and the CLI say the database cannot be used."""
     from db.session import DatabaseError, session_scope
