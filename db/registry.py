@@ -93,6 +93,11 @@ def rollback(session: Session, kind: ModelKind) -> ModelVersion:
 
 NAME_LENGTH = 128  # of the name columns
 
+# The line, and its station, that `defects inspect` records parts at when given no --line or
+# --station. A line of one's own by that name (in any case) shares its history with them: its
+# --help and the History page say so.
+UNNAMED_LINE = "default"
+
 
 # Characters no one types into a name on purpose and no one sees: line breaks, tabs and other
 # controls (a name's line in `defects status` broke in two), zero-width spaces and byte-order

@@ -1606,7 +1606,7 @@ def test_a_parts_line_is_one_line_in_a_log(
 
     monkeypatch.setenv("DEFECTS_DATABASE_URL", detector)
     get_settings.cache_clear()
-    [image] = make_images(tmp_path / "in", n=1)
+    image = tmp_path / "in" / make_images(tmp_path / "in", n=1)[0].name
     long_name = tmp_path / "in" / f"station-7-camera-2_{'2026-11-27T05-16-00.123456' * 3}.png"
     (tmp_path / "in" / image.name).rename(long_name)
     result = CliRunner().invoke(app, ["inspect", str(long_name)])
@@ -1641,6 +1641,16 @@ def test_names_print_as_they_are_not_as_rich_markup_or_emoji(
     status = runner.invoke(app, ["status"])
     assert status.exit_code == 0, status.output
     assert line in status.output and station in status.output
+
+
+def test_inspect_help_says_where_it_records_parts_given_no_line_or_station() -> None:
+    """`defects inspect IMAGE` recorded the part at line "default", station "default" with no
+    word of it but "[default: default]", beside any line of that name and in its rates."""
+    from training.cli import app
+
+    boxed = CliRunner().invoke(app, ["inspect", "--help"]).output
+    help_text = " ".join(boxed.replace("\u2502", " ").split())  # (rich's box drawn around it)
+    assert "without it, the line 'default', which a line of your own by that name" in help_text
 
 
 def test_verdicts_are_stamped_by_the_databases_clock_not_the_stations(

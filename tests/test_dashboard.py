@@ -559,6 +559,16 @@ def test_history_models_and_settings_pages(production: str, tmp_path: Path) -> N
     at.switch_page("views/history.py").run()
     assert not at.exception, at.exception
     assert len(at.get("plotly_chart")) >= 3
+    said = "holds the parts `defects inspect` recorded without --line"
+    assert not any(said in c.value for c in at.caption)
+    # The line `defects inspect` records at without --line: said, as a line of that name
+    # shares its history.
+    from db.registry import UNNAMED_LINE, ensure_station
+
+    with session_scope(production) as session:
+        ensure_station(session, UNNAMED_LINE, UNNAMED_LINE)
+    at.run()
+    assert any(said in c.value for c in at.caption)
     assert at.get("download_button")
     # The download's rows, built only when its button is pressed: the 2 parts just judged.
     rows = list(csv.DictReader(io.StringIO(filtered_results_csv(production, Filters()).decode())))

@@ -23,6 +23,7 @@ import inspection  # noqa: F401 - prepares torch/torchvision/ultralytics before 
 from db.migrate import current_revision, head_revision, upgrade
 from db.models import ModelKind, ModelStage, ModelVersion
 from db.registry import (
+    UNNAMED_LINE,
     NotFoundError,
     classifier_in_use,
     get_model_version,
@@ -1533,8 +1534,17 @@ def prune_images_command(
 @app.command("inspect")
 def inspect_command(
     images: Annotated[list[Path], typer.Argument(help="Image files.")],
-    line: Annotated[str, typer.Option(help="Production line.")] = "default",
-    station: Annotated[str, typer.Option(help="Station (camera) on the line.")] = "default",
+    line: Annotated[
+        str,
+        typer.Option(
+            help=f"Production line; without it, the line {UNNAMED_LINE!r}, which a line of "
+            "your own by that name shares."
+        ),
+    ] = UNNAMED_LINE,
+    station: Annotated[
+        str,
+        typer.Option(help=f"Station (camera) on the line; without it, {UNNAMED_LINE!r}."),
+    ] = UNNAMED_LINE,
     model: ModelOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     backend: BackendArgument = BackendOption.auto,

@@ -33,6 +33,7 @@ from db.queries import (
     model_usage,
     rates,
 )
+from db.registry import UNNAMED_LINE
 from db.session import session_scope
 
 DEFAULT_DAYS = 30
@@ -75,6 +76,12 @@ chosen = c1.date_input(
 )
 start_day, end_day = _picked_days(chosen, today)
 line = c2.selectbox("Line", ["All lines", *lines], key="history_line")
+unnamed = [name for name in lines if name.lower() == UNNAMED_LINE]
+if unnamed:  # (its parts sat beside a real line of that name without a word)
+    st.caption(
+        f"Line {plain(unnamed[0])} holds the parts `defects inspect` recorded without --line "
+        "(and a line of yours by that name, if any: they share its history)."
+    )
 station = c3.selectbox("Station", ["All stations", *stations], key="history_station")
 class_name = c4.selectbox(
     "Defect class",
