@@ -134,6 +134,55 @@ def station_name_as_stored(typed: str) -> str:
     return name
 
 
+def class_name_as_stored(typed: str) -> str:
+    """A defect class's name as a reviewer gives it, by the rules of line and station names
+    (composed form, no line breaks or invisible characters, the column's length): a class
+    becomes a model's output and every chart's label, so two that read the same must be one."""
+    name = _composed(typed)
+    if not name:
+        raise ValueError("a class name must not be empty")
+    if len(name) > NAME_LENGTH:
+        raise ValueError(f"a class name has at most {NAME_LENGTH} characters")
+    if _UNSEEN.search(name):
+        raise ValueError(
+            f"a class name may not hold line breaks, tabs or invisible characters: {name!r}"
+        )
+    return name
+
+
+def class_key(name: str) -> str:
+    """A class name without the differences of case, spacing and '_' or '-'."""
+    return re.sub(r"[\s_-]+", "_", name.strip().casefold())
+
+
+def one_edit_apart(first: str, second: str) -> bool:
+    """Whether one letter added, dropped, changed or two swapped turn one name into the other."""
+    if abs(len(first) - len(second)) > 1 or first == second:
+        return False
+    if len(first) == len(second):
+        differ = [i for i, (a, b) in enumerate(zip(first, second, strict=True)) if a != b]
+        return len(differ) == 1 or (
+            len(differ) == 2
+            and differ[1] == differ[0] + 1
+            and first[differ[0]] == second[differ[1]]
+            and first[differ[1]] == second[differ[0]]
+        )
+    shorter, longer = sorted((first, second), key=len)
+    return any(longer[:i] + longer[i + 1 :] == shorter for i in range(len(longer)))
+
+
+def look_alike_classes(first: str, second: str) -> bool:
+    """Two class names that read as one class spelled two ways: equal but for case, spacing
+    and '_' or '-' ('Scratch', 'scratch'), or a typo, one edit apart in names of four letters
+    or more ('spot', 'spott'), but not numbered variants ('dent_1', 'dent_2')."""
+    first_key, second_key = class_key(first), class_key(second)
+    return first_key == second_key or (
+        min(len(first_key), len(second_key)) >= 4
+        and one_edit_apart(first_key, second_key)
+        and re.sub(r"\d", "", first_key) != re.sub(r"\d", "", second_key)
+    )
+
+
 def ensure_station(session: Session, line_name: str, station_name: str) -> Station:
     """The station of a line, creating either when new: lines are named by the people who run
     them. A name is checked (`station_name_as_stored`) only where a line or station is made:

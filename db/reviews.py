@@ -13,6 +13,7 @@ from sqlalchemy import ColumnElement, Subquery, and_, case, func, or_, select
 from sqlalchemy.orm import Session, aliased, selectinload
 
 from db.models import Inspection, Part, Prediction, Review, ReviewKind, Verdict, database_utcnow
+from db.registry import class_name_as_stored, look_alike_classes
 
 DEFECT_REVIEWS = (ReviewKind.CONFIRMED_DEFECT, ReviewKind.MISSED_DEFECT)
 
@@ -245,6 +246,47 @@ def decide_the_rest(session: Session, inspection_id: int, reviewer: str) -> int:
     return len(undecided)
 
 
+def reviewer_classes(session: Session, known: list[str]) -> list[str]:
+    """The classes of missed defects reviewers added that `known` (the production detector's)
+    lacks: new defect types found on the line, by name. Sorted, so that an export lists them
+    in the same order whenever it is made."""
+    names = session.scalars(
+        select(Review.class_name)
+        .where(Review.kind == ReviewKind.MISSED_DEFECT, Review.class_name.is_not(None))
+        .distinct()
+    )
+    return sorted({name for name in names if name and name not in known})
+
+
+def _checked_class(
+    session: Session, class_name: str, classes: list[str] | None, new_class: bool
+) -> str:
+    """The class a missed defect is recorded under. One the production detector does not know
+    is a new defect type: taken only when the reviewer says so (a typo would otherwise become
+    a class of its own, trained on and counted apart), and refused where it reads as a known
+    class or a new one added already spelled another way."""
+    name = class_name_as_stored(class_name)
+    if classes is None or name in classes:
+        return name
+    if not new_class:
+        raise ValueError(
+            f"new class {name!r}: not one the production detector knows "
+            f"({', '.join(classes)}); add it as a new class if it is one"
+        )
+    added = reviewer_classes(session, classes)
+    if name in added:
+        return name
+    for known, what in [(c, "a class the production detector knows") for c in classes] + [
+        (c, "a new class reviewers added already") for c in added
+    ]:
+        if look_alike_classes(name, known):
+            raise ValueError(
+                f"new class {name!r} looks like {known!r}, {what}: pick that one, or give "
+                "the new class a name that cannot be taken for it"
+            )
+    return name
+
+
 def add_missed_defect(
     session: Session,
     part_id: int,
@@ -252,14 +294,15 @@ def add_missed_defect(
     box: tuple[float, float, float, float],
     reviewer: str,
     classes: list[str] | None = None,
+    new_class: bool = False,
 ) -> Review:
-    """`classes`: the model's, where known; a defect of another class could not be trained on
-    (an export would leave the whole part out)."""
+    """`classes`: the production detector's, where known; a defect of another class is a new
+    defect type, recorded only with `new_class` (see `_checked_class`), and exported as a class
+    appended to the detector's, to fine-tune it on."""
     x1, y1, x2, y2 = box
     if x2 <= x1 or y2 <= y1:
         raise ValueError("a defect box needs x2 > x1 and y2 > y1")
-    if classes is not None and class_name not in classes:
-        raise ValueError(f"class {class_name!r} is not one of the model's: {', '.join(classes)}")
+    class_name = _checked_class(session, class_name, classes, new_class)
     part = session.get(Part, part_id)
     if part is None:
         raise LookupError(f"no part {part_id}")

@@ -318,6 +318,35 @@ def test_a_defect_missed_on_a_part_just_finished_can_still_be_added(
     assert truth[first].complete and len(truth[first].boxes) == 2
 
 
+def test_a_reviewer_adds_a_new_defect_type_and_the_next_one_picks_it(
+    production: str, tmp_path: Path
+) -> None:
+    """The class list held the production detector's classes only: a new defect type on the
+    line could not be recorded, nor exported to retrain on."""
+    at = _two_failed_parts_on_review(production, tmp_path)
+    first = at.selectbox(key="review_part").value
+
+    def add(class_typed: str, corners: tuple[int, int, int, int], added: int) -> None:
+        part = at.selectbox(key="review_part").value
+        for corner, value in zip(("x1", "y1", "x2", "y2"), corners, strict=True):
+            at.number_input(key=f"{corner}_{part}_{added}_None").set_value(value)
+        at.text_input(key=f"new_class_{part}_{added}").input(class_typed)
+        next(b for b in at.button if b.label == "Add missed defect").click().run()
+        assert not at.exception, at.exception
+
+    add("crack", (30, 30, 40, 44), 0)
+    assert "Missed crack (a new class: not one the production detector knows) added" in (
+        at.success[0].value
+    )
+    assert at.selectbox(key="review_part").value == first  # its detections are undecided
+    assert "crack (new class)" in at.selectbox(key=f"missed_class_{first}_1").options
+    add("crak", (10, 10, 20, 24), 1)  # a typo of the new class is not a second one
+    assert any(plain("new class 'crak' looks like 'crack'") in e.value for e in at.error)
+    with session_scope(production) as session:
+        classes = [r.class_name for r in session.scalars(select(Review))]
+    assert classes == ["crack"]
+
+
 def test_a_click_meant_for_a_part_done_elsewhere_lands_on_no_other_part(
     production: str, tmp_path: Path
 ) -> None:

@@ -165,8 +165,36 @@ def test_a_missed_defect_is_recorded_once_and_of_a_known_class(session: Session)
     add_missed_defect(session, passed.part_id, "scratch", box, "ana", classes=["scratch"])
     with pytest.raises(ValueError, match="recorded already"):  # a second press of Add
         add_missed_defect(session, passed.part_id, "scratch", box, "bob", classes=["scratch"])
-    with pytest.raises(ValueError, match="not one of the model's"):
+    with pytest.raises(ValueError, match="new class 'dent': not one the production detector"):
         add_missed_defect(session, passed.part_id, "dent", (1, 1, 5, 5), "ana", classes=["scratch"])
+
+
+def test_a_new_defect_type_is_added_only_when_said_and_a_look_alike_is_refused(
+    session: Session,
+) -> None:
+    """A defect type the production detector does not know had no way in: the reviewer could
+    only pick one of its classes (or none), so the export could never carry it."""
+    from db.reviews import reviewer_classes
+
+    known = ["scratch", "spot"]
+    part = _part(session, 1, []).part_id
+    review = add_missed_defect(
+        session, part, " crack ", (1, 1, 5, 5), "ana", classes=known, new_class=True
+    )
+    assert review.class_name == "crack" and reviewer_classes(session, known) == ["crack"]
+    # Another reviewer picks it from the list: known now, said new or not.
+    add_missed_defect(session, part, "crack", (6, 6, 9, 9), "bob", classes=known, new_class=True)
+    for typo, like in (("crak", "crack"), ("Scratch", "scratch"), ("spott", "spot")):
+        with pytest.raises(ValueError, match=f"new class '{typo}' looks like '{like}'"):
+            add_missed_defect(
+                session, part, typo, (1, 1, 5, 5), "ana", classes=known, new_class=True
+            )
+    for bad in ("", "two\nlines", "x" * 129):
+        with pytest.raises(ValueError, match="class name"):
+            add_missed_defect(
+                session, part, bad, (1, 1, 5, 5), "ana", classes=known, new_class=True
+            )
+    assert reviewer_classes(session, known) == ["crack"]
 
 
 def test_a_reviewer_whose_clock_is_behind_keeps_a_part_in_the_queue_until_it_is_decided(

@@ -33,6 +33,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.models import Dataset, ModelVersion
+from db.registry import class_key, look_alike_classes
 from inspection.errors import UserError
 from inspection.images import (
     IMAGE_SUFFIXES,
@@ -350,27 +351,6 @@ def _voc_image(
     return image, ""
 
 
-def _class_key(name: str) -> str:
-    """A class name without the differences of case, spacing and '_' or '-'."""
-    return re.sub(r"[\s_-]+", "_", name.strip().casefold())
-
-
-def _one_edit_apart(first: str, second: str) -> bool:
-    """Whether one letter added, dropped, changed or two swapped turn one name into the other."""
-    if abs(len(first) - len(second)) > 1 or first == second:
-        return False
-    if len(first) == len(second):
-        differ = [i for i, (a, b) in enumerate(zip(first, second, strict=True)) if a != b]
-        return len(differ) == 1 or (
-            len(differ) == 2
-            and differ[1] == differ[0] + 1
-            and first[differ[0]] == second[differ[1]]
-            and first[differ[1]] == second[differ[0]]
-        )
-    shorter, longer = sorted((first, second), key=len)
-    return any(longer[:i] + longer[i + 1 :] == shorter for i in range(len(longer)))
-
-
 def _look_alike_classes(files_of_class: dict[str, list[str]]) -> list[ImportIssue]:
     """Warnings about class names that look like one class spelled two ways ('Scratch' and
     'scratch', 'spot' and 'spott'): each became a class of its own."""
@@ -384,15 +364,7 @@ def _look_alike_classes(files_of_class: dict[str, list[str]]) -> list[ImportIssu
 
     for i, first in enumerate(names):
         for second in names[i + 1 :]:
-            first_key, second_key = _class_key(first), _class_key(second)
-            # A typo: one edit apart in names of four letters or more, and not numbered
-            # variants (dent_1, dent_2).
-            typo = (
-                min(len(first_key), len(second_key)) >= 4
-                and _one_edit_apart(first_key, second_key)
-                and re.sub(r"\d", "", first_key) != re.sub(r"\d", "", second_key)
-            )
-            if first_key == second_key or typo:
+            if look_alike_classes(first, second):
                 group_of[group(second)] = group(first)
     members: dict[str, list[str]] = {}
     for name in names:
@@ -418,7 +390,7 @@ def _look_alike_classes(files_of_class: dict[str, list[str]]) -> list[ImportIssu
             main = chosen[root]
             how = (
                 "differs only in case, spacing or '_'/'-' from"
-                if _class_key(name) == _class_key(main)
+                if class_key(name) == class_key(main)
                 else "looks like a misspelling of"
             )
             warnings.append(

@@ -21,6 +21,7 @@ from db.reviews import (
     missed_defects,
     part_item,
     review_queue,
+    reviewer_classes,
     undo_last_review,
 )
 from db.session import session_scope
@@ -130,6 +131,10 @@ else:
         name = part.original_name
     info = detector_info(state.url)
     classes = info.classes if info else sorted({p[1] for p in predictions})
+    with session_scope(state.url) as session:
+        # New defect types reviewers added already: offered beside the detector's own, so the
+        # next reviewer picks "crack" rather than typing it again (or "crak").
+        added_classes = reviewer_classes(session, classes) if info else []
 
     def reviewed(message: str) -> None:
         """After a review of the part shown: said on the next run, which may show another."""
@@ -230,7 +235,18 @@ else:
             )
             if not classes:
                 st.warning("No production model: its classes are unknown, so none can be added.")
-            missed_class = st.selectbox("Class", classes)
+            missed_class = st.selectbox(
+                "Class",
+                classes + added_classes,
+                key=f"missed_class_{item.part_id}_{added}",
+                format_func=lambda c: f"{c} (new class)" if c in added_classes else c,
+            )
+            typed_class = st.text_input(
+                "Or a new class",
+                key=f"new_class_{item.part_id}_{added}",
+                help="A defect type the production detector does not know: exported as a class "
+                "added to its own, to fine-tune it on (Models page).",
+            )
             c1, c2, c3, c4 = st.columns(4)
             # Empty until a box is drawn or typed: a whole-image default, added by a press
             # of the button, taught the model that the whole part is one defect.
@@ -248,17 +264,25 @@ else:
                 try:
                     if None in corners:
                         raise ValueError("drag a box on the image, or type all four corners")
+                    chosen = typed_class if typed_class.strip() else str(missed_class)
                     with session_scope(state.url) as session:
-                        add_missed_defect(
+                        review = add_missed_defect(
                             session,
                             item.part_id,
-                            str(missed_class),
+                            chosen,
                             tuple(float(c) for c in corners),  # type: ignore[arg-type]
                             reviewer,
                             classes=classes,
+                            new_class=bool(typed_class.strip()) or missed_class in added_classes,
                         )
+                        stored = str(review.class_name)
                     st.session_state[f"review_added_{item.part_id}"] = added + 1
-                    reviewed(f"Missed {plain(missed_class)} added to part {item.part_id}.")
+                    new = (
+                        " (a new class: not one the production detector knows)"
+                        if stored not in classes
+                        else ""
+                    )
+                    reviewed(f"Missed {plain(stored)}{new} added to part {item.part_id}.")
                 except (ValueError, LookupError) as exc:
                     st.error(plain(exc))
     st.caption(
