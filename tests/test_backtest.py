@@ -89,6 +89,46 @@ def test_reviews_export_as_a_labeled_dataset(reviewed: str, tmp_path: Path) -> N
         export_reviews(session, "from-reviews", CLASSES, tmp_path / "datasets")
 
 
+def test_a_new_defect_type_is_exported_after_the_detectors_classes_with_its_caveat(
+    reviewed: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The export took the production detector's classes only: a part with a defect of a new
+    type was left out, and the new type could never be trained on."""
+    from typer.testing import CliRunner
+
+    from training.cli import app
+
+    time.sleep(0.01)  # (after the fixture's reviews, by the database's clock)
+    with session_scope(reviewed) as session:
+        part_ids = session.scalars(select(Inspection.part_id).order_by(Inspection.id)).all()
+        crack_part = part_ids[2]  # its missed spot, and now a crack beside it
+        add_missed_defect(
+            session, crack_part, "crack", (30, 30, 40, 44), "bob", classes=CLASSES, new_class=True
+        )
+        report = export_reviews(session, "with-crack", CLASSES, tmp_path / "datasets")
+    assert report.classes == [*CLASSES, "crack"] and report.n_images == 4
+    names = yaml.safe_load((report.root / "data.yaml").read_text())["names"]
+    assert names == dict(enumerate([*CLASSES, "crack"]))
+    lines = [
+        line.split()[0]
+        for label in (report.root / "labels").rglob("*.txt")
+        for line in label.read_text().splitlines()
+    ]
+    # The confirmed defect, the added spot and the crack, the one box of class index 2.
+    assert len(lines) == 3 and lines.count("2") == 1
+    # The three other parts were reviewed before any crack was added: said, not guessed.
+    [caveat] = report.warnings
+    assert caveat.file == "new class crack"
+    assert "3 of the 4 parts exported were reviewed before the first crack" in caveat.reason
+    assert "2 of them marked good" in caveat.reason
+    monkeypatch.setenv("DEFECTS_DATABASE_URL", reviewed)
+    get_settings.cache_clear()
+    result = CliRunner().invoke(app, ["export-reviews", "--name", "week-49"])
+    assert result.exit_code == 0, result.output
+    assert "new classes, after tiny's own: crack" in result.output
+    assert "3 of the 4 parts exported" in " ".join(result.output.split())
+
+
 def test_a_few_reviewed_parts_export_as_a_dataset_to_retrain_on(
     reviewed: str, tmp_path: Path
 ) -> None:

@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from db.models import Dataset, Inspection, ModelKind, ModelVersion, Verdict
+from db.models import Dataset, Inspection, ModelKind, ModelVersion, Review, ReviewKind, Verdict
 from db.registry import get_model_version, production_model
-from db.reviews import reviewed_parts
+from db.reviews import PartTruth, reviewed_parts, reviewer_classes
 from db.session import session_scope
 from inspection.engine import Inspector, PartInput
 from inspection.errors import UserError
@@ -97,14 +97,67 @@ def unused_dataset_name(session: Session, stem: str = "reviews") -> str:
     return name
 
 
+def _unlabeled_before(
+    session: Session, new_classes: list[str], exported: list[PartTruth]
+) -> list[ImportIssue]:
+    """A caveat per new class: the exported parts whose reviews all came before its first
+    defect was added could not have been labeled with it (a part marked good then may hold
+    one). Said, with the counts, rather than guessed: the dataset teaches them as they were
+    reviewed."""
+    if not new_classes or not exported:
+        return []
+    first_added = dict(
+        session.execute(
+            select(Review.class_name, func.min(Review.created_at))
+            .where(Review.kind == ReviewKind.MISSED_DEFECT, Review.class_name.in_(new_classes))
+            .group_by(Review.class_name)
+        ).all()
+    )
+    ids = [truth.part_id for truth in exported]
+    last_reviewed = dict(
+        session.execute(
+            select(Review.part_id, func.max(Review.created_at))
+            .where(Review.part_id.in_(ids))
+            .group_by(Review.part_id)
+        ).all()
+    )
+    caveats = []
+    for class_name in new_classes:
+        since = first_added[class_name]
+        before = [t for t in exported if last_reviewed[t.part_id] < since]
+        if not before:
+            continue
+        good = sum(1 for t in before if not t.defective)
+        caveats.append(
+            ImportIssue(
+                f"new class {class_name}",
+                f"{len(before)} of the {len(exported)} parts exported "
+                f"{'was' if len(before) == 1 else 'were'} reviewed before the first "
+                f"{class_name} was added ({since:%Y-%m-%d %H:%M} UTC; {good} of them marked "
+                f"good): they cannot have been labeled with it, so a {class_name} on them is "
+                "taught as no defect; review them again where it may be",
+                left_out=False,
+            )
+        )
+    return caveats
+
+
 def export_reviews(
     session: Session, name: str, class_names: list[str], datasets_dir: Path
 ) -> ImportReport:
-    """Reviewed parts as a labeled dataset (YOLO layout), registered for retraining."""
+    """Reviewed parts as a labeled dataset (YOLO layout), registered for retraining.
+
+    Its classes are `class_names` (the production detector's) in their order, followed by the
+    new defect types reviewers added (`reviewer_classes`), so that the detector can be
+    fine-tuned onto them (`train detector --from`): a part with a new class's defect was left
+    out, and the new type never reached a model."""
     if session.scalars(select(Dataset).where(Dataset.name == name)).first() is not None:
         raise UserError(f"a dataset named {name!r} already exists: export under another name")
+    new_classes = reviewer_classes(session, class_names)
+    class_names = [*class_names, *new_classes]
     images: list[LabeledImage] = []
     issues: list[ImportIssue] = []
+    exported: list[PartTruth] = []
     for truth in reviewed_parts(session):
         if not truth.complete:
             # (Its undecided detections would be background in the labels: taught as no defect.)
@@ -133,12 +186,14 @@ def export_reviews(
                 )
                 continue
             images.append(LabeledImage(path, 0, 0, boxes))
+            exported.append(truth)
     if not images:
         left_out = f"; {len(issues)} left out, e.g. {issues[0]}" if issues else ""
         raise UserError(
             "no reviewed part to export: a part is exported once each of its detections is "
             f"decided or it is marked good (Review page){left_out}"
         )
+    issues[:0] = _unlabeled_before(session, new_classes, exported)
     # Split so that a few dozen reviewed parts can be retrained on: val and train each get a
     # defect (and val a good part where there is one).
     return write_dataset(

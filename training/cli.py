@@ -342,8 +342,9 @@ def export_reviews_command(
 ) -> None:
     """Export the reviewed parts as a labeled dataset to retrain on.
 
-    With the production detector's classes, as the Review page's export: confirmed and added
-    defects are boxes, parts marked good are good parts; parts not fully decided are left out.
+    With the production detector's classes, as the Review page's export, followed by the new
+    classes reviewers added: confirmed and added defects are boxes, parts marked good are good
+    parts; parts not fully decided are left out.
     """
     from db.registry import production_model
     from training.backtest import export_reviews
@@ -356,6 +357,13 @@ def export_reviews_command(
             )
         report = export_reviews(session, name, list(detector.classes), get_settings().datasets_dir)
     _print_dataset_report(report)
+    new_classes = report.classes[len(detector.classes) :]
+    if new_classes:
+        console.print(
+            f"new classes, after {detector.name}'s own: {', '.join(new_classes)} "
+            "(fine-tuning from it adds them to its output)",
+            markup=False,
+        )
     console.print(
         f"retrain on it: `defects train detector --data {report.name} --from {detector.name}`",
         markup=False,

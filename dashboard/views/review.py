@@ -306,11 +306,22 @@ with st.form("export"):
                     report = export_reviews(
                         session, dataset_name, info.classes, get_settings().datasets_dir
                     )
+                new_classes = report.classes[len(info.classes) :]
                 st.success(
                     f"Exported {report.n_images} part{'' if report.n_images == 1 else 's'} as "
                     f"dataset {plain(report.name)}: retrain on the Models page."
+                    + (
+                        f" New classes, after the production detector's: "
+                        f"{plain(', '.join(new_classes))}."
+                        if new_classes
+                        else ""
+                    )
                 )
                 for issue in report.issues[:20]:
-                    st.caption(plain(issue))
+                    # (The caveats of new classes first: each says how many parts lack them.)
+                    if issue.file.startswith("new class "):
+                        st.warning(plain(issue))
+                    else:
+                        st.caption(plain(issue))
             except UserError as exc:
                 st.error(plain(exc))
