@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -24,8 +25,15 @@ class SyntheticImage:
 
 
 def make_images(
-    folder: Path, n: int = 24, size: int = 64, good_every: int = 4, seed: int = 0
+    folder: Path,
+    n: int = 24,
+    size: int = 64,
+    good_every: int = 4,
+    seed: int = 0,
+    classes: list[str] = CLASSES,
 ) -> list[SyntheticImage]:
+    """`classes`: CLASSES, or CLASSES and "crack" (a thin dark vertical line), a new defect
+    type for a detector of CLASSES."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     made: list[SyntheticImage] = []
@@ -33,8 +41,12 @@ def make_images(
         pixels = rng.normal(128, 12, (size, size)).clip(0, 255)
         boxes: list[tuple[str, int, int, int, int]] = []
         if i % good_every != 0:
-            kind = CLASSES[i % 2]
-            if kind == "scratch":
+            kind = classes[i % len(classes)]
+            if kind == "crack":
+                x1, y1 = int(rng.integers(4, size - 8)), int(rng.integers(4, size // 3))
+                x2, y2 = x1 + 3, y1 + size // 2
+                pixels[y1:y2, x1:x2] = 60
+            elif kind == "scratch":
                 x1, y1 = int(rng.integers(4, size // 3)), int(rng.integers(4, size - 12))
                 x2, y2 = x1 + size // 2, y1 + 6
                 pixels[y1:y2, x1:x2] = 240
@@ -49,7 +61,7 @@ def make_images(
     return made
 
 
-def write_voc(root: Path, **kwargs: int) -> list[SyntheticImage]:
+def write_voc(root: Path, **kwargs: Any) -> list[SyntheticImage]:
     images = make_images(root / "images", **kwargs)
     (root / "annotations").mkdir(parents=True, exist_ok=True)
     for image in images:

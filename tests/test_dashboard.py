@@ -1577,7 +1577,7 @@ def test_a_fine_tuning_on_a_dataset_of_other_classes_is_refused_at_once(
             list(reversed(CLASSES)),
         )
     refused = _training_refused(_app().run(), "reordered")
-    assert plain("fine-tuning keeps the classes; train from scratch instead") in refused
+    assert plain("fine-tuning keeps the classes in their order and only adds new ones") in refused
 
 
 def test_a_calibration_with_a_classifier_is_shown_as_it_will_be_stored(

@@ -759,3 +759,108 @@ def test_evaluate_follows_the_device_setting(
         app, ["evaluate", trained.version_name, "--data", "synth", "--device", "cpu"]
     )
     assert ran.exit_code == 0, ran.output
+
+
+NEW_CLASSES = [*CLASSES, "crack"]
+
+
+def _class_rows(model: torch.nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each detection level's class-score convolution (the Detect head's cv3[i][-1]), as
+    (weight, bias) copies."""
+    head = model.model[-1]
+    return [(b[-1].weight.detach().clone(), b[-1].bias.detach().clone()) for b in head.cv3]
+
+
+def test_a_detector_grown_by_a_class_keeps_every_weight_and_its_old_class_rows(
+    trained: Trained,
+) -> None:
+    """A dataset with a new class after the detector's: the trainer rebuilt the head and the
+    class-score convolutions, of another shape, started from scratch for every class."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    from inspection.detector import load_detector
+    from training.train_detector import extend_classes
+
+    base = load_detector(trained.weights).model
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    model = load_detector(trained.weights)
+    extend_classes(model, NEW_CLASSES)
+    grown = model.model
+    assert grown.model[-1].nc == grown.yaml["nc"] == 3
+    assert grown.names == dict(enumerate(NEW_CLASSES))
+    after = grown.state_dict()
+    carried = [k for k in before if after[k].shape == before[k].shape]
+    assert all(torch.equal(after[k].float(), before[k].float()) for k in carried)
+    assert len(carried) == len(before) - 2 * len(grown.model[-1].cv3)  # all but the class rows
+    fresh = DetectionModel(grown.yaml, nc=3, verbose=False)  # a new head's own start
+    for (weight, bias), (old_weight, old_bias), (_, new_bias) in zip(
+        _class_rows(grown), _class_rows(base), _class_rows(fresh), strict=True
+    ):
+        assert weight.shape[0] == 3
+        assert torch.equal(weight[:2], old_weight.float()) and torch.equal(bias[:2], old_bias)
+        assert torch.equal(bias[2:], new_bias[2:])  # bias_init's prior for the new class
+    extend_classes(model, NEW_CLASSES)  # the same classes: nothing to do
+    with pytest.raises(UserError, match="do not begin with"):
+        extend_classes(model, ["crack", *CLASSES])
+
+
+def test_fine_tuning_onto_a_new_class_starts_from_the_old_class_scores(
+    trained: Trained, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`train detector --from V` refused a dataset that adds a class after V's: a new defect
+    type meant training from scratch, forgetting what V had learned."""
+    from db.registry import get_model_version
+    from inspection.detector import load_detector
+    from tests.synthetic import write_splits, write_voc
+    from training.datasets import import_dataset
+    from training.train_detector import TrainRequest, train_detector
+
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
+    get_settings.cache_clear()
+    images = write_voc(tmp_path / "src", n=18, classes=NEW_CLASSES)
+    with session_scope(trained.url) as session:
+        import_dataset(
+            session,
+            "voc",
+            tmp_path / "src",
+            "with-crack",
+            get_settings().datasets_dir,
+            write_splits(tmp_path / "splits", images),
+            NEW_CLASSES,
+        )
+    started: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
+
+    def on_pretrain_routine_end(trainer) -> None:  # type: ignore[no-untyped-def]
+        started.append(_class_rows(trainer.model))  # after the transfer, before any step
+
+    request = TrainRequest(
+        data="with-crack", from_model=trained.version_name, epochs=1, imgsz=64, batch=4
+    )
+    version_id = train_detector(
+        request, url=trained.url, callbacks={"on_pretrain_routine_end": on_pretrain_routine_end}
+    )
+    base = _class_rows(load_detector(trained.weights).model)
+    [rows] = started
+    for (weight, bias), (old_weight, old_bias) in zip(rows, base, strict=True):
+        assert weight.shape[0] == 3
+        assert torch.equal(weight[:2], old_weight.float()) and torch.equal(bias[:2], old_bias)
+    with session_scope(trained.url) as session:
+        version = get_model_version(session, version_id)
+        assert version.classes == NEW_CLASSES
+        assert f"fine-tuned from {trained.version_name}" in version.notes
+    assert load_detector(Path(version.file_path)).model.names == dict(enumerate(NEW_CLASSES))
+
+
+@pytest.mark.parametrize(
+    "classes",
+    [["scratch", "dent"], list(reversed(CLASSES)), CLASSES[:1], ["scratch", "crack", "spot"]],
+)
+def test_a_class_renamed_reordered_dropped_or_put_before_is_still_refused(
+    classes: list[str],
+) -> None:
+    from training.train_detector import refuse_other_classes
+
+    version = SimpleNamespace(name="v1", classes=CLASSES)
+    with pytest.raises(UserError, match="only adds new ones after them; for a class renamed"):
+        refuse_other_classes(version, "d", classes, "fine-tuning")  # type: ignore[arg-type]
+    refuse_other_classes(version, "d", NEW_CLASSES, "fine-tuning")  # type: ignore[arg-type]

@@ -184,12 +184,54 @@ def refuse_other_classes(
     version: ModelVersion, data: str, class_names: list[str], use: str
 ) -> None:
     """A detector fine-tuned from, or distilled from, must know the dataset's classes in its
-    order: checked by training and, before it starts a training, by the Models page."""
-    if list(version.classes) != class_names:
+    order; the dataset may add new ones after them (a new defect type: see `extend_classes`).
+    Checked by training and, before it starts a training, by the Models page. A class renamed,
+    reordered or retired is refused: its learned outputs would be taught under another name."""
+    known = list(version.classes)
+    if class_names[: len(known)] != known:
         raise UserError(
-            f"{version.name} knows {list(version.classes)}, {data!r} labels {class_names}: "
-            f"{use} keeps the classes; train from scratch instead"
+            f"{version.name} knows {known}, {data!r} labels {class_names}: {use} keeps the "
+            "classes in their order and only adds new ones after them; for a class renamed, "
+            "reordered or retired, train from scratch instead"
         )
+
+
+def extend_classes(model: Any, class_names: list[str]) -> None:
+    """`model` (a YOLO detector) made to output `class_names`, its own classes followed by new
+    ones, in place: the head rebuilt for the new number of classes, every weight whose shape
+    still fits carried over, and the old classes' rows of the class-score convolutions too,
+    so the old classes keep their learned scores from the first step of the fine-tuning; the
+    new classes' rows start as ultralytics starts a new head (`bias_init`).
+
+    Without it ultralytics' trainer rebuilt the head and dropped those convolutions, their
+    shape changed, unless its own remapping by class name (`cls_remap`) happened to run."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    old = model.model
+    known = [old.names[i] for i in sorted(old.names)]
+    if class_names == known:
+        return
+    if class_names[: len(known)] != known:
+        raise UserError(f"{class_names} do not begin with the detector's classes {known}")
+    grown = DetectionModel(copy.deepcopy(old.yaml), nc=len(class_names), verbose=False)
+    # (Named after the load: ultralytics then leaves the class rows to the copy by index below,
+    # rather than remapping them by names it compares in lower case.)
+    grown.load(old, verbose=False)
+    grown.names = dict(enumerate(class_names))
+    head, old_head = grown.model[-1], old.model[-1]
+    with torch.no_grad():
+        for attr in ("cv3", "one2one_cv3"):
+            branches, old_branches = getattr(head, attr, None), getattr(old_head, attr, None)
+            if branches is None or old_branches is None:
+                continue
+            for branch, old_branch in zip(branches, old_branches, strict=True):
+                conv, old_conv = branch[-1], old_branch[-1]
+                if conv.weight.shape[1:] == old_conv.weight.shape[1:]:
+                    conv.weight[: len(known)] = old_conv.weight.float()
+                    conv.bias[: len(known)] = old_conv.bias.float()
+    if hasattr(old, "args"):
+        grown.args = old.args
+    model.model = grown
 
 
 def _device_argument(device: str | None) -> str:
@@ -435,11 +477,11 @@ def train_detector(
                 here["distill_model"] = teacher_weights
             model.train(resume=True, **here, **_distill_trainer(request))
         else:
-            model = (
-                load_detector(base_weights)
-                if base_weights
-                else build_detector(architecture, class_names)
-            )
+            if base_weights:
+                model = load_detector(base_weights)
+                extend_classes(model, class_names)  # (a dataset that adds classes)
+            else:
+                model = build_detector(architecture, class_names)
             _add_callbacks(model, events, callbacks)
             run_name = request.name or f"{prefix}-{datetime.now():%Y%m%d-%H%M%S}"
             model.train(
