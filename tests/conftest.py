@@ -139,6 +139,24 @@ def import_synthetic(url: str, base: Path, n: int) -> None:
         )
 
 
+NEW_CLASSES = [*CLASSES, "crack"]  # a detector of CLASSES meets a new defect type
+
+
+def import_with_new_class(url: str, base: Path, name: str = "with-crack") -> None:
+    """A synthetic VOC dataset of NEW_CLASSES (18 images), imported as `name`."""
+    images = write_voc(base / "src-new", n=18, classes=NEW_CLASSES)
+    with session_scope(url) as session:
+        import_dataset(
+            session,
+            "voc",
+            base / "src-new",
+            name,
+            get_settings().datasets_dir,
+            write_splits(base / "splits-new", images),
+            NEW_CLASSES,
+        )
+
+
 @dataclass
 class Trained:
     url: str

@@ -19,7 +19,7 @@ from inspection.attention import ChannelSpatialAttention, GatedChannelSpatialAtt
 from inspection.detector import architectures, build_detector, resolve_architecture
 from inspection.errors import UserError
 from inspection.settings import get_settings
-from tests.conftest import Trained
+from tests.conftest import NEW_CLASSES, Trained
 from tests.synthetic import CLASSES
 from training.evaluate import part_rates
 
@@ -761,9 +761,6 @@ def test_evaluate_follows_the_device_setting(
     assert ran.exit_code == 0, ran.output
 
 
-NEW_CLASSES = [*CLASSES, "crack"]
-
-
 def _class_rows(model: torch.nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Each detection level's class-score convolution (the Detect head's cv3[i][-1]), as
     (weight, bias) copies."""
@@ -811,23 +808,12 @@ def test_fine_tuning_onto_a_new_class_starts_from_the_old_class_scores(
     type meant training from scratch, forgetting what V had learned."""
     from db.registry import get_model_version
     from inspection.detector import load_detector
-    from tests.synthetic import write_splits, write_voc
-    from training.datasets import import_dataset
+    from tests.conftest import import_with_new_class
     from training.train_detector import TrainRequest, train_detector
 
     monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
     get_settings.cache_clear()
-    images = write_voc(tmp_path / "src", n=18, classes=NEW_CLASSES)
-    with session_scope(trained.url) as session:
-        import_dataset(
-            session,
-            "voc",
-            tmp_path / "src",
-            "with-crack",
-            get_settings().datasets_dir,
-            write_splits(tmp_path / "splits", images),
-            NEW_CLASSES,
-        )
+    import_with_new_class(trained.url, tmp_path)
     started: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
 
     def on_pretrain_routine_end(trainer) -> None:  # type: ignore[no-untyped-def]

@@ -74,6 +74,50 @@ def test_detector_distillation(
         assert student.architecture == "defect-yolo-n-plain"
 
 
+@pytest.mark.parametrize(("method", "from_teacher"), [("feature", True), ("cwd", False)])
+def test_distillation_onto_a_new_class_learns_from_a_teacher_of_the_old_ones(
+    trained: Trained,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    method: str,
+    from_teacher: bool,
+) -> None:
+    """`distill detector --teacher P --data NEW [--from P]`, NEW adding a class after P's:
+    refused, so retraining on a new defect type could not keep the old ones with P as
+    teacher. The distillation is of neck features, weighted by the teacher's scores of its
+    own classes: no class score of the student is matched to the teacher's."""
+    from tests.conftest import NEW_CLASSES, import_with_new_class
+    from training.train_detector import TrainRequest, train_detector
+
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
+    get_settings.cache_clear()
+    import_with_new_class(trained.url, tmp_path, name=f"crack-{method}")
+    terms: list[float] = []
+
+    def record(trainer) -> None:  # type: ignore[no-untyped-def]
+        terms.append(float(trainer.loss_items["dis_loss"]))
+
+    request = TrainRequest(
+        data=f"crack-{method}",
+        architecture=None if from_teacher else "defect-yolo-n-plain",
+        from_model=trained.version_name if from_teacher else None,
+        epochs=1,
+        imgsz=64,
+        batch=4,
+        teacher=trained.version_name,
+        distill_method=method,  # type: ignore[arg-type]
+        extra=(("warmup_epochs", 0), ("mosaic", 0.0), ("nbs", 4)),
+    )
+    version_id = train_detector(request, url=trained.url, callbacks={"on_train_batch_end": record})
+    assert terms and all(t > 0 for t in terms)
+    with session_scope(trained.url) as session:
+        student = get_model_version(session, version_id)
+        assert student.classes == NEW_CLASSES
+        assert student.teacher is not None and student.teacher.name == trained.version_name
+        checkpoint = torch.load(student.file_path, map_location="cpu", weights_only=False)
+        assert checkpoint["model"].names == dict(enumerate(NEW_CLASSES))
+
+
 def test_classifier_distillation(
     trained: Trained, trained_classifier: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -419,6 +419,9 @@ def train_detector(
             teacher = get_model_version(session, request.teacher)
             if teacher.kind != ModelKind.DETECTOR:
                 raise UserError(f"{teacher.name} is a {teacher.kind.value}, not a detector")
+            # A teacher that lacks the dataset's new classes still teaches: both losses match
+            # neck features (ultralytics' weighted by the teacher's scores of its own classes,
+            # CWD not at all), and none matches the student's class scores to the teacher's.
             refuse_other_classes(teacher, request.data, class_names, "distilling")
             teacher_id, teacher_weights = teacher.id, str(weights_file(teacher).resolve())
         # Looked up before the job is recorded: a refused resume, as a refused --from, leaves
