@@ -835,6 +835,22 @@ def test_fine_tuning_onto_a_new_class_starts_from_the_old_class_scores(
         assert version.classes == NEW_CLASSES
         assert f"fine-tuned from {trained.version_name}" in version.notes
     assert load_detector(Path(version.file_path)).model.names == dict(enumerate(NEW_CLASSES))
+    # Calibrated, the new class gets its own threshold like the others (scores as given).
+    from training import calibrate
+    from training.calibrate import ScoredDetection, ScoredPart
+
+    parts = [
+        ScoredPart(defective, (ScoredDetection(c, score, None, defective),))
+        for c in NEW_CLASSES
+        for defective, score in [(True, 0.6), (True, 0.7), (True, 0.8), (False, 0.1)] * 3
+    ]
+    monkeypatch.setattr(calibrate, "score_parts", lambda *args, **kwargs: parts)
+    calibrate.calibrate_model(
+        trained.url, version.name, "with-crack", "val", 0.05, class_thresholds="per-class"
+    )
+    with session_scope(trained.url) as session:
+        per_class = get_model_version(session, version_id).thresholds["per_class"]
+    assert set(per_class) == set(NEW_CLASSES) and 0.1 < per_class["crack"] < 0.6
 
 
 @pytest.mark.parametrize(
