@@ -328,3 +328,30 @@ def test_dir_inside_the_folder_a_file_or_a_zip_source_is_refused(
         assert result.exit_code == 1 and why in str(result.exception), result.output
     assert not (hot / "judged").exists() and not (tmp_path / "never.db").exists()
     assert _files(hot) == ["part_000.png"]
+
+
+def test_workers_move_the_files_of_a_folder_given_through_a_link(
+    trained: Trained, tmp_path: Path
+) -> None:
+    """`defects batch LINK/hot --workers 2 --move-judged DIR`, the folder reached through a
+    link (a data disk mounted behind one): the workers were told the folder's real path while
+    the files were listed under the link, took every file for one outside it and moved none,
+    without a word."""
+    from db.migrate import upgrade
+    from training.cli import app
+
+    url = get_settings().resolved_database_url
+    upgrade(url)
+    register_production_detector(url, trained.weights, tmp_path / "models")
+    make_images(tmp_path / "disk" / "hot", n=2, size=64)
+    (tmp_path / "link").symlink_to(tmp_path / "disk")
+    hot, out = tmp_path / "link" / "hot", tmp_path / "judged"
+    result = CliRunner().invoke(
+        app,
+        ["batch", str(hot), "--line", "L", "--station", "S", "--workers", "2"]
+        + ["--move-judged", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    assert _files(tmp_path / "disk" / "hot") == []
+    assert _files(out) == ["part_000.png", "part_001.png"]
+    assert "2 files moved" in result.output

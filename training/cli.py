@@ -1267,7 +1267,9 @@ def batch_command(
     }
     job: BatchInspection | ParallelInspection
     if workers > 1:
-        moving = (source_path.resolve(), move_judged.resolve()) if move_judged else None
+        # (The folder as the files are listed, not resolved: a file listed under a link to
+        # the folder is not under its real path, and a worker would move none of them.)
+        moving = (Path(mover.source), mover.destination) if mover is not None else None
         job = ParallelInspection(
             url, settings.images_dir, line, station, workers, move_judged=moving, **options
         )
