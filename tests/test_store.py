@@ -104,3 +104,14 @@ def test_prune_images_from_the_command_line(trained: Trained, tmp_path: Path) ->
     assert not images["plain"].exists()
     refused = runner.invoke(app, ["prune-images", "--older-than", "0"])
     assert refused.exit_code != 0
+
+
+def test_an_age_no_calendar_holds_is_refused_in_one_line(tmp_path: Path) -> None:
+    """`--older-than inf` (or 1e12) passed the option's check and failed in the date
+    arithmetic with a traceback; `nan` is refused as well."""
+    upgrade(get_settings().resolved_database_url)
+    runner = CliRunner()
+    for days in ("inf", "1e12", "nan"):
+        result = runner.invoke(app, ["prune-images", "--older-than", days])
+        assert result.exit_code == 2, (days, result.output, result.exception)
+        assert "--older-than" in result.output

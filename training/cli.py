@@ -1481,12 +1481,19 @@ def status_command(
     _print_unbroken(table, rows, whole=(3,))  # (a model name is copied into commands)
 
 
+PRUNE_DAYS_LIMIT = 36525  # prune-images --older-than: a century
+
+
 @app.command("prune-images")
 def prune_images_command(
     older_than: Annotated[
         float,
         typer.Option(
-            min=1, help="Days since a part was last judged before its image may be deleted."
+            min=1,
+            # (A century at most: `inf` or 1e12 days passed `min` and failed in the date
+            # arithmetic with a traceback.)
+            max=PRUNE_DAYS_LIMIT,
+            help="Days since a part was last judged before its image may be deleted.",
         ),
     ],
     keep_failed: Annotated[
