@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import re
 import stat
 import uuid
@@ -238,10 +239,20 @@ def letterbox(image: DecodedImage, size: int) -> Letterboxed:
 
 
 def store_image(images_dir: Path, content_hash: str, name: str, data: bytes) -> Path:
-    """Write the bytes once under images/<h[:2]>/<hash><suffix>; atomic, so a crash leaves no half file."""
+    """Write the bytes once under images/<h[:2]>/<hash><suffix>; atomic, so a crash leaves no half file.
+
+    A file kept already is touched instead: a part judged again is about to get a verdict that
+    a prune running now cannot see yet, and the prune keeps a file touched that recently."""
     suffix = Path(name.split(":")[-1]).suffix.lower()[:8] or ".bin"
     target = images_dir / content_hash[:2] / f"{content_hash}{suffix}"
-    if not target.exists():
+    try:
+        os.utime(target)
+        kept = True
+    except FileNotFoundError:
+        kept = False
+    except OSError:  # (another user's file on a shared store: there, left as it is)
+        kept = True
+    if not kept:
         # A name of its own: two stations sharing the store (or two threads of one batch)
         # may write the same part at once, and one's rename took the other's file away.
         partial = target.with_name(f"{target.name}.{uuid.uuid4().hex[:12]}.partial")

@@ -23,7 +23,8 @@ from db.session import session_scope
 from inspection.images import located_image
 
 # A `.partial` file is an image being written (store_image renames it within moments); one an
-# hour old was left by a station killed mid-write.
+# hour old was left by a station killed mid-write. An image written or touched (store_image,
+# for a part judged again) within the hour may be a part's whose verdict is not committed yet.
 PARTIAL_AGE_S = 3600
 
 
@@ -36,6 +37,7 @@ class PruneReport:
     kept_failed: int = 0  # old parts whose images were kept: failed
     kept_reviewed: int = 0  # ... and reviewed, not failed
     partials: int = 0  # half-written files of killed stations, deleted
+    in_use: int = 0  # images stored or touched within the hour (a part being judged): kept
 
 
 def prune_images(
@@ -51,6 +53,7 @@ def prune_images(
     database's clock, which stamps the verdicts)."""
     report = PruneReport()
     store = images_dir.resolve()
+    in_use_after = time.time() - PARTIAL_AGE_S
     with session_scope(url) as session:
         before = database_utcnow(session) - timedelta(days=older_than_days)
         if keep_failed or keep_reviewed:
@@ -65,14 +68,20 @@ def prune_images(
                 report.elsewhere += 1  # (another station's disk, or a path this store never had)
             else:
                 try:
-                    size = path.stat().st_size
-                    if not dry_run:
+                    info = path.stat()
+                    # (A station judging this part again now touched it: its verdict, not
+                    # committed yet, is not among those read above.)
+                    in_use = info.st_mtime >= in_use_after
+                    if not dry_run and not in_use:
                         path.unlink()
                 except FileNotFoundError:
                     report.already_gone += 1
                 else:
-                    report.deleted += 1
-                    report.freed_bytes += size
+                    if in_use:
+                        report.in_use += 1
+                    else:
+                        report.deleted += 1
+                        report.freed_bytes += info.st_size
             if on_progress and seen % 1000 == 0:
                 on_progress(seen)
     report.partials = _prune_partials(images_dir, dry_run)

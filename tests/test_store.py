@@ -16,6 +16,7 @@ from db.models import Inspection, Part, Verdict, database_utcnow
 from db.reviews import mark_good
 from db.session import session_scope
 from inspection.batch import BatchInspection, iter_source
+from inspection.images import store_image
 from inspection.settings import get_settings
 from inspection.store import prune_images
 from tests.conftest import Trained, register_production_detector
@@ -53,7 +54,11 @@ def _five_parts(url: str, trained: Trained, tmp_path: Path, store: Path) -> dict
         mark_good(session, by_role["reviewed"].id, "ana")
         outside.write_bytes(Path(by_role["elsewhere"].stored_path).read_bytes())
         by_role["elsewhere"].stored_path = str(outside)
-        return {role: Path(part.stored_path) for role, part in by_role.items()}
+        images = {role: Path(part.stored_path) for role, part in by_role.items()}
+    then = time.time() - 40 * 86400  # (their files written when they were judged)
+    for role in roles[:4]:
+        os.utime(images[role], (then, then))
+    return images
 
 
 def test_a_prune_deletes_old_images_and_keeps_failed_reviewed_and_recent_ones(
@@ -115,3 +120,16 @@ def test_an_age_no_calendar_holds_is_refused_in_one_line(tmp_path: Path) -> None
         result = runner.invoke(app, ["prune-images", "--older-than", days])
         assert result.exit_code == 2, (days, result.output, result.exception)
         assert "--older-than" in result.output
+
+
+def test_an_image_a_station_stores_again_while_a_prune_runs_is_kept(
+    database_url: str, trained: Trained, tmp_path: Path
+) -> None:
+    """A station judging an old part again (another model version, a recalibration) finds
+    its image in the store and keeps it; its verdict, committed a moment later, is not yet
+    seen by a prune running meanwhile, which deleted the image of a part judged just now."""
+    store = tmp_path / "store"
+    plain = _five_parts(database_url, trained, tmp_path, store)["plain"]
+    store_image(store, plain.name.split(".")[0], "again.png", plain.read_bytes())
+    report = prune_images(database_url, store, 30)  # (before the station's commit)
+    assert plain.is_file() and (report.deleted, report.in_use) == (0, 1)

@@ -1546,6 +1546,12 @@ def prune_images_command(
             f"{verb} {report.partials} half-written file(s) left by a station stopped mid-write",
             markup=False,
         )
+    if report.in_use:
+        console.print(
+            f"kept {report.in_use} image(s) stored again within the hour (parts being judged "
+            "again: the next prune looks at them anew)",
+            markup=False,
+        )
 
 
 @app.command("inspect")
