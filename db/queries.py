@@ -1165,10 +1165,12 @@ def prunable_images(
         yield int(part_id), str(stored_path)
 
 
-def kept_old_parts(session: Session, before: datetime) -> tuple[int, int]:
+def kept_old_parts(session: Session, before: datetime, keep_failed: bool) -> tuple[int, int]:
     """Of the parts last judged before `before`: how many failed, and how many more were
-    reviewed (those whose images a prune keeps by default)."""
+    reviewed (those whose images a prune keeps by default). Where failed parts are not kept,
+    the reviewed count takes in the failed ones reviewed: their images are kept as reviewed."""
     old = [Part.captured_at < before, Part.stored_path != "", ~_judged_since(before)]
     failed = session.scalar(select(func.count(Part.id)).where(*old, _failed_now()))
-    reviewed = session.scalar(select(func.count(Part.id)).where(*old, ~_failed_now(), _reviewed()))
+    counted_failed = [~_failed_now()] if keep_failed else []
+    reviewed = session.scalar(select(func.count(Part.id)).where(*old, *counted_failed, _reviewed()))
     return int(failed or 0), int(reviewed or 0)

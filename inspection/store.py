@@ -57,7 +57,7 @@ def prune_images(
     with session_scope(url) as session:
         before = database_utcnow(session) - timedelta(days=older_than_days)
         if keep_failed or keep_reviewed:
-            failed, reviewed = kept_old_parts(session, before)
+            failed, reviewed = kept_old_parts(session, before, keep_failed)
             report.kept_failed = failed if keep_failed else 0
             report.kept_reviewed = reviewed if keep_reviewed else 0
         for seen, (_, stored_path) in enumerate(

@@ -133,3 +133,17 @@ def test_an_image_a_station_stores_again_while_a_prune_runs_is_kept(
     store_image(store, plain.name.split(".")[0], "again.png", plain.read_bytes())
     report = prune_images(database_url, store, 30)  # (before the station's commit)
     assert plain.is_file() and (report.deleted, report.in_use) == (0, 1)
+
+
+def test_a_prune_that_takes_failed_parts_counts_the_reviewed_failures_it_keeps(
+    database_url: str, trained: Trained, tmp_path: Path
+) -> None:
+    """--no-keep-failed: a failed part that was reviewed is kept as reviewed, and was left out
+    of the count of reviewed parts kept (counted there only when not failed)."""
+    store = tmp_path / "store"
+    images = _five_parts(database_url, trained, tmp_path, store)
+    with session_scope(database_url) as session:
+        failed = session.scalars(select(Part).where(Part.stored_path == str(images["failed"])))
+        mark_good(session, failed.one().id, "ana")
+    report = prune_images(database_url, store, 30, keep_failed=False, dry_run=True)
+    assert (report.deleted, report.kept_failed, report.kept_reviewed) == (1, 0, 2)
