@@ -1538,7 +1538,8 @@ def prune_images_command(
     if report.elsewhere:
         console.print(
             f"{report.elsewhere} image(s) are recorded outside this machine's store "
-            f"({settings.images_dir}): not touched; prune them on the machine that keeps them",
+            f"({settings.images_dir}) and not in it: kept on another machine (prune them "
+            "there), or gone before the data folder moved; not touched",
             markup=False,
         )
     if report.partials:
