@@ -296,6 +296,9 @@ def latency_figure(histogram: LatencyHistogram) -> go.Figure:
     return figure
 
 
+MIN_TIMELINE_SPAN = timedelta(hours=1)  # the narrowest time axis of the model timeline
+
+
 def model_timeline_figure(usage: list[ModelUsage], zone: str = "UTC") -> go.Figure:
     """Which model version judged the parts, when: times of the time `zone` names."""
     figure = go.Figure()
@@ -313,6 +316,11 @@ def model_timeline_figure(usage: list[ModelUsage], zone: str = "UTC") -> go.Figu
             )
         )
     figure.update_xaxes(title_text=f"inspected ({zone})")
+    moments = [m for item in usage for m in (item.first_at, item.last_at) if m is not None]
+    if moments and max(moments) - min(moments) < MIN_TIMELINE_SPAN:
+        # (One batch of a few seconds spread its axis over milliseconds: "07:27:28.4365".)
+        middle = min(moments) + (max(moments) - min(moments)) / 2
+        figure.update_xaxes(range=[middle - MIN_TIMELINE_SPAN / 2, middle + MIN_TIMELINE_SPAN / 2])
     figure.update_layout(
         title="Model version in use", height=160 + 40 * max(len(usage), 1), showlegend=False
     )

@@ -1697,3 +1697,16 @@ def test_history_offers_a_class_reviewers_found_that_no_model_ever_called() -> N
     rates = next(f for f in _figures(at).values() if "miss rate" in json.dumps(f))
     misses = next(trace for trace in rates["data"] if trace["name"] == "miss rate")
     assert misses["customdata"] == [[1, 1]]  # part a, missed
+
+
+def test_the_model_timeline_of_one_short_batch_spans_an_hour_not_milliseconds() -> None:
+    """One batch of a few seconds spread the timeline's axis over milliseconds
+    ("07:27:28.4365"); a long history keeps its own range."""
+    from datetime import timedelta
+
+    start = datetime(2026, 11, 27, 7, 27, 28)
+    short = model_timeline_figure([ModelUsage(1, "v1", start, start + timedelta(seconds=2), 40)])
+    low, high = (datetime.fromisoformat(str(t)) for t in short.layout.xaxis.range)
+    assert high - low == timedelta(hours=1) and low < start < high
+    weeks = model_timeline_figure([ModelUsage(1, "v1", start, start + timedelta(days=14), 4)])
+    assert weeks.layout.xaxis.range is None
