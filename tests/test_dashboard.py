@@ -969,7 +969,7 @@ def test_a_missing_model_file_is_a_message(production: str, tmp_path: Path) -> N
     at = _app().run()
     at.file_uploader(key="inspect_files").set_value(_png_files(tmp_path, 1, 5)).run()
     assert not at.exception
-    assert "model file not found" in at.error[0].value
+    assert "the weights of tiny are missing" in at.error[0].value  # (as the commands say it)
 
 
 def _judged_parts(
