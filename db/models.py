@@ -97,6 +97,14 @@ class PredictionSource(enum.StrEnum):
     CLASSIFIER = "classifier"
 
 
+class Role(enum.StrEnum):
+    """What a dashboard account may do: reviewers inspect, follow and review; engineers also
+    change models and settings."""
+
+    REVIEWER = "reviewer"
+    ENGINEER = "engineer"
+
+
 class ProductionLine(Base):
     __tablename__ = "production_lines"
 
@@ -359,3 +367,22 @@ class Review(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     part: Mapped[Part] = relationship(back_populates="reviews")
+
+
+class User(Base):
+    """A named dashboard account. Never deleted: reviews name it (`Review.reviewer`), so a
+    person who leaves is disabled and their reviews stay traceable to them."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    role: Mapped[Role] = mapped_column(_enum(Role))
+    # "scrypt$N$r$p$SALT$HASH" (base64): the parameters travel with each hash, so stronger
+    # ones later leave the hashes made before them checkable.
+    password_hash: Mapped[str] = mapped_column(String(255))
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None] = mapped_column()
+    disabled_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    password_changed_at: Mapped[datetime] = mapped_column(default=utcnow)

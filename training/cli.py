@@ -21,7 +21,7 @@ from rich.table import Table
 
 import inspection  # noqa: F401 - prepares torch/torchvision/ultralytics before anything else
 from db.migrate import current_revision, head_revision, upgrade
-from db.models import ModelKind, ModelStage, ModelVersion
+from db.models import ModelKind, ModelStage, ModelVersion, Role
 from db.registry import (
     UNNAMED_LINE,
     NotFoundError,
@@ -57,6 +57,11 @@ distill_app = typer.Typer(
     help="Distill a large teacher into a small, fast student.", no_args_is_help=True
 )
 app.add_typer(distill_app, name="distill")
+users_app = typer.Typer(
+    help="Dashboard accounts: once one exists, the dashboard asks everyone to log in.",
+    no_args_is_help=True,
+)
+app.add_typer(users_app, name="users")
 # Lines are never wrapped at the 80 columns rich assumes off a terminal: a part's line split in
 # two in a log, or for a script reading it line by line. Neither markup nor emoji codes are
 # read: what is printed holds names a camera or a person chose (files, lines, stations,
@@ -258,6 +263,97 @@ def models_archive(model: Annotated[str, typer.Argument(help="Model version id o
         version.stage = ModelStage.ARCHIVED
         version.archived_at = database_utcnow(session)
         console.print(f"{version.name} archived")
+
+
+PASSWORD_STDIN_HELP = "Read the password from the first line of stdin (for scripts), not a prompt."
+
+
+def _new_password(from_stdin: bool) -> str:
+    """The password typed twice at a prompt (not echoed), or the first line of stdin."""
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    return str(typer.prompt("Password", hide_input=True, confirmation_prompt=True))
+
+
+@users_app.command("add")
+def users_add(
+    name: Annotated[str, typer.Argument(help="The account's name, as reviews will show it.")],
+    role: Annotated[
+        Role,
+        typer.Option(
+            help="reviewer: Inspect, Live, Review, History; engineer: also Models and Settings."
+        ),
+    ],
+    password_stdin: Annotated[bool, typer.Option(help=PASSWORD_STDIN_HELP)] = False,
+) -> None:
+    """Add a dashboard account (the first one turns the dashboard's login on)."""
+    from db.accounts import accounts_exist, add_user
+
+    url = migrated_database_url()
+    password = _new_password(password_stdin)
+    with session_scope(url) as session:
+        first = not accounts_exist(session)
+        user = add_user(session, name, role, password)
+        console.print(f"account {user.name} added ({user.role.value})")
+    if first:
+        console.print("the dashboard now asks everyone to log in")
+
+
+@users_app.command("list")
+def users_list() -> None:
+    """The accounts, their roles and whether they are disabled."""
+    from db.accounts import list_users
+
+    with session_scope(migrated_database_url()) as session:
+        users = list_users(session)
+        if not users:
+            console.print(
+                "no accounts: the dashboard is open to anyone who reaches it "
+                "(add one with `defects users add NAME --role engineer`)"
+            )
+            return
+        table = Table("name", "role", "state", "created (UTC)")
+        for user in users:
+            state = f"disabled {user.disabled_at:%Y-%m-%d %H:%M}" if user.disabled_at else "active"
+            table.add_row(user.name, user.role.value, state, f"{user.created_at:%Y-%m-%d %H:%M}")
+        console.print(table)
+
+
+@users_app.command("set-password")
+def users_set_password(
+    name: Annotated[str, typer.Argument(help="The account's name.")],
+    password_stdin: Annotated[bool, typer.Option(help=PASSWORD_STDIN_HELP)] = False,
+) -> None:
+    """Give an account a new password (and end any wait after wrong tries)."""
+    from db.accounts import get_user, set_password
+
+    url = migrated_database_url()
+    with session_scope(url) as session:
+        get_user(session, name)  # (refused before the password is asked)
+    password = _new_password(password_stdin)
+    with session_scope(url) as session:
+        user = set_password(session, name, password)
+        console.print(f"password of {user.name} changed")
+
+
+@users_app.command("disable")
+def users_disable(name: Annotated[str, typer.Argument(help="The account's name.")]) -> None:
+    """Stop an account from logging in; never deleted, since its reviews name it."""
+    from db.accounts import disable_user
+
+    with session_scope(migrated_database_url()) as session:
+        user = disable_user(session, name)
+        console.print(f"account {user.name} disabled (its reviews keep its name)")
+
+
+@users_app.command("enable")
+def users_enable(name: Annotated[str, typer.Argument(help="The account's name.")]) -> None:
+    """Let a disabled account log in again."""
+    from db.accounts import enable_user
+
+    with session_scope(migrated_database_url()) as session:
+        user = enable_user(session, name)
+        console.print(f"account {user.name} enabled ({user.role.value})")
 
 
 class SourceFormatChoice(StrEnum):

@@ -1,0 +1,233 @@
+"""Dashboard accounts: named people with a role, their passwords kept as salted hashes only.
+
+Offline by design (no identity provider): the hashes are the standard library's scrypt, with
+the parameters stored beside each hash, compared in constant time. An account is never
+deleted, only disabled, since reviews name it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import threading
+import unicodedata
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from db.models import Role, User, database_utcnow
+
+# scrypt's cost: 16 MiB and a few tens of milliseconds a check, far past what guessing can
+# afford on a stolen database, well inside a login's wait.
+SCRYPT_N = 2**14
+SCRYPT_R = 8
+SCRYPT_P = 1
+SALT_BYTES = 16
+HASH_BYTES = 32
+MIN_PASSWORD_LENGTH = 8
+MAX_NAME_LENGTH = 128  # (a review's reviewer column)
+
+MAX_FAILED_LOGINS = 5
+LOCK_SECONDS = 30
+
+
+class AccountError(ValueError):
+    """An account cannot be made or changed as asked; the message says why."""
+
+
+def hash_password(password: str) -> str:
+    """A new salted hash of `password`, its parameters written beside it."""
+    salt = secrets.token_bytes(SALT_BYTES)
+    digest = _scrypt(password, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P, HASH_BYTES)
+    return "$".join(
+        ["scrypt", str(SCRYPT_N), str(SCRYPT_R), str(SCRYPT_P), _b64(salt), _b64(digest)]
+    )
+
+
+def verify_password(password: str, stored: str) -> bool:
+    """Whether `password` is the one `stored` was made from (with the parameters stored)."""
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        expected = base64.b64decode(digest, validate=True)
+        found = _scrypt(
+            password, base64.b64decode(salt, validate=True), int(n), int(r), int(p), len(expected)
+        )
+    except ValueError:  # (a damaged value matches no password)
+        return False
+    return hmac.compare_digest(found, expected)
+
+
+def _scrypt(password: str, salt: bytes, n: int, r: int, p: int, length: int) -> bytes:
+    return hashlib.scrypt(
+        password.encode(), salt=salt, n=n, r=r, p=p, dklen=length, maxmem=256 * n * r * p
+    )
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+# Checked against for a name with no account, so that a wrong name takes as long as a wrong
+# password and does not tell which names exist.
+_DUMMY_HASH = hash_password(secrets.token_hex(16))
+
+
+def check_name(name: str) -> str:
+    """The account name as stored: stripped; refused empty, too long or with control
+    characters (it is shown on every review the person makes)."""
+    name = name.strip()
+    if not name:
+        raise AccountError("an account needs a name")
+    if len(name) > MAX_NAME_LENGTH:
+        raise AccountError(f"an account name has at most {MAX_NAME_LENGTH} characters")
+    if any(unicodedata.category(c).startswith("C") for c in name):
+        raise AccountError("an account name may not hold control characters")
+    return name
+
+
+def check_password(password: str) -> str:
+    """A password good enough to store: refused shorter than MIN_PASSWORD_LENGTH."""
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise AccountError(f"a password needs at least {MIN_PASSWORD_LENGTH} characters")
+    return password
+
+
+def accounts_exist(session: Session) -> bool:
+    """Whether any account was ever made (disabled ones count): from then on the dashboard
+    asks everyone to log in."""
+    return session.scalar(select(User.id).limit(1)) is not None
+
+
+def find_user(session: Session, name: str) -> User | None:
+    return session.scalars(select(User).where(User.name == name.strip())).first()
+
+
+def get_user(session: Session, name: str) -> User:
+    user = find_user(session, name)
+    if user is None:
+        raise AccountError(f"no account {name.strip()!r} (see `defects users list`)")
+    return user
+
+
+def add_user(session: Session, name: str, role: Role, password: str) -> User:
+    """A new account; a name taken already, in any case ("Ana" beside "ana"), is refused:
+    two people whose reviews read alike could not be told apart."""
+    name = check_name(name)
+    check_password(password)
+    taken = session.scalars(select(User.name).where(func.lower(User.name) == name.lower())).first()
+    if taken is not None:
+        raise AccountError(f"the account {taken!r} exists already")
+    user = User(name=name, role=role, password_hash=hash_password(password), failed_logins=0)
+    session.add(user)
+    session.flush()
+    return user
+
+
+def set_password(session: Session, name: str, password: str) -> User:
+    """A new password for an account; its count of wrong tries and any wait start afresh."""
+    user = get_user(session, name)
+    user.password_hash = hash_password(check_password(password))
+    user.password_changed_at = database_utcnow(session)
+    user.failed_logins = 0
+    user.locked_until = None
+    return user
+
+
+def disable_user(session: Session, name: str) -> User:
+    """The account can no longer log in; its reviews keep its name."""
+    user = get_user(session, name)
+    if user.disabled_at is None:
+        user.disabled_at = database_utcnow(session)
+    return user
+
+
+def enable_user(session: Session, name: str) -> User:
+    user = get_user(session, name)
+    user.disabled_at = None
+    user.failed_logins = 0
+    user.locked_until = None
+    return user
+
+
+def list_users(session: Session) -> list[User]:
+    return list(session.scalars(select(User).order_by(User.name)))
+
+
+@dataclass(frozen=True)
+class Login:
+    """What a login attempt came to: the account (name and role) or why not."""
+
+    name: str | None = None
+    role: Role | None = None
+    wait_seconds: int = 0  # > 0: this name is locked for that long
+    disabled: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.name is not None
+
+
+# Wrong tries of names that have no account, kept in this process as an account's are kept in
+# its row: the answer to a wrong name is the answer to a wrong password, waits included.
+_unknown_lock = threading.Lock()
+_unknown_failures: dict[str, tuple[int, datetime | None]] = {}
+
+
+def authenticate(session: Session, name: str, password: str) -> Login:
+    """Checks a name and password. After MAX_FAILED_LOGINS wrong tries in a row for a name,
+    that name waits LOCK_SECONDS (by the database's clock, which every dashboard sharing the
+    database agrees on) before its password is checked again."""
+    now = database_utcnow(session)
+    name = name.strip()
+    user = find_user(session, name) if name else None
+    if user is None:
+        return _unknown_attempt(name.lower(), password, now)
+    if user.locked_until is not None and user.locked_until > now:
+        return Login(wait_seconds=_seconds_left(user.locked_until, now))
+    if not verify_password(password, user.password_hash):
+        user.failed_logins = (user.failed_logins or 0) + 1
+        if user.failed_logins >= MAX_FAILED_LOGINS:
+            user.failed_logins = 0
+            user.locked_until = now + timedelta(seconds=LOCK_SECONDS)
+            return Login(wait_seconds=LOCK_SECONDS)
+        return Login()
+    user.failed_logins = 0
+    user.locked_until = None
+    if user.disabled_at is not None:
+        return Login(disabled=True)
+    return Login(name=user.name, role=user.role)
+
+
+def _unknown_attempt(key: str, password: str, now: datetime) -> Login:
+    verify_password(password, _DUMMY_HASH)
+    with _unknown_lock:
+        failures, locked_until = _unknown_failures.get(key, (0, None))
+        if locked_until is not None and locked_until > now:
+            return Login(wait_seconds=_seconds_left(locked_until, now))
+        failures += 1
+        if failures >= MAX_FAILED_LOGINS:
+            _unknown_failures[key] = (0, now + timedelta(seconds=LOCK_SECONDS))
+            return Login(wait_seconds=LOCK_SECONDS)
+        if len(_unknown_failures) > 10_000:  # (names typed at random cannot fill the memory)
+            _unknown_failures.clear()
+        _unknown_failures[key] = (failures, None)
+        return Login()
+
+
+def _seconds_left(until: datetime, now: datetime) -> int:
+    return max(1, int((until - now).total_seconds() + 0.999))
+
+
+def account_role(session: Session, name: str) -> Role | None:
+    """The role of an account that may use the dashboard now; None once it is disabled or
+    gone (a session logged in before is then logged out at its next action)."""
+    user = find_user(session, name)
+    if user is None or user.disabled_at is not None:
+        return None
+    return user.role

@@ -1,0 +1,217 @@
+"""Dashboard accounts: password hashes, the `defects users` commands, the migration, logins."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect as schema
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from db.accounts import (
+    LOCK_SECONDS,
+    MAX_FAILED_LOGINS,
+    AccountError,
+    accounts_exist,
+    add_user,
+    authenticate,
+    hash_password,
+    verify_password,
+)
+from db.migrate import upgrade
+from db.models import Role, User
+from db.session import get_engine, session_scope
+from inspection.settings import get_settings
+from training.cli import app
+
+runner = CliRunner()
+
+
+def test_a_password_hash_round_trips_and_holds_no_password() -> None:
+    stored = hash_password("correct horse")
+    assert "correct horse" not in stored
+    scheme, n, r, p, salt, digest = stored.split("$")
+    assert (scheme, n, r, p) == ("scrypt", "16384", "8", "1")
+    assert verify_password("correct horse", stored)
+    assert not verify_password("correct hors", stored)
+    assert not verify_password("correct horse", "scrypt$16384$8$1$bad$")  # damaged: no match
+    assert hash_password("correct horse") != stored  # salted: never the same twice
+
+
+def test_the_hash_is_checked_with_the_parameters_stored_beside_it() -> None:
+    """A hash made with other parameters (an earlier or later cost) still checks."""
+    import base64
+    import hashlib
+
+    salt = b"0123456789abcdef"
+    digest = hashlib.scrypt(b"s3cret-pass", salt=salt, n=2**10, r=4, p=2, dklen=24)
+    stored = (
+        f"scrypt$1024$4$2${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+    )
+    assert verify_password("s3cret-pass", stored)
+    assert not verify_password("s3cret-pasS", stored)
+
+
+def _users(*args: str, password: str | None = None) -> tuple[int, str, BaseException | None]:
+    result = runner.invoke(
+        app, ["users", *args], input=None if password is None else password + "\n"
+    )
+    return result.exit_code, result.output, result.exception
+
+
+def _stored(name: str) -> User:
+    with session_scope(get_settings().resolved_database_url) as session:
+        user = session.scalars(select(User).where(User.name == name)).one()
+        session.expunge(user)
+        return user
+
+
+def test_users_add_list_disable_set_password_on_the_command_line() -> None:
+    code, output, _ = _users("list")
+    assert code == 0 and "no accounts" in output
+    code, output, _ = _users(
+        "add", "Ana Silva", "--role", "reviewer", "--password-stdin", password="first-pass"
+    )
+    assert code == 0, output
+    assert "Ana Silva added (reviewer)" in output and "asks everyone to log in" in output
+    ana = _stored("Ana Silva")
+    assert ana.role is Role.REVIEWER and "first-pass" not in ana.password_hash
+    assert verify_password("first-pass", ana.password_hash)
+
+    # Typed at the prompt, twice.
+    code, output, _ = _users("add", "bo", "--role", "engineer", password="eng-pass1\neng-pass1")
+    assert code == 0, output
+    assert _stored("bo").role is Role.ENGINEER
+
+    # A name taken in another case, a short password, an unknown account: refused, said why.
+    code, _, error = _users(
+        "add", "ana silva", "--role", "engineer", "--password-stdin", password="other-pass"
+    )
+    assert code != 0 and isinstance(error, AccountError) and "exists already" in str(error)
+    code, _, error = _users("add", "cy", "--role", "engineer", "--password-stdin", password="short")
+    assert code != 0 and "at least 8 characters" in str(error)
+    code, _, error = _users("set-password", "nobody", "--password-stdin", password="whatever1")
+    assert code != 0 and "no account 'nobody'" in str(error)
+
+    code, output, _ = _users(
+        "set-password", "Ana Silva", "--password-stdin", password="second-pass"
+    )
+    assert code == 0, output
+    assert verify_password("second-pass", _stored("Ana Silva").password_hash)
+    assert not verify_password("first-pass", _stored("Ana Silva").password_hash)
+
+    code, output, _ = _users("disable", "Ana Silva")
+    assert code == 0 and "disabled" in output
+    assert _stored("Ana Silva").disabled_at is not None
+    code, output, _ = _users("list")
+    assert code == 0
+    rows = {line.split("│")[1].strip(): line for line in output.splitlines() if "│" in line}
+    assert "reviewer" in rows["Ana Silva"] and "disabled" in rows["Ana Silva"]
+    assert "engineer" in rows["bo"] and "active" in rows["bo"]
+    code, output, _ = _users("enable", "Ana Silva")
+    assert code == 0 and _stored("Ana Silva").disabled_at is None
+
+
+def test_a_bad_account_command_is_one_line_and_no_traceback(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from training.cli import main; main()",
+            "users",
+            "add",
+            "x",
+            "--role",
+            "engineer",
+            "--password-stdin",
+        ],
+        input="short\n",
+        capture_output=True,
+        text=True,
+        env={"DEFECTS_DATA_DIR": str(tmp_path / "d"), "PATH": "/usr/bin:/bin"},
+        cwd=Path(__file__).parents[1],
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip() == "error: a password needs at least 8 characters"
+
+
+def test_the_users_migration_goes_up_and_down(tmp_path: Path) -> None:
+    from alembic import command
+
+    from db.migrate import alembic_config
+
+    url = f"sqlite:///{tmp_path / 'users.db'}"
+    upgrade(url, "0007")
+    assert "users" not in schema(get_engine(url)).get_table_names()
+    upgrade(url)
+    assert "users" in schema(get_engine(url)).get_table_names()
+    with session_scope(url) as session:
+        add_user(session, "ana", Role.REVIEWER, "long-enough")
+    command.downgrade(alembic_config(url), "0007")
+    get_engine(url).dispose()
+    assert "users" not in schema(get_engine(url)).get_table_names()
+    upgrade(url)
+    with session_scope(url) as session:
+        assert not accounts_exist(session)  # (the table is new again, empty)
+
+
+def test_a_login_is_checked_and_five_wrong_tries_make_the_name_wait(database_url: str) -> None:
+    with session_scope(database_url) as session:
+        assert not accounts_exist(session)
+        add_user(session, "ana", Role.REVIEWER, "right-pass")
+        assert accounts_exist(session)
+    with session_scope(database_url) as session:
+        login = authenticate(session, " ana ", "right-pass")
+        assert login.ok and login.name == "ana" and login.role is Role.REVIEWER
+    for _ in range(MAX_FAILED_LOGINS - 1):
+        with session_scope(database_url) as session:
+            refused = authenticate(session, "ana", "wrong-pass")
+            assert not refused.ok and refused.wait_seconds == 0
+    with session_scope(database_url) as session:
+        assert authenticate(session, "ana", "wrong-pass").wait_seconds == LOCK_SECONDS
+    with session_scope(database_url) as session:  # the right password waits too
+        waiting = authenticate(session, "ana", "right-pass")
+        assert not waiting.ok and 0 < waiting.wait_seconds <= LOCK_SECONDS
+    with session_scope(database_url) as session:  # once the wait is over, it logs in
+        user = session.scalars(select(User)).one()
+        assert user.locked_until is not None
+        user.locked_until -= timedelta(seconds=LOCK_SECONDS + 1)
+    with session_scope(database_url) as session:
+        assert authenticate(session, "ana", "right-pass").ok
+
+
+def test_a_name_with_no_account_is_answered_as_a_wrong_password(database_url: str) -> None:
+    from db import accounts
+
+    accounts._unknown_failures.clear()  # (kept per process: another test's tries)
+    with session_scope(database_url) as session:
+        add_user(session, "ana", Role.ENGINEER, "right-pass")
+    answers = []
+    for _ in range(MAX_FAILED_LOGINS):
+        with session_scope(database_url) as session:
+            answers.append(authenticate(session, "nobody-here", "right-pass"))
+    assert [a.ok for a in answers] == [False] * MAX_FAILED_LOGINS
+    assert [a.wait_seconds for a in answers] == [0] * (MAX_FAILED_LOGINS - 1) + [LOCK_SECONDS]
+
+
+def test_a_disabled_account_cannot_log_in(database_url: str) -> None:
+    from db.accounts import account_role, disable_user
+
+    with session_scope(database_url) as session:
+        add_user(session, "ana", Role.ENGINEER, "right-pass")
+        assert account_role(session, "ana") is Role.ENGINEER
+        disable_user(session, "ana")
+        assert account_role(session, "ana") is None
+        login = authenticate(session, "ana", "right-pass")
+        assert not login.ok and login.disabled
+
+
+@pytest.mark.parametrize("name", ["", "   ", "a\nb", "x" * 129])
+def test_an_unusable_account_name_is_refused(database_url: str, name: str) -> None:
+    with session_scope(database_url) as session, pytest.raises(AccountError):
+        add_user(session, name, Role.REVIEWER, "long-enough")
