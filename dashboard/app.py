@@ -10,6 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import streamlit as st  # noqa: E402
 
+from dashboard.auth import account_sidebar, current_access, login_page  # noqa: E402
 from dashboard.state import database_message, database_ready, show_flashes  # noqa: E402
 from db.session import DatabaseError  # noqa: E402
 
@@ -20,8 +21,22 @@ if ready.error:
     st.stop()
 
 VIEWS = Path(__file__).parent / "views"
-navigation = st.navigation(
-    [
+try:
+    access = current_access(ready.url)
+except DatabaseError as exc:
+    st.error(database_message(exc))
+    st.stop()
+
+
+def log_in() -> None:
+    login_page(ready.url)
+
+
+if access.accounts and not access.logged_in:
+    # Accounts exist: the login form is the only page until one logs in.
+    pages = [st.Page(log_in, title="Log in", icon=":material/login:", url_path="login")]
+else:
+    pages = [
         st.Page(VIEWS / "inspect.py", title="Inspect", icon=":material/search:", default=True),
         st.Page(VIEWS / "live.py", title="Live", icon=":material/sensors:"),
         st.Page(VIEWS / "review.py", title="Review", icon=":material/fact_check:"),
@@ -29,7 +44,8 @@ navigation = st.navigation(
         st.Page(VIEWS / "models.py", title="Models", icon=":material/model_training:"),
         st.Page(VIEWS / "settings.py", title="Settings", icon=":material/tune:"),
     ]
-)
+navigation = st.navigation(pages)
+account_sidebar(access)
 show_flashes()
 try:
     navigation.run()

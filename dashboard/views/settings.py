@@ -8,8 +8,9 @@ import pandas as pd
 import streamlit as st
 from sqlalchemy import select
 
+from dashboard.auth import current_access, listens_beyond_localhost
 from dashboard.state import database_ready, detector_info, flash, lines_and_stations
-from dashboard.text import plain
+from dashboard.text import code, plain
 from db.models import Dataset, ModelKind, ModelVersion
 from db.registry import ensure_station
 from db.session import session_scope
@@ -46,6 +47,16 @@ def _changed_message(name: str, promoted: bool) -> str:
 
 state = database_ready()
 st.title("Settings")
+if not current_access(state.url).accounts and listens_beyond_localhost():
+    address = st.get_option("server.address")
+    where = code(address) if address else "on every address"
+    st.warning(
+        f"This dashboard listens beyond this machine ({where}) and has no accounts: "
+        "anyone who reaches it can change everything here, promote or roll back models, start "
+        "trainings and review under any name. Add an engineer's account on the server "
+        "(`defects users add NAME --role engineer`, see README's Accounts): from then on "
+        "everyone logs in."
+    )
 
 st.subheader("Thresholds of the production model")
 info = detector_info(state.url)
