@@ -41,9 +41,12 @@ else:
         st.Page(VIEWS / "live.py", title="Live", icon=":material/sensors:"),
         st.Page(VIEWS / "review.py", title="Review", icon=":material/fact_check:"),
         st.Page(VIEWS / "history.py", title="History", icon=":material/monitoring:"),
-        st.Page(VIEWS / "models.py", title="Models", icon=":material/model_training:"),
-        st.Page(VIEWS / "settings.py", title="Settings", icon=":material/tune:"),
     ]
+    if access.engineer:  # (reviewers neither see nor reach them; the pages refuse them too)
+        pages += [
+            st.Page(VIEWS / "models.py", title="Models", icon=":material/model_training:"),
+            st.Page(VIEWS / "settings.py", title="Settings", icon=":material/tune:"),
+        ]
 navigation = st.navigation(pages)
 account_sidebar(access)
 show_flashes()

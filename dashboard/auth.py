@@ -85,8 +85,24 @@ def account_sidebar(access: Access) -> None:
         return
     st.sidebar.caption(f"Logged in as {plain(access.name)} ({access.role.value})")
     if st.sidebar.button("Log out", key="logout"):
-        st.session_state.pop(ACCOUNT, None)
+        # All of it: the next person at this screen inherits no part picked, no review to
+        # undo, no half-filled form of the one before.
+        st.session_state.clear()
         st.rerun()
+
+
+def engineers_only(url: str, page: str) -> Access:
+    """Stops a page that changes models or settings for anyone but an engineer. The page is
+    not in a reviewer's navigation either; this refuses it in the page's own code, so that
+    no way of reaching it (a stale link, a session whose role changed) runs its actions."""
+    access = current_access(url)
+    if not access.engineer:
+        st.error(
+            f"The {page} page is for engineers"
+            + (f": {plain(access.name)} is a reviewer." if access.logged_in else ": log in.")
+        )
+        st.stop()
+    return access
 
 
 def listens_beyond_localhost() -> bool:

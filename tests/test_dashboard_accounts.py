@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 from streamlit import config
 from streamlit.testing.v1 import AppTest
 
 from db.accounts import LOCK_SECONDS, MAX_FAILED_LOGINS, add_user, disable_user
 from db.migrate import upgrade
-from db.models import Role
+from db.models import Review, Role
 from db.session import session_scope
 from inspection.settings import get_settings
+from tests.conftest import Trained, register_production_detector
+from tests.synthetic import make_images
 
 APP = str(Path(__file__).parents[1] / "dashboard" / "app.py")
 
@@ -135,3 +139,65 @@ def test_a_session_of_an_account_disabled_since_is_logged_out(url: str) -> None:
         disable_user(session, "ana")
     at.run()
     assert _titles(at) == ["Log in"]
+
+
+@pytest.fixture
+def production(url: str, trained: Trained) -> str:
+    """This test's database with the tiny detector in production."""
+    register_production_detector(url, trained.weights, get_settings().models_dir)
+    return url
+
+
+def test_a_reviewer_sees_no_models_or_settings_and_reviews_under_the_account(
+    production: str, tmp_path: Path
+) -> None:
+    _account(production, "ana", Role.REVIEWER)
+    at = _log_in(AppTest.from_file(APP, default_timeout=120).run(), "ana", "right-pass")
+    images = make_images(tmp_path / "up", n=2, seed=3)
+    files = [(i.name, (tmp_path / "up" / i.name).read_bytes(), "image/png") for i in images]
+    at.file_uploader(key="inspect_files").set_value(files).run()
+    assert not at.exception, at.exception
+    for page in ("models", "settings"):  # not registered for a reviewer
+        with pytest.raises(ValueError, match="Known pages") as refused:
+            at.switch_page(f"views/{page}.py")
+        known = str(refused.value).split("Known pages: ")[1]
+        assert re.findall(r"views/(\w+)\.py", known) == ["inspect", "live", "review", "history"]
+    at.switch_page("views/review.py").run()
+    assert not at.exception, at.exception
+    assert not [t for t in at.text_input if t.key == "reviewer"]  # no name to type
+    assert any(c.value == "Reviewing as ana: every review records who made it." for c in at.caption)
+    next(b for b in at.button if b.label == "Mark part good").click().run()
+    assert not at.exception, at.exception
+    with session_scope(production) as session:
+        assert session.scalars(select(Review.reviewer)).all() == ["ana"]
+    # Undone as the account too.
+    next(b for b in at.button if b.label.startswith("Undo my last review")).click().run()
+    with session_scope(production) as session:
+        assert session.scalars(select(Review.reviewer)).all() == []
+
+
+def test_an_engineer_sees_models_and_settings(production: str) -> None:
+    _account(production, "eng", Role.ENGINEER)
+    at = _log_in(AppTest.from_file(APP, default_timeout=120).run(), "eng", "right-pass")
+    at.switch_page("views/models.py").run()
+    assert not at.exception, at.exception
+    assert _titles(at) == ["Models"] and at.dataframe
+    at.switch_page("views/settings.py").run()
+    assert _titles(at) == ["Settings"] and at.slider
+
+
+@pytest.mark.parametrize("page", ["models", "settings"])
+def test_the_models_and_settings_pages_refuse_a_reviewer_in_their_own_code(
+    production: str, page: str
+) -> None:
+    """Hidden from a reviewer's navigation, and refused by the page itself if reached."""
+    _account(production, "ana", Role.REVIEWER)
+    view = str(Path(APP).parent / "views" / f"{page}.py")
+    for account in ("ana", None):  # a reviewer, and nobody logged in
+        at = AppTest.from_file(view, default_timeout=120)
+        if account:
+            at.session_state["account"] = account
+        at.run()
+        assert not at.exception, at.exception
+        assert "is for engineers" in at.error[0].value
+        assert not at.button and not at.slider and not at.dataframe

@@ -11,6 +11,7 @@ import pandas as pd
 import streamlit as st
 from sqlalchemy import select
 
+from dashboard.auth import engineers_only
 from dashboard.state import database_ready, flash, local_time, zone_label
 from dashboard.text import plain
 from db.models import Dataset, JobStatus, ModelKind, ModelStage, ModelVersion, TrainingJob
@@ -57,6 +58,7 @@ def _pct(value: object) -> str:
 
 state = database_ready()
 st.title("Models")
+engineers_only(state.url, "Models")
 with session_scope(state.url) as session:
     versions = session.scalars(select(ModelVersion).order_by(ModelVersion.created_at.desc())).all()
     rows = [

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from dashboard.auth import current_access
 from dashboard.charts import ShownBox, review_figure, selected_box
 from dashboard.drawing import unshown_image
 from dashboard.state import database_ready, detector_info, flash
@@ -35,7 +36,14 @@ REVIEW_SCAN = 2000  # the most recent verdicts the queue looks among
 
 state = database_ready()
 st.title("Review parts")
-reviewer = st.text_input("Your name", key="reviewer", help="Every review records who made it.")
+access = current_access(state.url)
+if access.logged_in:
+    # The account is the reviewer: a typed name made the audit trail only as good as what
+    # people typed.
+    reviewer = access.name or ""
+    st.caption(f"Reviewing as {plain(reviewer)}: every review records who made it.")
+else:
+    reviewer = st.text_input("Your name", key="reviewer", help="Every review records who made it.")
 
 last = st.session_state.get("review_last_part")  # the part this session reviewed last
 if (

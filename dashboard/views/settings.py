@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 from sqlalchemy import select
 
-from dashboard.auth import current_access, listens_beyond_localhost
+from dashboard.auth import engineers_only, listens_beyond_localhost
 from dashboard.state import database_ready, detector_info, flash, lines_and_stations
 from dashboard.text import code, plain
 from db.models import Dataset, ModelKind, ModelVersion
@@ -47,7 +47,7 @@ def _changed_message(name: str, promoted: bool) -> str:
 
 state = database_ready()
 st.title("Settings")
-if not current_access(state.url).accounts and listens_beyond_localhost():
+if not engineers_only(state.url, "Settings").accounts and listens_beyond_localhost():
     address = st.get_option("server.address")
     where = code(address) if address else "on every address"
     st.warning(
