@@ -13,7 +13,7 @@ from streamlit.testing.v1 import AppTest
 
 from db.accounts import LOCK_SECONDS, MAX_FAILED_LOGINS, add_user, disable_user
 from db.migrate import upgrade
-from db.models import Review, Role
+from db.models import InspectionRun, Review, Role
 from db.session import session_scope
 from inspection.settings import get_settings
 from tests.conftest import Trained, register_production_detector
@@ -157,6 +157,8 @@ def test_a_reviewer_sees_no_models_or_settings_and_reviews_under_the_account(
     files = [(i.name, (tmp_path / "up" / i.name).read_bytes(), "image/png") for i in images]
     at.file_uploader(key="inspect_files").set_value(files).run()
     assert not at.exception, at.exception
+    with session_scope(production) as session:  # the upload's run names who made it
+        assert session.scalars(select(InspectionRun.operator)).all() == ["ana"]
     for page in ("models", "settings"):  # not registered for a reviewer
         with pytest.raises(ValueError, match="Known pages") as refused:
             at.switch_page(f"views/{page}.py")

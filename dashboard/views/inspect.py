@@ -10,6 +10,7 @@ import pandas as pd
 import streamlit as st
 from streamlit.runtime.uploaded_file_manager import UploadedFile
 
+from dashboard.auth import current_access
 from dashboard.drawing import draw_boxes, prediction_boxes, unshown_image
 from dashboard.state import (
     UPLOAD_LIMIT_MB,
@@ -158,6 +159,7 @@ if st.session_state.get("inspected_key") != upload_key:
             line,
             station,
             model=info.name,
+            operator=current_access(state.url).name or "",  # (the run's who, with accounts)
             source="dashboard upload",
             inspector=inspector_for(info),
         )
