@@ -11,7 +11,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import streamlit as st  # noqa: E402
 
 from dashboard.auth import account_sidebar, current_access, login_page  # noqa: E402
-from dashboard.state import database_message, database_ready, show_flashes  # noqa: E402
+from dashboard.state import (  # noqa: E402
+    database_message,
+    database_ready,
+    schema_moved_on,
+    show_flashes,
+)
 from db.session import DatabaseError  # noqa: E402
 
 st.set_page_config(page_title="Defect inspection", layout="wide")
@@ -19,6 +24,9 @@ ready = database_ready()
 if ready.error:
     st.error(ready.error)
     st.stop()
+moved_on = schema_moved_on(ready)
+if moved_on:
+    st.warning(moved_on)
 
 VIEWS = Path(__file__).parent / "views"
 try:

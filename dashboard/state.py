@@ -13,10 +13,10 @@ import streamlit as st
 from sqlalchemy import select
 
 import inspection  # noqa: F401 - prepares torch/torchvision/ultralytics
-from db.migrate import upgrade
+from db.migrate import schema_revision, upgrade
 from db.models import ModelKind, ModelVersion, ProductionLine, Station
 from db.registry import production_model
-from db.session import DatabaseError, redact, session_scope
+from db.session import DatabaseError, connection_scope, redact, session_scope
 from inspection.batch import found_weights, weights_there
 from inspection.engine import Inspector
 from inspection.settings import SettingsError, get_settings
@@ -47,6 +47,26 @@ def database_ready() -> DatabaseState:
         return DatabaseState(url, _migrated(url), None)
     except DatabaseError as exc:
         return DatabaseState(url, None, f"The database at {redact(url)} cannot be used: {exc}")
+
+
+def schema_moved_on(state: DatabaseState) -> str | None:
+    """What to say where the database's schema is no longer the one this dashboard migrated it
+    to: a station or dashboard of another release migrated it since this one started, and
+    this process, which runs the code it started with, would read and write a schema it does
+    not know (a page failing for no reason it could give)."""
+    try:
+        with connection_scope(state.url) as connection:
+            revision = schema_revision(connection)
+    except DatabaseError:
+        return None  # (said by the page that meets it)
+    if revision is None or revision == state.revision:
+        return None
+    return (
+        f"The database's schema is now at revision {revision}, not {state.revision} that this "
+        "dashboard's release reads and writes: another release migrated it since this dashboard "
+        "started. Restart the dashboard on the release that migrated the database (`git pull`, "
+        "then `make run`)."
+    )
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from streamlit.testing.v1 import AppTest
 
 from dashboard.charts import (
@@ -1710,3 +1710,19 @@ def test_the_model_timeline_of_one_short_batch_spans_an_hour_not_milliseconds() 
     assert high - low == timedelta(hours=1) and low < start < high
     weeks = model_timeline_figure([ModelUsage(1, "v1", start, start + timedelta(days=14), 4)])
     assert weeks.layout.xaxis.range is None
+
+
+def test_a_dashboard_says_when_another_release_migrates_the_database_under_it() -> None:
+    """A dashboard left running while a station of a newer release migrated the shared
+    database ran on with the old schema's code, its pages failing for no reason it gave."""
+    from db.session import get_engine
+
+    at = _app().run()
+    assert not at.exception, at.exception
+    assert not [w for w in at.warning if "schema is now" in w.value]
+    url = get_settings().resolved_database_url
+    with get_engine(url).begin() as connection:  # a newer release's migration
+        connection.execute(text("UPDATE alembic_version SET version_num = '9999_newer'"))
+    at.run()
+    [said] = [w.value for w in at.warning if "schema is now" in w.value]
+    assert said.startswith("The database's schema is now at revision 9999_newer")
