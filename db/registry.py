@@ -171,12 +171,29 @@ def one_edit_apart(first: str, second: str) -> bool:
     return any(longer[:i] + longer[i + 1 :] == shorter for i in range(len(longer)))
 
 
+def _plurals(key: str) -> set[str]:
+    """An English noun's plurals ('scratch' 'scratches', 'cavity' 'cavities', 'spot' 'spots'):
+    a reviewer names the one defect in front of them, while a dataset's classes are often
+    plural, as NEU-DET's 'scratches'."""
+    plurals = {key + "s", key + "es"}
+    if key.endswith("y"):
+        plurals.add(key[:-1] + "ies")
+    return plurals
+
+
 def look_alike_classes(first: str, second: str) -> bool:
     """Two class names that read as one class spelled two ways: equal but for case, spacing
-    and '_' or '-' ('Scratch', 'scratch'), or a typo, one edit apart in names of four letters
-    or more ('spot', 'spott'), but not numbered variants ('dent_1', 'dent_2')."""
+    and '_' or '-' ('Scratch', 'scratch'), singular and plural ('Scratch', 'scratches'), or a
+    typo, one edit apart in names of four letters or more ('spot', 'spott'), but not numbered
+    variants ('dent_1', 'dent_2')."""
     first_key, second_key = class_key(first), class_key(second)
-    return first_key == second_key or (
+    return (
+        first_key == second_key
+        or (
+            min(len(first_key), len(second_key)) >= 3
+            and (first_key in _plurals(second_key) or second_key in _plurals(first_key))
+        )
+    ) or (
         min(len(first_key), len(second_key)) >= 4
         and one_edit_apart(first_key, second_key)
         and re.sub(r"\d", "", first_key) != re.sub(r"\d", "", second_key)

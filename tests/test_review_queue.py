@@ -197,6 +197,25 @@ def test_a_new_defect_type_is_added_only_when_said_and_a_look_alike_is_refused(
     assert reviewer_classes(session, known) == ["crack"]
 
 
+def test_a_new_class_that_is_the_singular_of_a_known_plural_is_refused(session: Session) -> None:
+    """ "Scratch" typed on the shipped demo, whose class is "scratches", was recorded as a new
+    defect type: the export then taught the detector scratches under two classes."""
+    known = ["crazing", "patches", "scratches", "cavities"]
+    part = _part(session, 1, []).part_id
+    for typed, like in (("Scratch", "scratches"), ("patch", "patches"), ("Cavity", "cavities")):
+        with pytest.raises(ValueError, match=f"new class '{typed}' looks like '{like}'"):
+            add_missed_defect(
+                session, part, typed, (1, 1, 5, 5), "ana", classes=known, new_class=True
+            )
+    add_missed_defect(session, part, "cracks", (1, 1, 5, 5), "ana", classes=known, new_class=True)
+    with pytest.raises(ValueError, match="new class 'crack' looks like 'cracks'"):
+        add_missed_defect(
+            session, part, "crack", (2, 2, 6, 6), "bob", classes=known, new_class=True
+        )
+    # A name unlike any known one is still a new class.
+    add_missed_defect(session, part, "pit", (2, 2, 6, 6), "bob", classes=known, new_class=True)
+
+
 def test_a_reviewer_whose_clock_is_behind_keeps_a_part_in_the_queue_until_it_is_decided(
     session: Session, monkeypatch: pytest.MonkeyPatch
 ) -> None:
