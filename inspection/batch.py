@@ -677,6 +677,11 @@ class BatchInspection:
         self._production_said: int | None = None
         self._point_said: str | None = None
         self._schema_said = head_revision()  # the revision this code reads and writes
+        # Where a station's news (a recalibration taken up, another model promoted) is said:
+        # its key names the news, so that a run over several workers, each of which hears
+        # it, says it once (`inspection.parallel` hands these to the dealer).
+        self.say: Callable[[str, str], None] = lambda key, message: logger.warning("%s", message)
+        self._news_told: Counter[str] = Counter()
 
         def opened() -> tuple[tuple[str, str], dict[str, Any], tuple[str, str] | None, str]:
             """The run opened (or taken over) and its models looked up, in one transaction:
@@ -792,23 +797,21 @@ class BatchInspection:
         if revision is not None and revision != self._schema_said:
             # (A station runs for weeks: another one started with a newer release migrated the
             # database under it, and nothing said why its writes might then fail.)
-            logger.warning(
-                "the database's schema is now at revision %s, not %s that this station's release "
-                "reads and writes: a station or dashboard of another release migrated it. This "
-                "station goes on with the code it started with; stop it and start it again on "
-                "the release that migrated the database (it resumes)",
-                revision,
-                self._schema_said,
+            self._tell(
+                f"schema {revision}",
+                f"the database's schema is now at revision {revision}, not {self._schema_said} "
+                "that this station's release reads and writes: a station or dashboard of another "
+                "release migrated it. This station goes on with the code it started with; stop "
+                "it and start it again on the release that migrated the database (it resumes)",
             )
             self._schema_said = revision
         if production is not None and production.id != self._production_said:
             self._production_said = production.id
             if production.id != self.model_id:
-                logger.warning(
-                    "%s is now the production detector; this station goes on judging with %s "
-                    "until it is started again",
-                    production.name,
-                    self.model_name,
+                self._tell(
+                    f"production {production.id}",
+                    f"{production.name} is now the production detector; this station goes on "
+                    f"judging with {self.model_name} until it is started again",
                 )
         point = Thresholds.from_dict(stored, self.inspector.class_names)
         as_stored = json.loads(json.dumps(point.to_dict()))
@@ -819,19 +822,26 @@ class BatchInspection:
             said = json.dumps(as_stored, sort_keys=True)
             if said != self._point_said:
                 self._point_said = said
-                logger.warning(
-                    "the operating point of %s now uses the classifier %s, which this station "
-                    "has not loaded: it judges on at its earlier point until it is started again",
-                    self.model_name,
-                    point.classifier or "none",
+                self._tell(
+                    f"classifier {said}",
+                    f"the operating point of {self.model_name} now uses the classifier "
+                    f"{point.classifier or 'none'}, which this station has not loaded: it judges "
+                    "on at its earlier point until it is started again",
                 )
             return
         self.inspector.thresholds = point
         self._operating_point = as_stored
-        logger.warning(
-            "%s was recalibrated: the next parts are judged at its new operating point",
-            self.model_name,
+        self._tell(
+            f"point {json.dumps(as_stored, sort_keys=True)}",
+            f"{self.model_name} was recalibrated: the next parts are judged at its new "
+            "operating point",
         )
+
+    def _tell(self, news: str, message: str) -> None:
+        """Say a piece of news through `say`, keyed by the news and how many times this job
+        has told it (a point left and taken up again is news again)."""
+        self._news_told[news] += 1
+        self.say(f"{news} #{self._news_told[news]}", message)
 
     def _current_points(self, hashes: list[str]) -> dict[str, bool]:
         """Parts this model version has a current verdict for, and whether it was given at the

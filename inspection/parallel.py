@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import multiprocessing
 import os
 import queue
@@ -57,6 +58,8 @@ from inspection.errors import UserError
 from inspection.judged import JudgedMover
 from inspection.runtime import end_process
 from inspection.settings import get_settings, usable_cores
+
+logger = logging.getLogger(__name__)
 
 QUEUE_PER_WORKER = 256  # parts dealt ahead to each worker: a few batches, bounded memory
 # Parts per message to a worker. One message per part costs the dealer more than reading and
@@ -147,6 +150,12 @@ def _stop_signals_held_off() -> Iterator[None]:
             signal.signal(number, handler)
 
 
+def _news_to_dealer(share: BatchInspection, tell: Callable[[str, object], None]) -> None:
+    """A worker's news (a recalibration taken up, another model promoted) goes to the dealer,
+    which says it once: every worker hears it, and `--workers 2` said each twice."""
+    share.say = lambda key, message: tell("said", (key, message))
+
+
 def _worker(
     job: WorkerJob, parts: multiprocessing.Queue, channel: Connection, stopping: ProcessEvent
 ) -> None:
@@ -197,6 +206,7 @@ def _worker(
     except Exception as exc:  # noqa: BLE001 - reported to the dealer, which stops the run
         tell("failed", _reason(exc))
         return
+    _news_to_dealer(share, tell)
     tell("ready", (imported_s, time.time() - job.launched_at))
     pending: list[PartResult] = []
 
@@ -314,6 +324,7 @@ class ParallelInspection:
         """`move_judged`: (the source folder, DIR) of `--move-judged`."""
         if workers < 2:
             raise UserError("a parallel run needs at least 2 worker processes")
+        self._said: set[str] = set()  # the news the workers told, said once
 
         def opened() -> tuple[str, str]:
             with session_scope(url) as session:  # (again where a new line was raced for)
@@ -703,6 +714,11 @@ class ParallelInspection:
                         on_skipped(payload)
                 elif kind == "waited":
                     self.worker_waits.append(payload)
+                elif kind == "said":
+                    key, message = payload
+                    if key not in self._said:
+                        self._said.add(key)
+                        logger.warning("%s", message)
                 elif kind in ("done", "stopped"):
                     heard.stopped |= kind == "stopped"
                     self.moments["last_done"] = time.perf_counter()

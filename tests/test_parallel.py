@@ -432,3 +432,57 @@ def _two_worker_batch(url: str, tmp_path: Path, parts: int) -> tuple[list[str], 
     command = [sys.executable, "-c", "from training.cli import main; main()", "batch"]
     command += [str(tmp_path / "in"), "--line", "L", "--station", "S", "--workers", "2"]
     return command, env
+
+
+def test_news_every_worker_hears_is_said_once(
+    detector: str, trained: Trained, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`defects batch --watch --workers 2`: a recalibration or a promotion was said by each
+    worker, twice on the station's console, where the README says a watch says it once."""
+    import multiprocessing
+    import threading
+
+    from db.models import ModelVersion
+    from inspection.parallel import _Heard, _news_to_dealer
+
+    first = BatchInspection(detector, tmp_path / "store", "L", "S")
+    second = BatchInspection(detector, tmp_path / "store", "", "", run_id=first.run_id)
+    listening = {}
+    for shard, share in enumerate((first, second)):
+        heard, told = multiprocessing.Pipe(duplex=False)
+        _news_to_dealer(share, lambda kind, payload, told=told: told.send((kind, payload)))
+        listening[heard] = shard
+    dealer = ParallelInspection.__new__(ParallelInspection)  # its listening only
+    dealer._said = set()
+
+    def news(threshold: float | None) -> list[str]:
+        """Set the point (or promote another model), let both workers hear it: said."""
+        if threshold is None:
+            register_production_detector(detector, trained.weights, tmp_path / "m", "tiny-2")
+        else:
+            with session_scope(detector) as session:
+                version = session.scalars(
+                    select(ModelVersion).where(ModelVersion.name == "tiny")
+                ).one()
+                per_class = dict.fromkeys(version.thresholds["per_class"], threshold)
+                version.thresholds = {**version.thresholds, "per_class": per_class}
+        caplog.clear()
+        for share in (first, second):
+            share._follow_stored_point()
+        deadline = time.monotonic() + 0.5
+        dealer._listen(dict(listening), threading.Event(), None, _Heard(), deadline=deadline)
+        return [r.getMessage() for r in caplog.records]
+
+    try:
+        assert news(0.9) == [
+            "tiny was recalibrated: the next parts are judged at its new operating point"
+        ]
+        assert news(None) == [
+            "tiny-2 is now the production detector; this station goes on judging with tiny until "
+            "it is started again"
+        ]
+        assert len(news(0.8)) == 1
+        assert len(news(0.9)) == 1  # back to a point left before: news again
+    finally:
+        first.inspector.close()
+        second.inspector.close()
