@@ -982,15 +982,18 @@ def _judged_at() -> ColumnElement[int]:
     return func.coalesce(InspectionRun.station_id, Part.station_id)
 
 
-# As blank_frame_reason words a blank frame's error (db imports nothing of inspection).
+# As blank_frame_reason words a blank frame's error, and decode_image an empty file's (db
+# imports nothing of inspection).
 _BLANK_FRAME = Inspection.error.like("blank image%")
+_EMPTY_FILE = Inspection.error == "empty file"
 
 
 def _live_counted() -> ColumnElement[bool]:
-    """The verdicts the floor's figures count: the current ones, and every blank frame that
-    came, superseded or not (the same black frame sent again is recorded again, superseding
-    the one before, and each is the camera's fault and a frame the station did not judge)."""
-    return or_(Inspection.is_current(), _BLANK_FRAME)
+    """The verdicts the floor's figures count: the current ones, and every blank frame or
+    empty file that came, superseded or not (the same black frame or empty file sent again is
+    recorded again, superseding the one before, and each is the camera's fault and a part the
+    station did not judge)."""
+    return or_(Inspection.is_current(), _BLANK_FRAME, _EMPTY_FILE)
 
 
 def station_activity(session: Session, since: datetime) -> list[StationActivity]:

@@ -61,7 +61,7 @@ from db.session import (
 )
 from inspection.engine import BackendChoice, Inspector, PartInput, PartResult
 from inspection.errors import UserError
-from inspection.images import IMAGE_SUFFIXES, is_blank_frame, not_a_file_reason
+from inspection.images import IMAGE_SUFFIXES, is_repeated_fault, not_a_file_reason
 from inspection.judged import JudgedMover, Move, Stamp, stamp_of
 from inspection.settings import get_settings, same_place_under
 from inspection.verdict import Thresholds
@@ -845,16 +845,18 @@ class BatchInspection:
 
     def _current_points(self, hashes: list[str]) -> dict[str, bool]:
         """Parts this model version has a current verdict for, and whether it was given at the
-        operating point in force now (False: judged before a recalibration, or a blank frame)."""
+        operating point in force now (False: judged before a recalibration, or a camera fault
+        recorded every time, `is_repeated_fault`)."""
         return self._current_records(hashes)[0]
 
     def _current_records(self, hashes: list[str]) -> tuple[dict[str, bool], set[str]]:
         """`_current_points`, and those of the parts whose current record is an error (where
         `--move-judged` puts a file recorded before).
 
-        A blank frame is recorded every time it comes: a camera with its lens capped sends the
-        same black frame over and over, byte for byte, and skipped as judged already it showed
-        on the Live page once and then nowhere while the camera stayed dead."""
+        A blank frame (or an empty file) is recorded every time it comes: a camera with its
+        lens capped sends the same black frame over and over, byte for byte, and skipped as
+        judged already it showed on the Live page once and then nowhere while the camera stayed
+        dead."""
         with connection_scope(self.url) as connection:
             rows = connection.execute(
                 select(
@@ -873,7 +875,7 @@ class BatchInspection:
             ).all()
         points = {
             digest: stored == self._operating_point
-            and not is_blank_frame(error)
+            and not is_repeated_fault(error)
             # An error is this station's fault to record: the same bytes (an empty file, a
             # camera's garbage) recorded at another station left this one's camera fault
             # counted as "already inspected", invisible on its station.
@@ -1023,9 +1025,9 @@ class BatchInspection:
             results.append(PartResult(item.name, digest, 0, "error", error=item.error))
         self._wait_for_write()
         moves = self._moves(chunk, results, recorded_errors)
-        # (A blank frame is not "judged" for the next chunk either: the same black frame sent
-        # again a moment later is the fault again, recorded again.)
-        self._in_flight = queued - {r.content_hash for r in results if is_blank_frame(r.error)}
+        # (A blank frame or an empty file is not "judged" for the next chunk either: the same
+        # bytes sent again a moment later are the fault again, recorded again.)
+        self._in_flight = queued - {r.content_hash for r in results if is_repeated_fault(r.error)}
         self._in_flight_errors = {r.content_hash for r in results if r.verdict == "error"}
         # Parts with a current verdict at another operating point: judged again, superseding it.
         rejudged = {r.content_hash for r in results if r.content_hash in current}
@@ -1132,11 +1134,11 @@ class BatchInspection:
         """A chunk's results against what the database holds now: a part another station has
         judged meanwhile at this operating point is left to that verdict (counted as already
         inspected, as the look-up would have said a moment later); one judged at another point,
-        or a blank frame, supersedes it as usual."""
+        or a blank frame or empty file, supersedes it as usual."""
         current = self._through_outages(
             lambda: self._current_points([r.content_hash for r in results])
         )
-        kept = [r for r in results if not current.get(r.content_hash) or is_blank_frame(r.error)]
+        kept = [r for r in results if not current.get(r.content_hash) or is_repeated_fault(r.error)]
         self.summary.skipped += len(results) - len(kept)
         return kept, {r.content_hash for r in kept if r.content_hash in current}
 

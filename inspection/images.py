@@ -115,7 +115,7 @@ def several_frames_reason(image: Image.Image) -> str | None:
 
 def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> DecodedImage:
     if not data:
-        raise ImageDecodeError("empty file")
+        raise ImageDecodeError(EMPTY_ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -160,11 +160,19 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> DecodedImage:
 # A frame whose pixels all lie within this many gray levels of each other shows nothing.
 BLANK_LEVELS = 2
 BLANK_ERROR = "blank image"  # how a blank frame's error begins, which the history counts by
+EMPTY_ERROR = "empty file"  # an empty file's error, which the Live page counts by
 
 
 def is_blank_frame(error: str | None) -> bool:
     """Whether a part's error says it was a blank frame (`blank_frame_reason`)."""
     return (error or "").startswith(BLANK_ERROR)
+
+
+def is_repeated_fault(error: str | None) -> bool:
+    """Whether a part's error is a camera fault recorded every time it comes, as a blank frame
+    or an empty file (a capture that wrote nothing): the same bytes at every part, so skipped
+    as inspected already, it showed once and then nowhere while the camera stayed dead."""
+    return is_blank_frame(error) or error == EMPTY_ERROR
 
 
 def blank_frame_reason(image: DecodedImage) -> str | None:

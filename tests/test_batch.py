@@ -1050,6 +1050,31 @@ def test_the_same_blank_frame_again_is_recorded_again(detector: str, tmp_path: P
     assert (sum(m.inspected for m in minutes), sum(m.errors for m in minutes)) == (5, 4)
 
 
+def test_an_empty_file_again_is_recorded_again_and_fed_to_the_plc(
+    detector: str, tmp_path: Path
+) -> None:
+    """A camera whose capture died writes an empty file for each part, byte for byte the same:
+    the second and every later one counted as inspected already, with no error on the Live
+    page and no line in the results feed, while parts went by unjudged."""
+    from datetime import datetime
+
+    from db.queries import station_activity
+
+    fed: list[str] = []
+    first = _job(detector, tmp_path).run([SourceItem("cam/1.png", b"")], fed.append)
+    again = _job(detector, tmp_path).run(
+        [SourceItem("cam/2.png", b""), WRITE_NOW, SourceItem("cam/3.png", b"")], fed.append
+    )
+    assert (first.errors, again.errors, again.skipped) == (1, 2, 0)
+    assert [r.name for r in fed] == ["cam/1.png", "cam/2.png", "cam/3.png"]
+    assert {r.error for r in fed} == {"empty file"}
+    with session_scope(detector) as session:
+        empty = session.scalars(select(Inspection).where(Inspection.error == "empty file")).all()
+        [station] = station_activity(session, since=datetime(2000, 1, 1))
+    assert len(empty) == 3 and sum(i.superseded_at is None for i in empty) == 1
+    assert (station.inspected, station.errors, station.blank_frames) == (3, 3, 0)
+
+
 def test_the_summary_counts_errors_by_kind(
     detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1462,7 +1487,9 @@ def test_a_fault_of_the_same_bytes_is_recorded_at_each_station(
     other = BatchInspection(detector, tmp_path / "store", "L3", "B").run(iter_source(str(folder)))
     assert (other.errors, other.skipped, other.rejudged) == (2, 0, 0)
     again = BatchInspection(detector, tmp_path / "store", "L3", "B").run(iter_source(str(folder)))
-    assert (again.errors, again.skipped) == (0, 2)  # this station's fault, recorded once
+    # The garbage is this station's fault, recorded once; an empty file, the same bytes at
+    # every part of a dead capture, is recorded every time, as a blank frame is.
+    assert (again.errors, again.skipped) == (1, 1)
 
 
 def test_a_model_file_is_accepted_where_a_version_name_is(
