@@ -816,6 +816,12 @@ def test_fine_tuning_onto_a_new_class_starts_from_the_old_class_scores(
     monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
     get_settings.cache_clear()
     import_with_new_class(trained.url, tmp_path)
+    from training.calibrate import calibrate_model
+
+    # The base calibrated on the data that adds a class: said which model to calibrate instead
+    # (it said only "trained on other classes").
+    with pytest.raises(UserError, match="'with-crack' adds \\['crack'\\]; calibrate the version"):
+        calibrate_model(trained.url, trained.version_name, "with-crack", "val", 0.05)
     started: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
 
     def on_pretrain_routine_end(trainer) -> None:  # type: ignore[no-untyped-def]

@@ -663,7 +663,19 @@ def calibrate_model(
             raise UserError(f"{detector.name} is not a detector")
         dataset, data_yaml = dataset_yaml(session, data)
         if list(dataset.classes) != list(detector.classes):
-            raise UserError(f"{detector.name} was trained on other classes than {data!r}")
+            known, labelled = list(detector.classes), list(dataset.classes)
+            added = labelled[len(known) :] if labelled[: len(known)] == known else []
+            raise UserError(
+                f"{detector.name} knows {known}, {data!r} labels {labelled}"
+                + (
+                    # (An export of reviews with a new defect type: the model to calibrate on
+                    # it is the one fine-tuned on it.)
+                    f": {data!r} adds {added}; calibrate the version trained on it "
+                    f"(`defects train detector --from {detector.name} --data {data}`)"
+                    if added
+                    else ": calibrate on data of the detector's own classes"
+                )
+            )
         root, class_names = data_yaml.parent, list(dataset.classes)
         detector_weights, iou = (
             weights_file(detector),
