@@ -1726,3 +1726,20 @@ def test_a_dashboard_says_when_another_release_migrates_the_database_under_it() 
     at.run()
     [said] = [w.value for w in at.warning if "schema is now" in w.value]
     assert said.startswith("The database's schema is now at revision 9999_newer")
+
+
+def test_a_review_queue_offers_parts_whose_image_is_here_first(
+    production: str, tmp_path: Path
+) -> None:
+    """After a prune, the part the Review page opened on could be one whose image was gone,
+    its decisions off: such parts now come after those a reviewer can see, and say so."""
+    at = _two_failed_parts_on_review(production, tmp_path)
+    first = at.selectbox(key="review_part").value
+    with session_scope(production) as session:
+        Path(session.get(Part, first).stored_path).unlink()  # type: ignore[union-attr]
+    fresh = _app().run()  # (a reviewer opening the page now)
+    fresh.switch_page("views/review.py").run()
+    assert not fresh.exception, fresh.exception
+    picker = fresh.selectbox(key="review_part")
+    assert picker.value != first
+    assert picker.options[-1].endswith("image not here)") and str(first) in picker.options[-1]

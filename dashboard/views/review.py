@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import streamlit as st
+from sqlalchemy import select
 
 from dashboard.auth import current_access
 from dashboard.charts import ShownBox, review_figure, selected_box
 from dashboard.drawing import unshown_image
 from dashboard.state import database_ready, detector_info, flash
 from dashboard.text import plain
-from db.models import Inspection
+from db.models import Inspection, Part
 from db.reviews import (
     add_missed_defect,
     confirm_defect,
@@ -74,6 +75,18 @@ with session_scope(state.url) as session:
     # them all: it said "50 part(s) waiting" of the 50 listed when hundreds were.
     waiting = review_queue(session, limit=REVIEW_SCAN, scan=REVIEW_SCAN)
     queue = waiting[:LISTED]
+    # Parts whose image is not on this machine (pruned, another station's disk) go last: their
+    # decisions are off, and one of them first was the part the page opened on.
+    recorded: dict[int, str] = {
+        part_id: path
+        for part_id, path in session.execute(
+            select(Part.id, Part.stored_path).where(Part.id.in_([q.part_id for q in queue]))
+        )
+    }
+    unseen_parts = {
+        q.part_id for q in queue if not located_image(recorded.get(q.part_id, "")).is_file()
+    }
+    queue.sort(key=lambda q: q.part_id in unseen_parts)  # (stable: least certain first still)
     # The part this session reviewed last, once done, stays on offer: a missed defect is
     # often added after its detections are decided, and the part left at the last decision.
     done = (
@@ -114,7 +127,8 @@ else:
     def label(part_id: int) -> str:
         if done is not None and part_id == done.part_id:
             return f"part {part_id} (just reviewed)"
-        return f"part {part_id} (margin {by_part[part_id].margin:.2f})"
+        gone = ", image not here" if part_id in unseen_parts else ""
+        return f"part {part_id} (margin {by_part[part_id].margin:.2f}{gone})"
 
     choice = st.selectbox("Part", list(by_part), format_func=label, key="review_part")
     item = by_part[choice]
