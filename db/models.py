@@ -203,6 +203,10 @@ class TrainingJob(Base):
     # The machine `pid` is of: stations sharing PostgreSQL train on one machine and look at
     # the job from another, where that pid names nothing (or another process).
     host: Mapped[str | None] = mapped_column(String(255))
+    # "BOOT_ID:TICKS" (Linux): the boot the process runs in and its start in clock ticks since
+    # then, which no step of the wall clock moves; the job's start time, compared with the
+    # process's, called a running job dead after the clock was set forward a few seconds.
+    process_start: Mapped[str | None] = mapped_column(String(64))
     dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"))
     result_model_version_id: Mapped[int | None] = mapped_column(
         ForeignKey("model_versions.id", ondelete="SET NULL")

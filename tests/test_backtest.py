@@ -285,6 +285,44 @@ def test_a_later_process_given_a_dead_jobs_pid_is_not_the_job() -> None:
         child.wait()
 
 
+def test_a_running_job_is_alive_after_the_clock_is_set_forward(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A job was told from a later process by comparing its recorded start with the process's,
+    both by the wall clock: after the clock was set forward more than a few seconds (NTP, an
+    operator), a dashboard started since called a running training dead and marked it failed.
+    Its process's boot and start ticks, which no clock step moves, tell it now."""
+    import subprocess
+    from datetime import timedelta
+
+    import psutil
+
+    from db.models import utcnow
+    from training.jobs import job_alive, process_start, this_host
+
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        time.sleep(0.2)
+        started = process_start(child.pid)
+        if started is None:
+            pytest.skip("no /proc here to read a process's start from")
+        recorded = utcnow()
+        # The clock set 10 minutes forward since: psutil's start times move with it.
+        real = psutil.Process.create_time
+        monkeypatch.setattr(psutil.Process, "create_time", lambda self: real(self) + 600)
+        assert job_alive(child.pid, this_host(), recorded, started) is True
+        other = subprocess.Popen(["sleep", "30"])  # a later process: not the job's
+        try:
+            assert job_alive(other.pid, this_host(), recorded, started) is False
+        finally:
+            other.kill()
+            other.wait()
+        assert job_alive(child.pid, this_host(), recorded - timedelta(hours=1), "x:1") is False
+    finally:
+        child.kill()
+        child.wait()
+
+
 def test_an_export_with_no_reviewed_part_says_so(session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """With nothing reviewed yet, `defects export-reviews` said "no usable images in reviews
     (0 problems, e.g. [])"."""

@@ -84,13 +84,32 @@ def this_host() -> str:
     return socket.gethostname()
 
 
+def process_start(pid: int | None) -> str | None:
+    """A process by the boot it runs in and its start in clock ticks since that boot
+    ("BOOT_ID:TICKS"), on Linux; None where /proc cannot say (another system, a process gone).
+    Unlike a start time by the wall clock, no step of the clock (NTP, an operator setting it)
+    moves it, and a later process given the same pid has another."""
+    if not pid:
+        return None
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        # (Field 22, starttime; the fields after the command's name, which may hold spaces.)
+        ticks = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+    return f"{boot}:{ticks}"
+
+
 # A job's row is written by its process once it has loaded its data and model: a process that
 # began after the row did cannot be the job's own.
 _START_SLACK_S = 5.0
 
 
 def job_alive(
-    pid: int | None, host: str | None, recorded_at: datetime | None = None
+    pid: int | None,
+    host: str | None,
+    recorded_at: datetime | None = None,
+    started: str | None = None,
 ) -> bool | None:
     """Whether a job's process runs; None where it runs on another machine, which alone can
     tell (a job with no host is from before hosts were kept: taken for this machine's).
@@ -100,6 +119,11 @@ def job_alive(
         return None
     if not process_alive(pid):
         return False
+    # `started` (the job's `process_start`) tells the job's process from a later one by its
+    # boot and ticks; the times below, where it was not recorded, by the wall clock.
+    now = process_start(pid) if started is not None else None
+    if now is not None:
+        return now == started
     if recorded_at is None or pid is None:
         return True
     try:

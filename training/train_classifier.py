@@ -43,7 +43,7 @@ from inspection.errors import UserError
 from inspection.images import decode_image
 from inspection.settings import get_settings, resolve_device
 from training.datasets import check_folder_name, check_trainable, dataset_yaml, split_image_paths
-from training.jobs import record_job_end, this_host
+from training.jobs import process_start, record_job_end, this_host
 from training.versions import register_model_version, weights_file
 
 PROGRESS_EVERY_S = 30.0
@@ -409,6 +409,7 @@ def train_classifier(request: ClassifierTrainRequest, url: str | None = None) ->
             started_at=utcnow(),
             pid=os.getpid(),  # (without it the Models page took a running job for ended)
             host=this_host(),
+            process_start=process_start(os.getpid()),
         )
         session.add(job)
         session.flush()

@@ -28,7 +28,7 @@ from inspection.detector import architecture_of, architectures, build_detector, 
 from inspection.errors import UserError
 from inspection.settings import get_settings
 from training.datasets import check_folder_name, check_trainable, dataset_yaml
-from training.jobs import record_job_end, this_host
+from training.jobs import process_start, record_job_end, this_host
 from training.versions import register_model_version, weights_file
 
 # Grayscale surface images: no hue or saturation jitter (there is no colour), brightness jitter
@@ -456,6 +456,7 @@ def train_detector(
             started_at=utcnow(),
             pid=os.getpid(),
             host=this_host(),
+            process_start=process_start(os.getpid()),
         )
         session.add(job)
         session.flush()

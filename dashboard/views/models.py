@@ -50,6 +50,7 @@ class JobRow(NamedTuple):
     error: str | None
     result_id: int | None
     recorded_at: datetime
+    process_start: str | None
 
 
 def _pct(value: object) -> str:
@@ -102,6 +103,7 @@ with session_scope(state.url) as session:
             j.error,
             j.result_model_version_id,
             j.created_at,
+            j.process_start,
         )
         for j in jobs
     ]
@@ -292,10 +294,21 @@ if (
 
 if job_rows:
     st.subheader("Training jobs")
-    for job_id, kind, status, progress, pid, host, error, result_id, recorded_at in job_rows:
+    for (
+        job_id,
+        kind,
+        status,
+        progress,
+        pid,
+        host,
+        error,
+        result_id,
+        recorded_at,
+        started,
+    ) in job_rows:
         running = status == JobStatus.RUNNING
         label = f"job {job_id} {kind}: {status.value}"
-        alive = job_alive(pid, host, recorded_at) if running else None
+        alive = job_alive(pid, host, recorded_at, started) if running else None
         if running and alive is None:
             # (Its process is on another machine: a pid looked up here named nothing, and
             # the job was written off as failed while it trained on.)
