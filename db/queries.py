@@ -985,7 +985,7 @@ def _judged_at() -> ColumnElement[int]:
 # As blank_frame_reason words a blank frame's error, and decode_image an empty file's (db
 # imports nothing of inspection).
 _BLANK_FRAME = Inspection.error.like("blank image%")
-_EMPTY_FILE = Inspection.error == "empty file"
+_EMPTY_FILE = Inspection.error.like("empty file%")
 
 
 def _live_counted() -> ColumnElement[bool]:

@@ -116,6 +116,12 @@ def several_frames_reason(image: Image.Image) -> str | None:
 def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> DecodedImage:
     if not data:
         raise ImageDecodeError(EMPTY_ERROR)
+    if data.count(data[:1]) == len(data):
+        # A capture buffer written out unfilled (all zeros, say): the camera's fault, as an
+        # empty file is, and recorded every time as one (it is the same bytes every time).
+        raise ImageDecodeError(
+            f"{EMPTY_ERROR}: {len(data)} bytes, every one 0x{data[0]:02x} (the camera wrote no image)"
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -172,7 +178,7 @@ def is_repeated_fault(error: str | None) -> bool:
     """Whether a part's error is a camera fault recorded every time it comes, as a blank frame
     or an empty file (a capture that wrote nothing): the same bytes at every part, so skipped
     as inspected already, it showed once and then nowhere while the camera stayed dead."""
-    return is_blank_frame(error) or error == EMPTY_ERROR
+    return is_blank_frame(error) or (error or "").startswith(EMPTY_ERROR)
 
 
 def blank_frame_reason(image: DecodedImage) -> str | None:

@@ -1075,6 +1075,23 @@ def test_an_empty_file_again_is_recorded_again_and_fed_to_the_plc(
     assert (station.inspected, station.errors, station.blank_frames) == (3, 3, 0)
 
 
+def test_a_zero_filled_frame_again_is_recorded_again_as_an_empty_capture(
+    detector: str, tmp_path: Path
+) -> None:
+    """A camera writing its capture buffer out unfilled (all zero bytes, the frame's size) sent
+    the same bytes every time: recorded once as "not an image file", every later one counted
+    as inspected already, with no line in the results feed while parts went by unjudged."""
+    zeros = bytes(64 * 64)
+    fed: list[str] = []
+    first = _job(detector, tmp_path).run([SourceItem("cam/1.raw.png", zeros)], fed.append)
+    again = _job(detector, tmp_path).run([SourceItem("cam/2.raw.png", zeros)], fed.append)
+    assert (first.errors, again.errors, again.skipped) == (1, 1, 0)
+    assert [r.error for r in fed] == [
+        "empty file: 4096 bytes, every one 0x00 (the camera wrote no image)"
+    ] * 2
+    assert again.errors_by_reason == {"empty file": 1}
+
+
 def test_the_summary_counts_errors_by_kind(
     detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
