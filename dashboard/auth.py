@@ -17,6 +17,7 @@ from db.models import Role
 from db.session import session_scope
 
 ACCOUNT = "account"  # session_state: the name of the account logged in here
+ACCOUNT_SINCE = "account_since"  # session_state: when that account's password was set
 LOCAL_ADDRESSES = {"localhost", "127.0.0.1", "::1"}
 
 
@@ -39,15 +40,18 @@ class Access:
 
 
 def current_access(url: str) -> Access:
-    """This session's access, read from the database at each run: an account disabled, or
-    its role changed, counts from the next action of a session logged in before."""
+    """This session's access, read from the database at each run: an account disabled, its
+    password set again or its role changed counts from the next action of a session logged
+    in before."""
     with session_scope(url) as session:
         if not accounts_exist(session):
             return Access(accounts=False)
         name = st.session_state.get(ACCOUNT)
-        role = account_role(session, name) if isinstance(name, str) else None
+        since = st.session_state.get(ACCOUNT_SINCE)
+        role = account_role(session, name, since) if isinstance(name, str) else None
     if role is None:
         st.session_state.pop(ACCOUNT, None)
+        st.session_state.pop(ACCOUNT_SINCE, None)
         return Access(accounts=True)
     return Access(accounts=True, name=name, role=role)
 
@@ -67,6 +71,7 @@ def login_page(url: str) -> None:
         login = authenticate(session, name, password)
     if login.ok:
         st.session_state[ACCOUNT] = login.name
+        st.session_state[ACCOUNT_SINCE] = login.since
         st.rerun()
     elif login.wait_seconds:
         st.error(

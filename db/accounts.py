@@ -161,10 +161,12 @@ def list_users(session: Session) -> list[User]:
 
 @dataclass(frozen=True)
 class Login:
-    """What a login attempt came to: the account (name and role) or why not."""
+    """What a login attempt came to: the account (name and role) or why not. `since` is when
+    the account's password was set: the login holds only while it is still that password."""
 
     name: str | None = None
     role: Role | None = None
+    since: datetime | None = None
     wait_seconds: int = 0  # > 0: this name is locked for that long
     disabled: bool = False
 
@@ -201,7 +203,7 @@ def authenticate(session: Session, name: str, password: str) -> Login:
     user.locked_until = None
     if user.disabled_at is not None:
         return Login(disabled=True)
-    return Login(name=user.name, role=user.role)
+    return Login(name=user.name, role=user.role, since=user.password_changed_at)
 
 
 def _unknown_attempt(key: str, password: str, now: datetime) -> Login:
@@ -224,10 +226,12 @@ def _seconds_left(until: datetime, now: datetime) -> int:
     return max(1, int((until - now).total_seconds() + 0.999))
 
 
-def account_role(session: Session, name: str) -> Role | None:
-    """The role of an account that may use the dashboard now; None once it is disabled or
-    gone (a session logged in before is then logged out at its next action)."""
+def account_role(session: Session, name: str, since: datetime | None) -> Role | None:
+    """The role of an account that may use the dashboard now, for a login made with the
+    password set at `since`; None once the account is disabled or gone, or its password was
+    set again (a session logged in before is then logged out at its next action: a password
+    changed because someone else learnt it must end their session too)."""
     user = find_user(session, name)
-    if user is None or user.disabled_at is not None:
+    if user is None or user.disabled_at is not None or user.password_changed_at != since:
         return None
     return user.role

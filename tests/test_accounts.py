@@ -204,11 +204,32 @@ def test_a_disabled_account_cannot_log_in(database_url: str) -> None:
 
     with session_scope(database_url) as session:
         add_user(session, "ana", Role.ENGINEER, "right-pass")
-        assert account_role(session, "ana") is Role.ENGINEER
+    with session_scope(database_url) as session:
+        since = authenticate(session, "ana", "right-pass").since
+        assert account_role(session, "ana", since) is Role.ENGINEER
         disable_user(session, "ana")
-        assert account_role(session, "ana") is None
+        assert account_role(session, "ana", since) is None
         login = authenticate(session, "ana", "right-pass")
         assert not login.ok and login.disabled
+
+
+def test_a_login_ends_when_its_password_is_set_again(database_url: str) -> None:
+    """A password set again because someone else learnt it ends that person's login too."""
+    from db.accounts import account_role, set_password
+
+    with session_scope(database_url) as session:
+        add_user(session, "ana", Role.ENGINEER, "right-pass")
+    with session_scope(database_url) as session:
+        login = authenticate(session, "ana", "right-pass")
+    with session_scope(database_url) as session:
+        assert account_role(session, "ana", login.since) is Role.ENGINEER
+        assert account_role(session, "ana", None) is None  # (a login with no date holds none)
+        set_password(session, "ana", "new-password")
+    with session_scope(database_url) as session:
+        assert account_role(session, "ana", login.since) is None
+        fresh = authenticate(session, "ana", "new-password")
+    with session_scope(database_url) as session:
+        assert account_role(session, "ana", fresh.since) is Role.ENGINEER
 
 
 @pytest.mark.parametrize("name", ["", "   ", "a\nb", "x" * 129])

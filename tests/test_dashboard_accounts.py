@@ -141,6 +141,21 @@ def test_a_session_of_an_account_disabled_since_is_logged_out(url: str) -> None:
     assert _titles(at) == ["Log in"]
 
 
+def test_a_session_of_an_account_whose_password_was_set_since_is_logged_out(url: str) -> None:
+    """Its password set again (someone else learnt it): a login made with the old one ends."""
+    from db.accounts import set_password
+
+    _account(url, "ana", Role.ENGINEER)
+    at = _log_in(AppTest.from_file(APP, default_timeout=120).run(), "ana", "right-pass")
+    assert _titles(at) == ["Inspect parts"]
+    with session_scope(url) as session:
+        set_password(session, "ana", "new-password")
+    at.run()
+    assert _titles(at) == ["Log in"] and "account" not in at.session_state
+    _log_in(at, "ana", "new-password")
+    assert _titles(at) == ["Inspect parts"]
+
+
 @pytest.fixture
 def production(url: str, trained: Trained) -> str:
     """This test's database with the tiny detector in production."""
