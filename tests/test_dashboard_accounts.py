@@ -156,6 +156,27 @@ def test_a_session_of_an_account_whose_password_was_set_since_is_logged_out(url:
     assert _titles(at) == ["Inspect parts"]
 
 
+def test_a_live_page_left_open_shows_the_login_at_its_next_refresh_once_disabled(
+    url: str,
+) -> None:
+    """The Live page refreshes itself, without app.py's check of the login: a disabled
+    account's open tab went on showing the plant's parts."""
+    from db.models import utcnow
+    from tests.test_dashboard import _judged_in_run, _refreshed
+
+    _account(url, "ana", Role.REVIEWER)
+    _judged_in_run(url, ("Line 1", "Station 1"), "a", utcnow())
+    at = _log_in(AppTest.from_file(APP, default_timeout=120).run(), "ana", "right-pass")
+    at.switch_page("views/live.py").run()
+    assert not at.exception, at.exception
+    assert _titles(at) == ["Live"] and at.dataframe
+    with session_scope(url) as session:
+        disable_user(session, "ana")
+    _refreshed(at)
+    assert not at.exception, at.exception
+    assert _titles(at) == ["Log in"] and not at.dataframe
+
+
 @pytest.fixture
 def production(url: str, trained: Trained) -> str:
     """This test's database with the tiny detector in production."""

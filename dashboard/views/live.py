@@ -17,6 +17,7 @@ from PIL.Image import Image
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from dashboard.auth import current_access
 from dashboard.charts import minute_volume_figure
 from dashboard.drawing import DrawnBox, draw_boxes, prediction_boxes, unshown_image
 from dashboard.state import database_message, database_ready, local_time, zone_label
@@ -133,6 +134,13 @@ def _drawn(inspection_id: int, path: str, boxes: tuple[DrawnBox, ...]) -> Image:
 @st.fragment(run_every=REFRESH_SECONDS)
 def live_view() -> None:
     try:
+        # A refresh runs this fragment alone, not app.py, which checks the login at every
+        # other run: an account disabled, or given a new password, since went on seeing the
+        # plant live for as long as the tab stayed open. The whole app runs again instead,
+        # and shows the login form.
+        access = current_access(state.url)
+        if access.accounts and not access.logged_in:
+            st.rerun(scope="app")
         _live_view()
     except DatabaseError as exc:
         # A refresh runs this fragment alone, outside app.py's handler of the other pages:
