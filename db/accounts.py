@@ -16,7 +16,7 @@ import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from db.models import Role, User, database_utcnow
@@ -184,20 +184,34 @@ _unknown_failures: dict[str, tuple[int, datetime | None]] = {}
 def authenticate(session: Session, name: str, password: str) -> Login:
     """Checks a name and password. After MAX_FAILED_LOGINS wrong tries in a row for a name,
     that name waits LOCK_SECONDS (by the database's clock, which every dashboard sharing the
-    database agrees on) before its password is checked again."""
+    database agrees on) before its password is checked again.
+
+    A try is counted, and committed, before its password is checked: tries sent side by side
+    (a browser tab each) all read the count before any of them wrote it, and each was checked,
+    as many guesses at once as tabs were open. Now at most MAX_FAILED_LOGINS of them are."""
     now = database_utcnow(session)
     name = name.strip()
     user = find_user(session, name) if name else None
     if user is None:
         return _unknown_attempt(name.lower(), password, now)
-    if user.locked_until is not None and user.locked_until > now:
-        return Login(wait_seconds=_seconds_left(user.locked_until, now))
-    if not verify_password(password, user.password_hash):
-        user.failed_logins = (user.failed_logins or 0) + 1
-        if user.failed_logins >= MAX_FAILED_LOGINS:
-            user.failed_logins = 0
-            user.locked_until = now + timedelta(seconds=LOCK_SECONDS)
-            return Login(wait_seconds=LOCK_SECONDS)
+    # The try that makes MAX_FAILED_LOGINS starts the wait as it is counted, not once its
+    # password is found wrong: the tries beside it wait from then on, and a wait is never
+    # left unstarted by a try that did not end.
+    locks = User.failed_logins + 1 >= MAX_FAILED_LOGINS
+    counted = session.execute(
+        update(User)
+        .where(User.id == user.id, or_(User.locked_until.is_(None), User.locked_until <= now))
+        .values(
+            failed_logins=case((locks, 0), else_=User.failed_logins + 1),
+            locked_until=case((locks, now + timedelta(seconds=LOCK_SECONDS)), else_=None),
+        )
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    session.commit()  # (seen by every other try from now on)
+    session.refresh(user)
+    if not counted or not verify_password(password, user.password_hash):
+        if user.locked_until is not None and user.locked_until > now:
+            return Login(wait_seconds=_seconds_left(user.locked_until, now))
         return Login()
     user.failed_logins = 0
     user.locked_until = None
@@ -207,19 +221,25 @@ def authenticate(session: Session, name: str, password: str) -> Login:
 
 
 def _unknown_attempt(key: str, password: str, now: datetime) -> Login:
-    verify_password(password, _DUMMY_HASH)
+    """A try of a name with no account, counted and answered as `authenticate` counts and
+    answers one of an account."""
     with _unknown_lock:
         failures, locked_until = _unknown_failures.get(key, (0, None))
         if locked_until is not None and locked_until > now:
             return Login(wait_seconds=_seconds_left(locked_until, now))
-        failures += 1
-        if failures >= MAX_FAILED_LOGINS:
-            _unknown_failures[key] = (0, now + timedelta(seconds=LOCK_SECONDS))
-            return Login(wait_seconds=LOCK_SECONDS)
         if len(_unknown_failures) > 10_000:  # (names typed at random cannot fill the memory)
             _unknown_failures.clear()
-        _unknown_failures[key] = (failures, None)
-        return Login()
+        failures += 1
+        locks = failures >= MAX_FAILED_LOGINS
+        _unknown_failures[key] = (
+            (0, now + timedelta(seconds=LOCK_SECONDS)) if locks else (failures, None)
+        )
+    verify_password(password, _DUMMY_HASH)
+    with _unknown_lock:
+        locked_until = _unknown_failures.get(key, (0, None))[1]
+    if locked_until is not None and locked_until > now:
+        return Login(wait_seconds=_seconds_left(locked_until, now))
+    return Login()
 
 
 def _seconds_left(until: datetime, now: datetime) -> int:

@@ -199,6 +199,50 @@ def test_a_name_with_no_account_is_answered_as_a_wrong_password(database_url: st
     assert [a.wait_seconds for a in answers] == [0] * (MAX_FAILED_LOGINS - 1) + [LOCK_SECONDS]
 
 
+@pytest.mark.parametrize("name", ["ana", "nobody-here"])
+def test_tries_sent_side_by_side_get_no_more_password_checks_than_one_after_another(
+    database_url: str, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tries of one name sent at once (a browser tab each) were all checked, each reading the
+    count of wrong tries before any of them wrote it: as many guesses as tabs, not 5."""
+    import threading
+    import time
+
+    from db import accounts
+
+    accounts._unknown_failures.clear()  # (kept per process: another test's tries)
+    with session_scope(database_url) as session:
+        add_user(session, "ana", Role.ENGINEER, "right-pass")
+    checked: list[str] = []
+    real_check = accounts.verify_password
+
+    def slow_check(password: str, stored: str) -> bool:
+        checked.append(password)
+        time.sleep(0.3)  # (a check takes long enough for the other tries to arrive)
+        return real_check(password, stored)
+
+    monkeypatch.setattr(accounts, "verify_password", slow_check)
+    tries = 3 * MAX_FAILED_LOGINS
+    start = threading.Barrier(tries)
+    answers: list[accounts.Login] = []
+
+    def attempt(i: int) -> None:
+        start.wait()
+        with session_scope(database_url) as session:
+            answers.append(authenticate(session, name, f"guess-{i}"))
+
+    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(tries)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(answers) == tries and not any(a.ok for a in answers)
+    assert len(checked) == MAX_FAILED_LOGINS
+    assert sum(a.wait_seconds > 0 for a in answers) >= tries - MAX_FAILED_LOGINS + 1
+    with session_scope(database_url) as session:  # and the name waits now
+        assert 0 < authenticate(session, name, "right-pass").wait_seconds <= LOCK_SECONDS
+
+
 def test_a_disabled_account_cannot_log_in(database_url: str) -> None:
     from db.accounts import account_role, disable_user
 
