@@ -179,8 +179,12 @@ def test_a_live_page_left_open_shows_the_login_at_its_next_refresh_once_disabled
 
 @pytest.fixture
 def production(url: str, trained: Trained) -> str:
-    """This test's database with the tiny detector in production."""
+    """This test's database with the tiny detector in production, and a station."""
+    from db.registry import ensure_station
+
     register_production_detector(url, trained.weights, get_settings().models_dir)
+    with session_scope(url) as session:
+        ensure_station(session, "Line 1", "Station 1")
     return url
 
 
@@ -212,6 +216,34 @@ def test_a_reviewer_sees_no_models_or_settings_and_reviews_under_the_account(
     next(b for b in at.button if b.label.startswith("Undo my last review")).click().run()
     with session_scope(production) as session:
         assert session.scalars(select(Review.reviewer)).all() == []
+
+
+def test_a_reviewers_upload_goes_to_a_station_that_exists_and_makes_none(
+    production: str, tmp_path: Path
+) -> None:
+    """Lines and stations are an engineer's to make: a name typed on the Inspect page made a
+    new line and station for a reviewer too."""
+    from db.models import Station
+
+    _account(production, "ana", Role.REVIEWER)
+    _account(production, "eng", Role.ENGINEER)
+    images = make_images(tmp_path / "up", n=1, seed=4)
+    files = [(i.name, (tmp_path / "up" / i.name).read_bytes(), "image/png") for i in images]
+    with session_scope(production) as session:
+        before = session.scalars(select(Station.name)).all()
+    at = _log_in(AppTest.from_file(APP, default_timeout=120).run(), "ana", "right-pass")
+    lines = at.selectbox(key="inspect_line")
+    assert not lines.proto.accept_new_options and lines.options
+    station = at.selectbox(key=f"inspect_station_{lines.value}")
+    assert not station.proto.accept_new_options and station.options
+    at.file_uploader(key="inspect_files").set_value(files).run()
+    assert not at.exception, at.exception
+    with session_scope(production) as session:
+        assert session.scalars(select(Station.name)).all() == before
+        assert session.scalars(select(InspectionRun.operator)).all() == ["ana"]
+    # An engineer still may type a new one.
+    at = _log_in(AppTest.from_file(APP, default_timeout=120).run(), "eng", "right-pass")
+    assert at.selectbox(key="inspect_line").proto.accept_new_options
 
 
 def test_an_engineer_sees_models_and_settings(production: str) -> None:

@@ -55,14 +55,24 @@ if info is None:
     st.stop()
 
 known = lines_and_stations(state.url)
+access = current_access(state.url)
+# Lines and stations are an engineer's to make (Settings page): a reviewer's upload goes to
+# one that exists. A name typed here made a new line or station for anyone who could log in.
+may_add = access.engineer
+if not may_add and not any(known.values()):
+    st.warning("No line has a station yet: an engineer adds them on the Settings page.")
+    st.stop()
 left, right = st.columns(2)
 line = left.selectbox(
-    "Production line", list(known) or ["Line 1"], accept_new_options=True, key="inspect_line"
+    "Production line",
+    (list(known) or ["Line 1"]) if may_add else [k for k, stations in known.items() if stations],
+    accept_new_options=may_add,
+    key="inspect_line",
 )
 station = right.selectbox(
     "Station",
-    known.get(line or "", []) or ["Station 1"],
-    accept_new_options=True,
+    known.get(line or "", []) or (["Station 1"] if may_add else []),
+    accept_new_options=may_add,
     # One choice per line: a station chosen on another line must not carry over (it would be
     # created on this one and the parts filed under it).
     key=f"inspect_station_{line}",
@@ -159,7 +169,7 @@ if st.session_state.get("inspected_key") != upload_key:
             line,
             station,
             model=info.name,
-            operator=current_access(state.url).name or "",  # (the run's who, with accounts)
+            operator=access.name or "",  # (the run's who, with accounts)
             source="dashboard upload",
             inspector=inspector_for(info),
         )
