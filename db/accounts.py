@@ -193,7 +193,9 @@ def authenticate(session: Session, name: str, password: str) -> Login:
     name = name.strip()
     user = find_user(session, name) if name else None
     if user is None:
-        return _unknown_attempt(name.lower(), password, now)
+        # (Cut to what no account name exceeds: a name of megabytes, each try another one,
+        # was kept whole, up to 10000 of them, in this process's memory.)
+        return _unknown_attempt(name.lower()[: MAX_NAME_LENGTH + 1], password, now)
     # The try that makes MAX_FAILED_LOGINS starts the wait as it is counted, not once its
     # password is found wrong: the tries beside it wait from then on, and a wait is never
     # left unstarted by a try that did not end.

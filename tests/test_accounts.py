@@ -243,6 +243,18 @@ def test_tries_sent_side_by_side_get_no_more_password_checks_than_one_after_anot
         assert 0 < authenticate(session, name, "right-pass").wait_seconds <= LOCK_SECONDS
 
 
+def test_a_huge_name_with_no_account_is_not_kept_whole(database_url: str) -> None:
+    """Wrong tries of unknown names are kept in memory: a name of a megabyte was kept whole."""
+    from db import accounts
+
+    accounts._unknown_failures.clear()
+    with session_scope(database_url) as session:
+        add_user(session, "ana", Role.ENGINEER, "right-pass")
+    with session_scope(database_url) as session:
+        assert not authenticate(session, "x" * 1_000_000, "wrong-pass").ok
+    assert [len(key) for key in accounts._unknown_failures] == [accounts.MAX_NAME_LENGTH + 1]
+
+
 def test_a_disabled_account_cannot_log_in(database_url: str) -> None:
     from db.accounts import account_role, disable_user
 
