@@ -116,12 +116,6 @@ def several_frames_reason(image: Image.Image) -> str | None:
 def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> DecodedImage:
     if not data:
         raise ImageDecodeError(EMPTY_ERROR)
-    if data.count(data[:1]) == len(data):
-        # A capture buffer written out unfilled (all zeros, say): the camera's fault, as an
-        # empty file is, and recorded every time as one (it is the same bytes every time).
-        raise ImageDecodeError(
-            f"{EMPTY_ERROR}: {len(data)} bytes, every one 0x{data[0]:02x} (the camera wrote no image)"
-        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -147,6 +141,14 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> DecodedImage:
             f"image too large: {found}over the {max_pixels / 1e6:.0f} MP limit"
         ) from exc
     except UnidentifiedImageError as exc:
+        if data.count(data[:1]) == len(data):
+            # A capture buffer written out unfilled (all zeros, say): the camera's fault, as an
+            # empty file is, and recorded every time as one (the same bytes every time). Looked
+            # at only here, off the path of the files that decode.
+            raise ImageDecodeError(
+                f"{EMPTY_ERROR}: {len(data)} bytes, every one 0x{data[0]:02x} (the camera wrote "
+                "no image)"
+            ) from exc
         raise ImageDecodeError("not an image file (unknown or unsupported format)") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageDecodeError(f"corrupt or truncated image: {exc}") from exc
