@@ -117,37 +117,33 @@ def _composed(typed: str) -> str:
     return unicodedata.normalize("NFC", typed.strip())
 
 
+def _name_as_stored(typed: str, what: str) -> str:
+    """`typed` in Unicode's composed form (NFC), refused where empty, too long for its column,
+    or holding line breaks, tabs or invisible characters; `what` names it in the message."""
+    name = _composed(typed)
+    if not name:
+        raise ValueError(f"{what} names must not be empty")
+    if len(name) > NAME_LENGTH:
+        raise ValueError(f"a {what} name has at most {NAME_LENGTH} characters")
+    if _UNSEEN.search(name):
+        raise ValueError(
+            f"a {what} name may not hold line breaks, tabs or invisible characters: {name!r}"
+        )
+    return name
+
+
 def station_name_as_stored(typed: str) -> str:
     """A line's or station's name as stored: in Unicode's composed form (NFC), so that "Línea 1"
     typed on a Mac keyboard (decomposed, NFD) is the "Línea 1" another station typed, not a
     second line that reads the same."""
-    name = _composed(typed)
-    if not name:
-        raise ValueError("line and station names must not be empty")
-    if len(name) > NAME_LENGTH:
-        raise ValueError(f"a line or station name has at most {NAME_LENGTH} characters")
-    if _UNSEEN.search(name):
-        raise ValueError(
-            f"a line or station name may not hold line breaks, tabs or invisible characters: "
-            f"{name!r}"
-        )
-    return name
+    return _name_as_stored(typed, "line or station")
 
 
 def class_name_as_stored(typed: str) -> str:
-    """A defect class's name as a reviewer gives it, by the rules of line and station names
-    (composed form, no line breaks or invisible characters, the column's length): a class
-    becomes a model's output and every chart's label, so two that read the same must be one."""
-    name = _composed(typed)
-    if not name:
-        raise ValueError("a class name must not be empty")
-    if len(name) > NAME_LENGTH:
-        raise ValueError(f"a class name has at most {NAME_LENGTH} characters")
-    if _UNSEEN.search(name):
-        raise ValueError(
-            f"a class name may not hold line breaks, tabs or invisible characters: {name!r}"
-        )
-    return name
+    """A defect class's name as a reviewer gives it, by the rules of line and station names:
+    a class becomes a model's output and every chart's label, so two that read the same must
+    be one."""
+    return _name_as_stored(typed, "class")
 
 
 def class_key(name: str) -> str:
