@@ -876,3 +876,68 @@ def test_a_class_renamed_reordered_dropped_or_put_before_is_still_refused(
     with pytest.raises(UserError, match="only adds new ones after them; for a class renamed"):
         refuse_other_classes(version, "d", classes, "fine-tuning")  # type: ignore[arg-type]
     refuse_other_classes(version, "d", NEW_CLASSES, "fine-tuning")  # type: ignore[arg-type]
+
+
+class _Stop(Exception):
+    """Ends a training at its first step: the rows it starts from are all the test needs."""
+
+
+def test_fine_tuning_keeps_each_class_row_under_its_own_name_when_two_differ_in_case_only(
+    trained: Trained, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """An import only warns of classes that differ in case ('scratch', 'Scratch'), and
+    ultralytics' remapping of class rows by lower-cased name then gave both of them the
+    second's rows when fine-tuning: 'scratch' started from what 'Scratch' had learned."""
+    from db.models import ModelKind
+    from inspection.detector import load_detector
+    from tests.synthetic import write_splits, write_voc
+    from training.datasets import import_dataset
+    from training.train_detector import TrainRequest, train_detector
+    from training.versions import register_model_version
+
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
+    get_settings.cache_clear()
+    cased = ["scratch", "Scratch"]
+    checkpoint = torch.load(trained.weights, map_location="cpu", weights_only=False)
+    for key in ("model", "ema"):
+        if checkpoint.get(key) is not None:
+            checkpoint[key].names = dict(enumerate(cased))
+    weights = tmp_path / "cased.pt"
+    torch.save(checkpoint, weights)
+    images = write_voc(tmp_path / "src", n=8, classes=cased)
+    with session_scope(trained.url) as session:
+        register_model_version(
+            session,
+            weights,
+            get_settings().models_dir,
+            kind=ModelKind.DETECTOR,
+            architecture="defect-yolo-n",
+            class_names=cased,
+            image_size=64,
+            name="cased",
+        )
+        import_dataset(
+            session,
+            "voc",
+            tmp_path / "src",
+            "cased",
+            get_settings().datasets_dir,
+            write_splits(tmp_path / "splits", images),
+            cased,
+        )
+    started: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
+
+    def on_pretrain_routine_end(trainer) -> None:  # type: ignore[no-untyped-def]
+        started.append(_class_rows(trainer.model))
+        raise _Stop
+
+    request = TrainRequest(data="cased", from_model="cased", epochs=1, imgsz=64, batch=4)
+    with pytest.raises(_Stop):
+        train_detector(
+            request, url=trained.url, callbacks={"on_pretrain_routine_end": on_pretrain_routine_end}
+        )
+    base = _class_rows(load_detector(weights).model)
+    [rows] = started
+    for (weight, bias), (old_weight, old_bias) in zip(rows, base, strict=True):
+        assert not torch.equal(old_weight[0], old_weight[1])  # (two rows told apart)
+        assert torch.equal(weight, old_weight.float()) and torch.equal(bias, old_bias.float())

@@ -503,6 +503,10 @@ def train_detector(
                 exist_ok=False,
                 plots=request.plots,
                 pretrained=bool(base_weights),
+                # The base's class rows are carried by index (the dataset begins with its
+                # classes, `refuse_other_classes`; `extend_classes` grows the head): ultralytics'
+                # remapping by lower-cased name gave 'scratch' the rows of 'Scratch'.
+                cls_remap=False,
                 **({"time": request.hours} if request.hours else {}),
                 **{
                     "close_mosaic": min(10, max(request.epochs // 5, 0)),
