@@ -129,6 +129,32 @@ def test_a_new_defect_type_is_exported_after_the_detectors_classes_with_its_cave
     assert "3 of the 4 parts exported" in " ".join(result.output.split())
 
 
+def test_a_new_class_whose_defects_are_all_on_parts_left_out_is_not_a_class_of_the_export(
+    reviewed: str, tmp_path: Path
+) -> None:
+    """A new class added only on parts the export leaves out (undecided, image gone) was still
+    one of the dataset's classes, without a box: fine-tuning grew the detector by a class it
+    never saw, and the export said it carried a new class."""
+    from db.models import Part
+
+    with session_scope(reviewed) as session:
+        part_ids = session.scalars(select(Inspection.part_id).order_by(Inspection.id)).all()
+        add_missed_defect(
+            session, part_ids[2], "crack", (30, 30, 40, 44), "bob", classes=CLASSES, new_class=True
+        )
+        part = session.get(Part, part_ids[2])
+        assert part is not None
+        Path(part.stored_path).unlink()  # (pruned: the part is left out)
+        report = export_reviews(session, "no-crack", CLASSES, tmp_path / "datasets")
+    assert report.classes == CLASSES and report.n_images == 3
+    assert yaml.safe_load((report.root / "data.yaml").read_text())["names"] == dict(
+        enumerate(CLASSES)
+    )
+    [caveat] = report.warnings
+    assert caveat.file == "new class crack"
+    assert "none of its defects is on a part exported" in caveat.reason
+
+
 def test_a_few_reviewed_parts_export_as_a_dataset_to_retrain_on(
     reviewed: str, tmp_path: Path
 ) -> None:

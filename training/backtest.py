@@ -148,16 +148,15 @@ def export_reviews(
     """Reviewed parts as a labeled dataset (YOLO layout), registered for retraining.
 
     Its classes are `class_names` (the production detector's) in their order, followed by the
-    new defect types reviewers added (`reviewer_classes`), so that the detector can be
-    fine-tuned onto them (`train detector --from`): a part with a new class's defect was left
+    new defect types reviewers added (`reviewer_classes`) that an exported part holds, so that
+    the detector can be fine-tuned onto them (`train detector --from`): a part with a new class's defect was left
     out, and the new type never reached a model."""
     if session.scalars(select(Dataset).where(Dataset.name == name)).first() is not None:
         raise UserError(f"a dataset named {name!r} already exists: export under another name")
-    new_classes = reviewer_classes(session, class_names)
-    class_names = [*class_names, *new_classes]
-    images: list[LabeledImage] = []
+    known = list(class_names)
+    new_classes = reviewer_classes(session, known)
     issues: list[ImportIssue] = []
-    exported: list[PartTruth] = []
+    kept: list[tuple[Path, PartTruth]] = []
     for truth in reviewed_parts(session):
         if not truth.complete:
             # (Its undecided detections would be background in the labels: taught as no defect.)
@@ -171,29 +170,48 @@ def export_reviews(
         if path is None or not path.is_file():
             issues.append(ImportIssue(f"part {truth.part_id}", "its image file is missing"))
             continue
-        boxes = []
-        for class_name, x1, y1, x2, y2 in truth.boxes:
-            if class_name not in class_names:
-                issues.append(
-                    ImportIssue(path.name, f"class {class_name} is not one of {class_names}")
-                )
-                break
-            boxes.append(Box(class_names.index(class_name), x1, y1, x2, y2))
-        else:
-            if truth.defective and not boxes:
-                issues.append(
-                    ImportIssue(path.name, "reviewed as defective but no defect has a box")
-                )
-                continue
-            images.append(LabeledImage(path, 0, 0, boxes))
-            exported.append(truth)
-    if not images:
+        other = next((b[0] for b in truth.boxes if b[0] not in (*known, *new_classes)), None)
+        if other is not None:
+            issues.append(
+                ImportIssue(path.name, f"class {other} is not one of {[*known, *new_classes]}")
+            )
+            continue
+        if truth.defective and not truth.boxes:
+            issues.append(ImportIssue(path.name, "reviewed as defective but no defect has a box"))
+            continue
+        kept.append((path, truth))
+    if not kept:
         left_out = f"; {len(issues)} left out, e.g. {issues[0]}" if issues else ""
         raise UserError(
             "no reviewed part to export: a part is exported once each of its detections is "
             f"decided or it is marked good (Review page){left_out}"
         )
-    issues[:0] = _unlabeled_before(session, new_classes, exported)
+    # A new class is one of the dataset's only where an exported part holds one of its
+    # defects: one whose defects are all on parts left out grew the fine-tuned detector by a
+    # class it never saw.
+    boxed = {b[0] for _, truth in kept for b in truth.boxes}
+    unseen = [c for c in new_classes if c not in boxed]
+    new_classes = [c for c in new_classes if c in boxed]
+    class_names = [*known, *new_classes]
+    images = [
+        LabeledImage(
+            path,
+            0,
+            0,
+            [Box(class_names.index(c), x1, y1, x2, y2) for c, x1, y1, x2, y2 in truth.boxes],
+        )
+        for path, truth in kept
+    ]
+    exported = [truth for _, truth in kept]
+    issues[:0] = [
+        ImportIssue(
+            f"new class {class_name}",
+            "none of its defects is on a part exported (their parts are left out): not a "
+            "class of this dataset",
+            left_out=False,
+        )
+        for class_name in unseen
+    ] + _unlabeled_before(session, new_classes, exported)
     # Split so that a few dozen reviewed parts can be retrained on: val and train each get a
     # defect (and val a good part where there is one).
     return write_dataset(
