@@ -177,19 +177,22 @@ def _plurals(key: str) -> set[str]:
     return plurals
 
 
+def singular_or_plural(first: str, second: str) -> bool:
+    """Whether one class name is the other's plural ('Scratch', 'scratches'), names of three
+    letters or more: said as such where a look-alike is warned about, not as a misspelling."""
+    first_key, second_key = class_key(first), class_key(second)
+    return min(len(first_key), len(second_key)) >= 3 and (
+        first_key in _plurals(second_key) or second_key in _plurals(first_key)
+    )
+
+
 def look_alike_classes(first: str, second: str) -> bool:
     """Two class names that read as one class spelled two ways: equal but for case, spacing
     and '_' or '-' ('Scratch', 'scratch'), singular and plural ('Scratch', 'scratches'), or a
     typo, one edit apart in names of four letters or more ('spot', 'spott'), but not numbered
     variants ('dent_1', 'dent_2')."""
     first_key, second_key = class_key(first), class_key(second)
-    return (
-        first_key == second_key
-        or (
-            min(len(first_key), len(second_key)) >= 3
-            and (first_key in _plurals(second_key) or second_key in _plurals(first_key))
-        )
-    ) or (
+    return (first_key == second_key or singular_or_plural(first, second)) or (
         min(len(first_key), len(second_key)) >= 4
         and one_edit_apart(first_key, second_key)
         and re.sub(r"\d", "", first_key) != re.sub(r"\d", "", second_key)

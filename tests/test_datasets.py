@@ -358,6 +358,14 @@ def test_voc_class_names_that_look_alike_are_warned_about(session, tmp_path: Pat
         in warned["part_003.xml"]
     )
     assert len(report.issues) == 2
+    # A plural is not a misspelling: said as what it is.
+    xml = src / "annotations" / "part_006.xml"
+    xml.write_text(xml.read_text().replace(">scratch<", ">scratches<"))
+    plural = import_dataset(session, "voc", src, "t3", tmp_path / "ds")
+    assert any(
+        "class 'scratches' (1 file) is the singular or plural of 'Scratch' (1 file)" in str(i)
+        for i in plural.issues
+    ), "\n".join(str(i) for i in plural.issues)
     given = import_dataset(session, "voc", src, "t2", tmp_path / "ds", classes=CLASSES)
     assert not any("--classes" in i.reason for i in given.issues)  # the classes were given
 

@@ -33,7 +33,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.models import Dataset, ModelVersion
-from db.registry import class_key, look_alike_classes
+from db.registry import class_key, look_alike_classes, singular_or_plural
 from inspection.errors import UserError
 from inspection.images import (
     IMAGE_SUFFIXES,
@@ -388,11 +388,12 @@ def _look_alike_classes(files_of_class: dict[str, list[str]]) -> list[ImportIssu
             if name == chosen[root]:
                 continue
             main = chosen[root]
-            how = (
-                "differs only in case, spacing or '_'/'-' from"
-                if class_key(name) == class_key(main)
-                else "looks like a misspelling of"
-            )
+            if class_key(name) == class_key(main):
+                how = "differs only in case, spacing or '_'/'-' from"
+            elif singular_or_plural(name, main):
+                how = "is the singular or plural of"
+            else:
+                how = "looks like a misspelling of"
             warnings.append(
                 ImportIssue(
                     _some_files(files_of_class[name]),
