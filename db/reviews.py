@@ -248,14 +248,19 @@ def decide_the_rest(session: Session, inspection_id: int, reviewer: str) -> int:
 
 def reviewer_classes(session: Session, known: list[str]) -> list[str]:
     """The classes of missed defects reviewers added that `known` (the production detector's)
-    lacks: new defect types found on the line, by name. Sorted, so that an export lists them
-    in the same order whenever it is made."""
-    names = session.scalars(
-        select(Review.class_name)
+    lacks: new defect types found on the line, in the order they were first added (then by
+    name), so that each export lists them alike and a class found later comes after them.
+    Sorted by name, a class added later but named earlier ("bubble" after "crack") came first,
+    and the next export no longer extended a version fine-tuned on the one before (refused as
+    reordered)."""
+    first_added = func.min(Review.created_at)
+    rows = session.execute(
+        select(Review.class_name, first_added)
         .where(Review.kind == ReviewKind.MISSED_DEFECT, Review.class_name.is_not(None))
-        .distinct()
+        .group_by(Review.class_name)
+        .order_by(first_added, Review.class_name)
     )
-    return sorted({name for name in names if name and name not in known})
+    return [name for name, _ in rows if name and name not in known]
 
 
 def _checked_class(

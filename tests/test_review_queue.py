@@ -236,3 +236,20 @@ def test_a_reviewer_whose_clock_is_behind_keeps_a_part_in_the_queue_until_it_is_
     monkeypatch.setattr(db.models, "datetime", Behind)  # the reviewing machine's clock
     confirm_defect(session, inspection.predictions[0].id, "ana")
     assert _queued(session) == {inspection.part_id}
+
+
+def test_new_classes_come_in_the_order_they_were_first_added(session: Session) -> None:
+    """Sorted by name, "bubble" found after "crack" came first, and the next export no longer
+    extended the version fine-tuned on the one before (refused as reordered)."""
+    from sqlalchemy import update
+
+    from db.models import Review
+    from db.reviews import reviewer_classes
+
+    known = ["scratch", "spot"]
+    part = _part(session, 1, []).part_id
+    crack = add_missed_defect(session, part, "crack", (1, 1, 5, 5), "ana", known, new_class=True)
+    bubble = add_missed_defect(session, part, "bubble", (6, 6, 9, 9), "bob", known, new_class=True)
+    later = crack.created_at + timedelta(minutes=5)  # (one clock tick could hold both)
+    session.execute(update(Review).where(Review.id == bubble.id).values(created_at=later))
+    assert reviewer_classes(session, known) == ["crack", "bubble"]
