@@ -345,6 +345,15 @@ def test_a_reviewer_adds_a_new_defect_type_and_the_next_one_picks_it(
     with session_scope(production) as session:
         classes = [r.class_name for r in session.scalars(select(Review))]
     assert classes == ["crack"]
+    # Exported while none of its defects is on a part done (the other part marked good): the
+    # caveat is a warning, apart from the list of parts left out.
+    other = next(p for p in at.selectbox(key="review_part").options if str(first) not in p)
+    at.selectbox(key="review_part").select(other).run()
+    next(b for b in at.button if b.label == "Mark part good").click().run()
+    next(b for b in at.button if b.label == "Export reviewed parts").click().run()
+    assert not at.exception, at.exception
+    assert any("new class crack" in w.value and "not a class" in w.value for w in at.warning)
+    assert not any("new class crack" in c.value for c in at.caption)
 
 
 def test_a_click_meant_for_a_part_done_elsewhere_lands_on_no_other_part(

@@ -137,6 +137,7 @@ def _unlabeled_before(
                 f"good): they cannot have been labeled with it, so a {class_name} on them is "
                 "taught as no defect; review them again where it may be",
                 left_out=False,
+                caveat=True,
             )
         )
     return caveats
@@ -209,6 +210,7 @@ def export_reviews(
             "none of its defects is on a part exported (their parts are left out): not a "
             "class of this dataset",
             left_out=False,
+            caveat=True,
         )
         for class_name in unseen
     ] + _unlabeled_before(session, new_classes, exported)

@@ -77,6 +77,9 @@ class ImportIssue:
     # False for a warning about a file that was imported all the same (a class name that looks
     # like a typo of another, an image converted to 8 bits).
     left_out: bool = True
+    # A caveat about the data as a whole, to be shown as a warning rather than in the list of
+    # files (an export's new class that some parts cannot have been labeled with).
+    caveat: bool = False
 
     def __str__(self) -> str:
         return (

@@ -341,7 +341,7 @@ with st.form("export"):
                 )
                 for issue in report.issues[:20]:
                     # (The caveats of new classes first: each says how many parts lack them.)
-                    if issue.file.startswith("new class "):
+                    if issue.caveat:
                         st.warning(plain(issue))
                     else:
                         st.caption(plain(issue))
