@@ -68,6 +68,15 @@ class ResultsFeed:
         text = json.dumps(result_line(result, line, station, run_id), ensure_ascii=False)
         try:
             self._file.write(text + "\n")
+        except BrokenPipeError as exc:
+            # (A named pipe whose reader stopped: "free space there" sent its operator to a
+            # disk that was not full.)
+            raise UserError(
+                f"cannot write the results feed {self.path}: its reader closed the pipe; the "
+                "verdicts so far are recorded in the database, and those the reader had not "
+                "read are not sent again: start the reader and run the same command again to "
+                "resume"
+            ) from exc
         except OSError as exc:
             raise UserError(
                 f"cannot write the results feed {self.path}: {exc.strerror or exc}; the verdicts "

@@ -4,6 +4,7 @@ reject gate or an MES to follow."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,9 @@ from typer.testing import CliRunner
 
 from db.models import Inspection, Part
 from db.session import session_scope
+from inspection.engine import PartResult
+from inspection.errors import UserError
+from inspection.results import ResultsFeed
 from inspection.settings import get_settings
 from tests.conftest import Trained, register_production_detector
 from tests.synthetic import make_images
@@ -95,3 +99,22 @@ def test_a_results_feed_that_fails_stops_a_run_over_workers_too(
     full = _batch(tmp_path / "in", "--results", "/dev/full", "--workers", "2")
     assert full.exit_code == 1
     assert "cannot write the results feed /dev/full" in str(full.exception)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+def test_a_named_pipe_whose_reader_stopped_is_said_so_not_a_full_disk(tmp_path: Path) -> None:
+    """A reject gate reading the feed through a named pipe stops: the run stops with that
+    reason, not with the full disk's advice to free space."""
+    pipe = tmp_path / "feed"
+    os.mkfifo(pipe)
+    reader = os.open(pipe, os.O_RDONLY | os.O_NONBLOCK)  # (so that opening to write returns)
+    feed = ResultsFeed(pipe)
+    part = PartResult(name="a.png", content_hash="ab" * 32, size_bytes=1, verdict="pass")
+    feed.write(part, "Line 1", "Cam A", 1)
+    os.close(reader)
+    with pytest.raises(UserError) as stopped:
+        feed.write(part, "Line 1", "Cam A", 1)
+    feed.close()
+    message = str(stopped.value)
+    assert "its reader closed the pipe" in message and "free space" not in message
+    assert "\n" not in message
