@@ -105,7 +105,13 @@ def accounts_exist(session: Session) -> bool:
 
 
 def find_user(session: Session, name: str) -> User | None:
-    return session.scalars(select(User).where(User.name == name.strip())).first()
+    """An account by its name, in any case: names are unique regardless of case (`add_user`),
+    so "QA1" is the account qa1, as a login or `defects users enable QA1` means it."""
+    name = name.strip()
+    exact = session.scalars(select(User).where(User.name == name)).first()
+    if exact is not None:
+        return exact
+    return session.scalars(select(User).where(func.lower(User.name) == name.lower())).first()
 
 
 def get_user(session: Session, name: str) -> User:

@@ -292,3 +292,18 @@ def test_a_login_ends_when_its_password_is_set_again(database_url: str) -> None:
 def test_an_unusable_account_name_is_refused(database_url: str, name: str) -> None:
     with session_scope(database_url) as session, pytest.raises(AccountError):
         add_user(session, name, Role.REVIEWER, "long-enough")
+
+
+def test_an_account_is_found_by_its_name_in_any_case(database_url: str) -> None:
+    """Names are unique regardless of case (`users add` refuses "QA1" beside "qa1"), yet
+    `users enable QA1`, `disable` and `set-password` said there was no account QA1, and a login
+    as "QA1" was a wrong name."""
+    from db.accounts import disable_user, enable_user
+
+    with session_scope(database_url) as session:
+        add_user(session, "qa1", Role.REVIEWER, "right-pass")
+    with session_scope(database_url) as session:
+        assert disable_user(session, "QA1").name == "qa1"
+        assert enable_user(session, " Qa1 ").name == "qa1"
+        login = authenticate(session, "QA1", "right-pass")
+        assert login.ok and login.name == "qa1"  # (reviews go under the stored name)
