@@ -118,3 +118,22 @@ def test_a_named_pipe_whose_reader_stopped_is_said_so_not_a_full_disk(tmp_path: 
     message = str(stopped.value)
     assert "its reader closed the pipe" in message and "free space" not in message
     assert "\n" not in message
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+def test_a_run_feeding_a_named_pipe_says_it_waits_for_its_reader(
+    station: str, tmp_path: Path
+) -> None:
+    """Opening a named pipe to write waits for a reader: the run sat silent at its start."""
+    make_images(tmp_path / "in", n=2)
+    pipe = tmp_path / "feed"
+    os.mkfifo(pipe)
+    reader = os.open(pipe, os.O_RDONLY | os.O_NONBLOCK)  # (the PLC bridge, there already)
+    try:
+        result = _batch(tmp_path / "in", "--results", str(pipe))
+        lines = os.read(reader, 1 << 16).decode().splitlines()
+    finally:
+        os.close(reader)
+    assert result.exit_code == 0, result.output
+    assert f"waiting for a reader of the named pipe {pipe}" in " ".join(result.output.split())
+    assert len(lines) == 2

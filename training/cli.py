@@ -1350,6 +1350,8 @@ def batch_command(
     if results is not None:
         from inspection.results import ResultsFeed
 
+        if results.is_fifo():  # (opening it waits, without a word, until a reader opens it)
+            console.print(f"waiting for a reader of the named pipe {results}", markup=False)
         feed = ResultsFeed(results)  # (refused now, not after the model has loaded)
     url = migrated_database_url()
     settings = get_settings()
