@@ -718,6 +718,11 @@ def test_live_page_shows_each_station_and_the_last_failed_part(
     assert len(at.dataframe[1].value) == 4  # the latest parts
     assert at.get("plotly_chart")  # parts per minute
     assert any("No failed part yet" in c.value for c in at.caption)  # (the tiny model failed none)
+    # Live counts a repeated blank frame each time, History once: each page says which.
+    assert any("each time it came (the History page" in c.value for c in at.caption)
+    at.switch_page("views/history.py").run()
+    assert any(c.value.startswith("Each part once, at its current verdict") for c in at.caption)
+    at.switch_page("views/live.py").run()
     with session_scope(production) as session:  # a defect found in one of them, as a model would
         inspection = session.scalars(select(Inspection)).first()
         assert inspection is not None

@@ -133,6 +133,10 @@ else:
     )
 left, right = st.columns(2)
 left.plotly_chart(volume_figure(volume, zone))
+left.caption(
+    "Each part once, at its current verdict: a blank frame or empty capture sent again is one "
+    "part here, while the Live page and `defects status` count each time it came."
+)
 right.plotly_chart(pareto_figure(pareto, highlight=filters.class_name))
 left, right = st.columns(2)
 left.plotly_chart(latency_figure(latency))

@@ -203,7 +203,8 @@ def _live_view() -> None:
         hide_index=True,
     )
     st.caption(
-        f"Parts judged in the last {window} minutes; refreshed every {REFRESH_SECONDS} s; "
+        f"Parts judged in the last {window} minutes, a blank frame or empty capture each time it "
+        f"came (the History page counts each part once); refreshed every {REFRESH_SECONDS} s; "
         f"times in {zone}."
     )
     left, right = st.columns([3, 2])
