@@ -13,12 +13,39 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from inspection.engine import PartResult
 from inspection.errors import UserError
+
+
+class _Found(Protocol):
+    """A detection as the engine gives it or as the database keeps it (a Prediction)."""
+
+    class_name: str
+    confidence: float
+    x1: float | None
+    y1: float | None
+    x2: float | None
+    y2: float | None
+    counted: bool
+
+
+def counted_defects(found: Iterable[_Found]) -> list[dict[str, Any]]:
+    """The detections that fail a part, as `defects inspect --json` and the results feed
+    write them alike."""
+    return [
+        {
+            "class": d.class_name,
+            "confidence": round(d.confidence, 4),
+            "box": [round(v, 1) for v in (d.x1, d.y1, d.x2, d.y2) if v is not None],
+        }
+        for d in found
+        if d.counted
+    ]
 
 
 def result_line(result: PartResult, line: str, station: str, run_id: int) -> dict[str, Any]:
@@ -31,17 +58,9 @@ def result_line(result: PartResult, line: str, station: str, run_id: int) -> dic
         "verdict": result.verdict,
         "failed_classes": failed,
         # (A fail with no detection counted: the part classifier alone failed it.)
-        "part_classifier": result.verdict == "fail" and not failed,
+        "failed_by_part_classifier": result.verdict == "fail" and not failed,
         "defect_probability": result.defect_probability,
-        "defects": [
-            {
-                "class": d.class_name,
-                "confidence": round(d.confidence, 4),
-                "box": [round(v, 1) for v in (d.x1, d.y1, d.x2, d.y2)],
-            }
-            for d in result.detections
-            if d.counted
-        ],
+        "defects": counted_defects(result.detections),
         "latency_ms": None if result.latency_ms is None else round(result.latency_ms, 1),
         "error": result.error,
         "line": line,

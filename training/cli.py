@@ -1742,6 +1742,7 @@ def _stored_verdicts(url: str, model_id: int, items: list) -> list[dict]:  # typ
     import hashlib
 
     from db.queries import part_results
+    from inspection.results import counted_defects
     from inspection.verdict import part_classifier_note
 
     hashes = [hashlib.sha256(i.data).hexdigest() if i.data is not None else None for i in items]
@@ -1774,15 +1775,7 @@ def _stored_verdicts(url: str, model_id: int, items: list) -> list[dict]:  # typ
                     "part_classifier": part_classifier_note(
                         inspection.defect_probability, inspection.thresholds
                     ),
-                    "defects": [
-                        {
-                            "class": p.class_name,
-                            "confidence": round(p.confidence, 4),
-                            "box": [round(v, 1) for v in (p.x1, p.y1, p.x2, p.y2) if v is not None],
-                        }
-                        for p in inspection.predictions
-                        if p.counted
-                    ],
+                    "defects": counted_defects(inspection.predictions),
                 }
             )
         return rows
