@@ -66,7 +66,9 @@ def test_each_part_judged_is_a_line_of_json_as_recorded(
         assert (line["line"], line["station"]) == ("Line 1", "Cam A")
         assert line["judged_at"].endswith("Z") and line["latency_ms"] is not None
         assert line["failed_classes"] == sorted({d["class"] for d in line["defects"]})
-        assert line["failed_by_part_classifier"] == (line["verdict"] == "fail" and not line["defects"])
+        assert line["failed_by_part_classifier"] == (
+            line["verdict"] == "fail" and not line["defects"]
+        )
 
     # Run again: nothing is judged, nothing is written twice; a new part is appended.
     make_images(tmp_path / "in", n=5)  # (the same four, and one more)
