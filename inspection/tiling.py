@@ -1,0 +1,100 @@
+"""Tiles of a large part image: one grid shared by the dataset import and the stations.
+
+A camera frame much larger than the detector's input (a line-scan strip, a 20 MP frame) shrunk
+whole to the model's size loses a defect of a few pixels. A tiled model is trained on tiles cut
+from the labeled images at their own resolution, and a station cuts each part by the same grid,
+judges every tile and merges the detections back into the part's pixels. The grid is one
+function so that a part's tiles at a station are the tiles its labels were cut into, and a
+part's verdict (any counted detection on any tile) is the one evaluation and calibration count.
+
+Written here rather than taken from SAHI: SAHI would add a dependency for one grid function
+and one NMS call, and its slicing rounds tile positions its own way, which the import and the
+stations would then both have to follow.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+# Where a tiled model carries its grid: a key of its PyTorch checkpoint, and a metadata entry of
+# its ONNX export (beside the classes and image size).
+CHECKPOINT_KEY = "defects_tile"
+ONNX_METADATA_KEY = "defects.tile"
+MAX_OVERLAP = 0.9  # beyond it the tiles nearly repeat each other and the work grows as 1/(1-o)^2
+MIN_TILE = 32  # a tile smaller than the detector's coarsest stride finds nothing
+
+
+class TileSpecError(ValueError):
+    """A tile size or overlap that cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class TileSpec:
+    """Square tiles of `size` pixels of the original image, neighbours sharing at least
+    `overlap` of a tile's width, so that a defect smaller than the shared band lies whole in
+    one tile."""
+
+    size: int
+    overlap: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.size, int) or self.size < MIN_TILE:
+            raise TileSpecError(f"tile size {self.size!r}: at least {MIN_TILE} pixels")
+        if not (0.0 <= self.overlap <= MAX_OVERLAP) or math.isnan(self.overlap):
+            raise TileSpecError(f"tile overlap {self.overlap!r}: from 0 to {MAX_OVERLAP}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"size": self.size, "overlap": self.overlap}
+
+    @classmethod
+    def from_json(cls, value: Any) -> TileSpec | None:
+        """A spec from a checkpoint's or metadata's value; None for an untiled model."""
+        if value in (None, "", {}):
+            return None
+        if isinstance(value, str):
+            value = json.loads(value)
+        try:
+            return cls(int(value["size"]), float(value.get("overlap", 0.2)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise TileSpecError(f"unreadable tile setting {value!r}: {exc}") from exc
+
+    def describe(self) -> str:
+        return f"{self.size} px tiles, {self.overlap:.0%} overlap"
+
+
+def _starts(length: int, size: int, overlap: float) -> list[int]:
+    """Tile starts along one axis: evenly spread from 0 to `length - size`, as few as keep each
+    neighbour's shared band at least `overlap` of a tile (the last tile ends at the edge, not
+    past it: a tile padded with grey the model never saw whole in training)."""
+    if length <= size:
+        return [0]
+    stride = max(1, math.floor(size * (1.0 - overlap)))
+    count = math.ceil((length - size) / stride) + 1
+    return [round(i * (length - size) / (count - 1)) for i in range(count)]
+
+
+def tile_grid(width: int, height: int, spec: TileSpec) -> list[tuple[int, int, int, int]]:
+    """(x0, y0, x1, y1) of each tile, row by row. An image no larger than a tile is one tile,
+    itself; a side shorter than a tile is not padded (the model letterboxes it, as in training)."""
+    xs = _starts(width, spec.size, spec.overlap)
+    ys = _starts(height, spec.size, spec.overlap)
+    return [(x, y, min(x + spec.size, width), min(y + spec.size, height)) for y in ys for x in xs]
+
+
+def needs_tiling(width: int, height: int, spec: TileSpec | None) -> bool:
+    return spec is not None and (width > spec.size or height > spec.size)
+
+
+def tile_of_checkpoint(ckpt: Any) -> TileSpec | None:
+    """The grid a PyTorch checkpoint was trained on, or None (an untiled model)."""
+    if not isinstance(ckpt, dict):
+        return None
+    return TileSpec.from_json(ckpt.get(CHECKPOINT_KEY))
+
+
+def tile_of_metadata(meta: dict[str, str]) -> TileSpec | None:
+    """The grid recorded in an ONNX export's metadata, or None."""
+    return TileSpec.from_json(meta.get(ONNX_METADATA_KEY))
