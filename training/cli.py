@@ -382,10 +382,34 @@ def import_command(
         str | None, typer.Option(help="Comma-separated class names, in index order.")
     ] = None,
     replace: Annotated[bool, typer.Option(help="Replace a dataset of the same name.")] = False,
+    tile: Annotated[
+        int | None,
+        typer.Option(
+            "--tile",
+            help="Cut each image into square tiles of this many pixels (at its own resolution) "
+            "to train a tiled model, for parts much larger than the detector's input.",
+        ),
+    ] = None,
+    tile_overlap: Annotated[
+        float | None,
+        typer.Option(
+            "--tile-overlap",
+            help="Share of a tile's width its neighbours overlap it by (with --tile; default 0.2).",
+        ),
+    ] = None,
 ) -> None:
     """Import a labeled dataset (defect-free images included) into the product's layout."""
+    from inspection.tiling import TileSpec, TileSpecError
     from training.datasets import import_dataset
 
+    spec = None
+    if tile is None and tile_overlap is not None:
+        raise UserError("--tile-overlap goes with --tile SIZE")
+    if tile is not None:
+        try:
+            spec = TileSpec(tile, 0.2 if tile_overlap is None else tile_overlap)
+        except TileSpecError as exc:
+            raise UserError(f"--tile: {exc}") from exc
     class_list = [c.strip() for c in classes.split(",")] if classes else None
     with session_scope(migrated_database_url()) as session:
         report = import_dataset(
@@ -397,16 +421,30 @@ def import_command(
             splits_dir=splits,
             classes=class_list,
             replace=replace,
+            tile=spec,
         )
     _print_dataset_report(report)
 
 
 def _print_dataset_report(report: ImportReport) -> None:
     """Splits, warnings and left-out images of a dataset just written (import or export)."""
-    table = Table("split", "images", "good parts", "boxes")
-    for split, counts in report.split_counts.items():
-        table.add_row(split, str(counts["images"]), str(counts["good"]), str(counts["boxes"]))
+    if report.tile is not None:
+        table = Table("split", "parts", "good parts", "tiles", "boxes in tiles")
+        for split, counts in report.split_counts.items():
+            table.add_row(
+                split,
+                str(counts["parts"]),
+                str(counts["good"]),
+                str(counts["images"]),
+                str(counts["boxes"]),
+            )
+    else:
+        table = Table("split", "images", "good parts", "boxes")
+        for split, counts in report.split_counts.items():
+            table.add_row(split, str(counts["images"]), str(counts["good"]), str(counts["boxes"]))
     console.print(f"dataset {report.name}: {len(report.classes)} classes {report.classes}")
+    if report.tile is not None:
+        console.print(f"parts cut into {report.tile.describe()}", markup=False)
     console.print(table)
     if report.converted:
         console.print(f"{report.converted} image(s) of more than 8 bits stored as 8-bit PNG")

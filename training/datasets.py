@@ -4,6 +4,9 @@ Layout of an imported dataset `<data>/datasets/<name>/`:
   images/{train,val,test}/<file> (one of more than 8 bits as the 8-bit <stem>.png stations
   decode), labels/{train,val,test}/<stem>.txt (empty for a good part),
   splits/{train,val,test}.txt, data.yaml (for ultralytics), import_report.txt.
+A tiled dataset (`--tile`) holds tiles instead of whole images, `<stem>__x<X>_y<Y>.png` (the
+part's stem and the tile's offset in it), its grid under `defects_tile` in data.yaml and
+tiles.csv, which names each tile's part, offset and split and whether the part is defective.
 Parts with no defect are first class: an image without boxes is a good part, kept with an empty
 label file. An image whose annotation is wrong is left out and listed in the report with the
 reason; training on it would teach the model that its defect is background.
@@ -11,6 +14,7 @@ reason; training on it would teach the model that its defect is background.
 
 from __future__ import annotations
 
+import csv
 import glob
 import hashlib
 import json
@@ -44,6 +48,7 @@ from inspection.images import (
     several_frames_reason,
 )
 from inspection.settings import get_settings, same_place_under
+from inspection.tiling import TileSpec, tile_grid
 
 SourceFormat = Literal["voc", "yolo", "coco", "deeppcb"]
 SPLITS = ("train", "val", "test")
@@ -97,6 +102,7 @@ class ImportReport:
     split_counts: dict[str, dict[str, int]]
     issues: list[ImportIssue] = field(default_factory=list)
     converted: int = 0  # images stored as 8-bit PNG, decoded as stations decode them
+    tile: TileSpec | None = None  # the grid the parts were cut by; None: whole images
 
     @property
     def n_images(self) -> int:
@@ -874,6 +880,184 @@ def read_deeppcb(
 READERS = {"voc": read_voc, "yolo": read_yolo, "coco": read_coco, "deeppcb": read_deeppcb}
 
 
+# --- tiles ---------------------------------------------------------------------------------------
+
+DATA_YAML_TILE_KEY = "defects_tile"  # in data.yaml (ultralytics ignores keys it does not know)
+TILE_MAP = "tiles.csv"
+TILE_MAP_COLUMNS = ("tile", "split", "part", "x0", "y0", "x1", "y1", "part_defective")
+# A box cut by a tile's edge: the fragment inside the tile is a defect of that tile, since it
+# shows part of the defect, unless it is a sliver, under MIN_FRAGMENT pixels across the cut and
+# under half the box's own extent there (ultralytics' augmentation drops boxes under 2 px as
+# well). The half keeps both halves of a defect of a few pixels that an edge cuts in two. A box
+# whose fragments would all be slivers keeps its largest, so that no labeled defect of a part is
+# in none of its tiles.
+MIN_FRAGMENT = 2.0
+
+
+def tile_name(stem: str, x0: int, y0: int, suffix: str = ".png") -> str:
+    """A tile's file name: its part's stem and its offset in the part, readable by eye."""
+    return f"{stem}__x{x0}_y{y0}{suffix}"
+
+
+def _fragment(box: Box, tile: tuple[int, int, int, int]) -> tuple[Box | None, bool]:
+    """The part of `box` inside `tile`, in the tile's pixels, and whether it is a sliver (see
+    MIN_FRAGMENT); (None, False) where the box is not in the tile."""
+    x0, y0, x1, y1 = tile
+    cx1, cy1 = max(box.x1, x0), max(box.y1, y0)
+    cx2, cy2 = min(box.x2, x1), min(box.y2, y1)
+    if cx2 <= cx1 or cy2 <= cy1:
+        return None, False
+    sliver = any(
+        (inside_lo > lo or inside_hi < hi)
+        and inside_hi - inside_lo < min(MIN_FRAGMENT, (hi - lo) / 2)
+        for lo, hi, inside_lo, inside_hi in ((box.x1, box.x2, cx1, cx2), (box.y1, box.y2, cy1, cy2))
+    )
+    return Box(box.class_index, cx1 - x0, cy1 - y0, cx2 - x0, cy2 - y0), sliver
+
+
+def tile_boxes(
+    boxes: list[Box], tiles: list[tuple[int, int, int, int]]
+) -> tuple[list[list[Box]], int]:
+    """Each tile's boxes, clipped to it (see MIN_FRAGMENT), and the number of slivers left
+    unlabeled."""
+    per_tile: list[list[Box]] = [[] for _ in tiles]
+    slivers = 0
+    for box in boxes:
+        fragments = [(i, *_fragment(box, tile)) for i, tile in enumerate(tiles)]
+        found = [(i, f, sliver) for i, f, sliver in fragments if f is not None]
+        kept = [(i, f) for i, f, sliver in found if not sliver]
+        if not kept and found:  # every fragment a sliver: the largest stays labeled
+            i, f, _ = max(
+                found, key=lambda item: (item[1].x2 - item[1].x1) * (item[1].y2 - item[1].y1)
+            )
+            kept = [(i, f)]
+        slivers += len(found) - len(kept)
+        for i, f in kept:
+            per_tile[i].append(f)
+    return per_tile, slivers
+
+
+@dataclass(frozen=True)
+class TileOrigin:
+    """Where a tile of a tiled dataset comes from."""
+
+    part: str  # the source image's file name
+    split: str
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+    part_defective: bool  # the source image had a labeled box (on this tile or another)
+
+
+def dataset_tile(root: Path) -> TileSpec | None:
+    """The grid a dataset's parts were cut by (its data.yaml's), None for whole images."""
+    from inspection.tiling import TileSpecError
+
+    path = root / "data.yaml"
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise UserError(f"cannot read {path}: {exc}") from exc
+    try:
+        return TileSpec.from_json(data.get(DATA_YAML_TILE_KEY) if isinstance(data, dict) else None)
+    except TileSpecError as exc:
+        raise UserError(f"{path}: {exc}") from exc
+
+
+def tile_origins(root: Path) -> dict[str, TileOrigin] | None:
+    """Each tile image's part, by the tile's file name; None for a dataset of whole images."""
+    if dataset_tile(root) is None:
+        return None
+    path = root / TILE_MAP
+    try:
+        with path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        return {
+            row["tile"]: TileOrigin(
+                row["part"],
+                row["split"],
+                int(row["x0"]),
+                int(row["y0"]),
+                int(row["x1"]),
+                int(row["y1"]),
+                row["part_defective"] == "1",
+            )
+            for row in rows
+        }
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        raise UserError(
+            f"the tiled dataset in {root} has no readable {TILE_MAP} ({exc}): import it again"
+        ) from exc
+
+
+def group_by_part(
+    images: list[Path], origins: dict[str, TileOrigin]
+) -> list[tuple[str, bool, list[int]]]:
+    """The tiles of a split grouped by part: (part, defective, indices into `images`), parts in
+    the order their first tile comes."""
+    groups: dict[str, tuple[str, bool, list[int]]] = {}
+    for index, image in enumerate(images):
+        origin = origins.get(image.name)
+        if origin is None:
+            raise UserError(
+                f"tile {image.name} is not in the dataset's {TILE_MAP}: import the dataset again"
+            )
+        groups.setdefault(origin.part, (origin.part, origin.part_defective, []))[2].append(index)
+    return list(groups.values())
+
+
+@dataclass
+class _Tile:
+    name: str
+    box: tuple[int, int, int, int]
+    boxes: list[Box]
+
+
+def _write_tiles(
+    image: LabeledImage, folder: Path, labels: Path, spec: TileSpec, high_bit_depth: bool
+) -> tuple[list[_Tile], int]:
+    """Cut one labeled image into tiles under `folder` (PNG, lossless: a JPEG encoded again
+    would blur the few pixels tiling is for) with their label files under `labels`; the tiles
+    and the number of slivers left unlabeled. An image no larger than a tile is its one tile,
+    its file placed as whole images are. ValueError where its pixels cannot be read."""
+    grid = tile_grid(image.width, image.height, spec)
+    per_tile, slivers = tile_boxes(image.boxes, grid)
+    stem = image.path.stem
+    tiles: list[_Tile] = []
+    if len(grid) == 1:
+        if high_bit_depth:
+            target = folder / tile_name(stem, 0, 0)
+            _write_8_bit(image.path, target, image.width, image.height)
+        else:
+            target = folder / tile_name(stem, 0, 0, image.path.suffix)
+            _place(image.path, target)
+        tiles.append(_Tile(target.name, grid[0], per_tile[0]))
+    else:
+        try:
+            decoded = decode_image(image.path.read_bytes())
+        except (OSError, ImageDecodeError) as exc:
+            raise ValueError(str(exc)) from exc
+        if (decoded.width, decoded.height) != (image.width, image.height):
+            # (The decoder turns an image as its EXIF orientation says: its boxes would not fit.)
+            raise ValueError(
+                f"decoded as {decoded.width}x{decoded.height}, stored as "
+                f"{image.width}x{image.height} (an EXIF orientation): its boxes would not fit"
+            )
+        folder.mkdir(parents=True, exist_ok=True)
+        for (x0, y0, x1, y1), boxes in zip(grid, per_tile, strict=True):
+            name = tile_name(stem, x0, y0)
+            Image.fromarray(decoded.source[y0:y1, x0:x1]).save(folder / name, format="PNG")
+            tiles.append(_Tile(name, (x0, y0, x1, y1), boxes))
+    labels.mkdir(parents=True, exist_ok=True)
+    for tile in tiles:
+        width, height = tile.box[2] - tile.box[0], tile.box[3] - tile.box[1]
+        (labels / f"{Path(tile.name).stem}.txt").write_text(
+            "".join(_yolo_line(b, width, height) + "\n" for b in tile.boxes)
+        )
+    return tiles, slivers
+
+
 # --- import -------------------------------------------------------------------------------------
 
 
@@ -950,8 +1134,10 @@ def import_dataset(
     splits_dir: Path | None = None,
     classes: list[str] | None = None,
     replace: bool = False,
+    tile: TileSpec | None = None,
 ) -> ImportReport:
-    """Convert, check and register a labeled dataset; returns what was imported and what was not."""
+    """Convert, check and register a labeled dataset (cut into tiles by `tile`'s grid where
+    given); returns what was imported and what was not."""
     if source_format not in READERS:
         raise UserError(f"unknown format {source_format!r}; choose voc, yolo, coco or deeppcb")
     if not src.exists():
@@ -973,6 +1159,7 @@ def import_dataset(
         datasets_dir,
         split_of,
         existing,
+        tile,
     )
 
 
@@ -1040,8 +1227,11 @@ def write_dataset(
     datasets_dir: Path,
     split_of: dict[str, str] | None = None,
     existing: Dataset | None = None,
+    tile: TileSpec | None = None,
 ) -> ImportReport:
-    """Check labeled images, lay them out for training and register the dataset."""
+    """Check labeled images, lay them out for training and register the dataset. With `tile`,
+    each image (a part) is cut into tiles by that grid, all in the part's own split (a part's
+    tiles in two splits would measure the model on what it learned)."""
     src = source
     check_dataset_name(name)
     root = datasets_dir / name
@@ -1120,8 +1310,39 @@ def write_dataset(
     counts: dict[str, Counter[str]] = {s: Counter() for s in SPLITS}
     lists: dict[str, list[str]] = {s: [] for s in SPLITS}
     converted: list[str] = []
+    tile_rows: list[tuple[str, str, str, int, int, int, int, int]] = []
+    sliced: list[str] = []  # parts with a sliver of a box left unlabeled in a tile
+    n_slivers = 0
     for image in accepted:
         assert image.split is not None
+        if tile is not None:
+            high = image.path in high_bit_depth
+            try:
+                tiles, slivers = _write_tiles(
+                    image,
+                    stage / "images" / image.split,
+                    stage / "labels" / image.split,
+                    tile,
+                    high,
+                )
+            except ValueError as exc:
+                issues.append(ImportIssue(image.path.name, f"cannot cut into tiles: {exc}"))
+                continue
+            if high:
+                converted.append(image.path.name)
+            if slivers:
+                n_slivers += slivers
+                sliced.append(image.path.name)
+            for t in tiles:
+                lists[image.split].append(t.name)
+                counts[image.split].update(
+                    images=1, boxes=len(t.boxes), good_tiles=int(not t.boxes)
+                )
+                tile_rows.append(
+                    (t.name, image.split, image.path.name, *t.box, int(bool(image.boxes)))
+                )
+            counts[image.split].update(parts=1, good=int(not image.boxes))
+            continue
         target = stage / "images" / image.split / image.path.name
         if image.path in high_bit_depth:
             # Stored as stations decode it: training saw a 12-bit camera's image nearly black.
@@ -1145,6 +1366,16 @@ def write_dataset(
     if not n_imported:
         shutil.rmtree(stage)
         raise UserError(_no_usable_images(src, issues))
+    if n_slivers:
+        issues.append(
+            ImportIssue(
+                _some_files(sliced),
+                f"{n_slivers} fragment(s) of a box cut by a tile's edge, under "
+                f"{MIN_FRAGMENT:g} px across the cut, left unlabeled in that tile (the box is "
+                "labeled in the tiles that hold the rest of it)",
+                left_out=False,
+            )
+        )
     if converted:
         issues.append(
             ImportIssue(
@@ -1170,12 +1401,24 @@ def write_dataset(
         "test": "images/test",
         "names": dict(enumerate(class_names)),
     }
+    if tile is not None:
+        data_yaml[DATA_YAML_TILE_KEY] = tile.to_json()
+        with (stage / TILE_MAP).open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(TILE_MAP_COLUMNS)
+            writer.writerows(sorted(tile_rows))
     (stage / "data.yaml").write_text(yaml.safe_dump(data_yaml, sort_keys=False))
     left_out = [issue for issue in issues if issue.left_out]
     warnings = [issue for issue in issues if not issue.left_out]
     (stage / "import_report.txt").write_text(
-        f"source: {src}\nformat: {source_format}\nimported: {n_imported} images"
-        f" ({len(converted)} converted to 8-bit PNG)\n"
+        f"source: {src}\nformat: {source_format}\n"
+        + (
+            f"imported: {n_imported} images"
+            if tile is None
+            else f"imported: {sum(counts[s]['parts'] for s in SPLITS)} images (parts) cut into "
+            f"{n_imported} tiles ({tile.describe()})"
+        )
+        + f" ({len(converted)} converted to 8-bit PNG)\n"
         f"left out: {len(left_out)}\n"
         + "".join(f"{issue}\n" for issue in left_out)
         + f"warnings: {len(warnings)}\n"
@@ -1193,7 +1436,10 @@ def write_dataset(
         shutil.rmtree(replaced)
     else:
         stage.rename(root)
-    split_counts = {s: {k: int(counts[s][k]) for k in ("images", "boxes", "good")} for s in SPLITS}
+    # Tiled: images and boxes are the tiles' (what training reads), good and parts count parts
+    # (what calibration and evaluation count).
+    keys = ("images", "boxes", "good") + (("parts", "good_tiles") if tile is not None else ())
+    split_counts = {s: {k: int(counts[s][k]) for k in keys} for s in SPLITS}
     dataset = existing or Dataset(name=name)
     dataset.source = src
     dataset.source_format = source_format
@@ -1203,7 +1449,9 @@ def write_dataset(
     session.add(dataset)
     session.flush()
     # Warnings first: a listing cut short (the CLI shows 20) keeps them in view.
-    return ImportReport(name, root, class_names, split_counts, warnings + left_out, len(converted))
+    return ImportReport(
+        name, root, class_names, split_counts, warnings + left_out, len(converted), tile
+    )
 
 
 def _name_to_keep(
