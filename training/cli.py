@@ -509,6 +509,9 @@ DEVICE_HELP = "cpu, cuda or cuda:N; default: DEFECTS_DEVICE."
 TRAIN_DEVICE_HELP = "cpu, cuda or cuda:N (or N); several GPUs: 0,1; default: DEFECTS_DEVICE."
 EPOCHS_HELP = "Passes over the training images."
 TRAIN_IMGSZ_HELP = "Training image size (pixels)."
+DETECTOR_IMGSZ_HELP = (
+    "Training image size (pixels; default: a tiled dataset's tile size, else 256)."
+)
 BATCH_HELP = "Images per training step."
 CLASSIFIER_BATCH_HELP = "Images per training step, at least 2: batch norm learns nothing from one."
 SEED_HELP = "Random seed, for a run that can be repeated."
@@ -570,7 +573,7 @@ def train_detector_command(
         ),
     ] = None,
     epochs: Annotated[int, typer.Option(min=1, help=EPOCHS_HELP)] = 100,
-    imgsz: Annotated[int, typer.Option(min=32, help=TRAIN_IMGSZ_HELP)] = 256,
+    imgsz: Annotated[int | None, typer.Option(min=32, help=DETECTOR_IMGSZ_HELP)] = None,
     batch: Annotated[int, typer.Option(min=1, help=BATCH_HELP)] = 16,
     device: Annotated[
         str | None,
@@ -664,7 +667,7 @@ def distill_detector_command(
         ),
     ] = None,
     epochs: Annotated[int, typer.Option(min=1, help=EPOCHS_HELP)] = 100,
-    imgsz: Annotated[int, typer.Option(min=32, help=TRAIN_IMGSZ_HELP)] = 256,
+    imgsz: Annotated[int | None, typer.Option(min=32, help=DETECTOR_IMGSZ_HELP)] = None,
     batch: Annotated[int, typer.Option(min=1, help=BATCH_HELP)] = 16,
     method: Annotated[
         DistillMethod,

@@ -27,7 +27,8 @@ from db.session import session_scope
 from inspection.detector import architecture_of, architectures, build_detector, load_detector
 from inspection.errors import UserError
 from inspection.settings import get_settings
-from training.datasets import check_folder_name, check_trainable, dataset_yaml
+from inspection.tiling import CHECKPOINT_KEY, TileSpec
+from training.datasets import check_folder_name, check_trainable, dataset_tile, dataset_yaml
 from training.jobs import process_start, record_job_end, this_host
 from training.versions import register_model_version, weights_file
 
@@ -106,6 +107,32 @@ _install_offline_trainer_patches()
 
 
 DEFAULT_ARCHITECTURE = "defect-yolo-s"
+DEFAULT_IMGSZ = 256
+
+
+def training_size(request_imgsz: int | None, tile: TileSpec | None) -> int:
+    """The image size a run trains at: the one asked for, else a tile's own size (shrunk or
+    grown to another, a tile would lose the detail tiling keeps), else DEFAULT_IMGSZ."""
+    if request_imgsz is not None:
+        return request_imgsz
+    return tile.size if tile is not None else DEFAULT_IMGSZ
+
+
+def record_tile(weights: Path, tile: TileSpec | None) -> None:
+    """The grid of the dataset a checkpoint was trained on, written into it (`CHECKPOINT_KEY`),
+    so that stations given the weights cut parts by it; removed for an untiled dataset (a
+    model fine-tuned from a tiled one onto whole images judges whole images)."""
+    checkpoint = torch.load(weights, map_location="cpu", weights_only=False)
+    value = tile.to_json() if tile is not None else None
+    if checkpoint.get(CHECKPOINT_KEY) == value:
+        return
+    if value is None:
+        checkpoint.pop(CHECKPOINT_KEY, None)
+    else:
+        checkpoint[CHECKPOINT_KEY] = value
+    written = weights.with_name(f".{weights.name}.{os.getpid()}.partial")
+    torch.save(checkpoint, written)
+    written.replace(weights)  # (whole or not at all)
 
 
 @dataclass(frozen=True)
@@ -113,7 +140,9 @@ class TrainRequest:
     data: str
     architecture: str | None = None  # DEFAULT_ARCHITECTURE; with from_model, that one's
     epochs: int = 100
-    imgsz: int = 256
+    # None: a tiled dataset's tile size (a tile learned at its own resolution, as stations
+    # judge it), else DEFAULT_IMGSZ.
+    imgsz: int | None = None
     batch: int = 16
     device: str | None = None
     from_model: str | None = None
@@ -393,6 +422,8 @@ def train_detector(
     with session_scope(url) as session:
         dataset, data_path = dataset_yaml(session, request.data)
         check_trainable(dataset)
+        tile = dataset_tile(data_path.parent)
+        imgsz = training_size(request.imgsz, tile)
         class_names = list(dataset.classes)
         base_name = None
         if request.from_model:
@@ -491,7 +522,7 @@ def train_detector(
             model.train(
                 data=str(data_path),
                 epochs=request.epochs,
-                imgsz=request.imgsz,
+                imgsz=imgsz,
                 batch=request.batch,
                 device=_device_argument(request.device),
                 workers=request.workers,
@@ -520,6 +551,7 @@ def train_detector(
         best = Path(trainer.best)
         if not best.is_file():
             raise UserError(f"training ended without weights ({best})")
+        record_tile(best, tile)  # (before it is hashed and copied into the registry)
         metrics = {
             "val_map50": float(trainer.metrics.get("metrics/mAP50(B)", 0.0)),
             "val_map50_95": float(trainer.metrics.get("metrics/mAP50-95(B)", 0.0)),
@@ -527,6 +559,7 @@ def train_detector(
             "imgsz": int(trainer.args.imgsz),
             "device": str(trainer.device),  # as resolved: "auto" says nothing about where it ran
             "run_dir": str(Path(trainer.save_dir)),
+            **({"tile": tile.to_json()} if tile is not None else {}),
         }
         with session_scope(url) as session:
             from db.models import Dataset, ModelVersion
