@@ -13,6 +13,7 @@ import onnx
 import inspection  # noqa: F401 - runtime preparation first
 from inspection.detector import architecture_of, load_detector
 from inspection.errors import UserError
+from inspection.tiling import ONNX_METADATA_KEY, tile_of_checkpoint
 
 METADATA_PREFIX = "defects."
 
@@ -71,6 +72,7 @@ def export_detector(
         model = load_detector(copy)
         ckpt = model.ckpt if isinstance(model.ckpt, dict) else {}
         trained_imgsz = int(ckpt.get("train_args", {}).get("imgsz", 640))
+        tile = tile_of_checkpoint(ckpt)  # (a tiled model's export judges parts by its grid)
         imgsz = imgsz or trained_imgsz
         target = onnx_target(weights, imgsz, trained_imgsz, half)
         names = [model.names[i] for i in sorted(model.names)]
@@ -95,9 +97,11 @@ def export_detector(
             "imgsz": str(imgsz),
             "model_version": version_name or "",
         }
+        extra = {METADATA_PREFIX + key: value for key, value in extra.items()}
+        if tile is not None:
+            extra[ONNX_METADATA_KEY] = json.dumps(tile.to_json())
         existing = {p.key: p for p in proto.metadata_props}
-        for key, value in extra.items():
-            full = METADATA_PREFIX + key
+        for full, value in extra.items():
             if full in existing:
                 existing[full].value = value
             else:
