@@ -573,12 +573,23 @@ def score_parts(
     verify_floor: float = VERIFY_FLOOR,
 ) -> list[ScoredPart]:
     """Each part of a split with every detection, its crop's defect probability (detections of
-    at least `verify_floor`, with a classifier) and the part classifier's probability."""
+    at least `verify_floor`, with a classifier) and the part classifier's probability. On a
+    tiled dataset a part is its source image, with the detections of all its tiles: the rates
+    and their bounds then count parts, as stations fail them (any tile that fires)."""
     from inspection.classifier import crop_with_context
     from inspection.engine import Inspector, PartInput
     from inspection.images import decode_image
-    from training.datasets import split_image_paths
+    from training.datasets import group_by_part, split_image_paths, tile_origins
     from training.evaluate import _iou, _labels
+
+    origins = tile_origins(root)
+    if origins is not None and classifier_weights is not None:
+        # (A part classifier judges a whole image; what it says of a part's tiles, and crops
+        # cut at a tile's edge, are not what it was calibrated for.)
+        raise UserError(
+            "a tiled dataset is calibrated with the detector alone: leave out --classifier "
+            "(a part classifier judges whole images)"
+        )
 
     thresholds: dict[str, Any] = {"default": SCORE_FLOOR, "iou": iou}
     if classifier_weights is not None:
@@ -623,6 +634,11 @@ def score_parts(
             parts.append(ScoredPart(len(truth) > 0, tuple(detections), result.defect_probability))
     finally:
         inspector.close()
+    if origins is not None:
+        return [
+            ScoredPart(defective, tuple(d for i in indices for d in parts[i].detections))
+            for _, defective, indices in group_by_part(images, origins)
+        ]
     return parts
 
 

@@ -941,9 +941,11 @@ def evaluate_command(
         )
     console.print(table)
     rates = result.rates
+    tiles = result.extra.get("n_tiles")
     console.print(
-        f"{data}/{split}: {result.n_images} parts, mAP50 {_fmt(result.map50)}, "
-        f"mAP50-95 {_fmt(result.map50_95)}"
+        f"{data}/{split}: {result.n_images} parts"
+        + (f" in {tiles} tiles, mAP over tiles:" if tiles is not None else ",")
+        + f" mAP50 {_fmt(result.map50)}, mAP50-95 {_fmt(result.map50_95)}"
         + ("" if result.map50 is not None else " (no labeled defect to measure them on)")
     )
     console.print(

@@ -5,6 +5,10 @@ A part (image) is *defective* when it has at least one labeled box and *good* wh
 It is *flagged* when at least one prediction reaches its class's threshold.
 miss rate = defective parts not flagged / defective parts;
 false-call rate = good parts flagged / good parts (only where the split has good parts).
+On a tiled dataset, mAP and per-class figures are over its tile images, as ultralytics measures
+them, while a part is its source image: flagged when any of its tiles is (merging a station's
+overlapping tiles only removes duplicates, so any tile that fires fails the part), defective
+when its image had a labeled box.
 """
 
 from __future__ import annotations
@@ -24,7 +28,14 @@ from db.session import session_scope
 from inspection.detector import load_detector
 from inspection.errors import UserError
 from inspection.settings import get_settings
-from training.datasets import dataset_yaml, split_image_paths
+from training.datasets import (
+    TileOrigin,
+    dataset_tile,
+    dataset_yaml,
+    group_by_part,
+    split_image_paths,
+    tile_origins,
+)
 from training.versions import default_thresholds, weights_file
 
 if TYPE_CHECKING:
@@ -45,6 +56,17 @@ def part_rates(outcomes: list[tuple[bool, bool]]) -> PartRates:
     n_good = len(outcomes) - n_defective
     n_false = sum(1 for defective, flagged in outcomes if not defective and flagged)
     return PartRates(n_defective, n_missed, n_good, n_false)
+
+
+def part_outcomes(
+    images: list[Path], flagged: list[bool], origins: dict[str, TileOrigin]
+) -> list[tuple[bool, bool]]:
+    """(defective, flagged) per part from each tile's flag: a part is flagged when any of its
+    tiles is, defective when its source image had a labeled box."""
+    return [
+        (defective, any(flagged[i] for i in indices))
+        for _, defective, indices in group_by_part(images, origins)
+    ]
 
 
 def class_threshold(thresholds: dict[str, Any], class_name: str) -> float:
@@ -84,7 +106,7 @@ def matched_boxes(
 @dataclass
 class DetectorEvaluation:
     split: str
-    n_images: int
+    n_images: int  # parts: on a tiled dataset, its source images (`extra["n_tiles"]` the tiles)
     map50: float | None  # None where the split has no labeled box: no AP to measure
     map50_95: float | None
     rates: PartRates
@@ -169,7 +191,15 @@ def evaluate_detector(
     thresholds = thresholds or default_thresholds(class_names)
     imgsz = imgsz or trained_size
     images = split_image_paths(root, split)
+    origins = tile_origins(root)
     classifier_point = thresholds.get("classifier") or {}
+    if origins is not None and classifier_point.get("version"):
+        raise UserError(
+            f"{data!r} is a tiled dataset and the operating point names classifier "
+            f"{classifier_point['version']}: part figures with a classifier are measured on "
+            "whole images only; evaluate on a dataset of whole images, or the detector at an "
+            "operating point without a classifier"
+        )
     classifier_weights = None
     if classifier_point.get("version"):  # (looked up before the validation, not after it)
         with session_scope(url) as session:
@@ -223,10 +253,17 @@ def evaluate_detector(
         np.add.at(total_per_class, truth_classes, 1)
         np.add.at(found_per_class, truth_classes[found], 1)
 
+    extra: dict[str, Any] = {"imgsz": imgsz, "weights": weights.name}
+    n_parts = len(images)
+    if origins is not None:
+        outcomes = part_outcomes(images, [flagged for _, flagged in outcomes], origins)
+        n_parts = len(outcomes)
+        tile = dataset_tile(root)
+        # (mAP, AP and recall are the tiles'; the part figures and n_images count parts.)
+        extra.update(n_tiles=len(images), tile=tile.to_json() if tile else None)
     rates = part_rates(outcomes)
     # ultralytics reports mAP 0.0 for a split without a labeled box: no figure, not a bad one.
     labeled = bool(total_per_class.sum())
-    extra: dict[str, Any] = {"imgsz": imgsz, "weights": weights.name}
     if classifier_weights is not None:
         # The operating point names a classifier (calibrated with one): the part figures are
         # those of the whole verdict, the classifier's part probability and crop verification
@@ -251,7 +288,7 @@ def evaluate_detector(
     }
     return DetectorEvaluation(
         split=split,
-        n_images=len(images),
+        n_images=n_parts,
         map50=float(metrics.box.map50) if labeled else None,
         map50_95=float(metrics.box.map) if labeled else None,
         rates=rates,
