@@ -1,0 +1,334 @@
+"""Tiled datasets: the import cuts labeled parts into tiles by the stations' grid, training
+records the grid in the weights and their export, evaluation and calibration count parts."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from db.migrate import upgrade
+from db.registry import get_model_version
+from db.session import session_scope
+from inspection.settings import get_settings
+from inspection.tiling import CHECKPOINT_KEY, ONNX_METADATA_KEY, TileSpec, tile_grid
+from tests.conftest import Trained
+from tests.synthetic import CLASSES
+from training.datasets import (
+    DATA_YAML_TILE_KEY,
+    TILE_MAP,
+    TileOrigin,
+    import_dataset,
+    tile_name,
+)
+
+TILE = TileSpec(64, 0.2)
+# On a 200 x 120 part, 64 px tiles at 20% overlap start at x 0, 45, 91, 136 and y 0, 28, 56.
+ACROSS = ("scratch", 100, 5, 120, 15)  # in the tiles at x 45 (its left 9 px) and x 91 (whole)
+SLIVER = ("spot", 62.5, 70, 80, 80)  # 1.5 px of it in the tiles at x 0: a sliver there
+
+
+def _part(folder: Path, name: str, width: int, height: int, boxes: list, seed: int) -> None:
+    """A noisy grey part with its boxes painted bright, and its VOC annotation."""
+    pixels = np.random.default_rng(seed).normal(128, 12, (height, width)).clip(0, 255)
+    for _, x1, y1, x2, y2 in boxes:
+        pixels[int(y1) : int(y2), int(x1) : int(x2)] = 240
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "annotations").mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels.astype(np.uint8)).save(folder / "images" / name)
+    if boxes:
+        objects = "".join(
+            f"<object><name>{c}</name><bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin>"
+            f"<xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>"
+            for c, x1, y1, x2, y2 in boxes
+        )
+        (folder / "annotations" / f"{Path(name).stem}.xml").write_text(
+            f"<annotation><filename>{name}</filename>{objects}</annotation>"
+        )
+
+
+def _splits(folder: Path, splits: dict[str, list[str]]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, names in splits.items():
+        (folder / f"{split}.txt").write_text("".join(f"{n}\n" for n in names))
+    return folder
+
+
+def _labels(root: Path, split: str, tile: str) -> list[list[float]]:
+    text = (root / "labels" / split / f"{Path(tile).stem}.txt").read_text()
+    return [[float(v) for v in line.split()] for line in text.splitlines()]
+
+
+def test_import_cuts_each_part_into_tiles_with_its_boxes_clipped(session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    src = tmp_path / "src"
+    _part(src, "across.png", 200, 120, [ACROSS, SLIVER], seed=1)
+    _part(src, "good.png", 200, 120, [], seed=2)
+    _part(src, "small.png", 50, 40, [("spot", 10, 10, 20, 20)], seed=3)
+    splits = _splits(
+        tmp_path / "splits", {"train": ["across.png"], "val": ["good.png"], "test": ["small.png"]}
+    )
+    report = import_dataset(
+        session, "voc", src, "tiled", tmp_path / "ds", splits, CLASSES, tile=TILE
+    )
+    root = report.root
+
+    # The grid is the stations' grid, every tile of a part in the part's split.
+    files = {
+        s: sorted(p.name for p in (root / "images" / s).iterdir()) for s in report.split_counts
+    }
+    assert files["train"] == sorted(
+        tile_name("across", x, y) for x, y, _, _ in tile_grid(200, 120, TILE)
+    )
+    assert files["val"] == sorted(
+        tile_name("good", x, y) for x, y, _, _ in tile_grid(200, 120, TILE)
+    )
+    assert files["test"] == ["small__x0_y0.png"]  # no larger than a tile: itself, one tile
+    assert (root / "images" / "test" / "small__x0_y0.png").read_bytes() == (
+        src / "images" / "small.png"
+    ).read_bytes()
+
+    # A tile's pixels are the part's, at its own resolution (lossless).
+    part = np.asarray(Image.open(src / "images" / "across.png"))
+    tile = np.asarray(Image.open(root / "images" / "train" / "across__x45_y28.png"))
+    assert np.array_equal(tile, part[28:92, 45:109])
+
+    # A box across a tile's edge is in both tiles, clipped; a sliver of 1.5 px is left out.
+    scratch = CLASSES.index("scratch")
+    # (In the tile at x 45, its left 9 px: x 55 to 64 of the tile.)
+    expected = [scratch, 59.5 / 64, 10 / 64, 9 / 64, 10 / 64]
+    assert _labels(root, "train", "across__x45_y0.png") == [pytest.approx(expected, abs=1e-6)]
+    assert len(_labels(root, "train", "across__x91_y0.png")) == 1
+    assert _labels(root, "train", "across__x0_y28.png") == []  # the spot's sliver only
+    assert len(_labels(root, "train", "across__x45_y28.png")) == 1  # the spot whole
+    assert [str(i) for i in report.warnings] == [
+        "across.png: warning: 2 fragment(s) of a box cut by a tile's edge, under 2 px across "
+        "the cut, left unlabeled in that tile (the box is labeled in the tiles that hold the "
+        "rest of it)"
+    ]
+    assert all(not _labels(root, "val", name) for name in files["val"])  # a good part's tiles
+
+    # The grid in data.yaml, the tile map, and the counts of parts and tiles.
+    data = yaml.safe_load((root / "data.yaml").read_text())
+    assert data[DATA_YAML_TILE_KEY] == {"size": 64, "overlap": 0.2}
+    with (root / TILE_MAP).open() as handle:
+        rows = {row["tile"]: row for row in csv.DictReader(handle)}
+    assert set(rows) == {n for names in files.values() for n in names}
+    assert rows["across__x136_y56.png"] == {
+        "tile": "across__x136_y56.png",
+        "split": "train",
+        "part": "across.png",
+        "x0": "136",
+        "y0": "56",
+        "x1": "200",
+        "y1": "120",
+        "part_defective": "1",  # the part's, though this tile holds no box
+    }
+    assert rows["good__x0_y0.png"]["part_defective"] == "0"
+    # The scratch in the tiles at (45, 0) and (91, 0), the spot in those at (45, 28), (45, 56).
+    assert report.split_counts["train"] == {
+        "images": 12,
+        "boxes": 4,
+        "good": 0,
+        "parts": 1,
+        "good_tiles": 8,
+    }
+    assert report.split_counts["val"]["parts"] == 1 and report.split_counts["val"]["good"] == 1
+    assert (root / "import_report.txt").read_text().splitlines()[2] == (
+        "imported: 3 images (parts) cut into 25 tiles (64 px tiles, 20% overlap) "
+        "(0 converted to 8-bit PNG)"
+    )
+
+
+def test_import_without_tile_writes_whole_images_as_before(session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    src = tmp_path / "src"
+    _part(src, "across.png", 200, 120, [ACROSS], seed=1)
+    report = import_dataset(session, "voc", src, "whole", tmp_path / "ds", classes=CLASSES)
+    assert DATA_YAML_TILE_KEY not in yaml.safe_load((report.root / "data.yaml").read_text())
+    assert not (report.root / TILE_MAP).exists()
+    assert report.tile is None and report.n_images == 1
+
+
+def test_import_command_says_parts_and_tiles_and_refuses_a_bad_grid(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from inspection.errors import UserError
+    from training.cli import app
+
+    src = tmp_path / "src"
+    _part(src, "across.png", 200, 120, [ACROSS], seed=1)
+    _part(src, "good.png", 200, 120, [], seed=2)
+    runner = CliRunner()
+    for args, error in (
+        (["--tile", "16"], "--tile: tile size 16: at least 32 pixels"),
+        (["--tile", "64", "--tile-overlap", "0.95"], "--tile: tile overlap 0.95: from 0 to 0.9"),
+        (["--tile-overlap", "0.3"], "--tile-overlap goes with --tile SIZE"),
+    ):
+        result = runner.invoke(app, ["import", "voc", str(src), "--name", "t", *args])
+        # (A UserError: the command's entry point prints it as one `error: ...` line.)
+        assert isinstance(result.exception, UserError) and str(result.exception) == error
+    assert not (get_settings().datasets_dir / "t").exists()
+    result = runner.invoke(app, ["import", "voc", str(src), "--name", "t", "--tile", "64"])
+    assert result.exit_code == 0, result.output
+    assert "parts cut into 64 px tiles, 20% overlap" in result.output
+    assert "tiles" in result.output and "parts" in result.output
+
+
+def test_a_part_is_flagged_when_any_of_its_tiles_is() -> None:
+    """Two tiles of one defective part, one flagged: the part is not missed; a good part with
+    one flagged tile of two is one false call."""
+    from training.evaluate import part_outcomes, part_rates
+
+    def origin(part: str, defective: bool) -> TileOrigin:
+        return TileOrigin(part, "test", 0, 0, 64, 64, defective)
+
+    origins = {
+        "a__x0_y0.png": origin("a.png", True),
+        "a__x45_y0.png": origin("a.png", True),
+        "b__x0_y0.png": origin("b.png", False),
+        "b__x45_y0.png": origin("b.png", False),
+        "c__x0_y0.png": origin("c.png", False),
+        "c__x45_y0.png": origin("c.png", False),
+    }
+    images = [Path(name) for name in origins]
+    flagged = [False, True, False, False, False, True]
+    outcomes = part_outcomes(images, flagged, origins)
+    assert outcomes == [(True, True), (False, False), (False, True)]
+    rates = part_rates(outcomes)
+    assert (rates.n_defective, rates.n_missed, rates.n_good, rates.n_false_calls) == (1, 0, 2, 1)
+
+
+def _tiled_parts(url: str, base: Path, name: str = "tiled") -> Path:
+    """Six 128 x 96 parts (six 64 px tiles each), four defective, imported tiled: train two
+    defective and a good one, val one of each, test one defective."""
+    src = base / "src"
+    boxes = {
+        "p0.png": [("scratch", 20, 10, 60, 16)],
+        "p1.png": [("spot", 40, 40, 70, 70)],  # across tiles
+        "p2.png": [],
+        "p3.png": [("scratch", 70, 60, 110, 66)],
+        "p4.png": [],
+        "p5.png": [("spot", 90, 20, 106, 36)],
+    }
+    for seed, (part, found) in enumerate(boxes.items()):
+        _part(src, part, 128, 96, found, seed)
+    splits = _splits(
+        base / "splits",
+        {"train": ["p0.png", "p1.png", "p2.png"], "val": ["p3.png", "p4.png"], "test": ["p5.png"]},
+    )
+    with session_scope(url) as session:
+        report = import_dataset(
+            session, "voc", src, name, get_settings().datasets_dir, splits, CLASSES, tile=TILE
+        )
+    return report.root
+
+
+def test_evaluation_and_calibration_count_parts_of_a_tiled_dataset(
+    trained: Trained, database_url: str, tmp_path: Path
+) -> None:
+    """mAP over tiles, miss and false-call rates over parts (the tiny model's detections do not
+    matter: the counts of parts do)."""
+    from training.calibrate import calibrate, score_parts
+    from training.evaluate import evaluate_detector
+
+    root = _tiled_parts(database_url, tmp_path)
+    result = evaluate_detector(trained.weights, "tiled", "val", url=database_url)
+    assert (result.n_images, result.extra["n_tiles"]) == (2, 12)
+    assert (result.rates.n_defective, result.rates.n_good) == (1, 1)
+    assert result.extra["tile"] == {"size": 64, "overlap": 0.2}
+    assert result.per_class["scratch"]["n_boxes"] >= 1  # the tiles' boxes
+
+    scored = score_parts(root, "val", trained.weights, CLASSES)
+    assert [p.defective for p in scored] == [True, False]  # p3, p4: parts, not 12 tiles
+    calibration = calibrate([p.scores() for p in scored], CLASSES, 0.5)
+    assert (calibration.n_defective, calibration.n_good) == (1, 1)
+
+
+def test_a_tiled_dataset_is_calibrated_without_a_part_classifier(
+    trained: Trained, database_url: str, tmp_path: Path
+) -> None:
+    from inspection.errors import UserError
+    from training.calibrate import score_parts
+
+    root = _tiled_parts(database_url, tmp_path)
+    with pytest.raises(UserError, match="tiled dataset is calibrated with the detector alone"):
+        score_parts(root, "val", trained.weights, CLASSES, classifier_weights=trained.weights)
+
+
+def test_default_training_size_is_a_tiles_own() -> None:
+    from training.train_detector import DEFAULT_IMGSZ, training_size
+
+    assert training_size(None, TileSpec(96)) == 96
+    assert training_size(None, None) == DEFAULT_IMGSZ
+    assert training_size(128, TileSpec(96)) == 128  # asked for: as asked
+
+
+def test_record_tile_writes_and_removes_the_grid(trained: Trained, tmp_path: Path) -> None:
+    """Fine-tuned onto whole images, a tiled model's weights lose the grid."""
+    from inspection.tiling import tile_of_checkpoint
+    from training.train_detector import record_tile
+
+    weights = Path(shutil.copy(trained.weights, tmp_path / "best.pt"))
+    record_tile(weights, TileSpec(96, 0.25))
+    assert tile_of_checkpoint(torch.load(weights, weights_only=False)) == TileSpec(96, 0.25)
+    record_tile(weights, None)
+    assert CHECKPOINT_KEY not in torch.load(weights, weights_only=False)
+
+
+@dataclass
+class TrainedTiled:
+    url: str
+    version_name: str
+    weights: Path
+
+
+@pytest.fixture(scope="module")
+def trained_tiled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainedTiled]:
+    """A tiny detector trained for one epoch on a tiled dataset, at its default size."""
+    from training.train_detector import TrainRequest, train_detector
+
+    base = tmp_path_factory.mktemp("tiled-detector")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DEFECTS_DATA_DIR", str(base / "data"))
+        get_settings.cache_clear()
+        url = get_settings().resolved_database_url
+        upgrade(url)
+        _tiled_parts(url, base)
+        version_id = train_detector(
+            TrainRequest(data="tiled", architecture="defect-yolo-n", epochs=1, batch=6), url=url
+        )
+        with session_scope(url) as session:
+            version = get_model_version(session, version_id)
+            yield TrainedTiled(url, version.name, Path(version.file_path))
+    get_settings.cache_clear()
+
+
+def test_training_on_tiles_registers_weights_that_carry_the_grid(
+    trained_tiled: TrainedTiled,
+) -> None:
+    from inspection.tiling import tile_of_checkpoint
+
+    checkpoint = torch.load(trained_tiled.weights, weights_only=False)
+    assert tile_of_checkpoint(checkpoint) == TILE
+    assert checkpoint["train_args"]["imgsz"] == 64  # the tile's own size
+    with session_scope(trained_tiled.url) as session:
+        version = get_model_version(session, trained_tiled.version_name)
+        assert version.image_size == 64
+        assert version.metrics["tile"] == {"size": 64, "overlap": 0.2}
+
+
+def test_export_of_a_tiled_model_writes_its_grid(trained_tiled: TrainedTiled) -> None:
+    from inspection.tiling import tile_of_metadata
+    from training.export import export_detector, read_metadata
+
+    onnx_path = export_detector(trained_tiled.weights)
+    meta = read_metadata(onnx_path)
+    assert ONNX_METADATA_KEY in meta
+    assert tile_of_metadata(meta) == TILE
