@@ -22,6 +22,7 @@ from inspection.settings import get_settings
 from inspection.tiling import CHECKPOINT_KEY, ONNX_METADATA_KEY, TileSpec, tile_grid
 from tests.conftest import Trained
 from tests.synthetic import CLASSES
+from tests.test_backtest import reviewed  # noqa: F401 - the fixture of four reviewed parts
 from training.datasets import (
     DATA_YAML_TILE_KEY,
     TILE_MAP,
@@ -332,3 +333,31 @@ def test_export_of_a_tiled_model_writes_its_grid(trained_tiled: TrainedTiled) ->
     meta = read_metadata(onnx_path)
     assert ONNX_METADATA_KEY in meta
     assert tile_of_metadata(meta) == TILE
+
+
+def test_reviews_of_a_tiled_production_model_export_tiled(
+    reviewed: str,  # noqa: F811 - the fixture imported above
+    trained: Trained,
+    tmp_path: Path,
+) -> None:
+    """Retrained on its reviews, a tiled model stays tiled: the export is cut by its grid."""
+    from tests.conftest import register_production_detector
+    from training.backtest import export_reviews
+    from training.train_detector import record_tile
+
+    weights = Path(shutil.copy(trained.weights, tmp_path / "tiled.pt"))
+    record_tile(weights, TileSpec(32, 0.2))
+    register_production_detector(reviewed, weights, tmp_path / "models", name="tiled")
+    with session_scope(reviewed) as session:
+        report = export_reviews(session, "from-reviews", CLASSES, tmp_path / "datasets")
+    assert report.tile == TileSpec(32, 0.2) and report.issues == []
+    data = yaml.safe_load((report.root / "data.yaml").read_text())
+    assert data[DATA_YAML_TILE_KEY] == {"size": 32, "overlap": 0.2}
+    with (report.root / TILE_MAP).open() as handle:
+        rows = list(csv.DictReader(handle))
+    split_of_part: dict[str, set[str]] = {}
+    for row in rows:
+        split_of_part.setdefault(row["part"], set()).add(row["split"])
+    assert len(split_of_part) == 4 and all(len(s) == 1 for s in split_of_part.values())
+    assert len(rows) == 4 * 9  # 64 px parts, 32 px tiles at 20% overlap: 3 x 3 each
+    assert sum(c["parts"] for c in report.split_counts.values()) == 4

@@ -19,6 +19,7 @@ from db.session import session_scope
 from inspection.engine import Inspector, PartInput
 from inspection.errors import UserError
 from inspection.images import located_image
+from inspection.tiling import TileSpec, tile_of_checkpoint, tile_of_metadata
 from training.datasets import (
     Box,
     ImportIssue,
@@ -143,6 +144,35 @@ def _unlabeled_before(
     return caveats
 
 
+def _production_tile(session: Session) -> tuple[TileSpec | None, list[ImportIssue]]:
+    """The grid of the production detector (the one whose classes an export takes): an export
+    for a tiled model is cut by its grid, so that the model retrained on it stays tiled. Where
+    its weights are not on this machine, the parts are exported whole, and that is said."""
+    detector = production_model(session, ModelKind.DETECTOR)
+    if detector is None:
+        return None, []
+    try:
+        weights = weights_file(detector)
+        if weights.suffix == ".onnx":
+            import onnx
+
+            proto = onnx.load(str(weights), load_external_data=False)
+            return tile_of_metadata({p.key: p.value for p in proto.metadata_props}), []
+        import torch
+
+        return tile_of_checkpoint(torch.load(weights, map_location="cpu", weights_only=False)), []
+    except (UserError, OSError, ValueError, RuntimeError) as exc:
+        return None, [
+            ImportIssue(
+                detector.name,
+                f"its weights cannot be read here ({exc}): whether it judges parts by tiles is "
+                "unknown, so the parts are exported whole",
+                left_out=False,
+                caveat=True,
+            )
+        ]
+
+
 def export_reviews(
     session: Session, name: str, class_names: list[str], datasets_dir: Path
 ) -> ImportReport:
@@ -214,6 +244,8 @@ def export_reviews(
         )
         for class_name in unseen
     ] + _unlabeled_before(session, new_classes, exported)
+    tile, unknown = _production_tile(session)
+    issues[:0] = unknown
     # Split so that a few dozen reviewed parts can be retrained on: val and train each get a
     # defect (and val a good part where there is one).
     return write_dataset(
@@ -226,4 +258,5 @@ def export_reviews(
         issues,
         datasets_dir,
         fill_splits(images),
+        tile=tile,
     )
