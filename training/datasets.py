@@ -106,7 +106,14 @@ class ImportReport:
 
     @property
     def n_images(self) -> int:
-        return sum(c["images"] for c in self.split_counts.values())
+        """Images imported, parts: on a tiled dataset its source images, not its tiles (the
+        Review page's export says "N parts" by it)."""
+        return sum(c.get("parts", c["images"]) for c in self.split_counts.values())
+
+    @property
+    def n_tiles(self) -> int | None:
+        """A tiled dataset's tile images; None for whole images."""
+        return None if self.tile is None else sum(c["images"] for c in self.split_counts.values())
 
     @property
     def left_out(self) -> list[ImportIssue]:
