@@ -361,3 +361,13 @@ def test_reviews_of_a_tiled_production_model_export_tiled(
     assert len(split_of_part) == 4 and all(len(s) == 1 for s in split_of_part.values())
     assert len(rows) == 4 * 9  # 64 px parts, 32 px tiles at 20% overlap: 3 x 3 each
     assert (report.n_images, report.n_tiles) == (4, 36)  # (the Review page says parts)
+
+
+def test_a_training_started_from_the_models_page_takes_the_datasets_own_size() -> None:
+    """The page gave --imgsz 256 always: a tiled dataset's tiles were trained grown or shrunk
+    to 256, losing the resolution tiling keeps. Its 0 now leaves the size to the command."""
+    from training.jobs import detector_training_command
+
+    command = detector_training_command("tiled", 5, None)
+    assert "--imgsz" not in command and command[-4:] == ["--data", "tiled", "--epochs", "5"]
+    assert detector_training_command("tiled", 5, 320)[-2:] == ["--imgsz", "320"]

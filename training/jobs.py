@@ -18,30 +18,48 @@ from inspection.settings import get_settings
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def detector_training_command(
+    data: str,
+    epochs: int,
+    imgsz: int | None,
+    from_model: str | None = None,
+    architecture: str = "defect-yolo-s",
+    teacher: str | None = None,
+    hours: float | None = None,
+) -> list[str]:
+    """The `defects train detector` (or `distill detector`, with a teacher) a page starts."""
+    command = [sys.executable, "-c", "from training.cli import main; main()"]
+    if teacher:
+        command += ["distill", "detector", "--teacher", teacher, "--student", architecture]
+    else:
+        command += ["train", "detector", "--model", architecture]
+    command += ["--data", data, "--epochs", str(epochs)]
+    if imgsz is not None:  # (None: the command's own default, a tiled dataset's tile size)
+        command += ["--imgsz", str(imgsz)]
+    if from_model:
+        command += ["--from", from_model]
+    if hours:
+        command += ["--hours", str(hours)]
+    return command
+
+
 def start_detector_training(
     data: str,
     epochs: int,
-    imgsz: int,
+    imgsz: int | None,
     from_model: str | None = None,
     architecture: str = "defect-yolo-s",
     log_dir: Path | None = None,
     teacher: str | None = None,
     hours: float | None = None,
 ) -> tuple[int, Path]:
-    """Launch `defects train detector` (or `distill detector` with a teacher) detached; returns
-    its pid and log file. With `hours`, training ends within that time whatever `epochs` says."""
+    """Launch `detector_training_command` detached; returns its pid and log file. With
+    `hours`, training ends within that time whatever `epochs` says."""
     log_dir = log_dir or get_settings().runs_dir / "jobs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-c", "from training.cli import main; main()"]
-    if teacher:
-        command += ["distill", "detector", "--teacher", teacher, "--student", architecture]
-    else:
-        command += ["train", "detector", "--model", architecture]
-    command += ["--data", data, "--epochs", str(epochs), "--imgsz", str(imgsz)]
-    if from_model:
-        command += ["--from", from_model]
-    if hours:
-        command += ["--hours", str(hours)]
+    command = detector_training_command(
+        data, epochs, imgsz, from_model, architecture, teacher, hours
+    )
     log_file = log_dir / f"train-{data}-{os.getpid()}-{len(list(log_dir.iterdir()))}.log"
     with log_file.open("w") as log:
         process = subprocess.Popen(

@@ -202,7 +202,15 @@ else:
     with st.form("retrain"):
         data = st.selectbox("Dataset", datasets)
         epochs = st.number_input("Epochs", min_value=1, value=50)
-        imgsz = st.number_input("Image size", min_value=64, value=256, step=32)
+        imgsz = st.number_input(
+            "Image size (0: the dataset's own)",
+            min_value=0,
+            value=0,
+            step=32,
+            # (256 given here always trained a tiled dataset's tiles grown or shrunk to 256,
+            # losing the resolution tiling keeps.)
+            help="Training image size in pixels. 0: a tiled dataset's tile size, else 256.",
+        )
         hours = st.number_input(
             "Time budget, hours (0: every epoch)",
             min_value=0.0,
@@ -261,7 +269,7 @@ else:
                 pid, log = start_detector_training(
                     data,
                     int(epochs),
-                    int(imgsz),
+                    int(imgsz) or None,
                     production_name if fine_tune and production_name else None,
                     architecture=architecture,
                     teacher=production_name if distill and production_name else None,
