@@ -4,7 +4,9 @@ One `Inspector` per process holds the loaded model. Decoding and letterboxing of
 run in worker threads while the current batch is inferred (Pillow and OpenCV release the GIL),
 or, beside a GPU, in worker processes: there the network is so fast that the Python around it
 is the limit, and processes take the decoding's share of it off the interpreter lock.
-An accelerator out-of-memory error splits the batch in two and retries.
+An accelerator out-of-memory error splits the batch in two and retries. A part larger than a
+tile of the model's grid (`inspection.tiling`) is judged tile by tile, at its own resolution,
+and its tiles' detections merged back into its pixels.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from concurrent.futures import (
     ThreadPoolExecutor,
 )
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -39,14 +41,43 @@ from inspection.images import (
     Letterboxed,
     Prepared,
     StoreRequest,
+    Tiled,
     prepare_parts,
     store_image,
 )
 from inspection.settings import get_settings, resolve_device, usable_cores
+from inspection.tiling import TileSpec, TileSpecError
 from inspection.verdict import Detection, Thresholds, part_fails, verify
 
 BackendChoice = Literal["auto", "pytorch", "onnx", "onnx-int8"]
+# The grid parts are judged in: the model's own ("model"), none ("off": each part whole), or
+# another (a model trained on small crops judging large images at their own resolution).
+TileChoice = TileSpec | Literal["model", "off"]
 MAX_DETECTIONS = 300
+
+
+def parse_tile(text: str) -> TileChoice:
+    """`--tile`'s value: SIZE[:OVERLAP] (the overlap a fraction, 0.2, or a percentage, 20%),
+    `off`, or `model`."""
+    value = text.strip().lower()
+    if value in ("off", "model"):
+        return value  # type: ignore[return-value]
+    size_text, _, overlap_text = value.partition(":")
+    try:
+        size = int(size_text)
+        overlap = 0.2
+        if overlap_text.endswith("%"):
+            overlap = float(overlap_text[:-1]) / 100
+        elif overlap_text:
+            overlap = float(overlap_text)
+        return TileSpec(size, overlap)
+    except TileSpecError as exc:
+        raise UserError(f"--tile {text}: {exc}") from exc
+    except ValueError as exc:
+        raise UserError(
+            f"--tile {text}: give SIZE[:OVERLAP] in pixels and a fraction or percentage "
+            "(256, 256:0.2, 256:20%), or off"
+        ) from exc
 
 
 @dataclass(frozen=True)
@@ -83,7 +114,7 @@ class PartResult:
 class _Prepared:
     part: PartInput
     started: float
-    image: Letterboxed | None
+    image: Letterboxed | Tiled | None
     error: str | None
     pixels: DecodedImage | None = None  # kept only when a classifier needs the crops
     stored_path: Path | None = None
@@ -214,6 +245,24 @@ def postprocess(
     return results
 
 
+def merge_tiles(detections: list[Detection], iou: float) -> list[Detection]:
+    """A tiled part's detections, in its pixels, as one: an object in the band neighbouring
+    tiles share is found in each, and class-aware NMS at the operating point's IoU keeps the
+    most confident; in falling confidence, at most MAX_DETECTIONS, as a whole part's are. Only
+    lower-confidence duplicates go, so the part fails exactly when one of its tiles does."""
+    import torch
+    import torchvision
+
+    if not detections:
+        return []
+    boxes = torch.tensor([[d.x1, d.y1, d.x2, d.y2] for d in detections], dtype=torch.float64)
+    scores = torch.tensor([d.confidence for d in detections], dtype=torch.float64)
+    names = sorted({d.class_name for d in detections})
+    groups = torch.tensor([names.index(d.class_name) for d in detections])
+    kept = torchvision.ops.batched_nms(boxes, scores, groups, iou)  # by falling confidence
+    return [detections[i] for i in kept[:MAX_DETECTIONS].tolist()]
+
+
 class PartClassifier:
     """The classifier at inspection time: whole parts and detection crops in one forward pass."""
 
@@ -253,9 +302,14 @@ class Inspector:
         prepare_workers: int | None = None,
         classifier: PartClassifier | None = None,
         prepare_processes: int | None = None,
+        tile: TileChoice = "model",
     ) -> None:
         self.backend = backend
         self.classifier = classifier
+        # The grid a part larger than a tile is judged in (None: every part whole).
+        self.tile: TileSpec | None = (
+            backend.tile if tile == "model" else None if tile == "off" else tile
+        )
         self.class_names = backend.class_names
         self.thresholds = thresholds or Thresholds.from_dict(None, self.class_names)
         requested = batch_size or backend.preferred_batch or backend.max_batch
@@ -288,6 +342,7 @@ class Inspector:
         classifier_weights: Path | None = None,
         prepare_processes: int | None = None,
         cpu_streams: int | None = None,
+        tile: TileChoice = "model",
     ) -> Inspector:
         opened = open_backend(weights, backend, device, cpu_streams)
         classifier = (
@@ -301,7 +356,14 @@ class Inspector:
             batch_size,
             classifier=classifier,
             prepare_processes=prepare_processes,
+            tile=tile,
         )
+
+    def tiling_note(self) -> str | None:
+        """What a run that tiles says once at its start, as it says its backend."""
+        if self.tile is None:
+            return None
+        return f"judging in {self.tile.size} px tiles, {self.tile.overlap:.0%} overlap"
 
     def close(self, wait: bool = False) -> None:
         """Let the threads and decoding processes go; `wait`: until they have (a process about
@@ -382,7 +444,12 @@ class Inspector:
 
         def submit_all(executor: Executor) -> list[tuple[list[PartInput], Future[list[Prepared]]]]:
             return [
-                (c, executor.submit(prepare_parts, [p.data for p in c], size, keep, stores(c)))
+                (
+                    c,
+                    executor.submit(
+                        prepare_parts, [p.data for p in c], size, keep, stores(c), self.tile
+                    ),
+                )
                 for c in chunks
             ]
 
@@ -463,7 +530,9 @@ class Inspector:
     def _finish(self, prepared: list[_Prepared], side_by_side: bool = False) -> list[PartResult]:
         good = [p for p in prepared if p.image is not None]
         detections: dict[int, list[Detection]] = {}
-        if good:
+        if any(isinstance(p.image, Tiled) for p in good):
+            detections = self._detect_in_tiles(good, side_by_side)
+        elif good:
             batch = np.stack([p.image.pixels for p in good])  # type: ignore[union-attr]
             raw = self._infer(batch, side_by_side)
             shapes = [p.image.original_shape for p in good]  # type: ignore[union-attr]
@@ -510,6 +579,47 @@ class Inspector:
                 )
             )
         return results
+
+    def _detect_in_tiles(
+        self, good: list[_Prepared], side_by_side: bool
+    ) -> dict[int, list[Detection]]:
+        """Detections of parts some of which are tiled: every tile (and every whole part) of
+        them inferred in batches of the engine's size, each tile's detections moved into its
+        part's pixels and merged per part."""
+        # (part, tile index or None for a whole part), in order; a tile letterboxed only as
+        # its batch is formed, so that a part of many tiles is never held letterboxed whole.
+        inputs = [
+            (p, i)
+            for p in good
+            for i in (range(len(p.image.grid)) if isinstance(p.image, Tiled) else [None])
+        ]
+        size = self.backend.image_size
+        found: dict[int, list[Detection]] = {id(p): [] for p in good}
+        start = 0
+        while start < len(inputs):
+            chunk = inputs[start : start + self.batch_size]  # (smaller after an OOM split)
+            start += len(chunk)
+            boxed = [
+                p.image.letterboxed_tile(i, size) if i is not None else p.image  # type: ignore[union-attr]
+                for p, i in chunk
+            ]
+            raw = self._infer(np.stack([b.pixels for b in boxed]), side_by_side)
+            per_input = postprocess(
+                raw, [b.original_shape for b in boxed], size, self.class_names, self.thresholds
+            )
+            for (p, i), in_input in zip(chunk, per_input, strict=True):
+                if i is None:
+                    found[id(p)] = in_input
+                    continue
+                x0, y0, _, _ = p.image.grid[i]  # type: ignore[union-attr]
+                found[id(p)].extend(
+                    replace(d, x1=d.x1 + x0, y1=d.y1 + y0, x2=d.x2 + x0, y2=d.y2 + y0)
+                    for d in in_input
+                )
+        for p in good:
+            if isinstance(p.image, Tiled):
+                found[id(p)] = merge_tiles(found[id(p)], self.thresholds.iou)
+        return found
 
     def _classify(
         self, good: list[_Prepared], detections: dict[int, list[Detection]]

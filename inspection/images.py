@@ -25,6 +25,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from inspection.errors import StorageError
 from inspection.settings import get_settings, same_place_under
+from inspection.tiling import TileSpec, needs_tiling, tile_grid
 
 # 64 MP: larger than any line-scan tile we expect; refuses decompression bombs before decoding.
 MAX_PIXELS = 64_000_000
@@ -254,6 +255,26 @@ def letterbox(image: DecodedImage, size: int) -> Letterboxed:
     return Letterboxed(canvas, (height, width))
 
 
+@dataclass(frozen=True)
+class Tiled:
+    """A part larger than a tile: the decoded image and its grid, each tile letterboxed only as
+    the engine forms its batches. All letterboxed here, a large frame cut into tiles smaller
+    than the model's input would grow many times over, and cross from a decoding process
+    whole; so no more than the image itself is held or sent."""
+
+    image: DecodedImage
+    grid: tuple[tuple[int, int, int, int], ...]  # (x0, y0, x1, y1) of each tile, `tile_grid`'s
+
+    @property
+    def original_shape(self) -> tuple[int, int]:
+        return (self.image.height, self.image.width)
+
+    def letterboxed_tile(self, index: int, size: int) -> Letterboxed:
+        """Tile `index` as the network takes it, its `original_shape` the tile's own."""
+        x0, y0, x1, y1 = self.grid[index]
+        return letterbox(DecodedImage(self.image.source[y0:y1, x0:x1]), size)
+
+
 def store_image(images_dir: Path, content_hash: str, name: str, data: bytes) -> Path:
     """Write the bytes once under images/<h[:2]>/<hash><suffix>; atomic, so a crash leaves no half file.
 
@@ -308,8 +329,9 @@ class StoreRequest:
     name: str
 
 
-# (letterboxed, None, pixels kept for a classifier, stored file) or (None, reason, None, stored file)
-Prepared = tuple[Letterboxed | None, str | None, DecodedImage | None, Path | None]
+# (letterboxed or tiled, None, pixels kept for a classifier, stored file), or
+# (None, reason, None, stored file)
+Prepared = tuple[Letterboxed | Tiled | None, str | None, DecodedImage | None, Path | None]
 
 
 # A file that is not an image is kept in the store with its error up to this size; beyond it
@@ -320,9 +342,14 @@ NOT_AN_IMAGE = ("not an image file", "corrupt or truncated image", "cannot read 
 
 
 def prepare_parts(
-    datas: list[bytes], size: int, keep_pixels: bool, stores: list[StoreRequest] | None = None
+    datas: list[bytes],
+    size: int,
+    keep_pixels: bool,
+    stores: list[StoreRequest] | None = None,
+    tile: TileSpec | None = None,
 ) -> list[Prepared]:
-    """Decode, letterbox and store (when asked) a chunk of parts.
+    """Decode, letterbox and store (when asked) a chunk of parts; with `tile`, a part larger
+    than a tile is handed back `Tiled`, cut by `tile_grid`.
 
     Module level and without the model, so that worker processes can run it; storing
     here spreads the image store's system calls over the workers that already hold the bytes.
@@ -330,11 +357,15 @@ def prepare_parts(
     KEEP_NON_IMAGE_BYTES."""
     prepared: list[Prepared] = []
     for i, data in enumerate(datas):
-        boxed, decoded, error = None, None, None
+        boxed: Letterboxed | Tiled | None = None
+        decoded, error = None, None
         try:
             decoded = decode_image(data)
             error = blank_frame_reason(decoded)  # a blank frame: neither passed nor failed
-            if error is None:
+            if error is None and needs_tiling(decoded.width, decoded.height, tile):
+                assert tile is not None
+                boxed = Tiled(decoded, tuple(tile_grid(decoded.width, decoded.height, tile)))
+            elif error is None:
                 boxed = letterbox(decoded, size)
         except ImageDecodeError as exc:
             error = str(exc)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from inspection.errors import UserError
+from inspection.tiling import TileSpec
 
 
 class OutOfMemory(RuntimeError):
@@ -24,6 +28,9 @@ class Backend(ABC):
     streams: int = 1
     # The batch the engine forms when none is asked for (None: max_batch).
     preferred_batch: int | None = None
+    # The grid the model was trained on (inspection.tiling), which a station judges its parts
+    # in; None: an untiled model, a part judged whole.
+    tile: TileSpec | None = None
 
     @abstractmethod
     def infer(self, batch: np.ndarray) -> np.ndarray:
@@ -37,3 +44,11 @@ class Backend(ABC):
 
     def describe(self) -> str:
         return f"{self.name} on {self.device}"
+
+
+def read_tile(model_path: Path, read: Callable[[], TileSpec | None]) -> TileSpec | None:
+    """A model's grid, or one line naming the model where its recorded grid cannot be used."""
+    try:
+        return read()
+    except ValueError as exc:  # TileSpecError, or a recorded value that is not JSON
+        raise UserError(f"{model_path}: {exc}") from exc

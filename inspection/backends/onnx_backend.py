@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from inspection.backends.base import Backend, OutOfMemory
+from inspection.backends.base import Backend, OutOfMemory, read_tile
 from inspection.errors import UserError
 from inspection.images import to_model_input
 from inspection.settings import get_settings, usable_cores
+from inspection.tiling import tile_of_metadata
 
 
 def choose_providers(
@@ -68,6 +69,7 @@ class OnnxBackend(Backend):
         )
         meta = self.session.get_modelmeta().custom_metadata_map
         self.class_names = class_names_from_metadata(meta)
+        self.tile = read_tile(self.model_path, lambda: tile_of_metadata(meta))
         model_input = self.session.get_inputs()[0]
         self.input_name = model_input.name
         size = model_input.shape[-1]

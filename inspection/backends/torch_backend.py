@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from inspection.backends.base import Backend, OutOfMemory
+from inspection.backends.base import Backend, OutOfMemory, read_tile
 from inspection.detector import load_detector
 from inspection.settings import get_settings
+from inspection.tiling import tile_of_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ class TorchBackend(Backend):
         self.class_names = [detector.names[i] for i in sorted(detector.names)]
         ckpt = detector.ckpt if isinstance(detector.ckpt, dict) else {}
         self.image_size = image_size or int(ckpt.get("train_args", {}).get("imgsz", 640))
+        self.tile = read_tile(self.model_path, lambda: tile_of_checkpoint(ckpt))
         self.device = device
         self.half = device.startswith("cuda")
         model = detector.model.float().fuse(verbose=False).eval().to(device)

@@ -1,0 +1,289 @@
+"""A station judges a part larger than a tile tile by tile, its detections in the part's pixels."""
+
+from __future__ import annotations
+
+import io
+import pickle
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from inspection.engine import Inspector, PartInput, merge_tiles, parse_tile
+from inspection.errors import UserError
+from inspection.images import Tiled, prepare_parts
+from inspection.tiling import CHECKPOINT_KEY, ONNX_METADATA_KEY, TileSpec, tile_grid
+from inspection.verdict import Detection, Thresholds
+from tests.conftest import Trained
+from tests.synthetic import make_images
+
+# A one-epoch model is barely confident: judged at a threshold its outputs reach.
+LOW = {"default": 0.001, "iou": 0.45}
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _tiled_copy(weights: Path, folder: Path, spec: TileSpec) -> Path:
+    """The tiny detector's checkpoint with a grid recorded, as a tiled model carries it."""
+    import torch
+
+    ckpt = torch.load(weights, map_location="cpu", weights_only=False)
+    ckpt[CHECKPOINT_KEY] = spec.to_json()
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(ckpt, folder / "tiled.pt")
+    return folder / "tiled.pt"
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory: pytest.TempPathFactory) -> list[np.ndarray]:
+    """Synthetic 64 px parts (a defect on most), as grey-level arrays."""
+    folder = tmp_path_factory.mktemp("parts")
+    return [np.asarray(Image.open(folder / m.name).convert("L")) for m in make_images(folder, n=8)]
+
+
+@pytest.fixture(scope="module")
+def tiled_weights(trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _tiled_copy(trained.weights, tmp_path_factory.mktemp("tiled"), TileSpec(64, 0.0))
+
+
+def _mosaic(parts: list[np.ndarray], columns: int, rows: int) -> np.ndarray:
+    """Parts side by side, each exactly one tile of a 64 px grid without overlap."""
+    return np.block([[parts[r * columns + c] for c in range(columns)] for r in range(rows)])
+
+
+def _inspect(inspector: Inspector, pixels: np.ndarray) -> list[Detection]:
+    try:
+        return inspector.inspect_one("part.png", _png(pixels)).detections
+    finally:
+        inspector.close()
+
+
+def _box(d: Detection) -> tuple[float, float, float, float]:
+    return (d.x1, d.y1, d.x2, d.y2)
+
+
+def _near(d: Detection, among: list[Detection]) -> bool:
+    """`d` is one of `among`, within float rounding."""
+    return any(
+        d.class_name == o.class_name
+        and d.counted == o.counted
+        and d.confidence == pytest.approx(o.confidence, abs=1e-4)
+        and _box(d) == pytest.approx(_box(o), abs=0.05)
+        for o in among
+    )
+
+
+def _inside(d: Detection, x0: int, y0: int, size: int) -> bool:
+    return x0 <= d.x1 and d.x2 <= x0 + size and y0 <= d.y1 and d.y2 <= y0 + size
+
+
+def test_a_large_part_is_judged_in_tiles_each_tile_as_that_image_alone(
+    tiled_weights: Path, parts: list[np.ndarray]
+) -> None:
+    large = _mosaic(parts[:6], columns=3, rows=2)  # 192 x 128: six tiles of 64
+    tiled = Inspector.from_weights(tiled_weights, LOW, backend="pytorch")
+    assert tiled.tile == TileSpec(64, 0.0)
+    assert tiled.tiling_note() == "judging in 64 px tiles, 0% overlap"
+    found = _inspect(tiled, large)
+    assert found and len(found) <= 300
+    grid = tile_grid(192, 128, TileSpec(64, 0.0))
+    for index, (x0, y0, _, _) in enumerate(grid):
+        alone = _inspect(
+            Inspector.from_weights(tiled_weights, LOW, backend="pytorch"), parts[index]
+        )
+        # The tile's own detections, moved by its offset into the part's pixels: each one kept,
+        # or gone as the duplicate of a kept one as confident of its class.
+        moved = [replace(a, x1=a.x1 + x0, y1=a.y1 + y0, x2=a.x2 + x0, y2=a.y2 + y0) for a in alone]
+        in_tile = [d for d in found if _inside(d, x0, y0, 64)]
+        assert all(_near(d, moved) for d in in_tile)
+        for m in moved:
+            assert _near(m, in_tile) or any(
+                d.class_name == m.class_name
+                and d.confidence >= m.confidence - 1e-4
+                and _iou(_box(d), _box(m)) > LOW["iou"]
+                for d in in_tile
+            )
+    assert all(any(_inside(d, x0, y0, 64) for x0, y0, _, _ in grid) for d in found)
+    # In falling confidence, as a whole part's.
+    assert [d.confidence for d in found] == sorted((d.confidence for d in found), reverse=True)
+
+
+def test_tile_off_judges_the_part_whole(
+    trained: Trained, tiled_weights: Path, parts: list[np.ndarray]
+) -> None:
+    large = _mosaic(parts[:6], columns=3, rows=2)
+    whole = _inspect(Inspector.from_weights(trained.weights, LOW, backend="pytorch"), large)
+    off = Inspector.from_weights(tiled_weights, LOW, backend="pytorch", tile="off")
+    assert off.tile is None and off.tiling_note() is None
+    assert _inspect(off, large) == whole
+    # And another grid than the model's: a model of small crops judging at their resolution.
+    untiled = Inspector.from_weights(
+        trained.weights, LOW, backend="pytorch", tile=TileSpec(64, 0.0)
+    )
+    assert untiled.tile == TileSpec(64, 0.0)
+    assert _inspect(untiled, large) != whole
+
+
+def test_a_part_no_larger_than_a_tile_is_judged_as_before(
+    trained: Trained, tiled_weights: Path, parts: list[np.ndarray]
+) -> None:
+    before = _inspect(Inspector.from_weights(trained.weights, LOW, backend="pytorch"), parts[1])
+    tiled = _inspect(Inspector.from_weights(tiled_weights, LOW, backend="pytorch"), parts[1])
+    assert tiled == before
+
+
+def test_an_object_seen_by_overlapping_tiles_is_kept_once(
+    trained: Trained, parts: list[np.ndarray]
+) -> None:
+    # 96 x 64 in tiles of 64 at half overlap: two tiles, sharing the band x 32 to 64.
+    strip = np.concatenate([parts[1], parts[2][:, :32]], axis=1)
+    spec = TileSpec(64, 0.5)
+    assert tile_grid(96, 64, spec) == [(0, 0, 64, 64), (32, 0, 96, 64)]
+    found = _inspect(Inspector.from_weights(trained.weights, LOW, tile=spec), strip)
+    assert found
+    box = [_box(d) for d in found]
+    for i, a in enumerate(found):
+        for j in range(i + 1, len(found)):
+            if a.class_name == found[j].class_name:
+                assert _iou(box[i], box[j]) <= LOW["iou"] + 1e-6
+
+
+def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+    return w * h / union if union > 0 else 0.0
+
+
+def test_merging_keeps_the_most_confident_of_a_class_and_every_other_object() -> None:
+    found = [
+        Detection("spot", 0.5, 40, 10, 56, 26, counted=True),  # from the left tile
+        Detection("spot", 0.7, 41, 10, 57, 26, counted=True),  # the same spot, right tile
+        Detection("scratch", 0.4, 41, 10, 57, 26, counted=True),  # another class there
+        Detection("spot", 0.6, 80, 40, 90, 50, counted=False),  # elsewhere
+    ]
+    assert merge_tiles(found, 0.45) == [found[1], found[3], found[2]]
+    assert merge_tiles([], 0.45) == []
+    many = [Detection("spot", 0.5, 10 * i, 0, 10 * i + 5, 5, counted=True) for i in range(400)]
+    assert len(merge_tiles(many, 0.45)) == 300
+
+
+def test_a_tiled_part_crosses_from_a_decoding_process_as_no_more_than_its_image(
+    parts: list[np.ndarray],
+) -> None:
+    """Tiles letterboxed up front, a frame cut into tiles far smaller than the model's input
+    would cross as every tile at the model's size."""
+    large = np.tile(parts[1], (4, 8))  # 512 x 256
+    [(image, error, kept, stored)] = prepare_parts([_png(large)], 640, False, None, TileSpec(32))
+    assert error is None and kept is None and stored is None
+    assert isinstance(image, Tiled) and image.original_shape == (256, 512)
+    assert len(image.grid) == len(tile_grid(512, 256, TileSpec(32)))
+    assert len(pickle.dumps(image)) < 2 * large.size
+    first = image.letterboxed_tile(0, 640)
+    assert first.pixels.shape == (3, 640, 640) and first.original_shape == (32, 32)
+
+
+@pytest.mark.parametrize("processes", [0, 1])
+def test_decoding_processes_give_the_same_tiled_verdicts(
+    tiled_weights: Path, parts: list[np.ndarray], processes: int
+) -> None:
+    large = _mosaic(parts[:6], columns=3, rows=2)
+    items = [PartInput(f"{i}.png", _png(np.roll(large, 8 * i, axis=1))) for i in range(3)]
+    inspector = Inspector.from_weights(
+        tiled_weights, LOW, backend="pytorch", prepare_processes=processes, batch_size=4
+    )
+    try:
+        results = list(inspector.inspect(items))
+        assert inspector.prepare_processes == processes  # (not fallen back to threads)
+    finally:
+        inspector.close(wait=True)
+    threads = Inspector.from_weights(tiled_weights, LOW, backend="pytorch", batch_size=4)
+    try:
+        expected = list(threads.inspect(items))
+    finally:
+        threads.close()
+    assert [(r.verdict, r.detections, r.width, r.height) for r in results] == [
+        (r.verdict, r.detections, r.width, r.height) for r in expected
+    ]
+    assert all(r.width == 192 and r.height == 128 for r in results)
+
+
+def test_an_onnx_export_carries_its_grid_and_a_fixed_batch_takes_one_tile_at_a_time(
+    tiled_weights: Path, parts: list[np.ndarray], tmp_path: Path
+) -> None:
+    import json
+    import shutil
+
+    import onnx
+
+    from inspection.backends.onnx_backend import OnnxBackend
+    from training.export import export_detector
+
+    weights = Path(shutil.copy2(tiled_weights, tmp_path / "tiled.pt"))
+    exported = export_detector(weights)  # a fixed batch of one
+    model = onnx.load(str(exported))
+    entry = model.metadata_props.add()
+    entry.key, entry.value = ONNX_METADATA_KEY, json.dumps(TileSpec(64, 0.0).to_json())
+    onnx.save(model, str(exported))
+    backend = OnnxBackend(exported)
+    assert backend.tile == TileSpec(64, 0.0) and backend.max_batch == 1
+    large = _mosaic(parts[:6], columns=3, rows=2)
+    by_onnx = _inspect(Inspector(backend, Thresholds.from_dict(LOW, backend.class_names)), large)
+    by_torch = _inspect(Inspector.from_weights(tiled_weights, LOW, backend="pytorch"), large)
+    assert [d.class_name for d in by_onnx] == [d.class_name for d in by_torch]
+    for a, b in zip(by_onnx, by_torch, strict=True):
+        assert (a.x1, a.y1, a.x2, a.y2) == pytest.approx((b.x1, b.y1, b.x2, b.y2), abs=0.5)
+
+
+def test_a_model_whose_recorded_grid_cannot_be_used_is_named(
+    trained: Trained, tmp_path: Path
+) -> None:
+    import torch
+
+    ckpt = torch.load(trained.weights, map_location="cpu", weights_only=False)
+    ckpt[CHECKPOINT_KEY] = {"size": 4}
+    torch.save(ckpt, tmp_path / "odd.pt")
+    with pytest.raises(
+        UserError, match=r"odd\.pt: unreadable tile setting .*: tile size 4: at least 32"
+    ):
+        Inspector.from_weights(tmp_path / "odd.pt", backend="pytorch")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("256", TileSpec(256, 0.2)),
+        ("200:0", TileSpec(200, 0.0)),
+        ("256:0.25", TileSpec(256, 0.25)),
+        ("256:20%", TileSpec(256, 0.2)),
+        ("off", "off"),
+        (" OFF ", "off"),
+        ("model", "model"),
+    ],
+)
+def test_tile_option_values(text: str, expected: object) -> None:
+    assert parse_tile(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("big", "--tile big: give SIZE[:OVERLAP]"),
+        ("256:x", "--tile 256:x: give SIZE[:OVERLAP]"),
+        ("", "--tile : give SIZE[:OVERLAP]"),
+        ("8", "--tile 8: tile size 8: at least 32 pixels"),
+        ("256:20", "--tile 256:20: tile overlap 20.0: from 0 to 0.9"),
+        ("256:-1%", "--tile 256:-1%: tile overlap -0.01: from 0 to 0.9"),
+        ("256:nan", "--tile 256:nan: tile overlap nan: from 0 to 0.9"),
+    ],
+)
+def test_bad_tile_option_values_say_why(text: str, message: str) -> None:
+    with pytest.raises(UserError) as raised:
+        parse_tile(text)
+    assert str(raised.value).startswith(message)
