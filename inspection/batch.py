@@ -59,7 +59,7 @@ from db.session import (
     retrying_races,
     session_scope,
 )
-from inspection.engine import BackendChoice, Inspector, PartInput, PartResult
+from inspection.engine import BackendChoice, Inspector, PartInput, PartResult, TileChoice
 from inspection.errors import UserError
 from inspection.images import IMAGE_SUFFIXES, is_repeated_fault, not_a_file_reason
 from inspection.judged import JudgedMover, Move, Stamp, stamp_of
@@ -661,12 +661,14 @@ class BatchInspection:
         inspector: Inspector | None = None,
         run_id: int | None = None,
         mover: JudgedMover | None = None,
+        tile: TileChoice = "model",
     ) -> None:
         """With `run_id`, this job writes into a run opened elsewhere (one worker's share of a
         run spread over several processes), on that run's line, station and model version, and
         leaves marking it finished to whoever opened it. A `model` that names a file (a
         version's weights or export) is the file that judges, for its version. With `mover`,
-        each source file is moved out once its chunk is written (`--move-judged`)."""
+        each source file is moved out once its chunk is written (`--move-judged`). `tile`: the
+        grid large parts are judged in (`--tile`; by default the model's own)."""
         self.url = url
         self.mover = mover
         self.images_dir = images_dir
@@ -722,7 +724,7 @@ class BatchInspection:
                 weights_there(classifier_name, classifier_weights)
             if inspector is None:
                 inspector = Inspector.from_weights(
-                    weights, thresholds, backend, device, batch_size, classifier_weights
+                    weights, thresholds, backend, device, batch_size, classifier_weights, tile=tile
                 )
                 self._check_classes(inspector)
                 inspector.warm_up()  # before the first part, not in its latency
@@ -737,7 +739,9 @@ class BatchInspection:
         self.inspector = inspector
         self.summary = BatchSummary(self.run_id, self.model_name)
         # As stored in an inspection's JSON column, to compare with earlier inspections.
-        self._operating_point = json.loads(json.dumps(self.inspector.thresholds.to_dict()))
+        self._operating_point = json.loads(
+            json.dumps(self._as_judged(self.inspector.thresholds.to_dict()))
+        )
         self._production_said = self.model_id
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-writer")
         self._pending_write: Future[bool] | None = None
@@ -814,7 +818,7 @@ class BatchInspection:
                     f"judging with {self.model_name} until it is started again",
                 )
         point = Thresholds.from_dict(stored, self.inspector.class_names)
-        as_stored = json.loads(json.dumps(point.to_dict()))
+        as_stored = json.loads(json.dumps(self._as_judged(point.to_dict())))
         if as_stored == self._operating_point:
             return
         loaded = self.inspector.thresholds.classifier
@@ -836,6 +840,16 @@ class BatchInspection:
             f"{self.model_name} was recalibrated: the next parts are judged at its new "
             "operating point",
         )
+
+    def _as_judged(self, point: dict[str, Any]) -> dict[str, Any]:
+        """The operating point a verdict is stored with and compared by, with the grid where
+        this station judges in another than the model's own (`--tile`): a part judged whole is
+        then judged again in tiles, and the other way round, as at new thresholds. At the
+        model's own grid the point is as it always was."""
+        tile = self.inspector.tile
+        if tile == self.inspector.backend.tile:
+            return point
+        return {**point, "tile": tile.to_json() if tile is not None else "off"}
 
     def _tell(self, news: str, message: str) -> None:
         """Say a piece of news through `say`, keyed by the news and how many times this job
@@ -1033,7 +1047,7 @@ class BatchInspection:
         rejudged = {r.content_hash for r in results if r.content_hash in current}
         # (The point these parts were judged at: the next chunk may take up a new one before
         # this write runs.)
-        point = self.inspector.thresholds.to_dict()
+        point = self._as_judged(self.inspector.thresholds.to_dict())
         self._pending_write = self._writer.submit(
             self._write_and_count, results, rejudged, finishing, point, moves
         )

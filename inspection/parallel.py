@@ -53,7 +53,7 @@ from inspection.batch import (
     through_outages,
     weights_there,
 )
-from inspection.engine import BackendChoice, PartResult
+from inspection.engine import BackendChoice, PartResult, TileChoice
 from inspection.errors import UserError
 from inspection.judged import JudgedMover
 from inspection.runtime import end_process
@@ -86,6 +86,7 @@ class WorkerJob:
     # --move-judged: (the source folder, DIR); each worker moves the files of the parts it
     # wrote, once written.
     move_judged: tuple[str, str] | None = None
+    tile: TileChoice = "model"  # --tile: the grid large parts are judged in
 
 
 def share_cores(cores: list[int], workers: int) -> list[tuple[int, ...] | None]:
@@ -199,6 +200,7 @@ def _worker(
             mover=JudgedMover(Path(job.move_judged[0]), Path(job.move_judged[1]))
             if job.move_judged
             else None,
+            tile=job.tile,
         )
     except KeyboardInterrupt:  # stopped while loading the model: nothing judged
         tell("stopped", BatchSummary(job.run_id, ""))
@@ -207,6 +209,8 @@ def _worker(
         tell("failed", _reason(exc))
         return
     _news_to_dealer(share, tell)
+    if (tiling := share.inspector.tiling_note()) is not None:  # (the dealer has no model)
+        share.say("tiling", tiling)
     tell("ready", (imported_s, time.time() - job.launched_at))
     pending: list[PartResult] = []
 
@@ -320,8 +324,9 @@ class ParallelInspection:
         device: str | None = None,
         batch_size: int | None = None,
         move_judged: tuple[Path, Path] | None = None,
+        tile: TileChoice = "model",
     ) -> None:
-        """`move_judged`: (the source folder, DIR) of `--move-judged`."""
+        """`move_judged`: (the source folder, DIR) of `--move-judged`; `tile`: `--tile`."""
         if workers < 2:
             raise UserError("a parallel run needs at least 2 worker processes")
         self._said: set[str] = set()  # the news the workers told, said once
@@ -357,6 +362,7 @@ class ParallelInspection:
                 cores[i],
                 str(named_file.resolve()) if named_file else None,
                 move_judged=(str(move_judged[0]), str(move_judged[1])) if move_judged else None,
+                tile=tile,
             )
             for i in range(workers)
         ]

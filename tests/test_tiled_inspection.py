@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import pickle
 from dataclasses import replace
 from pathlib import Path
@@ -217,7 +218,6 @@ def test_decoding_processes_give_the_same_tiled_verdicts(
 def test_an_onnx_export_carries_its_grid_and_a_fixed_batch_takes_one_tile_at_a_time(
     tiled_weights: Path, parts: list[np.ndarray], tmp_path: Path
 ) -> None:
-    import json
     import shutil
 
     import onnx
@@ -287,3 +287,127 @@ def test_bad_tile_option_values_say_why(text: str, message: str) -> None:
     with pytest.raises(UserError) as raised:
         parse_tile(text)
     assert str(raised.value).startswith(message)
+
+
+@pytest.fixture
+def station(
+    database_url: str, tiled_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """A database whose production detector is the tiny one with a 64 px grid; the command
+    line's database."""
+    from inspection.settings import get_settings
+    from tests.conftest import register_production_detector
+
+    register_production_detector(database_url, tiled_weights, tmp_path / "models")
+    monkeypatch.setenv("DEFECTS_DATABASE_URL", database_url)
+    get_settings.cache_clear()
+    return database_url
+
+
+def _stored_points(url: str) -> list[dict]:  # type: ignore[type-arg]
+    from sqlalchemy import select
+
+    from db.models import Inspection
+    from db.session import session_scope
+
+    with session_scope(url) as session:
+        return [i.thresholds for i in session.scalars(select(Inspection).order_by(Inspection.id))]
+
+
+def test_inspect_says_it_tiles_and_another_grid_judges_a_part_again(
+    station: str, parts: list[np.ndarray], tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from training.cli import app
+
+    image = tmp_path / "strip.png"
+    image.write_bytes(_png(_mosaic(parts[:6], columns=3, rows=2)))
+    runner = CliRunner()
+    first = runner.invoke(app, ["inspect", str(image), "--backend", "pytorch", "--json"])
+    assert first.exit_code == 0, first.output
+    assert first.stderr.strip() == "judging in 64 px tiles, 0% overlap"
+    assert json.loads(first.stdout)[0]["verdict"] in {"pass", "fail"}
+    # The model's own grid: judged once, stored at the point as it always was.
+    again = runner.invoke(app, ["inspect", str(image), "--backend", "pytorch"])
+    assert "judged again" not in again.output
+    whole = runner.invoke(app, ["inspect", str(image), "--backend", "pytorch", "--tile", "off"])
+    assert whole.exit_code == 0, whole.output
+    assert "judging in" not in whole.output
+    assert "1 part(s) judged earlier at other thresholds (or in another --tile grid)" in " ".join(
+        whole.output.split()
+    )
+    points = _stored_points(station)
+    assert len(points) == 2 and "tile" not in points[0] and points[1]["tile"] == "off"
+    assert {k: v for k, v in points[1].items() if k != "tile"} == points[0]
+
+
+def test_batch_takes_tile_and_a_bad_value_is_one_line_before_the_model_loads(
+    station: str, parts: list[np.ndarray], tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from training.cli import app
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "strip.png").write_bytes(_png(_mosaic(parts[:6], columns=3, rows=2)))
+    runner = CliRunner()
+    command = ["batch", str(folder), "--line", "L", "--station", "S", "--backend", "pytorch"]
+    done = runner.invoke(app, [*command, "--tile", "96:25%"])
+    assert done.exit_code == 0, done.output
+    assert "judging in 96 px tiles, 25% overlap" in done.output
+    assert _stored_points(station)[0]["tile"] == {"size": 96, "overlap": 0.25}
+    refused = runner.invoke(app, [*command, "--tile", "96:1.5"])
+    assert isinstance(refused.exception, UserError)
+    assert str(refused.exception) == "--tile 96:1.5: tile overlap 1.5: from 0 to 0.9"
+    assert len(_stored_points(station)) == 1
+
+
+def test_workers_of_a_parallel_run_are_handed_the_grid(station: str, tmp_path: Path) -> None:
+    from inspection.parallel import ParallelInspection
+
+    job = ParallelInspection(station, tmp_path / "store", "L", "S", 2, tile=TileSpec(96, 0.0))
+    try:
+        assert [pickle.loads(pickle.dumps(j)).tile for j in job._jobs] == [TileSpec(96, 0.0)] * 2
+    finally:
+        job.close()
+
+
+def test_the_inspect_page_judges_in_the_models_grid_and_says_so(
+    tiled_weights: Path, parts: list[np.ndarray]
+) -> None:
+    from sqlalchemy import select
+    from streamlit.testing.v1 import AppTest
+
+    from db.migrate import upgrade
+    from db.models import Inspection, ModelVersion
+    from db.session import session_scope
+    from inspection.settings import get_settings
+    from tests.conftest import register_production_detector
+
+    url = get_settings().resolved_database_url
+    upgrade(url)
+    register_production_detector(url, tiled_weights, get_settings().models_dir)
+    with session_scope(url) as session:
+        session.scalars(select(ModelVersion)).one().thresholds = LOW
+    large = _mosaic(parts[:6], columns=3, rows=2)
+    at = AppTest.from_file(
+        str(Path(__file__).parents[1] / "dashboard" / "app.py"), default_timeout=120
+    ).run()
+    at.file_uploader(key="inspect_files").set_value([("strip.png", _png(large), "image/png")])
+    at.run()
+    assert not at.exception, at.exception
+    assert any(
+        "Parts larger than 64 px were judged tile by tile (64 px tiles, 0% overlap)" in c.value
+        for c in at.caption
+    )
+    expected = _inspect(Inspector.from_weights(tiled_weights, LOW), large)
+    with session_scope(url) as session:
+        stored = session.scalars(select(Inspection)).one().predictions
+        boxes = sorted((p.class_name, p.x1, p.y1, p.x2, p.y2) for p in stored)
+    wanted = sorted((d.class_name, d.x1, d.y1, d.x2, d.y2) for d in expected)
+    assert wanted and [b[0] for b in boxes] == [w[0] for w in wanted]
+    assert [x for b in boxes for x in b[1:]] == pytest.approx(
+        [x for w in wanted for x in w[1:]], abs=0.05
+    )

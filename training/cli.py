@@ -36,6 +36,7 @@ from inspection.runtime import end_process
 from inspection.settings import get_settings
 
 if TYPE_CHECKING:
+    from inspection.engine import TileChoice
     from training.datasets import ImportReport
 
 app = typer.Typer(
@@ -1183,6 +1184,23 @@ BackendArgument = Annotated[
         "exported .onnx beside it; PyTorch otherwise."
     ),
 ]
+TileArgument = Annotated[
+    str | None,
+    typer.Option(
+        metavar="SIZE[:OVERLAP]|off",
+        help="Judge a part larger than SIZE pixels in tiles of SIZE at its own resolution, "
+        "neighbours sharing OVERLAP (0.2 or 20%; default 0.2), each tile's defects merged back "
+        "into the part; off: every part whole. Default: the grid the model was trained on "
+        "(none: whole).",
+    ),
+]
+
+
+def _tile_choice(tile: str | None) -> TileChoice:
+    """`--tile`, refused in one line before the model loads."""
+    from inspection.engine import parse_tile
+
+    return "model" if tile is None else parse_tile(tile)
 
 
 def _counted(n: int, noun: str) -> str:
@@ -1202,8 +1220,8 @@ def _print_summary(summary, rate: bool = True) -> None:  # type: ignore[no-untyp
     if summary.rejudged:
         console.print(
             f"{summary.rejudged} of the parts inspected had been judged by {summary.model_name} "
-            "at other thresholds (before a recalibration); they were judged again at the current "
-            "ones and their earlier verdicts kept, marked superseded"
+            "at other thresholds (before a recalibration) or in another --tile grid; they were "
+            "judged again as now and their earlier verdicts kept, marked superseded"
         )
     from db.queries import PART_CLASSIFIER_ALONE
 
@@ -1345,6 +1363,7 @@ def batch_command(
             "parts judged before are not written again.",
         ),
     ] = None,
+    tile: TileArgument = None,
 ) -> None:
     """Inspect a batch of parts; run again after an interruption and it resumes."""
     import threading
@@ -1368,6 +1387,7 @@ def batch_command(
 
     if export not in (None, "csv"):
         raise UserError(f"export format {export!r} is not supported; use csv")
+    tile_choice = _tile_choice(tile)
     if export is None and output is not None:
         # (--output alone wrote nothing, without a word: a .csv name says what is wanted.)
         if output.suffix.lower() != ".csv":
@@ -1405,6 +1425,7 @@ def batch_command(
         "backend": backend.value,
         "device": device,
         "batch_size": batch_size,
+        "tile": tile_choice,
     }
     job: BatchInspection | ParallelInspection
     if workers > 1:
@@ -1426,6 +1447,8 @@ def batch_command(
             f"{job.inspector.backend.model_path.name})",
             markup=False,
         )
+        if (tiling := job.inspector.tiling_note()) is not None:
+            console.print(tiling, markup=False)
     try:
         listing = time.perf_counter()
         files = folder_files(source_path) if source_path.is_dir() else []
@@ -1714,6 +1737,7 @@ def inspect_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     backend: BackendArgument = BackendOption.auto,
     device: Annotated[str | None, typer.Option(help=DEVICE_HELP)] = None,
+    tile: TileArgument = None,
 ) -> None:
     """Inspect a few images, store the results and print each part's verdict."""
     import json
@@ -1737,10 +1761,22 @@ def inspect_command(
 
     if len(mistaken) == len(images):
         raise UserError("; ".join(f"{shown_name(str(p))}: {mistake(p)}" for p in mistaken))
+    tile_choice = _tile_choice(tile)
     url = migrated_database_url()
     job = BatchInspection(
-        url, get_settings().images_dir, line, station, model, "", "cli", backend.value, device
+        url,
+        get_settings().images_dir,
+        line,
+        station,
+        model,
+        "",
+        "cli",
+        backend.value,
+        device,
+        tile=tile_choice,
     )
+    if (tiling := job.inspector.tiling_note()) is not None:  # (stderr: --json stays parseable)
+        typer.echo(tiling, err=True)
     results: list = []  # type: ignore[type-arg]
     items: list[SourceItem] = [
         read_file(p, str(p)) if p not in mistaken else SourceItem(str(p), None, mistake(p))
@@ -1750,8 +1786,9 @@ def inspect_command(
     job.inspector.close()
     if job.summary.rejudged:  # on stderr: --json output stays parseable
         typer.echo(
-            f"{job.summary.rejudged} part(s) judged earlier at other thresholds were judged again "
-            f"at {job.summary.model_name}'s current ones (earlier verdicts kept, superseded)",
+            f"{job.summary.rejudged} part(s) judged earlier at other thresholds (or in another "
+            f"--tile grid) were judged again at {job.summary.model_name}'s current ones (earlier "
+            "verdicts kept, superseded)",
             err=True,
         )
     rows = _stored_verdicts(url, job.model_id, items)

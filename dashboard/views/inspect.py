@@ -195,6 +195,7 @@ if st.session_state.get("inspected_key") != upload_key:
     )
     st.session_state["rejudged"] = summary.rejudged
     st.session_state["inspected_errors"] = summary.errors
+    st.session_state["inspected_tile"] = job.inspector.tile
 
 parts = st.session_state["inspected_parts"]
 if not parts:
@@ -275,6 +276,13 @@ if error_kinds["blank image"]:
     st.warning(
         f"{error_kinds['blank image']} blank frame(s): check the camera and its lighting. "
         "Blank frames are not judged (they would pass as good parts)."
+    )
+if (tile := st.session_state.get("inspected_tile")) is not None:
+    # (A tiled model judges a large part at its own resolution: said, since it costs a pass
+    # of the network per tile.)
+    st.caption(
+        f"Parts larger than {tile.size} px were judged tile by tile ({tile.describe()}), "
+        f"in the grid {plain(info.name)} was trained on."
     )
 if error_kinds:
     st.caption("Errors by kind: " + ", ".join(f"{k} {n}" for k, n in error_kinds.most_common()))
