@@ -57,27 +57,15 @@ MAX_DETECTIONS = 300
 
 
 def parse_tile(text: str) -> TileChoice:
-    """`--tile`'s value: SIZE[:OVERLAP] (the overlap a fraction, 0.2, or a percentage, 20%),
-    `off`, or `model`."""
+    """`--tile`'s value at a station: `TileSpec.parse`'s SIZE[:OVERLAP], `off`, or `model`."""
     value = text.strip().lower()
     if value in ("off", "model"):
         return value  # type: ignore[return-value]
-    size_text, _, overlap_text = value.partition(":")
     try:
-        size = int(size_text)
-        overlap = 0.2
-        if overlap_text.endswith("%"):
-            overlap = float(overlap_text[:-1]) / 100
-        elif overlap_text:
-            overlap = float(overlap_text)
-        return TileSpec(size, overlap)
+        return TileSpec.parse(value)
     except TileSpecError as exc:
-        raise UserError(f"--tile {text}: {exc}") from exc
-    except ValueError as exc:
-        raise UserError(
-            f"--tile {text}: give SIZE[:OVERLAP] in pixels and a fraction or percentage "
-            "(256, 256:0.2, 256:20%), or off"
-        ) from exc
+        detail = str(exc) + (", or off" if str(exc).startswith("give") else "")
+        raise UserError(f"--tile {text}: {detail}") from exc
 
 
 @dataclass(frozen=True)

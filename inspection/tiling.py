@@ -64,6 +64,24 @@ class TileSpec:
     def describe(self) -> str:
         return f"{self.size} px tiles, {self.overlap:.0%} overlap"
 
+    @classmethod
+    def parse(cls, text: str) -> TileSpec:
+        """SIZE[:OVERLAP], the overlap a fraction (0.2) or a percentage (20%), 0.2 when left
+        out: one spelling for the import that cuts a dataset and the stations that judge."""
+        size_text, _, overlap_text = text.strip().partition(":")
+        try:
+            size = int(size_text)
+            overlap = 0.2
+            if overlap_text.endswith("%"):
+                overlap = float(overlap_text[:-1]) / 100
+            elif overlap_text:
+                overlap = float(overlap_text)
+        except ValueError as exc:
+            raise TileSpecError(
+                "give SIZE[:OVERLAP] in pixels and a fraction or percentage (256, 256:0.2, 256:20%)"
+            ) from exc
+        return cls(size, overlap)
+
 
 def _starts(length: int, size: int, overlap: float) -> list[int]:
     """Tile starts along one axis: evenly spread from 0 to `length - size`, as few as keep each

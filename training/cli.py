@@ -384,18 +384,13 @@ def import_command(
     ] = None,
     replace: Annotated[bool, typer.Option(help="Replace a dataset of the same name.")] = False,
     tile: Annotated[
-        int | None,
+        str | None,
         typer.Option(
             "--tile",
-            help="Cut each image into square tiles of this many pixels (at its own resolution) "
-            "to train a tiled model, for parts much larger than the detector's input.",
-        ),
-    ] = None,
-    tile_overlap: Annotated[
-        float | None,
-        typer.Option(
-            "--tile-overlap",
-            help="Share of a tile's width its neighbours overlap it by (with --tile; default 0.2).",
+            metavar="SIZE[:OVERLAP]",
+            help="Cut each image into square tiles of SIZE pixels (at its own resolution), "
+            "neighbours overlapping by OVERLAP of a tile (a fraction or a percentage, default "
+            "0.2), to train a tiled model, for parts much larger than the detector's input.",
         ),
     ] = None,
 ) -> None:
@@ -404,13 +399,11 @@ def import_command(
     from training.datasets import import_dataset
 
     spec = None
-    if tile is None and tile_overlap is not None:
-        raise UserError("--tile-overlap goes with --tile SIZE")
     if tile is not None:
         try:
-            spec = TileSpec(tile, 0.2 if tile_overlap is None else tile_overlap)
+            spec = TileSpec.parse(tile)
         except TileSpecError as exc:
-            raise UserError(f"--tile: {exc}") from exc
+            raise UserError(f"--tile {tile}: {exc}") from exc
     class_list = [c.strip() for c in classes.split(",")] if classes else None
     with session_scope(migrated_database_url()) as session:
         report = import_dataset(
