@@ -64,6 +64,7 @@ from inspection.errors import UserError
 from inspection.images import IMAGE_SUFFIXES, is_repeated_fault, not_a_file_reason
 from inspection.judged import JudgedMover, Move, Stamp, stamp_of
 from inspection.settings import get_settings, same_place_under
+from inspection.tiling import TileSpec, TileSpecError, needs_tiling
 from inspection.verdict import Thresholds
 
 logger = logging.getLogger(__name__)
@@ -851,6 +852,36 @@ class BatchInspection:
             return point
         return {**point, "tile": tile.to_json() if tile is not None else "off"}
 
+    def _judged_alike(self, stored: Any, width: int | None, height: int | None) -> bool:
+        """Whether a part's stored verdict is the one this station gives now: at its operating
+        point, or at the same thresholds in another grid where the part, no larger than a tile
+        of either grid, was judged whole in both (a small part stamped in another grid was
+        judged again for nothing, its verdict superseded by the same one)."""
+        if stored == self._operating_point:
+            return True
+        if not isinstance(stored, dict) or width is None or height is None:
+            return False
+
+        def thresholds_of(point: dict[str, Any]) -> dict[str, Any]:
+            return {k: v for k, v in point.items() if k != "tile"}
+
+        if thresholds_of(stored) != thresholds_of(self._operating_point):
+            return False
+        recorded = stored.get("tile")
+        try:
+            then: TileSpec | None = (
+                self.inspector.backend.tile
+                if recorded is None
+                else None
+                if recorded == "off"
+                else TileSpec.from_json(recorded)
+            )
+        except TileSpecError:
+            return False
+        return not (
+            needs_tiling(width, height, then) or needs_tiling(width, height, self.inspector.tile)
+        )
+
     def _tell(self, news: str, message: str) -> None:
         """Say a piece of news through `say`, keyed by the news and how many times this job
         has told it (a point left and taken up again is news again)."""
@@ -878,6 +909,8 @@ class BatchInspection:
                     Inspection.thresholds,
                     Inspection.error,
                     func.coalesce(InspectionRun.station_id, Part.station_id),
+                    Part.width,
+                    Part.height,
                 )
                 .join(Inspection, Inspection.part_id == Part.id)
                 .outerjoin(InspectionRun, InspectionRun.id == Inspection.run_id)
@@ -888,15 +921,15 @@ class BatchInspection:
                 )
             ).all()
         points = {
-            digest: stored == self._operating_point
+            digest: self._judged_alike(stored, width, height)
             and not is_repeated_fault(error)
             # An error is this station's fault to record: the same bytes (an empty file, a
             # camera's garbage) recorded at another station left this one's camera fault
             # counted as "already inspected", invisible on its station.
             and (error is None or station_id == self.station_id)
-            for digest, stored, error, station_id in rows
+            for digest, stored, error, station_id, width, height in rows
         }
-        return points, {digest for digest, _, error, _ in rows if error is not None}
+        return points, {digest for digest, _, error, *_ in rows if error is not None}
 
     def run(
         self,

@@ -342,6 +342,31 @@ def test_inspect_says_it_tiles_and_another_grid_judges_a_part_again(
     assert {k: v for k, v in points[1].items() if k != "tile"} == points[0]
 
 
+def test_a_part_no_larger_than_a_tile_of_either_grid_is_not_judged_again(
+    station: str, parts: list[np.ndarray], tmp_path: Path
+) -> None:
+    """Judged whole in the model's grid and in none, a small part has one verdict: another
+    --tile judges it again only where it would be cut (it was superseded by the same one)."""
+    from typer.testing import CliRunner
+
+    from training.cli import app
+
+    small, large = tmp_path / "small.png", tmp_path / "strip.png"
+    small.write_bytes(_png(parts[0]))  # 64 px: one tile of the model's 64 px grid, itself
+    large.write_bytes(_png(_mosaic(parts[:6], columns=3, rows=2)))
+    runner = CliRunner()
+    command = ["inspect", str(small), str(large), "--backend", "pytorch"]
+    assert runner.invoke(app, command).exit_code == 0
+    whole = runner.invoke(app, [*command, "--tile", "off"])
+    assert whole.exit_code == 0, whole.output
+    assert "1 part(s) judged earlier" in " ".join(whole.output.split())  # the strip alone
+    assert len(_stored_points(station)) == 3
+    # In 32 px tiles, the small part is cut too: judged again.
+    finer = runner.invoke(app, [*command, "--tile", "32"])
+    assert "2 part(s) judged earlier" in " ".join(finer.output.split())
+    assert len(_stored_points(station)) == 5
+
+
 def test_batch_takes_tile_and_a_bad_value_is_one_line_before_the_model_loads(
     station: str, parts: list[np.ndarray], tmp_path: Path
 ) -> None:
