@@ -54,9 +54,11 @@ class TileSpec:
         """A spec from a checkpoint's or metadata's value; None for an untiled model."""
         if value in (None, "", {}):
             return None
-        if isinstance(value, str):
-            value = json.loads(value)
         try:
+            # (json.loads inside: a value that is not JSON, "640:0.2" written by hand into a
+            # data.yaml, is as unreadable as one without a size.)
+            if isinstance(value, str):
+                value = json.loads(value)
             return cls(int(value["size"]), float(value.get("overlap", 0.2)))
         except (KeyError, TypeError, ValueError) as exc:
             raise TileSpecError(f"unreadable tile setting {value!r}: {exc}") from exc

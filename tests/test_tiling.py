@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from inspection.tiling import (
@@ -60,3 +62,17 @@ def test_a_spec_travels_in_checkpoints_and_onnx_metadata() -> None:
     assert tile_of_metadata({}) is None
     with pytest.raises(TileSpecError, match="unreadable"):
         tile_of_metadata({"defects.tile": '{"overlap": 0.3}'})
+
+
+@pytest.mark.parametrize("value", ["640:0.2", "{size: 640"])
+def test_a_recorded_grid_that_is_not_json_is_named_unreadable(value: str, tmp_path: Path) -> None:
+    """A hand-edited data.yaml (`defects_tile: "640:0.2"`, the command line's spelling) raised
+    a bare JSON error that named neither the setting nor the file."""
+    from inspection.errors import UserError
+    from training.datasets import dataset_tile
+
+    with pytest.raises(TileSpecError, match="unreadable tile setting"):
+        TileSpec.from_json(value)
+    (tmp_path / "data.yaml").write_text(f"defects_tile: {value!r}\n")
+    with pytest.raises(UserError, match=r"data\.yaml: unreadable tile setting"):
+        dataset_tile(tmp_path)
