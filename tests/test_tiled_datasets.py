@@ -372,3 +372,54 @@ def test_a_training_started_from_the_models_page_takes_the_datasets_own_size() -
     command = detector_training_command("tiled", 5, None)
     assert "--imgsz" not in command and command[-4:] == ["--data", "tiled", "--epochs", "5"]
     assert detector_training_command("tiled", 5, 320)[-2:] == ["--imgsz", "320"]
+
+
+def test_a_tiled_model_on_whole_images_is_evaluated_as_stations_judge_them(
+    trained: Trained, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tiled model's part figures on a dataset of whole images (imported without --tile)
+    were those of each image shrunk whole by ultralytics, which no station does (calibrate
+    judged them in tiles): they are now the engine's, the image cut by the model's grid."""
+    from inspection.engine import Inspector
+    from inspection.images import Tiled
+    from tests.synthetic import make_images
+    from training.evaluate import evaluate_detector
+    from training.train_detector import record_tile
+
+    made = make_images(tmp_path / "made", n=8)
+    defective = [m for m in made if m.boxes][:6]
+    pixels = [np.asarray(Image.open(tmp_path / "made" / m.name).convert("L")) for m in defective]
+    src = tmp_path / "src"
+    (src / "images").mkdir(parents=True)
+    (src / "annotations").mkdir()
+    Image.fromarray(np.hstack(pixels)).save(src / "images" / "strip.png")  # 384 x 64
+    objects = "".join(
+        f"<object><name>{c}</name><bndbox><xmin>{x1 + 64 * i}</xmin><ymin>{y1}</ymin>"
+        f"<xmax>{x2 + 64 * i}</xmax><ymax>{y2}</ymax></bndbox></object>"
+        for i, m in enumerate(defective)
+        for c, x1, y1, x2, y2 in m.boxes
+    )
+    (src / "annotations" / "strip.xml").write_text(
+        f"<annotation><filename>strip.png</filename>{objects}</annotation>"
+    )
+    splits = _splits(tmp_path / "splits", {"train": [], "val": [], "test": ["strip.png"]})
+    with session_scope(database_url) as session:
+        import_dataset(session, "voc", src, "strips", get_settings().datasets_dir, splits, CLASSES)
+    tiled = Path(shutil.copy(trained.weights, tmp_path / "tiled.pt"))
+    record_tile(tiled, TileSpec(64, 0.0))
+
+    # The engine's own tiling, watched (it runs as it does at a station).
+    judged_in: list[int] = []
+    detect_in_tiles = Inspector._detect_in_tiles
+
+    def watched(self: Inspector, good: list, side_by_side: bool) -> dict:  # type: ignore[type-arg]
+        judged_in.extend(len(p.image.grid) for p in good if isinstance(p.image, Tiled))
+        return detect_in_tiles(self, good, side_by_side)
+
+    monkeypatch.setattr(Inspector, "_detect_in_tiles", watched)
+    result = evaluate_detector(
+        tiled, "strips", "test", {"default": 0.001, "iou": 0.45}, url=database_url
+    )
+    assert judged_in == [6]  # the strip, in the six 64 px tiles a station cuts it into
+    assert (result.rates.n_defective, result.rates.n_missed) == (1, 0)
+    assert result.extra["part_figures_in_tiles"] == {"size": 64, "overlap": 0.0}

@@ -957,6 +957,12 @@ def evaluate_command(
             "part figures of the whole verdict, with classifier "
             f"{result.extra['part_figures_with_classifier']} as the operating point names it"
         )
+    if (grid := result.extra.get("part_figures_in_tiles")) is not None:
+        console.print(
+            f"part figures as stations judge the parts, in the model's {grid['size']} px tiles "
+            f"({grid['overlap']:.0%} overlap); mAP and recall of the images whole",
+            markup=False,
+        )
     _write_json(json_path, payload)
 
 

@@ -25,9 +25,11 @@ import inspection  # noqa: F401 - runtime preparation first
 from db.queries import PartCounts
 from db.registry import get_model_version
 from db.session import session_scope
+from inspection.backends.base import read_tile
 from inspection.detector import load_detector
 from inspection.errors import UserError
 from inspection.settings import get_settings
+from inspection.tiling import TileSpec, tile_of_checkpoint, tile_of_metadata
 from training.datasets import (
     TileOrigin,
     dataset_tile,
@@ -179,13 +181,14 @@ def evaluate_detector(
         class_names = list(dataset.classes)
         root = data_yaml.parent
     if Path(weights).suffix == ".onnx":
-        model, model_names, trained_size, fixed_batch = _onnx_detector(Path(weights))
+        model, model_names, trained_size, fixed_batch, model_tile = _onnx_detector(Path(weights))
         batch = fixed_batch or batch
     else:
         model = load_detector(weights)
         model_names = [model.names[i] for i in sorted(model.names)]
         ckpt = model.ckpt if isinstance(model.ckpt, dict) else {}
         trained_size = int(ckpt.get("train_args", {}).get("imgsz", 640))
+        model_tile = read_tile(Path(weights), lambda: tile_of_checkpoint(ckpt))
     if model_names != class_names:
         raise UserError(f"the model's classes {model_names} are not the dataset's {class_names}")
     thresholds = thresholds or default_thresholds(class_names)
@@ -264,15 +267,24 @@ def evaluate_detector(
     rates = part_rates(outcomes)
     # ultralytics reports mAP 0.0 for a split without a labeled box: no figure, not a bad one.
     labeled = bool(total_per_class.sum())
-    if classifier_weights is not None:
-        # The operating point names a classifier (calibrated with one): the part figures are
-        # those of the whole verdict, the classifier's part probability and crop verification
-        # included, as calibrate counted them (they were the detector's alone, so the two
-        # commands disagreed on the same split). mAP and per-class recall stay the detector's.
-        rates = _rates_with_classifier(
+    # A tiled model judging whole images (a dataset imported without --tile): stations cut
+    # each one by its grid, and ultralytics shrank it whole, so its part figures were not a
+    # station's (nor calibrate's, which judges as stations do).
+    in_tiles = origins is None and model_tile is not None
+    if classifier_weights is not None or in_tiles:
+        # The operating point names a classifier (calibrated with one), or the model judges in
+        # tiles: the part figures are those of the whole verdict as a station gives it, the
+        # classifier's part probability and crop verification included, as calibrate counted
+        # them (they were the detector's alone, so the two commands disagreed on the same
+        # split). mAP and per-class recall stay the detector's, as ultralytics measures them.
+        rates = _rates_as_judged(
             weights, root, split, class_names, thresholds, classifier_weights, device
         )
-        extra["part_figures_with_classifier"] = classifier_point["version"]
+        if classifier_weights is not None:
+            extra["part_figures_with_classifier"] = classifier_point["version"]
+        if in_tiles:
+            assert model_tile is not None
+            extra["part_figures_in_tiles"] = model_tile.to_json()
 
     per_class = {
         name: {
@@ -298,21 +310,24 @@ def evaluate_detector(
     )
 
 
-def _rates_with_classifier(
+def _rates_as_judged(
     weights: Path,
     root: Path,
     split: str,
     class_names: list[str],
     thresholds: dict[str, Any],
-    classifier_weights: Path,
+    classifier_weights: Path | None,
     device: str,
 ) -> PartRates:
-    """Part figures of a verdict with its classifier, scored as calibration scores them."""
+    """Part figures of a verdict as the engine gives it (with its classifier, in its model's
+    tiles), scored as calibration scores them."""
     import math
 
     from training.calibrate import PART, SCORE_FLOOR, apply_thresholds, score_parts
 
-    classifier_point = thresholds["classifier"]
+    classifier_point = (
+        (thresholds.get("classifier") or {}) if classifier_weights is not None else {}
+    )
     verify = classifier_point.get("verify")
     scored = score_parts(
         root,
@@ -331,10 +346,10 @@ def _rates_with_classifier(
     return PartRates(counts.n_defective, counts.n_missed, counts.n_good, counts.n_false_calls)
 
 
-def _onnx_detector(weights: Path) -> tuple[Any, list[str], int, int | None]:
+def _onnx_detector(weights: Path) -> tuple[Any, list[str], int, int | None, TileSpec | None]:
     """An exported detector (fp32, INT8...) run by ultralytics through ONNX Runtime, so that an
     export's figures are measured exactly as its checkpoint's are. Returns the model, its
-    classes, its image size and its batch size when the file fixes one."""
+    classes, its image size, its batch size when the file fixes one and its grid."""
     import onnx
     from ultralytics import YOLO
 
@@ -356,7 +371,8 @@ def _onnx_detector(weights: Path) -> tuple[Any, list[str], int, int | None]:
         raise UserError(f"{weights.name} does not say its classes: export it with `defects export`")
     dims = proto.graph.input[0].type.tensor_type.shape.dim
     size = dims[-1].dim_value or int(meta.get("defects.imgsz", "640"))
-    return YOLO(str(weights), task="detect"), names, size, dims[0].dim_value or None
+    tile = read_tile(weights, lambda: tile_of_metadata(meta))
+    return YOLO(str(weights), task="detect"), names, size, dims[0].dim_value or None, tile
 
 
 class ResolvedModel(NamedTuple):
