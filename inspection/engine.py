@@ -302,6 +302,9 @@ class Inspector:
         self.thresholds = thresholds or Thresholds.from_dict(None, self.class_names)
         requested = batch_size or backend.preferred_batch or backend.max_batch
         self.batch_size = max(1, min(requested, backend.max_batch))
+        # With a grid: the most tiles a part of the last batch was cut into (None: no batch
+        # seen yet), by which `parts_per_batch` fills a batch of tiles, not of parts.
+        self._tiles_per_part: int | None = None
         # Decoding and resizing release the GIL, so threads scale with the cores a GPU station
         # has to spare; two at least, so that a small CPU still overlaps them with inference.
         cores = len(usable_cores())
@@ -486,11 +489,23 @@ class Inspector:
                 results.append((None, "the image decoder crashed on this file", None, stored))
         return results
 
+    def parts_per_batch(self) -> int:
+        """Parts decoded and judged together. Untiled, a batch's worth. With a grid, as many as
+        fill one batch of tiles, at least one, and one until a first part shows how many tiles
+        the line's parts make: a tiled part is held decoded whole until its batch is judged, and
+        64 parts of 20 MP each, a batch ahead, held gigabytes, and their thousands of tiles
+        kept the first part's verdict waiting for the last one's."""
+        if self.tile is None:
+            return self.batch_size
+        if self._tiles_per_part is None:
+            return 1
+        return max(1, self.batch_size // self._tiles_per_part)
+
     def _prefetch_depth(self) -> int:
         """Batches prepared ahead of the one being inferred: one, or as many as keep the workers
         busy when a batch is smaller than the number of workers (batch 1 on a GPU station)."""
         workers = self.prepare_processes or self._thread_workers
-        chunks_per_batch = -(-self.batch_size // self._chunk_size())
+        chunks_per_batch = -(-self.parts_per_batch() // self._chunk_size())
         return max(1, min(8, workers // chunks_per_batch))
 
     def close_processes(self, wait: bool = False) -> None:
@@ -517,6 +532,10 @@ class Inspector:
 
     def _finish(self, prepared: list[_Prepared], side_by_side: bool = False) -> list[PartResult]:
         good = [p for p in prepared if p.image is not None]
+        if self.tile is not None and good:
+            self._tiles_per_part = max(
+                len(p.image.grid) if isinstance(p.image, Tiled) else 1 for p in good
+            )
         detections: dict[int, list[Detection]] = {}
         if any(isinstance(p.image, Tiled) for p in good):
             detections = self._detect_in_tiles(good, side_by_side)
@@ -654,7 +673,7 @@ class Inspector:
             # Small batches keep several in flight, so that every worker has a part to decode.
             while len(pending) < self._prefetch_depth():
                 started = time.perf_counter()
-                batch = list(itertools.islice(iterator, self.batch_size))
+                batch = list(itertools.islice(iterator, self.parts_per_batch()))
                 if not batch:
                     return
                 pending.append((self._submit(batch, store_into), started))

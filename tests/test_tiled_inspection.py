@@ -436,3 +436,40 @@ def test_the_inspect_page_judges_in_the_models_grid_and_says_so(
     assert [x for b in boxes for x in b[1:]] == pytest.approx(
         [x for w in wanted for x in w[1:]], abs=0.05
     )
+
+
+def test_a_tiled_run_fills_its_batches_with_tiles_not_parts(
+    tiled_weights: Path, parts: list[np.ndarray]
+) -> None:
+    """Batches of `batch_size` parts held every large part decoded whole until the batch was
+    judged (64 frames of 20 MP, a batch ahead: gigabytes), and their thousands of tiles kept
+    the first part's verdict waiting for the last. A tiled run judges one part first, then as
+    many as fill one batch with their tiles."""
+    large = _png(_mosaic(parts[:6], columns=3, rows=2))  # six tiles each
+    inspector = Inspector.from_weights(tiled_weights, LOW, backend="pytorch", batch_size=4)
+    formed: list[int] = []
+    finish = inspector._finish
+
+    def recording(prepared, side_by_side=False):  # type: ignore[no-untyped-def]
+        formed.append(len(prepared))
+        return finish(prepared, side_by_side)
+
+    inspector._finish = recording  # type: ignore[method-assign]
+    try:
+        assert inspector.parts_per_batch() == 1
+        results = list(inspector.inspect(PartInput(f"p{i}.png", large) for i in range(5)))
+    finally:
+        inspector.close()
+    assert [r.name for r in results] == [f"p{i}.png" for i in range(5)]
+    assert all(r.verdict != "error" for r in results)
+    assert formed == [1] * 5  # six tiles a part: one part fills a batch of four tiles
+    assert inspector.parts_per_batch() == 1
+    small = Inspector.from_weights(tiled_weights, LOW, backend="pytorch", batch_size=4)
+    try:
+        list(small.inspect([PartInput("small.png", _png(parts[0]))]))
+        assert small.parts_per_batch() == 4  # parts of one tile: a batch of parts
+    finally:
+        small.close()
+    untiled = Inspector.from_weights(tiled_weights, LOW, backend="pytorch", tile="off")
+    assert untiled.parts_per_batch() == untiled.batch_size
+    untiled.close()
