@@ -423,3 +423,26 @@ def test_a_tiled_model_on_whole_images_is_evaluated_as_stations_judge_them(
     assert judged_in == [6]  # the strip, in the six 64 px tiles a station cuts it into
     assert (result.rates.n_defective, result.rates.n_missed) == (1, 0)
     assert result.extra["part_figures_in_tiles"] == {"size": 64, "overlap": 0.0}
+
+
+def test_a_part_classifier_is_not_trained_or_evaluated_on_tiles(
+    trained: Trained, database_url: str, tmp_path: Path
+) -> None:
+    """Trained on a tiled dataset, the part classifier learned tiles while stations give it
+    whole parts; refused before a job is recorded, with the way out."""
+    from sqlalchemy import select
+
+    from db.models import TrainingJob
+    from inspection.errors import UserError
+    from training.evaluate import evaluate_classifier
+    from training.train_classifier import ClassifierTrainRequest, train_classifier
+
+    _tiled_parts(database_url, tmp_path)
+    request = ClassifierTrainRequest(data="tiled", epochs=1, imgsz=64, batch=2, device="cpu")
+    with pytest.raises(UserError, match="imported without --tile") as raised:
+        train_classifier(request, url=database_url)
+    assert "'tiled' is cut into 64 px tiles, 20% overlap" in str(raised.value)
+    with session_scope(database_url) as session:
+        assert not session.scalars(select(TrainingJob)).all()
+    with pytest.raises(UserError, match="evaluate it on a dataset imported without --tile"):
+        evaluate_classifier(trained.weights, "tiled", "val", url=database_url)

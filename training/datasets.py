@@ -972,6 +972,17 @@ def dataset_tile(root: Path) -> TileSpec | None:
         raise UserError(f"{path}: {exc}") from exc
 
 
+def refuse_tiled_for_classifier(root: Path, name: str, doing: str) -> None:
+    """A part classifier judges a whole part (and crops of it): trained or evaluated on a
+    dataset's tiles, it learned, and was scored on, pieces no station gives it."""
+    tile = dataset_tile(root)
+    if tile is not None:
+        raise UserError(
+            f"{name!r} is cut into {tile.describe()}, and a part classifier judges whole parts: "
+            f"{doing} it on a dataset imported without --tile (the same labeled images)"
+        )
+
+
 def tile_origins(root: Path) -> dict[str, TileOrigin] | None:
     """Each tile image's part, by the tile's file name; None for a dataset of whole images."""
     if dataset_tile(root) is None:

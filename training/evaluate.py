@@ -35,6 +35,7 @@ from training.datasets import (
     dataset_tile,
     dataset_yaml,
     group_by_part,
+    refuse_tiled_for_classifier,
     split_image_paths,
     tile_origins,
 )
@@ -494,6 +495,7 @@ def evaluate_classifier(
     with session_scope(url) as session:
         dataset, data_yaml = dataset_yaml(session, data)
         root, dataset_classes = data_yaml.parent, list(dataset.classes)
+    refuse_tiled_for_classifier(root, data, "evaluate")
     model, image_size = load_classifier(weights, device)
     if list(model.class_names[1:]) != dataset_classes:  # (its first class is "good")
         raise UserError(

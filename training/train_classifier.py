@@ -42,7 +42,13 @@ from inspection.classifier import (
 from inspection.errors import UserError
 from inspection.images import decode_image
 from inspection.settings import get_settings, resolve_device
-from training.datasets import check_folder_name, check_trainable, dataset_yaml, split_image_paths
+from training.datasets import (
+    check_folder_name,
+    check_trainable,
+    dataset_yaml,
+    refuse_tiled_for_classifier,
+    split_image_paths,
+)
 from training.jobs import process_start, record_job_end, this_host
 from training.versions import register_model_version, weights_file
 
@@ -372,6 +378,7 @@ def train_classifier(request: ClassifierTrainRequest, url: str | None = None) ->
         check_folder_name(request.name, "model version")
     with session_scope(url) as session:
         dataset, data_yaml = dataset_yaml(session, request.data)
+        refuse_tiled_for_classifier(data_yaml.parent, request.data, "train")
         check_trainable(dataset)
         if (
             request.name
