@@ -70,6 +70,25 @@ def draw_boxes(pixels: np.ndarray, boxes: Iterable[DrawnBox], min_side: int = 32
     return image
 
 
+CLOSE_UP_CONTEXT = 64  # pixels of the part shown around a box in its close-up, at least
+
+
+def close_up(pixels: np.ndarray, box: DrawnBox) -> Image.Image:
+    """A box and the part around it at the part's own resolution (grown, when small, as
+    `draw_boxes` grows an image): the whole of a large part is shown shrunk (a 20 MP frame to
+    about a twentieth of its side), where a defect of a few pixels is not there to judge."""
+    height, width = pixels.shape[:2]
+    margin_x = max(CLOSE_UP_CONTEXT, round(box.x2 - box.x1))
+    margin_y = max(CLOSE_UP_CONTEXT, round(box.y2 - box.y1))
+    left, top = max(0, int(box.x1) - margin_x), max(0, int(box.y1) - margin_y)
+    right = min(width, int(np.ceil(box.x2)) + margin_x)
+    bottom = min(height, int(np.ceil(box.y2)) + margin_y)
+    moved = DrawnBox(
+        box.label, box.x1 - left, box.y1 - top, box.x2 - left, box.y2 - top, box.colour
+    )
+    return draw_boxes(np.ascontiguousarray(pixels[top:bottom, left:right]), [moved])
+
+
 def unshown_image(path: str, exc: Exception) -> str:
     """Why a part's stored image cannot be shown, in plain words (the OS error's "[Errno 2]"
     told a reviewer nothing): a missing file was pruned, or is on another station's disk."""

@@ -1757,3 +1757,53 @@ def test_a_review_queue_offers_parts_whose_image_is_here_first(
     picker = fresh.selectbox(key="review_part")
     assert picker.value != first
     assert picker.options[-1].endswith("image not here)") and str(first) in picker.options[-1]
+
+
+def test_close_up_shows_a_box_at_the_parts_own_resolution() -> None:
+    import numpy as np
+
+    from dashboard.drawing import CLOSE_UP_CONTEXT, DrawnBox, close_up
+
+    pixels = np.zeros((3000, 4000, 3), dtype=np.uint8)
+    pixels[1000:1006, 2000:2010] = 255  # a defect of 10 x 6 pixels
+    shown = close_up(pixels, DrawnBox("1", 2000, 1000, 2010, 1006))
+    # The box and CLOSE_UP_CONTEXT pixels around it, grown to 320 px on its shorter side.
+    side = 10 + 2 * CLOSE_UP_CONTEXT
+    assert shown.size == (round(side * 320 / (6 + 2 * CLOSE_UP_CONTEXT)), 320)
+    corner = close_up(pixels, DrawnBox("2", 0, 0, 8, 8))  # cut at the part's edge
+    assert corner.size[0] == corner.size[1]
+
+
+def test_review_of_a_large_part_shows_each_detection_at_full_resolution(
+    production: str, tmp_path: Path
+) -> None:
+    """A large part is shown shrunk to 1024 px on the Review page: a 20 MP frame's defect of a
+    few pixels shrank to a dot a reviewer could neither confirm nor call false."""
+    import numpy as np
+    from PIL import Image
+
+    big = np.full((600, 2400), 90, dtype=np.uint8)
+    big[300:310, 1200:1206] = 250
+    big[::7, :] = 60  # (not a blank frame)
+    buffer = io.BytesIO()
+    Image.fromarray(big).save(buffer, format="PNG")
+    files = [("big.png", buffer.getvalue(), "image/png"), *_png_files(tmp_path, 1, 3)]
+    at = _app().run()
+    at.file_uploader(key="inspect_files").set_value(files).run()
+    with session_scope(production) as session:
+        for inspection in session.scalars(select(Inspection)):
+            inspection.verdict = Verdict.FAIL
+            inspection.predictions.append(
+                Prediction(class_name=CLASSES[0], confidence=0.9, x1=1200, y1=300, x2=1206, y2=310)
+                if inspection.part.width == 2400
+                else Prediction(class_name=CLASSES[0], confidence=0.9, x1=2, y1=2, x2=20, y2=20)
+            )
+    at.switch_page("views/review.py").run()
+    assert not at.exception, at.exception
+    shown = {}
+    for option in at.selectbox(key="review_part").options:
+        at.selectbox(key="review_part").set_value(option).run()
+        assert not at.exception, at.exception
+        shown[option] = [c for i in at.get("image") for c in i.captions]
+    assert sorted(map(len, shown.values())) == [0, 1]  # the small part needs no close-up
+    assert "1 at full resolution" in str(shown)

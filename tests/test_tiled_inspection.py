@@ -18,7 +18,7 @@ from inspection.images import Tiled, prepare_parts
 from inspection.tiling import CHECKPOINT_KEY, ONNX_METADATA_KEY, TileSpec, tile_grid
 from inspection.verdict import Detection, Thresholds
 from tests.conftest import Trained
-from tests.synthetic import make_images
+from tests.synthetic import CLASSES, make_images
 
 # A one-epoch model is barely confident: judged at a threshold its outputs reach.
 LOW = {"default": 0.001, "iou": 0.45}
@@ -473,3 +473,35 @@ def test_a_tiled_run_fills_its_batches_with_tiles_not_parts(
     untiled = Inspector.from_weights(tiled_weights, LOW, backend="pytorch", tile="off")
     assert untiled.parts_per_batch() == untiled.batch_size
     untiled.close()
+
+
+def test_the_inspect_page_shows_a_large_parts_boxes_at_its_own_resolution(
+    tiled_weights: Path, parts: list[np.ndarray]
+) -> None:
+    """A strip wider than the page is drawn shrunk, its few-pixel defects dots: its most
+    confident boxes are also shown close up, at the part's own resolution."""
+    from sqlalchemy import select
+    from streamlit.testing.v1 import AppTest
+
+    from dashboard.charts import SHOWN_SIDE
+    from db.migrate import upgrade
+    from db.models import ModelVersion
+    from db.session import session_scope
+    from inspection.settings import get_settings
+    from tests.conftest import register_production_detector
+
+    url = get_settings().resolved_database_url
+    upgrade(url)
+    register_production_detector(url, tiled_weights, get_settings().models_dir)
+    with session_scope(url) as session:
+        session.scalars(select(ModelVersion)).one().thresholds = LOW
+    strip = np.hstack([parts[i % len(parts)] for i in range(SHOWN_SIDE // 64 + 2)])
+    app = AppTest.from_file(
+        str(Path(__file__).parents[1] / "dashboard" / "app.py"), default_timeout=120
+    ).run()
+    app.file_uploader(key="inspect_files").set_value([("strip.png", _png(strip), "image/png")])
+    app.run()
+    assert not app.exception, app.exception
+    images = app.get("image")
+    assert 2 <= len(images) <= 1 + 6  # the strip, then up to six of its boxes close up
+    assert all(c.startswith(tuple(CLASSES)) for i in images[1:] for c in i.captions)

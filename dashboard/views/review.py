@@ -8,8 +8,8 @@ import streamlit as st
 from sqlalchemy import select
 
 from dashboard.auth import current_access
-from dashboard.charts import ShownBox, review_figure, selected_box
-from dashboard.drawing import unshown_image
+from dashboard.charts import SHOWN_SIDE, ShownBox, review_figure, selected_box
+from dashboard.drawing import COUNTED, NOT_COUNTED, DrawnBox, close_up, unshown_image
 from dashboard.state import database_ready, detector_info, flash
 from dashboard.text import plain
 from db.models import Inspection, Part
@@ -173,6 +173,7 @@ else:
     left, right = st.columns([3, 2])
     drawn = None
     unseen = ""  # why the part's image cannot be shown; its decisions then wait
+    pixels = None
     with left:
         st.markdown(
             f"**{plain(name)}**: {verdict.upper()}. Drag a box on the image around a missed defect."
@@ -215,6 +216,16 @@ else:
                 + ("" if counted else " (below threshold)")
                 + (f": **{decided[prediction_id]}**" if prediction_id in decided else "")
             )
+            box = predictions[i][4]
+            if pixels is not None and max(pixels.shape[:2]) > SHOWN_SIDE and box[0] is not None:
+                # The part is shown shrunk: the detection at the part's own resolution.
+                st.image(
+                    close_up(
+                        pixels, DrawnBox(f"{i + 1}", *box, COUNTED if counted else NOT_COUNTED)
+                    ),
+                    caption=f"{i + 1} at full resolution",
+                    width=240,
+                )
             if prediction_id in decided:
                 continue
             a, b = st.columns(2)
