@@ -59,7 +59,14 @@ from db.session import (
     retrying_races,
     session_scope,
 )
-from inspection.engine import BackendChoice, Inspector, PartInput, PartResult, TileChoice
+from inspection.engine import (
+    BackendChoice,
+    Inspector,
+    PartInput,
+    PartResult,
+    TileChoice,
+    check_export_grid,
+)
 from inspection.errors import UserError
 from inspection.images import IMAGE_SUFFIXES, is_repeated_fault, not_a_file_reason
 from inspection.judged import JudgedMover, Move, Stamp, stamp_of
@@ -728,6 +735,12 @@ class BatchInspection:
                     weights, thresholds, backend, device, batch_size, classifier_weights, tile=tile
                 )
                 self._check_classes(inspector)
+                if model_file(model) is not None:  # (an export named as --model: its grid too)
+                    try:
+                        check_export_grid(inspector.backend, found_weights(*registered))
+                    except UserError:
+                        inspector.close()
+                        raise
                 inspector.warm_up()  # before the first part, not in its latency
             else:
                 # (One handed over, the Inspect page's loaded model, was never checked: a stale

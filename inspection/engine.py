@@ -46,7 +46,7 @@ from inspection.images import (
     store_image,
 )
 from inspection.settings import get_settings, resolve_device, usable_cores
-from inspection.tiling import TileSpec, TileSpecError
+from inspection.tiling import TileSpec, TileSpecError, tile_of_checkpoint
 from inspection.verdict import Detection, Thresholds, part_fails, verify
 
 BackendChoice = Literal["auto", "pytorch", "onnx", "onnx-int8"]
@@ -133,12 +133,50 @@ def open_backend(
             raise UserError(
                 f"no {onnx_path.name} beside {weights}: run `defects export {weights}{flag}` first"
             )
-        return OnnxBackend(onnx_path, device, cpu_streams)
+        opened = OnnxBackend(onnx_path, device, cpu_streams)
+        check_export_grid(opened, weights)
+        return opened
     if weights.suffix != ".pt":
         raise UserError(f"the PyTorch backend needs a .pt file, not {weights.name}")
     from inspection.backends.torch_backend import TorchBackend
 
     return TorchBackend(weights, device)
+
+
+def _judged_in(tile: TileSpec | None) -> str:
+    return f"in {tile.describe()}" if tile is not None else "every part whole"
+
+
+@functools.lru_cache(maxsize=16)
+def _checkpoint_tile(path: str, size: int, mtime_ns: int) -> TileSpec | None:
+    """The grid a checkpoint carries, read once per file as it is (its size and time in the
+    key): a station's workers and the dashboard open the same weights again and again."""
+    import torch
+
+    return tile_of_checkpoint(torch.load(path, map_location="cpu", weights_only=False))
+
+
+def check_export_grid(backend: Backend, weights: Path) -> None:
+    """An ONNX export must judge by the grid of the PyTorch weights it stands for. One written
+    before the grid went into the metadata (or exported from other weights) carries none, and
+    a CPU station, which runs the export beside the weights, judged every large part whole,
+    shrunk to the model's size, where the weights cut it into tiles: defects of a few pixels
+    passed unseen, and nothing said so. Refused in one line, as a stale export's classes are."""
+    if backend.model_path.suffix != ".onnx" or weights.suffix != ".pt":
+        return
+    try:
+        info = weights.stat()
+        expected = _checkpoint_tile(str(weights), info.st_size, info.st_mtime_ns)
+    except Exception:  # noqa: BLE001 - weights that cannot be read here: nothing to compare
+        return
+    if expected == backend.tile:
+        return
+    raise UserError(
+        f"{backend.model_path.name} judges {_judged_in(backend.tile)}, but the weights it was "
+        f"exported from, {weights}, judge {_judged_in(expected)}: an export written before the "
+        f"grid went into its metadata, or of other weights; export it again (`defects export "
+        f"{weights}`) or pass --backend pytorch"
+    )
 
 
 logger = logging.getLogger(__name__)

@@ -505,3 +505,56 @@ def test_the_inspect_page_shows_a_large_parts_boxes_at_its_own_resolution(
     images = app.get("image")
     assert 2 <= len(images) <= 1 + 6  # the strip, then up to six of its boxes close up
     assert all(c.startswith(tuple(CLASSES)) for i in images[1:] for c in i.captions)
+
+
+def _export_without_grid(weights: Path) -> Path:
+    """The export beside `weights`, its grid taken out of the metadata, as an export written
+    before the grid went into it."""
+    import onnx
+
+    from training.export import export_detector
+
+    exported = export_detector(weights)
+    model = onnx.load(str(exported))
+    kept = [p for p in model.metadata_props if p.key != ONNX_METADATA_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    onnx.save(model, str(exported))
+    return exported
+
+
+def test_an_export_without_the_grid_of_its_tiled_weights_is_refused(
+    station: str, tiled_weights: Path, parts: list[np.ndarray], tmp_path: Path
+) -> None:
+    """A CPU station runs the .onnx beside the weights: one exported before the grid was in its
+    metadata judged every large part whole, shrunk, and said nothing."""
+    from typer.testing import CliRunner
+
+    from inspection.engine import open_backend
+    from training.cli import app
+
+    registered = next((tmp_path / "models").glob("*/tiled.pt"))  # (as registered)
+    exported = _export_without_grid(registered)
+    with pytest.raises(UserError, match="export it again") as raised:
+        open_backend(registered, "auto", "cpu")
+    assert str(raised.value).startswith(
+        f"{exported.name} judges every part whole, but the weights it was exported from, "
+        f"{registered}, judge in 64 px tiles, 0% overlap"
+    )
+    image = tmp_path / "strip.png"
+    image.write_bytes(_png(_mosaic(parts[:6], columns=3, rows=2)))
+    runner = CliRunner()
+    for command in (
+        ["inspect", str(image), "--backend", "onnx"],
+        ["inspect", str(image), "--model", str(exported)],
+    ):
+        refused = runner.invoke(app, command)
+        assert isinstance(refused.exception, UserError), refused.output
+        assert "export it again" in str(refused.exception)
+    assert _stored_points(station) == []  # nothing judged whole under the tiled version
+    # The weights themselves still judge, and an export carrying the grid is taken.
+    assert open_backend(registered, "pytorch", "cpu").tile == TileSpec(64, 0.0)
+    from training.export import export_detector
+
+    export_detector(registered)
+    assert open_backend(registered, "auto", "cpu").tile == TileSpec(64, 0.0)
