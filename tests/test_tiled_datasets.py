@@ -446,3 +446,74 @@ def test_a_part_classifier_is_not_trained_or_evaluated_on_tiles(
         assert not session.scalars(select(TrainingJob)).all()
     with pytest.raises(UserError, match="evaluate it on a dataset imported without --tile"):
         evaluate_classifier(trained.weights, "tiled", "val", url=database_url)
+
+
+def test_a_tiled_models_part_figures_on_whole_images_are_the_engines_in_its_grid(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A station cuts a part larger than a tile into the model's tiles (and calibrate scores it
+    so); evaluate shrank it whole to the model's size, and its part figures were of verdicts
+    no station gives. (The shipped demo detector, given a grid: its confidences follow what it
+    sees, where a one-epoch model's are one prior everywhere.)"""
+    from inspection.engine import Inspector, PartInput, TileChoice
+    from training.datasets import import_dataset, split_image_paths
+    from training.demo import DEMO_DIR
+    from training.evaluate import evaluate_detector, part_rates
+    from training.train_detector import record_tile
+
+    classes = ["crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches"]
+    src = tmp_path / "src"
+    boxes = {
+        "w0.png": [("patches", 20, 10, 90, 60)],
+        "w1.png": [("scratches", 200, 40, 210, 200)],
+        "w2.png": [],
+        "w3.png": [("patches", 150, 100, 260, 180)],
+        "w4.png": [],
+        "w5.png": [("inclusion", 300, 20, 316, 36)],
+        "w6.png": [],
+    }
+    for seed, (part, found) in enumerate(boxes.items()):
+        _part(src, part, 384, 256, found, seed)
+    names = list(boxes)
+    splits = _splits(
+        tmp_path / "splits", {"train": names[:1], "val": names[6:], "test": names[1:6]}
+    )
+    with session_scope(database_url) as session:
+        root = import_dataset(
+            session, "voc", src, "whole", get_settings().datasets_dir, splits, classes
+        ).root
+    weights = Path(shutil.copy(DEMO_DIR / "weights.pt", tmp_path / "tiled.pt"))
+    record_tile(weights, TileSpec(128, 0.2))
+    images = split_image_paths(root, "test")
+    defective = [bool(boxes[p.name]) for p in images]
+
+    def best(tile: TileChoice) -> list[float]:
+        """Each part's most confident detection, judged by the engine in `tile`."""
+        inspector = Inspector.from_weights(
+            weights, {"default": 0.001, "iou": 0.45}, backend="pytorch", tile=tile
+        )
+        try:
+            results = inspector.inspect(PartInput(p.name, p.read_bytes()) for p in images)
+            return [max((d.confidence for d in r.detections), default=0.0) for r in results]
+        finally:
+            inspector.close()
+
+    tiled, whole = best("model"), best("off")
+
+    def rates(scores: list[float], threshold: float) -> tuple[int, int]:
+        counted = part_rates(list(zip(defective, [s >= threshold for s in scores], strict=True)))
+        return counted.n_missed, counted.n_false_calls
+
+    # A threshold at which parts judged in tiles and parts judged whole are counted apart.
+    candidates = sorted({*tiled, *whole})
+    threshold = next(
+        t
+        for t in ((a + b) / 2 for a, b in zip(candidates, candidates[1:], strict=False))
+        if rates(tiled, t) != rates(whole, t)
+    )
+    result = evaluate_detector(
+        weights, "whole", "test", {"default": threshold, "iou": 0.45}, url=database_url
+    )
+    assert (result.rates.n_missed, result.rates.n_false_calls) == rates(tiled, threshold)
+    assert (result.rates.n_defective, result.rates.n_good) == (3, 2)
+    assert result.extra["part_figures_in_tiles"] == {"size": 128, "overlap": 0.2}
