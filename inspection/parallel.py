@@ -609,6 +609,10 @@ class ParallelInspection:
         if heard.stopped:
             raise KeyboardInterrupt
         if heard.failure is not None:
+            if not self.summary.inspected and "all_ready" not in self.moments:
+                # A worker that could not start (its model refused, say): nothing was written,
+                # and the same command again stops the same way until what it says is done.
+                raise UserError(f"the run stopped: {heard.failure}")
             raise UserError(
                 f"the run stopped: {heard.failure}; what was written is kept, run it again to resume"
             )
