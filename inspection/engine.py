@@ -156,6 +156,16 @@ def _checkpoint_tile(path: str, size: int, mtime_ns: int) -> TileSpec | None:
     return tile_of_checkpoint(torch.load(path, map_location="cpu", weights_only=False))
 
 
+def checkpoint_tile(weights: Path) -> TileSpec | None:
+    """The grid a PyTorch checkpoint carries (None: untiled), or one line naming the file."""
+    from inspection.backends.base import read_tile
+
+    info = weights.stat()
+    return read_tile(
+        weights, lambda: _checkpoint_tile(str(weights), info.st_size, info.st_mtime_ns)
+    )
+
+
 def check_export_grid(backend: Backend, weights: Path) -> None:
     """An ONNX export must judge by the grid of the PyTorch weights it stands for. One written
     before the grid went into the metadata (or exported from other weights) carries none, and

@@ -517,3 +517,27 @@ def test_a_tiled_models_part_figures_on_whole_images_are_the_engines_in_its_grid
     assert (result.rates.n_missed, result.rates.n_false_calls) == rates(tiled, threshold)
     assert (result.rates.n_defective, result.rates.n_good) == (3, 2)
     assert result.extra["part_figures_in_tiles"] == {"size": 128, "overlap": 0.2}
+
+
+def test_figures_on_tiles_of_another_grid_than_the_models_say_so(
+    trained: Trained, database_url: str, tmp_path: Path
+) -> None:
+    """An untiled model (or one of another grid) evaluated or calibrated on a tiled dataset
+    was scored tile image by tile image, as no station of it judges, and nothing said so."""
+    from tests.conftest import register_production_detector
+    from training.calibrate import calibrate_model
+    from training.evaluate import evaluate_detector
+    from training.train_detector import record_tile
+
+    _tiled_parts(database_url, tmp_path)
+    result = evaluate_detector(trained.weights, "tiled", "val", url=database_url)
+    warning = result.extra["grid_warning"]
+    assert "'tiled' is cut into 64 px tiles, 20% overlap" in warning
+    assert "stations judge every part whole" in warning and "--tile 64:0.2" in warning
+    register_production_detector(database_url, trained.weights, get_settings().models_dir)
+    stored = calibrate_model(database_url, "tiny", "tiled", "val", 0.5, store=False)
+    assert stored.operating_point["calibration"]["grid_warning"] == warning
+    # The model's own grid: nothing to say.
+    tiled = Path(shutil.copy(trained.weights, tmp_path / "tiled.pt"))
+    record_tile(tiled, TILE)
+    assert "grid_warning" not in evaluate_detector(tiled, "tiled", "val", url=database_url).extra

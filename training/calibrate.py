@@ -739,6 +739,12 @@ def calibrate_model(
     operating_point = build_operating_point(
         result, class_names, iou, data, split, classifier_name, verify
     )
+    from inspection.engine import checkpoint_tile
+    from training.datasets import dataset_tile, grid_mismatch
+
+    mismatch = grid_mismatch(checkpoint_tile(detector_weights), dataset_tile(root), data)
+    if mismatch is not None:  # (kept with the operating point, said where it is shown)
+        operating_point["calibration"]["grid_warning"] = mismatch
     if result.n_defective == 0 or not any(math.isfinite(t) for t in result.thresholds.values()):
         # Stored, every class would be off and no defect would ever fail a part, at once on a
         # production model's stations.

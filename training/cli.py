@@ -862,6 +862,8 @@ def calibrate_command(
     console.print(table)
     for level, note in calibration_notes(result):
         console.print(note, style="yellow" if level == "warning" else None)
+    if report.get("grid_warning"):
+        console.print(report["grid_warning"], style="yellow", markup=False)
     ucb = report["miss_rate_upper_95"]
     console.print(
         f"{data}/{split}: miss rate {_fmt(result.miss_rate)} ({result.n_missed} of "
@@ -957,6 +959,8 @@ def evaluate_command(
             "part figures of the whole verdict, with classifier "
             f"{result.extra['part_figures_with_classifier']} as the operating point names it"
         )
+    if (warning := result.extra.get("grid_warning")) is not None:
+        console.print(warning, style="yellow", markup=False)
     if (grid := result.extra.get("part_figures_in_tiles")) is not None:
         console.print(
             f"part figures as stations judge the parts, in the model's {grid['size']} px tiles "

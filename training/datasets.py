@@ -972,6 +972,22 @@ def dataset_tile(root: Path) -> TileSpec | None:
         raise UserError(f"{path}: {exc}") from exc
 
 
+def grid_mismatch(model_tile: TileSpec | None, data_tile: TileSpec | None, data: str) -> str | None:
+    """Why a dataset's figures are not those of the model's stations, or None. A dataset of
+    whole images is judged in the model's own grid (the engine cuts each part as a station
+    does); one cut into other tiles is judged tile image by tile image, as a station run with
+    `--tile` of the dataset's grid would judge, not as the model's own stations do."""
+    if data_tile is None or data_tile == model_tile:
+        return None
+    judged = f"in {model_tile.describe()}" if model_tile is not None else "every part whole"
+    again = f"--tile {model_tile.size}:{model_tile.overlap:g}" if model_tile else "no --tile"
+    return (
+        f"{data!r} is cut into {data_tile.describe()}, but the model's stations judge {judged}: "
+        f"these figures are those of stations run with --tile {data_tile.size}:"
+        f"{data_tile.overlap:g}. For the model's own, import the images again with {again}"
+    )
+
+
 def refuse_tiled_for_classifier(root: Path, name: str, doing: str) -> None:
     """A part classifier judges a whole part (and crops of it): trained or evaluated on a
     dataset's tiles, it learned, and was scored on, pieces no station gives it."""

@@ -34,6 +34,7 @@ from training.datasets import (
     TileOrigin,
     dataset_tile,
     dataset_yaml,
+    grid_mismatch,
     group_by_part,
     refuse_tiled_for_classifier,
     split_image_paths,
@@ -265,6 +266,9 @@ def evaluate_detector(
         tile = dataset_tile(root)
         # (mAP, AP and recall are the tiles'; the part figures and n_images count parts.)
         extra.update(n_tiles=len(images), tile=tile.to_json() if tile else None)
+        mismatch = grid_mismatch(model_tile, tile, data)
+        if mismatch is not None:
+            extra["grid_warning"] = mismatch
     rates = part_rates(outcomes)
     # ultralytics reports mAP 0.0 for a split without a labeled box: no figure, not a bad one.
     labeled = bool(total_per_class.sum())

@@ -213,6 +213,8 @@ else:
             )
             for level, note in calibration_notes(result):
                 (st.warning if level == "warning" else st.info)(note)
+            if report.get("grid_warning"):
+                st.warning(plain(report["grid_warning"]))
             for line in choice_lines(stored.operating_point, verify_auto="verify" in report):
                 st.caption(line[0].upper() + line[1:] + ".")
             accept, discard = st.columns(2)
