@@ -150,6 +150,9 @@ def disable_user(session: Session, name: str) -> User:
     user = get_user(session, name)
     if user.disabled_at is None:
         user.disabled_at = database_utcnow(session)
+        # Its sessions end here, not only while it stays disabled: enabled again before a
+        # session's next action, the session went on.
+        user.password_changed_at = user.disabled_at
     return user
 
 

@@ -389,4 +389,6 @@ class User(Base):
     locked_until: Mapped[datetime | None] = mapped_column()
     disabled_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # When the account's logins were last ended: its password set, or the account disabled. A
+    # session holds only the date it logged in at (`db.accounts.account_role`).
     password_changed_at: Mapped[datetime] = mapped_column(default=utcnow)

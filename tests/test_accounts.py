@@ -269,6 +269,28 @@ def test_a_disabled_account_cannot_log_in(database_url: str) -> None:
         assert not login.ok and login.disabled
 
 
+def test_a_login_ends_with_a_disable_even_if_enabled_again_before_its_next_action(
+    database_url: str,
+) -> None:
+    """An account disabled and enabled again between two actions of its session (disabled for
+    a person who left, then enabled for the one taking over the name) kept the session."""
+    from db.accounts import account_role, disable_user, enable_user
+
+    with session_scope(database_url) as session:
+        add_user(session, "ana", Role.ENGINEER, "right-pass")
+    with session_scope(database_url) as session:
+        since = authenticate(session, "ana", "right-pass").since
+    with session_scope(database_url) as session:
+        disable_user(session, "ana")
+    with session_scope(database_url) as session:
+        enable_user(session, "ana")
+    with session_scope(database_url) as session:
+        assert account_role(session, "ana", since) is None
+        fresh = authenticate(session, "ana", "right-pass")
+    with session_scope(database_url) as session:
+        assert account_role(session, "ana", fresh.since) is Role.ENGINEER
+
+
 def test_a_login_ends_when_its_password_is_set_again(database_url: str) -> None:
     """A password set again because someone else learnt it ends that person's login too."""
     from db.accounts import account_role, set_password
