@@ -71,7 +71,7 @@ from inspection.errors import UserError
 from inspection.images import IMAGE_SUFFIXES, is_repeated_fault, not_a_file_reason
 from inspection.judged import JudgedMover, Move, Stamp, stamp_of
 from inspection.settings import get_settings, same_place_under
-from inspection.tiling import TileSpec, TileSpecError, needs_tiling
+from inspection.tiling import TileSpec, TileSpecError, judged_tiles
 from inspection.verdict import Thresholds
 
 logger = logging.getLogger(__name__)
@@ -867,9 +867,9 @@ class BatchInspection:
 
     def _judged_alike(self, stored: Any, width: int | None, height: int | None) -> bool:
         """Whether a part's stored verdict is the one this station gives now: at its operating
-        point, or at the same thresholds in another grid where the part, no larger than a tile
-        of either grid, was judged whole in both (a small part stamped in another grid was
-        judged again for nothing, its verdict superseded by the same one)."""
+        point, or at the same thresholds in another grid that cuts the part into the very
+        tiles this station's grid does, or judges it whole as this one does (a part stamped in
+        another grid was judged again for nothing, its verdict superseded by the same one)."""
         if stored == self._operating_point:
             return True
         if not isinstance(stored, dict) or width is None or height is None:
@@ -891,9 +891,7 @@ class BatchInspection:
             )
         except TileSpecError:
             return False
-        return not (
-            needs_tiling(width, height, then) or needs_tiling(width, height, self.inspector.tile)
-        )
+        return judged_tiles(width, height, then) == judged_tiles(width, height, self.inspector.tile)
 
     def _tell(self, news: str, message: str) -> None:
         """Say a piece of news through `say`, keyed by the news and how many times this job

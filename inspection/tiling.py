@@ -108,6 +108,19 @@ def needs_tiling(width: int, height: int, spec: TileSpec | None) -> bool:
     return spec is not None and (width > spec.size or height > spec.size)
 
 
+def judged_tiles(
+    width: int, height: int, spec: TileSpec | None
+) -> tuple[tuple[int, int, int, int], ...] | None:
+    """The tiles a part of this size is judged in under `spec`, None where it is judged whole.
+    Two grids that give a part the same tiles give it the same verdict (another overlap can
+    cut a part exactly as the model's own does), so this, not the spec, says whether a part
+    stamped in one grid must be judged again in another."""
+    if not needs_tiling(width, height, spec):
+        return None
+    assert spec is not None
+    return tuple(tile_grid(width, height, spec))
+
+
 def tile_of_checkpoint(ckpt: Any) -> TileSpec | None:
     """The grid a PyTorch checkpoint was trained on, or None (an untiled model)."""
     if not isinstance(ckpt, dict):

@@ -367,6 +367,33 @@ def test_a_part_no_larger_than_a_tile_of_either_grid_is_not_judged_again(
     assert len(_stored_points(station)) == 5
 
 
+def test_a_part_another_grid_cuts_into_the_same_tiles_is_not_judged_again(
+    station: str, parts: list[np.ndarray], tmp_path: Path
+) -> None:
+    """A 160 x 64 part is cut at x 0, 48 and 96 by the model's 64 px grid without overlap and
+    by 64 px at 20% alike: the same tiles, the same verdict. Another overlap judged it again
+    for nothing, its verdict superseded by the same one."""
+    from typer.testing import CliRunner
+
+    from training.cli import app
+
+    pixels = np.hstack([parts[0], parts[1], parts[2][:, :32]])
+    assert tile_grid(160, 64, TileSpec(64, 0.2)) == tile_grid(160, 64, TileSpec(64, 0.0))
+    image = tmp_path / "part.png"
+    image.write_bytes(_png(pixels))
+    runner = CliRunner()
+    command = ["inspect", str(image), "--backend", "pytorch"]
+    assert runner.invoke(app, command).exit_code == 0
+    alike = runner.invoke(app, [*command, "--tile", "64:0.2"])
+    assert alike.exit_code == 0, alike.output
+    assert "judged earlier" not in alike.output
+    assert len(_stored_points(station)) == 1
+    # At half a tile's overlap it is cut at x 0, 32, 64 and 96: judged again.
+    other = runner.invoke(app, [*command, "--tile", "64:0.5"])
+    assert "1 part(s) judged earlier" in " ".join(other.output.split())
+    assert len(_stored_points(station)) == 2
+
+
 def test_batch_takes_tile_and_a_bad_value_is_one_line_before_the_model_loads(
     station: str, parts: list[np.ndarray], tmp_path: Path
 ) -> None:
