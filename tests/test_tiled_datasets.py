@@ -519,6 +519,67 @@ def test_a_tiled_models_part_figures_on_whole_images_are_the_engines_in_its_grid
     assert result.extra["part_figures_in_tiles"] == {"size": 128, "overlap": 0.2}
 
 
+def test_calibration_on_tiles_of_another_grid_judges_each_tile_whole(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A model of 64 px tiles calibrated on a dataset cut into 128 px tiles: evaluate judged
+    each tile image whole (as a station run with --tile of the dataset's grid does, which the
+    grid warning says), while calibrate cut every tile again into the model's 64 px tiles,
+    scoring verdicts no station gives. (The shipped demo detector, given a grid.)"""
+    from inspection.engine import Inspector, PartInput
+    from training.calibrate import SCORE_FLOOR, score_parts
+    from training.datasets import group_by_part, split_image_paths, tile_origins
+    from training.demo import DEMO_DIR
+    from training.train_detector import record_tile
+
+    classes = ["crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches"]
+    src = tmp_path / "src"
+    boxes = {
+        "t0.png": [("patches", 20, 10, 90, 60)],
+        "v0.png": [],
+        "v1.png": [("scratches", 150, 20, 160, 120)],
+        "e0.png": [],
+    }
+    for seed, (part, found) in enumerate(boxes.items()):
+        _part(src, part, 256, 128, found, seed)
+    splits = _splits(
+        tmp_path / "splits", {"train": ["t0.png"], "val": ["v0.png", "v1.png"], "test": ["e0.png"]}
+    )
+    with session_scope(database_url) as session:
+        root = import_dataset(
+            session,
+            "voc",
+            src,
+            "coarse",
+            get_settings().datasets_dir,
+            splits,
+            classes,
+            tile=TileSpec(128, 0.0),
+        ).root
+    weights = Path(shutil.copy(DEMO_DIR / "weights.pt", tmp_path / "fine.pt"))
+    record_tile(weights, TileSpec(64, 0.0))
+    images = split_image_paths(root, "val")
+    inspector = Inspector.from_weights(
+        weights, {"default": SCORE_FLOOR, "iou": 0.45}, backend="pytorch", tile="off"
+    )
+    try:
+        per_tile = [
+            sorted(d.confidence for d in r.detections if d.counted)
+            for r in inspector.inspect(PartInput(p.name, p.read_bytes()) for p in images)
+        ]
+    finally:
+        inspector.close()
+    expected = [
+        sorted(c for i in indices for c in per_tile[i])
+        for _, _, indices in group_by_part(images, tile_origins(root) or {})
+    ]
+    assert any(expected)
+    scored = score_parts(root, "val", weights, classes)
+    assert [sorted(d.confidence for d in p.detections) for p in scored] == [
+        pytest.approx(e, abs=1e-4) for e in expected
+    ]
+
+
 def test_figures_on_tiles_of_another_grid_than_the_models_say_so(
     trained: Trained, database_url: str, tmp_path: Path
 ) -> None:

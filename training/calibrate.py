@@ -596,8 +596,15 @@ def score_parts(
         # Crops are scored here rather than by the engine's verification, so that only the
         # detections above the floor cost a classifier pass; the part probability is the engine's.
         thresholds["classifier"] = {"version": "calibrating", "part": None, "verify": None}
+    # A tiled dataset's images are tiles already: each judged whole, as a station run with
+    # --tile of the dataset's grid judges it (and as evaluate does). In the model's grid, a
+    # model of smaller tiles cut every tile again, a verdict no station gives.
     inspector = Inspector.from_weights(
-        detector_weights, thresholds, device=device, classifier_weights=classifier_weights
+        detector_weights,
+        thresholds,
+        device=device,
+        classifier_weights=classifier_weights,
+        tile="off" if origins is not None else "model",
     )
     images = split_image_paths(root, split)
     parts: list[ScoredPart] = []
