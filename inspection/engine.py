@@ -148,22 +148,28 @@ def _judged_in(tile: TileSpec | None) -> str:
 
 
 @functools.lru_cache(maxsize=16)
-def _checkpoint_tile(path: str, size: int, mtime_ns: int) -> TileSpec | None:
-    """The grid a checkpoint carries, read once per file as it is (its size and time in the
-    key): a station's workers and the dashboard open the same weights again and again."""
+def _cached_checkpoint_tile(path: str, identity: tuple[int, ...]) -> TileSpec | None:
     import torch
 
     return tile_of_checkpoint(torch.load(path, map_location="cpu", weights_only=False))
+
+
+def _checkpoint_tile(weights: Path) -> TileSpec | None:
+    """The grid a checkpoint carries, read once per file as it is: a station's workers and the
+    dashboard open the same weights again and again. The file is known by its device, inode,
+    size and both times: weights copied over the old ones with their time kept (`rsync -a`,
+    `cp -p`), of the same size, are a new inode and a new change time, where size and
+    modification time alone served the old file's grid."""
+    info = weights.stat()
+    identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+    return _cached_checkpoint_tile(str(weights), identity)
 
 
 def checkpoint_tile(weights: Path) -> TileSpec | None:
     """The grid a PyTorch checkpoint carries (None: untiled), or one line naming the file."""
     from inspection.backends.base import read_tile
 
-    info = weights.stat()
-    return read_tile(
-        weights, lambda: _checkpoint_tile(str(weights), info.st_size, info.st_mtime_ns)
-    )
+    return read_tile(weights, lambda: _checkpoint_tile(weights))
 
 
 def check_export_grid(backend: Backend, weights: Path) -> None:
@@ -175,8 +181,7 @@ def check_export_grid(backend: Backend, weights: Path) -> None:
     if backend.model_path.suffix != ".onnx" or weights.suffix != ".pt":
         return
     try:
-        info = weights.stat()
-        expected = _checkpoint_tile(str(weights), info.st_size, info.st_mtime_ns)
+        expected = _checkpoint_tile(weights)
     except Exception:  # noqa: BLE001 - weights that cannot be read here: nothing to compare
         return
     if expected == backend.tile:

@@ -585,3 +585,26 @@ def test_an_export_without_the_grid_of_its_tiled_weights_is_refused(
 
     export_detector(registered)
     assert open_backend(registered, "auto", "cpu").tile == TileSpec(64, 0.0)
+
+
+def test_weights_replaced_by_a_file_of_the_same_size_and_time_are_read_again(
+    tmp_path: Path,
+) -> None:
+    """The grid a checkpoint carries is read once per file; weights copied over with their
+    time kept (`rsync -a`, `cp -p`), of the same size, served the old file's grid."""
+    import os
+
+    import torch
+
+    from inspection.engine import checkpoint_tile
+
+    path, other = tmp_path / "weights.pt", tmp_path / "renewed.pt"  # (names of one length)
+    torch.save({CHECKPOINT_KEY: TileSpec(256, 0.2).to_json()}, path)
+    torch.save({CHECKPOINT_KEY: TileSpec(300, 0.2).to_json()}, other)
+    assert path.stat().st_size == other.stat().st_size
+    assert checkpoint_tile(path) == TileSpec(256, 0.2)
+    before = path.stat()
+    os.utime(other, ns=(before.st_atime_ns, before.st_mtime_ns))
+    os.replace(other, path)
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    assert checkpoint_tile(path) == TileSpec(300, 0.2)
