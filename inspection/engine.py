@@ -655,18 +655,20 @@ class Inspector:
         ]
         size = self.backend.image_size
         found: dict[int, list[Detection]] = {id(p): [] for p in good}
-        start = 0
-        while start < len(inputs):
-            chunk = inputs[start : start + self.batch_size]  # (smaller after an OOM split)
-            start += len(chunk)
+
+        def detect(chunk: list[tuple[_Prepared, int | None]], side: bool) -> list[list[Detection]]:
             boxed = [
                 p.image.letterboxed_tile(i, size) if i is not None else p.image  # type: ignore[union-attr]
                 for p, i in chunk
             ]
-            raw = self._infer(np.stack([b.pixels for b in boxed]), side_by_side)
-            per_input = postprocess(
+            raw = self._infer(np.stack([b.pixels for b in boxed]), side)
+            return postprocess(
                 raw, [b.original_shape for b in boxed], size, self.class_names, self.thresholds
             )
+
+        def take(
+            chunk: list[tuple[_Prepared, int | None]], per_input: list[list[Detection]]
+        ) -> None:
             for (p, i), in_input in zip(chunk, per_input, strict=True):
                 if i is None:
                     found[id(p)] = in_input
@@ -676,6 +678,33 @@ class Inspector:
                     replace(d, x1=d.x1 + x0, y1=d.y1 + y0, x2=d.x2 + x0, y2=d.y2 + y0)
                     for d in in_input
                 )
+
+        if (
+            self._infer_pool is not None
+            and not side_by_side
+            and len(inputs) >= self._streams * self.batch_size
+        ):
+            # A part judged on its own (`inspect`'s latency path: a frame that arrives alone in a
+            # watched folder, an upload) whose tiles make a batch for every stream: its batches run side by side
+            # on the streams, as queued parts' batches do, where one at a time on the session
+            # of every core left a CPU station's cores mostly idle for a part of many tiles
+            # (a small network splits poorly across threads at a batch of one).
+            chunks = [
+                inputs[s : s + self.batch_size] for s in range(0, len(inputs), self.batch_size)
+            ]
+            futures = [self._infer_pool.submit(detect, c, True) for c in chunks]
+            try:
+                for chunk, future in zip(chunks, futures, strict=True):
+                    take(chunk, future.result())
+            finally:
+                for future in futures:
+                    future.cancel()
+        else:
+            start = 0
+            while start < len(inputs):
+                chunk = inputs[start : start + self.batch_size]  # (smaller after an OOM split)
+                start += len(chunk)
+                take(chunk, detect(chunk, side_by_side))
         for p in good:
             if isinstance(p.image, Tiled):
                 found[id(p)] = merge_tiles(found[id(p)], self.thresholds.iou)

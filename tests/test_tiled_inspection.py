@@ -608,3 +608,45 @@ def test_weights_replaced_by_a_file_of_the_same_size_and_time_are_read_again(
     os.replace(other, path)
     assert (path.stat().st_size, path.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
     assert checkpoint_tile(path) == TileSpec(300, 0.2)
+
+
+def test_a_lone_tiled_parts_tiles_run_side_by_side_on_a_cpus_streams(
+    tiled_weights: Path, parts: list[np.ndarray], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A part judged on its own takes the latency path: its six tiles, batches of one on an ONNX
+    CPU station, ran one after another on the session of every core, while the streams that
+    queued parts' batches run on stood idle. They run side by side, with the same detections."""
+    import shutil
+
+    from inspection.backends.onnx_backend import OnnxBackend
+    from training.export import export_detector
+
+    exported = export_detector(Path(shutil.copy2(tiled_weights, tmp_path / "tiled.pt")))
+    large = _png(_mosaic(parts[:6], columns=3, rows=2))  # six 64 px tiles
+    thresholds = Thresholds.from_dict(LOW, OnnxBackend(exported).class_names)
+    alone = Inspector(OnnxBackend(exported, cpu_streams=1), thresholds)
+    try:
+        expected = alone.inspect_one("strip.png", large).detections
+    finally:
+        alone.close()
+    backend = OnnxBackend(exported, cpu_streams=2)
+    if backend.streams < 2:
+        pytest.skip("one core: nothing runs side by side")
+    assert backend.tile == TileSpec(64, 0.0)
+    calls: list[str] = []
+    wide, narrow = backend.infer, backend.infer_side_by_side
+    monkeypatch.setattr(backend, "infer", lambda b: calls.append("wide") or wide(b))
+    monkeypatch.setattr(
+        backend, "infer_side_by_side", lambda b: calls.append("narrow") or narrow(b)
+    )
+    inspector = Inspector(backend, thresholds)
+    try:
+        assert inspector.batch_size == 1
+        found = inspector.inspect_one("strip.png", large).detections
+    finally:
+        inspector.close()
+    assert calls == ["narrow"] * 6
+    assert [d.class_name for d in found] == [d.class_name for d in expected]
+    for a, b in zip(found, expected, strict=True):
+        assert a.confidence == pytest.approx(b.confidence, abs=1e-4)
+        assert _box(a) == pytest.approx(_box(b), abs=0.05)
