@@ -23,6 +23,7 @@ class DrawnBox:
     x2: float
     y2: float
     colour: tuple[int, int, int] = COUNTED
+    confidence: float | None = None  # (a prediction's; None for a box a reviewer drew)
 
 
 def prediction_boxes(predictions: Iterable[Prediction]) -> list[DrawnBox]:
@@ -34,7 +35,8 @@ def prediction_boxes(predictions: Iterable[Prediction]) -> list[DrawnBox]:
             p.y1,
             p.x2,
             p.y2,
-            *(() if p.counted else (NOT_COUNTED,)),
+            COUNTED if p.counted else NOT_COUNTED,
+            p.confidence,
         )
         for p in predictions
         if p.x1 is not None and p.y1 is not None and p.x2 is not None and p.y2 is not None
@@ -71,6 +73,15 @@ def draw_boxes(pixels: np.ndarray, boxes: Iterable[DrawnBox], min_side: int = 32
 
 
 CLOSE_UP_CONTEXT = 64  # pixels of the part shown around a box in its close-up, at least
+CLOSE_UP_MAX_CONTEXT = 256  # ... and at most
+CLOSE_UP_MAX_SIDE = 1024  # a close-up larger than this is shrunk to it: it is shown small
+
+
+def close_up_choice(boxes: list[DrawnBox], count: int) -> list[DrawnBox]:
+    """The boxes a page shows close up when it cannot show them all: those that fail the part
+    first, each kind most confident first (six less confident boxes below their thresholds,
+    shown in stored order, pushed out the one that failed the part)."""
+    return sorted(boxes, key=lambda b: (b.colour != COUNTED, -(b.confidence or 0.0)))[:count]
 
 
 def close_up(pixels: np.ndarray, box: DrawnBox) -> Image.Image:
@@ -78,15 +89,34 @@ def close_up(pixels: np.ndarray, box: DrawnBox) -> Image.Image:
     `draw_boxes` grows an image): the whole of a large part is shown shrunk (a 20 MP frame to
     about a twentieth of its side), where a defect of a few pixels is not there to judge."""
     height, width = pixels.shape[:2]
-    margin_x = max(CLOSE_UP_CONTEXT, round(box.x2 - box.x1))
-    margin_y = max(CLOSE_UP_CONTEXT, round(box.y2 - box.y1))
+    # Context as large as the box, within limits: a box thousands of pixels across made a
+    # "close-up" of nearly the whole frame, drawn full size for each box.
+    margin_x = min(max(CLOSE_UP_CONTEXT, round(box.x2 - box.x1)), CLOSE_UP_MAX_CONTEXT)
+    margin_y = min(max(CLOSE_UP_CONTEXT, round(box.y2 - box.y1)), CLOSE_UP_MAX_CONTEXT)
     left, top = max(0, int(box.x1) - margin_x), max(0, int(box.y1) - margin_y)
     right = min(width, int(np.ceil(box.x2)) + margin_x)
     bottom = min(height, int(np.ceil(box.y2)) + margin_y)
     moved = DrawnBox(
         box.label, box.x1 - left, box.y1 - top, box.x2 - left, box.y2 - top, box.colour
     )
-    return draw_boxes(np.ascontiguousarray(pixels[top:bottom, left:right]), [moved])
+    crop = np.ascontiguousarray(pixels[top:bottom, left:right])
+    shrink = max(crop.shape[:2]) / CLOSE_UP_MAX_SIDE
+    if shrink > 1:  # (a box larger than a close-up: seen whole, as it is on the part)
+        crop = np.asarray(
+            Image.fromarray(crop).resize(
+                (round(crop.shape[1] / shrink), round(crop.shape[0] / shrink)),
+                Image.Resampling.BOX,
+            )
+        )
+        moved = DrawnBox(
+            moved.label,
+            moved.x1 / shrink,
+            moved.y1 / shrink,
+            moved.x2 / shrink,
+            moved.y2 / shrink,
+            moved.colour,
+        )
+    return draw_boxes(crop, [moved])
 
 
 def unshown_image(path: str, exc: Exception) -> str:

@@ -355,8 +355,8 @@ class Inspector:
         self.thresholds = thresholds or Thresholds.from_dict(None, self.class_names)
         requested = batch_size or backend.preferred_batch or backend.max_batch
         self.batch_size = max(1, min(requested, backend.max_batch))
-        # With a grid: the most tiles a part of the last batch was cut into (None: no batch
-        # seen yet), by which `parts_per_batch` fills a batch of tiles, not of parts.
+        # With a grid: the most tiles a part was cut into so far (None: no batch seen yet), by
+        # which `parts_per_batch` fills a batch of tiles, not of parts.
         self._tiles_per_part: int | None = None
         # Decoding and resizing release the GIL, so threads scale with the cores a GPU station
         # has to spare; two at least, so that a small CPU still overlaps them with inference.
@@ -586,8 +586,11 @@ class Inspector:
     def _finish(self, prepared: list[_Prepared], side_by_side: bool = False) -> list[PartResult]:
         good = [p for p in prepared if p.image is not None]
         if self.tile is not None and good:
+            # The most any part has made so far: a small part first (or a batch of them) on a
+            # line that mixes sizes made the next batch a whole batch of large parts.
             self._tiles_per_part = max(
-                len(p.image.grid) if isinstance(p.image, Tiled) else 1 for p in good
+                self._tiles_per_part or 1,
+                *(len(p.image.grid) if isinstance(p.image, Tiled) else 1 for p in good),
             )
         detections: dict[int, list[Detection]] = {}
         if any(isinstance(p.image, Tiled) for p in good):

@@ -1772,6 +1772,18 @@ def test_close_up_shows_a_box_at_the_parts_own_resolution() -> None:
     assert shown.size == (round(side * 320 / (6 + 2 * CLOSE_UP_CONTEXT)), 320)
     corner = close_up(pixels, DrawnBox("2", 0, 0, 8, 8))  # cut at the part's edge
     assert corner.size[0] == corner.size[1]
+    # A box thousands of pixels across: not the whole frame drawn again at full size.
+    assert max(close_up(pixels, DrawnBox("3", 100, 100, 3900, 2900)).size) <= 1024
+
+
+def test_close_ups_show_the_boxes_that_fail_the_part_first() -> None:
+    from dashboard.drawing import COUNTED, NOT_COUNTED, DrawnBox, close_up_choice
+
+    below = [DrawnBox(f"b{i}", 0, 0, 1, 1, NOT_COUNTED, 0.5 + i / 100) for i in range(8)]
+    failing = DrawnBox("f", 0, 0, 1, 1, COUNTED, 0.3)
+    stronger = DrawnBox("g", 0, 0, 1, 1, COUNTED, 0.6)
+    chosen = close_up_choice([*below, failing, stronger], 6)
+    assert [b.label for b in chosen] == ["g", "f", "b7", "b6", "b5", "b4"]
 
 
 def test_review_of_a_large_part_shows_each_detection_at_full_resolution(

@@ -495,6 +495,11 @@ def test_a_tiled_run_fills_its_batches_with_tiles_not_parts(
     try:
         list(small.inspect([PartInput("small.png", _png(parts[0]))]))
         assert small.parts_per_batch() == 4  # parts of one tile: a batch of parts
+        # A line that mixes sizes: a large part later keeps batches small from then on (the
+        # last batch alone made a small part's batch a whole batch of large ones).
+        list(small.inspect([PartInput("large.png", large)]))
+        list(small.inspect([PartInput("small2.png", _png(parts[1]))]))
+        assert small.parts_per_batch() == 1
     finally:
         small.close()
     untiled = Inspector.from_weights(tiled_weights, LOW, backend="pytorch", tile="off")

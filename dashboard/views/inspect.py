@@ -12,7 +12,13 @@ from streamlit.runtime.uploaded_file_manager import UploadedFile
 
 from dashboard.auth import current_access
 from dashboard.charts import SHOWN_SIDE
-from dashboard.drawing import close_up, draw_boxes, prediction_boxes, unshown_image
+from dashboard.drawing import (
+    close_up,
+    close_up_choice,
+    draw_boxes,
+    prediction_boxes,
+    unshown_image,
+)
 from dashboard.state import (
     UPLOAD_LIMIT_MB,
     database_ready,
@@ -47,7 +53,7 @@ from inspection.verdict import part_classifier_note
 
 IMAGE_TYPES = sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES)
 SHOWN_PARTS = 60
-CLOSE_UPS = 6  # boxes of a large part shown at its own resolution, most confident first
+CLOSE_UPS = 6  # boxes of a large part shown at its own resolution
 
 state = database_ready()
 st.title("Inspect parts")
@@ -312,11 +318,14 @@ for name, verdict, latency, stored_path, boxes in views[:SHOWN_PARTS]:
             if max(pixels.shape[:2]) > SHOWN_SIDE and boxes:
                 # A large part fits the page shrunk, where a defect of a few pixels is a dot:
                 # each box also at the part's own resolution.
-                shown_boxes = boxes[:CLOSE_UPS]
+                shown_boxes = close_up_choice(boxes, CLOSE_UPS)
                 for column, box in zip(st.columns(len(shown_boxes)), shown_boxes, strict=True):
                     column.image(close_up(pixels, box), caption=box.label)
                 if len(boxes) > CLOSE_UPS:
-                    st.caption(f"The first {CLOSE_UPS} of {len(boxes)} boxes close up.")
+                    st.caption(
+                        f"{CLOSE_UPS} of {len(boxes)} boxes close up: those that fail the "
+                        "part first, most confident first."
+                    )
         except (OSError, ImageDecodeError) as exc:
             st.warning(plain(unshown_image(stored_path, exc)))
 if len(views) > SHOWN_PARTS:
