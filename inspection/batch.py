@@ -617,15 +617,18 @@ def found_weights(file_path: str, sha256: str) -> Path:
         info = here.stat()
     except OSError:
         return recorded
-    if here != recorded and _same_bytes(str(here), info.st_size, info.st_mtime_ns, sha256):
+    identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+    if here != recorded and _same_bytes(str(here), identity, sha256):
         return here
     return recorded
 
 
 @functools.lru_cache(maxsize=64)
-def _same_bytes(path: str, size: int, mtime_ns: int, sha256: str) -> bool:
-    """Hashed once per file as it is (its size and time in the key): the pages look a version's
-    weights up at every rerun, and a run at its start, in each worker."""
+def _same_bytes(path: str, identity: tuple[int, ...], sha256: str) -> bool:
+    """Hashed once per file as it is: the pages look a version's weights up at every rerun,
+    and a run at its start, in each worker. The file is known by its device, inode, size and
+    both times: other weights of the same size copied over it with their time kept
+    (`rsync -a`, `cp -p`) change its change time, and were taken for the version's bytes."""
     return sha256_of(Path(path)) == sha256
 
 

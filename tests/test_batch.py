@@ -1793,3 +1793,11 @@ def test_weights_found_by_their_hash_are_hashed_once_while_unchanged(
     os.utime(weights, ns=(1, 1))
     assert batch.found_weights(elsewhere, digest) == Path(elsewhere)  # not the version's bytes
     assert len(hashed) == 2
+    # Other weights of the same size copied over them with their time kept (`cp -p`): the
+    # version's bytes no more, though size and modification time are as before.
+    weights.write_bytes(b"the version's bytes")
+    kept = weights.stat()
+    assert batch.found_weights(elsewhere, digest) == weights
+    weights.write_bytes(b"THE VERSION'S BYTES")
+    os.utime(weights, ns=(kept.st_atime_ns, kept.st_mtime_ns))
+    assert batch.found_weights(elsewhere, digest) == Path(elsewhere)
