@@ -27,8 +27,13 @@ from inspection.errors import StorageError
 from inspection.settings import get_settings, same_place_under
 from inspection.tiling import TileSpec, needs_tiling, tile_grid
 
-# 64 MP: larger than any line-scan tile we expect; refuses decompression bombs before decoding.
-MAX_PIXELS = 64_000_000
+
+def max_pixels() -> int:
+    """The largest image judged or imported (`DEFECTS_MAX_MEGAPIXELS`, 64 MP by default): a
+    larger one is refused before it is decoded (a decompression bomb)."""
+    return get_settings().max_megapixels * 1_000_000
+
+
 # The image files the product takes: uploads, dataset imports, and the files of a folder that
 # are never opened as zips (a zip appended to a JPEG opens as both).
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
@@ -114,17 +119,22 @@ def several_frames_reason(image: Image.Image) -> str | None:
     return None
 
 
-def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> DecodedImage:
+def decode_image(data: bytes, limit: int | None = None) -> DecodedImage:
     if not data:
         raise ImageDecodeError(EMPTY_ERROR)
+    limit = limit or max_pixels()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow's own bomb limit (about 89 MP) below ours would refuse what we take: ours
+            # decides, Pillow's then refuses only twice ours, at open.
+            Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, limit)
             image = Image.open(io.BytesIO(data))
             width, height = image.size
-            if width * height > max_pixels:
+            if width * height > limit:
                 raise ImageDecodeError(
-                    f"image too large: {width}x{height} is over the {max_pixels / 1e6:.0f} MP limit"
+                    f"image too large: {width}x{height} is over the {limit / 1e6:.0f} MP limit "
+                    "(DEFECTS_MAX_MEGAPIXELS)"
                 )
             several = several_frames_reason(image)
             if several is not None:
@@ -139,7 +149,7 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> DecodedImage:
         size = re.search(r"Image size \((\d+) pixels\)", str(exc))
         found = f"{int(size.group(1)) / 1e6:.0f} MP is " if size else ""
         raise ImageDecodeError(
-            f"image too large: {found}over the {max_pixels / 1e6:.0f} MP limit"
+            f"image too large: {found}over the {limit / 1e6:.0f} MP limit (DEFECTS_MAX_MEGAPIXELS)"
         ) from exc
     except UnidentifiedImageError as exc:
         if data.count(data[:1]) == len(data):

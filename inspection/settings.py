@@ -79,6 +79,16 @@ class Settings(BaseSettings):
         "3222 parts/s with 4 against 2894 with 1, bench/results/batch_chunks_gpu_100k.txt).",
     )
 
+    max_megapixels: int = Field(
+        default=64,
+        ge=1,
+        le=1024,
+        description="the largest part image judged or imported, in megapixels; larger ones are "
+        "refused with their size before they are decoded (a decompression bomb). A line-scan "
+        "strip can be larger: each part in flight is held decoded, about this many MB for a "
+        "grayscale image and three times that for a colour one.",
+    )
+
     db_outage_seconds: float = Field(
         default=120.0,
         ge=0,

@@ -655,3 +655,29 @@ def test_a_lone_tiled_parts_tiles_run_side_by_side_on_a_cpus_streams(
     for a, b in zip(found, expected, strict=True):
         assert a.confidence == pytest.approx(b.confidence, abs=1e-4)
         assert _box(a) == pytest.approx(_box(b), abs=0.05)
+
+
+def test_a_line_scan_strip_over_64_mp_is_judged_where_the_limit_is_raised(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A line-scan strip (here 12000 x 6000, 72 MP) was refused "over the 64 MP limit" with
+    nothing a plant could change; Pillow's own limit (about 89 MP) must not refuse it first."""
+    from inspection.images import ImageDecodeError, decode_image
+    from inspection.settings import SettingsError, get_settings
+
+    strip = Image.new("1", (12000, 6000))  # (one bit a pixel: a small PNG)
+    buffer = io.BytesIO()
+    strip.save(buffer, format="PNG")
+    with pytest.raises(ImageDecodeError, match=r"over the 64 MP limit \(DEFECTS_MAX_MEGAPIXELS\)"):
+        decode_image(buffer.getvalue())
+    monkeypatch.setenv("DEFECTS_MAX_MEGAPIXELS", "100")
+    get_settings.cache_clear()
+    assert decode_image(buffer.getvalue()).width == 12000
+    larger = io.BytesIO()
+    Image.new("1", (15000, 12000)).save(larger, format="PNG")  # 180 MP: over twice Pillow's
+    with pytest.raises(ImageDecodeError, match="over the 100 MP limit"):
+        decode_image(larger.getvalue())
+    monkeypatch.setenv("DEFECTS_MAX_MEGAPIXELS", "0")
+    get_settings.cache_clear()
+    with pytest.raises(SettingsError, match="DEFECTS_MAX_MEGAPIXELS='0'"):
+        get_settings()

@@ -41,9 +41,9 @@ from db.registry import class_key, look_alike_classes, singular_or_plural
 from inspection.errors import UserError
 from inspection.images import (
     IMAGE_SUFFIXES,
-    MAX_PIXELS,
     ImageDecodeError,
     decode_image,
+    max_pixels,
     not_a_file_reason,
     several_frames_reason,
 )
@@ -129,7 +129,8 @@ def _image_info(path: Path) -> tuple[int, int, str]:
     otherwise. An image over the stations' pixel limit is refused as they refuse it: Pillow's
     own refusal of a far larger one (a decompression bomb) stopped the whole import with a
     traceback, and one under Pillow's limit was taken to train on, gigabytes a decode."""
-    limit = f"over the {MAX_PIXELS / 1e6:.0f} MP limit stations inspect"
+    largest = max_pixels()
+    limit = f"over the {largest / 1e6:.0f} MP limit stations inspect (DEFECTS_MAX_MEGAPIXELS)"
     try:
         # Not opened where it is no regular file: an image's name on a named pipe held the
         # import for ever.
@@ -138,9 +139,10 @@ def _image_info(path: Path) -> tuple[int, int, str]:
             raise ValueError(special)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, largest)  # (as stations)
             with Image.open(path) as image:
                 width, height = image.size
-                if width * height > MAX_PIXELS:
+                if width * height > largest:
                     raise ValueError(f"image too large: {width}x{height} is {limit}")
                 # (Stations refuse it: trained on its first page, a defect on another page
                 # was taught as background.)

@@ -43,10 +43,10 @@ from inspection.batch import (
 from inspection.errors import UserError
 from inspection.images import (
     IMAGE_SUFFIXES,
-    MAX_PIXELS,
     ImageDecodeError,
     decode_image,
     located_image,
+    max_pixels,
 )
 from inspection.settings import get_settings
 from inspection.verdict import part_classifier_note
@@ -87,7 +87,7 @@ station = right.selectbox(
 )
 st.caption(
     f"Model {plain(info.name)}. Images: {', '.join(IMAGE_TYPES)} or zips of them, up to {UPLOAD_LIMIT_MB} MB per "
-    f"upload and {MAX_PIXELS // 1_000_000} megapixels per image. Files in a zip or a folder that are not images are recorded as errors."
+    f"upload and {max_pixels() // 1_000_000} megapixels per image. Files in a zip or a folder that are not images are recorded as errors."
 )
 files_tab, folder_tab = st.tabs(["Images or a zip", "A folder"])
 uploads = files_tab.file_uploader(
