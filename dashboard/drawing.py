@@ -13,6 +13,7 @@ from db.models import Prediction
 COUNTED = (220, 30, 30)
 NOT_COUNTED = (240, 170, 0)
 MISSED = (30, 120, 230)
+GROWN_SIDE = 1024  # the longest side an image is grown to, so that thin defects stay visible
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,10 @@ def prediction_boxes(predictions: Iterable[Prediction]) -> list[DrawnBox]:
 def draw_boxes(pixels: np.ndarray, boxes: Iterable[DrawnBox], min_side: int = 320) -> Image.Image:
     """The image (scaled up when small, so thin defects stay visible) with labelled boxes."""
     image = Image.fromarray(pixels)
-    scale = max(1.0, min_side / max(min(image.size), 1))
+    # Grown no longer than GROWN_SIDE on its long side: a thin strip (a line-scan frame a few
+    # pixels high, a close-up of a box on it) grown to min_side on its short side was
+    # hundreds of thousands of pixels long, gigabytes to draw and send.
+    scale = max(1.0, min(min_side / max(min(image.size), 1), GROWN_SIDE / max(max(image.size), 1)))
     if scale > 1:
         image = image.resize(
             (round(image.width * scale), round(image.height * scale)), Image.Resampling.NEAREST
@@ -93,9 +97,11 @@ def close_up(pixels: np.ndarray, box: DrawnBox) -> Image.Image:
     # "close-up" of nearly the whole frame, drawn full size for each box.
     margin_x = min(max(CLOSE_UP_CONTEXT, round(box.x2 - box.x1)), CLOSE_UP_MAX_CONTEXT)
     margin_y = min(max(CLOSE_UP_CONTEXT, round(box.y2 - box.y1)), CLOSE_UP_MAX_CONTEXT)
-    left, top = max(0, int(box.x1) - margin_x), max(0, int(box.y1) - margin_y)
-    right = min(width, int(np.ceil(box.x2)) + margin_x)
-    bottom = min(height, int(np.ceil(box.y2)) + margin_y)
+    # Never an empty crop, even for a box off the image (drawn on another size of it).
+    left = min(max(0, int(box.x1) - margin_x), width - 1)
+    top = min(max(0, int(box.y1) - margin_y), height - 1)
+    right = max(min(width, int(np.ceil(box.x2)) + margin_x), left + 1)
+    bottom = max(min(height, int(np.ceil(box.y2)) + margin_y), top + 1)
     moved = DrawnBox(
         box.label, box.x1 - left, box.y1 - top, box.x2 - left, box.y2 - top, box.colour
     )
@@ -104,7 +110,8 @@ def close_up(pixels: np.ndarray, box: DrawnBox) -> Image.Image:
     if shrink > 1:  # (a box larger than a close-up: seen whole, as it is on the part)
         crop = np.asarray(
             Image.fromarray(crop).resize(
-                (round(crop.shape[1] / shrink), round(crop.shape[0] / shrink)),
+                # (At least a pixel: a strip a few pixels high shrank to none, an error.)
+                (max(1, round(crop.shape[1] / shrink)), max(1, round(crop.shape[0] / shrink))),
                 Image.Resampling.BOX,
             )
         )

@@ -1776,6 +1776,26 @@ def test_close_up_shows_a_box_at_the_parts_own_resolution() -> None:
     assert max(close_up(pixels, DrawnBox("3", 100, 100, 3900, 2900)).size) <= 1024
 
 
+def test_a_thin_strip_and_its_close_ups_are_drawn_bounded() -> None:
+    """A line-scan strip a few pixels high: a close-up of a box wider than a close-up shrank
+    to no pixel high (an error on the page), and a strip grown to 320 px on its short side
+    was hundreds of thousands of pixels long."""
+    import numpy as np
+
+    from dashboard.drawing import DrawnBox, close_up, draw_boxes
+
+    strip = np.zeros((1, 5000, 3), dtype=np.uint8)
+    wide = close_up(strip, DrawnBox("1", 100, 0, 3000, 1))
+    assert max(wide.size) <= 1024 and min(wide.size) >= 1
+    assert max(close_up(strip, DrawnBox("2", 100, 0, 110, 1)).size) <= 1024
+    assert draw_boxes(np.zeros((40, 2000, 3), np.uint8), []).size == (2000, 40)
+    tall = close_up(np.zeros((30000, 50, 3), np.uint8), DrawnBox("3", 0, 100, 50, 29000))
+    assert max(tall.size) <= 1024
+    # A box off the image (drawn on another size of it): a close-up, not an empty image.
+    off = close_up(np.zeros((200, 300, 3), np.uint8), DrawnBox("4", 310, 210, 320, 220))
+    assert min(off.size) >= 1
+
+
 def test_close_ups_show_the_boxes_that_fail_the_part_first() -> None:
     from dashboard.drawing import COUNTED, NOT_COUNTED, DrawnBox, close_up_choice
 
