@@ -68,7 +68,12 @@ from inspection.engine import (
     check_export_grid,
 )
 from inspection.errors import UserError
-from inspection.images import IMAGE_SUFFIXES, is_repeated_fault, not_a_file_reason
+from inspection.images import (
+    IMAGE_SUFFIXES,
+    is_repeated_fault,
+    not_a_file_reason,
+    refused_at_another_limit,
+)
 from inspection.judged import JudgedMover, Move, Stamp, stamp_of
 from inspection.settings import get_settings, same_place_under
 from inspection.tiling import TileSpec, TileSpecError, judged_tiles
@@ -904,8 +909,9 @@ class BatchInspection:
 
     def _current_points(self, hashes: list[str]) -> dict[str, bool]:
         """Parts this model version has a current verdict for, and whether it was given at the
-        operating point in force now (False: judged before a recalibration, or a camera fault
-        recorded every time, `is_repeated_fault`)."""
+        operating point in force now (False: judged before a recalibration, a camera fault
+        recorded every time, `is_repeated_fault`, or an image refused for its size at another
+        pixel limit, `refused_at_another_limit`)."""
         return self._current_records(hashes)[0]
 
     def _current_records(self, hashes: list[str]) -> tuple[dict[str, bool], set[str]]:
@@ -937,6 +943,8 @@ class BatchInspection:
         points = {
             digest: self._judged_alike(stored, width, height)
             and not is_repeated_fault(error)
+            # (Refused for its size at another limit: judged at the one in force now.)
+            and not refused_at_another_limit(error)
             # An error is this station's fault to record: the same bytes (an empty file, a
             # camera's garbage) recorded at another station left this one's camera fault
             # counted as "already inspected", invisible on its station.

@@ -187,6 +187,18 @@ def is_blank_frame(error: str | None) -> bool:
     return (error or "").startswith(BLANK_ERROR)
 
 
+# How a refusal for size names the limit it was refused at (`decode_image`).
+_TOO_LARGE = re.compile(r"image too large: .*over the (\d+) MP limit")
+
+
+def refused_at_another_limit(error: str | None) -> bool:
+    """Whether a part's error refuses it for its size at another limit than the one in force:
+    raised as the refusal says (DEFECTS_MAX_MEGAPIXELS), the same file was still refused, its
+    stored refusal taken for the verdict, naming the limit it no longer is."""
+    found = _TOO_LARGE.match(error or "")
+    return found is not None and int(found.group(1)) * 1_000_000 != max_pixels()
+
+
 def is_repeated_fault(error: str | None) -> bool:
     """Whether a part's error is a camera fault recorded every time it comes, as a blank frame
     or an empty file (a capture that wrote nothing): the same bytes at every part, so skipped

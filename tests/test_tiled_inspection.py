@@ -334,7 +334,7 @@ def test_inspect_says_it_tiles_and_another_grid_judges_a_part_again(
     whole = runner.invoke(app, ["inspect", str(image), "--backend", "pytorch", "--tile", "off"])
     assert whole.exit_code == 0, whole.output
     assert "judging in" not in whole.output
-    assert "1 part(s) judged earlier at other thresholds (or in another --tile grid)" in " ".join(
+    assert "1 part(s) judged earlier at other thresholds (or in another --tile grid" in " ".join(
         whole.output.split()
     )
     points = _stored_points(station)
@@ -655,6 +655,33 @@ def test_a_lone_tiled_parts_tiles_run_side_by_side_on_a_cpus_streams(
     for a, b in zip(found, expected, strict=True):
         assert a.confidence == pytest.approx(b.confidence, abs=1e-4)
         assert _box(a) == pytest.approx(_box(b), abs=0.05)
+
+
+def test_a_part_refused_for_its_size_is_judged_once_the_limit_is_raised(
+    station: str, parts: list[np.ndarray], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Raised as its refusal said (DEFECTS_MAX_MEGAPIXELS), the same file was still refused:
+    its stored refusal, naming the old limit, was served as the part's verdict."""
+    from typer.testing import CliRunner
+
+    from inspection.settings import get_settings
+    from training.cli import app
+
+    image = tmp_path / "strip.png"  # 1280 x 1024: 1.3 MP, a grid of the 64 px parts
+    image.write_bytes(_png(np.tile(_mosaic(parts[:4], columns=2, rows=2), (8, 10))))
+    runner = CliRunner()
+    command = ["inspect", str(image), "--backend", "pytorch", "--json"]
+    monkeypatch.setenv("DEFECTS_MAX_MEGAPIXELS", "1")
+    get_settings.cache_clear()
+    refused = runner.invoke(app, command)
+    assert json.loads(refused.stdout)[0]["error"].startswith("image too large: 1280x1024")
+    monkeypatch.setenv("DEFECTS_MAX_MEGAPIXELS", "2")
+    get_settings.cache_clear()
+    judged = runner.invoke(app, command)
+    assert json.loads(judged.stdout)[0]["verdict"] in {"pass", "fail"}, judged.output
+    again = runner.invoke(app, command)  # (judged now: not judged again at the same limit)
+    assert "judged earlier" not in again.output
+    assert len(_stored_points(station)) == 2
 
 
 def test_a_line_scan_strip_over_64_mp_is_judged_where_the_limit_is_raised(

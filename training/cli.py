@@ -1223,8 +1223,9 @@ def _print_summary(summary, rate: bool = True) -> None:  # type: ignore[no-untyp
     if summary.rejudged:
         console.print(
             f"{summary.rejudged} of the parts inspected had been judged by {summary.model_name} "
-            "at other thresholds (before a recalibration) or in another --tile grid; they were "
-            "judged again as now and their earlier verdicts kept, marked superseded"
+            "at other thresholds (before a recalibration), in another --tile grid or refused "
+            "for their size at another DEFECTS_MAX_MEGAPIXELS; they were judged again as now "
+            "and their earlier verdicts kept, marked superseded"
         )
     from db.queries import PART_CLASSIFIER_ALONE
 
@@ -1790,8 +1791,9 @@ def inspect_command(
     if job.summary.rejudged:  # on stderr: --json output stays parseable
         typer.echo(
             f"{job.summary.rejudged} part(s) judged earlier at other thresholds (or in another "
-            f"--tile grid) were judged again at {job.summary.model_name}'s current ones (earlier "
-            "verdicts kept, superseded)",
+            "--tile grid, or refused for their size at another DEFECTS_MAX_MEGAPIXELS) were "
+            f"judged again at {job.summary.model_name}'s current ones (earlier verdicts kept, "
+            "superseded)",
             err=True,
         )
     rows = _stored_verdicts(url, job.model_id, items)
