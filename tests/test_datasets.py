@@ -385,8 +385,7 @@ def test_an_image_over_the_pixel_limit_is_left_out_with_its_size(
     report = import_dataset(session, fmt, src, "big", tmp_path / "ds", classes=CLASSES)
     reasons = {Path(issue.file).name: issue.reason for issue in report.issues}
     assert reasons[images[1].name] == (
-        "image too large: 400 MP is over the 64 MP limit stations inspect "
-        "(DEFECTS_MAX_MEGAPIXELS)"
+        "image too large: 400 MP is over the 64 MP limit stations inspect (DEFECTS_MAX_MEGAPIXELS)"
     )
     assert reasons[images[2].name] == (
         "image too large: 9000x8000 is over the 64 MP limit stations inspect "
