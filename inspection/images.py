@@ -34,6 +34,13 @@ def max_pixels() -> int:
     return get_settings().max_megapixels * 1_000_000
 
 
+def allow_pixels_up_to(limit: int) -> None:
+    """Pillow's own bomb limit (about 89 MP; an error at twice that) raised to ours where ours is
+    higher, in this process: below it, Pillow refused what the setting lets through, and the
+    training library's check of each image dropped such an image as corrupt."""
+    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, limit)
+
+
 # The image files the product takes: uploads, dataset imports, and the files of a folder that
 # are never opened as zips (a zip appended to a JPEG opens as both).
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
@@ -126,9 +133,7 @@ def decode_image(data: bytes, limit: int | None = None) -> DecodedImage:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            # Pillow's own bomb limit (about 89 MP) below ours would refuse what we take: ours
-            # decides, Pillow's then refuses only twice ours, at open.
-            Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, limit)
+            allow_pixels_up_to(limit)  # (ours decides; Pillow's then refuses twice ours)
             image = Image.open(io.BytesIO(data))
             width, height = image.size
             if width * height > limit:

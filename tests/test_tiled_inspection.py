@@ -708,3 +708,28 @@ def test_a_line_scan_strip_over_64_mp_is_judged_where_the_limit_is_raised(
     get_settings.cache_clear()
     with pytest.raises(SettingsError, match="DEFECTS_MAX_MEGAPIXELS='0'"):
         get_settings()
+
+
+def test_a_training_lets_its_library_read_images_as_large_as_the_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With DEFECTS_MAX_MEGAPIXELS raised over Pillow's limit, an image the import took was
+    dropped from training as corrupt by the training library's own check with Pillow."""
+    from ultralytics.data.utils import check_image
+
+    from db.migrate import upgrade
+    from inspection.settings import get_settings
+    from training.train_detector import TrainRequest, train_detector
+
+    big = tmp_path / "big.png"
+    Image.new("1", (20000, 10000)).save(big)  # 200 MP: over twice Pillow's 89 MP
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 89_478_485)  # (Pillow's own)
+    with pytest.raises(Exception, match="decompression bomb"):
+        check_image(str(big))
+    monkeypatch.setenv("DEFECTS_MAX_MEGAPIXELS", "300")
+    get_settings.cache_clear()
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    upgrade(url)
+    with pytest.raises(UserError):  # (no such dataset: stopped before any training)
+        train_detector(TrainRequest(data="none-such"), url=url)
+    check_image(str(big))  # read, as the import read it

@@ -42,6 +42,7 @@ from inspection.errors import UserError
 from inspection.images import (
     IMAGE_SUFFIXES,
     ImageDecodeError,
+    allow_pixels_up_to,
     decode_image,
     max_pixels,
     not_a_file_reason,
@@ -139,7 +140,7 @@ def _image_info(path: Path) -> tuple[int, int, str]:
             raise ValueError(special)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, largest)  # (as stations)
+            allow_pixels_up_to(largest)  # (as stations)
             with Image.open(path) as image:
                 width, height = image.size
                 if width * height > largest:

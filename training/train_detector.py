@@ -26,6 +26,7 @@ from db.registry import get_model_version
 from db.session import session_scope
 from inspection.detector import architecture_of, architectures, build_detector, load_detector
 from inspection.errors import UserError
+from inspection.images import allow_pixels_up_to, max_pixels
 from inspection.settings import get_settings
 from inspection.tiling import CHECKPOINT_KEY, TileSpec
 from training.datasets import check_folder_name, check_trainable, dataset_tile, dataset_yaml
@@ -415,6 +416,7 @@ def train_detector(
 ) -> int:
     """Train, register the best weights as a candidate; returns the model version id."""
     settings = get_settings()
+    allow_pixels_up_to(max_pixels())  # (ultralytics checks each image with Pillow, here)
     url = url or settings.resolved_database_url
     runs_dir = (settings.runs_dir / "detect").resolve()
     if request.name is not None:  # (its folder under runs/: "../x" trained outside it)
