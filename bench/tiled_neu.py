@@ -1,6 +1,6 @@
 """Line-scan strips judged whole and tile by tile: what tiling gives a large image.
 
-    python bench/tiled_neu.py [--per-strip 9] [--tile 200:0.2] [--backend onnx]
+    python bench/tiled_neu.py [--per-strip 9] [--tile 200:0.2] [--backend onnx] [--neu DIR]
 
 The 180 NEU-DET test images (200x200), in a fixed shuffled order, are laid side by side into
 strips of `--per-strip` images (1800x200 for 9), as a line-scan camera delivers a steel strip.
@@ -37,7 +37,7 @@ import inspection  # noqa: E402,F401
 from inspection.engine import Inspector, PartInput  # noqa: E402
 from inspection.tiling import TileSpec  # noqa: E402
 
-NEU = ROOT.parent / "shared" / "datasets" / "neu-det"
+NEU = ROOT.parent / "shared" / "datasets" / "neu-det"  # (--neu sets another)
 DEMO = ROOT / "models" / "neu-det-demo"
 
 
@@ -183,8 +183,11 @@ def main() -> None:
     parser.add_argument("--tile", default="200:0.2", help="SIZE[:OVERLAP] of the tiles")
     parser.add_argument("--backend", default="onnx", choices=("onnx", "pytorch"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--neu", type=Path, default=NEU, help="the NEU-DET folder")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/tiled_neu_cpu.json")
     args = parser.parse_args()
+    global NEU
+    NEU = args.neu
     result = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
