@@ -52,20 +52,20 @@ def boxes_of(xml: Path, classes: list[str]) -> list[tuple[int, float, float, flo
     return found
 
 
-def strips(per_strip: int, seed: int) -> list[list[str]]:
-    names = (NEU / "splits" / "test.txt").read_text().split()
+def strips(neu: Path, per_strip: int, seed: int) -> list[list[str]]:
+    names = (neu / "splits" / "test.txt").read_text().split()
     random.Random(seed).shuffle(names)
     return [names[i : i + per_strip] for i in range(0, len(names), per_strip)]
 
 
-def strip_bytes(names: list[str]) -> tuple[bytes, list[int]]:
+def strip_bytes(neu: Path, names: list[str]) -> tuple[bytes, list[int]]:
     """The images side by side as one PNG, and each image's left edge in it."""
     import io
 
     import numpy as np
     from PIL import Image
 
-    images = [np.asarray(Image.open(NEU / "images" / n).convert("L")) for n in names]
+    images = [np.asarray(Image.open(neu / "images" / n).convert("L")) for n in names]
     lefts = list(np.cumsum([0] + [im.shape[1] for im in images[:-1]]))
     height = max(im.shape[0] for im in images)
     strip = np.zeros((height, sum(im.shape[1] for im in images)), dtype=np.uint8)
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> dict:
     classes, thresholds = card["classes"], card["thresholds"]
     spec = TileSpec.parse(args.tile)
     weights = DEMO / "weights.pt"
-    groups = strips(args.per_strip, args.seed)
+    groups = strips(args.neu, args.per_strip, args.seed)
     ways = {
         "whole": Inspector.from_weights(weights, thresholds, backend=args.backend, tile="off"),
         "tiled": Inspector.from_weights(weights, thresholds, backend=args.backend, tile=spec),
@@ -114,10 +114,12 @@ def run(args: argparse.Namespace) -> dict:
         boxes_per_class = [0] * len(classes)
         images_missed, seconds, walls = 0, [], []
         for group in groups:
-            data, lefts = strip_bytes(group)
-            truths = [boxes_of(NEU / "annotations" / f"{Path(n).stem}.xml", classes) for n in group]
+            data, lefts = strip_bytes(args.neu, group)
+            truths = [
+                boxes_of(args.neu / "annotations" / f"{Path(n).stem}.xml", classes) for n in group
+            ]
             if way == "alone":
-                parts = [PartInput(n, (NEU / "images" / n).read_bytes()) for n in group]
+                parts = [PartInput(n, (args.neu / "images" / n).read_bytes()) for n in group]
                 started, wall = time.process_time(), time.perf_counter()
                 results = list(inspector.inspect(parts))
                 seconds.append(time.process_time() - started)
@@ -186,8 +188,6 @@ def main() -> None:
     parser.add_argument("--neu", type=Path, default=NEU, help="the NEU-DET folder")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/tiled_neu_cpu.json")
     args = parser.parse_args()
-    global NEU
-    NEU = args.neu
     result = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
