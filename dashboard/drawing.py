@@ -13,6 +13,7 @@ from db.models import Prediction
 COUNTED = (220, 30, 30)
 NOT_COUNTED = (240, 170, 0)
 MISSED = (30, 120, 230)
+SHOWN_LONGEST = 2048  # the longest side a part is drawn at: larger ones are shrunk to it
 GROWN_SIDE = 1024  # the longest side an image is grown to, so that thin defects stay visible
 
 
@@ -50,10 +51,17 @@ def draw_boxes(pixels: np.ndarray, boxes: Iterable[DrawnBox], min_side: int = 32
     # Grown no longer than GROWN_SIDE on its long side: a thin strip (a line-scan frame a few
     # pixels high, a close-up of a box on it) grown to min_side on its short side was
     # hundreds of thousands of pixels long, gigabytes to draw and send.
-    scale = max(1.0, min(min_side / max(min(image.size), 1), GROWN_SIDE / max(max(image.size), 1)))
-    if scale > 1:
+    longest = max(max(image.size), 1)
+    if longest > SHOWN_LONGEST:
+        # Shrunk, as the page shows it anyway: a 64 MP part was drawn and sent whole, tens of
+        # megabytes a rerun (its boxes are also shown close up, at its own resolution).
+        scale = SHOWN_LONGEST / longest
+    else:
+        scale = max(1.0, min(min_side / max(min(image.size), 1), GROWN_SIDE / longest))
+    if scale != 1:
         image = image.resize(
-            (round(image.width * scale), round(image.height * scale)), Image.Resampling.NEAREST
+            (max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+            Image.Resampling.NEAREST if scale > 1 else Image.Resampling.BOX,
         )
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default()  # bundled with Pillow: nothing to download

@@ -1839,3 +1839,16 @@ def test_review_of_a_large_part_shows_each_detection_at_full_resolution(
         shown[option] = [c for i in at.get("image") for c in i.captions]
     assert sorted(map(len, shown.values())) == [0, 1]  # the small part needs no close-up
     assert "1 at full resolution" in str(shown)
+
+
+def test_a_large_part_is_drawn_shrunk_to_what_the_page_shows() -> None:
+    """A 64 MP part was drawn and sent to the browser whole, tens of megabytes at each rerun."""
+    import numpy as np
+
+    from dashboard.drawing import COUNTED, SHOWN_LONGEST, DrawnBox, draw_boxes
+
+    pixels = np.zeros((4000, 8000, 3), dtype=np.uint8)
+    drawn = draw_boxes(pixels, [DrawnBox("scratch", 4000, 2000, 4400, 2400)])
+    assert drawn.size == (SHOWN_LONGEST, SHOWN_LONGEST // 2)
+    scale = SHOWN_LONGEST / 8000
+    assert drawn.getpixel((round(4200 * scale), round(2400 * scale) - 1)) == COUNTED
