@@ -1852,3 +1852,20 @@ def test_a_large_part_is_drawn_shrunk_to_what_the_page_shows() -> None:
     assert drawn.size == (SHOWN_LONGEST, SHOWN_LONGEST // 2)
     scale = SHOWN_LONGEST / 8000
     assert drawn.getpixel((round(4200 * scale), round(2400 * scale) - 1)) == COUNTED
+
+
+def test_a_prediction_with_a_corner_missing_does_not_break_the_review_page(
+    production: str, tmp_path: Path
+) -> None:
+    """The page checked a box's first corner only: a row with another corner empty broke it."""
+    at = _app().run()
+    at.file_uploader(key="inspect_files").set_value(_png_files(tmp_path, 1, 3)).run()
+    with session_scope(production) as session:
+        inspection = session.scalars(select(Inspection)).one()
+        inspection.verdict = Verdict.FAIL
+        inspection.predictions.append(
+            Prediction(class_name=CLASSES[0], confidence=0.9, x1=2, y1=None, x2=20, y2=20)
+        )
+    at.switch_page("views/review.py").run()
+    assert not at.exception, at.exception
+    assert any(m.value.startswith(f"1. {CLASSES[0]} 0.900") for m in at.markdown)

@@ -183,7 +183,7 @@ else:
             boxes = [
                 ShownBox(f"{i + 1}: {c} {conf:.3f}", *box, counted)
                 for i, (_, c, conf, counted, box) in enumerate(predictions)
-                if box[0] is not None
+                if None not in box
             ] + [
                 ShownBox(f"missed: {c}", *box, counted=True, missed=True)
                 for c, _, box in added_boxes
@@ -217,7 +217,7 @@ else:
                 + (f": **{decided[prediction_id]}**" if prediction_id in decided else "")
             )
             box = predictions[i][4]
-            if pixels is not None and max(pixels.shape[:2]) > SHOWN_SIDE and box[0] is not None:
+            if pixels is not None and max(pixels.shape[:2]) > SHOWN_SIDE and None not in box:
                 # The part is shown shrunk: the detection at the part's own resolution.
                 st.image(
                     close_up(
