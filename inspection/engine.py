@@ -289,8 +289,12 @@ def postprocess(
 def merge_tiles(detections: list[Detection], iou: float) -> list[Detection]:
     """A tiled part's detections, in its pixels, as one: an object in the band neighbouring
     tiles share is found in each, and class-aware NMS at the operating point's IoU keeps the
-    most confident; in falling confidence, at most MAX_DETECTIONS, as a whole part's are. Only
-    lower-confidence duplicates go, so the part fails exactly when one of its tiles does."""
+    most confident, in falling confidence. Every counted detection is kept, however many: a
+    cap of MAX_DETECTIONS a part, as a whole part's, dropped a long strip's least confident
+    defects, a class's every counted box with them, and the class from the part's failed
+    classes, its review and the Pareto. Below the threshold, at most MAX_DETECTIONS in all.
+    Only lower-confidence duplicates go, so the part fails exactly when one of its tiles does,
+    for the same classes."""
     import torch
     import torchvision
 
@@ -301,7 +305,11 @@ def merge_tiles(detections: list[Detection], iou: float) -> list[Detection]:
     names = sorted({d.class_name for d in detections})
     groups = torch.tensor([names.index(d.class_name) for d in detections])
     kept = torchvision.ops.batched_nms(boxes, scores, groups, iou)  # by falling confidence
-    return [detections[i] for i in kept[:MAX_DETECTIONS].tolist()]
+    merged: list[Detection] = []
+    for i in kept.tolist():
+        if detections[i].counted or len(merged) < MAX_DETECTIONS:
+            merged.append(detections[i])
+    return merged
 
 
 class PartClassifier:

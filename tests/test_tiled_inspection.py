@@ -171,8 +171,22 @@ def test_merging_keeps_the_most_confident_of_a_class_and_every_other_object() ->
     ]
     assert merge_tiles(found, 0.45) == [found[1], found[3], found[2]]
     assert merge_tiles([], 0.45) == []
-    many = [Detection("spot", 0.5, 10 * i, 0, 10 * i + 5, 5, counted=True) for i in range(400)]
-    assert len(merge_tiles(many, 0.45)) == 300
+    faint = [Detection("spot", 0.5, 10 * i, 0, 10 * i + 5, 5, counted=False) for i in range(400)]
+    assert len(merge_tiles(faint, 0.45)) == 300
+
+
+def test_a_long_strips_every_counted_defect_is_kept_and_each_failed_class_named() -> None:
+    """A strip of many tiles can hold more defects than a whole part's cap: the least confident
+    class's boxes were all dropped, and the class with them from the part's failed classes."""
+    sure = [Detection("spot", 0.9, 10 * i, 0, 10 * i + 5, 5, counted=True) for i in range(350)]
+    faint_class = [
+        Detection("scratch", 0.3, 10 * i, 50, 10 * i + 5, 55, counted=True) for i in range(20)
+    ]
+    below = [Detection("spot", 0.1, 10 * i, 90, 10 * i + 5, 95, counted=False) for i in range(5)]
+    merged = merge_tiles(sure + faint_class + below, 0.45)
+    assert len(merged) == 370
+    assert {d.class_name for d in merged if d.counted} == {"spot", "scratch"}
+    assert all(d.counted for d in merged)  # over the cap already: none below it kept
 
 
 def test_a_tiled_part_crosses_from_a_decoding_process_as_no_more_than_its_image(
