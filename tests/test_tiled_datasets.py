@@ -602,3 +602,47 @@ def test_figures_on_tiles_of_another_grid_than_the_models_say_so(
     tiled = Path(shutil.copy(trained.weights, tmp_path / "tiled.pt"))
     record_tile(tiled, TILE)
     assert "grid_warning" not in evaluate_detector(tiled, "tiled", "val", url=database_url).extra
+
+
+def test_reviews_of_parts_stations_judged_in_tiles_say_so_and_export_in_their_grid(
+    reviewed: str,  # noqa: F811 - the fixture imported above
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An untiled production model at stations run with --tile (line-scan strips): the export
+    was cut whole, without a word, and a model retrained on it learnt the strips shrunk. It
+    now says which grid the stations judged in, and --tile cuts the export by it."""
+    from typer.testing import CliRunner
+
+    from db.models import Inspection
+    from inspection.errors import UserError
+    from training.backtest import export_reviews
+    from training.cli import app
+
+    with session_scope(reviewed) as session:
+        for inspection in session.query(Inspection).all():  # as a station with --tile 32:0.2
+            inspection.thresholds = {**inspection.thresholds, "tile": TileSpec(32, 0.2).to_json()}
+    with session_scope(reviewed) as session:
+        whole = export_reviews(session, "whole", CLASSES, tmp_path / "datasets")
+    assert whole.tile is None
+    said = [str(i) for i in whole.issues if "stations" in str(i)]
+    assert len(said) == 1 and "in 32 px tiles, 20% overlap" in said[0]
+    assert "--tile 32:0.2" in said[0] and "4 of the 4 reviewed parts" in said[0]
+    with session_scope(reviewed) as session:
+        tiled = export_reviews(
+            session, "tiled", CLASSES, tmp_path / "datasets", tile=TileSpec(32, 0.2)
+        )
+    assert tiled.tile == TileSpec(32, 0.2) and tiled.n_tiles == 36
+    assert not any("stations" in str(i) for i in tiled.issues)
+
+    monkeypatch.setenv("DEFECTS_DATABASE_URL", reviewed)
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(tmp_path / "data"))
+    get_settings.cache_clear()
+    runner = CliRunner()
+    bad = runner.invoke(app, ["export-reviews", "--name", "x", "--tile", "big"])
+    assert isinstance(bad.exception, UserError)  # (main prints it as one `error:` line)
+    assert str(bad.exception).startswith("--tile big: give SIZE[:OVERLAP]")
+    cut = runner.invoke(app, ["export-reviews", "--name", "cli", "--tile", "32:20%"])
+    assert cut.exit_code == 0, cut.output
+    data = yaml.safe_load((tmp_path / "data" / "datasets" / "cli" / "data.yaml").read_text())
+    assert data[DATA_YAML_TILE_KEY] == {"size": 32, "overlap": 0.2}

@@ -12,14 +12,29 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from db.models import Dataset, Inspection, ModelKind, ModelVersion, Review, ReviewKind, Verdict
+from db.models import (
+    Dataset,
+    Inspection,
+    ModelKind,
+    ModelVersion,
+    Part,
+    Review,
+    ReviewKind,
+    Verdict,
+)
 from db.registry import get_model_version, production_model
 from db.reviews import PartTruth, reviewed_parts, reviewer_classes
 from db.session import session_scope
-from inspection.engine import Inspector, PartInput
+from inspection.engine import Inspector, PartInput, TileChoice
 from inspection.errors import UserError
 from inspection.images import located_image
-from inspection.tiling import TileSpec, tile_of_checkpoint, tile_of_metadata
+from inspection.tiling import (
+    TileSpec,
+    TileSpecError,
+    needs_tiling,
+    tile_of_checkpoint,
+    tile_of_metadata,
+)
 from training.datasets import (
     Box,
     ImportIssue,
@@ -173,10 +188,63 @@ def _production_tile(session: Session) -> tuple[TileSpec | None, list[ImportIssu
         ]
 
 
+def _stations_grids(
+    session: Session, exported: list[PartTruth], cut_by: TileSpec | None
+) -> list[ImportIssue]:
+    """A caveat where stations judged exported parts in another grid (`--tile`) than the one
+    the export is cut by: a plant that judges line-scan strips in tiles with an untiled
+    model got whole strips, and a model retrained on them learnt its defects shrunk, not as
+    those stations judge them."""
+    ids = [t.part_id for t in exported]
+    points = session.execute(
+        select(Inspection.part_id, Inspection.thresholds, Part.width, Part.height)
+        .join(Part, Part.id == Inspection.part_id)
+        .where(Inspection.part_id.in_(ids), Inspection.is_current())
+        .order_by(Inspection.inspected_at)
+    ).all()
+    latest = {row[0]: row[1:] for row in points}  # (the last current verdict)
+    grids: dict[TileSpec | None, int] = {}
+    for point, width, height in latest.values():
+        recorded = point.get("tile") if isinstance(point, dict) else None
+        if recorded is None:
+            continue  # judged in its model's own grid
+        try:
+            grid = None if recorded == "off" else TileSpec.from_json(recorded)
+        except TileSpecError:
+            continue
+        either = (needs_tiling(width or 0, height or 0, g) for g in (grid, cut_by))
+        if grid != cut_by and any(either):  # (a part no larger than a tile is whole in both)
+            grids[grid] = grids.get(grid, 0) + 1
+    cut = f"is cut in {cut_by.describe()}" if cut_by is not None else "keeps every part whole"
+    issues = []
+    for grid, count in grids.items():
+        judged = f"in {grid.describe()}" if grid is not None else "whole (--tile off)"
+        option = f"{grid.size}:{grid.overlap:g}" if grid is not None else "off"
+        issues.append(
+            ImportIssue(
+                "stations' grid",
+                f"{count} of the {len(exported)} reviewed parts to export were judged by "
+                f"stations {judged}, but the export {cut}: a model retrained on it learns them "
+                f"as cut here, not as those stations judge them; export again with --tile "
+                f"{option} to match them",
+                left_out=False,
+                caveat=True,
+            )
+        )
+    return issues
+
+
 def export_reviews(
-    session: Session, name: str, class_names: list[str], datasets_dir: Path
+    session: Session,
+    name: str,
+    class_names: list[str],
+    datasets_dir: Path,
+    tile: TileChoice = "model",
 ) -> ImportReport:
     """Reviewed parts as a labeled dataset (YOLO layout), registered for retraining.
+
+    Cut by the production detector's grid, or by `tile` (SIZE[:OVERLAP] or off) where given:
+    the grid the stations judge in, where they run with `--tile`.
 
     Its classes are `class_names` (the production detector's) in their order, followed by the
     new defect types reviewers added (`reviewer_classes`) that an exported part holds, so that
@@ -244,8 +312,12 @@ def export_reviews(
         )
         for class_name in unseen
     ] + _unlabeled_before(session, new_classes, exported)
-    tile, unknown = _production_tile(session)
-    issues[:0] = unknown
+    if tile == "model":
+        cut_by, unknown = _production_tile(session)
+        issues[:0] = unknown
+    else:
+        cut_by = None if tile == "off" else tile
+    issues[:0] = _stations_grids(session, exported, cut_by)
     # Split so that a few dozen reviewed parts can be retrained on: val and train each get a
     # defect (and val a good part where there is one).
     return write_dataset(
@@ -258,5 +330,5 @@ def export_reviews(
         issues,
         datasets_dir,
         fill_splits(images),
-        tile=tile,
+        tile=cut_by,
     )

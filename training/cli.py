@@ -467,6 +467,14 @@ def _print_dataset_report(report: ImportReport) -> None:
 @app.command("export-reviews")
 def export_reviews_command(
     name: Annotated[str, typer.Option("--name", help="Name of the new dataset.")] = "reviews",
+    tile: Annotated[
+        str | None,
+        typer.Option(
+            "--tile",
+            help="Cut the parts in SIZE[:OVERLAP] tiles, or off (whole); default: the "
+            "production detector's grid. Give the stations' --tile where they judge in another.",
+        ),
+    ] = None,
 ) -> None:
     """Export the reviewed parts as a labeled dataset to retrain on.
 
@@ -475,15 +483,19 @@ def export_reviews_command(
     parts; parts not fully decided are left out.
     """
     from db.registry import production_model
+    from inspection.engine import parse_tile
     from training.backtest import export_reviews
 
+    grid = parse_tile(tile) if tile is not None else "model"
     with session_scope(migrated_database_url()) as session:
         detector = production_model(session, ModelKind.DETECTOR)
         if detector is None:
             raise UserError(
                 "no production detector: the export takes its class list; promote one first"
             )
-        report = export_reviews(session, name, list(detector.classes), get_settings().datasets_dir)
+        report = export_reviews(
+            session, name, list(detector.classes), get_settings().datasets_dir, tile=grid
+        )
     _print_dataset_report(report)
     new_classes = report.classes[len(detector.classes) :]
     if new_classes:
