@@ -820,3 +820,17 @@ def test_a_yolo_import_reads_each_image_header_once(
     report = import_dataset(session, "yolo", tmp_path / "src", "y", tmp_path / "ds")
     assert report.n_images == 8 and not report.issues
     assert sorted(reads.values()) == [1] * 8
+
+
+def test_an_import_without_split_lists_gives_val_what_training_needs(
+    session, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Split by the names' hash alone, a few parts left val without a good part (here) or
+    without any part, and training refused the import it had just been told to train on."""
+    write_voc(tmp_path / "src", n=8)  # by hash: val holds one defective part and no good one
+    report = import_dataset(
+        session, "voc", tmp_path / "src", "few", tmp_path / "ds", classes=CLASSES
+    )
+    assert report.split_counts["val"]["good"] >= 1
+    assert report.split_counts["val"]["images"] > report.split_counts["val"]["good"]
+    assert report.split_counts["train"]["images"] > report.split_counts["train"]["good"]

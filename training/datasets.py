@@ -1275,6 +1275,7 @@ def write_dataset(
     if not class_names:
         raise UserError(f"no classes found in {src}")
     accepted: list[LabeledImage] = []
+    hashed: list[LabeledImage] = []  # (their split by name: neither the source nor --splits said)
     # By stem, not file name: labels are written as <stem>.txt, so dup.png and dup.jpg would
     # share one (a good part trained as defective, or a defect as background).
     accepted_of_stem: dict[str, Path] = {}
@@ -1323,7 +1324,9 @@ def write_dataset(
             if image.split is None:
                 issues.append(ImportIssue(label, "not listed in any split file"))
                 continue
-        image.split = image.split or _hash_split(label)
+        if image.split is None:
+            hashed.append(image)
+            image.split = _hash_split(label)
         accepted_of_stem[image.path.stem] = image.path
         if mode in HIGH_BIT_DEPTH_MODES:
             high_bit_depth.add(image.path)
@@ -1331,6 +1334,12 @@ def write_dataset(
     if split_of is not None:
         missing = sorted(set(split_of) - {i.path.name for i in images})
         issues += [ImportIssue(m, "listed in a split file but not in the source") for m in missing]
+    # Split by name's hash where neither the source nor --splits says, then one part moved
+    # where a split lacks what training needs (as an export of reviews does): a few parts
+    # imported without --splits all fell in train, and training refused them for no val.
+    filled = fill_splits(hashed)
+    for image in hashed:
+        image.split = filled[image.path.name]
     issues += _same_bytes_warnings(accepted)
     if not accepted:
         raise UserError(_no_usable_images(src, issues))
