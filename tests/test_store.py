@@ -109,6 +109,9 @@ def test_prune_images_from_the_command_line(trained: Trained, tmp_path: Path) ->
     assert not images["plain"].exists()
     refused = runner.invoke(app, ["prune-images", "--older-than", "0"])
     assert refused.exit_code != 0
+    one = runner.invoke(app, ["prune-images", "--older-than", "1", "--dry-run"])
+    assert "judged over 1 day ago" in " ".join(one.output.split())  # (not "1 days")
+    assert "judged over 30 days ago" in " ".join(dry.output.split())
 
 
 def test_an_age_no_calendar_holds_is_refused_in_one_line(tmp_path: Path) -> None:

@@ -1703,7 +1703,8 @@ def prune_images_command(
     verb = "would delete" if dry_run else "deleted"
     console.print(
         f"{verb} {report.deleted} image(s), {report.freed_bytes / 1e6:.1f} MB, of parts last "
-        f"judged over {older_than:g} days ago; their verdicts, detections and reviews stay",
+        f"judged over {older_than:g} day{'' if older_than == 1 else 's'} ago; their verdicts, "
+        "detections and reviews stay",
         markup=False,
     )
     kept = [
