@@ -20,7 +20,8 @@
 # evaluation: issue 3's comparison within a 15-minute loan, about 9.5 minutes of training on an
 # H100 at 100 epochs and 256 px; VARIANTS; PARALLEL=1 trains them side by side, untried on a
 # GPU), "deeppcb" (the DeepPCB part verdicts of
-# bench/classifier_verdict.py at full resolution, into classifier_verdict_gpu.json), or both;
+# bench/classifier_verdict.py at full resolution, into classifier_verdict_gpu.json), "tiled"
+# (bench/tiled_throughput.py on the GPU, into tiled_throughput_gpu.json: under a minute), or both;
 # "pcb-detector" trains only the DeepPCB detector, inside a copy of the bench's own work database
 # (packed with `pack-pcb-detector`: the imported train and val images, about 83 MB), within
 # PCB_HOURS, and brings back that database, the weights and the run's history, so that a
@@ -89,7 +90,7 @@ gather() {  # what must come back, as far as it exists: collect may be called at
         bench/results/inference_gpu.json bench/results/inference_gpu.md \
         bench/results/inference_gpu_workers.json bench/results/inference_gpu_workers.md \
         bench/results/classifier_verdict_gpu.json bench/results/classifier_verdict_gpu.md \
-        "$WORK/out/" 2>/dev/null
+        bench/results/tiled_throughput_gpu.json "$WORK/out/" 2>/dev/null
     local best  # neu-twins: each run's best weights, named by its run folder (a later teacher)
     for best in bench/.work/detector_neu/runs/detect/*/weights/best.pt; do
         [[ -f $best ]] && cp "$best" "$WORK/out/$(basename "$(dirname "$(dirname "$best")")").pt"
@@ -247,6 +248,15 @@ run() {
     fi
     if [[ " $PLAN " == *" inference-workers "* ]]; then
         workers_step "$inference_device"
+    fi
+    if [[ " $PLAN " == *" tiled "* ]]; then
+        overrides
+        # What tiled inspection costs on a GPU station (under a minute): the CPU figure is in
+        # tiled_throughput_cpu.json, the GPU one is not measured yet.
+        # shellcheck disable=SC2086  # TILED_SIZES is a list of words
+        step tiled "$PY" bench/tiled_throughput.py --backend pytorch --neu "$NEU" \
+            --sizes ${TILED_SIZES:-1600x200 4000x1000 8000x2000 16000x4000} --frames 8 \
+            --out bench/results/tiled_throughput_gpu.json
     fi
     if [[ " $PLAN " == *" neu-twins "* ]]; then
         overrides
