@@ -1869,3 +1869,34 @@ def test_a_prediction_with_a_corner_missing_does_not_break_the_review_page(
     at.switch_page("views/review.py").run()
     assert not at.exception, at.exception
     assert any(m.value.startswith(f"1. {CLASSES[0]} 0.900") for m in at.markdown)
+
+
+def test_the_review_pages_export_cuts_parts_into_the_tiles_asked_for(
+    production: str, tmp_path: Path
+) -> None:
+    """The export said to export again with --tile where stations judged in another grid than
+    the production model's; the page had no way to give one."""
+    import numpy as np
+    import yaml
+    from PIL import Image
+
+    from db.reviews import add_missed_defect
+
+    strip = (np.random.default_rng(0).normal(128, 12, (64, 256))).clip(0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(strip).save(buffer, format="PNG")
+    at = _app().run()
+    at.file_uploader(key="inspect_files").set_value([("strip.png", buffer.getvalue(), "image/png")])
+    at.run()
+    with session_scope(production) as session:
+        part_id = session.scalars(select(Part.id)).one()
+        add_missed_defect(session, part_id, CLASSES[0], (140, 10, 170, 40), "Ana")
+    at.switch_page("views/review.py").run()
+    next(t for t in at.text_input if t.label.startswith("Tiles")).input("big")
+    next(b for b in at.button if b.label == "Export reviewed parts").click().run()
+    assert not at.exception and at.error[0].value.startswith(plain("Tiles big: give SIZE"))
+    next(t for t in at.text_input if t.label.startswith("Tiles")).input("64:0")
+    next(b for b in at.button if b.label == "Export reviewed parts").click().run()
+    assert not at.exception and not at.error, at.error
+    data = yaml.safe_load((get_settings().datasets_dir / "reviews" / "data.yaml").read_text())
+    assert data["defects_tile"] == {"size": 64, "overlap": 0.0}

@@ -226,7 +226,7 @@ def _stations_grids(
                 f"{count} of the {len(exported)} reviewed parts to export were judged by "
                 f"stations {judged}, but the export {cut}: a model retrained on it learns them "
                 f"as cut here, not as those stations judge them; export again with --tile "
-                f"{option} to match them",
+                f"{option} (on the Review page, Tiles {option}) to match them",
                 left_out=False,
                 caveat=True,
             )

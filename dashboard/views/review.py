@@ -27,9 +27,11 @@ from db.reviews import (
     undo_last_review,
 )
 from db.session import session_scope
+from inspection.engine import TileChoice
 from inspection.errors import UserError
 from inspection.images import ImageDecodeError, decode_image, located_image
 from inspection.settings import get_settings
+from inspection.tiling import TileSpec, TileSpecError
 from training.backtest import export_reviews, unused_dataset_name
 
 LISTED = 50  # parts offered in the picker
@@ -327,17 +329,39 @@ st.divider()
 st.subheader("Reviewed parts as training data")
 with session_scope(state.url) as session:
     free_name = unused_dataset_name(session)
+
+
+def page_grid(text: str) -> TileChoice:
+    """The Tiles box: empty for the production model's grid, `off`, or SIZE[:OVERLAP]."""
+    value = text.strip().lower()
+    if value in ("", "off"):
+        return "off" if value else "model"
+    try:
+        return TileSpec.parse(value)
+    except TileSpecError as exc:
+        raise UserError(f"Tiles {text.strip()}: {exc}") from exc
+
+
 with st.form("export"):
     dataset_name = st.text_input("New dataset name", value=free_name)
+    tiles = st.text_input(
+        "Tiles (SIZE[:OVERLAP], or off)",
+        value="",
+        # (The export said to export again with --tile where stations judged in another grid
+        # than the production model's, which this page had no way to give.)
+        help="Cut the parts into tiles of SIZE pixels, as `--tile` does: empty for the "
+        "production model's own grid, `off` to keep every part whole.",
+    )
     if st.form_submit_button("Export reviewed parts"):
         info = detector_info(state.url)
         if info is None:
             st.error("No production model: the export needs its class list.")
         else:
             try:
+                grid = page_grid(tiles)
                 with session_scope(state.url) as session:
                     report = export_reviews(
-                        session, dataset_name, info.classes, get_settings().datasets_dir
+                        session, dataset_name, info.classes, get_settings().datasets_dir, grid
                     )
                 new_classes = report.classes[len(info.classes) :]
                 st.success(
