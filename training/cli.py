@@ -471,6 +471,7 @@ def export_reviews_command(
         str | None,
         typer.Option(
             "--tile",
+            metavar="SIZE[:OVERLAP]|off",
             help="Cut the parts in SIZE[:OVERLAP] tiles, or off (whole); default: the "
             "production detector's grid. Give the stations' --tile where they judge in another.",
         ),
