@@ -969,6 +969,12 @@ class StationActivity:
     # The model its latest run judges with: after a promotion, stations that were not started
     # again judge on with the earlier one, which nothing on the floor showed.
     run_model: str = ""
+    # The grid its latest run judges in, as that run's latest verdict was stored: None, the
+    # model's own grid (or no verdict yet: see run_judged); "off", or {"size", "overlap"}, a
+    # station's --tile. A station judging a tiled model's strips whole (or an untiled model's
+    # in tiles) looked on the floor like every other station of that model.
+    run_tile: dict[str, Any] | str | None = None
+    run_judged: bool = False  # its latest run has given a verdict, which run_tile is read from
 
     @property
     def fail_rate(self) -> float | None:
@@ -1065,6 +1071,7 @@ def station_activity(session: Session, since: datetime) -> list[StationActivity]
         for station_id, last in [*in_runs, *outside_runs]:
             if last is not None and (station_id not in quiet_last or last > quiet_last[station_id]):
                 quiet_last[station_id] = last
+    run_tiles = _run_tiles(session, [run.id for _, _, run, _ in stations if run is not None])
     found = []
     for station, line, run, model in stations:
         n, failed, errors, blank, last = counts.get(
@@ -1084,8 +1091,28 @@ def station_activity(session: Session, since: datetime) -> list[StationActivity]
                 errors,
                 blank,
                 model or "",
+                run_tiles.get(run.id) if run else None,
+                run is not None and run.id in run_tiles,
             )
         )
+    return found
+
+
+def _run_tiles(session: Session, run_ids: list[int]) -> dict[int, dict[str, Any] | str | None]:
+    """The grid each run judges in, from its latest verdict's operating point (a verdict in
+    another grid than the model's carries it as "tile"; the run itself records none): runs
+    with no verdict yet are left out. Grouped, a few queries in all, not one a station."""
+    found: dict[int, dict[str, Any] | str | None] = {}
+    for first in range(0, len(run_ids), _IN_LIST):
+        latest = (
+            select(func.max(Inspection.id))
+            .where(Inspection.run_id.in_(run_ids[first : first + _IN_LIST]))
+            .group_by(Inspection.run_id)
+        )
+        for run_id, point in session.execute(
+            select(Inspection.run_id, Inspection.thresholds).where(Inspection.id.in_(latest))
+        ):
+            found[run_id] = (point or {}).get("tile")
     return found
 
 

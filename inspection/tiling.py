@@ -27,6 +27,19 @@ MAX_OVERLAP = 0.9  # beyond it the tiles nearly repeat each other and the work g
 MIN_TILE = 32  # a tile smaller than the detector's coarsest stride finds nothing
 
 
+def station_grid(tile: dict[str, Any] | str | None, judged: bool = True) -> str:
+    """A station's grid in words, from the "tile" of its verdicts' operating point (None: the
+    model's own): what the Live page and `defects status` show beside the model."""
+    if not judged:
+        return ""
+    if tile is None:
+        return "model's own"
+    if tile == "off":
+        return "whole (--tile off)"
+    spec = TileSpec.from_json(tile)
+    return f"{spec.describe()} (--tile)" if spec is not None else "model's own"
+
+
 class TileSpecError(ValueError):
     """A tile size or overlap that cannot be used; the message says why."""
 

@@ -747,3 +747,35 @@ def test_a_training_lets_its_library_read_images_as_large_as_the_limit(
     with pytest.raises(UserError):  # (no such dataset: stopped before any training)
         train_detector(TrainRequest(data="none-such"), url=url)
     check_image(str(big))  # read, as the import read it
+
+
+def test_status_and_the_live_page_show_the_grid_a_station_judges_in(
+    station: str, parts: list[np.ndarray], tmp_path: Path
+) -> None:
+    """A station given --tile (or --tile off, a tiled model's strips shrunk whole) showed on
+    the floor only its model, as if it judged in the model's own grid."""
+    from streamlit.testing.v1 import AppTest
+    from typer.testing import CliRunner
+
+    from training.cli import app
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "strip.png").write_bytes(_png(_mosaic(parts[:6], columns=3, rows=2)))
+    runner = CliRunner()
+    command = ["batch", str(folder), "--line", "L", "--station", "S", "--backend", "pytorch"]
+    grids = []
+    for tile in (["--tile", "96:25%"], ["--tile", "off"], []):
+        assert runner.invoke(app, [*command, *tile]).exit_code == 0
+        shown = runner.invoke(app, ["status", "--json"])
+        assert shown.exit_code == 0, shown.output
+        grids.append({s["station"]: s["grid"] for s in json.loads(shown.stdout)["stations"]}["S"])
+    assert grids == ["96 px tiles, 25% overlap (--tile)", "whole (--tile off)", "model's own"]
+    at = AppTest.from_file(
+        str(Path(__file__).parents[1] / "dashboard" / "app.py"), default_timeout=120
+    ).run()
+    at.switch_page("views/live.py").run()
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value
+    assert list(table[table["station"] == "S"]["grid"]) == ["model's own"]
+    assert "grid:" in " ".join(c.value for c in at.caption)

@@ -1596,6 +1596,7 @@ def status_command(
 
     from db.models import database_utcnow
     from db.queries import station_activity
+    from inspection.tiling import station_grid
 
     url = migrated_database_url()
     with session_scope(url) as session:
@@ -1610,6 +1611,7 @@ def status_command(
                 "run_id": a.run_id,
                 "run_open": a.run_open,
                 "model": a.run_model,
+                "grid": station_grid(a.run_tile, a.run_judged) or None,
                 "source": a.run_source,
                 "last_inspected_at": a.last_inspected_at.isoformat(timespec="seconds") + "Z"
                 if a.last_inspected_at
@@ -1638,6 +1640,7 @@ def status_command(
         "station",
         "run",
         "model",
+        "grid",
         "last part (UTC)",
         "parts",
         "failed",
@@ -1651,6 +1654,7 @@ def status_command(
             a.station,
             f"{a.run_id}{' open' if a.run_open else ''}" if a.run_id else "-",
             a.run_model or "-",
+            station_grid(a.run_tile, a.run_judged) or "-",
             a.last_inspected_at.strftime("%m-%d %H:%M:%S") if a.last_inspected_at else "-",
             str(a.inspected),
             str(a.failed),

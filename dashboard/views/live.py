@@ -37,6 +37,7 @@ from db.queries import (
 )
 from db.session import DatabaseError, session_scope
 from inspection.images import ImageDecodeError, decode_image, located_image
+from inspection.tiling import station_grid
 
 REFRESH_SECONDS = 5
 IDLE_MINUTES = 5  # a watched station without a part for this long is called out
@@ -195,6 +196,7 @@ def _live_view() -> None:
                     "errors": a.errors,
                     "run": a.run_id,
                     "model": a.run_model,
+                    "grid": station_grid(a.run_tile, a.run_judged),
                     "source": a.run_source,
                 }
                 for a in activity
@@ -204,7 +206,7 @@ def _live_view() -> None:
     )
     st.caption(
         f"Parts judged in the last {window} minutes, a blank frame or empty capture each time it "
-        f"came (the History page counts each part once); refreshed every {REFRESH_SECONDS} s; "
+        f"came (the History page counts each part once); grid: the tiles the station's latest run cuts a part larger than a tile into, as its latest verdict was given; refreshed every {REFRESH_SECONDS} s; "
         f"times in {zone}."
     )
     left, right = st.columns([3, 2])
