@@ -1101,16 +1101,23 @@ def station_activity(session: Session, since: datetime) -> list[StationActivity]
 def _run_tiles(session: Session, run_ids: list[int]) -> dict[int, dict[str, Any] | str | None]:
     """The grid each run judges in, from its latest verdict's operating point (a verdict in
     another grid than the model's carries it as "tile"; the run itself records none): runs
-    with no verdict yet are left out. Grouped, a few queries in all, not one a station."""
+    with no verdict yet are left out. A few queries in all, not one a station; each run's
+    latest verdict found through the (run, time) index, not by reading every verdict of a run
+    (a watch's run holds weeks of them, and the Live page asks at each refresh)."""
     found: dict[int, dict[str, Any] | str | None] = {}
+    latest = (
+        select(Inspection.id)
+        .where(Inspection.run_id == InspectionRun.id)
+        .order_by(Inspection.inspected_at.desc(), Inspection.id.desc())
+        .limit(1)
+        .correlate(InspectionRun)
+        .scalar_subquery()
+    )
     for first in range(0, len(run_ids), _IN_LIST):
-        latest = (
-            select(func.max(Inspection.id))
-            .where(Inspection.run_id.in_(run_ids[first : first + _IN_LIST]))
-            .group_by(Inspection.run_id)
-        )
         for run_id, point in session.execute(
-            select(Inspection.run_id, Inspection.thresholds).where(Inspection.id.in_(latest))
+            select(InspectionRun.id, Inspection.thresholds)
+            .join(Inspection, Inspection.id == latest)
+            .where(InspectionRun.id.in_(run_ids[first : first + _IN_LIST]))
         ):
             found[run_id] = (point or {}).get("tile")
     return found
