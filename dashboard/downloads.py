@@ -10,6 +10,7 @@ import pandas as pd
 from db.queries import INSPECTION_COLUMNS, Filters, inspection_count, inspection_rows
 from db.session import session_scope
 from inspection.batch import spreadsheet_text
+from inspection.tiling import station_grid
 
 
 def _csv_cell(value: object) -> object:
@@ -44,6 +45,8 @@ def filtered_results_csv(url: str, filters: Filters, limit: int = CSV_ROW_LIMIT)
     every change of a filter, so the page hands this over as the button's data."""
     with session_scope(url) as session:
         rows = inspection_rows(session, replace(filters, include_superseded=True), limit)
+    for row in rows:  # (a verdict judged in tiles or whole, in words, as the Live page says it)
+        row["grid"] = station_grid(row["grid"]) if row["verdict"] != "error" else ""
     table = pd.DataFrame(
         [[_csv_cell(row[name]) for name in INSPECTION_COLUMNS] for row in rows],
         columns=list(INSPECTION_COLUMNS),  # the header, also over no rows

@@ -734,6 +734,9 @@ INSPECTION_COLUMNS = (
     "model",
     "superseded_at",
     "error",
+    # The "tile" of its operating point: None the model's own grid, "off", or a --tile's. (Last:
+    # a script reading the columns by place reads the earlier ones where they were.)
+    "grid",
 )
 
 
@@ -793,6 +796,8 @@ def inspection_rows(
             Inspection.verdict,
             Inspection.latency_ms,
             ModelVersion.name,
+            # (The one key, not the whole operating point: a row's thresholds are a kilobyte.)
+            Inspection.thresholds["tile"],
             Inspection.superseded_at,
             Inspection.error,
         )
@@ -807,7 +812,16 @@ def inspection_rows(
         ).items()
     }
     rows = []
-    for inspection_id, *as_selected, verdict, latency_ms, model, superseded_at, error in found:
+    for (
+        inspection_id,
+        *as_selected,
+        verdict,
+        latency_ms,
+        model,
+        tile,
+        superseded_at,
+        error,
+    ) in found:
         # (captured_at, inspected_at, line, station, part, content_hash: as selected)
         classes = ";".join(sorted(counted.get(inspection_id, ())))
         values = (
@@ -818,6 +832,7 @@ def inspection_rows(
             model,
             superseded_at,
             error or "",
+            tile,
         )
         rows.append(dict(zip(INSPECTION_COLUMNS, values, strict=True)))
     return rows

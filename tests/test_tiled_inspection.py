@@ -754,9 +754,14 @@ def test_status_and_the_live_page_show_the_grid_a_station_judges_in(
 ) -> None:
     """A station given --tile (or --tile off, a tiled model's strips shrunk whole) showed on
     the floor only its model, as if it judged in the model's own grid."""
+    import csv
+
     from streamlit.testing.v1 import AppTest
     from typer.testing import CliRunner
 
+    from dashboard.downloads import filtered_results_csv
+    from db.queries import Filters
+    from inspection.settings import get_settings
     from training.cli import app
 
     folder = tmp_path / "in"
@@ -779,3 +784,7 @@ def test_status_and_the_live_page_show_the_grid_a_station_judges_in(
     table = at.dataframe[0].value
     assert list(table[table["station"] == "S"]["grid"]) == ["model's own"]
     assert "grid:" in " ".join(c.value for c in at.caption)
+    # The History page's download says each verdict's grid (every run's, superseded ones too).
+    csv_text = filtered_results_csv(get_settings().resolved_database_url, Filters()).decode()
+    rows = list(csv.DictReader(io.StringIO(csv_text)))
+    assert sorted(r["grid"] for r in rows) == sorted(grids)
