@@ -46,7 +46,7 @@ from inspection.images import (
     store_image,
 )
 from inspection.settings import get_settings, resolve_device, usable_cores
-from inspection.tiling import TileSpec, TileSpecError, tile_of_checkpoint
+from inspection.tiling import TileSpec, TileSpecError, judged_in, tile_of_checkpoint
 from inspection.verdict import Detection, Thresholds, part_fails, verify
 
 BackendChoice = Literal["auto", "pytorch", "onnx", "onnx-int8"]
@@ -143,10 +143,6 @@ def open_backend(
     return TorchBackend(weights, device)
 
 
-def _judged_in(tile: TileSpec | None) -> str:
-    return f"in {tile.describe()}" if tile is not None else "every part whole"
-
-
 @functools.lru_cache(maxsize=16)
 def _cached_checkpoint_tile(path: str, identity: tuple[int, ...]) -> TileSpec | None:
     import torch
@@ -187,8 +183,8 @@ def check_export_grid(backend: Backend, weights: Path) -> None:
     if expected == backend.tile:
         return
     raise UserError(
-        f"{backend.model_path.name} judges {_judged_in(backend.tile)}, but the weights it was "
-        f"exported from, {weights}, judge {_judged_in(expected)}: an export written before the "
+        f"{backend.model_path.name} judges {judged_in(backend.tile)}, but the weights it was "
+        f"exported from, {weights}, judge {judged_in(expected)}: an export written before the "
         f"grid went into its metadata, or of other weights; export it again (`defects export "
         f"{weights}`) or pass --backend pytorch"
     )

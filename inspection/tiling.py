@@ -79,6 +79,10 @@ class TileSpec:
     def describe(self) -> str:
         return f"{self.size} px tiles, {self.overlap:.0%} overlap"
 
+    def option(self) -> str:
+        """The grid as `--tile` takes it (SIZE:OVERLAP): what a message tells a user to give."""
+        return f"{self.size}:{self.overlap:g}"
+
     @classmethod
     def parse(cls, text: str) -> TileSpec:
         """SIZE[:OVERLAP], the overlap a fraction (0.2) or a percentage (20%), 0.2 when left
@@ -107,6 +111,16 @@ def _starts(length: int, size: int, overlap: float) -> list[int]:
     stride = max(1, math.floor(size * (1.0 - overlap)))
     count = math.ceil((length - size) / stride) + 1
     return [round(i * (length - size) / (count - 1)) for i in range(count)]
+
+
+def judged_in(tile: TileSpec | None) -> str:
+    """How a grid judges a large part, in words: "in 64 px tiles, ..." or "every part whole"."""
+    return f"in {tile.describe()}" if tile is not None else "every part whole"
+
+
+def tile_option(tile: TileSpec | None) -> str:
+    """The `--tile` value that judges in `tile` (None: off)."""
+    return tile.option() if tile is not None else "off"
 
 
 def tile_grid(width: int, height: int, spec: TileSpec) -> list[tuple[int, int, int, int]]:

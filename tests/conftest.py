@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,20 +165,23 @@ class Trained:
     weights: Path
 
 
-@pytest.fixture(scope="session")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trained]:
-    """One tiny detector trained for one epoch, shared by the tests that need a real model."""
+@contextmanager
+def tiny_detector(
+    base: Path, import_data: Callable[[str, Path], object], data: str, **request: object
+) -> Iterator[Trained]:
+    """A tiny detector trained one epoch in a data folder of its own under `base`, on the
+    dataset `import_data(url, base)` imports as `data`: what the tests that need a real model
+    share (trained once per session or module)."""
     from training.train_detector import TrainRequest, train_detector
 
-    base = tmp_path_factory.mktemp("detector")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DEFECTS_DATA_DIR", str(base / "data"))
         get_settings.cache_clear()
         url = get_settings().resolved_database_url
         upgrade(url)
-        import_synthetic(url, base, n=24)
+        import_data(url, base)
         version_id = train_detector(
-            TrainRequest(data="synth", architecture="defect-yolo-n", epochs=1, imgsz=64, batch=4),
+            TrainRequest(data=data, architecture="defect-yolo-n", epochs=1, **request),  # type: ignore[arg-type]
             url=url,
         )
         with session_scope(url) as session:
@@ -186,6 +189,19 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trained]:
             result = Trained(url, base / "data", version.name, Path(version.file_path))
         yield result
     get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trained]:
+    """One tiny detector trained for one epoch, shared by the tests that need a real model."""
+    with tiny_detector(
+        tmp_path_factory.mktemp("detector"),
+        lambda url, base: import_synthetic(url, base, n=24),
+        "synth",
+        imgsz=64,
+        batch=4,
+    ) as result:
+        yield result
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +14,11 @@ import torch
 import yaml
 from PIL import Image
 
-from db.migrate import upgrade
 from db.registry import get_model_version
 from db.session import session_scope
 from inspection.settings import get_settings
 from inspection.tiling import CHECKPOINT_KEY, ONNX_METADATA_KEY, TileSpec, tile_grid
-from tests.conftest import Trained
+from tests.conftest import Trained, tiny_detector
 from tests.synthetic import CLASSES
 from tests.test_backtest import reviewed  # noqa: F401 - the fixture of four reviewed parts
 from training.datasets import (
@@ -284,36 +282,17 @@ def test_record_tile_writes_and_removes_the_grid(trained: Trained, tmp_path: Pat
     assert CHECKPOINT_KEY not in torch.load(weights, weights_only=False)
 
 
-@dataclass
-class TrainedTiled:
-    url: str
-    version_name: str
-    weights: Path
-
-
 @pytest.fixture(scope="module")
-def trained_tiled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainedTiled]:
+def trained_tiled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trained]:
     """A tiny detector trained for one epoch on a tiled dataset, at its default size."""
-    from training.train_detector import TrainRequest, train_detector
-
-    base = tmp_path_factory.mktemp("tiled-detector")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("DEFECTS_DATA_DIR", str(base / "data"))
-        get_settings.cache_clear()
-        url = get_settings().resolved_database_url
-        upgrade(url)
-        _tiled_parts(url, base)
-        version_id = train_detector(
-            TrainRequest(data="tiled", architecture="defect-yolo-n", epochs=1, batch=6), url=url
-        )
-        with session_scope(url) as session:
-            version = get_model_version(session, version_id)
-            yield TrainedTiled(url, version.name, Path(version.file_path))
-    get_settings.cache_clear()
+    with tiny_detector(
+        tmp_path_factory.mktemp("tiled-detector"), _tiled_parts, "tiled", batch=6
+    ) as result:
+        yield result
 
 
 def test_training_on_tiles_registers_weights_that_carry_the_grid(
-    trained_tiled: TrainedTiled,
+    trained_tiled: Trained,
 ) -> None:
     from inspection.tiling import tile_of_checkpoint
 
@@ -326,7 +305,7 @@ def test_training_on_tiles_registers_weights_that_carry_the_grid(
         assert version.metrics["tile"] == {"size": 64, "overlap": 0.2}
 
 
-def test_export_of_a_tiled_model_writes_its_grid(trained_tiled: TrainedTiled) -> None:
+def test_export_of_a_tiled_model_writes_its_grid(trained_tiled: Trained) -> None:
     from inspection.tiling import tile_of_metadata
     from training.export import export_detector, read_metadata
 

@@ -76,3 +76,12 @@ def test_a_recorded_grid_that_is_not_json_is_named_unreadable(value: str, tmp_pa
     (tmp_path / "data.yaml").write_text(f"defects_tile: {value!r}\n")
     with pytest.raises(UserError, match=r"data\.yaml: unreadable tile setting"):
         dataset_tile(tmp_path)
+
+
+def test_a_grid_is_said_as_the_option_that_gives_it() -> None:
+    from inspection.tiling import judged_in, tile_option
+
+    assert TileSpec.parse(TileSpec(200, 0.25).option()) == TileSpec(200, 0.25)
+    assert tile_option(TileSpec(64, 0.0)) == "64:0" and tile_option(None) == "off"
+    assert judged_in(TileSpec(64, 0.2)) == "in 64 px tiles, 20% overlap"
+    assert judged_in(None) == "every part whole"

@@ -25,15 +25,15 @@ from db.models import (
 from db.registry import get_model_version, production_model
 from db.reviews import PartTruth, reviewed_parts, reviewer_classes
 from db.session import session_scope
-from inspection.engine import Inspector, PartInput, TileChoice
+from inspection.engine import Inspector, PartInput, TileChoice, checkpoint_tile
 from inspection.errors import UserError
 from inspection.images import located_image
 from inspection.tiling import (
     TileSpec,
     TileSpecError,
     needs_tiling,
-    tile_of_checkpoint,
     tile_of_metadata,
+    tile_option,
 )
 from training.datasets import (
     Box,
@@ -169,13 +169,10 @@ def _production_tile(session: Session) -> tuple[TileSpec | None, list[ImportIssu
     try:
         weights = weights_file(detector)
         if weights.suffix == ".onnx":
-            import onnx
+            from training.export import read_metadata
 
-            proto = onnx.load(str(weights), load_external_data=False)
-            return tile_of_metadata({p.key: p.value for p in proto.metadata_props}), []
-        import torch
-
-        return tile_of_checkpoint(torch.load(weights, map_location="cpu", weights_only=False)), []
+            return tile_of_metadata(read_metadata(weights)), []
+        return checkpoint_tile(weights), []  # (read once per file, as the stations read it)
     except (UserError, OSError, ValueError, RuntimeError) as exc:
         return None, [
             ImportIssue(
@@ -219,7 +216,7 @@ def _stations_grids(
     issues = []
     for grid, count in grids.items():
         judged = f"in {grid.describe()}" if grid is not None else "whole (--tile off)"
-        option = f"{grid.size}:{grid.overlap:g}" if grid is not None else "off"
+        option = tile_option(grid)
         issues.append(
             ImportIssue(
                 "stations' grid",

@@ -49,7 +49,7 @@ from inspection.images import (
     several_frames_reason,
 )
 from inspection.settings import get_settings, same_place_under
-from inspection.tiling import TileSpec, tile_grid
+from inspection.tiling import TileSpec, judged_in, tile_grid
 
 SourceFormat = Literal["voc", "yolo", "coco", "deeppcb"]
 SPLITS = ("train", "val", "test")
@@ -982,12 +982,11 @@ def grid_mismatch(model_tile: TileSpec | None, data_tile: TileSpec | None, data:
     `--tile` of the dataset's grid would judge, not as the model's own stations do."""
     if data_tile is None or data_tile == model_tile:
         return None
-    judged = f"in {model_tile.describe()}" if model_tile is not None else "every part whole"
-    again = f"--tile {model_tile.size}:{model_tile.overlap:g}" if model_tile else "no --tile"
+    again = f"--tile {model_tile.option()}" if model_tile else "no --tile"
     return (
-        f"{data!r} is cut into {data_tile.describe()}, but the model's stations judge {judged}: "
-        f"these figures are those of stations run with --tile {data_tile.size}:"
-        f"{data_tile.overlap:g}. For the model's own, import the images again with {again}"
+        f"{data!r} is cut into {data_tile.describe()}, but the model's stations judge "
+        f"{judged_in(model_tile)}: these figures are those of stations run with --tile "
+        f"{data_tile.option()}. For the model's own, import the images again with {again}"
     )
 
 
