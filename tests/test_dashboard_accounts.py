@@ -271,3 +271,22 @@ def test_the_models_and_settings_pages_refuse_a_reviewer_in_their_own_code(
         assert not at.exception, at.exception
         assert "is for engineers" in at.error[0].value
         assert not at.button and not at.slider and not at.dataframe
+
+
+def test_the_review_pages_export_is_for_engineers_only(url: str) -> None:
+    """Building datasets is an engineer's work: a reviewer was offered the export of reviews
+    into a training dataset on the Review page."""
+    _account(url, "ana", Role.REVIEWER)
+    _account(url, "eng", Role.ENGINEER)
+    at = _log_in(AppTest.from_file(APP, default_timeout=120).run(), "ana", "right-pass")
+    at.switch_page("views/review.py").run()
+    assert not at.exception, at.exception
+    assert not [b for b in at.button if b.label == "Export reviewed parts"]
+    assert not [t for t in at.text_input if t.label == "New dataset name"]
+    assert any("ana is a reviewer" in c.value for c in at.caption)
+    at = _log_in(AppTest.from_file(APP, default_timeout=120).run(), "eng", "right-pass")
+    at.switch_page("views/review.py").run()
+    assert not at.exception, at.exception
+    [export] = [b for b in at.button if b.label == "Export reviewed parts"]
+    export.click().run()  # (offered and run: here it needs a production model)
+    assert any("No production model" in e.value for e in at.error)

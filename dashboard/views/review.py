@@ -327,6 +327,15 @@ else:
 
 st.divider()
 st.subheader("Reviewed parts as training data")
+if not access.engineer:
+    # Building datasets and training are an engineer's work (the Models page is theirs): a
+    # reviewer is not offered the export, and this page's own code stops before it, so no
+    # stale form or changed role runs it.
+    st.caption(
+        "Engineers export the reviewed parts as a training dataset: "
+        + (f"{plain(access.name)} is a reviewer." if access.logged_in else "log in.")
+    )
+    st.stop()
 with session_scope(state.url) as session:
     free_name = unused_dataset_name(session)
 
