@@ -56,7 +56,7 @@ else:
             st.Page(VIEWS / "settings.py", title="Settings", icon=":material/tune:"),
         ]
 navigation = st.navigation(pages)
-account_sidebar(access)
+account_sidebar(ready.url, access)
 show_flashes()
 try:
     navigation.run()

@@ -16,10 +16,10 @@ import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import case, func, or_, select, update
+from sqlalchemy import case, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from db.models import Role, User, database_utcnow
+from db.models import LoginSession, Role, User, database_utcnow
 
 # scrypt's cost: 16 MiB and a few tens of milliseconds a check, far past what guessing can
 # afford on a stolen database, well inside a login's wait.
@@ -33,6 +33,11 @@ MAX_NAME_LENGTH = 128  # (a review's reviewer column)
 
 MAX_FAILED_LOGINS = 5
 LOCK_SECONDS = 30
+
+# A login kept across reloads of its browser lasts a shift at most: a floor PC left logged in
+# overnight asks again in the morning.
+LOGIN_HOURS = 12
+TOKEN_BYTES = 32
 
 
 class AccountError(ValueError):
@@ -142,6 +147,7 @@ def set_password(session: Session, name: str, password: str) -> User:
     user.password_changed_at = database_utcnow(session)
     user.failed_logins = 0
     user.locked_until = None
+    _end_logins(session, user, user.password_changed_at)
     return user
 
 
@@ -153,6 +159,7 @@ def disable_user(session: Session, name: str) -> User:
         # Its sessions end here, not only while it stays disabled: enabled again before a
         # session's next action, the session went on.
         user.password_changed_at = user.disabled_at
+        _end_logins(session, user, user.disabled_at)
     return user
 
 
@@ -266,3 +273,88 @@ def account_role(session: Session, name: str, since: datetime | None) -> Role | 
     if user is None or user.disabled_at is not None or user.password_changed_at != since:
         return None
     return user.role
+
+
+def token_hash(token: str) -> str:
+    """What the database keeps of a login's token: its SHA-256 (the token is random, so no salt
+    or slow hash is needed), so that a copy of the database holds no login to use."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class KeptLogin:
+    """A login kept for the browser that made it: `token` is the browser's to hold (in a
+    cookie) and is stored nowhere here; it is refused from `expires_at` (naive UTC)."""
+
+    token: str
+    expires_at: datetime
+
+
+def keep_login(session: Session, login: Login) -> KeptLogin:
+    """A new kept login for an account that `authenticate` just let in. Kept logins that no
+    browser can use any more (expired or ended) are dropped on the way."""
+    if login.name is None or login.since is None:
+        raise AccountError("only a login that succeeded is kept")
+    user = get_user(session, login.name)
+    now = database_utcnow(session)
+    session.execute(
+        delete(LoginSession).where(
+            or_(LoginSession.expires_at <= now, LoginSession.ended_at.is_not(None))
+        )
+    )
+    token = secrets.token_urlsafe(TOKEN_BYTES)
+    expires_at = now + timedelta(hours=LOGIN_HOURS)
+    session.add(
+        LoginSession(
+            user_id=user.id,
+            token_hash=token_hash(token),
+            password_changed_at=login.since,
+            created_at=now,
+            expires_at=expires_at,
+        )
+    )
+    session.flush()
+    return KeptLogin(token=token, expires_at=expires_at)
+
+
+def kept_login(session: Session, hashed: str) -> Login | None:
+    """The account a kept login (by its token's hash) stands for now; None once it expired or
+    ended (a logout), its account was disabled or given a new password since, or for a hash
+    of no login."""
+    found = session.execute(
+        select(LoginSession, User)
+        .join(User, User.id == LoginSession.user_id)
+        .where(LoginSession.token_hash == hashed)
+    ).first()
+    if found is None:
+        return None
+    kept, user = found
+    if (
+        kept.ended_at is not None
+        or kept.expires_at <= database_utcnow(session)
+        or user.disabled_at is not None
+        or user.password_changed_at != kept.password_changed_at
+    ):
+        return None
+    return Login(name=user.name, role=user.role, since=user.password_changed_at)
+
+
+def end_login(session: Session, hashed: str) -> None:
+    """A logout: the kept login is refused from now on, in every tab of its browser and to
+    anyone holding a copy of its token."""
+    session.execute(
+        update(LoginSession)
+        .where(LoginSession.token_hash == hashed, LoginSession.ended_at.is_(None))
+        .values(ended_at=database_utcnow(session))
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _end_logins(session: Session, user: User, now: datetime) -> None:
+    """Every kept login of the account ends: it was disabled, or its password set again."""
+    session.execute(
+        update(LoginSession)
+        .where(LoginSession.user_id == user.id, LoginSession.ended_at.is_(None))
+        .values(ended_at=now)
+        .execution_options(synchronize_session=False)
+    )

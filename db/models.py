@@ -390,5 +390,25 @@ class User(Base):
     disabled_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # When the account's logins were last ended: its password set, or the account disabled. A
-    # session holds only the date it logged in at (`db.accounts.account_role`).
+    # login holds only while it is the date it logged in at (`db.accounts.kept_login`).
     password_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class LoginSession(Base):
+    """A dashboard login kept across reloads of the browser that made it. The browser holds a
+    random token in a cookie; this row holds only its SHA-256, so a copy of the database (a
+    backup, a read-only role) logs no one in. A login ends at `expires_at`, at a logout
+    (`ended_at`), when its account is disabled or given a new password (`ended_at`, and
+    `password_changed_at` no longer the account's)."""
+
+    __tablename__ = "login_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # The account's `password_changed_at` at the login: the login holds only while it is still
+    # that, even where a release that knew no login sessions set the password.
+    password_changed_at: Mapped[datetime] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column()
+    expires_at: Mapped[datetime] = mapped_column()
+    ended_at: Mapped[datetime | None] = mapped_column()

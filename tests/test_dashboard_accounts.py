@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import select
@@ -290,3 +291,118 @@ def test_the_review_pages_export_is_for_engineers_only(url: str) -> None:
     [export] = [b for b in at.button if b.label == "Export reviewed parts"]
     export.click().run()  # (offered and run: here it needs a production model)
     assert any("No production model" in e.value for e in at.error)
+
+
+def _kept_cookie(at: AppTest) -> str:
+    """The login token the page's script gives the browser to keep, read from that script."""
+    [script] = [h.proto.body for h in at.sidebar.get("html")]
+    found = re.search(
+        r'"defects_login_8501=([^;"]*); Path=/; Expires=[^;"]+; SameSite=Strict"', script
+    )
+    assert found, script
+    return found.group(1)
+
+
+def _reloaded(monkeypatch: pytest.MonkeyPatch, cookies: dict[str, str]) -> AppTest:
+    """A new session of a browser sending `cookies`, as a reload of the page begins one. (AppTest
+    has no browser: its session's client, whose handshake's cookies `st.context.cookies` reads,
+    is given these.)"""
+    from streamlit.runtime import context
+
+    monkeypatch.setattr(
+        context, "_get_client_context", lambda: SimpleNamespace(cookies=cookies, headers={})
+    )
+    return AppTest.from_file(APP, default_timeout=120).run()
+
+
+def test_a_login_is_kept_across_a_reload_of_its_browser(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reload (F5, a floor PC's tab reopened) logged the user out: the login lived only in
+    the session, and a reload begins a new one."""
+    import hashlib
+
+    from db.models import LoginSession
+
+    _account(url, "ana", Role.REVIEWER)
+    at = _log_in(AppTest.from_file(APP, default_timeout=120).run(), "ana", "right-pass")
+    token = _kept_cookie(at)
+    assert len(token) >= 43 and "right-pass" not in token
+    with session_scope(url) as session:  # only its hash is kept
+        [kept] = session.scalars(select(LoginSession.token_hash)).all()
+    assert kept == hashlib.sha256(token.encode()).hexdigest() != token
+    again = _reloaded(monkeypatch, {"defects_login_8501": token})
+    assert not again.exception, again.exception
+    assert _titles(again) == ["Inspect parts"]
+    assert any(c.value == "Logged in as ana (reviewer)" for c in again.sidebar.caption)
+    assert not [t for t in again.text_input if t.key == "login_password"]
+    # A token of no login, or sent to another dashboard's port, logs no one in.
+    for cookies in ({"defects_login_8501": token[:-1] + "x"}, {"defects_login_8502": token}):
+        assert _titles(_reloaded(monkeypatch, cookies)) == ["Log in"]
+
+
+def test_a_logout_ends_the_kept_login_in_every_tab_of_its_browser(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def drops_the_cookie(at: AppTest) -> bool:
+        return any(
+            '"defects_login_8501=; Path=/; Max-Age=0; SameSite=Strict"' in h.proto.body
+            for h in at.get("html")
+        )
+
+    _account(url, "ana", Role.ENGINEER)
+    first = _log_in(AppTest.from_file(APP, default_timeout=120).run(), "ana", "right-pass")
+    cookies = {"defects_login_8501": _kept_cookie(first)}
+    tab, other_tab = _reloaded(monkeypatch, cookies), _reloaded(monkeypatch, cookies)
+    assert _titles(tab) == _titles(other_tab) == ["Inspect parts"]
+    [logout] = [b for b in tab.button if b.label == "Log out"]
+    logout.click().run()
+    assert _titles(tab) == ["Log in"] and drops_the_cookie(tab)
+    for open_tab in (other_tab, first):  # at their next action
+        assert _titles(open_tab.run()) == ["Log in"]
+    again = _reloaded(monkeypatch, cookies)  # the browser still sent the cookie: refused
+    assert _titles(again) == ["Log in"]
+    assert drops_the_cookie(again)  # (and the login page drops it from the browser)
+    # A session that set the cookie itself (no reload since) drops it at its logout too.
+    monkeypatch.undo()
+    fresh = _log_in(AppTest.from_file(APP, default_timeout=120).run(), "ana", "right-pass")
+    assert not drops_the_cookie(fresh)
+    [logout] = [b for b in fresh.button if b.label == "Log out"]
+    assert drops_the_cookie(logout.click().run())
+
+
+@pytest.mark.parametrize("ended_by", ["disable", "new password", "expiry"])
+def test_a_kept_login_ends_with_its_account_disabled_its_password_set_or_its_expiry(
+    url: str, monkeypatch: pytest.MonkeyPatch, ended_by: str
+) -> None:
+    from datetime import timedelta
+
+    from db.accounts import LOGIN_HOURS, enable_user, set_password
+    from db.models import LoginSession, database_utcnow
+
+    _account(url, "ana", Role.ENGINEER)
+    token = _kept_cookie(
+        _log_in(AppTest.from_file(APP, default_timeout=120).run(), "ana", "right-pass")
+    )
+    cookies = {"defects_login_8501": token}
+    open_tab = _reloaded(monkeypatch, cookies)
+    with session_scope(url) as session:
+        [kept] = session.scalars(select(LoginSession)).all()
+        now = database_utcnow(session)
+        assert (
+            timedelta(hours=LOGIN_HOURS - 1) < kept.expires_at - now <= timedelta(hours=LOGIN_HOURS)
+        )
+        if ended_by == "disable":
+            disable_user(session, "ana")
+            session.flush()
+            enable_user(session, "ana")  # (enabled again: the login stays ended)
+        elif ended_by == "new password":
+            set_password(session, "ana", "new-password")
+        else:
+            kept.expires_at = now - timedelta(seconds=1)
+    assert _titles(_reloaded(monkeypatch, cookies)) == ["Log in"]
+    open_tab.run()
+    assert _titles(open_tab) == ["Log in"] and "account" not in open_tab.session_state
+    if ended_by != "expiry":  # (ended in its row, not only by the account's changed date)
+        with session_scope(url) as session:
+            assert session.scalars(select(LoginSession.ended_at)).one() is not None

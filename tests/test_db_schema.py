@@ -284,6 +284,36 @@ def test_upgrade_keeps_the_verdicts_of_an_older_schema(tmp_path: Path, revision:
         assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
 
 
+def test_the_login_sessions_migration_goes_up_and_down_and_keeps_the_accounts(
+    tmp_path: Path,
+) -> None:
+    from alembic import command
+    from sqlalchemy import inspect as schema
+
+    from db.accounts import add_user, authenticate, keep_login, kept_login, token_hash
+    from db.migrate import alembic_config
+    from db.models import Role
+
+    url = f"sqlite:///{tmp_path / 'logins.db'}"
+    upgrade(url, "0009")
+    assert "login_sessions" not in schema(get_engine(url)).get_table_names()
+    with session_scope(url) as session:
+        add_user(session, "ana", Role.REVIEWER, "long-enough")
+    assert upgrade(url) == head_revision()
+    with session_scope(url) as session:
+        kept = keep_login(session, authenticate(session, "ana", "long-enough"))
+    with session_scope(url) as session:
+        login = kept_login(session, token_hash(kept.token))
+        assert login is not None and login.name == "ana"
+    command.downgrade(alembic_config(url), "0009")
+    get_engine(url).dispose()
+    assert "login_sessions" not in schema(get_engine(url)).get_table_names()
+    upgrade(url)
+    with session_scope(url) as session:  # the account is kept; its kept login is not
+        assert authenticate(session, "ana", "long-enough").ok
+        assert kept_login(session, token_hash(kept.token)) is None
+
+
 def test_a_database_a_newer_release_migrated_is_refused_untouched(tmp_path: Path) -> None:
     """A station on an older release, pointed at a database another station upgraded: Alembic
     stopped every command and the app with a traceback ("Can't locate revision")."""

@@ -134,3 +134,76 @@ def test_upload_an_image_and_see_its_verdict(trained: Trained, tmp_path: Path) -
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_a_login_is_kept_across_a_reload_and_a_logout_ends_it(tmp_path: Path) -> None:
+    """In a real browser: the login cookie the page's script sets, sent with the next session
+    a reload begins (AppTest has no browser to carry it)."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    from db.accounts import add_user
+    from db.models import Role
+    from db.session import session_scope
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(exist_ok=True)
+    url = f"sqlite:///{data_dir / 'defects.db'}"
+    upgrade(url)
+    with session_scope(url) as session:
+        add_user(session, "ana", Role.REVIEWER, "right-pass")
+    port = _free_port()
+    server_log = tmp_path / "server.log"
+    env = {**os.environ, "DEFECTS_DATA_DIR": str(data_dir), "DEFECTS_DEVICE": "cpu"}
+    env.pop("DEFECTS_DATABASE_URL", None)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "dashboard/app.py"]
+        + ["--server.port", str(port), "--server.address", "127.0.0.1"]
+        + ["--server.headless", "true", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=server_log.open("w"),
+        text=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_healthy(base, server, server_log)
+        with playwright.sync_playwright() as driver:
+            browser = driver.chromium.launch(
+                executable_path=str(CHROMIUM),
+                args=["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"],
+            )
+            page = browser.new_page()
+            page.goto(base, timeout=60_000)
+            page.get_by_label("Name").fill("ana")
+            page.get_by_label("Password", exact=True).fill("right-pass")
+            page.get_by_role("button", name="Log in").click()
+            logged_in = page.get_by_text("Logged in as ana (reviewer)")
+            logged_in.wait_for(timeout=60_000)
+            page.wait_for_function(f"document.cookie.includes('defects_login_{port}=')")
+            [cookie] = [c for c in page.context.cookies() if c["name"] == f"defects_login_{port}"]
+            assert cookie["sameSite"] == "Strict" and cookie["path"] == "/"
+            assert cookie["expires"] > time.time() + 3600  # (kept past this session)
+            page.reload(timeout=60_000)
+            logged_in.wait_for(timeout=60_000)  # no login form after the reload
+            assert not page.get_by_role("button", name="Log in").count()
+            page.get_by_role("button", name="Log out").click()
+            page.get_by_role("button", name="Log in").wait_for(timeout=60_000)
+            page.wait_for_function(f"!document.cookie.includes('defects_login_{port}=')")
+            page.reload(timeout=60_000)
+            page.get_by_role("button", name="Log in").wait_for(timeout=60_000)
+            # Logged in and out within one session (no reload between): the cookie goes too.
+            page.get_by_label("Name").fill("ana")
+            page.get_by_label("Password", exact=True).fill("right-pass")
+            page.get_by_role("button", name="Log in").click()
+            logged_in.wait_for(timeout=60_000)
+            page.wait_for_function(f"document.cookie.includes('defects_login_{port}=')")
+            page.get_by_role("button", name="Log out").click()
+            page.get_by_role("button", name="Log in").wait_for(timeout=60_000)
+            page.wait_for_function(f"!document.cookie.includes('defects_login_{port}=')")
+            browser.close()
+    except Exception:
+        print("the app's log:", server_log.read_text()[-4000:])  # shown with the failure
+        raise
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
