@@ -264,17 +264,6 @@ def _seconds_left(until: datetime, now: datetime) -> int:
     return max(1, int((until - now).total_seconds() + 0.999))
 
 
-def account_role(session: Session, name: str, since: datetime | None) -> Role | None:
-    """The role of an account that may use the dashboard now, for a login made with the
-    password set at `since`; None once the account is disabled or gone, or its password was
-    set again (a session logged in before is then logged out at its next action: a password
-    changed because someone else learnt it must end their session too)."""
-    user = find_user(session, name)
-    if user is None or user.disabled_at is not None or user.password_changed_at != since:
-        return None
-    return user.role
-
-
 def token_hash(token: str) -> str:
     """What the database keeps of a login's token: its SHA-256 (the token is random, so no salt
     or slow hash is needed), so that a copy of the database holds no login to use."""

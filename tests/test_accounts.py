@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect as schema
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
 from db.accounts import (
@@ -255,16 +256,24 @@ def test_a_huge_name_with_no_account_is_not_kept_whole(database_url: str) -> Non
     assert [len(key) for key in accounts._unknown_failures] == [accounts.MAX_NAME_LENGTH + 1]
 
 
+def _role_of(session: Session, token: str) -> Role | None:
+    """The role a kept login (the browser's token) stands for now, as the dashboard reads it."""
+    from db.accounts import kept_login, token_hash
+
+    login = kept_login(session, token_hash(token))
+    return None if login is None else login.role
+
+
 def test_a_disabled_account_cannot_log_in(database_url: str) -> None:
-    from db.accounts import account_role, disable_user
+    from db.accounts import disable_user, keep_login
 
     with session_scope(database_url) as session:
         add_user(session, "ana", Role.ENGINEER, "right-pass")
     with session_scope(database_url) as session:
-        since = authenticate(session, "ana", "right-pass").since
-        assert account_role(session, "ana", since) is Role.ENGINEER
+        token = keep_login(session, authenticate(session, "ana", "right-pass")).token
+        assert _role_of(session, token) is Role.ENGINEER
         disable_user(session, "ana")
-        assert account_role(session, "ana", since) is None
+        assert _role_of(session, token) is None
         login = authenticate(session, "ana", "right-pass")
         assert not login.ok and login.disabled
 
@@ -274,40 +283,40 @@ def test_a_login_ends_with_a_disable_even_if_enabled_again_before_its_next_actio
 ) -> None:
     """An account disabled and enabled again between two actions of its session (disabled for
     a person who left, then enabled for the one taking over the name) kept the session."""
-    from db.accounts import account_role, disable_user, enable_user
+    from db.accounts import disable_user, enable_user, keep_login
 
     with session_scope(database_url) as session:
         add_user(session, "ana", Role.ENGINEER, "right-pass")
     with session_scope(database_url) as session:
-        since = authenticate(session, "ana", "right-pass").since
+        token = keep_login(session, authenticate(session, "ana", "right-pass")).token
     with session_scope(database_url) as session:
         disable_user(session, "ana")
     with session_scope(database_url) as session:
         enable_user(session, "ana")
     with session_scope(database_url) as session:
-        assert account_role(session, "ana", since) is None
-        fresh = authenticate(session, "ana", "right-pass")
+        assert _role_of(session, token) is None
+        fresh = keep_login(session, authenticate(session, "ana", "right-pass")).token
     with session_scope(database_url) as session:
-        assert account_role(session, "ana", fresh.since) is Role.ENGINEER
+        assert _role_of(session, fresh) is Role.ENGINEER
 
 
 def test_a_login_ends_when_its_password_is_set_again(database_url: str) -> None:
     """A password set again because someone else learnt it ends that person's login too."""
-    from db.accounts import account_role, set_password
+    from db.accounts import keep_login, set_password
 
     with session_scope(database_url) as session:
         add_user(session, "ana", Role.ENGINEER, "right-pass")
     with session_scope(database_url) as session:
-        login = authenticate(session, "ana", "right-pass")
+        token = keep_login(session, authenticate(session, "ana", "right-pass")).token
     with session_scope(database_url) as session:
-        assert account_role(session, "ana", login.since) is Role.ENGINEER
-        assert account_role(session, "ana", None) is None  # (a login with no date holds none)
+        assert _role_of(session, token) is Role.ENGINEER
+        assert _role_of(session, "not-a-token") is None
         set_password(session, "ana", "new-password")
     with session_scope(database_url) as session:
-        assert account_role(session, "ana", login.since) is None
-        fresh = authenticate(session, "ana", "new-password")
+        assert _role_of(session, token) is None
+        fresh = keep_login(session, authenticate(session, "ana", "new-password")).token
     with session_scope(database_url) as session:
-        assert account_role(session, "ana", fresh.since) is Role.ENGINEER
+        assert _role_of(session, fresh) is Role.ENGINEER
 
 
 @pytest.mark.parametrize("name", ["", "   ", "a\nb", "x" * 129])
