@@ -122,6 +122,10 @@ class SourceItem:
 # so what is held for a fuller chunk is judged and written now. Known by identity.
 WRITE_NOW = SourceItem("", None, "the source is quiet: write what is held")
 
+# Hears each chunk once it is committed, with the parts it recorded: what the results feed
+# writes, so that a line never stands for a verdict the database does not hold.
+OnRecorded = Callable[[list[PartResult]], None]
+
 
 def chunk_parts(batch_size: int, chunk_batches: int) -> int:
     """Parts per transaction: WRITE_CHUNK, unless that is less than two of the engine's
@@ -773,6 +777,7 @@ class BatchInspection:
         self.chunk_parts = chunk_parts(self.inspector.batch_size, get_settings().chunk_batches)
         self.outage_seconds = get_settings().db_outage_seconds
         self._giving_up = Event()  # set by Ctrl-C: no more waiting for the database
+        self._on_recorded: OnRecorded | None = None  # (the run's, for its chunks' writes)
 
     def _check_classes(self, inspector: Inspector, close: bool = True) -> None:
         """The model that judges must name the version's classes: a stale or foreign .onnx
@@ -959,6 +964,7 @@ class BatchInspection:
         on_result: Callable[[PartResult], None] | None = None,
         finish: bool = True,
         on_skipped: Callable[[int], None] | None = None,
+        on_recorded: OnRecorded | None = None,
     ) -> BatchSummary:
         """Inspect what is new among `items`, writing one transaction per chunk, and mark the
         run finished at the end unless `finish` is False (a watch, whose run goes on).
@@ -966,12 +972,16 @@ class BatchInspection:
         `on_result` hears of each part judged now, `on_skipped` of how many in a chunk were
         judged already: together they count every item, so a progress bar of a resumed run
         reaches its end (with `on_result` alone it stopped at the share judged now).
+        `on_recorded` hears of each chunk once it is committed, in the writer thread (the
+        results feed): a part judged now but not recorded (a crash, a database gone) is never
+        told there.
 
         A chunk's write (image files, then one commit) runs in a writer thread while the next
         chunk is inspected; at most one write is in flight, and `run` returns once it is done.
         """
         whole = finish  # (a run of its own, not one look of a watch)
         finish = finish and self.owns_run
+        self._on_recorded = on_recorded
         started = time.perf_counter()
         chunk: list[SourceItem] = []
         chunk_bytes = 0
@@ -1104,7 +1114,13 @@ class BatchInspection:
         # this write runs.)
         point = self._as_judged(self.inspector.thresholds.to_dict())
         self._pending_write = self._writer.submit(
-            self._write_and_count, results, rejudged, finishing, point, moves
+            self._write_and_count,
+            results,
+            rejudged,
+            finishing,
+            point,
+            moves,
+            self._on_recorded,
         )
         for result in results:
             if on_result:
@@ -1158,11 +1174,13 @@ class BatchInspection:
         finishing: bool,
         point: dict[str, Any],
         moves: list[Move] | None = None,
+        on_recorded: OnRecorded | None = None,
     ) -> bool:
-        """The chunk's write, then its counts in the summary, then its files moved out where
-        asked: in the writer thread, which Ctrl-C does not interrupt, so the summary never
-        lacks (nor adds) a part the database holds, wherever the interrupt lands in the main
-        thread."""
+        """The chunk's write, then its counts in the summary, then `on_recorded` told (the
+        results feed: after the commit, so that a line never stands for a verdict the database
+        does not hold), then its files moved out where asked: in the writer thread, which
+        Ctrl-C does not interrupt, so the summary never lacks (nor adds) a part the database
+        holds, wherever the interrupt lands in the main thread."""
         for attempt in range(1, WRITE_RACE_ATTEMPTS + 1):
             try:
                 marked_finished = self._through_outages(
@@ -1196,6 +1214,8 @@ class BatchInspection:
                 self.summary.failed_by_class.update(
                     result.failed_classes or [PART_CLASSIFIER_ALONE]
                 )
+        if on_recorded is not None:
+            on_recorded(results)
         self._move_judged(moves or [])
         return marked_finished
 
@@ -1322,19 +1342,20 @@ class BatchInspection:
         settle_seconds: float = 0.5,
         known: set[FileKey] | None = None,
         first: Iterable[SourceItem] = (),
+        on_recorded: OnRecorded | None = None,
     ) -> BatchSummary:
         """`first` (the folder as it was), then the files that appear in `folder` until `stop`
         is set (`known`: files already read, by `file_key`, which are left alone unless they
-        change).
+        change). `on_recorded`: as `run`'s.
 
         The run stays open while the watch goes on (the Live page and `defects status` show
         it at work) and is marked finished when it stops, by `stop` or Ctrl-C: a watch killed
         outright leaves it open, which tells the two apart."""
         database_gone = False
         try:
-            self.run(first, on_result, finish=False)
+            self.run(first, on_result, finish=False, on_recorded=on_recorded)
             for ready in hot_folder_batches(folder, stop, poll_seconds, settle_seconds, known):
-                self.run(ready, on_result, finish=False)
+                self.run(ready, on_result, finish=False, on_recorded=on_recorded)
         except DatabaseError:
             database_gone = True
             raise

@@ -43,6 +43,7 @@ from inspection.batch import (
     BatchInspection,
     BatchSummary,
     FileKey,
+    OnRecorded,
     SourceItem,
     content_key,
     discard_empty_run,
@@ -67,7 +68,6 @@ QUEUE_PER_WORKER = 256  # parts dealt ahead to each worker: a few batches, bound
 # one process for every worker, became the limit of a run skipping parts it had judged.
 DEAL_BATCH = 16
 DEAL_WAIT_S = 0.1  # a part is held back for a fuller message at most this long
-RESULTS_PER_MESSAGE = 32  # results a worker sends back at once (one message each is slower)
 
 
 @dataclass(frozen=True)
@@ -163,13 +163,17 @@ def _worker(
     """A worker's whole life: open its share, inspect what it is dealt, report, stop.
     `stopping`, set by the dealer as the run stops, leaves the parts still dealt to it."""
     dealer_gone = threading.Event()
+    # (The writer thread tells of each chunk it committed while this one tells the rest: one
+    # message at a time on the pipe.)
+    telling = threading.Lock()
 
     def tell(kind: str, payload: object) -> None:
         """To the dealer; if it is gone (killed), the rows still matter, the messages do not."""
         if dealer_gone.is_set():
             return
         try:
-            channel.send((kind, payload))
+            with telling:
+                channel.send((kind, payload))
         except OSError:  # BrokenPipeError and kin
             dealer_gone.set()
 
@@ -212,7 +216,6 @@ def _worker(
     if (tiling := share.inspector.tiling_note()) is not None:  # (the dealer has no model)
         share.say("tiling", tiling)
     tell("ready", (imported_s, time.time() - job.launched_at))
-    pending: list[PartResult] = []
 
     # The dealer's messages are taken off the pipe by a thread of their own: a dealer killed
     # half-way through writing one (a message larger than the pipe holds) would leave a reader
@@ -256,38 +259,29 @@ def _worker(
             for entry in dealt_items:
                 if stopping.is_set():  # (the chunk it holds is judged and written)
                     return
-                if entry is None:
-                    yield WRITE_NOW
-                    send_results()  # judged just now: shown at once, not with the next 32
-                else:
-                    yield entry
+                yield WRITE_NOW if entry is None else entry
 
-    def send_results() -> None:
-        if pending:
-            tell("results", list(pending))
-            pending.clear()
-
-    def on_result(result: PartResult) -> None:
-        pending.append(result)
-        if len(pending) >= RESULTS_PER_MESSAGE:
-            send_results()
+    def on_recorded(results: list[PartResult]) -> None:
+        """A chunk's verdicts, told once committed (never one the database does not hold),
+        in one message: a batch's chunk at once, a watch's frame as soon as it is written."""
+        if results:
+            tell("results", results)
 
     try:
         # (Parts judged before are told at once, a count a chunk: the dealer's progress.)
-        summary = share.run(dealt(), on_result, on_skipped=lambda n: tell("skipped", n))
-    except KeyboardInterrupt:
-        tell("results", pending)
+        summary = share.run(
+            dealt(), on_skipped=lambda n: tell("skipped", n), on_recorded=on_recorded
+        )
+    except KeyboardInterrupt:  # (what was committed was told by the writer thread)
         tell("stopped", share.summary)
         share.inspector.close()
         return
     except Exception as exc:  # noqa: BLE001 - reported to the dealer, which stops the run
-        tell("results", pending)
         tell("failed", _reason(exc))
         share.inspector.close()
         return
     # Everything is written: said before the model is let go, so that the run's clock stops
     # with the work, not with the processes' exit.
-    tell("results", pending)
     if waiting["first_part"]:
         tell("waited", (waiting["waited"], time.perf_counter() - waiting["first_part"]))
     tell("done", summary)
@@ -376,6 +370,7 @@ class ParallelInspection:
         # queue first, up to QUEUE_PER_WORKER parts, for a minute on a slow CPU.
         self._stopping: ProcessEvent | None = None
         self._ran = False
+        self._on_recorded: OnRecorded | None = None  # (the run's: the results feed)
         # Seconds from the workers' start to each one's model loaded: the price of a fresh
         # interpreter per worker, paid once per run, shown so that it is not mistaken for a slow line.
         self.ready_after_s: list[float] = []
@@ -479,11 +474,14 @@ class ParallelInspection:
         on_result: Callable[[PartResult], None] | None = None,
         stop: threading.Event | None = None,
         on_skipped: Callable[[int], None] | None = None,
+        on_recorded: OnRecorded | None = None,
     ) -> BatchSummary:
         """Deal `items` out to the workers and gather their results; returns once every worker
         has written its last chunk. A worker that fails stops the run with its reason. `stop`,
         set when the run stops, is also the one a hot folder's `items` wait on. `on_skipped`
-        hears how many parts a worker found judged already, as `BatchInspection.run`'s does."""
+        hears how many parts a worker found judged already, as `BatchInspection.run`'s does;
+        `on_result` and `on_recorded` hear of each chunk a worker has committed."""
+        self._on_recorded = on_recorded
         if self._ran:
             raise RuntimeError("a ParallelInspection runs once")
         self.start()
@@ -629,6 +627,7 @@ class ParallelInspection:
         known: set[FileKey] | None = None,
         poll_seconds: float = 1.0,
         settle_seconds: float = 0.5,
+        on_recorded: OnRecorded | None = None,
     ) -> BatchSummary:
         """`first` (the folder as it was), then the files that appear in `folder` until `stop`
         is set (or Ctrl-C), in one run over the workers, whose model is loaded once."""
@@ -642,7 +641,7 @@ class ParallelInspection:
 
         if not folder.is_dir():  # (said before any worker starts)
             raise UserError(f"hot folder not found: {folder}")
-        return self.run(items(), on_result, stop)
+        return self.run(items(), on_result, stop, on_recorded=on_recorded)
 
     def who_waited(self) -> str | None:
         """Whether the dealer or the workers held the run back, from what each waited for;
@@ -719,6 +718,8 @@ class ParallelInspection:
                             self.summary.add_latency(result.latency_ms)
                         if on_result:
                             on_result(result)
+                    if self._on_recorded:
+                        self._on_recorded(payload)
                 elif kind == "skipped":
                     if on_skipped:
                         on_skipped(payload)

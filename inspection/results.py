@@ -1,12 +1,13 @@
-"""Each part's verdict as a line of JSON the moment it is known (`defects batch --results FILE`):
+"""Each part's verdict as a line of JSON once it is recorded (`defects batch --results FILE`):
 what a line's reject gate, PLC bridge or MES reads, one part at a time, without querying the
 database. The database stays the record; this is the feed.
 
-One object per line, appended and flushed as each part is judged, so a reader following the
-file (`tail -F`, a named pipe) sees it at once. Parts a run finds judged already are not written
-again; a part judged again (another operating point) is. After a crash, the parts of the last
-chunk may have a line but no record: the next run judges them again and writes them again, with
-the same `sha256`, by which a reader tells a part it has seen.
+One object per line, appended and flushed as each chunk of parts is committed to the database,
+never before: a line always stands for a verdict the database holds (written before, a crash or
+a database gone between the two left a line for a verdict never kept, and the part, judged
+again, a second line). A reader following the file (`tail -F`, a named pipe) sees it at once.
+Parts a run finds judged already are not written again; a part judged again (another operating
+point) is.
 """
 
 from __future__ import annotations

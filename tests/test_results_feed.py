@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select, text
 from typer.testing import CliRunner
 
 from db.models import Inspection, Part
@@ -139,3 +139,38 @@ def test_a_run_feeding_a_named_pipe_says_it_waits_for_its_reader(
     assert result.exit_code == 0, result.output
     assert f"waiting for a reader of the named pipe {pipe}" in " ".join(result.output.split())
     assert len(lines) == 2
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_line_is_written_only_once_its_verdict_is_committed(
+    station: str, tmp_path: Path, workers: str
+) -> None:
+    """A database that refuses a chunk's write (here a trigger; a dead server, a full disk
+    alike) stopped the run with a line for each verdict it never kept, and the next run, judging
+    those parts again, wrote each a second line: a reject gate acted on verdicts that were not
+    on record. A line now comes after its commit, never before."""
+    if not station.startswith("sqlite"):
+        pytest.skip("the refusing trigger is SQLite's")
+    make_images(tmp_path / "in", n=4)
+    feed = tmp_path / "feed.jsonl"
+    with session_scope(station) as session:
+        session.execute(
+            text(
+                "CREATE TRIGGER refuse BEFORE INSERT ON inspections "
+                "BEGIN SELECT RAISE(ABORT, 'refused'); END"
+            )
+        )
+    refused = _batch(tmp_path / "in", "--results", str(feed), "--workers", workers)
+    assert refused.exit_code != 0
+    with session_scope(station) as session:
+        assert session.scalar(select(func.count(Inspection.id))) == 0
+        session.execute(text("DROP TRIGGER refuse"))
+    assert not feed.exists() or feed.read_text() == ""  # no line for a verdict not kept
+
+    again = _batch(tmp_path / "in", "--results", str(feed), "--workers", workers)
+    assert again.exit_code == 0, again.output
+    lines = [json.loads(line) for line in feed.read_text().splitlines()]
+    with session_scope(station) as session:
+        recorded = set(session.scalars(select(Part.content_hash)))
+    assert sorted(line["sha256"] for line in lines) == sorted(recorded)  # one line each
+    assert len(recorded) == 4

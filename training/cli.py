@@ -1375,7 +1375,7 @@ def batch_command(
         Path | None,
         typer.Option(
             metavar="FILE",
-            help="Append each part's verdict to FILE as a line of JSON the moment it is known "
+            help="Append each part's verdict to FILE as a line of JSON once it is recorded "
             "(JSON Lines, flushed per part: for a reject gate, PLC bridge or MES to follow); "
             "parts judged before are not written again.",
         ),
@@ -1486,8 +1486,14 @@ def batch_command(
             bar.update(1)
             if result.latency_ms is not None:
                 bar.set_postfix_str(f"{result.latency_ms:.0f} ms {result.verdict}")
+
+        def on_recorded(recorded) -> None:  # type: ignore[no-untyped-def]
+            """The feed's lines, once their chunk is committed (never for a verdict lost)."""
             if feed is not None:
-                feed.write(result, line, station, job.run_id)
+                for result in recorded:
+                    feed.write(result, line, station, job.run_id)
+
+        recording = on_recorded if feed is not None else None
 
         if watch:  # a file written just now may be half-written: the watch settles it first
             files = settled_files(files)
@@ -1504,6 +1510,7 @@ def batch_command(
                     on_result,
                     iter_source(source, files) if files else iter(()),
                     known,
+                    on_recorded=recording,
                 )
             elif watch:
                 job.watch(
@@ -1512,6 +1519,7 @@ def batch_command(
                     on_result,
                     known=known,
                     first=iter_source(source, files) if files else (),
+                    on_recorded=recording,
                 )
             else:
                 items = iter_source(source, files or None)
@@ -1519,7 +1527,7 @@ def batch_command(
                     items = noting_keys(items, named_keys)
                 # (Parts judged before move the bar too: a resumed run's stopped at the share
                 # left to judge, "1000/10000" at the end, and a finished one's stayed at 0.)
-                job.run(items, on_result, on_skipped=bar.update)
+                job.run(items, on_result, on_skipped=bar.update, on_recorded=recording)
         except KeyboardInterrupt:
             bar.close()
             stopped = True
