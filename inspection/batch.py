@@ -77,7 +77,7 @@ from inspection.images import (
 from inspection.judged import JudgedMover, Move, Stamp, stamp_of
 from inspection.settings import get_settings, same_place_under
 from inspection.tiling import TileSpec, TileSpecError, judged_tiles
-from inspection.verdict import Thresholds
+from inspection.verdict import Detection, Thresholds
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -106,6 +106,9 @@ class SourceItem:
     # then: where `--move-judged` takes it from once its part is recorded.
     path: str | None = None
     stamp: Stamp | None = None
+    # Taken by a watch after it began: a part the line waits on, so it gets a feed line even
+    # where its bytes were judged before (the verdict on record, as a repeat).
+    watched: bool = False
 
     def __post_init__(self) -> None:
         # A file name that is not UTF-8 (a Latin-1 camera or share: b"bad\xffname.jpg") comes
@@ -122,9 +125,22 @@ class SourceItem:
 # so what is held for a fuller chunk is judged and written now. Known by identity.
 WRITE_NOW = SourceItem("", None, "the source is quiet: write what is held")
 
-# Hears each chunk once it is committed, with the parts it recorded: what the results feed
-# writes, so that a line never stands for a verdict the database does not hold.
-OnRecorded = Callable[[list[PartResult]], None]
+# Hears each chunk once it is committed: the parts it recorded, then the files of the chunk
+# whose part was recorded before and which still get a line (`Repeat`), with the verdict on
+# record. What the results feed writes, so that a line never stands for a verdict the database
+# does not hold.
+OnRecorded = Callable[[list[PartResult], list[PartResult]], None]
+
+
+@dataclass(frozen=True)
+class Repeat:
+    """A file of a chunk whose part was recorded before it; `wanted`: it gets its line
+    whatever run recorded the part (a watch's new file, a copy in the chunk or the write before
+    it, a file `--move-judged` moves), otherwise only where this run recorded it."""
+
+    name: str
+    content_hash: str
+    wanted: bool
 
 
 def chunk_parts(batch_size: int, chunk_batches: int) -> int:
@@ -1059,7 +1075,8 @@ class BatchInspection:
         self.summary.seen += len(chunk)
         skipped = 0  # (of this chunk: the writer thread adds a race's skips to the summary)
         unreadable = [i for i in chunk if i.data is None]
-        readable = [PartInput(i.name, i.data, content_key(i)) for i in chunk if i.data is not None]
+        readable_items = [i for i in chunk if i.data is not None]
+        readable = [PartInput(i.name, i.data, content_key(i)) for i in readable_items]
         # (By content, not by name: two entries of one zip may share a name, and the second,
         # another part, was skipped as the first.)
         hashes = [p.content_hash for p in readable]
@@ -1083,11 +1100,14 @@ class BatchInspection:
         done |= self._in_flight  # written by the previous chunk, perhaps not committed yet
         todo: list[PartInput] = []
         queued: set[str] = set()
-        for part in readable:
+        repeats: list[Repeat] = []
+        for item, part in zip(readable_items, readable, strict=True):
             digest = part.content_hash
             if digest in done or digest in queued:
                 self.summary.skipped += 1
                 skipped += 1
+                if self._on_recorded is not None:
+                    repeats.append(self._repeat(item, digest, queued))
                 continue
             queued.add(digest)
             todo.append(part)
@@ -1099,6 +1119,8 @@ class BatchInspection:
             if digest in done or digest in queued:
                 self.summary.skipped += 1
                 skipped += 1
+                if self._on_recorded is not None:
+                    repeats.append(self._repeat(item, digest, queued))
                 continue
             queued.add(digest)
             results.append(PartResult(item.name, digest, 0, "error", error=item.error))
@@ -1120,6 +1142,7 @@ class BatchInspection:
             finishing,
             point,
             moves,
+            repeats,
             self._on_recorded,
         )
         for result in results:
@@ -1127,6 +1150,93 @@ class BatchInspection:
                 on_result(result)
         if on_skipped and skipped:
             on_skipped(skipped)
+
+    def _repeat(self, item: SourceItem, digest: str, queued: set[str]) -> Repeat:
+        """A file of the chunk whose part is recorded (or about to be), for its feed line.
+        Called before `_in_flight` takes up this chunk: in it, the write before this one."""
+        wanted = (
+            item.watched
+            or digest in queued
+            or digest in self._in_flight
+            or (self.mover is not None and item.path is not None)
+        )
+        return Repeat(item.name, digest, wanted)
+
+    def _recorded_verdicts(self, repeats: list[Repeat]) -> list[PartResult]:
+        """The verdicts on record (this model version's current ones) of the repeats that get
+        a line, each under its own file's name: what the feed writes for a file whose part was
+        judged before. A part recorded by an earlier run and not `wanted` gets none (a batch or
+        watch started again over its source: written by the run that judged it)."""
+        if not repeats:
+            return []
+        hashes = sorted({r.content_hash for r in repeats})
+        with connection_scope(self.url) as connection:
+            rows = connection.execute(
+                select(
+                    Part.content_hash,
+                    Part.size_bytes,
+                    Part.width,
+                    Part.height,
+                    Inspection.id,
+                    Inspection.run_id,
+                    Inspection.verdict,
+                    Inspection.defect_probability,
+                    Inspection.latency_ms,
+                    Inspection.error,
+                )
+                .join(Inspection, Inspection.part_id == Part.id)
+                .where(
+                    Part.content_hash.in_(hashes),
+                    Inspection.model_version_id == self.model_id,
+                    Inspection.is_current(),
+                )
+            ).all()
+            records = {row[0]: row for row in rows}
+            found: dict[int, list[Detection]] = {row[4]: [] for row in rows}
+            for p in connection.execute(
+                select(Prediction)
+                .where(
+                    Prediction.inspection_id.in_(list(found)),
+                    Prediction.source == PredictionSource.DETECTOR,
+                )
+                .order_by(Prediction.id)
+            ).scalars():
+                found[p.inspection_id].append(
+                    Detection(
+                        p.class_name,
+                        p.confidence,
+                        p.x1,  # type: ignore[arg-type]
+                        p.y1,  # type: ignore[arg-type]
+                        p.x2,  # type: ignore[arg-type]
+                        p.y2,  # type: ignore[arg-type]
+                        p.counted,
+                        p.verification_score,
+                    )
+                )
+        told = []
+        for repeat in repeats:
+            record = records.get(repeat.content_hash)
+            if record is None:  # (superseded since by a run at another model: not this one's)
+                continue
+            digest, size, width, height, inspection_id, run_id, verdict, *rest = record
+            if not repeat.wanted and run_id != self.run_id:
+                continue
+            probability, latency_ms, error = rest
+            told.append(
+                PartResult(
+                    repeat.name,
+                    digest,
+                    size,
+                    Verdict(verdict).value,  # type: ignore[arg-type]
+                    detections=found[inspection_id],
+                    width=width,
+                    height=height,
+                    latency_ms=latency_ms,
+                    error=error,
+                    defect_probability=probability,
+                )
+            )
+        return told
 
     def _moves(
         self, chunk: list[SourceItem], results: list[PartResult], recorded_errors: set[str]
@@ -1174,6 +1284,7 @@ class BatchInspection:
         finishing: bool,
         point: dict[str, Any],
         moves: list[Move] | None = None,
+        repeats: list[Repeat] | None = None,
         on_recorded: OnRecorded | None = None,
     ) -> bool:
         """The chunk's write, then its counts in the summary, then `on_recorded` told (the
@@ -1181,6 +1292,7 @@ class BatchInspection:
         does not hold), then its files moved out where asked: in the writer thread, which
         Ctrl-C does not interrupt, so the summary never lacks (nor adds) a part the database
         holds, wherever the interrupt lands in the main thread."""
+        repeats = list(repeats or [])
         for attempt in range(1, WRITE_RACE_ATTEMPTS + 1):
             try:
                 marked_finished = self._through_outages(
@@ -1194,7 +1306,15 @@ class BatchInspection:
                 # between the chunk's look-up and this write, which was rolled back.
                 if attempt == WRITE_RACE_ATTEMPTS:
                     raise
-                results, rejudged = self._after_a_race(results)
+                kept, rejudged = self._after_a_race(results)
+                # (A file whose part the other station recorded gets that verdict as its line.)
+                kept_hashes = {r.content_hash for r in kept}
+                repeats += [
+                    Repeat(r.name, r.content_hash, wanted=True)
+                    for r in results
+                    if r.content_hash not in kept_hashes
+                ]
+                results = kept
         for result in results:
             self.summary.inspected += 1
             # (A blank frame come again, or an error recorded at this station after another's,
@@ -1215,7 +1335,7 @@ class BatchInspection:
                     result.failed_classes or [PART_CLASSIFIER_ALONE]
                 )
         if on_recorded is not None:
-            on_recorded(results)
+            on_recorded(results, self._through_outages(lambda: self._recorded_verdicts(repeats)))
         self._move_judged(moves or [])
         return marked_finished
 
@@ -1479,11 +1599,14 @@ def hot_folder_batches(
             there = {key[0] for key in present}
             sizes = {path: size for path, size in sizes.items() if path in there}
         if ready:
-            yield [
+            items = [
                 item
                 for parts, path in sorted(ready)
                 for item in file_items(Path(path), os.sep.join(parts))
             ]
+            for item in items:
+                item.watched = True
+            yield items
         stop.wait(poll_seconds)
 
 

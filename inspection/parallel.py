@@ -261,11 +261,13 @@ def _worker(
                     return
                 yield WRITE_NOW if entry is None else entry
 
-    def on_recorded(results: list[PartResult]) -> None:
+    def on_recorded(results: list[PartResult], repeats: list[PartResult]) -> None:
         """A chunk's verdicts, told once committed (never one the database does not hold),
         in one message: a batch's chunk at once, a watch's frame as soon as it is written."""
         if results:
             tell("results", results)
+        if repeats:
+            tell("repeats", repeats)
 
     try:
         # (Parts judged before are told at once, a count a chunk: the dealer's progress.)
@@ -706,6 +708,9 @@ class ParallelInspection:
                     self.moments["first_ready"] = min(first, ready_at)
                     if len(self.ready_after_s) == self.workers:
                         self.moments["all_ready"] = max(ready_at, self.moments["dealing"])
+                elif kind == "repeats":
+                    if self._on_recorded:
+                        self._on_recorded([], payload)
                 elif kind == "results":
                     if "all_ready" in self.moments and payload:
                         parts = self.after_all_ready[0] + len(payload)
@@ -719,7 +724,7 @@ class ParallelInspection:
                         if on_result:
                             on_result(result)
                     if self._on_recorded:
-                        self._on_recorded(payload)
+                        self._on_recorded(payload, [])
                 elif kind == "skipped":
                     if on_skipped:
                         on_skipped(payload)

@@ -6,8 +6,13 @@ One object per line, appended and flushed as each chunk of parts is committed to
 never before: a line always stands for a verdict the database holds (written before, a crash or
 a database gone between the two left a line for a verdict never kept, and the part, judged
 again, a second line). A reader following the file (`tail -F`, a named pipe) sees it at once.
-Parts a run finds judged already are not written again; a part judged again (another operating
-point) is.
+
+Every file a run reads gets one line, except a part an earlier run recorded that was in the
+source as the run began (a batch or a watch started again: its line was written by the run that
+judged it). A file whose part was recorded before it (a copy, a frame a watch takes whose bytes
+an earlier one had, a part another station recorded a moment before, a file `--move-judged`
+moves after a stop) gets the verdict on record, with `"repeat": true`: the line controller
+waiting on that file hears of it.
 """
 
 from __future__ import annotations
@@ -49,9 +54,11 @@ def counted_defects(found: Iterable[_Found]) -> list[dict[str, Any]]:
     ]
 
 
-def result_line(result: PartResult, line: str, station: str, run_id: int) -> dict[str, Any]:
+def result_line(
+    result: PartResult, line: str, station: str, run_id: int, repeat: bool = False
+) -> dict[str, Any]:
     """A part's verdict as the feed writes it: the fields of `defects inspect --json`, with
-    where and when it was judged."""
+    where and when it was judged, and whether it repeats a verdict recorded before."""
     failed = result.failed_classes
     return {
         "part": result.name,
@@ -67,6 +74,7 @@ def result_line(result: PartResult, line: str, station: str, run_id: int) -> dic
         "line": line,
         "station": station,
         "run": run_id,
+        "repeat": repeat,
         "judged_at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
     }
 
@@ -84,8 +92,10 @@ class ResultsFeed:
             raise UserError(f"--results {path}: cannot open it: {exc.strerror or exc}") from exc
         self.path = path
 
-    def write(self, result: PartResult, line: str, station: str, run_id: int) -> None:
-        text = json.dumps(result_line(result, line, station, run_id), ensure_ascii=False)
+    def write(
+        self, result: PartResult, line: str, station: str, run_id: int, repeat: bool = False
+    ) -> None:
+        text = json.dumps(result_line(result, line, station, run_id, repeat), ensure_ascii=False)
         try:
             self._file.write(text + "\n")
         except BrokenPipeError as exc:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from typer.testing import CliRunner
 
 from db.models import Inspection, Part
 from db.session import session_scope
+from inspection.batch import BatchInspection, file_key, iter_source
 from inspection.engine import PartResult
 from inspection.errors import UserError
 from inspection.results import ResultsFeed
@@ -173,4 +176,67 @@ def test_a_line_is_written_only_once_its_verdict_is_committed(
     with session_scope(station) as session:
         recorded = set(session.scalars(select(Part.content_hash)))
     assert sorted(line["sha256"] for line in lines) == sorted(recorded)  # one line each
-    assert len(recorded) == 4
+    assert len(recorded) == 4 and not any(line["repeat"] for line in lines)
+
+
+def test_a_watched_file_that_repeats_an_earlier_parts_bytes_gets_its_line(
+    station: str, tmp_path: Path
+) -> None:
+    """A frame a watch takes whose bytes an earlier part had was skipped as judged already, with
+    no line: the line controller waiting on it waited for ever. It gets the verdict on record,
+    marked as a repeat; a watch started again over parts it recorded writes them no second line."""
+    hot = tmp_path / "hot"
+    make_images(hot, n=1)
+    judged = _batch(hot, "--results", str(tmp_path / "earlier.jsonl"))
+    assert judged.exit_code == 0, judged.output
+    job = BatchInspection(station, tmp_path / "store", "Line 1", "Cam A")
+    told: list[tuple[str, str, str, bool]] = []
+
+    def on_recorded(recorded: list[PartResult], repeats: list[PartResult]) -> None:
+        told.extend((r.name, r.content_hash, r.verdict, False) for r in recorded)
+        told.extend((r.name, r.content_hash, r.verdict, True) for r in repeats)
+
+    stop = threading.Event()
+    watcher = threading.Thread(
+        target=job.watch,
+        args=(hot, stop),
+        kwargs={
+            "poll_seconds": 0.1,
+            "settle_seconds": 0.2,
+            "first": iter_source(str(hot)),
+            "known": {file_key(hot / "part_000.png")},  # (read as the watch began)
+            "on_recorded": on_recorded,
+        },
+    )
+    watcher.start()
+    try:
+        time.sleep(0.5)
+        (hot / "again.png").write_bytes((hot / "part_000.png").read_bytes())
+        deadline = time.monotonic() + 30
+        while not told and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        watcher.join(timeout=30)
+    [earlier] = [json.loads(line) for line in (tmp_path / "earlier.jsonl").read_text().splitlines()]
+    assert told == [("again.png", earlier["sha256"], earlier["verdict"], True)]
+    job.inspector.close()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_each_file_of_a_batch_gets_one_line_copies_as_repeats(
+    station: str, tmp_path: Path, workers: str
+) -> None:
+    """Two files of one batch with the same bytes: the copy got no line."""
+    make_images(tmp_path / "in", n=2)
+    (tmp_path / "in" / "copy.png").write_bytes((tmp_path / "in" / "part_001.png").read_bytes())
+    feed = tmp_path / "feed.jsonl"
+    result = _batch(tmp_path / "in", "--results", str(feed), "--workers", workers)
+    assert result.exit_code == 0, result.output
+    lines = {line["part"]: line for line in map(json.loads, feed.read_text().splitlines())}
+    assert sorted(lines) == ["copy.png", "part_000.png", "part_001.png"]
+    # (The first read is judged, the other given its verdict.)
+    original, copy = lines["copy.png"], lines["part_001.png"]
+    assert copy["repeat"] and not original["repeat"] and not lines["part_000.png"]["repeat"]
+    same = ("sha256", "verdict", "defects", "failed_classes", "run")
+    assert [copy[k] for k in same] == [original[k] for k in same]

@@ -1377,7 +1377,8 @@ def batch_command(
             metavar="FILE",
             help="Append each part's verdict to FILE as a line of JSON once it is recorded "
             "(JSON Lines, flushed per part: for a reject gate, PLC bridge or MES to follow); "
-            "parts judged before are not written again.",
+            "a file whose part was judged before gets that verdict, as a repeat, except parts judged "
+            "by an earlier run in the source as the run began.",
         ),
     ] = None,
     tile: TileArgument = None,
@@ -1487,11 +1488,13 @@ def batch_command(
             if result.latency_ms is not None:
                 bar.set_postfix_str(f"{result.latency_ms:.0f} ms {result.verdict}")
 
-        def on_recorded(recorded) -> None:  # type: ignore[no-untyped-def]
+        def on_recorded(recorded, repeats) -> None:  # type: ignore[no-untyped-def]
             """The feed's lines, once their chunk is committed (never for a verdict lost)."""
             if feed is not None:
                 for result in recorded:
                     feed.write(result, line, station, job.run_id)
+                for result in repeats:
+                    feed.write(result, line, station, job.run_id, repeat=True)
 
         recording = on_recorded if feed is not None else None
 
