@@ -13,6 +13,10 @@ judged it). A file whose part was recorded before it (a copy, a frame a watch ta
 an earlier one had, a part another station recorded a moment before, a file `--move-judged`
 moves after a stop) gets the verdict on record, with `"repeat": true`: the line controller
 waiting on that file hears of it.
+
+`judged_at` is this station's clock when the line is written: the clock its line controller
+shares, by which it matches a line to the part in front of the camera. The database stamps its
+record by its own clock (`database_utcnow`), which may differ.
 """
 
 from __future__ import annotations
