@@ -1401,6 +1401,7 @@ def batch_command(
         noting_keys,
         settled_files,
     )
+    from inspection.engine import PartResult
     from inspection.parallel import ParallelInspection
 
     if export not in (None, "csv"):
@@ -1483,12 +1484,12 @@ def batch_command(
         total = len(files) if files and not any(f.suffix.lower() == ".zip" for f in files) else None
         bar = tqdm(total=total, unit="part", disable=None)
 
-        def on_result(result) -> None:  # type: ignore[no-untyped-def]
+        def on_result(result: PartResult) -> None:
             bar.update(1)
             if result.latency_ms is not None:
                 bar.set_postfix_str(f"{result.latency_ms:.0f} ms {result.verdict}")
 
-        def on_recorded(recorded, repeats) -> None:  # type: ignore[no-untyped-def]
+        def on_recorded(recorded: list[PartResult], repeats: list[PartResult]) -> None:
             """The feed's lines, once their chunk is committed (never for a verdict lost)."""
             if feed is not None:
                 for result in recorded:
