@@ -18,7 +18,7 @@ import logging
 import multiprocessing
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import (
     CancelledError,
     Executor,
@@ -46,7 +46,13 @@ from inspection.images import (
     store_image,
 )
 from inspection.settings import get_settings, resolve_device, usable_cores
-from inspection.tiling import TileSpec, TileSpecError, judged_in, tile_of_checkpoint
+from inspection.tiling import (
+    TileSpec,
+    TileSpecError,
+    fuse_cut_boxes,
+    judged_in,
+    tile_of_checkpoint,
+)
 from inspection.verdict import Detection, Thresholds, part_fails, verify
 
 BackendChoice = Literal["auto", "pytorch", "onnx", "onnx-int8"]
@@ -282,18 +288,22 @@ def postprocess(
     return results
 
 
-def merge_tiles(detections: list[Detection], iou: float) -> list[Detection]:
-    """A tiled part's detections, in its pixels, as one: an object in the band neighbouring
-    tiles share is found in each, and class-aware NMS at the operating point's IoU keeps the
-    most confident, in falling confidence. Every counted detection is kept, however many: a
-    cap of MAX_DETECTIONS a part, as a whole part's, dropped a long strip's least confident
+def merge_tiles(
+    per_tile: list[list[Detection]], grid: Sequence[tuple[int, int, int, int]], iou: float
+) -> list[Detection]:
+    """A tiled part's detections, in its pixels, as one. A defect a tile edge cut in pieces is
+    first made one box again (`fuse_cut_boxes`); then an object in the band neighbouring tiles
+    share, found whole in each, is kept once by class-aware NMS at the operating point's IoU,
+    the most confident, in falling confidence. Every counted detection is kept, however many:
+    a cap of MAX_DETECTIONS a part, as a whole part's, dropped a long strip's least confident
     defects, a class's every counted box with them, and the class from the part's failed
     classes, its review and the Pareto. Below the threshold, at most MAX_DETECTIONS in all.
-    Only lower-confidence duplicates go, so the part fails exactly when one of its tiles does,
-    for the same classes."""
+    Only lower-confidence duplicates go, and a fused box counts where a piece did, so the part
+    fails exactly when one of its tiles does, for the same classes."""
     import torch
     import torchvision
 
+    detections = fuse_cut_boxes(per_tile, grid)
     if not detections:
         return []
     boxes = torch.tensor([[d.x1, d.y1, d.x2, d.y2] for d in detections], dtype=torch.float64)
@@ -662,6 +672,10 @@ class Inspector:
         ]
         size = self.backend.image_size
         found: dict[int, list[Detection]] = {id(p): [] for p in good}
+        # A tiled part's detections tile by tile, as `merge_tiles` takes them.
+        in_tiles: dict[int, list[list[Detection]]] = {
+            id(p): [[] for _ in p.image.grid] for p in good if isinstance(p.image, Tiled)
+        }
 
         def detect(chunk: list[tuple[_Prepared, int | None]], side: bool) -> list[list[Detection]]:
             boxed = [
@@ -681,10 +695,10 @@ class Inspector:
                     found[id(p)] = in_input
                     continue
                 x0, y0, _, _ = p.image.grid[i]  # type: ignore[union-attr]
-                found[id(p)].extend(
+                in_tiles[id(p)][i] = [
                     replace(d, x1=d.x1 + x0, y1=d.y1 + y0, x2=d.x2 + x0, y2=d.y2 + y0)
                     for d in in_input
-                )
+                ]
 
         if (
             self._infer_pool is not None
@@ -714,7 +728,7 @@ class Inspector:
                 take(chunk, detect(chunk, side_by_side))
         for p in good:
             if isinstance(p.image, Tiled):
-                found[id(p)] = merge_tiles(found[id(p)], self.thresholds.iou)
+                found[id(p)] = merge_tiles(in_tiles[id(p)], p.image.grid, self.thresholds.iou)
         return found
 
     def _classify(

@@ -16,8 +16,13 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any
+
+import numpy as np
+
+from inspection.verdict import Detection
 
 # Where a tiled model carries its grid: a key of its PyTorch checkpoint, and a metadata entry of
 # its ONNX export (beside the classes and image size).
@@ -158,3 +163,114 @@ def tile_of_checkpoint(ckpt: Any) -> TileSpec | None:
 def tile_of_metadata(meta: dict[str, str]) -> TileSpec | None:
     """The grid recorded in an ONNX export's metadata, or None."""
     return TileSpec.from_json(meta.get(ONNX_METADATA_KEY))
+
+
+# How near a box must come to a tile's edge to be cut by it, and to another box to meet it: a
+# fraction of the tile's side, at least a pixel (a detector's box of a cut object ends at the
+# tile's edge, or a little short of it).
+EDGE_TOLERANCE = 0.01
+
+Box = tuple[int, int, int, int]
+
+
+def fuse_cut_boxes(per_tile: Sequence[Sequence[Detection]], grid: Sequence[Box]) -> list[Detection]:
+    """One box for a defect a tile edge cut in pieces. A defect wider than the band two tiles
+    share lies whole in neither: each tile finds a part of it, and the parts overlap too little
+    for NMS to take them for one, so the part showed two boxes (and the review queue two lines)
+    for one defect; a clipped part more confident than a neighbour's whole box even won NMS
+    over it, and the box shown was smaller than the defect. Boxes of one class from two
+    neighbouring tiles that overlap or meet, where one of them is cut by an edge of its tile
+    that the other's tile reaches past (an inner edge, not the part's), become one: their
+    union, at the higher confidence, counted if either was. Fused transitively, so a scratch
+    across a strip of tiles is one box; boxes far apart, or that only a tile's part-edge
+    clips, are left as they are. `per_tile[i]` holds tile `grid[i]`'s detections in the
+    part's pixels; the result keeps their order, a fused box where its first piece was."""
+    flat = [d for found in per_tile for d in found]
+    if not flat or len(grid) < 2:
+        return list(flat)
+    tile_of = np.repeat(np.arange(len(grid)), [len(found) for found in per_tile])
+    boxes = np.array([[d.x1, d.y1, d.x2, d.y2] for d in flat], dtype=np.float64)
+    names = sorted({d.class_name for d in flat})
+    classes = np.array([names.index(d.class_name) for d in flat])
+    tiles = np.array(grid, dtype=np.float64)
+    width, height = tiles[:, 2].max(), tiles[:, 3].max()
+    tolerance = np.maximum(1.0, EDGE_TOLERANCE * (tiles[:, 2:] - tiles[:, :2]).max(axis=1))
+    own, slack = tiles[tile_of], tolerance[tile_of][:, None]
+    # Edges (left, top, right, bottom) of its tile that cut each box: inner ones only.
+    inner = np.stack([own[:, 0] > 0, own[:, 1] > 0, own[:, 2] < width, own[:, 3] < height], axis=1)
+    near = np.concatenate(
+        [boxes[:, :2] <= own[:, :2] + slack, boxes[:, 2:] >= own[:, 2:] - slack], axis=1
+    )
+    cut = inner & near
+    parent = list(range(len(flat)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    members = [np.flatnonzero(tile_of == t) for t in range(len(grid))]
+    grown = tiles + tolerance[:, None] * np.array([-1.0, -1.0, 1.0, 1.0])
+    for a in range(len(grid)):
+        if not cut[members[a]].any():
+            continue
+        # Its neighbours: the tiles that share a band (or, without overlap, an edge) with it.
+        neighbours = np.flatnonzero(
+            (grown[:, 0] <= grown[a, 2])
+            & (grown[a, 0] <= grown[:, 2])
+            & (grown[:, 1] <= grown[a, 3])
+            & (grown[a, 1] <= grown[:, 3])
+        )
+        for b in neighbours.tolist():
+            if b == a or not members[b].size:
+                continue
+            # The edges of tile a that tile b reaches past: a piece cut there goes on in b.
+            past = np.array(
+                [
+                    tiles[b, 0] < tiles[a, 0],
+                    tiles[b, 1] < tiles[a, 1],
+                    tiles[b, 2] > tiles[a, 2],
+                    tiles[b, 3] > tiles[a, 3],
+                ]
+            )
+            pieces = members[a][(cut[members[a]] & past).any(axis=1)]
+            if not pieces.size:
+                continue
+            others = members[b]
+            pa, po = boxes[pieces][:, None, :], boxes[others][None, :, :]
+            gap = np.maximum(tolerance[a], tolerance[b])
+            meet = (
+                (classes[pieces][:, None] == classes[others][None, :])
+                & (pa[..., 0] <= po[..., 2] + gap)
+                & (po[..., 0] <= pa[..., 2] + gap)
+                & (pa[..., 1] <= po[..., 3] + gap)
+                & (po[..., 1] <= pa[..., 3] + gap)
+            )
+            for i, j in zip(*np.nonzero(meet), strict=True):
+                ri, rj = root(int(pieces[i])), root(int(others[j]))
+                if ri != rj:
+                    parent[max(ri, rj)] = min(ri, rj)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(flat)):
+        groups.setdefault(root(i), []).append(i)
+    fused: list[Detection] = []
+    for first, group in sorted(groups.items()):
+        if len(group) == 1:
+            fused.append(flat[first])
+            continue
+        best = max(group, key=lambda i: (flat[i].confidence, -i))
+        span = boxes[group]
+        x1, y1 = span[:, :2].min(axis=0).tolist()
+        x2, y2 = span[:, 2:].max(axis=0).tolist()
+        fused.append(
+            replace(
+                flat[best],
+                x1=x1,
+                y1=y1,
+                x2=x2,
+                y2=y2,
+                counted=any(flat[i].counted for i in group),
+            )
+        )
+    return fused
