@@ -298,8 +298,8 @@ def merge_tiles(
     a cap of MAX_DETECTIONS a part, as a whole part's, dropped a long strip's least confident
     defects, a class's every counted box with them, and the class from the part's failed
     classes, its review and the Pareto. Below the threshold, at most MAX_DETECTIONS in all.
-    Only lower-confidence duplicates go, and a fused box counts where a piece did, so the part
-    fails exactly when one of its tiles does, for the same classes."""
+    Only lower-confidence duplicates go, and only pieces both counted (or both not) are
+    fused, so the part fails exactly when one of its tiles does, for the same classes."""
     import torch
     import torchvision
 

@@ -180,8 +180,8 @@ def fuse_cut_boxes(per_tile: Sequence[Sequence[Detection]], grid: Sequence[Box])
     for one defect; a clipped part more confident than a neighbour's whole box even won NMS
     over it, and the box shown was smaller than the defect. Boxes of one class from two
     neighbouring tiles that overlap or meet, where one of them is cut by an edge of its tile
-    that the other's tile reaches past (an inner edge, not the part's), become one: their
-    union, at the higher confidence, counted if either was. Fused transitively, so a scratch
+    that the other's tile reaches past (an inner edge, not the part's), and both counted or
+    both not, become one: their union, at the higher confidence. Fused transitively, so a scratch
     across a strip of tiles is one box; boxes far apart, or that only a tile's part-edge
     clips, are left as they are. `per_tile[i]` holds tile `grid[i]`'s detections in the
     part's pixels; the result keeps their order, a fused box where its first piece was."""
@@ -192,6 +192,7 @@ def fuse_cut_boxes(per_tile: Sequence[Sequence[Detection]], grid: Sequence[Box])
     boxes = np.array([[d.x1, d.y1, d.x2, d.y2] for d in flat], dtype=np.float64)
     names = sorted({d.class_name for d in flat})
     classes = np.array([names.index(d.class_name) for d in flat])
+    counted = np.array([d.counted for d in flat])
     tiles = np.array(grid, dtype=np.float64)
     width, height = tiles[:, 2].max(), tiles[:, 3].max()
     tolerance = np.maximum(1.0, EDGE_TOLERANCE * (tiles[:, 2:] - tiles[:, :2]).max(axis=1))
@@ -242,6 +243,10 @@ def fuse_cut_boxes(per_tile: Sequence[Sequence[Detection]], grid: Sequence[Box])
             gap = np.maximum(tolerance[a], tolerance[b])
             meet = (
                 (classes[pieces][:, None] == classes[others][None, :])
+                # (A counted piece is never grown by a faint box below its class's threshold:
+                # a model's faint boxes cover much of a part, and chained through them a
+                # defect's box spread across the strip.)
+                & (counted[pieces][:, None] == counted[others][None, :])
                 & (pa[..., 0] <= po[..., 2] + gap)
                 & (po[..., 0] <= pa[..., 2] + gap)
                 & (pa[..., 1] <= po[..., 3] + gap)
@@ -270,7 +275,6 @@ def fuse_cut_boxes(per_tile: Sequence[Sequence[Detection]], grid: Sequence[Box])
                 y1=y1,
                 x2=x2,
                 y2=y2,
-                counted=any(flat[i].counted for i in group),
             )
         )
     return fused

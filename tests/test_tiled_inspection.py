@@ -213,6 +213,10 @@ def test_a_defect_wider_than_the_shared_band_is_one_box_not_two() -> None:
     # Two faint pieces make one faint box: counted only where a piece was.
     faint = merge_tiles([[_spot(10, 20, 64, 30, 0.1)], [_spot(48, 20, 100, 30, 0.2)]], grid, 0.45)
     assert faint == [_spot(10, 20, 100, 30, 0.2)] and not faint[0].counted
+    # A counted piece is not grown by a faint box across the edge: below its class's threshold,
+    # a model's faint boxes cover much of a part, and a defect's box spread over them.
+    sure, spread = _spot(40, 20, 64, 30, 0.6), _spot(48, 0, 112, 64, 0.1)
+    assert merge_tiles([[sure], [spread]], grid, 0.45) == [sure, spread]
 
 
 def test_a_clipped_piece_more_confident_than_a_neighbours_whole_box_does_not_shrink_it() -> None:
