@@ -115,6 +115,32 @@ def _upright(image: Image.Image) -> Image.Image:
         return image
 
 
+ORIENTATION_TAG = 0x0112  # EXIF's
+# How each EXIF orientation that moves pixels has the decoder turn an image (`_upright`).
+TURNING_ORIENTATIONS = {
+    2: "mirrored left to right",
+    3: "turned 180 degrees",
+    4: "mirrored top to bottom",
+    5: "mirrored along its diagonal",
+    6: "turned 90 degrees clockwise",
+    7: "mirrored along its other diagonal",
+    8: "turned 90 degrees counter-clockwise",
+}
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation by which the decoder turns `image` (a key of TURNING_ORIENTATIONS),
+    or 1 where it is decoded as stored: a mirrored or upside-down image keeps its size, so only
+    this tells that its decoded pixels are not its stored ones. Read from what was read of the
+    file (a PNG's eXIf chunk after its pixel data is known only once they are decoded)."""
+    try:
+        # (Pillow's PNG reader decodes the whole image to look for a late eXIf chunk.)
+        orientation = Image.Image.getexif(image).get(ORIENTATION_TAG, 1)
+        return orientation if orientation in TURNING_ORIENTATIONS else 1
+    except Exception:  # noqa: BLE001 - a damaged EXIF block: decoded as stored (`_upright`)
+        return 1
+
+
 def several_frames_reason(image: Image.Image) -> str | None:
     """Why a file of several pages or frames (a camera's multi-page TIFF stack, an animated
     WebP) is not one part, or None. Judged on its first page, a defect on another passed

@@ -155,6 +155,112 @@ def test_import_without_tile_writes_whole_images_as_before(session, tmp_path: Pa
     assert report.tile is None and report.n_images == 1
 
 
+def _with_orientation(path: Path, orientation: int) -> None:
+    """The image at `path` saved again with the EXIF orientation `orientation`: a JPEG, or a
+    PNG whose eXIf chunk follows its pixel data (as the PNG format allows)."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    image = Image.open(path).convert("L")
+    if path.suffix != ".png":
+        image.save(path, format="JPEG", quality=95, exif=exif.tobytes())
+        return
+    image.save(path, format="PNG", exif=exif.tobytes())
+    data = path.read_bytes()
+    start = data.index(b"eXIf") - 4
+    end = start + 12 + int.from_bytes(data[start : start + 4], "big")
+    chunk, data = data[start:end], data[:start] + data[end:]
+    iend = data.index(b"IEND") - 4
+    path.write_bytes(data[:iend] + chunk + data[iend:])
+
+
+@pytest.mark.parametrize("tile", [TILE, None], ids=["tiled", "whole"])
+@pytest.mark.parametrize(
+    ("orientation", "suffix"), [(2, ".jpg"), (3, ".jpg"), (4, ".jpg"), (6, ".jpg"), (3, ".png")]
+)
+def test_an_image_the_decoder_turns_by_its_exif_orientation_is_left_out_with_why(
+    session,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    orientation: int,
+    suffix: str,
+    tile: TileSpec | None,
+) -> None:
+    """A mirrored or upside-down image keeps its size, so it passed the size check, but
+    stations (and training) see its pixels turned while its boxes stayed where they were
+    labelled; whether they were labelled on the stored or the turned pixels cannot be told."""
+    from inspection.images import decode_image
+
+    src = tmp_path / "src"
+    _part(src, f"turned{suffix}", 200, 120, [ACROSS], seed=1)
+    _part(src, "plain.jpg", 200, 120, [ACROSS], seed=2)
+    _with_orientation(src / "images" / f"turned{suffix}", orientation)
+    if suffix == ".png":  # (decoded, it is turned all the same)
+        decoded = decode_image((src / "images" / "turned.png").read_bytes()).source
+        assert np.array_equal(
+            decoded, np.asarray(Image.open(src / "images" / "turned.png"))[::-1, ::-1]
+        )
+    report = import_dataset(
+        session, "voc", src, "exif", tmp_path / "ds", classes=CLASSES, tile=tile
+    )
+    assert report.n_images == 1
+    [left_out] = report.left_out
+    assert left_out.file == f"turned{suffix}"
+    assert f"EXIF orientation {orientation} (" in left_out.reason
+    assert "import it again" in left_out.reason
+
+
+@pytest.mark.parametrize("tile", [TILE, None], ids=["tiled", "whole"])
+def test_a_reviewed_part_the_decoder_turns_exports_with_its_boxes_on_the_turned_pixels(
+    session,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    tile: TileSpec | None,
+) -> None:
+    """A part's reviewed boxes are on the pixels stations judged, turned by its EXIF
+    orientation: its export is sized and cut as turned (a 90-degree part's boxes were checked
+    against its stored size and the part left out)."""
+    from inspection.images import decode_image
+    from training.datasets import Box, LabeledImage, write_dataset
+
+    stored = np.random.default_rng(3).normal(128, 12, (120, 200)).clip(0, 255).astype(np.uint8)
+    path = tmp_path / "part.jpg"
+    Image.fromarray(stored).save(path)
+    _with_orientation(path, 6)  # turned 90 degrees: 120 x 200 as judged
+    turned = decode_image(path.read_bytes()).source
+    assert turned.shape[:2] == (200, 120)
+    good = tmp_path / "good.png"
+    Image.fromarray(stored[:60, :60]).save(good)
+    box = Box(CLASSES.index("spot"), 10, 150, 30, 190)  # below the stored image's height
+    images = [
+        LabeledImage(path, 0, 0, [box], "train", boxes_as_judged=True),
+        LabeledImage(good, 0, 0, [], "val", boxes_as_judged=True),
+    ]
+    report = write_dataset(
+        session,
+        "turned",
+        "reviews",
+        "reviews",
+        CLASSES,
+        images,
+        [],
+        tmp_path / "ds",
+        {"part.jpg": "train", "good.png": "val"},
+        tile=tile,
+    )
+    assert report.left_out == []
+    root = report.root
+    if tile is None:
+        assert _labels(root, "train", "part.jpg") == [
+            pytest.approx([box.class_index, 20 / 120, 170 / 200, 20 / 120, 40 / 200], abs=1e-5)
+        ]
+    else:
+        name = tile_name("part", 0, 136)  # the tile at x 0, y 136 holds the box whole
+        assert (0, 136, 64, 200) in tile_grid(120, 200, tile)
+        pixels = np.asarray(Image.open(root / "images" / "train" / name))
+        assert np.array_equal(pixels, turned[136:200, 0:64])
+        assert _labels(root, "train", name) == [
+            pytest.approx([box.class_index, 20 / 64, 34 / 64, 20 / 64, 40 / 64], abs=1e-5)
+        ]
+
+
 def test_import_command_says_parts_and_tiles_and_refuses_a_bad_grid(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 

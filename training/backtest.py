@@ -295,6 +295,8 @@ def export_reviews(
             0,
             0,
             [Box(class_names.index(c), x1, y1, x2, y2) for c, x1, y1, x2, y2 in truth.boxes],
+            # (Drawn on the part as stations decoded it, turned by any EXIF orientation.)
+            boxes_as_judged=True,
         )
         for path, truth in kept
     ]

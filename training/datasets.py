@@ -41,9 +41,11 @@ from db.registry import class_key, look_alike_classes, singular_or_plural
 from inspection.errors import UserError
 from inspection.images import (
     IMAGE_SUFFIXES,
+    TURNING_ORIENTATIONS,
     ImageDecodeError,
     allow_pixels_up_to,
     decode_image,
+    exif_orientation,
     max_pixels,
     not_a_file_reason,
     several_frames_reason,
@@ -74,6 +76,9 @@ class LabeledImage:
     # Pillow's mode, where the reader read the image's header already (with width and height):
     # the import checks each image once.
     mode: str | None = None
+    # True where the boxes are on the pixels as stations decode them, turned by the image's
+    # EXIF orientation (a reviewed part's); an annotation tool's may be on either (below).
+    boxes_as_judged: bool = False
 
 
 @dataclass(frozen=True)
@@ -125,11 +130,17 @@ class ImportReport:
         return [issue for issue in self.issues if not issue.left_out]
 
 
-def _image_info(path: Path) -> tuple[int, int, str]:
+def _image_info(path: Path, boxes_as_judged: bool = False) -> tuple[int, int, str]:
     """Width, height and Pillow mode of a readable image; raises ValueError with the reason
     otherwise. An image over the stations' pixel limit is refused as they refuse it: Pillow's
     own refusal of a far larger one (a decompression bomb) stopped the whole import with a
-    traceback, and one under Pillow's limit was taken to train on, gigabytes a decode."""
+    traceback, and one under Pillow's limit was taken to train on, gigabytes a decode.
+
+    An image with an EXIF orientation is decoded turned, by stations, by tiling and by
+    training alike, so its boxes must be on the turned pixels. Annotation tools differ (some
+    draw on the pixels as stored, some as shown turned), and a mirrored or upside-down image
+    keeps its size, so nothing in the file tells which: it is refused unless its boxes are
+    known to be on the turned pixels (`boxes_as_judged`), where its size is the turned one."""
     largest = max_pixels()
     limit = f"over the {largest / 1e6:.0f} MP limit stations inspect (DEFECTS_MAX_MEGAPIXELS)"
     try:
@@ -152,9 +163,29 @@ def _image_info(path: Path) -> tuple[int, int, str]:
                     raise ValueError(f"{several}; stations refuse it too")
                 mode = image.mode
                 is_jpeg = image.format == "JPEG"
+                orientation = exif_orientation(image)
+                # A PNG's eXIf chunk may follow its pixel data, read only by decoding them.
+                late_exif = (
+                    image.format == "PNG"
+                    and "exif" not in image.info
+                    and b"eXIf" in path.read_bytes()
+                )
                 image.verify()
+            if late_exif:
+                with Image.open(path) as image:
+                    image.load()
+                    orientation = exif_orientation(image)
         if is_jpeg:
             _check_jpeg_whole(path)
+        if orientation != 1 and not boxes_as_judged:
+            raise ValueError(
+                f"EXIF orientation {orientation} ({TURNING_ORIENTATIONS[orientation]}): "
+                "stations judge it turned, and whether its boxes were drawn on its stored or "
+                "its turned pixels cannot be told; save its pixels as its boxes were drawn on "
+                "them, without the orientation tag, and import it again"
+            )
+        if orientation in (5, 6, 7, 8):  # a quarter turn: width and height swap
+            width, height = height, width
         return width, height, mode
     except Image.DecompressionBombError as exc:
         size = re.search(r"Image size \((\d+) pixels\)", str(exc))
@@ -1295,7 +1326,7 @@ def write_dataset(
         mode = image.mode
         if mode is None:
             try:
-                image.width, image.height, mode = _image_info(image.path)
+                image.width, image.height, mode = _image_info(image.path, image.boxes_as_judged)
             except ValueError as exc:
                 issues.append(ImportIssue(label, str(exc)))
                 continue
