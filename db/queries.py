@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import json
 import math
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal
 
@@ -35,6 +36,7 @@ from sqlalchemy import (
     case,
     cast,
     exists,
+    false,
     func,
     literal,
     literal_column,
@@ -549,22 +551,80 @@ class LatencyHistogram:
     edges: list[float]  # bins + 1
     counts: list[int]
     summary: LatencySummary
+    # The grid its parts were judged in, as their operating point's "tile" holds it (None the
+    # model's own, "off", or a --tile's {"size", "overlap"}), where `latency_by_grid` split them.
+    grid: dict[str, Any] | str | None = None
+
+
+def _grid_text() -> ColumnElement[Any]:
+    """A verdict's grid as text (NULL: the model's own): a JSON value cannot be grouped by in
+    PostgreSQL."""
+    return Inspection.thresholds["tile"].as_string()
+
+
+def _grid_of(text: str | None) -> dict[str, Any] | str | None:
+    if text is None or text == "off":
+        return text
+    try:
+        found = json.loads(text)
+    except ValueError:
+        return text
+    return found if isinstance(found, dict) else text
+
+
+def latency_by_grid(
+    session: Session, filters: Filters = Filters(), bins: int = LATENCY_BINS
+) -> list[LatencyHistogram]:
+    """The latency histogram of each grid the verdicts in range were judged in, on the same
+    bins, each with its own percentiles; one histogram of them all where they share one grid.
+    A part judged in tiles takes a pass of the network a tile: mixed with parts judged whole,
+    a station that started tiling read as a station grown slower."""
+    grids: dict[str, tuple[dict[str, Any] | str | None, list[str | None], float, float]] = {}
+    for text, lowest, highest in session.execute(
+        select(_grid_text(), func.min(Inspection.latency_ms), func.max(Inspection.latency_ms))
+        .join(Part, Part.id == Inspection.part_id)
+        .where(*_latency_conditions(filters))
+        .group_by(_grid_text())
+    ):
+        grid = _grid_of(text)
+        # (One key a grid, however its JSON was spelt.)
+        key = json.dumps(grid, sort_keys=True)
+        _, texts, low, high = grids.get(key, (grid, [], math.inf, -math.inf))
+        grids[key] = (grid, [*texts, text], min(low, lowest), max(high, highest))
+    if len(grids) <= 1:
+        whole = latency_histogram(session, filters, bins)
+        return [replace(whole, grid=next(iter(grids.values()))[0] if grids else None)]
+    span = (min(g[2] for g in grids.values()), max(g[3] for g in grids.values()))
+    found = []
+    for grid, texts, _, _ in sorted(grids.values(), key=lambda g: g[2]):  # fastest first
+        named = [t for t in texts if t is not None]
+        of_grid = or_(
+            _grid_text().in_(named) if named else false(),
+            _grid_text().is_(None) if None in texts else false(),
+        )
+        found.append(replace(latency_histogram(session, filters, bins, of_grid, span), grid=grid))
+    return found
 
 
 def latency_histogram(
-    session: Session, filters: Filters = Filters(), bins: int = LATENCY_BINS
+    session: Session,
+    filters: Filters = Filters(),
+    bins: int = LATENCY_BINS,
+    where: ColumnElement[bool] | None = None,
+    span: tuple[float, float] | None = None,
 ) -> LatencyHistogram:
     """Counted and binned in the database. The History page read every part's latency to bin
     and rank it, at each render: 72 MB of Python memory for a month of 500000 parts
     (bench/results/latency_chart_sqlite.json). Exact
     nearest-rank percentiles without a sort of every value: the parts are counted in fine
-    bins, and only the values of the fine bins that hold the ranks are read."""
+    bins, and only the values of the fine bins that hold the ranks are read. `where` narrows
+    the parts; `span` (lowest, highest) gives bins shared with another histogram."""
 
     def selected(*columns: Any) -> Select[Any]:
         return (
             select(*columns)
             .join(Part, Part.id == Inspection.part_id)
-            .where(*_latency_conditions(filters))
+            .where(*_latency_conditions(filters), *([] if where is None else [where]))
         )
 
     count, mean, lowest, highest = session.execute(
@@ -577,7 +637,7 @@ def latency_histogram(
     ).one()
     if not count:
         return LatencyHistogram([], [], LatencySummary(0, None, None, None, None, None))
-    low, high = float(lowest), float(highest)
+    low, high = (float(lowest), float(highest)) if span is None else span
     if high <= low:  # (one value: numpy centres a bin of width 1/bins on it)
         low, high = low - 0.5, high + 0.5
     fine = bins * FINE_BINS_PER_BIN

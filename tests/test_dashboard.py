@@ -1900,3 +1900,30 @@ def test_the_review_pages_export_cuts_parts_into_the_tiles_asked_for(
     assert not at.exception and not at.error, at.error
     data = yaml.safe_load((get_settings().datasets_dir / "reviews" / "data.yaml").read_text())
     assert data["defects_tile"] == {"size": 64, "overlap": 0.0}
+
+
+def test_the_latency_chart_gives_each_grid_its_colour_and_percentiles() -> None:
+    """Parts judged in tiles and parts judged whole in one range: each grid's bars in a colour
+    of their own, stacked, named with the grid and its p50 and p99; one grid, one series."""
+    edges = [0.0, 50.0, 100.0]
+    whole = LatencyHistogram(edges, [9, 1], LatencySummary(10, 20.0, 12.0, 60.0, 60.0, 60.0), "off")
+    tiled = LatencyHistogram(
+        edges, [0, 5], LatencySummary(5, 90.0, 88.0, 99.0, 99.0, 99.0), {"size": 64, "overlap": 0.2}
+    )
+    figure = latency_figure([whole, tiled])
+    assert [trace.name for trace in figure.data] == [
+        "whole (--tile off): p50 12 ms, p99 60 ms",
+        "64 px tiles, 20% overlap (--tile): p50 88 ms, p99 99 ms",
+    ]
+    assert figure.data[0].marker.color != figure.data[1].marker.color
+    assert [trace.y for trace in figure.data] == [(9, 1), (0, 5)]
+    assert figure.layout.barmode == "stack"
+    lines = [(shape.x0, shape.line.color) for shape in figure.layout.shapes]
+    assert lines == [
+        (12.0, figure.data[0].marker.color),
+        (60.0, figure.data[0].marker.color),
+        (88.0, figure.data[1].marker.color),
+        (99.0, figure.data[1].marker.color),
+    ]
+    [bars] = latency_figure([whole]).data  # one grid: one series, as before
+    assert bars.name == "parts" and bars.y == (9, 1)

@@ -24,7 +24,7 @@ from datetime import time as dtime
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from db.models import (
     Inspection,
@@ -45,6 +45,7 @@ from db.queries import (
     daily_volume,
     defect_pareto,
     inspection_rows,
+    latency_by_grid,
     latency_histogram,
     latency_summary,
     minute_volume,
@@ -592,6 +593,62 @@ def test_latencies_are_binned_and_ranked_in_the_database(session) -> None:  # ty
     )
     later = latency_histogram(session, Filters(start=datetime(2030, 1, 1)))
     assert later.counts == [] and later.summary.count == 0
+
+
+def test_latencies_of_parts_judged_in_tiles_and_whole_are_told_apart(session) -> None:  # type: ignore[no-untyped-def]
+    """A part judged in tiles takes a pass of the network a tile: mixed with parts judged
+    whole in one histogram and its percentiles, a station that started tiling read as a
+    station grown slower. Each grid gets its own, on shared bins; one grid keeps one."""
+    line = ProductionLine(name="L")
+    station = Station(line=line, name="S")
+    model = ModelVersion(
+        name="m", kind=ModelKind.DETECTOR, architecture="a", file_path="x.pt", sha256="0" * 64
+    )
+    session.add_all([line, station, model])
+    session.flush()
+    tiles = {"size": 64, "overlap": 0.2}
+    judged = [(None, 10.0 + n) for n in range(10)]  # the model's own grid
+    judged += [(tiles, 60.0 + n) for n in range(5)]  # --tile 64
+    judged += [("off", 8.0), ("off", 9.0)]  # --tile off
+    for n, (tile, latency) in enumerate(judged):
+        part = Part(
+            content_hash=f"{n:064d}",
+            stored_path=f"images/{n}.png",
+            size_bytes=1,
+            line_id=line.id,
+            station_id=station.id,
+            captured_at=DAY1,
+        )
+        session.add(part)
+        session.flush()
+        point = {"default": 0.25, **({} if tile is None else {"tile": tile})}
+        session.add(
+            Inspection(
+                part_id=part.id,
+                model_version_id=model.id,
+                inspected_at=DAY1,
+                verdict=Verdict.PASS,
+                latency_ms=latency,
+                thresholds=point,
+            )
+        )
+    session.flush()
+    by_grid = latency_by_grid(session, bins=10)
+    assert [h.grid for h in by_grid] == ["off", None, tiles]  # the fastest first
+    assert [h.summary.count for h in by_grid] == [2, 10, 5]
+    assert [(h.summary.p50_ms, h.summary.p99_ms) for h in by_grid] == [
+        (8.0, 9.0),
+        (14.0, 19.0),
+        (62.0, 64.0),
+    ]
+    assert all(h.edges == pytest.approx(by_grid[0].edges) for h in by_grid)  # shared bins
+    assert by_grid[0].edges[0] == 8.0 and by_grid[0].edges[-1] == 64.0
+    whole = latency_histogram(session, bins=10)
+    assert [sum(c) for c in zip(*(h.counts for h in by_grid), strict=True)] == whole.counts
+    # One grid in range: one histogram, as before.
+    session.execute(update(Inspection).values(thresholds={"default": 0.25, "tile": tiles}))
+    [only] = latency_by_grid(session, bins=10)
+    assert only.grid == tiles and only.counts == whole.counts and only.summary == whole.summary
 
 
 def test_days_across_a_change_of_daylight_saving_time_are_each_parts_own_local_day(

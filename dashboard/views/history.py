@@ -29,7 +29,7 @@ from db.queries import (
     daily_volume,
     defect_classes,
     defect_pareto,
-    latency_histogram,
+    latency_by_grid,
     model_usage,
     rates,
 )
@@ -104,7 +104,7 @@ with session_scope(state.url) as session:
     rate_rows = rates(session, filters, group_by="day")
     volume = daily_volume(session, filters)
     pareto = defect_pareto(session, replace(filters, class_name=None))  # compares the classes
-    latency = latency_histogram(session, filters)
+    latency = latency_by_grid(session, filters)  # (one histogram a grid judged in)
     usage = model_usage(session, filters)
 
 if not volume:
