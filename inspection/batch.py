@@ -70,6 +70,7 @@ from inspection.engine import (
 from inspection.errors import UserError
 from inspection.images import (
     IMAGE_SUFFIXES,
+    REFUSED_OVER_KEY,
     is_repeated_fault,
     not_a_file_reason,
     refused_at_another_limit,
@@ -474,6 +475,14 @@ def iter_zip(archive_file: Path | BinaryIO, label: str) -> Iterator[SourceItem]:
                     NotImplementedError,
                 ) as exc:
                     yield SourceItem(name, None, f"bad zip entry: {exc}")
+
+
+def _without_refusal(point: Any) -> Any:
+    """A record's operating point without the pixel limit a refusal for size records beside it
+    (`REFUSED_OVER_KEY`): compared with the point in force, as every other record's is."""
+    if isinstance(point, dict) and REFUSED_OVER_KEY in point:
+        return {k: v for k, v in point.items() if k != REFUSED_OVER_KEY}
+    return point
 
 
 def error_kind(error: str | None) -> str:
@@ -962,10 +971,10 @@ class BatchInspection:
                 )
             ).all()
         points = {
-            digest: self._judged_alike(stored, width, height)
+            digest: self._judged_alike(_without_refusal(stored), width, height)
             and not is_repeated_fault(error)
             # (Refused for its size at another limit: judged at the one in force now.)
-            and not refused_at_another_limit(error)
+            and not refused_at_another_limit(stored, error)
             # An error is this station's fault to record: the same bytes (an empty file, a
             # camera's garbage) recorded at another station left this one's camera fault
             # counted as "already inspected", invisible on its station.
@@ -1417,7 +1426,11 @@ class BatchInspection:
                     "classifier_version_id": self.classifier_id,
                     "defect_probability": r.defect_probability,
                     "verdict": Verdict(r.verdict),
-                    "thresholds": point,  # (the point these parts were judged at)
+                    # (The point these parts were judged at; a refusal for size with the limit
+                    # it was refused at.)
+                    "thresholds": point
+                    if r.refused_over is None
+                    else {**point, REFUSED_OVER_KEY: r.refused_over},
                     "latency_ms": r.latency_ms,
                     "error": r.error,
                     "inspected_at": now,

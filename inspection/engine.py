@@ -98,6 +98,8 @@ class PartResult:
     error: str | None = None
     defect_probability: float | None = None  # from the part classifier, where one is used
     stored_path: Path | None = None  # where the bytes were kept, when inspect() was asked to
+    # The pixel limit an image too large was refused at (`ImageDecodeError.refused_over`).
+    refused_over: int | None = None
 
     @property
     def failed_classes(self) -> list[str]:
@@ -112,6 +114,7 @@ class _Prepared:
     error: str | None
     pixels: DecodedImage | None = None  # kept only when a classifier needs the crops
     stored_path: Path | None = None
+    refused_over: int | None = None  # (`PartResult.refused_over`)
 
 
 def open_backend(
@@ -534,8 +537,10 @@ class Inspector:
                 self.close_processes()
                 results = self._prepare_alone(parts, store_into)
             prepared.extend(
-                _Prepared(part, started, image, error, pixels, stored)
-                for part, (image, error, pixels, stored) in zip(parts, results, strict=True)
+                _Prepared(part, started, image, error, pixels, stored, refused_over)
+                for part, (image, error, pixels, stored, refused_over) in zip(
+                    parts, results, strict=True
+                )
             )
         return prepared
 
@@ -553,7 +558,7 @@ class Inspector:
                     if store_into is not None
                     else None
                 )
-                results.append((None, "the image decoder crashed on this file", None, stored))
+                results.append((None, "the image decoder crashed on this file", None, stored, None))
         return results
 
     def parts_per_batch(self) -> int:
@@ -634,6 +639,7 @@ class Inspector:
                         latency_ms=latency,
                         error=p.error,
                         stored_path=p.stored_path,
+                        refused_over=p.refused_over,
                     )
                 )
                 continue

@@ -66,7 +66,13 @@ def not_a_file_reason(mode: int) -> str | None:
 
 
 class ImageDecodeError(ValueError):
-    """The file is not an image we can inspect; the message says why."""
+    """The file is not an image we can inspect; the message says why. `refused_over` is the
+    pixel limit (`max_pixels`) an image too large was refused at: what a station records, so
+    that the part is judged again at another limit without reading the message's words."""
+
+    def __init__(self, message: str, refused_over: int | None = None) -> None:
+        super().__init__(message)
+        self.refused_over = refused_over
 
 
 @dataclass(frozen=True)
@@ -165,7 +171,8 @@ def decode_image(data: bytes, limit: int | None = None) -> DecodedImage:
             if width * height > limit:
                 raise ImageDecodeError(
                     f"image too large: {width}x{height} is over the {limit / 1e6:.0f} MP limit "
-                    "(DEFECTS_MAX_MEGAPIXELS)"
+                    "(DEFECTS_MAX_MEGAPIXELS)",
+                    refused_over=limit,
                 )
             several = several_frames_reason(image)
             if several is not None:
@@ -180,7 +187,8 @@ def decode_image(data: bytes, limit: int | None = None) -> DecodedImage:
         size = re.search(r"Image size \((\d+) pixels\)", str(exc))
         found = f"{int(size.group(1)) / 1e6:.0f} MP is " if size else ""
         raise ImageDecodeError(
-            f"image too large: {found}over the {limit / 1e6:.0f} MP limit (DEFECTS_MAX_MEGAPIXELS)"
+            f"image too large: {found}over the {limit / 1e6:.0f} MP limit (DEFECTS_MAX_MEGAPIXELS)",
+            refused_over=limit,
         ) from exc
     except UnidentifiedImageError as exc:
         if data.count(data[:1]) == len(data):
@@ -218,16 +226,26 @@ def is_blank_frame(error: str | None) -> bool:
     return (error or "").startswith(BLANK_ERROR)
 
 
-# How a refusal for size names the limit it was refused at (`decode_image`).
-_TOO_LARGE = re.compile(r"image too large: .*over the (\d+) MP limit")
+# Where a refusal for size records the pixel limit it was refused at: a key of its record's
+# operating point, beside the thresholds (`ImageDecodeError.refused_over`).
+REFUSED_OVER_KEY = "refused_over_pixels"
+# How refusals recorded before the key named their limit, in words that no longer change.
+_TOO_LARGE_BEFORE = re.compile(r"image too large: .*over the (\d+) MP limit")
 
 
-def refused_at_another_limit(error: str | None) -> bool:
-    """Whether a part's error refuses it for its size at another limit than the one in force:
+def refused_at_another_limit(point: object, error: str | None) -> bool:
+    """Whether a part's record refuses it for its size at another limit than the one in force:
     raised as the refusal says (DEFECTS_MAX_MEGAPIXELS), the same file was still refused, its
-    stored refusal taken for the verdict, naming the limit it no longer is."""
-    found = _TOO_LARGE.match(error or "")
-    return found is not None and int(found.group(1)) * 1_000_000 != max_pixels()
+    stored refusal taken for the verdict, naming the limit it no longer is. Read from the limit
+    its operating point records, not from the message's words; a refusal recorded before it
+    did, by the words it was recorded in."""
+    if error is None:
+        return False
+    refused_over = point.get(REFUSED_OVER_KEY) if isinstance(point, dict) else None
+    if refused_over is None:
+        found = _TOO_LARGE_BEFORE.match(error)
+        refused_over = int(found.group(1)) * 1_000_000 if found is not None else None
+    return refused_over is not None and refused_over != max_pixels()
 
 
 def is_repeated_fault(error: str | None) -> bool:
@@ -382,9 +400,11 @@ class StoreRequest:
     name: str
 
 
-# (letterboxed or tiled, None, pixels kept for a classifier, stored file), or
-# (None, reason, None, stored file)
-Prepared = tuple[Letterboxed | Tiled | None, str | None, DecodedImage | None, Path | None]
+# (letterboxed or tiled, None, pixels kept for a classifier, stored file, None), or
+# (None, reason, None, stored file, the pixel limit an image too large was refused at)
+Prepared = tuple[
+    Letterboxed | Tiled | None, str | None, DecodedImage | None, Path | None, int | None
+]
 
 
 # A file that is not an image is kept in the store with its error up to this size; beyond it
@@ -411,7 +431,7 @@ def prepare_parts(
     prepared: list[Prepared] = []
     for i, data in enumerate(datas):
         boxed: Letterboxed | Tiled | None = None
-        decoded, error = None, None
+        decoded, error, refused_over = None, None, None
         try:
             decoded = decode_image(data)
             error = blank_frame_reason(decoded)  # a blank frame: neither passed nor failed
@@ -421,7 +441,7 @@ def prepare_parts(
             elif error is None:
                 boxed = letterbox(decoded, size)
         except ImageDecodeError as exc:
-            error = str(exc)
+            error, refused_over = str(exc), exc.refused_over
         except Exception as exc:  # noqa: BLE001 - one file's surprise is that file's error
             # Whatever an image library raises on one odd file is recorded against that file;
             # it stopped the whole batch, and every rerun, on it.
@@ -435,7 +455,7 @@ def prepare_parts(
                 request = stores[i]
                 stored = store_image(request.images_dir, request.content_hash, request.name, data)
         if error is not None:
-            prepared.append((None, error, None, stored))
+            prepared.append((None, error, None, stored, refused_over))
         else:
-            prepared.append((boxed, None, decoded if keep_pixels else None, stored))
+            prepared.append((boxed, None, decoded if keep_pixels else None, stored, None))
     return prepared

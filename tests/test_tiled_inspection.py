@@ -290,7 +290,7 @@ def test_a_tiled_part_crosses_from_a_decoding_process_as_no_more_than_its_image(
     """Tiles letterboxed up front, a frame cut into tiles far smaller than the model's input
     would cross as every tile at the model's size."""
     large = np.tile(parts[1], (4, 8))  # 512 x 256
-    [(image, error, kept, stored)] = prepare_parts([_png(large)], 640, False, None, TileSpec(32))
+    [(image, error, kept, stored, _)] = prepare_parts([_png(large)], 640, False, None, TileSpec(32))
     assert error is None and kept is None and stored is None
     assert isinstance(image, Tiled) and image.original_shape == (256, 512)
     assert len(image.grid) == len(tile_grid(512, 256, TileSpec(32)))
@@ -790,6 +790,39 @@ def test_a_part_refused_for_its_size_is_judged_once_the_limit_is_raised(
     assert json.loads(judged.stdout)[0]["verdict"] in {"pass", "fail"}, judged.output
     again = runner.invoke(app, command)  # (judged now: not judged again at the same limit)
     assert "judged earlier" not in again.output
+    assert len(_stored_points(station)) == 2
+
+
+def test_a_refusal_for_size_is_judged_again_by_the_limit_it_recorded_not_by_its_words(
+    station: str, parts: list[np.ndarray], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Which refused parts to judge again at a new pixel limit was read from the refusal's
+    words: a refusal worded otherwise (a later release's message) was served as the verdict
+    at every limit. The record keeps the limit itself; at the same limit it is not judged
+    again."""
+    from sqlalchemy import update
+    from typer.testing import CliRunner
+
+    from db.models import Inspection
+    from db.session import session_scope
+    from inspection.settings import get_settings
+    from training.cli import app
+
+    image = tmp_path / "strip.png"  # 1280 x 1024: 1.3 MP
+    image.write_bytes(_png(np.tile(_mosaic(parts[:4], columns=2, rows=2), (8, 10))))
+    runner = CliRunner()
+    command = ["inspect", str(image), "--backend", "pytorch", "--json"]
+    monkeypatch.setenv("DEFECTS_MAX_MEGAPIXELS", "1")
+    get_settings.cache_clear()
+    assert json.loads(runner.invoke(app, command).stdout)[0]["verdict"] == "error"
+    with session_scope(station) as session:
+        session.execute(update(Inspection).values(error="pixels past what is allowed"))
+    assert json.loads(runner.invoke(app, command).stdout)[0]["verdict"] == "error"
+    assert len(_stored_points(station)) == 1  # (the same limit: not judged again)
+    monkeypatch.setenv("DEFECTS_MAX_MEGAPIXELS", "2")
+    get_settings.cache_clear()
+    judged = runner.invoke(app, command)
+    assert json.loads(judged.stdout)[0]["verdict"] in {"pass", "fail"}, judged.output
     assert len(_stored_points(station)) == 2
 
 
