@@ -36,7 +36,7 @@ from db.session import session_scope
 ACCOUNT = "account"  # session_state: the name of the account logged in here
 ACCOUNT_TOKEN = "account_token"  # session_state: the hash of this session's login token
 COOKIE_TO_SET = "account_cookie"  # session_state: (token, expiry) for the browser to keep
-FORGET_COOKIE = "account_logged_out"  # session_state: the browser's cookie is to be dropped
+FORGET_COOKIE = "account_logged_out"  # session_state: a token ended, to drop from the browser
 COOKIE = "defects_login"
 MAX_TOKEN_LENGTH = 4 * TOKEN_BYTES  # (a token is base64 of TOKEN_BYTES; longer is no token)
 LOCAL_ADDRESSES = {"localhost", "127.0.0.1", "::1"}
@@ -96,8 +96,11 @@ def current_access(url: str) -> Access:
             hashed = token_hash(token) if token else None
         login = kept_login(session, hashed) if hashed else None
     if login is None or login.role is None:
+        kept_here = st.session_state.get(COOKIE_TO_SET)
         for key in (ACCOUNT, ACCOUNT_TOKEN, COOKIE_TO_SET):
             st.session_state.pop(key, None)
+        if isinstance(kept_here, tuple):  # (ended: the login page drops it from the browser)
+            st.session_state[FORGET_COOKIE] = kept_here[0]
         return Access(accounts=True)
     st.session_state[ACCOUNT] = login.name
     st.session_state[ACCOUNT_TOKEN] = hashed
@@ -149,8 +152,10 @@ def account_sidebar(url: str, access: Access) -> None:
                 end_login(session, hashed)
         # All of it: the next person at this screen inherits no part picked, no review to
         # undo, no half-filled form of the one before.
+        kept = st.session_state.get(COOKIE_TO_SET)
         st.session_state.clear()
-        st.session_state[FORGET_COOKIE] = True
+        if isinstance(kept, tuple):
+            st.session_state[FORGET_COOKIE] = kept[0]
         st.rerun()
     kept = st.session_state.get(COOKIE_TO_SET)
     if isinstance(kept, tuple) and token_hash(kept[0]) == st.session_state.get(ACCOUNT_TOKEN):
@@ -160,11 +165,17 @@ def account_sidebar(url: str, access: Access) -> None:
 
 
 def forget_browser_login() -> None:
-    """On the login form: a cookie the browser still sends, or set since this session began
-    and logged out of, is of a login ended (a logout, an expiry, a disabled account), and is
-    dropped from the browser too."""
-    if browser_token() is not None or st.session_state.get(FORGET_COOKIE):
-        st.html(_cookie_script("", None), unsafe_allow_javascript=True)
+    """On the login form: the cookie of a login ended here (a logout, an expiry, a disabled
+    account), sent when this session began or set by it, is dropped from the browser too.
+    Only while the browser still holds that login's token: another tab of the browser may
+    have logged in since, and its cookie is that login's, not this one's to drop."""
+    ended = [
+        token
+        for token in (browser_token(), st.session_state.get(FORGET_COOKIE))
+        if isinstance(token, str) and token
+    ]
+    if ended:
+        st.html(_forget_script(ended), unsafe_allow_javascript=True)
 
 
 def _cookie_script(token: str, expires_at: datetime | None) -> str:
@@ -181,6 +192,18 @@ def _cookie_script(token: str, expires_at: datetime | None) -> str:
     return (
         f"<script>document.cookie = {literal} + "
         '(window.location.protocol === "https:" ? "; Secure" : "");</script>'
+    )
+
+
+def _forget_script(ended: list[str]) -> str:
+    """A script deleting the login cookie where it still holds one of the `ended` tokens, and
+    leaving it where it holds another (a login made since, in another tab)."""
+    deletion = _cookie_script("", None).removeprefix("<script>").removesuffix("</script>")
+    known = json.dumps(ended).replace("<", "\\u003c")
+    name = json.dumps(cookie_name())
+    return (
+        f"<script>if (document.cookie.split('; ').some((c) => {known}.some("
+        f"(t) => c === {name} + '=' + t))) {{ {deletion} }}</script>"
     )
 
 

@@ -406,3 +406,49 @@ def test_a_kept_login_ends_with_its_account_disabled_its_password_set_or_its_exp
     if ended_by != "expiry":  # (ended in its row, not only by the account's changed date)
         with session_scope(url) as session:
             assert session.scalars(select(LoginSession.ended_at)).one() is not None
+
+
+def _browser_cookie_after(html: str, cookie: str) -> str | None:
+    """The login cookie a real browser holds after running the page's `html` with `cookie` as
+    the cookie's value before (None: it dropped it)."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.exists():
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    origin = "http://dashboard.test"
+    with playwright.sync_playwright() as driver:
+        browser = driver.chromium.launch(
+            executable_path=str(chromium), args=["--headless", "--no-sandbox", "--disable-gpu"]
+        )
+        context = browser.new_context()
+        context.add_cookies([{"name": "defects_login_8501", "value": cookie, "url": origin}])
+        page = context.new_page()
+        page.route(
+            f"{origin}/**",
+            lambda route: route.fulfill(body=f"<html><body>{html}</body></html>", status=200),
+        )
+        page.goto(f"{origin}/")
+        held = {c["name"]: c["value"] for c in context.cookies()}
+        browser.close()
+    return held.get("defects_login_8501")
+
+
+def test_a_tab_left_on_an_ended_login_leaves_the_cookie_of_a_login_made_since(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two tabs of one browser: ana logged out in one and eng logged in there; the other tab,
+    still on ana's login, came to the login page at its next action and deleted the browser's
+    cookie whatever it held, eng's by then, so eng's next reload asked for the login again."""
+    _account(url, "ana", Role.REVIEWER)
+    _account(url, "eng", Role.ENGINEER)
+    ana = _kept_cookie(
+        _log_in(AppTest.from_file(APP, default_timeout=120).run(), "ana", "right-pass")
+    )
+    cookies = {"defects_login_8501": ana}
+    tab, other_tab = _reloaded(monkeypatch, cookies), _reloaded(monkeypatch, cookies)
+    [logout] = [b for b in tab.button if b.label == "Log out"]
+    eng = _kept_cookie(_log_in(logout.click().run(), "eng", "right-pass"))
+    assert _titles(other_tab.run()) == ["Log in"]  # (ana's login ended)
+    [script] = [h.proto.body for h in other_tab.get("html")]
+    assert _browser_cookie_after(script, eng) == eng  # eng's login kept
+    assert _browser_cookie_after(script, ana) is None  # ana's, ended, dropped
