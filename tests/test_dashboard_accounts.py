@@ -261,16 +261,22 @@ def test_an_engineer_sees_models_and_settings(production: str) -> None:
 def test_the_models_and_settings_pages_refuse_a_reviewer_in_their_own_code(
     production: str, page: str
 ) -> None:
-    """Hidden from a reviewer's navigation, and refused by the page itself if reached."""
+    """Hidden from a reviewer's navigation, and refused by the page itself if reached. (The
+    session is logged in as the dashboard logs one in, by its kept login: the name alone in
+    the session logs no one in, so it tested nobody logged in twice.)"""
+    from db.accounts import authenticate, keep_login, token_hash
+
     _account(production, "ana", Role.REVIEWER)
+    with session_scope(production) as session:
+        token = keep_login(session, authenticate(session, "ana", "right-pass")).token
     view = str(Path(APP).parent / "views" / f"{page}.py")
-    for account in ("ana", None):  # a reviewer, and nobody logged in
+    for hashed, told in ((token_hash(token), "ana is a reviewer"), (None, "log in")):
         at = AppTest.from_file(view, default_timeout=120)
-        if account:
-            at.session_state["account"] = account
+        if hashed:
+            at.session_state["account_token"] = hashed
         at.run()
         assert not at.exception, at.exception
-        assert "is for engineers" in at.error[0].value
+        assert "is for engineers" in at.error[0].value and told in at.error[0].value
         assert not at.button and not at.slider and not at.dataframe
 
 
