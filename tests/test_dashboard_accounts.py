@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -458,3 +459,18 @@ def test_a_tab_left_on_an_ended_login_leaves_the_cookie_of_a_login_made_since(
     [script] = [h.proto.body for h in other_tab.get("html")]
     assert _browser_cookie_after(script, eng) == eng  # eng's login kept
     assert _browser_cookie_after(script, ana) is None  # ana's, ended, dropped
+
+
+def test_a_forged_cookie_is_written_into_the_login_pages_script_only_as_a_string(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The login page names the token it drops in its script; a browser's cookie is anyone's
+    to forge, so no value of it may end the script or add another."""
+    _account(url, "ana", Role.REVIEWER)
+    forged = "x</script><script>alert(1)</script>\"');\u2028"
+    at = _reloaded(monkeypatch, {"defects_login_8501": forged})
+    assert _titles(at) == ["Log in"]
+    [script] = [h.proto.body for h in at.get("html")]
+    assert script.startswith("<script>") and script.count("</script>") == 1
+    assert script.endswith("</script>") and "alert(1)</" not in script
+    assert json.dumps(forged).replace("<", "\\u003c") in script
