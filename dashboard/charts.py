@@ -8,6 +8,7 @@ import io
 import math
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
+from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
@@ -286,18 +287,7 @@ def latency_figure(histograms: LatencyHistogram | list[LatencyHistogram]) -> go.
         histogram = histograms
     figure = go.Figure()
     if histogram.counts:
-        edges = np.asarray(histogram.edges, dtype=float)
-        figure.add_trace(
-            go.Bar(
-                x=((edges[:-1] + edges[1:]) / 2).tolist(),
-                y=list(histogram.counts),
-                width=np.diff(edges).tolist(),
-                customdata=np.column_stack((edges[:-1], edges[1:])).tolist(),
-                hovertemplate="%{customdata[0]:.1f} to %{customdata[1]:.1f} ms: %{y} parts"
-                "<extra></extra>",
-                name="parts",
-            )
-        )
+        figure.add_trace(_latency_bars(histogram, "parts", ""))
         for q, value, colour in (
             (50, histogram.summary.p50_ms, "#1f77b4"),
             (99, histogram.summary.p99_ms, "#d62728"),
@@ -314,6 +304,22 @@ def latency_figure(histograms: LatencyHistogram | list[LatencyHistogram]) -> go.
 _NO_LATENCY = LatencySummary(0, None, None, None, None, None)
 
 
+def _latency_bars(histogram: LatencyHistogram, name: str, extra: str, **style: Any) -> go.Bar:
+    """A histogram's bars at their own widths (its bins may be uneven), each hovered with
+    its range; `extra` is the hover's side label (a grid's name), already made chart-safe."""
+    edges = np.asarray(histogram.edges, dtype=float)
+    return go.Bar(
+        x=((edges[:-1] + edges[1:]) / 2).tolist(),
+        y=list(histogram.counts),
+        width=np.diff(edges).tolist(),
+        customdata=np.column_stack((edges[:-1], edges[1:])).tolist(),
+        hovertemplate="%{customdata[0]:.1f} to %{customdata[1]:.1f} ms: %{y} parts"
+        f"<extra>{extra}</extra>",
+        name=name,
+        **style,
+    )
+
+
 def _latency_by_grid_figure(histograms: list[LatencyHistogram]) -> go.Figure:
     """The bars of each grid stacked on the bins they share, its percentiles dashed in its
     colour."""
@@ -325,17 +331,9 @@ def _latency_by_grid_figure(histograms: list[LatencyHistogram]) -> go.Figure:
             f"{station_grid(histogram.grid)}: p50 {summary.p50_ms:.0f} ms, "
             f"p99 {summary.p99_ms:.0f} ms"
         )
-        edges = np.asarray(histogram.edges, dtype=float)
         figure.add_trace(
-            go.Bar(
-                x=((edges[:-1] + edges[1:]) / 2).tolist(),
-                y=list(histogram.counts),
-                width=np.diff(edges).tolist(),
-                customdata=np.column_stack((edges[:-1], edges[1:])).tolist(),
-                hovertemplate="%{customdata[0]:.1f} to %{customdata[1]:.1f} ms: %{y} parts"
-                f"<extra>{chart(station_grid(histogram.grid))}</extra>",
-                name=chart(name),
-                marker_color=colour,
+            _latency_bars(
+                histogram, chart(name), chart(station_grid(histogram.grid)), marker_color=colour
             )
         )
         for value, dash in ((summary.p50_ms, "dash"), (summary.p99_ms, "dot")):
