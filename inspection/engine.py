@@ -49,7 +49,7 @@ from inspection.settings import get_settings, resolve_device, usable_cores
 from inspection.tiling import (
     TileSpec,
     TileSpecError,
-    fuse_cut_boxes,
+    fused_with_origins,
     judged_in,
     tile_of_checkpoint,
 )
@@ -302,23 +302,116 @@ def merge_tiles(
     defects, a class's every counted box with them, and the class from the part's failed
     classes, its review and the Pareto. Below the threshold, at most MAX_DETECTIONS in all.
     Only lower-confidence duplicates go, and only pieces both counted (or both not) are
-    fused, so the part fails exactly when one of its tiles does, for the same classes."""
-    import torch
-    import torchvision
+    fused, so the part fails exactly when one of its tiles does, for the same classes.
 
-    detections = fuse_cut_boxes(per_tile, grid)
+    The NMS is greedy NMS over the whole part, as torchvision's, but it compares only the pairs
+    that can be duplicates: two boxes of one tile went through that tile's own NMS already, so
+    a box is compared with the boxes of other tiles that reach where it lies (a band two tiles
+    share), and a fused box with every box it may overlap. NMS over all of a part's boxes
+    compared every pair: quadratic in the boxes, where a model that fires everywhere on a
+    large frame makes tens of thousands (`bench/tile_merge.py`)."""
+    detections, origins = fused_with_origins(per_tile, grid)
     if not detections:
         return []
-    boxes = torch.tensor([[d.x1, d.y1, d.x2, d.y2] for d in detections], dtype=torch.float64)
-    scores = torch.tensor([d.confidence for d in detections], dtype=torch.float64)
-    names = sorted({d.class_name for d in detections})
-    groups = torch.tensor([names.index(d.class_name) for d in detections])
-    kept = torchvision.ops.batched_nms(boxes, scores, groups, iou)  # by falling confidence
+    boxes = np.array([[d.x1, d.y1, d.x2, d.y2] for d in detections], dtype=np.float64)
+    scores = np.array([d.confidence for d in detections], dtype=np.float64)
+    index = {name: k for k, name in enumerate(sorted({d.class_name for d in detections}))}
+    classes = np.array([index[d.class_name] for d in detections])
+    order = np.lexsort((np.arange(len(detections)), -scores))  # falling confidence, stable
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    first, second = _duplicate_pairs(boxes, classes, np.array(origins), len(grid), iou)
+    # Greedy, as NMS: a box is dropped by a more confident duplicate that is itself kept.
+    higher = np.where(rank[first] < rank[second], first, second)
+    lower = np.where(rank[first] < rank[second], second, first)
+    by_rank = np.argsort(rank[higher], kind="stable")
+    higher, lower = higher[by_rank], lower[by_rank]
+    suppressed = np.zeros(len(detections), dtype=bool)
+    starts = np.flatnonzero(np.r_[True, higher[1:] != higher[:-1]]) if len(higher) else []
+    ends = [*starts[1:], len(higher)] if len(higher) else []
+    for s, e in zip(starts, ends, strict=True):
+        if not suppressed[higher[s]]:
+            suppressed[lower[s:e]] = True
     merged: list[Detection] = []
-    for i in kept.tolist():
+    for i in order[~suppressed[order]].tolist():
         if detections[i].counted or len(merged) < MAX_DETECTIONS:
             merged.append(detections[i])
     return merged
+
+
+def _over_iou(
+    a: np.ndarray, b: np.ndarray, same: np.ndarray, iou: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(row, column) of the pairs of boxes `a` x `b` of one class (`same`) whose IoU is over
+    `iou`, by torchvision's arithmetic (its NMS compares the same way)."""
+    width = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
+    height = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
+    inter = np.clip(width, 0, None) * np.clip(height, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = inter / (area_a[:, None] + area_b[None, :] - inter)
+    return np.nonzero(same & (ratio > iou))
+
+
+def _duplicate_pairs(
+    boxes: np.ndarray, classes: np.ndarray, origins: np.ndarray, n_tiles: int, iou: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (first, second) of the pairs of boxes of one class whose IoU is over `iou`,
+    leaving out pairs of one tile's own boxes (its NMS compared them). Boxes are grouped by
+    tile (fused boxes, origin -1, in a group of their own); two groups are compared only where
+    their boxes' extents overlap, and only their boxes that reach into the other's extent: a
+    pair that overlaps at all lies in both."""
+    group = np.where(origins < 0, n_tiles, origins)
+    members = [np.flatnonzero(group == g) for g in range(n_tiles + 1)]
+    filled = [g for g in range(n_tiles + 1) if members[g].size]
+    extent = {
+        g: np.r_[boxes[members[g], :2].min(axis=0), boxes[members[g], 2:].max(axis=0)]
+        for g in filled
+    }
+    firsts: list[np.ndarray] = []
+    seconds: list[np.ndarray] = []
+
+    def reaching(g: int, into: np.ndarray) -> np.ndarray:
+        found = boxes[members[g]]
+        return members[g][
+            (found[:, 0] < into[2])
+            & (found[:, 2] > into[0])
+            & (found[:, 1] < into[3])
+            & (found[:, 3] > into[1])
+        ]
+
+    def compare(left: np.ndarray, right: np.ndarray, upper: bool = False) -> None:
+        rows, columns = _over_iou(
+            boxes[left], boxes[right], classes[left][:, None] == classes[right][None, :], iou
+        )
+        if upper:  # (`right` goes on from `left`'s first box: each pair once, not a box itself)
+            keep = rows < columns
+            rows, columns = rows[keep], columns[keep]
+        firsts.append(left[rows])
+        seconds.append(right[columns])
+
+    for n, a in enumerate(filled):
+        for b in filled[n + 1 :]:
+            ea, eb = extent[a], extent[b]
+            if not (ea[0] < eb[2] and eb[0] < ea[2] and ea[1] < eb[3] and eb[1] < ea[3]):
+                continue
+            left, right = reaching(a, eb), reaching(b, ea)
+            if left.size and right.size:
+                compare(left, right)
+    fused = members[n_tiles]
+    if fused.size > 1:
+        # Fused boxes with each other, swept along x a block at a time: a box is compared only
+        # with those that start before it ends.
+        fused = fused[np.argsort(boxes[fused, 0], kind="stable")]
+        starts = boxes[fused, 0]
+        for s in range(0, fused.size, 512):
+            block = fused[s : s + 512]
+            stop = int(np.searchsorted(starts, boxes[block, 2].max(), side="left"))
+            compare(block, fused[s:stop], upper=True)
+    if not firsts:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return np.concatenate(firsts), np.concatenate(seconds)
 
 
 class PartClassifier:

@@ -174,6 +174,13 @@ Box = tuple[int, int, int, int]
 
 
 def fuse_cut_boxes(per_tile: Sequence[Sequence[Detection]], grid: Sequence[Box]) -> list[Detection]:
+    """`fused_with_origins`'s boxes alone."""
+    return fused_with_origins(per_tile, grid)[0]
+
+
+def fused_with_origins(
+    per_tile: Sequence[Sequence[Detection]], grid: Sequence[Box]
+) -> tuple[list[Detection], list[int]]:
     """One box for a defect a tile edge cut in pieces. A defect wider than the band two tiles
     share lies whole in neither: each tile finds a part of it, and the parts overlap too little
     for NMS to take them for one, so the part showed two boxes (and the review queue two lines)
@@ -184,14 +191,16 @@ def fuse_cut_boxes(per_tile: Sequence[Sequence[Detection]], grid: Sequence[Box])
     both not, become one: their union, at the higher confidence. Fused transitively, so a scratch
     across a strip of tiles is one box; boxes far apart, or that only a tile's part-edge
     clips, are left as they are. `per_tile[i]` holds tile `grid[i]`'s detections in the
-    part's pixels; the result keeps their order, a fused box where its first piece was."""
+    part's pixels; the result keeps their order, a fused box where its first piece was. With
+    each box, the tile it came from, or -1 for a box fused of pieces of several: the merge that
+    follows knows that two boxes of one tile went through that tile's own NMS already."""
     flat = [d for found in per_tile for d in found]
+    tile_of = np.repeat(np.arange(len(per_tile)), [len(found) for found in per_tile])
     if not flat or len(grid) < 2:
-        return list(flat)
-    tile_of = np.repeat(np.arange(len(grid)), [len(found) for found in per_tile])
+        return list(flat), tile_of.tolist()
     boxes = np.array([[d.x1, d.y1, d.x2, d.y2] for d in flat], dtype=np.float64)
-    names = sorted({d.class_name for d in flat})
-    classes = np.array([names.index(d.class_name) for d in flat])
+    index = {name: k for k, name in enumerate(sorted({d.class_name for d in flat}))}
+    classes = np.array([index[d.class_name] for d in flat])
     counted = np.array([d.counted for d in flat])
     tiles = np.array(grid, dtype=np.float64)
     width, height = tiles[:, 2].max(), tiles[:, 3].max()
@@ -204,6 +213,7 @@ def fuse_cut_boxes(per_tile: Sequence[Sequence[Detection]], grid: Sequence[Box])
     )
     cut = inner & near
     parent = list(range(len(flat)))
+    joined: set[int] = set()  # the boxes some union took in (the rest stand alone, as found)
 
     def root(i: int) -> int:
         while parent[i] != i:
@@ -254,16 +264,25 @@ def fuse_cut_boxes(per_tile: Sequence[Sequence[Detection]], grid: Sequence[Box])
             )
             for i, j in zip(*np.nonzero(meet), strict=True):
                 ri, rj = root(int(pieces[i])), root(int(others[j]))
+                joined.update((int(pieces[i]), int(others[j])))
                 if ri != rj:
                     parent[max(ri, rj)] = min(ri, rj)
+    # A group's root is its first box (a union keeps the smaller root), so the roots in order
+    # give the groups in the order of their first boxes.
     groups: dict[int, list[int]] = {}
-    for i in range(len(flat)):
+    for i in sorted(joined):
         groups.setdefault(root(i), []).append(i)
     fused: list[Detection] = []
-    for first, group in sorted(groups.items()):
+    origins: list[int] = []
+    for first in range(len(flat)):
+        if parent[first] != first:
+            continue
+        group = groups.get(first, [first])
         if len(group) == 1:
             fused.append(flat[first])
+            origins.append(int(tile_of[first]))
             continue
+        origins.append(-1)  # (a union is no box any tile's NMS saw)
         best = max(group, key=lambda i: (flat[i].confidence, -i))
         span = boxes[group]
         x1, y1 = span[:, :2].min(axis=0).tolist()
@@ -277,4 +296,4 @@ def fuse_cut_boxes(per_tile: Sequence[Sequence[Detection]], grid: Sequence[Box])
                 y2=y2,
             )
         )
-    return fused
+    return fused, origins

@@ -259,6 +259,97 @@ def test_a_defect_at_the_corner_of_four_tiles_is_one_box() -> None:
     ]
 
 
+def _tiles_found(
+    per_side: int, objects: int, seed: int, iou: float = 0.45
+) -> tuple[list[list[Detection]], list[tuple[int, int, int, int]]]:
+    """Hand-made detections of a part of `per_side` x `per_side` tiles of 64 px at 25%
+    overlap, as its tiles report them: objects of two classes strewn over it, each tile's
+    boxes clipped at its edges with its own confidence, through its own NMS (as
+    `postprocess` gives a tile's)."""
+    import torch
+    import torchvision
+
+    side = 64 + (per_side - 1) * 48
+    grid = tile_grid(side, side, TileSpec(64, 0.25))
+    rng = np.random.default_rng(seed)
+    centre, size = rng.uniform(0, side, (objects, 2)), rng.uniform(4, 30, (objects, 2))
+    spread = np.concatenate([centre - size / 2, centre + size / 2], axis=1).clip(0, side)
+    classes = rng.integers(0, 2, objects)
+    per_tile = []
+    for x0, y0, x1, y1 in grid:
+        seen = np.flatnonzero(
+            (spread[:, 0] < x1) & (spread[:, 2] > x0) & (spread[:, 1] < y1) & (spread[:, 3] > y0)
+        )
+        boxes = spread[seen] + rng.uniform(-0.5, 0.5, (len(seen), 4))
+        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(x0, x1)
+        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(y0, y1)
+        scores = rng.uniform(0.05, 0.95, len(seen))
+        kept = torchvision.ops.batched_nms(
+            torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(classes[seen]), iou
+        ).tolist()
+        per_tile.append(
+            [
+                Detection(
+                    ["spot", "scratch"][classes[seen[k]]],
+                    float(scores[k]),
+                    *boxes[k].tolist(),
+                    counted=bool(scores[k] >= 0.25),
+                )
+                for k in kept
+            ]
+        )
+    return per_tile, grid
+
+
+def _nms_over_every_pair(
+    per_tile: list[list[Detection]], grid: list[tuple[int, int, int, int]], iou: float
+) -> list[Detection]:
+    """The merge as class-aware NMS over all of a part's fused boxes (what it gives, written
+    the slow way)."""
+    import torch
+    import torchvision
+
+    from inspection.engine import MAX_DETECTIONS
+    from inspection.tiling import fuse_cut_boxes
+
+    found = fuse_cut_boxes(per_tile, grid)
+    kept = torchvision.ops.batched_nms(
+        torch.tensor([_box(d) for d in found], dtype=torch.float64),
+        torch.tensor([d.confidence for d in found], dtype=torch.float64),
+        torch.tensor([["spot", "scratch"].index(d.class_name) for d in found]),
+        iou,
+    ).tolist()
+    merged: list[Detection] = []
+    for i in kept:
+        if found[i].counted or len(merged) < MAX_DETECTIONS:
+            merged.append(found[i])
+    return merged
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_merge_keeps_what_nms_over_every_pair_of_boxes_keeps(seed: int) -> None:
+    """Comparing only boxes that can be duplicates (boxes of other tiles where tiles meet, and
+    fused boxes) gives NMS's very result over the whole part."""
+    per_tile, grid = _tiles_found(per_side=4, objects=120 + 40 * seed, seed=seed)
+    expected = _nms_over_every_pair(per_tile, grid, 0.45)
+    assert sum(map(len, per_tile)) > len(expected)  # (duplicates where tiles meet went)
+    assert merge_tiles(per_tile, grid, 0.45) == expected
+
+
+def test_a_tiles_own_boxes_are_kept_as_the_tile_alone_gives_them() -> None:
+    """A tile's boxes went through its own NMS, before they were clipped to the image: two it
+    kept stay, as a part judged whole keeps them, even where clipping made them overlap more;
+    only boxes of other tiles are compared with them (NMS over every pair of a part's boxes
+    took seconds for a large frame that a model fires all over)."""
+    grid = tile_grid(112, 64, TileSpec(64, 0.25))
+    # (-40, 10, 30, 40) against (0, 10, 34, 40): IoU 0.41, both kept by the tile's NMS; the
+    # first clipped at the part's edge, 0.88.
+    one, other = _spot(0, 10, 30, 40, 0.9), _spot(0, 10, 34, 40, 0.5)
+    seen_twice = [_spot(50, 50, 60, 60, 0.6), _spot(50, 50, 61, 60, 0.4)]  # in the shared band
+    merged = merge_tiles([[one, other, seen_twice[0]], [seen_twice[1]]], grid, 0.45)
+    assert merged == [one, seen_twice[0], other]
+
+
 def test_a_station_fuses_the_pieces_its_tiles_find_of_one_defect(
     trained: Trained, parts: list[np.ndarray]
 ) -> None:
