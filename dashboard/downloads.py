@@ -51,6 +51,8 @@ def filtered_results_csv(url: str, filters: Filters, limit: int = CSV_ROW_LIMIT)
         [[_csv_cell(row[name]) for name in INSPECTION_COLUMNS] for row in rows],
         columns=list(INSPECTION_COLUMNS),  # the header, also over no rows
     )
+    # (A count, empty where none was recorded: pandas made the column float beside the gaps.)
+    table["boxes_left_out"] = table["boxes_left_out"].astype("Int64")
     # Lines end in CRLF (RFC 4180): the csv writer then quotes a CR in a name too; a bare one
     # ended the row there, the rest of the name a row of its own (a formula, maybe).
     return table.to_csv(index=False, lineterminator="\r\n").encode()

@@ -306,6 +306,10 @@ class Inspection(Base):
     thresholds: Mapped[dict[str, Any]] = mapped_column(default=dict)
     latency_ms: Mapped[float | None] = mapped_column(Float)
     error: Mapped[str | None] = mapped_column(Text)
+    boxes_left_out: Mapped[int | None] = mapped_column(
+        Integer,
+        doc="Counted boxes of a tiled part not kept, past the most a part keeps (None: whole).",
+    )
     inspected_at: Mapped[datetime] = mapped_column(default=utcnow)
     superseded_at: Mapped[datetime | None] = mapped_column(
         doc="When the part was judged again by this model version at another operating point."

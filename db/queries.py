@@ -800,6 +800,9 @@ INSPECTION_COLUMNS = (
     # The "tile" of its operating point: None the model's own grid, "off", or a --tile's. (Last:
     # a script reading the columns by place reads the earlier ones where they were.)
     "grid",
+    # Counted boxes a tiled part did not keep, past the most a part keeps (empty: none, or
+    # judged whole, or before this was recorded). After the grid, for the same reason.
+    "boxes_left_out",
 )
 
 
@@ -863,6 +866,7 @@ def inspection_rows(
             Inspection.thresholds["tile"],
             Inspection.superseded_at,
             Inspection.error,
+            Inspection.boxes_left_out,
         )
         .order_by(Inspection.inspected_at.desc())
         .limit(limit)
@@ -884,6 +888,7 @@ def inspection_rows(
         tile,
         superseded_at,
         error,
+        boxes_left_out,
     ) in found:
         # (captured_at, inspected_at, line, station, part, content_hash: as selected)
         classes = ";".join(sorted(counted.get(inspection_id, ())))
@@ -896,6 +901,7 @@ def inspection_rows(
             superseded_at,
             error or "",
             tile,
+            boxes_left_out,
         )
         rows.append(dict(zip(INSPECTION_COLUMNS, values, strict=True)))
     return rows

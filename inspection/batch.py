@@ -1192,6 +1192,7 @@ class BatchInspection:
                     Inspection.defect_probability,
                     Inspection.latency_ms,
                     Inspection.error,
+                    Inspection.boxes_left_out,
                 )
                 .join(Inspection, Inspection.part_id == Part.id)
                 .where(
@@ -1230,7 +1231,7 @@ class BatchInspection:
             digest, size, width, height, inspection_id, run_id, verdict, *rest = record
             if not repeat.wanted and run_id != self.run_id:
                 continue
-            probability, latency_ms, error = rest
+            probability, latency_ms, error, left_out = rest
             told.append(
                 PartResult(
                     repeat.name,
@@ -1243,6 +1244,7 @@ class BatchInspection:
                     latency_ms=latency_ms,
                     error=error,
                     defect_probability=probability,
+                    boxes_left_out=left_out,
                 )
             )
         return told
@@ -1433,6 +1435,7 @@ class BatchInspection:
                     else {**point, REFUSED_OVER_KEY: r.refused_over},
                     "latency_ms": r.latency_ms,
                     "error": r.error,
+                    "boxes_left_out": r.boxes_left_out,
                     "inspected_at": now,
                 }
                 for r in results

@@ -60,6 +60,11 @@ BackendChoice = Literal["auto", "pytorch", "onnx", "onnx-int8"]
 # another (a model trained on small crops judging large images at their own resolution).
 TileChoice = TileSpec | Literal["model", "off"]
 MAX_DETECTIONS = 300
+# The counted boxes a tiled part keeps at most, the most confident, and of each failed class at
+# least its own most confident few: a model that fires all over a large frame found tens of
+# thousands, each a row to write and to read on every page that shows the part.
+MAX_COUNTED = 1000
+MIN_COUNTED_PER_CLASS = 50
 
 
 def parse_tile(text: str) -> TileChoice:
@@ -100,6 +105,7 @@ class PartResult:
     stored_path: Path | None = None  # where the bytes were kept, when inspect() was asked to
     # The pixel limit an image too large was refused at (`ImageDecodeError.refused_over`).
     refused_over: int | None = None
+    boxes_left_out: int | None = None  # counted boxes of a tiled part not kept (`bound_counted`)
 
     @property
     def failed_classes(self) -> list[str]:
@@ -297,10 +303,11 @@ def merge_tiles(
     """A tiled part's detections, in its pixels, as one. A defect a tile edge cut in pieces is
     first made one box again (`fuse_cut_boxes`); then an object in the band neighbouring tiles
     share, found whole in each, is kept once by class-aware NMS at the operating point's IoU,
-    the most confident, in falling confidence. Every counted detection is kept, however many:
-    a cap of MAX_DETECTIONS a part, as a whole part's, dropped a long strip's least confident
-    defects, a class's every counted box with them, and the class from the part's failed
-    classes, its review and the Pareto. Below the threshold, at most MAX_DETECTIONS in all.
+    the most confident, in falling confidence. Every counted detection is kept here, however
+    many: a cap of MAX_DETECTIONS a part, as a whole part's, dropped a long strip's least
+    confident defects, a class's every counted box with them, and the class from the part's
+    failed classes, its review and the Pareto (the engine bounds them after crop verification,
+    `bound_counted`, each failed class kept). Below the threshold, at most MAX_DETECTIONS in all.
     Only lower-confidence duplicates go, and only pieces both counted (or both not) are
     fused, so the part fails exactly when one of its tiles does, for the same classes.
 
@@ -337,6 +344,29 @@ def merge_tiles(
         if detections[i].counted or len(merged) < MAX_DETECTIONS:
             merged.append(detections[i])
     return merged
+
+
+def bound_counted(detections: list[Detection]) -> tuple[list[Detection], int]:
+    """A tiled part's detections with at most MAX_COUNTED counted boxes, the most confident,
+    and each class's MIN_COUNTED_PER_CLASS most confident beside them, so that the part fails
+    for the very classes it failed for; below the threshold (or not confirmed by crop
+    verification), at most MAX_DETECTIONS. With the number of counted boxes left out, which
+    the part's record says: the boxes shown are then not all the model found."""
+    counted = [i for i, d in enumerate(detections) if d.counted]
+    faint = [i for i, d in enumerate(detections) if not d.counted]
+    if len(counted) <= MAX_COUNTED and len(faint) <= MAX_DETECTIONS:
+        return detections, 0
+    by_confidence = sorted(counted, key=lambda i: -detections[i].confidence)  # (stable)
+    keep = set(by_confidence[:MAX_COUNTED])
+    per_class: dict[str, int] = {}
+    for i in by_confidence:
+        name = detections[i].class_name
+        if per_class.get(name, 0) < MIN_COUNTED_PER_CLASS:
+            keep.add(i)
+            per_class[name] = per_class.get(name, 0) + 1
+    keep.update(sorted(faint, key=lambda i: -detections[i].confidence)[:MAX_DETECTIONS])
+    kept = [d for i, d in enumerate(detections) if i in keep]
+    return kept, len(counted) - sum(d.counted for d in kept)
 
 
 def _over_iou(
@@ -736,7 +766,9 @@ class Inspector:
                     )
                 )
                 continue
-            found = detections[id(p)]
+            found, left_out = detections[id(p)], None
+            if isinstance(p.image, Tiled):  # (after crop verification: its counted boxes)
+                found, left_out = bound_counted(found)
             height, width = p.image.original_shape
             results.append(
                 PartResult(
@@ -752,6 +784,7 @@ class Inspector:
                     latency,
                     defect_probability=probabilities.get(id(p)),
                     stored_path=p.stored_path,
+                    boxes_left_out=left_out,
                 )
             )
         return results

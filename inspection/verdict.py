@@ -105,3 +105,11 @@ def part_classifier_note(
     if part is None or defect_probability is None or defect_probability < part:
         return None
     return f"part classifier {defect_probability:.2f}"
+
+
+def left_out_note(boxes_left_out: int | None) -> str | None:
+    """ "N more boxes not kept" for a tiled part that kept only its most confident counted
+    boxes: the boxes listed looked like all the model found."""
+    if not boxes_left_out:
+        return None
+    return f"{boxes_left_out} more boxes not kept"

@@ -1101,7 +1101,7 @@ def test_download_of_an_empty_range_has_its_header(database_url: str) -> None:
     empty = filtered_results_csv(database_url, Filters(start=datetime(2030, 1, 1)))
     assert empty.decode().splitlines() == [
         "captured_at,inspected_at,line,station,part,content_hash,verdict,defects,latency_ms,"
-        "model,superseded_at,error,grid"
+        "model,superseded_at,error,grid,boxes_left_out"
     ]
 
 

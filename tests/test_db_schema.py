@@ -314,6 +314,57 @@ def test_the_login_sessions_migration_goes_up_and_down_and_keeps_the_accounts(
         assert kept_login(session, token_hash(kept.token)) is None
 
 
+def test_the_boxes_left_out_migration_goes_up_and_down_and_keeps_the_verdicts(
+    tmp_path: Path,
+) -> None:
+    """0011 adds how many counted boxes a tiled part left out: null for the verdicts before
+    it; taken out again by a downgrade, every verdict and detection kept."""
+    from alembic import command
+    from sqlalchemy import inspect as schema
+
+    from db.migrate import alembic_config
+
+    url = f"sqlite:///{tmp_path / 'left-out.db'}"
+    upgrade(url, "0010")
+    with get_engine(url).begin() as connection:
+        connection.execute(text("INSERT INTO production_lines VALUES (1, 'L1', '', '2026-01-01')"))
+        connection.execute(text("INSERT INTO stations VALUES (1, 1, 'S1', '', '2026-01-01')"))
+        connection.execute(
+            text(
+                "INSERT INTO parts (id, content_hash, stored_path, original_name, size_bytes, "
+                "captured_at, line_id, station_id, created_at) "
+                "VALUES (1, 'h', 'p.png', 'p.png', 1, '2026-01-01', 1, 1, '2026-01-01')"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO inspections (id, part_id, verdict, thresholds, inspected_at) "
+                "VALUES (1, 1, 'fail', '{}', '2026-01-01')"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO predictions (id, inspection_id, source, class_name, confidence, "
+                "counted) VALUES (1, 1, 'detector', 'scratch', 0.9, 1)"
+            )
+        )
+    assert upgrade(url) == head_revision()
+    with session_scope(url) as session:
+        (earlier,) = session.scalars(select(Inspection)).all()
+        assert earlier.boxes_left_out is None
+        earlier.boxes_left_out = 2000
+    with session_scope(url) as session:
+        assert session.scalars(select(Inspection.boxes_left_out)).all() == [2000]
+    command.downgrade(alembic_config(url), "0010")
+    get_engine(url).dispose()
+    columns = {c["name"] for c in schema(get_engine(url)).get_columns("inspections")}
+    assert "boxes_left_out" not in columns
+    with get_engine(url).connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM predictions")).scalar() == 1
+    get_engine(url).dispose()
+    assert upgrade(url) == head_revision()
+
+
 def test_a_database_a_newer_release_migrated_is_refused_untouched(tmp_path: Path) -> None:
     """A station on an older release, pointed at a database another station upgraded: Alembic
     stopped every command and the app with a traceback ("Can't locate revision")."""

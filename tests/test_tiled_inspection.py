@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from inspection.backends.base import Backend
 from inspection.engine import Inspector, PartInput, merge_tiles, parse_tile
 from inspection.errors import UserError
 from inspection.images import Tiled, prepare_parts
@@ -1007,3 +1008,113 @@ def test_status_and_the_live_page_show_the_grid_a_station_judges_in(
     csv_text = filtered_results_csv(get_settings().resolved_database_url, Filters()).decode()
     rows = list(csv.DictReader(io.StringIO(csv_text)))
     assert sorted(r["grid"] for r in rows) == sorted(grids)
+
+
+def test_a_part_a_model_fires_all_over_keeps_its_most_confident_boxes_and_every_failed_class(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every counted box of a tiled part was kept: tens of thousands where a model fires all
+    over a large frame, each a row to write and to read. At most MAX_COUNTED now, the most
+    confident, each failed class keeping its own most confident few, and how many went said."""
+    from inspection import engine
+
+    monkeypatch.setattr(engine, "MAX_COUNTED", 10)
+    monkeypatch.setattr(engine, "MIN_COUNTED_PER_CLASS", 3)
+    sure = [Detection("spot", 0.9 - i / 100, i, 0, i + 1, 1, counted=True) for i in range(20)]
+    rare = [Detection("scratch", 0.3 - i / 100, i, 5, i + 1, 6, counted=True) for i in range(5)]
+    faint = [Detection("spot", 0.1, i, 9, i + 1, 10, counted=False) for i in range(4)]
+    found = sure[:12] + rare + sure[12:] + faint  # (as a merge gives them: falling confidence)
+    kept, left_out = engine.bound_counted(found)
+    assert kept == sure[:10] + rare[:3] + faint
+    assert left_out == 12
+    assert engine.bound_counted(sure[:10] + faint) == (sure[:10] + faint, 0)
+
+
+class _FiresAllOver(Backend):
+    """A network that finds a lattice of small boxes in every 64 px tile, none at a tile's
+    edge (so none is fused): scratches, then fainter spots, each a little less confident than
+    the one before; at the lattice's end, a spot below the threshold."""
+
+    name = "fires-all-over"
+    device = "test"
+    image_size = 64
+    class_names = CLASSES
+    tile = TileSpec(64, 0.0)
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        centres = [(x, y) for y in range(8, 57, 8) for x in range(8, 57, 8)]  # 49, 4 px apart
+        raw = np.zeros((len(batch), 4 + len(CLASSES), len(centres)), dtype=np.float32)
+        for k, (x, y) in enumerate(centres):
+            raw[:, :4, k] = (x, y, 4, 4)
+            raw[:, 4 + (0 if k < 30 else 1), k] = 0.9 - k / 100
+        raw[:, 4:, -1] = (0, 0.1)
+        return raw
+
+
+def test_a_station_bounds_a_tiled_parts_boxes_and_records_how_many_went(
+    parts: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from inspection import engine
+
+    large = _mosaic(parts[:6], columns=3, rows=2)  # six tiles of 49 boxes
+    inspector = Inspector(_FiresAllOver())
+    try:
+        unbounded = inspector.inspect_one("part.png", _png(large))
+        monkeypatch.setattr(engine, "MAX_COUNTED", 100)
+        monkeypatch.setattr(engine, "MIN_COUNTED_PER_CLASS", 20)
+        bounded = inspector.inspect_one("part.png", _png(large))
+        alone = inspector.inspect_one("one.png", _png(parts[0]))  # no larger than a tile
+    finally:
+        inspector.close()
+    counted = [d for d in unbounded.detections if d.counted]
+    assert len(counted) == 6 * 48 and unbounded.boxes_left_out == 0
+    assert bounded.verdict == unbounded.verdict == "fail"
+    assert bounded.failed_classes == unbounded.failed_classes == ["scratch", "spot"]
+    kept = [d for d in bounded.detections if d.counted]
+    assert kept[:100] == counted[:100] and len(kept) == 120  # (the spots' 20 beside them)
+    assert bounded.boxes_left_out == 6 * 48 - 120
+    assert [d for d in bounded.detections if not d.counted] == [
+        d for d in unbounded.detections if not d.counted
+    ]
+    assert alone.boxes_left_out is None
+
+
+def test_how_many_boxes_went_is_in_the_record_inspect_the_feed_and_the_csv(
+    station: str, parts: list[np.ndarray], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import csv
+
+    from typer.testing import CliRunner
+
+    from dashboard.downloads import filtered_results_csv
+    from db.queries import Filters
+    from inspection import engine
+    from inspection.batch import BatchInspection, read_file
+    from inspection.results import result_line
+    from training.cli import app
+
+    monkeypatch.setattr(engine, "MAX_COUNTED", 100)
+    monkeypatch.setattr(engine, "MIN_COUNTED_PER_CLASS", 20)
+    strip, small = tmp_path / "strip.png", tmp_path / "small.png"
+    strip.write_bytes(_png(_mosaic(parts[:6], columns=3, rows=2)))
+    small.write_bytes(_png(parts[0]))
+    inspector = Inspector(_FiresAllOver())
+    job = BatchInspection(station, tmp_path / "store", "L", "S", inspector=inspector)
+    results: list = []  # type: ignore[type-arg]
+    job.run([read_file(strip, str(strip)), read_file(small, str(small))], results.append)
+    inspector.close()
+    lines = {r.name: result_line(r, "L", "S", job.run_id) for r in results}
+    assert lines[str(strip)]["boxes_left_out"] == 6 * 48 - 120
+    assert lines[str(small)]["boxes_left_out"] is None
+    # What was recorded, as `defects inspect` reads it back (judged already: not judged again).
+    runner = CliRunner()
+    shown = runner.invoke(app, ["inspect", str(strip), "--backend", "pytorch"])
+    assert shown.exit_code == 0, shown.output
+    assert shown.stdout.rstrip().endswith(f", {6 * 48 - 120} more boxes not kept")
+    as_json = runner.invoke(
+        app, ["inspect", str(strip), str(small), "--backend", "pytorch", "--json"]
+    )
+    assert [r["boxes_left_out"] for r in json.loads(as_json.stdout)] == [6 * 48 - 120, None]
+    rows = list(csv.reader(io.StringIO(filtered_results_csv(station, Filters()).decode())))
+    assert rows[0][-2:] == ["grid", "boxes_left_out"]
+    assert sorted(r[-1] for r in rows[1:]) == ["", str(6 * 48 - 120)]

@@ -1826,6 +1826,8 @@ def inspect_command(
             "superseded)",
             err=True,
         )
+    from inspection.verdict import left_out_note
+
     rows = _stored_verdicts(url, job.model_id, items)
     if as_json:
         print(json.dumps(rows, indent=2))
@@ -1834,6 +1836,7 @@ def inspect_command(
             detail = row["error"] or ", ".join(
                 [f"{d['class']} {d['confidence']:.2f}" for d in row["defects"]]
                 + ([row["part_classifier"]] if row["part_classifier"] else [])
+                + ([left_out_note(row["boxes_left_out"])] if row["boxes_left_out"] else [])
             )
             line = f"{shown_name(row['part'])}: {str(row['verdict']).upper()} {detail}"
             console.print(line, markup=False)
@@ -1876,6 +1879,7 @@ def _stored_verdicts(url: str, model_id: int, items: list) -> list[dict]:  # typ
                         "defect_probability": None,
                         "part_classifier": None,
                         "defects": [],
+                        "boxes_left_out": None,
                     }
                 )
                 continue
@@ -1891,6 +1895,8 @@ def _stored_verdicts(url: str, model_id: int, items: list) -> list[dict]:  # typ
                         inspection.defect_probability, inspection.thresholds
                     ),
                     "defects": counted_defects(inspection.predictions),
+                    # (A tiled part keeps its most confident counted boxes: how many more.)
+                    "boxes_left_out": inspection.boxes_left_out,
                 }
             )
         return rows

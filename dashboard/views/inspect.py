@@ -49,7 +49,7 @@ from inspection.images import (
     max_pixels,
 )
 from inspection.settings import get_settings
-from inspection.verdict import part_classifier_note
+from inspection.verdict import left_out_note, part_classifier_note
 
 IMAGE_TYPES = sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES)
 SHOWN_PARTS = 60
@@ -235,6 +235,9 @@ def part_views(parts: Seen) -> tuple[list[dict[str, object]], list[tuple]]:  # t
             # (A part the part classifier failed was a FAIL with no reason given.)
             note = part_classifier_note(inspection.defect_probability, inspection.thresholds)
             found += [note] if note else []
+            # (A tiled part keeps its most confident counted boxes: the list is not all.)
+            left_out = left_out_note(inspection.boxes_left_out)
+            found += [left_out] if left_out else []
             rows.append(
                 {
                     "part": name,

@@ -32,6 +32,7 @@ from inspection.errors import UserError
 from inspection.images import ImageDecodeError, decode_image, located_image
 from inspection.settings import get_settings
 from inspection.tiling import TileSpec, TileSpecError
+from inspection.verdict import left_out_note
 from training.backtest import export_reviews, unused_dataset_name
 
 LISTED = 50  # parts offered in the picker
@@ -147,6 +148,7 @@ else:
             (r.class_name or "defect", r.reviewer, (r.x1, r.y1, r.x2, r.y2))
             for r in missed_defects(session, part.id)
         ]
+        left_out = left_out_note(inspection.boxes_left_out)
         verdict, stored_path, size = (
             inspection.verdict.value,
             str(located_image(part.stored_path)),
@@ -241,6 +243,8 @@ else:
                 with session_scope(state.url) as session:
                     mark_false_call(session, prediction_id, reviewer)
                 reviewed("")
+        if left_out:  # (a tiled part keeps its most confident counted boxes)
+            st.caption(left_out)
         for class_name, who, _ in added_boxes:
             st.markdown(f"- missed {plain(class_name)}, added by {plain(who)}")
         undecided = [p for p in predictions if p[0] not in decided]
