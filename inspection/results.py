@@ -14,6 +14,13 @@ an earlier one had, a part another station recorded a moment before, a file `--m
 moves after a stop) gets the verdict on record, with `"repeat": true`: the line controller
 waiting on that file hears of it.
 
+FILE a named pipe: the run waits at its start for a reader. Its writes never wait after that
+(the pipe is written non-blocking, by a thread of its own): a reader that stops reading or leaves
+must not stop the line from judging. Lines the pipe cannot take are held for the reader, up to
+`HELD_BYTES`, then the oldest held are dropped, said in a warning (their verdicts are in the
+database); a reader that closes the pipe is said, and the lines go on, the held ones first, to
+the next reader that opens it. A regular file is written as it comes: a full disk stops the run.
+
 `judged_at` is this station's clock when the line is written: the clock its line controller
 shares, by which it matches a line to the part in front of the camera. The database stamps its
 record by its own clock (`database_utcnow`), which may differ.
@@ -22,7 +29,15 @@ record by its own clock (`database_utcnow`), which may differ.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import logging
+import os
+import select
+import stat
+import threading
+import time
+from collections import deque
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +45,18 @@ from typing import IO, Any, Protocol
 
 from inspection.engine import PartResult
 from inspection.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+# Lines held in memory for a named pipe's reader that is behind (beyond the pipe's own buffer)
+# or gone: enough for a reader that pauses to catch up, bounded for one that never comes back.
+HELD_BYTES = 16 * 1024 * 1024
+# At the run's end, how long the lines still held wait for the reader to take more of them.
+CLOSE_GRACE_S = 3.0
+# How often the sender looks at a full pipe again, or for a reader come back.
+_POLL_S = 0.2
+# A warning of dropped lines at most this often (the first at once), with the count since.
+_DROPS_SAID_EVERY_S = 60.0
 
 
 class _Found(Protocol):
@@ -86,34 +113,213 @@ def result_line(
     }
 
 
+class _PipeSender:
+    """The lines for a named pipe, held in order and sent by a thread of their own through the
+    pipe opened non-blocking: the station's write only queues a line, so a reader that hangs
+    or leaves never holds up judging. A line is sent whole or not at all (one begun is
+    finished, never dropped): a reader never gets a broken line."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self._fd: int | None = fd
+        self._limit = HELD_BYTES
+        self._grace_s = CLOSE_GRACE_S
+        self._lines: deque[bytes] = deque()
+        self._size = 0
+        self._head_sent = 0  # bytes of the first held line already in the pipe
+        self._busy = False  # the thread is writing the first held line
+        self._closing_since: float | None = None
+        self._progress_at = time.monotonic()
+        self._ready = threading.Condition()
+        self.dropped = 0
+        self._unsaid = 0
+        self._said_at: float | None = None
+        self._gone = False  # (the reader left, said once until one takes a line again)
+        self._thread = threading.Thread(target=self._run, name="results-feed", daemon=True)
+        self._thread.start()
+
+    def put(self, data: bytes) -> None:
+        """Hold `data` (one line) to be sent; past the bound, drop the oldest held."""
+        unsaid = 0
+        with self._ready:
+            self._lines.append(data)
+            self._size += len(data)
+            while self._size > self._limit:
+                first = 1 if self._head_sent or self._busy else 0  # (a line begun is finished)
+                if first >= len(self._lines):
+                    break
+                self._size -= len(self._lines[first])
+                del self._lines[first]
+                self.dropped += 1
+                self._unsaid += 1
+            now = time.monotonic()
+            if self._unsaid and (
+                self._said_at is None or now - self._said_at >= _DROPS_SAID_EVERY_S
+            ):
+                unsaid, self._unsaid, self._said_at = self._unsaid, 0, now
+            self._ready.notify()
+        if unsaid:
+            logger.warning(
+                "the results feed %s is not being read (its reader is behind, or gone): %d "
+                "line%s dropped, the oldest held first; judging goes on, and their verdicts are "
+                "recorded in the database (the History page; the same command with --export "
+                "csv)",
+                self.path,
+                unsaid,
+                "" if unsaid == 1 else "s",
+            )
+
+    def _run(self) -> None:
+        while True:
+            with self._ready:
+                while not self._lines and self._closing_since is None:
+                    self._ready.wait()
+                if not self._lines or self._given_up():
+                    return
+                data = self._lines[0][self._head_sent :]
+                self._busy = True
+            sent = 0
+            try:
+                sent = self._send(data)
+            finally:
+                with self._ready:
+                    self._busy = False
+                    if sent:
+                        self._progress_at = time.monotonic()
+                        if self._gone:  # (said once it takes a line again)
+                            self._gone = False
+                            logger.warning(
+                                "the results feed %s has a reader again: the lines held for it "
+                                "follow",
+                                self.path,
+                            )
+                        self._head_sent += sent
+                        if self._head_sent == len(self._lines[0]):
+                            self._size -= len(self._lines.popleft())
+                            self._head_sent = 0
+
+    def _given_up(self) -> bool:
+        """At the run's end, the reader took nothing for the grace (or the lines held have
+        waited ten graces): what is left is dropped, not waited for."""
+        if self._closing_since is None:
+            return False
+        now = time.monotonic()
+        return (
+            now - max(self._progress_at, self._closing_since) > self._grace_s
+            or now - self._closing_since > 10 * self._grace_s
+        )
+
+    def _send(self, data: bytes) -> int:
+        """As much of `data` as the pipe takes now (0: full, or no reader), waiting at most a
+        poll for it to take some."""
+        if self._fd is None and not self._reopen():
+            time.sleep(_POLL_S)
+            return 0
+        fd = self._fd
+        assert fd is not None
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        if not poller.poll(_POLL_S * 1000):
+            return 0  # (full: the reader is behind)
+        try:
+            return os.write(fd, data)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            # The reader closed the pipe (EPIPE), or it failed. Closed here too, so that the
+            # pipe's unread bytes go with it and the next reader begins at a whole line.
+            with self._ready:
+                self._close_fd()
+                self._head_sent = 0
+            if self._gone:
+                return 0
+            self._gone = True
+            reason = (
+                "its reader closed the pipe"
+                if exc.errno == errno.EPIPE
+                else f"it cannot be written ({exc.strerror or exc})"
+            )
+            logger.warning(
+                "the results feed %s: %s; judging goes on, every verdict recorded in the "
+                "database; its lines are held for a reader that opens the pipe again, the "
+                "oldest dropped past the bound",
+                self.path,
+                reason,
+            )
+            return 0
+
+    def _reopen(self) -> bool:
+        """The pipe opened again, where a reader has it open (without one, no wait: ENXIO)."""
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK | os.O_APPEND)
+        except OSError:
+            return False
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):  # (it was replaced: not written into)
+            os.close(fd)
+            return False
+        with self._ready:
+            self._fd = fd
+        return True
+
+    def _close_fd(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+    def close(self) -> None:
+        """Let the lines held go to the reader while it takes them (up to the grace), then
+        drop what is left: the run ends whether or not its reader reads."""
+        with self._ready:
+            self._closing_since = time.monotonic()
+            self._ready.notify()
+        self._thread.join()
+        with self._ready:
+            self.dropped += len(self._lines)  # (the run's end says the total)
+            self._lines.clear()
+            self._close_fd()  # (what the pipe holds stays for the reader, then its end)
+
+
 class ResultsFeed:
     """The JSON Lines file a batch appends each verdict to."""
 
     def __init__(self, path: Path) -> None:
         if path.is_dir():
             raise UserError(f"--results {path} is a folder: give the file's name")
+        self.path = path
+        self._pipe: _PipeSender | None = None
+        if path.is_fifo():
+            try:
+                # Waits for a reader to open it (the run says so); written non-blocking after.
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+            except OSError as exc:
+                raise UserError(f"--results {path}: cannot open it: {exc.strerror or exc}") from exc
+            if stat.S_ISFIFO(os.fstat(fd).st_mode):
+                os.set_blocking(fd, False)
+                self._pipe = _PipeSender(path, fd)
+                return
+            os.close(fd)  # (no longer a pipe: written as a file)
         try:
-            # Line-buffered: each verdict reaches the file (or pipe) as it is written.
+            # Line-buffered: each verdict reaches the file as it is written.
             self._file: IO[str] = path.open("a", encoding="utf-8", buffering=1)
         except OSError as exc:
             raise UserError(f"--results {path}: cannot open it: {exc.strerror or exc}") from exc
-        self.path = path
+
+    @property
+    def dropped(self) -> int:
+        """Lines a named pipe's reader never got (behind past the bound, or gone), their
+        verdicts in the database; all of them once the feed is closed."""
+        return self._pipe.dropped if self._pipe is not None else 0
 
     def write(
         self, result: PartResult, line: str, station: str, run_id: int, repeat: bool = False
     ) -> None:
         text = json.dumps(result_line(result, line, station, run_id, repeat), ensure_ascii=False)
+        if self._pipe is not None:
+            self._pipe.put((text + "\n").encode())  # (never waits, never fails)
+            return
         try:
             self._file.write(text + "\n")
-        except BrokenPipeError as exc:
-            # (A named pipe whose reader stopped: "free space there" sent its operator to a
-            # disk that was not full.)
-            raise UserError(
-                f"cannot write the results feed {self.path}: its reader closed the pipe; the "
-                "verdicts so far are recorded in the database, and those the reader had not "
-                "read are not sent again: start the reader and run the same command again to "
-                "resume"
-            ) from exc
         except OSError as exc:
             raise UserError(
                 f"cannot write the results feed {self.path}: {exc.strerror or exc}; the verdicts "
@@ -122,5 +328,8 @@ class ResultsFeed:
             ) from exc
 
     def close(self) -> None:
+        if self._pipe is not None:
+            self._pipe.close()
+            return
         with contextlib.suppress(OSError):  # (a full disk at the last flush was said by write)
             self._file.close()

@@ -1378,7 +1378,8 @@ def batch_command(
             help="Append each part's verdict to FILE as a line of JSON once it is recorded "
             "(JSON Lines, flushed per part: for a reject gate, PLC bridge or MES to follow); "
             "a file whose part was judged before gets that verdict, as a repeat, except parts judged "
-            "by an earlier run in the source as the run began.",
+            "by an earlier run in the source as the run began. A named pipe's reader that falls "
+            "behind or leaves never stops the run: its lines are held, then dropped with a warning.",
         ),
     ] = None,
     tile: TileArgument = None,
@@ -1545,6 +1546,16 @@ def batch_command(
             job.close()  # workers no run took over (the listing failed or was interrupted)
         if feed is not None:
             feed.close()
+            if feed.dropped:  # (a named pipe's reader behind past what is held, or gone)
+                console.print(
+                    f"warning: {feed.dropped} lines of the results feed {results} were not sent: "
+                    "its reader fell behind past the lines held for it, or was gone; their "
+                    "verdicts are recorded in the database: the History page shows them"
+                    + ("" if watch else ", and the same command with --export csv lists them"),
+                    style="yellow",
+                    markup=False,
+                    soft_wrap=True,
+                )
     if isinstance(job, ParallelInspection) and job.ready_after_s:
         imported = max(phases[0] for phases in job.start_phases_s)
         loaded = max(phases[1] - phases[0] for phases in job.start_phases_s)
