@@ -1203,22 +1203,34 @@ class BatchInspection:
             ).all()
             records = {row[0]: row for row in rows}
             found: dict[int, list[Detection]] = {row[4]: [] for row in rows}
+            # (Columns, not the entity: a bare connection gives rows, and `.scalars()` of
+            # `select(Prediction)` there gave each row's first column, its id.)
             for p in connection.execute(
-                select(Prediction)
+                select(
+                    Prediction.inspection_id,
+                    Prediction.class_name,
+                    Prediction.confidence,
+                    Prediction.x1,
+                    Prediction.y1,
+                    Prediction.x2,
+                    Prediction.y2,
+                    Prediction.counted,
+                    Prediction.verification_score,
+                )
                 .where(
                     Prediction.inspection_id.in_(list(found)),
                     Prediction.source == PredictionSource.DETECTOR,
                 )
                 .order_by(Prediction.id)
-            ).scalars():
+            ):
                 found[p.inspection_id].append(
                     Detection(
                         p.class_name,
                         p.confidence,
-                        p.x1,  # type: ignore[arg-type]
-                        p.y1,  # type: ignore[arg-type]
-                        p.x2,  # type: ignore[arg-type]
-                        p.y2,  # type: ignore[arg-type]
+                        p.x1,
+                        p.y1,
+                        p.x2,
+                        p.y2,
                         p.counted,
                         p.verification_score,
                     )

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import func, select, text
 from typer.testing import CliRunner
 
-from db.models import Inspection, Part
+from db.models import Inspection, Part, Prediction, PredictionSource, Verdict
 from db.session import session_scope
 from inspection.batch import BatchInspection, file_key, iter_source
 from inspection.engine import PartResult
@@ -376,3 +376,52 @@ def test_each_file_of_a_batch_gets_one_line_copies_as_repeats(
     assert copy["repeat"] and not original["repeat"] and not lines["part_000.png"]["repeat"]
     same = ("sha256", "verdict", "defects", "failed_classes", "run")
     assert [copy[k] for k in same] == [original[k] for k in same]
+
+
+def test_a_repeat_of_a_part_recorded_with_defects_gets_its_line_with_them(
+    station: str, tmp_path: Path
+) -> None:
+    """A run writing the feed, over a file whose part was recorded with a detection (a batch
+    started again, a copy of a failed part, a frame a watch takes again), stopped with a
+    traceback: the recorded detections were read as bare numbers. Such a file's line carries
+    the detections on record; a run started again over its source writes it none."""
+    make_images(tmp_path / "in", n=2)
+    assert _batch(tmp_path / "in", "--results", str(tmp_path / "first.jsonl")).exit_code == 0
+    with session_scope(station) as session:  # (the tiny test model finds nothing: a box on record)
+        inspection = session.scalars(
+            select(Inspection)
+            .join(Part, Inspection.part_id == Part.id)
+            .where(Part.original_name == "part_000.png")
+        ).one()
+        inspection.verdict = Verdict.FAIL
+        session.add(
+            Prediction(
+                inspection_id=inspection.id,
+                source=PredictionSource.DETECTOR,
+                class_name="scratch",
+                confidence=0.9,
+                x1=1.0,
+                y1=2.0,
+                x2=30.0,
+                y2=40.0,
+                counted=True,
+            )
+        )
+    again = _batch(tmp_path / "in", "--results", str(tmp_path / "again.jsonl"))
+    assert again.exit_code == 0, again.exception
+    assert (tmp_path / "again.jsonl").read_text() == ""  # (the earlier run wrote their lines)
+
+    moved = _batch(
+        tmp_path / "in", "--results", str(tmp_path / "moved.jsonl"), "--move-judged",
+        str(tmp_path / "judged"),
+    )  # fmt: skip
+    assert moved.exit_code == 0, moved.exception
+    lines = {
+        line["part"]: line
+        for line in map(json.loads, (tmp_path / "moved.jsonl").read_text().splitlines())
+    }
+    failed = lines["part_000.png"]
+    assert failed["repeat"] and failed["verdict"] == "fail"
+    assert failed["failed_classes"] == ["scratch"]
+    assert failed["defects"] == [{"class": "scratch", "confidence": 0.9, "box": [1, 2, 30, 40]}]
+    assert lines["part_001.png"]["defects"] == []
