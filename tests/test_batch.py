@@ -784,11 +784,31 @@ def test_a_summary_keeps_a_bounded_sample_of_latencies(monkeypatch: pytest.Monke
     summary = BatchSummary(run_id=1, model_name="m")
     for latency in range(100):
         summary.add_latency(float(latency))
-    assert summary.latencies_ms == [float(n) for n in range(100)]  # all of them, up to the cap
+    assert list(summary.latencies_ms) == [float(n) for n in range(100)]  # all, up to the cap
     for latency in range(100, 10_000):
         summary.add_latency(float(latency))
     assert len(summary.latencies_ms) == 100 and summary.latencies_seen == 10_000
     assert 3500 < statistics.median(summary.latencies_ms) < 6500  # a sample of all, not the first
+
+
+def test_a_summary_keeps_a_latency_in_8_bytes() -> None:
+    """The latencies are what a long watch keeps per part once its caches have filled (up to
+    the cap): a list of float objects held 32 bytes a part, 6.4 MB at the cap."""
+    import tracemalloc
+
+    from inspection.batch import BatchSummary
+
+    summary = BatchSummary(run_id=1, model_name="m")
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(20_000):
+            summary.add_latency(n + 0.5)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(summary.latencies_ms) == 20_000
+    assert held < 10 * 20_000, f"{held / 20_000:.1f} bytes a latency"
 
 
 def test_a_hot_folder_forgets_files_that_are_gone(tmp_path: Path) -> None:
