@@ -51,7 +51,7 @@ from db.models import (
     Verdict,
     database_utcnow,
 )
-from db.queries import PART_CLASSIFIER_ALONE, RunRow, run_rows, source_rows
+from db.queries import PART_CLASSIFIER_ALONE, RunRow, part_results, run_rows, source_rows
 from db.registry import ensure_station, get_model_version, production_model
 from db.session import (
     DatabaseError,
@@ -1182,86 +1182,46 @@ class BatchInspection:
         if not repeats:
             return []
         hashes = sorted({r.content_hash for r in repeats})
-        with connection_scope(self.url) as connection:
-            rows = connection.execute(
-                select(
-                    Part.content_hash,
-                    Part.size_bytes,
-                    Part.width,
-                    Part.height,
-                    Inspection.id,
-                    Inspection.run_id,
-                    Inspection.verdict,
-                    Inspection.defect_probability,
-                    Inspection.latency_ms,
-                    Inspection.error,
-                    Inspection.boxes_left_out,
+        told = []
+        with session_scope(self.url) as session:
+            records = part_results(session, hashes, self.model_id)
+            for repeat in repeats:
+                record = records.get(repeat.content_hash)
+                if record is None:  # (superseded since by a run at another model: not this one's)
+                    continue
+                if not repeat.wanted and record.run_id != self.run_id:
+                    continue
+                found = sorted(
+                    (p for p in record.predictions if p.source == PredictionSource.DETECTOR),
+                    key=lambda p: p.id,
                 )
-                .join(Inspection, Inspection.part_id == Part.id)
-                .where(
-                    Part.content_hash.in_(hashes),
-                    Inspection.model_version_id == self.model_id,
-                    Inspection.is_current(),
-                )
-            ).all()
-            records = {row[0]: row for row in rows}
-            found: dict[int, list[Detection]] = {row[4]: [] for row in rows}
-            # (Columns, not the entity: a bare connection gives rows, and `.scalars()` of
-            # `select(Prediction)` there gave each row's first column, its id.)
-            for p in connection.execute(
-                select(
-                    Prediction.inspection_id,
-                    Prediction.class_name,
-                    Prediction.confidence,
-                    Prediction.x1,
-                    Prediction.y1,
-                    Prediction.x2,
-                    Prediction.y2,
-                    Prediction.counted,
-                    Prediction.verification_score,
-                )
-                .where(
-                    Prediction.inspection_id.in_(list(found)),
-                    Prediction.source == PredictionSource.DETECTOR,
-                )
-                .order_by(Prediction.id)
-            ):
-                found[p.inspection_id].append(
-                    Detection(
-                        p.class_name,
-                        p.confidence,
-                        p.x1,
-                        p.y1,
-                        p.x2,
-                        p.y2,
-                        p.counted,
-                        p.verification_score,
+                told.append(
+                    PartResult(
+                        repeat.name,
+                        repeat.content_hash,
+                        record.part.size_bytes,
+                        record.verdict.value,  # type: ignore[arg-type]
+                        detections=[
+                            Detection(
+                                p.class_name,
+                                p.confidence,
+                                p.x1,
+                                p.y1,
+                                p.x2,
+                                p.y2,
+                                p.counted,
+                                p.verification_score,
+                            )
+                            for p in found
+                        ],
+                        width=record.part.width,
+                        height=record.part.height,
+                        latency_ms=record.latency_ms,
+                        error=record.error,
+                        defect_probability=record.defect_probability,
+                        boxes_left_out=record.boxes_left_out,
                     )
                 )
-        told = []
-        for repeat in repeats:
-            record = records.get(repeat.content_hash)
-            if record is None:  # (superseded since by a run at another model: not this one's)
-                continue
-            digest, size, width, height, inspection_id, run_id, verdict, *rest = record
-            if not repeat.wanted and run_id != self.run_id:
-                continue
-            probability, latency_ms, error, left_out = rest
-            told.append(
-                PartResult(
-                    repeat.name,
-                    digest,
-                    size,
-                    Verdict(verdict).value,  # type: ignore[arg-type]
-                    detections=found[inspection_id],
-                    width=width,
-                    height=height,
-                    latency_ms=latency_ms,
-                    error=error,
-                    defect_probability=probability,
-                    boxes_left_out=left_out,
-                )
-            )
         return told
 
     def _moves(
