@@ -747,10 +747,13 @@ def model_usage(session: Session, filters: Filters = Filters()) -> list[ModelUsa
 
 
 def part_results(
-    session: Session, content_hashes: list[str], model_version_id: int
+    session: Session,
+    content_hashes: list[str],
+    model_version_id: int,
+    where: ColumnElement[bool] | None = None,
 ) -> dict[str, Inspection]:
     """The current inspection of each part (by content hash) by one model version, predictions
-    loaded."""
+    loaded; `where` narrows them, so that no predictions are loaded for records not wanted."""
     from sqlalchemy.orm import contains_eager, selectinload
 
     rows = session.scalars(
@@ -761,6 +764,7 @@ def part_results(
             Part.content_hash.in_(content_hashes),
             Inspection.model_version_id == model_version_id,
             Inspection.is_current(),
+            *([] if where is None else [where]),
         )
     ).all()
     return {i.part.content_hash: i for i in rows}

@@ -34,7 +34,7 @@ from pathlib import Path
 from threading import Event, Lock
 from typing import Any, BinaryIO, TypeVar
 
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -1182,9 +1182,18 @@ class BatchInspection:
         if not repeats:
             return []
         hashes = sorted({r.content_hash for r in repeats})
+        wanted = sorted({r.content_hash for r in repeats if r.wanted})
         told = []
         with session_scope(self.url) as session:
-            records = part_results(session, hashes, self.model_id)
+            # Only the records that can give a line: a run started again over its source finds
+            # every part recorded by an earlier run, and loading each one's detections to drop
+            # them doubled the look-up of every chunk it skipped.
+            records = part_results(
+                session,
+                hashes,
+                self.model_id,
+                or_(Part.content_hash.in_(wanted), Inspection.run_id == self.run_id),
+            )
             for repeat in repeats:
                 record = records.get(repeat.content_hash)
                 if record is None:  # (superseded since by a run at another model: not this one's)

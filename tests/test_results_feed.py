@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import Engine, event, func, select, text
 from typer.testing import CliRunner
 
 from db.models import Inspection, Part, Prediction, PredictionSource, Verdict
@@ -425,3 +425,30 @@ def test_a_repeat_of_a_part_recorded_with_defects_gets_its_line_with_them(
     assert failed["failed_classes"] == ["scratch"]
     assert failed["defects"] == [{"class": "scratch", "confidence": 0.9, "box": [1, 2, 30, 40]}]
     assert lines["part_001.png"]["defects"] == []
+
+
+def test_a_run_started_again_reads_no_detections_of_the_parts_it_skips(
+    station: str, tmp_path: Path
+) -> None:
+    """A run started again over its source, with a feed, read every skipped part's record and
+    detections back (a second look-up of each chunk), only to write none of them a line."""
+    make_images(tmp_path / "in", n=3)
+    assert _batch(tmp_path / "in").exit_code == 0
+    job = BatchInspection(station, tmp_path / "store", "Line 1", "Cam A")
+    told: list[PartResult] = []
+    statements: list[str] = []
+
+    def on_recorded(recorded: list[PartResult], repeats: list[PartResult]) -> None:
+        told.extend(recorded + repeats)
+
+    def seen(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
+        statements.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", seen)
+    try:
+        summary = job.run(iter_source(str(tmp_path / "in")), on_recorded=on_recorded)
+    finally:
+        event.remove(Engine, "before_cursor_execute", seen)
+        job.inspector.close()
+    assert summary.skipped == 3 and told == []
+    assert not [s for s in statements if "FROM predictions" in s]
