@@ -1155,7 +1155,6 @@ class BatchInspection:
             point,
             moves,
             repeats,
-            self._on_recorded,
         )
         for result in results:
             if on_result:
@@ -1278,16 +1277,14 @@ class BatchInspection:
         rejudged: set[str],
         finishing: bool,
         point: dict[str, Any],
-        moves: list[Move] | None = None,
-        repeats: list[Repeat] | None = None,
-        on_recorded: OnRecorded | None = None,
+        moves: list[Move],
+        repeats: list[Repeat],
     ) -> bool:
         """The chunk's write, then its counts in the summary, then `on_recorded` told (the
         results feed: after the commit, so that a line never stands for a verdict the database
         does not hold), then its files moved out where asked: in the writer thread, which
         Ctrl-C does not interrupt, so the summary never lacks (nor adds) a part the database
         holds, wherever the interrupt lands in the main thread."""
-        repeats = list(repeats or [])
         for attempt in range(1, WRITE_RACE_ATTEMPTS + 1):
             try:
                 marked_finished = self._through_outages(
@@ -1304,7 +1301,7 @@ class BatchInspection:
                 kept, rejudged = self._after_a_race(results)
                 # (A file whose part the other station recorded gets that verdict as its line.)
                 kept_hashes = {r.content_hash for r in kept}
-                repeats += [
+                repeats = repeats + [
                     Repeat(r.name, r.content_hash, wanted=True)
                     for r in results
                     if r.content_hash not in kept_hashes
@@ -1329,9 +1326,10 @@ class BatchInspection:
                 self.summary.failed_by_class.update(
                     result.failed_classes or [PART_CLASSIFIER_ALONE]
                 )
-        if on_recorded is not None:
-            on_recorded(results, self._through_outages(lambda: self._recorded_verdicts(repeats)))
-        self._move_judged(moves or [])
+        if self._on_recorded is not None:
+            told = self._through_outages(lambda: self._recorded_verdicts(repeats))
+            self._on_recorded(results, told)
+        self._move_judged(moves)
         return marked_finished
 
     def _after_a_race(self, results: list[PartResult]) -> tuple[list[PartResult], set[str]]:
