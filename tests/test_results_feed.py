@@ -3,6 +3,7 @@ reject gate or an MES to follow."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -452,3 +453,45 @@ def test_a_run_started_again_reads_no_detections_of_the_parts_it_skips(
         job.inspector.close()
     assert summary.skipped == 3 and told == []
     assert not [s for s in statements if "FROM predictions" in s]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+def test_at_the_runs_end_a_reader_that_keeps_taking_lines_is_served_ten_graces_at_most(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At the run's end the lines still held go to a reader while it takes them, but a reader
+    that takes a few bytes now and then would hold the station's exit for as long as it
+    pleased: past ten graces in all, what is left is counted as not sent."""
+    import inspection.results as results
+
+    monkeypatch.setattr(results, "CLOSE_GRACE_S", 0.1, raising=False)
+    pipe = tmp_path / "feed"
+    os.mkfifo(pipe)
+    reader = os.open(pipe, os.O_RDONLY | os.O_NONBLOCK)
+    done = threading.Event()
+    data = bytearray()
+
+    def trickle() -> None:  # (a page at a time, about 80 KB a second: seconds for what is held)
+        while not done.is_set():
+            with contextlib.suppress(BlockingIOError):
+                data.extend(os.read(reader, 4096))
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    try:
+        with within(20):
+            feed = ResultsFeed(pipe)
+            for i in range(2000):  # (far more than the pipe holds)
+                feed.write(_part(i), "Line 1", "Cam A", 1)
+            thread.start()
+            began = time.monotonic()
+            feed.close()
+            closed_after = time.monotonic() - began
+    finally:
+        done.set()
+        thread.join(timeout=10)
+        os.close(reader)
+    assert 0.9 < closed_after < 5  # (ten graces of 0.1 s, not the reader's pace)
+    lines = bytes(data).splitlines()
+    assert 0 < feed.dropped < 2000
+    assert all(json.loads(line) for line in lines[:-1])  # (whole lines, in order)
