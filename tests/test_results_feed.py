@@ -20,6 +20,7 @@ from db.models import Inspection, Part, Prediction, PredictionSource, Verdict
 from db.session import session_scope
 from inspection.batch import BatchInspection, file_key, iter_source
 from inspection.engine import PartResult
+from inspection.errors import UserError
 from inspection.results import ResultsFeed
 from inspection.settings import get_settings
 from tests.conftest import Trained, register_production_detector, within
@@ -495,3 +496,24 @@ def test_at_the_runs_end_a_reader_that_keeps_taking_lines_is_served_ten_graces_a
     lines = bytes(data).splitlines()
     assert 0 < feed.dropped < 2000
     assert all(json.loads(line) for line in lines[:-1])  # (whole lines, in order)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+def test_a_run_refused_before_it_begins_closes_its_named_pipe(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The feed is opened before the model loads (a bad FILE is said at once); a run refused
+    after that (no production model, a database refused) left the pipe open, its reader waiting
+    on a run that never began."""
+    monkeypatch.setenv("DEFECTS_DATABASE_URL", database_url)
+    get_settings.cache_clear()
+    make_images(tmp_path / "in", n=1)
+    pipe = tmp_path / "feed"
+    os.mkfifo(pipe)
+    reader = os.open(pipe, os.O_RDONLY | os.O_NONBLOCK)  # (so that opening to write returns)
+    try:
+        result = _batch(tmp_path / "in", "--results", str(pipe))  # (no model registered)
+        assert result.exit_code != 0 and isinstance(result.exception, UserError)
+        assert os.read(reader, 1024) == b""  # the writer's end is closed: no run to wait on
+    finally:
+        os.close(reader)

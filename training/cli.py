@@ -1436,39 +1436,47 @@ def batch_command(
         if results.is_fifo():  # (opening it waits, without a word, until a reader opens it)
             console.print(f"waiting for a reader of the named pipe {results}", markup=False)
         feed = ResultsFeed(results)  # (refused now, not after the model has loaded)
-    url = migrated_database_url()
-    settings = get_settings()
-    options = {
-        "model": model,
-        "operator": operator,
-        "source": source,
-        "backend": backend.value,
-        "device": device,
-        "batch_size": batch_size,
-        "tile": tile_choice,
-    }
-    job: BatchInspection | ParallelInspection
-    if workers > 1:
-        # (The folder as the files are listed, not resolved: a file listed under a link to
-        # the folder is not under its real path, and a worker would move none of them.)
-        moving = (Path(mover.source), mover.destination) if mover is not None else None
-        job = ParallelInspection(
-            url, settings.images_dir, line, station, workers, move_judged=moving, **options
-        )
-        named = f" ({Path(model).name})" if model_file(model) else ""
-        console.print(
-            f"inspecting with {job.model_name}{named} in {workers} worker processes", markup=False
-        )
-        job.start()  # their seconds of start-up pass while the folder is listed
-    else:
-        job = BatchInspection(url, settings.images_dir, line, station, mover=mover, **options)
-        console.print(
-            f"inspecting with {job.model_name} ({job.inspector.backend.describe()}, "
-            f"{job.inspector.backend.model_path.name})",
-            markup=False,
-        )
-        if (tiling := job.inspector.tiling_note()) is not None:
-            console.print(tiling, markup=False)
+    try:
+        url = migrated_database_url()
+        settings = get_settings()
+        options = {
+            "model": model,
+            "operator": operator,
+            "source": source,
+            "backend": backend.value,
+            "device": device,
+            "batch_size": batch_size,
+            "tile": tile_choice,
+        }
+        job: BatchInspection | ParallelInspection
+        if workers > 1:
+            # (The folder as the files are listed, not resolved: a file listed under a link to
+            # the folder is not under its real path, and a worker would move none of them.)
+            moving = (Path(mover.source), mover.destination) if mover is not None else None
+            job = ParallelInspection(
+                url, settings.images_dir, line, station, workers, move_judged=moving, **options
+            )
+            named = f" ({Path(model).name})" if model_file(model) else ""
+            console.print(
+                f"inspecting with {job.model_name}{named} in {workers} worker processes",
+                markup=False,
+            )
+            job.start()  # their seconds of start-up pass while the folder is listed
+        else:
+            job = BatchInspection(url, settings.images_dir, line, station, mover=mover, **options)
+            console.print(
+                f"inspecting with {job.model_name} ({job.inspector.backend.describe()}, "
+                f"{job.inspector.backend.model_path.name})",
+                markup=False,
+            )
+            if (tiling := job.inspector.tiling_note()) is not None:
+                console.print(tiling, markup=False)
+    except BaseException:
+        # (A model or database refused: the feed opened first is closed, a named pipe's
+        # reader told the end, not left waiting on a run that never began.)
+        if feed is not None:
+            feed.close()
+        raise
     try:
         listing = time.perf_counter()
         files = folder_files(source_path) if source_path.is_dir() else []
