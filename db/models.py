@@ -308,7 +308,8 @@ class Inspection(Base):
     error: Mapped[str | None] = mapped_column(Text)
     boxes_left_out: Mapped[int | None] = mapped_column(
         Integer,
-        doc="Counted boxes of a tiled part not kept, past the most a part keeps (None: whole).",
+        doc="Counted boxes of the part not kept, past the most a part keeps (0: none). None: an "
+        "error, or a part judged whole by a release that recorded no count for such parts.",
     )
     inspected_at: Mapped[datetime] = mapped_column(default=utcnow)
     superseded_at: Mapped[datetime | None] = mapped_column(

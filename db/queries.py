@@ -804,8 +804,8 @@ INSPECTION_COLUMNS = (
     # The "tile" of its operating point: None the model's own grid, "off", or a --tile's. (Last:
     # a script reading the columns by place reads the earlier ones where they were.)
     "grid",
-    # Counted boxes a tiled part did not keep, past the most a part keeps (empty: none, or
-    # judged whole, or before this was recorded). After the grid, for the same reason.
+    # Counted boxes a part did not keep, past the most a part keeps (0: none; empty: an error,
+    # or a verdict from before this was recorded for it). After the grid, for the same reason.
     "boxes_left_out",
 )
 

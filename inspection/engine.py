@@ -59,10 +59,12 @@ BackendChoice = Literal["auto", "pytorch", "onnx", "onnx-int8"]
 # The grid parts are judged in: the model's own ("model"), none ("off": each part whole), or
 # another (a model trained on small crops judging large images at their own resolution).
 TileChoice = TileSpec | Literal["model", "off"]
+# The boxes a part (or a tile) keeps at most (`within_bound`): MAX_DETECTIONS under their
+# class's threshold; MAX_COUNTED over it, the most confident, and beside them each class's
+# MIN_COUNTED_PER_CLASS most confident, so that a part fails for every class it fails for: a
+# model that fires all over a large frame found tens of thousands, each a row to write and to
+# read on every page that shows the part.
 MAX_DETECTIONS = 300
-# The counted boxes a tiled part keeps at most, the most confident, and of each failed class at
-# least its own most confident few: a model that fires all over a large frame found tens of
-# thousands, each a row to write and to read on every page that shows the part.
 MAX_COUNTED = 1000
 MIN_COUNTED_PER_CLASS = 50
 
@@ -105,7 +107,8 @@ class PartResult:
     stored_path: Path | None = None  # where the bytes were kept, when inspect() was asked to
     # The pixel limit an image too large was refused at (`ImageDecodeError.refused_over`).
     refused_over: int | None = None
-    boxes_left_out: int | None = None  # counted boxes of a tiled part not kept (`bound_counted`)
+    # Counted boxes not kept, past the most a part keeps (`within_bound`): 0 none; None an error.
+    boxes_left_out: int | None = None
 
     @property
     def failed_classes(self) -> list[str]:
@@ -226,14 +229,19 @@ def postprocess(
     image_size: int,
     class_names: list[str],
     thresholds: Thresholds,
-) -> list[list[Detection]]:
-    """Candidates above the lowest threshold, per-class NMS, boxes back to original pixels.
+) -> tuple[list[list[Detection]], list[int]]:
+    """Candidates above the lowest threshold, per-class NMS, boxes back to original pixels;
+    each image's detections, and how many of its counted boxes its bound left out.
 
     The same rules as ultralytics' non_max_suppression (best class per anchor, conf strictly
-    above the threshold, class-aware NMS, at most MAX_DETECTIONS per image) and the same
-    arithmetic as its scale_boxes: reimplemented because the confidence filter in NumPy comes
-    first here, so that NMS sees a few candidates instead of every anchor, and because one NMS
-    call and one rescaling serve the whole batch instead of a call (and a loop) per image.
+    above the threshold, class-aware NMS) and the same arithmetic as its scale_boxes:
+    reimplemented because the confidence filter in NumPy comes first here, so that NMS sees a
+    few candidates instead of every anchor, and because one NMS call and one rescaling serve
+    the whole batch instead of a call (and a loop) per image. Each image then keeps what
+    `within_bound` keeps, not ultralytics' 300 most confident: with per-class thresholds those
+    could all be boxes under their own class's threshold, pushing out a low-threshold class's
+    counted boxes and passing a part that fails (an escape); with one threshold, a part's
+    least confident class lost every box and went from its failed classes, unrecorded.
     On a GPU station this runs on the CPU for every part, beside decoding.
     """
     import torch  # (here, not at the top: a parallel run's dealing process never needs it)
@@ -243,8 +251,9 @@ def postprocess(
     best = raw[:, 4:, :].max(axis=1)  # (batch, anchors)
     image_index, anchor_index = np.nonzero(best > thresholds.lowest)
     results: list[list[Detection]] = [[] for _ in shapes]
+    left_out = [0] * len(shapes)
     if len(image_index) == 0:
-        return results
+        return results, left_out
     candidates = raw[image_index, :, anchor_index]  # (candidates, 4 + classes)
     cx, cy, w, h = candidates[:, :4].T
     boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
@@ -261,12 +270,17 @@ def postprocess(
     kept = torchvision.ops.nms(
         torch.from_numpy(shifted), torch.from_numpy(confidence.astype(np.float64)), thresholds.iou
     ).numpy()  # by falling confidence
-    # By image, each image's in falling confidence (a stable sort keeps NMS's order), at most
-    # MAX_DETECTIONS an image.
+    # By image, each image's in falling confidence (a stable sort keeps NMS's order).
     kept = kept[np.argsort(image_index[kept], kind="stable")]
     kept_images = image_index[kept]
-    rank = np.arange(len(kept)) - np.searchsorted(kept_images, kept_images)
-    kept, kept_images = kept[rank < MAX_DETECTIONS], kept_images[rank < MAX_DETECTIONS]
+    names = [class_names[c] if c < len(class_names) else str(c) for c in range(n_classes)]
+    floors = [thresholds.for_class(name) for name in names]
+    if np.bincount(kept_images).max() > min(MAX_COUNTED, MAX_DETECTIONS):  # (else all fit)
+        # (Counted as below: the float32 confidence against its class's threshold.)
+        counted = confidence[kept].astype(np.float32) >= np.array(floors)[classes[kept]]
+        keep = within_bound(kept_images, classes[kept], counted)
+        left_out = np.bincount(kept_images[counted & ~keep], minlength=len(shapes)).tolist()
+        kept, kept_images = kept[keep], kept_images[keep]
     # Back to each image's pixels: ultralytics' scale_boxes (letterbox gain and padding, then
     # clipped to the image), for every kept box at once.
     images = np.unique(kept_images)
@@ -284,8 +298,6 @@ def postprocess(
     pixel[:, [1, 3]] = (pixel[:, [1, 3]] - per_box[:, [1]]) / per_box[:, [3]]
     pixel[:, [0, 2]] = pixel[:, [0, 2]].clip(0, per_box[:, [4]])
     pixel[:, [1, 3]] = pixel[:, [1, 3]].clip(0, per_box[:, [5]])
-    names = [class_names[c] if c < len(class_names) else str(c) for c in range(n_classes)]
-    floors = [thresholds.for_class(name) for name in names]
     for (x1, y1, x2, y2), conf, cls, i in zip(
         pixel.tolist(),
         confidence[kept].astype(np.float32).tolist(),
@@ -294,7 +306,7 @@ def postprocess(
         strict=True,
     ):
         results[i].append(Detection(names[cls], conf, x1, y1, x2, y2, counted=conf >= floors[cls]))
-    return results
+    return results, left_out
 
 
 def merge_tiles(
@@ -346,27 +358,48 @@ def merge_tiles(
     return merged
 
 
+def within_bound(images: np.ndarray, classes: np.ndarray, counted: np.ndarray) -> np.ndarray:
+    """Which boxes a part keeps, each given by its image, class and whether it counts, in
+    falling confidence within each image: of each image, the MAX_COUNTED most confident
+    counted boxes and each class's MIN_COUNTED_PER_CLASS most confident counted boxes beside
+    them, so that it fails for the very classes it fails for, and the MAX_DETECTIONS most
+    confident of the rest. Counted and uncounted boxes have bounds of their own: a box under
+    its class's threshold never takes a counted box's place. The one rule for an image's boxes
+    (`postprocess`, a batch at a time) and a tiled part's merged ones (`bound_counted`)."""
+    n_classes = int(classes.max()) + 1 if len(classes) else 1
+    images, classes = images.astype(np.int64), classes.astype(np.int64)
+    by_kind = _rank_within(images * 2 + counted)
+    by_class = _rank_within((images * n_classes + classes) * 2 + counted)
+    return np.where(
+        counted,
+        (by_kind < MAX_COUNTED) | (by_class < MIN_COUNTED_PER_CLASS),
+        by_kind < MAX_DETECTIONS,
+    )
+
+
+def _rank_within(groups: np.ndarray) -> np.ndarray:
+    """Each element's place among those of its group, in the order given (0 the first)."""
+    order = np.argsort(groups, kind="stable")
+    ordered = groups[order]
+    rank = np.empty(len(groups), dtype=np.int64)
+    rank[order] = np.arange(len(groups)) - np.searchsorted(ordered, ordered)
+    return rank
+
+
 def bound_counted(detections: list[Detection]) -> tuple[list[Detection], int]:
-    """A tiled part's detections with at most MAX_COUNTED counted boxes, the most confident,
-    and each class's MIN_COUNTED_PER_CLASS most confident beside them, so that the part fails
-    for the very classes it failed for; below the threshold (or not confirmed by crop
-    verification), at most MAX_DETECTIONS. With the number of counted boxes left out, which
-    the part's record says: the boxes shown are then not all the model found."""
-    counted = [i for i, d in enumerate(detections) if d.counted]
-    faint = [i for i, d in enumerate(detections) if not d.counted]
-    if len(counted) <= MAX_COUNTED and len(faint) <= MAX_DETECTIONS:
+    """A tiled part's merged detections as `within_bound` keeps them (counted: after crop
+    verification), in their order. With the number of counted boxes left out, which the
+    part's record says: the boxes shown are then not all the model found."""
+    counted = np.array([d.counted for d in detections], dtype=bool)
+    if counted.sum() <= MAX_COUNTED and (~counted).sum() <= MAX_DETECTIONS:
         return detections, 0
-    by_confidence = sorted(counted, key=lambda i: -detections[i].confidence)  # (stable)
-    keep = set(by_confidence[:MAX_COUNTED])
-    per_class: dict[str, int] = {}
-    for i in by_confidence:
-        name = detections[i].class_name
-        if per_class.get(name, 0) < MIN_COUNTED_PER_CLASS:
-            keep.add(i)
-            per_class[name] = per_class.get(name, 0) + 1
-    keep.update(sorted(faint, key=lambda i: -detections[i].confidence)[:MAX_DETECTIONS])
-    kept = [d for i, d in enumerate(detections) if i in keep]
-    return kept, len(counted) - sum(d.counted for d in kept)
+    index = {name: k for k, name in enumerate(sorted({d.class_name for d in detections}))}
+    classes = np.array([index[d.class_name] for d in detections])
+    order = np.argsort([-d.confidence for d in detections], kind="stable")
+    keep = np.empty(len(detections), dtype=bool)
+    keep[order] = within_bound(np.zeros(len(order)), classes[order], counted[order])
+    kept = [d for d, k in zip(detections, keep.tolist(), strict=True) if k]
+    return kept, int((counted & ~keep).sum())
 
 
 def _over_iou(
@@ -735,16 +768,19 @@ class Inspector:
                 *(len(p.image.grid) if isinstance(p.image, Tiled) else 1 for p in good),
             )
         detections: dict[int, list[Detection]] = {}
+        # Each part's counted boxes its images' bounds left out (a tiled part's: its tiles').
+        left_out: dict[int, int] = {}
         if any(isinstance(p.image, Tiled) for p in good):
-            detections = self._detect_in_tiles(good, side_by_side)
+            detections, left_out = self._detect_in_tiles(good, side_by_side)
         elif good:
             batch = np.stack([p.image.pixels for p in good])  # type: ignore[union-attr]
             raw = self._infer(batch, side_by_side)
             shapes = [p.image.original_shape for p in good]  # type: ignore[union-attr]
-            per_image = postprocess(
+            per_image, per_image_left_out = postprocess(
                 raw, shapes, self.backend.image_size, self.class_names, self.thresholds
             )
             detections = {id(p): d for p, d in zip(good, per_image, strict=True)}
+            left_out = {id(p): n for p, n in zip(good, per_image_left_out, strict=True)}
         probabilities: dict[int, float] = {}
         if self.classifier is not None and good:
             probabilities = self._classify(good, detections)
@@ -766,9 +802,10 @@ class Inspector:
                     )
                 )
                 continue
-            found, left_out = detections[id(p)], None
+            found, not_kept = detections[id(p)], left_out[id(p)]
             if isinstance(p.image, Tiled):  # (after crop verification: its counted boxes)
-                found, left_out = bound_counted(found)
+                found, merged_not_kept = bound_counted(found)
+                not_kept += merged_not_kept
             height, width = p.image.original_shape
             results.append(
                 PartResult(
@@ -784,17 +821,18 @@ class Inspector:
                     latency,
                     defect_probability=probabilities.get(id(p)),
                     stored_path=p.stored_path,
-                    boxes_left_out=left_out,
+                    boxes_left_out=not_kept,
                 )
             )
         return results
 
     def _detect_in_tiles(
         self, good: list[_Prepared], side_by_side: bool
-    ) -> dict[int, list[Detection]]:
+    ) -> tuple[dict[int, list[Detection]], dict[int, int]]:
         """Detections of parts some of which are tiled: every tile (and every whole part) of
         them inferred in batches of the engine's size, each tile's detections moved into its
-        part's pixels and merged per part."""
+        part's pixels and merged per part. With each part's counted boxes that its images'
+        bounds left out (a tiled part's: the sum over its tiles)."""
         # (part, tile index or None for a whole part), in order; a tile letterboxed only as
         # its batch is formed, so that a part of many tiles is never held letterboxed whole.
         inputs = [
@@ -804,12 +842,15 @@ class Inspector:
         ]
         size = self.backend.image_size
         found: dict[int, list[Detection]] = {id(p): [] for p in good}
+        left_out: dict[int, int] = {id(p): 0 for p in good}
         # A tiled part's detections tile by tile, as `merge_tiles` takes them.
         in_tiles: dict[int, list[list[Detection]]] = {
             id(p): [[] for _ in p.image.grid] for p in good if isinstance(p.image, Tiled)
         }
 
-        def detect(chunk: list[tuple[_Prepared, int | None]], side: bool) -> list[list[Detection]]:
+        def detect(
+            chunk: list[tuple[_Prepared, int | None]], side: bool
+        ) -> tuple[list[list[Detection]], list[int]]:
             boxed = [
                 p.image.letterboxed_tile(i, size) if i is not None else p.image  # type: ignore[union-attr]
                 for p, i in chunk
@@ -820,9 +861,11 @@ class Inspector:
             )
 
         def take(
-            chunk: list[tuple[_Prepared, int | None]], per_input: list[list[Detection]]
+            chunk: list[tuple[_Prepared, int | None]],
+            detected: tuple[list[list[Detection]], list[int]],
         ) -> None:
-            for (p, i), in_input in zip(chunk, per_input, strict=True):
+            for (p, i), in_input, not_kept in zip(chunk, *detected, strict=True):
+                left_out[id(p)] += not_kept
                 if i is None:
                     found[id(p)] = in_input
                     continue
@@ -861,7 +904,7 @@ class Inspector:
         for p in good:
             if isinstance(p.image, Tiled):
                 found[id(p)] = merge_tiles(in_tiles[id(p)], p.image.grid, self.thresholds.iou)
-        return found
+        return found, left_out
 
     def _classify(
         self, good: list[_Prepared], detections: dict[int, list[Detection]]

@@ -107,8 +107,8 @@ def result_line(
         "run": run_id,
         "repeat": repeat,
         "judged_at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        # (Last: a tiled part a model fired all over keeps its most confident counted boxes;
-        # how many more there were, null for a part judged whole.)
+        # (Last: a part a model fired all over keeps its most confident counted boxes; how
+        # many more there were, 0 for none, null for an error.)
         "boxes_left_out": result.boxes_left_out,
     }
 

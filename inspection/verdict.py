@@ -108,7 +108,7 @@ def part_classifier_note(
 
 
 def left_out_note(boxes_left_out: int | None) -> str | None:
-    """ "N more boxes not kept" for a tiled part that kept only its most confident counted
+    """ "N more boxes not kept" for a part that kept only its most confident counted
     boxes: the boxes listed looked like all the model found."""
     if not boxes_left_out:
         return None

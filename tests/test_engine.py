@@ -204,7 +204,8 @@ def test_postprocess_suppresses_within_an_image_and_class_only() -> None:
     image_1 = [anchor(10, 16, 8, 8, 0.4, 0.0), *[anchor(0, 0, 1, 1, 0, 0)] * 5]  # 64 x 32
     raw = np.array([image_0, image_1], dtype=np.float32).transpose(0, 2, 1)  # (2, 6, anchors)
     thresholds = Thresholds.from_dict({"default": 0.3, "iou": 0.45}, names)
-    found = postprocess(raw, [(32, 32), (32, 64)], 32, names, thresholds)
+    found, left_out = postprocess(raw, [(32, 32), (32, 64)], 32, names, thresholds)
+    assert left_out == [0, 0]
     assert [(d.class_name, round(d.confidence, 2)) for d in found[0]] == [
         ("scratch", 0.9),
         ("pit", 0.7),
@@ -217,6 +218,93 @@ def test_postprocess_suppresses_within_an_image_and_class_only() -> None:
     [other] = found[1]  # gain 0.5 and 8 px of padding above and below: x * 2, (y - 8) * 2
     assert (other.class_name, other.counted) == ("scratch", True)
     assert (other.x1, other.y1, other.x2, other.y2) == (12.0, 8.0, 28.0, 24.0)
+
+
+def _lattice(scores: list[tuple[int, float]], n_classes: int = 2) -> np.ndarray:
+    """One image's raw output, 640 px: each (class, confidence) an anchor of its own, 4 px
+    boxes 20 px apart (none overlaps another, so NMS keeps every one), in the order given."""
+    raw = np.zeros((4 + n_classes, len(scores)), dtype=np.float32)
+    for k, (cls, confidence) in enumerate(scores):
+        raw[:4, k] = (10 + 20 * (k % 32), 10 + 20 * (k // 32), 4, 4)
+        raw[4 + cls, k] = confidence
+    return raw
+
+
+# 310 scratches under scratch's threshold, more confident than three pits over pit's.
+_CROWDED = [(0, 0.8 - k / 10000) for k in range(310)] + [(1, 0.4)] * 3
+_PER_CLASS = {"default": 0.3, "per_class": {"scratch": 0.9, "pit": 0.3}, "iou": 0.45}
+
+
+def test_an_images_uncounted_boxes_never_push_out_a_counted_class() -> None:
+    """Each image kept its 300 most confident boxes: with a class's threshold above the
+    others', its boxes under that threshold filled them, and the pits that fail the part went."""
+    names = ["scratch", "pit"]
+    raw = np.stack([_lattice(_CROWDED), _lattice([(1, 0.5)] + [(0, 0)] * 312)])
+    found, left_out = postprocess(
+        raw, [(640, 640)] * 2, 640, names, Thresholds.from_dict(_PER_CLASS, names)
+    )
+    counted = [(d.class_name, round(d.confidence, 2)) for d in found[0] if d.counted]
+    assert counted == [("pit", 0.4)] * 3
+    faint = [d for d in found[0] if not d.counted]
+    assert len(faint) == 300 and {d.class_name for d in faint} == {"scratch"}
+    assert faint[-1].confidence == pytest.approx(0.8 - 299 / 10000)  # (the most confident)
+    assert [(d.class_name, d.counted) for d in found[1]] == [("pit", True)]
+    assert left_out == [0, 0]
+
+
+def test_an_images_bound_keeps_each_counted_class_and_says_how_many_went(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With one threshold, an image's least confident class lost every box past the cap, and
+    nothing said so. Now an image keeps what a tiled part's bound keeps (`bound_counted`, the
+    same rule), and how many counted boxes it left out is returned beside its detections."""
+    from inspection import engine
+
+    names = ["scratch", "pit"]
+    thresholds = Thresholds.from_dict({"default": 0.3}, names)
+    scores = [(0, 0.9 - k / 100) for k in range(6)] + [(1, 0.5 - k / 100) for k in range(3)]
+    raw = np.stack([_lattice(scores), _lattice([(0, 0.4), (1, 0.35)] + [(0, 0)] * 7)])
+    everything, none_out = postprocess(raw, [(640, 640)] * 2, 640, names, thresholds)
+    assert none_out == [0, 0] and len(everything[0]) == 9
+    monkeypatch.setattr(engine, "MAX_DETECTIONS", 3)
+    monkeypatch.setattr(engine, "MAX_COUNTED", 4)
+    monkeypatch.setattr(engine, "MIN_COUNTED_PER_CLASS", 2)
+    found, left_out = postprocess(raw, [(640, 640)] * 2, 640, names, thresholds)
+    assert found[0] == everything[0][:4] + everything[0][6:8]  # 4 scratches, 2 pits beside
+    assert (found[0], left_out[0]) == engine.bound_counted(everything[0])
+    assert found[1] == everything[1] and left_out == [3, 0]
+
+
+class _Crowded(Backend):
+    """A network that finds `_CROWDED` in every image."""
+
+    name = "crowded"
+    device = "test"
+    image_size = 640
+    class_names = ["scratch", "pit"]
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        return np.stack([_lattice(_CROWDED)] * len(batch))
+
+
+def test_a_part_a_high_threshold_class_crowds_still_fails_and_records_what_went(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Calibrated per class, a part whose scratches (none over scratch's threshold) outnumbered
+    the cap passed, its pits dropped: an escape. Now it fails for its pits; a part judged
+    whole records how many counted boxes it left out, 0 where it kept them all."""
+    from inspection import engine
+
+    inspector = Inspector(_Crowded(), Thresholds.from_dict(_PER_CLASS, _Crowded.class_names))
+    try:
+        judged = inspector.inspect_one("part.png", _png(_textured(64, 64)))
+        monkeypatch.setattr(engine, "MAX_COUNTED", 1)
+        monkeypatch.setattr(engine, "MIN_COUNTED_PER_CLASS", 1)
+        bounded = inspector.inspect_one("part.png", _png(_textured(64, 64)))
+    finally:
+        inspector.close()
+    assert (judged.verdict, judged.failed_classes, judged.boxes_left_out) == ("fail", ["pit"], 0)
+    assert bounded.verdict == "fail" and bounded.boxes_left_out == 2
 
 
 class _SmallMemoryBackend(Backend):

@@ -1076,7 +1076,31 @@ def test_a_station_bounds_a_tiled_parts_boxes_and_records_how_many_went(
     assert [d for d in bounded.detections if not d.counted] == [
         d for d in unbounded.detections if not d.counted
     ]
-    assert alone.boxes_left_out is None
+    assert alone.boxes_left_out == 0  # (judged whole, every box kept)
+
+
+def test_a_tiles_own_bound_keeps_its_counted_classes_and_adds_what_it_left_out(
+    parts: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each tile kept its MAX_DETECTIONS most confident boxes before the merge: a tile's
+    spots, all counted, went behind its scratches, the spots' class went from the part's failed
+    classes, and the count of boxes left out was the merge's alone. Now a tile keeps what a
+    part keeps, and the boxes its own bound left out are added to the part's count."""
+    from inspection import engine
+
+    monkeypatch.setattr(engine, "MAX_DETECTIONS", 20)
+    monkeypatch.setattr(engine, "MAX_COUNTED", 40)
+    monkeypatch.setattr(engine, "MIN_COUNTED_PER_CLASS", 5)
+    inspector = Inspector(_FiresAllOver())  # (30 scratches and 18 spots counted a tile)
+    try:
+        judged = inspector.inspect_one("part.png", _png(_mosaic(parts[:6], columns=3, rows=2)))
+    finally:
+        inspector.close()
+    assert judged.failed_classes == ["scratch", "spot"]
+    kept = [d for d in judged.detections if d.counted]
+    assert [d.class_name for d in kept].count("spot") == 5 and len(kept) == 45
+    # (Each tile left out 8 of its 48; the merge's bound 195 of the 240 the tiles kept.)
+    assert judged.boxes_left_out == 6 * 48 - 45
 
 
 def test_how_many_boxes_went_is_in_the_record_inspect_the_feed_and_the_csv(
@@ -1105,7 +1129,7 @@ def test_how_many_boxes_went_is_in_the_record_inspect_the_feed_and_the_csv(
     inspector.close()
     lines = {r.name: result_line(r, "L", "S", job.run_id) for r in results}
     assert lines[str(strip)]["boxes_left_out"] == 6 * 48 - 120
-    assert lines[str(small)]["boxes_left_out"] is None
+    assert lines[str(small)]["boxes_left_out"] == 0
     # What was recorded, as `defects inspect` reads it back (judged already: not judged again).
     runner = CliRunner()
     shown = runner.invoke(app, ["inspect", str(strip), "--backend", "pytorch"])
@@ -1114,7 +1138,7 @@ def test_how_many_boxes_went_is_in_the_record_inspect_the_feed_and_the_csv(
     as_json = runner.invoke(
         app, ["inspect", str(strip), str(small), "--backend", "pytorch", "--json"]
     )
-    assert [r["boxes_left_out"] for r in json.loads(as_json.stdout)] == [6 * 48 - 120, None]
+    assert [r["boxes_left_out"] for r in json.loads(as_json.stdout)] == [6 * 48 - 120, 0]
     rows = list(csv.reader(io.StringIO(filtered_results_csv(station, Filters()).decode())))
     assert rows[0][-2:] == ["grid", "boxes_left_out"]
-    assert sorted(r[-1] for r in rows[1:]) == ["", str(6 * 48 - 120)]
+    assert sorted(r[-1] for r in rows[1:]) == ["0", str(6 * 48 - 120)]

@@ -1914,7 +1914,7 @@ def _stored_verdicts(url: str, model_id: int, items: list) -> list[dict]:  # typ
                         inspection.defect_probability, inspection.thresholds
                     ),
                     "defects": counted_defects(inspection.predictions),
-                    # (A tiled part keeps its most confident counted boxes: how many more.)
+                    # (A part keeps its most confident counted boxes: how many more.)
                     "boxes_left_out": inspection.boxes_left_out,
                 }
             )

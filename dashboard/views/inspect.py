@@ -235,7 +235,7 @@ def part_views(parts: Seen) -> tuple[list[dict[str, object]], list[tuple]]:  # t
             # (A part the part classifier failed was a FAIL with no reason given.)
             note = part_classifier_note(inspection.defect_probability, inspection.thresholds)
             found += [note] if note else []
-            # (A tiled part keeps its most confident counted boxes: the list is not all.)
+            # (A part keeps its most confident counted boxes: the list may not be all.)
             left_out = left_out_note(inspection.boxes_left_out)
             found += [left_out] if left_out else []
             rows.append(
