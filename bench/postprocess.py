@@ -1,18 +1,31 @@
 """The verdict's post-processing (NMS, boxes back to pixels) on a batch of detector outputs:
 `inspection.engine.postprocess` against the version it replaced (kept below, as it was),
-on the same outputs, alternating, with the same detections required.
+and with `--against REV` against the one of an earlier commit too, on the same outputs,
+alternating, with the same detections required.
 
 On a GPU station this runs on the CPU for every part, beside decoding, and a profile of
 `defects batch --workers 8` on an H100 (bench/results/profile_gpu.md) gave it about a fifth of
 each worker's samples. The outputs are the shipped demo model's on the NEU-DET test images.
 
     python bench/postprocess.py --neu ../shared/datasets/neu-det --out bench/results/postprocess_cpu.json
+
+    OMP_NUM_THREADS=1 python bench/postprocess.py --neu ../shared/datasets/neu-det \
+        --against c3a7a05 --crowded 4 --repeats 10 --out bench/results/postprocess_bound_cpu.json
+
+`--crowded N` also times each version on outputs where every anchor is over the threshold (a
+model that fires all over: each image's bound at work), where the versions keep different
+boxes and only the time is compared.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import subprocess
+import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +36,51 @@ from inspection.engine import MAX_DETECTIONS, Inspector, postprocess
 from inspection.images import prepare_parts
 from inspection.verdict import Detection, Thresholds
 
-DEMO = Path(__file__).parents[1] / "models" / "neu-det-demo" / "weights.pt"
+ROOT = Path(__file__).parents[1]
+DEMO = ROOT / "models" / "neu-det-demo" / "weights.pt"
+
+
+def postprocess_at(rev: str) -> Callable[..., object]:
+    """`postprocess` as it is in inspection/engine.py at commit `rev` (importing the rest of
+    the product as it is now)."""
+    source = subprocess.run(
+        ["git", "show", f"{rev}:inspection/engine.py"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    path = Path(tempfile.mkdtemp()) / f"engine_{rev}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module  # (dataclasses look their module up)
+    spec.loader.exec_module(module)
+    return module.postprocess
+
+
+def detections_of(output: object) -> list[list[Detection]]:
+    """Each image's detections, from a version that returns them alone or beside a count."""
+    return output[0] if isinstance(output, tuple) else output  # type: ignore[return-value]
+
+
+def crowded(batch: int, size: int, n_classes: int, seed: int = 0) -> np.ndarray:
+    """Raw outputs in which every anchor of a `size` px model (three strides) is over the
+    threshold: small boxes on a lattice, none overlapping, random classes and confidences."""
+    anchors = sum((size // stride) ** 2 for stride in (8, 16, 32))
+    rng = np.random.default_rng(seed)
+    raw = np.zeros((batch, 4 + n_classes, anchors), dtype=np.float32)
+    per_row = int(np.ceil(np.sqrt(anchors)))
+    pitch = size / per_row
+    k = np.arange(anchors)
+    raw[:, 0, :] = (k % per_row + 0.5) * pitch
+    raw[:, 1, :] = (k // per_row + 0.5) * pitch
+    raw[:, 2:4, :] = pitch / 3
+    classes = rng.integers(0, n_classes, (batch, anchors))
+    scores = rng.uniform(0.3, 0.95, (batch, anchors)).astype(np.float32)
+    np.put_along_axis(raw[:, 4:, :], classes[:, None, :], scores[:, None, :], axis=1)
+    return raw
 
 
 def postprocess_before(
@@ -83,6 +140,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=20, help="passes over the batches a round")
     parser.add_argument("--out", type=Path, default=Path("bench/results/postprocess_cpu.json"))
+    parser.add_argument("--against", help="an earlier commit whose postprocess is timed too")
+    parser.add_argument(
+        "--crowded", type=int, default=0, metavar="N", help="and on N outputs all over it"
+    )
     args = parser.parse_args()
     inspector = Inspector.from_weights(args.weights, backend="pytorch", device="cpu")
     size, names = inspector.backend.image_size, inspector.class_names
@@ -98,31 +159,56 @@ def main() -> None:
             [inspector.backend.infer(pixels[i : i + 4]) for i in range(0, len(pixels), 4)]
         )
         batches.append((raw, [image.original_shape for image in prepared]))  # type: ignore[union-attr]
+    versions: dict[str, Callable[..., object]] = {"before": postprocess_before}
+    if args.against:
+        versions[args.against] = postprocess_at(args.against)
+    versions["after"] = postprocess
     for raw, shapes in batches:  # the same detections, to the last bit
-        for now, then in zip(
-            postprocess(raw, shapes, size, names, inspector.thresholds),
-            postprocess_before(raw, shapes, size, names, inspector.thresholds),
-            strict=True,
-        ):
-            if now != then:
-                raise SystemExit("the two give different detections")
-    versions = {"before": postprocess_before, "after": postprocess}
-    per_part_ms: dict[str, list[float]] = {name: [] for name in versions}
-    parts = sum(len(shapes) for _, shapes in batches) * args.repeats
-    for _ in range(args.rounds):
+        now = detections_of(postprocess(raw, shapes, size, names, inspector.thresholds))
         for name, function in versions.items():
-            began = time.perf_counter()
-            for _ in range(args.repeats):
-                for raw, shapes in batches:
-                    function(raw, shapes, size, names, inspector.thresholds)
-            per_part_ms[name].append(round((time.perf_counter() - began) * 1000 / parts, 4))
+            then = detections_of(function(raw, shapes, size, names, inspector.thresholds))
+            if now != then:
+                raise SystemExit(f"{name} gives other detections")
+
+    def timed(
+        batches: list[tuple[np.ndarray, list[tuple[int, int]]]], repeats: int
+    ) -> dict[str, list[float]]:
+        per_part_ms: dict[str, list[float]] = {name: [] for name in versions}
+        parts = sum(len(shapes) for _, shapes in batches) * repeats
+        for _ in range(args.rounds):
+            for name, function in versions.items():
+                began = time.perf_counter()
+                for _ in range(repeats):
+                    for raw, shapes in batches:
+                        function(raw, shapes, size, names, inspector.thresholds)
+                per_part_ms[name].append(round((time.perf_counter() - began) * 1000 / parts, 4))
+        return per_part_ms
+
+    per_part_ms = timed(batches, args.repeats)
+    extra = {}
+    if args.crowded:
+        many = [
+            (crowded(args.crowded, size, len(names), seed), [(size, size)] * args.crowded)
+            for seed in range(2)
+        ]
+        many_ms = timed(many, max(1, args.repeats // 10))
+        extra = {
+            "crowded": {
+                "what": f"the same, on two batches of {args.crowded} outputs with every anchor "
+                "over the threshold (`crowded` here), a tenth of the repeats: the versions "
+                "keep different boxes",
+                "candidates_per_image": int(many[0][0].shape[2]),
+                "timings": many_ms,
+                "medians": {name: sorted(v)[len(v) // 2] for name, v in many_ms.items()},
+            }
+        }
     import torchvision
 
     write_timings(
         args.out,
         "milliseconds of post-processing per part (NMS, boxes back to pixels, detections), "
         f"batches of {args.batch} outputs of the demo model on the NEU-DET test images, medians "
-        "of alternating rounds; the same detections from both",
+        "of alternating rounds; the same detections from each",
         per_part_ms,
         batches=len(batches),
         rounds=args.rounds,
@@ -135,6 +221,9 @@ def main() -> None:
         else "torchvision's compiled kernel",
         torch=torch.__version__,
         torchvision=torchvision.__version__,
+        torch_threads=torch.get_num_threads(),
+        **({"against": args.against} if args.against else {}),
+        **extra,
     )
 
 
