@@ -4,8 +4,8 @@ same synthetic detections, alternating, with the same merged detections required
 
 The detections stand for a model that fires everywhere on a large frame: objects of four
 classes strewn over the frame, each tile reporting those it sees (clipped at its edges, its own
-confidence and a pixel of jitter), through its own NMS and capped at MAX_DETECTIONS, as
-`postprocess` gives a tile's detections. Frames of N x N tiles of 640 px at 20% overlap.
+confidence and a pixel of jitter), through its own NMS and capped at MAX_DETECTIONS (300) a
+tile. Frames of N x N tiles of 640 px at 20% overlap.
 
     python bench/tile_merge.py --tiles-per-side 2 4 8 16 --out bench/results/tile_merge_cpu.json
 """

@@ -3,7 +3,7 @@ with an expiry, ended by a logout, a disabled account or a new password
 
 Revision ID: 0010
 Revises: 0009
-Create Date: 2026-11-29 09:00:00
+Create Date: 2026-11-27 12:00:00
 """
 
 from collections.abc import Sequence

@@ -1,9 +1,9 @@
-"""how many counted boxes a tiled part's verdict left out: a part a model fires all over keeps
-its most confident boxes (every failed class its own), and says how many more there were
+"""how many counted boxes a part's verdict left out: a part a model fires all over keeps its
+most confident boxes (every failed class its own), and says how many more there were
 
 Revision ID: 0011
 Revises: 0010
-Create Date: 2026-11-30 09:00:00
+Create Date: 2026-11-27 13:00:00
 """
 
 from collections.abc import Sequence
@@ -18,7 +18,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    # (Null for the verdicts before it, and for parts judged whole.)
+    # (Null for the verdicts before it, and for errors.)
     with op.batch_alter_table("inspections") as table:
         table.add_column(sa.Column("boxes_left_out", sa.Integer(), nullable=True))
 
