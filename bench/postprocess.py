@@ -14,7 +14,14 @@ each worker's samples. The outputs are the shipped demo model's on the NEU-DET t
 
 `--crowded N` also times each version on outputs where every anchor is over the threshold (a
 model that fires all over: each image's bound at work), where the versions keep different
-boxes and only the time is compared.
+boxes and only the time is compared. `--floor F` times them on the demo model's outputs again
+with every class's threshold at F (calibration's score floor is 0.001): crowded outputs of a
+real model, its boxes overlapping. With `--against REV` where the product's NMS fallback
+stands in for torchvision's kernel, REV's postprocess runs with REV's fallback.
+
+    OMP_NUM_THREADS=1 python bench/postprocess.py --neu ../shared/datasets/neu-det \
+        --against 657522f --crowded 4 --floor 0.001 --repeats 10 \
+        --out bench/results/postprocess_crowded_cpu.json
 """
 
 from __future__ import annotations
@@ -26,7 +33,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -40,24 +49,41 @@ ROOT = Path(__file__).parents[1]
 DEMO = ROOT / "models" / "neu-det-demo" / "weights.pt"
 
 
-def postprocess_at(rev: str) -> Callable[..., object]:
-    """`postprocess` as it is in inspection/engine.py at commit `rev` (importing the rest of
-    the product as it is now)."""
+def module_at(rev: str, name: str) -> ModuleType:
+    """The product's module `name` (a path under the checkout) as it is at commit `rev`."""
     source = subprocess.run(
-        ["git", "show", f"{rev}:inspection/engine.py"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
+        ["git", "show", f"{rev}:{name}"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout
-    path = Path(tempfile.mkdtemp()) / f"engine_{rev}.py"
+    path = Path(tempfile.mkdtemp()) / f"{Path(name).stem}_{rev}.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location(path.stem, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[path.stem] = module  # (dataclasses look their module up)
     spec.loader.exec_module(module)
-    return module.postprocess
+    return module
+
+
+def postprocess_at(rev: str) -> Callable[..., object]:
+    """`postprocess` as it is in inspection/engine.py at commit `rev` (importing the rest of
+    the product as it is now), and where the product's NMS fallback stands in for torchvision's
+    kernel, with the fallback of `rev` too: torchvision.ops.nms is pointed at it for the call."""
+    import torchvision  # (its first import is what puts the fallback in place, if needed)
+
+    function = module_at(rev, "inspection/engine.py").postprocess
+    if not _fallback_nms():
+        return function  # type: ignore[no-any-return]
+    nms_then = module_at(rev, "inspection/nms_fallback.py").nms_reference
+
+    def with_its_nms(*args: object) -> object:
+        nms_now = torchvision.ops.nms
+        torchvision.ops.nms = nms_then
+        try:
+            return function(*args)
+        finally:
+            torchvision.ops.nms = nms_now
+
+    return with_its_nms
 
 
 def detections_of(output: object) -> list[list[Detection]]:
@@ -144,6 +170,9 @@ def main() -> None:
     parser.add_argument(
         "--crowded", type=int, default=0, metavar="N", help="and on N outputs all over it"
     )
+    parser.add_argument(
+        "--floor", type=float, help="and on the same outputs, every class's threshold at this"
+    )
     args = parser.parse_args()
     inspector = Inspector.from_weights(args.weights, backend="pytorch", device="cpu")
     size, names = inspector.backend.image_size, inspector.class_names
@@ -171,7 +200,9 @@ def main() -> None:
                 raise SystemExit(f"{name} gives other detections")
 
     def timed(
-        batches: list[tuple[np.ndarray, list[tuple[int, int]]]], repeats: int
+        batches: list[tuple[np.ndarray, list[tuple[int, int]]]],
+        repeats: int,
+        thresholds: Thresholds = inspector.thresholds,
     ) -> dict[str, list[float]]:
         per_part_ms: dict[str, list[float]] = {name: [] for name in versions}
         parts = sum(len(shapes) for _, shapes in batches) * repeats
@@ -180,12 +211,12 @@ def main() -> None:
                 began = time.perf_counter()
                 for _ in range(repeats):
                     for raw, shapes in batches:
-                        function(raw, shapes, size, names, inspector.thresholds)
+                        function(raw, shapes, size, names, thresholds)
                 per_part_ms[name].append(round((time.perf_counter() - began) * 1000 / parts, 4))
         return per_part_ms
 
     per_part_ms = timed(batches, args.repeats)
-    extra = {}
+    extra: dict[str, object] = {}
     if args.crowded:
         many = [
             (crowded(args.crowded, size, len(names), seed), [(size, size)] * args.crowded)
@@ -201,6 +232,26 @@ def main() -> None:
                 "timings": many_ms,
                 "medians": {name: sorted(v)[len(v) // 2] for name, v in many_ms.items()},
             }
+        }
+    if args.floor is not None:
+        low = replace(
+            inspector.thresholds, per_class=dict.fromkeys(names, args.floor), default=args.floor
+        )
+        kept = {
+            name: [detections_of(f(raw, shapes, size, names, low)) for raw, shapes in batches]
+            for name, f in versions.items()
+        }
+        floor_ms = timed(batches, max(1, args.repeats // 10), low)
+        extra["floor"] = {
+            "what": f"the same outputs with every class's threshold at {args.floor} (a score "
+            "floor, as calibration's), a tenth of the repeats",
+            "threshold": args.floor,
+            "candidates_per_batch": [
+                int((raw[:, 4:, :].max(axis=1) > args.floor).sum()) for raw, _ in batches
+            ],
+            "same_detections_as_after": {name: kept[name] == kept["after"] for name in versions},
+            "timings": floor_ms,
+            "medians": {name: sorted(v)[len(v) // 2] for name, v in floor_ms.items()},
         }
     import torchvision
 
