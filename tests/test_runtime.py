@@ -67,6 +67,82 @@ def test_nms_across_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     assert sorted(kept.tolist()) == sorted(TorchNMS.nms(boxes, scores, 0.3).tolist())
 
 
+def _greedy_loop(boxes: torch.Tensor, scores: torch.Tensor, iou: float) -> list[int]:
+    """Greedy NMS one box at a time, as torchvision's kernel: by falling score (equal scores
+    in index order), a box dropped when a kept box's IoU with it is above the threshold."""
+    box_list, score_list = boxes.double().tolist(), scores.tolist()
+    kept: list[int] = []
+    for i in sorted(range(len(box_list)), key=lambda k: -score_list[k]):
+        x1, y1, x2, y2 = box_list[i]
+        area = max(x2 - x1, 0.0) * max(y2 - y1, 0.0)
+        suppressed = False
+        for k in kept:
+            a1, b1, a2, b2 = box_list[k]
+            inter = max(min(x2, a2) - max(x1, a1), 0.0) * max(min(y2, b2) - max(y1, b1), 0.0)
+            union = area + max(a2 - a1, 0.0) * max(b2 - b1, 0.0) - inter
+            # (Two empty boxes: 0 / 0, NaN, above no threshold.)
+            if union > 0 and inter / union > iou:
+                suppressed = True
+                break
+        if not suppressed:
+            kept.append(i)
+    return kept
+
+
+def _nms_cases() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Boxes NMS meets: random, clustered, image-and-class groups shifted apart (as a batch's),
+    long suppression chains, edges that only touch, empty and inverted boxes; scores with many
+    ties (rounded)."""
+    generator = torch.Generator().manual_seed(5)
+    cases: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def scores(n: int) -> torch.Tensor:
+        return (torch.rand(n, generator=generator) * 20).round() / 20
+
+    xy = torch.rand(300, 2, generator=generator) * 200
+    wh = torch.rand(300, 2, generator=generator) * 60 + 1
+    cases["random"] = torch.cat([xy, xy + wh], dim=1), scores(300)
+    centers = torch.rand(12, 2, generator=generator) * 200
+    xy = centers[torch.randint(0, 12, (400,), generator=generator)]
+    xy = xy + torch.randn(400, 2, generator=generator) * 3
+    cases["clustered"] = torch.cat([xy, xy + 20], dim=1), scores(400)
+    group = torch.randint(0, 40, (400,), generator=generator)
+    xy = torch.rand(400, 2, generator=generator) * 50 + group[:, None] * 80.0
+    cases["shifted groups"] = torch.cat([xy, xy + 15], dim=1), scores(400)
+    x = torch.arange(300, dtype=torch.float64)
+    chain = torch.stack([x, torch.zeros(300), x + 3, torch.ones(300)], dim=1)
+    cases["chain"] = chain, torch.linspace(1, 0, 300)
+    x = torch.arange(200, dtype=torch.float64).repeat_interleave(2) * 10
+    cases["touching"] = torch.stack([x, x * 0, x + 10, x * 0 + 10], dim=1), scores(400)
+    xy = (torch.rand(200, 2, generator=generator) * 100).round()
+    wh = (torch.rand(200, 2, generator=generator) * 8 - 3).round()  # empty and inverted too
+    cases["degenerate"] = torch.cat([xy, xy + wh], dim=1), scores(200)
+    return cases
+
+
+@pytest.mark.parametrize("small_blocks", [False, True])
+@pytest.mark.parametrize("iou", [0.0, 0.45, 0.7, -0.1])
+def test_nms_is_greedy_nms_exactly(
+    monkeypatch: pytest.MonkeyPatch, small_blocks: bool, iou: float
+) -> None:
+    """The fallback keeps exactly the boxes a plain greedy loop keeps, in its order, whether a
+    batch is cut into runs and chunks or resolved whole, by matrix passes or box by box."""
+    import inspection.nms_fallback as runtime
+
+    if small_blocks:
+        monkeypatch.setattr(runtime, "_NMS_BLOCK", 32)
+        monkeypatch.setattr(runtime, "_NMS_FIRST_BLOCK", 8)
+        monkeypatch.setattr(runtime, "_NMS_CHUNK", 16)
+        monkeypatch.setattr(runtime, "_NMS_SPLIT_FROM", 16)
+        monkeypatch.setattr(runtime, "_NMS_PASSES", 2)
+    for name, (boxes, scores) in _nms_cases().items():
+        expected = _greedy_loop(boxes, scores, iou)
+        assert runtime.nms_reference(boxes, scores, iou).tolist() == expected, name
+        shuffled = torch.randperm(len(boxes), generator=torch.Generator().manual_seed(1))
+        kept = runtime.nms_reference(boxes[shuffled], scores[shuffled], iou)
+        assert kept.tolist() == _greedy_loop(boxes[shuffled], scores[shuffled], iou), name
+
+
 def test_ultralytics_is_offline_with_a_local_font(tmp_path: Path) -> None:
     configure_ultralytics(tmp_path / "cfg", tmp_path / "runs")
     assert os.environ["YOLO_OFFLINE"] == "1" and os.environ["YOLO_AUTOINSTALL"] == "0"
