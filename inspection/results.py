@@ -122,7 +122,7 @@ class _PipeSender:
     def __init__(self, path: Path, fd: int) -> None:
         self.path = path
         self._fd: int | None = fd
-        self._limit = HELD_BYTES
+        self.limit = HELD_BYTES
         self._grace_s = CLOSE_GRACE_S
         self._lines: deque[bytes] = deque()
         self._size = 0
@@ -131,7 +131,9 @@ class _PipeSender:
         self._closing_since: float | None = None
         self._progress_at = time.monotonic()
         self._ready = threading.Condition()
-        self.dropped = 0
+        self.dropped = 0  # every line the reader never got
+        self.dropped_behind = 0  # of them, dropped past the bound while the run went on
+        self.end_reason = ""  # why the lines held at the run's end were not waited for longer
         self._unsaid = 0
         self._said_at: float | None = None
         self._gone = False  # (the reader left, said once until one takes a line again)
@@ -144,13 +146,14 @@ class _PipeSender:
         with self._ready:
             self._lines.append(data)
             self._size += len(data)
-            while self._size > self._limit:
+            while self._size > self.limit:
                 first = 1 if self._head_sent or self._busy else 0  # (a line begun is finished)
                 if first >= len(self._lines):
                     break
                 self._size -= len(self._lines[first])
                 del self._lines[first]
                 self.dropped += 1
+                self.dropped_behind += 1
                 self._unsaid += 1
             now = time.monotonic()
             if self._unsaid and (
@@ -204,10 +207,17 @@ class _PipeSender:
         if self._closing_since is None:
             return False
         now = time.monotonic()
-        return (
-            now - max(self._progress_at, self._closing_since) > self._grace_s
-            or now - self._closing_since > 10 * self._grace_s
-        )
+        if now - self._closing_since > 10 * self._grace_s:
+            self.end_reason = f"its reader was still taking them after {10 * self._grace_s:g} s"
+        elif now - max(self._progress_at, self._closing_since) > self._grace_s:
+            self.end_reason = (
+                f"no reader had the pipe open for {self._grace_s:g} s"
+                if self._fd is None
+                else f"its reader took none of them for {self._grace_s:g} s"
+            )
+        else:
+            return False
+        return True
 
     def _send(self, data: bytes) -> int:
         """As much of `data` as the pipe takes now (0: full, or no reader), waiting at most a
@@ -310,6 +320,29 @@ class ResultsFeed:
         """Lines a named pipe's reader never got (behind past the bound, or gone), their
         verdicts in the database; all of them once the feed is closed."""
         return self._pipe.dropped if self._pipe is not None else 0
+
+    def why_not_sent(self) -> str:
+        """Why the lines counted in `dropped` were not sent, once the feed is closed: dropped
+        past the bound while the run went on, or still held at its end and not waited for
+        longer. Said apart: a reader that stopped at the run's end was told it had fallen behind
+        past the bound, and the two call for different remedies (a reader that keeps up, a
+        reader that reads to the end)."""
+        pipe = self._pipe
+        if pipe is None or not pipe.dropped:
+            return ""
+        reasons = []
+        if pipe.dropped_behind:
+            reasons.append(
+                f"{pipe.dropped_behind} dropped while its reader was behind (or gone) past the "
+                f"{pipe.limit / 2**20:g} MiB held for it"
+            )
+        at_end = pipe.dropped - pipe.dropped_behind
+        if at_end:
+            reasons.append(
+                f"{at_end} still held for it at the run's end, not waited for longer: "
+                f"{pipe.end_reason}"
+            )
+        return "; ".join(reasons)
 
     def write(
         self, result: PartResult, line: str, station: str, run_id: int, repeat: bool = False

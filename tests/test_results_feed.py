@@ -263,6 +263,65 @@ def test_a_batch_feeding_a_hung_reader_judges_every_part(
     assert "recorded in the database" in output and "--export csv" in output
 
 
+@pytest.mark.skipif(not hasattr(fcntl, "F_SETPIPE_SZ"), reason="pipe sizes are Linux's")
+def test_lines_left_at_the_runs_end_are_not_said_to_be_past_the_bound(
+    station: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader that stopped reading near the run's end, far under the bound held for it, was
+    told its lines went because it "fell behind past the lines held for it": the operator
+    looked for a reader 16 MiB behind. The warning now says they were still held at the run's
+    end, and why they were not waited for longer."""
+    import inspection.results as results
+
+    monkeypatch.setattr(results, "CLOSE_GRACE_S", 0.2, raising=False)
+    make_images(tmp_path / "in", n=24)
+    pipe = tmp_path / "feed"
+    os.mkfifo(pipe)
+    reader = os.open(pipe, os.O_RDONLY | os.O_NONBLOCK)  # connected, and reading nothing
+    fcntl.fcntl(reader, fcntl.F_SETPIPE_SZ, 4096)  # (a page: a few lines fill it)
+    try:
+        result = _batch(tmp_path / "in", "--results", str(pipe))
+        lines = _read_lines(reader, 5)
+    finally:
+        os.close(reader)
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())
+    [dropped] = re.findall(r"warning: (\d+) lines of the results feed", output)
+    assert 0 < len(lines) < 24 and len(lines) + int(dropped) == 24
+    assert f"{dropped} still held for it at the run's end" in output
+    assert "took none of them for 0.2 s" in output
+    assert "past the" not in output and "fell behind" not in output
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+def test_lines_dropped_past_the_bound_and_left_at_the_end_are_said_apart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader gone for good: the lines past the bound were dropped while the run went on,
+    the rest held until its end, when no reader had the pipe open; each count said with its
+    cause."""
+    import inspection.results as results
+
+    monkeypatch.setattr(results, "HELD_BYTES", 4000, raising=False)
+    monkeypatch.setattr(results, "CLOSE_GRACE_S", 0.1, raising=False)
+    pipe = tmp_path / "feed"
+    os.mkfifo(pipe)
+    reader = os.open(pipe, os.O_RDONLY | os.O_NONBLOCK)
+    with within(20):
+        feed = ResultsFeed(pipe)
+        feed.write(_part(0), "Line 1", "Cam A", 1)
+        assert [line["part"] for line in _read_lines(reader, 5, until=1)] == ["p0000.png"]
+        os.close(reader)  # (gone: the next write finds no reader)
+        for i in range(1, 201):
+            feed.write(_part(i), "Line 1", "Cam A", 1)
+        feed.close()
+    why = feed.why_not_sent()
+    behind, at_end = (int(n) for n in re.findall(r"(\d+) (?:dropped|still held)", why))
+    assert behind > 0 and at_end > 0 and behind + at_end == feed.dropped == 200
+    assert "MiB held for it" in why
+    assert "no reader had the pipe open for 0.1 s" in why
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
 def test_a_run_feeding_a_named_pipe_says_it_waits_for_its_reader(
     station: str, tmp_path: Path

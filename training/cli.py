@@ -1554,11 +1554,11 @@ def batch_command(
             job.close()  # workers no run took over (the listing failed or was interrupted)
         if feed is not None:
             feed.close()
-            if feed.dropped:  # (a named pipe's reader behind past what is held, or gone)
+            if feed.dropped:  # (lines a named pipe's reader never got: why_not_sent says why)
                 console.print(
-                    f"warning: {feed.dropped} lines of the results feed {results} were not sent: "
-                    "its reader fell behind past the lines held for it, or was gone; their "
-                    "verdicts are recorded in the database: the History page shows them"
+                    f"warning: {feed.dropped} lines of the results feed {results} were not sent "
+                    f"({feed.why_not_sent()}); their verdicts are recorded in the database: the "
+                    "History page shows them"
                     + ("" if watch else ", and the same command with --export csv lists them"),
                     style="yellow",
                     markup=False,
