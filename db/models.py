@@ -309,7 +309,7 @@ class Inspection(Base):
     boxes_left_out: Mapped[int | None] = mapped_column(
         Integer,
         doc="Counted boxes of the part not kept, past the most a part keeps (0: none). None: an "
-        "error, or a part judged whole by a release that recorded no count for such parts.",
+        "error, or a verdict recorded before the count was kept, whole or in tiles.",
     )
     inspected_at: Mapped[datetime] = mapped_column(default=utcnow)
     superseded_at: Mapped[datetime | None] = mapped_column(

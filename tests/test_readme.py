@@ -89,3 +89,19 @@ def test_readme_command_table_names_only_real_options_and_every_command() -> Non
         listed = f"`defects {path}" in section or f"`{path}`" in section
         in_group_row = any(c.startswith(f"{group} ") and f"/ {name}" in c for c in cells)
         assert listed or in_group_row, f"`defects {path}` is not in README's Command line"
+
+
+def test_readme_says_a_count_of_boxes_left_out_is_missing_for_every_earlier_verdict() -> None:
+    """Migration 0011 leaves every verdict recorded before it without a count, tiled or whole
+    (`test_the_boxes_left_out_migration_goes_up_and_down_and_keeps_the_verdicts`). README said
+    only a part judged whole went without one, so the tiled verdicts of a database upgraded
+    from an earlier release read, in the feed and the History CSV, as errors or as a count
+    kept and lost."""
+    said = [
+        sentence
+        for sentence in re.split(r"[;(]", " ".join(README.split()))
+        if "before the count was kept" in sentence
+    ]
+    assert len(said) >= 2  # (the results feed's field and the History CSV's column)
+    for sentence in said:
+        assert "judged whole by" not in sentence and "in tiles" in sentence, sentence
