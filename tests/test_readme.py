@@ -3,6 +3,7 @@ the defaults it gives, and every setting and command must be in it."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -105,3 +106,31 @@ def test_readme_says_a_count_of_boxes_left_out_is_missing_for_every_earlier_verd
     assert len(said) >= 2  # (the results feed's field and the History CSV's column)
     for sentence in said:
         assert "judged whole by" not in sentence and "in tiles" in sentence, sentence
+
+
+def test_readme_quotes_the_tiled_strips_figures_its_results_file_holds() -> None:
+    """README's figures of NEU-DET strips judged in tiles stayed those measured before cut
+    boxes were fused (344 found, "as many as the images judged one by one"), while the code
+    found 285: each figure it quotes must be the results file's."""
+    results = Path(__file__).parents[1] / "bench" / "results"
+    ways = json.loads((results / "tiled_neu_cpu.json").read_text())["ways"]
+    before = json.loads((results / "tiled_neu_before_fused_cpu.json").read_text())["ways"]
+    text = " ".join(_section("Large images: tiled inspection").split())
+    tiled, alone, whole = ways["tiled"], ways["alone"], ways["whole"]
+    assert f"it found {whole['boxes_found']} of the {whole['boxes']} labeled defects" in text
+    assert (
+        f"it found {tiled['boxes_found']}, and {tiled['images_with_no_detection']} images had "
+        f"none, against {alone['boxes_found']} found ({alone['images_with_no_detection']} with "
+        "none)"
+    ) in text
+    crazing = (tiled["per_class_recall"]["crazing"], alone["per_class_recall"]["crazing"])
+    assert f"{crazing[0]:.0%} found in tiles, {crazing[1]:.0%} image by image" in text
+    assert (
+        f"the tiles found {before['tiled']['boxes_found']}, "
+        f"{before['tiled']['images_with_no_detection']} image with none"
+    ) in text
+    medians = [round(ways[w]["wall_seconds_per_strip_median"] * 1000) for w in ways]
+    assert (
+        f"a median {medians[1]} ms of wall time tiled against {medians[0]} ms whole, and "
+        f"{medians[2]} ms for its nine images"
+    ) in text
