@@ -170,7 +170,18 @@ def tile_of_metadata(meta: dict[str, str]) -> TileSpec | None:
 # tile's edge, or a little short of it).
 EDGE_TOLERANCE = 0.01
 
+# The share of a cut piece's part in the neighbouring tile that a box found there must cover to
+# be the same defect, seen whole there.
+HELD_SHARE = 0.5
+
 Box = tuple[int, int, int, int]
+
+
+def _area(boxes: np.ndarray) -> np.ndarray:
+    """Areas of x1, y1, x2, y2 boxes in the last axis; 0 where empty."""
+    return np.clip(boxes[..., 2] - boxes[..., 0], 0, None) * np.clip(
+        boxes[..., 3] - boxes[..., 1], 0, None
+    )
 
 
 def fuse_cut_boxes(per_tile: Sequence[Sequence[Detection]], grid: Sequence[Box]) -> list[Detection]:
@@ -187,8 +198,10 @@ def fused_with_origins(
     for one defect; a clipped part more confident than a neighbour's whole box even won NMS
     over it, and the box shown was smaller than the defect. Boxes of one class from two
     neighbouring tiles that overlap or meet, where one of them is cut by an edge of its tile
-    that the other's tile reaches past (an inner edge, not the part's), and both counted or
-    both not, become one: their union, at the higher confidence. Fused transitively, so a scratch
+    that the other's tile reaches past (an inner edge, not the part's) and the other is cut
+    too, by its tile's edge facing the first, or covers at least HELD_SHARE of the piece's
+    part in its tile, and both counted or both not, become one: their union, at the higher
+    confidence. Fused transitively, so a scratch
     across a strip of tiles is one box; boxes far apart, or that only a tile's part-edge
     clips, are left as they are. `per_tile[i]` holds tile `grid[i]`'s detections in the
     part's pixels; the result keeps their order, a fused box where its first piece was. With
@@ -251,8 +264,33 @@ def fused_with_origins(
             others = members[b]
             pa, po = boxes[pieces][:, None, :], boxes[others][None, :, :]
             gap = np.maximum(tolerance[a], tolerance[b])
+            # A box of b is the rest of a piece where it is cut too, by an edge of b that a
+            # reaches past (the defect went on into a), or where it holds most of the piece's
+            # share of b (b saw the defect whole). Merely meeting the piece is not enough: two
+            # defects side by side, one ending where a's tile does, were chained into one box.
+            reverse = np.array(
+                [
+                    tiles[a, 0] < tiles[b, 0],
+                    tiles[a, 1] < tiles[b, 1],
+                    tiles[a, 2] > tiles[b, 2],
+                    tiles[a, 3] > tiles[b, 3],
+                ]
+            )
+            also_cut = (cut[others] & reverse).any(axis=1)[None, :]
+            share = np.clip(
+                pa, np.r_[tiles[b, :2], tiles[b, :2]], np.r_[tiles[b, 2:], tiles[b, 2:]]
+            )
+            share_area = _area(share)
+            overlap = _area(
+                np.concatenate(
+                    [np.maximum(pa[..., :2], po[..., :2]), np.minimum(pa[..., 2:], po[..., 2:])],
+                    axis=-1,
+                )
+            )
+            holds_it = (share_area > 0) & (overlap >= HELD_SHARE * share_area)
             meet = (
-                (classes[pieces][:, None] == classes[others][None, :])
+                (also_cut | holds_it)
+                & (classes[pieces][:, None] == classes[others][None, :])
                 # (A counted piece is never grown by a faint box below its class's threshold:
                 # a model's faint boxes cover much of a part, and chained through them a
                 # defect's box spread across the strip.)

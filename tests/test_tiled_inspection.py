@@ -245,6 +245,18 @@ def test_a_scratch_across_a_strip_of_tiles_is_one_box() -> None:
     assert merged == [_spot(10, 40, 30, 50), _spot(40, 10, 90, 20, 0.6)]
 
 
+def test_two_defects_side_by_side_across_a_tile_edge_stay_two() -> None:
+    """A defect ending where its tile does and another beginning there, found whole by the next
+    tile, met at the edge and were chained into one box: on strips of images side by side, the
+    crazing of neighbouring images became one box twice an image wide."""
+    grid = tile_grid(360, 200, TileSpec(200, 0.2))
+    assert grid[:2] == [(0, 0, 200, 200), (160, 0, 360, 200)]  # the band: x 160 to 200
+    first, second = _spot(0, 10, 200, 190, 0.7), _spot(200, 12, 358, 188, 0.6)
+    share = _spot(160, 10, 199, 190, 0.5)  # the right tile's piece of the first: cut at 160
+    merged = merge_tiles([[first], [share, second]], grid, 0.45)
+    assert merged == [_spot(0, 10, 200, 190, 0.7), second]
+
+
 def test_a_defect_at_the_corner_of_four_tiles_is_one_box() -> None:
     grid = tile_grid(112, 112, TileSpec(64, 0.25))
     assert len(grid) == 4
