@@ -805,6 +805,9 @@ class BatchInspection:
         self.chunk_parts = chunk_parts(self.inspector.batch_size, get_settings().chunk_batches)
         self.outage_seconds = get_settings().db_outage_seconds
         self._giving_up = Event()  # set by Ctrl-C: no more waiting for the database
+        # (The summary's skipped parts are counted by this thread and by the writer's, after a
+        # race with another station: `+=` on an attribute is no single step, and one was lost.)
+        self._skipping = Lock()
         self._on_recorded: OnRecorded | None = None  # (the run's, for its chunks' writes)
 
     def _check_classes(self, inspector: Inspector, close: bool = True) -> None:
@@ -1116,7 +1119,7 @@ class BatchInspection:
         for item, part in zip(readable_items, readable, strict=True):
             digest = part.content_hash
             if digest in done or digest in queued:
-                self.summary.skipped += 1
+                self._count_skipped(1)
                 skipped += 1
                 if self._on_recorded is not None:
                     repeats.append(self._repeat(item, digest, queued))
@@ -1129,7 +1132,7 @@ class BatchInspection:
             # Kept as a record of the failure, with no image; skipped like any other once recorded.
             digest = unreadable_hashes[item.name]
             if digest in done or digest in queued:
-                self.summary.skipped += 1
+                self._count_skipped(1)
                 skipped += 1
                 if self._on_recorded is not None:
                     repeats.append(self._repeat(item, digest, queued))
@@ -1341,8 +1344,12 @@ class BatchInspection:
             lambda: self._current_points([r.content_hash for r in results])
         )
         kept = [r for r in results if not current.get(r.content_hash) or is_repeated_fault(r.error)]
-        self.summary.skipped += len(results) - len(kept)
+        self._count_skipped(len(results) - len(kept))
         return kept, {r.content_hash for r in kept if r.content_hash in current}
+
+    def _count_skipped(self, parts: int) -> None:
+        with self._skipping:
+            self.summary.skipped += parts
 
     def _write(
         self,
