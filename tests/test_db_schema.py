@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import select, text
+from sqlalchemy import Connection, select, text
 from sqlalchemy.exc import IntegrityError
 
 from db.migrate import current_revision, head_revision, upgrade
@@ -236,6 +236,31 @@ def _older_revisions() -> list[str]:
     return [s.revision for s in scripts.walk_revisions() if s.revision != head_revision()]
 
 
+def _insert_a_verdict(connection: Connection) -> None:
+    """One part of line L1, station S1, failed with one detection, in any revision's schema."""
+    connection.execute(text("INSERT INTO production_lines VALUES (1, 'L1', '', '2026-01-01')"))
+    connection.execute(text("INSERT INTO stations VALUES (1, 1, 'S1', '', '2026-01-01')"))
+    connection.execute(
+        text(
+            "INSERT INTO parts (id, content_hash, stored_path, original_name, size_bytes, "
+            "captured_at, line_id, station_id, created_at) "
+            "VALUES (1, 'h', 'p.png', 'p.png', 1, '2026-01-01', 1, 1, '2026-01-01')"
+        )
+    )
+    connection.execute(
+        text(
+            "INSERT INTO inspections (id, part_id, verdict, thresholds, inspected_at) "
+            "VALUES (1, 1, 'fail', '{}', '2026-01-01')"
+        )
+    )
+    connection.execute(
+        text(
+            "INSERT INTO predictions (id, inspection_id, source, class_name, confidence, "
+            "counted) VALUES (1, 1, 'detector', 'scratch', 0.9, 1)"
+        )
+    )
+
+
 @pytest.mark.parametrize("revision", _older_revisions())
 def test_upgrade_keeps_the_verdicts_of_an_older_schema(tmp_path: Path, revision: str) -> None:
     """A plant's database at each earlier revision, upgraded to this one, keeps every verdict,
@@ -243,27 +268,7 @@ def test_upgrade_keeps_the_verdicts_of_an_older_schema(tmp_path: Path, revision:
     url = f"sqlite:///{tmp_path / 'old.db'}"
     upgrade(url, revision)
     with get_engine(url).begin() as connection:
-        connection.execute(text("INSERT INTO production_lines VALUES (1, 'L1', '', '2026-01-01')"))
-        connection.execute(text("INSERT INTO stations VALUES (1, 1, 'S1', '', '2026-01-01')"))
-        connection.execute(
-            text(
-                "INSERT INTO parts (id, content_hash, stored_path, original_name, size_bytes, "
-                "captured_at, line_id, station_id, created_at) "
-                "VALUES (1, 'h', 'p.png', 'p.png', 1, '2026-01-01', 1, 1, '2026-01-01')"
-            )
-        )
-        connection.execute(
-            text(
-                "INSERT INTO inspections (id, part_id, verdict, thresholds, inspected_at) "
-                "VALUES (1, 1, 'fail', '{}', '2026-01-01')"
-            )
-        )
-        connection.execute(
-            text(
-                "INSERT INTO predictions (id, inspection_id, source, class_name, confidence, "
-                "counted) VALUES (1, 1, 'detector', 'scratch', 0.9, 1)"
-            )
-        )
+        _insert_a_verdict(connection)
         connection.execute(
             text(
                 "INSERT INTO reviews (id, part_id, prediction_id, kind, reviewer, note, "
@@ -327,27 +332,7 @@ def test_the_boxes_left_out_migration_goes_up_and_down_and_keeps_the_verdicts(
     url = f"sqlite:///{tmp_path / 'left-out.db'}"
     upgrade(url, "0010")
     with get_engine(url).begin() as connection:
-        connection.execute(text("INSERT INTO production_lines VALUES (1, 'L1', '', '2026-01-01')"))
-        connection.execute(text("INSERT INTO stations VALUES (1, 1, 'S1', '', '2026-01-01')"))
-        connection.execute(
-            text(
-                "INSERT INTO parts (id, content_hash, stored_path, original_name, size_bytes, "
-                "captured_at, line_id, station_id, created_at) "
-                "VALUES (1, 'h', 'p.png', 'p.png', 1, '2026-01-01', 1, 1, '2026-01-01')"
-            )
-        )
-        connection.execute(
-            text(
-                "INSERT INTO inspections (id, part_id, verdict, thresholds, inspected_at) "
-                "VALUES (1, 1, 'fail', '{}', '2026-01-01')"
-            )
-        )
-        connection.execute(
-            text(
-                "INSERT INTO predictions (id, inspection_id, source, class_name, confidence, "
-                "counted) VALUES (1, 1, 'detector', 'scratch', 0.9, 1)"
-            )
-        )
+        _insert_a_verdict(connection)
     assert upgrade(url) == head_revision()
     with session_scope(url) as session:
         (earlier,) = session.scalars(select(Inspection)).all()
