@@ -21,6 +21,10 @@ must not stop the line from judging. Lines the pipe cannot take are held for the
 database); a reader that closes the pipe is said, and the lines go on, the held ones first, to
 the next reader that opens it. A regular file is written as it comes: a full disk stops the run.
 
+Each line is numbered (`seq`: 1, 2, 3... within its run, in the order written, repeats
+included), so that a reader sees a gap where lines were dropped for it; lines lost in a crash are
+the run's last and leave no gap, and a run started again is a new run, numbered from 1.
+
 `judged_at` is this station's clock when the line is written: the clock its line controller
 shares, by which it matches a line to the part in front of the camera. The database stamps its
 record by its own clock (`database_utcnow`), which may differ.
@@ -86,10 +90,11 @@ def counted_defects(found: Iterable[_Found]) -> list[dict[str, Any]]:
 
 
 def result_line(
-    result: PartResult, line: str, station: str, run_id: int, repeat: bool = False
+    result: PartResult, line: str, station: str, run_id: int, seq: int, repeat: bool = False
 ) -> dict[str, Any]:
     """A part's verdict as the feed writes it: the fields of `defects inspect --json`, with
-    where and when it was judged, and whether it repeats a verdict recorded before."""
+    where and when it was judged, its place among the run's lines (`seq`), and whether it
+    repeats a verdict recorded before."""
     failed = result.failed_classes
     return {
         "part": result.name,
@@ -105,6 +110,9 @@ def result_line(
         "line": line,
         "station": station,
         "run": run_id,
+        # (1, 2, 3... within the run, in the order written: a reader sees a gap where lines
+        # were dropped or lost.)
+        "seq": seq,
         "repeat": repeat,
         "judged_at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         # (Last: a part a model fired all over keeps its most confident counted boxes; how
@@ -298,6 +306,10 @@ class ResultsFeed:
             raise UserError(f"--results {path} is a folder: give the file's name")
         self.path = path
         self._pipe: _PipeSender | None = None
+        # The last line's sequence number: numbered and written under one lock, so that the
+        # numbers follow the order the lines go out in, whichever thread writes.
+        self._seq = 0
+        self._writing = threading.Lock()
         if path.is_fifo():
             try:
                 # Waits for a reader to open it (the run says so); written non-blocking after.
@@ -347,18 +359,24 @@ class ResultsFeed:
     def write(
         self, result: PartResult, line: str, station: str, run_id: int, repeat: bool = False
     ) -> None:
-        text = json.dumps(result_line(result, line, station, run_id, repeat), ensure_ascii=False)
-        if self._pipe is not None:
-            self._pipe.put((text + "\n").encode())  # (never waits, never fails)
-            return
-        try:
-            self._file.write(text + "\n")
-        except OSError as exc:
-            raise UserError(
-                f"cannot write the results feed {self.path}: {exc.strerror or exc}; the verdicts "
-                "so far are recorded in the database: free space there and run the same command "
-                "again to resume"
-            ) from exc
+        """One line, numbered after the last: a line dropped for a pipe's reader, or lost in a
+        crash, leaves a gap in the numbers a reader can see."""
+        with self._writing:
+            self._seq += 1
+            text = json.dumps(
+                result_line(result, line, station, run_id, self._seq, repeat), ensure_ascii=False
+            )
+            if self._pipe is not None:
+                self._pipe.put((text + "\n").encode())  # (never waits, never fails)
+                return
+            try:
+                self._file.write(text + "\n")
+            except OSError as exc:
+                raise UserError(
+                    f"cannot write the results feed {self.path}: {exc.strerror or exc}; the "
+                    "verdicts so far are recorded in the database: free space there and run the "
+                    "same command again to resume"
+                ) from exc
 
     def close(self) -> None:
         if self._pipe is not None:

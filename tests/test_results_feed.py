@@ -55,6 +55,9 @@ def test_each_part_judged_is_a_line_of_json_as_recorded(
     assert sorted(line["part"] for line in lines) == sorted(
         p.name for p in (tmp_path / "in").iterdir()
     )
+    # Numbered 1, 2, 3... in the order written, one count for the run over its workers: a
+    # reader can tell that none is missing.
+    assert [line["seq"] for line in lines] == list(range(1, len(lines) + 1))
     with session_scope(station) as session:
         recorded = {
             part.content_hash: (part.original_name, verdict.value)
@@ -80,8 +83,10 @@ def test_each_part_judged_is_a_line_of_json_as_recorded(
     make_images(tmp_path / "in", n=5)  # (the same four, and one more)
     again = _batch(tmp_path / "in", "--results", str(feed), "--workers", workers)
     assert again.exit_code == 0, again.output
-    appended = feed.read_text().splitlines()[len(lines) :]
-    assert [json.loads(text)["part"] for text in appended] == ["part_004.png"]
+    [appended] = [json.loads(text) for text in feed.read_text().splitlines()[len(lines) :]]
+    assert appended["part"] == "part_004.png"
+    # (A new run: its own number, its lines counted from 1 again.)
+    assert appended["run"] != lines[0]["run"] and appended["seq"] == 1
 
 
 def test_a_results_feed_that_cannot_be_written_stops_the_run_in_one_line(
@@ -185,6 +190,10 @@ def test_a_reader_that_stops_reading_never_holds_up_the_station(
     assert parts[:3] == [0, 1, 2] and parts[-3:] == [1003, 1004, 1005]
     assert parts == sorted(parts) and len(set(parts)) == len(parts)  # in order, none twice
     assert len(parts) + feed.dropped == 1006  # each line read or counted as dropped
+    # The lines dropped are the gaps in the numbers the reader got.
+    numbers = [line["seq"] for line in got]
+    assert numbers == [i + 1 for i in parts]
+    assert len(set(range(1, 1007)) - set(numbers)) == feed.dropped
     said = " ".join(r.getMessage() for r in caplog.records)
     assert "dropped" in said and "recorded in the database" in said and "History" in said
 
@@ -435,6 +444,8 @@ def test_each_file_of_a_batch_gets_one_line_copies_as_repeats(
     # (The first read is judged, the other given its verdict.)
     original, copy = lines["copy.png"], lines["part_001.png"]
     assert copy["repeat"] and not original["repeat"] and not lines["part_000.png"]["repeat"]
+    # (A repeat is numbered with the rest.)
+    assert sorted(line["seq"] for line in lines.values()) == [1, 2, 3]
     same = ("sha256", "verdict", "defects", "failed_classes", "run")
     assert [copy[k] for k in same] == [original[k] for k in same]
 
