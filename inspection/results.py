@@ -89,6 +89,12 @@ def counted_defects(found: Iterable[_Found]) -> list[dict[str, Any]]:
     ]
 
 
+def shown_latency(latency_ms: float | None) -> float | None:
+    """A part's latency to 0.1 ms, as `defects inspect --json` and the results feed write it
+    alike: a finer figure is noise, and the same part must read the same in both."""
+    return None if latency_ms is None else round(latency_ms, 1)
+
+
 def result_line(
     result: PartResult, line: str, station: str, run_id: int, seq: int, repeat: bool = False
 ) -> dict[str, Any]:
@@ -105,7 +111,7 @@ def result_line(
         "failed_by_part_classifier": result.verdict == "fail" and not failed,
         "defect_probability": result.defect_probability,
         "defects": counted_defects(result.detections),
-        "latency_ms": None if result.latency_ms is None else round(result.latency_ms, 1),
+        "latency_ms": shown_latency(result.latency_ms),
         "error": result.error,
         "line": line,
         "station": station,

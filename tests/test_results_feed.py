@@ -89,6 +89,23 @@ def test_each_part_judged_is_a_line_of_json_as_recorded(
     assert appended["run"] != lines[0]["run"] and appended["seq"] == 1
 
 
+def test_inspect_json_gives_a_parts_latency_as_the_feed_does(station: str, tmp_path: Path) -> None:
+    """`defects inspect --json` printed the stored latency unrounded (26.234567...) where the
+    feed's line for the same part said 26.2: both give it to 0.1 ms now, the same figure."""
+    make_images(tmp_path / "in", n=3)
+    feed = tmp_path / "feed.jsonl"
+    assert _batch(tmp_path / "in", "--results", str(feed)).exit_code == 0
+    lines = {line["part"]: line for line in map(json.loads, feed.read_text().splitlines())}
+    files = sorted((tmp_path / "in").iterdir())
+    shown = CliRunner().invoke(app, ["inspect", "--json", *map(str, files)])
+    assert shown.exit_code == 0, shown.output
+    rows = json.loads(shown.output)
+    assert [row["part"] for row in rows] == [str(f) for f in files]
+    for row in rows:
+        assert row["latency_ms"] == lines[Path(row["part"]).name]["latency_ms"] is not None
+        assert row["latency_ms"] == round(row["latency_ms"], 1)
+
+
 def test_a_results_feed_that_cannot_be_written_stops_the_run_in_one_line(
     station: str, tmp_path: Path
 ) -> None:

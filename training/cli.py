@@ -1879,7 +1879,7 @@ def _stored_verdicts(url: str, model_id: int, items: list) -> list[dict]:  # typ
     import hashlib
 
     from db.queries import part_results
-    from inspection.results import counted_defects
+    from inspection.results import counted_defects, shown_latency
     from inspection.verdict import part_classifier_note
 
     hashes = [hashlib.sha256(i.data).hexdigest() if i.data is not None else None for i in items]
@@ -1906,7 +1906,7 @@ def _stored_verdicts(url: str, model_id: int, items: list) -> list[dict]:  # typ
                 {
                     "part": item.name,
                     "verdict": inspection.verdict.value,
-                    "latency_ms": inspection.latency_ms,
+                    "latency_ms": shown_latency(inspection.latency_ms),
                     "error": inspection.error,
                     # (A part the part classifier failed was listed with no reason at all.)
                     "defect_probability": inspection.defect_probability,
