@@ -503,7 +503,10 @@ class BatchSummary:
     seen: int = 0
     inspected: int = 0
     skipped: int = 0
-    rejudged: int = 0  # among the inspected: their stored verdicts were of an older operating point
+    # Among the inspected, judged again to a pass or a fail: their stored verdicts were of an
+    # older operating point. (Not one judged again to an error: a blank frame or an unreadable
+    # file sent again supersedes its earlier record too, and is no verdict judged anew.)
+    rejudged: int = 0
     errors: int = 0
     failed: int = 0
     # Failed parts per counted defect class; PART_CLASSIFIER_ALONE: failed with no counted defect.

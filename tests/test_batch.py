@@ -601,6 +601,44 @@ def test_progress_of_a_resumed_run_counts_every_part_judged_now_or_before(
         assert all(n > 0 for n in skipped)  # (only chunks that skipped something tell)
 
 
+def test_the_summary_says_its_parts_judged_again_are_those_given_a_pass_or_a_fail(
+    detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a recalibration, a part judged again to an error (here refused for its size at a
+    lower DEFECTS_MAX_MEGAPIXELS) is left out of the count of parts judged again, and its
+    earlier verdict is superseded all the same; the summary's sentence read as if it counted
+    every part judged again. It now says which it counts, and where the others are."""
+    import numpy as np
+    from PIL import Image
+
+    from training.cli import app
+
+    make_images(tmp_path / "in", n=2)
+    noise = np.random.default_rng(0).integers(0, 255, (1100, 1100), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "in" / "large.png")  # 1.21 MP
+    monkeypatch.setenv("DEFECTS_DATABASE_URL", detector)
+    get_settings.cache_clear()
+    command = ["batch", str(tmp_path / "in"), "--line", "L", "--station", "S", "--tile", "off"]
+    first = CliRunner().invoke(app, command)
+    assert first.exit_code == 0, first.output
+    with session_scope(detector) as session:
+        version = session.scalars(select(ModelVersion)).one()
+        version.thresholds = {**version.thresholds, "default": 0.99}  # recalibrated
+    monkeypatch.setenv("DEFECTS_MAX_MEGAPIXELS", "1")
+    get_settings.cache_clear()
+    again = CliRunner().invoke(app, command)
+    assert again.exit_code == 0, again.output
+    said = " ".join(again.output.split())
+    assert "3 parts inspected" in said and "1 error" in said
+    with session_scope(detector) as session:
+        assert (
+            session.scalar(select(func.count()).where(Inspection.superseded_at.is_not(None))) == 3
+        )
+    assert "2 of the parts inspected had been judged by" in said
+    assert "to a pass or a fail" in said
+    assert "judged again to an error is counted among the errors only" in said
+
+
 def test_parts_judged_before_a_recalibration_are_judged_again(
     detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1237,8 +1237,9 @@ def _print_summary(summary, rate: bool = True) -> None:  # type: ignore[no-untyp
         console.print(
             f"{summary.rejudged} of the parts inspected had been judged by {summary.model_name} "
             "at other thresholds (before a recalibration), in another --tile grid or refused "
-            "for their size at another DEFECTS_MAX_MEGAPIXELS; they were judged again as now "
-            "and their earlier verdicts kept, marked superseded"
+            "for their size at another DEFECTS_MAX_MEGAPIXELS; they were judged again as now, "
+            "to a pass or a fail, and their earlier verdicts kept, marked superseded (a part "
+            "judged again to an error is counted among the errors only)"
         )
     from db.queries import PART_CLASSIFIER_ALONE
 
@@ -1841,8 +1842,9 @@ def inspect_command(
         typer.echo(
             f"{job.summary.rejudged} part(s) judged earlier at other thresholds (or in another "
             "--tile grid, or refused for their size at another DEFECTS_MAX_MEGAPIXELS) were "
-            f"judged again at {job.summary.model_name}'s current ones (earlier verdicts kept, "
-            "superseded)",
+            f"judged again at {job.summary.model_name}'s current ones, to a pass or a fail "
+            "(earlier verdicts kept, superseded; one judged again to an error is among the "
+            "errors only)",
             err=True,
         )
     from inspection.verdict import left_out_note
