@@ -305,7 +305,8 @@ rejudged = st.session_state.get("rejudged", 0)
 if rejudged:
     st.info(
         f"{rejudged} part(s) had been judged by {plain(info.name)} at other thresholds: they were judged "
-        "again at the current ones (the earlier verdicts are kept in the history, superseded)."
+        "again at the current ones, to a pass or a fail (the earlier verdicts are kept in the "
+        "history, superseded; a part judged again to an error is among the errors only)."
     )
 st.dataframe(table, hide_index=True)
 
