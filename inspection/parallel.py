@@ -424,10 +424,45 @@ class ParallelInspection:
             )
             for i, job in enumerate(self._jobs)
         ]
-        with _main_script_left_out(), _stop_signals_held_off():
-            for process, (_, sending) in zip(self.processes, self._channels, strict=True):
-                process.start()
-                sending.close()  # the worker's end only: its exit then reads as end of input
+        started: list[multiprocessing.process.BaseProcess] = []
+        try:
+            with _main_script_left_out(), _stop_signals_held_off():
+                for process, (_, sending) in zip(self.processes, self._channels, strict=True):
+                    process.start()
+                    started.append(process)
+                    sending.close()  # the worker's end only: its exit then reads as end of input
+        except BaseException as exc:
+            self._abandon_start(started)
+            if not isinstance(exc, Exception):
+                raise
+            raise UserError(
+                f"could not start worker process {len(started) + 1} of {self.workers} "
+                f"({_reason(exc)}); nothing was inspected: run it again with fewer --workers, "
+                "or without"
+            ) from exc
+
+    def _abandon_start(self, started: list[multiprocessing.process.BaseProcess]) -> None:
+        """A start refused part-way (too many processes, out of memory, a job that cannot be
+        pickled): the workers already started are killed, since none was dealt a part or
+        wrote a row (`close` joined the one never started: "can only join a started process"),
+        the queues and pipes closed, and the run that never began removed, as one whose model
+        would not load is."""
+        if self._stopping is not None:
+            self._stopping.set()
+        for process in started:
+            process.kill()
+        for process in started:
+            process.join(timeout=30)
+        for target in self._parts:
+            target.cancel_join_thread()
+        for pair in self._channels:
+            for end in pair:
+                end.close()
+        self._release_queues()
+        self.processes = []
+        self._ran = True  # (nothing left to close)
+        with contextlib.suppress(DatabaseError):
+            discard_empty_run(self.url, self.run_id)
 
     def close(self) -> None:
         """Stop workers that `start` started and no `run` took over (the caller failed, or was

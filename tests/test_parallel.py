@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
 import re
 import signal
@@ -84,6 +85,40 @@ def test_workers_started_before_a_run_that_never_comes_are_stopped(
         assert session.scalar(select(func.count(Inspection.id))) == 0
     with pytest.raises(RuntimeError, match="runs once"):
         job.run([])
+
+
+def test_a_worker_that_cannot_be_started_leaves_no_worker_and_no_run(
+    detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second worker's start refused (too many processes, out of memory): the first,
+    started, is stopped, the run that never began removed, and the reason is one line (it was
+    the OS's error, and `close` then joined a process never started: "can only join a started
+    process")."""
+    job = ParallelInspection(detector, tmp_path / "store", "L", "S", workers=2)
+    spawn = type(multiprocessing.get_context("spawn").Process())
+    real_start = spawn.start
+    starts = [0]
+
+    def refused(self: multiprocessing.process.BaseProcess) -> None:
+        starts[0] += 1
+        if starts[0] == 2:
+            raise OSError(11, "Resource temporarily unavailable")
+        real_start(self)
+
+    monkeypatch.setattr(spawn, "start", refused)
+    try:
+        with pytest.raises(UserError, match="could not start worker process 2 of 2") as raised:
+            job.start()
+        left = multiprocessing.active_children()
+    finally:
+        for process in multiprocessing.active_children():  # (else pytest's exit waits on them)
+            process.kill()
+            process.join()
+    assert "\n" not in str(raised.value) and "Resource temporarily unavailable" in str(raised.value)
+    assert job.processes == [] and left == []
+    job.close()  # (the CLI's, however the start ended)
+    with session_scope(detector) as session:
+        assert session.scalar(select(func.count(InspectionRun.id))) == 0
 
 
 def test_workers_write_what_one_process_writes_into_one_run(
