@@ -176,6 +176,10 @@ HELD_SHARE = 0.5
 
 Box = tuple[int, int, int, int]
 
+# Of each edge (left, top, right, bottom), the one facing it across a cut: right, bottom,
+# left, top.
+FACING = [2, 3, 0, 1]
+
 
 def _area(boxes: np.ndarray) -> np.ndarray:
     """Areas of x1, y1, x2, y2 boxes in the last axis; 0 where empty."""
@@ -192,21 +196,21 @@ def fuse_cut_boxes(per_tile: Sequence[Sequence[Detection]], grid: Sequence[Box])
 def fused_with_origins(
     per_tile: Sequence[Sequence[Detection]], grid: Sequence[Box]
 ) -> tuple[list[Detection], list[int]]:
-    """One box for a defect a tile edge cut in pieces. A defect wider than the band two tiles
-    share lies whole in neither: each tile finds a part of it, and the parts overlap too little
-    for NMS to take them for one, so the part showed two boxes (and the review queue two lines)
-    for one defect; a clipped part more confident than a neighbour's whole box even won NMS
-    over it, and the box shown was smaller than the defect. Boxes of one class from two
-    neighbouring tiles that overlap or meet, where one of them is cut by an edge of its tile
-    that the other's tile reaches past (an inner edge, not the part's) and the other is cut
-    too, by its tile's edge facing the first, or covers at least HELD_SHARE of the piece's
-    part in its tile, and both counted or both not, become one: their union, at the higher
-    confidence. Fused transitively, so a scratch
-    across a strip of tiles is one box; boxes far apart, or that only a tile's part-edge
-    clips, are left as they are. `per_tile[i]` holds tile `grid[i]`'s detections in the
-    part's pixels; the result keeps their order, a fused box where its first piece was. With
-    each box, the tile it came from, or -1 for a box fused of pieces of several: the merge that
-    follows knows that two boxes of one tile went through that tile's own NMS already."""
+    """One box for a defect a tile edge cut in pieces. A defect wider than the band two tiles share
+    lies whole in neither: each tile finds a part of it, and the parts overlap too little for
+    NMS to take them for one, so the part showed two boxes (and the review queue two lines) for
+    one defect; a clipped part more confident than a neighbour's whole box even won NMS over it,
+    and the box shown was smaller than the defect. Boxes of one class from two neighbouring
+    tiles that overlap or meet, where one of them is cut by an edge of its tile that the other's
+    tile reaches past (an inner edge, not the part's) and the other is cut too, by its tile's
+    edge facing the one that cut the first, or covers at least HELD_SHARE of the piece's part in
+    its tile, and both counted or both not, become one: their union, at the higher confidence.
+    Fused transitively, so a scratch across a strip of tiles is one box; boxes far apart, or
+    that only a tile's part-edge clips, are left as they are. `per_tile[i]` holds tile
+    `grid[i]`'s detections in the part's pixels; the result keeps their order, a fused box where
+    its first piece was. With each box, the tile it came from, or -1 for a box fused of pieces
+    of several: the merge that follows knows that two boxes of one tile went through that tile's
+    own NMS already."""
     flat = [d for found in per_tile for d in found]
     tile_of = np.repeat(np.arange(len(per_tile)), [len(found) for found in per_tile])
     if not flat or len(grid) < 2:
@@ -261,13 +265,18 @@ def fused_with_origins(
             pieces = members[a][(cut[members[a]] & past).any(axis=1)]
             if not pieces.size:
                 continue
+            # (The edges of a that cut each piece and that b reaches past.)
+            piece_edges = cut[pieces] & past
             others = members[b]
             pa, po = boxes[pieces][:, None, :], boxes[others][None, :, :]
             gap = np.maximum(tolerance[a], tolerance[b])
-            # A box of b is the rest of a piece where it is cut too, by an edge of b that a
-            # reaches past (the defect went on into a), or where it holds most of the piece's
-            # share of b (b saw the defect whole). Merely meeting the piece is not enough: two
-            # defects side by side, one ending where a's tile does, were chained into one box.
+            # A box of b is the rest of a piece where it is cut too, by the edge of b facing
+            # the edge of a that cut the piece (the defect went on into a across the same
+            # line), or where it holds most of the piece's share of b (b saw the defect whole).
+            # Merely meeting the piece is not enough: two defects side by side, one ending
+            # where a's tile does, were chained into one box. Nor is a cut across the other
+            # axis: of a diagonal neighbour, a box cut by its top edge beside a piece cut by a's
+            # right one is another defect (b saw the piece's own rest from b's left edge on).
             reverse = np.array(
                 [
                     tiles[a, 0] < tiles[b, 0],
@@ -276,7 +285,8 @@ def fused_with_origins(
                     tiles[a, 3] > tiles[b, 3],
                 ]
             )
-            also_cut = (cut[others] & reverse).any(axis=1)[None, :]
+            facing_edges = (cut[others] & reverse)[:, FACING]
+            also_cut = (piece_edges[:, None, :] & facing_edges[None, :, :]).any(axis=-1)
             share = np.clip(
                 pa, np.r_[tiles[b, :2], tiles[b, :2]], np.r_[tiles[b, 2:], tiles[b, 2:]]
             )

@@ -272,6 +272,55 @@ def test_a_defect_at_the_corner_of_four_tiles_is_one_box() -> None:
     ]
 
 
+def test_a_box_a_diagonal_tile_cuts_across_the_other_axis_is_another_defect() -> None:
+    """Of a 2x2 grid: a defect ending at the top-left tile's right edge, and beside it another
+    that the bottom-right tile cuts by its top edge. That tile reaches past the first's right
+    edge and the first reaches past its top one, so each counted as cut "facing" the other,
+    and the two (with every piece of each) were chained into one box."""
+    grid = tile_grid(112, 112, TileSpec(64, 0.25))
+    assert grid == [(0, 0, 64, 64), (48, 0, 112, 64), (0, 48, 64, 112), (48, 48, 112, 112)]
+    first = [_spot(40, 50, 64, 60, 0.7), _spot(48, 50, 64, 60, 0.6)]  # ends at x 64
+    second = [_spot(64, 20, 100, 58, 0.5), _spot(64, 48, 100, 58, 0.5)]  # goes on above y 48
+    per_tile = [[first[0]], [first[1], second[0]], [first[0]], [first[1], second[1]]]
+    assert merge_tiles(per_tile, grid, 0.45) == [first[0], second[0]]
+
+
+def test_a_defect_whose_rest_only_the_diagonal_tile_found_is_one_box() -> None:
+    """A thin defect through the very corner of four tiles without overlap: the top-left and
+    bottom-right tiles each hold a piece, cut by the edges that face each other."""
+    grid = tile_grid(128, 128, TileSpec(64, 0.0))
+    assert grid == [(0, 0, 64, 64), (64, 0, 128, 64), (0, 64, 64, 128), (64, 64, 128, 128)]
+    per_tile = [[_spot(50, 50, 64, 64, 0.5)], [], [], [_spot(64, 64, 80, 80, 0.7)]]
+    assert merge_tiles(per_tile, grid, 0.45) == [_spot(50, 50, 80, 80, 0.7)]
+
+
+def test_tiles_above_and_below_fuse_as_tiles_side_by_side_do() -> None:
+    """A vertical cut: a defect across it is one box, one ending at the edge beside another
+    that the lower tile sees whole stays two; a box at the part's own edge is cut by nothing."""
+    grid = tile_grid(64, 112, TileSpec(64, 0.25))
+    assert grid == [(0, 0, 64, 64), (0, 48, 64, 112)]  # the band: y 48 to 64
+    across = [[_spot(10, 20, 30, 64, 0.6)], [_spot(11, 48, 30, 100, 0.7)]]
+    assert merge_tiles(across, grid, 0.45) == [_spot(10, 20, 30, 100, 0.7)]
+    ending, below = _spot(10, 20, 30, 64, 0.6), _spot(8, 64, 32, 100, 0.7)
+    share = _spot(10, 48, 30, 64, 0.5)  # the lower tile's piece of the first: cut at 48
+    assert merge_tiles([[ending], [share, below]], grid, 0.45) == [below, ending]
+    # At the part's left and right edges (x 0 and 64): two defects, not pieces of one.
+    edges = [[_spot(0, 30, 20, 40, 0.6)], [_spot(44, 50, 64, 60, 0.7)]]
+    assert merge_tiles(edges, grid, 0.45) == [_spot(44, 50, 64, 60, 0.7), _spot(0, 30, 20, 40, 0.6)]
+
+
+def test_a_piece_wholly_inside_the_shared_band_fuses_with_the_box_that_holds_it() -> None:
+    """A piece cut by its tile's edge, lying in the band: the neighbour's box that holds it is
+    the same defect; a box beside it there, holding none of it, is not."""
+    grid = tile_grid(112, 64, TileSpec(64, 0.25))
+    piece, whole = _spot(52, 10, 64, 20, 0.6), _spot(52, 10, 70, 20, 0.5)
+    beside = _spot(64, 22, 90, 40, 0.7)  # meets the piece's corner, holds none of it
+    assert merge_tiles([[piece], [whole, beside]], grid, 0.45) == [
+        beside,
+        _spot(52, 10, 70, 20, 0.6),
+    ]
+
+
 def _tiles_found(
     per_side: int, objects: int, seed: int, iou: float = 0.45
 ) -> tuple[list[list[Detection]], list[tuple[int, int, int, int]]]:
