@@ -1188,7 +1188,7 @@ def test_how_many_boxes_went_is_in_the_record_inspect_the_feed_and_the_csv(
     results: list = []  # type: ignore[type-arg]
     job.run([read_file(strip, str(strip)), read_file(small, str(small))], results.append)
     inspector.close()
-    lines = {r.name: result_line(r, "L", "S", job.run_id) for r in results}
+    lines = {r.name: result_line(r, "L", "S", job.run_id, seq) for seq, r in enumerate(results, 1)}
     assert lines[str(strip)]["boxes_left_out"] == 6 * 48 - 120
     assert lines[str(small)]["boxes_left_out"] == 0
     # What was recorded, as `defects inspect` reads it back (judged already: not judged again).
