@@ -830,10 +830,20 @@ class BatchInspection:
     def _wait_for_write(self) -> bool:
         """Let the write in flight finish; its error, if any, is raised here. True when it
         also marked the run finished."""
-        if self._pending_write is None:
+        pending = self._pending_write
+        if pending is None:
             return False
-        pending, self._pending_write = self._pending_write, None
-        return pending.result()
+        try:
+            marked_finished = pending.result()
+        except BaseException:
+            # Ctrl-C during the wait leaves the write in flight, for the wait that follows (the
+            # run's `finally`): forgotten here, the stop was told with a summary that lacked
+            # the chunk, which the writer committed a moment later.
+            if pending.done():
+                self._pending_write = None
+            raise
+        self._pending_write = None
+        return marked_finished
 
     def _follow_stored_point(self) -> None:
         """Take up the operating point stored for this model version now: a recalibration

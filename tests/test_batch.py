@@ -1859,3 +1859,34 @@ def test_weights_found_by_their_hash_are_hashed_once_while_unchanged(
     weights.write_bytes(b"THE VERSION'S BYTES")
     os.utime(weights, ns=(kept.st_atime_ns, kept.st_mtime_ns))
     assert batch.found_weights(elsewhere, digest) == Path(elsewhere)
+
+
+def test_a_ctrl_c_while_a_write_is_awaited_leaves_it_for_the_next_wait() -> None:
+    """Ctrl-C landing while a chunk's write was awaited forgot the write: the run's last wait
+    returned at once, and the stop was told with a summary lacking the chunk, which the writer
+    thread committed a moment later (the database held 128 parts, the summary said 64)."""
+    from concurrent.futures import Future
+    from types import SimpleNamespace
+
+    class InterruptedOnce(Future):  # type: ignore[type-arg]
+        waits = 0
+
+        def result(self, timeout: float | None = None) -> bool:
+            self.waits += 1
+            if self.waits == 1:
+                raise KeyboardInterrupt
+            return True
+
+    pending = InterruptedOnce()
+    run = SimpleNamespace(_pending_write=pending)
+    with pytest.raises(KeyboardInterrupt):
+        BatchInspection._wait_for_write(run)  # type: ignore[arg-type]
+    assert BatchInspection._wait_for_write(run) is True  # type: ignore[arg-type]
+    assert pending.waits == 2 and run._pending_write is None
+    # A write that failed is its error once, not again at every wait after it.
+    failed: Future[bool] = Future()
+    failed.set_exception(RuntimeError("disk full"))
+    run._pending_write = failed
+    with pytest.raises(RuntimeError):
+        BatchInspection._wait_for_write(run)  # type: ignore[arg-type]
+    assert BatchInspection._wait_for_write(run) is False
