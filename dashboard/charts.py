@@ -272,19 +272,16 @@ def pareto_figure(rows: list[ParetoRow], highlight: str | None = None) -> go.Fig
 GRID_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 
 
-def latency_figure(histograms: LatencyHistogram | list[LatencyHistogram]) -> go.Figure:
+def latency_figure(histograms: list[LatencyHistogram]) -> go.Figure:
     """Parts per latency bin, binned in the database (`db.queries.latency_histogram`): a
     histogram binned in the browser is sent every part's value, 9.26 MB of JSON at each render
     of a month of 500000 parts (bench/results/history_page_cpu.json). Given one histogram per
     grid (`db.queries.latency_by_grid`), each grid's bars are stacked in a colour of their own,
     named in the legend with its p50 and p99: a part judged in tiles takes longer than one
     judged whole, and mixed they read as a station grown slower."""
-    if isinstance(histograms, list):
-        if len(histograms) > 1:
-            return _latency_by_grid_figure(histograms)
-        histogram = histograms[0] if histograms else LatencyHistogram([], [], _NO_LATENCY)
-    else:
-        histogram = histograms
+    if len(histograms) > 1:
+        return _latency_by_grid_figure(histograms)
+    histogram = histograms[0] if histograms else LatencyHistogram([], [], _NO_LATENCY)
     figure = go.Figure()
     if histogram.counts:
         figure.add_trace(_latency_bars(histogram, "parts", ""))

@@ -801,7 +801,7 @@ def test_figures_are_built_from_plain_data() -> None:
         [ParetoRow("scratch", 3, 0.75, 0.75), ParetoRow("spot", 1, 0.25, 1.0)]
     ).data[1].y == (0.75, 1.0)
     assert latency_figure(
-        LatencyHistogram([5.0, 7.0, 9.0], [1, 2], LatencySummary(3, 7.0, 7.0, 9.0, 9.0, 9.0))
+        [LatencyHistogram([5.0, 7.0, 9.0], [1, 2], LatencySummary(3, 7.0, 7.0, 9.0, 9.0, 9.0))]
     ).layout.shapes
     minutes = minute_volume_figure([MinuteVolume("2026-01-01 08:00", 10, 3, 1)])
     assert [trace.y for trace in minutes.data] == [(6,), (3,), (1,)]  # passed, failed, errors
@@ -813,13 +813,14 @@ def test_the_latency_chart_sends_its_bins_not_every_parts_latency() -> None:
     edges = [5.0 + 2.0 * i for i in range(51)]
     counts = [400] * 50
     summary = LatencySummary(20_000, 55.0, 55.0, 99.0, 103.0, 105.0)
-    figure = latency_figure(LatencyHistogram(edges, counts, summary))
+    figure = latency_figure([LatencyHistogram(edges, counts, summary)])
     [bars] = figure.data
     assert len(bars.x) == 50 and int(sum(bars.y)) == 20_000
     assert bars.customdata[0][0] == 5.0 and bars.customdata[-1][1] == 105.0
     assert [shape.x0 for shape in figure.layout.shapes] == [55.0, 103.0]  # p50, p99
     assert len(figure.to_json()) < 20_000
-    assert not latency_figure(LatencyHistogram([], [], LatencySummary(0, *[None] * 5))).data
+    assert not latency_figure([LatencyHistogram([], [], LatencySummary(0, *[None] * 5))]).data
+    assert not latency_figure([]).data
 
 
 def test_a_rate_panel_with_nothing_to_count_says_so() -> None:

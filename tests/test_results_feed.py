@@ -135,6 +135,18 @@ def _part(i: int) -> PartResult:
     return PartResult(name=f"p{i:04d}.png", content_hash=f"{i:064x}", size_bytes=1, verdict="pass")
 
 
+def _pipe_with_a_reader(folder: Path, pipe_bytes: int | None = None) -> tuple[Path, int]:
+    """A named pipe and its reader's end, opened (non-blocking, so that a writer's open returns)
+    and reading nothing until the test reads it; `pipe_bytes` shrinks the pipe, so that a few
+    lines fill it."""
+    pipe = folder / "feed"
+    os.mkfifo(pipe)
+    reader = os.open(pipe, os.O_RDONLY | os.O_NONBLOCK)
+    if pipe_bytes is not None:
+        fcntl.fcntl(reader, fcntl.F_SETPIPE_SZ, pipe_bytes)
+    return pipe, reader
+
+
 def _read_lines(reader: int, deadline_s: float, until: int | None = None) -> list[dict]:  # type: ignore[type-arg]
     """What a reader holding `reader` (non-blocking) gets until the writer closes (or, waiting
     for a writer to open it again, until `until` lines came): every line must be whole JSON."""
@@ -222,9 +234,7 @@ def test_a_named_pipe_whose_reader_left_is_fed_again_when_a_reader_comes_back(
     """A reader of the named pipe that closes it (a PLC bridge restarted) stopped the run: the
     line stopped judging for it. The station goes on, says so, holds the lines, and the reader
     that opens the pipe again gets them."""
-    pipe = tmp_path / "feed"
-    os.mkfifo(pipe)
-    reader = os.open(pipe, os.O_RDONLY | os.O_NONBLOCK)  # (so that opening to write returns)
+    pipe, reader = _pipe_with_a_reader(tmp_path)  # (so that opening to write returns)
     with within(20):
         feed = ResultsFeed(pipe)
         feed.write(_part(0), "Line 1", "Cam A", 1)
@@ -260,10 +270,7 @@ def test_a_batch_feeding_a_hung_reader_judges_every_part(
     monkeypatch.setattr(results, "HELD_BYTES", 1000, raising=False)
     monkeypatch.setattr(results, "CLOSE_GRACE_S", 0.2, raising=False)
     make_images(tmp_path / "in", n=24)
-    pipe = tmp_path / "feed"
-    os.mkfifo(pipe)
-    reader = os.open(pipe, os.O_RDONLY | os.O_NONBLOCK)  # connected, and reading nothing
-    fcntl.fcntl(reader, fcntl.F_SETPIPE_SZ, 4096)  # (a page: a few lines fill it)
+    pipe, reader = _pipe_with_a_reader(tmp_path, pipe_bytes=4096)  # connected, reading nothing
     # A station still waiting on its hung reader after a minute fails the test, not hangs it:
     # the reader then leaves, which ends a write blocked on it (a signal would not: the write
     # is in the database's writer thread, which the run waits for).
@@ -301,10 +308,7 @@ def test_lines_left_at_the_runs_end_are_not_said_to_be_past_the_bound(
 
     monkeypatch.setattr(results, "CLOSE_GRACE_S", 0.2, raising=False)
     make_images(tmp_path / "in", n=24)
-    pipe = tmp_path / "feed"
-    os.mkfifo(pipe)
-    reader = os.open(pipe, os.O_RDONLY | os.O_NONBLOCK)  # connected, and reading nothing
-    fcntl.fcntl(reader, fcntl.F_SETPIPE_SZ, 4096)  # (a page: a few lines fill it)
+    pipe, reader = _pipe_with_a_reader(tmp_path, pipe_bytes=4096)  # connected, reading nothing
     try:
         result = _batch(tmp_path / "in", "--results", str(pipe))
         lines = _read_lines(reader, 5)
@@ -330,9 +334,7 @@ def test_lines_dropped_past_the_bound_and_left_at_the_end_are_said_apart(
 
     monkeypatch.setattr(results, "HELD_BYTES", 4000, raising=False)
     monkeypatch.setattr(results, "CLOSE_GRACE_S", 0.1, raising=False)
-    pipe = tmp_path / "feed"
-    os.mkfifo(pipe)
-    reader = os.open(pipe, os.O_RDONLY | os.O_NONBLOCK)
+    pipe, reader = _pipe_with_a_reader(tmp_path)
     with within(20):
         feed = ResultsFeed(pipe)
         feed.write(_part(0), "Line 1", "Cam A", 1)
@@ -354,9 +356,7 @@ def test_a_run_feeding_a_named_pipe_says_it_waits_for_its_reader(
 ) -> None:
     """Opening a named pipe to write waits for a reader: the run sat silent at its start."""
     make_images(tmp_path / "in", n=2)
-    pipe = tmp_path / "feed"
-    os.mkfifo(pipe)
-    reader = os.open(pipe, os.O_RDONLY | os.O_NONBLOCK)  # (the PLC bridge, there already)
+    pipe, reader = _pipe_with_a_reader(tmp_path)  # (the PLC bridge, there already)
     try:
         result = _batch(tmp_path / "in", "--results", str(pipe))
         lines = os.read(reader, 1 << 16).decode().splitlines()
@@ -553,9 +553,7 @@ def test_at_the_runs_end_a_reader_that_keeps_taking_lines_is_served_ten_graces_a
     import inspection.results as results
 
     monkeypatch.setattr(results, "CLOSE_GRACE_S", 0.1, raising=False)
-    pipe = tmp_path / "feed"
-    os.mkfifo(pipe)
-    reader = os.open(pipe, os.O_RDONLY | os.O_NONBLOCK)
+    pipe, reader = _pipe_with_a_reader(tmp_path)
     done = threading.Event()
     data = bytearray()
 
@@ -595,9 +593,7 @@ def test_a_run_refused_before_it_begins_closes_its_named_pipe(
     monkeypatch.setenv("DEFECTS_DATABASE_URL", database_url)
     get_settings.cache_clear()
     make_images(tmp_path / "in", n=1)
-    pipe = tmp_path / "feed"
-    os.mkfifo(pipe)
-    reader = os.open(pipe, os.O_RDONLY | os.O_NONBLOCK)  # (so that opening to write returns)
+    pipe, reader = _pipe_with_a_reader(tmp_path)  # (so that opening to write returns)
     try:
         result = _batch(tmp_path / "in", "--results", str(pipe))  # (no model registered)
         assert result.exit_code != 0 and isinstance(result.exception, UserError)
