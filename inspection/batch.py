@@ -478,14 +478,6 @@ def iter_zip(archive_file: Path | BinaryIO, label: str) -> Iterator[SourceItem]:
                     yield SourceItem(name, None, f"bad zip entry: {exc}")
 
 
-def _without_refusal(point: Any) -> Any:
-    """A record's operating point without the pixel limit a refusal for size records beside it
-    (`REFUSED_OVER_KEY`): compared with the point in force, as every other record's is."""
-    if isinstance(point, dict) and REFUSED_OVER_KEY in point:
-        return {k: v for k, v in point.items() if k != REFUSED_OVER_KEY}
-    return point
-
-
 def error_kind(error: str | None) -> str:
     """An error's kind without its particulars ("blank image", "not an image file"), so that a
     camera that sends blank frames stands out in a summary from a few corrupt files."""
@@ -926,7 +918,11 @@ class BatchInspection:
         """Whether a part's stored verdict is the one this station gives now: at its operating
         point, or at the same thresholds in another grid that cuts the part into the very
         tiles this station's grid does, or judges it whole as this one does (a part stamped in
-        another grid was judged again for nothing, its verdict superseded by the same one)."""
+        another grid was judged again for nothing, its verdict superseded by the same one).
+        The pixel limit a refusal for size records beside its point (`REFUSED_OVER_KEY`) is
+        no part of the point: `refused_at_another_limit` reads it."""
+        if isinstance(stored, dict) and REFUSED_OVER_KEY in stored:
+            stored = {k: v for k, v in stored.items() if k != REFUSED_OVER_KEY}
         if stored == self._operating_point:
             return True
         if not isinstance(stored, dict) or width is None or height is None:
@@ -990,7 +986,7 @@ class BatchInspection:
                 )
             ).all()
         points = {
-            digest: self._judged_alike(_without_refusal(stored), width, height)
+            digest: self._judged_alike(stored, width, height)
             and not is_repeated_fault(error)
             # (Refused for its size at another limit: judged at the one in force now.)
             and not refused_at_another_limit(stored, error)
