@@ -1274,28 +1274,60 @@ def _reviewed() -> ColumnElement[bool]:
     return exists().where(Review.part_id == Part.id)
 
 
-def prunable_images(
-    session: Session, before: datetime, keep_failed: bool, keep_reviewed: bool
-) -> Iterator[tuple[int, str]]:
-    """(part id, recorded image path) of the parts last judged before `before` whose image
-    may go: failed parts (the evidence a reviewer looks at) and reviewed ones (the parts a
-    plant retrains on) are left out unless asked. Streamed: a station's year is millions."""
-    conditions = [Part.captured_at < before, Part.stored_path != "", ~_judged_since(before)]
-    if keep_failed:
-        conditions.append(~_failed_now())
-    if keep_reviewed:
-        conditions.append(~_reviewed())
-    query = select(Part.id, Part.stored_path).where(*conditions).order_by(Part.id)
-    for part_id, stored_path in session.execute(query.execution_options(yield_per=2000)):
-        yield int(part_id), str(stored_path)
-
-
-def kept_old_parts(session: Session, before: datetime, keep_failed: bool) -> tuple[int, int]:
-    """Of the parts last judged before `before`: how many failed, and how many more were
-    reviewed (those whose images a prune keeps by default). Where failed parts are not kept,
-    the reviewed count takes in the failed ones reviewed: their images are kept as reviewed."""
+def _old_parts(before: datetime, since: datetime | None) -> list[list[ColumnElement[bool]]]:
+    """The parts last judged before `before`, as one or two disjoint sets of conditions; with
+    `since` (the cut-off of a prune that looked at every part older than it), only those last
+    judged from `since` on. That is exactly what the earlier prune did not look at: a part it
+    saw was captured before `since` and not judged since. The two sets keep each query to a
+    range of an index (parts captured in the window; verdicts given in it) where one OR over
+    an EXISTS would read every part of a station's years, night after night."""
     old = [Part.captured_at < before, Part.stored_path != "", ~_judged_since(before)]
-    failed = session.scalar(select(func.count(Part.id)).where(*old, _failed_now()))
+    if since is None:
+        return [old]
+    judged_in_window = select(Inspection.part_id).where(
+        Inspection.is_current(), Inspection.inspected_at >= since, Inspection.inspected_at < before
+    )
+    return [
+        [*old, Part.captured_at >= since],
+        [*old, Part.captured_at < since, Part.id.in_(judged_in_window)],
+    ]
+
+
+def prunable_images(
+    session: Session,
+    before: datetime,
+    keep_failed: bool,
+    keep_reviewed: bool,
+    since: datetime | None = None,
+) -> Iterator[tuple[int, str]]:
+    """(part id, recorded image path) of the parts last judged before `before` (and, with
+    `since`, from `since` on) whose image may go: failed parts (the evidence a reviewer looks
+    at) and reviewed ones (the parts a plant retrains on) are left out unless asked. Streamed:
+    a station's year is millions."""
+    kept = []
+    if keep_failed:
+        kept.append(~_failed_now())
+    if keep_reviewed:
+        kept.append(~_reviewed())
+    for old in _old_parts(before, since):
+        query = select(Part.id, Part.stored_path).where(*old, *kept).order_by(Part.id)
+        for part_id, stored_path in session.execute(query.execution_options(yield_per=2000)):
+            yield int(part_id), str(stored_path)
+
+
+def kept_old_parts(
+    session: Session, before: datetime, keep_failed: bool, since: datetime | None = None
+) -> tuple[int, int]:
+    """Of the parts last judged before `before` (and, with `since`, from `since` on): how many
+    failed, and how many more were reviewed (those whose images a prune keeps by default).
+    Where failed parts are not kept, the reviewed count takes in the failed ones reviewed:
+    their images are kept as reviewed."""
+    failed = reviewed = 0
     counted_failed = [~_failed_now()] if keep_failed else []
-    reviewed = session.scalar(select(func.count(Part.id)).where(*old, *counted_failed, _reviewed()))
-    return int(failed or 0), int(reviewed or 0)
+    for old in _old_parts(before, since):
+        failed += session.scalar(select(func.count(Part.id)).where(*old, _failed_now())) or 0
+        reviewed += (
+            session.scalar(select(func.count(Part.id)).where(*old, *counted_failed, _reviewed()))
+            or 0
+        )
+    return int(failed), int(reviewed)

@@ -6,16 +6,26 @@ A prune deletes the files of parts last judged before a cut-off, keeping by defa
 failed parts (the evidence a reviewer opens) and of reviewed parts (what a plant retrains on),
 and leaves every verdict, detection and review in the database. It deletes only files inside
 this machine's store, whatever path a part recorded.
+
+A prune runs every night over a store whose older parts earlier prunes have dealt with. It
+notes its cut-off in the store (`LAST_PRUNE_FILE`), and the next looks only at the parts last
+judged since: a station's year holds some 150 million parts, and reading them all again every
+night to find their images gone took ever longer. The note is kept beside the images it speaks
+of (each machine prunes its own store, and a backup of the store carries it), and is used only
+by a prune keeping at least what the noted one kept, on the same database.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
+
+from sqlalchemy.engine import make_url
 
 from db.models import database_utcnow
 from db.queries import kept_old_parts, prunable_images
@@ -26,6 +36,9 @@ from inspection.images import located_image
 # hour old was left by a station killed mid-write. An image written or touched (store_image,
 # for a part judged again) within the hour may be a part's whose verdict is not committed yet.
 PARTIAL_AGE_S = 3600
+
+# In the store's root, where no image is (images are in folders named by their first bytes).
+LAST_PRUNE_FILE = ".last-prune.json"
 
 
 @dataclass
@@ -38,6 +51,67 @@ class PruneReport:
     kept_reviewed: int = 0  # ... and reviewed, not failed
     partials: int = 0  # half-written files of killed stations, deleted
     in_use: int = 0  # images stored or touched within the hour (a part being judged): kept
+    # The cut-off of the last prune, where only the parts last judged since were looked at.
+    since: datetime | None = None
+
+
+@dataclass(frozen=True)
+class _LastPrune:
+    """What a finished prune looked at: every part last judged before `before`, keeping the
+    images of failed and of reviewed parts as told, in `database`'s parts."""
+
+    before: datetime
+    keep_failed: bool
+    keep_reviewed: bool
+    database: str
+
+    def covers(self, keep_failed: bool, keep_reviewed: bool, database: str) -> bool:
+        """A prune deleting what this one kept (failed or reviewed parts' images) looks at the old
+        parts again, as does one on another database."""
+        return (
+            database == self.database
+            and (keep_failed or not self.keep_failed)
+            and (keep_reviewed or not self.keep_reviewed)
+        )
+
+
+def _read_last_prune(images_dir: Path) -> _LastPrune | None:
+    """The note of the last finished prune, or None where there is none (or it is unreadable:
+    then every old part is looked at, as by a first prune)."""
+    try:
+        noted = json.loads((images_dir / LAST_PRUNE_FILE).read_text(encoding="utf-8"))
+        return _LastPrune(
+            datetime.fromisoformat(noted["before"]),
+            bool(noted["keep_failed"]),
+            bool(noted["keep_reviewed"]),
+            str(noted["database"]),
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_last_prune(images_dir: Path, last: _LastPrune) -> None:
+    """Written whole under another name and renamed, so a prune killed while writing it leaves
+    the note before it (and the next prune writes over its half)."""
+    images_dir.mkdir(parents=True, exist_ok=True)
+    partial = images_dir / f"{LAST_PRUNE_FILE}.writing"
+    partial.write_text(
+        json.dumps(
+            {
+                "before": last.before.isoformat(),
+                "keep_failed": last.keep_failed,
+                "keep_reviewed": last.keep_reviewed,
+                "database": last.database,
+            }
+        ),
+        encoding="utf-8",
+    )
+    os.replace(partial, images_dir / LAST_PRUNE_FILE)
+
+
+def _database_named(url: str) -> str:
+    """The database as the note names it: its URL without a password."""
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def prune_images(
@@ -48,20 +122,27 @@ def prune_images(
     keep_reviewed: bool = True,
     dry_run: bool = False,
     on_progress: Callable[[int], None] | None = None,
+    look_at_all: bool = False,
 ) -> PruneReport:
     """Delete the stored images of parts last judged more than `older_than_days` ago (by the
-    database's clock, which stamps the verdicts)."""
+    database's clock, which stamps the verdicts): of those last judged since the last finished
+    prune's cut-off, or of all of them with `look_at_all` (or where no prune noted one)."""
     report = PruneReport()
     store = images_dir.resolve()
     in_use_after = time.time() - PARTIAL_AGE_S
+    database = _database_named(url)
+    last = None if look_at_all else _read_last_prune(images_dir)
+    if last is not None and not last.covers(keep_failed, keep_reviewed, database):
+        last = None
+    report.since = last.before if last is not None else None
     with session_scope(url) as session:
         before = database_utcnow(session) - timedelta(days=older_than_days)
         if keep_failed or keep_reviewed:
-            failed, reviewed = kept_old_parts(session, before, keep_failed)
+            failed, reviewed = kept_old_parts(session, before, keep_failed, report.since)
             report.kept_failed = failed if keep_failed else 0
             report.kept_reviewed = reviewed if keep_reviewed else 0
         for seen, (_, stored_path) in enumerate(
-            prunable_images(session, before, keep_failed, keep_reviewed), start=1
+            prunable_images(session, before, keep_failed, keep_reviewed, report.since), start=1
         ):
             path = located_image(stored_path, images_dir)
             if not path.resolve().is_relative_to(store):
@@ -85,6 +166,13 @@ def prune_images(
             if on_progress and seen % 1000 == 0:
                 on_progress(seen)
     report.partials = _prune_partials(images_dir, dry_run)
+    # (An image kept as in use belongs to a part being judged again, whose new verdict brings
+    # it back into a later window; but if that judging never commits, only the parts this
+    # prune looked at again next time find it, so the cut-off does not move.)
+    if not dry_run and not report.in_use:
+        # (A longer --older-than than the last prune's looked at nothing the last did not.)
+        noted = max(before, last.before) if last is not None else before
+        _write_last_prune(images_dir, _LastPrune(noted, keep_failed, keep_reviewed, database))
     return report
 
 

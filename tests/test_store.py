@@ -18,7 +18,7 @@ from db.session import session_scope
 from inspection.batch import BatchInspection, iter_source
 from inspection.images import store_image
 from inspection.settings import get_settings
-from inspection.store import prune_images
+from inspection.store import LAST_PRUNE_FILE, prune_images
 from tests.conftest import Trained, register_production_detector
 from tests.synthetic import make_images
 from training.cli import app
@@ -112,6 +112,10 @@ def test_prune_images_from_the_command_line(trained: Trained, tmp_path: Path) ->
     one = runner.invoke(app, ["prune-images", "--older-than", "1", "--dry-run"])
     assert "judged over 1 day ago" in " ".join(one.output.split())  # (not "1 days")
     assert "judged over 30 days ago" in " ".join(dry.output.split())
+    since = "looked only at the parts last judged since the last prune's cut-off"
+    assert since in " ".join(one.output.split()) and since not in said
+    again = runner.invoke(app, ["prune-images", "--older-than", "1", "--dry-run", "--all"])
+    assert again.exit_code == 0 and since not in " ".join(again.output.split())
 
 
 def test_an_age_no_calendar_holds_is_refused_in_one_line(tmp_path: Path) -> None:
@@ -136,6 +140,8 @@ def test_an_image_a_station_stores_again_while_a_prune_runs_is_kept(
     store_image(store, plain.name.split(".")[0], "again.png", plain.read_bytes())
     report = prune_images(database_url, store, 30)  # (before the station's commit)
     assert plain.is_file() and (report.deleted, report.in_use) == (0, 1)
+    # (Were the judging never committed, only a prune looking at the part again finds it.)
+    assert not (store / LAST_PRUNE_FILE).exists()
 
 
 def test_a_prune_that_takes_failed_parts_counts_the_reviewed_failures_it_keeps(
@@ -150,3 +156,73 @@ def test_a_prune_that_takes_failed_parts_counts_the_reviewed_failures_it_keeps(
         mark_good(session, failed.one().id, "ana")
     report = prune_images(database_url, store, 30, keep_failed=False, dry_run=True)
     assert (report.deleted, report.kept_failed, report.kept_reviewed) == (1, 0, 2)
+
+
+def _judged_days_ago(url: str, image: Path, judged: float, captured: float | None = None) -> None:
+    """Moves the part of a stored image back in time, its file with it."""
+    with session_scope(url) as session:
+        part = session.scalars(select(Part).where(Part.stored_path == str(image))).one()
+        now = database_utcnow(session)
+        part.captured_at = now - timedelta(days=judged if captured is None else captured)
+        session.execute(
+            update(Inspection)
+            .where(Inspection.part_id == part.id)
+            .values(inspected_at=now - timedelta(days=judged))
+        )
+    then = time.time() - judged * 86400
+    if image.exists():
+        os.utime(image, (then, then))
+
+
+def test_a_nightly_prune_looks_only_at_parts_last_judged_since_the_last_ones_cut_off(
+    database_url: str, trained: Trained, tmp_path: Path
+) -> None:
+    """A prune read every old part again, night after night, to find most images gone: a
+    station's year is some 150 million parts. It now looks at those last judged since the
+    last finished prune's cut-off; `look_at_all` at every one."""
+    store = tmp_path / "store"
+    images = _five_parts(database_url, trained, tmp_path, store)
+    first = prune_images(database_url, store, 30)
+    assert first.since is None and first.deleted == 1 and (store / LAST_PRUNE_FILE).is_file()
+    images["plain"].write_bytes(b"back from a backup")  # (a part the first prune saw)
+    _judged_days_ago(database_url, images["plain"], 40)
+    _judged_days_ago(database_url, images["recent"], 20, captured=50)  # (judged again since)
+    _judged_days_ago(database_url, images["elsewhere"], 20)  # (new since)
+
+    second = prune_images(database_url, store, 10)
+    assert second.since is not None
+    with session_scope(database_url) as session:
+        cut_off = database_utcnow(session) - timedelta(days=30)
+    assert abs(second.since - cut_off) < timedelta(minutes=5)
+    assert (second.deleted, second.elsewhere, second.already_gone) == (1, 1, 0)
+    assert (second.kept_failed, second.kept_reviewed) == (0, 0)  # (seen by the first)
+    assert not images["recent"].exists() and images["plain"].is_file()
+
+    everything = prune_images(database_url, store, 10, look_at_all=True)
+    assert everything.since is None and not images["plain"].exists()
+    assert (everything.deleted, everything.already_gone, everything.elsewhere) == (1, 1, 1)
+    assert (everything.kept_failed, everything.kept_reviewed) == (1, 1)
+
+
+def test_the_last_prunes_cut_off_serves_only_a_prune_deleting_no_more_on_the_same_database(
+    database_url: str, trained: Trained, tmp_path: Path
+) -> None:
+    """A prune that deletes failed or reviewed parts' images, one on another database, and
+    one after a dry run or an unreadable note look at every old part again."""
+    store = tmp_path / "store"
+    images = _five_parts(database_url, trained, tmp_path, store)
+    assert prune_images(database_url, store, 30, dry_run=True).deleted == 1
+    assert not (store / LAST_PRUNE_FILE).exists()  # (a dry run notes nothing)
+    prune_images(database_url, store, 30, keep_reviewed=False)  # (the reviewed part's goes)
+    assert not images["reviewed"].exists()
+    assert prune_images(database_url, store, 30, dry_run=True).since is not None
+    failed = prune_images(database_url, store, 30, keep_failed=False, dry_run=True)
+    assert failed.since is None and failed.deleted == 1  # (the failed part's image)
+
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    upgrade(other)
+    assert prune_images(other, store, 30, dry_run=True).since is None
+    (store / LAST_PRUNE_FILE).write_text("{half a no", encoding="utf-8")
+    unreadable = prune_images(database_url, store, 30)
+    assert unreadable.since is None and (unreadable.already_gone, unreadable.kept_failed) == (1, 1)
+    assert prune_images(database_url, store, 30, dry_run=True).since is not None

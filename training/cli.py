@@ -1720,6 +1720,14 @@ def prune_images_command(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Say what would be deleted; delete nothing.")
     ] = False,
+    look_at_all: Annotated[
+        bool,
+        typer.Option(
+            "--all",
+            help="Look at every old part again, not only those last judged since the last "
+            "prune's cut-off.",
+        ),
+    ] = False,
 ) -> None:
     """Delete old parts' images from this machine's store; verdicts and reviews stay."""
     from tqdm import tqdm
@@ -1736,6 +1744,7 @@ def prune_images_command(
             keep_reviewed=keep_reviewed,
             dry_run=dry_run,
             on_progress=lambda seen: bar.update(seen - bar.n),
+            look_at_all=look_at_all,
         )
     verb = "would delete" if dry_run else "deleted"
     console.print(
@@ -1749,6 +1758,12 @@ def prune_images_command(
         for n, what in ((report.kept_failed, "failed"), (report.kept_reviewed, "reviewed"))
         if n
     ]
+    if report.since is not None:
+        console.print(
+            "looked only at the parts last judged since the last prune's cut-off, "
+            f"{report.since:%Y-%m-%d %H:%M} UTC (--all looks at every old part again)",
+            markup=False,
+        )
     if kept:
         console.print(f"kept the images of {' and '.join(kept)} part(s) that old", markup=False)
     if report.already_gone:
