@@ -371,14 +371,18 @@ def _detectors(tmp_path: Path, versions: dict[str, dict[str, Any]]) -> None:
             )
 
 
+# The operating point `defects calibrate` stores (its figures apart): a version calibrated.
+CALIBRATED = {"per_class": {}, "default": 0.1, "calibration": {"data": "d", "split": "val"}}
+
+
 def test_a_promotion_the_figures_argue_against_is_warned_about(tmp_path: Path) -> None:
     """A detector with mAP50 0.000 and miss rate 1.000 went into production without a word."""
     _detectors(
         tmp_path,
         {
-            "good": {"metrics": {"map50": 0.70, "miss_rate": 0.01}},
-            "broken": {"metrics": {"map50": 0.0, "miss_rate": 1.0}},
-            "unevaluated": {"metrics": {}},
+            "good": {"metrics": {"map50": 0.70, "miss_rate": 0.01}, "thresholds": CALIBRATED},
+            "broken": {"metrics": {"map50": 0.0, "miss_rate": 1.0}, "thresholds": CALIBRATED},
+            "unevaluated": {"metrics": {}, "thresholds": CALIBRATED},
         },
     )
     assert "warning" not in runner.invoke(app, ["models", "promote", "good"]).output
@@ -394,13 +398,13 @@ def test_a_promotion_the_figures_argue_against_is_warned_about(tmp_path: Path) -
 def test_a_promotion_that_drops_classes_says_which(tmp_path: Path) -> None:
     """A detector that no longer knows a class (retired, or renamed) went into production
     without a word: parts whose only defect is of that class pass from then on."""
-    evaluated = {"map50": 0.7, "miss_rate": 0.01}
+    evaluated = {"metrics": {"map50": 0.7, "miss_rate": 0.01}, "thresholds": CALIBRATED}
     _detectors(
         tmp_path,
         {
-            "first": {"classes": ["scratch", "spot"], "metrics": evaluated},
-            "more": {"classes": ["crack", "scratch", "spot"], "metrics": evaluated},
-            "renamed": {"classes": ["crack", "pit", "scratch"], "metrics": evaluated},
+            "first": {"classes": ["scratch", "spot"], **evaluated},
+            "more": {"classes": ["crack", "scratch", "spot"], **evaluated},
+            "renamed": {"classes": ["crack", "pit", "scratch"], **evaluated},
         },
     )
     assert "warning" not in runner.invoke(app, ["models", "promote", "first"]).output
@@ -408,6 +412,29 @@ def test_a_promotion_that_drops_classes_says_which(tmp_path: Path) -> None:
     renamed = " ".join(runner.invoke(app, ["models", "promote", "renamed"]).output.split())
     assert "warning: renamed does not know spot, which more detected" in renamed
     assert "only defects are of these classes now passes" in renamed
+
+
+def test_a_promotion_of_a_version_never_calibrated_says_so(tmp_path: Path) -> None:
+    """A version fresh from training (a fine-tuned one too) judges at the default 0.25 of
+    every class, its miss rate unknown: it replaced a calibrated production model without a
+    word. Thresholds set by hand (the Settings page drops the calibration) are not warned of."""
+    from training.versions import default_thresholds
+
+    evaluated = {"metrics": {"map50": 0.7, "miss_rate": 0.01}, "classes": ["scratch", "spot"]}
+    _detectors(
+        tmp_path,
+        {
+            "calibrated": {**evaluated, "thresholds": CALIBRATED},
+            "fresh": {**evaluated, "thresholds": default_thresholds(["scratch", "spot"])},
+            "by-hand": {**evaluated, "thresholds": {"per_class": {"scratch": 0.4, "spot": 0.3}}},
+        },
+    )
+    assert "warning" not in runner.invoke(app, ["models", "promote", "calibrated"]).output
+    fresh = " ".join(runner.invoke(app, ["models", "promote", "fresh"]).output.split())
+    assert "fresh is now the production detector, replacing calibrated" in fresh
+    assert "warning: fresh was never calibrated: stations judge with it at 0.25" in fresh
+    assert "defects calibrate fresh --data NAME --split val --max-miss-rate" in fresh
+    assert "warning" not in runner.invoke(app, ["models", "promote", "by-hand"]).output
 
 
 def _cli(args: list[str], data_dir: Path) -> subprocess.CompletedProcess[str]:

@@ -32,6 +32,17 @@ def default_thresholds(class_names: list[str]) -> dict[str, Any]:
     return {"per_class": dict.fromkeys(class_names, DEFAULT_CONFIDENCE), "iou": 0.45}
 
 
+def never_calibrated(thresholds: dict[str, Any], class_names: list[str]) -> bool:
+    """Whether an operating point is still the one a version is registered with: no
+    calibration, and every class at the default confidence. Set by hand (the Settings page
+    drops the calibration), the thresholds are someone's choice, and not this."""
+    if thresholds.get("calibration"):
+        return False
+    per_class = thresholds.get("per_class") or {}
+    default = thresholds.get("default", DEFAULT_CONFIDENCE)
+    return all(float(per_class.get(c, default)) == DEFAULT_CONFIDENCE for c in class_names)
+
+
 def _claim_version_folder(session: Session, models_dir: Path, base: str) -> tuple[str, Path]:
     """The first of `base`, `base-2`, ... that no version is named and whose folder this
     process creates itself: two trainings registered in the same second (two stations' jobs)
@@ -112,6 +123,7 @@ def promotion_warnings(url: str, name: str, replaced: str | None) -> list[str]:
         old = get_model_version(session, replaced) if replaced else None
         old_metrics = dict(old.metrics or {}) if old else {}
         same_data = old is not None and old.dataset_id == new.dataset_id
+        uncalibrated = never_calibrated(dict(new.thresholds or {}), list(new.classes or []))
         # Classes the replaced detector found that this one does not know (retired, renamed).
         dropped = [c for c in (old.classes if old else []) if c not in (new.classes or [])]
     map50 = metrics.get("map50", metrics.get("val_map50"))
@@ -125,6 +137,14 @@ def promotion_warnings(url: str, name: str, replaced: str | None) -> list[str]:
         warnings.append(f"{name} has mAP50 {map50:.3f}: it finds almost nothing")
     if metrics.get("miss_rate") == 1.0:
         warnings.append(f"{name} missed every defective part of its evaluation")
+    if uncalibrated:
+        # (A fine-tuned version does not take its base's thresholds: its scores are its own.)
+        warnings.append(
+            f"{name} was never calibrated: stations judge with it at {DEFAULT_CONFIDENCE} for "
+            "every class, at a miss rate nobody measured; `defects calibrate "
+            f"{name} --data NAME --split val --max-miss-rate RATE` (or the Settings page) "
+            "sets its thresholds for a miss-rate target"
+        )
     # (Test figures of both, on the same data: a val figure against a test one says nothing.)
     test_map50, old_map50 = metrics.get("map50"), old_metrics.get("map50")
     if (
