@@ -414,3 +414,63 @@ def test_a_part_image_recorded_elsewhere_is_found_in_this_store_by_its_name(
         assert located_image(recorded, store) == store / "ab" / "abcd.png"
     gone = "/plant/data/images/ab/ef01.png"
     assert located_image(gone, store) == Path(gone)  # named where it was expected
+
+
+def test_a_backtest_leaves_out_the_reviewed_parts_the_candidate_was_trained_on(
+    reviewed: str, trained: Trained, tmp_path: Path
+) -> None:
+    """A candidate fine-tuned on an export of reviews was backtested on every reviewed part,
+    its own training and validation images among them: scored on what it learned, it looked
+    better than the production model's recorded verdicts on the same parts. The parts of the
+    train and val splits it (or a version it was fine-tuned from) learned on are left out of
+    both figures."""
+    from db.models import ModelKind
+    from tests.synthetic import write_splits, write_voc
+    from training.datasets import import_dataset
+    from training.versions import register_model_version
+
+    images = write_voc(tmp_path / "voc", n=12)  # (its own files: none of them a reviewed part)
+    with session_scope(reviewed) as session:
+        import_dataset(
+            session,
+            "voc",
+            tmp_path / "voc",
+            "imported",
+            tmp_path / "datasets",
+            write_splits(tmp_path / "splits", images),
+            CLASSES,
+        )
+        report = export_reviews(session, "week-1", CLASSES, tmp_path / "datasets")
+        datasets = {d.name: d for d in session.scalars(select(Dataset))}
+        for name, notes in (("retrained", ""), ("again", "fine-tuned from retrained")):
+            register_model_version(
+                session,
+                trained.weights,
+                tmp_path / "models",
+                kind=ModelKind.DETECTOR,
+                architecture="defect-yolo-n",
+                class_names=CLASSES,
+                image_size=64,
+                name=name,
+                dataset=datasets["week-1" if name == "retrained" else "imported"],
+                notes=notes,
+            )
+    counts = report.split_counts
+    assert counts["train"]["images"] + counts["val"]["images"] == 4  # (a few: none to test)
+    with pytest.raises(UserError, match="every reviewed part is in the train or val split"):
+        backtest(reviewed, "retrained")
+    # A part reviewed after the export: the one a backtest of the retrained model can score.
+    make_images(tmp_path / "later", n=1, seed=33)
+    BatchInspection(reviewed, tmp_path / "store", "L", "S").run(
+        iter_source(str(tmp_path / "later"))
+    )
+    with session_scope(reviewed) as session:
+        mark_good(session, max(session.scalars(select(Inspection.part_id))), "ana")
+    for candidate in ("retrained", "again"):  # (its base's training data, learned too)
+        result = backtest(reviewed, candidate)
+        assert (result.parts, result.learned, result.unreadable) == (1, 4, 0)
+        assert result.learned_from == ["week-1"]
+        with session_scope(reviewed) as session:
+            recorded = recorded_rates(session, leaving_out=result.learned_parts)
+        assert (recorded.n_defective, recorded.n_good) == (0, 1)
+    assert backtest(reviewed, "tiny").learned == 0  # trained on no export of these reviews

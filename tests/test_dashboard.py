@@ -1543,6 +1543,51 @@ def test_a_backtest_says_which_reviewed_parts_it_could_not_read(
     assert "1 of 2 reviewed parts are not in the backtest" in at.warning[0].value
 
 
+def test_a_backtest_leaves_out_the_parts_the_candidate_learned_from(
+    production: str, trained: Trained, tmp_path: Path
+) -> None:
+    """A candidate retrained on an export of the reviews was scored on its own training
+    images beside the production model's recorded verdicts on every reviewed part. Both rows
+    now count the parts reviewed since (here one), and the page says how many were left out."""
+    from db.models import Dataset, ModelKind
+    from db.reviews import mark_good
+    from training.backtest import export_reviews
+    from training.versions import register_model_version
+
+    at = _app().run()
+    at.file_uploader(key="inspect_files").set_value(_png_files(tmp_path, 3, 3)).run()
+    with session_scope(production) as session:
+        for part_id in session.scalars(select(Part.id)):
+            mark_good(session, part_id, "ana")
+        report = export_reviews(session, "week-1", CLASSES, get_settings().datasets_dir)
+        register_model_version(
+            session,
+            trained.weights,
+            get_settings().models_dir,
+            kind=ModelKind.DETECTOR,
+            architecture="defect-yolo-n",
+            class_names=CLASSES,
+            image_size=64,
+            name="retrained",
+            dataset=session.scalars(select(Dataset).where(Dataset.name == "week-1")).one(),
+        )
+    learned = report.split_counts["train"]["images"] + report.split_counts["val"]["images"]
+    at.file_uploader(key="inspect_files").set_value(_png_files(tmp_path, 1, 4)).run()
+    with session_scope(production) as session:
+        mark_good(session, max(session.scalars(select(Part.id))), "ana")
+    at.switch_page("views/models.py").run()
+    at.selectbox(key="backtest_choice").set_value("retrained").run()
+    next(b for b in at.button if b.label == "Run backtest").click().run()
+    assert not at.exception, at.exception
+    table = at.dataframe[1].value
+    scored = 4 - learned
+    assert table["false calls"].str.endswith(f" of {scored}").tolist() == [True, True]
+    assert any(
+        f"{learned} reviewed parts are in neither row" in c.value and plain("week-1") in c.value
+        for c in at.caption
+    )
+
+
 def _training_refused(at: AppTest, dataset: str) -> str:
     """Start training on `dataset` from the Models page, expected refused at once (nothing
     started): the error said."""

@@ -6,7 +6,8 @@ see the miss and false-call rates it would have had on the parts people have alr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -41,6 +42,9 @@ from training.datasets import (
     ImportReport,
     LabeledImage,
     fill_splits,
+    located_dataset,
+    split_image_paths,
+    tile_origins,
     write_dataset,
 )
 from training.evaluate import PartRates, part_rates
@@ -53,22 +57,86 @@ class Backtest:
     rates: PartRates
     parts: int
     unreadable: int
+    # Reviewed parts left out as the model learned them (train or val of its data), by id.
+    learned_parts: frozenset[int] = field(default_factory=frozenset)
+    learned_from: list[str] = field(default_factory=list)  # the datasets they are in
+
+    @property
+    def learned(self) -> int:
+        return len(self.learned_parts)
+
+
+# How `train detector --from` notes a version's base (training/train_detector.py).
+_BASE_NOTE = re.compile(r"fine-tuned from (\S+?)(?:;|$)")
+
+
+def _learned_images(session: Session, version: ModelVersion) -> dict[str, set[str]]:
+    """The stems of the images in the train and val splits of the datasets `version` learned
+    from (its own, and those of the versions it was fine-tuned from), by dataset. An export of reviews names each image by its part's content hash, as the image
+    store does, so a reviewed part it holds is known by that stem. (A dataset imported from
+    files keeps their own names, and is not matched.)"""
+    learned: dict[str, set[str]] = {}
+    seen: set[int] = set()
+    current: ModelVersion | None = version
+    while current is not None and current.id not in seen:
+        seen.add(current.id)
+        dataset = current.dataset
+        if dataset is not None and dataset.name not in learned:
+            root = located_dataset(dataset.root_path)
+            stems = learned.setdefault(dataset.name, set())
+            try:
+                origins = tile_origins(root)
+                for split in ("train", "val"):
+                    images = split_image_paths(root, split)
+                    if origins is None:
+                        stems.update(image.stem for image in images)
+                    else:
+                        stems.update(
+                            Path(origins[i.name].part).stem for i in images if i.name in origins
+                        )
+            except UserError:
+                pass  # (its files gone: nothing of it to leave out here)
+        base = _BASE_NOTE.search(current.notes or "")
+        current = (
+            session.scalars(select(ModelVersion).where(ModelVersion.name == base[1])).first()
+            if base
+            else None
+        )
+    return learned
 
 
 def backtest(url: str, model: str) -> Backtest:
-    """The verdicts `model` gives the reviewed parts, scored against the reviews."""
+    """The verdicts `model` gives the reviewed parts, scored against the reviews.
+
+    The parts it learned from (the train and val splits of an export of these reviews it, or
+    a version it was fine-tuned from, was trained on) are left out: scored on them, a
+    retrained candidate looked better than the production model whose recorded verdicts it
+    is set beside. Give `recorded_rates` the same `learned_parts`."""
     with session_scope(url) as session:
         version = get_model_version(session, model)
         if version.kind != ModelKind.DETECTOR:
             raise UserError("backtests run on detectors")
-        truths = reviewed_parts(session)
+        every = reviewed_parts(session)
+        by_dataset = _learned_images(session, version)
+        stem = {t.part_id: Path(t.stored_path).stem for t in every}
+        learned_from = [n for n, stems in by_dataset.items() if stems & set(stem.values())]
+        learned = frozenset(
+            p for p, s in stem.items() if any(s in stems for stems in by_dataset.values())
+        )
+        truths = [t for t in every if t.part_id not in learned]
         weights, thresholds, name = weights_file(version), dict(version.thresholds), version.name
         classifier_name = (thresholds.get("classifier") or {}).get("version")
         classifier = (
             weights_file(get_model_version(session, classifier_name)) if classifier_name else None
         )
-    if not truths:
+    if not every:
         raise UserError("no reviewed parts yet: review some parts first")
+    if not truths:
+        raise UserError(
+            f"every reviewed part is in the train or val split of {', '.join(learned_from)}, "
+            f"which {name} learned from: scored on them it would look better than it is; "
+            "review more parts, or compare on a test split (`defects evaluate`)"
+        )
     located = {t.part_id: located_image(t.stored_path) for t in truths}
     readable = [t for t in truths if t.stored_path and located[t.part_id].is_file()]
     inspector = Inspector.from_weights(weights, thresholds, classifier_weights=classifier)
@@ -85,13 +153,27 @@ def backtest(url: str, model: str) -> Backtest:
         for t, r in zip(readable, results, strict=True)
         if r.verdict != "error"
     ]
-    return Backtest(name, part_rates(outcomes), len(outcomes), len(truths) - len(outcomes))
+    return Backtest(
+        name,
+        part_rates(outcomes),
+        len(outcomes),
+        len(truths) - len(outcomes),
+        learned,
+        learned_from if learned else [],
+    )
 
 
-def recorded_rates(session: Session, model: ModelVersion | None = None) -> PartRates:
-    """The rates the recorded verdicts (of the production model by default) had on reviewed parts."""
+def recorded_rates(
+    session: Session,
+    model: ModelVersion | None = None,
+    leaving_out: frozenset[int] = frozenset(),
+) -> PartRates:
+    """The rates the recorded verdicts (of the production model by default) had on reviewed
+    parts, but those `leaving_out` (a backtest's `learned_parts`: the same parts as it)."""
     model = model or production_model(session, ModelKind.DETECTOR)
-    truth = {t.part_id: t.defective for t in reviewed_parts(session)}
+    truth = {
+        t.part_id: t.defective for t in reviewed_parts(session) if t.part_id not in leaving_out
+    }
     query = select(Inspection.part_id, Inspection.verdict).where(
         Inspection.part_id.in_(list(truth)),
         Inspection.verdict != Verdict.ERROR,

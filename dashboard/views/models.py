@@ -160,7 +160,8 @@ if candidates:
             with st.spinner("Inspecting the reviewed parts..."):
                 result = backtest(state.url, candidate)
             with session_scope(state.url) as session:
-                current = recorded_rates(session)
+                # (Over the same parts: those the candidate learned from are in neither row.)
+                current = recorded_rates(session, leaving_out=result.learned_parts)
             table = pd.DataFrame(
                 [
                     {
@@ -180,6 +181,12 @@ if candidates:
                 ]
             )
             st.dataframe(table, hide_index=True)
+            if result.learned:
+                st.caption(
+                    f"{result.learned} reviewed parts are in neither row: they are in the "
+                    f"train or val split of {plain(', '.join(result.learned_from))}, which "
+                    f"{plain(candidate)} learned from."
+                )
             if result.unreadable:
                 # (Counted silently, the two rows were over different parts: "1 of 25" beside
                 # the History page's "1 of 26", and nothing said why.)
