@@ -402,12 +402,21 @@ class ParallelInspection:
         # Workers start as fresh interpreters: CUDA cannot be used in a forked child, and a
         # fork server would hand them the environment (DEFECTS_* settings) of its own start.
         context = multiprocessing.get_context("spawn")
-        self._parts = [
-            context.Queue(maxsize=QUEUE_PER_WORKER // DEAL_BATCH) for _ in range(self.workers)
-        ]
-        # A channel back from each worker: one killed while sending spoils only its own.
-        self._channels = [context.Pipe(duplex=False) for _ in range(self.workers)]
-        self._stopping = context.Event()
+        try:
+            # (One at a time, so that those made before a refusal are closed with the run.)
+            for _ in range(self.workers):
+                self._parts.append(context.Queue(maxsize=QUEUE_PER_WORKER // DEAL_BATCH))
+                # A channel back from each worker: one killed while sending spoils only its own.
+                self._channels.append(context.Pipe(duplex=False))
+            self._stopping = context.Event()
+        except Exception as exc:
+            # (Too many open files, no semaphores left: the OS's error, before any worker.)
+            self._abandon_start([])
+            raise UserError(
+                f"could not make the queues and pipes of {self.workers} worker processes "
+                f"({_reason(exc)}); nothing was inspected: run it again with fewer --workers, "
+                "or without"
+            ) from exc
         # Not daemons: a worker may decode in processes of its own (DEFECTS_PREPARE_PROCESSES);
         # `run` (or `close`) joins them, or stops them, however it ends.
         launched_at = time.time()
@@ -442,11 +451,11 @@ class ParallelInspection:
             ) from exc
 
     def _abandon_start(self, started: list[multiprocessing.process.BaseProcess]) -> None:
-        """A start refused part-way (too many processes, out of memory, a job that cannot be
-        pickled): the workers already started are killed, since none was dealt a part or
-        wrote a row (`close` joined the one never started: "can only join a started process"),
-        the queues and pipes closed, and the run that never began removed, as one whose model
-        would not load is."""
+        """A start refused part-way (too many processes or open files, out of memory, a job
+        that cannot be pickled): the workers already started, if any, are killed, since none
+        was dealt a part or wrote a row (`close` joined the one never started: "can only join
+        a started process"), the queues and pipes made so far closed, and the run that never
+        began removed, as one whose model would not load is."""
         if self._stopping is not None:
             self._stopping.set()
         for process in started:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import multiprocessing
 import os
@@ -116,6 +117,36 @@ def test_a_worker_that_cannot_be_started_leaves_no_worker_and_no_run(
             process.join()
     assert "\n" not in str(raised.value) and "Resource temporarily unavailable" in str(raised.value)
     assert job.processes == [] and left == []
+    job.close()  # (the CLI's, however the start ended)
+    with session_scope(detector) as session:
+        assert session.scalar(select(func.count(InspectionRun.id))) == 0
+
+
+def test_queues_or_pipes_that_cannot_be_made_leave_no_run_and_no_open_file(
+    detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second worker's pipe refused as the OS refuses it past the open-file limit: before
+    any worker starts, the reason is one line, the run that never began is removed (it stood
+    open, with no part, as the station's latest), and the queue and pipe already made are
+    closed."""
+    job = ParallelInspection(detector, tmp_path / "store", "L", "S", workers=2)
+    context = multiprocessing.get_context("spawn")
+    real_pipe = context.Pipe
+    pipes = [0]
+
+    def refused(duplex: bool = True) -> tuple[object, object]:
+        pipes[0] += 1
+        if pipes[0] == 2:
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        return real_pipe(duplex)
+
+    monkeypatch.setattr(context, "Pipe", refused)
+    open_before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(UserError, match="could not make the queues and pipes") as raised:
+        job.start()
+    assert "\n" not in str(raised.value) and "Too many open files" in str(raised.value)
+    assert pipes[0] == 2 and job.processes == [] and multiprocessing.active_children() == []
+    assert len(os.listdir("/proc/self/fd")) <= open_before
     job.close()  # (the CLI's, however the start ended)
     with session_scope(detector) as session:
         assert session.scalar(select(func.count(InspectionRun.id))) == 0
