@@ -804,6 +804,8 @@ class BatchInspection:
         # race with another station: `+=` on an attribute is no single step, and one was lost.)
         self._skipping = Lock()
         self._on_recorded: OnRecorded | None = None  # (the run's, for its chunks' writes)
+        # Whether `_on_recorded` is told the repeats of each chunk (see `run`).
+        self._repeats_told = False
 
     def _check_classes(self, inspector: Inspector, close: bool = True) -> None:
         """The model that judges must name the version's classes: a stale or foreign .onnx
@@ -1005,6 +1007,7 @@ class BatchInspection:
         finish: bool = True,
         on_skipped: Callable[[int], None] | None = None,
         on_recorded: OnRecorded | None = None,
+        repeats: bool = True,
     ) -> BatchSummary:
         """Inspect what is new among `items`, writing one transaction per chunk, and mark the
         run finished at the end unless `finish` is False (a watch, whose run goes on).
@@ -1014,7 +1017,8 @@ class BatchInspection:
         reaches its end (with `on_result` alone it stopped at the share judged now).
         `on_recorded` hears of each chunk once it is committed, in the writer thread (the
         results feed): a part judged now but not recorded (a crash, a database gone) is never
-        told there.
+        told there. With `repeats` False it is told no repeats (always an empty list), and they
+        are not worked out: a worker of a run without a feed, which tells its results alone.
 
         A chunk's write (image files, then one commit) runs in a writer thread while the next
         chunk is inspected; at most one write is in flight, and `run` returns once it is done.
@@ -1022,6 +1026,7 @@ class BatchInspection:
         whole = finish  # (a run of its own, not one look of a watch)
         finish = finish and self.owns_run
         self._on_recorded = on_recorded
+        self._repeats_told = on_recorded is not None and repeats
         started = time.perf_counter()
         chunk: list[SourceItem] = []
         chunk_bytes = 0
@@ -1130,7 +1135,7 @@ class BatchInspection:
             if digest in done or digest in queued:
                 self._count_skipped(1)
                 skipped += 1
-                if self._on_recorded is not None:
+                if self._repeats_told:
                     repeats.append(self._repeat(item, digest, queued))
                 continue
             queued.add(digest)
@@ -1143,7 +1148,7 @@ class BatchInspection:
             if digest in done or digest in queued:
                 self._count_skipped(1)
                 skipped += 1
-                if self._on_recorded is not None:
+                if self._repeats_told:
                     repeats.append(self._repeat(item, digest, queued))
                 continue
             queued.add(digest)
@@ -1313,11 +1318,12 @@ class BatchInspection:
                 kept, rejudged = self._after_a_race(results)
                 # (A file whose part the other station recorded gets that verdict as its line.)
                 kept_hashes = {r.content_hash for r in kept}
-                repeats = repeats + [
-                    Repeat(r.name, r.content_hash, wanted=True)
-                    for r in results
-                    if r.content_hash not in kept_hashes
-                ]
+                if self._repeats_told:
+                    repeats = repeats + [
+                        Repeat(r.name, r.content_hash, wanted=True)
+                        for r in results
+                        if r.content_hash not in kept_hashes
+                    ]
                 results = kept
         for result in results:
             self.summary.inspected += 1

@@ -87,6 +87,9 @@ class WorkerJob:
     # wrote, once written.
     move_judged: tuple[str, str] | None = None
     tile: TileChoice = "model"  # --tile: the grid large parts are judged in
+    # Whether the worker works out and tells the repeats of its chunks: only the results feed
+    # writes them, and each chunk with parts judged before costs a query of their records.
+    repeats: bool = False
 
 
 def share_cores(cores: list[int], workers: int) -> list[tuple[int, ...] | None]:
@@ -272,7 +275,10 @@ def _worker(
     try:
         # (Parts judged before are told at once, a count a chunk: the dealer's progress.)
         summary = share.run(
-            dealt(), on_skipped=lambda n: tell("skipped", n), on_recorded=on_recorded
+            dealt(),
+            on_skipped=lambda n: tell("skipped", n),
+            on_recorded=on_recorded,
+            repeats=job.repeats,
         )
     except KeyboardInterrupt:  # (what was committed was told by the writer thread)
         tell("stopped", share.summary)
@@ -373,6 +379,7 @@ class ParallelInspection:
         self._stopping: ProcessEvent | None = None
         self._ran = False
         self._on_recorded: OnRecorded | None = None  # (the run's: the results feed)
+        self._repeats = False  # (whether the workers were started to tell repeats)
         # Seconds from the workers' start to each one's model loaded: the price of a fresh
         # interpreter per worker, paid once per run, shown so that it is not mistaken for a slow line.
         self.ready_after_s: list[float] = []
@@ -393,12 +400,15 @@ class ParallelInspection:
         self.moments: dict[str, float] = {}
         self.dealer_wait: tuple[float, float] | None = None  # (None: dealing broke off)
 
-    def start(self) -> None:
+    def start(self, repeats: bool = False) -> None:
         """Start the worker processes, which then import and load the model (seconds each):
         a caller with work of its own before `run` (listing a large folder) does it meanwhile,
-        and calls `close` however it ends. `run` starts them if this has not."""
+        and calls `close` however it ends. `run` starts them if this has not. `repeats`: the
+        run's `on_recorded` is to hear repeats (a results feed); without, the workers do not
+        work them out."""
         if self.processes:
             return
+        self._repeats = repeats
         # Workers start as fresh interpreters: CUDA cannot be used in a forked child, and a
         # fork server would hand them the environment (DEFECTS_* settings) of its own start.
         context = multiprocessing.get_context("spawn")
@@ -425,7 +435,7 @@ class ParallelInspection:
             context.Process(
                 target=_worker,
                 args=(
-                    dataclasses.replace(job, launched_at=launched_at),
+                    dataclasses.replace(job, launched_at=launched_at, repeats=repeats),
                     self._parts[i],
                     self._channels[i][1],
                     self._stopping,
@@ -530,7 +540,10 @@ class ParallelInspection:
         self._on_recorded = on_recorded
         if self._ran:
             raise RuntimeError("a ParallelInspection runs once")
-        self.start()
+        if self.processes and on_recorded is not None and not self._repeats:
+            # (Its repeats would be missing without a word: a feed's lines lost.)
+            raise RuntimeError("workers started without repeats: start(repeats=True)")
+        self.start(repeats=on_recorded is not None)
         self._ran = True
         parts, channels = self._parts, self._channels
         started = self.moments["launched"]

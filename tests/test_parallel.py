@@ -195,6 +195,29 @@ def test_workers_write_what_one_process_writes_into_one_run(
     assert sum(told) == 15
 
 
+def test_workers_of_a_run_without_a_feed_work_out_no_repeats(
+    detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A copy in the batch is a repeat, which only the results feed writes: without it
+    (`on_recorded` not given), workers looked up its record anyway and sent it to the dealer,
+    which dropped it. (With a feed, the copy's line: test_results_feed.py, --workers 2.)"""
+    make_images(tmp_path / "in", n=4, size=64)
+    (tmp_path / "in" / "part_004.png").write_bytes((tmp_path / "in" / "part_000.png").read_bytes())
+    heard: list[str] = []  # each kind of message the dealer takes from a worker
+    real_recv = multiprocessing.connection.Connection.recv
+
+    def recv(self: multiprocessing.connection.Connection) -> object:
+        message = real_recv(self)
+        heard.append(message[0])
+        return message
+
+    monkeypatch.setattr(multiprocessing.connection.Connection, "recv", recv)
+    job = ParallelInspection(detector, tmp_path / "store", "L", "S", workers=2)
+    summary = job.run(iter_source(str(tmp_path / "in")))
+    assert (summary.inspected, summary.skipped) == (4, 1)
+    assert "results" in heard and "repeats" not in heard
+
+
 def _weights(url: str) -> str:
     from db.models import ModelVersion
 

@@ -543,6 +543,54 @@ def test_a_run_started_again_reads_no_detections_of_the_parts_it_skips(
     assert not [s for s in statements if "FROM predictions" in s]
 
 
+def test_a_run_told_no_repeats_works_none_out(station: str, tmp_path: Path) -> None:
+    """A worker of a run without a feed tells its results alone: it looked up the records of
+    every chunk's repeats (a copy, a part judged before) for lines nobody would write. Told no
+    repeats, it runs no such query; told them, the copy's line is the original's verdict."""
+    make_images(tmp_path / "in", n=3)
+    assert _batch(tmp_path / "in").exit_code == 0  # (judged before: skipped parts below)
+    statements: list[str] = []
+
+    def seen(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
+        statements.append(statement)
+
+    def judged(folder: Path, seed: int, repeats: bool) -> tuple[list[PartResult], ...]:
+        """Two new parts, a copy of the first and two parts the earlier run recorded."""
+        make_images(folder, n=2, seed=seed)
+        (folder / "part_002.png").write_bytes((folder / "part_000.png").read_bytes())  # (read last)
+        for name in ("part_000.png", "part_001.png"):
+            (folder / f"old-{name}").write_bytes((tmp_path / "in" / name).read_bytes())
+        recorded: list[PartResult] = []
+        told: list[PartResult] = []
+        statements.clear()
+        job = BatchInspection(station, tmp_path / "store", "Line 1", "Cam A")
+        event.listen(Engine, "before_cursor_execute", seen)
+        try:
+            summary = job.run(
+                iter_source(str(folder)),
+                on_recorded=lambda done, again: (recorded.extend(done), told.extend(again)),
+                repeats=repeats,
+            )
+        finally:
+            event.remove(Engine, "before_cursor_execute", seen)
+            job.inspector.close()
+        assert (summary.inspected, summary.skipped) == (2, 3)
+        return recorded, told
+
+    # (The look-up of the repeats' records: the one statement that reads the parts' sizes.)
+    def looked_up() -> list[str]:
+        return [s for s in statements if "parts.size_bytes" in s]
+
+    recorded, told = judged(tmp_path / "new", 7, repeats=False)
+    assert len(recorded) == 2 and told == [] and looked_up() == []
+    recorded, told = judged(tmp_path / "newer", 9, repeats=True)
+    assert len(looked_up()) == 1  # (one query for the chunk's repeats)
+    original = {r.name: r for r in recorded}["part_000.png"]
+    assert [(r.name, r.content_hash, r.verdict) for r in told] == [
+        ("part_002.png", original.content_hash, original.verdict)
+    ]
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
 def test_at_the_runs_end_a_reader_that_keeps_taking_lines_is_served_ten_graces_at_most(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

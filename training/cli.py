@@ -1462,7 +1462,9 @@ def batch_command(
                 f"inspecting with {job.model_name}{named} in {workers} worker processes",
                 markup=False,
             )
-            job.start()  # their seconds of start-up pass while the folder is listed
+            # (Their seconds of start-up pass while the folder is listed; only a feed needs
+            # the repeats worked out.)
+            job.start(repeats=feed is not None)
         else:
             job = BatchInspection(url, settings.images_dir, line, station, mover=mover, **options)
             console.print(
