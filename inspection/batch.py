@@ -77,6 +77,7 @@ from inspection.images import (
     refused_at_another_limit,
 )
 from inspection.judged import JudgedMover, Move, Stamp, stamp_of
+from inspection.results import shown_latency
 from inspection.settings import get_settings, same_place_under
 from inspection.tiling import TileSpec, TileSpecError, judged_tiles
 from inspection.verdict import Detection, Thresholds
@@ -1667,7 +1668,9 @@ def export_run_csv(
                     row.verdict,
                     spreadsheet_text(row.defects),
                     f"{row.max_confidence:.4f}",
-                    f"{row.latency_ms:.2f}" if row.latency_ms is not None else "",
+                    # (To 0.1 ms, as the results feed and `inspect --json` give it: one part's
+                    # latency read 12.35 here and 12.3 there.)
+                    "" if row.latency_ms is None else shown_latency(row.latency_ms),
                     spreadsheet_text(row.error),
                     # Stored in UTC: said so, as `defects status --json` does (a station
                     # on local time read it as its own).

@@ -15,14 +15,16 @@ import time
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from typer.testing import CliRunner
 
 from db.models import Inspection, ModelVersion, Part, Verdict
 from db.session import session_scope
 from inspection.batch import WRITE_NOW, BatchInspection, SourceItem, folder_files, iter_source
+from inspection.engine import PartResult
 from inspection.errors import UserError
 from inspection.settings import get_settings
 from tests.conftest import Trained, register_production_detector, unlistable, within
@@ -1676,6 +1678,41 @@ def test_a_runs_csv_says_its_times_are_utc(detector: str, tmp_path: Path) -> Non
         written = datetime.fromisoformat(row["inspected_at"])
         assert written.utcoffset() == timedelta(0)
         assert abs(datetime.now(UTC) - written) < timedelta(minutes=10)
+
+
+def test_a_runs_csv_gives_latency_as_the_results_feed_does(detector: str, tmp_path: Path) -> None:
+    """`--export csv` wrote a part's latency to 0.01 ms, the results feed and `inspect --json`
+    to 0.1 ms: one part read 12.35 in one and 12.3 in the other."""
+    import csv
+
+    from inspection.batch import export_run_csv
+    from inspection.results import result_line, shown_latency
+
+    make_images(tmp_path / "in", n=2)
+    (tmp_path / "in" / "notes.txt").write_bytes(b"not an image")
+    job = BatchInspection(detector, tmp_path / "store", "L", "S")
+    lines: dict[str, Any] = {}
+
+    def on_recorded(recorded: list[PartResult], repeats: list[PartResult]) -> None:
+        for result in recorded:
+            lines[result.name] = result_line(result, "L", "S", job.run_id, len(lines) + 1)
+
+    job.run(iter_source(str(tmp_path / "in")), on_recorded=on_recorded)
+    job.inspector.close()
+    with session_scope(detector) as session:  # (a figure whose rounding shows)
+        part = session.scalars(select(Part).where(Part.original_name == "part_000.png")).one()
+        session.execute(
+            update(Inspection).where(Inspection.part_id == part.id).values(latency_ms=12.3456)
+        )
+    lines["part_000.png"]["latency_ms"] = shown_latency(12.3456)
+    path = tmp_path / "run.csv"
+    assert export_run_csv(detector, job.run_id, path) == 3
+    written = {row["part"]: row["latency_ms"] for row in csv.DictReader(path.open(newline=""))}
+    assert written["part_000.png"] == "12.3"
+    assert written == {
+        name: "" if line["latency_ms"] is None else json.dumps(line["latency_ms"])
+        for name, line in lines.items()
+    }
 
 
 def test_a_runs_csv_runs_no_formula_in_a_spreadsheet(detector: str, tmp_path: Path) -> None:
