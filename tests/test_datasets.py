@@ -416,6 +416,66 @@ def test_a_jpeg_cut_short_is_left_out_as_stations_refuse_it(session, tmp_path: P
     assert report.n_images == 3
 
 
+def test_a_png_cut_short_or_damaged_is_left_out_with_its_file_and_why(
+    session, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A PNG is refused at import when its chunks do not read whole to their end: cut in its
+    pixel data, cut before its end chunk, or a byte of its pixel data changed (its CRC)."""
+    src = tmp_path / "src"
+    images = write_yolo(src, n=5)
+    paths = [next(src.rglob(image.name)) for image in images[:3]]
+    data = paths[0].read_bytes()
+    paths[0].write_bytes(data[: len(data) // 2])
+    paths[1].write_bytes(data[: data.index(b"IEND") - 4])
+    damaged = bytearray(paths[2].read_bytes())
+    damaged[damaged.index(b"IDAT") + 10] ^= 0xFF
+    paths[2].write_bytes(bytes(damaged))
+    report = import_dataset(session, "yolo", src, "cut", tmp_path / "ds", classes=CLASSES)
+    reasons = {Path(issue.file).name: issue.reason for issue in report.issues}
+    assert sorted(reasons) == sorted(path.name for path in paths)
+    assert all(reason.startswith("unreadable image (") for reason in reasons.values()), reasons
+    assert report.n_images == 2
+
+
+def test_a_png_without_exif_in_its_header_is_not_read_whole_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """To look for an eXIf chunk after its pixel data, every PNG without EXIF in its header
+    was read into memory whole once more after its check: its chunks' headers are enough. One
+    with such a chunk is still decoded, as stations decode it, for its orientation."""
+    from training import datasets
+
+    plain = tmp_path / "plain.png"
+    Image.new("L", (40, 30), 128).save(plain)
+    late = tmp_path / "late.png"  # (an eXIf chunk, orientation 1, moved after the pixel data)
+    exif = Image.Exif()
+    exif[0x0112] = 1
+    Image.new("L", (40, 30), 128).save(late, exif=exif.tobytes())
+    data = late.read_bytes()
+    start = data.index(b"eXIf") - 4
+    end = start + 12 + int.from_bytes(data[start : start + 4], "big")
+    chunk, data = data[start:end], data[:start] + data[end:]
+    late.write_bytes(data[: data.index(b"IEND") - 4] + chunk + data[data.index(b"IEND") - 4 :])
+    read_whole: list[str] = []
+    decoded: list[str] = []
+    read_bytes, load = Path.read_bytes, Image.Image.load
+
+    def reading(path: Path) -> bytes:
+        read_whole.append(path.name)
+        return read_bytes(path)
+
+    def loading(image: Image.Image):  # type: ignore[no-untyped-def]
+        decoded.append(Path(str(getattr(image, "filename", ""))).name)
+        return load(image)
+
+    monkeypatch.setattr(Path, "read_bytes", reading)
+    monkeypatch.setattr(Image.Image, "load", loading)
+    assert datasets._image_info(plain) == (40, 30, "L")
+    assert read_whole == [] and "plain.png" not in decoded
+    assert datasets._image_info(late) == (40, 30, "L")
+    assert "late.png" in decoded
+
+
 def test_an_image_of_more_than_8_bits_is_stored_as_stations_decode_it(
     session, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]

@@ -164,14 +164,14 @@ def _image_info(path: Path, boxes_as_judged: bool = False) -> tuple[int, int, st
                 mode = image.mode
                 is_jpeg = image.format == "JPEG"
                 orientation = exif_orientation(image)
-                # A PNG's eXIf chunk may follow its pixel data, read only by decoding them.
-                late_exif = (
-                    image.format == "PNG"
-                    and "exif" not in image.info
-                    and b"eXIf" in path.read_bytes()
-                )
+                # (A PNG's eXIf chunk may follow its pixel data, where its header lacks one.)
+                exif_after_header = image.format == "PNG" and "exif" not in image.info
+                # Every chunk of a PNG read to its end, each checked against its CRC: what
+                # refuses one cut short or damaged. (It decodes no JPEG data: below.)
                 image.verify()
-            if late_exif:
+            if exif_after_header and _png_has_chunk(path, b"eXIf"):
+                # Decoded, as stations decode it: Pillow reads a late eXIf chunk only while
+                # it decodes the pixels, and stations turn the image by what it reads there.
                 with Image.open(path) as image:
                     image.load()
                     orientation = exif_orientation(image)
@@ -193,6 +193,24 @@ def _image_info(path: Path, boxes_as_judged: bool = False) -> tuple[int, int, st
         raise ValueError(f"image too large: {found}{limit}") from exc
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise ValueError(f"unreadable image ({exc.__class__.__name__}: {exc})") from exc
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"  # (the file's first bytes; its chunks follow)
+
+
+def _png_has_chunk(path: Path, kind: bytes) -> bool:
+    """Whether the PNG at `path`, verified whole, holds a chunk of type `kind`. Read header by
+    header, each chunk's data skipped by a seek: looking for a late eXIf read the whole file
+    into memory once more, for every PNG without EXIF in its header."""
+    with path.open("rb", buffering=0) as handle:  # (unbuffered: a skip reads nothing)
+        handle.seek(len(PNG_SIGNATURE))
+        while len(header := handle.read(8)) == 8:
+            if header[4:] == kind:
+                return True
+            if header[4:] == b"IEND":
+                return False
+            handle.seek(int.from_bytes(header[:4], "big") + 4, os.SEEK_CUR)  # data and CRC
+    return False
 
 
 def _check_jpeg_whole(path: Path) -> None:
