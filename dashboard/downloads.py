@@ -10,6 +10,7 @@ import pandas as pd
 from db.queries import INSPECTION_COLUMNS, Filters, inspection_count, inspection_rows
 from db.session import session_scope
 from inspection.batch import spreadsheet_text
+from inspection.results import shown_latency
 from inspection.tiling import station_grid
 
 
@@ -47,6 +48,9 @@ def filtered_results_csv(url: str, filters: Filters, limit: int = CSV_ROW_LIMIT)
         rows = inspection_rows(session, replace(filters, include_superseded=True), limit)
     for row in rows:  # (a verdict judged in tiles or whole, in words, as the Live page says it)
         row["grid"] = station_grid(row["grid"]) if row["verdict"] != "error" else ""
+        # (To 0.1 ms, as `batch --export csv`, the results feed and `inspect --json` give it:
+        # the stored float's every digit, 12.345678, read as a precision the clock lacks.)
+        row["latency_ms"] = shown_latency(row["latency_ms"])
     table = pd.DataFrame(
         [[_csv_cell(row[name]) for name in INSPECTION_COLUMNS] for row in rows],
         columns=list(INSPECTION_COLUMNS),  # the header, also over no rows

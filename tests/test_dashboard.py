@@ -13,7 +13,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, update
 from streamlit.testing.v1 import AppTest
 
 from dashboard.charts import (
@@ -609,8 +609,11 @@ def test_history_models_and_settings_pages(production: str, tmp_path: Path) -> N
     assert any(said in c.value for c in at.caption)
     assert at.get("download_button")
     # The download's rows, built only when its button is pressed: the 2 parts just judged.
+    with session_scope(production) as session:  # (a latency as the clock gives it)
+        session.execute(update(Inspection).values(latency_ms=12.345678))
     rows = list(csv.DictReader(io.StringIO(filtered_results_csv(production, Filters()).decode())))
     assert len(rows) == _count(production, Inspection) == 2
+    assert {r["latency_ms"] for r in rows} == {"12.3"}  # (to 0.1 ms, as the feed gives it)
     assert {r["verdict"] for r in rows} <= {"pass", "fail"} and rows[0]["content_hash"]
     at.switch_page("views/models.py").run()
     assert not at.exception, at.exception
