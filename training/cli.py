@@ -36,6 +36,8 @@ from inspection.runtime import end_process
 from inspection.settings import get_settings
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from inspection.engine import TileChoice
     from training.datasets import ImportReport
 
@@ -548,6 +550,14 @@ HoursOption = Annotated[
 ]
 
 
+def _say_registered(version_id: int, details: Callable[[ModelVersion], str]) -> None:
+    """The line "registered NAME (candidate)" and `details` of the version a training made,
+    read back from the database: every training and distillation ends with this line."""
+    with session_scope(database_url()) as session:
+        version = get_model_version(session, version_id)
+        console.print(f"registered {version.name} (candidate){details(version)}")
+
+
 def _warn_ignored_on_resume(ctx: typer.Context, resume: bool, names: tuple[str, ...]) -> None:
     """ultralytics goes on with the settings a run was started with: options given beside
     --resume were dropped without a word."""
@@ -636,14 +646,13 @@ def train_detector_command(
         hours=hours,
         workers=workers,
     )
-    version_id = train_detector(request, url=migrated_database_url())
-    with session_scope(database_url()) as session:
-        version = get_model_version(session, version_id)
-        console.print(
-            f"registered {version.name} (candidate): val mAP50 "
-            f"{version.metrics.get('val_map50', 0):.3f}; evaluate it with "
-            f"`defects evaluate {version.name} --data {data} --split test`"
-        )
+    _say_registered(
+        train_detector(request, url=migrated_database_url()),
+        lambda version: (
+            f": val mAP50 {version.metrics.get('val_map50', 0):.3f}; evaluate it "
+            f"with `defects evaluate {version.name} --data {data} --split test`"
+        ),
+    )
 
 
 DISTILL_STUDENT = "defect-yolo-n"  # a distillation's student when neither --student nor --from
@@ -725,10 +734,10 @@ def distill_detector_command(
         distill_weight=weight,
         hours=hours,
     )
-    version_id = train_detector(request, url=migrated_database_url())
-    with session_scope(database_url()) as session:
-        version = get_model_version(session, version_id)
-        console.print(f"registered {version.name} (candidate), distilled from {teacher}")
+    _say_registered(
+        train_detector(request, url=migrated_database_url()),
+        lambda _: f", distilled from {teacher}",
+    )
 
 
 @distill_app.command("classifier")
@@ -762,10 +771,10 @@ def distill_classifier_command(
         temperature=temperature,
         name=name,
     )
-    version_id = train_classifier(request, url=migrated_database_url())
-    with session_scope(database_url()) as session:
-        version = get_model_version(session, version_id)
-        console.print(f"registered {version.name} (candidate), distilled from {teacher}")
+    _say_registered(
+        train_classifier(request, url=migrated_database_url()),
+        lambda _: f", distilled from {teacher}",
+    )
 
 
 @train_app.command("classifier")
@@ -802,13 +811,12 @@ def train_classifier_command(
         name=name,
         hard_negatives_from=hard_negatives_from,
     )
-    version_id = train_classifier(request, url=migrated_database_url())
-    with session_scope(database_url()) as session:
-        version = get_model_version(session, version_id)
-        console.print(
-            f"registered {version.name} (candidate): val accuracy over parts and crops "
-            f"{version.metrics.get('val_accuracy', 0):.3f}"
-        )
+    _say_registered(
+        train_classifier(request, url=migrated_database_url()),
+        lambda version: (
+            f": val accuracy over parts and crops {version.metrics.get('val_accuracy', 0):.3f}"
+        ),
+    )
 
 
 @app.command("calibrate")
