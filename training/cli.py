@@ -269,6 +269,7 @@ def models_archive(model: Annotated[str, typer.Argument(help="Model version id o
 
 
 PASSWORD_STDIN_HELP = "Read the password from the first line of stdin (for scripts), not a prompt."
+PasswordStdinOption = Annotated[bool, typer.Option(help=PASSWORD_STDIN_HELP)]
 
 
 def _new_password(from_stdin: bool) -> str:
@@ -287,7 +288,7 @@ def users_add(
             help="reviewer: Inspect, Live, Review, History; engineer: also Models and Settings."
         ),
     ],
-    password_stdin: Annotated[bool, typer.Option(help=PASSWORD_STDIN_HELP)] = False,
+    password_stdin: PasswordStdinOption = False,
 ) -> None:
     """Add a dashboard account (the first one turns the dashboard's login on)."""
     from db.accounts import accounts_exist, add_user
@@ -325,7 +326,7 @@ def users_list() -> None:
 @users_app.command("set-password")
 def users_set_password(
     name: Annotated[str, typer.Argument(help="The account's name.")],
-    password_stdin: Annotated[bool, typer.Option(help=PASSWORD_STDIN_HELP)] = False,
+    password_stdin: PasswordStdinOption = False,
 ) -> None:
     """Give an account a new password (and end any wait after wrong tries)."""
     from db.accounts import get_user, set_password
@@ -530,6 +531,18 @@ VERSION_NAME_HELP = (
     "(default: the architecture and the time)."
 )
 
+# The options several commands share, declared once: each command keeps its own default.
+DataOption = Annotated[str, typer.Option(help=DATA_HELP)]
+EpochsOption = Annotated[int, typer.Option(min=1, help=EPOCHS_HELP)]
+SeedOption = Annotated[int, typer.Option(help=SEED_HELP)]
+DeviceOption = Annotated[str | None, typer.Option(help=DEVICE_HELP)]
+TrainDeviceOption = Annotated[str | None, typer.Option(help=TRAIN_DEVICE_HELP)]
+DetectorImgszOption = Annotated[int | None, typer.Option(min=32, help=DETECTOR_IMGSZ_HELP)]
+DetectorBatchOption = Annotated[int, typer.Option(min=1, help=BATCH_HELP)]
+ClassifierImgszOption = Annotated[int, typer.Option(min=32, help=TRAIN_IMGSZ_HELP)]
+ClassifierBatchOption = Annotated[int, typer.Option(min=2, help=CLASSIFIER_BATCH_HELP)]
+VersionNameOption = Annotated[str | None, typer.Option(help=VERSION_NAME_HELP)]
+
 # The detector `inspect` and `batch` judge with.
 ModelOption = Annotated[
     str | None,
@@ -580,7 +593,7 @@ def _warn_ignored_on_resume(ctx: typer.Context, resume: bool, names: tuple[str, 
 @train_app.command("detector")
 def train_detector_command(
     ctx: typer.Context,
-    data: Annotated[str, typer.Option(help=DATA_HELP)],
+    data: DataOption,
     model: Annotated[
         str | None,
         typer.Option(
@@ -589,13 +602,10 @@ def train_detector_command(
             "that version's own)."
         ),
     ] = None,
-    epochs: Annotated[int, typer.Option(min=1, help=EPOCHS_HELP)] = 100,
-    imgsz: Annotated[int | None, typer.Option(min=32, help=DETECTOR_IMGSZ_HELP)] = None,
-    batch: Annotated[int, typer.Option(min=1, help=BATCH_HELP)] = 16,
-    device: Annotated[
-        str | None,
-        typer.Option(help=TRAIN_DEVICE_HELP),
-    ] = None,
+    epochs: EpochsOption = 100,
+    imgsz: DetectorImgszOption = None,
+    batch: DetectorBatchOption = 16,
+    device: TrainDeviceOption = None,
     from_model: Annotated[
         str | None, typer.Option("--from", help="Fine-tune from this model version.")
     ] = None,
@@ -613,7 +623,7 @@ def train_detector_command(
             "'.' (default: the dataset, the architecture and the time); --resume looks for it."
         ),
     ] = None,
-    seed: Annotated[int, typer.Option(help=SEED_HELP)] = 0,
+    seed: SeedOption = 0,
     plots: Annotated[bool, typer.Option(help="Save training plots.")] = False,
     workers: Annotated[
         int,
@@ -667,7 +677,7 @@ class DistillMethod(StrEnum):
 def distill_detector_command(
     ctx: typer.Context,
     teacher: Annotated[str, typer.Option(help="Teacher detector version (frozen).")],
-    data: Annotated[str, typer.Option(help=DATA_HELP)],
+    data: DataOption,
     student: Annotated[
         str | None,
         typer.Option(
@@ -682,9 +692,9 @@ def distill_detector_command(
             help="Start the student from this version (retraining that keeps old defects).",
         ),
     ] = None,
-    epochs: Annotated[int, typer.Option(min=1, help=EPOCHS_HELP)] = 100,
-    imgsz: Annotated[int | None, typer.Option(min=32, help=DETECTOR_IMGSZ_HELP)] = None,
-    batch: Annotated[int, typer.Option(min=1, help=BATCH_HELP)] = 16,
+    epochs: EpochsOption = 100,
+    imgsz: DetectorImgszOption = None,
+    batch: DetectorBatchOption = 16,
     method: Annotated[
         DistillMethod,
         typer.Option(
@@ -696,17 +706,14 @@ def distill_detector_command(
         float | None,
         typer.Option(help="Weight of the distillation loss (default: 6 for feature, 3 for cwd)."),
     ] = None,
-    device: Annotated[
-        str | None,
-        typer.Option(help=TRAIN_DEVICE_HELP),
-    ] = None,
+    device: TrainDeviceOption = None,
     resume: Annotated[
         bool,
         typer.Option(
             help="Resume the last interrupted run of this teacher, with the loss it was started with."
         ),
     ] = False,
-    seed: Annotated[int, typer.Option(help=SEED_HELP)] = 0,
+    seed: SeedOption = 0,
     hours: HoursOption = None,
 ) -> None:
     """Train a student detector with feature distillation from a frozen teacher."""
@@ -743,18 +750,18 @@ def distill_detector_command(
 @distill_app.command("classifier")
 def distill_classifier_command(
     teacher: Annotated[str, typer.Option(help="Teacher classifier version (frozen).")],
-    data: Annotated[str, typer.Option(help=DATA_HELP)],
+    data: DataOption,
     student: Annotated[str, typer.Option(help="Student backbone.")] = "mobilenet_v3_small",
-    epochs: Annotated[int, typer.Option(min=1, help=EPOCHS_HELP)] = 30,
-    imgsz: Annotated[int, typer.Option(min=32, help=TRAIN_IMGSZ_HELP)] = 128,
-    batch: Annotated[int, typer.Option(min=2, help=CLASSIFIER_BATCH_HELP)] = 32,
+    epochs: EpochsOption = 30,
+    imgsz: ClassifierImgszOption = 128,
+    batch: ClassifierBatchOption = 32,
     temperature: Annotated[
         float,
         typer.Option(min=1.0, help="Softens the teacher's class probabilities the student learns."),
     ] = 4.0,
-    device: Annotated[str | None, typer.Option(help=DEVICE_HELP)] = None,
-    name: Annotated[str | None, typer.Option(help=VERSION_NAME_HELP)] = None,
-    seed: Annotated[int, typer.Option(help=SEED_HELP)] = 0,
+    device: DeviceOption = None,
+    name: VersionNameOption = None,
+    seed: SeedOption = 0,
 ) -> None:
     """Train a student classifier on soft targets (Hinton) and the teacher's FPN features."""
     from training.train_classifier import ClassifierTrainRequest, train_classifier
@@ -779,16 +786,16 @@ def distill_classifier_command(
 
 @train_app.command("classifier")
 def train_classifier_command(
-    data: Annotated[str, typer.Option(help=DATA_HELP)],
+    data: DataOption,
     backbone: Annotated[
         str, typer.Option(help="resnet18, mobilenet_v3_small or efficientnet_b0.")
     ] = "resnet18",
-    epochs: Annotated[int, typer.Option(min=1, help=EPOCHS_HELP)] = 30,
-    imgsz: Annotated[int, typer.Option(min=32, help=TRAIN_IMGSZ_HELP)] = 128,
-    batch: Annotated[int, typer.Option(min=2, help=CLASSIFIER_BATCH_HELP)] = 32,
-    device: Annotated[str | None, typer.Option(help=DEVICE_HELP)] = None,
-    name: Annotated[str | None, typer.Option(help=VERSION_NAME_HELP)] = None,
-    seed: Annotated[int, typer.Option(help=SEED_HELP)] = 0,
+    epochs: EpochsOption = 30,
+    imgsz: ClassifierImgszOption = 128,
+    batch: ClassifierBatchOption = 32,
+    device: DeviceOption = None,
+    name: VersionNameOption = None,
+    seed: SeedOption = 0,
     hard_negatives_from: Annotated[
         str | None,
         typer.Option(
@@ -822,7 +829,7 @@ def train_classifier_command(
 @app.command("calibrate")
 def calibrate_command(
     model: Annotated[str, typer.Argument(help="Detector model version id or name.")],
-    data: Annotated[str, typer.Option(help=DATA_HELP)],
+    data: DataOption,
     split: Annotated[str, typer.Option(help="Split to calibrate on (not the test split).")] = "val",
     max_miss_rate: Annotated[
         # (Its range is calibrate_model's, the Settings page's rule too: this allowed 0.99,
@@ -841,7 +848,7 @@ def calibrate_command(
             "verification off included."
         ),
     ] = None,
-    device: Annotated[str | None, typer.Option(help=DEVICE_HELP)] = None,
+    device: DeviceOption = None,
     class_thresholds: Annotated[
         str,
         typer.Option(
@@ -911,7 +918,7 @@ def evaluate_command(
         str,
         typer.Argument(help="Weights file (.pt, or a detector's .onnx) or model version id/name."),
     ],
-    data: Annotated[str, typer.Option(help=DATA_HELP)],
+    data: DataOption,
     split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write the results here.")
@@ -919,7 +926,7 @@ def evaluate_command(
     imgsz: Annotated[
         int | None, typer.Option(help="Input size (pixels); default: the training size.")
     ] = None,
-    device: Annotated[str | None, typer.Option(help=DEVICE_HELP)] = None,
+    device: DeviceOption = None,
 ) -> None:
     """mAP, per-class AP and recall, part miss rate and false-call rate at the operating point."""
     from inspection.settings import resolve_device
@@ -1350,7 +1357,7 @@ def batch_command(
     ] = None,
     operator: Annotated[str, typer.Option(help="Who runs the batch.")] = "",
     backend: BackendArgument = BackendOption.auto,
-    device: Annotated[str | None, typer.Option(help=DEVICE_HELP)] = None,
+    device: DeviceOption = None,
     batch_size: Annotated[
         int | None,
         typer.Option(
@@ -1815,7 +1822,7 @@ def inspect_command(
     model: ModelOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     backend: BackendArgument = BackendOption.auto,
-    device: Annotated[str | None, typer.Option(help=DEVICE_HELP)] = None,
+    device: DeviceOption = None,
     tile: TileArgument = None,
 ) -> None:
     """Inspect a few images, store the results and print each part's verdict."""
