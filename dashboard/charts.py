@@ -105,28 +105,19 @@ def _rate_panel(
         row=row,
         col=1,
     )
-    figure.add_trace(
-        go.Scatter(
-            x=days,
-            y=chart.upper,
-            mode="lines",
-            name=f"{name} UCL",
-            line={"dash": "dot", "color": "#d62728", "shape": "hv"},
-        ),
-        row=row,
-        col=1,
-    )
-    figure.add_trace(
-        go.Scatter(
-            x=days,
-            y=chart.lower,
-            mode="lines",
-            name=f"{name} LCL",
-            line={"dash": "dot", "color": "#2ca02c", "shape": "hv"},
-        ),
-        row=row,
-        col=1,
-    )
+    # The control limits: drawn alike, the upper in red and the lower in green.
+    for label, limit, colour in (("UCL", chart.upper, "#d62728"), ("LCL", chart.lower, "#2ca02c")):
+        figure.add_trace(
+            go.Scatter(
+                x=days,
+                y=limit,
+                mode="lines",
+                name=f"{name} {label}",
+                line={"dash": "dot", "color": colour, "shape": "hv"},
+            ),
+            row=row,
+            col=1,
+        )
 
 
 _DAY_MS = 86_400_000
