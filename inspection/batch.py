@@ -1131,29 +1131,31 @@ class BatchInspection:
         todo: list[PartInput] = []
         queued: set[str] = set()
         repeats: list[Repeat] = []
-        for item, part in zip(readable_items, readable, strict=True):
-            digest = part.content_hash
+
+        def met_before(item: SourceItem, digest: str) -> bool:
+            """Whether the part is recorded at this point or queued earlier in this chunk, then
+            skipped (its repeat kept for the feed); else queued. Readable parts and unreadable
+            files alike: one rule, so that neither is judged twice."""
+            nonlocal skipped
             if digest in done or digest in queued:
                 self._count_skipped(1)
                 skipped += 1
                 if self._repeats_told:
                     repeats.append(self._repeat(item, digest, queued))
-                continue
+                return True
             queued.add(digest)
-            todo.append(part)
+            return False
+
+        for item, part in zip(readable_items, readable, strict=True):
+            if not met_before(item, part.content_hash):
+                todo.append(part)
         # Parts are stored as they are prepared, by the workers that decode them.
         results = list(self.inspector.inspect(todo, store_into=self.images_dir))
         for item in unreadable:
             # Kept as a record of the failure, with no image; skipped like any other once recorded.
             digest = unreadable_hashes[item.name]
-            if digest in done or digest in queued:
-                self._count_skipped(1)
-                skipped += 1
-                if self._repeats_told:
-                    repeats.append(self._repeat(item, digest, queued))
-                continue
-            queued.add(digest)
-            results.append(PartResult(item.name, digest, 0, "error", error=item.error))
+            if not met_before(item, digest):
+                results.append(PartResult(item.name, digest, 0, "error", error=item.error))
         self._wait_for_write()
         moves = self._moves(chunk, results, recorded_errors)
         # (A blank frame or an empty file is not "judged" for the next chunk either: the same
