@@ -125,20 +125,28 @@ def review_queue(
     """Inspected parts not yet reviewed in full, least certain first (among the `scan` most
     recent).
 
-    A part stays until each detection of its verdict is decided (confirmed or a false call)
-    or it is marked good: leaving at its first review (as it once did) left its other
-    detections undecided for good, so an export labelled them background. A part reviewed
-    against an earlier verdict (judged again since, after a recalibration) is not asked again."""
+    A part stays until each detection of a verdict of it is decided (confirmed or a false
+    call), or it is marked good, or, where no detection of it was ever decided, its current
+    verdict found nothing and a review was given: the same test as `truth_subquery`'s
+    `complete`, so that a part the export leaves out as undecided is always still offered.
+    Leaving at its first review (as it once did) left its other detections undecided for good,
+    so an export labelled them background.
+
+    A part judged again (a recalibration, another model version) after some of its detections
+    were decided is offered with the verdict those decisions were made on (`verdicts_reviewed`),
+    so that what was decided is kept and shown and only the rest is asked; a part reviewed in
+    full on an earlier verdict is not asked again. (A part partly reviewed, then judged again,
+    once left the queue while the export still waited for it: it could never be finished.)"""
     of_part = Review.part_id == Inspection.part_id
-    undecided = (
-        select(Prediction.id)
-        .where(Prediction.inspection_id == Inspection.id, _undecided())
-        .exists()
-    )
+    nothing_found = ~select(Prediction.id).where(Prediction.inspection_id == Inspection.id).exists()
     reviewed_in_full = or_(
         select(Review.id).where(of_part, Review.kind == ReviewKind.GOOD_PART).exists(),
-        select(Review.id).where(of_part, Review.created_at < Inspection.inspected_at).exists(),
-        and_(select(Review.id).where(of_part).exists(), ~undecided),
+        _decided_in_full(Inspection.part_id),
+        and_(
+            select(Review.id).where(of_part).exists(),
+            ~select(Review.id).where(of_part, Review.prediction_id.is_not(None)).exists(),
+            nothing_found,
+        ),
     )
     query = (
         select(Inspection)
@@ -154,7 +162,23 @@ def review_queue(
     )
     if line_id is not None:
         query = query.where(Part.line_id == line_id)
-    items = [QueueItem(i.id, i.part_id, uncertainty_margin(i)) for i in session.scalars(query)]
+    inspections = list(session.scalars(query))
+    began = verdicts_reviewed(session, list({i.part_id for i in inspections}))
+    by_id = {i.id: i for i in inspections}
+    missing = [i for i in began.values() if i not in by_id]
+    if missing:
+        by_id.update(
+            (i.id, i)
+            for i in session.scalars(
+                select(Inspection)
+                .where(Inspection.id.in_(missing))
+                .options(selectinload(Inspection.predictions))
+            )
+        )
+    items = [
+        QueueItem(shown.id, shown.part_id, uncertainty_margin(shown))
+        for shown in {by_id[began.get(i.part_id, i.id)] for i in inspections}
+    ]
     seen: set[int] = set()
     unique = []
     for item in sorted(items, key=lambda i: (i.margin, -i.inspection_id)):
@@ -164,17 +188,36 @@ def review_queue(
     return unique[:limit]
 
 
+def verdicts_reviewed(session: Session, part_ids: list[int]) -> dict[int, int]:
+    """The verdict each part's decisions of detections were made on (its latest decision's),
+    by part; parts with no decided detection are not in it. The Review page shows a part by
+    that verdict until it is finished, current or not: its decisions stay in front of the
+    reviewer, and finishing it makes the part's truth complete (`_decided_in_full`)."""
+    found: dict[int, int] = {}
+    for start in range(0, len(part_ids), 500):  # (a bound on the IN list's parameters)
+        rows = session.execute(
+            select(Review.part_id, Prediction.inspection_id)
+            .join(Prediction, Prediction.id == Review.prediction_id)
+            .where(Review.part_id.in_(part_ids[start : start + 500]))
+            .order_by(Review.id)
+        )
+        found.update((part_id, inspection_id) for part_id, inspection_id in rows)
+    return found
+
+
 def part_item(session: Session, part_id: int) -> QueueItem | None:
-    """The part's latest current verdict as a queue item, waiting or not: the part a reviewer
-    has just finished stays within reach. (It left the queue at its last decision, and a
-    missed defect, added below the detections, was often still to come: it was then lost, and
-    the export taught that defect as background.)"""
+    """The part's verdict as a queue item, waiting or not: the part a reviewer has just
+    finished stays within reach. (It left the queue at its last decision, and a missed defect,
+    added below the detections, was often still to come: it was then lost, and the export
+    taught that defect as background.) The verdict its detections were decided on, where
+    there is one (`verdicts_reviewed`), else its latest current verdict."""
+    reviewed_on = verdicts_reviewed(session, [part_id]).get(part_id)
     inspection = session.scalars(
         select(Inspection)
         .where(
             Inspection.part_id == part_id,
             Inspection.verdict != Verdict.ERROR,
-            Inspection.is_current(),
+            Inspection.id == reviewed_on if reviewed_on is not None else Inspection.is_current(),
         )
         .options(selectinload(Inspection.predictions))
         .order_by(Inspection.inspected_at.desc(), Inspection.id.desc())

@@ -356,6 +356,42 @@ def test_a_reviewer_adds_a_new_defect_type_and_the_next_one_picks_it(
     assert not any("new class crack" in c.value for c in at.caption)
 
 
+def test_a_part_partly_reviewed_then_judged_again_is_finished_on_the_page_and_exported(
+    production: str, tmp_path: Path
+) -> None:
+    """One of its two detections confirmed, then the part judged again after a recalibration:
+    it left the Review page with its other detection undecided, and no export ever took it."""
+    at = _two_failed_parts_on_review(production, tmp_path, (0.9, 0.4))
+    first = at.selectbox(key="review_part").value
+    next(b for b in at.button if b.label == "Confirm defect").click().run()
+    assert not at.exception, at.exception
+    with session_scope(production) as session:
+        earlier = session.scalars(select(Inspection).where(Inspection.part_id == first)).one()
+        earlier.superseded_at = utcnow()
+        again = Inspection(part_id=first, verdict=Verdict.FAIL, inspected_at=utcnow())
+        again.predictions.append(
+            Prediction(class_name=CLASSES[0], confidence=0.9, x1=2, y1=2, x2=20, y2=20)
+        )
+        session.add(again)
+    at = _app().run()  # (the next day: the part is not the one this page reviewed last)
+    at.switch_page("views/review.py").run()
+    at.text_input(key="reviewer").input("Ana").run()
+    assert not at.exception, at.exception
+    assert f"part {first} (margin 0.15)" in at.selectbox(key="review_part").options
+    at.selectbox(key="review_part").set_value(first).run()
+    assert any("Judged again since" in m.value for m in at.markdown)
+    assert any("confirmed defect" in m.value for m in at.markdown)
+    [false_call] = [b for b in at.button if b.label == "False call"]  # the one left
+    false_call.click().run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="review_part").options[1:] == [f"part {first} (just reviewed)"]
+    assert at.selectbox(key="review_part").value != first  # on to the other part
+    next(b for b in at.button if b.label == "Mark part good").click().run()
+    next(b for b in at.button if b.label == "Export reviewed parts").click().run()
+    assert not at.exception, at.exception
+    assert "Exported 2 parts" in at.success[0].value
+
+
 def test_a_click_meant_for_a_part_done_elsewhere_lands_on_no_other_part(
     production: str, tmp_path: Path
 ) -> None:

@@ -253,3 +253,82 @@ def test_new_classes_come_in_the_order_they_were_first_added(session: Session) -
     later = crack.created_at + timedelta(minutes=5)  # (one clock tick could hold both)
     session.execute(update(Review).where(Review.id == bubble.id).values(created_at=later))
     assert reviewer_classes(session, known) == ["crack", "bubble"]
+
+
+def _judged_again(session: Session, earlier: Inspection, superseded: bool) -> Inspection:
+    """A new verdict of the part with the same detections (new rows): after a recalibration
+    (`superseded`: the earlier verdict is replaced) or by another model version (both stay)."""
+    if superseded:
+        earlier.superseded_at = utcnow()
+    again = Inspection(part_id=earlier.part_id, verdict=Verdict.FAIL, inspected_at=utcnow())
+    for p in earlier.predictions:
+        again.predictions.append(
+            Prediction(
+                class_name=p.class_name,
+                confidence=p.confidence,
+                counted=p.counted,
+                x1=p.x1,
+                y1=p.y1,
+                x2=p.x2,
+                y2=p.y2,
+            )
+        )
+    session.add(again)
+    session.flush()
+    return again
+
+
+@pytest.mark.parametrize("superseded", [True, False], ids=["recalibrated", "new-version"])
+def test_a_part_partly_reviewed_then_judged_again_can_be_finished_and_exported(
+    session: Session, tmp_path, superseded: bool
+) -> None:  # type: ignore[no-untyped-def]
+    """One of two detections decided, then the part judged again: the queue no longer offered
+    it (a review older than its verdict) and the export left it out for good as "not decided
+    yet". It is offered with the verdict the decision was made on, and finished there."""
+    from PIL import Image
+
+    from db.reviews import part_item, reviewed_parts
+    from training.backtest import export_reviews
+
+    earlier = _part(session, 1, [0.9, 0.6])
+    image = tmp_path / "part.png"
+    Image.new("L", (100, 100), 90).save(image)
+    earlier.part.stored_path = str(image)
+    first, second = earlier.predictions
+    confirm_defect(session, first.id, "ana")
+    _judged_again(session, earlier, superseded)
+    [item] = review_queue(session)
+    assert (item.part_id, item.inspection_id) == (earlier.part_id, earlier.id)
+    assert decisions(session, item.inspection_id) == {first.id: "confirmed defect"}
+    mark_false_call(session, second.id, "ana")
+    assert review_queue(session) == []
+    done = part_item(session, earlier.part_id)  # (the part just finished, still in reach)
+    assert done is not None and done.inspection_id == earlier.id
+    [truth] = reviewed_parts(session)
+    assert truth.complete and truth.boxes == [("scratch", 1.0, 1.0, 9.0, 9.0)]
+    report = export_reviews(session, "finished", ["scratch"], tmp_path / "datasets", "off")
+    assert report.n_images == 1 and not report.left_out
+
+
+def test_a_part_reviewed_only_by_a_missed_defect_then_judged_with_detections_is_asked_again(
+    session: Session,
+) -> None:
+    """Nothing found, a missed defect added, then judged again with a detection: left the
+    queue as reviewed before its verdict, while its truth waited for that detection."""
+    from db.reviews import reviewed_parts
+
+    passed = _part(session, 1, [])
+    add_missed_defect(session, passed.part_id, "scratch", (10, 10, 20, 20), "ana")
+    passed.superseded_at = utcnow()
+    again = Inspection(part_id=passed.part_id, verdict=Verdict.FAIL, inspected_at=utcnow())
+    again.predictions.append(
+        Prediction(class_name="scratch", confidence=0.9, counted=True, x1=10, y1=10, x2=20, y2=20)
+    )
+    session.add(again)
+    session.flush()
+    [item] = review_queue(session)
+    assert item.inspection_id == again.id  # (no detection was decided: its current verdict)
+    confirm_defect(session, again.predictions[0].id, "ana")
+    assert review_queue(session) == []
+    [truth] = reviewed_parts(session)
+    assert truth.complete

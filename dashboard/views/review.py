@@ -12,7 +12,7 @@ from dashboard.charts import SHOWN_SIDE, ShownBox, review_figure, selected_box
 from dashboard.drawing import COUNTED, NOT_COUNTED, DrawnBox, close_up, unshown_image
 from dashboard.state import database_ready, detector_info, flash
 from dashboard.text import plain
-from db.models import Inspection, Part
+from db.models import Inspection, Part, Verdict
 from db.reviews import (
     add_missed_defect,
     confirm_defect,
@@ -155,6 +155,24 @@ else:
             (part.width, part.height),
         )
         name = part.original_name
+        # The verdict its decisions were made on, where it was judged again since (see
+        # `review_queue`): said, so the reviewer knows why the verdict differs from History's.
+        latest = session.scalars(
+            select(Inspection)
+            .where(
+                Inspection.part_id == part.id,
+                Inspection.is_current(),
+                Inspection.verdict != Verdict.ERROR,
+            )
+            .order_by(Inspection.inspected_at.desc(), Inspection.id.desc())
+        ).first()
+        judged_again = (
+            f" Judged again since ({latest.verdict.value.upper()}): shown with the verdict its "
+            "detections were decided on, so that what was decided stays and only the rest is "
+            "asked."
+            if latest is not None and latest.id != item.inspection_id
+            else ""
+        )
     info = detector_info(state.url)
     classes = info.classes if info else sorted({p[1] for p in predictions})
     with session_scope(state.url) as session:
@@ -180,7 +198,8 @@ else:
     pixels = None
     with left:
         st.markdown(
-            f"**{plain(name)}**: {verdict.upper()}. Drag a box on the image around a missed defect."
+            f"**{plain(name)}**: {verdict.upper()}.{judged_again} Drag a box on the image around "
+            "a missed defect."
         )
         try:
             pixels = decode_image(Path(stored_path).read_bytes()).pixels
