@@ -12,7 +12,16 @@ from dataclasses import dataclass
 from sqlalchemy import ColumnElement, Subquery, and_, case, func, or_, select
 from sqlalchemy.orm import Session, aliased, selectinload
 
-from db.models import Inspection, Part, Prediction, Review, ReviewKind, Verdict, database_utcnow
+from db.models import (
+    Dataset,
+    Inspection,
+    Part,
+    Prediction,
+    Review,
+    ReviewKind,
+    Verdict,
+    database_utcnow,
+)
 from db.registry import class_name_as_stored, look_alike_classes
 
 DEFECT_REVIEWS = (ReviewKind.CONFIRMED_DEFECT, ReviewKind.MISSED_DEFECT)
@@ -289,13 +298,21 @@ def decide_the_rest(session: Session, inspection_id: int, reviewer: str) -> int:
     return len(undecided)
 
 
+# The `source_format` of a dataset exported from reviews (training/backtest.py).
+REVIEW_EXPORT = "reviews"
+
+
 def reviewer_classes(session: Session, known: list[str]) -> list[str]:
     """The classes of missed defects reviewers added that `known` (the production detector's)
-    lacks: new defect types found on the line, in the order they were first added (then by
-    name), so that each export lists them alike and a class found later comes after them.
-    Sorted by name, a class added later but named earlier ("bubble" after "crack") came first,
-    and the next export no longer extended a version fine-tuned on the one before (refused as
-    reordered)."""
+    lacks: new defect types found on the line. In the order an export of reviews listed them
+    already (the oldest export first), then those never exported in the order they were first
+    added (then by name): a version fine-tuned on one export knows its classes in that order,
+    and the next export must extend it, not reorder it.
+
+    Sorted by name, a class added later but named earlier ("bubble" after "crack") came first;
+    ordered by the earliest review alone, undoing the first crack after an export moved crack
+    after bubble: either way the next export no longer extended a version fine-tuned on the
+    one before (refused as reordered)."""
     first_added = func.min(Review.created_at)
     rows = session.execute(
         select(Review.class_name, first_added)
@@ -303,7 +320,13 @@ def reviewer_classes(session: Session, known: list[str]) -> list[str]:
         .group_by(Review.class_name)
         .order_by(first_added, Review.class_name)
     )
-    return [name for name, _ in rows if name and name not in known]
+    found = [name for name, _ in rows if name and name not in known]
+    exported: list[str] = []
+    for classes in session.scalars(
+        select(Dataset.classes).where(Dataset.source_format == REVIEW_EXPORT).order_by(Dataset.id)
+    ):
+        exported += [c for c in classes or [] if c in found and c not in exported]
+    return exported + [name for name in found if name not in exported]
 
 
 def _checked_class(

@@ -332,3 +332,55 @@ def test_a_part_reviewed_only_by_a_missed_defect_then_judged_with_detections_is_
     assert review_queue(session) == []
     [truth] = reviewed_parts(session)
     assert truth.complete
+
+
+def _with_image(inspection: Inspection, folder, seed: int) -> Inspection:  # type: ignore[no-untyped-def]
+    """The part given an image of its own on disk, as a station stores it."""
+    from PIL import Image
+
+    folder.mkdir(exist_ok=True)
+    image = folder / f"part-{seed}.png"
+    Image.new("L", (100, 100), 40 + seed).save(image)
+    inspection.part.stored_path = str(image)
+    return inspection
+
+
+def test_new_classes_keep_the_order_of_the_export_before_when_a_first_review_is_undone(
+    session: Session, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """The order came from each new class's earliest surviving missed defect: the first crack
+    undone after an export put bubble before crack in the next one, and a version fine-tuned
+    on the first export could not be fine-tuned on the second (refused as reordered)."""
+    from sqlalchemy import update
+
+    from db.models import ModelVersion, Review
+    from db.reviews import undo_last_review
+    from training.backtest import export_reviews
+    from training.train_detector import refuse_other_classes
+
+    known = ["scratch"]
+    parts = [_with_image(_part(session, n, []), tmp_path / "store", n) for n in (1, 2, 3)]
+    added = [
+        add_missed_defect(session, parts[0].part_id, "crack", (1, 1, 5, 5), "ana", known, True),
+        add_missed_defect(session, parts[1].part_id, "bubble", (1, 1, 5, 5), "bob", known, True),
+        add_missed_defect(session, parts[2].part_id, "crack", (6, 6, 9, 9), "cy", known, True),
+    ]
+    start = added[0].created_at
+    for minutes, review in enumerate(added):  # (one clock tick could hold all three)
+        later = start + timedelta(minutes=minutes)
+        session.execute(update(Review).where(Review.id == review.id).values(created_at=later))
+    datasets = tmp_path / "datasets"
+    first = export_reviews(session, "week-1", known, datasets, "off")
+    assert first.classes == ["scratch", "crack", "bubble"]
+    tuned = ModelVersion(name="tuned", classes=first.classes)  # fine-tuned on week-1
+    undo_last_review(session, parts[0].part_id, "ana")  # the first crack was a scratch
+    add_missed_defect(session, parts[0].part_id, "scratch", (1, 1, 5, 5), "ana", known)
+    session.expire_all()
+    second = export_reviews(session, "week-2", known, datasets, "off")
+    assert second.classes == ["scratch", "crack", "bubble"]
+    refuse_other_classes(tuned, "week-2", second.classes, "fine-tuning")
+    # A class never exported before still comes after those that were.
+    add_missed_defect(session, parts[1].part_id, "dent", (6, 6, 9, 9), "bob", known, True)
+    session.expire_all()  # (each export reads the reviews afresh, as in a session of its own)
+    third = export_reviews(session, "week-3", known, datasets, "off")
+    assert third.classes == ["scratch", "crack", "bubble", "dent"]

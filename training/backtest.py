@@ -24,7 +24,7 @@ from db.models import (
     Verdict,
 )
 from db.registry import get_model_version, production_model
-from db.reviews import PartTruth, reviewed_parts, reviewer_classes
+from db.reviews import REVIEW_EXPORT, PartTruth, reviewed_parts, reviewer_classes
 from db.session import session_scope
 from inspection.engine import Inspector, PartInput, TileChoice, checkpoint_tile
 from inspection.errors import UserError
@@ -405,7 +405,7 @@ def export_reviews(
         session,
         name,
         "reviews",
-        "reviews",
+        REVIEW_EXPORT,
         class_names,
         images,
         issues,
