@@ -303,11 +303,15 @@ REVIEW_EXPORT = "reviews"
 
 
 def reviewer_classes(session: Session, known: list[str]) -> list[str]:
-    """The classes of missed defects reviewers added that `known` (the production detector's)
-    lacks: new defect types found on the line. In the order an export of reviews listed them
-    already (the oldest export first), then those never exported in the order they were first
-    added (then by name): a version fine-tuned on one export knows its classes in that order,
-    and the next export must extend it, not reorder it.
+    """The classes of the defects reviewers recorded, added as missed or confirmed, that
+    `known` (the production detector's) lacks: new defect types found on the line, and the
+    classes of a detector since replaced by one that does not know them (a rollback), whose
+    confirmed detections are kept as the missed ones are (a confirmed box of such a class once
+    left its part out of the export, while a missed one of the same class was kept). In the
+    order an export of reviews listed them already (the oldest export first), then those
+    never exported in the order they were first recorded (then by name): a version fine-tuned
+    on one export knows its classes in that order, and the next export must extend it, not
+    reorder it.
 
     Sorted by name, a class added later but named earlier ("bubble" after "crack") came first;
     ordered by the earliest review alone, undoing the first crack after an export moved crack
@@ -316,7 +320,7 @@ def reviewer_classes(session: Session, known: list[str]) -> list[str]:
     first_added = func.min(Review.created_at)
     rows = session.execute(
         select(Review.class_name, first_added)
-        .where(Review.kind == ReviewKind.MISSED_DEFECT, Review.class_name.is_not(None))
+        .where(Review.kind.in_(DEFECT_REVIEWS), Review.class_name.is_not(None))
         .group_by(Review.class_name)
         .order_by(first_added, Review.class_name)
     )

@@ -412,6 +412,9 @@ def test_a_promotion_that_drops_classes_says_which(tmp_path: Path) -> None:
     renamed = " ".join(runner.invoke(app, ["models", "promote", "renamed"]).output.split())
     assert "warning: renamed does not know spot, which more detected" in renamed
     assert "only defects are of these classes now passes" in renamed
+    # (Said "left out of an export of reviews": its confirmed and added spots are kept.)
+    assert "keeps the reviewed defects of these classes (confirmed or added) as new" in renamed
+    assert "left out" not in renamed
 
 
 def test_a_promotion_of_a_version_never_calibrated_says_so(tmp_path: Path) -> None:

@@ -384,3 +384,31 @@ def test_new_classes_keep_the_order_of_the_export_before_when_a_first_review_is_
     session.expire_all()  # (each export reads the reviews afresh, as in a session of its own)
     third = export_reviews(session, "week-3", known, datasets, "off")
     assert third.classes == ["scratch", "crack", "bubble", "dent"]
+
+
+def test_confirmed_defects_of_a_class_the_production_detector_lost_are_exported_as_new(
+    session: Session, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """Production rolled back to a detector without "spot": a confirmed spot left its part out
+    of the export (class not one of the detector's), while a spot added as missed was kept as
+    a new class, and the promotion's warning said "left out"."""
+    from db.reviews import reviewer_classes
+    from training.backtest import export_reviews
+
+    confirmed = _with_image(_part(session, 1, [0.9]), tmp_path / "store", 1)
+    confirmed.predictions[0].class_name = "spot"  # found when production knew spot
+    confirm_defect(session, confirmed.predictions[0].id, "ana")
+    marked_good = _with_image(_part(session, 2, []), tmp_path / "store", 2)
+    mark_good(session, marked_good.part_id, "ana")
+    known = ["scratch"]  # the production detector now
+    assert reviewer_classes(session, known) == ["spot"]
+    session.expire_all()
+    report = export_reviews(session, "after-rollback", known, tmp_path / "datasets", "off")
+    assert report.classes == ["scratch", "spot"] and report.n_images == 2
+    assert report.issues == []  # (reviewers could label spot then: no caveat of parts before)
+    labels = [
+        line.split()[0]
+        for label in (report.root / "labels").rglob("*.txt")
+        for line in label.read_text().splitlines()
+    ]
+    assert labels == ["1"]

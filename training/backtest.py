@@ -201,7 +201,8 @@ def _unlabeled_before(
     """A caveat per new class: the exported parts whose reviews all came before its first
     defect was added could not have been labeled with it (a part marked good then may hold
     one). Said, with the counts, rather than guessed: the dataset teaches them as they were
-    reviewed."""
+    reviewed. A class no reviewer added as missed (its defects all confirmed detections, of a
+    detector that knew it, since replaced) has none: reviewers could pick it then."""
     if not new_classes or not exported:
         return []
     first_added = dict(
@@ -221,7 +222,9 @@ def _unlabeled_before(
     )
     caveats = []
     for class_name in new_classes:
-        since = first_added[class_name]
+        since = first_added.get(class_name)
+        if since is None:
+            continue
         before = [t for t in exported if last_reviewed[t.part_id] < since]
         if not before:
             continue
@@ -326,7 +329,8 @@ def export_reviews(
     the grid the stations judge in, where they run with `--tile`.
 
     Its classes are `class_names` (the production detector's) in their order, followed by the
-    new defect types reviewers added (`reviewer_classes`) that an exported part holds, so that
+    new defect types reviewers added, and the classes of confirmed detections it does not
+    know (`reviewer_classes`), that an exported part holds, so that
     the detector can be fine-tuned onto them (`train detector --from`): a part with a new class's defect was left
     out, and the new type never reached a model."""
     if session.scalars(select(Dataset).where(Dataset.name == name)).first() is not None:

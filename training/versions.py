@@ -161,7 +161,8 @@ def promotion_warnings(url: str, name: str, replaced: str | None) -> list[str]:
         # (Said nowhere: a part whose only defect was of a retired class passed from then on.)
         warnings.append(
             f"{name} does not know {', '.join(dropped)}, which {replaced} detected: a part whose "
-            "only defects are of these classes now passes, and reviewed parts with them are left "
-            "out of an export of reviews (it takes the production detector's classes)"
+            "only defects are of these classes now passes; an export of reviews keeps the "
+            "reviewed defects of these classes (confirmed or added) as new classes after "
+            f"{name}'s own, to fine-tune it on them again"
         )
     return warnings
