@@ -285,15 +285,23 @@ def roll_back(url: str, kind: ModelKind, replacing: str | None = None) -> str:
 
 
 def classifier_in_use(session: Session, classifier: ModelVersion) -> list[str]:
-    """The detectors whose operating point names this classifier: archiving it would leave
-    their stations judging with an archived model."""
+    """The detectors whose operating point names this classifier, each archived one said as
+    such: archiving it would leave their stations judging with an archived model. An archived
+    detector counts too, since a rollback (or a promotion) puts it back to work with the
+    operating point it had: left out, the classifier was archived once its detector was
+    replaced, and the rollback brought both back, the archived classifier judging every part."""
     detectors = session.scalars(
-        select(ModelVersion).where(
-            ModelVersion.kind == ModelKind.DETECTOR, ModelVersion.stage != ModelStage.ARCHIVED
-        )
+        select(ModelVersion)
+        .where(ModelVersion.kind == ModelKind.DETECTOR)
+        .order_by(ModelVersion.id)
     ).all()
     return [
         d.name
+        + (
+            " (archived: a rollback or promotion puts it back)"
+            if d.stage == ModelStage.ARCHIVED
+            else ""
+        )
         for d in detectors
         if ((d.thresholds or {}).get("classifier") or {}).get("version") == classifier.name
     ]

@@ -601,3 +601,50 @@ def test_a_classifier_training_stopped_says_what_became_of_it(
     with session_scope(trained.url) as session:
         job = session.scalars(select(TrainingJob).order_by(TrainingJob.id.desc())).first()
         assert job is not None and job.status == JobStatus.CANCELLED
+
+
+def test_a_classifier_named_by_a_replaced_detector_is_not_archived() -> None:
+    """The archive check looked only at detectors not archived: once the detector whose
+    operating point named the classifier was replaced (and so archived), the classifier could
+    be archived, and `models rollback` put that detector back to work with it."""
+    from db.migrate import upgrade
+    from db.models import ModelKind, ModelStage, ModelVersion
+    from training.cli import app
+
+    url = get_settings().resolved_database_url
+    upgrade(url)
+    with session_scope(url) as session:
+        for name, kind, thresholds in [
+            ("first", ModelKind.DETECTOR, {"classifier": {"version": "verifier", "part": 0.5}}),
+            ("second", ModelKind.DETECTOR, {}),
+            ("verifier", ModelKind.CLASSIFIER, {}),
+        ]:
+            session.add(
+                ModelVersion(
+                    name=name,
+                    kind=kind,
+                    architecture="a",
+                    file_path=name,
+                    sha256="0" * 64,
+                    classes=[GOOD, *CLASSES] if kind == ModelKind.CLASSIFIER else list(CLASSES),
+                    thresholds=thresholds,
+                )
+            )
+    runner = CliRunner()
+    for command in (["models", "promote", "first"], ["models", "promote", "second"]):
+        assert runner.invoke(app, command).exit_code == 0
+    result = runner.invoke(app, ["models", "archive", "verifier"])
+    assert result.exit_code != 0
+    assert str(result.exception) == (
+        "verifier verifies the verdicts of first (archived: a rollback or promotion puts it "
+        "back), named by their operating point: calibrate those without it first"
+    )
+    assert runner.invoke(app, ["models", "rollback"]).exit_code == 0
+    with session_scope(url) as session:
+        assert get_model_version(session, "first").stage == ModelStage.PRODUCTION
+        assert get_model_version(session, "verifier").stage != ModelStage.ARCHIVED
+    # Calibrated without it, the classifier is free to go.
+    with session_scope(url) as session:
+        get_model_version(session, "first").thresholds = {}
+    result = runner.invoke(app, ["models", "archive", "verifier"])
+    assert result.exit_code == 0, result.output

@@ -260,8 +260,8 @@ def models_archive(model: Annotated[str, typer.Argument(help="Model version id o
         users = classifier_in_use(session, version) if version.kind == ModelKind.CLASSIFIER else []
         if users:
             raise UserError(
-                f"{version.name} verifies the verdicts of {', '.join(users)} (named by its "
-                "operating point): calibrate those without it first"
+                f"{version.name} verifies the verdicts of {', '.join(users)}, named by their "
+                "operating point: calibrate those without it first"
             )
         version.stage = ModelStage.ARCHIVED
         version.archived_at = database_utcnow(session)
