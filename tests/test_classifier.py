@@ -13,7 +13,13 @@ from typer.testing import CliRunner
 
 from db.registry import get_model_version
 from db.session import session_scope
-from inspection.classifier import BACKBONES, GOOD, DefectClassifier, load_classifier
+from inspection.classifier import (
+    BACKBONES,
+    GOOD,
+    DefectClassifier,
+    load_classifier,
+    save_classifier,
+)
 from inspection.engine import Inspector, PartInput
 from inspection.settings import get_settings
 from inspection.verdict import Detection, Thresholds, part_fails, verify
@@ -648,3 +654,44 @@ def test_a_classifier_named_by_a_replaced_detector_is_not_archived() -> None:
         get_model_version(session, "first").thresholds = {}
     result = runner.invoke(app, ["models", "archive", "verifier"])
     assert result.exit_code == 0, result.output
+
+
+def test_a_classifier_version_whose_weights_are_damaged_is_said_as_a_classifier(
+    tmp_path: Path,
+) -> None:
+    """evaluate and export told a classifier from a detector by loading its file: a damaged
+    classifier was taken for a detector, ultralytics' message said of it, and the export named
+    a scratch folder's copy of it, a path that was gone by then."""
+    from db.migrate import upgrade
+    from db.models import ModelKind, ModelVersion
+    from tests.conftest import import_synthetic
+    from training.cli import app
+
+    url = get_settings().resolved_database_url
+    upgrade(url)
+    import_synthetic(url, tmp_path, n=12)
+    damaged = tmp_path / "verifier" / "best.pt"
+    damaged.parent.mkdir()
+    model = DefectClassifier("mobilenet_v3_small", [GOOD, *CLASSES])
+    save_classifier(model, damaged, 64)
+    damaged.write_bytes(damaged.read_bytes()[:4096])  # cut short, as by a copy that failed
+    with session_scope(url) as session:
+        session.add(
+            ModelVersion(
+                name="verifier",
+                kind=ModelKind.CLASSIFIER,
+                architecture="defect-cls-mobilenet_v3_small",
+                file_path=str(damaged),
+                sha256="0" * 64,
+                classes=[GOOD, *CLASSES],
+                thresholds={},
+            )
+        )
+    runner = CliRunner()
+    for command in (["evaluate", "verifier", "--data", "synth"], ["export", "verifier"]):
+        result = runner.invoke(app, command)
+        assert result.exit_code != 0
+        message = str(result.exception)
+        assert message.startswith(f"cannot load the classifier {damaged}: "), message
+        assert ".export-" not in message and "ultralytics" not in message.lower()
+    assert sorted(p.name for p in damaged.parent.iterdir()) == ["best.pt"]

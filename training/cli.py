@@ -940,7 +940,7 @@ def evaluate_command(
     weights, thresholds, version_name, note = resolve_model(model, url)
     if note:
         console.print(note, style="yellow", markup=False)
-    if _is_classifier(weights):
+    if _is_classifier(weights, url, version_name):
         if imgsz is not None:
             raise UserError(
                 "--imgsz is for detectors: a classifier is evaluated at its training size"
@@ -1007,7 +1007,13 @@ def _write_json(json_path: Path | None, payload: dict) -> None:
         console.print(f"wrote {json_path}")
 
 
-def _is_classifier(weights: Path) -> bool:
+def _is_classifier(weights: Path, url: str, version_name: str | None) -> bool:
+    """A version's kind where a version was named; a file's, by its contents. A classifier
+    version whose weights cannot be read (damaged, cut short) was taken for a detector by its
+    file: ultralytics' message, and for an export a scratch folder's path, said of it."""
+    if version_name is not None:
+        with session_scope(url) as session:
+            return get_model_version(session, version_name).kind == ModelKind.CLASSIFIER
     import torch
 
     try:
@@ -1142,8 +1148,9 @@ def export_command(
         raise UserError("--int8 needs --data: INT8 is calibrated on that dataset's training images")
     if int8 and half:
         raise UserError("--int8 is quantized from the float32 export: leave out --half")
-    weights, thresholds, version_name, _ = resolve_model(model, migrated_database_url())
-    if _is_classifier(weights):
+    url = migrated_database_url()
+    weights, thresholds, version_name, _ = resolve_model(model, url)
+    if _is_classifier(weights, url, version_name):
         from training.export import export_classifier
 
         ignored = [
