@@ -573,13 +573,38 @@ def detector_of_file(session: Session, path: Path, named: str | None = None) -> 
     return session.scalars(in_folder.order_by(ModelVersion.id)).first()
 
 
+def _refuse_classifier_file(
+    session: Session, path: Path, architecture: str, named: str | None
+) -> None:
+    """`--model` given a classifier's weights or export: it was said to be no registered
+    model's file, as if unknown, where `--model` given its name says what it is."""
+    if path.suffix.lower() == ".onnx":
+        if not architecture.startswith("defect-cls-"):
+            return
+        what = f"an export of classifier {named}" if named else "a classifier's export"
+    else:
+        found = session.scalars(
+            select(ModelVersion.name).where(
+                ModelVersion.kind == ModelKind.CLASSIFIER, ModelVersion.sha256 == sha256_of(path)
+            )
+        ).first()
+        if found is None:
+            return
+        what = f"the weights of classifier {found}"
+    raise UserError(
+        f"{path} is {what}, not a detector: a classifier judges beside the detector whose "
+        "operating point names it (`defects calibrate DETECTOR --classifier VERSION`); pass "
+        "a detector to --model"
+    )
+
+
 def _detector_of_model_file(session: Session, path: Path) -> ModelVersion:
     """`--model FILE`: the version whose weights or export it is. Every verdict is stored
     against a model version and judged at its operating point, which a file alone does not
     hold (an unregistered .pt has no thresholds; an export's are those of its export day)."""
     if not path.is_file():
         raise UserError(f"model file not found: {path}")
-    named = None
+    named, architecture = None, ""
     if path.suffix.lower() == ".onnx":
         import onnx
 
@@ -587,9 +612,12 @@ def _detector_of_model_file(session: Session, path: Path) -> ModelVersion:
             proto = onnx.load(str(path), load_external_data=False)
         except Exception as exc:  # onnx raises protobuf's own errors for a damaged file
             raise UserError(f"cannot read the ONNX model {path}: {exc}") from exc
-        named = {p.key: p.value for p in proto.metadata_props}.get("defects.model_version")
+        metadata = {p.key: p.value for p in proto.metadata_props}
+        named = metadata.get("defects.model_version")
+        architecture = metadata.get("defects.architecture", "")
     version = detector_of_file(session, path, named)
     if version is None:
+        _refuse_classifier_file(session, path, architecture, named)
         raise UserError(
             f"{path} is not the weights or an export of a registered detector: verdicts are "
             "stored against a model version and judged at its calibrated thresholds. Pass a "

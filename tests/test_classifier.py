@@ -695,3 +695,51 @@ def test_a_classifier_version_whose_weights_are_damaged_is_said_as_a_classifier(
         assert message.startswith(f"cannot load the classifier {damaged}: "), message
         assert ".export-" not in message and "ultralytics" not in message.lower()
     assert sorted(p.name for p in damaged.parent.iterdir()) == ["best.pt"]
+
+
+def test_a_classifiers_file_given_as_model_is_said_to_be_a_classifier(tmp_path: Path) -> None:
+    """`--model` given a classifier's weights or its ONNX export was said to be no registered
+    model's file (the weights of a registered version, said to be unknown), where `--model`
+    given the classifier's name says it is a classifier."""
+    from db.migrate import upgrade
+    from db.models import ModelKind
+    from training.cli import app
+    from training.export import export_classifier
+    from training.versions import register_model_version
+
+    url = get_settings().resolved_database_url
+    upgrade(url)
+    weights = tmp_path / "verifier.pt"
+    save_classifier(DefectClassifier("mobilenet_v3_small", [GOOD, *CLASSES]), weights, 32)
+    with session_scope(url) as session:
+        registered = register_model_version(
+            session,
+            weights,
+            get_settings().models_dir,
+            kind=ModelKind.CLASSIFIER,
+            architecture="defect-cls-mobilenet_v3_small",
+            class_names=[GOOD, *CLASSES],
+            image_size=32,
+            name="verifier",
+        )
+        stored = Path(registered.file_path)
+    exported = export_classifier(stored, "verifier")
+    foreign = tmp_path / "copied.onnx"  # an export copied away from the weights
+    foreign.write_bytes(exported.read_bytes())
+    make_images(tmp_path / "parts", n=1)
+    part = str(tmp_path / "parts" / "part_000.png")
+    runner = CliRunner()
+    for model, what in [
+        (weights, "the weights of classifier verifier"),
+        (exported, "an export of classifier verifier"),
+    ]:
+        for command in (
+            ["inspect", "--model", str(model), part],
+            ["batch", str(tmp_path / "parts"), "--line", "L", "--station", "S"]
+            + ["--model", str(model)],
+        ):
+            result = runner.invoke(app, command)
+            assert result.exit_code != 0
+            assert str(result.exception).startswith(f"{model} is {what}, not a detector: ")
+    result = runner.invoke(app, ["inspect", "--model", str(foreign), part])
+    assert str(result.exception).startswith(f"{foreign} is an export of classifier verifier")
