@@ -36,6 +36,15 @@ def get_model_version(session: Session, ref: str | int) -> ModelVersion:
     return version
 
 
+def named_version(session: Session, name: str) -> ModelVersion:
+    """A model version by its name alone, as an operating point names its classifier: by
+    `get_model_version`, a name of digits ("2") was taken for an id, another model's."""
+    version = session.scalars(select(ModelVersion).where(ModelVersion.name == name)).first()
+    if version is None:
+        raise NotFoundError(f"no model version {name!r} (see `defects models list`)")
+    return version
+
+
 def production_model(session: Session, kind: ModelKind) -> ModelVersion | None:
     return session.scalars(
         select(ModelVersion)

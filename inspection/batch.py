@@ -52,7 +52,7 @@ from db.models import (
     database_utcnow,
 )
 from db.queries import PART_CLASSIFIER_ALONE, RunRow, part_results, run_rows, source_rows
-from db.registry import ensure_station, get_model_version, production_model
+from db.registry import ensure_station, get_model_version, named_version, production_model
 from db.session import (
     DatabaseError,
     WalCheckpointer,
@@ -778,7 +778,7 @@ class BatchInspection:
                 classifier_name = (thresholds.get("classifier") or {}).get("version")
                 classifier_file, self.classifier_id = None, None
                 if classifier_name:
-                    classifier = get_model_version(session, classifier_name)
+                    classifier = named_version(session, classifier_name)
                     classifier_file, self.classifier_id = (
                         (classifier.file_path, classifier.sha256),
                         classifier.id,

@@ -743,3 +743,31 @@ def test_a_classifiers_file_given_as_model_is_said_to_be_a_classifier(tmp_path: 
             assert str(result.exception).startswith(f"{model} is {what}, not a detector: ")
     result = runner.invoke(app, ["inspect", "--model", str(foreign), part])
     assert str(result.exception).startswith(f"{foreign} is an export of classifier verifier")
+
+
+def test_a_classifier_named_with_digits_is_the_one_the_operating_point_names(
+    trained: Trained, trained_classifier: str, tmp_path: Path
+) -> None:
+    """Stations looked the operating point's classifier up as an id or a name: a classifier
+    named "1" was taken for the model version of id 1, here the detector itself."""
+    from db.migrate import upgrade
+    from tests.conftest import register_classifier_copy, register_production_detector
+    from training.cli import app
+
+    url = get_settings().resolved_database_url
+    upgrade(url)
+    register_production_detector(url, trained.weights, get_settings().models_dir)
+    register_classifier_copy(trained.url, trained_classifier, url, name="1")
+    with session_scope(url) as session:
+        detector = get_model_version(session, "tiny")
+        assert detector.id == 1
+        detector.thresholds = {
+            "per_class": dict.fromkeys(CLASSES, 1.01),
+            "default": 1.01,
+            "iou": 0.45,
+            "classifier": {"version": "1", "part": 0.0, "verify": None},
+        }
+    make_images(tmp_path / "parts", n=1, seed=7)
+    result = CliRunner().invoke(app, ["inspect", str(tmp_path / "parts" / "part_000.png")])
+    assert result.exit_code == 0, result.exception
+    assert ": FAIL part classifier 0." in result.output

@@ -23,7 +23,7 @@ import numpy as np
 
 import inspection  # noqa: F401 - runtime preparation first
 from db.queries import PartCounts
-from db.registry import get_model_version
+from db.registry import get_model_version, named_version
 from db.session import session_scope
 from inspection.backends.base import read_tile
 from inspection.detector import load_detector
@@ -210,9 +210,7 @@ def evaluate_detector(
         with session_scope(url) as session:
             # (Said as every command says a version's missing weights, with what to copy
             # where: this one named the path alone.)
-            classifier_weights = weights_file(
-                get_model_version(session, classifier_point["version"])
-            )
+            classifier_weights = weights_file(named_version(session, classifier_point["version"]))
 
     with tempfile.TemporaryDirectory() as scratch:
         metrics = model.val(
