@@ -19,6 +19,7 @@ from db.registry import production_model
 from db.session import DatabaseError, connection_scope, redact, session_scope
 from inspection.batch import found_weights, weights_there
 from inspection.engine import Inspector
+from inspection.errors import UserError
 from inspection.settings import SettingsError, get_settings
 
 UPLOAD_LIMIT_MB = 500
@@ -133,6 +134,14 @@ def inspector_for(info: DetectorInfo) -> Inspector:
     """The model that judges uploads; a version's weights gone are said as the command line
     says them (the page said "model file not found" or "classifier file not found")."""
     weights_there(info.name, Path(info.file_path))
+    if info.classifier_name and not info.classifier_path:
+        # (Loaded without it, the page judged with the detector alone, where every station
+        # refuses: a part that only the classifier fails passed here.)
+        raise UserError(
+            f"the operating point of {info.name} names the classifier {info.classifier_name}, "
+            f"which is not in the database: calibrate {info.name} again (`defects calibrate`, "
+            "with another --classifier or none)"
+        )
     if info.classifier_path and info.classifier_name:
         weights_there(info.classifier_name, Path(info.classifier_path))
     return _inspector(

@@ -2012,3 +2012,23 @@ def test_the_latency_chart_gives_each_grid_its_colour_and_percentiles() -> None:
     ]
     [bars] = latency_figure([whole]).data  # one grid: one series, as before
     assert bars.name == "parts" and bars.y == (9, 1)
+
+
+def test_the_inspect_page_refuses_an_operating_point_whose_classifier_is_not_recorded(
+    production: str, tmp_path: Path
+) -> None:
+    """An operating point naming a classifier the database does not hold: stations refuse to
+    judge, and the Inspect page judged the upload with the detector alone, so a part only the
+    classifier fails passed there."""
+    with session_scope(production) as session:
+        version = session.scalars(select(ModelVersion)).one()
+        version.thresholds = {
+            **version.thresholds,
+            "classifier": {"version": "gone-cls", "part": 0.5, "verify": None},
+        }
+    at = _app().run()
+    at.file_uploader(key="inspect_files").set_value(_png_files(tmp_path, 1, 3)).run()
+    assert not at.exception, at.exception
+    said = " ".join(e.value for e in at.error).replace("\\", "")  # (markdown's escapes)
+    assert "names the classifier gone-cls, which is not in the database" in said
+    assert _count(production, Inspection) == 0
