@@ -153,6 +153,10 @@ def test_evaluate_export_and_calibrate_with_the_classifier(
     [actual] = onnx_session.run(None, {"images": image.numpy()})
     np.testing.assert_allclose(actual, expected, rtol=1e-3, atol=1e-4)
 
+    from db.models import ModelStage
+
+    with session_scope(trained.url) as session:  # (archived: calibrating with it brings it back)
+        get_model_version(session, trained_classifier).stage = ModelStage.ARCHIVED
     result = runner.invoke(
         app,
         [
@@ -173,6 +177,11 @@ def test_evaluate_export_and_calibrate_with_the_classifier(
     assert result.exit_code == 0, result.output
     assert "95% upper bound" in result.output
     assert "one-sided, Clopper-Pearson exact" in result.output  # which bound it is
+    assert f"{trained_classifier} was archived: it is a candidate again" in " ".join(
+        result.output.split()
+    )
+    with session_scope(trained.url) as session:
+        assert get_model_version(session, trained_classifier).stage == ModelStage.CANDIDATE
     # evaluate at that operating point counts as calibrate did: with the classifier (it
     # counted the detector alone, and the two disagreed on the same split).
     figures = tmp_path / "val.json"
@@ -654,6 +663,42 @@ def test_a_classifier_named_by_a_replaced_detector_is_not_archived() -> None:
         get_model_version(session, "first").thresholds = {}
     result = runner.invoke(app, ["models", "archive", "verifier"])
     assert result.exit_code == 0, result.output
+
+
+def test_an_operating_point_naming_an_archived_classifier_brings_it_back() -> None:
+    """`calibrate --classifier` (or the Settings page) with an archived classifier stored an
+    operating point naming it: stations then judged every part with an archived model, which
+    `models archive` refuses to make, and no command could bring it back among the candidates."""
+    from db.migrate import upgrade
+    from db.models import ModelKind, ModelStage, ModelVersion
+    from training.calibrate import store_operating_point
+
+    url = get_settings().resolved_database_url
+    upgrade(url)
+    with session_scope(url) as session:
+        for name, kind, stage in [
+            ("detector", ModelKind.DETECTOR, ModelStage.PRODUCTION),
+            ("verifier", ModelKind.CLASSIFIER, ModelStage.ARCHIVED),
+            ("other", ModelKind.CLASSIFIER, ModelStage.ARCHIVED),
+        ]:
+            session.add(
+                ModelVersion(
+                    name=name,
+                    kind=kind,
+                    architecture="a",
+                    file_path=name,
+                    sha256="0" * 64,
+                    classes=[GOOD, *CLASSES] if kind == ModelKind.CLASSIFIER else list(CLASSES),
+                    stage=stage,
+                )
+            )
+    point = {"per_class": {}, "classifier": {"version": "verifier", "part": 0.5, "verify": None}}
+    assert store_operating_point(url, "detector", point)
+    with session_scope(url) as session:
+        verifier = get_model_version(session, "verifier")
+        assert verifier.stage == ModelStage.CANDIDATE and verifier.archived_at is None
+        assert get_model_version(session, "other").stage == ModelStage.ARCHIVED
+        assert get_model_version(session, "detector").stage == ModelStage.PRODUCTION
 
 
 def test_a_classifier_version_whose_weights_are_damaged_is_said_as_a_classifier(

@@ -654,6 +654,8 @@ class StoredCalibration:
     calibration: Calibration
     dimensions: list[str]
     operating_point: dict[str, Any]
+    # Its classifier was archived: storing the point brings it back (`store_operating_point`).
+    classifier_archived: bool = False
 
 
 def calibrate_model(
@@ -673,7 +675,7 @@ def calibrate_model(
 
     `verify_threshold` "auto" (with a classifier) also picks the crop threshold of verification
     that meets the target with the fewest false calls, verification off included."""
-    from db.models import ModelKind
+    from db.models import ModelKind, ModelStage
     from db.registry import get_model_version
     from db.session import session_scope
     from training.datasets import dataset_yaml
@@ -718,6 +720,9 @@ def calibrate_model(
                 )
         classifier_weights = weights_file(classifier_version) if classifier_version else None
         classifier_name = classifier_version.name if classifier_version else None
+        classifier_archived = (
+            classifier_version is not None and classifier_version.stage == ModelStage.ARCHIVED
+        )
     verify_threshold = parse_verify_threshold(verify_threshold)
     if verify_threshold is not None and classifier_weights is None:
         raise UserError("verification needs a classifier (--classifier)")
@@ -762,7 +767,7 @@ def calibrate_model(
         )
     if store:
         store_operating_point(url, model, operating_point)
-    return StoredCalibration(result, dimensions, operating_point)
+    return StoredCalibration(result, dimensions, operating_point, classifier_archived)
 
 
 def build_operating_point(
@@ -852,7 +857,7 @@ def store_operating_point(
     undone. False where they changed (nothing stored)."""
     from sqlalchemy import select
 
-    from db.models import ModelVersion
+    from db.models import ModelStage, ModelVersion
     from db.registry import get_model_version
     from db.session import session_scope
 
@@ -864,6 +869,17 @@ def store_operating_point(
         if unless_changed_from and thresholds_stamp(version.thresholds) != unless_changed_from:
             return False
         version.thresholds = operating_point
+        # A classifier the operating point names is in use: an archived one comes back among
+        # the candidates, as `models archive` refuses to archive one in use. (Left archived, it
+        # judged every part of the detector's stations, and no command could bring it back.)
+        named = (operating_point.get("classifier") or {}).get("version")
+        classifier = session.scalars(
+            select(ModelVersion).where(
+                ModelVersion.name == named, ModelVersion.stage == ModelStage.ARCHIVED
+            )
+        ).first()
+        if classifier is not None:
+            classifier.stage, classifier.archived_at = ModelStage.CANDIDATE, None
         return True
 
 

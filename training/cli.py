@@ -882,6 +882,13 @@ def calibrate_command(
     )
     result, dimensions = stored.calibration, stored.dimensions
     report = stored.operating_point["calibration"]
+    if stored.classifier_archived:
+        console.print(
+            f"{classifier} was archived: it is a candidate again, since the operating point of "
+            f"{model} names it",
+            style="yellow",
+            markup=False,
+        )
     table = Table("class", "threshold")
     for name in dimensions:
         value = result.thresholds[name]

@@ -229,6 +229,12 @@ else:
                 ):
                     flash(
                         f"Stored as the operating point of {plain(info.name)}: the next inspection uses it."
+                        + (
+                            f" {plain(stored.operating_point['classifier']['version'])} was "
+                            "archived: it is a candidate again, since this operating point names it."
+                            if stored.classifier_archived
+                            else ""
+                        )
                     )
                 else:
                     flash(
