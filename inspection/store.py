@@ -30,7 +30,7 @@ from sqlalchemy.engine import make_url
 from db.models import database_utcnow
 from db.queries import kept_old_parts, prunable_images
 from db.session import session_scope
-from inspection.images import located_image
+from inspection.settings import same_place_under
 
 # A `.partial` file is an image being written (store_image renames it within moments); one an
 # hour old was left by a station killed mid-write. An image written or touched (store_image,
@@ -144,8 +144,8 @@ def prune_images(
         for seen, (_, stored_path) in enumerate(
             prunable_images(session, before, keep_failed, keep_reviewed, report.since), start=1
         ):
-            path = located_image(stored_path, images_dir)
-            if not path.resolve().is_relative_to(store):
+            path = _image_in_store(stored_path, images_dir, store)
+            if path is None:
                 report.elsewhere += 1  # (another station's disk, or a path this store never had)
             else:
                 try:
@@ -174,6 +174,22 @@ def prune_images(
         noted = max(before, last.before) if last is not None else before
         _write_last_prune(images_dir, _LastPrune(noted, keep_failed, keep_reviewed, database))
     return report
+
+
+def _image_in_store(stored_path: str, images_dir: Path, store: Path) -> Path | None:
+    """Where this store keeps a part's image: the file of its name here (the store names each
+    file by its content), else its recorded path where that is inside this store (the file may
+    be gone); None where it is recorded outside and this store has no copy.
+
+    The copy here comes first, even where the recorded path outside still holds a file (the
+    old data folder kept after copying it to another disk, another station's store mounted on
+    this machine): such a copy was counted as elsewhere and kept, and once the cut-off passed
+    its part, never looked at again."""
+    here = same_place_under(stored_path, images_dir, depth=2)
+    if here.is_file() and here.resolve().is_relative_to(store):
+        return here
+    recorded = Path(stored_path)
+    return recorded if recorded.resolve().is_relative_to(store) else None
 
 
 def _prune_partials(images_dir: Path, dry_run: bool) -> int:

@@ -4,6 +4,7 @@ keeps every verdict."""
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -226,3 +227,24 @@ def test_the_last_prunes_cut_off_serves_only_a_prune_deleting_no_more_on_the_sam
     unreadable = prune_images(database_url, store, 30)
     assert unreadable.since is None and (unreadable.already_gone, unreadable.kept_failed) == (1, 1)
     assert prune_images(database_url, store, 30, dry_run=True).since is not None
+
+
+def test_a_prune_deletes_its_own_stores_copy_of_an_image_recorded_in_a_store_still_there(
+    database_url: str, trained: Trained, tmp_path: Path
+) -> None:
+    """A data folder copied to another disk with the old one kept (or another station's store
+    mounted on this machine): the parts recorded at the old store's paths, which still held
+    their files, were counted as elsewhere and their copies here kept, and the cut-off then
+    passed them for good. The copy in this store goes; the file outside is not touched."""
+    old = tmp_path / "store"
+    images = _five_parts(database_url, trained, tmp_path, old)
+    new = tmp_path / "new-disk" / "images"
+    shutil.copytree(old, new)
+    copy = new / images["plain"].parent.name / images["plain"].name
+
+    report = prune_images(database_url, new, 30)
+    assert (report.deleted, report.elsewhere, report.already_gone) == (1, 1, 0)
+    assert not copy.exists() and images["plain"].is_file()  # (the old folder is left as it was)
+    assert (new / images["failed"].parent.name / images["failed"].name).is_file()
+    again = prune_images(database_url, new, 30, look_at_all=True)
+    assert (again.deleted, again.elsewhere, again.already_gone) == (0, 2, 0)
