@@ -248,6 +248,41 @@ def test_archiving_leaves_production_and_the_rollback_order_alone(tmp_path: Path
         assert session.get(ModelVersion, versions[2].id).stage == ModelStage.CANDIDATE
 
 
+def test_a_version_archived_by_hand_is_not_put_back_by_a_rollback(tmp_path: Path) -> None:
+    """A version rolled back from (a candidate again) and then archived by hand was stamped
+    last, so the next rollback put the retired version back into production."""
+    from db.migrate import upgrade
+    from db.models import ModelKind, ModelStage, ModelVersion
+    from db.registry import production_model, promote
+    from db.session import session_scope
+    from inspection.settings import get_settings
+
+    url = get_settings().resolved_database_url
+    upgrade(url)
+    with session_scope(url) as session:
+        versions = [
+            ModelVersion(
+                name=f"v{i}",
+                kind=ModelKind.DETECTOR,
+                architecture="defect-yolo-n",
+                file_path="x.pt",
+                sha256="0" * 64,
+            )
+            for i in (1, 2, 3)
+        ]
+        session.add_all(versions)
+        session.flush()
+        for version in versions:
+            promote(session, version)  # v1, then v2, then v3 in production
+    assert runner.invoke(app, ["models", "rollback"]).output.strip().startswith("v2 ")
+    assert runner.invoke(app, ["models", "archive", "v3"]).output.strip() == "v3 archived"
+    assert runner.invoke(app, ["models", "rollback"]).output.strip().startswith("v1 ")
+    with session_scope(url) as session:
+        restored = production_model(session, ModelKind.DETECTOR)
+        assert restored is not None and restored.name == "v1"
+        assert session.get(ModelVersion, versions[2].id).stage == ModelStage.ARCHIVED
+
+
 def test_an_unknown_or_absent_device_is_one_line(tmp_path: Path) -> None:
     from inspection.errors import UserError
     from inspection.settings import resolve_device

@@ -265,6 +265,9 @@ def models_archive(model: Annotated[str, typer.Argument(help="Model version id o
             )
         version.stage = ModelStage.ARCHIVED
         version.archived_at = database_utcnow(session)
+        # Retired by hand, never put back by a rollback: a version once promoted and rolled
+        # back from (a candidate again) would otherwise, stamped last, be the one it restores.
+        version.promoted_at = None
         console.print(f"{version.name} archived")
 
 
