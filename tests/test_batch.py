@@ -1228,11 +1228,17 @@ def test_cli_batch_and_inspect(
     again = runner.invoke(
         app, ["inspect", *(str(tmp_path / "more" / im.name) for im in new), "--json"]
     )
-    assert json.loads(again.output) == payload  # already inspected: the stored verdicts, unchanged
+    assert json.loads(again.stdout) == payload  # already inspected: the stored verdicts, unchanged
+    # Said (on stderr, --json stays parseable): nothing else told the verdicts were not new,
+    # nor why the station given counted no part.
+    assert again.stderr.strip() == (
+        "2 part(s) had already been inspected by tiny: their stored verdicts are shown, "
+        "each counted at the station that judged it"
+    )
     # A path that names no image: the others are judged and shown, and the status is an error.
     known = str(tmp_path / "more" / new[0].name)
     missing = runner.invoke(app, ["inspect", known, str(tmp_path / "nope.png"), "--json"])
-    assert [row["verdict"] for row in json.loads(missing.output)] == [
+    assert [row["verdict"] for row in json.loads(missing.stdout)] == [
         payload[0]["verdict"],
         "error",
     ]
@@ -1598,7 +1604,7 @@ def test_a_model_file_is_accepted_where_a_version_name_is(
     image = str(tmp_path / "in" / "part_000.png")
     result = CliRunner().invoke(app, ["inspect", image, "--model", str(moved), "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)[0]["verdict"] in {"pass", "fail"}
+    assert json.loads(result.stdout)[0]["verdict"] in {"pass", "fail"}
     foreign = shutil.copy2(DEMO_DIR / "weights.onnx", tmp_path / "other.onnx")
     refused = CliRunner().invoke(app, ["inspect", image, "--model", str(foreign)])
     assert isinstance(refused.exception, UserError)
@@ -1850,7 +1856,7 @@ def test_cli_inspect_prints_a_name_with_a_newline_on_one_line(
     assert lines[0].startswith(repr(str(odd)) + ": ")
     assert lines[1].startswith(plain_name + ": ")  # an ordinary name as it is
     as_json = runner.invoke(app, ["inspect", str(odd), "--json"])
-    assert json.loads(as_json.output)[0]["part"] == str(odd)
+    assert json.loads(as_json.stdout)[0]["part"] == str(odd)
     missing = runner.invoke(app, ["inspect", plain_name, str(tmp_path / "no\npe.png")])
     assert missing.exit_code == 1
     assert repr(str(tmp_path / "no\npe.png")) in str(missing.exception)

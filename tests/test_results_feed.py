@@ -99,7 +99,7 @@ def test_inspect_json_gives_a_parts_latency_as_the_feed_does(station: str, tmp_p
     files = sorted((tmp_path / "in").iterdir())
     shown = CliRunner().invoke(app, ["inspect", "--json", *map(str, files)])
     assert shown.exit_code == 0, shown.output
-    rows = json.loads(shown.output)
+    rows = json.loads(shown.stdout)
     assert [row["part"] for row in rows] == [str(f) for f in files]
     for row in rows:
         assert row["latency_ms"] == lines[Path(row["part"]).name]["latency_ms"] is not None

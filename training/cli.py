@@ -1896,6 +1896,13 @@ def inspect_command(
             "errors only)",
             err=True,
         )
+    if job.summary.skipped:  # (the dashboard's upload says the same)
+        typer.echo(
+            f"{job.summary.skipped} part(s) had already been inspected by "
+            f"{job.summary.model_name}: their stored verdicts are shown, each counted at the "
+            "station that judged it",
+            err=True,
+        )
     from inspection.verdict import left_out_note
 
     rows = _stored_verdicts(url, job.model_id, items)
