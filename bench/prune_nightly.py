@@ -50,6 +50,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    # (At the start: the code this process imported, whatever is committed while it runs.)
+    commit = subprocess.run(
+        ["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
     scratch = tempfile.TemporaryDirectory()
     url = args.url or f"sqlite:///{Path(scratch.name) / 'history.db'}"
     store = Path(scratch.name) / "images"
@@ -90,9 +94,6 @@ def main() -> None:
             seconds[case].append(took)
     whole, window = reports["every old part"], reports["since last night's cut-off"]
     assert (whole.deleted, whole.freed_bytes) == (window.deleted, window.freed_bytes)
-    commit = subprocess.run(
-        ["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
     result = {
         "database": get_engine(url).dialect.name,
         "code": commit,
