@@ -1697,7 +1697,8 @@ def export_run_csv(
                     row.content_hash,
                     row.verdict,
                     spreadsheet_text(row.defects),
-                    f"{row.max_confidence:.4f}",
+                    # (An error was never judged: 0.0000 there read as a part judged clean.)
+                    "" if row.verdict == "error" else f"{row.max_confidence:.4f}",
                     # (To 0.1 ms, as the results feed and `inspect --json` give it: one part's
                     # latency read 12.35 here and 12.3 there.)
                     "" if row.latency_ms is None else shown_latency(row.latency_ms),

@@ -1713,8 +1713,12 @@ def test_a_runs_csv_gives_latency_as_the_results_feed_does(detector: str, tmp_pa
     lines["part_000.png"]["latency_ms"] = shown_latency(12.3456)
     path = tmp_path / "run.csv"
     assert export_run_csv(detector, job.run_id, path) == 3
-    written = {row["part"]: row["latency_ms"] for row in csv.DictReader(path.open(newline=""))}
+    rows = list(csv.DictReader(path.open(newline="")))
+    written = {row["part"]: row["latency_ms"] for row in rows}
     assert written["part_000.png"] == "12.3"
+    # (An error, never judged, has no confidence: it read 0.0000, as a part judged clean.)
+    confidence = {row["part"]: row["max_confidence"] for row in rows}
+    assert confidence["notes.txt"] == "" and confidence["part_000.png"] != ""
     assert written == {
         name: "" if line["latency_ms"] is None else json.dumps(line["latency_ms"])
         for name, line in lines.items()
