@@ -816,3 +816,50 @@ def test_a_classifier_named_with_digits_is_the_one_the_operating_point_names(
     result = CliRunner().invoke(app, ["inspect", str(tmp_path / "parts" / "part_000.png")])
     assert result.exit_code == 0, result.exception
     assert ": FAIL part classifier 0." in result.output
+
+
+def test_a_classifier_version_named_with_digits_is_known_as_a_classifier(tmp_path: Path) -> None:
+    """evaluate and export told a named version's kind by looking its name up as an id or a
+    name: a classifier named "1" was taken for version 1, here a detector, and its damaged
+    weights were then loaded as a detector's, not said as the classifier's."""
+    from sqlalchemy import select
+
+    from db.migrate import upgrade
+    from db.models import ModelKind, ModelVersion
+    from tests.conftest import import_synthetic
+    from training.cli import app
+
+    url = get_settings().resolved_database_url
+    upgrade(url)
+    import_synthetic(url, tmp_path, n=12)
+    damaged = tmp_path / "verifier" / "best.pt"
+    damaged.parent.mkdir()
+    save_classifier(DefectClassifier("mobilenet_v3_small", [GOOD, *CLASSES]), damaged, 64)
+    damaged.write_bytes(damaged.read_bytes()[:4096])  # cut short, as by a copy that failed
+    with session_scope(url) as session:
+        for name, kind, classes in [
+            ("detector", ModelKind.DETECTOR, list(CLASSES)),
+            ("1", ModelKind.CLASSIFIER, [GOOD, *CLASSES]),
+        ]:
+            session.add(
+                ModelVersion(
+                    name=name,
+                    kind=kind,
+                    architecture="a",
+                    file_path=str(damaged),
+                    sha256="0" * 64,
+                    classes=classes,
+                    thresholds={},
+                )
+            )
+            session.flush()
+        assert get_model_version(session, "detector").id == 1
+        classifier_id = str(
+            session.scalars(select(ModelVersion.id).where(ModelVersion.name == "1")).one()
+        )
+    runner = CliRunner()
+    for command in (["evaluate", classifier_id, "--data", "synth"], ["export", classifier_id]):
+        result = runner.invoke(app, command)
+        assert result.exit_code != 0
+        message = str(result.exception)
+        assert message.startswith(f"cannot load the classifier {damaged}: "), message

@@ -27,6 +27,7 @@ from db.registry import (
     NotFoundError,
     classifier_in_use,
     get_model_version,
+    named_version,
     promote_version,
     roll_back,
 )
@@ -1020,10 +1021,11 @@ def _write_json(json_path: Path | None, payload: dict) -> None:
 def _is_classifier(weights: Path, url: str, version_name: str | None) -> bool:
     """A version's kind where a version was named; a file's, by its contents. A classifier
     version whose weights cannot be read (damaged, cut short) was taken for a detector by its
-    file: ultralytics' message, and for an export a scratch folder's path, said of it."""
+    file: ultralytics' message, and for an export a scratch folder's path, said of it. Looked
+    up by its name alone: a name of digits ("1") read as an id was another version's kind."""
     if version_name is not None:
         with session_scope(url) as session:
-            return get_model_version(session, version_name).kind == ModelKind.CLASSIFIER
+            return named_version(session, version_name).kind == ModelKind.CLASSIFIER
     import torch
 
     try:
