@@ -474,3 +474,38 @@ def test_a_backtest_leaves_out_the_reviewed_parts_the_candidate_was_trained_on(
             recorded = recorded_rates(session, leaving_out=result.learned_parts)
         assert (recorded.n_defective, recorded.n_good) == (0, 1)
     assert backtest(reviewed, "tiny").learned == 0  # trained on no export of these reviews
+
+
+def test_a_backtest_judges_with_the_classifier_its_operating_point_names_by_name(
+    reviewed: str, tmp_path: Path
+) -> None:
+    """The backtest looked the operating point's classifier up as an id or a name, as stations
+    once did: a classifier named "1" was taken for version 1, the detector itself, whose
+    weights then failed to load as a classifier's."""
+    from db.models import ModelKind
+    from db.registry import get_model_version
+    from inspection.classifier import GOOD, DefectClassifier, save_classifier
+    from training.versions import register_model_version
+
+    weights = tmp_path / "verifier.pt"
+    save_classifier(DefectClassifier("mobilenet_v3_small", [GOOD, *CLASSES]), weights, 32)
+    with session_scope(reviewed) as session:
+        register_model_version(
+            session,
+            weights,
+            tmp_path / "models",
+            kind=ModelKind.CLASSIFIER,
+            architecture="defect-cls-mobilenet_v3_small",
+            class_names=[GOOD, *CLASSES],
+            image_size=32,
+            name="1",
+        )
+        detector = get_model_version(session, "tiny")
+        assert detector.id == 1
+        detector.thresholds = {
+            **detector.thresholds,
+            "classifier": {"version": "1", "part": 0.0, "verify": None},
+        }
+    result = backtest(reviewed, "tiny")
+    assert (result.parts, result.unreadable) == (4, 0)
+    assert result.rates.n_missed == 0  # (every part fails at a part threshold of 0)

@@ -23,7 +23,7 @@ from db.models import (
     ReviewKind,
     Verdict,
 )
-from db.registry import get_model_version, production_model
+from db.registry import get_model_version, named_version, production_model
 from db.reviews import REVIEW_EXPORT, PartTruth, reviewed_parts, reviewer_classes
 from db.session import session_scope
 from inspection.engine import Inspector, PartInput, TileChoice, checkpoint_tile
@@ -126,8 +126,9 @@ def backtest(url: str, model: str) -> Backtest:
         truths = [t for t in every if t.part_id not in learned]
         weights, thresholds, name = weights_file(version), dict(version.thresholds), version.name
         classifier_name = (thresholds.get("classifier") or {}).get("version")
+        # (By its name alone, as stations look it up: a name of digits is not an id.)
         classifier = (
-            weights_file(get_model_version(session, classifier_name)) if classifier_name else None
+            weights_file(named_version(session, classifier_name)) if classifier_name else None
         )
     if not every:
         raise UserError("no reviewed parts yet: review some parts first")
