@@ -475,6 +475,28 @@ def test_a_promotion_of_a_version_never_calibrated_says_so(tmp_path: Path) -> No
     assert "warning" not in runner.invoke(app, ["models", "promote", "by-hand"]).output
 
 
+def test_a_promotions_warnings_are_of_the_version_promoted_when_its_name_is_digits(
+    tmp_path: Path,
+) -> None:
+    """The warnings looked the promoted version up by its name as an id or a name: a version
+    named "1" was taken for version 1, the calibrated one it replaced, and its own lack of a
+    calibration went unsaid."""
+    from training.versions import default_thresholds
+
+    evaluated = {"metrics": {"map50": 0.7, "miss_rate": 0.01}, "classes": ["scratch", "spot"]}
+    _detectors(
+        tmp_path,
+        {
+            "calibrated": {**evaluated, "thresholds": CALIBRATED},  # (version 1)
+            "1": {**evaluated, "thresholds": default_thresholds(["scratch", "spot"])},
+        },
+    )
+    assert "warning" not in runner.invoke(app, ["models", "promote", "calibrated"]).output
+    fresh = " ".join(runner.invoke(app, ["models", "promote", "2"]).output.split())
+    assert "1 is now the production detector, replacing calibrated" in fresh
+    assert "warning: 1 was never calibrated" in fresh
+
+
 def _cli(args: list[str], data_dir: Path) -> subprocess.CompletedProcess[str]:
     """`defects ARGS` as a user runs it with its output piped: rich at 80 columns."""
     return subprocess.run(

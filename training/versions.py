@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.models import Dataset, ModelKind, ModelStage, ModelVersion
-from db.registry import get_model_version
+from db.registry import named_version
 from db.session import session_scope
 from inspection.batch import found_weights, sha256_of, weights_there
 from inspection.errors import UserError
@@ -116,11 +116,12 @@ def register_model_version(
 
 def promotion_warnings(url: str, name: str, replaced: str | None) -> list[str]:
     """What the figures say against a promotion just made: a model that finds nothing went
-    into production without a word. (Said, not refused: the figures may be of other data.)"""
+    into production without a word. (Said, not refused: the figures may be of other data.)
+    Both versions by their names alone: a name of digits ("1") read as an id was another's."""
     with session_scope(url) as session:
-        new = get_model_version(session, name)
+        new = named_version(session, name)
         metrics = dict(new.metrics or {})
-        old = get_model_version(session, replaced) if replaced else None
+        old = named_version(session, replaced) if replaced else None
         old_metrics = dict(old.metrics or {}) if old else {}
         same_data = old is not None and old.dataset_id == new.dataset_id
         uncalibrated = never_calibrated(dict(new.thresholds or {}), list(new.classes or []))
