@@ -392,6 +392,22 @@ def test_a_part_partly_reviewed_then_judged_again_is_finished_on_the_page_and_ex
     assert "Exported 2 parts" in at.success[0].value
 
 
+def test_a_part_judged_by_another_model_with_nothing_decided_is_not_said_judged_again(
+    production: str, tmp_path: Path
+) -> None:
+    """A part judged by two model versions (both verdicts current) and shown with the older,
+    whose margin is the smaller: the page said it was shown with the verdict its detections
+    were decided on, where none was decided."""
+    at = _two_failed_parts_on_review(production, tmp_path)
+    first = at.selectbox(key="review_part").value
+    with session_scope(production) as session:  # (nothing found: the most certain verdict)
+        session.add(Inspection(part_id=first, verdict=Verdict.PASS, inspected_at=utcnow()))
+    at.selectbox(key="review_part").set_value(first).run()
+    assert not at.exception, at.exception
+    assert any("**: FAIL." in m.value for m in at.markdown)  # (the older verdict shown)
+    assert not any("Judged again since" in m.value for m in at.markdown)
+
+
 def test_a_click_meant_for_a_part_done_elsewhere_lands_on_no_other_part(
     production: str, tmp_path: Path
 ) -> None:

@@ -25,6 +25,7 @@ from db.reviews import (
     review_queue,
     reviewer_classes,
     undo_last_review,
+    verdicts_reviewed,
 )
 from db.session import session_scope
 from inspection.engine import TileChoice
@@ -170,7 +171,11 @@ else:
             f" Judged again since ({latest.verdict.value.upper()}): shown with the verdict its "
             "detections were decided on, so that what was decided stays and only the rest is "
             "asked."
-            if latest is not None and latest.id != item.inspection_id
+            if latest is not None
+            and latest.id != item.inspection_id
+            # (Not a part judged by two model versions, both verdicts current, shown with the
+            # older while nothing was decided: that was said to be the verdict decided on.)
+            and verdicts_reviewed(session, [part.id]).get(part.id) == item.inspection_id
             else ""
         )
     info = detector_info(state.url)
