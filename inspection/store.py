@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -92,21 +93,25 @@ def _read_last_prune(images_dir: Path) -> _LastPrune | None:
 
 def _write_last_prune(images_dir: Path, last: _LastPrune) -> None:
     """Written whole under another name and renamed, so a prune killed while writing it leaves
-    the note before it (and the next prune writes over its half)."""
+    the note before it. That name is this prune's own: two prunes of one store (a timer's and
+    one run by hand) ending together shared one, and the second to rename it found it gone."""
     images_dir.mkdir(parents=True, exist_ok=True)
-    partial = images_dir / f"{LAST_PRUNE_FILE}.writing"
-    partial.write_text(
-        json.dumps(
-            {
-                "before": last.before.isoformat(),
-                "keep_failed": last.keep_failed,
-                "keep_reviewed": last.keep_reviewed,
-                "database": last.database,
-            }
-        ),
-        encoding="utf-8",
-    )
-    os.replace(partial, images_dir / LAST_PRUNE_FILE)
+    handle, name = tempfile.mkstemp(prefix=f"{LAST_PRUNE_FILE}.", suffix=".writing", dir=images_dir)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as partial:
+            json.dump(
+                {
+                    "before": last.before.isoformat(),
+                    "keep_failed": last.keep_failed,
+                    "keep_reviewed": last.keep_reviewed,
+                    "database": last.database,
+                },
+                partial,
+            )
+        os.replace(name, images_dir / LAST_PRUNE_FILE)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
 
 
 def _database_named(url: str) -> str:

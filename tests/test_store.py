@@ -9,6 +9,7 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select, update
 from typer.testing import CliRunner
 
@@ -248,3 +249,29 @@ def test_a_prune_deletes_its_own_stores_copy_of_an_image_recorded_in_a_store_sti
     assert (new / images["failed"].parent.name / images["failed"].name).is_file()
     again = prune_images(database_url, new, 30, look_at_all=True)
     assert (again.deleted, again.elsewhere, again.already_gone) == (0, 2, 0)
+
+
+def test_two_prunes_ending_together_each_note_their_cut_off(
+    database_url: str, trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two prunes of one store (a nightly timer's and one run by hand) wrote their notes
+    through the same half-written file: the one that renamed it second found it gone, and its
+    prune, its images deleted, ended in a traceback."""
+    from inspection import store as store_module
+
+    store = tmp_path / "store"
+    _five_parts(database_url, trained, tmp_path, store)
+    real_replace = os.replace
+    others: list[int | None] = []
+
+    def replace(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+        if Path(target).name == LAST_PRUNE_FILE and not others:
+            others.append(None)
+            others[0] = prune_images(database_url, store, 30).deleted  # (ends meanwhile)
+        real_replace(source, target)
+
+    monkeypatch.setattr(store_module.os, "replace", replace)
+    assert prune_images(database_url, store, 30).deleted == 1
+    assert others == [0]  # (the other found the image gone already)
+    assert prune_images(database_url, store, 30, dry_run=True).since is not None
+    assert [p.name for p in store.iterdir() if p.is_file()] == [LAST_PRUNE_FILE]
