@@ -156,7 +156,10 @@ def test_evaluate_export_and_calibrate_with_the_classifier(
     from db.models import ModelStage
 
     with session_scope(trained.url) as session:  # (archived: calibrating with it brings it back)
-        get_model_version(session, trained_classifier).stage = ModelStage.ARCHIVED
+        archived = get_model_version(session, trained_classifier)
+        archived.stage = ModelStage.ARCHIVED
+        # (Given by its id, it is said by its name: "3 was archived" named no version.)
+        classifier_id = str(archived.id)
     result = runner.invoke(
         app,
         [
@@ -169,7 +172,7 @@ def test_evaluate_export_and_calibrate_with_the_classifier(
             "--max-miss-rate",
             "0",
             "--classifier",
-            trained_classifier,
+            classifier_id,
             "--verify-threshold",
             "0.0",
         ],

@@ -886,10 +886,10 @@ def calibrate_command(
     )
     result, dimensions = stored.calibration, stored.dimensions
     report = stored.operating_point["calibration"]
-    if stored.classifier_archived:
+    if stored.classifier_archived:  # (said by its name: --classifier may give its id)
         console.print(
-            f"{classifier} was archived: it is a candidate again, since the operating point of "
-            f"{model} names it",
+            f"{stored.operating_point['classifier']['version']} was archived: it is a candidate "
+            f"again, since the operating point of {model} names it",
             style="yellow",
             markup=False,
         )
