@@ -135,9 +135,12 @@ def review_queue(
     recent).
 
     A part stays until each detection of a verdict of it is decided (confirmed or a false
-    call), or it is marked good, or, where no detection of it was ever decided, its current
-    verdict found nothing and a review was given: the same test as `truth_subquery`'s
-    `complete`, so that a part the export leaves out as undecided is always still offered.
+    call), or it is marked good, or, where no detection of it was ever decided, the current
+    verdict looked at found nothing and a review was given: `truth_subquery`'s `complete`,
+    asked of each current verdict (of each model version that judged the part), so that a
+    part the export leaves out as undecided is always still offered. (One judged by two
+    versions and reviewed where one found nothing is complete for the export, and still
+    offered with the other's verdict.)
     Leaving at its first review (as it once did) left its other detections undecided for good,
     so an export labelled them background.
 

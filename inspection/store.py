@@ -9,8 +9,8 @@ this machine's store, whatever path a part recorded.
 
 A prune runs every night over a store whose older parts earlier prunes have dealt with. It
 notes its cut-off in the store (`LAST_PRUNE_FILE`), and the next looks only at the parts last
-judged since: a station's year holds some 150 million parts, and reading them all again every
-night to find their images gone took ever longer. The note is kept beside the images it speaks
+judged since: a station's years hold many millions of parts, and reading them all again every
+night to find their images gone took ever longer (bench/prune_nightly.py). The note is kept beside the images it speaks
 of (each machine prunes its own store, and a backup of the store carries it), and is used only
 by a prune keeping at least what the noted one kept, on the same database.
 """

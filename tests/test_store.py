@@ -180,7 +180,7 @@ def test_a_nightly_prune_looks_only_at_parts_last_judged_since_the_last_ones_cut
     database_url: str, trained: Trained, tmp_path: Path
 ) -> None:
     """A prune read every old part again, night after night, to find most images gone: a
-    station's year is some 150 million parts. It now looks at those last judged since the
+    station's years are many millions of parts. It now looks at those last judged since the
     last finished prune's cut-off; `look_at_all` at every one."""
     store = tmp_path / "store"
     images = _five_parts(database_url, trained, tmp_path, store)
