@@ -341,7 +341,9 @@ def test_only_the_training_datasets_test_figures_are_the_headline(
 ) -> None:
     """A test-split evaluation on any dataset replaced the version's headline figures, and a
     split with no labeled defect stored null figures over measured ones."""
-    from db.models import Dataset, ModelKind
+    from sqlalchemy import select
+
+    from db.models import Dataset, ModelKind, ModelVersion
     from db.registry import get_model_version
     from db.session import session_scope
     from training.cli import _store_evaluation
@@ -355,7 +357,7 @@ def test_only_the_training_datasets_test_figures_are_the_headline(
         )
         session.add(own)
         session.flush()
-        for name, dataset in (("m", own), ("demo", None)):
+        for name, dataset in (("m", own), ("demo", None), ("1", own)):
             register_model_version(
                 session,
                 weights,
@@ -380,6 +382,12 @@ def test_only_the_training_datasets_test_figures_are_the_headline(
     assert metrics["evaluations"]["line2:test"]["map50"] == 0.1
     assert metrics["evaluations"]["line1:test"] == nothing_labeled
     assert "map50" not in demo and "line1:test" in demo["evaluations"]
+    # (A version named with digits was taken for the version of that id: "m", id 1.)
+    _store_evaluation(database_url, "1", "line3", "val", measured)
+    with session_scope(database_url) as session:
+        named_one = session.scalars(select(ModelVersion).where(ModelVersion.name == "1")).one()
+        assert "line3:val" in named_one.metrics["evaluations"]
+        assert "line3:val" not in get_model_version(session, "m").metrics["evaluations"]
 
 
 def _detectors(tmp_path: Path, versions: dict[str, dict[str, Any]]) -> None:

@@ -1091,7 +1091,8 @@ def _store_evaluation(url: str, version_name: str, data: str, split: str, payloa
     on only: any dataset's test figures replaced them, whichever was evaluated last. A figure
     the split cannot give (null: no labeled defect) never replaces a measured one."""
     with session_scope(url) as session:
-        version = get_model_version(session, version_name)
+        # (By name alone: a version named with digits was taken for the version of that id.)
+        version = named_version(session, version_name)
         metrics = dict(version.metrics or {})
         evaluations = dict(metrics.get("evaluations", {}))
         evaluations[f"{data}:{split}"] = payload
