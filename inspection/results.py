@@ -45,7 +45,7 @@ from collections import deque
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 from inspection.engine import PartResult
 from inspection.errors import UserError
@@ -312,6 +312,7 @@ class ResultsFeed:
             raise UserError(f"--results {path} is a folder: give the file's name")
         self.path = path
         self._pipe: _PipeSender | None = None
+        self._fd: int | None = None  # (a regular file's)
         # The last line's sequence number: numbered and written under one lock, so that the
         # numbers follow the order the lines go out in, whichever thread writes.
         self._seq = 0
@@ -328,10 +329,15 @@ class ResultsFeed:
                 return
             os.close(fd)  # (no longer a pipe: written as a file)
         try:
-            # Line-buffered: each verdict reaches the file as it is written.
-            self._file: IO[str] = path.open("a", encoding="utf-8", buffering=1)
+            # Written straight to the file, each line as it comes: no buffer holds part of a
+            # line that a full disk cut short, to be written after it at the close.
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         except OSError as exc:
             raise UserError(f"--results {path}: cannot open it: {exc.strerror or exc}") from exc
+        if _ends_mid_line(path):
+            # A line an earlier run began and could not finish (its disk full): ended here, so
+            # that this run's first line is not glued to it, and each line after it is whole.
+            self._append(b"\n")
 
     @property
     def dropped(self) -> int:
@@ -375,18 +381,40 @@ class ResultsFeed:
             if self._pipe is not None:
                 self._pipe.put((text + "\n").encode())  # (never waits, never fails)
                 return
-            try:
-                self._file.write(text + "\n")
-            except OSError as exc:
-                raise UserError(
-                    f"cannot write the results feed {self.path}: {exc.strerror or exc}; the "
-                    "verdicts so far are recorded in the database: free space there and run the "
-                    "same command again to resume"
-                ) from exc
+            self._append((text + "\n").encode())
+
+    def _append(self, data: bytes) -> None:
+        """`data` at the file's end, all of it (a write may take only part), or the run stops
+        in one line."""
+        assert self._fd is not None
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError as exc:
+            raise UserError(
+                f"cannot write the results feed {self.path}: {exc.strerror or exc}; the "
+                "verdicts so far are recorded in the database: free space there and run the "
+                "same command again to resume"
+            ) from exc
 
     def close(self) -> None:
         if self._pipe is not None:
             self._pipe.close()
             return
-        with contextlib.suppress(OSError):  # (a full disk at the last flush was said by write)
-            self._file.close()
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+
+def _ends_mid_line(path: Path) -> bool:
+    """Whether a regular file's last line lacks its newline: cut short where the disk filled."""
+    try:
+        with path.open("rb") as handle:
+            if handle.seek(0, os.SEEK_END) == 0:
+                return False
+            handle.seek(-1, os.SEEK_END)
+            return handle.read(1) != b"\n"
+    except OSError:  # (unreadable: written as it is)
+        return False

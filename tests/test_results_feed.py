@@ -648,3 +648,48 @@ def test_a_run_refused_before_it_begins_closes_its_named_pipe(
         assert os.read(reader, 1024) == b""  # the writer's end is closed: no run to wait on
     finally:
         os.close(reader)
+
+
+def test_a_line_a_full_disk_cut_short_is_ended_before_the_next_runs_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk let half a line into the feed and the run stopped; the same command started
+    again appended its first line to that half: one broken line where a whole verdict was. The
+    half line is now ended first, so every line the next run writes is whole. (The full disk is
+    simulated: a write that takes part of a line, then ENOSPC.)"""
+    import errno
+
+    path = tmp_path / "feed.jsonl"
+    feed = ResultsFeed(path)
+    feed.write(_part(1), "L", "S", 1)
+    feed.close()
+    with path.open("ab") as handle:  # (what a full disk left of a line, on an earlier release)
+        handle.write(b'{"part": "p0002.png", "sha')
+    again = ResultsFeed(path)
+    again.write(_part(3), "L", "S", 2)
+    assert json.loads(path.read_text().splitlines()[-1])["part"] == "p0003.png"
+    write, room = os.write, [20]
+
+    def filling(fd: int, data: bytes) -> int:
+        if not room[0]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        taken = write(fd, bytes(data[: room[0]]))  # (what the disk had room for)
+        room[0] -= taken
+        return taken
+
+    monkeypatch.setattr(os, "write", filling)
+    with pytest.raises(UserError, match="cannot write the results feed"):
+        again.write(_part(4), "L", "S", 2)
+    again.close()
+    monkeypatch.setattr(os, "write", write)  # (space freed)
+    last = ResultsFeed(path)
+    last.write(_part(5), "L", "S", 3)
+    last.close()
+    lines = path.read_text().splitlines()
+    assert [line[:20] for line in lines] == [f'{{"part": "p000{i}.png"' for i in range(1, 6)]
+    whole = [json.loads(lines[i]) for i in (0, 2, 4)]  # (1 and 3: the halves, ended)
+    assert [(line["part"], line["run"], line["seq"]) for line in whole] == [
+        ("p0001.png", 1, 1),
+        ("p0003.png", 2, 1),
+        ("p0005.png", 3, 1),
+    ]
