@@ -23,6 +23,7 @@ import os
 import random
 import stat
 import time
+import uuid
 import zipfile
 import zlib
 from array import array
@@ -32,7 +33,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from threading import Event, Lock
-from typing import Any, BinaryIO, TypeVar
+from typing import IO, Any, BinaryIO, TypeVar
 
 from sqlalchemy import Connection, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -1680,9 +1681,34 @@ def export_run_csv(
     `named_keys` (each file the command read: its name and `content_key`), the current
     verdict of each of those files, judged by this run or before it; without, the parts the
     run judged."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # Written under another name and renamed once whole: a full disk cut a CSV short, and the
+    # half file at the name read as the whole run's. (A device or a pipe, `/dev/stdout`, is
+    # written as it is.)
+    special = path.exists() and not path.is_file()
+    target = path if special else path.resolve()
+    partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.partial")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with (target if special else partial).open("w", newline="") as handle:
+            written = _write_run_csv(url, run_id, handle, named_keys)
+        if not special:
+            partial.replace(target)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise UserError(
+            f"cannot write the CSV {path}: {exc.strerror or exc}; the verdicts are recorded in "
+            "the database (the History page's CSV holds them): free space there, or give "
+            "--output another place, and run the same command again"
+        ) from exc
+    return written
+
+
+def _write_run_csv(
+    url: str, run_id: int, handle: IO[str], named_keys: list[tuple[str, str]] | None
+) -> int:
+    """The rows of `export_run_csv` into `handle`; returns how many."""
     written = 0
-    with session_scope(url) as session, path.open("w", newline="") as handle:
+    with session_scope(url) as session:
         writer = csv.writer(handle)
         writer.writerow([f.name for f in fields(RunRow)])
         rows = (

@@ -1725,6 +1725,49 @@ def test_a_runs_csv_gives_latency_as_the_results_feed_does(detector: str, tmp_pa
     }
 
 
+def test_a_runs_csv_a_full_disk_cuts_short_leaves_no_half_file_at_its_name(
+    detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--output FILE` on a full disk left the rows written so far at FILE, a half CSV read as
+    the whole run's, and said "[Errno 28] No space left on device" without the file. It is now
+    written whole or not at all (the file there before stays), and the error names it. (The
+    full disk is simulated: the second row's write fails with ENOSPC.)"""
+    import csv
+    import errno
+
+    from inspection.batch import export_run_csv
+
+    make_images(tmp_path / "in", n=3)
+    job = BatchInspection(detector, tmp_path / "store", "L", "S")
+    job.run(iter_source(str(tmp_path / "in")))
+    path = tmp_path / "out" / "run.csv"
+    path.parent.mkdir()
+    path.write_text("an earlier export\n")
+    writer = csv.writer
+
+    def filling(handle, *args, **kwargs):  # type: ignore[no-untyped-def]
+        real, rows = writer(handle, *args, **kwargs), [0]
+
+        class Filling:
+            def writerow(self, row: list[object]) -> None:
+                rows[0] += 1
+                if rows[0] > 2:
+                    handle.flush()
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                real.writerow(row)
+
+        return Filling()
+
+    monkeypatch.setattr(csv, "writer", filling)
+    with pytest.raises(UserError, match=r"cannot write the CSV .*run\.csv: No space left"):
+        export_run_csv(detector, job.run_id, path)
+    assert path.read_text() == "an earlier export\n"
+    assert [p.name for p in path.parent.iterdir()] == ["run.csv"]  # (no half file beside it)
+    monkeypatch.setattr(csv, "writer", writer)  # (space freed)
+    assert export_run_csv(detector, job.run_id, path) == 3
+    assert len(list(csv.DictReader(path.open(newline="")))) == 3
+
+
 def test_a_runs_csv_runs_no_formula_in_a_spreadsheet(detector: str, tmp_path: Path) -> None:
     """A camera's or an upload's file name went into the CSV as it was: a QA engineer opening
     it in Excel ran `=HYPERLINK(...)`. Such a cell now starts with a single quote, the name
