@@ -31,6 +31,7 @@ from sqlalchemy.engine import make_url
 from db.models import database_utcnow
 from db.queries import kept_old_parts, prunable_images
 from db.session import session_scope
+from inspection.errors import UserError
 from inspection.settings import same_place_under
 
 # A `.partial` file is an image being written (store_image renames it within moments); one an
@@ -54,6 +55,8 @@ class PruneReport:
     in_use: int = 0  # images stored or touched within the hour (a part being judged): kept
     # The cut-off of the last prune, where only the parts last judged since were looked at.
     since: datetime | None = None
+    # Why this prune's cut-off could not be noted (the store read-only or full), or "".
+    not_noted: str = ""
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,8 @@ def prune_images(
                         path.unlink()
                 except FileNotFoundError:
                     report.already_gone += 1
+                except OSError as exc:
+                    raise _stopped(path, exc, report) from exc
                 else:
                     if in_use:
                         report.in_use += 1
@@ -170,14 +175,23 @@ def prune_images(
                         report.freed_bytes += info.st_size
             if on_progress and seen % 1000 == 0:
                 on_progress(seen)
-    report.partials = _prune_partials(images_dir, dry_run)
+    try:
+        report.partials = _prune_partials(images_dir, dry_run)
+    except OSError as exc:
+        raise _stopped(Path(exc.filename or images_dir), exc, report) from exc
     # (An image kept as in use belongs to a part being judged again, whose new verdict brings
     # it back into a later window; but if that judging never commits, only the parts this
     # prune looked at again next time find it, so the cut-off does not move.)
     if not dry_run and not report.in_use:
         # (A longer --older-than than the last prune's looked at nothing the last did not.)
         noted = max(before, last.before) if last is not None else before
-        _write_last_prune(images_dir, _LastPrune(noted, keep_failed, keep_reviewed, database))
+        try:
+            _write_last_prune(images_dir, _LastPrune(noted, keep_failed, keep_reviewed, database))
+        except OSError as exc:
+            # (The images are deleted: the prune did its work. Without the note the next one
+            # looks at these parts again, and finds their images gone. Its half is removed by
+            # `_write_last_prune`.)
+            report.not_noted = exc.strerror or str(exc)
     return report
 
 
@@ -195,6 +209,21 @@ def _image_in_store(stored_path: str, images_dir: Path, store: Path) -> Path | N
         return here
     recorded = Path(stored_path)
     return recorded if recorded.resolve().is_relative_to(store) else None
+
+
+def _stopped(path: Path, exc: OSError, report: PruneReport) -> UserError:
+    """A file the prune cannot delete (a read-only store, another user's file) stops it, saying
+    what it had deleted by then: a bare OSError lost that count, and the cut-off goes unnoted,
+    so that the next prune looks at these parts again."""
+    done = (
+        f"{report.deleted} image(s), {report.freed_bytes / 1e6:.1f} MB, deleted before it"
+        if report.deleted
+        else "no image deleted"
+    )
+    return UserError(
+        f"the prune stopped: cannot delete {path}: {exc.strerror or exc}; {done}; every "
+        "verdict stays, and the next prune looks at these parts again"
+    )
 
 
 def _prune_partials(images_dir: Path, dry_run: bool) -> int:

@@ -3,11 +3,13 @@ keeps every verdict."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select, update
@@ -18,6 +20,7 @@ from db.models import Inspection, Part, Verdict, database_utcnow
 from db.reviews import mark_good
 from db.session import session_scope
 from inspection.batch import BatchInspection, iter_source
+from inspection.errors import UserError
 from inspection.images import store_image
 from inspection.settings import get_settings
 from inspection.store import LAST_PRUNE_FILE, prune_images
@@ -275,3 +278,53 @@ def test_two_prunes_ending_together_each_note_their_cut_off(
     assert others == [0]  # (the other found the image gone already)
     assert prune_images(database_url, store, 30, dry_run=True).since is not None
     assert [p.name for p in store.iterdir() if p.is_file()] == [LAST_PRUNE_FILE]
+
+
+def test_a_prune_that_cannot_note_its_cut_off_still_says_what_it_deleted(
+    trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cut-off note is written after the images are deleted: a full store failed its write
+    and the prune ended in "error: [Errno 28] No space left on device", exit 1, the deletions
+    unsaid and a half note left. It now says what it deleted and that the cut-off is not noted,
+    and leaves no half note. (The full store is simulated: the note's write raises ENOSPC.)"""
+    settings = get_settings()
+    url = settings.resolved_database_url
+    upgrade(url)
+    images = _five_parts(url, trained, tmp_path, settings.images_dir)
+    from inspection import store as store_module
+
+    def full(noted: object, handle: Any) -> None:
+        handle.write("{")  # (what the disk had room for)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store_module.json, "dump", full)
+    done = CliRunner().invoke(app, ["prune-images", "--older-than", "30"])
+    said = " ".join(done.output.split())
+    assert done.exit_code == 0, (said, done.exception)
+    assert "deleted 1 image(s)" in said and not images["plain"].exists()
+    assert "could not note this prune's cut-off" in said and "No space left on device" in said
+    assert not any(p.name.startswith(LAST_PRUNE_FILE) for p in settings.images_dir.iterdir())
+
+
+def test_a_prune_of_a_store_it_cannot_delete_from_stops_in_one_line_saying_so(
+    database_url: str, trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only store (remounted so, another user's files on a shared one) stopped the prune
+    with the system's bare error: how many images it had deleted by then went unsaid. (Simulated:
+    each delete raises EROFS.)"""
+    store = tmp_path / "store"
+    images = _five_parts(database_url, trained, tmp_path, store)
+    unlink = Path.unlink
+
+    def read_only(self: Path, missing_ok: bool = False) -> None:
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "unlink", read_only)
+    with pytest.raises(UserError) as stopped:
+        prune_images(database_url, store, 30)
+    said = str(stopped.value)
+    assert f"cannot delete {images['plain']}: Read-only file system" in said
+    assert "no image deleted" in said and "the next prune looks at these parts again" in said
+    assert images["plain"].is_file() and not (store / LAST_PRUNE_FILE).exists()
+    monkeypatch.setattr(Path, "unlink", unlink)
+    assert prune_images(database_url, store, 30).deleted == 1  # (writable again)

@@ -1769,7 +1769,7 @@ def prune_images_command(
     """Delete old parts' images from this machine's store; verdicts and reviews stay."""
     from tqdm import tqdm
 
-    from inspection.store import prune_images
+    from inspection.store import LAST_PRUNE_FILE, prune_images
 
     settings = get_settings()
     with tqdm(unit="part", disable=None, desc="looking at old parts") as bar:
@@ -1821,6 +1821,13 @@ def prune_images_command(
         console.print(
             f"kept {report.in_use} image(s) stored again within the hour (parts being judged "
             "again: the next prune looks at them anew)",
+            markup=False,
+        )
+    if report.not_noted:
+        console.print(
+            f"warning: could not note this prune's cut-off in {settings.images_dir / LAST_PRUNE_FILE} "
+            f"({report.not_noted}): the prune is done otherwise; the next prune looks at "
+            "these parts again",
             markup=False,
         )
 
