@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from db.registry import get_model_version
 from db.session import session_scope
@@ -941,3 +942,32 @@ def test_fine_tuning_keeps_each_class_row_under_its_own_name_when_two_differ_in_
     for (weight, bias), (old_weight, old_bias) in zip(rows, base, strict=True):
         assert not torch.equal(old_weight[0], old_weight[1])  # (two rows told apart)
         assert torch.equal(weight, old_weight.float()) and torch.equal(bias, old_bias.float())
+
+
+@pytest.mark.parametrize("kept", [0.5, 0.99])
+def test_a_resume_of_a_run_whose_checkpoint_a_full_disk_cut_short_is_refused_in_one_line(
+    tmp_path: Path, kept: float
+) -> None:
+    """ultralytics writes each epoch's last.pt over the one before, in place: a disk that filled
+    as it wrote left the file cut short, and `train detector --resume` stopped in a traceback
+    from torch. It is now refused in one line naming the run and what to do. (The cut-short
+    file is made here: the first half of a checkpoint's bytes, or all but its end.)"""
+    from db.migrate import upgrade
+    from tests.conftest import import_synthetic
+    from training.cli import app
+
+    get_settings.cache_clear()
+    url = get_settings().resolved_database_url
+    upgrade(url)
+    import_synthetic(url, tmp_path, n=8)
+    last = get_settings().runs_dir / "detect" / "synth-defect-yolo-n-20261126-100000"
+    last = last / "weights" / "last.pt"
+    last.parent.mkdir(parents=True)
+    torch.save({"epoch": 3, "optimizer": {}, "padding": torch.zeros(4096)}, last)
+    last.write_bytes(last.read_bytes()[: int(last.stat().st_size * kept)])
+
+    result = CliRunner().invoke(app, ["train", "detector", "--data", "synth", "--resume"])
+    assert result.exit_code == 1 and isinstance(result.exception, UserError), result.exception
+    said = str(result.exception)
+    assert "run synth-defect-yolo-n-20261126-100000 cannot be resumed" in said
+    assert f"checkpoint {last} cannot be read" in said and "without --resume" in said

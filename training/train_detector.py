@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import pickle
 import re
 import sys
 from collections.abc import Callable
@@ -392,8 +393,23 @@ def _interrupted(last: Path) -> bool:
     """Whether a run's last checkpoint can be resumed: ultralytics marks a finished run's
     (epoch -1, no optimizer). Resumed anyway, ultralytics fell back to its own example
     dataset and tried to download it."""
-    checkpoint = torch.load(last, map_location="cpu", weights_only=False)
+    try:
+        checkpoint = torch.load(last, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
+        # (ultralytics writes it over the last epoch's in place: a disk that filled as it wrote
+        # left a file cut short, and the resume stopped in a traceback.)
+        raise UserError(
+            f"the interrupted run {last.parent.parent.name} cannot be resumed: its last "
+            f"checkpoint {last} cannot be read ({_first_sentence(exc)}): cut short, as a full "
+            "disk leaves it, or damaged; train again without --resume (and delete the run's "
+            "folder to free its space)"
+        ) from exc
     return checkpoint.get("epoch", -1) >= 0 and checkpoint.get("optimizer") is not None
+
+
+def _first_sentence(exc: BaseException) -> str:
+    """An error's first sentence: torch follows a broken file's with a paragraph of guesses."""
+    return str(exc).splitlines()[0].split(". ")[0].rstrip(".")
 
 
 def _use_every_cpu_core(trainer) -> None:  # type: ignore[no-untyped-def]
