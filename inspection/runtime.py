@@ -151,7 +151,18 @@ def configure_ultralytics(config_dir: Path, runs_dir: Path) -> None:
             for name in _FONT_NAMES:
                 target = config_dir / sub / name
                 if dejavu.exists() and not target.exists():
-                    shutil.copyfile(dejavu, target)
+                    _copy_whole(dejavu, target)
+
+
+def _copy_whole(source: Path, target: Path) -> None:
+    """Copied under another name and renamed: a copy a full disk cut short was taken for the
+    font at every start after, and ultralytics' plotting could not read it."""
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    try:
+        shutil.copyfile(source, partial)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def enforce_offline_settings() -> None:

@@ -156,6 +156,32 @@ def test_ultralytics_is_offline_with_a_local_font(tmp_path: Path) -> None:
     assert Path(check_font("Arial.ttf")).exists()
 
 
+def test_a_font_a_full_disk_cut_short_is_copied_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The font ultralytics' plotting asks for was copied into the data folder in place: a disk
+    that filled as it was copied left the file cut short, taken for the font at every start
+    after. It is now copied under another name and renamed once whole. (The full disk is
+    simulated: a copy that writes a few bytes and raises ENOSPC.)"""
+    import errno
+    import shutil
+
+    copyfile = shutil.copyfile
+
+    def filling(source: Path, target: Path) -> None:
+        Path(target).write_bytes(Path(source).read_bytes()[:100])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copyfile", filling)
+    with pytest.raises(OSError):
+        configure_ultralytics(tmp_path / "cfg", tmp_path / "runs")
+    monkeypatch.setattr(shutil, "copyfile", copyfile)  # (space freed)
+    configure_ultralytics(tmp_path / "cfg", tmp_path / "runs")
+    fonts = [p for p in (tmp_path / "cfg").rglob("*") if p.is_file() and p.suffix != ".json"]
+    assert sorted(p.name for p in fonts) == sorted(["Arial.Unicode.ttf", "Arial.ttf"] * 2)
+    assert len({p.read_bytes() for p in fonts}) == 1 and fonts[0].stat().st_size > 100
+
+
 def test_torch_is_imported_only_when_a_model_is_needed() -> None:
     """`defects status` and a parallel run's dealing process never import torch; torchvision,
     imported later from wherever, still works (on a CPU torch: through the NMS fallback), also
