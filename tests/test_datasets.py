@@ -162,6 +162,50 @@ def test_replacing_a_dataset_from_its_own_folder_keeps_its_images(session, tmp_p
     assert sorted(p.name for p in (tmp_path / "ds").iterdir()) == ["y"]  # nothing left beside
 
 
+def test_an_import_a_full_disk_stops_registers_nothing_and_leaves_no_half_copy(
+    session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """A disk that filled part way stopped an import with the system's bare "[Errno 28]" and
+    left its half-written copy beside the datasets, holding the space. It now says in one line
+    that nothing is registered and the dataset is as it was, and removes the half copy; the
+    same import then runs whole. (The full disk is simulated: the third image's copy raises
+    ENOSPC.)"""
+    import errno
+
+    import training.datasets as datasets
+
+    write_yolo(tmp_path / "src", n=6)
+    first = import_dataset(session, "yolo", tmp_path / "src", "y", tmp_path / "ds", classes=CLASSES)
+    place, placed = datasets._place, [0]
+
+    def filling(source: Path, target: Path) -> None:
+        placed[0] += 1
+        if placed[0] > 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(source), None, str(target))
+        place(source, target)
+
+    monkeypatch.setattr(datasets, "_place", filling)
+    with pytest.raises(UserError) as stopped:
+        import_dataset(
+            session, "yolo", tmp_path / "src", "y", tmp_path / "ds", classes=CLASSES, replace=True
+        )
+    said = str(stopped.value)
+    assert said.startswith("dataset y not written: No space left on device (")
+    assert "nothing is registered and dataset y is as it was" in said
+    assert sorted(p.name for p in (tmp_path / "ds").iterdir()) == ["y"]  # (no half copy beside)
+    assert len(list(first.root.glob("images/*/*.png"))) == 6
+    with pytest.raises(UserError, match="nothing is registered"):
+        import_dataset(session, "yolo", tmp_path / "src", "z", tmp_path / "ds", classes=CLASSES)
+    assert session.query(Dataset).filter_by(name="z").first() is None
+    monkeypatch.setattr(datasets, "_place", place)  # (space freed)
+    assert (
+        import_dataset(
+            session, "yolo", tmp_path / "src", "z", tmp_path / "ds", classes=CLASSES
+        ).n_images
+        == 6
+    )
+
+
 def test_a_dataset_without_train_or_val_images_is_refused_before_training() -> None:
     """Split lists that name none of the images imported fine, and training then failed
     inside ultralytics with a traceback."""

@@ -1316,7 +1316,51 @@ def write_dataset(
 ) -> ImportReport:
     """Check labeled images, lay them out for training and register the dataset. With `tile`,
     each image (a part) is cut into tiles by that grid, all in the part's own split (a part's
-    tiles in two splits would measure the model on what it learned)."""
+    tiles in two splits would measure the model on what it learned).
+
+    Laid out beside the store's folder first: a disk that fills part way (or a file that
+    cannot be read) registers nothing and leaves the dataset as it was. The half-written copy
+    is removed then, not left to hold the full disk's space, and the error says so in one
+    line (it was the system's bare "[Errno 28]")."""
+    try:
+        return _write_dataset(
+            session,
+            name,
+            source,
+            source_format,
+            class_names,
+            images,
+            issues,
+            datasets_dir,
+            split_of,
+            existing,
+            tile,
+        )
+    except OSError as exc:
+        shutil.rmtree(datasets_dir / f".{name}.importing", ignore_errors=True)
+        where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f)
+        raise UserError(
+            f"dataset {name} not written: {exc.strerror or exc}"
+            + (f" ({where})" if where else "")
+            + f"; nothing is registered and dataset {name} is as it was: where the disk of "
+            f"{datasets_dir} is full or read-only, free it and run the same command again"
+        ) from exc
+
+
+def _write_dataset(
+    session: Session,
+    name: str,
+    source: str,
+    source_format: str,
+    class_names: list[str],
+    images: list[LabeledImage],
+    issues: list[ImportIssue],
+    datasets_dir: Path,
+    split_of: dict[str, str] | None,
+    existing: Dataset | None,
+    tile: TileSpec | None,
+) -> ImportReport:
+    """`write_dataset`'s work, laid out in its stage folder."""
     src = source
     check_dataset_name(name)
     root = datasets_dir / name
