@@ -43,6 +43,57 @@ def test_install_demo_is_idempotent_and_respects_production(
 
 
 @pytest.mark.skipif(not (DEMO_DIR / "weights.pt").exists(), reason="no demo model shipped yet")
+def test_install_demo_on_a_full_disk_registers_nothing_and_leaves_no_half_file(
+    session, trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """A disk that filled while the demo's weights or its .onnx were copied stopped
+    `models install-demo` with the system's bare "[Errno 28]" and left the half file in the
+    models folder (the .onnx's under a new name at every try). Nothing is registered, no half
+    file stays, and the error says so in one line; with space, it installs. (The full disk is
+    simulated: a copy that writes a few bytes and raises ENOSPC.)"""
+    import errno
+
+    from sqlalchemy import select
+
+    from db.models import ModelVersion
+    from inspection.errors import UserError
+
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    shutil.copy(trained.weights, demo / "weights.pt")
+    (demo / "weights.onnx").write_bytes(b"an export" * 100)
+    (demo / "model.json").write_text(
+        json.dumps(
+            {"name": "demo-v1", "architecture": "defect-yolo-n", "classes": CLASSES, "imgsz": 64}
+        )
+    )
+    models = tmp_path / "models"
+    copyfile = shutil.copyfile
+    for failing in ("weights.pt", "weights.onnx"):
+
+        def filling(
+            source: Path, target: Path, failing: str = failing, **options: object
+        ) -> object:
+            if Path(source).name != failing:
+                return copyfile(source, target, **options)
+            Path(target).write_bytes(Path(source).read_bytes()[:100])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(shutil, "copyfile", filling)  # (shutil.copy2's too)
+        with pytest.raises(UserError, match=rf"cannot copy the .*{failing}.* No space left"):
+            install_demo(session, models, demo)
+        session.rollback()  # (as the command's session does)
+        monkeypatch.setattr(shutil, "copyfile", copyfile)
+        assert session.scalars(select(ModelVersion)).first() is None
+        left = sorted(p.name for p in models.rglob("*") if p.is_file())
+        assert left == ([] if failing == "weights.pt" else ["weights.pt"])  # (whole, unused)
+    assert install_demo(session, models, demo).promoted
+    assert sorted(p.name for p in models.rglob("*") if p.is_file()) == [
+        "weights.onnx",
+        "weights.pt",
+    ]
+
+
 def test_shipped_onnx_gives_the_same_detections_as_the_weights(tmp_path: Path) -> None:
     meta = json.loads((DEMO_DIR / "model.json").read_text())
     thresholds = meta["thresholds"]

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from db.models import ModelKind, ModelVersion
 from db.registry import ensure_station, production_model, promote
 from inspection.batch import found_weights, sha256_of
+from inspection.errors import UserError
 from training.versions import register_model_version
 
 DEMO_DIR = Path(__file__).resolve().parents[1] / "models" / "neu-det-demo"
@@ -58,8 +59,16 @@ def _copy_whole(source: Path, target: Path) -> None:
     """Copied under another name and renamed: a copy cut short (a station stopped, two
     `make run`s at once) is never taken for the file."""
     partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
-    shutil.copyfile(source, partial)
-    os.replace(partial, target)
+    try:
+        shutil.copyfile(source, partial)
+        os.replace(partial, target)
+    except OSError as exc:
+        # (A full disk left the half copy, under a new name at every try, holding its space.)
+        partial.unlink(missing_ok=True)
+        raise UserError(
+            f"cannot copy the demo's {source.name} into {target.parent}: "
+            f"{exc.strerror or exc}; free space there and run the same command again"
+        ) from exc
 
 
 def install_demo(session: Session, models_dir: Path, demo_dir: Path = DEMO_DIR) -> DemoInstall:

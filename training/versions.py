@@ -3,6 +3,7 @@ and hashed, so a version always names exactly the bytes that produced its metric
 
 from __future__ import annotations
 
+import os
 import shutil
 from datetime import datetime
 from pathlib import Path
@@ -65,6 +66,25 @@ def _claim_version_folder(session: Session, models_dir: Path, base: str) -> tupl
         return candidate, models_dir / candidate
 
 
+def _copy_weights(weights: Path, target: Path, made: Path | None) -> None:
+    """Copied under another name and renamed once whole. A disk that filled during the copy
+    stopped the registration with the system's bare "[Errno 28]" and left the half file (and
+    the version's folder) behind, holding the space: both are removed now (`made`, the folder
+    made for this version), and the error says in one line that nothing is registered."""
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    try:
+        shutil.copy2(weights, partial)
+        os.replace(partial, target)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+        raise UserError(
+            f"cannot copy the weights {weights} into {target.parent}: {exc.strerror or exc}; no "
+            "model version is registered: free space there and run the same command again"
+        ) from exc
+
+
 def register_model_version(
     session: Session,
     weights: Path,
@@ -86,14 +106,16 @@ def register_model_version(
         version_name, folder = _claim_version_folder(
             session, models_dir, f"{architecture}-{datetime.now():%Y%m%d-%H%M%S}"
         )
+        made = True
     else:
         check_folder_name(name, "model version")
         if session.scalars(select(ModelVersion).where(ModelVersion.name == name)).first():
             raise UserError(f"a model version named {name!r} already exists")
         version_name, folder = name, models_dir / name
+        made = not folder.exists()
         folder.mkdir(parents=True, exist_ok=True)
     target = folder / weights.name
-    shutil.copy2(weights, target)
+    _copy_weights(weights, target, folder if made else None)
     version = ModelVersion(
         name=version_name,
         kind=kind,
