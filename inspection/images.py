@@ -372,8 +372,7 @@ def store_image(images_dir: Path, content_hash: str, name: str, data: bytes) -> 
             partial.unlink(missing_ok=True)
             raise StorageError(
                 f"cannot keep the parts' images in the image store {images_dir}: "
-                f"{exc.strerror or exc}; free space there (or set DEFECTS_DATA_DIR) and run the "
-                "same command again to resume"
+                f"{exc.strerror or exc}; free space there (or set DEFECTS_DATA_DIR)"
             ) from exc
     return target
 

@@ -559,6 +559,43 @@ def test_a_full_image_store_stops_the_run_with_a_clear_error_and_loses_nothing(
     assert all(Path(path).is_file() for path in stored_paths)
 
 
+def test_a_full_image_store_says_once_how_to_resume_where_there_is_a_command(
+    detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store's error said "run the same command again to resume" itself: a worker's stop
+    added "run it again to resume" after it, and the Inspect page, with no command, said it
+    too. The batch command says it once; the error alone does not."""
+    import errno
+
+    from inspection.errors import StorageError
+    from training.cli import app
+
+    monkeypatch.setenv("DEFECTS_DATABASE_URL", detector)
+    get_settings.cache_clear()
+    make_images(tmp_path / "in", n=3)
+    write_bytes = Path.write_bytes
+
+    def full(self: Path, data: bytes) -> int:
+        if self.name.endswith(".partial"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write_bytes(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    result = CliRunner().invoke(
+        app, ["batch", str(tmp_path / "in"), "--line", "L", "--station", "S"]
+    )
+    assert isinstance(result.exception, StorageError), result.output
+    said = str(result.exception)
+    assert said.endswith(
+        "free space there (or set DEFECTS_DATA_DIR); what was written is "
+        "kept: run the same command again to resume"
+    )
+    assert said.count("again") == 1
+    with pytest.raises(StorageError) as alone:
+        _job(detector, tmp_path).run(iter_source(str(tmp_path / "in")))
+    assert "again" not in str(alone.value)
+
+
 def test_resume_after_a_crash_loses_and_duplicates_nothing(detector: str, tmp_path: Path) -> None:
     make_images(tmp_path / "in", n=10)
 

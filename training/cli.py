@@ -32,7 +32,7 @@ from db.registry import (
     roll_back,
 )
 from db.session import DatabaseError, redact, session_scope
-from inspection.errors import UserError
+from inspection.errors import StorageError, UserError
 from inspection.runtime import end_process
 from inspection.settings import get_settings
 
@@ -1583,6 +1583,12 @@ def batch_command(
             bar.close()
             stopped = True
             console.print("stopped; what was inspected is saved. Run the same command to resume.")
+        except StorageError as exc:
+            # (Said here, not in the error: the Inspect page's upload has no command to run
+            # again, and a worker's stop, which says what was written is kept, said it twice.)
+            raise StorageError(
+                f"{exc}; what was written is kept: run the same command again to resume"
+            ) from exc
         finally:
             bar.close()
             if isinstance(job, BatchInspection):
