@@ -91,8 +91,11 @@ def load_detector(weights: Path) -> YOLO:
         raise UserError(f"a detector checkpoint is a .pt file, not {weights.name}")
     try:
         return YOLO(str(weights), task="detect")
-    except (TypeError, RuntimeError, EOFError, KeyError, AttributeError) as exc:
-        raise UserError(f"cannot load the model {weights}: {str(exc).splitlines()[0]}") from exc
+    except Exception as exc:  # noqa: BLE001 - torch and ultralytics raise many types for a bad file
+        # (A file of text, say, raised ValueError, which went out as "invalid literal for
+        # int() with base 10", naming no file.)
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"cannot load the model {weights}: {reason}") from exc
 
 
 def architecture_of(model: YOLO) -> str:

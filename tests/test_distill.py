@@ -281,3 +281,47 @@ def test_resume_without_student_finds_a_run_of_any_scale(
         assert "no interrupted training of synth-defect-yolo-m" in str(result.exception)
     finally:
         shutil.rmtree(run)
+
+
+@pytest.mark.parametrize("damage", ["cut short", "text"])
+def test_a_damaged_teacher_is_refused_before_a_job(
+    trained: Trained, monkeypatch: pytest.MonkeyPatch, damage: str
+) -> None:
+    """A teacher whose weights were cut short, or overwritten with text, was first opened by
+    ultralytics' trainer: a traceback (or a line naming no file) and a failed job."""
+    from sqlalchemy import func, select
+    from typer.testing import CliRunner
+
+    from db.models import ModelKind, TrainingJob
+    from inspection.errors import UserError
+    from tests.synthetic import CLASSES
+    from training.cli import app
+    from training.versions import register_model_version
+
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
+    get_settings.cache_clear()
+    name = f"damaged-{damage.replace(' ', '-')}"
+    with session_scope(trained.url) as session:
+        copy = Path(
+            register_model_version(
+                session,
+                trained.weights,
+                get_settings().models_dir,
+                kind=ModelKind.DETECTOR,
+                architecture="defect-yolo-n",
+                class_names=CLASSES,
+                image_size=64,
+                name=name,
+            ).file_path
+        )
+        jobs = session.scalar(select(func.count(TrainingJob.id)))
+    whole = copy.read_bytes()
+    copy.write_bytes(whole[: len(whole) // 2] if damage == "cut short" else b"not weights\n")
+    result = CliRunner().invoke(
+        app, ["distill", "detector", "--teacher", name, "--data", "synth", "--epochs", "1"]
+    )
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, UserError), repr(result.exception)
+    assert str(result.exception).startswith(f"teacher {name}: cannot load the model {copy}")
+    with session_scope(trained.url) as session:
+        assert session.scalar(select(func.count(TrainingJob.id))) == jobs  # refused before

@@ -227,6 +227,19 @@ def refuse_other_classes(
         )
 
 
+def check_teacher_loads(name: str, weights: Path) -> None:
+    """A teacher's weights loaded once before the job is recorded: ultralytics loads them only
+    inside its trainer, where a damaged file (cut short, overwritten) ended in its traceback
+    or in a line that named no file, and left a failed job and an empty run behind."""
+    try:
+        load_detector(weights)
+    except UserError as exc:
+        raise UserError(
+            f"teacher {name}: {exc}; damaged or cut short? restore its file from a backup, "
+            "or distill from another version"
+        ) from exc
+
+
 def extend_classes(model: Any, class_names: list[str]) -> None:
     """`model` (a YOLO detector) made to output `class_names`, its own classes followed by new
     ones, in place: the head rebuilt for the new number of classes, every weight whose shape
@@ -473,6 +486,7 @@ def train_detector(
             # CWD not at all), and none matches the student's class scores to the teacher's.
             refuse_other_classes(teacher, request.data, class_names, "distilling")
             teacher_id, teacher_weights = teacher.id, str(weights_file(teacher).resolve())
+            check_teacher_loads(teacher.name, Path(teacher_weights))
         # Looked up before the job is recorded: a refused resume, as a refused --from, leaves
         # no job behind.
         resumed, lineage, resumed_dir = None, {}, runs_dir
