@@ -9,6 +9,7 @@ weights=None: nothing is downloaded.
 
 from __future__ import annotations
 
+import pickle
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,8 +110,16 @@ def load_classifier(path: Path, device: str = "cpu") -> tuple[DefectClassifier, 
         raise UserError(f"classifier file not found: {path}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # (torch's own message, "Weights only load failed ... re-running with weights_only
+        # set to False will likely succeed", sent the reader the wrong way.)
+        raise UserError(
+            f"cannot load the classifier {path}: not a classifier checkpoint (a damaged file, "
+            "or another kind of file)"
+        ) from exc
     except Exception as exc:  # torch raises several unrelated types for a bad file
-        raise UserError(f"cannot load the classifier {path}: {str(exc).splitlines()[0]}") from exc
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"cannot load the classifier {path}: {reason}") from exc
     if not isinstance(checkpoint, dict) or checkpoint.get("kind") != "defect-classifier":
         raise UserError(f"{path.name} is not a defect-classifier checkpoint")
     model = DefectClassifier(checkpoint["backbone"], checkpoint["class_names"])

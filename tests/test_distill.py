@@ -325,3 +325,35 @@ def test_a_damaged_teacher_is_refused_before_a_job(
     assert str(result.exception).startswith(f"teacher {name}: cannot load the model {copy}")
     with session_scope(trained.url) as session:
         assert session.scalar(select(func.count(TrainingJob.id))) == jobs  # refused before
+
+
+def test_a_damaged_classifier_teacher_is_refused_before_a_job(
+    trained: Trained, trained_classifier: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A classifier teacher overwritten with text was refused only once its job was recorded,
+    in torch's message about `weights_only` (advice to load it unsafely), naming no version."""
+    from sqlalchemy import func, select
+    from typer.testing import CliRunner
+
+    from db.models import TrainingJob
+    from inspection.errors import UserError
+    from tests.conftest import register_classifier_copy
+    from training.cli import app
+
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
+    get_settings.cache_clear()
+    register_classifier_copy(trained.url, trained_classifier, trained.url, name="damaged-cls")
+    with session_scope(trained.url) as session:
+        copy = Path(get_model_version(session, "damaged-cls").file_path)
+        jobs = session.scalar(select(func.count(TrainingJob.id)))
+    copy.write_bytes(b"not weights\n")
+    result = CliRunner().invoke(
+        app, ["distill", "classifier", "--teacher", "damaged-cls", "--data", "synth"]
+    )
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, UserError), repr(result.exception)
+    message = str(result.exception)
+    assert message.startswith(f"teacher damaged-cls: cannot load the classifier {copy}")
+    assert "weights_only" not in message
+    with session_scope(trained.url) as session:
+        assert session.scalar(select(func.count(TrainingJob.id))) == jobs  # refused before

@@ -392,7 +392,7 @@ def train_classifier(request: ClassifierTrainRequest, url: str | None = None) ->
             list(dataset.classes),
             dataset.id,
         )
-        teacher_id, teacher_path = None, None
+        teacher_id, teacher_model = None, None
         if request.teacher:
             teacher_row = get_model_version(session, request.teacher)
             if teacher_row.kind != ModelKind.CLASSIFIER:
@@ -400,6 +400,20 @@ def train_classifier(request: ClassifierTrainRequest, url: str | None = None) ->
             if list(teacher_row.classes) != [GOOD, *dataset.classes]:  # (before the job)
                 raise UserError(f"the teacher classifier knows other classes than {request.data!r}")
             teacher_id, teacher_path = teacher_row.id, weights_file(teacher_row)
+            # Loaded before the job is recorded: a damaged teacher was refused only after it,
+            # in a message of torch's about `weights_only` that named no version.
+            try:
+                # (Its building draws random initial weights: without the fork, a student of
+                # a given seed started from other weights than before this check.)
+                with torch.random.fork_rng(devices=[]):
+                    teacher_model, _ = load_classifier(teacher_path, device)
+            except UserError as exc:
+                raise UserError(
+                    f"teacher {teacher_row.name}: {exc}; damaged or cut short? restore its file "
+                    "from a backup, or distill from another version"
+                ) from exc
+            if teacher_model.class_names != [GOOD, *dataset.classes]:  # (its file's own list)
+                raise UserError(f"the teacher classifier knows other classes than {request.data!r}")
         hard_negative_detector = None
         if request.hard_negatives_from:
             detector_row = get_model_version(session, request.hard_negatives_from)
@@ -459,12 +473,9 @@ def train_classifier(request: ClassifierTrainRequest, url: str | None = None) ->
         model = DefectClassifier(request.backbone, class_names).to(device)
         distillation = None
         parameters = list(model.parameters())
-        if teacher_path is not None:
-            teacher, _ = load_classifier(teacher_path, device)
-            if teacher.class_names != class_names:
-                raise UserError(f"the teacher classifier knows other classes than {request.data!r}")
+        if teacher_model is not None:
             distillation = ClassifierDistillation(
-                teacher, model, request.temperature, request.kd_weight, request.feature_weight
+                teacher_model, model, request.temperature, request.kd_weight, request.feature_weight
             ).to(device)
             parameters += list(distillation.adapters.parameters())
         optimizer = torch.optim.AdamW(parameters, lr=request.lr, weight_decay=0.05)
