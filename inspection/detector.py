@@ -39,13 +39,19 @@ def architectures() -> list[str]:
     return [f"defect-yolo-{scale}{suffix}" for suffix in _SUFFIXES for scale in "nsm"]
 
 
-def resolve_architecture(name: str, class_names: list[str], out_dir: Path | None = None) -> Path:
-    """Write the single-scale YAML of `name` for these classes and return its path."""
+def check_architecture(name: str) -> re.Match[str]:
+    """`name` parsed as an architecture of the family, or refused in one line naming them."""
     match = _NAME.match(name)
     if match is None:
         raise UserError(
             f"unknown detector architecture {name!r}; choose one of {', '.join(architectures())}"
         )
+    return match
+
+
+def resolve_architecture(name: str, class_names: list[str], out_dir: Path | None = None) -> Path:
+    """Write the single-scale YAML of `name` for these classes and return its path."""
+    match = check_architecture(name)
     family = match.group(1) + (match.group(3) or "")
     scale = match.group(2)
     source, attention = FAMILIES[family]

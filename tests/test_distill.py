@@ -357,3 +357,30 @@ def test_a_damaged_classifier_teacher_is_refused_before_a_job(
     assert "weights_only" not in message
     with session_scope(trained.url) as session:
         assert session.scalar(select(func.count(TrainingJob.id))) == jobs  # refused before
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_an_unknown_student_is_refused_before_a_job(
+    trained: Trained, monkeypatch: pytest.MonkeyPatch, resume: bool
+) -> None:
+    """A mistyped --student was refused once the job was recorded (a failed job standing for a
+    typo) or, with --resume, said as "no interrupted training of synth-defect-yolo-x"."""
+    from sqlalchemy import func, select
+    from typer.testing import CliRunner
+
+    from db.models import TrainingJob
+    from inspection.errors import UserError
+    from training.cli import app
+
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
+    get_settings.cache_clear()
+    with session_scope(trained.url) as session:
+        jobs = session.scalar(select(func.count(TrainingJob.id)))
+    command = ["distill", "detector", "--teacher", trained.version_name, "--data", "synth"]
+    command += ["--student", "defect-yolo-x", "--epochs", "1", *(["--resume"] if resume else [])]
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, UserError), repr(result.exception)
+    assert str(result.exception).startswith("unknown detector architecture 'defect-yolo-x'")
+    with session_scope(trained.url) as session:
+        assert session.scalar(select(func.count(TrainingJob.id))) == jobs  # refused before

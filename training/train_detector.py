@@ -25,7 +25,13 @@ import inspection  # noqa: F401 - runtime preparation first
 from db.models import JobStatus, ModelKind, ModelVersion, TrainingJob, utcnow
 from db.registry import get_model_version
 from db.session import session_scope
-from inspection.detector import architecture_of, architectures, build_detector, load_detector
+from inspection.detector import (
+    architecture_of,
+    architectures,
+    build_detector,
+    check_architecture,
+    load_detector,
+)
 from inspection.errors import UserError
 from inspection.images import allow_pixels_up_to, max_pixels
 from inspection.settings import get_settings
@@ -450,6 +456,10 @@ def train_detector(
     runs_dir = (settings.runs_dir / "detect").resolve()
     if request.name is not None:  # (its folder under runs/: "../x" trained outside it)
         check_folder_name(request.name, "training run")
+    if request.architecture is not None:
+        # (Refused when the model was built, after the job was recorded: a failed job stood
+        # for a typo; with --resume, "no interrupted training of DATA-TYPO" was said.)
+        check_architecture(request.architecture)
     with session_scope(url) as session:
         dataset, data_path = dataset_yaml(session, request.data)
         check_trainable(dataset)
