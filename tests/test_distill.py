@@ -384,3 +384,63 @@ def test_an_unknown_student_is_refused_before_a_job(
     assert str(result.exception).startswith("unknown detector architecture 'defect-yolo-x'")
     with session_scope(trained.url) as session:
         assert session.scalar(select(func.count(TrainingJob.id))) == jobs  # refused before
+
+
+def test_the_commands_said_to_resume_a_distillation_warn_of_no_option_ignored(
+    trained: Trained, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both lines that say how to resume a distillation (after Ctrl-C, and where another
+    teacher was named) gave `--method`, which the resumed run takes from its start: the very
+    command they said to run warned "--method ignored with --resume"."""
+    import re
+    import shlex
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    from db.models import ModelKind
+    from tests.synthetic import CLASSES
+    from training.cli import app
+    from training.train_detector import _resume_hint
+    from training.versions import register_model_version
+
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
+    get_settings.cache_clear()
+    checkpoint = torch.load(trained.weights, map_location="cpu", weights_only=False)
+    # Other class names: found, the run is refused at once (nothing trains), after the warnings.
+    checkpoint["model"].names = {0: "dent", 1: "spot"}
+    checkpoint.update(epoch=0, optimizer={})  # as if stopped after its first epoch
+    run = trained.data_dir / "runs" / "detect" / "synth-defect-yolo-n-20260102-000000"
+    (run / "weights").mkdir(parents=True)
+    torch.save(checkpoint, run / "weights" / "last.pt")
+    lineage = {"teacher": trained.version_name, "method": "cwd", "from": None}
+    (run / "defects_lineage.json").write_text(json.dumps(lineage))
+    with session_scope(trained.url) as session:
+        register_model_version(
+            session,
+            trained.weights,
+            get_settings().models_dir,
+            kind=ModelKind.DETECTOR,
+            architecture="defect-yolo-n",
+            class_names=CLASSES,
+            image_size=64,
+            name="another-teacher",
+        )
+    try:
+        request = _distill_request(trained, "defect-yolo-n", "cwd")
+        stopped = SimpleNamespace(trainer=SimpleNamespace(save_dir=str(run)))
+        hint = _resume_hint(request, "defect-yolo-n", stopped)
+        other = CliRunner().invoke(
+            app,
+            ["distill", "detector", "--teacher", "another-teacher", "--data", "synth", "--resume"],
+        )
+        [said] = re.findall(r"resume it with `(.+?)`", str(other.exception))
+        assert said.startswith(f"defects distill detector --teacher {trained.version_name} ")
+        said = said.replace(" ... ", " --data synth ")  # (the line leaves the rest to the reader)
+        [command] = re.findall(r"resume with `(.+?)`", hint)
+        for line in (command, said):
+            result = CliRunner().invoke(app, shlex.split(line)[1:])
+            assert str(result.exception).startswith(f"the interrupted run {run.name} knows")
+            assert "ignored" not in result.output, (line, result.output)
+    finally:
+        shutil.rmtree(run)

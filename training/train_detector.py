@@ -356,9 +356,10 @@ def _latest_run(
             of_others = run
     if of_others is not None:
         lineage = _lineage(of_others) or {}
+        # (No --method: a resumed run goes on with its own loss, and the option given beside
+        # --resume was warned about as ignored.)
         how = (
-            f"`defects distill detector --teacher {lineage['teacher']} --method "
-            f"{lineage.get('method') or 'feature'} ... --resume`"
+            f"`defects distill detector --teacher {lineage['teacher']} ... --resume`"
             if lineage.get("teacher")
             else "`defects train detector ... --resume`"
         )
@@ -396,9 +397,11 @@ def _resume_hint(request: TrainRequest, architecture: str, model: Any) -> str:
     if trainer is None or not (Path(trainer.save_dir) / "weights" / "last.pt").is_file():
         return "stopped before its first checkpoint: there is nothing to resume"
     if request.teacher:  # (`distill detector` takes the newest interrupted run of its teacher)
+        # (Without --method, which the resumed run takes from its start: given, it was
+        # warned about as ignored, in the very command this line said to run.)
         command = (
             f"defects distill detector --teacher {request.teacher} --student {architecture} "
-            f"--method {request.distill_method} --data {request.data} --resume"
+            f"--data {request.data} --resume"
         )
     else:
         command = (
