@@ -147,6 +147,8 @@ def test_classifier_distillation(
         per_epoch = student.metrics["distill_loss_per_epoch"]
         assert per_epoch[0] > 0 and per_epoch[-1] < per_epoch[0]
         assert student.teacher is not None and student.teacher.name == trained_classifier
+        # How it was taught, as a distilled detector's notes say: `models list --json` shows it.
+        assert student.notes == "distilled with soft targets at temperature 4 and FPN features"
     teacher_after = load_classifier(teacher_path)[0].state_dict()
     assert all(torch.equal(teacher_before[k], teacher_after[k]) for k in teacher_before)
 

@@ -560,6 +560,14 @@ def train_classifier(request: ClassifierTrainRequest, url: str | None = None) ->
                 dataset=session.get(DatasetRow, dataset_id),
                 teacher=session.get(ModelVersion, teacher_id) if teacher_id else None,
                 name=request.name,
+                # (A detector's notes named its loss; a classifier's teacher was recorded and
+                # how it taught was in the job alone.)
+                notes=(
+                    f"distilled with soft targets at temperature {request.temperature:g} "
+                    "and FPN features"
+                    if teacher_id
+                    else ""
+                ),
             )
             job = session.get(TrainingJob, job_id)
             assert job is not None
