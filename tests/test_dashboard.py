@@ -2048,3 +2048,33 @@ def test_the_inspect_page_refuses_an_operating_point_whose_classifier_is_not_rec
     said = " ".join(e.value for e in at.error).replace("\\", "")  # (markdown's escapes)
     assert "names the classifier gone-cls, which is not in the database" in said
     assert _count(production, Inspection) == 0
+
+
+def test_the_models_page_says_how_a_distilled_student_was_taught(
+    production: str, trained: Trained
+) -> None:
+    """The page showed a distilled student's teacher but not its loss, nor a fine-tuned
+    version's base, which `defects models list --json` gives in its notes."""
+    from db.models import ModelKind
+    from db.registry import get_model_version
+    from training.versions import register_model_version
+
+    with session_scope(production) as session:
+        register_model_version(
+            session,
+            trained.weights,
+            get_settings().models_dir,
+            kind=ModelKind.DETECTOR,
+            architecture="defect-yolo-n",
+            class_names=CLASSES,
+            image_size=64,
+            name="student",
+            teacher=get_model_version(session, "tiny"),
+            notes="fine-tuned from tiny; distilled with cwd",
+        )
+    at = _app().switch_page("views/models.py").run()
+    assert not at.exception, at.exception
+    versions = at.dataframe[0].value
+    student = versions[versions["name"] == "student"].iloc[0]
+    assert student["teacher"] == "tiny"
+    assert student["notes"] == "fine-tuned from tiny; distilled with cwd"

@@ -77,6 +77,9 @@ with session_scope(state.url) as session:
             "top-1 (test)": (v.metrics or {}).get("top1_accuracy"),
             "val accuracy (parts and crops)": (v.metrics or {}).get("val_accuracy"),
             "teacher": v.teacher.name if v.teacher else "",
+            # How it was made (a distilled student's loss, a fine-tuned one's base), as
+            # `defects models list --json` says: the page showed the teacher alone.
+            "notes": v.notes or "",
             # Stored in UTC: shown in the server's local time, as the other pages, and said.
             f"created ({zone_label()})": local_time(v.created_at),
         }
