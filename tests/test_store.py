@@ -114,8 +114,11 @@ def test_prune_images_from_the_command_line(trained: Trained, tmp_path: Path) ->
     assert not images["plain"].exists()
     refused = runner.invoke(app, ["prune-images", "--older-than", "0"])
     assert refused.exit_code != 0
+    _judged_days_ago(url, images["failed"], 20)  # (judged again since the cut-off)
     one = runner.invoke(app, ["prune-images", "--older-than", "1", "--dry-run"])
     assert "judged over 1 day ago" in " ".join(one.output.split())  # (not "1 days")
+    # (Counted among the parts looked at, not among all that old.)
+    assert "kept the images of 1 failed part(s) of those" in " ".join(one.output.split())
     assert "judged over 30 days ago" in " ".join(dry.output.split())
     since = "looked only at the parts last judged since the last prune's cut-off"
     assert since in " ".join(one.output.split()) and since not in said

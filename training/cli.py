@@ -1808,7 +1808,9 @@ def prune_images_command(
             markup=False,
         )
     if kept:
-        console.print(f"kept the images of {' and '.join(kept)} part(s) that old", markup=False)
+        # (Of those looked at: with the last cut-off, the parts last judged since it alone.)
+        which = "that old" if report.since is None else "of those"
+        console.print(f"kept the images of {' and '.join(kept)} part(s) {which}", markup=False)
     if report.already_gone:
         console.print(f"{report.already_gone} image(s) were gone already", markup=False)
     if report.elsewhere:
