@@ -446,3 +446,37 @@ def test_the_commands_said_to_resume_a_distillation_warn_of_no_option_ignored(
             assert "ignored" not in result.output, (line, result.output)
     finally:
         shutil.rmtree(run)
+
+
+def test_a_classifier_teacher_of_other_classes_is_refused_naming_both_lists(
+    trained: Trained, trained_classifier: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A classifier teacher of other classes was refused as "the teacher classifier knows
+    other classes than 'synth'", naming neither list (a detector's refusal names both)."""
+    from sqlalchemy import func, select
+    from typer.testing import CliRunner
+
+    from db.models import TrainingJob
+    from inspection.classifier import GOOD
+    from inspection.errors import UserError
+    from tests.conftest import register_classifier_copy
+    from tests.synthetic import CLASSES
+    from training.cli import app
+
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
+    get_settings.cache_clear()
+    register_classifier_copy(trained.url, trained_classifier, trained.url, name="other-cls")
+    with session_scope(trained.url) as session:
+        get_model_version(session, "other-cls").classes = [GOOD, *reversed(CLASSES)]
+        jobs = session.scalar(select(func.count(TrainingJob.id)))
+    result = CliRunner().invoke(
+        app, ["distill", "classifier", "--teacher", "other-cls", "--data", "synth"]
+    )
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, UserError), repr(result.exception)
+    said = str(result.exception)
+    assert said.startswith(
+        f"teacher other-cls knows {[GOOD, *reversed(CLASSES)]}, 'synth' labels {[GOOD, *CLASSES]}"
+    ), said
+    with session_scope(trained.url) as session:
+        assert session.scalar(select(func.count(TrainingJob.id))) == jobs  # refused before

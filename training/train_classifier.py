@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -362,6 +362,19 @@ def _accuracy(model: nn.Module, loader: DataLoader, device: str) -> float:
     return correct / max(total, 1)
 
 
+def refuse_teacher_classes(
+    teacher: str, known: list[str], data: str, dataset_classes: list[str]
+) -> NoReturn:
+    """A classifier teacher must know the dataset's classes, in its order, after GOOD: the
+    student learns its teacher's class probabilities output for output. Said with both lists,
+    as a detector's refusal is: "knows other classes than 'DATA'" left the user to find which."""
+    raise UserError(
+        f"teacher {teacher} knows {known}, {data!r} labels {[GOOD, *dataset_classes]}: a "
+        "distilled student learns its teacher's classes output for output; distill from a "
+        f"classifier trained on {data!r}'s classes, or train one without a teacher"
+    )
+
+
 def train_classifier(request: ClassifierTrainRequest, url: str | None = None) -> int:
     """Train, keep the epoch best on val, register it as a candidate; returns the version id."""
     settings = get_settings()
@@ -398,7 +411,9 @@ def train_classifier(request: ClassifierTrainRequest, url: str | None = None) ->
             if teacher_row.kind != ModelKind.CLASSIFIER:
                 raise UserError(f"{teacher_row.name} is not a classifier")
             if list(teacher_row.classes) != [GOOD, *dataset.classes]:  # (before the job)
-                raise UserError(f"the teacher classifier knows other classes than {request.data!r}")
+                refuse_teacher_classes(
+                    teacher_row.name, list(teacher_row.classes), request.data, list(dataset.classes)
+                )
             teacher_id, teacher_path = teacher_row.id, weights_file(teacher_row)
             # Loaded before the job is recorded: a damaged teacher was refused only after it,
             # in a message of torch's about `weights_only` that named no version.
@@ -413,7 +428,9 @@ def train_classifier(request: ClassifierTrainRequest, url: str | None = None) ->
                     "from a backup, or distill from another version"
                 ) from exc
             if teacher_model.class_names != [GOOD, *dataset.classes]:  # (its file's own list)
-                raise UserError(f"the teacher classifier knows other classes than {request.data!r}")
+                refuse_teacher_classes(
+                    teacher_row.name, teacher_model.class_names, request.data, list(dataset.classes)
+                )
         hard_negative_detector = None
         if request.hard_negatives_from:
             detector_row = get_model_version(session, request.hard_negatives_from)
