@@ -971,3 +971,49 @@ def test_a_resume_of_a_run_whose_checkpoint_a_full_disk_cut_short_is_refused_in_
     said = str(result.exception)
     assert "run synth-defect-yolo-n-20261126-100000 cannot be resumed" in said
     assert f"checkpoint {last} cannot be read" in said and "without --resume" in said
+
+
+@pytest.mark.parametrize("command", ["train", "distill"])
+def test_a_damaged_base_is_refused_before_a_job(
+    trained: Trained, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    """`--from VERSION` whose weights were cut short was opened only after the training job
+    was recorded: a failed job was left behind. It is now refused first, naming its file."""
+    from sqlalchemy import func, select
+
+    from db.models import ModelKind, TrainingJob
+    from training.cli import app
+    from training.versions import register_model_version
+
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
+    get_settings.cache_clear()
+    name = f"cut-short-base-{command}"
+    with session_scope(trained.url) as session:
+        copy = Path(
+            register_model_version(
+                session,
+                trained.weights,
+                get_settings().models_dir,
+                kind=ModelKind.DETECTOR,
+                architecture="defect-yolo-n",
+                class_names=CLASSES,
+                image_size=64,
+                name=name,
+            ).file_path
+        )
+        jobs = session.scalar(select(func.count(TrainingJob.id)))
+    copy.write_bytes(copy.read_bytes()[: copy.stat().st_size // 2])
+    given = ["--data", "synth", "--from", name, "--epochs", "1", "--imgsz", "64"]
+    if command == "train":
+        result = CliRunner().invoke(app, ["train", "detector", *given])
+    else:
+        result = CliRunner().invoke(
+            app, ["distill", "detector", "--teacher", trained.version_name, *given]
+        )
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, UserError), repr(result.exception)
+    said = str(result.exception)
+    assert said.startswith(f"--from {name}: cannot load the model {copy}"), said
+    assert "restore its file from a backup" in said
+    with session_scope(trained.url) as session:
+        assert session.scalar(select(func.count(TrainingJob.id))) == jobs  # refused before

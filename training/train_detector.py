@@ -246,6 +246,19 @@ def check_teacher_loads(name: str, weights: Path) -> None:
         ) from exc
 
 
+def load_base(name: str, weights: Path) -> Any:
+    """The version a training starts from (`--from`), loaded before the job is recorded, as a
+    teacher's is: a damaged file (cut short, overwritten) was opened only after it, and left a
+    failed job behind. Returned to be trained, not loaded a second time."""
+    try:
+        return load_detector(weights)
+    except UserError as exc:
+        raise UserError(
+            f"--from {name}: {exc}; damaged or cut short? restore its file from a backup, "
+            "or start from another version"
+        ) from exc
+
+
 def extend_classes(model: Any, class_names: list[str]) -> None:
     """`model` (a YOLO detector) made to output `class_names`, its own classes followed by new
     ones, in place: the head rebuilt for the new number of classes, every weight whose shape
@@ -486,8 +499,10 @@ def train_detector(
             base_weights = weights_file(base)
             architecture = base.architecture
             base_name = base.name
+            # (A resume goes on from its own checkpoint: the base's file is not read.)
+            base_model = None if request.resume else load_base(base.name, base_weights)
         else:
-            base_weights = None
+            base_weights, base_model = None, None
             architecture = request.architecture or DEFAULT_ARCHITECTURE
         teacher_id, teacher_weights = None, None
         if request.teacher:
@@ -557,8 +572,8 @@ def train_detector(
                 here["distill_model"] = teacher_weights
             model.train(resume=True, **here, **_distill_trainer(request))
         else:
-            if base_weights:
-                model = load_detector(base_weights)
+            if base_model is not None:
+                model = base_model
                 extend_classes(model, class_names)  # (a dataset that adds classes)
             else:
                 model = build_detector(architecture, class_names)
