@@ -2078,3 +2078,56 @@ def test_the_models_page_says_how_a_distilled_student_was_taught(
     student = versions[versions["name"] == "student"].iloc[0]
     assert student["teacher"] == "tiny"
     assert student["notes"] == "fine-tuned from tiny; distilled with cwd"
+
+
+def test_a_retraining_from_a_production_version_named_with_digits_starts_from_it(
+    trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The training form looked the production version up by its name as an id or a name: a
+    production version named "1" was taken for version 1, another model, and the fine-tuning
+    was refused for that one's classes (or checked against them, and started from it)."""
+    import os
+
+    from db.models import ModelKind
+    from db.registry import get_model_version, named_version, promote
+    from training import jobs
+    from training.versions import register_model_version
+
+    url = get_settings().resolved_database_url
+    upgrade(url)
+    import_synthetic(url, tmp_path, n=12)
+    with session_scope(url) as session:
+        for name, classes in (("other", list(reversed(CLASSES))), ("1", CLASSES)):
+            register_model_version(
+                session,
+                trained.weights,
+                get_settings().models_dir,
+                kind=ModelKind.DETECTOR,
+                architecture="defect-yolo-n",
+                class_names=classes,
+                image_size=64,
+                name=name,
+            )
+        production = named_version(session, "1")
+        assert production.id != 1  # ("other" is version 1)
+        promote(session, production)
+        production_id = production.id
+    started: list[tuple[tuple[object, ...], dict[str, object]]] = []
+
+    def start(*args: object, **kwargs: object) -> tuple[int, Path]:
+        # (The process itself is not started: what it would be given is the question.)
+        started.append((args, kwargs))
+        return os.getpid(), tmp_path / "train.log"
+
+    monkeypatch.setattr(jobs, "start_detector_training", start)
+    at = _app().switch_page("views/models.py").run()
+    next(s for s in at.selectbox if s.label == "Dataset").set_value("synth")
+    next(n for n in at.number_input if n.label == "Epochs").set_value(1)
+    next(c for c in at.checkbox if c.label.startswith("Distill")).check()
+    next(b for b in at.button if b.label == "Start training").click().run()
+    assert not at.exception, at.exception
+    assert not at.error, at.error[0].value
+    [(args, kwargs)] = started
+    assert args[3] == str(production_id) and kwargs["teacher"] == str(production_id)
+    with session_scope(url) as session:  # (as `train detector --from` reads it)
+        assert get_model_version(session, str(args[3])).name == "1"

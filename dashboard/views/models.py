@@ -17,7 +17,7 @@ from dashboard.text import plain
 from db.models import Dataset, JobStatus, ModelKind, ModelStage, ModelVersion, TrainingJob
 from db.registry import (
     NotFoundError,
-    get_model_version,
+    named_version,
     production_model,
     promote_version,
     roll_back,
@@ -112,6 +112,9 @@ with session_scope(state.url) as session:
     ]
     production = production_model(session, ModelKind.DETECTOR)
     production_name = production.name if production else None
+    # The training process takes `--from` and `--teacher` as an id or a name, a name of digits
+    # ("1") as an id: it is given the production version's id, which names no other.
+    production_ref = str(production.id) if production else None
     earlier = rollback_target(session, ModelKind.DETECTOR)
     rollback_to = earlier.name if earlier else None
 
@@ -258,7 +261,8 @@ else:
                     dataset = dataset_yaml(session, data)[0]
                     check_trainable(dataset)
                     production_version = (
-                        get_model_version(session, production_name) if production_name else None
+                        # (By its name alone: a name of digits was taken for another's id.)
+                        named_version(session, production_name) if production_name else None
                     )
                     architecture = (
                         production_version.architecture if production_version else "defect-yolo-s"
@@ -280,9 +284,9 @@ else:
                     data,
                     int(epochs),
                     int(imgsz) or None,
-                    production_name if fine_tune and production_name else None,
+                    production_ref if fine_tune and production_ref else None,
                     architecture=architecture,
-                    teacher=production_name if distill and production_name else None,
+                    teacher=production_ref if distill and production_ref else None,
                     hours=float(hours) or None,
                 )
                 st.session_state["training_started"] = (asked, pid, str(log))
