@@ -859,3 +859,17 @@ def test_export_refuses_a_device_it_would_not_use() -> None:
     result = runner.invoke(app, ["export", "nope", "--device", "gpu"])
     assert isinstance(result.exception, UserError)
     assert "device must be 'auto', 'cpu', 'cuda' or 'cuda:N', not 'gpu'" in str(result.exception)
+
+
+def test_only_a_point_as_registered_is_never_calibrated() -> None:
+    """At the default for every class, a point is as registered unless calibrated or marked as
+    set by hand; a point stored without the mark (saved by hand before it) reads as before."""
+    from training.versions import default_thresholds, never_calibrated, set_by_hand
+
+    classes = ["scratch", "spot"]
+    registered = default_thresholds(classes)
+    assert never_calibrated(registered, classes)
+    assert never_calibrated({"per_class": {"scratch": 0.25}}, classes)  # (no mark: by values)
+    assert not never_calibrated({"per_class": {"scratch": 0.4, "spot": 0.25}}, classes)
+    by_hand = set_by_hand({**registered, "calibration": {"data": "d"}}, registered["per_class"])
+    assert "calibration" not in by_hand and not never_calibrated(by_hand, classes)

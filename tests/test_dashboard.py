@@ -2131,3 +2131,24 @@ def test_a_retraining_from_a_production_version_named_with_digits_starts_from_it
     assert args[3] == str(production_id) and kwargs["teacher"] == str(production_id)
     with session_scope(url) as session:  # (as `train detector --from` reads it)
         assert get_model_version(session, str(args[3])).name == "1"
+
+
+def test_thresholds_saved_by_hand_at_the_default_are_not_called_never_calibrated(
+    production: str,
+) -> None:
+    """A save on the Settings page with every class left at 0.25 stored the very point a
+    version is registered with, and its promotion warned that it was never calibrated, where
+    thresholds set by hand are someone's choice. The point saved by hand is now marked."""
+    from training.versions import promotion_warnings
+
+    def never(url: str) -> bool:
+        return any("never calibrated" in w for w in promotion_warnings(url, "tiny", None))
+
+    assert never(production)  # as registered
+    at = _app().run()
+    at.switch_page("views/settings.py").run()
+    assert {s.value for s in at.slider} == {0.25}
+    next(b for b in at.button if b.label == "Save thresholds").click().run()
+    assert not at.exception, at.exception
+    assert _thresholds(production)["per_class"] == dict.fromkeys(CLASSES, 0.25)
+    assert not never(production)

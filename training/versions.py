@@ -33,11 +33,26 @@ def default_thresholds(class_names: list[str]) -> dict[str, Any]:
     return {"per_class": dict.fromkeys(class_names, DEFAULT_CONFIDENCE), "iou": 0.45}
 
 
+# Marks an operating point saved by hand (the Settings page): at the default confidence for
+# every class it is otherwise the very point a version is registered with.
+SET_BY_HAND = "set_by_hand"
+
+
+def set_by_hand(thresholds: dict[str, Any], per_class: dict[str, float]) -> dict[str, Any]:
+    """The operating point `thresholds` with `per_class` set by hand: no longer the calibrated
+    one (its report dropped), and marked, so that `never_calibrated` tells it from the point a
+    version is registered with even where every class is left at the default."""
+    point = {**thresholds, "per_class": per_class, SET_BY_HAND: True}
+    point.pop("calibration", None)
+    return point
+
+
 def never_calibrated(thresholds: dict[str, Any], class_names: list[str]) -> bool:
     """Whether an operating point is still the one a version is registered with: no
     calibration, and every class at the default confidence. Set by hand (the Settings page
-    drops the calibration), the thresholds are someone's choice, and not this."""
-    if thresholds.get("calibration"):
+    drops the calibration and marks it `SET_BY_HAND`), the thresholds are someone's choice,
+    and not this; a point saved by hand before the mark was kept reads by its values alone."""
+    if thresholds.get("calibration") or thresholds.get(SET_BY_HAND):
         return False
     per_class = thresholds.get("per_class") or {}
     default = thresholds.get("default", DEFAULT_CONFIDENCE)

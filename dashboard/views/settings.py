@@ -27,6 +27,7 @@ from training.calibrate import (
     store_operating_point,
     thresholds_stamp,
 )
+from training.versions import set_by_hand
 
 # The production model and the stamp of its thresholds that this session's sliders were drawn
 # with, in the run before: a submit is judged against what the user saw, not what is stored now.
@@ -92,8 +93,7 @@ else:
             for name in info.classes
         }
         if st.form_submit_button("Save thresholds"):
-            thresholds = {**info.thresholds, "per_class": edited}
-            thresholds.pop("calibration", None)  # hand-set: no longer the calibrated point
+            thresholds = set_by_hand(info.thresholds, edited)  # (no longer the calibrated point)
             if rendered != (info.id, stamp) or not store_operating_point(
                 state.url, info.id, thresholds, unless_changed_from=stamp
             ):
