@@ -1017,3 +1017,51 @@ def test_a_damaged_base_is_refused_before_a_job(
     assert "restore its file from a backup" in said
     with session_scope(trained.url) as session:
         assert session.scalar(select(func.count(TrainingJob.id))) == jobs  # refused before
+
+
+@pytest.mark.parametrize("command", ["train", "distill"])
+def test_a_run_folder_that_fills_says_which_and_that_nothing_is_registered(
+    trained: Trained, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    """A disk that filled as ultralytics wrote an epoch's checkpoint stopped the training with
+    the system's bare "[Errno 28] No space left on device": no folder, no word of what was
+    kept. (The full disk is simulated: the checkpoint's write leaves a few bytes, then ENOSPC.)"""
+    import errno
+
+    from sqlalchemy import func, select
+    from ultralytics.engine.trainer import BaseTrainer
+
+    from db.models import JobStatus, ModelVersion, TrainingJob
+    from training.cli import app
+
+    def full(self) -> bool:  # type: ignore[no-untyped-def]
+        self.wdir.mkdir(parents=True, exist_ok=True)
+        self.last.write_bytes(b"PK\x03\x04")  # (what a full disk lets through)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(BaseTrainer, "save_model", full)
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
+    get_settings.cache_clear()
+    with session_scope(trained.url) as session:
+        versions = session.scalar(select(func.count(ModelVersion.id)))
+    name = f"full-{command}"
+    given = ["--data", "synth", "--epochs", "1", "--imgsz", "32", "--batch", "4"]
+    if command == "train":
+        args = ["train", "detector", "--model", "defect-yolo-n", "--name", name, *given]
+    else:
+        args = ["distill", "detector", "--teacher", trained.version_name, *given]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, UserError), repr(result.exception)
+    said = str(result.exception)
+    with session_scope(trained.url) as session:
+        assert session.scalar(select(func.count(ModelVersion.id))) == versions
+        job = session.scalars(select(TrainingJob).order_by(TrainingJob.id.desc())).first()
+        assert job is not None and job.status == JobStatus.FAILED
+        assert "nothing is registered" in (job.error or "")
+    runs = get_settings().runs_dir / "detect"
+    [run] = [p for p in runs.glob("*/weights/last.pt") if p.read_bytes() == b"PK\x03\x04"]
+    run = run.parent.parent
+    assert said.startswith(f"cannot write the training run's folder {run}: No space left on")
+    assert "nothing is registered and the training job is marked failed" in said
+    shutil.rmtree(run)

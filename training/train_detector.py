@@ -8,6 +8,7 @@ records the job and registers the best weights as a candidate model version.
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import os
 import pickle
@@ -139,8 +140,12 @@ def record_tile(weights: Path, tile: TileSpec | None) -> None:
     else:
         checkpoint[CHECKPOINT_KEY] = value
     written = weights.with_name(f".{weights.name}.{os.getpid()}.partial")
-    torch.save(checkpoint, written)
-    written.replace(weights)  # (whole or not at all)
+    try:
+        torch.save(checkpoint, written)
+        written.replace(weights)  # (whole or not at all)
+    except BaseException:
+        written.unlink(missing_ok=True)  # (a half file a full disk left would hold its space)
+        raise
 
 
 @dataclass(frozen=True)
@@ -442,6 +447,27 @@ def _interrupted(last: Path) -> bool:
     return checkpoint.get("epoch", -1) >= 0 and checkpoint.get("optimizer") is not None
 
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _run_folder_full(exc: BaseException, model: Any, runs_dir: Path) -> UserError | None:
+    """A full disk under the run's folder, said in one line with the folder and what was kept:
+    ultralytics writes each epoch's checkpoint there with no word of where, and the training
+    stopped with the system's bare "[Errno 28] No space left on device". None for any other
+    error."""
+    if not isinstance(exc, OSError) or exc.errno not in DISK_FULL:
+        return None
+    trainer = getattr(model, "trainer", None)
+    folder = Path(trainer.save_dir) if trainer is not None else runs_dir
+    where = f"{exc.filename} in " if exc.filename else ""
+    return UserError(
+        f"cannot write {where}the training run's folder {folder}: {exc.strerror or exc}; "
+        "nothing is registered and the training job is marked failed; the folder is kept, its "
+        "last checkpoint perhaps cut short (its --resume is then refused): free space there "
+        "and train again"
+    )
+
+
 def _first_sentence(exc: BaseException) -> str:
     """An error's first sentence: torch follows a broken file's with a paragraph of guesses."""
     return str(exc).splitlines()[0].split(". ")[0].rstrip(".")
@@ -656,7 +682,10 @@ def train_detector(
             job.result_model_version_id = version.id
             return version.id
     except BaseException as exc:
-        record_job_end(url, job_id, exc)
+        full = _run_folder_full(exc, model, runs_dir)
+        record_job_end(url, job_id, full or exc)
         if isinstance(exc, KeyboardInterrupt):  # (SIGTERM too: the CLI raises it for one)
             print(_resume_hint(request, architecture, model), file=sys.stderr)
+        if full is not None:
+            raise full from exc
         raise
