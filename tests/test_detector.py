@@ -1065,3 +1065,60 @@ def test_a_run_folder_that_fills_says_which_and_that_nothing_is_registered(
     assert said.startswith(f"cannot write the training run's folder {run}: No space left on")
     assert "nothing is registered and the training job is marked failed" in said
     shutil.rmtree(run)
+
+
+@pytest.mark.parametrize("failing", ["onnx", "int8", "int8-inferred"])
+def test_an_export_to_a_full_disk_says_where_and_leaves_no_half_file(
+    trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    """An export to a full disk ended in the system's bare "[Errno 28] No space left on
+    device"; `--int8` wrote NAME.int8.onnx in place, so a full disk left a half file where
+    stations look for one (and onnxruntime's intermediates beside it), or a traceback where
+    onnx's shape inference wrote its file cut short without a word. (The full disk is
+    simulated: a write that leaves a few bytes, then ENOSPC, or a file written cut short.)"""
+    import errno
+
+    import onnx
+    import onnxruntime.quantization
+
+    from training.cli import app
+
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
+    get_settings.cache_clear()
+    folder = tmp_path / "version"
+    folder.mkdir()
+    weights = Path(shutil.copy(trained.weights, folder / "station.pt"))
+    (folder / "station.int8.onnx").write_bytes(b"earlier")
+
+    def cut_short(path: str) -> None:
+        Path(path).write_bytes(b"\x08\x07")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if failing == "onnx":
+        monkeypatch.setattr(onnx, "save", lambda proto, path, *a, **k: cut_short(path))
+        args = ["export", str(weights)]
+    else:
+        if failing == "int8":
+            fake = lambda source, written, *a, **k: cut_short(written)  # noqa: E731
+            monkeypatch.setattr(onnxruntime.quantization, "quantize_static", fake)
+        else:  # (C++ writes the file cut short and says nothing)
+            monkeypatch.setattr(
+                onnx.shape_inference,
+                "infer_shapes_path",
+                lambda source, out, *a, **k: Path(out).write_bytes(Path(source).read_bytes()[:999]),
+            )
+        args = ["export", str(weights), "--int8", "--data", "synth", "--calibration-images", "8"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, UserError), repr(result.exception)
+    said = str(result.exception)
+    kept = {"station.pt", "station.int8.onnx"}
+    if failing == "onnx":
+        assert said.startswith(f"cannot write the ONNX export in {folder}: No space left on")
+        assert "nothing is exported" in said
+    else:
+        assert said.startswith(f"cannot write the INT8 model in {folder}: ")
+        assert "no INT8 model is exported, station.int8.onnx is as it was" in said
+        kept.add("station.onnx")
+    assert {p.name for p in folder.iterdir()} == kept  # (no half file, no intermediate)
+    assert (folder / "station.int8.onnx").read_bytes() == b"earlier"

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import onnx
+from google.protobuf.message import DecodeError
 
 import inspection  # noqa: F401 - runtime preparation first
 from inspection.detector import architecture_of, load_detector
@@ -16,6 +21,19 @@ from inspection.errors import UserError
 from inspection.tiling import ONNX_METADATA_KEY, tile_of_checkpoint
 
 METADATA_PREFIX = "defects."
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _not_exported(exc: OSError, folder: Path, what: str, kept: str) -> UserError | OSError:
+    """A full disk said in one line with the folder and what stays as it was: ultralytics,
+    torch and onnx wrote there with no word of where, and the export stopped with the
+    system's bare "[Errno 28] No space left on device". Any other error is returned as it is."""
+    if exc.errno not in DISK_FULL:
+        return exc
+    return UserError(
+        f"cannot write {what} in {folder}: {exc.strerror or exc}; {kept}: free space there and "
+        "export again"
+    )
 
 
 def onnx_target(weights: Path, imgsz: int, trained_imgsz: int, half: bool) -> Path:
@@ -30,8 +48,6 @@ def onnx_target(weights: Path, imgsz: int, trained_imgsz: int, half: bool) -> Pa
 
 def _replace_atomically(written: Path, target: Path) -> None:
     """A station may be opening `target` as it is replaced: it sees the old file or the new."""
-    import os
-
     os.replace(written, target)
 
 
@@ -60,10 +76,28 @@ def export_detector(
     version_name: str | None = None,
     device: str = "cpu",
 ) -> Path:
-    """Write the ONNX file beside the weights (see `onnx_target`) and return its path."""
-    import shutil
-    import tempfile
+    """Write the ONNX file beside the weights (see `onnx_target`) and return its path; a full
+    disk leaves the file there as it was (written in a folder of its own, then renamed)."""
+    try:
+        return _export_detector(weights, imgsz, half, dynamic, thresholds, version_name, device)
+    except OSError as exc:
+        raise _not_exported(
+            exc,
+            weights.parent,
+            "the ONNX export",
+            "nothing is exported, the .onnx files there are as they were",
+        ) from exc
 
+
+def _export_detector(
+    weights: Path,
+    imgsz: int | None,
+    half: bool,
+    dynamic: bool,
+    thresholds: dict[str, Any] | None,
+    version_name: str | None,
+    device: str,
+) -> Path:
     # ultralytics writes `<weights>.onnx` beside the file it exports, which may be the stations'
     # file: it exports a copy in a folder of its own, and the result takes the target's place.
     # The copy is the one checkpoint loaded (it was loaded twice, once for its classes).
@@ -155,8 +189,17 @@ def store_weights_as_float16(onnx_path: Path, min_elements: int = 64) -> Path:
     )
     onnx.checker.check_model(model)
     written = onnx_path.with_name(f".{onnx_path.name}.writing")
-    onnx.save(model, str(written))
-    _replace_atomically(written, onnx_path)  # the stations' file, perhaps being opened
+    try:
+        onnx.save(model, str(written))
+        _replace_atomically(written, onnx_path)  # the stations' file, perhaps being opened
+    except OSError as exc:
+        written.unlink(missing_ok=True)  # (a full disk's half file held its space)
+        raise _not_exported(
+            exc,
+            onnx_path.parent,
+            "the compact model",
+            f"{onnx_path.name} is as it was, its weights float32",
+        ) from exc
     return onnx_path
 
 
@@ -169,15 +212,26 @@ def export_classifier(weights: Path, version_name: str | None = None) -> Path:
     """ONNX of the classifier (dynamic batch), its classes and image size in the metadata.
     No thresholds: a classifier judges at those the detector's calibration stores for it, and
     its own placeholders (0.5), written here, read as the ones stations use."""
-    import tempfile
-
-    import torch
-
     from inspection.classifier import load_classifier
 
     model, image_size = load_classifier(weights)
     target = weights.with_suffix(".onnx")
-    with tempfile.TemporaryDirectory(dir=weights.parent, prefix=".export-") as scratch:
+    try:
+        _export_classifier(model, image_size, target, version_name)
+    except OSError as exc:
+        raise _not_exported(
+            exc,
+            target.parent,
+            "the ONNX export",
+            f"nothing is exported, {target.name} is as it was",
+        ) from exc
+    return target
+
+
+def _export_classifier(model: Any, image_size: int, target: Path, version_name: str | None) -> None:
+    import torch
+
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".export-") as scratch:
         written = Path(scratch) / target.name
         torch.onnx.export(
             model,
@@ -201,7 +255,6 @@ def export_classifier(weights: Path, version_name: str | None = None) -> Path:
             )
         onnx.save(proto, str(written))
         _replace_atomically(written, target)
-    return target
 
 
 def _head_prefix(graph) -> str:  # type: ignore[no-untyped-def]
@@ -246,26 +299,46 @@ def quantize_int8(onnx_path: Path, calibration_images: list[Path], imgsz: int) -
                     continue  # an unreadable calibration image is skipped, not fatal
             return None
 
-    prepared = onnx_path.with_name(onnx_path.stem + ".prep.onnx")
     target = onnx_path.with_name(onnx_path.stem + ".int8.onnx")
-    quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True)
-    graph = onnx.load(str(prepared)).graph
-    head = _head_prefix(graph)
-    quantize_static(
-        str(prepared),
-        str(target),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        op_types_to_quantize=["Conv"],
-        nodes_to_exclude=[n.name for n in graph.node if n.name.startswith(head)],
-    )
-    prepared.unlink(missing_ok=True)
-    source_meta = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
-    model = onnx.load(str(target))
-    for key, value in {**source_meta, METADATA_PREFIX + "precision": "int8"}.items():
-        model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
-    onnx.save(model, str(target))
+    # Written in a folder of its own beside the source and renamed once whole: quantize_static
+    # wrote `target` in place (and onnxruntime its intermediates beside the source), so a disk
+    # that filled left a half INT8 file where stations look for one, and the intermediates.
+    try:
+        with tempfile.TemporaryDirectory(dir=onnx_path.parent, prefix=".int8-") as scratch:
+            prepared = Path(scratch) / "prepared.onnx"
+            written = Path(scratch) / target.name
+            quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True)
+            graph = onnx.load(str(prepared)).graph
+            head = _head_prefix(graph)
+            quantize_static(
+                str(prepared),
+                str(written),
+                Reader(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                op_types_to_quantize=["Conv"],
+                nodes_to_exclude=[n.name for n in graph.node if n.name.startswith(head)],
+            )
+            source_meta = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
+            model = onnx.load(str(written))
+            for key, value in {**source_meta, METADATA_PREFIX + "precision": "int8"}.items():
+                model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
+            onnx.save(model, str(written))
+            _replace_atomically(written, target)
+    except (OSError, DecodeError) as exc:
+        # (onnx's shape inference, in C++, writes a file a full disk cuts short without a
+        # word: onnxruntime's next read of it is the first to fail, in protobuf's words.)
+        full = (
+            exc
+            if isinstance(exc, OSError)
+            else OSError(errno.ENOSPC, "a file written there came back cut short (a full disk?)")
+        )
+        raise _not_exported(
+            full,
+            onnx_path.parent,
+            "the INT8 model",
+            f"no INT8 model is exported, {target.name} is as it was ({onnx_path.name} was written)",
+        ) from exc
     return target
