@@ -8,8 +8,12 @@ query the pages run, REPEATS times (median):
 
     python bench/history_scale.py --parts 1000000 --days 365
     python bench/history_scale.py --url postgresql+psycopg://... (an empty database)
+    python bench/history_scale.py --url URL --reuse (a database an earlier run built)
 
-Writes bench/results/history_scale_<sqlite|postgresql>.json.
+`--reuse` times a history this bench built before (the same sizes) without building it again,
+so that one history is timed under two settings (PostgreSQL's JIT on and off: the URL's
+`?options=-c%20jit%3Doff`). Writes bench/results/history_scale_<sqlite|postgresql>
+[_analyzed][LABEL].json, with the median and the least of each query.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import insert  # noqa: E402
+from sqlalchemy import func, insert, select  # noqa: E402
 
 from db.migrate import upgrade  # noqa: E402
 from db.models import (  # noqa: E402
@@ -175,18 +179,45 @@ def build(url: str, parts: int, days: int, stations: int, now: datetime) -> None
                 connection.execute(insert(Review), review_rows)
 
 
-def timed(call: Callable[[], object], repeats: int) -> float:
+def built_at(url: str, parts: int) -> datetime:
+    """The `now` an earlier run built the history at at `url` (its runs finished 20 minutes
+    before it), so that a run with --reuse asks for the same days; exits when the history there
+    is not this bench's of `parts` parts."""
+    with session_scope(url) as session:
+        found = session.scalar(select(func.count()).select_from(Part))
+        finished = session.scalar(
+            select(func.max(InspectionRun.finished_at)).where(InspectionRun.source == "history")
+        )
+    if found != parts or finished is None:
+        sys.exit(f"error: {url} holds {found} parts of this bench's history, not --parts {parts}")
+    return finished + timedelta(minutes=20)
+
+
+def server_settings(url: str) -> dict[str, str] | None:
+    """The server settings a timing depends on, for the result file: PostgreSQL's JIT, which
+    compiles a query whose estimated cost is high (None for SQLite)."""
+    if get_engine(url).dialect.name != "postgresql":
+        return None
+    with connection_scope(url) as connection:
+        names = ("jit", "jit_above_cost", "jit_inline_above_cost", "jit_optimize_above_cost")
+        return {name: connection.exec_driver_sql(f"SHOW {name}").scalar_one() for name in names}
+
+
+def timed(call: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """Median and least milliseconds (the least: the call with the fewest interruptions by
+    other work on a shared machine)."""
     seconds = []
     for _ in range(repeats):
         began = time.perf_counter()
         call()
         seconds.append(time.perf_counter() - began)
-    return round(statistics.median(seconds) * 1000, 1)
+    return round(statistics.median(seconds) * 1000, 1), round(min(seconds) * 1000, 1)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="an empty database (default: a new SQLite file)")
+    parser.add_argument("--reuse", action="store_true", help="time the history at --url as is")
     parser.add_argument("--parts", type=int, default=1_000_000)
     parser.add_argument("--days", type=int, default=365)
     parser.add_argument("--stations", type=int, default=4)
@@ -197,15 +228,22 @@ def main() -> None:
         default=False,
         help="gather the planner's statistics first (a SQLite file never has them unless asked)",
     )
+    parser.add_argument("--label", default="", help="appended to the result file's name")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    if args.reuse and not args.url:
+        parser.error("--reuse needs --url")
     scratch = tempfile.TemporaryDirectory()
     url = args.url or f"sqlite:///{Path(scratch.name) / 'history.db'}"
-    upgrade(url)
-    now = datetime.now().replace(microsecond=0)  # (stored naive, as utcnow() stores)
-    began = time.perf_counter()
-    build(url, args.parts, args.days, args.stations, now)
-    build_s = time.perf_counter() - began
+    build_s = None
+    if args.reuse:
+        now = built_at(url, args.parts)
+    else:
+        upgrade(url)
+        now = datetime.now().replace(microsecond=0)  # (stored naive, as utcnow() stores)
+        began = time.perf_counter()
+        build(url, args.parts, args.days, args.stations, now)
+        build_s = round(time.perf_counter() - began, 1)
     if args.analyze:  # fresh statistics, as a maintained database has
         with connection_scope(url) as connection:
             connection.exec_driver_sql("ANALYZE")
@@ -245,7 +283,7 @@ def main() -> None:
         ),
         "live: inspection_rows, latest 20": query(inspection_rows, Filters(), 20),
     }
-    timings = {name: timed(call, args.repeats) for name, call in queries.items()}
+    measured = {name: timed(call, args.repeats) for name, call in queries.items()}
     dialect = get_engine(url).dialect.name
     commit = subprocess.run(
         ["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True
@@ -257,15 +295,20 @@ def main() -> None:
         "parts": args.parts,
         "days": args.days,
         "stations": args.stations,
-        "build_s": round(build_s, 1),
-        "analyzed": args.analyze,
-        "what": "median milliseconds per query, a session opened for each, as a page does",
-        "median_ms": timings,
+        "build_s": build_s,  # (None: a history built by an earlier run, --reuse)
+        "analyzed": args.analyze,  # (with --reuse: ANALYZE run again before timing)
+        "settings": server_settings(url),
+        "repeats": args.repeats,
+        "what": "median and least milliseconds per query, a session opened for each, as a page "
+        "does",
+        "median_ms": {name: median for name, (median, _) in measured.items()},
+        "least_ms": {name: least for name, (_, least) in measured.items()},
     }
     suffix = "_analyzed" if args.analyze else ""
-    out = args.out or ROOT / "bench" / "results" / f"history_scale_{dialect}{suffix}.json"
+    name = f"history_scale_{dialect}{suffix}{args.label}.json"
+    out = args.out or ROOT / "bench" / "results" / name
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(timings, indent=2))
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,9 @@ REPEATS times (median and least), a session opened for each as the page does:
 
 `--reuse` times a history this bench built before (the same sizes) without building it again:
 the same data for two checkouts of the code (`git worktree add DIR COMMIT`, this file run
-there with PYTHONPATH=DIR). Writes bench/results/review_queue_<sqlite|postgresql>.json.
+there with PYTHONPATH=DIR), or one history under two settings (PostgreSQL's JIT on and off:
+the URL's `?options=-c%20jit%3Doff`). Writes
+bench/results/review_queue_<sqlite|postgresql>[LABEL].json.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import bindparam, func, insert, select, update  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
-from bench.history_scale import CLASSES, build  # noqa: E402
+from bench.history_scale import CLASSES, build, server_settings  # noqa: E402
 from db import reviews  # noqa: E402
 from db.migrate import upgrade  # noqa: E402
 from db.models import (  # noqa: E402
@@ -347,6 +349,8 @@ def main() -> None:
         "added": counts,  # (None: a history built by an earlier run, --reuse)
         "build_s": build_s,
         "analyzed": args.analyze,  # (with --reuse: ANALYZE run again before timing)
+        "settings": server_settings(url),  # (PostgreSQL's JIT: on or off for this run)
+        "repeats": args.repeats,
         "parts_waiting_among_latest": len(waiting),
         "what": "median and least milliseconds per query (after one call to warm caches), a session "
         "opened for each, as a page does",
