@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -189,11 +190,31 @@ LIBPQ_TIMEOUTS = {
 }
 
 
-def _postgres_connect_args(parsed: URL) -> dict[str, int]:
-    """LIBPQ_TIMEOUTS for a libpq driver, each unless the URL sets it."""
+# PostgreSQL's JIT compiles a query whose estimated cost passes `jit_above_cost`: on a year of
+# history the dashboard's queries pass it, and compiling cost them more than it saved, none
+# was faster with it (bench/results/review_queue_postgresql_jit_*.json and
+# history_scale_postgresql_analyzed_jit_*.json). Off on the product's connections unless the
+# URL's `options` (or PGOPTIONS, which options in the URL replace) set jit.
+JIT_OFF = "-c jit=off"
+_SETS_JIT = re.compile(r"(?:^|\s)(?:-c\s*|--)jit\s*=", re.IGNORECASE)
+
+
+def _postgres_connect_args(parsed: URL) -> dict[str, int | str]:
+    """LIBPQ_TIMEOUTS for a libpq driver, each unless the URL sets it, and JIT_OFF added to
+    the connection's options unless they set jit themselves."""
     if parsed.get_driver_name() not in ("psycopg", "psycopg2"):
         return {}
-    return {key: value for key, value in LIBPQ_TIMEOUTS.items() if key not in parsed.query}
+    args: dict[str, int | str] = {
+        key: value for key, value in LIBPQ_TIMEOUTS.items() if key not in parsed.query
+    }
+    given = parsed.query.get("options")
+    if given is None:  # (options given here replace libpq's PGOPTIONS: kept in them)
+        options = os.environ.get("PGOPTIONS", "")
+    else:
+        options = given if isinstance(given, str) else " ".join(given)
+    if not _SETS_JIT.search(options):
+        args["options"] = f"{options} {JIT_OFF}".strip()
+    return args
 
 
 def session_factory(url: str) -> sessionmaker[Session]:

@@ -514,11 +514,65 @@ def test_a_postgresql_connection_gives_up_instead_of_hanging() -> None:
 
     from db.session import LIBPQ_TIMEOUTS, _postgres_connect_args
 
-    assert _postgres_connect_args(make_url("postgresql+psycopg://u@db/x")) == LIBPQ_TIMEOUTS
+    args = _postgres_connect_args(make_url("postgresql+psycopg://u@db/x"))
+    assert {key: args[key] for key in LIBPQ_TIMEOUTS} == LIBPQ_TIMEOUTS
     assert _postgres_connect_args(
         make_url("postgresql+psycopg://u@db/x?connect_timeout=3")
-    ).keys() == (LIBPQ_TIMEOUTS.keys() - {"connect_timeout"})
+    ).keys() == (LIBPQ_TIMEOUTS.keys() - {"connect_timeout"}) | {"options"}
     assert _postgres_connect_args(make_url("postgresql+pg8000://u@db/x")) == {}
+
+
+def test_postgresql_connections_turn_jit_off_unless_the_url_sets_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """JIT compiling cost the pages' queries more than it saved on a year of history; a URL's
+    (or PGOPTIONS') own jit, and its other options, are kept."""
+    from sqlalchemy.engine import make_url
+
+    from db.session import _postgres_connect_args
+
+    def options(url: str) -> str | None:
+        return _postgres_connect_args(make_url(url)).get("options")  # type: ignore[return-value]
+
+    monkeypatch.delenv("PGOPTIONS", raising=False)
+    assert options("postgresql+psycopg://u@db/x") == "-c jit=off"
+    assert options("postgresql+psycopg2://u@db/x") == "-c jit=off"
+    assert (
+        options("postgresql+psycopg://u@db/x?options=-c%20statement_timeout%3D5000")
+        == "-c statement_timeout=5000 -c jit=off"
+    )
+    for asks in (
+        "-c%20jit%3Don",
+        "-cjit%3Don",
+        "--jit%3Don",
+        "-c%20work_mem%3D64MB%20-c%20JIT%3Don",
+    ):
+        assert options(f"postgresql+psycopg://u@db/x?options={asks}") is None, asks
+    monkeypatch.setenv("PGOPTIONS", "-c work_mem=64MB")
+    assert options("postgresql+psycopg://u@db/x") == "-c work_mem=64MB -c jit=off"
+    monkeypatch.setenv("PGOPTIONS", "-c jit=on")
+    assert options("postgresql+psycopg://u@db/x") is None
+    assert options("postgresql+psycopg://u@db/x?options=-c%20geqo%3Doff") == (
+        "-c geqo=off -c jit=off"  # (the URL's options replace PGOPTIONS)
+    )
+
+
+def test_a_product_postgresql_connection_reads_jit_off_and_on_where_the_url_asks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`SHOW jit` on a product connection, as the pages' queries run on it."""
+    from sqlalchemy.engine import make_url
+
+    from tests.conftest import POSTGRES_URL
+
+    if POSTGRES_URL is None:
+        pytest.skip("no PostgreSQL (DEFECTS_TEST_POSTGRES_URL)")
+    monkeypatch.delenv("PGOPTIONS", raising=False)
+    asking = make_url(POSTGRES_URL).update_query_dict({"options": "-c jit=on"})
+    for url, jit in ((POSTGRES_URL, "off"), (asking.render_as_string(hide_password=False), "on")):
+        with session_scope(url) as session:
+            assert session.execute(text("SHOW jit")).scalar_one() == jit, url
+    get_engine(asking.render_as_string(hide_password=False)).dispose()
 
 
 def test_a_sqlite_file_deleted_while_in_use_stops_the_next_transaction(tmp_path: Path) -> None:
