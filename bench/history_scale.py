@@ -214,8 +214,10 @@ def timed(call: Callable[[], object], repeats: int) -> tuple[float, float]:
     return round(statistics.median(seconds) * 1000, 1), round(min(seconds) * 1000, 1)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def history_arguments(description: str) -> argparse.ArgumentParser:
+    """The options of a bench timing queries on this synthetic history (this one's, and
+    review_queue.py's): where the history is, its size, how often each query is timed."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--url", help="an empty database (default: a new SQLite file)")
     parser.add_argument("--reuse", action="store_true", help="time the history at --url as is")
     parser.add_argument("--parts", type=int, default=1_000_000)
@@ -226,10 +228,16 @@ def main() -> None:
         "--analyze",
         action=argparse.BooleanOptionalAction,
         default=False,
-        help="gather the planner's statistics first (a SQLite file never has them unless asked)",
+        help="gather the planner's statistics after building (a SQLite file never has them "
+        "unless asked; PostgreSQL's autovacuum gathers them soon after)",
     )
     parser.add_argument("--label", default="", help="appended to the result file's name")
     parser.add_argument("--out", type=Path)
+    return parser
+
+
+def main() -> None:
+    parser = history_arguments(__doc__.splitlines()[0])
     args = parser.parse_args()
     if args.reuse and not args.url:
         parser.error("--reuse needs --url")

@@ -26,12 +26,10 @@ bench/results/review_queue_<sqlite|postgresql>[LABEL].json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
 import random
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,7 +44,13 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import bindparam, func, insert, select, update  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
-from bench.history_scale import CLASSES, build, server_settings  # noqa: E402
+from bench.history_scale import (  # noqa: E402
+    CLASSES,
+    build,
+    history_arguments,
+    server_settings,
+)
+from bench.history_scale import timed as history_timed  # noqa: E402
 from db import reviews  # noqa: E402
 from db.migrate import upgrade  # noqa: E402
 from db.models import (  # noqa: E402
@@ -230,34 +234,14 @@ def shown_part(session: Session, inspection_id: int) -> None:
 
 
 def timed(call: Callable[[], object], repeats: int) -> tuple[float, float]:
-    """Median and least milliseconds (the least: the call with the fewest interruptions by
-    other work on a shared machine)."""
-    call()  # (a first call warms the caches, as a page in use has them)
-    seconds = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        call()
-        seconds.append(time.perf_counter() - began)
-    return round(statistics.median(seconds) * 1000, 1), round(min(seconds) * 1000, 1)
+    """`history_scale.timed` after a first call, which warms the caches, as a page in use has
+    them."""
+    call()
+    return history_timed(call, repeats)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", help="an empty database (default: a new SQLite file)")
-    parser.add_argument("--reuse", action="store_true", help="time the history at --url as is")
-    parser.add_argument("--parts", type=int, default=1_000_000)
-    parser.add_argument("--days", type=int, default=365)
-    parser.add_argument("--stations", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument(
-        "--analyze",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="gather the planner's statistics after building (a SQLite file never has them "
-        "unless asked; PostgreSQL's autovacuum gathers them soon after)",
-    )
-    parser.add_argument("--label", default="", help="appended to the result file's name")
-    parser.add_argument("--out", type=Path)
+    parser = history_arguments(__doc__.splitlines()[0])
     args = parser.parse_args()
     # (At the start: the code this process imported, whatever is committed while it runs.)
     commit = subprocess.run(
