@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 
 import inspection  # noqa: F401 - prepares torchvision and ultralytics before any test imports them
 from db.migrate import upgrade
@@ -250,6 +250,30 @@ def register_classifier_copy(
             name=name,
             metrics=metrics,
         )
+
+
+def register_detector_copy(trained: Trained, name: str) -> tuple[Path, int]:
+    """The tiny trained detector registered again as `name` in its database (its own copy of
+    the weights, to damage), with how many training jobs that database holds."""
+    from db.models import ModelKind, TrainingJob
+    from tests.synthetic import CLASSES
+    from training.versions import register_model_version
+
+    with session_scope(trained.url) as session:
+        copy = Path(
+            register_model_version(
+                session,
+                trained.weights,
+                get_settings().models_dir,
+                kind=ModelKind.DETECTOR,
+                architecture="defect-yolo-n",
+                class_names=CLASSES,
+                image_size=64,
+                name=name,
+            ).file_path
+        )
+        jobs = session.scalar(select(func.count(TrainingJob.id))) or 0
+    return copy, jobs
 
 
 def register_production_detector(

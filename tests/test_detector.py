@@ -20,7 +20,7 @@ from inspection.attention import ChannelSpatialAttention, GatedChannelSpatialAtt
 from inspection.detector import architectures, build_detector, resolve_architecture
 from inspection.errors import UserError
 from inspection.settings import get_settings
-from tests.conftest import NEW_CLASSES, Trained
+from tests.conftest import NEW_CLASSES, Trained, register_detector_copy
 from tests.synthetic import CLASSES
 from training.evaluate import part_rates
 
@@ -981,27 +981,13 @@ def test_a_damaged_base_is_refused_before_a_job(
     was recorded: a failed job was left behind. It is now refused first, naming its file."""
     from sqlalchemy import func, select
 
-    from db.models import ModelKind, TrainingJob
+    from db.models import TrainingJob
     from training.cli import app
-    from training.versions import register_model_version
 
     monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
     get_settings.cache_clear()
     name = f"cut-short-base-{command}"
-    with session_scope(trained.url) as session:
-        copy = Path(
-            register_model_version(
-                session,
-                trained.weights,
-                get_settings().models_dir,
-                kind=ModelKind.DETECTOR,
-                architecture="defect-yolo-n",
-                class_names=CLASSES,
-                image_size=64,
-                name=name,
-            ).file_path
-        )
-        jobs = session.scalar(select(func.count(TrainingJob.id)))
+    copy, jobs = register_detector_copy(trained, name)
     copy.write_bytes(copy.read_bytes()[: copy.stat().st_size // 2])
     given = ["--data", "synth", "--from", name, "--epochs", "1", "--imgsz", "64"]
     if command == "train":

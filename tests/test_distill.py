@@ -13,7 +13,7 @@ import torch
 from db.registry import get_model_version
 from db.session import session_scope
 from inspection.settings import get_settings
-from tests.conftest import Trained
+from tests.conftest import Trained, register_detector_copy
 
 
 def _state(path: Path) -> dict[str, torch.Tensor]:
@@ -294,29 +294,14 @@ def test_a_damaged_teacher_is_refused_before_a_job(
     from sqlalchemy import func, select
     from typer.testing import CliRunner
 
-    from db.models import ModelKind, TrainingJob
+    from db.models import TrainingJob
     from inspection.errors import UserError
-    from tests.synthetic import CLASSES
     from training.cli import app
-    from training.versions import register_model_version
 
     monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
     get_settings.cache_clear()
     name = f"damaged-{damage.replace(' ', '-')}"
-    with session_scope(trained.url) as session:
-        copy = Path(
-            register_model_version(
-                session,
-                trained.weights,
-                get_settings().models_dir,
-                kind=ModelKind.DETECTOR,
-                architecture="defect-yolo-n",
-                class_names=CLASSES,
-                image_size=64,
-                name=name,
-            ).file_path
-        )
-        jobs = session.scalar(select(func.count(TrainingJob.id)))
+    copy, jobs = register_detector_copy(trained, name)
     whole = copy.read_bytes()
     copy.write_bytes(whole[: len(whole) // 2] if damage == "cut short" else b"not weights\n")
     result = CliRunner().invoke(
