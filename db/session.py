@@ -201,7 +201,8 @@ _SETS_JIT = re.compile(r"(?:^|\s)(?:-c\s*|--)jit\s*=", re.IGNORECASE)
 
 def _postgres_connect_args(parsed: URL) -> dict[str, int | str]:
     """LIBPQ_TIMEOUTS for a libpq driver, each unless the URL sets it, and JIT_OFF added to
-    the connection's options unless they set jit themselves."""
+    the connection's options unless they set jit themselves (`options` given more than once
+    in the URL are joined into one, as libpq reads one)."""
     if parsed.get_driver_name() not in ("psycopg", "psycopg2"):
         return {}
     args: dict[str, int | str] = {
@@ -214,6 +215,10 @@ def _postgres_connect_args(parsed: URL) -> dict[str, int | str]:
         options = given if isinstance(given, str) else " ".join(given)
     if not _SETS_JIT.search(options):
         args["options"] = f"{options} {JIT_OFF}".strip()
+    elif given is not None and not isinstance(given, str):
+        # `options` given twice reach the driver as a tuple, which it sends as the tuple's
+        # text: the server refused the connection ("invalid command-line argument").
+        args["options"] = options
     return args
 
 

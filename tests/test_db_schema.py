@@ -548,6 +548,15 @@ def test_postgresql_connections_turn_jit_off_unless_the_url_sets_it(
         "-c%20work_mem%3D64MB%20-c%20JIT%3Don",
     ):
         assert options(f"postgresql+psycopg://u@db/x?options={asks}") is None, asks
+    # (Given twice, the URL's options reached the driver as a tuple where one set jit, and the
+    # server refused the connection; they are joined, as where neither sets it.)
+    twice = "options=-c%20work_mem%3D8MB&options=-c%20jit%3Don"
+    for driver in ("psycopg", "psycopg2"):
+        assert options(f"postgresql+{driver}://u@db/x?{twice}") == "-c work_mem=8MB -c jit=on"
+    assert (
+        options("postgresql+psycopg://u@db/x?options=-c%20work_mem%3D8MB&options=-c%20geqo%3Doff")
+        == "-c work_mem=8MB -c geqo=off -c jit=off"
+    )
     monkeypatch.setenv("PGOPTIONS", "-c work_mem=64MB")
     assert options("postgresql+psycopg://u@db/x") == "-c work_mem=64MB -c jit=off"
     monkeypatch.setenv("PGOPTIONS", "-c jit=on")
@@ -569,10 +578,15 @@ def test_a_product_postgresql_connection_reads_jit_off_and_on_where_the_url_asks
         pytest.skip("no PostgreSQL (DEFECTS_TEST_POSTGRES_URL)")
     monkeypatch.delenv("PGOPTIONS", raising=False)
     asking = make_url(POSTGRES_URL).update_query_dict({"options": "-c jit=on"})
-    for url, jit in ((POSTGRES_URL, "off"), (asking.render_as_string(hide_password=False), "on")):
+    twice = make_url(POSTGRES_URL).update_query_dict({"options": ["-c work_mem=8MB", "-c jit=on"]})
+    urls = [u.render_as_string(hide_password=False) for u in (asking, twice)]
+    for url, jit in ((POSTGRES_URL, "off"), (urls[0], "on"), (urls[1], "on")):
         with session_scope(url) as session:
             assert session.execute(text("SHOW jit")).scalar_one() == jit, url
-    get_engine(asking.render_as_string(hide_password=False)).dispose()
+    with session_scope(urls[1]) as session:  # (the other option kept beside it)
+        assert session.execute(text("SHOW work_mem")).scalar_one() == "8MB"
+    for url in urls:
+        get_engine(url).dispose()
 
 
 def test_a_sqlite_file_deleted_while_in_use_stops_the_next_transaction(tmp_path: Path) -> None:
