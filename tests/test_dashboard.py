@@ -2152,3 +2152,58 @@ def test_thresholds_saved_by_hand_at_the_default_are_not_called_never_calibrated
     assert not at.exception, at.exception
     assert _thresholds(production)["per_class"] == dict.fromkeys(CLASSES, 0.25)
     assert not never(production)
+
+
+def test_a_retraining_pressed_after_another_promotion_starts_nothing(
+    trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The form names the production model it fine-tunes from; a press after another
+    promotion (another user, a CLI) started the training from the new production model, one
+    the user had not seen named, at its architecture. It now starts nothing and says so."""
+    import os
+
+    from db.models import ModelKind
+    from db.registry import named_version, promote
+    from training import jobs
+    from training.versions import register_model_version
+
+    url = get_settings().resolved_database_url
+    upgrade(url)
+    import_synthetic(url, tmp_path, n=12)
+    with session_scope(url) as session:
+        for name in ("first", "second"):
+            register_model_version(
+                session,
+                trained.weights,
+                get_settings().models_dir,
+                kind=ModelKind.DETECTOR,
+                architecture="defect-yolo-n",
+                class_names=CLASSES,
+                image_size=64,
+                name=name,
+            )
+        promote(session, named_version(session, "first"))
+    started: list[tuple[tuple[object, ...], dict[str, object]]] = []
+
+    def start(*args: object, **kwargs: object) -> tuple[int, Path]:
+        started.append((args, kwargs))
+        return os.getpid(), tmp_path / "train.log"
+
+    monkeypatch.setattr(jobs, "start_detector_training", start)
+    at = _app().switch_page("views/models.py").run()
+    assert any(c.label.endswith("(first)") for c in at.checkbox)
+    next(s for s in at.selectbox if s.label == "Dataset").set_value("synth")
+    next(n for n in at.number_input if n.label == "Epochs").set_value(1)
+    with session_scope(url) as session:  # (between the page's render and the press)
+        promote(session, named_version(session, "second"))
+    next(b for b in at.button if b.label == "Start training").click().run()
+    assert not at.exception, at.exception
+    assert started == []
+    said = [e.value.replace("\\", "") for e in at.error]  # (markdown's escapes)
+    assert any("changed since this form was drawn (first then, second now)" in e for e in said)
+    assert any(c.label.endswith("(second)") for c in at.checkbox)  # (drawn again for it)
+    next(b for b in at.button if b.label == "Start training").click().run()
+    assert not at.error, at.error[0].value
+    [(args, _)] = started
+    with session_scope(url) as session:
+        assert args[3] == str(named_version(session, "second").id)

@@ -17,7 +17,6 @@ from dashboard.text import plain
 from db.models import Dataset, JobStatus, ModelKind, ModelStage, ModelVersion, TrainingJob
 from db.registry import (
     NotFoundError,
-    named_version,
     production_model,
     promote_version,
     roll_back,
@@ -51,6 +50,10 @@ class JobRow(NamedTuple):
     result_id: int | None
     recorded_at: datetime
     process_start: str | None
+
+
+# Session key: the production detector (id, name) the retraining form was last drawn with.
+RETRAIN_DRAWN = "retrain_production_drawn"
 
 
 def _pct(value: object) -> str:
@@ -112,9 +115,7 @@ with session_scope(state.url) as session:
     ]
     production = production_model(session, ModelKind.DETECTOR)
     production_name = production.name if production else None
-    # The training process takes `--from` and `--teacher` as an id or a name, a name of digits
-    # ("1") as an id: it is given the production version's id, which names no other.
-    production_ref = str(production.id) if production else None
+    production_drawn = (production.id, production.name) if production else None
     earlier = rollback_target(session, ModelKind.DETECTOR)
     rollback_to = earlier.name if earlier else None
 
@@ -212,6 +213,10 @@ if not datasets:
         "No datasets yet: import one (`defects import ...`) or export reviewed parts on the Review page."
     )
 else:
+    # The production model the form was drawn with in the run before, the one the user saw
+    # named in it: a press after another promotion started the training from the new one.
+    drawn_with = st.session_state.get(RETRAIN_DRAWN, production_drawn)
+    st.session_state[RETRAIN_DRAWN] = production_drawn
     with st.form("retrain"):
         data = st.selectbox("Dataset", datasets)
         epochs = st.number_input("Epochs", min_value=1, value=50)
@@ -260,10 +265,19 @@ else:
                     # page said "Training started" and the refusal showed on a later visit.
                     dataset = dataset_yaml(session, data)[0]
                     check_trainable(dataset)
-                    production_version = (
-                        # (By its name alone: a name of digits was taken for another's id.)
-                        named_version(session, production_name) if production_name else None
+                    production_version = production_model(session, ModelKind.DETECTOR)
+                    now = (
+                        (production_version.id, production_version.name)
+                        if production_version
+                        else None
                     )
+                    if now != drawn_with:
+                        raise UserError(
+                            "the production model changed since this form was drawn "
+                            f"({drawn_with[1] if drawn_with else 'none'} then, "
+                            f"{now[1] if now else 'none'} now): nothing was started; check "
+                            "the form, drawn again for it, and start the training again"
+                        )
                     architecture = (
                         production_version.architecture if production_version else "defect-yolo-s"
                     )
@@ -280,6 +294,9 @@ else:
             if refused is not None:
                 st.error(plain(refused))
             else:
+                # The training process takes `--from` and `--teacher` as an id or a name, a
+                # name of digits ("1") as an id: it is given the production version's id.
+                production_ref = str(production_version.id) if production_version else None
                 pid, log = start_detector_training(
                     data,
                     int(epochs),
