@@ -1088,11 +1088,14 @@ def test_an_export_to_a_full_disk_says_where_and_leaves_no_half_file(
             fake = lambda source, written, *a, **k: cut_short(written)  # noqa: E731
             monkeypatch.setattr(onnxruntime.quantization, "quantize_static", fake)
         else:  # (C++ writes the file cut short and says nothing)
-            monkeypatch.setattr(
-                onnx.shape_inference,
-                "infer_shapes_path",
-                lambda source, out, *a, **k: Path(out).write_bytes(Path(source).read_bytes()[:999]),
-            )
+
+            def inferred(source: str, out: str, *a: object, **k: object) -> None:
+                # (onnxruntime's intermediates went to the system's temporary folder, a disk
+                # the message, naming the model's folder, did not speak of.)
+                assert Path(out).is_relative_to(folder), out
+                Path(out).write_bytes(Path(source).read_bytes()[:999])
+
+            monkeypatch.setattr(onnx.shape_inference, "infer_shapes_path", inferred)
         args = ["export", str(weights), "--int8", "--data", "synth", "--calibration-images", "8"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 1, result.output

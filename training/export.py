@@ -257,6 +257,20 @@ def _export_classifier(model: Any, image_size: int, target: Path, version_name: 
         _replace_atomically(written, target)
 
 
+@contextmanager
+def _temporary_files_in(folder: Path) -> Iterator[None]:
+    """Python's temporary files made in `folder` for the while: onnxruntime's quantization
+    writes its shape-inferred and calibration models in the system's temporary folder, so a
+    full one there was said as the model's folder filling, and its space was not the one the
+    export needs. (Process-wide: exports run in the command's own process.)"""
+    before = tempfile.tempdir
+    tempfile.tempdir = str(folder)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = before
+
+
 def _head_prefix(graph) -> str:  # type: ignore[no-untyped-def]
     """Node-name prefix of the last model layer (the Detect head), e.g. '/model.27/'."""
     layers = [
@@ -304,7 +318,10 @@ def quantize_int8(onnx_path: Path, calibration_images: list[Path], imgsz: int) -
     # wrote `target` in place (and onnxruntime its intermediates beside the source), so a disk
     # that filled left a half INT8 file where stations look for one, and the intermediates.
     try:
-        with tempfile.TemporaryDirectory(dir=onnx_path.parent, prefix=".int8-") as scratch:
+        with (
+            tempfile.TemporaryDirectory(dir=onnx_path.parent, prefix=".int8-") as scratch,
+            _temporary_files_in(Path(scratch)),
+        ):
             prepared = Path(scratch) / "prepared.onnx"
             written = Path(scratch) / target.name
             quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True)
