@@ -10,8 +10,10 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import types
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,7 @@ from sqlalchemy import func, select
 
 from db.models import Inspection, InspectionRun, Part, Prediction
 from db.session import session_scope
-from inspection.batch import BatchInspection, SourceItem, iter_source
+from inspection.batch import WRITE_NOW, BatchInspection, SourceItem, iter_source
 from inspection.errors import UserError
 from inspection.parallel import QUEUE_PER_WORKER, ParallelInspection, shard_of, share_cores
 from tests.conftest import Trained, register_production_detector
@@ -228,19 +230,35 @@ def _weights(url: str) -> str:
 def test_a_dead_worker_stops_the_run_and_a_second_run_finishes_it(
     detector: str, tmp_path: Path
 ) -> None:
-    items = _source(tmp_path, 300)  # enough that the first results come in mid-run
+    """A worker killed mid-run (as by the OOM killer) stops the run; a second run finishes it.
+    The source holds back its second half until the kill, so that the worker killed still has
+    parts to come: killed at the first result alone, a worker on a loaded machine had at times
+    judged its whole share and exited, and the kill stopped nothing."""
+    items = _source(tmp_path, 300)
+    half = len(items) // 2
     job = ParallelInspection(detector, tmp_path / "store", "L", "S", workers=2)
     killed: list[int] = []
+    kill_done = threading.Event()
+
+    def source() -> Iterator[SourceItem]:
+        """The first half, written as a quiet source's is, then the rest once a worker is killed
+        (no worker is dealt its end before then)."""
+        yield from items[:half]
+        yield WRITE_NOW
+        kill_done.wait(timeout=120)
+        yield from items[half:]
 
     def kill_a_worker(_result: object) -> None:
         if not killed:  # the first result in: one worker is killed as by the OOM killer
-            pid = job.processes[0].pid
-            assert pid is not None
-            os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
+            worker = job.processes[0]
+            assert worker.pid is not None and worker.is_alive()
+            os.kill(worker.pid, signal.SIGKILL)
+            killed.append(worker.pid)
+            kill_done.set()
 
     with pytest.raises(UserError, match="a worker process died"):
-        job.run(items, kill_a_worker)
+        job.run(source(), kill_a_worker)
+    assert killed
     with session_scope(detector) as session:
         parts = session.scalar(select(func.count(Part.id)))
         inspections = session.scalar(select(func.count(Inspection.id)))
