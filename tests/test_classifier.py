@@ -866,3 +866,48 @@ def test_a_classifier_version_named_with_digits_is_known_as_a_classifier(tmp_pat
         assert result.exit_code != 0
         message = str(result.exception)
         assert message.startswith(f"cannot load the classifier {damaged}: "), message
+
+
+def test_a_hard_negative_detector_of_other_classes_is_refused_naming_both_lists(
+    trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--hard-negatives-from` a detector of other classes was refused as "X knows other
+    classes than 'synth'", naming neither list (a teacher's refusal names both); refused
+    before a job is recorded."""
+    from sqlalchemy import delete, func, select
+
+    from db.models import ModelKind, ModelVersion, TrainingJob
+    from inspection.errors import UserError
+    from training.cli import app
+    from training.versions import register_model_version
+
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
+    get_settings.cache_clear()
+    other = [*reversed(CLASSES)]
+    with session_scope(trained.url) as session:
+        register_model_version(
+            session,
+            trained.weights,
+            tmp_path / "models",
+            kind=ModelKind.DETECTOR,
+            architecture="defect-yolo-n",
+            class_names=other,
+            image_size=64,
+            name="other-det",
+        )
+        jobs = session.scalar(select(func.count(TrainingJob.id)))
+    try:
+        result = CliRunner().invoke(
+            app,
+            ["train", "classifier", "--data", "synth", "--hard-negatives-from", "other-det"],
+        )
+        assert result.exit_code == 1, result.output
+        assert isinstance(result.exception, UserError), repr(result.exception)
+        said = str(result.exception)
+        assert "\n" not in said
+        assert said.startswith(f"other-det knows {other}, 'synth' labels {list(CLASSES)}"), said
+        with session_scope(trained.url) as session:
+            assert session.scalar(select(func.count(TrainingJob.id))) == jobs  # refused before
+    finally:
+        with session_scope(trained.url) as session:  # (the session's database is shared)
+            session.execute(delete(ModelVersion).where(ModelVersion.name == "other-det"))

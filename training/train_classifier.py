@@ -437,7 +437,15 @@ def train_classifier(request: ClassifierTrainRequest, url: str | None = None) ->
             if detector_row.kind != ModelKind.DETECTOR:
                 raise UserError(f"{detector_row.name} is not a detector")
             if list(detector_row.classes) != defect_classes:
-                raise UserError(f"{detector_row.name} knows other classes than {request.data!r}")
+                # (Both lists, as a teacher's refusal says them: "knows other classes than
+                # 'DATA'" left the user to find which.)
+                raise UserError(
+                    f"{detector_row.name} knows {list(detector_row.classes)}, "
+                    f"{request.data!r} labels {defect_classes}: hard negatives are the false "
+                    "detections of the detector the verifier will stand beside; mine them with a "
+                    f"detector trained on {request.data!r}'s classes, or train without "
+                    "--hard-negatives-from"
+                )
             hard_negative_detector = weights_file(detector_row)
         job = TrainingJob(
             kind="distill-classifier" if request.teacher else "train-classifier",
