@@ -9,9 +9,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
 
 import inspection  # noqa: F401 - prepares torchvision and ultralytics before any test imports them
 from db.migrate import upgrade
@@ -252,26 +254,38 @@ def register_classifier_copy(
         )
 
 
+def register_tiny_detector(
+    session: Session,
+    weights: Path,
+    name: str,
+    class_names: list[str] | None = None,
+    dataset: Any = None,
+) -> Any:
+    """The tiny trained detector's weights registered again as version `name` (its own copy
+    in the models folder), of `class_names` (the synthetic ones by default)."""
+    from db.models import ModelKind
+    from training.versions import register_model_version
+
+    return register_model_version(
+        session,
+        weights,
+        get_settings().models_dir,
+        kind=ModelKind.DETECTOR,
+        architecture="defect-yolo-n",
+        class_names=list(CLASSES) if class_names is None else class_names,
+        image_size=64,
+        dataset=dataset,
+        name=name,
+    )
+
+
 def register_detector_copy(trained: Trained, name: str) -> tuple[Path, int]:
     """The tiny trained detector registered again as `name` in its database (its own copy of
     the weights, to damage), with how many training jobs that database holds."""
-    from db.models import ModelKind, TrainingJob
-    from tests.synthetic import CLASSES
-    from training.versions import register_model_version
+    from db.models import TrainingJob
 
     with session_scope(trained.url) as session:
-        copy = Path(
-            register_model_version(
-                session,
-                trained.weights,
-                get_settings().models_dir,
-                kind=ModelKind.DETECTOR,
-                architecture="defect-yolo-n",
-                class_names=CLASSES,
-                image_size=64,
-                name=name,
-            ).file_path
-        )
+        copy = Path(register_tiny_detector(session, trained.weights, name).file_path)
         jobs = session.scalar(select(func.count(TrainingJob.id))) or 0
     return copy, jobs
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -621,22 +622,16 @@ def test_a_classifier_training_stopped_says_what_became_of_it(
         assert job is not None and job.status == JobStatus.CANCELLED
 
 
-def test_a_classifier_named_by_a_replaced_detector_is_not_archived() -> None:
-    """The archive check looked only at detectors not archived: once the detector whose
-    operating point named the classifier was replaced (and so archived), the classifier could
-    be archived, and `models rollback` put that detector back to work with it."""
+def _version_rows(url: str, rows: list[tuple[str, Any, dict[str, Any]]]) -> None:
+    """Model versions as rows alone (no weights), each (name, kind, other columns), in a new
+    database at `url`: for the rules of the registry, which never open a file."""
     from db.migrate import upgrade
-    from db.models import ModelKind, ModelStage, ModelVersion
-    from training.cli import app
+    from db.models import ModelKind, ModelVersion
 
-    url = get_settings().resolved_database_url
     upgrade(url)
     with session_scope(url) as session:
-        for name, kind, thresholds in [
-            ("first", ModelKind.DETECTOR, {"classifier": {"version": "verifier", "part": 0.5}}),
-            ("second", ModelKind.DETECTOR, {}),
-            ("verifier", ModelKind.CLASSIFIER, {}),
-        ]:
+        for name, kind, columns in rows:
+            classes = [GOOD, *CLASSES] if kind == ModelKind.CLASSIFIER else list(CLASSES)
             session.add(
                 ModelVersion(
                     name=name,
@@ -644,10 +639,32 @@ def test_a_classifier_named_by_a_replaced_detector_is_not_archived() -> None:
                     architecture="a",
                     file_path=name,
                     sha256="0" * 64,
-                    classes=[GOOD, *CLASSES] if kind == ModelKind.CLASSIFIER else list(CLASSES),
-                    thresholds=thresholds,
+                    classes=classes,
+                    **columns,
                 )
             )
+
+
+def test_a_classifier_named_by_a_replaced_detector_is_not_archived() -> None:
+    """The archive check looked only at detectors not archived: once the detector whose
+    operating point named the classifier was replaced (and so archived), the classifier could
+    be archived, and `models rollback` put that detector back to work with it."""
+    from db.models import ModelKind, ModelStage
+    from training.cli import app
+
+    url = get_settings().resolved_database_url
+    _version_rows(
+        url,
+        [
+            (
+                "first",
+                ModelKind.DETECTOR,
+                {"thresholds": {"classifier": {"version": "verifier", "part": 0.5}}},
+            ),
+            ("second", ModelKind.DETECTOR, {}),
+            ("verifier", ModelKind.CLASSIFIER, {}),
+        ],
+    )
     runner = CliRunner()
     for command in (["models", "promote", "first"], ["models", "promote", "second"]):
         assert runner.invoke(app, command).exit_code == 0
@@ -672,29 +689,18 @@ def test_an_operating_point_naming_an_archived_classifier_brings_it_back() -> No
     """`calibrate --classifier` (or the Settings page) with an archived classifier stored an
     operating point naming it: stations then judged every part with an archived model, which
     `models archive` refuses to make, and no command could bring it back among the candidates."""
-    from db.migrate import upgrade
-    from db.models import ModelKind, ModelStage, ModelVersion
+    from db.models import ModelKind, ModelStage
     from training.calibrate import store_operating_point
 
     url = get_settings().resolved_database_url
-    upgrade(url)
-    with session_scope(url) as session:
-        for name, kind, stage in [
-            ("detector", ModelKind.DETECTOR, ModelStage.PRODUCTION),
-            ("verifier", ModelKind.CLASSIFIER, ModelStage.ARCHIVED),
-            ("other", ModelKind.CLASSIFIER, ModelStage.ARCHIVED),
-        ]:
-            session.add(
-                ModelVersion(
-                    name=name,
-                    kind=kind,
-                    architecture="a",
-                    file_path=name,
-                    sha256="0" * 64,
-                    classes=[GOOD, *CLASSES] if kind == ModelKind.CLASSIFIER else list(CLASSES),
-                    stage=stage,
-                )
-            )
+    _version_rows(
+        url,
+        [
+            ("detector", ModelKind.DETECTOR, {"stage": ModelStage.PRODUCTION}),
+            ("verifier", ModelKind.CLASSIFIER, {"stage": ModelStage.ARCHIVED}),
+            ("other", ModelKind.CLASSIFIER, {"stage": ModelStage.ARCHIVED}),
+        ],
+    )
     point = {"per_class": {}, "classifier": {"version": "verifier", "part": 0.5, "verify": None}}
     assert store_operating_point(url, "detector", point)
     with session_scope(url) as session:

@@ -208,17 +208,14 @@ def test_a_command_ends_without_teardown_but_with_its_output_and_exit_code(
     assert help_text.returncode == 0 and "Commands" in help_text.stdout
 
 
-def test_archiving_leaves_production_and_the_rollback_order_alone(tmp_path: Path) -> None:
-    """Archiving an archived version once stamped it again, and a rollback then put it back
-    instead of the version the production one replaced."""
+def _three_promoted(url: str) -> list[int]:
+    """Three detector versions v1, v2, v3 (rows alone), promoted in that order in a new
+    database at `url`: v3 in production, v2 the one a rollback restores. Their ids."""
     from db.migrate import upgrade
-    from db.models import ModelKind, ModelStage, ModelVersion
-    from db.registry import production_model, promote
+    from db.models import ModelKind, ModelVersion
+    from db.registry import promote
     from db.session import session_scope
-    from inspection.errors import UserError
-    from inspection.settings import get_settings
 
-    url = get_settings().resolved_database_url
     upgrade(url)
     with session_scope(url) as session:
         versions = [
@@ -234,7 +231,21 @@ def test_archiving_leaves_production_and_the_rollback_order_alone(tmp_path: Path
         session.add_all(versions)
         session.flush()
         for version in versions:
-            promote(session, version)  # v1, then v2, then v3 in production
+            promote(session, version)
+        return [v.id for v in versions]
+
+
+def test_archiving_leaves_production_and_the_rollback_order_alone(tmp_path: Path) -> None:
+    """Archiving an archived version once stamped it again, and a rollback then put it back
+    instead of the version the production one replaced."""
+    from db.models import ModelKind, ModelStage, ModelVersion
+    from db.registry import production_model
+    from db.session import session_scope
+    from inspection.errors import UserError
+    from inspection.settings import get_settings
+
+    url = get_settings().resolved_database_url
+    version_ids = _three_promoted(url)  # v1, then v2, then v3 in production
     assert (
         runner.invoke(app, ["models", "archive", "v1"]).output.strip() == "v1 is archived already"
     )
@@ -245,42 +256,26 @@ def test_archiving_leaves_production_and_the_rollback_order_alone(tmp_path: Path
     with session_scope(url) as session:
         restored = production_model(session, ModelKind.DETECTOR)
         assert restored is not None and restored.name == "v2"
-        assert session.get(ModelVersion, versions[2].id).stage == ModelStage.CANDIDATE
+        assert session.get(ModelVersion, version_ids[2]).stage == ModelStage.CANDIDATE
 
 
 def test_a_version_archived_by_hand_is_not_put_back_by_a_rollback(tmp_path: Path) -> None:
     """A version rolled back from (a candidate again) and then archived by hand was stamped
     last, so the next rollback put the retired version back into production."""
-    from db.migrate import upgrade
     from db.models import ModelKind, ModelStage, ModelVersion
-    from db.registry import production_model, promote
+    from db.registry import production_model
     from db.session import session_scope
     from inspection.settings import get_settings
 
     url = get_settings().resolved_database_url
-    upgrade(url)
-    with session_scope(url) as session:
-        versions = [
-            ModelVersion(
-                name=f"v{i}",
-                kind=ModelKind.DETECTOR,
-                architecture="defect-yolo-n",
-                file_path="x.pt",
-                sha256="0" * 64,
-            )
-            for i in (1, 2, 3)
-        ]
-        session.add_all(versions)
-        session.flush()
-        for version in versions:
-            promote(session, version)  # v1, then v2, then v3 in production
+    version_ids = _three_promoted(url)  # v1, then v2, then v3 in production
     assert runner.invoke(app, ["models", "rollback"]).output.strip().startswith("v2 ")
     assert runner.invoke(app, ["models", "archive", "v3"]).output.strip() == "v3 archived"
     assert runner.invoke(app, ["models", "rollback"]).output.strip().startswith("v1 ")
     with session_scope(url) as session:
         restored = production_model(session, ModelKind.DETECTOR)
         assert restored is not None and restored.name == "v1"
-        assert session.get(ModelVersion, versions[2].id).stage == ModelStage.ARCHIVED
+        assert session.get(ModelVersion, version_ids[2]).stage == ModelStage.ARCHIVED
 
 
 def test_an_unknown_or_absent_device_is_one_line(tmp_path: Path) -> None:

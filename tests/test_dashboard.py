@@ -48,6 +48,7 @@ from tests.conftest import (
     import_synthetic,
     register_classifier_copy,
     register_production_detector,
+    register_tiny_detector,
 )
 from tests.synthetic import CLASSES, make_images
 from tests.test_db_queries import local_zone
@@ -1604,10 +1605,9 @@ def test_a_backtest_leaves_out_the_parts_the_candidate_learned_from(
     """A candidate retrained on an export of the reviews was scored on its own training
     images beside the production model's recorded verdicts on every reviewed part. Both rows
     now count the parts reviewed since (here one), and the page says how many were left out."""
-    from db.models import Dataset, ModelKind
+    from db.models import Dataset
     from db.reviews import mark_good
     from training.backtest import export_reviews
-    from training.versions import register_model_version
 
     at = _app().run()
     at.file_uploader(key="inspect_files").set_value(_png_files(tmp_path, 3, 3)).run()
@@ -1615,17 +1615,8 @@ def test_a_backtest_leaves_out_the_parts_the_candidate_learned_from(
         for part_id in session.scalars(select(Part.id)):
             mark_good(session, part_id, "ana")
         report = export_reviews(session, "week-1", CLASSES, get_settings().datasets_dir)
-        register_model_version(
-            session,
-            trained.weights,
-            get_settings().models_dir,
-            kind=ModelKind.DETECTOR,
-            architecture="defect-yolo-n",
-            class_names=CLASSES,
-            image_size=64,
-            name="retrained",
-            dataset=session.scalars(select(Dataset).where(Dataset.name == "week-1")).one(),
-        )
+        week_1 = session.scalars(select(Dataset).where(Dataset.name == "week-1")).one()
+        register_tiny_detector(session, trained.weights, "retrained", dataset=week_1)
     learned = report.split_counts["train"]["images"] + report.split_counts["val"]["images"]
     at.file_uploader(key="inspect_files").set_value(_png_files(tmp_path, 1, 4)).run()
     with session_scope(production) as session:
@@ -2088,26 +2079,15 @@ def test_a_retraining_from_a_production_version_named_with_digits_starts_from_it
     was refused for that one's classes (or checked against them, and started from it)."""
     import os
 
-    from db.models import ModelKind
     from db.registry import get_model_version, named_version, promote
     from training import jobs
-    from training.versions import register_model_version
 
     url = get_settings().resolved_database_url
     upgrade(url)
     import_synthetic(url, tmp_path, n=12)
     with session_scope(url) as session:
         for name, classes in (("other", list(reversed(CLASSES))), ("1", CLASSES)):
-            register_model_version(
-                session,
-                trained.weights,
-                get_settings().models_dir,
-                kind=ModelKind.DETECTOR,
-                architecture="defect-yolo-n",
-                class_names=classes,
-                image_size=64,
-                name=name,
-            )
+            register_tiny_detector(session, trained.weights, name, classes)
         production = named_version(session, "1")
         assert production.id != 1  # ("other" is version 1)
         promote(session, production)

@@ -13,7 +13,7 @@ import torch
 from db.registry import get_model_version
 from db.session import session_scope
 from inspection.settings import get_settings
-from tests.conftest import Trained, register_detector_copy
+from tests.conftest import Trained, register_detector_copy, register_tiny_detector
 
 
 def _state(path: Path) -> dict[str, torch.Tensor]:
@@ -385,11 +385,8 @@ def test_the_commands_said_to_resume_a_distillation_warn_of_no_option_ignored(
 
     from typer.testing import CliRunner
 
-    from db.models import ModelKind
-    from tests.synthetic import CLASSES
     from training.cli import app
     from training.train_detector import _resume_hint
-    from training.versions import register_model_version
 
     monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
     get_settings.cache_clear()
@@ -403,16 +400,7 @@ def test_the_commands_said_to_resume_a_distillation_warn_of_no_option_ignored(
     lineage = {"teacher": trained.version_name, "method": "cwd", "from": None}
     (run / "defects_lineage.json").write_text(json.dumps(lineage))
     with session_scope(trained.url) as session:
-        register_model_version(
-            session,
-            trained.weights,
-            get_settings().models_dir,
-            kind=ModelKind.DETECTOR,
-            architecture="defect-yolo-n",
-            class_names=CLASSES,
-            image_size=64,
-            name="another-teacher",
-        )
+        register_tiny_detector(session, trained.weights, "another-teacher")
     try:
         request = _distill_request(trained, "defect-yolo-n", "cwd")
         stopped = SimpleNamespace(trainer=SimpleNamespace(save_dir=str(run)))
