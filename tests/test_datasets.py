@@ -938,3 +938,20 @@ def test_an_import_without_split_lists_gives_val_what_training_needs(
     assert report.split_counts["val"]["good"] >= 1
     assert report.split_counts["val"]["images"] > report.split_counts["val"]["good"]
     assert report.split_counts["train"]["images"] > report.split_counts["train"]["good"]
+
+
+def test_voc_annotations_in_sub_folders_label_their_images(session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """CVAT's VOC export keeps a task's sub-folders under Annotations/ as under JPEGImages/:
+    an image in images/line2/ was found, its annotations/line2/*.xml was not, and the
+    defective part was imported as a good one, said nowhere."""
+    src = tmp_path / "src"
+    images = write_voc(src, n=8)
+    for folder in ("images", "annotations"):
+        (src / folder / "line2").mkdir()
+    (src / "images" / images[1].name).rename(src / "images" / "line2" / images[1].name)
+    xml = src / "annotations" / f"{Path(images[1].name).stem}.xml"
+    xml.rename(src / "annotations" / "line2" / xml.name)
+    report = import_dataset(session, "voc", src, "v", tmp_path / "ds", classes=CLASSES)
+    assert report.issues == []
+    assert sum(c["good"] for c in report.split_counts.values()) == 2  # parts 0 and 4 only
+    assert _label_lines(report.root)[Path(images[1].name).stem] == _yolo_lines(images[1]) != []

@@ -486,7 +486,10 @@ def read_voc(
     image_at = {
         p.relative_to(images_dir).as_posix(): p for paths in images_of_stem.values() for p in paths
     }
-    xml_paths = sorted(annotations.glob("*.xml"))
+    # In sub-folders too, as the images are read: CVAT keeps a task's sub-folders under
+    # Annotations/, and an image whose annotation file was not looked for there passed for a
+    # good part.
+    xml_paths = sorted(annotations.rglob("*.xml"))
     xml_stems = {p.stem for p in xml_paths}
     parsed: list[tuple[Path, Path, list[VocObject]]] = []
     annotation_of: dict[Path, Path] = {}  # image: the annotation file taken for it
