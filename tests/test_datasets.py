@@ -955,3 +955,32 @@ def test_voc_annotations_in_sub_folders_label_their_images(session, tmp_path: Pa
     assert report.issues == []
     assert sum(c["good"] for c in report.split_counts.values()) == 2  # parts 0 and 4 only
     assert _label_lines(report.root)[Path(images[1].name).stem] == _yolo_lines(images[1]) != []
+
+
+def test_yolo_class_names_are_read_in_index_order_or_refused_in_one_line(
+    session, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A data.yaml's names keyed '0'...'11' were sorted as text ('10' before '2'), so class 2's
+    boxes were imported as class 'c10' without a word; an empty data.yaml stopped the import
+    with a traceback; and LabelImg's classes.txt beside its labels was not found."""
+    src = tmp_path / "src"
+    write_yolo(src, n=8)
+    names = [f"c{i}" for i in range(12)]
+    (src / "data.yaml").write_text(
+        "names:\n" + "".join(f"  '{i}': {n}\n" for i, n in enumerate(names))
+    )
+    report = import_dataset(session, "yolo", src, "y", tmp_path / "ds")
+    assert report.classes == names
+    assert yaml.safe_load((report.root / "data.yaml").read_text())["names"] == dict(
+        enumerate(names)
+    )
+    (src / "data.yaml").write_text("names:\n  0: scratch\n  2: spot\n")
+    with pytest.raises(UserError, match=r"numbered \[0, 2\], not 0 to 1"):
+        import_dataset(session, "yolo", src, "gap", tmp_path / "ds")
+    (src / "data.yaml").write_text("names: [scratch\n")
+    with pytest.raises(UserError, match="unreadable .*data.yaml"):
+        import_dataset(session, "yolo", src, "bad", tmp_path / "ds")
+    (src / "data.yaml").write_text("")
+    (src / "labels" / "classes.txt").write_text("scratch\nspot\n")
+    report = import_dataset(session, "yolo", src, "labelimg", tmp_path / "ds")
+    assert report.classes == CLASSES and report.issues == []

@@ -562,18 +562,43 @@ def read_voc(
     return class_names, images, issues
 
 
+def _yolo_names(names: object, path: Path) -> list[str] | None:
+    """The class names of a data.yaml's `names`, in index order; None where it has none.
+    A mapping is ordered by its keys as numbers: keys written as strings ('10' before '2')
+    once gave the label lines' classes other names, silently. A gap in its indices would
+    name every class after it wrongly, and is refused."""
+    if isinstance(names, list):
+        return [str(n) for n in names]
+    if not isinstance(names, dict):
+        return None
+    try:
+        by_index = {int(str(k)): str(v) for k, v in names.items()}
+    except ValueError as exc:
+        raise UserError(f"{path}: a key of its names is not a class index ({exc})") from exc
+    if sorted(by_index) != list(range(len(by_index))):
+        raise UserError(
+            f"{path}: its names are numbered {sorted(by_index)}, not 0 to {len(by_index) - 1}: "
+            "give every index its name, or the class names in index order with --classes"
+        )
+    return [by_index[i] for i in range(len(by_index))]
+
+
 def _yolo_class_names(src: Path) -> list[str]:
     for name in ("data.yaml", "dataset.yaml"):
-        if (src / name).is_file():
-            names = yaml.safe_load((src / name).read_text()).get("names")
-            if isinstance(names, dict):
-                return [str(names[k]) for k in sorted(names)]
-            if isinstance(names, list):
-                return [str(n) for n in names]
-    if (src / "classes.txt").is_file():
-        return [
-            line.strip() for line in (src / "classes.txt").read_text().splitlines() if line.strip()
-        ]
+        path = src / name
+        if path.is_file():
+            try:
+                data = yaml.safe_load(path.read_text())
+            except (yaml.YAMLError, UnicodeDecodeError) as exc:
+                raise UserError(f"unreadable {path}: {exc}".splitlines()[0]) from exc
+            # (An empty file, or one of no mapping, has no names: classes.txt may have them.)
+            names = _yolo_names(data.get("names"), path) if isinstance(data, dict) else None
+            if names is not None:
+                return names
+    # (LabelImg writes classes.txt beside its labels.)
+    for path in (src / "classes.txt", src / "labels" / "classes.txt"):
+        if path.is_file():
+            return [line.strip() for line in path.read_text().splitlines() if line.strip()]
     raise UserError(f"{src} has no data.yaml (with names) or classes.txt")
 
 
