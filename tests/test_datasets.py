@@ -984,3 +984,34 @@ def test_yolo_class_names_are_read_in_index_order_or_refused_in_one_line(
     (src / "labels" / "classes.txt").write_text("scratch\nspot\n")
     report = import_dataset(session, "yolo", src, "labelimg", tmp_path / "ds")
     assert report.classes == CLASSES and report.issues == []
+
+
+def test_split_lists_of_stems_as_voc_writes_them_place_each_image(session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """VOC's ImageSets/Main/train.txt names images by stem (part_001, not part_001.png): given
+    as --splits, every image was left out as "not listed in any split file" and every line
+    said as naming no image."""
+    images = write_voc(tmp_path / "src", n=12)
+    splits = write_splits(tmp_path / "splits", images)
+    for path in splits.glob("*.txt"):
+        path.write_text("".join(f"{Path(n).stem}\n" for n in path.read_text().split()))
+    with (splits / "test.txt").open("a") as handle:
+        handle.write("part_999\n")
+    report = import_dataset(session, "voc", tmp_path / "src", "s", tmp_path / "ds", splits, CLASSES)
+    assert {k: v["images"] for k, v in report.split_counts.items()} == {
+        "train": 8,
+        "val": 2,
+        "test": 2,
+    }
+    assert (report.root / "splits" / "val.txt").read_text().split() == [
+        images[1].name,
+        images[7].name,
+    ]
+    [issue] = report.issues
+    assert issue.file == "part_999" and "not in the source" in issue.reason
+    with (splits / "train.txt").open("a") as handle:
+        handle.write(images[1].name + "\n")  # in val by its stem, in train by its name
+    report = import_dataset(session, "voc", tmp_path / "src", "t", tmp_path / "ds", splits, CLASSES)
+    assert any(
+        i.file == images[1].name and "listed in train.txt and val.txt" in i.reason
+        for i in report.left_out
+    )

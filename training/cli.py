@@ -384,7 +384,11 @@ def import_command(
     name: Annotated[str, typer.Option("--name", help="Name to register the dataset under.")],
     splits: Annotated[
         Path | None,
-        typer.Option("--splits", help="Folder with train.txt, val.txt, test.txt of file names."),
+        typer.Option(
+            "--splits",
+            help="Folder with train.txt, val.txt, test.txt of file names (or of their "
+            "stems, as VOC's ImageSets/Main).",
+        ),
     ] = None,
     classes: Annotated[
         str | None, typer.Option(help="Comma-separated class names, in index order.")

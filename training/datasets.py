@@ -1440,7 +1440,19 @@ def _write_dataset(
             issues.append(ImportIssue(label, "; ".join(problems)))
             continue
         if split_of is not None:
-            image.split = split_of.get(label)
+            # By its name, or by its stem as VOC's ImageSets/Main lists write it: a list of
+            # stems left every image out as "not listed in any split file".
+            listed_in = {split_of[k] for k in (label, image.path.stem) if k in split_of}
+            if len(listed_in) > 1:
+                issues.append(
+                    ImportIssue(
+                        label,
+                        f"listed in {' and '.join(f'{s}.txt' for s in sorted(listed_in))} (by "
+                        "its name and by its stem): each image belongs to one split",
+                    )
+                )
+                continue
+            image.split = next(iter(listed_in), None)
             if image.split is None:
                 issues.append(ImportIssue(label, "not listed in any split file"))
                 continue
@@ -1452,7 +1464,7 @@ def _write_dataset(
             high_bit_depth.add(image.path)
         accepted.append(image)
     if split_of is not None:
-        missing = sorted(set(split_of) - {i.path.name for i in images})
+        missing = sorted(set(split_of) - {n for i in images for n in (i.path.name, i.path.stem)})
         issues += [ImportIssue(m, "listed in a split file but not in the source") for m in missing]
     # Split by name's hash where neither the source nor --splits says, then one part moved
     # where a split lacks what training needs (as an export of reviews does): a few parts
