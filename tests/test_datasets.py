@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -1015,3 +1016,43 @@ def test_split_lists_of_stems_as_voc_writes_them_place_each_image(session, tmp_p
         i.file == images[1].name and "listed in train.txt and val.txt" in i.reason
         for i in report.left_out
     )
+
+
+@pytest.mark.parametrize("fmt", ["voc", "coco"])
+def test_an_annotation_of_another_image_size_is_said(session, tmp_path: Path, fmt: str) -> None:  # type: ignore[no-untyped-def]
+    """Boxes drawn on a 128x128 copy of a part, its image now 64x64 (resized after labelling),
+    were imported where they fell on it, said nowhere; the import now says it, and where a box
+    falls outside, gives the size as the likely reason."""
+    src = tmp_path / "src"
+    images = {"voc": write_voc, "coco": write_coco}[fmt](src, n=8)
+    if fmt == "voc":
+        for stem in ("part_001", "part_002"):
+            xml = src / "annotations" / f"{stem}.xml"
+            xml.write_text(xml.read_text().replace("<width>64</width>", "<width>128</width>"))
+    else:
+        coco_file = next(src.rglob("*.json"))
+        coco = json.loads(coco_file.read_text())
+        for record in coco["images"]:
+            if record["file_name"] in ("part_001.png", "part_002.png"):
+                record["width"] = 128
+        coco_file.write_text(json.dumps(coco))
+    report = import_dataset(session, fmt, src, "s", tmp_path / "ds", classes=CLASSES)
+    said = {i.file: i for i in report.issues}
+    assert set(said) == {"part_001.png", "part_002.png"}
+    assert all(not i.left_out for i in said.values())
+    assert "gives its size as 128x64, the image is 64x64" in said["part_001.png"].reason
+    assert _label_lines(report.root)["part_001"] == _yolo_lines(images[1])
+    # A good part's size is of no matter: it has no box to misplace.
+    if fmt == "voc":
+        (src / "annotations" / "part_000.xml").write_text(
+            "<annotation><filename>part_000.png</filename><size><width>128</width>"
+            "<height>128</height></size></annotation>"
+        )
+        report = import_dataset(session, fmt, src, "t", tmp_path / "ds", classes=CLASSES)
+        assert sorted(i.file for i in report.issues) == ["part_001.png", "part_002.png"]
+        xml = src / "annotations" / "part_002.xml"  # a box drawn past the 64 px image
+        xml.write_text(re.sub(r"<xmax>\d+</xmax>", "<xmax>100</xmax>", xml.read_text()))
+        report = import_dataset(session, fmt, src, "u", tmp_path / "ds", classes=CLASSES)
+        [out] = report.left_out
+        assert out.file == "part_002.png"
+        assert "outside the 64x64 image; its annotation gives its size as 128x64" in out.reason

@@ -79,6 +79,9 @@ class LabeledImage:
     # True where the boxes are on the pixels as stations decode them, turned by the image's
     # EXIF orientation (a reviewed part's); an annotation tool's may be on either (below).
     boxes_as_judged: bool = False
+    # The image's size as its annotation gives it (VOC's <size>, COCO's width and height),
+    # where it gives one: boxes drawn on a copy of another size would land elsewhere here.
+    annotated_size: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -358,10 +361,12 @@ def _images_in(folder: Path) -> list[Path]:
 VocObject = tuple[str, float, float, float, float]  # class name, x1, y1, x2, y2
 
 
-def _parse_voc(xml_path: Path) -> tuple[str, list[VocObject]]:
-    """The <filename> and objects of a VOC annotation; ValueError or ParseError with the reason."""
+def _parse_voc(xml_path: Path) -> tuple[str, list[VocObject], tuple[int, int] | None]:
+    """The <filename>, objects and <size> (None where it gives none, or zero) of a VOC
+    annotation; ValueError or ParseError with the reason."""
     root = ET.parse(xml_path).getroot()
     filename = (root.findtext("filename") or "").strip()
+    size = _annotated_size(root.findtext("size/width"), root.findtext("size/height"))
     objects: list[VocObject] = []
     for obj in root.iter("object"):
         name = (obj.findtext("name") or "").strip()
@@ -373,7 +378,17 @@ def _parse_voc(xml_path: Path) -> tuple[str, list[VocObject]]:
             raise ValueError("bndbox with a missing coordinate")
         x1, y1, x2, y2 = (float(t) for t in texts)  # (a NaN is refused with the boxes' checks)
         objects.append((name, x1, y1, x2, y2))
-    return filename, objects
+    return filename, objects, size
+
+
+def _annotated_size(width: object, height: object) -> tuple[int, int] | None:
+    """An annotation's image size, where it gives a positive one (some tools write 0 for
+    "not known")."""
+    try:
+        size = (int(float(str(width))), int(float(str(height))))
+    except ValueError:
+        return None
+    return size if min(size) > 0 else None
 
 
 def _voc_image(
@@ -491,7 +506,7 @@ def read_voc(
     # good part.
     xml_paths = sorted(annotations.rglob("*.xml"))
     xml_stems = {p.stem for p in xml_paths}
-    parsed: list[tuple[Path, Path, list[VocObject]]] = []
+    parsed: list[tuple[Path, Path, list[VocObject], tuple[int, int] | None]] = []
     annotation_of: dict[Path, Path] = {}  # image: the annotation file taken for it
     annotated_twice: set[Path] = set()
     for xml_path in xml_paths:
@@ -500,7 +515,7 @@ def read_voc(
             issues.append(ImportIssue(xml_path.name, f"unreadable annotation: {special}"))
             continue
         try:
-            filename, objects = _parse_voc(xml_path)
+            filename, objects, size = _parse_voc(xml_path)
         except (ET.ParseError, ValueError) as exc:
             # Its image is left out below: without its boxes it would pass for a good part.
             issues.append(ImportIssue(xml_path.name, f"unreadable annotation: {exc}"))
@@ -525,10 +540,10 @@ def read_voc(
             annotated_twice.add(image_path)
             continue
         annotation_of[image_path] = xml_path
-        parsed.append((xml_path, image_path, objects))
+        parsed.append((xml_path, image_path, objects, size))
     parsed = [entry for entry in parsed if entry[1] not in annotated_twice]
     files_of_class: dict[str, list[str]] = {}
-    for xml_path, _, objects in parsed:
+    for xml_path, _, objects, _ in parsed:
         for class_name in sorted({o[0] for o in objects}):
             files_of_class.setdefault(class_name, []).append(xml_path.name)
     class_names = classes or sorted(files_of_class)
@@ -536,13 +551,13 @@ def read_voc(
         issues += _look_alike_classes(files_of_class)
     index = {name: i for i, name in enumerate(class_names)}
     images: list[LabeledImage] = []
-    for xml_path, image_path, objects in parsed:
+    for xml_path, image_path, objects, size in parsed:
         unknown = sorted({o[0] for o in objects if o[0] not in index})
         if unknown:
             issues.append(ImportIssue(xml_path.name, f"unknown class {', '.join(unknown)}"))
             continue
         boxes = [Box(index[n], x1, y1, x2, y2) for n, x1, y1, x2, y2 in objects]
-        images.append(LabeledImage(image_path, 0, 0, boxes))
+        images.append(LabeledImage(image_path, 0, 0, boxes, annotated_size=size))
     for stem, paths in images_of_stem.items():
         # One image per stem: the annotated one where there is one, else the first.
         kept = next((p for p in paths if p in annotation_of), paths[0])
@@ -785,7 +800,8 @@ def read_coco(
         if path is None:
             issues.append(ImportIssue(file_name or str(record.get("id")), "image file not found"))
             continue
-        images.append(LabeledImage(path, 0, 0, by_image.get(record["id"], [])))
+        size = _annotated_size(record.get("width"), record.get("height"))
+        images.append(LabeledImage(path, 0, 0, by_image.get(record["id"], []), annotated_size=size))
     for image_id in sorted(set(by_image) - known_ids, key=str):
         issues.append(
             ImportIssue(json_path.name, f"annotations of image {image_id}, which is not listed")
@@ -1436,9 +1452,28 @@ def _write_dataset(
             for b in image.boxes
             if (p := _check_box(b, image.width, image.height, len(class_names)))
         ]
+        other_size = (
+            f"its annotation gives its size as {image.annotated_size[0]}x"
+            f"{image.annotated_size[1]}, the image is {image.width}x{image.height}"
+            if image.boxes
+            and image.annotated_size is not None
+            and image.annotated_size != (image.width, image.height)
+            else ""
+        )
         if problems:
-            issues.append(ImportIssue(label, "; ".join(problems)))
+            issues.append(ImportIssue(label, "; ".join(problems + [other_size] * bool(other_size))))
             continue
+        if other_size:
+            # (Imported: the size may be all that is wrong. Boxes drawn on a resized copy
+            # would sit elsewhere on this one, and were taken without a word.)
+            issues.append(
+                ImportIssue(
+                    label,
+                    f"{other_size}: its boxes were taken as drawn on this image; if they "
+                    "were drawn on a copy of another size, they are misplaced here",
+                    left_out=False,
+                )
+            )
         if split_of is not None:
             # By its name, or by its stem as VOC's ImageSets/Main lists write it: a list of
             # stems left every image out as "not listed in any split file".
