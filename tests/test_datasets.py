@@ -18,6 +18,7 @@ from tests.conftest import within
 from tests.synthetic import (
     CLASSES,
     SyntheticImage,
+    make_images,
     write_coco,
     write_deeppcb,
     write_splits,
@@ -1056,3 +1057,71 @@ def test_an_annotation_of_another_image_size_is_said(session, tmp_path: Path, fm
         [out] = report.left_out
         assert out.file == "part_002.png"
         assert "outside the 64x64 image; its annotation gives its size as 128x64" in out.reason
+
+
+def _roboflow_export(root: Path, folders: dict[str, int]) -> dict[str, list[SyntheticImage]]:
+    """Roboflow's YOLO export: `<folder>/images` and `<folder>/labels` for each split folder,
+    and a data.yaml whose paths point above the export, as Roboflow writes them."""
+    made: dict[str, list[SyntheticImage]] = {}
+    for seed, (folder, n) in enumerate(folders.items()):
+        images = make_images(root / folder / "images", n=n, seed=seed)
+        for image in images:  # (Roboflow names each image of an export apart)
+            renamed = f"{Path(image.name).stem}_{folder}.png"
+            (root / folder / "images" / image.name).rename(root / folder / "images" / renamed)
+            image.name = renamed
+            label = root / folder / "labels" / f"{Path(renamed).stem}.txt"
+            label.parent.mkdir(parents=True, exist_ok=True)
+            label.write_text("".join(f"{line}\n" for line in _yolo_lines(image)))
+        made[folder] = images
+    (root / "data.yaml").write_text(
+        "train: ../train/images\nval: ../valid/images\ntest: ../test/images\n\n"
+        f"nc: {len(CLASSES)}\nnames: {CLASSES}\n"
+    )
+    return made
+
+
+def test_a_roboflow_yolo_export_is_imported_in_its_own_splits(session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Roboflow's YOLO export (train/images, train/labels, valid/..., test/..., data.yaml) was
+    refused as having no images folder, and a split folder named `valid` was not taken for val."""
+    src = tmp_path / "src"
+    made = _roboflow_export(src, {"train": 8, "valid": 4, "test": 4})
+    report = import_dataset(session, "yolo", src, "rf", tmp_path / "ds")
+    assert report.issues == [] and report.classes == CLASSES
+    assert {k: v["images"] for k, v in report.split_counts.items()} == {
+        "train": 8,
+        "val": 4,
+        "test": 4,
+    }
+    assert (report.root / "splits" / "val.txt").read_text().split() == sorted(
+        image.name for image in made["valid"]
+    )
+    defect = made["valid"][1]
+    assert _label_lines(report.root)[Path(defect.name).stem] == _yolo_lines(defect) != []
+    # --splits, where given, places the images instead.
+    everything = made["train"] + made["valid"] + made["test"]
+    splits = write_splits(tmp_path / "splits", everything)
+    report = import_dataset(session, "yolo", src, "rf2", tmp_path / "ds", splits)
+    assert {k: v["images"] for k, v in report.split_counts.items()} == {
+        "train": 11,
+        "val": 3,
+        "test": 2,
+    }
+    # An issue names the image under its split folder; a split folder without labels is refused.
+    (src / "test" / "images" / made["test"][0].name).write_bytes(b"not an image")
+    (src / "test" / "labels" / f"{Path(made['test'][1].name).stem}.txt").unlink()
+    report = import_dataset(session, "yolo", src, "rf3", tmp_path / "ds")
+    assert any(i.file == f"test/images/{made['test'][0].name}" for i in report.left_out)
+    shutil.rmtree(src / "valid" / "labels")
+    with pytest.raises(UserError, match="valid has no labels folder"):
+        import_dataset(session, "yolo", src, "rf4", tmp_path / "ds")
+
+
+def test_a_yolo_split_folder_named_valid_is_val(session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """images/valid and labels/valid (as ultralytics' own datasets name them) went to a split
+    by the name's hash, not to val."""
+    src = tmp_path / "src"
+    write_yolo(src, n=8)
+    for folder in ("images", "labels"):
+        (src / folder / "train").rename(src / folder / "valid")
+    report = import_dataset(session, "yolo", src, "y", tmp_path / "ds")
+    assert report.split_counts["val"]["images"] == 8

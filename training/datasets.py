@@ -617,12 +617,52 @@ def _yolo_class_names(src: Path) -> list[str]:
     raise UserError(f"{src} has no data.yaml (with names) or classes.txt")
 
 
+# A source's split folders by name: Roboflow and ultralytics name the validation split `valid`.
+SPLIT_OF_FOLDER = {"train": "train", "val": "val", "valid": "val", "test": "test"}
+
+
+def _yolo_folders(src: Path) -> list[tuple[Path, Path, str | None, Path]]:
+    """Each (images folder, labels folder, its split or None, folder issues are named from) of
+    a YOLO source: `images/` and `labels/` (their split sub-folders read as the images are),
+    else Roboflow's export, `train/images` and `train/labels`, `valid/...`, `test/...`, which
+    was refused as having no images folder. (Its data.yaml's paths, `../train/images` often,
+    point above the export: the folders are found by their names.)"""
+    if any((src / name).is_dir() for name in ("images", "Images")):
+        images_dir = _find_dir(src, "images")
+        return [(images_dir, _find_dir(src, "labels"), None, images_dir)]
+    split_folders = sorted(
+        (folder, SPLIT_OF_FOLDER[folder.name.lower()])
+        for folder in (src.iterdir() if src.is_dir() else [])
+        if folder.name.lower() in SPLIT_OF_FOLDER and (folder / "images").is_dir()
+    )
+    if not split_folders:
+        _find_dir(src, "images")  # (raises: no images folder, nor a split folder holding one)
+    # (Without its labels folder, every image of a split would pass for a good part.)
+    for folder, _ in split_folders:
+        _find_dir(folder, "labels")
+    return [(folder / "images", folder / "labels", split, src) for folder, split in split_folders]
+
+
 def read_yolo(
     src: Path, classes: list[str] | None
 ) -> tuple[list[str], list[LabeledImage], list[ImportIssue]]:
     class_names = classes or _yolo_class_names(src)
-    images_dir = _find_dir(src, "images")
-    labels_dir = _find_dir(src, "labels")
+    issues: list[ImportIssue] = []
+    images: list[LabeledImage] = []
+    for images_dir, labels_dir, split, shown_from in _yolo_folders(src):
+        folder_images, folder_issues = _read_yolo_folder(
+            src, images_dir, labels_dir, split, shown_from
+        )
+        images += folder_images
+        issues += folder_issues
+    return class_names, images, issues
+
+
+def _read_yolo_folder(
+    src: Path, images_dir: Path, labels_dir: Path, folder_split: str | None, shown_from: Path
+) -> tuple[list[LabeledImage], list[ImportIssue]]:
+    """The labeled images and issues of one images folder and its labels folder; an image's
+    split is `folder_split`, else that of its sub-folder (`images/valid/` is val)."""
     issues: list[ImportIssue] = []
     images: list[LabeledImage] = []
     label_paths_used: set[Path] = set()
@@ -630,9 +670,11 @@ def read_yolo(
         relative = image_path.relative_to(images_dir)
         label_path = labels_dir / relative.with_suffix(".txt")
         label_paths_used.add(label_path)
-        split = (
-            relative.parts[0] if len(relative.parts) > 1 and relative.parts[0] in SPLITS else None
+        split = folder_split or (
+            SPLIT_OF_FOLDER.get(relative.parts[0].lower()) if len(relative.parts) > 1 else None
         )
+        # (From the export's top where it has split folders: one name may be in two of them.)
+        shown = image_path.relative_to(shown_from)
         boxes: list[Box] = []
         width, height = 0, 0
         mode: str | None = None  # (read below with the boxes, kept for the import's checks)
@@ -646,7 +688,7 @@ def read_yolo(
             try:
                 width, height, mode = _image_info(image_path)
             except ValueError as exc:
-                issues.append(ImportIssue(str(relative), str(exc)))
+                issues.append(ImportIssue(str(shown), str(exc)))
                 continue
             try:
                 for number, line in enumerate(label_path.read_text().splitlines(), 1):
@@ -700,7 +742,7 @@ def read_yolo(
             issues.append(
                 ImportIssue(str(label_path.relative_to(src)), f"label file with no image: {reason}")
             )
-    return class_names, images, issues
+    return images, issues
 
 
 def read_coco(
