@@ -1125,3 +1125,26 @@ def test_a_yolo_split_folder_named_valid_is_val(session, tmp_path: Path) -> None
         (src / folder / "train").rename(src / folder / "valid")
     report = import_dataset(session, "yolo", src, "y", tmp_path / "ds")
     assert report.split_counts["val"]["images"] == 8
+
+
+def test_a_coco_polygon_without_a_bbox_gives_its_box(session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """An annotation with a `segmentation` polygon but no `bbox` left its image out as
+    "missing 'bbox'": the box is now the polygon's extent. An RLE mask alone, which nothing
+    here decodes, is still left out, with that reason."""
+    images = write_coco(tmp_path / "src", n=8)
+    path = tmp_path / "src" / "annotations.json"
+    coco = json.loads(path.read_text())
+    polygon, rle = coco["annotations"][:2]  # images 1 and 2
+    x, y, w, h = polygon.pop("bbox")
+    # Two polygons, the second reaching the box's far corner.
+    polygon["segmentation"] = [
+        [x, y, x + w / 2, y, x, y + h / 2],
+        [x + w, y + h, x + 1, y + h, x + w, y + 1],
+    ]
+    del rle["bbox"]
+    rle["segmentation"] = {"counts": "PPYo0", "size": [64, 64]}
+    path.write_text(json.dumps(coco))
+    report = import_dataset(session, "coco", tmp_path / "src", "c", tmp_path / "ds")
+    [out] = report.issues
+    assert out.file == images[2].name and "an RLE mask" in out.reason and out.left_out
+    assert _label_lines(report.root)[Path(images[1].name).stem] == _yolo_lines(images[1]) != []

@@ -745,6 +745,32 @@ def _read_yolo_folder(
     return images, issues
 
 
+def _coco_bbox(ann: dict) -> tuple[float, float, float, float]:
+    """An annotation's box (x, y, width, height): its `bbox`, else the extent of its
+    `segmentation` polygons (some tools write a polygon alone: its image was left out as
+    missing a bbox). An RLE mask alone is refused with the reason: nothing here decodes it."""
+    if ann.get("bbox"):
+        x, y, w, h = (float(v) for v in ann["bbox"])
+        return x, y, w, h
+    segmentation = ann.get("segmentation")
+    if not segmentation:
+        raise KeyError("bbox")
+    if isinstance(segmentation, dict):
+        raise ValueError(
+            "an RLE mask (segmentation as counts) without a bbox: export it with its boxes"
+        )
+    if not isinstance(segmentation, list) or not all(
+        isinstance(polygon, list) and len(polygon) >= 6 and len(polygon) % 2 == 0
+        for polygon in segmentation
+    ):
+        raise ValueError(
+            "unreadable segmentation: not a list of polygons [x1, y1, x2, y2, x3, y3, ...]"
+        )
+    xs = [float(v) for polygon in segmentation for v in polygon[0::2]]
+    ys = [float(v) for polygon in segmentation for v in polygon[1::2]]
+    return min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)
+
+
 def read_coco(
     src: Path, classes: list[str] | None
 ) -> tuple[list[str], list[LabeledImage], list[ImportIssue]]:
@@ -791,9 +817,7 @@ def read_coco(
         try:
             if not isinstance(ann, dict):
                 raise TypeError(f"not an object: {ann!r}"[:80])
-            if "bbox" not in ann:
-                raise KeyError("bbox")
-            x, y, w, h = (float(v) for v in ann["bbox"])
+            x, y, w, h = _coco_bbox(ann)
             category = ann["category_id"]
             if ann.get("iscrowd"):
                 # One box over many defects (or an area of them): not an object a detector
