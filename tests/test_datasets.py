@@ -1148,3 +1148,26 @@ def test_a_coco_polygon_without_a_bbox_gives_its_box(session, tmp_path: Path) ->
     [out] = report.issues
     assert out.file == images[2].name and "an RLE mask" in out.reason and out.left_out
     assert _label_lines(report.root)[Path(images[1].name).stem] == _yolo_lines(images[1]) != []
+
+
+def test_coco_categories_of_one_name_are_one_class_said(session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Two categories named 'scratch' (ids 1 and 3, as merging two exports leaves them) made
+    a third class 'scratch' that no box went to, both ids' boxes going to the first; they are
+    now one class, and the import says so."""
+    images = write_coco(tmp_path / "src", n=8)
+    path = tmp_path / "src" / "annotations.json"
+    coco = json.loads(path.read_text())
+    coco["categories"].append({"id": 3, "name": "scratch"})
+    moved = next(a for a in coco["annotations"] if a["category_id"] == 1)
+    moved["category_id"] = 3
+    path.write_text(json.dumps(coco))
+    report = import_dataset(session, "coco", tmp_path / "src", "c", tmp_path / "ds")
+    assert report.classes == CLASSES
+    assert yaml.safe_load((report.root / "data.yaml").read_text())["names"] == dict(
+        enumerate(CLASSES)
+    )
+    [warning] = report.issues
+    assert not warning.left_out and warning.file == "annotations.json"
+    assert "categories 1 and 3 are both named 'scratch'" in warning.reason
+    image = images[moved["image_id"]]
+    assert _label_lines(report.root)[Path(image.name).stem] == _yolo_lines(image) != []

@@ -794,8 +794,10 @@ def read_coco(
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
         raise UserError(f"unreadable COCO file {json_path}: {exc}") from exc
     try:
-        class_names = classes or [str(c["name"]) for c in categories]
         name_of_category = {c["id"]: str(c["name"]) for c in categories}
+        # One class of a name given to several categories (as merging two exports leaves it):
+        # each once made a class, every box going to the first and the others left empty.
+        class_names = classes or list(dict.fromkeys(name_of_category.values()))
     except (KeyError, TypeError) as exc:
         raise UserError(f"unreadable COCO categories in {json_path}: missing {exc}") from exc
     base = json_path.parent
@@ -812,6 +814,20 @@ def read_coco(
     # it would count as a good part and teach the model that its defect is background.
     unreadable: dict[object, str] = {}
     issues: list[ImportIssue] = []
+    ids_of_name: dict[str, list[str]] = {}
+    for category_id, category_name in name_of_category.items():
+        ids_of_name.setdefault(category_name, []).append(str(category_id))
+    for category_name, ids in ids_of_name.items():
+        if len(ids) > 1 and category_name in class_names:
+            issues.append(
+                ImportIssue(
+                    json_path.name,
+                    f"categories {', '.join(ids[:-1])} and {ids[-1]} are "
+                    f"{'both' if len(ids) == 2 else 'all'} named {category_name!r}: their "
+                    f"boxes are imported as the one class {category_name!r}",
+                    left_out=False,
+                )
+            )
     for ann in annotations:
         image_id = ann.get("image_id") if isinstance(ann, dict) else None
         try:
