@@ -1171,3 +1171,24 @@ def test_coco_categories_of_one_name_are_one_class_said(session, tmp_path: Path)
     assert "categories 1 and 3 are both named 'scratch'" in warning.reason
     image = images[moved["image_id"]]
     assert _label_lines(report.root)[Path(image.name).stem] == _yolo_lines(image) != []
+
+
+def test_voc_annotation_files_are_named_by_their_path_under_annotations(
+    session, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """An issue named an annotation file by its bare name: part_001.xml, a second annotation
+    of part_001.png beside line2/part_001.xml, was said as "part_001.xml: ... which
+    part_001.xml annotates too", and an unreadable one in a sub-folder could not be told from one at the top."""
+    src = tmp_path / "src"
+    write_voc(src, n=8)
+    (src / "annotations" / "line2").mkdir()
+    shutil.copy(src / "annotations" / "part_001.xml", src / "annotations" / "line2")
+    (src / "annotations" / "part_002.xml").rename(src / "annotations" / "line2" / "part_002.xml")
+    (src / "images" / "line2").mkdir()
+    (src / "images" / "part_002.png").rename(src / "images" / "line2" / "part_002.png")
+    (src / "annotations" / "line2" / "part_002.xml").write_text("<annotation>")
+    report = import_dataset(session, "voc", src, "v", tmp_path / "ds", classes=CLASSES)
+    said = {i.file: i.reason for i in report.left_out}
+    assert set(said) == {"part_001.xml", "line2/part_002.xml"}
+    assert "which line2/part_001.xml annotates too" in said["part_001.xml"]
+    assert said["line2/part_002.xml"].startswith("unreadable annotation")

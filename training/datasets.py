@@ -505,6 +505,12 @@ def read_voc(
     # Annotations/, and an image whose annotation file was not looked for there passed for a
     # good part.
     xml_paths = sorted(annotations.rglob("*.xml"))
+
+    def shown(xml_path: Path) -> str:
+        """An annotation file as issues name it: by its path under Annotations/, as its image
+        is named under the images (by its name, sub/x.xml and x.xml read the same)."""
+        return xml_path.relative_to(annotations).as_posix()
+
     xml_stems = {p.stem for p in xml_paths}
     parsed: list[tuple[Path, Path, list[VocObject], tuple[int, int] | None]] = []
     annotation_of: dict[Path, Path] = {}  # image: the annotation file taken for it
@@ -512,29 +518,29 @@ def read_voc(
     for xml_path in xml_paths:
         special = _special_file(xml_path)
         if special is not None:
-            issues.append(ImportIssue(xml_path.name, f"unreadable annotation: {special}"))
+            issues.append(ImportIssue(shown(xml_path), f"unreadable annotation: {special}"))
             continue
         try:
             filename, objects, size = _parse_voc(xml_path)
         except (ET.ParseError, ValueError) as exc:
             # Its image is left out below: without its boxes it would pass for a good part.
-            issues.append(ImportIssue(xml_path.name, f"unreadable annotation: {exc}"))
+            issues.append(ImportIssue(shown(xml_path), f"unreadable annotation: {exc}"))
             continue
         image_path, why = _voc_image(
             xml_path, filename, images_dir, images_of_stem, image_at, xml_stems
         )
         if image_path is None:
-            issues.append(ImportIssue(xml_path.name, why))
+            issues.append(ImportIssue(shown(xml_path), why))
             continue
         if why:
-            issues.append(ImportIssue(xml_path.name, why, left_out=False))
+            issues.append(ImportIssue(shown(xml_path), why, left_out=False))
         if image_path in annotation_of:
             # Two annotation files for one image: which boxes are right is not known.
             issues.append(
                 ImportIssue(
-                    xml_path.name,
+                    shown(xml_path),
                     f"names the image {image_path.relative_to(images_dir).as_posix()}, which "
-                    f"{annotation_of[image_path].name} annotates too: the image is left out",
+                    f"{shown(annotation_of[image_path])} annotates too: the image is left out",
                 )
             )
             annotated_twice.add(image_path)
@@ -545,7 +551,7 @@ def read_voc(
     files_of_class: dict[str, list[str]] = {}
     for xml_path, _, objects, _ in parsed:
         for class_name in sorted({o[0] for o in objects}):
-            files_of_class.setdefault(class_name, []).append(xml_path.name)
+            files_of_class.setdefault(class_name, []).append(shown(xml_path))
     class_names = classes or sorted(files_of_class)
     if not classes:
         issues += _look_alike_classes(files_of_class)
@@ -554,7 +560,7 @@ def read_voc(
     for xml_path, image_path, objects, size in parsed:
         unknown = sorted({o[0] for o in objects if o[0] not in index})
         if unknown:
-            issues.append(ImportIssue(xml_path.name, f"unknown class {', '.join(unknown)}"))
+            issues.append(ImportIssue(shown(xml_path), f"unknown class {', '.join(unknown)}"))
             continue
         boxes = [Box(index[n], x1, y1, x2, y2) for n, x1, y1, x2, y2 in objects]
         images.append(LabeledImage(image_path, 0, 0, boxes, annotated_size=size))
