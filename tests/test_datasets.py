@@ -25,7 +25,7 @@ from tests.synthetic import (
     write_voc,
     write_yolo,
 )
-from training.datasets import SPLITS, import_dataset, write_dataset
+from training.datasets import SPLITS, import_dataset, split_image_paths, write_dataset
 
 
 def _label_lines(root: Path) -> dict[str, list[str]]:
@@ -1192,3 +1192,15 @@ def test_voc_annotation_files_are_named_by_their_path_under_annotations(
     assert set(said) == {"part_001.xml", "line2/part_002.xml"}
     assert "which line2/part_001.xml annotates too" in said["part_001.xml"]
     assert said["line2/part_002.xml"].startswith("unreadable annotation")
+
+
+def test_a_split_that_holds_no_image_is_said_so(session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`evaluate --split test` on a dataset whose test split was imported empty said "the
+    dataset has no test split"; it has one, holding no image."""
+    write_yolo(tmp_path / "src", n=8)  # (all in images/train: val and test hold none)
+    report = import_dataset(session, "yolo", tmp_path / "src", "y", tmp_path / "ds")
+    assert len(split_image_paths(report.root, "train")) == 8
+    with pytest.raises(UserError, match="the dataset's test split holds no image"):
+        split_image_paths(report.root, "test")
+    with pytest.raises(UserError, match="the dataset has no tset split"):
+        split_image_paths(report.root, "tset")

@@ -1873,5 +1873,9 @@ def split_image_paths(root: Path, split: str) -> list[Path]:
     """The images of one split of an imported dataset, in a stable order."""
     folder = root / "images" / split
     if not folder.is_dir():
+        # (An import writes a split list for every split, and a folder only for images: a
+        # split it put none in was said to be no split of the dataset at all.)
+        if (root / "splits" / f"{split}.txt").is_file():
+            raise UserError(f"the dataset's {split} split holds no image ({folder})")
         raise UserError(f"the dataset has no {split} split ({folder})")
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
