@@ -218,6 +218,14 @@ class TrainingJob(Base):
     result_model_version: Mapped[ModelVersion | None] = relationship()
 
 
+# The sources of one-off runs, opened and finished around a few parts (an upload on the
+# Inspect page, `defects inspect`): not what a station is running, which the floor's pages
+# show, and which such a run at the same station hid.
+UPLOAD_SOURCE = "dashboard upload"
+INSPECT_COMMAND_SOURCE = "cli"
+ONE_OFF_SOURCES = (UPLOAD_SOURCE, INSPECT_COMMAND_SOURCE)
+
+
 class InspectionRun(Base):
     """One batch from a line and station: who started it, when, with which models."""
 

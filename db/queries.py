@@ -48,6 +48,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.functions import FunctionElement
 
 from db.models import (
+    ONE_OFF_SOURCES,
     Inspection,
     InspectionRun,
     ModelVersion,
@@ -1117,8 +1118,18 @@ def station_activity(session: Session, since: datetime) -> list[StationActivity]
             .group_by(judged_at)
         )
     }
+    # Its latest batch or watch: an upload or `defects inspect` at the station since, finished
+    # at once, showed a watch still at work as "run finished", with the upload's model and
+    # source (and a killed watch never came up as idle). A station with none but one-off runs
+    # shows its latest.
+    is_one_off = InspectionRun.source.in_(ONE_OFF_SOURCES)
     latest_run = (
-        select(InspectionRun.station_id, func.max(InspectionRun.id).label("run_id"))
+        select(
+            InspectionRun.station_id,
+            func.coalesce(
+                func.max(case((~is_one_off, InspectionRun.id))), func.max(InspectionRun.id)
+            ).label("run_id"),
+        )
         .group_by(InspectionRun.station_id)
         .subquery("latest_run")
     )

@@ -402,6 +402,39 @@ def test_station_activity_counts_a_part_where_it_was_judged(session, history) ->
     assert minute_volume(session, since, b1_now.station_id) == []
 
 
+def test_station_activity_shows_the_run_a_one_off_inspection_did_not_replace(
+    session, history
+) -> None:  # type: ignore[no-untyped-def]
+    """An upload on the Inspect page (or `defects inspect`) at a station whose watch runs
+    opened and finished a run of its own: the station showed as "run finished", with the
+    upload's model and source, while its watch judged on. B1, with no run but one-offs,
+    shows its latest."""
+    from db.models import INSPECT_COMMAND_SOURCE, UPLOAD_SOURCE
+
+    a1, b1 = session.scalars(select(Station).order_by(Station.name)).all()
+    m2 = session.scalars(select(ModelVersion).where(ModelVersion.name == "m2")).one()
+    watch = history["run"]  # A1's, open
+    for station, source in [(a1, UPLOAD_SOURCE), (b1, INSPECT_COMMAND_SOURCE)]:
+        session.add(
+            InspectionRun(
+                line_id=station.line_id,
+                station_id=station.id,
+                source=source,
+                model_version_id=m2.id,
+                started_at=DAY2,
+                finished_at=DAY2,
+            )
+        )
+    session.commit()
+    a1_now, b1_now = station_activity(session, since=DAY1)
+    assert (a1_now.run_id, a1_now.run_open, a1_now.run_model) == (watch.id, True, "")
+    assert (b1_now.run_open, b1_now.run_model, b1_now.run_source) == (
+        False,
+        "m2",
+        INSPECT_COMMAND_SOURCE,
+    )
+
+
 def test_run_rows_page_by_page(session, history) -> None:  # type: ignore[no-untyped-def]
     """A run's export read a page at a time lists every part it judged once, in the order
     written, with only its counted defects, whatever the page size; another run's or no

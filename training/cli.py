@@ -1867,6 +1867,7 @@ def inspect_command(
     """Inspect a few images, store the results and print each part's verdict."""
     import json
 
+    from db.models import INSPECT_COMMAND_SOURCE
     from inspection.batch import BatchInspection, SourceItem, read_file
     from inspection.images import not_a_file_reason
 
@@ -1895,7 +1896,7 @@ def inspect_command(
         station,
         model,
         "",
-        "cli",
+        INSPECT_COMMAND_SOURCE,
         backend.value,
         device,
         tile=tile_choice,

@@ -28,6 +28,7 @@ from dashboard.state import (
     no_model_message,
 )
 from dashboard.text import code, plain
+from db.models import UPLOAD_SOURCE
 from db.queries import part_results
 from db.registry import station_name_as_stored
 from db.session import DatabaseError, session_scope
@@ -178,7 +179,7 @@ if st.session_state.get("inspected_key") != upload_key:
             station,
             model=info.name,
             operator=access.name or "",  # (the run's who, with accounts)
-            source="dashboard upload",
+            source=UPLOAD_SOURCE,
             inspector=inspector_for(info),
         )
         # Someone is watching the page: a database gone away is waited for briefly, not for
