@@ -762,6 +762,16 @@ def test_a_mistyped_or_read_only_sqlite_database_is_one_line(tmp_path: Path) -> 
         assert done.stderr.count("\n") == 1
 
 
+def test_status_over_more_minutes_than_a_calendar_holds_is_refused_in_one_line() -> None:
+    """`defects status --minutes 99999999999` passed the option's check and failed in the date
+    arithmetic with a traceback (OverflowError); a century is still counted."""
+    refused = runner.invoke(app, ["status", "--minutes", "99999999999"])
+    assert refused.exit_code == 2, (refused.output, refused.exception)
+    assert "--minutes" in refused.output
+    century = runner.invoke(app, ["status", "--minutes", str(36525 * 24 * 60), "--json"])
+    assert century.exit_code == 0, (century.output, century.exception)
+
+
 def test_the_command_line_writes_whole_lines_into_a_log(monkeypatch: pytest.MonkeyPatch) -> None:
     """Into a file, a pipe or a service's journal, stdout went out in blocks of 8 KB: a
     training's epoch lines reached its log many epochs late."""

@@ -1659,10 +1659,21 @@ def batch_command(
         raise typer.Exit(130)
 
 
+PRUNE_DAYS_LIMIT = 36525  # prune-images --older-than: a century
+STATUS_MINUTES_LIMIT = PRUNE_DAYS_LIMIT * 24 * 60  # status --minutes: a century
+
+
 @app.command("status")
 def status_command(
     minutes: Annotated[
-        int, typer.Option(min=1, help="How far back the counts go, in minutes.")
+        int,
+        typer.Option(
+            min=1,
+            # (A century at most: 1e10 minutes passed `min` and failed in the date arithmetic
+            # with a traceback.)
+            max=STATUS_MINUTES_LIMIT,
+            help="How far back the counts go, in minutes.",
+        ),
     ] = 60,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
@@ -1743,9 +1754,6 @@ def status_command(
         for a in activity
     ]
     _print_unbroken(table, rows, whole=(3,))  # (a model name is copied into commands)
-
-
-PRUNE_DAYS_LIMIT = 36525  # prune-images --older-than: a century
 
 
 @app.command("prune-images")
