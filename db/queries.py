@@ -1064,6 +1064,10 @@ class StationActivity:
     # in tiles) looked on the floor like every other station of that model.
     run_tile: dict[str, Any] | str | None = None
     run_judged: bool = False  # its latest run has given a verdict, which run_tile is read from
+    # Among the errors: empty captures (a file with no image, the camera's fault as a blank
+    # frame is), each time one came; counted only among the errors, a camera writing nothing
+    # was called out nowhere on the floor.
+    empty_captures: int = 0
 
     @property
     def fail_rate(self) -> float | None:
@@ -1102,14 +1106,15 @@ def station_activity(session: Session, since: datetime) -> list[StationActivity]
     current = Inspection.is_current()
     counted = _live_counted()
     counts = {
-        station_id: (int(n), int(f or 0), int(e or 0), int(b or 0), last)
-        for station_id, n, f, e, b, last in session.execute(
+        station_id: (int(n), int(f or 0), int(e or 0), int(b or 0), int(z or 0), last)
+        for station_id, n, f, e, b, z, last in session.execute(
             select(
                 judged_at,
                 func.sum(case((counted, 1), else_=0)),
                 func.sum(case((and_(current, Inspection.verdict == Verdict.FAIL), 1), else_=0)),
                 func.sum(case((and_(counted, Inspection.verdict == Verdict.ERROR), 1), else_=0)),
                 func.sum(case((_BLANK_FRAME, 1), else_=0)),
+                func.sum(case((_EMPTY_FILE, 1), else_=0)),
                 func.max(Inspection.inspected_at),
             )
             .join(Part, Part.id == Inspection.part_id)
@@ -1173,8 +1178,8 @@ def station_activity(session: Session, since: datetime) -> list[StationActivity]
     run_tiles = _run_tiles(session, [run.id for _, _, run, _ in stations if run is not None])
     found = []
     for station, line, run, model in stations:
-        n, failed, errors, blank, last = counts.get(
-            station.id, (0, 0, 0, 0, quiet_last.get(station.id))
+        n, failed, errors, blank, empty, last = counts.get(
+            station.id, (0, 0, 0, 0, 0, quiet_last.get(station.id))
         )
         found.append(
             StationActivity(
@@ -1192,6 +1197,7 @@ def station_activity(session: Session, since: datetime) -> list[StationActivity]
                 model or "",
                 run_tiles.get(run.id) if run else None,
                 run is not None and run.id in run_tiles,
+                empty_captures=empty,
             )
         )
     return found

@@ -1421,6 +1421,50 @@ def test_live_page_sums_up_many_idle_stations_in_one_line() -> None:
     assert len(statements) <= 5, statements  # not two a quiet station
 
 
+def test_live_page_and_status_call_out_a_camera_writing_empty_captures() -> None:
+    """A camera whose capture died writes empty files: the Live page and `defects status`
+    counted them among the errors only, and called out blank frames but not these."""
+    from typer.testing import CliRunner
+
+    from db.models import InspectionRun
+    from inspection.images import EMPTY_ERROR
+    from training.cli import app
+
+    url = get_settings().resolved_database_url
+    _judged_in_run(url, ("Line 1", "Cam A"), "good.png", utcnow())
+    with session_scope(url) as session:
+        run = session.scalars(select(InspectionRun)).one()
+        part = Part(
+            content_hash="0" * 64,
+            stored_path="",
+            original_name="frame.png",
+            size_bytes=0,
+            line_id=run.line_id,
+            station_id=run.station_id,
+        )
+        session.add(part)
+        session.flush()
+        for n in range(3):  # the same empty file, recorded each time it came
+            session.add(
+                Inspection(
+                    part_id=part.id,
+                    run_id=run.id,
+                    verdict=Verdict.ERROR,
+                    error=f"{EMPTY_ERROR}: 0 bytes",
+                    superseded_at=None if n == 2 else utcnow(),
+                )
+            )
+    at = _opened("live")
+    [empty] = at.warning
+    assert empty.value.startswith("1 station(s) sent empty captures"), empty.value
+    assert plain("Line 1 / Cam A (3)") in empty.value
+    shown = CliRunner().invoke(app, ["status", "--json"])
+    [station] = json.loads(shown.output)["stations"]
+    assert (station["errors"], station["empty_captures"], station["blank_frames"]) == (3, 3, 0)
+    table = CliRunner().invoke(app, ["status"], env={"COLUMNS": "200"})
+    assert "3 (3 empty)" in table.output, table.output
+
+
 def test_live_page_with_a_station_clock_ahead_says_just_now() -> None:
     """A station's clock 30 s ahead of the dashboard's showed its last part "-30 s ago"."""
     url = get_settings().resolved_database_url

@@ -39,6 +39,7 @@ from inspection.settings import get_settings
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from db.queries import StationActivity
     from inspection.engine import TileChoice
     from training.datasets import ImportReport
 
@@ -1663,6 +1664,16 @@ PRUNE_DAYS_LIMIT = 36525  # prune-images --older-than: a century
 STATUS_MINUTES_LIMIT = PRUNE_DAYS_LIMIT * 24 * 60  # status --minutes: a century
 
 
+def _errors_with_camera_faults(activity: StationActivity) -> str:
+    """A station's errors, with how many were its camera's blank frames and empty captures."""
+    faults = [
+        f"{n} {kind}"
+        for n, kind in [(activity.blank_frames, "blank"), (activity.empty_captures, "empty")]
+        if n
+    ]
+    return f"{activity.errors} ({', '.join(faults)})" if faults else str(activity.errors)
+
+
 @app.command("status")
 def status_command(
     minutes: Annotated[
@@ -1711,6 +1722,7 @@ def status_command(
                 "fail_rate": a.fail_rate,
                 "errors": a.errors,
                 "blank_frames": a.blank_frames,
+                "empty_captures": a.empty_captures,
             }
             for a in activity
         ]
@@ -1749,7 +1761,7 @@ def status_command(
             str(a.inspected),
             str(a.failed),
             f"{a.fail_rate:.1%}" if a.fail_rate is not None else "-",
-            f"{a.errors} ({a.blank_frames} blank)" if a.blank_frames else str(a.errors),
+            _errors_with_camera_faults(a),
         )
         for a in activity
     ]

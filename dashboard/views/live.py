@@ -171,6 +171,12 @@ def _live_view() -> None:
             f"{len(blank)} station(s) sent blank frames in the last {window} minutes: "
             f"{_named(blank)}. Check their cameras and lighting."
         )
+    empty = [f"{a.line} / {a.station} ({a.empty_captures})" for a in activity if a.empty_captures]
+    if empty:
+        st.warning(
+            f"{len(empty)} station(s) sent empty captures (files with no image in them) in the "
+            f"last {window} minutes: {_named(empty)}. Check their cameras."
+        )
     idle = [
         f"{a.line} / {a.station} (run {a.run_id}, {minutes:.0f} min)"
         for a in activity
