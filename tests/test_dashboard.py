@@ -805,8 +805,37 @@ def test_empty_live_page_says_what_to_do() -> None:
         ensure_station(session, "Demo line", "Station 1")
     at.run()
     assert not at.exception, at.exception
-    assert at.dataframe[0].value["status"].tolist() == ["no part yet"]
+    assert at.dataframe[0].value["status"].tolist() == ["no run yet"]
     assert any("No part judged yet" in c.value for c in at.caption)
+
+
+def test_live_page_tells_a_station_watching_for_its_first_part_from_one_that_never_ran() -> None:
+    """A watch started at a station, no part come yet (or killed before one), and a station
+    that never ran both read "no part yet"."""
+    from db.models import InspectionRun
+    from db.registry import ensure_station
+
+    url = get_settings().resolved_database_url
+    upgrade(url)
+    with session_scope(url) as session:
+        ensure_station(session, "Line 1", "Cam A")
+        watching = ensure_station(session, "Line 1", "Cam B")
+        done = ensure_station(session, "Line 1", "Cam C")
+        for station, finished in [(watching, None), (done, utcnow())]:
+            session.add(
+                InspectionRun(
+                    line_id=station.line_id,
+                    station_id=station.id,
+                    source="hot/",
+                    finished_at=finished,
+                )
+            )
+    at = _opened("live")
+    assert at.dataframe[0].value["status"].tolist() == [
+        "no run yet",
+        "run open, no part yet",
+        "run finished, no part",
+    ]
 
 
 def test_empty_history_says_what_to_do() -> None:

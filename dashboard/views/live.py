@@ -90,7 +90,11 @@ def _latest_parts(session: Session, zone: str) -> list[dict[str, object]]:
 
 def _status(activity: StationActivity, now: datetime) -> str:
     if activity.last_inspected_at is None:
-        return "no part yet"
+        # (A watch started and waiting for its first part, or killed before it, read as a
+        # station that never ran.)
+        if activity.run_id is None:
+            return "no run yet"
+        return "run open, no part yet" if activity.run_open else "run finished, no part"
     # (A station whose clock runs ahead of this one's stamps its parts in the future: "-30 s
     # ago" read as a fault of the page.)
     idle = max(0.0, (now - activity.last_inspected_at).total_seconds())
