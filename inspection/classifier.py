@@ -23,7 +23,7 @@ from torchvision.models.feature_extraction import create_feature_extractor
 from torchvision.ops import FeaturePyramidNetwork
 
 from inspection.attention import ChannelSpatialAttention
-from inspection.errors import UserError
+from inspection.errors import UserError, checkpoint_reason
 
 GOOD = "good"
 # Stages at strides 8, 16 and 32 of each backbone.
@@ -118,8 +118,7 @@ def load_classifier(path: Path, device: str = "cpu") -> tuple[DefectClassifier, 
             "or another kind of file)"
         ) from exc
     except Exception as exc:  # torch raises several unrelated types for a bad file
-        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise UserError(f"cannot load the classifier {path}: {reason}") from exc
+        raise UserError(f"cannot load the classifier {path}: {checkpoint_reason(exc)}") from exc
     if not isinstance(checkpoint, dict) or checkpoint.get("kind") != "defect-classifier":
         raise UserError(f"{path.name} is not a defect-classifier checkpoint")
     model = DefectClassifier(checkpoint["backbone"], checkpoint["class_names"])

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from inspection.attention import register_ultralytics_modules
-from inspection.errors import UserError
+from inspection.errors import UserError, checkpoint_reason
 from inspection.settings import get_settings
 
 if TYPE_CHECKING:
@@ -100,8 +100,7 @@ def load_detector(weights: Path) -> YOLO:
     except Exception as exc:  # noqa: BLE001 - torch and ultralytics raise many types for a bad file
         # (A file of text, say, raised ValueError, which went out as "invalid literal for
         # int() with base 10", naming no file.)
-        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise UserError(f"cannot load the model {weights}: {reason}") from exc
+        raise UserError(f"cannot load the model {weights}: {checkpoint_reason(exc)}") from exc
 
 
 def architecture_of(model: YOLO) -> str:

@@ -8,3 +8,27 @@ class UserError(ValueError):
 class StorageError(UserError):
     """The image store cannot keep a part's bytes (a full or read-only disk): the run stops,
     since judging parts whose images are not kept would lose them; what was written stays."""
+
+
+def _is_damaged_file(exc: BaseException) -> bool:
+    """Whether torch's reading of a checkpoint failed on the bytes themselves: a zip cut
+    short (RuntimeError from its PytorchStreamReader), an empty file, or bytes no pickle."""
+    if isinstance(exc, RuntimeError):
+        return "PytorchStreamReader" in str(exc)
+    return isinstance(exc, EOFError) or type(exc).__name__ == "UnpicklingError"
+
+
+def checkpoint_reason(exc: BaseException) -> str:
+    """Why a checkpoint could not be loaded, in a few words for a one-line refusal. torch
+    follows a damaged file's error with a paragraph of guesses, and ultralytics wraps that
+    paragraph and its own advice (download an official model) in a sentence of its own: a
+    refusal that quoted it ran to several lines. A damaged file is said as one, with the
+    first sentence of the error that started it; any other error by its own first line."""
+    chain: list[BaseException] = [exc]
+    while chain[-1].__cause__ is not None and len(chain) < 10:
+        chain.append(chain[-1].__cause__)
+    damaged = next((error for error in chain if _is_damaged_file(error)), None)
+    if damaged is None:
+        return (str(exc).splitlines() or [type(exc).__name__])[0]
+    detail = (str(damaged).splitlines() or [""])[0].split(". ")[0].rstrip(".").strip()
+    return f"not a readable checkpoint, damaged or cut short ({detail or 'it ends early'})"

@@ -309,16 +309,28 @@ def test_a_damaged_teacher_is_refused_before_a_job(
     )
     assert result.exit_code == 1, result.output
     assert isinstance(result.exception, UserError), repr(result.exception)
-    assert str(result.exception).startswith(f"teacher {name}: cannot load the model {copy}")
+    # One short line, torch's reason in a few words. (It quoted ultralytics' sentence around
+    # torch's paragraph of guesses: "ERROR ❌️ ... This is an internal miniz error ...".)
+    reason = (
+        "PytorchStreamReader failed reading zip archive: failed finding central directory"
+        if damage == "cut short"
+        else "invalid load key, 'n'"
+    )
+    assert str(result.exception) == (
+        f"teacher {name}: cannot load the model {copy}: not a readable checkpoint, damaged or "
+        f"cut short ({reason}); restore its file from a backup, or distill from another version"
+    ), str(result.exception)
     with session_scope(trained.url) as session:
         assert session.scalar(select(func.count(TrainingJob.id))) == jobs  # refused before
 
 
+@pytest.mark.parametrize("damage", ["cut short", "text"])
 def test_a_damaged_classifier_teacher_is_refused_before_a_job(
-    trained: Trained, trained_classifier: str, monkeypatch: pytest.MonkeyPatch
+    trained: Trained, trained_classifier: str, monkeypatch: pytest.MonkeyPatch, damage: str
 ) -> None:
     """A classifier teacher overwritten with text was refused only once its job was recorded,
-    in torch's message about `weights_only` (advice to load it unsafely), naming no version."""
+    in torch's message about `weights_only` (advice to load it unsafely), naming no version;
+    one cut short, in a line that carried torch's paragraph of guesses after its error."""
     from sqlalchemy import func, select
     from typer.testing import CliRunner
 
@@ -329,19 +341,29 @@ def test_a_damaged_classifier_teacher_is_refused_before_a_job(
 
     monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
     get_settings.cache_clear()
-    register_classifier_copy(trained.url, trained_classifier, trained.url, name="damaged-cls")
+    name = f"damaged-cls-{damage.replace(' ', '-')}"
+    register_classifier_copy(trained.url, trained_classifier, trained.url, name=name)
     with session_scope(trained.url) as session:
-        copy = Path(get_model_version(session, "damaged-cls").file_path)
+        copy = Path(get_model_version(session, name).file_path)
         jobs = session.scalar(select(func.count(TrainingJob.id)))
-    copy.write_bytes(b"not weights\n")
+    whole = copy.read_bytes()
+    copy.write_bytes(whole[: len(whole) // 2] if damage == "cut short" else b"not weights\n")
     result = CliRunner().invoke(
-        app, ["distill", "classifier", "--teacher", "damaged-cls", "--data", "synth"]
+        app, ["distill", "classifier", "--teacher", name, "--data", "synth"]
     )
     assert result.exit_code == 1, result.output
     assert isinstance(result.exception, UserError), repr(result.exception)
     message = str(result.exception)
-    assert message.startswith(f"teacher damaged-cls: cannot load the classifier {copy}")
+    assert message.startswith(f"teacher {name}: cannot load the classifier {copy}")
     assert "weights_only" not in message
+    assert message.endswith("; restore its file from a backup, or distill from another version")
+    if damage == "cut short":
+        assert message == (
+            f"teacher {name}: cannot load the classifier {copy}: not a readable checkpoint, "
+            "damaged or cut short (PytorchStreamReader failed reading zip archive: failed "
+            "finding central directory); restore its file from a backup, or distill from "
+            "another version"
+        ), message
     with session_scope(trained.url) as session:
         assert session.scalar(select(func.count(TrainingJob.id))) == jobs  # refused before
 

@@ -424,7 +424,7 @@ def train_classifier(request: ClassifierTrainRequest, url: str | None = None) ->
                     teacher_model, _ = load_classifier(teacher_path, device)
             except UserError as exc:
                 raise UserError(
-                    f"teacher {teacher_row.name}: {exc}; damaged or cut short? restore its file "
+                    f"teacher {teacher_row.name}: {exc}; restore its file "
                     "from a backup, or distill from another version"
                 ) from exc
             if teacher_model.class_names != [GOOD, *dataset.classes]:  # (its file's own list)

@@ -246,7 +246,7 @@ def check_teacher_loads(name: str, weights: Path) -> None:
         load_detector(weights)
     except UserError as exc:
         raise UserError(
-            f"teacher {name}: {exc}; damaged or cut short? restore its file from a backup, "
+            f"teacher {name}: {exc}; restore its file from a backup, "
             "or distill from another version"
         ) from exc
 
@@ -259,8 +259,7 @@ def load_base(name: str, weights: Path) -> Any:
         return load_detector(weights)
     except UserError as exc:
         raise UserError(
-            f"--from {name}: {exc}; damaged or cut short? restore its file from a backup, "
-            "or start from another version"
+            f"--from {name}: {exc}; restore its file from a backup, or start from another version"
         ) from exc
 
 
