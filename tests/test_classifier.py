@@ -710,6 +710,37 @@ def test_an_operating_point_naming_an_archived_classifier_brings_it_back() -> No
         assert get_model_version(session, "detector").stage == ModelStage.PRODUCTION
 
 
+def test_an_operating_point_is_refused_over_its_classifier_archived_since() -> None:
+    """A classifier a candidate when its calibration was computed and archived before the
+    point was stored (while `calibrate` scored the split, or the Settings page showed it) was
+    brought back as if it had never been retired, and `calibrate` said nothing of it. Checked
+    now in the storing transaction: refused, nothing stored; one archived already when the
+    calibration was computed still comes back, as said then."""
+    from db.models import ModelKind, ModelStage
+    from inspection.errors import UserError
+    from training.calibrate import store_operating_point
+
+    url = get_settings().resolved_database_url
+    _version_rows(
+        url,
+        [
+            ("detector", ModelKind.DETECTOR, {"stage": ModelStage.PRODUCTION}),
+            ("verifier", ModelKind.CLASSIFIER, {"stage": ModelStage.ARCHIVED}),
+        ],
+    )
+    with session_scope(url) as session:
+        before = dict(get_model_version(session, "detector").thresholds)
+    point = {"per_class": {}, "classifier": {"version": "verifier", "part": 0.5, "verify": None}}
+    with pytest.raises(UserError, match="^verifier was archived since this calibration was"):
+        store_operating_point(url, "detector", point, classifier_archived=False)
+    with session_scope(url) as session:
+        assert get_model_version(session, "verifier").stage == ModelStage.ARCHIVED
+        assert get_model_version(session, "detector").thresholds == before
+    assert store_operating_point(url, "detector", point, classifier_archived=True)
+    with session_scope(url) as session:
+        assert get_model_version(session, "verifier").stage == ModelStage.CANDIDATE
+
+
 def test_a_classifier_version_whose_weights_are_damaged_is_said_as_a_classifier(
     tmp_path: Path,
 ) -> None:

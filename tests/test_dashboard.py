@@ -1797,6 +1797,50 @@ def test_a_calibration_with_a_classifier_is_shown_as_it_will_be_stored(
         assert not any("shared by every class" in c for c in said)
 
 
+def test_a_calibration_is_not_stored_over_its_classifier_archived_since(
+    production: str, trained: Trained, trained_classifier: str, tmp_path: Path
+) -> None:
+    """Whether the classifier a calibration names was archived was read when it was computed:
+    one archived between the calibration and Use these thresholds was stored as if still a
+    candidate, brought back unsaid. It is now checked at the save: nothing is stored, and the
+    page says why."""
+    from db.models import ModelStage
+
+    register_classifier_copy(trained.url, trained_classifier, production)
+    import_synthetic(production, tmp_path, n=24)
+    at = _app().run()
+    at.switch_page("views/settings.py").run()
+    next(s for s in at.selectbox if s.label == "Classifier").set_value("verifier")
+    next(b for b in at.button if b.label == "Calibrate").click().run()
+    assert not at.exception, at.exception
+    assert not at.error, at.error[0].value
+    before = _thresholds(production)
+    with session_scope(production) as session:  # (another user, `defects models archive`)
+        session.execute(
+            update(ModelVersion)
+            .where(ModelVersion.name == "verifier")
+            .values(stage=ModelStage.ARCHIVED, archived_at=utcnow())
+        )
+    next(b for b in at.button if b.label.startswith("Use these thresholds")).click().run()
+    assert not at.exception, at.exception
+    assert not at.success
+    assert [e.value for e in at.error] == [
+        plain(
+            "verifier was archived since this calibration was computed: nothing was stored; "
+            "calibrate again, with another classifier or none (or with verifier, to bring it "
+            "back among the candidates)"
+        )
+        + "."
+    ]
+    assert _thresholds(production) == before
+    with session_scope(production) as session:
+        stage = session.scalars(
+            select(ModelVersion.stage).where(ModelVersion.name == "verifier")
+        ).one()
+    assert stage == ModelStage.ARCHIVED
+    assert not any(b.label.startswith("Use these thresholds") for b in at.button)
+
+
 def test_a_range_across_a_change_of_daylight_saving_time_names_both_offsets() -> None:
     with local_zone("Europe/Berlin"):
         filters = Filters.local_days(date(2026, 10, 20), date(2026, 10, 30))

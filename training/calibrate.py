@@ -766,7 +766,8 @@ def calibrate_model(
             "on a split with defective parts; nothing was stored"
         )
     if store:
-        store_operating_point(url, model, operating_point)
+        # (Scoring takes minutes: a classifier archived meanwhile is not brought back unsaid.)
+        store_operating_point(url, model, operating_point, classifier_archived=classifier_archived)
     return StoredCalibration(result, dimensions, operating_point, classifier_archived)
 
 
@@ -848,13 +849,22 @@ def thresholds_stamp(thresholds: dict[str, Any]) -> str:
 
 
 def store_operating_point(
-    url: str, model: str | int, operating_point: dict[str, Any], unless_changed_from: str = ""
+    url: str,
+    model: str | int,
+    operating_point: dict[str, Any],
+    unless_changed_from: str = "",
+    classifier_archived: bool | None = None,
 ) -> bool:
     """The thresholds every later verdict of `model` uses (and records). With
     `unless_changed_from` (the `thresholds_stamp` of what the caller read), stored only if the
     stored ones are still those, checked in the writing transaction with the row locked where
     the database can: a calibration or another user between the read and this write is not
-    undone. False where they changed (nothing stored)."""
+    undone. False where they changed (nothing stored).
+
+    `classifier_archived`: whether the classifier the point names was archived when the point
+    was computed (`StoredCalibration.classifier_archived`). One a candidate then and archived
+    since is refused, in this transaction (UserError, nothing stored): stored, it was brought
+    back unsaid, the retirement undone while the user was told nothing of it."""
     from sqlalchemy import select
 
     from db.models import ModelStage, ModelVersion
@@ -868,16 +878,22 @@ def store_operating_point(
         ).one()
         if unless_changed_from and thresholds_stamp(version.thresholds) != unless_changed_from:
             return False
-        version.thresholds = operating_point
         # A classifier the operating point names is in use: an archived one comes back among
         # the candidates, as `models archive` refuses to archive one in use. (Left archived, it
         # judged every part of the detector's stations, and no command could bring it back.)
         named = (operating_point.get("classifier") or {}).get("version")
         classifier = session.scalars(
-            select(ModelVersion).where(
-                ModelVersion.name == named, ModelVersion.stage == ModelStage.ARCHIVED
-            )
+            select(ModelVersion)
+            .where(ModelVersion.name == named, ModelVersion.stage == ModelStage.ARCHIVED)
+            .with_for_update()
         ).first()
+        if classifier is not None and classifier_archived is False:
+            raise UserError(
+                f"{named} was archived since this calibration was computed: nothing was "
+                f"stored; calibrate again, with another classifier or none (or with {named}, "
+                "to bring it back among the candidates)"
+            )
+        version.thresholds = operating_point
         if classifier is not None:
             classifier.stage, classifier.archived_at = ModelStage.CANDIDATE, None
         return True

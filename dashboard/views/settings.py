@@ -224,9 +224,21 @@ else:
                 key="accept_calibration",
             ):
                 del st.session_state["pending_calibration"]
-                if computed_beside == stamp and store_operating_point(
-                    state.url, info.id, stored.operating_point, unless_changed_from=stamp
-                ):
+                try:
+                    # (Whether its classifier was archived since is checked in the saving
+                    # transaction: one archived after the calibration was stored as if it were
+                    # still a candidate, brought back unsaid.)
+                    saved = computed_beside == stamp and store_operating_point(
+                        state.url,
+                        info.id,
+                        stored.operating_point,
+                        unless_changed_from=stamp,
+                        classifier_archived=stored.classifier_archived,
+                    )
+                except UserError as exc:
+                    flash(f"{plain(exc)}.", "error")
+                    st.rerun()
+                if saved:
                     flash(
                         f"Stored as the operating point of {plain(info.name)}: the next inspection uses it."
                         + (
