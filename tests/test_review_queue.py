@@ -412,3 +412,35 @@ def test_confirmed_defects_of_a_class_the_production_detector_lost_are_exported_
         for line in label.read_text().splitlines()
     ]
     assert labels == ["1"]
+
+
+def test_a_confirmation_overruled_by_a_false_call_keeps_its_class_and_its_place(
+    session: Session, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """A detection confirmed, then marked a false call by another reviewer (a page drawn
+    before the confirmation): reviewers disagree, and the defective reading wins, so its box
+    is one of the export's. Its class keeps the place of that first confirmation: counted
+    from the later missed defects only, it was not a class of the export at all, and the part
+    holding the box was left out ("class spot is not one of ...")."""
+    from sqlalchemy import update
+
+    from db.models import Review
+    from db.reviews import reviewer_classes
+    from training.backtest import export_reviews
+
+    known = ["scratch"]  # the production detector, since a rollback, knows no spot
+    spotted = _with_image(_part(session, 1, [0.9]), tmp_path / "store", 1)
+    spotted.predictions[0].class_name = "spot"
+    confirmed = confirm_defect(session, spotted.predictions[0].id, "ana")
+    cracked = _with_image(_part(session, 2, []), tmp_path / "store", 2)
+    crack = add_missed_defect(session, cracked.part_id, "crack", (1, 1, 5, 5), "bob", known, True)
+    overruled = mark_false_call(session, spotted.predictions[0].id, "cy")
+    start = confirmed.created_at
+    for minutes, review in enumerate([confirmed, crack, overruled]):  # (one clock tick)
+        later = start + timedelta(minutes=minutes)
+        session.execute(update(Review).where(Review.id == review.id).values(created_at=later))
+    assert reviewer_classes(session, known) == ["spot", "crack"]
+    session.expire_all()
+    report = export_reviews(session, "disputed", known, tmp_path / "datasets", "off")
+    assert report.classes == ["scratch", "spot", "crack"]
+    assert report.n_images == 2 and not report.left_out
