@@ -408,9 +408,16 @@ Prepared = tuple[
 
 # A file that is not an image is kept in the store with its error up to this size; beyond it
 # only its error is: a zip of 200 MB blobs filled the store with 1.6 GB of bytes no one looks
-# at, and a full store stops the run. (The file itself stays where it came from.)
+# at, and a full store stops the run. (The file itself stays where it came from.) A file of one
+# byte over and over (an unfilled capture buffer) is none either: a 600 KB zip of three 200 MB
+# such entries, each byte its own, put 600 MB in the store.
 KEEP_NON_IMAGE_BYTES = 16 * 1024 * 1024
-NOT_AN_IMAGE = ("not an image file", "corrupt or truncated image", "cannot read the image")
+NOT_AN_IMAGE = (
+    "not an image file",
+    "corrupt or truncated image",
+    "cannot read the image",
+    EMPTY_ERROR,
+)
 
 
 def prepare_parts(

@@ -1578,6 +1578,37 @@ def test_a_large_file_that_is_not_an_image_is_recorded_but_not_kept(
     assert errors["large.bin"].startswith("not an image file") and "not kept" in errors["large.bin"]
 
 
+def test_a_large_file_of_one_byte_over_and_over_is_recorded_but_not_kept(
+    detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small zip of 200 MB entries each of one byte repeated (a zip bomb) put every entry's
+    bytes in the image store: 600 MB from a 600 KB upload."""
+    import inspection.images as images
+
+    monkeypatch.setattr(images, "KEEP_NON_IMAGE_BYTES", 1000)
+    archive = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bomb:
+        bomb.writestr("small.png", b"\x01" * 100)
+        for value in (2, 3):
+            bomb.writestr(f"large{value}.png", bytes([value]) * 5000)
+    _job(detector, tmp_path).run(iter_source(str(archive)))
+    with session_scope(detector) as session:
+        rows = session.execute(
+            select(Part.original_name, Part.stored_path, Inspection.error).join(
+                Inspection, Inspection.part_id == Part.id
+            )
+        ).all()
+    kept = {name: stored for name, stored, _ in rows}
+    errors = {name: error for name, _, error in rows}
+    assert kept["bomb.zip:small.png"] and Path(kept["bomb.zip:small.png"]).is_file()
+    for value in (2, 3):
+        name = f"bomb.zip:large{value}.png"
+        assert kept[name] == ""
+        assert errors[name].startswith("empty file: 5000 bytes") and "not kept" in errors[name]
+    store = tmp_path / "store"
+    assert sum(f.stat().st_size for f in store.rglob("*") if f.is_file()) == 100
+
+
 def test_an_outage_line_is_said_once_by_the_threads_that_wait_through_it(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
