@@ -158,6 +158,14 @@ def several_frames_reason(image: Image.Image) -> str | None:
     return None
 
 
+# Formats Pillow draws by running another program on the file's contents: an uploaded
+# "part.png" that held PostScript was handed to Ghostscript (where a station has it), a
+# program from whoever uploaded it, which could hang the batch or worse. No camera writes them.
+RUN_BY_ANOTHER_PROGRAM = {
+    "EPS": "not an image file (PostScript, which only Ghostscript can draw: not run)",
+}
+
+
 def decode_image(data: bytes, limit: int | None = None) -> DecodedImage:
     if not data:
         raise ImageDecodeError(EMPTY_ERROR)
@@ -167,6 +175,8 @@ def decode_image(data: bytes, limit: int | None = None) -> DecodedImage:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             allow_pixels_up_to(limit)  # (ours decides; Pillow's then refuses twice ours)
             image = Image.open(io.BytesIO(data))
+            if image.format in RUN_BY_ANOTHER_PROGRAM:
+                raise ImageDecodeError(RUN_BY_ANOTHER_PROGRAM[image.format])
             width, height = image.size
             if width * height > limit:
                 raise ImageDecodeError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -181,6 +182,26 @@ def test_exif_orientation_is_applied() -> None:
 def test_decode_errors_are_value_errors() -> None:
     with pytest.raises(ImageDecodeError):
         decode_image(b"GIF89a broken")
+
+
+def test_a_postscript_file_named_as_an_image_is_refused_without_running_ghostscript(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A "part.png" holding PostScript was handed to Ghostscript to draw, where a station has
+    it: a program from whoever uploaded the file."""
+    from PIL import EpsImagePlugin
+
+    ran = tmp_path / "ghostscript-ran"
+    fake = tmp_path / "bin" / "gs"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\ntouch {ran}\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    monkeypatch.setattr(EpsImagePlugin, "gs_binary", None)  # (found again, on this PATH)
+    postscript = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\nshowpage\n"
+    with pytest.raises(ImageDecodeError, match=r"^not an image file \(PostScript"):
+        decode_image(postscript)
+    assert not ran.exists()
 
 
 def test_postprocess_suppresses_within_an_image_and_class_only() -> None:
