@@ -574,8 +574,10 @@ def test_models_help_names_every_subcommand() -> None:
 
 def test_batch_output_missing_folders_empty_folders_and_one_part(tmp_path: Path) -> None:
     """--output foo.csv without --export csv wrote nothing; --watch of a missing folder said
-    "--watch needs a folder"; an empty folder gave "0 parts inspected" without a word; one
-    part was "1 parts inspected"."""
+    "--watch needs a folder"; an empty folder, or a zip of folders and hidden files only,
+    gave "0 parts inspected" without a word; one part was "1 parts inspected"."""
+    import zipfile
+
     import numpy as np
     from PIL import Image
 
@@ -595,6 +597,13 @@ def test_batch_output_missing_folders_empty_folders_and_one_part(tmp_path: Path)
     result = runner.invoke(app, ["batch", str(empty), "--line", "L", "--station", "S"])
     assert result.exit_code == 0, result.output
     assert f"warning: no file to inspect in {empty}" in " ".join(result.output.split())
+    folders_only = tmp_path / "folders.zip"
+    with zipfile.ZipFile(folders_only, "w") as archive:
+        archive.writestr("lot 7/", b"")
+        archive.writestr("lot 7/.DS_Store", b"")
+    result = runner.invoke(app, ["batch", str(folders_only), "--line", "L", "--station", "S"])
+    assert result.exit_code == 0, result.output
+    assert f"warning: no file to inspect in {folders_only}" in " ".join(result.output.split())
     one = tmp_path / "one"
     one.mkdir()
     Image.fromarray(np.full((64, 64), 90, np.uint8) + np.eye(64, dtype=np.uint8) * 60).save(

@@ -1348,10 +1348,11 @@ def _wall_time_went(moments: dict[str, float], entered: float, listing_s: float)
     )
 
 
-def _refuse_unreadable_source(source: Path) -> None:
+def _refuse_unreadable_source(source: Path) -> int | None:
     """A folder this user cannot list, or a zip given alone that cannot be opened, refused
     before the model loads: either stopped the command only after a run had been opened on
-    the station, which then showed as its latest run with no part."""
+    the station, which then showed as its latest run with no part. A zip's number of items
+    is given back (None for another source)."""
     from inspection.batch import is_zip_archive, zip_item_count
 
     if source.is_dir():
@@ -1361,7 +1362,8 @@ def _refuse_unreadable_source(source: Path) -> None:
         except OSError as exc:
             raise UserError(f"cannot read the folder {source}: {exc.strerror or exc}") from exc
     elif source.is_file() and is_zip_archive(source):
-        zip_item_count(source, source.name)  # (its directory only: nothing is unpacked)
+        return zip_item_count(source, source.name)  # (its directory only: nothing unpacked)
+    return None
 
 
 @app.command("batch")
@@ -1464,7 +1466,7 @@ def batch_command(
         raise UserError(f"{'folder to watch' if watch else 'source'} not found: {source}")
     if watch and not source_path.is_dir():
         raise UserError(f"--watch needs a folder: {source} is a file")
-    _refuse_unreadable_source(source_path)
+    zip_items = _refuse_unreadable_source(source_path)
     mover = None
     if move_judged is not None:
         from inspection.judged import JudgedMover, judged_folder
@@ -1528,6 +1530,14 @@ def batch_command(
             console.print(
                 f"warning: no file to inspect in {source} (hidden files are never read)"
                 + ("; watching for new ones" if watch else ""),
+                style="yellow",
+                markup=False,
+                soft_wrap=True,
+            )
+        if zip_items == 0:  # (as an empty folder: "0 parts inspected" without a word)
+            console.print(
+                f"warning: no file to inspect in {source} (its folders and hidden files are "
+                "never read)",
                 style="yellow",
                 markup=False,
                 soft_wrap=True,
