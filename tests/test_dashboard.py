@@ -222,6 +222,29 @@ def test_a_damaged_zip_beside_images_is_one_error_row_and_the_images_are_judged(
     assert table["error"].iloc[0].startswith("cannot open the zip: ")  # (its name is the part's)
 
 
+def test_an_uploaded_file_over_a_batchs_size_limit_is_refused_as_a_batch_refuses_it(
+    production: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Uploads may be twice a batch's file limit: such an image, hundreds of megabytes
+    appended, was decoded and kept whole in the image store."""
+    import inspection.batch
+
+    (name, data, kind), (big_name, big, _) = _png_files(tmp_path, 2, 8)
+    monkeypatch.setattr(inspection.batch, "MAX_FILE_BYTES", len(data) + 1000)
+    padded = big + b"\0" * (len(data) + 2000)  # (an image all the same, its tail ignored)
+    at = _app().run()
+    at.file_uploader(key="inspect_files").set_value(
+        [(name, data, kind), (big_name, padded, kind)]
+    ).run()
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value.set_index("part")
+    assert table.loc[name, "verdict"] != "error"
+    assert table.loc[big_name, "verdict"] == "error"
+    assert table.loc[big_name, "error"].startswith("file too large (")
+    kept = [f.stat().st_size for f in get_settings().images_dir.rglob("*") if f.is_file()]
+    assert kept == [len(data)]
+
+
 def test_review_page_records_a_review(production: str, tmp_path: Path) -> None:
     at = _app().run()
     at.file_uploader(key="inspect_files").set_value(_png_files(tmp_path, 2, 3)).run()

@@ -32,6 +32,7 @@ from db.models import UPLOAD_SOURCE
 from db.queries import part_results
 from db.registry import station_name_as_stored
 from db.session import DatabaseError, session_scope
+from inspection import batch
 from inspection.batch import (
     BatchInspection,
     DamagedZipError,
@@ -88,7 +89,7 @@ station = right.selectbox(
 )
 st.caption(
     f"Model {plain(info.name)}. Images: {', '.join(IMAGE_TYPES)} or zips of them, up to {UPLOAD_LIMIT_MB} MB per "
-    f"upload and {max_pixels() // 1_000_000} megapixels per image. Files in a zip or a folder that are not images are recorded as errors."
+    f"upload, {batch.MAX_FILE_BYTES // 1_000_000} MB and {max_pixels() // 1_000_000} megapixels per image. Files in a zip or a folder that are not images are recorded as errors."
 )
 files_tab, folder_tab = st.tabs(["Images or a zip", "A folder"])
 uploads = files_tab.file_uploader(
@@ -128,12 +129,21 @@ def zip_entries(file: UploadedFile) -> Iterator[SourceItem]:
         yield SourceItem(file.name, None, exc.item_error)
 
 
+def uploaded_item(file: UploadedFile) -> SourceItem:
+    """An uploaded file that is not a zip as a part, refused over a batch's file size limit as
+    a batch refuses it: up to the upload limit, twice the batch's, it was decoded and kept in
+    the image store whatever it held (an image with hundreds of megabytes appended)."""
+    if file.size > batch.MAX_FILE_BYTES:
+        return SourceItem(file.name, None, f"file too large ({file.size / 1e6:.0f} MB)")
+    return SourceItem(file.name, file.getvalue())
+
+
 def source_items(files: list[UploadedFile], seen: Seen) -> Iterator[SourceItem]:
     """The uploads' items one at a time, each noted in `seen` as it goes by. Unpacked into a
     list first, beside a copy of the upload, a zip of 10000 images was held three times over
     while the run went through it."""
     for file in files:
-        items = zip_entries(file) if is_zip(file) else [SourceItem(file.name, file.getvalue())]
+        items = zip_entries(file) if is_zip(file) else [uploaded_item(file)]
         for item in items:
             digest = content_key(item) if item.data is not None else None
             seen.append((item.name, digest, item.error))
