@@ -426,6 +426,51 @@ def test_a_zips_item_count_from_its_directory_is_what_reading_it_gives(tmp_path:
         zip_item_count(io.BytesIO(buffer.getvalue()[:-40]), "cut.zip")
 
 
+def test_a_zip_entry_whose_data_runs_into_the_next_is_not_unpacked(tmp_path: Path) -> None:
+    """A zip bomb lists thousands of entries over one compressed stream, each unpacking the
+    same gigabytes: every entry was read to the size limit. Here the first entry's data holds
+    the second whole; the second, on its own, is read."""
+    from inspection.batch import OVERLAPPING_ENTRY, iter_zip
+
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w") as zf:
+        zf.writestr("b.png", b"second")
+    with zipfile.ZipFile(io.BytesIO(inner.getvalue())) as zf:
+        second, inner_end = zf.infolist()[0], zf.start_dir
+    bomb = io.BytesIO()
+    with zipfile.ZipFile(bomb, "w") as zf:
+        zf.writestr("a.png", inner.getvalue()[:inner_end] + b"first")
+        first = zf.getinfo("a.png")
+        second.header_offset = first.header_offset + 30 + len(first.filename) + len(first.extra)
+        zf.filelist.append(second)  # (listed in the zip's directory, inside the first's data)
+    items = {item.name: item for item in iter_zip(bomb, "bomb.zip")}
+    assert items["bomb.zip:a.png"].data is None
+    assert items["bomb.zip:a.png"].error == OVERLAPPING_ENTRY
+    assert items["bomb.zip:b.png"].data == b"second"
+    # A zip streamed out (each entry's sizes after its data), as a camera's software writes
+    # one to a socket, and one behind a JPEG's bytes: none of their entries is refused.
+    streamed = io.BytesIO()
+    with zipfile.ZipFile(_Unseekable(streamed), "w", zipfile.ZIP_DEFLATED) as zf:
+        for index in range(3):
+            with zf.open(f"s{index}.png", "w", force_zip64=index == 1) as entry:
+                entry.write(b"x" * 1000 * (index + 1))
+    behind = io.BytesIO(b"\xff\xd8 a JPEG's bytes" + streamed.getvalue())
+    assert [item.error for item in iter_zip(behind, "lot.zip")] == [None] * 3
+
+
+class _Unseekable(io.RawIOBase):
+    """A stream written in one pass: zipfile writes data descriptors to it."""
+
+    def __init__(self, sink: io.BytesIO) -> None:
+        self.sink = sink
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        return self.sink.write(data)
+
+
 def test_a_database_away_mid_run_is_waited_for_and_nothing_is_lost(
     detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
