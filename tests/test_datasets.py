@@ -522,6 +522,17 @@ def test_a_png_without_exif_in_its_header_is_not_read_whole_again(
     assert "late.png" in decoded
 
 
+def test_a_postscript_file_named_as_an_image_is_left_out_of_an_import(tmp_path: Path) -> None:
+    """It was imported as a 64x64 image: stations refuse it (Ghostscript would draw it), and
+    training read it as an image it is not."""
+    from training import datasets
+
+    postscript = tmp_path / "part.png"
+    postscript.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\nshowpage\n")
+    with pytest.raises(ValueError, match=r"^not an image file \(PostScript"):
+        datasets._image_info(postscript)
+
+
 def test_an_image_of_more_than_8_bits_is_stored_as_stations_decode_it(
     session, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]

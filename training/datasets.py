@@ -41,6 +41,7 @@ from db.registry import class_key, look_alike_classes, singular_or_plural
 from inspection.errors import UserError
 from inspection.images import (
     IMAGE_SUFFIXES,
+    RUN_BY_ANOTHER_PROGRAM,
     TURNING_ORIENTATIONS,
     ImageDecodeError,
     allow_pixels_up_to,
@@ -156,6 +157,8 @@ def _image_info(path: Path, boxes_as_judged: bool = False) -> tuple[int, int, st
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             allow_pixels_up_to(largest)  # (as stations)
             with Image.open(path) as image:
+                if image.format in RUN_BY_ANOTHER_PROGRAM:  # (as stations refuse it)
+                    raise ValueError(RUN_BY_ANOTHER_PROGRAM[image.format])
                 width, height = image.size
                 if width * height > largest:
                     raise ValueError(f"image too large: {width}x{height} is {limit}")
