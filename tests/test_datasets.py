@@ -1215,3 +1215,25 @@ def test_a_split_that_holds_no_image_is_said_so(session, tmp_path: Path) -> None
         split_image_paths(report.root, "test")
     with pytest.raises(UserError, match="the dataset has no tset split"):
         split_image_paths(report.root, "tset")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_a_coco_polygon_of_a_coordinate_not_a_number_is_refused(
+    session, tmp_path: Path, bad: float
+) -> None:  # type: ignore[no-untyped-def]
+    """A NaN in a polygon without a bbox, but not its first x, was passed over by min and max:
+    the image was imported with a box that left that point out. It is refused with why."""
+    images = write_coco(tmp_path / "src", n=4)
+    path = tmp_path / "src" / "annotations.json"
+    coco = json.loads(path.read_text())
+    annotation = coco["annotations"][0]  # image 1's
+    x, y, w, h = annotation.pop("bbox")
+    annotation["segmentation"] = [[x, y, x + w, y, bad, y + h, x, y + h]]
+    path.write_text(json.dumps(coco))  # (written as NaN, Infinity: read back as such)
+    report = import_dataset(session, "coco", tmp_path / "src", "c", tmp_path / "ds")
+    [out] = report.issues
+    assert out.left_out and out.file == images[1].name
+    assert out.reason == (
+        f"annotation {annotation['id']}: a segmentation polygon has the coordinate {bad}, "
+        "not a finite number"
+    )

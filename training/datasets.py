@@ -777,6 +777,12 @@ def _coco_bbox(ann: dict) -> tuple[float, float, float, float]:
         )
     xs = [float(v) for polygon in segmentation for v in polygon[0::2]]
     ys = [float(v) for polygon in segmentation for v in polygon[1::2]]
+    # (min and max pass a NaN over unless it comes first: the box was taken without it.)
+    not_finite = next((v for v in xs + ys if not math.isfinite(v)), None)
+    if not_finite is not None:
+        raise ValueError(
+            f"a segmentation polygon has the coordinate {not_finite}, not a finite number"
+        )
     return min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)
 
 
