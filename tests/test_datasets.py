@@ -1237,3 +1237,22 @@ def test_a_coco_polygon_of_a_coordinate_not_a_number_is_refused(
         f"annotation {annotation['id']}: a segmentation polygon has the coordinate {bad}, "
         "not a finite number"
     )
+
+
+def test_a_voc_filename_naming_another_files_image_names_that_file_by_its_path(
+    session, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """An annotation file whose <filename> names the image of another was said to name "the
+    image of part_003.xml", where that file is line2/part_003.xml: by its stem alone, one in a
+    sub-folder of Annotations/ could not be told from one at the top."""
+    src = tmp_path / "src"
+    write_voc(src, n=8)
+    text = (src / "annotations" / "part_003.xml").read_text()
+    (src / "annotations" / "line2").mkdir()
+    (src / "annotations" / "part_003.xml").rename(src / "annotations" / "line2" / "part_003.xml")
+    (src / "annotations" / "moved.xml").write_text(text)  # (no image of its own name)
+    report = import_dataset(session, "voc", src, "v", tmp_path / "ds", classes=CLASSES)
+    assert [str(issue) for issue in report.issues] == [
+        "moved.xml: no image of its own name, and its <filename> part_003.png names the image "
+        "of line2/part_003.xml"
+    ]

@@ -400,7 +400,7 @@ def _voc_image(
     images_dir: Path,
     images_of_stem: dict[str, list[Path]],
     image_at: dict[str, Path],
-    xml_stems: set[str],
+    xml_of_stem: dict[str, list[str]],
 ) -> tuple[Path | None, str]:
     """The image an annotation file is for (None where there is none), and why: a warning where
     its <filename> names another image, or the reason none was found.
@@ -429,10 +429,11 @@ def _voc_image(
     image = image or (of_stem[0] if of_stem else None)
     if image is None:
         return None, f"image {filename} not found"
-    if image.stem in xml_stems:  # that image has an annotation file of its own
+    if image.stem in xml_of_stem:  # that image has an annotation file of its own
+        # (By their paths under Annotations/: by a stem, sub/x.xml and x.xml read the same.)
         return None, (
             f"no image of its own name, and its <filename> {filename} names the image of "
-            f"{image.stem}.xml"
+            f"{' and '.join(xml_of_stem[image.stem])}"
         )
     return image, ""
 
@@ -514,7 +515,9 @@ def read_voc(
         is named under the images (by its name, sub/x.xml and x.xml read the same)."""
         return xml_path.relative_to(annotations).as_posix()
 
-    xml_stems = {p.stem for p in xml_paths}
+    xml_of_stem: dict[str, list[str]] = {}
+    for xml_path in xml_paths:
+        xml_of_stem.setdefault(xml_path.stem, []).append(shown(xml_path))
     parsed: list[tuple[Path, Path, list[VocObject], tuple[int, int] | None]] = []
     annotation_of: dict[Path, Path] = {}  # image: the annotation file taken for it
     annotated_twice: set[Path] = set()
@@ -530,7 +533,7 @@ def read_voc(
             issues.append(ImportIssue(shown(xml_path), f"unreadable annotation: {exc}"))
             continue
         image_path, why = _voc_image(
-            xml_path, filename, images_dir, images_of_stem, image_at, xml_stems
+            xml_path, filename, images_dir, images_of_stem, image_at, xml_of_stem
         )
         if image_path is None:
             issues.append(ImportIssue(shown(xml_path), why))
@@ -581,7 +584,7 @@ def read_voc(
                 )
         # An image with no annotation file is a good part. One whose annotation file was not
         # taken (unreadable: said above) must not pass for one.
-        if kept not in annotation_of and stem not in xml_stems:
+        if kept not in annotation_of and stem not in xml_of_stem:
             images.append(LabeledImage(kept, 0, 0, []))
     return class_names, images, issues
 
