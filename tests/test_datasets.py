@@ -1256,3 +1256,37 @@ def test_a_voc_filename_naming_another_files_image_names_that_file_by_its_path(
         "moved.xml: no image of its own name, and its <filename> part_003.png names the image "
         "of line2/part_003.xml"
     ]
+
+
+def test_a_coco_category_that_is_only_the_supercategory_of_others_is_no_class(
+    session, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Roboflow's COCO export has a category named after the workspace (id 0), the
+    supercategory of every other, with no annotation: it became an empty class 0, every
+    real class one index on. It is now no class, said in a warning; a category that is its
+    own supercategory (as COCO's `person`), or one annotated, stays a class."""
+    images = write_coco(tmp_path / "src", n=8)
+    path = tmp_path / "src" / "annotations.json"
+    coco = json.loads(path.read_text())
+    for category in coco["categories"]:
+        category["supercategory"] = "acme-defects"
+    coco["categories"].insert(0, {"id": 0, "name": "acme-defects", "supercategory": "none"})
+    path.write_text(json.dumps(coco))
+    report = import_dataset(session, "coco", tmp_path / "src", "c", tmp_path / "ds")
+    assert report.classes == CLASSES
+    assert yaml.safe_load((report.root / "data.yaml").read_text())["names"] == dict(
+        enumerate(CLASSES)
+    )
+    [warning] = report.issues
+    assert str(warning) == (
+        "annotations.json: warning: category 'acme-defects' has no annotation and is only the "
+        f"supercategory of {', '.join(CLASSES)}: not made a class"
+    )
+    defect = next(image for image in images if image.boxes)
+    assert _label_lines(report.root)[Path(defect.name).stem] == _yolo_lines(defect)
+    # Its own supercategory, or annotated: a class as before.
+    for category in coco["categories"]:
+        category["supercategory"] = category["name"]
+    path.write_text(json.dumps(coco))
+    report = import_dataset(session, "coco", tmp_path / "src", "d", tmp_path / "ds")
+    assert report.classes == ["acme-defects", *CLASSES] and report.issues == []

@@ -789,6 +789,26 @@ def _coco_bbox(ann: dict) -> tuple[float, float, float, float]:
     return min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)
 
 
+def _parent_categories(categories: list[dict], annotated: set[object]) -> dict[str, list[str]]:
+    """The names of categories that are only the `supercategory` of others, none of their ids
+    annotated, each with the names of the categories under it. Roboflow's export has one (id
+    0, named after the workspace, over every class): made a class, it was an empty class 0.
+    (A category that is its own supercategory, as COCO's `person` is, is not one.)"""
+    ids_of_name: dict[str, set[object]] = {}
+    for category in categories:
+        ids_of_name.setdefault(str(category["name"]), set()).add(category["id"])
+    under: dict[str, list[str]] = {}
+    for category in categories:
+        parent = category.get("supercategory")
+        if isinstance(parent, str) and parent != str(category["name"]):
+            under.setdefault(parent, []).append(str(category["name"]))
+    return {
+        name: children
+        for name, children in under.items()
+        if name in ids_of_name and not ids_of_name[name] & annotated
+    }
+
+
 def read_coco(
     src: Path, classes: list[str] | None
 ) -> tuple[list[str], list[LabeledImage], list[ImportIssue]]:
@@ -813,9 +833,13 @@ def read_coco(
         raise UserError(f"unreadable COCO file {json_path}: {exc}") from exc
     try:
         name_of_category = {c["id"]: str(c["name"]) for c in categories}
+        annotated = {a.get("category_id") for a in annotations if isinstance(a, dict)}
+        parents = {} if classes else _parent_categories(categories, annotated)
         # One class of a name given to several categories (as merging two exports leaves it):
         # each once made a class, every box going to the first and the others left empty.
-        class_names = classes or list(dict.fromkeys(name_of_category.values()))
+        class_names = classes or [
+            name for name in dict.fromkeys(name_of_category.values()) if name not in parents
+        ]
     except (KeyError, TypeError) as exc:
         raise UserError(f"unreadable COCO categories in {json_path}: missing {exc}") from exc
     base = json_path.parent
@@ -831,7 +855,15 @@ def read_coco(
     # An image whose annotation cannot be read is left out, never imported without that box:
     # it would count as a good part and teach the model that its defect is background.
     unreadable: dict[object, str] = {}
-    issues: list[ImportIssue] = []
+    issues = [
+        ImportIssue(
+            json_path.name,
+            f"category {parent!r} has no annotation and is only the supercategory of "
+            f"{_some_files(children)}: not made a class",
+            left_out=False,
+        )
+        for parent, children in parents.items()
+    ]
     ids_of_name: dict[str, list[str]] = {}
     for category_id, category_name in name_of_category.items():
         ids_of_name.setdefault(category_name, []).append(str(category_id))
