@@ -1290,3 +1290,78 @@ def test_a_coco_category_that_is_only_the_supercategory_of_others_is_no_class(
     path.write_text(json.dumps(coco))
     report = import_dataset(session, "coco", tmp_path / "src", "d", tmp_path / "ds")
     assert report.classes == ["acme-defects", *CLASSES] and report.issues == []
+
+
+def _roboflow_coco_export(root: Path, folders: dict[str, int]) -> dict[str, list[SyntheticImage]]:
+    """Roboflow's COCO export: each split folder holds its images and `_annotations.coco.json`,
+    whose category 0, named after the workspace, is the supercategory of every class."""
+    made: dict[str, list[SyntheticImage]] = {}
+    for seed, (folder, n) in enumerate(folders.items()):
+        images = write_coco(root / folder, n=n, seed=seed)
+        coco = json.loads((root / folder / "annotations.json").read_text())
+        (root / folder / "annotations.json").unlink()
+        for image, record in zip(images, coco["images"], strict=True):
+            renamed = f"{Path(image.name).stem}_{folder}.png"  # (named apart, as Roboflow does)
+            (root / folder / "images" / image.name).rename(root / folder / renamed)
+            image.name = record["file_name"] = renamed
+        (root / folder / "images").rmdir()
+        for category in coco["categories"]:
+            category["supercategory"] = "acme-defects"
+        coco["categories"].insert(0, {"id": 0, "name": "acme-defects", "supercategory": "none"})
+        (root / folder / "_annotations.coco.json").write_text(json.dumps(coco))
+        made[folder] = images
+    return made
+
+
+def test_a_roboflow_coco_export_is_imported_in_its_own_splits(session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Roboflow's COCO export (train/, valid/, test/, each with its images and its
+    _annotations.coco.json) was refused: "must hold exactly one COCO .json file (found 0)"."""
+    src = tmp_path / "src"
+    made = _roboflow_coco_export(src, {"train": 8, "valid": 4, "test": 4})
+    report = import_dataset(session, "coco", src, "rf", tmp_path / "ds")
+    assert report.classes == CLASSES
+    [warning] = report.issues  # (said once, not once a split)
+    assert not warning.left_out and "'acme-defects' has no annotation" in warning.reason
+    assert {k: v["images"] for k, v in report.split_counts.items()} == {
+        "train": 8,
+        "val": 4,
+        "test": 4,
+    }
+    assert (report.root / "splits" / "val.txt").read_text().split() == sorted(
+        image.name for image in made["valid"]
+    )
+    defect = made["valid"][1]
+    assert _label_lines(report.root)[Path(defect.name).stem] == _yolo_lines(defect) != []
+    # --splits, where given, places the images instead.
+    everything = made["train"] + made["valid"] + made["test"]
+    splits = write_splits(tmp_path / "splits", everything)
+    report = import_dataset(session, "coco", src, "rf2", tmp_path / "ds", splits)
+    assert {k: v["images"] for k, v in report.split_counts.items()} == {
+        "train": 11,
+        "val": 3,
+        "test": 2,
+    }
+    # An issue names its file under its split folder.
+    path = src / "valid" / "_annotations.coco.json"
+    coco = json.loads(path.read_text())
+    coco["annotations"][0]["category_id"] = 9
+    path.write_text(json.dumps(coco))
+    report = import_dataset(session, "coco", src, "rf3", tmp_path / "ds")
+    [out] = report.left_out
+    assert out.file == f"valid/{made['valid'][1].name}" and "category id 9" in out.reason
+    # Split files whose categories differ are refused, both named; so is a split folder
+    # without its .json.
+    coco["categories"][1]["name"] = "dent"
+    path.write_text(json.dumps(coco))
+    with pytest.raises(UserError) as refused:
+        import_dataset(session, "coco", src, "rf4", tmp_path / "ds")
+    assert str(refused.value) == (
+        "the categories of test/_annotations.coco.json and valid/_annotations.coco.json differ "
+        "(id 1: 'scratch' in test/_annotations.coco.json, 'dent' in "
+        "valid/_annotations.coco.json): export every split with the same classes"
+    )
+    path.unlink()
+    with pytest.raises(
+        UserError, match=r"valid must hold exactly one COCO \.json file \(found 0\)"
+    ):
+        import_dataset(session, "coco", src, "rf5", tmp_path / "ds")

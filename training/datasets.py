@@ -809,31 +809,124 @@ def _parent_categories(categories: list[dict], annotated: set[object]) -> dict[s
     }
 
 
-def read_coco(
-    src: Path, classes: list[str] | None
-) -> tuple[list[str], list[LabeledImage], list[ImportIssue]]:
-    json_path = src if src.is_file() else None
-    if json_path is None:
-        candidates = [
-            path
-            for path in sorted(src.glob("*.json")) + sorted(src.glob("annotations/*.json"))
-            if _special_file(path) is None  # (a named pipe is not read: it would wait)
-        ]
-        if len(candidates) != 1:
-            raise UserError(
-                f"{src} must hold exactly one COCO .json file (found {len(candidates)})"
-            )
-        json_path = candidates[0]
+def _coco_candidates(folder: Path) -> list[Path]:
+    """The .json files of a folder, and of its `annotations/`, that may be its COCO file."""
+    return [
+        path
+        for path in sorted(folder.glob("*.json")) + sorted(folder.glob("annotations/*.json"))
+        if _special_file(path) is None  # (a named pipe is not read: it would wait)
+    ]
+
+
+def _one_coco_file(folder: Path) -> Path:
+    candidates = _coco_candidates(folder)
+    if len(candidates) != 1:
+        raise UserError(f"{folder} must hold exactly one COCO .json file (found {len(candidates)})")
+    return candidates[0]
+
+
+def _coco_files(src: Path) -> list[tuple[Path, Path | None]]:
+    """Each COCO file of SRC and the split folder it is in (None: the source has no split
+    folders): SRC's one .json, else Roboflow's export, a `_annotations.coco.json` beside the
+    images of each of `train/`, `valid/` and `test/`, which was refused as holding none."""
+    if src.is_file():
+        return [(src, None)]
+    split_folders = sorted(
+        folder
+        for folder in src.iterdir()
+        if folder.name.lower() in SPLIT_OF_FOLDER and folder.is_dir()
+    )
+    if _coco_candidates(src) or not any(_coco_candidates(f) for f in split_folders):
+        return [(_one_coco_file(src), None)]
+    # (Every split folder: one without its .json would leave its images out unsaid.)
+    return [(_one_coco_file(folder), folder) for folder in split_folders]
+
+
+def _load_coco(json_path: Path) -> tuple[list[dict], list, list]:
+    """A COCO file's categories (by id), image records and annotations."""
     try:
         coco = json.loads(json_path.read_text())
         categories = sorted(coco["categories"], key=lambda c: c["id"])
-        records = coco["images"]
-        annotations = coco.get("annotations", [])
+        return categories, coco["images"], coco.get("annotations", [])
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
         raise UserError(f"unreadable COCO file {json_path}: {exc}") from exc
+
+
+def _check_same_categories(
+    first: str, first_categories: list[dict], other: str, other_categories: list[dict]
+) -> None:
+    """Refuse split files whose categories differ: a box's class is by its category's id, so
+    one id of two names would give one split's boxes another split's class."""
+    names = [{c["id"]: c.get("name") for c in cs} for cs in (first_categories, other_categories)]
+    if names[0] == names[1]:
+        return
+    id_ = next(
+        i for i in sorted({*names[0], *names[1]}, key=str) if names[0].get(i) != names[1].get(i)
+    )
+    said = [repr(n[id_]) if id_ in n else "none" for n in names]
+    raise UserError(
+        f"the categories of {first} and {other} differ (id {id_}: {said[0]} in {first}, "
+        f"{said[1]} in {other}): export every split with the same classes"
+    )
+
+
+def read_coco(
+    src: Path, classes: list[str] | None
+) -> tuple[list[str], list[LabeledImage], list[ImportIssue]]:
+    """A COCO source's classes, images and issues; in Roboflow's layout, each split folder's
+    images in the source's own split (`valid` is val), its issues named under that folder."""
+    files = [(json_path, folder, _load_coco(json_path)) for json_path, folder in _coco_files(src)]
+    shown = [
+        json_path.name if folder is None else json_path.relative_to(src).as_posix()
+        for json_path, folder, _ in files
+    ]
+    for n in range(1, len(files)):
+        _check_same_categories(shown[0], files[0][2][0], shown[n], files[n][2][0])
+    # (Over every split: a category annotated in one split alone is a class of each.)
+    annotated = {
+        a.get("category_id") for *_, (_, _, anns) in files for a in anns if isinstance(a, dict)
+    }
+    class_names: list[str] = []
+    images: list[LabeledImage] = []
+    issues: list[ImportIssue] = []
+    for n, (json_path, folder, (categories, records, file_annotations)) in enumerate(files):
+        class_names, file_images, file_issues = _read_coco_file(
+            src if folder is None else folder,
+            json_path,
+            categories,
+            records,
+            file_annotations,
+            classes,
+            annotated,
+            say_categories=n == 0,
+        )
+        if folder is not None:
+            for image in file_images:
+                image.split = SPLIT_OF_FOLDER[folder.name.lower()]
+            file_issues = [
+                ImportIssue(f"{folder.name}/{i.file}", i.reason, i.left_out, i.caveat)
+                for i in file_issues
+            ]
+        images += file_images
+        issues += file_issues
+    return class_names, images, issues
+
+
+def _read_coco_file(
+    src: Path,
+    json_path: Path,
+    categories: list[dict],
+    records: list,
+    annotations: list,
+    classes: list[str] | None,
+    annotated: set[object],
+    say_categories: bool = True,
+) -> tuple[list[str], list[LabeledImage], list[ImportIssue]]:
+    """One COCO file's classes, images and issues (those of its categories where
+    `say_categories`: a split file after the first has the same); `annotated`, the category
+    ids annotated in any file of the source."""
     try:
         name_of_category = {c["id"]: str(c["name"]) for c in categories}
-        annotated = {a.get("category_id") for a in annotations if isinstance(a, dict)}
         parents = {} if classes else _parent_categories(categories, annotated)
         # One class of a name given to several categories (as merging two exports leaves it):
         # each once made a class, every box going to the first and the others left empty.
@@ -863,12 +956,13 @@ def read_coco(
             left_out=False,
         )
         for parent, children in parents.items()
+        if say_categories
     ]
     ids_of_name: dict[str, list[str]] = {}
     for category_id, category_name in name_of_category.items():
         ids_of_name.setdefault(category_name, []).append(str(category_id))
     for category_name, ids in ids_of_name.items():
-        if len(ids) > 1 and category_name in class_names:
+        if say_categories and len(ids) > 1 and category_name in class_names:
             issues.append(
                 ImportIssue(
                     json_path.name,
