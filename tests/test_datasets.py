@@ -1127,6 +1127,23 @@ def test_a_roboflow_yolo_export_is_imported_in_its_own_splits(session, tmp_path:
         import_dataset(session, "yolo", src, "rf4", tmp_path / "ds")
 
 
+def test_a_name_in_two_split_folders_is_said_with_both_folders(session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """An image of the same name in two split folders was said by its bare name alone,
+    "duplicate file name; only the first is kept": which folder's copy was kept was not said."""
+    src = tmp_path / "src"
+    made = _roboflow_export(src, {"train": 4, "valid": 4})
+    twin = made["valid"][2].name
+    (src / "train" / "images" / twin).write_bytes((src / "valid" / "images" / twin).read_bytes())
+    shutil.copy(src / "valid" / "labels" / f"{Path(twin).stem}.txt", src / "train" / "labels")
+    report = import_dataset(session, "yolo", src, "rf", tmp_path / "ds")
+    [out] = report.left_out
+    assert str(out) == (
+        f"{twin}: duplicate file name (in train/images and valid/images): only the first, in "
+        "train/images, is kept"
+    )
+    assert report.split_counts["train"]["images"] == 5
+
+
 def test_a_yolo_split_folder_named_valid_is_val(session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """images/valid and labels/valid (as ultralytics' own datasets name them) went to a split
     by the name's hash, not to val."""

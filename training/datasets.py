@@ -312,6 +312,19 @@ def _same_stem_reason(path: Path, kept: Path, kept_shown: str) -> str:
     return f"same name as {kept_shown}, which is used instead"
 
 
+def _duplicate_name_reason(path: Path, kept: Path, src: str) -> str:
+    """Why an image of a kept one's name is left out, both folders named (under the source
+    where they are in it): in two split folders, the bare name did not say which was kept."""
+    if path.parent == kept.parent:  # (one file listed twice, as a COCO file may)
+        return "duplicate file name; only the first is kept"
+    top = Path(src) if Path(src).is_dir() else Path(src).parent
+    here, there = (
+        p.parent.relative_to(top).as_posix() if p.is_relative_to(top) else str(p.parent)
+        for p in (path, kept)
+    )
+    return f"duplicate file name (in {there} and {here}): only the first, in {there}, is kept"
+
+
 def _some_files(names: list[str], shown: int = 3) -> str:
     """A few file names for a report line, and how many more there are."""
     if len(names) <= shown:
@@ -1649,7 +1662,7 @@ def _write_dataset(
             issues.append(
                 ImportIssue(
                     label,
-                    "duplicate file name; only the first is kept"
+                    _duplicate_name_reason(image.path, kept, src)
                     if kept.name == label
                     else _same_stem_reason(image.path, kept, kept.name),
                 )
