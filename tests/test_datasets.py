@@ -1127,6 +1127,102 @@ def test_a_roboflow_yolo_export_is_imported_in_its_own_splits(session, tmp_path:
         import_dataset(session, "yolo", src, "rf4", tmp_path / "ds")
 
 
+def _cvat_coco_export(
+    root: Path, subsets: dict[str, int], in_subset_folders: bool = True
+) -> dict[str, list[SyntheticImage]]:
+    """CVAT's COCO 1.0 export of a task with subsets: `annotations/instances_<subset>.json`
+    for each, its images in `images/<subset>/` (in `images/` itself in older versions), each
+    record's file_name the image's bare name."""
+    made: dict[str, list[SyntheticImage]] = {}
+    (root / "annotations").mkdir(parents=True)
+    for seed, (subset, n) in enumerate(subsets.items()):
+        work = root.parent / f"cvat-{subset}"
+        images = write_coco(work, n=n, seed=seed)
+        coco = json.loads((work / "annotations.json").read_text())
+        folder = root / "images" / (subset if in_subset_folders else "")
+        folder.mkdir(parents=True, exist_ok=True)
+        for image, record in zip(images, coco["images"], strict=True):
+            renamed = f"{Path(image.name).stem}_{subset}.png"
+            (work / "images" / image.name).rename(folder / renamed)
+            image.name = record["file_name"] = renamed
+        for category in coco["categories"]:
+            category["supercategory"] = ""
+        (root / "annotations" / f"instances_{subset}.json").write_text(json.dumps(coco))
+        shutil.rmtree(work)
+        made[subset] = images
+    return made
+
+
+def test_a_cvat_coco_export_with_subsets_is_imported_in_their_splits(
+    session, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """CVAT's COCO 1.0 export of a task with subsets (annotations/instances_Train.json,
+    instances_Validation.json, ..., images in images/Train/...) was refused: "must hold exactly
+    one COCO .json file (found 3)"."""
+    src = tmp_path / "src"
+    made = _cvat_coco_export(src, {"Train": 8, "Validation": 4, "testing": 4})
+    report = import_dataset(session, "coco", src, "cvat", tmp_path / "ds")
+    assert report.issues == [] and report.classes == CLASSES
+    assert {k: v["images"] for k, v in report.split_counts.items()} == {
+        "train": 8,
+        "val": 4,
+        "test": 4,
+    }
+    assert (report.root / "splits" / "val.txt").read_text().split() == sorted(
+        image.name for image in made["Validation"]
+    )
+    defect = made["Validation"][1]
+    assert _label_lines(report.root)[Path(defect.name).stem] == _yolo_lines(defect) != []
+    # --splits, where given, places the images instead.
+    everything = made["Train"] + made["Validation"] + made["testing"]
+    splits = write_splits(tmp_path / "splits", everything)
+    report = import_dataset(session, "coco", src, "cvat2", tmp_path / "ds", splits)
+    assert {k: v["images"] for k, v in report.split_counts.items()} == {
+        "train": 11,
+        "val": 3,
+        "test": 2,
+    }
+    # The subsets' files must have the same categories.
+    path = src / "annotations" / "instances_testing.json"
+    coco = json.loads(path.read_text())
+    coco["categories"][0]["name"] = "dent"
+    path.write_text(json.dumps(coco))
+    with pytest.raises(UserError, match="the categories of instances_Train.json and "):
+        import_dataset(session, "coco", src, "cvat3", tmp_path / "ds")
+    # A subset's file alone finds its images in images/<subset>/ (they were "not found").
+    path.unlink()
+    (src / "annotations" / "instances_Validation.json").unlink()
+    report = import_dataset(session, "coco", src, "cvat4", tmp_path / "ds")
+    assert report.issues == [] and report.n_images == 8
+
+
+def test_a_cvat_subset_that_names_no_split_needs_splits(session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A subset named `default` beside `train` and `val` would have had its images split by
+    their names' hash among the others' fixed splits: refused, the file named, unless --splits
+    places the images. (Older CVAT puts every subset's images in images/ itself.)"""
+    src = tmp_path / "src"
+    made = _cvat_coco_export(src, {"default": 4, "train": 8, "val": 4}, in_subset_folders=False)
+    with pytest.raises(UserError) as refused:
+        import_dataset(session, "coco", src, "cvat", tmp_path / "ds")
+    assert str(refused.value) == (
+        "no split is named by the subset of annotations/instances_default.json ('default'), "
+        "beside annotations/instances_train.json, annotations/instances_val.json: name each "
+        "subset train, val or test (or training, validation, testing; any case) in CVAT and "
+        "export again, or give --splits"
+    )
+    everything = made["default"] + made["train"] + made["val"]
+    splits = write_splits(tmp_path / "splits", everything)
+    report = import_dataset(session, "coco", src, "cvat", tmp_path / "ds", splits)
+    assert report.issues == [] and report.n_images == 16
+    # An image in images/ listed in no subset's file is said once.
+    shutil.copy(src / "images" / made["val"][0].name, src / "images" / "stray.png")
+    report = import_dataset(session, "coco", src, "cvat2", tmp_path / "ds", splits)
+    assert [str(i) for i in report.issues] == [
+        "images/stray.png: image not listed in instances_default.json or instances_train.json "
+        "or instances_val.json: not imported (list it, with no annotations for a good part)"
+    ]
+
+
 def test_a_name_in_two_split_folders_is_said_with_both_folders(session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """An image of the same name in two split folders was said by its bare name alone,
     "duplicate file name; only the first is kept": which folder's copy was kept was not said."""

@@ -838,21 +838,62 @@ def _one_coco_file(folder: Path) -> Path:
     return candidates[0]
 
 
-def _coco_files(src: Path) -> list[tuple[Path, Path | None]]:
-    """Each COCO file of SRC and the split folder it is in (None: the source has no split
-    folders): SRC's one .json, else Roboflow's export, a `_annotations.coco.json` beside the
-    images of each of `train/`, `valid/` and `test/`, which was refused as holding none."""
+# A CVAT subset's split by its name, as the user typed it in CVAT (`Train`, `Validation`...).
+SPLIT_OF_SUBSET = {**SPLIT_OF_FOLDER, "training": "train", "validation": "val", "testing": "test"}
+
+
+def _cvat_subset(json_path: Path) -> str | None:
+    """The subset of a CVAT COCO 1.0 file, `annotations/instances_<subset>.json`; else None."""
+    match = re.fullmatch(r"instances_(.+)\.json", json_path.name)
+    return match.group(1) if match and json_path.parent.name.lower() == "annotations" else None
+
+
+def _coco_files(
+    src: Path, splits_given: bool = False
+) -> list[tuple[Path, Path | None, str | None]]:
+    """Each COCO file of SRC, the split folder it is in (None: the source has no split
+    folders) and the split of its images (None: by --splits or by their names' hash): SRC's
+    one .json; CVAT's export of a task with subsets, an `annotations/instances_<subset>.json`
+    for each, its images in `images/<subset>/` (or all in `images/`), which was refused as
+    holding several; else Roboflow's export, a `_annotations.coco.json` beside the images of
+    each of `train/`, `valid/` and `test/`, which was refused as holding none."""
     if src.is_file():
-        return [(src, None)]
+        return [(src, None, None)]
+    candidates = _coco_candidates(src)
+    if len(candidates) > 1 and all(_cvat_subset(path) for path in candidates):
+        return _cvat_subset_files(src, candidates, splits_given)
     split_folders = sorted(
         folder
         for folder in src.iterdir()
         if folder.name.lower() in SPLIT_OF_FOLDER and folder.is_dir()
     )
-    if _coco_candidates(src) or not any(_coco_candidates(f) for f in split_folders):
-        return [(_one_coco_file(src), None)]
+    if candidates or not any(_coco_candidates(f) for f in split_folders):
+        return [(_one_coco_file(src), None, None)]
     # (Every split folder: one without its .json would leave its images out unsaid.)
-    return [(_one_coco_file(folder), folder) for folder in split_folders]
+    return [
+        (_one_coco_file(folder), folder, SPLIT_OF_FOLDER[folder.name.lower()])
+        for folder in split_folders
+    ]
+
+
+def _cvat_subset_files(
+    src: Path, paths: list[Path], splits_given: bool
+) -> list[tuple[Path, None, str | None]]:
+    """CVAT's subset files, each with the split its subset's name says. One whose name says
+    none (`default` beside `Train`) is refused unless --splits places the images: taken by
+    their names' hash, its images would land in the splits the others' names fixed."""
+    files = [(path, None, SPLIT_OF_SUBSET.get(str(_cvat_subset(path)).lower())) for path in paths]
+    unsplit = [path for path, _, split in files if split is None]
+    if unsplit and not splits_given:
+        said = ", ".join(f"{p.relative_to(src).as_posix()} ({_cvat_subset(p)!r})" for p in unsplit)
+        beside = [p.relative_to(src).as_posix() for p, _, split in files if split is not None]
+        raise UserError(
+            f"no split is named by the subset of {said}"
+            + (f", beside {', '.join(beside)}" if beside else "")
+            + ": name each subset train, val or test (or training, validation, testing; any "
+            "case) in CVAT and export again, or give --splits"
+        )
+    return files
 
 
 def _load_coco(json_path: Path) -> tuple[list[dict], list, list]:
@@ -884,26 +925,33 @@ def _check_same_categories(
 
 
 def read_coco(
-    src: Path, classes: list[str] | None
+    src: Path, classes: list[str] | None, splits_given: bool = False
 ) -> tuple[list[str], list[LabeledImage], list[ImportIssue]]:
     """A COCO source's classes, images and issues; in Roboflow's layout, each split folder's
-    images in the source's own split (`valid` is val), its issues named under that folder."""
-    files = [(json_path, folder, _load_coco(json_path)) for json_path, folder in _coco_files(src)]
+    images in the source's own split (`valid` is val), its issues named under that folder; in
+    CVAT's, each subset's images in the split its name says (`splits_given`: --splits is)."""
+    files = [
+        (json_path, folder, split, _load_coco(json_path))
+        for json_path, folder, split in _coco_files(src, splits_given)
+    ]
     shown = [
         json_path.name if folder is None else json_path.relative_to(src).as_posix()
-        for json_path, folder, _ in files
+        for json_path, folder, *_ in files
     ]
     for n in range(1, len(files)):
-        _check_same_categories(shown[0], files[0][2][0], shown[n], files[n][2][0])
+        _check_same_categories(shown[0], files[0][3][0], shown[n], files[n][3][0])
     # (Over every split: a category annotated in one split alone is a class of each.)
     annotated = {
         a.get("category_id") for *_, (_, _, anns) in files for a in anns if isinstance(a, dict)
     }
+    # CVAT's subsets may share `images/`: an image is unlisted only where no file lists it.
+    subsets = len(files) > 1 and all(folder is None for _, folder, *_ in files)
+    listed_in_source: set[Path] = set()
     class_names: list[str] = []
     images: list[LabeledImage] = []
     issues: list[ImportIssue] = []
-    for n, (json_path, folder, (categories, records, file_annotations)) in enumerate(files):
-        class_names, file_images, file_issues = _read_coco_file(
+    for n, (json_path, folder, split, (categories, records, file_annotations)) in enumerate(files):
+        class_names, file_images, file_issues, listed = _read_coco_file(
             src if folder is None else folder,
             json_path,
             categories,
@@ -913,16 +961,46 @@ def read_coco(
             annotated,
             say_categories=n == 0,
         )
+        for image in file_images:
+            image.split = split
+        if subsets:
+            listed_in_source |= listed
+        else:
+            file_issues += _unlisted_coco_images(listed, json_path.parent, json_path.name)
         if folder is not None:
-            for image in file_images:
-                image.split = SPLIT_OF_FOLDER[folder.name.lower()]
             file_issues = [
                 ImportIssue(f"{folder.name}/{i.file}", i.reason, i.left_out, i.caveat)
                 for i in file_issues
             ]
         images += file_images
         issues += file_issues
+    if subsets:
+        issues += _unlisted_coco_images(
+            listed_in_source, src, " or ".join(json_path.name for json_path, *_ in files)
+        )
     return class_names, images, issues
+
+
+def _unlisted_coco_images(listed: set[Path], shown_from: Path, listed_in: str) -> list[ImportIssue]:
+    """An image beside the listed ones but not listed itself: said, not passed over unseen (a
+    good part is listed with no annotations; this one may be a part whose labels were lost)."""
+    issues = []
+    shown_from = shown_from.resolve()
+    for folder in sorted({path.parent for path in listed}):
+        for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+            if path.is_file() and path not in listed:
+                issues.append(
+                    ImportIssue(
+                        str(
+                            path.relative_to(shown_from)
+                            if path.is_relative_to(shown_from)
+                            else path
+                        ),
+                        f"image not listed in {listed_in}: not imported (list it, with no "
+                        "annotations for a good part)",
+                    )
+                )
+    return issues
 
 
 def _read_coco_file(
@@ -934,10 +1012,11 @@ def _read_coco_file(
     classes: list[str] | None,
     annotated: set[object],
     say_categories: bool = True,
-) -> tuple[list[str], list[LabeledImage], list[ImportIssue]]:
-    """One COCO file's classes, images and issues (those of its categories where
-    `say_categories`: a split file after the first has the same); `annotated`, the category
-    ids annotated in any file of the source."""
+) -> tuple[list[str], list[LabeledImage], list[ImportIssue], set[Path]]:
+    """One COCO file's classes, images, issues (those of its categories where
+    `say_categories`: a split file after the first has the same) and the images it lists
+    that are there (resolved); `annotated`, the category ids annotated in any file of the
+    source."""
     try:
         name_of_category = {c["id"]: str(c["name"]) for c in categories}
         parents = {} if classes else _parent_categories(categories, annotated)
@@ -952,9 +1031,18 @@ def _read_coco_file(
     # The dataset's folder: SRC, or where SRC is the .json itself, its folder (the one above
     # where that is COCO's `annotations/`). Images are looked for there only.
     top = src if src.is_dir() else base.parent if base.name.lower() == "annotations" else base
+    # (CVAT's subset file `annotations/instances_Train.json` has its images in `images/Train/`,
+    # or in older versions all in `images/`.)
+    subset = _cvat_subset(json_path)
     roots = [
         root
-        for root in (base, base / "images", base.parent / "images", base.parent)
+        for root in (
+            base,
+            base / "images",
+            *([base.parent / "images" / subset] if subset else []),
+            base.parent / "images",
+            base.parent,
+        )
         if root.is_relative_to(top)
     ]
     by_image: dict[object, list[Box]] = {}
@@ -1045,8 +1133,6 @@ def _read_coco_file(
         issues.append(
             ImportIssue(json_path.name, f"annotations of image {image_id}, which is not listed")
         )
-    # An image beside the listed ones but not listed itself: said, not passed over unseen (a
-    # good part is listed with no annotations; this one may be a part whose labels were lost).
     listed_paths = [
         root / str(record["file_name"])
         for record in records
@@ -1058,22 +1144,7 @@ def _read_coco_file(
     ]
     # (Folders resolved, files not: an image may be a link to a file kept elsewhere.)
     listed = {path.parent.resolve() / path.name for path in listed_paths}
-    shown_from = base.resolve()
-    for folder in sorted({path.parent for path in listed}):
-        for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-            if path.is_file() and path not in listed:
-                issues.append(
-                    ImportIssue(
-                        str(
-                            path.relative_to(shown_from)
-                            if path.is_relative_to(shown_from)
-                            else path
-                        ),
-                        f"image not listed in {json_path.name}: not imported (list it, with no "
-                        "annotations for a good part)",
-                    )
-                )
-    return class_names, images, issues
+    return class_names, images, issues, listed
 
 
 # DeepPCB (Tang et al. 2019): pairs of aligned board images, `N_test.jpg` with defects and
@@ -1514,7 +1585,10 @@ def import_dataset(
     existing = session.scalars(select(Dataset).where(Dataset.name == name)).first()
     if existing is not None and not replace:
         raise UserError(f"dataset {name!r} already exists (use --replace to import it again)")
-    class_names, images, issues = READERS[source_format](src, classes)
+    if source_format == "coco":  # (a CVAT subset that names no split needs --splits)
+        class_names, images, issues = read_coco(src, classes, splits_given=bool(splits_dir))
+    else:
+        class_names, images, issues = READERS[source_format](src, classes)
     split_of = _read_split_lists(splits_dir) if splits_dir else None
     return write_dataset(
         session,
