@@ -68,6 +68,8 @@ from inspection.engine import (
     PartResult,
     TileChoice,
     check_export_grid,
+    check_export_source,
+    sha256_of,
 )
 from inspection.errors import UserError
 from inspection.images import (
@@ -571,15 +573,6 @@ def model_file(model: str | None) -> Path | None:
     return Path(model)
 
 
-def sha256_of(path: Path) -> str:
-    """A file's SHA-256, read in blocks: model versions are known by their weights' digest."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def detector_of_file(session: Session, path: Path, named: str | None = None) -> ModelVersion | None:
     """The registered detector a model file belongs to: the version its ONNX metadata names
     (`named`), else the one it is the file of (by hash), else the one whose weights it was
@@ -829,6 +822,7 @@ class BatchInspection:
                 if model_file(model) is not None:  # (an export named as --model: its grid too)
                     try:
                         check_export_grid(inspector.backend, found_weights(*registered))
+                        check_export_source(inspector.backend, registered[1], self.model_name)
                     except UserError:
                         inspector.close()
                         raise

@@ -56,6 +56,8 @@ from inspection.tiling import (
 from inspection.verdict import Detection, Thresholds, part_fails, verify
 
 BackendChoice = Literal["auto", "pytorch", "onnx", "onnx-int8"]
+# The ONNX metadata key of the SHA-256 of the weights an export was made from.
+EXPORTED_FROM_KEY = "defects.weights_sha256"
 # The grid parts are judged in: the model's own ("model"), none ("off": each part whole), or
 # another (a model trained on small crops judging large images at their own resolution).
 TileChoice = TileSpec | Literal["model", "off"]
@@ -152,6 +154,8 @@ def open_backend(
                 f"no {onnx_path.name} beside {weights}: run `defects export {weights}{flag}` first"
             )
         opened = OnnxBackend(onnx_path, device, cpu_streams)
+        if weights.suffix == ".pt":
+            check_export_source(opened, _weights_sha256(weights), str(weights))
         check_export_grid(opened, weights)
         return opened
     if weights.suffix != ".pt":
@@ -159,6 +163,44 @@ def open_backend(
     from inspection.backends.torch_backend import TorchBackend
 
     return TorchBackend(weights, device)
+
+
+def sha256_of(path: Path) -> str:
+    """A file's SHA-256, read in blocks: model versions are known by their weights' digest."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_sha256(path: str, identity: tuple[int, ...]) -> str:
+    return sha256_of(Path(path))
+
+
+def _weights_sha256(weights: Path) -> str:
+    """The weights' digest, read once per file as it is (known as `_checkpoint_tile` knows
+    it): a station's workers and the dashboard open the same weights again and again."""
+    info = weights.stat()
+    identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+    return _cached_sha256(str(weights), identity)
+
+
+def check_export_source(backend: Backend, weights_sha256: str, weights_name: str) -> None:
+    """An ONNX export must be of the weights it judges for. `defects export` records their
+    SHA-256 in the metadata; an export made before a fine-tune was written over the weights,
+    or another model's `.onnx` copied beside them, of the same classes, judged every part
+    with the other model and stored its verdicts under this one, without a word. (An export
+    made before the digest was recorded carries none: nothing to compare.)"""
+    recorded = getattr(backend, "metadata", {}).get(EXPORTED_FROM_KEY)
+    if backend.model_path.suffix != ".onnx" or not recorded or recorded == weights_sha256:
+        return
+    raise UserError(
+        f"{backend.model_path} was exported from other weights than {weights_name} (an export "
+        f"older than the weights, or another model's): export it again (`defects export "
+        f"{weights_name}`) or pass --backend pytorch"
+    )
 
 
 @functools.lru_cache(maxsize=16)

@@ -27,7 +27,13 @@ from inspection.batch import WRITE_NOW, BatchInspection, SourceItem, folder_file
 from inspection.engine import PartResult
 from inspection.errors import UserError
 from inspection.settings import get_settings
-from tests.conftest import Trained, register_production_detector, unlistable, within
+from tests.conftest import (
+    Trained,
+    register_production_detector,
+    register_tiny_detector,
+    unlistable,
+    within,
+)
 from tests.synthetic import CLASSES, make_images
 
 ROOT = Path(__file__).parents[1]
@@ -1739,6 +1745,42 @@ def test_an_export_of_other_classes_beside_the_weights_is_refused(
         _job(detector, tmp_path)
     job = _job(detector, tmp_path, backend="pytorch")  # the weights themselves still judge
     assert job.inspector.class_names == ["scratch", "spot"]
+    job.inspector.close()
+
+
+def test_an_export_of_other_weights_of_the_same_classes_is_refused(
+    detector: str, tmp_path: Path
+) -> None:
+    """A CPU station runs the .onnx beside a version's weights: an export made before a
+    fine-tune was written over them, or another version's copied there, knows the same
+    classes, and judged every part with the other model under this version, without a word."""
+    import torch
+
+    from inspection.engine import Inspector
+    from training.export import export_detector
+
+    weights = Path(_weights(detector))
+    exported = export_detector(weights, version_name="tiny")
+    checkpoint = torch.load(weights, map_location="cpu", weights_only=False)
+    with torch.no_grad():  # a fine-tune's weights, of the same classes
+        next(checkpoint["model"].parameters()).add_(0.01)
+    torch.save(checkpoint, tmp_path / "tuned.pt")
+    with session_scope(detector) as session:
+        tuned = Path(register_tiny_detector(session, tmp_path / "tuned.pt", "tuned").file_path)
+    shutil.copy2(exported, tuned.with_suffix(".onnx"))
+    refused = r"tuned\.onnx was exported from other weights than .*tuned\.pt \(an export older"
+    with pytest.raises(UserError, match=refused):
+        _job(detector, tmp_path, model="tuned")
+    with pytest.raises(UserError, match=refused):  # (the Inspect page's loaded model)
+        Inspector.from_weights(tuned)
+    job = _job(detector, tmp_path, model="tuned", backend="pytorch")  # its weights still judge
+    job.inspector.close()
+    export_detector(tuned, version_name="tuned")  # exported again: it judges
+    job = _job(detector, tmp_path, model="tuned")
+    assert job.inspector.backend.model_path == tuned.with_suffix(".onnx")
+    job.inspector.close()
+    job = _job(detector, tmp_path)  # the export of the production weights, where it belongs
+    assert job.inspector.backend.model_path == exported
     job.inspector.close()
 
 

@@ -17,6 +17,7 @@ from google.protobuf.message import DecodeError
 
 import inspection  # noqa: F401 - runtime preparation first
 from inspection.detector import architecture_of, load_detector
+from inspection.engine import EXPORTED_FROM_KEY, sha256_of
 from inspection.errors import UserError
 from inspection.tiling import ONNX_METADATA_KEY, tile_of_checkpoint
 
@@ -132,6 +133,8 @@ def _export_detector(
             "model_version": version_name or "",
         }
         extra = {METADATA_PREFIX + key: value for key, value in extra.items()}
+        # (stations refuse an export of other weights than theirs: `check_export_source`)
+        extra[EXPORTED_FROM_KEY] = sha256_of(copy)
         if tile is not None:
             extra[ONNX_METADATA_KEY] = json.dumps(tile.to_json())
         existing = {p.key: p for p in proto.metadata_props}

@@ -68,6 +68,7 @@ class OnnxBackend(Backend):
             self._open(onnx_path, device, max(1, cores // streams)) if streams > 1 else None
         )
         meta = self.session.get_modelmeta().custom_metadata_map
+        self.metadata: dict[str, str] = dict(meta)  # (what it was exported from, its classes)
         self.class_names = class_names_from_metadata(meta)
         self.tile = read_tile(self.model_path, lambda: tile_of_metadata(meta))
         model_input = self.session.get_inputs()[0]
