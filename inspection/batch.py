@@ -631,7 +631,12 @@ def _detector_of_model_file(session: Session, path: Path) -> ModelVersion:
         try:
             proto = onnx.load(str(path), load_external_data=False)
         except Exception as exc:  # onnx raises protobuf's own errors for a damaged file
-            raise UserError(f"cannot read the ONNX model {path}: {exc}") from exc
+            # (protobuf's words alone, "Wire format was corrupt", said no way on.)
+            raise UserError(
+                f"cannot read the ONNX model {path}: {exc}. A damaged or partly written export: "
+                "export it again (`defects export VERSION`), or judge with the version's "
+                "weights (--model VERSION --backend pytorch)"
+            ) from exc
         metadata = {p.key: p.value for p in proto.metadata_props}
         named = metadata.get("defects.model_version")
         architecture = metadata.get("defects.architecture", "")

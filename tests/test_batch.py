@@ -1820,6 +1820,10 @@ def test_a_damaged_export_beside_the_weights_says_how_to_go_on(
     weights.with_suffix(".onnx").write_bytes(b"half an export")
     with pytest.raises(UserError, match=r"export it again .* \(--backend pytorch\)"):
         _job(detector, tmp_path)
+    # Passed as --model: protobuf's "Wire format was corrupt" was all it said.
+    named = r"cannot read the ONNX model .*export it again .*--model VERSION --backend pytorch"
+    with pytest.raises(UserError, match=named):
+        _job(detector, tmp_path, model=str(weights.with_suffix(".onnx")))
 
 
 def test_a_runs_csv_says_its_times_are_utc(detector: str, tmp_path: Path) -> None:
