@@ -156,6 +156,8 @@ def open_backend(
         opened = OnnxBackend(onnx_path, device, cpu_streams)
         if weights.suffix == ".pt":
             check_export_source(opened, _weights_sha256(weights), str(weights))
+            if EXPORTED_FROM_KEY in getattr(opened, "metadata", {}):  # (theirs: see above)
+                check_export_size(opened, weights)
         check_export_grid(opened, weights)
         return opened
     if weights.suffix != ".pt":
@@ -200,6 +202,37 @@ def check_export_source(backend: Backend, weights_sha256: str, weights_name: str
         f"{backend.model_path} was exported from other weights than {weights_name} (an export "
         f"older than the weights, or another model's): export it again (`defects export "
         f"{weights_name}`) or pass --backend pytorch"
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_checkpoint_imgsz(path: str, identity: tuple[int, ...]) -> int:
+    import torch
+
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    train_args = checkpoint.get("train_args", {}) if isinstance(checkpoint, dict) else {}
+    return int(train_args.get("imgsz", 640))
+
+
+def check_export_size(backend: Backend, weights: Path) -> None:
+    """The .onnx a station runs in the place of its weights must take parts at the size they
+    were trained and calibrated at, as the PyTorch backend does: an export at another
+    `--imgsz` (`NAME.96.onnx`) copied over `NAME.onnx` judged every part at that size, its
+    verdicts moved from the weights' at their thresholds, without a word. (Checked for an
+    export known to be of these weights: another model's is said as that.)"""
+    try:
+        info = weights.stat()
+        identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+        trained = _cached_checkpoint_imgsz(str(weights), identity)
+    except Exception:  # noqa: BLE001 - weights that cannot be read here: nothing to compare
+        return
+    if backend.image_size == trained:
+        return
+    raise UserError(
+        f"{backend.model_path} takes parts at {backend.image_size} px, but {weights} was "
+        f"trained and calibrated at {trained} px: an export at another --imgsz in the place "
+        f"of the stations' file; export it again (`defects export {weights}`), pass that "
+        "export itself as --model, or pass --backend pytorch"
     )
 
 

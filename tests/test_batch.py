@@ -1784,6 +1784,32 @@ def test_an_export_of_other_weights_of_the_same_classes_is_refused(
     job.inspector.close()
 
 
+def test_an_export_of_another_size_in_the_stations_file_is_refused(
+    detector: str, tmp_path: Path
+) -> None:
+    """An export at another --imgsz is named for its size so that the stations' file stays
+    the training size's; copied over `NAME.onnx`, a CPU station judged every part at that
+    size, its verdicts moved from the weights' at their calibrated thresholds, unsaid."""
+    from inspection.engine import Inspector
+    from training.export import export_detector
+
+    weights = Path(_weights(detector))
+    other_size = export_detector(weights, imgsz=96, version_name="tiny")
+    assert other_size.name == f"{weights.stem}.96.onnx"
+    shutil.copy2(other_size, weights.with_suffix(".onnx"))
+    refused = r"takes parts at 96 px, but .* was trained and calibrated at 64 px"
+    with pytest.raises(UserError, match=refused):
+        _job(detector, tmp_path)
+    with pytest.raises(UserError, match=refused):
+        Inspector.from_weights(weights, backend="onnx")
+    job = _job(detector, tmp_path, model=str(other_size))  # asked for by name: it judges
+    assert job.inspector.backend.image_size == 96
+    job.inspector.close()
+    job = _job(detector, tmp_path, backend="pytorch")
+    assert job.inspector.backend.image_size == 64
+    job.inspector.close()
+
+
 def test_a_loaded_model_handed_over_is_checked_for_its_classes_too(
     detector: str, tmp_path: Path
 ) -> None:
