@@ -94,13 +94,18 @@ def _rate_panel(
         row=row,
         col=1,
     )
+    # p-bar across the whole axis, each day's limits across its own day: drawn from day to
+    # day, a range of one day (or a day between two with no limits) drew none of them, a line
+    # of one point, and a step began at each day's point, half a day off the day it was of.
+    whole_axis = [_day_edge(min(days), -0.5), _day_edge(max(days), 0.5)] if days else []
     figure.add_trace(
         go.Scatter(
-            x=days,
-            y=[chart.center] * len(days),
+            x=whole_axis,
+            y=[chart.center] * len(whole_axis),
             mode="lines",
             name=f"{name} p-bar",
             line={"dash": "dash", "color": "grey"},
+            hovertemplate=f"p-bar %{{y:.2%}}<extra>{name}</extra>",
         ),
         row=row,
         col=1,
@@ -109,15 +114,28 @@ def _rate_panel(
     for label, limit, colour in (("UCL", chart.upper, "#d62728"), ("LCL", chart.lower, "#2ca02c")):
         figure.add_trace(
             go.Scatter(
-                x=days,
-                y=limit,
+                x=[edge for day in days for edge in _day_span(day)],
+                y=[y for value in limit for y in (value, value, None)],
                 mode="lines",
                 name=f"{name} {label}",
-                line={"dash": "dot", "color": colour, "shape": "hv"},
+                line={"dash": "dot", "color": colour},
+                hovertemplate=f"{label} %{{y:.2%}}<extra>{name}</extra>",
             ),
             row=row,
             col=1,
         )
+
+
+_LIMIT_WIDTH = 0.8  # of a day: the span a day's control limit is drawn over, as a volume bar
+
+
+def _day_edge(day: date, shift_days: float) -> datetime:
+    return datetime.combine(day, time()) + timedelta(days=shift_days)
+
+
+def _day_span(day: date) -> tuple[datetime, datetime, None]:
+    """A day's limit from one end of it to the other (None: the break before the next day's)."""
+    return _day_edge(day, -_LIMIT_WIDTH / 2), _day_edge(day, _LIMIT_WIDTH / 2), None
 
 
 _DAY_MS = 86_400_000

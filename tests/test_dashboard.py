@@ -897,7 +897,31 @@ def test_a_day_with_no_part_to_count_has_no_control_limits() -> None:
         ]
     )
     ucl = next(trace for trace in figure.data if trace.name == "false-call rate UCL")
-    assert ucl.y[1] is None and ucl.y[0] == pytest.approx(0.48875, abs=1e-5)
+    assert ucl.y[3:5] == (None, None) and ucl.y[0] == pytest.approx(0.48875, abs=1e-5)
+
+
+def test_control_limits_are_drawn_across_their_own_day_also_for_one_day() -> None:
+    """One day of reviews drew no p-bar and no limits, only their names in the legend (a line
+    through one point is no line), nor did a day between two with nothing to count; and each
+    day's limit began at its point, half a day off its day. 10 defective parts, 1 missed:
+    p-bar 0.1, UCL 0.1 + 3 sqrt(0.1 * 0.9 / 10) = 0.38460, LCL 0 (clipped)."""
+    day = date(2026, 11, 27)
+    figure = rates_figure([RateRow(10, 1, 20, 2, key=day)])
+    traces = {trace.name: trace for trace in figure.data}
+    ucl, lcl, center = (traces[f"miss rate {name}"] for name in ("UCL", "LCL", "p-bar"))
+    assert list(ucl.x) == [datetime(2026, 11, 26, 14, 24), datetime(2026, 11, 27, 9, 36), None]
+    assert ucl.y[0] == ucl.y[1] == pytest.approx(0.38460, abs=1e-5) and ucl.y[2] is None
+    assert list(lcl.y) == [0.0, 0.0, None] and list(lcl.x) == list(ucl.x)
+    # p-bar from one end of the axis to the other.
+    assert list(center.x) == list(figure.layout.xaxis.range) and list(center.y) == [0.1, 0.1]
+    # A day with limits between two days with none: its limits still a line of two points.
+    days = [day - timedelta(days=1), day, day + timedelta(days=1)]
+    three = rates_figure(
+        [RateRow(n, 0, 20, 2, key=d) for d, n in zip(days, [0, 10, 0], strict=True)]
+    )
+    ucl = next(trace for trace in three.data if trace.name == "miss rate UCL")
+    assert ucl.y[:3] == (None, None, None) and ucl.y[6:] == (None, None, None)
+    assert ucl.y[3] == ucl.y[4] == 0.0 and ucl.x[3] < datetime(2026, 11, 27) < ucl.x[4]
 
 
 def test_figures_are_built_from_plain_data() -> None:
