@@ -25,6 +25,7 @@ from db.queries import (
     VolumeRow,
 )
 from inspection.tiling import station_grid
+from training.calibrate import upper_bound
 
 
 @dataclass(frozen=True)
@@ -200,6 +201,28 @@ def rates_figure(rows: list[RateRow], zone: str = "UTC") -> go.Figure:
         margin={"t": 90},
     )
     return figure
+
+
+def rates_summary(rows: list[RateRow]) -> str:
+    """The miss and false-call rates over all the days of `rows`, each with its counts and its
+    95% upper bound: a month's report quotes the month's rates, which the chart gives day by
+    day only (its p-bar, unnumbered), and a rate of few parts says little without its bound."""
+
+    def one(name: str, failures: int, total: int, counted: str) -> str:
+        bound = upper_bound(failures, total)
+        if bound is None:
+            return f"{name}: no reviewed {counted}"
+        return (
+            f"{name} {failures / total:.1%} ({failures} of {total} {counted}; "
+            f"95% upper bound {bound:.1%})"
+        )
+
+    missed, defective = sum(r.n_missed for r in rows), sum(r.n_defective for r in rows)
+    false_calls, good = sum(r.n_false_calls for r in rows), sum(r.n_good for r in rows)
+    return (
+        f"Over these days: {one('miss rate', missed, defective, 'defective parts')}; "
+        f"{one('false-call rate', false_calls, good, 'good parts')}."
+    )
 
 
 def _verdict_bars(

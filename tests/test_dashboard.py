@@ -23,13 +23,23 @@ from dashboard.charts import (
     p_chart,
     pareto_figure,
     rates_figure,
+    rates_summary,
     volume_figure,
 )
 from dashboard.downloads import filtered_results_csv, rows_left_out_of_csv
 from dashboard.state import local_time, zone_label
 from dashboard.text import code, plain
 from db.migrate import upgrade
-from db.models import Inspection, ModelVersion, Part, Prediction, Review, Verdict, utcnow
+from db.models import (
+    Inspection,
+    ModelVersion,
+    Part,
+    Prediction,
+    Review,
+    ReviewKind,
+    Verdict,
+    utcnow,
+)
 from db.queries import (
     Filters,
     LatencyHistogram,
@@ -922,6 +932,48 @@ def test_control_limits_are_drawn_across_their_own_day_also_for_one_day() -> Non
     ucl = next(trace for trace in three.data if trace.name == "miss rate UCL")
     assert ucl.y[:3] == (None, None, None) and ucl.y[6:] == (None, None, None)
     assert ucl.y[3] == ucl.y[4] == 0.0 and ucl.x[3] < datetime(2026, 11, 27) < ucl.x[4]
+
+
+def test_the_rates_over_the_range_are_given_with_their_upper_bounds() -> None:
+    """The chart gave the rates day by day only: the month's rate, which a report quotes, was
+    the unnumbered p-bar. Days of 1/0/0/0 defective parts missed of 1/1/1/1 and 0/1/0/0 false
+    calls of 0/1/1/1 good parts: 1 of 4 missed, whose one-sided 95% Clopper-Pearson bound
+    solves (1-p)^4 + 4p(1-p)^3 = 0.05 (p = 0.7514); 1 of 3 false calls, (1-p)^3 + 3p(1-p)^2
+    = 0.05 (p = 0.8647)."""
+    days = [date(2026, 3, d) for d in (6, 7, 8, 9)]
+    counts = [(1, 0, 0, 0), (1, 1, 1, 1), (1, 0, 1, 0), (1, 0, 1, 0)]
+    rows = [RateRow(*c, key=day) for c, day in zip(counts, days, strict=True)]
+    assert rates_summary(rows) == (
+        "Over these days: miss rate 25.0% (1 of 4 defective parts; 95% upper bound 75.1%); "
+        "false-call rate 33.3% (1 of 3 good parts; 95% upper bound 86.5%)."
+    )
+    # None missed of 180: not "0%" alone, at most 1.7% (1 - 0.05^(1/180) = 0.01650).
+    assert rates_summary([RateRow(180, 0, 0, 0, key=days[0])]) == (
+        "Over these days: miss rate 0.0% (0 of 180 defective parts; 95% upper bound 1.7%); "
+        "false-call rate: no reviewed good parts."
+    )
+
+
+def test_history_page_gives_the_rates_over_the_range() -> None:
+    now = utcnow()
+    url = get_settings().resolved_database_url
+    _judged_parts(url, [("a.png", now, []), ("b.png", now, ["scratch"]), ("c.png", now, [])])
+    with session_scope(url) as session:
+        missed, false_call, good = session.scalars(select(Part).order_by(Part.id))
+        session.add_all(
+            [
+                Review(
+                    part=missed, kind=ReviewKind.MISSED_DEFECT, class_name="spot", reviewer="qa"
+                ),
+                Review(part=false_call, kind=ReviewKind.GOOD_PART, reviewer="qa"),
+                Review(part=good, kind=ReviewKind.GOOD_PART, reviewer="qa"),
+            ]
+        )
+    at = _opened("history")
+    assert (
+        "Over these days: miss rate 100.0% (1 of 1 defective parts; 95% upper bound 100.0%); "
+        "false-call rate 50.0% (1 of 2 good parts; 95% upper bound 97.5%)."
+    ) in [c.value for c in at.caption]
 
 
 def test_figures_are_built_from_plain_data() -> None:

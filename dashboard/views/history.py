@@ -18,6 +18,7 @@ from dashboard.charts import (
     model_timeline_figure,
     pareto_figure,
     rates_figure,
+    rates_summary,
     volume_figure,
 )
 from dashboard.downloads import CSV_ROW_LIMIT, filtered_results_csv, rows_left_out_of_csv
@@ -127,6 +128,7 @@ if filters.class_name is not None:
     )
 if rate_rows:
     st.plotly_chart(rates_figure(rate_rows, zone))
+    st.caption(rates_summary(rate_rows))
 else:
     st.info(
         "No reviewed parts in this range: miss and false-call rates come from reviews (Review page)."
