@@ -59,6 +59,9 @@ def p_chart(failures: list[int], totals: list[int], sigmas: float = 3.0) -> PCha
     return PChart(center, upper, lower, flags)
 
 
+_RATE_COLOURS = ("#1f77b4", "#ff7f0e")  # the miss rate's, the false-call rate's
+
+
 def _rate_panel(
     figure: go.Figure,
     row: int,
@@ -69,6 +72,7 @@ def _rate_panel(
     counted: str,
 ) -> None:
     rates = [f / n if n else None for f, n in zip(failures, totals, strict=True)]
+    colour = _RATE_COLOURS[row - 1]
     if not any(totals):
         # (An empty panel with no word: with a class chosen and no reviewed good part, the
         # false-call chart was blank and read as broken.)
@@ -88,7 +92,10 @@ def _rate_panel(
             y=rates,
             mode="lines+markers",
             name=name,
-            marker={"color": ["#d62728" if o else "#1f77b4" for o in chart.out_of_control]},
+            # In the panel's own colour, as its line and legend (the false-call rate's points
+            # were the miss rate's blue on an orange line); out of control in red.
+            line={"color": colour},
+            marker={"color": ["#d62728" if o else colour for o in chart.out_of_control]},
             customdata=list(zip(failures, totals, strict=True)),
             hovertemplate="%{x}: %{y:.2%} (%{customdata[0]} of %{customdata[1]})<extra></extra>",
         ),

@@ -934,6 +934,20 @@ def test_control_limits_are_drawn_across_their_own_day_also_for_one_day() -> Non
     assert ucl.y[3] == ucl.y[4] == 0.0 and ucl.x[3] < datetime(2026, 11, 27) < ucl.x[4]
 
 
+def test_each_rate_panel_marks_its_points_in_its_own_colour() -> None:
+    """The false-call rate's points were drawn in the miss rate's blue on its orange line;
+    a point out of control is red in either. False calls 1, 1, 8 of 10 each: p-bar 1/3, UCL
+    1/3 + 3 sqrt((1/3)(2/3)/10) = 0.7805, so the 80% day is out of control."""
+    days = [date(2026, 3, d) for d in (6, 7, 8)]
+    figure = rates_figure(
+        [RateRow(10, 0, 10, f, key=d) for d, f in zip(days, [1, 1, 8], strict=True)]
+    )
+    miss, false_calls = (t for t in figure.data if t.name in ("miss rate", "false-call rate"))
+    assert miss.marker.color == ("#1f77b4",) * 3 and miss.line.color == "#1f77b4"
+    assert false_calls.marker.color == ("#ff7f0e", "#ff7f0e", "#d62728")
+    assert false_calls.line.color == "#ff7f0e"
+
+
 def test_the_rates_over_the_range_are_given_with_their_upper_bounds() -> None:
     """The chart gave the rates day by day only: the month's rate, which a report quotes, was
     the unnumbered p-bar. Days of 1/0/0/0 defective parts missed of 1/1/1/1 and 0/1/0/0 false
