@@ -845,37 +845,42 @@ def inspection_rows(
     filters: Filters = Filters(),
     limit: int = 100_000,
     judging_station: bool = False,
+    every_fault: bool = False,
 ) -> list[dict[str, object]]:
     """Flat rows of inspections for CSV download, newest first; times naive UTC, as stored.
 
     Line and station are where each part was first seen, or with `judging_station` where the
-    verdict was given (its run's; the Live page's station table counts parts so)."""
+    verdict was given (its run's; the Live page's station table counts parts so). With
+    `every_fault`, a blank frame or empty file is listed each time it came, superseded or not,
+    as the floor's figures count it (`_live_counted`): the same black frame sent by another
+    station superseded this one's, which left the Live page's latest parts."""
+    if every_fault:
+        filters = replace(filters, include_superseded=True)
     # Columns, not ORM objects, and each row's counted classes in a few IN queries, not one
     # query a row: a month of 16431 rows took 2.5 s so, 0.2 s now
     # (bench/results/history_scale_sqlite_200k_rows_before.json, history_scale_sqlite_200k.json).
-    query = (
-        _selected_inspections(
-            filters,
-            judging_station,
-            Inspection.id,
-            Part.captured_at,
-            Inspection.inspected_at,
-            ProductionLine.name,
-            Station.name,
-            Part.original_name,
-            Part.content_hash,
-            Inspection.verdict,
-            Inspection.latency_ms,
-            ModelVersion.name,
-            # (The one key, not the whole operating point: a row's thresholds are a kilobyte.)
-            Inspection.thresholds["tile"],
-            Inspection.superseded_at,
-            Inspection.error,
-            Inspection.boxes_left_out,
-        )
-        .order_by(Inspection.inspected_at.desc())
-        .limit(limit)
+    selected = _selected_inspections(
+        filters,
+        judging_station,
+        Inspection.id,
+        Part.captured_at,
+        Inspection.inspected_at,
+        ProductionLine.name,
+        Station.name,
+        Part.original_name,
+        Part.content_hash,
+        Inspection.verdict,
+        Inspection.latency_ms,
+        ModelVersion.name,
+        # (The one key, not the whole operating point: a row's thresholds are a kilobyte.)
+        Inspection.thresholds["tile"],
+        Inspection.superseded_at,
+        Inspection.error,
+        Inspection.boxes_left_out,
     )
+    if every_fault:
+        selected = selected.where(_live_counted())
+    query = selected.order_by(Inspection.inspected_at.desc()).limit(limit)
     found = session.execute(query).all()
     counted = {
         inspection_id: {c for c, _ in detections}

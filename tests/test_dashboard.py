@@ -2417,3 +2417,44 @@ def test_a_retraining_pressed_after_another_promotion_starts_nothing(
     [(args, _)] = started
     with session_scope(url) as session:
         assert args[3] == str(named_version(session, "second").id)
+
+
+def test_live_page_lists_a_blank_frame_of_each_station_that_sent_the_same_bytes() -> None:
+    """Cam A sent a black frame, then Cam B the same bytes: Cam B's record superseded Cam A's,
+    and "Latest parts" lost Cam A's blank frame while the station table counted it."""
+    from db.models import InspectionRun
+    from db.registry import ensure_station
+
+    url = get_settings().resolved_database_url
+    upgrade(url)
+    with session_scope(url) as session:
+        cams = [ensure_station(session, "Line 1", name) for name in ("Cam A", "Cam B")]
+        runs = [InspectionRun(line_id=c.line_id, station_id=c.id, source="hot/") for c in cams]
+        part = Part(
+            content_hash="b" * 64,
+            stored_path="black.png",
+            original_name="black.png",
+            size_bytes=1,
+            line_id=cams[0].line_id,
+            station_id=cams[0].id,
+        )
+        session.add_all([*runs, part])
+        session.flush()
+        first = utcnow() - timedelta(seconds=10)
+        for run, when, superseded in [(runs[0], first, utcnow()), (runs[1], utcnow(), None)]:
+            session.add(
+                Inspection(
+                    part_id=part.id,
+                    run_id=run.id,
+                    verdict=Verdict.ERROR,
+                    error="blank image: one level",
+                    inspected_at=when,
+                    superseded_at=superseded,
+                )
+            )
+    at = _opened("live")
+    stations = at.dataframe[0].value.set_index("station")
+    assert stations["errors"].tolist() == [1, 1]
+    latest = at.dataframe[1].value
+    assert latest["station"].tolist() == ["Cam B", "Cam A"]
+

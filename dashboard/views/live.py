@@ -73,7 +73,9 @@ def _named(stations: list[str]) -> str:
 
 def _latest_parts(session: Session, zone: str) -> list[dict[str, object]]:
     """The newest current verdicts, each at the station that judged it, as the station table
-    counts them (a part's first-seen station showed a part judged elsewhere at two)."""
+    counts them (a part's first-seen station showed a part judged elsewhere at two), and each
+    blank frame or empty capture as it came, as the table counts those (the same bytes sent
+    by another station superseded this one's, and it left the list)."""
     return [
         {
             f"judged ({zone})": _local(row["inspected_at"]),  # type: ignore[arg-type]
@@ -84,7 +86,9 @@ def _latest_parts(session: Session, zone: str) -> list[dict[str, object]]:
             "defects": row["defects"],
             "error": row["error"],
         }
-        for row in inspection_rows(session, Filters(), LATEST_PARTS, judging_station=True)
+        for row in inspection_rows(
+            session, Filters(), LATEST_PARTS, judging_station=True, every_fault=True
+        )
     ]
 
 
