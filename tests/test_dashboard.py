@@ -2458,3 +2458,17 @@ def test_live_page_lists_a_blank_frame_of_each_station_that_sent_the_same_bytes(
     latest = at.dataframe[1].value
     assert latest["station"].tolist() == ["Cam B", "Cam A"]
 
+
+def test_live_page_leaves_the_run_of_a_station_without_one_blank() -> None:
+    """A station with no run showed a grey "None" in the run column, where the other empty
+    cells are blank."""
+    from db.registry import ensure_station
+
+    url = get_settings().resolved_database_url
+    _judged_in_run(url, ("Line 1", "Cam A"), "p1", utcnow())
+    with session_scope(url) as session:
+        ensure_station(session, "Line 1", "Cam B")
+    at = _opened("live")
+    runs = at.dataframe[0].value.set_index("station")["run"]
+    assert runs["Cam B"] == ""
+    assert runs["Cam A"] != ""

@@ -208,7 +208,8 @@ def _live_view() -> None:
                     "failed": a.failed,
                     "fail rate": f"{a.fail_rate:.1%}" if a.fail_rate is not None else "",
                     "errors": a.errors,
-                    "run": a.run_id,
+                    # (A station with no run: blank, as the other empty cells, not a grey None.)
+                    "run": str(a.run_id) if a.run_id is not None else "",
                     "model": a.run_model,
                     "grid": station_grid(a.run_tile, a.run_judged),
                     "source": a.run_source,
