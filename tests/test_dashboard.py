@@ -2472,3 +2472,18 @@ def test_live_page_leaves_the_run_of_a_station_without_one_blank() -> None:
     runs = at.dataframe[0].value.set_index("station")["run"]
     assert runs["Cam B"] == ""
     assert runs["Cam A"] != ""
+
+
+def test_status_gives_the_year_of_a_station_idle_since_last_year() -> None:
+    """`defects status` gave the last part's time as month and day: a station idle for a year
+    read as if it had judged a part today."""
+    from typer.testing import CliRunner
+
+    from training.cli import app
+
+    url = get_settings().resolved_database_url
+    a_year_ago = utcnow().replace(microsecond=0) - timedelta(days=365)
+    _judged_in_run(url, ("Line 1", "Cam A"), "p1", a_year_ago)
+    shown = CliRunner().invoke(app, ["status"], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert f"{a_year_ago:%Y-%m-%d %H:%M:%S}" in shown.output, shown.output

@@ -1767,7 +1767,8 @@ def status_command(
             f"{a.run_id}{' open' if a.run_open else ''}" if a.run_id else "-",
             a.run_model or "-",
             station_grid(a.run_tile, a.run_judged) or "-",
-            a.last_inspected_at.strftime("%m-%d %H:%M:%S") if a.last_inspected_at else "-",
+            # (With its year: a station idle since last year read as today's.)
+            a.last_inspected_at.strftime("%Y-%m-%d %H:%M:%S") if a.last_inspected_at else "-",
             str(a.inspected),
             str(a.failed),
             f"{a.fail_rate:.1%}" if a.fail_rate is not None else "-",
