@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.engine import Connection
@@ -218,12 +219,11 @@ class TrainingJob(Base):
     result_model_version: Mapped[ModelVersion | None] = relationship()
 
 
-# The sources of one-off runs, opened and finished around a few parts (an upload on the
-# Inspect page, `defects inspect`): not what a station is running, which the floor's pages
-# show, and which such a run at the same station hid.
+# The sources one-off runs are shown with (an upload on the Inspect page, `defects inspect`);
+# such a run is told apart by `InspectionRun.one_off`, not by these words, which a batch of a
+# folder of the same name records too.
 UPLOAD_SOURCE = "dashboard upload"
 INSPECT_COMMAND_SOURCE = "cli"
-ONE_OFF_SOURCES = (UPLOAD_SOURCE, INSPECT_COMMAND_SOURCE)
 
 
 class InspectionRun(Base):
@@ -240,6 +240,13 @@ class InspectionRun(Base):
     classifier_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column()
+    one_off: Mapped[bool] = mapped_column(
+        default=False,
+        server_default=false(),
+        doc="Opened and finished around a few parts (an upload, `defects inspect`): not what "
+        "the station is running, which the floor's pages show. By its source, a batch of a "
+        "folder named `cli` was taken for one.",
+    )
 
     line: Mapped[ProductionLine] = relationship()
     station: Mapped[Station] = relationship()

@@ -48,7 +48,6 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.functions import FunctionElement
 
 from db.models import (
-    ONE_OFF_SOURCES,
     Inspection,
     InspectionRun,
     ModelVersion,
@@ -1132,7 +1131,7 @@ def station_activity(session: Session, since: datetime) -> list[StationActivity]
     # at once, showed a watch still at work as "run finished", with the upload's model and
     # source (and a killed watch never came up as idle). A station with none but one-off runs
     # shows its latest.
-    is_one_off = InspectionRun.source.in_(ONE_OFF_SOURCES)
+    is_one_off = InspectionRun.one_off
     latest_run = (
         select(
             InspectionRun.station_id,

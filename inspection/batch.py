@@ -672,9 +672,16 @@ def resolve_detector(session: Session, model: str | None) -> ModelVersion:
 
 
 def open_run(
-    session: Session, line: str, station: str, model: str | None, operator: str, source: str
+    session: Session,
+    line: str,
+    station: str,
+    model: str | None,
+    operator: str,
+    source: str,
+    one_off: bool = False,
 ) -> tuple[InspectionRun, ModelVersion]:
-    """A new inspection run on a line's station, by the detector `model` (None: production)."""
+    """A new inspection run on a line's station, by the detector `model` (None: production);
+    `one_off` for an upload or `defects inspect`, which the floor's pages pass over."""
     version = resolve_detector(session, model)
     station_row = ensure_station(session, line, station)
     run = InspectionRun(
@@ -682,6 +689,7 @@ def open_run(
         station_id=station_row.id,
         operator=operator,
         source=source,
+        one_off=one_off,
         model_version_id=version.id,
         started_at=database_utcnow(session),  # (as its verdicts and its end are stamped)
     )
@@ -759,13 +767,15 @@ class BatchInspection:
         run_id: int | None = None,
         mover: JudgedMover | None = None,
         tile: TileChoice = "model",
+        one_off: bool = False,
     ) -> None:
         """With `run_id`, this job writes into a run opened elsewhere (one worker's share of a
         run spread over several processes), on that run's line, station and model version, and
         leaves marking it finished to whoever opened it. A `model` that names a file (a
         version's weights or export) is the file that judges, for its version. With `mover`,
         each source file is moved out once its chunk is written (`--move-judged`). `tile`: the
-        grid large parts are judged in (`--tile`; by default the model's own)."""
+        grid large parts are judged in (`--tile`; by default the model's own). `one_off`: a run
+        of a few parts (an upload, `defects inspect`), not what the station is running."""
         self.url = url
         self.mover = mover
         self.images_dir = images_dir
@@ -790,7 +800,9 @@ class BatchInspection:
             other station's writes waiting behind it."""
             with session_scope(url) as session:
                 if run_id is None:
-                    run, version = open_run(session, line, station, model, operator, source)
+                    run, version = open_run(
+                        session, line, station, model, operator, source, one_off
+                    )
                 else:
                     run = session.get_one(InspectionRun, run_id)
                     version = session.get_one(ModelVersion, run.model_version_id)

@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import func, select, update
 from typer.testing import CliRunner
 
-from db.models import Inspection, ModelVersion, Part, Verdict
+from db.models import Inspection, InspectionRun, ModelVersion, Part, Verdict
 from db.session import session_scope
 from inspection.batch import WRITE_NOW, BatchInspection, SourceItem, folder_files, iter_source
 from inspection.engine import PartResult
@@ -1313,6 +1313,12 @@ def test_cli_batch_and_inspect(
     assert result.exit_code == 0, result.output
     payload = json.loads(result.output)
     assert [p["verdict"] in {"pass", "fail"} for p in payload] == [True, True]
+    # Marked a one-off run (the station's row passes it over), the batches not.
+    with session_scope(get_settings().resolved_database_url) as session:
+        runs = session.execute(
+            select(InspectionRun.source, InspectionRun.one_off).order_by(InspectionRun.id)
+        ).all()
+    assert [one_off for _, one_off in runs] == [False] * (len(runs) - 1) + [True]
     again = runner.invoke(
         app, ["inspect", *(str(tmp_path / "more" / im.name) for im in new), "--json"]
     )
@@ -1342,7 +1348,6 @@ def test_cli_batch_and_inspect(
     assert stations[("L", "S")]["model"] == "tiny"  # what it judges with
     table = runner.invoke(app, ["status"]).output
     assert "the last 60 minutes" in table and "tiny" in table
-    from db.models import InspectionRun
 
     runs_before = _count_of(detector, InspectionRun)
     folder = runner.invoke(app, ["inspect", str(tmp_path / "more")])

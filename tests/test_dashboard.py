@@ -32,6 +32,7 @@ from dashboard.text import code, plain
 from db.migrate import upgrade
 from db.models import (
     Inspection,
+    InspectionRun,
     ModelVersion,
     Part,
     Prediction,
@@ -144,6 +145,8 @@ def test_upload_inspects_stores_and_a_rerun_reinspects_nothing(
     at.file_uploader(key="inspect_files").set_value(_png_files(tmp_path, 3, 1)).run()
     assert not at.exception, at.exception
     assert _count(production, Inspection) == 3
+    with session_scope(production) as session:  # (not what the station is running)
+        assert session.scalars(select(InspectionRun.one_off)).all() == [True]
     assert [m.value for m in at.metric][:1] == ["3"]
     assert len(at.dataframe) == 1 and len(at.dataframe[0].value) == 3
     at.run()  # a mere rerun

@@ -420,6 +420,7 @@ def test_station_activity_shows_the_run_a_one_off_inspection_did_not_replace(
                 line_id=station.line_id,
                 station_id=station.id,
                 source=source,
+                one_off=True,
                 model_version_id=m2.id,
                 started_at=DAY2,
                 finished_at=DAY2,
@@ -433,6 +434,30 @@ def test_station_activity_shows_the_run_a_one_off_inspection_did_not_replace(
         "m2",
         INSPECT_COMMAND_SOURCE,
     )
+
+
+def test_station_activity_shows_a_batch_of_a_folder_named_as_a_one_off_source(
+    session, history
+) -> None:  # type: ignore[no-untyped-def]
+    """`defects batch cli` (a relative folder named `cli`) recorded the source a `defects
+    inspect` run does, and the station's row passed it over as a one-off, showing the
+    station's earlier run instead."""
+    from db.models import INSPECT_COMMAND_SOURCE, UPLOAD_SOURCE
+    from inspection.batch import open_run
+
+    a1 = session.scalars(select(Station).order_by(Station.name)).first()
+    line = session.get_one(ProductionLine, a1.line_id).name
+    runs = []
+    for source in (INSPECT_COMMAND_SOURCE, UPLOAD_SOURCE):
+        run, _ = open_run(session, line, a1.name, "m2", "", source)
+        runs.append(run.id)
+        session.commit()
+        (a1_now, _) = station_activity(session, since=DAY1)
+        assert (a1_now.run_id, a1_now.run_source) == (run.id, source)
+    one_off, _ = open_run(session, line, a1.name, "m2", "", INSPECT_COMMAND_SOURCE, one_off=True)
+    session.commit()
+    (a1_now, _) = station_activity(session, since=DAY1)
+    assert a1_now.run_id == runs[-1] != one_off.id
 
 
 def test_run_rows_page_by_page(session, history) -> None:  # type: ignore[no-untyped-def]

@@ -13,6 +13,7 @@ from db.migrate import current_revision, head_revision, upgrade
 from db.models import (
     Base,
     Inspection,
+    InspectionRun,
     ModelKind,
     ModelStage,
     ModelVersion,
@@ -670,3 +671,47 @@ def test_a_database_in_memory_is_migrated_where_it_lives() -> None:
     url = "sqlite://"
     upgrade(url)
     assert "inspections" in inspect(get_engine(url)).get_table_names()
+
+
+def test_the_one_off_runs_migration_marks_the_earlier_uploads_and_inspect_runs(
+    tmp_path: Path,
+) -> None:
+    """0012 marks one-off runs as such, where they were told by their source alone (a batch
+    of a folder named `cli` was taken for one): the runs recorded before it with an upload's
+    or `defects inspect`'s source are one-offs, as they were read before; a downgrade takes
+    the mark out again, every run kept."""
+    from alembic import command
+    from sqlalchemy import inspect as schema
+
+    from db.migrate import alembic_config
+
+    url = f"sqlite:///{tmp_path / 'one-off.db'}"
+    upgrade(url, "0011")
+    sources = ["dashboard upload", "cli", "hot/", "/data/cli"]
+    with get_engine(url).begin() as connection:
+        _insert_a_verdict(connection)
+        for n, source in enumerate(sources, start=1):
+            connection.execute(
+                text(
+                    "INSERT INTO inspection_runs (id, line_id, station_id, operator, source, "
+                    "started_at) VALUES (:id, 1, 1, '', :source, '2026-01-01')"
+                ),
+                {"id": n, "source": source},
+            )
+    assert upgrade(url) == head_revision()
+    with session_scope(url) as session:
+        marked = session.execute(select(InspectionRun.source, InspectionRun.one_off)).all()
+    assert dict(marked) == {
+        "dashboard upload": True,
+        "cli": True,
+        "hot/": False,
+        "/data/cli": False,
+    }
+    command.downgrade(alembic_config(url), "0011")
+    get_engine(url).dispose()
+    columns = {c["name"] for c in schema(get_engine(url)).get_columns("inspection_runs")}
+    assert "one_off" not in columns
+    with get_engine(url).connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM inspection_runs")).scalar() == 4
+    get_engine(url).dispose()
+    assert upgrade(url) == head_revision()

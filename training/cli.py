@@ -1931,6 +1931,7 @@ def inspect_command(
         backend.value,
         device,
         tile=tile_choice,
+        one_off=True,
     )
     if (tiling := job.inspector.tiling_note()) is not None:  # (stderr: --json stays parseable)
         typer.echo(tiling, err=True)

@@ -190,6 +190,7 @@ if st.session_state.get("inspected_key") != upload_key:
             model=info.name,
             operator=access.name or "",  # (the run's who, with accounts)
             source=UPLOAD_SOURCE,
+            one_off=True,
             inspector=inspector_for(info),
         )
         # Someone is watching the page: a database gone away is waited for briefly, not for
