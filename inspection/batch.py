@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import datetime as dt
 import errno
 import functools
 import glob
@@ -73,6 +74,8 @@ from inspection.engine import (
 )
 from inspection.errors import UserError
 from inspection.images import (
+    BLANK_ERROR,
+    EMPTY_ERROR,
     IMAGE_SUFFIXES,
     REFUSED_OVER_KEY,
     is_repeated_fault,
@@ -1067,6 +1070,51 @@ class BatchInspection:
         }
         return points, {digest for digest, _, error, *_ in rows if error is not None}
 
+    def _faults_left_in_source(self, candidates: list[tuple[SourceItem, str]]) -> set[int]:
+        """The files (by `id`) among `candidates` (items and their parts' keys) that an earlier
+        run at this station recorded as a camera fault (a blank frame, an empty capture) and
+        that are still in the source as this run began, unchanged since that record: passed
+        over as any part recorded before is. A batch or watch started again over a hot folder
+        recorded each blank frame left in it again, and the Live page counted a camera fault
+        that had not come again.
+
+        A file is taken as the one recorded where it was last written before this station's
+        latest record of its bytes (its time on the database's clock, against which the file's
+        is set by this station's offset from it, measured here). A file taken by a watch after
+        it began, a file written since (a new frame, or the same name written again), and an
+        item with no file (a zip's entry, an upload) are recorded again, each time."""
+        candidates = [(i, d) for i, d in candidates if not i.watched and i.stamp is not None]
+        if not candidates:
+            return set()
+        fault = or_(
+            Inspection.error.like(f"{BLANK_ERROR}%"), Inspection.error.like(f"{EMPTY_ERROR}%")
+        )
+        with connection_scope(self.url) as connection:
+            offset = database_utcnow(connection) - dt.datetime.now(dt.UTC).replace(tzinfo=None)
+            recorded = dict(
+                connection.execute(
+                    select(Part.content_hash, func.max(Inspection.inspected_at))
+                    .join(Inspection, Inspection.part_id == Part.id)
+                    .join(InspectionRun, InspectionRun.id == Inspection.run_id)
+                    .where(
+                        Part.content_hash.in_({d for _, d in candidates}),
+                        Inspection.model_version_id == self.model_id,
+                        InspectionRun.station_id == self.station_id,
+                        InspectionRun.id != self.run_id,
+                        fault,
+                    )
+                    .group_by(Part.content_hash)
+                ).all()
+            )
+        left = set()
+        for item, digest in candidates:
+            if item.stamp is None:  # (none: filtered above)
+                continue
+            written = dt.datetime.fromtimestamp(item.stamp[1] / 1e9, dt.UTC).replace(tzinfo=None)
+            if digest in recorded and written + offset <= recorded[digest]:
+                left.add(id(item))
+        return left
+
     def run(
         self,
         items: Iterable[SourceItem],
@@ -1194,6 +1242,15 @@ class BatchInspection:
         current = self._through_outages(look_up)
         done = {digest for digest, same_point in current.items() if same_point}
         done |= self._in_flight  # written by the previous chunk, perhaps not committed yet
+        keys = [
+            *zip(readable_items, hashes, strict=True),
+            *((i, unreadable_hashes[i.name]) for i in unreadable),
+        ]
+        faults_left = self._through_outages(
+            lambda: self._faults_left_in_source(
+                [(i, d) for i, d in keys if d in current and not current[d]]
+            )
+        )
         todo: list[PartInput] = []
         queued: set[str] = set()
         repeats: list[Repeat] = []
@@ -1203,7 +1260,7 @@ class BatchInspection:
             skipped (its repeat kept for the feed); else queued. Readable parts and unreadable
             files alike: one rule, so that neither is judged twice."""
             nonlocal skipped
-            if digest in done or digest in queued:
+            if digest in done or digest in queued or id(item) in faults_left:
                 self._count_skipped(1)
                 skipped += 1
                 if self._repeats_told:

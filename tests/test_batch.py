@@ -1175,8 +1175,11 @@ def test_the_same_blank_frame_again_is_recorded_again(detector: str, tmp_path: P
     Image.new("L", (64, 64)).save(tmp_path / "in" / "frame.png")
     make_images(tmp_path / "in", n=1)
     first = _job(detector, tmp_path).run(iter_source(str(tmp_path / "in")))
-    again = _job(detector, tmp_path).run(iter_source(str(tmp_path / "in")))
     assert (first.errors, first.skipped) == (1, 0)
+    time.sleep(0.05)  # (the frame written again after its record, on any clock's tick)
+    frame = tmp_path / "in" / "frame.png"
+    frame.write_bytes(frame.read_bytes())  # the camera sends it again, under the same name
+    again = _job(detector, tmp_path).run(iter_source(str(tmp_path / "in")))
     assert (again.errors, again.skipped, again.rejudged) == (1, 1, 0)  # the real part: skipped
     with session_scope(detector) as session:
         blank = session.scalars(
@@ -1196,6 +1199,45 @@ def test_the_same_blank_frame_again_is_recorded_again(detector: str, tmp_path: P
     with session_scope(detector) as session:  # its parts per minute count them as it does
         minutes = minute_volume(session, since=datetime(2000, 1, 1))
     assert (sum(m.inspected for m in minutes), sum(m.errors for m in minutes)) == (5, 4)
+
+
+def test_a_blank_frame_left_in_the_source_is_not_recorded_again_by_a_restart(
+    detector: str, tmp_path: Path
+) -> None:
+    """A blank frame left in a hot folder was recorded again each time the same batch or
+    watch was started again: the Live page and `defects status` counted a camera fault that
+    had not come again (a station's blank frames went 1 -> 2 across a restart). The file an
+    earlier run recorded, unchanged, is passed over as any part recorded before (no line in
+    the feed); a new file with the same bytes is the camera's fault again, recorded."""
+    from datetime import datetime
+
+    from PIL import Image
+
+    from db.queries import station_activity
+
+    source = tmp_path / "in"
+    source.mkdir()
+    Image.new("L", (64, 64)).save(source / "frame-1.png")
+    (source / "empty-1.png").write_bytes(b"")
+    make_images(source, n=1)
+    fed: list[str] = []
+    first = _job(detector, tmp_path).run(iter_source(str(source)), fed.append)
+    restarted = _job(detector, tmp_path).run(iter_source(str(source)), fed.append)
+    assert (first.errors, first.skipped) == (2, 0)
+    assert (restarted.inspected, restarted.errors, restarted.skipped) == (0, 0, 3)
+    with session_scope(detector) as session:
+        [station] = station_activity(session, since=datetime(2000, 1, 1))
+    assert (station.blank_frames, station.empty_captures) == (1, 1)
+    time.sleep(0.05)  # (written after the record, on any clock's tick)
+    (source / "frame-2.png").write_bytes((source / "frame-1.png").read_bytes())
+    (source / "empty-2.png").write_bytes(b"")
+    fed.clear()
+    third = _job(detector, tmp_path).run(iter_source(str(source)), fed.append)
+    assert (third.errors, third.skipped) == (2, 3)
+    assert sorted(r.name for r in fed) == ["empty-2.png", "frame-2.png"]
+    with session_scope(detector) as session:
+        [station] = station_activity(session, since=datetime(2000, 1, 1))
+    assert (station.blank_frames, station.empty_captures) == (2, 2)
 
 
 def test_an_empty_file_again_is_recorded_again_and_fed_to_the_plc(
