@@ -134,3 +134,24 @@ def test_readme_quotes_the_tiled_strips_figures_its_results_file_holds() -> None
         f"a median {medians[1]} ms of wall time tiled against {medians[0]} ms whole, and "
         f"{medians[2]} ms for its nine images"
     ) in text
+
+
+def test_readme_command_table_gives_each_options_default_as_its_help_does() -> None:
+    """A value README's table writes after an option (`[--epochs 100]`, `--split val`) reads as
+    its default: it must be the one the command falls back to, where the command has one (one
+    said in words, as `--model`'s, is left to the help)."""
+    leaves = _leaves(typer.main.get_command(app))
+    checked = 0
+    for cell in _first_cells(_section("Command line")):
+        words = cell.removeprefix("defects ").split()
+        path = next(" ".join(words[:n]) for n in (2, 1) if " ".join(words[:n]) in leaves)
+        params = {opt: p for p in leaves[path].params for opt in p.opts}
+        for option, value in re.findall(
+            r"(--[a-z][a-z0-9-]*) ([a-z0-9][a-z0-9.-]*)(?=[\] ]|$)", cell
+        ):
+            default = params[option].default
+            if default is None:
+                continue
+            assert str(default) == value, f"`defects {path} {option}` defaults to {default}"
+            checked += 1
+    assert checked >= 6
