@@ -887,3 +887,14 @@ def test_only_a_point_as_registered_is_never_calibrated() -> None:
     assert not never_calibrated({"per_class": {"scratch": 0.4, "spot": 0.25}}, classes)
     by_hand = set_by_hand({**registered, "calibration": {"data": "d"}}, registered["per_class"])
     assert "calibration" not in by_hand and not never_calibrated(by_hand, classes)
+
+
+def test_models_list_of_a_kind_with_none_says_that_kind_is_missing(tmp_path: Path) -> None:
+    """`models list --kind classifier` beside a production detector said "no model versions
+    yet ...: train one with `defects train detector`", as if the database held none."""
+    assert runner.invoke(app, ["models", "install-demo"]).exit_code == 0
+    result = runner.invoke(app, ["models", "list", "--kind", "classifier"])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert said.startswith("no classifier versions yet in sqlite:///"), said
+    assert "`defects train classifier`" in said and "install-demo" not in said

@@ -141,10 +141,15 @@ def models_list(
             print(json.dumps(rows, indent=2))
             return
         if not versions:
+            # (Said of the kind asked for: `--kind classifier` beside a production detector
+            # read "no model versions yet", as if the database held none.)
+            if kind is None or kind == ModelKind.DETECTOR:
+                what = "model" if kind is None else "detector"
+                how = "`defects train detector`, or `defects models install-demo`"
+            else:
+                what, how = kind.value, f"`defects train {kind.value}`"
             console.print(
-                f"no model versions yet in {redact(url)}: train one with "
-                "`defects train detector`, or `defects models install-demo`",
-                markup=False,
+                f"no {what} versions yet in {redact(url)}: train one with {how}", markup=False
             )
             return
         # (Test figures come from `evaluate`; until then only training's val mAP50 is known,
