@@ -898,3 +898,27 @@ def test_models_list_of_a_kind_with_none_says_that_kind_is_missing(tmp_path: Pat
     said = " ".join(result.output.split())
     assert said.startswith("no classifier versions yet in sqlite:///"), said
     assert "`defects train classifier`" in said and "install-demo" not in said
+
+
+def test_training_names_an_evaluate_that_runs_only_where_the_dataset_has_test_images(
+    tmp_path: Path,
+) -> None:
+    """A small import can put no image in test; a training on it still ended with "evaluate it
+    with `defects evaluate V --data D --split test`", which was refused ("the dataset's test
+    split holds no image")."""
+    from db.models import Dataset, ModelKind, ModelVersion
+    from training.cli import _how_to_evaluate
+
+    root = tmp_path / "my-parts"
+    (root / "images" / "train").mkdir(parents=True)
+    (root / "images" / "train" / "a.png").write_bytes(b"")
+    (root / "data.yaml").write_text(f"path: {root}\n")
+    dataset = Dataset(name="my-parts", source="x", source_format="voc", root_path=str(root))
+    version = ModelVersion(name="v1", kind=ModelKind.DETECTOR, dataset=dataset)
+
+    said = _how_to_evaluate(version, "my-parts")
+    assert said.startswith("my-parts's test split holds no image to evaluate it on"), said
+    (root / "images" / "test").mkdir()
+    (root / "images" / "test" / "b.png").write_bytes(b"")
+    said = _how_to_evaluate(version, "my-parts")
+    assert said == "evaluate it with `defects evaluate v1 --data my-parts --split test`"

@@ -673,10 +673,29 @@ def train_detector_command(
     _say_registered(
         train_detector(request, url=migrated_database_url()),
         lambda version: (
-            f": val mAP50 {version.metrics.get('val_map50', 0):.3f}; evaluate it "
-            f"with `defects evaluate {version.name} --data {data} --split test`"
+            f": val mAP50 {version.metrics.get('val_map50', 0):.3f}; "
+            + _how_to_evaluate(version, data)
         ),
     )
+
+
+def _how_to_evaluate(version: ModelVersion, data: str) -> str:
+    """The evaluate command to run next, where the dataset has test images: a small import can
+    put none in test, and the command named was refused ("the dataset's test split holds no
+    image")."""
+    from training.datasets import IMAGE_SUFFIXES, located_dataset
+
+    test = (
+        located_dataset(version.dataset.root_path) / "images" / "test" if version.dataset else None
+    )
+    if test is not None and not (
+        test.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in test.iterdir())
+    ):
+        return (
+            f"{data}'s test split holds no image to evaluate it on: import the dataset again "
+            "with --splits (or more images) and `--replace`"
+        )
+    return f"evaluate it with `defects evaluate {version.name} --data {data} --split test`"
 
 
 DISTILL_STUDENT = "defect-yolo-n"  # a distillation's student when neither --student nor --from
