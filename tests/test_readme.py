@@ -155,3 +155,18 @@ def test_readme_command_table_gives_each_options_default_as_its_help_does() -> N
             assert str(default) == value, f"`defects {path} {option}` defaults to {default}"
             checked += 1
     assert checked >= 6
+
+
+def test_readme_gives_the_login_rules_the_accounts_code_keeps() -> None:
+    """README's Accounts section and the users row quote the numbers db/accounts.py enforces:
+    a change to either must show in the other."""
+    from dashboard.auth import COOKIE
+    from db.accounts import LOCK_SECONDS, LOGIN_HOURS, MAX_FAILED_LOGINS, MIN_PASSWORD_LENGTH
+
+    accounts = " ".join(_section("Accounts").split())
+    assert f"after {MAX_FAILED_LOGINS} wrong tries in a row" in accounts
+    assert f"that name waits {LOCK_SECONDS} s" in accounts
+    assert f"for {LOGIN_HOURS} hours" in accounts
+    assert f"`{COOKIE}_PORT`" in accounts
+    commands = " ".join(_section("Command line").split())
+    assert f"at least {MIN_PASSWORD_LENGTH} characters" in commands
