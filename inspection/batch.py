@@ -93,6 +93,13 @@ T = TypeVar("T")
 
 # A zip entry larger than this is refused rather than read into memory (zip bombs, stray videos).
 MAX_FILE_BYTES = 256 * 1024 * 1024
+# A zip entry that unpacks to more than this many times its packed size is refused unread, once
+# past the floor. A camera's JPEG or PNG barely packs (about 1:1), and a real sensor's raw BMP
+# or TIFF rarely past 1:10, its noise defeating deflate: 100:1 is ten times past any of them,
+# where a patterned 190 MB BMP packs to 1:1000 and a zip of them filled gigabytes of image store.
+# An entry under the floor is harmless whatever its ratio (a blank thumbnail packs to 1:1000).
+MAX_COMPRESSION_RATIO = 100
+RATIO_FLOOR_BYTES = 4 * 1024 * 1024
 # A chunk is written once it holds this many bytes, however few parts: memory stays bounded.
 CHUNK_BYTES = 512 * 1024 * 1024
 WRITE_CHUNK = 64
@@ -472,6 +479,26 @@ def _overlapping_entries(archive: zipfile.ZipFile) -> set[int]:
     return overlapping
 
 
+def _too_compressed(info: zipfile.ZipInfo) -> bool:
+    """From the zip's directory, before anything is unpacked: reading stops at the size it
+    declares, so an entry cannot unpack past it."""
+    return (
+        info.file_size > RATIO_FLOOR_BYTES
+        and info.file_size > MAX_COMPRESSION_RATIO * info.compress_size
+    )
+
+
+def _too_compressed_error(info: zipfile.ZipInfo) -> str:
+    # (The ratio inside the parentheses: `error_kind` cuts at the first colon, so that
+    # "compressed 1000:1" would make a kind of each ratio.)
+    ratio = info.file_size // max(info.compress_size, 1)
+    return (
+        f"zip entry too compressed ({ratio}:1, {info.file_size / 1e6:.0f} MB from "
+        f"{info.compress_size / 1e3:.0f} kB; no camera's image passes {MAX_COMPRESSION_RATIO}:1"
+        "): not read"
+    )
+
+
 def iter_zip(archive_file: Path | BinaryIO, label: str) -> Iterator[SourceItem]:
     """Entries of a zip (a path or an open file, such as an upload) as source items."""
     archive = _open_zip(archive_file, label)
@@ -489,6 +516,8 @@ def iter_zip(archive_file: Path | BinaryIO, label: str) -> Iterator[SourceItem]:
                 yield SourceItem(name, None, "a zip inside a zip: its entries are not read")
             elif info.file_size > MAX_FILE_BYTES:
                 yield SourceItem(name, None, f"zip entry too large ({info.file_size / 1e6:.0f} MB)")
+            elif _too_compressed(info):
+                yield SourceItem(name, None, _too_compressed_error(info))
             else:
                 try:
                     # Read no further than the limit: an entry whose header declares less than

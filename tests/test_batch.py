@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -462,6 +463,44 @@ def test_a_zip_entry_whose_data_runs_into_the_next_is_not_unpacked(tmp_path: Pat
                 entry.write(b"x" * 1000 * (index + 1))
     behind = io.BytesIO(b"\xff\xd8 a JPEG's bytes" + streamed.getvalue())
     assert [item.error for item in iter_zip(behind, "lot.zip")] == [None] * 3
+
+
+def test_a_zip_entry_compressed_far_past_any_cameras_image_is_not_unpacked() -> None:
+    """A patterned BMP of 190 MB packs to 190 kB: a 19 MB zip of a hundred was unpacked,
+    judged and stored whole, 19 GB of image store. An entry past the floor and the ratio is
+    an error read from the zip's directory; a small one of any ratio, and a large one that
+    compresses as a camera's image does, are read."""
+    from inspection.batch import MAX_COMPRESSION_RATIO, RATIO_FLOOR_BYTES, error_kind, iter_zip
+
+    patterned = b"\x00\x10\x20\x30" * (RATIO_FLOOR_BYTES // 4 + 1)  # packs to a few kB
+    noisy = random.Random(7).randbytes(RATIO_FLOOR_BYTES + 1)  # does not pack at all
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("a.bmp", patterned)
+        zf.writestr("b.bmp", noisy)
+        zf.writestr("c.bmp", b"\x00" * 100_000)  # far past the ratio, under the floor
+        zf.writestr("d.bmp", patterned)
+    packed = zipfile.ZipFile(buffer).getinfo("a.bmp").compress_size
+    assert len(patterned) > MAX_COMPRESSION_RATIO * packed  # (the case this is about)
+    read: list[str] = []
+    real_open = zipfile.ZipFile.open
+
+    def noting_open(self: zipfile.ZipFile, name: Any, *args: Any, **kwargs: Any) -> Any:
+        read.append(getattr(name, "filename", name))
+        return real_open(self, name, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(zipfile.ZipFile, "open", noting_open)
+        items = {item.name: item for item in iter_zip(buffer, "lot.zip")}
+    assert read == ["b.bmp", "c.bmp"]  # the refused ones never unpacked
+    for refused in ("lot.zip:a.bmp", "lot.zip:d.bmp"):
+        error = items[refused].error or ""
+        assert items[refused].data is None
+        assert error.startswith(f"zip entry too compressed ({len(patterned) // packed}:1, ")
+        assert error.endswith(": not read")
+        assert error_kind(error) == "zip entry too compressed"  # (one kind, whatever the ratio)
+    assert items["lot.zip:b.bmp"].data == noisy
+    assert items["lot.zip:c.bmp"].data == b"\x00" * 100_000
 
 
 class _Unseekable(io.RawIOBase):

@@ -89,7 +89,8 @@ station = right.selectbox(
 )
 st.caption(
     f"Model {plain(info.name)}. Images: {', '.join(IMAGE_TYPES)} or zips of them, up to {UPLOAD_LIMIT_MB} MB per "
-    f"upload, {batch.MAX_FILE_BYTES // 1_000_000} MB and {max_pixels() // 1_000_000} megapixels per image. Files in a zip or a folder that are not images are recorded as errors."
+    f"upload, {batch.MAX_FILE_BYTES // 1_000_000} MB and {max_pixels() // 1_000_000} megapixels per image. Files in a zip or a folder that are not images are recorded as errors, as is a zip's "
+    f"entry over {batch.RATIO_FLOOR_BYTES // 1_000_000} MB packed past {batch.MAX_COMPRESSION_RATIO}:1, as no camera's image is (a zip bomb)."
 )
 files_tab, folder_tab = st.tabs(["Images or a zip", "A folder"])
 uploads = files_tab.file_uploader(
