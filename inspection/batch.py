@@ -23,6 +23,7 @@ import math
 import os
 import random
 import stat
+import struct
 import time
 import uuid
 import zipfile
@@ -100,6 +101,15 @@ MAX_FILE_BYTES = 256 * 1024 * 1024
 # An entry under the floor is harmless whatever its ratio (a blank thumbnail packs to 1:1000).
 MAX_COMPRESSION_RATIO = 100
 RATIO_FLOOR_BYTES = 4 * 1024 * 1024
+# A zip of more entries than this is refused before Python reads its directory: each entry is an
+# object in memory and a database row, and a zip of millions of tiny ones held hundreds of MB
+# before the first was judged. A shift's lot from one camera is thousands of images; 100000 is
+# more than a day at one a second, and a folder or several zips take more.
+MAX_ZIP_ENTRIES = 100_000
+# Bytes of the zip's directory allowed an entry (46 of its own, its name, extra fields and
+# comment: about 100 for a camera's file): a directory that says it holds few entries may list
+# millions all the same, Python reading it to its declared size whatever the count says.
+DIRECTORY_BYTES_PER_ENTRY = 512
 # A chunk is written once it holds this many bytes, however few parts: memory stays bounded.
 CHUNK_BYTES = 512 * 1024 * 1024
 WRITE_CHUNK = 64
@@ -370,7 +380,7 @@ def file_items(path: Path, display: str) -> Iterator[SourceItem]:
         # image file": its entries were never read, which the message must tell.)
         try:
             yield from iter_zip(path, display)
-        except DamagedZipError as exc:  # (raised on opening it, before any entry)
+        except UnreadZipError as exc:  # (raised on opening it, before any entry)
             yield SourceItem(display, None, exc.item_error)
         return
     yield read_file(path, display)
@@ -422,23 +432,99 @@ def _read_at_most(entry: BinaryIO, limit: int, piece: int = 4 * 1024 * 1024) -> 
     return b"".join(pieces)
 
 
-class DamagedZipError(UserError):
-    """A zip that cannot be opened: none of its entries was read."""
+class UnreadZipError(UserError):
+    """A zip refused on opening it, before any entry: none of its entries was read. Given
+    alone, it stops the command; in a folder or among uploads, it is one error item."""
+
+    def __init__(self, message: str, item_error: str) -> None:
+        super().__init__(message)
+        # The error of the zip's item, which is known by the zip's name already. With the
+        # name in it, every damaged zip of a folder was an error kind of its own in the
+        # summary's and the Inspect page's count by kind.
+        self.item_error = item_error
+
+
+class DamagedZipError(UnreadZipError):
+    """A zip that cannot be opened."""
 
     def __init__(self, label: str, exc: Exception) -> None:
         self.reason = f"{exc} (damaged or cut short? none of its entries was read)"
-        super().__init__(f"cannot open the zip {label}: {self.reason}")
+        super().__init__(
+            f"cannot open the zip {label}: {self.reason}", f"cannot open the zip: {self.reason}"
+        )
 
-    @property
-    def item_error(self) -> str:
-        """The error of the zip's item, which is known by the zip's name already. With the
-        name in it, every damaged zip of a folder was an error kind of its own in the
-        summary's and the Inspect page's count by kind."""
-        return f"cannot open the zip: {self.reason}"
+
+class TooManyZipEntriesError(UnreadZipError):
+    """A zip whose directory lists more entries than `MAX_ZIP_ENTRIES`."""
+
+    def __init__(self, label: str, said: str) -> None:
+        reason = f"{said}, at most {MAX_ZIP_ENTRIES}: none of its entries was read; split it"
+        super().__init__(
+            f"too many entries in the zip {label} ({reason})",
+            f"too many entries in the zip ({reason})",
+        )
+
+
+def _directory_size(archive_file: BinaryIO) -> tuple[int, int] | None:
+    """(entries, bytes) of the zip's directory as its end record says, zip64's where it has
+    one, nothing parsed; None where there is no end record (`zipfile.ZipFile` says why). The
+    record is found as `zipfile` finds it: the last one in the file's last 64 kB and 22 bytes."""
+    archive_file.seek(0, os.SEEK_END)
+    size = archive_file.tell()
+    tail_start = max(0, size - zipfile.sizeEndCentDir - 0xFFFF)
+    archive_file.seek(tail_start)
+    tail = archive_file.read()
+    # (Only where a whole record fits: its signature among the last record's own bytes, its
+    # directory's offset say, would have the check skipped.)
+    at = tail.rfind(zipfile.stringEndArchive, 0, len(tail) - zipfile.sizeEndCentDir + 4)
+    if at < 0:
+        return None
+    end = struct.unpack(zipfile.structEndArchive, tail[at : at + zipfile.sizeEndCentDir])
+    entries, directory_bytes = end[4], end[5]
+    # The zip64 locator and record lie just before it (a zip of over 65535 entries).
+    locator_at = tail_start + at - zipfile.sizeEndCentDir64Locator
+    record_at = locator_at - zipfile.sizeEndCentDir64
+    if record_at >= 0:
+        archive_file.seek(record_at)
+        record = archive_file.read(zipfile.sizeEndCentDir64 + zipfile.sizeEndCentDir64Locator)
+        locator = record[zipfile.sizeEndCentDir64 :]
+        if (
+            locator[:4] == zipfile.stringEndArchive64Locator
+            and record[:4] == zipfile.stringEndArchive64
+        ):
+            end64 = struct.unpack(zipfile.structEndArchive64, record[: zipfile.sizeEndCentDir64])
+            entries, directory_bytes = end64[7], end64[8]
+    return entries, directory_bytes
+
+
+def _refuse_too_many_entries(archive_file: BinaryIO, label: str) -> None:
+    """Before `zipfile.ZipFile` reads the directory into a list of every entry: a zip of
+    millions of tiny entries held hundreds of MB, and gave a database row each."""
+    position = archive_file.tell()
+    try:
+        said = _directory_size(archive_file)
+    finally:
+        archive_file.seek(position)
+    if said is None:
+        return
+    entries, directory_bytes = said
+    if entries > MAX_ZIP_ENTRIES:
+        raise TooManyZipEntriesError(label, f"{entries} entries")
+    if directory_bytes > MAX_ZIP_ENTRIES * DIRECTORY_BYTES_PER_ENTRY:
+        raise TooManyZipEntriesError(
+            label,
+            f"a directory of {directory_bytes / 1e6:.0f} MB, room for "
+            f"{directory_bytes // zipfile.sizeCentralDir} entries",
+        )
 
 
 def _open_zip(archive_file: Path | BinaryIO, label: str) -> zipfile.ZipFile:
     try:
+        if isinstance(archive_file, Path):
+            with archive_file.open("rb") as file:
+                _refuse_too_many_entries(file, label)
+        else:
+            _refuse_too_many_entries(archive_file, label)
         return zipfile.ZipFile(archive_file)
     except (zipfile.BadZipFile, OSError) as exc:
         raise DamagedZipError(label, exc) from exc

@@ -7,8 +7,10 @@ import io
 import json
 import os
 import random
+import re
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -501,6 +503,76 @@ def test_a_zip_entry_compressed_far_past_any_cameras_image_is_not_unpacked() -> 
         assert error_kind(error) == "zip entry too compressed"  # (one kind, whatever the ratio)
     assert items["lot.zip:b.bmp"].data == noisy
     assert items["lot.zip:c.bmp"].data == b"\x00" * 100_000
+
+
+def _zip_saying_entries(entries: int, zip64: bool = False, real: int = 3) -> bytes:
+    """A zip of `real` tiny entries whose end record says it holds `entries`: a zip of
+    millions of entries, as far as its end record goes, without writing millions."""
+    buffer = io.BytesIO()
+    with contextlib.ExitStack() as stack:
+        if zip64:  # (Python writes zip64's end records past 65535 entries only)
+            stack.enter_context(pytest.MonkeyPatch.context()).setattr(
+                zipfile, "ZIP_FILECOUNT_LIMIT", 1
+            )
+        with zipfile.ZipFile(buffer, "w") as zf:
+            for index in range(real):
+                zf.writestr(f"e{index}.png", b"x")
+    data = bytearray(buffer.getvalue())
+    end = len(data) - zipfile.sizeEndCentDir
+    assert data[end : end + 4] == zipfile.stringEndArchive
+    if zip64:
+        record = end - zipfile.sizeEndCentDir64Locator - zipfile.sizeEndCentDir64
+        assert data[record : record + 4] == zipfile.stringEndArchive64
+        struct.pack_into("<2Q", data, record + 24, entries, entries)  # (its end record: 3)
+    else:
+        struct.pack_into("<2H", data, end + 8, entries, entries)
+    return bytes(data)
+
+
+def test_a_zip_of_more_entries_than_the_bound_is_refused_before_its_directory_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A zip of millions of tiny entries was read into a list of them all, hundreds of MB,
+    and gave a database row each. Its count is read from its end record (zip64's where it has
+    one), before Python reads the directory: alone it is refused in one line, in a folder it
+    is an error row and the folder's other files are read."""
+    from inspection import batch
+    from inspection.batch import error_kind, iter_zip, zip_item_count
+
+    monkeypatch.setattr(batch, "MAX_ZIP_ENTRIES", 60_000)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "many.zip").write_bytes(_zip_saying_entries(60_001))
+    (folder / "many64.zip").write_bytes(_zip_saying_entries(200_000, zip64=True))
+    (folder / "part.png").write_bytes(b"not decoded here")
+    for name, said in [("many.zip", "60001 entries"), ("many64.zip", "200000 entries")]:
+        message = f"too many entries in the zip {name} ({said}, at most 60000: none of its"
+        with pytest.raises(UserError, match=re.escape(message)):  # given alone
+            list(iter_source(str(folder / name)))
+        with pytest.raises(UserError, match=re.escape(message)):
+            zip_item_count(folder / name, name)
+        with pytest.raises(UserError, match=re.escape(message)):  # as the upload comes
+            zip_item_count(io.BytesIO((folder / name).read_bytes()), name)
+    # Its disk numbers the end record's signature: Python reads the record all the same.
+    masked = bytearray(_zip_saying_entries(60_001))
+    masked[-zipfile.sizeEndCentDir + 4 : -zipfile.sizeEndCentDir + 8] = zipfile.stringEndArchive
+    with pytest.raises(UserError, match=r"\(60001 entries, at most 60000: "):
+        zip_item_count(io.BytesIO(masked), "masked.zip")
+    items = {item.name: item for item in iter_source(str(folder))}
+    assert set(items) == {"many.zip", "many64.zip", "part.png"}
+    assert items["many.zip"].data is None and items["many64.zip"].data is None
+    assert error_kind(items["many.zip"].error) == "too many entries in the zip"
+    assert items["part.png"].data == b"not decoded here"
+    # At the bound it is read; so is a zip behind a JPEG's bytes, and a zip64 of few.
+    monkeypatch.setattr(batch, "MAX_ZIP_ENTRIES", 3)
+    behind = io.BytesIO(b"\xff\xd8 a JPEG's bytes" + _zip_saying_entries(3))
+    assert [item.error for item in iter_zip(behind, "lot.zip")] == [None] * 3
+    assert zip_item_count(io.BytesIO(_zip_saying_entries(3, zip64=True)), "z.zip") == 3
+    # An end record that says few over a directory of many: its size gives it away.
+    monkeypatch.setattr(batch, "MAX_ZIP_ENTRIES", 10)
+    liar = _zip_saying_entries(1, real=200)  # (Python reads the directory to its size)
+    with pytest.raises(UserError, match=r"\(a directory of 0 MB, room for 2\d\d entries, at"):
+        list(iter_zip(io.BytesIO(liar), "liar.zip"))
 
 
 class _Unseekable(io.RawIOBase):

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -624,21 +625,28 @@ def test_a_damaged_zip_or_unreadable_folder_is_refused_before_a_run_opens(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Either stopped the command only after the model had loaded and a run had been opened
-    on the station, which then showed as its latest run, with no part."""
+    on the station, which then showed as its latest run, with no part. (A zip of too many
+    entries too, refused from its end record alone.)"""
 
     from sqlalchemy import func, select
 
+    import inspection.batch
     from db.models import InspectionRun
     from db.session import session_scope
     from inspection.settings import get_settings
 
     assert runner.invoke(app, ["models", "install-demo"]).exit_code == 0
     (tmp_path / "cut.zip").write_bytes(b"PK\x03\x04 cut short in the copy")
+    monkeypatch.setattr(inspection.batch, "MAX_ZIP_ENTRIES", 1)
+    with zipfile.ZipFile(tmp_path / "many.zip", "w") as zf:
+        zf.writestr("a.png", b"a")
+        zf.writestr("b.png", b"b")
     locked = tmp_path / "locked"
     locked.mkdir()
     with unlistable(locked, monkeypatch):
         for source, said in [
             (tmp_path / "cut.zip", "cannot open the zip cut.zip"),
+            (tmp_path / "many.zip", "too many entries in the zip many.zip (2 entries, at most 1:"),
             (locked, f"cannot read the folder {locked}: Permission denied"),
         ]:
             result = runner.invoke(app, ["batch", str(source), "--line", "L", "--station", "S"])

@@ -235,6 +235,32 @@ def test_a_damaged_zip_beside_images_is_one_error_row_and_the_images_are_judged(
     assert table["error"].iloc[0].startswith("cannot open the zip: ")  # (its name is the part's)
 
 
+def test_a_zip_upload_of_too_many_entries_is_one_error_row_and_the_images_are_judged(
+    production: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A zip of millions of tiny entries was read into a list of them all before the first
+    was judged, each a row: refused from its end record, it is one error row of its own."""
+    import inspection.batch
+
+    monkeypatch.setattr(inspection.batch, "MAX_ZIP_ENTRIES", 2)
+    images = _png_files(tmp_path, 3, 6)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data, _ in images:
+            archive.writestr(name, data)
+    at = _app().run()
+    at.file_uploader(key="inspect_files").set_value(
+        [("many.zip", buffer.getvalue(), "application/zip"), *images[:1]]
+    ).run()
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value
+    assert list(table["part"]) == ["many.zip", images[0][0]]
+    assert list(table["verdict"] == "error") == [True, False]
+    assert table["error"].iloc[0].startswith("too many entries in the zip (3 entries, at most 2:")
+    said = " ".join(caption.value for caption in at.caption)  # (the page says its limits)
+    assert "entries over 4 MB packed past 100:1" in said and "a zip of over 2 entries" in said
+
+
 def test_an_uploaded_file_over_a_batchs_size_limit_is_refused_as_a_batch_refuses_it(
     production: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -35,8 +35,8 @@ from db.session import DatabaseError, session_scope
 from inspection import batch
 from inspection.batch import (
     BatchInspection,
-    DamagedZipError,
     SourceItem,
+    UnreadZipError,
     content_key,
     error_kind,
     iter_zip,
@@ -89,8 +89,9 @@ station = right.selectbox(
 )
 st.caption(
     f"Model {plain(info.name)}. Images: {', '.join(IMAGE_TYPES)} or zips of them, up to {UPLOAD_LIMIT_MB} MB per "
-    f"upload, {batch.MAX_FILE_BYTES // 1_000_000} MB and {max_pixels() // 1_000_000} megapixels per image. Files in a zip or a folder that are not images are recorded as errors, as is a zip's "
-    f"entry over {batch.RATIO_FLOOR_BYTES // 1_000_000} MB packed past {batch.MAX_COMPRESSION_RATIO}:1, as no camera's image is (a zip bomb)."
+    f"upload, {batch.MAX_FILE_BYTES // 1_000_000} MB and {max_pixels() // 1_000_000} megapixels per image. Files in a zip or a folder that are not images are recorded as errors; so are a zip's "
+    f"entries over {batch.RATIO_FLOOR_BYTES // 1_000_000} MB packed past {batch.MAX_COMPRESSION_RATIO}:1, as no camera's image is (zip bombs), and a zip of over "
+    f"{batch.MAX_ZIP_ENTRIES} entries."
 )
 files_tab, folder_tab = st.tabs(["Images or a zip", "A folder"])
 uploads = files_tab.file_uploader(
@@ -115,18 +116,19 @@ def item_count(files: list[UploadedFile]) -> int:
     for file in files:
         try:
             count += zip_item_count(file, file.name) if is_zip(file) else 1
-        except DamagedZipError:
-            count += 1  # (a zip that cannot be opened: one error item)
+        except UnreadZipError:
+            count += 1  # (a zip refused on opening it: one error item)
     return count
 
 
 def zip_entries(file: UploadedFile) -> Iterator[SourceItem]:
     """A zip upload's entries, read from the upload as they are taken; one error item for a
-    zip that cannot be opened (the only error iter_zip raises, before any entry)."""
+    zip refused on opening it, damaged or of too many entries (the only error iter_zip
+    raises, before any entry)."""
     file.seek(0)  # (read once already, to be counted)
     try:
         yield from iter_zip(file, file.name)
-    except DamagedZipError as exc:
+    except UnreadZipError as exc:
         yield SourceItem(file.name, None, exc.item_error)
 
 
