@@ -259,6 +259,8 @@ def test_a_zip_upload_of_too_many_entries_is_one_error_row_and_the_images_are_ju
     assert table["error"].iloc[0].startswith("too many entries in the zip (3 entries, at most 2:")
     said = " ".join(caption.value for caption in at.caption)  # (the page says its limits)
     assert "entries over 4 MB packed past 100:1" in said and "a zip of over 2 entries" in said
+    # (In the batch's own units, as README gives them: 256 MB, not 268 "MB" of 10^6 bytes.)
+    assert f"{inspection.batch.MAX_FILE_BYTES >> 20} MB and" in said and "256 MB and" in said
 
 
 def test_an_uploaded_file_over_a_batchs_size_limit_is_refused_as_a_batch_refuses_it(
