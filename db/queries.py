@@ -297,13 +297,19 @@ def rates(
         # Defective parts of that class; good parts failed by a prediction of that class.
         defective = and_(defective, _has_defect_review_of(filters.class_name))
         false_call = and_(false_call, _has_counted_prediction_of(filters.class_name))
+    # A station by its identity, named "line / station": by its name alone, a station "S1" of
+    # each of two lines was one row, their parts summed.
+    station_label = ProductionLine.name + " / " + Station.name
     key_column: ColumnElement[object] = {
         "all": literal("all"),
         "day": _day_column(filters),
         "line": ProductionLine.name,
-        "station": Station.name,
+        "station": station_label,
         "model_version": Inspection.model_version_id,
     }[group_by]
+    grouped_by = (
+        [Station.id, ProductionLine.name, Station.name] if group_by == "station" else [key_column]
+    )
     query = (
         select(
             key_column.label("key"),
@@ -318,7 +324,7 @@ def rates(
         .join(ProductionLine, ProductionLine.id == Part.line_id)
         .join(Station, Station.id == Part.station_id)
         .where(Inspection.verdict != Verdict.ERROR, *filters.conditions())
-        .group_by(key_column)
+        .group_by(*grouped_by)
         .order_by(key_column)
     )
     return [

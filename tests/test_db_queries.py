@@ -208,9 +208,37 @@ def test_rates_per_line_and_station(session, history) -> None:  # type: ignore[n
     by_line = {r.key: _counts(r) for r in rates(session, group_by="line")}
     assert by_line == {"A": (3, 1, 2, 1), "B": (2, 1, 0, 0)}
     by_station = {r.key: _counts(r) for r in rates(session, group_by="station")}
-    assert by_station == {"A1": (3, 1, 2, 1), "B1": (2, 1, 0, 0)}
+    assert by_station == {"A / A1": (3, 1, 2, 1), "B / B1": (2, 1, 0, 0)}
     [b_only] = rates(session, Filters(line_id=history["line_b"].id))
     assert b_only.false_call_rate is None and b_only.miss_rate == pytest.approx(0.5)
+
+
+def test_rates_per_station_keep_two_lines_stations_of_one_name_apart(session, history) -> None:  # type: ignore[no-untyped-def]
+    """Grouped by the station's name alone, a station "A1" of line B merged with line A's:
+    one row of both lines' parts."""
+    line_b = history["line_b"]
+    also_a1 = Station(line=line_b, name="A1")
+    session.add(also_a1)
+    session.flush()
+    part = Part(
+        content_hash=f"{10:064d}",
+        stored_path="images/10.png",
+        size_bytes=100,
+        line_id=line_b.id,
+        station_id=also_a1.id,
+        captured_at=DAY2,
+    )
+    session.add(part)
+    session.flush()
+    session.add(Inspection(part_id=part.id, verdict=Verdict.PASS, inspected_at=DAY2))
+    session.add(Review(part=part, kind=ReviewKind.GOOD_PART, reviewer="qa"))
+    session.commit()
+    by_station = {r.key: _counts(r) for r in rates(session, group_by="station")}
+    assert by_station == {
+        "A / A1": (3, 1, 2, 1),
+        "B / A1": (0, 0, 1, 0),
+        "B / B1": (2, 1, 0, 0),
+    }
 
 
 def test_rates_per_class(session, history) -> None:  # type: ignore[no-untyped-def]
