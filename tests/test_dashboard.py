@@ -1304,6 +1304,22 @@ def test_history_shows_one_date_picked_as_that_day() -> None:
         assert _volume_days(at) == [earlier.isoformat()]
 
 
+def test_history_opens_on_the_last_30_days_today_included() -> None:
+    """The page said "the last 30 days" and opened on today minus 30 days through today: 31
+    days, a part of 31 days ago in a month's report."""
+    today = date.today()
+
+    def noon(day: date) -> datetime:
+        return datetime.combine(day, time(12)).astimezone(UTC).replace(tzinfo=None)
+
+    first, before = today - timedelta(days=29), today - timedelta(days=30)
+    parts = [("a.png", noon(before), []), ("b.png", noon(first), []), ("c.png", noon(today), [])]
+    _judged_parts(get_settings().resolved_database_url, parts)
+    at = _opened("history")
+    assert at.date_input(key="history_range").value == (first, today)
+    assert _volume_days(at) == [first.isoformat(), today.isoformat()]
+
+
 def test_every_history_chart_follows_the_defect_class_or_says_it_does_not() -> None:
     now = utcnow()
     parts = [("a.png", now, ["scratch"]), ("b.png", now, ["spot"]), ("c.png", now, [])]

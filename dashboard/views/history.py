@@ -46,8 +46,13 @@ def _picked_days(chosen: object, today: date) -> tuple[date, date]:
     picked = chosen if isinstance(chosen, tuple) else (chosen,)
     days = [day for day in picked if isinstance(day, date)]
     if not days:
-        return today - timedelta(days=DEFAULT_DAYS), today
+        return _default_range(today)
     return days[0], days[-1]
+
+
+def _default_range(today: date) -> tuple[date, date]:
+    """The last DEFAULT_DAYS days, today included (today minus 30 days was 31 of them)."""
+    return today - timedelta(days=DEFAULT_DAYS - 1), today
 
 
 state = database_ready()
@@ -69,7 +74,7 @@ today = date.today()  # the server's local day, as the days below
 c1, c2, c3, c4 = st.columns(4)
 chosen = c1.date_input(
     "Time range",
-    (today - timedelta(days=DEFAULT_DAYS), today),
+    _default_range(today),
     key="history_range",
     help="Parts captured on these days (of the dashboard server's time zone; one date picked: "
     "that day), judged whenever: a part judged again after a recalibration stays on the day it "
