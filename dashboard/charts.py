@@ -170,6 +170,21 @@ def _day_axis(figure: go.Figure, days: list[date]) -> None:
     )
 
 
+def _every_day(rows: list[RateRow]) -> list[RateRow]:
+    """`rows`, one a day, with a row of no parts on each day between them that had none: a
+    day with no reviewed part has no row, and the rate's line ran straight across it, a
+    rate drawn where none was measured, while a day with reviews but none in a panel's count
+    was a gap. Each is a gap now."""
+    by_day = {r.key: r for r in rows if isinstance(r.key, date)}
+    if len(by_day) != len(rows) or not by_day:
+        return rows
+    first, last = min(by_day), max(by_day)
+    return [
+        by_day.get(day) or RateRow(0, 0, 0, 0, key=day)
+        for day in (first + timedelta(days=n) for n in range((last - first).days + 1))
+    ]
+
+
 def rates_figure(rows: list[RateRow], zone: str = "UTC") -> go.Figure:
     """Miss rate and false-call rate per day (of the time `zone` names), each with its p-chart
     control limits."""
@@ -179,6 +194,7 @@ def rates_figure(rows: list[RateRow], zone: str = "UTC") -> go.Figure:
         shared_xaxes=True,
         subplot_titles=("Miss rate (escapes)", "False-call rate (overkill)"),
     )
+    rows = _every_day(rows)
     days = [r.key for r in rows]
     _rate_panel(
         figure,

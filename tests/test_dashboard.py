@@ -979,6 +979,21 @@ def test_each_rate_panel_marks_its_points_in_its_own_colour() -> None:
     assert false_calls.line.color == "#ff7f0e"
 
 
+def test_a_day_with_no_reviewed_part_is_a_gap_in_the_rates() -> None:
+    """A day with no reviewed part has no row: the rate's line ran straight across it, from
+    the day before to the day after, while a day with reviews but none in a panel's count was
+    a gap. Both are gaps now, with no control limits, and no day is drawn at 0."""
+    first, third = date(2026, 3, 6), date(2026, 3, 8)
+    figure = rates_figure([RateRow(10, 1, 0, 0, key=first), RateRow(10, 2, 20, 2, key=third)])
+    miss, false_calls = (t for t in figure.data if t.name in ("miss rate", "false-call rate"))
+    every_day = tuple(first + timedelta(days=n) for n in range(3))
+    assert miss.x == every_day and miss.y == (0.1, None, 0.2)
+    assert false_calls.x == every_day and false_calls.y == (None, None, 0.1)
+    assert not miss.connectgaps and not false_calls.connectgaps
+    [miss_ucl] = (t for t in figure.data if t.name == "miss rate UCL")
+    assert miss_ucl.y[3:6] == (None, None, None)  # the empty day's limit: none
+
+
 def test_the_rates_over_the_range_are_given_with_their_upper_bounds() -> None:
     """The chart gave the rates day by day only: the month's rate, which a report quotes, was
     the unnumbered p-bar. Days of 1/0/0/0 defective parts missed of 1/1/1/1 and 0/1/0/0 false
