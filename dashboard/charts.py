@@ -226,25 +226,36 @@ def rates_figure(rows: list[RateRow], zone: str = "UTC") -> go.Figure:
     return figure
 
 
-def rates_summary(rows: list[RateRow]) -> str:
+def _parts(n: int, kind: str) -> str:
+    """`kind` part or parts, as `n` wants it ("1 of 1 defective parts" read as a slip)."""
+    return f"{kind} part" if n == 1 else f"{kind} parts"
+
+
+def rates_summary(rows: list[RateRow], reviewed_of_judged: tuple[int, int] | None = None) -> str:
     """The miss and false-call rates over all the days of `rows`, each with its counts and its
     95% upper bound: a month's report quotes the month's rates, which the chart gives day by
-    day only (its p-bar, unnumbered), and a rate of few parts says little without its bound."""
+    day only (its p-bar, unnumbered), and a rate of few parts says little without its bound.
+    With `reviewed_of_judged` (`db.queries.reviewed_of_judged`), how many parts they are of:
+    the rates are of reviewed parts only, a few of those judged."""
 
     def one(name: str, failures: int, total: int, counted: str) -> str:
         bound = upper_bound(failures, total)
         if bound is None:
-            return f"{name}: no reviewed {counted}"
+            return f"{name}: no reviewed {counted} parts"
         return (
-            f"{name} {failures / total:.1%} ({failures} of {total} {counted}; "
+            f"{name} {failures / total:.1%} ({failures} of {total} {_parts(total, counted)}; "
             f"95% upper bound {bound:.1%})"
         )
 
     missed, defective = sum(r.n_missed for r in rows), sum(r.n_defective for r in rows)
     false_calls, good = sum(r.n_false_calls for r in rows), sum(r.n_good for r in rows)
+    source = ""
+    if reviewed_of_judged is not None:
+        reviewed, judged = reviewed_of_judged
+        source = f", from {reviewed} {_parts(reviewed, 'reviewed')} of {judged} judged"
     return (
-        f"Over these days: {one('miss rate', missed, defective, 'defective parts')}; "
-        f"{one('false-call rate', false_calls, good, 'good parts')}."
+        f"Over these days{source}: {one('miss rate', missed, defective, 'defective')}; "
+        f"{one('false-call rate', false_calls, good, 'good')}."
     )
 
 

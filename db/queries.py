@@ -339,6 +339,21 @@ def rates(
     ]
 
 
+def reviewed_of_judged(session: Session, filters: Filters = Filters()) -> tuple[int, int]:
+    """How many of the verdicts `rates` looks at (errors left out) have a part reviewers gave
+    the truth of, and how many there are: the rates are of the reviewed ones only, which a
+    report has to say (240 of 10000 is not the line's every part)."""
+    truth = truth_subquery()
+    reviewed, judged = session.execute(
+        select(func.count(truth.c.part_id), func.count(Inspection.id))
+        .select_from(Inspection)
+        .join(Part, Part.id == Inspection.part_id)
+        .outerjoin(truth, truth.c.part_id == Part.id)
+        .where(Inspection.verdict != Verdict.ERROR, *filters.conditions())
+    ).one()
+    return int(reviewed or 0), int(judged or 0)
+
+
 def _has_defect_review_of(class_name: str) -> ColumnElement[bool]:
     return (
         select(Review.id)

@@ -1007,6 +1007,15 @@ def test_the_rates_over_the_range_are_given_with_their_upper_bounds() -> None:
         "Over these days: miss rate 25.0% (1 of 4 defective parts; 95% upper bound 75.1%); "
         "false-call rate 33.3% (1 of 3 good parts; 95% upper bound 86.5%)."
     )
+    # The parts they are of: the rates' denominators are the reviewed parts only, a few of
+    # those judged, which the page never said; one part is "part".
+    assert rates_summary(rows, (7, 10000)).startswith(
+        "Over these days, from 7 reviewed parts of 10000 judged: miss rate 25.0%"
+    )
+    assert rates_summary([RateRow(1, 1, 0, 0, key=days[0])], (1, 1)) == (
+        "Over these days, from 1 reviewed part of 1 judged: miss rate 100.0% (1 of 1 "
+        "defective part; 95% upper bound 100.0%); false-call rate: no reviewed good parts."
+    )
     # None missed of 180: not "0%" alone, at most 1.7% (1 - 0.05^(1/180) = 0.01650).
     assert rates_summary([RateRow(180, 0, 0, 0, key=days[0])]) == (
         "Over these days: miss rate 0.0% (0 of 180 defective parts; 95% upper bound 1.7%); "
@@ -1017,9 +1026,10 @@ def test_the_rates_over_the_range_are_given_with_their_upper_bounds() -> None:
 def test_history_page_gives_the_rates_over_the_range() -> None:
     now = utcnow()
     url = get_settings().resolved_database_url
-    _judged_parts(url, [("a.png", now, []), ("b.png", now, ["scratch"]), ("c.png", now, [])])
+    judged = [("a.png", now, []), ("b.png", now, ["scratch"]), ("c.png", now, [])]
+    _judged_parts(url, [*judged, ("not-reviewed.png", now, [])])
     with session_scope(url) as session:
-        missed, false_call, good = session.scalars(select(Part).order_by(Part.id))
+        missed, false_call, good, _ = session.scalars(select(Part).order_by(Part.id))
         session.add_all(
             [
                 Review(
@@ -1031,8 +1041,9 @@ def test_history_page_gives_the_rates_over_the_range() -> None:
         )
     at = _opened("history")
     assert (
-        "Over these days: miss rate 100.0% (1 of 1 defective parts; 95% upper bound 100.0%); "
-        "false-call rate 50.0% (1 of 2 good parts; 95% upper bound 97.5%)."
+        "Over these days, from 3 reviewed parts of 4 judged: miss rate 100.0% (1 of 1 "
+        "defective part; 95% upper bound 100.0%); false-call rate 50.0% (1 of 2 good parts; "
+        "95% upper bound 97.5%)."
     ) in [c.value for c in at.caption]
 
 

@@ -52,6 +52,7 @@ from db.queries import (
     model_usage,
     percentile,
     rates,
+    reviewed_of_judged,
     run_rows,
     run_throughput,
     source_rows,
@@ -239,6 +240,16 @@ def test_rates_per_station_keep_two_lines_stations_of_one_name_apart(session, hi
         "B / A1": (0, 0, 1, 0),
         "B / B1": (2, 1, 0, 0),
     }
+
+
+def test_reviewed_of_judged_counts_the_rates_parts(session, history) -> None:  # type: ignore[no-untyped-def]
+    # Judged: every part but p7 (an error); reviewed: all of those but p8. A class chosen
+    # changes neither (the rates look at every verdict of the range for it).
+    assert reviewed_of_judged(session) == (7, 8)
+    assert reviewed_of_judged(session, Filters(class_name="scratch")) == (7, 8)
+    assert reviewed_of_judged(session, Filters(line_id=history["line_b"].id)) == (2, 3)
+    [overall] = rates(session)
+    assert overall.n_defective + overall.n_good == 7
 
 
 def test_rates_per_class(session, history) -> None:  # type: ignore[no-untyped-def]

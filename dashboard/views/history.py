@@ -33,6 +33,7 @@ from db.queries import (
     latency_by_grid,
     model_usage,
     rates,
+    reviewed_of_judged,
 )
 from db.registry import UNNAMED_LINE
 from db.session import session_scope
@@ -108,6 +109,7 @@ zone = zone_label(filters.utc_offset_minutes, tuple(m for _, m in filters.offset
 
 with session_scope(state.url) as session:
     rate_rows = rates(session, filters, group_by="day")
+    reviewed = reviewed_of_judged(session, filters)
     volume = daily_volume(session, filters)
     pareto = defect_pareto(session, replace(filters, class_name=None))  # compares the classes
     latency = latency_by_grid(session, filters)  # (one histogram a grid judged in)
@@ -133,7 +135,7 @@ if filters.class_name is not None:
     )
 if rate_rows:
     st.plotly_chart(rates_figure(rate_rows, zone))
-    st.caption(rates_summary(rate_rows))
+    st.caption(rates_summary(rate_rows, reviewed))
 else:
     st.info(
         "No reviewed parts in this range: miss and false-call rates come from reviews (Review page)."
