@@ -828,7 +828,39 @@ INSPECTION_COLUMNS = (
     # Counted boxes a part did not keep, past the most a part keeps (0: none; empty: an error,
     # or a verdict from before this was recorded for it). After the grid, for the same reason.
     "boxes_left_out",
+    # The part's truth as the rates decide it: "defective", "good" or "not reviewed" (a part
+    # under review, some of its detections still undecided, too), and the classes reviewers
+    # found on it, ";"-joined: the miss and false-call counts, of a class too, rebuilt from
+    # the download. Last, for the same reason.
+    "reviewed",
+    "reviewed_defects",
 )
+
+
+def _reviewed_truths(session: Session, part_ids: list[int]) -> dict[int, tuple[str, str]]:
+    """Each reviewed part's truth, as `rates` decides it, and the classes reviewers found on
+    it, in a few IN queries (a part missing: not reviewed)."""
+    truth = truth_subquery()
+    found: dict[int, tuple[str, str]] = {}
+    for first in range(0, len(part_ids), _IN_LIST):
+        chunk = part_ids[first : first + _IN_LIST]
+        classes: dict[int, set[str]] = defaultdict(set)
+        for part_id, class_name in session.execute(
+            select(Review.part_id, Review.class_name).where(
+                Review.part_id.in_(chunk),
+                Review.kind.in_(DEFECT_REVIEWS),
+                Review.class_name.is_not(None),
+            )
+        ):
+            classes[part_id].add(class_name)
+        for part_id, defective in session.execute(
+            select(truth.c.part_id, truth.c.defective).where(truth.c.part_id.in_(chunk))
+        ):
+            found[part_id] = (
+                "defective" if defective else "good",
+                ";".join(sorted(classes.get(part_id, ()))),
+            )
+    return found
 
 
 def _selected_inspections(filters: Filters, judging_station: bool, *columns: Any) -> Select[Any]:
@@ -883,6 +915,7 @@ def inspection_rows(
         filters,
         judging_station,
         Inspection.id,
+        Part.id,
         Part.captured_at,
         Inspection.inspected_at,
         ProductionLine.name,
@@ -908,9 +941,11 @@ def inspection_rows(
             session, [row[0] for row in found]
         ).items()
     }
+    truths = _reviewed_truths(session, sorted({row[1] for row in found}))
     rows = []
     for (
         inspection_id,
+        part_id,
         *as_selected,
         verdict,
         latency_ms,
@@ -932,6 +967,7 @@ def inspection_rows(
             error or "",
             tile,
             boxes_left_out,
+            *truths.get(part_id, ("not reviewed", "")),
         )
         rows.append(dict(zip(INSPECTION_COLUMNS, values, strict=True)))
     return rows

@@ -50,6 +50,7 @@ from db.queries import (
     ParetoRow,
     RateRow,
     VolumeRow,
+    rates,
 )
 from db.reviews import reviewed_parts
 from db.session import session_scope
@@ -1373,8 +1374,69 @@ def test_download_of_an_empty_range_has_its_header(database_url: str) -> None:
     empty = filtered_results_csv(database_url, Filters(start=datetime(2030, 1, 1)))
     assert empty.decode().splitlines() == [
         "captured_at,inspected_at,line,station,part,content_hash,verdict,defects,latency_ms,"
-        "model,superseded_at,error,grid,boxes_left_out"
+        "model,superseded_at,error,grid,boxes_left_out,reviewed,reviewed_defects"
     ]
+
+
+def test_download_gives_each_parts_reviewed_truth_to_recount_the_rates(
+    database_url: str,
+) -> None:
+    """The download had no review or truth column: the page's miss and false-call counts
+    could not be rebuilt from it. Now each row has the part's truth, as the rates decide it,
+    and the classes reviewers found (a name a spreadsheet would run, quoted as the others)."""
+    now = utcnow()
+    parts = [
+        ("missed.png", now, []),
+        ("caught.png", now, ["scratch"]),
+        ("false-call.png", now, ["scratch"]),
+        ("good.png", now, []),
+        ("waiting.png", now, ["scratch"]),
+    ]
+    _judged_parts(database_url, parts)
+    with session_scope(database_url) as session:
+        missed, caught, false_call, good, _ = session.scalars(select(Part).order_by(Part.id))
+        session.add_all(
+            [
+                Review(
+                    part=missed, kind=ReviewKind.MISSED_DEFECT, class_name="=spot", reviewer="qa"
+                ),
+                Review(
+                    part=caught,
+                    kind=ReviewKind.CONFIRMED_DEFECT,
+                    class_name="scratch",
+                    reviewer="qa",
+                ),
+                Review(
+                    part=caught, kind=ReviewKind.MISSED_DEFECT, class_name="crack", reviewer="qa"
+                ),
+                Review(part=false_call, kind=ReviewKind.GOOD_PART, reviewer="qa"),
+                Review(part=good, kind=ReviewKind.GOOD_PART, reviewer="qa"),
+            ]
+        )
+    text = filtered_results_csv(database_url, Filters()).decode()
+    header = text.splitlines()[0].split(",")
+    assert header[:14] == [
+        "captured_at", "inspected_at", "line", "station", "part", "content_hash", "verdict",
+        "defects", "latency_ms", "model", "superseded_at", "error", "grid", "boxes_left_out",
+    ]  # fmt: skip
+    rows = {r["part"]: r for r in csv.DictReader(io.StringIO(text))}
+    assert {name: (r["reviewed"], r["reviewed_defects"]) for name, r in rows.items()} == {
+        "missed.png": ("defective", "'=spot"),
+        "caught.png": ("defective", "crack;scratch"),
+        "false-call.png": ("good", ""),
+        "good.png": ("good", ""),
+        "waiting.png": ("not reviewed", ""),
+    }
+    # The counts the page gives, rebuilt from the download.
+    with session_scope(database_url) as session:
+        [counts] = rates(session)
+    verdicts = [(r["reviewed"], r["verdict"]) for r in rows.values()]
+    assert (counts.n_defective, counts.n_missed, counts.n_good, counts.n_false_calls) == (
+        verdicts.count(("defective", "pass")) + verdicts.count(("defective", "fail")),
+        verdicts.count(("defective", "pass")),
+        verdicts.count(("good", "pass")) + verdicts.count(("good", "fail")),
+        verdicts.count(("good", "fail")),
+    )
 
 
 def test_download_defuses_formulas_and_gives_local_times_with_their_offset(

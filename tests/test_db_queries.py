@@ -381,6 +381,35 @@ def test_inspection_rows_name_each_parts_counted_classes(
     assert [int(r["content_hash"]) for r in inspection_rows(session, limit=1)] == [9]
 
 
+def test_inspection_rows_give_each_parts_truth_as_the_rates_decide_it(session, history) -> None:  # type: ignore[no-untyped-def]
+    rows = inspection_rows(session)
+    by_part = {int(r["content_hash"]): (r["reviewed"], r["reviewed_defects"]) for r in rows}
+    assert by_part == {
+        1: ("defective", "scratch"),
+        2: ("defective", "inclusion"),
+        3: ("good", ""),  # its one detection a false call
+        4: ("good", ""),
+        5: ("defective", "scratch"),
+        6: ("defective", "inclusion"),
+        7: ("not reviewed", ""),
+        8: ("not reviewed", ""),
+        9: ("defective", "scratch"),  # marked good, then a defect confirmed
+    }
+    # The scratch rates, recounted from the rows: defective with a scratch found, and good
+    # parts failed with a counted scratch.
+    judged = [r for r in rows if r["verdict"] != "error"]
+    scratched = [r for r in judged if "scratch" in r["reviewed_defects"].split(";")]
+    false_calls = [
+        r for r in judged if r["reviewed"] == "good" and "scratch" in r["defects"].split(";")
+    ]
+    [scratch] = rates(session, Filters(class_name="scratch"))
+    assert (scratch.n_defective, scratch.n_missed, scratch.n_false_calls) == (
+        len(scratched),
+        sum(r["verdict"] == "pass" for r in scratched),
+        sum(r["verdict"] == "fail" for r in false_calls),
+    )
+
+
 def test_station_activity_since_a_moment(session, history) -> None:  # type: ignore[no-untyped-def]
     b1 = session.scalars(select(Station).where(Station.name == "B1")).one()
     blank = Part(
