@@ -488,9 +488,12 @@ def review_figure(pixels_rgb, boxes: list[ShownBox]) -> go.Figure:  # type: igno
     figure = go.Figure(
         go.Image(
             source=source,
-            # A shown pixel covers scale_x x scale_y image pixels; its centre is theirs.
-            x0=(scale_x - 1) / 2,
-            y0=(scale_y - 1) / 2,
+            # x0, y0 place the first shown pixel's centre. Boxes are in pixel edges (image
+            # pixel i spans i to i + 1), so a shown pixel, covering scale_x x scale_y image
+            # pixels, spans j * scale_x to (j + 1) * scale_x: centred on pixel centres, every
+            # box was drawn half a source pixel up and left of the pixels it holds.
+            x0=scale_x / 2,
+            y0=scale_y / 2,
             dx=scale_x,
             dy=scale_y,
             hoverinfo="skip",

@@ -2622,3 +2622,23 @@ def test_status_gives_the_year_of_a_station_idle_since_last_year() -> None:
     shown = CliRunner().invoke(app, ["status"], env={"COLUMNS": "200"})
     assert shown.exit_code == 0, shown.output
     assert f"{a_year_ago:%Y-%m-%d %H:%M:%S}" in shown.output, shown.output
+
+
+@pytest.mark.parametrize("shape", [(40, 60), (2000, 3000), (1500, 1100)])
+def test_review_figure_places_pixels_where_boxes_are(shape: tuple[int, int]) -> None:
+    """Boxes are in pixel edges (pixel i spans i to i + 1), but the image was placed with
+    pixel i centred on i: every box was drawn half a source pixel up and left of its pixels.
+    The image now spans 0 to width and 0 to height of the axes, scaled or not."""
+    import numpy as np
+
+    from dashboard.charts import SHOWN_SIDE, review_figure
+
+    height, width = shape
+    figure = review_figure(np.zeros((height, width, 3), dtype=np.uint8), [])
+    image = figure.data[0]
+    scale = max(1.0, max(width, height) / SHOWN_SIDE)
+    shown_width, shown_height = round(width / scale), round(height / scale)
+    assert image.x0 - image.dx / 2 == pytest.approx(0)  # the left edge of pixel 0
+    assert image.y0 - image.dy / 2 == pytest.approx(0)  # its top edge
+    assert image.x0 + (shown_width - 0.5) * image.dx == pytest.approx(width)
+    assert image.y0 + (shown_height - 0.5) * image.dy == pytest.approx(height)
