@@ -2357,6 +2357,12 @@ def test_the_review_pages_export_cuts_parts_into_the_tiles_asked_for(
     assert not at.exception and not at.error, at.error
     data = yaml.safe_load((get_settings().datasets_dir / "reviews" / "data.yaml").read_text())
     assert data["defects_tile"] == {"size": 64, "overlap": 0.0}
+    # It said only "Exported 1 part as dataset reviews", where the CLI says the parts were cut
+    # into tiles and in which grid: the page now says the same.
+    assert "Exported 1 part as dataset reviews, parts cut into 64 px tiles, 0% overlap " in (
+        at.success[0].value
+    )
+    assert "(4 tiles)" in at.success[0].value  # a 256 x 64 strip in 64 px tiles
 
 
 def test_the_latency_chart_gives_each_grid_its_colour_and_percentiles() -> None:

@@ -454,8 +454,8 @@ def _print_dataset_report(report: ImportReport) -> None:
         for split, counts in report.split_counts.items():
             table.add_row(split, str(counts["images"]), str(counts["good"]), str(counts["boxes"]))
     console.print(f"dataset {report.name}: {len(report.classes)} classes {report.classes}")
-    if report.tile is not None:
-        console.print(f"parts cut into {report.tile.describe()}", markup=False)
+    if report.cut_into is not None:
+        console.print(report.cut_into, markup=False)
     console.print(table)
     if report.converted:
         console.print(f"{report.converted} image(s) of more than 8 bits stored as 8-bit PNG")

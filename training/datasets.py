@@ -126,6 +126,15 @@ class ImportReport:
         return None if self.tile is None else sum(c["images"] for c in self.split_counts.values())
 
     @property
+    def cut_into(self) -> str | None:
+        """How the parts were cut, in one wording for `defects import`, `export-reviews` and
+        the Review page's export (whose message did not say the parts were tiled); None for
+        whole images."""
+        if self.tile is None:
+            return None
+        return f"parts cut into {self.tile.describe()} ({self.n_tiles} tiles)"
+
+    @property
     def left_out(self) -> list[ImportIssue]:
         return [issue for issue in self.issues if issue.left_out]
 

@@ -403,7 +403,9 @@ with st.form("export"):
                 new_classes = report.classes[len(info.classes) :]
                 st.success(
                     f"Exported {report.n_images} part{'' if report.n_images == 1 else 's'} as "
-                    f"dataset {plain(report.name)}: retrain on the Models page."
+                    f"dataset {plain(report.name)}"
+                    + (f", {report.cut_into}" if report.cut_into else "")
+                    + ": retrain on the Models page."
                     + (
                         f" New classes, after the production detector's: "
                         f"{plain(', '.join(new_classes))}."
