@@ -495,6 +495,7 @@ class PartTruth:
     # known defective by one confirmed defect, its other detections not yet decided, is not.
     complete: bool
     boxes: list[tuple[str, float, float, float, float]]  # class, x1, y1, x2, y2
+    original_name: str = ""  # as recorded: the camera's file, which `stored_path` does not keep
 
 
 def reviewed_parts(session: Session) -> list[PartTruth]:
@@ -515,6 +516,13 @@ def reviewed_parts(session: Session) -> list[PartTruth]:
             if r.kind in DEFECT_REVIEWS and None not in (r.x1, r.y1, r.x2, r.y2)
         }
         truths.append(
-            PartTruth(part.id, part.stored_path, bool(defective), bool(complete), list(boxes))  # type: ignore[arg-type]
+            PartTruth(
+                part.id,
+                part.stored_path,
+                bool(defective),
+                bool(complete),
+                list(boxes),  # type: ignore[arg-type]
+                part.original_name,
+            )
         )
     return truths

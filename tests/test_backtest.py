@@ -509,3 +509,35 @@ def test_a_backtest_judges_with_the_classifier_its_operating_point_names_by_name
     result = backtest(reviewed, "tiny")
     assert (result.parts, result.unreadable) == (4, 0)
     assert result.rates.n_missed == 0  # (every part fails at a part threshold of 0)
+
+
+def test_an_export_of_reviews_keeps_each_parts_name_as_recorded(
+    reviewed: str, tmp_path: Path
+) -> None:
+    """Parts are exported under their content hash (unique), tiles as `<sha256>__x0_y0.png`:
+    the camera's file name recorded with each part was lost, and a tile or image of the export
+    could not be traced back to it. parts.csv (and tiles.csv's `original_name`) keep it."""
+    import csv
+
+    from inspection.tiling import TileSpec
+
+    camera_files = {p.name for p in (tmp_path / "in").iterdir()}
+    with session_scope(reviewed) as session:
+        whole = export_reviews(session, "whole", CLASSES, tmp_path / "datasets", "off")
+        tiled = export_reviews(
+            session, "tiled", CLASSES, tmp_path / "datasets", TileSpec.parse("32:0")
+        )
+    with (whole.root / "parts.csv").open(newline="") as handle:
+        parts = list(csv.DictReader(handle))
+    assert {row["original_name"] for row in parts} == camera_files
+    for row in parts:  # each row names an image of the export, in its split
+        assert (whole.root / "images" / row["split"] / row["part"]).is_file()
+        assert row["part"] not in camera_files  # (named by content hash, as before)
+    with (tiled.root / "tiles.csv").open(newline="") as handle:
+        tiles = list(csv.DictReader(handle))
+    with (tiled.root / "parts.csv").open(newline="") as handle:
+        tiled_parts = {row["part"]: row for row in csv.DictReader(handle)}
+    assert {row["original_name"] for row in tiles} == camera_files
+    for row in tiles:
+        assert tiled_parts[row["part"]]["original_name"] == row["original_name"]
+        assert (tiled.root / "images" / row["split"] / row["tile"]).is_file()

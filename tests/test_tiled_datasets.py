@@ -129,6 +129,7 @@ def test_import_cuts_each_part_into_tiles_with_its_boxes_clipped(session, tmp_pa
         "x1": "200",
         "y1": "120",
         "part_defective": "1",  # the part's, though this tile holds no box
+        "original_name": "",  # (an export of reviews': here `part` is the source's own file)
     }
     assert rows["good__x0_y0.png"]["part_defective"] == "0"
     # The scratch in the tiles at (45, 0) and (91, 0), the spot in those at (45, 28), (45, 56).

@@ -384,6 +384,9 @@ def export_reviews(
             [Box(class_names.index(c), x1, y1, x2, y2) for c, x1, y1, x2, y2 in truth.boxes],
             # (Drawn on the part as stations decoded it, turned by any EXIF orientation.)
             boxes_as_judged=True,
+            # (Its file is named by content hash: parts.csv and tiles.csv keep the camera's.)
+            part_id=truth.part_id,
+            original_name=truth.original_name,
         )
         for path, truth in kept
     ]

@@ -83,6 +83,10 @@ class LabeledImage:
     # The image's size as its annotation gives it (VOC's <size>, COCO's width and height),
     # where it gives one: boxes drawn on a copy of another size would land elsewhere here.
     annotated_size: tuple[int, int] | None = None
+    # A reviewed part's (an export of reviews): its id and the name it was recorded under, the
+    # camera's file, which the stored copy's content-hash name loses (PART_MAP).
+    part_id: int | None = None
+    original_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -1306,7 +1310,23 @@ READERS = {"voc": read_voc, "yolo": read_yolo, "coco": read_coco, "deeppcb": rea
 
 DATA_YAML_TILE_KEY = "defects_tile"  # in data.yaml (ultralytics ignores keys it does not know)
 TILE_MAP = "tiles.csv"
-TILE_MAP_COLUMNS = ("tile", "split", "part", "x0", "y0", "x1", "y1", "part_defective")
+# `original_name`: the part's name as recorded (an export of reviews, whose parts are named by
+# content hash), empty where `part` is the source's own file name (an import).
+TILE_MAP_COLUMNS = (
+    "tile",
+    "split",
+    "part",
+    "x0",
+    "y0",
+    "x1",
+    "y1",
+    "part_defective",
+    "original_name",
+)
+# Beside an export of reviews, whole or tiled: each part's image (or, tiled, its `part` in
+# tiles.csv), split, id and name as recorded, so that a file traces back to the camera's.
+PART_MAP = "parts.csv"
+PART_MAP_COLUMNS = ("part", "split", "part_id", "original_name")
 # A box cut by a tile's edge: the fragment inside the tile is a defect of that tile, since it
 # shows part of the defect, unless it is a sliver, under MIN_FRAGMENT pixels across the cut and
 # under half the box's own extent there (ultralytics' augmentation drops boxes under 2 px as
@@ -1845,7 +1865,8 @@ def _write_dataset(
     counts: dict[str, Counter[str]] = {s: Counter() for s in SPLITS}
     lists: dict[str, list[str]] = {s: [] for s in SPLITS}
     converted: list[str] = []
-    tile_rows: list[tuple[str, str, str, int, int, int, int, int]] = []
+    tile_rows: list[tuple[str, str, str, int, int, int, int, int, str]] = []
+    part_rows: list[tuple[str, str, str, str]] = []  # PART_MAP's, for reviewed parts
     sliced: list[str] = []  # parts with a sliver of a box left unlabeled in a tile
     n_slivers = 0
     for image in accepted:
@@ -1874,9 +1895,20 @@ def _write_dataset(
                     images=1, boxes=len(t.boxes), good_tiles=int(not t.boxes)
                 )
                 tile_rows.append(
-                    (t.name, image.split, image.path.name, *t.box, int(bool(image.boxes)))
+                    (
+                        t.name,
+                        image.split,
+                        image.path.name,
+                        *t.box,
+                        int(bool(image.boxes)),
+                        image.original_name or "",
+                    )
                 )
             counts[image.split].update(parts=1, good=int(not image.boxes))
+            if image.part_id is not None:
+                part_rows.append(
+                    (image.path.name, image.split, str(image.part_id), image.original_name or "")
+                )
             continue
         target = stage / "images" / image.split / image.path.name
         if image.path in high_bit_depth:
@@ -1897,6 +1929,10 @@ def _write_dataset(
         )
         lists[image.split].append(target.name)
         counts[image.split].update(images=1, boxes=len(image.boxes), good=int(not image.boxes))
+        if image.part_id is not None:
+            part_rows.append(
+                (target.name, image.split, str(image.part_id), image.original_name or "")
+            )
     n_imported = sum(len(names) for names in lists.values())
     if not n_imported:
         shutil.rmtree(stage)
@@ -1942,6 +1978,11 @@ def _write_dataset(
             writer = csv.writer(handle)
             writer.writerow(TILE_MAP_COLUMNS)
             writer.writerows(sorted(tile_rows))
+    if part_rows:
+        with (stage / PART_MAP).open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(PART_MAP_COLUMNS)
+            writer.writerows(sorted(part_rows))
     (stage / "data.yaml").write_text(yaml.safe_dump(data_yaml, sort_keys=False))
     left_out = [issue for issue in issues if issue.left_out]
     warnings = [issue for issue in issues if not issue.left_out]
