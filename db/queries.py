@@ -987,6 +987,11 @@ class RunRow:
     inspected_at: datetime
     # The part classifier's, where one judged: a part it failed had no other trace in the CSV.
     defect_probability: float | None = None
+    # As INSPECTION_COLUMNS' (the History page's CSV): the "tile" of its operating point, and
+    # the counted boxes it did not keep. Last, so a script reading the columns by place reads
+    # the earlier ones where they were.
+    grid: dict[str, Any] | str | None = None
+    boxes_left_out: int | None = None
 
     @classmethod
     def of(
@@ -999,6 +1004,8 @@ class RunRow:
         error: str | None,
         inspected_at: datetime,
         defect_probability: float | None = None,
+        grid: dict[str, Any] | str | None = None,
+        boxes_left_out: int | None = None,
     ) -> RunRow:
         return cls(
             name,
@@ -1010,6 +1017,8 @@ class RunRow:
             error or "",
             inspected_at,
             defect_probability,
+            grid,
+            boxes_left_out,
         )
 
 
@@ -1022,6 +1031,8 @@ _RUN_ROW_VERDICT = (
     Inspection.error,
     Inspection.inspected_at,
     Inspection.defect_probability,
+    Inspection.thresholds["tile"],
+    Inspection.boxes_left_out,
 )
 
 
@@ -1044,17 +1055,8 @@ def run_rows(session: Session, run_id: int, page: int = RUN_PAGE) -> Iterator[Ru
         if not found:
             return
         counted = counted_detections(session, [row[0] for row in found])
-        for inspection_id, name, digest, verdict, latency_ms, error, inspected_at, p in found:
-            yield RunRow.of(
-                name,
-                digest,
-                verdict,
-                counted.get(inspection_id, []),
-                latency_ms,
-                error,
-                inspected_at,
-                p,
-            )
+        for inspection_id, name, digest, verdict, *rest in found:
+            yield RunRow.of(name, digest, verdict, counted.get(inspection_id, []), *rest)
         after = found[-1][0]
 
 
@@ -1071,8 +1073,8 @@ def source_rows(
     for first in range(0, len(named_keys), _IN_LIST):
         chunk = named_keys[first : first + _IN_LIST]
         found = {
-            digest: (inspection_id, verdict, latency_ms, error, inspected_at, p)
-            for digest, inspection_id, verdict, latency_ms, error, inspected_at, p in (
+            digest: (inspection_id, verdict, rest)
+            for digest, inspection_id, verdict, *rest in (
                 session.execute(
                     select(Part.content_hash, Inspection.id, *_RUN_ROW_VERDICT)
                     .join(Part, Part.id == Inspection.part_id)
@@ -1088,17 +1090,8 @@ def source_rows(
         for name, digest in chunk:
             if digest not in found:
                 continue
-            inspection_id, verdict, latency_ms, error, inspected_at, p = found[digest]
-            yield RunRow.of(
-                name,
-                digest,
-                verdict,
-                counted.get(inspection_id, []),
-                latency_ms,
-                error,
-                inspected_at,
-                p,
-            )
+            inspection_id, verdict, rest = found[digest]
+            yield RunRow.of(name, digest, verdict, counted.get(inspection_id, []), *rest)
 
 
 @dataclass(frozen=True)

@@ -86,7 +86,7 @@ from inspection.images import (
 from inspection.judged import JudgedMover, Move, Stamp, stamp_of
 from inspection.results import shown_latency
 from inspection.settings import get_settings, same_place_under
-from inspection.tiling import TileSpec, TileSpecError, judged_tiles
+from inspection.tiling import TileSpec, TileSpecError, judged_tiles, station_grid
 from inspection.verdict import Detection, Thresholds
 
 logger = logging.getLogger(__name__)
@@ -1942,6 +1942,10 @@ def _write_run_csv(
                     # on local time read it as its own).
                     row.inspected_at.isoformat(timespec="seconds") + "Z",
                     f"{row.defect_probability:.4f}" if row.defect_probability is not None else "",
+                    # (Judged in tiles or whole, in words, and the counted boxes not kept: as
+                    # the History page's CSV gives them; empty for an error.)
+                    "" if row.verdict == "error" else station_grid(row.grid),
+                    "" if row.boxes_left_out is None else row.boxes_left_out,
                 ]
             )
             written += 1

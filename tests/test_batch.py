@@ -2323,3 +2323,55 @@ def test_a_ctrl_c_while_a_write_is_awaited_leaves_it_for_the_next_wait() -> None
     with pytest.raises(RuntimeError):
         BatchInspection._wait_for_write(run)  # type: ignore[arg-type]
     assert BatchInspection._wait_for_write(run) is False
+
+
+def test_a_runs_csv_gives_the_grid_and_the_boxes_left_out_as_the_history_csv_does(
+    detector: str, tmp_path: Path
+) -> None:
+    """`--export csv` had no grid column nor `boxes_left_out`, which the History page's CSV and
+    the results feed give: a tiled line's run could not tell a part judged in tiles from one
+    judged whole, nor one that fired all over from one that kept every box. Both now come
+    after the earlier columns, which stay where they were, as in the History page's CSV."""
+    import csv
+
+    from dashboard.downloads import filtered_results_csv
+    from db.queries import Filters
+    from inspection.batch import export_run_csv
+    from inspection.tiling import TileSpec
+
+    make_images(tmp_path / "in", n=2)
+    (tmp_path / "in" / "notes.txt").write_bytes(b"not an image")
+    job = BatchInspection(detector, tmp_path / "store", "L", "S", tile=TileSpec.parse("32:0"))
+    job.run(iter_source(str(tmp_path / "in")))
+    job.inspector.close()
+    with session_scope(detector) as session:  # (a part whose model fired all over it)
+        part = session.scalars(select(Part).where(Part.original_name == "part_000.png")).one()
+        session.execute(
+            update(Inspection).where(Inspection.part_id == part.id).values(boxes_left_out=7)
+        )
+    path = tmp_path / "run.csv"
+    assert export_run_csv(detector, job.run_id, path) == 3
+    with path.open(newline="") as handle:
+        header = next(csv.reader(handle))
+    assert header == [
+        "part",
+        "content_hash",
+        "verdict",
+        "defects",
+        "max_confidence",
+        "latency_ms",
+        "error",
+        "inspected_at",
+        "defect_probability",
+        "grid",
+        "boxes_left_out",
+    ]
+    rows = {row["part"]: row for row in csv.DictReader(path.open(newline=""))}
+    assert rows["part_000.png"]["boxes_left_out"] == "7"
+    assert rows["part_001.png"]["boxes_left_out"] == "0"
+    assert rows["part_000.png"]["grid"] == "32 px tiles, 0% overlap (--tile)"
+    assert rows["notes.txt"]["grid"] == rows["notes.txt"]["boxes_left_out"] == ""  # an error
+    history = csv.DictReader(io.StringIO(filtered_results_csv(detector, Filters()).decode()))
+    assert {row["part"]: (row["grid"], row["boxes_left_out"]) for row in history} == {
+        name: (row["grid"], row["boxes_left_out"]) for name, row in rows.items()
+    }
