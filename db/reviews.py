@@ -270,18 +270,64 @@ def mark_false_call(session: Session, prediction_id: int, reviewer: str) -> Revi
     return _review_prediction(session, prediction_id, ReviewKind.FALSE_CALL, reviewer)
 
 
+def decided_words(session: Session, inspection_id: int) -> dict[int, list[tuple[ReviewKind, str]]]:
+    """Every word given on the detections of a verdict: prediction id to (kind, reviewer), in
+    the order given. Two reviewers on pages drawn before the other's click may both decide one
+    detection, and the database keeps both."""
+    found: dict[int, list[tuple[ReviewKind, str]]] = {}
+    for prediction_id, kind, reviewer in session.execute(
+        select(Review.prediction_id, Review.kind, Review.reviewer)
+        .join(Prediction, Prediction.id == Review.prediction_id)
+        .where(Prediction.inspection_id == inspection_id)
+        .order_by(Review.id)
+    ):
+        found.setdefault(prediction_id, []).append((kind, reviewer))
+    return found
+
+
+def said_of(words: list[tuple[ReviewKind, str]]) -> str:
+    """What a detection's decision counts as, in words: "confirmed defect" or "false call";
+    where reviewers disagree, who said what and that the defective reading wins (as the rates
+    and the export take it). Said as the latest word, the page told the reviewer who marked a
+    false call after a confirmation that the box would not be taught, when it was."""
+    by_kind: dict[ReviewKind, list[str]] = {}
+    for kind, reviewer in words:
+        if reviewer not in by_kind.setdefault(kind, []):
+            by_kind[kind].append(reviewer)
+    if len(by_kind) == 1:
+        return next(iter(by_kind)).replace("_", " ")
+    confirmed = ", ".join(by_kind.get(ReviewKind.CONFIRMED_DEFECT, []))
+    false_call = ", ".join(by_kind.get(ReviewKind.FALSE_CALL, []))
+    return f"confirmed by {confirmed}, marked a false call by {false_call}: counted as a defect"
+
+
 def decisions(session: Session, inspection_id: int) -> dict[int, str]:
-    """The detections of a verdict a person has decided: prediction id to "confirmed defect"
-    or "false call" (the latest word, where two were given)."""
+    """The detections of a verdict a person has decided: prediction id to what the decision
+    counts as (`said_of`)."""
     return {
-        prediction_id: kind.replace("_", " ")
-        for prediction_id, kind in session.execute(
-            select(Review.prediction_id, Review.kind)
-            .join(Prediction, Prediction.id == Review.prediction_id)
-            .where(Prediction.inspection_id == inspection_id)
-            .order_by(Review.id)
-        )
+        prediction_id: said_of(words)
+        for prediction_id, words in decided_words(session, inspection_id).items()
     }
+
+
+def withdraw_decision(session: Session, prediction_id: int, reviewer: str) -> list[Review]:
+    """The reviewer's own decisions of one detection, deleted: how one of two reviewers who
+    disagree on it gives way (the other's word then stands alone); returned as they were."""
+    mine = list(
+        session.scalars(
+            select(Review).where(
+                Review.prediction_id == prediction_id, Review.reviewer == reviewer.strip()
+            )
+        )
+    )
+    if not mine:
+        raise LookupError(
+            f"{reviewer.strip() or 'nobody'} has no decision of detection {prediction_id}"
+        )
+    for each in mine:
+        session.delete(each)
+    session.flush()
+    return mine
 
 
 # The note of the reviews one "the others are false calls" writes: one action, undone as one.

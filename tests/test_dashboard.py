@@ -2648,3 +2648,33 @@ def test_review_figure_places_pixels_where_boxes_are(shape: tuple[int, int]) -> 
     assert image.y0 - image.dy / 2 == pytest.approx(0)  # its top edge
     assert image.x0 + (shown_width - 0.5) * image.dx == pytest.approx(width)
     assert image.y0 + (shown_height - 0.5) * image.dy == pytest.approx(height)
+
+
+def test_a_detection_two_reviewers_disagree_on_says_what_counts_and_one_gives_way(
+    production: str, tmp_path: Path
+) -> None:
+    """Ana confirmed a detection as Bob, on a page drawn before, marked it a false call: the
+    database keeps both and counts the part defective, while the page said "false call" (the
+    latest word), so Bob believed the box would not be taught."""
+    from db.reviews import confirm_defect, mark_false_call
+
+    bob = _two_failed_parts_on_review(production, tmp_path, (0.9, 0.4))
+    bob.text_input(key="reviewer").input("Bob").run()
+    shown = bob.selectbox(key="review_part").value
+    with session_scope(production) as session:
+        inspection = session.scalars(select(Inspection).where(Inspection.part_id == shown)).one()
+        first = min(p.id for p in inspection.predictions)
+        confirm_defect(session, first, "Ana")  # (both clicks on their way at once)
+        mark_false_call(session, first, "Bob")
+    bob.run()
+    assert not bob.exception, bob.exception
+    said = "confirmed by Ana, marked a false call by Bob: counted as a defect"
+    assert any(m.value.endswith(f"**{said}**") for m in bob.markdown)
+    next(b for b in bob.button if b.label == "Withdraw my false call").click().run()
+    assert not bob.exception, bob.exception
+    with session_scope(production) as session:
+        left = [(r.reviewer, r.kind.value) for r in session.scalars(select(Review))]
+    assert left == [("Ana", "confirmed_defect")]
+    assert bob.selectbox(key="review_part").value == shown
+    assert any(m.value.endswith("**confirmed defect**") for m in bob.markdown)
+    assert not any(b.label.startswith("Withdraw") for b in bob.button)

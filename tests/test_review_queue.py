@@ -440,6 +440,12 @@ def test_a_confirmation_overruled_by_a_false_call_keeps_its_class_and_its_place(
         later = start + timedelta(minutes=minutes)
         session.execute(update(Review).where(Review.id == review.id).values(created_at=later))
     assert reviewer_classes(session, known) == ["spot", "crack"]
+    # The Review page says what counts, not the latest word ("false call").
+    assert decisions(session, spotted.id) == {
+        spotted.predictions[
+            0
+        ].id: "confirmed by ana, marked a false call by cy: counted as a defect"
+    }
     session.expire_all()
     report = export_reviews(session, "disputed", known, tmp_path / "datasets", "off")
     assert report.classes == ["scratch", "spot", "crack"]

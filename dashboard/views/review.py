@@ -17,15 +17,17 @@ from db.reviews import (
     add_missed_defect,
     confirm_defect,
     decide_the_rest,
-    decisions,
+    decided_words,
     mark_false_call,
     mark_good,
     missed_defects,
     part_item,
     review_queue,
     reviewer_classes,
+    said_of,
     undo_last_review,
     verdicts_reviewed,
+    withdraw_decision,
 )
 from db.session import session_scope
 from inspection.engine import TileChoice
@@ -140,7 +142,8 @@ else:
         inspection = session.get(Inspection, item.inspection_id)
         assert inspection is not None
         part = inspection.part
-        decided = decisions(session, item.inspection_id)
+        words = decided_words(session, item.inspection_id)
+        decided = {prediction_id: said_of(said) for prediction_id, said in words.items()}
         predictions = [
             (p.id, p.class_name, p.confidence, p.counted, (p.x1, p.y1, p.x2, p.y2))
             for p in inspection.predictions
@@ -255,6 +258,19 @@ else:
                     width=240,
                 )
             if prediction_id in decided:
+                mine = [kind for kind, who in words[prediction_id] if who == reviewer.strip()]
+                if len({kind for kind, _ in words[prediction_id]}) > 1 and mine:
+                    # Reviewers disagree (pages drawn before each other's click): one of them
+                    # gives way, and the other's word stands alone.
+                    said = mine[-1].replace("_", " ")
+                    if st.button(
+                        f"Withdraw my {said}", key=f"withdraw_{prediction_id}", disabled=blocked
+                    ):
+                        with session_scope(state.url) as session:
+                            withdraw_decision(session, prediction_id, reviewer)
+                        reviewed(
+                            f"Your {said} on detection {i + 1} of part {item.part_id} withdrawn."
+                        )
                 continue
             a, b = st.columns(2)
             if a.button(
