@@ -432,20 +432,48 @@ def add_missed_defect(
         raise LookupError(f"no part {part_id}")
     if part.width and part.height and (x1 < 0 or y1 < 0 or x2 > part.width or y2 > part.height):
         raise ValueError(f"the box lies outside the {part.width}x{part.height} image")
-    same = session.scalars(
-        select(Review).where(
+    for same in session.scalars(
+        select(Review)
+        .where(
             Review.part_id == part_id,
-            Review.kind == ReviewKind.MISSED_DEFECT,
+            Review.kind.in_(DEFECT_REVIEWS),
             Review.class_name == class_name,
-            Review.x1 == x1,
-            Review.y1 == y1,
-            Review.x2 == x2,
-            Review.y2 == y2,
+            Review.x1.is_not(None),
         )
-    ).first()
-    if same is not None:  # (a second press of Add wrote the same label twice)
-        raise ValueError(f"this {class_name} box is recorded already (by {same.reviewer})")
+        .order_by(Review.id)
+    ):
+        recorded = (same.x1, same.y1, same.x2, same.y2)
+        if recorded == (x1, y1, x2, y2):  # (a second press of Add wrote the same label twice)
+            raise ValueError(f"this {class_name} box is recorded already (by {same.reviewer})")
+        if _overlap(recorded, (x1, y1, x2, y2)) >= SAME_DEFECT_IOU:  # type: ignore[arg-type]
+            # Two reviewers, each on a page drawn before the other's Add (or over a detection
+            # another confirmed meanwhile), drew one defect twice: the export taught it as two.
+            said = "added" if same.kind == ReviewKind.MISSED_DEFECT else "confirmed"
+            raise ValueError(
+                f"a {class_name} box over the same place is recorded already ({said} by "
+                f"{same.reviewer}, {_corners(recorded)}): it is drawn on the part now; undo it "
+                "first to draw it again"
+            )
     return _add(session, part_id, ReviewKind.MISSED_DEFECT, reviewer, class_name, box)
+
+
+# Two boxes of one class overlapping this much (intersection over union) are one defect, as
+# evaluation matches a detection to a label.
+SAME_DEFECT_IOU = 0.5
+
+
+def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    """Intersection over union of two boxes (x1, y1, x2, y2)."""
+    width = min(a[2], b[2]) - max(a[0], b[0])
+    height = min(a[3], b[3]) - max(a[1], b[1])
+    if width <= 0 or height <= 0:
+        return 0.0
+    inter = width * height
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def _corners(box: tuple[float | None, ...]) -> str:
+    return ", ".join(f"{c:g}" for c in box if c is not None)
 
 
 def missed_defects(session: Session, part_id: int) -> list[Review]:

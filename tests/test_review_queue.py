@@ -169,6 +169,22 @@ def test_a_missed_defect_is_recorded_once_and_of_a_known_class(session: Session)
         add_missed_defect(session, passed.part_id, "dent", (1, 1, 5, 5), "ana", classes=["scratch"])
 
 
+def test_one_defect_drawn_by_two_reviewers_is_recorded_once(session: Session) -> None:
+    """Ana and Bob, each on a page drawn before the other's Add, drew the same missed defect
+    a few pixels apart (or over a detection another had confirmed meanwhile): both were
+    recorded, and the export taught one defect as two."""
+    passed = _part(session, 1, []).part_id
+    add_missed_defect(session, passed, "scratch", (10, 10, 30, 30), "ana")
+    with pytest.raises(ValueError, match=r"over the same place .*\(added by ana, 10, 10, 30, 30\)"):
+        add_missed_defect(session, passed, "scratch", (12, 11, 31, 29), "bob")
+    add_missed_defect(session, passed, "dent", (12, 11, 31, 29), "bob")  # another class
+    add_missed_defect(session, passed, "scratch", (40, 40, 60, 60), "bob")  # another place
+    failed = _part(session, 2, [0.9])
+    confirm_defect(session, failed.predictions[0].id, "ana")  # a box at 1, 1, 9, 9
+    with pytest.raises(ValueError, match="confirmed by ana"):
+        add_missed_defect(session, failed.part_id, "scratch", (1, 1, 8, 9), "bob")
+
+
 def test_a_new_defect_type_is_added_only_when_said_and_a_look_alike_is_refused(
     session: Session,
 ) -> None:
