@@ -2678,3 +2678,37 @@ def test_a_detection_two_reviewers_disagree_on_says_what_counts_and_one_gives_wa
     assert bob.selectbox(key="review_part").value == shown
     assert any(m.value.endswith("**confirmed defect**") for m in bob.markdown)
     assert not any(b.label.startswith("Withdraw") for b in bob.button)
+
+
+def test_a_defect_missed_on_a_part_another_reviewer_finished_can_still_be_added(
+    production: str, tmp_path: Path
+) -> None:
+    """Ana marked a part good while Bob, on the same part, was adding a defect she missed: his
+    Add was dropped and the part had left his list (only Ana's kept it, as just reviewed), so
+    the defect could not be added at all, and the export taught the part as good."""
+    first = _app().run()
+    first.file_uploader(key="inspect_files").set_value(_png_files(tmp_path, 3, 7)).run()
+    ana, bob = _app().run(), _app().run()
+    for at, name in ((ana, "Ana"), (bob, "Bob")):
+        at.switch_page("views/review.py").run()
+        at.text_input(key="reviewer").input(name).run()
+    shown = bob.selectbox(key="review_part").value
+    next(b for b in ana.button if b.label == "Mark part good").click().run()
+
+    def add(corners: tuple[int, int, int, int]) -> None:
+        for corner, value in zip(("x1", "y1", "x2", "y2"), corners, strict=True):
+            bob.number_input(key=f"{corner}_{shown}_0_None").set_value(value)
+        next(b for b in bob.button if b.label == "Add missed defect").click().run()
+        assert not bob.exception, bob.exception
+
+    add((30, 30, 40, 44))
+    assert _count(production, Review) == 1  # (Ana's: Bob's click is not put on another part)
+    assert any(f'pick "part {shown} (reviewed elsewhere)"' in i.value for i in bob.info)
+    assert bob.selectbox(key="review_part").value != shown
+    bob.selectbox(key="review_part").set_value(shown).run()
+    assert not bob.exception, bob.exception
+    add((30, 30, 40, 44))
+    assert f"Missed {CLASSES[0]} added to part {shown}." in bob.success[0].value
+    with session_scope(production) as session:
+        truth = {t.part_id: t for t in reviewed_parts(session)}
+    assert truth[shown].defective and len(truth[shown].boxes) == 1

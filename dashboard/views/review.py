@@ -100,7 +100,27 @@ with session_scope(state.url) as session:
         if last is not None and all(q.part_id != last for q in queue)
         else None
     )
-if not queue and done is None:
+    # Parts this session was shown that another reviewer finished meanwhile, kept within reach:
+    # they had left every list but that reviewer's, so a defect they missed, seen here, could
+    # not be added, and the export taught it as background.
+    shown = st.session_state.get("review_part")
+    elsewhere_ids: list[int] = st.session_state.get("review_elsewhere", [])
+    gone_elsewhere = (
+        shown is not None
+        and shown != last
+        and shown not in elsewhere_ids
+        and all(q.part_id != shown for q in queue)
+    )
+    if gone_elsewhere:
+        elsewhere_ids = st.session_state["review_elsewhere"] = [*elsewhere_ids, shown]
+    elsewhere = [
+        item
+        for part_id in elsewhere_ids
+        if all(q.part_id != part_id for q in queue) and (done is None or done.part_id != part_id)
+        for item in [part_item(session, part_id)]
+        if item is not None
+    ]
+if not queue and done is None and not elsewhere:
     st.info("Nothing to review: inspected parts appear here, the least certain first.")
 else:
     count = f"{len(waiting)}+" if len(waiting) >= REVIEW_SCAN else str(len(waiting))
@@ -112,16 +132,31 @@ else:
     by_part = {q.part_id: q for q in queue}
     if done is not None:
         by_part[done.part_id] = done
+    by_part.update((e.part_id, e) for e in elsewhere)
     # The selection is the part itself, not its place in the list: when a part is done and
     # leaves the queue, the next least certain one is shown (a place would now name another
     # part, and the next click would review it unseen).
-    shown = st.session_state.get("review_part")
-    if shown not in by_part or (acted and done is not None and shown == done.part_id and queue):
-        st.session_state["review_part"] = queue[0].part_id if queue else done.part_id  # type: ignore[union-attr]
+    if (
+        shown not in by_part
+        or (gone_elsewhere and (queue or done is not None))
+        or (acted and done is not None and shown == done.part_id and queue)
+    ):
+        st.session_state["review_part"] = (
+            queue[0].part_id
+            if queue
+            else done.part_id
+            if done is not None
+            else elsewhere[0].part_id
+        )
         if shown is not None and shown != last:
             # Not done here: another reviewer finished it, or it was judged again.
             st.info(
                 f"Part {shown} is no longer waiting (reviewed elsewhere, or judged again): "
+                f"showing part {st.session_state['review_part']}. A click meant for it was not "
+                f'recorded; to add a defect missed on it, pick "part {shown} (reviewed '
+                'elsewhere)" in the list.'
+                if shown in by_part
+                else f"Part {shown} is no longer waiting (reviewed elsewhere, or judged again): "
                 f"showing part {st.session_state['review_part']}."
             )
         elif shown is not None and done is not None and shown == done.part_id:
@@ -133,6 +168,8 @@ else:
     def label(part_id: int) -> str:
         if done is not None and part_id == done.part_id:
             return f"part {part_id} (just reviewed)"
+        if part_id in elsewhere_ids and all(q.part_id != part_id for q in queue):
+            return f"part {part_id} (reviewed elsewhere)"
         gone = ", image not here" if part_id in unseen_parts else ""
         return f"part {part_id} (margin {by_part[part_id].margin:.2f}{gone})"
 
