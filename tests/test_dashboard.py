@@ -2712,3 +2712,36 @@ def test_a_defect_missed_on_a_part_another_reviewer_finished_can_still_be_added(
     with session_scope(production) as session:
         truth = {t.part_id: t for t in reviewed_parts(session)}
     assert truth[shown].defective and len(truth[shown].boxes) == 1
+
+
+def test_a_decision_on_a_detection_another_reviewer_decided_meanwhile_is_said_dropped(
+    production: str, tmp_path: Path
+) -> None:
+    """Bob marked a false call on a detection Ana had confirmed since his page was drawn: his
+    click was dropped without a word, the line now reading "confirmed defect", and Bob took
+    his false call for recorded."""
+    first = _app().run()
+    first.file_uploader(key="inspect_files").set_value(_png_files(tmp_path, 2, 3)).run()
+    with session_scope(production) as session:
+        for inspection in session.scalars(select(Inspection)):
+            inspection.verdict = Verdict.FAIL
+            for confidence in (0.9, 0.4):
+                inspection.predictions.append(
+                    Prediction(
+                        class_name=CLASSES[0], confidence=confidence, x1=2, y1=2, x2=20, y2=20
+                    )
+                )
+    ana, bob = _app().run(), _app().run()
+    for at, name in ((ana, "Ana"), (bob, "Bob")):
+        at.switch_page("views/review.py").run()
+        at.text_input(key="reviewer").input(name).run()
+    next(b for b in ana.button if b.label == "Confirm defect").click().run()
+    next(b for b in bob.button if b.label == "False call").click().run()
+    assert not bob.exception, bob.exception
+    said = "Your false call on detection 1 was not recorded: Ana decided it meanwhile"
+    assert any(w.value.startswith(plain(said)) for w in bob.warning)
+    with session_scope(production) as session:
+        assert [r.reviewer for r in session.scalars(select(Review))] == ["Ana"]
+    # Bob's own decisions are not said dropped.
+    next(b for b in bob.button if b.label == "Confirm defect").click().run()
+    assert not any("not recorded" in w.value for w in bob.warning)

@@ -296,6 +296,21 @@ else:
                 )
             if prediction_id in decided:
                 mine = [kind for kind, who in words[prediction_id] if who == reviewer.strip()]
+                clicked = [
+                    word
+                    for word, key in (("confirmed defect", "confirm"), ("false call", "false"))
+                    if st.session_state.get(f"{key}_{prediction_id}")
+                ]
+                if clicked and not mine:
+                    # Decided by another meanwhile: the click is dropped (its button is gone),
+                    # which the line alone did not say.
+                    others = ", ".join(dict.fromkeys(who for _, who in words[prediction_id]))
+                    st.warning(
+                        plain(
+                            f"Your {clicked[0]} on detection {i + 1} was not recorded: "
+                            f"{others} decided it meanwhile ({decided[prediction_id]})."
+                        )
+                    )
                 if len({kind for kind, _ in words[prediction_id]}) > 1 and mine:
                     # Reviewers disagree (pages drawn before each other's click): one of them
                     # gives way, and the other's word stands alone.
