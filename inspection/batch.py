@@ -106,6 +106,16 @@ RATIO_FLOOR_BYTES = 4 * 1024 * 1024
 # before the first was judged. A shift's lot from one camera is thousands of images; 100000 is
 # more than a day at one a second, and a folder or several zips take more.
 MAX_ZIP_ENTRIES = 100_000
+# What one zip may unpack in all, by the sizes its directory declares for the entries read (an
+# entry unpacks no further than its declared size): this many times the zip's own size, or the
+# floor where that is more. Entries under RATIO_FLOOR_BYTES are not held to any ratio, and
+# 100000 of just under 4 MB, each packed past 1:1000, unpacked to 400 GB of image store from a
+# zip of 400 MB. A lot's ratio is its images' average: a camera's JPEG or PNG about 1:1, a raw
+# sensor BMP rarely past 1:10, a binarized PCB board's BMP about 1:50 (DeepPCB's, thresholded);
+# 100:1 is twice the last. The floor lets a lot of small, nearly blank BMPs (1:500 each) pass:
+# 10000 parts of 200 kB, a shift's lot at a small station, unpack to 2 GB.
+MAX_ZIP_UNPACK_RATIO = 100
+ZIP_UNPACK_FLOOR_BYTES = 2_000_000_000
 # Bytes of the zip's directory allowed an entry (46 of its own, its name, extra fields and
 # comment: about 100 for a camera's file): a directory that says it holds few entries may list
 # millions all the same, Python reading it to its declared size whatever the count says.
@@ -585,10 +595,39 @@ def _too_compressed_error(info: zipfile.ZipInfo) -> str:
     )
 
 
+def _zip_bytes(archive_file: Path | BinaryIO) -> int:
+    """The zip's own size, a file's or an upload's."""
+    if isinstance(archive_file, Path):
+        return archive_file.stat().st_size
+    position = archive_file.tell()
+    try:
+        return archive_file.seek(0, os.SEEK_END)
+    finally:
+        archive_file.seek(position)
+
+
+def zip_unpack_limit(zip_bytes: int) -> int:
+    """The most a zip of `zip_bytes` may unpack in all (`MAX_ZIP_UNPACK_RATIO`)."""
+    return max(ZIP_UNPACK_FLOOR_BYTES, MAX_ZIP_UNPACK_RATIO * zip_bytes)
+
+
+def _unpacks_too_far_error(limit: int, zip_bytes: int) -> str:
+    # (The particulars inside the parentheses, as in `_too_compressed_error`: one error kind.)
+    return (
+        f"zip unpacks too far (past {limit / 1e6:.0f} MB, the most a zip of "
+        f"{zip_bytes / 1e6:.0f} MB may give: {MAX_ZIP_UNPACK_RATIO} times its size, at least "
+        f"{ZIP_UNPACK_FLOOR_BYTES / 1e9:.0f} GB; no camera's lot packs so far): not read"
+    )
+
+
 def iter_zip(archive_file: Path | BinaryIO, label: str) -> Iterator[SourceItem]:
-    """Entries of a zip (a path or an open file, such as an upload) as source items."""
+    """Entries of a zip (a path or an open file, such as an upload) as source items. Once the
+    entries read declare more in all than `zip_unpack_limit`, the rest are error items, unread
+    (the ones before are judged)."""
     archive = _open_zip(archive_file, label)
     with archive:
+        zip_bytes = _zip_bytes(archive_file)
+        limit, unpacked = zip_unpack_limit(zip_bytes), 0
         overlapping = _overlapping_entries(archive)
         for info in archive.infolist():
             name = f"{label}:{_entry_name(info)}"
@@ -604,7 +643,11 @@ def iter_zip(archive_file: Path | BinaryIO, label: str) -> Iterator[SourceItem]:
                 yield SourceItem(name, None, f"zip entry too large ({info.file_size / 1e6:.0f} MB)")
             elif _too_compressed(info):
                 yield SourceItem(name, None, _too_compressed_error(info))
+            elif unpacked + info.file_size > limit:
+                unpacked = limit + 1  # (no later entry is read, however small)
+                yield SourceItem(name, None, _unpacks_too_far_error(limit, zip_bytes))
             else:
+                unpacked += info.file_size
                 try:
                     # Read no further than the limit: an entry whose header declares less than
                     # it holds (a zip bomb) was unpacked whole first, gigabytes in memory.

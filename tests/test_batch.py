@@ -505,6 +505,59 @@ def test_a_zip_entry_compressed_far_past_any_cameras_image_is_not_unpacked() -> 
     assert items["lot.zip:c.bmp"].data == b"\x00" * 100_000
 
 
+def test_a_zip_that_unpacks_far_past_its_own_size_in_all_is_read_only_up_to_the_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Entries under the ratio's floor are held to no ratio: 100000 of just under 4 MB, each
+    packed past 1:1000, unpacked to 400 GB of image store from a zip of 400 MB. The sizes its
+    directory declares are summed as entries come; past the bound (a whole-zip ratio, with a
+    floor) the rest are error items, never unpacked, and the ones before are read."""
+    from inspection import batch
+    from inspection.batch import error_kind, iter_zip
+
+    monkeypatch.setattr(batch, "ZIP_UNPACK_FLOOR_BYTES", 1_000_000)
+    patterned = b"\x00\x10\x20\x30" * 75_000  # 300 kB, under the per-entry floor: packs to 1 kB
+    archive = tmp_path / "lot.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        for index in range(5):
+            zf.writestr(f"p{index}.bmp", patterned)
+        zf.writestr("tiny.bmp", b"x")  # (after the bound: not read either, however small)
+    assert 100 * archive.stat().st_size < 1_000_000  # (the floor is the bound here)
+    read: list[str] = []
+    real_open = zipfile.ZipFile.open
+
+    def noting_open(self: zipfile.ZipFile, name: Any, *args: Any, **kwargs: Any) -> Any:
+        read.append(getattr(name, "filename", name))
+        return real_open(self, name, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(zipfile.ZipFile, "open", noting_open)
+        items = list(iter_zip(archive, "lot.zip"))
+    assert read == ["p0.bmp", "p1.bmp", "p2.bmp"]  # 900 kB; a fourth would pass 1 MB
+    assert [item.data for item in items[:3]] == [patterned] * 3
+    for item in items[3:]:
+        assert item.data is None
+        assert (item.error or "").startswith("zip unpacks too far (past 1 MB, the most a zip of ")
+        assert (item.error or "").endswith(": not read")
+        assert error_kind(item.error) == "zip unpacks too far"
+    assert [item.name for item in items[3:]] == [
+        "lot.zip:p3.bmp",
+        "lot.zip:p4.bmp",
+        "lot.zip:tiny.bmp",
+    ]
+
+    # A zip of images that do not pack (a camera's JPEGs) may unpack to its size's ratio
+    # times over, past the floor: an upload (an open file) as a path.
+    noisy = random.Random(3).randbytes(20_000)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("noise.jpg", noisy)
+        for index in range(5):
+            zf.writestr(f"p{index}.bmp", patterned)
+    buffer.seek(0)
+    assert [item.error for item in iter_zip(buffer, "upload.zip")] == [None] * 6
+
+
 def _zip_saying_entries(entries: int, zip64: bool = False, real: int = 3) -> bytes:
     """A zip of `real` tiny entries whose end record says it holds `entries`: a zip of
     millions of entries, as far as its end record goes, without writing millions."""
@@ -2206,7 +2259,7 @@ def test_verdicts_are_stamped_by_the_databases_clock_not_the_stations(
 
     # Every clock this station's Python reads for a stored time.
     monkeypatch.setattr(db.models, "utcnow", behind)
-    monkeypatch.setattr(inspection.batch, "utcnow", behind, raising=False)
+    monkeypatch.setattr(inspection.batch, "utcnow", behind)
     make_images(tmp_path / "in", n=2)
     summary = _job(detector, tmp_path).run(iter_source(str(tmp_path / "in")))
     assert summary.inspected == 2

@@ -236,6 +236,36 @@ def test_a_damaged_zip_beside_images_is_one_error_row_and_the_images_are_judged(
     assert table["error"].iloc[0].startswith("cannot open the zip: ")  # (its name is the part's)
 
 
+def test_a_zip_upload_past_what_a_zip_may_unpack_judges_the_entries_before_the_bound(
+    production: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upload's entries under the ratio's floor were held to no bound in all: a zip of
+    thousands, each packed past 1:1000, filled the image store. Past what the zip may unpack
+    (here its first two images), the rest are error rows, never unpacked; the page says so."""
+    import inspection.batch
+
+    images = _png_files(tmp_path, 3, 8)
+    monkeypatch.setattr(inspection.batch, "MAX_ZIP_UNPACK_RATIO", 0)  # (the floor alone)
+    monkeypatch.setattr(
+        inspection.batch, "ZIP_UNPACK_FLOOR_BYTES", len(images[0][1]) + len(images[1][1])
+    )
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data, _ in images:
+            archive.writestr(name, data)
+    at = _app().run()
+    at.file_uploader(key="inspect_files").set_value(
+        [("lot.zip", buffer.getvalue(), "application/zip")]
+    ).run()
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value
+    assert list(table["part"]) == [f"lot.zip:{name}" for name, _, _ in images]
+    assert list(table["verdict"] == "error") == [False, False, True]
+    assert table["error"].iloc[2].startswith("zip unpacks too far (past ")
+    said = " ".join(caption.value for caption in at.caption)
+    assert "entries past what it may unpack in all (0 times its size, at least 0 GB)" in said
+
+
 def test_a_zip_upload_of_too_many_entries_is_one_error_row_and_the_images_are_judged(
     production: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
