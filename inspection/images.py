@@ -420,7 +420,10 @@ Prepared = tuple[
 # only its error is: a zip of 200 MB blobs filled the store with 1.6 GB of bytes no one looks
 # at, and a full store stops the run. (The file itself stays where it came from.) A file of one
 # byte over and over (an unfilled capture buffer) is none either: a 600 KB zip of three 200 MB
-# such entries, each byte its own, put 600 MB in the store.
+# such entries, each byte its own, put 600 MB in the store. So is every other file refused
+# (an image too large, of several frames, blank): an error is never reviewed, so no page, review,
+# backtest or export reads its stored bytes, and one judged again (at a raised pixel limit) is
+# read from its source; a 250 MB header claiming a 10000 MP image was kept whole, each copy.
 KEEP_NON_IMAGE_BYTES = 16 * 1024 * 1024
 NOT_AN_IMAGE = (
     "not an image file",
@@ -442,8 +445,8 @@ def prepare_parts(
 
     Module level and without the model, so that worker processes can run it; storing
     here spreads the image store's system calls over the workers that already hold the bytes.
-    An undecodable file is stored all the same, kept with its error, up to
-    KEEP_NON_IMAGE_BYTES."""
+    A refused file (undecodable, too large, blank) is stored all the same, kept with its
+    error, up to KEEP_NON_IMAGE_BYTES."""
     prepared: list[Prepared] = []
     for i, data in enumerate(datas):
         boxed: Letterboxed | Tiled | None = None
@@ -465,8 +468,11 @@ def prepare_parts(
             error = f"cannot read the image: {type(exc).__name__}: {exc}"
         stored = None
         if stores is not None:
-            if error and error.startswith(NOT_AN_IMAGE) and len(data) > KEEP_NON_IMAGE_BYTES:
-                error += f" (not kept: {len(data) / 1e6:.0f} MB that is not an image)"
+            if error and len(data) > KEEP_NON_IMAGE_BYTES:
+                what = (
+                    "is not an image" if error.startswith(NOT_AN_IMAGE) else "could not be judged"
+                )
+                error += f" (not kept: {len(data) / 1e6:.0f} MB that {what})"
             else:
                 request = stores[i]
                 stored = store_image(request.images_dir, request.content_hash, request.name, data)

@@ -1840,6 +1840,50 @@ def test_a_large_file_that_is_not_an_image_is_recorded_but_not_kept(
     assert errors["large.bin"].startswith("not an image file") and "not kept" in errors["large.bin"]
 
 
+def test_a_large_file_refused_as_an_image_is_recorded_but_not_kept(
+    detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file of 250 MB, a PNG header claiming 100000x100000 pixels and padding, was kept whole
+    in the image store, one copy per distinct file, where a file that is not an image is cut
+    at the keep limit: no page draws it nor review or backtest reads it (an error is never
+    reviewed), and judged again at a raised limit it is read from its source. Past the keep
+    limit only its refusal is kept; a small one stays with its error, as its evidence."""
+    import hashlib
+    import zlib as deflate
+
+    import inspection.images as images
+
+    monkeypatch.setattr(images, "KEEP_NON_IMAGE_BYTES", 1000)
+
+    def huge_png(padding: int) -> bytes:
+        header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
+        chunk = b"IHDR" + header
+        ihdr = struct.pack(">I", len(header)) + chunk + struct.pack(">I", deflate.crc32(chunk))
+        idat = struct.pack(">I", padding) + b"IDAT" + random.Random(padding).randbytes(padding)
+        return b"\x89PNG\r\n\x1a\n" + ihdr + idat
+
+    folder = tmp_path / "in"
+    make_images(folder, n=1)
+    (folder / "small.png").write_bytes(huge_png(100))
+    (folder / "large.png").write_bytes(huge_png(5000))
+    _job(detector, tmp_path).run(iter_source(str(folder)))
+    with session_scope(detector) as session:
+        rows = session.execute(
+            select(Part.original_name, Part.stored_path, Inspection.error).join(
+                Inspection, Inspection.part_id == Part.id
+            )
+        ).all()
+    kept = {name: stored for name, stored, _ in rows}
+    errors = {name: error or "" for name, _, error in rows}
+    for name in ("small.png", "large.png"):
+        assert errors[name].startswith("image too large: 10000 MP is over the ")
+    assert kept["small.png"] and Path(kept["small.png"]).is_file()  # kept with its error
+    assert kept["large.png"] == ""
+    assert errors["large.png"].endswith("(not kept: 0 MB that could not be judged)")
+    large = hashlib.sha256((folder / "large.png").read_bytes()).hexdigest()
+    assert not list((tmp_path / "store").rglob(f"{large}*"))
+
+
 def test_a_large_file_of_one_byte_over_and_over_is_recorded_but_not_kept(
     detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
