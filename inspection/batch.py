@@ -33,6 +33,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
 from pathlib import Path
 from threading import Event, Lock
 from typing import IO, Any, BinaryIO, TypeVar
@@ -63,7 +64,9 @@ from db.session import (
     retrying_races,
     session_scope,
 )
+from inspection.backends.base import Backend
 from inspection.engine import (
+    EXPORTED_FROM_KEY,
     BackendChoice,
     Inspector,
     PartInput,
@@ -812,6 +815,50 @@ def _detector_of_model_file(session: Session, path: Path) -> ModelVersion:
     return version
 
 
+def check_unrecorded_export(
+    session: Session, backend: Backend, version_name: str, weights_sha256: str
+) -> str | None:
+    """An ONNX export made before `defects export` recorded its weights' digest cannot be
+    checked by it (`check_export_source`), and a stale or foreign one of the same classes
+    judged for this version without a word. Refused where its `defects.model_version` names
+    another registered detector, of other weights, registered before the export was made: a
+    version of the same weights (a demo registered again) is no sign, nor one registered after
+    it (a name taken again after a rename). Otherwise the line to say once: nothing tells."""
+    metadata = getattr(backend, "metadata", {})
+    if backend.model_path.suffix != ".onnx" or EXPORTED_FROM_KEY in metadata:
+        return None
+    named = metadata.get("defects.model_version") or ""
+    other = session.scalars(
+        select(ModelVersion).where(
+            ModelVersion.kind == ModelKind.DETECTOR,
+            ModelVersion.name == named,
+            ModelVersion.name != version_name,
+            ModelVersion.sha256 != weights_sha256,
+        )
+    ).first()
+    exported_at = _export_date(metadata)
+    if other is not None and exported_at is not None and other.created_at <= exported_at:
+        raise UserError(
+            f"{backend.model_path} was exported from {other.name}, not {version_name} (its "
+            f"metadata says): another version's export, or one older than these weights; "
+            f"export it again (`defects export {version_name}`) or pass --backend pytorch"
+        )
+    return (
+        f"{backend.model_path} carries no record of the weights it was exported from (an "
+        f"export by an earlier release): it judges for {version_name} unchecked; refresh it "
+        f"with `defects export {version_name}`"
+    )
+
+
+def _export_date(metadata: dict[str, str]) -> datetime | None:
+    """When an export was made, naive UTC as `created_at` is (ultralytics' `date`), or None."""
+    try:
+        made = datetime.fromisoformat(metadata["date"])
+    except (KeyError, ValueError):
+        return None
+    return made.astimezone(UTC).replace(tzinfo=None) if made.tzinfo else made
+
+
 def resolve_detector(session: Session, model: str | None) -> ModelVersion:
     """The detector `model` names: a version's id or name, a file of one (its weights or an
     export), or None for the production detector."""
@@ -997,18 +1044,20 @@ class BatchInspection:
                     weights, thresholds, backend, device, batch_size, classifier_weights, tile=tile
                 )
                 self._check_classes(inspector)
-                if model_file(model) is not None:  # (an export named as --model: its grid too)
-                    try:
+                try:
+                    if model_file(model) is not None:  # (an export named as --model: its grid)
                         check_export_grid(inspector.backend, found_weights(*registered))
                         check_export_source(inspector.backend, registered[1], self.model_name)
-                    except UserError:
-                        inspector.close()
-                        raise
+                    self._export_note = self._unrecorded_export(inspector, registered[1])
+                except UserError:
+                    inspector.close()
+                    raise
                 inspector.warm_up()  # before the first part, not in its latency
             else:
                 # (One handed over, the Inspect page's loaded model, was never checked: a stale
                 # export beside the weights stored its verdicts under this version there.)
                 self._check_classes(inspector, close=False)
+                self._export_note = self._unrecorded_export(inspector, registered[1])
         except BaseException:
             if self.owns_run:  # no part was judged: no run to show as open on the Live page
                 discard_empty_run(url, self.run_id)
@@ -1047,6 +1096,15 @@ class BatchInspection:
                 f"{inspector.backend.model_path} has the classes {inspector.class_names}, not "
                 f"those of {self.model_name} {self.model_classes}: a stale or foreign export; "
                 f"export it again (`defects export {self.model_name}`) or pass --backend pytorch"
+            )
+
+    def _unrecorded_export(self, inspector: Inspector, weights_sha256: str) -> str | None:
+        """`check_unrecorded_export` for the model that judges: refused, or the line said once
+        at the run's start (kept until then: a parallel run's workers say it through the
+        dealer, which hears each worker's and says it once)."""
+        with session_scope(self.url) as session:
+            return check_unrecorded_export(
+                session, inspector.backend, self.model_name, weights_sha256
             )
 
     def _wait_for_write(self) -> bool:
@@ -1296,6 +1354,9 @@ class BatchInspection:
         A chunk's write (image files, then one commit) runs in a writer thread while the next
         chunk is inspected; at most one write is in flight, and `run` returns once it is done.
         """
+        if self._export_note is not None:  # (once: a watch runs `run` again and again)
+            self.say("unrecorded export", self._export_note)
+            self._export_note = None
         whole = finish  # (a run of its own, not one look of a watch)
         finish = finish and self.owns_run
         self._on_recorded = on_recorded

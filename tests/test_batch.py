@@ -2039,6 +2039,74 @@ def test_an_export_of_other_weights_of_the_same_classes_is_refused(
     job.inspector.close()
 
 
+def _as_an_earlier_release_exported(exported: Path) -> Path:
+    """The export without the weights' digest, as releases before it was recorded wrote it."""
+    import onnx
+
+    from inspection.engine import EXPORTED_FROM_KEY
+
+    proto = onnx.load(str(exported))
+    kept = [p for p in proto.metadata_props if p.key != EXPORTED_FROM_KEY]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    onnx.save(proto, str(exported))
+    return exported
+
+
+def test_an_earlier_releases_export_of_another_version_is_refused(
+    detector: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An export made before the weights' digest was recorded cannot be checked by it: another
+    version's, of the same classes, copied beside a version's weights judged every part with
+    that model under this one, without a word. The version it names says so; where it cannot
+    (a name taken again after a rename, the same weights registered twice), one line says
+    that the export is unchecked and how to refresh it."""
+    import torch
+
+    from training.export import export_detector
+
+    weights = Path(_weights(detector))
+    stale = _as_an_earlier_release_exported(export_detector(weights, version_name="tiny"))
+    checkpoint = torch.load(weights, map_location="cpu", weights_only=False)
+    with torch.no_grad():  # a fine-tune's weights, of the same classes
+        next(checkpoint["model"].parameters()).add_(0.01)
+    torch.save(checkpoint, tmp_path / "tuned.pt")
+    with session_scope(detector) as session:
+        tuned = Path(register_tiny_detector(session, tmp_path / "tuned.pt", "tuned").file_path)
+        again = Path(register_tiny_detector(session, weights, "tiny-again").file_path)
+    shutil.copy2(stale, tuned.with_suffix(".onnx"))
+    shutil.copy2(stale, again.with_suffix(".onnx"))
+    refused = r"tuned\.onnx was exported from tiny, not tuned .*`defects export tuned`"
+    with pytest.raises(UserError, match=refused):
+        _job(detector, tmp_path, model="tuned")
+    make_images(tmp_path / "in", n=2)
+    with caplog.at_level("WARNING", logger="inspection.batch"):
+        job = _job(detector, tmp_path, model="tiny-again")  # the same weights: judged
+        job.run(iter_source(str(tmp_path / "in")), finish=False)
+        job.run(iter_source(str(tmp_path / "in")))  # (a watch's second look: said once)
+        job.inspector.close()
+    said = [r.getMessage() for r in caplog.records if "carries no record" in r.getMessage()]
+    assert said == [
+        f"{again.with_suffix('.onnx')} carries no record of the weights it was exported from "
+        "(an export by an earlier release): it judges for tiny-again unchecked; refresh it "
+        "with `defects export tiny-again`"
+    ]
+    # tiny renamed, and its name given to a version registered after the export: no sign.
+    with session_scope(detector) as session:
+        session.scalars(select(ModelVersion).where(ModelVersion.name == "tiny")).one().name = "old"
+        register_tiny_detector(session, tmp_path / "tuned.pt", "tiny")
+    job = _job(detector, tmp_path, model="old")
+    assert job.inspector.backend.model_path == stale
+    job.inspector.close()
+    export_detector(tuned, version_name="tuned")  # exported again: it judges, unsaid
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="inspection.batch"):
+        job = _job(detector, tmp_path, model="tuned")
+        job.run(iter_source(str(tmp_path / "in")))
+        job.inspector.close()
+    assert not [r for r in caplog.records if "carries no record" in r.getMessage()]
+
+
 def test_an_export_of_another_size_in_the_stations_file_is_refused(
     detector: str, tmp_path: Path
 ) -> None:
