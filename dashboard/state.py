@@ -19,7 +19,7 @@ from db.registry import production_model
 from db.session import DatabaseError, connection_scope, redact, session_scope
 from inspection.batch import found_weights, weights_there
 from inspection.engine import Inspector
-from inspection.errors import UserError
+from inspection.errors import UnloadableExport, UserError
 from inspection.settings import SettingsError, get_settings
 
 UPLOAD_LIMIT_MB = 500
@@ -144,12 +144,15 @@ def inspector_for(info: DetectorInfo) -> Inspector:
         )
     if info.classifier_path and info.classifier_name:
         weights_there(info.classifier_name, Path(info.classifier_path))
-    return _inspector(
-        info.file_path,
-        info.sha256,
-        info.operating_point,
-        info.classifier_path,
-    )
+    try:
+        return _inspector(
+            info.file_path,
+            info.sha256,
+            info.operating_point,
+            info.classifier_path,
+        )
+    except UnloadableExport as exc:  # (the hint said `defects export VERSION`)
+        raise exc.naming(info.name) from exc
 
 
 def lines_and_stations(url: str) -> dict[str, list[str]]:

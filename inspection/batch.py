@@ -76,7 +76,7 @@ from inspection.engine import (
     check_export_source,
     sha256_of,
 )
-from inspection.errors import UserError
+from inspection.errors import UnloadableExport, UserError
 from inspection.images import (
     BLANK_ERROR,
     EMPTY_ERROR,
@@ -795,11 +795,14 @@ def _detector_of_model_file(session: Session, path: Path) -> ModelVersion:
         try:
             proto = onnx.load(str(path), load_external_data=False)
         except Exception as exc:  # onnx raises protobuf's own errors for a damaged file
-            # (protobuf's words alone, "Wire format was corrupt", said no way on.)
+            # (protobuf's words alone, "Wire format was corrupt", said no way on; the version
+            # it was exported beside named where known, not the placeholder VERSION.)
+            beside = detector_of_file(session, path)
+            version = beside.name if beside is not None else "VERSION"
             raise UserError(
                 f"cannot read the ONNX model {path}: {exc}. A damaged or partly written export: "
-                "export it again (`defects export VERSION`), or judge with the version's "
-                "weights (--model VERSION --backend pytorch)"
+                f"export it again (`defects export {version}`), or judge with the version's "
+                f"weights (--model {version} --backend pytorch)"
             ) from exc
         metadata = {p.key: p.value for p in proto.metadata_props}
         named = metadata.get("defects.model_version")
@@ -1040,9 +1043,18 @@ class BatchInspection:
             if classifier_weights is not None:  # (was "classifier file not found: PATH")
                 weights_there(classifier_name, classifier_weights)
             if inspector is None:
-                inspector = Inspector.from_weights(
-                    weights, thresholds, backend, device, batch_size, classifier_weights, tile=tile
-                )
+                try:
+                    inspector = Inspector.from_weights(
+                        weights,
+                        thresholds,
+                        backend,
+                        device,
+                        batch_size,
+                        classifier_weights,
+                        tile=tile,
+                    )
+                except UnloadableExport as exc:  # (the hint said VERSION: this one's name)
+                    raise exc.naming(self.model_name) from exc
                 self._check_classes(inspector)
                 try:
                     if model_file(model) is not None:  # (an export named as --model: its grid)

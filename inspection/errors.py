@@ -1,8 +1,30 @@
 """Errors that carry a message meant for the person at the station, not a traceback."""
 
+from __future__ import annotations
+
+from pathlib import Path
+
 
 class UserError(ValueError):
     """Something the user asked for cannot be done as asked; the message says why and what to do."""
+
+
+class UnloadableExport(UserError):
+    """An ONNX file ONNX Runtime cannot load (damaged, partly written). The backend does not
+    know whose export it is: `naming` says the way on with the version's name where the
+    caller knows it (the hint said `defects export VERSION`, a placeholder to fill in)."""
+
+    def __init__(self, onnx_path: Path, reason: str, version: str | None = None) -> None:
+        self.onnx_path, self.reason = onnx_path, reason
+        export = f"defects export {version or 'VERSION'}"
+        super().__init__(
+            f"cannot load the ONNX model {onnx_path}: {reason}. A damaged or partly written "
+            f"export: export it again (`{export}`), or judge with the weights themselves "
+            "(--backend pytorch)"
+        )
+
+    def naming(self, version: str) -> UnloadableExport:
+        return UnloadableExport(self.onnx_path, self.reason, version)
 
 
 class StorageError(UserError):

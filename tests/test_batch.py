@@ -2165,14 +2165,28 @@ def test_a_damaged_export_beside_the_weights_says_how_to_go_on(
 ) -> None:
     """A CPU station runs the .onnx beside the weights: a damaged one stopped it with ONNX
     Runtime's protobuf error alone, no way out said."""
+    from dashboard.state import detector_info, inspector_for
+
     weights = Path(_weights(detector))
     weights.with_suffix(".onnx").write_bytes(b"half an export")
-    with pytest.raises(UserError, match=r"export it again .* \(--backend pytorch\)"):
+    # The version named where it is known: the hint said `defects export VERSION`.
+    beside = r"export it again \(`defects export tiny`\), .* \(--backend pytorch\)"
+    with pytest.raises(UserError, match=beside):
         _job(detector, tmp_path)
+    info = detector_info(detector)
+    assert info is not None
+    with pytest.raises(UserError, match=beside):  # the Inspect page's model
+        inspector_for(info)
     # Passed as --model: protobuf's "Wire format was corrupt" was all it said.
-    named = r"cannot read the ONNX model .*export it again .*--model VERSION --backend pytorch"
+    named = (
+        r"cannot read the ONNX model .*export it again \(`defects export tiny`\).*"
+        r"--model tiny --backend pytorch"
+    )
     with pytest.raises(UserError, match=named):
         _job(detector, tmp_path, model=str(weights.with_suffix(".onnx")))
+    elsewhere = shutil.copy2(weights.with_suffix(".onnx"), tmp_path / "found.onnx")
+    with pytest.raises(UserError, match=r"--model VERSION --backend pytorch"):  # (whose? unknown)
+        _job(detector, tmp_path, model=str(elsewhere))
 
 
 def test_a_runs_csv_says_its_times_are_utc(detector: str, tmp_path: Path) -> None:

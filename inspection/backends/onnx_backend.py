@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 
 from inspection.backends.base import Backend, OutOfMemory, read_tile
-from inspection.errors import UserError
+from inspection.errors import UnloadableExport, UserError
 from inspection.images import to_model_input
 from inspection.settings import get_settings, usable_cores
 from inspection.tiling import tile_of_metadata
@@ -104,11 +104,7 @@ class OnnxBackend(Backend):
             )
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
             # (A damaged export beside the weights stopped the station with no way out said.)
-            raise UserError(
-                f"cannot load the ONNX model {onnx_path}: {exc}. A damaged or partly written "
-                "export: export it again (`defects export VERSION`), or judge with the "
-                "weights themselves (--backend pytorch)"
-            ) from exc
+            raise UnloadableExport(onnx_path, str(exc)) from exc
 
     def describe(self) -> str:
         if self.streams > 1:
