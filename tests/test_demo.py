@@ -112,6 +112,20 @@ def test_shipped_onnx_gives_the_same_detections_as_the_weights(tmp_path: Path) -
             assert np.allclose([x.x1, x.y1, x.x2, x.y2], [y.x1, y.y1, y.x2, y.y2], atol=0.01)
 
 
+def test_shipped_onnx_records_the_weights_it_was_exported_from() -> None:
+    """An export without the weights' digest cannot be told from a stale one: a CPU station
+    running the demo said, at every run, that its export was unchecked."""
+    from inspection.engine import EXPORTED_FROM_KEY, sha256_of
+    from training.export import read_metadata
+
+    recorded = read_metadata(DEMO_DIR / "weights.onnx")
+    assert recorded.get(EXPORTED_FROM_KEY) == sha256_of(DEMO_DIR / "weights.pt")
+    assert (
+        recorded["defects.model_version"]
+        == json.loads((DEMO_DIR / "model.json").read_text())["name"]
+    )
+
+
 def test_shipped_files_carry_no_path_of_the_machine_that_trained_them() -> None:
     """ultralytics records absolute paths (data file, run folder) in what it saves; the shipped
     model must not tell users where it was built."""
