@@ -1944,9 +1944,17 @@ def test_a_fault_of_the_same_bytes_is_recorded_at_each_station(
     other = BatchInspection(detector, tmp_path / "store", "L3", "B").run(iter_source(str(folder)))
     assert (other.errors, other.skipped, other.rejudged) == (2, 0, 0)
     again = BatchInspection(detector, tmp_path / "store", "L3", "B").run(iter_source(str(folder)))
-    # The garbage is this station's fault, recorded once; an empty file, the same bytes at
-    # every part of a dead capture, is recorded every time, as a blank frame is.
-    assert (again.errors, again.skipped) == (1, 1)
+    # The same files left in the source, unchanged, have not come again: passed over.
+    assert (again.errors, again.skipped) == (0, 2)
+    # The garbage is this station's fault, recorded once; an empty file written again, the
+    # same bytes at every part of a dead capture, is recorded every time, as a blank frame is.
+    time.sleep(0.05)
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "garbage.png").write_bytes(b"\x00garbage" * 10)
+    rewritten = BatchInspection(detector, tmp_path / "store", "L3", "B").run(
+        iter_source(str(folder))
+    )
+    assert (rewritten.errors, rewritten.skipped) == (1, 1)
 
 
 def test_a_model_file_is_accepted_where_a_version_name_is(
