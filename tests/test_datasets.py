@@ -25,7 +25,15 @@ from tests.synthetic import (
     write_voc,
     write_yolo,
 )
-from training.datasets import SPLITS, import_dataset, split_image_paths, write_dataset
+from training.datasets import (
+    SPLITS,
+    Box,
+    LabeledImage,
+    fill_splits,
+    import_dataset,
+    split_image_paths,
+    write_dataset,
+)
 
 
 def _label_lines(root: Path) -> dict[str, list[str]]:
@@ -951,6 +959,41 @@ def test_an_import_without_split_lists_gives_val_what_training_needs(
     assert report.split_counts["val"]["good"] >= 1
     assert report.split_counts["val"]["images"] > report.split_counts["val"]["good"]
     assert report.split_counts["train"]["images"] > report.split_counts["train"]["good"]
+
+
+def test_an_import_without_split_lists_gives_test_a_defect_and_a_good_part(
+    session, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """24 camera-named parts (IMG_0000.png...) split by their names' hash put none in test, and
+    README's first-model recipe, `defects evaluate V --data D --split test`, was refused. Test
+    now gets a defect and a good part; every other part keeps its hash's split."""
+    from training.datasets import _hash_split
+
+    src = tmp_path / "src"
+    images = write_voc(src, n=24)
+    for image in images:  # (by hash: 23 in train, one good part in val, none in test)
+        stem, renamed = Path(image.name).stem, f"img_{int(image.name[5:8]):04d}"
+        (src / "images" / image.name).rename(src / "images" / f"{renamed}.png")
+        if image.boxes:  # (a good part has no annotation file)
+            xml = src / "annotations" / f"{stem}.xml"
+            xml.with_stem(renamed).write_text(xml.read_text().replace(stem, renamed))
+            xml.unlink()
+    report = import_dataset(session, "voc", src, "cam", tmp_path / "ds", classes=CLASSES)
+    counts = report.split_counts
+    assert counts["test"]["good"] >= 1 and counts["test"]["images"] > counts["test"]["good"]
+    assert counts["val"]["good"] >= 1 and counts["val"]["images"] > counts["val"]["good"]
+    assert split_image_paths(report.root, "test")  # (the recipe's evaluate has parts to run on)
+    moved = [
+        path.name
+        for split in SPLITS
+        for path in split_image_paths(report.root, split)
+        if _hash_split(path.name) != split
+    ]
+    assert len(moved) == 3  # a defect to val, a defect and a good part to test
+    # Two defective parts: train and val each keep one, and test stays as the hash left it.
+    few = [LabeledImage(Path(f"img_{i:04d}.png"), 8, 8, [Box(0, 1, 1, 4, 4)]) for i in (1, 2)]
+    few.append(LabeledImage(Path("img_0020.png"), 8, 8, []))
+    assert sorted(fill_splits(few).values()) == ["train", "val", "val"]
 
 
 def test_voc_annotations_in_sub_folders_label_their_images(session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

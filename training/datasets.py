@@ -1552,30 +1552,52 @@ def _hash_split(name: str) -> str:
     return "test" if bucket == 0 else "val" if bucket == 1 else "train"
 
 
+# Where a source holds at least this many defective parts, test gets one as train and val do
+# (and a good part where it holds two): a few dozen parts split by hash alone often left test
+# empty, and the first model's `defects evaluate --split test` was refused.
+TEST_NEEDS_DEFECTS = 3
+
+
 def fill_splits(images: list[LabeledImage]) -> dict[str, str]:
     """Each image's split by its name's hash (an image keeps its split from one export to the
     next), then one image moved where a split lacks what retraining needs: a defect to learn
-    from in train, a defect to validate on and a good part to count false calls on in val.
-    (By hash alone, a few dozen reviewed parts often left val empty, and training refused the
-    export of reviews it had just been told to retrain on.)"""
+    from in train, a defect to validate on and a good part to count false calls on in val,
+    and, from `TEST_NEEDS_DEFECTS` defective parts, a defect and a good part (where there are
+    two) to test on. (By hash alone, a few dozen reviewed parts often left val empty, and
+    training refused the export of reviews it had just been told to retrain on.) Only the
+    images that must move do: the others keep their hash's split, so a part tested on is not
+    trained on when the source is imported again with more images."""
     split = {i.path.name: _hash_split(i.path.name) for i in images}
     defective = sorted(i.path.name for i in images if i.boxes)
     good = sorted(i.path.name for i in images if not i.boxes)
+    # The splits that need one of each pool, the first served first.
+    test_too = len(defective) >= TEST_NEEDS_DEFECTS
+    needing = {
+        "defective": ("train", "val") + ("test",) * test_too,
+        "good": ("val",) + ("test",) * (test_too and len(good) >= 2),
+    }
 
-    def give(target: str, pool: list[str], donors: tuple[str, ...]) -> None:
-        if any(split[n] == target for n in pool):
+    def give(target: str, kind: str, donors: tuple[str, ...]) -> None:
+        pool = defective if kind == "defective" else good
+        if target not in needing[kind] or any(split[n] == target for n in pool):
             return
+        held = {donor: [n for n in pool if split[n] == donor] for donor in donors}
+        # A donor with one to spare first; else one that needs it less than target does.
         for donor in donors:
-            held = [n for n in pool if split[n] == donor]
-            if donor == "train" and pool is defective and len(held) < 2:
-                continue  # train keeps a defect to learn from
-            if held:
-                split[held[0]] = target
+            if len(held[donor]) > (donor in needing[kind]):
+                split[held[donor][0]] = target
+                return
+        for donor in donors:
+            ranks = needing[kind]
+            if held[donor] and ranks.index(donor) > ranks.index(target):
+                split[held[donor][0]] = target
                 return
 
-    give("train", defective, ("test", "val"))
-    give("val", defective, ("test", "train"))
-    give("val", good, ("test", "train"))
+    give("train", "defective", ("test", "val"))
+    give("val", "defective", ("test", "train"))
+    give("val", "good", ("test", "train"))
+    give("test", "defective", ("train", "val"))
+    give("test", "good", ("train", "val"))
     return split
 
 
