@@ -141,6 +141,11 @@ def _clear_copies_left(url: str, revision: str | None) -> None:
             )
 
 
+# A SQLite database's migration lock is this file beside it (`defects.db.migrating`). It is left
+# in place after an upgrade: one removed while another process waits on it would let that one and
+# the next process to start each lock a file of that name, and both migrate at once.
+MIGRATION_LOCK_SUFFIX = ".migrating"
+
 # Key of the PostgreSQL advisory lock that one migration at a time holds (any constant).
 MIGRATION_LOCK_KEY = 0x64656665  # "defe"
 
@@ -170,7 +175,7 @@ def _one_migration_at_a_time(url: str) -> Iterator[None]:
         return
     from filelock import FileLock
 
-    with FileLock(f"{database}.migrating"):
+    with FileLock(f"{database}{MIGRATION_LOCK_SUFFIX}"):
         yield
 
 

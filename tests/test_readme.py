@@ -170,3 +170,18 @@ def test_readme_gives_the_login_rules_the_accounts_code_keeps() -> None:
     assert f"`{COOKIE}_PORT`" in accounts
     commands = " ".join(_section("Command line").split())
     assert f"at least {MIN_PASSWORD_LENGTH} characters" in commands
+
+
+def test_readme_says_what_the_sqlite_migration_lock_file_is(tmp_path: Path) -> None:
+    """`defects db upgrade` leaves an empty `defects.db.migrating` in the data folder, which
+    README's backup and moving section did not name: a user could not tell it from a database
+    left half-upgraded, nor whether to back it up."""
+    from db.migrate import MIGRATION_LOCK_SUFFIX, upgrade
+
+    upgrade(f"sqlite:///{tmp_path / 'defects.db'}")
+    left = tmp_path / f"defects.db{MIGRATION_LOCK_SUFFIX}"
+    assert left.is_file() and left.stat().st_size == 0  # (as README says: empty, and it stays)
+    backing_up = " ".join(_section("Backing up, moving and pruning").split())
+    lock = f"`defects.db{MIGRATION_LOCK_SUFFIX}`"
+    assert f"The empty {lock} beside a SQLite database is the lock" in backing_up
+    assert "leave it out of backups" in backing_up
