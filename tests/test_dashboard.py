@@ -1846,7 +1846,9 @@ def test_a_save_keeps_a_class_switched_off_and_thresholds_to_the_thousandth(
     production: str,
 ) -> None:
     """A class a calibration switched off (1.01) showed capped at 1.0 and a save of another
-    slider put it back on at 1.0; a calibrated 0.0793 is kept as it is."""
+    slider put it back on at 1.0; a calibrated 0.0793 is kept as it is. Then the sliders went
+    up to 1.010, a value that did not say "off": they now end at 1.0, and a class switched off
+    is a box, "never fails the part", that stores what stations read as off."""
     from training.calibrate import CLASS_OFF, store_operating_point
 
     off, kept = CLASSES[0], CLASSES[1]
@@ -1857,7 +1859,10 @@ def test_a_save_keeps_a_class_switched_off_and_thresholds_to_the_thousandth(
     )
     at = _app().run()
     at.switch_page("views/settings.py").run()
-    assert next(s for s in at.slider if s.label == off).value == CLASS_OFF
+    assert {s.proto.max for s in at.slider} == {1.0}
+    boxes = {c.key.rsplit("_", 1)[-1]: c for c in at.checkbox if c.key.startswith("off_")}
+    assert {c.label for c in boxes.values()} == {"never fails the part"}
+    assert [name for name, c in boxes.items() if c.value] == [off]
     others = [s for s in at.slider if s.label not in (off, kept)]
     for slider in others:
         slider.set_value(0.3)
@@ -1865,6 +1870,20 @@ def test_a_save_keeps_a_class_switched_off_and_thresholds_to_the_thousandth(
     assert not at.exception, at.exception
     saved = _thresholds(production)["per_class"]
     assert saved[off] == CLASS_OFF and saved[kept] == pytest.approx(0.0793, abs=1e-9)
+    # Switched on again at the slider's value, and another class switched off.
+    boxes = {c.key.rsplit("_", 1)[-1]: c for c in at.checkbox if c.key.startswith("off_")}
+    boxes[off].uncheck()
+    boxes[kept].check()
+    next(s for s in at.slider if s.label == off).set_value(0.6)
+    next(b for b in at.button if b.label == "Save thresholds").click().run()
+    assert not at.exception, at.exception
+    saved = _thresholds(production)["per_class"]
+    assert saved[off] == pytest.approx(0.6) and saved[kept] == CLASS_OFF
+    # A class the point does not list is judged at its default (here off), not at 0.25.
+    store_operating_point(production, "tiny", {"default": CLASS_OFF, "per_class": {kept: 0.4}})
+    at.run()
+    boxes = {c.key.rsplit("_", 1)[-1]: c for c in at.checkbox if c.key.startswith("off_")}
+    assert boxes[off].value and not boxes[kept].value
 
 
 def test_a_mistyped_or_read_only_sqlite_database_is_a_message_naming_it(

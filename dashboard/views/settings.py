@@ -15,6 +15,7 @@ from db.models import Dataset, ModelKind, ModelVersion
 from db.registry import ensure_station
 from db.session import session_scope
 from inspection.errors import UserError
+from inspection.verdict import Thresholds
 from training.calibrate import (
     CLASS_OFF,
     CLASS_THRESHOLD_MODES,
@@ -77,21 +78,35 @@ else:
             f"{plain(info.name)}: a part fails when a defect's confidence reaches its class's threshold. "
             "Lower catches more defects and fails more good parts."
         )
-        # Up to CLASS_OFF (a class switched off by a calibration: shown capped at 1.0, a save
-        # put it back on at 1.0), and to the thousandth (calibrated thresholds are finer than 0.01).
-        edited = {
-            name: st.slider(
+        # Each class's threshold (as stations read it: a class the point does not list has
+        # its default), to the thousandth (calibrated thresholds are finer than 0.01), on a
+        # slider up to 1.0; a class switched off (stored above 1.0, as a calibration stores
+        # CLASS_OFF: no confidence reaches it) is a box of its own. The slider once went up to
+        # CLASS_OFF and read 1.010, a value no one could tell meant "off".
+        effective = Thresholds.from_dict(info.thresholds, info.classes).per_class
+        edited = {}
+        for name in info.classes:
+            threshold, off_column = st.columns([3, 1], vertical_alignment="bottom")
+            value = threshold.slider(
                 plain(name),
                 0.0,
-                CLASS_OFF,
-                float(min(max(per_class.get(name, 0.25), 0.0), CLASS_OFF)),
+                1.0,
+                float(min(max(effective[name], 0.0), 1.0)),
                 0.001,
                 format="%.3f",
                 key=f"t_{info.id}_{stamp}_{name}",
-                help=f"{CLASS_OFF}: off (this class alone never fails a part)",
+                help="A part fails when a defect of this class reaches this confidence.",
             )
-            for name in info.classes
-        }
+            off = off_column.checkbox(
+                "never fails the part",
+                effective[name] > 1.0,
+                key=f"off_{info.id}_{stamp}_{name}",
+                help=(
+                    f"Off: a detection of {plain(name)} alone never fails a part, whatever the "
+                    "slider says (the part classifier, where one is calibrated, still judges)."
+                ),
+            )
+            edited[name] = CLASS_OFF if off else value
         if st.form_submit_button("Save thresholds"):
             thresholds = set_by_hand(info.thresholds, edited)  # (no longer the calibrated point)
             if rendered != (info.id, stamp) or not store_operating_point(
