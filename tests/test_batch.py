@@ -986,6 +986,90 @@ def test_kill_9_then_resume(detector: str, trained: Trained, tmp_path: Path) -> 
     assert _counts(detector) == (300, 300, 300)
 
 
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_a_batch_stopped_part_way_exits_130_with_what_it_judged_written(
+    detector: str, tmp_path: Path, stop_signal: signal.Signals
+) -> None:
+    """README: a batch stopped part-way (Ctrl-C, SIGTERM from a service manager) exits 130,
+    so that a script does not take it for done; its run is marked finished and the summary
+    counts what was written. Checked on a real `defects batch` process in one worker."""
+    if not detector.startswith("sqlite"):
+        pytest.skip("one backend is enough for the process test")
+    from db.models import InspectionRun
+
+    make_images(tmp_path / "in", n=300, size=64)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "DEFECTS_DATABASE_URL": detector,
+        "DEFECTS_DATA_DIR": str(tmp_path / "data"),
+        "DEFECTS_DEVICE": "cpu",
+    }
+    command = [sys.executable, "-c", "from training.cli import main; main()", "batch"]
+    command += [str(tmp_path / "in"), "--line", "L", "--station", "S", "--batch-size", "4"]
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and _counts(detector)[1] == 0 and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(stop_signal)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, output[-2000:]
+    assert "stopped; what was inspected is saved" in output and "Traceback" not in output
+    assert "interrupted" not in output  # (said once: "stopped")
+    written = _counts(detector)[1]
+    assert 0 < written < 300  # (stopped part-way)
+    assert f"{written} part{'' if written == 1 else 's'} inspected" in " ".join(output.split())
+    with session_scope(detector) as session:
+        assert session.scalars(select(InspectionRun)).one().finished_at is not None
+
+
+def test_a_batch_stopped_while_it_loads_its_model_says_so(
+    detector: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Stopped before its first part (Ctrl-C or SIGTERM while the model loads, seconds at
+    a station's start), `defects batch` exited 130 without a word: typer turned the interrupt
+    into a bare exit, and the "interrupted" the command line means to say was never said."""
+    from db.models import InspectionRun
+    from inspection.engine import Inspector
+    from training import cli
+
+    make_images(tmp_path / "in", n=2)
+    monkeypatch.setenv("DEFECTS_DATABASE_URL", detector)
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("DEFECTS_DEVICE", "cpu")
+    get_settings.cache_clear()
+
+    def stopped(self: Inspector) -> None:
+        raise KeyboardInterrupt  # (where the signal lands: in the model's warm-up)
+
+    monkeypatch.setattr(Inspector, "warm_up", stopped)
+    ended: list[int | str | None] = []
+    monkeypatch.setattr(cli, "end_process", ended.append)  # (it ends the process at once)
+    monkeypatch.setattr(
+        sys, "argv", ["defects", "batch", str(tmp_path / "in"), "--line", "L", "--station", "S"]
+    )
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        cli.main()
+    finally:
+        signal.signal(signal.SIGTERM, handler)  # (main installs its own: this is pytest's)
+        get_settings.cache_clear()
+    assert ended == [130]
+    assert capsys.readouterr().err.strip() == "interrupted"
+    with session_scope(detector) as session:  # (no part judged: no run left open)
+        assert session.scalars(select(InspectionRun)).all() == []
+
+
 def test_a_watch_stopped_by_sigterm_ends_as_ctrl_c_does(detector: str, tmp_path: Path) -> None:
     """A service manager stops a station with SIGTERM: the watch ended silently with 143, its
     run looking killed; now it stops as Ctrl-C stops it, the run marked finished."""

@@ -2062,6 +2062,13 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _ended_by_interrupt(exc: SystemExit) -> bool:
+    """Whether typer ended the command for a Ctrl-C (or SIGTERM, raised as one) that the
+    command did not handle itself: typer turns it into a bare exit 130, saying nothing, so a
+    batch stopped while it loaded its model ended without a word."""
+    return isinstance(getattr(exc.__context__, "__cause__", None), KeyboardInterrupt)
+
+
 def main() -> None:
     """Entry point: user mistakes print one line and exit non-zero, never a traceback.
 
@@ -2080,6 +2087,8 @@ def main() -> None:
         app()
     except SystemExit as exc:  # how typer ends every command, done or refused
         code = exc.code
+        if _ended_by_interrupt(exc):
+            print("interrupted", file=sys.stderr)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         code = 130
