@@ -305,6 +305,8 @@ class Inspection(Base):
             postgresql_where=text(_CURRENT),
         ),
         Index("ix_inspections_inspected_at", "inspected_at"),
+        # A part's first verdict, whose model version the history's figures count it by.
+        Index("ix_inspections_part_inspected_at", "part_id", "inspected_at"),
         # A station's last verdict: the latest of each of its runs, one index seek a run.
         Index("ix_inspections_run_inspected_at", "run_id", "inspected_at"),
     )

@@ -44,7 +44,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql.functions import FunctionElement
 
 from db.models import (
@@ -137,6 +137,31 @@ class Filters:
         if self.model_version_id is not None:
             found.append(Inspection.model_version_id == self.model_version_id)
         return found
+
+    def part_conditions(self) -> list[ColumnElement[bool]]:
+        """`conditions`, each part once: at the verdict that decided its fate, where no model
+        version is chosen (see `_deciding_verdict`). A candidate judging the parts production
+        judged (`defects batch --model`) gives each a second current verdict, one per model
+        version, and the figures that say parts counted each such part twice."""
+        if self.model_version_id is not None or self.include_superseded:
+            return self.conditions()
+        return [*self.conditions(), _deciding_verdict()]
+
+
+def _deciding_verdict() -> ColumnElement[bool]:
+    """The verdict is its part's current one of the model version that judged the part first:
+    the one on the line when it was captured (a candidate, a model promoted since, judges it
+    after), which the plant's figures are of. Judged again by that version at a new
+    operating point, its new verdict counts, as everywhere."""
+    first = aliased(Inspection)
+    first_judge = (
+        select(first.model_version_id)
+        .where(first.part_id == Inspection.part_id)
+        .order_by(first.inspected_at, first.id)
+        .limit(1)
+        .scalar_subquery()
+    )
+    return Inspection.model_version_id.is_not_distinct_from(first_judge)
 
 
 @dataclass(frozen=True)
@@ -310,6 +335,8 @@ def rates(
     grouped_by = (
         [Station.id, ProductionLine.name, Station.name] if group_by == "station" else [key_column]
     )
+    # Per model version, each version's own verdicts; otherwise each part once.
+    looked_at = filters.conditions() if group_by == "model_version" else filters.part_conditions()
     query = (
         select(
             key_column.label("key"),
@@ -323,7 +350,7 @@ def rates(
         .join(truth, truth.c.part_id == Part.id)
         .join(ProductionLine, ProductionLine.id == Part.line_id)
         .join(Station, Station.id == Part.station_id)
-        .where(Inspection.verdict != Verdict.ERROR, *filters.conditions())
+        .where(Inspection.verdict != Verdict.ERROR, *looked_at)
         .group_by(*grouped_by)
         .order_by(key_column)
     )
@@ -340,8 +367,8 @@ def rates(
 
 
 def reviewed_of_judged(session: Session, filters: Filters = Filters()) -> tuple[int, int]:
-    """How many of the verdicts `rates` looks at (errors left out) have a part reviewers gave
-    the truth of, and how many there are: the rates are of the reviewed ones only, which a
+    """How many of the parts `rates` looks at (errors left out; each part once, at its
+    deciding verdict) reviewers gave the truth of, and how many there are: the rates are of the reviewed ones only, which a
     report has to say (240 of 10000 is not the line's every part)."""
     truth = truth_subquery()
     reviewed, judged = session.execute(
@@ -349,7 +376,7 @@ def reviewed_of_judged(session: Session, filters: Filters = Filters()) -> tuple[
         .select_from(Inspection)
         .join(Part, Part.id == Inspection.part_id)
         .outerjoin(truth, truth.c.part_id == Part.id)
-        .where(Inspection.verdict != Verdict.ERROR, *filters.conditions())
+        .where(Inspection.verdict != Verdict.ERROR, *filters.part_conditions())
     ).one()
     return int(reviewed or 0), int(judged or 0)
 
@@ -400,7 +427,7 @@ def _rates_by_class(session: Session, filters: Filters) -> list[RateRow]:
     # `Inspection.id IN (subquery)` here made SQLite, without the planner's statistics, look
     # every id of the list up again for each reviewed part: 5.9 s for 200000 parts,
     # bench/results/history_scale_sqlite_200k_before.json).
-    looked_at = (Inspection.verdict != Verdict.ERROR, *filters.conditions())
+    looked_at = (Inspection.verdict != Verdict.ERROR, *filters.part_conditions())
     # Defective parts by the classes reviewers gave them.
     defect_rows = session.execute(
         select(
@@ -474,7 +501,7 @@ def defect_pareto(session: Session, filters: Filters = Filters()) -> list[Pareto
         .where(
             Inspection.verdict == Verdict.FAIL,
             Prediction.counted.is_(True),
-            *filters.conditions(),
+            *filters.part_conditions(),
         )
         .group_by(Prediction.class_name)
         .order_by(func.count(func.distinct(Inspection.id)).desc(), Prediction.class_name)
@@ -488,7 +515,7 @@ def defect_pareto(session: Session, filters: Filters = Filters()) -> list[Pareto
             ~exists().where(
                 Prediction.inspection_id == Inspection.id, Prediction.counted.is_(True)
             ),
-            *filters.conditions(),
+            *filters.part_conditions(),
         )
     )
     if alone:
@@ -513,8 +540,8 @@ class VolumeRow:
 
 
 def daily_volume(session: Session, filters: Filters = Filters()) -> list[VolumeRow]:
-    """Verdicts given, failed and in error per day the parts were captured (a day of the
-    filters' offset from UTC)."""
+    """Parts judged, failed and in error per day they were captured (a day of the filters'
+    offset from UTC), each at its deciding verdict (`Filters.part_conditions`)."""
     day = _day_column(filters)
     rows = session.execute(
         select(
@@ -524,7 +551,7 @@ def daily_volume(session: Session, filters: Filters = Filters()) -> list[VolumeR
             func.sum(case((Inspection.verdict == Verdict.ERROR, 1), else_=0)),
         )
         .join(Part, Part.id == Inspection.part_id)
-        .where(*filters.conditions(), *filters.class_conditions())
+        .where(*filters.part_conditions(), *filters.class_conditions())
         .group_by(day)
         .order_by(day)
     ).all()

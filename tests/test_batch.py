@@ -2652,3 +2652,54 @@ def test_a_runs_csv_gives_the_grid_and_the_boxes_left_out_as_the_history_csv_doe
     assert {row["part"]: (row["grid"], row["boxes_left_out"]) for row in history} == {
         name: (row["grid"], row["boxes_left_out"]) for name, row in rows.items()
     }
+
+
+def test_a_candidate_judging_the_production_models_parts_is_not_counted_as_more_parts(
+    detector: str, tmp_path: Path
+) -> None:
+    """`defects batch --model CANDIDATE` over the parts production judged gives each part a
+    second current verdict (one per model version); the History page's figures, which say
+    parts, counted each such part twice: its volume, its rates' reviewed of judged."""
+    from db.models import Review, ReviewKind
+    from db.queries import Filters, daily_volume, defect_pareto, rates, reviewed_of_judged
+
+    make_images(tmp_path / "in", n=3)
+    assert _job(detector, tmp_path).run(iter_source(str(tmp_path / "in"))).inspected == 3
+    with session_scope(detector) as session:
+        weights = Path(session.scalars(select(ModelVersion.file_path)).one())
+        candidate = register_tiny_detector(session, weights, "candidate")
+        candidate.thresholds = {**candidate.thresholds, "default": 1.0}  # every part passes
+        session.flush()
+        candidate_id = candidate.id
+    judged = _job(detector, tmp_path, model="candidate").run(iter_source(str(tmp_path / "in")))
+    assert judged.inspected == 3
+    with session_scope(detector) as session:
+        current = session.scalars(select(Inspection).where(Inspection.is_current())).all()
+        assert len(current) == 6 and len({i.part_id for i in current}) == 3  # two a part
+        production_id = session.scalars(
+            select(ModelVersion.id).where(ModelVersion.name == "tiny")
+        ).one()
+        production = {i.part_id: i for i in current if i.model_version_id == production_id}
+        first, second = sorted(production)[:2]
+        session.add(Review(part_id=first, kind=ReviewKind.GOOD_PART, reviewer="qa"))
+        session.add(
+            Review(
+                part_id=second, kind=ReviewKind.MISSED_DEFECT, class_name="scratch", reviewer="qa"
+            )
+        )
+    failed = sum(i.verdict == Verdict.FAIL for i in production.values())
+    with session_scope(detector) as session:
+        [volume] = daily_volume(session)
+        assert (volume.inspected, volume.failed) == (3, failed)  # production's verdicts
+        assert reviewed_of_judged(session) == (2, 3)
+        [row] = rates(session)
+        # Each reviewed part once, at production's verdict (the candidate passes them all).
+        assert (row.n_defective, row.n_good) == (1, 1)
+        assert row.n_missed == int(production[second].verdict == Verdict.PASS)
+        assert row.n_false_calls == int(production[first].verdict == Verdict.FAIL)
+        assert sum(r.failed_parts for r in defect_pareto(session)) >= failed
+        # The candidate's own figures, asked for by its version.
+        by_model = {r.key: r for r in rates(session, group_by="model_version")}
+        assert (by_model[candidate_id].n_missed, by_model[candidate_id].n_false_calls) == (1, 0)
+        [own] = rates(session, Filters(model_version_id=candidate_id))
+        assert (own.n_defective, own.n_missed, own.n_good, own.n_false_calls) == (1, 1, 1, 0)

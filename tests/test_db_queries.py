@@ -354,6 +354,69 @@ def test_a_verdict_given_again_replaces_the_earlier_one_in_the_figures(session, 
     }
 
 
+def test_a_candidates_verdicts_beside_productions_leave_each_part_counted_once(
+    session, history
+) -> None:  # type: ignore[no-untyped-def]
+    # A candidate (m3) judges parts 1 to 8 after m1 did (`defects batch --model m3`): each
+    # then holds two current verdicts. The candidate passes p1 (a missed scratch by its
+    # count), fails p4 (a false call) and p7 (m1's error), and finds nothing on p8.
+    candidate = ModelVersion(
+        name="m3",
+        kind=ModelKind.DETECTOR,
+        architecture="defect-yolo-n",
+        file_path="x.pt",
+        sha256="0" * 64,
+    )
+    session.add(candidate)
+    session.flush()
+    parts = {
+        int(p.content_hash): p
+        for p in session.scalars(select(Part).where(Part.content_hash <= f"{8:064d}"))
+    }
+    later = timedelta(days=3)
+    fails = {3: "scratch", 4: "scratch", 6: "inclusion", 7: "scratch"}
+    for n, part in parts.items():
+        again = Inspection(
+            part_id=part.id,
+            model_version_id=candidate.id,
+            verdict=Verdict.FAIL if n in fails else Verdict.PASS,
+            latency_ms=5.0,
+            inspected_at=DAY2 + later,
+        )
+        if n in fails:
+            again.predictions.append(Prediction(class_name=fails[n], confidence=0.9, counted=True))
+        session.add(again)
+    session.commit()
+    # The plant's figures: each part once, at the verdict of the model that judged it first,
+    # as before the candidate ran.
+    [row] = rates(session)
+    assert _counts(row) == (5, 2, 2, 1)
+    assert reviewed_of_judged(session) == (7, 8)
+    assert [(v.day, v.inspected, v.failed, v.errors) for v in daily_volume(session)] == [
+        (date(2026, 1, 5), 3, 2, 0),
+        (date(2026, 1, 6), 6, 3, 1),
+    ]
+    assert [(r.class_name, r.failed_parts) for r in defect_pareto(session)] == [
+        ("scratch", 3),
+        ("inclusion", 1),
+        ("patches", 1),
+    ]
+    by_class = {r.key: _counts(r) for r in rates(session, group_by="class")}
+    assert by_class == {"inclusion": (2, 1, 2, 0), "scratch": (3, 1, 2, 1)}
+    # The candidate's own: p1, p2, p5 missed of the defective p1 p2 p5 p6; both good parts
+    # (p3, whose scratch reviewers called a false call, and p4) failed; p7 judged, not reviewed.
+    [own] = rates(session, Filters(model_version_id=candidate.id))
+    assert _counts(own) == (4, 3, 2, 2)
+    assert reviewed_of_judged(session, Filters(model_version_id=candidate.id)) == (6, 8)
+    assert [
+        (v.inspected, v.failed, v.errors)
+        for v in daily_volume(session, Filters(model_version_id=candidate.id))
+    ] == [(3, 1, 0), (5, 3, 0)]
+    by_model = {r.key: _counts(r) for r in rates(session, group_by="model_version")}
+    assert by_model[candidate.id] == (4, 3, 2, 2)
+    assert by_model[history["models"][0].id] == (4, 2, 2, 1)
+
+
 def test_inspection_rows_name_each_parts_counted_classes(
     session, history, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]
