@@ -1078,6 +1078,59 @@ def test_history_page_gives_the_rates_over_the_range() -> None:
     ) in [c.value for c in at.caption]
 
 
+def test_history_counts_a_part_a_candidate_judged_too_once_and_gives_the_candidates_own() -> None:
+    """Parts production judged, then a candidate judged again (`defects batch --model`): each
+    held two current verdicts, and the page counted 2 parts as 4 judged, 2 reviewed."""
+    from db.models import ModelKind
+
+    now = utcnow()
+    url = get_settings().resolved_database_url
+    _judged_parts(url, [("a.png", now, []), ("b.png", now, [])])  # production: both pass
+    with session_scope(url) as session:
+        candidate = ModelVersion(
+            name="candidate",
+            kind=ModelKind.DETECTOR,
+            architecture="defect-yolo-n",
+            file_path="x.pt",
+            sha256="0" * 64,
+        )
+        session.add(candidate)
+        session.flush()
+        missed, good = session.scalars(select(Part).order_by(Part.id))
+        for part in (missed, good):  # the candidate fails both
+            again = Inspection(
+                part_id=part.id,
+                model_version_id=candidate.id,
+                verdict=Verdict.FAIL,
+                latency_ms=5.0,
+                inspected_at=now + timedelta(minutes=5),
+            )
+            again.predictions.append(Prediction(class_name="spot", confidence=0.9))
+            session.add(again)
+        session.add_all(
+            [
+                Review(
+                    part=missed, kind=ReviewKind.MISSED_DEFECT, class_name="spot", reviewer="qa"
+                ),
+                Review(part=good, kind=ReviewKind.GOOD_PART, reviewer="qa"),
+            ]
+        )
+    at = _opened("history")
+    assert (
+        "Over these days, from 2 reviewed parts of 2 judged: miss rate 100.0% (1 of 1 "
+        "defective part; 95% upper bound 100.0%); false-call rate 0.0% (0 of 1 good part; "
+        "95% upper bound 95.0%)."
+    ) in [c.value for c in at.caption]
+    volume = _figures(at)["Parts inspected per day"]["data"]
+    assert sum(sum(trace["y"]) for trace in volume) == 2
+    at.selectbox(key="history_model").set_value("candidate").run()
+    assert (
+        "Over these days, from 2 reviewed parts of 2 judged: miss rate 0.0% (0 of 1 "
+        "defective part; 95% upper bound 95.0%); false-call rate 100.0% (1 of 1 good part; "
+        "95% upper bound 100.0%)."
+    ) in [c.value for c in at.caption]
+
+
 def test_figures_are_built_from_plain_data() -> None:
     days = [date(2026, 1, 1), date(2026, 1, 2)]
     figure = rates_figure([RateRow(10, 1, 20, 2, key=days[0]), RateRow(10, 0, 20, 1, key=days[1])])

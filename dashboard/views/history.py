@@ -24,7 +24,7 @@ from dashboard.charts import (
 from dashboard.downloads import CSV_ROW_LIMIT, filtered_results_csv, rows_left_out_of_csv
 from dashboard.state import database_ready, local_time, zone_label
 from dashboard.text import plain
-from db.models import ProductionLine, Station
+from db.models import ModelKind, ModelVersion, ProductionLine, Station
 from db.queries import (
     Filters,
     daily_volume,
@@ -70,9 +70,17 @@ with session_scope(state.url) as session:
         )
     }
     classes = defect_classes(session)
+    models = {
+        version.name: version.id
+        for version in session.scalars(
+            select(ModelVersion)
+            .where(ModelVersion.kind == ModelKind.DETECTOR)
+            .order_by(ModelVersion.name)
+        )
+    }
 
 today = date.today()  # the server's local day, as the days below
-c1, c2, c3, c4 = st.columns(4)
+c1, c2, c3, c4, c5 = st.columns(5)
 chosen = c1.date_input(
     "Time range",
     _default_range(today),
@@ -98,12 +106,23 @@ class_name = c4.selectbox(
     "parts failed for it. Volume, latency, models and the download: the parts the model called "
     "this class or a reviewer found it on. The Pareto shows every class, this one in red.",
 )
+DECIDING = "Each part's deciding verdict"
+model = c5.selectbox(
+    "Model",
+    [DECIDING, *models],
+    key="history_model",
+    help="Each part once, at the verdict of the model version that judged it first (the one on "
+    "the line when it was captured), whatever judged it since: a candidate run on the same "
+    "parts (`defects batch --model`), a model promoted later. A version picked: its own "
+    "verdicts of the parts it judged, as a candidate's figures beside production's.",
+)
 filters = Filters.local_days(
     start_day,
     end_day,
     line_id=lines.get(line),
     station_id=stations.get(station),
     class_name=None if class_name == "All classes" else class_name,
+    model_version_id=models.get(model),
 )
 zone = zone_label(filters.utc_offset_minutes, tuple(m for _, m in filters.offset_changes))
 
@@ -143,8 +162,9 @@ else:
 left, right = st.columns(2)
 left.plotly_chart(volume_figure(volume, zone))
 left.caption(
-    "Each part once, at its current verdict: a blank frame or empty capture sent again is one "
-    "part here, while the Live page and `defects status` count each time it came."
+    "Each part once, at its current verdict by the model picked (by default the model that "
+    "judged it first, whatever judged it since): a blank frame or empty capture sent again is "
+    "one part here, while the Live page and `defects status` count each time it came."
 )
 right.plotly_chart(pareto_figure(pareto, highlight=filters.class_name))
 left, right = st.columns(2)
