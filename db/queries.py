@@ -1328,8 +1328,13 @@ def minute_volume(
     session: Session, since: datetime, station_id: int | None = None
 ) -> list[MinuteVolume]:
     """Verdicts given per minute from `since` on, oldest first, counted as station_activity
-    counts them (`_live_counted`)."""
+    counts them (`_live_counted`). Of every station, a part judged again by a candidate at a
+    station of its own (`defects batch --model`) is counted once, at the verdict of the model
+    that judged it first, as the History page counts it: the plant's parts, not twice them."""
     minute = _minute_column(session)
+    counted = _live_counted()
+    if station_id is None:
+        counted = and_(counted, or_(_deciding_verdict(), _BLANK_FRAME, _EMPTY_FILE))
     query = (
         select(
             minute,
@@ -1337,7 +1342,7 @@ def minute_volume(
             func.sum(case((Inspection.verdict == Verdict.FAIL, 1), else_=0)),
             func.sum(case((Inspection.verdict == Verdict.ERROR, 1), else_=0)),
         )
-        .where(Inspection.inspected_at >= since, _live_counted())
+        .where(Inspection.inspected_at >= since, counted)
         .group_by(minute)
         .order_by(minute)
     )

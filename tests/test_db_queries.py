@@ -646,6 +646,43 @@ def test_minute_volume(session, history) -> None:  # type: ignore[no-untyped-def
     ]
 
 
+def test_the_plants_minute_volume_counts_a_part_a_candidate_judged_too_once(
+    session, history
+) -> None:  # type: ignore[no-untyped-def]
+    # A candidate at a station of its own (C1) judges p4 and p8 again a minute after A1 and
+    # B1 did, failing p4: the plant's chart counted them as 2 more parts, 1 more failed.
+    m1, m2 = history["models"]
+    shadow = Station(line_id=history["line_a"].id, name="C1")
+    session.add(shadow)
+    session.flush()
+    run = InspectionRun(
+        line_id=shadow.line_id, station_id=shadow.id, model_version_id=m2.id, started_at=DAY2
+    )
+    session.add(run)
+    session.flush()
+    for n, verdict in ((4, Verdict.FAIL), (8, Verdict.PASS)):
+        part = session.scalars(select(Part).where(Part.content_hash == f"{n:064d}")).one()
+        session.add(
+            Inspection(
+                part_id=part.id,
+                model_version_id=m2.id,
+                run_id=run.id,
+                verdict=verdict,
+                inspected_at=DAY2 + timedelta(minutes=1),
+            )
+        )
+    session.commit()
+    rows = minute_volume(session, since=DAY2 - timedelta(minutes=1))
+    assert [(r.minute, r.inspected, r.failed, r.errors) for r in rows] == [
+        ("2026-01-06 08:00", 5, 2, 1),  # p4 to p8, as before
+        ("2026-01-06 09:00", 1, 1, 0),  # p9
+    ]
+    # The candidate's station: its own verdicts, as its row on the Live page counts them.
+    assert [(r.inspected, r.failed) for r in minute_volume(session, DAY2, shadow.id)] == [(2, 1)]
+    activity = {a.station: a.inspected for a in station_activity(session, DAY2)}
+    assert activity["C1"] == 2
+
+
 @contextmanager
 def local_zone(name: str) -> Iterator[None]:
     """This process in the time zone `name`, as a dashboard server started with TZ=name."""

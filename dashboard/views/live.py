@@ -221,7 +221,9 @@ def _live_view() -> None:
     )
     st.caption(
         f"Parts judged in the last {window} minutes, a blank frame or empty capture each time it "
-        f"came (the History page counts each part once); grid: the tiles the station's latest run cuts a part larger than a tile into, as its latest verdict was given; refreshed every {REFRESH_SECONDS} s; "
+        f"came (the History page counts each part once); a station's figures are each verdict "
+        f"it gave (a candidate judging there beside production counts its own too; the chart "
+        f"counts such a part once); grid: the tiles the station's latest run cuts a part larger than a tile into, as its latest verdict was given; refreshed every {REFRESH_SECONDS} s; "
         f"times in {zone}."
     )
     left, right = st.columns([3, 2])
