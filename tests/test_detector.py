@@ -1116,3 +1116,42 @@ def test_an_export_to_a_full_disk_says_where_and_leaves_no_half_file(
         kept.add("station.onnx")
     assert {p.name for p in folder.iterdir()} == kept  # (no half file, no intermediate)
     assert (folder / "station.int8.onnx").read_bytes() == b"earlier"
+
+
+@pytest.mark.parametrize(
+    ("device", "said"),
+    [
+        ("gpu", "--device gpu: a device is cpu, cuda, cuda:N (or N), or GPUs such as 0,1"),
+        pytest.param(
+            "cuda",
+            "--device cuda: no CUDA GPU is visible on this machine: train with --device cpu",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible here"),
+        ),
+        pytest.param(
+            "0,1",
+            "--device 0,1: no CUDA GPU is visible on this machine: train with --device cpu",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible here"),
+        ),
+    ],
+)
+def test_a_device_this_machine_lacks_is_refused_in_one_line_before_a_job(
+    trained: Trained, monkeypatch: pytest.MonkeyPatch, device: str, said: str
+) -> None:
+    """`--device cuda` on a machine without a GPU was refused by ultralytics after the job was
+    recorded, in a paragraph naming `device=0`: a failed job was left for a typo's sake."""
+    from sqlalchemy import func, select
+
+    from db.models import TrainingJob
+    from training.cli import app
+
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
+    get_settings.cache_clear()
+    with session_scope(trained.url) as session:
+        jobs = session.scalar(select(func.count(TrainingJob.id)))
+    given = ["--data", "synth", "--epochs", "1", "--imgsz", "64", "--device", device]
+    result = CliRunner().invoke(app, ["train", "detector", *given])
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, UserError), repr(result.exception)
+    assert str(result.exception) == said
+    with session_scope(trained.url) as session:
+        assert session.scalar(select(func.count(TrainingJob.id))) == jobs  # refused before

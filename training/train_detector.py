@@ -302,12 +302,27 @@ def extend_classes(model: Any, class_names: list[str]) -> None:
 
 
 def _device_argument(device: str | None) -> str:
+    """The device as ultralytics takes it ("cpu", "0" or "0,1" for GPUs), checked here, before
+    the job is recorded: a GPU asked for where torch sees none was refused by ultralytics after
+    it, in a paragraph that named `device=0` for `--device cuda`, and left a failed job."""
     from inspection.settings import resolve_device
 
-    chosen = device or get_settings().device
+    given = device is not None
+    chosen = (device or get_settings().device).strip().lower()
+    named = f"--device {chosen}" if given else f"DEFECTS_DEVICE={chosen}"
     if chosen == "auto":
         return "0" if resolve_device("auto").startswith("cuda") else "cpu"
-    return chosen.removeprefix("cuda:")  # ultralytics takes "0" or "0,1" for GPUs
+    if chosen == "cpu":
+        return chosen
+    gpus = "0" if chosen == "cuda" else chosen.removeprefix("cuda:")
+    if not all(index.isdigit() for index in gpus.split(",")):
+        raise UserError(f"{named}: a device is cpu, cuda, cuda:N (or N), or GPUs such as 0,1")
+    if not torch.cuda.is_available():
+        remedy = "--device cpu" if given else "DEFECTS_DEVICE=cpu (or --device cpu)"
+        raise UserError(f"{named}: no CUDA GPU is visible on this machine: train with {remedy}")
+    if any(int(index) >= torch.cuda.device_count() for index in gpus.split(",")):
+        raise UserError(f"{named}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    return gpus
 
 
 LINEAGE_FILE = "defects_lineage.json"  # in a run's folder: its teacher, for a resume
@@ -501,6 +516,8 @@ def train_detector(
         # (Refused when the model was built, after the job was recorded: a failed job stood
         # for a typo; with --resume, "no interrupted training of DATA-TYPO" was said.)
         check_architecture(request.architecture)
+    # (A resume goes on on the device its run was started on: --device is ignored there.)
+    device = None if request.resume else _device_argument(request.device)
     with session_scope(url) as session:
         dataset, data_path = dataset_yaml(session, request.data)
         check_trainable(dataset)
@@ -609,7 +626,7 @@ def train_detector(
                 epochs=request.epochs,
                 imgsz=imgsz,
                 batch=request.batch,
-                device=_device_argument(request.device),
+                device=device,
                 workers=request.workers,
                 patience=request.patience,
                 seed=request.seed,
