@@ -509,7 +509,12 @@ def test_interrupted_training_resumes(
         )
     # The run said, as it started, that it learns from no teacher (for its resume).
     [lineage] = set(runs.glob(pattern)) - before
-    assert json.loads(lineage.read_text()) == {"teacher": None, "method": None, "from": None}
+    assert json.loads(lineage.read_text()) == {
+        "teacher": None,
+        "method": None,
+        "from": None,
+        "data": "synth",
+    }
     # The stop says how to go on (it said nothing); the run is resumed as it says.
     hint = re.search(
         r"resume with `defects train detector --data synth --resume --name (\S+)`",
@@ -1155,3 +1160,58 @@ def test_a_device_this_machine_lacks_is_refused_in_one_line_before_a_job(
     assert str(result.exception) == said
     with session_scope(trained.url) as session:
         assert session.scalar(select(func.count(TrainingJob.id))) == jobs  # refused before
+
+
+def test_a_run_of_one_dataset_is_not_resumed_on_another(
+    trained: Trained, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`--resume --name RUN` finds a run of any dataset: one stopped on "synth" went on with
+    another dataset's images (of the same classes) and was registered as trained on it."""
+    from sqlalchemy import func, select
+
+    from db.models import TrainingJob
+    from tests.synthetic import write_splits, write_voc
+    from training.datasets import import_dataset
+    from training.train_detector import TrainRequest, train_detector
+
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
+    get_settings.cache_clear()
+    images = write_voc(tmp_path / "src", n=12, seed=3)
+    with session_scope(trained.url) as session:
+        import_dataset(
+            session,
+            "voc",
+            tmp_path / "src",
+            "synth-other-line",
+            get_settings().datasets_dir,
+            write_splits(tmp_path / "splits", images),
+            CLASSES,
+        )
+    request = TrainRequest(
+        data="synth",
+        architecture="defect-yolo-n-plain",
+        epochs=2,
+        imgsz=64,
+        batch=4,
+        name="stopped-on-synth",
+    )
+
+    def stop_after_first_epoch(trainer) -> None:  # type: ignore[no-untyped-def]
+        if trainer.epoch == 0:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_detector(
+            request, url=trained.url, callbacks={"on_model_save": stop_after_first_epoch}
+        )
+    with session_scope(trained.url) as session:
+        jobs = session.scalar(select(func.count(TrainingJob.id)))
+    other = TrainRequest(data="synth-other-line", resume=True, name="stopped-on-synth")
+    with pytest.raises(UserError) as refused:
+        train_detector(other, url=trained.url)
+    assert str(refused.value) == (
+        "the interrupted run stopped-on-synth trains on 'synth', not 'synth-other-line': "
+        "resume it with --data synth, or train on 'synth-other-line' without --resume"
+    )
+    with session_scope(trained.url) as session:  # refused before a job was recorded
+        assert session.scalar(select(func.count(TrainingJob.id))) == jobs

@@ -329,17 +329,19 @@ LINEAGE_FILE = "defects_lineage.json"  # in a run's folder: its teacher, for a r
 
 
 def _lineage_callback(  # type: ignore[no-untyped-def]
-    teacher: str | None, method: str | None, base: str | None = None
+    teacher: str | None, method: str | None, base: str | None = None, data: str | None = None
 ):
-    """Writes, as a run starts, which teacher (if any) it learns from and which version it
-    fine-tunes (a resume has no --from: its version's notes lost where it came from); plain
-    data, as DDP pickles callbacks."""
+    """Writes, as a run starts, which teacher (if any) it learns from, which version it
+    fine-tunes (a resume has no --from: its version's notes lost where it came from) and which
+    dataset it trains on (`--resume --name` of another's run); plain data, as DDP pickles
+    callbacks."""
 
     def on_pretrain_routine_start(trainer) -> None:  # type: ignore[no-untyped-def]
         path = Path(trainer.save_dir) / LINEAGE_FILE
         if not path.exists():  # (a resume keeps the run's own)
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"teacher": teacher, "method": method, "from": base}))
+            lineage = {"teacher": teacher, "method": method, "from": base, "data": data}
+            path.write_text(json.dumps(lineage))
 
     return on_pretrain_routine_start
 
@@ -413,6 +415,15 @@ def _resumable(
     dataset was imported again with other classes since (the run was registered under the new
     names, though its first epochs learned other indices)."""
     run_dir = _latest_run(runs_dir, prefixes, request.name, request.teacher)
+    lineage = _lineage(run_dir) or {}
+    trained_on = lineage.get("data")  # (None: a run from before the dataset was kept)
+    if trained_on is not None and trained_on != request.data:
+        # (`--name` finds a run of any dataset: its next epochs went on with this dataset's
+        # images, and it was registered as trained on it.)
+        raise UserError(
+            f"the interrupted run {run_dir.name} trains on {trained_on!r}, not {request.data!r}: "
+            f"resume it with --data {trained_on}, or train on {request.data!r} without --resume"
+        )
     model = load_detector(run_dir / "weights" / "last.pt")
     known = [model.names[i] for i in sorted(model.names)]
     if known != class_names:
@@ -420,7 +431,7 @@ def _resumable(
             f"the interrupted run {run_dir.name} knows {known}, {request.data!r} labels "
             f"{class_names}: resuming keeps the classes; train from scratch instead"
         )
-    return model, _lineage(run_dir) or {}, run_dir
+    return model, lineage, run_dir
 
 
 def _resume_hint(request: TrainRequest, architecture: str, model: Any) -> str:
@@ -600,7 +611,10 @@ def train_detector(
         **_job_progress_callbacks(url, job_id),
         "on_pretrain_routine_end": _use_every_cpu_core,
         "on_pretrain_routine_start": _lineage_callback(
-            request.teacher, request.distill_method if request.teacher else None, base_name
+            request.teacher,
+            request.distill_method if request.teacher else None,
+            base_name,
+            request.data,
         ),
     }
     model = resumed
