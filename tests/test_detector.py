@@ -1215,3 +1215,37 @@ def test_a_run_of_one_dataset_is_not_resumed_on_another(
     )
     with session_scope(trained.url) as session:  # refused before a job was recorded
         assert session.scalar(select(func.count(TrainingJob.id))) == jobs
+
+
+def test_a_time_budget_shorter_than_an_epoch_says_the_model_barely_learned(
+    trained: Trained, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ultralytics fits the epochs to a budget only after a whole one: a budget shorter than
+    that stopped the first epoch after a batch, and the untrained model was registered with
+    nothing said but "epochs: 1"."""
+    import re
+
+    from sqlalchemy import select
+
+    from db.models import TrainingJob
+    from training.train_detector import TrainRequest, train_detector
+
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
+    get_settings.cache_clear()
+    request = TrainRequest(
+        data="synth", architecture="defect-yolo-n-plain", epochs=3, imgsz=64, batch=4, hours=1e-4
+    )
+    version_id = train_detector(request, url=trained.url)
+    said = re.search(
+        r"warning: the time budget \(--hours 0.0001\) ended the first epoch after (\d+) of its "
+        r"(\d+) batches: the model has barely begun to learn; give --hours more than one "
+        r"epoch's time",
+        capsys.readouterr().err,
+    )
+    # (The budget is looked at after each step: a first batch quicker than it lets a second in.)
+    assert said is not None and int(said[1]) < int(said[2])
+    with session_scope(trained.url) as session:
+        job = session.scalars(
+            select(TrainingJob).where(TrainingJob.result_model_version_id == version_id)
+        ).one()
+        assert job.log.splitlines()[-1] == said[0].removeprefix("warning: ")

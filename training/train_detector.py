@@ -222,6 +222,33 @@ def _job_progress_callbacks(url: str, job_id: int) -> dict[str, Callable[[Any], 
     return {"on_train_epoch_end": on_train_epoch_end, "on_fit_epoch_end": on_fit_epoch_end}
 
 
+def _first_epoch_cut_short(cut: list[tuple[int, int]]) -> dict[str, Callable[[Any], None]]:
+    """Notes in `cut` (batches trained, batches in an epoch) where the time budget ended the
+    first epoch part way: ultralytics fits the epochs to the budget only after a whole one, and
+    a budget shorter than that stopped it after a batch or so, taken in warm-up at a learning
+    rate near 0; the model registered had learned nothing, with no word but "epochs: 1"."""
+    ended: list[int] = [0]  # batches of this epoch on_train_batch_end saw
+
+    def on_train_epoch_start(trainer) -> None:  # type: ignore[no-untyped-def]
+        ended[0] = 0
+
+    def on_train_batch_end(trainer) -> None:  # type: ignore[no-untyped-def]
+        ended[0] += 1
+
+    def on_train_epoch_end(trainer) -> None:  # type: ignore[no-untyped-def]
+        batches = len(trainer.train_loader)
+        # (The budget's stop breaks out before on_train_batch_end, after the batch trained.)
+        trained = ended[0] + 1 if trainer.stop and ended[0] < batches else ended[0]
+        if trainer.args.time and trainer.epoch == 0 and trained < batches:  # (not a resume's)
+            cut[:] = [(trained, batches)]
+
+    return {
+        "on_train_epoch_start": on_train_epoch_start,
+        "on_train_batch_end": on_train_batch_end,
+        "on_train_epoch_end": on_train_epoch_end,
+    }
+
+
 def refuse_other_classes(
     version: ModelVersion, data: str, class_names: list[str], use: str
 ) -> None:
@@ -617,10 +644,11 @@ def train_detector(
             request.data,
         ),
     }
+    cut: list[tuple[int, int]] = []  # the first epoch's batches trained, of all, if cut
     model = resumed
     try:
         if resumed is not None:
-            _add_callbacks(model, events, callbacks)
+            _add_callbacks(model, events, _first_epoch_cut_short(cut), callbacks)
             # Where the run, its dataset and its teacher are on this machine now: the checkpoint
             # names the folders it had when it started, gone where the data folder moved since.
             here = {"data": str(data_path), "save_dir": str(resumed_dir)}
@@ -633,7 +661,7 @@ def train_detector(
                 extend_classes(model, class_names)  # (a dataset that adds classes)
             else:
                 model = build_detector(architecture, class_names)
-            _add_callbacks(model, events, callbacks)
+            _add_callbacks(model, events, _first_epoch_cut_short(cut), callbacks)
             run_name = request.name or f"{prefix}-{datetime.now():%Y%m%d-%H%M%S}"
             model.train(
                 data=str(data_path),
@@ -668,6 +696,15 @@ def train_detector(
         if not best.is_file():
             raise UserError(f"training ended without weights ({best})")
         record_tile(best, tile)  # (before it is hashed and copied into the registry)
+        short = ""
+        if cut:
+            trained_batches, batches = cut[0]
+            short = (
+                f"the time budget (--hours {request.hours}) ended the first epoch after "
+                f"{trained_batches} of its {batches} batches: the model has barely begun to "
+                "learn; give --hours more than one epoch's time"
+            )
+            print(f"warning: {short}", file=sys.stderr)
         metrics = {
             "val_map50": float(trainer.metrics.get("metrics/mAP50(B)", 0.0)),
             "val_map50_95": float(trainer.metrics.get("metrics/mAP50-95(B)", 0.0)),
@@ -708,6 +745,8 @@ def train_detector(
             job.status = JobStatus.SUCCEEDED
             job.error = None  # (a look from elsewhere may have called it ended)
             job.progress = 1.0
+            if short:
+                job.log = (job.log or "") + short + "\n"
             job.finished_at = utcnow()
             job.result_model_version_id = version.id
             return version.id
