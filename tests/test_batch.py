@@ -2483,7 +2483,7 @@ def test_verdicts_are_stamped_by_the_databases_clock_not_the_stations(
 
     # Every clock this station's Python reads for a stored time.
     monkeypatch.setattr(db.models, "utcnow", behind)
-    monkeypatch.setattr(inspection.batch, "utcnow", behind)
+    monkeypatch.setattr(inspection.batch, "utcnow", behind, raising=False)
     make_images(tmp_path / "in", n=2)
     summary = _job(detector, tmp_path).run(iter_source(str(tmp_path / "in")))
     assert summary.inspected == 2
