@@ -2847,3 +2847,39 @@ def test_a_decision_on_a_detection_another_reviewer_decided_meanwhile_is_said_dr
     # Bob's own decisions are not said dropped.
     next(b for b in bob.button if b.label == "Confirm defect").click().run()
     assert not any("not recorded" in w.value for w in bob.warning)
+
+
+def test_a_large_parts_box_label_is_readable_at_the_width_the_page_shows_it() -> None:
+    """A 4000 px part was drawn at 2048 px with a 10 px font: shown about 1000 px across, its
+    label was a red tab 5 px high, the class and confidence unreadable."""
+    import numpy as np
+
+    from dashboard.drawing import COUNTED, DrawnBox, draw_boxes
+
+    pixels = np.full((3000, 4000, 3), 128, dtype=np.uint8)
+    drawn = np.asarray(draw_boxes(pixels, [DrawnBox("inclusion 0.11", 2500, 1800, 3800, 2400)]))
+    scale = drawn.shape[1] / 4000
+    column = drawn[: round(1800 * scale), round(2500 * scale) + 1]  # (its left margin)
+    label_rows = int((column == COUNTED).all(axis=1).sum())  # the label's tab above the box
+    shown_at = 900 / drawn.shape[1]  # the width the page shows it at on a 1400 px screen
+    assert label_rows * shown_at >= 10
+
+
+def test_two_boxes_from_one_corner_keep_both_labels_readable() -> None:
+    """Two detections starting near the same corner had one label drawn over the other
+    ("crazing 0.18" hidden under "crazing 0.12"), and a later box's line across a label."""
+    import numpy as np
+
+    from dashboard.drawing import COUNTED, NOT_COUNTED, DrawnBox, draw_boxes
+
+    pixels = np.zeros((320, 320, 3), dtype=np.uint8)
+    first = DrawnBox("crazing 0.18", 4, 20, 316, 180)
+    alone = np.asarray(draw_boxes(pixels, [first]))
+    both = np.asarray(
+        draw_boxes(pixels, [first, DrawnBox("crazing 0.12", 8, 26, 316, 90, NOT_COUNTED)])
+    )
+
+    def first_label(drawn: np.ndarray) -> int:  # (its tab, above its box's top at 20)
+        return int((drawn[:20] == COUNTED).all(axis=2).sum())
+
+    assert first_label(both) == first_label(alone) > 100
