@@ -2883,3 +2883,28 @@ def test_two_boxes_from_one_corner_keep_both_labels_readable() -> None:
         return int((drawn[:20] == COUNTED).all(axis=2).sum())
 
     assert first_label(both) == first_label(alone) > 100
+
+
+def test_a_part_far_larger_than_an_untiled_models_input_is_said_to_be_judged_shrunk(
+    production: str, tmp_path: Path
+) -> None:
+    """A 4000x3000 frame judged whole by a 640 px model passed or failed with no word that it
+    was shrunk to a sixth of its side, where a defect a few pixels across is not there."""
+    import numpy as np
+    from PIL import Image
+
+    small = _png_files(tmp_path, 1, 3)
+    frame = io.BytesIO()  # (a texture: a flat grey frame is a blank one, never judged)
+    texture = np.random.default_rng(0).integers(60, 200, (300, 400, 3), dtype=np.uint8)
+    Image.fromarray(texture).save(frame, format="PNG")
+    at = _app().run()
+    at.file_uploader(key="inspect_files").set_value(small).run()
+    assert not at.exception, at.exception
+    assert not [w for w in at.warning if "judged whole" in w.value]
+    at.file_uploader(key="inspect_files").set_value(
+        [*small, ("frame.png", frame.getvalue(), "image/png")]
+    ).run()
+    assert not at.exception, at.exception
+    [warning] = [w.value for w in at.warning if "judged whole" in w.value]
+    assert "1 part(s) over 128 px" in warning and "frame.png" in warning
+    assert "400x300" in warning and "shrunk to the 64 px" in warning

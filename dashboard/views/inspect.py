@@ -56,6 +56,7 @@ from inspection.verdict import left_out_note, part_classifier_note
 IMAGE_TYPES = sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES)
 SHOWN_PARTS = 60
 CLOSE_UPS = 6  # boxes of a large part shown at its own resolution
+SHRUNK_FACTOR = 2  # an untiled model's parts past this many times its input side are warned of
 
 state = database_ready()
 st.title("Inspect parts")
@@ -220,6 +221,7 @@ if st.session_state.get("inspected_key") != upload_key:
     st.session_state["rejudged"] = summary.rejudged
     st.session_state["inspected_errors"] = summary.errors
     st.session_state["inspected_tile"] = job.inspector.tile
+    st.session_state["inspected_side"] = job.inspector.backend.image_size
 
 parts = st.session_state["inspected_parts"]
 if not parts:
@@ -228,11 +230,14 @@ if not parts:
     st.stop()
 
 
-def part_views(parts: Seen) -> tuple[list[dict[str, object]], list[tuple]]:  # type: ignore[type-arg]
-    """The table's rows and the drawn parts of an upload, from its stored verdicts."""
+def part_views(
+    parts: Seen,
+) -> tuple[list[dict[str, object]], list[tuple], list[tuple[str, int, int]]]:  # type: ignore[type-arg]
+    """The table's rows, the drawn parts of an upload, from its stored verdicts, and the name,
+    width and height of each part judged."""
     with session_scope(state.url) as session:
         stored = part_results(session, [h for _, h, _ in parts if h], info.id)
-        rows, views = [], []
+        rows, views, sizes = [], [], []
         for name, digest, read_error in parts:
             inspection = stored.get(digest or "")
             if inspection is None:
@@ -268,6 +273,7 @@ def part_views(parts: Seen) -> tuple[list[dict[str, object]], list[tuple]]:  # t
             )
             if inspection.verdict.value == "error":
                 continue
+            sizes.append((name, inspection.part.width or 0, inspection.part.height or 0))
             views.append(
                 (
                     name,
@@ -277,7 +283,7 @@ def part_views(parts: Seen) -> tuple[list[dict[str, object]], list[tuple]]:  # t
                     prediction_boxes(inspection.predictions),
                 )
             )
-    return rows, views
+    return rows, views, sizes
 
 
 # Built once an upload is judged, not at every rerun: each widget touched after a zip of 10000
@@ -286,7 +292,7 @@ cached = st.session_state.get("inspected_view")
 if cached is None or cached[0] != st.session_state["inspected_key"]:
     cached = (st.session_state["inspected_key"], *part_views(parts))
     st.session_state["inspected_view"] = cached
-_, rows, views = cached
+_, rows, views, sizes = cached
 table = pd.DataFrame(rows)
 failed = int((table["verdict"] == "fail").sum())
 errors = int((table["verdict"] == "error").sum())
@@ -311,6 +317,19 @@ if (tile := st.session_state.get("inspected_tile")) is not None:
         f"Parts larger than {tile.size} px were judged tile by tile ({tile.describe()}), "
         f"in the grid {plain(info.name)} was trained on."
     )
+else:
+    # An untiled model shrinks a part whole to its input: a 4000x3000 frame judged at 640 px
+    # passed or failed with no word that a defect a few pixels across was not there to see.
+    side = st.session_state.get("inspected_side") or 0
+    shrunk = [s for s in sizes if side and max(s[1:]) > SHRUNK_FACTOR * side]
+    if shrunk:
+        name, width, height = max(shrunk, key=lambda s: s[1] * s[2])
+        st.warning(
+            f"{len(shrunk)} part(s) over {SHRUNK_FACTOR * side} px (the largest {code(name)}, "
+            f"{width}x{height}) were judged whole, shrunk to the {side} px {plain(info.name)} "
+            "takes: a defect a few pixels across is lost at that scale. A model trained on "
+            "tiles judges them at their own resolution (README: Large images)."
+        )
 if error_kinds:
     st.caption("Errors by kind: " + ", ".join(f"{k} {n}" for k, n in error_kinds.most_common()))
 if skipped:
