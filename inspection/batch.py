@@ -1395,18 +1395,6 @@ class BatchInspection:
                 # (a hot folder's single file) costs one transaction, not two.
                 self._process(chunk, on_result, finishing=finish, on_skipped=on_skipped)
             marked_finished = self._wait_for_write()  # (its error is one of the run's)
-        except (KeyboardInterrupt, UserError):
-            # Stopped (Ctrl-C, SIGTERM, a full image store): what was judged is written and the
-            # run marked finished, as it is no longer at work (left open, the Live page showed
-            # it open and idle until the next run); the same command resumes in a new one.
-            self._giving_up.set()
-            if finish:
-                self._wait_for_write()
-                try:
-                    self._finish_run()
-                except DatabaseError as exc:  # (the stop is what is reported)
-                    logger.warning("could not mark run %s finished: %s", self.run_id, exc)
-            raise
         except DatabaseError:
             # The outage outlasted its limit: one try to mark the run finished (the database
             # may be back already), no second wait. Left open, the run showed at work for ever.
@@ -1416,6 +1404,21 @@ class BatchInspection:
                     self._wait_for_write()
                 with contextlib.suppress(DatabaseError):
                     self._finish_run()
+            raise
+        except BaseException:
+            # Stopped (Ctrl-C, SIGTERM, a full image store, or the Inspect page's upload cut
+            # short by a reload, a new upload or another station chosen: Streamlit stops the
+            # page with an exception of its own from the progress bar): what was judged is
+            # written and the run marked finished, as it is no longer at work (left open, the
+            # Live page showed it open and idle until the next run); the same command resumes
+            # in a new one.
+            self._giving_up.set()
+            if finish:
+                self._wait_for_write()
+                try:
+                    self._finish_run()
+                except DatabaseError as exc:  # (the stop is what is reported)
+                    logger.warning("could not mark run %s finished: %s", self.run_id, exc)
             raise
         finally:
             self.summary.seconds += time.perf_counter() - started

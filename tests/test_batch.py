@@ -2703,3 +2703,25 @@ def test_a_candidate_judging_the_production_models_parts_is_not_counted_as_more_
         assert (by_model[candidate_id].n_missed, by_model[candidate_id].n_false_calls) == (1, 0)
         [own] = rates(session, Filters(model_version_id=candidate_id))
         assert (own.n_defective, own.n_missed, own.n_good, own.n_false_calls) == (1, 1, 1, 0)
+
+
+def test_an_upload_cut_short_by_the_page_leaves_its_run_finished(
+    detector: str, tmp_path: Path
+) -> None:
+    """A reload of the Inspect page mid-upload stops its script with Streamlit's own exception,
+    raised from the progress bar's callback: the run was left open, and the Live page and
+    `defects status` showed the station's upload at work, then open and idle."""
+    from streamlit.runtime.scriptrunner_utils.exceptions import StopException
+
+    make_images(tmp_path / "in", n=6)
+    job = _job(detector, tmp_path)
+    job.chunk_parts = 2
+
+    def page_gone(_result: object) -> None:
+        raise StopException()
+
+    with pytest.raises(StopException):
+        job.run(iter_source(str(tmp_path / "in")), page_gone)
+    assert _run_finished_at(detector, job.run_id) is not None
+    resumed = _job(detector, tmp_path).run(iter_source(str(tmp_path / "in")))
+    assert resumed.inspected + resumed.skipped == 6
