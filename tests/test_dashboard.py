@@ -2908,3 +2908,25 @@ def test_a_part_far_larger_than_an_untiled_models_input_is_said_to_be_judged_shr
     [warning] = [w.value for w in at.warning if "judged whole" in w.value]
     assert "1 part(s) over 128 px" in warning and "frame.png" in warning
     assert "400x300" in warning and "shrunk to the 64 px" in warning
+
+
+def test_the_note_under_a_long_upload_counts_the_tables_rows(
+    production: str, tmp_path: Path
+) -> None:
+    """A zip of 61 images and 2 other files: the page drew 60 parts and said "the table lists
+    all 61" over a table of 63 rows, its errors not counted."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data, _ in _png_files(tmp_path, 61, 4):
+            archive.writestr(name, data)
+        archive.writestr("notes.txt", b"shift notes")
+        archive.writestr("readme.txt", b"not a part")
+    at = _app().run()
+    at.file_uploader(key="inspect_files").set_value(
+        [("lot.zip", buffer.getvalue(), "application/zip")]
+    ).run()
+    assert not at.exception, at.exception
+    [note] = [c.value for c in at.caption if c.value.startswith("Showing the first")]
+    assert (
+        note == "Showing the first 60 of 61 parts judged; the table lists all 63, errors included."
+    )

@@ -368,4 +368,8 @@ for name, verdict, latency, stored_path, boxes in views[:SHOWN_PARTS]:
         except (OSError, ImageDecodeError) as exc:
             st.warning(plain(unshown_image(stored_path, exc)))
 if len(views) > SHOWN_PARTS:
-    st.caption(f"Showing the first {SHOWN_PARTS} parts; the table lists all {len(views)}.")
+    # (The table lists the errors too: "the table lists all 61" stood over a table of 63.)
+    st.caption(
+        f"Showing the first {SHOWN_PARTS} of {len(views)} parts judged; the table lists all "
+        f"{len(rows)}" + (", errors included." if len(rows) > len(views) else ".")
+    )
