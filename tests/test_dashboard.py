@@ -216,7 +216,10 @@ def test_zip_upload_with_a_bad_entry(production: str, tmp_path: Path) -> None:
     table = at.dataframe[0].value
     assert len(table) == 3 and (table["verdict"] == "error").sum() == 1
     assert "not an image file" in " ".join(table["error"].astype(str))
-    assert table.loc[table["verdict"] == "error", "latency ms"].isna().all()  # never judged
+    # Never judged: blank, not a grey "None"; the parts' latencies to 0.1 ms.
+    assert (table.loc[table["verdict"] == "error", "latency ms"] == "").all()
+    judged = table.loc[table["verdict"] != "error", "latency ms"]
+    assert judged.str.fullmatch(r"\d+\.\d").all(), judged
 
 
 def test_a_damaged_zip_beside_images_is_one_error_row_and_the_images_are_judged(

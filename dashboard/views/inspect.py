@@ -246,7 +246,7 @@ def part_views(
                         "part": name,
                         "verdict": "error",
                         "defects": "",
-                        "latency ms": None,
+                        "latency ms": "",
                         "error": read_error,
                     }
                 )
@@ -265,9 +265,10 @@ def part_views(
                     "verdict": inspection.verdict.value,
                     "defects": ", ".join(found),
                     # (An error was never judged: a latency beside it read as a judging time.)
-                    "latency ms": round(inspection.latency_ms, 1)
+                    # (Blank, as the other empty cells: None showed as a grey "None".)
+                    "latency ms": f"{inspection.latency_ms:.1f}"
                     if inspection.latency_ms and inspection.verdict.value != "error"
-                    else None,
+                    else "",
                     "error": inspection.error or "",
                 }
             )
@@ -343,7 +344,10 @@ if rejudged:
         "again at the current ones, to a pass or a fail (the earlier verdicts are kept in the "
         "history, superseded; a part judged again to an error is among the errors only)."
     )
-st.dataframe(table, hide_index=True)
+# (The error column wide: at its default width "not an image file" was cut off.)
+st.dataframe(
+    table, hide_index=True, column_config={"error": st.column_config.TextColumn(width="large")}
+)
 
 for name, verdict, latency, stored_path, boxes in views[:SHOWN_PARTS]:
     with st.container(border=True):
