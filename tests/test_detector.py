@@ -537,6 +537,41 @@ def test_interrupted_training_resumes(
         train_detector(TrainRequest(**{**request.__dict__, "resume": True}), url=trained.url)
 
 
+def test_a_training_stopped_before_its_first_checkpoint_leaves_no_run_folder(
+    trained: Trained, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Stopped before its first checkpoint, a run left a folder of its arguments and an empty
+    weights/ that nothing could resume: the same --name next made NAME2, and that stop's
+    resume hint named NAME2."""
+    from training.train_detector import TrainRequest, train_detector
+
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
+    get_settings.cache_clear()
+
+    def stop_before_the_first_epoch(trainer) -> None:  # type: ignore[no-untyped-def]
+        raise KeyboardInterrupt
+
+    run = trained.data_dir / "runs" / "detect" / "stopped-early"
+    request = TrainRequest(
+        data="synth",
+        architecture="defect-yolo-n-plain",
+        epochs=1,
+        imgsz=64,
+        batch=4,
+        name="stopped-early",
+    )
+    for _ in range(2):  # (the second, of the same name, in the same folder)
+        with pytest.raises(KeyboardInterrupt):
+            train_detector(
+                request,
+                url=trained.url,
+                callbacks={"on_pretrain_routine_end": stop_before_the_first_epoch},
+            )
+        said = capsys.readouterr().err
+        assert "nothing to resume (its run folder stopped-early is removed)" in said
+        assert not run.exists()
+
+
 def test_a_training_interrupted_before_the_data_folder_moved_resumes_after_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -13,6 +13,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -481,6 +482,20 @@ def _resume_hint(request: TrainRequest, architecture: str, model: Any) -> str:
     return f"stopped; resume with `{command}`"
 
 
+def _remove_run_without_checkpoint(model: Any) -> bool:
+    """Removes a new run's folder stopped before its first checkpoint (its arguments, lineage
+    and an empty weights/): nothing resumes it, and kept, the same `--name` next made NAME2,
+    named in the next stop's resume hint. Whether it was removed."""
+    trainer = getattr(model, "trainer", None)
+    if trainer is None:
+        return False
+    run = Path(trainer.save_dir)
+    if not run.is_dir() or any((run / "weights").glob("*.pt")):
+        return False
+    shutil.rmtree(run, ignore_errors=True)
+    return not run.exists()
+
+
 def _interrupted(last: Path) -> bool:
     """Whether a run's last checkpoint can be resumed: ultralytics marks a finished run's
     (epoch -1, no optimizer). Resumed anyway, ultralytics fell back to its own example
@@ -754,7 +769,10 @@ def train_detector(
         full = _run_folder_full(exc, model, runs_dir)
         record_job_end(url, job_id, full or exc)
         if isinstance(exc, KeyboardInterrupt):  # (SIGTERM too: the CLI raises it for one)
-            print(_resume_hint(request, architecture, model), file=sys.stderr)
+            hint = _resume_hint(request, architecture, model)
+            if resumed is None and _remove_run_without_checkpoint(model):
+                hint += f" (its run folder {Path(model.trainer.save_dir).name} is removed)"
+            print(hint, file=sys.stderr)
         if full is not None:
             raise full from exc
         raise
