@@ -27,6 +27,12 @@ class UnloadableExport(UserError):
         return UnloadableExport(self.onnx_path, self.reason, version)
 
 
+class Stopped(KeyboardInterrupt):
+    """A Ctrl-C (or SIGTERM) whose command has already said what became of its work (a
+    training's resume hint): the command line ends it with 130 and adds nothing, as a stopped
+    batch's "stopped" line stands alone (a training's was followed by "interrupted")."""
+
+
 class StorageError(UserError):
     """The image store cannot keep a part's bytes (a full or read-only disk): the run stops,
     since judging parts whose images are not kept would lose them; what was written stays."""

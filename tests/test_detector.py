@@ -572,6 +572,40 @@ def test_a_training_stopped_before_its_first_checkpoint_leaves_no_run_folder(
         assert not run.exists()
 
 
+def test_a_stopped_training_says_so_once_and_exits_130_as_a_stopped_batch_does(
+    trained: Trained, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Stopped (Ctrl-C; SIGTERM, which the command line raises as one), `defects train
+    detector` said how to go on and then "interrupted" as well: a batch says its own "stopped"
+    line alone."""
+    import signal
+
+    from training import cli, train_detector
+
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
+    monkeypatch.setenv("DEFECTS_DEVICE", "cpu")
+    get_settings.cache_clear()
+
+    def stopped(trainer) -> None:  # type: ignore[no-untyped-def]
+        raise KeyboardInterrupt  # (where the signal lands: as the first epoch starts)
+
+    monkeypatch.setattr(train_detector, "_use_every_cpu_core", stopped)
+    ended: list[int | str | None] = []
+    monkeypatch.setattr(cli, "end_process", ended.append)  # (it ends the process at once)
+    command = ["defects", "train", "detector", "--data", "synth", "--model", "defect-yolo-n"]
+    monkeypatch.setattr(sys, "argv", [*command, "--epochs", "1", "--imgsz", "64", "--batch", "4"])
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        cli.main()
+    finally:
+        signal.signal(signal.SIGTERM, handler)  # (main installs its own: this is pytest's)
+        get_settings.cache_clear()
+    assert ended == [130]
+    said = capsys.readouterr().err.strip().splitlines()
+    assert said[-1].startswith("stopped before its first checkpoint: there is nothing to resume")
+    assert "interrupted" not in said
+
+
 def test_a_training_interrupted_before_the_data_folder_moved_resumes_after_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

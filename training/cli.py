@@ -32,7 +32,7 @@ from db.registry import (
     roll_back,
 )
 from db.session import DatabaseError, redact, session_scope
-from inspection.errors import StorageError, UserError
+from inspection.errors import Stopped, StorageError, UserError
 from inspection.runtime import end_process
 from inspection.settings import get_settings
 
@@ -2065,8 +2065,10 @@ def _interrupt(signum: int, frame: object) -> None:
 def _ended_by_interrupt(exc: SystemExit) -> bool:
     """Whether typer ended the command for a Ctrl-C (or SIGTERM, raised as one) that the
     command did not handle itself: typer turns it into a bare exit 130, saying nothing, so a
-    batch stopped while it loaded its model ended without a word."""
-    return isinstance(getattr(exc.__context__, "__cause__", None), KeyboardInterrupt)
+    batch stopped while it loaded its model ended without a word. Not for one the command has
+    said itself (`Stopped`): a stopped training's resume hint was followed by "interrupted"."""
+    cause = getattr(exc.__context__, "__cause__", None)
+    return isinstance(cause, KeyboardInterrupt) and not isinstance(cause, Stopped)
 
 
 def main() -> None:
@@ -2089,8 +2091,9 @@ def main() -> None:
         code = exc.code
         if _ended_by_interrupt(exc):
             print("interrupted", file=sys.stderr)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        if not isinstance(exc, Stopped):
+            print("interrupted", file=sys.stderr)
         code = 130
     except (UserError, DatabaseError, NotFoundError, OSError, ValueError) as exc:
         # (OSError: a read-only or full data folder, a path that is a folder, a missing file.)

@@ -39,7 +39,7 @@ from inspection.classifier import (
     resize_square,
     save_classifier,
 )
-from inspection.errors import UserError
+from inspection.errors import Stopped, UserError
 from inspection.images import decode_image
 from inspection.settings import get_settings, resolve_device
 from training.datasets import (
@@ -610,4 +610,5 @@ def train_classifier(request: ClassifierTrainRequest, url: str | None = None) ->
                 "resume, the same command trains it again from the start",
                 file=sys.stderr,
             )
+            raise Stopped from exc  # (said: the command line adds no "interrupted")
         raise

@@ -34,7 +34,7 @@ from inspection.detector import (
     check_architecture,
     load_detector,
 )
-from inspection.errors import UserError
+from inspection.errors import Stopped, UserError
 from inspection.images import allow_pixels_up_to, max_pixels
 from inspection.settings import get_settings
 from inspection.tiling import CHECKPOINT_KEY, TileSpec
@@ -773,6 +773,7 @@ def train_detector(
             if resumed is None and _remove_run_without_checkpoint(model):
                 hint += f" (its run folder {Path(model.trainer.save_dir).name} is removed)"
             print(hint, file=sys.stderr)
+            raise Stopped from exc  # (said: the command line adds no "interrupted")
         if full is not None:
             raise full from exc
         raise
