@@ -1674,8 +1674,13 @@ def batch_command(
             and (went := _wall_time_went(job.moments, entered, listing)) is not None
         ):
             console.print(went)  # (a watch's wall time is the camera's)
-    # (One process counts only its time at work; workers run one clock for the whole watch.)
-    _print_summary(job.summary, rate=not (watch and isinstance(job, ParallelInspection)))
+    # (One process counts only its time at work; workers run one clock for the whole watch.
+    # A batch stopped part way: its clock ran on through the stop's writes and, in workers,
+    # their ends, a rate the workers' lines above already leave out.)
+    _print_summary(
+        job.summary,
+        rate=not (watch and isinstance(job, ParallelInspection)) and not (stopped and not watch),
+    )
     if move_judged is not None:
         _print_moved(job.summary, source, move_judged)
     if export == "csv":
