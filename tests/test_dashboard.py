@@ -155,6 +155,29 @@ def test_upload_inspects_stores_and_a_rerun_reinspects_nothing(
     assert not at.info
 
 
+def test_an_export_that_carries_no_record_of_its_weights_is_said_on_the_inspect_page(
+    production: str, tmp_path: Path
+) -> None:
+    """An earlier release's export beside the production weights judges unchecked: the line
+    that says so (and how to refresh it), printed by `defects batch`, went to the server's
+    log alone."""
+    from db.registry import get_model_version
+    from tests.test_batch import _as_an_earlier_release_exported
+    from training.export import export_detector
+
+    with session_scope(production) as session:
+        weights = Path(get_model_version(session, "tiny").file_path)
+    _as_an_earlier_release_exported(export_detector(weights, version_name="tiny"))
+    at = _app().run()
+    at.file_uploader(key="inspect_files").set_value(_png_files(tmp_path, 2, 8)).run()
+    assert not at.exception, at.exception
+    assert _count(production, Inspection) == 2
+    said = [w.value for w in at.warning if "carries no record" in w.value]
+    assert len(said) == 1 and "defects export tiny" in said[0]
+    at.run()  # (a rerun judges nothing again, and the line stays with the upload's results)
+    assert len([w for w in at.warning if "carries no record" in w.value]) == 1
+
+
 def test_after_a_recalibration_the_same_uploads_are_judged_again(
     production: str, tmp_path: Path
 ) -> None:

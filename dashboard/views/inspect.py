@@ -201,6 +201,16 @@ if st.session_state.get("inspected_key") != upload_key:
         # Someone is watching the page: a database gone away is waited for briefly, not for
         # the minutes a line's batch run waits.
         job.outage_seconds = min(job.outage_seconds, 15.0)
+        # What the run says once (an export that carries no record of its weights) went to the
+        # server's log alone: on the page too, as the command line prints it.
+        said: list[str] = []
+        logged = job.say
+
+        def say(key: str, message: str) -> None:
+            logged(key, message)
+            said.append(message)
+
+        job.say = say
         # (Parts judged before count too: a re-upload's bar stopped short of its end.)
         summary = job.run(
             source_items(uploaded, seen), advance, on_skipped=lambda n: advance(parts=n)
@@ -222,6 +232,7 @@ if st.session_state.get("inspected_key") != upload_key:
     st.session_state["inspected_errors"] = summary.errors
     st.session_state["inspected_tile"] = job.inspector.tile
     st.session_state["inspected_side"] = job.inspector.backend.image_size
+    st.session_state["inspected_notes"] = list(dict.fromkeys(said))
 
 parts = st.session_state["inspected_parts"]
 if not parts:
@@ -294,6 +305,8 @@ if cached is None or cached[0] != st.session_state["inspected_key"]:
     cached = (st.session_state["inspected_key"], *part_views(parts))
     st.session_state["inspected_view"] = cached
 _, rows, views, sizes = cached
+for note in st.session_state.get("inspected_notes", []):
+    st.warning(plain(note))
 table = pd.DataFrame(rows)
 failed = int((table["verdict"] == "fail").sum())
 errors = int((table["verdict"] == "error").sum())
