@@ -123,6 +123,7 @@ def build(url: str, parts: int, days: int, stations: int, now: datetime) -> None
                     "line_id": line_id,
                     "station_id": station_id,
                     "created_at": at,
+                    "first_model_version_id": version_id,
                 }
             )
             failed = random.random() < 0.1

@@ -23,11 +23,22 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    event,
     false,
+    select,
     text,
+    update,
 )
 from sqlalchemy.engine import Connection
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Mapper,
+    Session,
+    aliased,
+    mapped_column,
+    relationship,
+)
 
 
 def utcnow() -> datetime:
@@ -275,6 +286,12 @@ class Part(Base):
     station_id: Mapped[int] = mapped_column(ForeignKey("stations.id"))
     external_part_id: Mapped[str | None] = mapped_column(String(128), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The model version of the part's first verdict (the one on the line when it was captured;
+    # a candidate, a model promoted since, judges it after): the history's figures count the
+    # part once, at that version's current verdict. Written with the part, by the verdict that
+    # creates it, so that the figures compare two columns instead of looking each part's
+    # first verdict up (`first_judge_of`).
+    first_model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
 
     inspections: Mapped[list[Inspection]] = relationship(back_populates="part")
     reviews: Mapped[list[Review]] = relationship(back_populates="part")
@@ -305,8 +322,6 @@ class Inspection(Base):
             postgresql_where=text(_CURRENT),
         ),
         Index("ix_inspections_inspected_at", "inspected_at"),
-        # A part's first verdict, whose model version the history's figures count it by.
-        Index("ix_inspections_part_inspected_at", "part_id", "inspected_at"),
         # A station's last verdict: the latest of each of its runs, one index seek a run.
         Index("ix_inspections_run_inspected_at", "run_id", "inspected_at"),
     )
@@ -344,6 +359,33 @@ class Inspection(Base):
 
     predictions: Mapped[list[Prediction]] = relationship(
         back_populates="inspection", cascade="all, delete-orphan"
+    )
+
+
+def first_judge_of(part_id: ColumnElement[int]) -> ColumnElement[int | None]:
+    """The model version of the part's earliest verdict (by time, then id): what
+    `Part.first_model_version_id` holds, as migration 0013 filled it in."""
+    first = aliased(Inspection)
+    return (
+        select(first.model_version_id)
+        .where(first.part_id == part_id)
+        .order_by(first.inspected_at, first.id)
+        .limit(1)
+        .scalar_subquery()
+    )
+
+
+@event.listens_for(Inspection, "after_insert")
+def _keep_the_parts_first_judge(
+    _mapper: Mapper[Inspection], connection: Connection, verdict: Inspection
+) -> None:
+    """A verdict written through the ORM (a script, a test) keeps its part's
+    `first_model_version_id` what its earliest verdict says, as the batch writer does by
+    writing it with the part (its bulk INSERTs fire no ORM events, and pay nothing here)."""
+    connection.execute(
+        update(Part)
+        .where(Part.id == verdict.part_id)
+        .values(first_model_version_id=first_judge_of(Part.id))
     )
 
 

@@ -1764,6 +1764,9 @@ class BatchInspection:
                     "station_id": self.station_id,
                     "external_part_id": None,
                     "created_at": now,
+                    # (The verdict that creates the part is its first: the history's figures
+                    # count the part at this version's verdict, a candidate's after it not.)
+                    "first_model_version_id": self.model_id,
                 }
                 for r in results
                 if r.content_hash not in part_ids

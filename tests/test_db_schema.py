@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, select, text
+from sqlalchemy import Connection, func, select, text
 from sqlalchemy.exc import IntegrityError
 
 from db.migrate import current_revision, head_revision, upgrade
@@ -715,3 +716,108 @@ def test_the_one_off_runs_migration_marks_the_earlier_uploads_and_inspect_runs(
         assert connection.execute(text("SELECT count(*) FROM inspection_runs")).scalar() == 4
     get_engine(url).dispose()
     assert upgrade(url) == head_revision()
+
+
+def test_the_first_judge_migration_fills_in_each_parts_earliest_verdicts_model(
+    database_url: str,
+) -> None:
+    """0013 stores on each part the model version of its earliest verdict (by time, then id),
+    which the history's figures count it at: filled in for the parts judged before it, in SQL
+    on each backend (a part judged by production, then by a candidate whose verdict was
+    written first; two verdicts at one time; a first verdict of no model version; a part not
+    judged); a downgrade takes it out again, every part and verdict kept."""
+    from alembic import command
+    from sqlalchemy import inspect as schema
+
+    from db.migrate import alembic_config
+
+    command.downgrade(alembic_config(database_url), "0012")
+    with get_engine(database_url).begin() as connection:
+        connection.execute(text("INSERT INTO production_lines VALUES (1, 'L1', '', '2026-01-01')"))
+        connection.execute(text("INSERT INTO stations VALUES (1, 1, 'S1', '', '2026-01-01')"))
+        connection.execute(
+            text(
+                "INSERT INTO model_versions (id, name, kind, architecture, file_path, sha256, "
+                "image_size, classes, metrics, thresholds, stage, notes, created_at) VALUES "
+                "(:id, :name, 'detector', 'a', 'x.pt', '0', 640, '[]', '{}', '{}', "
+                "'candidate', '', '2026-01-01')"
+            ),
+            [{"id": 1, "name": "production"}, {"id": 2, "name": "candidate"}],
+        )
+        connection.execute(
+            text(
+                "INSERT INTO parts (id, content_hash, stored_path, original_name, size_bytes, "
+                "captured_at, line_id, station_id, created_at) VALUES "
+                "(:id, :hash, 'p.png', 'p.png', 1, '2026-01-01', 1, 1, '2026-01-01')"
+            ),
+            [{"id": n, "hash": f"h{n}"} for n in (1, 2, 3, 4)],
+        )
+        connection.execute(
+            text(
+                "INSERT INTO inspections (id, part_id, model_version_id, verdict, thresholds, "
+                "inspected_at) VALUES (:id, :part, :model, 'pass', '{}', :at)"
+            ),
+            [
+                # Part 1: its first verdict by no model version.
+                {"id": 1, "part": 1, "model": None, "at": "2026-01-01"},
+                # Part 2: the candidate's verdict written first, of a later time.
+                {"id": 2, "part": 2, "model": 2, "at": "2026-01-03"},
+                {"id": 3, "part": 2, "model": 1, "at": "2026-01-02"},
+                # Part 3: two verdicts at one time, the earlier id first.
+                {"id": 4, "part": 3, "model": 2, "at": "2026-01-02"},
+                {"id": 5, "part": 3, "model": 1, "at": "2026-01-02"},
+                {"id": 6, "part": 1, "model": 2, "at": "2026-01-05"},
+            ],
+        )
+    assert upgrade(database_url) == head_revision()
+    with session_scope(database_url) as session:
+        firsts = dict(session.execute(select(Part.id, Part.first_model_version_id)).all())
+        assert firsts == {1: None, 2: 1, 3: 2, 4: None}
+        assert session.scalar(select(func.count()).select_from(Inspection)) == 6
+    command.downgrade(alembic_config(database_url), "0012")
+    get_engine(database_url).dispose()
+    columns = {c["name"] for c in schema(get_engine(database_url)).get_columns("parts")}
+    assert "first_model_version_id" not in columns
+    with get_engine(database_url).connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM inspections")).scalar() == 6
+    get_engine(database_url).dispose()
+    assert upgrade(database_url) == head_revision()
+
+
+def test_a_verdict_written_through_the_orm_keeps_its_parts_first_judge(session) -> None:  # type: ignore[no-untyped-def]
+    """The batch writer stores a part's first judge with the part; a verdict added through the
+    ORM (a script, a test's history) keeps it what the part's earliest verdict says, written
+    in any order."""
+    _line, station = _line_and_station(session)
+    production, candidate = (
+        ModelVersion(
+            name=name, kind=ModelKind.DETECTOR, architecture="a", file_path="x.pt", sha256="0"
+        )
+        for name in ("production", "candidate")
+    )
+    part = Part(
+        content_hash="c" * 64,
+        stored_path="c.png",
+        size_bytes=1,
+        line_id=station.line_id,
+        station_id=station.id,
+    )
+    session.add_all([production, candidate, part])
+    session.flush()
+    at = utcnow()
+    session.add(
+        Inspection(
+            part_id=part.id, model_version_id=candidate.id, verdict=Verdict.PASS, inspected_at=at
+        )
+    )
+    session.flush()
+    session.add(
+        Inspection(
+            part_id=part.id,
+            model_version_id=production.id,
+            verdict=Verdict.FAIL,
+            inspected_at=at - timedelta(minutes=1),
+        )
+    )
+    session.flush()
+    assert session.scalar(select(Part.first_model_version_id)) == production.id
