@@ -856,6 +856,11 @@ INSPECTION_COLUMNS = (
     # the download. Last, for the same reason.
     "reviewed",
     "reviewed_defects",
+    # True where the row is its part's deciding verdict (`_deciding_verdict`), the one the
+    # page's rates, volume and Pareto count with no model picked: every model's current
+    # verdicts are listed, and a part a candidate judged too had two rows, nothing saying which
+    # the figures counted. Last, for the same reason.
+    "deciding",
 )
 
 
@@ -952,6 +957,7 @@ def inspection_rows(
         Inspection.superseded_at,
         Inspection.error,
         Inspection.boxes_left_out,
+        and_(Inspection.is_current(), _deciding_verdict()),
     )
     if every_fault:
         selected = selected.where(_live_counted())
@@ -976,6 +982,7 @@ def inspection_rows(
         superseded_at,
         error,
         boxes_left_out,
+        deciding,
     ) in found:
         # (captured_at, inspected_at, line, station, part, content_hash: as selected)
         classes = ";".join(sorted(counted.get(inspection_id, ())))
@@ -990,6 +997,7 @@ def inspection_rows(
             tile,
             boxes_left_out,
             *truths.get(part_id, ("not reviewed", "")),
+            bool(deciding),  # (SQLite gives 1 or 0)
         )
         rows.append(dict(zip(INSPECTION_COLUMNS, values, strict=True)))
     return rows

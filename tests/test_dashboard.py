@@ -1157,6 +1157,44 @@ def test_history_counts_a_part_a_candidate_judged_too_once_and_gives_the_candida
     ) in [c.value for c in at.caption]
 
 
+def test_the_download_says_which_of_a_parts_verdicts_the_history_counted() -> None:
+    """With no model picked the CSV listed production's and a candidate's verdict of each part,
+    nothing saying which one the page's rates counted: they could not be rebuilt from it."""
+    from db.models import ModelKind
+
+    now = utcnow()
+    url = get_settings().resolved_database_url
+    _judged_parts(url, [("a.png", now, []), ("b.png", now, [])])  # production: both pass
+    with session_scope(url) as session:
+        candidate = ModelVersion(
+            name="candidate",
+            kind=ModelKind.DETECTOR,
+            architecture="defect-yolo-n",
+            file_path="x.pt",
+            sha256="0" * 64,
+        )
+        session.add(candidate)
+        session.flush()
+        for part in session.scalars(select(Part).order_by(Part.id)):
+            session.add(
+                Inspection(
+                    part_id=part.id,
+                    model_version_id=candidate.id,
+                    verdict=Verdict.FAIL,
+                    inspected_at=now + timedelta(minutes=5),
+                )
+            )
+    text = filtered_results_csv(url, Filters()).decode()
+    assert text.splitlines()[0].endswith(",reviewed,reviewed_defects,deciding")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert sorted((r["part"], r["model"] == "candidate", r["deciding"]) for r in rows) == [
+        ("a.png", False, "True"),
+        ("a.png", True, "False"),
+        ("b.png", False, "True"),
+        ("b.png", True, "False"),
+    ]
+
+
 def test_figures_are_built_from_plain_data() -> None:
     days = [date(2026, 1, 1), date(2026, 1, 2)]
     figure = rates_figure([RateRow(10, 1, 20, 2, key=days[0]), RateRow(10, 0, 20, 1, key=days[1])])
@@ -1483,7 +1521,7 @@ def test_download_of_an_empty_range_has_its_header(database_url: str) -> None:
     empty = filtered_results_csv(database_url, Filters(start=datetime(2030, 1, 1)))
     assert empty.decode().splitlines() == [
         "captured_at,inspected_at,line,station,part,content_hash,verdict,defects,latency_ms,"
-        "model,superseded_at,error,grid,boxes_left_out,reviewed,reviewed_defects"
+        "model,superseded_at,error,grid,boxes_left_out,reviewed,reviewed_defects,deciding"
     ]
 
 

@@ -354,12 +354,10 @@ def test_a_verdict_given_again_replaces_the_earlier_one_in_the_figures(session, 
     }
 
 
-def test_a_candidates_verdicts_beside_productions_leave_each_part_counted_once(
-    session, history
-) -> None:  # type: ignore[no-untyped-def]
-    # A candidate (m3) judges parts 1 to 8 after m1 did (`defects batch --model m3`): each
-    # then holds two current verdicts. The candidate passes p1 (a missed scratch by its
-    # count), fails p4 (a false call) and p7 (m1's error), and finds nothing on p8.
+def _candidate_judges_parts_1_to_8(session) -> ModelVersion:  # type: ignore[no-untyped-def]
+    """A candidate (m3) judges parts 1 to 8 of `history` after m1 did (`defects batch --model
+    m3`): each then holds two current verdicts. The candidate passes p1 (a missed scratch by
+    its count), fails p4 (a false call) and p7 (m1's error), and finds nothing on p8."""
     candidate = ModelVersion(
         name="m3",
         kind=ModelKind.DETECTOR,
@@ -387,6 +385,13 @@ def test_a_candidates_verdicts_beside_productions_leave_each_part_counted_once(
             again.predictions.append(Prediction(class_name=fails[n], confidence=0.9, counted=True))
         session.add(again)
     session.commit()
+    return candidate
+
+
+def test_a_candidates_verdicts_beside_productions_leave_each_part_counted_once(
+    session, history
+) -> None:  # type: ignore[no-untyped-def]
+    candidate = _candidate_judges_parts_1_to_8(session)
     # The plant's figures: each part once, at the verdict of the model that judged it first,
     # as before the candidate ran.
     [row] = rates(session)
@@ -415,6 +420,61 @@ def test_a_candidates_verdicts_beside_productions_leave_each_part_counted_once(
     by_model = {r.key: _counts(r) for r in rates(session, group_by="model_version")}
     assert by_model[candidate.id] == (4, 3, 2, 2)
     assert by_model[history["models"][0].id] == (4, 2, 2, 1)
+
+
+def test_the_download_marks_each_parts_deciding_verdict_to_rebuild_the_plants_rates(
+    session, history
+) -> None:  # type: ignore[no-untyped-def]
+    # With no model picked the download lists m1's and the candidate's current verdicts of
+    # p1 to p8, nothing saying which of the two the rates counted.
+    candidate = _candidate_judges_parts_1_to_8(session)
+    rows = inspection_rows(session, Filters(include_superseded=True))
+    deciding = [r for r in rows if r["deciding"]]
+    # Each part once, at the verdict of the model that judged it first (m1, or m2 for p9
+    # on), never at the candidate's.
+    assert sorted(int(r["content_hash"]) for r in deciding) == sorted(
+        int(r["content_hash"]) for r in rows if r["model"] != candidate.name
+    )
+    assert len(deciding) == len({r["content_hash"] for r in rows}) < len(rows)
+    counted = [r for r in deciding if r["verdict"] != "error"]
+    defective = [r for r in counted if r["reviewed"] == "defective"]
+    good = [r for r in counted if r["reviewed"] == "good"]
+    rebuilt = (
+        len(defective),
+        sum(r["verdict"] == "pass" for r in defective),
+        len(good),
+        sum(r["verdict"] == "fail" for r in good),
+    )
+    [row] = rates(session)
+    assert rebuilt == _counts(row) == (5, 2, 2, 1)
+    # A verdict superseded by its model's later one is not the deciding one.
+    p2 = session.scalars(select(Part).where(Part.content_hash == f"{2:064d}")).one()
+    first = session.scalars(
+        select(Inspection).where(
+            Inspection.part_id == p2.id, Inspection.model_version_id == history["models"][0].id
+        )
+    ).one()
+    first.superseded_at = DAY2
+    session.flush()
+    session.add(
+        Inspection(
+            part_id=p2.id,
+            model_version_id=first.model_version_id,
+            verdict=Verdict.FAIL,
+            inspected_at=DAY2,
+        )
+    )
+    session.commit()
+    p2_rows = [
+        (r["model"], r["verdict"], r["superseded_at"] is not None, r["deciding"])
+        for r in inspection_rows(session, Filters(include_superseded=True))
+        if int(r["content_hash"]) == 2
+    ]
+    assert sorted(p2_rows) == [
+        ("m1", "fail", False, True),
+        ("m1", "pass", True, False),
+        ("m3", "pass", False, False),
+    ]
 
 
 def test_inspection_rows_name_each_parts_counted_classes(
