@@ -570,10 +570,15 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 
 def _latency_conditions(filters: Filters) -> list[ColumnElement[bool]]:
+    """The verdicts whose judging times the latency figures rank: each part once, at its
+    deciding verdict, as the other figures count it (`Filters.part_conditions`), or a picked
+    model version's own. Every model's verdicts mixed a candidate's times (another network,
+    judged at its own station or after hours) into the plant's, which read as the line grown
+    faster or slower; a candidate's own are there with it picked."""
     return [
         Inspection.latency_ms.is_not(None),
         Inspection.verdict != Verdict.ERROR,  # an error's time is not a verdict's
-        *filters.conditions(),
+        *filters.part_conditions(),
         *filters.class_conditions(),
     ]
 
@@ -618,7 +623,8 @@ def _grid_of(text: str | None) -> dict[str, Any] | str | None:
 def latency_by_grid(
     session: Session, filters: Filters = Filters(), bins: int = LATENCY_BINS
 ) -> list[LatencyHistogram]:
-    """The latency histogram of each grid the verdicts in range were judged in, on the same
+    """The latency histogram of each grid the parts in range were judged in (each part at its
+    deciding verdict, or the picked model version's: `_latency_conditions`), on the same
     bins, each with its own percentiles; one histogram of them all where they share one grid.
     A part judged in tiles takes a pass of the network a tile: mixed with parts judged whole,
     a station that started tiling read as a station grown slower."""

@@ -1195,6 +1195,45 @@ def test_the_download_says_which_of_a_parts_verdicts_the_history_counted() -> No
     ]
 
 
+def test_history_latency_is_of_each_parts_deciding_verdict_a_candidates_with_it_picked() -> None:
+    """A candidate judging production's parts again put its times in the plant's latency
+    chart with no model picked: two parts read as four, the candidate's 50 ms among them."""
+    from db.models import ModelKind
+
+    now = utcnow()
+    url = get_settings().resolved_database_url
+    _judged_parts(url, [("a.png", now, []), ("b.png", now, [])])  # production: 5 and 6 ms
+    with session_scope(url) as session:
+        candidate = ModelVersion(
+            name="candidate",
+            kind=ModelKind.DETECTOR,
+            architecture="defect-yolo-n",
+            file_path="x.pt",
+            sha256="0" * 64,
+        )
+        session.add(candidate)
+        session.flush()
+        for part in session.scalars(select(Part).order_by(Part.id)):
+            session.add(
+                Inspection(
+                    part_id=part.id,
+                    model_version_id=candidate.id,
+                    verdict=Verdict.PASS,
+                    latency_ms=50.0,
+                    inspected_at=now + timedelta(minutes=5),
+                )
+            )
+    at = _opened("history")
+    [bars] = _figures(at)["Latency per part"]["data"]
+    assert sum(bars["y"]) == 2 and max(bars["customdata"])[1] < 50
+    assert any(
+        c.value.startswith("The time the model took to judge each part, once,") for c in at.caption
+    )
+    at.selectbox(key="history_model").set_value("candidate").run()
+    [bars] = _figures(at)["Latency per part"]["data"]
+    assert sum(bars["y"]) == 2 and min(bars["customdata"])[0] > 49
+
+
 def test_figures_are_built_from_plain_data() -> None:
     days = [date(2026, 1, 1), date(2026, 1, 2)]
     figure = rates_figure([RateRow(10, 1, 20, 2, key=days[0]), RateRow(10, 0, 20, 1, key=days[1])])

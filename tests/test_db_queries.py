@@ -294,6 +294,20 @@ def test_latency_summary(session, history) -> None:  # type: ignore[no-untyped-d
     assert latency_summary(session, Filters(start=datetime(2030, 1, 1))).count == 0
 
 
+def test_latency_counts_each_part_at_its_deciding_verdict_a_candidates_with_it_picked(
+    session, history
+) -> None:  # type: ignore[no-untyped-def]
+    # The candidate's 5 ms verdicts of p1 to p8 were ranked with m1's and m2's: 15 verdicts
+    # of 9 parts, p50 5 ms, the plant's line read as twice as fast.
+    candidate = _candidate_judges_parts_1_to_8(session)
+    summary = latency_summary(session)
+    assert (summary.count, summary.p50_ms, summary.max_ms) == (8, 40.0, 90.0)  # as before it
+    [plant] = latency_by_grid(session)
+    assert plant.summary == summary and sum(plant.counts) == 8
+    own = latency_summary(session, Filters(model_version_id=candidate.id))
+    assert (own.count, own.p50_ms, own.max_ms) == (8, 5.0, 5.0)
+
+
 def test_percentile_is_nearest_rank() -> None:
     values = [float(v) for v in range(1, 101)]
     assert percentile(values, 50) == 50.0

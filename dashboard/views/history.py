@@ -169,6 +169,11 @@ left.caption(
 right.plotly_chart(pareto_figure(pareto, highlight=filters.class_name))
 left, right = st.columns(2)
 left.plotly_chart(latency_figure(latency))
+left.caption(
+    "The time the model took to judge each part, once, at its current verdict by the model "
+    "picked (by default the model that judged it first, whatever judged it since: a "
+    "candidate's times are its own, with it picked); errors left out."
+)
 right.plotly_chart(
     model_timeline_figure(
         [replace(u, first_at=local_time(u.first_at), last_at=local_time(u.last_at)) for u in usage],
