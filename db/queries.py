@@ -1132,7 +1132,8 @@ def source_rows(
 
 @dataclass(frozen=True)
 class StationActivity:
-    """A station as the floor sees it now: its latest run and its parts since a moment."""
+    """A station as the floor sees it now: its latest run and the verdicts it gave since a
+    moment (not parts: a candidate judging there beside production gives a part a second)."""
 
     line: str
     station: str

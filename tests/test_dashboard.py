@@ -2835,6 +2835,53 @@ def test_status_gives_the_year_of_a_station_idle_since_last_year() -> None:
     assert f"{a_year_ago:%Y-%m-%d %H:%M:%S}" in shown.output, shown.output
 
 
+def test_status_calls_a_station_s_counts_verdicts_a_candidate_there_judging_too() -> None:
+    """A candidate judging at the same station as production gives each part a second verdict
+    there: `defects status` counted both under "parts", one part read as two."""
+    from typer.testing import CliRunner
+
+    from db.models import InspectionRun, ModelKind
+    from training.cli import app
+
+    url = get_settings().resolved_database_url
+    now = utcnow().replace(microsecond=0)
+    _judged_in_run(url, ("Line 1", "Cam A"), "p1", now)
+    with session_scope(url) as session:
+        candidate = ModelVersion(
+            name="candidate",
+            kind=ModelKind.DETECTOR,
+            architecture="defect-yolo-n",
+            file_path="x.pt",
+            sha256="0" * 64,
+        )
+        session.add(candidate)
+        session.flush()
+        part = session.scalars(select(Part)).one()
+        run = InspectionRun(
+            line_id=part.line_id,
+            station_id=part.station_id,
+            model_version_id=candidate.id,
+            source="hot/",
+        )
+        session.add(run)
+        session.flush()
+        session.add(
+            Inspection(
+                part_id=part.id,
+                model_version_id=candidate.id,
+                run_id=run.id,
+                verdict=Verdict.PASS,
+                inspected_at=now,
+            )
+        )
+    [station] = json.loads(CliRunner().invoke(app, ["status", "--json"]).output)["stations"]
+    assert station["inspected"] == 2  # the station's verdicts: production's and the candidate's
+    shown = CliRunner().invoke(app, ["status"], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert "┃ verdicts ┃" in shown.output and "parts" not in shown.output, shown.output
+    assert "verdicts: each the station gave, a candidate's there too;" in shown.output
+
+
 @pytest.mark.parametrize("shape", [(40, 60), (2000, 3000), (1500, 1100)])
 def test_review_figure_places_pixels_where_boxes_are(shape: tuple[int, int]) -> None:
     """Boxes are in pixel edges (pixel i spans i to i + 1), but the image was placed with

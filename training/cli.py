@@ -1727,7 +1727,7 @@ def status_command(
     ] = 60,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Each station's latest run and what it judged in the last minutes.
+    """Each station's latest run and the verdicts it gave in the last minutes.
 
     The dashboard's Live page, for a station without a screen or a monitoring script.
     """
@@ -1782,12 +1782,17 @@ def status_command(
         "run",
         "model",
         "grid",
-        "last part (UTC)",
-        "parts",
+        "last verdict (UTC)",
+        "verdicts",
         "failed",
         "fail rate",
         "errors",
         title=f"the last {minutes} minutes",
+        # Verdicts, not parts, as the Live page says: a candidate judging at a station beside
+        # production (`defects batch --model`) gives each part a second verdict there, and a
+        # column named "parts" read as twice the parts the station saw.
+        caption="verdicts: each the station gave, a candidate's there too; a blank frame or "
+        "empty capture each time it came",
     )
     rows = [
         (
