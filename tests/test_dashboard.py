@@ -887,8 +887,8 @@ def test_live_page_shows_each_station_and_the_last_failed_part(
     at.switch_page("views/live.py").run()
     assert not at.exception, at.exception
     stations = at.dataframe[0].value
-    assert stations["parts"].sum() == 4
-    assert stations["status"].str.contains("last part").all()
+    assert stations["verdicts"].sum() == 4
+    assert stations["status"].str.contains("last verdict").all()
     # The model each station judges with: after a promotion, one not started again judges on
     # with the earlier model, which nothing on the floor showed.
     assert (stations["model"] == "tiny").all()
@@ -1935,7 +1935,7 @@ def test_live_page_with_a_station_clock_ahead_says_just_now() -> None:
     at = _opened("live")
     assert not at.exception, at.exception
     [status] = at.dataframe[0].value["status"].tolist()
-    assert status.endswith("last part just now"), status
+    assert status.endswith("last verdict just now"), status
 
 
 def test_live_page_lists_a_part_at_the_station_that_judged_it() -> None:
@@ -1945,7 +1945,7 @@ def test_live_page_lists_a_part_at_the_station_that_judged_it() -> None:
     _judged_in_run(url, ("Line 2", "Cam B"), "moved.png", utcnow(), first_seen=("Line 1", "Cam A"))
     at = _opened("live")
     stations = at.dataframe[0].value.set_index("station")
-    assert (stations.loc["Cam B", "parts"], stations.loc["Cam A", "parts"]) == (1, 0)
+    assert (stations.loc["Cam B", "verdicts"], stations.loc["Cam A", "verdicts"]) == (1, 0)
     latest = at.dataframe[1].value
     assert latest[["line", "station", "part"]].values.tolist() == [["Line 2", "Cam B", "moved.png"]]
 

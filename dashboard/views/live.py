@@ -107,9 +107,9 @@ def _status(activity: StationActivity, now: datetime) -> str:
     else:
         since = f"{idle:.0f} s ago" if idle < 120 else f"{idle / 60:.0f} min ago"
     if not activity.run_open:
-        return f"run finished, last part {since}"
+        return f"run finished, last verdict {since}"
     # An open run is a watch or a batch at work, or one that was killed: the idle time tells.
-    return f"{'judging' if idle < IDLE_MINUTES * 60 else 'run open, idle'}, last part {since}"
+    return f"{'judging' if idle < IDLE_MINUTES * 60 else 'run open, idle'}, last verdict {since}"
 
 
 def _last_failed_part(url: str, zone: str) -> tuple[str, Image | None, str] | None:
@@ -204,7 +204,7 @@ def _live_view() -> None:
                     "line": a.line,
                     "station": a.station,
                     "status": _status(a, now),
-                    "parts": a.inspected,
+                    "verdicts": a.inspected,
                     "failed": a.failed,
                     "fail rate": f"{a.fail_rate:.1%}" if a.fail_rate is not None else "",
                     "errors": a.errors,
