@@ -473,3 +473,34 @@ def test_with_no_good_part_the_part_classifier_judges_only_what_the_detector_can
     with_unseen = [*parts, PartScores(True, {PART: 0.7})]
     needed = calibrate(with_unseen, ["scratch", PART], max_miss_rate=0.0)
     assert needed.n_missed == 0 and needed.thresholds[PART] <= 0.7
+
+
+def test_with_no_good_part_crop_verification_does_not_hand_the_part_to_the_classifier() -> None:
+    """With crop verification auto on a split of defective parts only, a crop threshold that
+    rejected one real defect's crop left the part classifier to catch it, and the classifier,
+    whose false calls weigh nothing there, judged alone, every class off: the very point the
+    detector-first rule of `calibrate` keeps out. The detector, unverified, meets the target."""
+    parts = [
+        ScoredPart(
+            True,
+            (
+                ScoredDetection("scratch", 0.9, 0.9, True),
+                ScoredDetection("scratch", 0.4, 0.92, False),
+            ),
+            0.9,
+        ),
+        ScoredPart(True, (ScoredDetection("scratch", 0.6, 0.95, True),), 0.8),
+        ScoredPart(
+            True,
+            (
+                ScoredDetection("scratch", 0.5, 0.2, True),
+                ScoredDetection("scratch", 0.7, 0.95, False),
+            ),
+            0.85,
+        ),
+    ]
+    verify, result = calibrate_with_verification(parts, ["scratch", PART], 0.0)
+    assert result.thresholds[PART] == float("inf")
+    assert result.thresholds["scratch"] <= 0.6 and result.n_missed == 0
+    assert result.details.get("part_classifier_off") == "no good parts"
+    assert verify is None

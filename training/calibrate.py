@@ -493,7 +493,7 @@ def calibrate_with_verification(
     On a tie the lower crop threshold wins: it rejects fewer real defects on new parts; where
     the split has few good parts, fewer parts with a false detection break the tie first."""
     unverified: Calibration | None = None
-    best: tuple[tuple[int, int], float | None, Calibration] | None = None
+    best: tuple[tuple[int, bool, int], float | None, Calibration] | None = None
     for verify in [None, *verify_candidates(parts)]:
         scores = [p.scores(verify) for p in parts]
         result = calibrate(scores, dimensions, max_miss_rate, class_thresholds, centre)
@@ -504,7 +504,13 @@ def calibrate_with_verification(
             any(s.background.get(d, -NEVER) >= t for d, t in result.thresholds.items())
             for s in scores
         )
-        key = (result.n_false_calls, falsely_flagged)
+        # Without good parts the part classifier's false calls weigh nothing, so it won every
+        # tie-break once a crop threshold made the detector miss: it is used only where no
+        # crop threshold lets the detector meet the target alone, as `calibrate` does.
+        unweighed_classifier = result.n_good == 0 and math.isfinite(
+            result.thresholds.get(PART, NEVER)
+        )
+        key = (result.n_false_calls, unweighed_classifier, falsely_flagged)
         if best is None or key < best[0]:
             best = (key, verify, result)
     if best is None:  # the target cannot be met at any crop threshold: report it unverified
