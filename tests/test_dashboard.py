@@ -3080,3 +3080,46 @@ def test_the_note_under_a_long_upload_counts_the_tables_rows(
     assert (
         note == "Showing the first 60 of 61 parts judged; the table lists all 63, errors included."
     )
+
+
+def test_settings_shows_each_rate_with_its_bound_and_the_part_classifier_stored(
+    production: str, tmp_path: Path
+) -> None:
+    """The calibration preview gave its counts alone (0 of 9 missed reads as a 0% miss rate);
+    the stored point's caption gave no false calls; and a point whose part classifier alone
+    fails parts, every class off, was shown as six sliders "never fails the part" with no word
+    of the classifier or its threshold, which stations judge with."""
+    from training.calibrate import store_operating_point
+
+    at = _calibrate_on_settings_page(production, tmp_path, 12, "Class thresholds", "shared")
+    preview = next(m.value for m in at.markdown if m.value.startswith("**Calibrated on"))
+    assert "defective parts missed (95% upper bound" in preview, preview
+    assert "good parts (95% upper bound" in preview or "of 0 good parts." in preview, preview
+    store_operating_point(
+        production,
+        "tiny",
+        {
+            "per_class": dict.fromkeys(CLASSES, 1.01),
+            "default": 1.01,
+            "calibration": {
+                **_CALIBRATED_ELSEWHERE["calibration"],
+                "n_false_calls": 1,
+                "n_good": 4,
+                "false_call_rate_upper_95": 0.7514,
+            },
+            "classifier": {"version": "verifier", "part": 0.6, "verify": None},
+        },
+    )
+    at = _app().run()
+    at.switch_page("views/settings.py").run()
+    assert not at.exception, at.exception
+    said = [c.value for c in at.caption]
+    assert any(
+        "0 of 9 defective parts missed (95% upper bound 28.0%); 1 false calls of 4 good parts "
+        "(95% upper bound 75.1%)" in c
+        for c in said
+    ), said
+    assert (
+        "Part classifier verifier: a part also fails where its defect probability reaches "
+        "0.6000, whatever the detector finds." in said
+    ), said

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pandas as pd
 import streamlit as st
@@ -44,6 +45,33 @@ def _changed_message(name: str, promoted: bool) -> str:
     return (
         f"The thresholds of {plain(name)} changed since you opened this page (by a calibration or "
         "another user): here they are now; make your change again (nothing was stored)."
+    )
+
+
+def _rates(report: dict[str, Any]) -> str:
+    """A calibration's counts with their 95% upper bounds, as stored: 0 of 18 missed is not a
+    0% miss rate, which the counts alone let a reader take it for."""
+
+    def bound(key: str) -> str:
+        value = report.get(key)
+        return "" if value is None else f" (95% upper bound {value:.1%})"
+
+    return (
+        f"{report.get('n_missed')} of {report.get('n_defective')} defective parts missed"
+        f"{bound('miss_rate_upper_95')}; {report.get('n_false_calls')} false calls of "
+        f"{report.get('n_good')} good parts{bound('false_call_rate_upper_95')}"
+    )
+
+
+def _classifier_caption(classifier: dict[str, Any]) -> str | None:
+    """The part classifier the stored point judges with, where it fails parts of its own: with
+    every class off it alone fails parts, and the page named neither it nor its threshold."""
+    part = classifier.get("part")
+    if part is None:
+        return None  # (verification alone, or nothing: said by `choice_lines`)
+    return (
+        f"Part classifier {plain(classifier.get('version'))}: a part also fails where its "
+        f"defect probability reaches {float(part):.4f}, whatever the detector finds."
     )
 
 
@@ -122,10 +150,12 @@ else:
     calibration = info.thresholds.get("calibration")
     if calibration:
         st.caption(
-            f"Calibrated on {plain(calibration.get('data'))}/{calibration.get('split')} for a miss rate of at most "
-            f"{calibration.get('max_miss_rate')}: {calibration.get('n_missed')} of {calibration.get('n_defective')} "
-            f"missed (95% upper bound {calibration.get('miss_rate_upper_95', 0):.2%})" + "."
+            f"Calibrated on {plain(calibration.get('data'))}/{calibration.get('split')} for a miss "
+            f"rate of at most {calibration.get('max_miss_rate')}: {_rates(calibration)}."
         )
+    classifier_line = _classifier_caption(info.thresholds.get("classifier") or {})
+    if classifier_line:
+        st.caption(classifier_line)
     # Said from the stored thresholds: "one threshold shared by every class" was said of
     # classes all off, where the part classifier alone judges.
     for line in choice_lines(info.thresholds):
@@ -208,9 +238,8 @@ else:
             result = stored.calibration
             report = stored.operating_point["calibration"]
             st.markdown(
-                f"**Calibrated on {plain(report['data'])}/{report['split']}**: {result.n_missed} of "
-                f"{result.n_defective} defective parts missed; {result.n_false_calls} false "
-                f"calls of {result.n_good} good parts."
+                f"**Calibrated on {plain(report['data'])}/{report['split']}** for a miss rate of "
+                f"at most {report['max_miss_rate']:g}: {_rates(report)}."
             )
             # (The part classifier was listed as "__part__", an off class as an empty cell,
             # and the crop threshold chosen was not shown before it was used.)
