@@ -3123,3 +3123,26 @@ def test_settings_shows_each_rate_with_its_bound_and_the_part_classifier_stored(
         "Part classifier verifier: a part also fails where its defect probability reaches "
         "0.6000, whatever the detector finds." in said
     ), said
+
+
+def test_a_class_switched_on_again_at_the_top_of_its_slider_is_refused(production: str) -> None:
+    """Unticking "never fails the part" left the class's slider at 1.000, and a save stored it
+    so, the box then unticked (the class shown on) while it failed almost no part: nothing is
+    stored until its slider is set lower."""
+    from training.calibrate import CLASS_OFF, store_operating_point
+
+    off = CLASSES[0]
+    store_operating_point(production, "tiny", {"default": CLASS_OFF, "per_class": {off: CLASS_OFF}})
+    before = _thresholds(production)
+    at = _app().run()
+    at.switch_page("views/settings.py").run()
+    next(c for c in at.checkbox if c.key.endswith(f"_{off}")).uncheck()
+    next(b for b in at.button if b.label == "Save thresholds").click().run()
+    assert not at.exception, at.exception
+    assert not at.success
+    assert f"{off}: at 1.000 a class fails almost no part" in at.error[0].value
+    assert _thresholds(production) == before
+    next(s for s in at.slider if s.label == off).set_value(0.4)
+    next(b for b in at.button if b.label == "Save thresholds").click().run()
+    assert "Saved" in at.success[0].value
+    assert _thresholds(production)["per_class"][off] == pytest.approx(0.4)

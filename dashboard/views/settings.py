@@ -137,7 +137,21 @@ else:
             edited[name] = CLASS_OFF if off else value
         if st.form_submit_button("Save thresholds"):
             thresholds = set_by_hand(info.thresholds, edited)  # (no longer the calibrated point)
-            if rendered != (info.id, stamp) or not store_operating_point(
+            # A class whose box was unticked keeps its slider at the top: saved, it read as on
+            # while 1.000 is a confidence almost no detection reaches, so it failed no part.
+            # (Only where it was off: a class stored at 1.0 already is left for its owner.)
+            on_at_top = [
+                name
+                for name, value in edited.items()
+                if 1.0 <= value < CLASS_OFF and effective[name] > 1.0
+            ]
+            if rendered == (info.id, stamp) and on_at_top:
+                st.error(
+                    f"{', '.join(plain(name) for name in on_at_top)}: at 1.000 a class fails "
+                    "almost no part: set its slider lower to have it fail parts, or tick "
+                    '"never fails the part" (nothing was stored).'
+                )
+            elif rendered != (info.id, stamp) or not store_operating_point(
                 state.url, info.id, thresholds, unless_changed_from=stamp
             ):
                 # Shown with the sliders at what is stored now (drawn above, new keys).
