@@ -872,6 +872,9 @@ def test_settings_verification_without_a_classifier_is_a_message(
 ) -> None:
     at = _calibrate_on_settings_page(production, tmp_path, 6, "Crop verification", "auto")
     assert "needs a classifier" in at.error[0].value
+    # Said in the page's words: it named the command line's --classifier, which the page has not.
+    assert "choose one under Classifier" in at.error[0].value
+    assert "--classifier" not in at.error[0].value
     # (The page's limit of the target is the command line's: 0.5 here, 0.99 there.)
     from training.calibrate import MAX_MISS_RATE_TARGET
 

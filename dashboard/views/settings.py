@@ -215,7 +215,14 @@ else:
                 "let more new defects through. Auto shares one threshold unless the split holds "
                 "at least (classes / target) defective parts.",
             )
-            if st.form_submit_button("Calibrate"):
+            submitted = st.form_submit_button("Calibrate")
+            if submitted and verification == "auto" and classifier == "none":
+                # (calibrate's own message names the command line's --classifier.)
+                st.error(
+                    "Crop verification needs a classifier: choose one under Classifier, or set "
+                    "Crop verification off."
+                )
+            elif submitted:
                 try:
                     with st.spinner("Scoring the split..."):
                         st.session_state["pending_calibration"] = (
