@@ -3149,3 +3149,25 @@ def test_a_class_switched_on_again_at_the_top_of_its_slider_is_refused(productio
     next(b for b in at.button if b.label == "Save thresholds").click().run()
     assert "Saved" in at.success[0].value
     assert _thresholds(production)["per_class"][off] == pytest.approx(0.4)
+
+
+def test_a_stored_calibration_on_another_grid_is_a_warning_on_the_settings_page(
+    production: str,
+) -> None:
+    """`defects calibrate` stores its point at once, its grid warning with it: the Settings
+    page showed that warning only in the preview of a calibration it computed itself."""
+    from training.calibrate import store_operating_point
+
+    grid_warning = "scored on tiles of 320 px, the model judges whole parts: ..."
+    store_operating_point(
+        production,
+        "tiny",
+        {
+            **_CALIBRATED_ELSEWHERE,
+            "calibration": {**_CALIBRATED_ELSEWHERE["calibration"], "grid_warning": grid_warning},
+        },
+    )
+    at = _app().run()
+    at.switch_page("views/settings.py").run()
+    assert not at.exception, at.exception
+    assert any(w.value == plain(grid_warning) for w in at.warning), [w.value for w in at.warning]

@@ -167,6 +167,10 @@ else:
             f"Calibrated on {plain(calibration.get('data'))}/{calibration.get('split')} for a miss "
             f"rate of at most {calibration.get('max_miss_rate')}: {_rates(calibration)}."
         )
+        if calibration.get("grid_warning"):
+            # (Shown only in the preview, a calibration stored by `defects calibrate` on
+            # another grid than the model's was never said here.)
+            st.warning(plain(calibration["grid_warning"]))
     classifier_line = _classifier_caption(info.thresholds.get("classifier") or {})
     if classifier_line:
         st.caption(classifier_line)
