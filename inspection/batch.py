@@ -74,6 +74,7 @@ from inspection.engine import (
     TileChoice,
     check_export_grid,
     check_export_source,
+    file_identity,
     sha256_of,
 )
 from inspection.errors import UnloadableExport, UserError
@@ -919,10 +920,9 @@ def found_weights(file_path: str, sha256: str) -> Path:
         return recorded
     here = same_place_under(file_path, get_settings().models_dir, depth=2)
     try:
-        info = here.stat()
+        identity = file_identity(here)
     except OSError:
         return recorded
-    identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
     if here != recorded and _same_bytes(str(here), identity, sha256):
         return here
     return recorded

@@ -47,11 +47,11 @@ from inspection.images import (
 )
 from inspection.settings import get_settings, resolve_device, usable_cores
 from inspection.tiling import (
+    CHECKPOINT_KEY,
     TileSpec,
     TileSpecError,
     fused_with_origins,
     judged_in,
-    tile_of_checkpoint,
 )
 from inspection.verdict import Detection, Thresholds, part_fails, verify
 
@@ -181,12 +181,19 @@ def _cached_sha256(path: str, identity: tuple[int, ...]) -> str:
     return sha256_of(Path(path))
 
 
+def file_identity(path: Path) -> tuple[int, ...]:
+    """A file as it is, for caches of what is read from it: its device, inode, size and both
+    times. Weights copied over the old ones with their time kept (`rsync -a`, `cp -p`), of the
+    same size, are a new inode and a new change time, where size and modification time alone
+    served what was read from the old file."""
+    info = path.stat()
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
 def _weights_sha256(weights: Path) -> str:
-    """The weights' digest, read once per file as it is (known as `_checkpoint_tile` knows
-    it): a station's workers and the dashboard open the same weights again and again."""
-    info = weights.stat()
-    identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
-    return _cached_sha256(str(weights), identity)
+    """The weights' digest, read once per file as it is (`file_identity`): a station's
+    workers and the dashboard open the same weights again and again."""
+    return _cached_sha256(str(weights), file_identity(weights))
 
 
 def check_export_source(backend: Backend, weights_sha256: str, weights_name: str) -> None:
@@ -205,15 +212,6 @@ def check_export_source(backend: Backend, weights_sha256: str, weights_name: str
     )
 
 
-@functools.lru_cache(maxsize=16)
-def _cached_checkpoint_imgsz(path: str, identity: tuple[int, ...]) -> int:
-    import torch
-
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    train_args = checkpoint.get("train_args", {}) if isinstance(checkpoint, dict) else {}
-    return int(train_args.get("imgsz", 640))
-
-
 def check_export_size(backend: Backend, weights: Path) -> None:
     """The .onnx a station runs in the place of its weights must take parts at the size they
     were trained and calibrated at, as the PyTorch backend does: an export at another
@@ -221,9 +219,7 @@ def check_export_size(backend: Backend, weights: Path) -> None:
     verdicts moved from the weights' at their thresholds, without a word. (Checked for an
     export known to be of these weights: another model's is said as that.)"""
     try:
-        info = weights.stat()
-        identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
-        trained = _cached_checkpoint_imgsz(str(weights), identity)
+        trained = int(_checkpoint_facts(weights)[1])
     except Exception:  # noqa: BLE001 - weights that cannot be read here: nothing to compare
         return
     if backend.image_size == trained:
@@ -237,21 +233,26 @@ def check_export_size(backend: Backend, weights: Path) -> None:
 
 
 @functools.lru_cache(maxsize=16)
-def _cached_checkpoint_tile(path: str, identity: tuple[int, ...]) -> TileSpec | None:
+def _cached_checkpoint_facts(path: str, identity: tuple[int, ...]) -> tuple[object, object]:
+    """The grid (as recorded, unparsed) and training size a checkpoint carries: one load of
+    the file for both checks of an export beside it (`check_export_grid`, `check_export_size`)."""
     import torch
 
-    return tile_of_checkpoint(torch.load(path, map_location="cpu", weights_only=False))
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(checkpoint, dict):
+        return None, 640
+    return checkpoint.get(CHECKPOINT_KEY), (checkpoint.get("train_args") or {}).get("imgsz", 640)
+
+
+def _checkpoint_facts(weights: Path) -> tuple[object, object]:
+    """`_cached_checkpoint_facts`, read once per file as it is (`file_identity`): a station's
+    workers and the dashboard open the same weights again and again."""
+    return _cached_checkpoint_facts(str(weights), file_identity(weights))
 
 
 def _checkpoint_tile(weights: Path) -> TileSpec | None:
-    """The grid a checkpoint carries, read once per file as it is: a station's workers and the
-    dashboard open the same weights again and again. The file is known by its device, inode,
-    size and both times: weights copied over the old ones with their time kept (`rsync -a`,
-    `cp -p`), of the same size, are a new inode and a new change time, where size and
-    modification time alone served the old file's grid."""
-    info = weights.stat()
-    identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
-    return _cached_checkpoint_tile(str(weights), identity)
+    """The grid a checkpoint carries (None: untiled), as `tile_of_checkpoint` reads it."""
+    return TileSpec.from_json(_checkpoint_facts(weights)[0])
 
 
 def checkpoint_tile(weights: Path) -> TileSpec | None:

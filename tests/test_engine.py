@@ -623,3 +623,30 @@ def test_a_part_on_its_own_is_inferred_on_every_core(
         backlog[0].verdict,
         len(backlog[0].detections),
     )
+
+
+def test_an_export_beside_its_weights_loads_their_checkpoint_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The .onnx beside the weights is checked against their grid and their training size:
+    each check loaded the whole checkpoint again, at every station's start."""
+    import shutil
+
+    import torch
+
+    from inspection.engine import open_backend
+
+    demo = Path(__file__).resolve().parents[1] / "models" / "neu-det-demo"
+    for name in ("weights.pt", "weights.onnx"):  # (copies: a file no cache has read yet)
+        shutil.copy(demo / name, tmp_path / name)
+    loaded: list[object] = []
+    real_load = torch.load
+
+    def counting_load(f, *args, **kwargs):  # type: ignore[no-untyped-def]
+        loaded.append(f)
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting_load)
+    backend = open_backend(tmp_path / "weights.pt", "onnx", "cpu")
+    assert backend.model_path == tmp_path / "weights.onnx"
+    assert loaded == [str(tmp_path / "weights.pt")]
