@@ -58,5 +58,11 @@ def checkpoint_reason(exc: BaseException) -> str:
     damaged = next((error for error in chain if _is_damaged_file(error)), None)
     if damaged is None:
         return (str(exc).splitlines() or [type(exc).__name__])[0]
-    detail = (str(damaged).splitlines() or [""])[0].split(". ")[0].rstrip(".").strip()
-    return f"not a readable checkpoint, damaged or cut short ({detail or 'it ends early'})"
+    detail = first_sentence(damaged) or "it ends early"
+    return f"not a readable checkpoint, damaged or cut short ({detail})"
+
+
+def first_sentence(exc: BaseException) -> str:
+    """An error's first sentence ("" for none): torch follows a broken file's with a paragraph
+    of guesses."""
+    return (str(exc).splitlines() or [""])[0].split(". ")[0].rstrip(".").strip()

@@ -34,7 +34,7 @@ from inspection.detector import (
     check_architecture,
     load_detector,
 )
-from inspection.errors import Stopped, UserError
+from inspection.errors import Stopped, UserError, first_sentence
 from inspection.images import allow_pixels_up_to, max_pixels
 from inspection.settings import get_settings
 from inspection.tiling import CHECKPOINT_KEY, TileSpec
@@ -507,7 +507,7 @@ def _interrupted(last: Path) -> bool:
         # left a file cut short, and the resume stopped in a traceback.)
         raise UserError(
             f"the interrupted run {last.parent.parent.name} cannot be resumed: its last "
-            f"checkpoint {last} cannot be read ({_first_sentence(exc)}): cut short, as a full "
+            f"checkpoint {last} cannot be read ({first_sentence(exc) or type(exc).__name__}): cut short, as a full "
             "disk leaves it, or damaged; train again without --resume (and delete the run's "
             "folder to free its space)"
         ) from exc
@@ -533,11 +533,6 @@ def _run_folder_full(exc: BaseException, model: Any, runs_dir: Path) -> UserErro
         "last checkpoint perhaps cut short (its --resume is then refused): free space there "
         "and train again"
     )
-
-
-def _first_sentence(exc: BaseException) -> str:
-    """An error's first sentence: torch follows a broken file's with a paragraph of guesses."""
-    return str(exc).splitlines()[0].split(". ")[0].rstrip(".")
 
 
 def _use_every_cpu_core(trainer) -> None:  # type: ignore[no-untyped-def]
