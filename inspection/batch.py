@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import datetime as dt
 import errno
 import functools
 import glob
@@ -1318,7 +1317,7 @@ class BatchInspection:
             Inspection.error.like(f"{BLANK_ERROR}%"), Inspection.error.like(f"{EMPTY_ERROR}%")
         )
         with connection_scope(self.url) as connection:
-            offset = database_utcnow(connection) - dt.datetime.now(dt.UTC).replace(tzinfo=None)
+            offset = database_utcnow(connection) - datetime.now(UTC).replace(tzinfo=None)
             recorded = dict(
                 connection.execute(
                     select(Part.content_hash, func.max(Inspection.inspected_at))
@@ -1336,9 +1335,8 @@ class BatchInspection:
             )
         left = set()
         for item, digest in candidates:
-            if item.stamp is None:  # (none: filtered above)
-                continue
-            written = dt.datetime.fromtimestamp(item.stamp[1] / 1e9, dt.UTC).replace(tzinfo=None)
+            assert item.stamp is not None  # (filtered above)
+            written = datetime.fromtimestamp(item.stamp[1] / 1e9, UTC).replace(tzinfo=None)
             if digest in recorded and written + offset <= recorded[digest]:
                 left.add(id(item))
         return left
