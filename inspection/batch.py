@@ -240,6 +240,11 @@ def content_key(item: SourceItem) -> str:
     return item.content_hash
 
 
+def too_large_error(size: int) -> str:
+    """The error of a file over MAX_FILE_BYTES, left unread: a batch's and an upload's."""
+    return f"file too large ({size / 1e6:.0f} MB)"
+
+
 def read_file(path: Path, display: str) -> SourceItem:
     """A file of a folder as a part, or the reason it cannot be one. One stat in the common
     case: the checks for a dead link and for a folder listed because it could not be read
@@ -270,8 +275,7 @@ def read_file(path: Path, display: str) -> SourceItem:
         return SourceItem(display, None, f"cannot read the file: {special}")
     stamp = stamp_of(info)
     if info.st_size > MAX_FILE_BYTES:
-        reason = f"file too large ({info.st_size / 1e6:.0f} MB)"
-        return SourceItem(display, None, reason, path=where, stamp=stamp)
+        return SourceItem(display, None, too_large_error(info.st_size), path=where, stamp=stamp)
     try:
         return SourceItem(display, path.read_bytes(), path=where, stamp=stamp)
     except OSError as exc:

@@ -139,7 +139,7 @@ def uploaded_item(file: UploadedFile) -> SourceItem:
     a batch refuses it: up to the upload limit, twice the batch's, it was decoded and kept in
     the image store whatever it held (an image with hundreds of megabytes appended)."""
     if file.size > batch.MAX_FILE_BYTES:
-        return SourceItem(file.name, None, f"file too large ({file.size / 1e6:.0f} MB)")
+        return SourceItem(file.name, None, batch.too_large_error(file.size))
     return SourceItem(file.name, file.getvalue())
 
 
