@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
-import functools
 import glob
 import hashlib
 import json
@@ -71,9 +70,9 @@ from inspection.engine import (
     PartInput,
     PartResult,
     TileChoice,
+    cached_sha256,
     check_export_grid,
     check_export_source,
-    file_identity,
     sha256_of,
 )
 from inspection.errors import UnloadableExport, UserError
@@ -922,22 +921,11 @@ def found_weights(file_path: str, sha256: str) -> Path:
     if recorded.is_file():
         return recorded
     here = same_place_under(file_path, get_settings().models_dir, depth=2)
-    try:
-        identity = file_identity(here)
-    except OSError:
+    if here == recorded or not here.is_file():
         return recorded
-    if here != recorded and _same_bytes(str(here), identity, sha256):
-        return here
-    return recorded
-
-
-@functools.lru_cache(maxsize=64)
-def _same_bytes(path: str, identity: tuple[int, ...], sha256: str) -> bool:
-    """Hashed once per file as it is: the pages look a version's weights up at every rerun,
-    and a run at its start, in each worker. The file is known by its device, inode, size and
-    both times: other weights of the same size copied over it with their time kept
-    (`rsync -a`, `cp -p`) change its change time, and were taken for the version's bytes."""
-    return sha256_of(Path(path)) == sha256
+    # (Hashed once per file as it is, `cached_sha256`: the pages look a version's weights up
+    # at every rerun, and a run at its start, in each worker.)
+    return here if cached_sha256(here) == sha256 else recorded
 
 
 def weights_there(name: str, weights: Path) -> Path:

@@ -155,7 +155,7 @@ def open_backend(
             )
         opened = OnnxBackend(onnx_path, device, cpu_streams)
         if weights.suffix == ".pt":
-            check_export_source(opened, _weights_sha256(weights), str(weights))
+            check_export_source(opened, cached_sha256(weights), str(weights))
             if EXPORTED_FROM_KEY in getattr(opened, "metadata", {}):  # (theirs: see above)
                 check_export_size(opened, weights)
         check_export_grid(opened, weights)
@@ -190,10 +190,10 @@ def file_identity(path: Path) -> tuple[int, ...]:
     return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
 
 
-def _weights_sha256(weights: Path) -> str:
-    """The weights' digest, read once per file as it is (`file_identity`): a station's
-    workers and the dashboard open the same weights again and again."""
-    return _cached_sha256(str(weights), file_identity(weights))
+def cached_sha256(path: Path) -> str:
+    """A file's SHA-256, read once per file as it is (`file_identity`): a station's workers
+    and the dashboard find and open the same weights again and again."""
+    return _cached_sha256(str(path), file_identity(path))
 
 
 def check_export_source(backend: Backend, weights_sha256: str, weights_name: str) -> None:

@@ -141,7 +141,7 @@ def test_weights_found_by_hash_are_hashed_after_the_run_is_opened(
         pytest.skip("SQLite's write lock")
     import sqlite3
 
-    import inspection.batch as batch
+    import inspection.engine as engine
     from inspection.parallel import ParallelInspection
 
     with session_scope(detector) as session:
@@ -150,7 +150,7 @@ def test_weights_found_by_hash_are_hashed_after_the_run_is_opened(
     here.parent.mkdir(parents=True)
     recorded.rename(here)  # (registered on another machine; copied here)
     hashed_while_locked: list[bool] = []
-    real_hash = batch.sha256_of
+    real_hash = engine.sha256_of
 
     def hashing(path: Path) -> str:
         probe = sqlite3.connect(detector.removeprefix("sqlite:///"), timeout=0)
@@ -164,12 +164,12 @@ def test_weights_found_by_hash_are_hashed_after_the_run_is_opened(
             probe.close()
         return real_hash(path)
 
-    monkeypatch.setattr(batch, "sha256_of", hashing)
+    monkeypatch.setattr(engine, "sha256_of", hashing)
     for opening in (
         lambda: _job(detector, tmp_path),
         lambda: ParallelInspection(detector, tmp_path / "store", "Line 2", "Cam B", 2),
     ):
-        batch._same_bytes.cache_clear()  # (hashed once per file and process)
+        engine._cached_sha256.cache_clear()  # (hashed once per file and process)
         hashed_while_locked.clear()
         opening()
         assert hashed_while_locked == [False]
@@ -2539,7 +2539,7 @@ def test_weights_found_by_their_hash_are_hashed_once_while_unchanged(
     import hashlib
     import os
 
-    from inspection import batch
+    from inspection import batch, engine
 
     models = get_settings().models_dir / "v1"
     models.mkdir(parents=True)
@@ -2548,16 +2548,18 @@ def test_weights_found_by_their_hash_are_hashed_once_while_unchanged(
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()
     elsewhere = r"C:\plant\data\models\v1\weights.pt"  # (registered on a Windows machine)
     hashed: list[Path] = []
-    real = batch.sha256_of
+    real = engine.sha256_of
 
     def counting(path: Path) -> str:
         hashed.append(path)
         return real(path)
 
-    monkeypatch.setattr(batch, "sha256_of", counting)
-    batch._same_bytes.cache_clear()
+    monkeypatch.setattr(engine, "sha256_of", counting)
+    engine._cached_sha256.cache_clear()
     for _ in range(3):
         assert batch.found_weights(elsewhere, digest) == weights
+    # The check of the export beside them (`check_export_source`) takes the same digest.
+    assert engine.cached_sha256(weights) == digest
     assert len(hashed) == 1
     weights.write_bytes(b"other bytes, same name")
     os.utime(weights, ns=(1, 1))
