@@ -683,19 +683,21 @@ def _how_to_evaluate(version: ModelVersion, data: str) -> str:
     """The evaluate command to run next, where the dataset has test images: a small import can
     put none in test, and the command named was refused ("the dataset's test split holds no
     image")."""
-    from training.datasets import IMAGE_SUFFIXES, located_dataset
+    from training.datasets import located_dataset, split_image_paths
 
-    test = (
-        located_dataset(version.dataset.root_path) / "images" / "test" if version.dataset else None
+    evaluate = f"evaluate it with `defects evaluate {version.name} --data {data} --split test`"
+    if version.dataset is None:
+        return evaluate
+    try:  # (the test images as `defects evaluate` finds them)
+        tested = split_image_paths(located_dataset(version.dataset.root_path), "test")
+    except UserError:  # (no test folder at all)
+        tested = []
+    if tested:
+        return evaluate
+    return (
+        f"{data}'s test split holds no image to evaluate it on: import the dataset again "
+        "with --splits (or more images) and `--replace`"
     )
-    if test is not None and not (
-        test.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in test.iterdir())
-    ):
-        return (
-            f"{data}'s test split holds no image to evaluate it on: import the dataset again "
-            "with --splits (or more images) and `--replace`"
-        )
-    return f"evaluate it with `defects evaluate {version.name} --data {data} --split test`"
 
 
 DISTILL_STUDENT = "defect-yolo-n"  # a distillation's student when neither --student nor --from
