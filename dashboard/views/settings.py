@@ -93,7 +93,6 @@ info = detector_info(state.url)
 if info is None:
     st.info("No production model yet: promote one on the Models page.")
 else:
-    per_class = dict(info.thresholds.get("per_class") or {})
     # The sliders' keys change with the stored thresholds: a slider keeps its own value across
     # runs, so after a calibration it would show (and a save would store back) the old ones.
     # That also leaves a submit after such a change with the new keys' stored values, not the
