@@ -2729,3 +2729,33 @@ def test_an_upload_cut_short_by_the_page_leaves_its_run_finished(
     assert _run_finished_at(detector, job.run_id) is not None
     resumed = _job(detector, tmp_path).run(iter_source(str(tmp_path / "in")))
     assert resumed.inspected + resumed.skipped == 6
+
+
+def test_inspect_hashes_each_image_once(
+    detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`defects inspect` looked each part's stored verdict up by hashing its bytes again,
+    after the run had hashed them to judge and store the part."""
+    import hashlib
+
+    from typer.testing import CliRunner
+
+    from training.cli import app
+
+    monkeypatch.setenv("DEFECTS_DATABASE_URL", detector)
+    get_settings.cache_clear()
+    images = make_images(tmp_path / "in", n=2, seed=5)
+    paths = [tmp_path / "in" / image.name for image in images]
+    contents = {path.read_bytes() for path in paths}
+    hashed: list[bytes] = []
+    real_sha256 = hashlib.sha256
+
+    def counting_sha256(data: bytes = b"", **kwargs):  # type: ignore[no-untyped-def]
+        if bytes(data) in contents:
+            hashed.append(bytes(data))
+        return real_sha256(data, **kwargs)
+
+    monkeypatch.setattr(hashlib, "sha256", counting_sha256)
+    result = CliRunner().invoke(app, ["inspect", *map(str, paths), "--json"])
+    assert result.exit_code == 0, result.output
+    assert sorted(hashed) == sorted(contents)

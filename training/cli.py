@@ -2025,13 +2025,13 @@ def shown_name(name: str) -> str:
 
 def _stored_verdicts(url: str, model_id: int, items: list) -> list[dict]:  # type: ignore[type-arg]
     """Each item's verdict as stored (also for parts inspected before), in the order given."""
-    import hashlib
-
     from db.queries import part_results
+    from inspection.batch import content_key
     from inspection.results import counted_defects, shown_latency
     from inspection.verdict import part_classifier_note
 
-    hashes = [hashlib.sha256(i.data).hexdigest() if i.data is not None else None for i in items]
+    # (The digest the run computed and kept on each item: its bytes are not hashed again.)
+    hashes = [content_key(i) if i.data is not None else None for i in items]
     with session_scope(url) as session:
         stored = part_results(session, [h for h in hashes if h], model_id)
         rows = []
