@@ -26,7 +26,7 @@ import stat
 import warnings
 import xml.etree.ElementTree as ET
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path, PureWindowsPath
 from typing import Literal
@@ -981,10 +981,7 @@ def read_coco(
         else:
             file_issues += _unlisted_coco_images(listed, json_path.parent, json_path.name)
         if folder is not None:
-            file_issues = [
-                ImportIssue(f"{folder.name}/{i.file}", i.reason, i.left_out, i.caveat)
-                for i in file_issues
-            ]
+            file_issues = [replace(i, file=f"{folder.name}/{i.file}") for i in file_issues]
         images += file_images
         issues += file_issues
     if subsets:
