@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select, text, update
+from sqlalchemy.orm import Session
 from streamlit.testing.v1 import AppTest
 
 from dashboard.charts import (
@@ -1110,32 +1111,13 @@ def test_history_page_gives_the_rates_over_the_range() -> None:
 def test_history_counts_a_part_a_candidate_judged_too_once_and_gives_the_candidates_own() -> None:
     """Parts production judged, then a candidate judged again (`defects batch --model`): each
     held two current verdicts, and the page counted 2 parts as 4 judged, 2 reviewed."""
-    from db.models import ModelKind
 
     now = utcnow()
     url = get_settings().resolved_database_url
     _judged_parts(url, [("a.png", now, []), ("b.png", now, [])])  # production: both pass
     with session_scope(url) as session:
-        candidate = ModelVersion(
-            name="candidate",
-            kind=ModelKind.DETECTOR,
-            architecture="defect-yolo-n",
-            file_path="x.pt",
-            sha256="0" * 64,
-        )
-        session.add(candidate)
-        session.flush()
-        missed, good = session.scalars(select(Part).order_by(Part.id))
-        for part in (missed, good):  # the candidate fails both
-            again = Inspection(
-                part_id=part.id,
-                model_version_id=candidate.id,
-                verdict=Verdict.FAIL,
-                latency_ms=5.0,
-                inspected_at=now + timedelta(minutes=5),
-            )
-            again.predictions.append(Prediction(class_name="spot", confidence=0.9))
-            session.add(again)
+        # (The candidate fails both.)
+        missed, good = _candidate_judges_again(session, now, Verdict.FAIL, 5.0, spot=True)
         session.add_all(
             [
                 Review(
@@ -1163,30 +1145,12 @@ def test_history_counts_a_part_a_candidate_judged_too_once_and_gives_the_candida
 def test_the_download_says_which_of_a_parts_verdicts_the_history_counted() -> None:
     """With no model picked the CSV listed production's and a candidate's verdict of each part,
     nothing saying which one the page's rates counted: they could not be rebuilt from it."""
-    from db.models import ModelKind
 
     now = utcnow()
     url = get_settings().resolved_database_url
     _judged_parts(url, [("a.png", now, []), ("b.png", now, [])])  # production: both pass
     with session_scope(url) as session:
-        candidate = ModelVersion(
-            name="candidate",
-            kind=ModelKind.DETECTOR,
-            architecture="defect-yolo-n",
-            file_path="x.pt",
-            sha256="0" * 64,
-        )
-        session.add(candidate)
-        session.flush()
-        for part in session.scalars(select(Part).order_by(Part.id)):
-            session.add(
-                Inspection(
-                    part_id=part.id,
-                    model_version_id=candidate.id,
-                    verdict=Verdict.FAIL,
-                    inspected_at=now + timedelta(minutes=5),
-                )
-            )
+        _candidate_judges_again(session, now, Verdict.FAIL)
     text = filtered_results_csv(url, Filters()).decode()
     assert text.splitlines()[0].endswith(",reviewed,reviewed_defects,deciding")
     rows = list(csv.DictReader(io.StringIO(text)))
@@ -1201,31 +1165,12 @@ def test_the_download_says_which_of_a_parts_verdicts_the_history_counted() -> No
 def test_history_latency_is_of_each_parts_deciding_verdict_a_candidates_with_it_picked() -> None:
     """A candidate judging production's parts again put its times in the plant's latency
     chart with no model picked: two parts read as four, the candidate's 50 ms among them."""
-    from db.models import ModelKind
 
     now = utcnow()
     url = get_settings().resolved_database_url
     _judged_parts(url, [("a.png", now, []), ("b.png", now, [])])  # production: 5 and 6 ms
     with session_scope(url) as session:
-        candidate = ModelVersion(
-            name="candidate",
-            kind=ModelKind.DETECTOR,
-            architecture="defect-yolo-n",
-            file_path="x.pt",
-            sha256="0" * 64,
-        )
-        session.add(candidate)
-        session.flush()
-        for part in session.scalars(select(Part).order_by(Part.id)):
-            session.add(
-                Inspection(
-                    part_id=part.id,
-                    model_version_id=candidate.id,
-                    verdict=Verdict.PASS,
-                    latency_ms=50.0,
-                    inspected_at=now + timedelta(minutes=5),
-                )
-            )
+        _candidate_judges_again(session, now, Verdict.PASS, 50.0)
     at = _opened("history")
     [bars] = _figures(at)["Latency per part"]["data"]
     assert sum(bars["y"]) == 2 and max(bars["customdata"])[1] < 50
@@ -1430,6 +1375,42 @@ def test_a_missing_model_file_is_a_message(production: str, tmp_path: Path) -> N
     at.file_uploader(key="inspect_files").set_value(_png_files(tmp_path, 1, 5)).run()
     assert not at.exception
     assert "the weights of tiny are missing" in at.error[0].value  # (as the commands say it)
+
+
+def _candidate_judges_again(
+    session: Session,
+    judged_at: datetime,
+    verdict: Verdict,
+    latency_ms: float | None = None,
+    spot: bool = False,
+) -> list[Part]:
+    """A candidate version judging every part again 5 minutes after `judged_at` (`defects
+    batch --model CANDIDATE`), each a second current verdict (with a counted "spot" where
+    `spot`); the parts, oldest first."""
+    from db.models import ModelKind
+
+    candidate = ModelVersion(
+        name="candidate",
+        kind=ModelKind.DETECTOR,
+        architecture="defect-yolo-n",
+        file_path="x.pt",
+        sha256="0" * 64,
+    )
+    session.add(candidate)
+    session.flush()
+    parts = list(session.scalars(select(Part).order_by(Part.id)))
+    for part in parts:
+        again = Inspection(
+            part_id=part.id,
+            model_version_id=candidate.id,
+            verdict=verdict,
+            latency_ms=latency_ms,
+            inspected_at=judged_at + timedelta(minutes=5),
+        )
+        if spot:
+            again.predictions.append(Prediction(class_name="spot", confidence=0.9))
+        session.add(again)
+    return parts
 
 
 def _judged_parts(
