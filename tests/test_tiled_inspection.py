@@ -1098,6 +1098,7 @@ class _FiresAllOver(Backend):
 
     name = "fires-all-over"
     device = "test"
+    model_path = Path("fires-all-over.pt")  # (weights, as a station's backend names its file)
     image_size = 64
     class_names = CLASSES
     tile = TileSpec(64, 0.0)
