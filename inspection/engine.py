@@ -156,7 +156,8 @@ def open_backend(
         opened = OnnxBackend(onnx_path, device, cpu_streams)
         if weights.suffix == ".pt":
             check_export_source(opened, cached_sha256(weights), str(weights))
-            if EXPORTED_FROM_KEY in getattr(opened, "metadata", {}):  # (theirs: see above)
+            # (An export known to be of these weights; another model's is refused above.)
+            if EXPORTED_FROM_KEY in opened.metadata:
                 check_export_size(opened, weights)
         check_export_grid(opened, weights)
         return opened

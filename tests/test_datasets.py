@@ -1134,6 +1134,32 @@ def _roboflow_export(root: Path, folders: dict[str, int]) -> dict[str, list[Synt
     return made
 
 
+def _own_splits_then_split_lists(  # type: ignore[no-untyped-def]
+    session, tmp_path: Path, report, source_format: str, src: Path, made, val: str
+) -> None:
+    """An export of 8/4/4 images in split folders (or subsets) imported into the same splits,
+    its `val` folder's images in val with their labels; imported again with --splits, placed
+    by the lists (11/3/2) instead."""
+    assert {k: v["images"] for k, v in report.split_counts.items()} == {
+        "train": 8,
+        "val": 4,
+        "test": 4,
+    }
+    assert (report.root / "splits" / "val.txt").read_text().split() == sorted(
+        image.name for image in made[val]
+    )
+    defect = made[val][1]
+    assert _label_lines(report.root)[Path(defect.name).stem] == _yolo_lines(defect) != []
+    everything = [image for images in made.values() for image in images]
+    splits = write_splits(tmp_path / "splits", everything)
+    again = import_dataset(session, source_format, src, "split-lists", tmp_path / "ds", splits)
+    assert {k: v["images"] for k, v in again.split_counts.items()} == {
+        "train": 11,
+        "val": 3,
+        "test": 2,
+    }
+
+
 def test_a_roboflow_yolo_export_is_imported_in_its_own_splits(session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Roboflow's YOLO export (train/images, train/labels, valid/..., test/..., data.yaml) was
     refused as having no images folder, and a split folder named `valid` was not taken for val."""
@@ -1141,25 +1167,7 @@ def test_a_roboflow_yolo_export_is_imported_in_its_own_splits(session, tmp_path:
     made = _roboflow_export(src, {"train": 8, "valid": 4, "test": 4})
     report = import_dataset(session, "yolo", src, "rf", tmp_path / "ds")
     assert report.issues == [] and report.classes == CLASSES
-    assert {k: v["images"] for k, v in report.split_counts.items()} == {
-        "train": 8,
-        "val": 4,
-        "test": 4,
-    }
-    assert (report.root / "splits" / "val.txt").read_text().split() == sorted(
-        image.name for image in made["valid"]
-    )
-    defect = made["valid"][1]
-    assert _label_lines(report.root)[Path(defect.name).stem] == _yolo_lines(defect) != []
-    # --splits, where given, places the images instead.
-    everything = made["train"] + made["valid"] + made["test"]
-    splits = write_splits(tmp_path / "splits", everything)
-    report = import_dataset(session, "yolo", src, "rf2", tmp_path / "ds", splits)
-    assert {k: v["images"] for k, v in report.split_counts.items()} == {
-        "train": 11,
-        "val": 3,
-        "test": 2,
-    }
+    _own_splits_then_split_lists(session, tmp_path, report, "yolo", src, made, "valid")
     # An issue names the image under its split folder; a split folder without labels is refused.
     (src / "test" / "images" / made["test"][0].name).write_bytes(b"not an image")
     (src / "test" / "labels" / f"{Path(made['test'][1].name).stem}.txt").unlink()
@@ -1206,25 +1214,7 @@ def test_a_cvat_coco_export_with_subsets_is_imported_in_their_splits(
     made = _cvat_coco_export(src, {"Train": 8, "Validation": 4, "testing": 4})
     report = import_dataset(session, "coco", src, "cvat", tmp_path / "ds")
     assert report.issues == [] and report.classes == CLASSES
-    assert {k: v["images"] for k, v in report.split_counts.items()} == {
-        "train": 8,
-        "val": 4,
-        "test": 4,
-    }
-    assert (report.root / "splits" / "val.txt").read_text().split() == sorted(
-        image.name for image in made["Validation"]
-    )
-    defect = made["Validation"][1]
-    assert _label_lines(report.root)[Path(defect.name).stem] == _yolo_lines(defect) != []
-    # --splits, where given, places the images instead.
-    everything = made["Train"] + made["Validation"] + made["testing"]
-    splits = write_splits(tmp_path / "splits", everything)
-    report = import_dataset(session, "coco", src, "cvat2", tmp_path / "ds", splits)
-    assert {k: v["images"] for k, v in report.split_counts.items()} == {
-        "train": 11,
-        "val": 3,
-        "test": 2,
-    }
+    _own_splits_then_split_lists(session, tmp_path, report, "coco", src, made, "Validation")
     # The subsets' files must have the same categories.
     path = src / "annotations" / "instances_testing.json"
     coco = json.loads(path.read_text())
@@ -1478,25 +1468,7 @@ def test_a_roboflow_coco_export_is_imported_in_its_own_splits(session, tmp_path:
     assert report.classes == CLASSES
     [warning] = report.issues  # (said once, not once a split)
     assert not warning.left_out and "'acme-defects' has no annotation" in warning.reason
-    assert {k: v["images"] for k, v in report.split_counts.items()} == {
-        "train": 8,
-        "val": 4,
-        "test": 4,
-    }
-    assert (report.root / "splits" / "val.txt").read_text().split() == sorted(
-        image.name for image in made["valid"]
-    )
-    defect = made["valid"][1]
-    assert _label_lines(report.root)[Path(defect.name).stem] == _yolo_lines(defect) != []
-    # --splits, where given, places the images instead.
-    everything = made["train"] + made["valid"] + made["test"]
-    splits = write_splits(tmp_path / "splits", everything)
-    report = import_dataset(session, "coco", src, "rf2", tmp_path / "ds", splits)
-    assert {k: v["images"] for k, v in report.split_counts.items()} == {
-        "train": 11,
-        "val": 3,
-        "test": 2,
-    }
+    _own_splits_then_split_lists(session, tmp_path, report, "coco", src, made, "valid")
     # An issue names its file under its split folder.
     path = src / "valid" / "_annotations.coco.json"
     coco = json.loads(path.read_text())
