@@ -5,8 +5,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# `streamlit run` puts this file's folder, not the project root, on the import path.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# `streamlit run` puts this file's folder, not the project root, on the import path. Once:
+# this script runs again at every click of every user, and an entry added each time grew the
+# path without end, every import and package lookup searching it slower by the hour.
+PROJECT_ROOT = str(Path(__file__).resolve().parents[1])
+if PROJECT_ROOT not in sys.path:
+    sys.path.insert(0, PROJECT_ROOT)
 
 import streamlit as st  # noqa: E402
 

@@ -38,6 +38,21 @@ def _isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Itera
     get_settings.cache_clear()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _streamlit_components_scanned_once() -> Iterator[None]:
+    """Each new AppTest scans every installed distribution's metadata for Streamlit
+    components (half a second here, and the page tests make hundreds of AppTests). The
+    packages installed do not change while the tests run, so the scan's result is kept."""
+    from streamlit.components.v2 import manifest_scanner
+
+    found = manifest_scanner.scan_component_manifests()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            manifest_scanner, "scan_component_manifests", lambda max_workers=None: list(found)
+        )
+        yield
+
+
 @contextmanager
 def read_only(*paths: Path) -> Iterator[None]:
     """Files or folders this process really cannot write: their write bits off, or for root,

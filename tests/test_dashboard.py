@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import re
+import sys
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -110,6 +111,16 @@ def _statements(url: str) -> Iterator[list[str]]:
 def _png_files(tmp_path: Path, n: int, seed: int) -> list[tuple[str, bytes, str]]:
     images = make_images(tmp_path / f"up{seed}", n=n, seed=seed)
     return [(i.name, (tmp_path / f"up{seed}" / i.name).read_bytes(), "image/png") for i in images]
+
+
+def test_the_app_puts_the_project_on_the_import_path_once() -> None:
+    """The script runs again at every click: an entry added each time grew the import path
+    without end, and every lookup on it slowed by the hour."""
+    app = _app().run()
+    before = list(sys.path)
+    app.run().run()
+    assert not app.exception
+    assert sys.path == before
 
 
 def test_inspect_says_how_to_get_a_model_when_there_is_none() -> None:
