@@ -75,12 +75,10 @@ def _app() -> AppTest:
 
 
 @pytest.fixture
-def production(trained: Trained) -> str:
+def production(trained: Trained, settings_database: str) -> str:
     """This test's database with the tiny detector in production."""
-    url = get_settings().resolved_database_url
-    upgrade(url)
-    register_production_detector(url, trained.weights, get_settings().models_dir)
-    return url
+    register_production_detector(settings_database, trained.weights, get_settings().models_dir)
+    return settings_database
 
 
 def _count(url: str, model) -> int:  # type: ignore[no-untyped-def]

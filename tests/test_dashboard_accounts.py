@@ -14,7 +14,6 @@ from streamlit import config
 from streamlit.testing.v1 import AppTest
 
 from db.accounts import LOCK_SECONDS, MAX_FAILED_LOGINS, add_user, disable_user
-from db.migrate import upgrade
 from db.models import InspectionRun, Review, Role
 from db.session import session_scope
 from inspection.settings import get_settings
@@ -25,10 +24,8 @@ APP = str(Path(__file__).parents[1] / "dashboard" / "app.py")
 
 
 @pytest.fixture
-def url() -> str:
-    url = get_settings().resolved_database_url
-    upgrade(url)
-    return url
+def url(settings_database: str) -> str:
+    return settings_database
 
 
 def _account(url: str, name: str, role: Role, password: str = "right-pass") -> None:
