@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, text
+
+# The CLI's console takes its width from COLUMNS when it is made, at import: a width exported
+# by the shell running the tests would then win over the width a test gives its CLI runner,
+# and a table wrapped at 80 columns fail a test reading one of its cells.
+os.environ.pop("COLUMNS", None)
+os.environ.pop("LINES", None)
+
+from sqlalchemy import func, select, text  # noqa: E402
 from sqlalchemy.orm import Session
 
 import inspection  # noqa: F401 - prepares torchvision and ultralytics before any test imports them
