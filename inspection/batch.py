@@ -86,6 +86,7 @@ from inspection.images import (
     refused_at_another_limit,
 )
 from inspection.judged import JudgedMover, Move, Stamp, stamp_of
+from inspection.raw_rasters import RAW_HEADER_READ_BYTES, explained_size
 from inspection.results import shown_latency
 from inspection.settings import get_settings, same_place_under
 from inspection.tiling import TileSpec, TileSpecError, judged_tiles, station_grid
@@ -101,6 +102,8 @@ MAX_FILE_BYTES = 256 * 1024 * 1024
 # or TIFF rarely past 1:10, its noise defeating deflate: 100:1 is ten times past any of them,
 # where a patterned 190 MB BMP packs to 1:1000 and a zip of them filled gigabytes of image store.
 # An entry under the floor is harmless whatever its ratio (a blank thumbnail packs to 1:1000).
+# A raw frame of a flat scene (a blank frame) packs as far: one whose header (BMP, TIFF, PGM/PPM)
+# explains its size is read past the ratio (`_raw_frame_explains`).
 MAX_COMPRESSION_RATIO = 100
 RATIO_FLOOR_BYTES = 4 * 1024 * 1024
 # A zip of more entries than this is refused before Python reads its directory: each entry is an
@@ -590,14 +593,29 @@ def _too_compressed(info: zipfile.ZipInfo) -> bool:
     )
 
 
+def _raw_frame_explains(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bool:
+    """Whether the entry begins with the header of an uncompressed image (BMP, TIFF, PGM/PPM)
+    that explains the size it declares: a blank raw frame packs past any ratio, and was
+    refused as a zip bomb where the product calls it out as a blank frame. Only its first
+    bytes are unpacked; a bomb's zeros behind a small image's header are more than it
+    explains."""
+    try:
+        with archive.open(info) as entry:
+            head = entry.read(RAW_HEADER_READ_BYTES)
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError):
+        return False  # (refused as too compressed, unread as before)
+    explained = explained_size(head)
+    return explained is not None and info.file_size <= explained
+
+
 def _too_compressed_error(info: zipfile.ZipInfo) -> str:
     # (The ratio inside the parentheses: `error_kind` cuts at the first colon, so that
     # "compressed 1000:1" would make a kind of each ratio.)
     ratio = info.file_size // max(info.compress_size, 1)
     return (
         f"zip entry too compressed ({ratio}:1, {info.file_size / 1e6:.0f} MB from "
-        f"{info.compress_size / 1e3:.0f} kB; no camera's image passes {MAX_COMPRESSION_RATIO}:1"
-        "): not read"
+        f"{info.compress_size / 1e3:.0f} kB; past {MAX_COMPRESSION_RATIO}:1 only an uncompressed "
+        "image of the size its header gives is read): not read"
     )
 
 
@@ -647,7 +665,7 @@ def iter_zip(archive_file: Path | BinaryIO, label: str) -> Iterator[SourceItem]:
                 yield SourceItem(name, None, "a zip inside a zip: its entries are not read")
             elif info.file_size > MAX_FILE_BYTES:
                 yield SourceItem(name, None, f"zip entry too large ({info.file_size / 1e6:.0f} MB)")
-            elif _too_compressed(info):
+            elif _too_compressed(info) and not _raw_frame_explains(archive, info):
                 yield SourceItem(name, None, _too_compressed_error(info))
             elif unpacked + info.file_size > limit:
                 unpacked = limit + 1  # (no later entry is read, however small)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import json
 import os
@@ -16,6 +17,7 @@ import sys
 import threading
 import time
 import zipfile
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -470,9 +472,10 @@ def test_a_zip_entry_whose_data_runs_into_the_next_is_not_unpacked(tmp_path: Pat
 def test_a_zip_entry_compressed_far_past_any_cameras_image_is_not_unpacked() -> None:
     """A patterned BMP of 190 MB packs to 190 kB: a 19 MB zip of a hundred was unpacked,
     judged and stored whole, 19 GB of image store. An entry past the floor and the ratio is
-    an error read from the zip's directory; a small one of any ratio, and a large one that
-    compresses as a camera's image does, are read."""
+    an error read from the zip's directory and its first bytes (no raw image's header); a
+    small one of any ratio, and a large one that compresses as a camera's image does, are read."""
     from inspection.batch import MAX_COMPRESSION_RATIO, RATIO_FLOOR_BYTES, error_kind, iter_zip
+    from inspection.raw_rasters import RAW_HEADER_READ_BYTES
 
     patterned = b"\x00\x10\x20\x30" * (RATIO_FLOOR_BYTES // 4 + 1)  # packs to a few kB
     noisy = random.Random(7).randbytes(RATIO_FLOOR_BYTES + 1)  # does not pack at all
@@ -484,17 +487,24 @@ def test_a_zip_entry_compressed_far_past_any_cameras_image_is_not_unpacked() -> 
         zf.writestr("d.bmp", patterned)
     packed = zipfile.ZipFile(buffer).getinfo("a.bmp").compress_size
     assert len(patterned) > MAX_COMPRESSION_RATIO * packed  # (the case this is about)
-    read: list[str] = []
-    real_open = zipfile.ZipFile.open
+    read: Counter[str] = Counter()
+    real_read = zipfile.ZipExtFile.read
 
-    def noting_open(self: zipfile.ZipFile, name: Any, *args: Any, **kwargs: Any) -> Any:
-        read.append(getattr(name, "filename", name))
-        return real_open(self, name, *args, **kwargs)
+    def counting_read(self: zipfile.ZipExtFile, n: int = -1) -> bytes:
+        data = real_read(self, n)
+        read[self.name] += len(data)
+        return data
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(zipfile.ZipFile, "open", noting_open)
+        patch.setattr(zipfile.ZipExtFile, "read", counting_read)
         items = {item.name: item for item in iter_zip(buffer, "lot.zip")}
-    assert read == ["b.bmp", "c.bmp"]  # the refused ones never unpacked
+    # The refused ones unpacked no further than a header's bytes.
+    assert read == {
+        "a.bmp": RAW_HEADER_READ_BYTES,
+        "b.bmp": len(noisy),
+        "c.bmp": 100_000,
+        "d.bmp": RAW_HEADER_READ_BYTES,
+    }
     for refused in ("lot.zip:a.bmp", "lot.zip:d.bmp"):
         error = items[refused].error or ""
         assert items[refused].data is None
@@ -503,6 +513,98 @@ def test_a_zip_entry_compressed_far_past_any_cameras_image_is_not_unpacked() -> 
         assert error_kind(error) == "zip entry too compressed"  # (one kind, whatever the ratio)
     assert items["lot.zip:b.bmp"].data == noisy
     assert items["lot.zip:c.bmp"].data == b"\x00" * 100_000
+
+
+def _blank_raw_frames() -> dict[str, bytes]:
+    """Blank frames just past the ratio's floor, as cameras write them uncompressed: each packs
+    past 1:800 in a zip. (1401 pixels: a BMP's rows padded to 4 bytes, a PBM's to one.)"""
+    from PIL import Image
+
+    def written(image: Image.Image, fmt: str) -> bytes:
+        buffer = io.BytesIO()
+        image.save(buffer, fmt)
+        return buffer.getvalue()
+
+    colour, gray = Image.new("RGB", (1401, 1000), (90, 90, 90)), Image.new("L", (2100, 2000))
+    return {
+        "colour.bmp": written(colour, "BMP"),
+        "gray.bmp": written(gray, "BMP"),  # (its palette between header and rows)
+        "colour.tif": written(colour, "TIFF"),
+        "gray.pgm": written(gray, "PPM"),
+        "deep.pgm": written(Image.new("I;16", (1500, 1500), 700), "PPM"),  # 2 bytes a pixel
+        "colour.ppm": written(colour, "PPM"),
+        "lines.pbm": written(Image.new("1", (6001, 6000), 1), "PPM"),
+    }
+
+
+def test_a_blank_raw_frame_in_a_zip_is_read_not_refused_as_a_zip_bomb() -> None:
+    """A camera's uncompressed BMP, TIFF or PGM of a flat scene packs past 1:800: a blank frame
+    over 4 MB was refused as a zip bomb ("zip entry too compressed"), never said as the blank
+    frame it is. An entry whose header explains its size is read past the ratio; one that
+    declares more than its header explains (a bomb's zeros behind it) is refused as before."""
+    from inspection.batch import MAX_COMPRESSION_RATIO, iter_zip
+
+    frames = _blank_raw_frames()
+    small_bmp = frames["colour.bmp"][:54] + b"\x00" * 54  # a 1401x1000 header...
+    small_bmp = small_bmp[:18] + struct.pack("<ii", 6, 6) + small_bmp[26:]  # ...made 6x6
+    pgm_header = b"P5\n# camera 2\n2100 2000\n255\n"
+    tiff = frames["colour.tif"]
+    ifd = struct.unpack_from("<I", tiff, 4)[0]
+    width_tag = next(
+        at for at in range(ifd + 2, ifd + 200, 12) if struct.unpack_from("<H", tiff, at)[0] == 256
+    )
+    no_width = tiff[: width_tag + 4] + struct.pack("<I", 0) + tiff[width_tag + 8 :]  # (count 0)
+    bombs = {
+        "small-header.bmp": small_bmp + b"\x00" * 5_000_000,
+        "past-its-header.pgm": pgm_header + b"\x00" * (2100 * 2000 + 1_000_000),
+        "no-header.bmp": b"\x00" * 5_000_000,
+        "no-width.tif": no_width,
+        "compressed.tif": frames["colour.tif"][:8].replace(b"*", b"+") + b"\x00" * 5_000_000,
+    }
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in {**frames, **bombs}.items():
+            zf.writestr(name, data)
+    for info in zipfile.ZipFile(buffer).infolist():
+        assert info.file_size > MAX_COMPRESSION_RATIO * info.compress_size, info.filename
+    items = {item.name.split(":")[1]: item for item in iter_zip(buffer, "lot.zip")}
+    for name, data in frames.items():
+        assert (items[name].error, items[name].data == data) == (None, True), name
+    for name in bombs:
+        assert items[name].data is None
+        assert (items[name].error or "").startswith("zip entry too compressed ("), name
+
+
+def test_a_blank_raw_frame_in_a_zip_is_said_as_a_blank_frame_by_the_batch(
+    detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the operator reads: the blank BMP a blank frame, the bomb beside it refused."""
+    from training.cli import app
+
+    monkeypatch.setenv("DEFECTS_DATABASE_URL", detector)
+    get_settings.cache_clear()
+    frame = _blank_raw_frames()["colour.bmp"]
+    with zipfile.ZipFile(tmp_path / "lot.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("frame-0001.bmp", frame)
+        zf.writestr("frame-0002.bmp", frame[:54] + b"\x00" * 60_000_000)
+    csv_path = tmp_path / "run.csv"
+    result = CliRunner().invoke(
+        app,
+        ["batch", str(tmp_path / "lot.zip"), "--line", "L", "--station", "S"]
+        + ["--output", str(csv_path)],
+    )
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "errors by kind: blank image 1, zip entry too compressed 1" in said
+    rows = {row["part"]: row["error"] for row in csv.DictReader(csv_path.open())}
+    assert rows["lot.zip:frame-0001.bmp"] == (
+        "blank image (every pixel at gray level 90): check the camera and its lighting"
+    )
+    bomb = zipfile.ZipFile(tmp_path / "lot.zip").getinfo("frame-0002.bmp")
+    assert rows["lot.zip:frame-0002.bmp"] == (
+        f"zip entry too compressed ({bomb.file_size // bomb.compress_size}:1, 60 MB from 58 kB; "
+        "past 100:1 only an uncompressed image of the size its header gives is read): not read"
+    )
 
 
 def test_a_zip_that_unpacks_far_past_its_own_size_in_all_is_read_only_up_to_the_bound(

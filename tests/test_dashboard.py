@@ -302,6 +302,38 @@ def test_a_zip_upload_past_what_a_zip_may_unpack_judges_the_entries_before_the_b
     assert "entries past what it may unpack in all (0 times its size, at least 0 GB)" in said
 
 
+def test_a_blank_raw_frame_in_a_zip_upload_is_a_blank_frame_and_a_bomb_beside_it_refused(
+    production: str,
+) -> None:
+    """A camera's uncompressed BMP of a blank frame (5 MB, packed past 1:1000) was an error
+    row "zip entry too compressed", as a zip bomb is; it is now the blank frame it is, and a
+    BMP header with more zeros behind it than it explains is still refused, unread."""
+    from PIL import Image
+
+    frame = io.BytesIO()
+    Image.new("L", (2401, 2000), 40).save(frame, "BMP")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("frame-1.bmp", frame.getvalue())
+        archive.writestr("frame-2.bmp", frame.getvalue()[:1078] + bytes(20_000_000))
+    bomb = zipfile.ZipFile(buffer).getinfo("frame-2.bmp")
+    at = _app().run()
+    at.file_uploader(key="inspect_files").set_value(
+        [("lot.zip", buffer.getvalue(), "application/zip")]
+    ).run()
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value
+    assert list(table["part"]) == ["lot.zip:frame-1.bmp", "lot.zip:frame-2.bmp"]
+    assert list(table["error"]) == [
+        "blank image (every pixel at gray level 40): check the camera and its lighting",
+        f"zip entry too compressed ({bomb.file_size // bomb.compress_size}:1, 20 MB from "
+        f"{bomb.compress_size / 1e3:.0f} kB; past 100:1 only an uncompressed image of the size "
+        "its header gives is read): not read",
+    ]
+    said = " ".join(caption.value for caption in at.caption)
+    assert "an uncompressed BMP, TIFF or PGM/PPM of the size its header gives" in said
+
+
 def test_a_zip_upload_of_too_many_entries_is_one_error_row_and_the_images_are_judged(
     production: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

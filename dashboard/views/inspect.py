@@ -91,7 +91,7 @@ station = right.selectbox(
 st.caption(
     f"Model {plain(info.name)}. Images: {', '.join(IMAGE_TYPES)} or zips of them, up to {UPLOAD_LIMIT_MB} MB per "
     f"upload, {batch.MAX_FILE_BYTES >> 20} MB and {max_pixels() // 1_000_000} megapixels per image. Files in a zip or a folder that are not images are recorded as errors; so are a zip's "
-    f"entries over {batch.RATIO_FLOOR_BYTES >> 20} MB packed past {batch.MAX_COMPRESSION_RATIO}:1, as no camera's image is (zip bombs), a zip's "
+    f"entries over {batch.RATIO_FLOOR_BYTES >> 20} MB packed past {batch.MAX_COMPRESSION_RATIO}:1 (zip bombs; an uncompressed BMP, TIFF or PGM/PPM of the size its header gives, a blank frame say, is read), a zip's "
     f"entries past what it may unpack in all ({batch.MAX_ZIP_UNPACK_RATIO} times its size, at least {batch.ZIP_UNPACK_FLOOR_BYTES / 1e9:.0f} GB), "
     f"and a zip of over {batch.MAX_ZIP_ENTRIES} entries."
 )
