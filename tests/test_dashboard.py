@@ -3173,6 +3173,28 @@ def test_a_class_switched_on_again_at_the_top_of_its_slider_is_refused(productio
     assert _thresholds(production)["per_class"][off] == pytest.approx(0.4)
 
 
+def test_a_class_stored_at_one_says_it_fails_almost_no_part_and_is_kept(production: str) -> None:
+    """A class stored at 1.0 (saved so by an earlier release, switched on again at the top of
+    its slider) showed as on, its box unticked, with no word that stations count a detection
+    of it only at a confidence of exactly 1.0: it is said, and a save leaves it as stored."""
+    from training.calibrate import store_operating_point
+
+    at_top, other = CLASSES[0], CLASSES[1]
+    store_operating_point(production, "tiny", {"default": 0.25, "per_class": {at_top: 1.0}})
+    at = _app().run()
+    at.switch_page("views/settings.py").run()
+    assert not at.exception, at.exception
+    assert [w.value for w in at.warning if w.value.startswith(f"{at_top}:")] == [
+        f"{at_top}: stored at 1.000, where stations fail a part only on a detection of "
+        'confidence exactly 1.0, so almost never. Tick "never fails the part" to switch it '
+        "off, or set its slider lower to have it fail parts."
+    ]
+    assert not any(w.value.startswith(f"{other}:") for w in at.warning)
+    next(b for b in at.button if b.label == "Save thresholds").click().run()
+    assert "Saved" in at.success[0].value
+    assert _thresholds(production)["per_class"] == {at_top: 1.0, other: 0.25}
+
+
 def test_a_stored_calibration_on_another_grid_is_a_warning_on_the_settings_page(
     production: str,
 ) -> None:

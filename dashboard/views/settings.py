@@ -134,6 +134,17 @@ else:
                 ),
             )
             edited[name] = CLASS_OFF if off else value
+        # A class stored at 1.0 (an earlier release saved a class switched on again at the top
+        # of its slider so) showed as on, its box unticked, with no word that it fails almost
+        # no part: stations count a detection only at a confidence of exactly 1.0.
+        at_top = [name for name in info.classes if effective[name] == 1.0]
+        if at_top:
+            st.warning(
+                f"{', '.join(plain(name) for name in at_top)}: stored at 1.000, where stations "
+                "fail a part only on a detection of confidence exactly 1.0, so almost never. "
+                'Tick "never fails the part" to switch it off, or set its slider lower to have '
+                "it fail parts."
+            )
         if st.form_submit_button("Save thresholds"):
             thresholds = set_by_hand(info.thresholds, edited)  # (no longer the calibrated point)
             # A class whose box was unticked keeps its slider at the top: saved, it read as on
