@@ -3195,6 +3195,24 @@ def test_a_class_stored_at_one_says_it_fails_almost_no_part_and_is_kept(producti
     assert _thresholds(production)["per_class"] == {at_top: 1.0, other: 0.25}
 
 
+def test_a_threshold_finer_than_the_thousandth_is_shown_and_saved_as_stations_use_it(
+    production: str,
+) -> None:
+    """A calibrated 0.12345 showed as 0.123 while stations judged at 0.12345: the slider
+    shows the decimals the stored threshold has, and a save leaves it as stored."""
+    from training.calibrate import store_operating_point
+
+    fine, plain_one = CLASSES[0], CLASSES[1]
+    store_operating_point(production, "tiny", {"default": 0.25, "per_class": {fine: 0.12345}})
+    at = _app().run()
+    at.switch_page("views/settings.py").run()
+    shown = {s.label: (s.value, s.proto.format) for s in at.slider}
+    assert shown == {fine: (0.12345, "%.5f"), plain_one: (0.25, "%.3f")}
+    next(b for b in at.button if b.label == "Save thresholds").click().run()
+    assert "Saved" in at.success[0].value
+    assert _thresholds(production)["per_class"] == {fine: 0.12345, plain_one: 0.25}
+
+
 def test_a_stored_calibration_on_another_grid_is_a_warning_on_the_settings_page(
     production: str,
 ) -> None:

@@ -48,6 +48,14 @@ def _changed_message(name: str, promoted: bool) -> str:
     )
 
 
+def _slider_format(threshold: float) -> str:
+    """The slider's format for a stored threshold: to the thousandth, or as many decimals as
+    it has (up to a millionth, finer than any confidence a station compares). At three, a
+    calibrated 0.12345 showed as 0.123, while stations judged at 0.12345."""
+    decimals = len(f"{threshold:.6f}".rstrip("0").partition(".")[2])
+    return f"%.{max(3, decimals)}f"
+
+
 def _rates(report: dict[str, Any]) -> str:
     """A calibration's counts with their 95% upper bounds, as stored: 0 of 18 missed is not a
     0% miss rate, which the counts alone let a reader take it for."""
@@ -106,7 +114,7 @@ else:
             "Lower catches more defects and fails more good parts."
         )
         # Each class's threshold (as stations read it: a class the point does not list has
-        # its default), to the thousandth (calibrated thresholds are finer than 0.01), on a
+        # its default), to the thousandth or finer (`_slider_format`), on a
         # slider up to 1.0; a class switched off (stored above 1.0, as a calibration stores
         # CLASS_OFF: no confidence reaches it) is a box of its own. The slider once went up to
         # CLASS_OFF and read 1.010, a value no one could tell meant "off".
@@ -120,7 +128,7 @@ else:
                 1.0,
                 float(min(max(effective[name], 0.0), 1.0)),
                 0.001,
-                format="%.3f",
+                format=_slider_format(min(max(effective[name], 0.0), 1.0)),
                 key=f"t_{info.id}_{stamp}_{name}",
                 help="A part fails when a defect of this class reaches this confidence.",
             )
