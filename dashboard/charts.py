@@ -170,31 +170,39 @@ def _day_axis(figure: go.Figure, days: list[date]) -> None:
     )
 
 
-def _every_day(rows: list[RateRow]) -> list[RateRow]:
-    """`rows`, one a day, with a row of no parts on each day between them that had none: a
-    day with no reviewed part has no row, and the rate's line ran straight across it, a
-    rate drawn where none was measured, while a day with reviews but none in a panel's count
-    was a gap. Each is a gap now."""
+DayRange = tuple[date, date]  # the first and last day picked
+
+
+def _every_day(rows: list[RateRow], picked: DayRange | None = None) -> list[RateRow]:
+    """`rows`, one a day, with a row of no parts on each day between them that had none (and
+    on each day of the range `picked`): a day with no reviewed part has no row, and the rate's
+    line ran straight across it, a rate drawn where none was measured, while a day with
+    reviews but none in a panel's count was a gap. Each is a gap now."""
     by_day = {r.key: r for r in rows if isinstance(r.key, date)}
     if len(by_day) != len(rows) or not by_day:
         return rows
     first, last = min(by_day), max(by_day)
+    if picked is not None:
+        first, last = min(first, picked[0]), max(last, picked[1])
     return [
         by_day.get(day) or RateRow(0, 0, 0, 0, key=day)
         for day in (first + timedelta(days=n) for n in range((last - first).days + 1))
     ]
 
 
-def rates_figure(rows: list[RateRow], zone: str = "UTC") -> go.Figure:
+def rates_figure(
+    rows: list[RateRow], zone: str = "UTC", picked: DayRange | None = None
+) -> go.Figure:
     """Miss rate and false-call rate per day (of the time `zone` names), each with its p-chart
-    control limits."""
+    control limits, over the days `picked` (or those of `rows`): over the days with reviews
+    only, a month with reviews on three days read as three days in a row, the gaps unseen."""
     figure = make_subplots(
         rows=2,
         cols=1,
         shared_xaxes=True,
         subplot_titles=("Miss rate (escapes)", "False-call rate (overkill)"),
     )
-    rows = _every_day(rows)
+    rows = _every_day(rows, picked)
     days = [r.key for r in rows]
     _rate_panel(
         figure,
@@ -281,11 +289,14 @@ def _verdict_bars(
     return figure
 
 
-def volume_figure(rows: list[VolumeRow], zone: str = "UTC") -> go.Figure:
-    """Parts per day they were captured, a day of the time `zone` names."""
+def volume_figure(
+    rows: list[VolumeRow], zone: str = "UTC", picked: DayRange | None = None
+) -> go.Figure:
+    """Parts per day they were captured, a day of the time `zone` names, over the days
+    `picked` (or those of `rows`), as the rates above it."""
     figure = _verdict_bars([r.day for r in rows], rows, "Parts inspected per day", 360)
     figure.update_xaxes(title_text=f"day captured ({zone})")
-    _day_axis(figure, [r.day for r in rows])
+    _day_axis(figure, [r.day for r in rows] + ([*picked] if rows and picked else []))
     figure.update_traces(width=0.8 * _DAY_MS)  # (a lone day's bar was a hairline on a date axis)
     return figure
 

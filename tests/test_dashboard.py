@@ -1284,6 +1284,50 @@ def test_history_day_axes_tick_whole_days_also_for_one_day() -> None:
     assert volume_figure(two_months).layout.xaxis.dtick == 6 * 86_400_000
 
 
+def test_the_rates_and_the_volume_span_the_range_picked_not_the_days_with_parts() -> None:
+    """With a month picked and reviews on three days of it, the rates' axis spanned those
+    three days (and the volume's the days with parts): the days around them, with nothing
+    reviewed, were not on the chart, and the two charts' days did not line up."""
+    first, last = date(2026, 3, 1), date(2026, 3, 30)
+    reviewed = [date(2026, 3, 10), date(2026, 3, 12), date(2026, 3, 20)]
+    figure = rates_figure([RateRow(10, 1, 20, 2, key=d) for d in reviewed], picked=(first, last))
+    around = [datetime(2026, 2, 28, 12), datetime(2026, 3, 30, 12)]
+    for axis in (figure.layout.xaxis, figure.layout.xaxis2):
+        assert list(axis.range) == around
+    traces = {trace.name: trace for trace in figure.data}
+    miss = traces["miss rate"]
+    assert miss.x == tuple(first + timedelta(days=n) for n in range(30))
+    assert [d for d, y in zip(miss.x, miss.y, strict=True) if y is not None] == reviewed
+    assert list(traces["miss rate p-bar"].x) == around  # p-bar across the whole range
+    volume = volume_figure([VolumeRow(d, 5, 2, 1) for d in reviewed], picked=(first, last))
+    assert list(volume.layout.xaxis.range) == around
+    # Nothing picked: the days of the rows, as before.
+    alone = rates_figure([RateRow(10, 1, 20, 2, key=reviewed[0])])
+    assert list(alone.layout.xaxis.range) == [datetime(2026, 3, 9, 12), datetime(2026, 3, 10, 12)]
+
+
+def test_history_rates_span_the_days_picked() -> None:
+    """The page's rates chart over the 30 days it opens on, not the three days with reviews."""
+    now = utcnow()
+    url = get_settings().resolved_database_url
+    _judged_parts(url, [(f"{n}.png", now - timedelta(days=n), []) for n in (3, 5, 12)])
+    with session_scope(url) as session:
+        session.add_all(
+            Review(part=part, kind=ReviewKind.GOOD_PART, reviewer="qa")
+            for part in session.scalars(select(Part))
+        )
+    at = _opened("history")
+    today = date.today()
+    expected = [
+        datetime.combine(today - timedelta(days=29), time()) - timedelta(hours=12),
+        datetime.combine(today, time()) + timedelta(hours=12),
+    ]
+    figures = _figures(at)
+    for title in ("", "Parts inspected per day"):  # (the rates' title is its panels')
+        shown = figures[title]["layout"]["xaxis"]["range"]
+        assert [datetime.fromisoformat(edge) for edge in shown] == expected, title
+
+
 def test_pareto_legend_leaves_the_share_axis_readable() -> None:
     """At the right, the legend lay over the cumulative-share axis: its 100% read "10"."""
     figure = pareto_figure([ParetoRow("scratch", 3, 0.75, 0.75), ParetoRow("spot", 1, 0.25, 1.0)])
@@ -2397,7 +2441,8 @@ def test_history_offers_a_class_reviewers_found_that_no_model_ever_called() -> N
     assert not at.exception, at.exception
     rates = next(f for f in _figures(at).values() if "miss rate" in json.dumps(f))
     misses = next(trace for trace in rates["data"] if trace["name"] == "miss rate")
-    assert misses["customdata"] == [[1, 1]]  # part a, missed
+    # Part a, missed (the other days of the range picked: nothing reviewed, gaps).
+    assert [counts for counts in misses["customdata"] if counts[1]] == [[1, 1]]
 
 
 def test_the_model_timeline_of_one_short_batch_spans_an_hour_not_milliseconds() -> None:

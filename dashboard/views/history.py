@@ -153,14 +153,14 @@ if filters.class_name is not None:
         "Pareto compares every class, this one in red."
     )
 if rate_rows:
-    st.plotly_chart(rates_figure(rate_rows, zone))
+    st.plotly_chart(rates_figure(rate_rows, zone, (start_day, end_day)))
     st.caption(rates_summary(rate_rows, reviewed))
 else:
     st.info(
         "No reviewed parts in this range: miss and false-call rates come from reviews (Review page)."
     )
 left, right = st.columns(2)
-left.plotly_chart(volume_figure(volume, zone))
+left.plotly_chart(volume_figure(volume, zone, (start_day, end_day)))
 left.caption(
     "Each part once, at its current verdict by the model picked (by default the model that "
     "judged it first, whatever judged it since): a blank frame or empty capture sent again is "
