@@ -778,6 +778,9 @@ def test_resume_takes_the_newest_interrupted_run_of_its_own_architecture(tmp_pat
     named = run("myrun", True, 50)
     assert _latest_run(tmp_path, ["d-defect-yolo-n"]) == wanted
     assert _latest_run(tmp_path, ["d-defect-yolo-n"], name="myrun") == named
+    # A name is the whole folder's: a newer interrupted myrun12 was taken for myrun's.
+    run("myrun12", True, 40)
+    assert _latest_run(tmp_path, ["d-defect-yolo-n"], name="myrun") == named
     with pytest.raises(UserError, match="no interrupted training of d-defect-yolo-s"):
         _latest_run(tmp_path, ["d-defect-yolo-s"])
     # `--resume` with no architecture looks at every one's runs (it looked at the default's).
