@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 import subprocess
@@ -570,6 +571,50 @@ def test_a_training_stopped_before_its_first_checkpoint_leaves_no_run_folder(
         said = capsys.readouterr().err
         assert "nothing to resume (its run folder stopped-early is removed)" in said
         assert not run.exists()
+
+
+@pytest.mark.parametrize(
+    ("event", "error"),
+    [
+        ("on_pretrain_routine_start", RuntimeError("reading the dataset failed")),  # (set-up)
+        ("on_pretrain_routine_end", RuntimeError("out of memory")),
+        ("on_pretrain_routine_end", OSError(errno.ENOSPC, "No space left on device")),
+    ],
+)
+def test_a_training_that_fails_before_its_first_checkpoint_leaves_no_run_folder(
+    trained: Trained, monkeypatch: pytest.MonkeyPatch, event: str, error: Exception
+) -> None:
+    """A run that failed (not stopped) before its first checkpoint kept its folder of
+    arguments and an empty weights/, as a stopped one no longer did: the same --name next made
+    NAME2. It is removed as a stopped one's is, and the job is marked failed."""
+    from sqlalchemy import select
+
+    from db.models import JobStatus, TrainingJob
+    from training.train_detector import TrainRequest, train_detector
+
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
+    get_settings.cache_clear()
+
+    def fail(trainer) -> None:  # type: ignore[no-untyped-def]
+        raise error
+
+    runs = trained.data_dir / "runs" / "detect"
+    request = TrainRequest(
+        data="synth",
+        architecture="defect-yolo-n-plain",
+        epochs=1,
+        imgsz=64,
+        batch=4,
+        name="failed-early",
+    )
+    with pytest.raises((RuntimeError, UserError)) as raised:
+        train_detector(request, url=trained.url, callbacks={event: fail})
+    if isinstance(error, OSError):  # (a full disk is said in one line, with what was kept)
+        assert "the folder, with no checkpoint yet, is removed" in str(raised.value)
+    assert not list(runs.glob("failed-early*"))
+    with session_scope(trained.url) as session:
+        job = session.scalars(select(TrainingJob).order_by(TrainingJob.id.desc())).first()
+        assert job is not None and job.status == JobStatus.FAILED
 
 
 def test_a_stopped_training_says_so_once_and_exits_130_as_a_stopped_batch_does(

@@ -484,18 +484,34 @@ def _resume_hint(request: TrainRequest, architecture: str, model: Any) -> str:
     return f"stopped; resume with `{command}`"
 
 
-def _remove_run_without_checkpoint(model: Any) -> bool:
-    """Removes a new run's folder stopped before its first checkpoint (its arguments, lineage
-    and an empty weights/): nothing resumes it, and kept, the same `--name` next made NAME2,
-    named in the next stop's resume hint. Whether it was removed."""
+def _new_run_folder(folders: list[Path]) -> dict[str, Callable[[Any], None]]:
+    """Notes in `folders` the new run's folder as ultralytics makes it: a run that fails while
+    its trainer is set up (reading the dataset) has no `model.trainer` to name it."""
+
+    def on_pretrain_routine_start(trainer) -> None:  # type: ignore[no-untyped-def]
+        folders[:] = [Path(trainer.save_dir)]
+
+    return {"on_pretrain_routine_start": on_pretrain_routine_start}
+
+
+def _remove_run_without_checkpoint(folders: list[Path], model: Any) -> Path | None:
+    """Removes a new run's folder stopped or failed before its first checkpoint (its arguments,
+    lineage and an empty weights/): nothing resumes it, and kept, the same `--name` next made
+    NAME-2, named in the next stop's resume hint. The folder removed, if one was.
+
+    `folders` as `_new_run_folder` noted it, else the trainer's (on several GPUs the trainer
+    that makes the folder runs no such callback)."""
     trainer = getattr(model, "trainer", None)
-    if trainer is None:
-        return False
-    run = Path(trainer.save_dir)
+    if folders:
+        run = folders[0]
+    elif trainer is not None:
+        run = Path(trainer.save_dir)
+    else:
+        return None
     if not run.is_dir() or any((run / "weights").glob("*.pt")):
-        return False
+        return None
     shutil.rmtree(run, ignore_errors=True)
-    return not run.exists()
+    return None if run.exists() else run
 
 
 def _interrupted(last: Path) -> bool:
@@ -519,21 +535,28 @@ def _interrupted(last: Path) -> bool:
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
-def _run_folder_full(exc: BaseException, model: Any, runs_dir: Path) -> UserError | None:
-    """A full disk under the run's folder, said in one line with the folder and what was kept:
-    ultralytics writes each epoch's checkpoint there with no word of where, and the training
-    stopped with the system's bare "[Errno 28] No space left on device". None for any other
-    error."""
+def _run_folder_full(
+    exc: BaseException, model: Any, runs_dir: Path, removed: bool = False
+) -> UserError | None:
+    """A full disk under the run's folder, said in one line with the folder and what was kept
+    (`removed`: the folder, with no checkpoint yet, is gone): ultralytics writes each epoch's
+    checkpoint there with no word of where, and the training stopped with the system's bare
+    "[Errno 28] No space left on device". None for any other error."""
     if not isinstance(exc, OSError) or exc.errno not in DISK_FULL:
         return None
     trainer = getattr(model, "trainer", None)
     folder = Path(trainer.save_dir) if trainer is not None else runs_dir
     where = f"{exc.filename} in " if exc.filename else ""
+    kept = (
+        "the folder, with no checkpoint yet, is removed"
+        if removed
+        else "the folder is kept, its last checkpoint perhaps cut short (its --resume is then "
+        "refused)"
+    )
     return UserError(
         f"cannot write {where}the training run's folder {folder}: {exc.strerror or exc}; "
-        "nothing is registered and the training job is marked failed; the folder is kept, its "
-        "last checkpoint perhaps cut short (its --resume is then refused): free space there "
-        "and train again"
+        f"nothing is registered and the training job is marked failed; {kept}: free space "
+        "there and train again"
     )
 
 
@@ -657,6 +680,7 @@ def train_detector(
         ),
     }
     cut: list[tuple[int, int]] = []  # the first epoch's batches trained, of all, if cut
+    new_run: list[Path] = []  # a new run's folder, once made
     model = resumed
     try:
         if resumed is not None:
@@ -673,7 +697,9 @@ def train_detector(
                 extend_classes(model, class_names)  # (a dataset that adds classes)
             else:
                 model = build_detector(architecture, class_names)
-            _add_callbacks(model, events, _first_epoch_cut_short(cut), callbacks)
+            _add_callbacks(
+                model, _new_run_folder(new_run), events, _first_epoch_cut_short(cut), callbacks
+            )
             run_name = request.name or f"{prefix}-{datetime.now():%Y%m%d-%H%M%S}"
             model.train(
                 data=str(data_path),
@@ -763,12 +789,15 @@ def train_detector(
             job.result_model_version_id = version.id
             return version.id
     except BaseException as exc:
-        full = _run_folder_full(exc, model, runs_dir)
+        # (A failed run's folder was kept as a stopped one's was not: the same --name next
+        # made NAME-2.)
+        removed = _remove_run_without_checkpoint(new_run, model) if resumed is None else None
+        full = _run_folder_full(exc, model, runs_dir, removed is not None)
         record_job_end(url, job_id, full or exc)
         if isinstance(exc, KeyboardInterrupt):  # (SIGTERM too: the CLI raises it for one)
             hint = _resume_hint(request, architecture, model)
-            if resumed is None and _remove_run_without_checkpoint(model):
-                hint += f" (its run folder {Path(model.trainer.save_dir).name} is removed)"
+            if removed is not None:
+                hint += f" (its run folder {removed.name} is removed)"
             print(hint, file=sys.stderr)
             raise Stopped from exc  # (said: the command line adds no "interrupted")
         if full is not None:
