@@ -555,13 +555,100 @@ def test_model_names_are_listed_whole_at_80_columns_and_as_json(tmp_path: Path) 
     # Times are stored in UTC, and the list says so (a reader on local time took them for his).
     assert "(UTC)" in listed.stdout
     as_json = _cli(["models", "list", "--json"], tmp_path / "data")
-    rows = json.loads(as_json.stdout)
+    rows = json.loads(as_json.stdout)["versions"]
     assert [row["name"] for row in rows] == names[::-1]  # newest first
     assert rows[0]["stage"] == "production" and rows[0]["map50"] == 0.5
     assert rows[0]["val_map50"] == 0.625
     assert rows[0]["created_at"].endswith("Z")
     assert rows[0]["teacher"] == names[0] and rows[1]["teacher"] is None
     assert rows[0]["notes"] == "distilled with cwd" and rows[0]["dataset"] is None
+
+
+def test_models_list_gives_the_training_jobs_in_its_json_and_its_table(tmp_path: Path) -> None:
+    """The training jobs (running, failed, stopped) were shown on the Models page alone:
+    `models list --json` gave the versions only, and a script on a station without the
+    dashboard could not tell a training had failed. A running job whose process is gone is
+    said failed, as the page says it."""
+    import json
+    from datetime import datetime
+
+    from db.migrate import upgrade
+    from db.models import JobStatus, ModelKind, ModelVersion, TrainingJob
+    from db.session import session_scope
+    from inspection.settings import get_settings
+
+    url = get_settings().resolved_database_url
+    upgrade(url)
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], text=True, capture_output=True
+    ).stdout.strip()
+    with session_scope(url) as session:
+        version = ModelVersion(
+            name="trained-one",
+            kind=ModelKind.DETECTOR,
+            architecture="defect-yolo-n",
+            file_path="x.pt",
+            sha256="0" * 64,
+        )
+        session.add(version)
+        session.flush()
+        session.add_all(
+            [
+                TrainingJob(
+                    kind="train-detector",
+                    status=JobStatus.SUCCEEDED,
+                    params={"data": "parts"},
+                    progress=1.0,
+                    result_model_version_id=version.id,
+                    created_at=datetime(2026, 11, 27, 10, 0),
+                ),
+                TrainingJob(
+                    kind="train-classifier",
+                    status=JobStatus.FAILED,
+                    params={"data": "parts"},
+                    error="RuntimeError: out of memory",
+                    created_at=datetime(2026, 11, 27, 11, 0),
+                ),
+                TrainingJob(  # its process was killed outright
+                    kind="distill-detector",
+                    status=JobStatus.RUNNING,
+                    params={"data": "parts"},
+                    pid=int(gone),
+                    created_at=datetime(2026, 11, 27, 12, 0),
+                ),
+            ]
+        )
+    jobs = json.loads(_cli(["models", "list", "--json"], tmp_path / "data").stdout)
+    jobs = jobs["training_jobs"]
+    assert [(j["kind"], j["status"]) for j in jobs] == [
+        ("distill-detector", "failed"),
+        ("train-classifier", "failed"),
+        ("train-detector", "succeeded"),
+    ]
+    assert jobs[0]["error"].startswith("its process ended without finishing")
+    assert jobs[1]["error"] == "RuntimeError: out of memory"
+    assert jobs[2]["model_version"] == "trained-one" and jobs[2]["dataset"] == "parts"
+    assert jobs[2]["created_at"] == "2026-11-27T10:00:00Z" and jobs[2]["progress"] == 1.0
+    assert set(jobs[0]) == {
+        "id",
+        "kind",
+        "status",
+        "progress",
+        "dataset",
+        "model_version",
+        "error",
+        "host",
+        "pid",
+        "created_at",
+        "finished_at",
+    }
+    classifiers = _cli(["models", "list", "--kind", "classifier", "--json"], tmp_path / "data")
+    assert [j["kind"] for j in json.loads(classifiers.stdout)["training_jobs"]] == [
+        "train-classifier"
+    ]
+    # The table says them too, a failed job with its reason.
+    listed = _cli(["models", "list"], tmp_path / "data").stdout
+    assert "training jobs" in listed and "out of memory" in listed and "distill-detector" in listed
 
 
 def test_models_help_names_every_subcommand() -> None:

@@ -106,18 +106,23 @@ def models_list(
     kind: Annotated[ModelKind | None, typer.Option(help="Only this kind.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Model versions, newest first, with their stage and key metrics."""
+    """Model versions, newest first, with their stage and key metrics; the latest training jobs."""
     import json
 
     from sqlalchemy import select
 
+    from training.jobs import recent_jobs
+
     url = migrated_database_url()
+    # (Jobs were shown on the Models page alone: a training running, failed or stopped from a
+    # shell or a service was not to be seen without the dashboard.)
+    jobs = recent_jobs(url, kind.value if kind is not None else None)
     with session_scope(url) as session:
         query = select(ModelVersion).order_by(ModelVersion.created_at.desc())
         if kind is not None:
             query = query.where(ModelVersion.kind == kind)
         versions = session.scalars(query).all()
-        if as_json:  # (an empty list too: a script reads no sentence)
+        if as_json:  # (empty lists too: a script reads no sentence)
             rows = [
                 {
                     "id": v.id,
@@ -138,7 +143,7 @@ def models_list(
                 }
                 for v in versions
             ]
-            print(json.dumps(rows, indent=2))
+            print(json.dumps({"versions": rows, "training_jobs": jobs}, indent=2))
             return
         if not versions:
             # (Said of the kind asked for: `--kind classifier` beside a production detector
@@ -151,35 +156,51 @@ def models_list(
             console.print(
                 f"no {what} versions yet in {redact(url)}: train one with {how}", markup=False
             )
-            return
-        # (Test figures come from `evaluate`; until then only training's val mAP50 is known,
-        # and the list showed "-" after a training that had just printed it.)
-        headers = (
-            "id",
-            "name",
-            "kind",
-            "architecture",
-            "stage",
-            "mAP50",
-            "val mAP50",
-            "miss rate",
-            "created (UTC)",  # (stored in UTC; a station on local time read it as its own)
-        )
-        rows_shown = [
-            (
-                str(v.id),
-                v.name,
-                v.kind.value,
-                v.architecture,
-                v.stage.value,
-                _fmt((v.metrics or {}).get("map50")),
-                _fmt((v.metrics or {}).get("val_map50")),
-                _fmt((v.metrics or {}).get("miss_rate")),
-                v.created_at.strftime("%Y-%m-%d %H:%M"),
+        else:
+            # (Test figures come from `evaluate`; until then only training's val mAP50 is
+            # known, and the list showed "-" after a training that had just printed it.)
+            headers = (
+                "id",
+                "name",
+                "kind",
+                "architecture",
+                "stage",
+                "mAP50",
+                "val mAP50",
+                "miss rate",
+                "created (UTC)",  # (stored in UTC; a station on local time read it as its own)
             )
-            for v in versions
+            rows_shown = [
+                (
+                    str(v.id),
+                    v.name,
+                    v.kind.value,
+                    v.architecture,
+                    v.stage.value,
+                    _fmt((v.metrics or {}).get("map50")),
+                    _fmt((v.metrics or {}).get("val_map50")),
+                    _fmt((v.metrics or {}).get("miss_rate")),
+                    v.created_at.strftime("%Y-%m-%d %H:%M"),
+                )
+                for v in versions
+            ]
+            _print_unbroken(Table(*headers), rows_shown, whole=(1, 3))
+    if jobs:  # (a first training, running, has no version yet: its job is shown all the same)
+        job_headers = ("job", "kind", "status", "progress", "dataset", "result", "created (UTC)")
+        job_rows = [
+            (
+                str(job["id"]),
+                job["kind"],
+                # (The reason's first line: ultralytics' errors run on over several.)
+                job["status"] + (f": {job['error'].splitlines()[0]}" if job["error"] else ""),
+                f"{job['progress']:.0%}",
+                job["dataset"] or "-",
+                job["model_version"] or "-",
+                job["created_at"].replace("T", " ")[:16],
+            )
+            for job in jobs
         ]
-    _print_unbroken(Table(*headers), rows_shown, whole=(1, 3))
+        _print_unbroken(Table(*job_headers, title="training jobs"), job_rows, whole=(1, 5))
 
 
 def _print_unbroken(table: Table, rows: list[tuple[str, ...]], whole: tuple[int, ...]) -> None:

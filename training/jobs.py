@@ -8,6 +8,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -16,6 +17,7 @@ from db.session import session_scope
 from inspection.settings import get_settings
 
 ROOT = Path(__file__).resolve().parents[1]
+RECENT_JOBS = 10  # the training jobs the Models page and `defects models list` show, newest first
 
 
 def detector_training_command(
@@ -156,9 +158,52 @@ def mark_ended(url: str, job_id: int) -> None:
     with session_scope(url) as session:
         job = session.get(TrainingJob, job_id)
         if job is not None and job.status == JobStatus.RUNNING:
-            job.status = JobStatus.FAILED
-            job.error = "its process ended without finishing (killed, or the machine stopped)"
-            job.finished_at = utcnow()
+            _mark_ended(job)
+
+
+def _mark_ended(job: TrainingJob) -> None:
+    job.status = JobStatus.FAILED
+    job.error = "its process ended without finishing (killed, or the machine stopped)"
+    job.finished_at = utcnow()
+
+
+def recent_jobs(url: str, kind: str | None = None) -> list[dict[str, Any]]:
+    """The newest training jobs (of `kind`, a model kind: "detector" or "classifier") as
+    `defects models list` shows them, newest first: a running job whose process is gone is
+    marked failed first, as the Models page does."""
+    from sqlalchemy import select
+
+    query = select(TrainingJob).order_by(TrainingJob.created_at.desc(), TrainingJob.id.desc())
+    if kind is not None:
+        query = query.where(TrainingJob.kind.endswith(f"-{kind}"))
+    with session_scope(url) as session:
+        jobs = session.scalars(query.limit(RECENT_JOBS)).all()
+        for job in jobs:
+            running = job.status == JobStatus.RUNNING
+            if running and job_alive(job.pid, job.host, job.created_at, job.process_start) is False:
+                _mark_ended(job)
+        return [
+            {
+                "id": job.id,
+                "kind": job.kind,
+                "status": job.status.value,
+                "progress": job.progress,
+                "dataset": (job.params or {}).get("data"),
+                "model_version": (
+                    job.result_model_version.name if job.result_model_version else None
+                ),
+                "error": job.error,
+                "host": job.host,
+                "pid": job.pid,
+                "created_at": _utc(job.created_at),
+                "finished_at": _utc(job.finished_at),
+            }
+            for job in jobs
+        ]
+
+
+def _utc(moment: datetime | None) -> str | None:
+    return moment.isoformat(timespec="seconds") + "Z" if moment is not None else None
 
 
 def log_tail(log: Path, lines: int = 8) -> str:

@@ -27,6 +27,7 @@ from inspection.errors import UserError
 from training.backtest import backtest, recorded_rates
 from training.datasets import check_trainable, dataset_yaml
 from training.jobs import (
+    RECENT_JOBS,
     job_alive,
     log_tail,
     mark_ended,
@@ -96,7 +97,7 @@ with session_scope(state.url) as session:
     ]
     datasets = list(session.scalars(select(Dataset.name).order_by(Dataset.name)))
     jobs = session.scalars(
-        select(TrainingJob).order_by(TrainingJob.created_at.desc()).limit(10)
+        select(TrainingJob).order_by(TrainingJob.created_at.desc()).limit(RECENT_JOBS)
     ).all()
     job_rows = [
         JobRow(
