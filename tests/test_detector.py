@@ -843,6 +843,20 @@ def test_resume_takes_the_newest_interrupted_run_of_its_own_architecture(tmp_pat
         _latest_run(tmp_path, ["d-defect-yolo-n"])
 
 
+def test_resume_alone_finds_a_run_numbered_for_a_name_taken(tmp_path: Path) -> None:
+    """Two trainings started in the same second: ultralytics names the second run's folder
+    PREFIX-YYYYMMDD-HHMMSS-2, which `--resume` alone did not look at ("no interrupted
+    training")."""
+    from training.train_detector import _latest_run
+
+    for name in ("d-defect-yolo-n-20261126-100000", "d-defect-yolo-n-20261126-100000-2"):
+        last = tmp_path / name / "weights" / "last.pt"
+        last.parent.mkdir(parents=True)
+        finished = not name.endswith("-2")
+        torch.save({"epoch": -1 if finished else 3, "optimizer": None if finished else {}}, last)
+    assert _latest_run(tmp_path, ["d-defect-yolo-n"]).name == "d-defect-yolo-n-20261126-100000-2"
+
+
 def test_an_export_for_another_size_leaves_the_stations_onnx_file_alone(
     trained: Trained, tmp_path: Path
 ) -> None:

@@ -390,14 +390,17 @@ def _latest_run(
     """The newest interrupted run of this dataset and one of these architectures (or the run
     named `name`) with this teacher (None: trained alone).
 
-    Runs are named PREFIX-YYYYMMDD-HHMMSS (ultralytics adds a number to a name taken): a
+    Runs are named PREFIX-YYYYMMDD-HHMMSS (ultralytics adds -N to a name taken): a
     pattern of PREFIX-* also took defect-yolo-n-plain's runs for defect-yolo-n's. A `name` is
-    the folder's whole name (a stop's hint names NAME2 where ultralytics made one): NAME and
+    the folder's whole name (a stop's hint names NAME-2 where ultralytics made one): NAME and
     any digits took a newer run12 for run1. And a distillation resumed by `train detector
     --resume` went on without its teacher on record, a plain run resumed by `distill detector
     --resume` was recorded as distilled."""
     any_prefix = "|".join(re.escape(prefix) for prefix in prefixes)
-    own = re.compile(re.escape(name) if name else f"(?:{any_prefix})" + r"-\d{8}-\d{6}\d*")
+    # (ultralytics numbers a taken name NAME-2, once NAME2: a run started in the same second as
+    # another was left out of `--resume` alone.)
+    stamp = r"-\d{8}-\d{6}(?:-?\d+)?"
+    own = re.compile(re.escape(name) if name else f"(?:{any_prefix})" + stamp)
     newest_first = sorted(
         (
             p
