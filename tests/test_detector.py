@@ -1109,6 +1109,36 @@ def test_a_resume_of_a_run_whose_checkpoint_a_full_disk_cut_short_is_refused_in_
     assert f"checkpoint {last} cannot be read" in said and "without --resume" in said
 
 
+def test_a_dataset_whose_val_images_were_deleted_is_refused_in_one_line_before_a_job(
+    tmp_path: Path,
+) -> None:
+    """A split folder deleted since the import (its counts still in the database) stopped
+    `train detector` in ultralytics' traceback ("images not found, missing path"), with a failed
+    job behind it and, until then, a run folder."""
+    from sqlalchemy import func, select
+
+    from db.migrate import upgrade
+    from db.models import TrainingJob
+    from tests.conftest import import_synthetic
+    from training.cli import app
+
+    get_settings.cache_clear()
+    url = get_settings().resolved_database_url
+    upgrade(url)
+    import_synthetic(url, tmp_path, n=8)
+    val = get_settings().datasets_dir / "synth" / "images" / "val"
+    shutil.rmtree(val)
+    result = CliRunner().invoke(
+        app,
+        ["train", "detector", "--data", "synth", "--model", "defect-yolo-n-plain", "--epochs", "1"]
+        + ["--imgsz", "64"],
+    )
+    assert result.exit_code == 1 and isinstance(result.exception, UserError), result.exception
+    assert str(result.exception).startswith(f"dataset 'synth' has no val images in {val} ")
+    with session_scope(url) as session:
+        assert session.scalar(select(func.count()).select_from(TrainingJob)) == 0
+
+
 @pytest.mark.parametrize("command", ["train", "distill"])
 def test_a_damaged_base_is_refused_before_a_job(
     trained: Trained, monkeypatch: pytest.MonkeyPatch, command: str

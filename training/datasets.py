@@ -2128,6 +2128,20 @@ def check_trainable(dataset: Dataset) -> None:
         )
 
 
+def check_split_images(root: Path, name: str) -> None:
+    """A detector trains on the train and val images on disk, which `check_trainable`'s counts
+    of the import do not see: a split folder deleted or emptied since stopped the training in
+    ultralytics' traceback ("images not found"), with a failed job behind it."""
+    for split in ("train", "val"):
+        folder = root / "images" / split
+        if not folder.is_dir() or not split_image_paths(root, split):
+            raise UserError(
+                f"dataset {name!r} has no {split} images in {folder} (deleted or moved since "
+                "it was imported): import it again with --replace (an export of reviews: "
+                "export it again)"
+            )
+
+
 def dataset_yaml(session: Session, name: str) -> tuple[Dataset, Path]:
     """The registered dataset and its ultralytics data.yaml."""
     dataset = session.scalars(select(Dataset).where(Dataset.name == name)).first()

@@ -38,7 +38,13 @@ from inspection.errors import Stopped, UserError, first_sentence
 from inspection.images import allow_pixels_up_to, max_pixels
 from inspection.settings import get_settings
 from inspection.tiling import CHECKPOINT_KEY, TileSpec
-from training.datasets import check_folder_name, check_trainable, dataset_tile, dataset_yaml
+from training.datasets import (
+    check_folder_name,
+    check_split_images,
+    check_trainable,
+    dataset_tile,
+    dataset_yaml,
+)
 from training.jobs import process_start, record_job_end, this_host
 from training.versions import register_model_version, weights_file
 
@@ -597,6 +603,7 @@ def train_detector(
     with session_scope(url) as session:
         dataset, data_path = dataset_yaml(session, request.data)
         check_trainable(dataset)
+        check_split_images(data_path.parent, request.data)
         tile = dataset_tile(data_path.parent)
         imgsz = training_size(request.imgsz, tile)
         class_names = list(dataset.classes)
