@@ -555,7 +555,7 @@ def test_model_names_are_listed_whole_at_80_columns_and_as_json(tmp_path: Path) 
     # Times are stored in UTC, and the list says so (a reader on local time took them for his).
     assert "(UTC)" in listed.stdout
     as_json = _cli(["models", "list", "--json"], tmp_path / "data")
-    rows = json.loads(as_json.stdout)["versions"]
+    rows = json.loads(as_json.stdout)  # (a list, as scripts have read it from the start)
     assert [row["name"] for row in rows] == names[::-1]  # newest first
     assert rows[0]["stage"] == "production" and rows[0]["map50"] == 0.5
     assert rows[0]["val_map50"] == 0.625
@@ -564,10 +564,12 @@ def test_model_names_are_listed_whole_at_80_columns_and_as_json(tmp_path: Path) 
     assert rows[0]["notes"] == "distilled with cwd" and rows[0]["dataset"] is None
 
 
-def test_models_list_gives_the_training_jobs_in_its_json_and_its_table(tmp_path: Path) -> None:
+def test_models_jobs_gives_the_training_jobs_in_json_and_models_list_in_its_table(
+    tmp_path: Path,
+) -> None:
     """The training jobs (running, failed, stopped) were shown on the Models page alone:
-    `models list --json` gave the versions only, and a script on a station without the
-    dashboard could not tell a training had failed. A running job whose process is gone is
+    nothing on the command line said them, and a script on a station without the dashboard
+    could not tell a training had failed. A running job whose process is gone is
     said failed, as the page says it."""
     import json
     from datetime import datetime
@@ -618,8 +620,7 @@ def test_models_list_gives_the_training_jobs_in_its_json_and_its_table(tmp_path:
                 ),
             ]
         )
-    jobs = json.loads(_cli(["models", "list", "--json"], tmp_path / "data").stdout)
-    jobs = jobs["training_jobs"]
+    jobs = json.loads(_cli(["models", "jobs", "--json"], tmp_path / "data").stdout)
     assert [(j["kind"], j["status"]) for j in jobs] == [
         ("distill-detector", "failed"),
         ("train-classifier", "failed"),
@@ -642,13 +643,13 @@ def test_models_list_gives_the_training_jobs_in_its_json_and_its_table(tmp_path:
         "created_at",
         "finished_at",
     }
-    classifiers = _cli(["models", "list", "--kind", "classifier", "--json"], tmp_path / "data")
-    assert [j["kind"] for j in json.loads(classifiers.stdout)["training_jobs"]] == [
-        "train-classifier"
-    ]
-    # The table says them too, a failed job with its reason.
-    listed = _cli(["models", "list"], tmp_path / "data").stdout
-    assert "training jobs" in listed and "out of memory" in listed and "distill-detector" in listed
+    classifiers = _cli(["models", "jobs", "--kind", "classifier", "--json"], tmp_path / "data")
+    assert [j["kind"] for j in json.loads(classifiers.stdout)] == ["train-classifier"]
+    # The tables say them too, a failed job with its reason, also under the versions.
+    for command in (["models", "jobs"], ["models", "list"]):
+        listed = _cli(command, tmp_path / "data").stdout
+        assert "out of memory" in listed and "distill-detector" in listed, listed
+    assert "training jobs" in listed
 
 
 def test_models_help_names_every_subcommand() -> None:
@@ -656,7 +657,7 @@ def test_models_help_names_every_subcommand() -> None:
     assert "list, promote, roll back, archive; install the demo model" in " ".join(
         result.output.split()
     )
-    for command in ("list", "promote", "rollback", "archive", "install-demo"):
+    for command in ("list", "jobs", "promote", "rollback", "archive", "install-demo"):
         assert command in result.output
 
 

@@ -13,7 +13,7 @@ import signal
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -51,7 +51,7 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="The inspection database.", no_args_is_help=True)
 models_app = typer.Typer(
-    help="Model versions: list, promote, roll back, archive; install the demo model.",
+    help="Model versions: list, promote, roll back, archive; install the demo model; jobs.",
     no_args_is_help=True,
 )
 train_app = typer.Typer(help="Train models on an imported dataset.", no_args_is_help=True)
@@ -143,7 +143,9 @@ def models_list(
                 }
                 for v in versions
             ]
-            print(json.dumps({"versions": rows, "training_jobs": jobs}, indent=2))
+            # (A list, as from the first release: scripts read it so. The jobs are in
+            # `models jobs --json`.)
+            print(json.dumps(rows, indent=2))
             return
         if not versions:
             # (Said of the kind asked for: `--kind classifier` beside a production detector
@@ -186,21 +188,45 @@ def models_list(
             ]
             _print_unbroken(Table(*headers), rows_shown, whole=(1, 3))
     if jobs:  # (a first training, running, has no version yet: its job is shown all the same)
-        job_headers = ("job", "kind", "status", "progress", "dataset", "result", "created (UTC)")
-        job_rows = [
-            (
-                str(job["id"]),
-                job["kind"],
-                # (The reason's first line: ultralytics' errors run on over several.)
-                job["status"] + (f": {job['error'].splitlines()[0]}" if job["error"] else ""),
-                f"{job['progress']:.0%}",
-                job["dataset"] or "-",
-                job["model_version"] or "-",
-                job["created_at"].replace("T", " ")[:16],
-            )
-            for job in jobs
-        ]
-        _print_unbroken(Table(*job_headers, title="training jobs"), job_rows, whole=(1, 5))
+        _print_jobs(jobs)
+
+
+@models_app.command("jobs")
+def models_jobs(
+    kind: Annotated[ModelKind | None, typer.Option(help="Only this kind.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """The latest training jobs, newest first, as the Models page shows them."""
+    import json
+
+    from training.jobs import recent_jobs
+
+    url = migrated_database_url()
+    jobs = recent_jobs(url, kind.value if kind is not None else None)
+    if as_json:  # (an empty list too: a script reads no sentence)
+        print(json.dumps(jobs, indent=2))
+    elif jobs:
+        _print_jobs(jobs)
+    else:
+        console.print(f"no training jobs yet in {redact(url)}", markup=False)
+
+
+def _print_jobs(jobs: list[dict[str, Any]]) -> None:
+    job_headers = ("job", "kind", "status", "progress", "dataset", "result", "created (UTC)")
+    job_rows = [
+        (
+            str(job["id"]),
+            job["kind"],
+            # (The reason's first line: ultralytics' errors run on over several.)
+            job["status"] + (f": {job['error'].splitlines()[0]}" if job["error"] else ""),
+            f"{job['progress']:.0%}",
+            job["dataset"] or "-",
+            job["model_version"] or "-",
+            job["created_at"].replace("T", " ")[:16],
+        )
+        for job in jobs
+    ]
+    _print_unbroken(Table(*job_headers, title="training jobs"), job_rows, whole=(1, 5))
 
 
 def _print_unbroken(table: Table, rows: list[tuple[str, ...]], whole: tuple[int, ...]) -> None:
