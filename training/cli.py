@@ -51,7 +51,7 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="The inspection database.", no_args_is_help=True)
 models_app = typer.Typer(
-    help="Model versions: list, promote, roll back, archive; install the demo model; jobs.",
+    help="Model versions: list, promote, roll back, archive; install the demo model. Training jobs: jobs.",
     no_args_is_help=True,
 )
 train_app = typer.Typer(help="Train models on an imported dataset.", no_args_is_help=True)
