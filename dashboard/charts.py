@@ -14,6 +14,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from dashboard.drawing import CLASS_COLOURS, Colour, hex_colour, text_colour
 from dashboard.text import chart
 from db.queries import (
     LatencyHistogram,
@@ -464,10 +465,9 @@ class ShownBox:
     y2: float
     counted: bool
     missed: bool = False  # added by a reviewer, not found by the model
+    colour: Colour = CLASS_COLOURS[0]  # its class's (drawing.class_colour), as Inspect draws it
 
 
-# Box colours of the Review page, as the Inspect page draws them (dashboard.drawing).
-_COUNTED_BOX, _BELOW_BOX, _MISSED_BOX = "#dc1e1e", "#f0aa00", "#1e78e6"
 LABEL_PX = 24  # screen pixels a box's label needs above the box
 NARROWEST_PX = 600  # the narrowest the Review page's image column is drawn (3/5 of the page)
 
@@ -529,14 +529,16 @@ def review_figure(pixels_rgb, boxes: list[ShownBox]) -> go.Figure:  # type: igno
     # drawn above the figure, cut off, and the boxes could not be told apart.
     label_height = LABEL_PX / min(figure_height / height, NARROWEST_PX / width)
     for box in boxes:
-        colour = _MISSED_BOX if box.missed else _COUNTED_BOX if box.counted else _BELOW_BOX
+        colour = hex_colour(box.colour)
+        # (Below its threshold dashed, as Inspect draws it; a reviewer's missed defect dotted.)
+        dash = "dot" if box.missed else "solid" if box.counted else "dash"
         figure.add_shape(
             type="rect",
             x0=box.x1,
             y0=box.y1,
             x1=box.x2,
             y1=box.y2,
-            line={"color": colour, "width": 2},
+            line={"color": colour, "width": 2, "dash": dash},
         )
         figure.add_annotation(
             x=box.x1,
@@ -545,7 +547,7 @@ def review_figure(pixels_rgb, boxes: list[ShownBox]) -> go.Figure:  # type: igno
             showarrow=False,
             xanchor="left",
             yanchor="bottom" if box.y1 >= label_height else "top",  # inside the box at the top
-            font={"color": "white", "size": 11},
+            font={"color": hex_colour(text_colour(box.colour)), "size": 11},
             bgcolor=colour,
         )
     figure.update_xaxes(visible=False, range=[0, width])

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import zlib
 from bisect import insort
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,13 +12,52 @@ from PIL import Image, ImageDraw, ImageFont
 
 from db.models import Prediction
 
-COUNTED = (220, 30, 30)
-NOT_COUNTED = (240, 170, 0)
-MISSED = (30, 120, 230)
+Colour = tuple[int, int, int]
+# Each defect class in a colour of its own, from Okabe and Ito's palette, told apart with any
+# colour vision (every box was red, whatever its class). Black is left out: unseen on dark
+# parts. A box below its class threshold is dashed, in its class's colour.
+CLASS_COLOURS: tuple[Colour, ...] = (
+    (230, 159, 0),  # orange
+    (86, 180, 233),  # sky blue
+    (0, 158, 115),  # bluish green
+    (240, 228, 66),  # yellow
+    (0, 114, 178),  # blue
+    (213, 94, 0),  # vermillion
+    (204, 121, 167),  # reddish purple
+)
+DASH_PX = 6  # a dashed outline's dash (and gap) on a drawing LABELLED_SIDE across
 SHOWN_LONGEST = 2048  # the longest side a part is drawn at: larger ones are shrunk to it
 GROWN_SIDE = 1024  # the longest side an image is grown to, so that thin defects stay visible
 LABELLED_SIDE = 900  # about the width a page shows a drawing at (1400 px screen): labels fit it
 LABEL_PX = 12  # a label's font size on a drawing LABELLED_SIDE across
+
+
+def class_colour(class_name: str, classes: Sequence[str] = ()) -> Colour:
+    """A class's colour: by its place in the detector's classes (`classes`), which retraining
+    keeps (new classes come after), so that a class is drawn alike on every part and page; a
+    class not among them (a reviewer's new one) by its name alone."""
+    index = list(classes).index(class_name) if class_name in classes else None
+    if index is None:
+        index = zlib.crc32(class_name.encode("utf-8"))
+    return CLASS_COLOURS[index % len(CLASS_COLOURS)]
+
+
+def _luminance(colour: Colour) -> float:
+    """WCAG's relative luminance of an sRGB colour."""
+    srgb = [c / 255 for c in colour]
+    linear = [v / 12.92 if v <= 0.04045 else ((v + 0.055) / 1.055) ** 2.4 for v in srgb]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def text_colour(background: Colour) -> Colour:
+    """Black or white, whichever contrasts more with a label's `background` (white on the
+    palette's yellow or sky blue could not be read)."""
+    light = _luminance(background)
+    return (0, 0, 0) if (light + 0.05) / 0.05 >= 1.05 / (light + 0.05) else (255, 255, 255)
+
+
+def hex_colour(colour: Colour) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*colour)
 
 
 @dataclass(frozen=True)
@@ -27,12 +67,16 @@ class DrawnBox:
     y1: float
     x2: float
     y2: float
-    colour: tuple[int, int, int] = COUNTED
+    colour: Colour = CLASS_COLOURS[0]
+    counted: bool = True  # (False: below its class threshold, drawn dashed)
     confidence: float | None = None  # (a prediction's; None for a box a reviewer drew)
 
 
-def prediction_boxes(predictions: Iterable[Prediction]) -> list[DrawnBox]:
-    """A verdict's boxes as drawn: those below their class threshold in another colour."""
+def prediction_boxes(
+    predictions: Iterable[Prediction], classes: Sequence[str] = ()
+) -> list[DrawnBox]:
+    """A verdict's boxes as drawn, each in its class's colour (`class_colour`), those below
+    their class threshold dashed."""
     return [
         DrawnBox(
             f"{p.class_name} {p.confidence:.2f}",
@@ -40,7 +84,8 @@ def prediction_boxes(predictions: Iterable[Prediction]) -> list[DrawnBox]:
             p.y1,
             p.x2,
             p.y2,
-            COUNTED if p.counted else NOT_COUNTED,
+            class_colour(p.class_name, classes),
+            p.counted,
             p.confidence,
         )
         for p in predictions
@@ -75,8 +120,12 @@ def draw_boxes(pixels: np.ndarray, boxes: Iterable[DrawnBox], min_side: int = 32
     width = max(2, round(scale), round(2 * shown_scale))
     boxes = list(boxes)
     corners = [[b.x1 * scale, b.y1 * scale, b.x2 * scale, b.y2 * scale] for b in boxes]
+    dash = max(2, round(DASH_PX * shown_scale))
     for box, corner in zip(boxes, corners, strict=True):
-        draw.rectangle(corner, outline=box.colour, width=width)
+        if box.counted:
+            draw.rectangle(corner, outline=box.colour, width=width)
+        else:
+            _dashed_rectangle(draw, corner, box.colour, width, dash)
     # Labels after every box (a later box's line crossed an earlier label) and each clear of
     # those placed before: two boxes starting near the same corner had one label over the
     # other, "crazing 0.18" hidden under "crazing 0.12".
@@ -96,10 +145,37 @@ def draw_boxes(pixels: np.ndarray, boxes: Iterable[DrawnBox], min_side: int = 32
         draw.text(
             (left + 2 - text_box[0], top + 2 - text_box[1]),
             box.label,
-            fill=(255, 255, 255),
+            fill=text_colour(box.colour),
             font=font,
         )
     return image
+
+
+def _dashed_rectangle(
+    draw: ImageDraw.ImageDraw, corner: list[float], colour: Colour, width: int, dash: int
+) -> None:
+    """A box's outline in dashes of `dash` pixels (Pillow draws no dashed lines)."""
+    x1, y1, x2, y2 = corner
+    inset = (width - 1) / 2  # (inside the box, as Pillow's rectangle draws its outline)
+    for start, end in (
+        ((x1, y1 + inset), (x2, y1 + inset)),
+        ((x1, y2 - inset), (x2, y2 - inset)),
+        ((x1 + inset, y1), (x1 + inset, y2)),
+        ((x2 - inset, y1), (x2 - inset, y2)),
+    ):
+        length = max(abs(end[0] - start[0]), abs(end[1] - start[1]))
+        steps = max(1, int(length // (2 * dash)) + 1)
+        for step in range(steps):
+            a = min(step * 2 * dash, length) / max(length, 1e-9)
+            b = min(step * 2 * dash + dash, length) / max(length, 1e-9)
+            draw.line(
+                [
+                    (start[0] + (end[0] - start[0]) * a, start[1] + (end[1] - start[1]) * a),
+                    (start[0] + (end[0] - start[0]) * b, start[1] + (end[1] - start[1]) * b),
+                ],
+                fill=colour,
+                width=width,
+            )
 
 
 CLOSE_UP_CONTEXT = 64  # pixels of the part shown around a box in its close-up, at least
@@ -111,7 +187,7 @@ def close_up_choice(boxes: list[DrawnBox], count: int) -> list[DrawnBox]:
     """The boxes a page shows close up when it cannot show them all: those that fail the part
     first, each kind most confident first (six less confident boxes below their thresholds,
     shown in stored order, pushed out the one that failed the part)."""
-    return sorted(boxes, key=lambda b: (b.colour != COUNTED, -(b.confidence or 0.0)))[:count]
+    return sorted(boxes, key=lambda b: (not b.counted, -(b.confidence or 0.0)))[:count]
 
 
 def close_up(pixels: np.ndarray, box: DrawnBox) -> Image.Image:
@@ -129,7 +205,13 @@ def close_up(pixels: np.ndarray, box: DrawnBox) -> Image.Image:
     right = max(min(width, int(np.ceil(box.x2)) + margin_x), left + 1)
     bottom = max(min(height, int(np.ceil(box.y2)) + margin_y), top + 1)
     moved = DrawnBox(
-        box.label, box.x1 - left, box.y1 - top, box.x2 - left, box.y2 - top, box.colour
+        box.label,
+        box.x1 - left,
+        box.y1 - top,
+        box.x2 - left,
+        box.y2 - top,
+        box.colour,
+        box.counted,
     )
     crop = np.ascontiguousarray(pixels[top:bottom, left:right])
     shrink = max(crop.shape[:2]) / CLOSE_UP_MAX_SIDE
@@ -148,6 +230,7 @@ def close_up(pixels: np.ndarray, box: DrawnBox) -> Image.Image:
             moved.x2 / shrink,
             moved.y2 / shrink,
             moved.colour,
+            moved.counted,
         )
     return draw_boxes(crop, [moved])
 

@@ -2529,11 +2529,13 @@ def test_a_thin_strip_and_its_close_ups_are_drawn_bounded() -> None:
 
 
 def test_close_ups_show_the_boxes_that_fail_the_part_first() -> None:
-    from dashboard.drawing import COUNTED, NOT_COUNTED, DrawnBox, close_up_choice
+    from dashboard.drawing import DrawnBox, close_up_choice
 
-    below = [DrawnBox(f"b{i}", 0, 0, 1, 1, NOT_COUNTED, 0.5 + i / 100) for i in range(8)]
-    failing = DrawnBox("f", 0, 0, 1, 1, COUNTED, 0.3)
-    stronger = DrawnBox("g", 0, 0, 1, 1, COUNTED, 0.6)
+    below = [
+        DrawnBox(f"b{i}", 0, 0, 1, 1, counted=False, confidence=0.5 + i / 100) for i in range(8)
+    ]
+    failing = DrawnBox("f", 0, 0, 1, 1, confidence=0.3)
+    stronger = DrawnBox("g", 0, 0, 1, 1, confidence=0.6)
     chosen = close_up_choice([*below, failing, stronger], 6)
     assert [b.label for b in chosen] == ["g", "f", "b7", "b6", "b5", "b4"]
 
@@ -2577,13 +2579,13 @@ def test_a_large_part_is_drawn_shrunk_to_what_the_page_shows() -> None:
     """A 64 MP part was drawn and sent to the browser whole, tens of megabytes at each rerun."""
     import numpy as np
 
-    from dashboard.drawing import COUNTED, SHOWN_LONGEST, DrawnBox, draw_boxes
+    from dashboard.drawing import CLASS_COLOURS, SHOWN_LONGEST, DrawnBox, draw_boxes
 
     pixels = np.zeros((4000, 8000, 3), dtype=np.uint8)
     drawn = draw_boxes(pixels, [DrawnBox("scratch", 4000, 2000, 4400, 2400)])
     assert drawn.size == (SHOWN_LONGEST, SHOWN_LONGEST // 2)
     scale = SHOWN_LONGEST / 8000
-    assert drawn.getpixel((round(4200 * scale), round(2400 * scale) - 1)) == COUNTED
+    assert drawn.getpixel((round(4200 * scale), round(2400 * scale) - 1)) == CLASS_COLOURS[0]
 
 
 def test_a_prediction_with_a_corner_missing_does_not_break_the_review_page(
@@ -3074,13 +3076,15 @@ def test_a_large_parts_box_label_is_readable_at_the_width_the_page_shows_it() ->
     label was a red tab 5 px high, the class and confidence unreadable."""
     import numpy as np
 
-    from dashboard.drawing import COUNTED, DrawnBox, draw_boxes
+    from dashboard.drawing import CLASS_COLOURS, DrawnBox, draw_boxes
 
     pixels = np.full((3000, 4000, 3), 128, dtype=np.uint8)
     drawn = np.asarray(draw_boxes(pixels, [DrawnBox("inclusion 0.11", 2500, 1800, 3800, 2400)]))
     scale = drawn.shape[1] / 4000
     column = drawn[: round(1800 * scale), round(2500 * scale) + 1]  # (its left margin)
-    label_rows = int((column == COUNTED).all(axis=1).sum())  # the label's tab above the box
+    label_rows = int(
+        (column == CLASS_COLOURS[0]).all(axis=1).sum()
+    )  # the label's tab above the box
     shown_at = 900 / drawn.shape[1]  # the width the page shows it at on a 1400 px screen
     assert label_rows * shown_at >= 10
 
@@ -3090,19 +3094,100 @@ def test_two_boxes_from_one_corner_keep_both_labels_readable() -> None:
     ("crazing 0.18" hidden under "crazing 0.12"), and a later box's line across a label."""
     import numpy as np
 
-    from dashboard.drawing import COUNTED, NOT_COUNTED, DrawnBox, draw_boxes
+    from dashboard.drawing import CLASS_COLOURS, DrawnBox, draw_boxes
 
     pixels = np.zeros((320, 320, 3), dtype=np.uint8)
     first = DrawnBox("crazing 0.18", 4, 20, 316, 180)
     alone = np.asarray(draw_boxes(pixels, [first]))
-    both = np.asarray(
-        draw_boxes(pixels, [first, DrawnBox("crazing 0.12", 8, 26, 316, 90, NOT_COUNTED)])
-    )
+    second = DrawnBox("inclusion 0.12", 8, 26, 316, 90, CLASS_COLOURS[1], counted=False)
+    both = np.asarray(draw_boxes(pixels, [first, second]))
 
     def first_label(drawn: np.ndarray) -> int:  # (its tab, above its box's top at 20)
-        return int((drawn[:20] == COUNTED).all(axis=2).sum())
+        return int((drawn[:20] == CLASS_COLOURS[0]).all(axis=2).sum())
 
     assert first_label(both) == first_label(alone) > 100
+
+
+def test_each_defect_class_is_drawn_in_its_own_colour_with_its_label_in_it() -> None:
+    """Every box was drawn red, whatever its class: on a part with a scratch and an inclusion
+    nobody could tell which box was which without reading each label."""
+    import numpy as np
+
+    from dashboard.charts import ShownBox, review_figure
+    from dashboard.drawing import (
+        CLASS_COLOURS,
+        class_colour,
+        draw_boxes,
+        hex_colour,
+        prediction_boxes,
+        text_colour,
+    )
+
+    classes = ["crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches"]
+    predictions = [
+        Prediction(class_name=c, confidence=0.9, x1=10 + 50 * i, y1=40, x2=40 + 50 * i, y2=90)
+        for i, c in enumerate(classes)
+    ]
+    for p in predictions:
+        p.counted = True
+    boxes = prediction_boxes(predictions, classes)
+    colours = [b.colour for b in boxes]
+    assert len(set(colours)) == len(classes)  # told apart
+    assert set(colours) <= set(CLASS_COLOURS)  # the fixed, colour-blind-safe palette
+    # The same class the same colour on another part, alone or among others, and on Review.
+    assert prediction_boxes(predictions[4:5], classes)[0].colour == colours[4]
+    assert class_colour("scratches", classes) == colours[5]
+    figure = review_figure(
+        np.zeros((100, 320, 3), np.uint8),
+        [ShownBox(b.label, b.x1, b.y1, b.x2, b.y2, True, colour=b.colour) for b in boxes],
+    )
+    assert [s.line.color for s in figure.layout.shapes] == [hex_colour(c) for c in colours]
+    assert [a.bgcolor for a in figure.layout.annotations] == [hex_colour(c) for c in colours]
+    # A class no detector knows (a reviewer's new one) still has one colour of the palette.
+    assert class_colour("crack", classes) == class_colour("crack") in CLASS_COLOURS
+
+    apart = [boxes[0], boxes[3]]  # (labels side by side)
+    drawn = np.asarray(draw_boxes(np.zeros((320, 320, 3), np.uint8), apart))
+    for box in apart:  # each label's tab in its box's colour, above the box
+        tab = drawn[:40, round(box.x1) + 1]
+        assert (tab == box.colour).all(axis=1).sum() >= 8
+
+    def contrast(a: tuple[int, int, int], b: tuple[int, int, int]) -> float:
+        def lum(c: tuple[int, int, int]) -> float:
+            v = [x / 255 for x in c]
+            v = [x / 12.92 if x <= 0.04045 else ((x + 0.055) / 1.055) ** 2.4 for x in v]
+            return 0.2126 * v[0] + 0.7152 * v[1] + 0.0722 * v[2]
+
+        light, dark = sorted((lum(a), lum(b)), reverse=True)
+        return (light + 0.05) / (dark + 0.05)
+
+    # Its text readable on it (WCAG's 4.5:1): white on yellow or sky blue was not.
+    assert all(contrast(c, text_colour(c)) >= 4.5 for c in CLASS_COLOURS)
+
+
+def test_a_box_below_its_threshold_is_dashed_in_its_class_colour() -> None:
+    """Told from a counted box by its dashes, not by a colour of its own (which the class
+    colours now are)."""
+    import numpy as np
+
+    from dashboard.charts import ShownBox, review_figure
+    from dashboard.drawing import CLASS_COLOURS, DrawnBox, draw_boxes
+
+    pixels = np.zeros((320, 320, 3), np.uint8)
+    solid = np.asarray(draw_boxes(pixels, [DrawnBox("a", 20, 100, 300, 300)]))
+    dashed = np.asarray(draw_boxes(pixels, [DrawnBox("a", 20, 100, 300, 300, counted=False)]))
+    bottom_solid = (solid[299, 40:280] == CLASS_COLOURS[0]).all(axis=1).mean()
+    bottom_dashed = (dashed[299, 40:280] == CLASS_COLOURS[0]).all(axis=1).mean()
+    assert bottom_solid == 1.0 and 0.3 < bottom_dashed < 0.7
+    figure = review_figure(
+        pixels,
+        [
+            ShownBox("1", 5, 5, 20, 10, True),
+            ShownBox("2", 5, 5, 20, 10, False),
+            ShownBox("missed", 5, 5, 20, 10, True, missed=True),
+        ],
+    )
+    assert [s.line.dash for s in figure.layout.shapes] == ["solid", "dash", "dot"]
 
 
 def test_a_part_far_larger_than_an_untiled_models_input_is_said_to_be_judged_shrunk(

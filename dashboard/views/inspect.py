@@ -292,7 +292,7 @@ def part_views(
                     inspection.verdict.value,
                     inspection.latency_ms,
                     str(located_image(inspection.part.stored_path)),
-                    prediction_boxes(inspection.predictions),
+                    prediction_boxes(inspection.predictions, info.classes),
                 )
             )
     return rows, views, sizes

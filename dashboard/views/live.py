@@ -24,6 +24,7 @@ from dashboard.state import database_message, database_ready, local_time, zone_l
 from dashboard.text import code, plain
 from db.models import (
     Inspection,
+    ModelKind,
     Verdict,
     database_utcnow,
 )
@@ -35,6 +36,7 @@ from db.queries import (
     minute_volume,
     station_activity,
 )
+from db.registry import production_model
 from db.session import DatabaseError, session_scope
 from inspection.images import ImageDecodeError, decode_image, located_image
 from inspection.tiling import station_grid
@@ -123,7 +125,11 @@ def _last_failed_part(url: str, zone: str) -> tuple[str, Image | None, str] | No
         ).first()
         if inspection is None:
             return None
-        boxes = tuple(prediction_boxes(inspection.predictions))
+        # (Each class in its colour as Inspect draws it: by the production detector's classes.)
+        detector = production_model(session, ModelKind.DETECTOR)
+        boxes = tuple(
+            prediction_boxes(inspection.predictions, detector.classes if detector else ())
+        )
         name, path = inspection.part.original_name, str(located_image(inspection.part.stored_path))
         inspection_id, when = inspection.id, inspection.inspected_at
     try:

@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from dashboard.auth import current_access
 from dashboard.charts import SHOWN_SIDE, ShownBox, review_figure, selected_box
-from dashboard.drawing import COUNTED, NOT_COUNTED, DrawnBox, close_up, unshown_image
+from dashboard.drawing import DrawnBox, class_colour, close_up, unshown_image
 from dashboard.state import database_ready, detector_info, flash
 from dashboard.text import plain
 from db.models import Inspection, Part, Verdict
@@ -224,6 +224,8 @@ else:
         # New defect types reviewers added already: offered beside the detector's own, so the
         # next reviewer picks "crack" rather than typing it again (or "crak").
         added_classes = reviewer_classes(session, classes) if info else []
+    # (Each class in its colour, as the Inspect page draws it; the detector's classes first.)
+    coloured = classes + added_classes
 
     def reviewed(message: str) -> None:
         """After a review of the part shown: said on the next run, which may show another."""
@@ -249,11 +251,19 @@ else:
         try:
             pixels = decode_image(Path(stored_path).read_bytes()).pixels
             boxes = [
-                ShownBox(f"{i + 1}: {c} {conf:.3f}", *box, counted)
+                ShownBox(
+                    f"{i + 1}: {c} {conf:.3f}", *box, counted, colour=class_colour(c, coloured)
+                )
                 for i, (_, c, conf, counted, box) in enumerate(predictions)
                 if None not in box
             ] + [
-                ShownBox(f"missed: {c}", *box, counted=True, missed=True)
+                ShownBox(
+                    f"missed: {c}",
+                    *box,
+                    counted=True,
+                    missed=True,
+                    colour=class_colour(c, coloured),
+                )
                 for c, _, box in added_boxes
                 if None not in box
             ]
@@ -289,7 +299,8 @@ else:
                 # The part is shown shrunk: the detection at the part's own resolution.
                 st.image(
                     close_up(
-                        pixels, DrawnBox(f"{i + 1}", *box, COUNTED if counted else NOT_COUNTED)
+                        pixels,
+                        DrawnBox(f"{i + 1}", *box, class_colour(class_name, coloured), counted),
                     ),
                     caption=f"{i + 1} at full resolution",
                     width=240,
