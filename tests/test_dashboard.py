@@ -235,6 +235,28 @@ def test_a_rerun_of_the_inspect_page_does_not_reload_every_verdict(
     assert not [q for q in statements if "FROM predictions" in q], statements
 
 
+def test_a_file_that_is_not_an_image_picked_among_images_is_an_error_row(
+    production: str, tmp_path: Path
+) -> None:
+    """The uploader's filter of suffixes refused a .txt picked among the images with an icon
+    alone, no error row (the page stopped where it got through), where a zip's .txt entry is
+    an error row: it is one too, and the images beside it are judged."""
+    at = _app().run()
+    files = [
+        *_png_files(tmp_path, 2, 12),
+        ("notes.txt", b"shift notes", "text/plain"),
+        ("scan.pdf", b"%PDF-1.4 not a part", "application/pdf"),
+    ]
+    at.file_uploader(key="inspect_files").set_value(files).run()
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value.set_index("part")
+    assert len(table) == 4
+    for name in ("notes.txt", "scan.pdf"):
+        assert table.loc[name, "verdict"] == "error"
+        assert table.loc[name, "error"].startswith("not an image file"), table.loc[name, "error"]
+    assert set(table.loc[[n for n, _, _ in files[:2]], "verdict"]) <= {"pass", "fail"}
+
+
 def test_zip_upload_with_a_bad_entry(production: str, tmp_path: Path) -> None:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:

@@ -90,15 +90,17 @@ station = right.selectbox(
 )
 st.caption(
     f"Model {plain(info.name)}. Images: {', '.join(IMAGE_TYPES)} or zips of them, up to {UPLOAD_LIMIT_MB} MB per "
-    f"upload, {batch.MAX_FILE_BYTES >> 20} MB and {max_pixels() // 1_000_000} megapixels per image. Files in a zip or a folder that are not images are recorded as errors; so are a zip's "
+    f"upload, {batch.MAX_FILE_BYTES >> 20} MB and {max_pixels() // 1_000_000} megapixels per image. Files that are not images (picked, in a zip or in a folder) are recorded as errors; so are a zip's "
     f"entries over {batch.RATIO_FLOOR_BYTES >> 20} MB packed past {batch.MAX_COMPRESSION_RATIO}:1 (zip bombs; an uncompressed BMP, TIFF or PGM/PPM of the size its header gives, a blank frame say, is read), a zip's "
     f"entries past what it may unpack in all ({batch.MAX_ZIP_UNPACK_RATIO} times its size, at least {batch.ZIP_UNPACK_FLOOR_BYTES / 1e9:.0f} GB), "
     f"and a zip of over {batch.MAX_ZIP_ENTRIES} entries."
 )
 files_tab, folder_tab = st.tabs(["Images or a zip", "A folder"])
-uploads = files_tab.file_uploader(
-    "Part images", type=[*IMAGE_TYPES, "zip"], accept_multiple_files=True, key="inspect_files"
-)
+# No `type=` filter: Streamlit refused a file of another suffix (a .txt picked among the
+# images) with an icon alone, no row in the table, and where the browser let it through
+# stopped the page. Any file goes to the batch, as a zip's entries do, and one that is not an
+# image is its error row ("not an image file"), the other parts judged.
+uploads = files_tab.file_uploader("Part images", accept_multiple_files=True, key="inspect_files")
 folder = folder_tab.file_uploader(
     "A folder of part images", accept_multiple_files="directory", key="inspect_folder"
 )
