@@ -134,7 +134,10 @@ def draw_boxes(pixels: np.ndarray, boxes: Iterable[DrawnBox], min_side: int = 32
         text_box = draw.textbbox((0, 0), box.label, font=font)
         label_width = text_box[2] - text_box[0] + 4
         label_height = text_box[3] - text_box[1] + 4
-        left, top = corner[0], max(0.0, corner[1] - label_height)
+        # (Within the image: a box at its right edge had its label cut off there,
+        # "rolled-in_sc".)
+        left = max(0.0, min(corner[0], image.width - 1 - label_width))  # (edges inclusive)
+        top = max(0.0, corner[1] - label_height)
         # (One pass down the labels placed, top first: a part has up to 1300 boxes.)
         for other_top, other_left, other_right, other_bottom in placed:
             beside = left < other_right and other_left < left + label_width

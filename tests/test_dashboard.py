@@ -3187,6 +3187,25 @@ def test_each_defect_class_is_drawn_in_its_own_colour_with_its_label_in_it() -> 
     assert all(contrast(c, text_colour(c)) >= 4.5 for c in CLASS_COLOURS)
 
 
+def test_a_box_at_the_right_edge_keeps_its_whole_label_on_the_image() -> None:
+    """A label starts at its box's left: a narrow box at the part's right edge had its label
+    run off the image, "rolled-in_sc", the rest cut off."""
+    import numpy as np
+
+    from dashboard.drawing import CLASS_COLOURS, DrawnBox, draw_boxes
+
+    pixels = np.zeros((320, 320, 3), np.uint8)
+    label = "rolled-in_scale 0.39"
+    alone = np.asarray(draw_boxes(pixels, [DrawnBox(label, 20, 100, 60, 200)]))
+    edge = np.asarray(draw_boxes(pixels, [DrawnBox(label, 290, 100, 318, 200)]))
+
+    def tab_width(drawn: np.ndarray) -> int:  # (its top padding row, in the box's colour)
+        rows = np.nonzero((drawn[:100] == CLASS_COLOURS[0]).all(axis=2).any(axis=1))[0]
+        return int((drawn[rows[0]] == CLASS_COLOURS[0]).all(axis=1).sum())
+
+    assert tab_width(edge) == tab_width(alone) > 100
+
+
 def test_a_box_below_its_threshold_is_dashed_in_its_class_colour() -> None:
     """Told from a counted box by its dashes, not by a colour of its own (which the class
     colours now are)."""
