@@ -257,6 +257,28 @@ def test_a_file_that_is_not_an_image_picked_among_images_is_an_error_row(
     assert set(table.loc[[n for n, _, _ in files[:2]], "verdict"]) <= {"pass", "fail"}
 
 
+def test_a_folders_hidden_files_are_left_out_as_batch_leaves_them(
+    production: str, tmp_path: Path
+) -> None:
+    """A folder picked on the Inspect page had macOS's .DS_Store recorded as an error, "not an
+    image file", and a thumbnail in a hidden folder judged as a part, where `defects batch`
+    on the same folder (and a zip of it) leaves hidden files and folders out."""
+    (name, data, kind), (other, other_data, _) = _png_files(tmp_path, 2, 13)
+    at = _app().run()
+    at.file_uploader(key="inspect_folder").set_value(
+        [
+            (f"lot/{name}", data, kind),
+            ("lot/.DS_Store", b"\x00\x00\x00\x01Bud1", "application/octet-stream"),
+            (f"lot/.thumbnails/{other}", other_data, kind),
+            ("lot/notes.txt", b"shift notes", "text/plain"),
+        ]
+    ).run()
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value.set_index("part")
+    assert sorted(table.index) == sorted([f"lot/{name}", "lot/notes.txt"])
+    assert table.loc["lot/notes.txt", "verdict"] == "error"
+
+
 def test_zip_upload_with_a_bad_entry(production: str, tmp_path: Path) -> None:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pandas as pd
 import streamlit as st
@@ -90,7 +90,7 @@ station = right.selectbox(
 )
 st.caption(
     f"Model {plain(info.name)}. Images: {', '.join(IMAGE_TYPES)} or zips of them, up to {UPLOAD_LIMIT_MB} MB per "
-    f"upload, {batch.MAX_FILE_BYTES >> 20} MB and {max_pixels() // 1_000_000} megapixels per image. Files that are not images (picked, in a zip or in a folder) are recorded as errors; so are a zip's "
+    f"upload, {batch.MAX_FILE_BYTES >> 20} MB and {max_pixels() // 1_000_000} megapixels per image. Files that are not images (picked, in a zip or in a folder) are recorded as errors, hidden ones in a folder or a zip left out; so are a zip's "
     f"entries over {batch.RATIO_FLOOR_BYTES >> 20} MB packed past {batch.MAX_COMPRESSION_RATIO}:1 (zip bombs; an uncompressed BMP, TIFF or PGM/PPM of the size its header gives, a blank frame say, is read), a zip's "
     f"entries past what it may unpack in all ({batch.MAX_ZIP_UNPACK_RATIO} times its size, at least {batch.ZIP_UNPACK_FLOOR_BYTES / 1e9:.0f} GB), "
     f"and a zip of over {batch.MAX_ZIP_ENTRIES} entries."
@@ -104,7 +104,16 @@ uploads = files_tab.file_uploader("Part images", accept_multiple_files=True, key
 folder = folder_tab.file_uploader(
     "A folder of part images", accept_multiple_files="directory", key="inspect_folder"
 )
-uploaded = list(uploads or []) + list(folder or [])
+
+
+def is_hidden(name: str) -> bool:
+    """A folder upload's file that is hidden or in a hidden folder (a leading dot: macOS's
+    .DS_Store, a viewer's .thumbnails), which `defects batch` leaves out of the same folder:
+    here it was an error row "not an image file", or a thumbnail judged as a part."""
+    return any(part.startswith(".") for part in PurePosixPath(name).parts)
+
+
+uploaded = list(uploads or []) + [f for f in folder or [] if not is_hidden(f.name)]
 
 
 Seen = list[tuple[str, str | None, str | None]]  # (name, content hash, read error) of each item
