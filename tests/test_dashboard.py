@@ -3209,6 +3209,26 @@ def test_each_defect_class_is_drawn_in_its_own_colour_with_its_label_in_it() -> 
     assert all(contrast(c, text_colour(c)) >= 4.5 for c in CLASS_COLOURS)
 
 
+def test_the_review_pages_legend_says_how_its_boxes_are_drawn(
+    production: str, tmp_path: Path
+) -> None:
+    """Its legend still read "red counts toward the verdict, amber is below its threshold"
+    once each class had its own colour."""
+    at = _app().run()
+    at.file_uploader(key="inspect_files").set_value(_png_files(tmp_path, 1, 14)).run()
+    with session_scope(production) as session:
+        inspection = session.scalars(select(Inspection)).one()
+        inspection.verdict = Verdict.FAIL
+        inspection.predictions.append(
+            Prediction(class_name=CLASSES[0], confidence=0.9, x1=2, y1=2, x2=20, y2=20)
+        )
+    at.switch_page("views/review.py").run()
+    assert not at.exception, at.exception
+    legend = next(c.value for c in at.caption if c.value.startswith("Boxes:"))
+    assert "its own colour" in legend and "dashed is below its threshold" in legend
+    assert "amber" not in legend
+
+
 def test_a_box_at_the_right_edge_keeps_its_whole_label_on_the_image() -> None:
     """A label starts at its box's left: a narrow box at the part's right edge had its label
     run off the image, "rolled-in_sc", the rest cut off."""

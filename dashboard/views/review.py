@@ -428,8 +428,8 @@ else:
                 except (ValueError, LookupError) as exc:
                     st.error(plain(exc))
     st.caption(
-        "Boxes: red counts toward the verdict, amber is below its threshold, blue is a missed "
-        "defect a reviewer added."
+        "Boxes: each class in its own colour, as on the Inspect page; solid counts toward the "
+        "verdict, dashed is below its threshold, dotted is a missed defect a reviewer added."
     )
 
 st.divider()
