@@ -635,13 +635,24 @@ def zip_unpack_limit(zip_bytes: int) -> int:
     return max(ZIP_UNPACK_FLOOR_BYTES, MAX_ZIP_UNPACK_RATIO * zip_bytes)
 
 
-def _unpacks_too_far_error(limit: int, zip_bytes: int) -> str:
+def _unpacks_too_far_error(limit: int, zip_bytes: int, raw_frames: int = 0) -> str:
+    """`raw_frames`: how many entries read before were raw frames packed past the ratio, read
+    by their header (`_raw_frame_explains`). A lot of a dead camera's blank frames packs that
+    far, and "no camera's lot packs so far" told its operator the zip was a bomb: what is said
+    then is the frames, and that the rest are judged from the lot unzipped (a folder has no
+    such bound). The bound itself stays: a crafted zip of such headers over zeros is one."""
     # (The particulars inside the parentheses, as in `_too_compressed_error`: one error kind.)
-    return (
-        f"zip unpacks too far (past {limit / 1e6:.0f} MB, the most a zip of "
-        f"{zip_bytes / 1e6:.0f} MB may give: {MAX_ZIP_UNPACK_RATIO} times its size, at least "
-        f"{ZIP_UNPACK_FLOOR_BYTES / 1e9:.0f} GB; no camera's lot packs so far): not read"
+    bound = (
+        f"past {limit / 1e6:.0f} MB, the most a zip of {zip_bytes / 1e6:.0f} MB may give: "
+        f"{MAX_ZIP_UNPACK_RATIO} times its size, at least {ZIP_UNPACK_FLOOR_BYTES / 1e9:.0f} GB"
     )
+    if raw_frames:
+        return (
+            f"zip unpacks too far ({bound}; {raw_frames} of the entries before were raw frames "
+            f"packed past {MAX_COMPRESSION_RATIO}:1, as blank frames pack, a camera's fault to "
+            "look at; unzip the lot and inspect its folder to judge the rest): not read"
+        )
+    return f"zip unpacks too far ({bound}; no camera's lot packs so far): not read"
 
 
 def iter_zip(archive_file: Path | BinaryIO, label: str) -> Iterator[SourceItem]:
@@ -652,6 +663,7 @@ def iter_zip(archive_file: Path | BinaryIO, label: str) -> Iterator[SourceItem]:
     with archive:
         zip_bytes = _zip_bytes(archive_file)
         limit, unpacked = zip_unpack_limit(zip_bytes), 0
+        raw_frames, too_far = 0, ""  # (read past the ratio by their header; the rest's error)
         overlapping = _overlapping_entries(archive)
         for info in archive.infolist():
             name = f"{label}:{_entry_name(info)}"
@@ -665,13 +677,15 @@ def iter_zip(archive_file: Path | BinaryIO, label: str) -> Iterator[SourceItem]:
                 yield SourceItem(name, None, "a zip inside a zip: its entries are not read")
             elif info.file_size > MAX_FILE_BYTES:
                 yield SourceItem(name, None, f"zip entry too large ({info.file_size / 1e6:.0f} MB)")
-            elif _too_compressed(info) and not _raw_frame_explains(archive, info):
+            elif (raw_frame := _too_compressed(info)) and not _raw_frame_explains(archive, info):
                 yield SourceItem(name, None, _too_compressed_error(info))
             elif unpacked + info.file_size > limit:
                 unpacked = limit + 1  # (no later entry is read, however small)
-                yield SourceItem(name, None, _unpacks_too_far_error(limit, zip_bytes))
+                too_far = too_far or _unpacks_too_far_error(limit, zip_bytes, raw_frames)
+                yield SourceItem(name, None, too_far)
             else:
                 unpacked += info.file_size
+                raw_frames += raw_frame
                 try:
                     # Read no further than the limit: an entry whose header declares less than
                     # it holds (a zip bomb) was unpacked whole first, gigabytes in memory.

@@ -660,6 +660,38 @@ def test_a_zip_that_unpacks_far_past_its_own_size_in_all_is_read_only_up_to_the_
     assert [item.error for item in iter_zip(buffer, "upload.zip")] == [None] * 6
 
 
+def test_a_dead_cameras_lot_of_blank_raw_frames_past_the_bound_is_said_as_such(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hundreds of a dead camera's blank 5 MB raw frames, each read by its header past the
+    ratio, take a zip past what it may unpack in all: the rest were refused as "no camera's
+    lot packs so far", a bomb's words. The bound holds (a zip of such headers over zeros is a
+    bomb), and what is said is the raw frames and how to judge the rest. (Sizes made small.)"""
+    from PIL import Image
+
+    from inspection import batch
+    from inspection.batch import error_kind, iter_zip
+
+    monkeypatch.setattr(batch, "RATIO_FLOOR_BYTES", 100_000)
+    monkeypatch.setattr(batch, "ZIP_UNPACK_FLOOR_BYTES", 1_000_000)
+    written = io.BytesIO()
+    Image.new("RGB", (300, 300), (40, 40, 40)).save(written, "BMP")  # 270 kB, packs past 1:100
+    frame = written.getvalue()
+    archive = tmp_path / "dead-camera.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        for index in range(6):
+            zf.writestr(f"frame-{index:04d}.bmp", frame)
+    items = list(iter_zip(archive, "lot.zip"))
+    assert [item.data for item in items[:3]] == [frame] * 3  # 810 kB; a fourth passes 1 MB
+    for item in items[3:]:
+        assert item.data is None
+        error = item.error or ""
+        assert error_kind(error) == "zip unpacks too far"
+        assert "no camera's lot packs so far" not in error
+        assert "3 of the entries before were raw frames packed past 100:1" in error
+        assert error.endswith("unzip the lot and inspect its folder to judge the rest): not read")
+
+
 def _zip_saying_entries(entries: int, zip64: bool = False, real: int = 3) -> bytes:
     """A zip of `real` tiny entries whose end record says it holds `entries`: a zip of
     millions of entries, as far as its end record goes, without writing millions."""
