@@ -81,6 +81,7 @@ from inspection.images import (
     EMPTY_ERROR,
     IMAGE_SUFFIXES,
     REFUSED_OVER_KEY,
+    empty_capture_error,
     is_repeated_fault,
     not_a_file_reason,
     refused_at_another_limit,
@@ -103,7 +104,8 @@ MAX_FILE_BYTES = 256 * 1024 * 1024
 # where a patterned 190 MB BMP packs to 1:1000 and a zip of them filled gigabytes of image store.
 # An entry under the floor is harmless whatever its ratio (a blank thumbnail packs to 1:1000).
 # A raw frame of a flat scene (a blank frame) packs as far: one whose header (BMP, TIFF, PGM/PPM)
-# explains its size is read past the ratio (`_raw_frame_explains`).
+# explains its size is read past the ratio (`_raw_frame_explains`), and one of a single byte
+# repeated (a capture buffer of zeros) is said an empty file as it is loose (`_one_byte_fill`).
 MAX_COMPRESSION_RATIO = 100
 RATIO_FLOOR_BYTES = 4 * 1024 * 1024
 # A zip of more entries than this is refused before Python reads its directory: each entry is an
@@ -593,19 +595,47 @@ def _too_compressed(info: zipfile.ZipInfo) -> bool:
     )
 
 
-def _raw_frame_explains(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bool:
+def _entry_head(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    """The entry's first bytes, where a raw image's header is; none where they cannot be read
+    (the entry is then refused as too compressed, unread as before)."""
+    try:
+        with archive.open(info) as entry:
+            return entry.read(RAW_HEADER_READ_BYTES)
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError):
+        return b""
+
+
+def _raw_frame_explains(head: bytes, info: zipfile.ZipInfo) -> bool:
     """Whether the entry begins with the header of an uncompressed image (BMP, TIFF, PGM/PPM)
     that explains the size it declares: a blank raw frame packs past any ratio, and was
     refused as a zip bomb where the product calls it out as a blank frame. Only its first
     bytes are unpacked; a bomb's zeros behind a small image's header are more than it
     explains."""
+    explained = explained_size(head)
+    return explained is not None and info.file_size <= explained
+
+
+def _one_byte_fill(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[int | None, int]:
+    """The byte every one of the entry's bytes is (or None), and how many were unpacked to
+    tell, which the caller counts toward the zip's bound. A capture buffer written out
+    unfilled (all zeros) packs past any ratio, and was refused as "zip entry too compressed"
+    where the same file loose is said an empty file, a camera's fault. Unpacked in pieces,
+    none kept, stopped at the first piece of another byte: a bomb's pattern after its first
+    bytes is not read on, nor past the size the zip's directory declares."""
+    size = 0
     try:
         with archive.open(info) as entry:
             head = entry.read(RAW_HEADER_READ_BYTES)
+            fill, size = head[:1], len(head)
+            if not head or head.count(fill) != len(head):
+                return None, size
+            while data := entry.read(4 * 1024 * 1024):
+                size += len(data)
+                if data.count(fill) != len(data):
+                    return None, size
     except (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError):
-        return False  # (refused as too compressed, unread as before)
-    explained = explained_size(head)
-    return explained is not None and info.file_size <= explained
+        return None, size
+    return (fill[0] if size == info.file_size else None), size
 
 
 def _too_compressed_error(info: zipfile.ZipInfo) -> str:
@@ -677,8 +707,17 @@ def iter_zip(archive_file: Path | BinaryIO, label: str) -> Iterator[SourceItem]:
                 yield SourceItem(name, None, "a zip inside a zip: its entries are not read")
             elif info.file_size > MAX_FILE_BYTES:
                 yield SourceItem(name, None, f"zip entry too large ({info.file_size / 1e6:.0f} MB)")
-            elif (raw_frame := _too_compressed(info)) and not _raw_frame_explains(archive, info):
-                yield SourceItem(name, None, _too_compressed_error(info))
+            elif (raw_frame := _too_compressed(info)) and not _raw_frame_explains(
+                head := _entry_head(archive, info), info
+            ):
+                fill, one_byte = None, bool(head) and head.count(head[:1]) == len(head)
+                if one_byte and unpacked + info.file_size <= limit:  # (read to its end, maybe)
+                    fill, read = _one_byte_fill(archive, info)
+                    unpacked += read
+                if fill is None:
+                    yield SourceItem(name, None, _too_compressed_error(info))
+                else:
+                    yield SourceItem(name, None, empty_capture_error(info.file_size, fill))
             elif unpacked + info.file_size > limit:
                 unpacked = limit + 1  # (no later entry is read, however small)
                 too_far = too_far or _unpacks_too_far_error(limit, zip_bytes, raw_frames)

@@ -205,10 +205,7 @@ def decode_image(data: bytes, limit: int | None = None) -> DecodedImage:
             # A capture buffer written out unfilled (all zeros, say): the camera's fault, as an
             # empty file is, and recorded every time as one (the same bytes every time). Looked
             # at only here, off the path of the files that decode.
-            raise ImageDecodeError(
-                f"{EMPTY_ERROR}: {len(data)} bytes, every one 0x{data[0]:02x} (the camera wrote "
-                "no image)"
-            ) from exc
+            raise ImageDecodeError(empty_capture_error(len(data), data[0])) from exc
         raise ImageDecodeError("not an image file (unknown or unsupported format)") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageDecodeError(f"corrupt or truncated image: {exc}") from exc
@@ -229,6 +226,12 @@ def decode_image(data: bytes, limit: int | None = None) -> DecodedImage:
 BLANK_LEVELS = 2
 BLANK_ERROR = "blank image"  # how a blank frame's error begins, which the history counts by
 EMPTY_ERROR = "empty file"  # an empty file's error, which the Live page counts by
+
+
+def empty_capture_error(size: int, fill: int) -> str:
+    """The error of a file of `size` bytes, every one `fill`: a capture buffer written out
+    unfilled, loose or in a zip (`inspection.batch`)."""
+    return f"{EMPTY_ERROR}: {size} bytes, every one 0x{fill:02x} (the camera wrote no image)"
 
 
 def is_blank_frame(error: str | None) -> bool:

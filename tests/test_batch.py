@@ -557,7 +557,7 @@ def test_a_blank_raw_frame_in_a_zip_is_read_not_refused_as_a_zip_bomb() -> None:
     bombs = {
         "small-header.bmp": small_bmp + b"\x00" * 5_000_000,
         "past-its-header.pgm": pgm_header + b"\x00" * (2100 * 2000 + 1_000_000),
-        "no-header.bmp": b"\x00" * 5_000_000,
+        "no-header.bmp": b"\x00" * 5_000_000 + b"\x01",  # (all zeros: an empty file, below)
         "no-width.tif": no_width,
         "compressed.tif": frames["colour.tif"][:8].replace(b"*", b"+") + b"\x00" * 5_000_000,
     }
@@ -573,6 +573,46 @@ def test_a_blank_raw_frame_in_a_zip_is_read_not_refused_as_a_zip_bomb() -> None:
     for name in bombs:
         assert items[name].data is None
         assert (items[name].error or "").startswith("zip entry too compressed ("), name
+
+
+def test_an_unfilled_capture_buffer_in_a_zip_is_said_an_empty_file_as_it_is_loose(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A capture buffer of zeros over 4 MB, loose, is "empty file ... (the camera wrote no
+    image)"; in a zip it packs past 1:1000 and was refused as "zip entry too compressed", a zip
+    bomb. Unpacked in pieces, none kept, it is said as loose; one whose bytes differ past its
+    first ones is refused as before, and what was unpacked to tell counts toward the zip's
+    bound."""
+    from inspection import batch
+    from inspection.batch import iter_zip, read_file
+    from inspection.images import ImageDecodeError, decode_image
+
+    zeros = b"\x00" * 5_000_000
+    (tmp_path / "loose.bmp").write_bytes(zeros)
+    loose = read_file(tmp_path / "loose.bmp", "loose.bmp")
+    with pytest.raises(ImageDecodeError) as said_loose:
+        decode_image(loose.data or b"")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("frame-0001.bmp", zeros)
+        zf.writestr("bomb.bmp", zeros + b"\x01")
+        zf.writestr("ff.raw", b"\xff" * 6_000_000)
+    items = {item.name: item for item in iter_zip(buffer, "lot.zip")}
+    assert items["lot.zip:frame-0001.bmp"].error == str(said_loose.value)
+    assert str(said_loose.value) == (
+        "empty file: 5000000 bytes, every one 0x00 (the camera wrote no image)"
+    )
+    assert items["lot.zip:ff.raw"].error == (
+        "empty file: 6000000 bytes, every one 0xff (the camera wrote no image)"
+    )
+    assert (items["lot.zip:bomb.bmp"].error or "").startswith("zip entry too compressed (")
+
+    # Unpacked to tell, they count toward the bound: a zip of many is no way around it.
+    monkeypatch.setattr(batch, "ZIP_UNPACK_FLOOR_BYTES", 12_000_000)
+    errors = [item.error or "" for item in iter_zip(buffer, "lot.zip")]
+    assert errors[0].startswith("empty file: ")
+    assert errors[1].startswith("zip entry too compressed (")  # (10 MB unpacked so far)
+    assert errors[2].startswith("zip entry too compressed (")  # (6 MB more: not unpacked)
 
 
 def test_a_blank_raw_frame_in_a_zip_is_said_as_a_blank_frame_by_the_batch(
