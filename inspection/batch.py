@@ -79,7 +79,7 @@ from inspection.errors import UnloadableExport, UserError
 from inspection.images import (
     BLANK_ERROR,
     EMPTY_ERROR,
-    IMAGE_SUFFIXES,
+    INSPECTED_SUFFIXES,
     REFUSED_OVER_KEY,
     empty_capture_error,
     is_repeated_fault,
@@ -390,7 +390,7 @@ def is_zip_archive(path: Path) -> bool:
     """A file with an image's suffix is an image even where a zip follows its data: it was
     judged as the zip's entries, the image itself never."""
     suffix = path.suffix.lower()
-    return suffix == ".zip" or (suffix not in IMAGE_SUFFIXES and zipfile.is_zipfile(path))
+    return suffix == ".zip" or (suffix not in INSPECTED_SUFFIXES and zipfile.is_zipfile(path))
 
 
 def file_items(path: Path, display: str) -> Iterator[SourceItem]:

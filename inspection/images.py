@@ -44,6 +44,10 @@ def allow_pixels_up_to(limit: int) -> None:
 # The image files the product takes: uploads, dataset imports, and the files of a folder that
 # are never opened as zips (a zip appended to a JPEG opens as both).
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+# The files a station judges besides (uploads, and the files of a batch's folder never opened as
+# zips): a camera's raw PGM/PPM (and PBM, PNM), which Pillow decodes. Not dataset imports: the
+# training library reads none of them.
+INSPECTED_SUFFIXES = IMAGE_SUFFIXES | {".pbm", ".pgm", ".ppm", ".pnm"}
 logger = logging.getLogger(__name__)
 LETTERBOX_FILL = 114  # the grey ultralytics pads with, so our inputs match its training
 

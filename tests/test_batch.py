@@ -1940,6 +1940,34 @@ def test_a_watch_that_gave_up_on_the_database_does_not_wait_a_second_time(
     assert time.monotonic() - started < 5 and len(tries) == 2  # the run, one finishing try
 
 
+def test_a_cameras_pgm_or_ppm_in_a_folder_is_an_image_even_with_a_zip_behind_it(
+    tmp_path: Path,
+) -> None:
+    """A raw PGM/PPM is a camera's image as a BMP is: one whose bytes a zip follows (a camera
+    SDK's trailer) was opened as the zip, its entries judged and the frame itself never, where
+    a BMP or JPEG of the same bytes is the image."""
+    from PIL import Image
+
+    from inspection.batch import is_zip_archive, iter_source
+    from inspection.images import decode_image
+
+    trailer = io.BytesIO()
+    with zipfile.ZipFile(trailer, "w") as archive:
+        archive.writestr("inside.png", b"not this")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    frames = {}
+    for name, mode in (("gray.pgm", "L"), ("colour.ppm", "RGB")):
+        frame = io.BytesIO()
+        Image.new(mode, (32, 24), 80).save(frame, "PPM")
+        frames[name] = frame.getvalue() + trailer.getvalue()
+        (folder / name).write_bytes(frames[name])
+    assert not is_zip_archive(folder / "gray.pgm")
+    items = {item.name: item for item in iter_source(str(folder))}
+    assert {name: item.data for name, item in items.items()} == frames
+    assert decode_image(frames["colour.ppm"]).width == 32
+
+
 def test_odd_files_are_judged_or_recorded_one_by_one_and_the_batch_goes_on(
     detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -165,6 +165,31 @@ def test_upload_inspects_stores_and_a_rerun_reinspects_nothing(
     assert not at.info
 
 
+def test_a_cameras_pgm_and_ppm_uploaded_alone_are_judged_and_the_page_says_it_takes_them(
+    production: str, tmp_path: Path
+) -> None:
+    """The page listed the images it takes from the dataset imports' types, which leave out
+    a camera's raw PGM/PPM: an operator read that such a frame goes only inside a zip. Picked
+    alone, each is judged as a part, and the page names them among its types."""
+    from PIL import Image
+
+    uploads = []
+    for name, data, _ in _png_files(tmp_path, 2, 11):
+        written = io.BytesIO()
+        image = Image.open(io.BytesIO(data))
+        image.convert("L" if name.endswith("0.png") else "RGB").save(written, "PPM")
+        suffix = ".pgm" if name.endswith("0.png") else ".ppm"
+        uploads.append((Path(name).stem + suffix, written.getvalue(), "image/x-portable-anymap"))
+    at = _app().run()
+    at.file_uploader(key="inspect_files").set_value(uploads).run()
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value
+    assert sorted(table["part"]) == sorted(name for name, _, _ in uploads)
+    assert not (table["verdict"] == "error").any(), list(table["error"])
+    said = " ".join(caption.value for caption in at.caption)
+    assert "Images: bmp, jpeg, jpg, pbm, pgm, png, pnm, ppm, tif, tiff, webp or zips" in said
+
+
 def test_an_export_that_carries_no_record_of_its_weights_is_said_on_the_inspect_page(
     production: str, tmp_path: Path
 ) -> None:

@@ -44,7 +44,7 @@ from inspection.batch import (
 )
 from inspection.errors import UserError
 from inspection.images import (
-    IMAGE_SUFFIXES,
+    INSPECTED_SUFFIXES,
     ImageDecodeError,
     decode_image,
     located_image,
@@ -53,7 +53,7 @@ from inspection.images import (
 from inspection.settings import get_settings
 from inspection.verdict import left_out_note, part_classifier_note
 
-IMAGE_TYPES = sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES)
+IMAGE_TYPES = sorted(suffix.lstrip(".") for suffix in INSPECTED_SUFFIXES)
 SHOWN_PARTS = 60
 CLOSE_UPS = 6  # boxes of a large part shown at its own resolution
 SHRUNK_FACTOR = 2  # an untiled model's parts past this many times its input side are warned of
