@@ -567,6 +567,41 @@ def test_an_image_of_more_than_8_bits_is_stored_as_stations_decode_it(
     assert _label_lines(report.root)[Path(images[1].name).stem] == _yolo_lines(images[1])
 
 
+def test_a_reviewed_pgm_or_ppm_part_is_stored_as_png_so_that_training_reads_it(
+    session, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A station judges a camera's PGM/PPM and keeps it as it came; exported from the Review
+    page, it was copied into the dataset as .pgm, which the training library does not read:
+    the part passed over in training without a word. It is stored as stations decode it, PNG."""
+    from inspection.images import decode_image
+
+    store = tmp_path / "store"
+    store.mkdir()
+    rng = np.random.default_rng(5)
+    parts = []
+    for name, mode in (("a1.pgm", "L"), ("b2.ppm", "RGB"), ("c3.png", "RGB")):
+        pixels = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+        Image.fromarray(pixels).convert(mode).save(
+            store / name, "PNG" if name.endswith("png") else "PPM"
+        )
+        parts.append(LabeledImage(store / name, 0, 0, [Box(0, 8, 8, 30, 30)], boxes_as_judged=True))
+    split_of = {"a1.pgm": "train", "b2.ppm": "val", "c3.png": "train"}
+    report = write_dataset(
+        session, "r", "reviews", "reviews", CLASSES, parts, [], tmp_path / "ds", split_of
+    )
+    assert report.n_images == 3
+    stored = sorted(p.name for p in (report.root / "images").rglob("*.*"))
+    assert stored == ["a1.png", "b2.png", "c3.png"]
+    with Image.open(report.root / "images" / "val" / "b2.png") as image:
+        assert np.array_equal(
+            np.asarray(image), decode_image((store / "b2.ppm").read_bytes()).source
+        )
+    assert (report.root / "splits" / "val.txt").read_text() == "b2.png\n"
+    [issue] = report.issues
+    assert issue.reason.startswith("2 image(s) of a type the training library does not read")
+    assert not issue.left_out
+
+
 def test_replacing_a_dataset_that_a_model_was_trained_on_keeps_it_for_that_model(
     session, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]

@@ -1777,6 +1777,9 @@ def _write_dataset(
     # share one (a good part trained as defective, or a defect as background).
     accepted_of_stem: dict[str, Path] = {}
     high_bit_depth: set[Path] = set()
+    # Images of a type the training library does not read (a station's PGM/PPM, reviewed and
+    # exported): copied as they were, training passed them over without a word.
+    other_type: set[Path] = set()
     for image in images:
         label = image.path.name
         kept = accepted_of_stem.get(image.path.stem)
@@ -1858,6 +1861,8 @@ def _write_dataset(
         accepted_of_stem[image.path.stem] = image.path
         if mode in HIGH_BIT_DEPTH_MODES:
             high_bit_depth.add(image.path)
+        elif image.path.suffix.lower() not in IMAGE_SUFFIXES:
+            other_type.add(image.path)
         accepted.append(image)
     if split_of is not None:
         missing = sorted(set(split_of) - {n for i in images for n in (i.path.name, i.path.stem)})
@@ -1884,6 +1889,7 @@ def _write_dataset(
     counts: dict[str, Counter[str]] = {s: Counter() for s in SPLITS}
     lists: dict[str, list[str]] = {s: [] for s in SPLITS}
     converted: list[str] = []
+    retyped: list[str] = []  # (of `other_type`, stored as PNG)
     tile_rows: list[tuple[str, str, str, int, int, int, int, int, str]] = []
     part_rows: list[tuple[str, str, str, str]] = []  # PART_MAP's, for reviewed parts
     sliced: list[str] = []  # parts with a sliver of a box left unlabeled in a tile
@@ -1898,13 +1904,15 @@ def _write_dataset(
                     stage / "images" / image.split,
                     stage / "labels" / image.split,
                     tile,
-                    high,
+                    high or image.path in other_type,
                 )
             except ValueError as exc:
                 issues.append(ImportIssue(image.path.name, f"cannot cut into tiles: {exc}"))
                 continue
             if high:
                 converted.append(image.path.name)
+            elif image.path in other_type:
+                retyped.append(image.path.name)
             if slivers:
                 n_slivers += slivers
                 sliced.append(image.path.name)
@@ -1930,15 +1938,18 @@ def _write_dataset(
                 )
             continue
         target = stage / "images" / image.split / image.path.name
-        if image.path in high_bit_depth:
-            # Stored as stations decode it: training saw a 12-bit camera's image nearly black.
+        if image.path in high_bit_depth or image.path in other_type:
+            # Stored as stations decode it: training saw a 12-bit camera's image nearly black,
+            # and a PGM/PPM not at all.
+            high = image.path in high_bit_depth
             target = target.with_suffix(".png")
             try:
                 _write_8_bit(image.path, target, image.width, image.height)
             except ValueError as exc:
-                issues.append(ImportIssue(image.path.name, f"cannot convert to 8 bits: {exc}"))
+                into = "8 bits" if high else "PNG"
+                issues.append(ImportIssue(image.path.name, f"cannot convert to {into}: {exc}"))
                 continue
-            converted.append(image.path.name)
+            (converted if high else retyped).append(image.path.name)
         else:
             _place(image.path, target)
         label_file = stage / "labels" / image.split / f"{image.path.stem}.txt"
@@ -1973,6 +1984,16 @@ def _write_dataset(
                 f"{len(converted)} image(s) of more than 8 bits (16-bit or floating point) "
                 "stored as 8-bit PNG, scaled as stations decode them, so that training sees "
                 "what stations see",
+                left_out=False,
+            )
+        )
+    if retyped:
+        issues.append(
+            ImportIssue(
+                _some_files(retyped),
+                f"{len(retyped)} image(s) of a type the training library does not read "
+                "(a camera's PGM/PPM) stored as PNG, as stations decode them, so that training "
+                "sees them",
                 left_out=False,
             )
         )
