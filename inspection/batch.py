@@ -87,7 +87,7 @@ from inspection.images import (
     refused_at_another_limit,
 )
 from inspection.judged import JudgedMover, Move, Stamp, stamp_of
-from inspection.raw_rasters import RAW_HEADER_READ_BYTES, explained_size
+from inspection.raw_rasters import RAW_HEADER_READ_BYTES, explained_size, header_lies_further
 from inspection.results import shown_latency
 from inspection.settings import get_settings, same_place_under
 from inspection.tiling import TileSpec, TileSpecError, judged_tiles, station_grid
@@ -104,7 +104,8 @@ MAX_FILE_BYTES = 256 * 1024 * 1024
 # where a patterned 190 MB BMP packs to 1:1000 and a zip of them filled gigabytes of image store.
 # An entry under the floor is harmless whatever its ratio (a blank thumbnail packs to 1:1000).
 # A raw frame of a flat scene (a blank frame) packs as far: one whose header (BMP, TIFF, PGM/PPM)
-# explains its size is read past the ratio (`_raw_frame_explains`), and one of a single byte
+# explains its size is read past the ratio (`_raw_frame_explains`; a TIFF of its tags after its
+# pixels unpacked whole to tell, `header_lies_further`), and one of a single byte
 # repeated (a capture buffer of zeros) is said an empty file as it is loose (`_one_byte_fill`).
 MAX_COMPRESSION_RATIO = 100
 RATIO_FLOOR_BYTES = 4 * 1024 * 1024
@@ -605,6 +606,16 @@ def _entry_head(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
         return b""
 
 
+def _whole_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes | None:
+    """The entry's bytes, no more than the size its directory declares (at most
+    MAX_FILE_BYTES, checked before), or None where they cannot be unpacked."""
+    try:
+        with archive.open(info) as entry:
+            return _read_at_most(entry, info.file_size)
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError):
+        return None
+
+
 def _raw_frame_explains(head: bytes, info: zipfile.ZipInfo) -> bool:
     """Whether the entry begins with the header of an uncompressed image (BMP, TIFF, PGM/PPM)
     that explains the size it declares: a blank raw frame packs past any ratio, and was
@@ -711,7 +722,16 @@ def iter_zip(archive_file: Path | BinaryIO, label: str) -> Iterator[SourceItem]:
                 head := _entry_head(archive, info), info
             ):
                 fill, one_byte = None, bool(head) and head.count(head[:1]) == len(head)
-                if one_byte and unpacked + info.file_size <= limit:  # (read to its end, maybe)
+                room = unpacked + info.file_size <= limit  # (read to its end, maybe)
+                if room and header_lies_further(head, info.file_size):
+                    # (A TIFF of its tags after its pixels: unpacked whole to read them, counted.)
+                    unpacked += info.file_size
+                    whole = _whole_entry(archive, info)
+                    if whole is not None and _raw_frame_explains(whole, info):
+                        raw_frames += 1
+                        yield SourceItem(name, whole)
+                        continue
+                elif one_byte and room:
                     fill, read = _one_byte_fill(archive, info)
                     unpacked += read
                 if fill is None:

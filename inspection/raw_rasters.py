@@ -47,6 +47,16 @@ def explained_size(head: bytes) -> int | None:
     return pixels + RAW_HEADER_ALLOWANCE
 
 
+def header_lies_further(head: bytes, size: int) -> bool:
+    """Whether these first bytes are a TIFF's whose tags (its first IFD) lie past them, inside
+    a file of `size` bytes: libtiff (OpenCV's writer among its users) writes them after the
+    pixels, so that only the whole file tells the size they explain."""
+    if head[:4] not in (b"II*\x00", b"MM\x00*") or len(head) < 8:
+        return False
+    (ifd,) = struct.unpack_from("<I" if head[:2] == b"II" else ">I", head, 4)
+    return len(head) <= ifd < size
+
+
 def _bmp_pixel_bytes(head: bytes) -> int | None:
     (header_size,) = struct.unpack_from("<I", head, 14)
     if header_size == 12:  # BITMAPCOREHEADER (OS/2): no compression field

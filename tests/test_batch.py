@@ -575,6 +575,44 @@ def test_a_blank_raw_frame_in_a_zip_is_read_not_refused_as_a_zip_bomb() -> None:
         assert (items[name].error or "").startswith("zip entry too compressed ("), name
 
 
+def test_a_blank_uncompressed_tiff_of_its_tags_after_its_pixels_in_a_zip_is_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """libtiff (OpenCV's writer) puts a TIFF's tags after its pixels: a camera's blank
+    uncompressed frame so written, packed past 1:1000, had no header in its first bytes and was
+    refused as a zip bomb where Pillow's TIFF of the same frame is read. Unpacked whole to read
+    its tags (counted toward the zip's bound), it is read; tags that explain less are refused."""
+    import cv2
+    import numpy as np
+
+    from inspection import batch
+    from inspection.batch import iter_zip
+
+    ok, encoded = cv2.imencode(
+        ".tif", np.full((1500, 3000), 40, np.uint8), [cv2.IMWRITE_TIFF_COMPRESSION, 1]
+    )
+    frame = encoded.tobytes()
+    assert ok and struct.unpack_from("<I", frame, 4)[0] > 4_000_000  # (its tags at the end)
+    tags_at = struct.unpack_from("<I", frame, 4)[0]
+    padded = frame[:4] + struct.pack("<I", tags_at + 1_000_000) + frame[8:tags_at]
+    bomb = padded + b"\x28" * 1_000_000 + frame[tags_at:]  # (the same tags, 1 MB more than them)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("frame-0001.tif", frame)
+        zf.writestr("bomb.tif", bomb)
+        zf.writestr("frame-0002.tif", frame)
+    items = list(iter_zip(buffer, "lot.zip"))
+    assert (items[0].error, items[0].data == frame) == (None, True)
+    assert (items[1].error or "").startswith("zip entry too compressed (")
+    assert (items[2].error, items[2].data == frame) == (None, True)
+
+    # Unpacked whole to tell, each counts toward the bound.
+    monkeypatch.setattr(batch, "ZIP_UNPACK_FLOOR_BYTES", 10_100_000)
+    errors = [item.error or "" for item in iter_zip(buffer, "lot.zip")]
+    assert errors[0] == "" and errors[1].startswith("zip entry too compressed (")
+    assert errors[2].startswith("zip entry too compressed (")  # (4.5 + 5.5 MB so far)
+
+
 def test_an_unfilled_capture_buffer_in_a_zip_is_said_an_empty_file_as_it_is_loose(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
