@@ -3,9 +3,9 @@
 Every part is identified by the SHA-256 of its bytes. Its image is stored once under the data
 directory by that hash, and results are written in bulk transactions of one batch each. Started
 again after a crash, a batch skips the parts this model version already judged at its current
-operating point: none is lost (the image file is written before its row is committed) and none is
-inspected twice. A part judged before the version's thresholds were recalibrated is judged again;
-its earlier verdict stays in the database, marked superseded.
+operating point: none is lost (the image file is synced to disk before its row is committed) and
+none is inspected twice. A part judged before the version's thresholds were recalibrated is judged
+again; its earlier verdict stays in the database, marked superseded.
 """
 
 from __future__ import annotations

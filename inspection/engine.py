@@ -44,6 +44,7 @@ from inspection.images import (
     Tiled,
     prepare_parts,
     store_image,
+    sync_store_folders,
 )
 from inspection.settings import get_settings, resolve_device, usable_cores
 from inspection.tiling import (
@@ -774,6 +775,12 @@ class Inspector:
                 for part, (image, error, pixels, stored, refused_over) in zip(
                     parts, results, strict=True
                 )
+            )
+        if store_into is not None:
+            # The stored files' names to disk once for the batch (their bytes are already),
+            # before any verdict naming them is handed on to be committed.
+            sync_store_folders(
+                store_into, [p.stored_path for p in prepared if p.stored_path is not None]
             )
         return prepared
 

@@ -8,6 +8,7 @@ a reason: empty files, non-images, truncated or corrupt files, images over the p
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import os
@@ -15,6 +16,7 @@ import re
 import stat
 import uuid
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -363,16 +365,24 @@ class Tiled:
         return letterbox(DecodedImage(self.image.source[y0:y1, x0:x1]), size)
 
 
-def store_image(images_dir: Path, content_hash: str, name: str, data: bytes) -> Path:
+def store_image(
+    images_dir: Path, content_hash: str, name: str, data: bytes, sync_folder: bool = True
+) -> Path:
     """Write the bytes once under images/<h[:2]>/<hash><suffix>; atomic, so a crash leaves no half file.
 
+    The bytes reach the disk before the file takes its name, and its folder's entry before this
+    returns, so that a verdict committed after it never names an empty or missing file after a
+    power cut. Without `sync_folder`, the caller syncs the folders (`sync_store_folders`) once
+    for many files, before it commits any of them.
+
     A file kept already is touched instead: a part judged again is about to get a verdict that
-    a prune running now cannot see yet, and the prune keeps a file touched that recently."""
+    a prune running now cannot see yet, and the prune keeps a file touched that recently. One of
+    another size (left empty by a power cut before images were synced) is written again."""
     suffix = Path(name.split(":")[-1]).suffix.lower()[:8] or ".bin"
     target = images_dir / content_hash[:2] / f"{content_hash}{suffix}"
     try:
         os.utime(target)
-        kept = True
+        kept = target.stat().st_size == len(data)
     except FileNotFoundError:
         kept = False
     except OSError:  # (another user's file on a shared store: there, left as it is)
@@ -384,14 +394,53 @@ def store_image(images_dir: Path, content_hash: str, name: str, data: bytes) -> 
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             partial.write_bytes(data)
+            _sync_file(partial)
             partial.replace(target)
         except OSError as exc:
             partial.unlink(missing_ok=True)
-            raise StorageError(
-                f"cannot keep the parts' images in the image store {images_dir}: "
-                f"{exc.strerror or exc}; free space there (or set DEFECTS_DATA_DIR)"
-            ) from exc
+            raise store_error(images_dir, exc) from exc
+    if sync_folder:  # (a kept file's too: its name may be another station's, not synced yet)
+        sync_store_folders(images_dir, [target])
     return target
+
+
+def store_error(images_dir: Path, exc: OSError) -> StorageError:
+    """The store's failure in one line: a full disk says to free space; another (a disk failing
+    its writes or syncs, EIO) says to look at the disk, where freeing space would not help."""
+    fix = "free space there" if exc.errno in (errno.ENOSPC, None) else "check its disk"
+    return StorageError(
+        f"cannot keep the parts' images in the image store {images_dir}: "
+        f"{exc.strerror or exc}; {fix} (or set DEFECTS_DATA_DIR)"
+    )
+
+
+def _sync_file(path: Path) -> None:
+    """The file's bytes to disk (a descriptor read-only serves: fsync flushes the file)."""
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def sync_store_folders(images_dir: Path, stored: Iterable[Path]) -> None:
+    """The names of the files just stored to disk, once for them all: their folders' entries,
+    then the store's own and its parent's (where a first file made its folder, or the store).
+    A power cut before this could lose a stored file's name, and the file with it. Deepest
+    first, so that a folder's entry in its parent is synced after the folder's own."""
+    folders = {path.parent for path in stored}
+    if not folders:
+        return
+    folders |= {images_dir, images_dir.parent}
+    try:
+        for folder in sorted(folders, key=lambda f: len(f.parts), reverse=True):
+            handle = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(handle)
+            finally:
+                os.close(handle)
+    except OSError as exc:
+        raise store_error(images_dir, exc) from exc
 
 
 def located_image(stored_path: str, images_dir: Path | None = None) -> Path:
@@ -453,7 +502,8 @@ def prepare_parts(
     Module level and without the model, so that worker processes can run it; storing
     here spreads the image store's system calls over the workers that already hold the bytes.
     A refused file (undecodable, too large, blank) is stored all the same, kept with its
-    error, up to KEEP_NON_IMAGE_BYTES."""
+    error, up to KEEP_NON_IMAGE_BYTES. Each stored file's bytes are synced, its folder not: the
+    caller syncs the folders of a batch's files at once (`sync_store_folders`)."""
     prepared: list[Prepared] = []
     for i, data in enumerate(datas):
         boxed: Letterboxed | Tiled | None = None
@@ -482,7 +532,9 @@ def prepare_parts(
                 error += f" (not kept: {len(data) / 1e6:.0f} MB that {what})"
             else:
                 request = stores[i]
-                stored = store_image(request.images_dir, request.content_hash, request.name, data)
+                stored = store_image(
+                    request.images_dir, request.content_hash, request.name, data, False
+                )
         if error is not None:
             prepared.append((None, error, None, stored, refused_over))
         else:

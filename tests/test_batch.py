@@ -2999,3 +2999,150 @@ def test_inspect_hashes_each_image_once(
     result = CliRunner().invoke(app, ["inspect", *map(str, paths), "--json"])
     assert result.exit_code == 0, result.output
     assert sorted(hashed) == sorted(contents)
+
+
+def _spying_on_syncs(
+    monkeypatch: pytest.MonkeyPatch, fail_on: Callable[[str], bool] = lambda path: False
+) -> list[tuple[str, Any]]:
+    """Each os.fsync (the path synced) and each chunk's write (the images its rows name), in
+    the order they happen; the real fsync runs, or EIO where `fail_on` the path."""
+    import errno
+
+    events: list[tuple[str, Any]] = []
+    fsync, write = os.fsync, BatchInspection._write
+
+    def spying_fsync(fd: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if fail_on(path):
+            raise OSError(errno.EIO, "Input/output error")
+        fsync(fd)
+        events.append(("fsync", path))
+
+    def spying_write(self: BatchInspection, results: list[PartResult], *args: Any) -> bool:
+        events.append(("write", [str(r.stored_path) for r in results if r.stored_path]))
+        return write(self, results, *args)
+
+    monkeypatch.setattr(os, "fsync", spying_fsync)
+    monkeypatch.setattr(BatchInspection, "_write", spying_write)
+    return events
+
+
+def _synced_before_written(events: list[tuple[str, Any]], store: Path) -> None:
+    """Every image a write names had its bytes synced, then its folder, before that write, and
+    the store's own folder once its first sub-folder was made."""
+    for at, (kind, stored) in enumerate(events):
+        if kind != "write":
+            continue
+        synced = [path for kind, path in events[:at] if kind == "fsync"]
+        for image in stored:
+            image_path = Path(image)
+            file_synced = next(
+                i
+                for i, path in enumerate(synced)
+                if path.startswith(f"{image_path.resolve()}.") and path.endswith(".partial")
+            )
+            folder_synced = synced.index(str(image_path.parent.resolve()), file_synced)
+            assert folder_synced > file_synced
+        assert str(store.resolve()) in synced
+
+
+def test_each_image_and_its_folder_are_synced_before_the_row_naming_it_is_committed(
+    detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A power cut after the commit left rows naming images that had reached the page cache
+    only: empty or missing once the station was back. Folders are synced once a chunk."""
+    make_images(tmp_path / "in", n=10)
+    events = _spying_on_syncs(monkeypatch)
+    job = _job(detector, tmp_path)
+    job.chunk_parts = 4
+    assert job.run(iter_source(str(tmp_path / "in"))).inspected == 10
+    writes = [stored for kind, stored in events if kind == "write"]
+    assert sum(len(stored) for stored in writes) == 10 and len(writes) >= 3
+    _synced_before_written(events, tmp_path / "store")
+
+
+def test_a_batchs_images_share_one_sync_of_each_folder(
+    trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each image's bytes are synced, its folder's entries once for the batch's files (a sync
+    of the folder a file halved the store's rate, bench/store_fsync.py)."""
+    from inspection.engine import Inspector, PartInput
+
+    synced: list[str] = []
+    fsync = os.fsync
+
+    def spying_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spying_fsync)
+    store = tmp_path / "store"
+    make_images(tmp_path / "in", n=6)
+    hashes = [f"ab{i:062x}" for i in range(5)] + [f"cd{0:062x}"]  # five in one folder
+    parts = [
+        PartInput(path.name, path.read_bytes(), digest)
+        for path, digest in zip(sorted((tmp_path / "in").iterdir()), hashes, strict=True)
+    ]
+    inspector = Inspector.from_weights(trained.weights, None, "pytorch", batch_size=6)
+    assert len(list(inspector.inspect(parts, store_into=store))) == 6
+    files = [i for i, path in enumerate(synced) if path.endswith(".partial")]
+    assert len(files) == 6
+    for i in files:  # (then its folder, the store's, and the store's parent's, deepest first)
+        after_folder = synced[synced.index(str(Path(synced[i]).parent), i) :]
+        assert after_folder.index(str(store)) + 1 == after_folder.index(str(tmp_path))
+    assert synced[-2:] == [str(store), str(tmp_path)]
+    assert synced.count(str(store / "ab")) < 5  # (five files, their folder synced per batch)
+    synced.clear()
+    list(inspector.inspect(parts[:2], store_into=store))  # (judged again: kept, not written)
+    assert synced == [str(store / "ab"), str(store), str(tmp_path)]
+
+
+@pytest.mark.parametrize("failing", ["image", "folder"])
+def test_a_failing_sync_stops_the_run_with_a_clear_error_and_records_nothing_unsynced(
+    failing: str, detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk failing its syncs (EIO) must stop the run before a row names an image that may
+    not be on it, in one line saying to look at the disk, not a traceback."""
+    from inspection.errors import StorageError
+
+    make_images(tmp_path / "in", n=10)
+    syncs, disk_replaced = [0], [False]
+
+    def fifth_of_its_kind(path: str) -> bool:
+        if disk_replaced[0] or path.endswith(".partial") != (failing == "image"):
+            return False
+        syncs[0] += 1
+        return syncs[0] >= 5
+
+    events = _spying_on_syncs(monkeypatch, fifth_of_its_kind)
+    job = _job(detector, tmp_path)
+    job.chunk_parts = 4
+    with pytest.raises(
+        StorageError, match=r"Input/output error; check its disk \(or set DEFECTS_DATA_DIR\)$"
+    ):
+        job.run(iter_source(str(tmp_path / "in")))
+    job.inspector.close(wait=True)
+    written = _counts(detector)[0]
+    assert written < 10
+    _synced_before_written(events, tmp_path / "store")
+    assert not list((tmp_path / "store").rglob("*.partial"))  # no half file left
+    with session_scope(detector) as session:  # (what was recorded names whole images)
+        assert all(Path(p).stat().st_size for p in session.scalars(select(Part.stored_path)))
+    disk_replaced[0] = True
+    resumed = _job(detector, tmp_path).run(iter_source(str(tmp_path / "in")))
+    assert resumed.inspected == 10 - written and _counts(detector) == (10, 10, 10)
+
+
+def test_an_image_a_power_cut_left_empty_is_written_again_when_its_part_comes_back(
+    tmp_path: Path,
+) -> None:
+    """A file stored unsynced before a power cut came back empty: judged again, its part was
+    only touched, and its new verdict named the empty file."""
+    from inspection.images import store_image
+
+    emptied = tmp_path / "ab" / f"{'ab' * 32}.png"
+    emptied.parent.mkdir()
+    emptied.touch()
+    assert store_image(tmp_path, "ab" * 32, "part.png", b"the part's bytes") == emptied
+    assert emptied.read_bytes() == b"the part's bytes"
+    assert not list(tmp_path.rglob("*.partial"))
