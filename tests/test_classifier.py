@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -949,3 +950,70 @@ def test_a_hard_negative_detector_of_other_classes_is_refused_naming_both_lists(
     finally:
         with session_scope(trained.url) as session:  # (the session's database is shared)
             session.execute(delete(ModelVersion).where(ModelVersion.name == "other-det"))
+
+
+@pytest.fixture
+def synth_data(tmp_path: Path) -> str:
+    """The synthetic dataset "synth" (8 images) imported in this test's own data folder, no
+    detector trained: what a classifier's training alone needs. Its database URL."""
+    from db.migrate import upgrade
+    from tests.conftest import import_synthetic
+
+    url = get_settings().resolved_database_url
+    upgrade(url)
+    import_synthetic(url, tmp_path / "synth", n=8)
+    return url
+
+
+def _tiny_classifier_request(**request: Any) -> Any:
+    from training.train_classifier import ClassifierTrainRequest
+
+    return ClassifierTrainRequest(
+        **{
+            "data": "synth",
+            "backbone": "mobilenet_v3_small",
+            "epochs": 1,
+            "imgsz": 64,
+            "batch": 8,
+            "device": "cpu",
+            **request,
+        }
+    )
+
+
+def test_two_classifier_trainings_started_in_the_same_second_keep_their_own_weights(
+    synth_data: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run folder was named to the second: a second training of the same data and backbone
+    started in that second wrote the same best.pt, and the first registered the second's
+    weights. (The same second is simulated: the clock's stamp is held, and the second training
+    runs while the first is about to register.)"""
+    import training.train_classifier as module
+
+    monkeypatch.setattr(module.time, "strftime", lambda fmt, *rest: "20260101-120000")
+    register = module.register_model_version
+    registered: dict[int, Path] = {}
+
+    def second_one_first(session: Any, weights: Path, *args: Any, **kwargs: Any) -> Any:
+        if not registered:
+            registered[1] = weights  # (before the second run, which registers first)
+            registered[2] = Path()
+            with monkeypatch.context() as inner:
+                inner.setattr(module, "register_model_version", register)
+                second = module.train_classifier(_tiny_classifier_request(seed=1), synth_data)
+            with session_scope(synth_data) as other:
+                registered[2] = Path(get_model_version(other, second).file_path)
+        return register(session, weights, *args, **kwargs)
+
+    monkeypatch.setattr(module, "register_model_version", second_one_first)
+    first = module.train_classifier(_tiny_classifier_request(seed=0), synth_data)
+    with session_scope(synth_data) as session:
+        first_file = Path(get_model_version(session, first).file_path)
+    digest = {n: hashlib.sha256(f.read_bytes()).hexdigest() for n, f in registered.items()}
+    mine = hashlib.sha256(first_file.read_bytes()).hexdigest()
+    assert mine != digest[2] and mine == digest[1]  # (its own weights, not the second's)
+    runs = sorted(p.name for p in (get_settings().runs_dir / "classify").iterdir())
+    assert runs == [
+        "synth-mobilenet_v3_small-20260101-120000",
+        "synth-mobilenet_v3_small-20260101-120000-2",
+    ]

@@ -375,6 +375,22 @@ def refuse_teacher_classes(
     )
 
 
+def new_run_folder(parent: Path, base: str) -> Path:
+    """The first of `base`, `base-2`, ... that this process creates itself: named to the
+    second alone, two trainings of the same data and backbone started in the same second wrote
+    the same best.pt, and one could register the other's weights."""
+    parent.mkdir(parents=True, exist_ok=True)
+    n = 1
+    while True:
+        folder = parent / (base if n == 1 else f"{base}-{n}")
+        n += 1
+        try:
+            folder.mkdir()  # (atomic: one process gets it)
+        except FileExistsError:
+            continue
+        return folder
+
+
 def train_classifier(request: ClassifierTrainRequest, url: str | None = None) -> int:
     """Train, keep the epoch best on val, register it as a candidate; returns the version id."""
     settings = get_settings()
@@ -509,10 +525,9 @@ def train_classifier(request: ClassifierTrainRequest, url: str | None = None) ->
             optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0)))
         )
         criterion = nn.CrossEntropyLoss(label_smoothing=0.05)
-        run_dir = (
-            settings.runs_dir
-            / "classify"
-            / f"{request.data}-{request.backbone}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = new_run_folder(
+            settings.runs_dir / "classify",
+            f"{request.data}-{request.backbone}-{time.strftime('%Y%m%d-%H%M%S')}",
         )
         best_path, best_accuracy, started = run_dir / "best.pt", -1.0, time.perf_counter()
         distill_log: list[float] = []
