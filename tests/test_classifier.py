@@ -1017,3 +1017,41 @@ def test_two_classifier_trainings_started_in_the_same_second_keep_their_own_weig
         "synth-mobilenet_v3_small-20260101-120000",
         "synth-mobilenet_v3_small-20260101-120000-2",
     ]
+
+
+def test_a_stopped_classifier_training_leaves_no_weights_behind_and_says_so(
+    synth_data: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Stopped after its first epoch, it left runs/classify/RUN/best.pt, which nothing resumes
+    or registers, and the stop message said nothing of it: the folder is removed and said."""
+    from inspection.errors import Stopped
+    from training.train_classifier import EpochProgress, train_classifier
+
+    def pressed_in_the_second_epoch(self: EpochProgress, losses: list[float]) -> None:
+        if self.epoch == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(EpochProgress, "batch_done", pressed_in_the_second_epoch)
+    with pytest.raises(Stopped):
+        train_classifier(_tiny_classifier_request(epochs=2), synth_data)
+    said = capsys.readouterr()
+    assert "epoch 1/2" in said.out  # (the first epoch's best was saved)
+    runs = get_settings().runs_dir / "classify"
+    assert list(runs.iterdir()) == []
+    assert "(its run folder synth-mobilenet_v3_small-" in said.err and "is removed)" in said.err
+
+
+def test_a_failed_classifier_training_leaves_no_weights_behind(
+    synth_data: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A training that failed after an epoch (here its registration) left its run's best.pt,
+    which nothing registers: the same command trains it again from the start."""
+    import training.train_classifier as module
+
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("registration failed")
+
+    monkeypatch.setattr(module, "register_model_version", refused)
+    with pytest.raises(RuntimeError, match="registration failed"):
+        module.train_classifier(_tiny_classifier_request(), synth_data)
+    assert list((get_settings().runs_dir / "classify").iterdir()) == []

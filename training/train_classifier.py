@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -391,6 +392,15 @@ def new_run_folder(parent: Path, base: str) -> Path:
         return folder
 
 
+def _remove_run_folder(run_dir: Path | None) -> Path | None:
+    """Removes a run's folder that registered nothing: a classifier's training does not
+    resume, so its best epoch's weights would only hold the space. The folder, if removed."""
+    if run_dir is None or not run_dir.is_dir():
+        return None
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return None if run_dir.exists() else run_dir
+
+
 def train_classifier(request: ClassifierTrainRequest, url: str | None = None) -> int:
     """Train, keep the epoch best on val, register it as a candidate; returns the version id."""
     settings = get_settings()
@@ -476,6 +486,7 @@ def train_classifier(request: ClassifierTrainRequest, url: str | None = None) ->
         session.add(job)
         session.flush()
         job_id = job.id
+    run_dir: Path | None = None
     try:
         class_names = [GOOD, *defect_classes]
         train_images, train_boxes = read_split(root, "train")
@@ -617,12 +628,17 @@ def train_classifier(request: ClassifierTrainRequest, url: str | None = None) ->
             return version.id
     except BaseException as exc:
         record_job_end(url, job_id, exc)
+        # (Its best epoch's weights were left behind: nothing resumes or registers them, and
+        # the stop message did not mention them.)
+        removed = _remove_run_folder(run_dir)
         if isinstance(exc, KeyboardInterrupt):  # (SIGTERM too: the CLI raises it for one)
             # (It ended on a bare "interrupted": whether anything was kept, or could be
             # resumed as a detector's training can, went unsaid.)
             print(
-                "stopped: no classifier was registered; a classifier's training does not "
-                "resume, the same command trains it again from the start",
+                "stopped: no classifier was registered"
+                + (f" (its run folder {removed.name} is removed)" if removed else "")
+                + "; a classifier's training does not resume, the same command trains it "
+                "again from the start",
                 file=sys.stderr,
             )
             raise Stopped from exc  # (said: the command line adds no "interrupted")
