@@ -9,6 +9,8 @@ weights=None: nothing is downloaded.
 
 from __future__ import annotations
 
+import io
+import os
 import pickle
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -89,8 +91,13 @@ class ClassifierCheckpoint:
 def save_classifier(
     model: DefectClassifier, path: Path, image_size: int, metrics: dict[str, Any] | None = None
 ) -> None:
-    """A plain dict of tensors and names: loadable with torch.load(weights_only=True)."""
+    """A plain dict of tensors and names: loadable with torch.load(weights_only=True).
+
+    Written beside `path` and renamed once whole: saved into the file itself, a disk that
+    filled stopped the training in torch's "unexpected pos 704 vs 598", no errno nor file
+    named, and left the file there before cut short."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
     torch.save(
         {
             "kind": "defect-classifier",
@@ -100,8 +107,15 @@ def save_classifier(
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "metrics": metrics or {},
         },
-        path,
+        buffer,
     )
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        partial.write_bytes(buffer.getbuffer())
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def load_classifier(path: Path, device: str = "cpu") -> tuple[DefectClassifier, int]:

@@ -1055,3 +1055,44 @@ def test_a_failed_classifier_training_leaves_no_weights_behind(
     with pytest.raises(RuntimeError, match="registration failed"):
         module.train_classifier(_tiny_classifier_request(), synth_data)
     assert list((get_settings().runs_dir / "classify").iterdir()) == []
+
+
+def test_a_run_folder_that_fills_says_so_in_one_line(
+    synth_data: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk that filled as an epoch's best was written stopped the training in torch's
+    "[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598": no errno, no
+    folder, no word of what was kept. (The full disk is real: the weights are written through
+    /dev/full, which refuses every write with ENOSPC.)"""
+    import os
+
+    from sqlalchemy import func, select
+
+    import training.train_classifier as module
+    from db.models import JobStatus, ModelVersion, TrainingJob
+    from inspection.errors import UserError
+    from training.cli import app
+
+    made: list[Path] = []
+
+    def on_a_full_disk(parent: Path, base: str) -> Path:
+        run = new_run_folder(parent, base)
+        for name in ("best.pt", f".best.pt.{os.getpid()}.partial"):  # (written either way)
+            (run / name).symlink_to("/dev/full")
+        made.append(run)
+        return run
+
+    new_run_folder = module.new_run_folder
+    monkeypatch.setattr(module, "new_run_folder", on_a_full_disk)
+    args = ["train", "classifier", "--data", "synth", "--backbone", "mobilenet_v3_small"]
+    result = CliRunner().invoke(app, [*args, "--epochs", "1", "--imgsz", "64", "--batch", "8"])
+    assert isinstance(result.exception, UserError), repr(result.exception)
+    said = str(result.exception)
+    assert said.startswith(f"cannot write the training run's folder {made[0]}: No space left")
+    assert "nothing is registered" in said and "the folder is removed" in said
+    assert not made[0].exists()
+    with session_scope(synth_data) as session:
+        assert session.scalar(select(func.count(ModelVersion.id))) == 0
+        job = session.scalars(select(TrainingJob).order_by(TrainingJob.id.desc())).first()
+        assert job is not None and job.status == JobStatus.FAILED
+        assert "No space left" in (job.error or "")

@@ -8,6 +8,7 @@ Samples come from the detection labels, so one labeled dataset trains both model
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import random
@@ -401,6 +402,23 @@ def _remove_run_folder(run_dir: Path | None) -> Path | None:
     return None if run_dir.exists() else run_dir
 
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _run_folder_full(exc: BaseException, folder: Path, removed: bool) -> UserError | None:
+    """A full disk under the run's folder in one line, with what became of the run (`removed`:
+    the folder is gone): an epoch's best written there stopped the training in torch's
+    "unexpected pos 704 vs 598", naming neither. None for any other error."""
+    if not isinstance(exc, OSError) or exc.errno not in DISK_FULL:
+        return None
+    return UserError(
+        f"cannot write the training run's folder {folder}: {exc.strerror or exc}; nothing is "
+        "registered and the training job is marked failed"
+        + ("; the folder is removed" if removed else "")
+        + ": free space there and train again"
+    )
+
+
 def train_classifier(request: ClassifierTrainRequest, url: str | None = None) -> int:
     """Train, keep the epoch best on val, register it as a candidate; returns the version id."""
     settings = get_settings()
@@ -627,10 +645,11 @@ def train_classifier(request: ClassifierTrainRequest, url: str | None = None) ->
             job.result_model_version_id = version.id
             return version.id
     except BaseException as exc:
-        record_job_end(url, job_id, exc)
         # (Its best epoch's weights were left behind: nothing resumes or registers them, and
         # the stop message did not mention them.)
         removed = _remove_run_folder(run_dir)
+        full = _run_folder_full(exc, run_dir or settings.runs_dir / "classify", removed is not None)
+        record_job_end(url, job_id, full or exc)
         if isinstance(exc, KeyboardInterrupt):  # (SIGTERM too: the CLI raises it for one)
             # (It ended on a bare "interrupted": whether anything was kept, or could be
             # resumed as a detector's training can, went unsaid.)
@@ -642,4 +661,6 @@ def train_classifier(request: ClassifierTrainRequest, url: str | None = None) ->
                 file=sys.stderr,
             )
             raise Stopped from exc  # (said: the command line adds no "interrupted")
+        if full is not None:
+            raise full from exc
         raise
