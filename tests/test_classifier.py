@@ -1096,3 +1096,19 @@ def test_a_run_folder_that_fills_says_so_in_one_line(
         job = session.scalars(select(TrainingJob).order_by(TrainingJob.id.desc())).first()
         assert job is not None and job.status == JobStatus.FAILED
         assert "No space left" in (job.error or "")
+
+
+def test_a_damaged_dataset_image_is_named_when_a_classifier_trains(
+    synth_data: str, tmp_path: Path
+) -> None:
+    """An image of the dataset damaged since its import (cut short) stopped the training in
+    "corrupt or truncated image: image file is truncated", naming none of its images."""
+    from inspection.errors import UserError
+    from training.train_classifier import train_classifier
+
+    root = get_settings().datasets_dir / "synth"
+    damaged = split_image_paths(root, "val")[0]
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    with pytest.raises(UserError, match=rf"dataset image {damaged} cannot be read: corrupt"):
+        train_classifier(_tiny_classifier_request(), synth_data)
+    assert list((get_settings().runs_dir / "classify").glob("*")) == []

@@ -42,7 +42,7 @@ from inspection.classifier import (
     save_classifier,
 )
 from inspection.errors import Stopped, UserError
-from inspection.images import decode_image
+from inspection.images import ImageDecodeError, decode_image
 from inspection.settings import get_settings, resolve_device
 from training.datasets import (
     check_folder_name,
@@ -116,7 +116,15 @@ def read_split(
     made three channels by `resize_square`."""
     images, boxes = [], []
     for path in split_image_paths(root, split):
-        pixels = decode_image(path.read_bytes()).source
+        try:
+            pixels = decode_image(path.read_bytes()).source
+        except ImageDecodeError as exc:
+            # (Said without the file, "corrupt or truncated image: image file is truncated"
+            # left the user to find it among the dataset's images.)
+            raise UserError(
+                f"dataset image {path} cannot be read: {exc}; replace it, or import the "
+                "dataset again"
+            ) from exc
         height, width = pixels.shape[:2]
         label_file = root / "labels" / split / f"{path.stem}.txt"
         found = []
