@@ -1112,3 +1112,22 @@ def test_a_damaged_dataset_image_is_named_when_a_classifier_trains(
     with pytest.raises(UserError, match=rf"dataset image {damaged} cannot be read: corrupt"):
         train_classifier(_tiny_classifier_request(), synth_data)
     assert list((get_settings().runs_dir / "classify").glob("*")) == []
+
+
+def test_a_classifier_stopped_while_its_weights_are_copied_leaves_no_half_version(
+    synth_data: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped while its weights were copied into the model store, it left a version's folder
+    that no version names, holding half the weights' file, and the next one took NAME-2."""
+    import training.versions as versions
+    from inspection.errors import Stopped
+    from training.train_classifier import train_classifier
+
+    def stopped_half_way(source: Path, target: Path) -> None:
+        Path(target).write_bytes(Path(source).read_bytes()[:100])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(versions.shutil, "copy2", stopped_half_way)
+    with pytest.raises(Stopped):
+        train_classifier(_tiny_classifier_request(), synth_data)
+    assert list(get_settings().models_dir.glob("*")) == []

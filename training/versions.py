@@ -90,10 +90,14 @@ def _copy_weights(weights: Path, target: Path, made: Path | None) -> None:
     try:
         shutil.copy2(weights, partial)
         os.replace(partial, target)
-    except OSError as exc:
+    except BaseException as exc:
+        # (Stopped during the copy, Ctrl-C left the half file and an empty version's folder,
+        # which no version names, and the next registration took NAME-2.)
         partial.unlink(missing_ok=True)
         if made is not None:
             shutil.rmtree(made, ignore_errors=True)
+        if not isinstance(exc, OSError):
+            raise
         raise UserError(
             f"cannot copy the weights {weights} into {target.parent}: {exc.strerror or exc}; no "
             "model version is registered: free space there and run the same command again"
