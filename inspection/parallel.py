@@ -58,7 +58,7 @@ from inspection.engine import BackendChoice, PartResult, TileChoice
 from inspection.errors import UserError
 from inspection.judged import JudgedMover
 from inspection.runtime import end_process
-from inspection.settings import get_settings, usable_cores
+from inspection.settings import get_settings, share_network_threads, usable_cores
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +81,7 @@ class WorkerJob:
     device: str | None
     batch_size: int | None
     cores: tuple[int, ...] | None  # the cores this worker keeps to; None: no pinning
+    threads: int = 1  # the threads its network runs on: its cores, or its share of them
     model: str | None = None  # a model file (--model FILE) that judges for the run's version
     launched_at: float = 0.0  # time.time() as the dealer started it (a clock both processes read)
     # --move-judged: (the source folder, DIR); each worker moves the files of the parts it
@@ -105,6 +106,23 @@ def share_cores(cores: list[int], workers: int) -> list[tuple[int, ...] | None]:
         slices.append(tuple(cores[start:end]))
         start = end
     return slices
+
+
+def threads_each(cores: list[int], workers: int) -> int:
+    """The threads each worker's network runs on where the workers are not pinned (more
+    workers than cores): the cores divided among them, one at least."""
+    return max(1, len(cores) // workers)
+
+
+def take_share(job: WorkerJob) -> None:
+    """A worker keeps to its cores, and its network (PyTorch's and ONNX Runtime's threads) to
+    their number: unpinned, each of N workers ran on every core, N x cores threads."""
+    if job.cores is not None:
+        os.sched_setaffinity(0, job.cores)
+    import torch
+
+    torch.set_num_threads(job.threads)
+    share_network_threads(job.threads)
 
 
 def shard_of(item: SourceItem, workers: int) -> int:
@@ -189,11 +207,7 @@ def _worker(
     # Here the interpreter has started and imported the product (torch, ultralytics...).
     imported_s = time.time() - job.launched_at
     try:
-        if job.cores is not None:
-            os.sched_setaffinity(0, job.cores)
-            import torch
-
-            torch.set_num_threads(len(job.cores))
+        take_share(job)
         share = BatchInspection(
             job.url,
             job.images_dir,
@@ -351,7 +365,8 @@ class ParallelInspection:
             raise
         self.url = url
         self.workers = workers
-        cores = share_cores(usable_cores(), workers)
+        usable = usable_cores()
+        cores = share_cores(usable, workers)
         named_file = model_file(model)
         self._jobs = [
             WorkerJob(
@@ -362,6 +377,7 @@ class ParallelInspection:
                 device,
                 batch_size,
                 cores[i],
+                len(cores[i]) if cores[i] else threads_each(usable, workers),
                 str(named_file.resolve()) if named_file else None,
                 move_judged=(str(move_judged[0]), str(move_judged[1])) if move_judged else None,
                 tile=tile,

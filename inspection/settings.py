@@ -209,6 +209,25 @@ def usable_cores() -> list[int]:
     return list(range(os.cpu_count() or 1))
 
 
+# A parallel run's worker: the threads its network runs on (None: a lone process, every core
+# it may use). Set once as the worker starts (`share_network_threads`).
+_network_threads: int | None = None
+
+
+def share_network_threads(threads: int) -> None:
+    """This process is one of a parallel run's workers, its network to run on `threads`
+    threads: with more workers than cores none is pinned, and each one's network on every core
+    asked the cores for workers x cores threads, slower than one each."""
+    global _network_threads
+    _network_threads = max(1, threads)
+
+
+def network_threads() -> int:
+    """The threads a network (ONNX Runtime's session) may run on in this process: a worker's
+    share of the cores, else every core the process may use."""
+    return _network_threads or len(usable_cores())
+
+
 def resolve_device(choice: str | None = None) -> str:
     """Turn 'auto' into 'cuda:0' where a GPU is visible and 'cpu' otherwise."""
     import torch

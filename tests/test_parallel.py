@@ -14,6 +14,7 @@ import threading
 import time
 import types
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,15 @@ from db.models import Inspection, InspectionRun, Part, Prediction
 from db.session import session_scope
 from inspection.batch import WRITE_NOW, BatchInspection, SourceItem, iter_source
 from inspection.errors import UserError
-from inspection.parallel import QUEUE_PER_WORKER, ParallelInspection, shard_of, share_cores
+from inspection.parallel import (
+    QUEUE_PER_WORKER,
+    ParallelInspection,
+    WorkerJob,
+    shard_of,
+    share_cores,
+    take_share,
+)
+from inspection.settings import usable_cores
 from tests.conftest import Trained, register_production_detector
 from tests.synthetic import make_images
 
@@ -324,6 +333,39 @@ def test_workers_judge_with_the_model_file_named(detector: str, tmp_path: Path) 
     summary = job.run(iter_source(str(tmp_path / "in")))
     assert (job.model_name, summary.inspected) == ("tiny", 4)
     assert len(_rows(detector, job.run_id)) == 4
+
+
+def _threads_in_a_worker(job: WorkerJob, onnx_path: Path) -> tuple[int, int, int]:
+    """In a fresh process, as a worker starts: its share taken, the ONNX session it opens
+    (intra-op and inter-op threads, read back from the session) and PyTorch's threads."""
+    import torch
+
+    from inspection.backends.onnx_backend import OnnxBackend
+
+    take_share(job)
+    options = OnnxBackend(onnx_path).session.get_session_options()
+    return options.intra_op_num_threads, options.inter_op_num_threads, torch.get_num_threads()
+
+
+def test_each_workers_network_runs_on_its_share_of_the_cores(detector: str, tmp_path: Path) -> None:
+    """More workers than cores are not pinned: each one's ONNX session took every core, N x
+    cores threads on the cores. Each now runs on its share, a lone process on every core."""
+    from inspection.backends.onnx_backend import OnnxBackend
+    from training.export import export_detector
+
+    exported = export_detector(Path(_weights(detector)), version_name="tiny")
+    cores = len(usable_cores())
+    lone = OnnxBackend(exported).session.get_session_options()
+    assert lone.intra_op_num_threads == cores  # one process: not limited
+    spawn = multiprocessing.get_context("spawn")
+    for workers in dict.fromkeys((2 * cores, 2)):  # not pinned (more workers than cores), pinned
+        job = ParallelInspection(detector, tmp_path / "store", "L", "S", workers, backend="onnx")
+        for worker in job._jobs[:2]:
+            share = len(worker.cores) if worker.cores else max(1, cores // workers)
+            with ProcessPoolExecutor(1, mp_context=spawn) as process:
+                threads = process.submit(_threads_in_a_worker, worker, exported).result()
+            assert threads == (share, 1, share), (workers, worker.cores)
+        job.close()
 
 
 def test_cores_are_shared_out_and_copies_meet_in_one_shard() -> None:

@@ -14,7 +14,7 @@ import onnxruntime as ort
 from inspection.backends.base import Backend, OutOfMemory, read_tile
 from inspection.errors import UnloadableExport, UserError
 from inspection.images import to_model_input
-from inspection.settings import get_settings, usable_cores
+from inspection.settings import get_settings, network_threads
 from inspection.tiling import tile_of_metadata
 
 
@@ -56,7 +56,7 @@ class OnnxBackend(Backend):
         if not Path(onnx_path).is_file():
             raise UserError(f"ONNX model not found: {onnx_path}")
         self.model_path = Path(onnx_path)
-        cores = len(usable_cores())
+        cores = network_threads()  # (a parallel run's worker: its share)
         if cpu_streams is None:
             cpu_streams = get_settings().cpu_streams
         # On a CPU, batches that queue up run side by side on a session whose calls each take
@@ -94,6 +94,9 @@ class OnnxBackend(Backend):
     def _open(onnx_path: Path, device: str, threads: int) -> ort.InferenceSession:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
+        # Operators run one after another (the default sequential mode): no second pool of
+        # threads beside the one above, whatever onnxruntime would size it by.
+        options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.add_session_config_entry(
             "session.intra_op.allow_spinning", "1" if get_settings().onnx_spinning else "0"
