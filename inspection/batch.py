@@ -1821,6 +1821,13 @@ class BatchInspection:
         if not results:
             return False  # (an INSERT given no rows would insert one row of defaults)
         with connection_scope(self.url) as connection:
+            if self.mover is not None and connection.dialect.name == "sqlite":
+                # The files leave the source once this commits: SQLite's WAL at synchronous
+                # NORMAL (the stations' setting) makes a commit durable only at the next
+                # checkpoint, so a power cut could roll the verdicts back while the files'
+                # moves stood, and the parts were never judged again. FULL syncs each
+                # commit's log (set before the transaction begins: SQLite refuses it inside).
+                connection.exec_driver_sql("PRAGMA synchronous=FULL")
             # The database's clock, not this station's: see database_utcnow.
             now = database_utcnow(connection)
             # (Result objects have .keys(), so dict() would take them for mappings.)

@@ -355,3 +355,39 @@ def test_workers_move_the_files_of_a_folder_given_through_a_link(
     assert _files(tmp_path / "disk" / "hot") == []
     assert _files(out) == ["part_000.png", "part_001.png"]
     assert "2 files moved" in result.output
+
+
+def test_on_sqlite_the_verdicts_of_moved_files_are_committed_durably(
+    database_url: str, detector: str, tmp_path: Path
+) -> None:
+    """SQLite's WAL at synchronous NORMAL makes a commit durable only at the next checkpoint:
+    a power cut could roll back the verdicts of files already moved out of the hot folder,
+    and those parts were never judged. With --move-judged each write's commit is synced."""
+    from sqlalchemy import event
+
+    from db.session import get_engine
+
+    if not database_url.startswith("sqlite"):
+        pytest.skip("SQLite's synchronous setting")
+    levels: list[int] = []
+
+    def level_at_insert(connection, cursor, statement, *args: object) -> None:  # type: ignore[no-untyped-def]
+        if statement.lstrip().upper().startswith("INSERT INTO INSPECTIONS"):
+            levels.append(connection.exec_driver_sql("PRAGMA synchronous").scalar())
+
+    engine = get_engine(detector)
+    hot = _hot(tmp_path)
+    event.listen(engine, "before_cursor_execute", level_at_insert)
+    try:
+        (tmp_path / "judged").mkdir()
+        moved = _job(detector, tmp_path, JudgedMover(hot, tmp_path / "judged"))
+        moved.run(iter_source(str(hot)))
+        assert levels and set(levels) == {2}, levels  # FULL at every write that moves files
+        engine.dispose()  # (a fresh connection: the setting is the connection's)
+        levels.clear()
+        make_images(tmp_path / "kept", n=2, seed=9)
+        _job(detector, tmp_path).run(iter_source(str(tmp_path / "kept")))
+        assert levels and set(levels) == {1}, levels  # NORMAL without moves: not slowed
+    finally:
+        event.remove(engine, "before_cursor_execute", level_at_insert)
+    assert moved.summary.moved == 5
