@@ -1413,3 +1413,26 @@ def test_a_time_budget_shorter_than_an_epoch_says_the_model_barely_learned(
             select(TrainingJob).where(TrainingJob.result_model_version_id == version_id)
         ).one()
         assert job.log.splitlines()[-1] == said[0].removeprefix("warning: ")
+
+
+def test_cpu_training_runs_on_the_cores_the_process_may_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Training on the CPU set torch's threads to every core of the machine: under `taskset`
+    or a container's cores, a thread per machine core oversubscribed the few it was given."""
+    import os
+    from types import SimpleNamespace
+
+    import torch
+
+    from training.train_detector import _use_every_cpu_core
+
+    if not hasattr(os, "sched_getaffinity") or (os.cpu_count() or 1) < 2:
+        pytest.skip("needs a machine of two cores or more that limits a process's cores")
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})  # (as under `taskset -c 0`)
+    try:
+        _use_every_cpu_core(SimpleNamespace(device=torch.device("cpu")))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)

@@ -36,7 +36,7 @@ from inspection.detector import (
 )
 from inspection.errors import Stopped, UserError, first_sentence
 from inspection.images import allow_pixels_up_to, max_pixels
-from inspection.settings import get_settings
+from inspection.settings import get_settings, usable_cores
 from inspection.tiling import CHECKPOINT_KEY, TileSpec
 from training.datasets import (
     check_folder_name,
@@ -571,9 +571,11 @@ def _run_folder_full(
 
 def _use_every_cpu_core(trainer) -> None:  # type: ignore[no-untyped-def]
     """ultralytics leaves one core free on the CPU for data loading, yet loads data in the training
-    process there (workers=0): on a 2-core station that halves the speed of every step."""
+    process there (workers=0): on a 2-core station that halves the speed of every step. Every
+    core this process may use, not every core of the machine: under `taskset` or a container's
+    cores, one thread a machine's core oversubscribed the few it was given."""
     if trainer.device.type == "cpu":
-        torch.set_num_threads(os.cpu_count() or 1)
+        torch.set_num_threads(len(usable_cores()))
 
 
 def _add_callbacks(model, *groups: dict[str, Callable[[Any], None]] | None) -> None:  # type: ignore[no-untyped-def]
