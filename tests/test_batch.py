@@ -3087,9 +3087,10 @@ def test_a_batchs_images_share_one_sync_of_each_folder(
     assert len(list(inspector.inspect(parts, store_into=store))) == 6
     files = [i for i, path in enumerate(synced) if path.endswith(".partial")]
     assert len(files) == 6
-    for i in files:  # (then its folder, the store's, and the store's parent's, deepest first)
+    for i in files:  # (then its folder, the store's, and the store's parent's, deepest first;
+        # other threads' files may be synced between them)
         after_folder = synced[synced.index(str(Path(synced[i]).parent), i) :]
-        assert after_folder.index(str(store)) + 1 == after_folder.index(str(tmp_path))
+        assert str(tmp_path) in after_folder[after_folder.index(str(store)) + 1 :]
     assert synced[-2:] == [str(store), str(tmp_path)]
     assert synced.count(str(store / "ab")) < 5  # (five files, their folder synced per batch)
     synced.clear()
