@@ -224,8 +224,9 @@ parts before trusting its verdicts on your line** (`defects import`, `defects tr
   200x200 images of hot-rolled steel strip, 6 classes, the fixed split: train 1440, val 180,
   test 180 (every image holds at least one defect: there are no good parts).
 - Training: {args.schedule}, on {args.hardware}, {args.origin}.
-- Files: `weights.pt` (ultralytics checkpoint), `weights.onnx` (dynamic batch; class names and
-  thresholds in its metadata; gives the same detections as the weights, checked by the tests).
+- Files: `weights.pt` (ultralytics checkpoint), `weights.onnx` (dynamic batch; class names,
+  thresholds and the SHA-256 of `weights.pt`, the weights it was exported from, in its metadata;
+  gives the same detections as the weights, checked by the tests).
 
 ## Test split (180 images)
 

@@ -196,7 +196,12 @@ def test_every_figure_of_the_model_card_is_in_a_results_file() -> None:
 
     results = DEMO_DIR.parents[1] / "bench" / "results"
     held: set[str] = set()
-    for name in ("package_demo.json", "finetune_demo.json"):
+    for name in (
+        "package_demo.json",
+        "finetune_demo.json",
+        "finetune_demo_gpu_feature.json",
+        "finetune_demo_gpu_none.json",
+    ):
         assert (results / name).is_file(), f"bench/results/{name} is missing"
         held |= _figures(json.loads((results / name).read_text()))
     card = (DEMO_DIR / "MODEL_CARD.md").read_text()
