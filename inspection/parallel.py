@@ -152,8 +152,52 @@ def _reason(exc: Exception) -> str:
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+class _ToDealer:
+    """A worker's words to its dealer, one whole message at a time on the pipe (the writer
+    thread tells of each chunk it committed while the main thread tells the rest)."""
+
+    def __init__(self, channel: Connection) -> None:
+        self.channel = channel
+        self.gone = threading.Event()  # (killed: the rows still matter, the messages do not)
+        self._telling = threading.Lock()
+        self._sending = threading.Event()  # the main thread is writing a message
+        self._stop_held = threading.Event()
+
+    def stop_heard(self, signum: int, frame: object) -> None:
+        """Ctrl-C (or SIGTERM), raised at once unless the main thread is writing a message to
+        the dealer: then once it is written. Cut in two, the message left the pipe unreadable
+        after it, and the worker's last word (the parts it wrote) never reached the summary."""
+        if self._sending.is_set():
+            self._stop_held.set()
+            return
+        raise KeyboardInterrupt
+
+    def tell(self, kind: str, payload: object) -> None:
+        if self.gone.is_set():
+            return
+        in_main = threading.current_thread() is threading.main_thread()
+        if in_main:
+            self._sending.set()
+        try:
+            with self._telling:
+                self.channel.send((kind, payload))
+        except OSError:  # BrokenPipeError and kin
+            self.gone.set()
+        finally:
+            if in_main:
+                self._sending.clear()
+        if in_main and self._stop_held.is_set():
+            self._stop_held.clear()
+            raise KeyboardInterrupt
+
+
+# How often the dealer, waiting for its workers' words, looks whether a Ctrl-C was heard.
+HEARING_S = 0.2
+
+
+def _take_in(channel: Connection) -> tuple[str, object]:
+    """One worker's message, whole."""
+    return channel.recv()
 
 
 @contextlib.contextmanager
@@ -172,6 +216,37 @@ def _stop_signals_held_off() -> Iterator[None]:
             signal.signal(number, handler)
 
 
+class _StopsBetweenMessages:
+    """While the dealer listens to its workers: Ctrl-C (or SIGTERM taken as Ctrl-C) is heard at
+    once and acted on between two messages. Raised where it landed, in the middle of reading a
+    worker's message, it left the rest of that message in the pipe, the pipe unreadable after
+    it, and that worker's last word (the parts it had written) missing from the summary. A
+    second one while the first is acted on leaves at once. (Signal handlers can be changed from
+    the main thread only: elsewhere, as before, it is raised where it lands.)"""
+
+    def __init__(self) -> None:
+        self.heard = threading.Event()
+        self._replaced: dict[int, object] = {}
+
+    def __enter__(self) -> _StopsBetweenMessages:
+        if threading.current_thread() is threading.main_thread():
+            for number in _STOP_SIGNALS:
+                handler = signal.getsignal(number)
+                if callable(handler):  # (ignored, or the system's default: left so)
+                    self._replaced[number] = signal.signal(number, self._hear)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for number, handler in self._replaced.items():
+            signal.signal(number, handler)  # type: ignore[arg-type]
+        self._replaced.clear()
+
+    def _hear(self, signum: int, frame: object) -> None:
+        if self.heard.is_set():
+            raise KeyboardInterrupt
+        self.heard.set()
+
+
 def _news_to_dealer(share: BatchInspection, tell: Callable[[str, object], None]) -> None:
     """A worker's news (a recalibration taken up, another model promoted) goes to the dealer,
     which says it once: every worker hears it, and `--workers 2` said each twice."""
@@ -183,27 +258,14 @@ def _worker(
 ) -> None:
     """A worker's whole life: open its share, inspect what it is dealt, report, stop.
     `stopping`, set by the dealer as the run stops, leaves the parts still dealt to it."""
-    dealer_gone = threading.Event()
-    # (The writer thread tells of each chunk it committed while this one tells the rest: one
-    # message at a time on the pipe.)
-    telling = threading.Lock()
-
-    def tell(kind: str, payload: object) -> None:
-        """To the dealer; if it is gone (killed), the rows still matter, the messages do not."""
-        if dealer_gone.is_set():
-            return
-        try:
-            with telling:
-                channel.send((kind, payload))
-        except OSError:  # BrokenPipeError and kin
-            dealer_gone.set()
-
+    to_dealer = _ToDealer(channel)
+    tell, dealer_gone = to_dealer.tell, to_dealer.gone
     # A service manager stops a station with SIGTERM to all its processes (systemd's
     # default): taken as Ctrl-C, so that the worker writes what it judged and says what it
     # wrote. Killed by it, the worker's parts were missing from the summary ("0 parts
     # inspected" over hundreds written).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, to_dealer.stop_heard)
+    signal.signal(signal.SIGTERM, to_dealer.stop_heard)
     # Here the interpreter has started and imported the product (torch, ultralytics...).
     imported_s = time.time() - job.launched_at
     try:
@@ -636,50 +698,53 @@ class ParallelInspection:
                         target.put(None, timeout=5.0)
 
         dealer = threading.Thread(target=deal, name="dealer", daemon=True)
-        dealer.start()
         listening = {receiving: i for i, (receiving, _) in enumerate(channels)}
         stopped_loading = False  # Ctrl-C before every worker was ready: a run that never began
-        try:
-            self._listen(listening, stop, on_result, heard, on_skipped=on_skipped)
-        except KeyboardInterrupt:
-            # The workers got the same Ctrl-C, or are told here: each writes what it holds
-            # and says so, heard here for the summary; a second Ctrl-C leaves at once.
-            stopped_loading = "all_ready" not in self.moments
-            self._stop_workers(stop)
-            heard.stopped = True
-            self._listen(listening, stop, on_result, heard, time.monotonic() + 30, on_skipped)
-            raise
-        finally:
-            stop.set()
-            dealer.join(timeout=10)
-            for target in parts:  # parts dealt to a stopped worker are left, not flushed at exit
-                target.cancel_join_thread()
-            self._join_workers()
-            self.moments["exited"] = time.perf_counter()
-            self._release_queues()
-            # What a worker said after the listening above gave up (a slow machine's last
-            # chunk after Ctrl-C): its pipe holds it until the end, read now, so the summary
-            # counts every part written. (Every worker has exited: each pipe ends at once.)
-            self._listen(listening, stop, on_result, heard, time.monotonic() + 10, on_skipped)
-            # Until the last worker's everything-written, not its exit (a GPU's context and
-            # the interpreter take a while to go); until now where the run broke off.
-            # (The throughput's clock runs from the first worker ready.)
-            ended = self.moments.get("last_done") if heard.failure is None else None
-            ended = None if heard.stopped else ended
-            began = max(self.moments.get("first_ready", started), self.moments["dealing"])
-            self.summary.seconds += (ended or time.perf_counter()) - began
-            self._mark_finished()
-            # A run that could not start, as one process's whose model would not load, is
-            # removed where no part was written (`discard_empty_run` counts them again, once
-            # every worker has exited): it stood open on the Live page and in `defects status`.
-            # So is one stopped (Ctrl-C) while its workers loaded; a watch stopped after hours
-            # of an empty folder keeps its run. (A database gone away keeps it too, and the
-            # run's own reason is what is said.)
-            never_began = heard.failure is not None or dealing_error or stopped_loading
-            if never_began and not self.summary.inspected:
-                with contextlib.suppress(DatabaseError):
-                    discard_empty_run(self.url, self.run_id)
-        if heard.stopped:
+        with _StopsBetweenMessages() as stops:
+            try:
+                dealer.start()
+                self._listen(listening, stop, on_result, heard, on_skipped=on_skipped, stops=stops)
+            except KeyboardInterrupt:
+                # The workers got the same Ctrl-C, or are told here: each writes what it holds
+                # and says so, heard here for the summary; a second Ctrl-C leaves at once.
+                stopped_loading = "all_ready" not in self.moments
+                self._stop_workers(stop)
+                heard.stopped = True
+                self._listen(listening, stop, on_result, heard, time.monotonic() + 30, on_skipped)
+                raise
+            finally:
+                stop.set()
+                dealer.join(timeout=10)
+                for (
+                    target
+                ) in parts:  # parts dealt to a stopped worker are left, not flushed at exit
+                    target.cancel_join_thread()
+                self._join_workers()
+                self.moments["exited"] = time.perf_counter()
+                self._release_queues()
+                # What a worker said after the listening above gave up (a slow machine's last
+                # chunk after Ctrl-C): its pipe holds it until the end, read now, so the summary
+                # counts every part written. (Every worker has exited: each pipe ends at once.)
+                self._listen(listening, stop, on_result, heard, time.monotonic() + 10, on_skipped)
+                # Until the last worker's everything-written, not its exit (a GPU's context and
+                # the interpreter take a while to go); until now where the run broke off.
+                # (The throughput's clock runs from the first worker ready.)
+                ended = self.moments.get("last_done") if heard.failure is None else None
+                ended = None if heard.stopped else ended
+                began = max(self.moments.get("first_ready", started), self.moments["dealing"])
+                self.summary.seconds += (ended or time.perf_counter()) - began
+                self._mark_finished()
+                # A run that could not start, as one process's whose model would not load, is
+                # removed where no part was written (`discard_empty_run` counts them again, once
+                # every worker has exited): it stood open on the Live page and in `defects status`.
+                # So is one stopped (Ctrl-C) while its workers loaded; a watch stopped after hours
+                # of an empty folder keeps its run. (A database gone away keeps it too, and the
+                # run's own reason is what is said.)
+                never_began = heard.failure is not None or dealing_error or stopped_loading
+                if never_began and not self.summary.inspected:
+                    with contextlib.suppress(DatabaseError):
+                        discard_empty_run(self.url, self.run_id)
+        if heard.stopped or stops.heard.is_set():  # (a Ctrl-C heard as the run ended, too)
             raise KeyboardInterrupt
         if heard.failure is not None:
             if not self.summary.inspected and "all_ready" not in self.moments:
@@ -753,15 +818,19 @@ class ParallelInspection:
         heard: _Heard,
         deadline: float | None = None,
         on_skipped: Callable[[int], None] | None = None,
+        stops: _StopsBetweenMessages | None = None,
     ) -> None:
-        """Take in what the workers say until each has gone (or the deadline passes)."""
+        """Take in what the workers say until each has gone (or the deadline passes). With
+        `stops`, a Ctrl-C it heard is raised here, between two messages."""
         while listening:
-            timeout = None if deadline is None else deadline - time.monotonic()
-            if timeout is not None and timeout <= 0:
+            if stops is not None and stops.heard.is_set():
+                raise KeyboardInterrupt
+            timeout = HEARING_S if deadline is None else min(HEARING_S, deadline - time.monotonic())
+            if timeout <= 0:
                 return
             for channel in wait(list(listening), timeout):
                 try:
-                    kind, payload = channel.recv()  # type: ignore[union-attr]
+                    kind, payload = _take_in(channel)  # type: ignore[arg-type]
                 except EOFError:  # the worker is gone: after its last word, or killed
                     worker = self.processes[listening.pop(channel)]  # type: ignore[call-overload]
                     worker.join(timeout=30)

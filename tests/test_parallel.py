@@ -570,6 +570,73 @@ def test_a_stop_the_workers_did_not_hear_leaves_the_parts_still_dealt_to_them(
     assert 0 < written < 2 * QUEUE_PER_WORKER
 
 
+def test_a_ctrl_c_landing_in_a_workers_message_waits_for_its_end(
+    detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C raised where it landed, inside the reading of a worker's message, left the rest of
+    that message in its pipe, which could not be read after it: the worker's last word, the parts
+    it had written, was missing from the summary ("64 parts inspected" over 128 written). It is
+    now acted on between two messages."""
+    import inspection.parallel as parallel
+
+    make_images(tmp_path / "in", n=400, size=64)
+    items = list(iter_source(str(tmp_path / "in")))
+    job = ParallelInspection(detector, tmp_path / "store", "L", "S", workers=2)
+    read = parallel._take_in
+    taken: list[str] = []
+    cut_short: list[str] = []
+
+    def landing_in_a_message(channel: object) -> tuple[str, object]:
+        if taken.count("results") == 1 and not cut_short:
+            cut_short.append("")  # (once)
+            try:
+                os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, as this message is read
+                time.sleep(0.05)  # (Python acts on a signal at its next instruction)
+            except KeyboardInterrupt:
+                cut_short[0] = "raised inside the reading"
+                raise
+        message = read(channel)  # type: ignore[arg-type]
+        taken.append(message[0])
+        return message
+
+    monkeypatch.setattr(parallel, "_take_in", landing_in_a_message)
+    with pytest.raises(KeyboardInterrupt):
+        job.run(items)
+    assert cut_short == [""]
+    assert job.summary.inspected == _count_inspections(detector) > 0
+    assert [process.exitcode for process in job.processes] == [0, 0]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # (given back)
+
+
+def test_a_ctrl_c_landing_in_a_workers_word_to_the_dealer_waits_for_its_end() -> None:
+    """A worker's Ctrl-C raised inside the writing of a message cut it in two: the dealer could
+    not read that pipe after it. It is now raised once the message is written whole."""
+    from inspection.parallel import _ToDealer
+
+    receiving, sending = multiprocessing.Pipe(duplex=False)
+    to_dealer = _ToDealer(sending)
+    big = b"x" * (4 << 20)  # (more than a pipe holds: the write waits for the reader)
+    got: list[object] = []
+
+    def dealer() -> None:
+        time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGINT)  # as the worker writes
+        time.sleep(0.2)
+        got.append(receiving.recv())
+
+    listening = threading.Thread(target=dealer)
+    previous = signal.signal(signal.SIGINT, to_dealer.stop_heard)
+    try:
+        listening.start()
+        with pytest.raises(KeyboardInterrupt):
+            to_dealer.tell("results", big)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        listening.join(timeout=10)
+    assert got == [("results", big)]
+    assert not to_dealer.gone.is_set()
+
+
 def _two_worker_batch(url: str, tmp_path: Path, parts: int) -> tuple[list[str], dict[str, str]]:
     """`defects batch --workers 2` over `parts` new images, as a user runs it: its command line
     and environment."""
