@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,7 +17,14 @@ from sqlalchemy import Connection, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DatabaseError as DriverDatabaseError
 
-from db.session import DatabaseError, failure, get_engine, redact, unusable
+from db.session import (
+    SQLITE_BUSY_TIMEOUT_MS,
+    DatabaseError,
+    failure,
+    get_engine,
+    redact,
+    unusable,
+)
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -179,8 +187,36 @@ def _one_migration_at_a_time(url: str) -> Iterator[None]:
         yield
 
 
+# SQLite answers "database is locked" without waiting out its busy timeout where waiting cannot
+# help the statement itself (a read snapshot that another connection's commit made stale, a WAL
+# file being recovered or converted): stations started together on a new database saw it, one
+# in a few hundred starts. The upgrade, idempotent and under its own lock, is tried again then;
+# a lock held past the busy timeout is still an error at once.
+BUSY_AT_ONCE_TRIES = 10
+
+
+def _busy_at_once(exc: DatabaseError, began: float) -> bool:
+    orig = getattr(exc.__cause__, "orig", None)
+    name = getattr(orig, "sqlite_errorname", "")
+    waited = time.monotonic() - began
+    return name.startswith("SQLITE_BUSY") and waited < SQLITE_BUSY_TIMEOUT_MS / 1000
+
+
 def upgrade(url: str, revision: str = "head") -> str:
     """Bring the schema to `revision`; returns the revision now in place."""
+    for attempt in range(1, BUSY_AT_ONCE_TRIES + 1):
+        began = time.monotonic()
+        try:
+            return _upgrade(url, revision)
+        except DatabaseError as exc:
+            if attempt == BUSY_AT_ONCE_TRIES or not _busy_at_once(exc, began):
+                raise
+            logger.info("database locked at once (%s); migrating again", exc)
+            time.sleep(0.05 * attempt)
+    raise AssertionError("unreachable")
+
+
+def _upgrade(url: str, revision: str) -> str:
     head = head_revision()
     found = current_revision(url)
     if revision == "head" and found == head:

@@ -510,6 +510,67 @@ def test_stations_started_together_on_a_new_database_all_start(
     assert {out.decode().strip() for _, out, _ in outcomes} == {head_revision()}
 
 
+def _locked_error(tmp_path: Path) -> Exception:
+    """SQLite's own "database is locked" (SQLITE_BUSY), as SQLAlchemy raises it."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    holder = sqlite3.connect(tmp_path / "held.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        sqlite3.connect(tmp_path / "held.db", timeout=0).execute("SELECT 1 FROM sqlite_master")
+    except sqlite3.OperationalError as exc:
+        return OperationalError("SELECT 1", {}, exc)
+    finally:
+        holder.execute("ROLLBACK")
+    raise AssertionError("not locked")
+
+
+def test_a_database_locked_at_once_on_start_is_migrated_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite says "database is locked" without waiting its busy timeout where waiting cannot
+    help (a stale read snapshot, a WAL file recovered): one of three stations started together
+    on a new database stopped with it."""
+    import db.migrate as migrate
+
+    locked = _locked_error(tmp_path)
+    real = migrate.command.upgrade
+    tries: list[str] = []
+
+    def locked_once(config: object, revision: str) -> None:
+        tries.append(revision)
+        if len(tries) == 1:
+            raise locked
+        real(config, revision)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(migrate.command, "upgrade", locked_once)
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    assert upgrade(url) == head_revision() == current_revision(url)
+    assert tries == ["head", "head"]
+
+
+def test_a_database_locked_past_its_busy_timeout_is_an_error_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lock another process holds past the busy timeout is said, not waited for again."""
+    import db.migrate as migrate
+
+    locked = _locked_error(tmp_path)
+    tries: list[str] = []
+
+    def locked_for_long(config: object, revision: str) -> None:
+        tries.append(revision)
+        raise locked
+
+    monkeypatch.setattr(migrate.command, "upgrade", locked_for_long)
+    monkeypatch.setattr(migrate, "SQLITE_BUSY_TIMEOUT_MS", 0)  # (each try "waited it out")
+    with pytest.raises(DatabaseError, match="database is locked"):
+        upgrade(f"sqlite:///{tmp_path / 'new.db'}")
+    assert tries == ["head"]
+
+
 def test_a_postgresql_connection_gives_up_instead_of_hanging() -> None:
     """libpq waits for ever by default: a cut network hung every station without a word."""
     from sqlalchemy.engine import make_url
