@@ -328,10 +328,13 @@ class ResultsFeed:
                 self._pipe = _PipeSender(path, fd)
                 return
             os.close(fd)  # (no longer a pipe: written as a file)
+        created = not path.exists()
         try:
             # Written straight to the file, each line as it comes: no buffer holds part of a
             # line that a full disk cut short, to be written after it at the close.
             self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            if created:  # (its name on disk with its first lines, not lost with them)
+                _sync_folder(path.absolute().parent)
         except OSError as exc:
             raise UserError(f"--results {path}: cannot open it: {exc.strerror or exc}") from exc
         if _ends_mid_line(path):
@@ -398,6 +401,24 @@ class ResultsFeed:
                 "same command again to resume"
             ) from exc
 
+    def sync(self) -> None:
+        """The lines written so far to disk, once a chunk's are all written: after a power cut
+        a verdict that its database kept had lost its line for good, since a run started again
+        gives no line for a part an earlier run judged. (A pipe's lines are its reader's; a
+        device, such as /dev/null, has nothing to sync.)"""
+        if self._fd is None:
+            return
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:
+            if exc.errno in (errno.EINVAL, errno.ENOTSUP):
+                return
+            raise UserError(
+                f"cannot write the results feed {self.path} to its disk: {exc.strerror or exc}; "
+                "the verdicts so far are recorded in the database: check its disk and run the "
+                "same command again to resume"
+            ) from exc
+
     def close(self) -> None:
         if self._pipe is not None:
             self._pipe.close()
@@ -406,6 +427,14 @@ class ResultsFeed:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = None
+
+
+def _sync_folder(folder: Path) -> None:
+    handle = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
 
 
 def _ends_mid_line(path: Path) -> bool:

@@ -1631,6 +1631,8 @@ def batch_command(
                     feed.write(result, line, station, job.run_id)
                 for result in repeats:
                     feed.write(result, line, station, job.run_id, repeat=True)
+                if recorded or repeats:
+                    feed.sync()
 
         recording = on_recorded if feed is not None else None
 
