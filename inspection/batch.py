@@ -85,6 +85,7 @@ from inspection.images import (
     is_repeated_fault,
     not_a_file_reason,
     refused_at_another_limit,
+    replace_synced,
 )
 from inspection.judged import JudgedMover, Move, Stamp, stamp_of
 from inspection.raw_rasters import RAW_HEADER_READ_BYTES, explained_size, header_lies_further
@@ -2101,8 +2102,9 @@ def export_run_csv(
     verdict of each of those files, judged by this run or before it; without, the parts the
     run judged."""
     # Written under another name and renamed once whole: a full disk cut a CSV short, and the
-    # half file at the name read as the whole run's. (A device or a pipe, `/dev/stdout`, is
-    # written as it is.)
+    # half file at the name read as the whole run's. Synced, so that a power cut after the
+    # command said so does not leave it empty or missing. (A device or a pipe, `/dev/stdout`,
+    # is written as it is.)
     special = path.exists() and not path.is_file()
     target = path if special else path.resolve()
     partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.partial")
@@ -2111,7 +2113,7 @@ def export_run_csv(
         with (target if special else partial).open("w", newline="") as handle:
             written = _write_run_csv(url, run_id, handle, named_keys)
         if not special:
-            partial.replace(target)
+            replace_synced(partial, target)
     except OSError as exc:
         partial.unlink(missing_ok=True)
         raise UserError(

@@ -394,7 +394,7 @@ def store_image(
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             partial.write_bytes(data)
-            _sync_file(partial)
+            sync_file(partial)
             partial.replace(target)
         except OSError as exc:
             partial.unlink(missing_ok=True)
@@ -414,13 +414,33 @@ def store_error(images_dir: Path, exc: OSError) -> StorageError:
     )
 
 
-def _sync_file(path: Path) -> None:
+def sync_file(path: Path) -> None:
     """The file's bytes to disk (a descriptor read-only serves: fsync flushes the file)."""
     handle = os.open(path, os.O_RDONLY)
     try:
         os.fsync(handle)
     finally:
         os.close(handle)
+
+
+def sync_folder(folder: Path) -> None:
+    """The folder's entries (a name just given, or taken away) to disk."""
+    handle = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def replace_synced(partial: Path, target: Path, *folders: Path) -> None:
+    """`partial`, written whole, renamed to `target` so that a power cut leaves the old file
+    or the new one under that name, never an empty one: its bytes reach the disk before it
+    takes the name, and the name before this returns. `folders`, deepest first: the folders
+    above made for it, whose own entries are synced after (a new version's folder)."""
+    sync_file(partial)
+    partial.replace(target)
+    for folder in (target.parent, *folders):
+        sync_folder(folder)
 
 
 def sync_store_folders(images_dir: Path, stored: Iterable[Path]) -> None:
@@ -434,11 +454,7 @@ def sync_store_folders(images_dir: Path, stored: Iterable[Path]) -> None:
     folders |= {images_dir, images_dir.parent}
     try:
         for folder in sorted(folders, key=lambda f: len(f.parts), reverse=True):
-            handle = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(handle)
-            finally:
-                os.close(handle)
+            sync_folder(folder)
     except OSError as exc:
         raise store_error(images_dir, exc) from exc
 

@@ -2630,6 +2630,36 @@ def test_a_runs_csv_a_full_disk_cuts_short_leaves_no_half_file_at_its_name(
     assert len(list(csv.DictReader(path.open(newline="")))) == 3
 
 
+def test_a_runs_csv_is_on_disk_under_its_name_once_written(
+    detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--export csv` renamed its file into place unsynced: after a power cut the CSV could be
+    empty or missing under its name, though the command had said it was written. Its bytes are
+    synced before the rename, its folder's entry after."""
+    from inspection.batch import export_run_csv
+
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("no /proc here")
+    make_images(tmp_path / "in", n=2)
+    job = BatchInspection(detector, tmp_path / "store", "L", "S")
+    job.run(iter_source(str(tmp_path / "in")))
+    path = tmp_path / "out" / "run.csv"
+    path.parent.mkdir()
+    synced: list[tuple[str, bool]] = []  # each path synced, and whether the CSV had its name
+    fsync = os.fsync
+
+    def spying_fsync(fd: int) -> None:
+        fsync(fd)
+        synced.append((os.readlink(f"/proc/self/fd/{fd}"), path.exists()))
+
+    monkeypatch.setattr(os, "fsync", spying_fsync)
+    assert export_run_csv(detector, job.run_id, path) == 2
+    (file_synced, named_then), folder = synced[0], synced[1]
+    assert Path(file_synced).name.startswith(".run.csv.") and file_synced.endswith(".partial")
+    assert not named_then
+    assert folder == (str(path.parent.resolve()), True)
+
+
 def test_a_runs_csv_runs_no_formula_in_a_spreadsheet(detector: str, tmp_path: Path) -> None:
     """A camera's or an upload's file name went into the CSV as it was: a QA engineer opening
     it in Excel ran `=HYPERLINK(...)`. Such a cell now starts with a single quote, the name
