@@ -32,6 +32,7 @@ from db.models import database_utcnow
 from db.queries import kept_old_parts, prunable_images
 from db.session import session_scope
 from inspection.errors import UserError
+from inspection.images import replace_synced, sync_folder
 from inspection.settings import same_place_under
 
 # A `.partial` file is an image being written (store_image renames it within moments); one an
@@ -94,10 +95,16 @@ def _read_last_prune(images_dir: Path) -> _LastPrune | None:
         return None
 
 
-def _write_last_prune(images_dir: Path, last: _LastPrune) -> None:
+def _write_last_prune(images_dir: Path, last: _LastPrune, emptied: set[Path]) -> None:
     """Written whole under another name and renamed, so a prune killed while writing it leaves
     the note before it. That name is this prune's own: two prunes of one store (a timer's and
-    one run by hand) ending together shared one, and the second to rename it found it gone."""
+    one run by hand) ending together shared one, and the second to rename it found it gone.
+
+    The folders the prune deleted from (`emptied`) are synced first, and the note then synced
+    in place: after a power cut a note that stood while an image it covers came back made no
+    later prune look at that part again, its image kept for ever."""
+    for folder in sorted(emptied):
+        sync_folder(folder)
     images_dir.mkdir(parents=True, exist_ok=True)
     handle, name = tempfile.mkstemp(prefix=f"{LAST_PRUNE_FILE}.", suffix=".writing", dir=images_dir)
     try:
@@ -111,7 +118,7 @@ def _write_last_prune(images_dir: Path, last: _LastPrune) -> None:
                 },
                 partial,
             )
-        os.replace(name, images_dir / LAST_PRUNE_FILE)
+        replace_synced(Path(name), images_dir / LAST_PRUNE_FILE)
     except BaseException:
         Path(name).unlink(missing_ok=True)
         raise
@@ -136,6 +143,7 @@ def prune_images(
     database's clock, which stamps the verdicts): of those last judged since the last finished
     prune's cut-off, or of all of them with `look_at_all` (or where no prune noted one)."""
     report = PruneReport()
+    emptied: set[Path] = set()  # the folders images were deleted from
     store = images_dir.resolve()
     in_use_after = time.time() - PARTIAL_AGE_S
     database = _database_named(url)
@@ -163,6 +171,7 @@ def prune_images(
                     in_use = info.st_mtime >= in_use_after
                     if not dry_run and not in_use:
                         path.unlink()
+                        emptied.add(path.parent)
                 except FileNotFoundError:
                     report.already_gone += 1
                 except OSError as exc:
@@ -186,7 +195,9 @@ def prune_images(
         # (A longer --older-than than the last prune's looked at nothing the last did not.)
         noted = max(before, last.before) if last is not None else before
         try:
-            _write_last_prune(images_dir, _LastPrune(noted, keep_failed, keep_reviewed, database))
+            _write_last_prune(
+                images_dir, _LastPrune(noted, keep_failed, keep_reviewed, database), emptied
+            )
         except OSError as exc:
             # (The images are deleted: the prune did its work. Without the note the next one
             # looks at these parts again, and finds their images gone. Its half is removed by

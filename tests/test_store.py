@@ -283,6 +283,33 @@ def test_two_prunes_ending_together_each_note_their_cut_off(
     assert [p.name for p in store.iterdir() if p.is_file()] == [LAST_PRUNE_FILE]
 
 
+def test_a_prunes_note_reaches_the_disk_after_its_deletions(
+    database_url: str, trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cut-off note was renamed into place unsynced, and the deletions before it too: after
+    a power cut the note could stand while an image it covers came back, and no later prune
+    looked at that part again (its image kept for ever). The deleted images' folder is synced,
+    then the note's bytes, then, once renamed, its name."""
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("no /proc here")
+    store = tmp_path / "store"
+    images = _five_parts(database_url, trained, tmp_path, store)
+    note = store / LAST_PRUNE_FILE
+    synced: list[tuple[str, bool]] = []  # each path synced, and whether the note had its name
+    fsync = os.fsync
+
+    def spying_fsync(fd: int) -> None:
+        fsync(fd)
+        synced.append((os.readlink(f"/proc/self/fd/{fd}"), note.exists()))
+
+    monkeypatch.setattr(os, "fsync", spying_fsync)
+    assert prune_images(database_url, store, 30).deleted == 1
+    folder, (written, named_then), (store_synced, named) = synced
+    assert folder == (str(images["plain"].parent.resolve()), False)
+    assert Path(written).name.startswith(f"{LAST_PRUNE_FILE}.") and not named_then
+    assert (store_synced, named) == (str(store.resolve()), True)
+
+
 def test_a_prune_that_cannot_note_its_cut_off_still_says_what_it_deleted(
     trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
