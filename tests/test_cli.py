@@ -895,6 +895,54 @@ def test_the_command_line_writes_whole_lines_into_a_log(monkeypatch: pytest.Monk
     assert into_log.buffer.getvalue() == b"epoch 1/10\n"  # out before the command ended
 
 
+def test_a_versions_weights_are_on_disk_once_it_is_registered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The weights' copy was renamed into the version's new folder unsynced: after a power cut
+    the version could stand in the database with its weights' file empty or gone, and a
+    station promoted onto it judged nothing. The bytes are synced before the rename; then the
+    version's folder, the model store and its parent, where each new folder is named."""
+    import os
+
+    from db.migrate import upgrade
+    from db.models import ModelKind
+    from db.session import session_scope
+    from inspection.settings import get_settings
+    from tests.synthetic import CLASSES
+    from training.versions import register_model_version
+
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("no /proc here")
+    url = get_settings().resolved_database_url
+    upgrade(url)
+    weights = tmp_path / "best.pt"
+    weights.write_bytes(b"weights")
+    models_dir = tmp_path / "data" / "models"
+    synced: list[str] = []
+    fsync = os.fsync
+
+    def spying_fsync(fd: int) -> None:
+        fsync(fd)
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+
+    monkeypatch.setattr(os, "fsync", spying_fsync)
+    with session_scope(url) as session:
+        version = register_model_version(
+            session,
+            weights,
+            models_dir,
+            kind=ModelKind.DETECTOR,
+            architecture="defect-yolo-n",
+            class_names=CLASSES,
+            image_size=64,
+        )
+        target = Path(version.file_path)
+    copied, *folders = synced
+    assert Path(copied).parent == target.parent and copied.endswith(".partial")
+    assert folders == [str(target.parent), str(models_dir.resolve()), str(models_dir.parent)]
+    assert target.read_bytes() == b"weights"
+
+
 def test_a_version_whose_weights_are_gone_is_named_by_every_command(tmp_path: Path) -> None:
     """Deleted weights (or a data folder moved) gave inspect and batch one clear line, but
     export, evaluate, calibrate, training from it and distilling with it the system's

@@ -17,6 +17,7 @@ from db.registry import named_version
 from db.session import session_scope
 from inspection.batch import found_weights, sha256_of, weights_there
 from inspection.errors import UserError
+from inspection.images import replace_synced
 from training.datasets import check_folder_name
 
 DEFAULT_CONFIDENCE = 0.25
@@ -81,15 +82,19 @@ def _claim_version_folder(session: Session, models_dir: Path, base: str) -> tupl
         return candidate, models_dir / candidate
 
 
-def _copy_weights(weights: Path, target: Path, made: Path | None) -> None:
+def _copy_weights(weights: Path, target: Path, made: Path | None, models_dir: Path) -> None:
     """Copied under another name and renamed once whole. A disk that filled during the copy
     stopped the registration with the system's bare "[Errno 28]" and left the half file (and
     the version's folder) behind, holding the space: both are removed now (`made`, the folder
-    made for this version), and the error says in one line that nothing is registered."""
+    made for this version), and the error says in one line that nothing is registered.
+
+    Synced in place, with the version's folder and the model store (either may be new) named
+    on disk: the version is committed next, and after a power cut it named weights that were
+    empty or gone."""
     partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
     try:
         shutil.copy2(weights, partial)
-        os.replace(partial, target)
+        replace_synced(partial, target, models_dir, models_dir.parent)
     except BaseException as exc:
         # (Stopped during the copy, Ctrl-C left the half file and an empty version's folder,
         # which no version names, and the next registration took NAME-2.)
@@ -134,7 +139,7 @@ def register_model_version(
         made = not folder.exists()
         folder.mkdir(parents=True, exist_ok=True)
     target = folder / weights.name
-    _copy_weights(weights, target, folder if made else None)
+    _copy_weights(weights, target, folder if made else None, models_dir)
     version = ModelVersion(
         name=version_name,
         kind=kind,
