@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -1222,6 +1223,33 @@ def test_a_run_folder_that_fills_says_which_and_that_nothing_is_registered(
     assert said.startswith(f"cannot write the training run's folder {run}: No space left on")
     assert "nothing is registered and the training job is marked failed" in said
     shutil.rmtree(run)
+
+
+def test_the_stations_onnx_file_is_on_disk_once_exported(
+    trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The export the stations run was renamed into place unsynced: after a power cut it could
+    be empty under its name, and a station started on it stopped. Its bytes are synced before
+    the rename, its folder after."""
+    from training.export import export_detector
+
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("no /proc here")
+    weights = Path(shutil.copy(trained.weights, tmp_path / "station.pt"))
+    station = tmp_path / "station.onnx"
+    synced: list[tuple[str, bool]] = []  # each path synced, and whether the export had its name
+    fsync = os.fsync
+
+    def spying_fsync(fd: int) -> None:
+        fsync(fd)
+        synced.append((os.readlink(f"/proc/self/fd/{fd}"), station.exists()))
+
+    monkeypatch.setattr(os, "fsync", spying_fsync)
+    assert export_detector(weights) == station
+    folder = synced.index((str(tmp_path.resolve()), True))
+    written, named_then = synced[folder - 1]
+    assert Path(written).is_file() is False and not named_then  # (renamed since)
+    assert Path(written).suffix == ".onnx"
 
 
 @pytest.mark.parametrize("failing", ["onnx", "int8", "int8-inferred"])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ import inspection  # noqa: F401 - runtime preparation first
 from inspection.detector import architecture_of, load_detector
 from inspection.engine import EXPORTED_FROM_KEY, sha256_of
 from inspection.errors import UserError
+from inspection.images import replace_synced
 from inspection.tiling import ONNX_METADATA_KEY, tile_of_checkpoint
 
 METADATA_PREFIX = "defects."
@@ -48,8 +48,10 @@ def onnx_target(weights: Path, imgsz: int, trained_imgsz: int, half: bool) -> Pa
 
 
 def _replace_atomically(written: Path, target: Path) -> None:
-    """A station may be opening `target` as it is replaced: it sees the old file or the new."""
-    os.replace(written, target)
+    """A station may be opening `target` as it is replaced: it sees the old file or the new.
+    Synced, so that a power cut leaves one of them too: an export left empty under its name
+    stopped the station started on it."""
+    replace_synced(written, target)
 
 
 @contextmanager
