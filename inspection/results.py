@@ -49,6 +49,7 @@ from typing import Any, Protocol
 
 from inspection.engine import PartResult
 from inspection.errors import UserError
+from inspection.images import sync_folder
 
 logger = logging.getLogger(__name__)
 
@@ -334,7 +335,7 @@ class ResultsFeed:
             # line that a full disk cut short, to be written after it at the close.
             self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
             if created:  # (its name on disk with its first lines, not lost with them)
-                _sync_folder(path.absolute().parent)
+                sync_folder(path.absolute().parent)
         except OSError as exc:
             raise UserError(f"--results {path}: cannot open it: {exc.strerror or exc}") from exc
         if _ends_mid_line(path):
@@ -427,14 +428,6 @@ class ResultsFeed:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = None
-
-
-def _sync_folder(folder: Path) -> None:
-    handle = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)
 
 
 def _ends_mid_line(path: Path) -> bool:
