@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from threading import Event, Lock
-from typing import IO, Any, BinaryIO, TypeVar
+from typing import IO, Any, BinaryIO, NamedTuple, TypeVar
 
 from sqlalchemy import Connection, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -107,7 +107,8 @@ MAX_FILE_BYTES = 256 * 1024 * 1024
 # A raw frame of a flat scene (a blank frame) packs as far: one whose header (BMP, TIFF, PGM/PPM)
 # explains its size is read past the ratio (`_raw_frame_explains`; a TIFF of its tags after its
 # pixels unpacked whole to tell, `header_lies_further`), and one of a single byte
-# repeated (a capture buffer of zeros) is said an empty file as it is loose (`_one_byte_fill`).
+# repeated (a capture buffer of zeros) is said an empty file as it is loose (`_one_byte_fill`):
+# all three decided in one place, `_past_the_ratio`.
 MAX_COMPRESSION_RATIO = 100
 RATIO_FLOOR_BYTES = 4 * 1024 * 1024
 # A zip of more entries than this is refused before Python reads its directory: each entry is an
@@ -661,6 +662,48 @@ def _too_compressed_error(info: zipfile.ZipInfo) -> str:
     )
 
 
+class _PastTheRatio(NamedTuple):
+    """What an entry packed past the ratio comes to (`_past_the_ratio`)."""
+
+    item: SourceItem
+    unpacked: int  # bytes unpacked to tell, which count toward the zip's bound
+    raw_frame: bool = False  # a raw frame read past the ratio (`_unpacks_too_far_error`)
+
+
+def _past_the_ratio(
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, room: int
+) -> _PastTheRatio | None:
+    """An entry packed past MAX_COMPRESSION_RATIO (`_too_compressed`), `room` the bytes the
+    zip's bound has left. None where its first bytes are the header of a raw frame that
+    explains its size: it is read then as any entry (and is a raw frame). Else, by what its
+    first bytes are:
+
+    - a TIFF's whose tags come after its pixels: unpacked whole (where the bound has room for
+      it) to read them, a raw frame where they explain its size, refused where not;
+    - one byte repeated: unpacked in pieces (where the bound has room), said an empty file, as
+      it is loose, where every byte is that one, refused where not;
+    - anything else: refused as too compressed, unread past its first bytes (counted as none).
+    """
+    head = _entry_head(archive, info)
+    if _raw_frame_explains(head, info):
+        return None
+    refused = SourceItem(name, None, _too_compressed_error(info))
+    fits = info.file_size <= room  # (read to its end, maybe)
+    if fits and header_lies_further(head, info.file_size):
+        whole = _whole_entry(archive, info)
+        if whole is not None and _raw_frame_explains(whole, info):
+            return _PastTheRatio(SourceItem(name, whole), info.file_size, raw_frame=True)
+        return _PastTheRatio(refused, info.file_size)
+    if fits and head and head.count(head[:1]) == len(head):
+        fill, read = _one_byte_fill(archive, info)
+        if fill is None:
+            return _PastTheRatio(refused, read)
+        return _PastTheRatio(
+            SourceItem(name, None, empty_capture_error(info.file_size, fill)), read
+        )
+    return _PastTheRatio(refused, 0)
+
+
 def _zip_bytes(archive_file: Path | BinaryIO) -> int:
     """The zip's own size, a file's or an upload's."""
     if isinstance(archive_file, Path):
@@ -719,26 +762,12 @@ def iter_zip(archive_file: Path | BinaryIO, label: str) -> Iterator[SourceItem]:
                 yield SourceItem(name, None, "a zip inside a zip: its entries are not read")
             elif info.file_size > MAX_FILE_BYTES:
                 yield SourceItem(name, None, f"zip entry too large ({info.file_size / 1e6:.0f} MB)")
-            elif (raw_frame := _too_compressed(info)) and not _raw_frame_explains(
-                head := _entry_head(archive, info), info
-            ):
-                fill, one_byte = None, bool(head) and head.count(head[:1]) == len(head)
-                room = unpacked + info.file_size <= limit  # (read to its end, maybe)
-                if room and header_lies_further(head, info.file_size):
-                    # (A TIFF of its tags after its pixels: unpacked whole to read them, counted.)
-                    unpacked += info.file_size
-                    whole = _whole_entry(archive, info)
-                    if whole is not None and _raw_frame_explains(whole, info):
-                        raw_frames += 1
-                        yield SourceItem(name, whole)
-                        continue
-                elif one_byte and room:
-                    fill, read = _one_byte_fill(archive, info)
-                    unpacked += read
-                if fill is None:
-                    yield SourceItem(name, None, _too_compressed_error(info))
-                else:
-                    yield SourceItem(name, None, empty_capture_error(info.file_size, fill))
+            elif (raw_frame := _too_compressed(info)) and (
+                past := _past_the_ratio(archive, info, name, limit - unpacked)
+            ) is not None:
+                unpacked += past.unpacked
+                raw_frames += past.raw_frame
+                yield past.item
             elif unpacked + info.file_size > limit:
                 unpacked = limit + 1  # (no later entry is read, however small)
                 too_far = too_far or _unpacks_too_far_error(limit, zip_bytes, raw_frames)
