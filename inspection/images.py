@@ -393,8 +393,7 @@ def store_image(
         partial = target.with_name(f"{target.name}.{uuid.uuid4().hex[:12]}.partial")
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            partial.write_bytes(data)
-            sync_file(partial)
+            _write_synced(partial, data)
             partial.replace(target)
         except OSError as exc:
             partial.unlink(missing_ok=True)
@@ -418,6 +417,20 @@ def sync_file(path: Path) -> None:
     """The file's bytes to disk (a descriptor read-only serves: fsync flushes the file)."""
     handle = os.open(path, os.O_RDONLY)
     try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    """A new file of `data`, its bytes on disk when this returns: written and synced through
+    one descriptor (the file was opened a second time only to be synced, an open, a lookup of
+    its name and a close more for each stored image)."""
+    handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)  # (as `open(..., "wb")`)
+    try:
+        unwritten = memoryview(data)
+        while unwritten:  # (a write may take fewer bytes than given: a large file, a signal)
+            unwritten = unwritten[os.write(handle, unwritten) :]
         os.fsync(handle)
     finally:
         os.close(handle)

@@ -951,6 +951,14 @@ def test_the_end_of_an_outage_is_said(caplog: pytest.LogCaptureFixture) -> None:
     assert caplog.records == []  # (no outage: nothing said)
 
 
+def _is_stored_image(fd: int) -> bool:
+    """Whether a descriptor is an image the store is writing (its `.partial` file)."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}").endswith(".partial")
+    except OSError:  # (a pipe's or a socket's, say)
+        return False
+
+
 def test_a_full_image_store_stops_the_run_with_a_clear_error_and_loses_nothing(
     detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -961,24 +969,24 @@ def test_a_full_image_store_stops_the_run_with_a_clear_error_and_loses_nothing(
     make_images(tmp_path / "in", n=10)
     job = _job(detector, tmp_path)
     job.chunk_parts = 4
-    write_bytes = Path.write_bytes
+    write = os.write
     stored = [0]
 
-    def disk_fills_up(self: Path, data: bytes) -> int:
-        if self.name.endswith(".partial"):
+    def disk_fills_up(fd: int, data: Any) -> int:
+        if _is_stored_image(fd):
             stored[0] += 1
             if stored[0] > 5:
                 raise OSError(errno.ENOSPC, "No space left on device")
-        return write_bytes(self, data)
+        return write(fd, data)
 
-    monkeypatch.setattr(Path, "write_bytes", disk_fills_up)
+    monkeypatch.setattr(os, "write", disk_fills_up)
     with pytest.raises(StorageError, match="No space left on device; free space there"):
         job.run(iter_source(str(tmp_path / "in")))
     job.inspector.close(wait=True)  # (parts decoded ahead may still be storing)
     assert not list((tmp_path / "store").rglob("*.partial"))  # no half file left
     written = _counts(detector)[0]
     assert written < 10
-    monkeypatch.setattr(Path, "write_bytes", write_bytes)  # space freed
+    monkeypatch.setattr(os, "write", write)  # space freed
     resumed = _job(detector, tmp_path).run(iter_source(str(tmp_path / "in")))
     assert resumed.inspected == 10 - written and _counts(detector) == (10, 10, 10)
     with session_scope(detector) as session:  # every part's image kept
@@ -1000,14 +1008,14 @@ def test_a_full_image_store_says_once_how_to_resume_where_there_is_a_command(
     monkeypatch.setenv("DEFECTS_DATABASE_URL", detector)
     get_settings.cache_clear()
     make_images(tmp_path / "in", n=3)
-    write_bytes = Path.write_bytes
+    write = os.write
 
-    def full(self: Path, data: bytes) -> int:
-        if self.name.endswith(".partial"):
+    def full(fd: int, data: Any) -> int:
+        if _is_stored_image(fd):
             raise OSError(errno.ENOSPC, "No space left on device")
-        return write_bytes(self, data)
+        return write(fd, data)
 
-    monkeypatch.setattr(Path, "write_bytes", full)
+    monkeypatch.setattr(os, "write", full)
     result = CliRunner().invoke(
         app, ["batch", str(tmp_path / "in"), "--line", "L", "--station", "S"]
     )
@@ -1870,15 +1878,16 @@ def test_two_writers_of_the_same_part_both_keep_it(
 
     from inspection.images import store_image
 
-    write_bytes = Path.write_bytes
+    write = os.write
     both_writing = threading.Barrier(2, timeout=10)
 
-    def write_together(self: Path, data: bytes) -> int:
-        written = write_bytes(self, data)
-        both_writing.wait()  # neither renames before the other has written
+    def write_together(fd: int, data: Any) -> int:
+        written = write(fd, data)
+        if _is_stored_image(fd):
+            both_writing.wait()  # neither renames before the other has written
         return written
 
-    monkeypatch.setattr(Path, "write_bytes", write_together)
+    monkeypatch.setattr(os, "write", write_together)
     errors: list[BaseException] = []
 
     def store() -> None:
@@ -3126,6 +3135,32 @@ def test_a_batchs_images_share_one_sync_of_each_folder(
     synced.clear()
     list(inspector.inspect(parts[:2], store_into=store))  # (judged again: kept, not written)
     assert synced == [str(store / "ab"), str(store), str(tmp_path)]
+
+
+def test_a_stored_image_is_synced_through_the_descriptor_that_wrote_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each stored image was written, closed, then opened again only to be synced. It is
+    written and synced through one descriptor, before the file takes its name."""
+    import fcntl
+
+    from inspection.images import store_image
+
+    synced: list[tuple[str, int]] = []
+    fsync = os.fsync
+
+    def spying_fsync(fd: int) -> None:
+        access = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
+        synced.append((os.readlink(f"/proc/self/fd/{fd}"), access))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spying_fsync)
+    data = random.Random(5).randbytes(3_000_000)
+    stored = store_image(tmp_path / "store", "ab" * 32, "part.png", data, sync_folder=False)
+    assert stored.read_bytes() == data
+    [(path, access)] = synced
+    assert path.startswith(f"{stored}.") and path.endswith(".partial")  # (not yet its name)
+    assert access == os.O_WRONLY  # (the descriptor written, not one opened to sync)
 
 
 @pytest.mark.parametrize("failing", ["image", "folder"])
