@@ -391,9 +391,18 @@ def folder_files(folder: Path) -> list[Path]:
 
 def is_zip_archive(path: Path) -> bool:
     """A file with an image's suffix is an image even where a zip follows its data: it was
-    judged as the zip's entries, the image itself never."""
+    judged as the zip's entries, the image itself never. Only a regular file is opened to
+    tell: a named pipe that took a listed file's place (a `.raw` frame's, a `.zip`'s) was
+    opened here, and the open waited for a writer for ever; `read_file` says what it is."""
     suffix = path.suffix.lower()
-    return suffix == ".zip" or (suffix not in INSPECTED_SUFFIXES and zipfile.is_zipfile(path))
+    if suffix in INSPECTED_SUFFIXES:
+        return False
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            return False
+    except OSError:  # (a dead link: a zip's is "cannot open the zip", as before)
+        return suffix == ".zip"
+    return suffix == ".zip" or zipfile.is_zipfile(path)
 
 
 def file_items(path: Path, display: str) -> Iterator[SourceItem]:

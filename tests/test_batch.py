@@ -354,6 +354,25 @@ def test_a_named_pipe_is_not_opened_where_a_part_is_read(tmp_path: Path) -> None
     assert str(said.exception) == f"{pipe}: not a regular file but a named pipe: not read"
 
 
+def test_a_named_pipe_in_a_listed_files_place_is_not_opened_to_see_if_it_is_a_zip(
+    tmp_path: Path,
+) -> None:
+    """A pipe that replaced a listed file with no image's suffix (a `.raw` frame, a `.zip`)
+    was opened to see whether it was a zip, and the batch or watch waited for ever."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("frame-0001.raw", "lot.zip"):
+        os.mkfifo(folder / name)
+    listed = [folder / "frame-0001.raw", folder / "lot.zip"]
+    with within(5):
+        items = list(iter_source(str(folder), listed))
+    reason = "cannot read the file: not a regular file but a named pipe: not read"
+    assert [(item.name, item.data, item.error) for item in items] == [
+        ("frame-0001.raw", None, reason),
+        ("lot.zip", None, reason),
+    ]
+
+
 def test_a_listing_again_reads_only_changed_folders_and_all_of_them_now_and_then(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
