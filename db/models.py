@@ -414,10 +414,30 @@ class Prediction(Base):
     inspection: Mapped[Inspection] = relationship(back_populates="predictions")
 
 
+# The unique indexes of a reviewer's one word (`Review`).
+ONE_WORD_PER_DETECTION = "uq_reviews_prediction_reviewer"
+ONE_GOOD_PART_PER_REVIEWER = "uq_reviews_good_part_reviewer"
+
+
 class Review(Base):
-    """A person's truth about a part, or about one prediction of it."""
+    """A person's truth about a part, or about one prediction of it.
+
+    One word per reviewer: on a detection (two reviewers' words both stand, a dispute the
+    Review page shows), and of a part marked good. Two tabs, or a double click, whose writes
+    crossed once recorded a reviewer twice, and an undo took back only one of the two."""
 
     __tablename__ = "reviews"
+    __table_args__ = (
+        Index(ONE_WORD_PER_DETECTION, "prediction_id", "reviewer", unique=True),
+        Index(
+            ONE_GOOD_PART_PER_REVIEWER,
+            "part_id",
+            "reviewer",
+            unique=True,
+            sqlite_where=text("kind = 'good_part'"),
+            postgresql_where=text("kind = 'good_part'"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     part_id: Mapped[int] = mapped_column(ForeignKey("parts.id", ondelete="CASCADE"), index=True)

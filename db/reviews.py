@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import ColumnElement, Subquery, and_, case, func, or_, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, aliased, selectinload
 
 from db.models import (
@@ -531,6 +533,11 @@ def _check_reviewer(reviewer: str) -> None:
         raise ValueError("a review needs the reviewer's name")
 
 
+class ReviewRecorded(ValueError):
+    """The reviewer's word on this is recorded already (another tab, a double click whose
+    writes crossed): what it says, so the reviewer knows what stands."""
+
+
 def _add(
     session: Session,
     part_id: int,
@@ -540,24 +547,46 @@ def _add(
     box: tuple[float | None, float | None, float | None, float | None] | None = None,
     prediction_id: int | None = None,
 ) -> Review:
+    """Written unless the reviewer's one word on it is there already (`Review`'s unique
+    indexes), then `ReviewRecorded`: the insert does nothing on that conflict, so a write that
+    lost the race leaves the session's transaction whole (a unique violation would end it, and
+    a savepoint on SQLite commits early)."""
     _check_reviewer(reviewer)
     x1, y1, x2, y2 = box or (None, None, None, None)
-    review = Review(
-        part_id=part_id,
-        prediction_id=prediction_id,
-        kind=kind,
-        class_name=class_name,
-        x1=x1,
-        y1=y1,
-        x2=x2,
-        y2=y2,
-        reviewer=reviewer.strip(),
-        # (By the database's clock, as verdicts are: the queue compares the two.)
-        created_at=database_utcnow(session),
-    )
-    session.add(review)
-    session.flush()
-    return review
+    who = reviewer.strip()
+    dialect = session.get_bind().dialect.name
+    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    written = session.scalars(
+        insert(Review)
+        .values(
+            part_id=part_id,
+            prediction_id=prediction_id,
+            kind=kind,
+            class_name=class_name,
+            x1=x1,
+            y1=y1,
+            x2=x2,
+            y2=y2,
+            reviewer=who,
+            note="",
+            # (By the database's clock, as verdicts are: the queue compares the two.)
+            created_at=database_utcnow(session),
+        )
+        .on_conflict_do_nothing()
+        .returning(Review)
+    ).first()
+    if written is not None:
+        return written
+    if prediction_id is not None:
+        recorded = session.scalars(
+            select(Review).where(Review.prediction_id == prediction_id, Review.reviewer == who)
+        ).one()
+        said = recorded.kind.value.replace("_", " ")
+        raise ReviewRecorded(
+            f"{who} decided this detection already ({said}, at {recorded.created_at:%H:%M:%S}): "
+            "that stands; undo it first to decide it again"
+        )
+    raise ReviewRecorded(f"{who} marked part {part_id} good already: that stands")
 
 
 @dataclass(frozen=True)

@@ -882,3 +882,105 @@ def test_a_verdict_written_through_the_orm_keeps_its_parts_first_judge(session) 
     )
     session.flush()
     assert session.scalar(select(Part.first_model_version_id)) == production.id
+
+
+def test_the_one_word_per_reviewer_migration_merges_repeats_and_keeps_every_reviewers_word(
+    database_url: str,
+) -> None:
+    """0014 makes the database keep one word per reviewer on a detection, and one "good" per
+    reviewer of a part. Repeats written before it are merged: the same word twice is one;
+    a reviewer who said both keeps the confirmation (as the rates and the export counted the
+    detection) and its note says the false call; two reviewers who disagree both stand. A
+    downgrade takes the indexes out, every review kept."""
+    from alembic import command
+
+    from db.migrate import alembic_config
+    from db.models import Review, ReviewKind
+
+    command.downgrade(alembic_config(database_url), "0013")
+    with get_engine(database_url).begin() as connection:
+        connection.execute(text("INSERT INTO production_lines VALUES (1, 'L1', '', '2026-01-01')"))
+        connection.execute(text("INSERT INTO stations VALUES (1, 1, 'S1', '', '2026-01-01')"))
+        connection.execute(
+            text(
+                "INSERT INTO parts (id, content_hash, stored_path, original_name, size_bytes, "
+                "captured_at, line_id, station_id, created_at) VALUES "
+                "(:id, :hash, 'p.png', 'p.png', 1, '2026-01-01', 1, 1, '2026-01-01')"
+            ),
+            [{"id": n, "hash": f"h{n}"} for n in (1, 2)],
+        )
+        connection.execute(
+            text(
+                "INSERT INTO inspections (id, part_id, verdict, thresholds, inspected_at) "
+                "VALUES (1, 1, 'fail', '{}', '2026-01-01')"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO predictions (id, inspection_id, source, class_name, confidence, "
+                "counted) VALUES (:id, 1, 'detector', 'scratch', 0.9, true)"
+            ),
+            [{"id": n} for n in (1, 2, 3)],
+        )
+        connection.execute(
+            text(
+                "INSERT INTO reviews (id, part_id, prediction_id, kind, reviewer, note, "
+                "created_at) VALUES (:id, :part, :prediction, :kind, :who, :note, :at)"
+            ),
+            [
+                {"id": n, "part": part, "prediction": prediction, "kind": kind, "who": who}
+                | {"note": note, "at": f"2026-01-02 10:00:{n:02d}"}
+                for n, part, prediction, kind, who, note in [
+                    (1, 1, 1, "confirmed_defect", "ana", ""),  # a double click
+                    (2, 1, 1, "confirmed_defect", "ana", ""),
+                    (3, 1, 2, "false_call", "bob", ""),  # two tabs, two words
+                    (4, 1, 2, "confirmed_defect", "bob", ""),
+                    (5, 1, 2, "false_call", "cy", ""),  # another reviewer's: a dispute
+                    (6, 1, 3, "false_call", "ana", "the rest of verdict 1"),
+                    (7, 1, 3, "false_call", "ana", "the rest of verdict 1"),
+                    (8, 2, None, "good_part", "ana", ""),
+                    (9, 2, None, "good_part", "ana", ""),
+                    (10, 2, None, "good_part", "bob", ""),
+                ]
+            ],
+        )
+    assert upgrade(database_url) == head_revision()
+    with session_scope(database_url) as session:
+        kept = {
+            r.id: (r.prediction_id, r.reviewer, r.kind, r.note)
+            for r in session.scalars(select(Review))
+        }
+    assert kept == {
+        1: (1, "ana", ReviewKind.CONFIRMED_DEFECT, ""),
+        4: (
+            2,
+            "bob",
+            ReviewKind.CONFIRMED_DEFECT,
+            "also marked a false call by bob at 2026-01-02 10:00:03",
+        ),
+        5: (2, "cy", ReviewKind.FALSE_CALL, ""),
+        6: (3, "ana", ReviewKind.FALSE_CALL, "the rest of verdict 1"),
+        8: (None, "ana", ReviewKind.GOOD_PART, ""),
+        10: (None, "bob", ReviewKind.GOOD_PART, ""),
+    }
+    insert = text(
+        "INSERT INTO reviews (id, part_id, prediction_id, kind, reviewer, note, created_at) "
+        "VALUES (:id, :part, :prediction, :kind, :who, '', '2026-01-03')"
+    )
+    for repeat in (
+        {"id": 11, "part": 1, "prediction": 1, "kind": "false_call", "who": "ana"},
+        {"id": 11, "part": 2, "prediction": None, "kind": "good_part", "who": "bob"},
+    ):
+        with pytest.raises(IntegrityError), get_engine(database_url).begin() as connection:
+            connection.execute(insert, repeat)
+    with get_engine(database_url).begin() as connection:  # (others are not one word)
+        for n, kind, who in ((11, "good_part", "cy"), (12, "missed_defect", "bob")):
+            connection.execute(
+                insert, {"id": n, "part": 2, "prediction": None, "kind": kind, "who": who}
+            )
+    command.downgrade(alembic_config(database_url), "0013")
+    get_engine(database_url).dispose()
+    with get_engine(database_url).connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM reviews")).scalar() == 8
+    get_engine(database_url).dispose()
+    assert upgrade(database_url) == head_revision()

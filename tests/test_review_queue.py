@@ -466,3 +466,59 @@ def test_a_confirmation_overruled_by_a_false_call_keeps_its_class_and_its_place(
     report = export_reviews(session, "disputed", known, tmp_path / "datasets", "off")
     assert report.classes == ["scratch", "spot", "crack"]
     assert report.n_images == 2 and not report.left_out
+
+
+@pytest.mark.parametrize("second", ["confirm", "false call", "good"])
+def test_one_reviewers_two_tabs_writing_at_once_record_one_word(
+    database_url: str, second: str
+) -> None:
+    """Ana's two tabs (or a double click whose writes crossed) sent her word on one detection
+    in the same moment: both were recorded, one saying a false call beside her confirmation,
+    and her undo took back one of two. Now the database keeps one; the other write is told what
+    stands, and leaves its transaction usable. Bob's word on the same detection still stands
+    beside hers."""
+    import threading
+
+    from sqlalchemy import select
+
+    from db.models import Review
+    from db.reviews import ReviewRecorded
+    from db.session import session_scope
+
+    with session_scope(database_url) as session:
+        inspection = _part(session, 1, [0.9])
+        part_id, prediction_id = inspection.part_id, inspection.predictions[0].id
+    if second == "good":
+        writes = [lambda s: mark_good(s, part_id, "ana"), lambda s: mark_good(s, part_id, "ana ")]
+    else:
+        other = confirm_defect if second == "confirm" else mark_false_call
+        writes = [
+            lambda s: confirm_defect(s, prediction_id, "ana"),
+            lambda s: other(s, prediction_id, "ana"),
+        ]
+    together = threading.Barrier(2)
+    refused: list[str] = []
+
+    def write(action) -> None:  # type: ignore[no-untyped-def]
+        try:
+            with session_scope(database_url) as session:
+                together.wait()
+                action(session)
+        except ReviewRecorded as exc:
+            refused.append(str(exc))
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in writes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    with session_scope(database_url) as session:
+        words = session.execute(select(Review.reviewer, Review.kind)).all()
+        assert len(words) == 1, words
+        assert len(refused) == 1 and "ana " in refused[0] and "already" in refused[0]
+        if second != "good":
+            mark_false_call(session, prediction_id, "bob")  # (a dispute: both words stand)
+            with pytest.raises(ReviewRecorded, match=r"ana decided this detection already"):
+                confirm_defect(session, prediction_id, "ana")
+            # The refusal left the transaction whole: Bob's word is still in it.
+            assert len(session.scalars(select(Review)).all()) == 2

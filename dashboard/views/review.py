@@ -14,6 +14,7 @@ from dashboard.state import database_ready, detector_info, flash
 from dashboard.text import plain
 from db.models import Inspection, Part, Verdict
 from db.reviews import (
+    ReviewRecorded,
     add_missed_defect,
     confirm_defect,
     decide_the_rest,
@@ -336,16 +337,19 @@ else:
                         )
                 continue
             a, b = st.columns(2)
-            if a.button(
-                "Confirm defect", key=f"confirm_{prediction_id}", disabled=blocked, help=why
+            for column, word, key, decide in (
+                (a, "Confirm defect", "confirm", confirm_defect),
+                (b, "False call", "false", mark_false_call),
             ):
-                with session_scope(state.url) as session:
-                    confirm_defect(session, prediction_id, reviewer)
-                reviewed("")
-            if b.button("False call", key=f"false_{prediction_id}", disabled=blocked, help=why):
-                with session_scope(state.url) as session:
-                    mark_false_call(session, prediction_id, reviewer)
-                reviewed("")
+                if column.button(word, key=f"{key}_{prediction_id}", disabled=blocked, help=why):
+                    try:
+                        with session_scope(state.url) as session:
+                            decide(session, prediction_id, reviewer)
+                        reviewed("")
+                    except ReviewRecorded as exc:
+                        # (Another tab of this reviewer's decided it in the same moment.)
+                        flash(f"Detection {i + 1} of part {item.part_id}: {exc}.", "warning")
+                        st.rerun()
         if left_out:  # (a tiled part keeps its most confident counted boxes)
             st.caption(left_out)
         for class_name, who, _ in added_boxes:
@@ -361,9 +365,13 @@ else:
                 help=why,
             )
         ):
-            with session_scope(state.url) as session:
-                decide_the_rest(session, item.inspection_id, reviewer)
-            reviewed(f"Part {item.part_id} reviewed.")
+            try:
+                with session_scope(state.url) as session:
+                    decide_the_rest(session, item.inspection_id, reviewer)
+                reviewed(f"Part {item.part_id} reviewed.")
+            except ReviewRecorded as exc:
+                flash(f"Part {item.part_id}: nothing recorded, {exc}.", "warning")
+                st.rerun()
         if st.button("Mark part good", key=f"mark_good_{item.part_id}", disabled=blocked, help=why):
             try:
                 with session_scope(state.url) as session:
