@@ -3,8 +3,9 @@
 Ground truth comes from reviews (`db.reviews.truth_subquery`): a part is *defective* when any
 review confirms a defect on it or adds a missed one, and *good* when reviewed in full with none
 of them saying defective (a review marking it good, or every detection of a verdict marked a
-false call); a part part-way through its review is neither. When reviewers disagree the
-defective reading wins: an escape must never be hidden by a later "good".
+false call); a part part-way through its review is neither. When reviewers disagree on a
+detection the word more of them gave counts, and a tie is a defect: an escape must never be
+hidden by a later "good" alone, and a third reviewer's word settles it (`standing_defect`).
 
 Miss rate = defective parts passed / defective parts; false-call rate = good parts failed /
 good parts. Both count inspections (a part inspected by two model versions counts once for
@@ -58,7 +59,7 @@ from db.models import (
     Station,
     Verdict,
 )
-from db.reviews import DEFECT_REVIEWS, truth_subquery
+from db.reviews import DEFECT_REVIEWS, standing_defect, truth_subquery
 
 # Ids in one IN list: well under the bound parameters SQLite allows in one statement.
 _IN_LIST = 900
@@ -381,7 +382,7 @@ def _has_defect_review_of(class_name: str) -> ColumnElement[bool]:
         select(Review.id)
         .where(
             Review.part_id == Part.id,
-            Review.kind.in_(DEFECT_REVIEWS),
+            standing_defect(),
             Review.class_name == class_name,
         )
         .exists()
@@ -435,7 +436,7 @@ def _rates_by_class(session: Session, filters: Filters) -> list[RateRow]:
         .join(Review, Review.part_id == Part.id)
         .where(
             *looked_at,
-            Review.kind.in_(DEFECT_REVIEWS),
+            standing_defect(),
             Review.class_name.is_not(None),
         )
         .group_by(Review.class_name)
@@ -881,7 +882,7 @@ def _reviewed_truths(session: Session, part_ids: list[int]) -> dict[int, tuple[s
         for part_id, class_name in session.execute(
             select(Review.part_id, Review.class_name).where(
                 Review.part_id.in_(chunk),
-                Review.kind.in_(DEFECT_REVIEWS),
+                standing_defect(),
                 Review.class_name.is_not(None),
             )
         ):

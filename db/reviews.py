@@ -53,6 +53,47 @@ def uncertainty_margin(inspection: Inspection) -> float:
     return min(margins, default=1.0)
 
 
+def standing_defect(review: type[Review] = Review) -> ColumnElement[bool]:
+    """A review (`review`, correlated) saying the part is defective that stands: a missed
+    defect, or a confirmation its detection's false calls do not outnumber. Each reviewer has
+    one word on a detection, so a dispute (one confirmation, one false call) counts as a defect,
+    an escape never hidden by a tie, until a third reviewer's word settles it either way."""
+    word = aliased(Review)
+
+    def said(kind: ReviewKind) -> ColumnElement[int]:
+        return (
+            select(func.count(word.id))
+            .where(word.prediction_id == review.prediction_id, word.kind == kind)
+            .scalar_subquery()
+        )
+
+    return and_(
+        review.kind.in_(DEFECT_REVIEWS),
+        or_(
+            review.prediction_id.is_(None),
+            said(ReviewKind.FALSE_CALL) <= said(ReviewKind.CONFIRMED_DEFECT),
+        ),
+    )
+
+
+def _has_dispute(part_id: ColumnElement[int]) -> ColumnElement[bool]:
+    """A detection of the part (`part_id`, correlated) reviewers are split on evenly (`disputed`):
+    the part waits in the queue for the word that settles it."""
+    word = aliased(Review)
+    said = func.sum(case((word.kind == ReviewKind.CONFIRMED_DEFECT, 1), else_=-1))
+    return (
+        select(word.prediction_id)
+        .where(
+            word.part_id == part_id,
+            word.prediction_id.is_not(None),
+            word.kind.in_((ReviewKind.CONFIRMED_DEFECT, ReviewKind.FALSE_CALL)),
+        )
+        .group_by(word.prediction_id)
+        .having(said == 0, func.count(func.distinct(word.kind)) > 1)
+        .exists()
+    )
+
+
 def _undecided(detection: type[Prediction] = Prediction) -> ColumnElement[bool]:
     """A detection (`detection`, correlated) no review has decided yet."""
     # (Its own alias: inside a query of reviews, it would otherwise be taken for that review.)
@@ -101,10 +142,10 @@ def truth_subquery() -> Subquery:
     are then all its defects).
 
     A part is defective once any review confirms a defect or adds a missed one, complete or
-    not. It is good only when complete with no such review: marked good, or every detection of
+    not (a confirmation outvoted by false calls on its detection aside: `standing_defect`). It is good only when complete with no such review: marked good, or every detection of
     a verdict marked a false call. A part with some detections marked false calls and others
     not yet decided is neither (it was counted good, a false call, while still in the queue)."""
-    defective = func.max(case((Review.kind.in_(DEFECT_REVIEWS), 1), else_=0))
+    defective = func.max(case((standing_defect(), 1), else_=0))
     marked_good = func.max(case((Review.kind == ReviewKind.GOOD_PART, 1), else_=0))
     about_detections = func.max(case((Review.prediction_id.is_not(None), 1), else_=0))
     complete = case(
@@ -142,7 +183,8 @@ def review_queue(
     asked of each current verdict (of each model version that judged the part), so that a
     part the export leaves out as undecided is always still offered. (One judged by two
     versions and reviewed where one found nothing is complete for the export, and still
-    offered with the other's verdict.)
+    offered with the other's verdict.) A part with a detection reviewers are split on evenly
+    waits too, for the word that settles it (it had left the queue, and nobody saw it again).
     Leaving at its first review (as it once did) left its other detections undecided for good,
     so an export labelled them background.
 
@@ -168,7 +210,7 @@ def review_queue(
         .where(
             Inspection.verdict != Verdict.ERROR,
             Inspection.is_current(),
-            ~reviewed_in_full,
+            or_(~reviewed_in_full, _has_dispute(Inspection.part_id)),
         )
         .options(selectinload(Inspection.predictions))
         .order_by(Inspection.inspected_at.desc())
@@ -289,18 +331,30 @@ def decided_words(session: Session, inspection_id: int) -> dict[int, list[tuple[
 
 def said_of(words: list[tuple[ReviewKind, str]]) -> str:
     """What a detection's decision counts as, in words: "confirmed defect" or "false call";
-    where reviewers disagree, who said what and that the defective reading wins (as the rates
-    and the export take it). Said as the latest word, the page told the reviewer who marked a
-    false call after a confirmation that the box would not be taught, when it was."""
+    where reviewers disagree, who said what and what it counts as: the word more reviewers
+    gave, a defect on a tie (as `standing_defect` counts it for the rates and the export).
+    Said as the latest word, the page told the reviewer who marked a false call after a
+    confirmation that the box would not be taught, when it was."""
     by_kind: dict[ReviewKind, list[str]] = {}
     for kind, reviewer in words:
         if reviewer not in by_kind.setdefault(kind, []):
             by_kind[kind].append(reviewer)
     if len(by_kind) == 1:
         return next(iter(by_kind)).replace("_", " ")
-    confirmed = ", ".join(by_kind.get(ReviewKind.CONFIRMED_DEFECT, []))
-    false_call = ", ".join(by_kind.get(ReviewKind.FALSE_CALL, []))
-    return f"confirmed by {confirmed}, marked a false call by {false_call}: counted as a defect"
+    confirmed = by_kind.get(ReviewKind.CONFIRMED_DEFECT, [])
+    false_call = by_kind.get(ReviewKind.FALSE_CALL, [])
+    said = f"confirmed by {', '.join(confirmed)}, marked a false call by {', '.join(false_call)}"
+    if len(confirmed) == len(false_call):
+        return f"{said}: counted as a defect until another reviewer settles it"
+    counted = "a defect" if len(confirmed) > len(false_call) else "a false call"
+    most, fewest = sorted((len(confirmed), len(false_call)), reverse=True)
+    return f"{said}: counted as {counted} ({most} to {fewest})"
+
+
+def disputed(words: list[tuple[ReviewKind, str]]) -> bool:
+    """Reviewers gave a detection both words, as many of each: another reviewer settles it."""
+    kinds = [kind for kind, _ in words]
+    return kinds.count(ReviewKind.CONFIRMED_DEFECT) == kinds.count(ReviewKind.FALSE_CALL) > 0
 
 
 def decisions(session: Session, inspection_id: int) -> dict[int, str]:
@@ -601,9 +655,21 @@ class PartTruth:
     original_name: str = ""  # as recorded: the camera's file, which `stored_path` does not keep
 
 
+def _outvoted(reviews: list[Review]) -> set[int]:
+    """The detections whose false calls outnumber their confirmations (`standing_defect`)."""
+    votes: dict[int, int] = {}
+    for review in reviews:
+        if review.prediction_id is not None and review.kind != ReviewKind.MISSED_DEFECT:
+            confirmed = review.kind == ReviewKind.CONFIRMED_DEFECT
+            votes[review.prediction_id] = votes.get(review.prediction_id, 0) + (
+                1 if confirmed else -1
+            )
+    return {prediction_id for prediction_id, vote in votes.items() if vote < 0}
+
+
 def reviewed_parts(session: Session) -> list[PartTruth]:
     """Every part whose truth reviewers have given (`truth_subquery`), with its defects' boxes
-    (the defective reading wins; a box given twice is one box)."""
+    (a disputed detection's as `standing_defect` counts it; a box given twice is one box)."""
     truth = truth_subquery()
     rows = session.execute(
         select(Part, truth.c.defective, truth.c.complete)
@@ -613,10 +679,13 @@ def reviewed_parts(session: Session) -> list[PartTruth]:
     ).all()
     truths = []
     for part, defective, complete in rows:
+        outvoted = _outvoted(part.reviews)
         boxes = {
             (r.class_name or "defect", r.x1, r.y1, r.x2, r.y2): None
             for r in part.reviews
-            if r.kind in DEFECT_REVIEWS and None not in (r.x1, r.y1, r.x2, r.y2)
+            if r.kind in DEFECT_REVIEWS
+            and r.prediction_id not in outvoted
+            and None not in (r.x1, r.y1, r.x2, r.y2)
         }
         truths.append(
             PartTruth(

@@ -3061,7 +3061,10 @@ def test_a_detection_two_reviewers_disagree_on_says_what_counts_and_one_gives_wa
         mark_false_call(session, first, "Bob")
     bob.run()
     assert not bob.exception, bob.exception
-    said = "confirmed by Ana, marked a false call by Bob: counted as a defect"
+    said = (
+        "confirmed by Ana, marked a false call by Bob: counted as a defect until another "
+        "reviewer settles it"
+    )
     assert any(m.value.endswith(f"**{said}**") for m in bob.markdown)
     next(b for b in bob.button if b.label == "Withdraw my false call").click().run()
     assert not bob.exception, bob.exception
@@ -3071,6 +3074,41 @@ def test_a_detection_two_reviewers_disagree_on_says_what_counts_and_one_gives_wa
     assert bob.selectbox(key="review_part").value == shown
     assert any(m.value.endswith("**confirmed defect**") for m in bob.markdown)
     assert not any(b.label.startswith("Withdraw") for b in bob.button)
+
+
+def test_a_third_reviewer_settles_a_detection_two_reviewers_disagree_on(
+    production: str, tmp_path: Path
+) -> None:
+    """Ana confirmed a detection Bob marked a false call: Cy, a lead, was shown the dispute
+    with no button at all (a decided detection's are gone), so it stayed a defect whatever she
+    saw, and the part had left the queue. Now it waits there, whoever has not given a word on
+    it settles it, and the page says what counts."""
+    from db.reviews import confirm_defect, mark_false_call
+
+    cy = _two_failed_parts_on_review(production, tmp_path)
+    cy.text_input(key="reviewer").input("Cy").run()
+    shown = cy.selectbox(key="review_part").value
+    with session_scope(production) as session:
+        inspection = session.scalars(select(Inspection).where(Inspection.part_id == shown)).one()
+        detection = inspection.predictions[0].id
+        confirm_defect(session, detection, "Ana")
+        mark_false_call(session, detection, "Bob")
+    cy.run()
+    assert not cy.exception, cy.exception
+    assert [b.label for b in cy.button if b.label.startswith("Settle")] == [
+        "Settle: confirm defect",
+        "Settle: false call",
+    ]
+    next(b for b in cy.button if b.label == "Settle: false call").click().run()
+    assert not cy.exception, cy.exception
+    assert f"Detection 1 of part {shown} settled by your false call." in cy.success[0].value
+    cy.selectbox(key="review_part").set_value(shown).run()  # (done: the next part is shown)
+    said = "confirmed by Ana, marked a false call by Bob, Cy: counted as a false call (2 to 1)"
+    assert any(m.value.endswith(f"**{said}**") for m in cy.markdown)
+    assert not any(b.label.startswith("Settle") for b in cy.button)
+    with session_scope(production) as session:
+        (truth,) = [t for t in reviewed_parts(session) if t.part_id == shown]
+    assert not truth.defective and truth.boxes == []
 
 
 def test_a_defect_missed_on_a_part_another_reviewer_finished_can_still_be_added(

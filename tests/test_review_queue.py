@@ -460,7 +460,8 @@ def test_a_confirmation_overruled_by_a_false_call_keeps_its_class_and_its_place(
     assert decisions(session, spotted.id) == {
         spotted.predictions[
             0
-        ].id: "confirmed by ana, marked a false call by cy: counted as a defect"
+        ].id: "confirmed by ana, marked a false call by cy: counted as a defect until "
+        "another reviewer settles it"
     }
     session.expire_all()
     report = export_reviews(session, "disputed", known, tmp_path / "datasets", "off")
@@ -522,3 +523,51 @@ def test_one_reviewers_two_tabs_writing_at_once_record_one_word(
                 confirm_defect(session, prediction_id, "ana")
             # The refusal left the transaction whole: Bob's word is still in it.
             assert len(session.scalars(select(Review)).all()) == 2
+
+
+@pytest.mark.parametrize("third", ["false call", "confirm"])
+def test_a_third_reviewers_word_settles_a_dispute_in_the_rates_and_the_export(
+    database_url: str, third: str
+) -> None:
+    """Ana confirmed a detection that Bob marked a false call: counted as a defect, and no
+    third word could change it (the defective reading won whatever anyone said). Now a tie is
+    a defect until Cy's word settles it: the word more reviewers gave counts, in the rates (by
+    class too) and in the export's boxes."""
+    from db.queries import Filters, rates
+    from db.reviews import reviewed_parts
+    from db.session import session_scope
+
+    with session_scope(database_url) as session:
+        inspection = _part(session, 1, [0.9])
+        detection = inspection.predictions[0].id
+        confirm_defect(session, detection, "ana")
+        mark_false_call(session, detection, "bob")
+        assert decisions(session, inspection.id) == {
+            detection: "confirmed by ana, marked a false call by bob: counted as a defect "
+            "until another reviewer settles it"
+        }
+        (tied,) = rates(session)
+        assert (tied.n_defective, tied.n_good) == (1, 0)
+        assert _queued(session) == {inspection.part_id}  # (waiting for the third word)
+        (mark_false_call if third == "false call" else confirm_defect)(session, detection, "cy")
+    with session_scope(database_url) as session:
+        (settled,) = rates(session)
+        (by_class,) = rates(session, Filters(class_name="scratch"))
+        (truth,) = reviewed_parts(session)
+        said = decisions(session, inspection.id)[detection]
+        assert _queued(session) == set()
+    if third == "false call":
+        assert (
+            said
+            == "confirmed by ana, marked a false call by bob, cy: counted as a false call (2 to 1)"
+        )
+        assert (settled.n_defective, settled.n_good, settled.n_false_calls) == (0, 1, 1)
+        assert by_class.n_defective == 0
+        assert not truth.defective and truth.complete and truth.boxes == []
+    else:
+        assert (
+            said == "confirmed by ana, cy, marked a false call by bob: counted as a defect (2 to 1)"
+        )
+        assert (settled.n_defective, settled.n_good) == (1, 0)
+        assert by_class.n_defective == 1
+        assert truth.defective and truth.boxes == [("scratch", 1.0, 1.0, 9.0, 9.0)]

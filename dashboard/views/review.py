@@ -19,6 +19,7 @@ from db.reviews import (
     confirm_defect,
     decide_the_rest,
     decided_words,
+    disputed,
     mark_false_call,
     mark_good,
     missed_defects,
@@ -128,7 +129,8 @@ else:
     listed = f"; the {len(queue)} least certain are listed" if len(waiting) > len(queue) else ""
     st.caption(
         f"{count} part(s) waiting, least certain first{listed}. A part stays until each of its "
-        "detections is confirmed or marked a false call, or it is marked good."
+        "detections is confirmed or marked a false call, or it is marked good; a detection "
+        "two reviewers disagree on waits for a third reviewer's word."
     )
     by_part = {q.part_id: q for q in queue}
     if done is not None:
@@ -236,6 +238,30 @@ else:
             flash(message)
         st.rerun()
 
+    def decide_buttons(i: int, prediction_id: int, settle: str) -> None:
+        """Confirm defect and False call of detection `i`; `settle`: a dispute's, where the
+        reviewer's word breaks the tie."""
+        a, b = st.columns(2)
+        for column, word, key, decide in (
+            (a, "Confirm defect", "confirm", confirm_defect),
+            (b, "False call", "false", mark_false_call),
+        ):
+            label = f"{settle}{word.lower()}" if settle else word
+            key = f"{'settle_' if settle else ''}{key}_{prediction_id}"
+            if column.button(label, key=key, disabled=blocked, help=why):
+                try:
+                    with session_scope(state.url) as session:
+                        decide(session, prediction_id, reviewer)
+                    reviewed(
+                        f"Detection {i + 1} of part {item.part_id} settled by your {word.lower()}."
+                        if settle
+                        else ""
+                    )
+                except ReviewRecorded as exc:
+                    # (Another tab of this reviewer's decided it in the same moment.)
+                    flash(f"Detection {i + 1} of part {item.part_id}: {exc}.", "warning")
+                    st.rerun()
+
     # Every action's key names the part (or the detection) it was shown for: a click still on
     # its way when the page moved to another part (done elsewhere meanwhile) is then dropped,
     # instead of landing on a part nobody looked at.
@@ -311,7 +337,8 @@ else:
                 clicked = [
                     word
                     for word, key in (("confirmed defect", "confirm"), ("false call", "false"))
-                    if st.session_state.get(f"{key}_{prediction_id}")
+                    for settle in ("", "settle_")  # (a dispute another settled meanwhile)
+                    if st.session_state.get(f"{settle}{key}_{prediction_id}")
                 ]
                 if clicked and not mine:
                     # Decided by another meanwhile: the click is dropped (its button is gone),
@@ -335,21 +362,11 @@ else:
                         reviewed(
                             f"Your {said} on detection {i + 1} of part {item.part_id} withdrawn."
                         )
+                if disputed(words[prediction_id]) and not mine:
+                    # Two reviewers disagree: a third word (a lead's) settles it either way.
+                    decide_buttons(i, prediction_id, "Settle: ")
                 continue
-            a, b = st.columns(2)
-            for column, word, key, decide in (
-                (a, "Confirm defect", "confirm", confirm_defect),
-                (b, "False call", "false", mark_false_call),
-            ):
-                if column.button(word, key=f"{key}_{prediction_id}", disabled=blocked, help=why):
-                    try:
-                        with session_scope(state.url) as session:
-                            decide(session, prediction_id, reviewer)
-                        reviewed("")
-                    except ReviewRecorded as exc:
-                        # (Another tab of this reviewer's decided it in the same moment.)
-                        flash(f"Detection {i + 1} of part {item.part_id}: {exc}.", "warning")
-                        st.rerun()
+            decide_buttons(i, prediction_id, "")
         if left_out:  # (a tiled part keeps its most confident counted boxes)
             st.caption(left_out)
         for class_name, who, _ in added_boxes:
