@@ -1066,3 +1066,33 @@ def test_training_names_an_evaluate_that_runs_only_where_the_dataset_has_test_im
     (root / "images" / "test" / "b.png").write_bytes(b"")
     said = _how_to_evaluate(version, "my-parts")
     assert said == "evaluate it with `defects evaluate v1 --data my-parts --split test`"
+
+
+@pytest.mark.parametrize(("kind", "folder"), [("classifier", "classify"), ("detector", "detect")])
+def test_a_runs_folder_that_is_a_file_is_refused_in_one_line_before_a_job(
+    kind: str, folder: str, tmp_path: Path
+) -> None:
+    """A file at `runs/classify` (or `runs/detect`) stopped the training on the system's bare
+    "[Errno 17] File exists" ("[Errno 20] Not a directory"), its job recorded as failed."""
+    from sqlalchemy import func, select
+
+    from db.migrate import upgrade
+    from db.models import TrainingJob
+    from db.session import session_scope
+    from inspection.settings import get_settings
+    from tests.conftest import import_synthetic
+
+    url = get_settings().resolved_database_url
+    upgrade(url)
+    import_synthetic(url, tmp_path / "synth", n=4)
+    in_the_way = get_settings().runs_dir / folder
+    in_the_way.parent.mkdir(parents=True, exist_ok=True)
+    in_the_way.write_text("")
+    result = _cli(["train", kind, "--data", "synth", "--epochs", "1"], tmp_path / "data")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        f"error: {in_the_way} is a file, not a folder: training runs are written under "
+        f"{in_the_way}; move that file away and train again"
+    ]
+    with session_scope(url) as session:
+        assert session.scalar(select(func.count(TrainingJob.id))) == 0

@@ -14,10 +14,25 @@ import psutil
 
 from db.models import JobStatus, TrainingJob, utcnow
 from db.session import session_scope
+from inspection.errors import UserError
 from inspection.settings import get_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 RECENT_JOBS = 10  # the training jobs the Models page and `defects models list` show, newest first
+
+
+def check_runs_folder(folder: Path) -> None:
+    """Refuses in one line, before a job is recorded, a runs folder that a file stands in the
+    way of (`runs/classify` a file): the training stopped on the system's bare "[Errno 17] File
+    exists" or "[Errno 20] Not a directory", after its job was recorded as failed."""
+    for path in (folder, *folder.parents):
+        if path.is_dir():
+            return
+        if path.exists() or path.is_symlink():
+            raise UserError(
+                f"{path} is a file, not a folder: training runs are written under {folder}; "
+                "move that file away and train again"
+            )
 
 
 def detector_training_command(

@@ -51,7 +51,7 @@ from training.datasets import (
     refuse_tiled_for_classifier,
     split_image_paths,
 )
-from training.jobs import process_start, record_job_end, this_host
+from training.jobs import check_runs_folder, process_start, record_job_end, this_host
 from training.versions import register_model_version, weights_file
 
 PROGRESS_EVERY_S = 30.0
@@ -441,6 +441,7 @@ def train_classifier(request: ClassifierTrainRequest, url: str | None = None) ->
         )
     if request.name is not None:  # (its folder in the model store: said before training)
         check_folder_name(request.name, "model version")
+    check_runs_folder(settings.runs_dir / "classify")
     with session_scope(url) as session:
         dataset, data_yaml = dataset_yaml(session, request.data)
         refuse_tiled_for_classifier(data_yaml.parent, request.data, "train")

@@ -45,7 +45,7 @@ from training.datasets import (
     dataset_tile,
     dataset_yaml,
 )
-from training.jobs import process_start, record_job_end, this_host
+from training.jobs import check_runs_folder, process_start, record_job_end, this_host
 from training.versions import register_model_version, weights_file
 
 # Grayscale surface images: no hue or saturation jitter (there is no colour), brightness jitter
@@ -594,6 +594,7 @@ def train_detector(
     allow_pixels_up_to(max_pixels())  # (ultralytics checks each image with Pillow, here)
     url = url or settings.resolved_database_url
     runs_dir = (settings.runs_dir / "detect").resolve()
+    check_runs_folder(runs_dir)
     if request.name is not None:  # (its folder under runs/: "../x" trained outside it)
         check_folder_name(request.name, "training run")
     if request.architecture is not None:
