@@ -992,24 +992,25 @@ def test_two_classifier_trainings_started_in_the_same_second_keep_their_own_weig
 
     monkeypatch.setattr(module.time, "strftime", lambda fmt, *rest: "20260101-120000")
     register = module.register_model_version
-    registered: dict[int, Path] = {}
+    digest: dict[int, str] = {}  # (read as registered: a registered run keeps no best.pt)
 
     def second_one_first(session: Any, weights: Path, *args: Any, **kwargs: Any) -> Any:
-        if not registered:
-            registered[1] = weights  # (before the second run, which registers first)
-            registered[2] = Path()
+        if not digest:
+            # (Before the second run, which registers first.)
+            digest[1] = hashlib.sha256(weights.read_bytes()).hexdigest()
+            digest[2] = ""
             with monkeypatch.context() as inner:
                 inner.setattr(module, "register_model_version", register)
                 second = module.train_classifier(_tiny_classifier_request(seed=1), synth_data)
             with session_scope(synth_data) as other:
-                registered[2] = Path(get_model_version(other, second).file_path)
+                second_file = Path(get_model_version(other, second).file_path)
+            digest[2] = hashlib.sha256(second_file.read_bytes()).hexdigest()
         return register(session, weights, *args, **kwargs)
 
     monkeypatch.setattr(module, "register_model_version", second_one_first)
     first = module.train_classifier(_tiny_classifier_request(seed=0), synth_data)
     with session_scope(synth_data) as session:
         first_file = Path(get_model_version(session, first).file_path)
-    digest = {n: hashlib.sha256(f.read_bytes()).hexdigest() for n, f in registered.items()}
     mine = hashlib.sha256(first_file.read_bytes()).hexdigest()
     assert mine != digest[2] and mine == digest[1]  # (its own weights, not the second's)
     runs = sorted(p.name for p in (get_settings().runs_dir / "classify").iterdir())
@@ -1017,6 +1018,24 @@ def test_two_classifier_trainings_started_in_the_same_second_keep_their_own_weig
         "synth-mobilenet_v3_small-20260101-120000",
         "synth-mobilenet_v3_small-20260101-120000-2",
     ]
+
+
+def test_a_registered_classifier_keeps_one_copy_of_its_weights_and_its_history(
+    synth_data: str,
+) -> None:
+    """A training that registered its version kept the run's best.pt beside the version's own
+    copy in the model store, the same bytes twice (45 MB a resnet18): the run keeps its
+    history, each epoch's loss and val accuracy, and the version the weights."""
+    from training.train_classifier import train_classifier
+
+    version_id = train_classifier(_tiny_classifier_request(epochs=2), synth_data)
+    with session_scope(synth_data) as session:
+        assert Path(get_model_version(session, version_id).file_path).is_file()
+    (run,) = (get_settings().runs_dir / "classify").iterdir()
+    assert [p.name for p in run.iterdir()] == ["results.csv"]
+    lines = (run / "results.csv").read_text().splitlines()
+    assert lines[0] == "epoch,loss,val_accuracy"
+    assert [line.split(",")[0] for line in lines[1:]] == ["1", "2"]
 
 
 def test_a_stopped_classifier_training_leaves_no_weights_behind_and_says_so(

@@ -8,6 +8,7 @@ Samples come from the detection labels, so one labeled dataset trains both model
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import math
 import os
@@ -568,6 +569,8 @@ def train_classifier(request: ClassifierTrainRequest, url: str | None = None) ->
             f"{request.data}-{request.backbone}-{time.strftime('%Y%m%d-%H%M%S')}",
         )
         best_path, best_accuracy, started = run_dir / "best.pt", -1.0, time.perf_counter()
+        history = run_dir / "results.csv"  # (what the run keeps once its best is registered)
+        history.write_text("epoch,loss,val_accuracy\n")
         distill_log: list[float] = []
         for epoch in range(request.epochs):
             model.train()
@@ -607,6 +610,8 @@ def train_classifier(request: ClassifierTrainRequest, url: str | None = None) ->
                 f"val accuracy (parts and crops) {accuracy:.4f}",
                 flush=True,
             )
+            with history.open("a") as out:
+                out.write(f"{epoch + 1},{np.mean(losses):.6f},{accuracy:.6f}\n")
             with session_scope(url) as session:
                 job = session.get(TrainingJob, job_id)
                 assert job is not None
@@ -652,7 +657,12 @@ def train_classifier(request: ClassifierTrainRequest, url: str | None = None) ->
             job.status, job.progress, job.finished_at = JobStatus.SUCCEEDED, 1.0, utcnow()
             job.error = None
             job.result_model_version_id = version.id
-            return version.id
+            version_id = version.id
+        # The version's copy in the model store is the one kept: the run's best.pt, the same
+        # bytes, held the space twice, and nothing resumes from it. Its history stays.
+        with contextlib.suppress(OSError):
+            best_path.unlink(missing_ok=True)
+        return version_id
     except BaseException as exc:
         # (Its best epoch's weights were left behind: nothing resumes or registers them, and
         # the stop message did not mention them.)
