@@ -220,3 +220,49 @@ def test_a_rollback_puts_back_the_version_replaced_last_whatever_the_machines_cl
         promote(session, second)  # first archived, by machine A
     promote(session, third)  # second archived, by machine B: the latest replaced
     assert rollback(session, ModelKind.DETECTOR) == second
+
+
+@pytest.mark.parametrize("stopped", ["while hashing the copy", "before the commit"])
+def test_a_registration_stopped_after_its_copy_leaves_no_folder(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stopped: str
+) -> None:
+    """Stopped (Ctrl-C) after the weights were copied into the model store and before the
+    version was committed, a registration left its folder there, weights no version names,
+    and the next one took NAME-2. (The Ctrl-C is a real SIGINT to this process.)"""
+    import os
+    import signal
+
+    import training.versions as versions
+    from db.session import session_scope
+    from training.versions import register_model_version
+
+    weights, models = tmp_path / "best.pt", tmp_path / "models"
+    weights.write_bytes(b"the weights")
+    register = {
+        "kind": ModelKind.CLASSIFIER,
+        "architecture": "defect-cls-x",
+        "class_names": ["good", "scratch"],
+        "image_size": 64,
+    }
+    hash_file = versions.sha256_of
+
+    def hashed_then_stopped(path: Path) -> str:
+        digest = hash_file(path)
+        assert path.is_file()  # (copied: the folder is there to be left behind)
+        os.kill(os.getpid(), signal.SIGINT)
+        return digest
+
+    if stopped == "while hashing the copy":
+        monkeypatch.setattr(versions, "sha256_of", hashed_then_stopped)
+    with pytest.raises(KeyboardInterrupt), session_scope(database_url) as session:
+        register_model_version(session, weights, models, name="stopped", **register)
+        os.kill(os.getpid(), signal.SIGINT)
+    assert list(models.iterdir()) == []
+    monkeypatch.setattr(versions, "sha256_of", hash_file)
+    with session_scope(database_url) as session:  # committed, it stays
+        register_model_version(session, weights, models, name="stopped", **register)
+    assert [p.name for p in models.iterdir()] == ["stopped"]
+    with session_scope(database_url) as session:
+        assert get_model_version(session, "stopped").file_path == str(
+            (models / "stopped" / "best.pt").resolve()
+        )

@@ -9,8 +9,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import event, select
+from sqlalchemy.orm import Session, SessionTransaction
 
 from db.models import Dataset, ModelKind, ModelStage, ModelVersion
 from db.registry import named_version
@@ -109,6 +109,25 @@ def _copy_weights(weights: Path, target: Path, made: Path | None, models_dir: Pa
         ) from exc
 
 
+def _removed_unless_committed(session: Session, folder: Path) -> None:
+    """`folder`, made and filled by a registration, removed where the registration's
+    transaction is rolled back rather than committed: stopped (Ctrl-C, SIGTERM) or failed after
+    the weights were copied and before the commit, it was left behind in the model store, a
+    copy of the weights that no version names, and the next registration took NAME-2."""
+    pending = [True]
+
+    def committed(session: Session) -> None:
+        pending.clear()
+
+    def rolled_back(session: Session, previous: SessionTransaction) -> None:
+        if pending and not previous.nested:  # (a savepoint's rollback undoes less)
+            pending.clear()
+            shutil.rmtree(folder, ignore_errors=True)
+
+    event.listen(session, "after_commit", committed)
+    event.listen(session, "after_soft_rollback", rolled_back)
+
+
 def register_model_version(
     session: Session,
     weights: Path,
@@ -140,6 +159,8 @@ def register_model_version(
         folder.mkdir(parents=True, exist_ok=True)
     target = folder / weights.name
     _copy_weights(weights, target, folder if made else None, models_dir)
+    if made:
+        _removed_unless_committed(session, folder)
     version = ModelVersion(
         name=version_name,
         kind=kind,
