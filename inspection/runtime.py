@@ -1,6 +1,6 @@
 """Make torch, torchvision and ultralytics usable on every machine we ship to, before they load.
 
-Two facts of the field drive this module:
+Three facts of the field drive this module:
 - PyPI's torchvision wheel is built against CUDA torch; beside a CPU-only torch its compiled ops
   do not load and `import torchvision` dies with "operator torchvision::nms does not exist".
   Only NMS is needed by the product, so a pure-torch `torchvision::nms` (and its quantized twin,
@@ -8,6 +8,8 @@ Two facts of the field drive this module:
   torchvision is first imported (`inspection.nms_fallback`).
 - ultralytics reaches for the network (settings sync, fonts, weights, pip). Factory stations are
   offline, so it gets a config dir of our own, every integration off and a local font.
+- ultralytics' import sets OMP_NUM_THREADS=1 for every process started after it: the variable
+  is put back as it was once ultralytics is imported (`keep_threads_variable`).
 """
 
 from __future__ import annotations
@@ -98,6 +100,78 @@ def ensure_torchvision_ops() -> None:
         sys.meta_path.insert(0, _TorchvisionImportHook())
 
 
+class _UltralyticsImportHook(importlib.abc.MetaPathFinder):
+    """ultralytics' import sets OMP_NUM_THREADS=1 in os.environ where it is unset ("reduced
+    CPU utilization during training"): every process started after it inherited the variable
+    (a training the Models page starts, a batch's workers, the engine's decoding processes)
+    and ran torch on one thread where nothing set its count (a spawned worker: 1 thread
+    against 2 on a 2-core station), as did this process where ultralytics imported torch.
+    The variable is put back as it was once ultralytics is imported, and torch is imported
+    just before it, so that its OpenMP reads the variable as it was too."""
+
+    def __init__(self) -> None:
+        self._busy = False
+
+    def find_spec(
+        self,
+        name: str,
+        path: Sequence[str] | None = None,
+        target: ModuleType | None = None,
+    ) -> importlib.machinery.ModuleSpec | None:
+        if name != "ultralytics" or self._busy:
+            return None
+        self._busy = True
+        try:
+            for finder in sys.meta_path:
+                find = getattr(finder, "find_spec", None)
+                if finder is self or find is None:
+                    continue
+                spec = find(name, path, target)
+                if spec is not None:
+                    if spec.loader is not None:
+                        spec.loader = _ThreadsVariableKept(spec.loader)
+                    return spec
+            return None
+        finally:
+            self._busy = False
+
+
+class _ThreadsVariableKept(importlib.abc.Loader):
+    """ultralytics' own loader, OMP_NUM_THREADS as it was before and after it."""
+
+    def __init__(self, loader: importlib.abc.Loader) -> None:
+        self._loader = loader
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        import torch  # noqa: F401 - ultralytics imports it at once: here, before the variable is set
+
+        before = os.environ.get("OMP_NUM_THREADS")
+        try:
+            self._loader.exec_module(module)
+        finally:
+            if before is None:
+                os.environ.pop("OMP_NUM_THREADS", None)
+            else:
+                os.environ["OMP_NUM_THREADS"] = before
+            sys.meta_path[:] = [
+                f for f in sys.meta_path if not isinstance(f, _UltralyticsImportHook)
+            ]
+
+    def __getattr__(self, name: str) -> object:  # resources, source, code: the loader's own
+        return getattr(self._loader, name)
+
+
+def keep_threads_variable() -> None:
+    """See that importing ultralytics leaves OMP_NUM_THREADS as it finds it."""
+    if "ultralytics" in sys.modules:
+        return
+    if not any(isinstance(finder, _UltralyticsImportHook) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _UltralyticsImportHook())
+
+
 # Every integration ultralytics could phone home through, all off.
 _OFFLINE_SETTINGS = {
     "sync": False,
@@ -176,6 +250,7 @@ def enforce_offline_settings() -> None:
 
 def prepare_runtime(config_dir: Path, runs_dir: Path) -> None:
     ensure_torchvision_ops()
+    keep_threads_variable()
     configure_ultralytics(config_dir, runs_dir)
 
 

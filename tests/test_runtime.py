@@ -209,3 +209,44 @@ print("ok")
         timeout=300,
     )
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("given", [None, "2"])
+def test_importing_ultralytics_leaves_the_threads_variable_to_the_processes_started_after(
+    given: str | None,
+) -> None:
+    """ultralytics' import set OMP_NUM_THREADS=1 where it was unset, and every process started
+    after it inherited the variable: a spawned worker's torch ran on one thread (2 on a 2-core
+    station without), and so did this process's where ultralytics imported torch first."""
+    import subprocess
+    import sys
+
+    threads = "import os, torch; print(os.environ.get('OMP_NUM_THREADS'), torch.get_num_threads())"
+    script = f"""
+import os, subprocess, sys
+import inspection
+import ultralytics
+import torch
+print(os.environ.get("OMP_NUM_THREADS"), torch.get_num_threads())
+sys.stdout.flush()
+subprocess.run([sys.executable, "-c", {threads!r}], check=True)
+"""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    if given is not None:
+        env["OMP_NUM_THREADS"] = given
+
+    def run(code: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=Path(__file__).parents[1],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout.strip()
+
+    alone = run(threads)  # (a process that never imported ultralytics, nor was started by one)
+    assert alone.split()[0] == str(given)
+    assert run(script).splitlines() == [alone, alone]
