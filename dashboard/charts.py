@@ -428,8 +428,12 @@ def _latency_by_grid_figure(histograms: list[LatencyHistogram]) -> go.Figure:
 MIN_TIMELINE_SPAN = timedelta(hours=1)  # the narrowest time axis of the model timeline
 
 
-def model_timeline_figure(usage: list[ModelUsage], zone: str = "UTC") -> go.Figure:
-    """Which model version judged the parts, when: times of the time `zone` names."""
+def model_timeline_figure(
+    usage: list[ModelUsage], zone: str = "UTC", picked: DayRange | None = None
+) -> go.Figure:
+    """Which model version judged the parts, when: times of the time `zone` names, over the
+    days `picked` (from the first's midnight to the end of the last), as the rates and volume
+    beside it, and beyond them where a part was judged again later."""
     figure = go.Figure()
     for item in usage:
         name = chart(item.model_name or "unknown")
@@ -446,7 +450,12 @@ def model_timeline_figure(usage: list[ModelUsage], zone: str = "UTC") -> go.Figu
         )
     figure.update_xaxes(title_text=f"inspected ({zone})")
     moments = [m for item in usage for m in (item.first_at, item.last_at) if m is not None]
-    if moments and max(moments) - min(moments) < MIN_TIMELINE_SPAN:
+    if picked is not None:
+        # (Left to Plotly, a month picked showed only the hours a version judged parts in.)
+        start = datetime.combine(picked[0], time())
+        end = datetime.combine(picked[1], time()) + timedelta(days=1)
+        figure.update_xaxes(range=[min([start, *moments]), max([end, *moments])])
+    elif moments and max(moments) - min(moments) < MIN_TIMELINE_SPAN:
         # (One batch of a few seconds spread its axis over milliseconds: "07:27:28.4365".)
         middle = min(moments) + (max(moments) - min(moments)) / 2
         figure.update_xaxes(range=[middle - MIN_TIMELINE_SPAN / 2, middle + MIN_TIMELINE_SPAN / 2])

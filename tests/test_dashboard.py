@@ -1395,6 +1395,12 @@ def test_history_rates_span_the_days_picked() -> None:
     for title in ("", "Parts inspected per day"):  # (the rates' title is its panels')
         shown = figures[title]["layout"]["xaxis"]["range"]
         assert [datetime.fromisoformat(edge) for edge in shown] == expected, title
+    # The model timeline beside them: from the first day's midnight to the end of today.
+    shown = figures["Model version in use"]["layout"]["xaxis"]["range"]
+    assert [datetime.fromisoformat(edge) for edge in shown] == [
+        datetime.combine(today - timedelta(days=29), time()),
+        datetime.combine(today + timedelta(days=1), time()),
+    ]
 
 
 def test_pareto_legend_leaves_the_share_axis_readable() -> None:
@@ -2525,6 +2531,23 @@ def test_the_model_timeline_of_one_short_batch_spans_an_hour_not_milliseconds() 
     assert high - low == timedelta(hours=1) and low < start < high
     weeks = model_timeline_figure([ModelUsage(1, "v1", start, start + timedelta(days=14), 4)])
     assert weeks.layout.xaxis.range is None
+
+
+def test_the_model_timeline_spans_the_days_picked_as_the_rates_and_volume_do() -> None:
+    """With a month picked, the timeline's axis spanned only the hours a version judged parts
+    in, while the rates and volume beside it spanned the month: it spans the days picked, and
+    beyond them where a part captured in them was judged again later."""
+    first, last = date(2026, 3, 1), date(2026, 3, 30)
+    start = datetime(2026, 3, 12, 7, 27, 28)
+    usage = [ModelUsage(1, "v1", start, start + timedelta(hours=3), 40)]
+    figure = model_timeline_figure(usage, picked=(first, last))
+    low, high = (datetime.fromisoformat(str(t)) for t in figure.layout.xaxis.range)
+    assert (low, high) == (datetime(2026, 3, 1), datetime(2026, 3, 31))
+    later = datetime(2026, 4, 2, 9)
+    again = model_timeline_figure(
+        usage + [ModelUsage(2, "v2", later, later, 1)], picked=(first, last)
+    )
+    assert datetime.fromisoformat(str(again.layout.xaxis.range[1])) == later
 
 
 def test_a_dashboard_says_when_another_release_migrates_the_database_under_it() -> None:

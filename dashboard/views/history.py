@@ -178,6 +178,7 @@ right.plotly_chart(
     model_timeline_figure(
         [replace(u, first_at=local_time(u.first_at), last_at=local_time(u.last_at)) for u in usage],
         zone,
+        (start_day, end_day),
     )
 )
 left_out = rows_left_out_of_csv(state.url, filters, CSV_ROW_LIMIT)
