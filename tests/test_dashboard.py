@@ -304,6 +304,26 @@ def test_a_folders_hidden_files_are_left_out_as_batch_leaves_them(
     assert table.loc["lot/notes.txt", "verdict"] == "error"
 
 
+def test_a_folder_of_only_hidden_files_says_so(production: str, tmp_path: Path) -> None:
+    """A folder picked that held only hidden files (.DS_Store, a viewer's .thumbnails) read
+    as if no folder had been picked: "Upload one image, many, a zip or a folder"."""
+    (name, data, kind), *_ = _png_files(tmp_path, 1, 14)
+    at = _app().run()
+    at.file_uploader(key="inspect_folder").set_value(
+        [
+            ("lot/.DS_Store", b"\x00\x00\x00\x01Bud1", "application/octet-stream"),
+            (f"lot/.thumbnails/{name}", data, kind),
+        ]
+    ).run()
+    assert not at.exception, at.exception
+    assert [w.value for w in at.warning] == [
+        "The folder picked holds only hidden files (2: ` lot/.DS_Store `, "
+        f"` lot/.thumbnails/{name} `), left out as `defects batch` leaves them: no part in "
+        "it to inspect. Pick the folder that holds the part images."
+    ]
+    assert not at.dataframe
+
+
 def test_zip_upload_with_a_bad_entry(production: str, tmp_path: Path) -> None:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:

@@ -114,6 +114,15 @@ def is_hidden(name: str) -> bool:
 
 
 uploaded = list(uploads or []) + [f for f in folder or [] if not is_hidden(f.name)]
+hidden = [f.name for f in folder or [] if is_hidden(f.name)]
+if folder and len(hidden) == len(folder):
+    # (Said: a folder of only .DS_Store and .thumbnails/ read as if none had been picked.)
+    st.warning(
+        f"The folder picked holds only hidden files ({len(hidden)}: "
+        f"{', '.join(code(name) for name in hidden[:3])}{', ...' if len(hidden) > 3 else ''}), "
+        "left out as `defects batch` leaves them: no part in it to inspect. Pick the folder "
+        "that holds the part images."
+    )
 
 
 Seen = list[tuple[str, str | None, str | None]]  # (name, content hash, read error) of each item
