@@ -3514,6 +3514,39 @@ def test_a_class_stored_at_one_says_it_fails_almost_no_part_and_is_kept(producti
     assert _thresholds(production)["per_class"] == {at_top: 1.0, other: 0.25}
 
 
+def test_the_warning_of_a_class_at_one_follows_the_sliders_not_what_is_stored(
+    production: str,
+) -> None:
+    """The warning of a class at 1.000 followed what was stored: with a save refused (another
+    class switched on again at the top of its slider), a slider moved to 1.0 was not warned
+    of, and one moved down from a stored 1.0 was still said to fail almost no part. It
+    follows what a save would store."""
+    from training.calibrate import CLASS_OFF, store_operating_point
+
+    def refused_save(moved: str, to: float, off: str) -> list[str]:
+        """The warnings after a save of `moved` at `to` refused for `off` switched on."""
+        at = _app().run()
+        at.switch_page("views/settings.py").run()
+        next(s for s in at.slider if s.label == moved).set_value(to)
+        next(c for c in at.checkbox if c.key.endswith(f"_{off}")).uncheck()
+        next(b for b in at.button if b.label == "Save thresholds").click().run()
+        assert not at.exception, at.exception
+        assert f"{off}: at 1.000 a class fails almost no part" in at.error[0].value
+        return [w.value for w in at.warning if w.value.startswith((f"{moved}:", f"{off}:"))]
+
+    moved, off = CLASSES[0], CLASSES[1]
+    store_operating_point(production, "tiny", {"default": 0.25, "per_class": {off: CLASS_OFF}})
+    assert refused_save(moved, 1.0, off) == [
+        f"{moved}: at 1.000, where stations fail a part only on a detection of "
+        'confidence exactly 1.0, so almost never. Tick "never fails the part" to switch it '
+        "off, or set its slider lower to have it fail parts."
+    ]
+    store_operating_point(
+        production, "tiny", {"default": 0.25, "per_class": {moved: 1.0, off: CLASS_OFF}}
+    )
+    assert refused_save(moved, 0.5, off) == []
+
+
 def test_a_threshold_finer_than_the_thousandth_is_shown_and_saved_as_stations_use_it(
     production: str,
 ) -> None:

@@ -144,11 +144,16 @@ else:
             edited[name] = CLASS_OFF if off else value
         # A class stored at 1.0 (an earlier release saved a class switched on again at the top
         # of its slider so) showed as on, its box unticked, with no word that it fails almost
-        # no part: stations count a detection only at a confidence of exactly 1.0.
-        at_top = [name for name in info.classes if effective[name] == 1.0]
+        # no part: stations count a detection only at a confidence of exactly 1.0. Said of what
+        # a save would store, the sliders as submitted: after a save refused, a slider moved to
+        # 1.0 went unsaid and one moved down from it was still said to be at 1.0. (A class
+        # switched on again at the top is refused below, and said there.)
+        at_top = [name for name, value in edited.items() if value == 1.0 and effective[name] <= 1.0]
         if at_top:
+            stored = all(effective[name] == 1.0 for name in at_top)
             st.warning(
-                f"{', '.join(plain(name) for name in at_top)}: stored at 1.000, where stations "
+                f"{', '.join(plain(name) for name in at_top)}: "
+                f"{'stored at' if stored else 'at'} 1.000, where stations "
                 "fail a part only on a detection of confidence exactly 1.0, so almost never. "
                 'Tick "never fails the part" to switch it off, or set its slider lower to have '
                 "it fail parts."
