@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from dashboard.text import plain
 from db.models import Prediction
 
 Colour = tuple[int, int, int]
@@ -58,6 +59,17 @@ def text_colour(background: Colour) -> Colour:
 
 def hex_colour(colour: Colour) -> str:
     return "#{:02x}{:02x}{:02x}".format(*colour)
+
+
+def label_markdown(text: str, colour: Colour) -> str:
+    """`text` as Markdown on `colour`, as a box's label is drawn (`draw_boxes`), for a page's
+    list of the boxes: each line matched to its box by its colour, not its number alone.
+    Shown with HTML allowed, for the span alone: `text` is `plain`, so a name holding HTML
+    reads as typed."""
+    return (
+        f'<span style="background-color: {hex_colour(colour)}; '
+        f'color: {hex_colour(text_colour(colour))}; padding: 0 0.25em">{plain(text)}</span>'
+    )
 
 
 @dataclass(frozen=True)

@@ -533,7 +533,10 @@ def test_review_keeps_a_part_until_each_detection_is_decided(
 ) -> None:
     at = _two_failed_parts_on_review(production, tmp_path, (0.9, 0.4))
     # Three decimals: near a threshold, a counted detection and one below it read alike.
-    assert any(m.value.startswith(f"2. {CLASSES[0]} 0.400") for m in at.markdown)
+    assert any(
+        m.value.startswith("2. ") and f">{plain(CLASSES[0] + ' 0.400')}</span>" in m.value
+        for m in at.markdown
+    )
     first = at.selectbox(key="review_part").value
     next(b for b in at.button if b.label == "Confirm defect").click().run()
     assert not at.exception, at.exception
@@ -761,6 +764,25 @@ def test_a_name_shown_in_markdown_reads_as_it_is(name: str) -> None:
         # its formulas with an unescaped dollar.
         assert not re.search(r":[\w+-]", html.unescape(inner))
         assert "\n" not in shown and (tags != ["p"] or not re.search(r"(?<!\\)\$", shown))
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_a_name_on_its_class_colour_reads_as_it_is_with_html_allowed(name: str) -> None:
+    """The Review page's list shows each class on its colour in a span, with HTML allowed:
+    a class named with HTML in it still reads as typed, no tag of its own."""
+    import html
+    import re
+
+    from markdown_it import MarkdownIt
+
+    from dashboard.drawing import CLASS_COLOURS, label_markdown
+    from dashboard.text import WORD_JOINER
+
+    rendered = MarkdownIt("commonmark").render(label_markdown(name, CLASS_COLOURS[3])).strip()
+    assert re.findall(r"</?(\w+)", rendered) == ["p", "span", "span", "p"], rendered
+    shown = html.unescape(re.sub(r"<[^>]*>", "", rendered)).replace(WORD_JOINER, "")
+    assert shown == " ".join(name.replace("\t", " ").split("\n"))
+    assert 'style="background-color: #f0e442; color: #000000;' in rendered  # (on yellow)
 
 
 def test_hostile_names_read_as_they_are_on_the_pages(production: str, tmp_path: Path) -> None:
@@ -2714,7 +2736,10 @@ def test_a_prediction_with_a_corner_missing_does_not_break_the_review_page(
         )
     at.switch_page("views/review.py").run()
     assert not at.exception, at.exception
-    assert any(m.value.startswith(f"1. {CLASSES[0]} 0.900") for m in at.markdown)
+    assert any(
+        m.value.startswith("1. ") and f">{plain(CLASSES[0] + ' 0.900')}</span>" in m.value
+        for m in at.markdown
+    )
 
 
 def test_the_review_pages_export_cuts_parts_into_the_tiles_asked_for(
@@ -3333,6 +3358,34 @@ def test_the_review_pages_legend_says_how_its_boxes_are_drawn(
     legend = next(c.value for c in at.caption if c.value.startswith("Boxes:"))
     assert "its own colour" in legend and "dashed is below its threshold" in legend
     assert "amber" not in legend
+
+
+def test_the_review_pages_list_of_detections_is_in_their_boxes_colours(
+    production: str, tmp_path: Path
+) -> None:
+    """The numbered list of a part's detections read in the page's own colour while each box
+    was drawn in its class's: a line was matched to its box by its number alone. Each line's
+    class and confidence are on its class's colour, as its box's label is."""
+    from dashboard.drawing import class_colour, hex_colour, text_colour
+
+    at = _app().run()
+    at.file_uploader(key="inspect_files").set_value(_png_files(tmp_path, 1, 15)).run()
+    with session_scope(production) as session:
+        inspection = session.scalars(select(Inspection)).one()
+        inspection.verdict = Verdict.FAIL
+        inspection.predictions.extend(
+            Prediction(class_name=name, confidence=0.9, x1=2, y1=2, x2=20, y2=20)
+            for name in CLASSES
+        )
+    at.switch_page("views/review.py").run()
+    assert not at.exception, at.exception
+    for n, name in enumerate(CLASSES, 1):
+        line = next(m for m in at.markdown if m.value.startswith(f"{n}. "))
+        colour = class_colour(name, CLASSES)
+        assert f"background-color: {hex_colour(colour)}" in line.value
+        assert f"color: {hex_colour(text_colour(colour))}" in line.value
+        assert f">{plain(name + ' 0.900')}</span>" in line.value and line.proto.allow_html
+    assert class_colour(CLASSES[0], CLASSES) != class_colour(CLASSES[1], CLASSES)
 
 
 def test_a_box_at_the_right_edge_keeps_its_whole_label_on_the_image() -> None:

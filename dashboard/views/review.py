@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from dashboard.auth import current_access
 from dashboard.charts import SHOWN_SIDE, ShownBox, review_figure, selected_box
-from dashboard.drawing import DrawnBox, class_colour, close_up, unshown_image
+from dashboard.drawing import DrawnBox, class_colour, close_up, label_markdown, unshown_image
 from dashboard.state import database_ready, detector_info, flash
 from dashboard.text import plain
 from db.models import Inspection, Part, Verdict
@@ -317,9 +317,13 @@ else:
             st.markdown(
                 # (Three decimals: at a threshold of 0.111, a counted 0.112 and a 0.109 below
                 # it both read "0.11".)
-                f"{i + 1}. {plain(class_name)} {confidence:.3f}"
+                f"{i + 1}. "
+                + label_markdown(
+                    f"{class_name} {confidence:.3f}", class_colour(class_name, coloured)
+                )
                 + ("" if counted else " (below threshold)")
-                + (f": **{decided[prediction_id]}**" if prediction_id in decided else "")
+                + (f": **{decided[prediction_id]}**" if prediction_id in decided else ""),
+                unsafe_allow_html=True,  # (for label_markdown's span alone)
             )
             box = predictions[i][4]
             if pixels is not None and max(pixels.shape[:2]) > SHOWN_SIDE and None not in box:
