@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import colorsys
 import zlib
 from bisect import insort
 from collections.abc import Iterable, Sequence
@@ -26,6 +27,20 @@ CLASS_COLOURS: tuple[Colour, ...] = (
     (213, 94, 0),  # vermillion
     (204, 121, 167),  # reddish purple
 )
+# A detector's 8th class and beyond: these, then colours of their own (`_spread_colour`). All
+# seven above again (by index modulo seven), the 8th class was drawn as the 1st. Chosen from
+# Paul Tol's colour-blind-aware palettes, those furthest (CIELAB) from the ones above and from
+# each other; greys left out, unseen on grey steel.
+MORE_CLASS_COLOURS: tuple[Colour, ...] = (
+    (51, 34, 136),  # indigo
+    (136, 85, 34),  # brown
+    (153, 153, 51),  # olive
+    (136, 34, 85),  # wine
+    (170, 221, 102),  # lime
+    (170, 68, 153),  # purple
+    (187, 204, 238),  # pale blue
+)
+_GOLDEN_RATIO = (5**0.5 - 1) / 2
 DASH_PX = 6  # a dashed outline's dash (and gap) on a drawing LABELLED_SIDE across
 SHOWN_LONGEST = 2048  # the longest side a part is drawn at: larger ones are shrunk to it
 GROWN_SIDE = 1024  # the longest side an image is grown to, so that thin defects stay visible
@@ -37,10 +52,18 @@ def class_colour(class_name: str, classes: Sequence[str] = ()) -> Colour:
     """A class's colour: by its place in the detector's classes (`classes`), which retraining
     keeps (new classes come after), so that a class is drawn alike on every part and page; a
     class not among them (a reviewer's new one) by its name alone."""
-    index = list(classes).index(class_name) if class_name in classes else None
-    if index is None:
-        index = zlib.crc32(class_name.encode("utf-8"))
-    return CLASS_COLOURS[index % len(CLASS_COLOURS)]
+    if class_name not in classes:
+        return CLASS_COLOURS[zlib.crc32(class_name.encode("utf-8")) % len(CLASS_COLOURS)]
+    index = list(classes).index(class_name)
+    palette = CLASS_COLOURS + MORE_CLASS_COLOURS
+    return palette[index] if index < len(palette) else _spread_colour(index - len(palette))
+
+
+def _spread_colour(n: int) -> Colour:
+    """The `n`th colour past the palettes: hues a golden ratio of the circle apart (none the
+    same as another's), at three lightnesses in turn, for detectors of many classes."""
+    red, green, blue = colorsys.hls_to_rgb((n * _GOLDEN_RATIO) % 1.0, (0.4, 0.6, 0.75)[n % 3], 0.8)
+    return round(red * 255), round(green * 255), round(blue * 255)
 
 
 def _luminance(colour: Colour) -> float:

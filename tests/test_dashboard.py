@@ -3340,6 +3340,38 @@ def test_each_defect_class_is_drawn_in_its_own_colour_with_its_label_in_it() -> 
     assert all(contrast(c, text_colour(c)) >= 4.5 for c in CLASS_COLOURS)
 
 
+def test_a_detector_of_many_classes_draws_each_in_a_colour_of_its_own() -> None:
+    """Seven colours in all: a detector's 8th class was drawn in the 1st's colour (the 9th
+    in the 2nd's), so their boxes could not be told apart. The first seven keep theirs."""
+    import numpy as np
+
+    from dashboard.charts import ShownBox, review_figure
+    from dashboard.drawing import CLASS_COLOURS, class_colour, hex_colour, text_colour
+
+    classes = [f"class_{n}" for n in range(40)]
+    colours = [class_colour(name, classes) for name in classes]
+    assert colours[:7] == list(CLASS_COLOURS)
+    assert len(set(colours)) == len(classes)
+    assert class_colour("class_9", classes[:12]) == colours[9]  # (alike whatever comes after)
+
+    def luminance(colour: tuple[int, int, int]) -> float:
+        v = [x / 255 for x in colour]
+        v = [x / 12.92 if x <= 0.04045 else ((x + 0.055) / 1.055) ** 2.4 for x in v]
+        return 0.2126 * v[0] + 0.7152 * v[1] + 0.0722 * v[2]
+
+    for colour in colours:  # each label's text readable on it (WCAG's 4.5:1)
+        light, dark = sorted((luminance(colour), luminance(text_colour(colour))), reverse=True)
+        assert (light + 0.05) / (dark + 0.05) >= 4.5, colour
+    figure = review_figure(
+        np.zeros((100, 320, 3), np.uint8),
+        [ShownBox(n, 5, 5, 20, 10, True, colour=colours[int(n)]) for n in ("0", "7", "8")],
+    )
+    assert len({a.bgcolor for a in figure.layout.annotations}) == 3
+    assert [a.font.color for a in figure.layout.annotations] == [
+        hex_colour(text_colour(colours[n])) for n in (0, 7, 8)
+    ]
+
+
 def test_the_review_pages_legend_says_how_its_boxes_are_drawn(
     production: str, tmp_path: Path
 ) -> None:
