@@ -3372,6 +3372,31 @@ def test_a_detector_of_many_classes_draws_each_in_a_colour_of_its_own() -> None:
     ]
 
 
+def test_with_no_production_model_a_class_keeps_the_colour_of_the_detector_that_judged_it(
+    production: str, tmp_path: Path
+) -> None:
+    """With no detector in production, the Review page coloured a part's detections by its
+    own classes sorted: the second class of the detector, alone on a part, was drawn in the
+    first's colour, and in another on a part with both."""
+    from dashboard.drawing import class_colour, hex_colour
+    from db.models import ModelStage
+
+    at = _app().run()
+    at.file_uploader(key="inspect_files").set_value(_png_files(tmp_path, 1, 16)).run()
+    with session_scope(production) as session:
+        inspection = session.scalars(select(Inspection)).one()
+        inspection.verdict = Verdict.FAIL
+        inspection.predictions.append(
+            Prediction(class_name=CLASSES[1], confidence=0.9, x1=2, y1=2, x2=20, y2=20)
+        )
+        session.execute(update(ModelVersion).values(stage=ModelStage.CANDIDATE))
+    at.switch_page("views/review.py").run()
+    assert not at.exception, at.exception
+    line = next(m for m in at.markdown if m.value.startswith("1. "))
+    colour = hex_colour(class_colour(CLASSES[1], CLASSES))
+    assert f"background-color: {colour}" in line.value, line.value
+
+
 def test_the_review_pages_legend_says_how_its_boxes_are_drawn(
     production: str, tmp_path: Path
 ) -> None:

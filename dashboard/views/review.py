@@ -12,7 +12,7 @@ from dashboard.charts import SHOWN_SIDE, ShownBox, review_figure, selected_box
 from dashboard.drawing import DrawnBox, class_colour, close_up, label_markdown, unshown_image
 from dashboard.state import database_ready, detector_info, flash
 from dashboard.text import plain
-from db.models import Inspection, Part, Verdict
+from db.models import Inspection, ModelVersion, Part, Verdict
 from db.reviews import (
     ReviewRecorded,
     add_missed_defect,
@@ -193,6 +193,12 @@ else:
             for r in missed_defects(session, part.id)
         ]
         left_out = left_out_note(inspection.boxes_left_out)
+        detector = (
+            session.get(ModelVersion, inspection.model_version_id)
+            if inspection.model_version_id is not None
+            else None
+        )
+        judged_by = list(detector.classes) if detector else []  # its detector's classes
         verdict, stored_path, size = (
             inspection.verdict.value,
             str(located_image(part.stored_path)),
@@ -227,8 +233,10 @@ else:
         # New defect types reviewers added already: offered beside the detector's own, so the
         # next reviewer picks "crack" rather than typing it again (or "crak").
         added_classes = reviewer_classes(session, classes) if info else []
-    # (Each class in its colour, as the Inspect page draws it; the detector's classes first.)
-    coloured = classes + added_classes
+    # (Each class in its colour, as the Inspect page draws it; the detector's classes first.
+    # With none in production, those of the detector that judged the part: by the part's own
+    # classes sorted, a class's colour changed from one part to the next.)
+    coloured = classes + added_classes if info else judged_by
 
     def reviewed(message: str) -> None:
         """After a review of the part shown: said on the next run, which may show another."""
