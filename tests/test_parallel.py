@@ -600,12 +600,17 @@ def test_a_ctrl_c_landing_in_a_workers_message_waits_for_its_end(
         return message
 
     monkeypatch.setattr(parallel, "_take_in", landing_in_a_message)
-    with pytest.raises(KeyboardInterrupt):
-        job.run(items)
+    # (Ctrl-C as a terminal's foreground job gets it: a shell's background job ignores SIGINT.)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            job.run(items)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # (given back)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert cut_short == [""]
     assert job.summary.inspected == _count_inspections(detector) > 0
     assert [process.exitcode for process in job.processes] == [0, 0]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # (given back)
 
 
 def test_a_ctrl_c_landing_in_a_workers_word_to_the_dealer_waits_for_its_end() -> None:
