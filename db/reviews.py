@@ -546,10 +546,12 @@ def missed_defects(session: Session, part_id: int) -> list[Review]:
 
 def mark_good(session: Session, part_id: int, reviewer: str) -> Review:
     """Refused where a review says the part is defective: the defective reading would win, and
-    "marked good" would have been said for nothing. That review is undone first."""
+    "marked good" would have been said for nothing. That review is undone first. A confirmation
+    its detection's false calls outvote does not refuse it (`standing_defect`, as the rates
+    and the export count it): it once did, and only its reviewer could undo it."""
     _check_reviewer(reviewer)
     defect = session.scalars(
-        select(Review).where(Review.part_id == part_id, Review.kind.in_(DEFECT_REVIEWS))
+        select(Review).where(Review.part_id == part_id, standing_defect()).order_by(Review.id)
     ).first()
     if defect is not None:
         said = (

@@ -571,3 +571,18 @@ def test_a_third_reviewers_word_settles_a_dispute_in_the_rates_and_the_export(
         assert (settled.n_defective, settled.n_good) == (1, 0)
         assert by_class.n_defective == 1
         assert truth.defective and truth.boxes == [("scratch", 1.0, 1.0, 9.0, 9.0)]
+
+
+def test_a_part_whose_only_confirmation_was_outvoted_can_be_marked_good(session: Session) -> None:
+    """Ana confirmed the part's one detection, Bob and Cy marked it a false call: the rates
+    and the export counted the part good, yet "Mark part good" was refused for Ana's
+    confirmation ("undo that review first"), which was not hers to undo. A tie still refuses:
+    it counts as a defect."""
+    part = _part(session, 1, [0.9])
+    detection = part.predictions[0].id
+    confirm_defect(session, detection, "ana")
+    mark_false_call(session, detection, "bob")
+    with pytest.raises(ValueError, match="confirmed defect .*undo that review first"):
+        mark_good(session, part.part_id, "dee")
+    mark_false_call(session, detection, "cy")
+    assert mark_good(session, part.part_id, "dee").kind.value == "good_part"
