@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, Subquery, and_, case, func, or_, select
+from sqlalchemy import ColumnElement, Subquery, and_, case, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, aliased, selectinload
@@ -488,6 +488,7 @@ def add_missed_defect(
         raise LookupError(f"no part {part_id}")
     if part.width and part.height and (x1 < 0 or y1 < 0 or x2 > part.width or y2 > part.height):
         raise ValueError(f"the box lies outside the {part.width}x{part.height} image")
+    _hold_part(session, part_id)
     for same in session.scalars(
         select(Review)
         .where(
@@ -511,6 +512,15 @@ def add_missed_defect(
                 "first to draw it again"
             )
     return _add(session, part_id, ReviewKind.MISSED_DEFECT, reviewer, class_name, box)
+
+
+def _hold_part(session: Session, part_id: int) -> None:
+    """The part's row held to the end of the transaction (PostgreSQL: its row lock; SQLite:
+    the database's write lock), so that a look at its reviews and the write it decides run
+    whole, one request after another: two reviewers adding one defect in the same moment each
+    found no box there, and both were recorded. (A unique index could refuse the same box
+    only, not one drawn a few pixels off.)"""
+    session.execute(update(Part).where(Part.id == part_id).values(id=Part.id))
 
 
 # Two boxes of one class overlapping this much (intersection over union) are one defect, as

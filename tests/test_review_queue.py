@@ -586,3 +586,44 @@ def test_a_part_whose_only_confirmation_was_outvoted_can_be_marked_good(session:
         mark_good(session, part.part_id, "dee")
     mark_false_call(session, detection, "cy")
     assert mark_good(session, part.part_id, "dee").kind.value == "good_part"
+
+
+@pytest.mark.parametrize("bobs", [(10, 10, 30, 30), (12, 11, 31, 29)])
+def test_two_reviewers_adding_one_missed_defect_at_once_record_it_once(
+    database_url: str, bobs: tuple[float, float, float, float]
+) -> None:
+    """Ana and Bob pressed Add over the same defect in the same moment (the same box, or one a
+    few pixels off): each request looked for a box there, found none, and both were recorded,
+    the export teaching one defect as two. Now the second waits for the first and is told."""
+    import threading
+
+    from sqlalchemy import select
+
+    from db.models import Review
+    from db.session import session_scope
+
+    with session_scope(database_url) as session:
+        part_id = _part(session, 1, []).part_id
+    together = threading.Barrier(2)
+    refused: list[str] = []
+
+    def add(reviewer: str, box: tuple[float, float, float, float]) -> None:
+        try:
+            with session_scope(database_url) as session:
+                together.wait()
+                add_missed_defect(session, part_id, "scratch", box, reviewer)
+        except ValueError as exc:
+            refused.append(str(exc))
+
+    threads = [
+        threading.Thread(target=add, args=("ana", (10, 10, 30, 30))),
+        threading.Thread(target=add, args=("bob", bobs)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    with session_scope(database_url) as session:
+        boxes = session.scalars(select(Review.reviewer)).all()
+    assert len(boxes) == 1, boxes
+    assert len(refused) == 1 and "recorded already" in refused[0]
