@@ -421,11 +421,14 @@ def reviewer_classes(session: Session, known: list[str]) -> list[str]:
     Sorted by name, a class added later but named earlier ("bubble" after "crack") came first;
     ordered by the earliest review alone, undoing the first crack after an export moved crack
     after bubble: either way the next export no longer extended a version fine-tuned on the
-    one before (refused as reordered)."""
+    one before (refused as reordered).
+
+    A confirmation outvoted by false calls (`standing_defect`) is not a defect found: its
+    class was offered as a new one, and the export said its parts were left out."""
     first_added = func.min(Review.created_at)
     rows = session.execute(
         select(Review.class_name, first_added)
-        .where(Review.kind.in_(DEFECT_REVIEWS), Review.class_name.is_not(None))
+        .where(standing_defect(), Review.class_name.is_not(None))
         .group_by(Review.class_name)
         .order_by(first_added, Review.class_name)
     )

@@ -627,3 +627,31 @@ def test_two_reviewers_adding_one_missed_defect_at_once_record_it_once(
         boxes = session.scalars(select(Review.reviewer)).all()
     assert len(boxes) == 1, boxes
     assert len(refused) == 1 and "recorded already" in refused[0]
+
+
+def test_a_class_whose_only_confirmation_was_outvoted_is_no_new_class(
+    session: Session, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """A spot detection of a detector since replaced, confirmed by Ana and marked a false
+    call by Bob and Cy, counts as a false call: yet the Review page offered "spot (new class)"
+    to every reviewer, and the export said of spot that its parts were left out, when the part
+    was exported, good. A tie still keeps it (a defect until settled)."""
+    from db.reviews import reviewer_classes
+    from training.backtest import export_reviews
+
+    known = ["scratch"]
+    spotted = _with_image(_part(session, 1, [0.9]), tmp_path / "store", 1)
+    spotted.predictions[0].class_name = "spot"
+    detection = spotted.predictions[0].id
+    confirm_defect(session, detection, "ana")
+    mark_false_call(session, detection, "bob")
+    assert reviewer_classes(session, known) == ["spot"]  # (a dispute: a defect until settled)
+    mark_false_call(session, detection, "cy")
+    cracked = _with_image(_part(session, 2, []), tmp_path / "store", 2)
+    add_missed_defect(session, cracked.part_id, "crack", (1, 1, 5, 5), "bob", known, True)
+    assert reviewer_classes(session, known) == ["crack"]
+    session.expire_all()
+    report = export_reviews(session, "outvoted", known, tmp_path / "datasets", "off")
+    assert report.classes == ["scratch", "crack"]
+    assert report.n_images == 2
+    assert not [issue for issue in report.issues if "spot" in str(issue)], report.issues
