@@ -566,6 +566,22 @@ def mark_good(session: Session, part_id: int, reviewer: str) -> Review:
     defect = session.scalars(
         select(Review).where(Review.part_id == part_id, standing_defect()).order_by(Review.id)
     ).first()
+    if defect is not None and defect.prediction_id is not None:
+        words = [
+            (kind, who)
+            for kind, who in session.execute(
+                select(Review.kind, Review.reviewer)
+                .where(Review.prediction_id == defect.prediction_id)
+                .order_by(Review.id)
+            )
+        ]
+        if any(kind == ReviewKind.FALSE_CALL for kind, _ in words):
+            # Reviewers disagree on it: "undo that review" asked for another's word to go, when
+            # a false call (a third reviewer's, settling a tie) is what makes the part good.
+            raise ValueError(
+                f"part {part_id} has a {defect.class_name} detection {said_of(words)}: the part "
+                "is good once false calls outnumber confirmations of it"
+            )
     if defect is not None:
         said = (
             "a confirmed defect"

@@ -582,7 +582,12 @@ def test_a_part_whose_only_confirmation_was_outvoted_can_be_marked_good(session:
     detection = part.predictions[0].id
     confirm_defect(session, detection, "ana")
     mark_false_call(session, detection, "bob")
-    with pytest.raises(ValueError, match="confirmed defect .*undo that review first"):
+    # (A tie counts as a defect: undoing Ana's word is not Dee's to do, a false call settles it.)
+    with pytest.raises(
+        ValueError,
+        match=r"has a scratch detection confirmed by ana, marked a false call by bob: counted as "
+        r"a defect until another reviewer settles it: the part is good once false calls",
+    ):
         mark_good(session, part.part_id, "dee")
     mark_false_call(session, detection, "cy")
     assert mark_good(session, part.part_id, "dee").kind.value == "good_part"
