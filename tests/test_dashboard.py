@@ -3179,6 +3179,40 @@ def test_a_third_reviewer_settles_a_detection_two_reviewers_disagree_on(
     assert not truth.defective and truth.boxes == []
 
 
+def test_a_settling_confirmation_is_said_and_its_undo_brings_the_dispute_back(
+    production: str, tmp_path: Path
+) -> None:
+    """Cy settled Ana's and Bob's dispute by a confirmation: the page said "settled by your
+    confirm defect" (the button, not her word). Her undo puts the dispute back, to be settled
+    again."""
+    from db.reviews import confirm_defect, mark_false_call
+
+    cy = _two_failed_parts_on_review(production, tmp_path)
+    cy.text_input(key="reviewer").input("Cy").run()
+    shown = cy.selectbox(key="review_part").value
+    with session_scope(production) as session:
+        inspection = session.scalars(select(Inspection).where(Inspection.part_id == shown)).one()
+        detection = inspection.predictions[0].id
+        confirm_defect(session, detection, "Ana")
+        mark_false_call(session, detection, "Bob")
+    cy.run()
+    next(b for b in cy.button if b.label == "Settle: confirm defect").click().run()
+    assert not cy.exception, cy.exception
+    assert f"Detection 1 of part {shown} settled by your confirmation." in cy.success[0].value
+    next(b for b in cy.button if b.label == f"Undo my last review of part {shown}").click().run()
+    assert not cy.exception, cy.exception
+    assert cy.selectbox(key="review_part").value == shown
+    said = (
+        "confirmed by Ana, marked a false call by Bob: counted as a defect until another "
+        "reviewer settles it"
+    )
+    assert any(m.value.endswith(f"**{said}**") for m in cy.markdown)
+    assert [b.label for b in cy.button if b.label.startswith("Settle")] == [
+        "Settle: confirm defect",
+        "Settle: false call",
+    ]
+
+
 def test_a_defect_missed_on_a_part_another_reviewer_finished_can_still_be_added(
     production: str, tmp_path: Path
 ) -> None:

@@ -250,9 +250,9 @@ else:
         """Confirm defect and False call of detection `i`; `settle`: a dispute's, where the
         reviewer's word breaks the tie."""
         a, b = st.columns(2)
-        for column, word, key, decide in (
-            (a, "Confirm defect", "confirm", confirm_defect),
-            (b, "False call", "false", mark_false_call),
+        for column, word, key, decide, noun in (
+            (a, "Confirm defect", "confirm", confirm_defect, "confirmation"),
+            (b, "False call", "false", mark_false_call, "false call"),
         ):
             label = f"{settle}{word.lower()}" if settle else word
             key = f"{'settle_' if settle else ''}{key}_{prediction_id}"
@@ -261,7 +261,8 @@ else:
                     with session_scope(state.url) as session:
                         decide(session, prediction_id, reviewer)
                     reviewed(
-                        f"Detection {i + 1} of part {item.part_id} settled by your {word.lower()}."
+                        # ("settled by your confirm defect" read as the button, not a word.)
+                        f"Detection {i + 1} of part {item.part_id} settled by your {noun}."
                         if settle
                         else ""
                     )
