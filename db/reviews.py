@@ -314,6 +314,26 @@ def mark_false_call(session: Session, prediction_id: int, reviewer: str) -> Revi
     return _review_prediction(session, prediction_id, ReviewKind.FALSE_CALL, reviewer)
 
 
+def settle_dispute(session: Session, prediction_id: int, kind: ReviewKind, reviewer: str) -> Review:
+    """`kind` (a confirmation or a false call) on a detection reviewers are split on evenly
+    (`disputed`), the word that settles it; refused (`ReviewRecorded`, nothing written) where
+    it is no longer split. Two reviewers settling one dispute in the same moment were both
+    recorded, a tie again, and each was told the dispute was settled by their word."""
+    prediction = _prediction(session, prediction_id)
+    _hold_part(session, prediction.inspection.part_id)
+    words = [
+        (said, who)
+        for said, who in session.execute(
+            select(Review.kind, Review.reviewer)
+            .where(Review.prediction_id == prediction_id)
+            .order_by(Review.id)
+        )
+    ]
+    if not disputed(words):
+        raise ReviewRecorded(f"settled meanwhile ({said_of(words)}): your word was not recorded")
+    return _review_prediction(session, prediction_id, kind, reviewer)
+
+
 def decided_words(session: Session, inspection_id: int) -> dict[int, list[tuple[ReviewKind, str]]]:
     """Every word given on the detections of a verdict: prediction id to (kind, reviewer), in
     the order given. Two reviewers on pages drawn before the other's click may both decide one

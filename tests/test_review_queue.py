@@ -660,3 +660,46 @@ def test_a_class_whose_only_confirmation_was_outvoted_is_no_new_class(
     assert report.classes == ["scratch", "crack"]
     assert report.n_images == 2
     assert not [issue for issue in report.issues if "spot" in str(issue)], report.issues
+
+
+def test_two_reviewers_settling_one_dispute_at_once_record_one_word(database_url: str) -> None:
+    """Cy (a confirmation) and Dee (a false call) settled Ana's and Bob's dispute in the same
+    moment: both words were recorded, a tie again, and each was told it was settled by their
+    word. Now the first settles it and the second is told it was settled meanwhile."""
+    import threading
+
+    from sqlalchemy import select
+
+    from db.models import Review, ReviewKind
+    from db.reviews import ReviewRecorded, settle_dispute
+    from db.session import session_scope
+
+    with session_scope(database_url) as session:
+        inspection = _part(session, 1, [0.9])
+        detection = inspection.predictions[0].id
+        confirm_defect(session, detection, "ana")
+        mark_false_call(session, detection, "bob")
+    together = threading.Barrier(2)
+    refused: list[str] = []
+
+    def settle(reviewer: str, kind: ReviewKind) -> None:
+        try:
+            with session_scope(database_url) as session:
+                together.wait()
+                settle_dispute(session, detection, kind, reviewer)
+        except ReviewRecorded as exc:
+            refused.append(str(exc))
+
+    threads = [
+        threading.Thread(target=settle, args=("cy", ReviewKind.CONFIRMED_DEFECT)),
+        threading.Thread(target=settle, args=("dee", ReviewKind.FALSE_CALL)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    with session_scope(database_url) as session:
+        words = session.scalars(select(Review.reviewer)).all()
+        assert len(words) == 3, words
+        assert len(refused) == 1 and refused[0].startswith("settled meanwhile (")
+        assert decisions(session, inspection.id)[detection].endswith("(2 to 1)")

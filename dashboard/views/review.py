@@ -12,7 +12,7 @@ from dashboard.charts import SHOWN_SIDE, ShownBox, review_figure, selected_box
 from dashboard.drawing import DrawnBox, class_colour, close_up, label_markdown, unshown_image
 from dashboard.state import database_ready, detector_info, flash
 from dashboard.text import plain
-from db.models import Inspection, ModelVersion, Part, Verdict
+from db.models import Inspection, ModelVersion, Part, ReviewKind, Verdict
 from db.reviews import (
     ReviewRecorded,
     add_missed_defect,
@@ -27,6 +27,7 @@ from db.reviews import (
     review_queue,
     reviewer_classes,
     said_of,
+    settle_dispute,
     undo_last_review,
     verdicts_reviewed,
     withdraw_decision,
@@ -250,16 +251,26 @@ else:
         """Confirm defect and False call of detection `i`; `settle`: a dispute's, where the
         reviewer's word breaks the tie."""
         a, b = st.columns(2)
-        for column, word, key, decide, noun in (
-            (a, "Confirm defect", "confirm", confirm_defect, "confirmation"),
-            (b, "False call", "false", mark_false_call, "false call"),
+        for column, word, key, decide, kind, noun in (
+            (
+                a,
+                "Confirm defect",
+                "confirm",
+                confirm_defect,
+                ReviewKind.CONFIRMED_DEFECT,
+                "confirmation",
+            ),
+            (b, "False call", "false", mark_false_call, ReviewKind.FALSE_CALL, "false call"),
         ):
             label = f"{settle}{word.lower()}" if settle else word
             key = f"{'settle_' if settle else ''}{key}_{prediction_id}"
             if column.button(label, key=key, disabled=blocked, help=why):
                 try:
                     with session_scope(state.url) as session:
-                        decide(session, prediction_id, reviewer)
+                        if settle:  # (refused where another's word settled it meanwhile)
+                            settle_dispute(session, prediction_id, kind, reviewer)
+                        else:
+                            decide(session, prediction_id, reviewer)
                     reviewed(
                         # ("settled by your confirm defect" read as the button, not a word.)
                         f"Detection {i + 1} of part {item.part_id} settled by your {noun}."
@@ -267,7 +278,8 @@ else:
                         else ""
                     )
                 except ReviewRecorded as exc:
-                    # (Another tab of this reviewer's decided it in the same moment.)
+                    # (Another tab of this reviewer's decided it in the same moment, or another
+                    # reviewer settled the dispute.)
                     flash(f"Detection {i + 1} of part {item.part_id}: {exc}.", "warning")
                     st.rerun()
 
