@@ -82,6 +82,7 @@ from inspection.images import (
     INSPECTED_SUFFIXES,
     REFUSED_OVER_KEY,
     empty_capture_error,
+    file_kind,
     is_repeated_fault,
     not_a_file_reason,
     refused_at_another_limit,
@@ -419,6 +420,19 @@ def file_items(path: Path, display: str) -> Iterator[SourceItem]:
     yield read_file(path, display)
 
 
+def not_a_source_error(path: Path) -> str | None:
+    """Why a path that is there is no batch source (a named pipe, a device, a socket), or None
+    for a folder, a file or a path that is not there. Such a source was said "source not
+    found", though `ls` shows it."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    if stat.S_ISDIR(mode) or stat.S_ISREG(mode):
+        return None
+    return f"{path} is not a folder, an image or a zip: {file_kind(mode)}"
+
+
 def iter_source(source: str, listed: list[Path] | None = None) -> Iterator[SourceItem]:
     """Files of a folder (recursively), of a glob pattern, or entries of a zip archive; a zip
     inside a folder or among the glob's files gives its entries. `listed`: the folder's
@@ -438,7 +452,7 @@ def iter_source(source: str, listed: list[Path] | None = None) -> Iterator[Sourc
         for file in matches:
             yield from file_items(file, str(file))
     else:
-        raise UserError(f"source not found: {source}")
+        raise UserError(not_a_source_error(path) or f"source not found: {source}")
 
 
 def _entry_name(info: zipfile.ZipInfo) -> str:

@@ -54,21 +54,26 @@ logger = logging.getLogger(__name__)
 LETTERBOX_FILL = 114  # the grey ultralytics pads with, so our inputs match its training
 
 
-def not_a_file_reason(mode: int) -> str | None:
-    """Why a path that is not a regular file (`os.stat`'s mode) is not read as an image, or
-    None for a regular file. A read of a named pipe waits for a writer, forever where none
-    comes, and a device may never end: one such entry held a whole batch, watch or import."""
+def file_kind(mode: int) -> str:
+    """What a path is, by its `os.stat` mode, in words: "a named pipe", "a folder"..."""
     kinds = (
+        (stat.S_ISREG, "a file"),
         (stat.S_ISDIR, "a folder"),
         (stat.S_ISFIFO, "a named pipe"),
         (stat.S_ISSOCK, "a socket"),
         (stat.S_ISCHR, "a device"),
         (stat.S_ISBLK, "a device"),
     )
+    return next((name for test, name in kinds if test(mode)), "not a file")
+
+
+def not_a_file_reason(mode: int) -> str | None:
+    """Why a path that is not a regular file (`os.stat`'s mode) is not read as an image, or
+    None for a regular file. A read of a named pipe waits for a writer, forever where none
+    comes, and a device may never end: one such entry held a whole batch, watch or import."""
     if stat.S_ISREG(mode):
         return None
-    kind = next((name for test, name in kinds if test(mode)), "not a file")
-    return f"not a regular file but {kind}: not read"
+    return f"not a regular file but {file_kind(mode)}: not read"
 
 
 class ImageDecodeError(ValueError):

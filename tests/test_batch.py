@@ -354,6 +354,27 @@ def test_a_named_pipe_is_not_opened_where_a_part_is_read(tmp_path: Path) -> None
     assert str(said.exception) == f"{pipe}: not a regular file but a named pipe: not read"
 
 
+def test_a_named_pipe_given_as_the_batch_source_is_said_for_what_it_is(tmp_path: Path) -> None:
+    """`defects batch PIPE` said "source not found", though the pipe is there (`ls` shows it),
+    and `--watch PIPE` said it "is a file"; both now say it is a named pipe, before the model
+    loads (no run opened)."""
+    from training.cli import app
+
+    pipe = tmp_path / "frames"
+    os.mkfifo(pipe)
+    said = f"{pipe} is not a folder, an image or a zip: a named pipe"
+    with within(5):
+        with pytest.raises(UserError) as raised:
+            next(iter_source(str(pipe)))
+        assert str(raised.value) == said
+        batch = CliRunner().invoke(app, ["batch", str(pipe), "--line", "L", "--station", "S"])
+        watch = ["batch", str(pipe), "--line", "L", "--station", "S", "--watch"]
+        watched = CliRunner().invoke(app, watch)
+    assert batch.exit_code == 1 and str(batch.exception) == said
+    assert str(watched.exception) == f"--watch needs a folder: {pipe} is a named pipe"
+    assert "inspecting with" not in batch.output  # (refused before the model loads)
+
+
 def test_a_named_pipe_in_a_listed_files_place_is_not_opened_to_see_if_it_is_a_zip(
     tmp_path: Path,
 ) -> None:

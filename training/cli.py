@@ -1426,8 +1426,11 @@ def _refuse_unreadable_source(source: Path) -> int | None:
     before the model loads: either stopped the command only after a run had been opened on
     the station, which then showed as its latest run with no part. A zip's number of items
     is given back (None for another source)."""
-    from inspection.batch import is_zip_archive, zip_item_count
+    from inspection.batch import is_zip_archive, not_a_source_error, zip_item_count
 
+    not_a_source = not_a_source_error(source)
+    if not_a_source is not None:  # (a named pipe: said now, not "source not found" later)
+        raise UserError(not_a_source)
     if source.is_dir():
         try:
             with os.scandir(source):
@@ -1538,7 +1541,11 @@ def batch_command(
     if not source_path.exists() and (watch or not any(ch in source for ch in "*?[")):
         raise UserError(f"{'folder to watch' if watch else 'source'} not found: {source}")
     if watch and not source_path.is_dir():
-        raise UserError(f"--watch needs a folder: {source} is a file")
+        from inspection.images import file_kind
+
+        raise UserError(
+            f"--watch needs a folder: {source} is {file_kind(source_path.stat().st_mode)}"
+        )
     zip_items = _refuse_unreadable_source(source_path)
     mover = None
     if move_judged is not None:
