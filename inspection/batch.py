@@ -674,13 +674,23 @@ def _one_byte_fill(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[int
     return (fill[0] if size == info.file_size else None), size
 
 
+def shown_size(size: int) -> str:
+    """A size in the unit it reads in: bytes below 1 kB, kB below 1 MB, else MB. Rounded to
+    kB alone, an entry packed to 300 bytes was said packed "from 0 kB"."""
+    if size < 1000:
+        return f"{size} bytes"
+    if size < 1_000_000:
+        return f"{size / 1e3:.0f} kB"
+    return f"{size / 1e6:.0f} MB"
+
+
 def _too_compressed_error(info: zipfile.ZipInfo) -> str:
     # (The ratio inside the parentheses: `error_kind` cuts at the first colon, so that
     # "compressed 1000:1" would make a kind of each ratio.)
     ratio = info.file_size // max(info.compress_size, 1)
     return (
         f"zip entry too compressed ({ratio}:1, {info.file_size / 1e6:.0f} MB from "
-        f"{info.compress_size / 1e3:.0f} kB; past {MAX_COMPRESSION_RATIO}:1 only an uncompressed "
+        f"{shown_size(info.compress_size)}; past {MAX_COMPRESSION_RATIO}:1 only an uncompressed "
         "image of the size its header gives is read): not read"
     )
 
@@ -751,7 +761,7 @@ def _unpacks_too_far_error(limit: int, zip_bytes: int, raw_frames: int = 0) -> s
     such bound). The bound itself stays: a crafted zip of such headers over zeros is one."""
     # (The particulars inside the parentheses, as in `_too_compressed_error`: one error kind.)
     bound = (
-        f"past {limit / 1e6:.0f} MB, the most a zip of {zip_bytes / 1e6:.0f} MB may give: "
+        f"past {limit / 1e6:.0f} MB, the most a zip of {shown_size(zip_bytes)} may give: "
         f"{MAX_ZIP_UNPACK_RATIO} times its size, at least {ZIP_UNPACK_FLOOR_BYTES / 1e9:.0f} GB"
     )
     if raw_frames:

@@ -778,6 +778,38 @@ def test_a_zip_that_unpacks_far_past_its_own_size_in_all_is_read_only_up_to_the_
     assert [item.error for item in iter_zip(buffer, "upload.zip")] == [None] * 6
 
 
+def test_sizes_packed_under_a_kilobyte_are_said_in_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bzip2 entry packs a patterned frame to a few hundred bytes: it was said "too
+    compressed (..., 5 MB from 0 kB", and a zip that small past its bound "the most a zip of
+    0 MB may give"; both now say the bytes."""
+    from inspection import batch
+    from inspection.batch import RATIO_FLOOR_BYTES, iter_zip
+
+    patterned = b"\x00\x10\x20\x30" * (RATIO_FLOOR_BYTES // 4 + 1)
+    packed = tmp_path / "packed.zip"
+    with zipfile.ZipFile(packed, "w", zipfile.ZIP_BZIP2) as zf:
+        zf.writestr("p.bmp", patterned)
+        info = zf.getinfo("p.bmp")
+    assert info.compress_size < 1000
+    (item,) = iter_zip(packed, "packed.zip")
+    assert (item.error or "").startswith(
+        f"zip entry too compressed ({info.file_size // info.compress_size}:1, 4 MB from "
+        f"{info.compress_size} bytes; "
+    )
+    monkeypatch.setattr(batch, "ZIP_UNPACK_FLOOR_BYTES", 1_000_000)
+    small = tmp_path / "small.zip"
+    with zipfile.ZipFile(small, "w", zipfile.ZIP_BZIP2) as zf:
+        for index in range(3):
+            zf.writestr(f"p{index}.bmp", patterned[:600_000])  # (under the per-entry floor)
+    size = small.stat().st_size
+    assert size < 1000
+    errors = [item.error for item in iter_zip(small, "small.zip")]
+    assert errors[0] is None and errors[1] is not None
+    assert errors[1].startswith(f"zip unpacks too far (past 1 MB, the most a zip of {size} bytes ")
+
+
 def test_a_dead_cameras_lot_of_blank_raw_frames_past_the_bound_is_said_as_such(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
