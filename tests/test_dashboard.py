@@ -3431,6 +3431,50 @@ def test_with_no_production_model_a_class_keeps_the_colour_of_the_detector_that_
     assert f"background-color: {colour}" in line.value, line.value
 
 
+def test_live_draws_the_last_failed_part_in_the_colours_of_the_detector_that_judged_it(
+    production: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no detector in production, the Live page coloured the last failed part's boxes by
+    class name alone: the detector's second class was drawn there in another colour than on
+    the Inspect and Review pages."""
+    from typing import Any
+
+    import numpy as np
+
+    from dashboard import drawing
+    from dashboard.drawing import class_colour
+    from db.models import ModelStage
+
+    at = _app().run()
+    at.file_uploader(key="inspect_files").set_value(_png_files(tmp_path, 1, 16)).run()
+    with session_scope(production) as session:
+        inspection = session.scalars(select(Inspection)).one()
+        inspection.verdict = Verdict.FAIL
+        inspection.predictions.append(
+            Prediction(class_name=CLASSES[1], confidence=0.9, x1=2, y1=2, x2=20, y2=20)
+        )
+        session.execute(update(ModelVersion).values(stage=ModelStage.CANDIDATE))
+    drawn: list[np.ndarray] = []  # what the page drew, as it drew it (the page shows it)
+    draw_boxes = drawing.draw_boxes
+
+    def kept_drawing(*args: Any, **kwargs: Any) -> Any:
+        image = draw_boxes(*args, **kwargs)
+        drawn.append(np.asarray(image.convert("RGB"), dtype=int))
+        return image
+
+    monkeypatch.setattr(drawing, "draw_boxes", kept_drawing)
+    at.switch_page("views/live.py").run()
+    assert not at.exception, at.exception
+    assert len(at.get("image")) == 1 and len(drawn) == 1
+
+    def drawn_in(colour: tuple[int, int, int]) -> int:
+        return int((drawn[0] == colour).all(axis=2).sum())
+
+    judged_by, by_name = class_colour(CLASSES[1], CLASSES), class_colour(CLASSES[1])
+    assert judged_by != by_name
+    assert drawn_in(judged_by) > 100 and drawn_in(by_name) == 0
+
+
 def test_the_review_pages_legend_says_how_its_boxes_are_drawn(
     production: str, tmp_path: Path
 ) -> None:

@@ -25,6 +25,7 @@ from dashboard.text import code, plain
 from db.models import (
     Inspection,
     ModelKind,
+    ModelVersion,
     Verdict,
     database_utcnow,
 )
@@ -125,8 +126,12 @@ def _last_failed_part(url: str, zone: str) -> tuple[str, Image | None, str] | No
         ).first()
         if inspection is None:
             return None
-        # (Each class in its colour as Inspect draws it: by the production detector's classes.)
+        # (Each class in its colour as Inspect draws it: by the production detector's classes.
+        # With none in production, by those of the detector that judged the part, as Review
+        # draws it: by its name alone, a class was drawn in one colour here and another there.)
         detector = production_model(session, ModelKind.DETECTOR)
+        if detector is None and inspection.model_version_id is not None:
+            detector = session.get(ModelVersion, inspection.model_version_id)
         boxes = tuple(
             prediction_boxes(inspection.predictions, detector.classes if detector else ())
         )
