@@ -533,6 +533,12 @@ def test_interrupted_training_resumes(
         assert all(j.process_start for j in jobs) or not Path("/proc/self/stat").exists()
         assert jobs[1].log.splitlines()[-1].startswith("epoch 2/2 ")  # (not "epoch 3/2")
         assert get_model_version(session, version_id).metrics["epochs"] == 2
+        registered = get_model_version(session, version_id).name
+    # Registered, the run keeps its history, not its weights (best.pt was the version's copy,
+    # the same bytes twice); its lineage names the version it became.
+    run = lineage.parent
+    assert (run / "results.csv").is_file() and not (run / "weights").exists()
+    assert json.loads(lineage.read_text())["registered"] == registered
     # Finished now: nothing to resume, said in one line (ultralytics, asked to resume a
     # finished run, fell back to its own example dataset and tried to download it).
     with pytest.raises(UserError, match="no interrupted training .* finished"):
@@ -841,6 +847,39 @@ def test_resume_takes_the_newest_interrupted_run_of_its_own_architecture(tmp_pat
         _latest_run(tmp_path, ["d-defect-yolo-n"], teacher="U")
     (wanted / "weights" / "last.pt").unlink()
     with pytest.raises(UserError, match="learns from T: resume it with `defects distill detector "):
+        _latest_run(tmp_path, ["d-defect-yolo-n"])
+
+
+def test_resume_tells_a_registered_run_without_weights_from_an_interrupted_one(
+    tmp_path: Path,
+) -> None:
+    """A registered run keeps no weights (its lineage names its version instead of last.pt
+    marking it finished): it is not taken for a run to resume, and named as the latest,
+    finished, where nothing is to resume."""
+    import os
+    import time as clock
+
+    from training.train_detector import _keep_history_only, _latest_run
+
+    def run(name: str, epoch: int, age: int) -> Path:
+        last = tmp_path / name / "weights" / "last.pt"
+        last.parent.mkdir(parents=True)
+        torch.save({"epoch": epoch, "optimizer": {} if epoch >= 0 else None}, last)
+        (last.parent / "best.pt").write_bytes(b"weights")
+        (tmp_path / name / "defects_lineage.json").write_text(json.dumps({"teacher": None}))
+        os.utime(tmp_path / name, (clock.time() - age, clock.time() - age))
+        return tmp_path / name
+
+    interrupted = run("d-defect-yolo-n-20261126-100000", 3, 300)
+    finished = run("d-defect-yolo-n-20261126-110000", -1, 200)
+    (finished / "results.csv").write_text("epoch,loss\n1,0.5\n")
+    _keep_history_only(finished, "d-v1")
+    assert sorted(p.name for p in finished.iterdir()) == ["defects_lineage.json", "results.csv"]
+    assert _latest_run(tmp_path, ["d-defect-yolo-n"]) == interrupted
+    with pytest.raises(UserError, match=r"to resume in .* \(the latest, .*-110000, finished\)"):
+        _latest_run(tmp_path, ["d-defect-yolo-n"], name=finished.name)
+    _keep_history_only(interrupted, "d-v2")  # (as if resumed to its end and registered)
+    with pytest.raises(UserError, match=r"to resume in .* \(the latest, .*-100000, finished\)"):
         _latest_run(tmp_path, ["d-defect-yolo-n"])
 
 

@@ -7,6 +7,7 @@ records the job and registers the best weights as a candidate model version.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import errno
 import json
@@ -387,6 +388,33 @@ def _lineage(run: Path) -> dict[str, Any] | None:
         return None  # a run from before the file (its lineage unknown)
 
 
+def _registered(run: Path) -> bool:
+    """Whether the run finished and was registered (`_keep_history_only`): its weights are
+    gone, the version's copy in the model store holds them."""
+    return bool((_lineage(run) or {}).get("registered"))
+
+
+def _keep_history_only(run: Path, version: str) -> None:
+    """A registered run keeps its history (results.csv, plots, arguments, lineage), not its
+    weights: best.pt is the version's copy in the model store, the same bytes held twice, and
+    last.pt, its last epoch's, resumes nothing. last.pt told `--resume` the run had finished
+    (`_interrupted`): the lineage notes the version it became instead, written before the
+    weights go, so that a failed write leaves the run as it was."""
+    lineage = {**(_lineage(run) or {}), "registered": version}
+    written = run / f".{LINEAGE_FILE}.{os.getpid()}.partial"
+    try:
+        written.write_text(json.dumps(lineage))
+        written.replace(run / LINEAGE_FILE)
+    except OSError:
+        with contextlib.suppress(OSError):
+            written.unlink(missing_ok=True)
+        return
+    with contextlib.suppress(OSError):
+        for name in ("best.pt", "last.pt"):
+            (run / "weights" / name).unlink(missing_ok=True)
+        (run / "weights").rmdir()  # (left where other checkpoints are in it: save_period's)
+
+
 def _latest_run(
     runs_dir: Path,
     prefixes: list[str],
@@ -411,7 +439,7 @@ def _latest_run(
         (
             p
             for p in runs_dir.glob("*")
-            if own.fullmatch(p.name) and (p / "weights" / "last.pt").is_file()
+            if own.fullmatch(p.name) and ((p / "weights" / "last.pt").is_file() or _registered(p))
         ),
         key=lambda p: p.stat().st_mtime,
         reverse=True,
@@ -420,6 +448,8 @@ def _latest_run(
     of_others: Path | None = None  # the newest interrupted run with another teacher
     for run in newest_first:
         lineage = _lineage(run)
+        if lineage is not None and lineage.get("registered"):
+            continue  # (finished: its weights are the version's, `_keep_history_only`)
         same_teacher = lineage is None or lineage["teacher"] == teacher  # (None: from before)
         if not (same_teacher or of_others is None):
             continue
@@ -800,7 +830,9 @@ def train_detector(
                 job.log = (job.log or "") + short + "\n"
             job.finished_at = utcnow()
             job.result_model_version_id = version.id
-            return version.id
+            version_id, version_name = version.id, version.name
+        _keep_history_only(Path(trainer.save_dir), version_name)  # (once the version is committed)
+        return version_id
     except BaseException as exc:
         # (A failed run's folder was kept as a stopped one's was not: the same --name next
         # made NAME-2.)
