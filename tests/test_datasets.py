@@ -108,6 +108,15 @@ def test_existing_name_and_missing_source_are_user_errors(session, tmp_path: Pat
         import_dataset(session, "voc", tmp_path / "src", "once", tmp_path / "ds", classes=CLASSES)
     with pytest.raises(UserError, match="source not found"):
         import_dataset(session, "voc", tmp_path / "nope", "x", tmp_path / "ds")
+    # A named pipe: COCO's import said "[Errno 20] Not a directory", the others that it had no
+    # annotations; each says what it is now, and none opens it (a read waits for a writer).
+    os.mkfifo(tmp_path / "ann.json")
+    for source_format in ("voc", "yolo", "coco", "deeppcb"):
+        with pytest.raises(UserError) as raised:
+            import_dataset(session, source_format, tmp_path / "ann.json", "x", tmp_path / "ds")
+        assert (
+            str(raised.value) == f"{tmp_path / 'ann.json'} is not a folder or a file: a named pipe"
+        )
 
 
 @pytest.mark.parametrize("name", ["..", ".", "", "../evil", "a/b", ".hidden", "x" * 101])

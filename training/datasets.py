@@ -47,6 +47,7 @@ from inspection.images import (
     allow_pixels_up_to,
     decode_image,
     exif_orientation,
+    file_kind,
     max_pixels,
     not_a_file_reason,
     several_frames_reason,
@@ -1629,6 +1630,9 @@ def import_dataset(
         raise UserError(f"unknown format {source_format!r}; choose voc, yolo, coco or deeppcb")
     if not src.exists():
         raise UserError(f"source not found: {src}")
+    mode = src.stat().st_mode
+    if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):  # (coco said "[Errno 20] Not a directory")
+        raise UserError(f"{src} is not a folder or a file: {file_kind(mode)}")
     check_dataset_name(name)
     existing = session.scalars(select(Dataset).where(Dataset.name == name)).first()
     if existing is not None and not replace:
