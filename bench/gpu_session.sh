@@ -91,9 +91,9 @@ gather() {  # what must come back, as far as it exists: collect may be called at
         bench/results/inference_gpu_workers.json bench/results/inference_gpu_workers.md \
         bench/results/classifier_verdict_gpu.json bench/results/classifier_verdict_gpu.md \
         bench/results/tiled_throughput_gpu.json "$WORK/out/" 2>/dev/null
-    local best  # neu-twins: each run's best weights, named by its run folder (a later teacher)
-    for best in bench/.work/detector_neu/runs/detect/*/weights/best.pt; do
-        [[ -f $best ]] && cp "$best" "$WORK/out/$(basename "$(dirname "$(dirname "$best")")").pt"
+    local best  # neu-twins: each version's weights, named by it (a later teacher; a run keeps none)
+    for best in bench/.work/detector_neu/models/*/best.pt; do
+        [[ -f $best ]] && cp "$best" "$WORK/out/$(basename "$(dirname "$best")").pt"
     done
     return 0
 }
@@ -146,7 +146,7 @@ deeppcb() {
 
 pcb_detector() {  # only the detector, into the bench's own database; scored on a CPU afterwards
     unpack_pieces || { echo "no DeepPCB training data" >&2; return 1; }
-    local work=$WORK/data/classifier_verdict origin run
+    local work=$WORK/data/classifier_verdict origin run version
     origin=$(cat "$work/.origin")  # where the database's paths point: the packing checkout's
     [[ -e $origin ]] && { echo "$origin exists here: not replaced" >&2; return 1; }
     mkdir -p "$(dirname "$origin")" && ln -s "$work" "$origin" || return 1
@@ -156,7 +156,8 @@ pcb_detector() {  # only the detector, into the bench's own database; scored on 
         --batch "$PCB_BATCH" --workers "$WORKERS" --device "$DEVICE" --epochs "$PCB_EPOCHS" \
         ${PCB_HOURS:+--hours $PCB_HOURS} || return 1
     run=$(ls -td "$work"/runs/detect/deeppcb-* | head -1)
-    mkdir -p "$WORK/out/pcb_detector" && cp "$work/defects.db" "$run/weights/best.pt" \
+    version=$(ls -td "$work"/models/*/ | head -1)  # the version it registered: a run keeps no weights
+    mkdir -p "$WORK/out/pcb_detector" && cp "$work/defects.db" "$version/best.pt" \
         "$run/results.csv" "$run/args.yaml" "$WORK/out/pcb_detector/"
     basename "$run" >"$WORK/out/pcb_detector/run_name"
 }
