@@ -418,6 +418,17 @@ def store_error(images_dir: Path, exc: OSError) -> StorageError:
     )
 
 
+def write_advice(exc: OSError) -> str:
+    """What to do about a file that could not be written, ending in ", or " where anything is
+    known: a full disk, free space; a disk failing its writes or syncs (EIO), look at the disk,
+    where freeing space would not help; another error (a folder not writable), nothing."""
+    if exc.errno == errno.ENOSPC:
+        return "free space there, or "
+    if exc.errno == errno.EIO:
+        return "check its disk, or "
+    return ""
+
+
 def sync_file(path: Path) -> None:
     """The file's bytes to disk (a descriptor read-only serves: fsync flushes the file)."""
     handle = os.open(path, os.O_RDONLY)

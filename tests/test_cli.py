@@ -1096,3 +1096,59 @@ def test_a_runs_folder_that_is_a_file_is_refused_in_one_line_before_a_job(
     ]
     with session_scope(url) as session:
         assert session.scalar(select(func.count(TrainingJob.id))) == 0
+
+
+def test_evaluate_json_on_a_full_disk_leaves_the_earlier_file_and_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`evaluate --json FILE` wrote in place: a full disk left half a JSON file at FILE, which
+    the scripts reading it failed to parse, and said the system's bare "[Errno 28]". It is now
+    written whole or not at all (the file there before stays), and the error names it. (The
+    full disk is simulated: the write leaves a few characters, then ENOSPC.)"""
+    import errno
+    import json
+
+    from training.cli import _write_json
+
+    path = tmp_path / "out" / "eval.json"
+    path.parent.mkdir()
+    path.write_text('{"earlier": true}')
+    write_text = Path.write_text
+
+    def filling(self: Path, data: str, *args: Any, **kwargs: Any) -> int:
+        write_text(self, data[:5], *args, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", filling)
+    with pytest.raises(UserError, match=r"cannot write the results .*eval\.json: No space left "):
+        _write_json(path, {"map50": 0.5})
+    assert json.loads(path.read_text()) == {"earlier": True}
+    assert [p.name for p in path.parent.iterdir()] == ["eval.json"]  # (no half file beside it)
+    monkeypatch.setattr(Path, "write_text", write_text)  # (space freed)
+    _write_json(path, {"map50": 0.5})
+    assert json.loads(path.read_text()) == {"map50": 0.5}
+    assert [p.name for p in path.parent.iterdir()] == ["eval.json"]
+
+
+def test_evaluate_json_is_synced_and_a_failing_disk_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The results file was never synced: after a power cut it could be empty under its name,
+    though the command had said "wrote". Its sync failing (EIO) now says to check the disk,
+    not to free space, and the file there before stays."""
+    import errno
+    import os
+
+    from training.cli import _write_json
+
+    path = tmp_path / "eval.json"
+    path.write_text("{}")
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", failing)
+    with pytest.raises(UserError, match=r"eval\.json: Input/output error; check its disk, or give"):
+        _write_json(path, {"map50": 0.5})
+    assert path.read_text() == "{}"
+    assert [p.name for p in tmp_path.iterdir()] == ["eval.json"]

@@ -1088,12 +1088,31 @@ def evaluate_command(
 
 
 def _write_json(json_path: Path | None, payload: dict) -> None:
+    """Written under another name and renamed once whole, synced: written in place, a full disk
+    or a power cut left half a JSON file at the name, which the scripts reading it failed to
+    parse. A failure is one line naming the file (a device or a pipe, `/dev/stdout`, is written
+    as it is)."""
     import json
 
-    if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(payload, indent=2))
-        console.print(f"wrote {json_path}")
+    from inspection.images import replace_synced, write_advice
+
+    if not json_path:
+        return
+    special = json_path.exists() and not json_path.is_file()
+    target = json_path if special else json_path.resolve()
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        (target if special else partial).write_text(json.dumps(payload, indent=2))
+        if not special:
+            replace_synced(partial, target)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise UserError(
+            f"cannot write the results {json_path}: {exc.strerror or exc}; {write_advice(exc)}"
+            "give --json another place and run the same command again"
+        ) from exc
+    console.print(f"wrote {json_path}")
 
 
 def _is_classifier(weights: Path, url: str, version_name: str | None) -> bool:
