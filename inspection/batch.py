@@ -87,6 +87,7 @@ from inspection.images import (
     not_a_file_reason,
     refused_at_another_limit,
     replace_synced,
+    write_advice,
 )
 from inspection.judged import JudgedMover, Move, Stamp, stamp_of
 from inspection.raw_rasters import RAW_HEADER_READ_BYTES, explained_size, header_lies_further
@@ -2180,8 +2181,8 @@ def export_run_csv(
         partial.unlink(missing_ok=True)
         raise UserError(
             f"cannot write the CSV {path}: {exc.strerror or exc}; the verdicts are recorded in "
-            "the database (the History page's CSV holds them): free space there, or give "
-            "--output another place, and run the same command again"
+            f"the database (the History page's CSV holds them): {write_advice(exc)}give "
+            "--output another place and run the same command again"
         ) from exc
     return written
 

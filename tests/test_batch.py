@@ -2711,6 +2711,35 @@ def test_a_runs_csv_a_full_disk_cuts_short_leaves_no_half_file_at_its_name(
     assert len(list(csv.DictReader(path.open(newline="")))) == 3
 
 
+def test_a_runs_csv_whose_sync_fails_says_to_check_the_disk_not_to_free_space(
+    detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk failing the CSV's sync (EIO) was told "free space there", which would not help;
+    it now says to check the disk, and the file there before stays."""
+    import errno
+
+    from inspection.batch import export_run_csv
+
+    make_images(tmp_path / "in", n=2)
+    job = BatchInspection(detector, tmp_path / "store", "L", "S")
+    job.run(iter_source(str(tmp_path / "in")))
+    path = tmp_path / "out" / "run.csv"
+    path.parent.mkdir()
+    path.write_text("an earlier export\n")
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", failing)
+    with pytest.raises(UserError) as raised:
+        export_run_csv(detector, job.run_id, path)
+    said = str(raised.value)
+    assert "run.csv: Input/output error" in said and "check its disk, or give --output" in said
+    assert "free space" not in said
+    assert path.read_text() == "an earlier export\n"
+    assert [p.name for p in path.parent.iterdir()] == ["run.csv"]
+
+
 def test_a_runs_csv_is_on_disk_under_its_name_once_written(
     detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
