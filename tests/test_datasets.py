@@ -225,6 +225,84 @@ def test_an_import_a_full_disk_stops_registers_nothing_and_leaves_no_half_copy(
     )
 
 
+def _spying_on_syncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Each path os.fsync syncs (from any thread), as it was named then, in order."""
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("no /proc here")
+    synced: list[str] = []
+    fsync = os.fsync
+
+    def spying(fd: int) -> None:
+        fsync(fd)
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+
+    monkeypatch.setattr(os, "fsync", spying)
+    return synced
+
+
+@pytest.mark.parametrize("replace", [False, True])
+def test_an_imported_dataset_is_on_disk_before_it_is_registered(
+    session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, replace: bool
+) -> None:  # type: ignore[no-untyped-def]
+    """An import renamed its folder into place unsynced and committed the dataset's row: after
+    a power cut the dataset could be registered with its images, labels or data.yaml empty or
+    gone. Each file is synced before the folder takes its name, the store's entry after."""
+    write_yolo(tmp_path / "src", n=4)
+    datasets_dir = tmp_path / "ds"
+    if replace:
+        import_dataset(session, "yolo", tmp_path / "src", "y", datasets_dir, classes=CLASSES)
+    synced = _spying_on_syncs(monkeypatch)
+    report = import_dataset(
+        session, "yolo", tmp_path / "src", "y", datasets_dir, classes=CLASSES, replace=replace
+    )
+    stage = (datasets_dir / ".y.importing").resolve()
+    files = {str(stage / p.relative_to(report.root)) for p in report.root.rglob("*") if p.is_file()}
+    assert len(files) > 8 and files <= set(synced)
+    folders = {
+        str(stage / p.relative_to(report.root)) for p in report.root.rglob("*") if p.is_dir()
+    }
+    assert folders | {str(stage)} <= set(synced)
+    renamed_after = synced.index(str(stage)) + 1
+    assert str(datasets_dir.resolve()) in synced[renamed_after:]
+    assert str(tmp_path.resolve()) in synced[renamed_after:]
+
+
+def test_a_moved_datasets_data_yaml_is_rewritten_whole_and_synced(
+    session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Found in a moved data folder, a dataset's data.yaml is made to name its new place: the
+    rewrite was not synced (a power cut could leave it empty), and a full disk left its partial
+    file beside it. It is synced now, and a failed write leaves the old file alone."""
+    import errno
+
+    from training.datasets import located_dataset
+
+    write_yolo(tmp_path / "src", n=4)
+    report = import_dataset(session, "yolo", tmp_path / "src", "y", tmp_path / "a", classes=CLASSES)
+    shutil.move(tmp_path / "a", tmp_path / "b")
+    moved = tmp_path / "b" / "y"
+    before = (moved / "data.yaml").read_text()
+    write_text = Path.write_text
+
+    def full(self: Path, *args: object, **kwargs: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(OSError):
+        located_dataset(str(report.root), tmp_path / "b")
+    assert sorted(p.name for p in moved.iterdir() if p.is_file()) == [
+        "data.yaml",
+        "import_report.txt",
+    ]
+    assert (moved / "data.yaml").read_text() == before
+    monkeypatch.setattr(Path, "write_text", write_text)
+    synced = _spying_on_syncs(monkeypatch)
+    assert located_dataset(str(report.root), tmp_path / "b") == moved
+    assert yaml.safe_load((moved / "data.yaml").read_text())["path"] == str(moved.resolve())
+    assert any(".data.yaml." in path for path in synced)
+    assert str(moved.resolve()) in synced
+
+
 def test_a_dataset_without_train_or_val_images_is_refused_before_training() -> None:
     """Split lists that name none of the images imported fine, and training then failed
     inside ultralytics with a traceback."""

@@ -50,7 +50,10 @@ from inspection.images import (
     file_kind,
     max_pixels,
     not_a_file_reason,
+    replace_synced,
     several_frames_reason,
+    sync_file,
+    sync_folder,
 )
 from inspection.settings import get_settings, same_place_under
 from inspection.tiling import TileSpec, judged_in, tile_grid
@@ -2047,15 +2050,18 @@ def _write_dataset(
     if kept_as is not None and existing is not None:
         _keep_old_dataset(session, existing, kept_as[0], root, datasets_dir)
         existing = None  # the new data is a dataset of its own
+    _sync_tree(stage)
     if root.exists():
         replaced = datasets_dir / f".{name}.replaced"
         if replaced.exists():
             shutil.rmtree(replaced)
         root.rename(replaced)
         stage.rename(root)
+        _sync_names(datasets_dir)
         shutil.rmtree(replaced)
     else:
         stage.rename(root)
+        _sync_names(datasets_dir)
     # Tiled: images and boxes are the tiles' (what training reads), good and parts count parts
     # (what calibration and evaluation count).
     keys = ("images", "boxes", "good") + (("parts", "good_tiles") if tile is not None else ())
@@ -2072,6 +2078,39 @@ def _write_dataset(
     return ImportReport(
         name, root, class_names, split_counts, warnings + left_out, len(converted), tile
     )
+
+
+# Syncs in flight at once while an import's files are synced: waits on the disk, not work for
+# the cores, so more than the machine's cores.
+SYNC_THREADS = 16
+
+
+def _sync_tree(folder: Path) -> None:
+    """Every file under `folder` to disk, then each folder's entries, deepest first. The
+    dataset's row is committed once its folder takes its name: renamed unsynced, a power cut
+    after the import said so could leave the dataset registered with its images, labels or
+    data.yaml empty or gone. The files are synced by several threads at once: the file system
+    commits their syncs together, where one after another each waited for its own commit (on
+    300 NEU-DET images, 0.06 to 0.16 s against 1.3 to 3.0 s)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    folders: list[Path] = []
+    files: list[Path] = []
+    for top, _, names in os.walk(folder):
+        folders.append(Path(top))
+        files.extend(Path(top) / name for name in names)
+    with ThreadPoolExecutor(max_workers=SYNC_THREADS, thread_name_prefix="sync") as pool:
+        for _ in pool.map(sync_file, files):  # (an error is raised here, the rest cancelled)
+            pass
+    for each in reversed(folders):  # (os.walk gives a folder before those in it)
+        sync_folder(each)
+
+
+def _sync_names(datasets_dir: Path) -> None:
+    """The store's entries (a dataset's folder renamed into place, an old one moved aside) to
+    disk, and the store's own in its parent (an import may have made the store)."""
+    sync_folder(datasets_dir)
+    sync_folder(datasets_dir.parent)
 
 
 def _name_to_keep(
@@ -2124,7 +2163,7 @@ def _keep_old_dataset(
     if data_yaml.is_file():  # ultralytics reads the images from its `path`
         data = yaml.safe_load(data_yaml.read_text()) or {}
         data["path"] = existing.root_path
-        data_yaml.write_text(yaml.safe_dump(data, sort_keys=False))
+        _rewrite_yaml(data_yaml, data)
     session.flush()
 
 
@@ -2196,10 +2235,21 @@ def located_dataset(root_path: str, datasets_dir: Path | None = None) -> Path:
     data = yaml.safe_load(data_yaml.read_text()) or {}
     if data.get("path") != str(here.resolve()):
         data["path"] = str(here.resolve())
-        written = data_yaml.with_name(f".data.yaml.{os.getpid()}.partial")
-        written.write_text(yaml.safe_dump(data, sort_keys=False))
-        written.replace(data_yaml)  # (whole or not at all: a training may be reading it)
+        _rewrite_yaml(data_yaml, data)
     return here
+
+
+def _rewrite_yaml(data_yaml: Path, data: dict[str, object]) -> None:
+    """A dataset's data.yaml rewritten whole or not at all (a training may be reading it), and
+    synced: written in place, a full disk or a power cut left it cut short or empty, and the
+    dataset no longer trained. The partial file is removed where the write fails."""
+    written = data_yaml.with_name(f".data.yaml.{os.getpid()}.partial")
+    try:
+        written.write_text(yaml.safe_dump(data, sort_keys=False))
+        replace_synced(written, data_yaml)
+    except BaseException:
+        written.unlink(missing_ok=True)
+        raise
 
 
 def split_image_paths(root: Path, split: str) -> list[Path]:
