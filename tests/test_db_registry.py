@@ -13,6 +13,7 @@ from db.registry import (
     promote,
     rollback,
 )
+from inspection.errors import UserError
 
 
 def _version(session, name: str) -> ModelVersion:  # type: ignore[no-untyped-def]
@@ -266,3 +267,37 @@ def test_a_registration_stopped_after_its_copy_leaves_no_folder(
         assert get_model_version(session, "stopped").file_path == str(
             (models / "stopped" / "best.pt").resolve()
         )
+
+
+def test_a_registration_whose_copy_fails_its_sync_says_to_check_the_disk(
+    session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """A disk failing the weights' sync (EIO) as a version was registered was told "free space
+    there", which would not help; it now says to check the disk, and nothing is left behind."""
+    import errno
+    import os
+
+    from training.versions import register_model_version
+
+    weights, models = tmp_path / "best.pt", tmp_path / "models"
+    weights.write_bytes(b"the weights")
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", failing)
+    with pytest.raises(UserError) as raised:
+        register_model_version(
+            session,
+            weights,
+            models,
+            name="eio",
+            kind=ModelKind.CLASSIFIER,
+            architecture="defect-cls-x",
+            class_names=["good", "scratch"],
+            image_size=64,
+        )
+    said = str(raised.value)
+    assert "Input/output error; no model version is registered: check its disk and" in said
+    assert "free space" not in said
+    assert list(models.iterdir()) == []

@@ -3,6 +3,7 @@ and hashed, so a version always names exactly the bytes that produced its metric
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from datetime import datetime
@@ -103,9 +104,11 @@ def _copy_weights(weights: Path, target: Path, made: Path | None, models_dir: Pa
             shutil.rmtree(made, ignore_errors=True)
         if not isinstance(exc, OSError):
             raise
+        # (A disk failing the copy's sync, EIO, was told to free space, which would not help.)
+        fix = "free space there" if exc.errno in (errno.ENOSPC, None) else "check its disk"
         raise UserError(
             f"cannot copy the weights {weights} into {target.parent}: {exc.strerror or exc}; no "
-            "model version is registered: free space there and run the same command again"
+            f"model version is registered: {fix} and run the same command again"
         ) from exc
 
 
