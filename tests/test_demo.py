@@ -321,3 +321,34 @@ def test_second_machine_with_its_own_data_folder_judges_with_the_demo(
         here.write_bytes(here.read_bytes() + b"\0")  # not the version's bytes any more
         with pytest.raises(UserError, match="weights of neu-det-demo-v.* are missing"):
             weights_file(version)
+
+
+def test_the_demos_copied_files_are_on_disk_under_their_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The demo's weights and .onnx, copied where a version registered by another station
+    sharing the database names them, were renamed into place unsynced: after a power cut the
+    file could be empty under its name. Its bytes are synced before the rename, its folder's
+    entry after."""
+    import os
+
+    from training.demo import _copy_whole
+
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("no /proc here")
+    source, target = tmp_path / "weights.onnx", tmp_path / "models" / "demo" / "weights.onnx"
+    source.write_bytes(b"an export" * 100)
+    target.parent.mkdir(parents=True)
+    synced: list[tuple[str, bool]] = []  # each path synced, and whether the copy had its name
+    fsync = os.fsync
+
+    def spying(fd: int) -> None:
+        fsync(fd)
+        synced.append((os.readlink(f"/proc/self/fd/{fd}"), target.exists()))
+
+    monkeypatch.setattr(os, "fsync", spying)
+    _copy_whole(source, target)
+    assert target.read_bytes() == source.read_bytes()
+    assert len(synced) == 2
+    assert ".weights.onnx." in synced[0][0] and not synced[0][1]  # the copy, before its rename
+    assert synced[1] == (str(target.parent.resolve()), True)  # its name, after

@@ -17,6 +17,7 @@ from db.models import ModelKind, ModelVersion
 from db.registry import ensure_station, production_model, promote
 from inspection.batch import found_weights, sha256_of
 from inspection.errors import UserError
+from inspection.images import replace_synced
 from training.versions import register_model_version
 
 DEMO_DIR = Path(__file__).resolve().parents[1] / "models" / "neu-det-demo"
@@ -57,11 +58,12 @@ def _users_operating_point(thresholds: dict[str, Any], card: dict[str, Any]) -> 
 
 def _copy_whole(source: Path, target: Path) -> None:
     """Copied under another name and renamed: a copy cut short (a station stopped, two
-    `make run`s at once) is never taken for the file."""
+    `make run`s at once) is never taken for the file. Synced, so that a power cut after the
+    install does not leave the weights a registered version names empty under their name."""
     partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
     try:
         shutil.copyfile(source, partial)
-        os.replace(partial, target)
+        replace_synced(partial, target)
     except OSError as exc:
         # (A full disk left the half copy, under a new name at every try, holding its space.)
         partial.unlink(missing_ok=True)
