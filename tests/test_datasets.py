@@ -119,6 +119,20 @@ def test_existing_name_and_missing_source_are_user_errors(session, tmp_path: Pat
         )
 
 
+@pytest.mark.parametrize("source_format", ["voc", "yolo", "deeppcb"])
+def test_a_file_given_for_a_folder_format_is_said_to_be_a_file(
+    session, tmp_path: Path, source_format: str
+) -> None:  # type: ignore[no-untyped-def]
+    """A regular file given to voc, yolo or deeppcb was said to have no annotations folder, no
+    data.yaml or no boards, as if it were a folder missing them."""
+    given = tmp_path / "labels.zip"
+    given.write_bytes(b"PK")
+    with pytest.raises(UserError) as raised:
+        import_dataset(session, source_format, given, "x", tmp_path / "ds", classes=CLASSES)
+    assert str(raised.value).startswith(f"{given} is a file, not a folder: ")
+    assert not (tmp_path / "ds").exists()
+
+
 @pytest.mark.parametrize("name", ["..", ".", "", "../evil", "a/b", ".hidden", "x" * 101])
 def test_a_name_that_is_not_one_plain_folder_is_refused_and_nothing_is_touched(
     session, tmp_path: Path, name: str

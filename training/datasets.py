@@ -1636,6 +1636,12 @@ def import_dataset(
     mode = src.stat().st_mode
     if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):  # (coco said "[Errno 20] Not a directory")
         raise UserError(f"{src} is not a folder or a file: {file_kind(mode)}")
+    if source_format != "coco" and not stat.S_ISDIR(mode):  # (only COCO's JSON is one file)
+        # (It was said to have no annotations folder, or no data.yaml, as if it were a folder.)
+        raise UserError(
+            f"{src} is a file, not a folder: a {source_format} dataset is a folder; "
+            "give the folder that holds it"
+        )
     check_dataset_name(name)
     existing = session.scalars(select(Dataset).where(Dataset.name == name)).first()
     if existing is not None and not replace:
