@@ -239,6 +239,30 @@ def test_an_import_a_full_disk_stops_registers_nothing_and_leaves_no_half_copy(
     )
 
 
+@pytest.mark.parametrize(
+    ("code", "advice"),
+    [(28, "free space there, or make"), (5, "check its disk, or make"), (13, "): make")],
+)
+def test_an_import_stopped_by_the_disk_says_what_to_do_about_that_error(
+    session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, advice: str
+) -> None:  # type: ignore[no-untyped-def]
+    """Any failure to write was said to be a disk "full or read-only" to free: a disk failing
+    its writes (EIO) says to check the disk now, where freeing space would not help."""
+    import training.datasets as datasets
+
+    write_yolo(tmp_path / "src", n=4)
+
+    def failing(source: Path, target: Path) -> None:
+        raise OSError(code, os.strerror(code), str(target))
+
+    monkeypatch.setattr(datasets, "_place", failing)
+    with pytest.raises(UserError) as stopped:
+        import_dataset(session, "yolo", tmp_path / "src", "y", tmp_path / "ds", classes=CLASSES)
+    said = str(stopped.value)
+    assert advice in said and "DEFECTS_DATA_DIR" in said
+    assert ("free space" in said) == (code == 28)
+
+
 def _spying_on_syncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Each path os.fsync syncs (from any thread), as it was named then, in order."""
     if not Path("/proc/self/fd").is_dir():

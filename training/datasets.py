@@ -54,6 +54,7 @@ from inspection.images import (
     several_frames_reason,
     sync_file,
     sync_folder,
+    write_advice,
 )
 from inspection.settings import get_settings, same_place_under
 from inspection.tiling import TileSpec, judged_in, tile_grid
@@ -1760,8 +1761,9 @@ def write_dataset(
         raise UserError(
             f"dataset {name} not written: {exc.strerror or exc}"
             + (f" ({where})" if where else "")
-            + f"; nothing is registered and dataset {name} is as it was: where the disk of "
-            f"{datasets_dir} is full or read-only, free it and run the same command again"
+            + f"; nothing is registered and dataset {name} is as it was (datasets are written "
+            f"in {datasets_dir}): {write_advice(exc)}make that folder writable or set "
+            "DEFECTS_DATA_DIR to another place, then run the same command again"
         ) from exc
 
 
