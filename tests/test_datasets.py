@@ -263,6 +263,57 @@ def test_an_import_stopped_by_the_disk_says_what_to_do_about_that_error(
     assert ("free space" in said) == (code == 28)
 
 
+@pytest.mark.parametrize("failing", ["_sync_names", "_sync_tree"])
+@pytest.mark.parametrize("trained_on", [False, True])
+def test_an_import_failing_after_its_folders_moved_puts_them_back(
+    session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str, trained_on: bool
+) -> None:  # type: ignore[no-untyped-def]
+    """A failure after the import's folder took its name (a sync failing, EIO), or after the
+    replaced data was moved aside for the model versions trained on it, said "nothing is
+    registered and dataset y is as it was" while the new data was under y and the old one in
+    .y.replaced, or in a y-before-... folder its rolled-back row did not name. Each folder is
+    put back: y holds the old data, and the same import then runs whole."""
+    import errno
+
+    import training.datasets as datasets
+    from db.models import ModelKind, ModelVersion
+
+    write_yolo(tmp_path / "old", n=6)
+    write_yolo(tmp_path / "new", n=4, seed=1)
+    datasets_dir = tmp_path / "ds"
+    first = import_dataset(session, "yolo", tmp_path / "old", "y", datasets_dir, classes=CLASSES)
+    if trained_on:
+        version = ModelVersion(
+            name="v1", kind=ModelKind.DETECTOR, architecture="yolo", file_path="v1.pt"
+        )
+        version.sha256 = "0" * 64
+        version.dataset_id = session.query(Dataset).filter_by(name="y").one().id
+        session.add(version)
+    session.commit()
+    old_yaml = (first.root / "data.yaml").read_text()
+
+    def eio(*args: object) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(datasets, failing, eio)
+    with pytest.raises(UserError) as stopped:
+        import_dataset(
+            session, "yolo", tmp_path / "new", "y", datasets_dir, classes=CLASSES, replace=True
+        )
+    session.rollback()  # (as `defects import` does on an error)
+    assert "nothing is registered and dataset y is as it was" in str(stopped.value)
+    assert sorted(p.name for p in datasets_dir.iterdir()) == ["y"]
+    assert len(list(first.root.glob("images/*/*.png"))) == 6
+    assert (first.root / "data.yaml").read_text() == old_yaml
+    row = session.query(Dataset).filter_by(name="y").one()
+    assert Path(row.root_path) == first.root.resolve() and session.query(Dataset).count() == 1
+    monkeypatch.undo()
+    again = import_dataset(
+        session, "yolo", tmp_path / "new", "y", datasets_dir, classes=CLASSES, replace=True
+    )
+    assert again.n_images == 4 and len(list(first.root.glob("images/*/*.png"))) == 4
+
+
 def _spying_on_syncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Each path os.fsync syncs (from any thread), as it was named then, in order."""
     if not Path("/proc/self/fd").is_dir():

@@ -2055,21 +2055,32 @@ def _write_dataset(
         + f"warnings: {len(warnings)}\n"
         + "".join(f"{issue}\n" for issue in warnings)
     )
-    if kept_as is not None and existing is not None:
-        _keep_old_dataset(session, existing, kept_as[0], root, datasets_dir)
+    replaced = datasets_dir / f".{name}.replaced"
+    moved: list[tuple[Path, Path]] = []  # (where a folder is now, where it was), in order
+    was_named, was_at = (existing.name, existing.root_path) if existing else ("", "")
+    try:
+        if kept_as is not None and existing is not None:
+            _keep_old_dataset(session, existing, kept_as[0], root, datasets_dir, moved)
+        _sync_tree(stage)
+        if root.exists():
+            if replaced.exists():
+                shutil.rmtree(replaced)
+            root.rename(replaced)
+            moved.append((replaced, root))
+        stage.rename(root)
+        moved.append((root, stage))
+        _sync_names(datasets_dir)
+    except OSError as exc:
+        if existing is not None:  # (its row is rolled back with the import's transaction)
+            existing.name, existing.root_path = was_named, was_at
+        _put_back(moved, datasets_dir, name, exc)
+        raise
+    if kept_as is not None:
         existing = None  # the new data is a dataset of its own
-    _sync_tree(stage)
-    if root.exists():
-        replaced = datasets_dir / f".{name}.replaced"
-        if replaced.exists():
-            shutil.rmtree(replaced)
-        root.rename(replaced)
-        stage.rename(root)
-        _sync_names(datasets_dir)
-        shutil.rmtree(replaced)
-    else:
-        stage.rename(root)
-        _sync_names(datasets_dir)
+    if replaced.exists():
+        # (The new data is in place and synced: the old data's removal failing is no reason
+        # to undo it, and the next import removes what is left.)
+        shutil.rmtree(replaced, ignore_errors=True)
     # Tiled: images and boxes are the tiles' (what training reads), good and parts count parts
     # (what calibration and evaluation count).
     keys = ("images", "boxes", "good") + (("parts", "good_tiles") if tile is not None else ())
@@ -2153,10 +2164,44 @@ def _name_to_keep(
     )
 
 
+def _put_back(moved: list[tuple[Path, Path]], datasets_dir: Path, name: str, exc: OSError) -> None:
+    """Each folder an import moved, renamed back, last first, where a step after the first move
+    failed (a sync, EIO): the error said dataset `name` was as it was while the new folder was
+    in its place and the old one aside, under a name no row named. What cannot be put back is
+    said in one line, with where each folder is."""
+    for now, was in reversed(moved):
+        try:
+            now.rename(was)
+            data_yaml = was / "data.yaml"  # (a folder kept aside had its data.yaml name it)
+            data = yaml.safe_load(data_yaml.read_text()) if data_yaml.is_file() else None
+            if isinstance(data, dict) and data.get("path") == str(now.resolve()):
+                data["path"] = str(was.resolve())
+                _rewrite_yaml(data_yaml, data)
+        except (OSError, yaml.YAMLError) as failed:
+            raise UserError(
+                f"dataset {name} not written: {exc.strerror or exc}; nothing is registered, "
+                f"but its folders could not be put back as they were ({failed}): "
+                + ", ".join(f"{n} was {w}" for n, w in moved)
+                + f"; {write_advice(exc)}put them back by hand (and the `path` of their "
+                "data.yaml), then run the same command again"
+            ) from exc
+    try:
+        if moved:
+            _sync_names(datasets_dir)
+    except OSError:
+        pass  # (the disk that failed the import: the names are right until a power cut)
+
+
 def _keep_old_dataset(
-    session: Session, existing: Dataset, kept_name: str, root: Path, datasets_dir: Path
+    session: Session,
+    existing: Dataset,
+    kept_name: str,
+    root: Path,
+    datasets_dir: Path,
+    moved: list[tuple[Path, Path]],
 ) -> None:
-    """Rename a replaced dataset and move its folder aside, so that its model versions keep it."""
+    """Rename a replaced dataset and move its folder aside, so that its model versions keep it;
+    the move is added to `moved`, to be put back where the import fails after it."""
     existing.name = kept_name
     session.flush()  # (before the new dataset takes its name: the name is unique)
     # (Where it is on this machine: a data folder moved since still holds it under `root`.)
@@ -2165,6 +2210,7 @@ def _keep_old_dataset(
     kept_root = datasets_dir / kept_name
     if root.is_dir():
         root.rename(kept_root)
+        moved.append((kept_root, root))
     # (Also where its folder is gone: it must not name the new data's folder.)
     existing.root_path = str(kept_root.resolve())
     data_yaml = kept_root / "data.yaml"
