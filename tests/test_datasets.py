@@ -377,8 +377,11 @@ def test_a_moved_datasets_data_yaml_is_rewritten_whole_and_synced(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(Path, "write_text", full)
-    with pytest.raises(OSError):
+    with pytest.raises(UserError) as raised:  # (it was a bare OSError: a traceback from train)
         located_dataset(str(report.root), tmp_path / "b")
+    said = str(raised.value)
+    assert f"folder is now {moved}" in said and f"make {moved / 'data.yaml'} writable" in said
+    assert "No space left on device; free space there, or make" in said
     assert sorted(p.name for p in moved.iterdir() if p.is_file()) == [
         "data.yaml",
         "import_report.txt",
@@ -390,6 +393,36 @@ def test_a_moved_datasets_data_yaml_is_rewritten_whole_and_synced(
     assert yaml.safe_load((moved / "data.yaml").read_text())["path"] == str(moved.resolve())
     assert any(".data.yaml." in path for path in synced)
     assert str(moved.resolve()) in synced
+
+
+def test_a_replace_stopped_by_a_moved_datasets_data_yaml_leaves_no_copy(
+    session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """A moved dataset's data.yaml that cannot be rewritten stops a --replace in one line once
+    the new copy is written: the copy is removed, as on any other failure."""
+    import errno
+
+    import training.datasets as datasets
+    from db.models import ModelKind, ModelVersion
+
+    write_yolo(tmp_path / "src", n=4)
+    import_dataset(session, "yolo", tmp_path / "src", "y", tmp_path / "a", classes=CLASSES)
+    version = ModelVersion(name="v1", kind=ModelKind.DETECTOR, architecture="yolo")
+    version.file_path, version.sha256 = "v1.pt", "0" * 64
+    version.dataset_id = session.query(Dataset).filter_by(name="y").one().id
+    session.add(version)
+    session.flush()
+    shutil.move(tmp_path / "a", tmp_path / "b")
+
+    def full(*args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(datasets, "_rewrite_yaml", full)
+    with pytest.raises(UserError, match="data.yaml cannot be made to name it"):
+        import_dataset(
+            session, "yolo", tmp_path / "src", "y", tmp_path / "b", classes=CLASSES, replace=True
+        )
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["y"]
 
 
 def test_a_dataset_without_train_or_val_images_is_refused_before_training() -> None:

@@ -1755,8 +1755,13 @@ def write_dataset(
             existing,
             tile,
         )
+    except UserError:
+        # (One said once the copy was written, a moved dataset's data.yaml that could not be
+        # rewritten, left the copy beside the datasets.)
+        _remove_stage(datasets_dir, name)
+        raise
     except OSError as exc:
-        shutil.rmtree(datasets_dir / f".{name}.importing", ignore_errors=True)
+        _remove_stage(datasets_dir, name)
         where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f)
         raise UserError(
             f"dataset {name} not written: {exc.strerror or exc}"
@@ -1765,6 +1770,16 @@ def write_dataset(
             f"in {datasets_dir}): {write_advice(exc)}make that folder writable or set "
             "DEFECTS_DATA_DIR to another place, then run the same command again"
         ) from exc
+
+
+def _remove_stage(datasets_dir: Path, name: str) -> None:
+    """A failed import's half-written copy, removed so as not to hold the disk's space (only
+    under a name that passed the check: another is no folder of the store)."""
+    try:
+        check_dataset_name(name)
+    except UserError:
+        return
+    shutil.rmtree(datasets_dir / f".{name}.importing", ignore_errors=True)
 
 
 def _write_dataset(
@@ -2289,7 +2304,14 @@ def located_dataset(root_path: str, datasets_dir: Path | None = None) -> Path:
     data = yaml.safe_load(data_yaml.read_text()) or {}
     if data.get("path") != str(here.resolve()):
         data["path"] = str(here.resolve())
-        _rewrite_yaml(data_yaml, data)
+        try:
+            _rewrite_yaml(data_yaml, data)
+        except OSError as exc:  # (it was the system's bare error, a traceback from `train`)
+            raise UserError(
+                f"the dataset's folder is now {here} (the data folder moved), but its "
+                f"data.yaml cannot be made to name it: {exc.strerror or exc}; "
+                f"{write_advice(exc)}make {data_yaml} writable, then run the same command again"
+            ) from exc
     return here
 
 
