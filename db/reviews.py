@@ -512,11 +512,14 @@ def add_missed_defect(
     if part.width and part.height and (x1 < 0 or y1 < 0 or x2 > part.width or y2 > part.height):
         raise ValueError(f"the box lies outside the {part.width}x{part.height} image")
     _hold_part(session, part_id)
+    # Only boxes that stand (`standing_defect`): a confirmation its detection's false calls
+    # outvote is neither counted nor exported, so a defect seen there was refused as "drawn on
+    # the part now" and lost. Added, it is the reviewer's own word, as any missed defect is.
     for same in session.scalars(
         select(Review)
         .where(
             Review.part_id == part_id,
-            Review.kind.in_(DEFECT_REVIEWS),
+            standing_defect(),
             Review.class_name == class_name,
             Review.x1.is_not(None),
         )

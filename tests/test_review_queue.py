@@ -703,3 +703,30 @@ def test_two_reviewers_settling_one_dispute_at_once_record_one_word(database_url
         assert len(words) == 3, words
         assert len(refused) == 1 and refused[0].startswith("settled meanwhile (")
         assert decisions(session, inspection.id)[detection].endswith("(2 to 1)")
+
+
+def test_a_missed_defect_over_a_detection_voted_a_false_call_is_recorded_and_counted(
+    database_url: str,
+) -> None:
+    """Bob and Cy marked the part's detection a false call, Ana had confirmed it (1 to 2): Dee,
+    who sees a real defect there, was refused its box as "recorded already ... drawn on the part
+    now", a defect neither counted nor exported. It is a missed defect now, counted as one; a
+    box over a detection that still stands (a tie) is refused as before."""
+    from db.queries import rates
+    from db.reviews import reviewed_parts
+    from db.session import session_scope
+
+    with session_scope(database_url) as session:
+        inspection = _part(session, 1, [0.9])
+        detection = inspection.predictions[0].id
+        confirm_defect(session, detection, "ana")
+        mark_false_call(session, detection, "bob")
+        with pytest.raises(ValueError, match="confirmed by ana"):  # a tie: the defect stands
+            add_missed_defect(session, inspection.part_id, "scratch", (1, 1, 8, 9), "dee")
+        mark_false_call(session, detection, "cy")
+        add_missed_defect(session, inspection.part_id, "scratch", (1, 1, 8, 9), "dee")
+    with session_scope(database_url) as session:
+        (counted,) = rates(session)
+        (truth,) = reviewed_parts(session)
+    assert (counted.n_defective, counted.n_good) == (1, 0)
+    assert truth.defective and truth.boxes == [("scratch", 1.0, 1.0, 8.0, 9.0)]
