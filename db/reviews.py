@@ -618,13 +618,24 @@ def mark_good(session: Session, part_id: int, reviewer: str) -> Review:
     return _add(session, part_id, ReviewKind.GOOD_PART, reviewer)
 
 
+def last_review(session: Session, part_id: int, reviewer: str) -> Review | None:
+    """The reviewer's latest review of the part, where there is one: what "undo" would take
+    back (the Review page offers undo only then; it offered it after the only review was
+    undone, and the click said there was nothing to undo)."""
+    return session.scalars(
+        select(Review)
+        .where(Review.part_id == part_id, Review.reviewer == reviewer.strip())
+        .order_by(Review.id.desc())
+    ).first()
+
+
 def undo_last_review(session: Session, part_id: int, reviewer: str) -> list[Review]:
     """The reviewer's latest review action on the part, deleted (a mis-click is otherwise for
     ever: a wrong "confirm" made the part defective for good); returned as it was. "The others
     are false calls" is one action of many reviews, undone together: undo took back one of
     them and left the rest decided."""
     mine = (Review.part_id == part_id, Review.reviewer == reviewer.strip())
-    review = session.scalars(select(Review).where(*mine).order_by(Review.id.desc())).first()
+    review = last_review(session, part_id, reviewer)
     if review is None:
         raise LookupError(f"{reviewer.strip() or 'nobody'} has no review of part {part_id} to undo")
     undone = [review]

@@ -853,6 +853,24 @@ def test_an_undone_review_shows_its_part_again(production: str, tmp_path: Path) 
     assert any(b.label == "Mark part good" for b in at.button)
 
 
+def test_undo_is_offered_only_while_there_is_a_review_to_undo(
+    production: str, tmp_path: Path
+) -> None:
+    """After Ana undid her only review of a part, "Undo my last review of part N" stayed, and
+    a click on it only warned that she had no review of it to undo."""
+    at = _app().run()
+    at.file_uploader(key="inspect_files").set_value(_png_files(tmp_path, 2, 7)).run()
+    at.switch_page("views/review.py").run()
+    at.text_input(key="reviewer").input("Ana").run()
+    next(b for b in at.button if b.label == "Mark part good").click().run()
+    next(b for b in at.button if b.label.startswith("Undo my last review")).click().run()
+    assert not at.exception, at.exception
+    assert _count(production, Review) == 0
+    assert not any(b.label.startswith("Undo my last review") for b in at.button)
+    at.text_input(key="reviewer").input("Bob").run()  # (nor for another name on this page)
+    assert not any(b.label.startswith("Undo my last review") for b in at.button)
+
+
 def test_a_second_export_of_reviews_is_offered_a_free_name(production: str, tmp_path: Path) -> None:
     """The name offered was always "reviews": every export after the first one was refused,
     "a dataset named 'reviews' already exists", with nothing said of what to do."""

@@ -20,6 +20,7 @@ from db.reviews import (
     decide_the_rest,
     decided_words,
     disputed,
+    last_review,
     mark_false_call,
     mark_good,
     missed_defects,
@@ -56,11 +57,14 @@ else:
     reviewer = st.text_input("Your name", key="reviewer", help="Every review records who made it.")
 
 last = st.session_state.get("review_last_part")  # the part this session reviewed last
-if (
-    last is not None
-    and reviewer.strip()
-    and st.button(f"Undo my last review of part {last}", key=f"undo_{last}")
-):
+if last is not None and reviewer.strip():
+    # Offered only while there is a review of the part to undo: once the only one was undone,
+    # the button stayed, and a click on it only said there was nothing to undo.
+    with session_scope(state.url) as session:
+        undoable = last_review(session, last, reviewer) is not None
+else:
+    undoable = False
+if undoable and st.button(f"Undo my last review of part {last}", key=f"undo_{last}"):
     try:
         with session_scope(state.url) as session:
             undone = undo_last_review(session, last, reviewer)
