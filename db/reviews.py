@@ -629,6 +629,27 @@ def last_review(session: Session, part_id: int, reviewer: str) -> Review | None:
     ).first()
 
 
+def good_marks(session: Session, part_id: int) -> list[Review]:
+    """The part's "marked good" reviews, oldest first: the Review page says who marked it good
+    and when, so a reviewer about to confirm a defect on it knows (it never said)."""
+    return list(
+        session.scalars(
+            select(Review)
+            .where(Review.part_id == part_id, Review.kind == ReviewKind.GOOD_PART)
+            .order_by(Review.id)
+        )
+    )
+
+
+def counted_defective(session: Session, part_id: int) -> bool | None:
+    """What the rates and the export count the part as (`truth_subquery`): defective, good,
+    or None while reviewers have not given its truth. Asked of the same query, so that what
+    the Review page says of a part marked good agrees with what is counted."""
+    truth = truth_subquery()
+    defective = session.scalar(select(truth.c.defective).where(truth.c.part_id == part_id))
+    return None if defective is None else bool(defective)
+
+
 def undo_last_review(session: Session, part_id: int, reviewer: str) -> list[Review]:
     """The reviewer's latest review action on the part, deleted (a mis-click is otherwise for
     ever: a wrong "confirm" made the part defective for good); returned as it was. "The others

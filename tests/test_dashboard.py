@@ -574,6 +574,37 @@ def test_a_defect_missed_on_a_part_just_finished_can_still_be_added(
     assert truth[first].complete and len(truth[first].boxes) == 2
 
 
+def test_a_part_marked_good_says_by_whom_and_what_it_counts_as(
+    production: str, tmp_path: Path
+) -> None:
+    """The page never said a part was marked good: a reviewer about to confirm a defect on it
+    was not told, and the rates then counted it defective. It says who marked it good and
+    when, and what the rates count it as, before and after a defect is confirmed on it."""
+    at = _two_failed_parts_on_review(production, tmp_path)
+    first = at.selectbox(key="review_part").value
+    next(b for b in at.button if b.label == "Mark part good").click().run()
+    at.selectbox(key="review_part").set_value(first).run()
+    assert not at.exception, at.exception
+    assert any(
+        i.value.startswith(plain("Marked good by Ana (")) and "counted good" in i.value
+        for i in at.info
+    )
+    with session_scope(production) as session:
+        (before,) = rates(session)
+    assert (before.n_defective, before.n_good) == (0, 1)
+    at.text_input(key="reviewer").input("Bob").run()
+    next(b for b in at.button if b.label == "Confirm defect").click().run()
+    at.selectbox(key="review_part").set_value(first).run()
+    assert not at.exception, at.exception
+    assert any(
+        w.value.startswith(plain("Marked good by Ana (")) and "count the part defective" in w.value
+        for w in at.warning
+    )
+    with session_scope(production) as session:
+        (after,) = rates(session)
+    assert (after.n_defective, after.n_good) == (1, 0)
+
+
 def test_a_reviewer_adds_a_new_defect_type_and_the_next_one_picks_it(
     production: str, tmp_path: Path
 ) -> None:

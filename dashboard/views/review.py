@@ -10,16 +10,18 @@ from sqlalchemy import select
 from dashboard.auth import current_access
 from dashboard.charts import SHOWN_SIDE, ShownBox, review_figure, selected_box
 from dashboard.drawing import DrawnBox, class_colour, close_up, label_markdown, unshown_image
-from dashboard.state import database_ready, detector_info, flash
+from dashboard.state import database_ready, detector_info, flash, local_time, zone_label
 from dashboard.text import plain
 from db.models import Inspection, ModelVersion, Part, ReviewKind, Verdict
 from db.reviews import (
     ReviewRecorded,
     add_missed_defect,
     confirm_defect,
+    counted_defective,
     decide_the_rest,
     decided_words,
     disputed,
+    good_marks,
     last_review,
     mark_false_call,
     mark_good,
@@ -197,6 +199,11 @@ else:
             (r.class_name or "defect", r.reviewer, (r.x1, r.y1, r.x2, r.y2))
             for r in missed_defects(session, part.id)
         ]
+        marked_good = [
+            f"{r.reviewer} ({local_time(r.created_at):%Y-%m-%d %H:%M})"
+            for r in good_marks(session, part.id)
+        ]
+        counted_as = counted_defective(session, part.id) if marked_good else None
         left_out = left_out_note(inspection.boxes_left_out)
         detector = (
             session.get(ModelVersion, inspection.model_version_id)
@@ -338,6 +345,24 @@ else:
         # off (another part can still be picked), and each button says why.
         blocked = not reviewer.strip() or bool(unseen)
         why = "Decided only by looking at the part, and its image is not shown." if unseen else None
+        if marked_good:
+            # Said before the detections' buttons: a reviewer about to confirm a defect on a
+            # part marked good was not told, and the rates then counted it defective.
+            by = f"Marked good by {', '.join(marked_good)}, {zone_label()}"
+            if counted_as:
+                st.warning(
+                    plain(
+                        f"{by}; a defect confirmed or added on it stands, so the rates and the "
+                        "export count the part defective."
+                    )
+                )
+            else:
+                st.info(
+                    plain(
+                        f"{by}: counted good. Confirming a defect or adding a missed one makes "
+                        "it count defective."
+                    )
+                )
         for i, (prediction_id, class_name, confidence, counted, _) in enumerate(predictions):
             st.markdown(
                 # (Three decimals: at a threshold of 0.111, a counted 0.112 and a 0.109 below
