@@ -429,6 +429,17 @@ def write_advice(exc: OSError) -> str:
     return ""
 
 
+def write_fix(exc: OSError) -> str:
+    """What to do about a folder that could not be written, to go before "and run ... again":
+    free space only where the disk is full; a folder not writable (EACCES, EROFS) or a disk
+    failing its writes (EIO) was told to free space too, which would not help either."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, None):
+        return "free space there"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "make it writable for this user"
+    return "check its disk"
+
+
 def sync_file(path: Path) -> None:
     """The file's bytes to disk (a descriptor read-only serves: fsync flushes the file)."""
     handle = os.open(path, os.O_RDONLY)

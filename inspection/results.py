@@ -49,7 +49,7 @@ from typing import Any, Protocol
 
 from inspection.engine import PartResult
 from inspection.errors import UserError
-from inspection.images import sync_folder
+from inspection.images import sync_folder, write_fix
 
 logger = logging.getLogger(__name__)
 
@@ -398,7 +398,7 @@ class ResultsFeed:
         except OSError as exc:
             raise UserError(
                 f"cannot write the results feed {self.path}: {exc.strerror or exc}; the "
-                "verdicts so far are recorded in the database: free space there and run the "
+                f"verdicts so far are recorded in the database: {write_fix(exc)} and run the "
                 "same command again to resume"
             ) from exc
 

@@ -301,3 +301,36 @@ def test_a_registration_whose_copy_fails_its_sync_says_to_check_the_disk(
     assert "Input/output error; no model version is registered: check its disk and" in said
     assert "free space" not in said
     assert list(models.iterdir()) == []
+
+
+def test_a_registration_into_a_folder_not_writable_says_to_make_it_writable(
+    session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """A model store this user cannot write (EACCES) was told "check its disk", where the
+    disk is fine: it says to make the folder writable."""
+    import errno
+    import shutil
+
+    from training.versions import register_model_version
+
+    weights, models = tmp_path / "best.pt", tmp_path / "models"
+    weights.write_bytes(b"the weights")
+
+    def refused(src: Path, dst: Path) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(shutil, "copy2", refused)
+    with pytest.raises(UserError) as raised:
+        register_model_version(
+            session,
+            weights,
+            models,
+            name="eacces",
+            kind=ModelKind.CLASSIFIER,
+            architecture="defect-cls-x",
+            class_names=["good", "scratch"],
+            image_size=64,
+        )
+    said = str(raised.value)
+    assert "no model version is registered: make it writable for this user and" in said
+    assert list(models.iterdir()) == []

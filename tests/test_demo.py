@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -352,3 +354,34 @@ def test_the_demos_copied_files_are_on_disk_under_their_names(
     assert len(synced) == 2
     assert ".weights.onnx." in synced[0][0] and not synced[0][1]  # the copy, before its rename
     assert synced[1] == (str(target.parent.resolve()), True)  # its name, after
+
+
+@pytest.mark.parametrize(
+    ("code", "fix"),
+    [
+        (errno.ENOSPC, "free space there"),
+        (errno.EIO, "check its disk"),
+        (errno.EACCES, "make it writable for this user"),
+    ],
+)
+def test_a_demo_copy_that_fails_says_what_would_help(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, fix: str
+) -> None:
+    """A demo's copy into the model store failing on a failing disk (EIO) or a folder not
+    writable (EACCES) was told "free space there", which would not help; only a full disk is."""
+    from inspection.errors import UserError
+    from training.demo import _copy_whole
+
+    source, target = tmp_path / "weights.pt", tmp_path / "models" / "demo" / "weights.pt"
+    source.write_bytes(b"weights")
+    target.parent.mkdir(parents=True)
+
+    def failing(src: Path, dst: Path) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(shutil, "copyfile", failing)
+    with pytest.raises(UserError) as raised:
+        _copy_whole(source, target)
+    said = str(raised.value)
+    assert f"{os.strerror(code)}; {fix} and run the same command again" in said
+    assert list(target.parent.iterdir()) == []

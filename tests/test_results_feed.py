@@ -4,6 +4,7 @@ reject gate or an MES to follow."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -732,3 +733,26 @@ def test_a_line_a_full_disk_cut_short_is_ended_before_the_next_runs_lines(
         ("p0003.png", 2, 1),
         ("p0005.png", 3, 1),
     ]
+
+
+@pytest.mark.parametrize(
+    ("code", "fix"),
+    [(errno.EIO, "check its disk"), (errno.EACCES, "make it writable for this user")],
+)
+def test_a_feed_whose_write_fails_not_for_space_says_what_would_help(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, fix: str
+) -> None:
+    """A feed's write failing on a failing disk (EIO) or a permission (EACCES) was told "free
+    space there", which would not help; it says what would."""
+    feed = ResultsFeed(tmp_path / "feed.jsonl")
+
+    def failing(fd: int, data: bytes) -> int:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "write", failing)
+    with pytest.raises(UserError) as raised:
+        feed.write(_part(1), "L", "S", 1)
+    feed.close()
+    said = str(raised.value)
+    assert f"{os.strerror(code)}; the verdicts so far" in said and f": {fix} and run" in said
+    assert "free space" not in said

@@ -17,7 +17,7 @@ from db.models import ModelKind, ModelVersion
 from db.registry import ensure_station, production_model, promote
 from inspection.batch import found_weights, sha256_of
 from inspection.errors import UserError
-from inspection.images import replace_synced
+from inspection.images import replace_synced, write_fix
 from training.versions import register_model_version
 
 DEMO_DIR = Path(__file__).resolve().parents[1] / "models" / "neu-det-demo"
@@ -69,7 +69,7 @@ def _copy_whole(source: Path, target: Path) -> None:
         partial.unlink(missing_ok=True)
         raise UserError(
             f"cannot copy the demo's {source.name} into {target.parent}: "
-            f"{exc.strerror or exc}; free space there and run the same command again"
+            f"{exc.strerror or exc}; {write_fix(exc)} and run the same command again"
         ) from exc
 
 

@@ -3,7 +3,6 @@ and hashed, so a version always names exactly the bytes that produced its metric
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 from datetime import datetime
@@ -18,7 +17,7 @@ from db.registry import named_version
 from db.session import session_scope
 from inspection.batch import found_weights, sha256_of, weights_there
 from inspection.errors import UserError
-from inspection.images import replace_synced
+from inspection.images import replace_synced, write_fix
 from training.datasets import check_folder_name
 
 DEFAULT_CONFIDENCE = 0.25
@@ -104,11 +103,9 @@ def _copy_weights(weights: Path, target: Path, made: Path | None, models_dir: Pa
             shutil.rmtree(made, ignore_errors=True)
         if not isinstance(exc, OSError):
             raise
-        # (A disk failing the copy's sync, EIO, was told to free space, which would not help.)
-        fix = "free space there" if exc.errno in (errno.ENOSPC, None) else "check its disk"
         raise UserError(
             f"cannot copy the weights {weights} into {target.parent}: {exc.strerror or exc}; no "
-            f"model version is registered: {fix} and run the same command again"
+            f"model version is registered: {write_fix(exc)} and run the same command again"
         ) from exc
 
 
