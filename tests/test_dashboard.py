@@ -3729,6 +3729,31 @@ def test_a_class_switched_on_again_at_the_top_of_its_slider_is_refused(productio
     assert _thresholds(production)["per_class"][off] == pytest.approx(0.4)
 
 
+def test_a_slider_moved_to_one_is_refused_until_set_lower_or_switched_off(production: str) -> None:
+    """In a browser a form's sliders rerun the page only with its submit: a class moved to
+    1.000 and saved was stored so, its warning shown with the save, the class failing almost no
+    part. Nothing is stored until its slider is set lower or its box ticked."""
+    from training.calibrate import CLASS_OFF, store_operating_point
+
+    moved, other = CLASSES[0], CLASSES[1]
+    store_operating_point(production, "tiny", {"default": 0.25, "per_class": {}})
+    before = _thresholds(production)
+    at = _app().run()
+    at.switch_page("views/settings.py").run()
+    next(s for s in at.slider if s.label == moved).set_value(1.0)
+    next(s for s in at.slider if s.label == other).set_value(0.3)
+    next(b for b in at.button if b.label == "Save thresholds").click().run()
+    assert not at.exception, at.exception
+    assert not at.success
+    assert at.error[0].value.startswith(f"{moved}: at 1.000 a class fails almost no part")
+    assert "(nothing was stored)" in at.error[0].value
+    assert _thresholds(production) == before
+    next(c for c in at.checkbox if c.key.endswith(f"_{moved}")).check()
+    next(b for b in at.button if b.label == "Save thresholds").click().run()
+    assert "Saved" in at.success[0].value
+    assert _thresholds(production)["per_class"] == {moved: CLASS_OFF, other: 0.3}
+
+
 def test_a_class_stored_at_one_says_it_fails_almost_no_part_and_is_kept(production: str) -> None:
     """A class stored at 1.0 (saved so by an earlier release, switched on again at the top of
     its slider) showed as on, its box unticked, with no word that stations count a detection

@@ -162,11 +162,13 @@ else:
             thresholds = set_by_hand(info.thresholds, edited)  # (no longer the calibrated point)
             # A class whose box was unticked keeps its slider at the top: saved, it read as on
             # while 1.000 is a confidence almost no detection reaches, so it failed no part.
-            # (Only where it was off: a class stored at 1.0 already is left for its owner.)
+            # A slider moved up to 1.0 is refused so too: in a browser the form's warning comes
+            # only with the submit, and the save went through with it, the class off unsaid.
+            # (A class stored at 1.0 already is left for its owner.)
             on_at_top = [
                 name
                 for name, value in edited.items()
-                if 1.0 <= value < CLASS_OFF and effective[name] > 1.0
+                if 1.0 <= value < CLASS_OFF and effective[name] != 1.0
             ]
             if rendered == (info.id, stamp) and on_at_top:
                 st.error(
