@@ -564,6 +564,53 @@ def test_model_names_are_listed_whole_at_80_columns_and_as_json(tmp_path: Path) 
     assert rows[0]["notes"] == "distilled with cwd" and rows[0]["dataset"] is None
 
 
+def test_models_list_says_old_folders_no_version_names_and_how_to_remove_them(
+    tmp_path: Path,
+) -> None:
+    """A registration killed between the weights' copy and its commit left a folder in the
+    model store that no version names, holding a copy of the weights, said nowhere. The list
+    names such a folder, unchanged for over an hour, with how to remove it; a fresh one (a
+    registration in progress on another station) and a version's own folder are not said."""
+    import json
+    import os
+    import time
+
+    from db.migrate import upgrade
+    from db.models import ModelKind, ModelVersion
+    from db.session import session_scope
+    from inspection.settings import get_settings
+
+    url = get_settings().resolved_database_url
+    upgrade(url)
+    models = get_settings().models_dir
+    hour_ago = time.time() - 2 * 3600
+    for name in ("kept-v1", "defect-yolo-n-20261127-004820", "defect-yolo-n-20261127-101500"):
+        (models / name).mkdir(parents=True)
+        (models / name / "best.pt").write_bytes(b"weights")
+        if name != "defect-yolo-n-20261127-101500":  # (that one: being registered now)
+            os.utime(models / name / "best.pt", (hour_ago, hour_ago))
+            os.utime(models / name, (hour_ago, hour_ago))
+    with session_scope(url) as session:
+        session.add(
+            ModelVersion(
+                name="kept-v1",
+                kind=ModelKind.DETECTOR,
+                architecture="defect-yolo-n",
+                file_path=str(models / "kept-v1" / "best.pt"),
+                sha256="0" * 64,
+            )
+        )
+    listed = _cli(["models", "list"], tmp_path / "data")
+    assert listed.returncode == 0, listed.stderr
+    said = " ".join(listed.stdout.split())
+    assert f"1 folder in {models} that no model version names, unchanged for over 1 hour" in said, (
+        said
+    )
+    assert f"remove it with `rm -r {models / 'defect-yolo-n-20261127-004820'}`" in said
+    assert "20261127-101500" not in said
+    assert json.loads(_cli(["models", "list", "--json"], tmp_path / "data").stdout)[0]["name"]
+
+
 def test_models_jobs_gives_the_training_jobs_in_json_and_models_list_in_its_table(
     tmp_path: Path,
 ) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import shlex
 import signal
 import sys
 from enum import StrEnum
@@ -38,6 +39,8 @@ from inspection.settings import get_settings
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    from sqlalchemy.orm import Session
 
     from db.queries import StationActivity
     from inspection.engine import TileChoice
@@ -187,8 +190,30 @@ def models_list(
                 for v in versions
             ]
             _print_unbroken(Table(*headers), rows_shown, whole=(1, 3))
+        _say_unnamed_folders(session)
     if jobs:  # (a first training, running, has no version yet: its job is shown all the same)
         _print_jobs(jobs)
+
+
+def _say_unnamed_folders(session: Session) -> None:
+    """Folders in the model store that no version names, with how to remove them: left by a
+    registration killed before its commit, they held a copy of the weights, said nowhere."""
+    from training.versions import UNNAMED_FOLDER_AGE, unnamed_version_folders
+
+    models_dir = get_settings().models_dir
+    left = unnamed_version_folders(session, models_dir)
+    if not left:
+        return
+    hours = UNNAMED_FOLDER_AGE.total_seconds() / 3600
+    many = len(left) > 1
+    console.print(
+        f"{len(left)} folder{'s' if many else ''} in {models_dir} that no model version names, "
+        f"unchanged for over {hours:g} hour{'s' if hours != 1 else ''} (left by a registration "
+        f"stopped before it was recorded): {', '.join(f.name for f in left)}; nothing uses "
+        f"{'them' if many else 'it'}: remove {'them' if many else 'it'} with "
+        f"`rm -r {' '.join(shlex.quote(str(f)) for f in left)}`",
+        markup=False,
+    )
 
 
 @models_app.command("jobs")

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from datetime import datetime
+import time
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,40 @@ def _removed_unless_committed(session: Session, folder: Path) -> None:
 
     event.listen(session, "after_commit", committed)
     event.listen(session, "after_soft_rollback", rolled_back)
+
+
+# How long a folder under the model store that no version names is left alone before it is
+# said to be a leftover: a registration copies and records its weights within seconds to
+# minutes, and one in progress on another station sharing the store must never be removed.
+UNNAMED_FOLDER_AGE = timedelta(hours=1)
+
+
+def unnamed_version_folders(
+    session: Session, models_dir: Path, older_than: timedelta = UNNAMED_FOLDER_AGE
+) -> list[Path]:
+    """The folders in the model store that no model version names, none of them changed in
+    `older_than`: a registration killed (kill -9, a power cut) between the weights' copy and
+    the database commit left one, a copy of the weights holding the space, said nowhere."""
+    if not models_dir.is_dir():
+        return []
+    names = set(session.scalars(select(ModelVersion.name)))
+    used = {Path(p).parent for p in session.scalars(select(ModelVersion.file_path))}
+    before = time.time() - older_than.total_seconds()
+    left = []
+    for folder in sorted(models_dir.iterdir()):
+        if folder.name.startswith(".") or not folder.is_dir() or folder.is_symlink():
+            continue
+        if folder.name in names or folder.resolve() in used or folder in used:
+            continue
+        try:
+            changed = max(
+                [folder.stat().st_mtime, *(entry.stat().st_mtime for entry in folder.iterdir())]
+            )
+        except OSError:
+            continue  # (removed meanwhile, or unreadable: not said to be removable)
+        if changed < before:
+            left.append(folder)
+    return left
 
 
 def register_model_version(
