@@ -2326,6 +2326,27 @@ def test_the_backtest_offers_no_classifier(
     assert any("No candidate detectors to backtest" in c.value for c in at.caption)
 
 
+def test_the_models_page_says_old_folders_no_version_names(production: str) -> None:
+    """A registration killed before its commit left a folder in the model store that no
+    version names, said nowhere: the page names it once unchanged for over an hour."""
+    import os
+    import time
+
+    models = get_settings().models_dir
+    left = models / "defect-yolo-n-20261127-004820"
+    left.mkdir()
+    (left / "best.pt").write_bytes(b"weights")
+    at = _app().switch_page("views/models.py").run()
+    assert not at.exception, at.exception
+    assert not any("no model version names" in w.value for w in at.warning)
+    hours_ago = time.time() - 2 * 3600
+    os.utime(left / "best.pt", (hours_ago, hours_ago))
+    os.utime(left, (hours_ago, hours_ago))
+    at = _app().switch_page("views/models.py").run()
+    said = [w.value for w in at.warning if "no model version names" in w.value]
+    assert said and said[0].startswith("1 folder in ") and plain(left.name) in said[0], said
+
+
 def test_a_backtest_says_which_reviewed_parts_it_could_not_read(
     production: str, trained: Trained, tmp_path: Path
 ) -> None:

@@ -24,6 +24,7 @@ from db.registry import (
 )
 from db.session import session_scope
 from inspection.errors import UserError
+from inspection.settings import get_settings
 from training.backtest import backtest, recorded_rates
 from training.datasets import check_trainable, dataset_yaml
 from training.jobs import (
@@ -35,7 +36,7 @@ from training.jobs import (
     start_detector_training,
 )
 from training.train_detector import refuse_other_classes
-from training.versions import promotion_warnings
+from training.versions import promotion_warnings, unnamed_version_folders
 
 
 class JobRow(NamedTuple):
@@ -66,6 +67,9 @@ st.title("Models")
 engineers_only(state.url, "Models")
 with session_scope(state.url) as session:
     versions = session.scalars(select(ModelVersion).order_by(ModelVersion.created_at.desc())).all()
+    # (Left by a registration killed before its commit: a copy of weights said nowhere.)
+    models_dir = get_settings().models_dir
+    unnamed = unnamed_version_folders(session, models_dir)
     rows = [
         {
             "name": v.name,
@@ -126,6 +130,14 @@ if not rows:
     )
 else:
     st.dataframe(pd.DataFrame(rows), hide_index=True)
+if unnamed:
+    st.warning(
+        f"{len(unnamed)} folder{'s' if len(unnamed) > 1 else ''} in {plain(str(models_dir))} "
+        "that no model version names, unchanged for over an hour (left by a registration "
+        f"stopped before it was recorded): {plain(', '.join(f.name for f in unnamed))}. "
+        f"Nothing uses {'them' if len(unnamed) > 1 else 'it'}: `defects models list` gives "
+        "the command that removes them."
+    )
 
 st.subheader("Promote or roll back")
 if detectors:
