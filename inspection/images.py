@@ -409,12 +409,12 @@ def store_image(
 
 
 def store_error(images_dir: Path, exc: OSError) -> StorageError:
-    """The store's failure in one line: a full disk says to free space; another (a disk failing
-    its writes or syncs, EIO) says to look at the disk, where freeing space would not help."""
-    fix = "free space there" if exc.errno in (errno.ENOSPC, None) else "check its disk"
+    """The store's failure in one line: a full disk says to free space; a disk failing its
+    writes or syncs (EIO) to look at the disk, and a store this user cannot write (EACCES) to
+    make it writable, where freeing space (or the disk) would not help (`write_fix`)."""
     return StorageError(
         f"cannot keep the parts' images in the image store {images_dir}: "
-        f"{exc.strerror or exc}; {fix} (or set DEFECTS_DATA_DIR)"
+        f"{exc.strerror or exc}; {write_fix(exc)} (or set DEFECTS_DATA_DIR)"
     )
 
 

@@ -3313,3 +3313,24 @@ def test_an_image_a_power_cut_left_empty_is_written_again_when_its_part_comes_ba
     assert store_image(tmp_path, "ab" * 32, "part.png", b"the part's bytes") == emptied
     assert emptied.read_bytes() == b"the part's bytes"
     assert not list(tmp_path.rglob("*.partial"))
+
+
+def test_an_image_store_not_writable_says_to_make_it_writable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An image store this user cannot write (EACCES) was told to "check its disk", where the
+    disk is fine: it says to make the store writable."""
+    import errno
+
+    from inspection.errors import StorageError
+    from inspection.images import store_image
+
+    def refused(self: Path, target: Path) -> Path:
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(Path, "replace", refused)
+    with pytest.raises(StorageError) as raised:
+        store_image(tmp_path / "store", "ab" * 32, "part.png", b"an image")
+    said = str(raised.value)
+    assert "Permission denied; make it writable for this user (or set DEFECTS_DATA_DIR)" in said
+    assert not list((tmp_path / "store").rglob("*.partial"))
