@@ -35,6 +35,18 @@ POSTGRES_URL = os.environ.get("DEFECTS_TEST_POSTGRES_URL")
 DATABASE_BACKENDS = ["sqlite"] + (["postgresql"] if POSTGRES_URL else [])
 
 
+@pytest.fixture
+def ctrl_c_raises() -> Iterator[None]:
+    """SIGINT raising KeyboardInterrupt, as a terminal's foreground job gets it, for a test that
+    sends one to this process: a suite started as a shell's background job (a CI script run
+    with `&`) inherits SIGINT ignored, and the Ctrl-C it tests never came."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Each test gets its own data directory and SQLite database."""

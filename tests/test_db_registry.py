@@ -224,6 +224,7 @@ def test_a_rollback_puts_back_the_version_replaced_last_whatever_the_machines_cl
 
 
 @pytest.mark.parametrize("stopped", ["while hashing the copy", "before the commit"])
+@pytest.mark.usefixtures("ctrl_c_raises")
 def test_a_registration_stopped_after_its_copy_leaves_no_folder(
     database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stopped: str
 ) -> None:

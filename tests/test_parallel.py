@@ -570,6 +570,7 @@ def test_a_stop_the_workers_did_not_hear_leaves_the_parts_still_dealt_to_them(
     assert 0 < written < 2 * QUEUE_PER_WORKER
 
 
+@pytest.mark.usefixtures("ctrl_c_raises")
 def test_a_ctrl_c_landing_in_a_workers_message_waits_for_its_end(
     detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -600,14 +601,9 @@ def test_a_ctrl_c_landing_in_a_workers_message_waits_for_its_end(
         return message
 
     monkeypatch.setattr(parallel, "_take_in", landing_in_a_message)
-    # (Ctrl-C as a terminal's foreground job gets it: a shell's background job ignores SIGINT.)
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            job.run(items)
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # (given back)
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    with pytest.raises(KeyboardInterrupt):
+        job.run(items)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # (given back)
     assert cut_short == [""]
     assert job.summary.inspected == _count_inspections(detector) > 0
     assert [process.exitcode for process in job.processes] == [0, 0]
