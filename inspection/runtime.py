@@ -21,19 +21,24 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import NoReturn
 
 
-class _TorchvisionImportHook(importlib.abc.MetaPathFinder):
-    """Readies torch for torchvision when torchvision is first imported, from wherever
-    (ultralytics imports it too): the NMS fallback needs torch, a second or more to import,
-    which a command that never touches a model (`defects status`, `db`, `models`) and a
-    parallel run's dealing process do without."""
+class _FirstImportHook(importlib.abc.MetaPathFinder):
+    """Work of ours around a package's first import, from wherever it comes: the spec the other
+    finders give, its loader wrapped so that `around` runs the package's own loading; the hook
+    goes once `around` has run. `ready` is asked first: False leaves the import as it is."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        name: str,
+        around: Callable[[Callable[[], None]], None],
+        ready: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.name, self.around, self.ready = name, around, ready
         self._busy = False
 
     def find_spec(
@@ -42,17 +47,14 @@ class _TorchvisionImportHook(importlib.abc.MetaPathFinder):
         path: Sequence[str] | None = None,
         target: ModuleType | None = None,
     ) -> importlib.machinery.ModuleSpec | None:
-        if name != "torchvision" or self._busy:  # (the probe below looks for it too)
+        if name != self.name or self._busy:  # (`ready` may look for the package too)
             return None
         self._busy = True
         try:
-            from inspection import nms_fallback
-
-            if not nms_fallback.define_ops():
-                _remove_hook()  # torchvision's own ops load: the usual finders do the rest
+            if not self.ready():
+                self.remove()  # the usual finders do the rest
                 return None
-            # The spec the other finders give, its loader followed by the fallback's last
-            # step; the hook stays until that step has run (a find_spec alone imports nothing).
+            # (A find_spec alone imports nothing: the hook stays until the loader has run.)
             for finder in sys.meta_path:
                 find = getattr(finder, "find_spec", None)
                 if finder is self or find is None:
@@ -60,47 +62,68 @@ class _TorchvisionImportHook(importlib.abc.MetaPathFinder):
                 spec = find(name, path, target)
                 if spec is not None:
                     if spec.loader is not None:
-                        spec.loader = _ThenLetDispatch(spec.loader)
+                        spec.loader = _LoadedAround(spec.loader, self)
                     return spec
             return None
         finally:
             self._busy = False
 
+    def remove(self) -> None:
+        sys.meta_path[:] = [finder for finder in sys.meta_path if finder is not self]
 
-class _ThenLetDispatch(importlib.abc.Loader):
-    """torchvision's own loader, then the fallback's last step once the package is loaded."""
 
-    def __init__(self, loader: importlib.abc.Loader) -> None:
-        self._loader = loader
+class _LoadedAround(importlib.abc.Loader):
+    """A package's own loader, run inside its hook's `around`."""
+
+    def __init__(self, loader: importlib.abc.Loader, hook: _FirstImportHook) -> None:
+        self._loader, self._hook = loader, hook
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
         return self._loader.create_module(spec)
 
     def exec_module(self, module: ModuleType) -> None:
-        self._loader.exec_module(module)
-        from inspection import nms_fallback
-
-        nms_fallback.let_torchvision_dispatch()
-        _remove_hook()
+        self._hook.around(lambda: self._loader.exec_module(module))
+        self._hook.remove()
 
     def __getattr__(self, name: str) -> object:  # resources, source, code: the loader's own
         return getattr(self._loader, name)
 
 
-def _remove_hook() -> None:
-    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _TorchvisionImportHook)]
+def _hook_first_import(name: str, hook: _FirstImportHook) -> None:
+    """`hook` in place for `name`'s first import, unless it is imported or hooked already."""
+    if name in sys.modules:
+        return
+    if not any(isinstance(f, _FirstImportHook) and f.name == name for f in sys.meta_path):
+        sys.meta_path.insert(0, hook)
+
+
+def _torchvision_ready() -> bool:
+    """Whether torchvision needs the NMS fallback (registered now, where it does). Done at
+    its first import, from wherever (ultralytics imports it too): the fallback needs torch, a
+    second or more to import, which a command that never touches a model (`defects status`,
+    `db`, `models`) and a parallel run's dealing process do without."""
+    from inspection import nms_fallback
+
+    return nms_fallback.define_ops()
+
+
+def _then_let_dispatch(load: Callable[[], None]) -> None:
+    """torchvision's own loading, then the fallback's last step once the package is loaded."""
+    load()
+    from inspection import nms_fallback
+
+    nms_fallback.let_torchvision_dispatch()
 
 
 def ensure_torchvision_ops() -> None:
     """See that torchvision imports on this machine: at its first import, or now where it is
     imported already (it then loaded, its ops or the fallback's)."""
-    if "torchvision" in sys.modules:
-        return
-    if not any(isinstance(finder, _TorchvisionImportHook) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _TorchvisionImportHook())
+    _hook_first_import(
+        "torchvision", _FirstImportHook("torchvision", _then_let_dispatch, _torchvision_ready)
+    )
 
 
-class _UltralyticsImportHook(importlib.abc.MetaPathFinder):
+def _threads_variable_kept(load: Callable[[], None]) -> None:
     """ultralytics' import sets OMP_NUM_THREADS=1 in os.environ where it is unset ("reduced
     CPU utilization during training"): every process started after it inherited the variable
     (a training the Models page starts, a batch's workers, the engine's decoding processes)
@@ -108,68 +131,21 @@ class _UltralyticsImportHook(importlib.abc.MetaPathFinder):
     against 2 on a 2-core station), as did this process where ultralytics imported torch.
     The variable is put back as it was once ultralytics is imported, and torch is imported
     just before it, so that its OpenMP reads the variable as it was too."""
+    import torch  # noqa: F401 - ultralytics imports it at once: here, before the variable is set
 
-    def __init__(self) -> None:
-        self._busy = False
-
-    def find_spec(
-        self,
-        name: str,
-        path: Sequence[str] | None = None,
-        target: ModuleType | None = None,
-    ) -> importlib.machinery.ModuleSpec | None:
-        if name != "ultralytics" or self._busy:
-            return None
-        self._busy = True
-        try:
-            for finder in sys.meta_path:
-                find = getattr(finder, "find_spec", None)
-                if finder is self or find is None:
-                    continue
-                spec = find(name, path, target)
-                if spec is not None:
-                    if spec.loader is not None:
-                        spec.loader = _ThreadsVariableKept(spec.loader)
-                    return spec
-            return None
-        finally:
-            self._busy = False
-
-
-class _ThreadsVariableKept(importlib.abc.Loader):
-    """ultralytics' own loader, OMP_NUM_THREADS as it was before and after it."""
-
-    def __init__(self, loader: importlib.abc.Loader) -> None:
-        self._loader = loader
-
-    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
-        return self._loader.create_module(spec)
-
-    def exec_module(self, module: ModuleType) -> None:
-        import torch  # noqa: F401 - ultralytics imports it at once: here, before the variable is set
-
-        before = os.environ.get("OMP_NUM_THREADS")
-        try:
-            self._loader.exec_module(module)
-        finally:
-            if before is None:
-                os.environ.pop("OMP_NUM_THREADS", None)
-            else:
-                os.environ["OMP_NUM_THREADS"] = before
-            sys.meta_path[:] = [
-                f for f in sys.meta_path if not isinstance(f, _UltralyticsImportHook)
-            ]
-
-    def __getattr__(self, name: str) -> object:  # resources, source, code: the loader's own
-        return getattr(self._loader, name)
+    before = os.environ.get("OMP_NUM_THREADS")
+    try:
+        load()
+    finally:
+        if before is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = before
 
 
 def keep_threads_variable() -> None:
     """See that importing ultralytics leaves OMP_NUM_THREADS as it finds it."""
-    if "ultralytics" in sys.modules:
-        return
-    if not any(isinstance(finder, _UltralyticsImportHook) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _UltralyticsImportHook())
+    _hook_first_import("ultralytics", _FirstImportHook("ultralytics", _threads_variable_kept))
 
 
 # Every integration ultralytics could phone home through, all off.
