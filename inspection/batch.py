@@ -191,6 +191,10 @@ class Repeat:
     wanted: bool
 
 
+def _nothing() -> None:
+    """A write that writes nothing: where the writer thread's queue ends (`_drain_writes`)."""
+
+
 def chunk_parts(batch_size: int, chunk_batches: int) -> int:
     """Parts per transaction: WRITE_CHUNK, unless that is less than two of the engine's
     batches, the fewest in which decoding one overlaps inferring another."""
@@ -1283,6 +1287,15 @@ class BatchInspection:
         self._pending_write = None
         return marked_finished
 
+    def _drain_writes(self) -> None:
+        """Every write submitted so far done, its parts counted in the summary, whether or not
+        its future was kept: a Ctrl-C landing between a chunk's submit and the keeping of its
+        future lost the future, the stop was told with a summary short of that chunk, and the
+        writer committed it a moment later ("64 parts inspected" over 128 written). The one
+        writer thread takes the writes in order: a no-op submitted after them ends after them."""
+        with contextlib.suppress(RuntimeError):  # (the writer shut down: nothing in flight)
+            self._writer.submit(_nothing).result()
+
     def _follow_stored_point(self) -> None:
         """Take up the operating point stored for this model version now: a recalibration
         (`defects calibrate`, the Settings page) made while a watch ran was never used by it,
@@ -1568,6 +1581,7 @@ class BatchInspection:
         finally:
             self.summary.seconds += time.perf_counter() - started
             marked_finished = self._wait_for_write() or marked_finished
+            self._drain_writes()
             if whole and self.mover is not None:
                 self.mover.flush_warnings()
         if finish and not marked_finished:

@@ -3334,3 +3334,35 @@ def test_an_image_store_not_writable_says_to_make_it_writable(
     said = str(raised.value)
     assert "Permission denied; make it writable for this user (or set DEFECTS_DATA_DIR)" in said
     assert not list((tmp_path / "store").rglob("*.partial"))
+
+
+def test_a_stop_landing_as_a_chunks_write_is_handed_over_counts_that_chunk(
+    detector: str, tmp_path: Path
+) -> None:
+    """Ctrl-C landing just after a chunk's write was handed to the writer thread, before its
+    future was kept: the stop was told with a summary short of that chunk, which the writer
+    committed a moment later (a stopped `--workers` run said "64 parts inspected" over 128
+    written). The summary now counts every write handed over."""
+    make_images(tmp_path / "in", n=150, size=64)
+    job = BatchInspection(detector, tmp_path / "store", "L", "S")
+    hand_over = job._writer.submit
+    handed: list[object] = []
+
+    def interrupted_once_handed_over(write, *args):  # type: ignore[no-untyped-def]
+        def slow_write(*write_args):  # type: ignore[no-untyped-def]
+            time.sleep(0.5)  # (still writing when the stop is told)
+            return write(*write_args)
+
+        future = hand_over(slow_write, *args)
+        handed.append(future)
+        if len(handed) == 2:
+            raise KeyboardInterrupt  # as a Ctrl-C lands before the future is kept
+        return future
+
+    job._writer.submit = interrupted_once_handed_over  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        job.run(iter_source(str(tmp_path / "in")))
+    told = job.summary.inspected
+    job._writer.submit = hand_over  # type: ignore[method-assign]
+    job._writer.shutdown(wait=True)
+    assert told == _counts(detector)[1] > job.chunk_parts
