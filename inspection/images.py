@@ -418,26 +418,29 @@ def store_error(images_dir: Path, exc: OSError) -> StorageError:
     )
 
 
-def write_advice(exc: OSError) -> str:
-    """What to do about a file that could not be written, ending in ", or " where anything is
-    known: a full disk, free space; a disk failing its writes or syncs (EIO), look at the disk,
-    where freeing space would not help; another error (a folder not writable), nothing."""
-    if exc.errno == errno.ENOSPC:
-        return "free space there, or "
-    if exc.errno == errno.EIO:
-        return "check its disk, or "
-    return ""
+# What a failed write's errno says to do: one table for every message that names a remedy.
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, None)
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def write_fix(exc: OSError) -> str:
     """What to do about a folder that could not be written, to go before "and run ... again":
     free space only where the disk is full; a folder not writable (EACCES, EROFS) or a disk
     failing its writes (EIO) was told to free space too, which would not help either."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT, None):
+    if exc.errno in _NO_SPACE:
         return "free space there"
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    if exc.errno in _NOT_WRITABLE:
         return "make it writable for this user"
     return "check its disk"
+
+
+def write_advice(exc: OSError) -> str:
+    """`write_fix`'s remedy ending in ", or ", for a message that goes on to name another way
+    out (another place to write, a folder to make writable): a full disk or a disk failing
+    its writes (EIO); nothing for another error, which that way out answers."""
+    if exc.errno not in (*_NO_SPACE, errno.EIO) or exc.errno is None:
+        return ""
+    return f"{write_fix(exc)}, or "
 
 
 def sync_file(path: Path) -> None:
