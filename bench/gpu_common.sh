@@ -5,9 +5,9 @@
 # with WHEELS=1, the default) and .carry/neu-det.tar.gz (NEU-DET, unpacked into $1; without it,
 # ../shared/datasets/neu-det, as on a CPU). Exports NEU, PYTHONPATH where wheels were installed,
 # and PYTHONUNBUFFERED, so that logs come back as they are written.
-# Stops at once, saying what to carry, when the packages or the data are not there: a call that
-# forgot its carry would otherwise start runs that fail in their first second, and spend the
-# loan waiting on them.
+# Stops at once, saying what to carry, when the packages are not there (require_neu: the data):
+# a call that forgot its carry would otherwise start runs that fail in their first second, and
+# spend the loan waiting on them.
 prepare_device() {
     if [[ ${WHEELS:-1} == 1 ]] && compgen -G ".whl/*.whl" >/dev/null; then
         "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -23,9 +23,11 @@ prepare_device() {
         mkdir -p "$1" && tar -xzf .carry/neu-det.tar.gz -C "$1" || return 1
         NEU=$1/neu-det
     fi
-    if [[ ! -d $NEU ]]; then
-        echo "no NEU-DET at $NEU: carry .carry/neu-det.tar.gz with the call (bench/README.md)" >&2
-        return 1
-    fi
     export NEU PYTHONUNBUFFERED=1
+}
+
+require_neu() {  # for the steps that train or evaluate on NEU-DET (DeepPCB's calls carry none)
+    [[ -d $NEU ]] && return 0
+    echo "no NEU-DET at $NEU: carry .carry/neu-det.tar.gz with the call (bench/README.md)" >&2
+    return 1
 }

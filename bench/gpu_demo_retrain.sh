@@ -33,6 +33,7 @@ start() {
     cd "$ROOT" || return 1
     source bench/gpu_common.sh
     prepare_device "$WORK/data" || return 1
+    require_neu || return 1
     local spec method imgsz tag copy teacher_args
     for spec in $METHODS; do
         method=${spec%@*} imgsz=$IMGSZ tag=$spec
