@@ -147,7 +147,9 @@ def _last_failed_part(url: str, zone: str) -> tuple[str, Image | None, str] | No
 @st.cache_data(max_entries=4, show_spinner=False)
 def _drawn(inspection_id: int, path: str, boxes: tuple[DrawnBox, ...]) -> Image:
     """Decoded and drawn once per failed part, not at every refresh (a camera frame can be
-    tens of megapixels). `inspection_id` is the cache's key."""
+    tens of megapixels). The cache's key is all three arguments (Streamlit hashes each): the
+    inspection, its image's path and its boxes, so the same inspection is drawn again where
+    its image is found elsewhere or its boxes' colours changed (another detector promoted)."""
     return draw_boxes(decode_image(Path(path).read_bytes()).pixels, boxes)
 
 
