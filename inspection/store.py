@@ -17,6 +17,7 @@ by a prune keeping at least what the noted one kept, on the same database.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -125,8 +126,14 @@ def _write_last_prune(images_dir: Path, last: _LastPrune, emptied: set[Path]) ->
 
 
 def _database_named(url: str) -> str:
-    """The database as the note names it: its URL without a password."""
-    return make_url(url).render_as_string(hide_password=True)
+    """The database as the note names it: the SHA-256 of its URL without a password (in the
+    user part or the query), so that the same database under a new password is the same, and
+    the note, copied with backups of the store, names no user, host or password."""
+    parsed = make_url(url)
+    passwords = [key for key in parsed.query if key.lower() == "password"]
+    # (`URL.set(password=None)` leaves the password as it was: None there means "unchanged".)
+    bare = parsed._replace(password=None).difference_update_query(passwords)
+    return hashlib.sha256(bare.render_as_string(hide_password=False).encode()).hexdigest()
 
 
 def prune_images(

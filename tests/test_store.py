@@ -4,6 +4,7 @@ keeps every verdict."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import time
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select, update
+from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from db.migrate import upgrade
@@ -23,7 +25,7 @@ from inspection.batch import BatchInspection, iter_source
 from inspection.errors import UserError
 from inspection.images import store_image
 from inspection.settings import get_settings
-from inspection.store import LAST_PRUNE_FILE, prune_images
+from inspection.store import LAST_PRUNE_FILE, _database_named, prune_images
 from tests.conftest import Trained, register_production_detector
 from tests.synthetic import make_images
 from training.cli import app
@@ -358,3 +360,24 @@ def test_a_prune_of_a_store_it_cannot_delete_from_stops_in_one_line_saying_so(
     assert images["plain"].is_file() and not (store / LAST_PRUNE_FILE).exists()
     monkeypatch.setattr(Path, "unlink", unlink)
     assert prune_images(database_url, store, 30).deleted == 1  # (writable again)
+
+
+def test_the_prune_note_names_its_database_by_a_hash_holding_no_password(
+    database_url: str, trained: Trained, tmp_path: Path
+) -> None:
+    """The note, kept in the store and copied with its backups, held the database's URL: its
+    user and host, and a password given in the URL's query whole. It now holds a hash of the
+    URL without its password: a new password is the same database, another database is not."""
+    named = _database_named("postgresql+psycopg://qa:s3cret@db.plant/defects?password=s3cret")
+    assert "s3cret" not in named and "plant" not in named and "qa" not in named
+    assert named == _database_named("postgresql+psycopg://qa:other@db.plant/defects")
+    assert named == _database_named("postgresql+psycopg://qa@db.plant/defects")
+    assert named != _database_named("postgresql+psycopg://qa:s3cret@db.plant/other")
+
+    store = tmp_path / "store"
+    _five_parts(database_url, trained, tmp_path, store)
+    prune_images(database_url, store, 30)
+    note = (store / LAST_PRUNE_FILE).read_text(encoding="utf-8")
+    assert make_url(database_url).database not in note
+    assert json.loads(note)["database"] == _database_named(database_url)
+    assert prune_images(database_url, store, 30, dry_run=True).since is not None
