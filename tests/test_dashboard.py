@@ -3181,6 +3181,33 @@ def test_review_figure_places_pixels_where_boxes_are(shape: tuple[int, int]) -> 
     assert image.y0 + (shown_height - 0.5) * image.dy == pytest.approx(height)
 
 
+def test_reviewers_names_in_a_detections_decision_are_shown_as_typed_never_as_html(
+    production: str, tmp_path: Path
+) -> None:
+    """The line of a decided detection is Markdown with HTML allowed (for its coloured label),
+    and the reviewers' names in what it counts as were put in raw: a name typed as
+    `<img src=x onerror=...>` was HTML in every reviewer's page, where the login cookie can
+    be read by a script. The names are now shown as typed."""
+    from db.reviews import confirm_defect, mark_false_call
+
+    at = _two_failed_parts_on_review(production, tmp_path, (0.9,))
+    shown = at.selectbox(key="review_part").value
+    ana, bob = "<img src=x onerror=alert(1)>", "**Bob**"
+    with session_scope(production) as session:
+        inspection = session.scalars(select(Inspection).where(Inspection.part_id == shown)).one()
+        first = min(p.id for p in inspection.predictions)
+        confirm_defect(session, first, ana)
+        mark_false_call(session, first, bob)
+    at.run()
+    assert not at.exception, at.exception
+    said = (
+        f"confirmed by {ana}, marked a false call by {bob}: counted as a defect until another "
+        "reviewer settles it"
+    )
+    lines = [m.value for m in at.markdown if "confirmed by" in m.value]
+    assert lines and all(line.endswith(f"**{plain(said)}**") for line in lines), lines
+
+
 def test_a_detection_two_reviewers_disagree_on_says_what_counts_and_one_gives_way(
     production: str, tmp_path: Path
 ) -> None:
@@ -3203,7 +3230,7 @@ def test_a_detection_two_reviewers_disagree_on_says_what_counts_and_one_gives_wa
         "confirmed by Ana, marked a false call by Bob: counted as a defect until another "
         "reviewer settles it"
     )
-    assert any(m.value.endswith(f"**{said}**") for m in bob.markdown)
+    assert any(m.value.endswith(f"**{plain(said)}**") for m in bob.markdown)
     next(b for b in bob.button if b.label == "Withdraw my false call").click().run()
     assert not bob.exception, bob.exception
     with session_scope(production) as session:
@@ -3242,7 +3269,7 @@ def test_a_third_reviewer_settles_a_detection_two_reviewers_disagree_on(
     assert f"Detection 1 of part {shown} settled by your false call." in cy.success[0].value
     cy.selectbox(key="review_part").set_value(shown).run()  # (done: the next part is shown)
     said = "confirmed by Ana, marked a false call by Bob, Cy: counted as a false call (2 to 1)"
-    assert any(m.value.endswith(f"**{said}**") for m in cy.markdown)
+    assert any(m.value.endswith(f"**{plain(said)}**") for m in cy.markdown)
     assert not any(b.label.startswith("Settle") for b in cy.button)
     with session_scope(production) as session:
         (truth,) = [t for t in reviewed_parts(session) if t.part_id == shown]
@@ -3276,7 +3303,7 @@ def test_a_settling_confirmation_is_said_and_its_undo_brings_the_dispute_back(
         "confirmed by Ana, marked a false call by Bob: counted as a defect until another "
         "reviewer settles it"
     )
-    assert any(m.value.endswith(f"**{said}**") for m in cy.markdown)
+    assert any(m.value.endswith(f"**{plain(said)}**") for m in cy.markdown)
     assert [b.label for b in cy.button if b.label.startswith("Settle")] == [
         "Settle: confirm defect",
         "Settle: false call",

@@ -372,7 +372,7 @@ else:
                     f"{class_name} {confidence:.3f}", class_colour(class_name, coloured)
                 )
                 + ("" if counted else " (below threshold)")
-                + (f": **{decided[prediction_id]}**" if prediction_id in decided else ""),
+                + (f": **{plain(decided[prediction_id])}**" if prediction_id in decided else ""),
                 unsafe_allow_html=True,  # (for label_markdown's span alone)
             )
             box = predictions[i][4]
