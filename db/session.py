@@ -312,8 +312,11 @@ class WalCheckpointer:
 
 
 def redact(url: str) -> str:
-    """The URL without its password, for messages."""
+    """The URL without its password, for messages: the one after the user name hidden, and
+    one given in the query (`?password=`, which libpq takes too) left out."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
     except ArgumentError:
         return "<invalid URL>"
+    passwords = [key for key in parsed.query if key.lower() == "password"]
+    return parsed.difference_update_query(passwords).render_as_string(hide_password=True)

@@ -164,6 +164,8 @@ def test_a_data_folder_that_is_a_file_or_cannot_be_made_is_one_line(tmp_path: Pa
     [
         ("mysql://u:secret@db.example/defects", "'mysql'"),  # its driver is not installed
         ("postgres://u:secret@db.example/defects", "'postgres'"),  # no such kind in SQLAlchemy
+        # (libpq takes a password in the query too: it was shown whole)
+        ("mysql://u@db.example/defects?password=secret&connect_timeout=5", "'mysql'"),
     ],
 )
 def test_a_database_url_this_installation_cannot_use_is_one_line(
