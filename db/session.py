@@ -311,12 +311,18 @@ class WalCheckpointer:
             self._running.result()
 
 
+def without_passwords(url: str) -> URL:
+    """The URL with no password in it: neither the one after the user name nor one given in the
+    query (`?password=`, which libpq takes too)."""
+    parsed = make_url(url)
+    passwords = [key for key in parsed.query if key.lower() == "password"]
+    # (`URL.set(password=None)` leaves the password as it was: None there means "unchanged".)
+    return parsed._replace(password=None).difference_update_query(passwords)
+
+
 def redact(url: str) -> str:
-    """The URL without its password, for messages: the one after the user name hidden, and
-    one given in the query (`?password=`, which libpq takes too) left out."""
+    """The URL without its passwords, for messages."""
     try:
-        parsed = make_url(url)
+        return without_passwords(url).render_as_string(hide_password=True)
     except ArgumentError:
         return "<invalid URL>"
-    passwords = [key for key in parsed.query if key.lower() == "password"]
-    return parsed.difference_update_query(passwords).render_as_string(hide_password=True)

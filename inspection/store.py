@@ -27,11 +27,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy.engine import make_url
-
 from db.models import database_utcnow
 from db.queries import kept_old_parts, prunable_images
-from db.session import session_scope
+from db.session import session_scope, without_passwords
 from inspection.errors import UserError
 from inspection.images import replace_synced, sync_folder
 from inspection.settings import same_place_under
@@ -129,11 +127,8 @@ def _database_named(url: str) -> str:
     """The database as the note names it: the SHA-256 of its URL without a password (in the
     user part or the query), so that the same database under a new password is the same, and
     the note, copied with backups of the store, names no user, host or password."""
-    parsed = make_url(url)
-    passwords = [key for key in parsed.query if key.lower() == "password"]
-    # (`URL.set(password=None)` leaves the password as it was: None there means "unchanged".)
-    bare = parsed._replace(password=None).difference_update_query(passwords)
-    return hashlib.sha256(bare.render_as_string(hide_password=False).encode()).hexdigest()
+    bare = without_passwords(url).render_as_string(hide_password=False)
+    return hashlib.sha256(bare.encode()).hexdigest()
 
 
 def prune_images(
