@@ -335,3 +335,45 @@ def test_a_registration_into_a_folder_not_writable_says_to_make_it_writable(
     said = str(raised.value)
     assert "no model version is registered: make it writable for this user and" in said
     assert list(models.iterdir()) == []
+
+
+def test_a_registration_whose_commit_is_said_to_fail_after_it_happened_keeps_its_weights(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A connection dropped during COMMIT raises although the server may have committed: the
+    registration took the error for a rollback and removed the weights' folder, and the
+    database named a version whose weights were gone. The commit here is made on the driver's
+    connection, then the error a dropped connection raises."""
+    from sqlalchemy import event
+    from sqlalchemy.exc import OperationalError
+
+    from db.session import get_engine, session_scope
+    from training.versions import register_model_version
+
+    weights, models = tmp_path / "best.pt", tmp_path / "models"
+    weights.write_bytes(b"the weights")
+    engine = get_engine(database_url)
+
+    def committed_then_dropped(connection) -> None:  # type: ignore[no-untyped-def]
+        connection.connection.dbapi_connection.commit()
+        raise OperationalError("COMMIT", {}, Exception("server closed the connection"))
+
+    event.listen(engine, "commit", committed_then_dropped)
+    try:
+        dropped = pytest.raises(Exception, match="server closed the connection")
+        with dropped, session_scope(database_url) as session:
+            register_model_version(
+                session,
+                weights,
+                models,
+                name="committed",
+                kind=ModelKind.CLASSIFIER,
+                architecture="defect-cls-x",
+                class_names=["good", "scratch"],
+                image_size=64,
+            )
+    finally:
+        event.remove(engine, "commit", committed_then_dropped)
+    with session_scope(database_url) as session:
+        version = get_model_version(session, "committed")
+    assert Path(version.file_path).read_bytes() == b"the weights"

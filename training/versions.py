@@ -110,12 +110,33 @@ def _copy_weights(weights: Path, target: Path, made: Path | None, models_dir: Pa
         ) from exc
 
 
-def _removed_unless_committed(session: Session, folder: Path) -> None:
+def _named_by_a_version(session: Session, file_path: str) -> bool:
+    """Whether a committed version names `file_path`, read on a connection of its own; True
+    where the database cannot tell (still unreachable): the weights are then kept."""
+    try:
+        with session.get_bind().connect() as connection:
+            named = connection.scalar(
+                select(ModelVersion.id).where(ModelVersion.file_path == file_path)
+            )
+    except Exception:  # noqa: BLE001 - unknown is kept: a leftover is said later, not lost
+        return True
+    return named is not None
+
+
+def _removed_unless_committed(session: Session, folder: Path, file_path: str) -> None:
     """`folder`, made and filled by a registration, removed where the registration's
     transaction is rolled back rather than committed: stopped (Ctrl-C, SIGTERM) or failed after
     the weights were copied and before the commit, it was left behind in the model store, a
-    copy of the weights that no version names, and the next registration took NAME-2."""
-    pending = [True]
+    copy of the weights that no version names, and the next registration took NAME-2.
+
+    A commit that failed is no proof of a rollback: a connection dropped during COMMIT raises
+    although the server may have committed, and the folder was removed under a version the
+    database names. After a commit attempt it is removed only where no version names
+    `file_path` (kept where the database cannot say: `unnamed_version_folders` tells it later)."""
+    pending, committing = [True], []
+
+    def commit_begun(session: Session) -> None:
+        committing.append(True)
 
     def committed(session: Session) -> None:
         pending.clear()
@@ -123,8 +144,11 @@ def _removed_unless_committed(session: Session, folder: Path) -> None:
     def rolled_back(session: Session, previous: SessionTransaction) -> None:
         if pending and not previous.nested:  # (a savepoint's rollback undoes less)
             pending.clear()
+            if committing and _named_by_a_version(session, file_path):
+                return
             shutil.rmtree(folder, ignore_errors=True)
 
+    event.listen(session, "before_commit", commit_begun)
     event.listen(session, "after_commit", committed)
     event.listen(session, "after_soft_rollback", rolled_back)
 
@@ -194,13 +218,14 @@ def register_model_version(
         folder.mkdir(parents=True, exist_ok=True)
     target = folder / weights.name
     _copy_weights(weights, target, folder if made else None, models_dir)
+    file_path = str(target.resolve())
     if made:
-        _removed_unless_committed(session, folder)
+        _removed_unless_committed(session, folder, file_path)
     version = ModelVersion(
         name=version_name,
         kind=kind,
         architecture=architecture,
-        file_path=str(target.resolve()),
+        file_path=file_path,
         sha256=sha256_of(target),
         image_size=image_size,
         classes=class_names,
