@@ -434,6 +434,19 @@ def write_fix(exc: OSError) -> str:
     return "check its disk"
 
 
+def failed_write(exc: BaseException, folder: Path) -> bool:
+    """Whether `exc` is a write under `folder` that `write_fix` has a remedy for: a full disk,
+    a folder not writable, a disk failing its writes (EIO). A training or an export said only
+    a full disk in one line; the others ended in the system's bare "[Errno 5] Input/output
+    error". An error naming a file elsewhere (a dataset's image read) is not this folder's."""
+    if not isinstance(exc, OSError) or exc.errno not in (*_NO_SPACE, errno.EIO, *_NOT_WRITABLE):
+        return False
+    return exc.errno is not None and (
+        not exc.filename
+        or Path(os.fsdecode(exc.filename)).absolute().is_relative_to(folder.absolute())
+    )
+
+
 def write_advice(exc: OSError) -> str:
     """`write_fix`'s remedy ending in ", or ", for a message that goes on to name another way
     out (another place to write, a folder to make writable): a full disk or a disk failing

@@ -1076,13 +1076,16 @@ def test_a_failed_classifier_training_leaves_no_weights_behind(
     assert list((get_settings().runs_dir / "classify").iterdir()) == []
 
 
+@pytest.mark.parametrize("failing", ["full", "eio"])
 def test_a_run_folder_that_fills_says_so_in_one_line(
-    synth_data: str, monkeypatch: pytest.MonkeyPatch
+    synth_data: str, monkeypatch: pytest.MonkeyPatch, failing: str
 ) -> None:
     """A disk that filled as an epoch's best was written stopped the training in torch's
     "[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598": no errno, no
     folder, no word of what was kept. (The full disk is real: the weights are written through
-    /dev/full, which refuses every write with ENOSPC.)"""
+    /dev/full, which refuses every write with ENOSPC.) A disk failing as that file took its
+    name (EIO) ended in the system's bare "[Errno 5] Input/output error": it says to check it."""
+    import errno
     import os
 
     from sqlalchemy import func, select
@@ -1097,24 +1100,35 @@ def test_a_run_folder_that_fills_says_so_in_one_line(
     def on_a_full_disk(parent: Path, base: str) -> Path:
         run = new_run_folder(parent, base)
         for name in ("best.pt", f".best.pt.{os.getpid()}.partial"):  # (written either way)
-            (run / name).symlink_to("/dev/full")
+            if failing == "full":
+                (run / name).symlink_to("/dev/full")
         made.append(run)
         return run
 
+    def rename_fails(source: object, target: object) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
     new_run_folder = module.new_run_folder
     monkeypatch.setattr(module, "new_run_folder", on_a_full_disk)
+    if failing == "eio":
+        monkeypatch.setattr(os, "replace", rename_fails)
     args = ["train", "classifier", "--data", "synth", "--backbone", "mobilenet_v3_small"]
     result = CliRunner().invoke(app, [*args, "--epochs", "1", "--imgsz", "64", "--batch", "8"])
     assert isinstance(result.exception, UserError), repr(result.exception)
     said = str(result.exception)
-    assert said.startswith(f"cannot write the training run's folder {made[0]}: No space left")
+    reason, fix = {
+        "full": ("No space left", "free space there"),
+        "eio": ("Input/output error", "check its disk"),
+    }[failing]
+    assert said.startswith(f"cannot write the training run's folder {made[0]}: {reason}")
     assert "nothing is registered" in said and "the folder is removed" in said
+    assert said.endswith(f"{fix} and train again")
     assert not made[0].exists()
     with session_scope(synth_data) as session:
         assert session.scalar(select(func.count(ModelVersion.id))) == 0
         job = session.scalars(select(TrainingJob).order_by(TrainingJob.id.desc())).first()
         assert job is not None and job.status == JobStatus.FAILED
-        assert "No space left" in (job.error or "")
+        assert reason in (job.error or "")
 
 
 def test_a_damaged_dataset_image_is_named_when_a_classifier_trains(

@@ -1216,9 +1216,16 @@ def test_a_damaged_base_is_refused_before_a_job(
         assert session.scalar(select(func.count(TrainingJob.id))) == jobs  # refused before
 
 
-@pytest.mark.parametrize("command", ["train", "distill"])
+@pytest.mark.parametrize(
+    ("command", "error"),
+    [
+        ("train", "ENOSPC"),
+        ("distill", "ENOSPC"),
+        ("train", "EIO"),  # (a disk failing its writes: the system's bare "[Errno 5]" before)
+    ],
+)
 def test_a_run_folder_that_fills_says_which_and_that_nothing_is_registered(
-    trained: Trained, monkeypatch: pytest.MonkeyPatch, command: str
+    trained: Trained, monkeypatch: pytest.MonkeyPatch, command: str, error: str
 ) -> None:
     """A disk that filled as ultralytics wrote an epoch's checkpoint stopped the training with
     the system's bare "[Errno 28] No space left on device": no folder, no word of what was
@@ -1234,7 +1241,7 @@ def test_a_run_folder_that_fills_says_which_and_that_nothing_is_registered(
     def full(self) -> bool:  # type: ignore[no-untyped-def]
         self.wdir.mkdir(parents=True, exist_ok=True)
         self.last.write_bytes(b"PK\x03\x04")  # (what a full disk lets through)
-        raise OSError(errno.ENOSPC, "No space left on device")
+        raise OSError(getattr(errno, error), os.strerror(getattr(errno, error)))
 
     monkeypatch.setattr(BaseTrainer, "save_model", full)
     monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
@@ -1259,8 +1266,13 @@ def test_a_run_folder_that_fills_says_which_and_that_nothing_is_registered(
     runs = get_settings().runs_dir / "detect"
     [run] = [p for p in runs.glob("*/weights/last.pt") if p.read_bytes() == b"PK\x03\x04"]
     run = run.parent.parent
-    assert said.startswith(f"cannot write the training run's folder {run}: No space left on")
+    reason, fix = {
+        "ENOSPC": ("No space left on", "free space there"),
+        "EIO": ("Input/output error", "check its disk"),
+    }[error]
+    assert said.startswith(f"cannot write the training run's folder {run}: {reason}")
     assert "nothing is registered and the training job is marked failed" in said
+    assert said.endswith(f"{fix} and train again")
     shutil.rmtree(run)
 
 
@@ -1291,7 +1303,7 @@ def test_the_stations_onnx_file_is_on_disk_once_exported(
     assert Path(written).suffix == ".onnx"
 
 
-@pytest.mark.parametrize("failing", ["onnx", "int8", "int8-inferred"])
+@pytest.mark.parametrize("failing", ["onnx", "int8", "int8-inferred", "onnx-sync"])
 def test_an_export_to_a_full_disk_says_where_and_leaves_no_half_file(
     trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
 ) -> None:
@@ -1318,8 +1330,14 @@ def test_an_export_to_a_full_disk_says_where_and_leaves_no_half_file(
         Path(path).write_bytes(b"\x08\x07")
         raise OSError(errno.ENOSPC, "No space left on device")
 
+    def sync_fails(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
     if failing == "onnx":
         monkeypatch.setattr(onnx, "save", lambda proto, path, *a, **k: cut_short(path))
+        args = ["export", str(weights)]
+    elif failing == "onnx-sync":  # (a disk failing its writes: the bare "[Errno 5]" before)
+        monkeypatch.setattr(os, "fsync", sync_fails)
         args = ["export", str(weights)]
     else:
         if failing == "int8":
@@ -1343,6 +1361,11 @@ def test_an_export_to_a_full_disk_says_where_and_leaves_no_half_file(
     if failing == "onnx":
         assert said.startswith(f"cannot write the ONNX export in {folder}: No space left on")
         assert "nothing is exported" in said
+    elif failing == "onnx-sync":
+        assert said == (
+            f"cannot write the ONNX export in {folder}: Input/output error; nothing is "
+            "exported, the .onnx files there are as they were: check its disk and export again"
+        )
     else:
         assert said.startswith(f"cannot write the INT8 model in {folder}: ")
         assert "no INT8 model is exported, station.int8.onnx is as it was" in said

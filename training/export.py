@@ -18,21 +18,22 @@ import inspection  # noqa: F401 - runtime preparation first
 from inspection.detector import architecture_of, load_detector
 from inspection.engine import EXPORTED_FROM_KEY, sha256_of
 from inspection.errors import UserError
-from inspection.images import replace_synced
+from inspection.images import failed_write, replace_synced, write_fix
 from inspection.tiling import ONNX_METADATA_KEY, tile_of_checkpoint
 
 METADATA_PREFIX = "defects."
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _not_exported(exc: OSError, folder: Path, what: str, kept: str) -> UserError | OSError:
-    """A full disk said in one line with the folder and what stays as it was: ultralytics,
-    torch and onnx wrote there with no word of where, and the export stopped with the
-    system's bare "[Errno 28] No space left on device". Any other error is returned as it is."""
-    if exc.errno not in DISK_FULL:
+    """A failed write (a full disk, a folder not writable, a disk failing its writes) said in
+    one line with the folder, what stays as it was and what to do: ultralytics, torch and onnx
+    wrote there with no word of where, and the export stopped with the system's bare
+    "[Errno 28] No space left on device" or "[Errno 5] Input/output error". Any other error
+    is returned as it is."""
+    if not failed_write(exc, folder):
         return exc
     return UserError(
-        f"cannot write {what} in {folder}: {exc.strerror or exc}; {kept}: free space there and "
+        f"cannot write {what} in {folder}: {exc.strerror or exc}; {kept}: {write_fix(exc)} and "
         "export again"
     )
 

@@ -9,7 +9,6 @@ Samples come from the detection labels, so one labeled dataset trains both model
 from __future__ import annotations
 
 import contextlib
-import errno
 import math
 import os
 import random
@@ -43,7 +42,7 @@ from inspection.classifier import (
     save_classifier,
 )
 from inspection.errors import Stopped, UserError
-from inspection.images import ImageDecodeError, decode_image
+from inspection.images import ImageDecodeError, decode_image, failed_write, write_fix
 from inspection.settings import get_settings, resolve_device
 from training.datasets import (
     check_folder_name,
@@ -411,20 +410,19 @@ def _remove_run_folder(run_dir: Path | None) -> Path | None:
     return None if run_dir.exists() else run_dir
 
 
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
-
-
 def _run_folder_full(exc: BaseException, folder: Path, removed: bool) -> UserError | None:
-    """A full disk under the run's folder in one line, with what became of the run (`removed`:
-    the folder is gone): an epoch's best written there stopped the training in torch's
-    "unexpected pos 704 vs 598", naming neither. None for any other error."""
-    if not isinstance(exc, OSError) or exc.errno not in DISK_FULL:
+    """A failed write under the run's folder (a full disk, a folder not writable, a disk
+    failing its writes) in one line, with what became of the run (`removed`: the folder is
+    gone) and what to do: an epoch's best written there stopped the training in torch's
+    "unexpected pos 704 vs 598", naming neither, or the system's bare "[Errno 5]". None for
+    any other error."""
+    if not isinstance(exc, OSError) or not failed_write(exc, folder):
         return None
     return UserError(
         f"cannot write the training run's folder {folder}: {exc.strerror or exc}; nothing is "
         "registered and the training job is marked failed"
         + ("; the folder is removed" if removed else "")
-        + ": free space there and train again"
+        + f": {write_fix(exc)} and train again"
     )
 
 

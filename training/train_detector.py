@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import errno
 import json
 import os
 import pickle
@@ -36,7 +35,7 @@ from inspection.detector import (
     load_detector,
 )
 from inspection.errors import Stopped, UserError, first_sentence
-from inspection.images import allow_pixels_up_to, max_pixels
+from inspection.images import allow_pixels_up_to, failed_write, max_pixels, write_fix
 from inspection.settings import get_settings, usable_cores
 from inspection.tiling import CHECKPOINT_KEY, TileSpec
 from training.datasets import (
@@ -571,20 +570,19 @@ def _interrupted(last: Path) -> bool:
     return checkpoint.get("epoch", -1) >= 0 and checkpoint.get("optimizer") is not None
 
 
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
-
-
 def _run_folder_full(
     exc: BaseException, model: Any, runs_dir: Path, removed: bool = False
 ) -> UserError | None:
-    """A full disk under the run's folder, said in one line with the folder and what was kept
-    (`removed`: the folder, with no checkpoint yet, is gone): ultralytics writes each epoch's
+    """A failed write under the run's folder (a full disk, a folder not writable, a disk
+    failing its writes) said in one line with the folder, what was kept (`removed`: the
+    folder, with no checkpoint yet, is gone) and what to do: ultralytics writes each epoch's
     checkpoint there with no word of where, and the training stopped with the system's bare
-    "[Errno 28] No space left on device". None for any other error."""
-    if not isinstance(exc, OSError) or exc.errno not in DISK_FULL:
-        return None
+    "[Errno 28] No space left on device" or "[Errno 5] Input/output error". None for any
+    other error."""
     trainer = getattr(model, "trainer", None)
     folder = Path(trainer.save_dir) if trainer is not None else runs_dir
+    if not isinstance(exc, OSError) or not failed_write(exc, runs_dir):
+        return None
     where = f"{exc.filename} in " if exc.filename else ""
     kept = (
         "the folder, with no checkpoint yet, is removed"
@@ -594,8 +592,8 @@ def _run_folder_full(
     )
     return UserError(
         f"cannot write {where}the training run's folder {folder}: {exc.strerror or exc}; "
-        f"nothing is registered and the training job is marked failed; {kept}: free space "
-        "there and train again"
+        f"nothing is registered and the training job is marked failed; {kept}: "
+        f"{write_fix(exc)} and train again"
     )
 
 
