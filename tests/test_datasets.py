@@ -190,6 +190,7 @@ def test_replacing_a_dataset_from_its_own_folder_keeps_its_images(session, tmp_p
     again = import_dataset(
         session, "yolo", first.root, "y", tmp_path / "ds", classes=CLASSES, replace=True
     )
+    session.commit()  # (the old data is removed once the new row is committed)
     assert again.n_images == first.n_images == 6 and again.issues == []
     assert len(list((tmp_path / "ds" / "y" / "images").rglob("*.png"))) == 6
     assert sorted(p.name for p in (tmp_path / "ds").iterdir()) == ["y"]  # nothing left beside
@@ -1737,3 +1738,111 @@ def test_a_roboflow_coco_export_is_imported_in_its_own_splits(session, tmp_path:
         UserError, match=r"valid must hold exactly one COCO \.json file \(found 0\)"
     ):
         import_dataset(session, "coco", src, "rf5", tmp_path / "ds")
+
+
+def _files_of(folder: Path) -> dict[str, bytes]:
+    """Each file under `folder`, by its path there, with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("trained_on", [False, True])
+def test_a_replace_whose_commit_fails_leaves_the_old_dataset_whole(
+    tmp_path: Path, trained_on: bool
+) -> None:
+    """`defects import --replace` removed the old data before the dataset's row was committed:
+    a commit that failed (here a real SQLite trigger refusing the row, as a constraint or a
+    locked database would) left the row describing the old data over the new folder, the old
+    data gone. The old folder and row are now as they were, nothing beside them, and the same
+    import runs whole once the database takes it."""
+    import sqlite3
+
+    from typer.testing import CliRunner
+
+    from db.models import ModelKind, ModelVersion
+    from db.session import session_scope
+    from training.cli import app
+
+    write_yolo(tmp_path / "old", n=6)
+    write_yolo(tmp_path / "new", n=4, seed=1)
+    args = ["import", "yolo", "--name", "y", "--classes", ",".join(CLASSES)]
+    first = CliRunner().invoke(app, [*args[:2], str(tmp_path / "old"), *args[2:]])
+    assert first.exit_code == 0, first.output
+    data_dir = tmp_path / "data"
+    database = data_dir / "defects.db"
+    url = f"sqlite:///{database}"
+    if trained_on:
+        with session_scope(url) as session:
+            version = ModelVersion(name="v1", kind=ModelKind.DETECTOR, architecture="yolo")
+            version.file_path, version.sha256 = "v1.pt", "0" * 64
+            version.dataset_id = session.query(Dataset).filter_by(name="y").one().id
+            session.add(version)
+    datasets_dir = data_dir / "datasets"
+    old_files = _files_of(datasets_dir / "y")
+    rows = "SELECT name, root_path, classes, split_counts FROM datasets ORDER BY id"
+    with sqlite3.connect(database) as db:
+        old_rows = db.execute(rows).fetchall()
+        for event in ("INSERT", "UPDATE"):
+            db.execute(
+                f"CREATE TRIGGER refuse_{event} BEFORE {event} ON datasets WHEN NEW.name = 'y' "
+                "BEGIN SELECT RAISE(ABORT, 'refused'); END"
+            )
+    replace_args = [*args[:2], str(tmp_path / "new"), *args[2:], "--replace"]
+    failed = CliRunner().invoke(app, replace_args)
+    assert failed.exit_code != 0
+    assert sorted(p.name for p in datasets_dir.iterdir()) == ["y"]
+    assert _files_of(datasets_dir / "y") == old_files
+    with sqlite3.connect(database) as db:
+        assert db.execute(rows).fetchall() == old_rows
+        db.execute("DROP TRIGGER refuse_INSERT")
+        db.execute("DROP TRIGGER refuse_UPDATE")
+    again = CliRunner().invoke(app, replace_args)
+    assert again.exit_code == 0, again.output
+    names = sorted(p.name for p in datasets_dir.iterdir())
+    assert names == ["y", *[n for n in names if n.startswith("y-before-")]]  # (nothing beside)
+    assert len(names) == 1 + trained_on
+    assert len(list((datasets_dir / "y").glob("images/*/*.png"))) == 4
+
+
+def test_a_ctrl_c_while_the_replaced_data_is_removed_says_interrupted(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ctrl_c_raises: None
+) -> None:
+    """A Ctrl-C while a committed import removes the data it replaced ends the command as a
+    Ctrl-C ("interrupted"): removed inside the commit's own hook, the rollback after the
+    Ctrl-C was refused by the session (a traceback, "in 'committed' state"). The new data is
+    the dataset, and the next import removes what is left of the old."""
+    import signal
+
+    from db.session import session_scope
+
+    write_yolo(tmp_path / "old", n=6)
+    write_yolo(tmp_path / "new", n=4, seed=1)
+    datasets_dir = tmp_path / "ds"
+    with session_scope(database_url) as session:
+        import_dataset(session, "yolo", tmp_path / "old", "y", datasets_dir, classes=CLASSES)
+    unlink, stops = os.unlink, []
+
+    def stopped_by_ctrl_c(path: str, *, dir_fd: int | None = None) -> None:
+        where = os.readlink(f"/proc/self/fd/{dir_fd}") if dir_fd is not None else str(path)
+        if ".y.replaced" in where and not stops:
+            stops.append(where)
+            os.kill(os.getpid(), signal.SIGINT)
+        unlink(path, dir_fd=dir_fd)
+
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("no /proc here")
+    monkeypatch.setattr(os, "unlink", stopped_by_ctrl_c)
+    with pytest.raises(KeyboardInterrupt), session_scope(database_url) as session:
+        import_dataset(
+            session, "yolo", tmp_path / "new", "y", datasets_dir, classes=CLASSES, replace=True
+        )
+    assert stops
+    assert len(list((datasets_dir / "y").glob("images/*/*.png"))) == 4
+    with session_scope(database_url) as session:
+        row = session.query(Dataset).filter_by(name="y").one()
+        assert sum(c["images"] for c in row.split_counts.values()) == 4
+    monkeypatch.undo()
+    with session_scope(database_url) as session:
+        import_dataset(
+            session, "yolo", tmp_path / "new", "y", datasets_dir, classes=CLASSES, replace=True
+        )
+    assert sorted(p.name for p in datasets_dir.iterdir()) == ["y"]

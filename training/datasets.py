@@ -18,6 +18,7 @@ import csv
 import glob
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -33,8 +34,8 @@ from typing import Literal
 
 import yaml
 from PIL import Image, UnidentifiedImageError
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import event, select
+from sqlalchemy.orm import Session, SessionTransaction
 
 from db.models import Dataset, ModelVersion
 from db.registry import class_key, look_alike_classes, singular_or_plural
@@ -61,6 +62,7 @@ from inspection.tiling import TileSpec, judged_in, tile_grid
 
 SourceFormat = Literal["voc", "yolo", "coco", "deeppcb"]
 SPLITS = ("train", "val", "test")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -2073,6 +2075,7 @@ def _write_dataset(
     replaced = datasets_dir / f".{name}.replaced"
     moved: list[tuple[Path, Path]] = []  # (where a folder is now, where it was), in order
     was_named, was_at = (existing.name, existing.root_path) if existing else ("", "")
+    _settled_with_the_transaction(session, moved, replaced, stage, datasets_dir)
     try:
         if kept_as is not None and existing is not None:
             _keep_old_dataset(session, existing, kept_as[0], root, datasets_dir, moved)
@@ -2088,14 +2091,13 @@ def _write_dataset(
     except OSError as exc:
         if existing is not None:  # (its row is rolled back with the import's transaction)
             existing.name, existing.root_path = was_named, was_at
-        _put_back(moved, datasets_dir, name, exc)
+        try:
+            _put_back(moved, datasets_dir, name, exc)
+        finally:
+            moved.clear()  # (put back, or said where each folder is: not again at the rollback)
         raise
     if kept_as is not None:
         existing = None  # the new data is a dataset of its own
-    if replaced.exists():
-        # (The new data is in place and synced: the old data's removal failing is no reason
-        # to undo it, and the next import removes what is left.)
-        shutil.rmtree(replaced, ignore_errors=True)
     # Tiled: images and boxes are the tiles' (what training reads), good and parts count parts
     # (what calibration and evaluation count).
     keys = ("images", "boxes", "good") + (("parts", "good_tiles") if tile is not None else ())
@@ -2179,32 +2181,87 @@ def _name_to_keep(
     )
 
 
-def _put_back(moved: list[tuple[Path, Path]], datasets_dir: Path, name: str, exc: OSError) -> None:
-    """Each folder an import moved, renamed back, last first, where a step after the first move
-    failed (a sync, EIO): the error said dataset `name` was as it was while the new folder was
-    in its place and the old one aside, under a name no row named. What cannot be put back is
-    said in one line, with where each folder is."""
+def _settled_with_the_transaction(
+    session: Session,
+    moved: list[tuple[Path, Path]],
+    replaced: Path,
+    stage: Path,
+    datasets_dir: Path,
+) -> None:
+    """The replaced data (`replaced`) removed once the import's row is committed, and each
+    folder in `moved` put back where its transaction is rolled back instead, the new copy
+    (`stage`) then removed, as after any failed import. The old data was
+    removed before the commit: a commit that failed (a locked database, a constraint) or a stop
+    (Ctrl-C) left the row describing the old data over the new folder, the old data gone."""
+    pending, committing = [True], []
+
+    def committed(session: Session) -> None:
+        if pending:
+            pending.clear()
+            moved.clear()
+            committing.append(True)
+
+    def ended(session: Session, transaction: SessionTransaction) -> None:
+        # Once the committed transaction is closed, not in `after_commit`: a Ctrl-C there,
+        # while a large dataset was removed, had the rollback after it refused by the session
+        # (a traceback, "in 'committed' state"), not said as "interrupted".
+        if committing and transaction.parent is None:
+            committing.clear()
+            # (The new data is in place and synced: the old data's removal failing is no
+            # reason to undo it, and the next import removes what is left.)
+            shutil.rmtree(replaced, ignore_errors=True)
+
+    def rolled_back(session: Session, previous: SessionTransaction) -> None:
+        if pending and not previous.nested:  # (a savepoint's rollback undoes less)
+            pending.clear()
+            try:
+                _rename_back(moved, datasets_dir)
+                shutil.rmtree(stage, ignore_errors=True)
+            except (OSError, yaml.YAMLError) as failed:
+                logger.error(
+                    "the import's folders could not be put back as they were (%s): %s; put "
+                    "them back by hand (and the `path` of their data.yaml)",
+                    failed,
+                    ", ".join(f"{n} was {w}" for n, w in moved),
+                )
+            moved.clear()
+
+    event.listen(session, "after_commit", committed)
+    event.listen(session, "after_transaction_end", ended)
+    event.listen(session, "after_soft_rollback", rolled_back)
+
+
+def _rename_back(moved: list[tuple[Path, Path]], datasets_dir: Path) -> None:
+    """Each folder in `moved` renamed back, last first, its data.yaml naming it again."""
     for now, was in reversed(moved):
-        try:
-            now.rename(was)
-            data_yaml = was / "data.yaml"  # (a folder kept aside had its data.yaml name it)
-            data = yaml.safe_load(data_yaml.read_text()) if data_yaml.is_file() else None
-            if isinstance(data, dict) and data.get("path") == str(now.resolve()):
-                data["path"] = str(was.resolve())
-                _rewrite_yaml(data_yaml, data)
-        except (OSError, yaml.YAMLError) as failed:
-            raise UserError(
-                f"dataset {name} not written: {exc.strerror or exc}; nothing is registered, "
-                f"but its folders could not be put back as they were ({failed}): "
-                + ", ".join(f"{n} was {w}" for n, w in moved)
-                + f"; {write_advice(exc)}put them back by hand (and the `path` of their "
-                "data.yaml), then run the same command again"
-            ) from exc
+        now.rename(was)
+        data_yaml = was / "data.yaml"  # (a folder kept aside had its data.yaml name it)
+        data = yaml.safe_load(data_yaml.read_text()) if data_yaml.is_file() else None
+        if isinstance(data, dict) and data.get("path") == str(now.resolve()):
+            data["path"] = str(was.resolve())
+            _rewrite_yaml(data_yaml, data)
     try:
         if moved:
             _sync_names(datasets_dir)
     except OSError:
         pass  # (the disk that failed the import: the names are right until a power cut)
+
+
+def _put_back(moved: list[tuple[Path, Path]], datasets_dir: Path, name: str, exc: OSError) -> None:
+    """Each folder an import moved, renamed back, last first, where a step after the first move
+    failed (a sync, EIO): the error said dataset `name` was as it was while the new folder was
+    in its place and the old one aside, under a name no row named. What cannot be put back is
+    said in one line, with where each folder is."""
+    try:
+        _rename_back(moved, datasets_dir)
+    except (OSError, yaml.YAMLError) as failed:
+        raise UserError(
+            f"dataset {name} not written: {exc.strerror or exc}; nothing is registered, "
+            f"but its folders could not be put back as they were ({failed}): "
+            + ", ".join(f"{n} was {w}" for n, w in moved)
+            + f"; {write_advice(exc)}put them back by hand (and the `path` of their "
+            "data.yaml), then run the same command again"
+        ) from exc
 
 
 def _keep_old_dataset(
