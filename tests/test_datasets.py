@@ -1803,6 +1803,58 @@ def test_a_replace_whose_commit_fails_leaves_the_old_dataset_whole(
     assert len(list((datasets_dir / "y").glob("images/*/*.png"))) == 4
 
 
+@pytest.mark.parametrize("failing_at", ["a file of the new copy", "the store's folder"])
+@pytest.mark.parametrize("trained_on", [False, True])
+def test_a_disk_failing_a_sync_after_the_folders_moved_leaves_the_old_dataset_whole(
+    session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing_at: str, trained_on: bool
+) -> None:  # type: ignore[no-untyped-def]
+    """The disk fails (EIO) at the system's fsync once an import moved folders: the new copy's
+    files synced after the replaced data was moved aside for the model versions trained on it,
+    or the store's folder synced after the new copy took the dataset's name. Each folder is
+    renamed back: the old dataset's files, data.yaml included, and its row are as they were,
+    and nothing is left beside it."""
+    import errno
+
+    from db.models import ModelKind, ModelVersion
+
+    write_yolo(tmp_path / "old", n=6)
+    write_yolo(tmp_path / "new", n=4, seed=1)
+    datasets_dir = tmp_path / "ds"
+    import_dataset(session, "yolo", tmp_path / "old", "y", datasets_dir, classes=CLASSES)
+    if trained_on:
+        version = ModelVersion(name="v1", kind=ModelKind.DETECTOR, architecture="yolo")
+        version.file_path, version.sha256 = "v1.pt", "0" * 64
+        version.dataset_id = session.query(Dataset).filter_by(name="y").one().id
+        session.add(version)
+    session.commit()
+    old_files = _files_of(datasets_dir / "y")
+    stage = str((datasets_dir / ".y.importing").resolve())
+    failing = stage + "/images/" if failing_at.startswith("a file") else str(datasets_dir.resolve())
+    fsync, failed = os.fsync, []
+
+    def failing_disk(fd: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if path == failing or (failing.endswith("/") and path.startswith(failing)):
+            failed.append(path)
+            raise OSError(errno.EIO, "Input/output error")
+        fsync(fd)
+
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("no /proc here")
+    monkeypatch.setattr(os, "fsync", failing_disk)
+    with pytest.raises(UserError, match="nothing is registered and dataset y is as it was"):
+        import_dataset(
+            session, "yolo", tmp_path / "new", "y", datasets_dir, classes=CLASSES, replace=True
+        )
+    session.rollback()  # (as `defects import` does on an error)
+    assert failed
+    assert sorted(p.name for p in datasets_dir.iterdir()) == ["y"]
+    assert _files_of(datasets_dir / "y") == old_files
+    row = session.query(Dataset).filter_by(name="y").one()
+    assert Path(row.root_path) == (datasets_dir / "y").resolve()
+    assert session.query(Dataset).count() == 1
+
+
 def test_a_ctrl_c_while_the_replaced_data_is_removed_says_interrupted(
     database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ctrl_c_raises: None
 ) -> None:
