@@ -1898,3 +1898,36 @@ def test_a_ctrl_c_while_the_replaced_data_is_removed_says_interrupted(
             session, "yolo", tmp_path / "new", "y", datasets_dir, classes=CLASSES, replace=True
         )
     assert sorted(p.name for p in datasets_dir.iterdir()) == ["y"]
+
+
+def test_a_ctrl_c_during_an_imports_copy_leaves_no_half_copy(
+    session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ctrl_c_raises: None
+) -> None:  # type: ignore[no-untyped-def]
+    """A Ctrl-C while an import copied its images left its half-written copy (.y.importing)
+    beside the datasets, holding the disk's space until an import of the same name came; a
+    failed copy's was removed. It is removed now too, and the old dataset is as it was."""
+    import signal
+
+    write_yolo(tmp_path / "old", n=6)
+    write_yolo(tmp_path / "new", n=6, seed=1)
+    datasets_dir = tmp_path / "ds"
+    import_dataset(session, "yolo", tmp_path / "old", "y", datasets_dir, classes=CLASSES)
+    session.commit()
+    old_files = _files_of(datasets_dir / "y")
+    link, linked = os.link, []
+
+    def stopped_by_ctrl_c(source: str, target: str, *args: object, **kwargs: object) -> None:
+        linked.append(target)
+        if len(linked) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        link(source, target, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "link", stopped_by_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        import_dataset(
+            session, "yolo", tmp_path / "new", "y", datasets_dir, classes=CLASSES, replace=True
+        )
+    session.rollback()  # (as `defects import` does on a Ctrl-C)
+    assert ".y.importing" in str(linked[-1])
+    assert sorted(p.name for p in datasets_dir.iterdir()) == ["y"]
+    assert _files_of(datasets_dir / "y") == old_files

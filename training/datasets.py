@@ -1757,9 +1757,9 @@ def write_dataset(
             existing,
             tile,
         )
-    except UserError:
+    except (UserError, KeyboardInterrupt):
         # (One said once the copy was written, a moved dataset's data.yaml that could not be
-        # rewritten, left the copy beside the datasets.)
+        # rewritten, left the copy beside the datasets; so did a Ctrl-C during the copy.)
         _remove_stage(datasets_dir, name)
         raise
     except OSError as exc:
