@@ -1931,3 +1931,32 @@ def test_a_ctrl_c_during_an_imports_copy_leaves_no_half_copy(
     assert ".y.importing" in str(linked[-1])
     assert sorted(p.name for p in datasets_dir.iterdir()) == ["y"]
     assert _files_of(datasets_dir / "y") == old_files
+
+
+def test_an_import_that_another_of_the_same_name_overtook_says_so_in_one_line(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Two imports of one new name at once: the second to register its row was refused by
+    the database's unique name, a traceback of the driver's IntegrityError. It now says in
+    one line that nothing is registered and to import again with --replace; the first
+    import's data is the dataset, nothing beside it."""
+    from db.session import session_scope
+    from training.datasets import read_yolo
+
+    write_yolo(tmp_path / "first", n=6)
+    write_yolo(tmp_path / "second", n=4, seed=1)
+    datasets_dir = tmp_path / "ds"
+    # (The second read the store before the first registered y: it found no dataset y.)
+    class_names, images, issues = read_yolo(tmp_path / "second", CLASSES)
+    with session_scope(database_url) as session:
+        import_dataset(session, "yolo", tmp_path / "first", "y", datasets_dir, classes=CLASSES)
+    first_files = _files_of(datasets_dir / "y")
+    with pytest.raises(UserError) as refused, session_scope(database_url) as session:
+        write_dataset(session, "y", "second", "yolo", class_names, images, issues, datasets_dir)
+    said = str(refused.value)
+    assert said.startswith("dataset y not written: the database refused its row (")
+    assert "run the same command again with --replace" in said
+    assert sorted(p.name for p in datasets_dir.iterdir()) == ["y"]
+    assert _files_of(datasets_dir / "y") == first_files
+    with session_scope(database_url) as session:
+        assert session.query(Dataset).filter_by(name="y").one().source.endswith("first")

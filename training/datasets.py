@@ -35,6 +35,7 @@ from typing import Literal
 import yaml
 from PIL import Image, UnidentifiedImageError
 from sqlalchemy import event, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, SessionTransaction
 
 from db.models import Dataset, ModelVersion
@@ -2109,7 +2110,16 @@ def _write_dataset(
     dataset.classes = class_names
     dataset.split_counts = split_counts
     session.add(dataset)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        # (Another import of the same name, started before this one looked, registered it
+        # first: a traceback of the driver's error. The rollback puts the folders back.)
+        raise UserError(
+            f"dataset {name} not written: the database refused its row ({exc.orig}); nothing "
+            f"is registered by this import and its folder is left as it was: if another "
+            f"import of {name} ran meanwhile, run the same command again with --replace"
+        ) from exc
     # Warnings first: a listing cut short (the CLI shows 20) keeps them in view.
     return ImportReport(
         name, root, class_names, split_counts, warnings + left_out, len(converted), tile
