@@ -753,9 +753,27 @@ def _outvoted(reviews: list[Review]) -> set[int]:
     return {prediction_id for prediction_id, vote in votes.items() if vote < 0}
 
 
+def _drawn_over(review: Review, confirmed: list[Review]) -> bool:
+    """A missed defect drawn over a detection that stands (`confirmed`: the part's standing
+    confirmations): one defect, taught by the detection's box alone. A box drawn there while
+    the detection stood is refused at Add (`add_missed_defect`), so one drawn while it was
+    undecided or outvoted gives way once a later confirmation makes it stand: the export
+    then holds what it would have held had the confirmation come first (it taught the one
+    defect as two boxes). Outvoted again, the drawn box is the defect's."""
+    if review.prediction_id is not None:
+        return False
+    drawn = (review.x1, review.y1, review.x2, review.y2)
+    return any(
+        same.class_name == review.class_name
+        and _overlap(drawn, (same.x1, same.y1, same.x2, same.y2)) >= SAME_DEFECT_IOU  # type: ignore[arg-type]
+        for same in confirmed
+    )
+
+
 def reviewed_parts(session: Session) -> list[PartTruth]:
     """Every part whose truth reviewers have given (`truth_subquery`), with its defects' boxes
-    (a disputed detection's as `standing_defect` counts it; a box given twice is one box)."""
+    (a disputed detection's as `standing_defect` counts it; a box given twice is one box, and
+    one drawn over a detection that stands is that detection's: `_drawn_over`)."""
     truth = truth_subquery()
     rows = session.execute(
         select(Part, truth.c.defective, truth.c.complete)
@@ -766,12 +784,18 @@ def reviewed_parts(session: Session) -> list[PartTruth]:
     truths = []
     for part, defective, complete in rows:
         outvoted = _outvoted(part.reviews)
-        boxes = {
-            (r.class_name or "defect", r.x1, r.y1, r.x2, r.y2): None
+        standing = [
+            r
             for r in part.reviews
             if r.kind in DEFECT_REVIEWS
             and r.prediction_id not in outvoted
             and None not in (r.x1, r.y1, r.x2, r.y2)
+        ]
+        confirmed = [r for r in standing if r.prediction_id is not None]
+        boxes = {
+            (r.class_name or "defect", r.x1, r.y1, r.x2, r.y2): None
+            for r in standing
+            if not _drawn_over(r, confirmed)
         }
         truths.append(
             PartTruth(

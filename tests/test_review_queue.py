@@ -730,3 +730,32 @@ def test_a_missed_defect_over_a_detection_voted_a_false_call_is_recorded_and_cou
         (truth,) = reviewed_parts(session)
     assert (counted.n_defective, counted.n_good) == (1, 0)
     assert truth.defective and truth.boxes == [("scratch", 1.0, 1.0, 8.0, 9.0)]
+
+
+def test_a_detection_confirmed_after_a_box_was_drawn_over_it_is_exported_as_one_box(
+    database_url: str,
+) -> None:
+    """Bob marked the detection a false call and drew the defect himself; Ana's confirmation
+    came after (a tie: the detection stands). The export taught one defect as two boxes, the
+    detection's and Bob's; as one drawn over a detection that stands is refused at Add, the
+    detection's box is the one kept. Outvoted again, Bob's box is the defect's."""
+    from db.reviews import reviewed_parts, withdraw_decision
+    from db.session import session_scope
+
+    with session_scope(database_url) as session:
+        inspection = _part(session, 1, [0.9])  # a box at 1, 1, 9, 9
+        detection = inspection.predictions[0].id
+        mark_false_call(session, detection, "bob")
+        add_missed_defect(session, inspection.part_id, "scratch", (1, 1, 8, 9), "bob")
+        add_missed_defect(session, inspection.part_id, "scratch", (50, 50, 60, 60), "bob")
+        confirm_defect(session, detection, "ana")
+    with session_scope(database_url) as session:
+        (truth,) = reviewed_parts(session)
+        assert sorted(truth.boxes) == [
+            ("scratch", 1.0, 1.0, 9.0, 9.0),
+            ("scratch", 50.0, 50.0, 60.0, 60.0),
+        ]
+        withdraw_decision(session, detection, "ana")
+    with session_scope(database_url) as session:
+        (truth,) = reviewed_parts(session)
+    assert truth.boxes == [("scratch", 1.0, 1.0, 8.0, 9.0), ("scratch", 50.0, 50.0, 60.0, 60.0)]
