@@ -579,7 +579,8 @@ def test_a_part_marked_good_says_by_whom_and_what_it_counts_as(
 ) -> None:
     """The page never said a part was marked good: a reviewer about to confirm a defect on it
     was not told, and the rates then counted it defective. It says who marked it good and
-    when, and what the rates count it as, before and after a defect is confirmed on it."""
+    when, and what the rates count it as, before and after a defect is confirmed on it (and
+    at the confirmation, what it did to the part's standing)."""
     at = _two_failed_parts_on_review(production, tmp_path)
     first = at.selectbox(key="review_part").value
     next(b for b in at.button if b.label == "Mark part good").click().run()
@@ -594,6 +595,12 @@ def test_a_part_marked_good_says_by_whom_and_what_it_counts_as(
     assert (before.n_defective, before.n_good) == (0, 1)
     at.text_input(key="reviewer").input("Bob").run()
     next(b for b in at.button if b.label == "Confirm defect").click().run()
+    assert not at.exception, at.exception
+    # Said at the click, which moves on to the next part: it said nothing of what changed.
+    assert [s.value for s in at.success] == [
+        f"Your confirmation of detection 1 of part {first} recorded. Part {first}, marked "
+        "good by Ana, now counts defective in the rates and the export: a defect on it stands."
+    ]
     at.selectbox(key="review_part").set_value(first).run()
     assert not at.exception, at.exception
     assert any(

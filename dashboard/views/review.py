@@ -203,6 +203,7 @@ else:
             f"{r.reviewer} ({local_time(r.created_at):%Y-%m-%d %H:%M})"
             for r in good_marks(session, part.id)
         ]
+        good_by = list(dict.fromkeys(r.reviewer for r in good_marks(session, part.id)))
         counted_as = counted_defective(session, part.id) if marked_good else None
         left_out = left_out_note(inspection.boxes_left_out)
         detector = (
@@ -250,6 +251,19 @@ else:
     # classes sorted, a class's colour changed from one part to the next.)
     coloured = classes + added_classes if info else judged_by
 
+    def good_part_standing(defective: bool | None) -> str:
+        """What a decision did to a part marked good, from what the rates and the export count
+        it as after it (`counted_defective`) against what the page said before: a confirmation
+        on such a part made it count defective, and the page moved on to the next part
+        without a word."""
+        by = f"Part {item.part_id}, marked good by {plain(', '.join(good_by))},"
+        if defective is None:
+            return f" {by} is not counted until its review is finished."
+        if defective:
+            change = "still counts" if counted_as else "now counts"
+            return f" {by} {change} defective in the rates and the export: a defect on it stands."
+        return f" {by} {'now counts' if counted_as else 'still counts'} good."
+
     def reviewed(message: str) -> None:
         """After a review of the part shown: said on the next run, which may show another."""
         st.session_state["review_last_part"] = item.part_id
@@ -282,12 +296,17 @@ else:
                             settle_dispute(session, prediction_id, kind, reviewer)
                         else:
                             decide(session, prediction_id, reviewer)
-                    reviewed(
+                        standing = (
+                            good_part_standing(counted_defective(session, item.part_id))
+                            if good_by
+                            else ""
+                        )
+                    if settle:
                         # ("settled by your confirm defect" read as the button, not a word.)
-                        f"Detection {i + 1} of part {item.part_id} settled by your {noun}."
-                        if settle
-                        else ""
-                    )
+                        said = f"Detection {i + 1} of part {item.part_id} settled by your {noun}."
+                    else:
+                        said = f"Your {noun} of detection {i + 1} of part {item.part_id} recorded."
+                    reviewed(f"{said}{standing}" if settle or standing else "")
                 except ReviewRecorded as exc:
                     # (Another tab of this reviewer's decided it in the same moment, or another
                     # reviewer settled the dispute.)
