@@ -770,6 +770,36 @@ def _drawn_over(review: Review, confirmed: list[Review]) -> bool:
     )
 
 
+def _taught(reviews: list[Review]) -> list[Review]:
+    """The part's reviews (`reviews`: all of them) whose boxes the export teaches: the defects
+    that stand, less those drawn over a detection that stands (`_drawn_over`)."""
+    outvoted = _outvoted(reviews)
+    standing = [
+        r
+        for r in reviews
+        if r.kind in DEFECT_REVIEWS
+        and r.prediction_id not in outvoted
+        and None not in (r.x1, r.y1, r.x2, r.y2)
+    ]
+    confirmed = [r for r in standing if r.prediction_id is not None]
+    return [r for r in standing if not _drawn_over(r, confirmed)]
+
+
+def drawn_over_detections(session: Session, part_id: int) -> set[int]:
+    """The missed defects of the part (review ids) the export leaves out as drawn over a
+    detection that stands (`_drawn_over`): the Review page says so beside each, where it
+    listed them as defects of their own while the export taught the detection's box alone."""
+    reviews = list(session.scalars(select(Review).where(Review.part_id == part_id)))
+    taught = {r.id for r in _taught(reviews)}
+    return {
+        r.id
+        for r in reviews
+        if r.kind == ReviewKind.MISSED_DEFECT
+        and r.id not in taught
+        and None not in (r.x1, r.y1, r.x2, r.y2)
+    }
+
+
 def reviewed_parts(session: Session) -> list[PartTruth]:
     """Every part whose truth reviewers have given (`truth_subquery`), with its defects' boxes
     (a disputed detection's as `standing_defect` counts it; a box given twice is one box, and
@@ -783,19 +813,8 @@ def reviewed_parts(session: Session) -> list[PartTruth]:
     ).all()
     truths = []
     for part, defective, complete in rows:
-        outvoted = _outvoted(part.reviews)
-        standing = [
-            r
-            for r in part.reviews
-            if r.kind in DEFECT_REVIEWS
-            and r.prediction_id not in outvoted
-            and None not in (r.x1, r.y1, r.x2, r.y2)
-        ]
-        confirmed = [r for r in standing if r.prediction_id is not None]
         boxes = {
-            (r.class_name or "defect", r.x1, r.y1, r.x2, r.y2): None
-            for r in standing
-            if not _drawn_over(r, confirmed)
+            (r.class_name or "defect", r.x1, r.y1, r.x2, r.y2): None for r in _taught(part.reviews)
         }
         truths.append(
             PartTruth(

@@ -3283,6 +3283,34 @@ def test_a_third_reviewer_settles_a_detection_two_reviewers_disagree_on(
     assert not truth.defective and truth.boxes == []
 
 
+def test_a_box_drawn_over_a_detection_confirmed_since_says_the_export_teaches_the_detection(
+    production: str, tmp_path: Path
+) -> None:
+    """Ana drew a defect over a detection not yet decided, then confirmed the detection: the
+    export teaches the one defect by the detection's box alone, while the page still listed
+    her box as a missed defect of its own. It says her box gives way, as the export counts."""
+    at = _two_failed_parts_on_review(production, tmp_path)
+    shown = at.selectbox(key="review_part").value
+    for corner, value in zip(("x1", "y1", "x2", "y2"), (3, 3, 20, 20), strict=True):
+        at.number_input(key=f"{corner}_{shown}_0_None").set_value(value)
+    next(b for b in at.button if b.label == "Add missed defect").click().run()
+    assert [m.value for m in at.markdown if m.value.startswith("- missed")] == [
+        f"- missed {CLASSES[0]}, added by Ana"  # (the detection undecided: its own)
+    ]
+    next(b for b in at.button if b.label == "Confirm defect").click().run()
+    at.selectbox(key="review_part").set_value(shown).run()
+    assert not at.exception, at.exception
+    assert [m.value for m in at.markdown if m.value.startswith("- missed")] == [
+        f"- missed {CLASSES[0]}, added by Ana: over a detection confirmed since, which "
+        "stands, so the export teaches that detection's box in its place"
+    ]
+    with session_scope(production) as session:
+        (truth,) = reviewed_parts(session)
+        (counted,) = rates(session)
+    assert truth.boxes == [(CLASSES[0], 2.0, 2.0, 20.0, 20.0)]
+    assert (counted.n_defective, counted.n_good) == (1, 0)
+
+
 def test_a_settling_confirmation_is_said_and_its_undo_brings_the_dispute_back(
     production: str, tmp_path: Path
 ) -> None:

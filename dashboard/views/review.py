@@ -21,6 +21,7 @@ from db.reviews import (
     decide_the_rest,
     decided_words,
     disputed,
+    drawn_over_detections,
     good_marks,
     last_review,
     mark_false_call,
@@ -195,9 +196,20 @@ else:
             (p.id, p.class_name, p.confidence, p.counted, (p.x1, p.y1, p.x2, p.y2))
             for p in inspection.predictions
         ]
+        missed = missed_defects(session, part.id)
         added_boxes = [
-            (r.class_name or "defect", r.reviewer, (r.x1, r.y1, r.x2, r.y2))
-            for r in missed_defects(session, part.id)
+            (r.class_name or "defect", r.reviewer, (r.x1, r.y1, r.x2, r.y2)) for r in missed
+        ]
+        given_way = drawn_over_detections(session, part.id)
+        added_said = [
+            f"- missed {plain(r.class_name or 'defect')}, added by {plain(r.reviewer)}"
+            + (
+                ": over a detection confirmed since, which stands, so the export teaches that "
+                "detection's box in its place"
+                if r.id in given_way
+                else ""
+            )
+            for r in missed
         ]
         marked_good = [
             f"{r.reviewer} ({local_time(r.created_at):%Y-%m-%d %H:%M})"
@@ -442,8 +454,8 @@ else:
             decide_buttons(i, prediction_id, "")
         if left_out:  # (a tiled part keeps its most confident counted boxes)
             st.caption(left_out)
-        for class_name, who, _ in added_boxes:
-            st.markdown(f"- missed {plain(class_name)}, added by {plain(who)}")
+        for said in added_said:
+            st.markdown(said)
         undecided = [p for p in predictions if p[0] not in decided]
         if (
             decided
