@@ -3248,6 +3248,35 @@ def test_a_detection_two_reviewers_disagree_on_says_what_counts_and_one_gives_wa
     assert not any(b.label.startswith("Withdraw") for b in bob.button)
 
 
+def test_a_withdrawn_confirmation_on_a_part_marked_good_says_the_part_counts_good_again(
+    production: str, tmp_path: Path
+) -> None:
+    """Ana marked the part good as Bob confirmed its detection and Cy marked it a false call
+    (a tie: defective). Bob's withdrawal said only "withdrawn", though the part, counted
+    defective on the page a moment before, now counted good."""
+    from db.reviews import confirm_defect, mark_false_call, mark_good
+
+    bob = _two_failed_parts_on_review(production, tmp_path)
+    bob.text_input(key="reviewer").input("Bob").run()
+    shown = bob.selectbox(key="review_part").value
+    with session_scope(production) as session:
+        inspection = session.scalars(select(Inspection).where(Inspection.part_id == shown)).one()
+        mark_good(session, shown, "Ana")  # (the three clicks on their way at once)
+        confirm_defect(session, inspection.predictions[0].id, "Bob")
+        mark_false_call(session, inspection.predictions[0].id, "Cy")
+    bob.selectbox(key="review_part").set_value(shown).run()
+    assert any("count the part defective" in w.value for w in bob.warning)
+    next(b for b in bob.button if b.label == "Withdraw my confirmed defect").click().run()
+    assert not bob.exception, bob.exception
+    assert [s.value for s in bob.success] == [
+        f"Your confirmed defect on detection 1 of part {shown} withdrawn. Part {shown}, marked "
+        "good by Ana, now counts good."
+    ]
+    with session_scope(production) as session:
+        (counted,) = rates(session)
+    assert (counted.n_defective, counted.n_good) == (0, 1)
+
+
 def test_a_third_reviewer_settles_a_detection_two_reviewers_disagree_on(
     production: str, tmp_path: Path
 ) -> None:

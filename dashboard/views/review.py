@@ -444,8 +444,14 @@ else:
                     ):
                         with session_scope(state.url) as session:
                             withdraw_decision(session, prediction_id, reviewer)
+                            standing = (
+                                good_part_standing(counted_defective(session, item.part_id))
+                                if good_by
+                                else ""
+                            )
                         reviewed(
-                            f"Your {said} on detection {i + 1} of part {item.part_id} withdrawn."
+                            f"Your {said} on detection {i + 1} of part {item.part_id} "
+                            f"withdrawn.{standing}"
                         )
                 if disputed(words[prediction_id]) and not mine:
                     # Two reviewers disagree: a third word (a lead's) settles it either way.
