@@ -1201,3 +1201,38 @@ def test_evaluate_json_is_synced_and_a_failing_disk_says_so(
         _write_json(path, {"map50": 0.5})
     assert path.read_text() == "{}"
     assert [p.name for p in tmp_path.iterdir()] == ["eval.json"]
+
+
+def test_a_dataset_of_some_of_the_models_classes_is_told_how_to_import_it_in_its_order(
+    tmp_path: Path,
+) -> None:
+    """A few NEU-DET images imported as VOC take the classes their boxes name, sorted: the
+    demo's evaluate and calibrate refused them without saying that `--classes` gives the
+    model's. Imported again as told, they evaluate."""
+    from tests.synthetic import write_voc
+
+    assert runner.invoke(app, ["models", "install-demo"]).exit_code == 0
+    write_voc(tmp_path / "src", n=12, classes=["crazing", "patches"])
+    imported = runner.invoke(app, ["import", "voc", str(tmp_path / "src"), "--name", "few"])
+    assert imported.exit_code == 0, imported.output
+    demo_classes = "crazing,inclusion,patches,pitted_surface,rolled-in_scale,scratches"
+    for command in (
+        ["evaluate", "neu-det-demo-v4", "--data", "few", "--split", "test"],
+        [
+            "calibrate",
+            "neu-det-demo-v4",
+            "--data",
+            "few",
+            "--split",
+            "val",
+            "--max-miss-rate",
+            "0.1",
+        ],
+    ):
+        refused = runner.invoke(app, command)
+        assert refused.exit_code == 1
+        assert f"`--classes {demo_classes}`" in str(refused.exception), command
+    again = [str(tmp_path / "src"), "--name", "few", "--replace", "--classes", demo_classes]
+    assert runner.invoke(app, ["import", "voc", *again]).exit_code == 0
+    evaluated = runner.invoke(app, ["evaluate", "neu-det-demo-v4", "--data", "few"])
+    assert evaluated.exit_code == 0, evaluated.output

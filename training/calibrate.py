@@ -685,6 +685,7 @@ def calibrate_model(
     from db.registry import get_model_version
     from db.session import session_scope
     from training.datasets import dataset_yaml
+    from training.evaluate import classes_hint
     from training.versions import weights_file
 
     check_miss_rate_target(max_miss_rate)
@@ -704,7 +705,7 @@ def calibrate_model(
                     f": {data!r} adds {added}; calibrate the version trained on it "
                     f"(`defects train detector --from {detector.name} --data {data}`)"
                     if added
-                    else ": calibrate on data of the detector's own classes"
+                    else f": {classes_hint(known)}"
                 )
             )
         root, class_names = data_yaml.parent, list(dataset.classes)

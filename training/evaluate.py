@@ -167,6 +167,15 @@ def _predict_in_chunks(model: Any, images: list[Path], batch: int, **options: An
         yield from model.predict(source=chunk, stream=True, verbose=False, batch=batch, **options)
 
 
+def classes_hint(model_names: list[str]) -> str:
+    """What to do where a dataset's classes are not a model's: a VOC subset (a few NEU-DET
+    images) is imported with the classes its boxes name, sorted, unless told the model's."""
+    return (
+        "use data labeled with the model's classes in its order (a VOC import takes them "
+        f"with `--classes {','.join(model_names)}`, `--replace` to import it again)"
+    )
+
+
 def evaluate_detector(
     weights: Path,
     data: str,
@@ -192,7 +201,10 @@ def evaluate_detector(
         trained_size = int(ckpt.get("train_args", {}).get("imgsz", 640))
         model_tile = read_tile(Path(weights), lambda: tile_of_checkpoint(ckpt))
     if model_names != class_names:
-        raise UserError(f"the model's classes {model_names} are not the dataset's {class_names}")
+        raise UserError(
+            f"the model's classes {model_names} are not the dataset's {class_names}: "
+            + classes_hint(model_names)
+        )
     thresholds = thresholds or default_thresholds(class_names)
     imgsz = imgsz or trained_size
     images = split_image_paths(root, split)
