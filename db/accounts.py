@@ -109,6 +109,13 @@ def accounts_exist(session: Session) -> bool:
     return session.scalar(select(User.id).limit(1)) is not None
 
 
+def engineer_can_log_in(session: Session) -> bool:
+    """Whether an enabled engineer account exists: with accounts and none, the dashboard's
+    Models and Settings pages and its export of reviews are open to nobody."""
+    enabled_engineer = (User.role == Role.ENGINEER) & User.disabled_at.is_(None)
+    return session.scalar(select(User.id).where(enabled_engineer).limit(1)) is not None
+
+
 def find_user(session: Session, name: str) -> User | None:
     """An account by its name, in any case: names are unique regardless of case (`add_user`),
     so "QA1" is the account qa1, as a login or `defects users enable QA1` means it."""

@@ -69,6 +69,29 @@ def _stored(name: str) -> User:
         return user
 
 
+def test_accounts_with_no_engineer_who_can_log_in_are_said_to_lock_models_and_settings() -> None:
+    """A first account added as a reviewer, as a new engineer trying the login may do, turned
+    the login on with nobody let into the Models and Settings pages, and nothing said so;
+    disabling the last engineer did the same."""
+    locked = "no engineer account can log in"
+    code, output, _ = _users(
+        "add", "qa1", "--role", "reviewer", "--password-stdin", password="p" * 8
+    )
+    assert code == 0 and locked in " ".join(output.split())
+    code, output, _ = _users(
+        "add", "Ana", "--role", "engineer", "--password-stdin", password="p" * 8
+    )
+    assert code == 0 and locked not in " ".join(output.split())
+    code, output, _ = _users(
+        "add", "qa2", "--role", "reviewer", "--password-stdin", password="p" * 8
+    )
+    assert code == 0 and locked not in " ".join(output.split())
+    code, output, _ = _users("disable", "ana")
+    assert code == 0 and locked in " ".join(output.split())
+    code, output, _ = _users("enable", "ana")
+    assert code == 0 and locked not in " ".join(output.split())
+
+
 def test_users_add_list_disable_set_password_on_the_command_line() -> None:
     code, output, _ = _users("list")
     assert code == 0 and "no accounts" in output

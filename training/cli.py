@@ -354,6 +354,22 @@ PASSWORD_STDIN_HELP = "Read the password from the first line of stdin (for scrip
 PasswordStdinOption = Annotated[bool, typer.Option(help=PASSWORD_STDIN_HELP)]
 
 
+def _warn_without_engineer(url: str) -> None:
+    """Accounts with no engineer among those that can log in lock the dashboard's Models and
+    Settings pages from everyone, which nothing on the floor then says."""
+    from db.accounts import engineer_can_log_in
+
+    with session_scope(url) as session:
+        if engineer_can_log_in(session):
+            return
+    console.print(
+        "warning: no engineer account can log in: the dashboard's Models and Settings pages "
+        "and its export of reviews are open to nobody until one is added "
+        "(`defects users add NAME --role engineer`) or enabled",
+        markup=False,
+    )
+
+
 def _new_password(from_stdin: bool) -> str:
     """The password typed twice at a prompt (not echoed), or the first line of stdin."""
     if from_stdin:
@@ -383,6 +399,7 @@ def users_add(
         console.print(f"account {user.name} added ({user.role.value})")
     if first:
         console.print("the dashboard now asks everyone to log in")
+    _warn_without_engineer(url)
 
 
 @users_app.command("list")
@@ -427,9 +444,11 @@ def users_disable(name: Annotated[str, typer.Argument(help="The account's name."
     """Stop an account from logging in; never deleted, since its reviews name it."""
     from db.accounts import disable_user
 
-    with session_scope(migrated_database_url()) as session:
+    url = migrated_database_url()
+    with session_scope(url) as session:
         user = disable_user(session, name)
         console.print(f"account {user.name} disabled (its reviews keep its name)")
+    _warn_without_engineer(url)
 
 
 @users_app.command("enable")
