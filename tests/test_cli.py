@@ -1236,3 +1236,29 @@ def test_a_dataset_of_some_of_the_models_classes_is_told_how_to_import_it_in_its
     assert runner.invoke(app, ["import", "voc", *again]).exit_code == 0
     evaluated = runner.invoke(app, ["evaluate", "neu-det-demo-v4", "--data", "few"])
     assert evaluated.exit_code == 0, evaluated.output
+
+
+def test_inspect_given_a_zip_points_to_batch_and_records_no_part(tmp_path: Path) -> None:
+    """`defects inspect lot.zip` recorded the zip at the station as a part in error, "not an
+    image file", where a folder was told to go to `defects batch`: a zip is told so too."""
+    import json
+
+    from PIL import Image
+
+    assert runner.invoke(app, ["models", "install-demo"]).exit_code == 0
+    part = tmp_path / "part.png"
+    Image.new("RGB", (64, 64), (90, 90, 90)).save(part)
+    lot = tmp_path / "lot.zip"
+    with zipfile.ZipFile(lot, "w") as archive:
+        archive.write(part, "part.png")
+    alone = runner.invoke(app, ["inspect", str(lot)])
+    assert alone.exit_code == 1
+    assert "a zip, not an image: `defects batch ZIP`" in str(alone.exception)
+    beside = runner.invoke(app, ["inspect", str(part), str(lot)])
+    assert beside.exit_code == 1
+    assert f"1 of 2 paths name no image file: {lot}" in str(beside.exception)
+    said = " ".join(beside.output.split())
+    assert "part.png: ERROR blank image" in said and "lot.zip: ERROR a zip, not an image" in said
+    status = json.loads(runner.invoke(app, ["status", "--json"]).output)
+    (station,) = [s for s in status["stations"] if s["station"] == "default"]
+    assert station["inspected"] == 1 and station["errors"] == 1  # the blank part alone

@@ -2054,18 +2054,21 @@ def inspect_command(
     import json
 
     from db.models import INSPECT_COMMAND_SOURCE
-    from inspection.batch import BatchInspection, SourceItem, read_file
+    from inspection.batch import BatchInspection, SourceItem, is_zip_archive, read_file
     from inspection.images import not_a_file_reason
 
     # A path that names no image is the caller's mistake, not a part's: the others are judged
     # and shown, and the exit status says so (an unreadable image is a part's error, recorded).
     # The mistake itself is shown, not recorded: a typo was stored as a part in error, and one
-    # with no image at all opened a run on the station.
-    mistaken = [p for p in images if not p.is_file()]
+    # with no image at all opened a run on the station. So is a zip, which was recorded as a
+    # part "not an image file" at the station.
+    mistaken = [p for p in images if not p.is_file() or is_zip_archive(p)]
 
     def mistake(path: Path) -> str:
         if path.is_dir():
             return "a folder, not an image: `defects batch FOLDER` inspects folders"
+        if path.is_file():
+            return "a zip, not an image: `defects batch ZIP` inspects a zip's images"
         try:  # (a named pipe or a device is there, and is not read: "not found" misled)
             return not_a_file_reason(path.stat().st_mode) or "file not found"
         except OSError:
