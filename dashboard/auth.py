@@ -109,7 +109,8 @@ def current_access(url: str) -> Access:
 
 def login_page(url: str) -> None:
     """Name and password; a wrong one is told as that alone, so it says not which names
-    exist; a name given 5 wrong passwords in a row waits 30 s, and is told so."""
+    exist, nor which are disabled (refused in those words, with their right password too);
+    a name given 5 wrong passwords in a row waits 30 s, and is told so."""
     st.title("Log in")
     st.caption("This dashboard has named accounts: reviews are recorded under yours.")
     forget_browser_login()
@@ -132,8 +133,6 @@ def login_page(url: str) -> None:
             f"Too many wrong tries for the name {plain(name.strip())}: wait "
             f"{login.wait_seconds} s before trying it again."
         )
-    elif login.disabled:
-        st.error("This account is disabled: ask an engineer (`defects users enable NAME`).")
     else:
         st.error("wrong name or password")
 

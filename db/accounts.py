@@ -191,7 +191,6 @@ class Login:
     role: Role | None = None
     since: datetime | None = None
     wait_seconds: int = 0  # > 0: this name is locked for that long
-    disabled: bool = False
 
     @property
     def ok(self) -> bool:
@@ -234,14 +233,16 @@ def authenticate(session: Session, name: str, password: str) -> Login:
     ).rowcount
     session.commit()  # (seen by every other try from now on)
     session.refresh(user)
-    if not counted or not verify_password(password, user.password_hash):
+    # A disabled account is answered, and counted, as a wrong password, even given the right
+    # one (its password still checked, taking as long): told "disabled", or its count reset,
+    # the right password was confirmed to whoever tried it. `defects users list` says it.
+    right = verify_password(password, user.password_hash) if counted else False
+    if not right or user.disabled_at is not None:
         if user.locked_until is not None and user.locked_until > now:
             return Login(wait_seconds=_seconds_left(user.locked_until, now))
         return Login()
     user.failed_logins = 0
     user.locked_until = None
-    if user.disabled_at is not None:
-        return Login(disabled=True)
     return Login(name=user.name, role=user.role, since=user.password_changed_at)
 
 

@@ -15,6 +15,7 @@ from db.accounts import (
     LOCK_SECONDS,
     MAX_FAILED_LOGINS,
     AccountError,
+    Login,
     accounts_exist,
     add_user,
     authenticate,
@@ -298,7 +299,31 @@ def test_a_disabled_account_cannot_log_in(database_url: str) -> None:
         disable_user(session, "ana")
         assert _role_of(session, token) is None
         login = authenticate(session, "ana", "right-pass")
-        assert not login.ok and login.disabled
+        assert not login.ok
+
+
+def test_a_disabled_account_is_answered_and_counted_as_a_wrong_password(
+    database_url: str,
+) -> None:
+    """Told "disabled", or its count of wrong tries reset, a disabled account confirmed its
+    right password to whoever tried it: the answers given the right password and a wrong one
+    must be one and the same, waits included."""
+    from db.accounts import disable_user
+
+    with session_scope(database_url) as session:
+        add_user(session, "ana", Role.ENGINEER, "right-pass")
+        add_user(session, "bo", Role.ENGINEER, "right-pass")
+        disable_user(session, "ana")
+        disable_user(session, "bo")
+    answers: dict[str, list[Login]] = {"ana": [], "bo": []}
+    for name, password in (("ana", "right-pass"), ("bo", "wrong-pass")):
+        for _ in range(MAX_FAILED_LOGINS):
+            with session_scope(database_url) as session:
+                answers[name].append(authenticate(session, name, password))
+    assert answers["ana"] == answers["bo"]
+    assert [a.wait_seconds for a in answers["ana"]] == [0] * (MAX_FAILED_LOGINS - 1) + [
+        LOCK_SECONDS
+    ]
 
 
 def test_a_login_ends_with_a_disable_even_if_enabled_again_before_its_next_action(
