@@ -225,3 +225,9 @@ def listens_beyond_localhost() -> bool:
     machine's loopback (Streamlit with no address listens on every interface)."""
     address = st.get_option("server.address")
     return not address or str(address).strip("[]") not in LOCAL_ADDRESSES
+
+
+def serves_tls() -> bool:
+    """Whether Streamlit itself serves the page over HTTPS (given a certificate): otherwise a
+    page reached from another machine, passwords typed in it included, crosses it in clear."""
+    return bool(st.get_option("server.sslCertFile"))

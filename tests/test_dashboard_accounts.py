@@ -80,6 +80,39 @@ def test_a_dashboard_served_beyond_localhost_without_accounts_says_so(
     assert not any("no accounts" in w.value for w in at.warning)
 
 
+@pytest.fixture
+def server_certificate() -> Iterator[None]:
+    """Puts back the certificate Streamlit serves HTTPS with, which a test sets."""
+    before = config.get_option("server.sslCertFile")
+    yield
+    config.set_option("server.sslCertFile", before)
+
+
+def test_accounts_on_a_dashboard_served_beyond_localhost_over_plain_http_are_warned_of(
+    url: str, server_address: None, server_certificate: None
+) -> None:
+    """With accounts, the page was silent about the dashboard listening beyond this machine:
+    over plain HTTP, every password typed at its login form crosses the network in clear."""
+    config.set_option("server.address", "0.0.0.0")
+    config.set_option("server.sslCertFile", None)
+    _account(url, "eng", Role.ENGINEER)
+    at = _log_in(AppTest.from_file(APP, default_timeout=120).run(), "eng", "right-pass")
+    at.switch_page("views/settings.py").run()
+    assert not at.exception, at.exception
+    [warning] = [w.value for w in at.warning if "plain HTTP" in w.value]
+    assert "0.0.0.0" in warning and "passwords" in warning
+    assert "Serving the dashboard on a shared network" in warning
+    config.set_option("server.sslCertFile", "/etc/ssl/defects.pem")  # (Streamlit serves HTTPS)
+    at.run()
+    assert _titles(at) == ["Settings"]
+    assert not any("plain HTTP" in w.value for w in at.warning)
+    config.set_option("server.address", "localhost")
+    config.set_option("server.sslCertFile", None)
+    at.run()
+    assert _titles(at) == ["Settings"]
+    assert not any("plain HTTP" in w.value for w in at.warning)
+
+
 def test_with_an_account_the_login_form_comes_first_and_no_page(url: str) -> None:
     _account(url, "ana", Role.REVIEWER)
     at = AppTest.from_file(APP, default_timeout=120).run()

@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 from sqlalchemy import select
 
-from dashboard.auth import engineers_only, listens_beyond_localhost
+from dashboard.auth import engineers_only, listens_beyond_localhost, serves_tls
 from dashboard.state import database_ready, detector_info, flash, lines_and_stations
 from dashboard.text import code, plain
 from db.models import Dataset, ModelKind, ModelVersion
@@ -85,16 +85,27 @@ def _classifier_caption(classifier: dict[str, Any]) -> str | None:
 
 state = database_ready()
 st.title("Settings")
-if not engineers_only(state.url, "Settings").accounts and listens_beyond_localhost():
+access = engineers_only(state.url, "Settings")
+if listens_beyond_localhost():
     address = st.get_option("server.address")
     where = code(address) if address else "on every address"
-    st.warning(
-        f"This dashboard listens beyond this machine ({where}) and has no accounts: "
-        "anyone who reaches it can change everything here, promote or roll back models, start "
-        "trainings and review under any name. Add an engineer's account on the server "
-        "(`defects users add NAME --role engineer`, see README's Accounts): from then on "
-        "everyone logs in."
-    )
+    if not access.accounts:
+        st.warning(
+            f"This dashboard listens beyond this machine ({where}) and has no accounts: "
+            "anyone who reaches it can change everything here, promote or roll back models, "
+            "start trainings and review under any name. Add an engineer's account on the server "
+            "(`defects users add NAME --role engineer`, see README's Accounts): from then on "
+            "everyone logs in."
+        )
+    elif not serves_tls():
+        # With accounts, the passwords typed at the login form and the login tokens cross the
+        # network too: over plain HTTP, anyone on it can read them.
+        st.warning(
+            f"This dashboard listens beyond this machine ({where}) over plain HTTP: passwords "
+            "and login tokens cross the network in clear. Have it listen on this machine alone "
+            "(`make run`, `HOST` left `localhost`) behind a reverse proxy with TLS, see "
+            'README\'s "Serving the dashboard on a shared network".'
+        )
 
 st.subheader("Thresholds of the production model")
 info = detector_info(state.url)
