@@ -426,9 +426,13 @@ _NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 def write_fix(exc: OSError) -> str:
     """What to do about a folder that could not be written, to go before "and run ... again":
     free space only where the disk is full; a folder not writable (EACCES, EROFS) or a disk
-    failing its writes (EIO) was told to free space too, which would not help either."""
+    failing its writes (EIO) was told to free space too, which would not help either. A
+    read-only file system (EROFS) is no user's permission to change: it was told to make the
+    folder writable for this user, which no chmod does; it is remounted, or another used."""
     if exc.errno in _NO_SPACE:
         return "free space there"
+    if exc.errno == errno.EROFS:
+        return "the file system is mounted read-only: remount it read-write or use another place"
     if exc.errno in _NOT_WRITABLE:
         return "make it writable for this user"
     return "check its disk"

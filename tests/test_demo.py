@@ -362,13 +362,18 @@ def test_the_demos_copied_files_are_on_disk_under_their_names(
         (errno.ENOSPC, "free space there"),
         (errno.EIO, "check its disk"),
         (errno.EACCES, "make it writable for this user"),
+        (
+            errno.EROFS,
+            "the file system is mounted read-only: remount it read-write or use another place",
+        ),
     ],
 )
 def test_a_demo_copy_that_fails_says_what_would_help(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, fix: str
 ) -> None:
     """A demo's copy into the model store failing on a failing disk (EIO) or a folder not
-    writable (EACCES) was told "free space there", which would not help; only a full disk is."""
+    writable (EACCES) was told "free space there", which would not help; only a full disk is.
+    A read-only file system (EROFS) was told to make the folder writable for this user."""
     from inspection.errors import UserError
     from training.demo import _copy_whole
 

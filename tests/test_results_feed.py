@@ -737,7 +737,14 @@ def test_a_line_a_full_disk_cut_short_is_ended_before_the_next_runs_lines(
 
 @pytest.mark.parametrize(
     ("code", "fix"),
-    [(errno.EIO, "check its disk"), (errno.EACCES, "make it writable for this user")],
+    [
+        (errno.EIO, "check its disk"),
+        (errno.EACCES, "make it writable for this user"),
+        (
+            errno.EROFS,
+            "the file system is mounted read-only: remount it read-write or use another place",
+        ),
+    ],
 )
 def test_a_feed_whose_write_fails_not_for_space_says_what_would_help(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, fix: str
