@@ -35,6 +35,37 @@ POSTGRES_URL = os.environ.get("DEFECTS_TEST_POSTGRES_URL")
 DATABASE_BACKENDS = ["sqlite"] + (["postgresql"] if POSTGRES_URL else [])
 
 
+@contextmanager
+def registration_commit_dropped(url: str, committed: bool = True) -> Iterator[None]:
+    """The commit of the transaction that records a model version fails as a connection
+    dropped during COMMIT fails: the error raised after the commit was made on the driver's
+    connection (`committed`), or before it was (the server never got it)."""
+    from sqlalchemy import event
+    from sqlalchemy.exc import OperationalError
+
+    engine = get_engine(url)
+    recording: list[object] = []
+
+    def noted(connection, cursor, statement, *args) -> None:  # type: ignore[no-untyped-def]
+        if statement.lstrip().upper().startswith("INSERT INTO MODEL_VERSIONS"):
+            recording.append(connection)
+
+    def dropped(connection) -> None:  # type: ignore[no-untyped-def]
+        if connection in recording:
+            recording.clear()
+            if committed:
+                connection.connection.dbapi_connection.commit()
+            raise OperationalError("COMMIT", {}, Exception("server closed the connection"))
+
+    event.listen(engine, "before_cursor_execute", noted)
+    event.listen(engine, "commit", dropped)
+    try:
+        yield
+    finally:
+        event.remove(engine, "before_cursor_execute", noted)
+        event.remove(engine, "commit", dropped)
+
+
 @pytest.fixture
 def ctrl_c_raises() -> Iterator[None]:
     """SIGINT raising KeyboardInterrupt, as a terminal's foreground job gets it, for a test that

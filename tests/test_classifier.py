@@ -1164,3 +1164,33 @@ def test_a_classifier_stopped_while_its_weights_are_copied_leaves_no_half_versio
     with pytest.raises(Stopped):
         train_classifier(_tiny_classifier_request(), synth_data)
     assert list(get_settings().models_dir.glob("*")) == []
+
+
+def test_a_training_whose_registration_commit_fails_says_its_version_may_be_registered(
+    trained: Trained, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection dropped during the COMMIT of the registration (the server committed):
+    the training ended on "database error ..." alone, while its version was registered."""
+    from db.session import DatabaseError
+    from tests.conftest import registration_commit_dropped
+    from training.train_classifier import ClassifierTrainRequest, train_classifier
+
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
+    get_settings.cache_clear()
+    request = ClassifierTrainRequest(
+        data="synth",
+        backbone="mobilenet_v3_small",
+        epochs=1,
+        imgsz=64,
+        batch=8,
+        device="cpu",
+        name="cls-commit-dropped",
+    )
+    with registration_commit_dropped(trained.url), pytest.raises(DatabaseError) as raised:
+        train_classifier(request, url=trained.url)
+    said = str(raised.value)
+    assert "server closed the connection" in said
+    assert "cls-commit-dropped may have been registered" in said
+    assert "check `defects models list`" in said
+    with session_scope(trained.url) as session:
+        assert Path(get_model_version(session, "cls-commit-dropped").file_path).is_file()

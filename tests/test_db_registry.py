@@ -337,6 +337,45 @@ def test_a_registration_into_a_folder_not_writable_says_to_make_it_writable(
     assert list(models.iterdir()) == []
 
 
+@pytest.mark.parametrize("committed", [True, False])
+def test_a_registration_whose_commit_fails_says_whether_the_version_may_be_registered(
+    database_url: str, tmp_path: Path, committed: bool
+) -> None:
+    """A training whose registration's COMMIT failed (a connection dropped during it: the
+    server may have committed) ended on "database error" alone, its version perhaps there. It
+    now says the version may be registered and where to look; not where nothing was."""
+    from sqlalchemy import select
+
+    from db.session import DatabaseError, session_scope
+    from tests.conftest import registration_commit_dropped
+    from training.versions import register_model_version, registration_scope
+
+    weights, models = tmp_path / "best.pt", tmp_path / "models"
+    weights.write_bytes(b"the weights")
+    with (
+        registration_commit_dropped(database_url, committed),
+        pytest.raises(DatabaseError) as raised,
+        registration_scope(database_url) as session,
+    ):
+        register_model_version(
+            session,
+            weights,
+            models,
+            name="dropped",
+            kind=ModelKind.CLASSIFIER,
+            architecture="defect-cls-x",
+            class_names=["good", "scratch"],
+            image_size=64,
+        )
+    said = str(raised.value)
+    assert said.startswith("database error at ") and "server closed the connection" in said
+    maybe = "the version dropped may have been registered all the same: check `defects models"
+    assert (maybe in said) is committed
+    with session_scope(database_url) as session:
+        names = list(session.scalars(select(ModelVersion.name)))
+    assert names == (["dropped"] if committed else [])
+
+
 def test_a_registration_whose_commit_is_said_to_fail_after_it_happened_keeps_its_weights(
     database_url: str, tmp_path: Path
 ) -> None:

@@ -1526,3 +1526,27 @@ def test_cpu_training_runs_on_the_cores_the_process_may_use(
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_training_whose_registration_commit_fails_says_its_version_may_be_registered(
+    trained: Trained, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection dropped during the COMMIT of the registration (the server committed):
+    the training ended on "database error ..." alone, while its version was registered."""
+    from db.session import DatabaseError
+    from tests.conftest import registration_commit_dropped
+    from training.train_detector import TrainRequest, train_detector
+
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
+    get_settings.cache_clear()
+    import re
+
+    request = TrainRequest(data="synth", architecture="defect-yolo-n", epochs=1, imgsz=64, batch=4)
+    with registration_commit_dropped(trained.url), pytest.raises(DatabaseError) as raised:
+        train_detector(request, url=trained.url)
+    said = str(raised.value)
+    assert "server closed the connection" in said and "check `defects models list`" in said
+    named = re.search(r"the version (\S+) may have been registered", said)
+    assert named is not None
+    with session_scope(trained.url) as session:
+        assert Path(get_model_version(session, named[1]).file_path).is_file()

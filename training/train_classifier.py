@@ -52,7 +52,7 @@ from training.datasets import (
     split_image_paths,
 )
 from training.jobs import check_runs_folder, process_start, record_job_end, this_host
-from training.versions import register_model_version, weights_file
+from training.versions import register_model_version, registration_scope, weights_file
 
 PROGRESS_EVERY_S = 30.0
 
@@ -627,7 +627,7 @@ def train_classifier(request: ClassifierTrainRequest, url: str | None = None) ->
         if distill_log:
             per_epoch = np.array_split(np.array(distill_log), request.epochs)
             metrics["distill_loss_per_epoch"] = [float(chunk.mean()) for chunk in per_epoch]
-        with session_scope(url) as session:
+        with registration_scope(url) as session:
             version = register_model_version(
                 session,
                 best_path,

@@ -46,7 +46,7 @@ from training.datasets import (
     dataset_yaml,
 )
 from training.jobs import check_runs_folder, process_start, record_job_end, this_host
-from training.versions import register_model_version, weights_file
+from training.versions import register_model_version, registration_scope, weights_file
 
 # Grayscale surface images: no hue or saturation jitter (there is no colour), brightness jitter
 # for lighting drift, both flips (a scratch has no up or down), mosaic for context and scale.
@@ -793,7 +793,7 @@ def train_detector(
             "run_dir": str(Path(trainer.save_dir)),
             **({"tile": tile.to_json()} if tile is not None else {}),
         }
-        with session_scope(url) as session:
+        with registration_scope(url) as session:
             from db.models import Dataset, ModelVersion
 
             dataset = session.get(Dataset, dataset_id)

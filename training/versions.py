@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 
 from db.models import Dataset, ModelKind, ModelStage, ModelVersion
 from db.registry import named_version
-from db.session import session_scope
+from db.session import DatabaseError, session_scope
 from inspection.batch import found_weights, sha256_of, weights_there
 from inspection.errors import UserError
 from inspection.images import replace_synced, write_fix
@@ -238,7 +240,35 @@ def register_model_version(
     )
     session.add(version)
     session.flush()
+    session.info[_REGISTERED] = (version_name, file_path)
     return version
+
+
+# In a session's `info`: the name and weights of the version `register_model_version` added.
+_REGISTERED = "registered_version"
+
+
+@contextmanager
+def registration_scope(url: str) -> Iterator[Session]:
+    """`session_scope` for a training's registration of its version. A connection dropped
+    during COMMIT raises although the server may have committed: the training ended on
+    "database error ..." alone, as if nothing were registered, while a version may well be.
+    Where the commit (not a statement before it) failed and the database, read again, names
+    the version's weights or cannot say (`_named_by_a_version`), the error says so."""
+    begun: list[Session] = []
+    try:
+        with session_scope(url) as session:
+            yield session
+            begun.append(session)  # (the body is done: what fails now is the commit)
+    except DatabaseError as exc:
+        registered = begun[0].info.get(_REGISTERED) if begun else None
+        if registered is None or not _named_by_a_version(begun[0], registered[1]):
+            raise
+        raise DatabaseError(
+            f"{exc}; the connection failed during the commit, and the version "
+            f"{registered[0]} may have been registered all the same: check `defects models "
+            "list` before training it again"
+        ) from exc
 
 
 def promotion_warnings(url: str, name: str, replaced: str | None) -> list[str]:
