@@ -234,15 +234,26 @@ def session_scope(url: str) -> Iterator[Session]:
         yield session
         session.commit()
     except DriverDatabaseError as exc:
-        session.rollback()
+        _roll_back(session, url)
         if not unusable(exc):
             raise
         raise failure("database error", url, exc) from exc
     except BaseException:
-        session.rollback()
+        _roll_back(session, url)
         raise
     finally:
         session.close()
+
+
+def _roll_back(session: Session, url: str) -> None:
+    """Roll back after an error, where a rollback is still possible. Where the COMMIT itself
+    failed (an `after_commit` hook, a connection lost in it), the session refuses a rollback
+    ("in 'committed' state"): that second error replaced the first, which said what went
+    wrong. It is logged instead, and the caller raises the first."""
+    try:
+        session.rollback()
+    except Exception as exc:  # noqa: BLE001 - the error being raised says what went wrong
+        logger.warning("rollback after an error failed on %s: %s", redact(url), exc)
 
 
 @contextmanager

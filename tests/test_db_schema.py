@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, func, select, text
+from sqlalchemy import Connection, event, func, select, text
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from db.migrate import current_revision, head_revision, upgrade
 from db.models import (
@@ -984,3 +985,22 @@ def test_the_one_word_per_reviewer_migration_merges_repeats_and_keeps_every_revi
         assert connection.execute(text("SELECT count(*) FROM reviews")).scalar() == 8
     get_engine(database_url).dispose()
     assert upgrade(database_url) == head_revision()
+
+
+@pytest.mark.parametrize("hook", ["before_commit", "after_commit"])
+def test_an_error_in_the_commit_is_the_error_raised(tmp_path: Path, hook: str) -> None:
+    """A COMMIT that failed was hidden behind the rollback's own refusal ("in 'committed'
+    state"), which said nothing of what went wrong. The first error is raised now, and where
+    a rollback is possible (before the COMMIT went through) nothing is written."""
+    url = f"sqlite:///{tmp_path / 'commit.db'}"
+    upgrade(url)
+
+    def refuse(session: Session) -> None:
+        raise RuntimeError(f"refused in {hook}")
+
+    with pytest.raises(RuntimeError, match=f"refused in {hook}"), session_scope(url) as session:
+        event.listen(session, hook, refuse)
+        session.add(ProductionLine(name="L1"))
+    with session_scope(url) as session:
+        written = session.scalars(select(ProductionLine.name)).all()
+    assert written == (["L1"] if hook == "after_commit" else [])
