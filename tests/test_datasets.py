@@ -345,7 +345,8 @@ def test_an_imported_dataset_is_on_disk_before_it_is_registered(
     report = import_dataset(
         session, "yolo", tmp_path / "src", "y", datasets_dir, classes=CLASSES, replace=replace
     )
-    stage = (datasets_dir / ".y.importing").resolve()
+    (stage_name,) = {Path(p).name for p in synced if Path(p).name.startswith(".y.importing-")}
+    stage = (datasets_dir / stage_name).resolve()
     files = {str(stage / p.relative_to(report.root)) for p in report.root.rglob("*") if p.is_file()}
     assert len(files) > 8 and files <= set(synced)
     folders = {
@@ -1828,13 +1829,15 @@ def test_a_disk_failing_a_sync_after_the_folders_moved_leaves_the_old_dataset_wh
         session.add(version)
     session.commit()
     old_files = _files_of(datasets_dir / "y")
-    stage = str((datasets_dir / ".y.importing").resolve())
-    failing = stage + "/images/" if failing_at.startswith("a file") else str(datasets_dir.resolve())
+    stages = str((datasets_dir / ".y.importing-").resolve())
+    failing = stages if failing_at.startswith("a file") else str(datasets_dir.resolve())
     fsync, failed = os.fsync, []
 
     def failing_disk(fd: int) -> None:
         path = os.readlink(f"/proc/self/fd/{fd}")
-        if path == failing or (failing.endswith("/") and path.startswith(failing)):
+        if path == failing or (
+            failing == stages and path.startswith(stages) and "/images/" in path
+        ):
             failed.append(path)
             raise OSError(errno.EIO, "Input/output error")
         fsync(fd)
@@ -1928,7 +1931,7 @@ def test_a_ctrl_c_during_an_imports_copy_leaves_no_half_copy(
             session, "yolo", tmp_path / "new", "y", datasets_dir, classes=CLASSES, replace=True
         )
     session.rollback()  # (as `defects import` does on a Ctrl-C)
-    assert ".y.importing" in str(linked[-1])
+    assert "/.y.importing-" in str(linked[-1])
     assert sorted(p.name for p in datasets_dir.iterdir()) == ["y"]
     assert _files_of(datasets_dir / "y") == old_files
 
@@ -1960,3 +1963,97 @@ def test_an_import_that_another_of_the_same_name_overtook_says_so_in_one_line(
     assert _files_of(datasets_dir / "y") == first_files
     with session_scope(database_url) as session:
         assert session.query(Dataset).filter_by(name="y").one().source.endswith("first")
+
+
+_PAUSED_IMPORT = """
+import os, sys, time
+from pathlib import Path
+
+from db.session import session_scope
+from inspection.errors import UserError
+from tests.synthetic import CLASSES
+from training.datasets import import_dataset
+
+url, src, datasets_dir, ready, go = sys.argv[1:]
+link = os.link
+
+
+def paused(source, target, *args, **kwargs):
+    # (Paused with its copy half built, until the test says go.)
+    if not Path(ready).exists():
+        Path(ready).write_text(str(target))
+        while not Path(go).exists():
+            time.sleep(0.02)
+    link(source, target, *args, **kwargs)
+
+
+os.link = paused
+try:
+    with session_scope(url) as session:
+        import_dataset(session, "yolo", Path(src), "y", Path(datasets_dir), classes=CLASSES)
+except UserError as exc:
+    print(exc)
+    sys.exit(1)
+"""
+
+
+def test_two_imports_of_one_name_at_once_each_keep_their_own_copy(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Two imports of one name at once shared one `.y.importing`: the second deleted the first's
+    half-built copy, and both failed ("Directory not empty", "No such file"). Each builds its
+    own now; the first is refused by the database's unique name alone, in its own words.
+    Leftovers whose process is gone on this machine are removed, a live import's are not."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from db.session import session_scope
+
+    write_yolo(tmp_path / "first", n=6)
+    write_yolo(tmp_path / "second", n=4, seed=1)
+    datasets_dir = tmp_path / "ds"
+    datasets_dir.mkdir()
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    dead = datasets_dir / f".y.importing-{socket.gethostname()}-{gone.stdout.strip()}-0badcafe"
+    (dead / "images").mkdir(parents=True)
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            _PAUSED_IMPORT,
+            database_url,
+            str(tmp_path / "first"),
+            str(datasets_dir),
+            str(ready),
+            str(go),
+        ],
+        cwd=Path(__file__).resolve().parent.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert ready.exists(), first.communicate()[0]
+        first_stage = Path(ready.read_text()).parents[2]
+        assert first_stage.parent == datasets_dir
+        with session_scope(database_url) as session:
+            import_dataset(session, "yolo", tmp_path / "second", "y", datasets_dir, classes=CLASSES)
+        assert first_stage.is_dir() and not dead.exists()
+    finally:
+        go.touch()
+        said = first.communicate(timeout=60)[0]
+    assert first.returncode == 1, said
+    assert said.startswith("dataset y not written: the database refused its row ("), said
+    assert sorted(p.name for p in datasets_dir.iterdir()) == ["y"]
+    assert len(list((datasets_dir / "y").glob("images/*/*.png"))) == 4

@@ -22,8 +22,11 @@ import logging
 import math
 import os
 import re
+import secrets
 import shutil
+import socket
 import stat
+import time
 import warnings
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -1744,6 +1747,7 @@ def write_dataset(
     cannot be read) registers nothing and leaves the dataset as it was. The half-written copy
     is removed then, not left to hold the full disk's space, and the error says so in one
     line (it was the system's bare "[Errno 28]")."""
+    stage = _new_stage(datasets_dir, name)
     try:
         return _write_dataset(
             session,
@@ -1757,14 +1761,15 @@ def write_dataset(
             split_of,
             existing,
             tile,
+            stage,
         )
     except (UserError, KeyboardInterrupt):
         # (One said once the copy was written, a moved dataset's data.yaml that could not be
         # rewritten, left the copy beside the datasets; so did a Ctrl-C during the copy.)
-        _remove_stage(datasets_dir, name)
+        _remove_stage(stage, name)
         raise
     except OSError as exc:
-        _remove_stage(datasets_dir, name)
+        _remove_stage(stage, name)
         where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f)
         raise UserError(
             f"dataset {name} not written: {exc.strerror or exc}"
@@ -1775,14 +1780,61 @@ def write_dataset(
         ) from exc
 
 
-def _remove_stage(datasets_dir: Path, name: str) -> None:
+# A stage folder left by an import that stopped on another machine (the data folder shared) is
+# removed by an import of its name once it is this old: its process cannot be asked about.
+STAGE_MAX_AGE_S = 24 * 3600
+
+
+def _new_stage(datasets_dir: Path, name: str) -> Path:
+    """The folder an import lays its copy out in, its own: two imports of one name at once
+    shared one `.NAME.importing`, and the second deleted the first's half-built copy (both
+    failed, each with a misleading error). Named by the machine and process that write it, so
+    that a leftover can be told dead (`_remove_dead_stages`)."""
+    host = socket.gethostname() or "host"
+    return datasets_dir / f".{name}.importing-{host}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _remove_dead_stages(datasets_dir: Path, name: str, stage: Path) -> None:
+    """Stage folders of `name` that earlier imports left (a kill -9, a power cut), removed so as
+    not to hold the disk's space: only those whose process is gone on this machine, or older
+    than STAGE_MAX_AGE_S (another machine's, or an older version's `.NAME.importing`). Another
+    live import's is never touched."""
+    pattern = re.compile(rf"\.{re.escape(name)}\.importing(?:-(.+)-(\d+)-[0-9a-f]+)?")
+    here = socket.gethostname() or "host"
+    for folder in datasets_dir.glob(f".{name}.importing*"):
+        match = pattern.fullmatch(folder.name)
+        if match is None or folder == stage:
+            continue
+        host, pid = match.group(1), match.group(2)
+        try:
+            dead = (host == here and not _process_alive(int(pid))) or (
+                time.time() - folder.lstat().st_mtime > STAGE_MAX_AGE_S
+            )
+        except OSError:
+            continue  # (gone meanwhile: removed by another import)
+        if dead:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this machine (one of another user's counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stage(stage: Path, name: str) -> None:
     """A failed import's half-written copy, removed so as not to hold the disk's space (only
     under a name that passed the check: another is no folder of the store)."""
     try:
         check_dataset_name(name)
     except UserError:
         return
-    shutil.rmtree(datasets_dir / f".{name}.importing", ignore_errors=True)
+    shutil.rmtree(stage, ignore_errors=True)
 
 
 def _write_dataset(
@@ -1797,6 +1849,7 @@ def _write_dataset(
     split_of: dict[str, str] | None,
     existing: Dataset | None,
     tile: TileSpec | None,
+    stage: Path,
 ) -> ImportReport:
     """`write_dataset`'s work, laid out in its stage folder."""
     src = source
@@ -1916,9 +1969,8 @@ def _write_dataset(
     # half way (a full disk, a bad file) leaves the dataset as it was, and one that replaces a
     # dataset from that dataset's own folder still finds its images (deleting the old folder
     # first once lost them both).
-    stage = datasets_dir / f".{name}.importing"
-    if stage.exists():
-        shutil.rmtree(stage)
+    if datasets_dir.is_dir():
+        _remove_dead_stages(datasets_dir, name, stage)
     counts: dict[str, Counter[str]] = {s: Counter() for s in SPLITS}
     lists: dict[str, list[str]] = {s: [] for s in SPLITS}
     converted: list[str] = []
