@@ -222,6 +222,13 @@ def _postgres_connect_args(parsed: URL) -> dict[str, int | str]:
     return args
 
 
+# The session.info key of functions that a rollback's own hook (an import putting its folders
+# back) leaves where it could not undo its work: each gives, from the transaction's error, the
+# error to raise instead. Only logged, the error said the dataset was as it was while its
+# folders were not where they belonged.
+ROLLBACK_FAILURES = "rollback_failures"
+
+
 def session_factory(url: str) -> sessionmaker[Session]:
     return sessionmaker(get_engine(url), expire_on_commit=False)
 
@@ -235,14 +242,22 @@ def session_scope(url: str) -> Iterator[Session]:
         session.commit()
     except DriverDatabaseError as exc:
         _roll_back(session, url)
+        _raise_rollback_failure(session, exc)
         if not unusable(exc):
             raise
         raise failure("database error", url, exc) from exc
-    except BaseException:
+    except BaseException as exc:
         _roll_back(session, url)
+        _raise_rollback_failure(session, exc)
         raise
     finally:
         session.close()
+
+
+def _raise_rollback_failure(session: Session, exc: BaseException) -> None:
+    """The error that a rollback's hook left in ROLLBACK_FAILURES, raised from `exc`."""
+    for said in session.info.pop(ROLLBACK_FAILURES, []):
+        raise said(exc) from exc
 
 
 def _roll_back(session: Session, url: str) -> None:

@@ -2057,3 +2057,41 @@ def test_two_imports_of_one_name_at_once_each_keep_their_own_copy(
     assert said.startswith("dataset y not written: the database refused its row ("), said
     assert sorted(p.name for p in datasets_dir.iterdir()) == ["y"]
     assert len(list((datasets_dir / "y").glob("images/*/*.png"))) == 4
+
+
+def test_folders_a_rollback_cannot_put_back_are_said_in_the_error(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An import refused at the end had its folders moved back by the rollback; where a move
+    failed, that was only logged, and the error said the dataset's folder was left as it was
+    while the new copy sat in its place and the old data aside. The error says so now, with
+    where each folder is."""
+    import errno
+
+    from db.session import session_scope
+    from training.datasets import read_yolo
+
+    write_yolo(tmp_path / "first", n=6)
+    write_yolo(tmp_path / "second", n=4, seed=1)
+    datasets_dir = tmp_path / "ds"
+    # (The second read the store before the first registered y: it found no dataset y.)
+    class_names, images, issues = read_yolo(tmp_path / "second", CLASSES)
+    with session_scope(database_url) as session:
+        import_dataset(session, "yolo", tmp_path / "first", "y", datasets_dir, classes=CLASSES)
+    rename, refused = os.rename, []
+
+    def failing_disk(source: str, target: str, *args: object, **kwargs: object) -> None:
+        if Path(target).name.startswith(".y.importing-"):  # (the new copy moved back)
+            refused.append(target)
+            raise OSError(errno.EIO, "Input/output error", str(source))
+        rename(source, target, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "rename", failing_disk)
+    with pytest.raises(UserError) as failed, session_scope(database_url) as session:
+        write_dataset(session, "y", "second", "yolo", class_names, images, issues, datasets_dir)
+    said = str(failed.value)
+    assert refused
+    assert said.startswith("dataset y not written, and its folders could not be put back")
+    assert f"{datasets_dir / 'y'} was {refused[0]}" in said
+    assert f"{datasets_dir / '.y.replaced'} was {datasets_dir / 'y'}" in said
+    assert "the database refused its row" in said

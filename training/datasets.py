@@ -43,6 +43,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 
 from db.models import Dataset, ModelVersion
 from db.registry import class_key, look_alike_classes, singular_or_plural
+from db.session import ROLLBACK_FAILURES
 from inspection.errors import UserError
 from inspection.images import (
     IMAGE_SUFFIXES,
@@ -2128,7 +2129,7 @@ def _write_dataset(
     replaced = datasets_dir / f".{name}.replaced"
     moved: list[tuple[Path, Path]] = []  # (where a folder is now, where it was), in order
     was_named, was_at = (existing.name, existing.root_path) if existing else ("", "")
-    _settled_with_the_transaction(session, moved, replaced, stage, datasets_dir)
+    _settled_with_the_transaction(session, name, moved, replaced, stage, datasets_dir)
     try:
         if kept_as is not None and existing is not None:
             _keep_old_dataset(session, existing, kept_as[0], root, datasets_dir, moved)
@@ -2245,6 +2246,7 @@ def _name_to_keep(
 
 def _settled_with_the_transaction(
     session: Session,
+    name: str,
     moved: list[tuple[Path, Path]],
     replaced: Path,
     stage: Path,
@@ -2254,7 +2256,9 @@ def _settled_with_the_transaction(
     folder in `moved` put back where its transaction is rolled back instead, the new copy
     (`stage`) then removed, as after any failed import. The old data was
     removed before the commit: a commit that failed (a locked database, a constraint) or a stop
-    (Ctrl-C) left the row describing the old data over the new folder, the old data gone."""
+    (Ctrl-C) left the row describing the old data over the new folder, the old data gone.
+    Folders that cannot be put back are said by the error `session_scope` raises then, with
+    where each is (ROLLBACK_FAILURES)."""
     pending, committing = [True], []
 
     def committed(session: Session) -> None:
@@ -2280,12 +2284,23 @@ def _settled_with_the_transaction(
                 _rename_back(moved, datasets_dir)
                 shutil.rmtree(stage, ignore_errors=True)
             except (OSError, yaml.YAMLError) as failed:
+                where, reason = ", ".join(f"{n} was {w}" for n, w in moved), str(failed)
                 logger.error(
                     "the import's folders could not be put back as they were (%s): %s; put "
                     "them back by hand (and the `path` of their data.yaml)",
                     failed,
-                    ", ".join(f"{n} was {w}" for n, w in moved),
+                    where,
                 )
+
+                def not_put_back(exc: BaseException) -> UserError:
+                    return UserError(
+                        f"dataset {name} not written, and its folders could not be put back as "
+                        f"they were ({reason}): {where}; put them back by hand (and the `path` "
+                        f"of their data.yaml), then run the same command again (the import "
+                        f"failed with: {exc or type(exc).__name__})"
+                    )
+
+                session.info.setdefault(ROLLBACK_FAILURES, []).append(not_put_back)
             moved.clear()
 
     event.listen(session, "after_commit", committed)
