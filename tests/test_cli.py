@@ -1262,3 +1262,42 @@ def test_inspect_given_a_zip_points_to_batch_and_records_no_part(tmp_path: Path)
     status = json.loads(runner.invoke(app, ["status", "--json"]).output)
     (station,) = [s for s in status["stations"] if s["station"] == "default"]
     assert station["inspected"] == 1 and station["errors"] == 1  # the blank part alone
+
+
+def test_a_write_the_database_refuses_is_said_in_one_line(tmp_path: Path) -> None:
+    """A database that refused a write (a trigger, a CHECK, a name taken meanwhile) ended
+    `users add` and every command but import in a traceback of the driver's error. It is one
+    line now, naming the database, exit 1, and nothing of the refused write is kept."""
+    from sqlalchemy import text
+
+    from db.migrate import upgrade
+    from db.models import User
+    from db.session import get_engine, session_scope
+    from inspection.settings import get_settings
+
+    url = get_settings().resolved_database_url
+    upgrade(url)
+    with get_engine(url).begin() as connection:
+        connection.execute(
+            text(
+                "CREATE TRIGGER frozen BEFORE INSERT ON users "
+                "BEGIN SELECT RAISE(ABORT, 'accounts are frozen'); END"
+            )
+        )
+    done = subprocess.run(
+        [sys.executable, "-c", "from training.cli import main; main()"]
+        + ["users", "add", "alice", "--role", "reviewer", "--password-stdin"],
+        capture_output=True,
+        text=True,
+        input="a long enough password\n",
+        env={"DEFECTS_DATA_DIR": str(get_settings().data_dir), "PATH": "/usr/bin:/bin"},
+        cwd=Path(__file__).parents[1],
+    )
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"error: the database {url} refused this command's write (IntegrityError: accounts "
+        "are frozen); that write was rolled back"
+    ]
+    with session_scope(url) as session:
+        assert session.query(User).count() == 0

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.exc import DBAPIError
 
 import inspection  # noqa: F401 - prepares torch/torchvision/ultralytics before anything else
 from db.migrate import current_revision, head_revision, upgrade
@@ -2233,7 +2234,25 @@ def main() -> None:
         # (OSError: a read-only or full data folder, a path that is a folder, a missing file.)
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)
         code = 1
+    except DBAPIError as exc:
+        print("error: " + " ".join(_refused_by_the_database(exc).split()), file=sys.stderr)
+        code = 1
     end_process(code)
+
+
+def _refused_by_the_database(exc: DBAPIError) -> str:
+    """A driver's error that no command turned into words (a unique name taken meanwhile, a
+    CHECK or a trigger refusing a write): said in one line naming the database, where it was a
+    traceback of the driver's error from every command but import. The command's transaction
+    was rolled back by `session_scope`."""
+    try:
+        where = redact(get_settings().resolved_database_url)
+    except Exception:  # noqa: BLE001 - the settings read before: only the URL is left out
+        where = "the database"
+    return (
+        f"the database {where} refused this command's write ({type(exc).__name__}: "
+        f"{exc.orig}); that write was rolled back"
+    )
 
 
 if __name__ == "__main__":
