@@ -2059,8 +2059,9 @@ def test_two_imports_of_one_name_at_once_each_keep_their_own_copy(
     assert len(list((datasets_dir / "y").glob("images/*/*.png"))) == 4
 
 
+@pytest.mark.parametrize("failing", ["the new copy's move", "the old data's move"])
 def test_folders_a_rollback_cannot_put_back_are_said_in_the_error(
-    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
 ) -> None:
     """An import refused at the end had its folders moved back by the rollback; where a move
     failed, that was only logged, and the error said the dataset's folder was left as it was
@@ -2081,7 +2082,12 @@ def test_folders_a_rollback_cannot_put_back_are_said_in_the_error(
     rename, refused = os.rename, []
 
     def failing_disk(source: str, target: str, *args: object, **kwargs: object) -> None:
-        if Path(target).name.startswith(".y.importing-"):  # (the new copy moved back)
+        back = (
+            Path(target).name.startswith(".y.importing-")
+            if failing == "the new copy's move"
+            else Path(source).name == ".y.replaced"
+        )
+        if back and (failing == "the new copy's move" or Path(target).name == "y"):
             refused.append(target)
             raise OSError(errno.EIO, "Input/output error", str(source))
         rename(source, target, *args, **kwargs)  # type: ignore[arg-type]
@@ -2092,6 +2098,9 @@ def test_folders_a_rollback_cannot_put_back_are_said_in_the_error(
     said = str(failed.value)
     assert refused
     assert said.startswith("dataset y not written, and its folders could not be put back")
-    assert f"{datasets_dir / 'y'} was {refused[0]}" in said
+    new_copy_back = f"{datasets_dir / 'y'} was {datasets_dir / '.y.importing-'}"
+    assert (new_copy_back in said) == (failing == "the new copy's move")
     assert f"{datasets_dir / '.y.replaced'} was {datasets_dir / 'y'}" in said
+    if failing == "the old data's move":  # (the new copy removed, the old data left aside)
+        assert sorted(p.name for p in datasets_dir.iterdir()) == [".y.replaced"]
     assert "the database refused its row" in said

@@ -2309,16 +2309,21 @@ def _settled_with_the_transaction(
 
 
 def _rename_back(moved: list[tuple[Path, Path]], datasets_dir: Path) -> None:
-    """Each folder in `moved` renamed back, last first, its data.yaml naming it again."""
-    for now, was in reversed(moved):
+    """Each folder in `moved` renamed back, last first, its data.yaml naming it again; each
+    is taken off `moved` once back, so that where one fails, `moved` names those not back
+    (all were named, those back included, as where they were not)."""
+    any_moved = bool(moved)
+    while moved:
+        now, was = moved[-1]
         now.rename(was)
+        moved.pop()
         data_yaml = was / "data.yaml"  # (a folder kept aside had its data.yaml name it)
         data = yaml.safe_load(data_yaml.read_text()) if data_yaml.is_file() else None
         if isinstance(data, dict) and data.get("path") == str(now.resolve()):
             data["path"] = str(was.resolve())
             _rewrite_yaml(data_yaml, data)
     try:
-        if moved:
+        if any_moved:
             _sync_names(datasets_dir)
     except OSError:
         pass  # (the disk that failed the import: the names are right until a power cut)
