@@ -1348,11 +1348,17 @@ class BatchInspection:
             said = json.dumps(as_stored, sort_keys=True)
             if said != self._point_said:
                 self._point_said = said
+                # (A point without a classifier was said as "now uses the classifier none,
+                # which this station has not loaded", when the station judges on with one.)
+                change = (
+                    f"now uses the classifier {point.classifier}, which this station has not loaded"
+                    if point.classifier is not None
+                    else f"names no classifier, and this station judges with {loaded}"
+                )
                 self._tell(
                     f"classifier {said}",
-                    f"the operating point of {self.model_name} now uses the classifier "
-                    f"{point.classifier or 'none'}, which this station has not loaded: it judges "
-                    "on at its earlier point until it is started again",
+                    f"the operating point of {self.model_name} {change}: it judges on at its "
+                    "earlier point until it is started again",
                 )
             return
         self.inspector.thresholds = point

@@ -1194,3 +1194,45 @@ def test_a_training_whose_registration_commit_fails_says_its_version_may_be_regi
     assert "check `defects models list`" in said
     with session_scope(trained.url) as session:
         assert Path(get_model_version(session, "cls-commit-dropped").file_path).is_file()
+
+
+def test_a_watch_told_of_a_point_without_its_classifier_names_the_one_it_judges_with(
+    trained: Trained,
+    trained_classifier: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A recalibration without --classifier while a watch judged with one was said as "now
+    uses the classifier none, which this station has not loaded": the station has one loaded,
+    and judges on with it."""
+    from inspection.batch import BatchInspection
+
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
+    get_settings.cache_clear()
+    with session_scope(trained.url) as session:
+        version = get_model_version(session, trained.version_name)
+        before = dict(version.thresholds)
+        version.thresholds = {
+            **before,
+            "classifier": {"version": trained_classifier, "part": None, "verify": 0.5},
+        }
+    job = BatchInspection(trained.url, tmp_path / "store", "L", "S", model=trained.version_name)
+    try:
+        with session_scope(trained.url) as session:
+            get_model_version(session, trained.version_name).thresholds = {
+                k: v for k, v in before.items() if k != "classifier"
+            }
+        caplog.clear()
+        job._follow_stored_point()
+        said = " ".join(r.getMessage() for r in caplog.records)
+        assert "classifier none" not in said
+        assert (
+            f"the operating point of {trained.version_name} names no classifier, and this "
+            f"station judges with {trained_classifier}: it judges on at its earlier point"
+        ) in said
+        assert job.inspector.thresholds.classifier == trained_classifier  # (judges on with it)
+    finally:
+        job.inspector.close()
+        with session_scope(trained.url) as session:
+            get_model_version(session, trained.version_name).thresholds = before
