@@ -1236,3 +1236,29 @@ def test_a_watch_told_of_a_point_without_its_classifier_names_the_one_it_judges_
         job.inspector.close()
         with session_scope(trained.url) as session:
             get_model_version(session, trained.version_name).thresholds = before
+
+
+def test_calibrate_given_a_detector_by_its_id_names_the_version_it_stored_on(
+    trained: Trained, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`defects calibrate 3 ...` ended "stored as the operating point of 3": the id as typed,
+    where every other line names versions by name."""
+    from training.cli import app
+    from training.versions import default_thresholds
+
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
+    get_settings.cache_clear()
+    with session_scope(trained.url) as session:
+        version_id = get_model_version(session, trained.version_name).id
+    arguments = ["calibrate", str(version_id), "--data", "synth", "--max-miss-rate", "0.5"]
+    try:
+        result = CliRunner().invoke(app, arguments)
+    finally:
+        with session_scope(trained.url) as session:
+            get_model_version(session, trained.version_name).thresholds = default_thresholds(
+                CLASSES
+            )
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert f"stored as the operating point of {trained.version_name}" in said
+    assert f"operating point of {version_id}\n" not in result.output

@@ -662,6 +662,9 @@ class StoredCalibration:
     operating_point: dict[str, Any]
     # Its classifier was archived: storing the point brings it back (`store_operating_point`).
     classifier_archived: bool = False
+    # The detector's name: MODEL may be given by its id, and "stored as the operating point of
+    # 3" named no version.
+    detector_name: str = ""
 
 
 def calibrate_model(
@@ -693,6 +696,7 @@ def calibrate_model(
         detector = get_model_version(session, model)
         if detector.kind != ModelKind.DETECTOR:
             raise UserError(f"{detector.name} is not a detector")
+        detector_name = detector.name
         dataset, data_yaml = dataset_yaml(session, data)
         if list(dataset.classes) != list(detector.classes):
             known, labelled = list(detector.classes), list(dataset.classes)
@@ -775,7 +779,9 @@ def calibrate_model(
     if store:
         # (Scoring takes minutes: a classifier archived meanwhile is not brought back unsaid.)
         store_operating_point(url, model, operating_point, classifier_archived=classifier_archived)
-    return StoredCalibration(result, dimensions, operating_point, classifier_archived)
+    return StoredCalibration(
+        result, dimensions, operating_point, classifier_archived, detector_name
+    )
 
 
 def build_operating_point(

@@ -1012,7 +1012,7 @@ def calibrate_command(
     if stored.classifier_archived:  # (said by its name: --classifier may give its id)
         console.print(
             f"{stored.operating_point['classifier']['version']} was archived: it is a candidate "
-            f"again, since the operating point of {model} names it",
+            f"again, since the operating point of {stored.detector_name} names it",
             style="yellow",
             markup=False,
         )
@@ -1043,7 +1043,7 @@ def calibrate_command(
         )
     for line in choice_lines(stored.operating_point, verify_auto=verify_threshold == "auto"):
         console.print(line, markup=False)
-    console.print(f"stored as the operating point of {model}")
+    console.print(f"stored as the operating point of {stored.detector_name}", markup=False)
 
 
 @app.command("evaluate")
