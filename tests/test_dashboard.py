@@ -3277,6 +3277,44 @@ def test_a_withdrawn_confirmation_on_a_part_marked_good_says_the_part_counts_goo
     assert (counted.n_defective, counted.n_good) == (0, 1)
 
 
+def test_an_undone_confirmation_on_a_part_marked_good_says_the_part_counts_good_again(
+    production: str, tmp_path: Path
+) -> None:
+    """Ana marked the part good; Bob's confirmation made it count defective (said at the
+    click), and his undo turned it good again while the page said only "Undone: confirmed
+    defect". It says what the part counts as after the undo, as a decision there does."""
+    at = _two_failed_parts_on_review(production, tmp_path)
+    first = at.selectbox(key="review_part").value
+    next(b for b in at.button if b.label == "Mark part good").click().run()
+    at.text_input(key="reviewer").input("Bob").run()
+    at.selectbox(key="review_part").set_value(first).run()
+    next(b for b in at.button if b.label == "Confirm defect").click().run()
+    with session_scope(production) as session:
+        (counted,) = rates(session)
+    assert (counted.n_defective, counted.n_good) == (1, 0)
+    next(b for b in at.button if b.label == f"Undo my last review of part {first}").click().run()
+    assert not at.exception, at.exception
+    assert [s.value for s in at.success] == [
+        f"Undone: confirmed defect on part {first}. Part {first}, marked good by Ana, now "
+        "counts good."
+    ]
+    with session_scope(production) as session:
+        (counted,) = rates(session)
+    assert (counted.n_defective, counted.n_good) == (0, 1)
+    # Ana's own mark undone: the part, counted good, is no longer counted at all.
+    at.text_input(key="reviewer").input("Ana").run()
+    at.session_state["review_last_part"] = first
+    at.run()
+    next(b for b in at.button if b.label == f"Undo my last review of part {first}").click().run()
+    assert not at.exception, at.exception
+    assert [s.value for s in at.success] == [
+        f"Undone: good part on part {first}. Part {first} is no longer marked good: it is not "
+        "counted until its review is finished."
+    ]
+    with session_scope(production) as session:
+        assert rates(session) == []
+
+
 def test_a_third_reviewer_settles_a_detection_two_reviewers_disagree_on(
     production: str, tmp_path: Path
 ) -> None:

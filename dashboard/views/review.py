@@ -48,6 +48,23 @@ from training.backtest import export_reviews, unused_dataset_name
 LISTED = 50  # parts offered in the picker
 REVIEW_SCAN = 2000  # the most recent verdicts the queue looks among
 
+
+def good_part_standing(
+    part_id: int, good_by: list[str], was_defective: bool | None, defective: bool | None
+) -> str:
+    """What a review (or its undo) did to a part marked good (by `good_by`), from what the
+    rates and the export count it as after it (`counted_defective`) against before: a
+    confirmation on such a part made it count defective, and the page moved on to the next
+    part without a word."""
+    by = f"Part {part_id}, marked good by {plain(', '.join(good_by))},"
+    if defective is None:
+        return f" {by} is not counted until its review is finished."
+    if defective:
+        change = "still counts" if was_defective else "now counts"
+        return f" {by} {change} defective in the rates and the export: a defect on it stands."
+    return f" {by} {'now counts' if was_defective else 'still counts'} good."
+
+
 state = database_ready()
 st.title("Review parts")
 access = current_access(state.url)
@@ -70,12 +87,33 @@ else:
 if undoable and st.button(f"Undo my last review of part {last}", key=f"undo_{last}"):
     try:
         with session_scope(state.url) as session:
+            was_defective = counted_defective(session, last)
             undone = undo_last_review(session, last, reviewer)
             kind = undone[0].kind.value.replace("_", " ")
+            # An undo on a part marked good can turn what it counts as (a confirmation taken
+            # back makes it good again), which "Undone" alone did not say: said as a decision
+            # or a withdrawal there says it, from the truth the rates use.
+            still_good_by = list(dict.fromkeys(r.reviewer for r in good_marks(session, last)))
+            defective = counted_defective(session, last)
+            if still_good_by:
+                standing = good_part_standing(last, still_good_by, was_defective, defective)
+            elif undone[0].kind == ReviewKind.GOOD_PART and defective != was_defective:
+                standing = f" Part {last} is no longer marked good: " + (
+                    "it is not counted until its review is finished."
+                    if defective is None
+                    else "it counts defective in the rates and the export."
+                    if defective
+                    else "it counts good."
+                )
+            else:
+                standing = ""
             flash(
-                f"Undone: {kind} on part {last}."
-                if len(undone) == 1
-                else f"Undone: {len(undone)} {kind}s on part {last}."
+                (
+                    f"Undone: {kind} on part {last}."
+                    if len(undone) == 1
+                    else f"Undone: {len(undone)} {kind}s on part {last}."
+                )
+                + standing
             )
         # Back to the part undone: the page had moved on to the next part at the review, and
         # the reviewer, who undid a mistake to decide it again, was left on another one.
@@ -263,18 +301,9 @@ else:
     # classes sorted, a class's colour changed from one part to the next.)
     coloured = classes + added_classes if info else judged_by
 
-    def good_part_standing(defective: bool | None) -> str:
-        """What a decision did to a part marked good, from what the rates and the export count
-        it as after it (`counted_defective`) against what the page said before: a confirmation
-        on such a part made it count defective, and the page moved on to the next part
-        without a word."""
-        by = f"Part {item.part_id}, marked good by {plain(', '.join(good_by))},"
-        if defective is None:
-            return f" {by} is not counted until its review is finished."
-        if defective:
-            change = "still counts" if counted_as else "now counts"
-            return f" {by} {change} defective in the rates and the export: a defect on it stands."
-        return f" {by} {'now counts' if counted_as else 'still counts'} good."
+    def part_standing(defective: bool | None) -> str:
+        """`good_part_standing` of the part shown, against what the page said before."""
+        return good_part_standing(item.part_id, good_by, counted_as, defective)
 
     def reviewed(message: str) -> None:
         """After a review of the part shown: said on the next run, which may show another."""
@@ -309,7 +338,7 @@ else:
                         else:
                             decide(session, prediction_id, reviewer)
                         standing = (
-                            good_part_standing(counted_defective(session, item.part_id))
+                            part_standing(counted_defective(session, item.part_id))
                             if good_by
                             else ""
                         )
@@ -445,7 +474,7 @@ else:
                         with session_scope(state.url) as session:
                             withdraw_decision(session, prediction_id, reviewer)
                             standing = (
-                                good_part_standing(counted_defective(session, item.part_id))
+                                part_standing(counted_defective(session, item.part_id))
                                 if good_by
                                 else ""
                             )
