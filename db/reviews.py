@@ -770,9 +770,44 @@ def _drawn_over(review: Review, confirmed: list[Review]) -> bool:
     )
 
 
-def _taught(reviews: list[Review]) -> list[Review]:
+def _same_defect_detections(
+    confirmed: list[Review], confidence: dict[int, float]
+) -> dict[int, int]:
+    """The standing detections (`confirmed`: their confirmations) that repeat a more confident
+    one of the same class over the same place (IoU >= SAME_DEFECT_IOU), each to the one it
+    repeats. Two such boxes are one defect that non-maximum suppression left twice, and
+    reviewers confirm both (both are real); taught as two boxes, the retrained model learned
+    to give the duplicate. One defect, one box: the more confident detection's, as NMS itself
+    would have kept (on a tie, the first detected)."""
+    by_detection = {r.prediction_id: r for r in confirmed if r.prediction_id is not None}
+    kept: list[Review] = []
+    repeats: dict[int, int] = {}
+    for review in sorted(
+        by_detection.values(),
+        key=lambda r: (-confidence.get(r.prediction_id, 0.0), r.prediction_id),  # type: ignore[arg-type]
+    ):
+        box = (review.x1, review.y1, review.x2, review.y2)
+        same = next(
+            (
+                k
+                for k in kept
+                if k.class_name == review.class_name
+                and _overlap(box, (k.x1, k.y1, k.x2, k.y2)) >= SAME_DEFECT_IOU  # type: ignore[arg-type]
+            ),
+            None,
+        )
+        if same is None:
+            kept.append(review)
+        else:
+            repeats[review.prediction_id] = same.prediction_id  # type: ignore[index,assignment]
+    return repeats
+
+
+def _taught(reviews: list[Review], confidence: dict[int, float]) -> list[Review]:
     """The part's reviews (`reviews`: all of them) whose boxes the export teaches: the defects
-    that stand, less those drawn over a detection that stands (`_drawn_over`)."""
+    that stand, less those drawn over a detection that stands (`_drawn_over`) and the
+    detections that repeat a more confident one (`_same_defect_detections`; `confidence`:
+    the detections' confidences, by id)."""
     outvoted = _outvoted(reviews)
     standing = [
         r
@@ -782,15 +817,46 @@ def _taught(reviews: list[Review]) -> list[Review]:
         and None not in (r.x1, r.y1, r.x2, r.y2)
     ]
     confirmed = [r for r in standing if r.prediction_id is not None]
-    return [r for r in standing if not _drawn_over(r, confirmed)]
+    repeats = _same_defect_detections(confirmed, confidence)
+    return [r for r in standing if not _drawn_over(r, confirmed) and r.prediction_id not in repeats]
+
+
+def _part_reviews(session: Session, part_id: int) -> tuple[list[Review], dict[int, float]]:
+    """The part's reviews, and the confidences of the detections they decide (`_taught`)."""
+    reviews = list(session.scalars(select(Review).where(Review.part_id == part_id)))
+    confidence = dict(
+        session.execute(
+            select(Prediction.id, Prediction.confidence)
+            .join(Review, Review.prediction_id == Prediction.id)
+            .where(Review.part_id == part_id)
+        ).all()
+    )
+    return reviews, confidence
+
+
+def same_defect_detections(session: Session, part_id: int) -> dict[int, int]:
+    """The detections of the part (prediction ids) the export leaves out as the same defect as
+    a more confident detection confirmed too, each to that detection's id
+    (`_same_defect_detections`): the Review page says so beside each, where it showed two
+    confirmed defects while the export taught one box."""
+    reviews, confidence = _part_reviews(session, part_id)
+    outvoted = _outvoted(reviews)
+    confirmed = [
+        r
+        for r in reviews
+        if r.kind == ReviewKind.CONFIRMED_DEFECT
+        and r.prediction_id not in outvoted
+        and None not in (r.x1, r.y1, r.x2, r.y2)
+    ]
+    return _same_defect_detections(confirmed, confidence)
 
 
 def drawn_over_detections(session: Session, part_id: int) -> set[int]:
     """The missed defects of the part (review ids) the export leaves out as drawn over a
     detection that stands (`_drawn_over`): the Review page says so beside each, where it
     listed them as defects of their own while the export taught the detection's box alone."""
-    reviews = list(session.scalars(select(Review).where(Review.part_id == part_id)))
-    taught = {r.id for r in _taught(reviews)}
+    reviews, confidence = _part_reviews(session, part_id)
+    taught = {r.id for r in _taught(reviews, confidence)}
     return {
         r.id
         for r in reviews
@@ -802,8 +868,9 @@ def drawn_over_detections(session: Session, part_id: int) -> set[int]:
 
 def reviewed_parts(session: Session) -> list[PartTruth]:
     """Every part whose truth reviewers have given (`truth_subquery`), with its defects' boxes
-    (a disputed detection's as `standing_defect` counts it; a box given twice is one box, and
-    one drawn over a detection that stands is that detection's: `_drawn_over`)."""
+    (a disputed detection's as `standing_defect` counts it; a box given twice is one box, one
+    drawn over a detection that stands is that detection's: `_drawn_over`, and two confirmed
+    detections of one defect are the more confident one's: `_same_defect_detections`)."""
     truth = truth_subquery()
     rows = session.execute(
         select(Part, truth.c.defective, truth.c.complete)
@@ -811,10 +878,20 @@ def reviewed_parts(session: Session) -> list[PartTruth]:
         .options(selectinload(Part.reviews))
         .order_by(Part.id)
     ).all()
+    # (One query for every reviewed part's decided detections: `_taught` keeps the more
+    # confident of two that are one defect.)
+    confidence = dict(
+        session.execute(
+            select(Prediction.id, Prediction.confidence)
+            .join(Review, Review.prediction_id == Prediction.id)
+            .join(truth, truth.c.part_id == Review.part_id)
+        ).all()
+    )
     truths = []
     for part, defective, complete in rows:
         boxes = {
-            (r.class_name or "defect", r.x1, r.y1, r.x2, r.y2): None for r in _taught(part.reviews)
+            (r.class_name or "defect", r.x1, r.y1, r.x2, r.y2): None
+            for r in _taught(part.reviews, confidence)
         }
         truths.append(
             PartTruth(

@@ -3378,6 +3378,84 @@ def test_a_box_drawn_over_a_detection_confirmed_since_says_the_export_teaches_th
     assert (counted.n_defective, counted.n_good) == (1, 0)
 
 
+def test_two_confirmed_detections_of_one_defect_say_the_export_teaches_one_box(
+    production: str, tmp_path: Path
+) -> None:
+    """Two detections over one defect (duplicates NMS left, 0.9 and 0.6) on a part Ana marked
+    good, and a box Bob drew over them: walked through confirm, undo, mark good, undo, the
+    page's words, the rates and the export agree at each step. The export taught the one
+    defect as both detections' boxes, while the page showed two confirmed defects."""
+    at = _two_failed_parts_on_review(production, tmp_path, (0.9, 0.6))
+    shown = at.selectbox(key="review_part").value
+    by_ana = f"Part {shown}, marked good by Ana,"
+    stands = "defective in the rates and the export: a defect on it stands."
+    detection, drawn = (CLASSES[0], 2.0, 2.0, 20.0, 20.0), (CLASSES[0], 3.0, 3.0, 20.0, 20.0)
+    gives_way = (
+        f"- missed {CLASSES[0]}, added by Bob: over a detection confirmed since, which stands, "
+        "so the export teaches that detection's box in its place"
+    )
+
+    def said() -> list[str]:
+        return [s.value for s in at.success] + [e.value for e in at.error]
+
+    def page() -> tuple[list[str], list[str], tuple[int, int] | None, list[tuple]]:
+        """What the part's page says of its defects, the rates and the export's boxes."""
+        at.selectbox(key="review_part").set_value(shown).run()
+        assert not at.exception, at.exception
+        with session_scope(production) as session:
+            counted = rates(session)
+            truths = [t for t in reviewed_parts(session) if t.part_id == shown]
+        repeats = [c.value for c in at.caption if c.value.startswith("The same defect")]
+        missed = [m.value for m in at.markdown if m.value.startswith("- missed")]
+        n = (counted[0].n_defective, counted[0].n_good) if counted else None
+        return repeats, missed, n, sorted(truths[0].boxes) if truths else []
+
+    def click(label: str) -> None:
+        next(b for b in at.button if b.label.startswith(label)).click().run()
+        assert not at.exception, at.exception
+
+    click("Mark part good")
+    assert page() == ([], [], (0, 1), [])
+    at.text_input(key="reviewer").input("Bob").run()
+    at.selectbox(key="review_part").set_value(shown).run()
+    for corner, value in zip(("x1", "y1", "x2", "y2"), (3, 3, 20, 20), strict=True):
+        at.number_input(key=f"{corner}_{shown}_0_None").set_value(value)
+    click("Add missed defect")
+    assert page() == ([], [f"- missed {CLASSES[0]}, added by Bob"], (1, 0), [drawn])
+    click("Confirm defect")
+    assert said() == [
+        f"Your confirmation of detection 1 of part {shown} recorded. {by_ana} still counts {stands}"
+    ]
+    assert page() == ([], [gives_way], (1, 0), [detection])
+    click("Confirm defect")
+    assert page() == (
+        [
+            "The same defect as detection 1, more confident, confirmed too: the export "
+            "teaches detection 1's box in this one's place."
+        ],
+        [gives_way],
+        (1, 0),
+        [detection],
+    )
+    click("Undo my last review")
+    assert said() == [f"Undone: confirmed defect on part {shown}. {by_ana} still counts {stands}"]
+    assert page() == ([], [gives_way], (1, 0), [detection])
+    click("Mark part good")  # (refused: defects stand on it)
+    assert said() == [
+        plain(
+            f"part {shown} has a missed defect ({CLASSES[0]}, by Bob): undo that review first "
+            "if the part is good"
+        )
+    ]
+    assert page() == ([], [gives_way], (1, 0), [detection])
+    click("Undo my last review")
+    assert said() == [f"Undone: confirmed defect on part {shown}. {by_ana} still counts {stands}"]
+    assert page() == ([], [f"- missed {CLASSES[0]}, added by Bob"], (1, 0), [drawn])
+    click("Undo my last review")
+    assert said() == [f"Undone: missed defect on part {shown}. {by_ana} now counts good."]
+    assert page() == ([], [], (0, 1), [])
+
+
 def test_a_settling_confirmation_is_said_and_its_undo_brings_the_dispute_back(
     production: str, tmp_path: Path
 ) -> None:

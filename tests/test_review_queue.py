@@ -759,3 +759,42 @@ def test_a_detection_confirmed_after_a_box_was_drawn_over_it_is_exported_as_one_
     with session_scope(database_url) as session:
         (truth,) = reviewed_parts(session)
     assert truth.boxes == [("scratch", 1.0, 1.0, 8.0, 9.0), ("scratch", 50.0, 50.0, 60.0, 60.0)]
+
+
+def test_two_confirmed_detections_of_one_defect_are_exported_as_the_more_confident_box(
+    database_url: str,
+) -> None:
+    """Non-maximum suppression left one scratch twice (0.6 at 2, 2, 10, 10; 0.9 over it) and
+    Ana confirmed both, both being real: the export taught the one defect as two boxes. It
+    teaches the more confident detection's box alone, and names the other as its repeat; a
+    detection elsewhere stays a defect of its own. Outvoted, the kept one gives way to the
+    other."""
+    from db.reviews import reviewed_parts, same_defect_detections
+    from db.session import session_scope
+
+    with session_scope(database_url) as session:
+        inspection = _part(session, 1, [0.6, 0.9, 0.7])  # boxes at 1, 1, 9, 9
+        weaker, stronger, elsewhere = inspection.predictions
+        weaker.x1, weaker.y1, weaker.x2, weaker.y2 = 2.0, 2.0, 10.0, 10.0
+        elsewhere.x1, elsewhere.y1, elsewhere.x2, elsewhere.y2 = 50.0, 50.0, 60.0, 60.0
+        session.flush()
+        ids = weaker.id, stronger.id, elsewhere.id
+        for detection in ids:
+            confirm_defect(session, detection, "ana")
+        part_id = inspection.part_id
+    with session_scope(database_url) as session:
+        (truth,) = reviewed_parts(session)
+        assert sorted(truth.boxes) == [
+            ("scratch", 1.0, 1.0, 9.0, 9.0),
+            ("scratch", 50.0, 50.0, 60.0, 60.0),
+        ]
+        assert same_defect_detections(session, part_id) == {ids[0]: ids[1]}
+        mark_false_call(session, ids[1], "bob")
+        mark_false_call(session, ids[1], "cy")
+    with session_scope(database_url) as session:
+        (truth,) = reviewed_parts(session)
+        assert sorted(truth.boxes) == [
+            ("scratch", 2.0, 2.0, 10.0, 10.0),
+            ("scratch", 50.0, 50.0, 60.0, 60.0),
+        ]
+        assert same_defect_detections(session, part_id) == {}

@@ -31,6 +31,7 @@ from db.reviews import (
     review_queue,
     reviewer_classes,
     said_of,
+    same_defect_detections,
     settle_dispute,
     undo_last_review,
     verdicts_reviewed,
@@ -239,6 +240,7 @@ else:
             (r.class_name or "defect", r.reviewer, (r.x1, r.y1, r.x2, r.y2)) for r in missed
         ]
         given_way = drawn_over_detections(session, part.id)
+        repeats = same_defect_detections(session, part.id)
         added_said = [
             f"- missed {plain(r.class_name or 'defect')}, added by {plain(r.reviewer)}"
             + (
@@ -435,6 +437,20 @@ else:
                 + (f": **{plain(decided[prediction_id])}**" if prediction_id in decided else ""),
                 unsafe_allow_html=True,  # (for label_markdown's span alone)
             )
+            if prediction_id in repeats:
+                # Confirmed, as the more confident detection over it is: one defect, which the
+                # export teaches by that detection's box alone (`same_defect_detections`).
+                shown_at = [j for j, p in enumerate(predictions) if p[0] == repeats[prediction_id]]
+                # (The one kept may be of another verdict of the part, not shown here.)
+                kept, its = (
+                    (f"detection {shown_at[0] + 1}", f"detection {shown_at[0] + 1}'s")
+                    if shown_at
+                    else ("a more confident detection confirmed on this part", "its")
+                )
+                st.caption(
+                    f"The same defect as {kept}, more confident, confirmed too: the export "
+                    f"teaches {its} box in this one's place."
+                )
             box = predictions[i][4]
             if pixels is not None and max(pixels.shape[:2]) > SHOWN_SIDE and None not in box:
                 # The part is shown shrunk: the detection at the part's own resolution.
