@@ -3384,7 +3384,8 @@ def test_two_confirmed_detections_of_one_defect_say_the_export_teaches_one_box(
     """Two detections over one defect (duplicates NMS left, 0.9 and 0.6) on a part Ana marked
     good, and a box Bob drew over them: walked through confirm, undo, mark good, undo, the
     page's words, the rates and the export agree at each step. The export taught the one
-    defect as both detections' boxes, while the page showed two confirmed defects."""
+    defect as both detections' boxes, while the page showed two confirmed defects; and Bob's
+    box, which made the part count defective, was said only "added"."""
     at = _two_failed_parts_on_review(production, tmp_path, (0.9, 0.6))
     shown = at.selectbox(key="review_part").value
     by_ana = f"Part {shown}, marked good by Ana,"
@@ -3421,6 +3422,8 @@ def test_two_confirmed_detections_of_one_defect_say_the_export_teaches_one_box(
     for corner, value in zip(("x1", "y1", "x2", "y2"), (3, 3, 20, 20), strict=True):
         at.number_input(key=f"{corner}_{shown}_0_None").set_value(value)
     click("Add missed defect")
+    # ("added" alone, while the part, counted good a moment before, now counted defective)
+    assert said() == [f"Missed {CLASSES[0]} added to part {shown}. {by_ana} now counts {stands}"]
     assert page() == ([], [f"- missed {CLASSES[0]}, added by Bob"], (1, 0), [drawn])
     click("Confirm defect")
     assert said() == [

@@ -579,13 +579,20 @@ else:
                             new_class=bool(typed_class.strip()) or missed_class in added_classes,
                         )
                         stored = str(review.class_name)
+                        # (A defect added to a part marked good makes it count defective, which
+                        # "added" alone did not say, as a confirmation there says it.)
+                        standing = (
+                            part_standing(counted_defective(session, item.part_id))
+                            if good_by
+                            else ""
+                        )
                     st.session_state[f"review_added_{item.part_id}"] = added + 1
                     new = (
                         " (a new class: not one the production detector knows)"
                         if stored not in classes
                         else ""
                     )
-                    reviewed(f"Missed {plain(stored)}{new} added to part {item.part_id}.")
+                    reviewed(f"Missed {plain(stored)}{new} added to part {item.part_id}.{standing}")
                 except (ValueError, LookupError) as exc:
                     st.error(plain(exc))
     st.caption(
