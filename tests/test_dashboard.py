@@ -3386,8 +3386,15 @@ def test_two_confirmed_detections_of_one_defect_say_the_export_teaches_one_box(
     page's words, the rates and the export agree at each step. The export taught the one
     defect as both detections' boxes, while the page showed two confirmed defects; and Bob's
     box, which made the part count defective, was said only "added"."""
+    from typer.testing import CliRunner
+
+    from training.cli import app
+
     at = _two_failed_parts_on_review(production, tmp_path, (0.9, 0.6))
     shown = at.selectbox(key="review_part").value
+    with session_scope(production) as session:
+        inspection = session.scalars(select(Inspection).where(Inspection.part_id == shown)).one()
+        inspection.predictions[1].x1 = 3  # (a box a pixel off the first: one defect still)
     by_ana = f"Part {shown}, marked good by Ana,"
     stands = "defective in the rates and the export: a defect on it stands."
     detection, drawn = (CLASSES[0], 2.0, 2.0, 20.0, 20.0), (CLASSES[0], 3.0, 3.0, 20.0, 20.0)
@@ -3440,6 +3447,10 @@ def test_two_confirmed_detections_of_one_defect_say_the_export_teaches_one_box(
         (1, 0),
         [detection],
     )
+    exported = CliRunner().invoke(app, ["export-reviews", "--name", "walk"])
+    assert exported.exit_code == 0, exported.output
+    labels = get_settings().datasets_dir / "walk" / "labels"
+    assert [len(f.read_text().splitlines()) for f in labels.rglob("*.txt")] == [1]
     click("Undo my last review")
     assert said() == [f"Undone: confirmed defect on part {shown}. {by_ana} still counts {stands}"]
     assert page() == ([], [gives_way], (1, 0), [detection])
