@@ -1117,6 +1117,48 @@ def test_training_names_an_evaluate_that_runs_only_where_the_dataset_has_test_im
     assert said == "evaluate it with `defects evaluate v1 --data my-parts --split test`"
 
 
+def test_a_job_recorded_succeeded_with_its_version_is_not_said_failed_after(
+    tmp_path: Path,
+) -> None:
+    """A training failed or stopped after its registration was committed (a dropped COMMIT
+    connection, Ctrl-C in the last instant) had its succeeded row overwritten: `defects
+    models jobs` said failed for a job whose version exists. Such a job stays succeeded;
+    one not yet succeeded is still said failed."""
+    import json
+
+    from db.migrate import upgrade
+    from db.models import JobStatus, ModelKind, ModelVersion, TrainingJob
+    from db.session import session_scope
+    from inspection.settings import get_settings
+    from training.jobs import record_job_end
+
+    url = get_settings().resolved_database_url
+    upgrade(url)
+    with session_scope(url) as session:
+        version = ModelVersion(
+            name="registered",
+            kind=ModelKind.DETECTOR,
+            architecture="defect-yolo-n",
+            file_path="x.pt",
+            sha256="0" * 64,
+        )
+        session.add(version)
+        session.flush()
+        done = TrainingJob(
+            kind="train-detector", status=JobStatus.SUCCEEDED, result_model_version_id=version.id
+        )
+        running = TrainingJob(kind="train-classifier", status=JobStatus.RUNNING)
+        session.add_all([done, running])
+        session.flush()
+        done_id, running_id = done.id, running.id
+    record_job_end(url, done_id, RuntimeError("server closed the connection"))
+    record_job_end(url, running_id, RuntimeError("out of memory"))
+    jobs = json.loads(_cli(["models", "jobs", "--json"], tmp_path / "data").stdout)
+    said = {j["id"]: (j["status"], j["error"], j["model_version"]) for j in jobs}
+    assert said[done_id] == ("succeeded", None, "registered")
+    assert said[running_id] == ("failed", "RuntimeError: out of memory", None)
+
+
 @pytest.mark.parametrize(("kind", "folder"), [("classifier", "classify"), ("detector", "detect")])
 def test_a_runs_folder_that_is_a_file_is_refused_in_one_line_before_a_job(
     kind: str, folder: str, tmp_path: Path

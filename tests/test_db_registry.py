@@ -338,12 +338,14 @@ def test_a_registration_into_a_folder_not_writable_says_to_make_it_writable(
 
 
 @pytest.mark.parametrize("committed", [True, False])
-def test_a_registration_whose_commit_fails_says_whether_the_version_may_be_registered(
+def test_a_registration_whose_commit_fails_stands_where_the_database_names_its_version(
     database_url: str, tmp_path: Path, committed: bool
 ) -> None:
     """A training whose registration's COMMIT failed (a connection dropped during it: the
-    server may have committed) ended on "database error" alone, its version perhaps there. It
-    now says the version may be registered and where to look; not where nothing was."""
+    server may have committed) ended on "database error" alone, its version perhaps there.
+    Where the database, read again, names the version the commit was made: it stands, nothing
+    is raised (the job was else recorded failed under its registered version); where it names
+    none, the plain error."""
     from sqlalchemy import select
 
     from db.session import DatabaseError, session_scope
@@ -352,28 +354,65 @@ def test_a_registration_whose_commit_fails_says_whether_the_version_may_be_regis
 
     weights, models = tmp_path / "best.pt", tmp_path / "models"
     weights.write_bytes(b"the weights")
-    with (
-        registration_commit_dropped(database_url, committed),
-        pytest.raises(DatabaseError) as raised,
-        registration_scope(database_url) as session,
-    ):
-        register_model_version(
+    raised: list[str] = []
+    with registration_commit_dropped(database_url, committed):
+        try:
+            with registration_scope(database_url) as session:
+                register_model_version(
+                    session,
+                    weights,
+                    models,
+                    name="dropped",
+                    kind=ModelKind.CLASSIFIER,
+                    architecture="defect-cls-x",
+                    class_names=["good", "scratch"],
+                    image_size=64,
+                )
+        except DatabaseError as exc:
+            raised.append(str(exc))
+    if committed:
+        assert raised == []
+    else:
+        [said] = raised
+        assert said.startswith("database error at ") and "server closed the connection" in said
+        assert "may have been registered" not in said
+    with session_scope(database_url) as session:
+        names = list(session.scalars(select(ModelVersion.name)))
+    assert names == (["dropped"] if committed else [])
+
+
+def test_whether_a_version_names_weights_is_unknown_where_the_database_cannot_say(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Named, not named and "cannot say" (the database unreachable) are three answers: the
+    last was True, and a registration was then told the same as one the database confirmed."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import Session
+
+    from db.session import session_scope
+    from training.versions import _named_by_a_version, register_model_version
+
+    weights = tmp_path / "best.pt"
+    weights.write_bytes(b"the weights")
+    with session_scope(database_url) as session:
+        version = register_model_version(
             session,
             weights,
-            models,
-            name="dropped",
+            tmp_path / "models",
+            name="named",
             kind=ModelKind.CLASSIFIER,
             architecture="defect-cls-x",
             class_names=["good", "scratch"],
             image_size=64,
         )
-    said = str(raised.value)
-    assert said.startswith("database error at ") and "server closed the connection" in said
-    maybe = "the version dropped may have been registered all the same: check `defects models"
-    assert (maybe in said) is committed
+        file_path = version.file_path
     with session_scope(database_url) as session:
-        names = list(session.scalars(select(ModelVersion.name)))
-    assert names == (["dropped"] if committed else [])
+        assert _named_by_a_version(session, file_path) is True
+        assert _named_by_a_version(session, str(tmp_path / "other.pt")) is False
+    # (A database that cannot be opened: SQLite's file in a folder that is not there.)
+    unreachable = create_engine(f"sqlite:///{tmp_path / 'no-such-folder' / 'defects.db'}")
+    with Session(unreachable) as session:
+        assert _named_by_a_version(session, file_path) is None
 
 
 def test_a_registration_whose_commit_is_said_to_fail_after_it_happened_keeps_its_weights(

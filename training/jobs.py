@@ -229,10 +229,13 @@ def log_tail(log: Path, lines: int = 8) -> str:
 
 
 def record_job_end(url: str, job_id: int, error: BaseException) -> None:
-    """Mark a training job cancelled (Ctrl-C) or failed, with the reason, before re-raising."""
+    """Mark a training job cancelled (Ctrl-C) or failed, with the reason, before re-raising.
+    A job already recorded succeeded with its version is left so: stopped or failed after its
+    registration was committed, it was said failed while its version was there to be used."""
     with session_scope(url) as session:
         job = session.get(TrainingJob, job_id)
-        if job is not None:
+        registered = job is not None and job.result_model_version_id is not None
+        if job is not None and not (job.status == JobStatus.SUCCEEDED and registered):
             stopped = isinstance(error, KeyboardInterrupt)
             job.status = JobStatus.CANCELLED if stopped else JobStatus.FAILED
             job.error = (

@@ -112,16 +112,17 @@ def _copy_weights(weights: Path, target: Path, made: Path | None, models_dir: Pa
         ) from exc
 
 
-def _named_by_a_version(session: Session, file_path: str) -> bool:
-    """Whether a committed version names `file_path`, read on a connection of its own; True
-    where the database cannot tell (still unreachable): the weights are then kept."""
+def _named_by_a_version(session: Session, file_path: str) -> bool | None:
+    """Whether a committed version names `file_path`, read on a connection of its own; None
+    where the database cannot tell (still unreachable). "Named" and "cannot tell" were both
+    True, and a registration the database confirms was told it "may have been" registered."""
     try:
         with session.get_bind().connect() as connection:
             named = connection.scalar(
                 select(ModelVersion.id).where(ModelVersion.file_path == file_path)
             )
-    except Exception:  # noqa: BLE001 - unknown is kept: a leftover is said later, not lost
-        return True
+    except Exception:  # noqa: BLE001 - unknown is said as unknown, not as either answer
+        return None
     return named is not None
 
 
@@ -146,8 +147,8 @@ def _removed_unless_committed(session: Session, folder: Path, file_path: str) ->
     def rolled_back(session: Session, previous: SessionTransaction) -> None:
         if pending and not previous.nested:  # (a savepoint's rollback undoes less)
             pending.clear()
-            if committing and _named_by_a_version(session, file_path):
-                return
+            if committing and _named_by_a_version(session, file_path) is not False:
+                return  # (kept where the database cannot say: a leftover is said later)
             shutil.rmtree(folder, ignore_errors=True)
 
     event.listen(session, "before_commit", commit_begun)
@@ -254,7 +255,10 @@ def registration_scope(url: str) -> Iterator[Session]:
     during COMMIT raises although the server may have committed: the training ended on
     "database error ..." alone, as if nothing were registered, while a version may well be.
     Where the commit (not a statement before it) failed and the database, read again, names
-    the version's weights or cannot say (`_named_by_a_version`), the error says so."""
+    the version's weights, the commit was made: the transaction, the job's end with it, stands
+    and nothing is raised (the job was else recorded failed under its registered version).
+    Where the database cannot say (`_named_by_a_version`), the error says the version may
+    have been registered."""
     begun: list[Session] = []
     try:
         with session_scope(url) as session:
@@ -262,7 +266,10 @@ def registration_scope(url: str) -> Iterator[Session]:
             begun.append(session)  # (the body is done: what fails now is the commit)
     except DatabaseError as exc:
         registered = begun[0].info.get(_REGISTERED) if begun else None
-        if registered is None or not _named_by_a_version(begun[0], registered[1]):
+        named = _named_by_a_version(begun[0], registered[1]) if registered else False
+        if named:
+            return
+        if named is False:
             raise
         raise DatabaseError(
             f"{exc}; the connection failed during the commit, and the version "
