@@ -423,6 +423,10 @@ _NO_SPACE = (errno.ENOSPC, errno.EDQUOT, None)
 _NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
+# What a read-only file system (EROFS) needs: no change of permissions makes it writable.
+_READ_ONLY_FIX = "the file system is mounted read-only: remount it read-write"
+
+
 def write_fix(exc: OSError) -> str:
     """What to do about a folder that could not be written, to go before "and run ... again":
     free space only where the disk is full; a folder not writable (EACCES, EROFS) or a disk
@@ -432,7 +436,7 @@ def write_fix(exc: OSError) -> str:
     if exc.errno in _NO_SPACE:
         return "free space there"
     if exc.errno == errno.EROFS:
-        return "the file system is mounted read-only: remount it read-write or use another place"
+        return f"{_READ_ONLY_FIX} or use another place"
     if exc.errno in _NOT_WRITABLE:
         return "make it writable for this user"
     return "check its disk"
@@ -453,11 +457,22 @@ def failed_write(exc: BaseException, folder: Path) -> bool:
 
 def write_advice(exc: OSError) -> str:
     """`write_fix`'s remedy ending in ", or ", for a message that goes on to name another way
-    out (another place to write, a folder to make writable): a full disk or a disk failing
-    its writes (EIO); nothing for another error, which that way out answers."""
+    out (another place to write, a folder to make writable): a full disk, a disk failing its
+    writes (EIO) or a read-only file system (EROFS), which was given nothing, and the message
+    went on to "make ... writable", which no permission change does (a caller's "make it
+    writable" is left out there: `read_only_mount`); nothing for a permission refused, which
+    that way out answers."""
+    if exc.errno == errno.EROFS:
+        return f"{_READ_ONLY_FIX}, or "
     if exc.errno not in (*_NO_SPACE, errno.EIO) or exc.errno is None:
         return ""
     return f"{write_fix(exc)}, or "
+
+
+def read_only_mount(exc: OSError) -> bool:
+    """Whether `exc` is a write refused by a file system mounted read-only (EROFS), where
+    "make it writable" is no remedy."""
+    return exc.errno == errno.EROFS
 
 
 def sync_file(path: Path) -> None:

@@ -242,13 +242,20 @@ def test_an_import_a_full_disk_stops_registers_nothing_and_leaves_no_half_copy(
 
 @pytest.mark.parametrize(
     ("code", "advice"),
-    [(28, "free space there, or make"), (5, "check its disk, or make"), (13, "): make")],
+    [
+        (28, "free space there, or make"),
+        (5, "check its disk, or make"),
+        (13, "): make"),
+        (30, "): the file system is mounted read-only: remount it read-write, or set DEFECTS"),
+    ],
 )
 def test_an_import_stopped_by_the_disk_says_what_to_do_about_that_error(
     session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, advice: str
 ) -> None:  # type: ignore[no-untyped-def]
     """Any failure to write was said to be a disk "full or read-only" to free: a disk failing
-    its writes (EIO) says to check the disk now, where freeing space would not help."""
+    its writes (EIO) says to check the disk now, where freeing space would not help. A file
+    system mounted read-only (EROFS) was told to "make that folder writable", which no
+    permission change does: it is told to remount it."""
     import training.datasets as datasets
 
     write_yolo(tmp_path / "src", n=4)
@@ -262,6 +269,7 @@ def test_an_import_stopped_by_the_disk_says_what_to_do_about_that_error(
     said = str(stopped.value)
     assert advice in said and "DEFECTS_DATA_DIR" in said
     assert ("free space" in said) == (code == 28)
+    assert ("writable" in said) == (code != 30)
 
 
 @pytest.mark.parametrize("failing", ["_sync_names", "_sync_tree"])
@@ -397,12 +405,24 @@ def test_a_moved_datasets_data_yaml_is_rewritten_whole_and_synced(
     assert str(moved.resolve()) in synced
 
 
+@pytest.mark.parametrize(
+    ("code", "advice"),
+    [
+        (28, "free space there, or make"),
+        (
+            30,
+            "the file system is mounted read-only: remount it read-write, or set "
+            "DEFECTS_DATA_DIR to a copy of the data folder in a writable place, then run",
+        ),
+    ],
+)
 def test_a_replace_stopped_by_a_moved_datasets_data_yaml_leaves_no_copy(
-    session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, advice: str
 ) -> None:  # type: ignore[no-untyped-def]
     """A moved dataset's data.yaml that cannot be rewritten stops a --replace in one line once
-    the new copy is written: the copy is removed, as on any other failure."""
-    import errno
+    the new copy is written: the copy is removed, as on any other failure. On a file system
+    mounted read-only (EROFS) it was told to "make data.yaml writable", which no permission
+    change does."""
 
     import training.datasets as datasets
     from db.models import ModelKind, ModelVersion
@@ -416,14 +436,17 @@ def test_a_replace_stopped_by_a_moved_datasets_data_yaml_leaves_no_copy(
     session.flush()
     shutil.move(tmp_path / "a", tmp_path / "b")
 
-    def full(*args: object) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
+    def failing(*args: object) -> None:
+        raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(datasets, "_rewrite_yaml", full)
-    with pytest.raises(UserError, match="data.yaml cannot be made to name it"):
+    monkeypatch.setattr(datasets, "_rewrite_yaml", failing)
+    with pytest.raises(UserError, match="data.yaml cannot be made to name it") as stopped:
         import_dataset(
             session, "yolo", tmp_path / "src", "y", tmp_path / "b", classes=CLASSES, replace=True
         )
+    said = str(stopped.value)
+    assert advice in said
+    assert ("writable, then" in said) == (code != 30)
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["y"]
 
 

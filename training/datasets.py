@@ -56,6 +56,7 @@ from inspection.images import (
     file_kind,
     max_pixels,
     not_a_file_reason,
+    read_only_mount,
     replace_synced,
     several_frames_reason,
     sync_file,
@@ -1776,8 +1777,9 @@ def write_dataset(
             f"dataset {name} not written: {exc.strerror or exc}"
             + (f" ({where})" if where else "")
             + f"; nothing is registered and dataset {name} is as it was (datasets are written "
-            f"in {datasets_dir}): {write_advice(exc)}make that folder writable or set "
-            "DEFECTS_DATA_DIR to another place, then run the same command again"
+            f"in {datasets_dir}): {write_advice(exc)}"
+            + ("" if read_only_mount(exc) else "make that folder writable or ")
+            + "set DEFECTS_DATA_DIR to another place, then run the same command again"
         ) from exc
 
 
@@ -2449,7 +2451,13 @@ def located_dataset(root_path: str, datasets_dir: Path | None = None) -> Path:
             raise UserError(
                 f"the dataset's folder is now {here} (the data folder moved), but its "
                 f"data.yaml cannot be made to name it: {exc.strerror or exc}; "
-                f"{write_advice(exc)}make {data_yaml} writable, then run the same command again"
+                f"{write_advice(exc)}"
+                + (
+                    "set DEFECTS_DATA_DIR to a copy of the data folder in a writable place"
+                    if read_only_mount(exc)
+                    else f"make {data_yaml} writable"
+                )
+                + ", then run the same command again"
             ) from exc
     return here
 
