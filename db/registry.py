@@ -248,6 +248,8 @@ class Promotion:
     name: str
     kind: ModelKind
     replaced: str | None
+    # Already the production model: nothing changed (no new promotion stamped).
+    already: bool = False
 
 
 def promote_version(url: str, ref: str | int) -> Promotion:
@@ -266,6 +268,9 @@ def promote_version(url: str, ref: str | int) -> Promotion:
                     "production detector's operating point names; calibrate the detector with "
                     f"--classifier {version.name} (or on the Settings page) to put it to work"
                 )
+            if version.stage == ModelStage.PRODUCTION:
+                # (Stamped again, the model timeline showed a promotion that did not happen.)
+                return Promotion(version.name, version.kind, None, already=True)
             previous = promote(session, version)
             return Promotion(version.name, version.kind, previous.name if previous else None)
 

@@ -436,6 +436,35 @@ def test_a_promotion_the_figures_argue_against_is_warned_about(tmp_path: Path) -
     assert "unevaluated has no evaluation" in unevaluated
 
 
+def test_promoting_the_production_version_again_says_so_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    """Promoting the version already in production said it "is now the production detector"
+    and stamped it promoted again: the model timeline showed a promotion that did not happen
+    (and the one it replaced was no longer the one it said)."""
+    from db.models import ModelVersion
+    from db.session import session_scope
+    from inspection.settings import get_settings
+
+    _detectors(tmp_path, {"first": {"thresholds": CALIBRATED}, "second": {}})
+    assert runner.invoke(app, ["models", "promote", "first"]).exit_code == 0
+    assert runner.invoke(app, ["models", "promote", "second"]).exit_code == 0
+    url = get_settings().resolved_database_url
+
+    def stamps() -> dict[str, tuple[object, ...]]:
+        with session_scope(url) as session:
+            return {
+                v.name: (v.stage, v.promoted_at, v.archived_at) for v in session.query(ModelVersion)
+            }
+
+    before = stamps()
+    again = runner.invoke(app, ["models", "promote", "second"])
+    assert again.exit_code == 0, again.output
+    said = " ".join(again.output.split())
+    assert said == "second is already the production detector"
+    assert stamps() == before
+
+
 def test_a_promotion_that_drops_classes_says_which(tmp_path: Path) -> None:
     """A detector that no longer knows a class (retired, or renamed) went into production
     without a word: parts whose only defect is of that class pass from then on."""

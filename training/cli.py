@@ -289,6 +289,9 @@ def models_promote(model: Annotated[str, typer.Argument(help="Model version id o
     """Make a model version the production model of its kind (the current one is archived)."""
     url = migrated_database_url()
     promoted = promote_version(url, model)
+    if promoted.already:
+        console.print(f"{promoted.name} is already the production {promoted.kind.value}")
+        return
     replaced = f", replacing {promoted.replaced}" if promoted.replaced else ""
     console.print(f"{promoted.name} is now the production {promoted.kind.value}{replaced}")
     from training.versions import promotion_warnings

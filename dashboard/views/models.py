@@ -149,6 +149,9 @@ if detectors:
         except ValueError as exc:  # a classifier: it is put to work by a calibration
             st.error(plain(exc))
         else:
+            if promoted.already:  # (promoted meanwhile, from elsewhere)
+                flash(f"{plain(chosen)} is already in production")
+                st.rerun()
             replaced = f"; {plain(promoted.replaced)} archived" if promoted.replaced else ""
             flash(f"{plain(chosen)} is in production{replaced}")
             for warning in promotion_warnings(state.url, promoted.name, promoted.replaced):
