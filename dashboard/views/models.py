@@ -62,6 +62,11 @@ def _pct(value: object) -> str:
     return f"{value:.2%}" if isinstance(value, int | float) else "-"
 
 
+def _figure(value: object) -> str:
+    """A figure as `defects models list` gives it: a missing one was shown as "None"."""
+    return f"{value:.3f}" if isinstance(value, int | float) else "-"
+
+
 state = database_ready()
 st.title("Models")
 engineers_only(state.url, "Models")
@@ -76,14 +81,14 @@ with session_scope(state.url) as session:
             "kind": v.kind.value,
             "architecture": v.architecture,
             "stage": v.stage.value,
-            "mAP50 (test)": (v.metrics or {}).get("map50"),
+            "mAP50 (test)": _figure((v.metrics or {}).get("map50")),
             "miss rate (test)": _pct((v.metrics or {}).get("miss_rate")),
             "false-call rate (test)": _pct((v.metrics or {}).get("false_call_rate")),
-            "val mAP50": (v.metrics or {}).get("val_map50"),
+            "val mAP50": _figure((v.metrics or {}).get("val_map50")),
             # (One "accuracy" column showed test top-1 over parts or, failing it, val
             # accuracy over parts and crops, without saying which.)
-            "top-1 (test)": (v.metrics or {}).get("top1_accuracy"),
-            "val accuracy (parts and crops)": (v.metrics or {}).get("val_accuracy"),
+            "top-1 (test)": _figure((v.metrics or {}).get("top1_accuracy")),
+            "val accuracy (parts and crops)": _figure((v.metrics or {}).get("val_accuracy")),
             "teacher": v.teacher.name if v.teacher else "",
             # How it was made (a distilled student's loss, a fine-tuned one's base), as
             # `defects models list --json` says: the page showed the teacher alone.
