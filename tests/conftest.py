@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -173,15 +177,34 @@ def _reset_postgres(url: str) -> None:
         connection.execute(text("CREATE SCHEMA public"))
 
 
-@pytest.fixture(scope="session")
-def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A SQLite database migrated from empty to head once per run. A test's own database is
-    a copy of it: migrating from empty takes a quarter of a second, and hundreds of tests
-    each start from an empty database. (The migrations from empty, and from each revision,
-    are tested in test_db_schema.)"""
-    path = tmp_path_factory.mktemp("migrated") / "head.db"
+@functools.cache
+def _migrated_template() -> Path:
+    """A SQLite database migrated from empty to head once per run, on first need. A test's
+    own database is a copy of it: migrating from empty takes a quarter of a second (over a
+    second on a busy machine), and hundreds of tests each start from an empty database. (The
+    migrations from empty, and from each revision, are tested in test_db_schema.)"""
+    folder = Path(tempfile.mkdtemp(prefix="defects-migrated-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    path = folder / "head.db"
     upgrade(f"sqlite:///{path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def migrated_sqlite() -> Path:
+    """The run's SQLite database migrated to head, to copy (see _migrated_template)."""
+    return _migrated_template()
+
+
+def migrated(url: str) -> str:
+    """What `upgrade(url)` makes of a database not made yet, for a test's set-up: a new SQLite
+    file is a copy of the run's migrated template; an existing file, or another backend, is
+    upgraded. Its URL."""
+    path = Path(url.removeprefix("sqlite:///"))
+    if not url.startswith("sqlite:///") or path.exists():
+        upgrade(url)
+        return url
+    return copy_of_migrated(_migrated_template(), path)
 
 
 def copy_of_migrated(template: Path, path: Path) -> str:
@@ -276,7 +299,7 @@ def tiny_detector(
         patch.setenv("DEFECTS_DATA_DIR", str(base / "data"))
         get_settings.cache_clear()
         url = get_settings().resolved_database_url
-        upgrade(url)
+        migrated(url)
         import_data(url, base)
         version_id = train_detector(
             TrainRequest(data=data, architecture="defect-yolo-n", epochs=1, **request),  # type: ignore[arg-type]

@@ -10,7 +10,6 @@ import pytest
 import yaml
 from sqlalchemy import select
 
-from db.migrate import upgrade
 from db.models import Dataset, Inspection, JobStatus, Prediction, Review, TrainingJob
 from db.reviews import (
     DEFECT_REVIEWS,
@@ -25,7 +24,7 @@ from db.session import session_scope
 from inspection.batch import BatchInspection, iter_source
 from inspection.errors import UserError
 from inspection.settings import get_settings
-from tests.conftest import Trained, register_production_detector
+from tests.conftest import Trained, migrated, register_production_detector
 from tests.synthetic import CLASSES, make_images
 from training.backtest import backtest, export_reviews, recorded_rates
 from training.datasets import check_trainable
@@ -194,7 +193,7 @@ def test_a_part_inspected_under_a_relative_data_dir_is_found_from_another_folder
     monkeypatch.setenv("DEFECTS_DATA_DIR", "data")
     get_settings.cache_clear()
     url = get_settings().resolved_database_url
-    upgrade(url)
+    migrated(url)
     register_production_detector(url, trained.weights, get_settings().models_dir)
     make_images(tmp_path / "in", n=2, seed=5)
     BatchInspection(url, get_settings().images_dir, "L", "S").run(iter_source(str(tmp_path / "in")))
@@ -375,7 +374,7 @@ def test_a_data_folder_moved_to_another_disk_is_still_whole(
     monkeypatch.setenv("DEFECTS_DATA_DIR", str(tmp_path / "old" / "data"))
     get_settings.cache_clear()
     url = get_settings().resolved_database_url
-    upgrade(url)
+    migrated(url)
     register_production_detector(url, trained.weights, get_settings().models_dir)
     import_synthetic(url, tmp_path / "src", n=12)
     make_images(tmp_path / "in", n=2, seed=5)

@@ -369,11 +369,10 @@ def test_a_classifier_is_checked_where_it_would_go_to_work(
 def _classifier_alone_in_production(trained: Trained, classifier: str) -> str:
     """This test's database with the tiny detector in production, every class off and the part
     classifier failing every part (part threshold 0): a verdict only the classifier gives."""
-    from db.migrate import upgrade
-    from tests.conftest import register_classifier_copy, register_production_detector
+    from tests.conftest import migrated, register_classifier_copy, register_production_detector
 
     url = get_settings().resolved_database_url
-    upgrade(url)
+    migrated(url)
     register_production_detector(url, trained.weights, get_settings().models_dir)
     register_classifier_copy(trained.url, classifier, url)
     with session_scope(url) as session:
@@ -538,7 +537,7 @@ def test_grayscale_boards_stay_one_channel_in_memory_for_training(tmp_path: Path
     """DeepPCB's boards are one-channel JPEGs; the classifier's training held every image of
     the split as RGB (three times the memory for DeepPCB's one-channel boards). Kept one
     channel, its crops are the same three-channel tensors, and a classifier trains on them."""
-    from db.migrate import upgrade
+    from tests.conftest import migrated
     from tests.synthetic import write_deeppcb
     from training.cli import app
     from training.evaluate import evaluate_classifier
@@ -546,7 +545,7 @@ def test_grayscale_boards_stay_one_channel_in_memory_for_training(tmp_path: Path
 
     write_deeppcb(tmp_path / "deeppcb", boards=8, test=2)
     url = get_settings().resolved_database_url
-    upgrade(url)
+    migrated(url)
     result = CliRunner().invoke(
         app, ["import", "deeppcb", str(tmp_path / "deeppcb"), "--name", "pcb"]
     )
@@ -627,10 +626,10 @@ def test_a_classifier_training_stopped_says_what_became_of_it(
 def _version_rows(url: str, rows: list[tuple[str, Any, dict[str, Any]]]) -> None:
     """Model versions as rows alone (no weights), each (name, kind, other columns), in a new
     database at `url`: for the rules of the registry, which never open a file."""
-    from db.migrate import upgrade
     from db.models import ModelKind, ModelVersion
+    from tests.conftest import migrated
 
-    upgrade(url)
+    migrated(url)
     with session_scope(url) as session:
         for name, kind, columns in rows:
             classes = [GOOD, *CLASSES] if kind == ModelKind.CLASSIFIER else list(CLASSES)
@@ -749,13 +748,12 @@ def test_a_classifier_version_whose_weights_are_damaged_is_said_as_a_classifier(
     """evaluate and export told a classifier from a detector by loading its file: a damaged
     classifier was taken for a detector, ultralytics' message said of it, and the export named
     a scratch folder's copy of it, a path that was gone by then."""
-    from db.migrate import upgrade
     from db.models import ModelKind, ModelVersion
-    from tests.conftest import import_synthetic
+    from tests.conftest import import_synthetic, migrated
     from training.cli import app
 
     url = get_settings().resolved_database_url
-    upgrade(url)
+    migrated(url)
     import_synthetic(url, tmp_path, n=12)
     damaged = tmp_path / "verifier" / "best.pt"
     damaged.parent.mkdir()
@@ -788,14 +786,14 @@ def test_a_classifiers_file_given_as_model_is_said_to_be_a_classifier(tmp_path: 
     """`--model` given a classifier's weights or its ONNX export was said to be no registered
     model's file (the weights of a registered version, said to be unknown), where `--model`
     given the classifier's name says it is a classifier."""
-    from db.migrate import upgrade
     from db.models import ModelKind
+    from tests.conftest import migrated
     from training.cli import app
     from training.export import export_classifier
     from training.versions import register_model_version
 
     url = get_settings().resolved_database_url
-    upgrade(url)
+    migrated(url)
     weights = tmp_path / "verifier.pt"
     save_classifier(DefectClassifier("mobilenet_v3_small", [GOOD, *CLASSES]), weights, 32)
     with session_scope(url) as session:
@@ -837,12 +835,11 @@ def test_a_classifier_named_with_digits_is_the_one_the_operating_point_names(
 ) -> None:
     """Stations looked the operating point's classifier up as an id or a name: a classifier
     named "1" was taken for the model version of id 1, here the detector itself."""
-    from db.migrate import upgrade
-    from tests.conftest import register_classifier_copy, register_production_detector
+    from tests.conftest import migrated, register_classifier_copy, register_production_detector
     from training.cli import app
 
     url = get_settings().resolved_database_url
-    upgrade(url)
+    migrated(url)
     register_production_detector(url, trained.weights, get_settings().models_dir)
     register_classifier_copy(trained.url, trained_classifier, url, name="1")
     with session_scope(url) as session:
@@ -866,13 +863,12 @@ def test_a_classifier_version_named_with_digits_is_known_as_a_classifier(tmp_pat
     weights were then loaded as a detector's, not said as the classifier's."""
     from sqlalchemy import select
 
-    from db.migrate import upgrade
     from db.models import ModelKind, ModelVersion
-    from tests.conftest import import_synthetic
+    from tests.conftest import import_synthetic, migrated
     from training.cli import app
 
     url = get_settings().resolved_database_url
-    upgrade(url)
+    migrated(url)
     import_synthetic(url, tmp_path, n=12)
     damaged = tmp_path / "verifier" / "best.pt"
     damaged.parent.mkdir()
@@ -956,11 +952,10 @@ def test_a_hard_negative_detector_of_other_classes_is_refused_naming_both_lists(
 def synth_data(tmp_path: Path) -> str:
     """The synthetic dataset "synth" (8 images) imported in this test's own data folder, no
     detector trained: what a classifier's training alone needs. Its database URL."""
-    from db.migrate import upgrade
-    from tests.conftest import import_synthetic
+    from tests.conftest import import_synthetic, migrated
 
     url = get_settings().resolved_database_url
-    upgrade(url)
+    migrated(url)
     import_synthetic(url, tmp_path / "synth", n=8)
     return url
 

@@ -214,12 +214,12 @@ def test_a_command_ends_without_teardown_but_with_its_output_and_exit_code(
 def _three_promoted(url: str) -> list[int]:
     """Three detector versions v1, v2, v3 (rows alone), promoted in that order in a new
     database at `url`: v3 in production, v2 the one a rollback restores. Their ids."""
-    from db.migrate import upgrade
     from db.models import ModelKind, ModelVersion
     from db.registry import promote
     from db.session import session_scope
+    from tests.conftest import migrated
 
-    upgrade(url)
+    migrated(url)
     with session_scope(url) as session:
         versions = [
             ModelVersion(
@@ -391,13 +391,13 @@ def test_only_the_training_datasets_test_figures_are_the_headline(
 def _detectors(tmp_path: Path, versions: dict[str, dict[str, Any]]) -> None:
     """Detector versions registered by name with the given fields (metrics, classes), in a
     migrated database: what promotion warnings read."""
-    from db.migrate import upgrade
     from db.models import ModelKind, ModelVersion
     from db.session import session_scope
     from inspection.settings import get_settings
+    from tests.conftest import migrated
 
     url = get_settings().resolved_database_url
-    upgrade(url)
+    migrated(url)
     with session_scope(url) as session:
         for name, fields in versions.items():
             session.add(
@@ -549,15 +549,15 @@ def test_model_names_are_listed_whole_at_80_columns_and_as_json(tmp_path: Path) 
     and cut stages ("product…"): a name could not be copied into `promote`."""
     import json
 
-    from db.migrate import upgrade
     from db.models import ModelKind, ModelVersion
     from db.registry import promote
     from db.session import session_scope
     from inspection.settings import get_settings
+    from tests.conftest import migrated
 
     names = ["defect-yolo-n-20261127-004820", "defect-yolo-s-gated-20261127-113005-finetuned"]
     url = get_settings().resolved_database_url
-    upgrade(url)
+    migrated(url)
     with session_scope(url) as session:
         teacher = None  # the second version is distilled from the first
         for i, name in enumerate(names):
@@ -606,13 +606,13 @@ def test_models_list_says_old_folders_no_version_names_and_how_to_remove_them(
     import os
     import time
 
-    from db.migrate import upgrade
     from db.models import ModelKind, ModelVersion
     from db.session import session_scope
     from inspection.settings import get_settings
+    from tests.conftest import migrated
 
     url = get_settings().resolved_database_url
-    upgrade(url)
+    migrated(url)
     models = get_settings().models_dir
     hour_ago = time.time() - 2 * 3600
     for name in ("kept-v1", "defect-yolo-n-20261127-004820", "defect-yolo-n-20261127-101500"):
@@ -652,13 +652,13 @@ def test_models_jobs_gives_the_training_jobs_in_json_and_models_list_in_its_tabl
     import json
     from datetime import datetime
 
-    from db.migrate import upgrade
     from db.models import JobStatus, ModelKind, ModelVersion, TrainingJob
     from db.session import session_scope
     from inspection.settings import get_settings
+    from tests.conftest import migrated
 
     url = get_settings().resolved_database_url
-    upgrade(url)
+    migrated(url)
     gone = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], text=True, capture_output=True
     ).stdout.strip()
@@ -982,17 +982,17 @@ def test_a_versions_weights_are_on_disk_once_it_is_registered(
     version's folder, the model store and its parent, where each new folder is named."""
     import os
 
-    from db.migrate import upgrade
     from db.models import ModelKind
     from db.session import session_scope
     from inspection.settings import get_settings
+    from tests.conftest import migrated
     from tests.synthetic import CLASSES
     from training.versions import register_model_version
 
     if not Path("/proc/self/fd").is_dir():
         pytest.skip("no /proc here")
     url = get_settings().resolved_database_url
-    upgrade(url)
+    migrated(url)
     weights = tmp_path / "best.pt"
     weights.write_bytes(b"weights")
     models_dir = tmp_path / "data" / "models"
@@ -1025,16 +1025,15 @@ def test_a_version_whose_weights_are_gone_is_named_by_every_command(tmp_path: Pa
     """Deleted weights (or a data folder moved) gave inspect and batch one clear line, but
     export, evaluate, calibrate, training from it and distilling with it the system's
     "[Errno 2] No such file or directory"."""
-    from db.migrate import upgrade
     from db.models import ModelKind
     from db.session import session_scope
     from inspection.settings import get_settings
-    from tests.conftest import import_synthetic
+    from tests.conftest import import_synthetic, migrated
     from tests.synthetic import CLASSES
     from training.versions import register_model_version
 
     url = get_settings().resolved_database_url
-    upgrade(url)
+    migrated(url)
     import_synthetic(url, tmp_path, n=6)
     weights = tmp_path / "gone.pt"
     weights.write_bytes(b"weights")
@@ -1196,14 +1195,13 @@ def test_a_runs_folder_that_is_a_file_is_refused_in_one_line_before_a_job(
     "[Errno 17] File exists" ("[Errno 20] Not a directory"), its job recorded as failed."""
     from sqlalchemy import func, select
 
-    from db.migrate import upgrade
     from db.models import TrainingJob
     from db.session import session_scope
     from inspection.settings import get_settings
-    from tests.conftest import import_synthetic
+    from tests.conftest import import_synthetic, migrated
 
     url = get_settings().resolved_database_url
-    upgrade(url)
+    migrated(url)
     import_synthetic(url, tmp_path / "synth", n=4)
     in_the_way = get_settings().runs_dir / folder
     in_the_way.parent.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,6 @@ from dashboard.charts import (
 from dashboard.downloads import filtered_results_csv, rows_left_out_of_csv
 from dashboard.state import local_time, zone_label
 from dashboard.text import code, plain
-from db.migrate import upgrade
 from db.models import (
     Inspection,
     InspectionRun,
@@ -60,6 +59,7 @@ from inspection.settings import get_settings
 from tests.conftest import (
     Trained,
     import_synthetic,
+    migrated,
     register_classifier_copy,
     register_production_detector,
     register_tiny_detector,
@@ -1149,7 +1149,7 @@ def test_live_page_tells_a_station_watching_for_its_first_part_from_one_that_nev
     from db.registry import ensure_station
 
     url = get_settings().resolved_database_url
-    upgrade(url)
+    migrated(url)
     with session_scope(url) as session:
         ensure_station(session, "Line 1", "Cam A")
         watching = ensure_station(session, "Line 1", "Cam B")
@@ -1681,7 +1681,7 @@ def _judged_parts(
     a model would have written them: the History page needs none."""
     from db.registry import ensure_station
 
-    upgrade(url)
+    migrated(url)
     with session_scope(url) as session:
         where = ensure_station(session, line, station)
         for n, (name, when, classes) in enumerate(parts):
@@ -2040,7 +2040,7 @@ def _judged_in_run(
     from db.models import InspectionRun
     from db.registry import ensure_station
 
-    upgrade(url)
+    migrated(url)
     with session_scope(url) as session:
         station = ensure_station(session, *where)
         seen = ensure_station(session, *first_seen) if first_seen else station
@@ -2946,7 +2946,7 @@ def test_a_retraining_from_a_production_version_named_with_digits_starts_from_it
     from training import jobs
 
     url = get_settings().resolved_database_url
-    upgrade(url)
+    migrated(url)
     import_synthetic(url, tmp_path, n=12)
     with session_scope(url) as session:
         for name, classes in (("other", list(reversed(CLASSES))), ("1", CLASSES)):
@@ -3011,7 +3011,7 @@ def test_a_retraining_pressed_after_another_promotion_starts_nothing(
     from training.versions import register_model_version
 
     url = get_settings().resolved_database_url
-    upgrade(url)
+    migrated(url)
     import_synthetic(url, tmp_path, n=12)
     with session_scope(url) as session:
         for name in ("first", "second"):
@@ -3059,7 +3059,7 @@ def test_live_page_lists_a_blank_frame_of_each_station_that_sent_the_same_bytes(
     from db.registry import ensure_station
 
     url = get_settings().resolved_database_url
-    upgrade(url)
+    migrated(url)
     with session_scope(url) as session:
         cams = [ensure_station(session, "Line 1", name) for name in ("Cam A", "Cam B")]
         runs = [InspectionRun(line_id=c.line_id, station_id=c.id, source="hot/") for c in cams]

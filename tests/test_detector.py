@@ -664,13 +664,12 @@ def test_a_training_interrupted_before_the_data_folder_moved_resumes_after_it(
     """The checkpoint names the dataset and the run's folder as they were when the run began:
     after the data folder moved, a resume read the images from, and wrote its epochs to, the
     old folder, or failed there."""
-    from db.migrate import upgrade
-    from tests.conftest import import_synthetic
+    from tests.conftest import import_synthetic, migrated
     from training.train_detector import TrainRequest, train_detector
 
     monkeypatch.setenv("DEFECTS_DATA_DIR", str(tmp_path / "old" / "data"))
     get_settings.cache_clear()
-    upgrade(get_settings().resolved_database_url)
+    migrated(get_settings().resolved_database_url)
     import_synthetic(get_settings().resolved_database_url, tmp_path / "src", n=12)
     request = TrainRequest(
         data="synth", architecture="defect-yolo-n-plain", epochs=2, imgsz=64, batch=4
@@ -1128,13 +1127,12 @@ def test_a_resume_of_a_run_whose_checkpoint_a_full_disk_cut_short_is_refused_in_
     as it wrote left the file cut short, and `train detector --resume` stopped in a traceback
     from torch. It is now refused in one line naming the run and what to do. (The cut-short
     file is made here: the first half of a checkpoint's bytes, or all but its end.)"""
-    from db.migrate import upgrade
-    from tests.conftest import import_synthetic
+    from tests.conftest import import_synthetic, migrated
     from training.cli import app
 
     get_settings.cache_clear()
     url = get_settings().resolved_database_url
-    upgrade(url)
+    migrated(url)
     import_synthetic(url, tmp_path, n=8)
     last = get_settings().runs_dir / "detect" / "synth-defect-yolo-n-20261126-100000"
     last = last / "weights" / "last.pt"
@@ -1157,14 +1155,13 @@ def test_a_dataset_whose_val_images_were_deleted_is_refused_in_one_line_before_a
     job behind it and, until then, a run folder."""
     from sqlalchemy import func, select
 
-    from db.migrate import upgrade
     from db.models import TrainingJob
-    from tests.conftest import import_synthetic
+    from tests.conftest import import_synthetic, migrated
     from training.cli import app
 
     get_settings.cache_clear()
     url = get_settings().resolved_database_url
-    upgrade(url)
+    migrated(url)
     import_synthetic(url, tmp_path, n=8)
     val = get_settings().datasets_dir / "synth" / "images" / "val"
     shutil.rmtree(val)

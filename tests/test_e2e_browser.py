@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from db.migrate import upgrade
-from tests.conftest import Trained, register_production_detector
+from tests.conftest import Trained, migrated, register_production_detector
 from tests.synthetic import make_images
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -55,7 +54,7 @@ def test_upload_an_image_and_see_its_verdict(trained: Trained, tmp_path: Path) -
     data_dir = tmp_path / "data"
     data_dir.mkdir(exist_ok=True)  # (a SQLite URL's folder is not made for it)
     url = f"sqlite:///{data_dir / 'defects.db'}"
-    upgrade(url)
+    migrated(url)
     register_production_detector(url, trained.weights, data_dir / "models")
     image = make_images(tmp_path / "parts", n=2)[1]
     port = _free_port()
@@ -147,7 +146,7 @@ def test_a_login_is_kept_across_a_reload_and_a_logout_ends_it(tmp_path: Path) ->
     data_dir = tmp_path / "data"
     data_dir.mkdir(exist_ok=True)
     url = f"sqlite:///{data_dir / 'defects.db'}"
-    upgrade(url)
+    migrated(url)
     with session_scope(url) as session:
         add_user(session, "ana", Role.REVIEWER, "right-pass")
     port = _free_port()

@@ -337,11 +337,11 @@ def test_workers_move_the_files_of_a_folder_given_through_a_link(
     link (a data disk mounted behind one): the workers were told the folder's real path while
     the files were listed under the link, took every file for one outside it and moved none,
     without a word."""
-    from db.migrate import upgrade
+    from tests.conftest import migrated
     from training.cli import app
 
     url = get_settings().resolved_database_url
-    upgrade(url)
+    migrated(url)
     register_production_detector(url, trained.weights, tmp_path / "models")
     make_images(tmp_path / "disk" / "hot", n=2, size=64)
     (tmp_path / "link").symlink_to(tmp_path / "disk")

@@ -17,7 +17,6 @@ from sqlalchemy import func, select, update
 from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
-from db.migrate import upgrade
 from db.models import Inspection, Part, Verdict, database_utcnow
 from db.reviews import mark_good
 from db.session import session_scope
@@ -26,7 +25,7 @@ from inspection.errors import UserError
 from inspection.images import store_image
 from inspection.settings import get_settings
 from inspection.store import LAST_PRUNE_FILE, _database_named, prune_images
-from tests.conftest import Trained, register_production_detector
+from tests.conftest import Trained, migrated, register_production_detector
 from tests.synthetic import make_images
 from training.cli import app
 
@@ -101,7 +100,7 @@ def test_a_prune_deletes_old_images_and_keeps_failed_reviewed_and_recent_ones(
 def test_prune_images_from_the_command_line(trained: Trained, tmp_path: Path) -> None:
     settings = get_settings()
     url = settings.resolved_database_url
-    upgrade(url)
+    migrated(url)
     images = _five_parts(url, trained, tmp_path, settings.images_dir)
     runner = CliRunner()
     dry = runner.invoke(app, ["prune-images", "--older-than", "30", "--dry-run"])
@@ -131,7 +130,7 @@ def test_prune_images_from_the_command_line(trained: Trained, tmp_path: Path) ->
 def test_an_age_no_calendar_holds_is_refused_in_one_line(tmp_path: Path) -> None:
     """`--older-than inf` (or 1e12) passed the option's check and failed in the date
     arithmetic with a traceback; `nan` is refused as well."""
-    upgrade(get_settings().resolved_database_url)
+    migrated(get_settings().resolved_database_url)
     runner = CliRunner()
     for days in ("inf", "1e12", "nan"):
         result = runner.invoke(app, ["prune-images", "--older-than", days])
@@ -230,7 +229,7 @@ def test_the_last_prunes_cut_off_serves_only_a_prune_deleting_no_more_on_the_sam
     assert failed.since is None and failed.deleted == 1  # (the failed part's image)
 
     other = f"sqlite:///{tmp_path / 'other.db'}"
-    upgrade(other)
+    migrated(other)
     assert prune_images(other, store, 30, dry_run=True).since is None
     (store / LAST_PRUNE_FILE).write_text("{half a no", encoding="utf-8")
     unreadable = prune_images(database_url, store, 30)
@@ -321,7 +320,7 @@ def test_a_prune_that_cannot_note_its_cut_off_still_says_what_it_deleted(
     and leaves no half note. (The full store is simulated: the note's write raises ENOSPC.)"""
     settings = get_settings()
     url = settings.resolved_database_url
-    upgrade(url)
+    migrated(url)
     images = _five_parts(url, trained, tmp_path, settings.images_dir)
     from inspection import store as store_module
 

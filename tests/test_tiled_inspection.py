@@ -694,14 +694,13 @@ def test_the_inspect_page_judges_in_the_models_grid_and_says_so(
     from sqlalchemy import select
     from streamlit.testing.v1 import AppTest
 
-    from db.migrate import upgrade
     from db.models import Inspection, ModelVersion
     from db.session import session_scope
     from inspection.settings import get_settings
-    from tests.conftest import register_production_detector
+    from tests.conftest import migrated, register_production_detector
 
     url = get_settings().resolved_database_url
-    upgrade(url)
+    migrated(url)
     register_production_detector(url, tiled_weights, get_settings().models_dir)
     with session_scope(url) as session:
         session.scalars(select(ModelVersion)).one().thresholds = LOW
@@ -778,14 +777,13 @@ def test_the_inspect_page_shows_a_large_parts_boxes_at_its_own_resolution(
     from streamlit.testing.v1 import AppTest
 
     from dashboard.charts import SHOWN_SIDE
-    from db.migrate import upgrade
     from db.models import ModelVersion
     from db.session import session_scope
     from inspection.settings import get_settings
-    from tests.conftest import register_production_detector
+    from tests.conftest import migrated, register_production_detector
 
     url = get_settings().resolved_database_url
-    upgrade(url)
+    migrated(url)
     register_production_detector(url, tiled_weights, get_settings().models_dir)
     with session_scope(url) as session:
         session.scalars(select(ModelVersion)).one().thresholds = LOW
@@ -1012,8 +1010,8 @@ def test_a_training_lets_its_library_read_images_as_large_as_the_limit(
     dropped from training as corrupt by the training library's own check with Pillow."""
     from ultralytics.data.utils import check_image
 
-    from db.migrate import upgrade
     from inspection.settings import get_settings
+    from tests.conftest import migrated
     from training.train_detector import TrainRequest, train_detector
 
     big = tmp_path / "big.png"
@@ -1024,7 +1022,7 @@ def test_a_training_lets_its_library_read_images_as_large_as_the_limit(
     monkeypatch.setenv("DEFECTS_MAX_MEGAPIXELS", "300")
     get_settings.cache_clear()
     url = f"sqlite:///{tmp_path / 'x.db'}"
-    upgrade(url)
+    migrated(url)
     with pytest.raises(UserError):  # (no such dataset: stopped before any training)
         train_detector(TrainRequest(data="none-such"), url=url)
     check_image(str(big))  # read, as the import read it
