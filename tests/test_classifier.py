@@ -1260,3 +1260,31 @@ def test_calibrate_given_a_detector_by_its_id_names_the_version_it_stored_on(
     said = " ".join(result.output.split())
     assert f"stored as the operating point of {trained.version_name}" in said
     assert f"operating point of {version_id}\n" not in result.output
+
+
+def test_a_classifier_on_a_split_without_good_parts_says_so_as_a_detector_does(
+    trained: Trained, trained_classifier: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A classifier's evaluate on val (parts 1, 7, 13 and 19: all defective) printed
+    "false-call rate - (0 of 0)", where a detector's says the split has no good parts."""
+    from training.cli import app
+
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
+    get_settings.cache_clear()
+    out = tmp_path / "val.json"
+    args = ["evaluate", trained_classifier, "--data", "synth", "--split", "val"]
+    result = CliRunner().invoke(app, [*args, "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "false-call rate: the split has no good parts" in text
+    assert "(0 of 0)" not in text
+    payload = json.loads(out.read_text())
+    assert payload["false_call_rate"] is None and payload["n_good"] == 0
+    # Every rate with its counts beside it, as a detector's JSON gives them.
+    assert {"split", "n_images", "top1_accuracy", "per_class_recall", "confusion_matrix"} <= set(
+        payload
+    )
+    assert {"part_threshold", "miss_rate", "n_defective", "n_missed", "n_false_calls"} <= set(
+        payload
+    )
+    assert payload["n_images"] == 4

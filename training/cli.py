@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
     from sqlalchemy.orm import Session
 
-    from db.queries import StationActivity
+    from db.queries import PartCounts, StationActivity
     from inspection.engine import TileChoice
     from training.datasets import ImportReport
 
@@ -1112,13 +1112,7 @@ def evaluate_command(
     console.print(
         f"miss rate {_fmt(rates.miss_rate)} ({rates.n_missed} of {rates.n_defective} defective parts)"
     )
-    if rates.n_good:
-        console.print(
-            f"false-call rate {_fmt(rates.false_call_rate)} "
-            f"({rates.n_false_calls} of {rates.n_good} good parts)"
-        )
-    else:
-        console.print("false-call rate: the split has no good parts")
+    console.print(_false_call_figure(rates))
     if result.extra.get("part_figures_with_classifier"):
         console.print(
             "part figures of the whole verdict, with classifier "
@@ -1133,6 +1127,17 @@ def evaluate_command(
             markup=False,
         )
     _write_json(json_path, payload)
+
+
+def _false_call_figure(rates: PartCounts) -> str:
+    """The false-call rate with its counts, said the same for a detector and a classifier: a
+    split without good parts printed "- (0 of 0)" for a classifier, a rate of nothing."""
+    if not rates.n_good:
+        return "false-call rate: the split has no good parts"
+    return (
+        f"false-call rate {_fmt(rates.false_call_rate)} "
+        f"({rates.n_false_calls} of {rates.n_good} good parts)"
+    )
 
 
 def _write_json(json_path: Path | None, payload: dict) -> None:
@@ -1221,8 +1226,7 @@ def _evaluate_classifier(
     console.print(
         f"at defect probability >= {part_threshold:.4g} ({where}): miss rate "
         f"{_fmt(rates.miss_rate)} "
-        f"({rates.n_missed} of {rates.n_defective}), false-call rate "
-        f"{_fmt(rates.false_call_rate)} ({rates.n_false_calls} of {rates.n_good})"
+        f"({rates.n_missed} of {rates.n_defective} defective parts), {_false_call_figure(rates)}"
     )
     _write_json(json_path, payload)
 

@@ -477,8 +477,11 @@ class ClassifierEvaluation:
         }
 
     def to_json(self) -> dict[str, Any]:
+        """The keys of a detector's where they mean the same (`n_images`, the rates and the
+        counts behind each), and the classifier's own."""
         return {
             "split": self.split,
+            "n_images": int(np.array(self.confusion).sum()),
             "top1_accuracy": self.accuracy,
             "per_class_recall": self.per_class_recall(),
             "confusion_matrix": {
