@@ -504,3 +504,24 @@ def test_with_no_good_part_crop_verification_does_not_hand_the_part_to_the_class
     assert result.thresholds["scratch"] <= 0.6 and result.n_missed == 0
     assert result.details.get("part_classifier_off") == "no good parts"
     assert verify is None
+
+
+def test_verification_left_off_on_a_split_without_good_parts_says_why() -> None:
+    """`calibrate --verify-threshold auto` on a split of defective parts only said "no crop
+    threshold cut a false call", though there was no good part to cut one on."""
+    from training.calibrate import build_operating_point, choice_lines
+
+    parts = [
+        ScoredPart(True, (ScoredDetection("scratch", 0.9, 0.9, True),)),
+        ScoredPart(True, (ScoredDetection("scratch", 0.6, 0.95, True),)),
+    ]
+    verify, result = calibrate_with_verification(parts, ["scratch", PART], 0.0)
+    point = build_operating_point(result, ["scratch"], 0.45, "d", "val", "cls", verify)
+    assert verify is None and result.n_good == 0
+    lines = choice_lines(point, verify_auto=True)
+    assert not any("cut a false call" in line for line in lines)
+    assert (
+        "verification off: the split has no good parts, so no crop threshold can be chosen "
+        "from it; stored without crop verification (calibrate on a split with good parts to "
+        "choose one)"
+    ) in lines

@@ -845,6 +845,14 @@ def choice_lines(operating_point: dict[str, Any], verify_auto: bool = False) -> 
             reason = "the target is not met at any crop threshold (thresholds without it)"
         elif not on:
             reason = "every class is off for the detector, so no detection is left to verify"
+        elif not report.get("n_good"):
+            # ("no crop threshold cut a false call" spoke of false calls the split could not
+            # show: with no good part, there were none to cut.)
+            reason = (
+                "the split has no good parts, so no crop threshold can be chosen from it; "
+                "stored without crop verification (calibrate on a split with good parts to "
+                "choose one)"
+            )
         else:
             reason = "no crop threshold cut a false call at this target"
         lines.append(f"verification off: {reason}")
