@@ -1288,3 +1288,99 @@ def test_a_classifier_on_a_split_without_good_parts_says_so_as_a_detector_does(
         payload
     )
     assert payload["n_images"] == 4
+
+
+def test_per_class_recall_is_counted_after_crop_verification_as_the_part_figures_are(
+    trained: Trained, trained_classifier: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A detector's evaluate at an operating point that verifies crops counted its part
+    figures after verification and its per-class "recall at threshold" before it: a class
+    whose every detection verification rejects was said to be found."""
+    from training.cli import app
+    from training.versions import default_thresholds
+
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
+    get_settings.cache_clear()
+    data = _labeled_with_its_own_detections(trained, tmp_path)
+    low = {"per_class": {c: 0.001 for c in CLASSES}, "default": 0.001, "iou": 0.45}
+
+    def evaluated(verify: float | None) -> tuple[dict[str, Any], str]:
+        with session_scope(trained.url) as session:
+            get_model_version(session, trained.version_name).thresholds = {
+                **low,
+                "classifier": {"version": trained_classifier, "part": None, "verify": verify},
+            }
+        out = tmp_path / f"{verify}.json"
+        args = ["evaluate", trained.version_name, "--data", data, "--split", "val"]
+        try:
+            result = CliRunner().invoke(app, [*args, "--json", str(out)])
+        finally:
+            with session_scope(trained.url) as session:
+                get_model_version(session, trained.version_name).thresholds = default_thresholds(
+                    CLASSES
+                )
+        assert result.exit_code == 0, result.output
+        return json.loads(out.read_text()), " ".join(result.output.split())
+
+    unverified, _ = evaluated(None)
+    assert any(row["recall"] for row in unverified["per_class"].values())
+    for row in unverified["per_class"].values():  # (each rate with its counts beside it)
+        assert row["recall"] == (row["n_found"] / row["n_boxes"] if row["n_boxes"] else None)
+    # No crop reaches 1.0: verification rejects every detection, and every part is passed.
+    verified, text = evaluated(1.0)
+    assert verified["n_missed"] == verified["n_defective"] > 0
+    for name, row in verified["per_class"].items():
+        assert set(row) == set(unverified["per_class"][name])  # (the keys scripts read)
+        assert row["n_boxes"] == unverified["per_class"][name]["n_boxes"]
+        assert row["recall"] == (0.0 if row["n_boxes"] else None)
+    assert verified["recall_after_verification"] == 1.0
+    assert "recall at threshold counts the detections crop verification at 1 keeps" in text
+
+
+def _labeled_with_its_own_detections(trained: Trained, tmp_path: Path) -> str:
+    """The synthetic parts labeled with the tiny detector's most confident detection each (a
+    part where it finds nothing a good part), imported as "echo": one epoch finds none of the
+    real defects, and on these it finds every labeled box."""
+    import shutil
+
+    from inspection.detector import load_detector
+    from tests.synthetic import SyntheticImage, write_splits
+    from training.datasets import import_dataset
+
+    model = load_detector(trained.weights)
+    root, src = trained.data_dir / "datasets" / "synth", tmp_path / "echo"
+    (src / "images").mkdir(parents=True)
+    (src / "annotations").mkdir()
+    images: list[SyntheticImage] = []
+    for image in sorted((root / "images").glob("*/*.png"), key=lambda p: p.name):
+        shutil.copy(image, src / "images" / image.name)
+        [found] = model.predict(str(image), conf=0.001, imgsz=64, verbose=False)
+        boxes: list[tuple[str, int, int, int, int]] = []
+        if len(found.boxes):
+            best = int(found.boxes.conf.argmax())
+            x1, y1, x2, y2 = (int(round(v)) for v in found.boxes.xyxy[best].tolist())
+            boxes.append(
+                (CLASSES[int(found.boxes.cls[best])], x1, y1, max(x2, x1 + 2), max(y2, y1 + 2))
+            )
+            objects = "".join(
+                f"<object><name>{c}</name><bndbox><xmin>{a}</xmin><ymin>{b}</ymin>"
+                f"<xmax>{c2}</xmax><ymax>{d}</ymax></bndbox></object>"
+                for c, a, b, c2, d in boxes
+            )
+            (src / "annotations" / f"{image.stem}.xml").write_text(
+                f"<annotation><filename>{image.name}</filename><size><width>64</width>"
+                f"<height>64</height><depth>3</depth></size>{objects}</annotation>"
+            )
+        images.append(SyntheticImage(image.name, 64, boxes))
+    with session_scope(trained.url) as session:
+        import_dataset(
+            session,
+            "voc",
+            src,
+            "echo",
+            get_settings().datasets_dir,
+            write_splits(tmp_path / "echo-splits", images),
+            CLASSES,
+            replace=True,
+        )
+    return "echo"

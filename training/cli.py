@@ -1101,6 +1101,10 @@ def evaluate_command(
             _fmt(row["threshold"]),
         )
     console.print(table)
+    if (verify := result.extra.get("recall_after_verification")) is not None:
+        console.print(
+            f"recall at threshold counts the detections crop verification at {verify:.4g} keeps"
+        )
     rates = result.rates
     tiles = result.extra.get("n_tiles")
     console.print(

@@ -241,6 +241,15 @@ def evaluate_detector(
     ap50 = dict(zip(metrics.box.ap_class_index, metrics.box.ap50, strict=True))
     ap = dict(zip(metrics.box.ap_class_index, metrics.box.ap, strict=True))
 
+    # Crop verification drops the detections the classifier does not confirm, before a station
+    # counts them: the per-class recall is counted after it, as the part figures are (it was
+    # counted before, so a class whose every crop was rejected read as found).
+    verify = classifier_point.get("verify") if classifier_weights is not None else None
+    verifier = None
+    if verify is not None:
+        from inspection.engine import PartClassifier
+
+        verifier = PartClassifier(classifier_weights, device)  # type: ignore[arg-type]
     lowest = min(class_threshold(thresholds, c) for c in class_names)
     outcomes: list[tuple[bool, bool]] = []
     found_per_class = np.zeros(len(class_names), dtype=int)
@@ -263,12 +272,17 @@ def evaluate_detector(
         conf = boxes.conf.cpu().numpy()
         keep = conf >= limits[pred_classes] if len(conf) else np.zeros(0, dtype=bool)
         pred, pred_classes, conf = pred[keep], pred_classes[keep], conf[keep]
+        if verifier is not None and len(pred):
+            confirmed = _verified(verifier, Path(result.path), pred) >= float(verify)
+            pred, pred_classes, conf = pred[confirmed], pred_classes[confirmed], conf[confirmed]
         outcomes.append((len(truth) > 0, len(pred) > 0))
         found = matched_boxes(truth, truth_classes, pred, pred_classes, conf)
         np.add.at(total_per_class, truth_classes, 1)
         np.add.at(found_per_class, truth_classes[found], 1)
 
     extra: dict[str, Any] = {"imgsz": imgsz, "weights": weights.name}
+    if verify is not None:
+        extra["recall_after_verification"] = float(verify)
     n_parts = len(images)
     if origins is not None:
         outcomes = part_outcomes(images, [flagged for _, flagged in outcomes], origins)
@@ -291,7 +305,8 @@ def evaluate_detector(
         # tiles: the part figures are those of the whole verdict as a station gives it, the
         # classifier's part probability and crop verification included, as calibrate counted
         # them (they were the detector's alone, so the two commands disagreed on the same
-        # split). mAP and per-class recall stay the detector's, as ultralytics measures them.
+        # split). mAP stays the detector's, as ultralytics measures it; per-class recall
+        # counts the detections crop verification keeps (above).
         rates = _rates_as_judged(
             weights, root, split, class_names, thresholds, classifier_weights, device
         )
@@ -309,6 +324,7 @@ def evaluate_detector(
             if total_per_class[i]
             else None,
             "n_boxes": int(total_per_class[i]),
+            "n_found": int(found_per_class[i]),  # (the recall's count, as each rate has its own)
             "threshold": float(limits[i]),
         }
         for i, name in enumerate(class_names)
@@ -323,6 +339,16 @@ def evaluate_detector(
         thresholds=thresholds,
         extra=extra,
     )
+
+
+def _verified(verifier: Any, image: Path, boxes: np.ndarray) -> np.ndarray:
+    """Each box's crop defect probability, cut from the image as stations cut it."""
+    from inspection.classifier import crop_with_context
+    from inspection.images import decode_image
+
+    pixels = decode_image(image.read_bytes()).pixels
+    crops = [crop_with_context(pixels, tuple(float(v) for v in box)) for box in boxes]
+    return np.asarray(verifier.defect_probabilities(crops))
 
 
 def _rates_as_judged(
