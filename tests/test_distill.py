@@ -475,3 +475,53 @@ def test_a_classifier_teacher_of_other_classes_is_refused_naming_both_lists(
     ), said
     with session_scope(trained.url) as session:
         assert session.scalar(select(func.count(TrainingJob.id))) == jobs  # refused before
+
+
+def test_a_run_of_a_teacher_given_by_id_resumes_by_its_name(
+    trained: Trained, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Models page gives its teacher by id: the run's lineage said "learns from 1", and
+    `distill detector --teacher NAME --resume` was refused, told to give `--teacher 1`."""
+    from sqlalchemy import select
+
+    from db.models import TrainingJob
+    from inspection.errors import Stopped, UserError
+    from training.train_detector import LINEAGE_FILE, TrainRequest, train_detector
+
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
+    get_settings.cache_clear()
+    with session_scope(trained.url) as session:
+        teacher_id = get_model_version(session, trained.version_name).id
+    request = _distill_request(trained, "defect-yolo-n", "feature")
+    lineages: list[dict[str, object]] = []
+
+    def stop_once_started(trainer) -> None:  # type: ignore[no-untyped-def]
+        lineages.append(json.loads((Path(trainer.save_dir) / LINEAGE_FILE).read_text()))
+        raise KeyboardInterrupt
+
+    with pytest.raises(Stopped):
+        train_detector(
+            TrainRequest(**{**request.__dict__, "teacher": str(teacher_id)}),
+            url=trained.url,
+            callbacks={"on_pretrain_routine_end": stop_once_started},
+        )
+    assert lineages[0]["teacher"] == trained.version_name
+    with session_scope(trained.url) as session:
+        job = session.scalars(select(TrainingJob).order_by(TrainingJob.id.desc()).limit(1)).one()
+        assert job.params["teacher"] == trained.version_name  # (the page's job said "1")
+
+    # A run the page started before its lineage named the teacher: found by the name too.
+    checkpoint = torch.load(trained.weights, map_location="cpu", weights_only=False)
+    checkpoint["model"].names = {0: "dent", 1: "spot"}  # found, it is refused at once
+    checkpoint.update(epoch=0, optimizer={})  # as if stopped after its first epoch
+    run = trained.data_dir / "runs" / "detect" / "synth-defect-yolo-n-20260102-000000"
+    (run / "weights").mkdir(parents=True)
+    torch.save(checkpoint, run / "weights" / "last.pt")
+    lineage = {"teacher": str(teacher_id), "method": "feature", "from": None, "data": "synth"}
+    (run / LINEAGE_FILE).write_text(json.dumps(lineage))
+    try:
+        with pytest.raises(UserError, match=f"the interrupted run {run.name} knows"):
+            train_detector(TrainRequest(**{**request.__dict__, "resume": True}), url=trained.url)
+    finally:
+        shutil.rmtree(run)
+

@@ -419,9 +419,11 @@ def _latest_run(
     prefixes: list[str],
     name: str | None = None,
     teacher: str | None = None,
+    teacher_id: int | None = None,
 ) -> Path:
     """The newest interrupted run of this dataset and one of these architectures (or the run
-    named `name`) with this teacher (None: trained alone).
+    named `name`) with this teacher (None: trained alone), by its name or, as a run started
+    before its lineage named it recorded it, its id (`teacher_id`).
 
     Runs are named PREFIX-YYYYMMDD-HHMMSS (ultralytics adds -N to a name taken): a
     pattern of PREFIX-* also took defect-yolo-n-plain's runs for defect-yolo-n's. A `name` is
@@ -449,7 +451,11 @@ def _latest_run(
         lineage = _lineage(run)
         if lineage is not None and lineage.get("registered"):
             continue  # (finished: its weights are the version's, `_keep_history_only`)
-        same_teacher = lineage is None or lineage["teacher"] == teacher  # (None: from before)
+        same_teacher = (  # (None: from before)
+            lineage is None
+            or lineage["teacher"] == teacher
+            or (teacher_id is not None and lineage["teacher"] == str(teacher_id))
+        )
         if not (same_teacher or of_others is None):
             continue
         if _interrupted(run / "weights" / "last.pt"):
@@ -477,12 +483,16 @@ def _latest_run(
 
 
 def _resumable(
-    runs_dir: Path, prefixes: list[str], request: TrainRequest, class_names: list[str]
+    runs_dir: Path,
+    prefixes: list[str],
+    request: TrainRequest,
+    class_names: list[str],
+    teacher_id: int | None = None,
 ) -> tuple[Any, dict[str, Any], Path]:
     """The interrupted run's last checkpoint, loaded, its lineage and its folder; refused where the
     dataset was imported again with other classes since (the run was registered under the new
     names, though its first epochs learned other indices)."""
-    run_dir = _latest_run(runs_dir, prefixes, request.name, request.teacher)
+    run_dir = _latest_run(runs_dir, prefixes, request.name, request.teacher, teacher_id)
     lineage = _lineage(run_dir) or {}
     trained_on = lineage.get("data")  # (None: a run from before the dataset was kept)
     if trained_on is not None and trained_on != request.data:
@@ -671,6 +681,10 @@ def train_detector(
             refuse_other_classes(teacher, request.data, class_names, "distilling")
             teacher_id, teacher_weights = teacher.id, str(weights_file(teacher).resolve())
             check_teacher_loads(teacher.name, Path(teacher_weights))
+            # By its name from here on, as given by id or by name: the Models page gives the
+            # id, and its run's lineage said "learns from 1", so `--teacher NAME --resume`
+            # was refused (and the stop's hint and the job named the teacher "1").
+            request = replace(request, teacher=teacher.name)
         # Looked up before the job is recorded: a refused resume, as a refused --from, leaves
         # no job behind.
         resumed, lineage, resumed_dir = None, {}, runs_dir
@@ -687,6 +701,7 @@ def train_detector(
                 [f"{request.data}-{a}" for a in resumed_architectures],
                 request,
                 class_names,
+                teacher_id,
             )
             architecture = architecture_of(resumed) or architecture
             base_name = base_name or lineage.get("from")
