@@ -525,3 +525,24 @@ def test_a_run_of_a_teacher_given_by_id_resumes_by_its_name(
     finally:
         shutil.rmtree(run)
 
+
+def test_a_teacher_given_by_id_is_named_in_the_registered_line(
+    trained: Trained, trained_classifier: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--teacher` takes an id, as the Models page gives it: the command's last line said
+    "distilled from 1"."""
+    from typer.testing import CliRunner
+
+    from training.cli import app
+
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
+    get_settings.cache_clear()
+    with session_scope(trained.url) as session:
+        teacher_id = get_model_version(session, trained_classifier).id
+    result = CliRunner().invoke(
+        app,
+        ["distill", "classifier", "--teacher", str(teacher_id), "--data", "synth"]
+        + ["--epochs", "1", "--imgsz", "64", "--batch", "8", "--device", "cpu"],
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.rstrip().endswith(f", distilled from {trained_classifier}")

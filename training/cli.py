@@ -680,6 +680,12 @@ def _say_registered(version_id: int, details: Callable[[ModelVersion], str]) -> 
         console.print(f"registered {version.name} (candidate){details(version)}")
 
 
+def _distilled_from(version: ModelVersion) -> str:
+    """The teacher by its name, as recorded: `--teacher` may give its id (as the Models page
+    does), and "distilled from 1" was said."""
+    return f", distilled from {version.teacher.name}" if version.teacher else ""
+
+
 def _warn_ignored_on_resume(ctx: typer.Context, resume: bool, names: tuple[str, ...]) -> None:
     """ultralytics goes on with the settings a run was started with: options given beside
     --resume were dropped without a word."""
@@ -871,10 +877,7 @@ def distill_detector_command(
         distill_weight=weight,
         hours=hours,
     )
-    _say_registered(
-        train_detector(request, url=migrated_database_url()),
-        lambda _: f", distilled from {teacher}",
-    )
+    _say_registered(train_detector(request, url=migrated_database_url()), _distilled_from)
 
 
 @distill_app.command("classifier")
@@ -908,10 +911,7 @@ def distill_classifier_command(
         temperature=temperature,
         name=name,
     )
-    _say_registered(
-        train_classifier(request, url=migrated_database_url()),
-        lambda _: f", distilled from {teacher}",
-    )
+    _say_registered(train_classifier(request, url=migrated_database_url()), _distilled_from)
 
 
 @train_app.command("classifier")
