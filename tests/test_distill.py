@@ -546,3 +546,28 @@ def test_a_teacher_given_by_id_is_named_in_the_registered_line(
     )
     assert result.exit_code == 0, result.output
     assert result.output.rstrip().endswith(f", distilled from {trained_classifier}")
+
+
+def test_a_resume_given_from_keeps_the_lineage_its_run_started_with(
+    trained: Trained, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--from` beside `--resume` only picks the scale: the run goes on from its own checkpoint,
+    yet a student distilled from scratch was registered "fine-tuned from" the version named."""
+    from training.train_detector import TrainRequest, train_detector
+
+    monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
+    get_settings.cache_clear()
+    request = _distill_request(trained, "defect-yolo-n", "feature")
+
+    def stop_after_first_epoch(trainer) -> None:  # type: ignore[no-untyped-def]
+        if trainer.epoch == 0:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_detector(
+            request, url=trained.url, callbacks={"on_model_save": stop_after_first_epoch}
+        )
+    resumed = {**request.__dict__, "resume": True, "from_model": trained.version_name}
+    version_id = train_detector(TrainRequest(**resumed), url=trained.url)
+    with session_scope(trained.url) as session:
+        assert get_model_version(session, version_id).notes == "distilled with feature"

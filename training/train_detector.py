@@ -704,7 +704,11 @@ def train_detector(
                 teacher_id,
             )
             architecture = architecture_of(resumed) or architecture
-            base_name = base_name or lineage.get("from")
+            if lineage:
+                # The base the run started from, as recorded: `--from` beside `--resume` picks
+                # the scale alone (the run goes on from its own checkpoint), and a student
+                # trained from scratch was registered "fine-tuned from" the version it named.
+                base_name = lineage.get("from")
             if request.teacher and lineage.get("method"):
                 # The run goes on with the loss it was started with: `--resume` without
                 # `--method` (so "feature") went on with ultralytics' loss on a cwd run, its
