@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
+from sqlalchemy import select
 
 from db.models import Dataset
 from inspection.errors import UserError
@@ -210,6 +211,7 @@ def test_an_import_a_full_disk_stops_registers_nothing_and_leaves_no_half_copy(
 
     write_yolo(tmp_path / "src", n=6)
     first = import_dataset(session, "yolo", tmp_path / "src", "y", tmp_path / "ds", classes=CLASSES)
+    session.commit()  # (as the command does: its lock on y let go)
     place, placed = datasets._place, [0]
 
     def filling(source: Path, target: Path) -> None:
@@ -433,7 +435,7 @@ def test_a_replace_stopped_by_a_moved_datasets_data_yaml_leaves_no_copy(
     version.file_path, version.sha256 = "v1.pt", "0" * 64
     version.dataset_id = session.query(Dataset).filter_by(name="y").one().id
     session.add(version)
-    session.flush()
+    session.commit()  # (as the command does: its lock on y let go)
     shutil.move(tmp_path / "a", tmp_path / "b")
 
     def failing(*args: object) -> None:
@@ -447,6 +449,7 @@ def test_a_replace_stopped_by_a_moved_datasets_data_yaml_leaves_no_copy(
     said = str(stopped.value)
     assert advice in said
     assert ("writable, then" in said) == (code != 30)
+    session.rollback()  # (as the command does: its lock on y let go)
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["y"]
 
 
@@ -1901,7 +1904,7 @@ def test_a_ctrl_c_while_the_replaced_data_is_removed_says_interrupted(
 
     def stopped_by_ctrl_c(path: str, *, dir_fd: int | None = None) -> None:
         where = os.readlink(f"/proc/self/fd/{dir_fd}") if dir_fd is not None else str(path)
-        if ".y.replaced" in where and not stops:
+        if ".y.removed-" in where and not stops:
             stops.append(where)
             os.kill(os.getpid(), signal.SIGINT)
         unlink(path, dir_fd=dir_fd)
@@ -2082,6 +2085,121 @@ def test_two_imports_of_one_name_at_once_each_keep_their_own_copy(
     assert len(list((datasets_dir / "y").glob("images/*/*.png"))) == 4
 
 
+_REPLACING_IMPORT = """
+import sys, time
+from pathlib import Path
+
+import training.datasets as datasets
+from db.session import session_scope
+from inspection.errors import UserError
+from tests.synthetic import CLASSES
+
+url, src, datasets_dir, ready, go, outcome = sys.argv[1:]
+sync_names = datasets._sync_names
+
+
+def paused(folder):
+    # (Paused with its folders moved and its row not yet committed, until the test says go.)
+    if ready != "-" and not Path(ready).exists():
+        Path(ready).touch()
+        while not Path(go).exists():
+            time.sleep(0.02)
+    sync_names(folder)
+
+
+datasets._sync_names = paused
+try:
+    with session_scope(url) as session:
+        datasets.import_dataset(
+            session, "yolo", Path(src), "y", Path(datasets_dir), classes=CLASSES, replace=True
+        )
+        if outcome == "refused":
+            raise UserError("refused at its commit")
+except UserError as exc:
+    print(exc)
+    sys.exit(1)
+"""
+
+
+def _replacing_import(  # type: ignore[no-untyped-def]
+    url: str, src: Path, datasets_dir: Path, ready: str, go: str, out: Path, outcome: str
+):
+    """A `--replace` import of y in a process of its own, its output in `out`."""
+    import subprocess
+    import sys
+
+    with out.open("w") as said:
+        return subprocess.Popen(
+            [sys.executable, "-c", _REPLACING_IMPORT, url, str(src), str(datasets_dir), ready, go]
+            + [outcome],
+            cwd=Path(__file__).resolve().parent.parent,
+            stdout=said,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+
+@pytest.mark.parametrize("outcome", ["refused", "committed"])
+def test_two_replacing_imports_of_one_name_at_once_leave_the_row_and_folder_agreeing(
+    database_url: str, tmp_path: Path, outcome: str
+) -> None:
+    """Two `--replace` imports of one name at once shared `.y.replaced`: the second deleted the
+    old data the first had set aside, and the first's rollback then moved the second's new copy
+    away and its own into y, the row saying the second's 4 images over the first's 6 (or, the
+    first committed, the first's 6 over the second's 4). The second now waits, saying so,
+    until the first's commit or rollback is done, then replaces y."""
+    import time
+
+    from db.session import session_scope
+
+    write_yolo(tmp_path / "old", n=3, seed=2)
+    write_yolo(tmp_path / "first", n=6)
+    write_yolo(tmp_path / "second", n=4, seed=1)
+    datasets_dir = tmp_path / "ds"
+    with session_scope(database_url) as session:
+        import_dataset(session, "yolo", tmp_path / "old", "y", datasets_dir, classes=CLASSES)
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    first_out, second_out = tmp_path / "first.out", tmp_path / "second.out"
+    first = _replacing_import(
+        database_url, tmp_path / "first", datasets_dir, str(ready), str(go), first_out, outcome
+    )
+    second = None
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert ready.exists(), first_out.read_text()
+        second = _replacing_import(
+            database_url, tmp_path / "second", datasets_dir, "-", "-", second_out, "committed"
+        )
+        deadline = time.monotonic() + 60
+        while (
+            "waiting for the other import of dataset y" not in second_out.read_text()
+            and second.poll() is None
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.02)
+    finally:
+        go.touch()
+        first.wait(timeout=60)
+        if second is not None:
+            second.wait(timeout=60)
+    assert second is not None
+    assert first.returncode == (1 if outcome == "refused" else 0), first_out.read_text()
+    assert ("refused at its commit" in first_out.read_text()) == (outcome == "refused")
+    assert second.returncode == 0, second_out.read_text()
+    with session_scope(database_url) as session:
+        row = session.scalars(select(Dataset).where(Dataset.name == "y")).one()
+        counts = {split: n["images"] for split, n in row.split_counts.items()}
+        assert Path(row.root_path) == (datasets_dir / "y").resolve()
+    on_disk = {
+        split: len(list((datasets_dir / "y" / "images" / split).glob("*"))) for split in counts
+    }
+    assert counts == on_disk and sum(on_disk.values()) == 4
+    assert second_out.read_text() == "waiting for the other import of dataset y to finish ...\n"
+    assert sorted(p.name for p in datasets_dir.iterdir()) == ["y"]
+
+
 @pytest.mark.parametrize("failing", ["the new copy's move", "the old data's move"])
 def test_folders_a_rollback_cannot_put_back_are_said_in_the_error(
     database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
@@ -2127,3 +2245,63 @@ def test_folders_a_rollback_cannot_put_back_are_said_in_the_error(
     if failing == "the old data's move":  # (the new copy removed, the old data left aside)
         assert sorted(p.name for p in datasets_dir.iterdir()) == [".y.replaced"]
     assert "the database refused its row" in said
+
+
+def test_old_data_a_failed_put_back_left_aside_is_not_deleted_by_a_later_import(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rollback that could not move `.y.replaced` back left it the only copy of y's data, and
+    its error said to put it back by hand; a later `defects import --replace` of y deleted it
+    (once committed, as data it had replaced). It is refused now, in one line naming the
+    folder, which stays as it was."""
+    import errno
+    import subprocess
+    import sys
+
+    from db.session import session_scope
+
+    write_yolo(tmp_path / "old", n=6)
+    write_yolo(tmp_path / "new", n=4, seed=1)
+    datasets_dir = tmp_path / "data" / "datasets"
+    with session_scope(database_url) as session:
+        import_dataset(session, "yolo", tmp_path / "old", "y", datasets_dir, classes=CLASSES)
+    rename = os.rename
+
+    def failing_disk(source: str, target: str, *args: object, **kwargs: object) -> None:
+        if Path(source).name == ".y.replaced" and Path(target).name == "y":
+            raise OSError(errno.EIO, "Input/output error", str(source))
+        rename(source, target, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "rename", failing_disk)
+    with (
+        pytest.raises(UserError, match="could not be put back"),
+        session_scope(database_url) as session,
+    ):
+        import_dataset(
+            session, "yolo", tmp_path / "new", "y", datasets_dir, classes=CLASSES, replace=True
+        )
+        raise UserError("refused at its commit")
+    monkeypatch.undo()
+    aside = datasets_dir / ".y.replaced"
+    assert len(list(aside.glob("images/*/*.png"))) == 6
+    env = {**os.environ, "DEFECTS_DATA_DIR": str(tmp_path / "data")}
+    env["DEFECTS_DATABASE_URL"] = database_url
+    later = subprocess.run(
+        [sys.executable, "-m", "training.cli", "import", "yolo", str(tmp_path / "new")]
+        + ["--name", "y", "--replace", "--classes", ",".join(CLASSES)],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert later.returncode == 1, later.stdout + later.stderr
+    said = later.stderr.strip()
+    assert "\n" not in said and f"{aside} holds data an earlier import of y" in said, said
+    assert len(list(aside.glob("images/*/*.png"))) == 6
+    # (Beside it, only the new copy the failed put-back left, of this live process's import.)
+    left = sorted(p.name for p in datasets_dir.iterdir())
+    assert left[1:] == [".y.replaced"] and f"-{os.getpid()}-" in left[0], left
+    with session_scope(database_url) as session:
+        row = session.scalars(select(Dataset).where(Dataset.name == "y")).one()
+        assert sum(n["images"] for n in row.split_counts.values()) == 6

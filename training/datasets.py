@@ -14,6 +14,7 @@ reason; training on it would teach the model that its defect is background.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import glob
 import hashlib
@@ -26,6 +27,7 @@ import secrets
 import shutil
 import socket
 import stat
+import sys
 import time
 import warnings
 import xml.etree.ElementTree as ET
@@ -33,7 +35,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path, PureWindowsPath
-from typing import Literal
+from typing import IO, Literal
 
 import yaml
 from PIL import Image, UnidentifiedImageError
@@ -2085,6 +2087,27 @@ def _write_dataset(
                 left_out=False,
             )
         )
+    replaced = datasets_dir / f".{name}.replaced"
+    moved: list[tuple[Path, Path]] = []  # (where a folder is now, where it was), in order
+    # From here to the commit or the rollback, one import of `name` at a time (the copy above
+    # ran beside others): two at once shared `.NAME.replaced`, each deleted the other's old data
+    # set aside, and the rollback of one moved the other's new copy away.
+    # (One transaction importing `name` twice holds the lock once: it waited for itself.)
+    held = session.info.setdefault(DATASET_LOCKS, {})
+    lock = None if name in held else _lock_dataset_name(datasets_dir, name)
+    held.setdefault(name, lock)
+    _settled_with_the_transaction(session, name, moved, replaced, stage, datasets_dir, lock)
+    # (As registered now: an import that held the lock meanwhile may have replaced it.)
+    existing = (
+        session.scalars(
+            select(Dataset).where(Dataset.name == name).execution_options(populate_existing=True)
+        ).first()
+        if existing is not None
+        else None
+    )
+    if name not in session.info.setdefault(SET_ASIDE, set()):  # (not this transaction's own)
+        _refuse_data_left_aside(replaced, root, name)
+    _remove_removed_leftovers(datasets_dir, name)
     kept_as = _name_to_keep(session, existing, datasets_dir, name)
     if kept_as is not None:
         issues.append(ImportIssue(name, kept_as[1], left_out=False))
@@ -2128,19 +2151,17 @@ def _write_dataset(
         + f"warnings: {len(warnings)}\n"
         + "".join(f"{issue}\n" for issue in warnings)
     )
-    replaced = datasets_dir / f".{name}.replaced"
-    moved: list[tuple[Path, Path]] = []  # (where a folder is now, where it was), in order
     was_named, was_at = (existing.name, existing.root_path) if existing else ("", "")
-    _settled_with_the_transaction(session, name, moved, replaced, stage, datasets_dir)
     try:
         if kept_as is not None and existing is not None:
             _keep_old_dataset(session, existing, kept_as[0], root, datasets_dir, moved)
         _sync_tree(stage)
         if root.exists():
-            if replaced.exists():
+            if replaced.exists():  # (set aside by this transaction's earlier import of `name`)
                 shutil.rmtree(replaced)
             root.rename(replaced)
             moved.append((replaced, root))
+            session.info[SET_ASIDE].add(name)
         stage.rename(root)
         moved.append((root, stage))
         _sync_names(datasets_dir)
@@ -2253,6 +2274,7 @@ def _settled_with_the_transaction(
     replaced: Path,
     stage: Path,
     datasets_dir: Path,
+    lock: IO[bytes] | None,
 ) -> None:
     """The replaced data (`replaced`) removed once the import's row is committed, and each
     folder in `moved` put back where its transaction is rolled back instead, the new copy
@@ -2260,7 +2282,8 @@ def _settled_with_the_transaction(
     removed before the commit: a commit that failed (a locked database, a constraint) or a stop
     (Ctrl-C) left the row describing the old data over the new folder, the old data gone.
     Folders that cannot be put back are said by the error `session_scope` raises then, with
-    where each is (ROLLBACK_FAILURES)."""
+    where each is (ROLLBACK_FAILURES). The import's `lock` on its name is let go once either is
+    done."""
     pending, committing = [True], []
 
     def committed(session: Session) -> None:
@@ -2276,8 +2299,21 @@ def _settled_with_the_transaction(
         if committing and transaction.parent is None:
             committing.clear()
             # (The new data is in place and synced: the old data's removal failing is no
-            # reason to undo it, and the next import removes what is left.)
-            shutil.rmtree(replaced, ignore_errors=True)
+            # reason to undo it, and the next import removes what is left. Renamed first: a
+            # `.NAME.replaced` left is data that was never known replaced, which none removes.)
+            removed = replaced.with_name(
+                f"{replaced.name[: -len('.replaced')]}.removed-{secrets.token_hex(4)}"
+            )
+            try:
+                replaced.rename(removed)
+            except FileNotFoundError:
+                pass  # (nothing replaced)
+            except OSError as exc:
+                logger.warning("%s could not be removed: %s", replaced, exc)
+            try:
+                shutil.rmtree(removed, ignore_errors=True)
+            finally:  # (a Ctrl-C in it too)
+                _let_go(session, name, lock)
 
     def rolled_back(session: Session, previous: SessionTransaction) -> None:
         if pending and not previous.nested:  # (a savepoint's rollback undoes less)
@@ -2303,11 +2339,85 @@ def _settled_with_the_transaction(
                     )
 
                 session.info.setdefault(ROLLBACK_FAILURES, []).append(not_put_back)
-            moved.clear()
+            finally:
+                moved.clear()
+                _let_go(
+                    session, name, lock
+                )  # (the next import of `name` finds the folders as they are now)
 
     event.listen(session, "after_commit", committed)
     event.listen(session, "after_transaction_end", ended)
     event.listen(session, "after_soft_rollback", rolled_back)
+
+
+# session.info's names whose lock (and `.NAME.replaced`) this session's transaction holds.
+DATASET_LOCKS, SET_ASIDE = "dataset_name_locks", "dataset_set_aside"
+
+
+def _lock_dataset_name(datasets_dir: Path, name: str) -> IO[bytes]:
+    """An exclusive lock on `.NAME.lock` in the store, waited for (and said) while another
+    import of `name` holds it, let go by `_let_go` (or when its process ends, killed too). A
+    lock on the folder, not a row lock in the database: the folders are what two imports fight
+    over, and a store is this machine's (README: each machine keeps its own DEFECTS_DATA_DIR),
+    while machines that share one database each import into their own; a dataset's row may not
+    exist yet to lock, and SQLite has no lock of one name."""
+    import fcntl
+
+    path, said = datasets_dir / f".{name}.lock", False
+    while True:
+        lock = path.open("ab")
+        try:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not said:
+                    print(
+                        f"waiting for the other import of dataset {name} to finish ...",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    said = True
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            # (Removed by the import that held it meanwhile: the next one locks the new file.)
+            if path.exists() and os.stat(path).st_ino == os.fstat(lock.fileno()).st_ino:
+                return lock
+        except BaseException:  # (a Ctrl-C while waiting)
+            lock.close()
+            raise
+        lock.close()
+
+
+def _let_go(session: Session, name: str, lock: IO[bytes] | None) -> None:
+    """The lock of `_lock_dataset_name` let go, its file removed first (while still held, so
+    that no import locks a file that is then removed), not left beside the datasets."""
+    session.info.get(DATASET_LOCKS, {}).pop(name, None)
+    session.info.get(SET_ASIDE, set()).discard(name)
+    if lock is None:
+        return
+    with contextlib.suppress(OSError):  # (a lock file left is harmless: the next one locks it)
+        os.unlink(lock.name)
+    lock.close()
+
+
+def _refuse_data_left_aside(replaced: Path, root: Path, name: str) -> None:
+    """Refused, in one line, where `.NAME.replaced` is there: an import that could not put its
+    folders back left it (its error named it), or one was killed before its commit, and it may
+    be the only copy of the dataset's data before that import. An import replacing the dataset
+    deleted it to make room for its own."""
+    if replaced.exists() or replaced.is_symlink():
+        raise UserError(
+            f"dataset {name} not written: {replaced} holds data an earlier import of {name} "
+            f"set aside and did not put back (perhaps the dataset's only copy of its data "
+            f"before that import): move it back to {root} by hand (first moving aside what is "
+            f"there) or delete it if it is not needed, then run the same command again"
+        )
+
+
+def _remove_removed_leftovers(datasets_dir: Path, name: str) -> None:
+    """What imports of `name` began to remove after their commit and could not finish
+    (`.NAME.removed-RANDOM`), removed: data replaced by a committed import, needed by none."""
+    for folder in datasets_dir.glob(f".{glob.escape(name)}.removed-*"):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _rename_back(moved: list[tuple[Path, Path]], datasets_dir: Path) -> None:
