@@ -221,10 +221,23 @@ def _say_once(message: str, within_s: float = 1.0) -> None:
     logger.warning("%s", message)
 
 
-def through_outages(action: Callable[[], T], limit_s: float, giving_up: Event) -> T:
+def connection_dropped(exc: DatabaseError) -> bool:
+    """Whether the database dropped the connection under `exc`'s transaction (a PostgreSQL
+    restart, its backend terminated), a moment's outage; a read-only or locked database,
+    or a refused login, is not."""
+    return bool(getattr(exc.__cause__, "connection_invalidated", False))
+
+
+def through_outages(
+    action: Callable[[], T],
+    limit_s: float,
+    giving_up: Event,
+    waited_for: Callable[[DatabaseError], bool] = lambda exc: True,
+) -> T:
     """`action` (one transaction), again while the database is away, for up to `limit_s`
     seconds: the run pauses with its results held instead of stopping, and nothing is written
-    twice (a failed transaction was rolled back). `giving_up` (Ctrl-C) ends the wait at once."""
+    twice (a failed transaction was rolled back). `giving_up` (Ctrl-C) ends the wait at once;
+    an error `waited_for` does not take is raised at once."""
     waited, delay = 0.0, 0.5
     while True:
         try:
@@ -235,7 +248,7 @@ def through_outages(action: Callable[[], T], limit_s: float, giving_up: Event) -
                 _say_once("the database answers again: the run goes on")
             return result
         except DatabaseError as exc:
-            if waited >= limit_s or giving_up.is_set():
+            if waited >= limit_s or giving_up.is_set() or not waited_for(exc):
                 raise
             _say_once(f"{exc}; trying again in {delay:.1f} s (the run waits, its results held)")
             giving_up.wait(delay)
@@ -1185,7 +1198,16 @@ class BatchInspection:
                     run.classifier_version_id = classifier.id
             return registered, thresholds, classifier_file, classifier_name
 
-        registered, thresholds, classifier_file, classifier_name = retrying_races(opened)
+        # A connection dropped as the run opens (a PostgreSQL restart) is waited for, as one
+        # mid-run is; a database this station cannot write still stops it at once.
+        self.outage_seconds = get_settings().db_outage_seconds
+        self._giving_up = Event()  # set by Ctrl-C: no more waiting for the database
+        registered, thresholds, classifier_file, classifier_name = through_outages(
+            lambda: retrying_races(opened),
+            self.outage_seconds,
+            self._giving_up,
+            connection_dropped,
+        )
         try:
             weights = model_file(model) or found_weights(*registered)
             classifier_weights = found_weights(*classifier_file) if classifier_file else None
@@ -1237,8 +1259,6 @@ class BatchInspection:
         self._in_flight: set[str] = set()
         self._in_flight_errors: set[str] = set()  # of those, the parts recorded as errors
         self.chunk_parts = chunk_parts(self.inspector.batch_size, get_settings().chunk_batches)
-        self.outage_seconds = get_settings().db_outage_seconds
-        self._giving_up = Event()  # set by Ctrl-C: no more waiting for the database
         # (The summary's skipped parts are counted by this thread and by the writer's, after a
         # race with another station: `+=` on an attribute is no single step, and one was lost.)
         self._skipping = Lock()

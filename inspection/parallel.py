@@ -45,6 +45,7 @@ from inspection.batch import (
     FileKey,
     OnRecorded,
     SourceItem,
+    connection_dropped,
     content_key,
     discard_empty_run,
     found_weights,
@@ -415,7 +416,13 @@ class ParallelInspection:
                 self.run_id, self.model_name = run.id, version.name
                 return version.file_path, version.sha256
 
-        registered = retrying_races(opened)
+        # (A connection dropped as the run opens is waited for, as a single process's is.)
+        registered = through_outages(
+            lambda: retrying_races(opened),
+            get_settings().db_outage_seconds,
+            threading.Event(),
+            connection_dropped,
+        )
         try:
             # (Found after the run's transaction: a file found by hash is hashed, which held
             # SQLite's write lock of the new run.)

@@ -997,6 +997,49 @@ def test_ctrl_c_ends_the_wait_for_the_database_at_once() -> None:
         through_outages(away, limit_s=0.0, giving_up=threading.Event())
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_connection_dropped_as_a_station_opens_its_run_is_waited_for(
+    detector: str, tmp_path: Path, workers: int
+) -> None:
+    """A PostgreSQL restart (its backends terminated) as a station opened its run stopped the
+    station at once ("error: database error ...: terminating connection due to administrator
+    command"), where one a moment later in the run was waited for. The opening is tried again;
+    the run is opened once and judges every part (`--workers` too)."""
+    if not detector.startswith("postgresql"):
+        pytest.skip("terminates a PostgreSQL backend")
+    import psycopg
+    from sqlalchemy import event
+
+    from db.session import get_engine
+    from inspection.parallel import ParallelInspection
+
+    admin_url = detector.replace("postgresql+psycopg://", "postgresql://")
+    dropped: list[int] = []
+
+    def drop_the_first_opening(connection, cursor, statement, *_args) -> None:  # type: ignore[no-untyped-def]
+        if statement.startswith("INSERT INTO inspection_runs") and not dropped:
+            dropped.append(cursor.connection.info.backend_pid)
+            with psycopg.connect(admin_url, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (dropped[0],))
+
+    engine = get_engine(detector)
+    event.listen(engine, "before_cursor_execute", drop_the_first_opening)
+    try:
+        make_images(tmp_path / "in", n=3)
+        job: BatchInspection | ParallelInspection = (
+            _job(detector, tmp_path)
+            if workers == 1
+            else ParallelInspection(detector, tmp_path / "store", "Line 1", "Cam A", workers)
+        )
+    finally:
+        event.remove(engine, "before_cursor_execute", drop_the_first_opening)
+    assert dropped
+    summary = job.run(iter_source(str(tmp_path / "in")))
+    assert (summary.inspected, summary.errors) == (3, 0) and _counts(detector) == (3, 3, 3)
+    assert _count_of(detector, InspectionRun) == 1
+    assert _run_finished_at(detector, job.run_id) is not None
+
+
 def test_the_end_of_an_outage_is_said(caplog: pytest.LogCaptureFixture) -> None:
     """A station said it waited for the database, then nothing when it came back: an operator
     could not tell a run going on from one still stuck."""
