@@ -1181,6 +1181,7 @@ class BatchInspection:
                     run = session.get_one(InspectionRun, run_id)
                     version = session.get_one(ModelVersion, run.model_version_id)
                 self.run_id, self.line_id, self.station_id = run.id, run.line_id, run.station_id
+                self.run_started_at = run.started_at  # (by the database's clock, as verdicts)
                 self.model_id, self.model_name = version.id, version.name
                 self.model_classes = list(version.classes or [])
                 registered = (version.file_path, version.sha256)
@@ -1739,7 +1740,8 @@ class BatchInspection:
         """The verdicts on record (this model version's current ones) of the repeats that get
         a line, each under its own file's name: what the feed writes for a file whose part was
         judged before. A part recorded by an earlier run and not `wanted` gets none (a batch or
-        watch started again over its source: written by the run that judged it)."""
+        watch started again over its source: written by the run that judged it), unless it was
+        recorded after this run began (another station judging the same parts at once)."""
         if not repeats:
             return []
         hashes = sorted({r.content_hash for r in repeats})
@@ -1753,13 +1755,21 @@ class BatchInspection:
                 session,
                 hashes,
                 self.model_id,
-                or_(Part.content_hash.in_(wanted), Inspection.run_id == self.run_id),
+                or_(
+                    Part.content_hash.in_(wanted),
+                    Inspection.run_id == self.run_id,
+                    Inspection.inspected_at >= self.run_started_at,
+                ),
             )
             for repeat in repeats:
                 record = records.get(repeat.content_hash)
                 if record is None:  # (superseded since by a run at another model: not this one's)
                     continue
-                if not repeat.wanted and record.run_id != self.run_id:
+                if (
+                    not repeat.wanted
+                    and record.run_id != self.run_id
+                    and record.inspected_at < self.run_started_at
+                ):
                     continue
                 found = sorted(
                     (p for p in record.predictions if p.source == PredictionSource.DETECTOR),
