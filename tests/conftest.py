@@ -23,6 +23,12 @@ import pytest
 # and a table wrapped at 80 columns fail a test reading one of its cells.
 os.environ.pop("COLUMNS", None)
 os.environ.pop("LINES", None)
+# libgomp's threads spin on their core while they wait for the others of a parallel region
+# (torch's convolutions): on the shared 2-core machine the tests run on, a peer preempted by
+# another process kept the rest spinning, two to three times the CPU time of each training and
+# inspection step. Waiting asleep computes the same; set here, before torch starts OpenMP, it
+# reaches every process a test starts too.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from sqlalchemy import func, select, text  # noqa: E402
 from sqlalchemy.orm import Session
