@@ -332,6 +332,44 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trained]:
 
 
 @pytest.fixture(scope="session")
+def export_of_trained(
+    trained: Trained, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[Path, str], Path]:
+    """`export_detector(weights, version_name=name)` for `weights` a copy of the session's tiny
+    detector, where the export is only a test's set-up: each name's export is made once (an
+    ONNX conversion, seconds each) and copied where it would have been written, put in place
+    as the export puts it (a new file, renamed). Its metadata names the weights by their hash,
+    true of every copy; its `date` is made the copy's, as a new export's is (stations weigh an
+    export's date against the registration of the version it names)."""
+    from datetime import datetime
+
+    import onnx
+
+    from training.export import export_detector, onnx_target
+
+    folder = tmp_path_factory.mktemp("exports")
+    made: dict[str, Path] = {}
+
+    def exported(weights: Path, version_name: str) -> Path:
+        if weights.read_bytes() != trained.weights.read_bytes():
+            raise ValueError(f"{weights} is not a copy of the tiny detector's weights")
+        if version_name not in made:
+            (folder / version_name).mkdir()
+            copy = Path(shutil.copy2(trained.weights, folder / version_name / "best.pt"))
+            made[version_name] = export_detector(copy, version_name=version_name)
+        target = onnx_target(weights, 0, 0, half=False)  # `<stem>.onnx`: the stations' file
+        proto = onnx.load(str(made[version_name]))
+        [date] = [p for p in proto.metadata_props if p.key == "date"]
+        date.value = datetime.now().astimezone().isoformat()  # (ultralytics' format)
+        written = target.with_name(f".{target.name}.copying")
+        onnx.save(proto, str(written))
+        os.replace(written, target)
+        return target
+
+    return exported
+
+
+@pytest.fixture(scope="session")
 def trained_classifier(trained: Trained) -> Iterator[str]:
     """A tiny classifier trained for two epochs on the same synthetic dataset; its version name."""
     from training.train_classifier import ClassifierTrainRequest, train_classifier

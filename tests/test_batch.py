@@ -2408,17 +2408,19 @@ def test_a_fault_of_the_same_bytes_is_recorded_at_each_station(
 
 
 def test_a_model_file_is_accepted_where_a_version_name_is(
-    detector: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    detector: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    export_of_trained: Callable[[Path, str], Path],
 ) -> None:
     """`defects inspect --model best.onnx` (or a .pt): a user who has just exported a model
     passes its file. It judges for the version it is the weights or an export of, at that
     version's thresholds; "no model version 'best.onnx'" was all it said."""
     from training.cli import app
     from training.demo import DEMO_DIR
-    from training.export import export_detector
 
     weights = Path(_weights(detector))
-    exported = export_detector(weights, version_name="tiny")
+    exported = export_of_trained(weights, "tiny")
     moved = Path(shutil.copy2(exported, tmp_path / "best.onnx"))  # known by its metadata
     (tmp_path / "copy").mkdir()
     copied = Path(shutil.copy2(weights, tmp_path / "copy" / "best.pt"))  # known by its hash
@@ -2465,7 +2467,7 @@ def test_an_export_of_other_classes_beside_the_weights_is_refused(
 
 
 def test_an_export_of_other_weights_of_the_same_classes_is_refused(
-    detector: str, tmp_path: Path
+    detector: str, tmp_path: Path, export_of_trained: Callable[[Path, str], Path]
 ) -> None:
     """A CPU station runs the .onnx beside a version's weights: an export made before a
     fine-tune was written over them, or another version's copied there, knows the same
@@ -2476,7 +2478,7 @@ def test_an_export_of_other_weights_of_the_same_classes_is_refused(
     from training.export import export_detector
 
     weights = Path(_weights(detector))
-    exported = export_detector(weights, version_name="tiny")
+    exported = export_of_trained(weights, "tiny")
     checkpoint = torch.load(weights, map_location="cpu", weights_only=False)
     with torch.no_grad():  # a fine-tune's weights, of the same classes
         next(checkpoint["model"].parameters()).add_(0.01)
@@ -2515,7 +2517,10 @@ def _as_an_earlier_release_exported(exported: Path) -> Path:
 
 
 def test_an_earlier_releases_export_of_another_version_is_refused(
-    detector: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    detector: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    export_of_trained: Callable[[Path, str], Path],
 ) -> None:
     """An export made before the weights' digest was recorded cannot be checked by it: another
     version's, of the same classes, copied beside a version's weights judged every part with
@@ -2527,7 +2532,7 @@ def test_an_earlier_releases_export_of_another_version_is_refused(
     from training.export import export_detector
 
     weights = Path(_weights(detector))
-    stale = _as_an_earlier_release_exported(export_detector(weights, version_name="tiny"))
+    stale = _as_an_earlier_release_exported(export_of_trained(weights, "tiny"))
     checkpoint = torch.load(weights, map_location="cpu", weights_only=False)
     with torch.no_grad():  # a fine-tune's weights, of the same classes
         next(checkpoint["model"].parameters()).add_(0.01)

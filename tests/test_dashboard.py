@@ -8,7 +8,7 @@ import json
 import re
 import sys
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -191,18 +191,17 @@ def test_a_cameras_pgm_and_ppm_uploaded_alone_are_judged_and_the_page_says_it_ta
 
 
 def test_an_export_that_carries_no_record_of_its_weights_is_said_on_the_inspect_page(
-    production: str, tmp_path: Path
+    production: str, tmp_path: Path, export_of_trained: Callable[[Path, str], Path]
 ) -> None:
     """An earlier release's export beside the production weights judges unchecked: the line
     that says so (and how to refresh it), printed by `defects batch`, went to the server's
     log alone."""
     from db.registry import get_model_version
     from tests.test_batch import _as_an_earlier_release_exported
-    from training.export import export_detector
 
     with session_scope(production) as session:
         weights = Path(get_model_version(session, "tiny").file_path)
-    _as_an_earlier_release_exported(export_detector(weights, version_name="tiny"))
+    _as_an_earlier_release_exported(export_of_trained(weights, "tiny"))
     at = _app().run()
     at.file_uploader(key="inspect_files").set_value(_png_files(tmp_path, 2, 8)).run()
     assert not at.exception, at.exception

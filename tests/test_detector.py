@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -393,15 +394,15 @@ def test_a_half_export_is_made_on_a_cpu_and_agrees_within_float16_rounding(
 
 
 def test_weights_stored_as_float16_halve_the_file_within_float16_rounding(
-    trained: Trained, tmp_path: Path
+    trained: Trained, tmp_path: Path, export_of_trained: Callable[[Path, str], Path]
 ) -> None:
     import shutil
 
     import onnxruntime as ort
 
-    from training.export import export_detector, read_metadata, store_weights_as_float16
+    from training.export import read_metadata, store_weights_as_float16
 
-    source = export_detector(trained.weights, version_name="v1")
+    source = export_of_trained(trained.weights, "v1")
     compact = Path(shutil.copy(source, tmp_path / "compact.onnx"))
     store_weights_as_float16(compact)
     assert compact.stat().st_size < 0.6 * source.stat().st_size

@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -317,12 +317,12 @@ def test_a_run_stopped_before_its_workers_were_ready_leaves_no_run(
         assert session.scalar(select(func.count(InspectionRun.id))) == 0
 
 
-def test_workers_judge_with_the_model_file_named(detector: str, tmp_path: Path) -> None:
+def test_workers_judge_with_the_model_file_named(
+    detector: str, tmp_path: Path, export_of_trained: Callable[[Path, str], Path]
+) -> None:
     """`defects batch --workers 2 --model best.onnx`: each worker runs that file, for the
     version it is an export of."""
-    from training.export import export_detector
-
-    exported = export_detector(Path(_weights(detector)), version_name="tiny")
+    exported = export_of_trained(Path(_weights(detector)), "tiny")
     moved = exported.rename(tmp_path / "best.onnx")  # the version's folder has none now
     make_images(tmp_path / "in", n=4, size=64)
     # (ONNX Runtime asked for: a worker that ran the version's weights stops the run, as
@@ -347,13 +347,14 @@ def _threads_in_a_worker(job: WorkerJob, onnx_path: Path) -> tuple[int, int, int
     return options.intra_op_num_threads, options.inter_op_num_threads, torch.get_num_threads()
 
 
-def test_each_workers_network_runs_on_its_share_of_the_cores(detector: str, tmp_path: Path) -> None:
+def test_each_workers_network_runs_on_its_share_of_the_cores(
+    detector: str, tmp_path: Path, export_of_trained: Callable[[Path, str], Path]
+) -> None:
     """More workers than cores are not pinned: each one's ONNX session took every core, N x
     cores threads on the cores. Each now runs on its share, a lone process on every core."""
     from inspection.backends.onnx_backend import OnnxBackend
-    from training.export import export_detector
 
-    exported = export_detector(Path(_weights(detector)), version_name="tiny")
+    exported = export_of_trained(Path(_weights(detector)), "tiny")
     cores = len(usable_cores())
     lone = OnnxBackend(exported).session.get_session_options()
     assert lone.intra_op_num_threads == cores  # one process: not limited
