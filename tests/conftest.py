@@ -76,6 +76,23 @@ def registration_commit_dropped(url: str, committed: bool = True) -> Iterator[No
         event.remove(engine, "commit", dropped)
 
 
+def assert_training_stood_through_a_dropped_commit(url: str, train: Callable[[], int]) -> None:
+    """`train` (a detector's or a classifier's training, registering its version) run with
+    its registration's COMMIT dropped after it was made (`registration_commit_dropped`): the
+    training and its job succeed, naming the version, its weights in place."""
+    from sqlalchemy import select
+
+    from db.models import JobStatus, TrainingJob
+
+    with registration_commit_dropped(url):
+        version_id = train()
+    with session_scope(url) as session:
+        job = session.scalars(select(TrainingJob).order_by(TrainingJob.id.desc())).first()
+        assert job is not None and job.status == JobStatus.SUCCEEDED and job.error is None
+        assert job.result_model_version_id == version_id
+        assert Path(job.result_model_version.file_path).is_file()
+
+
 @pytest.fixture
 def ctrl_c_raises() -> Iterator[None]:
     """SIGINT raising KeyboardInterrupt, as a terminal's foreground job gets it, for a test that

@@ -1533,19 +1533,12 @@ def test_a_training_whose_registration_commit_fails_after_it_was_made_succeeds(
     committed: the job was recorded failed over its succeeded row, its version registered
     (`defects jobs` said failed for a job whose version exists). The database names the
     version: the training succeeds, and so does its job."""
-    from sqlalchemy import select
-
-    from db.models import JobStatus, TrainingJob
-    from tests.conftest import registration_commit_dropped
+    from tests.conftest import assert_training_stood_through_a_dropped_commit
     from training.train_detector import TrainRequest, train_detector
 
     monkeypatch.setenv("DEFECTS_DATA_DIR", str(trained.data_dir))
     get_settings.cache_clear()
     request = TrainRequest(data="synth", architecture="defect-yolo-n", epochs=1, imgsz=64, batch=4)
-    with registration_commit_dropped(trained.url):
-        version_id = train_detector(request, url=trained.url)
-    with session_scope(trained.url) as session:
-        job = session.scalars(select(TrainingJob).order_by(TrainingJob.id.desc())).first()
-        assert job is not None and job.status == JobStatus.SUCCEEDED and job.error is None
-        assert job.result_model_version_id == version_id
-        assert Path(job.result_model_version.file_path).is_file()
+    assert_training_stood_through_a_dropped_commit(
+        trained.url, lambda: train_detector(request, url=trained.url)
+    )
