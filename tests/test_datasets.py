@@ -1962,6 +1962,23 @@ def test_a_ctrl_c_during_an_imports_copy_leaves_no_half_copy(
     assert _files_of(datasets_dir / "y") == old_files
 
 
+def _second_read_before_the_first_registered(
+    tmp_path: Path, database_url: str, datasets_dir: Path
+) -> tuple[list[str], list, list]:
+    """Two imports of one new name y: the second's data read (as it reads it before looking
+    at the store: no dataset y yet), then the first imported and registered. The second's
+    read data, for `write_dataset`."""
+    from db.session import session_scope
+    from training.datasets import read_yolo
+
+    write_yolo(tmp_path / "first", n=6)
+    write_yolo(tmp_path / "second", n=4, seed=1)
+    read = read_yolo(tmp_path / "second", CLASSES)
+    with session_scope(database_url) as session:
+        import_dataset(session, "yolo", tmp_path / "first", "y", datasets_dir, classes=CLASSES)
+    return read
+
+
 def test_an_import_that_another_of_the_same_name_overtook_says_so_in_one_line(
     database_url: str, tmp_path: Path
 ) -> None:
@@ -1970,15 +1987,11 @@ def test_an_import_that_another_of_the_same_name_overtook_says_so_in_one_line(
     one line that nothing is registered and to import again with --replace; the first
     import's data is the dataset, nothing beside it."""
     from db.session import session_scope
-    from training.datasets import read_yolo
 
-    write_yolo(tmp_path / "first", n=6)
-    write_yolo(tmp_path / "second", n=4, seed=1)
     datasets_dir = tmp_path / "ds"
-    # (The second read the store before the first registered y: it found no dataset y.)
-    class_names, images, issues = read_yolo(tmp_path / "second", CLASSES)
-    with session_scope(database_url) as session:
-        import_dataset(session, "yolo", tmp_path / "first", "y", datasets_dir, classes=CLASSES)
+    class_names, images, issues = _second_read_before_the_first_registered(
+        tmp_path, database_url, datasets_dir
+    )
     first_files = _files_of(datasets_dir / "y")
     with pytest.raises(UserError) as refused, session_scope(database_url) as session:
         write_dataset(session, "y", "second", "yolo", class_names, images, issues, datasets_dir)
@@ -2211,15 +2224,11 @@ def test_folders_a_rollback_cannot_put_back_are_said_in_the_error(
     import errno
 
     from db.session import session_scope
-    from training.datasets import read_yolo
 
-    write_yolo(tmp_path / "first", n=6)
-    write_yolo(tmp_path / "second", n=4, seed=1)
     datasets_dir = tmp_path / "ds"
-    # (The second read the store before the first registered y: it found no dataset y.)
-    class_names, images, issues = read_yolo(tmp_path / "second", CLASSES)
-    with session_scope(database_url) as session:
-        import_dataset(session, "yolo", tmp_path / "first", "y", datasets_dir, classes=CLASSES)
+    class_names, images, issues = _second_read_before_the_first_registered(
+        tmp_path, database_url, datasets_dir
+    )
     rename, refused = os.rename, []
 
     def failing_disk(source: str, target: str, *args: object, **kwargs: object) -> None:
