@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import random
+import re
 import stat
 import struct
 import time
@@ -1084,6 +1085,10 @@ def open_run(
     return run, version
 
 
+# The shipped demo detector's versions are named so (models/neu-det-demo/model.json's "name").
+DEMO_NAME = re.compile(r"neu-det-demo-v\d+")
+
+
 def found_weights(file_path: str, sha256: str) -> Path:
     """A version's weights on this machine: the path it was registered at, else the same
     `models/VERSION/FILE` under this machine's data folder where that file holds the version's
@@ -1104,10 +1109,17 @@ def weights_there(name: str, weights: Path) -> Path:
     """A model version's weights file, refused in one line where it is gone (deleted, a data
     folder moved, registered on another machine); every command that opens one says it so."""
     if not weights.is_file():
+        # (`install-demo` puts back the shipped demo alone: it was offered for a version the
+        # user trained, whose file it cannot restore.)
+        restore = (
+            "or put the shipped demo back: `defects models install-demo`"
+            if DEMO_NAME.fullmatch(name)
+            else "with no copy left, train it again (a version is found by its exact bytes)"
+        )
         raise UserError(
             f"the weights of {name} are missing ({weights}): copy that version's folder into "
             f"this data folder's models/ (models/{weights.parent.name}/{weights.name}) or mount "
-            "the data folder at that path; the demo: `defects models install-demo`"
+            f"the data folder at that path; {restore}"
         )
     return weights
 

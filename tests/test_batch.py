@@ -3414,3 +3414,20 @@ def test_a_stop_landing_as_a_chunks_write_is_handed_over_counts_that_chunk(
     job._writer.submit = hand_over  # type: ignore[method-assign]
     job._writer.shutdown(wait=True)
     assert told == _counts(detector)[1] > job.chunk_parts
+
+
+def test_missing_weights_offer_the_demo_only_for_the_demo(tmp_path: Path) -> None:
+    """Every missing-weights message ended "the demo: `defects models install-demo`", for a
+    version the user trained too, which the demo cannot restore."""
+    import json
+
+    from inspection.batch import weights_there
+
+    shipped = Path(__file__).resolve().parents[1] / "models" / "neu-det-demo" / "model.json"
+    demo = json.loads(shipped.read_text())["name"]
+    for name, offered in ((demo, True), ("neu-det-demo-v1", True), ("line3-v5", False)):
+        with pytest.raises(UserError) as said:
+            weights_there(name, tmp_path / "models" / name / "weights.pt")
+        assert str(said.value).startswith(f"the weights of {name} are missing"), name
+        assert ("`defects models install-demo`" in str(said.value)) == offered, said.value
+        assert ("train it again" in str(said.value)) != offered, said.value

@@ -1060,6 +1060,9 @@ def test_a_version_whose_weights_are_gone_is_named_by_every_command(tmp_path: Pa
         assert result.exit_code == 1, (command, result.output)
         assert isinstance(result.exception, UserError), (command, result.exception)
         assert str(result.exception).startswith("the weights of gone are missing"), command
+        # (The demo was offered for a version of one's own, which it cannot restore.)
+        assert "install-demo" not in str(result.exception), command
+        assert "train it again" in str(result.exception), command
 
 
 def _commands(group: Any, path: tuple[str, ...] = ()) -> list[tuple[str, Any]]:
