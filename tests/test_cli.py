@@ -532,14 +532,14 @@ def test_a_promotions_warnings_are_of_the_version_promoted_when_its_name_is_digi
     assert "warning: 1 was never calibrated" in fresh
 
 
-def _cli(args: list[str], data_dir: Path) -> subprocess.CompletedProcess[str]:
+def _cli(args: list[str], data_dir: Path, columns: str = "80") -> subprocess.CompletedProcess[str]:
     """`defects ARGS` as a user runs it with its output piped: rich at 80 columns."""
     return subprocess.run(
         [sys.executable, "-c", "from training.cli import main; main()", *args],
         capture_output=True,
         text=True,
         stdin=subprocess.DEVNULL,  # (a terminal there would give rich its width)
-        env={"DEFECTS_DATA_DIR": str(data_dir), "PATH": "/usr/bin:/bin", "COLUMNS": "80"},
+        env={"DEFECTS_DATA_DIR": str(data_dir), "PATH": "/usr/bin:/bin", "COLUMNS": columns},
         cwd=Path(__file__).parents[1],
     )
 
@@ -593,6 +593,49 @@ def test_model_names_are_listed_whole_at_80_columns_and_as_json(tmp_path: Path) 
     assert rows[0]["created_at"].endswith("Z")
     assert rows[0]["teacher"] == names[0] and rows[1]["teacher"] is None
     assert rows[0]["notes"] == "distilled with cwd" and rows[0]["dataset"] is None
+
+
+def test_models_list_says_under_its_table_what_each_version_was_made_from(
+    tmp_path: Path,
+) -> None:
+    """Whether a version was fine-tuned (from what) or distilled (its teacher) was said only by
+    `--json` and the Models page: the table, at 80 columns as wider, showed none of it."""
+    from db.models import ModelKind, ModelVersion
+    from db.session import session_scope
+    from inspection.settings import get_settings
+    from tests.conftest import migrated
+
+    base, student, tuned = "line3-teacher-s", "line3-n-distilled", "line3-n-tuned"
+    url = get_settings().resolved_database_url
+    migrated(url)
+    with session_scope(url) as session:
+        made: dict[str, ModelVersion] = {}
+        for i, (name, teacher, notes) in enumerate(
+            (
+                (base, None, ""),
+                (student, base, f"fine-tuned from {base}; distilled with cwd"),
+                (tuned, None, f"fine-tuned from {student}"),
+            )
+        ):
+            made[name] = ModelVersion(
+                name=name,
+                kind=ModelKind.DETECTOR,
+                architecture="defect-yolo-n",
+                file_path="x.pt",
+                sha256=str(i).ljust(64, "0"),
+                teacher=made.get(teacher or ""),
+                notes=notes,
+            )
+            session.add(made[name])
+            session.flush()
+    for columns in ("80", "120"):
+        listed = _cli(["models", "list"], tmp_path / "data", columns)
+        assert listed.returncode == 0, listed.stderr
+        lines = listed.stdout.splitlines()
+        assert f"{student}: fine-tuned from {base}, distilled from {base} with cwd" in lines
+        assert f"{tuned}: fine-tuned from {student}" in lines
+        assert not any(line.startswith(f"{base}:") for line in lines), listed.stdout
+        assert "…" not in listed.stdout
 
 
 def test_models_list_says_old_folders_no_version_names_and_how_to_remove_them(

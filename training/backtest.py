@@ -6,7 +6,6 @@ see the miss and false-call rates it would have had on the parts people have alr
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,7 +47,7 @@ from training.datasets import (
     write_dataset,
 )
 from training.evaluate import PartRates, part_rates
-from training.versions import weights_file
+from training.versions import BASE_NOTE, weights_file
 
 
 @dataclass(frozen=True)
@@ -64,10 +63,6 @@ class Backtest:
     @property
     def learned(self) -> int:
         return len(self.learned_parts)
-
-
-# How `train detector --from` notes a version's base (training/train_detector.py).
-_BASE_NOTE = re.compile(r"fine-tuned from (\S+?)(?:;|$)")
 
 
 def _learned_images(session: Session, version: ModelVersion) -> dict[str, set[str]]:
@@ -96,7 +91,7 @@ def _learned_images(session: Session, version: ModelVersion) -> dict[str, set[st
                         )
             except UserError:
                 pass  # (its files gone: nothing of it to leave out here)
-        base = _BASE_NOTE.search(current.notes or "")
+        base = BASE_NOTE.search(current.notes or "")
         current = (
             session.scalars(select(ModelVersion).where(ModelVersion.name == base[1])).first()
             if base

@@ -39,7 +39,7 @@ from inspection.runtime import end_process
 from inspection.settings import get_settings
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from sqlalchemy.orm import Session
 
@@ -191,9 +191,21 @@ def models_list(
                 for v in versions
             ]
             _print_unbroken(Table(*headers), rows_shown, whole=(1, 3))
+            _say_lineages(versions)
         _say_unnamed_folders(session)
     if jobs:  # (a first training, running, has no version yet: its job is shown all the same)
         _print_jobs(jobs)
+
+
+def _say_lineages(versions: Sequence[ModelVersion]) -> None:
+    """A line for each version made from others (its base, its teacher), under the table: shown
+    only by `--json` and the Models page, and a column would widen a table that already keeps
+    its names whole past 80 columns."""
+    from training.versions import lineage
+
+    for version in versions:
+        if made_from := lineage(version):
+            console.print(f"{version.name}: {made_from}", markup=False)
 
 
 def _say_unnamed_folders(session: Session) -> None:

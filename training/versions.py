@@ -4,6 +4,7 @@ and hashed, so a version always names exactly the bytes that produced its metric
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -24,6 +25,23 @@ from inspection.images import replace_synced, write_fix
 from training.datasets import check_folder_name
 
 DEFAULT_CONFIDENCE = 0.25
+
+
+# How `train detector --from` notes a version's base (training/train_detector.py).
+BASE_NOTE = re.compile(r"fine-tuned from (\S+?)(?:;|$)")
+DISTILL_NOTE = re.compile(r"distilled with (\S+)")
+
+
+def lineage(version: ModelVersion) -> str:
+    """How `version` was made from others ("fine-tuned from v4, distilled from t with cwd"),
+    "" for one trained alone: `models list` showed it only in `--json`."""
+    base = BASE_NOTE.search(version.notes or "")
+    said = [f"fine-tuned from {base[1]}"] if base else []
+    if version.teacher is not None:
+        method = DISTILL_NOTE.search(version.notes or "")
+        with_method = f" with {method[1]}" if method and version.kind == ModelKind.DETECTOR else ""
+        said.append(f"distilled from {version.teacher.name}{with_method}")
+    return ", ".join(said)
 
 
 def weights_file(version: ModelVersion) -> Path:
