@@ -759,6 +759,8 @@ def test_models_jobs_gives_the_training_jobs_in_json_and_models_list_in_its_tabl
         "dataset",
         "model_version",
         "error",
+        "resumes",
+        "resumed_as",
         "host",
         "pid",
         "created_at",
@@ -771,6 +773,30 @@ def test_models_jobs_gives_the_training_jobs_in_json_and_models_list_in_its_tabl
         listed = _cli(command, tmp_path / "data").stdout
         assert "out of memory" in listed and "distill-detector" in listed, listed
     assert "training jobs" in listed
+    # A stopped training resumed is a new job: the stopped one said "cancelled" and no more.
+    with session_scope(url) as session:
+        stopped = TrainingJob(
+            kind="train-detector",
+            status=JobStatus.CANCELLED,
+            params={"data": "parts"},
+            progress=1 / 3,
+            error="stopped (Ctrl-C or SIGTERM)",
+            created_at=datetime(2026, 11, 27, 13, 0),
+        )
+        session.add(stopped)
+        session.flush()
+        resumed = TrainingJob(
+            kind="train-detector",
+            status=JobStatus.SUCCEEDED,
+            params={"data": "parts", "resumes_job": stopped.id},
+            progress=1.0,
+            created_at=datetime(2026, 11, 27, 14, 0),
+        )
+        session.add(resumed)
+        session.flush()
+        ids = stopped.id, resumed.id
+    listed = _cli(["models", "jobs"], tmp_path / "data", columns="200").stdout  # (one line each)
+    assert f"resumed as job {ids[1]}" in listed and f"resumes job {ids[0]}" in listed, listed
 
 
 def test_models_help_names_every_subcommand() -> None:

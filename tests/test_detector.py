@@ -512,11 +512,13 @@ def test_interrupted_training_resumes(
         )
     # The run said, as it started, that it learns from no teacher (for its resume).
     [lineage] = set(runs.glob(pattern)) - before
+    stopped_job = json.loads(lineage.read_text()).pop("job")  # (its resume's job names it)
     assert json.loads(lineage.read_text()) == {
         "teacher": None,
         "method": None,
         "from": None,
         "data": "synth",
+        "job": stopped_job,
     }
     # The stop says how to go on (it said nothing); the run is resumed as it says.
     hint = re.search(
@@ -535,6 +537,14 @@ def test_interrupted_training_resumes(
         assert jobs[1].log.splitlines()[-1].startswith("epoch 2/2 ")  # (not "epoch 3/2")
         assert get_model_version(session, version_id).metrics["epochs"] == 2
         registered = get_model_version(session, version_id).name
+        resumed_ids = [j.id for j in jobs]
+    assert resumed_ids[0] == stopped_job
+    # The stopped job said "cancelled" with no word of the job that went on with its run.
+    from training.jobs import recent_jobs
+
+    listed = {job["id"]: job for job in recent_jobs(trained.url)}
+    assert listed[resumed_ids[0]]["resumed_as"] == resumed_ids[1]
+    assert listed[resumed_ids[1]]["resumes"] == resumed_ids[0]
     # Registered, the run keeps its history, not its weights (best.pt was the version's copy,
     # the same bytes twice); its lineage names the version it became.
     run = lineage.parent

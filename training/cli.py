@@ -256,7 +256,10 @@ def _print_jobs(jobs: list[dict[str, Any]]) -> None:
             str(job["id"]),
             job["kind"],
             # (The reason's first line: ultralytics' errors run on over several.)
-            job["status"] + (f": {job['error'].splitlines()[0]}" if job["error"] else ""),
+            job["status"]
+            + (f": {job['error'].splitlines()[0]}" if job["error"] else "")
+            + (f"; resumed as job {job['resumed_as']}" if job["resumed_as"] else "")
+            + (f" (resumes job {job['resumes']})" if job["resumes"] else ""),
             f"{job['progress']:.0%}",
             job["dataset"] or "-",
             job["model_version"] or "-",

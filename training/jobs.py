@@ -8,7 +8,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
@@ -16,6 +16,9 @@ from db.models import JobStatus, TrainingJob, utcnow
 from db.session import session_scope
 from inspection.errors import UserError
 from inspection.settings import get_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 ROOT = Path(__file__).resolve().parents[1]
 RECENT_JOBS = 10  # the training jobs the Models page and `defects models list` show, newest first
@@ -197,6 +200,7 @@ def recent_jobs(url: str, kind: str | None = None) -> list[dict[str, Any]]:
             running = job.status == JobStatus.RUNNING
             if running and job_alive(job.pid, job.host, job.created_at, job.process_start) is False:
                 _mark_ended(job)
+        resumed_as = _resumed_as(session, min((job.id for job in jobs), default=0))
         return [
             {
                 "id": job.id,
@@ -208,6 +212,10 @@ def recent_jobs(url: str, kind: str | None = None) -> list[dict[str, Any]]:
                     job.result_model_version.name if job.result_model_version else None
                 ),
                 "error": job.error,
+                # (A stopped run resumed makes a new job: the stopped one stayed "cancelled"
+                # with no word of the job that went on with its run.)
+                "resumes": (job.params or {}).get("resumes_job"),
+                "resumed_as": resumed_as.get(job.id),
                 "host": job.host,
                 "pid": job.pid,
                 "created_at": _utc(job.created_at),
@@ -215,6 +223,23 @@ def recent_jobs(url: str, kind: str | None = None) -> list[dict[str, Any]]:
             }
             for job in jobs
         ]
+
+
+def _resumed_as(session: Session, oldest: int) -> dict[int, int]:
+    """The job that resumed each job's run, by the resumed job's id, among the jobs from
+    `oldest` on (a resume is newer than the job it resumes); the latest where two name one."""
+    from sqlalchemy import select
+
+    later = session.execute(
+        select(TrainingJob.id, TrainingJob.params)
+        .where(TrainingJob.id > oldest)
+        .order_by(TrainingJob.id)
+    )
+    return {
+        params["resumes_job"]: job_id
+        for job_id, params in later
+        if isinstance((params or {}).get("resumes_job"), int)
+    }
 
 
 def _utc(moment: datetime | None) -> str | None:

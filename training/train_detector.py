@@ -363,19 +363,23 @@ LINEAGE_FILE = "defects_lineage.json"  # in a run's folder: its teacher, for a r
 
 
 def _lineage_callback(  # type: ignore[no-untyped-def]
-    teacher: str | None, method: str | None, base: str | None = None, data: str | None = None
+    teacher: str | None,
+    method: str | None,
+    base: str | None = None,
+    data: str | None = None,
+    job: int | None = None,
 ):
     """Writes, as a run starts, which teacher (if any) it learns from, which version it
-    fine-tunes (a resume has no --from: its version's notes lost where it came from) and which
-    dataset it trains on (`--resume --name` of another's run); plain data, as DDP pickles
-    callbacks."""
+    fine-tunes (a resume has no --from: its version's notes lost where it came from), which
+    dataset it trains on (`--resume --name` of another's run) and which job runs it (its
+    resume's job names that one); plain data, as DDP pickles callbacks."""
 
     def on_pretrain_routine_start(trainer) -> None:  # type: ignore[no-untyped-def]
         path = Path(trainer.save_dir) / LINEAGE_FILE
         if not path.exists():  # (a resume keeps the run's own)
             path.parent.mkdir(parents=True, exist_ok=True)
             lineage = {"teacher": teacher, "method": method, "from": base, "data": data}
-            path.write_text(json.dumps(lineage))
+            path.write_text(json.dumps({**lineage, "job": job}))
 
     return on_pretrain_routine_start
 
@@ -391,6 +395,21 @@ def _registered(run: Path) -> bool:
     """Whether the run finished and was registered (`_keep_history_only`): its weights are
     gone, the version's copy in the model store holds them."""
     return bool((_lineage(run) or {}).get("registered"))
+
+
+def _note_job(run: Path, job_id: int) -> None:
+    """The run's lineage names `job_id` as the job that runs it now, so that the next resume's
+    job names this one (`resumes_job`): the job stopped stayed "cancelled" in the job list,
+    with no word of the job that went on with its run. Best effort: the training goes on
+    without it."""
+    lineage = {**(_lineage(run) or {}), "job": job_id}
+    written = run / f".{LINEAGE_FILE}.{os.getpid()}.partial"
+    try:
+        written.write_text(json.dumps(lineage))
+        written.replace(run / LINEAGE_FILE)
+    except OSError:
+        with contextlib.suppress(OSError):
+            written.unlink(missing_ok=True)
 
 
 def _keep_history_only(run: Path, version: str) -> None:
@@ -717,7 +736,13 @@ def train_detector(
         job = TrainingJob(
             kind="distill-detector" if request.teacher else "train-detector",
             status=JobStatus.RUNNING,
-            params={**request.__dict__, "extra": dict(request.extra)},
+            params={
+                **request.__dict__,
+                "extra": dict(request.extra),
+                # The job that ran the run before (None: a new run, or one from before jobs
+                # were noted in its lineage): the job list says the stopped one was resumed.
+                **({"resumes_job": lineage.get("job")} if resumed is not None else {}),
+            },
             dataset_id=dataset.id,
             started_at=utcnow(),
             pid=os.getpid(),
@@ -727,6 +752,8 @@ def train_detector(
         session.add(job)
         session.flush()
         job_id, dataset_id = job.id, dataset.id
+    if resumed is not None:
+        _note_job(resumed_dir, job_id)
 
     prefix = f"{request.data}-{architecture}"
     events = {
@@ -737,6 +764,7 @@ def train_detector(
             request.distill_method if request.teacher else None,
             base_name,
             request.data,
+            job_id,
         ),
     }
     cut: list[tuple[int, int]] = []  # the first epoch's batches trained, of all, if cut
