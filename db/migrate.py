@@ -20,6 +20,7 @@ from sqlalchemy.exc import DatabaseError as DriverDatabaseError
 from db.session import (
     SQLITE_BUSY_TIMEOUT_MS,
     DatabaseError,
+    connection_dropped,
     failure,
     get_engine,
     redact,
@@ -202,18 +203,28 @@ def _busy_at_once(exc: DatabaseError, began: float) -> bool:
     return name.startswith("SQLITE_BUSY") and waited < SQLITE_BUSY_TIMEOUT_MS / 1000
 
 
-def upgrade(url: str, revision: str = "head") -> str:
-    """Bring the schema to `revision`; returns the revision now in place."""
-    for attempt in range(1, BUSY_AT_ONCE_TRIES + 1):
+def upgrade(url: str, revision: str = "head", outage_s: float = 0.0) -> str:
+    """Bring the schema to `revision`; returns the revision now in place. A connection the
+    database dropped (a PostgreSQL restart, its backends terminated) is tried again for up to
+    `outage_s` seconds, as a station's run waits for one (DEFECTS_DB_OUTAGE_SECONDS): a
+    command's schema check on start stopped it at once ("cannot reach the database")."""
+    busy_tries, waited, delay = 0, 0.0, 0.5
+    while True:
         began = time.monotonic()
         try:
             return _upgrade(url, revision)
         except DatabaseError as exc:
-            if attempt == BUSY_AT_ONCE_TRIES or not _busy_at_once(exc, began):
+            if connection_dropped(exc) and waited < outage_s:
+                logger.warning("%s; trying again in %.1f s", exc, delay)
+                time.sleep(delay)
+                waited += delay
+                delay = min(delay * 2, 5.0)
+                continue
+            busy_tries += 1
+            if busy_tries == BUSY_AT_ONCE_TRIES or not _busy_at_once(exc, began):
                 raise
             logger.info("database locked at once (%s); migrating again", exc)
-            time.sleep(0.05 * attempt)
-    raise AssertionError("unreachable")
+            time.sleep(0.05 * busy_tries)
 
 
 def _upgrade(url: str, revision: str) -> str:

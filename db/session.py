@@ -106,6 +106,13 @@ def unusable(exc: DriverDatabaseError) -> bool:
     return not isinstance(exc, IntegrityError | ProgrammingError | DataError)
 
 
+def connection_dropped(exc: DatabaseError) -> bool:
+    """Whether the database dropped the connection under `exc`'s transaction (a PostgreSQL
+    restart, its backend terminated), a moment's outage; a read-only or locked database,
+    or a refused login, is not."""
+    return bool(getattr(exc.__cause__, "connection_invalidated", False))
+
+
 def retrying_races(action: Callable[[], T], attempts: int = 3) -> T:
     """`action`, one whole transaction, again when it lost a race with another station: a
     unique index refused a row that the transaction had read as absent a moment before (a line

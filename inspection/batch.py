@@ -59,6 +59,7 @@ from db.registry import ensure_station, get_model_version, named_version, produc
 from db.session import (
     DatabaseError,
     WalCheckpointer,
+    connection_dropped,
     connection_scope,
     retrying_races,
     session_scope,
@@ -220,13 +221,6 @@ def _say_once(message: str, within_s: float = 1.0) -> None:
             for old in [m for m, t in _said.items() if now - t >= within_s]:
                 del _said[old]
     logger.warning("%s", message)
-
-
-def connection_dropped(exc: DatabaseError) -> bool:
-    """Whether the database dropped the connection under `exc`'s transaction (a PostgreSQL
-    restart, its backend terminated), a moment's outage; a read-only or locked database,
-    or a refused login, is not."""
-    return bool(getattr(exc.__cause__, "connection_invalidated", False))
 
 
 def through_outages(

@@ -37,7 +37,13 @@ from pathlib import Path
 from sqlalchemy import update
 
 from db.models import InspectionRun, database_utcnow
-from db.session import DatabaseError, connection_scope, retrying_races, session_scope
+from db.session import (
+    DatabaseError,
+    connection_dropped,
+    connection_scope,
+    retrying_races,
+    session_scope,
+)
 from inspection.batch import (
     WRITE_NOW,
     BatchInspection,
@@ -45,7 +51,6 @@ from inspection.batch import (
     FileKey,
     OnRecorded,
     SourceItem,
-    connection_dropped,
     content_key,
     discard_empty_run,
     found_weights,

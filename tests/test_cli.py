@@ -1442,3 +1442,39 @@ def test_a_write_the_database_refuses_is_said_in_one_line(tmp_path: Path) -> Non
     ]
     with session_scope(url) as session:
         assert session.query(User).count() == 0
+
+
+def test_a_connection_dropped_as_a_command_checks_the_schema_is_waited_for(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PostgreSQL restart (its backends terminated) as a command looked up the database's
+    schema revision on start stopped it at once ("error: cannot reach the database ..."),
+    where a batch run waits through one for DEFECTS_DB_OUTAGE_SECONDS. It is tried again."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("terminates a PostgreSQL backend")
+    import psycopg
+    from sqlalchemy import event
+
+    from db.session import get_engine
+    from inspection.settings import get_settings
+
+    monkeypatch.setenv("DEFECTS_DATABASE_URL", database_url)
+    get_settings.cache_clear()
+    admin_url = database_url.replace("postgresql+psycopg://", "postgresql://")
+    dropped: list[int] = []
+
+    def drop_the_first_look(connection, cursor, statement, *_args) -> None:  # type: ignore[no-untyped-def]
+        if "FROM alembic_version" in statement and not dropped:
+            dropped.append(cursor.connection.info.backend_pid)
+            with psycopg.connect(admin_url, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (dropped[0],))
+
+    engine = get_engine(database_url)
+    event.listen(engine, "before_cursor_execute", drop_the_first_look)
+    try:
+        result = runner.invoke(app, ["models", "list"])
+    finally:
+        event.remove(engine, "before_cursor_execute", drop_the_first_look)
+    assert dropped
+    assert result.exit_code == 0, result.output
+    assert "cannot reach the database" not in result.output

@@ -86,7 +86,7 @@ def database_url() -> str:
 def migrated_database_url() -> str:
     """The database URL, after bringing its schema up to date (every command migrates on start)."""
     url = database_url()
-    upgrade(url)
+    upgrade(url, outage_s=get_settings().db_outage_seconds)
     return url
 
 
@@ -94,7 +94,7 @@ def migrated_database_url() -> str:
 def db_upgrade() -> None:
     """Create or migrate the database schema to the latest revision."""
     url = database_url()
-    revision = upgrade(url)
+    revision = upgrade(url, outage_s=get_settings().db_outage_seconds)
     console.print(f"database {redact(url)} at revision {revision}")
 
 
