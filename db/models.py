@@ -241,6 +241,7 @@ class InspectionRun(Base):
     """One batch from a line and station: who started it, when, with which models."""
 
     __tablename__ = "inspection_runs"
+    __table_args__ = (Index("uq_inspection_runs_opening", "opening", unique=True),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     line_id: Mapped[int] = mapped_column(ForeignKey("production_lines.id"))
@@ -257,6 +258,12 @@ class InspectionRun(Base):
         doc="Opened and finished around a few parts (an upload, `defects inspect`): not what "
         "the station is running, which the floor's pages show. By its source, a batch of a "
         "folder named `cli` was taken for one.",
+    )
+    opening: Mapped[str | None] = mapped_column(
+        String(36),
+        doc="The token (a UUID) the station made for opening this run: where the database "
+        "committed the run but the connection dropped before the station heard it, the "
+        "station's next try finds this run instead of opening a second, which stayed open.",
     )
 
     line: Mapped[ProductionLine] = relationship()

@@ -1060,9 +1060,19 @@ def open_run(
     operator: str,
     source: str,
     one_off: bool = False,
+    opening: str | None = None,
 ) -> tuple[InspectionRun, ModelVersion]:
     """A new inspection run on a line's station, by the detector `model` (None: production);
-    `one_off` for an upload or `defects inspect`, which the floor's pages pass over."""
+    `one_off` for an upload or `defects inspect`, which the floor's pages pass over.
+    `opening`: a token (a UUID) the caller makes once and passes to each try: the run a try
+    committed, though its connection dropped before the station heard so, is the run the next
+    try returns (a second one was opened, and the first stayed open for good)."""
+    if opening is not None:
+        committed = session.scalars(
+            select(InspectionRun).where(InspectionRun.opening == opening)
+        ).one_or_none()
+        if committed is not None:
+            return committed, session.get_one(ModelVersion, committed.model_version_id)
     version = resolve_detector(session, model)
     station_row = ensure_station(session, line, station)
     run = InspectionRun(
@@ -1071,6 +1081,7 @@ def open_run(
         operator=operator,
         source=source,
         one_off=one_off,
+        opening=opening,
         model_version_id=version.id,
         started_at=database_utcnow(session),  # (as its verdicts and its end are stamped)
     )
@@ -1172,6 +1183,8 @@ class BatchInspection:
         self.say: Callable[[str, str], None] = lambda key, message: logger.warning("%s", message)
         self._news_told: Counter[str] = Counter()
 
+        opening = str(uuid.uuid4())  # (one for every try: a committed try's run is found)
+
         def opened() -> tuple[tuple[str, str], dict[str, Any], tuple[str, str] | None, str]:
             """The run opened (or taken over) and its models looked up, in one transaction:
             tried again where two stations created the same new line at once. Their weights
@@ -1181,7 +1194,7 @@ class BatchInspection:
             with session_scope(url) as session:
                 if run_id is None:
                     run, version = open_run(
-                        session, line, station, model, operator, source, one_off
+                        session, line, station, model, operator, source, one_off, opening
                     )
                 else:
                     run = session.get_one(InspectionRun, run_id)

@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 import types
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
@@ -415,9 +416,13 @@ class ParallelInspection:
             raise UserError("a parallel run needs at least 2 worker processes")
         self._said: set[str] = set()  # the news the workers told, said once
 
+        opening = str(uuid.uuid4())  # (one for every try: a committed try's run is found)
+
         def opened() -> tuple[str, str]:
             with session_scope(url) as session:  # (again where a new line was raced for)
-                run, version = open_run(session, line, station, model, operator, source)
+                run, version = open_run(
+                    session, line, station, model, operator, source, opening=opening
+                )
                 self.run_id, self.model_name = run.id, version.name
                 return version.file_path, version.sha256
 

@@ -96,7 +96,8 @@ class Settings(BaseSettings):
         description="how long a batch run or a watch waits for a database that went away "
         "mid-run (a PostgreSQL restart or failover, a SQLite file locked past its busy "
         "timeout), trying again with its results held, before it stops with the error (0: "
-        "stop at once). The database must answer when the run starts.",
+        "stop at once). The database must answer when the run starts; a connection it drops "
+        "then (a restart) is waited for too.",
     )
 
     @field_validator("db_outage_seconds", mode="before")

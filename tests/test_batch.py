@@ -1040,6 +1040,59 @@ def test_a_connection_dropped_as_a_station_opens_its_run_is_waited_for(
     assert _run_finished_at(detector, job.run_id) is not None
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_run_committed_as_its_connection_dropped_is_not_opened_twice(
+    detector: str, tmp_path: Path, workers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PostgreSQL restart just after the run's INSERT was committed, before the station heard
+    so: the station's next try opened a second run, and the first, with no part, stayed open
+    for good (the station's latest on the Live page and in `defects status`). The next try
+    finds the committed run."""
+    if not detector.startswith("postgresql"):
+        pytest.skip("terminates a PostgreSQL backend")
+    import psycopg
+    from sqlalchemy import event
+
+    from db.session import get_engine
+    from inspection.parallel import ParallelInspection
+
+    admin_url = detector.replace("postgresql+psycopg://", "postgresql://")
+    engine = get_engine(detector)
+    opening: list[bool] = []
+    dropped: list[int] = []
+    commit = engine.dialect.do_commit
+
+    def note_the_opening(connection, cursor, statement, *_args) -> None:  # type: ignore[no-untyped-def]
+        if statement.startswith("INSERT INTO inspection_runs"):
+            opening.append(True)
+
+    def commit_then_drop(dbapi_connection) -> None:  # type: ignore[no-untyped-def]
+        commit(dbapi_connection)
+        if opening and not dropped:
+            dropped.append(dbapi_connection.driver_connection.info.backend_pid)
+            with psycopg.connect(admin_url, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (dropped[0],))
+            dbapi_connection.cursor().execute("SELECT 1")  # (the commit's answer, lost)
+
+    event.listen(engine, "before_cursor_execute", note_the_opening)
+    monkeypatch.setattr(engine.dialect, "do_commit", commit_then_drop)
+    try:
+        make_images(tmp_path / "in", n=3)
+        job: BatchInspection | ParallelInspection = (
+            _job(detector, tmp_path)
+            if workers == 1
+            else ParallelInspection(detector, tmp_path / "store", "Line 1", "Cam A", workers)
+        )
+    finally:
+        event.remove(engine, "before_cursor_execute", note_the_opening)
+        monkeypatch.undo()
+    assert dropped
+    summary = job.run(iter_source(str(tmp_path / "in")))
+    assert (summary.inspected, summary.errors) == (3, 0) and _counts(detector) == (3, 3, 3)
+    assert _count_of(detector, InspectionRun) == 1
+    assert _run_finished_at(detector, job.run_id) is not None
+
+
 def test_the_end_of_an_outage_is_said(caplog: pytest.LogCaptureFixture) -> None:
     """A station said it waited for the database, then nothing when it came back: an operator
     could not tell a run going on from one still stuck."""
