@@ -1885,6 +1885,11 @@ class BatchInspection:
                 )
                 break
             except IntegrityError:
+                if self._through_outages(lambda chunk=results: self._written_already(chunk)):
+                    # (Committed, its answer lost with a dropped connection: the try after it
+                    # met its own verdicts, and the chunk was counted "already inspected".)
+                    marked_finished = finishing
+                    break
                 # Another station wrote some of these parts (the same folder, the same frame)
                 # between the chunk's look-up and this write, which was rolled back.
                 if attempt == WRITE_RACE_ATTEMPTS:
@@ -1923,6 +1928,23 @@ class BatchInspection:
             self._on_recorded(results, told)
         self._move_judged(moves)
         return marked_finished
+
+    def _written_already(self, results: list[PartResult]) -> bool:
+        """Whether this chunk's write was committed though the connection dropped before the
+        station heard so (a PostgreSQL restart at the commit): each of its parts' current
+        verdict by this model is this run's, all stamped by one transaction."""
+        with connection_scope(self.url) as connection:
+            stamps = connection.scalars(
+                select(Inspection.inspected_at)
+                .join(Part, Part.id == Inspection.part_id)
+                .where(
+                    Part.content_hash.in_([r.content_hash for r in results]),
+                    Inspection.model_version_id == self.model_id,
+                    Inspection.run_id == self.run_id,
+                    Inspection.is_current(),
+                )
+            ).all()
+        return len(stamps) == len(results) and len(set(stamps)) == 1
 
     def _after_a_race(self, results: list[PartResult]) -> tuple[list[PartResult], set[str]]:
         """A chunk's results against what the database holds now: a part another station has

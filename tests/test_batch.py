@@ -1040,9 +1040,46 @@ def test_a_connection_dropped_as_a_station_opens_its_run_is_waited_for(
     assert _run_finished_at(detector, job.run_id) is not None
 
 
+@contextlib.contextmanager
+def _answer_lost_after_commit(url: str, statement: str) -> Iterator[list[int]]:
+    """The first transaction that ran a statement starting with `statement` is committed, and
+    then its connection dropped (its PostgreSQL backend terminated) before the answer came:
+    the station hears a dropped connection. Yields the terminated backends' pids."""
+    import psycopg
+    from sqlalchemy import event
+
+    from db.session import get_engine
+
+    admin_url = url.replace("postgresql+psycopg://", "postgresql://")
+    engine = get_engine(url)
+    seen: list[bool] = []
+    dropped: list[int] = []
+    commit = engine.dialect.do_commit
+
+    def note(connection, cursor, executed, *_args) -> None:  # type: ignore[no-untyped-def]
+        if executed.startswith(statement):
+            seen.append(True)
+
+    def commit_then_drop(dbapi_connection) -> None:  # type: ignore[no-untyped-def]
+        commit(dbapi_connection)
+        if seen and not dropped:
+            dropped.append(dbapi_connection.driver_connection.info.backend_pid)
+            with psycopg.connect(admin_url, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (dropped[0],))
+            dbapi_connection.cursor().execute("SELECT 1")  # (the commit's answer, lost)
+
+    event.listen(engine, "before_cursor_execute", note)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(engine.dialect, "do_commit", commit_then_drop)
+        try:
+            yield dropped
+        finally:
+            event.remove(engine, "before_cursor_execute", note)
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_run_committed_as_its_connection_dropped_is_not_opened_twice(
-    detector: str, tmp_path: Path, workers: int, monkeypatch: pytest.MonkeyPatch
+    detector: str, tmp_path: Path, workers: int
 ) -> None:
     """A PostgreSQL restart just after the run's INSERT was committed, before the station heard
     so: the station's next try opened a second run, and the first, with no part, stayed open
@@ -1050,46 +1087,37 @@ def test_a_run_committed_as_its_connection_dropped_is_not_opened_twice(
     finds the committed run."""
     if not detector.startswith("postgresql"):
         pytest.skip("terminates a PostgreSQL backend")
-    import psycopg
-    from sqlalchemy import event
-
-    from db.session import get_engine
     from inspection.parallel import ParallelInspection
 
-    admin_url = detector.replace("postgresql+psycopg://", "postgresql://")
-    engine = get_engine(detector)
-    opening: list[bool] = []
-    dropped: list[int] = []
-    commit = engine.dialect.do_commit
-
-    def note_the_opening(connection, cursor, statement, *_args) -> None:  # type: ignore[no-untyped-def]
-        if statement.startswith("INSERT INTO inspection_runs"):
-            opening.append(True)
-
-    def commit_then_drop(dbapi_connection) -> None:  # type: ignore[no-untyped-def]
-        commit(dbapi_connection)
-        if opening and not dropped:
-            dropped.append(dbapi_connection.driver_connection.info.backend_pid)
-            with psycopg.connect(admin_url, autocommit=True) as admin:
-                admin.execute("SELECT pg_terminate_backend(%s)", (dropped[0],))
-            dbapi_connection.cursor().execute("SELECT 1")  # (the commit's answer, lost)
-
-    event.listen(engine, "before_cursor_execute", note_the_opening)
-    monkeypatch.setattr(engine.dialect, "do_commit", commit_then_drop)
-    try:
-        make_images(tmp_path / "in", n=3)
+    make_images(tmp_path / "in", n=3)
+    with _answer_lost_after_commit(detector, "INSERT INTO inspection_runs") as dropped:
         job: BatchInspection | ParallelInspection = (
             _job(detector, tmp_path)
             if workers == 1
             else ParallelInspection(detector, tmp_path / "store", "Line 1", "Cam A", workers)
         )
-    finally:
-        event.remove(engine, "before_cursor_execute", note_the_opening)
-        monkeypatch.undo()
     assert dropped
     summary = job.run(iter_source(str(tmp_path / "in")))
     assert (summary.inspected, summary.errors) == (3, 0) and _counts(detector) == (3, 3, 3)
     assert _count_of(detector, InspectionRun) == 1
+    assert _run_finished_at(detector, job.run_id) is not None
+
+
+def test_a_chunk_committed_as_its_connection_dropped_is_counted_inspected(
+    detector: str, tmp_path: Path
+) -> None:
+    """A PostgreSQL restart just after a chunk's verdicts were committed, before the station
+    heard so: the try after it met the chunk's own verdicts, and the run said "0 inspected, 3
+    already inspected" of parts it had just judged. They are counted inspected, written once."""
+    if not detector.startswith("postgresql"):
+        pytest.skip("terminates a PostgreSQL backend")
+    make_images(tmp_path / "in", n=3)
+    job = _job(detector, tmp_path)
+    with _answer_lost_after_commit(detector, "INSERT INTO inspections") as dropped:
+        summary = job.run(iter_source(str(tmp_path / "in")))
+    assert dropped
+    assert (summary.inspected, summary.skipped, summary.errors) == (3, 0, 0)
+    assert _counts(detector) == (3, 3, 3)
     assert _run_finished_at(detector, job.run_id) is not None
 
 
