@@ -753,21 +753,23 @@ def _outvoted(reviews: list[Review]) -> set[int]:
     return {prediction_id for prediction_id, vote in votes.items() if vote < 0}
 
 
-def _drawn_over(review: Review, confirmed: list[Review]) -> bool:
-    """A missed defect drawn over a detection that stands (`confirmed`: the part's standing
-    confirmations): one defect, taught by the detection's box alone. A box drawn there while
-    the detection stood is refused at Add (`add_missed_defect`), so one drawn while it was
-    undecided or outvoted gives way once a later confirmation makes it stand: the export
-    then holds what it would have held had the confirmation come first (it taught the one
-    defect as two boxes). Outvoted again, the drawn box is the defect's."""
+def _drawn_over(review: Review, confirmed: list[Review]) -> Review | None:
+    """The standing confirmation (`confirmed`: the part's) a missed defect was drawn over, the
+    one it overlaps most, where there is one: one defect, taught by the detection's box alone.
+    A box drawn there while the detection stood is refused at Add (`add_missed_defect`), so
+    one drawn while it was undecided or outvoted gives way once a later confirmation makes it
+    stand: the export then holds what it would have held had the confirmation come first (it
+    taught the one defect as two boxes). Outvoted again, the drawn box is the defect's."""
     if review.prediction_id is not None:
-        return False
+        return None
     drawn = (review.x1, review.y1, review.x2, review.y2)
-    return any(
-        same.class_name == review.class_name
-        and _overlap(drawn, (same.x1, same.y1, same.x2, same.y2)) >= SAME_DEFECT_IOU  # type: ignore[arg-type]
+    overlaps = [
+        (_overlap(drawn, (same.x1, same.y1, same.x2, same.y2)), same)  # type: ignore[arg-type]
         for same in confirmed
-    )
+        if same.class_name == review.class_name
+    ]
+    most, same = max(overlaps, key=lambda o: o[0], default=(0.0, None))
+    return same if most >= SAME_DEFECT_IOU else None
 
 
 def _same_defect_detections(
@@ -818,7 +820,9 @@ def _taught(reviews: list[Review], confidence: dict[int, float]) -> list[Review]
     ]
     confirmed = [r for r in standing if r.prediction_id is not None]
     repeats = _same_defect_detections(confirmed, confidence)
-    return [r for r in standing if not _drawn_over(r, confirmed) and r.prediction_id not in repeats]
+    return [
+        r for r in standing if _drawn_over(r, confirmed) is None and r.prediction_id not in repeats
+    ]
 
 
 def _part_reviews(session: Session, part_id: int) -> tuple[list[Review], dict[int, float]]:
@@ -851,19 +855,37 @@ def same_defect_detections(session: Session, part_id: int) -> dict[int, int]:
     return _same_defect_detections(confirmed, confidence)
 
 
-def drawn_over_detections(session: Session, part_id: int) -> set[int]:
+def drawn_over_detections(session: Session, part_id: int) -> dict[int, int]:
     """The missed defects of the part (review ids) the export leaves out as drawn over a
-    detection that stands (`_drawn_over`): the Review page says so beside each, where it
-    listed them as defects of their own while the export taught the detection's box alone."""
+    detection that stands (`_drawn_over`), each to the detection (prediction id) the export
+    teaches in its place: the Review page says so beside each, where it listed them as defects
+    of their own while the export taught the detection's box alone. Drawn over a detection
+    that repeats a more confident one (`_same_defect_detections`), it is the more confident
+    one's box that is taught: the page named the one drawn over, whose box the export drops."""
     reviews, confidence = _part_reviews(session, part_id)
-    taught = {r.id for r in _taught(reviews, confidence)}
-    return {
-        r.id
+    outvoted = _outvoted(reviews)
+    confirmed = [
+        r
         for r in reviews
-        if r.kind == ReviewKind.MISSED_DEFECT
-        and r.id not in taught
+        if r.kind in DEFECT_REVIEWS
+        and r.prediction_id is not None
+        and r.prediction_id not in outvoted
         and None not in (r.x1, r.y1, r.x2, r.y2)
-    }
+    ]
+    repeats = _same_defect_detections(confirmed, confidence)
+    given_way = {}
+    for review in reviews:
+        if review.kind != ReviewKind.MISSED_DEFECT or None in (
+            review.x1,
+            review.y1,
+            review.x2,
+            review.y2,
+        ):
+            continue
+        same = _drawn_over(review, confirmed)
+        if same is not None:
+            given_way[review.id] = repeats.get(same.prediction_id, same.prediction_id)  # type: ignore[arg-type]
+    return given_way
 
 
 def reviewed_parts(session: Session) -> list[PartTruth]:

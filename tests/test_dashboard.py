@@ -3369,7 +3369,7 @@ def test_a_box_drawn_over_a_detection_confirmed_since_says_the_export_teaches_th
     assert not at.exception, at.exception
     assert [m.value for m in at.markdown if m.value.startswith("- missed")] == [
         f"- missed {CLASSES[0]}, added by Ana: over a detection confirmed since, which "
-        "stands, so the export teaches that detection's box in its place"
+        "stands, so the export teaches detection 1's box in its place"
     ]
     with session_scope(production) as session:
         (truth,) = reviewed_parts(session)
@@ -3400,7 +3400,7 @@ def test_two_confirmed_detections_of_one_defect_say_the_export_teaches_one_box(
     detection, drawn = (CLASSES[0], 2.0, 2.0, 20.0, 20.0), (CLASSES[0], 3.0, 3.0, 20.0, 20.0)
     gives_way = (
         f"- missed {CLASSES[0]}, added by Bob: over a detection confirmed since, which stands, "
-        "so the export teaches that detection's box in its place"
+        "so the export teaches detection 1's box in its place"
     )
 
     def said() -> list[str]:

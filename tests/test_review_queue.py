@@ -761,6 +761,32 @@ def test_a_detection_confirmed_after_a_box_was_drawn_over_it_is_exported_as_one_
     assert truth.boxes == [("scratch", 1.0, 1.0, 8.0, 9.0), ("scratch", 50.0, 50.0, 60.0, 60.0)]
 
 
+def test_a_box_drawn_over_the_weaker_of_two_detections_names_the_one_the_export_teaches(
+    database_url: str,
+) -> None:
+    """Ana drew a scratch over the weaker of two detections of one defect (0.6, a duplicate
+    NMS left beside the 0.9), then confirmed both: the export teaches the 0.9's box alone, yet
+    the page said her box gave way to "that detection", the 0.6 she drew over, whose box the
+    export drops as a repeat. The detection taught in her box's place is the 0.9."""
+    from db.reviews import drawn_over_detections, reviewed_parts
+    from db.session import session_scope
+
+    with session_scope(database_url) as session:
+        inspection = _part(session, 1, [0.6, 0.9])  # boxes at 1, 1, 9, 9
+        weaker, stronger = inspection.predictions
+        weaker.x1, weaker.y1, weaker.x2, weaker.y2 = 2.0, 2.0, 10.0, 10.0
+        session.flush()
+        # (IoU 0.62 with the weaker, 0.39 with the stronger: drawn over the weaker alone)
+        drawn = add_missed_defect(session, inspection.part_id, "scratch", (3, 3, 11, 11), "ana")
+        confirm_defect(session, weaker.id, "ana")
+        confirm_defect(session, stronger.id, "ana")
+        part_id, drawn_id, stronger_id = inspection.part_id, drawn.id, stronger.id
+    with session_scope(database_url) as session:
+        (truth,) = reviewed_parts(session)
+        assert truth.boxes == [("scratch", 1.0, 1.0, 9.0, 9.0)]
+        assert drawn_over_detections(session, part_id) == {drawn_id: stronger_id}
+
+
 def test_two_confirmed_detections_of_one_defect_are_exported_as_the_more_confident_box(
     database_url: str,
 ) -> None:

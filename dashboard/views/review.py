@@ -241,11 +241,21 @@ else:
         ]
         given_way = drawn_over_detections(session, part.id)
         repeats = same_defect_detections(session, part.id)
+
+        def taught_instead(prediction_id: int) -> str:
+            """The detection the export teaches in a drawn box's place, as the page numbers
+            it: drawn over a duplicate of a more confident detection, that one's box is taught
+            (the line named the one drawn over). It may be of another verdict, not shown."""
+            shown_at = [j for j, p in enumerate(predictions) if p[0] == prediction_id]
+            if shown_at:
+                return f"detection {shown_at[0] + 1}'s box"
+            return "the box of a detection confirmed on this part"
+
         added_said = [
             f"- missed {plain(r.class_name or 'defect')}, added by {plain(r.reviewer)}"
             + (
-                ": over a detection confirmed since, which stands, so the export teaches that "
-                "detection's box in its place"
+                ": over a detection confirmed since, which stands, so the export teaches "
+                f"{taught_instead(given_way[r.id])} in its place"
                 if r.id in given_way
                 else ""
             )
