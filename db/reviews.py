@@ -582,40 +582,77 @@ def missed_defects(session: Session, part_id: int) -> list[Review]:
 
 def mark_good(session: Session, part_id: int, reviewer: str) -> Review:
     """Refused where a review says the part is defective: the defective reading would win, and
-    "marked good" would have been said for nothing. That review is undone first. A confirmation
-    its detection's false calls outvote does not refuse it (`standing_defect`, as the rates
-    and the export count it): it once did, and only its reviewer could undo it."""
+    "marked good" would have been said for nothing. The refusal names every defect that stands
+    (`_defective_by`): it named the oldest alone, often a box drawn over a confirmed detection
+    that the export does not even teach, and said "undo that review first" while the
+    confirmation kept the part defective. A confirmation its detection's false calls outvote
+    does not refuse it (`standing_defect`, as the rates and the export count it): it once
+    did, and only its reviewer could undo it."""
     _check_reviewer(reviewer)
-    defect = session.scalars(
-        select(Review).where(Review.part_id == part_id, standing_defect()).order_by(Review.id)
-    ).first()
-    if defect is not None and defect.prediction_id is not None:
+    standing = list(
+        session.scalars(
+            select(Review).where(Review.part_id == part_id, standing_defect()).order_by(Review.id)
+        )
+    )
+    if standing:
+        raise ValueError(_defective_by(session, part_id, standing))
+    return _add(session, part_id, ReviewKind.GOOD_PART, reviewer)
+
+
+def _defective_by(session: Session, part_id: int, standing: list[Review]) -> str:
+    """Why the part cannot be marked good, in words: each defect that stands (`standing`: its
+    standing reviews, oldest first), a detection once however many confirmed it, and what
+    makes the part good."""
+    given_way = drawn_over_detections(session, part_id)
+    # A detection by its first standing review (dicts keep the order first seen).
+    defects: dict[int | tuple[str, int], list[Review]] = {}
+    for review in standing:
+        key = review.prediction_id if review.prediction_id is not None else ("missed", review.id)
+        defects.setdefault(key, []).append(review)
+    said: list[str] = []
+    to_undo = disputes = 0
+    for key, reviews in defects.items():
+        first = reviews[0]
+        if not isinstance(key, int):
+            drawn = ", drawn over a confirmed detection" if first.id in given_way else ""
+            said.append(f"a missed defect ({first.class_name}, by {first.reviewer}{drawn})")
+            to_undo += 1
+            continue
         words = [
             (kind, who)
             for kind, who in session.execute(
                 select(Review.kind, Review.reviewer)
-                .where(Review.prediction_id == defect.prediction_id)
+                .where(Review.prediction_id == key)
                 .order_by(Review.id)
             )
         ]
         if any(kind == ReviewKind.FALSE_CALL for kind, _ in words):
             # Reviewers disagree on it: "undo that review" asked for another's word to go, when
             # a false call (a third reviewer's, settling a tie) is what makes the part good.
-            raise ValueError(
-                f"part {part_id} has a {defect.class_name} detection {said_of(words)}: the part "
-                "is good once false calls outnumber confirmations of it"
+            said.append(f"a {first.class_name} detection {said_of(words)}")
+            disputes += 1
+        else:
+            by = ", ".join(r.reviewer for r in reviews)
+            said.append(f"a confirmed defect ({first.class_name}, by {by})")
+            to_undo += len(reviews)
+    remedy = []
+    if to_undo:
+        remedy.append("undo that review first" if to_undo == 1 else "undo those reviews first")
+    if disputes:
+        remedy.append(
+            "the part is good once false calls outnumber confirmations of "
+            + (
+                "it"
+                if len(said) == 1
+                else "the disputed detection"
+                if disputes == 1
+                else "each disputed detection"
             )
-    if defect is not None:
-        said = (
-            "a confirmed defect"
-            if defect.kind == ReviewKind.CONFIRMED_DEFECT
-            else "a missed defect"
         )
-        raise ValueError(
-            f"part {part_id} has {said} ({defect.class_name}, by {defect.reviewer}): undo that "
-            "review first if the part is good"
-        )
-    return _add(session, part_id, ReviewKind.GOOD_PART, reviewer)
+    else:
+        remedy[-1] += " if the part is good"
+    has = said[0] if len(said) == 1 else f"{len(said)} defects that stand: {'; '.join(said)}"
+    return f"part {part_id} has {has}: {', and '.join(remedy)}"
 
 
 def last_review(session: Session, part_id: int, reviewer: str) -> Review | None:

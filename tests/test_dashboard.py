@@ -3457,8 +3457,9 @@ def test_two_confirmed_detections_of_one_defect_say_the_export_teaches_one_box(
     click("Mark part good")  # (refused: defects stand on it)
     assert said() == [
         plain(
-            f"part {shown} has a missed defect ({CLASSES[0]}, by Bob): undo that review first "
-            "if the part is good"
+            f"part {shown} has 2 defects that stand: a missed defect ({CLASSES[0]}, by Bob, "
+            f"drawn over a confirmed detection); a confirmed defect ({CLASSES[0]}, by Bob): undo "
+            "those reviews first if the part is good"
         )
     ]
     assert page() == ([], [gives_way], (1, 0), [detection])

@@ -593,6 +593,40 @@ def test_a_part_whose_only_confirmation_was_outvoted_can_be_marked_good(session:
     assert mark_good(session, part.part_id, "dee").kind.value == "good_part"
 
 
+def test_mark_good_refused_names_every_defect_that_stands(session: Session) -> None:
+    """Bob drew a scratch over a detection not yet decided, Ana then confirmed the detection:
+    "Mark part good" was refused for Bob's box alone ("undo that review first"), a box the
+    export does not even teach, while Ana's confirmation kept the part defective once Bob's
+    box was undone. The refusal names both, and what makes the part good."""
+    from db.reviews import undo_last_review
+
+    part = _part(session, 1, [0.9])  # a box at 1, 1, 9, 9
+    detection = part.predictions[0].id
+    add_missed_defect(session, part.part_id, "scratch", (1, 1, 8, 9), "bob")
+    confirm_defect(session, detection, "ana")
+    with pytest.raises(ValueError) as refused:
+        mark_good(session, part.part_id, "dee")
+    assert str(refused.value) == (
+        f"part {part.part_id} has 2 defects that stand: a missed defect (scratch, by bob, drawn "
+        "over a confirmed detection); a confirmed defect (scratch, by ana): undo those reviews "
+        "first if the part is good"
+    )
+    undo_last_review(session, part.part_id, "bob")
+    with pytest.raises(ValueError, match=r"has a confirmed defect \(scratch, by ana\): undo that"):
+        mark_good(session, part.part_id, "dee")
+    confirm_defect(session, detection, "bob")
+    mark_false_call(session, detection, "cy")  # (2 to 1: it stands, and says who said what)
+    add_missed_defect(session, part.part_id, "scratch", (50, 50, 60, 60), "cy")
+    with pytest.raises(ValueError) as refused:
+        mark_good(session, part.part_id, "dee")
+    assert str(refused.value) == (
+        f"part {part.part_id} has 2 defects that stand: a scratch detection confirmed by ana, "
+        "bob, marked a false call by cy: counted as a defect (2 to 1); a missed defect "
+        "(scratch, by cy): undo that review first, and the part is good once false calls "
+        "outnumber confirmations of the disputed detection"
+    )
+
+
 @pytest.mark.parametrize("bobs", [(10, 10, 30, 30), (12, 11, 31, 29)])
 def test_two_reviewers_adding_one_missed_defect_at_once_record_it_once(
     database_url: str, bobs: tuple[float, float, float, float]
