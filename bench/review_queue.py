@@ -315,6 +315,8 @@ def main() -> None:
         "reviewer_classes": query(reviews.reviewer_classes, CLASSES),
         "unused_dataset_name (the export's name)": query(unused_dataset_name),
         "the page's queries together (one render)": query(page_render, last),
+        # (The export of reviews: every reviewed part with its truth and boxes.)
+        "reviewed_parts (the export's parts and boxes)": query(reviews.reviewed_parts),
     }
     if hasattr(reviews, "verdicts_reviewed"):
         queries["verdicts_reviewed (the 2000 latest parts)"] = query(

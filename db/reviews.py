@@ -934,23 +934,29 @@ def reviewed_parts(session: Session) -> list[PartTruth]:
     rows = session.execute(
         select(Part, truth.c.defective, truth.c.complete)
         .join(truth, truth.c.part_id == Part.id)
-        .options(selectinload(Part.reviews))
         .order_by(Part.id)
     ).all()
-    # (One query for every reviewed part's decided detections: `_taught` keeps the more
-    # confident of two that are one defect.)
-    confidence = dict(
-        session.execute(
-            select(Prediction.id, Prediction.confidence)
-            .join(Review, Review.prediction_id == Prediction.id)
-            .join(truth, truth.c.part_id == Review.part_id)
-        ).all()
-    )
+    # The parts' reviews with their detections' confidences (`_taught` keeps the more
+    # confident of two that are one defect), in one query a chunk of parts: the confidences
+    # were read by a query of their own that ran `truth_subquery` a second time.
+    by_part: dict[int, list[Review]] = {}
+    confidence: dict[int, float] = {}
+    part_ids = [part.id for part, _, _ in rows]
+    for start in range(0, len(part_ids), 500):  # (a bound on the IN list's parameters)
+        for review, detection_confidence in session.execute(
+            select(Review, Prediction.confidence)
+            .outerjoin(Prediction, Prediction.id == Review.prediction_id)
+            .where(Review.part_id.in_(part_ids[start : start + 500]))
+            .order_by(Review.id)
+        ):
+            by_part.setdefault(review.part_id, []).append(review)
+            if review.prediction_id is not None:
+                confidence[review.prediction_id] = detection_confidence
     truths = []
     for part, defective, complete in rows:
         boxes = {
             (r.class_name or "defect", r.x1, r.y1, r.x2, r.y2): None
-            for r in _taught(part.reviews, confidence)
+            for r in _taught(by_part.get(part.id, []), confidence)
         }
         truths.append(
             PartTruth(
