@@ -402,7 +402,13 @@ def _note_job(run: Path, job_id: int) -> None:
     job names this one (`resumes_job`): the job stopped stayed "cancelled" in the job list,
     with no word of the job that went on with its run. Best effort: the training goes on
     without it."""
-    lineage = {**(_lineage(run) or {}), "job": job_id}
+    _add_to_lineage(run, job=job_id)
+
+
+def _add_to_lineage(run: Path, **entries: object) -> bool:
+    """The run's lineage with `entries` added, replaced whole (a partial file renamed over
+    it): False, the lineage as it was, where it could not be written."""
+    lineage = {**(_lineage(run) or {}), **entries}
     written = run / f".{LINEAGE_FILE}.{os.getpid()}.partial"
     try:
         written.write_text(json.dumps(lineage))
@@ -410,6 +416,8 @@ def _note_job(run: Path, job_id: int) -> None:
     except OSError:
         with contextlib.suppress(OSError):
             written.unlink(missing_ok=True)
+        return False
+    return True
 
 
 def _keep_history_only(run: Path, version: str) -> None:
@@ -418,14 +426,7 @@ def _keep_history_only(run: Path, version: str) -> None:
     last.pt, its last epoch's, resumes nothing. last.pt told `--resume` the run had finished
     (`_interrupted`): the lineage notes the version it became instead, written before the
     weights go, so that a failed write leaves the run as it was."""
-    lineage = {**(_lineage(run) or {}), "registered": version}
-    written = run / f".{LINEAGE_FILE}.{os.getpid()}.partial"
-    try:
-        written.write_text(json.dumps(lineage))
-        written.replace(run / LINEAGE_FILE)
-    except OSError:
-        with contextlib.suppress(OSError):
-            written.unlink(missing_ok=True)
+    if not _add_to_lineage(run, registered=version):
         return
     with contextlib.suppress(OSError):
         for name in ("best.pt", "last.pt"):
