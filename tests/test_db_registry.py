@@ -16,6 +16,23 @@ from db.registry import (
 from inspection.errors import UserError
 
 
+def _register_tiny_classifier(session, weights: Path, models: Path, name: str) -> ModelVersion:  # type: ignore[no-untyped-def]
+    """`weights` registered as a two-class classifier `name` into `models`: the registrations
+    these tests stop, fail or drop the commit of."""
+    from training.versions import register_model_version
+
+    return register_model_version(
+        session,
+        weights,
+        models,
+        name=name,
+        kind=ModelKind.CLASSIFIER,
+        architecture="defect-cls-x",
+        class_names=["good", "scratch"],
+        image_size=64,
+    )
+
+
 def _version(session, name: str) -> ModelVersion:  # type: ignore[no-untyped-def]
     version = ModelVersion(
         name=name, kind=ModelKind.DETECTOR, architecture="a", file_path="f", sha256="0" * 64
@@ -278,8 +295,6 @@ def test_a_registration_whose_copy_fails_its_sync_says_to_check_the_disk(
     import errno
     import os
 
-    from training.versions import register_model_version
-
     weights, models = tmp_path / "best.pt", tmp_path / "models"
     weights.write_bytes(b"the weights")
 
@@ -288,16 +303,7 @@ def test_a_registration_whose_copy_fails_its_sync_says_to_check_the_disk(
 
     monkeypatch.setattr(os, "fsync", failing)
     with pytest.raises(UserError) as raised:
-        register_model_version(
-            session,
-            weights,
-            models,
-            name="eio",
-            kind=ModelKind.CLASSIFIER,
-            architecture="defect-cls-x",
-            class_names=["good", "scratch"],
-            image_size=64,
-        )
+        _register_tiny_classifier(session, weights, models, "eio")
     said = str(raised.value)
     assert "Input/output error; no model version is registered: check its disk and" in said
     assert "free space" not in said
@@ -312,8 +318,6 @@ def test_a_registration_into_a_folder_not_writable_says_to_make_it_writable(
     import errno
     import shutil
 
-    from training.versions import register_model_version
-
     weights, models = tmp_path / "best.pt", tmp_path / "models"
     weights.write_bytes(b"the weights")
 
@@ -322,16 +326,7 @@ def test_a_registration_into_a_folder_not_writable_says_to_make_it_writable(
 
     monkeypatch.setattr(shutil, "copy2", refused)
     with pytest.raises(UserError) as raised:
-        register_model_version(
-            session,
-            weights,
-            models,
-            name="eacces",
-            kind=ModelKind.CLASSIFIER,
-            architecture="defect-cls-x",
-            class_names=["good", "scratch"],
-            image_size=64,
-        )
+        _register_tiny_classifier(session, weights, models, "eacces")
     said = str(raised.value)
     assert "no model version is registered: make it writable for this user and" in said
     assert list(models.iterdir()) == []
@@ -350,7 +345,7 @@ def test_a_registration_whose_commit_fails_stands_where_the_database_names_its_v
 
     from db.session import DatabaseError, session_scope
     from tests.conftest import registration_commit_dropped
-    from training.versions import register_model_version, registration_scope
+    from training.versions import registration_scope
 
     weights, models = tmp_path / "best.pt", tmp_path / "models"
     weights.write_bytes(b"the weights")
@@ -358,16 +353,7 @@ def test_a_registration_whose_commit_fails_stands_where_the_database_names_its_v
     with registration_commit_dropped(database_url, committed):
         try:
             with registration_scope(database_url) as session:
-                register_model_version(
-                    session,
-                    weights,
-                    models,
-                    name="dropped",
-                    kind=ModelKind.CLASSIFIER,
-                    architecture="defect-cls-x",
-                    class_names=["good", "scratch"],
-                    image_size=64,
-                )
+                _register_tiny_classifier(session, weights, models, "dropped")
         except DatabaseError as exc:
             raised.append(str(exc))
     if committed:
@@ -390,21 +376,12 @@ def test_whether_a_version_names_weights_is_unknown_where_the_database_cannot_sa
     from sqlalchemy.orm import Session
 
     from db.session import session_scope
-    from training.versions import _named_by_a_version, register_model_version
+    from training.versions import _named_by_a_version
 
     weights = tmp_path / "best.pt"
     weights.write_bytes(b"the weights")
     with session_scope(database_url) as session:
-        version = register_model_version(
-            session,
-            weights,
-            tmp_path / "models",
-            name="named",
-            kind=ModelKind.CLASSIFIER,
-            architecture="defect-cls-x",
-            class_names=["good", "scratch"],
-            image_size=64,
-        )
+        version = _register_tiny_classifier(session, weights, tmp_path / "models", "named")
         file_path = version.file_path
     with session_scope(database_url) as session:
         assert _named_by_a_version(session, file_path) is True
@@ -426,7 +403,6 @@ def test_a_registration_whose_commit_is_said_to_fail_after_it_happened_keeps_its
     from sqlalchemy.exc import OperationalError
 
     from db.session import get_engine, session_scope
-    from training.versions import register_model_version
 
     weights, models = tmp_path / "best.pt", tmp_path / "models"
     weights.write_bytes(b"the weights")
@@ -440,16 +416,7 @@ def test_a_registration_whose_commit_is_said_to_fail_after_it_happened_keeps_its
     try:
         dropped = pytest.raises(Exception, match="server closed the connection")
         with dropped, session_scope(database_url) as session:
-            register_model_version(
-                session,
-                weights,
-                models,
-                name="committed",
-                kind=ModelKind.CLASSIFIER,
-                architecture="defect-cls-x",
-                class_names=["good", "scratch"],
-                image_size=64,
-            )
+            _register_tiny_classifier(session, weights, models, "committed")
     finally:
         event.remove(engine, "commit", committed_then_dropped)
     with session_scope(database_url) as session:
