@@ -76,6 +76,30 @@ def registration_commit_dropped(url: str, committed: bool = True) -> Iterator[No
         event.remove(engine, "commit", dropped)
 
 
+@contextmanager
+def backend_terminated_at(url: str, statement_holds: Callable[[str], bool]) -> Iterator[list[int]]:
+    """The PostgreSQL backend of the first statement `statement_holds` is terminated as it is
+    sent (a server restart at that moment, as stations meet one); yields the terminated pids."""
+    import psycopg
+    from sqlalchemy import event
+
+    admin_url = url.replace("postgresql+psycopg://", "postgresql://")
+    dropped: list[int] = []
+
+    def terminate(connection, cursor, statement, *_args) -> None:  # type: ignore[no-untyped-def]
+        if statement_holds(statement) and not dropped:
+            dropped.append(cursor.connection.info.backend_pid)
+            with psycopg.connect(admin_url, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (dropped[0],))
+
+    engine = get_engine(url)
+    event.listen(engine, "before_cursor_execute", terminate)
+    try:
+        yield dropped
+    finally:
+        event.remove(engine, "before_cursor_execute", terminate)
+
+
 def assert_training_stood_through_a_dropped_commit(url: str, train: Callable[[], int]) -> None:
     """`train` (a detector's or a classifier's training, registering its version) run with
     its registration's COMMIT dropped after it was made (`registration_commit_dropped`): the

@@ -1007,32 +1007,17 @@ def test_a_connection_dropped_as_a_station_opens_its_run_is_waited_for(
     the run is opened once and judges every part (`--workers` too)."""
     if not detector.startswith("postgresql"):
         pytest.skip("terminates a PostgreSQL backend")
-    import psycopg
-    from sqlalchemy import event
-
-    from db.session import get_engine
     from inspection.parallel import ParallelInspection
+    from tests.conftest import backend_terminated_at
 
-    admin_url = detector.replace("postgresql+psycopg://", "postgresql://")
-    dropped: list[int] = []
-
-    def drop_the_first_opening(connection, cursor, statement, *_args) -> None:  # type: ignore[no-untyped-def]
-        if statement.startswith("INSERT INTO inspection_runs") and not dropped:
-            dropped.append(cursor.connection.info.backend_pid)
-            with psycopg.connect(admin_url, autocommit=True) as admin:
-                admin.execute("SELECT pg_terminate_backend(%s)", (dropped[0],))
-
-    engine = get_engine(detector)
-    event.listen(engine, "before_cursor_execute", drop_the_first_opening)
-    try:
+    opening = lambda statement: statement.startswith("INSERT INTO inspection_runs")  # noqa: E731
+    with backend_terminated_at(detector, opening) as dropped:
         make_images(tmp_path / "in", n=3)
         job: BatchInspection | ParallelInspection = (
             _job(detector, tmp_path)
             if workers == 1
             else ParallelInspection(detector, tmp_path / "store", "Line 1", "Cam A", workers)
         )
-    finally:
-        event.remove(engine, "before_cursor_execute", drop_the_first_opening)
     assert dropped
     summary = job.run(iter_source(str(tmp_path / "in")))
     assert (summary.inspected, summary.errors) == (3, 0) and _counts(detector) == (3, 3, 3)

@@ -1452,29 +1452,13 @@ def test_a_connection_dropped_as_a_command_checks_the_schema_is_waited_for(
     where a batch run waits through one for DEFECTS_DB_OUTAGE_SECONDS. It is tried again."""
     if not database_url.startswith("postgresql"):
         pytest.skip("terminates a PostgreSQL backend")
-    import psycopg
-    from sqlalchemy import event
-
-    from db.session import get_engine
     from inspection.settings import get_settings
+    from tests.conftest import backend_terminated_at
 
     monkeypatch.setenv("DEFECTS_DATABASE_URL", database_url)
     get_settings.cache_clear()
-    admin_url = database_url.replace("postgresql+psycopg://", "postgresql://")
-    dropped: list[int] = []
-
-    def drop_the_first_look(connection, cursor, statement, *_args) -> None:  # type: ignore[no-untyped-def]
-        if "FROM alembic_version" in statement and not dropped:
-            dropped.append(cursor.connection.info.backend_pid)
-            with psycopg.connect(admin_url, autocommit=True) as admin:
-                admin.execute("SELECT pg_terminate_backend(%s)", (dropped[0],))
-
-    engine = get_engine(database_url)
-    event.listen(engine, "before_cursor_execute", drop_the_first_look)
-    try:
+    with backend_terminated_at(database_url, lambda s: "FROM alembic_version" in s) as dropped:
         result = runner.invoke(app, ["models", "list"])
-    finally:
-        event.remove(engine, "before_cursor_execute", drop_the_first_look)
     assert dropped
     assert result.exit_code == 0, result.output
     assert "cannot reach the database" not in result.output
